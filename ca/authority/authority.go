@@ -1,0 +1,184 @@
+// Package authority is Castellan's signing core: it holds the CA's root and
+// intermediate, validates certificate signing requests and issues
+// X.509-SVIDs under a cfssl signing policy.
+//
+// The CA is either generated on first start into Config.DataDir (an ECDSA
+// P-256 root, 10 years, and an intermediate, 1 year, reloaded after) or
+// plugged in from PEM files (Config.RootCertFile, IntermediateCertFile,
+// IntermediateKeyFile). An Authority is immutable after New and safe for
+// concurrent use.
+package authority
+
+import (
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/cloudflare/cfssl/config"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Defaults applied by New to zero Config fields.
+const (
+	DefaultTTL             = time.Hour
+	DefaultMaxTTL          = 24 * time.Hour
+	DefaultRootTTL         = 10 * 365 * 24 * time.Hour
+	DefaultIntermediateTTL = 365 * 24 * time.Hour
+)
+
+// Config configures an Authority.
+type Config struct {
+	// TrustDomain is the trust domain every issued SVID belongs to. Required.
+	TrustDomain spiffeid.TrustDomain
+	// DataDir is where a generated CA lives: root.pem, root.key,
+	// intermediate.pem and intermediate.key (files 0600, directory 0700).
+	// They are created on first start and reloaded after; an intermediate
+	// that has expired, or has less than MaxTTL left, is re-issued from the
+	// root on start. Empty DataDir with no plugged-in CA gives an in-memory
+	// CA that is lost on exit (tests, demos).
+	DataDir string
+	// RootCertFile, IntermediateCertFile and IntermediateKeyFile plug in an
+	// existing CA: all three set or none. RootCertFile may hold several
+	// roots (the bundle); IntermediateCertFile holds the signing certificate
+	// first, optionally followed by further intermediates up to a root.
+	RootCertFile, IntermediateCertFile, IntermediateKeyFile string
+	// DefaultTTL is the lifetime of an SVID when the request asks for none
+	// (0 -> 1h). MaxTTL is the longest lifetime a request may ask for
+	// (0 -> 24h).
+	DefaultTTL time.Duration
+	MaxTTL     time.Duration
+	// RootTTL and IntermediateTTL are the lifetimes of a generated root
+	// (0 -> 10y) and intermediate (0 -> 1y, never past the root).
+	RootTTL, IntermediateTTL time.Duration
+	// Clock returns the current time (nil -> time.Now).
+	Clock func() time.Time
+	// Logger receives CA lifecycle and issuance logs (nil -> discard).
+	Logger *slog.Logger
+}
+
+// Authority signs X.509-SVIDs for one trust domain.
+type Authority struct {
+	td     spiffeid.TrustDomain
+	maxTTL time.Duration
+	clock  func() time.Time
+	log    *slog.Logger
+	policy *config.Signing
+	ca     *caKeys
+}
+
+// caKeys is the loaded CA material.
+type caKeys struct {
+	cert  *x509.Certificate   // signing (intermediate) certificate
+	key   crypto.Signer       // its private key
+	chain []*x509.Certificate // cert, then further intermediates; no root
+	root  *x509.Certificate   // root the chain verifies to
+	roots []*x509.Certificate // the trust bundle
+}
+
+// New loads or creates the CA described by cfg.
+func New(cfg Config) (*Authority, error) {
+	cfg, err := withDefaults(cfg)
+	if err != nil {
+		return nil, err
+	}
+	policy, err := newPolicy(cfg.DefaultTTL)
+	if err != nil {
+		return nil, err
+	}
+	var ca *caKeys
+	switch {
+	case cfg.RootCertFile != "":
+		ca, err = loadPluggedIn(cfg)
+	case cfg.DataDir != "":
+		ca, err = loadOrGenerate(cfg)
+	default:
+		cfg.Logger.Warn("no data dir and no plugged-in CA: using an in-memory CA that is lost on exit",
+			"trust_domain", cfg.TrustDomain.String())
+		ca, _, err = generateCA(cfg)
+	}
+	if err != nil {
+		return nil, err
+	}
+	cfg.Logger.Info("CA ready", "trust_domain", cfg.TrustDomain.String(),
+		"root_subject", ca.root.Subject.String(), "root_not_after", ca.root.NotAfter,
+		"intermediate_serial", ca.cert.SerialNumber.Text(16), "intermediate_not_after", ca.cert.NotAfter,
+		"bundle_roots", len(ca.roots))
+	return &Authority{
+		td:     cfg.TrustDomain,
+		maxTTL: cfg.MaxTTL,
+		clock:  cfg.Clock,
+		log:    cfg.Logger,
+		policy: policy,
+		ca:     ca,
+	}, nil
+}
+
+func withDefaults(cfg Config) (Config, error) {
+	if cfg.TrustDomain.IsZero() {
+		return cfg, errors.New("authority: trust domain is required")
+	}
+	if cfg.DefaultTTL == 0 {
+		cfg.DefaultTTL = DefaultTTL
+	}
+	if cfg.MaxTTL == 0 {
+		cfg.MaxTTL = DefaultMaxTTL
+	}
+	if cfg.RootTTL == 0 {
+		cfg.RootTTL = DefaultRootTTL
+	}
+	if cfg.IntermediateTTL == 0 {
+		cfg.IntermediateTTL = DefaultIntermediateTTL
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case cfg.DefaultTTL < 0 || cfg.MaxTTL < 0 || cfg.RootTTL < 0 || cfg.IntermediateTTL < 0:
+		return cfg, errors.New("authority: TTLs must not be negative")
+	case cfg.DefaultTTL > cfg.MaxTTL:
+		return cfg, fmt.Errorf("authority: default TTL %s exceeds max TTL %s", cfg.DefaultTTL, cfg.MaxTTL)
+	case cfg.IntermediateTTL <= cfg.MaxTTL:
+		return cfg, fmt.Errorf("authority: intermediate TTL %s must exceed max SVID TTL %s", cfg.IntermediateTTL, cfg.MaxTTL)
+	}
+	set := 0
+	for _, f := range []string{cfg.RootCertFile, cfg.IntermediateCertFile, cfg.IntermediateKeyFile} {
+		if f != "" {
+			set++
+		}
+	}
+	if set != 0 && set != 3 {
+		return cfg, errors.New("authority: a plugged-in CA needs all of root cert file, intermediate cert file and intermediate key file")
+	}
+	return cfg, nil
+}
+
+// Bundle returns the trust bundle: the roots that issued SVIDs chain to. The
+// caller owns the returned bundle.
+func (a *Authority) Bundle() *x509bundle.Bundle {
+	return x509bundle.FromX509Authorities(a.td, a.ca.roots)
+}
+
+// Intermediate returns the certificate that signs SVIDs.
+func (a *Authority) Intermediate() *x509.Certificate { return a.ca.cert }
+
+// Root returns the root the intermediate chains to.
+func (a *Authority) Root() *x509.Certificate { return a.ca.root }
+
+// Signer returns the intermediate's private key.
+func (a *Authority) Signer() crypto.Signer { return a.ca.key }
+
+// TrustDomain returns the CA's trust domain.
+func (a *Authority) TrustDomain() spiffeid.TrustDomain { return a.td }
+
+// MaxTTL returns the longest SVID lifetime a request may ask for.
+func (a *Authority) MaxTTL() time.Duration { return a.maxTTL }
+
+// DefaultTTL returns the lifetime of an SVID when the request asks for none.
+func (a *Authority) DefaultTTL() time.Duration { return a.policy.Profiles[ProfileWorkload].Expiry }

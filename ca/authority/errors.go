@@ -1,0 +1,74 @@
+package authority
+
+import (
+	"errors"
+	"fmt"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Reasons carried by *Error. Each is a short snake_case string suitable as a
+// Prometheus label value; the set is closed so label cardinality stays small.
+const (
+	ReasonMalformedCSR     = "malformed_csr"      // bytes are not a DER PKCS#10 request
+	ReasonBadSignature     = "bad_signature"      // the CSR's self-signature does not verify
+	ReasonWeakRSAKey       = "weak_rsa_key"       // RSA modulus under 2048 bits
+	ReasonUnsupportedKey   = "unsupported_key"    // key type or curve not accepted
+	ReasonNoURISAN         = "no_uri_san"         // workload CSR without a URI SAN
+	ReasonMultipleSANs     = "multiple_sans"      // more than one URI SAN
+	ReasonForbiddenSAN     = "forbidden_san"      // DNS, IP or e-mail SAN present
+	ReasonInvalidSPIFFEID  = "invalid_spiffe_id"  // URI SAN or ID is not a valid SPIFFE ID
+	ReasonWrongTrustDomain = "wrong_trust_domain" // SPIFFE ID outside the CA's trust domain
+	ReasonEmptyPath        = "empty_path"         // SPIFFE ID is the trust domain itself
+	ReasonIDMismatch       = "id_mismatch"        // Sign called with an ID other than the CSR's
+	ReasonInvalidTTL       = "invalid_ttl"        // negative TTL
+	ReasonTTLTooLong       = "ttl_too_long"       // TTL above Config.MaxTTL
+)
+
+// ReasonInternal is what ReasonOf returns for errors that are not *Error:
+// failures of the CA itself rather than of the request.
+const ReasonInternal = "internal"
+
+// ErrSignerExpired is returned by Sign when the intermediate CA is no longer
+// valid at the current time. It is a CA-side failure, not a bad request.
+var ErrSignerExpired = errors.New("authority: intermediate CA certificate has expired; rotate the CA")
+
+// Error is a rejected request: a CSR, SPIFFE ID or TTL that the CA will not
+// sign. Reason is one of the Reason* constants; Err says in words what was
+// wrong. Error maps to gRPC InvalidArgument.
+type Error struct {
+	Reason string
+	Err    error
+}
+
+func reject(reason, format string, args ...any) *Error {
+	return &Error{Reason: reason, Err: fmt.Errorf(format, args...)}
+}
+
+// Error implements error.
+func (e *Error) Error() string {
+	return "authority: " + e.Err.Error()
+}
+
+// Unwrap returns the underlying error.
+func (e *Error) Unwrap() error { return e.Err }
+
+// GRPCStatus returns an InvalidArgument status carrying the message, so that
+// status.FromError and gRPC handlers returning the error directly work.
+func (e *Error) GRPCStatus() *status.Status {
+	return status.New(codes.InvalidArgument, e.Error())
+}
+
+// ReasonOf returns the Reason of the first *Error in err's chain, "" for a
+// nil error, and ReasonInternal for any other error.
+func ReasonOf(err error) string {
+	if err == nil {
+		return ""
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Reason
+	}
+	return ReasonInternal
+}

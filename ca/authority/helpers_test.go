@@ -1,0 +1,84 @@
+package authority
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"net"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+var testTD = spiffeid.RequireTrustDomainFromString("example.org")
+
+// testClock is a settable clock for one test.
+type testClock struct{ now time.Time }
+
+func (c *testClock) Now() time.Time { return c.now }
+
+func newTestClock() *testClock {
+	return &testClock{now: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
+}
+
+// newTestAuthority returns an Authority with a generated CA in a temp dir.
+func newTestAuthority(t testing.TB, clock *testClock) *Authority {
+	t.Helper()
+	a, err := New(Config{TrustDomain: testTD, DataDir: t.TempDir(), Clock: clock.Now})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return a
+}
+
+// csrSpec describes a test CSR.
+type csrSpec struct {
+	uris   []string
+	dns    []string
+	ips    []net.IP
+	emails []string
+}
+
+func mustCSR(t testing.TB, key crypto.Signer, spec csrSpec) []byte {
+	t.Helper()
+	tmpl := &x509.CertificateRequest{DNSNames: spec.dns, IPAddresses: spec.ips, EmailAddresses: spec.emails}
+	for _, s := range spec.uris {
+		u, err := url.Parse(s)
+		if err != nil {
+			t.Fatalf("parse %q: %v", s, err)
+		}
+		tmpl.URIs = append(tmpl.URIs, u)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	if err != nil {
+		t.Fatalf("CreateCertificateRequest: %v", err)
+	}
+	return der
+}
+
+func workloadCSR(t testing.TB, key crypto.Signer) []byte {
+	return mustCSR(t, key, csrSpec{uris: []string{"spiffe://example.org/ns/default/sa/workload"}})
+}
+
+func ecKey(t testing.TB, c elliptic.Curve) *ecdsa.PrivateKey {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(c, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func rsaKey(t testing.TB, bits int) *rsa.PrivateKey {
+	t.Helper()
+	k, err := rsa.GenerateKey(rand.Reader, bits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}

@@ -1,0 +1,95 @@
+package authority
+
+import (
+	"crypto/x509"
+	"fmt"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// loadPluggedIn loads an operator-supplied CA and checks it: every root is a
+// CA certificate; the intermediate is a CA that may sign certificates, is
+// valid now, chains to one of the roots (through any further intermediates
+// in its file) and matches its private key; a SPIFFE URI SAN on it, if any,
+// is in the trust domain.
+func loadPluggedIn(cfg Config) (*caKeys, error) {
+	roots, err := readCerts(cfg.RootCertFile)
+	if err != nil {
+		return nil, fmt.Errorf("authority: root cert file %s: %w", cfg.RootCertFile, err)
+	}
+	for i, r := range roots {
+		if !r.IsCA {
+			return nil, fmt.Errorf("authority: certificate %d in root cert file %s (%s) is not a CA certificate",
+				i+1, cfg.RootCertFile, r.Subject)
+		}
+	}
+	chain, err := readCerts(cfg.IntermediateCertFile)
+	if err != nil {
+		return nil, fmt.Errorf("authority: intermediate cert file %s: %w", cfg.IntermediateCertFile, err)
+	}
+	cert := chain[0]
+	if err := checkIntermediate(cfg, cert); err != nil {
+		return nil, err
+	}
+	key, err := readKey(cfg.IntermediateKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("authority: intermediate key file %s: %w", cfg.IntermediateKeyFile, err)
+	}
+	if err := checkSigningKey(key); err != nil {
+		return nil, fmt.Errorf("authority: intermediate key file %s: %w", cfg.IntermediateKeyFile, err)
+	}
+	if !keyMatches(key, cert.PublicKey) {
+		return nil, fmt.Errorf("authority: the private key in %s does not match the certificate in %s",
+			cfg.IntermediateKeyFile, cfg.IntermediateCertFile)
+	}
+	verified, err := cert.Verify(x509.VerifyOptions{
+		Roots:         poolOf(roots),
+		Intermediates: poolOf(chain[1:]),
+		CurrentTime:   cfg.Clock(),
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("authority: intermediate %q in %s does not chain to a root in %s: %w",
+			cert.Subject, cfg.IntermediateCertFile, cfg.RootCertFile, err)
+	}
+	path := verified[0]
+	served := path[:len(path)-1]
+	if len(served) == 0 { // the signing certificate is itself a root
+		served = path
+	}
+	if left := cert.NotAfter.Sub(cfg.Clock()); left < cfg.MaxTTL {
+		cfg.Logger.Warn("plugged-in intermediate expires before the max SVID TTL; SVIDs will be shortened to its expiry",
+			"not_after", cert.NotAfter, "max_ttl", cfg.MaxTTL.String())
+	}
+	return &caKeys{cert: cert, key: key, chain: served, root: path[len(path)-1], roots: roots}, nil
+}
+
+// checkIntermediate checks the signing certificate on its own.
+func checkIntermediate(cfg Config, cert *x509.Certificate) error {
+	switch {
+	case !cert.BasicConstraintsValid || !cert.IsCA:
+		return fmt.Errorf("authority: first certificate in %s (%s) is not a CA certificate (basic constraints CA:true required)",
+			cfg.IntermediateCertFile, cert.Subject)
+	case cert.KeyUsage != 0 && cert.KeyUsage&x509.KeyUsageCertSign == 0:
+		return fmt.Errorf("authority: intermediate in %s lacks the keyCertSign key usage", cfg.IntermediateCertFile)
+	}
+	for _, u := range cert.URIs {
+		if u.Scheme != "spiffe" {
+			continue
+		}
+		td, err := spiffeid.TrustDomainFromURI(u)
+		if err != nil || td != cfg.TrustDomain {
+			return fmt.Errorf("authority: intermediate in %s has URI SAN %q; expected trust domain %q",
+				cfg.IntermediateCertFile, u.String(), cfg.TrustDomain)
+		}
+	}
+	return nil
+}
+
+func poolOf(certs []*x509.Certificate) *x509.CertPool {
+	pool := x509.NewCertPool()
+	for _, c := range certs {
+		pool.AddCert(c)
+	}
+	return pool
+}

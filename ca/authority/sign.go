@@ -1,0 +1,148 @@
+package authority
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"fmt"
+	"math/big"
+	"net/url"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Issued is a freshly signed X.509-SVID. Chain holds the leaf first, then the
+// intermediate (and, for a plugged-in CA, any further intermediates up to but
+// excluding the root). NotBefore and NotAfter are the leaf's validity as
+// encoded; PublicKeySHA256 is the SHA-256 of the leaf's SubjectPublicKeyInfo
+// DER, which identifies the key without holding it.
+type Issued struct {
+	ID              spiffeid.ID
+	Chain           []*x509.Certificate
+	Serial          *big.Int
+	NotBefore       time.Time
+	NotAfter        time.Time
+	PublicKeySHA256 [32]byte
+}
+
+// Sign issues an X.509-SVID for id over csr's public key.
+//
+// A CSR from ParseWorkloadCSR (non-zero csr.ID) is signed with the "workload"
+// profile and id must equal csr.ID; one from ParseAgentCSR (zero csr.ID) is
+// signed with the "agent" profile. id must be in the CA's trust domain and
+// have a path. ttl 0 means the default TTL; a negative ttl or one above
+// MaxTTL is rejected (reasons invalid_ttl, ttl_too_long), never shortened.
+//
+// The leaf has exactly one URI SAN (id), an empty subject (so the SAN
+// extension is critical, RFC 5280 4.2.1.6), CA:false, key usage
+// digitalSignature (+keyEncipherment for RSA keys), EKU serverAuth and
+// clientAuth, a random 128-bit serial and an AuthorityKeyId. NotBefore is
+// now minus Backdate (not before the intermediate's NotBefore); NotAfter is
+// now plus ttl, clamped to the intermediate's NotAfter. Sign returns
+// ErrSignerExpired when the intermediate is no longer valid.
+func (a *Authority) Sign(ctx context.Context, csr *CSR, id spiffeid.ID, ttl time.Duration) (*Issued, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("authority: sign: %w", err)
+	}
+	if csr == nil || csr.PublicKey == nil {
+		return nil, reject(ReasonMalformedCSR, "no CSR public key to sign")
+	}
+	if err := a.checkID(id); err != nil {
+		return nil, err
+	}
+	profileName := ProfileAgent
+	if !csr.ID.IsZero() {
+		profileName = ProfileWorkload
+		if csr.ID != id {
+			return nil, reject(ReasonIDMismatch, "CSR names %q but the caller may only obtain %q", csr.ID, id)
+		}
+	}
+	profile := a.policy.Profiles[profileName]
+	switch {
+	case ttl < 0:
+		return nil, reject(ReasonInvalidTTL, "TTL %s is negative", ttl)
+	case ttl == 0:
+		ttl = profile.Expiry
+	case ttl > a.maxTTL:
+		return nil, reject(ReasonTTLTooLong, "requested TTL %s exceeds the maximum %s", ttl, a.maxTTL)
+	}
+
+	tmpl, err := a.leafTemplate(profileName, csr, id, ttl)
+	if err != nil {
+		return nil, err
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.ca.cert, csr.PublicKey, a.ca.key)
+	if err != nil {
+		return nil, fmt.Errorf("authority: sign %s: %w", id, err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("authority: parse signed certificate: %w", err)
+	}
+	chain := make([]*x509.Certificate, 0, 1+len(a.ca.chain))
+	chain = append(chain, leaf)
+	chain = append(chain, a.ca.chain...)
+	a.log.DebugContext(ctx, "signed X.509-SVID", "spiffe_id", id.String(), "profile", profileName,
+		"serial", leaf.SerialNumber.Text(16), "not_after", leaf.NotAfter)
+	return &Issued{
+		ID:              id,
+		Chain:           chain,
+		Serial:          leaf.SerialNumber,
+		NotBefore:       leaf.NotBefore,
+		NotAfter:        leaf.NotAfter,
+		PublicKeySHA256: sha256.Sum256(leaf.RawSubjectPublicKeyInfo),
+	}, nil
+}
+
+// leafTemplate builds the certificate template for Sign from the profile.
+func (a *Authority) leafTemplate(profileName string, csr *CSR, id spiffeid.ID, ttl time.Duration) (*x509.Certificate, error) {
+	profile := a.policy.Profiles[profileName]
+	signer := a.ca.cert
+	now := a.clock()
+	if !now.Before(signer.NotAfter) {
+		return nil, fmt.Errorf("%w (expired at %s)", ErrSignerExpired, signer.NotAfter.UTC().Format(time.RFC3339))
+	}
+	notBefore := now.Add(-profile.Backdate)
+	if notBefore.Before(signer.NotBefore) {
+		notBefore = signer.NotBefore
+	}
+	notAfter := now.Add(ttl)
+	if notAfter.After(signer.NotAfter) {
+		notAfter = signer.NotAfter
+	}
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
+	}
+	ku, eku := leafKeyUsage(profile, csr.PublicKey)
+	return &x509.Certificate{
+		SerialNumber:          serial,
+		NotBefore:             notBefore,
+		NotAfter:              notAfter,
+		URIs:                  []*url.URL{id.URL()},
+		KeyUsage:              ku,
+		ExtKeyUsage:           eku,
+		BasicConstraintsValid: true,
+		IsCA:                  false,
+		AuthorityKeyId:        signer.SubjectKeyId,
+	}, nil
+}
+
+// serialBytes is the length of a serial number: 128 random bits.
+const serialBytes = 16
+
+// newSerial returns a random positive 128-bit serial number.
+func newSerial() (*big.Int, error) {
+	b := make([]byte, serialBytes)
+	for range 4 { // all-zero has probability 2^-128; bounded anyway
+		if _, err := rand.Read(b); err != nil {
+			return nil, fmt.Errorf("authority: serial number: %w", err)
+		}
+		if n := new(big.Int).SetBytes(b); n.Sign() > 0 {
+			return n, nil
+		}
+	}
+	return nil, fmt.Errorf("authority: serial number: random source returned zeros")
+}

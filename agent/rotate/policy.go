@@ -1,0 +1,86 @@
+// Package rotate decides when the agent renews an SVID and how long it waits
+// after a failure. It holds no state and performs no I/O: the manager asks it
+// "when", and does the "how" itself.
+package rotate
+
+import (
+	"math/rand/v2"
+	"time"
+)
+
+// Policy is the renewal policy. The zero value is usable: it renews at half
+// the lifetime minus up to 10% jitter and backs off from 1s up to 30s.
+type Policy struct {
+	// Jitter is the largest fraction of the lifetime subtracted at random
+	// from the half-life renewal point; 0 means 0.1.
+	Jitter float64
+	// BackoffBase is the first retry delay after a failure; 0 means 1s.
+	BackoffBase time.Duration
+	// BackoffCap bounds every retry delay; 0 means 30s. The delay is also
+	// never longer than a tenth of the SVID's lifetime.
+	BackoffCap time.Duration
+	// BatchWindow: identities due within this long of the earliest due one
+	// are renewed in the same batch; 0 means 1s.
+	BatchWindow time.Duration
+	// Rand returns a number in [0, 1); nil means math/rand/v2.Float64.
+	Rand func() float64
+}
+
+// RenewAt returns when an SVID valid from notBefore to notAfter should be
+// renewed: at notBefore + lifetime/2 − a random jitter of up to
+// Jitter·lifetime.
+func (p Policy) RenewAt(notBefore, notAfter time.Time) time.Time {
+	life := notAfter.Sub(notBefore)
+	if life <= 0 {
+		return notBefore
+	}
+	jitter := time.Duration(p.rand() * p.jitter() * float64(life))
+	return notBefore.Add(life/2 - jitter)
+}
+
+// Backoff returns the delay before retry number attempt (1 for the first
+// retry) of an SVID with the given lifetime: exponential from BackoffBase,
+// capped at min(BackoffCap, lifetime/10), with "equal jitter" so that agents
+// that failed together do not retry together. A lifetime of 0 means unknown.
+func (p Policy) Backoff(attempt int, lifetime time.Duration) time.Duration {
+	base, ceiling := p.BackoffBase, p.BackoffCap
+	if base <= 0 {
+		base = time.Second
+	}
+	if ceiling <= 0 {
+		ceiling = 30 * time.Second
+	}
+	if lifetime > 0 && lifetime/10 < ceiling {
+		ceiling = max(lifetime/10, base)
+	}
+	d := base
+	for i := 1; i < attempt && d < ceiling; i++ {
+		d *= 2
+	}
+	d = min(d, ceiling)
+	return d/2 + time.Duration(p.rand()*float64(d/2))
+}
+
+// Due reports whether an SVID planned for renewal at renewAt should go into
+// the batch being sent at now.
+func (p Policy) Due(now, renewAt time.Time) bool {
+	w := p.BatchWindow
+	if w <= 0 {
+		w = time.Second
+	}
+	return !renewAt.After(now.Add(w))
+}
+
+func (p Policy) jitter() float64 {
+	if p.Jitter <= 0 {
+		return 0.1
+	}
+	return p.Jitter
+}
+
+func (p Policy) rand() float64 {
+	if p.Rand == nil {
+		return rand.Float64()
+	}
+	return p.Rand()
+}

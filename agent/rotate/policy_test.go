@@ -1,0 +1,86 @@
+package rotate
+
+import (
+	"testing"
+	"time"
+)
+
+func TestRenewAtIsHalfLifeMinusJitter(t *testing.T) {
+	nb := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	na := nb.Add(time.Hour)
+	tests := []struct {
+		name string
+		rand float64
+		want time.Time
+	}{
+		{"no jitter", 0, nb.Add(30 * time.Minute)},
+		{"half jitter", 0.5, nb.Add(30*time.Minute - 3*time.Minute)},
+		{"almost full jitter", 0.999, nb.Add(30*time.Minute - time.Duration(0.999*0.1*float64(time.Hour)))},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := Policy{Rand: func() float64 { return tt.rand }}
+			if got := p.RenewAt(nb, na); !got.Equal(tt.want) {
+				t.Fatalf("RenewAt = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestRenewAtNeverBeforeTwoFifthsOfLifetime(t *testing.T) {
+	nb := time.Unix(1000, 0)
+	for i := range 100 {
+		r := float64(i) / 100
+		p := Policy{Rand: func() float64 { return r }}
+		got := p.RenewAt(nb, nb.Add(10*time.Second))
+		if got.Before(nb.Add(4*time.Second)) || got.After(nb.Add(5*time.Second)) {
+			t.Fatalf("rand %v: RenewAt = +%v, want within [4s, 5s]", r, got.Sub(nb))
+		}
+	}
+}
+
+func TestRenewAtDegenerateLifetime(t *testing.T) {
+	nb := time.Unix(1000, 0)
+	if got := (Policy{}).RenewAt(nb, nb.Add(-time.Second)); !got.Equal(nb) {
+		t.Fatalf("RenewAt for inverted validity = %v, want notBefore", got)
+	}
+}
+
+func TestBackoffGrowsExponentiallyAndIsCapped(t *testing.T) {
+	top := Policy{Rand: func() float64 { return 0.999999 }}
+	bottom := Policy{Rand: func() float64 { return 0 }}
+	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second, 30 * time.Second, 30 * time.Second}
+	for i, w := range want {
+		attempt := i + 1
+		hi := top.Backoff(attempt, 0)
+		lo := bottom.Backoff(attempt, 0)
+		if lo != w/2 {
+			t.Errorf("attempt %d: lowest delay %v, want %v", attempt, lo, w/2)
+		}
+		if hi > w || hi < w-time.Millisecond {
+			t.Errorf("attempt %d: highest delay %v, want about %v", attempt, hi, w)
+		}
+	}
+}
+
+func TestBackoffCappedAtTenthOfLifetime(t *testing.T) {
+	p := Policy{Rand: func() float64 { return 0.999999 }}
+	if got := p.Backoff(20, 20*time.Second); got > 2*time.Second {
+		t.Fatalf("Backoff for a 20s SVID = %v, want at most 2s", got)
+	}
+	// The cap never drops below the base delay.
+	if got := p.Backoff(20, time.Second); got > time.Second {
+		t.Fatalf("Backoff for a 1s SVID = %v, want at most the 1s base", got)
+	}
+}
+
+func TestDueUsesBatchWindow(t *testing.T) {
+	now := time.Unix(1000, 0)
+	p := Policy{BatchWindow: 2 * time.Second}
+	if !p.Due(now, now.Add(-time.Hour)) || !p.Due(now, now.Add(2*time.Second)) {
+		t.Fatal("past and in-window renewals must be due")
+	}
+	if p.Due(now, now.Add(2*time.Second+1)) {
+		t.Fatal("renewal after the window must not be due")
+	}
+}

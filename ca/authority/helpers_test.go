@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"log/slog"
 	"net"
 	"net/url"
 	"testing"
@@ -82,3 +83,5 @@ func rsaKey(t testing.TB, bits int) *rsa.PrivateKey {
 	}
 	return k
 }
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }

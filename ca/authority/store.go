@@ -32,7 +32,7 @@ func loadOrGenerate(cfg Config) (*caKeys, error) {
 	}
 	root, rootKey, err := loadRoot(dir)
 	switch {
-	case errors.Is(err, fs.ErrNotExist):
+	case errors.Is(err, errNoRoot):
 		cfg.Logger.Info("generating a new CA root and intermediate", "dir", dir)
 		ca, rootKey, err := generateCA(cfg)
 		if err != nil {
@@ -61,20 +61,24 @@ func loadOrGenerate(cfg Config) (*caKeys, error) {
 	return ca, storePair(dir, IntermediateKeyName, IntermediateCertName, ca.cert, ca.key)
 }
 
-// loadRoot reads root.pem and root.key. It returns an error wrapping
-// fs.ErrNotExist only when root.pem does not exist.
+// errNoRoot means the data dir holds no root certificate yet.
+var errNoRoot = errors.New("authority: no stored root")
+
+// loadRoot reads root.pem and root.key. It returns errNoRoot only when
+// root.pem does not exist; a missing root.key next to an existing root.pem
+// is an error, never a reason to generate a new CA.
 func loadRoot(dir string) (*x509.Certificate, crypto.Signer, error) {
 	certPath, keyPath := filepath.Join(dir, RootCertName), filepath.Join(dir, RootKeyName)
 	certs, err := readCerts(certPath)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil, err
+		return nil, nil, errNoRoot
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("authority: read root %s: %w", certPath, err)
 	}
 	key, err := readKey(keyPath)
 	if err != nil {
-		return nil, nil, fmt.Errorf("authority: read root key %s (the root certificate exists, so its key must too): %w", keyPath, err)
+		return nil, nil, fmt.Errorf("authority: read root key %s (the root certificate exists, so its key must too): %v", keyPath, err)
 	}
 	root := certs[0]
 	if !keyMatches(key, root.PublicKey) {

@@ -1,0 +1,61 @@
+package authority
+
+import (
+	"crypto/elliptic"
+	"crypto/x509"
+	"net"
+	"slices"
+	"testing"
+)
+
+var knownReasons = []string{
+	ReasonMalformedCSR, ReasonBadSignature, ReasonWeakRSAKey, ReasonUnsupportedKey, ReasonNoURISAN,
+	ReasonMultipleSANs, ReasonForbiddenSAN, ReasonInvalidSPIFFEID, ReasonWrongTrustDomain, ReasonEmptyPath,
+}
+
+// FuzzParseWorkloadCSR checks that parsing never panics, that every
+// rejection carries a known reason, and that an accepted CSR really has a
+// valid signature and exactly the one allowed SAN.
+func FuzzParseWorkloadCSR(f *testing.F) {
+	a, err := New(Config{TrustDomain: testTD})
+	if err != nil {
+		f.Fatal(err)
+	}
+	p256 := ecKey(f, elliptic.P256())
+	valid := workloadCSR(f, p256)
+	f.Add(valid)
+	f.Add(workloadCSR(f, ecKey(f, elliptic.P384())))
+	f.Add(workloadCSR(f, rsaKey(f, 2048)))
+	f.Add(flipLastByte(valid))
+	f.Add(valid[:len(valid)-7])
+	f.Add(mustCSR(f, p256, csrSpec{uris: []string{"spiffe://example.org/a", "spiffe://example.org/b"}}))
+	f.Add(mustCSR(f, p256, csrSpec{uris: []string{"spiffe://other.org/a"}}))
+	f.Add(mustCSR(f, p256, csrSpec{uris: []string{"spiffe://example.org"}}))
+	f.Add(mustCSR(f, p256, csrSpec{uris: []string{"spiffe://example.org/a"}, dns: []string{"a"}, ips: []net.IP{net.IPv6loopback}}))
+	f.Add(workloadCSR(f, ecKey(f, elliptic.P224())))
+	f.Add([]byte{})
+	f.Add([]byte{0x30, 0x80, 0x00, 0x00})
+
+	f.Fuzz(func(t *testing.T, der []byte) {
+		csr, err := a.ParseWorkloadCSR(der)
+		if err != nil {
+			if r := ReasonOf(err); !slices.Contains(knownReasons, r) {
+				t.Fatalf("rejection with unknown reason %q: %v", r, err)
+			}
+			return
+		}
+		req, perr := x509.ParseCertificateRequest(der)
+		if perr != nil {
+			t.Fatalf("accepted a CSR that does not parse: %v", perr)
+		}
+		if serr := req.CheckSignature(); serr != nil {
+			t.Fatalf("accepted a CSR whose signature does not verify: %v", serr)
+		}
+		if len(req.URIs) != 1 || len(req.DNSNames)+len(req.IPAddresses)+len(req.EmailAddresses) != 0 {
+			t.Fatalf("accepted a CSR with SANs %v %v %v %v", req.URIs, req.DNSNames, req.IPAddresses, req.EmailAddresses)
+		}
+		if !csr.ID.MemberOf(testTD) || csr.ID.Path() == "" || csr.ID.String() != req.URIs[0].String() {
+			t.Fatalf("accepted ID %q from URI %q", csr.ID, req.URIs[0])
+		}
+	})
+}

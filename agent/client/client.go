@@ -1,0 +1,336 @@
+// Package client is the node agent's connection to the Castellan CA: it
+// bootstraps the agent's own SVID with a join token, keeps it on disk so a
+// restart needs no new token, renews it at half its lifetime, and makes
+// every later call over mutual TLS with it.
+package client
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/castellan-dev/castellan/agent/rotate"
+	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+)
+
+// ErrNoAgentSVID means the agent has no usable SVID of its own and was not
+// given a join token to obtain one.
+var ErrNoAgentSVID = errors.New("client: no agent SVID")
+
+// Config configures a Client.
+type Config struct {
+	// Address of the CA, host:port.
+	Address string
+	// TrustDomain of the CA and the agent.
+	TrustDomain spiffeid.TrustDomain
+	// Bundle holds the roots that verify the CA at bootstrap (the
+	// --trust-bundle file). Later bundles come from SetBundle.
+	Bundle *x509bundle.Bundle
+	// DataDir holds the agent's SVID and key (agent.pem, 0600).
+	DataDir string
+	// Clock and Policy time the agent SVID's renewal; zero values mean the
+	// wall clock and the default policy.
+	Clock  rotate.Clock
+	Policy rotate.Policy
+	// Logger receives the client's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Client talks to the CA. It is safe for concurrent use.
+type Client struct {
+	cfg      Config
+	serverID spiffeid.ID
+	log      *slog.Logger
+
+	mu     sync.Mutex
+	svid   *x509svid.SVID
+	bundle *x509bundle.Bundle
+	conn   *grpc.ClientConn
+}
+
+// New returns a client and loads the agent SVID persisted in DataDir, if
+// any. It does not contact the CA.
+func New(cfg Config) (*Client, error) {
+	if cfg.Address == "" || cfg.DataDir == "" || cfg.TrustDomain.IsZero() {
+		return nil, errors.New("client: Address, DataDir and TrustDomain are required")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = rotate.System{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	c := &Client{
+		cfg:      cfg,
+		serverID: spiffeid.RequireFromPath(cfg.TrustDomain, "/castellan/server"),
+		log:      cfg.Logger,
+		bundle:   cfg.Bundle,
+	}
+	svid, err := loadSVID(c.svidPath())
+	switch {
+	case err == nil:
+		c.svid = svid
+	case !errors.Is(err, errNotFound):
+		c.log.Warn("ignoring unreadable agent SVID", "path", c.svidPath(), "error", err.Error())
+	}
+	return c, nil
+}
+
+func (c *Client) svidPath() string { return filepath.Join(c.cfg.DataDir, "agent.pem") }
+
+// Bootstrap makes sure the agent holds a valid SVID: the persisted one if it
+// has not expired, or else a new one obtained with joinToken. Without a
+// token and without a valid SVID it returns an error wrapping
+// ErrNoAgentSVID that tells the operator what to do.
+func (c *Client) Bootstrap(ctx context.Context, joinToken string) error {
+	c.mu.Lock()
+	svid := c.svid
+	c.mu.Unlock()
+	now := c.cfg.Clock.Now()
+	if svid != nil && now.Before(svid.Certificates[0].NotAfter) {
+		c.log.Info("using persisted agent SVID", "spiffe_id", svid.ID.String(), "not_after", svid.Certificates[0].NotAfter)
+		return nil
+	}
+	if joinToken == "" {
+		if svid != nil {
+			return fmt.Errorf("%w: agent SVID expired at %s; start the agent with a new --join-token",
+				ErrNoAgentSVID, svid.Certificates[0].NotAfter.UTC().Format(time.RFC3339))
+		}
+		return fmt.Errorf("%w: none in %s; start the agent with --join-token", ErrNoAgentSVID, c.cfg.DataDir)
+	}
+	return c.attest(ctx, joinToken)
+}
+
+// attest exchanges the join token for an agent SVID over server-only TLS.
+func (c *Client) attest(ctx context.Context, joinToken string) error {
+	key, csr, err := newCSR(spiffeid.ID{})
+	if err != nil {
+		return err
+	}
+	tlsConf := tlsconfig.TLSClientConfig(c, tlsconfig.AuthorizeID(c.serverID))
+	conn, err := grpc.NewClient(c.cfg.Address, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
+	if err != nil {
+		return fmt.Errorf("client: dial %s: %w", c.cfg.Address, err)
+	}
+	defer conn.Close()
+	resp, err := cav1.NewCertificateAuthorityServiceClient(conn).AttestAgent(ctx,
+		&cav1.AttestAgentRequest{Attestation: &cav1.AttestAgentRequest_JoinToken{JoinToken: joinToken}, Csr: csr})
+	if err != nil {
+		return fmt.Errorf("client: attest with join token: %w", err)
+	}
+	svid, err := svidFromProto(resp.Svid, key)
+	if err != nil {
+		return err
+	}
+	if b, err := BundleFromProto(resp.Bundle); err == nil {
+		c.SetBundle(b)
+	}
+	if err := c.storeSVID(svid); err != nil {
+		return err
+	}
+	c.log.Info("attested with join token", "spiffe_id", svid.ID.String(), "not_after", svid.Certificates[0].NotAfter)
+	return nil
+}
+
+// storeSVID persists svid, makes it current and replaces the connection so
+// that new calls present it.
+func (c *Client) storeSVID(svid *x509svid.SVID) error {
+	if err := saveSVID(c.svidPath(), svid); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.svid = svid
+	old := c.conn
+	c.conn = nil
+	c.mu.Unlock()
+	if old != nil {
+		_ = old.Close() // open streams end; their owners reconnect
+	}
+	return nil
+}
+
+// AgentSVID returns the agent's current SVID, or nil.
+func (c *Client) AgentSVID() *x509svid.SVID {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.svid
+}
+
+// SetBundle replaces the roots that verify the CA.
+func (c *Client) SetBundle(b *x509bundle.Bundle) {
+	if b == nil {
+		return
+	}
+	c.mu.Lock()
+	c.bundle = b
+	c.mu.Unlock()
+}
+
+// GetX509SVID implements x509svid.Source with the agent SVID.
+func (c *Client) GetX509SVID() (*x509svid.SVID, error) {
+	if s := c.AgentSVID(); s != nil {
+		return s, nil
+	}
+	return nil, ErrNoAgentSVID
+}
+
+// GetX509BundleForTrustDomain implements x509bundle.Source.
+func (c *Client) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.bundle == nil || td != c.cfg.TrustDomain {
+		return nil, fmt.Errorf("client: no trust bundle for %q", td)
+	}
+	return c.bundle, nil
+}
+
+// ca returns a CA stub on the mTLS connection, dialing it if needed.
+func (c *Client) ca() (cav1.CertificateAuthorityServiceClient, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.svid == nil {
+		return nil, ErrNoAgentSVID
+	}
+	if c.conn == nil {
+		tlsConf := tlsconfig.MTLSClientConfig(c, c, tlsconfig.AuthorizeID(c.serverID))
+		conn, err := grpc.NewClient(c.cfg.Address, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
+		if err != nil {
+			return nil, fmt.Errorf("client: dial %s: %w", c.cfg.Address, err)
+		}
+		c.conn = conn
+	}
+	return cav1.NewCertificateAuthorityServiceClient(c.conn), nil
+}
+
+// BatchSign asks the CA to sign reqs in one call; results are in request
+// order.
+func (c *Client) BatchSign(ctx context.Context, reqs []*cav1.SignX509SVIDRequest) ([]*cav1.BatchResult, error) {
+	ca, err := c.ca()
+	if err != nil {
+		return nil, err
+	}
+	resp, err := ca.BatchSignX509SVID(ctx, &cav1.BatchSignX509SVIDRequest{Requests: reqs})
+	if err != nil {
+		return nil, fmt.Errorf("client: batch sign: %w", err)
+	}
+	if len(resp.Results) != len(reqs) {
+		return nil, fmt.Errorf("client: batch sign: CA answered %d results for %d requests", len(resp.Results), len(reqs))
+	}
+	return resp.Results, nil
+}
+
+// SyncAgent opens the stream of the agent's state.
+func (c *Client) SyncAgent(ctx context.Context) (grpc.ServerStreamingClient[cav1.SyncAgentResponse], error) {
+	ca, err := c.ca()
+	if err != nil {
+		return nil, err
+	}
+	s, err := ca.SyncAgent(ctx, &cav1.SyncAgentRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("client: sync: %w", err)
+	}
+	return s, nil
+}
+
+// Run renews the agent SVID at the policy's renewal time until ctx is
+// done, retrying with backoff while the CA fails. Once the SVID has
+// expired it logs what the operator must do and stops renewing.
+func (c *Client) Run(ctx context.Context) error {
+	attempt := 0
+	for {
+		svid := c.AgentSVID()
+		if svid == nil {
+			return ErrNoAgentSVID
+		}
+		leaf := svid.Certificates[0]
+		now := c.cfg.Clock.Now()
+		if !now.Before(leaf.NotAfter) {
+			err := fmt.Errorf("%w: agent SVID expired at %s; start the agent with a new --join-token",
+				ErrNoAgentSVID, leaf.NotAfter.UTC().Format(time.RFC3339))
+			c.log.Error(err.Error())
+			return err
+		}
+		wait := c.cfg.Policy.RenewAt(leaf.NotBefore, leaf.NotAfter).Sub(now)
+		if attempt > 0 {
+			wait = c.cfg.Policy.Backoff(attempt, leaf.NotAfter.Sub(leaf.NotBefore))
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-c.cfg.Clock.After(wait):
+		}
+		if err := c.renew(ctx); err != nil {
+			attempt++
+			c.log.Warn("agent SVID renewal failed; will retry", "attempt", attempt, "error", err.Error())
+			continue
+		}
+		attempt = 0
+	}
+}
+
+func (c *Client) renew(ctx context.Context) error {
+	ca, err := c.ca()
+	if err != nil {
+		return err
+	}
+	key, csr, err := newCSR(spiffeid.ID{})
+	if err != nil {
+		return err
+	}
+	resp, err := ca.RenewAgent(ctx, &cav1.RenewAgentRequest{Csr: csr})
+	if err != nil {
+		return fmt.Errorf("client: renew agent SVID: %w", err)
+	}
+	svid, err := svidFromProto(resp.Svid, key)
+	if err != nil {
+		return err
+	}
+	if err := c.storeSVID(svid); err != nil {
+		return err
+	}
+	c.log.Info("renewed agent SVID", "spiffe_id", svid.ID.String(), "not_after", svid.Certificates[0].NotAfter)
+	return nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn == nil {
+		return nil
+	}
+	err := c.conn.Close()
+	c.conn = nil
+	return err
+}
+
+// BundleFromProto converts the CA's bundle message.
+func BundleFromProto(b *cav1.Bundle) (*x509bundle.Bundle, error) {
+	if b == nil || len(b.X509Authorities) == 0 {
+		return nil, errors.New("client: CA sent an empty trust bundle")
+	}
+	td, err := spiffeid.TrustDomainFromString(b.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("client: bundle trust domain: %w", err)
+	}
+	certs := make([]*x509.Certificate, 0, len(b.X509Authorities))
+	for _, der := range b.X509Authorities {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("client: bundle certificate: %w", err)
+		}
+		certs = append(certs, c)
+	}
+	return x509bundle.FromX509Authorities(td, certs), nil
+}

@@ -1,0 +1,155 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/agent/client/catest"
+	"github.com/castellan-dev/castellan/agent/rotate/rotatetest"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+var td = spiffeid.RequireTrustDomainFromString("cluster.local")
+
+func newClient(t *testing.T, ca *catest.CA, dir string, clock *rotatetest.Clock) *Client {
+	t.Helper()
+	c, err := New(Config{Address: ca.Addr(), TrustDomain: td, Bundle: ca.Bundle(), DataDir: dir, Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func TestBootstrapWithJoinTokenThenRestartWithoutToken(t *testing.T) {
+	ca := catest.New(t, td)
+	ca.Start(t)
+	dir := t.TempDir()
+	ctx := t.Context()
+	clock := rotatetest.NewClock(time.Now())
+
+	c := newClient(t, ca, dir, clock)
+	if err := c.Bootstrap(ctx, ca.JoinToken("node-1")); err != nil {
+		t.Fatal(err)
+	}
+	want := spiffeid.RequireFromPath(td, "/castellan/agent/node-1")
+	if got := c.AgentSVID().ID; got != want {
+		t.Fatalf("agent SVID %s, want %s", got, want)
+	}
+	fi, err := os.Stat(filepath.Join(dir, "agent.pem"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("agent.pem: %v, mode %v; want 0600", err, fi.Mode().Perm())
+	}
+	// A restarted agent reuses the persisted SVID and can call the CA
+	// over mTLS without a token.
+	c2 := newClient(t, ca, dir, clock)
+	if err := c2.Bootstrap(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	ca.SetEntry(&cav1.Entry{Id: "e1", SpiffeId: "spiffe://cluster.local/ns/a/sa/b", Node: "node-1"})
+	key, _ := NewKey()
+	csr, _ := NewCSR(key, spiffeid.RequireFromString("spiffe://cluster.local/ns/a/sa/b"))
+	res, err := c2.BatchSign(ctx, []*cav1.SignX509SVIDRequest{{Csr: csr, EntryId: "e1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid, err := SVIDFromProto(res[0].GetSvid(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := x509svid.Verify(svid.Certificates, ca.Bundle()); err != nil {
+		t.Fatalf("signed SVID does not verify: %v", err)
+	}
+}
+
+func TestBootstrapWithoutTokenOrSVIDSaysWhatToDo(t *testing.T) {
+	c, err := New(Config{Address: "127.0.0.1:1", TrustDomain: td, DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Bootstrap(t.Context(), "")
+	if !errors.Is(err, ErrNoAgentSVID) || !strings.Contains(err.Error(), "--join-token") {
+		t.Fatalf("err = %v, want ErrNoAgentSVID mentioning --join-token", err)
+	}
+}
+
+func TestExpiredAgentSVIDNeedsNewToken(t *testing.T) {
+	ca := catest.New(t, td)
+	ca.AgentTTL = time.Minute
+	ca.Start(t)
+	dir := t.TempDir()
+	clock := rotatetest.NewClock(time.Now())
+	c := newClient(t, ca, dir, clock)
+	if err := c.Bootstrap(t.Context(), ca.JoinToken("node-1")); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(2 * time.Minute)
+	c2 := newClient(t, ca, dir, clock)
+	err := c2.Bootstrap(t.Context(), "")
+	if !errors.Is(err, ErrNoAgentSVID) || !strings.Contains(err.Error(), "expired at") || !strings.Contains(err.Error(), "new --join-token") {
+		t.Fatalf("err = %v, want an 'expired at ...; start the agent with a new --join-token' error", err)
+	}
+	// A fresh token re-bootstraps.
+	if err := c2.Bootstrap(t.Context(), ca.JoinToken("node-1")); err != nil {
+		t.Fatalf("re-bootstrap with a new token: %v", err)
+	}
+}
+
+func TestUsedJoinTokenIsRefused(t *testing.T) {
+	ca := catest.New(t, td)
+	ca.Start(t)
+	tok := ca.JoinToken("node-1")
+	if err := newClient(t, ca, t.TempDir(), rotatetest.NewClock(time.Now())).Bootstrap(t.Context(), tok); err != nil {
+		t.Fatal(err)
+	}
+	if err := newClient(t, ca, t.TempDir(), rotatetest.NewClock(time.Now())).Bootstrap(t.Context(), tok); err == nil {
+		t.Fatal("second use of a join token succeeded")
+	}
+}
+
+func TestAgentSVIDRenewedAtHalfLife(t *testing.T) {
+	ca := catest.New(t, td)
+	ca.AgentTTL = time.Hour
+	ca.Start(t)
+	clock := rotatetest.NewClock(time.Now())
+	c, err := New(Config{Address: ca.Addr(), TrustDomain: td, Bundle: ca.Bundle(), DataDir: t.TempDir(), Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.cfg.Policy.Rand = func() float64 { return 0 } // renew exactly at half-life
+	t.Cleanup(func() { _ = c.Close() })
+	if err := c.Bootstrap(t.Context(), ca.JoinToken("node-1")); err != nil {
+		t.Fatal(err)
+	}
+	first := c.AgentSVID()
+	leaf := first.Certificates[0]
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	planned := leaf.NotBefore.Add(30 * time.Minute)
+	if !clock.WaitFor(ctx, func(p []time.Time) bool { return len(p) == 1 && p[0].Equal(planned) }) {
+		t.Fatalf("renewal not planned at half-life %v", planned)
+	}
+	clock.Set(planned)
+	for c.AgentSVID() == first { // bounded by ctx
+		if ctx.Err() != nil {
+			t.Fatal("agent SVID not renewed")
+		}
+		clock.WaitFor(ctx, func(p []time.Time) bool { return c.AgentSVID() != first || len(p) > 0 })
+	}
+	if c.AgentSVID().Certificates[0].SerialNumber.Cmp(leaf.SerialNumber) == 0 {
+		t.Fatal("renewed SVID has the old serial")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -57,6 +57,10 @@ func loadPluggedIn(cfg Config) (*caKeys, error) {
 	if len(served) == 0 { // the signing certificate is itself a root
 		served = path
 	}
+	if len(cert.SubjectKeyId) == 0 {
+		cfg.Logger.Warn("plugged-in intermediate has no SubjectKeyId; SVIDs will carry no AuthorityKeyId",
+			"subject", cert.Subject.String())
+	}
 	if left := cert.NotAfter.Sub(cfg.Clock()); left < cfg.MaxTTL {
 		cfg.Logger.Warn("plugged-in intermediate expires before the max SVID TTL; SVIDs will be shortened to its expiry",
 			"not_after", cert.NotAfter, "max_ttl", cfg.MaxTTL.String())

@@ -5,8 +5,10 @@ import (
 	"context"
 	"crypto"
 	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/asn1"
 	"errors"
 	"testing"
@@ -301,6 +303,47 @@ func TestConfigTTLs(t *testing.T) {
 	} {
 		if _, err := New(bad); err == nil {
 			t.Errorf("New(%+v) accepted an invalid config", bad)
+		}
+	}
+}
+
+func TestSignIgnoresExtensionsRequestedInCSR(t *testing.T) {
+	clock := newTestClock()
+	a := newTestAuthority(t, clock)
+	caTrue, err := asn1.Marshal(struct {
+		IsCA       bool `asn1:"optional"`
+		MaxPathLen int  `asn1:"optional,default:-1"`
+	}{IsCA: true, MaxPathLen: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := ecKey(t, elliptic.P256())
+	tmpl := &x509.CertificateRequest{
+		URIs: workloadURIs(t),
+		ExtraExtensions: []pkix.Extension{
+			{Id: oidBasicConstraints, Critical: true, Value: caTrue},
+			{Id: asn1.ObjectIdentifier{1, 2, 3, 4}, Value: []byte{0x05, 0x00}},
+		},
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := a.ParseWorkloadCSR(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := a.Sign(context.Background(), csr, csr.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := iss.Chain[0]
+	if leaf.IsCA || leaf.KeyUsage&x509.KeyUsageCertSign != 0 {
+		t.Fatal("a CSR asking for CA:true produced a CA certificate")
+	}
+	for _, e := range leaf.Extensions {
+		if e.Id.Equal(asn1.ObjectIdentifier{1, 2, 3, 4}) {
+			t.Fatal("an extension requested in the CSR was copied into the leaf")
 		}
 	}
 }

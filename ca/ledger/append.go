@@ -1,0 +1,154 @@
+package ledger
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/transparency-dev/merkle/rfc6962"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Append adds events to the log, in order, and returns their indices. All
+// events of one call go into one bbolt transaction, and concurrent calls
+// are grouped into shared transactions (bbolt Batch); Append returns only
+// after that transaction is committed and fsync'd, so an entry is durable
+// before the caller hands out the certificate it records. Events with a
+// zero Time get the ledger clock's time. Safe for concurrent use.
+func (l *Ledger) Append(ctx context.Context, events ...Event) ([]uint64, error) {
+	if len(events) == 0 {
+		return nil, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("ledger: append: %w", err)
+	}
+	evs := make([]Event, len(events))
+	now := l.clock()
+	for i := range events {
+		evs[i] = events[i]
+		if evs[i].Time.IsZero() {
+			evs[i].Time = now
+		}
+		if err := evs[i].validate(); err != nil {
+			return nil, err
+		}
+	}
+	var first uint64
+	var head treeState
+	err := l.db.Batch(func(tx *bolt.Tx) error {
+		var err error
+		first, head, err = appendTx(tx, evs)
+		return err
+	})
+	if err != nil {
+		if l.isClosed() {
+			return nil, ErrClosed
+		}
+		return nil, fmt.Errorf("ledger: append: %w", err)
+	}
+	l.committed(ctx, head, first, evs)
+	idx := make([]uint64, len(evs))
+	for i := range idx {
+		idx[i] = first + uint64(i)
+	}
+	return idx, nil
+}
+
+// appendTx writes evs at the end of the tree stored in tx. It reads the
+// tree state from tx, so bbolt may safely re-run it.
+func appendTx(tx *bolt.Tx, evs []Event) (uint64, treeState, error) {
+	st, err := readTree(tx)
+	if err != nil {
+		return 0, treeState{}, err
+	}
+	r, err := st.rng()
+	if err != nil {
+		return 0, treeState{}, err
+	}
+	entries := tx.Bucket(bEntries)
+	entries.FillPercent = 1
+	nw := newNodeWriter(tx)
+	ix := newIndexWriter(tx)
+	first := r.End()
+	for i := range evs {
+		idx := r.End()
+		data, err := encodeEvent(idx, &evs[i])
+		if err != nil {
+			return 0, treeState{}, err
+		}
+		if err := entries.Put(u64(idx), data); err != nil {
+			return 0, treeState{}, err
+		}
+		if err := r.Append(rfc6962.DefaultHasher.HashLeaf(data), nw.visit); err != nil {
+			return 0, treeState{}, err
+		}
+		if nw.err != nil {
+			return 0, treeState{}, nw.err
+		}
+		if err := ix.add(idx, &evs[i]); err != nil {
+			return 0, treeState{}, err
+		}
+	}
+	if err := writeTree(tx, r); err != nil {
+		return 0, treeState{}, err
+	}
+	return first, treeState{size: r.End(), hashes: r.Hashes()}, nil
+}
+
+// committed publishes a committed append: the new head, revocations,
+// watchers, audit log lines and metrics.
+func (l *Ledger) committed(ctx context.Context, head treeState, first uint64, evs []Event) {
+	l.mu.Lock()
+	if head.size > l.head.size {
+		l.head = head
+	}
+	revChanged := false
+	for i := range evs {
+		if evs[i].Kind == KindRevocation {
+			l.revoked[evs[i].Serial] = revokedCert{
+				Index: first + uint64(i), Time: evs[i].Time, Reason: evs[i].Reason, NotAfter: evs[i].NotAfter,
+			}
+			revChanged = true
+		}
+	}
+	if revChanged {
+		close(l.revCh)
+		l.revCh = make(chan struct{})
+	}
+	close(l.appendCh)
+	l.appendCh = make(chan struct{})
+	l.mu.Unlock()
+	for i := range evs {
+		l.auditLine(ctx, first+uint64(i), &evs[i])
+	}
+	l.metrics.appended(evs)
+}
+
+// auditLine writes the JSON audit log line of one event.
+func (l *Ledger) auditLine(ctx context.Context, index uint64, ev *Event) {
+	attrs := []slog.Attr{
+		slog.String("audit", "castellan.ledger"),
+		slog.Uint64("index", index),
+		slog.String("kind", string(ev.Kind)),
+		slog.Time("time", ev.Time),
+	}
+	add := func(k, v string) {
+		if v != "" {
+			attrs = append(attrs, slog.String(k, v))
+		}
+	}
+	add("serial", ev.Serial)
+	add("spiffe_id", ev.SPIFFEID)
+	add("node", ev.Node)
+	add("not_before", formatTime(ev.NotBefore))
+	add("not_after", formatTime(ev.NotAfter))
+	add("public_key_sha256", ev.PublicKeySHA256)
+	add("reason", ev.Reason)
+	l.log.LogAttrs(ctx, slog.LevelInfo, "ledger event", attrs...)
+}
+
+func (l *Ledger) isClosed() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.closed
+}

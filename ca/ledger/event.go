@@ -1,0 +1,184 @@
+package ledger
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Kind is the type of an audit-log event.
+type Kind string
+
+// The kinds of event the ledger records.
+const (
+	KindIssuance     Kind = "issuance"       // a new X.509-SVID was signed
+	KindRenewal      Kind = "renewal"        // an SVID was re-signed for an identity that held one
+	KindRevocation   Kind = "revocation"     // a certificate was revoked (Serial, Reason)
+	KindCAKeyChange  Kind = "ca_key_change"  // the CA's signing key or chain changed
+	KindJoinTokenUse Kind = "join_token_use" // an agent attested with a join token (Node)
+)
+
+// Valid reports whether k is one of the Kind constants.
+func (k Kind) Valid() bool {
+	switch k {
+	case KindIssuance, KindRenewal, KindRevocation, KindCAKeyChange, KindJoinTokenUse:
+		return true
+	}
+	return false
+}
+
+// IsCertificate reports whether events of kind k describe a newly signed
+// certificate (issuance or renewal).
+func (k Kind) IsCertificate() bool { return k == KindIssuance || k == KindRenewal }
+
+// Event is one audit-log entry. Which fields are set depends on Kind:
+// issuance and renewal carry the whole certificate description; revocation
+// carries Serial, Reason and (copied from the issuance entry) SPIFFEID, Node
+// and NotAfter; CA key changes and join-token uses carry what applies.
+type Event struct {
+	Kind Kind
+	// Time is when the event happened; zero means the ledger's clock at Append.
+	Time time.Time
+	// Serial is the certificate serial number in lower-case hex.
+	Serial   string
+	SPIFFEID string
+	Node     string
+	// NotBefore and NotAfter are the certificate's validity window. An
+	// event with a NotAfter may be pruned once NotAfter is older than the
+	// retention period.
+	NotBefore, NotAfter time.Time
+	// PublicKeySHA256 is the hex SHA-256 of the leaf's SubjectPublicKeyInfo.
+	PublicKeySHA256 string
+	// CertDER is the leaf certificate, for issuance and renewal.
+	CertDER []byte
+	// Reason is the revocation reason or other free-form detail.
+	Reason string
+}
+
+// Entry is an Event as stored in the log, at a position (Index) in the
+// Merkle tree.
+type Entry struct {
+	Event
+	// Index is the position of the entry in the log, from 0.
+	Index uint64
+	// LeafHash is the RFC 6962 leaf hash of Data.
+	LeafHash []byte
+	// Data is the exact encoded entry the leaf hash commits to (nil when
+	// Pruned). It is what an auditor re-hashes.
+	Data []byte
+	// Pruned reports that the full entry was removed after its retention
+	// period; only Index and LeafHash remain.
+	Pruned bool
+	// Revoked is set on certificate entries whose serial has been revoked.
+	Revoked *Revocation
+}
+
+// Revocation describes the revocation of a certificate.
+type Revocation struct {
+	// Index is the position of the revocation event in the log.
+	Index  uint64
+	Time   time.Time
+	Reason string
+}
+
+// wireEntry is the leaf encoding: versioned JSON with a fixed field order.
+// The index is part of the leaf, so an entry cannot be moved to another
+// position without changing its hash.
+type wireEntry struct {
+	V               int    `json:"v"`
+	Index           uint64 `json:"index"`
+	Kind            Kind   `json:"kind"`
+	Time            string `json:"time"`
+	Serial          string `json:"serial,omitempty"`
+	SPIFFEID        string `json:"spiffe_id,omitempty"`
+	Node            string `json:"node,omitempty"`
+	NotBefore       string `json:"not_before,omitempty"`
+	NotAfter        string `json:"not_after,omitempty"`
+	PublicKeySHA256 string `json:"public_key_sha256,omitempty"`
+	Cert            string `json:"cert,omitempty"`
+	Reason          string `json:"reason,omitempty"`
+}
+
+const wireVersion = 1
+
+func formatTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
+}
+
+func parseTime(s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	return time.Parse(time.RFC3339Nano, s)
+}
+
+// encodeEvent returns the leaf data for ev at index.
+func encodeEvent(index uint64, ev *Event) ([]byte, error) {
+	w := wireEntry{
+		V: wireVersion, Index: index, Kind: ev.Kind, Time: formatTime(ev.Time),
+		Serial: ev.Serial, SPIFFEID: ev.SPIFFEID, Node: ev.Node,
+		NotBefore: formatTime(ev.NotBefore), NotAfter: formatTime(ev.NotAfter),
+		PublicKeySHA256: ev.PublicKeySHA256, Reason: ev.Reason,
+	}
+	if len(ev.CertDER) > 0 {
+		w.Cert = base64.StdEncoding.EncodeToString(ev.CertDER)
+	}
+	b, err := json.Marshal(&w)
+	if err != nil {
+		return nil, fmt.Errorf("ledger: encode entry %d: %w", index, err)
+	}
+	return b, nil
+}
+
+// DecodeEntry parses leaf data as written by the ledger. It does not check
+// the leaf hash; see Verify.
+func DecodeEntry(data []byte) (Entry, error) {
+	var w wireEntry
+	if err := json.Unmarshal(data, &w); err != nil {
+		return Entry{}, fmt.Errorf("ledger: decode entry: %w", err)
+	}
+	if w.V != wireVersion {
+		return Entry{}, fmt.Errorf("ledger: decode entry: unsupported version %d", w.V)
+	}
+	e := Entry{Index: w.Index, Data: data}
+	e.Kind, e.Serial, e.SPIFFEID, e.Node = w.Kind, w.Serial, w.SPIFFEID, w.Node
+	e.PublicKeySHA256, e.Reason = w.PublicKeySHA256, w.Reason
+	var err error
+	for _, f := range []struct {
+		dst *time.Time
+		src string
+	}{{&e.Time, w.Time}, {&e.NotBefore, w.NotBefore}, {&e.NotAfter, w.NotAfter}} {
+		if *f.dst, err = parseTime(f.src); err != nil {
+			return Entry{}, fmt.Errorf("ledger: decode entry %d: %w", w.Index, err)
+		}
+	}
+	if w.Cert != "" {
+		if e.CertDER, err = base64.StdEncoding.DecodeString(w.Cert); err != nil {
+			return Entry{}, fmt.Errorf("ledger: decode entry %d: certificate: %w", w.Index, err)
+		}
+	}
+	return e, nil
+}
+
+// validate checks an event before it is appended.
+func (ev *Event) validate() error {
+	if !ev.Kind.Valid() {
+		return fmt.Errorf("%w: unknown kind %q", ErrInvalidEvent, ev.Kind)
+	}
+	if (ev.Kind.IsCertificate() || ev.Kind == KindRevocation) && ev.Serial == "" {
+		return fmt.Errorf("%w: %s event without a serial", ErrInvalidEvent, ev.Kind)
+	}
+	if ev.Kind.IsCertificate() && ev.SPIFFEID == "" {
+		return fmt.Errorf("%w: %s event without a SPIFFE ID", ErrInvalidEvent, ev.Kind)
+	}
+	for _, c := range ev.Serial {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return fmt.Errorf("%w: serial %q is not lower-case hex", ErrInvalidEvent, ev.Serial)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,124 @@
+package ledger
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Secondary indexes. Each key is <value> 0x00 <index, 8 bytes big-endian>
+// with an empty value, so a prefix scan yields matching entries in log
+// order; the expiry index key is <NotAfter unix nanoseconds> <index>.
+type indexWriter struct {
+	serial, spiffe, node, expiry, revoked *bolt.Bucket
+}
+
+func newIndexWriter(tx *bolt.Tx) *indexWriter {
+	return &indexWriter{
+		serial: tx.Bucket(bSerial), spiffe: tx.Bucket(bSPIFFE), node: tx.Bucket(bNode),
+		expiry: tx.Bucket(bExpiry), revoked: tx.Bucket(bRevoked),
+	}
+}
+
+func indexKey(value string, idx uint64) []byte {
+	k := make([]byte, 0, len(value)+9)
+	k = append(k, value...)
+	k = append(k, 0)
+	return binary.BigEndian.AppendUint64(k, idx)
+}
+
+func expiryKey(notAfter time.Time, idx uint64) []byte {
+	k := binary.BigEndian.AppendUint64(make([]byte, 0, 16), uint64(notAfter.UnixNano()))
+	return binary.BigEndian.AppendUint64(k, idx)
+}
+
+// indexOf returns the log index at the end of an index key.
+func indexOf(key []byte) uint64 { return binary.BigEndian.Uint64(key[len(key)-8:]) }
+
+// valueOf returns the indexed value of a <value> 0x00 <index> key.
+func valueOf(key []byte) []byte { return key[:len(key)-9] }
+
+func (w *indexWriter) add(idx uint64, ev *Event) error {
+	for _, p := range []struct {
+		b *bolt.Bucket
+		v string
+	}{{w.serial, ev.Serial}, {w.spiffe, ev.SPIFFEID}, {w.node, ev.Node}} {
+		if p.v == "" {
+			continue
+		}
+		if err := p.b.Put(indexKey(p.v, idx), nil); err != nil {
+			return err
+		}
+	}
+	if !ev.NotAfter.IsZero() {
+		if err := w.expiry.Put(expiryKey(ev.NotAfter, idx), nil); err != nil {
+			return err
+		}
+	}
+	if ev.Kind == KindRevocation {
+		v, err := json.Marshal(revokedCert{Index: idx, Time: ev.Time, Reason: ev.Reason, NotAfter: ev.NotAfter})
+		if err != nil {
+			return err
+		}
+		return w.revoked.Put([]byte(ev.Serial), v)
+	}
+	return nil
+}
+
+func (w *indexWriter) remove(idx uint64, ev *Event) error {
+	for _, p := range []struct {
+		b *bolt.Bucket
+		v string
+	}{{w.serial, ev.Serial}, {w.spiffe, ev.SPIFFEID}, {w.node, ev.Node}} {
+		if p.v == "" {
+			continue
+		}
+		if err := p.b.Delete(indexKey(p.v, idx)); err != nil {
+			return err
+		}
+	}
+	if ev.Kind == KindRevocation {
+		if err := w.revoked.Delete([]byte(ev.Serial)); err != nil {
+			return err
+		}
+	}
+	if ev.NotAfter.IsZero() {
+		return nil
+	}
+	return w.expiry.Delete(expiryKey(ev.NotAfter, idx))
+}
+
+// lookupSerial returns the log indices of events for serial, in order.
+func lookupSerial(tx *bolt.Tx, serial string) []uint64 {
+	var out []uint64
+	prefix := append([]byte(serial), 0)
+	c := tx.Bucket(bSerial).Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8; k, _ = c.Next() {
+		out = append(out, indexOf(k))
+	}
+	return out
+}
+
+// revokedCert is a revocation as kept in the revoked bucket and in memory.
+type revokedCert struct {
+	Index    uint64    `json:"index"`
+	Time     time.Time `json:"time"`
+	Reason   string    `json:"reason,omitempty"`
+	NotAfter time.Time `json:"not_after"`
+}
+
+func (l *Ledger) loadRevoked(tx *bolt.Tx) error {
+	l.revoked = map[string]revokedCert{}
+	return tx.Bucket(bRevoked).ForEach(func(k, v []byte) error {
+		var r revokedCert
+		if err := json.Unmarshal(v, &r); err != nil {
+			return fmt.Errorf("ledger: revocation of %s is damaged: %w", k, err)
+		}
+		l.revoked[string(k)] = r
+		return nil
+	})
+}

@@ -1,0 +1,256 @@
+// Package ledger is Castellan's issuance ledger: an append-only Merkle-tree
+// log of every issuance, renewal, revocation, CA key change and join-token
+// use, stored in bbolt.
+//
+// Leaves are RFC 6962 leaf hashes of each entry's encoded form; the tree
+// state is published as signed checkpoints in the transparency-log
+// checkpoint format (golang.org/x/mod/sumdb/note signatures), so an auditor
+// holding an old checkpoint can check that the log only grew (Consistency)
+// and anyone can check that an entry is in it (InclusionProof). Entries are
+// indexed by serial, SPIFFE ID, node and expiry.
+//
+// Durability: Append returns only after its bbolt transaction is fsync'd;
+// concurrent Appends share one transaction (bbolt Batch). A Ledger is safe
+// for concurrent use.
+package ledger
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	bolt "go.etcd.io/bbolt"
+	"golang.org/x/mod/sumdb/note"
+)
+
+// Defaults applied by Open to zero Options fields.
+const (
+	DefaultOrigin        = "castellan.local/ledger"
+	DefaultRetention     = 30 * 24 * time.Hour
+	DefaultMaxBatchDelay = 2 * time.Millisecond
+)
+
+// Options configures a Ledger.
+type Options struct {
+	// Clock returns the current time (nil -> time.Now).
+	Clock func() time.Time
+	// Origin names the log in its checkpoints (first line) and is the name
+	// of the generated log key ("" -> DefaultOrigin).
+	Origin string
+	// Signer signs checkpoints; VerifierKey is its note verifier key
+	// ("<name>+<hash>+<key>"), given to auditors. Both set or neither: when
+	// neither is set, an Ed25519 log key is loaded from (or generated into)
+	// the file path+".key", mode 0600.
+	Signer      note.Signer
+	VerifierKey string
+	// Logger receives one JSON audit line per event, and operational logs
+	// (nil -> discard).
+	Logger *slog.Logger
+	// Registry, when set, receives the ledger's metrics.
+	Registry *prometheus.Registry
+	// Retention is how long after NotAfter an entry's full content is
+	// kept before Prune may remove it (0 -> 30 days).
+	Retention time.Duration
+	// MaxBatchDelay bounds how long an Append waits to share a transaction
+	// with concurrent Appends (0 -> 2ms).
+	MaxBatchDelay time.Duration
+}
+
+// Ledger is an open issuance log.
+type Ledger struct {
+	db        *bolt.DB
+	clock     func() time.Time
+	origin    string
+	signer    note.Signer
+	verifier  note.Verifier
+	vkey      string
+	log       *slog.Logger
+	retention time.Duration
+	metrics   *metrics
+
+	revokeMu sync.Mutex // serializes Revoke
+
+	mu        sync.Mutex
+	head      treeState                  // latest committed tree
+	revoked   map[string]revokedCert     // serial -> revocation, unexpired only
+	revCh     chan struct{}              // closed when revoked changes
+	appendCh  chan struct{}              // closed when the log grows
+	lastCP    []byte                     // latest signed checkpoint
+	lastCPLen uint64                     // its tree size
+	closed    bool
+}
+
+// Bucket names.
+var (
+	bMeta    = []byte("meta")
+	bEntries = []byte("entries")
+	bNodes   = []byte("nodes")
+	bSerial  = []byte("by_serial")
+	bSPIFFE  = []byte("by_spiffe_id")
+	bNode    = []byte("by_node")
+	bExpiry  = []byte("by_expiry")
+	bRevoked = []byte("revoked")
+
+	kTree       = []byte("tree")
+	kCheckpoint = []byte("checkpoint")
+	kOrigin     = []byte("origin")
+)
+
+// Open opens (creating if needed) the ledger at path, a bbolt file with
+// mode 0600. It checks that the stored tree state is intact and that the
+// file belongs to the same origin.
+func Open(path string, opts Options) (*Ledger, error) {
+	l := &Ledger{
+		clock: opts.Clock, origin: opts.Origin, log: opts.Logger,
+		retention: opts.Retention, revCh: make(chan struct{}), appendCh: make(chan struct{}),
+	}
+	if l.clock == nil {
+		l.clock = time.Now
+	}
+	if l.origin == "" {
+		l.origin = DefaultOrigin
+	}
+	if l.log == nil {
+		l.log = slog.New(slog.DiscardHandler)
+	}
+	if l.retention == 0 {
+		l.retention = DefaultRetention
+	}
+	if err := l.loadKey(path, opts); err != nil {
+		return nil, err
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("ledger: open %s: %w", path, err)
+	}
+	db.MaxBatchDelay = opts.MaxBatchDelay
+	if db.MaxBatchDelay == 0 {
+		db.MaxBatchDelay = DefaultMaxBatchDelay
+	}
+	l.db = db
+	if err := l.init(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	l.metrics = newMetrics(opts.Registry, l)
+	return l, nil
+}
+
+// loadKey sets the checkpoint signer from opts or from the key file.
+func (l *Ledger) loadKey(path string, opts Options) error {
+	if (opts.Signer == nil) != (opts.VerifierKey == "") {
+		return errors.New("ledger: Options.Signer and Options.VerifierKey must be set together")
+	}
+	if opts.Signer != nil {
+		l.signer, l.vkey = opts.Signer, opts.VerifierKey
+	} else {
+		skey, err := loadOrCreateKey(path+".key", l.origin)
+		if err != nil {
+			return err
+		}
+		if l.signer, err = note.NewSigner(skey); err != nil {
+			return fmt.Errorf("ledger: log key %s.key: %w", path, err)
+		}
+		if l.vkey, err = verifierKeyOf(skey); err != nil {
+			return err
+		}
+	}
+	v, err := note.NewVerifier(l.vkey)
+	if err != nil {
+		return fmt.Errorf("ledger: verifier key: %w", err)
+	}
+	if v.Name() != l.signer.Name() || v.KeyHash() != l.signer.KeyHash() {
+		return errors.New("ledger: Options.VerifierKey does not match Options.Signer")
+	}
+	l.verifier = v
+	return nil
+}
+
+func loadOrCreateKey(file, name string) (string, error) {
+	b, err := os.ReadFile(file)
+	if err == nil {
+		return string(b), nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("ledger: read log key: %w", err)
+	}
+	skey, _, err := note.GenerateKey(rand.Reader, name)
+	if err != nil {
+		return "", fmt.Errorf("ledger: generate log key: %w", err)
+	}
+	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", fmt.Errorf("ledger: write log key: %w", err)
+	}
+	if _, err := f.WriteString(skey); err != nil {
+		f.Close()
+		return "", fmt.Errorf("ledger: write log key: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return "", fmt.Errorf("ledger: write log key: %w", err)
+	}
+	return skey, f.Close()
+}
+
+// init creates the buckets and loads the tree head and revocations.
+func (l *Ledger) init() error {
+	return l.db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bMeta, bEntries, bNodes, bSerial, bSPIFFE, bNode, bExpiry, bRevoked} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("ledger: create bucket %s: %w", name, err)
+			}
+		}
+		meta := tx.Bucket(bMeta)
+		if o := meta.Get(kOrigin); o == nil {
+			if err := meta.Put(kOrigin, []byte(l.origin)); err != nil {
+				return fmt.Errorf("ledger: %w", err)
+			}
+		} else if string(o) != l.origin {
+			return fmt.Errorf("ledger: file belongs to log %q, not %q", o, l.origin)
+		}
+		st, err := readTree(tx)
+		if err != nil {
+			return err
+		}
+		l.head = st
+		if cp := meta.Get(kCheckpoint); cp != nil {
+			l.lastCP = append([]byte(nil), cp...)
+			l.lastCPLen = checkpointSize(cp)
+		}
+		return l.loadRevoked(tx)
+	})
+}
+
+// Origin returns the log's origin line.
+func (l *Ledger) Origin() string { return l.origin }
+
+// VerifierKey returns the note verifier key for the log's checkpoints.
+func (l *Ledger) VerifierKey() string { return l.vkey }
+
+// Size returns the number of entries in the log.
+func (l *Ledger) Size() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.head.size
+}
+
+// Close closes the database. Pending Appends finish first.
+func (l *Ledger) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	l.mu.Unlock()
+	if err := l.db.Close(); err != nil {
+		return fmt.Errorf("ledger: close: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,278 @@
+package ledger
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Paging limits for List.
+const (
+	MaxPageSize = 1000
+	// maxScan bounds the index keys one List call examines, so a filter
+	// that matches little still answers quickly; the call then returns a
+	// short (possibly empty) page and a token to continue.
+	maxScan = 4096
+)
+
+// prunedMarker is the stored value of a pruned entry.
+var prunedMarker = []byte{0}
+
+// State selects certificates by their state at the ledger clock's time.
+type State int
+
+// States for Filter.State.
+const (
+	StateAny     State = iota
+	StateActive        // not revoked, NotAfter in the future
+	StateExpired       // NotAfter in the past
+	StateRevoked       // revoked
+)
+
+// Filter selects entries for List. Zero fields do not filter. At most one
+// of Serial, SPIFFEID, SPIFFEIDPrefix and Node selects the index scanned;
+// the others are applied to what that index yields.
+type Filter struct {
+	Serial         string
+	SPIFFEID       string
+	SPIFFEIDPrefix string
+	// Namespace matches SPIFFE IDs with the path /ns/<Namespace>/...
+	Namespace string
+	Node      string
+	// Kinds limits the event kinds (empty: all).
+	Kinds []Kind
+	// Since and Until bound the event time: Since <= Time < Until.
+	Since, Until time.Time
+	State        State
+}
+
+// Entry returns the entry at index.
+func (l *Ledger) Entry(ctx context.Context, index uint64) (Entry, error) {
+	if err := ctx.Err(); err != nil {
+		return Entry{}, err
+	}
+	var e Entry
+	err := l.db.View(func(tx *bolt.Tx) error {
+		var err error
+		e, err = readEntry(tx, index)
+		return err
+	})
+	return e, err
+}
+
+// Get returns the issuance or renewal entry of the certificate with the
+// given serial (hex, any case), with its revocation if any; ErrNotFound if
+// the log has none.
+func (l *Ledger) Get(ctx context.Context, serial string) (Entry, error) {
+	serial, err := NormalizeSerial(serial)
+	if err != nil {
+		return Entry{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return Entry{}, err
+	}
+	var e Entry
+	err = l.db.View(func(tx *bolt.Tx) error {
+		for _, idx := range lookupSerial(tx, serial) {
+			c, err := readEntry(tx, idx)
+			if err != nil {
+				return err
+			}
+			if c.Kind.IsCertificate() {
+				e = c
+				return nil
+			}
+		}
+		return fmt.Errorf("%w: no certificate with serial %s in the log", ErrNotFound, serial)
+	})
+	return e, err
+}
+
+// readEntry reads and decodes entry idx with its leaf hash and revocation.
+func readEntry(tx *bolt.Tx, idx uint64) (Entry, error) {
+	v := tx.Bucket(bEntries).Get(u64(idx))
+	if v == nil {
+		st, err := readTree(tx)
+		if err == nil && idx < st.size {
+			return Entry{}, fmt.Errorf("ledger: entry %d is missing from the file", idx)
+		}
+		return Entry{}, fmt.Errorf("%w: no entry %d", ErrNotFound, idx)
+	}
+	lh, err := leafHash(tx, idx)
+	if err != nil {
+		return Entry{}, err
+	}
+	if bytes.Equal(v, prunedMarker) {
+		return Entry{Index: idx, LeafHash: append([]byte(nil), lh...), Pruned: true}, nil
+	}
+	e, err := DecodeEntry(append([]byte(nil), v...))
+	if err != nil {
+		return Entry{}, fmt.Errorf("ledger: entry %d is damaged: %w", idx, err)
+	}
+	if e.Index != idx {
+		return Entry{}, fmt.Errorf("ledger: entry stored at %d says it is entry %d", idx, e.Index)
+	}
+	e.LeafHash = append([]byte(nil), lh...)
+	if e.Kind.IsCertificate() {
+		if rv := tx.Bucket(bRevoked).Get([]byte(e.Serial)); rv != nil {
+			var r revokedCert
+			if err := json.Unmarshal(rv, &r); err == nil {
+				e.Revoked = &Revocation{Index: r.Index, Time: r.Time, Reason: r.Reason}
+			}
+		}
+	}
+	return e, nil
+}
+
+// List returns up to pageSize entries matching f, in log order within the
+// scanned index, and a token for the next page ("" when there is none).
+// pageSize must be 1..MaxPageSize: the ledger refuses unbounded scans. A
+// page may hold fewer entries than pageSize, even none, with a non-empty
+// token, when the scan budget of one call ran out.
+func (l *Ledger) List(ctx context.Context, f Filter, pageSize int, pageToken string) ([]Entry, string, error) {
+	if pageSize <= 0 || pageSize > MaxPageSize {
+		return nil, "", fmt.Errorf("%w: page size must be between 1 and %d, got %d", ErrInvalidArgument, MaxPageSize, pageSize)
+	}
+	sc, err := newScan(f)
+	if err != nil {
+		return nil, "", err
+	}
+	after, err := sc.decodeToken(pageToken)
+	if err != nil {
+		return nil, "", err
+	}
+	now := l.clock()
+	var out []Entry
+	var next string
+	err = l.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(sc.bucket).Cursor()
+		k, _ := c.First()
+		if sc.prefix != nil {
+			k, _ = c.Seek(sc.prefix)
+		}
+		if after != nil {
+			if k, _ = c.Seek(after); k != nil && bytes.Equal(k, after) {
+				k, _ = c.Next()
+			}
+		}
+		var last []byte
+		for n := 0; k != nil && sc.match(k); k, _ = c.Next() {
+			if n++; n > maxScan || len(out) == pageSize {
+				next = sc.token(last)
+				return nil
+			}
+			last = k
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			e, err := readEntry(tx, sc.index(k))
+			if err != nil {
+				return err
+			}
+			if !e.Pruned && f.matches(&e, now) {
+				out = append(out, e)
+			}
+		}
+		return nil
+	})
+	return out, next, err
+}
+
+// scan is the index List walks for a filter.
+type scan struct {
+	tag    byte
+	bucket []byte
+	prefix []byte
+	exact  bool // keys are <prefix><8-byte index>
+}
+
+func newScan(f Filter) (*scan, error) {
+	set := 0
+	for _, v := range []string{f.Serial, f.SPIFFEID, f.SPIFFEIDPrefix, f.Node} {
+		if v != "" {
+			set++
+		}
+	}
+	switch {
+	case set > 1 && f.Serial == "":
+		// Several index filters: scan the most selective, filter the rest.
+	case f.Serial != "":
+		s, err := NormalizeSerial(f.Serial)
+		if err != nil {
+			return nil, err
+		}
+		return &scan{tag: 's', bucket: bSerial, prefix: append([]byte(s), 0), exact: true}, nil
+	}
+	switch {
+	case f.SPIFFEID != "":
+		return &scan{tag: 'i', bucket: bSPIFFE, prefix: append([]byte(f.SPIFFEID), 0), exact: true}, nil
+	case f.SPIFFEIDPrefix != "":
+		return &scan{tag: 'p', bucket: bSPIFFE, prefix: []byte(f.SPIFFEIDPrefix)}, nil
+	case f.Node != "":
+		return &scan{tag: 'n', bucket: bNode, prefix: append([]byte(f.Node), 0), exact: true}, nil
+	}
+	return &scan{tag: 'e', bucket: bEntries}, nil
+}
+
+func (s *scan) match(k []byte) bool {
+	if !bytes.HasPrefix(k, s.prefix) {
+		return false
+	}
+	if s.tag == 'e' {
+		return len(k) == 8
+	}
+	return !s.exact || len(k) == len(s.prefix)+8
+}
+
+func (s *scan) index(k []byte) uint64 { return indexOf(k) }
+
+// token encodes the last key examined; the next page starts after it.
+func (s *scan) token(last []byte) string {
+	return base64.RawURLEncoding.EncodeToString(append([]byte{s.tag}, last...))
+}
+
+func (s *scan) decodeToken(t string) ([]byte, error) {
+	if t == "" {
+		return nil, nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(t)
+	if err != nil || len(b) < 9 || b[0] != s.tag || !s.match(b[1:]) {
+		return nil, fmt.Errorf("%w: page token does not belong to this query; start again without one", ErrInvalidArgument)
+	}
+	return b[1:], nil
+}
+
+func (f *Filter) matches(e *Entry, now time.Time) bool {
+	if f.SPIFFEID != "" && e.SPIFFEID != f.SPIFFEID ||
+		f.SPIFFEIDPrefix != "" && !strings.HasPrefix(e.SPIFFEID, f.SPIFFEIDPrefix) ||
+		f.Node != "" && e.Node != f.Node ||
+		f.Namespace != "" && !strings.Contains(e.SPIFFEID, "/ns/"+f.Namespace+"/") ||
+		!f.Since.IsZero() && e.Time.Before(f.Since) ||
+		!f.Until.IsZero() && !e.Time.Before(f.Until) {
+		return false
+	}
+	if len(f.Kinds) > 0 {
+		ok := false
+		for _, k := range f.Kinds {
+			ok = ok || e.Kind == k
+		}
+		if !ok {
+			return false
+		}
+	}
+	switch f.State {
+	case StateActive:
+		return e.Kind.IsCertificate() && e.Revoked == nil && e.NotAfter.After(now)
+	case StateExpired:
+		return e.Kind.IsCertificate() && !e.NotAfter.After(now)
+	case StateRevoked:
+		return e.Kind.IsCertificate() && e.Revoked != nil
+	}
+	return true
+}

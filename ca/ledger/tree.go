@@ -1,0 +1,196 @@
+package ledger
+
+import (
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/binary"
+	"fmt"
+	"strings"
+
+	"github.com/transparency-dev/merkle/compact"
+	"github.com/transparency-dev/merkle/proof"
+	"github.com/transparency-dev/merkle/rfc6962"
+	bolt "go.etcd.io/bbolt"
+	"golang.org/x/mod/sumdb/note"
+)
+
+// hashSize is the size of an RFC 6962 (SHA-256) hash.
+const hashSize = 32
+
+// rangeFactory builds compact ranges with RFC 6962 node hashing.
+var rangeFactory = &compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}
+
+// treeState is the compact range [0, size): the roots of the perfect
+// subtrees that make up the tree, enough to append and to compute the root.
+type treeState struct {
+	size   uint64
+	hashes [][]byte
+}
+
+func (s treeState) rng() (*compact.Range, error) {
+	r, err := rangeFactory.NewRange(0, s.size, s.hashes)
+	if err != nil {
+		return nil, fmt.Errorf("ledger: stored tree state is corrupt: %w", err)
+	}
+	return r, nil
+}
+
+// root returns the tree's root hash (the hash of the empty string for an
+// empty tree, as RFC 6962 defines).
+func (s treeState) root() ([]byte, error) {
+	if s.size == 0 {
+		return rfc6962.DefaultHasher.EmptyRoot(), nil
+	}
+	r, err := s.rng()
+	if err != nil {
+		return nil, err
+	}
+	return r.GetRootHash(nil)
+}
+
+func readTree(tx *bolt.Tx) (treeState, error) {
+	v := tx.Bucket(bMeta).Get(kTree)
+	if v == nil {
+		return treeState{}, nil
+	}
+	if len(v) < 8 || (len(v)-8)%hashSize != 0 {
+		return treeState{}, fmt.Errorf("ledger: stored tree state has %d bytes; the file is damaged", len(v))
+	}
+	st := treeState{size: binary.BigEndian.Uint64(v)}
+	for p := v[8:]; len(p) > 0; p = p[hashSize:] {
+		st.hashes = append(st.hashes, append([]byte(nil), p[:hashSize]...))
+	}
+	if len(st.hashes) != compact.RangeSize(0, st.size) {
+		return treeState{}, fmt.Errorf("ledger: stored tree state for size %d has %d hashes; the file is damaged", st.size, len(st.hashes))
+	}
+	return st, nil
+}
+
+func writeTree(tx *bolt.Tx, r *compact.Range) error {
+	v := make([]byte, 8, 8+hashSize*len(r.Hashes()))
+	binary.BigEndian.PutUint64(v, r.End())
+	for _, h := range r.Hashes() {
+		v = append(v, h...)
+	}
+	return tx.Bucket(bMeta).Put(kTree, v)
+}
+
+func u64(i uint64) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], i)
+	return b[:]
+}
+
+// nodeWriter stores every completed subtree hash, one bbolt bucket per
+// level so that each level is written in key order.
+type nodeWriter struct {
+	nodes  *bolt.Bucket
+	levels map[uint]*bolt.Bucket
+	err    error
+}
+
+func newNodeWriter(tx *bolt.Tx) *nodeWriter {
+	return &nodeWriter{nodes: tx.Bucket(bNodes), levels: map[uint]*bolt.Bucket{}}
+}
+
+func (w *nodeWriter) visit(id compact.NodeID, hash []byte) {
+	if w.err != nil {
+		return
+	}
+	b := w.levels[id.Level]
+	if b == nil {
+		if b, w.err = w.nodes.CreateBucketIfNotExists([]byte{byte(id.Level)}); w.err != nil {
+			return
+		}
+		b.FillPercent = 1
+		w.levels[id.Level] = b
+	}
+	w.err = b.Put(u64(id.Index), hash)
+}
+
+// nodeHash reads a stored subtree hash.
+func nodeHash(tx *bolt.Tx, id compact.NodeID) ([]byte, error) {
+	b := tx.Bucket(bNodes).Bucket([]byte{byte(id.Level)})
+	var h []byte
+	if b != nil {
+		h = b.Get(u64(id.Index))
+	}
+	if len(h) != hashSize {
+		return nil, fmt.Errorf("ledger: tree node (level %d, index %d) is missing or damaged", id.Level, id.Index)
+	}
+	return h, nil
+}
+
+// leafHash reads the stored leaf hash of entry i.
+func leafHash(tx *bolt.Tx, i uint64) ([]byte, error) {
+	return nodeHash(tx, compact.NewNodeID(0, i))
+}
+
+// proofHashes fetches and combines the nodes of an inclusion or consistency
+// proof.
+func proofHashes(tx *bolt.Tx, n proof.Nodes) ([][]byte, error) {
+	hashes := make([][]byte, len(n.IDs))
+	for i, id := range n.IDs {
+		h, err := nodeHash(tx, id)
+		if err != nil {
+			return nil, err
+		}
+		hashes[i] = append([]byte(nil), h...)
+	}
+	return n.Rehash(hashes, rfc6962.DefaultHasher.HashChildren)
+}
+
+// InclusionProof returns the RFC 6962 inclusion proof of entry index in the
+// tree of the given size; it verifies with proof.VerifyInclusion from
+// github.com/transparency-dev/merkle.
+func (l *Ledger) InclusionProof(index, size uint64) ([][]byte, error) {
+	if size > l.Size() || index >= size {
+		return nil, fmt.Errorf("%w: no entry %d in a tree of size %d (log size %d)", ErrInvalidArgument, index, size, l.Size())
+	}
+	n, err := proof.Inclusion(index, size)
+	if err != nil {
+		return nil, fmt.Errorf("ledger: %w", err)
+	}
+	var out [][]byte
+	err = l.db.View(func(tx *bolt.Tx) error {
+		out, err = proofHashes(tx, n)
+		return err
+	})
+	return out, err
+}
+
+// ConsistencyProof returns the RFC 6962 consistency proof between trees of
+// size1 and size2 (size1 <= size2 <= log size).
+func (l *Ledger) ConsistencyProof(size1, size2 uint64) ([][]byte, error) {
+	if size1 > size2 || size2 > l.Size() {
+		return nil, fmt.Errorf("%w: cannot prove consistency from size %d to %d (log size %d)", ErrInvalidArgument, size1, size2, l.Size())
+	}
+	n, err := proof.Consistency(size1, size2)
+	if err != nil {
+		return nil, fmt.Errorf("ledger: %w", err)
+	}
+	var out [][]byte
+	err = l.db.View(func(tx *bolt.Tx) error {
+		out, err = proofHashes(tx, n)
+		return err
+	})
+	return out, err
+}
+
+// verifierKeyOf derives the note verifier key from an Ed25519 signer key.
+func verifierKeyOf(skey string) (string, error) {
+	parts := strings.SplitN(skey, "+", 5)
+	if len(parts) != 5 {
+		return "", fmt.Errorf("ledger: log key is malformed")
+	}
+	k, err := base64.StdEncoding.DecodeString(parts[4])
+	if err != nil || len(k) != 1+ed25519.SeedSize || k[0] != 1 {
+		return "", fmt.Errorf("ledger: log key is not an Ed25519 note key")
+	}
+	pub := ed25519.NewKeyFromSeed(k[1:]).Public().(ed25519.PublicKey)
+	vkey, err := note.NewEd25519VerifierKey(parts[2], pub)
+	if err != nil {
+		return "", fmt.Errorf("ledger: log key: %w", err)
+	}
+	return vkey, nil
+}

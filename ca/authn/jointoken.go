@@ -1,0 +1,199 @@
+package authn
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"go.etcd.io/bbolt"
+)
+
+// Join token limits.
+const (
+	// DefaultJoinTokenTTL is the lifetime of a token created with TTL 0.
+	DefaultJoinTokenTTL = 10 * time.Minute
+	// MaxJoinTokenTTL bounds how long a token may stay usable.
+	MaxJoinTokenTTL = 7 * 24 * time.Hour
+	// joinTokenBytes is the token's entropy: 256 random bits.
+	joinTokenBytes = 32
+	// joinTokenPrefix marks a Castellan join token, so a token pasted in
+	// the wrong place is recognisable.
+	joinTokenPrefix = "cjt_"
+	// usedTokenRetention is how long a used or expired token's record is
+	// kept (so a reuse is reported as such) before Prune removes it.
+	usedTokenRetention = 24 * time.Hour
+)
+
+var joinTokenBucket = []byte("join_tokens")
+
+// JoinTokens stores one-time join tokens in bbolt. Only a SHA-256 of each
+// token is stored, with the node it is for and its expiry; the token itself
+// is shown once, by Create. Consume is atomic: of two concurrent uses of the
+// same token exactly one succeeds. JoinTokens is safe for concurrent use.
+type JoinTokens struct {
+	db    *bbolt.DB
+	clock func() time.Time
+}
+
+// tokenRecord is the stored form of a join token.
+type tokenRecord struct {
+	Node      string    `json:"node"`
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+	UsedAt    time.Time `json:"used_at,omitzero"`
+}
+
+// TokenUse describes a successfully consumed join token.
+type TokenUse struct {
+	// Node is the node the token was created for.
+	Node string
+	// TokenID is a short, non-secret identifier of the token (a prefix of
+	// its hash) for logs and the audit ledger.
+	TokenID string
+	// ExpiresAt is when the token would have expired.
+	ExpiresAt time.Time
+}
+
+// NewJoinTokens returns a store over db, creating its bucket if needed.
+// clock nil means time.Now.
+func NewJoinTokens(db *bbolt.DB, clock func() time.Time) (*JoinTokens, error) {
+	if clock == nil {
+		clock = time.Now
+	}
+	err := db.Update(func(tx *bbolt.Tx) error {
+		_, err := tx.CreateBucketIfNotExists(joinTokenBucket)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("authn: create join token bucket: %w", err)
+	}
+	return &JoinTokens{db: db, clock: clock}, nil
+}
+
+// Create makes a token that lets an agent on node attest once before ttl
+// passes (0 means DefaultJoinTokenTTL). It returns the token and its expiry.
+func (j *JoinTokens) Create(ctx context.Context, node string, ttl time.Duration) (string, time.Time, error) {
+	if err := ValidateNodeName(node); err != nil {
+		return "", time.Time{}, err
+	}
+	switch {
+	case ttl == 0:
+		ttl = DefaultJoinTokenTTL
+	case ttl < 0:
+		return "", time.Time{}, fmt.Errorf("authn: join token TTL %s is negative", ttl)
+	case ttl > MaxJoinTokenTTL:
+		return "", time.Time{}, fmt.Errorf("authn: join token TTL %s exceeds the maximum %s", ttl, MaxJoinTokenTTL)
+	}
+	if err := ctx.Err(); err != nil {
+		return "", time.Time{}, fmt.Errorf("authn: create join token: %w", err)
+	}
+	raw := make([]byte, joinTokenBytes)
+	if _, err := rand.Read(raw); err != nil {
+		return "", time.Time{}, fmt.Errorf("authn: generate join token: %w", err)
+	}
+	token := joinTokenPrefix + base64.RawURLEncoding.EncodeToString(raw)
+	now := j.clock().UTC()
+	rec := tokenRecord{Node: node, CreatedAt: now, ExpiresAt: now.Add(ttl)}
+	val, err := json.Marshal(rec)
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("authn: encode join token: %w", err)
+	}
+	key := tokenHash(token)
+	err = j.db.Update(func(tx *bbolt.Tx) error {
+		return tx.Bucket(joinTokenBucket).Put(key[:], val)
+	})
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("authn: store join token: %w", err)
+	}
+	return token, rec.ExpiresAt, nil
+}
+
+// Consume marks token used and returns the node it was created for. An
+// unknown, already used or expired token gives an *Error (Unauthenticated)
+// whose reason and message say which.
+func (j *JoinTokens) Consume(ctx context.Context, token string) (TokenUse, error) {
+	if err := ctx.Err(); err != nil {
+		return TokenUse{}, fmt.Errorf("authn: consume join token: %w", err)
+	}
+	if !strings.HasPrefix(token, joinTokenPrefix) ||
+		len(token) != len(joinTokenPrefix)+base64.RawURLEncoding.EncodedLen(joinTokenBytes) {
+		return TokenUse{}, fail(ReasonJoinTokenMalformed,
+			"join token is malformed; use the token printed by `castellanctl token create`")
+	}
+	key := tokenHash(token)
+	id := hex.EncodeToString(key[:6])
+	now := j.clock().UTC()
+	var use TokenUse
+	err := j.db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(joinTokenBucket)
+		val := b.Get(key[:])
+		if val == nil {
+			return fail(ReasonJoinTokenUnknown, "join token %s is unknown; create one with `castellanctl token create --node NAME`", id)
+		}
+		var rec tokenRecord
+		if err := json.Unmarshal(val, &rec); err != nil {
+			return fmt.Errorf("authn: decode join token %s: %w", id, err)
+		}
+		if !rec.UsedAt.IsZero() {
+			return fail(ReasonJoinTokenUsed, "join token %s for node %q was already used at %s; join tokens are single-use, create a new one",
+				id, rec.Node, rec.UsedAt.Format(time.RFC3339))
+		}
+		if !now.Before(rec.ExpiresAt) {
+			return fail(ReasonJoinTokenExpired, "join token %s for node %q expired at %s; create a new one",
+				id, rec.Node, rec.ExpiresAt.Format(time.RFC3339))
+		}
+		rec.UsedAt = now
+		val, err := json.Marshal(rec)
+		if err != nil {
+			return fmt.Errorf("authn: encode join token: %w", err)
+		}
+		use = TokenUse{Node: rec.Node, TokenID: id, ExpiresAt: rec.ExpiresAt}
+		return b.Put(key[:], val)
+	})
+	if err != nil {
+		var ae *Error
+		if errors.As(err, &ae) {
+			return TokenUse{}, ae
+		}
+		return TokenUse{}, fmt.Errorf("authn: consume join token: %w", err)
+	}
+	return use, nil
+}
+
+// Prune deletes tokens that expired more than a day ago (used or not) and
+// returns how many it deleted. Tokens younger than that are kept so that a
+// late reuse is reported as a reuse rather than as an unknown token.
+func (j *JoinTokens) Prune(ctx context.Context) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("authn: prune join tokens: %w", err)
+	}
+	cutoff := j.clock().Add(-usedTokenRetention)
+	n := 0
+	err := j.db.Update(func(tx *bbolt.Tx) error {
+		c := tx.Bucket(joinTokenBucket).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			var rec tokenRecord
+			if json.Unmarshal(v, &rec) == nil && rec.ExpiresAt.After(cutoff) {
+				continue
+			}
+			if err := c.Delete(); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("authn: prune join tokens: %w", err)
+	}
+	return n, nil
+}
+
+func tokenHash(token string) [32]byte { return sha256.Sum256([]byte(token)) }

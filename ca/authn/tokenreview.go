@@ -1,0 +1,339 @@
+package authn
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// Kubernetes attestation defaults.
+const (
+	// K8sAudience is the audience an agent's projected token must carry.
+	K8sAudience = "castellan-ca"
+	// NodeNameExtra is the TokenReview extra that names the node of the pod
+	// a token is bound to.
+	NodeNameExtra = "authentication.kubernetes.io/node-name"
+	// DefaultReviewCacheTTL caps how long a review is reused: a bound token
+	// dies with its pod, and the cache must not outlive that by long.
+	DefaultReviewCacheTTL = 5 * time.Minute
+	// DefaultReviewCacheSize bounds the number of cached reviews.
+	DefaultReviewCacheSize = 10000
+	// negativeReviewTTL is how long a refused review is remembered, so that
+	// a caller retrying a bad token does not cost one review per try.
+	negativeReviewTTL = 30 * time.Second
+	// maxTokenBytes bounds the token accepted for parsing.
+	maxTokenBytes = 16 << 10
+)
+
+// Reasons for refused Kubernetes attestations.
+const (
+	ReasonK8sTokenMalformed = "k8s_token_malformed"
+	ReasonK8sTokenExpired   = "k8s_token_expired"
+	ReasonK8sWrongAudience  = "k8s_wrong_audience"
+	ReasonK8sTokenInvalid   = "k8s_token_invalid" // the API server did not authenticate it
+	ReasonK8sWrongAccount   = "k8s_wrong_service_account"
+	ReasonK8sNoNode         = "k8s_no_node"
+)
+
+// TokenReviewAttestor attests agents on Kubernetes: the request's k8s_sat
+// must be a service-account token for the configured agent service account,
+// with audience K8sAudience, bound to a pod on a node; the API server
+// checks it (TokenReview) and names the node (NodeNameExtra).
+//
+// Reviews are cached by the SHA-256 of the token until the token expires,
+// at most for the cache TTL, so a burst of attestations with one token
+// costs one TokenReview; concurrent attestations with the same uncached
+// token share one review. Expiry and audience are read from the token's
+// payload without verifying it, only to refuse early with a clear message:
+// a token is accepted only on the API server's word. It is safe for
+// concurrent use.
+type TokenReviewAttestor struct {
+	client   kubernetes.Interface
+	username string // system:serviceaccount:<ns>:<name>
+	clock    func() time.Time
+	maxTTL   time.Duration
+	maxSize  int
+	reviews  *prometheus.CounterVec
+
+	mu       sync.Mutex
+	cache    map[[32]byte]reviewResult
+	inflight map[[32]byte]*reviewCall
+}
+
+// reviewResult is a cached outcome: a node, or a refusal.
+type reviewResult struct {
+	node    string
+	err     *Error
+	expires time.Time
+}
+
+// reviewCall is a review in progress that others wait for.
+type reviewCall struct {
+	done chan struct{}
+	res  reviewResult
+	err  error // transient failure: not cached
+}
+
+// TokenReviewOption configures a TokenReviewAttestor.
+type TokenReviewOption func(*TokenReviewAttestor)
+
+// WithReviewClock sets the clock (default time.Now).
+func WithReviewClock(clock func() time.Time) TokenReviewOption {
+	return func(a *TokenReviewAttestor) { a.clock = clock }
+}
+
+// WithReviewCache bounds how long (ttl) and how many (size) reviews are
+// cached; zero values keep the defaults.
+func WithReviewCache(ttl time.Duration, size int) TokenReviewOption {
+	return func(a *TokenReviewAttestor) {
+		if ttl > 0 {
+			a.maxTTL = ttl
+		}
+		if size > 0 {
+			a.maxSize = size
+		}
+	}
+}
+
+// WithReviewMetrics registers castellan_ca_k8s_token_reviews_total{result}
+// (reviews sent to the API server, and cache hits) in reg.
+func WithReviewMetrics(reg *prometheus.Registry) TokenReviewOption {
+	return func(a *TokenReviewAttestor) {
+		a.reviews = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "castellan_ca_k8s_token_reviews_total",
+			Help: "Kubernetes token attestations by result: reviewed_ok, reviewed_refused, review_error, cache_hit, refused_early.",
+		}, []string{"result"})
+		reg.MustRegister(a.reviews)
+	}
+}
+
+// NewTokenReviewAttestor returns an attestor that reviews tokens with
+// client and admits only the service account agentNamespace/agentName.
+func NewTokenReviewAttestor(client kubernetes.Interface, agentNamespace, agentName string, opts ...TokenReviewOption) (*TokenReviewAttestor, error) {
+	if client == nil {
+		return nil, errors.New("authn: Kubernetes attestation needs a Kubernetes client")
+	}
+	if agentNamespace == "" || agentName == "" {
+		return nil, fmt.Errorf("authn: agent service account %q/%q: want <namespace>/<name>, e.g. castellan-system/castellan-agent", agentNamespace, agentName)
+	}
+	a := &TokenReviewAttestor{
+		client:   client,
+		username: "system:serviceaccount:" + agentNamespace + ":" + agentName,
+		clock:    time.Now,
+		maxTTL:   DefaultReviewCacheTTL,
+		maxSize:  DefaultReviewCacheSize,
+		cache:    map[[32]byte]reviewResult{},
+		inflight: map[[32]byte]*reviewCall{},
+	}
+	for _, o := range opts {
+		o(a)
+	}
+	return a, nil
+}
+
+// ParseServiceAccount splits "namespace/name".
+func ParseServiceAccount(s string) (namespace, name string, err error) {
+	ns, n, ok := strings.Cut(s, "/")
+	if !ok || ns == "" || n == "" || strings.Contains(n, "/") {
+		return "", "", fmt.Errorf("authn: service account %q: want <namespace>/<name>, e.g. castellan-system/castellan-agent", s)
+	}
+	return ns, n, nil
+}
+
+// Attest implements NodeAttestor for requests carrying k8s_sat.
+func (a *TokenReviewAttestor) Attest(ctx context.Context, req *cav1.AttestAgentRequest) (string, error) {
+	token := req.GetK8SSat()
+	if token == "" {
+		return "", fail(ReasonNoAttestation, "request carries no Kubernetes service-account token (k8s_sat)")
+	}
+	now := a.clock()
+	claims, err := a.precheck(token, now)
+	if err != nil {
+		a.count("refused_early")
+		return "", err
+	}
+	key := sha256.Sum256([]byte(token))
+	res, err := a.lookupOrReview(ctx, key, token, claims.expiry(), now)
+	if err != nil {
+		return "", err
+	}
+	if res.err != nil {
+		return "", res.err
+	}
+	return res.node, nil
+}
+
+// jwtClaims are the unverified claims read from a token's payload.
+type jwtClaims struct {
+	Exp int64           `json:"exp"`
+	Aud json.RawMessage `json:"aud"` // a string or a list of strings
+}
+
+func (c jwtClaims) expiry() time.Time { return time.Unix(c.Exp, 0) }
+
+func (c jwtClaims) audiences() []string {
+	var one string
+	if json.Unmarshal(c.Aud, &one) == nil {
+		return []string{one}
+	}
+	var many []string
+	_ = json.Unmarshal(c.Aud, &many)
+	return many
+}
+
+// precheck refuses, without asking the API server, a token that is not a
+// JWT, has expired or is not for K8sAudience by its own (unverified) word.
+func (a *TokenReviewAttestor) precheck(token string, now time.Time) (jwtClaims, error) {
+	var c jwtClaims
+	parts := strings.Split(token, ".")
+	if len(token) > maxTokenBytes || len(parts) != 3 {
+		return c, fail(ReasonK8sTokenMalformed, "k8s_sat is not a JWT; pass the projected service-account token file's contents")
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return c, fail(ReasonK8sTokenMalformed, "k8s_sat payload is not base64url: %v", err)
+	}
+	if err := json.Unmarshal(payload, &c); err != nil {
+		return c, fail(ReasonK8sTokenMalformed, "k8s_sat payload is not a JSON claim set: %v", err)
+	}
+	if c.Exp == 0 {
+		return c, fail(ReasonK8sTokenMalformed, "k8s_sat has no expiry: use a projected service-account token (legacy secret tokens are not accepted)")
+	}
+	if !now.Before(c.expiry()) {
+		return c, fail(ReasonK8sTokenExpired, "k8s_sat expired at %s; the kubelet refreshes projected tokens, so re-read the token file", c.expiry().UTC().Format(time.RFC3339))
+	}
+	if aud := c.audiences(); !slices.Contains(aud, K8sAudience) {
+		return c, fail(ReasonK8sWrongAudience, "k8s_sat is for audiences %q, not %q; project the token with audience %s", aud, K8sAudience, K8sAudience)
+	}
+	return c, nil
+}
+
+// lookupOrReview returns the cached result for key, or reviews the token
+// (once, however many callers ask concurrently) and caches the outcome.
+func (a *TokenReviewAttestor) lookupOrReview(ctx context.Context, key [32]byte, token string, exp, now time.Time) (reviewResult, error) {
+	a.mu.Lock()
+	if res, ok := a.cache[key]; ok {
+		if now.Before(res.expires) {
+			a.mu.Unlock()
+			a.count("cache_hit")
+			return res, nil
+		}
+		delete(a.cache, key)
+	}
+	if call, ok := a.inflight[key]; ok {
+		a.mu.Unlock()
+		select {
+		case <-call.done:
+			return call.res, call.err
+		case <-ctx.Done():
+			return reviewResult{}, status.FromContextError(ctx.Err()).Err()
+		}
+	}
+	call := &reviewCall{done: make(chan struct{})}
+	a.inflight[key] = call
+	a.mu.Unlock()
+
+	call.res, call.err = a.review(ctx, token)
+	a.mu.Lock()
+	delete(a.inflight, key)
+	if call.err == nil {
+		ttl := a.maxTTL
+		if call.res.err != nil {
+			ttl = negativeReviewTTL
+		}
+		call.res.expires = now.Add(ttl)
+		if exp.Before(call.res.expires) {
+			call.res.expires = exp
+		}
+		a.store(key, call.res, now)
+	}
+	a.mu.Unlock()
+	close(call.done)
+	return call.res, call.err
+}
+
+// store adds res to the cache, making room if it is full: expired entries
+// go first, then the one that expires soonest. Called with mu held.
+func (a *TokenReviewAttestor) store(key [32]byte, res reviewResult, now time.Time) {
+	if len(a.cache) >= a.maxSize {
+		var soonest [32]byte
+		var soonestAt time.Time
+		for k, r := range a.cache {
+			if !now.Before(r.expires) {
+				delete(a.cache, k)
+				continue
+			}
+			if soonestAt.IsZero() || r.expires.Before(soonestAt) {
+				soonest, soonestAt = k, r.expires
+			}
+		}
+		if len(a.cache) >= a.maxSize {
+			delete(a.cache, soonest)
+		}
+	}
+	a.cache[key] = res
+}
+
+// review asks the API server about token. A refusal is a result (cached);
+// an API failure is an error (not cached), Unavailable to the caller.
+func (a *TokenReviewAttestor) review(ctx context.Context, token string) (reviewResult, error) {
+	tr, err := a.client.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{
+		Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: []string{K8sAudience}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		a.count("review_error")
+		return reviewResult{}, status.Errorf(codes.Unavailable, "authn: cannot review the agent's token with the Kubernetes API server (retry later; check the CA's RBAC allows tokenreviews create): %v", err)
+	}
+	res := a.judge(tr.Status)
+	if res.err != nil {
+		a.count("reviewed_refused")
+	} else {
+		a.count("reviewed_ok")
+	}
+	return res, nil
+}
+
+// judge turns a review's status into a node or a refusal.
+func (a *TokenReviewAttestor) judge(st authenticationv1.TokenReviewStatus) reviewResult {
+	switch {
+	case !st.Authenticated:
+		msg := st.Error
+		if msg == "" {
+			msg = "not authenticated"
+		}
+		return reviewResult{err: fail(ReasonK8sTokenInvalid, "the Kubernetes API server refused k8s_sat: %s", msg)}
+	case !slices.Contains(st.Audiences, K8sAudience):
+		return reviewResult{err: fail(ReasonK8sWrongAudience, "the Kubernetes API server did not confirm audience %q for k8s_sat (got %q)", K8sAudience, st.Audiences)}
+	case st.User.Username != a.username:
+		return reviewResult{err: fail(ReasonK8sWrongAccount, "k8s_sat belongs to %q; only the agent service account %q may attest agents", st.User.Username, a.username)}
+	}
+	nodes := st.User.Extra[NodeNameExtra]
+	if len(nodes) != 1 {
+		return reviewResult{err: fail(ReasonK8sNoNode, "k8s_sat is not bound to a pod on a node (no %s in the review); use a projected token of the agent's pod", NodeNameExtra)}
+	}
+	if ValidateNodeName(nodes[0]) != nil {
+		return reviewResult{err: fail(ReasonK8sNoNode, "the review names node %q, which is not a valid node name", nodes[0])}
+	}
+	return reviewResult{node: nodes[0]}
+}
+
+func (a *TokenReviewAttestor) count(result string) {
+	if a.reviews != nil {
+		a.reviews.WithLabelValues(result).Inc()
+	}
+}

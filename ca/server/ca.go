@@ -1,0 +1,217 @@
+package server
+
+import (
+	"context"
+	"runtime"
+	"sync"
+	"time"
+
+	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/ca/authn"
+	"github.com/castellan-dev/castellan/ca/ledger"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// caService implements castellan.ca.v1.CertificateAuthorityService.
+type caService struct {
+	cav1.UnimplementedCertificateAuthorityServiceServer
+	s *Server
+}
+
+// callerNode returns the node of the calling agent, counting a refusal.
+func (c *caService) callerNode(ctx context.Context) (string, error) {
+	node, err := authn.PeerNode(ctx, c.s.td)
+	if err != nil {
+		c.s.countResult(err)
+	}
+	return node, err
+}
+
+// AttestAgent validates the CSR first (so a bad CSR does not burn a join
+// token), then attests the node, signs the agent SVID and records the
+// attestation and the SVID in one ledger append.
+func (c *caService) AttestAgent(ctx context.Context, req *cav1.AttestAgentRequest) (*cav1.AttestAgentResponse, error) {
+	s := c.s
+	a := s.cfg.Authority
+	if n := len(req.GetCsr()); n > MaxCSRBytes {
+		err := refuse(codes.InvalidArgument, reasonCSRTooLarge, "CSR is %d bytes; at most %d are accepted", n, MaxCSRBytes)
+		s.countResult(err)
+		return nil, err
+	}
+	csr, err := a.ParseAgentCSR(req.GetCsr())
+	if err != nil {
+		s.countResult(err)
+		return nil, s.grpcError(ctx, err)
+	}
+	node, err := s.cfg.Attestor.Attest(ctx, req)
+	if err != nil {
+		s.countResult(err)
+		s.log.WarnContext(ctx, "agent attestation refused", "reason", authn.ReasonOf(err), "error", err.Error())
+		return nil, s.grpcError(ctx, err)
+	}
+	id, err := authn.AgentID(s.td, node)
+	if err != nil {
+		s.countResult(err)
+		return nil, status.Error(codes.Internal, "server: attestor returned an invalid node name")
+	}
+	start := time.Now()
+	iss, err := a.Sign(ctx, csr, id, s.cfg.AgentTTL)
+	if err != nil {
+		s.countResult(err)
+		return nil, s.grpcError(ctx, err)
+	}
+	s.metrics.observeSigning(time.Since(start))
+	events := []ledger.Event{issuanceEvent(ledger.KindIssuance, iss, node, "agent attestation")}
+	if _, ok := req.GetAttestation().(*cav1.AttestAgentRequest_JoinToken); ok {
+		events = append([]ledger.Event{{Kind: ledger.KindJoinTokenUse, Node: node, SPIFFEID: id.String()}}, events...)
+	}
+	if _, err := s.cfg.Ledger.Append(ctx, events...); err != nil {
+		s.countResult(err)
+		s.log.ErrorContext(ctx, "ledger append failed; agent SVID withheld", "node", node, "error", err.Error())
+		return nil, status.Error(codes.Unavailable, "server: the issuance ledger is unavailable; no SVID was issued and the join token is spent, create a new one and retry")
+	}
+	s.countResult(nil)
+	s.log.InfoContext(ctx, "agent attested", "node", node, "spiffe_id", id.String(), "serial", serialHex(iss.Serial))
+	return &cav1.AttestAgentResponse{Svid: svidProto(iss), Bundle: s.bundle.current()}, nil
+}
+
+// RenewAgent signs a new agent SVID for the calling agent.
+func (c *caService) RenewAgent(ctx context.Context, req *cav1.RenewAgentRequest) (*cav1.RenewAgentResponse, error) {
+	s := c.s
+	node, err := c.callerNode(ctx)
+	if err != nil {
+		return nil, err
+	}
+	a := s.cfg.Authority
+	csr, err := a.ParseAgentCSR(req.GetCsr())
+	if err != nil {
+		s.countResult(err)
+		return nil, s.grpcError(ctx, err)
+	}
+	id, err := authn.AgentID(s.td, node)
+	if err != nil {
+		s.countResult(err)
+		return nil, s.grpcError(ctx, err)
+	}
+	start := time.Now()
+	iss, err := a.Sign(ctx, csr, id, s.cfg.AgentTTL)
+	if err != nil {
+		s.countResult(err)
+		return nil, s.grpcError(ctx, err)
+	}
+	s.metrics.observeSigning(time.Since(start))
+	if _, err := s.cfg.Ledger.Append(ctx, issuanceEvent(ledger.KindRenewal, iss, node, "agent renewal")); err != nil {
+		s.countResult(err)
+		s.log.ErrorContext(ctx, "ledger append failed; agent SVID withheld", "node", node, "error", err.Error())
+		return nil, status.Error(codes.Unavailable, "server: the issuance ledger is unavailable; no SVID was issued, retry later")
+	}
+	s.countResult(nil)
+	return &cav1.RenewAgentResponse{Svid: svidProto(iss)}, nil
+}
+
+// SignX509SVID signs one workload SVID for the calling agent's node.
+func (c *caService) SignX509SVID(ctx context.Context, req *cav1.SignX509SVIDRequest) (*cav1.SignX509SVIDResponse, error) {
+	s := c.s
+	node, err := c.callerNode(ctx)
+	if err != nil {
+		return nil, err
+	}
+	it := &issuance{req: req}
+	s.prepare(ctx, node, it)
+	if it.err == nil {
+		_ = s.record(ctx, node, []*issuance{it})
+	}
+	s.countResult(it.err)
+	if it.err != nil {
+		return nil, s.grpcError(ctx, it.err)
+	}
+	return &cav1.SignX509SVIDResponse{Svid: svidProto(it.issued)}, nil
+}
+
+// minParallelBatch is the batch size from which signing is spread over
+// the CPUs.
+const minParallelBatch = 8
+
+// BatchSignX509SVID signs many workload SVIDs; each request gets its own
+// result, and all issued certificates go to the ledger in one append.
+func (c *caService) BatchSignX509SVID(ctx context.Context, req *cav1.BatchSignX509SVIDRequest) (*cav1.BatchSignX509SVIDResponse, error) {
+	s := c.s
+	node, err := c.callerNode(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if n := len(req.GetRequests()); n > s.cfg.MaxBatch {
+		err := refuse(codes.InvalidArgument, reasonBatchTooLarge,
+			"batch has %d requests; at most %d are accepted, split it", n, s.cfg.MaxBatch)
+		s.countResult(err)
+		return nil, err
+	}
+	items := make([]*issuance, len(req.GetRequests()))
+	for i, r := range req.GetRequests() {
+		items[i] = &issuance{req: r}
+	}
+	s.prepareAll(ctx, node, items)
+	_ = s.record(ctx, node, items)
+	s.account(items)
+	resp := &cav1.BatchSignX509SVIDResponse{Results: make([]*cav1.BatchResult, len(items))}
+	for i, it := range items {
+		if it.err != nil {
+			st := status.Convert(s.grpcError(ctx, it.err))
+			resp.Results[i] = &cav1.BatchResult{Result: &cav1.BatchResult_Error{
+				Error: &cav1.Error{Code: int32(st.Code()), Message: st.Message()}}}
+			continue
+		}
+		resp.Results[i] = &cav1.BatchResult{Result: &cav1.BatchResult_Svid{Svid: svidProto(it.issued)}}
+	}
+	return resp, nil
+}
+
+// prepareAll prepares items, spread over the CPUs for large batches.
+func (s *Server) prepareAll(ctx context.Context, node string, items []*issuance) {
+	workers := runtime.GOMAXPROCS(0)
+	if len(items) < minParallelBatch || workers == 1 {
+		for _, it := range items {
+			s.prepare(ctx, node, it)
+		}
+		return
+	}
+	var wg sync.WaitGroup
+	chunk := (len(items) + workers - 1) / workers
+	for lo := 0; lo < len(items); lo += chunk {
+		part := items[lo:min(lo+chunk, len(items))]
+		wg.Go(func() {
+			for _, it := range part {
+				s.prepare(ctx, node, it)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// GetBundle returns the trust bundle to a verified agent.
+func (c *caService) GetBundle(ctx context.Context, _ *cav1.GetBundleRequest) (*cav1.GetBundleResponse, error) {
+	if _, err := authn.PeerNode(ctx, c.s.td); err != nil {
+		return nil, err
+	}
+	return &cav1.GetBundleResponse{Bundle: c.s.bundle.current()}, nil
+}
+
+// WatchBundle sends the bundle, then every change, until the caller leaves.
+func (c *caService) WatchBundle(_ *cav1.WatchBundleRequest, stream cav1.CertificateAuthorityService_WatchBundleServer) error {
+	ctx := stream.Context()
+	if _, err := authn.PeerNode(ctx, c.s.td); err != nil {
+		return err
+	}
+	for {
+		b, changed := c.s.bundle.watch()
+		if err := stream.Send(&cav1.WatchBundleResponse{Bundle: b}); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+	}
+}

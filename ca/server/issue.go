@@ -1,0 +1,204 @@
+package server
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math"
+	"math/big"
+	"time"
+
+	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/ca/authn"
+	"github.com/castellan-dev/castellan/ca/authority"
+	"github.com/castellan-dev/castellan/ca/authz"
+	"github.com/castellan-dev/castellan/ca/ledger"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// issuance is one workload SVID request on its way through the pipeline.
+type issuance struct {
+	req    *cav1.SignX509SVIDRequest
+	grant  authz.Grant
+	issued *authority.Issued
+	err    error
+}
+
+// prepare validates the CSR and TTL of one request and authorizes it for
+// node. On failure it sets it.err.
+func (s *Server) prepare(ctx context.Context, node string, it *issuance) {
+	a := s.cfg.Authority
+	if n := len(it.req.GetCsr()); n > MaxCSRBytes {
+		it.err = refuse(codes.InvalidArgument, reasonCSRTooLarge, "CSR is %d bytes; at most %d are accepted", n, MaxCSRBytes)
+		return
+	}
+	csr, err := a.ParseWorkloadCSR(it.req.GetCsr())
+	if err != nil {
+		it.err = err
+		return
+	}
+	ttl, err := requestTTL(it.req.GetTtlSeconds(), a.MaxTTL())
+	if err != nil {
+		it.err = err
+		return
+	}
+	grant, err := s.cfg.Authorizer.Authorize(ctx, authz.Request{
+		Node: node, ID: csr.ID, EntryID: it.req.GetEntryId(), PodUID: it.req.GetPodUid(),
+	})
+	if err != nil {
+		it.err = err
+		return
+	}
+	if ttl == 0 {
+		ttl = min(grant.TTL, a.MaxTTL())
+	}
+	it.grant = grant
+	start := time.Now()
+	it.issued, it.err = a.Sign(ctx, csr, csr.ID, ttl)
+	if it.err == nil {
+		s.metrics.observeSigning(time.Since(start))
+	}
+}
+
+// requestTTL converts a requested TTL in seconds, refusing one above max
+// (without overflowing on absurd values).
+func requestTTL(secs int64, maxTTL time.Duration) (time.Duration, error) {
+	if secs > int64(maxTTL/time.Second) || secs > math.MaxInt64/int64(time.Second) {
+		return 0, &authority.Error{Reason: authority.ReasonTTLTooLong,
+			Err: fmt.Errorf("requested TTL %ds exceeds the maximum %s", secs, maxTTL)}
+	}
+	if secs < 0 {
+		return 0, &authority.Error{Reason: authority.ReasonInvalidTTL,
+			Err: fmt.Errorf("requested TTL %ds is negative; use 0 for the default", secs)}
+	}
+	return time.Duration(secs) * time.Second, nil
+}
+
+// record appends the issued certificates of items to the ledger in one
+// call. If the ledger fails, every issued item fails: a certificate not in
+// the ledger is never handed out.
+func (s *Server) record(ctx context.Context, node string, items []*issuance, extra ...ledger.Event) error {
+	events := extra
+	for _, it := range items {
+		if it.err == nil {
+			events = append(events, issuanceEvent(ledger.KindIssuance, it.issued, node, "entry "+it.grant.EntryID))
+		}
+	}
+	if len(events) == 0 {
+		return nil
+	}
+	if _, err := s.cfg.Ledger.Append(ctx, events...); err != nil {
+		s.log.ErrorContext(ctx, "ledger append failed; withholding certificates", "node", node, "error", err.Error())
+		err = status.Error(codes.Unavailable, "server: the issuance ledger is unavailable, no certificate was issued; retry later")
+		for _, it := range items {
+			if it.err == nil {
+				it.issued, it.err = nil, err
+			}
+		}
+		return err
+	}
+	return nil
+}
+
+// account counts each item's outcome in castellan_csr_total.
+func (s *Server) account(items []*issuance) {
+	for _, it := range items {
+		s.countResult(it.err)
+	}
+}
+
+// countResult counts one request outcome.
+func (s *Server) countResult(err error) {
+	if err == nil {
+		s.metrics.count(resultIssued, reasonOK)
+		return
+	}
+	result, reason := classify(err)
+	s.metrics.count(result, reason)
+}
+
+// classify maps an error to its castellan_csr_total labels.
+func classify(err error) (result, reason string) {
+	var (
+		ae *authority.Error
+		ne *authn.Error
+		de *authz.DeniedError
+		re *refusal
+	)
+	switch {
+	case errors.As(err, &ae):
+		return resultRefused, ae.Reason
+	case errors.As(err, &ne):
+		return resultRefused, ne.Reason
+	case errors.As(err, &de):
+		return resultRefused, de.Reason
+	case errors.As(err, &re):
+		return resultRefused, re.reason
+	}
+	return resultError, reasonInternal
+}
+
+// grpcError converts err to a gRPC status error; errors without a status
+// of their own become Internal with a generic message (logged in full).
+func (s *Server) grpcError(ctx context.Context, err error) error {
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	s.log.ErrorContext(ctx, "request failed", "error", err.Error())
+	if errors.Is(err, authority.ErrSignerExpired) {
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	return status.Error(codes.Internal, "server: internal error while signing; see the CA's logs")
+}
+
+func issuanceEvent(kind ledger.Kind, iss *authority.Issued, node, detail string) ledger.Event {
+	return ledger.Event{
+		Kind:            kind,
+		Serial:          serialHex(iss.Serial),
+		SPIFFEID:        iss.ID.String(),
+		Node:            node,
+		NotBefore:       iss.NotBefore,
+		NotAfter:        iss.NotAfter,
+		PublicKeySHA256: hex.EncodeToString(iss.PublicKeySHA256[:]),
+		CertDER:         iss.Chain[0].Raw,
+		Reason:          detail,
+	}
+}
+
+// serialHex is the wire and ledger form of a serial: lower-case hex of its
+// big-endian bytes.
+func serialHex(n *big.Int) string { return hex.EncodeToString(n.Bytes()) }
+
+func svidProto(iss *authority.Issued) *cav1.X509SVID {
+	chain := make([][]byte, 0, len(iss.Chain))
+	for _, c := range iss.Chain {
+		chain = append(chain, c.Raw)
+	}
+	return &cav1.X509SVID{
+		SpiffeId:  iss.ID.String(),
+		CertChain: chain,
+		Serial:    serialHex(iss.Serial),
+		NotBefore: timestamppb.New(iss.NotBefore),
+		NotAfter:  timestamppb.New(iss.NotAfter),
+	}
+}
+
+// refusal is a request the server itself refuses (size limits).
+type refusal struct {
+	code   codes.Code
+	reason string
+	err    error
+}
+
+func refuse(code codes.Code, reason, format string, args ...any) *refusal {
+	return &refusal{code: code, reason: reason, err: fmt.Errorf(format, args...)}
+}
+
+// Error implements error.
+func (r *refusal) Error() string { return "server: " + r.err.Error() }
+
+// GRPCStatus returns the refusal's status.
+func (r *refusal) GRPCStatus() *status.Status { return status.New(r.code, r.Error()) }

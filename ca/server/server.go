@@ -1,0 +1,292 @@
+// Package server is the Castellan CA's gRPC front end: the
+// castellan.ca.v1.CertificateAuthorityService that node agents call (over
+// TLS with the server's own SVID, mutual TLS after attestation) and the
+// castellan.admin.v1.AdminService for operators (on an owner-only Unix
+// socket, or over mutual TLS for configured admin identities).
+//
+// Every request goes authn -> authz -> sign -> ledger -> response: a
+// refused request is counted in castellan_csr_total with its reason and
+// never reaches the ledger; a signed certificate is durable in the ledger
+// before the caller sees it.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	adminv1 "github.com/castellan-dev/castellan/api/castellan/admin/v1"
+	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/ca/authn"
+	"github.com/castellan-dev/castellan/ca/authority"
+	"github.com/castellan-dev/castellan/ca/authz"
+	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+)
+
+// Defaults applied by New to zero Config fields.
+const (
+	DefaultAgentTTL        = time.Hour
+	DefaultMaxRequestBytes = 4 << 20
+	DefaultMaxBatch        = 1000
+	// MaxCSRBytes bounds one CSR; real ones are well under 4 KiB.
+	MaxCSRBytes = 64 << 10
+)
+
+// Ledger is what the server needs of the issuance ledger (*ledger.Ledger).
+type Ledger interface {
+	// Append records events durably before returning, in order, and
+	// returns their indexes.
+	Append(ctx context.Context, events ...ledger.Event) ([]uint64, error)
+	// RevokedSerials returns the lower-case hex serials of revoked
+	// certificates that have not expired at now.
+	RevokedSerials(now time.Time) []string
+	// RevocationsChanged returns a channel closed at the next revocation.
+	RevocationsChanged() <-chan struct{}
+}
+
+// Config configures a Server. Authority, Ledger, Attestor, Tokens and
+// Entries are required.
+type Config struct {
+	Authority *authority.Authority
+	Ledger    Ledger
+	// Attestor proves the node of an AttestAgent caller.
+	Attestor authn.NodeAttestor
+	// Tokens serves the admin API's CreateJoinToken.
+	Tokens *authn.JoinTokens
+	// Entries are the registration entries (admin API and SyncAgent).
+	Entries *authz.Entries
+	// Authorizer decides which SVIDs a node may obtain
+	// (nil: &authz.NodeAuthorizer{Entries: Entries}).
+	Authorizer authz.Authorizer
+	// AgentTTL is the lifetime of agent SVIDs (0: DefaultAgentTTL).
+	AgentTTL time.Duration
+	// AdminIDs may call the admin API over mutual TLS.
+	AdminIDs []spiffeid.ID
+	// MaxRequestBytes bounds one gRPC request (0: DefaultMaxRequestBytes).
+	MaxRequestBytes int
+	// MaxBatch bounds the requests in one BatchSignX509SVID (0: DefaultMaxBatch).
+	MaxBatch int
+	// Registry receives the server's metrics (nil: not exported).
+	Registry *prometheus.Registry
+	// Logger receives request logs (nil: discard).
+	Logger *slog.Logger
+	// Clock returns the current time (nil: time.Now).
+	Clock func() time.Time
+}
+
+// Server holds the CA's gRPC services. Create it with New, serve it with
+// GRPCServer and AdminGRPCServer, and keep its own SVID fresh with Run.
+type Server struct {
+	cfg     Config
+	td      spiffeid.TrustDomain
+	log     *slog.Logger
+	clock   func() time.Time
+	metrics *metrics
+	health  *health.Server
+	bundle  *bundleState
+	svid    *serverSVID
+	admins  map[spiffeid.ID]bool
+
+	mu      sync.Mutex
+	servers []*grpc.Server
+}
+
+// New checks cfg, issues the server's own SVID
+// (spiffe://<td>/castellan/server) and returns the server.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Authority == nil || cfg.Ledger == nil || cfg.Attestor == nil || cfg.Tokens == nil || cfg.Entries == nil {
+		return nil, errors.New("server: Authority, Ledger, Attestor, Tokens and Entries are required")
+	}
+	if cfg.Authorizer == nil {
+		cfg.Authorizer = &authz.NodeAuthorizer{Entries: cfg.Entries}
+	}
+	if cfg.AgentTTL == 0 {
+		cfg.AgentTTL = DefaultAgentTTL
+	}
+	if cfg.AgentTTL < 0 || cfg.AgentTTL > cfg.Authority.MaxTTL() {
+		return nil, fmt.Errorf("server: agent TTL %s must be between 0 and the max TTL %s", cfg.AgentTTL, cfg.Authority.MaxTTL())
+	}
+	if cfg.MaxRequestBytes == 0 {
+		cfg.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if cfg.MaxBatch == 0 {
+		cfg.MaxBatch = DefaultMaxBatch
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	m, err := newMetrics(cfg.Registry)
+	if err != nil {
+		return nil, fmt.Errorf("server: register metrics: %w", err)
+	}
+	s := &Server{
+		cfg: cfg, td: cfg.Authority.TrustDomain(), log: cfg.Logger, clock: cfg.Clock,
+		metrics: m, health: health.NewServer(), bundle: newBundleState(cfg.Authority.Bundle()),
+		admins: map[spiffeid.ID]bool{},
+	}
+	for _, id := range cfg.AdminIDs {
+		s.admins[id] = true
+	}
+	m.caExpiry.WithLabelValues("root").Set(float64(cfg.Authority.Root().NotAfter.Unix()))
+	m.caExpiry.WithLabelValues("intermediate").Set(float64(cfg.Authority.Intermediate().NotAfter.Unix()))
+	s.svid = &serverSVID{s: s}
+	if err := s.svid.renew(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Run renews the server's own SVID at half its lifetime until ctx ends. It
+// returns nil when ctx is cancelled.
+func (s *Server) Run(ctx context.Context) error {
+	return s.svid.run(ctx)
+}
+
+// Health returns the gRPC health service; the caller sets serving status.
+func (s *Server) Health() *health.Server { return s.health }
+
+// TLSConfig returns the server TLS configuration: the server's SVID, TLS
+// 1.3, and client certificates optional but verified against the trust
+// bundle when given.
+func (s *Server) TLSConfig() *tls.Config {
+	pool := x509.NewCertPool()
+	for _, c := range s.cfg.Authority.Bundle().X509Authorities() {
+		pool.AddCert(c)
+	}
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS13,
+		ClientAuth:     tls.VerifyClientCertIfGiven,
+		ClientCAs:      pool,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.svid.current(), nil },
+		NextProtos:     []string{"h2"},
+	}
+}
+
+// Registrar adds a service to a gRPC server, e.g. an audit service added
+// next to the admin service.
+type Registrar func(grpc.ServiceRegistrar)
+
+// GRPCServer returns the main gRPC server, for TCP: TLS with the server's
+// SVID, the CA service, the health service and the admin service plus any
+// extra admin services, the latter allowed only to callers whose verified
+// SPIFFE ID is one of Config.AdminIDs.
+func (s *Server) GRPCServer(extraAdmin ...Registrar) *grpc.Server {
+	g := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(s.TLSConfig())),
+		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes),
+		grpc.StatsHandler(sizeStats{m: s.metrics}),
+		grpc.ChainUnaryInterceptor(s.adminUnaryGate),
+		grpc.ChainStreamInterceptor(s.adminStreamGate),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	cav1.RegisterCertificateAuthorityServiceServer(g, &caService{s: s})
+	healthpb.RegisterHealthServer(g, s.health)
+	s.registerAdmin(g, extraAdmin)
+	s.track(g)
+	return g
+}
+
+// AdminGRPCServer returns the gRPC server for the owner-only admin Unix
+// socket (see ListenAdminSocket): the admin service, any extra admin
+// services and the health service, without TLS.
+func (s *Server) AdminGRPCServer(extraAdmin ...Registrar) *grpc.Server {
+	g := grpc.NewServer(grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes))
+	healthpb.RegisterHealthServer(g, s.health)
+	s.registerAdmin(g, extraAdmin)
+	s.track(g)
+	return g
+}
+
+func (s *Server) registerAdmin(g *grpc.Server, extra []Registrar) {
+	adminv1.RegisterAdminServiceServer(g, &adminService{s: s})
+	for _, r := range extra {
+		r(g)
+	}
+}
+
+func (s *Server) track(g *grpc.Server) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.servers = append(s.servers, g)
+}
+
+// Shutdown marks the server not serving and stops every gRPC server it
+// built gracefully, or at once when ctx ends first.
+func (s *Server) Shutdown(ctx context.Context) {
+	s.health.Shutdown()
+	s.mu.Lock()
+	servers := s.servers
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var wg sync.WaitGroup
+		for _, g := range servers {
+			wg.Go(g.GracefulStop)
+		}
+		wg.Wait()
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		for _, g := range servers {
+			g.Stop()
+		}
+		<-done
+	}
+}
+
+// isPublicMethod reports whether method authenticates callers itself (the
+// CA service checks agent SVIDs per call; health is open).
+func isPublicMethod(method string) bool {
+	return strings.HasPrefix(method, "/castellan.ca.v1.CertificateAuthorityService/") ||
+		strings.HasPrefix(method, "/grpc.health.v1.Health/")
+}
+
+// checkAdmin allows a call on the TCP port to any method other than the CA
+// and health services only for configured admin identities.
+func (s *Server) checkAdmin(ctx context.Context, method string) error {
+	if isPublicMethod(method) {
+		return nil
+	}
+	id, err := authn.PeerID(ctx)
+	if err != nil {
+		return err
+	}
+	if !s.admins[id] {
+		s.log.WarnContext(ctx, "admin call refused", "method", method, "spiffe_id", id.String())
+		return &authn.Error{Reason: authn.ReasonNotAdmin,
+			Err: fmt.Errorf("%s is not an admin identity of this CA; use the admin socket or a configured --admin-id", id)}
+	}
+	return nil
+}
+
+func (s *Server) adminUnaryGate(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if err := s.checkAdmin(ctx, info.FullMethod); err != nil {
+		return nil, err
+	}
+	return h(ctx, req)
+}
+
+func (s *Server) adminStreamGate(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	if err := s.checkAdmin(ss.Context(), info.FullMethod); err != nil {
+		return err
+	}
+	return h(srv, ss)
+}

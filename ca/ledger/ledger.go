@@ -76,12 +76,12 @@ type Ledger struct {
 	revokeMu sync.Mutex // serializes Revoke
 
 	mu        sync.Mutex
-	head      treeState                  // latest committed tree
-	revoked   map[string]revokedCert     // serial -> revocation, unexpired only
-	revCh     chan struct{}              // closed when revoked changes
-	appendCh  chan struct{}              // closed when the log grows
-	lastCP    []byte                     // latest signed checkpoint
-	lastCPLen uint64                     // its tree size
+	head      treeState              // latest committed tree
+	revoked   map[string]revokedCert // serial -> revocation, unexpired only
+	revCh     chan struct{}          // closed when revoked changes
+	appendCh  chan struct{}          // closed when the log grows
+	lastCP    []byte                 // latest signed checkpoint
+	lastCPLen uint64                 // its tree size
 	closed    bool
 }
 

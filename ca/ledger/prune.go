@@ -1,0 +1,114 @@
+package ledger
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// pruneBatch bounds the entries one Prune transaction removes.
+const pruneBatch = 1000
+
+// Prune removes the full content of entries whose NotAfter is older than
+// the retention period at the ledger clock's time. Their leaf hashes and
+// tree nodes stay, so every proof still verifies; the entries read back
+// with Pruned set. It returns how many entries it pruned.
+func (l *Ledger) Prune(ctx context.Context) (int, error) {
+	cutoff := l.clock().Add(-l.retention)
+	total := 0
+	for {
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
+		var n int
+		var pruned []Event
+		err := l.db.Update(func(tx *bolt.Tx) error {
+			var err error
+			n, pruned, err = pruneTx(tx, cutoff)
+			return err
+		})
+		if err != nil {
+			return total, fmt.Errorf("ledger: prune: %w", err)
+		}
+		l.forgetRevocations(pruned)
+		total += n
+		if n < pruneBatch {
+			break
+		}
+	}
+	if total > 0 {
+		l.log.Info("ledger pruned expired entries", "entries", total, "cutoff", cutoff)
+	}
+	return total, nil
+}
+
+// pruneTx prunes up to pruneBatch entries that expired before cutoff.
+func pruneTx(tx *bolt.Tx, cutoff time.Time) (int, []Event, error) {
+	end := binary.BigEndian.AppendUint64(nil, uint64(cutoff.UnixNano()))
+	var keys [][]byte
+	c := tx.Bucket(bExpiry).Cursor()
+	for k, _ := c.First(); k != nil && bytes.Compare(k[:8], end) < 0 && len(keys) < pruneBatch; k, _ = c.Next() {
+		keys = append(keys, append([]byte(nil), k...))
+	}
+	ix := newIndexWriter(tx)
+	entries := tx.Bucket(bEntries)
+	var revs []Event
+	for _, k := range keys {
+		idx := indexOf(k)
+		e, err := readEntry(tx, idx)
+		if err != nil {
+			return 0, nil, err
+		}
+		if err := ix.remove(idx, &e.Event); err != nil {
+			return 0, nil, err
+		}
+		if err := tx.Bucket(bExpiry).Delete(k); err != nil {
+			return 0, nil, err
+		}
+		if err := entries.Put(u64(idx), prunedMarker); err != nil {
+			return 0, nil, err
+		}
+		if e.Kind == KindRevocation {
+			revs = append(revs, e.Event)
+		}
+	}
+	return len(keys), revs, nil
+}
+
+// forgetRevocations drops pruned revocations from memory.
+func (l *Ledger) forgetRevocations(evs []Event) {
+	if len(evs) == 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i := range evs {
+		delete(l.revoked, evs[i].Serial)
+	}
+	close(l.revCh)
+	l.revCh = make(chan struct{})
+}
+
+// Maintain prunes expired entries and signs a fresh checkpoint every
+// interval until ctx is done. Errors are logged, not fatal.
+func (l *Ledger) Maintain(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if _, err := l.Prune(ctx); err != nil && ctx.Err() == nil {
+			l.log.Error("ledger prune failed", "error", err)
+		}
+		if _, err := l.Checkpoint(ctx); err != nil && ctx.Err() == nil {
+			l.log.Error("ledger checkpoint failed", "error", err)
+		}
+	}
+}

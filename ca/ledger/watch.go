@@ -1,0 +1,124 @@
+package ledger
+
+import (
+	"context"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// chunk is how many entries one read transaction of Watch or Export holds,
+// so that long reads never pin the database file for long.
+const chunk = 1024
+
+// Watch calls fn, in log order, for every entry from index from on,
+// including entries appended while it runs (pruned entries come with
+// Pruned set). It returns when ctx is done (with ctx.Err()) or fn returns
+// an error (that error). fn runs outside any database transaction.
+func (l *Ledger) Watch(ctx context.Context, from uint64, fn func(Entry) error) error {
+	for {
+		l.mu.Lock()
+		grown, size, closed := l.appendCh, l.head.size, l.closed
+		l.mu.Unlock()
+		if closed {
+			return ErrClosed
+		}
+		for from < size {
+			entries, err := l.readRange(ctx, from, min(size, from+chunk))
+			if err != nil {
+				return err
+			}
+			for _, e := range entries {
+				if err := fn(e); err != nil {
+					return err
+				}
+			}
+			from += uint64(len(entries))
+		}
+		select {
+		case <-grown:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// readRange reads entries [from, to).
+func (l *Ledger) readRange(ctx context.Context, from, to uint64) ([]Entry, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	out := make([]Entry, 0, to-from)
+	err := l.db.View(func(tx *bolt.Tx) error {
+		for i := from; i < to; i++ {
+			e, err := readEntry(tx, i)
+			if err != nil {
+				return err
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Leaf is one position of the log as an auditor receives it: the stored
+// entry bytes (nil when pruned) and the leaf hash the log claims for it.
+type Leaf struct {
+	Index uint64
+	Data  []byte
+	Hash  []byte
+}
+
+// Export calls fn for every stored leaf [from, size) in order, where size
+// is the log size when Export starts. It reads raw bytes without decoding,
+// so a damaged entry is passed on for the auditor to detect. A missing
+// entry is passed with nil Data and nil Hash.
+func (l *Ledger) Export(ctx context.Context, from uint64, fn func(Leaf) error) error {
+	size := l.Size()
+	for from < size {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		to := min(size, from+chunk)
+		leaves := make([]Leaf, 0, to-from)
+		err := l.db.View(func(tx *bolt.Tx) error {
+			leaves = appendLeaves(tx, leaves, from, to)
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("ledger: export: %w", err)
+		}
+		for _, lf := range leaves {
+			if err := fn(lf); err != nil {
+				return err
+			}
+		}
+		from = to
+	}
+	return nil
+}
+
+// appendLeaves appends the stored leaves [from, to) read from tx.
+func appendLeaves(tx *bolt.Tx, out []Leaf, from, to uint64) []Leaf {
+	entries := tx.Bucket(bEntries)
+	level0 := tx.Bucket(bNodes).Bucket([]byte{0})
+	for i := from; i < to; i++ {
+		lf := Leaf{Index: i}
+		if v := entries.Get(u64(i)); v != nil && !isPruned(v) {
+			lf.Data = append([]byte(nil), v...)
+		}
+		if level0 != nil {
+			if h := level0.Get(u64(i)); h != nil {
+				lf.Hash = append([]byte(nil), h...)
+			}
+		}
+		if lf.Data == nil && entries.Get(u64(i)) == nil {
+			lf.Hash = nil // missing, not pruned
+		}
+		out = append(out, lf)
+	}
+	return out
+}
+
+func isPruned(v []byte) bool { return len(v) == 1 && v[0] == prunedMarker[0] }

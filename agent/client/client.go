@@ -21,6 +21,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 )
 
@@ -45,6 +46,13 @@ type Config struct {
 	Policy rotate.Policy
 	// Logger receives the client's logs; nil discards them.
 	Logger *slog.Logger
+}
+
+// reconnect bounds gRPC's own reconnection backoff (120s by default) so
+// that a CA that comes back is found within seconds.
+var reconnect = grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+	MinConnectTimeout: 5 * time.Second,
 }
 
 // Client talks to the CA. It is safe for concurrent use.
@@ -204,7 +212,8 @@ func (c *Client) ca() (cav1.CertificateAuthorityServiceClient, error) {
 	}
 	if c.conn == nil {
 		tlsConf := tlsconfig.MTLSClientConfig(c, c, tlsconfig.AuthorizeID(c.serverID))
-		conn, err := grpc.NewClient(c.cfg.Address, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
+		conn, err := grpc.NewClient(c.cfg.Address, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)),
+			grpc.WithConnectParams(reconnect))
 		if err != nil {
 			return nil, fmt.Errorf("client: dial %s: %w", c.cfg.Address, err)
 		}

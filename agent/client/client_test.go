@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
-	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/agent/client/catest"
 	"github.com/castellan-dev/castellan/agent/rotate/rotatetest"
+	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )

@@ -1,0 +1,183 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/castellan-dev/castellan/agent/attest"
+	"github.com/castellan-dev/castellan/agent/cache"
+	"github.com/castellan-dev/castellan/agent/client"
+	"github.com/castellan-dev/castellan/agent/endpoints"
+	"github.com/castellan-dev/castellan/agent/manager"
+	"github.com/castellan-dev/castellan/agent/state"
+	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+)
+
+// run wires the agent together and serves until ctx is done.
+func run(ctx context.Context, cfg config, log *slog.Logger) error {
+	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
+	if err != nil {
+		return fmt.Errorf("--trust-domain: %w", err)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("--data-dir: %w", err)
+	}
+	var bundle *x509bundle.Bundle
+	if cfg.TrustBundle != "" {
+		if bundle, err = client.LoadBundle(td, cfg.TrustBundle); err != nil {
+			return fmt.Errorf("--trust-bundle: %w", err)
+		}
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	ca, err := client.New(client.Config{Address: cfg.ServerAddress, TrustDomain: td, Bundle: bundle, DataDir: cfg.DataDir, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer ca.Close()
+	c, err := cache.Open(filepath.Join(cfg.DataDir, "cache.db"), cache.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	store := state.NewStore()
+	gate := &gatedCA{Client: ca, ready: make(chan struct{})}
+	mgr, err := manager.New(manager.Config{
+		CA: gate, Cache: c, Store: store, TrustDomain: td, OnBundle: ca.SetBundle, Registry: reg, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	ep, err := endpoints.New(endpoints.Config{
+		SocketPath: cfg.Socket, Store: store, Attestor: attest.NewUnix(), Registry: reg, Logger: log, TrustDomain: td,
+	})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	goRun := func(name string, f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(ctx); err != nil && ctx.Err() == nil {
+				errs <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	// Serve the cache and the socket at once; the CA comes after.
+	goRun("manager", mgr.Run)
+	goRun("endpoints", ep.Serve)
+	goRun("http", func(ctx context.Context) error { return serveHTTP(ctx, cfg.HTTPListen, reg, mgr) })
+	bootErr := bootstrap(ctx, ca, cfg.JoinToken, log)
+	if bootErr == nil {
+		close(gate.ready)
+		goRun("agent SVID renewal", func(ctx context.Context) error {
+			if err := ca.Run(ctx); err != nil && !errors.Is(err, client.ErrNoAgentSVID) {
+				return err
+			}
+			return nil // expiry is logged; keep serving the cache
+		})
+	}
+	log.Info("castellan-agent running", "socket", cfg.Socket, "http", cfg.HTTPListen, "server", cfg.ServerAddress, "trust_domain", td.String())
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errs:
+	}
+	cancel()
+	wg.Wait()
+	return runErr
+}
+
+// bootstrap obtains the agent SVID, retrying while the CA is unreachable.
+// Without a usable SVID or token it logs what to do and returns, leaving
+// the agent serving its cache.
+func bootstrap(ctx context.Context, ca *client.Client, token string, log *slog.Logger) error {
+	delay := time.Second
+	for {
+		err := ca.Bootstrap(ctx, token)
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, client.ErrNoAgentSVID) {
+			log.Error(err.Error() + "; serving cached, still-valid SVIDs only")
+			return err
+		}
+		log.Warn("bootstrap with the CA failed; retrying", "error", err.Error(), "retry_in", delay.String())
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 30*time.Second)
+	}
+}
+
+// serveHTTP serves /metrics, /healthz and /readyz.
+func serveHTTP(ctx context.Context, addr string, reg *prometheus.Registry, mgr *manager.Manager) error {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := mgr.Ready(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		if mgr.CAReachable() {
+			fmt.Fprintln(w, "ready: CA reachable")
+		} else {
+			fmt.Fprintln(w, "ready: serving from cache, CA unreachable")
+		}
+	})
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("--http-listen: %w", err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// gatedCA holds the manager's sync stream until the agent has its SVID, so
+// that the first sync after a join-token bootstrap is not delayed by the
+// manager's retry backoff.
+type gatedCA struct {
+	*client.Client
+	ready chan struct{}
+}
+
+// SyncAgent waits for the agent SVID, then opens the stream.
+func (g *gatedCA) SyncAgent(ctx context.Context) (grpc.ServerStreamingClient[cav1.SyncAgentResponse], error) {
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-g.ready:
+	}
+	return g.Client.SyncAgent(ctx)
+}

@@ -1,0 +1,226 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.yaml.in/yaml/v3"
+)
+
+// config is the server's configuration. Each field is a flag
+// (--trust-domain), an environment variable (CASTELLAN_TRUST_DOMAIN) and a
+// key of the YAML file given with --config (trust_domain). Flags win over
+// the environment, which wins over the file.
+type config struct {
+	TrustDomain      string        `yaml:"trust_domain"`
+	DataDir          string        `yaml:"data_dir"`
+	Listen           string        `yaml:"listen"`
+	HTTPListen       string        `yaml:"http_listen"`
+	DefaultTTL       time.Duration `yaml:"default_ttl"`
+	MaxTTL           time.Duration `yaml:"max_ttl"`
+	AgentTTL         time.Duration `yaml:"agent_ttl"`
+	RootCert         string        `yaml:"root_cert"`
+	IntermediateCert string        `yaml:"intermediate_cert"`
+	IntermediateKey  string        `yaml:"intermediate_key"`
+	AdminIDs         []string      `yaml:"admin_ids"`
+	LogLevel         string        `yaml:"log_level"`
+}
+
+func defaultConfig() config {
+	return config{
+		TrustDomain: "cluster.local",
+		DataDir:     "/var/lib/castellan",
+		Listen:      "127.0.0.1:8443",
+		HTTPListen:  "127.0.0.1:9090",
+		DefaultTTL:  time.Hour,
+		MaxTTL:      24 * time.Hour,
+		AgentTTL:    time.Hour,
+		LogLevel:    "info",
+	}
+}
+
+// listFlag is a repeatable string flag.
+type listFlag struct{ p *[]string }
+
+func (l listFlag) String() string {
+	if l.p == nil {
+		return ""
+	}
+	return strings.Join(*l.p, ",")
+}
+
+func (l listFlag) Set(v string) error {
+	*l.p = append(*l.p, v)
+	return nil
+}
+
+func flagSet(cfg *config, configPath *string, out io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("castellan-server", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.StringVar(configPath, "config", "", "YAML configuration file (keys are the flag names with _ for -)")
+	fs.StringVar(&cfg.TrustDomain, "trust-domain", cfg.TrustDomain, "SPIFFE trust domain")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the CA keys, databases and admin socket (mode 0700)")
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "gRPC (TLS) listen address for agents and admins")
+	fs.StringVar(&cfg.HTTPListen, "http-listen", cfg.HTTPListen, "HTTP listen address for /metrics, /healthz and /readyz")
+	fs.DurationVar(&cfg.DefaultTTL, "default-ttl", cfg.DefaultTTL, "lifetime of a workload SVID when the request asks for none")
+	fs.DurationVar(&cfg.MaxTTL, "max-ttl", cfg.MaxTTL, "longest SVID lifetime a request may ask for")
+	fs.DurationVar(&cfg.AgentTTL, "agent-ttl", cfg.AgentTTL, "lifetime of agent SVIDs (and of the server's own SVID)")
+	fs.StringVar(&cfg.RootCert, "root-cert", "", "PEM root certificate(s) of a plugged-in CA")
+	fs.StringVar(&cfg.IntermediateCert, "intermediate-cert", "", "PEM intermediate certificate (chain) of a plugged-in CA")
+	fs.StringVar(&cfg.IntermediateKey, "intermediate-key", "", "PEM private key of the plugged-in intermediate")
+	fs.Var(listFlag{&cfg.AdminIDs}, "admin-id", "SPIFFE ID allowed to call the admin API over mTLS (repeatable)")
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn or error")
+	return fs
+}
+
+// envName returns the environment variable of a flag.
+func envName(flagName string) string {
+	return "CASTELLAN_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// errUsage marks errors in the command line itself.
+var errUsage = errors.New("usage")
+
+// loadConfig builds the configuration from the YAML file, the environment
+// and args, in increasing precedence, and validates it.
+func loadConfig(args []string, getenv func(string) string, out io.Writer) (config, error) {
+	var path string
+	scratch := defaultConfig()
+	fs := flagSet(&scratch, &path, out)
+	if err := fs.Parse(args); err != nil {
+		return config{}, fmt.Errorf("%w: %w", errUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return config{}, fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
+	}
+	onCmdLine := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { onCmdLine[f.Name] = true })
+	if path == "" {
+		path = getenv(envName("config"))
+	}
+
+	cfg := defaultConfig()
+	if path != "" {
+		if err := readYAML(path, &cfg); err != nil {
+			return config{}, err
+		}
+	}
+	fs = flagSet(&cfg, new(string), out)
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		v := getenv(envName(f.Name))
+		if v == "" || onCmdLine[f.Name] || f.Name == "config" {
+			return
+		}
+		if f.Name == "admin-id" {
+			cfg.AdminIDs = strings.Split(v, ",")
+			return
+		}
+		if err := fs.Set(f.Name, v); err != nil && envErr == nil {
+			envErr = fmt.Errorf("castellan-server: %s=%q: %w", envName(f.Name), v, err)
+		}
+	})
+	if envErr != nil {
+		return config{}, envErr
+	}
+	if onCmdLine["admin-id"] {
+		cfg.AdminIDs = nil
+	}
+	if err := fs.Parse(args); err != nil {
+		return config{}, fmt.Errorf("%w: %w", errUsage, err)
+	}
+	return cfg, cfg.validate()
+}
+
+func readYAML(path string, cfg *config) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("castellan-server: config file: %w", err)
+	}
+	defer f.Close()
+	dec := yaml.NewDecoder(f)
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("castellan-server: config file %s: %w (keys are the flag names with _ for -, e.g. trust_domain)", path, err)
+	}
+	return nil
+}
+
+// validate checks the configuration and says what to fix.
+func (c config) validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	td, err := spiffeid.TrustDomainFromString(c.TrustDomain)
+	if err != nil {
+		bad("--trust-domain %q is invalid: %v (e.g. cluster.local)", c.TrustDomain, err)
+	}
+	if c.DataDir == "" {
+		bad("--data-dir is required")
+	}
+	for name, addr := range map[string]string{"--listen": c.Listen, "--http-listen": c.HTTPListen} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			bad("%s %q is not HOST:PORT: %v", name, addr, err)
+		}
+	}
+	switch {
+	case c.DefaultTTL <= 0 || c.MaxTTL <= 0 || c.AgentTTL <= 0:
+		bad("--default-ttl, --max-ttl and --agent-ttl must be positive (e.g. 1h)")
+	case c.DefaultTTL > c.MaxTTL:
+		bad("--default-ttl %s exceeds --max-ttl %s", c.DefaultTTL, c.MaxTTL)
+	case c.AgentTTL > c.MaxTTL:
+		bad("--agent-ttl %s exceeds --max-ttl %s", c.AgentTTL, c.MaxTTL)
+	}
+	files := 0
+	for name, f := range map[string]string{"--root-cert": c.RootCert, "--intermediate-cert": c.IntermediateCert, "--intermediate-key": c.IntermediateKey} {
+		if f == "" {
+			continue
+		}
+		files++
+		if _, err := os.Stat(f); err != nil {
+			bad("%s: %v", name, err)
+		}
+	}
+	if files != 0 && files != 3 {
+		bad("a plugged-in CA needs all of --root-cert, --intermediate-cert and --intermediate-key")
+	}
+	for _, s := range c.AdminIDs {
+		id, err := spiffeid.FromString(s)
+		switch {
+		case err != nil:
+			bad("--admin-id %q is not a SPIFFE ID: %v", s, err)
+		case !td.IsZero() && !id.MemberOf(td):
+			bad("--admin-id %q is not in trust domain %q", s, td)
+		}
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		bad("%v", err)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("castellan-server: invalid configuration:\n  %w", joinLines(errs))
+	}
+	return nil
+}
+
+func joinLines(errs []error) error {
+	msgs := make([]string, len(errs))
+	for i, e := range errs {
+		msgs[i] = e.Error()
+	}
+	return errors.New(strings.Join(msgs, "\n  "))
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("--log-level %q is invalid; use debug, info, warn or error", s)
+	}
+	return l, nil
+}

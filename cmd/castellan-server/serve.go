@@ -1,0 +1,217 @@
+package main
+
+import (
+	"context"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/castellan-dev/castellan/ca/authn"
+	"github.com/castellan-dev/castellan/ca/authority"
+	"github.com/castellan-dev/castellan/ca/authz"
+	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/server"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.etcd.io/bbolt"
+	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// Files in the data directory besides the CA's own.
+const (
+	registryFile  = "registry.db" // join tokens and registration entries
+	ledgerFile    = "ledger.db"
+	bundleFile    = "bundle.pem" // trust bundle for agents' --trust-bundle
+	adminSockFile = "admin.sock"
+)
+
+// shutdownGrace bounds a graceful stop.
+const shutdownGrace = 10 * time.Second
+
+// deps are the components the server is wired from.
+type deps struct {
+	authority *authority.Authority
+	ledger    *ledger.Ledger
+	registry  *prometheus.Registry
+	srv       *server.Server
+}
+
+// adminServices are the services served next to the admin service, on the
+// admin socket and (for admin identities) on the TCP port.
+func adminServices(d *deps) []server.Registrar {
+	return nil
+}
+
+// httpMux serves /metrics, /healthz and /readyz.
+func httpMux(d *deps) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.registry, promhttp.HandlerOpts{Registry: d.registry}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		resp, err := d.srv.Health().Check(r.Context(), &healthpb.HealthCheckRequest{})
+		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	return mux
+}
+
+// serve runs the server until ctx ends.
+func serve(ctx context.Context, cfg config, log *slog.Logger) error {
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("castellan-server: data dir: %w", err)
+	}
+	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	auth, err := authority.New(authority.Config{
+		TrustDomain: td, DataDir: cfg.DataDir, RootCertFile: cfg.RootCert,
+		IntermediateCertFile: cfg.IntermediateCert, IntermediateKeyFile: cfg.IntermediateKey,
+		DefaultTTL: cfg.DefaultTTL, MaxTTL: cfg.MaxTTL, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	if err := writeBundle(filepath.Join(cfg.DataDir, bundleFile), auth); err != nil {
+		return err
+	}
+	db, err := bbolt.Open(filepath.Join(cfg.DataDir, registryFile), 0o600, &bbolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return fmt.Errorf("castellan-server: open registry (is another server using %s?): %w", cfg.DataDir, err)
+	}
+	defer db.Close()
+	led, err := ledger.Open(filepath.Join(cfg.DataDir, ledgerFile), ledger.Options{Logger: log, Registry: reg})
+	if err != nil {
+		return err
+	}
+	defer led.Close()
+	tokens, err := authn.NewJoinTokens(db, nil)
+	if err != nil {
+		return err
+	}
+	entries, err := authz.NewEntries(db, td, cfg.MaxTTL, nil)
+	if err != nil {
+		return err
+	}
+	var admins []spiffeid.ID
+	for _, s := range cfg.AdminIDs {
+		admins = append(admins, spiffeid.RequireFromString(s))
+	}
+	srv, err := server.New(ctx, server.Config{
+		Authority: auth, Ledger: led, Attestor: &authn.JoinTokenAttestor{Tokens: tokens},
+		Tokens: tokens, Entries: entries, AgentTTL: cfg.AgentTTL, AdminIDs: admins,
+		Registry: reg, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	d := &deps{authority: auth, ledger: led, registry: reg, srv: srv}
+	return listenAndServe(ctx, cfg, log, d, tokens)
+}
+
+// listenAndServe opens the listeners, serves until ctx ends, then stops
+// gracefully.
+func listenAndServe(ctx context.Context, cfg config, log *slog.Logger, d *deps, tokens *authn.JoinTokens) error {
+	grpcLis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("castellan-server: --listen: %w", err)
+	}
+	httpLis, err := net.Listen("tcp", cfg.HTTPListen)
+	if err != nil {
+		grpcLis.Close()
+		return fmt.Errorf("castellan-server: --http-listen: %w", err)
+	}
+	adminLis, err := server.ListenAdminSocket(filepath.Join(cfg.DataDir, adminSockFile), log)
+	if err != nil {
+		grpcLis.Close()
+		httpLis.Close()
+		return err
+	}
+	grpcSrv, admin := d.srv.GRPCServer(adminServices(d)...), d.srv.AdminGRPCServer(adminServices(d)...)
+	httpSrv := &http.Server{Handler: httpMux(d), ReadHeaderTimeout: 10 * time.Second}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 6)
+	goServe := func(name string, f func() error) {
+		go func() {
+			if err := f(); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, grpc.ErrServerStopped) {
+				errc <- fmt.Errorf("castellan-server: %s: %w", name, err)
+				return
+			}
+			errc <- nil
+		}()
+	}
+	goServe("grpc", func() error { return grpcSrv.Serve(grpcLis) })
+	goServe("admin socket", func() error { return admin.Serve(adminLis) })
+	goServe("http", func() error { return httpSrv.Serve(httpLis) })
+	go func() { _ = d.srv.Run(ctx) }()
+	go d.ledger.Maintain(ctx, time.Hour)
+	go pruneTokens(ctx, tokens, log)
+	d.srv.Health().SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	log.Info("castellan-server serving", "listen", grpcLis.Addr().String(), "http_listen", httpLis.Addr().String(),
+		"admin_socket", adminLis.Addr().String(), "trust_domain", cfg.TrustDomain)
+
+	var first error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case first = <-errc:
+		log.Error("server stopped", "error", fmt.Sprint(first))
+	}
+	cancel()
+	sctx, scancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer scancel()
+	d.srv.Shutdown(sctx)
+	_ = httpSrv.Shutdown(sctx)
+	return first
+}
+
+// pruneTokens removes long-expired join tokens every hour.
+func pruneTokens(ctx context.Context, tokens *authn.JoinTokens, log *slog.Logger) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if n, err := tokens.Prune(ctx); err != nil && ctx.Err() == nil {
+				log.Error("join token prune failed", "error", err.Error())
+			} else if n > 0 {
+				log.Info("pruned expired join tokens", "count", n)
+			}
+		}
+	}
+}
+
+// writeBundle writes the trust bundle PEM (mode 0644: it is public) for
+// agents' --trust-bundle, atomically.
+func writeBundle(path string, a *authority.Authority) error {
+	var buf []byte
+	for _, c := range a.Bundle().X509Authorities() {
+		buf = append(buf, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, buf, 0o644); err != nil {
+		return fmt.Errorf("castellan-server: write bundle: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("castellan-server: write bundle: %w", err)
+	}
+	return nil
+}

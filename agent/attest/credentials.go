@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"syscall"
 	"time"
 
 	"github.com/castellan-dev/castellan/agent/state"
@@ -53,17 +54,17 @@ func NewCredentials(a Attestor, timeout time.Duration, onFailure func(reason str
 }
 
 // ServerHandshake pins and attests the peer of raw, which must be a Unix
-// connection.
+// connection (or wrap one and expose its SyscallConn).
 func (c *Credentials) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	info := &AuthInfo{
 		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
 		onFailure:      c.onFailure,
 	}
-	uc, ok := raw.(*net.UnixConn)
-	if !ok {
+	sc, ok := raw.(syscall.Conn)
+	if !ok || raw.LocalAddr().Network() != "unix" {
 		return nil, nil, fmt.Errorf("attest: connection from %s is not a Unix socket", raw.RemoteAddr())
 	}
-	p, err := PeerOf(uc)
+	p, err := PeerOf(sc)
 	if err != nil {
 		info.Err = err
 		c.onFailure(ReasonOf(err))
@@ -76,7 +77,7 @@ func (c *Credentials) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthI
 	if info.Err != nil {
 		c.onFailure(ReasonOf(info.Err))
 	}
-	return &pinnedConn{UnixConn: uc, proc: p.Process}, info, nil
+	return &pinnedConn{Conn: raw, proc: p.Process}, info, nil
 }
 
 // ClientHandshake is not supported: these credentials are server-side only.
@@ -100,12 +101,12 @@ func (c *Credentials) OverrideServerName(string) error { return nil }
 
 // pinnedConn releases the pinned process when the connection closes.
 type pinnedConn struct {
-	*net.UnixConn
+	net.Conn
 	proc *Process
 }
 
 func (c *pinnedConn) Close() error {
-	err := c.UnixConn.Close()
+	err := c.Conn.Close()
 	if c.proc != nil {
 		_ = c.proc.Close()
 	}

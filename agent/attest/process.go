@@ -3,8 +3,8 @@ package attest
 import (
 	"errors"
 	"fmt"
-	"net"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -59,11 +59,12 @@ func (p *Process) Close() error {
 	return err
 }
 
-// PeerOf reads the credentials of the process on the other end of conn and
+// PeerOf reads the credentials of the process on the other end of conn (a
+// Unix socket connection, or a wrapper exposing its SyscallConn) and
 // pins it: with SO_PEERPIDFD (Linux 6.5+) the kernel hands over a pidfd for
 // the very process that connected; on older kernels it falls back to
 // pidfd_open on the SO_PEERCRED PID. The caller closes Peer.Process.
-func PeerOf(conn *net.UnixConn) (Peer, error) {
+func PeerOf(conn syscall.Conn) (Peer, error) {
 	raw, err := conn.SyscallConn()
 	if err != nil {
 		return Peer{}, &Error{Reason: ReasonPeerCred, Err: err}

@@ -29,7 +29,15 @@ type Unix struct {
 	procRoot string
 
 	mu     sync.Mutex
-	hashes map[fileKey]string
+	hashes map[fileKey]*hashCall
+}
+
+// hashCall is one hash computation; concurrent attestations of the same
+// executable wait for it instead of hashing it again.
+type hashCall struct {
+	done chan struct{}
+	sum  string
+	err  error
 }
 
 type fileKey struct {
@@ -39,7 +47,7 @@ type fileKey struct {
 }
 
 // NewUnix returns a Unix attestor reading /proc.
-func NewUnix() *Unix { return &Unix{procRoot: "/proc", hashes: map[fileKey]string{}} }
+func NewUnix() *Unix { return &Unix{procRoot: "/proc", hashes: map[fileKey]*hashCall{}} }
 
 // Attest returns the unix selectors of peer. It fails if peer.Process is nil
 // or the process exits before its executable has been read.
@@ -96,23 +104,35 @@ func (u *Unix) hash(ctx context.Context, path string) (string, error) {
 	}
 	key := fileKey{dev: st.Dev, ino: st.Ino, size: st.Size, mtime: st.Mtim, ctim: st.Ctim}
 	u.mu.Lock()
-	sum, ok := u.hashes[key]
+	call, ok := u.hashes[key]
+	if !ok {
+		if len(u.hashes) >= maxHashCache {
+			clear(u.hashes)
+		}
+		call = &hashCall{done: make(chan struct{})}
+		u.hashes[key] = call
+	}
 	u.mu.Unlock()
 	if ok {
-		return sum, nil
+		select {
+		case <-call.done:
+			return call.sum, call.err
+		case <-ctx.Done():
+			return "", fmt.Errorf("hash executable: %w", ctx.Err())
+		}
 	}
 	h := sha256.New()
-	if _, err := io.Copy(h, ctxReader{ctx, f}); err != nil {
-		return "", fmt.Errorf("hash executable: %w", err)
+	_, err = io.Copy(h, ctxReader{ctx, f})
+	if err != nil {
+		call.err = fmt.Errorf("hash executable: %w", err)
+		u.mu.Lock()
+		delete(u.hashes, key) // do not cache a failure
+		u.mu.Unlock()
+	} else {
+		call.sum = hex.EncodeToString(h.Sum(nil))
 	}
-	sum = hex.EncodeToString(h.Sum(nil))
-	u.mu.Lock()
-	if len(u.hashes) >= maxHashCache {
-		clear(u.hashes)
-	}
-	u.hashes[key] = sum
-	u.mu.Unlock()
-	return sum, nil
+	close(call.done)
+	return call.sum, call.err
 }
 
 // ctxReader stops a long read when its context is done.

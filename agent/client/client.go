@@ -61,10 +61,11 @@ type Client struct {
 	serverID spiffeid.ID
 	log      *slog.Logger
 
-	mu     sync.Mutex
-	svid   *x509svid.SVID
-	bundle *x509bundle.Bundle
-	conn   *grpc.ClientConn
+	mu       sync.Mutex
+	svid     *x509svid.SVID
+	received time.Time // when svid was obtained; zero if loaded from disk
+	bundle   *x509bundle.Bundle
+	conn     *grpc.ClientConn
 }
 
 // New returns a client and loads the agent SVID persisted in DataDir, if
@@ -158,7 +159,7 @@ func (c *Client) storeSVID(svid *x509svid.SVID) error {
 		return err
 	}
 	c.mu.Lock()
-	c.svid = svid
+	c.svid, c.received = svid, c.cfg.Clock.Now()
 	old := c.conn
 	c.conn = nil
 	c.mu.Unlock()
@@ -166,6 +167,17 @@ func (c *Client) storeSVID(svid *x509svid.SVID) error {
 		_ = old.Close() // open streams end; their owners reconnect
 	}
 	return nil
+}
+
+// receivedAt returns when svid was obtained, if it is the current one and
+// was obtained by this process.
+func (c *Client) receivedAt(svid *x509svid.SVID) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.svid != svid {
+		return time.Time{}
+	}
+	return c.received
 }
 
 // AgentSVID returns the agent's current SVID, or nil.
@@ -270,7 +282,7 @@ func (c *Client) Run(ctx context.Context) error {
 			c.log.Error(err.Error())
 			return err
 		}
-		wait := c.cfg.Policy.RenewAt(leaf.NotBefore, leaf.NotAfter).Sub(now)
+		wait := c.cfg.Policy.RenewAt(c.receivedAt(svid), leaf.NotBefore, leaf.NotAfter).Sub(now)
 		if attempt > 0 {
 			wait = c.cfg.Policy.Backoff(attempt, leaf.NotAfter.Sub(leaf.NotBefore))
 		}

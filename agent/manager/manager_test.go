@@ -38,7 +38,7 @@ type env struct {
 
 func newEnv(t *testing.T, ca *catest.CA, dir string) *env {
 	t.Helper()
-	clock := rotatetest.NewClock(time.Now())
+	clock := rotatetest.NewClock(time.Now().Truncate(time.Second)) // X.509 times are whole seconds
 	ca.Now = clock.Now
 	return &env{t: t, ca: ca, clock: clock, dir: dir}
 }
@@ -202,6 +202,21 @@ func TestRenewalAtPlannedTimeInOneBatch(t *testing.T) {
 	})
 	if batches, signed := ca.Counts(); batches != 2 || signed != 6 {
 		t.Fatalf("renewal took %d batches (total) for %d SVIDs, want 2 batches of 3", batches, signed)
+	}
+}
+
+func TestBackdatedSVIDIsNotRenewedOnArrival(t *testing.T) {
+	ca := catest.New(t, td)
+	ca.Backdate = 30 * time.Second // longer than the lifetime left
+	ca.Start(t)
+	ca.SetEntry(entry("e1", "ratings", 20*time.Second))
+	e := newEnv(t, ca, t.TempDir())
+	start := e.clock.Now()
+	e.start(ca.JoinToken("node-1"))
+	e.waitSnapshot("e1", serving("e1"))
+	e.waitTimer(start.Add(10 * time.Second)) // half of the 20s left at receipt
+	if b, s := ca.Counts(); b != 1 || s != 1 {
+		t.Fatalf("%d batches / %d SVIDs before any time passed, want 1/1", b, s)
 	}
 }
 

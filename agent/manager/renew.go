@@ -136,7 +136,7 @@ func (m *Manager) record(p pending, res *cav1.BatchResult, now time.Time) (cache
 	}
 	rec := id.rec
 	rec.SVID = svid
-	rec.NextRotation = m.cfg.Policy.RenewAt(leaf.NotBefore, leaf.NotAfter)
+	rec.NextRotation = m.cfg.Policy.RenewAt(now, leaf.NotBefore, leaf.NotAfter)
 	return rec, nil
 }
 

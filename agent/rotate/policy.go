@@ -26,10 +26,16 @@ type Policy struct {
 	Rand func() float64
 }
 
-// RenewAt returns when an SVID valid from notBefore to notAfter should be
-// renewed: at notBefore + lifetime/2 − a random jitter of up to
-// Jitter·lifetime.
-func (p Policy) RenewAt(notBefore, notAfter time.Time) time.Time {
+// RenewAt returns when an SVID valid until notAfter, received at
+// receivedAt, should be renewed: at start + lifetime/2 − a random jitter of
+// up to Jitter·lifetime, where start is the later of notBefore and
+// receivedAt. CAs backdate NotBefore to allow for clock skew; counting the
+// lifetime from the leaf's NotBefore alone would make a short-lived SVID
+// due for renewal the moment it arrives.
+func (p Policy) RenewAt(receivedAt, notBefore, notAfter time.Time) time.Time {
+	if receivedAt.After(notBefore) {
+		notBefore = receivedAt
+	}
 	life := notAfter.Sub(notBefore)
 	if life <= 0 {
 		return notBefore

@@ -20,7 +20,7 @@ func TestRenewAtIsHalfLifeMinusJitter(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := Policy{Rand: func() float64 { return tt.rand }}
-			if got := p.RenewAt(nb, na); !got.Equal(tt.want) {
+			if got := p.RenewAt(time.Time{}, nb, na); !got.Equal(tt.want) {
 				t.Fatalf("RenewAt = %v, want %v", got, tt.want)
 			}
 		})
@@ -32,7 +32,7 @@ func TestRenewAtNeverBeforeTwoFifthsOfLifetime(t *testing.T) {
 	for i := range 100 {
 		r := float64(i) / 100
 		p := Policy{Rand: func() float64 { return r }}
-		got := p.RenewAt(nb, nb.Add(10*time.Second))
+		got := p.RenewAt(nb.Add(-time.Minute), nb, nb.Add(10*time.Second))
 		if got.Before(nb.Add(4*time.Second)) || got.After(nb.Add(5*time.Second)) {
 			t.Fatalf("rand %v: RenewAt = +%v, want within [4s, 5s]", r, got.Sub(nb))
 		}
@@ -41,7 +41,7 @@ func TestRenewAtNeverBeforeTwoFifthsOfLifetime(t *testing.T) {
 
 func TestRenewAtDegenerateLifetime(t *testing.T) {
 	nb := time.Unix(1000, 0)
-	if got := (Policy{}).RenewAt(nb, nb.Add(-time.Second)); !got.Equal(nb) {
+	if got := (Policy{}).RenewAt(time.Time{}, nb, nb.Add(-time.Second)); !got.Equal(nb) {
 		t.Fatalf("RenewAt for inverted validity = %v, want notBefore", got)
 	}
 }
@@ -82,5 +82,15 @@ func TestDueUsesBatchWindow(t *testing.T) {
 	}
 	if p.Due(now, now.Add(2*time.Second+1)) {
 		t.Fatal("renewal after the window must not be due")
+	}
+}
+
+func TestRenewAtCountsFromReceiptWhenNotBeforeIsBackdated(t *testing.T) {
+	received := time.Unix(1000, 0)
+	nb := received.Add(-30 * time.Second) // the CA backdated by 30s
+	na := received.Add(20 * time.Second)
+	p := Policy{Rand: func() float64 { return 0 }}
+	if got, want := p.RenewAt(received, nb, na), received.Add(10*time.Second); !got.Equal(want) {
+		t.Fatalf("RenewAt = %v, want %v (half of the 20s left at receipt)", got, want)
 	}
 }

@@ -50,6 +50,9 @@ type CA struct {
 	DefaultTTL time.Duration
 	// AgentTTL for agent SVIDs.
 	AgentTTL time.Duration
+	// Backdate moves workload NotBefore this far into the past, as real
+	// CAs do to allow for clock skew.
+	Backdate time.Duration
 	// Now is the CA's clock for workload SVIDs (agent and server SVIDs use
 	// the wall clock, because TLS checks them against it).
 	Now func() time.Time
@@ -351,7 +354,8 @@ func (ca *CA) signFor(node string, r *cav1.SignX509SVIDRequest) (*cav1.X509SVID,
 	if r.TtlSeconds > 0 {
 		ttl = time.Duration(r.TtlSeconds) * time.Second
 	}
-	svid, err := ca.signCSR(r.Csr, spiffeid.RequireFromString(e.SpiffeId), ca.Now(), ttl)
+	now := ca.Now()
+	svid, err := ca.signCSR(r.Csr, spiffeid.RequireFromString(e.SpiffeId), now.Add(-ca.Backdate), ttl+ca.Backdate)
 	if err == nil {
 		ca.mu.Lock()
 		ca.signed++

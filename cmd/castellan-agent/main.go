@@ -30,6 +30,10 @@ type config struct {
 	HTTPListen    string
 	TrustDomain   string
 	LogLevel      string
+	Attestor      string
+	NodeName      string
+	K8sTokenFile  string
+	Kubeconfig    string
 }
 
 func flagSet(cfg *config, out io.Writer) *flag.FlagSet {
@@ -43,6 +47,10 @@ func flagSet(cfg *config, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.HTTPListen, "http-listen", "127.0.0.1:9091", "HTTP address for /metrics, /healthz and /readyz")
 	fs.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&cfg.Attestor, "attestor", attestorUnix, "workload attestor: unix (registration entries) or k8s (one identity per pod on --node-name)")
+	fs.StringVar(&cfg.NodeName, "node-name", "", "k8s: the node this agent runs on")
+	fs.StringVar(&cfg.K8sTokenFile, "k8s-token-file", "", "k8s: projected service-account token (audience castellan-ca) used to attest the agent")
+	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "k8s: kubeconfig file (empty: in-cluster)")
 	return fs
 }
 
@@ -78,7 +86,7 @@ func loadConfig(args []string, getenv func(string) string, out io.Writer) (confi
 	case cfg.Socket == "":
 		return config{}, errors.New("--socket must not be empty")
 	}
-	return cfg, nil
+	return cfg, validateK8s(cfg)
 }
 
 func newLogger(level string, w io.Writer) (*slog.Logger, error) {

@@ -17,6 +17,7 @@ import (
 	"github.com/castellan-dev/castellan/agent/client"
 	"github.com/castellan-dev/castellan/agent/endpoints"
 	"github.com/castellan-dev/castellan/agent/manager"
+	"github.com/castellan-dev/castellan/agent/podentries"
 	"github.com/castellan-dev/castellan/agent/state"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/prometheus/client_golang/prometheus"
@@ -57,14 +58,25 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	defer c.Close()
 	store := state.NewStore()
 	gate := &gatedCA{Client: ca, ready: make(chan struct{})}
+	var (
+		mgrCA    manager.CA      = gate
+		attestor attest.Attestor = attest.NewUnix()
+	)
+	if cfg.Attestor == attestorK8s {
+		k, err := k8sAttestor(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		mgrCA, attestor = podentries.New(gate, k, td), k
+	}
 	mgr, err := manager.New(manager.Config{
-		CA: gate, Cache: c, Store: store, TrustDomain: td, OnBundle: ca.SetBundle, Registry: reg, Logger: log,
+		CA: mgrCA, Cache: c, Store: store, TrustDomain: td, OnBundle: ca.SetBundle, Registry: reg, Logger: log,
 	})
 	if err != nil {
 		return err
 	}
 	ep, err := endpoints.New(endpoints.Config{
-		SocketPath: cfg.Socket, Store: store, Attestor: attest.NewUnix(), Registry: reg, Logger: log, TrustDomain: td,
+		SocketPath: cfg.Socket, Store: store, Attestor: attestor, Registry: reg, Logger: log, TrustDomain: td,
 	})
 	if err != nil {
 		return err
@@ -86,7 +98,11 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	goRun("manager", mgr.Run)
 	goRun("endpoints", ep.Serve)
 	goRun("http", func(ctx context.Context) error { return serveHTTP(ctx, cfg.HTTPListen, reg, mgr) })
-	bootErr := bootstrap(ctx, ca, cfg.JoinToken, log)
+	attestAgent := func(ctx context.Context) error { return ca.Bootstrap(ctx, cfg.JoinToken) }
+	if cfg.Attestor == attestorK8s {
+		attestAgent = func(ctx context.Context) error { return ca.BootstrapK8s(ctx, cfg.K8sTokenFile) }
+	}
+	bootErr := bootstrap(ctx, attestAgent, log)
 	if bootErr == nil {
 		close(gate.ready)
 		goRun("agent SVID renewal", func(ctx context.Context) error {
@@ -110,10 +126,10 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 // bootstrap obtains the agent SVID, retrying while the CA is unreachable.
 // Without a usable SVID or token it logs what to do and returns, leaving
 // the agent serving its cache.
-func bootstrap(ctx context.Context, ca *client.Client, token string, log *slog.Logger) error {
+func bootstrap(ctx context.Context, attestAgent func(context.Context) error, log *slog.Logger) error {
 	delay := time.Second
 	for {
-		err := ca.Bootstrap(ctx, token)
+		err := attestAgent(ctx)
 		if err == nil {
 			return nil
 		}

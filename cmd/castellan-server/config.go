@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.yaml.in/yaml/v3"
 )
@@ -31,6 +32,8 @@ type config struct {
 	IntermediateCert string        `yaml:"intermediate_cert"`
 	IntermediateKey  string        `yaml:"intermediate_key"`
 	AdminIDs         []string      `yaml:"admin_ids"`
+	Kubeconfig       string        `yaml:"kubeconfig"`
+	K8sAgentSA       string        `yaml:"k8s_agent_sa"`
 	LogLevel         string        `yaml:"log_level"`
 }
 
@@ -78,6 +81,8 @@ func flagSet(cfg *config, configPath *string, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.IntermediateKey, "intermediate-key", "", "PEM private key of the plugged-in intermediate")
 	fs.Var(listFlag{&cfg.AdminIDs}, "admin-id", "SPIFFE ID allowed to call the admin API over mTLS (repeatable)")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn or error")
+	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", cfg.Kubeconfig, "kubeconfig for Kubernetes mode (empty: in-cluster)")
+	fs.StringVar(&cfg.K8sAgentSA, "k8s-agent-sa", cfg.K8sAgentSA, "Kubernetes mode: the service account (namespace/name) whose pod-bound tokens may attest agents")
 	return fs
 }
 
@@ -202,6 +207,11 @@ func (c config) validate() error {
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		bad("%v", err)
+	}
+	if c.K8sAgentSA != "" {
+		if _, _, err := authn.ParseServiceAccount(c.K8sAgentSA); err != nil {
+			bad("--k8s-agent-sa: %v", err)
+		}
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("castellan-server: invalid configuration:\n  %w", joinLines(errs))

@@ -111,9 +111,14 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	for _, s := range cfg.AdminIDs {
 		admins = append(admins, spiffeid.RequireFromString(s))
 	}
+	k8sAttestor, podAuthorizer, err := kubernetesAuth(ctx, cfg, td, reg, log)
+	if err != nil {
+		return err
+	}
 	srv, err := server.New(ctx, server.Config{
-		Authority: auth, Ledger: led, Attestor: &authn.JoinTokenAttestor{Tokens: tokens},
-		Tokens: tokens, Entries: entries, AgentTTL: cfg.AgentTTL, AdminIDs: admins,
+		Authority: auth, Ledger: led, Attestor: &authn.JoinTokenAttestor{Tokens: tokens, K8s: k8sAttestor},
+		Authorizer: &authz.NodeAuthorizer{Entries: entries, Pods: podAuthorizer},
+		Tokens:     tokens, Entries: entries, AgentTTL: cfg.AgentTTL, AdminIDs: admins,
 		Registry: reg, Logger: log,
 	})
 	if err != nil {

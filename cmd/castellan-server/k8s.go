@@ -1,0 +1,69 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/castellan-dev/castellan/ca/authn"
+	"github.com/castellan-dev/castellan/ca/authz"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// k8sSyncTimeout bounds the wait for the pod informer at start.
+const k8sSyncTimeout = 2 * time.Minute
+
+// kubeClient returns a client from kubeconfig, or the in-cluster one.
+func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+	var (
+		rc  *rest.Config
+		err error
+	)
+	if kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("castellan-server: Kubernetes client (--kubeconfig, or in-cluster): %w", err)
+	}
+	return kubernetes.NewForConfig(rc)
+}
+
+// kubernetesAuth returns the Kubernetes node attestor and pod authorizer
+// when --k8s-agent-sa is set (nil, nil otherwise). The pod informer runs
+// until ctx ends; it has synced when this returns.
+func kubernetesAuth(ctx context.Context, cfg config, td spiffeid.TrustDomain, reg *prometheus.Registry, log *slog.Logger) (authn.NodeAttestor, authz.Authorizer, error) {
+	if cfg.K8sAgentSA == "" {
+		return nil, nil, nil
+	}
+	ns, name, err := authn.ParseServiceAccount(cfg.K8sAgentSA)
+	if err != nil {
+		return nil, nil, err
+	}
+	client, err := kubeClient(cfg.Kubeconfig)
+	if err != nil {
+		return nil, nil, err
+	}
+	att, err := authn.NewTokenReviewAttestor(client, ns, name, authn.WithReviewMetrics(reg))
+	if err != nil {
+		return nil, nil, err
+	}
+	pods, err := authz.NewPods(client, td)
+	if err != nil {
+		return nil, nil, err
+	}
+	go pods.Run(ctx)
+	sctx, cancel := context.WithTimeout(ctx, k8sSyncTimeout)
+	defer cancel()
+	if err := pods.WaitForSync(sctx); err != nil {
+		return nil, nil, fmt.Errorf("castellan-server: reading pods from the Kubernetes API server (check RBAC: pods list/watch): %w", err)
+	}
+	log.Info("Kubernetes mode: agents attest with service-account tokens", "agent_service_account", cfg.K8sAgentSA)
+	return att, pods, nil
+}

@@ -14,7 +14,10 @@ import (
 // are grouped into shared transactions (bbolt Batch); Append returns only
 // after that transaction is committed and fsync'd, so an entry is durable
 // before the caller hands out the certificate it records. Events with a
-// zero Time get the ledger clock's time. Safe for concurrent use.
+// zero Time get the ledger clock's time. The transaction writes only
+// sequential keys (entries, tree nodes, tree state); the secondary indexes
+// are brought up to date right after by the indexer, and every query waits
+// for them, so callers never see a stale index. Safe for concurrent use.
 func (l *Ledger) Append(ctx context.Context, events ...Event) ([]uint64, error) {
 	if len(events) == 0 {
 		return nil, nil
@@ -68,7 +71,6 @@ func appendTx(tx *bolt.Tx, evs []Event) (uint64, treeState, error) {
 	entries := tx.Bucket(bEntries)
 	entries.FillPercent = 1
 	nw := newNodeWriter(tx)
-	ix := newIndexWriter(tx)
 	first := r.End()
 	for i := range evs {
 		idx := r.End()
@@ -82,10 +84,7 @@ func appendTx(tx *bolt.Tx, evs []Event) (uint64, treeState, error) {
 		if err := r.Append(rfc6962.DefaultHasher.HashLeaf(data), nw.visit); err != nil {
 			return 0, treeState{}, err
 		}
-		if nw.err != nil {
-			return 0, treeState{}, nw.err
-		}
-		if err := ix.add(idx, &evs[i]); err != nil {
+		if err := nw.flush(); err != nil {
 			return 0, treeState{}, err
 		}
 	}
@@ -118,6 +117,7 @@ func (l *Ledger) committed(ctx context.Context, head treeState, first uint64, ev
 	close(l.appendCh)
 	l.appendCh = make(chan struct{})
 	l.mu.Unlock()
+	l.kickIndexer()
 	for i := range evs {
 		l.auditLine(ctx, first+uint64(i), &evs[i])
 	}

@@ -55,10 +55,16 @@ func certEvent(n int, id, node string, notAfter time.Time) Event {
 // fill appends n issuance events spread over a few SPIFFE IDs and nodes.
 func fill(t testing.TB, l *Ledger, n int, notAfter time.Time) {
 	t.Helper()
+	fillFrom(t, l, 0, n, notAfter)
+}
+
+// fillFrom appends issuance events for serials start..start+n-1.
+func fillFrom(t testing.TB, l *Ledger, start, n int, notAfter time.Time) {
+	t.Helper()
 	const batch = 500
-	for i := 0; i < n; i += batch {
+	for i := start; i < start+n; i += batch {
 		evs := make([]Event, 0, batch)
-		for j := i; j < i+batch && j < n; j++ {
+		for j := i; j < i+batch && j < start+n; j++ {
 			evs = append(evs, certEvent(j, fmt.Sprintf("spiffe://cluster.local/ns/ns%d/sa/sa%d", j%7, j%13), fmt.Sprintf("node-%d", j%5), notAfter))
 		}
 		if _, err := l.Append(context.Background(), evs...); err != nil {

@@ -83,6 +83,13 @@ type Ledger struct {
 	lastCP    []byte                 // latest signed checkpoint
 	lastCPLen uint64                 // its tree size
 	closed    bool
+	indexed   uint64        // entries [0, indexed) are in the secondary indexes
+	indexedCh chan struct{} // closed when indexed advances
+
+	kick    chan struct{} // wakes the indexer after indexDelay
+	urgent  chan struct{} // wakes the indexer now
+	stop    chan struct{} // closed by Close
+	stopped chan struct{} // closed when the indexer exits
 }
 
 // Bucket names.
@@ -99,6 +106,7 @@ var (
 	kTree       = []byte("tree")
 	kCheckpoint = []byte("checkpoint")
 	kOrigin     = []byte("origin")
+	kIndexed    = []byte("indexed")
 )
 
 // Open opens (creating if needed) the ledger at path, a bbolt file with
@@ -108,6 +116,8 @@ func Open(path string, opts Options) (*Ledger, error) {
 	l := &Ledger{
 		clock: opts.Clock, origin: opts.Origin, log: opts.Logger,
 		retention: opts.Retention, revCh: make(chan struct{}), appendCh: make(chan struct{}),
+		indexedCh: make(chan struct{}), kick: make(chan struct{}, 1), urgent: make(chan struct{}, 1),
+		stop: make(chan struct{}), stopped: make(chan struct{}),
 	}
 	if l.clock == nil {
 		l.clock = time.Now
@@ -124,7 +134,9 @@ func Open(path string, opts Options) (*Ledger, error) {
 	if err := l.loadKey(path, opts); err != nil {
 		return nil, err
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("ledger: open %s: %w", path, err)
 	}
@@ -137,7 +149,12 @@ func Open(path string, opts Options) (*Ledger, error) {
 		db.Close()
 		return nil, err
 	}
+	if err := l.catchUp(); err != nil {
+		db.Close()
+		return nil, err
+	}
 	l.metrics = newMetrics(opts.Registry, l)
+	go l.runIndexer()
 	return l, nil
 }
 
@@ -223,7 +240,8 @@ func (l *Ledger) init() error {
 			l.lastCP = append([]byte(nil), cp...)
 			l.lastCPLen = checkpointSize(cp)
 		}
-		return l.loadRevoked(tx)
+		l.indexed = indexedOf(tx)
+		return nil
 	})
 }
 
@@ -248,6 +266,12 @@ func (l *Ledger) Close() error {
 		return nil
 	}
 	l.closed = true
+	l.mu.Unlock()
+	close(l.stop)
+	<-l.stopped
+	l.mu.Lock()
+	close(l.indexedCh) // wakes waitIndexed, which then sees closed
+	l.indexedCh = make(chan struct{})
 	l.mu.Unlock()
 	if err := l.db.Close(); err != nil {
 		return fmt.Errorf("ledger: close: %w", err)

@@ -54,7 +54,7 @@ type Filter struct {
 
 // Entry returns the entry at index.
 func (l *Ledger) Entry(ctx context.Context, index uint64) (Entry, error) {
-	if err := ctx.Err(); err != nil {
+	if err := l.waitIndexed(ctx); err != nil {
 		return Entry{}, err
 	}
 	var e Entry
@@ -74,7 +74,7 @@ func (l *Ledger) Get(ctx context.Context, serial string) (Entry, error) {
 	if err != nil {
 		return Entry{}, err
 	}
-	if err := ctx.Err(); err != nil {
+	if err := l.waitIndexed(ctx); err != nil {
 		return Entry{}, err
 	}
 	var e Entry
@@ -145,6 +145,9 @@ func (l *Ledger) List(ctx context.Context, f Filter, pageSize int, pageToken str
 	}
 	after, err := sc.decodeToken(pageToken)
 	if err != nil {
+		return nil, "", err
+	}
+	if err := l.waitIndexed(ctx); err != nil {
 		return nil, "", err
 	}
 	now := l.clock()

@@ -81,49 +81,55 @@ func u64(i uint64) []byte {
 	return b[:]
 }
 
-// nodeWriter stores every completed subtree hash, one bbolt bucket per
-// level so that each level is written in key order.
+// nodeWriter stores every completed subtree hash. Appending leaf i
+// completes the leaf (level 0) and every subtree whose last leaf is i, in
+// increasing level; they are stored together under key i in the nodes
+// bucket, so the bucket is written in key order, one record per leaf. The
+// node (level k, index j) is therefore hash k of record (j+1)*2^k - 1.
 type nodeWriter struct {
-	nodes  *bolt.Bucket
-	levels map[uint]*bolt.Bucket
-	err    error
+	nodes *bolt.Bucket
+	leaf  uint64
+	buf   []byte
 }
 
 func newNodeWriter(tx *bolt.Tx) *nodeWriter {
-	return &nodeWriter{nodes: tx.Bucket(bNodes), levels: map[uint]*bolt.Bucket{}}
+	b := tx.Bucket(bNodes)
+	b.FillPercent = 1
+	return &nodeWriter{nodes: b}
 }
 
 func (w *nodeWriter) visit(id compact.NodeID, hash []byte) {
-	if w.err != nil {
-		return
+	if id.Level == 0 {
+		w.leaf, w.buf = id.Index, w.buf[:0]
 	}
-	b := w.levels[id.Level]
-	if b == nil {
-		if b, w.err = w.nodes.CreateBucketIfNotExists([]byte{byte(id.Level)}); w.err != nil {
-			return
-		}
-		b.FillPercent = 1
-		w.levels[id.Level] = b
-	}
-	w.err = b.Put(u64(id.Index), hash)
+	w.buf = append(w.buf, hash...)
+}
+
+// flush stores the record of the leaf just appended.
+func (w *nodeWriter) flush() error {
+	return w.nodes.Put(u64(w.leaf), append([]byte(nil), w.buf...))
 }
 
 // nodeHash reads a stored subtree hash.
 func nodeHash(tx *bolt.Tx, id compact.NodeID) ([]byte, error) {
-	b := tx.Bucket(bNodes).Bucket([]byte{byte(id.Level)})
-	var h []byte
-	if b != nil {
-		h = b.Get(u64(id.Index))
-	}
-	if len(h) != hashSize {
+	rec := tx.Bucket(bNodes).Get(u64((id.Index+1)<<id.Level - 1))
+	if len(rec) < int(id.Level+1)*hashSize {
 		return nil, fmt.Errorf("ledger: tree node (level %d, index %d) is missing or damaged", id.Level, id.Index)
 	}
-	return h, nil
+	return rec[id.Level*hashSize : (id.Level+1)*hashSize], nil
 }
 
 // leafHash reads the stored leaf hash of entry i.
 func leafHash(tx *bolt.Tx, i uint64) ([]byte, error) {
 	return nodeHash(tx, compact.NewNodeID(0, i))
+}
+
+// storedLeafHash returns the leaf hash in a nodes record (nil if damaged).
+func storedLeafHash(rec []byte) []byte {
+	if len(rec) < hashSize {
+		return nil
+	}
+	return rec[:hashSize]
 }
 
 // proofHashes fetches and combines the nodes of an inclusion or consistency

@@ -184,7 +184,7 @@ func VerifyFile(path, vkey string, extra ...[]byte) (Report, error) {
 		}
 		v := NewTreeVerifier(cps...)
 		c := tx.Bucket(bEntries).Cursor()
-		level0 := tx.Bucket(bNodes).Bucket([]byte{0})
+		nodes := tx.Bucket(bNodes)
 		for k, val := c.First(); k != nil; k, val = c.Next() {
 			if len(k) != 8 {
 				continue
@@ -193,9 +193,7 @@ func VerifyFile(path, vkey string, extra ...[]byte) (Report, error) {
 			if !isPruned(val) {
 				lf.Data = val
 			}
-			if level0 != nil {
-				lf.Hash = level0.Get(k)
-			}
+			lf.Hash = storedLeafHash(nodes.Get(k))
 			v.Add(lf)
 		}
 		rep = v.Finish()

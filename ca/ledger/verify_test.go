@@ -95,7 +95,10 @@ func TestVerifyCatchesFlippedByteWithLeafHashRewritten(t *testing.T) {
 		b := tx.Bucket(bEntries)
 		v := append([]byte(nil), b.Get(u64(7))...)
 		v[len(v)-3] ^= 1
-		if err := tx.Bucket(bNodes).Bucket([]byte{0}).Put(u64(7), rfc6962.DefaultHasher.HashLeaf(v)); err != nil {
+		nodes := tx.Bucket(bNodes)
+		rec := append([]byte(nil), nodes.Get(u64(7))...)
+		copy(rec, rfc6962.DefaultHasher.HashLeaf(v))
+		if err := nodes.Put(u64(7), rec); err != nil {
 			return err
 		}
 		return b.Put(u64(7), v)

@@ -45,7 +45,7 @@ func (l *Ledger) Watch(ctx context.Context, from uint64, fn func(Entry) error) e
 
 // readRange reads entries [from, to).
 func (l *Ledger) readRange(ctx context.Context, from, to uint64) ([]Entry, error) {
-	if err := ctx.Err(); err != nil {
+	if err := l.waitIndexed(ctx); err != nil {
 		return nil, err
 	}
 	out := make([]Entry, 0, to-from)
@@ -102,16 +102,14 @@ func (l *Ledger) Export(ctx context.Context, from uint64, fn func(Leaf) error) e
 // appendLeaves appends the stored leaves [from, to) read from tx.
 func appendLeaves(tx *bolt.Tx, out []Leaf, from, to uint64) []Leaf {
 	entries := tx.Bucket(bEntries)
-	level0 := tx.Bucket(bNodes).Bucket([]byte{0})
+	nodes := tx.Bucket(bNodes)
 	for i := from; i < to; i++ {
 		lf := Leaf{Index: i}
 		if v := entries.Get(u64(i)); v != nil && !isPruned(v) {
 			lf.Data = append([]byte(nil), v...)
 		}
-		if level0 != nil {
-			if h := level0.Get(u64(i)); h != nil {
-				lf.Hash = append([]byte(nil), h...)
-			}
+		if h := storedLeafHash(nodes.Get(u64(i))); h != nil {
+			lf.Hash = append([]byte(nil), h...)
 		}
 		if lf.Data == nil && entries.Get(u64(i)) == nil {
 			lf.Hash = nil // missing, not pruned

@@ -1,0 +1,165 @@
+package ledger
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// maxIndexBatch bounds the entries one indexer transaction indexes.
+const maxIndexBatch = 20_000
+
+// indexDelay is how long the indexer lets appends accumulate before it
+// indexes them, unless a query is waiting.
+const indexDelay = 50 * time.Millisecond
+
+// The indexer maintains the secondary indexes (serial, SPIFFE ID, node,
+// expiry, revoked) off the durable append path: their keys arrive in
+// random order and would dirty many pages per commit, so they are written
+// in transactions that grow with the backlog. The position reached is
+// stored with the indexes (meta "indexed"), and Open catches up, so a
+// crash between an append and its indexing loses nothing.
+
+func indexedOf(tx *bolt.Tx) uint64 {
+	if v := tx.Bucket(bMeta).Get(kIndexed); len(v) == 8 {
+		return binary.BigEndian.Uint64(v)
+	}
+	return 0
+}
+
+// catchUp indexes every stored entry and loads the revocations (Open).
+func (l *Ledger) catchUp() error {
+	for {
+		n, err := l.indexStep()
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			break
+		}
+	}
+	return l.db.View(l.loadRevoked)
+}
+
+// runIndexer indexes new entries whenever kicked, until Close.
+func (l *Ledger) runIndexer() {
+	defer close(l.stopped)
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-l.urgent:
+		case <-l.kick:
+			t := time.NewTimer(indexDelay)
+			select {
+			case <-l.stop:
+				t.Stop()
+				return
+			case <-l.urgent:
+			case <-t.C:
+			}
+			t.Stop()
+		}
+		for {
+			n, err := l.indexStep()
+			if err != nil {
+				l.log.Error("ledger indexer failed; queries will wait", "error", err)
+				break
+			}
+			if n == 0 {
+				break
+			}
+		}
+	}
+}
+
+// kickIndexer tells the indexer that entries were appended.
+func (l *Ledger) kickIndexer() {
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+}
+
+// hurryIndexer tells the indexer that a query waits for it.
+func (l *Ledger) hurryIndexer() {
+	select {
+	case l.urgent <- struct{}{}:
+	default:
+	}
+}
+
+// indexStep indexes up to maxIndexBatch unindexed entries in one
+// transaction and returns how many.
+func (l *Ledger) indexStep() (int, error) {
+	var n int
+	var to uint64
+	err := l.db.Update(func(tx *bolt.Tx) error {
+		st, err := readTree(tx)
+		if err != nil {
+			return err
+		}
+		from := indexedOf(tx)
+		to = min(st.size, from+maxIndexBatch)
+		ix := newIndexWriter(tx)
+		entries := tx.Bucket(bEntries)
+		for i := from; i < to; i++ {
+			v := entries.Get(u64(i))
+			if v == nil || isPruned(v) {
+				continue // reported by verify; nothing to index
+			}
+			e, err := DecodeEntry(v)
+			if err != nil {
+				l.log.Error("ledger entry cannot be indexed", "index", i, "error", err)
+				continue
+			}
+			if err := ix.add(i, &e.Event); err != nil {
+				return err
+			}
+		}
+		n = int(to - from)
+		if n == 0 {
+			return nil
+		}
+		return tx.Bucket(bMeta).Put(kIndexed, u64(to))
+	})
+	if err != nil {
+		return 0, fmt.Errorf("ledger: index: %w", err)
+	}
+	if n > 0 {
+		l.mu.Lock()
+		l.indexed = to
+		close(l.indexedCh)
+		l.indexedCh = make(chan struct{})
+		l.mu.Unlock()
+	}
+	return n, nil
+}
+
+// waitIndexed waits until every entry appended before the call is in the
+// secondary indexes.
+func (l *Ledger) waitIndexed(ctx context.Context) error {
+	l.mu.Lock()
+	target := l.head.size
+	l.mu.Unlock()
+	for {
+		l.mu.Lock()
+		done, ch, closed := l.indexed >= target, l.indexedCh, l.closed
+		l.mu.Unlock()
+		if done {
+			return nil
+		}
+		if closed {
+			return ErrClosed
+		}
+		l.hurryIndexer()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}

@@ -22,7 +22,7 @@ import (
 
 // demoTTL is short enough that the agent rotates every SVID (at about half
 // its lifetime) several times within the test.
-const demoTTL = 30 * time.Second
+const demoTTL = 60 * time.Second
 
 // demoHopRow matches one hop of the product page's identity table.
 var demoHopRow = regexp.MustCompile(`<tr class="hop" data-from="([a-z]+)" data-to="([a-z]+)" data-server-id="([^"]*)" data-server-serial="([0-9a-f]*)" data-client-id="([^"]*)" data-client-serial="([0-9a-f]*)" data-error="([^"]*)">`)
@@ -57,7 +57,8 @@ var demoSides = []string{
 func demoHammer(t *testing.T, d *demoLauncher) {
 	client := &http.Client{Timeout: 10 * time.Second}
 	seen := map[string][]string{} // side -> distinct serials, in order seen
-	deadline := time.Now().Add(4 * demoTTL)
+	start := time.Now()
+	deadline := start.Add(4 * demoTTL)
 	requests := 0
 	for ; requests < 5000 && time.Now().Before(deadline); requests++ {
 		body := demoGetPage(t, client, d.demoURL()+"/productpage?refresh=0")
@@ -71,9 +72,19 @@ func demoHammer(t *testing.T, d *demoLauncher) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Logf("%d requests, all whole; serials seen per hop side: %v", requests+1, seen)
+	elapsed := time.Since(start)
+	t.Logf("%d requests in %s, all whole; serials seen per hop side: %v", requests+1, elapsed.Round(time.Second), seen)
 	if !demoRotatedTwice(seen) {
 		t.Fatalf("within %s not every certificate rotated twice: %v\n%s", 4*demoTTL, seen, d.demoLogs())
+	}
+	// The agent renews at about half the lifetime; far more certificates
+	// than that means it re-issues in a loop (a rotation storm).
+	limit := int(elapsed/(demoTTL/4)) + 2
+	for side, serials := range seen {
+		if len(serials) > limit {
+			t.Errorf("%s: %d certificates in %s, more than the %d a renewal at about half of a %s lifetime allows",
+				side, len(serials), elapsed.Round(time.Second), limit, demoTTL)
+		}
 	}
 }
 

@@ -43,7 +43,8 @@ func startAll(ctx context.Context, cfg config, l layout, bins binaries, sup *sup
 	fmt.Println("starting castellan-agent ...")
 	if _, err := sup.start("castellan-agent", bins.agent,
 		"--server-address", cfg.serverAddr, "--trust-bundle", l.bundle, "--join-token", token,
-		"--data-dir", l.agentData, "--socket", l.agentSocket, "--http-listen", cfg.agentHTTP); err != nil {
+		"--data-dir", l.agentData, "--socket", l.agentSocket, "--http-listen", cfg.agentHTTP,
+		"--trust-domain", cfg.trustDomain); err != nil {
 		return err
 	}
 	if err := waitFor(ctx, sup, cfg.readyTimeout, "castellan-agent", func() error { return socketReady(l.agentSocket) }); err != nil {

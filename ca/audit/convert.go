@@ -1,0 +1,89 @@
+package audit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	auditv1 "github.com/castellan-dev/castellan/api/castellan/audit/v1"
+	"github.com/castellan-dev/castellan/ca/ledger"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+func ts(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
+func tm(t *timestamppb.Timestamp) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return t.AsTime()
+}
+
+// EventProto converts a ledger entry to its wire form.
+func EventProto(e *ledger.Entry) *auditv1.Event {
+	pb := &auditv1.Event{
+		Index: e.Index, Kind: string(e.Kind), Time: ts(e.Time), Serial: e.Serial,
+		SpiffeId: e.SPIFFEID, Node: e.Node, NotBefore: ts(e.NotBefore), NotAfter: ts(e.NotAfter),
+		PublicKeySha256: e.PublicKeySHA256, CertDer: e.CertDER, Reason: e.Reason,
+		LeafHash: e.LeafHash, Data: e.Data, Pruned: e.Pruned,
+	}
+	if r := e.Revoked; r != nil {
+		pb.Revocation = &auditv1.Revocation{Index: r.Index, Time: ts(r.Time), Reason: r.Reason}
+	}
+	return pb
+}
+
+// filterOf converts a ListRequest to a ledger filter.
+func filterOf(req *auditv1.ListRequest) ledger.Filter {
+	f := ledger.Filter{
+		Serial: req.GetSerial(), SPIFFEID: req.GetSpiffeId(), SPIFFEIDPrefix: req.GetSpiffeIdPrefix(),
+		Namespace: req.GetNamespace(), Node: req.GetNode(),
+		Since: tm(req.GetSince()), Until: tm(req.GetUntil()),
+	}
+	switch req.GetState() {
+	case auditv1.State_STATE_ACTIVE:
+		f.State = ledger.StateActive
+	case auditv1.State_STATE_EXPIRED:
+		f.State = ledger.StateExpired
+	case auditv1.State_STATE_REVOKED:
+		f.State = ledger.StateRevoked
+	}
+	for _, k := range req.GetKinds() {
+		f.Kinds = append(f.Kinds, ledger.Kind(k))
+	}
+	return f
+}
+
+// toStatus maps ledger errors to gRPC status errors.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	code := codes.Internal
+	switch {
+	case errors.Is(err, ledger.ErrNotFound):
+		code = codes.NotFound
+	case errors.Is(err, ledger.ErrInvalidArgument), errors.Is(err, ledger.ErrInvalidEvent):
+		code = codes.InvalidArgument
+	case errors.Is(err, ledger.ErrAlreadyRevoked):
+		code = codes.AlreadyExists
+	case errors.Is(err, ledger.ErrClosed):
+		code = codes.Unavailable
+	case errors.Is(err, context.Canceled):
+		code = codes.Canceled
+	case errors.Is(err, context.DeadlineExceeded):
+		code = codes.DeadlineExceeded
+	}
+	return status.Error(code, fmt.Sprintf("audit: %v", err))
+}

@@ -27,7 +27,8 @@ type sotwState struct {
 	names []string
 	nonce string // nonce of the last response
 
-	acked    map[string][]byte            // content the client holds, by name
+	acked    map[string][]byte            // content the client has ACKed, by name
+	sent     map[string][]byte            // content the client holds once in-flight responses apply
 	inflight map[string]map[string][]byte // content sent, by nonce, not yet ACKed or NACKed
 	rejected map[string][]byte            // content of the last NACKed response
 }
@@ -48,7 +49,7 @@ func (s *Server) StreamSecrets(stream sotwStream) error {
 	watch, stop := s.store.Watch()
 	defer stop()
 	reqs, errc := recvLoop(ctx, stream.Recv)
-	st := &sotwState{sels: sels, acked: map[string][]byte{}, inflight: map[string]map[string][]byte{}}
+	st := &sotwState{sels: sels, acked: map[string][]byte{}, sent: map[string][]byte{}, inflight: map[string]map[string][]byte{}}
 	for {
 		select {
 		case <-ctx.Done():
@@ -101,6 +102,11 @@ func (s *Server) onRequest(stream sotwStream, st *sotwState, req *discoveryv3.Di
 		delete(st.inflight, nonce)
 		if e := req.GetErrorDetail(); e != nil {
 			st.rejected = sent
+			for name, content := range sent { // the client kept what it had
+				if bytes.Equal(st.sent[name], content) {
+					st.sent[name] = st.acked[name]
+				}
+			}
 			inc(s.metrics.NACKs)
 			s.log.Warn("sds: NACK", "node", req.GetNode().GetId(), "names", req.GetResourceNames(),
 				"rejected_nonce", nonce, "kept_version", req.GetVersionInfo(), "error", e.GetMessage())
@@ -123,9 +129,10 @@ func (s *Server) onRequest(stream sotwStream, st *sotwState, req *discoveryv3.Di
 			"names", req.GetResourceNames(), "version", req.GetVersionInfo())
 	}
 	st.names = slices.Clone(req.GetResourceNames())
-	for name := range st.acked { // a name dropped and asked again is sent again
+	for name := range st.sent { // a name dropped and asked again is sent again
 		if !slices.Contains(st.names, name) {
 			delete(st.acked, name)
+			delete(st.sent, name)
 		}
 	}
 	_, err := s.push(stream, st)
@@ -133,7 +140,7 @@ func (s *Server) onRequest(stream sotwStream, st *sotwState, req *discoveryv3.Di
 }
 
 // push sends the subscribed resources whose content differs from what the
-// client holds and from what is already on its way, unless that is exactly
+// client holds once the responses on their way apply, unless that is exactly
 // the content the client last rejected; it reports whether it sent.
 func (s *Server) push(stream sotwStream, st *sotwState) (bool, error) {
 	if len(st.names) == 0 {
@@ -155,7 +162,7 @@ func (s *Server) push(stream sotwStream, st *sotwState) (bool, error) {
 			s.log.Debug("sds: requested secret does not exist", "name", name, "revision", snap.Revision)
 			continue
 		}
-		if bytes.Equal(st.acked[name], a.Value) || st.onTheWay(name, a.Value) {
+		if bytes.Equal(st.sent[name], a.Value) {
 			continue
 		}
 		allSeen = allSeen && bytes.Equal(st.rejected[name], a.Value)
@@ -178,17 +185,8 @@ func (s *Server) push(stream sotwStream, st *sotwState) (bool, error) {
 		clear(st.inflight) // a client that never ACKs; forget, at worst resend
 	}
 	st.inflight[resp.Nonce] = contents
+	maps.Copy(st.sent, contents)
 	return true, nil
-}
-
-// onTheWay reports whether content was sent for name and awaits its ACK.
-func (st *sotwState) onTheWay(name string, content []byte) bool {
-	for _, sent := range st.inflight {
-		if bytes.Equal(sent[name], content) {
-			return true
-		}
-	}
-	return false
 }
 
 // FetchSecrets answers one request with the requested secrets that exist;

@@ -8,15 +8,17 @@ CACHE     ?= $(or $(CASTELLAN_CACHE),$(HOME)/.cache/castellan)
 TESTFLAGS ?= -count=1 -timeout 30m
 BENCHTIME ?= 3s
 
-COMMANDS := castellan-server castellan-agent castellanctl
+COMMANDS := castellan-server castellan-agent castellanctl castellan-demo
+BOOKINFO := productpage details reviews ratings
 
 .PHONY: all build test unit demo proto bench lint kube-testenv clean
 
 all: build
 
 build:
-	@mkdir -p $(BIN)
+	@mkdir -p $(BIN)/bookinfo
 	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(COMMANDS))
+	$(GO) build -o $(BIN)/bookinfo/ $(addprefix ./integration/bookinfo/,$(BOOKINFO))
 
 # kube-testenv is the real kube-apiserver + etcd the Kubernetes tests run
 # against; built once into $(CACHE)/bin (about 11 minutes the first time).
@@ -31,7 +33,7 @@ unit: build
 	CASTELLAN_BIN=$(abspath $(BIN)) $(GO) test $(TESTFLAGS) ./...
 
 demo: build
-	$(GO) run ./cmd/castellan-demo
+	./$(BIN)/castellan-demo --bin $(BIN)
 
 proto:
 	cd api && $(GO) tool -modfile=tools.mod buf lint && $(GO) tool -modfile=tools.mod buf generate

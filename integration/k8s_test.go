@@ -84,7 +84,8 @@ func startK8sRig(t *testing.T) *k8sRig {
 	r.payA = env.CreatePod("shop", "payments-a", "payments", "node-a")
 
 	srv := exec.Command(server, "--data-dir", r.srvDir, "--listen", r.listen, "--http-listen", k8sFreeAddr(t),
-		"--trust-domain", k8sTD, "--kubeconfig", env.Kubeconfig(), "--k8s-agent-sa", "castellan-system/castellan-agent")
+		"--trust-domain", k8sTD, "--kubeconfig", env.Kubeconfig(), "--k8s-agent-sa", "castellan-system/castellan-agent",
+		"--k8s-bundle-configmaps")
 	srvLog := &k8sLog{}
 	srv.Stderr = srvLog
 	if err := srv.Start(); err != nil {
@@ -175,6 +176,26 @@ func TestK8sAgentIdentitiesAndNodeRestriction(t *testing.T) {
 		out := r.runInPod(t, nil, 3*time.Second)
 		if !strings.HasPrefix(out, "ERR=") {
 			t.Fatalf("process outside any pod got %q", out)
+		}
+	})
+
+	t.Run("trust bundle is published in every namespace", func(t *testing.T) {
+		want, err := os.ReadFile(filepath.Join(r.srvDir, "bundle.pem"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ns := range []string{"shop", "castellan-system", "default"} {
+			var got string
+			k8sEventually(t, 20*time.Second, "ConfigMap castellan-ca-root-cert in "+ns, func() bool {
+				cm, err := r.env.Client().CoreV1().ConfigMaps(ns).Get(context.Background(), "castellan-ca-root-cert", metav1.GetOptions{})
+				if err == nil {
+					got = cm.Data["root-cert.pem"]
+				}
+				return got != ""
+			})
+			if strings.TrimSpace(got) != strings.TrimSpace(string(want)) {
+				t.Fatalf("%s: ConfigMap holds\n%s\nwant the CA's bundle\n%s", ns, got, want)
+			}
 		}
 	})
 

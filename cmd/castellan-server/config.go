@@ -34,7 +34,9 @@ type config struct {
 	AdminIDs         []string      `yaml:"admin_ids"`
 	Kubeconfig       string        `yaml:"kubeconfig"`
 	K8sAgentSA       string        `yaml:"k8s_agent_sa"`
-	LogLevel         string        `yaml:"log_level"`
+	// K8sBundleConfigMaps publishes the bundle in every namespace.
+	K8sBundleConfigMaps bool   `yaml:"k8s_bundle_configmaps"`
+	LogLevel            string `yaml:"log_level"`
 }
 
 func defaultConfig() config {
@@ -83,6 +85,7 @@ func flagSet(cfg *config, configPath *string, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn or error")
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", cfg.Kubeconfig, "kubeconfig for Kubernetes mode (empty: in-cluster)")
 	fs.StringVar(&cfg.K8sAgentSA, "k8s-agent-sa", cfg.K8sAgentSA, "Kubernetes mode: the service account (namespace/name) whose pod-bound tokens may attest agents")
+	fs.BoolVar(&cfg.K8sBundleConfigMaps, "k8s-bundle-configmaps", cfg.K8sBundleConfigMaps, "Kubernetes mode: publish the trust bundle as ConfigMap castellan-ca-root-cert (key root-cert.pem) in every namespace")
 	return fs
 }
 

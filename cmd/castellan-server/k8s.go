@@ -8,7 +8,9 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authz"
+	"github.com/castellan-dev/castellan/ca/bundle"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -33,6 +35,31 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 		return nil, fmt.Errorf("castellan-server: Kubernetes client (--kubeconfig, or in-cluster): %w", err)
 	}
 	return kubernetes.NewForConfig(rc)
+}
+
+// publishBundle publishes the trust bundle as a ConfigMap in every
+// namespace when --k8s-bundle-configmaps is set, until ctx ends.
+func publishBundle(ctx context.Context, cfg config, b *x509bundle.Bundle, reg *prometheus.Registry, log *slog.Logger) error {
+	if !cfg.K8sBundleConfigMaps {
+		return nil
+	}
+	client, err := kubeClient(cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	p, err := bundle.NewPublisher(client, bundle.WithLogger(log), bundle.WithRegistry(reg))
+	if err != nil {
+		return err
+	}
+	if err := p.SetBundle(b); err != nil {
+		return err
+	}
+	go func() {
+		if err := p.Run(ctx); err != nil && ctx.Err() == nil {
+			log.Error("trust bundle ConfigMaps are no longer kept current", "error", err.Error())
+		}
+	}()
+	return nil
 }
 
 // kubernetesAuth returns the Kubernetes node attestor and pod authorizer

@@ -115,6 +115,9 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if err := publishBundle(ctx, cfg, auth.Bundle(), reg, log); err != nil {
+		return err
+	}
 	srv, err := server.New(ctx, server.Config{
 		Authority: auth, Ledger: led, Attestor: &authn.JoinTokenAttestor{Tokens: tokens, K8s: k8sAttestor},
 		Authorizer: &authz.NodeAuthorizer{Entries: entries, Pods: podAuthorizer},

@@ -134,6 +134,14 @@ func encodeEvent(index uint64, ev *Event) ([]byte, error) {
 	return b, nil
 }
 
+// encodeSummary returns the index value of ev: its leaf encoding without
+// the certificate.
+func encodeSummary(index uint64, ev *Event) ([]byte, error) {
+	sum := *ev
+	sum.CertDER = nil
+	return encodeEvent(index, &sum)
+}
+
 // DecodeEntry parses leaf data as written by the ledger. It does not check
 // the leaf hash; see Verify.
 func DecodeEntry(data []byte) (Entry, error) {

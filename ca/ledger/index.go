@@ -10,9 +10,12 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// Secondary indexes. Each key is <value> 0x00 <index, 8 bytes big-endian>
-// with an empty value, so a prefix scan yields matching entries in log
-// order; the expiry index key is <NotAfter unix nanoseconds> <index>.
+// Secondary indexes. Each key is <value> 0x00 <index, 8 bytes big-endian>,
+// so a prefix scan yields matching entries in log order; the expiry index
+// key is <NotAfter unix nanoseconds> <index>. The SPIFFE ID and node
+// indexes carry the entry's summary (the entry without its certificate) as
+// value, so List reads one contiguous run of index pages instead of one
+// random entry page per result.
 type indexWriter struct {
 	serial, spiffe, node, expiry, revoked *bolt.Bucket
 }
@@ -43,14 +46,19 @@ func indexOf(key []byte) uint64 { return binary.BigEndian.Uint64(key[len(key)-8:
 func valueOf(key []byte) []byte { return key[:len(key)-9] }
 
 func (w *indexWriter) add(idx uint64, ev *Event) error {
+	summary, err := encodeSummary(idx, ev)
+	if err != nil {
+		return err
+	}
 	for _, p := range []struct {
-		b *bolt.Bucket
-		v string
-	}{{w.serial, ev.Serial}, {w.spiffe, ev.SPIFFEID}, {w.node, ev.Node}} {
+		b   *bolt.Bucket
+		v   string
+		val []byte
+	}{{w.serial, ev.Serial, nil}, {w.spiffe, ev.SPIFFEID, summary}, {w.node, ev.Node, summary}} {
 		if p.v == "" {
 			continue
 		}
-		if err := p.b.Put(indexKey(p.v, idx), nil); err != nil {
+		if err := p.b.Put(indexKey(p.v, idx), p.val); err != nil {
 			return err
 		}
 	}

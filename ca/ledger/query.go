@@ -119,19 +119,30 @@ func readEntry(tx *bolt.Tx, idx uint64) (Entry, error) {
 		return Entry{}, fmt.Errorf("ledger: entry stored at %d says it is entry %d", idx, e.Index)
 	}
 	e.LeafHash = append([]byte(nil), lh...)
-	if e.Kind.IsCertificate() {
-		if rv := tx.Bucket(bRevoked).Get([]byte(e.Serial)); rv != nil {
-			var r revokedCert
-			if err := json.Unmarshal(rv, &r); err == nil {
-				e.Revoked = &Revocation{Index: r.Index, Time: r.Time, Reason: r.Reason}
-			}
-		}
-	}
+	e.Revoked = revocationOf(tx, &e)
 	return e, nil
+}
+
+// revocationOf returns the revocation of a certificate entry, if any.
+func revocationOf(tx *bolt.Tx, e *Entry) *Revocation {
+	if !e.Kind.IsCertificate() {
+		return nil
+	}
+	rv := tx.Bucket(bRevoked).Get([]byte(e.Serial))
+	if rv == nil {
+		return nil
+	}
+	var r revokedCert
+	if err := json.Unmarshal(rv, &r); err != nil {
+		return nil
+	}
+	return &Revocation{Index: r.Index, Time: r.Time, Reason: r.Reason}
 }
 
 // List returns up to pageSize entries matching f, in log order within the
 // scanned index, and a token for the next page ("" when there is none).
+// Listed entries are summaries: CertDER, Data and LeafHash are empty (use
+// Get or Entry for the full entry).
 // pageSize must be 1..MaxPageSize: the ledger refuses unbounded scans. A
 // page may hold fewer entries than pageSize, even none, with a non-empty
 // token, when the scan budget of one call ran out.
@@ -155,17 +166,17 @@ func (l *Ledger) List(ctx context.Context, f Filter, pageSize int, pageToken str
 	var next string
 	err = l.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(sc.bucket).Cursor()
-		k, _ := c.First()
+		k, v := c.First()
 		if sc.prefix != nil {
-			k, _ = c.Seek(sc.prefix)
+			k, v = c.Seek(sc.prefix)
 		}
 		if after != nil {
-			if k, _ = c.Seek(after); k != nil && bytes.Equal(k, after) {
-				k, _ = c.Next()
+			if k, v = c.Seek(after); k != nil && bytes.Equal(k, after) {
+				k, v = c.Next()
 			}
 		}
 		var last []byte
-		for n := 0; k != nil && sc.match(k); k, _ = c.Next() {
+		for n := 0; k != nil && sc.match(k); k, v = c.Next() {
 			if n++; n > maxScan || len(out) == pageSize {
 				next = sc.token(last)
 				return nil
@@ -174,11 +185,12 @@ func (l *Ledger) List(ctx context.Context, f Filter, pageSize int, pageToken str
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			e, err := readEntry(tx, sc.index(k))
+			e, err := sc.read(tx, k, v)
 			if err != nil {
 				return err
 			}
 			if !e.Pruned && f.matches(&e, now) {
+				e.CertDER, e.Data, e.LeafHash = nil, nil, nil
 				out = append(out, e)
 			}
 		}
@@ -233,7 +245,22 @@ func (s *scan) match(k []byte) bool {
 	return !s.exact || len(k) == len(s.prefix)+8
 }
 
-func (s *scan) index(k []byte) uint64 { return indexOf(k) }
+// read returns the entry of index key k with value v: the summary stored
+// in the index when there is one, else the entry itself.
+func (s *scan) read(tx *bolt.Tx, k, v []byte) (Entry, error) {
+	if s.tag == 'e' {
+		return readEntry(tx, indexOf(k))
+	}
+	if len(v) == 0 {
+		return readEntry(tx, indexOf(k))
+	}
+	e, err := DecodeEntry(v)
+	if err != nil || e.Index != indexOf(k) {
+		return readEntry(tx, indexOf(k)) // damaged summary: fall back to the entry
+	}
+	e.Revoked = revocationOf(tx, &e)
+	return e, nil
+}
 
 // token encodes the last key examined; the next page starts after it.
 func (s *scan) token(last []byte) string {

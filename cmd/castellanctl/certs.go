@@ -2,11 +2,278 @@ package main
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	auditv1 "github.com/castellan-dev/castellan/api/castellan/audit/v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-// runCerts runs `castellanctl certs ...` (list, show, revoke issued
-// certificates). It is implemented with the audit API.
+// runCerts runs `castellanctl certs list|show|revoke` over the audit API.
 func runCerts(ctx context.Context, g *globals, args []string) error {
-	return errors.New("castellanctl: certs: not available yet")
+	sub, args, err := subcommand("certs", args, "list", "show", "revoke")
+	if err != nil {
+		return err
+	}
+	switch sub {
+	case "list":
+		return certsList(ctx, g, args)
+	case "show":
+		return certsShow(ctx, g, args)
+	default:
+		return certsRevoke(ctx, g, args)
+	}
+}
+
+// auditClient dials the server and returns an audit client and a closer.
+func auditClient(ctx context.Context, g *globals) (auditv1.AuditServiceClient, func(), error) {
+	conn, err := g.dial(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return auditv1.NewAuditServiceClient(conn), func() { conn.Close() }, nil
+}
+
+var states = map[string]auditv1.State{
+	"": auditv1.State_STATE_UNSPECIFIED, "any": auditv1.State_STATE_UNSPECIFIED,
+	"active": auditv1.State_STATE_ACTIVE, "expired": auditv1.State_STATE_EXPIRED, "revoked": auditv1.State_STATE_REVOKED,
+}
+
+// parseWhen reads an RFC 3339 time or a duration before now ("24h").
+func parseWhen(s string, now time.Time) (*timestamppb.Timestamp, error) {
+	if s == "" {
+		return nil, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil {
+		return timestamppb.New(now.Add(-d)), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return nil, fmt.Errorf("%q is neither RFC 3339 (2026-01-02T15:04:05Z) nor a duration ago (24h)", s)
+	}
+	return timestamppb.New(t), nil
+}
+
+func certsList(ctx context.Context, g *globals, args []string) error {
+	fs := newFlags(g, "certs list")
+	req := &auditv1.ListRequest{Kinds: []string{"issuance", "renewal"}}
+	fs.StringVar(&req.SpiffeId, "spiffe-id", "", "exact SPIFFE ID")
+	fs.StringVar(&req.SpiffeIdPrefix, "prefix", "", "SPIFFE ID prefix, e.g. spiffe://cluster.local/ns/bookinfo/")
+	fs.StringVar(&req.Namespace, "namespace", "", "Kubernetes namespace")
+	fs.StringVar(&req.Node, "node", "", "node the certificate was issued to")
+	fs.StringVar(&req.Serial, "serial", "", "serial number (hex)")
+	state := fs.String("state", "", "active, expired or revoked (default any)")
+	since := fs.String("since", "", "issued at or after: RFC 3339 time or duration ago (24h)")
+	until := fs.String("until", "", "issued before: RFC 3339 time or duration ago")
+	limit := fs.Int("limit", 100, "stop after this many certificates (0: no limit, pages through everything)")
+	pageSize := fs.Int("page-size", 100, "certificates per request (1..1000)")
+	out := outputFlag(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	st, ok := states[*state]
+	switch {
+	case !ok:
+		return usagef("certs list: --state %q is not active, expired or revoked", *state)
+	case fs.NArg() > 0:
+		return usagef("certs list: unexpected arguments %q", fs.Args())
+	case *limit < 0 || *pageSize < 1 || *pageSize > 1000:
+		return usagef("certs list: --limit must be >= 0 and --page-size 1..1000")
+	}
+	if err := checkOutput("certs list", *out); err != nil {
+		return err
+	}
+	var err error
+	now := time.Now()
+	if req.Since, err = parseWhen(*since, now); err != nil {
+		return usagef("certs list: --since: %v", err)
+	}
+	if req.Until, err = parseWhen(*until, now); err != nil {
+		return usagef("certs list: --until: %v", err)
+	}
+	req.State, req.PageSize = st, int32(*pageSize)
+	c, done, err := auditClient(ctx, g)
+	if err != nil {
+		return err
+	}
+	defer done()
+	var events []*auditv1.Event
+	for *limit == 0 || len(events) < *limit {
+		resp, err := c.List(ctx, req)
+		if err != nil {
+			return err
+		}
+		events = append(events, resp.GetEvents()...)
+		if req.PageToken = resp.GetNextPageToken(); req.PageToken == "" {
+			break
+		}
+	}
+	if *limit > 0 && len(events) > *limit {
+		events = events[:*limit]
+	}
+	return printCerts(g.stdout, *out, events, now)
+}
+
+// certJSON is the -o json form of a certificate.
+type certJSON struct {
+	Index           uint64     `json:"index"`
+	Kind            string     `json:"kind"`
+	Serial          string     `json:"serial"`
+	SPIFFEID        string     `json:"spiffe_id"`
+	Node            string     `json:"node,omitempty"`
+	IssuedAt        time.Time  `json:"issued_at"`
+	NotBefore       time.Time  `json:"not_before"`
+	NotAfter        time.Time  `json:"not_after"`
+	State           string     `json:"state"`
+	PublicKeySHA256 string     `json:"public_key_sha256,omitempty"`
+	RevokedAt       *time.Time `json:"revoked_at,omitempty"`
+	RevokeReason    string     `json:"revocation_reason,omitempty"`
+	CertDER         []byte     `json:"cert_der,omitempty"`
+}
+
+func stateOf(e *auditv1.Event, now time.Time) string {
+	switch {
+	case e.GetRevocation() != nil:
+		return "revoked"
+	case e.GetNotAfter() != nil && !e.GetNotAfter().AsTime().After(now):
+		return "expired"
+	default:
+		return "active"
+	}
+}
+
+func toCertJSON(e *auditv1.Event, now time.Time, withCert bool) certJSON {
+	c := certJSON{
+		Index: e.GetIndex(), Kind: e.GetKind(), Serial: e.GetSerial(), SPIFFEID: e.GetSpiffeId(), Node: e.GetNode(),
+		IssuedAt: e.GetTime().AsTime(), NotBefore: e.GetNotBefore().AsTime(), NotAfter: e.GetNotAfter().AsTime(),
+		State: stateOf(e, now), PublicKeySHA256: e.GetPublicKeySha256(),
+	}
+	if r := e.GetRevocation(); r != nil {
+		t := r.GetTime().AsTime()
+		c.RevokedAt, c.RevokeReason = &t, r.GetReason()
+	}
+	if withCert {
+		c.CertDER = e.GetCertDer()
+	}
+	return c
+}
+
+func printCerts(w io.Writer, format string, events []*auditv1.Event, now time.Time) error {
+	if format == "json" {
+		out := make([]certJSON, 0, len(events))
+		for _, e := range events {
+			out = append(out, toCertJSON(e, now, false))
+		}
+		return writeJSON(w, out)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERIAL\tSPIFFE ID\tNODE\tISSUED\tEXPIRES\tSTATE")
+	for _, e := range events {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.GetSerial(), e.GetSpiffeId(), e.GetNode(),
+			e.GetTime().AsTime().UTC().Format(time.RFC3339), e.GetNotAfter().AsTime().UTC().Format(time.RFC3339), stateOf(e, now))
+	}
+	return tw.Flush()
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// parseSerial parses `<cmd> SERIAL [flags]` with flags before or after
+// the serial.
+func parseSerial(fs *flag.FlagSet, args []string) (string, error) {
+	var pos []string
+	for {
+		if err := parseFlags(fs, args); err != nil {
+			return "", err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos, args = append(pos, fs.Arg(0)), fs.Args()[1:]
+	}
+	if len(pos) != 1 {
+		return "", usagef("%s: expected one SERIAL argument, got %d", fs.Name(), len(pos))
+	}
+	return pos[0], nil
+}
+
+func certsShow(ctx context.Context, g *globals, args []string) error {
+	fs := newFlags(g, "certs show")
+	out := outputFlag(fs)
+	serial, err := parseSerial(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := checkOutput("certs show", *out); err != nil {
+		return err
+	}
+	c, done, err := auditClient(ctx, g)
+	if err != nil {
+		return err
+	}
+	defer done()
+	resp, err := c.Get(ctx, &auditv1.GetRequest{Serial: serial})
+	if err != nil {
+		return err
+	}
+	cj := toCertJSON(resp.GetEvent(), time.Now(), true)
+	if *out == "json" {
+		return writeJSON(g.stdout, cj)
+	}
+	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+	rows := [][2]string{
+		{"Serial", cj.Serial}, {"SPIFFE ID", cj.SPIFFEID}, {"Node", cj.Node}, {"Kind", cj.Kind},
+		{"State", cj.State}, {"Issued", cj.IssuedAt.UTC().Format(time.RFC3339)},
+		{"Not before", cj.NotBefore.UTC().Format(time.RFC3339)}, {"Not after", cj.NotAfter.UTC().Format(time.RFC3339)},
+		{"Public key SHA-256", cj.PublicKeySHA256}, {"Ledger index", fmt.Sprint(cj.Index)},
+		{"Logged in tree of size", fmt.Sprint(resp.GetProof().GetTreeSize())},
+	}
+	if cj.RevokedAt != nil {
+		rows = append(rows, [2]string{"Revoked", cj.RevokedAt.UTC().Format(time.RFC3339) + " (" + cj.RevokeReason + ")"})
+	}
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s:\t%s\n", r[0], r[1])
+	}
+	return tw.Flush()
+}
+
+func certsRevoke(ctx context.Context, g *globals, args []string) error {
+	fs := newFlags(g, "certs revoke")
+	reason := fs.String("reason", "", "why (keyCompromise, superseded, cessationOfOperation, ... or free text; required)")
+	out := outputFlag(fs)
+	serial, err := parseSerial(fs, args)
+	if err != nil {
+		return err
+	}
+	if *reason == "" {
+		return usagef("certs revoke: --reason is required")
+	}
+	if err := checkOutput("certs revoke", *out); err != nil {
+		return err
+	}
+	c, done, err := auditClient(ctx, g)
+	if err != nil {
+		return err
+	}
+	defer done()
+	resp, err := c.Revoke(ctx, &auditv1.RevokeRequest{Serial: serial, Reason: *reason})
+	if err != nil {
+		return err
+	}
+	r := resp.GetRevocation()
+	if *out == "json" {
+		return writeJSON(g.stdout, map[string]any{
+			"serial": r.GetSerial(), "spiffe_id": r.GetSpiffeId(), "reason": r.GetReason(),
+			"revoked_at": r.GetTime().AsTime(), "ledger_index": r.GetIndex(),
+		})
+	}
+	_, err = fmt.Fprintf(g.stdout, "revoked %s (%s) at ledger index %d\n", r.GetSerial(), r.GetSpiffeId(), r.GetIndex())
+	return err
 }

@@ -31,7 +31,14 @@ if ! up_to_date; then
 	trap 'rm -f "$tmp"' EXIT
 	# Build into a temp file and rename, so an interrupted build never leaves
 	# a half-written binary that looks up to date.
-	(cd "$here" && GOWORK=off GOFLAGS="${GOFLAGS:-} -mod=readonly" go build -trimpath -o "$tmp" .)
+	# Stamp the Kubernetes version as the upstream release build does, so
+	# /version and "kubectl version" report v1.34.4 instead of v0.0.0-master.
+	ldflags=""
+	for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+		ldflags+=" -X $pkg.gitMajor=1 -X $pkg.gitMinor=34 -X $pkg.gitVersion=v1.34.4"
+		ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+	done
+	(cd "$here" && GOWORK=off GOFLAGS="${GOFLAGS:-} -mod=readonly" go build -trimpath -ldflags="$ldflags" -o "$tmp" .)
 	mv -f "$tmp" "$out"
 	trap - EXIT
 	echo "kube-testenv: built in $((SECONDS - start))s" >&2

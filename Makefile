@@ -25,8 +25,9 @@ build:
 kube-testenv:
 	./integration/kube/testenv/build.sh
 
-test: build kube-testenv
-	CASTELLAN_REQUIRE_KUBE=1 CASTELLAN_BIN=$(abspath $(BIN)) $(GO) test $(TESTFLAGS) ./...
+test: build
+	CASTELLAN_KUBE_TESTENV="$$(./integration/kube/testenv/build.sh)" CASTELLAN_REQUIRE_KUBE=1 \
+		CASTELLAN_BIN=$(abspath $(BIN)) $(GO) test $(TESTFLAGS) ./...
 
 # unit runs the tests that need no kube-apiserver (they skip themselves).
 unit: build

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/audit"
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
@@ -43,17 +44,22 @@ type deps struct {
 	ledger    *ledger.Ledger
 	registry  *prometheus.Registry
 	srv       *server.Server
+	admins    []spiffeid.ID // may call the admin and audit APIs over mTLS
+	log       *slog.Logger
 }
 
 // adminServices are the services served next to the admin service, on the
 // admin socket and (for admin identities) on the TCP port.
 func adminServices(d *deps) []server.Registrar {
-	return nil
+	svc := audit.NewService(d.ledger, audit.WithAuthorizer(audit.AdminAuthorizer(d.admins...)), audit.WithLogger(d.log))
+	return []server.Registrar{svc.Register}
 }
 
-// httpMux serves /metrics, /healthz and /readyz.
+// httpMux serves /metrics, /healthz, /readyz and /crl (the CRL of revoked
+// SVIDs, signed by the intermediate).
 func httpMux(d *deps) *http.ServeMux {
 	mux := http.NewServeMux()
+	mux.Handle("GET /crl", ledger.NewCRLHandler(d.ledger, d.authority.Intermediate(), d.authority.Signer(), 0))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.registry, promhttp.HandlerOpts{Registry: d.registry}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
@@ -127,7 +133,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	d := &deps{authority: auth, ledger: led, registry: reg, srv: srv}
+	d := &deps{authority: auth, ledger: led, registry: reg, srv: srv, admins: admins, log: log}
 	return listenAndServe(ctx, cfg, log, d, tokens)
 }
 

@@ -134,6 +134,9 @@ func Open(path string, opts Options) (*Ledger, error) {
 	if err := l.loadKey(path, opts); err != nil {
 		return nil, err
 	}
+	if err := checkNotTruncated(path); err != nil {
+		return nil, err
+	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType,
 	})

@@ -160,6 +160,9 @@ func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
 // checkpoints (e.g. one saved earlier). The file is opened read-only; the
 // server holding it must be stopped.
 func VerifyFile(path, vkey string, extra ...[]byte) (Report, error) {
+	if err := checkNotTruncated(path); err != nil {
+		return Report{}, err
+	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 2 * time.Second})
 	if err != nil {
 		return Report{}, fmt.Errorf("ledger: open %s: %w", path, err)

@@ -226,3 +226,22 @@ func copyFile(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 }
+
+func TestOpenTruncatedFileFailsCleanly(t *testing.T) {
+	path, _, _ := tamperable(t, 2000)
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, fi.Size()/2); err != nil {
+		t.Fatal(err)
+	}
+	l, err := Open(path, Options{})
+	if err == nil {
+		l.Close()
+		t.Fatal("Open of a truncated file succeeded")
+	}
+	if !strings.Contains(err.Error(), "ledger:") || !strings.Contains(err.Error(), "is truncated") {
+		t.Fatalf("unclear error: %v", err)
+	}
+}

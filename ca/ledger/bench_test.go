@@ -26,17 +26,19 @@ func benchEvent(n uint64) Event {
 }
 
 // BenchmarkAppend measures durable append throughput (events/s) for
-// batches of 1 and 100, from parallel callers as the CA's handlers are.
+// batches of 1 and 100, from parallel callers as the CA's handlers are
+// (callers = goroutines per CPU x GOMAXPROCS).
 func BenchmarkAppend(b *testing.B) {
-	for _, batch := range []int{1, 100} {
-		b.Run(fmt.Sprintf("batch=%d/parallel", batch), func(b *testing.B) {
+	for _, c := range []struct{ batch, perCPU int }{{1, 16}, {1, 128}, {100, 16}} {
+		batch := c.batch
+		b.Run(fmt.Sprintf("batch=%d/callers=%dxCPU", batch, c.perCPU), func(b *testing.B) {
 			l, err := Open(filepath.Join(b.TempDir(), "l.db"), Options{})
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer l.Close()
 			var next atomic.Uint64
-			b.SetParallelism(16)
+			b.SetParallelism(c.perCPU)
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				evs := make([]Event, batch)

@@ -12,9 +12,9 @@ import (
 
 // Secondary indexes. Each key is <value> 0x00 <index, 8 bytes big-endian>,
 // so a prefix scan yields matching entries in log order; the expiry index
-// key is <NotAfter unix nanoseconds> <index>. The SPIFFE ID and node
-// indexes carry the entry's summary (the entry without its certificate) as
-// value, so List reads one contiguous run of index pages instead of one
+// key is <NotAfter unix nanoseconds> <index>. The SPIFFE ID index carries
+// the entry's summary (the entry without its certificate) as value, so a
+// List by SPIFFE ID reads one contiguous run of index pages instead of one
 // random entry page per result.
 type indexWriter struct {
 	serial, spiffe, node, expiry, revoked *bolt.Bucket
@@ -54,7 +54,7 @@ func (w *indexWriter) add(idx uint64, ev *Event) error {
 		b   *bolt.Bucket
 		v   string
 		val []byte
-	}{{w.serial, ev.Serial, nil}, {w.spiffe, ev.SPIFFEID, summary}, {w.node, ev.Node, summary}} {
+	}{{w.serial, ev.Serial, nil}, {w.spiffe, ev.SPIFFEID, summary}, {w.node, ev.Node, nil}} {
 		if p.v == "" {
 			continue
 		}

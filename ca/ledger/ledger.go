@@ -169,6 +169,9 @@ func (l *Ledger) loadKey(path string, opts Options) error {
 	if opts.Signer != nil {
 		l.signer, l.vkey = opts.Signer, opts.VerifierKey
 	} else {
+		if err := checkKeyPresent(path); err != nil {
+			return err
+		}
 		skey, err := loadOrCreateKey(path+".key", l.origin)
 		if err != nil {
 			return err
@@ -188,6 +191,19 @@ func (l *Ledger) loadKey(path string, opts Options) error {
 		return errors.New("ledger: Options.VerifierKey does not match Options.Signer")
 	}
 	l.verifier = v
+	return nil
+}
+
+// checkKeyPresent refuses to generate a new log key for an existing
+// ledger: every checkpoint saved by auditors would stop verifying.
+func checkKeyPresent(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil || fi.Size() == 0 {
+		return nil
+	}
+	if _, err := os.Stat(path + ".key"); errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("ledger: log key %s.key is missing but the ledger %s exists; restore the key from a backup (a new key would make every saved checkpoint unverifiable)", path, path)
+	}
 	return nil
 }
 

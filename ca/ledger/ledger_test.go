@@ -3,10 +3,15 @@ package ledger
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
@@ -231,5 +236,55 @@ func TestRevokeRecordsAndNotifies(t *testing.T) {
 	e, err := l.Get(ctx, ev.Serial)
 	if err != nil || e.Revoked == nil || e.Revoked.Index != 1 {
 		t.Fatalf("Get after revoke: %+v %v", e, err)
+	}
+}
+
+func TestOpenRefusesExistingLedgerWithoutItsKey(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ledger.db")
+	l, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	if err := os.Remove(path + ".key"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(path, Options{}); err == nil || !strings.Contains(err.Error(), "log key") {
+		t.Fatalf("Open without the log key: %v", err)
+	}
+}
+
+func TestMetricsCountEventsAndSize(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	l, err := Open(filepath.Join(t.TempDir(), "l.db"), Options{Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	fill(t, l, 5, time.Now().Add(time.Hour))
+	if _, err := l.Append(context.Background(), Event{Kind: KindJoinTokenUse, Node: "n"}); err != nil {
+		t.Fatal(err)
+	}
+	want := `
+# HELP castellan_ledger_size Number of entries in the issuance ledger's Merkle tree.
+# TYPE castellan_ledger_size gauge
+castellan_ledger_size 6
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "castellan_ledger_size"); err != nil {
+		t.Fatal(err)
+	}
+	mfs, _ := reg.Gather()
+	var issued float64
+	for _, mf := range mfs {
+		if mf.GetName() == "castellan_ledger_events_total" {
+			for _, m := range mf.GetMetric() {
+				if m.GetLabel()[0].GetValue() == "issuance" {
+					issued = m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	if issued != 5 {
+		t.Fatalf("issuance events = %v, want 5", issued)
 	}
 }

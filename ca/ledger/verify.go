@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/transparency-dev/formats/log"
@@ -104,14 +105,33 @@ func (v *TreeVerifier) checkData(lf Leaf, h []byte) {
 		v.rep.addf("entry %d does not hash to its stored leaf (hash %s, stored %s): the entry was altered",
 			lf.Index, b64(h), b64(lf.Hash))
 	}
+	idx, ok := entryIndex(lf.Data)
+	switch {
+	case !ok:
+		v.rep.addf("entry %d is not a valid ledger entry", lf.Index)
+	case idx != lf.Index:
+		v.rep.addf("entry stored at %d says it is entry %d: entries were moved", lf.Index, idx)
+	}
+}
+
+// entryIndex reads the index an encoded entry names. Entries start with
+// {"v":1,"index":N, so the fast path avoids decoding the whole entry.
+func entryIndex(data []byte) (uint64, bool) {
+	const prefix = `{"v":1,"index":`
+	if rest, ok := bytes.CutPrefix(data, []byte(prefix)); ok {
+		if end := bytes.IndexByte(rest, ','); end > 0 {
+			if n, err := strconv.ParseUint(string(rest[:end]), 10, 64); err == nil {
+				return n, true
+			}
+		}
+	}
 	var hdr struct {
 		Index *uint64 `json:"index"`
 	}
-	if err := json.Unmarshal(lf.Data, &hdr); err != nil || hdr.Index == nil {
-		v.rep.addf("entry %d is not a valid ledger entry", lf.Index)
-	} else if *hdr.Index != lf.Index {
-		v.rep.addf("entry stored at %d says it is entry %d: entries were moved", lf.Index, *hdr.Index)
+	if err := json.Unmarshal(data, &hdr); err != nil || hdr.Index == nil {
+		return 0, false
 	}
+	return *hdr.Index, true
 }
 
 // checkRoots compares the root with every checkpoint of the current size.

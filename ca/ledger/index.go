@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"sort"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -45,34 +46,55 @@ func indexOf(key []byte) uint64 { return binary.BigEndian.Uint64(key[len(key)-8:
 // valueOf returns the indexed value of a <value> 0x00 <index> key.
 func valueOf(key []byte) []byte { return key[:len(key)-9] }
 
-func (w *indexWriter) add(idx uint64, ev *Event) error {
-	summary, err := encodeSummary(idx, ev)
-	if err != nil {
-		return err
+// kv is one index key and value to put.
+type kv struct{ k, v []byte }
+
+// indexBatch collects the index puts of many entries, by bucket, so they
+// can be prepared outside the write transaction and applied in key order.
+type indexBatch map[string][]kv
+
+func (b indexBatch) put(bucket []byte, k, v []byte) {
+	b[string(bucket)] = append(b[string(bucket)], kv{k, v})
+}
+
+// add collects the index entries of event ev at idx.
+func (b indexBatch) add(idx uint64, ev *Event) error {
+	if ev.Serial != "" {
+		b.put(bSerial, indexKey(ev.Serial, idx), nil)
 	}
-	for _, p := range []struct {
-		b   *bolt.Bucket
-		v   string
-		val []byte
-	}{{w.serial, ev.Serial, nil}, {w.spiffe, ev.SPIFFEID, summary}, {w.node, ev.Node, nil}} {
-		if p.v == "" {
-			continue
-		}
-		if err := p.b.Put(indexKey(p.v, idx), p.val); err != nil {
+	if ev.SPIFFEID != "" {
+		summary, err := encodeSummary(idx, ev)
+		if err != nil {
 			return err
 		}
+		b.put(bSPIFFE, indexKey(ev.SPIFFEID, idx), summary)
+	}
+	if ev.Node != "" {
+		b.put(bNode, indexKey(ev.Node, idx), nil)
 	}
 	if !ev.NotAfter.IsZero() {
-		if err := w.expiry.Put(expiryKey(ev.NotAfter, idx), nil); err != nil {
-			return err
-		}
+		b.put(bExpiry, expiryKey(ev.NotAfter, idx), nil)
 	}
 	if ev.Kind == KindRevocation {
 		v, err := json.Marshal(revokedCert{Index: idx, Time: ev.Time, Reason: ev.Reason, NotAfter: ev.NotAfter})
 		if err != nil {
 			return err
 		}
-		return w.revoked.Put([]byte(ev.Serial), v)
+		b.put(bRevoked, []byte(ev.Serial), v)
+	}
+	return nil
+}
+
+// apply writes the collected entries, each bucket in key order.
+func (b indexBatch) apply(tx *bolt.Tx) error {
+	for name, kvs := range b {
+		sort.Slice(kvs, func(i, j int) bool { return bytes.Compare(kvs[i].k, kvs[j].k) < 0 })
+		bucket := tx.Bucket([]byte(name))
+		for _, p := range kvs {
+			if err := bucket.Put(p.k, p.v); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }

@@ -92,19 +92,20 @@ func (l *Ledger) hurryIndexer() {
 	}
 }
 
-// indexStep indexes up to maxIndexBatch unindexed entries in one
-// transaction and returns how many.
+// indexStep indexes up to maxIndexBatch unindexed entries and returns
+// how many. Entries are read and decoded in a read transaction, so the
+// write transaction that holds bbolt's writer lock (and delays appends)
+// only puts prepared keys, in key order.
 func (l *Ledger) indexStep() (int, error) {
-	var n int
-	var to uint64
-	err := l.db.Update(func(tx *bolt.Tx) error {
+	var from, to uint64
+	batch := indexBatch{}
+	err := l.db.View(func(tx *bolt.Tx) error {
 		st, err := readTree(tx)
 		if err != nil {
 			return err
 		}
-		from := indexedOf(tx)
+		from = indexedOf(tx)
 		to = min(st.size, from+maxIndexBatch)
-		ix := newIndexWriter(tx)
 		entries := tx.Bucket(bEntries)
 		for i := from; i < to; i++ {
 			v := entries.Get(u64(i))
@@ -116,27 +117,33 @@ func (l *Ledger) indexStep() (int, error) {
 				l.log.Error("ledger entry cannot be indexed", "index", i, "error", err)
 				continue
 			}
-			if err := ix.add(i, &e.Event); err != nil {
+			if err := batch.add(i, &e.Event); err != nil {
 				return err
 			}
 		}
-		n = int(to - from)
-		if n == 0 {
-			return nil
+		return nil
+	})
+	if err != nil || to == from {
+		return 0, err
+	}
+	err = l.db.Update(func(tx *bolt.Tx) error {
+		if got := indexedOf(tx); got != from {
+			return fmt.Errorf("index position moved from %d to %d", from, got)
+		}
+		if err := batch.apply(tx); err != nil {
+			return err
 		}
 		return tx.Bucket(bMeta).Put(kIndexed, u64(to))
 	})
 	if err != nil {
 		return 0, fmt.Errorf("ledger: index: %w", err)
 	}
-	if n > 0 {
-		l.mu.Lock()
-		l.indexed = to
-		close(l.indexedCh)
-		l.indexedCh = make(chan struct{})
-		l.mu.Unlock()
-	}
-	return n, nil
+	l.mu.Lock()
+	l.indexed = to
+	close(l.indexedCh)
+	l.indexedCh = make(chan struct{})
+	l.mu.Unlock()
+	return int(to - from), nil
 }
 
 // waitIndexed waits until every entry appended before the call is in the

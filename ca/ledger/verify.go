@@ -26,6 +26,9 @@ type Report struct {
 	Entries, Pruned uint64
 	// Root is the root recomputed over all leaves read.
 	Root []byte
+	// Checkpoint is the size of the stored checkpoint VerifyFile checked
+	// against (0 when there was none).
+	Checkpoint uint64
 	// Findings lists the first problems, in words; ProblemCount counts all.
 	Findings     []string
 	ProblemCount int
@@ -206,6 +209,11 @@ func VerifyFile(path, vkey string, extra ...[]byte) (Report, error) {
 			cps = append(cps, cp)
 		}
 		v := NewTreeVerifier(cps...)
+		if stored := meta.Get(kCheckpoint); stored == nil {
+			v.rep.addf("the file holds no signed checkpoint; there is nothing to verify the entries against")
+		} else {
+			v.rep.Checkpoint = cps[0].Size
+		}
 		c := tx.Bucket(bEntries).Cursor()
 		nodes := tx.Bucket(bNodes)
 		for k, val := c.First(); k != nil; k, val = c.Next() {

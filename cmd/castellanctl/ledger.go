@@ -42,6 +42,7 @@ func runLedger(ctx context.Context, g *globals, args []string) error {
 // other failures (1) when the dispatcher honours it.
 type VerificationError struct{ Problems int }
 
+// Error says how many problems verification found.
 func (e *VerificationError) Error() string {
 	return fmt.Sprintf("castellanctl: ledger verification FAILED with %d problem(s)", e.Problems)
 }
@@ -133,6 +134,7 @@ type verifyResult struct {
 func ledgerVerify(ctx context.Context, g *globals, args []string) error {
 	fs := newFlags(g, "ledger verify")
 	since := fs.String("since", "", "a checkpoint saved earlier (ledger checkpoint --save); also prove the log only grew since")
+	db := fs.String("db", "", "verify this ledger file offline instead of asking the server (the server must be stopped; needs --log-key)")
 	key := logKeyFlag(fs)
 	out := outputFlag(fs)
 	if err := parseFlags(fs, args); err != nil {
@@ -143,6 +145,9 @@ func ledgerVerify(ctx context.Context, g *globals, args []string) error {
 	}
 	if err := checkOutput("ledger verify", *out); err != nil {
 		return err
+	}
+	if *db != "" {
+		return verifyFile(g, *db, *key, *since, *out)
 	}
 	c, done, err := auditClient(ctx, g)
 	if err != nil {
@@ -185,6 +190,28 @@ func ledgerVerify(ctx context.Context, g *globals, args []string) error {
 		}
 	}
 	return finishVerify(g, *out, res)
+}
+
+// verifyFile verifies a stopped server's ledger file directly.
+func verifyFile(g *globals, path, vkey, since, format string) error {
+	if vkey == "" {
+		return usagef("ledger verify --db needs --log-key (the file's own key cannot vouch for it)")
+	}
+	var extra [][]byte
+	if since != "" {
+		raw, err := os.ReadFile(since)
+		if err != nil {
+			return fmt.Errorf("castellanctl: --since: %w", err)
+		}
+		extra = append(extra, raw)
+	}
+	rep, err := ledger.VerifyFile(path, vkey, extra...)
+	if err != nil {
+		return err
+	}
+	res := verifyResult{Entries: rep.Entries, Pruned: rep.Pruned, Problems: rep.ProblemCount,
+		RootHash: base64.StdEncoding.EncodeToString(rep.Root), CheckpointSize: rep.Checkpoint, Findings: append([]string{}, rep.Findings...)}
+	return finishVerify(g, format, res)
 }
 
 // checkConsistency asks the server for a consistency proof from old to cur

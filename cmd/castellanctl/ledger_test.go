@@ -127,6 +127,32 @@ func TestLedgerVerifyCatchesFlippedByte(t *testing.T) {
 	}
 }
 
+func TestLedgerVerifyOfflineFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ledger.db")
+	sock, l, stop := auditServer(t, path)
+	issue(t, l, 0, 64, "node-1")
+	if code, _, errs := ctl(t, sock, "ledger", "checkpoint"); code != 0 {
+		t.Fatal(errs)
+	}
+	vkey := l.VerifierKey()
+	stop()
+	if code, out, errs := ctl(t, sock, "ledger", "verify", "--db", path, "--log-key", vkey); code != 0 || !strings.Contains(out, "OK: 64 entries") {
+		t.Fatalf("exit %d\n%s%s", code, out, errs)
+	}
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("entries")).Delete([]byte{0, 0, 0, 0, 0, 0, 0, 9}) })
+	db.Close()
+	if code, out, _ := ctl(t, sock, "ledger", "verify", "--db", path, "--log-key", vkey); code != 1 || !strings.Contains(out, "entry 9 is missing") {
+		t.Fatalf("exit %d\n%s", code, out)
+	}
+	if code, _, _ := ctl(t, sock, "ledger", "verify", "--db", path); code != 2 {
+		t.Fatalf("--db without --log-key: exit %d, want 2", code)
+	}
+}
+
 func TestLedgerVerifyCatchesDeletedEntry(t *testing.T) {
 	sock := tampered(t, func(tx *bolt.Tx) error {
 		return tx.Bucket([]byte("entries")).Delete([]byte{0, 0, 0, 0, 0, 0, 0, 150})

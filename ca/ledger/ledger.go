@@ -289,8 +289,10 @@ func (l *Ledger) Close() error {
 	close(l.stop)
 	<-l.stopped
 	l.mu.Lock()
-	close(l.indexedCh) // wakes waitIndexed, which then sees closed
+	close(l.indexedCh) // wakes waitIndexed and Watch, which then see closed
 	l.indexedCh = make(chan struct{})
+	close(l.appendCh)
+	l.appendCh = make(chan struct{})
 	l.mu.Unlock()
 	if err := l.db.Close(); err != nil {
 		return fmt.Errorf("ledger: close: %w", err)

@@ -283,3 +283,22 @@ func TestCRLListsRevokedSerialsSignedByIssuer(t *testing.T) {
 		t.Fatalf("CRL entries = %+v", crl.RevokedCertificateEntries)
 	}
 }
+
+func TestWatchEndsWhenLedgerCloses(t *testing.T) {
+	l, err := Open(filepath.Join(t.TempDir(), "l.db"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- l.Watch(context.Background(), 0, func(Entry) error { return nil }) }()
+	time.Sleep(20 * time.Millisecond)
+	l.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("Watch returned %v, want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Watch still running after Close")
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/url"
@@ -88,7 +89,7 @@ func (l *caLog) String() string {
 
 // caStart starts castellan-server on loopback ports chosen by the kernel
 // and waits until it serves.
-func caStart(t *testing.T) *caServer {
+func caStart(t *testing.T, extra ...string) *caServer {
 	t.Helper()
 	var bins testbin.Builder
 	t.Cleanup(bins.Cleanup)
@@ -97,6 +98,7 @@ func caStart(t *testing.T) *caServer {
 		logs: &caLog{serving: make(chan map[string]any, 1)}, exited: make(chan error, 1)}
 	s.cmd = exec.Command(serverBin, "--trust-domain", "cluster.local", "--data-dir", s.dataDir,
 		"--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--agent-ttl", "30m")
+	s.cmd.Args = append(s.cmd.Args, extra...)
 	stderr, err := s.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -131,15 +133,40 @@ func caStart(t *testing.T) *caServer {
 // ctlRun runs castellanctl against the server's admin socket.
 func (s *caServer) ctlRun(t *testing.T, args ...string) string {
 	t.Helper()
+	out, errOut, err := s.ctlTry(append([]string{"--admin-socket", filepath.Join(s.dataDir, "admin.sock")}, args...)...)
+	if err != nil {
+		t.Fatalf("castellanctl %v: %v\n%s", args, err, errOut)
+	}
+	return out
+}
+
+// ctlTry runs castellanctl with args and returns stdout, stderr and the
+// exit error.
+func (s *caServer) ctlTry(args ...string) (string, string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, s.ctl, append([]string{"--admin-socket", filepath.Join(s.dataDir, "admin.sock")}, args...)...)
+	cmd := exec.CommandContext(ctx, s.ctl, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("castellanctl %v: %v\n%s", args, err, stderr.String())
+	err := cmd.Run()
+	return stdout.String(), stderr.String(), err
+}
+
+// caWriteSVID writes svid's chain and key as PEM files in dir.
+func caWriteSVID(t *testing.T, dir string, svid *x509svid.SVID) (certFile, keyFile string) {
+	t.Helper()
+	certs, key, err := svid.Marshal()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return stdout.String()
+	certFile, keyFile = filepath.Join(dir, "svid.pem"), filepath.Join(dir, "svid.key")
+	if err := os.WriteFile(certFile, certs, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
 }
 
 // caDial connects to the server's gRPC port with the given TLS config.
@@ -197,7 +224,7 @@ func caVerify(t *testing.T, pb *cav1.X509SVID, key *ecdsa.PrivateKey, bundle *x5
 }
 
 func TestCAServerIssuesVerifiableSVIDsToJoinedAgent(t *testing.T) {
-	s := caStart(t)
+	s := caStart(t, "--admin-id", "spiffe://cluster.local/castellan/agent/admin-node")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	td := spiffeid.RequireTrustDomainFromString("cluster.local")
@@ -276,8 +303,44 @@ func TestCAServerIssuesVerifiableSVIDsToJoinedAgent(t *testing.T) {
 		t.Fatalf("unassigned batch item: %v, want PermissionDenied naming the ID", res.GetResults()[5])
 	}
 
+	// castellanctl over mTLS: allowed for the configured admin ID only.
+	adminToken := strings.TrimSpace(s.ctlRun(t, "token", "create", "--node", "admin-node"))
+	adminKey, adminCSR := caCSR(t, "")
+	adminAtt, err := anon.AttestAgent(ctx, &cav1.AttestAgentRequest{
+		Attestation: &cav1.AttestAgentRequest_JoinToken{JoinToken: adminToken}, Csr: adminCSR})
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminSVID := caVerify(t, adminAtt.GetSvid(), adminKey, trust, "spiffe://cluster.local/castellan/agent/admin-node")
+	bundlePEM := filepath.Join(s.dataDir, "bundle.pem")
+	cert, keyFile := caWriteSVID(t, t.TempDir(), adminSVID)
+	out, errOut, err := s.ctlTry("--server", s.addr, "--cert", cert, "--key", keyFile, "--bundle", bundlePEM, "entry", "list", "-o", "json")
+	if err != nil || !strings.Contains(out, created[0].ID) {
+		t.Fatalf("castellanctl over mTLS as admin: %v\n%s%s", err, out, errOut)
+	}
+	cert, keyFile = caWriteSVID(t, t.TempDir(), agentSVID)
+	_, errOut, err = s.ctlTry("--server", s.addr, "--cert", cert, "--key", keyFile, "--bundle", bundlePEM, "entry", "list")
+	var exitErr *exec.ExitError
+	if !errors.As(err, &exitErr) || exitErr.ExitCode() != 1 || !strings.Contains(errOut, "PermissionDenied") {
+		t.Fatalf("castellanctl over mTLS as a non-admin agent: %v %q, want exit 1 and PermissionDenied", err, errOut)
+	}
+
+	for _, tc := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"entry"}, 2},
+		{[]string{"entry", "create", "--node", "n"}, 2},
+		{[]string{"--admin-socket", filepath.Join(t.TempDir(), "none.sock"), "entry", "list"}, 1},
+	} {
+		_, errOut, err := s.ctlTry(tc.args...)
+		if !errors.As(err, &exitErr) || exitErr.ExitCode() != tc.code || errOut == "" {
+			t.Errorf("castellanctl %v: %v %q, want exit code %d and a message", tc.args, err, errOut, tc.code)
+		}
+	}
+
 	metrics := caHTTPGet(t, "http://"+s.httpAddr+"/metrics")
-	for _, want := range []string{`castellan_csr_total{reason="ok",result="issued"} 7`, `castellan_csr_total{reason="not_assigned",result="refused"} 1`,
+	for _, want := range []string{`castellan_csr_total{reason="ok",result="issued"} 8`, `castellan_csr_total{reason="not_assigned",result="refused"} 1`,
 		`castellan_csr_total{reason="join_token_used",result="refused"} 1`, `castellan_ca_certificate_expiry_timestamp_seconds{cert="root"}`} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)

@@ -42,14 +42,16 @@ func ListenAdminSocket(path string, log *slog.Logger) (net.Listener, error) {
 		l.Close()
 		return nil, fmt.Errorf("server: chmod admin socket: %w", err)
 	}
-	return &peerCredListener{Listener: l, uid: uint32(os.Getuid()), log: log}, nil
+	return &peerCredListener{Listener: l, uid: uint32(os.Getuid()), allowRoot: true, log: log}, nil
 }
 
-// peerCredListener accepts only connections from the same user or root.
+// peerCredListener accepts only connections from processes running as uid
+// (or as root, when allowRoot is set).
 type peerCredListener struct {
 	net.Listener
-	uid uint32
-	log *slog.Logger
+	uid       uint32
+	allowRoot bool
+	log       *slog.Logger
 }
 
 // Accept returns the next connection from an allowed user.
@@ -60,7 +62,7 @@ func (l *peerCredListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		uid, err := peerUID(c)
-		if err == nil && (uid == l.uid || uid == 0) {
+		if err == nil && (uid == l.uid || (l.allowRoot && uid == 0)) {
 			return c, nil
 		}
 		l.log.Warn("admin socket connection refused", "peer_uid", uid, "error", fmt.Sprint(err))

@@ -5,6 +5,10 @@ import (
 	"crypto/elliptic"
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -360,5 +364,38 @@ func TestTokenSingleUseUnderConcurrency(t *testing.T) {
 	}
 	if won != 1 {
 		t.Fatalf("%d attestations succeeded with one token, want exactly 1", won)
+	}
+}
+
+func TestAdminSocketClosesConnectionsFromOtherUsers(t *testing.T) {
+	dir := t.TempDir()
+	inner, err := net.Listen("unix", filepath.Join(dir, "s.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Pretend the server runs as another user, and root is not trusted:
+	// this test process is then a stranger.
+	l := &peerCredListener{Listener: inner, uid: uint32(os.Getuid()) + 1, log: slog.New(slog.DiscardHandler)}
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			accepted <- c
+		}
+		close(accepted)
+	}()
+	c, err := net.Dial("unix", filepath.Join(dir, "s.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("read from a refused connection: %v, want EOF (closed by the server)", err)
+	}
+	l.Close()
+	if c, ok := <-accepted; ok {
+		c.Close()
+		t.Fatal("a connection from another user was accepted")
 	}
 }

@@ -84,6 +84,9 @@ func (f *bigLedger) get(b *testing.B) *Ledger {
 			}
 			_, f.err = f.l.Append(context.Background(), evs...)
 		}
+		if f.err == nil {
+			f.err = f.l.waitIndexed(context.Background()) // measure queries, not indexing
+		}
 	})
 	if f.err != nil {
 		b.Fatal(f.err)

@@ -168,9 +168,9 @@ func issuanceEvent(kind ledger.Kind, iss *authority.Issued, node, detail string)
 	}
 }
 
-// serialHex is the wire and ledger form of a serial: lower-case hex of its
-// big-endian bytes.
-func serialHex(n *big.Int) string { return hex.EncodeToString(n.Bytes()) }
+// serialHex is the wire and ledger form of a serial: lower-case hex
+// without leading zeros (ledger.SerialOf), the form RevokedSerials uses.
+func serialHex(n *big.Int) string { return ledger.SerialOf(n) }
 
 func svidProto(iss *authority.Issued) *cav1.X509SVID {
 	chain := make([][]byte, 0, len(iss.Chain))

@@ -4,10 +4,10 @@ import (
 	"context"
 	"crypto/elliptic"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -47,7 +47,7 @@ func TestAgentGetsWorkloadSVIDThatVerifiesAndIsInLedger(t *testing.T) {
 	if got := leaf.NotAfter.Sub(e.clock.Now()); got != 10*time.Minute {
 		t.Errorf("lifetime %s, want the requested 10m", got)
 	}
-	if resp.GetSvid().GetSerial() != hex.EncodeToString(leaf.SerialNumber.Bytes()) {
+	if resp.GetSvid().GetSerial() != leaf.SerialNumber.Text(16) {
 		t.Errorf("serial %q does not match the leaf", resp.GetSvid().GetSerial())
 	}
 	if e.ledger.Size() != size+1 {
@@ -397,5 +397,15 @@ func TestAdminSocketClosesConnectionsFromOtherUsers(t *testing.T) {
 	if c, ok := <-accepted; ok {
 		c.Close()
 		t.Fatal("a connection from another user was accepted")
+	}
+}
+
+func TestSerialFormatMatchesLedger(t *testing.T) {
+	for _, n := range []int64{0x0abc, 0x1000, 1} {
+		s := serialHex(big.NewInt(n))
+		norm, err := ledger.NormalizeSerial(s)
+		if err != nil || norm != s || strings.HasPrefix(s, "0") {
+			t.Errorf("serial %#x as %q; the ledger normalizes it to %q (%v)", n, s, norm, err)
+		}
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -62,7 +61,7 @@ func (v *serverSVID) renew(ctx context.Context) error {
 	}
 	v.cert.Store(&tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: iss.Chain[0]})
 	v.s.log.InfoContext(ctx, "server SVID issued", "spiffe_id", id.String(),
-		"serial", hex.EncodeToString(iss.Serial.Bytes()), "not_after", iss.NotAfter)
+		"serial", serialHex(iss.Serial), "not_after", iss.NotAfter)
 	return nil
 }
 

@@ -43,9 +43,6 @@ func expiryKey(notAfter time.Time, idx uint64) []byte {
 // indexOf returns the log index at the end of an index key.
 func indexOf(key []byte) uint64 { return binary.BigEndian.Uint64(key[len(key)-8:]) }
 
-// valueOf returns the indexed value of a <value> 0x00 <index> key.
-func valueOf(key []byte) []byte { return key[:len(key)-9] }
-
 // kv is one index key and value to put.
 type kv struct{ k, v []byte }
 

@@ -37,7 +37,6 @@ type harness struct {
 	ca      *testca.CA
 	store   *state.Store
 	sock    string
-	metrics Metrics
 	nacks   prometheus.Counter
 	denied  prometheus.Counter
 	streams prometheus.Gauge

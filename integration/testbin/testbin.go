@@ -6,7 +6,6 @@
 package testbin
 
 import (
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -71,7 +70,7 @@ func (b *Builder) Cleanup() {
 func RepoRoot() string {
 	_, file, _, ok := runtime.Caller(0)
 	if !ok {
-		panic(fmt.Sprint("testbin: cannot locate source file"))
+		panic("testbin: cannot locate source file")
 	}
 	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
 }

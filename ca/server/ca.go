@@ -189,6 +189,9 @@ func (s *Server) prepareAll(ctx context.Context, node string, items []*issuance)
 	wg.Wait()
 }
 
+// errShuttingDown ends long-lived streams when the server stops.
+var errShuttingDown = status.Error(codes.Unavailable, "server: the CA is shutting down; reconnect")
+
 // GetBundle returns the trust bundle to a verified agent.
 func (c *caService) GetBundle(ctx context.Context, _ *cav1.GetBundleRequest) (*cav1.GetBundleResponse, error) {
 	if _, err := authn.PeerNode(ctx, c.s.td); err != nil {
@@ -211,6 +214,8 @@ func (c *caService) WatchBundle(_ *cav1.WatchBundleRequest, stream cav1.Certific
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-c.s.stopping:
+			return errShuttingDown
 		case <-changed:
 		}
 	}

@@ -100,8 +100,10 @@ type Server struct {
 	svid    *serverSVID
 	admins  map[spiffeid.ID]bool
 
-	mu      sync.Mutex
-	servers []*grpc.Server
+	mu       sync.Mutex
+	servers  []*grpc.Server
+	stopping chan struct{} // closed by Shutdown: long-lived streams end
+	stopOnce sync.Once
 }
 
 // New checks cfg, issues the server's own SVID
@@ -138,7 +140,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s := &Server{
 		cfg: cfg, td: cfg.Authority.TrustDomain(), log: cfg.Logger, clock: cfg.Clock,
 		metrics: m, health: health.NewServer(), bundle: newBundleState(cfg.Authority.Bundle()),
-		admins: map[spiffeid.ID]bool{},
+		admins: map[spiffeid.ID]bool{}, stopping: make(chan struct{}),
 	}
 	for _, id := range cfg.AdminIDs {
 		s.admins[id] = true
@@ -226,10 +228,13 @@ func (s *Server) track(g *grpc.Server) {
 	s.servers = append(s.servers, g)
 }
 
-// Shutdown marks the server not serving and stops every gRPC server it
-// built gracefully, or at once when ctx ends first.
+// Shutdown marks the server not serving, ends the SyncAgent and
+// WatchBundle streams (with Unavailable, so agents reconnect elsewhere or
+// later) and stops every gRPC server it built gracefully, or at once when
+// ctx ends first.
 func (s *Server) Shutdown(ctx context.Context) {
 	s.health.Shutdown()
+	s.stopOnce.Do(func() { close(s.stopping) })
 	s.mu.Lock()
 	servers := s.servers
 	s.mu.Unlock()

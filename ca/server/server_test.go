@@ -409,3 +409,24 @@ func TestSerialFormatMatchesLedger(t *testing.T) {
 		}
 	}
 }
+
+func TestShutdownEndsStreamsPromptly(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := e.agentClient(t, "node-a").SyncAgent(ctx, &cav1.SyncAgentRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	e.srv.Shutdown(ctx)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("Shutdown took %s with an open SyncAgent stream", d)
+	}
+	if _, err := stream.Recv(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("stream after shutdown: %v, want Unavailable", err)
+	}
+}

@@ -86,6 +86,8 @@ func (c *caService) SyncAgent(_ *cav1.SyncAgentRequest, stream cav1.CertificateA
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-s.stopping:
+			return errShuttingDown
 		case <-entriesChanged:
 		case <-revChanged:
 		case <-bundleChanged:

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -55,6 +56,7 @@ type k8sRig struct {
 	srvDir, agentDir, sock string
 	listen                 string
 	agentLog               *k8sLog
+	agentHTTP              string
 	cartA, cartB, payA     *corev1.Pod
 }
 
@@ -112,8 +114,9 @@ func (r *k8sRig) startAgent(agent string) {
 	if err := os.WriteFile(tokenFile, []byte(tok), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	r.agentHTTP = k8sFreeAddr(t)
 	cmd := exec.Command(agent, "--server-address", r.listen, "--trust-bundle", filepath.Join(r.srvDir, "bundle.pem"),
-		"--data-dir", r.agentDir, "--socket", r.sock, "--http-listen", k8sFreeAddr(t), "--log-level", "debug",
+		"--data-dir", r.agentDir, "--socket", r.sock, "--http-listen", r.agentHTTP, "--log-level", "debug",
 		"--trust-domain", k8sTD, "--attestor", "k8s", "--node-name", "node-a", "--k8s-token-file", tokenFile,
 		"--kubeconfig", r.env.Kubeconfig())
 	r.agentLog = &k8sLog{}
@@ -131,6 +134,31 @@ func (r *k8sRig) startAgent(agent string) {
 		_, err := os.Stat(filepath.Join(r.agentDir, "agent.pem"))
 		return err == nil
 	})
+}
+
+// cachedIdentities reads the agent's castellan_agent_cached_identities.
+func (r *k8sRig) cachedIdentities(t *testing.T) int {
+	t.Helper()
+	resp, err := http.Get("http://" + r.agentHTTP + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(body)) {
+		if v, ok := strings.CutPrefix(line, "castellan_agent_cached_identities "); ok {
+			n, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return int(n)
+		}
+	}
+	t.Fatal("agent exports no castellan_agent_cached_identities")
+	return 0
 }
 
 // tokenReviews returns how many TokenReviews the apiserver has served.
@@ -221,6 +249,16 @@ func TestK8sAgentIdentitiesAndNodeRestriction(t *testing.T) {
 			return status.Code(err) == codes.PermissionDenied
 		})
 		r.wantSignDenied(t, ca, cart, gone, "no pod with uid")
+	})
+	t.Run("identity of a pod that goes away is dropped", func(t *testing.T) {
+		// Every live pod on node-a has its identity: agent-a, impostor-a,
+		// cart-a and payments-a.
+		k8sEventually(t, 20*time.Second, "four cached identities", func() bool { return r.cachedIdentities(t) == 4 })
+		zero := int64(0)
+		if err := r.env.Client().CoreV1().Pods("shop").Delete(context.Background(), r.payA.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+			t.Fatal(err)
+		}
+		k8sEventually(t, 20*time.Second, "the deleted pod's identity dropped", func() bool { return r.cachedIdentities(t) == 3 })
 	})
 	t.Run("token refusals", func(t *testing.T) {
 		r.wantAttestRefused(t, r.env.PodToken("castellan-system", "castellan-agent", "agent-a", kubetest.AudienceIstio, time.Hour), `not "castellan-ca"`)

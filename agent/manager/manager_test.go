@@ -2,7 +2,10 @@ package manager
 
 import (
 	"context"
+	"crypto/x509"
+	"math/big"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -376,6 +379,52 @@ func TestNewRequiresCollaborators(t *testing.T) {
 	var _ CA = (*client.Client)(nil)
 }
 
+// hexSerial is the serial in the real CA's form (ledger.SerialOf):
+// lower-case hex without leading zeros.
 func hexSerial(s *x509svid.SVID) string {
-	return serialHex(cache.Record{SVID: s})
+	return s.Certificates[0].SerialNumber.Text(16)
+}
+
+// A revoked serial pushed with leading zeros or in upper case still
+// matches the SVID the agent holds.
+func TestRevokedSerialMatchesInAnyHexForm(t *testing.T) {
+	ca := catest.New(t, td)
+	ca.Start(t)
+	ca.SetEntry(entry("e1", "productpage", time.Hour))
+	e := newEnv(t, ca, t.TempDir())
+	e.start(ca.JoinToken("node-1"))
+	old := find(e.waitSnapshot("e1", serving("e1")), "e1")
+	ca.Revoke("00" + strings.ToUpper(hexSerial(old)))
+	e.waitSnapshot("revoked SVID replaced", func(s *state.Snapshot) bool {
+		got := find(s, "e1")
+		return got != nil && got != old
+	})
+}
+
+// Serials whose first byte is below 0x10 have no leading zero in the CA's
+// form; the agent must compare them in that form (about one serial in
+// eight was never matched, so its revocation was ignored).
+func TestSerialHexHasNoLeadingZeros(t *testing.T) {
+	for _, tc := range []struct {
+		serial *big.Int
+		want   string
+	}{
+		{big.NewInt(0x02ab), "2ab"},
+		{big.NewInt(0x0f), "f"},
+		{big.NewInt(0x1234), "1234"},
+		{new(big.Int).Lsh(big.NewInt(1), 122), "4" + strings.Repeat("0", 30)},
+	} {
+		svid := &x509svid.SVID{Certificates: []*x509.Certificate{{SerialNumber: tc.serial}}}
+		if got := serialHex(cache.Record{SVID: svid}); got != tc.want {
+			t.Errorf("serialHex(%#x) = %q, want %q", tc.serial, got, tc.want)
+		}
+		for _, pushed := range []string{tc.want, "0" + tc.want, strings.ToUpper("00" + tc.want)} {
+			if got := canonicalSerial(pushed); got != tc.want {
+				t.Errorf("canonicalSerial(%q) = %q, want %q", pushed, got, tc.want)
+			}
+		}
+	}
+	if got := canonicalSerial("not-hex"); got != "not-hex" {
+		t.Errorf("canonicalSerial(not-hex) = %q", got)
+	}
 }

@@ -3,8 +3,9 @@ package manager
 import (
 	"context"
 	"crypto"
-	"encoding/hex"
 	"fmt"
+	"math/big"
+	"strings"
 	"time"
 
 	"github.com/castellan-dev/castellan/agent/cache"
@@ -163,9 +164,22 @@ func (m *Manager) fail(key string, err error) {
 	}
 }
 
+// serialHex is the serial of r's leaf in the CA's form (lower-case hex
+// without leading zeros, as the CA's ledger stores it and pushes revoked
+// serials), so that revocations match every serial, whatever its first byte.
 func serialHex(r cache.Record) string {
 	if r.SVID == nil {
 		return ""
 	}
-	return hex.EncodeToString(r.SVID.Certificates[0].SerialNumber.Bytes())
+	return r.SVID.Certificates[0].SerialNumber.Text(16)
+}
+
+// canonicalSerial puts a hex serial from the CA into serialHex's form, so
+// that leading zeros or upper case cannot hide a revocation.
+func canonicalSerial(s string) string {
+	n, ok := new(big.Int).SetString(s, 16)
+	if !ok {
+		return strings.ToLower(s)
+	}
+	return n.Text(16)
 }

@@ -92,7 +92,7 @@ func (m *Manager) apply(st *cav1.AgentState) {
 	}
 	m.revoked = make(map[string]bool, len(st.GetRevokedSerials()))
 	for _, s := range st.GetRevokedSerials() {
-		m.revoked[s] = true
+		m.revoked[canonicalSerial(s)] = true
 	}
 	for key, id := range m.ids {
 		if id.rec.SVID != nil && !id.revoked && m.revoked[id.serial] {

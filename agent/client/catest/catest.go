@@ -209,7 +209,8 @@ func (ca *CA) DeleteEntry(id string) {
 	ca.mu.Unlock()
 }
 
-// Revoke adds a serial (lower-case hex) to the revoked list and notifies
+// Revoke adds a serial (lower-case hex without leading zeros, as the real
+// CA pushes them) to the revoked list and notifies
 // syncing agents.
 func (ca *CA) Revoke(serial string) {
 	ca.mu.Lock()
@@ -400,7 +401,7 @@ func (ca *CA) signCSR(der []byte, id spiffeid.ID, now time.Time, ttl time.Durati
 	return &cav1.X509SVID{
 		SpiffeId:  id.String(),
 		CertChain: [][]byte{leaf.Raw, ca.inter.Raw},
-		Serial:    hex.EncodeToString(leaf.SerialNumber.Bytes()),
+		Serial:    leaf.SerialNumber.Text(16), // the real CA's form: no leading zeros
 		NotBefore: timestamppb.New(leaf.NotBefore),
 		NotAfter:  timestamppb.New(leaf.NotAfter),
 	}, nil

@@ -89,6 +89,30 @@ func TestLedgerVerifyUntouchedLog(t *testing.T) {
 	}
 }
 
+// TestLedgerVerifyExitCodes: a log that does not verify exits 3 (the
+// VerificationError's ExitCode), apart from other failures (1) and usage
+// errors (2), so scripts can tell tampering from an unreachable server.
+func TestLedgerVerifyExitCodes(t *testing.T) {
+	dir := t.TempDir()
+	sock, l, _ := auditServer(t, filepath.Join(dir, "ledger.db"))
+	issue(t, l, 0, 10, "node-1")
+	// A checkpoint that the pinned key does not open: exit 3.
+	other := filepath.Join(dir, "other.db")
+	_, l2, _ := auditServer(t, other)
+	code, _, errs := ctl(t, sock, "ledger", "verify", "--log-key", l2.VerifierKey())
+	if code != 3 || !strings.Contains(errs, "does not verify with log key") || !strings.Contains(errs, "verification FAILED") {
+		t.Fatalf("wrong pinned key: exit %d, want 3\n%s", code, errs)
+	}
+	// The server unreachable: 1, not 3.
+	if code, _, errs := ctl(t, filepath.Join(dir, "nothing.sock"), "ledger", "verify"); code != 1 {
+		t.Fatalf("no server: exit %d, want 1\n%s", code, errs)
+	}
+	// A usage error stays 2.
+	if code, _, _ := ctl(t, sock, "ledger", "verify", "extra"); code != 2 {
+		t.Fatalf("usage error: exit %d, want 2", code)
+	}
+}
+
 // tampered builds a ledger file, closes it, applies edit and serves it.
 func tampered(t *testing.T, edit func(tx *bolt.Tx) error) string {
 	t.Helper()
@@ -121,7 +145,7 @@ func TestLedgerVerifyCatchesFlippedByte(t *testing.T) {
 		return b.Put(key, v)
 	})
 	code, out, _ := ctl(t, sock, "ledger", "verify")
-	if code != 1 || !strings.Contains(out, "entry 77 does not hash to its stored leaf") ||
+	if code != 3 || !strings.Contains(out, "entry 77 does not hash to its stored leaf") ||
 		!strings.Contains(out, "do not hash to the root in checkpoint 200") {
 		t.Fatalf("exit %d\n%s", code, out)
 	}
@@ -145,7 +169,7 @@ func TestLedgerVerifyOfflineFile(t *testing.T) {
 	}
 	db.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("entries")).Delete([]byte{0, 0, 0, 0, 0, 0, 0, 9}) })
 	db.Close()
-	if code, out, _ := ctl(t, sock, "ledger", "verify", "--db", path, "--log-key", vkey); code != 1 || !strings.Contains(out, "entry 9 is missing") {
+	if code, out, _ := ctl(t, sock, "ledger", "verify", "--db", path, "--log-key", vkey); code != 3 || !strings.Contains(out, "entry 9 is missing") {
 		t.Fatalf("exit %d\n%s", code, out)
 	}
 	if code, _, _ := ctl(t, sock, "ledger", "verify", "--db", path); code != 2 {
@@ -158,7 +182,7 @@ func TestLedgerVerifyCatchesDeletedEntry(t *testing.T) {
 		return tx.Bucket([]byte("entries")).Delete([]byte{0, 0, 0, 0, 0, 0, 0, 150})
 	})
 	code, out, _ := ctl(t, sock, "ledger", "verify")
-	if code != 1 || !strings.Contains(out, "entry 150 is missing") {
+	if code != 3 || !strings.Contains(out, "entry 150 is missing") {
 		t.Fatalf("exit %d\n%s", code, out)
 	}
 }
@@ -193,7 +217,7 @@ func TestLedgerVerifySinceCatchesRewrittenHistory(t *testing.T) {
 		t.Fatalf("the forged log is self-consistent, verify alone passes: exit %d\n%s%s", code, out, errs)
 	}
 	code, out, _ := ctl(t, sock, "ledger", "verify", "--since", saved)
-	if code != 1 || !strings.Contains(out, "consistency proof failed") ||
+	if code != 3 || !strings.Contains(out, "consistency proof failed") ||
 		!strings.Contains(out, "the first 100 entries do not hash to the root in checkpoint 100") {
 		t.Fatalf("exit %d\n%s", code, out)
 	}

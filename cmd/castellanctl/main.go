@@ -4,7 +4,8 @@
 // It reaches the server through the owner-only admin Unix socket in the
 // server's data directory (--admin-socket), or over mutual TLS with an admin
 // SVID (--server, --cert, --key, --bundle). Exit codes: 0 success, 1 error,
-// 2 usage error.
+// 2 usage error, 3 ledger verification failed (the log was altered, or a
+// checkpoint or proof is wrong).
 package main
 
 import (
@@ -53,6 +54,13 @@ func usagef(format string, args ...any) error {
 	return &usageError{msg: fmt.Sprintf(format, args...)}
 }
 
+// exitCoder is an error that chooses the process exit code, such as
+// *VerificationError (3).
+type exitCoder interface {
+	error
+	ExitCode() int
+}
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -81,7 +89,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
 	err := dispatch(ctx, g, fs.Arg(0), fs.Args()[1:])
-	var ue *usageError
+	var (
+		ue *usageError
+		ec exitCoder
+	)
 	switch {
 	case err == nil:
 		return 0
@@ -90,6 +101,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case errors.As(err, &ue):
 		fmt.Fprintln(stderr, "castellanctl:", err)
 		return 2
+	case errors.As(err, &ec) && ec.ExitCode() != 0:
+		fmt.Fprintln(stderr, err)
+		return ec.ExitCode()
 	default:
 		fmt.Fprintln(stderr, describe(err))
 		return 1

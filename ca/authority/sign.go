@@ -73,7 +73,11 @@ func (a *Authority) Sign(ctx context.Context, csr *CSR, id spiffeid.ID, ttl time
 	if err != nil {
 		return nil, err
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.ca.cert, csr.PublicKey, a.ca.key)
+	spki, err := csr.subjectPublicKeyInfo()
+	if err != nil {
+		return nil, fmt.Errorf("authority: sign %s: %w", id, err)
+	}
+	der, err := createLeaf(tmpl, a.ca.cert, spki, a.ca.key)
 	if err != nil {
 		return nil, fmt.Errorf("authority: sign %s: %w", id, err)
 	}
@@ -94,6 +98,16 @@ func (a *Authority) Sign(ctx context.Context, csr *CSR, id spiffeid.ID, ttl time
 		NotAfter:        leaf.NotAfter,
 		PublicKeySHA256: sha256.Sum256(leaf.RawSubjectPublicKeyInfo),
 	}, nil
+}
+
+// subjectPublicKeyInfo returns the DER SubjectPublicKeyInfo the leaf
+// carries: the CSR's own bytes, verbatim, or for a CSR built by hand
+// (Raw nil) the marshalled PublicKey.
+func (c *CSR) subjectPublicKeyInfo() ([]byte, error) {
+	if c.Raw != nil && len(c.Raw.RawSubjectPublicKeyInfo) > 0 {
+		return c.Raw.RawSubjectPublicKeyInfo, nil
+	}
+	return x509.MarshalPKIXPublicKey(c.PublicKey)
 }
 
 // leafTemplate builds the certificate template for Sign from the profile.

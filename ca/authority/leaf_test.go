@@ -1,0 +1,339 @@
+package authority
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"math/big"
+	"net/url"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
+)
+
+// newAuthorityWithIntermediate returns an Authority plugged in from files:
+// a generated P-256 root and an intermediate over interKey, both valid from
+// clock.now.
+func newAuthorityWithIntermediate(t *testing.T, clock *testClock, interKey crypto.Signer) *Authority {
+	t.Helper()
+	rootKey, root, err := newRoot(testTD, clock.now, DefaultRootTTL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl, err := caTemplate(testTD, intermediateCommonName, clock.now, clock.now.Add(DefaultIntermediateTTL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl.MaxPathLen, tmpl.MaxPathLenZero = 0, true
+	inter, err := createCert(tmpl, root, interKey.Public(), rootKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	a, err := New(Config{
+		TrustDomain:          testTD,
+		RootCertFile:         writePEM(t, dir, "root.pem", root),
+		IntermediateCertFile: writePEM(t, dir, "inter.pem", inter),
+		IntermediateKeyFile:  writeKey(t, dir, "inter.key", interKey),
+		Clock:                clock.Now,
+		Logger:               discardLogger(),
+	})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return a
+}
+
+// testIssuers are the intermediates the encoder is checked with: the
+// generated P-256 one and plugged-in P-384 and RSA-2048 ones.
+func testIssuers(t *testing.T, clock *testClock) map[string]*Authority {
+	t.Helper()
+	gen, err := New(Config{TrustDomain: testTD, DataDir: filepath.Join(t.TempDir(), "ca"), Clock: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return map[string]*Authority{
+		"p256-issuer":    gen,
+		"p384-issuer":    newAuthorityWithIntermediate(t, clock, ecKey(t, elliptic.P384())),
+		"rsa2048-issuer": newAuthorityWithIntermediate(t, clock, rsaKey(t, 2048)),
+	}
+}
+
+func testLeafKeys(t *testing.T) map[string]crypto.Signer {
+	return map[string]crypto.Signer{
+		"p256-leaf":    ecKey(t, elliptic.P256()),
+		"p384-leaf":    ecKey(t, elliptic.P384()),
+		"rsa2048-leaf": rsaKey(t, 2048),
+	}
+}
+
+// createBoth signs tmpl with our encoder and with x509.CreateCertificate and
+// returns both parsed leaves.
+func createBoth(t *testing.T, a *Authority, tmpl *x509.Certificate, csr *CSR) (ours, want *x509.Certificate) {
+	t.Helper()
+	spki, err := csr.subjectPublicKeyInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := createLeaf(tmpl, a.ca.cert, spki, a.ca.key)
+	if err != nil {
+		t.Fatalf("createLeaf: %v", err)
+	}
+	ours, err = x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatalf("our leaf does not parse: %v", err)
+	}
+	wantDER, err := x509.CreateCertificate(rand.Reader, tmpl, a.ca.cert, csr.PublicKey, a.ca.key)
+	if err != nil {
+		t.Fatalf("x509.CreateCertificate: %v", err)
+	}
+	want, err = x509.ParseCertificate(wantDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ours, want
+}
+
+type extSummary struct {
+	id       string
+	critical bool
+	value    []byte
+}
+
+func extensions(c *x509.Certificate) []extSummary {
+	var out []extSummary
+	for _, e := range c.Extensions {
+		out = append(out, extSummary{e.Id.String(), e.Critical, e.Value})
+	}
+	return out
+}
+
+// compareLeaves fails t unless got matches want (made by crypto/x509) in
+// every field that matters and, except for the signature, byte for byte.
+func compareLeaves(t *testing.T, got, want *x509.Certificate) {
+	t.Helper()
+	check := func(field string, ok bool, g, w any) {
+		t.Helper()
+		if !ok {
+			t.Errorf("%s: ours %v, crypto/x509 %v", field, g, w)
+		}
+	}
+	check("Version", got.Version == want.Version, got.Version, want.Version)
+	check("SerialNumber", got.SerialNumber.Cmp(want.SerialNumber) == 0, got.SerialNumber, want.SerialNumber)
+	check("SignatureAlgorithm", got.SignatureAlgorithm == want.SignatureAlgorithm, got.SignatureAlgorithm, want.SignatureAlgorithm)
+	check("RawIssuer", bytes.Equal(got.RawIssuer, want.RawIssuer), got.Issuer, want.Issuer)
+	check("RawSubject", bytes.Equal(got.RawSubject, want.RawSubject), got.RawSubject, want.RawSubject)
+	check("NotBefore", got.NotBefore.Equal(want.NotBefore), got.NotBefore, want.NotBefore)
+	check("NotAfter", got.NotAfter.Equal(want.NotAfter), got.NotAfter, want.NotAfter)
+	check("PublicKey", publicKeyEqual(got.PublicKey, want.PublicKey), got.PublicKeyAlgorithm, want.PublicKeyAlgorithm)
+	check("RawSubjectPublicKeyInfo", bytes.Equal(got.RawSubjectPublicKeyInfo, want.RawSubjectPublicKeyInfo), len(got.RawSubjectPublicKeyInfo), len(want.RawSubjectPublicKeyInfo))
+	gotURIs, wantURIs := urlStrings(got.URIs), urlStrings(want.URIs)
+	check("URIs", slices.Equal(gotURIs, wantURIs), gotURIs, wantURIs)
+	check("DNS/IP/email SANs", len(got.DNSNames)+len(got.IPAddresses)+len(got.EmailAddresses) == 0, got.DNSNames, nil)
+	check("KeyUsage", got.KeyUsage == want.KeyUsage, got.KeyUsage, want.KeyUsage)
+	check("ExtKeyUsage", slices.Equal(got.ExtKeyUsage, want.ExtKeyUsage), got.ExtKeyUsage, want.ExtKeyUsage)
+	check("UnknownExtKeyUsage", len(got.UnknownExtKeyUsage) == len(want.UnknownExtKeyUsage), got.UnknownExtKeyUsage, want.UnknownExtKeyUsage)
+	check("BasicConstraintsValid", got.BasicConstraintsValid == want.BasicConstraintsValid, got.BasicConstraintsValid, want.BasicConstraintsValid)
+	check("IsCA", got.IsCA == want.IsCA, got.IsCA, want.IsCA)
+	check("MaxPathLen", got.MaxPathLen == want.MaxPathLen && got.MaxPathLenZero == want.MaxPathLenZero, got.MaxPathLen, want.MaxPathLen)
+	check("AuthorityKeyId", bytes.Equal(got.AuthorityKeyId, want.AuthorityKeyId), got.AuthorityKeyId, want.AuthorityKeyId)
+	check("SubjectKeyId", bytes.Equal(got.SubjectKeyId, want.SubjectKeyId), got.SubjectKeyId, want.SubjectKeyId)
+	gotExt, wantExt := extensions(got), extensions(want)
+	check("Extensions (OID, critical, value, order)", slices.EqualFunc(gotExt, wantExt, func(a, b extSummary) bool {
+		return a.id == b.id && a.critical == b.critical && bytes.Equal(a.value, b.value)
+	}), gotExt, wantExt)
+	check("RawTBSCertificate", bytes.Equal(got.RawTBSCertificate, want.RawTBSCertificate),
+		len(got.RawTBSCertificate), len(want.RawTBSCertificate))
+}
+
+func urlStrings(us []*url.URL) []string {
+	var out []string
+	for _, u := range us {
+		out = append(out, u.String())
+	}
+	return out
+}
+
+// checkLeaf checks that leaf is signed by a's intermediate and verifies as
+// an X.509-SVID for id against a's bundle at now.
+func checkLeaf(t *testing.T, a *Authority, leaf *x509.Certificate, id spiffeid.ID, now time.Time) {
+	t.Helper()
+	if err := leaf.CheckSignatureFrom(a.Intermediate()); err != nil {
+		t.Errorf("CheckSignatureFrom(intermediate): %v", err)
+	}
+	chain := append([]*x509.Certificate{leaf}, a.ca.chain...)
+	got, _, err := x509svid.Verify(chain, a.Bundle(), x509svid.WithTime(now))
+	if err != nil {
+		t.Errorf("x509svid.Verify: %v", err)
+	} else if got != id {
+		t.Errorf("x509svid.Verify ID = %v, want %v", got, id)
+	}
+}
+
+// TestCreateLeafMatchesCreateCertificate signs the same templates with our
+// encoder and with crypto/x509 for every issuer and leaf key type, and
+// requires identical certificates up to the signature.
+func TestCreateLeafMatchesCreateCertificate(t *testing.T) {
+	// Sub-second clock: both encoders must truncate to the second alike.
+	clock := &testClock{now: time.Date(2030, 1, 2, 3, 4, 5, 987654321, time.UTC)}
+	issuers := testIssuers(t, clock)
+	keys := testLeafKeys(t)
+	for _, in := range []string{"p256-issuer", "p384-issuer", "rsa2048-issuer"} {
+		a := issuers[in]
+		for _, kn := range []string{"p256-leaf", "p384-leaf", "rsa2048-leaf"} {
+			t.Run(in+"/"+kn, func(t *testing.T) {
+				csr, err := a.ParseWorkloadCSR(workloadCSR(t, keys[kn]))
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, profile := range []string{ProfileWorkload, ProfileAgent} {
+					tmpl, err := a.leafTemplate(profile, csr, csr.ID, 90*time.Minute)
+					if err != nil {
+						t.Fatal(err)
+					}
+					ours, want := createBoth(t, a, tmpl, csr)
+					compareLeaves(t, ours, want)
+					checkLeaf(t, a, ours, csr.ID, clock.now)
+				}
+
+				// The public path: Sign's leaf equals crypto/x509's over
+				// the same fields.
+				iss, err := a.Sign(context.Background(), csr, csr.ID, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				leaf := iss.Chain[0]
+				checkLeaf(t, a, leaf, csr.ID, clock.now)
+				wantDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+					SerialNumber: leaf.SerialNumber, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter,
+					URIs: leaf.URIs, KeyUsage: leaf.KeyUsage, ExtKeyUsage: leaf.ExtKeyUsage,
+					BasicConstraintsValid: true, AuthorityKeyId: leaf.AuthorityKeyId,
+				}, a.ca.cert, keys[kn].Public(), a.ca.key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want, err := x509.ParseCertificate(wantDER)
+				if err != nil {
+					t.Fatal(err)
+				}
+				compareLeaves(t, leaf, want)
+				wantKU := x509.KeyUsageDigitalSignature
+				if kn == "rsa2048-leaf" {
+					wantKU |= x509.KeyUsageKeyEncipherment
+				}
+				if leaf.KeyUsage != wantKU || !extension(t, leaf, oidKeyUsage) || !extension(t, leaf, oidSubjectAltName) ||
+					!extension(t, leaf, oidBasicConstraints) || len(leaf.AuthorityKeyId) == 0 {
+					t.Errorf("leaf: KU %b, AKI %x; KU, SAN and basic constraints must be critical", leaf.KeyUsage, leaf.AuthorityKeyId)
+				}
+			})
+		}
+	}
+}
+
+// TestCreateLeafEncodesEveryUsage compares the KeyUsage and EKU encodings
+// with crypto/x509's for every key usage bit combination and every EKU.
+func TestCreateLeafEncodesEveryUsage(t *testing.T) {
+	clock := newTestClock()
+	a := newTestAuthority(t, clock)
+	csr, err := a.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl, err := a.leafTemplate(ProfileWorkload, csr, csr.ID, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ku := x509.KeyUsage(1); ku < 1<<9; ku++ {
+		tmpl.KeyUsage = ku
+		ours, want := createBoth(t, a, tmpl, csr)
+		if ours.KeyUsage != ku || !bytes.Equal(ours.RawTBSCertificate, want.RawTBSCertificate) {
+			t.Fatalf("key usage %#x: ours decodes to %#x, TBS equal %v", ku, ours.KeyUsage,
+				bytes.Equal(ours.RawTBSCertificate, want.RawTBSCertificate))
+		}
+	}
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	tmpl.ExtKeyUsage = nil
+	for eku := range ekuOIDs {
+		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, eku)
+	}
+	slices.Sort(tmpl.ExtKeyUsage)
+	ours, want := createBoth(t, a, tmpl, csr)
+	compareLeaves(t, ours, want)
+
+	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsage(1000)}
+	if _, err := createLeaf(tmpl, a.ca.cert, csr.Raw.RawSubjectPublicKeyInfo, a.ca.key); err == nil {
+		t.Error("createLeaf accepted an unknown extended key usage")
+	}
+	tmpl.ExtKeyUsage, tmpl.IsCA = nil, true
+	if _, err := createLeaf(tmpl, a.ca.cert, csr.Raw.RawSubjectPublicKeyInfo, a.ca.key); err == nil {
+		t.Error("createLeaf issued a CA certificate")
+	}
+	tmpl.IsCA, tmpl.SerialNumber = false, big.NewInt(0)
+	if _, err := createLeaf(tmpl, a.ca.cert, csr.Raw.RawSubjectPublicKeyInfo, a.ca.key); err == nil {
+		t.Error("createLeaf accepted serial number 0")
+	}
+}
+
+// TestCreateLeafAcross2050 issues a leaf whose NotBefore is a UTCTime (2049)
+// and whose NotAfter must be a GeneralizedTime (2050), under a CA generated
+// in 2049 whose own validity crosses the boundary too.
+func TestCreateLeafAcross2050(t *testing.T) {
+	clock := &testClock{now: time.Date(2049, 12, 31, 23, 30, 0, 0, time.UTC)}
+	a, err := New(Config{TrustDomain: testTD, Clock: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := a.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl, err := a.leafTemplate(ProfileWorkload, csr, csr.ID, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours, want := createBoth(t, a, tmpl, csr)
+	compareLeaves(t, ours, want)
+	if ours.NotAfter.Year() != 2050 || ours.NotBefore.Year() != 2049 {
+		t.Fatalf("validity %v - %v does not cross 2050", ours.NotBefore, ours.NotAfter)
+	}
+	// RFC 5280 4.1.2.5: UTCTime through 2049, GeneralizedTime from 2050.
+	tbs := cryptobyte.String(ours.RawTBSCertificate)
+	var body, validity cryptobyte.String
+	ok := tbs.ReadASN1(&body, cbasn1.SEQUENCE) &&
+		body.SkipOptionalASN1(cbasn1.Tag(0).Constructed().ContextSpecific()) &&
+		body.SkipASN1(cbasn1.INTEGER) && body.SkipASN1(cbasn1.SEQUENCE) && body.SkipASN1(cbasn1.SEQUENCE) &&
+		body.ReadASN1(&validity, cbasn1.SEQUENCE)
+	var nb, na cryptobyte.String
+	var nbTag, naTag cbasn1.Tag
+	ok = ok && validity.ReadAnyASN1(&nb, &nbTag) && validity.ReadAnyASN1(&na, &naTag)
+	if !ok || nbTag != cbasn1.UTCTime || naTag != cbasn1.GeneralizedTime {
+		t.Errorf("validity tags %v, %v (parsed %v); want UTCTime then GeneralizedTime", nbTag, naTag, ok)
+	}
+	checkLeaf(t, a, ours, csr.ID, clock.now.Add(45*time.Minute))
+}
+
+// TestSignHandBuiltCSR signs a CSR with no parsed request behind it (the
+// SubjectPublicKeyInfo is marshalled from the key).
+func TestSignHandBuiltCSR(t *testing.T) {
+	clock := newTestClock()
+	a := newTestAuthority(t, clock)
+	key := ecKey(t, elliptic.P256())
+	id := spiffeid.RequireFromString("spiffe://example.org/castellan/agent/node-1")
+	iss, err := a.Sign(context.Background(), &CSR{PublicKey: key.Public()}, id, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkLeaf(t, a, iss.Chain[0], id, clock.now)
+	if !publicKeyEqual(iss.Chain[0].PublicKey, key.Public()) {
+		t.Error("leaf public key is not the CSR's")
+	}
+}

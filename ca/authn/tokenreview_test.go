@@ -330,10 +330,12 @@ func TestTokenReviewAgainstRealAPIServer(t *testing.T) {
 			t.Fatal(err)
 		}
 		// The apiserver checks the bound pod through its own informer,
-		// which learns of the deletion shortly after it happens; each try
-		// uses a fresh attestor so that no earlier answer is cached.
+		// which learns of the deletion shortly after it happens, and it
+		// caches successful token authentications for 10s; each try uses a
+		// fresh attestor so that no answer of ours is cached. 30s leaves
+		// room for a loaded machine.
 		var err error
-		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 			if _, err = newTestAttestor(t, client).Attest(ctx, satRequest(tok)); err != nil {
 				break
 			}

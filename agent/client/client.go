@@ -118,25 +118,27 @@ func (c *Client) Bootstrap(ctx context.Context, joinToken string) error {
 		}
 		return fmt.Errorf("%w: none in %s; start the agent with --join-token", ErrNoAgentSVID, c.cfg.DataDir)
 	}
-	return c.attest(ctx, joinToken)
+	return c.attest(ctx, &cav1.AttestAgentRequest{
+		Attestation: &cav1.AttestAgentRequest_JoinToken{JoinToken: joinToken}}, "join token")
 }
 
-// attest exchanges the join token for an agent SVID over server-only TLS.
-func (c *Client) attest(ctx context.Context, joinToken string) error {
+// attest exchanges a node attestation (how names it in errors and logs)
+// for an agent SVID over server-only TLS.
+func (c *Client) attest(ctx context.Context, att *cav1.AttestAgentRequest, how string) error {
 	key, csr, err := newCSR(spiffeid.ID{})
 	if err != nil {
 		return err
 	}
+	att.Csr = csr
 	tlsConf := tlsconfig.TLSClientConfig(c, tlsconfig.AuthorizeID(c.serverID))
 	conn, err := grpc.NewClient(c.cfg.Address, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
 	if err != nil {
 		return fmt.Errorf("client: dial %s: %w", c.cfg.Address, err)
 	}
 	defer conn.Close()
-	resp, err := cav1.NewCertificateAuthorityServiceClient(conn).AttestAgent(ctx,
-		&cav1.AttestAgentRequest{Attestation: &cav1.AttestAgentRequest_JoinToken{JoinToken: joinToken}, Csr: csr})
+	resp, err := cav1.NewCertificateAuthorityServiceClient(conn).AttestAgent(ctx, att)
 	if err != nil {
-		return fmt.Errorf("client: attest with join token: %w", err)
+		return fmt.Errorf("client: attest with %s: %w", how, err)
 	}
 	svid, err := svidFromProto(resp.Svid, key)
 	if err != nil {
@@ -148,7 +150,7 @@ func (c *Client) attest(ctx context.Context, joinToken string) error {
 	if err := c.storeSVID(svid); err != nil {
 		return err
 	}
-	c.log.Info("attested with join token", "spiffe_id", svid.ID.String(), "not_after", svid.Certificates[0].NotAfter)
+	c.log.Info("attested with "+how, "spiffe_id", svid.ID.String(), "not_after", svid.Certificates[0].NotAfter)
 	return nil
 }
 

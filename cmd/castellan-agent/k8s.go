@@ -49,7 +49,7 @@ func k8sAttestor(ctx context.Context, cfg config) (*attest.K8s, error) {
 		rc, err = rest.InClusterConfig()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("Kubernetes client (--kubeconfig, or in-cluster): %w", err)
+		return nil, fmt.Errorf("castellan-agent: kubernetes client (--kubeconfig, or in-cluster): %w", err)
 	}
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {

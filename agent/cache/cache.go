@@ -89,7 +89,7 @@ func openChecked(path string) (db *bolt.DB, err error) {
 			return nil, fmt.Errorf("cache: chmod %s: %w", path, err)
 		}
 	}
-	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err = boltOpen(path)
 	if err != nil {
 		return nil, err
 	}
@@ -103,6 +103,12 @@ func openChecked(path string) (db *bolt.DB, err error) {
 		}
 	}()
 	err = db.View(func(tx *bolt.Tx) error {
+		// Read every page here first: tx.Check reads them on a goroutine of
+		// its own, where bbolt's panic on a damaged page cannot be recovered
+		// and would crash the agent.
+		if err := walk(tx); err != nil {
+			return err
+		}
 		for cerr := range tx.Check() {
 			return cerr
 		}
@@ -120,6 +126,33 @@ func openChecked(path string) (db *bolt.DB, err error) {
 		return nil
 	})
 	return db, err
+}
+
+// boltOpen opens the file with bbolt, which panics (rather than failing) on
+// some corrupt pages it reads while opening, such as a damaged freelist.
+func boltOpen(path string) (db *bolt.DB, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			db, err = nil, fmt.Errorf("cache: corrupt file: %v", r)
+		}
+	}()
+	return bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+}
+
+// walk visits every key of every bucket, nested ones included.
+func walk(tx *bolt.Tx) error {
+	var bucket func(b *bolt.Bucket) error
+	bucket = func(b *bolt.Bucket) error {
+		return b.ForEach(func(k, v []byte) error {
+			if v == nil {
+				if nb := b.Bucket(k); nb != nil {
+					return bucket(nb)
+				}
+			}
+			return nil
+		})
+	}
+	return tx.ForEach(func(_ []byte, b *bolt.Bucket) error { return bucket(b) })
 }
 
 // Close closes the file.

@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -169,6 +170,51 @@ func TestCorruptFileIsMovedAsideAndReplaced(t *testing.T) {
 	}
 	if string(got) != string(garbage) {
 		t.Fatal("moved-aside file differs from the corrupt original")
+	}
+}
+
+// bbolt panics, instead of failing, on some damaged pages: reading a
+// freelist page of the wrong type while opening, and any damaged page while
+// tx.Check reads it on its own goroutine. Neither may crash the agent.
+func TestDamagedPageIsMovedAsideAndReplaced(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		off  int // offset in the meta of the page ID to damage
+	}{{"freelist", 32}, {"root", 16}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ca := catest.New(t, td)
+			now := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
+			path := filepath.Join(t.TempDir(), "cache.db")
+			c := openAt(t, path, &now)
+			if err := c.Put(ca.Bundle(), record(t, ca, "a", now, time.Hour)); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Close(); err != nil {
+				t.Fatal(err)
+			}
+			data, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Page header: id u64, flags u16, ...; the meta follows the
+			// header of pages 0 and 1: magic, version, page size, flags,
+			// root {pgid, sequence}, freelist pgid.
+			ps := int(binary.LittleEndian.Uint32(data[16+8:]))
+			for m := range 2 {
+				pg := int(binary.LittleEndian.Uint64(data[m*ps+16+tc.off:]))
+				binary.LittleEndian.PutUint16(data[pg*ps+8:], 0) // no page type
+			}
+			if err := os.WriteFile(path, data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			c = openAt(t, path, &now)
+			if recs, _, err := c.Load(td); err != nil || len(recs) != 0 {
+				t.Fatalf("Load = %d records, %v; want a fresh empty cache", len(recs), err)
+			}
+			if _, err := os.Stat(path + ".corrupt-20260304T050607Z"); err != nil {
+				t.Fatalf("damaged file not moved aside: %v", err)
+			}
+		})
 	}
 }
 

@@ -51,11 +51,17 @@ func (s *Server) DeltaSecrets(stream deltaStream) error {
 		case err := <-errc:
 			return err
 		case req := <-reqs:
+			if err := stillAttested(ctx); err != nil {
+				return err
+			}
 			if err := s.onDeltaRequest(stream, st, req); err != nil {
 				return err
 			}
 		case <-watch:
 			woke := time.Now()
+			if err := stillAttested(ctx); err != nil {
+				return err
+			}
 			sent, err := s.pushDelta(stream, st)
 			if err != nil {
 				return err

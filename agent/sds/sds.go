@@ -113,6 +113,17 @@ func (s *Server) caller(ctx context.Context) ([]state.Selector, error) {
 	return sels, nil
 }
 
+// stillAttested fails once the attested process has exited. A stream is
+// attested when it opens but lives as long as its connection, which may
+// have been handed to another process since: that process must not receive
+// the next request's answer or the next rotated key.
+func stillAttested(ctx context.Context) error {
+	if _, err := attest.FromContext(ctx); err != nil {
+		return status.Errorf(codes.PermissionDenied, "sds: workload attestation failed: %v", err)
+	}
+	return nil
+}
+
 func checkType(typeURL string) error {
 	if typeURL != SecretTypeURL {
 		return status.Errorf(codes.InvalidArgument, "sds: type_url %q is not served here; this server serves only %s", typeURL, SecretTypeURL)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -13,11 +14,15 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/castellan-dev/castellan/agent/attest"
@@ -216,5 +221,84 @@ func TestStreamResubscribesAfterServerRestart(t *testing.T) {
 	verifyUpdate(t, u, h.store.Current().Identities[0].SVID)
 	if s := c.Stats(); s.Streams < 2 {
 		t.Fatalf("streams opened = %d, want a resubscription", s.Streams)
+	}
+}
+
+// pinnedTo attests every peer as fixedAttestor does but pins the process
+// proc instead of the peer, so that a test can make "the caller" exit while
+// its connection stays open (as when a connection outlives its owner in
+// another process).
+type pinnedTo struct {
+	credentials.TransportCredentials
+	proc *attest.Process
+}
+
+func (p pinnedTo) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	conn, info, err := p.TransportCredentials.ServerHandshake(raw)
+	if ai, ok := info.(*attest.AuthInfo); ok {
+		ai.Peer.Process = p.proc
+	}
+	return conn, info, err
+}
+
+func TestStreamEndsWhenAttestedProcessHasExited(t *testing.T) {
+	for _, delta := range []bool{false, true} {
+		t.Run(map[bool]string{false: "sotw", true: "delta"}[delta], func(t *testing.T) {
+			h := newHarness(t, workload)
+			cmd := exec.Command("sleep", "60")
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			proc, err := attest.Pin(cmd.Process.Pid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sock := filepath.Join(t.TempDir(), "pinned.sock")
+			lis, err := net.Listen("unix", sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			gs := grpc.NewServer(grpc.Creds(pinnedTo{attest.NewCredentials(fixedAttestor(workload), time.Second, nil), proc}))
+			secretv3.RegisterSecretDiscoveryServiceServer(gs, h.srv)
+			go func() { _ = gs.Serve(lis) }()
+			t.Cleanup(gs.Stop)
+			conn, err := envoysds.Dial(sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = conn.Close() })
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			client := secretv3.NewSecretDiscoveryServiceClient(conn)
+			var recv func() error
+			if delta {
+				s, err := client.DeltaSecrets(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := s.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: SecretTypeURL, ResourceNamesSubscribe: []string{DefaultName}}); err != nil {
+					t.Fatal(err)
+				}
+				recv = func() error { _, err := s.Recv(); return err }
+			} else {
+				s, err := client.StreamSecrets(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := s.Send(&discoveryv3.DiscoveryRequest{TypeUrl: SecretTypeURL, ResourceNames: []string{DefaultName}}); err != nil {
+					t.Fatal(err)
+				}
+				recv = func() error { _, err := s.Recv(); return err }
+			}
+			if err := recv(); err != nil {
+				t.Fatalf("first response: %v", err)
+			}
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			h.publish(t, "ns/default/sa/productpage") // a rotation
+			if err := recv(); status.Code(err) != codes.PermissionDenied {
+				t.Fatalf("after the attested process exited: err = %v, want PermissionDenied (no rotated key)", err)
+			}
+		})
 	}
 }

@@ -57,11 +57,17 @@ func (s *Server) StreamSecrets(stream sotwStream) error {
 		case err := <-errc:
 			return err
 		case req := <-reqs:
+			if err := stillAttested(ctx); err != nil {
+				return err
+			}
 			if err := s.onRequest(stream, st, req); err != nil {
 				return err
 			}
 		case <-watch:
 			woke := time.Now()
+			if err := stillAttested(ctx); err != nil {
+				return err
+			}
 			sent, err := s.push(stream, st)
 			if err != nil {
 				return err

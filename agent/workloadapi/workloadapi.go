@@ -157,6 +157,12 @@ func serve[T any](s *Server, stream grpc.ServerStreamingServer[T], render build[
 		case <-watch:
 			woke = time.Now()
 		}
+		// The stream lives as long as its connection, which may have been
+		// handed to another process since the caller was attested: that
+		// process must not receive the next rotated key.
+		if _, err := attest.FromContext(ctx); err != nil {
+			return status.Errorf(codes.PermissionDenied, "workloadapi: workload attestation failed: %v", err)
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package workloadapi
 import (
 	"context"
 	"net"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,7 +17,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/castellan-dev/castellan/agent/attest"
@@ -183,5 +186,60 @@ func TestJWTIsUnimplemented(t *testing.T) {
 	_, err := client(t, h).ValidateJWTSVID(ctxT(t), "token", "aud")
 	if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "X.509") {
 		t.Fatalf("err = %v, want Unimplemented pointing to X.509", err)
+	}
+}
+
+// pinnedTo pins the process proc instead of the peer, so that a test can
+// make "the caller" exit while its connection stays open.
+type pinnedTo struct {
+	credentials.TransportCredentials
+	proc *attest.Process
+}
+
+func (p pinnedTo) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	conn, info, err := p.TransportCredentials.ServerHandshake(raw)
+	if ai, ok := info.(*attest.AuthInfo); ok {
+		ai.Peer.Process = p.proc
+	}
+	return conn, info, err
+}
+
+func TestStreamEndsWhenAttestedProcessHasExited(t *testing.T) {
+	h := newHarness(t, workload)
+	srv, err := New(Config{Store: h.store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	proc, err := attest.Pin(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "pinned.sock")
+	lis, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer(grpc.Creds(pinnedTo{attest.NewCredentials(fixedAttestor(workload), time.Second, nil), proc}))
+	workloadpb.RegisterSpiffeWorkloadAPIServer(gs, srv)
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	h.addr = "unix://" + sock
+	ctx := metadata.AppendToOutgoingContext(ctxT(t), HeaderKey, HeaderValue)
+	s, err := rawClient(t, h).FetchX509SVID(ctx, &workloadpb.X509SVIDRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil {
+		t.Fatalf("first response: %v", err)
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	h.publish(t) // a rotation
+	if _, err := s.Recv(); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("after the attested process exited: err = %v, want PermissionDenied (no rotated key)", err)
 	}
 }

@@ -86,11 +86,17 @@ func ParseCgroups(data []byte) (PodContainer, error) {
 }
 
 // parseCgroupPath extracts the pod and container from one cgroup path. It
-// reports false if the path is not below a kubepods cgroup.
+// reports false if the path is not below a kubepods cgroup, or if it is
+// below a systemd user manager (user@<uid>.service): systemd delegates that
+// subtree to the unprivileged user, who could otherwise name a cgroup after
+// any pod on the node and move a process into it.
 func parseCgroupPath(path string) (PodContainer, bool) {
 	segs := strings.Split(path, "/")
 	inKubepods := false
 	for i, seg := range segs {
+		if !inKubepods && strings.HasPrefix(seg, "user@") && strings.HasSuffix(seg, ".service") {
+			return PodContainer{}, false
+		}
 		if seg == "kubepods" || strings.HasPrefix(seg, "kubepods.") || strings.HasPrefix(seg, "kubepods-") {
 			inKubepods = true
 		}

@@ -105,7 +105,13 @@ func TestParseCgroupsRefusesProcessesOutsidePods(t *testing.T) {
 		"host process hybrid":        "9:name=systemd:/\n8:pids:/\n0::/\n",
 		"docker container":           "0::/system.slice/docker-" + testCID + ".scope\n",
 		"pod-like name, no kubepods": "0::/mypods/pod" + testUID + "/" + testCID + "\n",
-		"empty":                      "",
+		// systemd delegates a user manager's subtree to that unprivileged
+		// user, who may create cgroups named like a pod's in it.
+		"user-made kubepods v2": "0::/user.slice/user-1000.slice/user@1000.service/kubepods/besteffort/pod" + testUID + "/" + testCID + "\n",
+		"user-made pod cgroup":  "0::/user.slice/user-1000.slice/user@1000.service/app.slice/kubepods/pod" + testUID + "\n",
+		"user-made kubepods v1": "9:name=systemd:/user.slice/user-1000.slice/user@1000.service/kubepods/pod" + testUID + "/" + testCID + "\n" +
+			"8:pids:/user.slice/user-1000.slice/user@1000.service\n",
+		"empty": "",
 	} {
 		t.Run(name, func(t *testing.T) {
 			pc, err := ParseCgroups([]byte(in))

@@ -11,7 +11,7 @@ BENCHTIME ?= 3s
 COMMANDS := castellan-server castellan-agent castellanctl castellan-demo
 BOOKINFO := productpage details reviews ratings
 
-.PHONY: all build test unit demo proto bench lint kube-testenv clean
+.PHONY: all build test unit demo proto bench lint kube-testenv spire-agent clean
 
 all: build
 
@@ -21,12 +21,16 @@ build:
 	$(GO) build -o $(BIN)/bookinfo/ $(addprefix ./integration/bookinfo/,$(BOOKINFO))
 
 # kube-testenv is the real kube-apiserver + etcd the Kubernetes tests run
-# against; built once into $(CACHE)/bin (about 11 minutes the first time).
+# against, spire-agent is SPIRE's CLI for the interop test; both are built
+# once into $(CACHE)/bin (about 11 and 2 minutes the first time).
 kube-testenv:
 	./integration/kube/testenv/build.sh
+spire-agent:
+	./integration/spire/tool/build.sh
 
 test: build
 	CASTELLAN_KUBE_TESTENV="$$(./integration/kube/testenv/build.sh)" CASTELLAN_REQUIRE_KUBE=1 \
+		CASTELLAN_SPIRE_AGENT="$$(./integration/spire/tool/build.sh)" CASTELLAN_REQUIRE_SPIRE=1 \
 		CASTELLAN_BIN=$(abspath $(BIN)) $(GO) test $(TESTFLAGS) ./...
 
 # unit runs the tests that need no kube-apiserver (they skip themselves).

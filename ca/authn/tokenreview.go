@@ -28,6 +28,11 @@ const (
 	// NodeNameExtra is the TokenReview extra that names the node of the pod
 	// a token is bound to.
 	NodeNameExtra = "authentication.kubernetes.io/node-name"
+	// PodNameExtra and PodUIDExtra name the pod a token is bound to.
+	PodNameExtra = "authentication.kubernetes.io/pod-name"
+	PodUIDExtra  = "authentication.kubernetes.io/pod-uid"
+	// serviceAccountPrefix starts the user name of a service account.
+	serviceAccountPrefix = "system:serviceaccount:"
 	// DefaultReviewCacheTTL caps how long a review is reused: a bound token
 	// dies with its pod, and the cache must not outlive that by long.
 	DefaultReviewCacheTTL = 5 * time.Minute
@@ -48,7 +53,46 @@ const (
 	ReasonK8sTokenInvalid   = "k8s_token_invalid" // the API server did not authenticate it
 	ReasonK8sWrongAccount   = "k8s_wrong_service_account"
 	ReasonK8sNoNode         = "k8s_no_node"
+	ReasonK8sNotSA          = "k8s_not_service_account" // the token is not a service account's
 )
+
+// TokenReviewer authenticates Kubernetes service-account tokens for one
+// audience with TokenReview, optionally only those of one service account
+// and bound to a pod on a node (TokenReviewAttestor's rule).
+//
+// Reviews are cached by the SHA-256 of the token until the token expires,
+// at most for the cache TTL, so a burst of calls with one token costs one
+// TokenReview; concurrent calls with the same uncached token share one
+// review. Expiry and audience are read from the token's payload without
+// verifying it, only to refuse early with a clear message: a token is
+// accepted only on the API server's word. It is safe for concurrent use.
+type TokenReviewer struct {
+	client      kubernetes.Interface
+	audience    string
+	username    string // system:serviceaccount:<ns>:<name>; "" admits any service account
+	requireNode bool   // refuse tokens not bound to a pod on a node
+	subject     string // what the token is called in messages
+	clock       func() time.Time
+	maxTTL      time.Duration
+	maxSize     int
+	reviews     *prometheus.CounterVec
+
+	mu       sync.Mutex
+	cache    map[[32]byte]reviewResult
+	inflight map[[32]byte]*reviewCall
+}
+
+// TokenIdentity is what the API server said about a token: its service
+// account and, for a token bound to a pod, the pod and its node.
+type TokenIdentity struct {
+	Namespace      string
+	ServiceAccount string
+	// Node is the node of the pod the token is bound to ("" if none).
+	Node string
+	// PodName and PodUID name the pod the token is bound to ("" if none).
+	PodName string
+	PodUID  string
+}
 
 // TokenReviewAttestor attests agents on Kubernetes: the request's k8s_sat
 // must be a service-account token for the configured agent service account,
@@ -63,21 +107,12 @@ const (
 // a token is accepted only on the API server's word. It is safe for
 // concurrent use.
 type TokenReviewAttestor struct {
-	client   kubernetes.Interface
-	username string // system:serviceaccount:<ns>:<name>
-	clock    func() time.Time
-	maxTTL   time.Duration
-	maxSize  int
-	reviews  *prometheus.CounterVec
-
-	mu       sync.Mutex
-	cache    map[[32]byte]reviewResult
-	inflight map[[32]byte]*reviewCall
+	*TokenReviewer
 }
 
-// reviewResult is a cached outcome: a node, or a refusal.
+// reviewResult is a cached outcome: an identity, or a refusal.
 type reviewResult struct {
-	node    string
+	id      TokenIdentity
 	err     *Error
 	expires time.Time
 }
@@ -89,18 +124,18 @@ type reviewCall struct {
 	err  error // transient failure: not cached
 }
 
-// TokenReviewOption configures a TokenReviewAttestor.
-type TokenReviewOption func(*TokenReviewAttestor)
+// TokenReviewOption configures a TokenReviewer or TokenReviewAttestor.
+type TokenReviewOption func(*TokenReviewer)
 
 // WithReviewClock sets the clock (default time.Now).
 func WithReviewClock(clock func() time.Time) TokenReviewOption {
-	return func(a *TokenReviewAttestor) { a.clock = clock }
+	return func(a *TokenReviewer) { a.clock = clock }
 }
 
 // WithReviewCache bounds how long (ttl) and how many (size) reviews are
 // cached; zero values keep the defaults.
 func WithReviewCache(ttl time.Duration, size int) TokenReviewOption {
-	return func(a *TokenReviewAttestor) {
+	return func(a *TokenReviewer) {
 		if ttl > 0 {
 			a.maxTTL = ttl
 		}
@@ -113,7 +148,7 @@ func WithReviewCache(ttl time.Duration, size int) TokenReviewOption {
 // WithReviewMetrics registers castellan_ca_k8s_token_reviews_total{result}
 // (reviews sent to the API server, and cache hits) in reg.
 func WithReviewMetrics(reg *prometheus.Registry) TokenReviewOption {
-	return func(a *TokenReviewAttestor) {
+	return func(a *TokenReviewer) {
 		a.reviews = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "castellan_ca_k8s_token_reviews_total",
 			Help: "Kubernetes token attestations by result: reviewed_ok, reviewed_refused, review_error, cache_hit, refused_early.",
@@ -131,9 +166,29 @@ func NewTokenReviewAttestor(client kubernetes.Interface, agentNamespace, agentNa
 	if agentNamespace == "" || agentName == "" {
 		return nil, fmt.Errorf("authn: agent service account %q/%q: want <namespace>/<name>, e.g. castellan-system/castellan-agent", agentNamespace, agentName)
 	}
-	a := &TokenReviewAttestor{
+	r := newTokenReviewer(client, K8sAudience, "k8s_sat", opts)
+	r.username = serviceAccountPrefix + agentNamespace + ":" + agentName
+	r.requireNode = true
+	return &TokenReviewAttestor{TokenReviewer: r}, nil
+}
+
+// NewTokenReviewer returns a reviewer of service-account tokens for
+// audience that admits any service account, bound to a pod or not.
+func NewTokenReviewer(client kubernetes.Interface, audience string, opts ...TokenReviewOption) (*TokenReviewer, error) {
+	if client == nil {
+		return nil, errors.New("authn: Kubernetes token authentication needs a Kubernetes client")
+	}
+	if audience == "" {
+		return nil, errors.New("authn: Kubernetes token authentication needs an audience")
+	}
+	return newTokenReviewer(client, audience, "the token", opts), nil
+}
+
+func newTokenReviewer(client kubernetes.Interface, audience, subject string, opts []TokenReviewOption) *TokenReviewer {
+	r := &TokenReviewer{
 		client:   client,
-		username: "system:serviceaccount:" + agentNamespace + ":" + agentName,
+		audience: audience,
+		subject:  subject,
 		clock:    time.Now,
 		maxTTL:   DefaultReviewCacheTTL,
 		maxSize:  DefaultReviewCacheSize,
@@ -141,9 +196,9 @@ func NewTokenReviewAttestor(client kubernetes.Interface, agentNamespace, agentNa
 		inflight: map[[32]byte]*reviewCall{},
 	}
 	for _, o := range opts {
-		o(a)
+		o(r)
 	}
-	return a, nil
+	return r
 }
 
 // ParseServiceAccount splits "namespace/name".
@@ -161,21 +216,32 @@ func (a *TokenReviewAttestor) Attest(ctx context.Context, req *cav1.AttestAgentR
 	if token == "" {
 		return "", fail(ReasonNoAttestation, "request carries no Kubernetes service-account token (k8s_sat)")
 	}
+	id, err := a.Review(ctx, token)
+	if err != nil {
+		return "", err
+	}
+	return id.Node, nil
+}
+
+// Review authenticates token: it returns the token's identity, an *Error
+// (Unauthenticated) if the token is refused, or an Unavailable status
+// error if the API server cannot be asked.
+func (a *TokenReviewer) Review(ctx context.Context, token string) (TokenIdentity, error) {
 	now := a.clock()
 	claims, err := a.precheck(token, now)
 	if err != nil {
 		a.count("refused_early")
-		return "", err
+		return TokenIdentity{}, err
 	}
 	key := sha256.Sum256([]byte(token))
 	res, err := a.lookupOrReview(ctx, key, token, claims.expiry(), now)
 	if err != nil {
-		return "", err
+		return TokenIdentity{}, err
 	}
 	if res.err != nil {
-		return "", res.err
+		return TokenIdentity{}, res.err
 	}
-	return res.node, nil
+	return res.id, nil
 }
 
 // jwtClaims are the unverified claims read from a token's payload.
@@ -197,35 +263,35 @@ func (c jwtClaims) audiences() []string {
 }
 
 // precheck refuses, without asking the API server, a token that is not a
-// JWT, has expired or is not for K8sAudience by its own (unverified) word.
-func (a *TokenReviewAttestor) precheck(token string, now time.Time) (jwtClaims, error) {
+// JWT, has expired or is not for the audience by its own (unverified) word.
+func (a *TokenReviewer) precheck(token string, now time.Time) (jwtClaims, error) {
 	var c jwtClaims
 	parts := strings.Split(token, ".")
 	if len(token) > maxTokenBytes || len(parts) != 3 {
-		return c, fail(ReasonK8sTokenMalformed, "k8s_sat is not a JWT; pass the projected service-account token file's contents")
+		return c, fail(ReasonK8sTokenMalformed, "%s is not a JWT; pass the projected service-account token file's contents", a.subject)
 	}
 	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
 	if err != nil {
-		return c, fail(ReasonK8sTokenMalformed, "k8s_sat payload is not base64url: %v", err)
+		return c, fail(ReasonK8sTokenMalformed, "%s payload is not base64url: %v", a.subject, err)
 	}
 	if err := json.Unmarshal(payload, &c); err != nil {
-		return c, fail(ReasonK8sTokenMalformed, "k8s_sat payload is not a JSON claim set: %v", err)
+		return c, fail(ReasonK8sTokenMalformed, "%s payload is not a JSON claim set: %v", a.subject, err)
 	}
 	if c.Exp == 0 {
-		return c, fail(ReasonK8sTokenMalformed, "k8s_sat has no expiry: use a projected service-account token (legacy secret tokens are not accepted)")
+		return c, fail(ReasonK8sTokenMalformed, "%s has no expiry: use a projected service-account token (legacy secret tokens are not accepted)", a.subject)
 	}
 	if !now.Before(c.expiry()) {
-		return c, fail(ReasonK8sTokenExpired, "k8s_sat expired at %s; the kubelet refreshes projected tokens, so re-read the token file", c.expiry().UTC().Format(time.RFC3339))
+		return c, fail(ReasonK8sTokenExpired, "%s expired at %s; the kubelet refreshes projected tokens, so re-read the token file", a.subject, c.expiry().UTC().Format(time.RFC3339))
 	}
-	if aud := c.audiences(); !slices.Contains(aud, K8sAudience) {
-		return c, fail(ReasonK8sWrongAudience, "k8s_sat is for audiences %q, not %q; project the token with audience %s", aud, K8sAudience, K8sAudience)
+	if aud := c.audiences(); !slices.Contains(aud, a.audience) {
+		return c, fail(ReasonK8sWrongAudience, "%s is for audiences %q, not %q; project the token with audience %s", a.subject, aud, a.audience, a.audience)
 	}
 	return c, nil
 }
 
 // lookupOrReview returns the cached result for key, or reviews the token
 // (once, however many callers ask concurrently) and caches the outcome.
-func (a *TokenReviewAttestor) lookupOrReview(ctx context.Context, key [32]byte, token string, exp, now time.Time) (reviewResult, error) {
+func (a *TokenReviewer) lookupOrReview(ctx context.Context, key [32]byte, token string, exp, now time.Time) (reviewResult, error) {
 	a.mu.Lock()
 	if res, ok := a.cache[key]; ok {
 		if now.Before(res.expires) {
@@ -269,7 +335,7 @@ func (a *TokenReviewAttestor) lookupOrReview(ctx context.Context, key [32]byte, 
 
 // store adds res to the cache, making room if it is full: expired entries
 // go first, then the one that expires soonest. Called with mu held.
-func (a *TokenReviewAttestor) store(key [32]byte, res reviewResult, now time.Time) {
+func (a *TokenReviewer) store(key [32]byte, res reviewResult, now time.Time) {
 	if len(a.cache) >= a.maxSize {
 		var soonest [32]byte
 		var soonestAt time.Time
@@ -291,13 +357,13 @@ func (a *TokenReviewAttestor) store(key [32]byte, res reviewResult, now time.Tim
 
 // review asks the API server about token. A refusal is a result (cached);
 // an API failure is an error (not cached), Unavailable to the caller.
-func (a *TokenReviewAttestor) review(ctx context.Context, token string) (reviewResult, error) {
+func (a *TokenReviewer) review(ctx context.Context, token string) (reviewResult, error) {
 	tr, err := a.client.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{
-		Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: []string{K8sAudience}},
+		Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: []string{a.audience}},
 	}, metav1.CreateOptions{})
 	if err != nil {
 		a.count("review_error")
-		return reviewResult{}, status.Errorf(codes.Unavailable, "authn: cannot review the agent's token with the Kubernetes API server (retry later; check the CA's RBAC allows tokenreviews create): %v", err)
+		return reviewResult{}, status.Errorf(codes.Unavailable, "authn: cannot review %s with the Kubernetes API server (retry later; check the CA's RBAC allows tokenreviews create): %v", a.subject, err)
 	}
 	res := a.judge(tr.Status)
 	if res.err != nil {
@@ -308,31 +374,49 @@ func (a *TokenReviewAttestor) review(ctx context.Context, token string) (reviewR
 	return res, nil
 }
 
-// judge turns a review's status into a node or a refusal.
-func (a *TokenReviewAttestor) judge(st authenticationv1.TokenReviewStatus) reviewResult {
+// judge turns a review's status into an identity or a refusal.
+func (a *TokenReviewer) judge(st authenticationv1.TokenReviewStatus) reviewResult {
 	switch {
 	case !st.Authenticated:
 		msg := st.Error
 		if msg == "" {
 			msg = "not authenticated"
 		}
-		return reviewResult{err: fail(ReasonK8sTokenInvalid, "the Kubernetes API server refused k8s_sat: %s", msg)}
-	case !slices.Contains(st.Audiences, K8sAudience):
-		return reviewResult{err: fail(ReasonK8sWrongAudience, "the Kubernetes API server did not confirm audience %q for k8s_sat (got %q)", K8sAudience, st.Audiences)}
-	case st.User.Username != a.username:
-		return reviewResult{err: fail(ReasonK8sWrongAccount, "k8s_sat belongs to %q; only the agent service account %q may attest agents", st.User.Username, a.username)}
+		return reviewResult{err: fail(ReasonK8sTokenInvalid, "the Kubernetes API server refused %s: %s", a.subject, msg)}
+	case !slices.Contains(st.Audiences, a.audience):
+		return reviewResult{err: fail(ReasonK8sWrongAudience, "the Kubernetes API server did not confirm audience %q for %s (got %q)", a.audience, a.subject, st.Audiences)}
+	case a.username != "" && st.User.Username != a.username:
+		return reviewResult{err: fail(ReasonK8sWrongAccount, "%s belongs to %q; only the agent service account %q may attest agents", a.subject, st.User.Username, a.username)}
 	}
+	ns, sa, ok := strings.Cut(strings.TrimPrefix(st.User.Username, serviceAccountPrefix), ":")
+	if !strings.HasPrefix(st.User.Username, serviceAccountPrefix) || !ok || ns == "" || sa == "" || strings.Contains(sa, ":") {
+		return reviewResult{err: fail(ReasonK8sNotSA, "%s belongs to %q, which is not a service account", a.subject, st.User.Username)}
+	}
+	id := TokenIdentity{Namespace: ns, ServiceAccount: sa,
+		PodName: onlyExtra(st, PodNameExtra), PodUID: onlyExtra(st, PodUIDExtra)}
 	nodes := st.User.Extra[NodeNameExtra]
-	if len(nodes) != 1 {
-		return reviewResult{err: fail(ReasonK8sNoNode, "k8s_sat is not bound to a pod on a node (no %s in the review); use a projected token of the agent's pod", NodeNameExtra)}
-	}
-	if ValidateNodeName(nodes[0]) != nil {
+	switch {
+	case len(nodes) == 0 && !a.requireNode:
+		return reviewResult{id: id}
+	case len(nodes) != 1:
+		return reviewResult{err: fail(ReasonK8sNoNode, "%s is not bound to a pod on a node (no %s in the review); use a projected token of the agent's pod", a.subject, NodeNameExtra)}
+	case ValidateNodeName(nodes[0]) != nil:
 		return reviewResult{err: fail(ReasonK8sNoNode, "the review names node %q, which is not a valid node name", nodes[0])}
 	}
-	return reviewResult{node: nodes[0]}
+	id.Node = nodes[0]
+	return reviewResult{id: id}
 }
 
-func (a *TokenReviewAttestor) count(result string) {
+// onlyExtra returns the single value of a review's extra key ("" unless
+// there is exactly one).
+func onlyExtra(st authenticationv1.TokenReviewStatus, key string) string {
+	if v := st.User.Extra[key]; len(v) == 1 {
+		return v[0]
+	}
+	return ""
+}
+
+func (a *TokenReviewer) count(result string) {
 	if a.reviews != nil {
 		a.reviews.WithLabelValues(result).Inc()
 	}

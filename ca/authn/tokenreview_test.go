@@ -370,3 +370,50 @@ func BenchmarkTokenReviewCachedAttest(b *testing.B) {
 		b.Fatalf("%d reviews", n)
 	}
 }
+
+// TestTokenReviewerAnyServiceAccount: NewTokenReviewer (the Istio CA API's
+// reviewer) admits any service account for its audience, names the pod
+// and node when the token is bound to one, and refuses other users and
+// audiences.
+func TestTokenReviewerAnyServiceAccount(t *testing.T) {
+	const aud = "istio-ca"
+	tok := fakeJWT(t, map[string]any{"aud": aud, "exp": time.Now().Add(time.Hour).Unix()})
+	st := func(user string, extra map[string]authenticationv1.ExtraValue, auds ...string) authenticationv1.TokenReviewStatus {
+		return authenticationv1.TokenReviewStatus{Authenticated: true, Audiences: auds,
+			User: authenticationv1.UserInfo{Username: user, Extra: extra}}
+	}
+	bound := map[string]authenticationv1.ExtraValue{NodeNameExtra: {"node-a"}, PodNameExtra: {"reviews-v1"}, PodUIDExtra: {"uid-1"}}
+	for _, tt := range []struct {
+		name   string
+		status authenticationv1.TokenReviewStatus
+		want   TokenIdentity
+		reason string
+	}{
+		{name: "pod-bound", status: st("system:serviceaccount:bookinfo:reviews", bound, aud),
+			want: TokenIdentity{Namespace: "bookinfo", ServiceAccount: "reviews", Node: "node-a", PodName: "reviews-v1", PodUID: "uid-1"}},
+		{name: "not bound", status: st("system:serviceaccount:bookinfo:reviews", nil, aud),
+			want: TokenIdentity{Namespace: "bookinfo", ServiceAccount: "reviews"}},
+		{name: "not a service account", status: st("alice", nil, aud), reason: ReasonK8sNotSA},
+		{name: "other audience", status: st("system:serviceaccount:bookinfo:reviews", nil, K8sAudience), reason: ReasonK8sWrongAudience},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _ := fakeReviewer(tt.status, 0)
+			r, err := NewTokenReviewer(c, aud)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := r.Review(context.Background(), tok)
+			if tt.reason != "" {
+				wantRefusal(t, err, tt.reason, "")
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("got %+v, %v; want %+v", got, err, tt.want)
+			}
+		})
+	}
+	c, _ := fakeReviewer(st("system:serviceaccount:bookinfo:reviews", nil, aud), 0)
+	r, _ := NewTokenReviewer(c, aud)
+	_, err := r.Review(context.Background(), fakeJWT(t, map[string]any{"aud": K8sAudience, "exp": time.Now().Add(time.Hour).Unix()}))
+	wantRefusal(t, err, ReasonK8sWrongAudience, "the token is for audiences")
+}

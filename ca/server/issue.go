@@ -14,6 +14,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -21,7 +22,12 @@ import (
 
 // issuance is one workload SVID request on its way through the pipeline.
 type issuance struct {
-	req    *cav1.SignX509SVIDRequest
+	req *cav1.SignX509SVIDRequest
+	// authorize replaces Config.Authorizer for front ends that authorize
+	// callers themselves (Issue); nil for agents' requests.
+	authorize func(context.Context, spiffeid.ID) (authz.Grant, error)
+	// detail is the ledger entry's reason ("" for "entry <EntryID>").
+	detail string
 	grant  authz.Grant
 	issued *authority.Issued
 	err    error
@@ -45,9 +51,14 @@ func (s *Server) prepare(ctx context.Context, node string, it *issuance) {
 		it.err = err
 		return
 	}
-	grant, err := s.cfg.Authorizer.Authorize(ctx, authz.Request{
-		Node: node, ID: csr.ID, EntryID: it.req.GetEntryId(), PodUID: it.req.GetPodUid(),
-	})
+	var grant authz.Grant
+	if it.authorize != nil {
+		grant, err = it.authorize(ctx, csr.ID)
+	} else {
+		grant, err = s.cfg.Authorizer.Authorize(ctx, authz.Request{
+			Node: node, ID: csr.ID, EntryID: it.req.GetEntryId(), PodUID: it.req.GetPodUid(),
+		})
+	}
 	if err != nil {
 		it.err = err
 		return
@@ -84,7 +95,11 @@ func (s *Server) record(ctx context.Context, node string, items []*issuance, ext
 	events := extra
 	for _, it := range items {
 		if it.err == nil {
-			events = append(events, issuanceEvent(ledger.KindIssuance, it.issued, node, "entry "+it.grant.EntryID))
+			detail := it.detail
+			if detail == "" {
+				detail = "entry " + it.grant.EntryID
+			}
+			events = append(events, issuanceEvent(ledger.KindIssuance, it.issued, node, detail))
 		}
 	}
 	if len(events) == 0 {

@@ -102,7 +102,8 @@ type Server struct {
 
 	mu       sync.Mutex
 	servers  []*grpc.Server
-	stopping chan struct{} // closed by Shutdown: long-lived streams end
+	public   []publicService // added by ServePublic
+	stopping chan struct{}   // closed by Shutdown: long-lived streams end
 	stopOnce sync.Once
 }
 
@@ -185,9 +186,10 @@ func (s *Server) TLSConfig() *tls.Config {
 type Registrar func(grpc.ServiceRegistrar)
 
 // GRPCServer returns the main gRPC server, for TCP: TLS with the server's
-// SVID, the CA service, the health service and the admin service plus any
-// extra admin services, the latter allowed only to callers whose verified
-// SPIFFE ID is one of Config.AdminIDs.
+// SVID, the CA service, the health service, the services added with
+// ServePublic, and the admin service plus any extra admin services, the
+// latter allowed only to callers whose verified SPIFFE ID is one of
+// Config.AdminIDs.
 func (s *Server) GRPCServer(extraAdmin ...Registrar) *grpc.Server {
 	g := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(s.TLSConfig())),
@@ -199,6 +201,9 @@ func (s *Server) GRPCServer(extraAdmin ...Registrar) *grpc.Server {
 	)
 	cav1.RegisterCertificateAuthorityServiceServer(g, &caService{s: s})
 	healthpb.RegisterHealthServer(g, s.health)
+	for _, p := range s.publicServices() {
+		p.register(g)
+	}
 	s.registerAdmin(g, extraAdmin)
 	s.track(g)
 	return g
@@ -264,10 +269,10 @@ func isPublicMethod(method string) bool {
 		strings.HasPrefix(method, "/grpc.health.v1.Health/")
 }
 
-// checkAdmin allows a call on the TCP port to any method other than the CA
-// and health services only for configured admin identities.
+// checkAdmin allows a call on the TCP port to any method other than the
+// CA, health and ServePublic services only for configured admin identities.
 func (s *Server) checkAdmin(ctx context.Context, method string) error {
-	if isPublicMethod(method) {
+	if isPublicMethod(method) || s.isPublicService(method) {
 		return nil
 	}
 	id, err := authn.PeerID(ctx)

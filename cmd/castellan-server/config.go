@@ -35,8 +35,12 @@ type config struct {
 	Kubeconfig       string        `yaml:"kubeconfig"`
 	K8sAgentSA       string        `yaml:"k8s_agent_sa"`
 	// K8sBundleConfigMaps publishes the bundle in every namespace.
-	K8sBundleConfigMaps bool   `yaml:"k8s_bundle_configmaps"`
-	LogLevel            string `yaml:"log_level"`
+	K8sBundleConfigMaps bool `yaml:"k8s_bundle_configmaps"`
+	// IstioAPI serves istio.v1.auth.IstioCertificateService on --listen.
+	IstioAPI bool `yaml:"istio_api"`
+	// IstioTrustedNodeSAs may use ImpersonatedIdentity (ztunnel).
+	IstioTrustedNodeSAs []string `yaml:"istio_trusted_node_sas"`
+	LogLevel            string   `yaml:"log_level"`
 }
 
 func defaultConfig() config {
@@ -85,6 +89,8 @@ func flagSet(cfg *config, configPath *string, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn or error")
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", cfg.Kubeconfig, "kubeconfig for Kubernetes mode (empty: in-cluster)")
 	fs.StringVar(&cfg.K8sAgentSA, "k8s-agent-sa", cfg.K8sAgentSA, "Kubernetes mode: the service account (namespace/name) whose pod-bound tokens may attest agents")
+	fs.BoolVar(&cfg.IstioAPI, "istio-api", cfg.IstioAPI, "serve Istio's CA API (istio.v1.auth.IstioCertificateService) on --listen for istio-agent and ztunnel: callers authenticate with a Kubernetes token of audience istio-ca (needs --kubeconfig or in-cluster) or a client SVID")
+	fs.Var(listFlag{&cfg.IstioTrustedNodeSAs}, "istio-trusted-node-sa", "with --istio-api: a service account (namespace/name, e.g. istio-system/ztunnel) whose pod-bound tokens may request identities of pods on their node with ImpersonatedIdentity (repeatable)")
 	fs.BoolVar(&cfg.K8sBundleConfigMaps, "k8s-bundle-configmaps", cfg.K8sBundleConfigMaps, "Kubernetes mode: publish the trust bundle as ConfigMap castellan-ca-root-cert (key root-cert.pem) in every namespace")
 	return fs
 }
@@ -132,6 +138,10 @@ func loadConfig(args []string, getenv func(string) string, out io.Writer) (confi
 			cfg.AdminIDs = strings.Split(v, ",")
 			return
 		}
+		if f.Name == "istio-trusted-node-sa" {
+			cfg.IstioTrustedNodeSAs = strings.Split(v, ",")
+			return
+		}
 		if err := fs.Set(f.Name, v); err != nil && envErr == nil {
 			envErr = fmt.Errorf("castellan-server: %s=%q: %w", envName(f.Name), v, err)
 		}
@@ -141,6 +151,9 @@ func loadConfig(args []string, getenv func(string) string, out io.Writer) (confi
 	}
 	if onCmdLine["admin-id"] {
 		cfg.AdminIDs = nil
+	}
+	if onCmdLine["istio-trusted-node-sa"] {
+		cfg.IstioTrustedNodeSAs = nil
 	}
 	if err := fs.Parse(args); err != nil {
 		return config{}, fmt.Errorf("%w: %w", errUsage, err)
@@ -214,6 +227,14 @@ func (c config) validate() error {
 	if c.K8sAgentSA != "" {
 		if _, _, err := authn.ParseServiceAccount(c.K8sAgentSA); err != nil {
 			bad("--k8s-agent-sa: %v", err)
+		}
+	}
+	if len(c.IstioTrustedNodeSAs) > 0 && !c.IstioAPI {
+		bad("--istio-trusted-node-sa needs --istio-api")
+	}
+	for _, sa := range c.IstioTrustedNodeSAs {
+		if _, _, err := authn.ParseServiceAccount(sa); err != nil {
+			bad("--istio-trusted-node-sa: %v", err)
 		}
 	}
 	if len(errs) > 0 {

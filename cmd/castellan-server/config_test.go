@@ -52,6 +52,8 @@ func TestConfigValidationSaysWhatToFix(t *testing.T) {
 		{[]string{"--root-cert", "/nonexistent.pem"}, "needs all of --root-cert"},
 		{[]string{"--admin-id", "spiffe://other.example/x"}, "not in trust domain"},
 		{[]string{"--log-level", "loud"}, "--log-level"},
+		{[]string{"--istio-trusted-node-sa", "istio-system/ztunnel"}, "--istio-trusted-node-sa needs --istio-api"},
+		{[]string{"--istio-api", "--istio-trusted-node-sa", "ztunnel"}, "--istio-trusted-node-sa: "},
 	} {
 		_, err := loadConfig(tc.args, envOf(nil), io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

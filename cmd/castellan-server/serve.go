@@ -133,6 +133,9 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if err := serveIstio(ctx, cfg, td, srv, auth, led, podAuthorizer, log); err != nil {
+		return err
+	}
 	d := &deps{authority: auth, ledger: led, registry: reg, srv: srv, admins: admins, log: log}
 	return listenAndServe(ctx, cfg, log, d, tokens)
 }

@@ -1,0 +1,364 @@
+// Package istio serves Istio's CA API,
+// istio.v1.auth.IstioCertificateService/CreateCertificate, so that an
+// istio-agent or ztunnel whose CA_ADDR points at Castellan gets its
+// workload certificates from it.
+//
+// The wire behaviour follows istiod's CA server: the request carries a PEM
+// CSR, a validity in seconds and metadata (ImpersonatedIdentity); the
+// response's cert_chain is the leaf PEM, then the intermediates, then the
+// trust bundle's roots as the last element. Callers authenticate with a
+// Kubernetes service-account token ("authorization: Bearer <jwt>", audience
+// istio-ca, checked with TokenReview) whose service account is the identity
+// spiffe://<td>/ns/<ns>/sa/<sa>, or with a client certificate holding an
+// X.509-SVID of the trust domain (renewing that same identity). The CSR's
+// URI SAN must be the caller's identity. Every certificate goes through
+// ca/server's issuance path: the authority's CSR and TTL rules, metrics,
+// and the ledger before the caller sees it.
+package istio
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/castellan-dev/castellan/ca/authn"
+	"github.com/castellan-dev/castellan/ca/authority"
+	"github.com/castellan-dev/castellan/ca/authz"
+	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/server"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	pb "istio.io/api/security/v1alpha1"
+	corev1 "k8s.io/api/core/v1"
+)
+
+// Protocol constants shared with Istio.
+const (
+	// Audience is the audience of the Kubernetes tokens Istio's CA clients
+	// send.
+	Audience = "istio-ca"
+	// ServiceName is the gRPC service this package implements.
+	ServiceName = "istio.v1.auth.IstioCertificateService"
+	// ImpersonatedIdentity is the request metadata key with which a
+	// trusted node proxy (ztunnel) asks for another workload's identity.
+	ImpersonatedIdentity = "ImpersonatedIdentity"
+)
+
+// Reasons for refusals of this API (castellan_csr_total labels), next to
+// those of authn, authz and authority.
+const (
+	ReasonNoCredentials       = "istio_no_credentials"
+	ReasonJWTDisabled         = "istio_jwt_disabled"
+	ReasonCertNotWorkload     = "istio_cert_not_workload"
+	ReasonCertRevoked         = "istio_cert_revoked"
+	ReasonIdentityMismatch    = "istio_identity_mismatch"
+	ReasonImpersonationDenied = "istio_impersonation_denied"
+)
+
+// TokenReviewer authenticates a Kubernetes token (*authn.TokenReviewer).
+type TokenReviewer interface {
+	Review(ctx context.Context, token string) (authn.TokenIdentity, error)
+}
+
+// NodePods lists the pods the API server has on a node (*authz.Pods).
+type NodePods interface {
+	OnNode(node string) []*corev1.Pod
+}
+
+// Config configures a Service. Server and Authority are required.
+type Config struct {
+	// Server signs and records certificates (Server.Issue).
+	Server *server.Server
+	// Authority gives the trust domain and the roots for the response.
+	Authority *authority.Authority
+	// Tokens authenticates bearer tokens (nil: only client certificates
+	// are accepted).
+	Tokens TokenReviewer
+	// Revoked returns the serials (ledger.SerialOf form) of revoked,
+	// unexpired certificates; client certificates among them are refused
+	// (nil: not checked).
+	Revoked func(now time.Time) []string
+	// TrustedNodeAccounts are the service accounts ("namespace/name")
+	// whose pod-bound tokens may ask for another workload's identity with
+	// ImpersonatedIdentity, for a service account that has a pod on the
+	// caller's node (Istio's CA_TRUSTED_NODE_ACCOUNTS). Empty: refused.
+	TrustedNodeAccounts []string
+	// Pods is required with TrustedNodeAccounts.
+	Pods NodePods
+	// Logger receives refusals (nil: discard).
+	Logger *slog.Logger
+	// Clock returns the current time (nil: time.Now).
+	Clock func() time.Time
+}
+
+// Service implements IstioCertificateService.
+type Service struct {
+	pb.UnimplementedIstioCertificateServiceServer
+	cfg     Config
+	td      spiffeid.TrustDomain
+	trusted map[string]bool // "namespace/name"
+	log     *slog.Logger
+	clock   func() time.Time
+}
+
+// New checks cfg and returns the service.
+func New(cfg Config) (*Service, error) {
+	if cfg.Server == nil || cfg.Authority == nil {
+		return nil, errors.New("istio: Server and Authority are required")
+	}
+	s := &Service{cfg: cfg, td: cfg.Authority.TrustDomain(), trusted: map[string]bool{},
+		log: cfg.Logger, clock: cfg.Clock}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.clock == nil {
+		s.clock = time.Now
+	}
+	for _, a := range cfg.TrustedNodeAccounts {
+		ns, name, err := authn.ParseServiceAccount(a)
+		if err != nil {
+			return nil, fmt.Errorf("istio: trusted node account: %w", err)
+		}
+		s.trusted[ns+"/"+name] = true
+	}
+	if len(s.trusted) > 0 && (cfg.Pods == nil || cfg.Tokens == nil) {
+		return nil, errors.New("istio: trusted node accounts need Kubernetes token authentication and a pod lister")
+	}
+	return s, nil
+}
+
+// Register adds the service to g (a server.Registrar, for
+// Server.ServePublic).
+func (s *Service) Register(g grpc.ServiceRegistrar) {
+	pb.RegisterIstioCertificateServiceServer(g, s)
+}
+
+// caller is an authenticated caller.
+type caller struct {
+	id  spiffeid.ID
+	k8s *authn.TokenIdentity // nil for a client certificate
+	how string               // for logs and the ledger
+}
+
+// CreateCertificate implements IstioCertificateService.
+func (s *Service) CreateCertificate(ctx context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {
+	c, err := s.authenticate(ctx)
+	if err != nil {
+		return nil, s.refuse(ctx, err)
+	}
+	want, detail := c.id, "istio CreateCertificate by "+c.how
+	if imp := req.GetMetadata().GetFields()[ImpersonatedIdentity].GetStringValue(); imp != "" {
+		if want, err = s.impersonate(c, imp); err != nil {
+			return nil, s.refuse(ctx, err)
+		}
+		detail += " for " + want.String()
+	}
+	block, _ := pem.Decode([]byte(req.GetCsr()))
+	if block == nil || (block.Type != "CERTIFICATE REQUEST" && block.Type != "NEW CERTIFICATE REQUEST") {
+		return nil, s.refuse(ctx, &authority.Error{Reason: authority.ReasonMalformedCSR,
+			Err: errors.New("csr is not a PEM CERTIFICATE REQUEST")})
+	}
+	node := ""
+	if c.k8s != nil {
+		node = c.k8s.Node
+	}
+	iss, err := s.cfg.Server.Issue(ctx, server.IssueRequest{
+		CSR: block.Bytes,
+		// Istio treats a non-positive validity as "the default".
+		TTLSeconds: max(req.GetValidityDuration(), 0),
+		Node:       node,
+		Detail:     detail,
+		Authorize: func(_ context.Context, id spiffeid.ID) error {
+			if id != want {
+				return &authz.DeniedError{Reason: ReasonIdentityMismatch,
+					Err: fmt.Errorf("the CSR names %s but the caller (%s) may only obtain %s", id, c.how, want)}
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		s.log.WarnContext(ctx, "istio certificate refused", "caller", c.how, "spiffe_id", want.String(), "error", err.Error())
+		return nil, err
+	}
+	return &pb.IstioCertificateResponse{CertChain: s.chainPEM(iss)}, nil
+}
+
+// chainPEM is the response chain: one PEM element per certificate of the
+// issued chain (leaf first), then the roots of the trust bundle in one
+// last element, the issuing root first (Istio's "the root cert is the last
+// element"; during a CA rotation it holds every root a peer may use).
+func (s *Service) chainPEM(iss *authority.Issued) []string {
+	out := make([]string, 0, len(iss.Chain)+1)
+	for _, c := range iss.Chain {
+		out = append(out, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})))
+	}
+	root := s.cfg.Authority.Root()
+	roots := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: root.Raw})
+	for _, r := range s.cfg.Authority.Bundle().X509Authorities() {
+		if !r.Equal(root) {
+			roots = append(roots, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})...)
+		}
+	}
+	return append(out, string(roots))
+}
+
+// refuse counts and logs a refusal before issuance and returns its status.
+func (s *Service) refuse(ctx context.Context, err error) error {
+	s.cfg.Server.CountRefusal(err)
+	s.log.WarnContext(ctx, "istio certificate request refused", "error", err.Error())
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	return status.Error(codes.Internal, "istio: internal error; see the CA's logs")
+}
+
+// authenticate tries the client certificate, then the bearer token, as
+// istiod does.
+func (s *Service) authenticate(ctx context.Context) (caller, error) {
+	leaf := peerLeaf(ctx)
+	token, hasToken := bearerToken(ctx)
+	var certErr error
+	if leaf != nil {
+		c, err := s.certCaller(leaf)
+		if err == nil {
+			return c, nil
+		}
+		certErr = err
+	}
+	if !hasToken {
+		if certErr != nil {
+			return caller{}, certErr
+		}
+		return caller{}, &authn.Error{Reason: ReasonNoCredentials, Err: fmt.Errorf(
+			"no credentials: send \"authorization: Bearer <Kubernetes service-account token with audience %s>\" or a client X.509-SVID of trust domain %q", Audience, s.td)}
+	}
+	if s.cfg.Tokens == nil {
+		return caller{}, &authn.Error{Reason: ReasonJWTDisabled, Err: errors.New(
+			"this CA does not accept Kubernetes tokens (it runs without a Kubernetes client); present a client X.509-SVID")}
+	}
+	ti, err := s.cfg.Tokens.Review(ctx, token)
+	if err != nil {
+		return caller{}, err
+	}
+	id, err := spiffeid.FromSegments(s.td, "ns", ti.Namespace, "sa", ti.ServiceAccount)
+	if err != nil {
+		return caller{}, &authn.Error{Reason: authn.ReasonK8sNotSA, Err: fmt.Errorf(
+			"service account %s/%s makes no valid SPIFFE ID: %w", ti.Namespace, ti.ServiceAccount, err)}
+	}
+	how := "Kubernetes token of " + ti.Namespace + "/" + ti.ServiceAccount
+	if ti.PodName != "" {
+		how += " (pod " + ti.PodName + ")"
+	}
+	return caller{id: id, k8s: &ti, how: how}, nil
+}
+
+// certCaller authenticates a verified client certificate: an unrevoked
+// X.509-SVID of the trust domain that is not one of Castellan's own (agent
+// and server identities renew through the Castellan API).
+func (s *Service) certCaller(leaf *x509.Certificate) (caller, error) {
+	id, err := x509svid.IDFromCert(leaf)
+	if err != nil {
+		return caller{}, &authn.Error{Reason: ReasonCertNotWorkload, Err: fmt.Errorf("client certificate is not an X.509-SVID: %w", err)}
+	}
+	if !id.MemberOf(s.td) || strings.HasPrefix(id.Path(), "/castellan/") {
+		return caller{}, &authn.Error{Reason: ReasonCertNotWorkload, Err: fmt.Errorf(
+			"client certificate identity %s is not a workload identity of trust domain %q", id, s.td)}
+	}
+	serial := ledger.SerialOf(leaf.SerialNumber)
+	if s.cfg.Revoked != nil && slices.Contains(s.cfg.Revoked(s.clock()), serial) {
+		return caller{}, &authn.Error{Reason: ReasonCertRevoked, Err: fmt.Errorf("client certificate %s (serial %s) is revoked", id, serial)}
+	}
+	return caller{id: id, how: "client certificate " + id.String() + " serial " + serial}, nil
+}
+
+// impersonate checks that c may obtain the identity imp for a workload on
+// its node and returns it: c must be a trusted node account whose token is
+// bound to a pod that the API server has, alive, on the token's node, and
+// a live pod on that node must run as imp's service account.
+func (s *Service) impersonate(c caller, imp string) (spiffeid.ID, error) {
+	deny := func(format string, args ...any) (spiffeid.ID, error) {
+		return spiffeid.ID{}, &authz.DeniedError{Reason: ReasonImpersonationDenied,
+			Err: fmt.Errorf("impersonation of %q refused: "+format, append([]any{imp}, args...)...)}
+	}
+	if len(s.trusted) == 0 {
+		return deny("this CA trusts no node accounts (--istio-trusted-node-sa)")
+	}
+	if c.k8s == nil || !s.trusted[c.k8s.Namespace+"/"+c.k8s.ServiceAccount] {
+		return deny("the caller (%s) is not a trusted node account", c.how)
+	}
+	id, err := spiffeid.FromString(imp)
+	if err != nil {
+		return deny("not a SPIFFE ID: %v", err)
+	}
+	seg := strings.Split(id.Path(), "/")
+	if !id.MemberOf(s.td) || len(seg) != 5 || seg[1] != "ns" || seg[3] != "sa" || seg[2] == "" || seg[4] == "" {
+		return deny("want spiffe://%s/ns/<namespace>/sa/<service-account>", s.td)
+	}
+	ti := c.k8s
+	if ti.Node == "" || ti.PodUID == "" {
+		return deny("the caller's token is not bound to a pod on a node")
+	}
+	pods := s.cfg.Pods.OnNode(ti.Node)
+	callerLive := slices.ContainsFunc(pods, func(p *corev1.Pod) bool {
+		return string(p.UID) == ti.PodUID && p.Namespace == ti.Namespace && serviceAccountOf(p) == ti.ServiceAccount && live(p)
+	})
+	if !callerLive {
+		return deny("the caller's pod %s/%s (uid %s) is not running on node %q", ti.Namespace, ti.PodName, ti.PodUID, ti.Node)
+	}
+	if !slices.ContainsFunc(pods, func(p *corev1.Pod) bool {
+		return p.Namespace == seg[2] && serviceAccountOf(p) == seg[4] && live(p)
+	}) {
+		return deny("no pod of service account %s/%s runs on node %q", seg[2], seg[4], ti.Node)
+	}
+	return id, nil
+}
+
+// live reports whether a pod is neither terminated nor being deleted.
+func live(p *corev1.Pod) bool {
+	return p.DeletionTimestamp == nil && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed
+}
+
+// serviceAccountOf returns the pod's service account ("default" if unset).
+func serviceAccountOf(p *corev1.Pod) string {
+	if p.Spec.ServiceAccountName == "" {
+		return "default"
+	}
+	return p.Spec.ServiceAccountName
+}
+
+// peerLeaf returns the caller's verified client certificate, or nil.
+func peerLeaf(ctx context.Context) *x509.Certificate {
+	p, ok := peer.FromContext(ctx)
+	if !ok || p.AuthInfo == nil {
+		return nil
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
+		return nil
+	}
+	return info.State.VerifiedChains[0][0]
+}
+
+// bearerToken returns the token of the first "authorization: Bearer"
+// metadata value.
+func bearerToken(ctx context.Context) (string, bool) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, v := range md.Get("authorization") {
+		if tok, ok := strings.CutPrefix(v, "Bearer "); ok && tok != "" {
+			return tok, true
+		}
+	}
+	return "", false
+}

@@ -1,0 +1,354 @@
+package istio_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"net"
+	"net/url"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/castellan-dev/castellan/ca/authn"
+	"github.com/castellan-dev/castellan/ca/authority"
+	"github.com/castellan-dev/castellan/ca/authz"
+	"github.com/castellan-dev/castellan/ca/istio"
+	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/server"
+	"github.com/castellan-dev/castellan/integration/kubetest"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"go.etcd.io/bbolt"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+	pb "istio.io/api/security/v1alpha1"
+)
+
+var td = spiffeid.RequireTrustDomainFromString("cluster.local")
+
+// caEnv is a Castellan CA serving the Istio API on 127.0.0.1.
+type caEnv struct {
+	auth   *authority.Authority
+	ledger *ledger.Ledger
+	addr   string
+}
+
+func newCA(t *testing.T, cfg istio.Config) *caEnv {
+	t.Helper()
+	ctx := context.Background()
+	dir := t.TempDir()
+	auth, err := authority.New(authority.Config{TrustDomain: td, MaxTTL: 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	led, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { led.Close() })
+	db, err := bbolt.Open(filepath.Join(dir, "registry.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	tokens, err := authn.NewJoinTokens(db, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, err := authz.NewEntries(db, td, auth.MaxTTL(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(ctx, server.Config{Authority: auth, Ledger: led,
+		Attestor: &authn.JoinTokenAttestor{Tokens: tokens}, Tokens: tokens, Entries: entries})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Server, cfg.Authority, cfg.Revoked = srv, auth, led.RevokedSerials
+	svc, err := istio.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.ServePublic(istio.ServiceName, svc.Register)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := srv.GRPCServer()
+	go func() { _ = g.Serve(lis) }()
+	t.Cleanup(g.Stop)
+	return &caEnv{auth: auth, ledger: led, addr: lis.Addr().String()}
+}
+
+// client returns istio.io/api's generated client over TLS that verifies
+// the CA against its trust bundle, presenting svid if not nil.
+func (e *caEnv) client(t *testing.T, svid *x509svid.SVID) pb.IstioCertificateServiceClient {
+	t.Helper()
+	var tc *tls.Config
+	if svid != nil {
+		tc = tlsconfig.MTLSClientConfig(svid, e.auth.Bundle(), tlsconfig.AuthorizeID(authn.ServerID(td)))
+	} else {
+		tc = tlsconfig.TLSClientConfig(e.auth.Bundle(), tlsconfig.AuthorizeID(authn.ServerID(td)))
+	}
+	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return pb.NewIstioCertificateServiceClient(conn)
+}
+
+func withToken(token string) context.Context {
+	return metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+token, "ClusterID", "Kubernetes")
+}
+
+// csrPEM returns a PEM CSR for id (as istio-agent builds it: the SPIFFE ID
+// as the URI SAN) and its key.
+func csrPEM(t *testing.T, id string) (string, crypto.Signer) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), key
+}
+
+func request(csr string, ttl time.Duration, impersonate string) *pb.IstioCertificateRequest {
+	md := &structpb.Struct{Fields: map[string]*structpb.Value{"CertSigner": structpb.NewStringValue("")}}
+	if impersonate != "" {
+		md.Fields[istio.ImpersonatedIdentity] = structpb.NewStringValue(impersonate)
+	}
+	return &pb.IstioCertificateRequest{Csr: csr, ValidityDuration: int64(ttl / time.Second), Metadata: md}
+}
+
+// verifyChain checks the response shape (leaf, intermediates, roots last)
+// and verifies the leaf with go-spiffe against the roots of the last
+// element, returning the SVID.
+func verifyChain(t *testing.T, resp *pb.IstioCertificateResponse, key crypto.Signer) *x509svid.SVID {
+	t.Helper()
+	chain := resp.GetCertChain()
+	if len(chain) < 3 {
+		t.Fatalf("cert_chain has %d elements, want leaf, intermediate and root", len(chain))
+	}
+	var certs []*x509.Certificate
+	for i, p := range chain[:len(chain)-1] {
+		block, rest := pem.Decode([]byte(p))
+		if block == nil || len(rest) != 0 {
+			t.Fatalf("cert_chain[%d] is not exactly one PEM certificate", i)
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		certs = append(certs, c)
+	}
+	roots, err := x509bundle.Parse(td, []byte(chain[len(chain)-1]))
+	if err != nil {
+		t.Fatalf("last element is not the roots: %v", err)
+	}
+	if !roots.X509Authorities()[0].IsCA || roots.X509Authorities()[0].Subject.String() != roots.X509Authorities()[0].Issuer.String() {
+		t.Fatal("last element does not start with a self-signed root")
+	}
+	id, _, err := x509svid.Verify(certs, roots)
+	if err != nil {
+		t.Fatalf("x509svid.Verify: %v", err)
+	}
+	return &x509svid.SVID{ID: id, Certificates: certs, PrivateKey: key}
+}
+
+func wantCode(t *testing.T, err error, code codes.Code) {
+	t.Helper()
+	if status.Code(err) != code {
+		t.Fatalf("got %v, want %s", err, code)
+	}
+}
+
+func TestCreateCertificateKubernetes(t *testing.T) {
+	env := kubetest.Start(t)
+	env.CreateNamespace("bookinfo")
+	env.CreateNamespace("istio-system")
+	env.CreateServiceAccount("bookinfo", "bookinfo-reviews")
+	env.CreateServiceAccount("bookinfo", "bookinfo-ratings")
+	env.CreateServiceAccount("istio-system", "ztunnel")
+	env.CreateNode("node-a")
+	env.CreateNode("node-b")
+	env.CreatePod("bookinfo", "reviews-v1", "bookinfo-reviews", "node-a")
+	env.CreatePod("bookinfo", "ratings-v1", "bookinfo-ratings", "node-b")
+	env.CreatePod("istio-system", "ztunnel-a", "ztunnel", "node-a")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	reviewer, err := authn.NewTokenReviewer(env.Client(), istio.Audience)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods, err := authz.NewPods(env.Client(), td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go pods.Run(ctx)
+	if err := pods.WaitForSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ca := newCA(t, istio.Config{Tokens: reviewer, Pods: pods, TrustedNodeAccounts: []string{"istio-system/ztunnel"}})
+	anon := ca.client(t, nil)
+
+	const reviews = "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews"
+	reviewsToken := env.PodToken("bookinfo", "bookinfo-reviews", "reviews-v1", istio.Audience, time.Hour)
+	var svid *x509svid.SVID
+
+	t.Run("valid token", func(t *testing.T) {
+		csr, key := csrPEM(t, reviews)
+		resp, err := anon.CreateCertificate(withToken(reviewsToken), request(csr, time.Hour, ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		svid = verifyChain(t, resp, key)
+		if svid.ID.String() != reviews {
+			t.Fatalf("leaf is %s, want %s", svid.ID, reviews)
+		}
+		leaf := svid.Certificates[0]
+		if d := leaf.NotAfter.Sub(leaf.NotBefore); d < time.Hour || d > time.Hour+5*time.Minute {
+			t.Errorf("lifetime %s, want 1h (+ backdating)", d)
+		}
+		e, err := ca.ledger.Get(ctx, ledger.SerialOf(leaf.SerialNumber))
+		if err != nil {
+			t.Fatalf("issued certificate not in the ledger: %v", err)
+		}
+		if e.Kind != ledger.KindIssuance || e.SPIFFEID != reviews || e.Node != "node-a" {
+			t.Errorf("ledger entry %+v, want issuance of %s on node-a", e.Event, reviews)
+		}
+	})
+	t.Run("CSR for another service account", func(t *testing.T) {
+		csr, _ := csrPEM(t, "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-ratings")
+		_, err := anon.CreateCertificate(withToken(reviewsToken), request(csr, time.Hour, ""))
+		wantCode(t, err, codes.PermissionDenied)
+	})
+	t.Run("token for audience castellan-ca", func(t *testing.T) {
+		tok := env.PodToken("bookinfo", "bookinfo-reviews", "reviews-v1", kubetest.AudienceCastellan, time.Hour)
+		csr, _ := csrPEM(t, reviews)
+		_, err := anon.CreateCertificate(withToken(tok), request(csr, time.Hour, ""))
+		wantCode(t, err, codes.Unauthenticated)
+	})
+	t.Run("no credentials", func(t *testing.T) {
+		csr, _ := csrPEM(t, reviews)
+		_, err := anon.CreateCertificate(context.Background(), request(csr, time.Hour, ""))
+		wantCode(t, err, codes.Unauthenticated)
+	})
+	t.Run("TTL above the maximum", func(t *testing.T) {
+		csr, _ := csrPEM(t, reviews)
+		_, err := anon.CreateCertificate(withToken(reviewsToken), request(csr, 25*time.Hour, ""))
+		wantCode(t, err, codes.InvalidArgument)
+	})
+	t.Run("client certificate renews its identity", func(t *testing.T) {
+		if svid == nil {
+			t.Skip("no SVID from the first subtest")
+		}
+		c := ca.client(t, svid)
+		csr, key := csrPEM(t, reviews)
+		resp, err := c.CreateCertificate(context.Background(), request(csr, time.Hour, ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := verifyChain(t, resp, key); got.ID.String() != reviews {
+			t.Fatalf("renewed %s, want %s", got.ID, reviews)
+		}
+		csr, _ = csrPEM(t, "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-ratings")
+		_, err = c.CreateCertificate(context.Background(), request(csr, time.Hour, ""))
+		wantCode(t, err, codes.PermissionDenied)
+	})
+	t.Run("impersonation by a trusted node account", func(t *testing.T) {
+		zt := env.PodToken("istio-system", "ztunnel", "ztunnel-a", istio.Audience, time.Hour)
+		csr, key := csrPEM(t, reviews)
+		resp, err := anon.CreateCertificate(withToken(zt), request(csr, time.Hour, reviews))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := verifyChain(t, resp, key); got.ID.String() != reviews {
+			t.Fatalf("got %s, want %s", got.ID, reviews)
+		}
+		// ratings runs on node-b only.
+		ratings := "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-ratings"
+		csr, _ = csrPEM(t, ratings)
+		_, err = anon.CreateCertificate(withToken(zt), request(csr, time.Hour, ratings))
+		wantCode(t, err, codes.PermissionDenied)
+		// A workload may not impersonate.
+		csr, _ = csrPEM(t, reviews)
+		_, err = anon.CreateCertificate(withToken(reviewsToken), request(csr, time.Hour, reviews))
+		wantCode(t, err, codes.PermissionDenied)
+	})
+}
+
+// TestCreateCertificateWithoutKubernetes: client certificates work without
+// a Kubernetes client; tokens and impersonation are refused.
+func TestCreateCertificateWithoutKubernetes(t *testing.T) {
+	ca := newCA(t, istio.Config{})
+	const id = "spiffe://cluster.local/ns/default/sa/default"
+	csr, _ := csrPEM(t, id)
+	_, err := ca.client(t, nil).CreateCertificate(withToken("a.b.c"), request(csr, time.Hour, ""))
+	wantCode(t, err, codes.Unauthenticated)
+	_, err = ca.client(t, nil).CreateCertificate(context.Background(), request(csr, time.Hour, ""))
+	wantCode(t, err, codes.Unauthenticated)
+
+	// An existing workload SVID renews its identity.
+	svid := ca.sign(t, id)
+	c := ca.client(t, svid)
+	resp, err := c.CreateCertificate(context.Background(), request(csr, 0, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := verifyChain(t, resp, nil); got.ID.String() != id {
+		t.Fatalf("renewed %s, want %s", got.ID, id)
+	}
+	// ... but not with impersonation, which this CA does not trust anyone for.
+	_, err = c.CreateCertificate(context.Background(), request(csr, 0, "spiffe://cluster.local/ns/default/sa/other"))
+	wantCode(t, err, codes.PermissionDenied)
+
+	// A revoked SVID is refused.
+	if _, err := ca.ledger.Revoke(context.Background(), ledger.SerialOf(svid.Certificates[0].SerialNumber), "test"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = ca.client(t, svid).CreateCertificate(context.Background(), request(csr, 0, ""))
+	wantCode(t, err, codes.Unauthenticated)
+}
+
+// sign issues an SVID for id straight from the authority, recorded in the
+// ledger so that it can be revoked.
+func (e *caEnv) sign(t *testing.T, id string) *x509svid.SVID {
+	t.Helper()
+	p, key := csrPEM(t, id)
+	block, _ := pem.Decode([]byte(p))
+	csr, err := e.auth.ParseWorkloadCSR(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := e.auth.Sign(context.Background(), csr, csr.ID, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.ledger.Append(context.Background(), ledger.Event{Kind: ledger.KindIssuance, Serial: ledger.SerialOf(iss.Serial),
+		SPIFFEID: id, NotBefore: iss.NotBefore, NotAfter: iss.NotAfter, CertDER: iss.Chain[0].Raw}); err != nil {
+		t.Fatal(err)
+	}
+	return &x509svid.SVID{ID: iss.ID, Certificates: iss.Chain, PrivateKey: key}
+}

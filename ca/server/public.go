@@ -1,0 +1,107 @@
+package server
+
+import (
+	"context"
+	"strings"
+
+	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/ca/authority"
+	"github.com/castellan-dev/castellan/ca/authz"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// publicService is a service served on the main port outside the admin
+// gate.
+type publicService struct {
+	name     string
+	register Registrar
+}
+
+// ServePublic adds a service that authenticates its callers itself (such
+// as the Istio CA API) to every main gRPC server built after the call by
+// GRPCServer, outside the admin gate. name is the full gRPC service name,
+// e.g. "istio.v1.auth.IstioCertificateService".
+func (s *Server) ServePublic(name string, r Registrar) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.public = append(s.public, publicService{name: name, register: r})
+}
+
+// publicServices returns the services added with ServePublic.
+func (s *Server) publicServices() []publicService {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]publicService(nil), s.public...)
+}
+
+// isPublicService reports whether method ("/<service>/<method>") belongs to
+// a service added with ServePublic.
+func (s *Server) isPublicService(method string) bool {
+	svc, _, ok := strings.Cut(strings.TrimPrefix(method, "/"), "/")
+	if !ok {
+		return false
+	}
+	for _, p := range s.publicServices() {
+		if p.name == svc {
+			return true
+		}
+	}
+	return false
+}
+
+// IssueRequest is one workload SVID requested through a front end that
+// authenticates and authorizes its callers itself (the Istio CA API).
+type IssueRequest struct {
+	// CSR is the DER PKCS#10 request; it is validated exactly as for
+	// SignX509SVID.
+	CSR []byte
+	// TTLSeconds is the requested lifetime: 0 for the default; above the
+	// maximum it is refused (InvalidArgument), never shortened.
+	TTLSeconds int64
+	// Node is the caller's node for the ledger ("" if unknown).
+	Node string
+	// Detail is the ledger entry's reason, saying who asked and how.
+	Detail string
+	// Authorize decides whether the caller may obtain id, the SPIFFE ID of
+	// the validated CSR; it returns an *authz.DeniedError (or another
+	// error with a gRPC status) to refuse. Required.
+	Authorize func(ctx context.Context, id spiffeid.ID) error
+}
+
+// Issue validates, authorizes, signs and records one workload SVID on the
+// same path as SignX509SVID: the same CSR and TTL rules, the signing
+// histogram and castellan_csr_total, and a ledger issuance entry that is
+// durable before Issue returns. Errors carry a gRPC status.
+func (s *Server) Issue(ctx context.Context, req IssueRequest) (*authority.Issued, error) {
+	if req.Authorize == nil {
+		return nil, status.Error(codes.Internal, "server: Issue needs an Authorize function")
+	}
+	it := &issuance{
+		req: &cav1.SignX509SVIDRequest{Csr: req.CSR, TtlSeconds: req.TTLSeconds},
+		authorize: func(ctx context.Context, id spiffeid.ID) (authz.Grant, error) {
+			return authz.Grant{}, req.Authorize(ctx, id)
+		},
+		detail: req.Detail,
+	}
+	s.prepare(ctx, req.Node, it)
+	if it.err == nil {
+		_ = s.record(ctx, req.Node, []*issuance{it})
+	}
+	s.countResult(it.err)
+	if it.err != nil {
+		return nil, s.grpcError(ctx, it.err)
+	}
+	return it.issued, nil
+}
+
+// CountRefusal counts a request that a front end refused before calling
+// Issue (authentication failed, malformed request) in castellan_csr_total,
+// with the reason of err (an *authn.Error, *authz.DeniedError or
+// *authority.Error; "internal" otherwise).
+func (s *Server) CountRefusal(err error) {
+	if err != nil {
+		s.countResult(err)
+	}
+}

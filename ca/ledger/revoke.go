@@ -103,3 +103,13 @@ func (l *Ledger) RevocationsChanged() <-chan struct{} {
 	defer l.mu.Unlock()
 	return l.revCh
 }
+
+// IsRevoked reports whether the certificate with the given serial (in the
+// ledger's form, see SerialOf) has been revoked and has not yet expired at
+// now. It reads an in-memory set and is cheap enough for every call.
+func (l *Ledger) IsRevoked(serial string, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r, ok := l.revoked[serial]
+	return ok && (r.NotAfter.IsZero() || r.NotAfter.After(now))
+}

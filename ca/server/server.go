@@ -55,6 +55,9 @@ type Ledger interface {
 	RevokedSerials(now time.Time) []string
 	// RevocationsChanged returns a channel closed at the next revocation.
 	RevocationsChanged() <-chan struct{}
+	// IsRevoked reports whether the certificate with this serial is
+	// revoked and unexpired at now.
+	IsRevoked(serial string, now time.Time) bool
 }
 
 // Config configures a Server. Authority, Ledger, Attestor, Tokens and
@@ -195,8 +198,8 @@ func (s *Server) GRPCServer(extraAdmin ...Registrar) *grpc.Server {
 		grpc.Creds(credentials.NewTLS(s.TLSConfig())),
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes),
 		grpc.StatsHandler(sizeStats{m: s.metrics}),
-		grpc.ChainUnaryInterceptor(s.adminUnaryGate),
-		grpc.ChainStreamInterceptor(s.adminStreamGate),
+		grpc.ChainUnaryInterceptor(s.revokedUnaryGate, s.adminUnaryGate),
+		grpc.ChainStreamInterceptor(s.revokedStreamGate, s.adminStreamGate),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	cav1.RegisterCertificateAuthorityServiceServer(g, &caService{s: s})

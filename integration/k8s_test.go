@@ -243,10 +243,12 @@ func TestK8sAgentIdentitiesAndNodeRestriction(t *testing.T) {
 		if err := r.env.Client().CoreV1().Pods("shop").Delete(context.Background(), gone.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
 			t.Fatal(err)
 		}
-		// The CA's pod informer learns of the deletion shortly after it.
-		k8sEventually(t, 10*time.Second, "refusal for the deleted pod", func() bool {
+		// The CA's pod informer learns of the deletion shortly after it; it
+		// may first see the pod marked for deletion ("being deleted", also a
+		// refusal) and then see it gone.
+		k8sEventually(t, 30*time.Second, "refusal for the deleted pod", func() bool {
 			_, err := ca.SignX509SVID(context.Background(), &cav1.SignX509SVIDRequest{Csr: k8sCSR(t, cart), PodUid: string(gone.UID)})
-			return status.Code(err) == codes.PermissionDenied
+			return status.Code(err) == codes.PermissionDenied && strings.Contains(err.Error(), "no pod with uid")
 		})
 		r.wantSignDenied(t, ca, cart, gone, "no pod with uid")
 	})

@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"golang.org/x/crypto/cryptobyte"
@@ -105,7 +106,7 @@ func (s sigAlg) digest(msg []byte) []byte {
 // for the templates leafTemplate builds, but signs once instead of signing
 // and then verifying the signature (see the package comment); the tests
 // compare the two field by field. It reads only SerialNumber, NotBefore,
-// NotAfter, URIs, KeyUsage, ExtKeyUsage, BasicConstraintsValid, IsCA and
+// NotAfter, DNSNames and IPAddresses (set by SignServer only), URIs, KeyUsage, ExtKeyUsage, BasicConstraintsValid, IsCA and
 // AuthorityKeyId (leafTemplate sets it to the issuer's SubjectKeyId, which
 // is what crypto/x509 would use), and refuses CA templates. The subject is empty, so the
 // SAN extension is critical (RFC 5280 4.2.1.6).
@@ -212,9 +213,32 @@ func leafExtensions(tmpl *x509.Certificate) ([]byte, error) {
 				})
 			})
 		}
-		if len(tmpl.URIs) > 0 {
+		if len(tmpl.DNSNames)+len(tmpl.IPAddresses)+len(tmpl.URIs) > 0 {
+			// GeneralNames in crypto/x509's order: dNSName [2], then
+			// iPAddress [7] (IPv4 in 4 bytes), then uniformResourceIdentifier [6].
 			addExtension(b, oidExtSubjectAltName, true, func(b *cryptobyte.Builder) {
 				b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+					for _, name := range tmpl.DNSNames {
+						if !isIA5(name) {
+							b.SetError(fmt.Errorf("DNS SAN %q is not IA5String", name))
+							return
+						}
+						b.AddASN1(cbasn1.Tag(2).ContextSpecific(), func(b *cryptobyte.Builder) {
+							b.AddBytes([]byte(name))
+						})
+					}
+					for _, ip := range tmpl.IPAddresses {
+						if v4 := ip.To4(); v4 != nil {
+							ip = v4
+						}
+						if len(ip) != net.IPv4len && len(ip) != net.IPv6len {
+							b.SetError(fmt.Errorf("IP SAN %v is not an IPv4 or IPv6 address", ip))
+							return
+						}
+						b.AddASN1(cbasn1.Tag(7).ContextSpecific(), func(b *cryptobyte.Builder) {
+							b.AddBytes(ip)
+						})
+					}
 					for _, u := range tmpl.URIs {
 						s := u.String()
 						if !isIA5(s) {

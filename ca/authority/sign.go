@@ -2,6 +2,7 @@ package authority
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
@@ -59,6 +60,37 @@ func (a *Authority) Sign(ctx context.Context, csr *CSR, id spiffeid.ID, ttl time
 			return nil, reject(ReasonIDMismatch, "CSR names %q but the caller may only obtain %q", csr.ID, id)
 		}
 	}
+	return a.sign(ctx, profileName, csr, id, ttl, ServerNames{})
+}
+
+// SignServer issues the CA server's own TLS certificate: an SVID for id
+// (signed like an agent SVID, with the "agent" profile) over pub that also
+// carries names as DNS and IP SANs, so that clients which verify the server
+// by host name (Istio's CA clients: istio-agent, ztunnel) accept it next to
+// clients which authorize it by SPIFFE ID. The URI SAN is still the only
+// one of its kind, so the certificate remains a valid X.509-SVID.
+//
+// Only the server calls SignServer, with a key it generated itself; no CSR
+// reaches it, so workload and agent issuance (Sign) never carries DNS or IP
+// SANs. names must come from ParseServerNames. TTL rules are Sign's.
+func (a *Authority) SignServer(ctx context.Context, pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration, names ServerNames) (*Issued, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("authority: sign: %w", err)
+	}
+	if err := checkPublicKey(pub); err != nil {
+		return nil, err
+	}
+	if err := a.checkID(id); err != nil {
+		return nil, err
+	}
+	if err := names.check(); err != nil {
+		return nil, err
+	}
+	return a.sign(ctx, ProfileAgent, &CSR{PublicKey: pub}, id, ttl, names)
+}
+
+// sign signs csr's key for id with profileName; names are SignServer's.
+func (a *Authority) sign(ctx context.Context, profileName string, csr *CSR, id spiffeid.ID, ttl time.Duration, names ServerNames) (*Issued, error) {
 	profile := a.policy.Profiles[profileName]
 	switch {
 	case ttl < 0:
@@ -73,6 +105,7 @@ func (a *Authority) Sign(ctx context.Context, csr *CSR, id spiffeid.ID, ttl time
 	if err != nil {
 		return nil, err
 	}
+	tmpl.DNSNames, tmpl.IPAddresses = names.DNSNames, names.IPAddresses
 	spki, err := csr.subjectPublicKeyInfo()
 	if err != nil {
 		return nil, fmt.Errorf("authority: sign %s: %w", id, err)

@@ -78,6 +78,11 @@ type Config struct {
 	AgentTTL time.Duration
 	// AdminIDs may call the admin API over mutual TLS.
 	AdminIDs []spiffeid.ID
+	// ServerNames are DNS names and IP addresses put in the server's own
+	// certificate next to its SPIFFE ID, for clients that verify the
+	// server by host name (Istio's CA clients). Validated by New with
+	// authority.ParseServerNames. Empty: the certificate has only its URI SAN.
+	ServerNames []string
 	// MaxRequestBytes bounds one gRPC request (0: DefaultMaxRequestBytes).
 	MaxRequestBytes int
 	// MaxBatch bounds the requests in one BatchSignX509SVID (0: DefaultMaxBatch).
@@ -137,6 +142,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
 	}
+	names, err := authority.ParseServerNames(cfg.ServerNames)
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
 	m, err := newMetrics(cfg.Registry)
 	if err != nil {
 		return nil, fmt.Errorf("server: register metrics: %w", err)
@@ -151,7 +160,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	m.caExpiry.WithLabelValues("root").Set(float64(cfg.Authority.Root().NotAfter.Unix()))
 	m.caExpiry.WithLabelValues("intermediate").Set(float64(cfg.Authority.Intermediate().NotAfter.Unix()))
-	s.svid = &serverSVID{s: s}
+	s.svid = &serverSVID{s: s, names: names}
 	if err := s.svid.renew(ctx); err != nil {
 		return nil, err
 	}

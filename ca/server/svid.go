@@ -6,12 +6,12 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"sync/atomic"
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/authn"
+	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/ledger"
 )
 
@@ -19,11 +19,13 @@ import (
 const serverSVIDRetry = 10 * time.Second
 
 // serverSVID is the CA server's own TLS identity,
-// spiffe://<td>/castellan/server, signed by the intermediate like any other
-// SVID and recorded in the ledger.
+// spiffe://<td>/castellan/server, signed by the intermediate with
+// Authority.SignServer (the only issuance that may add DNS and IP SANs,
+// Config.ServerNames) and recorded in the ledger.
 type serverSVID struct {
-	s    *Server
-	cert atomic.Pointer[tls.Certificate]
+	s     *Server
+	names authority.ServerNames // DNS and IP SANs next to the SPIFFE ID
+	cert  atomic.Pointer[tls.Certificate]
 }
 
 func (v *serverSVID) current() *tls.Certificate { return v.cert.Load() }
@@ -39,16 +41,8 @@ func (v *serverSVID) renew(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("server: generate server key: %w", err)
 	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		return fmt.Errorf("server: server CSR: %w", err)
-	}
-	csr, err := a.ParseAgentCSR(der)
-	if err != nil {
-		return fmt.Errorf("server: server CSR: %w", err)
-	}
 	id := authn.ServerID(a.TrustDomain())
-	iss, err := a.Sign(ctx, csr, id, v.ttl())
+	iss, err := a.SignServer(ctx, key.Public(), id, v.ttl(), v.names)
 	if err != nil {
 		return fmt.Errorf("server: sign server SVID: %w", err)
 	}

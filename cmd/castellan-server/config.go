@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/authn"
+	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.yaml.in/yaml/v3"
 )
@@ -32,8 +33,11 @@ type config struct {
 	IntermediateCert string        `yaml:"intermediate_cert"`
 	IntermediateKey  string        `yaml:"intermediate_key"`
 	AdminIDs         []string      `yaml:"admin_ids"`
-	Kubeconfig       string        `yaml:"kubeconfig"`
-	K8sAgentSA       string        `yaml:"k8s_agent_sa"`
+	// ServerNames are DNS names and IP addresses in the server's own
+	// certificate, for clients that verify it by host name (Istio's).
+	ServerNames []string `yaml:"server_names"`
+	Kubeconfig  string   `yaml:"kubeconfig"`
+	K8sAgentSA  string   `yaml:"k8s_agent_sa"`
 	// K8sBundleConfigMaps publishes the bundle in every namespace.
 	K8sBundleConfigMaps bool `yaml:"k8s_bundle_configmaps"`
 	// IstioAPI serves istio.v1.auth.IstioCertificateService on --listen.
@@ -52,6 +56,7 @@ func defaultConfig() config {
 		DefaultTTL:  time.Hour,
 		MaxTTL:      24 * time.Hour,
 		AgentTTL:    time.Hour,
+		ServerNames: []string{"localhost", "127.0.0.1"},
 		LogLevel:    "info",
 	}
 }
@@ -86,6 +91,7 @@ func flagSet(cfg *config, configPath *string, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.IntermediateCert, "intermediate-cert", "", "PEM intermediate certificate (chain) of a plugged-in CA")
 	fs.StringVar(&cfg.IntermediateKey, "intermediate-key", "", "PEM private key of the plugged-in intermediate")
 	fs.Var(listFlag{&cfg.AdminIDs}, "admin-id", "SPIFFE ID allowed to call the admin API over mTLS (repeatable)")
+	fs.Var(listFlag{&cfg.ServerNames}, "server-name", "DNS name or IP address put in the server's own certificate next to its SPIFFE ID, for clients that verify the CA by host name such as istio-agent and ztunnel (repeatable; replaces the default localhost and 127.0.0.1; on Kubernetes pass the Service DNS names)")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn or error")
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", cfg.Kubeconfig, "kubeconfig for Kubernetes mode (empty: in-cluster)")
 	fs.StringVar(&cfg.K8sAgentSA, "k8s-agent-sa", cfg.K8sAgentSA, "Kubernetes mode: the service account (namespace/name) whose pod-bound tokens may attest agents")
@@ -142,6 +148,10 @@ func loadConfig(args []string, getenv func(string) string, out io.Writer) (confi
 			cfg.IstioTrustedNodeSAs = strings.Split(v, ",")
 			return
 		}
+		if f.Name == "server-name" {
+			cfg.ServerNames = strings.Split(v, ",")
+			return
+		}
 		if err := fs.Set(f.Name, v); err != nil && envErr == nil {
 			envErr = fmt.Errorf("castellan-server: %s=%q: %w", envName(f.Name), v, err)
 		}
@@ -154,6 +164,9 @@ func loadConfig(args []string, getenv func(string) string, out io.Writer) (confi
 	}
 	if onCmdLine["istio-trusted-node-sa"] {
 		cfg.IstioTrustedNodeSAs = nil
+	}
+	if onCmdLine["server-name"] {
+		cfg.ServerNames = nil
 	}
 	if err := fs.Parse(args); err != nil {
 		return config{}, fmt.Errorf("%w: %w", errUsage, err)
@@ -220,6 +233,9 @@ func (c config) validate() error {
 		case !td.IsZero() && !id.MemberOf(td):
 			bad("--admin-id %q is not in trust domain %q", s, td)
 		}
+	}
+	if _, err := authority.ParseServerNames(c.ServerNames); err != nil {
+		bad("--server-name: %v", err)
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		bad("%v", err)

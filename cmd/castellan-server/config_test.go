@@ -54,6 +54,11 @@ func TestConfigValidationSaysWhatToFix(t *testing.T) {
 		{[]string{"--log-level", "loud"}, "--log-level"},
 		{[]string{"--istio-trusted-node-sa", "istio-system/ztunnel"}, "--istio-trusted-node-sa needs --istio-api"},
 		{[]string{"--istio-api", "--istio-trusted-node-sa", "ztunnel"}, "--istio-trusted-node-sa: "},
+		{[]string{"--server-name", "castellan_ca.svc"}, `--server-name: server name "castellan_ca.svc" is not an IP address or a valid DNS name`},
+		{[]string{"--server-name", "-ca.svc"}, "starts or ends with a hyphen"},
+		{[]string{"--server-name", "*.svc"}, "wildcards are not accepted"},
+		{[]string{"--server-name", ""}, "it is empty"},
+		{[]string{"--server-name", "fe80::1%eth0"}, "no zone"},
 	} {
 		_, err := loadConfig(tc.args, envOf(nil), io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -74,5 +79,41 @@ func TestConfigUsageErrors(t *testing.T) {
 	}
 	if _, err := loadConfig([]string{"--config", file}, envOf(nil), io.Discard); err == nil || !strings.Contains(err.Error(), "trust_domian") {
 		t.Errorf("unknown YAML key: %v, want an error naming it", err)
+	}
+}
+
+func TestConfigServerNames(t *testing.T) {
+	cfg, err := loadConfig(nil, envOf(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(cfg.ServerNames, " "); got != "localhost 127.0.0.1" {
+		t.Errorf("default server names %q, want localhost and 127.0.0.1", got)
+	}
+	cfg, err = loadConfig([]string{"--server-name", "castellan-ca.castellan-system.svc", "--server-name=10.0.0.7"},
+		envOf(map[string]string{"CASTELLAN_SERVER_NAME": "env.example"}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(cfg.ServerNames, " "); got != "castellan-ca.castellan-system.svc 10.0.0.7" {
+		t.Errorf("server names %q: the flags replace the default and the environment", got)
+	}
+	cfg, err = loadConfig(nil, envOf(map[string]string{"CASTELLAN_SERVER_NAME": "a.example,::1"}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(cfg.ServerNames, " "); got != "a.example ::1" {
+		t.Errorf("server names %q from CASTELLAN_SERVER_NAME", got)
+	}
+	file := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(file, []byte("server_names: [ca.example]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err = loadConfig([]string{"--config", file}, envOf(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(cfg.ServerNames, " "); got != "ca.example" {
+		t.Errorf("server names %q from YAML: the file replaces the default", got)
 	}
 }

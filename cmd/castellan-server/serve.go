@@ -128,7 +128,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		Authority: auth, Ledger: led, Attestor: &authn.JoinTokenAttestor{Tokens: tokens, K8s: k8sAttestor},
 		Authorizer: &authz.NodeAuthorizer{Entries: entries, Pods: podAuthorizer},
 		Tokens:     tokens, Entries: entries, AgentTTL: cfg.AgentTTL, AdminIDs: admins,
-		Registry: reg, Logger: log,
+		ServerNames: cfg.ServerNames, Registry: reg, Logger: log,
 	})
 	if err != nil {
 		return err

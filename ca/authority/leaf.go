@@ -98,19 +98,21 @@ func (s sigAlg) digest(msg []byte) []byte {
 }
 
 // createLeaf encodes and signs the leaf described by tmpl, issued by issuer
-// with key over the DER SubjectPublicKeyInfo spki, and returns the DER
-// certificate. It is equivalent to
+// with key over pub, and returns the DER certificate. It is equivalent to
 //
 //	x509.CreateCertificate(rand.Reader, tmpl, issuer, pub, key)
 //
 // for the templates leafTemplate builds, but signs once instead of signing
 // and then verifying the signature (see the package comment); the tests
-// compare the two field by field. It reads only SerialNumber, NotBefore,
+// compare the two field by field and FuzzLeafTBS byte for byte. Like
+// crypto/x509 it marshals pub afresh rather than copying a CSR's
+// SubjectPublicKeyInfo, which the CSR parser accepts with bytes it ignores
+// (after or inside an RSA key) that must not reach a signed leaf. It reads only SerialNumber, NotBefore,
 // NotAfter, DNSNames and IPAddresses (set by SignServer only), URIs, KeyUsage, ExtKeyUsage, BasicConstraintsValid, IsCA and
 // AuthorityKeyId (leafTemplate sets it to the issuer's SubjectKeyId, which
 // is what crypto/x509 would use), and refuses CA templates. The subject is empty, so the
 // SAN extension is critical (RFC 5280 4.2.1.6).
-func createLeaf(tmpl, issuer *x509.Certificate, spki []byte, key crypto.Signer) ([]byte, error) {
+func createLeaf(tmpl, issuer *x509.Certificate, pub crypto.PublicKey, key crypto.Signer) ([]byte, error) {
 	if tmpl.IsCA {
 		return nil, errors.New("authority: leaf encoder cannot issue CA certificates")
 	}
@@ -124,6 +126,10 @@ func createLeaf(tmpl, issuer *x509.Certificate, spki []byte, key crypto.Signer) 
 	exts, err := leafExtensions(tmpl)
 	if err != nil {
 		return nil, err
+	}
+	spki, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, fmt.Errorf("authority: leaf public key: %w", err)
 	}
 
 	var tb cryptobyte.Builder

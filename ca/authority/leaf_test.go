@@ -6,6 +6,7 @@ import (
 	"crypto"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"math/big"
 	"net/url"
@@ -80,11 +81,7 @@ func testLeafKeys(t *testing.T) map[string]crypto.Signer {
 // returns both parsed leaves.
 func createBoth(t *testing.T, a *Authority, tmpl *x509.Certificate, csr *CSR) (ours, want *x509.Certificate) {
 	t.Helper()
-	spki, err := csr.subjectPublicKeyInfo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := createLeaf(tmpl, a.ca.cert, spki, a.ca.key)
+	der, err := createLeaf(tmpl, a.ca.cert, csr.PublicKey, a.ca.key)
 	if err != nil {
 		t.Fatalf("createLeaf: %v", err)
 	}
@@ -270,15 +267,15 @@ func TestCreateLeafEncodesEveryUsage(t *testing.T) {
 	compareLeaves(t, ours, want)
 
 	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsage(1000)}
-	if _, err := createLeaf(tmpl, a.ca.cert, csr.Raw.RawSubjectPublicKeyInfo, a.ca.key); err == nil {
+	if _, err := createLeaf(tmpl, a.ca.cert, csr.PublicKey, a.ca.key); err == nil {
 		t.Error("createLeaf accepted an unknown extended key usage")
 	}
 	tmpl.ExtKeyUsage, tmpl.IsCA = nil, true
-	if _, err := createLeaf(tmpl, a.ca.cert, csr.Raw.RawSubjectPublicKeyInfo, a.ca.key); err == nil {
+	if _, err := createLeaf(tmpl, a.ca.cert, csr.PublicKey, a.ca.key); err == nil {
 		t.Error("createLeaf issued a CA certificate")
 	}
 	tmpl.IsCA, tmpl.SerialNumber = false, big.NewInt(0)
-	if _, err := createLeaf(tmpl, a.ca.cert, csr.Raw.RawSubjectPublicKeyInfo, a.ca.key); err == nil {
+	if _, err := createLeaf(tmpl, a.ca.cert, csr.PublicKey, a.ca.key); err == nil {
 		t.Error("createLeaf accepted serial number 0")
 	}
 }
@@ -335,5 +332,43 @@ func TestSignHandBuiltCSR(t *testing.T) {
 	checkLeaf(t, a, iss.Chain[0], id, clock.now)
 	if !publicKeyEqual(iss.Chain[0].PublicKey, key.Public()) {
 		t.Error("leaf public key is not the CSR's")
+	}
+}
+
+// TestSignReencodesCSRPublicKey signs RSA CSRs whose SubjectPublicKeyInfo
+// carries bytes the CSR parser ignores (after the RSAPublicKey, or as an
+// extra element inside it). The signed leaf must carry the key as
+// crypto/x509 encodes it, never the requester's bytes: FuzzLeafTBS found
+// that the encoder once copied them into the leaf.
+func TestSignReencodesCSRPublicKey(t *testing.T) {
+	clock := newTestClock()
+	a := newTestAuthority(t, clock)
+	key := rsaKey(t, 2048)
+	k := fuzzKey{name: "rsa2048", key: key, csr: workloadCSR(t, key)}
+	want, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, inside := range []bool{false, true} {
+		der := rsaCSRWithSPKITail(t, k, []byte("attacker-chosen"), inside)
+		csr, err := a.ParseWorkloadCSR(der)
+		if err != nil {
+			t.Fatalf("inside=%v: the CSR parser now refuses the padded key (%v); keep this test's premise in sync", inside, err)
+		}
+		if bytes.Equal(csr.Raw.RawSubjectPublicKeyInfo, want) {
+			t.Fatalf("inside=%v: the CSR's SubjectPublicKeyInfo is not padded; the test proves nothing", inside)
+		}
+		iss, err := a.Sign(context.Background(), csr, csr.ID, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf := iss.Chain[0]
+		if !bytes.Equal(leaf.RawSubjectPublicKeyInfo, want) || bytes.Contains(leaf.Raw, []byte("attacker-chosen")) {
+			t.Errorf("inside=%v: leaf SubjectPublicKeyInfo %x, want %x", inside, leaf.RawSubjectPublicKeyInfo, want)
+		}
+		if iss.PublicKeySHA256 != sha256.Sum256(want) {
+			t.Errorf("inside=%v: Issued.PublicKeySHA256 is not the hash of the canonical key", inside)
+		}
+		checkLeaf(t, a, leaf, csr.ID, clock.now)
 	}
 }

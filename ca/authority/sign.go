@@ -106,11 +106,7 @@ func (a *Authority) sign(ctx context.Context, profileName string, csr *CSR, id s
 		return nil, err
 	}
 	tmpl.DNSNames, tmpl.IPAddresses = names.DNSNames, names.IPAddresses
-	spki, err := csr.subjectPublicKeyInfo()
-	if err != nil {
-		return nil, fmt.Errorf("authority: sign %s: %w", id, err)
-	}
-	der, err := createLeaf(tmpl, a.ca.cert, spki, a.ca.key)
+	der, err := createLeaf(tmpl, a.ca.cert, csr.PublicKey, a.ca.key)
 	if err != nil {
 		return nil, fmt.Errorf("authority: sign %s: %w", id, err)
 	}
@@ -131,16 +127,6 @@ func (a *Authority) sign(ctx context.Context, profileName string, csr *CSR, id s
 		NotAfter:        leaf.NotAfter,
 		PublicKeySHA256: sha256.Sum256(leaf.RawSubjectPublicKeyInfo),
 	}, nil
-}
-
-// subjectPublicKeyInfo returns the DER SubjectPublicKeyInfo the leaf
-// carries: the CSR's own bytes, verbatim, or for a CSR built by hand
-// (Raw nil) the marshalled PublicKey.
-func (c *CSR) subjectPublicKeyInfo() ([]byte, error) {
-	if c.Raw != nil && len(c.Raw.RawSubjectPublicKeyInfo) > 0 {
-		return c.Raw.RawSubjectPublicKeyInfo, nil
-	}
-	return x509.MarshalPKIXPublicKey(c.PublicKey)
 }
 
 // leafTemplate builds the certificate template for Sign from the profile.

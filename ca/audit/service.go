@@ -8,11 +8,13 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strconv"
 
 	auditv1 "github.com/castellan-dev/castellan/api/castellan/audit/v1"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -173,7 +175,14 @@ func (s *Service) Consistency(ctx context.Context, req *auditv1.ConsistencyReque
 	return resp, nil
 }
 
-// Watch streams events as they are appended.
+// WatchFromHeader is the response header in which Watch tells the client
+// the index of the first event it will send. Once the client has the
+// header, every event from that index on reaches it, including events
+// appended while the header was in flight.
+const WatchFromHeader = "castellan-watch-from"
+
+// Watch streams events as they are appended. It sends WatchFromHeader
+// before the first event.
 func (s *Service) Watch(req *auditv1.WatchRequest, stream grpc.ServerStreamingServer[auditv1.WatchResponse]) error {
 	ctx := stream.Context()
 	if err := s.allow(ctx, "Watch"); err != nil {
@@ -182,6 +191,9 @@ func (s *Service) Watch(req *auditv1.WatchRequest, stream grpc.ServerStreamingSe
 	from := s.l.Size()
 	if req.FromIndex != nil {
 		from = req.GetFromIndex()
+	}
+	if err := stream.SendHeader(metadata.Pairs(WatchFromHeader, strconv.FormatUint(from, 10))); err != nil {
+		return err
 	}
 	err := s.l.Watch(ctx, from, func(e ledger.Entry) error {
 		return stream.Send(&auditv1.WatchResponse{Event: EventProto(&e)})

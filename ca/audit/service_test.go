@@ -163,7 +163,15 @@ func TestConsistencyExportAndWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(50 * time.Millisecond) // let the watch start at size 10
+	// The header says where the watch starts: from then on, every event
+	// appended reaches the stream.
+	hdr, err := w.Header()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := hdr.Get(WatchFromHeader); len(got) != 1 || got[0] != "10" {
+		t.Fatalf("%s = %q, want [10] (the log size when the watch began)", WatchFromHeader, got)
+	}
 	if _, err := l.Append(ctx, ledger.Event{Kind: ledger.KindJoinTokenUse, Node: "node-9"}); err != nil {
 		t.Fatal(err)
 	}
@@ -302,4 +310,38 @@ func (ca *testCA) issue(t *testing.T, id string) tls.Certificate {
 		t.Fatal(err)
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// TestWatchFromIndexReplaysThenFollows starts a watch inside the log: the
+// header names the requested index, the backlog arrives in order, then an
+// event appended afterwards.
+func TestWatchFromIndexReplaysThenFollows(t *testing.T) {
+	l := openLedger(t, 5)
+	c := serveUnix(t, NewService(l, WithAuthorizer(AdminAuthorizer())))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	from := uint64(3)
+	w, err := c.Watch(ctx, &auditv1.WatchRequest{FromIndex: &from})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr, err := w.Header()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := hdr.Get(WatchFromHeader); len(got) != 1 || got[0] != "3" {
+		t.Fatalf("%s = %q, want [3]", WatchFromHeader, got)
+	}
+	if _, err := l.Append(ctx, ledger.Event{Kind: ledger.KindJoinTokenUse, Node: "node-late"}); err != nil {
+		t.Fatal(err)
+	}
+	for want := uint64(3); want <= 5; want++ {
+		ev, err := w.Recv()
+		if err != nil || ev.Event.Index != want {
+			t.Fatalf("event %d: got %v %v", want, ev, err)
+		}
+		if want == 5 && ev.Event.Node != "node-late" {
+			t.Fatalf("event 5 is %v, want the appended one", ev.Event)
+		}
+	}
 }

@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -377,37 +378,76 @@ func FuzzLeafTBS(f *testing.F) {
 }
 
 // compareTBS encodes tmpl with createLeaf, exactly as Sign does, and with
-// x509.CreateCertificate, and fails t unless the TBSCertificates are equal
-// byte for byte and our signature verifies.
+// x509.CreateCertificate, and fails t unless the TBSCertificates and outer
+// signature algorithms are equal byte for byte, our signature verifies
+// under the issuer, and crypto/x509 parses both certificates alike (it
+// refuses some IDs go-spiffe accepts, such as trust domain ".", in both).
 func compareTBS(t *testing.T, in fuzzIssuer, tmpl *x509.Certificate, csr *CSR) {
 	t.Helper()
 	der, err := createLeaf(tmpl, in.a.ca.cert, csr.PublicKey, in.a.ca.key)
 	if err != nil {
 		t.Fatalf("createLeaf (issuer %s): %v", in.name, err)
 	}
-	ours, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatalf("our leaf does not parse (issuer %s): %v", in.name, err)
-	}
 	wantDER, err := x509.CreateCertificate(rand.Reader, tmpl, in.a.ca.cert, csr.PublicKey, in.a.ca.key)
 	if err != nil {
 		t.Fatalf("x509.CreateCertificate (issuer %s): %v", in.name, err)
 	}
-	want, err := x509.ParseCertificate(wantDER)
+	tbs, alg, sig := splitCertificate(t, der)
+	wantTBS, wantAlg, _ := splitCertificate(t, wantDER)
+	if !bytes.Equal(tbs, wantTBS) {
+		t.Fatalf("TBSCertificate differs (issuer %s, serial %x, %v..%v, %s):\nours  %x\nx509  %x",
+			in.name, tmpl.SerialNumber, tmpl.NotBefore, tmpl.NotAfter, urlString(tmpl.URIs), tbs, wantTBS)
+	}
+	if !bytes.Equal(alg, wantAlg) {
+		t.Fatalf("outer signatureAlgorithm differs: ours %x, x509 %x", alg, wantAlg)
+	}
+	ours, err := x509.ParseCertificate(der)
+	want, wantErr := x509.ParseCertificate(wantDER)
+	if (err == nil) != (wantErr == nil) {
+		t.Fatalf("crypto/x509 parses ours with %v but its own with %v", err, wantErr)
+	}
+	if err == nil && !bytes.Equal(ours.RawTBSCertificate, want.RawTBSCertificate) {
+		t.Fatal("parsed RawTBSCertificate differs")
+	}
+	if err := in.a.ca.cert.CheckSignature(x509SigAlg(t, in.a.ca.key), tbs, sig); err != nil {
+		t.Fatalf("our leaf's signature does not verify (issuer %s): %v", in.name, err)
+	}
+}
+
+// splitCertificate returns the DER TBSCertificate, the DER
+// signatureAlgorithm and the signature bits of a certificate.
+func splitCertificate(t *testing.T, der []byte) (tbs, alg, sig []byte) {
+	t.Helper()
+	s := cryptobyte.String(der)
+	var body, tbsEl, algEl cryptobyte.String
+	var tag cbasn1.Tag
+	var bits asn1.BitString
+	if !s.ReadASN1(&body, cbasn1.SEQUENCE) || !s.Empty() ||
+		!body.ReadAnyASN1Element(&tbsEl, &tag) || tag != cbasn1.SEQUENCE ||
+		!body.ReadAnyASN1Element(&algEl, &tag) || tag != cbasn1.SEQUENCE ||
+		!body.ReadASN1BitString(&bits) || !body.Empty() || bits.BitLength%8 != 0 {
+		t.Fatalf("certificate does not split into TBS, algorithm and signature: %x", der)
+	}
+	return tbsEl, algEl, bits.Bytes
+}
+
+// x509SigAlg names, for crypto/x509, the algorithm sigAlgFor picks.
+func x509SigAlg(t *testing.T, key crypto.Signer) x509.SignatureAlgorithm {
+	t.Helper()
+	alg, err := sigAlgFor(key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(ours.RawTBSCertificate, want.RawTBSCertificate) {
-		t.Fatalf("TBSCertificate differs (issuer %s, serial %x, %v..%v, %s):\nours  %x\nx509  %x",
-			in.name, tmpl.SerialNumber, tmpl.NotBefore, tmpl.NotAfter, urlString(tmpl.URIs),
-			ours.RawTBSCertificate, want.RawTBSCertificate)
+	switch {
+	case slices.Equal(alg.oid, oidSigECDSAWithSHA256):
+		return x509.ECDSAWithSHA256
+	case slices.Equal(alg.oid, oidSigECDSAWithSHA384):
+		return x509.ECDSAWithSHA384
+	case slices.Equal(alg.oid, oidSigSHA256WithRSA):
+		return x509.SHA256WithRSA
 	}
-	if err := ours.CheckSignatureFrom(in.a.ca.cert); err != nil {
-		t.Fatalf("our leaf's signature does not verify (issuer %s): %v", in.name, err)
-	}
-	if o, w := outerSignatureAlgorithm(t, der), outerSignatureAlgorithm(t, wantDER); !bytes.Equal(o, w) {
-		t.Fatalf("outer signatureAlgorithm differs: ours %x, x509 %x", o, w)
-	}
+	t.Fatalf("no crypto/x509 name for %v", alg.oid)
+	return 0
 }
 
 func urlString(us []*url.URL) string {
@@ -415,17 +455,4 @@ func urlString(us []*url.URL) string {
 		return ""
 	}
 	return us[0].String()
-}
-
-// outerSignatureAlgorithm returns the DER signatureAlgorithm that follows
-// the TBSCertificate in a certificate.
-func outerSignatureAlgorithm(t *testing.T, der []byte) []byte {
-	t.Helper()
-	s := cryptobyte.String(der)
-	var body, alg cryptobyte.String
-	var tag cbasn1.Tag
-	if !s.ReadASN1(&body, cbasn1.SEQUENCE) || !body.SkipASN1(cbasn1.SEQUENCE) || !body.ReadAnyASN1Element(&alg, &tag) {
-		t.Fatal("certificate does not split into TBS, algorithm and signature")
-	}
-	return alg
 }

@@ -284,14 +284,35 @@ func TestCRLListsRevokedSerialsSignedByIssuer(t *testing.T) {
 	}
 }
 
+// TestWatchEndsWhenLedgerCloses closes the ledger under a Watch that has
+// delivered the whole log: it is past its check for a closed ledger and can
+// only learn of Close by being woken, so it would hang if Close did not
+// wake it.
 func TestWatchEndsWhenLedgerCloses(t *testing.T) {
 	l, err := Open(filepath.Join(t.TempDir(), "l.db"), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	if _, err := l.Append(context.Background(), Event{Kind: KindJoinTokenUse, Node: "node-1"}); err != nil {
+		t.Fatal(err)
+	}
+	delivered := make(chan struct{})
 	done := make(chan error, 1)
-	go func() { done <- l.Watch(context.Background(), 0, func(Entry) error { return nil }) }()
-	time.Sleep(20 * time.Millisecond)
+	go func() {
+		done <- l.Watch(context.Background(), 0, func(e Entry) error {
+			if e.Index == 0 {
+				close(delivered)
+			}
+			return nil
+		})
+	}()
+	select {
+	case <-delivered:
+	case err := <-done:
+		t.Fatalf("Watch returned %v before delivering the log", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Watch did not deliver entry 0")
+	}
 	l.Close()
 	select {
 	case err := <-done:

@@ -316,9 +316,11 @@ func rsaCSRWithSPKITail(t testing.TB, k fuzzKey, tail []byte, inside bool) []byt
 // checked to verify.
 //
 // The workload key reaches the encoder the way Sign passes it: the
-// SubjectPublicKeyInfo of a CSR accepted by ParseWorkloadCSR. spkiTail,
-// for RSA keys, appends bytes the CSR parser tolerates to that key's
-// encoding (mode 1: after the RSAPublicKey; mode 2: inside it).
+// public key of a CSR accepted by ParseWorkloadCSR. For RSA keys, tail
+// adds bytes the CSR parser tolerates to the CSR's key encoding (mode%3 ==
+// 1: after the RSAPublicKey; 2: inside it). mode&4 picks the agent
+// profile. off places the signing time within the issuer's validity (from
+// an hour before it starts); ttl is taken modulo 290 years.
 func FuzzLeafTBS(f *testing.F) {
 	issuers := fuzzIssuers(f)
 	keys := fuzzKeys(f)
@@ -335,14 +337,14 @@ func FuzzLeafTBS(f *testing.F) {
 		f.Add(serial, td, path, off, ttl, key, issuer, mode, tail)
 	}
 	seed([]byte{1}, "example.org", "/ns/default/sa/workload", hour, hour, 0, 0, 0, nil)
-	seed([]byte{0x80}, "example.org", "/a", 0, 0, 1, 1, 0, nil)                                                    // high bit: 0x00 pad
-	seed([]byte{0, 0, 0x7f}, "td", "/x", 1, 1, 2, 2, 0, nil)                                                       // leading zero bytes
-	seed(bytes.Repeat([]byte{0xff}, 20), "a-b_c.d", "/A-Z_a.z/0-9", 5*hour, 24*hour, 3, 3, 0, nil)                 // 20 bytes, top bit
-	seed(bytes.Repeat([]byte{0x01}, 21), "x.y", "/...", 1<<62, 1<<62, 4, 4, 0, nil)                                // clamp to 9999
-	seed([]byte{0x42, 0x99}, "example.org", "/ns/default/sa/workload", -30*int64(time.Second), hour, 0, 2, 0, nil) // before issuer
-	seed([]byte{9}, "example.org", "/w", 60*24*hour, 10*365*24*hour, 2, 2, 1, []byte{0})                           // RSA, trailing byte
-	seed([]byte{9}, "example.org", "/w", 0, hour, 3, 5, 2, []byte("garbage"))                                      // RSA, extra element
-	seed([]byte{7}, "example.org", "/w", 10, hour, 0, 5, 0, nil)                                                   // issuer without SKI
+	seed([]byte{0x80}, "example.org", "/a", 0, 0, 1, 1, 0, nil)                                                        // high bit: 0x00 pad
+	seed([]byte{0, 0, 0x7f}, "td", "/x", 1, 1, 2, 2, 0, nil)                                                           // leading zero bytes
+	seed(bytes.Repeat([]byte{0xff}, 20), "a-b_c.d", "/A-Z_a.z/0-9", 5*hour, 24*hour, 3, 3, 0, nil)                     // 20 bytes, top bit
+	seed(bytes.Repeat([]byte{0x01}, 21), "x.y", "/...", 1<<62, 1<<62, 4, 4, 0, nil)                                    // clamp to 9999
+	seed([]byte{0x42, 0x99}, "example.org", "/ns/default/sa/workload", hour-10*int64(time.Second), hour, 0, 2, 0, nil) // NotBefore clamped to the issuer's
+	seed([]byte{9}, "example.org", "/w", 60*24*hour, 10*365*24*hour, 2, 2, 1, []byte{0})                               // RSA, trailing byte
+	seed([]byte{9}, "example.org", "/w", 0, hour, 3, 5, 2, []byte("garbage"))                                          // RSA, extra element
+	seed([]byte{7}, "example.org", "/w", 10, hour, 0, 5, 0, nil)                                                       // issuer without SKI
 
 	f.Fuzz(func(t *testing.T, serial []byte, td, path string, off, ttl int64, keyIdx, issuerIdx, mode uint8, tail []byte) {
 		in := issuers[int(issuerIdx)%len(issuers)]

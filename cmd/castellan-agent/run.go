@@ -26,6 +26,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // run wires the agent together and serves until ctx is done.
@@ -98,11 +100,19 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	goRun("manager", mgr.Run)
 	goRun("endpoints", ep.Serve)
 	goRun("http", func(ctx context.Context) error { return serveHTTP(ctx, cfg.HTTPListen, reg, mgr) })
-	attestAgent := func(ctx context.Context) error { return ca.Bootstrap(ctx, cfg.JoinToken) }
+	token, err := joinToken(cfg, log)
+	if err != nil {
+		return err
+	}
+	spends := token != "" && spendsToken(ca.AgentSVID(), time.Now())
+	attestAgent := func(ctx context.Context) error { return tokenBootstrap(ctx, ca, token) }
 	if cfg.Attestor == attestorK8s {
 		attestAgent = func(ctx context.Context) error { return ca.BootstrapK8s(ctx, cfg.K8sTokenFile) }
 	}
 	bootErr := bootstrap(ctx, attestAgent, log)
+	if bootErr == nil && spends && cfg.JoinTokenFile != "" && cfg.Attestor != attestorK8s {
+		removeSpentTokenFile(cfg.JoinTokenFile, log)
+	}
 	if bootErr == nil {
 		close(gate.ready)
 		goRun("agent SVID renewal", func(ctx context.Context) error {
@@ -133,7 +143,7 @@ func bootstrap(ctx context.Context, attestAgent func(context.Context) error, log
 		if err == nil {
 			return nil
 		}
-		if errors.Is(err, client.ErrNoAgentSVID) {
+		if errors.Is(err, client.ErrNoAgentSVID) || errors.Is(err, errTokenRefused) {
 			log.Error(err.Error() + "; serving cached, still-valid SVIDs only")
 			return err
 		}
@@ -145,6 +155,21 @@ func bootstrap(ctx context.Context, attestAgent func(context.Context) error, log
 		}
 		delay = min(2*delay, 30*time.Second)
 	}
+}
+
+// errTokenRefused marks a join token the CA refused: retrying it cannot
+// succeed (and would be reported by the CA as another reuse).
+var errTokenRefused = errors.New("the CA refused the join token; create a new one (castellanctl token create --node NAME --out FILE) and restart the agent with --join-token-file FILE")
+
+// tokenBootstrap bootstraps with token; a refusal of the token itself
+// (Unauthenticated, PermissionDenied, InvalidArgument) is errTokenRefused.
+func tokenBootstrap(ctx context.Context, ca *client.Client, token string) error {
+	err := ca.Bootstrap(ctx, token)
+	switch status.Code(err) {
+	case codes.Unauthenticated, codes.PermissionDenied, codes.InvalidArgument:
+		return fmt.Errorf("%w: %w", errTokenRefused, err)
+	}
+	return err
 }
 
 // serveHTTP serves /metrics, /healthz and /readyz.

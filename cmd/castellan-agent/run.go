@@ -36,6 +36,10 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("--trust-domain: %w", err)
 	}
+	token, err := joinToken(cfg, log) // first: a bad token file stops the agent at once
+	if err != nil {
+		return err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("--data-dir: %w", err)
 	}
@@ -100,10 +104,6 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	goRun("manager", mgr.Run)
 	goRun("endpoints", ep.Serve)
 	goRun("http", func(ctx context.Context) error { return serveHTTP(ctx, cfg.HTTPListen, reg, mgr) })
-	token, err := joinToken(cfg, log)
-	if err != nil {
-		return err
-	}
 	spends := token != "" && spendsToken(ca.AgentSVID(), time.Now())
 	attestAgent := func(ctx context.Context) error { return tokenBootstrap(ctx, ca, token) }
 	if cfg.Attestor == attestorK8s {

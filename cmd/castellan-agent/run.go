@@ -105,6 +105,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	goRun("endpoints", ep.Serve)
 	goRun("http", func(ctx context.Context) error { return serveHTTP(ctx, cfg.HTTPListen, reg, mgr) })
 	spends := token != "" && spendsToken(ca.AgentSVID(), time.Now())
+	if token != "" && !spends && cfg.Attestor != attestorK8s {
+		log.Warn("join token not used: the agent already holds a valid agent SVID; the unused token stays valid until it expires, so delete it", "file", cfg.JoinTokenFile)
+	}
 	attestAgent := func(ctx context.Context) error { return tokenBootstrap(ctx, ca, token) }
 	if cfg.Attestor == attestorK8s {
 		attestAgent = func(ctx context.Context) error { return ca.BootstrapK8s(ctx, cfg.K8sTokenFile) }

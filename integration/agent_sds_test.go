@@ -101,7 +101,7 @@ func TestAgentServesSDSToEnvoyLikeClient(t *testing.T) {
 	}
 	want := "spiffe://cluster.local/ns/it/sa/sds-test"
 	r.ctlRun("entry", "create", "--spiffe-id", want, "--node", "sds-node",
-		"--selector", "unix:path:"+helper, "--ttl", agentTTL.String())
+		"--selector", "unix:path:"+helper, "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()), "--ttl", agentTTL.String())
 	r.startAgent(token)
 	agentEventually(t, 20*time.Second, "agent socket", func() bool { _, err := os.Stat(r.sock); return err == nil })
 

@@ -104,10 +104,10 @@ func (r *agentRig) startAgent(token string) {
 	r.t.Helper()
 	args := []string{"--server-address", r.listen, "--trust-bundle", filepath.Join(r.srvDir, "bundle.pem"),
 		"--data-dir", r.agentDir, "--socket", r.sock, "--http-listen", r.agentHTTP, "--log-level", "debug"}
-	if token != "" {
-		args = append(args, "--join-token", token)
-	}
 	cmd := exec.Command(r.agent, args...)
+	if token != "" { // never on argv: castellan-agent refuses --join-token
+		cmd.Env = append(os.Environ(), "CASTELLAN_AGENT_JOIN_TOKEN="+token)
+	}
 	r.agentLog = &agentLog{}
 	cmd.Stderr = r.agentLog
 	if err := cmd.Start(); err != nil {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -169,7 +170,8 @@ func demoRefusals(t *testing.T, d *demoLauncher) {
 	t.Cleanup(b.Cleanup)
 	ctl := b.Path(t, "castellanctl")
 	out, err := exec.Command(ctl, "--admin-socket", filepath.Join(d.dir, "server", "admin.sock"), "entry", "create",
-		"--spiffe-id", intruder.String(), "--node", "demo-node", "--selector", "unix:path:"+exe).CombinedOutput()
+		"--spiffe-id", intruder.String(), "--node", "demo-node", "--selector", "unix:path:"+exe,
+		"--selector", "unix:uid:"+strconv.Itoa(os.Getuid())).CombinedOutput()
 	if err != nil {
 		t.Fatalf("castellanctl entry create: %v\n%s", err, out)
 	}

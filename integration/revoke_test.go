@@ -93,7 +93,7 @@ func TestRevokedSVIDIsReplacedWithinFiveSeconds(t *testing.T) {
 	}
 	want := spiffeid.RequireFromString("spiffe://cluster.local/ns/it/sa/revoke-test")
 	r.ctlRun("entry", "create", "--spiffe-id", want.String(), "--node", "revoke-node",
-		"--selector", "unix:path:"+self, "--ttl", revokeTTL.String())
+		"--selector", "unix:path:"+self, "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()), "--ttl", revokeTTL.String())
 	r.startAgent(token)
 	agentEventually(t, 20*time.Second, "agent socket", func() bool { _, err := os.Stat(r.sock); return err == nil })
 

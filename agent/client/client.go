@@ -113,10 +113,10 @@ func (c *Client) Bootstrap(ctx context.Context, joinToken string) error {
 	}
 	if joinToken == "" {
 		if svid != nil {
-			return fmt.Errorf("%w: agent SVID expired at %s; start the agent with a new --join-token",
+			return fmt.Errorf("%w: agent SVID expired at %s; start the agent with a new join token (--join-token-file or CASTELLAN_AGENT_JOIN_TOKEN)",
 				ErrNoAgentSVID, svid.Certificates[0].NotAfter.UTC().Format(time.RFC3339))
 		}
-		return fmt.Errorf("%w: none in %s; start the agent with --join-token", ErrNoAgentSVID, c.cfg.DataDir)
+		return fmt.Errorf("%w: none in %s; start the agent with a join token (--join-token-file or CASTELLAN_AGENT_JOIN_TOKEN)", ErrNoAgentSVID, c.cfg.DataDir)
 	}
 	return c.attest(ctx, &cav1.AttestAgentRequest{
 		Attestation: &cav1.AttestAgentRequest_JoinToken{JoinToken: joinToken}}, "join token")
@@ -279,7 +279,7 @@ func (c *Client) Run(ctx context.Context) error {
 		leaf := svid.Certificates[0]
 		now := c.cfg.Clock.Now()
 		if !now.Before(leaf.NotAfter) {
-			err := fmt.Errorf("%w: agent SVID expired at %s; start the agent with a new --join-token",
+			err := fmt.Errorf("%w: agent SVID expired at %s; start the agent with a new join token (--join-token-file or CASTELLAN_AGENT_JOIN_TOKEN)",
 				ErrNoAgentSVID, leaf.NotAfter.UTC().Format(time.RFC3339))
 			c.log.Error(err.Error())
 			return err

@@ -75,8 +75,8 @@ func TestBootstrapWithoutTokenOrSVIDSaysWhatToDo(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = c.Bootstrap(t.Context(), "")
-	if !errors.Is(err, ErrNoAgentSVID) || !strings.Contains(err.Error(), "--join-token") {
-		t.Fatalf("err = %v, want ErrNoAgentSVID mentioning --join-token", err)
+	if !errors.Is(err, ErrNoAgentSVID) || !strings.Contains(err.Error(), "--join-token-file") {
+		t.Fatalf("err = %v, want ErrNoAgentSVID mentioning --join-token-file", err)
 	}
 }
 
@@ -93,8 +93,8 @@ func TestExpiredAgentSVIDNeedsNewToken(t *testing.T) {
 	clock.Advance(2 * time.Minute)
 	c2 := newClient(t, ca, dir, clock)
 	err := c2.Bootstrap(t.Context(), "")
-	if !errors.Is(err, ErrNoAgentSVID) || !strings.Contains(err.Error(), "expired at") || !strings.Contains(err.Error(), "new --join-token") {
-		t.Fatalf("err = %v, want an 'expired at ...; start the agent with a new --join-token' error", err)
+	if !errors.Is(err, ErrNoAgentSVID) || !strings.Contains(err.Error(), "expired at") || !strings.Contains(err.Error(), "new join token (--join-token-file") {
+		t.Fatalf("err = %v, want an 'expired at ...; start the agent with a new join token' error", err)
 	}
 	// A fresh token re-bootstraps.
 	if err := c2.Bootstrap(t.Context(), ca.JoinToken("node-1")); err != nil {

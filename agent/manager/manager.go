@@ -81,6 +81,8 @@ type identity struct {
 	revoked  bool // the held SVID is revoked: drop it if no replacement comes
 	attempts int
 	retryAt  time.Time
+	// warnedAnyUser: the entry's allow_any_user warning was logged.
+	warnedAnyUser bool
 }
 
 // New returns a manager; it does nothing until Run.

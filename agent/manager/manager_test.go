@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"crypto/x509"
+	"log/slog"
 	"math/big"
 	"path/filepath"
 	"strings"
@@ -37,6 +38,7 @@ type env struct {
 	mgr   *Manager
 	dir   string
 	stop  func()
+	log   *slog.Logger // nil: discard
 }
 
 func newEnv(t *testing.T, ca *catest.CA, dir string) *env {
@@ -67,7 +69,7 @@ func (e *env) start(token string) {
 	e.mgr, err = New(Config{
 		CA: cl, Cache: e.cache, Store: e.store, TrustDomain: td, Clock: e.clock,
 		Policy:   rotate.Policy{Rand: func() float64 { return 0 }},
-		OnBundle: cl.SetBundle, Registry: e.reg,
+		OnBundle: cl.SetBundle, Registry: e.reg, Logger: e.log,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -136,10 +136,13 @@ func (m *Manager) applyEntry(key string, e *cav1.Entry) bool {
 	ttl := time.Duration(e.GetTtlSeconds()) * time.Second
 	id, ok := m.ids[key]
 	if !ok {
-		m.ids[key] = &identity{rec: cache.Record{EntryID: key, Selectors: sels, TTL: ttl}, reissue: true, spiffeID: e.GetSpiffeId()}
+		id = &identity{rec: cache.Record{EntryID: key, Selectors: sels, TTL: ttl}, reissue: true, spiffeID: e.GetSpiffeId()}
+		m.ids[key] = id
+		m.warnAnyUser(id, e)
 		m.log.Info("new entry; requesting an SVID", "entry_id", key, "spiffe_id", e.GetSpiffeId())
 		return false
 	}
+	m.warnAnyUser(id, e)
 	id.spiffeID = e.GetSpiffeId()
 	if id.rec.TTL != ttl || (id.rec.SVID != nil && id.rec.SVID.ID.String() != e.GetSpiffeId()) {
 		id.rec.TTL = ttl
@@ -155,6 +158,17 @@ func (m *Manager) applyEntry(key string, e *cav1.Entry) bool {
 		}
 	}
 	return true
+}
+
+// warnAnyUser logs, once per entry, that an entry lets any local user
+// obtain its identity (the operator created it with --allow-any-user).
+func (m *Manager) warnAnyUser(id *identity, e *cav1.Entry) {
+	if !e.GetAllowAnyUser() || id.warnedAnyUser {
+		return
+	}
+	id.warnedAnyUser = true
+	m.log.Warn("entry lets ANY local user obtain its identity: it selects an executable but no unix:uid or unix:gid (created with --allow-any-user)",
+		"entry_id", e.GetId(), "spiffe_id", e.GetSpiffeId(), "selectors", selectors(e))
 }
 
 func selectors(e *cav1.Entry) []state.Selector {

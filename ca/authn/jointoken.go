@@ -9,10 +9,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/bbolt"
+	"google.golang.org/grpc/peer"
 )
 
 // Join token limits.
@@ -36,10 +39,31 @@ var joinTokenBucket = []byte("join_tokens")
 // JoinTokens stores one-time join tokens in bbolt. Only a SHA-256 of each
 // token is stored, with the node it is for and its expiry; the token itself
 // is shown once, by Create. Consume is atomic: of two concurrent uses of the
-// same token exactly one succeeds. JoinTokens is safe for concurrent use.
+// same token exactly one succeeds. A used token's hash is kept until a day
+// after the token's expiry (Prune), so that a second use is recognised as
+// one: it is refused, logged at warn level and counted as a possible theft
+// (someone else read the token and raced the agent, or the agent lost its
+// answer). JoinTokens is safe for concurrent use.
 type JoinTokens struct {
-	db    *bbolt.DB
-	clock func() time.Time
+	db     *bbolt.DB
+	clock  func() time.Time
+	log    *slog.Logger
+	reuses prometheus.Counter
+}
+
+// JoinTokenOption configures JoinTokens.
+type JoinTokenOption func(*JoinTokens)
+
+// WithJoinTokenLogger sets the logger that receives a warning for each
+// reuse of a spent token (default: discard).
+func WithJoinTokenLogger(log *slog.Logger) JoinTokenOption {
+	return func(j *JoinTokens) { j.log = log }
+}
+
+// WithJoinTokenMetrics registers castellan_join_token_reuse_total (second
+// uses of a spent token) in reg.
+func WithJoinTokenMetrics(reg prometheus.Registerer) JoinTokenOption {
+	return func(j *JoinTokens) { reg.MustRegister(j.reuses) }
 }
 
 // tokenRecord is the stored form of a join token.
@@ -63,9 +87,17 @@ type TokenUse struct {
 
 // NewJoinTokens returns a store over db, creating its bucket if needed.
 // clock nil means time.Now.
-func NewJoinTokens(db *bbolt.DB, clock func() time.Time) (*JoinTokens, error) {
+func NewJoinTokens(db *bbolt.DB, clock func() time.Time, opts ...JoinTokenOption) (*JoinTokens, error) {
 	if clock == nil {
 		clock = time.Now
+	}
+	j := &JoinTokens{db: db, clock: clock, log: slog.New(slog.DiscardHandler),
+		reuses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "castellan_join_token_reuse_total",
+			Help: "Attestations with a join token that was already used: a possible theft of the token.",
+		})}
+	for _, o := range opts {
+		o(j)
 	}
 	err := db.Update(func(tx *bbolt.Tx) error {
 		_, err := tx.CreateBucketIfNotExists(joinTokenBucket)
@@ -74,7 +106,7 @@ func NewJoinTokens(db *bbolt.DB, clock func() time.Time) (*JoinTokens, error) {
 	if err != nil {
 		return nil, fmt.Errorf("authn: create join token bucket: %w", err)
 	}
-	return &JoinTokens{db: db, clock: clock}, nil
+	return j, nil
 }
 
 // Create makes a token that lets an agent on node attest once before ttl
@@ -130,7 +162,10 @@ func (j *JoinTokens) Consume(ctx context.Context, token string) (TokenUse, error
 	key := tokenHash(token)
 	id := hex.EncodeToString(key[:6])
 	now := j.clock().UTC()
-	var use TokenUse
+	var (
+		use    TokenUse
+		reused *tokenRecord
+	)
 	err := j.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(joinTokenBucket)
 		val := b.Get(key[:])
@@ -142,8 +177,10 @@ func (j *JoinTokens) Consume(ctx context.Context, token string) (TokenUse, error
 			return fmt.Errorf("authn: decode join token %s: %w", id, err)
 		}
 		if !rec.UsedAt.IsZero() {
-			return fail(ReasonJoinTokenUsed, "join token %s for node %q was already used at %s; join tokens are single-use, create a new one",
-				id, rec.Node, rec.UsedAt.Format(time.RFC3339))
+			reused = &rec
+			return fail(ReasonJoinTokenUsed, "join token %s for node %q was already used at %s; join tokens are single-use, create a new one. "+
+				"If this node's agent did not use it, the token was stolen: check the agent of node %q",
+				id, rec.Node, rec.UsedAt.Format(time.RFC3339), rec.Node)
 		}
 		if !now.Before(rec.ExpiresAt) {
 			return fail(ReasonJoinTokenExpired, "join token %s for node %q expired at %s; create a new one",
@@ -157,6 +194,9 @@ func (j *JoinTokens) Consume(ctx context.Context, token string) (TokenUse, error
 		use = TokenUse{Node: rec.Node, TokenID: id, ExpiresAt: rec.ExpiresAt}
 		return b.Put(key[:], val)
 	})
+	if reused != nil {
+		j.reportReuse(ctx, id, reused)
+	}
 	if err != nil {
 		var ae *Error
 		if errors.As(err, &ae) {
@@ -194,6 +234,18 @@ func (j *JoinTokens) Prune(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("authn: prune join tokens: %w", err)
 	}
 	return n, nil
+}
+
+// reportReuse logs and counts a second use of a spent token. It never
+// logs the token, only its ID (a prefix of its hash).
+func (j *JoinTokens) reportReuse(ctx context.Context, id string, rec *tokenRecord) {
+	j.reuses.Inc()
+	from := "unknown"
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		from = p.Addr.String()
+	}
+	j.log.WarnContext(ctx, "join token used a second time: possible theft of the token; if the agent of this node did not join at first_used_at, treat the node's agent identity as compromised",
+		"node", rec.Node, "token_id", id, "first_used_at", rec.UsedAt, "expires_at", rec.ExpiresAt, "peer", from)
 }
 
 func tokenHash(token string) [32]byte { return sha256.Sum256([]byte(token)) }

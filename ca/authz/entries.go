@@ -50,7 +50,9 @@ type Entries struct {
 }
 
 // NewEntries opens the entry store in db for trust domain td. maxTTL bounds
-// an entry's TTL (0: no bound). clock nil means time.Now.
+// an entry's TTL (0: no bound). clock nil means time.Now. An entry stored
+// before the unix selector rule (unix.go) that the rule would refuse is
+// loaded with AllowAnyUser set, so that listings and agents flag it.
 func NewEntries(db *bbolt.DB, td spiffeid.TrustDomain, maxTTL time.Duration, clock func() time.Time) (*Entries, error) {
 	if clock == nil {
 		clock = time.Now
@@ -67,6 +69,9 @@ func NewEntries(db *bbolt.DB, td spiffeid.TrustDomain, maxTTL time.Duration, clo
 			if err := proto.Unmarshal(v, ent); err != nil {
 				return fmt.Errorf("decode entry %s: %w", k, err)
 			}
+			// Stored before the unix selector rule: it is open to any
+			// user, so say so in listings and to agents (not rewritten).
+			ent.AllowAnyUser = ent.AllowAnyUser || anyUser(ent.Selectors)
 			e.index(ent)
 			return nil
 		})
@@ -135,6 +140,9 @@ func (e *Entries) normalize(ent *cav1.Entry) (*cav1.Entry, error) {
 	if err := validateSelectors(ent.GetSelectors()); err != nil {
 		return nil, err
 	}
+	if err := checkUnixPolicy(ent); err != nil {
+		return nil, err
+	}
 	ttl := time.Duration(ent.GetTtlSeconds()) * time.Second
 	if ent.GetTtlSeconds() < 0 || (e.maxTTL > 0 && ttl > e.maxTTL) {
 		return nil, &InvalidEntryError{Err: fmt.Errorf("TTL %ds is out of range; use 0 (the CA default) up to %s", ent.GetTtlSeconds(), e.maxTTL)}
@@ -150,12 +158,13 @@ func (e *Entries) normalize(ent *cav1.Entry) (*cav1.Entry, error) {
 	slices.SortFunc(sels, compareSelectors)
 	sels = slices.CompactFunc(sels, func(a, b *cav1.Selector) bool { return compareSelectors(a, b) == 0 })
 	return &cav1.Entry{
-		Id:         hex.EncodeToString(raw),
-		SpiffeId:   id.String(),
-		Node:       ent.GetNode(),
-		Selectors:  sels,
-		TtlSeconds: ent.GetTtlSeconds(),
-		CreatedAt:  timestamppb.New(e.clock()),
+		Id:           hex.EncodeToString(raw),
+		SpiffeId:     id.String(),
+		Node:         ent.GetNode(),
+		Selectors:    sels,
+		TtlSeconds:   ent.GetTtlSeconds(),
+		CreatedAt:    timestamppb.New(e.clock()),
+		AllowAnyUser: ent.GetAllowAnyUser(),
 	}, nil
 }
 

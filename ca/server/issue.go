@@ -63,8 +63,9 @@ func (s *Server) prepare(ctx context.Context, node string, it *issuance) {
 		it.err = err
 		return
 	}
-	if ttl == 0 {
-		ttl = min(grant.TTL, a.MaxTTL())
+	if ttl, err = svidTTL(ttl, grant, a.DefaultTTL(), a.MaxTTL()); err != nil {
+		it.err = err
+		return
 	}
 	it.grant = grant
 	start := time.Now()
@@ -75,7 +76,8 @@ func (s *Server) prepare(ctx context.Context, node string, it *issuance) {
 }
 
 // requestTTL converts a requested TTL in seconds, refusing one above max
-// (without overflowing on absurd values).
+// (without overflowing on absurd values) before the request is authorized;
+// svidTTL then applies the granting entry's ceiling.
 func requestTTL(secs int64, maxTTL time.Duration) (time.Duration, error) {
 	if secs > int64(maxTTL/time.Second) || secs > math.MaxInt64/int64(time.Second) {
 		return 0, &authority.Error{Reason: authority.ReasonTTLTooLong,

@@ -4,7 +4,9 @@
 // Workload API on a Unix socket.
 //
 // Every flag has an environment equivalent, CASTELLAN_AGENT_<FLAG> with
-// dashes as underscores; a flag on the command line wins.
+// dashes as underscores; a flag on the command line wins. The join token is
+// the exception: it is never taken from the command line (see
+// jointoken.go), only from --join-token-file or CASTELLAN_AGENT_JOIN_TOKEN.
 package main
 
 import (
@@ -24,7 +26,9 @@ import (
 type config struct {
 	ServerAddress string
 	TrustBundle   string
-	JoinToken     string
+	JoinToken     string // from CASTELLAN_AGENT_JOIN_TOKEN only
+	JoinTokenFile string
+	argvToken     argvJoinToken
 	DataDir       string
 	Socket        string
 	HTTPListen    string
@@ -41,7 +45,9 @@ func flagSet(cfg *config, out io.Writer) *flag.FlagSet {
 	fs.SetOutput(out)
 	fs.StringVar(&cfg.ServerAddress, "server-address", "127.0.0.1:8443", "CA address, host:port")
 	fs.StringVar(&cfg.TrustBundle, "trust-bundle", "", "PEM roots that verify the CA at bootstrap (the server's <data-dir>/bundle.pem)")
-	fs.StringVar(&cfg.JoinToken, "join-token", "", "one-time join token (castellanctl token create); needed only without a valid agent SVID in --data-dir")
+	fs.StringVar(&cfg.JoinTokenFile, "join-token-file", "", "file holding a one-time join token (castellanctl token create --out FILE): a regular file owned by the agent's user, mode 0600 or stricter; "+
+		"read once, deleted after a successful join; needed only without a valid agent SVID in --data-dir. Or set "+joinTokenEnv)
+	fs.Var(&cfg.argvToken, "join-token", "refused: a token on the command line is readable by every local user; use --join-token-file or "+joinTokenEnv)
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for cache.db and the agent's own SVID (created 0700)")
 	fs.StringVar(&cfg.Socket, "socket", "/run/castellan/agent.sock", "Unix socket serving SDS and the Workload API")
 	fs.StringVar(&cfg.HTTPListen, "http-listen", "127.0.0.1:9091", "HTTP address for /metrics, /healthz and /readyz")
@@ -65,6 +71,9 @@ func loadConfig(args []string, getenv func(string) string, out io.Writer) (confi
 	fs := flagSet(&cfg, out)
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
+		if f.Name == "join-token" {
+			return // the environment's token is read below, never as the flag
+		}
 		if v := getenv(envName(f.Name)); v != "" {
 			if err := fs.Set(f.Name, v); err != nil && envErr == nil {
 				envErr = fmt.Errorf("%s=%q: %w", envName(f.Name), v, err)
@@ -79,6 +88,13 @@ func loadConfig(args []string, getenv func(string) string, out io.Writer) (confi
 	}
 	if fs.NArg() > 0 {
 		return config{}, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	cfg.JoinToken = strings.TrimSpace(getenv(joinTokenEnv))
+	switch {
+	case cfg.argvToken.given:
+		return config{}, errJoinTokenOnArgv
+	case cfg.JoinToken != "" && cfg.JoinTokenFile != "":
+		return config{}, fmt.Errorf("both --join-token-file and %s are set; give the join token once", joinTokenEnv)
 	}
 	switch {
 	case cfg.DataDir == "":
@@ -99,6 +115,7 @@ func newLogger(level string, w io.Writer) (*slog.Logger, error) {
 
 func main() {
 	cfg, err := loadConfig(os.Args[1:], os.Getenv, os.Stderr)
+	os.Unsetenv(joinTokenEnv) // read once; not passed on to any child
 	if errors.Is(err, flag.ErrHelp) {
 		return
 	}

@@ -26,6 +26,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // run wires the agent together and serves until ctx is done.
@@ -33,6 +35,10 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
 	if err != nil {
 		return fmt.Errorf("--trust-domain: %w", err)
+	}
+	token, err := joinToken(cfg, log) // first: a bad token file stops the agent at once
+	if err != nil {
+		return err
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("--data-dir: %w", err)
@@ -98,11 +104,18 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	goRun("manager", mgr.Run)
 	goRun("endpoints", ep.Serve)
 	goRun("http", func(ctx context.Context) error { return serveHTTP(ctx, cfg.HTTPListen, reg, mgr) })
-	attestAgent := func(ctx context.Context) error { return ca.Bootstrap(ctx, cfg.JoinToken) }
+	spends := token != "" && spendsToken(ca.AgentSVID(), time.Now())
+	if token != "" && !spends && cfg.Attestor != attestorK8s {
+		log.Warn("join token not used: the agent already holds a valid agent SVID; the unused token stays valid until it expires, so delete it", "file", cfg.JoinTokenFile)
+	}
+	attestAgent := func(ctx context.Context) error { return tokenBootstrap(ctx, ca, token) }
 	if cfg.Attestor == attestorK8s {
 		attestAgent = func(ctx context.Context) error { return ca.BootstrapK8s(ctx, cfg.K8sTokenFile) }
 	}
 	bootErr := bootstrap(ctx, attestAgent, log)
+	if bootErr == nil && spends && cfg.JoinTokenFile != "" && cfg.Attestor != attestorK8s {
+		removeSpentTokenFile(cfg.JoinTokenFile, log)
+	}
 	if bootErr == nil {
 		close(gate.ready)
 		goRun("agent SVID renewal", func(ctx context.Context) error {
@@ -133,7 +146,7 @@ func bootstrap(ctx context.Context, attestAgent func(context.Context) error, log
 		if err == nil {
 			return nil
 		}
-		if errors.Is(err, client.ErrNoAgentSVID) {
+		if errors.Is(err, client.ErrNoAgentSVID) || errors.Is(err, errTokenRefused) {
 			log.Error(err.Error() + "; serving cached, still-valid SVIDs only")
 			return err
 		}
@@ -145,6 +158,21 @@ func bootstrap(ctx context.Context, attestAgent func(context.Context) error, log
 		}
 		delay = min(2*delay, 30*time.Second)
 	}
+}
+
+// errTokenRefused marks a join token the CA refused: retrying it cannot
+// succeed (and would be reported by the CA as another reuse).
+var errTokenRefused = errors.New("the CA refused the join token; create a new one (castellanctl token create --node NAME --out FILE) and restart the agent with --join-token-file FILE")
+
+// tokenBootstrap bootstraps with token; a refusal of the token itself
+// (Unauthenticated, PermissionDenied, InvalidArgument) is errTokenRefused.
+func tokenBootstrap(ctx context.Context, ca *client.Client, token string) error {
+	err := ca.Bootstrap(ctx, token)
+	switch status.Code(err) {
+	case codes.Unauthenticated, codes.PermissionDenied, codes.InvalidArgument:
+		return fmt.Errorf("%w: %w", errTokenRefused, err)
+	}
+	return err
 }
 
 // serveHTTP serves /metrics, /healthz and /readyz.

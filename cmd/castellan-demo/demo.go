@@ -34,6 +34,7 @@ type layout struct {
 	dir, build, serverData, agentData, logs string
 	bundle, adminSocket, agentSocket        string
 	lock, processes                         string
+	joinToken                               string // 0600, deleted by the agent once spent
 }
 
 func newLayout(dir string) (layout, error) {
@@ -46,6 +47,7 @@ func newLayout(dir string) (layout, error) {
 		serverData: filepath.Join(abs, "server"), agentData: filepath.Join(abs, "agent"),
 		logs: filepath.Join(abs, "logs"), agentSocket: filepath.Join(abs, "agent.sock"),
 		lock: filepath.Join(abs, "demo.pid"), processes: filepath.Join(abs, "processes.json"),
+		joinToken: filepath.Join(abs, "join-token"),
 	}
 	l.bundle = filepath.Join(l.serverData, "bundle.pem")
 	l.adminSocket = filepath.Join(l.serverData, "admin.sock")
@@ -138,7 +140,7 @@ func prepare(l layout) error {
 	if err := os.WriteFile(l.lock, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
 		return fmt.Errorf("castellan-demo: %w", err)
 	}
-	for _, p := range []string{l.serverData, l.agentData, l.logs, l.agentSocket, l.processes} {
+	for _, p := range []string{l.serverData, l.agentData, l.logs, l.agentSocket, l.processes, l.joinToken} {
 		if err := os.RemoveAll(p); err != nil {
 			return fmt.Errorf("castellan-demo: reset state: %w", err)
 		}

@@ -4,10 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -29,20 +30,24 @@ func startAll(ctx context.Context, cfg config, l layout, bins binaries, sup *sup
 	}); err != nil {
 		return err
 	}
-	token, err := joinToken(ctx, bins.ctl, l.adminSocket)
-	if err != nil {
+	// The token goes from castellanctl straight to a 0600 file that the
+	// agent reads and deletes once spent: never on a command line.
+	if err := ctl(ctx, bins.ctl, l.adminSocket, "token", "create", "--node", nodeName, "--ttl", "10m", "--out", l.joinToken); err != nil {
 		return err
 	}
+	// Each service by its executable and by the user the demo runs it as:
+	// a path alone would let any local user obtain the identity.
+	uid := "unix:uid:" + strconv.Itoa(os.Getuid())
 	for _, svc := range bookinfoServices {
 		if err := ctl(ctx, bins.ctl, l.adminSocket, "entry", "create",
 			"--spiffe-id", "spiffe://"+cfg.trustDomain+"/ns/default/sa/bookinfo-"+svc,
-			"--node", nodeName, "--selector", "unix:path:"+bins.bookinfo[svc]); err != nil {
+			"--node", nodeName, "--selector", "unix:path:"+bins.bookinfo[svc], "--selector", uid); err != nil {
 			return err
 		}
 	}
 	fmt.Println("starting castellan-agent ...")
 	if _, err := sup.start("castellan-agent", bins.agent,
-		"--server-address", cfg.serverAddr, "--trust-bundle", l.bundle, "--join-token", token,
+		"--server-address", cfg.serverAddr, "--trust-bundle", l.bundle, "--join-token-file", l.joinToken,
 		"--data-dir", l.agentData, "--socket", l.agentSocket, "--http-listen", cfg.agentHTTP,
 		"--trust-domain", cfg.trustDomain); err != nil {
 		return err
@@ -112,35 +117,6 @@ func bookinfoReady(cfg config) error {
 		}
 	}
 	return nil
-}
-
-// joinToken creates a one-time join token for the demo node.
-func joinToken(ctx context.Context, ctlPath, adminSocket string) (string, error) {
-	out, err := ctlOutput(ctx, ctlPath, adminSocket, "token", "create", "--node", nodeName, "--ttl", "10m")
-	if err != nil {
-		return "", err
-	}
-	return parseToken(out)
-}
-
-// parseToken reads a token from castellanctl's output: a JSON object with
-// a "token" field, or text whose last line ends with the token.
-func parseToken(out []byte) (string, error) {
-	out = bytes.TrimSpace(out)
-	if bytes.HasPrefix(out, []byte("{")) {
-		var v struct {
-			Token string `json:"token"`
-		}
-		if err := json.Unmarshal(out, &v); err == nil && v.Token != "" {
-			return v.Token, nil
-		}
-	}
-	lines := strings.Split(string(out), "\n")
-	fields := strings.Fields(lines[len(lines)-1])
-	if len(fields) == 0 {
-		return "", errors.New("castellan-demo: castellanctl token create printed no token")
-	}
-	return fields[len(fields)-1], nil
 }
 
 func ctl(ctx context.Context, ctlPath, adminSocket string, args ...string) error {

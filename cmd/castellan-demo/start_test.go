@@ -5,22 +5,6 @@ import (
 	"time"
 )
 
-func TestParseTokenReadsBareJSONAndLabelledOutput(t *testing.T) {
-	for in, want := range map[string]string{
-		"abc123\n":                               "abc123",
-		`{"token":"abc123","node":"n"}`:          "abc123",
-		"join token for node n\nToken: abc123\n": "abc123",
-	} {
-		got, err := parseToken([]byte(in))
-		if err != nil || got != want {
-			t.Errorf("parseToken(%q) = %q, %v; want %q", in, got, err, want)
-		}
-	}
-	if _, err := parseToken([]byte("  \n")); err == nil {
-		t.Error("parseToken accepted empty output")
-	}
-}
-
 func TestConfigRejectsUnknownReviewsVersionAndTinyTTL(t *testing.T) {
 	ok := config{ttl: 2 * time.Minute, portBase: 9080, reviews: []string{"v2", "v3"}}
 	if err := ok.validate(); err != nil {

@@ -105,7 +105,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	defer led.Close()
-	tokens, err := authn.NewJoinTokens(db, nil)
+	tokens, err := authn.NewJoinTokens(db, nil, authn.WithJoinTokenLogger(log), authn.WithJoinTokenMetrics(reg))
 	if err != nil {
 		return err
 	}

@@ -62,7 +62,8 @@ func entryCreate(ctx context.Context, g *globals, args []string) error {
 	node := fs.String("node", "", "node whose agent may obtain it (required)")
 	var sels selectorFlag
 	fs.Var(&sels, "selector", "workload selector TYPE:KEY:VALUE, e.g. unix:uid:1000 (repeatable, at least one)")
-	ttl := fs.Duration("ttl", 0, "SVID lifetime for this entry (0: the CA's default)")
+	ttl := fs.Duration("ttl", 0, "SVID lifetime for this entry and the longest an agent may request for it (0: the CA's default, up to its maximum)")
+	anyUser := fs.Bool("allow-any-user", false, "accept an entry with unix:path/unix:sha256 selectors but no unix:uid or unix:gid: any local user who runs that executable obtains the identity")
 	out := outputFlag(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -84,10 +85,15 @@ func entryCreate(ctx context.Context, g *globals, args []string) error {
 	}
 	defer conn.Close()
 	resp, err := adminv1.NewAdminServiceClient(conn).CreateEntry(ctx, &adminv1.CreateEntryRequest{Entry: &cav1.Entry{
-		SpiffeId: *id, Node: *node, Selectors: sels, TtlSeconds: int64(*ttl / time.Second),
+		SpiffeId: *id, Node: *node, Selectors: sels, TtlSeconds: int64(*ttl / time.Second), AllowAnyUser: *anyUser,
 	}})
 	if err != nil {
 		return err
+	}
+	if resp.GetEntry().GetAllowAnyUser() {
+		fmt.Fprintf(g.stderr, "WARNING: entry %s lets ANY local user of node %s obtain %s: its selectors name an executable but no unix:uid or unix:gid, "+
+			"and anyone can run that executable. Prefer a unix:uid:N selector for the user the workload runs as.\n",
+			resp.GetEntry().GetId(), resp.GetEntry().GetNode(), resp.GetEntry().GetSpiffeId())
 	}
 	return printEntries(g.stdout, *out, []*cav1.Entry{resp.GetEntry()})
 }
@@ -145,6 +151,8 @@ type jsonEntry struct {
 	Selectors  []string  `json:"selectors"`
 	TTLSeconds int64     `json:"ttl_seconds"`
 	CreatedAt  time.Time `json:"created_at"`
+	// AllowAnyUser: any local user may obtain the identity (--allow-any-user).
+	AllowAnyUser bool `json:"allow_any_user"`
 }
 
 func printEntries(w io.Writer, format string, entries []*cav1.Entry) error {
@@ -152,7 +160,8 @@ func printEntries(w io.Writer, format string, entries []*cav1.Entry) error {
 		out := make([]jsonEntry, 0, len(entries))
 		for _, e := range entries {
 			out = append(out, jsonEntry{ID: e.GetId(), SPIFFEID: e.GetSpiffeId(), Node: e.GetNode(),
-				Selectors: selectorStrings(e), TTLSeconds: e.GetTtlSeconds(), CreatedAt: e.GetCreatedAt().AsTime()})
+				Selectors: selectorStrings(e), TTLSeconds: e.GetTtlSeconds(), CreatedAt: e.GetCreatedAt().AsTime(),
+				AllowAnyUser: e.GetAllowAnyUser()})
 		}
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
@@ -165,8 +174,11 @@ func printEntries(w io.Writer, format string, entries []*cav1.Entry) error {
 		if e.GetTtlSeconds() > 0 {
 			ttl = (time.Duration(e.GetTtlSeconds()) * time.Second).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.GetId(), e.GetSpiffeId(), e.GetNode(),
-			strings.Join(selectorStrings(e), ","), ttl)
+		sels := strings.Join(selectorStrings(e), ",")
+		if e.GetAllowAnyUser() {
+			sels += " (ANY USER)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.GetId(), e.GetSpiffeId(), e.GetNode(), sels, ttl)
 	}
 	return tw.Flush()
 }

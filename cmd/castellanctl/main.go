@@ -35,8 +35,12 @@ import (
 const usage = `usage: castellanctl [global flags] <command> [flags]
 
 commands:
-  token create --node NAME [--ttl 10m]      create a one-time join token
-  entry create --spiffe-id ID --node NODE --selector TYPE:KEY:VALUE... [--ttl D] [-o json]
+  token create --node NAME [--ttl 10m] [--out FILE]
+                                            create a one-time join token (FILE: written 0600,
+                                            for castellan-agent --join-token-file)
+  entry create --spiffe-id ID --node NODE --selector TYPE:KEY:VALUE... [--ttl D] [--allow-any-user] [-o json]
+                                            unix entries must select unix:uid or unix:gid;
+                                            --allow-any-user accepts path/sha256 alone
   entry list [--node NODE] [-o table|json]  list registration entries
   entry delete ID                           delete a registration entry
   certs ...                                 issued certificates (audit)

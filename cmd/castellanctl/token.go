@@ -3,13 +3,16 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"time"
 
 	adminv1 "github.com/castellan-dev/castellan/api/castellan/admin/v1"
 )
 
-// runToken runs `castellanctl token create --node NAME [--ttl 10m]`. The
-// token goes to stdout alone (for scripts); its node and expiry to stderr.
+// runToken runs `castellanctl token create --node NAME [--ttl 10m] [--out
+// FILE]`. The token goes to stdout alone (for scripts), or with --out to a
+// new file created 0600 (never overwritten) for castellan-agent
+// --join-token-file; its node and expiry to stderr.
 func runToken(ctx context.Context, g *globals, args []string) error {
 	_, args, err := subcommand("token", args, "create")
 	if err != nil {
@@ -18,6 +21,7 @@ func runToken(ctx context.Context, g *globals, args []string) error {
 	fs := newFlags(g, "token create")
 	node := fs.String("node", "", "node the token is for (required)")
 	ttl := fs.Duration("ttl", 10*time.Minute, "how long the token stays usable")
+	outFile := fs.String("out", "", "write the token to this new file (mode 0600, refused if it exists) instead of stdout; give it to castellan-agent --join-token-file")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -38,8 +42,30 @@ func runToken(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(g.stdout, resp.GetToken())
+	if *outFile == "" {
+		fmt.Fprintln(g.stdout, resp.GetToken())
+	} else if err := writeTokenFile(*outFile, resp.GetToken()); err != nil {
+		return err
+	}
 	fmt.Fprintf(g.stderr, "join token for node %s, single use, expires %s\n",
 		resp.GetNode(), resp.GetExpiresAt().AsTime().Local().Format(time.RFC3339))
+	return nil
+}
+
+// writeTokenFile writes token to a new file at path, mode 0600; an
+// existing file (or symlink) is refused rather than overwritten.
+func writeTokenFile(path, token string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("token create: --out: %w (the file must not exist; the token was created but not saved, create another)", err)
+	}
+	_, err = f.WriteString(token + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		return fmt.Errorf("token create: --out: %w", err)
+	}
 	return nil
 }

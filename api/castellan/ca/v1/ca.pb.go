@@ -272,8 +272,10 @@ type SignX509SVIDRequest struct {
 	// DER PKCS#10 CSR. It must carry exactly one URI SAN, the SPIFFE ID
 	// requested, and no DNS, IP or e-mail SANs.
 	Csr []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
-	// Requested lifetime in seconds; 0 means the CA's default. A value above
-	// the CA's maximum is refused, not clamped.
+	// Requested lifetime in seconds; 0 means the entry's TTL, or the CA's
+	// default when the entry sets none. A value above the entry's TTL (for an
+	// entry without one, and for a pod, the CA's maximum) is refused with
+	// InvalidArgument, not clamped.
 	TtlSeconds int64 `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
 	// ID of the registration entry this SVID is for (unix attestation).
 	EntryId string `protobuf:"bytes,3,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
@@ -1075,9 +1077,17 @@ type Entry struct {
 	SpiffeId  string                 `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
 	Node      string                 `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
 	Selectors []*Selector            `protobuf:"bytes,4,rep,name=selectors,proto3" json:"selectors,omitempty"`
-	// SVID lifetime for this entry in seconds; 0 means the CA's default.
-	TtlSeconds    int64                  `protobuf:"varint,5,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// SVID lifetime for this entry in seconds, and the longest an agent may
+	// request for it; 0 means the CA's default (and the CA's maximum as the
+	// ceiling).
+	TtlSeconds int64                  `protobuf:"varint,5,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	CreatedAt  *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// allow_any_user records the operator's explicit consent that any local
+	// user of the node may obtain this identity: the entry selects by unix
+	// attributes of the executable (unix:path, unix:sha256) but not by the
+	// caller's unix:uid or unix:gid. Without it such an entry is refused;
+	// agents log a warning for every entry that has it.
+	AllowAnyUser  bool `protobuf:"varint,7,opt,name=allow_any_user,json=allowAnyUser,proto3" json:"allow_any_user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1152,6 +1162,13 @@ func (x *Entry) GetCreatedAt() *timestamppb.Timestamp {
 		return x.CreatedAt
 	}
 	return nil
+}
+
+func (x *Entry) GetAllowAnyUser() bool {
+	if x != nil {
+		return x.AllowAnyUser
+	}
+	return false
 }
 
 // Selector is one attested property of a workload, e.g. type "unix" and
@@ -1270,7 +1287,7 @@ const file_castellan_ca_v1_ca_proto_rawDesc = "" +
 	"AgentState\x120\n" +
 	"\aentries\x18\x01 \x03(\v2\x16.castellan.ca.v1.EntryR\aentries\x12/\n" +
 	"\x06bundle\x18\x02 \x01(\v2\x17.castellan.ca.v1.BundleR\x06bundle\x12'\n" +
-	"\x0frevoked_serials\x18\x03 \x03(\tR\x0erevokedSerials\"\xdd\x01\n" +
+	"\x0frevoked_serials\x18\x03 \x03(\tR\x0erevokedSerials\"\x83\x02\n" +
 	"\x05Entry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x12\n" +
@@ -1279,7 +1296,8 @@ const file_castellan_ca_v1_ca_proto_rawDesc = "" +
 	"\vttl_seconds\x18\x05 \x01(\x03R\n" +
 	"ttlSeconds\x129\n" +
 	"\n" +
-	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"4\n" +
+	"created_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12$\n" +
+	"\x0eallow_any_user\x18\a \x01(\bR\fallowAnyUser\"4\n" +
 	"\bSelector\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value2\x9d\x05\n" +

@@ -35,6 +35,8 @@ type Peer struct {
 	// Process pins the peer's process; it stays valid while the connection
 	// is open.
 	Process *Process
+	// Binding ties the process to the connection; nil outside Credentials.
+	Binding *Binding
 }
 
 // Reasons an attestation fails, used as the reason label of failure metrics.

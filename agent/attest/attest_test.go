@@ -28,6 +28,12 @@ const helperEnv = "CASTELLAN_ATTEST_HELPER_SOCKET"
 // TestMain doubles as the helper process: with helperEnv set, the binary
 // connects to that socket and holds the connection until stdin closes.
 func TestMain(m *testing.M) {
+	switch os.Getenv(helperModeEnv) {
+	case "cmd":
+		os.Exit(commandHelper(os.Getenv(helperEnv)))
+	case "idle":
+		idleHelper()
+	}
 	if sock := os.Getenv(helperEnv); sock != "" {
 		conn, err := net.Dial("unix", sock)
 		if err != nil {

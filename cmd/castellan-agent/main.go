@@ -18,6 +18,8 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/castellan-dev/castellan/agent/endpoints"
 )
 
 // config is the agent's configuration, read once here and passed down.
@@ -34,6 +36,7 @@ type config struct {
 	NodeName      string
 	K8sTokenFile  string
 	Kubeconfig    string
+	Limits        endpoints.Limits
 }
 
 func flagSet(cfg *config, out io.Writer) *flag.FlagSet {
@@ -51,6 +54,9 @@ func flagSet(cfg *config, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.NodeName, "node-name", "", "k8s: the node this agent runs on")
 	fs.StringVar(&cfg.K8sTokenFile, "k8s-token-file", "", "k8s: projected service-account token (audience castellan-ca) used to attest the agent")
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "k8s: kubeconfig file (empty: in-cluster)")
+	fs.IntVar(&cfg.Limits.MaxConnsPerCaller, "max-conns-per-caller", endpoints.DefaultMaxConnsPerCaller, "socket connections one uid (one pod with --attestor k8s) may hold open")
+	fs.IntVar(&cfg.Limits.MaxStreamsPerCaller, "max-calls-per-caller", endpoints.DefaultMaxStreamsPerCaller, "SDS and Workload API calls one uid (one pod with --attestor k8s) may hold open")
+	fs.DurationVar(&cfg.Limits.IdleTimeout, "idle-timeout", endpoints.DefaultIdleTimeout, "close a socket connection with no open call for this long")
 	return fs
 }
 

@@ -33,6 +33,7 @@ type AuthInfo struct {
 	onFailure func(reason string)
 	maxAge    time.Duration
 	now       func() time.Time
+	attestor  Attestor
 }
 
 // check re-checks the binding with a scan no older than maxAge.
@@ -115,6 +116,7 @@ func (c *Credentials) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthI
 		onFailure:      c.onFailure,
 		maxAge:         c.maxAge,
 		now:            c.now,
+		attestor:       c.attestor,
 	}
 	sc, ok := raw.(syscall.Conn)
 	if !ok || raw.LocalAddr().Network() != "unix" {
@@ -219,4 +221,25 @@ func FromContext(ctx context.Context) ([]state.Selector, error) {
 		return nil, err
 	}
 	return info.Selectors, nil
+}
+
+// Explain returns why the caller's selectors may be fewer than a registration
+// entry expects, for messages refusing a caller that matched no identity:
+// the executable selectors withheld for a descriptor that is not
+// close-on-exec (see Unix.Attest). It returns "" when there is nothing to
+// add.
+func Explain(ctx context.Context) string {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return ""
+	}
+	info, ok := p.AuthInfo.(*AuthInfo)
+	if !ok || info.Peer.Binding == nil || !info.Peer.Binding.Inheritable() {
+		return ""
+	}
+	if bp, ok := info.attestor.(BindsProcess); !ok || !bp.BindsProcess() {
+		return ""
+	}
+	return fmt.Sprintf("; unix:path and unix:sha256 were not attested because process %d holds this connection through a descriptor that is not close-on-exec, "+
+		"so the program that connected may have replaced itself with execve: create the socket with SOCK_CLOEXEC, or register the workload by unix:uid/unix:gid", info.Peer.PID)
 }

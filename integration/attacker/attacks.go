@@ -190,7 +190,7 @@ func fetchSDS(ctx context.Context, conn *grpc.ClientConn) (string, error) {
 	err = s.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "attacker"},
 		TypeUrl:       "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
 		ResourceNames: []string{"default"}})
-	if err != nil {
+	if err != nil && !errors.Is(err, io.EOF) { // io.EOF: the stream ended; Recv has the status
 		return "", err
 	}
 	resp, err := s.Recv()

@@ -112,7 +112,7 @@ func idleHelper() {
 
 // cmdHelper is a running commandHelper.
 type cmdHelper struct {
-	t     *testing.T
+	t     testing.TB
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
 	out   *bufio.Reader
@@ -121,7 +121,7 @@ type cmdHelper struct {
 // startCmdHelper starts exe as a command helper connected to sock and
 // waits until it has connected.
 // The "exec" command runs execTarget ("": exe itself).
-func startCmdHelper(t *testing.T, exe, sock string, attr *syscall.SysProcAttr, execTarget string) *cmdHelper {
+func startCmdHelper(t testing.TB, exe, sock string, attr *syscall.SysProcAttr, execTarget string) *cmdHelper {
 	t.Helper()
 	if execTarget == "" {
 		execTarget = exe

@@ -26,11 +26,6 @@ const (
 	ReasonProcRead   = "proc_unreadable" // /proc could not be read to check the holder
 )
 
-// sharedGrace is how long another holder may take to drop the connection
-// before it counts: a process that forks to run a program holds copies of
-// every descriptor until the exec closes the close-on-exec ones.
-var sharedGrace = []time.Duration{2 * time.Millisecond, 8 * time.Millisecond, 30 * time.Millisecond}
-
 // Binding ties an attested process to the connection it attested on. It
 // holds while the pinned process is alive, holds the client's end of the
 // connection in its descriptor table, and no other process's descriptor
@@ -193,10 +188,12 @@ func (b *Binding) sameProcess() error {
 }
 
 // others returns the holders other than the attested process that still
-// hold the socket after a short grace.
+// hold the socket after a short grace (40 ms in all): a process that forks
+// to run a program holds copies of every descriptor until its exec closes
+// the close-on-exec ones, and that must not refuse its parent.
 func (b *Binding) others(ctx context.Context, holders []int) []int {
 	others := slices.DeleteFunc(slices.Clone(holders), func(pid int) bool { return pid == b.peer.PID })
-	for _, d := range sharedGrace {
+	for _, d := range [...]time.Duration{2 * time.Millisecond, 8 * time.Millisecond, 30 * time.Millisecond} {
 		if len(others) == 0 {
 			return nil
 		}

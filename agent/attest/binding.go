@@ -33,6 +33,14 @@ const (
 // executable and credentials (BindsProcess), also while the process runs
 // the executable it ran when bound, with the effective uid and gid it
 // connected with (SO_PEERCRED). A failed check is final for the connection.
+//
+// Threads of the attested process are the process; processes that share its
+// descriptor table (clone with CLONE_FILES but not CLONE_THREAD) are other
+// holders. A child that holds the connection only between fork and execve
+// (as every Go program's children briefly do) is given 40 ms to drop it.
+// Between a check and the response it guards, a process can still take the
+// connection if the attested process gives it away; the next check refuses
+// the connection for good.
 type Binding struct {
 	peer     Peer
 	ino      uint64 // the client's socket

@@ -105,3 +105,52 @@ func TestBindingAfterAttestation(t *testing.T) {
 		})
 	}
 }
+
+// TestScansAreShared: many connections checked at once cost one scan of
+// /proc, not one each, and a scan recent enough is reused.
+func TestScansAreShared(t *testing.T) {
+	const conns = 8
+	s := NewScanner("/proc", nil)
+	lis, sock := listen(t)
+	exe := copyExe(t)
+	var bs []*Binding
+	for range conns {
+		startCmdHelper(t, exe, sock, nil, "")
+		conn := accept(t, lis)
+		peer, err := PeerOf(conn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = peer.Process.Close() })
+		b, err := bind(context.Background(), conn, peer, s, true, time.Time{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(b.Close)
+		bs = append(bs, b)
+	}
+	before := s.runs.Load()
+	now := time.Now()
+	errs := make(chan error, conns)
+	for _, b := range bs {
+		go func() { errs <- b.Check(context.Background(), now) }()
+	}
+	for range conns {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Checks arriving while a scan runs wait for the next one: two at most.
+	if n := s.runs.Load() - before; n < 1 || n > 2 {
+		t.Fatalf("%d concurrent checks ran %d scans, want 1 or 2", conns, n)
+	}
+	before = s.runs.Load()
+	for _, b := range bs {
+		if err := b.Check(context.Background(), now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := s.runs.Load() - before; n != 0 {
+		t.Fatalf("checks content with a scan since %v ran %d new scans", now, n)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -27,6 +28,8 @@ import (
 type Scanner struct {
 	procRoot string
 	now      func() time.Time
+
+	runs atomic.Int64 // scans run, for tests
 
 	mu      sync.Mutex
 	watched map[uint64]int // socket inode -> watchers
@@ -117,6 +120,7 @@ func (r *scan) serves(ino uint64, notBefore time.Time) bool {
 
 // run reads every process's descriptor table once.
 func (s *Scanner) run(watched map[uint64]bool) (map[uint64][]int, error) {
+	s.runs.Add(1)
 	holders := map[uint64][]int{}
 	if len(watched) == 0 {
 		return holders, nil

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/agent/state"
+	"google.golang.org/grpc/peer"
 )
 
 func TestBindingAtAttestation(t *testing.T) {
@@ -152,5 +153,46 @@ func TestScansAreShared(t *testing.T) {
 	}
 	if n := s.runs.Load() - before; n != 0 {
 		t.Fatalf("checks content with a scan since %v ran %d new scans", now, n)
+	}
+}
+
+// TestCredentialsCheckHolderOnEveryCall runs the handshake on a real
+// connection and checks FromContext after the client changes: every
+// attestor (unix, or k8s whose selectors come from cgroups) gets the holder
+// checks; only attestors that bind the process also refuse an execve.
+func TestCredentialsCheckHolderOnEveryCall(t *testing.T) {
+	other, second := copyExe(t), copyExe(t)
+	tests := []struct {
+		name     string
+		attestor Attestor
+		command  string
+		reason   string // "": still attested
+	}{
+		{"unix: shared", NewUnix(), "share", ReasonShared},
+		{"k8s-like: shared", fakeAttestor{}, "share", ReasonShared},
+		{"k8s-like: handed on", fakeAttestor{}, "handoff", ReasonNotHolder},
+		{"unix: execve keeping the connection", NewUnix(), "exec", ReasonExecuted},
+		{"k8s-like: execve keeping the connection", fakeAttestor{}, "exec", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			lis, sock := listen(t)
+			h := startCmdHelper(t, other, sock, nil, second)
+			creds := NewCredentials(tc.attestor, 5*time.Second, nil, WithHolderMaxAge(0))
+			conn, auth, err := creds.ServerHandshake(accept(t, lis))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			ctx := peer.NewContext(context.Background(), &peer.Peer{AuthInfo: auth})
+			if _, err := FromContext(ctx); err != nil {
+				t.Fatalf("before: %v", err)
+			}
+			h.do(tc.command)
+			_, err = FromContext(ctx)
+			if ReasonOf(err) != tc.reason && !(tc.reason == "" && err == nil) {
+				t.Fatalf("after %s: %v; want reason %q", tc.command, err, tc.reason)
+			}
+		})
 	}
 }

@@ -18,7 +18,9 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
+	"github.com/castellan-dev/castellan/agent/attest"
 	"github.com/castellan-dev/castellan/agent/endpoints"
 )
 
@@ -37,6 +39,7 @@ type config struct {
 	K8sTokenFile  string
 	Kubeconfig    string
 	Limits        endpoints.Limits
+	HolderMaxAge  time.Duration
 }
 
 func flagSet(cfg *config, out io.Writer) *flag.FlagSet {
@@ -57,6 +60,7 @@ func flagSet(cfg *config, out io.Writer) *flag.FlagSet {
 	fs.IntVar(&cfg.Limits.MaxConnsPerCaller, "max-conns-per-caller", endpoints.DefaultMaxConnsPerCaller, "socket connections one uid (one pod with --attestor k8s) may hold open")
 	fs.IntVar(&cfg.Limits.MaxStreamsPerCaller, "max-calls-per-caller", endpoints.DefaultMaxStreamsPerCaller, "SDS and Workload API calls one uid (one pod with --attestor k8s) may hold open")
 	fs.DurationVar(&cfg.Limits.IdleTimeout, "idle-timeout", endpoints.DefaultIdleTimeout, "close a socket connection with no open call for this long")
+	fs.DurationVar(&cfg.HolderMaxAge, "holder-scan-max-age", attest.DefaultHolderMaxAge, "how old the /proc scan proving no other process holds a workload's connection may be at a call")
 	return fs
 }
 

@@ -78,6 +78,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	cfg.Limits.ByPod = cfg.Attestor == attestorK8s
 	ep, err := endpoints.New(endpoints.Config{
 		SocketPath: cfg.Socket, Store: store, Attestor: attestor, Registry: reg, Logger: log, TrustDomain: td, Limits: cfg.Limits,
+		HolderMaxAge: cfg.HolderMaxAge,
 	})
 	if err != nil {
 		return err

@@ -28,6 +28,12 @@ const helperEnv = "CASTELLAN_ATTEST_HELPER_SOCKET"
 // TestMain doubles as the helper process: with helperEnv set, the binary
 // connects to that socket and holds the connection until stdin closes.
 func TestMain(m *testing.M) {
+	switch os.Getenv(helperModeEnv) {
+	case "cmd":
+		os.Exit(commandHelper(os.Getenv(helperEnv)))
+	case "idle":
+		idleHelper()
+	}
 	if sock := os.Getenv(helperEnv); sock != "" {
 		conn, err := net.Dial("unix", sock)
 		if err != nil {
@@ -40,7 +46,7 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func listen(t *testing.T) (*net.UnixListener, string) {
+func listen(t testing.TB) (*net.UnixListener, string) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "a.sock")
 	lis, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
@@ -63,7 +69,7 @@ func accept(t *testing.T, lis *net.UnixListener) *net.UnixConn {
 }
 
 // copyExe copies the test binary to a new path, as a distinct workload binary.
-func copyExe(t *testing.T) string {
+func copyExe(t testing.TB) string {
 	t.Helper()
 	self, err := os.Executable()
 	if err != nil {

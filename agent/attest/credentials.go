@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"syscall"
 	"time"
 
@@ -26,39 +27,96 @@ type AuthInfo struct {
 	Selectors []state.Selector
 	// Err is why attestation failed, nil if it succeeded.
 	Err error
+	// Conn is the connection as the listener accepted it.
+	Conn net.Conn
 
 	onFailure func(reason string)
+	maxAge    time.Duration
+	now       func() time.Time
+	attestor  Attestor
+}
+
+// check re-checks the binding with a scan no older than maxAge.
+func (i *AuthInfo) check(ctx context.Context) error {
+	if err := i.Peer.Process.Alive(); err != nil || i.Peer.Binding == nil {
+		return err
+	}
+	return i.Peer.Binding.Check(ctx, i.now().Add(-i.maxAge))
 }
 
 // AuthType implements credentials.AuthInfo.
 func (*AuthInfo) AuthType() string { return SecurityProtocol }
 
 // Credentials attest the peer of every accepted Unix connection once, at
-// handshake time, and bind the result to the connection. An attestation
-// failure does not refuse the connection: calls on it fail with the reason
-// (see FromContext), which tells the workload more than a closed socket.
+// handshake time, and bind the result to the connection (see Binding): the
+// attestation holds only while the attested process is the sole holder of
+// the connection, and FromContext checks that again on every call. An
+// attestation failure does not refuse the connection: calls on it fail with
+// the reason (see FromContext), which tells the workload more than a closed
+// socket.
 type Credentials struct {
 	attestor  Attestor
 	timeout   time.Duration
 	onFailure func(reason string)
+	scanner   *Scanner
+	maxAge    time.Duration
+	now       func() time.Time
+}
+
+// DefaultHolderMaxAge is how old the descriptor scan behind a per-call
+// holder check may be (the attested process's own descriptor, executable
+// and credentials are read on every call).
+const DefaultHolderMaxAge = time.Second
+
+// CredentialsOption configures Credentials.
+type CredentialsOption func(*Credentials)
+
+// WithScanner makes the credentials use s (and its /proc and clock) to find
+// the holders of connections; by default they scan /proc.
+func WithScanner(s *Scanner) CredentialsOption { return func(c *Credentials) { c.scanner = s } }
+
+// WithHolderMaxAge sets how old a descriptor scan may be for a per-call
+// check (default DefaultHolderMaxAge; 0 scans for every call).
+func WithHolderMaxAge(d time.Duration) CredentialsOption {
+	return func(c *Credentials) { c.maxAge = d }
 }
 
 // NewCredentials returns server-side transport credentials that attest with
 // a. onFailure, if not nil, is called with the reason of every failed
-// attestation, at handshake or when FromContext finds the process gone.
-func NewCredentials(a Attestor, timeout time.Duration, onFailure func(reason string)) *Credentials {
+// attestation, at handshake or when FromContext finds the binding broken.
+func NewCredentials(a Attestor, timeout time.Duration, onFailure func(reason string), opts ...CredentialsOption) *Credentials {
 	if onFailure == nil {
 		onFailure = func(string) {}
 	}
-	return &Credentials{attestor: a, timeout: timeout, onFailure: onFailure}
+	c := &Credentials{attestor: a, timeout: timeout, onFailure: onFailure, maxAge: DefaultHolderMaxAge}
+	for _, o := range opts {
+		o(c)
+	}
+	if c.scanner == nil {
+		c.scanner = NewScanner("/proc", nil)
+	}
+	c.now = c.scanner.now
+	return c
 }
 
-// ServerHandshake pins and attests the peer of raw, which must be a Unix
-// connection (or wrap one and expose its SyscallConn).
+// BindsProcess is implemented by attestors whose selectors derive from the
+// process's executable and credentials; their bindings also check that
+// these did not change (see Binding).
+type BindsProcess interface {
+	BindsProcess() bool
+}
+
+// ServerHandshake pins, binds and attests the peer of raw, which must be a
+// Unix connection (or wrap one and expose its SyscallConn).
 func (c *Credentials) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	accepted := c.now()
 	info := &AuthInfo{
 		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
+		Conn:           raw,
 		onFailure:      c.onFailure,
+		maxAge:         c.maxAge,
+		now:            c.now,
+		attestor:       c.attestor,
 	}
 	sc, ok := raw.(syscall.Conn)
 	if !ok || raw.LocalAddr().Network() != "unix" {
@@ -73,11 +131,31 @@ func (c *Credentials) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthI
 	info.Peer = p
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
-	info.Selectors, info.Err = c.attestor.Attest(ctx, p)
+	info.Selectors, info.Err = c.attest(ctx, sc, &info.Peer, accepted)
 	if info.Err != nil {
 		c.onFailure(ReasonOf(info.Err))
 	}
-	return &pinnedConn{Conn: raw, proc: p.Process}, info, nil
+	return &pinnedConn{Conn: raw, peer: info.Peer}, info, nil
+}
+
+// attest binds the connection to the peer, attests the peer, and checks the
+// binding again, so that what the attestor read belongs to the process
+// that holds the connection.
+func (c *Credentials) attest(ctx context.Context, sc syscall.Conn, p *Peer, accepted time.Time) ([]state.Selector, error) {
+	bp, ok := c.attestor.(BindsProcess)
+	b, err := bind(ctx, sc, *p, c.scanner, ok && bp.BindsProcess(), accepted)
+	if err != nil {
+		return nil, err
+	}
+	p.Binding = b
+	sels, err := c.attestor.Attest(ctx, *p)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.Check(ctx, accepted); err != nil {
+		return nil, err
+	}
+	return sels, nil
 }
 
 // ClientHandshake is not supported: these credentials are server-side only.
@@ -99,24 +177,31 @@ func (c *Credentials) Clone() credentials.TransportCredentials {
 // OverrideServerName implements credentials.TransportCredentials.
 func (c *Credentials) OverrideServerName(string) error { return nil }
 
-// pinnedConn releases the pinned process when the connection closes.
+// pinnedConn releases the pinned process and its binding when the
+// connection closes.
 type pinnedConn struct {
 	net.Conn
-	proc *Process
+	peer Peer
+	once sync.Once
 }
 
 func (c *pinnedConn) Close() error {
 	err := c.Conn.Close()
-	if c.proc != nil {
-		_ = c.proc.Close()
-	}
+	c.once.Do(func() {
+		if c.peer.Binding != nil {
+			c.peer.Binding.Close()
+		}
+		if c.peer.Process != nil {
+			_ = c.peer.Process.Close()
+		}
+	})
 	return err
 }
 
 // FromContext returns the selectors of the caller of a gRPC call served with
-// Credentials, after checking that the attested process is still alive (so
-// a connection handed to another process after its owner exited is
-// refused). It returns an *Error saying why otherwise.
+// Credentials, after checking the connection's binding (see Binding): the
+// attested process is alive, still holds the connection, and no other
+// process does. It returns an *Error saying why otherwise.
 func FromContext(ctx context.Context) ([]state.Selector, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
@@ -129,11 +214,32 @@ func FromContext(ctx context.Context) ([]state.Selector, error) {
 	if info.Err != nil {
 		return nil, info.Err
 	}
-	if err := info.Peer.Process.Alive(); err != nil {
+	if err := info.check(ctx); err != nil {
 		if info.onFailure != nil {
 			info.onFailure(ReasonOf(err))
 		}
 		return nil, err
 	}
 	return info.Selectors, nil
+}
+
+// Explain returns why the caller's selectors may be fewer than a registration
+// entry expects, for messages refusing a caller that matched no identity:
+// the executable selectors withheld for a descriptor that is not
+// close-on-exec (see Unix.Attest). It returns "" when there is nothing to
+// add.
+func Explain(ctx context.Context) string {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return ""
+	}
+	info, ok := p.AuthInfo.(*AuthInfo)
+	if !ok || info.Peer.Binding == nil || !info.Peer.Binding.Inheritable() {
+		return ""
+	}
+	if bp, ok := info.attestor.(BindsProcess); !ok || !bp.BindsProcess() {
+		return ""
+	}
+	return fmt.Sprintf("; unix:path and unix:sha256 were not attested because process %d holds this connection through a descriptor that is not close-on-exec, "+
+		"so the program that connected may have replaced itself with execve: create the socket with SOCK_CLOEXEC, or register the workload by unix:uid/unix:gid", info.Peer.PID)
 }

@@ -49,11 +49,28 @@ type fileKey struct {
 // NewUnix returns a Unix attestor reading /proc.
 func NewUnix() *Unix { return &Unix{procRoot: "/proc", hashes: map[fileKey]*hashCall{}} }
 
+// BindsProcess reports true: unix selectors name the executable and the
+// credentials, so a binding also checks that neither changed.
+func (u *Unix) BindsProcess() bool { return true }
+
 // Attest returns the unix selectors of peer. It fails if peer.Process is nil
 // or the process exits before its executable has been read.
+//
+// If the peer holds the connection through a descriptor that is not
+// close-on-exec (peer.Binding.Inheritable), the executable it runs may not
+// be the one that connected: a program can connect, keep the descriptor
+// across execve and run a trusted binary. Only unix:uid and unix:gid, which
+// SO_PEERCRED fixed at connect time, are returned then.
 func (u *Unix) Attest(ctx context.Context, peer Peer) ([]state.Selector, error) {
 	if peer.Process == nil {
 		return nil, &Error{Reason: ReasonPin, Err: fmt.Errorf("peer %d is not pinned", peer.PID)}
+	}
+	ids := []state.Selector{
+		{Type: "unix", Value: "uid:" + strconv.FormatUint(uint64(peer.UID), 10)},
+		{Type: "unix", Value: "gid:" + strconv.FormatUint(uint64(peer.GID), 10)},
+	}
+	if peer.Binding != nil && peer.Binding.Inheritable() {
+		return ids, peer.Process.Alive()
 	}
 	exe := u.procRoot + "/" + strconv.Itoa(peer.PID) + "/exe"
 	path, err := os.Readlink(exe)
@@ -69,12 +86,10 @@ func (u *Unix) Attest(ctx context.Context, peer Peer) ([]state.Selector, error) 
 	if err := peer.Process.Alive(); err != nil {
 		return nil, err
 	}
-	return []state.Selector{
-		{Type: "unix", Value: "uid:" + strconv.FormatUint(uint64(peer.UID), 10)},
-		{Type: "unix", Value: "gid:" + strconv.FormatUint(uint64(peer.GID), 10)},
-		{Type: "unix", Value: "path:" + path},
-		{Type: "unix", Value: "sha256:" + sum},
-	}, nil
+	return append(ids,
+		state.Selector{Type: "unix", Value: "path:" + path},
+		state.Selector{Type: "unix", Value: "sha256:" + sum},
+	), nil
 }
 
 // exeError reports an executable read failure, or the process's exit if that

@@ -27,14 +27,14 @@ import (
 	"github.com/castellan-dev/castellan/agent/workloadapi"
 )
 
-// Limits that keep a misbehaving or idle client from costing the agent much.
+// Limits that keep a misbehaving or idle client from costing the agent much
+// (per-caller limits are in Limits).
 const (
-	maxConnections       = 4096             // open connections; more wait in the kernel's backlog
 	maxStreamsPerConn    = 64               // concurrent streams on one connection
 	maxRecvMsgSize       = 1 << 20          // requests are small; responses are not limited
 	handshakeTimeout     = 5 * time.Second  // attestation + HTTP/2 preface, or the connection is dropped
 	attestTimeout        = 4 * time.Second  // hashing a large executable the first time
-	maxConnectionIdle    = 5 * time.Minute  // a connection with no stream for this long is closed
+	maxConnectionIdle    = 5 * time.Minute  // backstop to Limits.IdleTimeout
 	keepaliveTime        = 2 * time.Minute  // ping a silent client after this
 	keepaliveTimeout     = 20 * time.Second // and drop it if the ping is not answered
 	keepaliveMinTime     = 10 * time.Second // clients may not ping more often than this
@@ -57,12 +57,19 @@ type Config struct {
 	Logger *slog.Logger
 	// TrustDomain is the agent's trust domain, for logs.
 	TrustDomain spiffeid.TrustDomain
+	// Limits bound each caller's connections and calls; zero fields take
+	// the defaults.
+	Limits Limits
+	// HolderMaxAge is how old the descriptor scan behind each call's
+	// holder check may be (0: attest.DefaultHolderMaxAge).
+	HolderMaxAge time.Duration
 }
 
 // Endpoints is the agent's workload-facing gRPC server.
 type Endpoints struct {
 	cfg    Config
 	server *grpc.Server
+	limit  *limiter
 }
 
 // New builds the endpoints and registers their metrics; Serve starts them.
@@ -96,11 +103,17 @@ func New(cfg Config) (*Endpoints, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.HolderMaxAge <= 0 {
+		cfg.HolderMaxAge = attest.DefaultHolderMaxAge
+	}
 	creds := attest.NewCredentials(cfg.Attestor, attestTimeout, func(reason string) {
 		m.attestFailures.WithLabelValues(reason).Inc()
-	})
+	}, attest.WithHolderMaxAge(cfg.HolderMaxAge))
+	lim := newLimiter(cfg.Limits, m, cfg.Logger)
 	gs := grpc.NewServer(
 		grpc.Creds(creds),
+		grpc.ChainStreamInterceptor(lim.streamInterceptor),
+		grpc.ChainUnaryInterceptor(lim.unaryInterceptor),
 		grpc.ConnectionTimeout(handshakeTimeout),
 		grpc.MaxRecvMsgSize(maxRecvMsgSize),
 		grpc.MaxConcurrentStreams(maxStreamsPerConn),
@@ -113,7 +126,7 @@ func New(cfg Config) (*Endpoints, error) {
 	)
 	secretv3.RegisterSecretDiscoveryServiceServer(gs, sdsSrv)
 	workloadpb.RegisterSpiffeWorkloadAPIServer(gs, wlSrv)
-	return &Endpoints{cfg: cfg, server: gs}, nil
+	return &Endpoints{cfg: cfg, server: gs, limit: lim}, nil
 }
 
 // Serve creates the socket (mode 0666, since workloads run as other users),
@@ -126,9 +139,9 @@ func (e *Endpoints) Serve(ctx context.Context) error {
 	}
 	defer os.Remove(e.cfg.SocketPath)
 	e.cfg.Logger.Info("endpoints: serving SDS and the SPIFFE Workload API", "socket", e.cfg.SocketPath,
-		"trust_domain", e.cfg.TrustDomain.Name())
+		"trust_domain", e.cfg.TrustDomain.Name(), "limits", e.limit.lim.String())
 	errc := make(chan error, 1)
-	go func() { errc <- e.server.Serve(newLimitListener(lis, maxConnections)) }()
+	go func() { errc <- e.server.Serve(e.limit.listener(lis)) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("endpoints: serve: %w", err)

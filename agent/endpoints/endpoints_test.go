@@ -49,7 +49,7 @@ type env struct {
 }
 
 // start serves endpoints with the real unix attestor (or a) on a fresh socket.
-func start(t testing.TB, a attest.Attestor) *env {
+func start(t testing.TB, a attest.Attestor, opts ...func(*Config)) *env {
 	t.Helper()
 	e := &env{ca: testca.New(t, "cluster.local"), store: state.NewStore(), reg: prometheus.NewRegistry(), done: make(chan error, 1)}
 	e.rotate(t)
@@ -57,7 +57,11 @@ func start(t testing.TB, a attest.Attestor) *env {
 	if a == nil {
 		a = attest.NewUnix()
 	}
-	ep, err := New(Config{SocketPath: e.sock, Store: e.store, Attestor: a, Registry: e.reg, TrustDomain: e.ca.TrustDomain})
+	cfg := Config{SocketPath: e.sock, Store: e.store, Attestor: a, Registry: e.reg, TrustDomain: e.ca.TrustDomain}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	ep, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,8 +77,9 @@ func start(t testing.TB, a attest.Attestor) *env {
 	})
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		if c, err := net.Dial("unix", e.sock); err == nil {
-			_ = c.Close()
+		// Not a probe connection: one closed before it is attested counts
+		// as an attestation failure (the process no longer holds it).
+		if fi, err := os.Stat(e.sock); err == nil && fi.Mode().Perm() == 0o666 {
 			return e
 		}
 		time.Sleep(2 * time.Millisecond)
@@ -290,34 +295,5 @@ func TestGarbageOnSocketIsDroppedAndOthersServed(t *testing.T) {
 	defer c.Close()
 	if _, err := c.FetchX509SVID(ctxT(t)); err != nil {
 		t.Fatalf("fetch after garbage: %v", err)
-	}
-}
-
-func TestHundredsOfIdleConnectionsDoNotBlockService(t *testing.T) {
-	e := start(t, nil)
-	var idle []net.Conn
-	defer func() {
-		for _, c := range idle {
-			_ = c.Close()
-		}
-	}()
-	for range 300 {
-		c, err := net.Dial("unix", e.sock)
-		if err != nil {
-			t.Fatal(err)
-		}
-		idle = append(idle, c)
-	}
-	c, err := workloadapi.New(ctxT(t), workloadapi.WithAddr("unix://"+e.sock))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	start := time.Now()
-	if _, err := c.FetchX509SVID(ctxT(t)); err != nil {
-		t.Fatal(err)
-	}
-	if d := time.Since(start); d > 3*time.Second {
-		t.Fatalf("fetch took %v with 300 idle connections", d)
 	}
 }

@@ -14,6 +14,8 @@ type metrics struct {
 	unmatched      *prometheus.CounterVec
 	pushLatency    *prometheus.HistogramVec
 	attestFailures *prometheus.CounterVec
+	refusals       *prometheus.CounterVec
+	idleClosed     prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -34,11 +36,17 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 		attestFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "castellan_agent_attestation_failures_total",
 			Help: "Workload attestations that failed, by reason."}, []string{"reason"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "castellan_agent_limit_refusals_total",
+			Help: "Connections and calls refused by a limit, by reason: connections_total, connections_per_uid, connections_per_pod, streams_per_uid, streams_per_pod."}, []string{"reason"}),
+		idleClosed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "castellan_agent_idle_connections_closed_total",
+			Help: "Connections closed for having no open call for the idle timeout."}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.sdsStreams, m.wlStreams, m.nacks, m.unmatched, m.pushLatency, m.attestFailures} {
+	for _, c := range []prometheus.Collector{m.sdsStreams, m.wlStreams, m.nacks, m.unmatched, m.pushLatency, m.attestFailures, m.refusals, m.idleClosed} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("endpoints: register metrics: %w", err)
 		}

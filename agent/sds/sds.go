@@ -108,7 +108,7 @@ func (s *Server) caller(ctx context.Context) ([]state.Selector, error) {
 		inc(s.metrics.Unmatched)
 		s.log.Warn("sds: caller matches no identity", "selectors", fmt.Sprint(sels))
 		return nil, status.Errorf(codes.PermissionDenied,
-			"sds: no identity is registered for this workload (attested selectors %v); create a registration entry for one of them", sels)
+			"sds: no identity is registered for this workload (attested selectors %v); create a registration entry for one of them%s", sels, attest.Explain(ctx))
 	}
 	return sels, nil
 }

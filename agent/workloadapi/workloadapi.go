@@ -136,7 +136,7 @@ func serve[T any](s *Server, stream grpc.ServerStreamingServer[T], render build[
 			}
 			s.log.Warn("workloadapi: caller matches no identity", "selectors", fmt.Sprint(sels))
 			return status.Errorf(codes.PermissionDenied,
-				"workloadapi: no identity issued: no registration entry matches this workload (attested selectors %v)", sels)
+				"workloadapi: no identity issued: no registration entry matches this workload (attested selectors %v)%s", sels, attest.Explain(ctx))
 		}
 		resp, ok, err := render(snap, ids)
 		if err != nil {

@@ -20,6 +20,10 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
+
+	"github.com/castellan-dev/castellan/agent/attest"
+	"github.com/castellan-dev/castellan/agent/endpoints"
 )
 
 // config is the agent's configuration, read once here and passed down.
@@ -38,6 +42,8 @@ type config struct {
 	NodeName      string
 	K8sTokenFile  string
 	Kubeconfig    string
+	Limits        endpoints.Limits
+	HolderMaxAge  time.Duration
 }
 
 func flagSet(cfg *config, out io.Writer) *flag.FlagSet {
@@ -57,6 +63,10 @@ func flagSet(cfg *config, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.NodeName, "node-name", "", "k8s: the node this agent runs on")
 	fs.StringVar(&cfg.K8sTokenFile, "k8s-token-file", "", "k8s: projected service-account token (audience castellan-ca) used to attest the agent")
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "k8s: kubeconfig file (empty: in-cluster)")
+	fs.IntVar(&cfg.Limits.MaxConnsPerCaller, "max-conns-per-caller", endpoints.DefaultMaxConnsPerCaller, "socket connections one uid (one pod with --attestor k8s) may hold open")
+	fs.IntVar(&cfg.Limits.MaxStreamsPerCaller, "max-calls-per-caller", endpoints.DefaultMaxStreamsPerCaller, "SDS and Workload API calls one uid (one pod with --attestor k8s) may hold open")
+	fs.DurationVar(&cfg.Limits.IdleTimeout, "idle-timeout", endpoints.DefaultIdleTimeout, "close a socket connection with no open call for this long")
+	fs.DurationVar(&cfg.HolderMaxAge, "holder-scan-max-age", attest.DefaultHolderMaxAge, "how old the /proc scan proving no other process holds a workload's connection may be at a call")
 	return fs
 }
 

@@ -81,8 +81,10 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	cfg.Limits.ByPod = cfg.Attestor == attestorK8s
 	ep, err := endpoints.New(endpoints.Config{
-		SocketPath: cfg.Socket, Store: store, Attestor: attestor, Registry: reg, Logger: log, TrustDomain: td,
+		SocketPath: cfg.Socket, Store: store, Attestor: attestor, Registry: reg, Logger: log, TrustDomain: td, Limits: cfg.Limits,
+		HolderMaxAge: cfg.HolderMaxAge,
 	})
 	if err != nil {
 		return err

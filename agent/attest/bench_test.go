@@ -1,0 +1,76 @@
+package attest
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+)
+
+// benchBinding binds a helper process's connection, as Credentials does.
+func benchBinding(b *testing.B) *Binding {
+	b.Helper()
+	lis, sock := listen(b)
+	startCmdHelper(b, copyExe(b), sock, nil, "")
+	conn, err := lis.AcceptUnix()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = conn.Close() })
+	peer, err := PeerOf(conn)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = peer.Process.Close() })
+	bd, err := bind(context.Background(), conn, peer, NewScanner("/proc", nil), true, time.Now())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(bd.Close)
+	return bd
+}
+
+// BenchmarkHolderCheckPerCall is the check made on every call and push:
+// the pinned process alive, its descriptor, executable and credentials
+// re-read, and the holder scan reused while younger than
+// DefaultHolderMaxAge.
+func BenchmarkHolderCheckPerCall(b *testing.B) {
+	bd := benchBinding(b)
+	ctx := context.Background()
+	for b.Loop() {
+		if err := bd.Check(ctx, time.Now().Add(-DefaultHolderMaxAge)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkHolderCheckWithScan forces a fresh scan of every process's
+// descriptor table on each check: the cost of an attestation, and of a call
+// once the last scan is older than DefaultHolderMaxAge (shared by all
+// connections checking at that moment).
+func BenchmarkHolderCheckWithScan(b *testing.B) {
+	bd := benchBinding(b)
+	ctx := context.Background()
+	for b.Loop() {
+		if err := bd.Check(ctx, time.Now()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	procs, fds := countFDs()
+	b.ReportMetric(float64(procs), "processes")
+	b.ReportMetric(float64(fds), "descriptors")
+}
+
+// countFDs counts the processes and descriptors a scan reads.
+func countFDs() (procs, fds int) {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		if e.Name()[0] < '0' || e.Name()[0] > '9' {
+			continue
+		}
+		procs++
+		f, _ := os.ReadDir("/proc/" + e.Name() + "/fd")
+		fds += len(f)
+	}
+	return procs, fds
+}

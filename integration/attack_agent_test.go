@@ -89,9 +89,9 @@ func attackBins(t *testing.T) (attacker, trusted string) {
 func (r *agentRig) startAgentWith(token string, extra ...string) {
 	r.t.Helper()
 	args := []string{"--server-address", r.listen, "--trust-bundle", filepath.Join(r.srvDir, "bundle.pem"),
-		"--data-dir", r.agentDir, "--socket", r.sock, "--http-listen", r.agentHTTP, "--log-level", "debug",
-		"--join-token", token}
+		"--data-dir", r.agentDir, "--socket", r.sock, "--http-listen", r.agentHTTP, "--log-level", "debug"}
 	cmd := exec.Command(r.agent, append(args, extra...)...)
+	cmd.Env = append(os.Environ(), "CASTELLAN_AGENT_JOIN_TOKEN="+token)
 	r.agentLog = &agentLog{}
 	cmd.Stderr = r.agentLog
 	if err := cmd.Start(); err != nil {
@@ -121,7 +121,10 @@ func trustedIdentity(t *testing.T, u attackUser, trusted string, agentFlags ...s
 	}
 	sum := sha256.Sum256(b)
 	r.ctlRun("entry", "create", "--spiffe-id", "spiffe://cluster.local/ns/it/sa/trusted", "--node", "it-node",
-		"--selector", "unix:path:"+trusted, "--selector", "unix:sha256:"+hex.EncodeToString(sum[:]))
+		"--selector", "unix:path:"+trusted, "--selector", "unix:sha256:"+hex.EncodeToString(sum[:]),
+		// The weakest entry there is: any user running the trusted binary
+		// gets the identity, so only the connection binding stops the attack.
+		"--allow-any-user")
 	r.startAgentWith(token, agentFlags...)
 	agentEventually(t, 30*time.Second, "the trusted binary to receive its SVID", func() bool {
 		out, _ := u.command(trusted, "fetch", r.sock).Output()

@@ -79,6 +79,8 @@ type Ledger struct {
 	head      treeState              // latest committed tree
 	revoked   map[string]revokedCert // serial -> revocation, unexpired only
 	revCh     chan struct{}          // closed when revoked changes
+	bans      map[string]Ban         // node -> ban in force (agents.go)
+	banCh     chan struct{}          // closed when bans changes; nil until asked for
 	appendCh  chan struct{}          // closed when the log grows
 	lastCP    []byte                 // latest signed checkpoint
 	lastCPLen uint64                 // its tree size

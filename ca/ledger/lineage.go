@@ -175,6 +175,10 @@ func (l *Ledger) RevokeWithDescendants(ctx context.Context, serial, reason strin
 
 // appendRevocations appends evs and adds their entries to out.
 func (l *Ledger) appendRevocations(ctx context.Context, out []Entry, evs []Event) ([]Entry, error) {
+	now := l.clock()
+	for i := range evs {
+		evs[i].Time = now
+	}
 	idx, err := l.Append(ctx, evs...)
 	if err != nil {
 		return out, err

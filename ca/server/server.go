@@ -58,6 +58,10 @@ type Ledger interface {
 	// IsRevoked reports whether the certificate with this serial is
 	// revoked and unexpired at now.
 	IsRevoked(serial string, now time.Time) bool
+	// Revoke revokes one certificate (ledger.ErrAlreadyRevoked if it was).
+	Revoke(ctx context.Context, serial, reason string) (ledger.Entry, error)
+	// Bans records node agents and bans.
+	Bans
 }
 
 // Config configures a Server. Authority, Ledger, Attestor, Tokens and
@@ -162,6 +166,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	m.caExpiry.WithLabelValues("intermediate").Set(float64(cfg.Authority.Intermediate().NotAfter.Unix()))
 	s.svid = &serverSVID{s: s, names: names}
 	if err := s.svid.renew(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.reconcileBans(ctx); err != nil {
 		return nil, err
 	}
 	return s, nil

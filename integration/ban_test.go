@@ -71,15 +71,6 @@ func (r *agentRig) caReady() bool {
 	return resp.StatusCode == http.StatusOK
 }
 
-// ctlTry runs castellanctl and returns its stdout, stderr and exit error.
-func (r *agentRig) ctlTry(args ...string) (string, string, error) {
-	cmd := exec.Command(r.ctl, append([]string{"--admin-socket", filepath.Join(r.srvDir, "admin.sock")}, args...)...)
-	var out, errb strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	return out.String(), errb.String(), err
-}
-
 // extraAgent starts a second castellan-agent for node with its own data
 // directory, socket and port, and returns its data directory.
 func (r *agentRig) extraAgent(node string) string {

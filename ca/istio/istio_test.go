@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -36,6 +37,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 	pb "istio.io/api/security/v1alpha1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("cluster.local")
@@ -299,6 +302,29 @@ func TestCreateCertificateKubernetes(t *testing.T) {
 		csr, _ = csrPEM(t, reviews)
 		_, err = anon.CreateCertificate(withToken(reviewsToken), request(csr, time.Hour, reviews))
 		wantCode(t, err, codes.PermissionDenied)
+	})
+	t.Run("client certificate after its pod is gone", func(t *testing.T) {
+		if svid == nil {
+			t.Skip("no SVID from the first subtest")
+		}
+		if err := env.Client().CoreV1().Pods("bookinfo").Delete(ctx, "reviews-v1", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for slices.ContainsFunc(pods.OnNode("node-a"), func(p *corev1.Pod) bool {
+			return p.Name == "reviews-v1" && p.DeletionTimestamp == nil
+		}) {
+			if time.Now().After(deadline) {
+				t.Fatal("the pod deletion did not reach the informer within 30s")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		csr, _ := csrPEM(t, reviews)
+		_, err := ca.client(t, svid).CreateCertificate(context.Background(), request(csr, time.Hour, ""))
+		wantCode(t, err, codes.PermissionDenied)
+		if msg := status.Convert(err).Message(); !strings.Contains(msg, `no longer assigned to node "node-a"`) {
+			t.Errorf("refusal %q does not say the identity is no longer on node-a", msg)
+		}
 	})
 }
 

@@ -207,3 +207,61 @@ func TestBanSurvivesRestart(t *testing.T) {
 		t.Fatalf("Agents after reopening = %+v, %v", agents, err)
 	}
 }
+
+// TestBanRacingIssuanceLeavesNothingValid: agents of node-a issue SVIDs as
+// fast as they can while the node is banned; when the dust settles, every
+// certificate the ledger holds for node-a is revoked, and every call after
+// the ban returned is refused.
+func TestBanRacingIssuanceLeavesNothingValid(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	e.addEntry(t, banApp, "node-a")
+	_, c := e.dial(t, e.mtlsConfig(e.attest(t, "node-a")))
+	key := ecKey(t, elliptic.P256())
+	csr := workloadCSR(t, key, banApp)
+	started := make(chan struct{}, 64)
+	errs := make(chan error, 4)
+	for range 4 {
+		go func() {
+			for i := 0; i < 2000; i++ { // bounded; ends at the first refusal after the ban
+				_, err := c.SignX509SVID(ctx, &cav1.SignX509SVIDRequest{Csr: csr})
+				select {
+				case started <- struct{}{}:
+				default:
+				}
+				if err != nil {
+					// The ban takes effect when its append commits,
+					// possibly before BanAgent returns.
+					if status.Code(err) == codes.PermissionDenied && strings.Contains(err.Error(), "is banned") {
+						err = nil
+					}
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 20 {
+		<-started
+	}
+	if _, err := (&adminService{s: e.srv}).BanAgent(ctx, &adminv1.BanAgentRequest{Node: "node-a", Reason: "race"}); err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Fatalf("issuer: %v", err)
+		}
+	}
+	certs, err := e.ledger.NodeCertificates(ctx, "node-a", e.clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(certs) != 0 {
+		t.Fatalf("%d certificates of node-a are still valid after the ban: %v", len(certs), certs[0].Serial)
+	}
+	if _, err := c.SignX509SVID(ctx, &cav1.SignX509SVIDRequest{Csr: csr}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("after the ban: %v", err)
+	}
+}

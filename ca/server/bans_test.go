@@ -99,6 +99,13 @@ func TestBannedNodeIsCutOff(t *testing.T) {
 	if _, err := recvState(t, aStream); err != nil {
 		t.Fatal(err)
 	}
+	watch, err := stolen.WatchBundle(ctx, &cav1.WatchBundleRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := watch.Recv(); err != nil {
+		t.Fatal(err)
+	}
 	_, other := e.dial(t, e.mtlsConfig(e.attest(t, "node-b")))
 	bStream, err := other.SyncAgent(ctx, &cav1.SyncAgentRequest{})
 	if err != nil {
@@ -126,6 +133,9 @@ func TestBannedNodeIsCutOff(t *testing.T) {
 	// The node's open stream ends with the ban.
 	if _, err := recvState(t, aStream); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), `node "node-a" is banned`) {
 		t.Fatalf("node-a's SyncAgent after the ban: %v, want PermissionDenied naming the ban", err)
+	}
+	if _, err := watch.Recv(); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("node-a's WatchBundle after the ban: %v, want PermissionDenied", err)
 	}
 	// Node-b is pushed the revoked serials.
 	st, err := recvState(t, bStream)

@@ -221,20 +221,26 @@ func (c *caService) GetBundle(ctx context.Context, _ *cav1.GetBundleRequest) (*c
 	return &cav1.GetBundleResponse{Bundle: c.s.bundle.current()}, nil
 }
 
-// WatchBundle sends the bundle, then every change, until the caller leaves.
+// WatchBundle sends the bundle, then every change, until the caller leaves
+// or its certificate is revoked or its node banned.
 func (c *caService) WatchBundle(_ *cav1.WatchBundleRequest, stream cav1.CertificateAuthorityService_WatchBundleServer) error {
 	ctx := stream.Context()
 	if _, err := authn.PeerNode(ctx, c.s.td); err != nil {
 		return err
 	}
+	var last *cav1.Bundle
 	for {
+		// A ban or revocation of the caller ends the stream.
 		revChanged, bansChanged := c.s.cfg.Ledger.RevocationsChanged(), c.s.cfg.Ledger.BansChanged()
 		if err := c.s.refusePeer(ctx); err != nil {
 			return err
 		}
 		b, changed := c.s.bundle.watch()
-		if err := stream.Send(&cav1.WatchBundleResponse{Bundle: b}); err != nil {
-			return err
+		if b != last {
+			if err := stream.Send(&cav1.WatchBundleResponse{Bundle: b}); err != nil {
+				return err
+			}
+			last = b
 		}
 		select {
 		case <-ctx.Done():

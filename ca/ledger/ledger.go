@@ -1,6 +1,7 @@
 // Package ledger is Castellan's issuance ledger: an append-only Merkle-tree
-// log of every issuance, renewal, revocation, CA key change and join-token
-// use, stored in bbolt.
+// log of every issuance, renewal, revocation, CA key change, join-token use
+// and node ban, stored in bbolt. It is also the durable store of node bans
+// and of certificate lineages (agents.go, lineage.go).
 //
 // Leaves are RFC 6962 leaf hashes of each entry's encoded form; the tree
 // state is published as signed checkpoints in the transparency-log

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"time"
 
@@ -170,7 +171,7 @@ func (s *Server) refuseAfterRenewal(ctx context.Context, node, parent, child str
 	if !s.cfg.Ledger.IsRevoked(parent, s.clock()) {
 		return nil
 	}
-	if _, err := s.cfg.Ledger.Revoke(ctx, child, "parent "+parent+" revoked"); err != nil {
+	if _, err := s.cfg.Ledger.Revoke(ctx, child, "parent "+parent+" revoked"); err != nil && !errors.Is(err, ledger.ErrAlreadyRevoked) {
 		s.log.ErrorContext(ctx, "revoking the renewal of a revoked certificate failed", "serial", child, "error", err.Error())
 	}
 	return status.Errorf(codes.Unauthenticated,

@@ -4,7 +4,9 @@
 // castellan.admin.v1.AdminService for operators (on an owner-only Unix
 // socket, or over mutual TLS for configured admin identities).
 //
-// Every request goes authn -> authz -> sign -> ledger -> response: a
+// Every call first passes a gate that refuses revoked client certificates
+// and agent certificates of banned nodes (bans.go). Every request goes
+// authn -> authz -> sign -> ledger -> response: a
 // refused request is counted in castellan_csr_total with its reason and
 // never reaches the ledger; a signed certificate is durable in the ledger
 // before the caller sees it.

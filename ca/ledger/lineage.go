@@ -213,3 +213,29 @@ func (l *Ledger) RevokedAncestor(ctx context.Context, serial string, max int, no
 	}
 	return Entry{}, false, truncated, nil
 }
+
+// Children returns the serials of the certificates renewed from serial
+// (normalized), in log order, at most max of them.
+func (l *Ledger) Children(ctx context.Context, serial string, max int) ([]string, error) {
+	serial, err := NormalizeSerial(serial)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.waitIndexed(ctx); err != nil {
+		return nil, err
+	}
+	var out []string
+	err = l.db.View(func(tx *bolt.Tx) error {
+		bucket := tx.Bucket(bParent)
+		if bucket == nil {
+			return nil
+		}
+		prefix := append([]byte(serial), 0)
+		c := bucket.Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8 && len(out) < max; k, v = c.Next() {
+			out = append(out, string(v))
+		}
+		return nil
+	})
+	return out, err
+}

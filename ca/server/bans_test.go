@@ -61,6 +61,16 @@ func TestAgentRenewalBeforeHalfLifeIsRefused(t *testing.T) {
 	if err != nil || rec.Parent != ledger.SerialOf(agent.Certificates[0].SerialNumber) {
 		t.Fatalf("renewal recorded with parent %q (%v), want the caller's serial", rec.Parent, err)
 	}
+	// One more renewal of the same certificate (an agent that lost the
+	// answer) is allowed; a third means two holders: refused.
+	if _, err := c.RenewAgent(ctx, &cav1.RenewAgentRequest{Csr: agentCSR(t, key)}); err != nil {
+		t.Fatalf("second renewal of one certificate: %v", err)
+	}
+	_, err = c.RenewAgent(ctx, &cav1.RenewAgentRequest{Csr: agentCSR(t, key)})
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "already renewed 2 times") ||
+		!strings.Contains(err.Error(), "castellanctl agent ban node-a") {
+		t.Fatalf("third renewal of one certificate: %v, want ResourceExhausted suggesting a ban", err)
+	}
 	// The renewed certificate starts its own half-life.
 	renewed := svidOf(t, resp.GetSvid(), key)
 	_, c2 := e.dial(t, e.mtlsConfig(renewed))

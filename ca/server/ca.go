@@ -84,8 +84,8 @@ func (c *caService) AttestAgent(ctx context.Context, req *cav1.AttestAgentReques
 }
 
 // RenewAgent signs a new agent SVID for the calling agent, once the
-// caller's agent SVID is past half its lifetime, and records the caller's
-// serial as the new one's parent.
+// caller's agent SVID is past half its lifetime and was renewed at most
+// once before, and records the caller's serial as the new one's parent.
 func (c *caService) RenewAgent(ctx context.Context, req *cav1.RenewAgentRequest) (*cav1.RenewAgentResponse, error) {
 	s := c.s
 	node, err := c.callerNode(ctx)
@@ -93,7 +93,7 @@ func (c *caService) RenewAgent(ctx context.Context, req *cav1.RenewAgentRequest)
 		return nil, err
 	}
 	leaf := peerLeaf(ctx)
-	if err := s.checkRenewal(leaf); err != nil {
+	if err := s.checkRenewal(ctx, node, leaf); err != nil {
 		s.countResult(err)
 		s.log.WarnContext(ctx, "agent renewal refused", "node", node, "error", err.Error())
 		return nil, err

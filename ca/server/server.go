@@ -60,6 +60,8 @@ type Ledger interface {
 	// IsRevoked reports whether the certificate with this serial is
 	// revoked and unexpired at now.
 	IsRevoked(serial string, now time.Time) bool
+	// Children returns the serials renewed from serial (at most max).
+	Children(ctx context.Context, serial string, max int) ([]string, error)
 	// Revoke revokes one certificate (ledger.ErrAlreadyRevoked if it was).
 	Revoke(ctx context.Context, serial, reason string) (ledger.Entry, error)
 	// Bans records node agents and bans.

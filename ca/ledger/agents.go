@@ -90,11 +90,15 @@ type agentUpdate struct {
 	ev  Event
 }
 
-// isAgentCert reports whether ev is an agent SVID issued to ev.Node.
+// isAgentCert reports whether ev is an agent SVID issued to ev.Node:
+// spiffe://<td>/castellan/agent/<ev.Node>.
 func isAgentCert(ev *Event) bool {
-	return ev.Kind.IsCertificate() && ev.Node != "" && strings.HasSuffix(ev.SPIFFEID, agentPath+ev.Node) &&
-		strings.HasPrefix(ev.SPIFFEID, "spiffe://") &&
-		!strings.Contains(strings.TrimSuffix(strings.TrimPrefix(ev.SPIFFEID, "spiffe://"), agentPath+ev.Node), "/")
+	if !ev.Kind.IsCertificate() || ev.Node == "" {
+		return false
+	}
+	rest, ok := strings.CutPrefix(ev.SPIFFEID, "spiffe://")
+	td, path, found := strings.Cut(rest, "/")
+	return ok && found && td != "" && "/"+path == agentPath+ev.Node
 }
 
 // addAgent collects ev when it changes a node's agent record.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -57,6 +58,17 @@ func runAgent(ctx context.Context, g *globals, args []string) error {
 	default:
 		return agentBan(ctx, g, args, false)
 	}
+}
+
+// agentFlags returns the flag set of an agent subcommand, whose -h prints
+// the agent usage and the subcommand's flags.
+func agentFlags(g *globals, name string) *flag.FlagSet {
+	fs := agentFlags(g, name)
+	fs.Usage = func() {
+		fmt.Fprint(g.stderr, agentUsage+"\nflags of "+name+":\n")
+		fs.PrintDefaults()
+	}
+	return fs
 }
 
 // adminClient dials the server and returns an admin client and a closer.
@@ -117,7 +129,7 @@ func banText(a *adminv1.Agent) string {
 }
 
 func agentList(ctx context.Context, g *globals, args []string) error {
-	fs := newFlags(g, "agent list")
+	fs := agentFlags(g, "agent list")
 	out := outputFlag(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -165,7 +177,7 @@ func orDash(s string) string {
 }
 
 func agentShow(ctx context.Context, g *globals, args []string) error {
-	fs := newFlags(g, "agent show")
+	fs := agentFlags(g, "agent show")
 	out := outputFlag(fs)
 	node, err := parseOne(fs, args, "NODE")
 	if err != nil {
@@ -221,7 +233,7 @@ func agentBan(ctx context.Context, g *globals, args []string, ban bool) error {
 	if ban {
 		name = "agent ban"
 	}
-	fs := newFlags(g, name)
+	fs := agentFlags(g, name)
 	reason := fs.String("reason", "", "why, written to the ledger (required)")
 	out := outputFlag(fs)
 	node, err := parseOne(fs, args, "NODE")

@@ -63,7 +63,7 @@ func runAgent(ctx context.Context, g *globals, args []string) error {
 // agentFlags returns the flag set of an agent subcommand, whose -h prints
 // the agent usage and the subcommand's flags.
 func agentFlags(g *globals, name string) *flag.FlagSet {
-	fs := agentFlags(g, name)
+	fs := newFlags(g, name)
 	fs.Usage = func() {
 		fmt.Fprint(g.stderr, agentUsage+"\nflags of "+name+":\n")
 		fs.PrintDefaults()

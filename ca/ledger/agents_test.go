@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 const agentA = "spiffe://cluster.local/castellan/agent/node-a"
@@ -222,4 +225,31 @@ func serialsOf(es []Entry) []string {
 		out[i] = e.Serial
 	}
 	return out
+}
+
+// TestDamagedAgentRecordIsReported: a damaged agent record makes Open fail
+// with a message naming the node, never a panic or a silently lost ban.
+func TestDamagedAgentRecordIsReported(t *testing.T) {
+	clock := newFakeClock()
+	l, path := openTest(t, clock)
+	if _, err := l.Ban(context.Background(), "node-a", "stolen"); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bAgents).Put([]byte("node-a"), []byte("{not json")) }); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	l2, err := Open(path, Options{Clock: clock.Now})
+	if err == nil {
+		l2.Close()
+		t.Fatal("Open accepted a damaged agent record")
+	}
+	if !strings.Contains(err.Error(), "agent record of node node-a is damaged") {
+		t.Fatalf("Open: %v; want an error naming the damaged record", err)
+	}
 }

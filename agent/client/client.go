@@ -284,7 +284,11 @@ func (c *Client) Run(ctx context.Context) error {
 			c.log.Error(err.Error())
 			return err
 		}
-		wait := c.cfg.Policy.RenewAt(c.receivedAt(svid), leaf.NotBefore, leaf.NotAfter).Sub(now)
+		// The CA refuses an agent SVID renewal before half its lifetime
+		// (counted from NotBefore): never ask earlier than that.
+		renewAt := c.cfg.Policy.RenewAt(c.receivedAt(svid), leaf.NotBefore, leaf.NotAfter)
+		renewAt = later(renewAt, leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore)/2+time.Second))
+		wait := renewAt.Sub(now)
 		if attempt > 0 {
 			wait = c.cfg.Policy.Backoff(attempt, leaf.NotAfter.Sub(leaf.NotBefore))
 		}
@@ -356,4 +360,12 @@ func BundleFromProto(b *cav1.Bundle) (*x509bundle.Bundle, error) {
 		certs = append(certs, c)
 	}
 	return x509bundle.FromX509Authorities(td, certs), nil
+}
+
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }

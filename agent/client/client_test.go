@@ -139,6 +139,9 @@ func TestAgentSVIDRenewedAtHalfLife(t *testing.T) {
 		start = leaf.NotBefore
 	}
 	planned := start.Add(leaf.NotAfter.Sub(start) / 2)
+	// ... and never before the CA accepts it: half the lifetime from
+	// NotBefore, plus a second.
+	planned = later(planned, leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore)/2+time.Second))
 	if !clock.WaitFor(ctx, func(p []time.Time) bool { return len(p) == 1 && p[0].Equal(planned) }) {
 		t.Fatalf("renewal not planned at half-life %v", planned)
 	}

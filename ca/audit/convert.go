@@ -33,7 +33,7 @@ func EventProto(e *ledger.Entry) *auditv1.Event {
 		Index: e.Index, Kind: string(e.Kind), Time: ts(e.Time), Serial: e.Serial,
 		SpiffeId: e.SPIFFEID, Node: e.Node, NotBefore: ts(e.NotBefore), NotAfter: ts(e.NotAfter),
 		PublicKeySha256: e.PublicKeySHA256, CertDer: e.CertDER, Reason: e.Reason,
-		LeafHash: e.LeafHash, Data: e.Data, Pruned: e.Pruned,
+		LeafHash: e.LeafHash, Data: e.Data, Pruned: e.Pruned, ParentSerial: e.Parent,
 	}
 	if r := e.Revoked; r != nil {
 		pb.Revocation = &auditv1.Revocation{Index: r.Index, Time: ts(r.Time), Reason: r.Reason}
@@ -76,7 +76,7 @@ func toStatus(err error) error {
 		code = codes.NotFound
 	case errors.Is(err, ledger.ErrInvalidArgument), errors.Is(err, ledger.ErrInvalidEvent):
 		code = codes.InvalidArgument
-	case errors.Is(err, ledger.ErrAlreadyRevoked):
+	case errors.Is(err, ledger.ErrAlreadyRevoked), errors.Is(err, ledger.ErrAlreadyBanned):
 		code = codes.AlreadyExists
 	case errors.Is(err, ledger.ErrClosed):
 		code = codes.Unavailable

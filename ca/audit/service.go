@@ -106,10 +106,41 @@ func (s *Service) Get(ctx context.Context, req *auditv1.GetRequest) (*auditv1.Ge
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &auditv1.GetResponse{
+	resp := &auditv1.GetResponse{
 		Event: EventProto(&e),
 		Proof: &auditv1.InclusionProof{LeafIndex: e.Index, TreeSize: size, Hashes: hashes, Checkpoint: signed},
-	}, nil
+	}
+	if req.GetLineage() {
+		if err := s.lineage(ctx, e.Serial, resp); err != nil {
+			return nil, err
+		}
+	}
+	return resp, nil
+}
+
+// lineage adds serial's ancestors and descendants (without their
+// certificates) to resp.
+func (s *Service) lineage(ctx context.Context, serial string, resp *auditv1.GetResponse) error {
+	anc, t1, err := s.l.Ancestors(ctx, serial, ledger.MaxLineageWalk)
+	if err != nil {
+		return toStatus(err)
+	}
+	desc, t2, err := s.l.Descendants(ctx, serial, ledger.MaxLineageWalk)
+	if err != nil {
+		return toStatus(err)
+	}
+	for _, list := range []struct {
+		in  []ledger.Entry
+		out *[]*auditv1.Event
+	}{{anc, &resp.Ancestors}, {desc, &resp.Descendants}} {
+		for i := range list.in {
+			pb := EventProto(&list.in[i])
+			pb.CertDer, pb.Data = nil, nil
+			*list.out = append(*list.out, pb)
+		}
+	}
+	resp.LineageTruncated = t1 || t2
+	return nil
 }
 
 // checkpoint returns the latest signed checkpoint and its size.
@@ -133,13 +164,36 @@ func (s *Service) Revoke(ctx context.Context, req *auditv1.RevokeRequest) (*audi
 	if req.GetSerial() == "" {
 		return nil, status.Error(codes.InvalidArgument, "audit: serial is required")
 	}
+	if req.GetWithDescendants() {
+		return s.revokeLineage(ctx, req)
+	}
 	e, err := s.l.Revoke(ctx, req.GetSerial(), req.GetReason())
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	s.log.InfoContext(ctx, "certificate revoked", "serial", e.Serial, "spiffe_id", e.SPIFFEID,
 		"reason", e.Reason, "by", callerName(ctx), "index", e.Index)
-	return &auditv1.RevokeResponse{Revocation: EventProto(&e)}, nil
+	return &auditv1.RevokeResponse{Revocation: EventProto(&e), Revocations: []*auditv1.Event{EventProto(&e)}}, nil
+}
+
+// revokeLineage revokes a certificate and its descendants in one append.
+func (s *Service) revokeLineage(ctx context.Context, req *auditv1.RevokeRequest) (*auditv1.RevokeResponse, error) {
+	revs, err := s.l.RevokeWithDescendants(ctx, req.GetSerial(), req.GetReason())
+	if err != nil && len(revs) == 0 {
+		return nil, toStatus(err)
+	}
+	resp := &auditv1.RevokeResponse{}
+	for i := range revs {
+		e := &revs[i]
+		s.log.InfoContext(ctx, "certificate revoked", "serial", e.Serial, "spiffe_id", e.SPIFFEID,
+			"reason", e.Reason, "by", callerName(ctx), "index", e.Index, "lineage_of", req.GetSerial())
+		resp.Revocations = append(resp.Revocations, EventProto(e))
+	}
+	resp.Revocation = resp.Revocations[0]
+	if err != nil {
+		return resp, toStatus(err)
+	}
+	return resp, nil
 }
 
 // Checkpoint returns the latest signed checkpoint.

@@ -14,6 +14,14 @@
 // URI SAN must be the caller's identity. Every certificate goes through
 // ca/server's issuance path: the authority's CSR and TTL rules, metrics,
 // and the ledger before the caller sees it.
+//
+// A renewal with a client certificate is authorized the way the CA
+// authorizes an agent's request (renewal.go): the certificate must be in
+// the ledger, neither it nor any of its ancestors revoked, and its
+// identity still assigned to the node the ledger says it was issued to —
+// by a registration entry (whose TTL bounds the new certificate's) or, on
+// Kubernetes, by a live pod of that service account on that node. The new
+// certificate records the caller's serial as its parent and the same node.
 package istio
 
 import (
@@ -65,6 +73,10 @@ const (
 	ReasonCertRevoked         = "istio_cert_revoked"
 	ReasonIdentityMismatch    = "istio_identity_mismatch"
 	ReasonImpersonationDenied = "istio_impersonation_denied"
+	ReasonCertNotLogged       = "istio_cert_not_logged"
+	ReasonLineageRevoked      = "istio_lineage_revoked"
+	ReasonLineageTooLong      = "istio_lineage_too_long"
+	ReasonNotAssigned         = "istio_not_assigned"
 )
 
 // TokenReviewer authenticates a Kubernetes token (*authn.TokenReviewer).
@@ -86,16 +98,20 @@ type Config struct {
 	// Tokens authenticates bearer tokens (nil: only client certificates
 	// are accepted).
 	Tokens TokenReviewer
-	// Revoked returns the serials (ledger.SerialOf form) of revoked,
-	// unexpired certificates; client certificates among them are refused
-	// (nil: not checked).
-	Revoked func(now time.Time) []string
+	// Ledger tells where a client certificate was issued and what it
+	// descends from. Required.
+	Ledger Ledger
+	// Authorizer decides whether a client certificate's identity is still
+	// assigned to its node (nil: Server.Authorizer()).
+	Authorizer authz.Authorizer
 	// TrustedNodeAccounts are the service accounts ("namespace/name")
 	// whose pod-bound tokens may ask for another workload's identity with
 	// ImpersonatedIdentity, for a service account that has a pod on the
 	// caller's node (Istio's CA_TRUSTED_NODE_ACCOUNTS). Empty: refused.
 	TrustedNodeAccounts []string
-	// Pods is required with TrustedNodeAccounts.
+	// Pods is required with TrustedNodeAccounts; when set, a client
+	// certificate's identity is also assigned while a live pod of its
+	// service account runs on its node.
 	Pods NodePods
 	// Logger receives refusals (nil: discard).
 	Logger *slog.Logger
@@ -115,8 +131,11 @@ type Service struct {
 
 // New checks cfg and returns the service.
 func New(cfg Config) (*Service, error) {
-	if cfg.Server == nil || cfg.Authority == nil {
-		return nil, errors.New("istio: Server and Authority are required")
+	if cfg.Server == nil || cfg.Authority == nil || cfg.Ledger == nil {
+		return nil, errors.New("istio: Server, Authority and Ledger are required")
+	}
+	if cfg.Authorizer == nil {
+		cfg.Authorizer = cfg.Server.Authorizer()
 	}
 	s := &Service{cfg: cfg, td: cfg.Authority.TrustDomain(), trusted: map[string]bool{},
 		log: cfg.Logger, clock: cfg.Clock}
@@ -147,9 +166,10 @@ func (s *Service) Register(g grpc.ServiceRegistrar) {
 
 // caller is an authenticated caller.
 type caller struct {
-	id  spiffeid.ID
-	k8s *authn.TokenIdentity // nil for a client certificate
-	how string               // for logs and the ledger
+	id   spiffeid.ID
+	k8s  *authn.TokenIdentity // nil for a client certificate
+	cert *ledger.Entry        // the client certificate's ledger entry; nil for a token
+	how  string               // for logs and the ledger
 }
 
 // CreateCertificate implements IstioCertificateService.
@@ -170,22 +190,25 @@ func (s *Service) CreateCertificate(ctx context.Context, req *pb.IstioCertificat
 		return nil, s.refuse(ctx, &authority.Error{Reason: authority.ReasonMalformedCSR,
 			Err: errors.New("csr is not a PEM CERTIFICATE REQUEST")})
 	}
-	node := ""
-	if c.k8s != nil {
+	ttl := max(req.GetValidityDuration(), 0) // Istio treats a non-positive validity as "the default"
+	node, parent := "", ""
+	switch {
+	case c.k8s != nil:
 		node = c.k8s.Node
+	case c.cert != nil:
+		node, parent = c.cert.Node, c.cert.Serial
 	}
 	iss, err := s.cfg.Server.Issue(ctx, server.IssueRequest{
-		CSR: block.Bytes,
-		// Istio treats a non-positive validity as "the default".
-		TTLSeconds: max(req.GetValidityDuration(), 0),
-		Node:       node,
-		Detail:     detail,
-		Authorize: func(_ context.Context, id spiffeid.ID) error {
+		CSR: block.Bytes, TTLSeconds: ttl, Node: node, Parent: parent, Detail: detail,
+		Authorize: func(ctx context.Context, id spiffeid.ID) (authz.Grant, error) {
 			if id != want {
-				return &authz.DeniedError{Reason: ReasonIdentityMismatch,
+				return authz.Grant{}, &authz.DeniedError{Reason: ReasonIdentityMismatch,
 					Err: fmt.Errorf("the CSR names %s but the caller (%s) may only obtain %s", id, c.how, want)}
 			}
-			return nil
+			if c.cert == nil {
+				return authz.Grant{}, nil
+			}
+			return s.authorizeRenewal(ctx, c, ttl)
 		},
 	})
 	if err != nil {
@@ -231,7 +254,7 @@ func (s *Service) authenticate(ctx context.Context) (caller, error) {
 	token, hasToken := bearerToken(ctx)
 	var certErr error
 	if leaf != nil {
-		c, err := s.certCaller(leaf)
+		c, err := s.certCaller(ctx, leaf)
 		if err == nil {
 			return c, nil
 		}
@@ -266,8 +289,9 @@ func (s *Service) authenticate(ctx context.Context) (caller, error) {
 
 // certCaller authenticates a verified client certificate: an unrevoked
 // X.509-SVID of the trust domain that is not one of Castellan's own (agent
-// and server identities renew through the Castellan API).
-func (s *Service) certCaller(leaf *x509.Certificate) (caller, error) {
+// and server identities renew through the Castellan API), found in the
+// ledger, whose lineage no revocation cut off (renewal.go).
+func (s *Service) certCaller(ctx context.Context, leaf *x509.Certificate) (caller, error) {
 	id, err := x509svid.IDFromCert(leaf)
 	if err != nil {
 		return caller{}, &authn.Error{Reason: ReasonCertNotWorkload, Err: fmt.Errorf("client certificate is not an X.509-SVID: %w", err)}
@@ -277,10 +301,12 @@ func (s *Service) certCaller(leaf *x509.Certificate) (caller, error) {
 			"client certificate identity %s is not a workload identity of trust domain %q", id, s.td)}
 	}
 	serial := ledger.SerialOf(leaf.SerialNumber)
-	if s.cfg.Revoked != nil && slices.Contains(s.cfg.Revoked(s.clock()), serial) {
-		return caller{}, &authn.Error{Reason: ReasonCertRevoked, Err: fmt.Errorf("client certificate %s (serial %s) is revoked", id, serial)}
+	how := "client certificate " + id.String() + " serial " + serial
+	cert, err := s.checkLineage(ctx, id, serial)
+	if err != nil {
+		return caller{}, err
 	}
-	return caller{id: id, how: "client certificate " + id.String() + " serial " + serial}, nil
+	return caller{id: id, cert: &cert, how: how}, nil
 }
 
 // impersonate checks that c may obtain the identity imp for a workload on

@@ -12,9 +12,12 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
@@ -34,15 +37,18 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 	pb "istio.io/api/security/v1alpha1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("cluster.local")
 
 // caEnv is a Castellan CA serving the Istio API on 127.0.0.1.
 type caEnv struct {
-	auth   *authority.Authority
-	ledger *ledger.Ledger
-	addr   string
+	auth    *authority.Authority
+	ledger  *ledger.Ledger
+	entries *authz.Entries
+	addr    string
 }
 
 func newCA(t *testing.T, cfg istio.Config) *caEnv {
@@ -76,7 +82,7 @@ func newCA(t *testing.T, cfg istio.Config) *caEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Server, cfg.Authority, cfg.Revoked = srv, auth, led.RevokedSerials
+	cfg.Server, cfg.Authority, cfg.Ledger = srv, auth, led
 	svc, err := istio.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -89,7 +95,7 @@ func newCA(t *testing.T, cfg istio.Config) *caEnv {
 	g := srv.GRPCServer()
 	go func() { _ = g.Serve(lis) }()
 	t.Cleanup(g.Stop)
-	return &caEnv{auth: auth, ledger: led, addr: lis.Addr().String()}
+	return &caEnv{auth: auth, ledger: led, entries: entries, addr: lis.Addr().String()}
 }
 
 // client returns istio.io/api's generated client over TLS that verifies
@@ -297,44 +303,175 @@ func TestCreateCertificateKubernetes(t *testing.T) {
 		_, err = anon.CreateCertificate(withToken(reviewsToken), request(csr, time.Hour, reviews))
 		wantCode(t, err, codes.PermissionDenied)
 	})
+	t.Run("client certificate after its pod is gone", func(t *testing.T) {
+		if svid == nil {
+			t.Skip("no SVID from the first subtest")
+		}
+		if err := env.Client().CoreV1().Pods("bookinfo").Delete(ctx, "reviews-v1", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for slices.ContainsFunc(pods.OnNode("node-a"), func(p *corev1.Pod) bool {
+			return p.Name == "reviews-v1" && p.DeletionTimestamp == nil
+		}) {
+			if time.Now().After(deadline) {
+				t.Fatal("the pod deletion did not reach the informer within 30s")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		csr, _ := csrPEM(t, reviews)
+		_, err := ca.client(t, svid).CreateCertificate(context.Background(), request(csr, time.Hour, ""))
+		wantCode(t, err, codes.PermissionDenied)
+		if msg := status.Convert(err).Message(); !strings.Contains(msg, `no longer assigned to node "node-a"`) {
+			t.Errorf("refusal %q does not say the identity is no longer on node-a", msg)
+		}
+	})
 }
 
 // TestCreateCertificateWithoutKubernetes: client certificates work without
-// a Kubernetes client; tokens and impersonation are refused.
+// a Kubernetes client while a registration entry assigns their identity to
+// the node they were issued to; tokens and impersonation are refused.
 func TestCreateCertificateWithoutKubernetes(t *testing.T) {
+	ctx := context.Background()
 	ca := newCA(t, istio.Config{})
 	const id = "spiffe://cluster.local/ns/default/sa/default"
 	csr, _ := csrPEM(t, id)
 	_, err := ca.client(t, nil).CreateCertificate(withToken("a.b.c"), request(csr, time.Hour, ""))
 	wantCode(t, err, codes.Unauthenticated)
-	_, err = ca.client(t, nil).CreateCertificate(context.Background(), request(csr, time.Hour, ""))
+	_, err = ca.client(t, nil).CreateCertificate(ctx, request(csr, time.Hour, ""))
 	wantCode(t, err, codes.Unauthenticated)
 
-	// An existing workload SVID renews its identity.
-	svid := ca.sign(t, id)
-	c := ca.client(t, svid)
-	resp, err := c.CreateCertificate(context.Background(), request(csr, 0, ""))
+	// An existing workload SVID renews its identity while an entry assigns
+	// it to the node the SVID was issued to, recorded with its parent and
+	// node, for the entry's TTL.
+	ca.entry(t, id, "node-a", 2*time.Hour)
+	svid := ca.sign(t, id, "node-a")
+	renewed := ca.renew(t, svid, 0)
+	e, err := ca.ledger.Get(ctx, ledger.SerialOf(renewed.Certificates[0].SerialNumber))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := verifyChain(t, resp, nil); got.ID.String() != id {
-		t.Fatalf("renewed %s, want %s", got.ID, id)
+	if want := ledger.SerialOf(svid.Certificates[0].SerialNumber); e.Parent != want || e.Node != "node-a" {
+		t.Fatalf("renewal recorded with parent %q node %q, want parent %s on node-a", e.Parent, e.Node, want)
 	}
+	if d := e.NotAfter.Sub(e.NotBefore); d < 2*time.Hour || d > 2*time.Hour+time.Minute {
+		t.Errorf("renewal lifetime %s, want the entry's 2h", d)
+	}
+	c := ca.client(t, svid)
 	// ... but not with impersonation, which this CA does not trust anyone for.
-	_, err = c.CreateCertificate(context.Background(), request(csr, 0, "spiffe://cluster.local/ns/default/sa/other"))
+	_, err = c.CreateCertificate(ctx, request(csr, 0, "spiffe://cluster.local/ns/default/sa/other"))
 	wantCode(t, err, codes.PermissionDenied)
+	// ... nor for longer than the entry allows (the CA's max is 24h).
+	_, err = c.CreateCertificate(ctx, request(csr, 3*time.Hour, ""))
+	wantCode(t, err, codes.InvalidArgument)
+	if !strings.Contains(status.Convert(err).Message(), "TTL of registration entry") {
+		t.Errorf("TTL refusal %q does not name the entry's TTL", status.Convert(err).Message())
+	}
+	grandchild := ca.renew(t, renewed, 2*time.Hour)
 
-	// A revoked SVID is refused.
-	if _, err := ca.ledger.Revoke(context.Background(), ledger.SerialOf(svid.Certificates[0].SerialNumber), "test"); err != nil {
+	// A revoked SVID is refused, and so is every certificate descended from it.
+	if _, err := ca.ledger.Revoke(ctx, ledger.SerialOf(svid.Certificates[0].SerialNumber), "keyCompromise"); err != nil {
 		t.Fatal(err)
 	}
-	_, err = ca.client(t, svid).CreateCertificate(context.Background(), request(csr, 0, ""))
+	_, err = ca.client(t, svid).CreateCertificate(ctx, request(csr, 0, ""))
+	wantCode(t, err, codes.Unauthenticated)
+	for _, d := range []*x509svid.SVID{renewed, grandchild} {
+		_, err = ca.client(t, d).CreateCertificate(ctx, request(csr, 0, ""))
+		wantCode(t, err, codes.PermissionDenied)
+		if !strings.Contains(status.Convert(err).Message(), "descends from certificate "+ledger.SerialOf(svid.Certificates[0].SerialNumber)) {
+			t.Errorf("refusal %q does not name the revoked ancestor", status.Convert(err).Message())
+		}
+	}
+
+	// A certificate the ledger never recorded is refused.
+	_, err = ca.client(t, ca.signUnlogged(t, id)).CreateCertificate(ctx, request(csr, 0, ""))
 	wantCode(t, err, codes.Unauthenticated)
 }
 
-// sign issues an SVID for id straight from the authority, recorded in the
-// ledger so that it can be revoked.
-func (e *caEnv) sign(t *testing.T, id string) *x509svid.SVID {
+// TestRenewalNeedsAnAssignedIdentity: once the entry is deleted, or for a
+// certificate issued to another node, a client certificate renews nothing.
+func TestRenewalNeedsAnAssignedIdentity(t *testing.T) {
+	ctx := context.Background()
+	ca := newCA(t, istio.Config{})
+	const id = "spiffe://cluster.local/ns/default/sa/default"
+	csr, _ := csrPEM(t, id)
+	ent := ca.entry(t, id, "node-a", 0)
+	onA, onB := ca.sign(t, id, "node-a"), ca.sign(t, id, "node-b")
+	ca.renew(t, onA, 0)
+	_, err := ca.client(t, onB).CreateCertificate(ctx, request(csr, 0, ""))
+	wantCode(t, err, codes.PermissionDenied)
+	if msg := status.Convert(err).Message(); !strings.Contains(msg, `no longer assigned to node "node-b"`) {
+		t.Errorf("refusal %q does not say the identity is not assigned on node-b", msg)
+	}
+	if err := ca.entries.Delete(ctx, ent.Id); err != nil {
+		t.Fatal(err)
+	}
+	_, err = ca.client(t, onA).CreateCertificate(ctx, request(csr, 0, ""))
+	wantCode(t, err, codes.PermissionDenied)
+}
+
+// TestRenewalLineageIsBounded: a lineage longer than MaxRenewalGenerations
+// is refused, so the ancestor walk is bounded.
+func TestRenewalLineageIsBounded(t *testing.T) {
+	ctx := context.Background()
+	ca := newCA(t, istio.Config{})
+	const id = "spiffe://cluster.local/ns/default/sa/default"
+	ca.entry(t, id, "node-a", 0)
+	// Record a long lineage straight in the ledger (as renewals would).
+	svid := ca.sign(t, id, "node-a")
+	for range istio.MaxRenewalGenerations {
+		svid = ca.signChild(t, id, "node-a", svid)
+	}
+	csr, _ := csrPEM(t, id)
+	_, err := ca.client(t, svid).CreateCertificate(ctx, request(csr, 0, ""))
+	wantCode(t, err, codes.OK)
+	svid = ca.signChild(t, id, "node-a", svid)
+	_, err = ca.client(t, svid).CreateCertificate(ctx, request(csr, 0, ""))
+	wantCode(t, err, codes.PermissionDenied)
+}
+
+// entry creates a registration entry.
+func (e *caEnv) entry(t *testing.T, id, node string, ttl time.Duration) *cav1.Entry {
+	t.Helper()
+	ent, err := e.entries.Create(context.Background(), &cav1.Entry{SpiffeId: id, Node: node,
+		TtlSeconds: int64(ttl / time.Second), Selectors: []*cav1.Selector{{Type: "unix", Value: "uid:1000"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ent
+}
+
+// renew renews svid's identity with svid over the Istio API.
+func (e *caEnv) renew(t *testing.T, svid *x509svid.SVID, ttl time.Duration) *x509svid.SVID {
+	t.Helper()
+	csr, key := csrPEM(t, svid.ID.String())
+	resp, err := e.client(t, svid).CreateCertificate(context.Background(), request(csr, ttl, ""))
+	if err != nil {
+		t.Fatalf("renewal with serial %s: %v", ledger.SerialOf(svid.Certificates[0].SerialNumber), err)
+	}
+	return verifyChain(t, resp, key)
+}
+
+// sign issues an SVID for id on node straight from the authority,
+// recorded in the ledger.
+func (e *caEnv) sign(t *testing.T, id, node string) *x509svid.SVID {
+	t.Helper()
+	return e.signWith(t, id, node, "", true)
+}
+
+// signChild records an SVID renewed from parent, as Istio renewals are.
+func (e *caEnv) signChild(t *testing.T, id, node string, parent *x509svid.SVID) *x509svid.SVID {
+	t.Helper()
+	return e.signWith(t, id, node, ledger.SerialOf(parent.Certificates[0].SerialNumber), true)
+}
+
+// signUnlogged issues an SVID the ledger does not record.
+func (e *caEnv) signUnlogged(t *testing.T, id string) *x509svid.SVID {
+	t.Helper()
+	return e.signWith(t, id, "", "", false)
+}
+
+func (e *caEnv) signWith(t *testing.T, id, node, parent string, logged bool) *x509svid.SVID {
 	t.Helper()
 	p, key := csrPEM(t, id)
 	block, _ := pem.Decode([]byte(p))
@@ -346,8 +483,11 @@ func (e *caEnv) sign(t *testing.T, id string) *x509svid.SVID {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !logged {
+		return &x509svid.SVID{ID: iss.ID, Certificates: iss.Chain, PrivateKey: key}
+	}
 	if _, err := e.ledger.Append(context.Background(), ledger.Event{Kind: ledger.KindIssuance, Serial: ledger.SerialOf(iss.Serial),
-		SPIFFEID: id, NotBefore: iss.NotBefore, NotAfter: iss.NotAfter, CertDER: iss.Chain[0].Raw}); err != nil {
+		SPIFFEID: id, Node: node, Parent: parent, NotBefore: iss.NotBefore, NotAfter: iss.NotAfter, CertDER: iss.Chain[0].Raw}); err != nil {
 		t.Fatal(err)
 	}
 	return &x509svid.SVID{ID: iss.ID, Certificates: iss.Chain, PrivateKey: key}

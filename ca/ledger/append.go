@@ -114,6 +114,7 @@ func (l *Ledger) committed(ctx context.Context, head treeState, first uint64, ev
 		close(l.revCh)
 		l.revCh = make(chan struct{})
 	}
+	l.applyBansLocked(first, evs)
 	close(l.appendCh)
 	l.appendCh = make(chan struct{})
 	l.mu.Unlock()

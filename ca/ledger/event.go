@@ -17,12 +17,14 @@ const (
 	KindRevocation   Kind = "revocation"     // a certificate was revoked (Serial, Reason)
 	KindCAKeyChange  Kind = "ca_key_change"  // the CA's signing key or chain changed
 	KindJoinTokenUse Kind = "join_token_use" // an agent attested with a join token (Node)
+	KindBan          Kind = "ban"            // a node was banned (Node, Reason); see Ban
+	KindUnban        Kind = "unban"          // a node's ban was lifted (Node, Reason); see Unban
 )
 
 // Valid reports whether k is one of the Kind constants.
 func (k Kind) Valid() bool {
 	switch k {
-	case KindIssuance, KindRenewal, KindRevocation, KindCAKeyChange, KindJoinTokenUse:
+	case KindIssuance, KindRenewal, KindRevocation, KindCAKeyChange, KindJoinTokenUse, KindBan, KindUnban:
 		return true
 	}
 	return false
@@ -35,7 +37,8 @@ func (k Kind) IsCertificate() bool { return k == KindIssuance || k == KindRenewa
 // Event is one audit-log entry. Which fields are set depends on Kind:
 // issuance and renewal carry the whole certificate description; revocation
 // carries Serial, Reason and (copied from the issuance entry) SPIFFEID, Node
-// and NotAfter; CA key changes and join-token uses carry what applies.
+// and NotAfter; bans and unbans carry Node and Reason; CA key changes and
+// join-token uses carry what applies.
 type Event struct {
 	Kind Kind
 	// Time is when the event happened; zero means the ledger's clock at Append.
@@ -54,6 +57,12 @@ type Event struct {
 	CertDER []byte
 	// Reason is the revocation reason or other free-form detail.
 	Reason string
+	// Parent is the serial of the certificate whose holder obtained this
+	// one by renewing it (an agent SVID renewed with RenewAgent, a workload
+	// SVID renewed with its own certificate over the Istio API); "" for a
+	// certificate obtained by attestation. It makes lineages walkable
+	// (Ancestors, Descendants).
+	Parent string
 }
 
 // Entry is an Event as stored in the log, at a position (Index) in the
@@ -98,6 +107,7 @@ type wireEntry struct {
 	PublicKeySHA256 string `json:"public_key_sha256,omitempty"`
 	Cert            string `json:"cert,omitempty"`
 	Reason          string `json:"reason,omitempty"`
+	Parent          string `json:"parent,omitempty"`
 }
 
 const wireVersion = 1
@@ -122,7 +132,7 @@ func encodeEvent(index uint64, ev *Event) ([]byte, error) {
 		V: wireVersion, Index: index, Kind: ev.Kind, Time: formatTime(ev.Time),
 		Serial: ev.Serial, SPIFFEID: ev.SPIFFEID, Node: ev.Node,
 		NotBefore: formatTime(ev.NotBefore), NotAfter: formatTime(ev.NotAfter),
-		PublicKeySHA256: ev.PublicKeySHA256, Reason: ev.Reason,
+		PublicKeySHA256: ev.PublicKeySHA256, Reason: ev.Reason, Parent: ev.Parent,
 	}
 	if len(ev.CertDER) > 0 {
 		w.Cert = base64.StdEncoding.EncodeToString(ev.CertDER)
@@ -154,7 +164,7 @@ func DecodeEntry(data []byte) (Entry, error) {
 	}
 	e := Entry{Index: w.Index, Data: data}
 	e.Kind, e.Serial, e.SPIFFEID, e.Node = w.Kind, w.Serial, w.SPIFFEID, w.Node
-	e.PublicKeySHA256, e.Reason = w.PublicKeySHA256, w.Reason
+	e.PublicKeySHA256, e.Reason, e.Parent = w.PublicKeySHA256, w.Reason, w.Parent
 	var err error
 	for _, f := range []struct {
 		dst *time.Time
@@ -183,10 +193,18 @@ func (ev *Event) validate() error {
 	if ev.Kind.IsCertificate() && ev.SPIFFEID == "" {
 		return fmt.Errorf("%w: %s event without a SPIFFE ID", ErrInvalidEvent, ev.Kind)
 	}
-	for _, c := range ev.Serial {
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return fmt.Errorf("%w: serial %q is not lower-case hex", ErrInvalidEvent, ev.Serial)
+	if (ev.Kind == KindBan || ev.Kind == KindUnban) && ev.Node == "" {
+		return fmt.Errorf("%w: %s event without a node", ErrInvalidEvent, ev.Kind)
+	}
+	for _, s := range []string{ev.Serial, ev.Parent} {
+		for _, c := range s {
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+				return fmt.Errorf("%w: serial %q is not lower-case hex", ErrInvalidEvent, s)
+			}
 		}
+	}
+	if ev.Parent != "" && !ev.Kind.IsCertificate() {
+		return fmt.Errorf("%w: %s event with a parent serial", ErrInvalidEvent, ev.Kind)
 	}
 	return nil
 }

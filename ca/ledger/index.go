@@ -19,12 +19,13 @@ import (
 // random entry page per result.
 type indexWriter struct {
 	serial, spiffe, node, expiry, revoked *bolt.Bucket
+	parent                                *bolt.Bucket // nil until a renewal with a parent was indexed
 }
 
 func newIndexWriter(tx *bolt.Tx) *indexWriter {
 	return &indexWriter{
 		serial: tx.Bucket(bSerial), spiffe: tx.Bucket(bSPIFFE), node: tx.Bucket(bNode),
-		expiry: tx.Bucket(bExpiry), revoked: tx.Bucket(bRevoked),
+		expiry: tx.Bucket(bExpiry), revoked: tx.Bucket(bRevoked), parent: tx.Bucket(bParent),
 	}
 }
 
@@ -47,15 +48,26 @@ func indexOf(key []byte) uint64 { return binary.BigEndian.Uint64(key[len(key)-8:
 type kv struct{ k, v []byte }
 
 // indexBatch collects the index puts of many entries, by bucket, so they
-// can be prepared outside the write transaction and applied in key order.
-type indexBatch map[string][]kv
+// can be prepared outside the write transaction and applied in key order,
+// and the agent-record updates (see agents.go), applied in log order.
+type indexBatch struct {
+	kvs    map[string][]kv
+	agents []agentUpdate
+}
 
-func (b indexBatch) put(bucket []byte, k, v []byte) {
-	b[string(bucket)] = append(b[string(bucket)], kv{k, v})
+func (b *indexBatch) put(bucket []byte, k, v []byte) {
+	if b.kvs == nil {
+		b.kvs = map[string][]kv{}
+	}
+	b.kvs[string(bucket)] = append(b.kvs[string(bucket)], kv{k, v})
 }
 
 // add collects the index entries of event ev at idx.
-func (b indexBatch) add(idx uint64, ev *Event) error {
+func (b *indexBatch) add(idx uint64, ev *Event) error {
+	if ev.Parent != "" {
+		b.put(bParent, indexKey(ev.Parent, idx), []byte(ev.Serial))
+	}
+	b.addAgent(idx, ev)
 	if ev.Serial != "" {
 		b.put(bSerial, indexKey(ev.Serial, idx), nil)
 	}
@@ -82,18 +94,22 @@ func (b indexBatch) add(idx uint64, ev *Event) error {
 	return nil
 }
 
-// apply writes the collected entries, each bucket in key order.
-func (b indexBatch) apply(tx *bolt.Tx) error {
-	for name, kvs := range b {
-		sort.Slice(kvs, func(i, j int) bool { return bytes.Compare(kvs[i].k, kvs[j].k) < 0 })
-		bucket := tx.Bucket([]byte(name))
+// apply writes the collected entries, each bucket in key order (buckets
+// added after a file was created are created here).
+func (b *indexBatch) apply(tx *bolt.Tx) error {
+	for name, kvs := range b.kvs {
+		sort.SliceStable(kvs, func(i, j int) bool { return bytes.Compare(kvs[i].k, kvs[j].k) < 0 })
+		bucket, err := tx.CreateBucketIfNotExists([]byte(name))
+		if err != nil {
+			return err
+		}
 		for _, p := range kvs {
 			if err := bucket.Put(p.k, p.v); err != nil {
 				return err
 			}
 		}
 	}
-	return nil
+	return b.applyAgents(tx)
 }
 
 func (w *indexWriter) remove(idx uint64, ev *Event) error {
@@ -110,6 +126,11 @@ func (w *indexWriter) remove(idx uint64, ev *Event) error {
 	}
 	if ev.Kind == KindRevocation {
 		if err := w.revoked.Delete([]byte(ev.Serial)); err != nil {
+			return err
+		}
+	}
+	if ev.Parent != "" && w.parent != nil {
+		if err := w.parent.Delete(indexKey(ev.Parent, idx)); err != nil {
 			return err
 		}
 	}
@@ -140,12 +161,15 @@ type revokedCert struct {
 
 func (l *Ledger) loadRevoked(tx *bolt.Tx) error {
 	l.revoked = map[string]revokedCert{}
-	return tx.Bucket(bRevoked).ForEach(func(k, v []byte) error {
+	if err := tx.Bucket(bRevoked).ForEach(func(k, v []byte) error {
 		var r revokedCert
 		if err := json.Unmarshal(v, &r); err != nil {
 			return fmt.Errorf("ledger: revocation of %s is damaged: %w", k, err)
 		}
 		l.revoked[string(k)] = r
 		return nil
-	})
+	}); err != nil {
+		return err
+	}
+	return l.loadBans(tx)
 }

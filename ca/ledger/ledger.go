@@ -1,6 +1,7 @@
 // Package ledger is Castellan's issuance ledger: an append-only Merkle-tree
-// log of every issuance, renewal, revocation, CA key change and join-token
-// use, stored in bbolt.
+// log of every issuance, renewal, revocation, CA key change, join-token use
+// and node ban, stored in bbolt. It is also the durable store of node bans
+// and of certificate lineages (agents.go, lineage.go).
 //
 // Leaves are RFC 6962 leaf hashes of each entry's encoded form; the tree
 // state is published as signed checkpoints in the transparency-log
@@ -79,6 +80,8 @@ type Ledger struct {
 	head      treeState              // latest committed tree
 	revoked   map[string]revokedCert // serial -> revocation, unexpired only
 	revCh     chan struct{}          // closed when revoked changes
+	bans      map[string]Ban         // node -> ban in force (agents.go)
+	banCh     chan struct{}          // closed when bans changes; nil until asked for
 	appendCh  chan struct{}          // closed when the log grows
 	lastCP    []byte                 // latest signed checkpoint
 	lastCPLen uint64                 // its tree size

@@ -45,6 +45,9 @@ func (c *caService) AttestAgent(ctx context.Context, req *cav1.AttestAgentReques
 		return nil, s.grpcError(ctx, err)
 	}
 	node, err := s.cfg.Attestor.Attest(ctx, req)
+	if err == nil {
+		err = s.checkNodeBan(node)
+	}
 	if err != nil {
 		s.countResult(err)
 		s.log.WarnContext(ctx, "agent attestation refused", "reason", authn.ReasonOf(err), "error", err.Error())
@@ -71,16 +74,28 @@ func (c *caService) AttestAgent(ctx context.Context, req *cav1.AttestAgentReques
 		s.log.ErrorContext(ctx, "ledger append failed; agent SVID withheld", "node", node, "error", err.Error())
 		return nil, status.Error(codes.Unavailable, "server: the issuance ledger is unavailable; no SVID was issued and the join token is spent, create a new one and retry")
 	}
+	if err := s.refuseIfBannedAfterRecord(ctx, node); err != nil {
+		s.countResult(err)
+		return nil, err
+	}
 	s.countResult(nil)
 	s.log.InfoContext(ctx, "agent attested", "node", node, "spiffe_id", id.String(), "serial", serialHex(iss.Serial))
 	return &cav1.AttestAgentResponse{Svid: svidProto(iss), Bundle: s.bundle.current()}, nil
 }
 
-// RenewAgent signs a new agent SVID for the calling agent.
+// RenewAgent signs a new agent SVID for the calling agent, once the
+// caller's agent SVID is past half its lifetime and was renewed at most
+// once before, and records the caller's serial as the new one's parent.
 func (c *caService) RenewAgent(ctx context.Context, req *cav1.RenewAgentRequest) (*cav1.RenewAgentResponse, error) {
 	s := c.s
 	node, err := c.callerNode(ctx)
 	if err != nil {
+		return nil, err
+	}
+	leaf := peerLeaf(ctx)
+	if err := s.checkRenewal(ctx, node, leaf); err != nil {
+		s.countResult(err)
+		s.log.WarnContext(ctx, "agent renewal refused", "node", node, "error", err.Error())
 		return nil, err
 	}
 	a := s.cfg.Authority
@@ -101,10 +116,16 @@ func (c *caService) RenewAgent(ctx context.Context, req *cav1.RenewAgentRequest)
 		return nil, s.grpcError(ctx, err)
 	}
 	s.metrics.observeSigning(time.Since(start))
-	if _, err := s.cfg.Ledger.Append(ctx, issuanceEvent(ledger.KindRenewal, iss, node, "agent renewal")); err != nil {
+	ev := issuanceEvent(ledger.KindRenewal, iss, node, "agent renewal")
+	ev.Parent = ledger.SerialOf(leaf.SerialNumber)
+	if _, err := s.cfg.Ledger.Append(ctx, ev); err != nil {
 		s.countResult(err)
 		s.log.ErrorContext(ctx, "ledger append failed; agent SVID withheld", "node", node, "error", err.Error())
 		return nil, status.Error(codes.Unavailable, "server: the issuance ledger is unavailable; no SVID was issued, retry later")
+	}
+	if err := s.refuseAfterRenewal(ctx, node, ev.Parent, ev.Serial); err != nil {
+		s.countResult(err)
+		return nil, err
 	}
 	s.countResult(nil)
 	return &cav1.RenewAgentResponse{Svid: svidProto(iss)}, nil
@@ -200,16 +221,26 @@ func (c *caService) GetBundle(ctx context.Context, _ *cav1.GetBundleRequest) (*c
 	return &cav1.GetBundleResponse{Bundle: c.s.bundle.current()}, nil
 }
 
-// WatchBundle sends the bundle, then every change, until the caller leaves.
+// WatchBundle sends the bundle, then every change, until the caller leaves
+// or its certificate is revoked or its node banned.
 func (c *caService) WatchBundle(_ *cav1.WatchBundleRequest, stream cav1.CertificateAuthorityService_WatchBundleServer) error {
 	ctx := stream.Context()
 	if _, err := authn.PeerNode(ctx, c.s.td); err != nil {
 		return err
 	}
+	var last *cav1.Bundle
 	for {
-		b, changed := c.s.bundle.watch()
-		if err := stream.Send(&cav1.WatchBundleResponse{Bundle: b}); err != nil {
+		// A ban or revocation of the caller ends the stream.
+		revChanged, bansChanged := c.s.cfg.Ledger.RevocationsChanged(), c.s.cfg.Ledger.BansChanged()
+		if err := c.s.refusePeer(ctx); err != nil {
 			return err
+		}
+		b, changed := c.s.bundle.watch()
+		if b != last {
+			if err := stream.Send(&cav1.WatchBundleResponse{Bundle: b}); err != nil {
+				return err
+			}
+			last = b
 		}
 		select {
 		case <-ctx.Done():
@@ -217,6 +248,8 @@ func (c *caService) WatchBundle(_ *cav1.WatchBundleRequest, stream cav1.Certific
 		case <-c.s.stopping:
 			return errShuttingDown
 		case <-changed:
+		case <-revChanged:
+		case <-bansChanged:
 		}
 	}
 }

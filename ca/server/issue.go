@@ -28,6 +28,9 @@ type issuance struct {
 	authorize func(context.Context, spiffeid.ID) (authz.Grant, error)
 	// detail is the ledger entry's reason ("" for "entry <EntryID>").
 	detail string
+	// parent is the serial of the certificate this one renews ("" when
+	// the request is not a renewal with a certificate; see Event.Parent).
+	parent string
 	grant  authz.Grant
 	issued *authority.Issued
 	err    error
@@ -101,7 +104,9 @@ func (s *Server) record(ctx context.Context, node string, items []*issuance, ext
 			if detail == "" {
 				detail = "entry " + it.grant.EntryID
 			}
-			events = append(events, issuanceEvent(ledger.KindIssuance, it.issued, node, detail))
+			ev := issuanceEvent(ledger.KindIssuance, it.issued, node, detail)
+			ev.Parent = it.parent
+			events = append(events, ev)
 		}
 	}
 	if len(events) == 0 {
@@ -110,6 +115,14 @@ func (s *Server) record(ctx context.Context, node string, items []*issuance, ext
 	if _, err := s.cfg.Ledger.Append(ctx, events...); err != nil {
 		s.log.ErrorContext(ctx, "ledger append failed; withholding certificates", "node", node, "error", err.Error())
 		err = status.Error(codes.Unavailable, "server: the issuance ledger is unavailable, no certificate was issued; retry later")
+		for _, it := range items {
+			if it.err == nil {
+				it.issued, it.err = nil, err
+			}
+		}
+		return err
+	}
+	if err := s.refuseIfBannedAfterRecord(ctx, node); err != nil {
 		for _, it := range items {
 			if it.err == nil {
 				it.issued, it.err = nil, err

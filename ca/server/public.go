@@ -60,14 +60,19 @@ type IssueRequest struct {
 	// TTLSeconds is the requested lifetime: 0 for the default; above the
 	// maximum it is refused (InvalidArgument), never shortened.
 	TTLSeconds int64
-	// Node is the caller's node for the ledger ("" if unknown).
+	// Node is the caller's node for the ledger ("" if unknown); a banned
+	// node is refused.
 	Node string
+	// Parent is the serial of the certificate the caller renews with
+	// (recorded as the new certificate's parent; "" if none).
+	Parent string
 	// Detail is the ledger entry's reason, saying who asked and how.
 	Detail string
 	// Authorize decides whether the caller may obtain id, the SPIFFE ID of
-	// the validated CSR; it returns an *authz.DeniedError (or another
-	// error with a gRPC status) to refuse. Required.
-	Authorize func(ctx context.Context, id spiffeid.ID) error
+	// the validated CSR, and returns the grant (whose TTL applies as for an
+	// agent's request); it returns an *authz.DeniedError (or another error
+	// with a gRPC status) to refuse. Required.
+	Authorize func(ctx context.Context, id spiffeid.ID) (authz.Grant, error)
 }
 
 // Issue validates, authorizes, signs and records one workload SVID on the
@@ -78,12 +83,15 @@ func (s *Server) Issue(ctx context.Context, req IssueRequest) (*authority.Issued
 	if req.Authorize == nil {
 		return nil, status.Error(codes.Internal, "server: Issue needs an Authorize function")
 	}
+	if err := s.checkNodeBan(req.Node); err != nil {
+		s.countResult(err)
+		return nil, err
+	}
 	it := &issuance{
-		req: &cav1.SignX509SVIDRequest{Csr: req.CSR, TtlSeconds: req.TTLSeconds},
-		authorize: func(ctx context.Context, id spiffeid.ID) (authz.Grant, error) {
-			return authz.Grant{}, req.Authorize(ctx, id)
-		},
-		detail: req.Detail,
+		req:       &cav1.SignX509SVIDRequest{Csr: req.CSR, TtlSeconds: req.TTLSeconds},
+		authorize: req.Authorize,
+		detail:    req.Detail,
+		parent:    req.Parent,
 	}
 	s.prepare(ctx, req.Node, it)
 	if it.err == nil {

@@ -4,7 +4,9 @@
 // castellan.admin.v1.AdminService for operators (on an owner-only Unix
 // socket, or over mutual TLS for configured admin identities).
 //
-// Every request goes authn -> authz -> sign -> ledger -> response: a
+// Every call first passes a gate that refuses revoked client certificates
+// and agent certificates of banned nodes (bans.go). Every request goes
+// authn -> authz -> sign -> ledger -> response: a
 // refused request is counted in castellan_csr_total with its reason and
 // never reaches the ledger; a signed certificate is durable in the ledger
 // before the caller sees it.
@@ -58,6 +60,12 @@ type Ledger interface {
 	// IsRevoked reports whether the certificate with this serial is
 	// revoked and unexpired at now.
 	IsRevoked(serial string, now time.Time) bool
+	// Children returns the serials renewed from serial (at most max).
+	Children(ctx context.Context, serial string, max int) ([]string, error)
+	// Revoke revokes one certificate (ledger.ErrAlreadyRevoked if it was).
+	Revoke(ctx context.Context, serial, reason string) (ledger.Entry, error)
+	// Bans records node agents and bans.
+	Bans
 }
 
 // Config configures a Server. Authority, Ledger, Attestor, Tokens and
@@ -162,6 +170,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	m.caExpiry.WithLabelValues("intermediate").Set(float64(cfg.Authority.Intermediate().NotAfter.Unix()))
 	s.svid = &serverSVID{s: s, names: names}
 	if err := s.svid.renew(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.reconcileBans(ctx); err != nil {
 		return nil, err
 	}
 	return s, nil

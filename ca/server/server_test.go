@@ -146,6 +146,7 @@ func TestRenewAgentKeepsNodeIdentity(t *testing.T) {
 	e := newEnv(t)
 	_, agent := e.dial(t, e.mtlsConfig(e.attest(t, "node-a")))
 	key := ecKey(t, elliptic.P256())
+	e.clock.Add(DefaultAgentTTL / 2)
 	resp, err := agent.RenewAgent(context.Background(), &cav1.RenewAgentRequest{Csr: agentCSR(t, key)})
 	if err != nil {
 		t.Fatal(err)

@@ -62,6 +62,8 @@ func (s *Server) SetBundle(b *x509bundle.Bundle) { s.bundle.set(b) }
 // SyncAgent streams the calling agent's state: at once, then after every
 // change to its entries, the bundle or the revocations. Changes that leave
 // the agent's state as it was (e.g. an entry of another node) send nothing.
+// The stream ends with the gate's refusal as soon as the caller's node is
+// banned or its certificate revoked.
 func (c *caService) SyncAgent(_ *cav1.SyncAgentRequest, stream cav1.CertificateAuthorityService_SyncAgentServer) error {
 	ctx := stream.Context()
 	s := c.s
@@ -73,6 +75,11 @@ func (c *caService) SyncAgent(_ *cav1.SyncAgentRequest, stream cav1.CertificateA
 	for {
 		entriesChanged := s.cfg.Entries.Changed()
 		revChanged := s.cfg.Ledger.RevocationsChanged()
+		bansChanged := s.cfg.Ledger.BansChanged()
+		if err := s.refusePeer(ctx); err != nil {
+			s.log.WarnContext(ctx, "SyncAgent stream closed", "node", node, "error", err.Error())
+			return err
+		}
 		bundle, bundleChanged := s.bundle.watch()
 		revoked := s.cfg.Ledger.RevokedSerials(s.clock())
 		slices.Sort(revoked)
@@ -90,6 +97,7 @@ func (c *caService) SyncAgent(_ *cav1.SyncAgentRequest, stream cav1.CertificateA
 			return errShuttingDown
 		case <-entriesChanged:
 		case <-revChanged:
+		case <-bansChanged:
 		case <-bundleChanged:
 		}
 	}

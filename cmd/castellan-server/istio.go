@@ -24,8 +24,11 @@ func serveIstio(ctx context.Context, cfg config, td spiffeid.TrustDomain, srv *s
 	if !cfg.IstioAPI {
 		return nil
 	}
-	icfg := istio.Config{Server: srv, Authority: auth, Revoked: led.RevokedSerials, Logger: log,
+	icfg := istio.Config{Server: srv, Authority: auth, Ledger: led, Logger: log,
 		TrustedNodeAccounts: cfg.IstioTrustedNodeSAs}
+	if p, ok := pods.(*authz.Pods); ok {
+		icfg.Pods = p // client-certificate renewals: a live pod on the certificate's node
+	}
 	client, err := kubeClient(cfg.Kubeconfig)
 	switch {
 	case err == nil:

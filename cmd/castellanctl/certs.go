@@ -132,7 +132,17 @@ type certJSON struct {
 	PublicKeySHA256 string     `json:"public_key_sha256,omitempty"`
 	RevokedAt       *time.Time `json:"revoked_at,omitempty"`
 	RevokeReason    string     `json:"revocation_reason,omitempty"`
+	ParentSerial    string     `json:"parent_serial,omitempty"`
 	CertDER         []byte     `json:"cert_der,omitempty"`
+}
+
+// certShowJSON is the -o json form of `certs show`: the certificate and
+// its lineage.
+type certShowJSON struct {
+	certJSON
+	Ancestors        []certJSON `json:"ancestors"`
+	Descendants      []certJSON `json:"descendants"`
+	LineageTruncated bool       `json:"lineage_truncated,omitempty"`
 }
 
 func stateOf(e *auditv1.Event, now time.Time) string {
@@ -150,7 +160,7 @@ func toCertJSON(e *auditv1.Event, now time.Time, withCert bool) certJSON {
 	c := certJSON{
 		Index: e.GetIndex(), Kind: e.GetKind(), Serial: e.GetSerial(), SPIFFEID: e.GetSpiffeId(), Node: e.GetNode(),
 		IssuedAt: e.GetTime().AsTime(), NotBefore: e.GetNotBefore().AsTime(), NotAfter: e.GetNotAfter().AsTime(),
-		State: stateOf(e, now), PublicKeySHA256: e.GetPublicKeySha256(),
+		State: stateOf(e, now), PublicKeySHA256: e.GetPublicKeySha256(), ParentSerial: e.GetParentSerial(),
 	}
 	if r := e.GetRevocation(); r != nil {
 		t := r.GetTime().AsTime()
@@ -188,6 +198,12 @@ func writeJSON(w io.Writer, v any) error {
 // parseSerial parses `<cmd> SERIAL [flags]` with flags before or after
 // the serial.
 func parseSerial(fs *flag.FlagSet, args []string) (string, error) {
+	return parseOne(fs, args, "SERIAL")
+}
+
+// parseOne parses `<cmd> WHAT [flags]` with flags before or after the one
+// positional argument.
+func parseOne(fs *flag.FlagSet, args []string, what string) (string, error) {
 	var pos []string
 	for {
 		if err := parseFlags(fs, args); err != nil {
@@ -199,13 +215,20 @@ func parseSerial(fs *flag.FlagSet, args []string) (string, error) {
 		pos, args = append(pos, fs.Arg(0)), fs.Args()[1:]
 	}
 	if len(pos) != 1 {
-		return "", usagef("%s: expected one SERIAL argument, got %d", fs.Name(), len(pos))
+		return "", usagef("%s: expected one %s argument, got %d", fs.Name(), what, len(pos))
 	}
 	return pos[0], nil
 }
 
 func certsShow(ctx context.Context, g *globals, args []string) error {
 	fs := newFlags(g, "certs show")
+	fs.Usage = func() {
+		fmt.Fprintln(g.stderr, "usage: castellanctl certs show SERIAL [-o table|json]\n\n"+
+			"Shows a certificate, its inclusion in the ledger and its lineage: the certificates it was renewed\n"+
+			"from (ancestors, parent first) and those renewed from it (descendants). Agent SVIDs and\n"+
+			"certificates renewed with themselves over the Istio API record the serial they renewed.")
+		fs.PrintDefaults()
+	}
 	out := outputFlag(fs)
 	serial, err := parseSerial(fs, args)
 	if err != nil {
@@ -219,13 +242,21 @@ func certsShow(ctx context.Context, g *globals, args []string) error {
 		return err
 	}
 	defer done()
-	resp, err := c.Get(ctx, &auditv1.GetRequest{Serial: serial})
+	resp, err := c.Get(ctx, &auditv1.GetRequest{Serial: serial, Lineage: true})
 	if err != nil {
 		return err
 	}
-	cj := toCertJSON(resp.GetEvent(), time.Now(), true)
+	now := time.Now()
+	cj := toCertJSON(resp.GetEvent(), now, true)
 	if *out == "json" {
-		return writeJSON(g.stdout, cj)
+		sj := certShowJSON{certJSON: cj, Ancestors: []certJSON{}, Descendants: []certJSON{}, LineageTruncated: resp.GetLineageTruncated()}
+		for _, e := range resp.GetAncestors() {
+			sj.Ancestors = append(sj.Ancestors, toCertJSON(e, now, false))
+		}
+		for _, e := range resp.GetDescendants() {
+			sj.Descendants = append(sj.Descendants, toCertJSON(e, now, false))
+		}
+		return writeJSON(g.stdout, sj)
 	}
 	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
 	rows := [][2]string{
@@ -235,18 +266,59 @@ func certsShow(ctx context.Context, g *globals, args []string) error {
 		{"Public key SHA-256", cj.PublicKeySHA256}, {"Ledger index", fmt.Sprint(cj.Index)},
 		{"Logged in tree of size", fmt.Sprint(resp.GetProof().GetTreeSize())},
 	}
+	if cj.ParentSerial != "" {
+		rows = append(rows, [2]string{"Renewed from", cj.ParentSerial})
+	}
 	if cj.RevokedAt != nil {
 		rows = append(rows, [2]string{"Revoked", cj.RevokedAt.UTC().Format(time.RFC3339) + " (" + cj.RevokeReason + ")"})
 	}
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s:\t%s\n", r[0], r[1])
 	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return printLineage(g.stdout, resp, now)
+}
+
+// printLineage prints the ancestors (oldest first) and descendants of a
+// certificate as a table, when it has any.
+func printLineage(w io.Writer, resp *auditv1.GetResponse, now time.Time) error {
+	anc, desc := resp.GetAncestors(), resp.GetDescendants()
+	if len(anc) == 0 && len(desc) == 0 {
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nLineage:\nRELATION\tSERIAL\tRENEWED FROM\tISSUED\tEXPIRES\tSTATE")
+	row := func(rel string, e *auditv1.Event) {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", rel, e.GetSerial(), orDash(e.GetParentSerial()),
+			e.GetTime().AsTime().UTC().Format(time.RFC3339), e.GetNotAfter().AsTime().UTC().Format(time.RFC3339), stateOf(e, now))
+	}
+	for i := len(anc) - 1; i >= 0; i-- {
+		row(fmt.Sprintf("ancestor -%d", i+1), anc[i])
+	}
+	row("this", resp.GetEvent())
+	for _, e := range desc {
+		row("descendant", e)
+	}
+	if resp.GetLineageTruncated() {
+		fmt.Fprintln(tw, "...\t(lineage truncated)\t\t\t\t")
+	}
 	return tw.Flush()
 }
 
 func certsRevoke(ctx context.Context, g *globals, args []string) error {
 	fs := newFlags(g, "certs revoke")
+	fs.Usage = func() {
+		fmt.Fprintln(g.stderr, "usage: castellanctl certs revoke SERIAL --reason TEXT [--with-descendants] [-o table|json]\n\n"+
+			"Revokes a certificate: the revocation is logged, published in the CRL (GET /crl) and pushed to agents.\n"+
+			"With --with-descendants, every certificate renewed from it (and renewed from those, ...) is revoked\n"+
+			"too, in the same ledger append: use it for a stolen agent key, whose holder may have renewed it.\n"+
+			"To cut off a whole node, use `castellanctl agent ban`.")
+		fs.PrintDefaults()
+	}
 	reason := fs.String("reason", "", "why (keyCompromise, superseded, cessationOfOperation, ... or free text; required)")
+	withDesc := fs.Bool("with-descendants", false, "also revoke every certificate descended from this one (see certs show)")
 	out := outputFlag(fs)
 	serial, err := parseSerial(fs, args)
 	if err != nil {
@@ -263,9 +335,12 @@ func certsRevoke(ctx context.Context, g *globals, args []string) error {
 		return err
 	}
 	defer done()
-	resp, err := c.Revoke(ctx, &auditv1.RevokeRequest{Serial: serial, Reason: *reason})
+	resp, err := c.Revoke(ctx, &auditv1.RevokeRequest{Serial: serial, Reason: *reason, WithDescendants: *withDesc})
 	if err != nil {
 		return err
+	}
+	if *withDesc {
+		return printRevocations(g.stdout, *out, resp.GetRevocations())
 	}
 	r := resp.GetRevocation()
 	if *out == "json" {
@@ -276,4 +351,24 @@ func certsRevoke(ctx context.Context, g *globals, args []string) error {
 	}
 	_, err = fmt.Fprintf(g.stdout, "revoked %s (%s) at ledger index %d\n", r.GetSerial(), r.GetSpiffeId(), r.GetIndex())
 	return err
+}
+
+// printRevocations prints the revocations of `certs revoke --with-descendants`.
+func printRevocations(w io.Writer, format string, revs []*auditv1.Event) error {
+	if format == "json" {
+		out := make([]map[string]any, 0, len(revs))
+		for _, r := range revs {
+			out = append(out, map[string]any{
+				"serial": r.GetSerial(), "spiffe_id": r.GetSpiffeId(), "reason": r.GetReason(),
+				"revoked_at": r.GetTime().AsTime(), "ledger_index": r.GetIndex(),
+			})
+		}
+		return writeJSON(w, map[string]any{"revocations": out})
+	}
+	for _, r := range revs {
+		if _, err := fmt.Fprintf(w, "revoked %s (%s) at ledger index %d\n", r.GetSerial(), r.GetSpiffeId(), r.GetIndex()); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -1,5 +1,6 @@
 // Command castellanctl administers a Castellan CA: join tokens,
-// registration entries, and (certs, ledger) the issuance ledger.
+// registration entries, node agents and bans, and (certs, ledger) the
+// issuance ledger.
 //
 // It reaches the server through the owner-only admin Unix socket in the
 // server's data directory (--admin-socket), or over mutual TLS with an admin
@@ -43,6 +44,7 @@ commands:
                                             --allow-any-user accepts path/sha256 alone
   entry list [--node NODE] [-o table|json]  list registration entries
   entry delete ID                           delete a registration entry
+  agent list|show|ban|unban                 node agents and node bans (castellanctl agent -h)
   certs ...                                 issued certificates (audit)
   ledger ...                                the issuance ledger (audit)
 
@@ -120,6 +122,8 @@ func dispatch(ctx context.Context, g *globals, cmd string, args []string) error 
 		return runToken(ctx, g, args)
 	case "entry":
 		return runEntry(ctx, g, args)
+	case "agent":
+		return runAgent(ctx, g, args)
 	case "certs":
 		return runCerts(ctx, g, args)
 	case "ledger":

@@ -5,7 +5,7 @@
 // source: castellan/admin/v1/admin.proto
 
 // Package castellan.admin.v1 is the operator API of the Castellan CA:
-// join tokens and registration entries. It is served on an owner-only Unix
+// join tokens, registration entries and node agents (bans). It is served on an owner-only Unix
 // socket in the CA's data directory and over mTLS to admin identities.
 
 package adminv1
@@ -27,6 +27,514 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Agent is what the CA knows about a node's agent.
+type Agent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// The latest agent SVID issued to the node.
+	SpiffeId string                 `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	Serial   string                 `protobuf:"bytes,3,opt,name=serial,proto3" json:"serial,omitempty"`
+	NotAfter *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	// First and latest agent SVID or join-token use.
+	FirstSeen *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=first_seen,json=firstSeen,proto3" json:"first_seen,omitempty"`
+	LastSeen  *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	Banned    bool                   `protobuf:"varint,7,opt,name=banned,proto3" json:"banned,omitempty"`
+	BanReason string                 `protobuf:"bytes,8,opt,name=ban_reason,json=banReason,proto3" json:"ban_reason,omitempty"`
+	BannedAt  *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=banned_at,json=bannedAt,proto3" json:"banned_at,omitempty"`
+	// Ledger index of the ban event.
+	BanIndex      uint64 `protobuf:"varint,10,opt,name=ban_index,json=banIndex,proto3" json:"ban_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Agent) Reset() {
+	*x = Agent{}
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Agent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Agent) ProtoMessage() {}
+
+func (x *Agent) ProtoReflect() protoreflect.Message {
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Agent.ProtoReflect.Descriptor instead.
+func (*Agent) Descriptor() ([]byte, []int) {
+	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *Agent) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Agent) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *Agent) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *Agent) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
+func (x *Agent) GetFirstSeen() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FirstSeen
+	}
+	return nil
+}
+
+func (x *Agent) GetLastSeen() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSeen
+	}
+	return nil
+}
+
+func (x *Agent) GetBanned() bool {
+	if x != nil {
+		return x.Banned
+	}
+	return false
+}
+
+func (x *Agent) GetBanReason() string {
+	if x != nil {
+		return x.BanReason
+	}
+	return ""
+}
+
+func (x *Agent) GetBannedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.BannedAt
+	}
+	return nil
+}
+
+func (x *Agent) GetBanIndex() uint64 {
+	if x != nil {
+		return x.BanIndex
+	}
+	return 0
+}
+
+// ListAgentsRequest is empty.
+type ListAgentsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAgentsRequest) Reset() {
+	*x = ListAgentsRequest{}
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAgentsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAgentsRequest) ProtoMessage() {}
+
+func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
+func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
+	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+// ListAgentsResponse lists agents sorted by node.
+type ListAgentsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Agents        []*Agent               `protobuf:"bytes,1,rep,name=agents,proto3" json:"agents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAgentsResponse) Reset() {
+	*x = ListAgentsResponse{}
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAgentsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAgentsResponse) ProtoMessage() {}
+
+func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
+func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
+	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ListAgentsResponse) GetAgents() []*Agent {
+	if x != nil {
+		return x.Agents
+	}
+	return nil
+}
+
+// GetAgentRequest names a node.
+type GetAgentRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAgentRequest) Reset() {
+	*x = GetAgentRequest{}
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAgentRequest) ProtoMessage() {}
+
+func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAgentRequest.ProtoReflect.Descriptor instead.
+func (*GetAgentRequest) Descriptor() ([]byte, []int) {
+	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *GetAgentRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+// GetAgentResponse carries the node's agent.
+type GetAgentResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Agent         *Agent                 `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAgentResponse) Reset() {
+	*x = GetAgentResponse{}
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAgentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAgentResponse) ProtoMessage() {}
+
+func (x *GetAgentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAgentResponse.ProtoReflect.Descriptor instead.
+func (*GetAgentResponse) Descriptor() ([]byte, []int) {
+	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *GetAgentResponse) GetAgent() *Agent {
+	if x != nil {
+		return x.Agent
+	}
+	return nil
+}
+
+// BanAgentRequest names the node to ban and why.
+type BanAgentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// Required: why (e.g. "agent key stolen", "node decommissioned").
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BanAgentRequest) Reset() {
+	*x = BanAgentRequest{}
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BanAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BanAgentRequest) ProtoMessage() {}
+
+func (x *BanAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BanAgentRequest.ProtoReflect.Descriptor instead.
+func (*BanAgentRequest) Descriptor() ([]byte, []int) {
+	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *BanAgentRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *BanAgentRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// BanAgentResponse carries the banned agent and what the ban revoked.
+type BanAgentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Agent *Agent                 `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	// Serials of the node's unexpired certificates the ban revoked.
+	RevokedSerials []string `protobuf:"bytes,2,rep,name=revoked_serials,json=revokedSerials,proto3" json:"revoked_serials,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *BanAgentResponse) Reset() {
+	*x = BanAgentResponse{}
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BanAgentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BanAgentResponse) ProtoMessage() {}
+
+func (x *BanAgentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BanAgentResponse.ProtoReflect.Descriptor instead.
+func (*BanAgentResponse) Descriptor() ([]byte, []int) {
+	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *BanAgentResponse) GetAgent() *Agent {
+	if x != nil {
+		return x.Agent
+	}
+	return nil
+}
+
+func (x *BanAgentResponse) GetRevokedSerials() []string {
+	if x != nil {
+		return x.RevokedSerials
+	}
+	return nil
+}
+
+// UnbanAgentRequest names the node.
+type UnbanAgentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// Required: why the ban is lifted.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnbanAgentRequest) Reset() {
+	*x = UnbanAgentRequest{}
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnbanAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnbanAgentRequest) ProtoMessage() {}
+
+func (x *UnbanAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnbanAgentRequest.ProtoReflect.Descriptor instead.
+func (*UnbanAgentRequest) Descriptor() ([]byte, []int) {
+	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *UnbanAgentRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *UnbanAgentRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// UnbanAgentResponse carries the agent, no longer banned.
+type UnbanAgentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Agent *Agent                 `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	// Ledger index of the unban event.
+	UnbanIndex    uint64 `protobuf:"varint,2,opt,name=unban_index,json=unbanIndex,proto3" json:"unban_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnbanAgentResponse) Reset() {
+	*x = UnbanAgentResponse{}
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnbanAgentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnbanAgentResponse) ProtoMessage() {}
+
+func (x *UnbanAgentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnbanAgentResponse.ProtoReflect.Descriptor instead.
+func (*UnbanAgentResponse) Descriptor() ([]byte, []int) {
+	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *UnbanAgentResponse) GetAgent() *Agent {
+	if x != nil {
+		return x.Agent
+	}
+	return nil
+}
+
+func (x *UnbanAgentResponse) GetUnbanIndex() uint64 {
+	if x != nil {
+		return x.UnbanIndex
+	}
+	return 0
+}
+
 // CreateJoinTokenRequest names the node the token is for.
 type CreateJoinTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -39,7 +547,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_castellan_admin_v1_admin_proto_msgTypes[0]
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -51,7 +559,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_castellan_admin_v1_admin_proto_msgTypes[0]
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -64,7 +572,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateJoinTokenRequest) GetNode() string {
@@ -93,7 +601,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_castellan_admin_v1_admin_proto_msgTypes[1]
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -105,7 +613,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_castellan_admin_v1_admin_proto_msgTypes[1]
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -118,7 +626,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -153,7 +661,7 @@ type CreateEntryRequest struct {
 
 func (x *CreateEntryRequest) Reset() {
 	*x = CreateEntryRequest{}
-	mi := &file_castellan_admin_v1_admin_proto_msgTypes[2]
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -165,7 +673,7 @@ func (x *CreateEntryRequest) String() string {
 func (*CreateEntryRequest) ProtoMessage() {}
 
 func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_castellan_admin_v1_admin_proto_msgTypes[2]
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -178,7 +686,7 @@ func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEntryRequest.ProtoReflect.Descriptor instead.
 func (*CreateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateEntryRequest) GetEntry() *v1.Entry {
@@ -198,7 +706,7 @@ type CreateEntryResponse struct {
 
 func (x *CreateEntryResponse) Reset() {
 	*x = CreateEntryResponse{}
-	mi := &file_castellan_admin_v1_admin_proto_msgTypes[3]
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -210,7 +718,7 @@ func (x *CreateEntryResponse) String() string {
 func (*CreateEntryResponse) ProtoMessage() {}
 
 func (x *CreateEntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_castellan_admin_v1_admin_proto_msgTypes[3]
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -223,7 +731,7 @@ func (x *CreateEntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEntryResponse.ProtoReflect.Descriptor instead.
 func (*CreateEntryResponse) Descriptor() ([]byte, []int) {
-	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateEntryResponse) GetEntry() *v1.Entry {
@@ -244,7 +752,7 @@ type ListEntriesRequest struct {
 
 func (x *ListEntriesRequest) Reset() {
 	*x = ListEntriesRequest{}
-	mi := &file_castellan_admin_v1_admin_proto_msgTypes[4]
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -256,7 +764,7 @@ func (x *ListEntriesRequest) String() string {
 func (*ListEntriesRequest) ProtoMessage() {}
 
 func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_castellan_admin_v1_admin_proto_msgTypes[4]
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -269,7 +777,7 @@ func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
 func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListEntriesRequest) GetNode() string {
@@ -289,7 +797,7 @@ type ListEntriesResponse struct {
 
 func (x *ListEntriesResponse) Reset() {
 	*x = ListEntriesResponse{}
-	mi := &file_castellan_admin_v1_admin_proto_msgTypes[5]
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -301,7 +809,7 @@ func (x *ListEntriesResponse) String() string {
 func (*ListEntriesResponse) ProtoMessage() {}
 
 func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_castellan_admin_v1_admin_proto_msgTypes[5]
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -314,7 +822,7 @@ func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
 func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListEntriesResponse) GetEntries() []*v1.Entry {
@@ -334,7 +842,7 @@ type DeleteEntryRequest struct {
 
 func (x *DeleteEntryRequest) Reset() {
 	*x = DeleteEntryRequest{}
-	mi := &file_castellan_admin_v1_admin_proto_msgTypes[6]
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -346,7 +854,7 @@ func (x *DeleteEntryRequest) String() string {
 func (*DeleteEntryRequest) ProtoMessage() {}
 
 func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_castellan_admin_v1_admin_proto_msgTypes[6]
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -359,7 +867,7 @@ func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEntryRequest) Descriptor() ([]byte, []int) {
-	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteEntryRequest) GetId() string {
@@ -378,7 +886,7 @@ type DeleteEntryResponse struct {
 
 func (x *DeleteEntryResponse) Reset() {
 	*x = DeleteEntryResponse{}
-	mi := &file_castellan_admin_v1_admin_proto_msgTypes[7]
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -390,7 +898,7 @@ func (x *DeleteEntryResponse) String() string {
 func (*DeleteEntryResponse) ProtoMessage() {}
 
 func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_castellan_admin_v1_admin_proto_msgTypes[7]
+	mi := &file_castellan_admin_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -403,14 +911,48 @@ func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEntryResponse) Descriptor() ([]byte, []int) {
-	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_castellan_admin_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 var File_castellan_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_castellan_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1ecastellan/admin/v1/admin.proto\x12\x12castellan.admin.v1\x1a\x18castellan/ca/v1/ca.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"M\n" +
+	"\x1ecastellan/admin/v1/admin.proto\x12\x12castellan.admin.v1\x1a\x18castellan/ca/v1/ca.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8a\x03\n" +
+	"\x05Agent\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1b\n" +
+	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x16\n" +
+	"\x06serial\x18\x03 \x01(\tR\x06serial\x127\n" +
+	"\tnot_after\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x129\n" +
+	"\n" +
+	"first_seen\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tfirstSeen\x127\n" +
+	"\tlast_seen\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12\x16\n" +
+	"\x06banned\x18\a \x01(\bR\x06banned\x12\x1d\n" +
+	"\n" +
+	"ban_reason\x18\b \x01(\tR\tbanReason\x127\n" +
+	"\tbanned_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\bbannedAt\x12\x1b\n" +
+	"\tban_index\x18\n" +
+	" \x01(\x04R\bbanIndex\"\x13\n" +
+	"\x11ListAgentsRequest\"G\n" +
+	"\x12ListAgentsResponse\x121\n" +
+	"\x06agents\x18\x01 \x03(\v2\x19.castellan.admin.v1.AgentR\x06agents\"%\n" +
+	"\x0fGetAgentRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"C\n" +
+	"\x10GetAgentResponse\x12/\n" +
+	"\x05agent\x18\x01 \x01(\v2\x19.castellan.admin.v1.AgentR\x05agent\"=\n" +
+	"\x0fBanAgentRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"l\n" +
+	"\x10BanAgentResponse\x12/\n" +
+	"\x05agent\x18\x01 \x01(\v2\x19.castellan.admin.v1.AgentR\x05agent\x12'\n" +
+	"\x0frevoked_serials\x18\x02 \x03(\tR\x0erevokedSerials\"?\n" +
+	"\x11UnbanAgentRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"f\n" +
+	"\x12UnbanAgentResponse\x12/\n" +
+	"\x05agent\x18\x01 \x01(\v2\x19.castellan.admin.v1.AgentR\x05agent\x12\x1f\n" +
+	"\vunban_index\x18\x02 \x01(\x04R\n" +
+	"unbanIndex\"M\n" +
 	"\x16CreateJoinTokenRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
@@ -430,12 +972,18 @@ const file_castellan_admin_v1_admin_proto_rawDesc = "" +
 	"\aentries\x18\x01 \x03(\v2\x16.castellan.ca.v1.EntryR\aentries\"$\n" +
 	"\x12DeleteEntryRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x15\n" +
-	"\x13DeleteEntryResponse2\x9a\x03\n" +
+	"\x13DeleteEntryResponse2\x82\x06\n" +
 	"\fAdminService\x12j\n" +
 	"\x0fCreateJoinToken\x12*.castellan.admin.v1.CreateJoinTokenRequest\x1a+.castellan.admin.v1.CreateJoinTokenResponse\x12^\n" +
 	"\vCreateEntry\x12&.castellan.admin.v1.CreateEntryRequest\x1a'.castellan.admin.v1.CreateEntryResponse\x12^\n" +
 	"\vListEntries\x12&.castellan.admin.v1.ListEntriesRequest\x1a'.castellan.admin.v1.ListEntriesResponse\x12^\n" +
-	"\vDeleteEntry\x12&.castellan.admin.v1.DeleteEntryRequest\x1a'.castellan.admin.v1.DeleteEntryResponseBCZAgithub.com/castellan-dev/castellan/api/castellan/admin/v1;adminv1b\x06proto3"
+	"\vDeleteEntry\x12&.castellan.admin.v1.DeleteEntryRequest\x1a'.castellan.admin.v1.DeleteEntryResponse\x12[\n" +
+	"\n" +
+	"ListAgents\x12%.castellan.admin.v1.ListAgentsRequest\x1a&.castellan.admin.v1.ListAgentsResponse\x12U\n" +
+	"\bGetAgent\x12#.castellan.admin.v1.GetAgentRequest\x1a$.castellan.admin.v1.GetAgentResponse\x12U\n" +
+	"\bBanAgent\x12#.castellan.admin.v1.BanAgentRequest\x1a$.castellan.admin.v1.BanAgentResponse\x12[\n" +
+	"\n" +
+	"UnbanAgent\x12%.castellan.admin.v1.UnbanAgentRequest\x1a&.castellan.admin.v1.UnbanAgentResponseBCZAgithub.com/castellan-dev/castellan/api/castellan/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_castellan_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -449,37 +997,62 @@ func file_castellan_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_castellan_admin_v1_admin_proto_rawDescData
 }
 
-var file_castellan_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_castellan_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_castellan_admin_v1_admin_proto_goTypes = []any{
-	(*CreateJoinTokenRequest)(nil),  // 0: castellan.admin.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil), // 1: castellan.admin.v1.CreateJoinTokenResponse
-	(*CreateEntryRequest)(nil),      // 2: castellan.admin.v1.CreateEntryRequest
-	(*CreateEntryResponse)(nil),     // 3: castellan.admin.v1.CreateEntryResponse
-	(*ListEntriesRequest)(nil),      // 4: castellan.admin.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),     // 5: castellan.admin.v1.ListEntriesResponse
-	(*DeleteEntryRequest)(nil),      // 6: castellan.admin.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),     // 7: castellan.admin.v1.DeleteEntryResponse
-	(*timestamppb.Timestamp)(nil),   // 8: google.protobuf.Timestamp
-	(*v1.Entry)(nil),                // 9: castellan.ca.v1.Entry
+	(*Agent)(nil),                   // 0: castellan.admin.v1.Agent
+	(*ListAgentsRequest)(nil),       // 1: castellan.admin.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),      // 2: castellan.admin.v1.ListAgentsResponse
+	(*GetAgentRequest)(nil),         // 3: castellan.admin.v1.GetAgentRequest
+	(*GetAgentResponse)(nil),        // 4: castellan.admin.v1.GetAgentResponse
+	(*BanAgentRequest)(nil),         // 5: castellan.admin.v1.BanAgentRequest
+	(*BanAgentResponse)(nil),        // 6: castellan.admin.v1.BanAgentResponse
+	(*UnbanAgentRequest)(nil),       // 7: castellan.admin.v1.UnbanAgentRequest
+	(*UnbanAgentResponse)(nil),      // 8: castellan.admin.v1.UnbanAgentResponse
+	(*CreateJoinTokenRequest)(nil),  // 9: castellan.admin.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil), // 10: castellan.admin.v1.CreateJoinTokenResponse
+	(*CreateEntryRequest)(nil),      // 11: castellan.admin.v1.CreateEntryRequest
+	(*CreateEntryResponse)(nil),     // 12: castellan.admin.v1.CreateEntryResponse
+	(*ListEntriesRequest)(nil),      // 13: castellan.admin.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),     // 14: castellan.admin.v1.ListEntriesResponse
+	(*DeleteEntryRequest)(nil),      // 15: castellan.admin.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),     // 16: castellan.admin.v1.DeleteEntryResponse
+	(*timestamppb.Timestamp)(nil),   // 17: google.protobuf.Timestamp
+	(*v1.Entry)(nil),                // 18: castellan.ca.v1.Entry
 }
 var file_castellan_admin_v1_admin_proto_depIdxs = []int32{
-	8, // 0: castellan.admin.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	9, // 1: castellan.admin.v1.CreateEntryRequest.entry:type_name -> castellan.ca.v1.Entry
-	9, // 2: castellan.admin.v1.CreateEntryResponse.entry:type_name -> castellan.ca.v1.Entry
-	9, // 3: castellan.admin.v1.ListEntriesResponse.entries:type_name -> castellan.ca.v1.Entry
-	0, // 4: castellan.admin.v1.AdminService.CreateJoinToken:input_type -> castellan.admin.v1.CreateJoinTokenRequest
-	2, // 5: castellan.admin.v1.AdminService.CreateEntry:input_type -> castellan.admin.v1.CreateEntryRequest
-	4, // 6: castellan.admin.v1.AdminService.ListEntries:input_type -> castellan.admin.v1.ListEntriesRequest
-	6, // 7: castellan.admin.v1.AdminService.DeleteEntry:input_type -> castellan.admin.v1.DeleteEntryRequest
-	1, // 8: castellan.admin.v1.AdminService.CreateJoinToken:output_type -> castellan.admin.v1.CreateJoinTokenResponse
-	3, // 9: castellan.admin.v1.AdminService.CreateEntry:output_type -> castellan.admin.v1.CreateEntryResponse
-	5, // 10: castellan.admin.v1.AdminService.ListEntries:output_type -> castellan.admin.v1.ListEntriesResponse
-	7, // 11: castellan.admin.v1.AdminService.DeleteEntry:output_type -> castellan.admin.v1.DeleteEntryResponse
-	8, // [8:12] is the sub-list for method output_type
-	4, // [4:8] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	17, // 0: castellan.admin.v1.Agent.not_after:type_name -> google.protobuf.Timestamp
+	17, // 1: castellan.admin.v1.Agent.first_seen:type_name -> google.protobuf.Timestamp
+	17, // 2: castellan.admin.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	17, // 3: castellan.admin.v1.Agent.banned_at:type_name -> google.protobuf.Timestamp
+	0,  // 4: castellan.admin.v1.ListAgentsResponse.agents:type_name -> castellan.admin.v1.Agent
+	0,  // 5: castellan.admin.v1.GetAgentResponse.agent:type_name -> castellan.admin.v1.Agent
+	0,  // 6: castellan.admin.v1.BanAgentResponse.agent:type_name -> castellan.admin.v1.Agent
+	0,  // 7: castellan.admin.v1.UnbanAgentResponse.agent:type_name -> castellan.admin.v1.Agent
+	17, // 8: castellan.admin.v1.CreateJoinTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	18, // 9: castellan.admin.v1.CreateEntryRequest.entry:type_name -> castellan.ca.v1.Entry
+	18, // 10: castellan.admin.v1.CreateEntryResponse.entry:type_name -> castellan.ca.v1.Entry
+	18, // 11: castellan.admin.v1.ListEntriesResponse.entries:type_name -> castellan.ca.v1.Entry
+	9,  // 12: castellan.admin.v1.AdminService.CreateJoinToken:input_type -> castellan.admin.v1.CreateJoinTokenRequest
+	11, // 13: castellan.admin.v1.AdminService.CreateEntry:input_type -> castellan.admin.v1.CreateEntryRequest
+	13, // 14: castellan.admin.v1.AdminService.ListEntries:input_type -> castellan.admin.v1.ListEntriesRequest
+	15, // 15: castellan.admin.v1.AdminService.DeleteEntry:input_type -> castellan.admin.v1.DeleteEntryRequest
+	1,  // 16: castellan.admin.v1.AdminService.ListAgents:input_type -> castellan.admin.v1.ListAgentsRequest
+	3,  // 17: castellan.admin.v1.AdminService.GetAgent:input_type -> castellan.admin.v1.GetAgentRequest
+	5,  // 18: castellan.admin.v1.AdminService.BanAgent:input_type -> castellan.admin.v1.BanAgentRequest
+	7,  // 19: castellan.admin.v1.AdminService.UnbanAgent:input_type -> castellan.admin.v1.UnbanAgentRequest
+	10, // 20: castellan.admin.v1.AdminService.CreateJoinToken:output_type -> castellan.admin.v1.CreateJoinTokenResponse
+	12, // 21: castellan.admin.v1.AdminService.CreateEntry:output_type -> castellan.admin.v1.CreateEntryResponse
+	14, // 22: castellan.admin.v1.AdminService.ListEntries:output_type -> castellan.admin.v1.ListEntriesResponse
+	16, // 23: castellan.admin.v1.AdminService.DeleteEntry:output_type -> castellan.admin.v1.DeleteEntryResponse
+	2,  // 24: castellan.admin.v1.AdminService.ListAgents:output_type -> castellan.admin.v1.ListAgentsResponse
+	4,  // 25: castellan.admin.v1.AdminService.GetAgent:output_type -> castellan.admin.v1.GetAgentResponse
+	6,  // 26: castellan.admin.v1.AdminService.BanAgent:output_type -> castellan.admin.v1.BanAgentResponse
+	8,  // 27: castellan.admin.v1.AdminService.UnbanAgent:output_type -> castellan.admin.v1.UnbanAgentResponse
+	20, // [20:28] is the sub-list for method output_type
+	12, // [12:20] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_castellan_admin_v1_admin_proto_init() }
@@ -493,7 +1066,7 @@ func file_castellan_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_castellan_admin_v1_admin_proto_rawDesc), len(file_castellan_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -5,7 +5,7 @@
 // source: castellan/admin/v1/admin.proto
 
 // Package castellan.admin.v1 is the operator API of the Castellan CA:
-// join tokens and registration entries. It is served on an owner-only Unix
+// join tokens, registration entries and node agents (bans). It is served on an owner-only Unix
 // socket in the CA's data directory and over mTLS to admin identities.
 
 package adminv1
@@ -27,6 +27,10 @@ const (
 	AdminService_CreateEntry_FullMethodName     = "/castellan.admin.v1.AdminService/CreateEntry"
 	AdminService_ListEntries_FullMethodName     = "/castellan.admin.v1.AdminService/ListEntries"
 	AdminService_DeleteEntry_FullMethodName     = "/castellan.admin.v1.AdminService/DeleteEntry"
+	AdminService_ListAgents_FullMethodName      = "/castellan.admin.v1.AdminService/ListAgents"
+	AdminService_GetAgent_FullMethodName        = "/castellan.admin.v1.AdminService/GetAgent"
+	AdminService_BanAgent_FullMethodName        = "/castellan.admin.v1.AdminService/BanAgent"
+	AdminService_UnbanAgent_FullMethodName      = "/castellan.admin.v1.AdminService/UnbanAgent"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -44,6 +48,21 @@ type AdminServiceClient interface {
 	ListEntries(ctx context.Context, in *ListEntriesRequest, opts ...grpc.CallOption) (*ListEntriesResponse, error)
 	// DeleteEntry deletes a registration entry by ID.
 	DeleteEntry(ctx context.Context, in *DeleteEntryRequest, opts ...grpc.CallOption) (*DeleteEntryResponse, error)
+	// ListAgents lists the node agents the ledger knows (from join-token
+	// uses, agent SVIDs and bans), sorted by node.
+	ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error)
+	// GetAgent returns one node's agent. NOT_FOUND if the ledger knows none.
+	GetAgent(ctx context.Context, in *GetAgentRequest, opts ...grpc.CallOption) (*GetAgentResponse, error)
+	// BanAgent bans a node: every agent certificate of the node, past and
+	// future, is refused on every call, its open SyncAgent streams are
+	// closed, and every unexpired certificate issued to the node is revoked
+	// (CRL, and pushed to every agent). The ban is a ledger event.
+	// ALREADY_EXISTS if the node is banned.
+	BanAgent(ctx context.Context, in *BanAgentRequest, opts ...grpc.CallOption) (*BanAgentResponse, error)
+	// UnbanAgent lifts a ban: the node may attest again (with a new join
+	// token) and obtain new certificates; revoked ones stay revoked.
+	// FAILED_PRECONDITION if the node is not banned.
+	UnbanAgent(ctx context.Context, in *UnbanAgentRequest, opts ...grpc.CallOption) (*UnbanAgentResponse, error)
 }
 
 type adminServiceClient struct {
@@ -94,6 +113,46 @@ func (c *adminServiceClient) DeleteEntry(ctx context.Context, in *DeleteEntryReq
 	return out, nil
 }
 
+func (c *adminServiceClient) ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAgentsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListAgents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) GetAgent(ctx context.Context, in *GetAgentRequest, opts ...grpc.CallOption) (*GetAgentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetAgentResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetAgent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) BanAgent(ctx context.Context, in *BanAgentRequest, opts ...grpc.CallOption) (*BanAgentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BanAgentResponse)
+	err := c.cc.Invoke(ctx, AdminService_BanAgent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) UnbanAgent(ctx context.Context, in *UnbanAgentRequest, opts ...grpc.CallOption) (*UnbanAgentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UnbanAgentResponse)
+	err := c.cc.Invoke(ctx, AdminService_UnbanAgent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -109,6 +168,21 @@ type AdminServiceServer interface {
 	ListEntries(context.Context, *ListEntriesRequest) (*ListEntriesResponse, error)
 	// DeleteEntry deletes a registration entry by ID.
 	DeleteEntry(context.Context, *DeleteEntryRequest) (*DeleteEntryResponse, error)
+	// ListAgents lists the node agents the ledger knows (from join-token
+	// uses, agent SVIDs and bans), sorted by node.
+	ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error)
+	// GetAgent returns one node's agent. NOT_FOUND if the ledger knows none.
+	GetAgent(context.Context, *GetAgentRequest) (*GetAgentResponse, error)
+	// BanAgent bans a node: every agent certificate of the node, past and
+	// future, is refused on every call, its open SyncAgent streams are
+	// closed, and every unexpired certificate issued to the node is revoked
+	// (CRL, and pushed to every agent). The ban is a ledger event.
+	// ALREADY_EXISTS if the node is banned.
+	BanAgent(context.Context, *BanAgentRequest) (*BanAgentResponse, error)
+	// UnbanAgent lifts a ban: the node may attest again (with a new join
+	// token) and obtain new certificates; revoked ones stay revoked.
+	// FAILED_PRECONDITION if the node is not banned.
+	UnbanAgent(context.Context, *UnbanAgentRequest) (*UnbanAgentResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -130,6 +204,18 @@ func (UnimplementedAdminServiceServer) ListEntries(context.Context, *ListEntries
 }
 func (UnimplementedAdminServiceServer) DeleteEntry(context.Context, *DeleteEntryRequest) (*DeleteEntryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteEntry not implemented")
+}
+func (UnimplementedAdminServiceServer) ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAgents not implemented")
+}
+func (UnimplementedAdminServiceServer) GetAgent(context.Context, *GetAgentRequest) (*GetAgentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetAgent not implemented")
+}
+func (UnimplementedAdminServiceServer) BanAgent(context.Context, *BanAgentRequest) (*BanAgentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BanAgent not implemented")
+}
+func (UnimplementedAdminServiceServer) UnbanAgent(context.Context, *UnbanAgentRequest) (*UnbanAgentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UnbanAgent not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -224,6 +310,78 @@ func _AdminService_DeleteEntry_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListAgents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAgentsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListAgents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListAgents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListAgents(ctx, req.(*ListAgentsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_GetAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetAgentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetAgent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetAgent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetAgent(ctx, req.(*GetAgentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_BanAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BanAgentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).BanAgent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_BanAgent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).BanAgent(ctx, req.(*BanAgentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_UnbanAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnbanAgentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).UnbanAgent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_UnbanAgent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).UnbanAgent(ctx, req.(*UnbanAgentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -246,6 +404,22 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteEntry",
 			Handler:    _AdminService_DeleteEntry_Handler,
+		},
+		{
+			MethodName: "ListAgents",
+			Handler:    _AdminService_ListAgents_Handler,
+		},
+		{
+			MethodName: "GetAgent",
+			Handler:    _AdminService_GetAgent_Handler,
+		},
+		{
+			MethodName: "BanAgent",
+			Handler:    _AdminService_BanAgent_Handler,
+		},
+		{
+			MethodName: "UnbanAgent",
+			Handler:    _AdminService_UnbanAgent_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -90,7 +90,8 @@ type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Position in the log, from 0.
 	Index uint64 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
-	// issuance, renewal, revocation, ca_key_change or join_token_use.
+	// issuance, renewal, revocation, ca_key_change, join_token_use, ban or
+	// unban.
 	Kind string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
 	Time *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
 	// Certificate serial number, lower-case hex.
@@ -112,7 +113,11 @@ type Event struct {
 	// The entry's content was pruned after its retention period.
 	Pruned bool `protobuf:"varint,14,opt,name=pruned,proto3" json:"pruned,omitempty"`
 	// Set on certificates that were revoked.
-	Revocation    *Revocation `protobuf:"bytes,15,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	Revocation *Revocation `protobuf:"bytes,15,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	// Serial of the certificate this one renewed (agent SVID renewals,
+	// Istio renewals with a client certificate); empty for a certificate
+	// obtained by attestation.
+	ParentSerial  string `protobuf:"bytes,16,opt,name=parent_serial,json=parentSerial,proto3" json:"parent_serial,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -250,6 +255,13 @@ func (x *Event) GetRevocation() *Revocation {
 		return x.Revocation
 	}
 	return nil
+}
+
+func (x *Event) GetParentSerial() string {
+	if x != nil {
+		return x.ParentSerial
+	}
+	return ""
 }
 
 // Revocation of a certificate.
@@ -504,7 +516,9 @@ func (x *ListResponse) GetNextPageToken() string {
 type GetRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Serial number in hex (any case, colons allowed).
-	Serial        string `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	Serial string `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
+	// Also return the certificate's lineage (ancestors and descendants).
+	Lineage       bool `protobuf:"varint,2,opt,name=lineage,proto3" json:"lineage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -546,13 +560,26 @@ func (x *GetRequest) GetSerial() string {
 	return ""
 }
 
+func (x *GetRequest) GetLineage() bool {
+	if x != nil {
+		return x.Lineage
+	}
+	return false
+}
+
 // GetResponse carries the certificate's entry and its inclusion proof.
 type GetResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Event         *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
-	Proof         *InclusionProof        `protobuf:"bytes,2,opt,name=proof,proto3" json:"proof,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Event *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	Proof *InclusionProof        `protobuf:"bytes,2,opt,name=proof,proto3" json:"proof,omitempty"`
+	// With lineage: the certificates this one descends from, parent first.
+	Ancestors []*Event `protobuf:"bytes,3,rep,name=ancestors,proto3" json:"ancestors,omitempty"`
+	// With lineage: the certificates descended from this one, breadth first.
+	Descendants []*Event `protobuf:"bytes,4,rep,name=descendants,proto3" json:"descendants,omitempty"`
+	// The lineage was longer than the server walks; the lists are partial.
+	LineageTruncated bool `protobuf:"varint,5,opt,name=lineage_truncated,json=lineageTruncated,proto3" json:"lineage_truncated,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *GetResponse) Reset() {
@@ -597,6 +624,27 @@ func (x *GetResponse) GetProof() *InclusionProof {
 		return x.Proof
 	}
 	return nil
+}
+
+func (x *GetResponse) GetAncestors() []*Event {
+	if x != nil {
+		return x.Ancestors
+	}
+	return nil
+}
+
+func (x *GetResponse) GetDescendants() []*Event {
+	if x != nil {
+		return x.Descendants
+	}
+	return nil
+}
+
+func (x *GetResponse) GetLineageTruncated() bool {
+	if x != nil {
+		return x.LineageTruncated
+	}
+	return false
 }
 
 // InclusionProof proves that a leaf is in the tree of a signed checkpoint;
@@ -675,9 +723,12 @@ type RevokeRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Serial string                 `protobuf:"bytes,1,opt,name=serial,proto3" json:"serial,omitempty"`
 	// Why: keyCompromise, superseded, cessationOfOperation, ... or free text.
-	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Also revoke every certificate descended from this one (renewals of
+	// it, renewals of those, ...).
+	WithDescendants bool `protobuf:"varint,3,opt,name=with_descendants,json=withDescendants,proto3" json:"with_descendants,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *RevokeRequest) Reset() {
@@ -724,10 +775,21 @@ func (x *RevokeRequest) GetReason() string {
 	return ""
 }
 
+func (x *RevokeRequest) GetWithDescendants() bool {
+	if x != nil {
+		return x.WithDescendants
+	}
+	return false
+}
+
 // RevokeResponse carries the logged revocation.
 type RevokeResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Revocation    *Event                 `protobuf:"bytes,1,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The first revocation logged (the named certificate's, unless it was
+	// revoked before).
+	Revocation *Event `protobuf:"bytes,1,opt,name=revocation,proto3" json:"revocation,omitempty"`
+	// With with_descendants: every revocation logged, in log order.
+	Revocations   []*Event `protobuf:"bytes,2,rep,name=revocations,proto3" json:"revocations,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -765,6 +827,13 @@ func (*RevokeResponse) Descriptor() ([]byte, []int) {
 func (x *RevokeResponse) GetRevocation() *Event {
 	if x != nil {
 		return x.Revocation
+	}
+	return nil
+}
+
+func (x *RevokeResponse) GetRevocations() []*Event {
+	if x != nil {
+		return x.Revocations
 	}
 	return nil
 }
@@ -1242,7 +1311,7 @@ var File_castellan_audit_v1_audit_proto protoreflect.FileDescriptor
 
 const file_castellan_audit_v1_audit_proto_rawDesc = "" +
 	"\n" +
-	"\x1ecastellan/audit/v1/audit.proto\x12\x12castellan.audit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x04\n" +
+	"\x1ecastellan/audit/v1/audit.proto\x12\x12castellan.audit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xab\x04\n" +
 	"\x05Event\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12.\n" +
@@ -1262,7 +1331,8 @@ const file_castellan_audit_v1_audit_proto_rawDesc = "" +
 	"\x06pruned\x18\x0e \x01(\bR\x06pruned\x12>\n" +
 	"\n" +
 	"revocation\x18\x0f \x01(\v2\x1e.castellan.audit.v1.RevocationR\n" +
-	"revocation\"j\n" +
+	"revocation\x12#\n" +
+	"\rparent_serial\x18\x10 \x01(\tR\fparentSerial\"j\n" +
 	"\n" +
 	"Revocation\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12.\n" +
@@ -1284,13 +1354,17 @@ const file_castellan_audit_v1_audit_proto_rawDesc = "" +
 	"page_token\x18\v \x01(\tR\tpageToken\"i\n" +
 	"\fListResponse\x121\n" +
 	"\x06events\x18\x01 \x03(\v2\x19.castellan.audit.v1.EventR\x06events\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"$\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\">\n" +
 	"\n" +
 	"GetRequest\x12\x16\n" +
-	"\x06serial\x18\x01 \x01(\tR\x06serial\"x\n" +
+	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x18\n" +
+	"\alineage\x18\x02 \x01(\bR\alineage\"\x9b\x02\n" +
 	"\vGetResponse\x12/\n" +
 	"\x05event\x18\x01 \x01(\v2\x19.castellan.audit.v1.EventR\x05event\x128\n" +
-	"\x05proof\x18\x02 \x01(\v2\".castellan.audit.v1.InclusionProofR\x05proof\"\x84\x01\n" +
+	"\x05proof\x18\x02 \x01(\v2\".castellan.audit.v1.InclusionProofR\x05proof\x127\n" +
+	"\tancestors\x18\x03 \x03(\v2\x19.castellan.audit.v1.EventR\tancestors\x12;\n" +
+	"\vdescendants\x18\x04 \x03(\v2\x19.castellan.audit.v1.EventR\vdescendants\x12+\n" +
+	"\x11lineage_truncated\x18\x05 \x01(\bR\x10lineageTruncated\"\x84\x01\n" +
 	"\x0eInclusionProof\x12\x1d\n" +
 	"\n" +
 	"leaf_index\x18\x01 \x01(\x04R\tleafIndex\x12\x1b\n" +
@@ -1298,14 +1372,16 @@ const file_castellan_audit_v1_audit_proto_rawDesc = "" +
 	"\x06hashes\x18\x03 \x03(\fR\x06hashes\x12\x1e\n" +
 	"\n" +
 	"checkpoint\x18\x04 \x01(\fR\n" +
-	"checkpoint\"?\n" +
+	"checkpoint\"j\n" +
 	"\rRevokeRequest\x12\x16\n" +
 	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"K\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12)\n" +
+	"\x10with_descendants\x18\x03 \x01(\bR\x0fwithDescendants\"\x88\x01\n" +
 	"\x0eRevokeResponse\x129\n" +
 	"\n" +
 	"revocation\x18\x01 \x01(\v2\x19.castellan.audit.v1.EventR\n" +
-	"revocation\"\x13\n" +
+	"revocation\x12;\n" +
+	"\vrevocations\x18\x02 \x03(\v2\x19.castellan.audit.v1.EventR\vrevocations\"\x13\n" +
 	"\x11CheckpointRequest\"o\n" +
 	"\x12CheckpointResponse\x12\x1e\n" +
 	"\n" +
@@ -1401,28 +1477,31 @@ var file_castellan_audit_v1_audit_proto_depIdxs = []int32{
 	1,  // 8: castellan.audit.v1.ListResponse.events:type_name -> castellan.audit.v1.Event
 	1,  // 9: castellan.audit.v1.GetResponse.event:type_name -> castellan.audit.v1.Event
 	7,  // 10: castellan.audit.v1.GetResponse.proof:type_name -> castellan.audit.v1.InclusionProof
-	1,  // 11: castellan.audit.v1.RevokeResponse.revocation:type_name -> castellan.audit.v1.Event
-	1,  // 12: castellan.audit.v1.WatchResponse.event:type_name -> castellan.audit.v1.Event
-	17, // 13: castellan.audit.v1.ExportResponse.leaves:type_name -> castellan.audit.v1.Leaf
-	3,  // 14: castellan.audit.v1.AuditService.List:input_type -> castellan.audit.v1.ListRequest
-	5,  // 15: castellan.audit.v1.AuditService.Get:input_type -> castellan.audit.v1.GetRequest
-	8,  // 16: castellan.audit.v1.AuditService.Revoke:input_type -> castellan.audit.v1.RevokeRequest
-	10, // 17: castellan.audit.v1.AuditService.Checkpoint:input_type -> castellan.audit.v1.CheckpointRequest
-	12, // 18: castellan.audit.v1.AuditService.Consistency:input_type -> castellan.audit.v1.ConsistencyRequest
-	14, // 19: castellan.audit.v1.AuditService.Watch:input_type -> castellan.audit.v1.WatchRequest
-	16, // 20: castellan.audit.v1.AuditService.Export:input_type -> castellan.audit.v1.ExportRequest
-	4,  // 21: castellan.audit.v1.AuditService.List:output_type -> castellan.audit.v1.ListResponse
-	6,  // 22: castellan.audit.v1.AuditService.Get:output_type -> castellan.audit.v1.GetResponse
-	9,  // 23: castellan.audit.v1.AuditService.Revoke:output_type -> castellan.audit.v1.RevokeResponse
-	11, // 24: castellan.audit.v1.AuditService.Checkpoint:output_type -> castellan.audit.v1.CheckpointResponse
-	13, // 25: castellan.audit.v1.AuditService.Consistency:output_type -> castellan.audit.v1.ConsistencyResponse
-	15, // 26: castellan.audit.v1.AuditService.Watch:output_type -> castellan.audit.v1.WatchResponse
-	18, // 27: castellan.audit.v1.AuditService.Export:output_type -> castellan.audit.v1.ExportResponse
-	21, // [21:28] is the sub-list for method output_type
-	14, // [14:21] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	1,  // 11: castellan.audit.v1.GetResponse.ancestors:type_name -> castellan.audit.v1.Event
+	1,  // 12: castellan.audit.v1.GetResponse.descendants:type_name -> castellan.audit.v1.Event
+	1,  // 13: castellan.audit.v1.RevokeResponse.revocation:type_name -> castellan.audit.v1.Event
+	1,  // 14: castellan.audit.v1.RevokeResponse.revocations:type_name -> castellan.audit.v1.Event
+	1,  // 15: castellan.audit.v1.WatchResponse.event:type_name -> castellan.audit.v1.Event
+	17, // 16: castellan.audit.v1.ExportResponse.leaves:type_name -> castellan.audit.v1.Leaf
+	3,  // 17: castellan.audit.v1.AuditService.List:input_type -> castellan.audit.v1.ListRequest
+	5,  // 18: castellan.audit.v1.AuditService.Get:input_type -> castellan.audit.v1.GetRequest
+	8,  // 19: castellan.audit.v1.AuditService.Revoke:input_type -> castellan.audit.v1.RevokeRequest
+	10, // 20: castellan.audit.v1.AuditService.Checkpoint:input_type -> castellan.audit.v1.CheckpointRequest
+	12, // 21: castellan.audit.v1.AuditService.Consistency:input_type -> castellan.audit.v1.ConsistencyRequest
+	14, // 22: castellan.audit.v1.AuditService.Watch:input_type -> castellan.audit.v1.WatchRequest
+	16, // 23: castellan.audit.v1.AuditService.Export:input_type -> castellan.audit.v1.ExportRequest
+	4,  // 24: castellan.audit.v1.AuditService.List:output_type -> castellan.audit.v1.ListResponse
+	6,  // 25: castellan.audit.v1.AuditService.Get:output_type -> castellan.audit.v1.GetResponse
+	9,  // 26: castellan.audit.v1.AuditService.Revoke:output_type -> castellan.audit.v1.RevokeResponse
+	11, // 27: castellan.audit.v1.AuditService.Checkpoint:output_type -> castellan.audit.v1.CheckpointResponse
+	13, // 28: castellan.audit.v1.AuditService.Consistency:output_type -> castellan.audit.v1.ConsistencyResponse
+	15, // 29: castellan.audit.v1.AuditService.Watch:output_type -> castellan.audit.v1.WatchResponse
+	18, // 30: castellan.audit.v1.AuditService.Export:output_type -> castellan.audit.v1.ExportResponse
+	24, // [24:31] is the sub-list for method output_type
+	17, // [17:24] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_castellan_audit_v1_audit_proto_init() }

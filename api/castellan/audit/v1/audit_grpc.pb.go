@@ -50,7 +50,9 @@ type AuditServiceClient interface {
 	Get(ctx context.Context, in *GetRequest, opts ...grpc.CallOption) (*GetResponse, error)
 	// Revoke revokes a certificate: the revocation is logged, published in
 	// the CRL and pushed to agents. NOT_FOUND for an unknown serial,
-	// ALREADY_EXISTS if it was revoked before.
+	// ALREADY_EXISTS if it was revoked before. With with_descendants, every
+	// certificate descended from it is revoked too, in the same ledger
+	// append.
 	Revoke(ctx context.Context, in *RevokeRequest, opts ...grpc.CallOption) (*RevokeResponse, error)
 	// Checkpoint returns the latest signed checkpoint and the log's key.
 	Checkpoint(ctx context.Context, in *CheckpointRequest, opts ...grpc.CallOption) (*CheckpointResponse, error)
@@ -175,7 +177,9 @@ type AuditServiceServer interface {
 	Get(context.Context, *GetRequest) (*GetResponse, error)
 	// Revoke revokes a certificate: the revocation is logged, published in
 	// the CRL and pushed to agents. NOT_FOUND for an unknown serial,
-	// ALREADY_EXISTS if it was revoked before.
+	// ALREADY_EXISTS if it was revoked before. With with_descendants, every
+	// certificate descended from it is revoked too, in the same ledger
+	// append.
 	Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error)
 	// Checkpoint returns the latest signed checkpoint and the log's key.
 	Checkpoint(context.Context, *CheckpointRequest) (*CheckpointResponse, error)

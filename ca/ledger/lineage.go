@@ -1,0 +1,241 @@
+package ledger
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Lineages. A certificate obtained by renewing another records that one's
+// serial as its Parent; the parent index (by_parent) maps a serial to its
+// children. Walks are bounded: a lineage longer or wider than the bound is
+// reported as truncated, never walked without end.
+
+// MaxLineageWalk bounds the certificates one Ancestors or Descendants call
+// visits, and RevokeWithDescendants revokes.
+const MaxLineageWalk = 10000
+
+// lineageSettleRounds bounds how often RevokeWithDescendants looks again
+// for descendants that renewals in flight recorded meanwhile.
+const lineageSettleRounds = 3
+
+// certTx returns the issuance or renewal entry of serial (normalized).
+func certTx(tx *bolt.Tx, serial string) (Entry, error) {
+	for _, idx := range lookupSerial(tx, serial) {
+		c, err := readEntry(tx, idx)
+		if err != nil {
+			return Entry{}, err
+		}
+		if c.Kind.IsCertificate() {
+			return c, nil
+		}
+	}
+	return Entry{}, fmt.Errorf("%w: no certificate with serial %s in the log", ErrNotFound, serial)
+}
+
+// Ancestors returns the certificates serial descends from, its parent
+// first, up to max of them (1..MaxLineageWalk), and whether the walk
+// stopped at max before reaching a certificate without a parent. An
+// ancestor missing from the log (pruned) ends the walk.
+func (l *Ledger) Ancestors(ctx context.Context, serial string, max int) ([]Entry, bool, error) {
+	serial, err := NormalizeSerial(serial)
+	if err != nil {
+		return nil, false, err
+	}
+	max = min(max, MaxLineageWalk)
+	if err := l.waitIndexed(ctx); err != nil {
+		return nil, false, err
+	}
+	var out []Entry
+	truncated := false
+	err = l.db.View(func(tx *bolt.Tx) error {
+		c, err := certTx(tx, serial)
+		if err != nil {
+			return err
+		}
+		seen := map[string]bool{serial: true}
+		for p := c.Parent; p != "" && !seen[p]; p = c.Parent {
+			if len(out) >= max {
+				truncated = true
+				return nil
+			}
+			seen[p] = true
+			if c, err = certTx(tx, p); err != nil {
+				return nil // pruned or never logged: the lineage ends here
+			}
+			out = append(out, c)
+		}
+		return nil
+	})
+	return out, truncated, err
+}
+
+// Descendants returns the certificates descended from serial, breadth
+// first (children, then grandchildren, ...), up to max of them
+// (1..MaxLineageWalk), and whether the walk stopped at max.
+func (l *Ledger) Descendants(ctx context.Context, serial string, max int) ([]Entry, bool, error) {
+	serial, err := NormalizeSerial(serial)
+	if err != nil {
+		return nil, false, err
+	}
+	max = min(max, MaxLineageWalk)
+	if err := l.waitIndexed(ctx); err != nil {
+		return nil, false, err
+	}
+	var out []Entry
+	truncated := false
+	err = l.db.View(func(tx *bolt.Tx) error {
+		if _, err := certTx(tx, serial); err != nil {
+			return err
+		}
+		bucket := tx.Bucket(bParent)
+		if bucket == nil {
+			return nil
+		}
+		seen := map[string]bool{serial: true}
+		queue := []string{serial}
+		for len(queue) > 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			prefix := append([]byte(queue[0]), 0)
+			queue = queue[1:]
+			c := bucket.Cursor()
+			for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8; k, v = c.Next() {
+				child := string(v)
+				if seen[child] {
+					continue
+				}
+				if len(out) >= max {
+					truncated = true
+					return nil
+				}
+				seen[child] = true
+				e, err := certTx(tx, child)
+				if err != nil {
+					continue // pruned
+				}
+				out = append(out, e)
+				queue = append(queue, child)
+			}
+		}
+		return nil
+	})
+	return out, truncated, err
+}
+
+// RevokeWithDescendants revokes the certificate with serial and every
+// certificate descended from it that is not revoked yet, in one append,
+// and returns the revocation entries (serial's first when it was not
+// revoked before). Renewals recorded while it ran are found by looking
+// again, up to a few rounds. ErrNotFound for an unknown serial;
+// ErrAlreadyRevoked when the whole lineage was revoked before.
+func (l *Ledger) RevokeWithDescendants(ctx context.Context, serial, reason string) ([]Entry, error) {
+	serial, err := NormalizeSerial(serial)
+	if err != nil {
+		return nil, err
+	}
+	l.revokeMu.Lock()
+	defer l.revokeMu.Unlock()
+	root, err := l.Get(ctx, serial)
+	if err != nil {
+		return nil, err
+	}
+	var out []Entry
+	for round := 0; round < lineageSettleRounds; round++ {
+		desc, _, err := l.Descendants(ctx, serial, MaxLineageWalk)
+		if err != nil {
+			return out, err
+		}
+		now := l.clock()
+		var evs []Event
+		for _, c := range append([]Entry{root}, desc...) {
+			if c.Revoked != nil || l.IsRevoked(c.Serial, now) {
+				continue
+			}
+			evs = append(evs, Event{Kind: KindRevocation, Serial: c.Serial, SPIFFEID: c.SPIFFEID, Node: c.Node,
+				NotAfter: c.NotAfter, Reason: reason})
+		}
+		if len(evs) == 0 {
+			break
+		}
+		if out, err = l.appendRevocations(ctx, out, evs); err != nil {
+			return out, err
+		}
+		root.Revoked = &Revocation{}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w: serial %s and its descendants", ErrAlreadyRevoked, serial)
+	}
+	return out, nil
+}
+
+// appendRevocations appends evs and adds their entries to out.
+func (l *Ledger) appendRevocations(ctx context.Context, out []Entry, evs []Event) ([]Entry, error) {
+	now := l.clock()
+	for i := range evs {
+		evs[i].Time = now
+	}
+	idx, err := l.Append(ctx, evs...)
+	if err != nil {
+		return out, err
+	}
+	for i, ev := range evs {
+		out = append(out, Entry{Event: ev, Index: idx[i]})
+	}
+	return out, nil
+}
+
+// RevokedAncestor returns the first revoked certificate among serial and
+// its ancestors (at most max of them), if any, and whether the lineage
+// was longer than max. It is how a front end that renews a certificate
+// with itself refuses a lineage cut off by a revocation.
+func (l *Ledger) RevokedAncestor(ctx context.Context, serial string, max int, now time.Time) (Entry, bool, bool, error) {
+	serial, err := NormalizeSerial(serial)
+	if err != nil {
+		return Entry{}, false, false, err
+	}
+	if l.IsRevoked(serial, now) {
+		c, err := l.Get(ctx, serial)
+		return c, true, false, err
+	}
+	anc, truncated, err := l.Ancestors(ctx, serial, max)
+	if err != nil {
+		return Entry{}, false, false, err
+	}
+	for _, a := range anc {
+		if a.Revoked != nil {
+			return a, true, truncated, nil
+		}
+	}
+	return Entry{}, false, truncated, nil
+}
+
+// Children returns the serials of the certificates renewed from serial
+// (normalized), in log order, at most max of them.
+func (l *Ledger) Children(ctx context.Context, serial string, max int) ([]string, error) {
+	serial, err := NormalizeSerial(serial)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.waitIndexed(ctx); err != nil {
+		return nil, err
+	}
+	var out []string
+	err = l.db.View(func(tx *bolt.Tx) error {
+		bucket := tx.Bucket(bParent)
+		if bucket == nil {
+			return nil
+		}
+		prefix := append([]byte(serial), 0)
+		c := bucket.Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8 && len(out) < max; k, v = c.Next() {
+			out = append(out, string(v))
+		}
+		return nil
+	})
+	return out, err
+}

@@ -208,7 +208,7 @@ func (s *Service) CreateCertificate(ctx context.Context, req *pb.IstioCertificat
 			if c.cert == nil {
 				return authz.Grant{}, nil
 			}
-			return s.authorizeRenewal(ctx, c, ttl)
+			return s.authorizeRenewal(ctx, c)
 		},
 	})
 	if err != nil {

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/authn"
-	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -68,8 +67,8 @@ func (s *Service) checkLineage(ctx context.Context, id spiffeid.ID, serial strin
 // of c's certificate may still obtain c.id on the node the certificate was
 // issued to: a registration entry must assign it there (its TTL is the
 // ceiling of the new certificate's), or, on Kubernetes, a live pod of its
-// service account must run there. ttlSecs is the requested TTL (0: default).
-func (s *Service) authorizeRenewal(ctx context.Context, c caller, ttlSecs int64) (authz.Grant, error) {
+// service account must run there.
+func (s *Service) authorizeRenewal(ctx context.Context, c caller) (authz.Grant, error) {
 	node := c.cert.Node
 	if node == "" {
 		return authz.Grant{}, &authz.DeniedError{Reason: ReasonNotAssigned, Err: fmt.Errorf(
@@ -83,11 +82,8 @@ func (s *Service) authorizeRenewal(ctx context.Context, c caller, ttlSecs int64)
 		return authz.Grant{}, &authz.DeniedError{Reason: ReasonNotAssigned, Err: fmt.Errorf(
 			"renewal of %s refused: the identity is no longer assigned to node %q, where serial %s was issued: %w", c.id, node, c.cert.Serial, err)}
 	}
-	// The entry's TTL is a ceiling (as ca/server applies it to agents).
-	if grant.TTL > 0 && ttlSecs > int64(grant.TTL/time.Second) {
-		return authz.Grant{}, &authority.Error{Reason: authority.ReasonTTLTooLong, Err: fmt.Errorf(
-			"requested TTL %ds exceeds %s, the TTL of registration entry %s for %s", ttlSecs, grant.TTL, grant.EntryID, c.id)}
-	}
+	// The grant carries the entry's TTL: the server's issue path applies it
+	// as the ceiling (ca/server svidTTL), as for agents' requests.
 	return grant, nil
 }
 

@@ -169,9 +169,9 @@ func metricNames(expr string) []string {
 func TestMonitoringMetricNamesParser(t *testing.T) {
 	for expr, want := range map[string][]string{
 		`histogram_quantile(0.99, sum by (le, api) (rate(castellan_agent_push_latency_seconds_bucket{x="a b"}[5m])))`: {"castellan_agent_push_latency_seconds_bucket"},
-		`max by (node) (max_over_time(a_b[1h])) unless max by (node) (c)`:                                               {"a_b", "c"},
-		`sum by (ns, reason) (rate(x_total{result="refused"}[5m])) > 0.2 and on (ns) up > 1e3`:                         {"x_total", "up"},
-		`min(castellan_ca_certificate_expiry_timestamp_seconds{cert="root"}) - time() < 7 * 86400`:                      {"castellan_ca_certificate_expiry_timestamp_seconds"},
+		`max by (node) (max_over_time(a_b[1h])) unless max by (node) (c)`:                                             {"a_b", "c"},
+		`sum by (ns, reason) (rate(x_total{result="refused"}[5m])) > 0.2 and on (ns) up > 1e3`:                        {"x_total", "up"},
+		`min(castellan_ca_certificate_expiry_timestamp_seconds{cert="root"}) - time() < 7 * 86400`:                    {"castellan_ca_certificate_expiry_timestamp_seconds"},
 	} {
 		if got := metricNames(expr); !slices.Equal(got, want) {
 			t.Errorf("metricNames(%s) = %q, want %q", expr, got, want)

@@ -42,7 +42,8 @@ images:
 		--revision $(IMAGE_REVISION) --created $(SOURCE_DATE_EPOCH)
 
 # helm (v3.22.0) and promtool (Prometheus v3.16.0) check the chart, the
-# dashboard and the alert rules; built once from the Go module proxy.
+# dashboard and the alert rules; built once from the Go module proxy into
+# $(CACHE)/bin (cold: about 3.5 and 10.5 CPU-minutes).
 helm:
 	./integration/helm/tool/build.sh
 promtool:

@@ -11,7 +11,7 @@ BENCHTIME ?= 3s
 COMMANDS := castellan-server castellan-agent castellanctl castellan-demo
 BOOKINFO := productpage details reviews ratings
 
-.PHONY: all build test unit demo proto bench lint kube-testenv spire-agent clean
+.PHONY: all build images test unit demo proto bench lint kube-testenv spire-agent helm promtool clean
 
 all: build
 
@@ -28,9 +28,33 @@ kube-testenv:
 spire-agent:
 	./integration/spire/tool/build.sh
 
+# images: OCI images (linux/amd64 + linux/arm64) of the binaries and the Go
+# Bookinfo services, built in pure Go by deploy/image (no container engine,
+# nothing pulled), one OCI layout per image in $(BIN)/images/<name>.
+# Reproducible: the same commit gives the same digests. Push one with
+#   go run github.com/google/go-containerregistry/cmd/crane@v0.22.1 \
+#     push $(BIN)/images/castellan-server REGISTRY/castellan-server:$(IMAGE_VERSION)
+IMAGE_VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+IMAGE_REVISION    ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+images:
+	$(GO) run ./deploy/image --out $(BIN)/images --version $(IMAGE_VERSION) \
+		--revision $(IMAGE_REVISION) --created $(SOURCE_DATE_EPOCH)
+
+# helm (v3.22.0) and promtool (Prometheus v3.16.0) check the chart, the
+# dashboard and the alert rules; built once from the Go module proxy into
+# $(CACHE)/bin (cold: about 3.5 and 10.5 CPU-minutes).
+helm:
+	./integration/helm/tool/build.sh
+promtool:
+	./integration/promtool/tool/build.sh
+
 test: build
 	CASTELLAN_KUBE_TESTENV="$$(./integration/kube/testenv/build.sh)" CASTELLAN_REQUIRE_KUBE=1 \
 		CASTELLAN_SPIRE_AGENT="$$(./integration/spire/tool/build.sh)" CASTELLAN_REQUIRE_SPIRE=1 \
+		CASTELLAN_HELM="$$(./integration/helm/tool/build.sh)" CASTELLAN_REQUIRE_HELM=1 \
+		CASTELLAN_PROMTOOL="$$(./integration/promtool/tool/build.sh)" CASTELLAN_REQUIRE_PROMTOOL=1 \
+		CASTELLAN_REQUIRE_IMAGES=1 \
 		CASTELLAN_BIN=$(abspath $(BIN)) $(GO) test $(TESTFLAGS) ./...
 
 # unit runs the tests that need no kube-apiserver (they skip themselves).

@@ -450,7 +450,7 @@ func TestDeployAppliesToRealAPIServer(t *testing.T) {
 	out := env.KubectlWithInput(strings.NewReader(rendered), "apply", "--dry-run=server", "-f", "-")
 	for _, want := range []string{
 		"deployment.apps/castellan-ca", "daemonset.apps/castellan-agent",
-		"poddisruptionbudget.policy/castellan-ca", "clusterrole.rbac.authorization.k8s.io/castellan-ca",
+		"persistentvolumeclaim/castellan-ca-data", "clusterrole.rbac.authorization.k8s.io/castellan-ca",
 		"deployment.apps/productpage-v1", "deployment.apps/ratings-v1",
 	} {
 		if !strings.Contains(out, want) {

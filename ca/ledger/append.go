@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/transparency-dev/merkle/rfc6962"
 	bolt "go.etcd.io/bbolt"
@@ -38,11 +39,13 @@ func (l *Ledger) Append(ctx context.Context, events ...Event) ([]uint64, error) 
 	}
 	var first uint64
 	var head treeState
+	start := time.Now()
 	err := l.db.Batch(func(tx *bolt.Tx) error {
 		var err error
 		first, head, err = appendTx(tx, evs)
 		return err
 	})
+	l.metrics.observeAppend(time.Since(start), err)
 	if err != nil {
 		if l.isClosed() {
 			return nil, ErrClosed

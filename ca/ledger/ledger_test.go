@@ -288,3 +288,49 @@ castellan_ledger_size 6
 		t.Fatalf("issuance events = %v, want 5", issued)
 	}
 }
+
+func TestMetricsTimeAppendsAndCountFailures(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	l, err := Open(filepath.Join(t.TempDir(), "l.db"), Options{Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := l.Append(context.Background(), Event{Kind: KindJoinTokenUse, Node: "n"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Append(context.Background(), Event{Kind: KindJoinTokenUse, Node: "n"}); err == nil {
+		t.Fatal("append to a closed ledger succeeded")
+	}
+	if got := testutil.ToFloat64(l.metrics.failures); got != 1 {
+		t.Errorf("castellan_ledger_append_failures_total = %v, want 1", got)
+	}
+	want := `
+# HELP castellan_ledger_append_failures_total Append calls whose transaction failed; the certificates they recorded were withheld.
+# TYPE castellan_ledger_append_failures_total counter
+castellan_ledger_append_failures_total 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "castellan_ledger_append_failures_total"); err != nil {
+		t.Error(err)
+	}
+	if n := testutil.CollectAndCount(l.metrics.duration); n != 1 {
+		t.Fatalf("%d append duration series, want 1", n)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "castellan_ledger_append_duration_seconds" {
+			if c := mf.GetMetric()[0].GetHistogram().GetSampleCount(); c != 3 {
+				t.Errorf("append duration observed %d times, want 3 (the successful appends only)", c)
+			}
+			return
+		}
+	}
+	t.Error("castellan_ledger_append_duration_seconds not exported")
+}

@@ -1,13 +1,17 @@
 package ledger
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // metrics are the ledger's Prometheus metrics; a nil *metrics records nothing.
 type metrics struct {
-	events *prometheus.CounterVec
-	size   prometheus.GaugeFunc
+	events   *prometheus.CounterVec
+	size     prometheus.GaugeFunc
+	duration prometheus.Histogram
+	failures prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry, l *Ledger) *metrics {
@@ -23,8 +27,17 @@ func newMetrics(reg *prometheus.Registry, l *Ledger) *metrics {
 			Name: "castellan_ledger_size",
 			Help: "Number of entries in the issuance ledger's Merkle tree.",
 		}, func() float64 { return float64(l.Size()) }),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "castellan_ledger_append_duration_seconds",
+			Help:    "Time of one committed, fsync'd ledger transaction (Append call), including waiting for a shared batch.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		failures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "castellan_ledger_append_failures_total",
+			Help: "Append calls whose transaction failed; the certificates they recorded were withheld.",
+		}),
 	}
-	reg.MustRegister(m.events, m.size)
+	reg.MustRegister(m.events, m.size, m.duration, m.failures)
 	return m
 }
 
@@ -35,4 +48,16 @@ func (m *metrics) appended(evs []Event) {
 	for i := range evs {
 		m.events.WithLabelValues(string(evs[i].Kind)).Inc()
 	}
+}
+
+// observeAppend records one Append transaction's duration, or its failure.
+func (m *metrics) observeAppend(d time.Duration, err error) {
+	if m == nil {
+		return
+	}
+	if err != nil {
+		m.failures.Inc()
+		return
+	}
+	m.duration.Observe(d.Seconds())
 }

@@ -124,6 +124,9 @@ func newLogger(level string, w io.Writer) (*slog.Logger, error) {
 }
 
 func main() {
+	if printVersion(os.Args[1:], os.Stdout) {
+		return
+	}
 	cfg, err := loadConfig(os.Args[1:], os.Getenv, os.Stderr)
 	os.Unsetenv(joinTokenEnv) // read once; not passed on to any child
 	if errors.Is(err, flag.ErrHelp) {

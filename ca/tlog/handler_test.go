@@ -225,7 +225,7 @@ func TestRefusalsSayWhatIsWrong(t *testing.T) {
 // every proof, keep working.
 func TestPrunedEntriesAreGoneButTilesStillProve(t *testing.T) {
 	tl := newTestLog(t)
-	tl.issue(t, 10, time.Minute)     // entries 0-9 expire soon
+	tl.issue(t, 10, time.Minute)      // entries 0-9 expire soon
 	tl.issue(t, 290, 30*24*time.Hour) // entries 10-299 do not
 	before := leafData(t, tl.l)
 	tl.advance(2 * time.Hour) // past NotAfter + the one-hour retention

@@ -11,8 +11,9 @@
 //     key name is the origin. Verify it with the log's note verifier key
 //     (castellanctl ledger checkpoint -o json prints it as verifier_key; pin
 //     it, do not fetch it from the log you are checking). Cache-Control:
-//     no-cache. Fetching it signs a fresh checkpoint if the log grew since
-//     the last one.
+//     no-cache. A request signs a new checkpoint of a grown log at most once
+//     a second; in between it serves the latest one, which may lag the log
+//     by up to that second.
 //   - /log/tile/<L>/<N>[.p/<W>]: C2SP tlog-tiles hash tiles, height 8: tile
 //     (L, N) holds the RFC 6962 hashes of the tree nodes at level 8*L with
 //     indices N*256 to N*256+255 (the first W of them for a partial tile),

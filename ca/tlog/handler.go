@@ -9,14 +9,18 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger"
 )
 
 // Log is what Handler serves; *ledger.Ledger implements it.
 type Log interface {
-	// Checkpoint returns the latest signed checkpoint note.
+	// Checkpoint signs (if the log grew) and returns a checkpoint of the
+	// current tree.
 	Checkpoint(ctx context.Context) ([]byte, error)
+	// StoredCheckpoint returns the latest signed checkpoint, nil if none.
+	StoredCheckpoint() []byte
 	// NodeHashes returns the hashes of complete tree nodes [from, from+n)
 	// at a tree level; ledger.ErrNotFound if any is not complete.
 	NodeHashes(level uint8, from, n uint64) ([][]byte, error)
@@ -38,6 +42,10 @@ const (
 // DefaultMaxInFlight bounds the requests a Handler serves at once.
 const DefaultMaxInFlight = 16
 
+// DefaultCheckpointInterval is the least time between two checkpoints a
+// Handler has signed on request.
+const DefaultCheckpointInterval = time.Second
+
 // maxEntrySize is the largest entry a bundle can hold (2-byte length).
 const maxEntrySize = 1<<16 - 1
 
@@ -45,13 +53,20 @@ const maxEntrySize = 1<<16 - 1
 // prefix stripped (http.StripPrefix("/log", h)) so that it sees
 // "/checkpoint", "/tile/0/000", ... Every request reads at most one tile
 // (256 hashes) or one bundle (256 entries), and at most MaxInFlight run at
-// once; others wait for a slot or their request's context. Safe for
-// concurrent use.
+// once; others wait for a slot or their request's context. A checkpoint
+// request signs a new checkpoint of a grown log at most once per
+// CheckpointInterval and otherwise serves the latest one, so polling
+// clients cannot turn reads into a stream of signatures and disk writes.
+// Safe for concurrent use.
 type Handler struct {
-	log   Log
-	slots chan struct{}
-	cpMu  sync.Mutex // one checkpoint signing at a time
-	errs  *slog.Logger
+	log      Log
+	slots    chan struct{}
+	errs     *slog.Logger
+	clock    func() time.Time
+	interval time.Duration
+
+	cpMu       sync.Mutex // one checkpoint signing at a time
+	lastSigned time.Time  // when this Handler last called Log.Checkpoint
 }
 
 // Options configures a Handler.
@@ -60,6 +75,11 @@ type Options struct {
 	MaxInFlight int
 	// Logger receives server-side failures (nil -> discard).
 	Logger *slog.Logger
+	// Clock returns the current time (nil -> time.Now).
+	Clock func() time.Time
+	// CheckpointInterval is the least time between two checkpoints signed
+	// on request (0 -> DefaultCheckpointInterval).
+	CheckpointInterval time.Duration
 }
 
 // NewHandler returns a Handler serving l.
@@ -70,7 +90,14 @@ func NewHandler(l Log, opts Options) *Handler {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Handler{log: l, slots: make(chan struct{}, opts.MaxInFlight), errs: opts.Logger}
+	if opts.Clock == nil {
+		opts.Clock = time.Now
+	}
+	if opts.CheckpointInterval <= 0 {
+		opts.CheckpointInterval = DefaultCheckpointInterval
+	}
+	return &Handler{log: l, slots: make(chan struct{}, opts.MaxInFlight), errs: opts.Logger,
+		clock: opts.Clock, interval: opts.CheckpointInterval}
 }
 
 // ServeHTTP serves GET and HEAD of the checkpoint, hash tiles and entry
@@ -109,14 +136,30 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) read(ctx context.Context, res Resource) ([]byte, error) {
 	switch {
 	case res.Checkpoint:
-		h.cpMu.Lock()
-		defer h.cpMu.Unlock()
-		return h.log.Checkpoint(ctx)
+		return h.checkpoint(ctx)
 	case res.Entries:
 		return h.bundle(res)
 	default:
 		return h.tile(res)
 	}
+}
+
+// checkpoint returns a fresh checkpoint if none was signed here in the
+// last interval, else the latest stored one.
+func (h *Handler) checkpoint(ctx context.Context) ([]byte, error) {
+	h.cpMu.Lock()
+	defer h.cpMu.Unlock()
+	now := h.clock()
+	if !h.lastSigned.IsZero() && now.Sub(h.lastSigned) < h.interval && !now.Before(h.lastSigned) {
+		if cp := h.log.StoredCheckpoint(); cp != nil {
+			return cp, nil
+		}
+	}
+	cp, err := h.log.Checkpoint(ctx)
+	if err == nil {
+		h.lastSigned = now
+	}
+	return cp, err
 }
 
 // tile returns the hashes of a tile: the nodes at tree level 8*L with

@@ -3,6 +3,7 @@ package tlog
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net/http"
@@ -52,7 +53,7 @@ func newTestLog(t *testing.T) *testLog {
 	}
 	tl.l = l
 	mux := http.NewServeMux()
-	mux.Handle("GET /log/", http.StripPrefix("/log", NewHandler(l, Options{})))
+	mux.Handle("GET /log/", http.StripPrefix("/log", NewHandler(l, Options{Clock: tl.clock})))
 	tl.srv = httptest.NewServer(mux)
 	t.Cleanup(func() { tl.srv.Close(); _ = l.Close() })
 	return tl
@@ -303,6 +304,7 @@ func TestTesseraClientProvesInclusionAndConsistency(t *testing.T) {
 		t.Fatalf("checkpoint size %d, want 300", old.Size)
 	}
 	tl.issue(t, 333, 24*time.Hour)
+	tl.advance(DefaultCheckpointInterval)
 	cur := fetchVerified(t, tl, f)
 	if cur.Size != 633 {
 		t.Fatalf("checkpoint size %d, want 633", cur.Size)
@@ -390,5 +392,38 @@ func TestRequestsBeyondMaxInFlightWait(t *testing.T) {
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/tile/0/000.p/3", nil))
 	if rec.Code != http.StatusOK || rec.Body.Len() != 96 {
 		t.Fatalf("after the slot freed: %d, %d bytes", rec.Code, rec.Body.Len())
+	}
+}
+
+// The checkpoint is a C2SP tlog-checkpoint note: origin, decimal size,
+// base64 root hash, a blank line, and one signature line by the key named
+// after the origin. Requests sign a grown log at most once per interval.
+func TestCheckpointIsASignedNoteRefreshedAtMostOncePerInterval(t *testing.T) {
+	tl := newTestLog(t)
+	tl.issue(t, 5, time.Hour)
+	code, hdr, body := tl.get(t, "checkpoint")
+	if code != http.StatusOK || hdr.Get("Content-Type") != "text/plain; charset=utf-8" {
+		t.Fatalf("GET checkpoint: %d %q", code, hdr.Get("Content-Type"))
+	}
+	lines := strings.Split(string(body), "\n")
+	if len(lines) != 6 || lines[0] != tl.l.Origin() || lines[1] != "5" || lines[3] != "" || lines[5] != "" ||
+		!strings.HasPrefix(lines[4], "\u2014 "+tl.l.Origin()+" ") {
+		t.Fatalf("checkpoint is not origin, size, hash, blank, one signature:\n%s", body)
+	}
+	root, err := base64.StdEncoding.DecodeString(lines[2])
+	if err != nil || len(root) != 32 {
+		t.Fatalf("root hash line %q: %v", lines[2], err)
+	}
+	f := tesseraFetcher(t, tl)
+	if cp := fetchVerified(t, tl, f); cp.Size != 5 || !bytes.Equal(cp.Hash, root) {
+		t.Fatalf("verified checkpoint: size %d", cp.Size)
+	}
+	tl.issue(t, 5, time.Hour)
+	if cp := fetchVerified(t, tl, f); cp.Size != 5 {
+		t.Fatalf("within the interval: size %d, want the stored checkpoint of size 5", cp.Size)
+	}
+	tl.advance(DefaultCheckpointInterval)
+	if cp := fetchVerified(t, tl, f); cp.Size != 10 {
+		t.Fatalf("after the interval: size %d, want 10", cp.Size)
 	}
 }

@@ -44,7 +44,7 @@ func (tl *testLog) advance(d time.Duration) {
 	tl.now = tl.now.Add(d)
 }
 
-func newTestLog(t *testing.T) *testLog {
+func newTestLog(t testing.TB) *testLog {
 	t.Helper()
 	tl := &testLog{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
 	l, err := ledger.Open(filepath.Join(t.TempDir(), "ledger.db"), ledger.Options{Clock: tl.clock, Retention: time.Hour})
@@ -60,7 +60,7 @@ func newTestLog(t *testing.T) *testLog {
 }
 
 // issue appends n issuance events for certificates valid for ttl.
-func (tl *testLog) issue(t *testing.T, n int, ttl time.Duration) {
+func (tl *testLog) issue(t testing.TB, n int, ttl time.Duration) {
 	t.Helper()
 	evs := make([]ledger.Event, n)
 	size := tl.l.Size()

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -425,5 +426,30 @@ func TestCheckpointIsASignedNoteRefreshedAtMostOncePerInterval(t *testing.T) {
 	tl.advance(DefaultCheckpointInterval)
 	if cp := fetchVerified(t, tl, f); cp.Size != 10 {
 		t.Fatalf("after the interval: size %d, want 10", cp.Size)
+	}
+}
+
+// failingLog fails every read, as a damaged ledger file would.
+type failingLog struct{ Log }
+
+func (failingLog) NodeHashes(uint8, uint64, uint64) ([][]byte, error) {
+	return nil, fmt.Errorf("ledger: tree node (level 0, index 3) is missing or damaged")
+}
+
+// A server-side failure is 500 with a message that names the resource but
+// not the internal error, which goes to the server log.
+func TestServerFailureIsLoggedNotShown(t *testing.T) {
+	tl := newTestLog(t)
+	tl.issue(t, 3, time.Hour)
+	var logged bytes.Buffer
+	h := NewHandler(failingLog{tl.l}, Options{Logger: slog.New(slog.NewTextHandler(&logged, nil))})
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/tile/0/000.p/3", nil))
+	body := rec.Body.String()
+	if rec.Code != http.StatusInternalServerError || !strings.Contains(body, "tile/0/000.p/3 could not be read") || strings.Contains(body, "damaged") {
+		t.Fatalf("failed read: %d %q", rec.Code, body)
+	}
+	if !strings.Contains(logged.String(), "index 3) is missing or damaged") {
+		t.Fatalf("the server log does not hold the cause: %q", logged.String())
 	}
 }

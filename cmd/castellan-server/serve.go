@@ -18,6 +18,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/server"
+	"github.com/castellan-dev/castellan/ca/tlog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -55,11 +56,12 @@ func adminServices(d *deps) []server.Registrar {
 	return []server.Registrar{svc.Register}
 }
 
-// httpMux serves /metrics, /healthz, /readyz and /crl (the CRL of revoked
-// SVIDs, signed by the intermediate).
+// httpMux serves /metrics, /healthz, /readyz, /crl (the CRL of revoked
+// SVIDs, signed by the intermediate) and /log/ (the ledger, C2SP tlog-tiles).
 func httpMux(d *deps) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /crl", ledger.NewCRLHandler(d.ledger, d.authority.Intermediate(), d.authority.Signer(), 0))
+	mux.Handle("GET /log/", http.StripPrefix("/log", tlog.NewHandler(d.ledger, tlog.Options{Logger: d.log})))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.registry, promhttp.HandlerOpts{Registry: d.registry}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")

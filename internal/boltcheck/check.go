@@ -1,0 +1,200 @@
+// Package boltcheck validates a bbolt file before bbolt maps it, so that a
+// damaged file is reported as an error naming the file and the page instead
+// of crashing the process.
+//
+// bbolt trusts its file: a damaged page makes it panic (in Open, while it
+// reads the freelist or, for files written with NoFreelistSync, while it
+// rebuilds the freelist on a goroutine of its own, where no caller can
+// recover), or read outside its memory map and die of SIGSEGV. Check reads
+// the file with ordinary reads, never through a map, and walks it the way
+// bbolt will: both meta pages, the freelist, and every page of every
+// bucket's B+tree, checking each page's header, bounds, type, element
+// table, key order and that no page is reached twice. A file that passes
+// Check can be opened and walked by bbolt without panicking; Open does both
+// and then runs bbolt's own tx.Check.
+//
+// The check is as costly as reading the file once. It does not protect
+// against a file changed by another process after Check returns.
+package boltcheck
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"os"
+)
+
+// Page and meta layout of bbolt v1 files (little-endian, as on every
+// platform we build for).
+const (
+	pageHeaderSize = 16 // id u64, flags u16, count u16, overflow u32
+	elemSize       = 16 // branch: pos, ksize u32, pgid u64; leaf: flags, pos, ksize, vsize u32
+	bucketHeader   = 16 // root pgid u64, sequence u64
+
+	flagBranch   = 0x01
+	flagLeaf     = 0x02
+	flagMeta     = 0x04
+	flagFreelist = 0x10
+	bucketLeaf   = 0x01
+
+	magic      = 0xED0CDAED
+	version    = 2
+	noFreelist = ^uint64(0)
+
+	// maxDepth bounds B+tree and bucket nesting; bbolt never builds trees
+	// anywhere near this deep.
+	maxDepth = 64
+)
+
+// ErrDamaged is wrapped by every *DamageError; test with errors.Is.
+var ErrDamaged = errors.New("bbolt file is damaged")
+
+// DamageError says where a bbolt file is damaged.
+type DamageError struct {
+	Path string
+	// Page is the damaged page's id; -1 when the damage is not in one page
+	// (file too short, no valid meta page).
+	Page int64
+	// Problem says what is wrong with it, in words.
+	Problem string
+}
+
+// Error implements error.
+func (e *DamageError) Error() string {
+	if e.Page < 0 {
+		return fmt.Sprintf("%s is damaged: %s", e.Path, e.Problem)
+	}
+	return fmt.Sprintf("%s is damaged: page %d: %s", e.Path, e.Page, e.Problem)
+}
+
+// Unwrap makes errors.Is(err, ErrDamaged) true.
+func (e *DamageError) Unwrap() error { return ErrDamaged }
+
+// meta is the part of a bbolt meta page that Check uses.
+type meta struct {
+	pageSize uint32
+	root     uint64
+	freelist uint64
+	hwm      uint64 // high-water mark: pages [0, hwm) are in use
+	txid     uint64
+}
+
+// Check validates the bbolt file at path. A missing or empty file is
+// valid (bbolt creates it). It returns a *DamageError for a damaged file
+// and another error when the file cannot be read.
+func Check(path string) error {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("stat %s: %w", path, err)
+	}
+	if fi.Size() == 0 {
+		return nil
+	}
+	c := &checker{f: f, path: path, size: fi.Size(), seen: map[uint64]bool{}}
+	return c.run()
+}
+
+// checker walks one file.
+type checker struct {
+	f    io.ReaderAt
+	path string
+	size int64
+	m    meta
+	seen map[uint64]bool // pages reached so far (overflow pages included)
+	free map[uint64]bool // pages the freelist says are free
+}
+
+func (c *checker) damaged(page int64, format string, args ...any) error {
+	return &DamageError{Path: c.path, Page: page, Problem: fmt.Sprintf(format, args...)}
+}
+
+func (c *checker) run() error {
+	m, err := c.readMeta()
+	if err != nil {
+		return err
+	}
+	c.m = m
+	if need := int64(m.hwm) * int64(m.pageSize); m.hwm < 2 || need/int64(m.pageSize) != int64(m.hwm) || need > c.size {
+		return c.damaged(-1, "the file is %d bytes but its meta page says it holds %d pages of %d bytes (truncated?)", c.size, m.hwm, m.pageSize)
+	}
+	c.seen[0], c.seen[1] = true, true
+	if m.freelist != noFreelist {
+		if err := c.checkFreelist(m.freelist); err != nil {
+			return err
+		}
+	}
+	if _, err := c.tree(m.root, nil, nil, 0); err != nil {
+		return err
+	}
+	for id := range c.free {
+		if c.seen[id] {
+			return c.damaged(int64(id), "in use, yet listed as free by the freelist")
+		}
+	}
+	return nil
+}
+
+// readMeta finds the page size and picks the meta page bbolt will use:
+// the valid one with the higher transaction id.
+func (c *checker) readMeta() (meta, error) {
+	m0, err0 := c.metaAt(0)
+	ps := m0.pageSize
+	if err0 != nil { // bbolt then looks for the second meta page at 1KiB << i
+		for i := 0; i <= 14 && ps == 0; i++ {
+			if m1, err := c.metaAt(int64(1024) << i); err == nil {
+				ps = m1.pageSize
+			}
+		}
+		if ps == 0 {
+			return meta{}, c.damaged(-1, "no valid meta page (not a bbolt file, or both meta pages are damaged: %v)", err0)
+		}
+	}
+	m1, err1 := c.metaAt(int64(ps))
+	switch {
+	case err0 == nil && err1 == nil && m1.txid > m0.txid, err0 != nil && err1 == nil:
+		return m1, nil
+	case err0 == nil:
+		return m0, nil
+	}
+	return meta{}, c.damaged(-1, "no valid meta page: %v", err0)
+}
+
+// metaAt reads and validates the meta page at byte offset off.
+func (c *checker) metaAt(off int64) (meta, error) {
+	b := make([]byte, pageHeaderSize+64)
+	if _, err := c.f.ReadAt(b, off); err != nil {
+		return meta{}, fmt.Errorf("meta page at byte %d: short file", off)
+	}
+	h, mb := b[:pageHeaderSize], b[pageHeaderSize:]
+	le := binary.LittleEndian
+	if le.Uint16(h[8:]) != flagMeta {
+		return meta{}, fmt.Errorf("meta page at byte %d: wrong page type %#x", off, le.Uint16(h[8:]))
+	}
+	if le.Uint32(mb[0:]) != magic {
+		return meta{}, fmt.Errorf("meta page at byte %d: bad magic", off)
+	}
+	if v := le.Uint32(mb[4:]); v != version {
+		return meta{}, fmt.Errorf("meta page at byte %d: version %d, want %d", off, v, version)
+	}
+	sum := fnv.New64a()
+	sum.Write(mb[:56])
+	if sum.Sum64() != le.Uint64(mb[56:]) {
+		return meta{}, fmt.Errorf("meta page at byte %d: checksum mismatch", off)
+	}
+	m := meta{pageSize: le.Uint32(mb[8:]), root: le.Uint64(mb[16:]), freelist: le.Uint64(mb[32:]),
+		hwm: le.Uint64(mb[40:]), txid: le.Uint64(mb[48:])}
+	if m.pageSize < 512 || m.pageSize > 1<<24 || m.pageSize&(m.pageSize-1) != 0 {
+		return meta{}, fmt.Errorf("meta page at byte %d: impossible page size %d", off, m.pageSize)
+	}
+	return m, nil
+}

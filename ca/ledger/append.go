@@ -25,9 +25,14 @@ func (l *Ledger) Append(ctx context.Context, events ...Event) ([]uint64, error) 
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("ledger: append: %w", err)
 	}
+	if l.readOnly {
+		return nil, ErrReadOnly
+	}
 	evs := make([]Event, len(events))
 	now := l.clock()
+	size := uint64(0)
 	for i := range events {
+		size += uint64(len(events[i].CertDER)) + eventOverhead
 		evs[i] = events[i]
 		if evs[i].Time.IsZero() {
 			evs[i].Time = now
@@ -35,6 +40,9 @@ func (l *Ledger) Append(ctx context.Context, events ...Event) ([]uint64, error) 
 		if err := evs[i].validate(); err != nil {
 			return nil, err
 		}
+	}
+	if err := l.reserve.allow(size); err != nil {
+		return nil, err
 	}
 	var first uint64
 	var head treeState
@@ -56,6 +64,9 @@ func (l *Ledger) Append(ctx context.Context, events ...Event) ([]uint64, error) 
 	}
 	return idx, nil
 }
+
+// eventOverhead estimates an encoded event's size besides its certificate.
+const eventOverhead = 512
 
 // appendTx writes evs at the end of the tree stored in tx. It reads the
 // tree state from tx, so bbolt may safely re-run it.

@@ -1,68 +1,97 @@
 package ledger
 
 import (
-	"encoding/binary"
+	"bytes"
 	"errors"
 	"fmt"
-	"io"
-	"os"
+	"time"
+
+	"github.com/castellan-dev/castellan/internal/boltcheck"
+	"github.com/transparency-dev/formats/log"
+	bolt "go.etcd.io/bbolt"
 )
 
-// bbolt's meta page layout (little-endian on the platforms we run on): a
-// 16-byte page header, then magic, version, page size, flags, root bucket
-// (16 bytes), freelist page, high-water page id, txid, checksum.
-const (
-	boltMagic       = 0xED0CDAED
-	metaMagicOff    = 16
-	metaPageSizeOff = 24
-	metaPgidOff     = 56
-	metaTxidOff     = 64
-	metaSize        = 80
-)
+// boltOptions are the bbolt options of a ledger opened for writing.
+func boltOptions() *bolt.Options {
+	return &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType}
+}
 
-// checkNotTruncated refuses a bbolt file shorter than its own meta pages
-// say it is. bbolt maps the file into memory and would crash reading past
-// the end of a truncated file; this check turns that into an error.
-func checkNotTruncated(path string) error {
-	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
+// damaged returns the ErrDamaged error for the file at path.
+func damaged(path string, why error) error {
+	return fmt.Errorf("%w: %s: %v; restore the file from a backup (the server must not issue from a damaged ledger)",
+		ErrDamaged, path, why)
+}
+
+// openChecked opens the ledger file for writing after checking it: every
+// page with boltcheck (bbolt would panic or fault on a damaged one, in
+// part on goroutines no caller can recover), then bbolt's tx.Check.
+func openChecked(path string) (*bolt.DB, error) {
+	db, err := boltcheck.Open(path, 0o600, boltOptions())
+	if errors.Is(err, boltcheck.ErrDamaged) {
+		return nil, damaged(path, err)
 	}
 	if err != nil {
-		return fmt.Errorf("ledger: open %s: %w", path, err)
+		return nil, fmt.Errorf("ledger: open %s: %w", path, err)
 	}
-	defer f.Close()
-	fi, err := f.Stat()
+	return db, nil
+}
+
+// openForensic opens a possibly damaged ledger file read-only. bbolt reads
+// neither the freelist nor the tree when opening read-only, so only the
+// meta pages must be sound; every later read runs under boltcheck.Guard.
+func openForensic(path string, log func(msg string, args ...any)) (*bolt.DB, error) {
+	if err := boltcheck.Check(path); err != nil {
+		log("the ledger file is damaged; opened read-only for forensics, reads may fail", "path", path, "error", err.Error())
+	}
+	var db *bolt.DB
+	err := boltcheck.Guard(func() error {
+		var err error
+		db, err = bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("ledger: stat %s: %w", path, err)
+		return nil, fmt.Errorf("ledger: open %s read-only: %w", path, err)
 	}
-	if fi.Size() == 0 {
-		return nil // new file
+	return db, nil
+}
+
+// view runs fn in a read transaction. In forensic mode the file may be
+// damaged, so a panic or memory fault while reading it becomes ErrDamaged.
+func (l *Ledger) view(fn func(*bolt.Tx) error) error {
+	if !l.readOnly {
+		return l.db.View(fn)
 	}
-	first := make([]byte, metaSize)
-	if _, err := io.ReadFull(f, first); err != nil {
-		return fmt.Errorf("ledger: %s is truncated or not a ledger file (%d bytes)", path, fi.Size())
+	err := boltcheck.Guard(func() error { return l.db.View(fn) })
+	if errors.Is(err, boltcheck.ErrDamaged) && !errors.Is(err, ErrDamaged) {
+		return fmt.Errorf("%w: %v", ErrDamaged, err)
 	}
-	if binary.LittleEndian.Uint32(first[metaMagicOff:]) != boltMagic {
-		return fmt.Errorf("ledger: %s is not a ledger (bbolt) file", path)
+	return err
+}
+
+// checkTree recomputes the Merkle tree from the stored entries and
+// compares it with the stored tree head and the stored signed checkpoint
+// (Open, before the ledger is used).
+func (l *Ledger) checkTree(path string) error {
+	headRoot, err := l.head.root()
+	if err != nil {
+		return damaged(path, err)
 	}
-	pageSize := int64(binary.LittleEndian.Uint32(first[metaPageSizeOff:]))
-	need := int64(0)
-	var bestTx uint64
-	for _, off := range []int64{0, pageSize} {
-		m := make([]byte, metaSize)
-		if _, err := f.ReadAt(m, off); err != nil {
-			return fmt.Errorf("ledger: %s is truncated: %d bytes, shorter than its meta pages", path, fi.Size())
+	cps := []*log.Checkpoint{{Origin: l.origin, Size: l.head.size, Hash: headRoot}}
+	if l.lastCP != nil {
+		cp, err := OpenCheckpoint(l.lastCP, l.origin, l.vkey)
+		if err != nil {
+			return damaged(path, fmt.Errorf("stored checkpoint: %w", err))
 		}
-		if binary.LittleEndian.Uint32(m[metaMagicOff:]) != boltMagic {
-			continue
-		}
-		if tx := binary.LittleEndian.Uint64(m[metaTxidOff:]); tx >= bestTx {
-			bestTx, need = tx, int64(binary.LittleEndian.Uint64(m[metaPgidOff:]))*pageSize
+		if cp.Size != l.head.size || !bytes.Equal(cp.Hash, headRoot) {
+			cps = append(cps, cp)
 		}
 	}
-	if fi.Size() < need {
-		return fmt.Errorf("ledger: %s is truncated: %d bytes, but its database needs %d; restore it from a backup", path, fi.Size(), need)
+	var rep Report
+	if err := l.view(func(tx *bolt.Tx) error { rep = verifyTx(tx, cps); return nil }); err != nil {
+		return damaged(path, err)
+	}
+	if !rep.OK() {
+		return damaged(path, fmt.Errorf("the Merkle tree does not verify (%d problem(s)); first: %s", rep.ProblemCount, rep.Findings[0]))
 	}
 	return nil
 }

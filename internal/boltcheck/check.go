@@ -124,8 +124,17 @@ func (c *checker) run() error {
 		return err
 	}
 	c.m = m
+	for id := range uint64(2) { // bbolt asserts both headers even when it uses one meta
+		h := make([]byte, pageHeaderSize)
+		if _, err := c.f.ReadAt(h, int64(id)*int64(m.pageSize)); err != nil {
+			return c.damaged(int64(id), "cannot read the meta page header: %v", err)
+		}
+		if got, fl := le.Uint64(h), le.Uint16(h[8:]); got != id || fl != flagMeta {
+			return c.damaged(int64(id), "meta page header names page %d of type %#x", got, fl)
+		}
+	}
 	if need := int64(m.hwm) * int64(m.pageSize); m.hwm < 2 || need/int64(m.pageSize) != int64(m.hwm) || need > c.size {
-		return c.damaged(-1, "the file is %d bytes but its meta page says it holds %d pages of %d bytes (truncated?)", c.size, m.hwm, m.pageSize)
+		return c.damaged(-1, "the file is truncated: %d bytes, but its meta page says it holds %d pages of %d bytes", c.size, m.hwm, m.pageSize)
 	}
 	c.seen[0], c.seen[1] = true, true
 	if m.freelist != noFreelist {

@@ -82,7 +82,9 @@ func TestMissingAndEmptyFilesPass(t *testing.T) {
 // path, and Open never panics, whatever the freelist mode.
 func TestDamageIsReportedNeverPanics(t *testing.T) {
 	ps := 4096
-	u16 := func(off int, v uint16) func([]byte) { return func(b []byte) { binary.LittleEndian.PutUint16(b[off:], v) } }
+	u16 := func(off int, v uint16) func([]byte) {
+		return func(b []byte) { binary.LittleEndian.PutUint16(b[off:], v) }
+	}
 	metaField := func(field int, v uint64) func([]byte) { // both metas, checksum fixed
 		return func(b []byte) {
 			for m := range 2 {

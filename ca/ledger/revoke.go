@@ -23,6 +23,9 @@ type RevokedCert struct {
 // when no issuance or renewal with that serial is in the log, and
 // ErrAlreadyRevoked when it was revoked before.
 func (l *Ledger) Revoke(ctx context.Context, serial, reason string) (Entry, error) {
+	if l.readOnly {
+		return Entry{}, ErrReadOnly
+	}
 	serial, err := NormalizeSerial(serial)
 	if err != nil {
 		return Entry{}, err

@@ -184,6 +184,9 @@ func (c *checker) bucket(parent uint64, v []byte, depth int) error {
 // bound, as bbolt's own check does: keys strictly increase, the first is
 // at least the parent's separator, and all are below the next separator.
 func (c *checker) order(id uint64, i int, k, prev, hi []byte) error {
+	if len(k) == 0 {
+		return c.damaged(int64(id), "key %d is empty (bbolt never stores one)", i)
+	}
 	if prev != nil {
 		if cmp := bytes.Compare(prev, k); cmp > 0 || (cmp == 0 && i > 0) {
 			return c.damaged(int64(id), "key %d is out of order", i)

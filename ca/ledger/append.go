@@ -41,8 +41,10 @@ func (l *Ledger) Append(ctx context.Context, events ...Event) ([]uint64, error) 
 			return nil, err
 		}
 	}
-	if err := l.reserve.allow(size); err != nil {
-		return nil, err
+	if !usesReserve(ctx) {
+		if err := l.reserve.allow(size); err != nil {
+			return nil, err
+		}
 	}
 	var first uint64
 	var head treeState

@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -18,6 +19,19 @@ const reserveRecheck = time.Second
 // writeAmplification estimates the bytes bbolt writes per byte of entry
 // (the entry, its tree nodes, its index keys, partly filled pages).
 const writeAmplification = 4
+
+// reserveKey marks a context whose appends may use the reserve.
+type reserveKey struct{}
+
+// UseReserve returns a context whose Appends skip the disk reserve check:
+// for the few small appends that keep the CA itself alive while the
+// reserve is breached (its own SVID, renewed every half agent TTL), which
+// the reserve is there to leave room for. Never for workload issuance.
+func UseReserve(ctx context.Context) context.Context {
+	return context.WithValue(ctx, reserveKey{}, true)
+}
+
+func usesReserve(ctx context.Context) bool { v, _ := ctx.Value(reserveKey{}).(bool); return v }
 
 // reserve refuses appends when the ledger's filesystem has less free space
 // than the configured minimum, before bbolt fails half way through a write

@@ -106,23 +106,23 @@ func TestDiskReserveMeasuresCheaply(t *testing.T) {
 	}
 }
 
-// The estimate of bytes written between two measures stops a flood before
-// the next measure would have.
-func TestDiskReserveCountsBytesBetweenMeasures(t *testing.T) {
+// An append is charged its estimated size before it is written: one that
+// would eat into the reserve is refused though the free space measured
+// just before is above it.
+func TestDiskReserveChargesTheAppendItself(t *testing.T) {
 	clock := newFakeClock()
 	disk := &fakeDisk{}
-	disk.free.Store(512*mib + 3*mib)
-	l, _, _ := openReserved(t, clock, disk, 256*mib)
+	disk.free.Store(40 * mib)
+	l, _, _ := openReserved(t, clock, disk, 8*mib)
 	big := certEvent(1, "spiffe://td/x", "n", clock.Now().Add(time.Hour))
-	big.CertDER = make([]byte, 32*1024)
-	var err error
-	for i := 0; i < 10_000 && err == nil; i++ {
-		big.Serial = strings.Repeat("a", 1+i%5) + string(rune('0'+i%10))
-		_, err = l.Append(context.Background(), big)
-		disk.free.Store(disk.free.Load() - 4*32*1024) // the disk fills as we write
+	big.CertDER = make([]byte, 2*mib) // about 8 MiB written
+	if _, err := l.Append(context.Background(), big); err != nil {
+		t.Fatalf("first 2 MiB append with 40 MiB free: %v", err)
 	}
-	if !errors.Is(err, ErrDiskReserve) {
-		t.Fatalf("a flood within one second was not stopped: %v", err)
+	big.Serial = "ab"
+	big.CertDER = make([]byte, 8*mib) // about 32 MiB: would leave under 8
+	if _, err := l.Append(context.Background(), big); !errors.Is(err, ErrDiskReserve) {
+		t.Fatalf("an append that would cross the reserve: %v", err)
 	}
 }
 
@@ -153,7 +153,6 @@ func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	return 0
 }
 
-
 // BenchmarkStatfs is the cost of one free-space measure (a statfs call).
 func BenchmarkStatfs(b *testing.B) {
 	dir := b.TempDir()
@@ -173,5 +172,21 @@ func BenchmarkReserveAllow(b *testing.B) {
 		if err := r.allow(1000); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// The CA's own SVID is logged from the reserve: without it a breached
+// reserve would also take the CA's TLS identity down.
+func TestUseReserveAppendsBelowTheReserve(t *testing.T) {
+	clock := newFakeClock()
+	disk := &fakeDisk{}
+	disk.free.Store(10 * mib)
+	l, _, _ := openReserved(t, clock, disk, 512*mib)
+	ev := certEvent(1, "spiffe://td/castellan/server", "", clock.Now().Add(time.Hour))
+	if _, err := l.Append(context.Background(), ev); !errors.Is(err, ErrDiskReserve) {
+		t.Fatalf("plain Append below the reserve: %v", err)
+	}
+	if _, err := l.Append(UseReserve(context.Background()), ev); err != nil {
+		t.Fatalf("Append with UseReserve: %v", err)
 	}
 }

@@ -36,6 +36,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // Kind names a quota in refusals and in the metric's label.
@@ -111,6 +115,16 @@ func (e *Exceeded) Error() string {
 	}
 	return fmt.Sprintf("quota: %s issuance quota exceeded for %s (at most %s); retry in %s",
 		e.Kind, who, e.Limit, e.RetryAfter.Round(time.Second))
+}
+
+// GRPCStatus is ResourceExhausted with the message and a RetryInfo
+// detail, so gRPC clients can back off for as long as they are told.
+func (e *Exceeded) GRPCStatus() *status.Status {
+	st := status.New(codes.ResourceExhausted, e.Error())
+	if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(e.RetryAfter)}); err == nil {
+		return d
+	}
+	return st
 }
 
 // Is makes errors.Is(err, ErrExceeded) true.

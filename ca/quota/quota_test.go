@@ -9,6 +9,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 type fakeClock struct{ t time.Time }
@@ -107,6 +110,13 @@ func TestExceededSaysWhichQuotaAndWhenToRetry(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("message %q does not say %q", err, want)
 		}
+	}
+	st := status.Convert(err)
+	if st.Code() != codes.ResourceExhausted || st.Message() != err.Error() {
+		t.Errorf("status = %v %q, want ResourceExhausted with the message", st.Code(), st.Message())
+	}
+	if d := st.Details(); len(d) != 1 || d[0].(*errdetails.RetryInfo).GetRetryDelay().AsDuration() != time.Minute {
+		t.Errorf("status details = %v, want RetryInfo of 1m", d)
 	}
 	if got := testutil.ToFloat64(l.refusals.WithLabelValues("node")); got != 1 {
 		t.Errorf("castellan_quota_refusals_total{quota=node} = %v, want 1", got)

@@ -17,6 +17,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/quota"
 	"github.com/castellan-dev/castellan/ca/server"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -95,12 +96,15 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err := writeBundle(filepath.Join(cfg.DataDir, bundleFile), auth); err != nil {
 		return err
 	}
+	if cfg.LedgerReadOnlyForensics {
+		return serveForensic(ctx, cfg, log, reg, auth)
+	}
 	db, err := bbolt.Open(filepath.Join(cfg.DataDir, registryFile), 0o600, &bbolt.Options{Timeout: 5 * time.Second})
 	if err != nil {
 		return fmt.Errorf("castellan-server: open registry (is another server using %s?): %w", cfg.DataDir, err)
 	}
 	defer db.Close()
-	led, err := ledger.Open(filepath.Join(cfg.DataDir, ledgerFile), ledger.Options{Logger: log, Registry: reg})
+	led, err := openLedger(cfg, log, reg)
 	if err != nil {
 		return err
 	}
@@ -124,7 +128,12 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err := publishBundle(ctx, cfg, auth.Bundle(), reg, log); err != nil {
 		return err
 	}
+	quotas, err := quota.New(quotaConfig(cfg, reg))
+	if err != nil {
+		return err
+	}
 	srv, err := server.New(ctx, server.Config{
+		Quota:     quotas,
 		Authority: auth, Ledger: led, Attestor: &authn.JoinTokenAttestor{Tokens: tokens, K8s: k8sAttestor},
 		Authorizer: &authz.NodeAuthorizer{Entries: entries, Pods: podAuthorizer},
 		Tokens:     tokens, Entries: entries, AgentTTL: cfg.AgentTTL, AdminIDs: admins,

@@ -24,9 +24,9 @@ const writeAmplification = 4
 type reserveKey struct{}
 
 // UseReserve returns a context whose Appends skip the disk reserve check:
-// for the few small appends that keep the CA itself alive while the
-// reserve is breached (its own SVID, renewed every half agent TTL), which
-// the reserve is there to leave room for. Never for workload issuance.
+// for the few small appends the reserve is there to leave room for while
+// issuance is stopped: the CA's own SVID (renewed every half agent TTL)
+// and revocations (Revoke uses it). Never for workload issuance.
 func UseReserve(ctx context.Context) context.Context {
 	return context.WithValue(ctx, reserveKey{}, true)
 }

@@ -190,3 +190,20 @@ func TestUseReserveAppendsBelowTheReserve(t *testing.T) {
 		t.Fatalf("Append with UseReserve: %v", err)
 	}
 }
+
+// An operator can revoke while the reserve stops issuance.
+func TestRevokeBelowTheReserve(t *testing.T) {
+	clock := newFakeClock()
+	disk := &fakeDisk{}
+	disk.free.Store(1024 * mib)
+	l, _, _ := openReserved(t, clock, disk, 512*mib)
+	ev := certEvent(1, "spiffe://td/ns/a/sa/b", "n", clock.Now().Add(time.Hour))
+	if _, err := l.Append(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+	disk.free.Store(mib)
+	clock.Advance(2 * time.Second)
+	if _, err := l.Revoke(context.Background(), ev.Serial, "key compromise"); err != nil {
+		t.Fatalf("Revoke below the reserve: %v", err)
+	}
+}

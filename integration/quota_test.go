@@ -240,6 +240,7 @@ func TestQuotaStopsAFloodFromOneNodeWhileAnotherIsServed(t *testing.T) {
 		!strings.Contains(st.Message(), calmID) {
 		t.Fatalf("fifth certificate for one identity: %v, want ResourceExhausted naming the identity quota", err)
 	}
+	t.Logf("flood refusal: %s\nidentity refusal: %s", refused[0].GetMessage(), st.Message())
 	if d := st.Details(); len(d) != 1 || d[0].(*errdetails.RetryInfo).GetRetryDelay().AsDuration() <= 0 {
 		t.Fatalf("refusal details %v, want a RetryInfo", d)
 	}
@@ -340,6 +341,7 @@ func TestDamagedLedgerStopsTheServerForensicModeServesAudit(t *testing.T) {
 			t.Errorf("stderr does not say %q:\n%s", want, stderr.String())
 		}
 	}
+	t.Logf("castellan-server on the damaged ledger: %v\n%s", err, stderr.String())
 	for _, bad := range []string{"panic", "goroutine ", "SIGSEGV", "fatal error"} {
 		if strings.Contains(stderr.String(), bad) {
 			t.Errorf("stderr shows a crash (%q):\n%s", bad, stderr.String())
@@ -351,6 +353,8 @@ func TestDamagedLedgerStopsTheServerForensicModeServesAudit(t *testing.T) {
 	if !errors.As(err, &exit) || exit.ExitCode() != 3 || !strings.Contains(out, ledgerPath) || strings.Contains(errOut, "panic") {
 		t.Fatalf("ledger verify --db of the damaged file: %v, want exit 3 naming it\n%s%s", err, out, errOut)
 	}
+
+	t.Logf("ledger verify --db: %v\n%s", err, out)
 
 	// Read-only for forensics: audit reads work, nothing is issued.
 	listen, httpAddr := quotaFreeAddr(t), quotaFreeAddr(t)
@@ -364,6 +368,7 @@ func TestDamagedLedgerStopsTheServerForensicModeServesAudit(t *testing.T) {
 	if !errors.As(err, &exit) || !strings.Contains(errOut, "read-only for forensics") {
 		t.Fatalf("certs revoke in forensic mode: %v %q, want a refusal saying the ledger is read-only", err, errOut)
 	}
+	t.Logf("certs revoke in forensic mode: %v: %s", err, errOut)
 	resp, err := http.Get("http://" + httpAddr + "/readyz")
 	if err != nil {
 		t.Fatal(err)
@@ -460,6 +465,7 @@ func TestDiskReserveStopsIssuanceAgentKeepsServingItsCache(t *testing.T) {
 		!strings.Contains(errs[0].GetMessage(), "free disk space") {
 		t.Fatalf("refusal %v %q, want Unavailable saying the disk reserve is reached and what to do", codes.Code(errs[0].GetCode()), errs[0].GetMessage())
 	}
+	t.Logf("refusal: %s %s", codes.Code(errs[0].GetCode()), errs[0].GetMessage())
 	metrics := caHTTPGet(t, "http://"+httpAddr+"/metrics")
 	if v := metricValue(metrics, "castellan_ledger_disk_reserve_breached"); v != 1 {
 		t.Errorf("castellan_ledger_disk_reserve_breached = %v, want 1", v)

@@ -16,10 +16,21 @@ func boltOptions() *bolt.Options {
 	return &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType}
 }
 
-// damaged returns the ErrDamaged error for the file at path.
+// damageError is a failed integrity check; errors.Is(err, ErrDamaged).
+type damageError struct{ msg string }
+
+func (e *damageError) Error() string        { return e.msg }
+func (e *damageError) Is(target error) bool { return target == ErrDamaged }
+
+// damaged returns the ErrDamaged error for the file at path, saying what
+// is wrong (why) and what to do.
 func damaged(path string, why error) error {
-	return fmt.Errorf("%w: %s: %v; restore the file from a backup (the server must not issue from a damaged ledger)",
-		ErrDamaged, path, why)
+	msg := fmt.Sprintf("%s is damaged: %v", path, why)
+	var de *boltcheck.DamageError
+	if errors.As(why, &de) {
+		msg = de.Error()
+	}
+	return &damageError{msg: "ledger: " + msg + "; restore the file from a backup (the server must not issue from a damaged ledger)"}
 }
 
 // openChecked opens the ledger file for writing after checking it: every
@@ -63,7 +74,7 @@ func (l *Ledger) view(fn func(*bolt.Tx) error) error {
 	}
 	err := boltcheck.Guard(func() error { return l.db.View(fn) })
 	if errors.Is(err, boltcheck.ErrDamaged) && !errors.Is(err, ErrDamaged) {
-		return fmt.Errorf("%w: %v", ErrDamaged, err)
+		return &damageError{msg: "ledger: " + err.Error()}
 	}
 	return err
 }

@@ -204,6 +204,15 @@ func New(cfg Config) (*Limiter, error) {
 	return l, nil
 }
 
+// Identity names an identity on a node for Take: its SPIFFE ID and the
+// registration entry (or pod UID) it is held for, if any.
+func Identity(spiffeID, entry string) string {
+	if entry == "" {
+		return spiffeID
+	}
+	return spiffeID + " (entry " + entry + ")"
+}
+
 // Take takes one token from node's bucket and one from the bucket of
 // identity (a SPIFFE ID and the entry or pod it is held for) on node,
 // whose certificate will live ttl. It takes both or neither, and returns

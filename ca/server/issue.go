@@ -69,7 +69,7 @@ func (s *Server) prepare(ctx context.Context, node string, it *issuance) {
 		ttl = min(grant.TTL, a.MaxTTL())
 	}
 	if q := s.cfg.Quota; q != nil {
-		if it.err = q.Take(node, grant.EntryID+" "+csr.ID.String(), cmp.Or(ttl, a.DefaultTTL())); it.err != nil {
+		if it.err = q.Take(node, quota.Identity(csr.ID.String(), grant.EntryID), cmp.Or(ttl, a.DefaultTTL())); it.err != nil {
 			return
 		}
 	}

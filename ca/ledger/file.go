@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/boltcheck"
@@ -47,23 +50,76 @@ func openChecked(path string) (*bolt.DB, error) {
 	return db, nil
 }
 
-// openForensic opens a possibly damaged ledger file read-only. bbolt reads
-// neither the freelist nor the tree when opening read-only, so only the
-// meta pages must be sound; every later read runs under boltcheck.Guard.
-func openForensic(path string, log func(msg string, args ...any)) (*bolt.DB, error) {
+// openForensic opens a possibly damaged ledger file read-only. An intact
+// file is opened as it is. A damaged one is never handed to bbolt, which
+// could crash or loop forever on it: boltcheck.Salvage copies every entry
+// it can read into a sound file in a temporary directory, and that copy is
+// opened; cleanup removes it.
+func openForensic(path string, log *slog.Logger) (db *bolt.DB, cleanup func(), err error) {
+	src, cleanup := path, func() {}
 	if err := boltcheck.Check(path); err != nil {
-		log("the ledger file is damaged; opened read-only for forensics, reads may fail", "path", path, "error", err.Error())
+		if !errors.Is(err, boltcheck.ErrDamaged) {
+			return nil, nil, fmt.Errorf("ledger: %w", err)
+		}
+		if src, cleanup, err = salvage(path, log); err != nil {
+			return nil, nil, err
+		}
 	}
-	var db *bolt.DB
-	err := boltcheck.Guard(func() error {
+	err = boltcheck.Guard(func() error {
 		var err error
-		db, err = bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
+		db, err = bolt.Open(src, 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("ledger: open %s read-only: %w", path, err)
+		cleanup()
+		return nil, nil, fmt.Errorf("ledger: open %s read-only: %w", src, err)
 	}
-	return db, nil
+	return db, cleanup, nil
+}
+
+// salvage copies what can be read of the damaged ledger at path into a
+// temporary file with every ledger bucket present, and logs the damage.
+func salvage(path string, log *slog.Logger) (string, func(), error) {
+	dir, err := os.MkdirTemp("", "castellan-forensic-")
+	if err != nil {
+		return "", nil, fmt.Errorf("ledger: salvage %s: %w", path, err)
+	}
+	cleanup := func() { os.RemoveAll(dir) }
+	dst := filepath.Join(dir, "salvaged.db")
+	problems, n, err := boltcheck.Salvage(path, dst)
+	if err == nil {
+		err = addBuckets(dst)
+	}
+	if err != nil {
+		cleanup()
+		return "", nil, damaged(path, fmt.Errorf("nothing can be salvaged: %w", err))
+	}
+	log.Error("the ledger file is damaged; serving what could be read of it, read-only, for forensics",
+		"path", path, "salvaged_copy", dst, "damaged_parts", n)
+	for _, p := range problems {
+		log.Error("ledger damage skipped", "path", path, "page", p.Page, "problem", p.Problem)
+	}
+	return dst, cleanup, nil
+}
+
+// addBuckets creates the ledger's buckets missing from a salvaged copy.
+func addBuckets(path string) error {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		return err
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bMeta, bEntries, bNodes, bSerial, bSPIFFE, bNode, bExpiry, bRevoked} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // view runs fn in a read transaction. In forensic mode the file may be

@@ -66,9 +66,11 @@ type Options struct {
 	// (nil: statfs of the ledger file's directory). For tests.
 	FreeSpace func() (uint64, error)
 	// ReadOnly opens the file read-only for forensics, even if it is
-	// damaged: reads work as far as the file allows (a damaged page makes
-	// a read fail with ErrDamaged, never a panic); Append, Revoke and
-	// Prune fail with ErrReadOnly; the tree is not checked at open.
+	// damaged: a damaged file is not read by bbolt but salvaged (every
+	// entry on a sound page is copied into a temporary file, removed by
+	// Close; the damage is logged) and the copy is served. Entries on
+	// damaged pages read as missing; Append, Revoke and Prune fail with
+	// ErrReadOnly; the tree is not checked at open (ledger verify does).
 	ReadOnly bool
 }
 
@@ -85,6 +87,7 @@ type Ledger struct {
 	metrics   *metrics
 	readOnly  bool
 	reserve   *reserve
+	cleanup   func() // removes a salvaged copy (forensic mode)
 
 	revokeMu sync.Mutex // serializes Revoke
 
@@ -171,7 +174,7 @@ func Open(path string, opts Options) (*Ledger, error) {
 func (l *Ledger) openDB(path string, opts Options) error {
 	var err error
 	if l.readOnly {
-		l.db, err = openForensic(path, l.log.Error)
+		l.db, l.cleanup, err = openForensic(path, l.log)
 	} else {
 		l.db, err = openChecked(path)
 	}
@@ -190,6 +193,9 @@ func (l *Ledger) openDB(path string, opts Options) error {
 	}
 	if err != nil {
 		l.db.Close()
+		if l.cleanup != nil {
+			l.cleanup()
+		}
 		return err
 	}
 	return nil
@@ -341,7 +347,11 @@ func (l *Ledger) Close() error {
 	close(l.appendCh)
 	l.appendCh = make(chan struct{})
 	l.mu.Unlock()
-	if err := l.db.Close(); err != nil {
+	err := l.db.Close()
+	if l.cleanup != nil {
+		l.cleanup()
+	}
+	if err != nil {
 		return fmt.Errorf("ledger: close: %w", err)
 	}
 	return nil

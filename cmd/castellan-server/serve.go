@@ -19,6 +19,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/quota"
 	"github.com/castellan-dev/castellan/ca/server"
+	"github.com/castellan-dev/castellan/internal/boltcheck"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -99,7 +100,10 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if cfg.LedgerReadOnlyForensics {
 		return serveForensic(ctx, cfg, log, reg, auth)
 	}
-	db, err := bbolt.Open(filepath.Join(cfg.DataDir, registryFile), 0o600, &bbolt.Options{Timeout: 5 * time.Second})
+	db, err := boltcheck.Open(filepath.Join(cfg.DataDir, registryFile), 0o600, &bbolt.Options{Timeout: 5 * time.Second})
+	if errors.Is(err, boltcheck.ErrDamaged) {
+		return fmt.Errorf("castellan-server: refusing to start on a damaged registry (join tokens and entries): %w; restore it from a backup", err)
+	}
 	if err != nil {
 		return fmt.Errorf("castellan-server: open registry (is another server using %s?): %w", cfg.DataDir, err)
 	}

@@ -46,6 +46,8 @@ const (
 	// maxDepth bounds B+tree and bucket nesting; bbolt never builds trees
 	// anywhere near this deep.
 	maxDepth = 64
+	// maxProblems bounds the damage Salvage lists.
+	maxProblems = 100
 )
 
 // ErrDamaged is wrapped by every *DamageError; test with errors.Is.
@@ -112,6 +114,26 @@ type checker struct {
 	m    meta
 	seen map[uint64]bool // pages reached so far (overflow pages included)
 	free map[uint64]bool // pages the freelist says are free
+
+	// Salvage mode (emit set): damaged subtrees are recorded in problems
+	// and skipped; every key and value read is handed to emit with the
+	// path of its bucket (a nil key announces a bucket).
+	emit     func(path [][]byte, k, v []byte) error
+	bpath    [][]byte // the buckets around the element being walked
+	problems []*DamageError
+	nprob    int
+}
+
+// skip reports whether err is damage to record and skip (salvage mode).
+func (c *checker) skip(err error) bool {
+	var de *DamageError
+	if c.emit == nil || !errors.As(err, &de) {
+		return false
+	}
+	if c.nprob++; len(c.problems) < maxProblems {
+		c.problems = append(c.problems, de)
+	}
+	return true
 }
 
 func (c *checker) damaged(page int64, format string, args ...any) error {
@@ -137,7 +159,7 @@ func (c *checker) run() error {
 		return c.damaged(-1, "the file is truncated: %d bytes, but its meta page says it holds %d pages of %d bytes", c.size, m.hwm, m.pageSize)
 	}
 	c.seen[0], c.seen[1] = true, true
-	if m.freelist != noFreelist {
+	if m.freelist != noFreelist && c.emit == nil {
 		if err := c.checkFreelist(m.freelist); err != nil {
 			return err
 		}

@@ -178,3 +178,41 @@ func TestGuardTurnsPanicIntoError(t *testing.T) {
 		t.Fatalf("Guard = %v", err)
 	}
 }
+
+// Salvage copies every key it can read from a damaged file into a sound
+// one, and lists the damage it skipped.
+func TestSalvageCopiesWhatIsLeft(t *testing.T) {
+	data := sample(t, true)
+	leaf := inUseLeaf(t, data)
+	copy(data[leaf*4096+16:], "garbage garbage garbage garbage!")
+	src := write(t, data)
+	dst := filepath.Join(t.TempDir(), "salvaged.db")
+	problems, n, err := Salvage(src, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 || len(problems) == 0 || problems[0].Page != int64(leaf) || problems[0].Path != src {
+		t.Fatalf("problems = %v (%d), want the damaged page %d of %s", problems, n, leaf, src)
+	}
+	db, err := Open(dst, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatalf("the salvaged file does not pass Check: %v", err)
+	}
+	defer db.Close()
+	err = db.View(func(tx *bolt.Tx) error {
+		entries := tx.Bucket([]byte("entries"))
+		if entries == nil || tx.Bucket([]byte("inline")) == nil || entries.Bucket([]byte("nested")) == nil {
+			t.Fatal("buckets were lost")
+		}
+		if got := entries.Stats().KeyN; got < 250 || got >= 300 {
+			t.Errorf("%d keys salvaged from 299, one damaged leaf lost", got)
+		}
+		if v := entries.Bucket([]byte("nested")).Get([]byte("big")); len(v) != 9000 {
+			t.Errorf("overflow value of %d bytes, want 9000", len(v))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -44,6 +44,7 @@ func FuzzOpen(f *testing.F) {
 		}
 		db, err := Open(path, 0o600, &bolt.Options{Timeout: time.Second, NoFreelistSync: nfs})
 		if err != nil {
+			salvageAndRead(t, path)
 			return
 		}
 		defer db.Close()
@@ -56,6 +57,25 @@ func FuzzOpen(f *testing.F) {
 			return b.Put([]byte("new"), []byte("value"))
 		})
 	})
+}
+
+// salvageAndRead salvages path and reads the copy with bbolt, unguarded.
+func salvageAndRead(t *testing.T, path string) {
+	dst := filepath.Join(t.TempDir(), "salvaged.db")
+	if _, _, err := Salvage(path, dst); err != nil {
+		return
+	}
+	db, err := bolt.Open(dst, 0o600, &bolt.Options{Timeout: time.Second, ReadOnly: true})
+	if err != nil {
+		t.Fatalf("salvaged file does not open: %v", err)
+	}
+	defer db.Close()
+	if err := db.View(walkAll); err != nil {
+		t.Fatalf("salvaged file does not read: %v", err)
+	}
+	if err := Check(dst); err != nil {
+		t.Fatalf("salvaged file fails Check: %v", err)
+	}
 }
 
 func walkAll(tx *bolt.Tx) error {

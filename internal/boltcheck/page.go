@@ -122,6 +122,9 @@ func (c *checker) branch(p *page, lo, hi []byte, depth int) ([]byte, error) {
 	var maxKey []byte
 	for i, k := range keys {
 		if err := c.order(p.id, i, k, prev, hi); err != nil {
+			if c.skip(err) {
+				continue
+			}
 			return nil, err
 		}
 		next := hi
@@ -130,9 +133,14 @@ func (c *checker) branch(p *page, lo, hi []byte, depth int) ([]byte, error) {
 		}
 		m, err := c.tree(le.Uint64(c.elem(p, i)[8:]), k, next, depth+1)
 		if err != nil {
+			if c.skip(err) {
+				continue
+			}
 			return nil, err
 		}
-		prev, maxKey = m, m
+		if m != nil {
+			prev, maxKey = m, m
+		}
 	}
 	return maxKey, nil
 }
@@ -144,20 +152,46 @@ func (c *checker) leaf(p *page, lo, hi []byte, depth int) ([]byte, error) {
 		flags, pos, ks, vs := le.Uint32(e[0:]), uint64(le.Uint32(e[4:])), uint64(le.Uint32(e[8:])), uint64(le.Uint32(e[12:]))
 		kv, ok := p.slice(i, pos, ks+vs)
 		if !ok {
-			return nil, c.damaged(int64(p.id), "leaf element %d: key and value run past the page", i)
+			if err := c.damaged(int64(p.id), "leaf element %d: key and value run past the page", i); !c.skip(err) {
+				return nil, err
+			}
+			continue
 		}
 		k, v := kv[:ks], kv[ks:]
 		if err := c.order(p.id, i, k, prev, hi); err != nil {
+			if c.skip(err) {
+				continue
+			}
 			return nil, err
 		}
 		prev = k
-		if flags&bucketLeaf != 0 {
-			if err := c.bucket(p.id, v, depth); err != nil {
-				return nil, err
+		if err := c.element(p.id, flags, k, v, depth); err != nil {
+			if c.skip(err) {
+				continue
 			}
+			return nil, err
 		}
 	}
 	return prev, nil
+}
+
+// element checks a nested bucket, or hands a key and value to the
+// salvager.
+func (c *checker) element(id uint64, flags uint32, k, v []byte, depth int) error {
+	if flags&bucketLeaf == 0 {
+		if c.emit == nil {
+			return nil
+		}
+		return c.emit(c.bpath, k, v)
+	}
+	c.bpath = append(c.bpath, k)
+	defer func() { c.bpath = c.bpath[:len(c.bpath)-1] }()
+	if c.emit != nil {
+		if err := c.emit(c.bpath, nil, nil); err != nil {
+			return err
+		}
+	}
+	return c.bucket(id, v, depth)
 }
 
 // bucket checks a nested bucket whose header is in v.

@@ -11,7 +11,8 @@
 // bucket's B+tree, checking each page's header, bounds, type, element
 // table, key order and that no page is reached twice. A file that passes
 // Check can be opened and walked by bbolt without panicking; Open does both
-// and then runs bbolt's own tx.Check.
+// and then runs bbolt's own tx.Check. Salvage walks a damaged file the same
+// way, skipping what is damaged, and copies the rest into a sound file.
 //
 // The check is as costly as reading the file once. It does not protect
 // against a file changed by another process after Check returns.

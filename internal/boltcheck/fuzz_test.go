@@ -29,6 +29,7 @@ func FuzzOpen(f *testing.F) {
 	f.Add(uint32(5*4096+100), []byte("garbage in the middle of a page"), false, true)
 	goods := map[bool][]byte{false: sample(f, false), true: sample(f, true)}
 	f.Fuzz(func(t *testing.T, off uint32, patch []byte, fixMeta, nfs bool) {
+		defer failIfSlow(t, time.Now())
 		data := append([]byte(nil), goods[nfs]...)
 		at := int(off % uint32(len(data)))
 		copy(data[at:], patch)
@@ -57,6 +58,14 @@ func FuzzOpen(f *testing.F) {
 			return b.Put([]byte("new"), []byte("value"))
 		})
 	})
+}
+
+// failIfSlow fails an input that took more than 10s: a damaged file must
+// not make the checker (or bbolt after it) loop.
+func failIfSlow(t *testing.T, start time.Time) {
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("one input took %s", d)
+	}
 }
 
 // salvageAndRead salvages path and reads the copy with bbolt, unguarded.

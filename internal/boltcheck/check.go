@@ -156,7 +156,7 @@ func (c *checker) run() error {
 			return c.damaged(int64(id), "meta page header names page %d of type %#x", got, fl)
 		}
 	}
-	if need := int64(m.hwm) * int64(m.pageSize); m.hwm < 2 || need/int64(m.pageSize) != int64(m.hwm) || need > c.size {
+	if m.hwm < 2 || m.hwm > uint64(c.size)/uint64(m.pageSize) { // (bbolt's own check would loop over every page id)
 		return c.damaged(-1, "the file is truncated: %d bytes, but its meta page says it holds %d pages of %d bytes", c.size, m.hwm, m.pageSize)
 	}
 	c.seen[0], c.seen[1] = true, true

@@ -19,7 +19,6 @@
 package boltcheck
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -176,8 +175,11 @@ func (c *checker) run() error {
 	return nil
 }
 
-// readMeta finds the page size and picks the meta page bbolt will use:
-// the valid one with the higher transaction id.
+// readMeta finds the page size as bbolt does (from the first meta page
+// that bbolt considers valid) and picks the meta page bbolt will use: the
+// valid one with the higher transaction id. A meta page bbolt would accept
+// with an impossible page size, or two that disagree, is damage: bbolt
+// would read every page at the wrong offset.
 func (c *checker) readMeta() (meta, error) {
 	m0, err0 := c.metaAt(0)
 	ps := m0.pageSize
@@ -191,7 +193,13 @@ func (c *checker) readMeta() (meta, error) {
 			return meta{}, c.damaged(-1, "no valid meta page (not a bbolt file, or both meta pages are damaged: %v)", err0)
 		}
 	}
+	if ps < 512 || ps > 1<<24 || ps&(ps-1) != 0 {
+		return meta{}, c.damaged(0, "meta page gives an impossible page size %d", ps)
+	}
 	m1, err1 := c.metaAt(int64(ps))
+	if err1 == nil && m1.pageSize != ps {
+		return meta{}, c.damaged(1, "meta pages disagree on the page size (%d and %d)", ps, m1.pageSize)
+	}
 	switch {
 	case err0 == nil && err1 == nil && m1.txid > m0.txid, err0 != nil && err1 == nil:
 		return m1, nil
@@ -201,17 +209,14 @@ func (c *checker) readMeta() (meta, error) {
 	return meta{}, c.damaged(-1, "no valid meta page: %v", err0)
 }
 
-// metaAt reads and validates the meta page at byte offset off.
+// metaAt reads the meta page at byte offset off and validates it as bbolt
+// does (magic, version, checksum).
 func (c *checker) metaAt(off int64) (meta, error) {
 	b := make([]byte, pageHeaderSize+64)
 	if _, err := c.f.ReadAt(b, off); err != nil {
 		return meta{}, fmt.Errorf("meta page at byte %d: short file", off)
 	}
-	h, mb := b[:pageHeaderSize], b[pageHeaderSize:]
-	le := binary.LittleEndian
-	if le.Uint16(h[8:]) != flagMeta {
-		return meta{}, fmt.Errorf("meta page at byte %d: wrong page type %#x", off, le.Uint16(h[8:]))
-	}
+	mb := b[pageHeaderSize:]
 	if le.Uint32(mb[0:]) != magic {
 		return meta{}, fmt.Errorf("meta page at byte %d: bad magic", off)
 	}
@@ -223,10 +228,6 @@ func (c *checker) metaAt(off int64) (meta, error) {
 	if sum.Sum64() != le.Uint64(mb[56:]) {
 		return meta{}, fmt.Errorf("meta page at byte %d: checksum mismatch", off)
 	}
-	m := meta{pageSize: le.Uint32(mb[8:]), root: le.Uint64(mb[16:]), freelist: le.Uint64(mb[32:]),
-		hwm: le.Uint64(mb[40:]), txid: le.Uint64(mb[48:])}
-	if m.pageSize < 512 || m.pageSize > 1<<24 || m.pageSize&(m.pageSize-1) != 0 {
-		return meta{}, fmt.Errorf("meta page at byte %d: impossible page size %d", off, m.pageSize)
-	}
-	return m, nil
+	return meta{pageSize: le.Uint32(mb[8:]), root: le.Uint64(mb[16:]), freelist: le.Uint64(mb[32:]),
+		hwm: le.Uint64(mb[40:]), txid: le.Uint64(mb[48:])}, nil
 }

@@ -68,8 +68,12 @@ type Limit struct {
 	Every time.Duration
 }
 
+// String says the limit in words: "512 at once, 1024 per hour".
 func (l Limit) String() string {
-	return fmt.Sprintf("%d, one more every %s", l.Burst, l.Every)
+	if l.Every <= 0 {
+		return fmt.Sprintf("%d at once", l.Burst)
+	}
+	return fmt.Sprintf("%d at once, %.4g per hour", l.Burst, float64(time.Hour)/float64(l.Every))
 }
 
 // Config sizes the quotas. Zero fields take Defaults' values, except Node

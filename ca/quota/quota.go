@@ -7,7 +7,9 @@
 // or from neither when either is empty. A bucket holds at most Burst tokens
 // and gains one every Every. Buckets that have refilled to Burst carry no
 // state and are forgotten, and at most MaxBuckets are kept (the least
-// recently used one is dropped first), so memory stays bounded.
+// recently used one is dropped first), so memory stays bounded. Requests
+// from no known node (Istio callers the CA cannot place) have identity
+// buckets only.
 //
 // # Defaults, and how they are derived
 //
@@ -29,6 +31,7 @@
 package quota
 
 import (
+	"cmp"
 	"container/list"
 	"errors"
 	"fmt"
@@ -115,7 +118,7 @@ type Exceeded struct {
 func (e *Exceeded) Error() string {
 	who := "node " + e.Node
 	if e.Kind == KindIdentity {
-		who = fmt.Sprintf("identity %s on node %s", e.Identity, e.Node)
+		who = fmt.Sprintf("identity %s on node %s", e.Identity, cmp.Or(e.Node, "(none)"))
 	}
 	return fmt.Sprintf("quota: %s issuance quota exceeded for %s (at most %s); retry in %s",
 		e.Kind, who, e.Limit, e.RetryAfter.Round(time.Second))
@@ -220,7 +223,9 @@ func Identity(spiffeID, entry string) string {
 // Take takes one token from node's bucket and one from the bucket of
 // identity (a SPIFFE ID and the entry or pod it is held for) on node,
 // whose certificate will live ttl. It takes both or neither, and returns
-// an *Exceeded naming the empty bucket.
+// an *Exceeded naming the empty bucket. A request from no known node
+// (node "", an Istio caller the CA cannot place) is limited per identity
+// only: one shared bucket would let any such caller starve the others.
 func (l *Limiter) Take(node, identity string, ttl time.Duration) error {
 	now := l.cfg.Clock()
 	per := l.cfg.IdentityPerTTL
@@ -228,7 +233,10 @@ func (l *Limiter) Take(node, identity string, ttl time.Duration) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.sweep(now)
-	nb := l.get("n\x00"+node, l.cfg.Node, now)
+	nb := &bucket{tokens: 1} // no node: never empty, never kept
+	if node != "" {
+		nb = l.get("n\x00"+node, l.cfg.Node, now)
+	}
 	ib := l.get("i\x00"+node+"\x00"+identity, idLimit, now)
 	var ex *Exceeded
 	switch {

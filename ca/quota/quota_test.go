@@ -69,6 +69,10 @@ func TestTake(t *testing.T) {
 			{node: "n", identity: "a", ttl: time.Second},
 			{advance: 30 * time.Second, node: "n", identity: "a", ttl: time.Second, want: KindIdentity, retry: 30 * time.Second},
 		}},
+		{"no node: limited per identity only", Limit{1, time.Hour}, 2, []step{
+			{node: "", identity: "a", ttl: h}, {node: "", identity: "b", ttl: h}, {node: "", identity: "a", ttl: h},
+			{node: "", identity: "a", ttl: h, want: KindIdentity, retry: 30 * time.Minute},
+		}},
 		{"identity on another node has its own bucket", Limit{100, time.Second}, 1, []step{
 			{node: "n", identity: "a", ttl: h},
 			{node: "m", identity: "a", ttl: h},

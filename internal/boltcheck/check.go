@@ -87,23 +87,31 @@ type meta struct {
 // valid (bbolt creates it). It returns a *DamageError for a damaged file
 // and another error when the file cannot be read.
 func Check(path string) error {
+	_, err := check(path)
+	return err
+}
+
+// check is Check, also returning the meta page in use (zero for a new
+// file).
+func check(path string) (meta, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return meta{}, nil
 	}
 	if err != nil {
-		return fmt.Errorf("open %s: %w", path, err)
+		return meta{}, fmt.Errorf("open %s: %w", path, err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return fmt.Errorf("stat %s: %w", path, err)
+		return meta{}, fmt.Errorf("stat %s: %w", path, err)
 	}
 	if fi.Size() == 0 {
-		return nil
+		return meta{}, nil
 	}
 	c := &checker{f: f, path: path, size: fi.Size(), seen: map[uint64]bool{}}
-	return c.run()
+	err = c.run()
+	return c.m, err
 }
 
 // checker walks one file.

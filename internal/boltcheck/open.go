@@ -15,12 +15,20 @@ import (
 // freelist with the pages in use). Any damage is a *DamageError naming the
 // file; a lock held by another process is bbolt's ErrTimeout, unwrapped.
 // A file that does not exist is created.
+//
+// tx.Check is skipped for a file that keeps no freelist (written with
+// NoFreelistSync) opened for writing: bbolt's Open has then just rebuilt
+// the freelist by walking every page the way tx.Check does, and a freelist
+// derived from reachability cannot disagree with it. That saves a full
+// read of a large file.
 func Open(path string, mode os.FileMode, opts *bolt.Options) (*bolt.DB, error) {
-	if err := Check(path); err != nil {
+	m, err := check(path)
+	if err != nil {
 		return nil, err
 	}
+	walked := m.hwm != 0 && m.freelist == noFreelist && (opts == nil || !opts.ReadOnly)
 	var db *bolt.DB
-	err := Guard(func() error {
+	err = Guard(func() error {
 		var err error
 		db, err = bolt.Open(path, mode, opts)
 		return err
@@ -30,6 +38,9 @@ func Open(path string, mode os.FileMode, opts *bolt.Options) (*bolt.DB, error) {
 	}
 	if err != nil {
 		return nil, &DamageError{Path: path, Page: -1, Problem: err.Error()}
+	}
+	if walked {
+		return db, nil
 	}
 	if err := consistent(db); err != nil {
 		_ = db.Close()

@@ -24,9 +24,9 @@ func (c *checker) readPage(id uint64) (*page, error) {
 	if id < 2 || id >= c.m.hwm {
 		return nil, c.damaged(int64(id), "page id outside the file's pages [2, %d)", c.m.hwm)
 	}
-	h := make([]byte, pageHeaderSize)
+	h := make([]byte, ps) // one read for the usual page without overflow
 	if _, err := c.f.ReadAt(h, int64(id*ps)); err != nil {
-		return nil, c.damaged(int64(id), "cannot read the page header: %v", err)
+		return nil, c.damaged(int64(id), "cannot read the page: %v", err)
 	}
 	if got := le.Uint64(h[0:]); got != id {
 		return nil, c.damaged(int64(id), "header names page %d", got)
@@ -41,9 +41,12 @@ func (c *checker) readPage(id uint64) (*page, error) {
 		}
 		c.seen[i] = true
 	}
-	buf := make([]byte, (overflow+1)*ps)
-	if _, err := c.f.ReadAt(buf, int64(id*ps)); err != nil {
-		return nil, c.damaged(int64(id), "cannot read the page: %v", err)
+	buf := h
+	if overflow > 0 {
+		buf = make([]byte, (overflow+1)*ps)
+		if _, err := c.f.ReadAt(buf, int64(id*ps)); err != nil {
+			return nil, c.damaged(int64(id), "cannot read the page: %v", err)
+		}
 	}
 	return &page{id: id, flags: le.Uint16(h[8:]), count: int(le.Uint16(h[10:])), buf: buf}, nil
 }

@@ -135,6 +135,22 @@ func (l *Ledger) view(fn func(*bolt.Tx) error) error {
 	return err
 }
 
+// checkExisting checks the tree of a ledger file that already holds one
+// (a new file has no buckets yet).
+func (l *Ledger) checkExisting(path string) error {
+	exists := false
+	err := l.view(func(tx *bolt.Tx) error {
+		if exists = tx.Bucket(bMeta) != nil; exists {
+			return l.load(tx)
+		}
+		return nil
+	})
+	if err != nil || !exists {
+		return err
+	}
+	return l.checkTree(path)
+}
+
 // checkTree recomputes the Merkle tree from the stored entries and
 // compares it with the stored tree head and the stored signed checkpoint
 // (Open, before the ledger is used).

@@ -185,8 +185,11 @@ func (l *Ledger) openDB(path string, opts Options) error {
 	if l.db.MaxBatchDelay == 0 {
 		l.db.MaxBatchDelay = DefaultMaxBatchDelay
 	}
-	if err = l.init(); err == nil && !l.readOnly {
-		err = l.checkTree(path)
+	if !l.readOnly {
+		err = l.checkExisting(path) // before init writes to the file
+	}
+	if err == nil {
+		err = l.init()
 	}
 	if err == nil {
 		err = l.catchUp()

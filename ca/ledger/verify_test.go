@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -117,13 +118,21 @@ func TestVerifyCatchesDeletedEntry(t *testing.T) {
 	}
 	wantFinding(t, rep, "entry 500 is missing")
 
-	// The ledger refuses to open it for issuance, naming the file.
+	// The ledger refuses to open it for issuance, naming the file, and
+	// leaves the file as it found it.
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if l, err := Open(path, Options{}); !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), path) ||
 		!strings.Contains(err.Error(), "entry 500 is missing") {
 		if err == nil {
 			l.Close()
 		}
 		t.Fatalf("Open = %v; want ErrDamaged naming %s and the missing entry", err, path)
+	}
+	if after, err := os.ReadFile(path); err != nil || !bytes.Equal(before, after) {
+		t.Fatalf("the refused Open wrote to the damaged file (%v)", err)
 	}
 	// Opened read-only for forensics, it reports it through Export.
 	l, err := Open(path, Options{ReadOnly: true})

@@ -59,9 +59,12 @@ const (
 	RenewalsPerTTL    = 4
 	NodeIdentities    = 256
 	DefaultMaxBuckets = 100_000
-	// MinTTL floors the TTL an identity bucket is sized from, so that a
-	// request for a tiny TTL does not buy a fast refill.
-	MinTTL = time.Minute
+	// MinTTL floors the TTL a bucket is sized from. It is low on purpose:
+	// identities with short TTLs (seconds, in tests and demos) renew that
+	// often. A caller asking for tiny TTLs to refill its identity buckets
+	// fast is still held by its node's bucket, sized from the CA's
+	// default TTL.
+	MinTTL = time.Second
 )
 
 // Limit is a token bucket's size: at most Burst tokens, one more every

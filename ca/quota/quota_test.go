@@ -65,9 +65,11 @@ func TestTake(t *testing.T) {
 			{node: "n", identity: "a", ttl: h, want: KindIdentity, retry: h},
 			{node: "n", identity: "b", ttl: h}, // the node still has its second token
 		}},
-		{"tiny TTL is floored at MinTTL", Limit{100, time.Second}, 1, []step{
-			{node: "n", identity: "a", ttl: time.Second},
-			{advance: 30 * time.Second, node: "n", identity: "a", ttl: time.Second, want: KindIdentity, retry: 30 * time.Second},
+		{"short TTLs renew often; zero is floored at MinTTL", Limit{100, time.Millisecond}, 2, []step{
+			{node: "n", identity: "a", ttl: 12 * time.Second}, {node: "n", identity: "a", ttl: 12 * time.Second},
+			{advance: 6 * time.Second, node: "n", identity: "a", ttl: 12 * time.Second},
+			{node: "n", identity: "z", ttl: 0}, {node: "n", identity: "z", ttl: 0},
+			{advance: 100 * time.Millisecond, node: "n", identity: "z", ttl: 0, want: KindIdentity, retry: 400 * time.Millisecond},
 		}},
 		{"no node: limited per identity only", Limit{1, time.Hour}, 2, []step{
 			{node: "", identity: "a", ttl: h}, {node: "", identity: "b", ttl: h}, {node: "", identity: "a", ttl: h},
@@ -92,7 +94,7 @@ func TestTake(t *testing.T) {
 					t.Fatalf("step %d: %v, want granted", i, err)
 				case s.want != "" && !errors.As(err, &ex):
 					t.Fatalf("step %d: %v, want %s quota exceeded", i, err, s.want)
-				case s.want != "" && (ex.Kind != s.want || ex.RetryAfter.Round(time.Second) != s.retry):
+				case s.want != "" && (ex.Kind != s.want || ex.RetryAfter.Round(time.Millisecond) != s.retry):
 					t.Fatalf("step %d: %s quota, retry %s; want %s, retry %s", i, ex.Kind, ex.RetryAfter, s.want, s.retry)
 				}
 			}

@@ -110,6 +110,11 @@ func appendTx(tx *bolt.Tx, evs []Event) (uint64, treeState, error) {
 // committed publishes a committed append: the new head, revocations,
 // watchers, audit log lines and metrics.
 func (l *Ledger) committed(ctx context.Context, head treeState, first uint64, evs []Event) {
+	for i := range evs {
+		if evs[i].Kind == KindRevocation && l.onRevoke != nil {
+			l.onRevoke(evs[i].Node, evs[i].SPIFFEID)
+		}
+	}
 	l.mu.Lock()
 	if head.size > l.head.size {
 		l.head = head

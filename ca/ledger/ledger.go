@@ -65,6 +65,10 @@ type Options struct {
 	// FreeSpace returns the bytes available on the ledger's filesystem
 	// (nil: statfs of the ledger file's directory). For tests.
 	FreeSpace func() (uint64, error)
+	// OnRevoke, when set, is called with the node and SPIFFE ID of each
+	// revoked certificate once its revocation is durable, before agents
+	// are told (the CA refills the identity's issuance quota with it).
+	OnRevoke func(node, spiffeID string)
 	// ReadOnly opens the file read-only for forensics, even if it is
 	// damaged: a damaged file is not read by bbolt but salvaged (every
 	// entry on a sound page is copied into a temporary file, removed by
@@ -86,6 +90,7 @@ type Ledger struct {
 	retention time.Duration
 	metrics   *metrics
 	readOnly  bool
+	onRevoke  func(node, spiffeID string)
 	reserve   *reserve
 	cleanup   func() // removes a salvaged copy (forensic mode)
 
@@ -138,6 +143,7 @@ func Open(path string, opts Options) (*Ledger, error) {
 		retention: opts.Retention, revCh: make(chan struct{}), appendCh: make(chan struct{}),
 		indexedCh: make(chan struct{}), kick: make(chan struct{}, 1), urgent: make(chan struct{}, 1),
 		stop: make(chan struct{}), stopped: make(chan struct{}), readOnly: opts.ReadOnly,
+		onRevoke: opts.OnRevoke,
 	}
 	if l.clock == nil {
 		l.clock = time.Now

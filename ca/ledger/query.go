@@ -100,7 +100,7 @@ func readEntry(tx *bolt.Tx, idx uint64) (Entry, error) {
 	if v == nil {
 		st, err := readTree(tx)
 		if err == nil && idx < st.size {
-			return Entry{}, fmt.Errorf("ledger: entry %d is missing from the file", idx)
+			return Entry{}, fmt.Errorf("%w: entry %d is missing from the file", ErrDamaged, idx)
 		}
 		return Entry{}, fmt.Errorf("%w: no entry %d", ErrNotFound, idx)
 	}

@@ -14,10 +14,14 @@
 // # Defaults, and how they are derived
 //
 // An agent renews an SVID at about half its lifetime, so an identity is
-// renewed about twice per TTL in steady state. Defaults allows RenewalsPerTTL
-// (4) per TTL of that identity's certificates: twice the steady rate, for
-// pod restarts, a failed response, jitter. The identity bucket's Every is
-// the certificate's TTL / 4, so identities with short TTLs are not starved.
+// renewed about twice per TTL in steady state. Defaults allows
+// IdentityPerTTL (8) per TTL of that identity's certificates, at once or
+// spread out: four times the steady rate, for pod restarts, a failed
+// response, jitter, a few replacements of revoked certificates. The
+// identity bucket's Every is the certificate's TTL / 8, so identities with
+// short TTLs are not starved; a loop on one identity stops after 8. A
+// revocation (Forgive) refills the revoked identity's buckets, so the
+// replacement an operator asked for is never refused by them.
 //
 // A node is sized for NodeIdentities (256) identities: Kubernetes allows 110
 // pods per node by default, and 256 leaves room for unix entries. Its
@@ -35,6 +39,7 @@ import (
 	"container/list"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -56,7 +61,8 @@ const (
 
 // Defaults' parameters (see the package documentation).
 const (
-	RenewalsPerTTL    = 4
+	RenewalsPerTTL    = 4 // per identity, sustained, for sizing a node
+	IdentityPerTTL    = 8
 	NodeIdentities    = 256
 	DefaultMaxBuckets = 100_000
 	// MinTTL floors the TTL a bucket is sized from. It is low on purpose:
@@ -103,7 +109,7 @@ func Defaults(defaultTTL time.Duration) Config {
 	ttl := max(defaultTTL, MinTTL)
 	return Config{
 		Node:           Limit{Burst: 2 * NodeIdentities, Every: ttl / (NodeIdentities * RenewalsPerTTL)},
-		IdentityPerTTL: RenewalsPerTTL,
+		IdentityPerTTL: IdentityPerTTL,
 	}
 }
 
@@ -296,6 +302,22 @@ func (l *Limiter) sweep(now time.Time) {
 			l.lru.Remove(el)
 		}
 		el = prev
+	}
+}
+
+// Forgive refills (forgets) every identity bucket of spiffeID on node,
+// whatever its entry: called when one of its certificates is revoked, so
+// that the agent's replacement is not refused. The node's bucket is kept.
+// It walks every bucket; revocations are rare.
+func (l *Limiter) Forgive(node, spiffeID string) {
+	prefix := "i\x00" + node + "\x00" + spiffeID
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for key, el := range l.buckets {
+		if key == prefix || strings.HasPrefix(key, prefix+" (entry ") {
+			delete(l.buckets, key)
+			l.lru.Remove(el)
+		}
 	}
 }
 

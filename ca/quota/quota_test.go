@@ -196,6 +196,31 @@ func TestDrainedBucketIsNotForgotten(t *testing.T) {
 	}
 }
 
+// A revocation refills the revoked identity's buckets (all its entries)
+// on that node, not the node's bucket nor other identities'.
+func TestForgiveRefillsTheRevokedIdentity(t *testing.T) {
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	l, _ := newLimiter(t, Limit{5, time.Hour}, 1, clk)
+	for _, id := range []string{Identity("spiffe://td/a", "e1"), Identity("spiffe://td/a", "e2"), Identity("spiffe://td/ab", "e3")} {
+		if err := l.Take("n", id, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.Forgive("n", "spiffe://td/a")
+	for _, id := range []string{Identity("spiffe://td/a", "e1"), Identity("spiffe://td/a", "e2")} {
+		if err := l.Take("n", id, time.Hour); err != nil {
+			t.Fatalf("%s after Forgive: %v", id, err)
+		}
+	}
+	if err := l.Take("n", Identity("spiffe://td/ab", "e3"), time.Hour); !errors.Is(err, ErrExceeded) {
+		t.Fatalf("another identity was forgiven too: %v", err)
+	}
+	// The node's bucket (5) was not refilled: 5 taken.
+	if err := l.Take("n", Identity("spiffe://td/c", "e4"), time.Hour); !errors.Is(err, ErrExceeded) {
+		t.Fatalf("the node's bucket was refilled: %v", err)
+	}
+}
+
 func TestNewRefusesBadConfig(t *testing.T) {
 	for _, cfg := range []Config{
 		{Node: Limit{0, time.Second}, IdentityPerTTL: 1},

@@ -109,7 +109,7 @@ func flagSet(cfg *config, configPath *string, out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&cfg.K8sBundleConfigMaps, "k8s-bundle-configmaps", cfg.K8sBundleConfigMaps, "Kubernetes mode: publish the trust bundle as ConfigMap castellan-ca-root-cert (key root-cert.pem) in every namespace")
 	fs.IntVar(&cfg.QuotaNodeBurst, "quota-node-burst", cfg.QuotaNodeBurst, "workload certificates one node may get at once (0: 512, for 256 identities renewed twice)")
 	fs.IntVar(&cfg.QuotaNodePerHour, "quota-node-per-hour", cfg.QuotaNodePerHour, "workload certificates one node may get per hour, sustained (0: 256 identities x 4 per --default-ttl, 1024 for 1h)")
-	fs.IntVar(&cfg.QuotaIdentityPerTTL, "quota-identity-per-ttl", cfg.QuotaIdentityPerTTL, "certificates one identity on one node may get per lifetime of its certificates (0: 4)")
+	fs.IntVar(&cfg.QuotaIdentityPerTTL, "quota-identity-per-ttl", cfg.QuotaIdentityPerTTL, "certificates one identity on one node may get per lifetime of its certificates (0: 8); a revocation refills it")
 	fs.Var(&cfg.LedgerDiskReserve, "ledger-disk-reserve", "free space to leave on the ledger's filesystem: below it issuance stops with an error and castellan_ledger_disk_reserve_breached is 1 (e.g. 512MiB; 0: none)")
 	fs.BoolVar(&cfg.LedgerReadOnlyForensics, "ledger-read-only-forensics", cfg.LedgerReadOnlyForensics, "open a ledger that fails its integrity check read-only, serve the audit API on the admin socket and issue nothing (gRPC port not served)")
 	return fs

@@ -21,10 +21,12 @@ import (
 
 // openLedger opens the ledger. A ledger that fails its integrity check
 // stops the server with a message naming the file and what to do.
-func openLedger(cfg config, log *slog.Logger, reg *prometheus.Registry) (*ledger.Ledger, error) {
+// onRevoke is called with each revoked certificate's node and SPIFFE ID.
+func openLedger(cfg config, log *slog.Logger, reg *prometheus.Registry, onRevoke func(node, id string)) (*ledger.Ledger, error) {
 	path := filepath.Join(cfg.DataDir, ledgerFile)
 	l, err := ledger.Open(path, ledger.Options{
 		Logger: log, Registry: reg, DiskReserve: uint64(cfg.LedgerDiskReserve), ReadOnly: cfg.LedgerReadOnlyForensics,
+		OnRevoke: onRevoke,
 	})
 	if errors.Is(err, ledger.ErrDamaged) {
 		return nil, fmt.Errorf("castellan-server: refusing to start on a damaged ledger: %w; "+
@@ -44,7 +46,7 @@ const forensicNotice = "the ledger is open read-only for forensics (--ledger-rea
 // so the agents' gRPC port is not served; agents keep serving their
 // caches until a repaired ledger is back.
 func serveForensic(ctx context.Context, cfg config, log *slog.Logger, reg *prometheus.Registry, auth *authority.Authority) error {
-	led, err := openLedger(cfg, log, reg)
+	led, err := openLedger(cfg, log, reg, nil)
 	if err != nil {
 		return err
 	}

@@ -18,7 +18,7 @@ func TestQuotaAndReserveFlags(t *testing.T) {
 		t.Errorf("default reserve %d, want 512MiB", cfg.LedgerDiskReserve)
 	}
 	q := quotaConfig(cfg, nil)
-	if q.Node.Burst != 512 || q.Node.Every != time.Hour/1024 || q.IdentityPerTTL != 4 {
+	if q.Node.Burst != 512 || q.Node.Every != time.Hour/1024 || q.IdentityPerTTL != 8 {
 		t.Errorf("default quotas %+v", q)
 	}
 	file := filepath.Join(t.TempDir(), "c.yaml")

@@ -108,7 +108,11 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		return fmt.Errorf("castellan-server: open registry (is another server using %s?): %w", cfg.DataDir, err)
 	}
 	defer db.Close()
-	led, err := openLedger(cfg, log, reg)
+	quotas, err := quota.New(quotaConfig(cfg, reg))
+	if err != nil {
+		return err
+	}
+	led, err := openLedger(cfg, log, reg, quotas.Forgive)
 	if err != nil {
 		return err
 	}
@@ -130,10 +134,6 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	if err := publishBundle(ctx, cfg, auth.Bundle(), reg, log); err != nil {
-		return err
-	}
-	quotas, err := quota.New(quotaConfig(cfg, reg))
-	if err != nil {
 		return err
 	}
 	srv, err := server.New(ctx, server.Config{

@@ -224,25 +224,34 @@ func TestQuotaStopsAFloodFromOneNodeWhileAnotherIsServed(t *testing.T) {
 		}
 	}
 
-	// Another node is served; its one identity has its own quota (4 per TTL).
+	// Another node is served; its one identity has its own quota (8 per TTL).
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	for i := range 4 {
+	var lastSerial string
+	for i := range 8 {
 		_, csr := caCSR(t, calmID)
-		if _, err := calm.SignX509SVID(ctx, &cav1.SignX509SVIDRequest{Csr: csr}); err != nil {
+		resp, err := calm.SignX509SVID(ctx, &cav1.SignX509SVIDRequest{Csr: csr})
+		if err != nil {
 			t.Fatalf("node-calm request %d during the flood: %v", i, err)
 		}
+		lastSerial = resp.GetSvid().GetSerial()
 	}
 	_, csr := caCSR(t, calmID)
 	_, err := calm.SignX509SVID(ctx, &cav1.SignX509SVIDRequest{Csr: csr})
 	st := status.Convert(err)
 	if st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "identity issuance quota exceeded for identity") ||
 		!strings.Contains(st.Message(), calmID) {
-		t.Fatalf("fifth certificate for one identity: %v, want ResourceExhausted naming the identity quota", err)
+		t.Fatalf("ninth certificate for one identity: %v, want ResourceExhausted naming the identity quota", err)
 	}
 	t.Logf("flood refusal: %s\nidentity refusal: %s", refused[0].GetMessage(), st.Message())
 	if d := st.Details(); len(d) != 1 || d[0].(*errdetails.RetryInfo).GetRetryDelay().AsDuration() <= 0 {
 		t.Fatalf("refusal details %v, want a RetryInfo", d)
+	}
+
+	// A revocation refills the identity's quota: its replacement is served.
+	s.ctlRun(t, "certs", "revoke", lastSerial, "--reason", "keyCompromise")
+	if _, err := calm.SignX509SVID(ctx, &cav1.SignX509SVIDRequest{Csr: csr}); err != nil {
+		t.Fatalf("replacement after a revocation: %v", err)
 	}
 
 	metrics := caHTTPGet(t, "http://"+s.httpAddr+"/metrics")

@@ -78,8 +78,8 @@ func (r *agentRig) extraAgent(node string) string {
 	dir := filepath.Join(r.t.TempDir(), node)
 	token := strings.Fields(r.ctlRun("token", "create", "--node", node, "--ttl", "10m"))[0]
 	cmd := exec.Command(r.agent, "--server-address", r.listen, "--trust-bundle", filepath.Join(r.srvDir, "bundle.pem"),
-		"--data-dir", dir, "--socket", filepath.Join(dir, "agent.sock"), "--http-listen", agentFreeAddr(r.t),
-		"--join-token", token)
+		"--data-dir", dir, "--socket", filepath.Join(dir, "agent.sock"), "--http-listen", agentFreeAddr(r.t))
+	cmd.Env = append(os.Environ(), "CASTELLAN_AGENT_JOIN_TOKEN="+token)
 	if err := cmd.Start(); err != nil {
 		r.t.Fatal(err)
 	}
@@ -220,7 +220,8 @@ func TestBanCutsOffAStolenAgentCredential(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := spiffeid.RequireFromString("spiffe://cluster.local/ns/it/sa/ban-test")
-	r.ctlRun("entry", "create", "--spiffe-id", want.String(), "--node", "node-a", "--selector", "unix:path:"+self)
+	r.ctlRun("entry", "create", "--spiffe-id", want.String(), "--node", "node-a",
+		"--selector", "unix:path:"+self, "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()))
 	r.startAgent(strings.Fields(r.ctlRun("token", "create", "--node", "node-a", "--ttl", "10m"))[0])
 	agentEventually(t, 20*time.Second, "node-a's agent socket", func() bool { _, err := os.Stat(r.sock); return err == nil })
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

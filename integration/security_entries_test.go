@@ -119,21 +119,6 @@ func runAgentOnce(t *testing.T, args []string, env ...string) (int, string) {
 	return exit.ExitCode(), string(out)
 }
 
-// metricValue returns the value of a counter without labels in a
-// Prometheus text exposition, -1 when absent.
-func metricValue(t *testing.T, exposition, name string) float64 {
-	t.Helper()
-	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` (\S+)$`).FindStringSubmatch(exposition)
-	if m == nil {
-		return -1
-	}
-	v, err := strconv.ParseFloat(m[1], 64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v
-}
-
 var attestedWithToken = regexp.MustCompile(`"msg":"attested with join token"`)
 
 // TestAgentRefusesJoinTokenOnArgv: `castellan-agent --join-token VALUE`
@@ -252,7 +237,7 @@ func TestJoinTokenReuseIsRefusedLoggedAndCounted(t *testing.T) {
 		tlsconfig.AuthorizeID(spiffeid.RequireFromPath(td, "/castellan/server")))))
 	token := strings.TrimSpace(s.ctlRun(t, "token", "create", "--node", "victim-node"))
 	metrics := "http://" + s.httpAddr + "/metrics"
-	if v := metricValue(t, caHTTPGet(t, metrics), "castellan_join_token_reuse_total"); v != 0 {
+	if v := metricValue(caHTTPGet(t, metrics), "castellan_join_token_reuse_total"); v != 0 {
 		t.Fatalf("castellan_join_token_reuse_total before any use = %v, want 0", v)
 	}
 	_, csr := caCSR(t, "")
@@ -267,7 +252,7 @@ func TestJoinTokenReuseIsRefusedLoggedAndCounted(t *testing.T) {
 		!strings.Contains(st.Message(), "victim-node") {
 		t.Fatalf("second use: %v; want Unauthenticated saying the token was already used for victim-node", err)
 	}
-	if v := metricValue(t, caHTTPGet(t, metrics), "castellan_join_token_reuse_total"); v != 1 {
+	if v := metricValue(caHTTPGet(t, metrics), "castellan_join_token_reuse_total"); v != 1 {
 		t.Fatalf("castellan_join_token_reuse_total = %v, want 1", v)
 	}
 	warn := secReuseWarnings(t, s)
@@ -283,7 +268,7 @@ func TestJoinTokenReuseIsRefusedLoggedAndCounted(t *testing.T) {
 	if strings.Contains(a.log.String(), "bootstrap with the CA failed; retrying") {
 		t.Fatal("the agent retries a refused join token")
 	}
-	if v := metricValue(t, caHTTPGet(t, metrics), "castellan_join_token_reuse_total"); v != 2 {
+	if v := metricValue(caHTTPGet(t, metrics), "castellan_join_token_reuse_total"); v != 2 {
 		t.Fatalf("castellan_join_token_reuse_total after the agent's attempt = %v, want 2", v)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/boltcheck"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	bolt "go.etcd.io/bbolt"
@@ -81,39 +82,17 @@ func Open(path string, opts ...Option) (*Cache, error) {
 	return c, nil
 }
 
-// openChecked opens the file, checks its page structure and creates the
-// buckets. Any failure other than a lock timeout means the file is corrupt.
-func openChecked(path string) (db *bolt.DB, err error) {
+// openChecked opens the file after checking every page (boltcheck: bbolt
+// panics or faults on damaged pages, in part on goroutines of its own that
+// no caller can recover) and bbolt's tx.Check, and creates the buckets.
+// Any failure other than a lock timeout means the file is corrupt.
+func openChecked(path string) (*bolt.DB, error) {
 	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm() != 0o600 {
 		if err := os.Chmod(path, 0o600); err != nil {
 			return nil, fmt.Errorf("cache: chmod %s: %w", path, err)
 		}
 	}
-	db, err = boltOpen(path)
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		if r := recover(); r != nil { // bbolt panics on some corrupt pages
-			err = fmt.Errorf("cache: corrupt file: %v", r)
-		}
-		if err != nil {
-			_ = db.Close()
-			db = nil
-		}
-	}()
-	err = db.View(func(tx *bolt.Tx) error {
-		// Read every page here first: tx.Check reads them on a goroutine of
-		// its own, where bbolt's panic on a damaged page cannot be recovered
-		// and would crash the agent.
-		if err := walk(tx); err != nil {
-			return err
-		}
-		for cerr := range tx.Check() {
-			return cerr
-		}
-		return nil
-	})
+	db, err := boltcheck.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
 		return nil, err
 	}
@@ -125,34 +104,11 @@ func openChecked(path string) (db *bolt.DB, err error) {
 		}
 		return nil
 	})
-	return db, err
-}
-
-// boltOpen opens the file with bbolt, which panics (rather than failing) on
-// some corrupt pages it reads while opening, such as a damaged freelist.
-func boltOpen(path string) (db *bolt.DB, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			db, err = nil, fmt.Errorf("cache: corrupt file: %v", r)
-		}
-	}()
-	return bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
-}
-
-// walk visits every key of every bucket, nested ones included.
-func walk(tx *bolt.Tx) error {
-	var bucket func(b *bolt.Bucket) error
-	bucket = func(b *bolt.Bucket) error {
-		return b.ForEach(func(k, v []byte) error {
-			if v == nil {
-				if nb := b.Bucket(k); nb != nil {
-					return bucket(nb)
-				}
-			}
-			return nil
-		})
+	if err != nil {
+		_ = db.Close()
+		return nil, err
 	}
-	return tx.ForEach(func(_ []byte, b *bolt.Bucket) error { return bucket(b) })
+	return db, nil
 }
 
 // Close closes the file.

@@ -78,8 +78,12 @@ func toStatus(err error) error {
 		code = codes.InvalidArgument
 	case errors.Is(err, ledger.ErrAlreadyRevoked), errors.Is(err, ledger.ErrAlreadyBanned):
 		code = codes.AlreadyExists
-	case errors.Is(err, ledger.ErrClosed):
+	case errors.Is(err, ledger.ErrClosed), errors.Is(err, ledger.ErrDiskReserve):
 		code = codes.Unavailable
+	case errors.Is(err, ledger.ErrReadOnly):
+		code = codes.FailedPrecondition
+	case errors.Is(err, ledger.ErrDamaged):
+		code = codes.DataLoss
 	case errors.Is(err, context.Canceled):
 		code = codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):

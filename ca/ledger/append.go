@@ -26,14 +26,24 @@ func (l *Ledger) Append(ctx context.Context, events ...Event) ([]uint64, error) 
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("ledger: append: %w", err)
 	}
+	if l.readOnly {
+		return nil, ErrReadOnly
+	}
 	evs := make([]Event, len(events))
 	now := l.clock()
+	size := uint64(0)
 	for i := range events {
+		size += uint64(len(events[i].CertDER)) + eventOverhead
 		evs[i] = events[i]
 		if evs[i].Time.IsZero() {
 			evs[i].Time = now
 		}
 		if err := evs[i].validate(); err != nil {
+			return nil, err
+		}
+	}
+	if !usesReserve(ctx) {
+		if err := l.reserve.allow(size); err != nil {
 			return nil, err
 		}
 	}
@@ -59,6 +69,9 @@ func (l *Ledger) Append(ctx context.Context, events ...Event) ([]uint64, error) 
 	}
 	return idx, nil
 }
+
+// eventOverhead estimates an encoded event's size besides its certificate.
+const eventOverhead = 512
 
 // appendTx writes evs at the end of the tree stored in tx. It reads the
 // tree state from tx, so bbolt may safely re-run it.
@@ -100,6 +113,11 @@ func appendTx(tx *bolt.Tx, evs []Event) (uint64, treeState, error) {
 // committed publishes a committed append: the new head, revocations,
 // watchers, audit log lines and metrics.
 func (l *Ledger) committed(ctx context.Context, head treeState, first uint64, evs []Event) {
+	for i := range evs {
+		if evs[i].Kind == KindRevocation && l.onRevoke != nil {
+			l.onRevoke(evs[i].Node, evs[i].SPIFFEID)
+		}
+	}
 	l.mu.Lock()
 	if head.size > l.head.size {
 		l.head = head

@@ -40,6 +40,9 @@ func (l *Ledger) Checkpoint(ctx context.Context) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ledger: sign checkpoint: %w", err)
 	}
+	if l.readOnly {
+		return signed, nil // the file is not written
+	}
 	err = l.db.Update(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bMeta)
 		if old := meta.Get(kCheckpoint); old != nil && checkpointSize(old) > head.size {

@@ -16,3 +16,17 @@ var (
 	// ErrClosed: the ledger has been closed.
 	ErrClosed = errors.New("ledger: closed")
 )
+
+// Errors of a ledger that cannot take appends, or whose file is damaged.
+var (
+	// ErrDamaged: the ledger file failed its integrity check (damaged
+	// pages, bbolt's consistency check, or a Merkle tree that does not
+	// verify). The message names the file.
+	ErrDamaged = errors.New("ledger: the ledger file is damaged")
+	// ErrReadOnly: the ledger was opened read-only (Options.ReadOnly) and
+	// refuses every write.
+	ErrReadOnly = errors.New("ledger: opened read-only for forensics; it takes no appends")
+	// ErrDiskReserve: the ledger's filesystem has less free space than the
+	// configured reserve; appends are refused until space is freed.
+	ErrDiskReserve = errors.New("ledger: disk reserve reached")
+)

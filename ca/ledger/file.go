@@ -1,68 +1,180 @@
 package ledger
 
 import (
-	"encoding/binary"
+	"bytes"
 	"errors"
 	"fmt"
-	"io"
+	"log/slog"
 	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/castellan-dev/castellan/internal/boltcheck"
+	"github.com/transparency-dev/formats/log"
+	bolt "go.etcd.io/bbolt"
 )
 
-// bbolt's meta page layout (little-endian on the platforms we run on): a
-// 16-byte page header, then magic, version, page size, flags, root bucket
-// (16 bytes), freelist page, high-water page id, txid, checksum.
-const (
-	boltMagic       = 0xED0CDAED
-	metaMagicOff    = 16
-	metaPageSizeOff = 24
-	metaPgidOff     = 56
-	metaTxidOff     = 64
-	metaSize        = 80
-)
+// boltOptions are the bbolt options of a ledger opened for writing.
+func boltOptions() *bolt.Options {
+	return &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType}
+}
 
-// checkNotTruncated refuses a bbolt file shorter than its own meta pages
-// say it is. bbolt maps the file into memory and would crash reading past
-// the end of a truncated file; this check turns that into an error.
-func checkNotTruncated(path string) error {
-	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
+// damageError is a failed integrity check; errors.Is(err, ErrDamaged).
+type damageError struct{ msg string }
+
+func (e *damageError) Error() string        { return e.msg }
+func (e *damageError) Is(target error) bool { return target == ErrDamaged }
+
+// damaged returns the ErrDamaged error for the file at path, saying what
+// is wrong (why) and what to do.
+func damaged(path string, why error) error {
+	msg := fmt.Sprintf("%s is damaged: %v", path, why)
+	var de *boltcheck.DamageError
+	if errors.As(why, &de) {
+		msg = de.Error()
+	}
+	return &damageError{msg: "ledger: " + msg + "; restore the file from a backup (the server must not issue from a damaged ledger)"}
+}
+
+// openChecked opens the ledger file for writing after checking it: every
+// page with boltcheck (bbolt would panic or fault on a damaged one, in
+// part on goroutines no caller can recover), then bbolt's tx.Check.
+func openChecked(path string) (*bolt.DB, error) {
+	db, err := boltcheck.Open(path, 0o600, boltOptions())
+	if errors.Is(err, boltcheck.ErrDamaged) {
+		return nil, damaged(path, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("ledger: open %s: %w", path, err)
+	}
+	return db, nil
+}
+
+// openForensic opens a possibly damaged ledger file read-only. An intact
+// file is opened as it is. A damaged one is never handed to bbolt, which
+// could crash or loop forever on it: boltcheck.Salvage copies every entry
+// it can read into a sound file in a temporary directory, and that copy is
+// opened; cleanup removes it.
+func openForensic(path string, log *slog.Logger) (db *bolt.DB, cleanup func(), err error) {
+	src, cleanup := path, func() {}
+	if err := boltcheck.Check(path); err != nil {
+		if !errors.Is(err, boltcheck.ErrDamaged) {
+			return nil, nil, fmt.Errorf("ledger: %w", err)
+		}
+		if src, cleanup, err = salvage(path, log); err != nil {
+			return nil, nil, err
+		}
+	}
+	err = boltcheck.Guard(func() error {
+		var err error
+		db, err = bolt.Open(src, 0o600, &bolt.Options{ReadOnly: true, Timeout: 5 * time.Second})
+		return err
+	})
+	if err != nil {
+		cleanup()
+		return nil, nil, fmt.Errorf("ledger: open %s read-only: %w", src, err)
+	}
+	return db, cleanup, nil
+}
+
+// salvage copies what can be read of the damaged ledger at path into a
+// temporary file with every ledger bucket present, and logs the damage.
+func salvage(path string, log *slog.Logger) (string, func(), error) {
+	dir, err := os.MkdirTemp("", "castellan-forensic-")
+	if err != nil {
+		return "", nil, fmt.Errorf("ledger: salvage %s: %w", path, err)
+	}
+	cleanup := func() { os.RemoveAll(dir) }
+	dst := filepath.Join(dir, "salvaged.db")
+	problems, n, err := boltcheck.Salvage(path, dst)
+	if err == nil {
+		err = addBuckets(dst)
+	}
+	if err != nil {
+		cleanup()
+		return "", nil, damaged(path, fmt.Errorf("nothing can be salvaged: %w", err))
+	}
+	log.Error("the ledger file is damaged; serving what could be read of it, read-only, for forensics",
+		"path", path, "salvaged_copy", dst, "damaged_parts", n)
+	for _, p := range problems {
+		log.Error("ledger damage skipped", "path", path, "page", p.Page, "problem", p.Problem)
+	}
+	return dst, cleanup, nil
+}
+
+// addBuckets creates the ledger's buckets missing from a salvaged copy.
+func addBuckets(path string) error {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		return err
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bMeta, bEntries, bNodes, bSerial, bSPIFFE, bNode, bExpiry, bRevoked} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
 		return nil
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
 	}
+	return err
+}
+
+// view runs fn in a read transaction. In forensic mode the file may be
+// damaged, so a panic or memory fault while reading it becomes ErrDamaged.
+func (l *Ledger) view(fn func(*bolt.Tx) error) error {
+	if !l.readOnly {
+		return l.db.View(fn)
+	}
+	err := boltcheck.Guard(func() error { return l.db.View(fn) })
+	if errors.Is(err, boltcheck.ErrDamaged) && !errors.Is(err, ErrDamaged) {
+		return &damageError{msg: "ledger: " + err.Error()}
+	}
+	return err
+}
+
+// checkExisting checks the tree of a ledger file that already holds one
+// (a new file has no buckets yet).
+func (l *Ledger) checkExisting(path string) error {
+	exists := false
+	err := l.view(func(tx *bolt.Tx) error {
+		if exists = tx.Bucket(bMeta) != nil; exists {
+			return l.load(tx)
+		}
+		return nil
+	})
+	if err != nil || !exists {
+		return err
+	}
+	return l.checkTree(path)
+}
+
+// checkTree recomputes the Merkle tree from the stored entries and
+// compares it with the stored tree head and the stored signed checkpoint
+// (Open, before the ledger is used).
+func (l *Ledger) checkTree(path string) error {
+	headRoot, err := l.head.root()
 	if err != nil {
-		return fmt.Errorf("ledger: open %s: %w", path, err)
+		return damaged(path, err)
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return fmt.Errorf("ledger: stat %s: %w", path, err)
-	}
-	if fi.Size() == 0 {
-		return nil // new file
-	}
-	first := make([]byte, metaSize)
-	if _, err := io.ReadFull(f, first); err != nil {
-		return fmt.Errorf("ledger: %s is truncated or not a ledger file (%d bytes)", path, fi.Size())
-	}
-	if binary.LittleEndian.Uint32(first[metaMagicOff:]) != boltMagic {
-		return fmt.Errorf("ledger: %s is not a ledger (bbolt) file", path)
-	}
-	pageSize := int64(binary.LittleEndian.Uint32(first[metaPageSizeOff:]))
-	need := int64(0)
-	var bestTx uint64
-	for _, off := range []int64{0, pageSize} {
-		m := make([]byte, metaSize)
-		if _, err := f.ReadAt(m, off); err != nil {
-			return fmt.Errorf("ledger: %s is truncated: %d bytes, shorter than its meta pages", path, fi.Size())
+	cps := []*log.Checkpoint{{Origin: l.origin, Size: l.head.size, Hash: headRoot}}
+	if l.lastCP != nil {
+		cp, err := OpenCheckpoint(l.lastCP, l.origin, l.vkey)
+		if err != nil {
+			return damaged(path, fmt.Errorf("stored checkpoint: %w", err))
 		}
-		if binary.LittleEndian.Uint32(m[metaMagicOff:]) != boltMagic {
-			continue
-		}
-		if tx := binary.LittleEndian.Uint64(m[metaTxidOff:]); tx >= bestTx {
-			bestTx, need = tx, int64(binary.LittleEndian.Uint64(m[metaPgidOff:]))*pageSize
+		if cp.Size != l.head.size || !bytes.Equal(cp.Hash, headRoot) {
+			cps = append(cps, cp)
 		}
 	}
-	if fi.Size() < need {
-		return fmt.Errorf("ledger: %s is truncated: %d bytes, but its database needs %d; restore it from a backup", path, fi.Size(), need)
+	var rep Report
+	if err := l.view(func(tx *bolt.Tx) error { rep = verifyTx(tx, cps); return nil }); err != nil {
+		return damaged(path, err)
+	}
+	if !rep.OK() {
+		return damaged(path, fmt.Errorf("the Merkle tree does not verify (%d problem(s)); first: %s", rep.ProblemCount, rep.Findings[0]))
 	}
 	return nil
 }

@@ -32,7 +32,7 @@ func indexedOf(tx *bolt.Tx) uint64 {
 
 // catchUp indexes every stored entry and loads the revocations (Open).
 func (l *Ledger) catchUp() error {
-	for {
+	for !l.readOnly {
 		n, err := l.indexStep()
 		if err != nil {
 			return err
@@ -41,7 +41,7 @@ func (l *Ledger) catchUp() error {
 			break
 		}
 	}
-	return l.db.View(l.loadRevoked)
+	return l.view(l.loadRevoked)
 }
 
 // runIndexer indexes new entries whenever kicked, until Close.
@@ -99,7 +99,7 @@ func (l *Ledger) hurryIndexer() {
 func (l *Ledger) indexStep() (int, error) {
 	var from, to uint64
 	batch := indexBatch{}
-	err := l.db.View(func(tx *bolt.Tx) error {
+	err := l.view(func(tx *bolt.Tx) error {
 		st, err := readTree(tx)
 		if err != nil {
 			return err
@@ -149,6 +149,9 @@ func (l *Ledger) indexStep() (int, error) {
 // waitIndexed waits until every entry appended before the call is in the
 // secondary indexes.
 func (l *Ledger) waitIndexed(ctx context.Context) error {
+	if l.readOnly {
+		return nil // nothing is appended; the indexes are what the file holds
+	}
 	l.mu.Lock()
 	target := l.head.size
 	l.mu.Unlock()

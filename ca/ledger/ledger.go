@@ -60,6 +60,23 @@ type Options struct {
 	// MaxBatchDelay bounds how long an Append waits to share a transaction
 	// with concurrent Appends (0 -> 2ms).
 	MaxBatchDelay time.Duration
+	// DiskReserve is the free space (bytes) the ledger leaves on its
+	// filesystem: below it Append fails with ErrDiskReserve (0: no reserve).
+	DiskReserve uint64
+	// FreeSpace returns the bytes available on the ledger's filesystem
+	// (nil: statfs of the ledger file's directory). For tests.
+	FreeSpace func() (uint64, error)
+	// OnRevoke, when set, is called with the node and SPIFFE ID of each
+	// revoked certificate once its revocation is durable, before agents
+	// are told (the CA refills the identity's issuance quota with it).
+	OnRevoke func(node, spiffeID string)
+	// ReadOnly opens the file read-only for forensics, even if it is
+	// damaged: a damaged file is not read by bbolt but salvaged (every
+	// entry on a sound page is copied into a temporary file, removed by
+	// Close; the damage is logged) and the copy is served. Entries on
+	// damaged pages read as missing; Append, Revoke and Prune fail with
+	// ErrReadOnly; the tree is not checked at open (ledger verify does).
+	ReadOnly bool
 }
 
 // Ledger is an open issuance log.
@@ -73,6 +90,10 @@ type Ledger struct {
 	log       *slog.Logger
 	retention time.Duration
 	metrics   *metrics
+	readOnly  bool
+	onRevoke  func(node, spiffeID string)
+	reserve   *reserve
+	cleanup   func() // removes a salvaged copy (forensic mode)
 
 	revokeMu sync.Mutex // serializes Revoke
 
@@ -113,14 +134,19 @@ var (
 )
 
 // Open opens (creating if needed) the ledger at path, a bbolt file with
-// mode 0600. It checks that the stored tree state is intact and that the
-// file belongs to the same origin.
+// mode 0600. It checks the file's integrity before using it: every page's
+// structure (a damaged page is ErrDamaged naming the file and the page,
+// never a bbolt panic), bbolt's own consistency check, and the Merkle tree
+// recomputed from the stored entries against the stored tree head and
+// signed checkpoint; and that the file belongs to the same origin. With
+// Options.ReadOnly only the meta pages must be sound.
 func Open(path string, opts Options) (*Ledger, error) {
 	l := &Ledger{
 		clock: opts.Clock, origin: opts.Origin, log: opts.Logger,
 		retention: opts.Retention, revCh: make(chan struct{}), appendCh: make(chan struct{}),
 		indexedCh: make(chan struct{}), kick: make(chan struct{}, 1), urgent: make(chan struct{}, 1),
-		stop: make(chan struct{}), stopped: make(chan struct{}),
+		stop: make(chan struct{}), stopped: make(chan struct{}), readOnly: opts.ReadOnly,
+		onRevoke: opts.OnRevoke,
 	}
 	if l.clock == nil {
 		l.clock = time.Now
@@ -137,31 +163,54 @@ func Open(path string, opts Options) (*Ledger, error) {
 	if err := l.loadKey(path, opts); err != nil {
 		return nil, err
 	}
-	if err := checkNotTruncated(path); err != nil {
+	if err := l.openDB(path, opts); err != nil {
 		return nil, err
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
-		Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("ledger: open %s: %w", path, err)
-	}
-	db.MaxBatchDelay = opts.MaxBatchDelay
-	if db.MaxBatchDelay == 0 {
-		db.MaxBatchDelay = DefaultMaxBatchDelay
-	}
-	l.db = db
-	if err := l.init(); err != nil {
-		db.Close()
-		return nil, err
-	}
-	if err := l.catchUp(); err != nil {
-		db.Close()
-		return nil, err
+	if !l.readOnly {
+		l.reserve = newReserve(path, opts, l.clock, l.log)
 	}
 	l.metrics = newMetrics(opts.Registry, l)
-	go l.runIndexer()
+	if l.readOnly {
+		close(l.stopped) // no indexer: the file is not written
+	} else {
+		go l.runIndexer()
+	}
 	return l, nil
+}
+
+// openDB opens and checks the file, loads its state and, unless read-only,
+// brings the indexes up to date.
+func (l *Ledger) openDB(path string, opts Options) error {
+	var err error
+	if l.readOnly {
+		l.db, l.cleanup, err = openForensic(path, l.log)
+	} else {
+		l.db, err = openChecked(path)
+	}
+	if err != nil {
+		return err
+	}
+	l.db.MaxBatchDelay = opts.MaxBatchDelay
+	if l.db.MaxBatchDelay == 0 {
+		l.db.MaxBatchDelay = DefaultMaxBatchDelay
+	}
+	if !l.readOnly {
+		err = l.checkExisting(path) // before init writes to the file
+	}
+	if err == nil {
+		err = l.init()
+	}
+	if err == nil {
+		err = l.catchUp()
+	}
+	if err != nil {
+		l.db.Close()
+		if l.cleanup != nil {
+			l.cleanup()
+		}
+		return err
+	}
+	return nil
 }
 
 // loadKey sets the checkpoint signer from opts or from the key file.
@@ -239,32 +288,45 @@ func loadOrCreateKey(file, name string) (string, error) {
 
 // init creates the buckets and loads the tree head and revocations.
 func (l *Ledger) init() error {
+	if l.readOnly {
+		return l.view(l.load)
+	}
 	return l.db.Update(func(tx *bolt.Tx) error {
 		for _, name := range [][]byte{bMeta, bEntries, bNodes, bSerial, bSPIFFE, bNode, bExpiry, bRevoked} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("ledger: create bucket %s: %w", name, err)
 			}
 		}
-		meta := tx.Bucket(bMeta)
-		if o := meta.Get(kOrigin); o == nil {
-			if err := meta.Put(kOrigin, []byte(l.origin)); err != nil {
+		if o := tx.Bucket(bMeta).Get(kOrigin); o == nil {
+			if err := tx.Bucket(bMeta).Put(kOrigin, []byte(l.origin)); err != nil {
 				return fmt.Errorf("ledger: %w", err)
 			}
-		} else if string(o) != l.origin {
-			return fmt.Errorf("ledger: file belongs to log %q, not %q", o, l.origin)
 		}
-		st, err := readTree(tx)
-		if err != nil {
-			return err
-		}
-		l.head = st
-		if cp := meta.Get(kCheckpoint); cp != nil {
-			l.lastCP = append([]byte(nil), cp...)
-			l.lastCPLen = checkpointSize(cp)
-		}
-		l.indexed = indexedOf(tx)
-		return nil
+		return l.load(tx)
 	})
+}
+
+// load checks the file's origin and loads the tree head, the latest
+// checkpoint and the index position.
+func (l *Ledger) load(tx *bolt.Tx) error {
+	meta := tx.Bucket(bMeta)
+	if meta == nil || tx.Bucket(bEntries) == nil || tx.Bucket(bNodes) == nil {
+		return errors.New("ledger: the file is not a ledger (its buckets are missing)")
+	}
+	if o := meta.Get(kOrigin); string(o) != l.origin {
+		return fmt.Errorf("ledger: file belongs to log %q, not %q", o, l.origin)
+	}
+	st, err := readTree(tx)
+	if err != nil {
+		return err
+	}
+	l.head = st
+	if cp := meta.Get(kCheckpoint); cp != nil {
+		l.lastCP = append([]byte(nil), cp...)
+		l.lastCPLen = checkpointSize(cp)
+	}
+	l.indexed = indexedOf(tx)
+	return nil
 }
 
 // Origin returns the log's origin line.
@@ -297,7 +359,11 @@ func (l *Ledger) Close() error {
 	close(l.appendCh)
 	l.appendCh = make(chan struct{})
 	l.mu.Unlock()
-	if err := l.db.Close(); err != nil {
+	err := l.db.Close()
+	if l.cleanup != nil {
+		l.cleanup()
+	}
+	if err != nil {
 		return fmt.Errorf("ledger: close: %w", err)
 	}
 	return nil

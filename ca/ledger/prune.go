@@ -18,6 +18,9 @@ const pruneBatch = 1000
 // tree nodes stay, so every proof still verifies; the entries read back
 // with Pruned set. It returns how many entries it pruned.
 func (l *Ledger) Prune(ctx context.Context) (int, error) {
+	if l.readOnly {
+		return 0, ErrReadOnly
+	}
 	if err := l.waitIndexed(ctx); err != nil {
 		return 0, err
 	}

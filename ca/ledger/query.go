@@ -58,7 +58,7 @@ func (l *Ledger) Entry(ctx context.Context, index uint64) (Entry, error) {
 		return Entry{}, err
 	}
 	var e Entry
-	err := l.db.View(func(tx *bolt.Tx) error {
+	err := l.view(func(tx *bolt.Tx) error {
 		var err error
 		e, err = readEntry(tx, index)
 		return err
@@ -78,7 +78,7 @@ func (l *Ledger) Get(ctx context.Context, serial string) (Entry, error) {
 		return Entry{}, err
 	}
 	var e Entry
-	err = l.db.View(func(tx *bolt.Tx) error {
+	err = l.view(func(tx *bolt.Tx) error {
 		for _, idx := range lookupSerial(tx, serial) {
 			c, err := readEntry(tx, idx)
 			if err != nil {
@@ -100,7 +100,7 @@ func readEntry(tx *bolt.Tx, idx uint64) (Entry, error) {
 	if v == nil {
 		st, err := readTree(tx)
 		if err == nil && idx < st.size {
-			return Entry{}, fmt.Errorf("ledger: entry %d is missing from the file", idx)
+			return Entry{}, fmt.Errorf("%w: entry %d is missing from the file", ErrDamaged, idx)
 		}
 		return Entry{}, fmt.Errorf("%w: no entry %d", ErrNotFound, idx)
 	}
@@ -164,7 +164,7 @@ func (l *Ledger) List(ctx context.Context, f Filter, pageSize int, pageToken str
 	now := l.clock()
 	var out []Entry
 	var next string
-	err = l.db.View(func(tx *bolt.Tx) error {
+	err = l.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(sc.bucket).Cursor()
 		k, v := c.First()
 		if sc.prefix != nil {

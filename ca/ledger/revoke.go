@@ -23,6 +23,9 @@ type RevokedCert struct {
 // when no issuance or renewal with that serial is in the log, and
 // ErrAlreadyRevoked when it was revoked before.
 func (l *Ledger) Revoke(ctx context.Context, serial, reason string) (Entry, error) {
+	if l.readOnly {
+		return Entry{}, ErrReadOnly
+	}
 	serial, err := NormalizeSerial(serial)
 	if err != nil {
 		return Entry{}, err
@@ -40,7 +43,9 @@ func (l *Ledger) Revoke(ctx context.Context, serial, reason string) (Entry, erro
 		Kind: KindRevocation, Serial: serial, SPIFFEID: cert.SPIFFEID, Node: cert.Node,
 		NotAfter: cert.NotAfter, Reason: reason,
 	}
-	idx, err := l.Append(ctx, ev)
+	// A revocation may use the disk reserve: an operator must be able to
+	// cut off a certificate while issuance is stopped for lack of space.
+	idx, err := l.Append(UseReserve(ctx), ev)
 	if err != nil {
 		return Entry{}, err
 	}

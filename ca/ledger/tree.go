@@ -158,7 +158,7 @@ func (l *Ledger) InclusionProof(index, size uint64) ([][]byte, error) {
 		return nil, fmt.Errorf("ledger: %w", err)
 	}
 	var out [][]byte
-	err = l.db.View(func(tx *bolt.Tx) error {
+	err = l.view(func(tx *bolt.Tx) error {
 		out, err = proofHashes(tx, n)
 		return err
 	})
@@ -176,7 +176,7 @@ func (l *Ledger) ConsistencyProof(size1, size2 uint64) ([][]byte, error) {
 		return nil, fmt.Errorf("ledger: %w", err)
 	}
 	var out [][]byte
-	err = l.db.View(func(tx *bolt.Tx) error {
+	err = l.view(func(tx *bolt.Tx) error {
 		out, err = proofHashes(tx, n)
 		return err
 	})

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"github.com/castellan-dev/castellan/internal/boltcheck"
+	"os"
 	"strconv"
 	"time"
 
@@ -177,58 +180,84 @@ func (v *TreeVerifier) Finish() Report {
 
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
 
-// VerifyFile verifies a ledger file offline: it checks the stored
-// checkpoint's signature with vkey, recomputes the tree from the stored
-// entries and compares it with the stored checkpoint and with any extra
-// checkpoints (e.g. one saved earlier). The file is opened read-only; the
-// server holding it must be stopped.
+// VerifyFile verifies a ledger file offline: it checks the file's page
+// structure, checks the stored checkpoint's signature with vkey, recomputes
+// the tree from the stored entries and compares it with the stored
+// checkpoint and with any extra checkpoints (e.g. one saved earlier). The
+// file is opened read-only; the server holding it must be stopped. A
+// damaged file is a Report with a finding, not an error (and never a
+// panic); errors are for files that cannot be read at all.
 func VerifyFile(path, vkey string, extra ...[]byte) (Report, error) {
-	if err := checkNotTruncated(path); err != nil {
-		return Report{}, err
+	var rep Report
+	if _, err := os.Stat(path); err != nil {
+		return rep, fmt.Errorf("ledger: %w", err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 2 * time.Second})
+	if err := boltcheck.Check(path); err != nil {
+		if !errors.Is(err, boltcheck.ErrDamaged) {
+			return rep, fmt.Errorf("ledger: %w", err)
+		}
+		rep.addf("%v; restore the file from a backup", err)
+		return rep, nil
+	}
+	var db *bolt.DB
+	err := boltcheck.Guard(func() error {
+		var err error
+		db, err = bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 2 * time.Second})
+		return err
+	})
 	if err != nil {
-		return Report{}, fmt.Errorf("ledger: open %s: %w", path, err)
+		return rep, fmt.Errorf("ledger: open %s: %w", path, err)
 	}
 	defer db.Close()
-	var rep Report
-	err = db.View(func(tx *bolt.Tx) error {
-		meta := tx.Bucket(bMeta)
-		if meta == nil || tx.Bucket(bEntries) == nil || tx.Bucket(bNodes) == nil {
-			return fmt.Errorf("ledger: %s is not a ledger file", path)
-		}
-		var cps []*log.Checkpoint
-		for _, signed := range append([][]byte{meta.Get(kCheckpoint)}, extra...) {
-			if signed == nil {
-				continue
+	err = boltcheck.Guard(func() error {
+		return db.View(func(tx *bolt.Tx) error {
+			meta := tx.Bucket(bMeta)
+			if meta == nil || tx.Bucket(bEntries) == nil || tx.Bucket(bNodes) == nil {
+				return fmt.Errorf("ledger: %s is not a ledger file", path)
 			}
-			cp, err := OpenCheckpoint(signed, string(meta.Get(kOrigin)), vkey)
-			if err != nil {
-				return err
+			var cps []*log.Checkpoint
+			for _, signed := range append([][]byte{meta.Get(kCheckpoint)}, extra...) {
+				if signed == nil {
+					continue
+				}
+				cp, err := OpenCheckpoint(signed, string(meta.Get(kOrigin)), vkey)
+				if err != nil {
+					return err
+				}
+				cps = append(cps, cp)
 			}
-			cps = append(cps, cp)
-		}
-		v := NewTreeVerifier(cps...)
-		if stored := meta.Get(kCheckpoint); stored == nil {
-			v.rep.addf("the file holds no signed checkpoint; there is nothing to verify the entries against")
-		} else {
-			v.rep.Checkpoint = cps[0].Size
-		}
-		c := tx.Bucket(bEntries).Cursor()
-		nodes := tx.Bucket(bNodes)
-		for k, val := c.First(); k != nil; k, val = c.Next() {
-			if len(k) != 8 {
-				continue
+			rep = verifyTx(tx, cps)
+			if stored := meta.Get(kCheckpoint); stored == nil {
+				rep.addf("the file holds no signed checkpoint; there is nothing to verify the entries against")
+			} else {
+				rep.Checkpoint = cps[0].Size
 			}
-			lf := Leaf{Index: indexOf(k)}
-			if !isPruned(val) {
-				lf.Data = val
-			}
-			lf.Hash = storedLeafHash(nodes.Get(k))
-			v.Add(lf)
-		}
-		rep = v.Finish()
-		return nil
+			return nil
+		})
 	})
+	if errors.Is(err, boltcheck.ErrDamaged) {
+		rep.addf("%s is damaged: %v; restore the file from a backup", path, err)
+		return rep, nil
+	}
 	return rep, err
+}
+
+// verifyTx recomputes the tree from the entries stored in tx and checks
+// it against cps.
+func verifyTx(tx *bolt.Tx, cps []*log.Checkpoint) Report {
+	v := NewTreeVerifier(cps...)
+	c := tx.Bucket(bEntries).Cursor()
+	nodes := tx.Bucket(bNodes)
+	for k, val := c.First(); k != nil; k, val = c.Next() {
+		if len(k) != 8 {
+			continue
+		}
+		lf := Leaf{Index: indexOf(k)}
+		if !isPruned(val) {
+			lf.Data = val
+		}
+		lf.Hash = storedLeafHash(nodes.Get(k))
+		v.Add(lf)
+	}
+	return v.Finish()
 }

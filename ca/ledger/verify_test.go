@@ -1,7 +1,9 @@
 package ledger
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -116,8 +118,24 @@ func TestVerifyCatchesDeletedEntry(t *testing.T) {
 	}
 	wantFinding(t, rep, "entry 500 is missing")
 
-	// The running ledger reports it too, through Export.
-	l, err := Open(path, Options{})
+	// The ledger refuses to open it for issuance, naming the file, and
+	// leaves the file as it found it.
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, err := Open(path, Options{}); !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), path) ||
+		!strings.Contains(err.Error(), "entry 500 is missing") {
+		if err == nil {
+			l.Close()
+		}
+		t.Fatalf("Open = %v; want ErrDamaged naming %s and the missing entry", err, path)
+	}
+	if after, err := os.ReadFile(path); err != nil || !bytes.Equal(before, after) {
+		t.Fatalf("the refused Open wrote to the damaged file (%v)", err)
+	}
+	// Opened read-only for forensics, it reports it through Export.
+	l, err := Open(path, Options{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,9 +147,9 @@ func TestVerifyCatchesDeletedEntry(t *testing.T) {
 	}
 	rep = v.Finish()
 	wantFinding(t, rep, "entry 500 is missing")
-	// and stays appendable.
-	if _, err := l.Append(context.Background(), certEvent(5000, "spiffe://td/x", "n", time.Now().Add(time.Hour))); err != nil {
-		t.Fatal(err)
+	// and refuses appends.
+	if _, err := l.Append(context.Background(), certEvent(5000, "spiffe://td/x", "n", time.Now().Add(time.Hour))); !errors.Is(err, ErrReadOnly) {
+		t.Fatalf("Append in forensic mode = %v, want ErrReadOnly", err)
 	}
 }
 

@@ -49,7 +49,7 @@ func (l *Ledger) readRange(ctx context.Context, from, to uint64) ([]Entry, error
 		return nil, err
 	}
 	out := make([]Entry, 0, to-from)
-	err := l.db.View(func(tx *bolt.Tx) error {
+	err := l.view(func(tx *bolt.Tx) error {
 		for i := from; i < to; i++ {
 			e, err := readEntry(tx, i)
 			if err != nil {
@@ -82,7 +82,7 @@ func (l *Ledger) Export(ctx context.Context, from uint64, fn func(Leaf) error) e
 		}
 		to := min(size, from+chunk)
 		leaves := make([]Leaf, 0, to-from)
-		err := l.db.View(func(tx *bolt.Tx) error {
+		err := l.view(func(tx *bolt.Tx) error {
 			leaves = appendLeaves(tx, leaves, from, to)
 			return nil
 		})

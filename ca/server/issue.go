@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/quota"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -70,6 +72,11 @@ func (s *Server) prepare(ctx context.Context, node string, it *issuance) {
 		it.err = err
 		return
 	}
+	if q := s.cfg.Quota; q != nil {
+		if it.err = q.Take(node, quota.Identity(csr.ID.String(), grant.EntryID), cmp.Or(ttl, a.DefaultTTL())); it.err != nil {
+			return
+		}
+	}
 	it.grant = grant
 	start := time.Now()
 	it.issued, it.err = a.Sign(ctx, csr, csr.ID, ttl)
@@ -114,7 +121,7 @@ func (s *Server) record(ctx context.Context, node string, items []*issuance, ext
 	}
 	if _, err := s.cfg.Ledger.Append(ctx, events...); err != nil {
 		s.log.ErrorContext(ctx, "ledger append failed; withholding certificates", "node", node, "error", err.Error())
-		err = status.Error(codes.Unavailable, "server: the issuance ledger is unavailable, no certificate was issued; retry later")
+		err = appendStatus(err)
 		for _, it := range items {
 			if it.err == nil {
 				it.issued, it.err = nil, err
@@ -131,6 +138,15 @@ func (s *Server) record(ctx context.Context, node string, items []*issuance, ext
 		return err
 	}
 	return nil
+}
+
+// appendStatus is what a caller is told when the ledger refused the append
+// recording its certificates (ledgerStatus maps the admin calls' errors).
+func appendStatus(err error) error {
+	if errors.Is(err, ledger.ErrDiskReserve) || errors.Is(err, ledger.ErrReadOnly) {
+		return status.Error(codes.Unavailable, "server: no certificate was issued: "+err.Error())
+	}
+	return status.Error(codes.Unavailable, "server: the issuance ledger is unavailable, no certificate was issued; retry later")
 }
 
 // account counts each item's outcome in castellan_csr_total.
@@ -157,6 +173,7 @@ func classify(err error) (result, reason string) {
 		ne *authn.Error
 		de *authz.DeniedError
 		re *refusal
+		qe *quota.Exceeded
 	)
 	switch {
 	case errors.As(err, &ae):
@@ -167,6 +184,8 @@ func classify(err error) (result, reason string) {
 		return resultRefused, de.Reason
 	case errors.As(err, &re):
 		return resultRefused, re.reason
+	case errors.As(err, &qe):
+		return resultRefused, "quota_" + string(qe.Kind)
 	}
 	return resultError, reasonInternal
 }

@@ -101,6 +101,11 @@ type Config struct {
 	Logger *slog.Logger
 	// Clock returns the current time (nil: time.Now).
 	Clock func() time.Time
+	// Quota, when set, limits workload issuance per node and per identity
+	// (a *quota.Limiter); a refusal is its error (ResourceExhausted).
+	Quota interface {
+		Take(node, identity string, ttl time.Duration) error
+	}
 }
 
 // Server holds the CA's gRPC services. Create it with New, serve it with

@@ -46,7 +46,7 @@ func (v *serverSVID) renew(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("server: sign server SVID: %w", err)
 	}
-	if _, err := v.s.cfg.Ledger.Append(ctx, issuanceEvent(ledger.KindIssuance, iss, "", "castellan server SVID")); err != nil {
+	if _, err := v.s.cfg.Ledger.Append(ledger.UseReserve(ctx), issuanceEvent(ledger.KindIssuance, iss, "", "castellan server SVID")); err != nil {
 		return fmt.Errorf("server: record server SVID: %w", err)
 	}
 	chain := make([][]byte, 0, len(iss.Chain))

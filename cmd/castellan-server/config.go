@@ -45,6 +45,13 @@ type config struct {
 	// IstioTrustedNodeSAs may use ImpersonatedIdentity (ztunnel).
 	IstioTrustedNodeSAs []string `yaml:"istio_trusted_node_sas"`
 	LogLevel            string   `yaml:"log_level"`
+	// Issuance quotas, the ledger's disk reserve and forensic mode
+	// (quota.go, forensic.go).
+	QuotaNodeBurst          int      `yaml:"quota_node_burst"`
+	QuotaNodePerHour        int      `yaml:"quota_node_per_hour"`
+	QuotaIdentityPerTTL     int      `yaml:"quota_identity_per_ttl"`
+	LedgerDiskReserve       byteSize `yaml:"ledger_disk_reserve"`
+	LedgerReadOnlyForensics bool     `yaml:"ledger_read_only_forensics"`
 }
 
 func defaultConfig() config {
@@ -58,6 +65,8 @@ func defaultConfig() config {
 		AgentTTL:    time.Hour,
 		ServerNames: []string{"localhost", "127.0.0.1"},
 		LogLevel:    "info",
+
+		LedgerDiskReserve: defaultDiskReserve,
 	}
 }
 
@@ -98,6 +107,11 @@ func flagSet(cfg *config, configPath *string, out io.Writer) *flag.FlagSet {
 	fs.BoolVar(&cfg.IstioAPI, "istio-api", cfg.IstioAPI, "serve Istio's CA API (istio.v1.auth.IstioCertificateService) on --listen for istio-agent and ztunnel: callers authenticate with a Kubernetes token of audience istio-ca (needs --kubeconfig or in-cluster) or a client SVID")
 	fs.Var(listFlag{&cfg.IstioTrustedNodeSAs}, "istio-trusted-node-sa", "with --istio-api: a service account (namespace/name, e.g. istio-system/ztunnel) whose pod-bound tokens may request identities of pods on their node with ImpersonatedIdentity (repeatable)")
 	fs.BoolVar(&cfg.K8sBundleConfigMaps, "k8s-bundle-configmaps", cfg.K8sBundleConfigMaps, "Kubernetes mode: publish the trust bundle as ConfigMap castellan-ca-root-cert (key root-cert.pem) in every namespace")
+	fs.IntVar(&cfg.QuotaNodeBurst, "quota-node-burst", cfg.QuotaNodeBurst, "workload certificates one node may get at once (0: 512, for 256 identities renewed twice)")
+	fs.IntVar(&cfg.QuotaNodePerHour, "quota-node-per-hour", cfg.QuotaNodePerHour, "workload certificates one node may get per hour, sustained (0: 256 identities x 4 per --default-ttl, 1024 for 1h)")
+	fs.IntVar(&cfg.QuotaIdentityPerTTL, "quota-identity-per-ttl", cfg.QuotaIdentityPerTTL, "certificates one identity on one node may get per lifetime of its certificates (0: 8); a revocation refills it")
+	fs.Var(&cfg.LedgerDiskReserve, "ledger-disk-reserve", "free space to leave on the ledger's filesystem: below it issuance stops with an error and castellan_ledger_disk_reserve_breached is 1 (e.g. 512MiB; 0: none)")
+	fs.BoolVar(&cfg.LedgerReadOnlyForensics, "ledger-read-only-forensics", cfg.LedgerReadOnlyForensics, "open a ledger that fails its integrity check read-only, serve the audit API on the admin socket and issue nothing (gRPC port not served)")
 	return fs
 }
 
@@ -252,6 +266,9 @@ func (c config) validate() error {
 		if _, _, err := authn.ParseServiceAccount(sa); err != nil {
 			bad("--istio-trusted-node-sa: %v", err)
 		}
+	}
+	if err := c.checkQuota(); err != nil {
+		bad("%v", err)
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("castellan-server: invalid configuration:\n  %w", joinLines(errs))

@@ -17,8 +17,10 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/quota"
 	"github.com/castellan-dev/castellan/ca/server"
 	"github.com/castellan-dev/castellan/ca/tlog"
+	"github.com/castellan-dev/castellan/internal/boltcheck"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -97,12 +99,22 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err := writeBundle(filepath.Join(cfg.DataDir, bundleFile), auth); err != nil {
 		return err
 	}
-	db, err := bbolt.Open(filepath.Join(cfg.DataDir, registryFile), 0o600, &bbolt.Options{Timeout: 5 * time.Second})
+	if cfg.LedgerReadOnlyForensics {
+		return serveForensic(ctx, cfg, log, reg, auth)
+	}
+	db, err := boltcheck.Open(filepath.Join(cfg.DataDir, registryFile), 0o600, &bbolt.Options{Timeout: 5 * time.Second})
+	if errors.Is(err, boltcheck.ErrDamaged) {
+		return fmt.Errorf("castellan-server: refusing to start on a damaged registry (join tokens and entries): %w; restore it from a backup", err)
+	}
 	if err != nil {
 		return fmt.Errorf("castellan-server: open registry (is another server using %s?): %w", cfg.DataDir, err)
 	}
 	defer db.Close()
-	led, err := ledger.Open(filepath.Join(cfg.DataDir, ledgerFile), ledger.Options{Logger: log, Registry: reg})
+	quotas, err := quota.New(quotaConfig(cfg, reg))
+	if err != nil {
+		return err
+	}
+	led, err := openLedger(cfg, log, reg, quotas.Forgive)
 	if err != nil {
 		return err
 	}
@@ -127,6 +139,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	srv, err := server.New(ctx, server.Config{
+		Quota:     quotas,
 		Authority: auth, Ledger: led, Attestor: &authn.JoinTokenAttestor{Tokens: tokens, K8s: k8sAttestor},
 		Authorizer: &authz.NodeAuthorizer{Entries: entries, Pods: podAuthorizer},
 		Tokens:     tokens, Entries: entries, AgentTTL: cfg.AgentTTL, AdminIDs: admins,

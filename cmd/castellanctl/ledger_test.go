@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -26,7 +28,13 @@ import (
 // and returns the socket path; stop closes everything.
 func auditServer(t *testing.T, path string) (sock string, l *ledger.Ledger, stop func()) {
 	t.Helper()
-	l, err := ledger.Open(path, ledger.Options{})
+	return auditServerWith(t, path, ledger.Options{})
+}
+
+// auditServerWith is auditServer with ledger options.
+func auditServerWith(t *testing.T, path string, opts ledger.Options) (sock string, l *ledger.Ledger, stop func()) {
+	t.Helper()
+	l, err := ledger.Open(path, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +139,12 @@ func tampered(t *testing.T, edit func(tx *bolt.Tx) error) string {
 		t.Fatal(err)
 	}
 	db.Close()
-	sock, _, _ = auditServer(t, path)
+	// A tampered ledger no longer opens for issuance; the operator serves
+	// it read-only for forensics (--ledger-read-only-forensics) and audits.
+	if _, err := ledger.Open(path, ledger.Options{}); !errors.Is(err, ledger.ErrDamaged) {
+		t.Fatalf("the tampered ledger opened for issuance: %v", err)
+	}
+	sock, _, _ = auditServerWith(t, path, ledger.Options{ReadOnly: true})
 	return sock
 }
 
@@ -174,6 +187,41 @@ func TestLedgerVerifyOfflineFile(t *testing.T) {
 	}
 	if code, _, _ := ctl(t, sock, "ledger", "verify", "--db", path); code != 2 {
 		t.Fatalf("--db without --log-key: exit %d, want 2", code)
+	}
+}
+
+// A ledger file with damaged pages (a bad disk, a bad copy) is a failed
+// verification (exit 3) naming the file, never a bbolt panic (which used
+// to exit 2, the usage-error status).
+func TestLedgerVerifyOfflineDamagedFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ledger.db")
+	sock, l, stop := auditServer(t, path)
+	for i := 0; i < 2000; i += 500 {
+		issue(t, l, i, 500, "node-1")
+	}
+	if code, _, errs := ctl(t, sock, "ledger", "checkpoint"); code != 0 {
+		t.Fatal(errs)
+	}
+	vkey := l.VerifierKey()
+	stop()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := int(binary.LittleEndian.Uint32(data[16+8:]))
+	for p := len(data) / ps / 2; p < len(data)/ps/2+8; p++ {
+		copy(data[p*ps+16:], bytes.Repeat([]byte{0xde, 0xad, 0xbe, 0xef}, 16))
+	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := ctl(t, sock, "ledger", "verify", "--db", path, "--log-key", vkey)
+	if code != 3 || !strings.Contains(out, path) || !strings.Contains(out, "is damaged") || !strings.Contains(out, "restore the file from a backup") {
+		t.Fatalf("exit %d, want 3 naming the damaged file\n%s%s", code, out, errs)
+	}
+	code, out, _ = ctl(t, sock, "ledger", "verify", "--db", path, "--log-key", vkey, "-o", "json")
+	if code != 3 || !strings.Contains(out, `"ok": false`) {
+		t.Fatalf("-o json: exit %d\n%s", code, out)
 	}
 }
 

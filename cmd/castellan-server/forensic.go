@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"time"
+
+	"github.com/castellan-dev/castellan/ca/audit"
+	"github.com/castellan-dev/castellan/ca/authority"
+	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/server"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+)
+
+// openLedger opens the ledger. A ledger that fails its integrity check
+// stops the server with a message naming the file and what to do.
+// onRevoke is called with each revoked certificate's node and SPIFFE ID.
+func openLedger(cfg config, log *slog.Logger, reg *prometheus.Registry, onRevoke func(node, id string)) (*ledger.Ledger, error) {
+	path := filepath.Join(cfg.DataDir, ledgerFile)
+	l, err := ledger.Open(path, ledger.Options{
+		Logger: log, Registry: reg, DiskReserve: uint64(cfg.LedgerDiskReserve), ReadOnly: cfg.LedgerReadOnlyForensics,
+		OnRevoke: onRevoke,
+	})
+	if errors.Is(err, ledger.ErrDamaged) {
+		return nil, fmt.Errorf("castellan-server: refusing to start on a damaged ledger: %w; "+
+			"to read what is left, start with --ledger-read-only-forensics (audit API on the admin socket, no issuance), "+
+			"and check a copy with `castellanctl ledger verify --db %s --log-key KEY`", err, path)
+	}
+	return l, err
+}
+
+// forensicNotice is what /readyz and the log say in forensic mode.
+const forensicNotice = "the ledger is open read-only for forensics (--ledger-read-only-forensics): no certificate is issued and the gRPC port is not served; the audit API is on the admin socket"
+
+// serveForensic serves a ledger opened read-only: the audit API on the
+// admin socket (castellanctl certs, ledger), and /metrics, /healthz,
+// /readyz (never ready) and /crl over HTTP. Nothing is issued: issuing
+// needs the ledger to log it, and the CA's own SVID is an issuance too,
+// so the agents' gRPC port is not served; agents keep serving their
+// caches until a repaired ledger is back.
+func serveForensic(ctx context.Context, cfg config, log *slog.Logger, reg *prometheus.Registry, auth *authority.Authority) error {
+	led, err := openLedger(cfg, log, reg, nil)
+	if err != nil {
+		return err
+	}
+	defer led.Close()
+	httpLis, err := net.Listen("tcp", cfg.HTTPListen)
+	if err != nil {
+		return fmt.Errorf("castellan-server: --http-listen: %w", err)
+	}
+	adminLis, err := server.ListenAdminSocket(filepath.Join(cfg.DataDir, adminSockFile), log)
+	if err != nil {
+		httpLis.Close()
+		return err
+	}
+	g := grpc.NewServer()
+	audit.NewService(led, audit.WithAuthorizer(audit.AdminAuthorizer()), audit.WithLogger(log)).Register(g)
+	mux := http.NewServeMux()
+	mux.Handle("GET /crl", ledger.NewCRLHandler(led, auth.Intermediate(), auth.Signer(), 0))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "not ready: "+forensicNotice, http.StatusServiceUnavailable)
+	})
+	httpSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 2)
+	go func() { errc <- g.Serve(adminLis) }()
+	go func() { errc <- httpSrv.Serve(httpLis) }()
+	log.Error(forensicNotice, "ledger", filepath.Join(cfg.DataDir, ledgerFile),
+		"admin_socket", adminLis.Addr().String(), "http_listen", httpLis.Addr().String())
+	select {
+	case <-ctx.Done():
+		err = nil
+	case err = <-errc:
+	}
+	g.Stop()
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	_ = httpSrv.Shutdown(sctx)
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("castellan-server: %w", err)
+	}
+	return nil
+}

@@ -30,6 +30,8 @@ import (
 	"github.com/cloudflare/cfssl/config"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/castellan-dev/castellan/internal/serial"
 )
 
 // Defaults applied by New to zero Config fields.
@@ -115,7 +117,7 @@ func New(cfg Config) (*Authority, error) {
 	}
 	cfg.Logger.Info("CA ready", "trust_domain", cfg.TrustDomain.String(),
 		"root_subject", ca.root.Subject.String(), "root_not_after", ca.root.NotAfter,
-		"intermediate_serial", ca.cert.SerialNumber.Text(16), "intermediate_not_after", ca.cert.NotAfter,
+		"intermediate_serial", serial.FromBig(ca.cert.SerialNumber).String(), "intermediate_not_after", ca.cert.NotAfter,
 		"bundle_roots", len(ca.roots))
 	return &Authority{
 		td:     cfg.TrustDomain,

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/castellan-dev/castellan/internal/serial"
 )
 
 // Issued is a freshly signed X.509-SVID. Chain holds the leaf first, then the
@@ -118,7 +120,7 @@ func (a *Authority) sign(ctx context.Context, profileName string, csr *CSR, id s
 	chain = append(chain, leaf)
 	chain = append(chain, a.ca.chain...)
 	a.log.DebugContext(ctx, "signed X.509-SVID", "spiffe_id", id.String(), "profile", profileName,
-		"serial", leaf.SerialNumber.Text(16), "not_after", leaf.NotAfter)
+		"serial", serial.FromBig(leaf.SerialNumber).String(), "not_after", leaf.NotAfter)
 	return &Issued{
 		ID:              id,
 		Chain:           chain,

@@ -40,6 +40,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/server"
+	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
@@ -300,7 +301,7 @@ func (s *Service) certCaller(ctx context.Context, leaf *x509.Certificate) (calle
 		return caller{}, &authn.Error{Reason: ReasonCertNotWorkload, Err: fmt.Errorf(
 			"client certificate identity %s is not a workload identity of trust domain %q", id, s.td)}
 	}
-	serial := ledger.SerialOf(leaf.SerialNumber)
+	serial := serial.FromBig(leaf.SerialNumber).String()
 	how := "client certificate " + id.String() + " serial " + serial
 	cert, err := s.checkLineage(ctx, id, serial)
 	if err != nil {

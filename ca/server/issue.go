@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"math/big"
 	"time"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
@@ -14,6 +13,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -187,7 +187,7 @@ func (s *Server) grpcError(ctx context.Context, err error) error {
 func issuanceEvent(kind ledger.Kind, iss *authority.Issued, node, detail string) ledger.Event {
 	return ledger.Event{
 		Kind:            kind,
-		Serial:          serialHex(iss.Serial),
+		Serial:          serial.FromBig(iss.Serial).String(),
 		SPIFFEID:        iss.ID.String(),
 		Node:            node,
 		NotBefore:       iss.NotBefore,
@@ -198,10 +198,6 @@ func issuanceEvent(kind ledger.Kind, iss *authority.Issued, node, detail string)
 	}
 }
 
-// serialHex is the wire and ledger form of a serial: lower-case hex
-// without leading zeros (ledger.SerialOf), the form RevokedSerials uses.
-func serialHex(n *big.Int) string { return ledger.SerialOf(n) }
-
 func svidProto(iss *authority.Issued) *cav1.X509SVID {
 	chain := make([][]byte, 0, len(iss.Chain))
 	for _, c := range iss.Chain {
@@ -210,7 +206,7 @@ func svidProto(iss *authority.Issued) *cav1.X509SVID {
 	return &cav1.X509SVID{
 		SpiffeId:  iss.ID.String(),
 		CertChain: chain,
-		Serial:    serialHex(iss.Serial),
+		Serial:    serial.FromBig(iss.Serial).String(),
 		NotBefore: timestamppb.New(iss.NotBefore),
 		NotAfter:  timestamppb.New(iss.NotAfter),
 	}

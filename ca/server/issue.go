@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"math"
 	"time"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
@@ -49,7 +48,7 @@ func (s *Server) prepare(ctx context.Context, node string, it *issuance) {
 		it.err = err
 		return
 	}
-	ttl, err := requestTTL(it.req.GetTtlSeconds(), a.MaxTTL())
+	ttl, err := requestTTL(it.req.GetTtlSeconds(), a.Lifetime())
 	if err != nil {
 		it.err = err
 		return
@@ -66,7 +65,7 @@ func (s *Server) prepare(ctx context.Context, node string, it *issuance) {
 		it.err = err
 		return
 	}
-	if ttl, err = svidTTL(ttl, grant, a.DefaultTTL(), a.MaxTTL()); err != nil {
+	if ttl, err = svidTTL(ttl, grant, a.Lifetime()); err != nil {
 		it.err = err
 		return
 	}
@@ -76,21 +75,6 @@ func (s *Server) prepare(ctx context.Context, node string, it *issuance) {
 	if it.err == nil {
 		s.metrics.observeSigning(time.Since(start))
 	}
-}
-
-// requestTTL converts a requested TTL in seconds, refusing one above max
-// (without overflowing on absurd values) before the request is authorized;
-// svidTTL then applies the granting entry's ceiling.
-func requestTTL(secs int64, maxTTL time.Duration) (time.Duration, error) {
-	if secs > int64(maxTTL/time.Second) || secs > math.MaxInt64/int64(time.Second) {
-		return 0, &authority.Error{Reason: authority.ReasonTTLTooLong,
-			Err: fmt.Errorf("requested TTL %ds exceeds the maximum %s", secs, maxTTL)}
-	}
-	if secs < 0 {
-		return 0, &authority.Error{Reason: authority.ReasonInvalidTTL,
-			Err: fmt.Errorf("requested TTL %ds is negative; use 0 for the default", secs)}
-	}
-	return time.Duration(secs) * time.Second, nil
 }
 
 // record appends the issued certificates of items to the ledger in one

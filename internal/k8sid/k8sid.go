@@ -65,10 +65,25 @@ func (a ServiceAccount) ID(td spiffeid.TrustDomain) (spiffeid.ID, error) {
 // String returns "<namespace>/<name>".
 func (a ServiceAccount) String() string { return a.Namespace + "/" + a.Name }
 
-// Username returns the account's user name in Kubernetes authorization
-// ("system:serviceaccount:<namespace>:<name>").
+// usernamePrefix starts the Kubernetes user name of every service account.
+const usernamePrefix = "system:serviceaccount:"
+
+// Username returns the account's user name in Kubernetes authentication
+// and authorization ("system:serviceaccount:<namespace>:<name>").
 func (a ServiceAccount) Username() string {
-	return "system:serviceaccount:" + a.Namespace + ":" + a.Name
+	return usernamePrefix + a.Namespace + ":" + a.Name
+}
+
+// FromUsername returns the service account whose Kubernetes user name is
+// user (as a TokenReview reports it). It checks the form only; ID checks
+// that the names make a SPIFFE ID.
+func FromUsername(user string) (ServiceAccount, error) {
+	rest, isSA := strings.CutPrefix(user, usernamePrefix)
+	ns, name, ok := strings.Cut(rest, ":")
+	if !isSA || !ok || ns == "" || name == "" || strings.Contains(name, ":") {
+		return ServiceAccount{}, fmt.Errorf("%w: user %q; want %s<namespace>:<name>", ErrNotServiceAccount, user, usernamePrefix)
+	}
+	return ServiceAccount{Namespace: ns, Name: name}, nil
 }
 
 // OfPod returns the service account pod runs as: the one its spec names,

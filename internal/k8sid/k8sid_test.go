@@ -132,3 +132,33 @@ func TestCheckPod(t *testing.T) {
 		}
 	}
 }
+
+func TestUsernameRoundTrip(t *testing.T) {
+	for _, tc := range []struct {
+		user string
+		want ServiceAccount
+		ok   bool
+	}{
+		{"system:serviceaccount:shop:cart", ServiceAccount{"shop", "cart"}, true},
+		{"system:serviceaccount:castellan-system:castellan-agent", ServiceAccount{"castellan-system", "castellan-agent"}, true},
+		{"system:serviceaccount:shop:cart:extra", ServiceAccount{}, false},
+		{"system:serviceaccount:shop:", ServiceAccount{}, false},
+		{"system:serviceaccount::cart", ServiceAccount{}, false},
+		{"system:serviceaccount:shop", ServiceAccount{}, false},
+		{"system:serviceaccounts:shop:cart", ServiceAccount{}, false},
+		{"alice", ServiceAccount{}, false},
+		{"system:node:node-a", ServiceAccount{}, false},
+		{"", ServiceAccount{}, false},
+	} {
+		got, err := FromUsername(tc.user)
+		if tc.ok != (err == nil) || got != tc.want {
+			t.Errorf("FromUsername(%q) = %v, %v; want %v (ok %v)", tc.user, got, err, tc.want, tc.ok)
+		}
+		if err != nil && !errors.Is(err, ErrNotServiceAccount) {
+			t.Errorf("FromUsername(%q): %v, want ErrNotServiceAccount", tc.user, err)
+		}
+		if tc.ok && got.Username() != tc.user {
+			t.Errorf("%v.Username() = %q, want %q", got, got.Username(), tc.user)
+		}
+	}
+}

@@ -43,9 +43,9 @@ func CheckPod(pod *corev1.Pod, claim Claim) error {
 	switch acct := OfPod(pod); {
 	case pod.Spec.NodeName != claim.Node:
 		return refuse(OtherNode, "runs on node %q, not on the caller's node %q", pod.Spec.NodeName, claim.Node)
-	case pod.DeletionTimestamp != nil:
+	case !Live(pod) && pod.DeletionTimestamp != nil:
 		return refuse(Terminated, "is being deleted")
-	case pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed:
+	case !Live(pod):
 		return refuse(Terminated, "has terminated (phase %s)", pod.Status.Phase)
 	case acct != claim.Account:
 		return refuse(OtherAccount, "runs as service account %s, not %s", acct, claim.Account)

@@ -432,3 +432,23 @@ func TestHeldSerialMatchesPushedSerialInAnyForm(t *testing.T) {
 		t.Error("a record without an SVID has a serial")
 	}
 }
+
+// A revoked list carrying something that is not a serial (a CA bug, a
+// hostile CA) does not stop the agent from honouring the real serials
+// pushed with it.
+func TestJunkRevokedSerialIsIgnoredNotFatal(t *testing.T) {
+	ca := catest.New(t, td)
+	ca.Start(t)
+	ca.SetEntry(entry("e1", "productpage", time.Hour))
+	e := newEnv(t, ca, t.TempDir())
+	e.start(ca.JoinToken("node-1"))
+	old := find(e.waitSnapshot("e1", serving("e1")), "e1")
+	ca.Revoke("-" + hexSerial(old))
+	ca.Revoke("not a serial")
+	ca.Revoke(strings.Repeat("f", 300))
+	ca.Revoke("00:" + strings.ToUpper(hexSerial(old)))
+	e.waitSnapshot("revoked SVID replaced", func(s *state.Snapshot) bool {
+		got := find(s, "e1")
+		return got != nil && got != old
+	})
+}

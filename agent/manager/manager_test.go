@@ -385,11 +385,12 @@ func TestNewRequiresCollaborators(t *testing.T) {
 // hexSerial is the serial in the real CA's form (serial.Number):
 // lower-case hex without leading zeros.
 func hexSerial(s *x509svid.SVID) string {
-	return s.Certificates[0].SerialNumber.Text(16)
+	return serial.FromBig(s.Certificates[0].SerialNumber).String()
 }
 
 // A revoked serial pushed with leading zeros or in upper case still
-// matches the SVID the agent holds.
+// matches the SVID the agent holds, and junk pushed with it (a CA bug, a
+// hostile CA) is ignored without stopping the agent from honouring it.
 func TestRevokedSerialMatchesInAnyHexForm(t *testing.T) {
 	ca := catest.New(t, td)
 	ca.Start(t)
@@ -397,6 +398,9 @@ func TestRevokedSerialMatchesInAnyHexForm(t *testing.T) {
 	e := newEnv(t, ca, t.TempDir())
 	e.start(ca.JoinToken("node-1"))
 	old := find(e.waitSnapshot("e1", serving("e1")), "e1")
+	ca.Revoke("-" + hexSerial(old))
+	ca.Revoke("not a serial")
+	ca.Revoke(strings.Repeat("f", 300))
 	ca.Revoke("00" + strings.ToUpper(hexSerial(old)))
 	e.waitSnapshot("revoked SVID replaced", func(s *state.Snapshot) bool {
 		got := find(s, "e1")
@@ -431,24 +435,4 @@ func TestHeldSerialMatchesPushedSerialInAnyForm(t *testing.T) {
 	if !serialOf(cache.Record{}).IsZero() {
 		t.Error("a record without an SVID has a serial")
 	}
-}
-
-// A revoked list carrying something that is not a serial (a CA bug, a
-// hostile CA) does not stop the agent from honouring the real serials
-// pushed with it.
-func TestJunkRevokedSerialIsIgnoredNotFatal(t *testing.T) {
-	ca := catest.New(t, td)
-	ca.Start(t)
-	ca.SetEntry(entry("e1", "productpage", time.Hour))
-	e := newEnv(t, ca, t.TempDir())
-	e.start(ca.JoinToken("node-1"))
-	old := find(e.waitSnapshot("e1", serving("e1")), "e1")
-	ca.Revoke("-" + hexSerial(old))
-	ca.Revoke("not a serial")
-	ca.Revoke(strings.Repeat("f", 300))
-	ca.Revoke("00:" + strings.ToUpper(hexSerial(old)))
-	e.waitSnapshot("revoked SVID replaced", func(s *state.Snapshot) bool {
-		got := find(s, "e1")
-		return got != nil && got != old
-	})
 }

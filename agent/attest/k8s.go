@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/agent/state"
+	"github.com/castellan-dev/castellan/internal/k8sid"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -163,7 +164,7 @@ func (k *K8s) Attest(ctx context.Context, peer Peer) ([]state.Selector, error) {
 	}
 	sels := []state.Selector{
 		{Type: SelectorK8s, Value: "ns:" + pod.Namespace},
-		{Type: SelectorK8s, Value: "sa:" + serviceAccountOf(pod)},
+		{Type: SelectorK8s, Value: "sa:" + k8sid.OfPod(pod).Name},
 		{Type: SelectorK8s, Value: "pod-uid:" + string(pod.UID)},
 		{Type: SelectorK8s, Value: "pod-name:" + pod.Name},
 	}
@@ -202,7 +203,7 @@ func (k *K8s) lookup(pc PodContainer) (*corev1.Pod, error) {
 		return nil, fmt.Errorf("pod %s is not on node %q (or does not exist)", pc.PodUID, k.node)
 	}
 	pod := objs[0].(*corev1.Pod)
-	if !live(pod) {
+	if !k8sid.Live(pod) {
 		return nil, fmt.Errorf("pod %s/%s has terminated or is being deleted", pod.Namespace, pod.Name)
 	}
 	if pc.ContainerID != "" && !hasContainer(pod, pc.ContainerID) {
@@ -220,24 +221,13 @@ func hasContainer(pod *corev1.Pod, id string) bool {
 	})
 }
 
-func live(pod *corev1.Pod) bool {
-	return pod.DeletionTimestamp == nil && pod.Status.Phase != corev1.PodSucceeded && pod.Status.Phase != corev1.PodFailed
-}
-
-func serviceAccountOf(pod *corev1.Pod) string {
-	if pod.Spec.ServiceAccountName == "" {
-		return "default"
-	}
-	return pod.Spec.ServiceAccountName
-}
-
 // Pods returns the live pods on the node, sorted by UID.
 func (k *K8s) Pods() []Pod {
 	var out []Pod
 	for _, o := range k.informer.GetStore().List() {
 		pod := o.(*corev1.Pod)
-		if live(pod) {
-			out = append(out, Pod{UID: string(pod.UID), Namespace: pod.Namespace, Name: pod.Name, ServiceAccount: serviceAccountOf(pod)})
+		if k8sid.Live(pod) {
+			out = append(out, Pod{UID: string(pod.UID), Namespace: pod.Namespace, Name: pod.Name, ServiceAccount: k8sid.OfPod(pod).Name})
 		}
 	}
 	slices.SortFunc(out, func(a, b Pod) int { return strings.Compare(a.UID, b.UID) })

@@ -20,6 +20,7 @@ import (
 	"github.com/castellan-dev/castellan/agent/rotate"
 	"github.com/castellan-dev/castellan/agent/state"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -69,14 +70,14 @@ type Manager struct {
 	// Owned by the Run goroutine.
 	ids     map[string]*identity
 	bundle  *x509bundle.Bundle
-	revoked map[string]bool
+	revoked map[serial.Number]bool
 }
 
 // identity is one registration entry and what the agent holds for it.
 type identity struct {
 	rec      cache.Record // rec.SVID is nil while the agent has nothing servable
 	spiffeID string       // the entry's SPIFFE ID
-	serial   string
+	serial   serial.Number
 	reissue  bool // renew at once: new entry, changed entry, or revoked SVID
 	revoked  bool // the held SVID is revoked: drop it if no replacement comes
 	attempts int
@@ -99,7 +100,7 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.SignTimeout <= 0 {
 		cfg.SignTimeout = 30 * time.Second
 	}
-	m := &Manager{cfg: cfg, log: cfg.Logger, ids: map[string]*identity{}, revoked: map[string]bool{}}
+	m := &Manager{cfg: cfg, log: cfg.Logger, ids: map[string]*identity{}, revoked: map[serial.Number]bool{}}
 	met, err := newMetrics(cfg.Registry, cfg.Clock)
 	if err != nil {
 		return nil, err
@@ -158,7 +159,7 @@ func (m *Manager) loadCache() error {
 		return fmt.Errorf("manager: %w", err)
 	}
 	for _, r := range recs {
-		m.ids[r.EntryID] = &identity{rec: r, serial: serialHex(r), spiffeID: r.SVID.ID.String()}
+		m.ids[r.EntryID] = &identity{rec: r, serial: serialOf(r), spiffeID: r.SVID.ID.String()}
 	}
 	if bundle != nil {
 		m.setBundle(bundle)

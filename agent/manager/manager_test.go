@@ -17,6 +17,7 @@ import (
 	"github.com/castellan-dev/castellan/agent/rotate/rotatetest"
 	"github.com/castellan-dev/castellan/agent/state"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -381,14 +382,15 @@ func TestNewRequiresCollaborators(t *testing.T) {
 	var _ CA = (*client.Client)(nil)
 }
 
-// hexSerial is the serial in the real CA's form (ledger.SerialOf):
+// hexSerial is the serial in the real CA's form (serial.Number):
 // lower-case hex without leading zeros.
 func hexSerial(s *x509svid.SVID) string {
-	return s.Certificates[0].SerialNumber.Text(16)
+	return serial.FromBig(s.Certificates[0].SerialNumber).String()
 }
 
 // A revoked serial pushed with leading zeros or in upper case still
-// matches the SVID the agent holds.
+// matches the SVID the agent holds, and junk pushed with it (a CA bug, a
+// hostile CA) is ignored without stopping the agent from honouring it.
 func TestRevokedSerialMatchesInAnyHexForm(t *testing.T) {
 	ca := catest.New(t, td)
 	ca.Start(t)
@@ -396,6 +398,9 @@ func TestRevokedSerialMatchesInAnyHexForm(t *testing.T) {
 	e := newEnv(t, ca, t.TempDir())
 	e.start(ca.JoinToken("node-1"))
 	old := find(e.waitSnapshot("e1", serving("e1")), "e1")
+	ca.Revoke("-" + hexSerial(old))
+	ca.Revoke("not a serial")
+	ca.Revoke(strings.Repeat("f", 300))
 	ca.Revoke("00" + strings.ToUpper(hexSerial(old)))
 	e.waitSnapshot("revoked SVID replaced", func(s *state.Snapshot) bool {
 		got := find(s, "e1")
@@ -406,7 +411,7 @@ func TestRevokedSerialMatchesInAnyHexForm(t *testing.T) {
 // Serials whose first byte is below 0x10 have no leading zero in the CA's
 // form; the agent must compare them in that form (about one serial in
 // eight was never matched, so its revocation was ignored).
-func TestSerialHexHasNoLeadingZeros(t *testing.T) {
+func TestHeldSerialMatchesPushedSerialInAnyForm(t *testing.T) {
 	for _, tc := range []struct {
 		serial *big.Int
 		want   string
@@ -417,16 +422,17 @@ func TestSerialHexHasNoLeadingZeros(t *testing.T) {
 		{new(big.Int).Lsh(big.NewInt(1), 122), "4" + strings.Repeat("0", 30)},
 	} {
 		svid := &x509svid.SVID{Certificates: []*x509.Certificate{{SerialNumber: tc.serial}}}
-		if got := serialHex(cache.Record{SVID: svid}); got != tc.want {
-			t.Errorf("serialHex(%#x) = %q, want %q", tc.serial, got, tc.want)
+		held := serialOf(cache.Record{SVID: svid})
+		if held.String() != tc.want {
+			t.Errorf("serialOf(%#x) = %q, want %q", tc.serial, held, tc.want)
 		}
 		for _, pushed := range []string{tc.want, "0" + tc.want, strings.ToUpper("00" + tc.want)} {
-			if got := canonicalSerial(pushed); got != tc.want {
-				t.Errorf("canonicalSerial(%q) = %q, want %q", pushed, got, tc.want)
+			if got, err := serial.Parse(pushed); err != nil || got != held {
+				t.Errorf("pushed %q reads as %q (%v), held %q", pushed, got, err, held)
 			}
 		}
 	}
-	if got := canonicalSerial("not-hex"); got != "not-hex" {
-		t.Errorf("canonicalSerial(not-hex) = %q", got)
+	if !serialOf(cache.Record{}).IsZero() {
+		t.Error("a record without an SVID has a serial")
 	}
 }

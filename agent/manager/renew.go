@@ -4,13 +4,12 @@ import (
 	"context"
 	"crypto"
 	"fmt"
-	"math/big"
-	"strings"
 	"time"
 
 	"github.com/castellan-dev/castellan/agent/cache"
 	"github.com/castellan-dev/castellan/agent/client"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
@@ -88,7 +87,7 @@ func (m *Manager) renewBatch(ctx context.Context, keys []string) {
 	}
 	for _, r := range stored { // durable: now they may be served
 		id := m.ids[r.EntryID]
-		id.rec, id.serial, id.reissue, id.revoked, id.attempts, id.retryAt = r, serialHex(r), false, false, 0, time.Time{}
+		id.rec, id.serial, id.reissue, id.revoked, id.attempts, id.retryAt = r, serialOf(r), false, false, 0, time.Time{}
 		m.metrics.rotations.WithLabelValues("success").Inc()
 		m.log.Info("SVID issued", "entry_id", r.EntryID, "spiffe_id", r.SVID.ID.String(),
 			"not_after", r.NotAfter(), "next_rotation", r.NextRotation)
@@ -164,22 +163,11 @@ func (m *Manager) fail(key string, err error) {
 	}
 }
 
-// serialHex is the serial of r's leaf in the CA's form (lower-case hex
-// without leading zeros, as the CA's ledger stores it and pushes revoked
-// serials), so that revocations match every serial, whatever its first byte.
-func serialHex(r cache.Record) string {
+// serialOf is the serial of r's leaf (the zero Number before the first
+// SVID), compared with the revoked serials the CA pushes.
+func serialOf(r cache.Record) serial.Number {
 	if r.SVID == nil {
-		return ""
+		return serial.Number{}
 	}
-	return r.SVID.Certificates[0].SerialNumber.Text(16)
-}
-
-// canonicalSerial puts a hex serial from the CA into serialHex's form, so
-// that leading zeros or upper case cannot hide a revocation.
-func canonicalSerial(s string) string {
-	n, ok := new(big.Int).SetString(s, 16)
-	if !ok {
-		return strings.ToLower(s)
-	}
-	return n.Text(16)
+	return serial.FromBig(r.SVID.Certificates[0].SerialNumber)
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/castellan-dev/castellan/agent/client"
 	"github.com/castellan-dev/castellan/agent/state"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/internal/serial"
 )
 
 // sync keeps a SyncAgent stream open, reconnecting with backoff, and hands
@@ -90,9 +91,14 @@ func (m *Manager) apply(st *cav1.AgentState) {
 			changed = true
 		}
 	}
-	m.revoked = make(map[string]bool, len(st.GetRevokedSerials()))
+	m.revoked = make(map[serial.Number]bool, len(st.GetRevokedSerials()))
 	for _, s := range st.GetRevokedSerials() {
-		m.revoked[canonicalSerial(s)] = true
+		n, err := serial.Parse(s)
+		if err != nil {
+			m.log.Warn("CA pushed a revoked serial that is not a serial number; ignoring it", "serial", s, "error", err)
+			continue
+		}
+		m.revoked[n] = true
 	}
 	for key, id := range m.ids {
 		if id.rec.SVID != nil && !id.revoked && m.revoked[id.serial] {

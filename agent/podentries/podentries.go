@@ -18,6 +18,7 @@ import (
 	"github.com/castellan-dev/castellan/agent/attest"
 	"github.com/castellan-dev/castellan/agent/manager"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/internal/k8sid"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 )
@@ -48,7 +49,7 @@ func New(next manager.CA, src Source, td spiffeid.TrustDomain) *CA {
 func Entries(td spiffeid.TrustDomain, pods []attest.Pod) []*cav1.Entry {
 	out := make([]*cav1.Entry, 0, len(pods))
 	for _, p := range pods {
-		id, err := spiffeid.FromSegments(td, "ns", p.Namespace, "sa", p.ServiceAccount)
+		id, err := k8sid.ServiceAccount{Namespace: p.Namespace, Name: p.ServiceAccount}.ID(td)
 		if err != nil {
 			continue // not a valid path segment: the CA would refuse it anyway
 		}

@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/castellan-dev/castellan/internal/k8sid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
@@ -76,20 +76,20 @@ func (c *sarCache) authorize(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ns, sa, ok := serviceAccountOf(id)
-	if !ok {
+	acct, err := k8sid.FromID(id)
+	if err != nil {
 		return status.Errorf(codes.PermissionDenied, "audit: %s is not a Kubernetes service account identity (spiffe://<td>/ns/<ns>/sa/<sa>)", id)
 	}
 	method, _ := grpc.Method(ctx)
 	verb := SARVerb(method)
-	user := "system:serviceaccount:" + ns + ":" + sa
+	user := acct.Username()
 	key := user + " " + verb
 	now := c.clock()
 	c.mu.Lock()
 	a, cached := c.answers[key]
 	c.mu.Unlock()
 	if !cached || !now.Before(a.expires) {
-		if a, err = c.review(ctx, user, ns, verb); err != nil {
+		if a, err = c.review(ctx, acct, verb); err != nil {
 			return err
 		}
 		a.expires = now.Add(sarCacheTTL)
@@ -103,10 +103,10 @@ func (c *sarCache) authorize(ctx context.Context) error {
 	return nil
 }
 
-func (c *sarCache) review(ctx context.Context, user, ns, verb string) (sarAnswer, error) {
+func (c *sarCache) review(ctx context.Context, acct k8sid.ServiceAccount, verb string) (sarAnswer, error) {
 	sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
-		User:   user,
-		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+		User:   acct.Username(),
+		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + acct.Namespace, "system:authenticated"},
 		ResourceAttributes: &authorizationv1.ResourceAttributes{
 			Group: SARGroup, Resource: SARResource, Verb: verb,
 		},
@@ -116,15 +116,6 @@ func (c *sarCache) review(ctx context.Context, user, ns, verb string) (sarAnswer
 		return sarAnswer{}, status.Error(codes.Unavailable, fmt.Sprintf("audit: SubjectAccessReview failed: %v", err))
 	}
 	return sarAnswer{allowed: resp.Status.Allowed && !resp.Status.Denied, reason: resp.Status.Reason}, nil
-}
-
-// serviceAccountOf parses spiffe://<td>/ns/<ns>/sa/<sa>.
-func serviceAccountOf(id spiffeid.ID) (ns, sa string, ok bool) {
-	parts := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/")
-	if len(parts) != 4 || parts[0] != "ns" || parts[2] != "sa" || parts[1] == "" || parts[3] == "" {
-		return "", "", false
-	}
-	return parts[1], parts[3], true
 }
 
 // AnyOf allows a call that any of the authorizers allows. When all refuse,

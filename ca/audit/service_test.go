@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -343,5 +344,43 @@ func TestWatchFromIndexReplaysThenFollows(t *testing.T) {
 		if want == 5 && ev.Event.Node != "node-late" {
 			t.Fatalf("event 5 is %v, want the appended one", ev.Event)
 		}
+	}
+}
+
+// An operator may type a serial as openssl prints it (colons, upper case,
+// leading zeros); it revokes the same certificate. Junk is refused with
+// InvalidArgument saying what is wrong, and revokes nothing.
+func TestRevokeReadsTypedSerialsAndRefusesJunk(t *testing.T) {
+	l := openLedger(t, 3)
+	c := serveUnix(t, NewService(l, WithAuthorizer(AdminAuthorizer())))
+	ctx := context.Background()
+	for _, tc := range []struct{ serial, says string }{
+		{"-a001", "not a hexadecimal digit"},
+		{"a0 01", "not a hexadecimal digit"},
+		{"a001g", "not a hexadecimal digit"},
+		{"", "required"},
+		{"0x", "empty"},
+		{strings.Repeat("f", 41), "significant digits"},
+		{strings.Repeat("0", 100000) + "a001", "characters"},
+	} {
+		_, err := c.Revoke(ctx, &auditv1.RevokeRequest{Serial: tc.serial, Reason: "x"})
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), tc.says) {
+			t.Errorf("revoke %.20q: %v, want InvalidArgument saying %q", tc.serial, err, tc.says)
+		}
+		if _, err := c.Get(ctx, &auditv1.GetRequest{Serial: tc.serial}); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("get %.20q: %v, want InvalidArgument", tc.serial, err)
+		}
+	}
+	if got := l.RevokedSerials(time.Now()); len(got) != 0 {
+		t.Fatalf("junk revoked %v", got)
+	}
+	if _, err := c.Revoke(ctx, &auditv1.RevokeRequest{Serial: " 00:A0:01 ", Reason: "keyCompromise"}); err != nil {
+		t.Fatalf("revoke in openssl's form: %v", err)
+	}
+	if got := l.RevokedSerials(time.Now()); len(got) != 1 || got[0] != "a001" {
+		t.Fatalf("revoked serials %v, want [a001]", got)
+	}
+	if _, err := c.Revoke(ctx, &auditv1.RevokeRequest{Serial: "0A001"}); status.Code(err) != codes.AlreadyExists {
+		t.Fatalf("revoke again in another form: %v, want AlreadyExists", err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/internal/k8sid"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -31,8 +32,6 @@ const (
 	// PodNameExtra and PodUIDExtra name the pod a token is bound to.
 	PodNameExtra = "authentication.kubernetes.io/pod-name"
 	PodUIDExtra  = "authentication.kubernetes.io/pod-uid"
-	// serviceAccountPrefix starts the user name of a service account.
-	serviceAccountPrefix = "system:serviceaccount:"
 	// DefaultReviewCacheTTL caps how long a review is reused: a bound token
 	// dies with its pod, and the cache must not outlive that by long.
 	DefaultReviewCacheTTL = 5 * time.Minute
@@ -167,7 +166,7 @@ func NewTokenReviewAttestor(client kubernetes.Interface, agentNamespace, agentNa
 		return nil, fmt.Errorf("authn: agent service account %q/%q: want <namespace>/<name>, e.g. castellan-system/castellan-agent", agentNamespace, agentName)
 	}
 	r := newTokenReviewer(client, K8sAudience, "k8s_sat", opts)
-	r.username = serviceAccountPrefix + agentNamespace + ":" + agentName
+	r.username = k8sid.ServiceAccount{Namespace: agentNamespace, Name: agentName}.Username()
 	r.requireNode = true
 	return &TokenReviewAttestor{TokenReviewer: r}, nil
 }
@@ -388,11 +387,11 @@ func (a *TokenReviewer) judge(st authenticationv1.TokenReviewStatus) reviewResul
 	case a.username != "" && st.User.Username != a.username:
 		return reviewResult{err: fail(ReasonK8sWrongAccount, "%s belongs to %q; only the agent service account %q may attest agents", a.subject, st.User.Username, a.username)}
 	}
-	ns, sa, ok := strings.Cut(strings.TrimPrefix(st.User.Username, serviceAccountPrefix), ":")
-	if !strings.HasPrefix(st.User.Username, serviceAccountPrefix) || !ok || ns == "" || sa == "" || strings.Contains(sa, ":") {
+	acct, err := k8sid.FromUsername(st.User.Username)
+	if err != nil {
 		return reviewResult{err: fail(ReasonK8sNotSA, "%s belongs to %q, which is not a service account", a.subject, st.User.Username)}
 	}
-	id := TokenIdentity{Namespace: ns, ServiceAccount: sa,
+	id := TokenIdentity{Namespace: acct.Namespace, ServiceAccount: acct.Name,
 		PodName: onlyExtra(st, PodNameExtra), PodUID: onlyExtra(st, PodUIDExtra)}
 	nodes := st.User.Extra[NodeNameExtra]
 	switch {

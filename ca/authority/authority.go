@@ -30,6 +30,9 @@ import (
 	"github.com/cloudflare/cfssl/config"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/castellan-dev/castellan/ca/lifetime"
+	"github.com/castellan-dev/castellan/internal/serial"
 )
 
 // Defaults applied by New to zero Config fields.
@@ -73,7 +76,7 @@ type Config struct {
 // Authority signs X.509-SVIDs for one trust domain.
 type Authority struct {
 	td     spiffeid.TrustDomain
-	maxTTL time.Duration
+	life   lifetime.Policy
 	clock  func() time.Time
 	log    *slog.Logger
 	policy *config.Signing
@@ -95,6 +98,10 @@ func New(cfg Config) (*Authority, error) {
 	if err != nil {
 		return nil, err
 	}
+	life, err := lifetime.New(cfg.DefaultTTL, cfg.MaxTTL)
+	if err != nil {
+		return nil, fmt.Errorf("authority: %w", err)
+	}
 	policy, err := newPolicy(cfg.DefaultTTL)
 	if err != nil {
 		return nil, err
@@ -115,11 +122,11 @@ func New(cfg Config) (*Authority, error) {
 	}
 	cfg.Logger.Info("CA ready", "trust_domain", cfg.TrustDomain.String(),
 		"root_subject", ca.root.Subject.String(), "root_not_after", ca.root.NotAfter,
-		"intermediate_serial", ca.cert.SerialNumber.Text(16), "intermediate_not_after", ca.cert.NotAfter,
+		"intermediate_serial", serial.FromBig(ca.cert.SerialNumber).String(), "intermediate_not_after", ca.cert.NotAfter,
 		"bundle_roots", len(ca.roots))
 	return &Authority{
 		td:     cfg.TrustDomain,
-		maxTTL: cfg.MaxTTL,
+		life:   life,
 		clock:  cfg.Clock,
 		log:    cfg.Logger,
 		policy: policy,
@@ -152,8 +159,6 @@ func withDefaults(cfg Config) (Config, error) {
 	switch {
 	case cfg.DefaultTTL < 0 || cfg.MaxTTL < 0 || cfg.RootTTL < 0 || cfg.IntermediateTTL < 0:
 		return cfg, errors.New("authority: TTLs must not be negative")
-	case cfg.DefaultTTL > cfg.MaxTTL:
-		return cfg, fmt.Errorf("authority: default TTL %s exceeds max TTL %s", cfg.DefaultTTL, cfg.MaxTTL)
 	case cfg.IntermediateTTL <= cfg.MaxTTL:
 		return cfg, fmt.Errorf("authority: intermediate TTL %s must exceed max SVID TTL %s", cfg.IntermediateTTL, cfg.MaxTTL)
 	}
@@ -188,7 +193,10 @@ func (a *Authority) Signer() crypto.Signer { return a.ca.key }
 func (a *Authority) TrustDomain() spiffeid.TrustDomain { return a.td }
 
 // MaxTTL returns the longest SVID lifetime a request may ask for.
-func (a *Authority) MaxTTL() time.Duration { return a.maxTTL }
+func (a *Authority) MaxTTL() time.Duration { return a.life.Max() }
 
 // DefaultTTL returns the lifetime of an SVID when the request asks for none.
-func (a *Authority) DefaultTTL() time.Duration { return a.policy.Profiles[ProfileWorkload].Expiry }
+func (a *Authority) DefaultTTL() time.Duration { return a.life.Default() }
+
+// Lifetime returns the CA's SVID lifetime policy (ca/lifetime).
+func (a *Authority) Lifetime() lifetime.Policy { return a.life }

@@ -6,6 +6,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/castellan-dev/castellan/ca/lifetime"
 )
 
 // Reasons carried by *Error. Each is a short snake_case string suitable as a
@@ -71,4 +73,19 @@ func ReasonOf(err error) string {
 		return e.Reason
 	}
 	return ReasonInternal
+}
+
+// TTLError returns err, a refusal of ca/lifetime, as an *Error with reason
+// ReasonInvalidTTL or ReasonTTLTooLong; nil stays nil and other errors are
+// returned as they are.
+func TTLError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, lifetime.ErrNegative):
+		return &Error{Reason: ReasonInvalidTTL, Err: err}
+	case errors.Is(err, lifetime.ErrTooLong):
+		return &Error{Reason: ReasonTTLTooLong, Err: err}
+	}
+	return err
 }

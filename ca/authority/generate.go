@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/lifetime"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -75,11 +76,7 @@ func newIntermediate(td spiffeid.TrustDomain, now time.Time, ttl time.Duration, 
 	if err != nil {
 		return nil, nil, fmt.Errorf("authority: generate intermediate key: %w", err)
 	}
-	notAfter := now.Add(ttl)
-	if notAfter.After(root.NotAfter) {
-		notAfter = root.NotAfter
-	}
-	tmpl, err := caTemplate(td, intermediateCommonName, now, notAfter)
+	tmpl, err := caTemplate(td, intermediateCommonName, now, lifetime.NotAfter(now, ttl, root.NotAfter))
 	if err != nil {
 		return nil, nil, err
 	}

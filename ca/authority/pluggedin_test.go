@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/lifetime"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
@@ -198,7 +199,11 @@ func TestPluggedInCARejectsBadMaterial(t *testing.T) {
 // leafOf returns an X.509-SVID signed by the PKI's intermediate.
 func leafOf(t *testing.T, pki *testPKI) *x509.Certificate {
 	t.Helper()
-	a := &Authority{td: testTD, maxTTL: DefaultMaxTTL, clock: newTestClock().Now, ca: &caKeys{cert: pki.inter, key: pki.interKey, chain: []*x509.Certificate{pki.inter}, root: pki.root, roots: []*x509.Certificate{pki.root}}}
+	life, err := lifetime.New(DefaultTTL, DefaultMaxTTL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Authority{td: testTD, life: life, clock: newTestClock().Now, ca: &caKeys{cert: pki.inter, key: pki.interKey, chain: []*x509.Certificate{pki.inter}, root: pki.root, roots: []*x509.Certificate{pki.root}}}
 	policy, err := newPolicy(DefaultTTL)
 	if err != nil {
 		t.Fatal(err)

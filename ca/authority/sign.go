@@ -12,6 +12,9 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/castellan-dev/castellan/ca/lifetime"
+	"github.com/castellan-dev/castellan/internal/serial"
 )
 
 // Issued is a freshly signed X.509-SVID. Chain holds the leaf first, then the
@@ -91,14 +94,9 @@ func (a *Authority) SignServer(ctx context.Context, pub crypto.PublicKey, id spi
 
 // sign signs csr's key for id with profileName; names are SignServer's.
 func (a *Authority) sign(ctx context.Context, profileName string, csr *CSR, id spiffeid.ID, ttl time.Duration, names ServerNames) (*Issued, error) {
-	profile := a.policy.Profiles[profileName]
-	switch {
-	case ttl < 0:
-		return nil, reject(ReasonInvalidTTL, "TTL %s is negative", ttl)
-	case ttl == 0:
-		ttl = profile.Expiry
-	case ttl > a.maxTTL:
-		return nil, reject(ReasonTTLTooLong, "requested TTL %s exceeds the maximum %s", ttl, a.maxTTL)
+	ttl, err := a.life.For(ttl, 0, "")
+	if err != nil {
+		return nil, TTLError(err)
 	}
 
 	tmpl, err := a.leafTemplate(profileName, csr, id, ttl)
@@ -118,7 +116,7 @@ func (a *Authority) sign(ctx context.Context, profileName string, csr *CSR, id s
 	chain = append(chain, leaf)
 	chain = append(chain, a.ca.chain...)
 	a.log.DebugContext(ctx, "signed X.509-SVID", "spiffe_id", id.String(), "profile", profileName,
-		"serial", leaf.SerialNumber.Text(16), "not_after", leaf.NotAfter)
+		"serial", serial.FromBig(leaf.SerialNumber).String(), "not_after", leaf.NotAfter)
 	return &Issued{
 		ID:              id,
 		Chain:           chain,
@@ -141,10 +139,7 @@ func (a *Authority) leafTemplate(profileName string, csr *CSR, id spiffeid.ID, t
 	if notBefore.Before(signer.NotBefore) {
 		notBefore = signer.NotBefore
 	}
-	notAfter := now.Add(ttl)
-	if notAfter.After(signer.NotAfter) {
-		notAfter = signer.NotAfter
-	}
+	notAfter := lifetime.NotAfter(now, ttl, signer.NotAfter)
 	serial, err := newSerial()
 	if err != nil {
 		return nil, err

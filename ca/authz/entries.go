@@ -17,6 +17,7 @@ import (
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/authn"
+	"github.com/castellan-dev/castellan/ca/lifetime"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
@@ -143,8 +144,7 @@ func (e *Entries) normalize(ent *cav1.Entry) (*cav1.Entry, error) {
 	if err := checkUnixPolicy(ent); err != nil {
 		return nil, err
 	}
-	ttl := time.Duration(ent.GetTtlSeconds()) * time.Second
-	if ent.GetTtlSeconds() < 0 || (e.maxTTL > 0 && ttl > e.maxTTL) {
+	if _, err := lifetime.Seconds(ent.GetTtlSeconds(), e.maxTTL); err != nil {
 		return nil, &InvalidEntryError{Err: fmt.Errorf("TTL %ds is out of range; use 0 (the CA default) up to %s", ent.GetTtlSeconds(), e.maxTTL)}
 	}
 	raw := make([]byte, 16)

@@ -66,6 +66,12 @@ func TestCreateEntryValidates(t *testing.T) {
 		{"empty selector value", &cav1.Entry{SpiffeId: "spiffe://cluster.local/a", Node: "n", Selectors: []*cav1.Selector{{Type: "unix"}}}, "TYPE:KEY:VALUE"},
 		{"TTL too long", &cav1.Entry{SpiffeId: "spiffe://cluster.local/a", Node: "n", TtlSeconds: 90000,
 			Selectors: []*cav1.Selector{{Type: "unix", Value: "uid:1"}}}, "out of range"},
+		// Seconds that overflow a time.Duration were once multiplied
+		// unchecked and could wrap below the maximum.
+		{"TTL overflowing a duration", &cav1.Entry{SpiffeId: "spiffe://cluster.local/a", Node: "n", TtlSeconds: 18446744074, // times 1e9 wraps to 0.29s
+			Selectors: []*cav1.Selector{{Type: "unix", Value: "uid:1"}}}, "out of range"},
+		{"negative TTL", &cav1.Entry{SpiffeId: "spiffe://cluster.local/a", Node: "n", TtlSeconds: -1,
+			Selectors: []*cav1.Selector{{Type: "unix", Value: "uid:1"}}}, "out of range"},
 	} {
 		_, err := e.Create(ctx, tc.ent)
 		var ie *InvalidEntryError

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -14,6 +13,8 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/castellan-dev/castellan/internal/k8sid"
 )
 
 // Reasons for refused pod requests.
@@ -131,8 +132,8 @@ func (p *Pods) OnNode(node string) []*corev1.Pod {
 
 // Authorize implements Authorizer for requests naming a pod UID.
 func (p *Pods) Authorize(ctx context.Context, req Request) (Grant, error) {
-	ns, sa, ok := p.podIdentity(req.ID)
-	if !ok {
+	acct, err := k8sid.FromID(req.ID)
+	if err != nil || !req.ID.MemberOf(p.td) {
 		return Grant{}, deny(ReasonNotPodIdentity, "%s is not a Kubernetes identity of trust domain %q; want spiffe://%s/ns/<namespace>/sa/<service-account>", req.ID, p.td, p.td)
 	}
 	if req.PodUID == "" {
@@ -145,17 +146,19 @@ func (p *Pods) Authorize(ctx context.Context, req Request) (Grant, error) {
 	if err != nil {
 		return Grant{}, err
 	}
-	where := fmt.Sprintf("pod %s/%s (uid %s)", pod.Namespace, pod.Name, pod.UID)
-	switch {
-	case pod.Spec.NodeName != req.Node:
-		return Grant{}, deny(ReasonPodOtherNode, "%s runs on node %q, not on the caller's node %q", where, pod.Spec.NodeName, req.Node)
-	case pod.DeletionTimestamp != nil:
-		return Grant{}, deny(ReasonPodTerminated, "%s is being deleted", where)
-	case pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed:
-		return Grant{}, deny(ReasonPodTerminated, "%s has terminated (phase %s)", where, pod.Status.Phase)
-	case pod.Namespace != ns || serviceAccountOf(pod) != sa:
-		return Grant{}, deny(ReasonPodOtherAccount, "%s runs as service account %s/%s, not %s/%s as %s requires",
-			where, pod.Namespace, serviceAccountOf(pod), ns, sa, req.ID)
+	var pe *k8sid.PodError
+	switch err := k8sid.CheckPod(pod, k8sid.Claim{Node: req.Node, UID: req.PodUID, Account: acct}); {
+	case err == nil:
+	case !errors.As(err, &pe):
+		return Grant{}, err
+	case pe.Problem == k8sid.OtherNode:
+		return Grant{}, deny(ReasonPodOtherNode, "%v", err)
+	case pe.Problem == k8sid.Terminated:
+		return Grant{}, deny(ReasonPodTerminated, "%v", err)
+	case pe.Problem == k8sid.OtherAccount:
+		return Grant{}, deny(ReasonPodOtherAccount, "%v as %s requires", err, req.ID)
+	default: // the UID index returned another pod: treat as absent
+		return Grant{}, deny(ReasonPodNotFound, "%v", err)
 	}
 	return Grant{EntryID: string(pod.UID)}, nil
 }
@@ -180,25 +183,4 @@ func (p *Pods) pod(ctx context.Context, uid string) (*corev1.Pod, error) {
 		case <-tick.C:
 		}
 	}
-}
-
-// podIdentity splits spiffe://<td>/ns/<ns>/sa/<sa>.
-func (p *Pods) podIdentity(id spiffeid.ID) (ns, sa string, ok bool) {
-	if !id.MemberOf(p.td) {
-		return "", "", false
-	}
-	seg := strings.Split(id.Path(), "/")
-	if len(seg) != 5 || seg[1] != "ns" || seg[3] != "sa" || seg[2] == "" || seg[4] == "" {
-		return "", "", false
-	}
-	return seg[2], seg[4], true
-}
-
-// serviceAccountOf returns the pod's service account ("default" if unset,
-// as the API server's admission does).
-func serviceAccountOf(pod *corev1.Pod) string {
-	if pod.Spec.ServiceAccountName == "" {
-		return "default"
-	}
-	return pod.Spec.ServiceAccountName
 }

@@ -40,6 +40,8 @@ import (
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/server"
+	"github.com/castellan-dev/castellan/internal/k8sid"
+	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
@@ -275,7 +277,7 @@ func (s *Service) authenticate(ctx context.Context) (caller, error) {
 	if err != nil {
 		return caller{}, err
 	}
-	id, err := spiffeid.FromSegments(s.td, "ns", ti.Namespace, "sa", ti.ServiceAccount)
+	id, err := k8sid.ServiceAccount{Namespace: ti.Namespace, Name: ti.ServiceAccount}.ID(s.td)
 	if err != nil {
 		return caller{}, &authn.Error{Reason: authn.ReasonK8sNotSA, Err: fmt.Errorf(
 			"service account %s/%s makes no valid SPIFFE ID: %w", ti.Namespace, ti.ServiceAccount, err)}
@@ -300,9 +302,9 @@ func (s *Service) certCaller(ctx context.Context, leaf *x509.Certificate) (calle
 		return caller{}, &authn.Error{Reason: ReasonCertNotWorkload, Err: fmt.Errorf(
 			"client certificate identity %s is not a workload identity of trust domain %q", id, s.td)}
 	}
-	serial := ledger.SerialOf(leaf.SerialNumber)
-	how := "client certificate " + id.String() + " serial " + serial
-	cert, err := s.checkLineage(ctx, id, serial)
+	sn := serial.FromBig(leaf.SerialNumber).String()
+	how := "client certificate " + id.String() + " serial " + sn
+	cert, err := s.checkLineage(ctx, id, sn)
 	if err != nil {
 		return caller{}, err
 	}
@@ -328,8 +330,8 @@ func (s *Service) impersonate(c caller, imp string) (spiffeid.ID, error) {
 	if err != nil {
 		return deny("not a SPIFFE ID: %v", err)
 	}
-	seg := strings.Split(id.Path(), "/")
-	if !id.MemberOf(s.td) || len(seg) != 5 || seg[1] != "ns" || seg[3] != "sa" || seg[2] == "" || seg[4] == "" {
+	want, err := k8sid.FromID(id)
+	if err != nil || !id.MemberOf(s.td) {
 		return deny("want spiffe://%s/ns/<namespace>/sa/<service-account>", s.td)
 	}
 	ti := c.k8s
@@ -337,31 +339,19 @@ func (s *Service) impersonate(c caller, imp string) (spiffeid.ID, error) {
 		return deny("the caller's token is not bound to a pod on a node")
 	}
 	pods := s.cfg.Pods.OnNode(ti.Node)
+	callerAcct := k8sid.ServiceAccount{Namespace: ti.Namespace, Name: ti.ServiceAccount}
 	callerLive := slices.ContainsFunc(pods, func(p *corev1.Pod) bool {
-		return string(p.UID) == ti.PodUID && p.Namespace == ti.Namespace && serviceAccountOf(p) == ti.ServiceAccount && live(p)
+		return k8sid.CheckPod(p, k8sid.Claim{Node: ti.Node, UID: ti.PodUID, Account: callerAcct}) == nil
 	})
 	if !callerLive {
 		return deny("the caller's pod %s/%s (uid %s) is not running on node %q", ti.Namespace, ti.PodName, ti.PodUID, ti.Node)
 	}
 	if !slices.ContainsFunc(pods, func(p *corev1.Pod) bool {
-		return p.Namespace == seg[2] && serviceAccountOf(p) == seg[4] && live(p)
+		return k8sid.RunsAs(p, ti.Node, want)
 	}) {
-		return deny("no pod of service account %s/%s runs on node %q", seg[2], seg[4], ti.Node)
+		return deny("no pod of service account %s runs on node %q", want, ti.Node)
 	}
 	return id, nil
-}
-
-// live reports whether a pod is neither terminated nor being deleted.
-func live(p *corev1.Pod) bool {
-	return p.DeletionTimestamp == nil && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed
-}
-
-// serviceAccountOf returns the pod's service account ("default" if unset).
-func serviceAccountOf(p *corev1.Pod) string {
-	if p.Spec.ServiceAccountName == "" {
-		return "default"
-	}
-	return p.Spec.ServiceAccountName
 }
 
 // peerLeaf returns the caller's verified client certificate, or nil.

@@ -25,6 +25,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/server"
 	"github.com/castellan-dev/castellan/integration/kubetest"
+	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -237,7 +238,7 @@ func TestCreateCertificateKubernetes(t *testing.T) {
 		if d := leaf.NotAfter.Sub(leaf.NotBefore); d < time.Hour || d > time.Hour+5*time.Minute {
 			t.Errorf("lifetime %s, want 1h (+ backdating)", d)
 		}
-		e, err := ca.ledger.Get(ctx, ledger.SerialOf(leaf.SerialNumber))
+		e, err := ca.ledger.Get(ctx, serial.FromBig(leaf.SerialNumber).String())
 		if err != nil {
 			t.Fatalf("issued certificate not in the ledger: %v", err)
 		}
@@ -347,11 +348,11 @@ func TestCreateCertificateWithoutKubernetes(t *testing.T) {
 	ca.entry(t, id, "node-a", 2*time.Hour)
 	svid := ca.sign(t, id, "node-a")
 	renewed := ca.renew(t, svid, 0)
-	e, err := ca.ledger.Get(ctx, ledger.SerialOf(renewed.Certificates[0].SerialNumber))
+	e, err := ca.ledger.Get(ctx, serial.FromBig(renewed.Certificates[0].SerialNumber).String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := ledger.SerialOf(svid.Certificates[0].SerialNumber); e.Parent != want || e.Node != "node-a" {
+	if want := serial.FromBig(svid.Certificates[0].SerialNumber).String(); e.Parent != want || e.Node != "node-a" {
 		t.Fatalf("renewal recorded with parent %q node %q, want parent %s on node-a", e.Parent, e.Node, want)
 	}
 	if d := e.NotAfter.Sub(e.NotBefore); d < 2*time.Hour || d > 2*time.Hour+time.Minute {
@@ -370,7 +371,7 @@ func TestCreateCertificateWithoutKubernetes(t *testing.T) {
 	grandchild := ca.renew(t, renewed, 2*time.Hour)
 
 	// A revoked SVID is refused, and so is every certificate descended from it.
-	if _, err := ca.ledger.Revoke(ctx, ledger.SerialOf(svid.Certificates[0].SerialNumber), "keyCompromise"); err != nil {
+	if _, err := ca.ledger.Revoke(ctx, serial.FromBig(svid.Certificates[0].SerialNumber).String(), "keyCompromise"); err != nil {
 		t.Fatal(err)
 	}
 	_, err = ca.client(t, svid).CreateCertificate(ctx, request(csr, 0, ""))
@@ -378,7 +379,7 @@ func TestCreateCertificateWithoutKubernetes(t *testing.T) {
 	for _, d := range []*x509svid.SVID{renewed, grandchild} {
 		_, err = ca.client(t, d).CreateCertificate(ctx, request(csr, 0, ""))
 		wantCode(t, err, codes.PermissionDenied)
-		if !strings.Contains(status.Convert(err).Message(), "descends from certificate "+ledger.SerialOf(svid.Certificates[0].SerialNumber)) {
+		if !strings.Contains(status.Convert(err).Message(), "descends from certificate "+serial.FromBig(svid.Certificates[0].SerialNumber).String()) {
 			t.Errorf("refusal %q does not name the revoked ancestor", status.Convert(err).Message())
 		}
 	}
@@ -447,7 +448,7 @@ func (e *caEnv) renew(t *testing.T, svid *x509svid.SVID, ttl time.Duration) *x50
 	csr, key := csrPEM(t, svid.ID.String())
 	resp, err := e.client(t, svid).CreateCertificate(context.Background(), request(csr, ttl, ""))
 	if err != nil {
-		t.Fatalf("renewal with serial %s: %v", ledger.SerialOf(svid.Certificates[0].SerialNumber), err)
+		t.Fatalf("renewal with serial %s: %v", serial.FromBig(svid.Certificates[0].SerialNumber).String(), err)
 	}
 	return verifyChain(t, resp, key)
 }
@@ -462,7 +463,7 @@ func (e *caEnv) sign(t *testing.T, id, node string) *x509svid.SVID {
 // signChild records an SVID renewed from parent, as Istio renewals are.
 func (e *caEnv) signChild(t *testing.T, id, node string, parent *x509svid.SVID) *x509svid.SVID {
 	t.Helper()
-	return e.signWith(t, id, node, ledger.SerialOf(parent.Certificates[0].SerialNumber), true)
+	return e.signWith(t, id, node, serial.FromBig(parent.Certificates[0].SerialNumber).String(), true)
 }
 
 // signUnlogged issues an SVID the ledger does not record.
@@ -486,7 +487,7 @@ func (e *caEnv) signWith(t *testing.T, id, node, parent string, logged bool) *x5
 	if !logged {
 		return &x509svid.SVID{ID: iss.ID, Certificates: iss.Chain, PrivateKey: key}
 	}
-	if _, err := e.ledger.Append(context.Background(), ledger.Event{Kind: ledger.KindIssuance, Serial: ledger.SerialOf(iss.Serial),
+	if _, err := e.ledger.Append(context.Background(), ledger.Event{Kind: ledger.KindIssuance, Serial: serial.FromBig(iss.Serial).String(),
 		SPIFFEID: id, Node: node, Parent: parent, NotBefore: iss.NotBefore, NotAfter: iss.NotAfter, CertDER: iss.Chain[0].Raw}); err != nil {
 		t.Fatal(err)
 	}

@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/internal/k8sid"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
 )
@@ -94,11 +94,11 @@ func (s *Service) livePodOf(node string, id spiffeid.ID) bool {
 	if s.cfg.Pods == nil {
 		return false
 	}
-	seg := strings.Split(id.Path(), "/")
-	if len(seg) != 5 || seg[1] != "ns" || seg[3] != "sa" {
+	acct, err := k8sid.FromID(id)
+	if err != nil {
 		return false
 	}
 	return slices.ContainsFunc(s.cfg.Pods.OnNode(node), func(p *corev1.Pod) bool {
-		return p.Namespace == seg[2] && serviceAccountOf(p) == seg[4] && live(p)
+		return k8sid.RunsAs(p, node, acct)
 	})
 }

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/castellan-dev/castellan/internal/serial"
 )
 
 // DefaultCRLValidity is how long a published CRL is valid (NextUpdate -
@@ -64,12 +66,12 @@ func (h *CRLHandler) CRL(ctx context.Context) ([]byte, error) {
 		NextUpdate: now.Add(h.validity),
 	}
 	for _, r := range revs {
-		n, ok := new(big.Int).SetString(r.Serial, 16)
-		if !ok {
+		n, err := serial.Parse(r.Serial)
+		if err != nil {
 			continue
 		}
 		tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries, x509.RevocationListEntry{
-			SerialNumber: n, RevocationTime: r.Time, ReasonCode: reasonCode(r.Reason),
+			SerialNumber: n.Big(), RevocationTime: r.Time, ReasonCode: reasonCode(r.Reason),
 		})
 	}
 	der, err := x509.CreateRevocationList(rand.Reader, tmpl, h.issuer, h.key)

@@ -16,6 +16,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/castellan-dev/castellan/internal/serial"
 )
 
 func TestListPagesThroughSPIFFEIDIndex(t *testing.T) {
@@ -278,7 +280,7 @@ func TestCRLListsRevokedSerialsSignedByIssuer(t *testing.T) {
 		t.Fatal(err)
 	}
 	crl := fetch()
-	if len(crl.RevokedCertificateEntries) != 1 || SerialOf(crl.RevokedCertificateEntries[0].SerialNumber) != e.Serial ||
+	if len(crl.RevokedCertificateEntries) != 1 || serial.FromBig(crl.RevokedCertificateEntries[0].SerialNumber).String() != e.Serial ||
 		crl.RevokedCertificateEntries[0].ReasonCode != 1 {
 		t.Fatalf("CRL entries = %+v", crl.RevokedCertificateEntries)
 	}

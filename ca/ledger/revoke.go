@@ -3,10 +3,10 @@ package ledger
 import (
 	"context"
 	"fmt"
-	"math/big"
 	"sort"
-	"strings"
 	"time"
+
+	"github.com/castellan-dev/castellan/internal/serial"
 )
 
 // RevokedCert is a revoked certificate that has not yet expired.
@@ -52,19 +52,16 @@ func (l *Ledger) Revoke(ctx context.Context, serial, reason string) (Entry, erro
 	return l.Entry(ctx, idx[0])
 }
 
-// NormalizeSerial returns serial as lower-case hex without leading zeros
-// or colons, as the ledger stores it.
-func NormalizeSerial(serial string) (string, error) {
-	s := strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(strings.TrimSpace(serial), "0x"), ":", ""))
-	n, ok := new(big.Int).SetString(s, 16)
-	if !ok || s == "" {
-		return "", fmt.Errorf("%w: serial %q is not a hexadecimal number", ErrInvalidArgument, serial)
+// NormalizeSerial returns serial in the form the ledger stores
+// (serial.Number's canonical form), or an error wrapping
+// ErrInvalidArgument saying what is wrong with it.
+func NormalizeSerial(s string) (string, error) {
+	n, err := serial.Parse(s)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrInvalidArgument, err)
 	}
-	return n.Text(16), nil
+	return n.String(), nil
 }
-
-// SerialOf formats a certificate serial number the way the ledger stores it.
-func SerialOf(n *big.Int) string { return n.Text(16) }
 
 // RevokedSerials returns the serials of certificates that are revoked and
 // not yet expired at now, sorted. The CA pushes these to agents.
@@ -110,7 +107,7 @@ func (l *Ledger) RevocationsChanged() <-chan struct{} {
 }
 
 // IsRevoked reports whether the certificate with the given serial (in the
-// ledger's form, see SerialOf) has been revoked and has not yet expired at
+// canonical form of serial.Number) has been revoked and has not yet expired at
 // now. It reads an in-memory set and is cheap enough for every call.
 func (l *Ledger) IsRevoked(serial string, now time.Time) bool {
 	l.mu.Lock()

@@ -86,7 +86,12 @@ func TestEntryDataRefusesPrunedAndDamagedEntries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l2, err := Open(path, Options{Clock: clock.Now})
+	// A normal open refuses the altered file; a forensic (read-only) open
+	// takes it, and must still refuse to serve the altered entry.
+	if _, err := Open(path, Options{Clock: clock.Now}); !errors.Is(err, ErrDamaged) {
+		t.Fatalf("Open of an altered ledger: %v; want ErrDamaged", err)
+	}
+	l2, err := Open(path, Options{Clock: clock.Now, ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -95,7 +96,7 @@ func (s *Server) refusePeer(ctx context.Context) error {
 			}
 		}
 	}
-	serial := ledger.SerialOf(leaf.SerialNumber)
+	serial := serial.FromBig(leaf.SerialNumber).String()
 	if !s.cfg.Ledger.IsRevoked(serial, s.clock()) {
 		return nil
 	}
@@ -128,7 +129,7 @@ const reasonRenewedTooOften = "agent_renewed_too_often"
 // warns at the second renewal of one certificate (two holders, or a lost
 // answer).
 func (s *Server) checkRenewal(ctx context.Context, node string, leaf *x509.Certificate) error {
-	serial := ledger.SerialOf(leaf.SerialNumber)
+	serial := serial.FromBig(leaf.SerialNumber).String()
 	if at := earliestRenewal(leaf); s.clock().Before(at) {
 		return refuse(codes.ResourceExhausted, reasonRenewTooEarly,
 			"agent SVID serial %s may be renewed from %s (half its lifetime), not before; retry then",

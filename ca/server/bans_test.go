@@ -13,6 +13,7 @@ import (
 	adminv1 "github.com/castellan-dev/castellan/api/castellan/admin/v1"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/internal/serial"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -58,7 +59,7 @@ func TestAgentRenewalBeforeHalfLifeIsRefused(t *testing.T) {
 		t.Fatalf("renewal at half-life: %v", err)
 	}
 	rec, err := e.ledger.Get(ctx, resp.GetSvid().GetSerial())
-	if err != nil || rec.Parent != ledger.SerialOf(agent.Certificates[0].SerialNumber) {
+	if err != nil || rec.Parent != serial.FromBig(agent.Certificates[0].SerialNumber).String() {
 		t.Fatalf("renewal recorded with parent %q (%v), want the caller's serial", rec.Parent, err)
 	}
 	// One more renewal of the same certificate (an agent that lost the
@@ -130,7 +131,7 @@ func TestBannedNodeIsCutOff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{ledger.SerialOf(original.Certificates[0].SerialNumber), resp.GetSvid().GetSerial(), wl.GetSvid().GetSerial()}
+	want := []string{serial.FromBig(original.Certificates[0].SerialNumber).String(), resp.GetSvid().GetSerial(), wl.GetSvid().GetSerial()}
 	for _, s := range want {
 		if !slices.Contains(ban.GetRevokedSerials(), s) {
 			t.Errorf("ban revoked %v; %s missing", ban.GetRevokedSerials(), s)

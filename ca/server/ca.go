@@ -9,6 +9,7 @@ import (
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/internal/serial"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -79,7 +80,7 @@ func (c *caService) AttestAgent(ctx context.Context, req *cav1.AttestAgentReques
 		return nil, err
 	}
 	s.countResult(nil)
-	s.log.InfoContext(ctx, "agent attested", "node", node, "spiffe_id", id.String(), "serial", serialHex(iss.Serial))
+	s.log.InfoContext(ctx, "agent attested", "node", node, "spiffe_id", id.String(), "serial", serial.FromBig(iss.Serial).String())
 	return &cav1.AttestAgentResponse{Svid: svidProto(iss), Bundle: s.bundle.current()}, nil
 }
 
@@ -117,7 +118,7 @@ func (c *caService) RenewAgent(ctx context.Context, req *cav1.RenewAgentRequest)
 	}
 	s.metrics.observeSigning(time.Since(start))
 	ev := issuanceEvent(ledger.KindRenewal, iss, node, "agent renewal")
-	ev.Parent = ledger.SerialOf(leaf.SerialNumber)
+	ev.Parent = serial.FromBig(leaf.SerialNumber).String()
 	if _, err := s.cfg.Ledger.Append(ctx, ev); err != nil {
 		s.countResult(err)
 		s.log.ErrorContext(ctx, "ledger append failed; agent SVID withheld", "node", node, "error", err.Error())

@@ -6,8 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"math"
-	"math/big"
 	"time"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
@@ -16,6 +14,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/quota"
+	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -51,7 +50,7 @@ func (s *Server) prepare(ctx context.Context, node string, it *issuance) {
 		it.err = err
 		return
 	}
-	ttl, err := requestTTL(it.req.GetTtlSeconds(), a.MaxTTL())
+	ttl, err := requestTTL(it.req.GetTtlSeconds(), a.Lifetime())
 	if err != nil {
 		it.err = err
 		return
@@ -68,7 +67,7 @@ func (s *Server) prepare(ctx context.Context, node string, it *issuance) {
 		it.err = err
 		return
 	}
-	if ttl, err = svidTTL(ttl, grant, a.DefaultTTL(), a.MaxTTL()); err != nil {
+	if ttl, err = svidTTL(ttl, grant, a.Lifetime()); err != nil {
 		it.err = err
 		return
 	}
@@ -83,21 +82,6 @@ func (s *Server) prepare(ctx context.Context, node string, it *issuance) {
 	if it.err == nil {
 		s.metrics.observeSigning(time.Since(start))
 	}
-}
-
-// requestTTL converts a requested TTL in seconds, refusing one above max
-// (without overflowing on absurd values) before the request is authorized;
-// svidTTL then applies the granting entry's ceiling.
-func requestTTL(secs int64, maxTTL time.Duration) (time.Duration, error) {
-	if secs > int64(maxTTL/time.Second) || secs > math.MaxInt64/int64(time.Second) {
-		return 0, &authority.Error{Reason: authority.ReasonTTLTooLong,
-			Err: fmt.Errorf("requested TTL %ds exceeds the maximum %s", secs, maxTTL)}
-	}
-	if secs < 0 {
-		return 0, &authority.Error{Reason: authority.ReasonInvalidTTL,
-			Err: fmt.Errorf("requested TTL %ds is negative; use 0 for the default", secs)}
-	}
-	return time.Duration(secs) * time.Second, nil
 }
 
 // record appends the issued certificates of items to the ledger in one
@@ -206,7 +190,7 @@ func (s *Server) grpcError(ctx context.Context, err error) error {
 func issuanceEvent(kind ledger.Kind, iss *authority.Issued, node, detail string) ledger.Event {
 	return ledger.Event{
 		Kind:            kind,
-		Serial:          serialHex(iss.Serial),
+		Serial:          serial.FromBig(iss.Serial).String(),
 		SPIFFEID:        iss.ID.String(),
 		Node:            node,
 		NotBefore:       iss.NotBefore,
@@ -217,10 +201,6 @@ func issuanceEvent(kind ledger.Kind, iss *authority.Issued, node, detail string)
 	}
 }
 
-// serialHex is the wire and ledger form of a serial: lower-case hex
-// without leading zeros (ledger.SerialOf), the form RevokedSerials uses.
-func serialHex(n *big.Int) string { return ledger.SerialOf(n) }
-
 func svidProto(iss *authority.Issued) *cav1.X509SVID {
 	chain := make([][]byte, 0, len(iss.Chain))
 	for _, c := range iss.Chain {
@@ -229,7 +209,7 @@ func svidProto(iss *authority.Issued) *cav1.X509SVID {
 	return &cav1.X509SVID{
 		SpiffeId:  iss.ID.String(),
 		CertChain: chain,
-		Serial:    serialHex(iss.Serial),
+		Serial:    serial.FromBig(iss.Serial).String(),
 		NotBefore: timestamppb.New(iss.NotBefore),
 		NotAfter:  timestamppb.New(iss.NotAfter),
 	}

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/internal/serial"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -22,7 +22,7 @@ func TestRevokedAgentCanNeitherSignNorRenewNorSync(t *testing.T) {
 	if _, err := c.SignX509SVID(ctx, &cav1.SignX509SVIDRequest{Csr: workloadCSR(t, key, "spiffe://cluster.local/app")}); err != nil {
 		t.Fatalf("before revocation: %v", err)
 	}
-	serial := ledger.SerialOf(agent.Certificates[0].SerialNumber)
+	serial := serial.FromBig(agent.Certificates[0].SerialNumber).String()
 	if _, err := e.ledger.Revoke(ctx, serial, "keyCompromise"); err != nil {
 		t.Fatal(err)
 	}

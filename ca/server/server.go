@@ -140,8 +140,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.AgentTTL == 0 {
 		cfg.AgentTTL = DefaultAgentTTL
 	}
-	if cfg.AgentTTL < 0 || cfg.AgentTTL > cfg.Authority.MaxTTL() {
-		return nil, fmt.Errorf("server: agent TTL %s must be between 0 and the max TTL %s", cfg.AgentTTL, cfg.Authority.MaxTTL())
+	if _, err := cfg.Authority.Lifetime().For(cfg.AgentTTL, 0, ""); err != nil {
+		return nil, fmt.Errorf("server: agent TTL: %w", err)
 	}
 	if cfg.MaxRequestBytes == 0 {
 		cfg.MaxRequestBytes = DefaultMaxRequestBytes

@@ -18,6 +18,7 @@ import (
 	adminv1 "github.com/castellan-dev/castellan/api/castellan/admin/v1"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -403,7 +404,7 @@ func TestAdminSocketClosesConnectionsFromOtherUsers(t *testing.T) {
 
 func TestSerialFormatMatchesLedger(t *testing.T) {
 	for _, n := range []int64{0x0abc, 0x1000, 1} {
-		s := serialHex(big.NewInt(n))
+		s := serial.FromBig(big.NewInt(n)).String()
 		norm, err := ledger.NormalizeSerial(s)
 		if err != nil || norm != s || strings.HasPrefix(s, "0") {
 			t.Errorf("serial %#x as %q; the ledger normalizes it to %q (%v)", n, s, norm, err)

@@ -13,6 +13,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/internal/serial"
 )
 
 // serverSVIDRetry is how long run waits after a failed renewal.
@@ -55,7 +56,7 @@ func (v *serverSVID) renew(ctx context.Context) error {
 	}
 	v.cert.Store(&tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: iss.Chain[0]})
 	v.s.log.InfoContext(ctx, "server SVID issued", "spiffe_id", id.String(),
-		"serial", serialHex(iss.Serial), "not_after", iss.NotAfter)
+		"serial", serial.FromBig(iss.Serial).String(), "not_after", iss.NotAfter)
 	return nil
 }
 

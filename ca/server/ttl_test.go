@@ -11,12 +11,17 @@ import (
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
+	"github.com/castellan-dev/castellan/ca/lifetime"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
 func TestSVIDTTLEntryIsTheCeiling(t *testing.T) {
 	const def, maxTTL = time.Hour, 24 * time.Hour
+	policy, err := lifetime.New(def, maxTTL)
+	if err != nil {
+		t.Fatal(err)
+	}
 	entry := func(ttl time.Duration) authz.Grant { return authz.Grant{EntryID: "e1", TTL: ttl} }
 	pod := authz.Grant{EntryID: "pod-uid"}
 	for _, tc := range []struct {
@@ -40,7 +45,7 @@ func TestSVIDTTLEntryIsTheCeiling(t *testing.T) {
 		{"entry TTL above a lowered CA max, asked above the max", maxTTL + time.Second, entry(48 * time.Hour), 0, "exceeds the maximum"},
 		{"negative", -time.Second, entry(0), 0, "negative"},
 	} {
-		got, err := svidTTL(tc.requested, tc.grant, def, maxTTL)
+		got, err := svidTTL(tc.requested, tc.grant, policy)
 		if tc.refused == "" {
 			if err != nil || got != tc.want {
 				t.Errorf("%s: %v, %v; want %v", tc.name, got, err, tc.want)

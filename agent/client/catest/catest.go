@@ -28,6 +28,7 @@ import (
 	"time"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -209,12 +210,12 @@ func (ca *CA) DeleteEntry(id string) {
 	ca.mu.Unlock()
 }
 
-// Revoke adds a serial (lower-case hex without leading zeros, as the real
-// CA pushes them) to the revoked list and notifies
-// syncing agents.
-func (ca *CA) Revoke(serial string) {
+// Revoke adds a serial to the revoked list, exactly as given (the real CA
+// pushes serial.Number's canonical form; tests may push other forms), and
+// notifies syncing agents.
+func (ca *CA) Revoke(s string) {
 	ca.mu.Lock()
-	ca.revoked[serial] = true
+	ca.revoked[s] = true
 	ca.notifyLocked()
 	ca.mu.Unlock()
 }
@@ -401,7 +402,7 @@ func (ca *CA) signCSR(der []byte, id spiffeid.ID, now time.Time, ttl time.Durati
 	return &cav1.X509SVID{
 		SpiffeId:  id.String(),
 		CertChain: [][]byte{leaf.Raw, ca.inter.Raw},
-		Serial:    leaf.SerialNumber.Text(16), // the real CA's form: no leading zeros
+		Serial:    serial.FromBig(leaf.SerialNumber).String(),
 		NotBefore: timestamppb.New(leaf.NotBefore),
 		NotAfter:  timestamppb.New(leaf.NotAfter),
 	}, nil

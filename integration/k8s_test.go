@@ -87,7 +87,10 @@ func startK8sRig(t *testing.T) *k8sRig {
 
 	srv := exec.Command(server, "--data-dir", r.srvDir, "--listen", r.listen, "--http-listen", k8sFreeAddr(t),
 		"--trust-domain", k8sTD, "--kubeconfig", env.Kubeconfig(), "--k8s-agent-sa", "castellan-system/castellan-agent",
-		"--k8s-bundle-configmaps")
+		"--k8s-bundle-configmaps",
+		// The rig signs 1000 CSRs for one pod identity to count TokenReviews;
+		// the issuance quotas (tested in quota_test.go) would refuse them.
+		"--quota-identity-per-ttl", "5000", "--quota-node-burst", "5000")
 	srvLog := &k8sLog{}
 	srv.Stderr = srvLog
 	if err := srv.Start(); err != nil {

@@ -138,7 +138,9 @@ func TestLogOverHTTPVerifiesWithThirdPartyClient(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the real binaries")
 	}
-	s := caStart(t)
+	// Hundreds of certificates for one identity: lift the issuance quotas
+	// (tested in quota_test.go).
+	s := caStart(t, "--quota-identity-per-ttl", "5000", "--quota-node-burst", "5000")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	const appID = "spiffe://cluster.local/ns/default/sa/logged"

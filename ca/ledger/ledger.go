@@ -11,7 +11,7 @@
 // indexed by serial, SPIFFE ID, node and expiry.
 //
 // Durability: Append returns only after its bbolt transaction is fsync'd;
-// concurrent Appends share one transaction (bbolt Batch). A Ledger is safe
+// concurrent Appends share one transaction (group commit, commit.go). A Ledger is safe
 // for concurrent use.
 package ledger
 
@@ -31,9 +31,8 @@ import (
 
 // Defaults applied by Open to zero Options fields.
 const (
-	DefaultOrigin        = "castellan.local/ledger"
-	DefaultRetention     = 30 * 24 * time.Hour
-	DefaultMaxBatchDelay = 2 * time.Millisecond
+	DefaultOrigin    = "castellan.local/ledger"
+	DefaultRetention = 30 * 24 * time.Hour
 )
 
 // Options configures a Ledger.
@@ -57,9 +56,6 @@ type Options struct {
 	// Retention is how long after NotAfter an entry's full content is
 	// kept before Prune may remove it (0 -> 30 days).
 	Retention time.Duration
-	// MaxBatchDelay bounds how long an Append waits to share a transaction
-	// with concurrent Appends (0 -> 2ms).
-	MaxBatchDelay time.Duration
 }
 
 // Ledger is an open issuance log.
@@ -73,6 +69,7 @@ type Ledger struct {
 	log       *slog.Logger
 	retention time.Duration
 	metrics   *metrics
+	commit    *committer // writes Appends (commit.go)
 
 	revokeMu sync.Mutex // serializes Revoke
 
@@ -146,10 +143,6 @@ func Open(path string, opts Options) (*Ledger, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ledger: open %s: %w", path, err)
 	}
-	db.MaxBatchDelay = opts.MaxBatchDelay
-	if db.MaxBatchDelay == 0 {
-		db.MaxBatchDelay = DefaultMaxBatchDelay
-	}
 	l.db = db
 	if err := l.init(); err != nil {
 		db.Close()
@@ -160,6 +153,8 @@ func Open(path string, opts Options) (*Ledger, error) {
 		return nil, err
 	}
 	l.metrics = newMetrics(opts.Registry, l)
+	l.commit = newCommitter(db, l.publish)
+	go l.commit.run()
 	go l.runIndexer()
 	return l, nil
 }
@@ -280,7 +275,8 @@ func (l *Ledger) Size() uint64 {
 	return l.head.size
 }
 
-// Close closes the database. Pending Appends finish first.
+// Close closes the database. Appends already queued are committed first;
+// later ones fail with ErrClosed.
 func (l *Ledger) Close() error {
 	l.mu.Lock()
 	if l.closed {
@@ -289,6 +285,7 @@ func (l *Ledger) Close() error {
 	}
 	l.closed = true
 	l.mu.Unlock()
+	l.commit.close()
 	close(l.stop)
 	<-l.stopped
 	l.mu.Lock()

@@ -79,13 +79,27 @@ func (p *txProbe) update(fn func(*bolt.Tx) error) error {
 	return p.real(fn)
 }
 
+// waitHeld waits until a transaction is being held, for at most 10 s.
+func (p *txProbe) waitHeld(t *testing.T) {
+	t.Helper()
+	select {
+	case <-p.held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no transaction started within 10 s")
+	}
+}
+
 // holdNext makes the next transaction wait until the returned func runs.
-func (p *txProbe) holdNext() (release func()) {
+// It releases at the test's cleanup at the latest, so a failing test
+// does not leave Close waiting for it.
+func (p *txProbe) holdNext(t *testing.T) (release func()) {
 	ch := make(chan struct{})
 	p.mu.Lock()
 	p.hold = ch
 	p.mu.Unlock()
-	return func() { close(ch) }
+	release = sync.OnceFunc(func() { close(ch) })
+	t.Cleanup(release)
+	return release
 }
 
 func (p *txProbe) attempts() []int {
@@ -98,6 +112,18 @@ func (p *txProbe) attempts() []int {
 type result struct {
 	idx []uint64
 	err error
+}
+
+// recv waits for an Append's result, failing the test after 10 s.
+func recv(t *testing.T, ch <-chan result) result {
+	t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(10 * time.Second):
+		t.Fatal("Append did not return within 10 s")
+		return result{}
+	}
 }
 
 // appendAsync starts Append(ctx, ev) and returns where its result arrives.
@@ -115,10 +141,10 @@ func appendAsync(ctx context.Context, l *Ledger, ev Event) <-chan result {
 // release of the held transaction.
 func startHeldGroup(t *testing.T, l *Ledger, p *txProbe, base, n int) (<-chan result, []<-chan result, func()) {
 	t.Helper()
-	release := p.holdNext()
+	release := p.holdNext(t)
 	notAfter := time.Now().Add(time.Hour)
 	first := appendAsync(context.Background(), l, certEvent(base, "spiffe://td/a", "n", notAfter))
-	<-p.held
+	p.waitHeld(t)
 	rest := make([]<-chan result, n)
 	for i := range rest {
 		rest[i] = appendAsync(context.Background(), l, certEvent(base+1+i, "spiffe://td/a", "n", notAfter))
@@ -147,12 +173,12 @@ func TestAppendsArrivingDuringACommitShareTheNextTransaction(t *testing.T) {
 	p := probe(l)
 	first, rest, release := startHeldGroup(t, l, p, 0, 20)
 	release()
-	if r := <-first; r.err != nil || r.idx[0] != 0 {
+	if r := recv(t, first); r.err != nil || r.idx[0] != 0 {
 		t.Fatalf("first append: %v, %v", r.idx, r.err)
 	}
 	seen := map[uint64]bool{}
 	for _, ch := range rest {
-		r := <-ch
+		r := recv(t, ch)
 		if r.err != nil || seen[r.idx[0]] || r.idx[0] < 1 || r.idx[0] > 20 {
 			t.Fatalf("grouped append: %v, %v", r.idx, r.err)
 		}
@@ -168,6 +194,9 @@ func TestAppendsArrivingDuringACommitShareTheNextTransaction(t *testing.T) {
 // n entries, under a checkpoint signed by a reopened ledger.
 func closeAndVerify(t *testing.T, l *Ledger, path string, n uint64) {
 	t.Helper()
+	if got := l.Size(); got != n {
+		t.Fatalf("Size() = %d, want %d", got, n)
+	}
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -182,6 +211,32 @@ func closeAndVerify(t *testing.T, l *Ledger, path string, n uint64) {
 	rep, err := VerifyFile(path, r.VerifierKey())
 	if err != nil || !rep.OK() || rep.Entries != n {
 		t.Fatalf("verify: %v %+v, want %d entries", err, rep, n)
+	}
+}
+
+func TestGroupedAppendsArePublishedInLogOrder(t *testing.T) {
+	l, _ := openTest(t, newFakeClock())
+	p := probe(l)
+	release := p.holdNext(t)
+	first := appendAsync(context.Background(), l, certEvent(0, "spiffe://td/a", "n", time.Now()))
+	p.waitHeld(t)
+	// A ban then an unban of the same node, queued in that order, share a
+	// transaction: the node must end up not banned.
+	ban := appendAsync(context.Background(), l, Event{Kind: KindBan, Node: "node-x", Reason: "test"})
+	waitFor(t, "the ban to queue", func() bool { return l.commit.queued() == 1 })
+	unban := appendAsync(context.Background(), l, Event{Kind: KindUnban, Node: "node-x", Reason: "test"})
+	waitFor(t, "the unban to queue", func() bool { return l.commit.queued() == 2 })
+	release()
+	for _, ch := range []<-chan result{first, ban, unban} {
+		if r := recv(t, ch); r.err != nil {
+			t.Fatal(r.err)
+		}
+	}
+	if got := p.attempts(); fmt.Sprint(got) != "[1 2]" {
+		t.Fatalf("appends per transaction = %v, want [1 2]", got)
+	}
+	if b, banned := l.Banned("node-x"); banned {
+		t.Fatalf("node-x is banned (%+v) although its unban came after the ban", b)
 	}
 }
 
@@ -203,11 +258,11 @@ func TestBadEventFailsOnlyItsOwnAppendInAGroup(t *testing.T) {
 	}
 	first, rest, release := startHeldGroup(t, l, p, 0, 10) // serials 1..10 share a group
 	release()
-	if r := <-first; r.err != nil {
+	if r := recv(t, first); r.err != nil {
 		t.Fatal(r.err)
 	}
 	for i, ch := range rest {
-		r := <-ch
+		r := recv(t, ch)
 		if serial := 1 + i; serial == 7 {
 			if !errors.Is(r.err, errBad) || r.idx != nil {
 				t.Fatalf("bad append: %v, %v; want its own error", r.idx, r.err)
@@ -232,11 +287,11 @@ func TestFailedCommitFailsExactlyTheAppendsOfItsTransaction(t *testing.T) {
 	p.failTx = 2 // the grouped transaction
 	first, rest, release := startHeldGroup(t, l, p, 0, 5)
 	release()
-	if r := <-first; r.err != nil {
+	if r := recv(t, first); r.err != nil {
 		t.Fatal(r.err)
 	}
 	for _, ch := range rest {
-		if r := <-ch; !errors.Is(r.err, errInjected) || r.idx != nil {
+		if r := recv(t, ch); !errors.Is(r.err, errInjected) || r.idx != nil {
 			t.Fatalf("append in the failed transaction: %v, %v", r.idx, r.err)
 		}
 	}
@@ -256,26 +311,26 @@ func TestFailedCommitFailsExactlyTheAppendsOfItsTransaction(t *testing.T) {
 func TestCancelledQueuedAppendIsWithdrawnAndNeverWritten(t *testing.T) {
 	l, path := openTest(t, newFakeClock())
 	p := probe(l)
-	release := p.holdNext()
+	release := p.holdNext(t)
 	notAfter := time.Now().Add(time.Hour)
 	first := appendAsync(context.Background(), l, certEvent(0, "spiffe://td/a", "n", notAfter))
-	<-p.held
+	p.waitHeld(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	gone := appendAsync(ctx, l, certEvent(1, "spiffe://td/a", "n", notAfter))
 	kept := appendAsync(context.Background(), l, certEvent(2, "spiffe://td/a", "n", notAfter))
 	waitFor(t, "2 queued appends", func() bool { return l.commit.queued() == 2 })
 	cancel()
-	if r := <-gone; !errors.Is(r.err, context.Canceled) || r.idx != nil {
+	if r := recv(t, gone); !errors.Is(r.err, context.Canceled) || r.idx != nil {
 		t.Fatalf("cancelled append: %v, %v", r.idx, r.err)
 	}
 	if n := l.commit.queued(); n != 1 {
 		t.Fatalf("%d appends queued after the cancel, want 1", n)
 	}
 	release()
-	if r := <-first; r.err != nil || r.idx[0] != 0 {
+	if r := recv(t, first); r.err != nil || r.idx[0] != 0 {
 		t.Fatalf("first: %v, %v", r.idx, r.err)
 	}
-	if r := <-kept; r.err != nil || r.idx[0] != 1 {
+	if r := recv(t, kept); r.err != nil || r.idx[0] != 1 {
 		t.Fatalf("append queued with the cancelled one: %v, %v", r.idx, r.err)
 	}
 	if _, err := l.Get(context.Background(), fmt.Sprintf("%x", 0x1001)); !errors.Is(err, ErrNotFound) {
@@ -287,10 +342,10 @@ func TestCancelledQueuedAppendIsWithdrawnAndNeverWritten(t *testing.T) {
 func TestCancelDuringItsCommitReportsTheCommit(t *testing.T) {
 	l, path := openTest(t, newFakeClock())
 	p := probe(l)
-	release := p.holdNext()
+	release := p.holdNext(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	res := appendAsync(ctx, l, certEvent(0, "spiffe://td/a", "n", time.Now()))
-	<-p.held // the append is in a transaction
+	p.waitHeld(t) // the append is in a transaction
 	cancel()
 	select {
 	case r := <-res:
@@ -299,7 +354,7 @@ func TestCancelDuringItsCommitReportsTheCommit(t *testing.T) {
 	}
 	release()
 	// The events are durable, so the answer is success, not the cancellation.
-	if r := <-res; r.err != nil || r.idx[0] != 0 {
+	if r := recv(t, res); r.err != nil || r.idx[0] != 0 {
 		t.Fatalf("append cancelled during its commit: %v, %v", r.idx, r.err)
 	}
 	closeAndVerify(t, l, path, 1)
@@ -321,12 +376,18 @@ func TestCloseCommitsQueuedAppendsAndRefusesLaterOnes(t *testing.T) {
 	}
 	release()
 	for _, ch := range append([]<-chan result{first}, rest...) {
-		if r := <-ch; r.err != nil {
+		if r := recv(t, ch); r.err != nil {
 			t.Fatalf("append queued before Close: %v", r.err)
 		}
 	}
-	if err := <-closed; err != nil {
-		t.Fatal(err)
+	var cerr error
+	select {
+	case cerr = <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return within 10 s")
+	}
+	if cerr != nil {
+		t.Fatal(cerr)
 	}
 	closeAndVerify(t, l, path, 9)
 }

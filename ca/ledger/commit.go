@@ -13,14 +13,16 @@ import (
 // gets a transaction of its own).
 const maxGroupEvents = 10_000
 
-// committer is the ledger's group commit. One goroutine (run) writes
-// appends to bbolt, one fsync'd transaction at a time:
+// committer is the ledger's group commit. Appends are written to bbolt
+// one fsync'd transaction at a time:
 //
-//   - when it is idle, an append is committed at once, in a transaction of
-//     its own: there is no timer and no waiting for company;
+//   - when nothing is being committed, an append is committed at once, in
+//     a transaction of its own, by its caller's goroutine: there is no
+//     timer, no waiting for company and no hand-off;
 //   - appends that arrive while a transaction is being committed queue up,
-//     and all of them go into the next transaction, which starts as soon as
-//     the current one is synced. Under load, one fsync serves many appends.
+//     and the committer goroutine (run) puts all of them into the next
+//     transaction, which starts as soon as the current one is synced.
+//     Under load, one fsync serves many appends.
 //
 // An append's outcome is that of the transaction holding its events: on
 // success it was fsync'd before the caller hears of it; when writing one
@@ -40,6 +42,7 @@ type committer struct {
 
 	mu     sync.Mutex
 	queue  []*pendingAppend // arrived, not yet in a transaction
+	busy   bool             // a transaction is being written or committed
 	closed bool
 	wake   chan struct{} // capacity 1: there may be work
 	done   chan struct{} // closed when run returns
@@ -76,6 +79,13 @@ func (c *committer) append(ctx context.Context, evs []Event) (uint64, error) {
 		c.mu.Unlock()
 		return 0, ErrClosed
 	}
+	if !c.busy && len(c.queue) == 0 {
+		c.busy, p.taken = true, true
+		c.mu.Unlock()
+		c.commitGroup([]*pendingAppend{p})
+		c.idle()
+		return p.first, p.err
+	}
 	c.queue = append(c.queue, p)
 	c.mu.Unlock()
 	c.signal()
@@ -110,6 +120,14 @@ func (c *committer) signal() {
 	}
 }
 
+// idle ends a commit and wakes run for the appends queued meanwhile.
+func (c *committer) idle() {
+	c.mu.Lock()
+	c.busy = false
+	c.mu.Unlock()
+	c.signal()
+}
+
 // run commits queued appends until close, then commits what is still
 // queued and returns.
 func (c *committer) run() {
@@ -120,15 +138,23 @@ func (c *committer) run() {
 			return
 		}
 		c.commitGroup(group)
+		c.idle()
 	}
 }
 
-// next waits for queued appends and takes them (up to maxGroupEvents
-// events, at least one append). It returns false once closed and drained.
+// next waits for queued appends and for the end of the commit under way,
+// then takes them (up to maxGroupEvents events, at least one append) and
+// marks the committer busy. It returns false once closed and drained.
 func (c *committer) next() ([]*pendingAppend, bool) {
 	for {
 		c.mu.Lock()
+		if c.busy {
+			c.mu.Unlock()
+			<-c.wake
+			continue
+		}
 		if len(c.queue) > 0 {
+			c.busy = true
 			n, events := 0, 0
 			for n < len(c.queue) && (n == 0 || events+len(c.queue[n].evs) <= maxGroupEvents) {
 				c.queue[n].taken = true

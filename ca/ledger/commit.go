@@ -37,7 +37,8 @@ type committer struct {
 	update func(func(*bolt.Tx) error) error
 	// write appends one call's events in tx (appendTx).
 	write func(tx *bolt.Tx, evs []Event) (first uint64, head treeState, err error)
-	// publish makes one committed append visible; called from run, in log order.
+	// publish makes one committed append visible; called by whoever
+	// committed it (run or an idle-path caller), in log order.
 	publish func(head treeState, first uint64, evs []Event)
 
 	mu     sync.Mutex

@@ -11,8 +11,8 @@
 // indexed by serial, SPIFFE ID, node and expiry.
 //
 // Durability: Append returns only after its bbolt transaction is fsync'd;
-// concurrent Appends share one transaction (group commit, commit.go). A Ledger is safe
-// for concurrent use.
+// concurrent Appends share one transaction (group commit, commit.go). A
+// Ledger is safe for concurrent use.
 package ledger
 
 import (

@@ -12,7 +12,9 @@ import (
 
 // Append adds events to the log, in order, and returns their indices. All
 // events of one call go into one bbolt transaction, and concurrent calls
-// are grouped into shared transactions (bbolt Batch); Append returns only
+// are grouped into shared transactions (group commit, commit.go: an
+// Append arriving while the ledger is idle is committed at once, those
+// arriving during a commit share the next transaction); Append returns only
 // after that transaction is committed and fsync'd, so an entry is durable
 // before the caller hands out the certificate it records. Events with a
 // zero Time get the ledger clock's time. The transaction writes only
@@ -47,14 +49,8 @@ func (l *Ledger) Append(ctx context.Context, events ...Event) ([]uint64, error) 
 			return nil, err
 		}
 	}
-	var first uint64
-	var head treeState
 	start := time.Now()
-	err := l.db.Batch(func(tx *bolt.Tx) error {
-		var err error
-		first, head, err = appendTx(tx, evs)
-		return err
-	})
+	first, err := l.commit.append(ctx, evs)
 	l.metrics.observeAppend(time.Since(start), err)
 	if err != nil {
 		if l.isClosed() {
@@ -62,7 +58,7 @@ func (l *Ledger) Append(ctx context.Context, events ...Event) ([]uint64, error) 
 		}
 		return nil, fmt.Errorf("ledger: append: %w", err)
 	}
-	l.committed(ctx, head, first, evs)
+	l.committed(ctx, first, evs)
 	idx := make([]uint64, len(evs))
 	for i := range idx {
 		idx[i] = first + uint64(i)
@@ -110,9 +106,11 @@ func appendTx(tx *bolt.Tx, evs []Event) (uint64, treeState, error) {
 	return first, treeState{size: r.End(), hashes: r.Hashes()}, nil
 }
 
-// committed publishes a committed append: the new head, revocations,
-// watchers, audit log lines and metrics.
-func (l *Ledger) committed(ctx context.Context, head treeState, first uint64, evs []Event) {
+// publish makes a committed append visible: the new head, revocations,
+// bans and the log-growth signal. The committer calls it in log order,
+// before the append's caller hears of the commit. Options.OnRevoke hears of
+// each durable revocation first (the CA refills the identity's quota).
+func (l *Ledger) publish(head treeState, first uint64, evs []Event) {
 	for i := range evs {
 		if evs[i].Kind == KindRevocation && l.onRevoke != nil {
 			l.onRevoke(evs[i].Node, evs[i].SPIFFEID)
@@ -140,6 +138,11 @@ func (l *Ledger) committed(ctx context.Context, head treeState, first uint64, ev
 	l.appendCh = make(chan struct{})
 	l.mu.Unlock()
 	l.kickIndexer()
+}
+
+// committed writes the audit log lines and metrics of a committed append,
+// in the caller's goroutine (publish has already run).
+func (l *Ledger) committed(ctx context.Context, first uint64, evs []Event) {
 	for i := range evs {
 		l.auditLine(ctx, first+uint64(i), &evs[i])
 	}

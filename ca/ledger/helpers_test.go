@@ -35,7 +35,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 func openTest(t testing.TB, clock *fakeClock) (*Ledger, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "ledger.db")
-	l, err := Open(path, Options{Clock: clock.Now, MaxBatchDelay: time.Millisecond})
+	l, err := Open(path, Options{Clock: clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}

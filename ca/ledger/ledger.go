@@ -11,8 +11,8 @@
 // indexed by serial, SPIFFE ID, node and expiry.
 //
 // Durability: Append returns only after its bbolt transaction is fsync'd;
-// concurrent Appends share one transaction (bbolt Batch). A Ledger is safe
-// for concurrent use.
+// concurrent Appends share one transaction (group commit, commit.go). A
+// Ledger is safe for concurrent use.
 package ledger
 
 import (
@@ -31,9 +31,8 @@ import (
 
 // Defaults applied by Open to zero Options fields.
 const (
-	DefaultOrigin        = "castellan.local/ledger"
-	DefaultRetention     = 30 * 24 * time.Hour
-	DefaultMaxBatchDelay = 2 * time.Millisecond
+	DefaultOrigin    = "castellan.local/ledger"
+	DefaultRetention = 30 * 24 * time.Hour
 )
 
 // Options configures a Ledger.
@@ -57,9 +56,6 @@ type Options struct {
 	// Retention is how long after NotAfter an entry's full content is
 	// kept before Prune may remove it (0 -> 30 days).
 	Retention time.Duration
-	// MaxBatchDelay bounds how long an Append waits to share a transaction
-	// with concurrent Appends (0 -> 2ms).
-	MaxBatchDelay time.Duration
 	// DiskReserve is the free space (bytes) the ledger leaves on its
 	// filesystem: below it Append fails with ErrDiskReserve (0: no reserve).
 	DiskReserve uint64
@@ -93,7 +89,8 @@ type Ledger struct {
 	readOnly  bool
 	onRevoke  func(node, spiffeID string)
 	reserve   *reserve
-	cleanup   func() // removes a salvaged copy (forensic mode)
+	cleanup   func()     // removes a salvaged copy (forensic mode)
+	commit    *committer // writes Appends (commit.go); nil when read-only
 
 	revokeMu sync.Mutex // serializes Revoke
 
@@ -173,6 +170,8 @@ func Open(path string, opts Options) (*Ledger, error) {
 	if l.readOnly {
 		close(l.stopped) // no indexer: the file is not written
 	} else {
+		l.commit = newCommitter(l.db, l.publish)
+		go l.commit.run()
 		go l.runIndexer()
 	}
 	return l, nil
@@ -189,10 +188,6 @@ func (l *Ledger) openDB(path string, opts Options) error {
 	}
 	if err != nil {
 		return err
-	}
-	l.db.MaxBatchDelay = opts.MaxBatchDelay
-	if l.db.MaxBatchDelay == 0 {
-		l.db.MaxBatchDelay = DefaultMaxBatchDelay
 	}
 	if !l.readOnly {
 		err = l.checkExisting(path) // before init writes to the file
@@ -342,7 +337,8 @@ func (l *Ledger) Size() uint64 {
 	return l.head.size
 }
 
-// Close closes the database. Pending Appends finish first.
+// Close closes the database. Appends already queued are committed first;
+// later ones fail with ErrClosed.
 func (l *Ledger) Close() error {
 	l.mu.Lock()
 	if l.closed {
@@ -351,6 +347,9 @@ func (l *Ledger) Close() error {
 	}
 	l.closed = true
 	l.mu.Unlock()
+	if l.commit != nil {
+		l.commit.close()
+	}
 	close(l.stop)
 	<-l.stopped
 	l.mu.Lock()

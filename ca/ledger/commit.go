@@ -1,0 +1,241 @@
+package ledger
+
+import (
+	"context"
+	"slices"
+	"sync"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// maxGroupEvents bounds the events the committer puts into one
+// transaction when it groups queued appends (a single larger append still
+// gets a transaction of its own).
+const maxGroupEvents = 10_000
+
+// committer is the ledger's group commit. Appends are written to bbolt
+// one fsync'd transaction at a time:
+//
+//   - when nothing is being committed, an append is committed at once, in
+//     a transaction of its own, by its caller's goroutine: there is no
+//     timer, no waiting for company and no hand-off;
+//   - appends that arrive while a transaction is being committed queue up,
+//     and the committer goroutine (run) puts all of them into the next
+//     transaction, which starts as soon as the current one is synced.
+//     Under load, one fsync serves many appends.
+//
+// An append's outcome is that of the transaction holding its events: on
+// success it was fsync'd before the caller hears of it; when writing one
+// append's events fails, that append alone is failed and the rest of the
+// group is committed again without it; when the commit itself fails (I/O,
+// fsync), every append of that transaction fails and nothing of it is in
+// the log. A caller that gives up while its append is still queued
+// withdraws it (it is never written); once its append is in a transaction,
+// the caller waits for that transaction, so its answer is always the truth.
+type committer struct {
+	// update runs a read-write transaction and commits it (bolt.DB.Update).
+	update func(func(*bolt.Tx) error) error
+	// write appends one call's events in tx (appendTx).
+	write func(tx *bolt.Tx, evs []Event) (first uint64, head treeState, err error)
+	// publish makes one committed append visible; called by whoever
+	// committed it (run or an idle-path caller), in log order.
+	publish func(head treeState, first uint64, evs []Event)
+
+	mu     sync.Mutex
+	queue  []*pendingAppend // arrived, not yet in a transaction
+	busy   bool             // a transaction is being written or committed
+	closed bool
+	wake   chan struct{} // capacity 1: there may be work
+	done   chan struct{} // closed when run returns
+}
+
+// pendingAppend is one Append call on its way through the committer. Its
+// result fields are written by run before done is closed.
+type pendingAppend struct {
+	evs   []Event
+	taken bool // in a transaction; guarded by committer.mu
+
+	first uint64
+	head  treeState
+	err   error
+	done  chan struct{}
+}
+
+// newCommitter returns a committer writing to db; start it with go run().
+func newCommitter(db *bolt.DB, publish func(treeState, uint64, []Event)) *committer {
+	return &committer{
+		update: db.Update, write: appendTx, publish: publish,
+		wake: make(chan struct{}, 1), done: make(chan struct{}),
+	}
+}
+
+// append commits evs and returns the index of the first, once its
+// transaction is fsync'd. It returns ErrClosed after
+// close, and ctx's error if ctx ends before evs were put in a transaction
+// (then nothing of evs is written).
+func (c *committer) append(ctx context.Context, evs []Event) (uint64, error) {
+	p := &pendingAppend{evs: evs, done: make(chan struct{})}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return 0, ErrClosed
+	}
+	if !c.busy && len(c.queue) == 0 {
+		c.busy, p.taken = true, true
+		c.mu.Unlock()
+		c.commitGroup([]*pendingAppend{p})
+		c.idle()
+		return p.first, p.err
+	}
+	c.queue = append(c.queue, p)
+	c.mu.Unlock()
+	c.signal()
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		if c.withdraw(p) {
+			return 0, ctx.Err()
+		}
+		<-p.done // already being committed: its outcome is the answer
+	}
+	return p.first, p.err
+}
+
+// withdraw removes p from the queue if it is not yet in a transaction.
+func (c *committer) withdraw(p *pendingAppend) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p.taken {
+		return false
+	}
+	if i := slices.Index(c.queue, p); i >= 0 {
+		c.queue = slices.Delete(c.queue, i, i+1)
+	}
+	return true
+}
+
+func (c *committer) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// idle ends a commit and wakes run for the appends queued meanwhile.
+func (c *committer) idle() {
+	c.mu.Lock()
+	c.busy = false
+	c.mu.Unlock()
+	c.signal()
+}
+
+// run commits queued appends until close, then commits what is still
+// queued and returns.
+func (c *committer) run() {
+	defer close(c.done)
+	for {
+		group, ok := c.next()
+		if !ok {
+			return
+		}
+		c.commitGroup(group)
+		c.idle()
+	}
+}
+
+// next waits for queued appends and for the end of the commit under way,
+// then takes them (up to maxGroupEvents events, at least one append) and
+// marks the committer busy. It returns false once closed and drained.
+func (c *committer) next() ([]*pendingAppend, bool) {
+	for {
+		c.mu.Lock()
+		if c.busy {
+			c.mu.Unlock()
+			<-c.wake
+			continue
+		}
+		if len(c.queue) > 0 {
+			c.busy = true
+			n, events := 0, 0
+			for n < len(c.queue) && (n == 0 || events+len(c.queue[n].evs) <= maxGroupEvents) {
+				c.queue[n].taken = true
+				events += len(c.queue[n].evs)
+				n++
+			}
+			group := slices.Clone(c.queue[:n])
+			c.queue = slices.Delete(c.queue, 0, n)
+			c.mu.Unlock()
+			return group, true
+		}
+		closed := c.closed
+		c.mu.Unlock()
+		if closed {
+			return nil, false
+		}
+		<-c.wake
+	}
+}
+
+// commitGroup commits group in one transaction. If writing one append's
+// events fails, that append fails and the others are committed again
+// without it (at most len(group) attempts; a failed attempt is rolled back
+// before anything is synced).
+func (c *committer) commitGroup(group []*pendingAppend) {
+	for len(group) > 0 {
+		bad, err := c.commitTx(group)
+		switch {
+		case err == nil:
+			for _, p := range group {
+				c.publish(p.head, p.first, p.evs)
+			}
+			finish(group, nil)
+			return
+		case bad < 0:
+			finish(group, err)
+			return
+		default:
+			finish(group[bad:bad+1], err)
+			group = slices.Delete(group, bad, bad+1)
+		}
+	}
+}
+
+// commitTx writes group in one transaction and commits it. On failure it
+// returns the position of the append whose events could not be written,
+// or -1 if the transaction itself failed.
+func (c *committer) commitTx(group []*pendingAppend) (int, error) {
+	bad := -1
+	err := c.update(func(tx *bolt.Tx) error {
+		for i, p := range group {
+			first, head, err := c.write(tx, p.evs)
+			if err != nil {
+				bad = i
+				return err
+			}
+			p.first, p.head = first, head
+		}
+		return nil
+	})
+	if err == nil {
+		return -1, nil
+	}
+	return bad, err
+}
+
+// finish hands err (nil: success) to every append of group.
+func finish(group []*pendingAppend, err error) {
+	for _, p := range group {
+		p.err = err
+		close(p.done)
+	}
+}
+
+// close refuses new appends, waits until the queued ones are committed
+// and run has returned.
+func (c *committer) close() {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.signal()
+	<-c.done
+}

@@ -24,6 +24,7 @@ import (
 
 	"github.com/castellan-dev/castellan/agent/attest"
 	"github.com/castellan-dev/castellan/agent/endpoints"
+	"github.com/castellan-dev/castellan/internal/version"
 )
 
 // config is the agent's configuration, read once here and passed down.
@@ -124,7 +125,7 @@ func newLogger(level string, w io.Writer) (*slog.Logger, error) {
 }
 
 func main() {
-	if printVersion(os.Args[1:], os.Stdout) {
+	if version.Print("castellan-agent", os.Args[1:], os.Stdout) {
 		return
 	}
 	cfg, err := loadConfig(os.Args[1:], os.Getenv, os.Stderr)

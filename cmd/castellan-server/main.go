@@ -14,10 +14,12 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/castellan-dev/castellan/internal/version"
 )
 
 func main() {
-	if printVersion(os.Args[1:], os.Stdout) {
+	if version.Print("castellan-server", os.Args[1:], os.Stdout) {
 		return
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

@@ -31,6 +31,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+
+	"github.com/castellan-dev/castellan/internal/version"
 )
 
 const usage = `usage: castellanctl [global flags] <command> [flags]
@@ -68,7 +70,7 @@ type exitCoder interface {
 }
 
 func main() {
-	if printVersion(os.Args[1:], os.Stdout) {
+	if version.Print("castellanctl", os.Args[1:], os.Stdout) {
 		return
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

@@ -15,8 +15,8 @@ import (
 func buildBinaries(ctx context.Context, o options, p platform, specs []spec, dir string) error {
 	ldflags := strings.Join([]string{
 		"-s", "-w", "-buildid=",
-		"-X", "main.version=" + o.version,
-		"-X", "main.commit=" + o.revision,
+		"-X", versionPkg + ".Version=" + o.version,
+		"-X", versionPkg + ".Commit=" + o.revision,
 	}, " ")
 	args := []string{"build", "-trimpath", "-buildvcs=false", "-ldflags=" + ldflags, "-o", dir + string(filepath.Separator)}
 	for _, s := range specs {
@@ -38,3 +38,6 @@ func buildBinaries(ctx context.Context, o options, p platform, specs []spec, dir
 	}
 	return nil
 }
+
+// versionPkg is the package whose Version and Commit the link sets.
+const versionPkg = "github.com/castellan-dev/castellan/internal/version"

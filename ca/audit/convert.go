@@ -1,15 +1,10 @@
 package audit
 
 import (
-	"context"
-	"errors"
-	"fmt"
 	"time"
 
 	auditv1 "github.com/castellan-dev/castellan/api/castellan/audit/v1"
 	"github.com/castellan-dev/castellan/ca/ledger"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -62,32 +57,5 @@ func filterOf(req *auditv1.ListRequest) ledger.Filter {
 	return f
 }
 
-// toStatus maps ledger errors to gRPC status errors.
-func toStatus(err error) error {
-	if err == nil {
-		return nil
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	code := codes.Internal
-	switch {
-	case errors.Is(err, ledger.ErrNotFound):
-		code = codes.NotFound
-	case errors.Is(err, ledger.ErrInvalidArgument), errors.Is(err, ledger.ErrInvalidEvent):
-		code = codes.InvalidArgument
-	case errors.Is(err, ledger.ErrAlreadyRevoked), errors.Is(err, ledger.ErrAlreadyBanned):
-		code = codes.AlreadyExists
-	case errors.Is(err, ledger.ErrClosed), errors.Is(err, ledger.ErrDiskReserve):
-		code = codes.Unavailable
-	case errors.Is(err, ledger.ErrReadOnly):
-		code = codes.FailedPrecondition
-	case errors.Is(err, ledger.ErrDamaged):
-		code = codes.DataLoss
-	case errors.Is(err, context.Canceled):
-		code = codes.Canceled
-	case errors.Is(err, context.DeadlineExceeded):
-		code = codes.DeadlineExceeded
-	}
-	return status.Error(code, fmt.Sprintf("audit: %v", err))
-}
+// toStatus maps ledger errors to gRPC status errors (ledger.Status).
+func toStatus(err error) error { return ledger.Status("audit", err) }

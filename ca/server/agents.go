@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"strings"
 	"time"
 
@@ -104,22 +103,6 @@ func (a *adminService) UnbanAgent(ctx context.Context, req *adminv1.UnbanAgentRe
 	return &adminv1.UnbanAgentResponse{Agent: agentProto(ag), UnbanIndex: e.Index}, nil
 }
 
-// ledgerStatus maps ledger errors of the agent calls to gRPC statuses.
-func ledgerStatus(err error) error {
-	code := codes.Internal
-	switch {
-	case errors.Is(err, ledger.ErrNotFound):
-		code = codes.NotFound
-	case errors.Is(err, ledger.ErrAlreadyBanned):
-		code = codes.AlreadyExists
-	case errors.Is(err, ledger.ErrNotBanned):
-		code = codes.FailedPrecondition
-	case errors.Is(err, ledger.ErrInvalidArgument):
-		code = codes.InvalidArgument
-	case errors.Is(err, ledger.ErrClosed):
-		code = codes.Unavailable
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return status.FromContextError(err).Err()
-	}
-	return status.Error(code, "server: "+err.Error())
-}
+// ledgerStatus maps ledger errors of the agent calls to gRPC statuses
+// (ledger.Status).
+func ledgerStatus(err error) error { return ledger.Status("server", err) }

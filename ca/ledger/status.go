@@ -1,0 +1,46 @@
+package ledger
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Status is the gRPC status error a front end returns for err, a ledger
+// error: the one mapping of ledger errors to codes, shared by the audit and
+// admin APIs. A gRPC status error passes through unchanged; nil stays nil.
+// prefix names the API in the message ("audit", "server").
+func Status(prefix string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	return status.Error(code(err), fmt.Sprintf("%s: %v", prefix, err))
+}
+
+func code(err error) codes.Code {
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return codes.NotFound
+	case errors.Is(err, ErrInvalidArgument), errors.Is(err, ErrInvalidEvent):
+		return codes.InvalidArgument
+	case errors.Is(err, ErrAlreadyRevoked), errors.Is(err, ErrAlreadyBanned):
+		return codes.AlreadyExists
+	case errors.Is(err, ErrNotBanned), errors.Is(err, ErrReadOnly):
+		return codes.FailedPrecondition
+	case errors.Is(err, ErrClosed), errors.Is(err, ErrDiskReserve):
+		return codes.Unavailable
+	case errors.Is(err, ErrDamaged):
+		return codes.DataLoss
+	case errors.Is(err, context.Canceled):
+		return codes.Canceled
+	case errors.Is(err, context.DeadlineExceeded):
+		return codes.DeadlineExceeded
+	}
+	return codes.Internal
+}

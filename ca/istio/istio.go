@@ -46,9 +46,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	pb "istio.io/api/security/v1alpha1"
 	corev1 "k8s.io/api/core/v1"
@@ -252,7 +250,7 @@ func (s *Service) refuse(ctx context.Context, err error) error {
 // authenticate tries the client certificate, then the bearer token, as
 // istiod does.
 func (s *Service) authenticate(ctx context.Context) (caller, error) {
-	leaf := peerLeaf(ctx)
+	leaf := server.PeerCertificate(ctx)
 	token, hasToken := bearerToken(ctx)
 	var certErr error
 	if leaf != nil {
@@ -352,19 +350,6 @@ func (s *Service) impersonate(c caller, imp string) (spiffeid.ID, error) {
 		return deny("no pod of service account %s runs on node %q", want, ti.Node)
 	}
 	return id, nil
-}
-
-// peerLeaf returns the caller's verified client certificate, or nil.
-func peerLeaf(ctx context.Context) *x509.Certificate {
-	p, ok := peer.FromContext(ctx)
-	if !ok || p.AuthInfo == nil {
-		return nil
-	}
-	info, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
-		return nil
-	}
-	return info.State.VerifiedChains[0][0]
 }
 
 // bearerToken returns the token of the first "authorization: Bearer"

@@ -36,17 +36,23 @@ func certTx(tx *bolt.Tx, serial string) (Entry, error) {
 	return Entry{}, fmt.Errorf("%w: no certificate with serial %s in the log", ErrNotFound, serial)
 }
 
+// lineageWalk prepares a walk of serial's lineage: the serial in its one
+// form, max bounded by MaxLineageWalk, and the indexes up to date.
+func (l *Ledger) lineageWalk(ctx context.Context, serial string, max int) (string, int, error) {
+	serial, err := NormalizeSerial(serial)
+	if err != nil {
+		return "", 0, err
+	}
+	return serial, min(max, MaxLineageWalk), l.waitIndexed(ctx)
+}
+
 // Ancestors returns the certificates serial descends from, its parent
 // first, up to max of them (1..MaxLineageWalk), and whether the walk
 // stopped at max before reaching a certificate without a parent. An
 // ancestor missing from the log (pruned) ends the walk.
 func (l *Ledger) Ancestors(ctx context.Context, serial string, max int) ([]Entry, bool, error) {
-	serial, err := NormalizeSerial(serial)
+	serial, max, err := l.lineageWalk(ctx, serial, max)
 	if err != nil {
-		return nil, false, err
-	}
-	max = min(max, MaxLineageWalk)
-	if err := l.waitIndexed(ctx); err != nil {
 		return nil, false, err
 	}
 	var out []Entry
@@ -77,12 +83,8 @@ func (l *Ledger) Ancestors(ctx context.Context, serial string, max int) ([]Entry
 // first (children, then grandchildren, ...), up to max of them
 // (1..MaxLineageWalk), and whether the walk stopped at max.
 func (l *Ledger) Descendants(ctx context.Context, serial string, max int) ([]Entry, bool, error) {
-	serial, err := NormalizeSerial(serial)
+	serial, max, err := l.lineageWalk(ctx, serial, max)
 	if err != nil {
-		return nil, false, err
-	}
-	max = min(max, MaxLineageWalk)
-	if err := l.waitIndexed(ctx); err != nil {
 		return nil, false, err
 	}
 	var out []Entry

@@ -66,8 +66,9 @@ func (s *Server) checkNodeBan(node string) error {
 	return nil
 }
 
-// peerLeaf returns the caller's verified client certificate, or nil.
-func peerLeaf(ctx context.Context) *x509.Certificate {
+// PeerCertificate returns the caller's verified client certificate, or nil
+// when the call came without one (or not over TLS).
+func PeerCertificate(ctx context.Context) *x509.Certificate {
 	p, ok := peer.FromContext(ctx)
 	if !ok || p.AuthInfo == nil {
 		return nil
@@ -84,7 +85,7 @@ func peerLeaf(ctx context.Context) *x509.Certificate {
 // node (PermissionDenied). Calls without a client certificate pass; the
 // handlers decide whether they need one.
 func (s *Server) refusePeer(ctx context.Context) error {
-	leaf := peerLeaf(ctx)
+	leaf := PeerCertificate(ctx)
 	if leaf == nil {
 		return nil
 	}

@@ -93,7 +93,7 @@ func (c *caService) RenewAgent(ctx context.Context, req *cav1.RenewAgentRequest)
 	if err != nil {
 		return nil, err
 	}
-	leaf := peerLeaf(ctx)
+	leaf := PeerCertificate(ctx)
 	if err := s.checkRenewal(ctx, node, leaf); err != nil {
 		s.countResult(err)
 		s.log.WarnContext(ctx, "agent renewal refused", "node", node, "error", err.Error())

@@ -50,6 +50,21 @@ commands:
   certs ...                                 issued certificates (audit)
   ledger ...                                the issuance ledger (audit)
 
+security notes:
+  unix entries      an entry that selects only unix:path/unix:sha256 is an identity any
+                    local user can take by running that binary; select unix:uid or
+                    unix:gid (--allow-any-user opts out, with a warning)
+  join tokens       give the agent its token with --join-token-file or
+                    CASTELLAN_AGENT_JOIN_TOKEN, never on its command line; a second use
+                    of a token is refused and counted as a possible theft
+  stolen agent key  castellanctl agent ban NODE cuts off every certificate of the node,
+                    past and future; certs revoke SERIAL --with-descendants revokes a
+                    renewal lineage
+  quotas            the CA limits issuance per node and per identity (castellan-server
+                    --quota-node-burst, --quota-node-per-hour, --quota-identity-per-ttl)
+                    and stops issuing below --ledger-disk-reserve; refusals are
+                    ResourceExhausted / Unavailable with the reason and when to retry
+
 global flags:
 `
 

@@ -270,7 +270,7 @@ func processFDs(procRoot string, pid int, ino uint64) ([]int, error) {
 
 // readFDInfo returns the flags and inode of descriptor fd of process pid.
 func readFDInfo(procRoot string, pid, fd int) (flags int, ino uint64, err error) {
-	data, err := os.ReadFile(procRoot + "/" + strconv.Itoa(pid) + "/fdinfo/" + strconv.Itoa(fd))
+	data, err := readProc(procRoot + "/" + strconv.Itoa(pid) + "/fdinfo/" + strconv.Itoa(fd))
 	if err != nil {
 		return 0, 0, err
 	}
@@ -308,7 +308,7 @@ func exeID(procRoot string, pid int) ([2]uint64, error) {
 
 // effectiveIDs returns the effective uid and gid of process pid.
 func effectiveIDs(procRoot string, pid int) (uid, gid uint32, err error) {
-	data, err := os.ReadFile(procRoot + "/" + strconv.Itoa(pid) + "/status")
+	data, err := readProc(procRoot + "/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return 0, 0, fmt.Errorf("read status of process %d: %w", pid, err)
 	}

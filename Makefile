@@ -54,7 +54,7 @@ test: build
 		CASTELLAN_SPIRE_AGENT="$$(./integration/spire/tool/build.sh)" CASTELLAN_REQUIRE_SPIRE=1 \
 		CASTELLAN_HELM="$$(./integration/helm/tool/build.sh)" CASTELLAN_REQUIRE_HELM=1 \
 		CASTELLAN_PROMTOOL="$$(./integration/promtool/tool/build.sh)" CASTELLAN_REQUIRE_PROMTOOL=1 \
-		CASTELLAN_REQUIRE_IMAGES=1 \
+		CASTELLAN_REQUIRE_IMAGES=1 CASTELLAN_REQUIRE_ROOT=1 \
 		CASTELLAN_BIN=$(abspath $(BIN)) $(GO) test $(TESTFLAGS) ./...
 
 # unit runs the tests that need no kube-apiserver (they skip themselves).

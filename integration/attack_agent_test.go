@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/castellan-dev/castellan/internal/testroot"
 )
 
 // attackUser is a throwaway local user the attacks run as.
@@ -33,9 +35,7 @@ type attackUser struct {
 // ends. It skips the test unless run as root (CI is).
 func newAttackUser(t *testing.T) attackUser {
 	t.Helper()
-	if os.Getuid() != 0 {
-		t.Skip("needs root to create a throwaway user")
-	}
+	testroot.Require(t, "create a throwaway user")
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	name := "castatk" + hex.EncodeToString(b[:])

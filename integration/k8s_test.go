@@ -41,6 +41,7 @@ import (
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/integration/kubetest"
 	"github.com/castellan-dev/castellan/integration/testbin"
+	"github.com/castellan-dev/castellan/internal/testroot"
 )
 
 const (
@@ -188,9 +189,7 @@ func (r *k8sRig) tokenReviews() int {
 }
 
 func TestK8sAgentIdentitiesAndNodeRestriction(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Skip("placing processes in kubelet-style cgroups needs root")
-	}
+	testroot.Require(t, "place processes in kubelet-style cgroups")
 	r := startK8sRig(t)
 	var b testbin.Builder
 	t.Cleanup(b.Cleanup)

@@ -24,6 +24,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/castellan-dev/castellan/internal/testroot"
 )
 
 // floodEnv makes the test binary a flooder: "SOCKET N" opens N connections
@@ -82,9 +84,7 @@ func flood(arg string) int {
 // a command running it as that uid.
 func asNobody(t *testing.T) *exec.Cmd {
 	t.Helper()
-	if os.Getuid() != 0 {
-		t.Skip("needs root to run a process as another uid")
-	}
+	testroot.Require(t, "run a process as another uid")
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)

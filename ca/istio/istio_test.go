@@ -269,7 +269,7 @@ func TestCreateCertificateKubernetes(t *testing.T) {
 	})
 	t.Run("client certificate renews its identity", func(t *testing.T) {
 		if svid == nil {
-			t.Skip("no SVID from the first subtest")
+			t.Fatal("the first subtest obtained no SVID to renew with")
 		}
 		c := ca.client(t, svid)
 		csr, key := csrPEM(t, reviews)
@@ -306,7 +306,7 @@ func TestCreateCertificateKubernetes(t *testing.T) {
 	})
 	t.Run("client certificate after its pod is gone", func(t *testing.T) {
 		if svid == nil {
-			t.Skip("no SVID from the first subtest")
+			t.Fatal("the first subtest obtained no SVID to renew with")
 		}
 		if err := env.Client().CoreV1().Pods("bookinfo").Delete(ctx, "reviews-v1", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/castellan-dev/castellan/internal/testroot"
 )
 
 const testToken = "cjt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
@@ -79,9 +81,7 @@ func TestJoinTokenFileChecks(t *testing.T) {
 // TestJoinTokenFileOwnedByAnotherUser chowns a 0600 file to another uid
 // (needs root) and checks that the agent's uid is what counts.
 func TestJoinTokenFileOwnedByAnotherUser(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to chown")
-	}
+	testroot.Require(t, "chown a token file to another user")
 	path := writeFile(t, filepath.Join(t.TempDir(), "tok"), testToken, 0o600)
 	if err := os.Chown(path, 65534, 65534); err != nil {
 		t.Fatal(err)

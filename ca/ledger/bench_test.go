@@ -228,7 +228,7 @@ func BenchmarkOpen1M(b *testing.B) {
 	l := big1M.get(b)
 	dir := b.TempDir()
 	path := filepath.Join(dir, "copy.db")
-	if err := l.db.View(func(tx *bolt.Tx) error { return tx.CopyFile(path, 0o600) }); err != nil {
+	if err := l.bolt.View(func(tx *bolt.Tx) error { return tx.CopyFile(path, 0o600) }); err != nil {
 		b.Fatal(err)
 	}
 	key, err := os.ReadFile(filepath.Join(big1M.dir, "l.db.key"))

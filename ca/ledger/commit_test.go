@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/castellan-dev/castellan/ca/store"
 )
 
 // queued returns the number of appends waiting for a transaction.
@@ -41,7 +41,7 @@ type txProbe struct {
 	hold   chan struct{}
 	held   chan struct{} // receives when a transaction is being held
 	failTx int           // 1-based attempt to fail with errInjected (0: none)
-	real   func(func(*bolt.Tx) error) error
+	real   func(func(store.Tx) error) error
 }
 
 var errInjected = errors.New("injected commit failure")
@@ -54,8 +54,8 @@ func probe(l *Ledger) *txProbe {
 }
 
 // countingWrite counts the appends written in the current transaction.
-func (p *txProbe) countingWrite(w func(*bolt.Tx, []Event) (uint64, treeState, error)) func(*bolt.Tx, []Event) (uint64, treeState, error) {
-	return func(tx *bolt.Tx, evs []Event) (uint64, treeState, error) {
+func (p *txProbe) countingWrite(w func(store.Tx, []Event) (uint64, treeState, error)) func(store.Tx, []Event) (uint64, treeState, error) {
+	return func(tx store.Tx, evs []Event) (uint64, treeState, error) {
 		p.mu.Lock()
 		p.groups[len(p.groups)-1]++
 		p.mu.Unlock()
@@ -63,7 +63,7 @@ func (p *txProbe) countingWrite(w func(*bolt.Tx, []Event) (uint64, treeState, er
 	}
 }
 
-func (p *txProbe) update(fn func(*bolt.Tx) error) error {
+func (p *txProbe) update(fn func(store.Tx) error) error {
 	p.mu.Lock()
 	p.groups = append(p.groups, 0)
 	attempt, hold := len(p.groups), p.hold
@@ -246,7 +246,7 @@ func TestBadEventFailsOnlyItsOwnAppendInAGroup(t *testing.T) {
 	badSerial := fmt.Sprintf("%x", 0x1000+7)
 	errBad := errors.New("cannot write this event")
 	write := l.commit.write
-	l.commit.write = func(tx *bolt.Tx, evs []Event) (uint64, treeState, error) {
+	l.commit.write = func(tx store.Tx, evs []Event) (uint64, treeState, error) {
 		if evs[0].Serial == badSerial {
 			// Write part of it first: the retry must not keep any of it.
 			if _, _, err := write(tx, evs); err != nil {

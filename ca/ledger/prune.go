@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/castellan-dev/castellan/ca/store"
 )
 
 // pruneBatch bounds the entries one Prune transaction removes.
@@ -32,7 +32,7 @@ func (l *Ledger) Prune(ctx context.Context) (int, error) {
 		}
 		var n int
 		var pruned []Event
-		err := l.db.Update(func(tx *bolt.Tx) error {
+		err := l.db.Update(ctx, func(tx store.Tx) error {
 			var err error
 			n, pruned, err = pruneTx(tx, cutoff)
 			return err
@@ -53,7 +53,7 @@ func (l *Ledger) Prune(ctx context.Context) (int, error) {
 }
 
 // pruneTx prunes up to pruneBatch entries that expired before cutoff.
-func pruneTx(tx *bolt.Tx, cutoff time.Time) (int, []Event, error) {
+func pruneTx(tx store.Tx, cutoff time.Time) (int, []Event, error) {
 	end := binary.BigEndian.AppendUint64(nil, uint64(cutoff.UnixNano()))
 	var keys [][]byte
 	c := tx.Bucket(bExpiry).Cursor()

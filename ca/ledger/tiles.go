@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/rfc6962"
-	bolt "go.etcd.io/bbolt"
 )
 
 // ErrPruned: a read of raw entries covers an entry whose content was
@@ -29,7 +29,7 @@ func (l *Ledger) NodeHashes(level uint8, from, n uint64) ([][]byte, error) {
 		return nil, fmt.Errorf("%w: %d nodes at level %d (1 to %d at levels 0 to 63)", ErrInvalidArgument, n, level, MaxRangeRead)
 	}
 	out := make([][]byte, 0, n)
-	err := l.db.View(func(tx *bolt.Tx) error {
+	err := l.view(l.ctx, func(tx store.Tx) error {
 		st, err := readTree(tx)
 		if err != nil {
 			return err
@@ -70,7 +70,7 @@ func (l *Ledger) EntryData(from, n uint64) ([][]byte, error) {
 		return nil, fmt.Errorf("%w: %d entries (1 to %d)", ErrInvalidArgument, n, MaxRangeRead)
 	}
 	out := make([][]byte, 0, n)
-	err := l.db.View(func(tx *bolt.Tx) error {
+	err := l.view(l.ctx, func(tx store.Tx) error {
 		st, err := readTree(tx)
 		if err != nil {
 			return err

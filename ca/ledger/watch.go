@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/castellan-dev/castellan/ca/store"
 )
 
 // chunk is how many entries one read transaction of Watch or Export holds,
@@ -49,7 +49,7 @@ func (l *Ledger) readRange(ctx context.Context, from, to uint64) ([]Entry, error
 		return nil, err
 	}
 	out := make([]Entry, 0, to-from)
-	err := l.view(func(tx *bolt.Tx) error {
+	err := l.view(ctx, func(tx store.Tx) error {
 		for i := from; i < to; i++ {
 			e, err := readEntry(tx, i)
 			if err != nil {
@@ -82,7 +82,7 @@ func (l *Ledger) Export(ctx context.Context, from uint64, fn func(Leaf) error) e
 		}
 		to := min(size, from+chunk)
 		leaves := make([]Leaf, 0, to-from)
-		err := l.view(func(tx *bolt.Tx) error {
+		err := l.view(ctx, func(tx store.Tx) error {
 			leaves = appendLeaves(tx, leaves, from, to)
 			return nil
 		})
@@ -100,7 +100,7 @@ func (l *Ledger) Export(ctx context.Context, from uint64, fn func(Leaf) error) e
 }
 
 // appendLeaves appends the stored leaves [from, to) read from tx.
-func appendLeaves(tx *bolt.Tx, out []Leaf, from, to uint64) []Leaf {
+func appendLeaves(tx store.Tx, out []Leaf, from, to uint64) []Leaf {
 	entries := tx.Bucket(bEntries)
 	nodes := tx.Bucket(bNodes)
 	for i := from; i < to; i++ {

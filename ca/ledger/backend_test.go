@@ -16,9 +16,37 @@ import (
 // several Ledgers share it as replicas would share PostgreSQL.
 type backend struct {
 	name string
-	// replicas opens n ledgers on one fresh store (n > 1 only for shared
-	// backends), closed at cleanup.
-	replicas func(t testing.TB, n int, opts Options) []*Ledger
+	// stores returns n handles on one fresh store (n > 1: the handles of
+	// n replicas), closed at cleanup; nil for "bbolt", which is opened
+	// with Open.
+	stores func(t testing.TB, n int) []store.DB
+}
+
+// replicas opens n ledgers on one fresh store, closed at cleanup.
+func (be backend) replicas(t testing.TB, n int, opts Options) []*Ledger {
+	t.Helper()
+	if be.stores == nil {
+		if n != 1 {
+			t.Fatal("a bbolt file opened with Open has one replica")
+		}
+		l, err := Open(filepath.Join(t.TempDir(), "ledger.db"), opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		return []*Ledger{l}
+	}
+	opts = withKeyFile(t, t.TempDir(), opts)
+	out := make([]*Ledger, n)
+	for i, db := range be.stores(t, n) {
+		l, err := New(db, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		out[i] = l
+	}
+	return out
 }
 
 // open opens one ledger on a fresh store of the backend.
@@ -36,8 +64,8 @@ func (be backend) openTest(t testing.TB, clock *fakeClock) *Ledger {
 // backends returns the backends the core tests run on.
 func backends() []backend {
 	return []backend{
-		{name: "bbolt", replicas: boltReplicas},
-		{name: "shared-bbolt", replicas: sharedBoltReplicas},
+		{name: "bbolt"},
+		{name: "shared-bbolt", stores: sharedBoltStores},
 	}
 }
 
@@ -46,7 +74,7 @@ func backends() []backend {
 func sharedBackends() []backend {
 	var out []backend
 	for _, be := range backends() {
-		if be.name != "bbolt" {
+		if be.stores != nil {
 			out = append(out, be)
 		}
 	}
@@ -67,34 +95,26 @@ func forSharedBackends(t *testing.T, fn func(t *testing.T, be backend)) {
 	}
 }
 
-func boltReplicas(t testing.TB, n int, opts Options) []*Ledger {
-	t.Helper()
-	if n != 1 {
-		t.Fatal("a bbolt file opened with Open has one replica")
-	}
-	l, err := Open(filepath.Join(t.TempDir(), "ledger.db"), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	return []*Ledger{l}
-}
-
 // sharedStore is a store that reports itself shared: ledgers on it run
 // the follower and read heads from the store, as on PostgreSQL.
 type sharedStore struct{ store.DB }
 
 func (sharedStore) Shared() bool { return true }
 
-func sharedBoltReplicas(t testing.TB, n int, opts Options) []*Ledger {
+// sharedBoltStores returns n handles on one bbolt store that reports
+// itself shared.
+func sharedBoltStores(t testing.TB, n int) []store.DB {
 	t.Helper()
-	dir := t.TempDir()
-	db, err := boltstore.Open(filepath.Join(dir, "ledger.db"))
+	db, err := boltstore.Open(filepath.Join(t.TempDir(), "ledger.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	return newReplicas(t, sharedStore{db}, n, withKeyFile(t, dir, opts))
+	out := make([]store.DB, n)
+	for i := range out {
+		out[i] = sharedStore{db}
+	}
+	return out
 }
 
 // withKeyFile returns opts with a log key file made in dir, unless opts
@@ -109,20 +129,4 @@ func withKeyFile(t testing.TB, dir string, opts Options) Options {
 		t.Fatal(err)
 	}
 	return opts
-}
-
-// newReplicas opens n ledgers on db (each its own replica), closed at
-// cleanup before db.
-func newReplicas(t testing.TB, db store.DB, n int, opts Options) []*Ledger {
-	t.Helper()
-	out := make([]*Ledger, n)
-	for i := range out {
-		l, err := New(db, opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { l.Close() })
-		out[i] = l
-	}
-	return out
 }

@@ -26,6 +26,12 @@ import (
 // entries in between. pubMu serializes both, and the published head says
 // what was applied, so nothing is applied twice or out of order.
 //
+// Only the committer kicks the indexer: each replica indexes what it
+// appended (and, from the stored index position, whatever precedes it);
+// a query on any replica hurries its own indexer, which indexes whatever
+// is left, so entries of a replica that died before indexing them are
+// never left out.
+//
 // Each entry read from the store extends the published tree by its
 // stored leaf hash; when the new head reaches the stored tree head, the
 // two must be the same tree, or the store's log is not an extension of
@@ -35,6 +41,11 @@ import (
 // followInterval is how often a replica on a shared store looks for the
 // other replicas' appends when no change signal arrived.
 const followInterval = time.Second
+
+// followDelay is how long the follower lets changes accumulate after a
+// change signal before it reads them: under load one read then serves
+// many commits (its own included, which the signal also reports).
+const followDelay = 20 * time.Millisecond
 
 // errNotExtension: the stored log does not extend the published one.
 var errNotExtension = errors.New("ledger: the stored log is not an extension of the log this replica published; it was rewritten or rolled back (run castellanctl ledger verify against a saved checkpoint)")
@@ -58,6 +69,7 @@ func (l *Ledger) publish(head treeState, first uint64, evs []Event) {
 		return // a gap still unread (the follower will publish), or already published
 	}
 	l.apply(head, cur, evs[cur-first:])
+	l.kickIndexer()
 }
 
 // apply updates the in-memory state with committed events (evs[0] at
@@ -90,7 +102,6 @@ func (l *Ledger) apply(head treeState, first uint64, evs []Event) {
 	close(l.appendCh)
 	l.appendCh = make(chan struct{})
 	l.mu.Unlock()
-	l.kickIndexer()
 }
 
 // foldLocked applies the committed event ev at idx to the revocations
@@ -135,8 +146,23 @@ func (l *Ledger) runFollower() {
 		case <-l.stop:
 			return
 		case <-changed:
+			if !l.pause(followDelay) {
+				return
+			}
 		case <-t.C:
 		}
+	}
+}
+
+// pause waits d, or until Close (then false).
+func (l *Ledger) pause(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-l.stop:
+		return false
+	case <-t.C:
+		return true
 	}
 }
 

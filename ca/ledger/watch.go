@@ -71,11 +71,15 @@ type Leaf struct {
 }
 
 // Export calls fn for every stored leaf [from, size) in order, where size
-// is the log size when Export starts. It reads raw bytes without decoding,
+// is the stored log size when Export starts (on a shared store, with every
+// replica's appends). It reads raw bytes without decoding,
 // so a damaged entry is passed on for the auditor to detect. A missing
 // entry is passed with nil Data and nil Hash.
 func (l *Ledger) Export(ctx context.Context, from uint64, fn func(Leaf) error) error {
-	size := l.Size()
+	size, err := l.storedSize(ctx)
+	if err != nil {
+		return fmt.Errorf("ledger: export: %w", err)
+	}
 	for from < size {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -120,3 +124,18 @@ func appendLeaves(tx store.Tx, out []Leaf, from, to uint64) []Leaf {
 }
 
 func isPruned(v []byte) bool { return len(v) == 1 && v[0] == prunedMarker[0] }
+
+// storedSize returns the log size as stored: the published head on a
+// store of its own, read from the store when it is shared.
+func (l *Ledger) storedSize(ctx context.Context) (uint64, error) {
+	if !l.shared {
+		return l.Size(), nil
+	}
+	var st treeState
+	err := l.view(ctx, func(tx store.Tx) error {
+		var err error
+		st, err = readTree(tx)
+		return err
+	})
+	return st.size, err
+}

@@ -231,15 +231,19 @@ func (f *followed) read(tx store.Tx, from, to uint64) error {
 	if cp := tx.Bucket(bMeta).Get(kCheckpoint); cp != nil {
 		f.cp = append([]byte(nil), cp...)
 	}
-	entries, nodes := tx.Bucket(bEntries), tx.Bucket(bNodes)
-	for i := from; i < min(to, st.size, from+chunk); i++ {
-		lh := storedLeafHash(nodes.Get(u64(i)))
+	end := min(to, st.size, from+chunk)
+	if from >= end {
+		return nil
+	}
+	entries, nodes := newSeqReader(tx.Bucket(bEntries), from), newSeqReader(tx.Bucket(bNodes), from)
+	for i := from; i < end; i++ {
+		lh := storedLeafHash(nodes.get(i))
 		if lh == nil {
 			return fmt.Errorf("%w: the leaf hash of entry %d is missing", ErrDamaged, i)
 		}
 		f.leafs = append(f.leafs, append([]byte(nil), lh...))
 		var ev Event // a pruned or undecodable entry changes nothing
-		if v := entries.Get(u64(i)); v != nil && !isPruned(v) {
+		if v := entries.get(i); v != nil && !isPruned(v) {
 			if e, err := DecodeEntry(v); err == nil && e.Index == i {
 				ev = e.Event
 				ev.CertDER = nil

@@ -67,9 +67,12 @@ func (l *Ledger) loadState(tx store.Tx) error {
 	if err := l.load(tx); err != nil {
 		return err
 	}
-	entries := tx.Bucket(bEntries)
+	if l.indexed >= l.head.size {
+		return nil
+	}
+	entries := newSeqReader(tx.Bucket(bEntries), l.indexed)
 	for i := l.indexed; i < l.head.size; i++ {
-		v := entries.Get(u64(i))
+		v := entries.get(i)
 		if v == nil || isPruned(v) {
 			continue
 		}
@@ -189,9 +192,12 @@ func (l *Ledger) indexStep() (int, error) {
 
 // prepareIndex collects the index entries of entries [from, to).
 func (l *Ledger) prepareIndex(tx store.Tx, batch *indexBatch, from, to uint64) error {
-	entries := tx.Bucket(bEntries)
+	if from >= to {
+		return nil
+	}
+	entries := newSeqReader(tx.Bucket(bEntries), from)
 	for i := from; i < to; i++ {
-		v := entries.Get(u64(i))
+		v := entries.get(i)
 		if v == nil || isPruned(v) {
 			continue // reported by verify; nothing to index
 		}

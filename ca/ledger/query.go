@@ -96,7 +96,12 @@ func (l *Ledger) Get(ctx context.Context, serial string) (Entry, error) {
 
 // readEntry reads and decodes entry idx with its leaf hash and revocation.
 func readEntry(tx store.Tx, idx uint64) (Entry, error) {
-	v := tx.Bucket(bEntries).Get(u64(idx))
+	return entryAt(tx, idx, tx.Bucket(bEntries).Get(u64(idx)), tx.Bucket(bNodes).Get(u64(idx)))
+}
+
+// entryAt decodes entry idx from its stored value v and nodes record rec
+// (the caller read them), with its revocation.
+func entryAt(tx store.Tx, idx uint64, v, rec []byte) (Entry, error) {
 	if v == nil {
 		st, err := readTree(tx)
 		if err == nil && idx < st.size {
@@ -104,9 +109,9 @@ func readEntry(tx store.Tx, idx uint64) (Entry, error) {
 		}
 		return Entry{}, fmt.Errorf("%w: no entry %d", ErrNotFound, idx)
 	}
-	lh, err := leafHash(tx, idx)
-	if err != nil {
-		return Entry{}, err
+	lh := storedLeafHash(rec)
+	if lh == nil {
+		return Entry{}, fmt.Errorf("ledger: tree node (level 0, index %d) is missing or damaged", idx)
 	}
 	if bytes.Equal(v, prunedMarker) {
 		return Entry{Index: idx, LeafHash: append([]byte(nil), lh...), Pruned: true}, nil

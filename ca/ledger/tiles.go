@@ -78,9 +78,9 @@ func (l *Ledger) EntryData(from, n uint64) ([][]byte, error) {
 		if !nodesComplete(0, from, n, st.size) {
 			return fmt.Errorf("%w: entries %d to %d are not all in a log of size %d", ErrNotFound, from, from+n-1, st.size)
 		}
-		entries, nodes := tx.Bucket(bEntries), tx.Bucket(bNodes)
+		entries, nodes := newSeqReader(tx.Bucket(bEntries), from), newSeqReader(tx.Bucket(bNodes), from)
 		for i := from; i < from+n; i++ {
-			data, err := checkedEntry(entries.Get(u64(i)), storedLeafHash(nodes.Get(u64(i))), i)
+			data, err := checkedEntry(entries.get(i), storedLeafHash(nodes.get(i)), i)
 			if err != nil {
 				return err
 			}

@@ -106,6 +106,33 @@ func (w *nodeWriter) flush() error {
 	return w.nodes.Put(u64(w.leaf), append([]byte(nil), w.buf...))
 }
 
+// seqReader reads the values of increasing index keys (u64) of a bucket
+// with one cursor, so that a range costs a few page reads instead of one
+// lookup per key (on PostgreSQL, one round trip each).
+type seqReader struct {
+	c    store.Cursor
+	k, v []byte
+}
+
+// newSeqReader returns a reader positioned at index from.
+func newSeqReader(b store.Bucket, from uint64) *seqReader {
+	c := b.Cursor()
+	k, v := c.Seek(u64(from))
+	return &seqReader{c: c, k: k, v: v}
+}
+
+// get returns the value at index i (nil if absent); i must not decrease
+// from one call to the next.
+func (r *seqReader) get(i uint64) []byte {
+	for r.k != nil && (len(r.k) != 8 || indexOf(r.k) < i) {
+		r.k, r.v = r.c.Next()
+	}
+	if r.k != nil && indexOf(r.k) == i {
+		return r.v
+	}
+	return nil
+}
+
 // nodeHash reads a stored subtree hash.
 func nodeHash(tx store.Tx, id compact.NodeID) ([]byte, error) {
 	rec := tx.Bucket(bNodes).Get(u64((id.Index+1)<<id.Level - 1))
@@ -113,11 +140,6 @@ func nodeHash(tx store.Tx, id compact.NodeID) ([]byte, error) {
 		return nil, fmt.Errorf("ledger: tree node (level %d, index %d) is missing or damaged", id.Level, id.Index)
 	}
 	return rec[id.Level*hashSize : (id.Level+1)*hashSize], nil
-}
-
-// leafHash reads the stored leaf hash of entry i.
-func leafHash(tx store.Tx, i uint64) ([]byte, error) {
-	return nodeHash(tx, compact.NewNodeID(0, i))
 }
 
 // storedLeafHash returns the leaf hash in a nodes record (nil if damaged).

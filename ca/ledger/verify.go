@@ -251,7 +251,7 @@ func VerifyFile(path, vkey string, extra ...[]byte) (Report, error) {
 func verifyTx(tx store.Tx, cps []*log.Checkpoint) Report {
 	v := NewTreeVerifier(cps...)
 	c := tx.Bucket(bEntries).Cursor()
-	nodes := tx.Bucket(bNodes)
+	nodes := newSeqReader(tx.Bucket(bNodes), 0)
 	for k, val := c.First(); k != nil; k, val = c.Next() {
 		if len(k) != 8 {
 			continue
@@ -260,7 +260,7 @@ func verifyTx(tx store.Tx, cps []*log.Checkpoint) Report {
 		if !isPruned(val) {
 			lf.Data = val
 		}
-		lf.Hash = storedLeafHash(nodes.Get(k))
+		lf.Hash = storedLeafHash(nodes.get(lf.Index))
 		v.Add(lf)
 	}
 	return v.Finish()

@@ -50,8 +50,9 @@ func (l *Ledger) readRange(ctx context.Context, from, to uint64) ([]Entry, error
 	}
 	out := make([]Entry, 0, to-from)
 	err := l.view(ctx, func(tx store.Tx) error {
+		entries, nodes := newSeqReader(tx.Bucket(bEntries), from), newSeqReader(tx.Bucket(bNodes), from)
 		for i := from; i < to; i++ {
-			e, err := readEntry(tx, i)
+			e, err := entryAt(tx, i, entries.get(i), nodes.get(i))
 			if err != nil {
 				return err
 			}
@@ -105,17 +106,20 @@ func (l *Ledger) Export(ctx context.Context, from uint64, fn func(Leaf) error) e
 
 // appendLeaves appends the stored leaves [from, to) read from tx.
 func appendLeaves(tx store.Tx, out []Leaf, from, to uint64) []Leaf {
-	entries := tx.Bucket(bEntries)
-	nodes := tx.Bucket(bNodes)
+	if from >= to {
+		return out
+	}
+	entries, nodes := newSeqReader(tx.Bucket(bEntries), from), newSeqReader(tx.Bucket(bNodes), from)
 	for i := from; i < to; i++ {
 		lf := Leaf{Index: i}
-		if v := entries.Get(u64(i)); v != nil && !isPruned(v) {
+		v := entries.get(i)
+		if v != nil && !isPruned(v) {
 			lf.Data = append([]byte(nil), v...)
 		}
-		if h := storedLeafHash(nodes.Get(u64(i))); h != nil {
+		if h := storedLeafHash(nodes.get(i)); h != nil {
 			lf.Hash = append([]byte(nil), h...)
 		}
-		if lf.Data == nil && entries.Get(u64(i)) == nil {
+		if v == nil {
 			lf.Hash = nil // missing, not pruned
 		}
 		out = append(out, lf)

@@ -82,7 +82,7 @@ func appendTx(tx store.Tx, evs []Event) (uint64, treeState, error) {
 	if err != nil {
 		return 0, treeState{}, err
 	}
-	entries := tx.Bucket(bEntries)
+	entries := bucket(tx, bEntries)
 	store.MarkSequential(entries)
 	nw := newNodeWriter(tx)
 	first := r.End()

@@ -29,7 +29,7 @@ func (l *Ledger) Checkpoint(ctx context.Context) ([]byte, error) {
 	err := l.view(ctx, func(tx store.Tx) error {
 		var err error
 		head, err = readTree(tx)
-		stored = bytes.Clone(tx.Bucket(bMeta).Get(kCheckpoint))
+		stored = bytes.Clone(bucket(tx, bMeta).Get(kCheckpoint))
 		return err
 	})
 	if err != nil {
@@ -84,7 +84,7 @@ func (l *Ledger) sign(head treeState) ([]byte, error) {
 func (l *Ledger) storeCheckpoint(ctx context.Context, signed []byte, size uint64) ([]byte, error) {
 	out := signed
 	err := l.db.Update(ctx, func(tx store.Tx) error {
-		meta := tx.Bucket(bMeta)
+		meta := bucket(tx, bMeta)
 		if old := meta.Get(kCheckpoint); old != nil && checkpointSize(old) >= size {
 			out = bytes.Clone(old)
 			return nil

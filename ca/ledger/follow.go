@@ -228,14 +228,14 @@ func (f *followed) read(tx store.Tx, from, to uint64) error {
 		return err
 	}
 	f.stored, f.indexed = st, indexedOf(tx)
-	if cp := tx.Bucket(bMeta).Get(kCheckpoint); cp != nil {
+	if cp := bucket(tx, bMeta).Get(kCheckpoint); cp != nil {
 		f.cp = append([]byte(nil), cp...)
 	}
 	end := min(to, st.size, from+chunk)
 	if from >= end {
 		return nil
 	}
-	entries, nodes := newSeqReader(tx.Bucket(bEntries), from), newSeqReader(tx.Bucket(bNodes), from)
+	entries, nodes := newSeqReader(bucket(tx, bEntries), from), newSeqReader(bucket(tx, bNodes), from)
 	for i := from; i < end; i++ {
 		lh := storedLeafHash(nodes.get(i))
 		if lh == nil {

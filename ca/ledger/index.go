@@ -24,8 +24,8 @@ type indexWriter struct {
 
 func newIndexWriter(tx store.Tx) *indexWriter {
 	return &indexWriter{
-		serial: tx.Bucket(bSerial), spiffe: tx.Bucket(bSPIFFE), node: tx.Bucket(bNode),
-		expiry: tx.Bucket(bExpiry), revoked: tx.Bucket(bRevoked), parent: tx.Bucket(bParent),
+		serial: bucket(tx, bSerial), spiffe: bucket(tx, bSPIFFE), node: bucket(tx, bNode),
+		expiry: bucket(tx, bExpiry), revoked: bucket(tx, bRevoked), parent: tx.Bucket(bParent),
 	}
 }
 
@@ -144,7 +144,7 @@ func (w *indexWriter) remove(idx uint64, ev *Event) error {
 func lookupSerial(tx store.Tx, serial string) []uint64 {
 	var out []uint64
 	prefix := append([]byte(serial), 0)
-	c := tx.Bucket(bSerial).Cursor()
+	c := bucket(tx, bSerial).Cursor()
 	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8; k, _ = c.Next() {
 		out = append(out, indexOf(k))
 	}
@@ -161,7 +161,7 @@ type revokedCert struct {
 
 func (l *Ledger) loadRevoked(tx store.Tx) error {
 	l.revoked = map[string]revokedCert{}
-	if err := tx.Bucket(bRevoked).ForEach(func(k, v []byte) error {
+	if err := bucket(tx, bRevoked).ForEach(func(k, v []byte) error {
 		var r revokedCert
 		if err := json.Unmarshal(v, &r); err != nil {
 			return fmt.Errorf("ledger: revocation of %s is damaged: %w", k, err)

@@ -28,7 +28,7 @@ const indexDelay = 50 * time.Millisecond
 // from there.
 
 func indexedOf(tx store.Tx) uint64 {
-	if v := tx.Bucket(bMeta).Get(kIndexed); len(v) == 8 {
+	if v := bucket(tx, bMeta).Get(kIndexed); len(v) == 8 {
 		return binary.BigEndian.Uint64(v)
 	}
 	return 0
@@ -70,7 +70,7 @@ func (l *Ledger) loadState(tx store.Tx) error {
 	if l.indexed >= l.head.size {
 		return nil
 	}
-	entries := newSeqReader(tx.Bucket(bEntries), l.indexed)
+	entries := newSeqReader(bucket(tx, bEntries), l.indexed)
 	for i := l.indexed; i < l.head.size; i++ {
 		v := entries.get(i)
 		if v == nil || isPruned(v) {
@@ -178,7 +178,7 @@ func (l *Ledger) indexStep() (int, error) {
 		if err := batch.apply(tx); err != nil {
 			return err
 		}
-		return tx.Bucket(bMeta).Put(kIndexed, u64(to))
+		return bucket(tx, bMeta).Put(kIndexed, u64(to))
 	})
 	if errors.Is(err, errIndexMoved) {
 		return 0, err
@@ -195,7 +195,7 @@ func (l *Ledger) prepareIndex(tx store.Tx, batch *indexBatch, from, to uint64) e
 	if from >= to {
 		return nil
 	}
-	entries := newSeqReader(tx.Bucket(bEntries), from)
+	entries := newSeqReader(bucket(tx, bEntries), from)
 	for i := from; i < to; i++ {
 		v := entries.get(i)
 		if v == nil || isPruned(v) {

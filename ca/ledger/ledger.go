@@ -321,7 +321,7 @@ func (l *Ledger) init() error {
 				return fmt.Errorf("ledger: create bucket %s: %w", name, err)
 			}
 		}
-		meta := tx.Bucket(bMeta)
+		meta := bucket(tx, bMeta)
 		for _, kv := range []struct{ k, v []byte }{{kOrigin, []byte(l.origin)}, {kVerifierKey, []byte(l.vkey)}} {
 			if meta.Get(kv.k) != nil {
 				continue

@@ -55,12 +55,12 @@ func (l *Ledger) Prune(ctx context.Context) (int, error) {
 func pruneTx(tx store.Tx, cutoff time.Time) (int, error) {
 	end := binary.BigEndian.AppendUint64(nil, uint64(cutoff.UnixNano()))
 	var keys [][]byte
-	c := tx.Bucket(bExpiry).Cursor()
+	c := bucket(tx, bExpiry).Cursor()
 	for k, _ := c.First(); k != nil && bytes.Compare(k[:8], end) < 0 && len(keys) < pruneBatch; k, _ = c.Next() {
 		keys = append(keys, append([]byte(nil), k...))
 	}
 	ix := newIndexWriter(tx)
-	entries := tx.Bucket(bEntries)
+	entries := bucket(tx, bEntries)
 	for _, k := range keys {
 		idx := indexOf(k)
 		e, err := readEntry(tx, idx)
@@ -70,7 +70,7 @@ func pruneTx(tx store.Tx, cutoff time.Time) (int, error) {
 		if err := ix.remove(idx, &e.Event); err != nil {
 			return 0, err
 		}
-		if err := tx.Bucket(bExpiry).Delete(k); err != nil {
+		if err := bucket(tx, bExpiry).Delete(k); err != nil {
 			return 0, err
 		}
 		if err := entries.Put(u64(idx), prunedMarker); err != nil {

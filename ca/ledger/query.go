@@ -96,7 +96,7 @@ func (l *Ledger) Get(ctx context.Context, serial string) (Entry, error) {
 
 // readEntry reads and decodes entry idx with its leaf hash and revocation.
 func readEntry(tx store.Tx, idx uint64) (Entry, error) {
-	return entryAt(tx, idx, tx.Bucket(bEntries).Get(u64(idx)), tx.Bucket(bNodes).Get(u64(idx)))
+	return entryAt(tx, idx, bucket(tx, bEntries).Get(u64(idx)), bucket(tx, bNodes).Get(u64(idx)))
 }
 
 // entryAt decodes entry idx from its stored value v and nodes record rec
@@ -133,7 +133,7 @@ func revocationOf(tx store.Tx, e *Entry) *Revocation {
 	if !e.Kind.IsCertificate() {
 		return nil
 	}
-	rv := tx.Bucket(bRevoked).Get([]byte(e.Serial))
+	rv := bucket(tx, bRevoked).Get([]byte(e.Serial))
 	if rv == nil {
 		return nil
 	}
@@ -170,7 +170,7 @@ func (l *Ledger) List(ctx context.Context, f Filter, pageSize int, pageToken str
 	var out []Entry
 	var next string
 	err = l.view(ctx, func(tx store.Tx) error {
-		c := tx.Bucket(sc.bucket).Cursor()
+		c := bucket(tx, sc.bucket).Cursor()
 		k, v := c.First()
 		if sc.prefix != nil {
 			k, v = c.Seek(sc.prefix)

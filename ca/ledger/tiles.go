@@ -78,7 +78,7 @@ func (l *Ledger) EntryData(from, n uint64) ([][]byte, error) {
 		if !nodesComplete(0, from, n, st.size) {
 			return fmt.Errorf("%w: entries %d to %d are not all in a log of size %d", ErrNotFound, from, from+n-1, st.size)
 		}
-		entries, nodes := newSeqReader(tx.Bucket(bEntries), from), newSeqReader(tx.Bucket(bNodes), from)
+		entries, nodes := newSeqReader(bucket(tx, bEntries), from), newSeqReader(bucket(tx, bNodes), from)
 		for i := from; i < from+n; i++ {
 			data, err := checkedEntry(entries.get(i), storedLeafHash(nodes.get(i)), i)
 			if err != nil {

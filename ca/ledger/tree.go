@@ -45,7 +45,7 @@ func (s treeState) root() ([]byte, error) {
 }
 
 func readTree(tx store.Tx) (treeState, error) {
-	v := tx.Bucket(bMeta).Get(kTree)
+	v := bucket(tx, bMeta).Get(kTree)
 	if v == nil {
 		return treeState{}, nil
 	}
@@ -68,7 +68,7 @@ func writeTree(tx store.Tx, r *compact.Range) error {
 	for _, h := range r.Hashes() {
 		v = append(v, h...)
 	}
-	return tx.Bucket(bMeta).Put(kTree, v)
+	return bucket(tx, bMeta).Put(kTree, v)
 }
 
 func u64(i uint64) []byte {
@@ -89,7 +89,7 @@ type nodeWriter struct {
 }
 
 func newNodeWriter(tx store.Tx) *nodeWriter {
-	b := tx.Bucket(bNodes)
+	b := bucket(tx, bNodes)
 	store.MarkSequential(b)
 	return &nodeWriter{nodes: b}
 }
@@ -135,7 +135,7 @@ func (r *seqReader) get(i uint64) []byte {
 
 // nodeHash reads a stored subtree hash.
 func nodeHash(tx store.Tx, id compact.NodeID) ([]byte, error) {
-	rec := tx.Bucket(bNodes).Get(u64((id.Index+1)<<id.Level - 1))
+	rec := bucket(tx, bNodes).Get(u64((id.Index+1)<<id.Level - 1))
 	if len(rec) < int(id.Level+1)*hashSize {
 		return nil, fmt.Errorf("ledger: tree node (level %d, index %d) is missing or damaged", id.Level, id.Index)
 	}
@@ -213,3 +213,35 @@ func (l *Ledger) proof(n proof.Nodes, size uint64, tooBig func(logSize uint64) e
 	})
 	return out, err
 }
+
+// bucket returns the named bucket of tx or, when tx has none, an empty
+// bucket that refuses writes. A ledger's buckets exist once it is
+// created, so a missing one means the store failed a read (the
+// transaction then fails with store.ErrUnavailable, whatever is read
+// here) or a damaged file.
+func bucket(tx store.Tx, name []byte) store.Bucket {
+	if b := tx.Bucket(name); b != nil {
+		return b
+	}
+	return missingBucket(name)
+}
+
+// missingBucket stands for a bucket the store did not return.
+type missingBucket string
+
+func (missingBucket) Get([]byte) []byte                     { return nil }
+func (m missingBucket) Put(_, _ []byte) error               { return m.err() }
+func (m missingBucket) Delete([]byte) error                 { return m.err() }
+func (missingBucket) Cursor() store.Cursor                  { return noCursor{} }
+func (missingBucket) ForEach(func(k, v []byte) error) error { return nil }
+
+func (m missingBucket) err() error {
+	return fmt.Errorf("%w: bucket %s cannot be read", ErrDamaged, string(m))
+}
+
+// noCursor walks an empty bucket.
+type noCursor struct{}
+
+func (noCursor) First() (k, v []byte)      { return nil, nil }
+func (noCursor) Seek([]byte) (k, v []byte) { return nil, nil }
+func (noCursor) Next() (k, v []byte)       { return nil, nil }

@@ -250,8 +250,8 @@ func VerifyFile(path, vkey string, extra ...[]byte) (Report, error) {
 // it against cps.
 func verifyTx(tx store.Tx, cps []*log.Checkpoint) Report {
 	v := NewTreeVerifier(cps...)
-	c := tx.Bucket(bEntries).Cursor()
-	nodes := newSeqReader(tx.Bucket(bNodes), 0)
+	c := bucket(tx, bEntries).Cursor()
+	nodes := newSeqReader(bucket(tx, bNodes), 0)
 	for k, val := c.First(); k != nil; k, val = c.Next() {
 		if len(k) != 8 {
 			continue

@@ -50,7 +50,7 @@ func (l *Ledger) readRange(ctx context.Context, from, to uint64) ([]Entry, error
 	}
 	out := make([]Entry, 0, to-from)
 	err := l.view(ctx, func(tx store.Tx) error {
-		entries, nodes := newSeqReader(tx.Bucket(bEntries), from), newSeqReader(tx.Bucket(bNodes), from)
+		entries, nodes := newSeqReader(bucket(tx, bEntries), from), newSeqReader(bucket(tx, bNodes), from)
 		for i := from; i < to; i++ {
 			e, err := entryAt(tx, i, entries.get(i), nodes.get(i))
 			if err != nil {
@@ -109,7 +109,7 @@ func appendLeaves(tx store.Tx, out []Leaf, from, to uint64) []Leaf {
 	if from >= to {
 		return out
 	}
-	entries, nodes := newSeqReader(tx.Bucket(bEntries), from), newSeqReader(tx.Bucket(bNodes), from)
+	entries, nodes := newSeqReader(bucket(tx, bEntries), from), newSeqReader(bucket(tx, bNodes), from)
 	for i := from; i < to; i++ {
 		lf := Leaf{Index: i}
 		v := entries.get(i)

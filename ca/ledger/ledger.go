@@ -164,6 +164,15 @@ var (
 	kVerifierKey = []byte("verifier_key")
 )
 
+// Buckets returns the names of the buckets a ledger keeps, in the order a
+// copy to another store (store.Copy: castellanctl's migration from bbolt
+// to PostgreSQL) must write them: meta, which marks a store as holding a
+// ledger, last. A copy keeps every leaf hash, so proofs from checkpoints
+// saved before the copy still verify; open it with the same log key.
+func Buckets() [][]byte {
+	return [][]byte{bEntries, bNodes, bSerial, bSPIFFE, bNode, bExpiry, bRevoked, bAgents, bParent, bMeta}
+}
+
 // Open opens (creating if needed) the ledger at path, a bbolt file with
 // mode 0600. It checks the file's integrity before using it: every page's
 // structure (a damaged page is ErrDamaged naming the file and the page,

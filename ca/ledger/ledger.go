@@ -375,7 +375,9 @@ func (l *Ledger) Origin() string { return l.origin }
 // VerifierKey returns the note verifier key for the log's checkpoints.
 func (l *Ledger) VerifierKey() string { return l.vkey }
 
-// Size returns the number of entries in the log.
+// Size returns the number of entries in the log as published by this
+// ledger: on a shared store, other replicas' latest appends count once the
+// follower has applied them (within a second).
 func (l *Ledger) Size() uint64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()

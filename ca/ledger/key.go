@@ -107,6 +107,9 @@ func (l *Ledger) readKeyFile(file string, create bool) error {
 	if l.signer, err = note.NewSigner(skey); err != nil {
 		return fmt.Errorf("ledger: log key %s: %w", file, err)
 	}
+	if !create && l.signer.Name() != l.origin {
+		return fmt.Errorf("ledger: log key %s is named %q, not after the log's origin %q (auditors check checkpoints against it); generate the key for that origin", file, l.signer.Name(), l.origin)
+	}
 	if l.vkey, err = verifierKeyOf(skey); err != nil {
 		return fmt.Errorf("ledger: log key %s: %w", file, err)
 	}

@@ -72,6 +72,13 @@ func TestNewNeverGeneratesALogKey(t *testing.T) {
 	if _, err := os.Stat(missing); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("New created the missing key file: %v", err)
 	}
+	named := filepath.Join(t.TempDir(), "named.key")
+	if _, err := GenerateKeyFile(named, "other.example/log"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(db, Options{KeyFile: named}); err == nil || !strings.Contains(err.Error(), "other.example/log") {
+		t.Fatalf("New with a key named after another origin: %v", err)
+	}
 	if _, err := New(db, Options{KeyFile: "x", ReadOnly: true}); err == nil {
 		t.Fatal("New accepted forensic read-only mode, which is for bbolt files")
 	}

@@ -1,6 +1,8 @@
 # Castellan — see README.md. The two commands a new user types:
 #   make demo   Bookinfo over mutual TLS with identities Castellan issues and rotates
 #   make test   every test, including the real-binary and real-kube-apiserver ones
+#               (and the PostgreSQL store's, on servers of their own: as root,
+#               internal/pgtest installs Debian's postgresql package if missing)
 
 GO        ?= go
 BIN       ?= bin

@@ -94,8 +94,8 @@ func (d *DB) run(ctx context.Context, writable bool, fn func(store.Tx) error) er
 		}
 		return ferr
 	}
-	if err := tx.commit(ctx, version+1); err != nil {
-		return d.commitError(err)
+	if atCommit, err := tx.commit(ctx, version+1); err != nil {
+		return d.commitError(err, atCommit)
 	}
 	for name := range tx.created {
 		d.ks.sawBucket(name, version+1)
@@ -149,13 +149,15 @@ func (d *DB) unavailable(err error) error {
 	return d.c.errorf("keyspace "+d.ks.name, err)
 }
 
-// commitError classifies a failed flush-and-commit: an error the server
-// reported, or one raised before anything was sent, means nothing was
-// committed; a connection lost after sending means the outcome is
-// unknown.
-func (d *DB) commitError(err error) error {
+// commitError classifies a failed flush-and-commit. Nothing was
+// committed when the server refused a statement before the COMMIT (the
+// transaction aborted and the COMMIT was skipped), refused the COMMIT
+// itself with an ERROR, or when nothing was sent. Otherwise the outcome is
+// unknown: the connection was lost after sending, or the session ended
+// (FATAL) while committing, possibly after the commit was durable.
+func (d *DB) commitError(err error, atCommit bool) error {
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) || pgconn.SafeToRetry(err) {
+	if errors.As(err, &pgErr) && (!atCommit || pgErr.Severity == "ERROR") || pgconn.SafeToRetry(err) {
 		return d.unavailable(err)
 	}
 	return fmt.Errorf("pgstore: keyspace %s: commit on %s: %w: %w", d.ks.name, d.c.target, store.ErrCommitUnknown, d.c.redact(err))

@@ -201,3 +201,37 @@ func TestCloseLeavesNoGoroutineAndRefusesWork(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A replica frozen inside an Update (its fn stalls, as a stopped process
+// or a partition would) loses its session after the idle-in-transaction
+// timeout: the other replicas' writes proceed, and the frozen Update
+// fails without writing.
+func TestFrozenReplicaDoesNotHoldTheKeyspace(t *testing.T) {
+	dsn := shared.NewDatabase(t)
+	frozen := keyspaceDB(t, connect(t, dsn, Options{IdleInTransactionTimeout: 300 * time.Millisecond}), "ledger")
+	other := keyspaceDB(t, connect(t, dsn, Options{}), "ledger")
+	put(t, other, "b", "k", "v")
+	holding, release := make(chan struct{}), make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- frozen.Update(ctxT(t, 30*time.Second), func(tx store.Tx) error {
+			tx.Bucket([]byte("b")).Put([]byte("frozen"), []byte("x"))
+			close(holding)
+			<-release
+			return nil
+		})
+	}()
+	<-holding
+	start := time.Now()
+	put(t, other, "b", "k", "while frozen") // waits for the lock, then gets it
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("the other replica waited %s for the lock", took)
+	}
+	close(release)
+	if err := <-done; !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("the frozen Update: %v, want ErrUnavailable", err)
+	}
+	if _, ok := get(t, other, "b", "frozen"); ok {
+		t.Error("the frozen Update was committed")
+	}
+}

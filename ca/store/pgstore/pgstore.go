@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -58,7 +59,18 @@ type Options struct {
 	// ResyncInterval is how often the keyspace versions are polled in case
 	// a notification was lost (0: DefaultResyncInterval).
 	ResyncInterval time.Duration
+	// IdleInTransactionTimeout is how long PostgreSQL keeps a session that
+	// went quiet inside a transaction (0: DefaultIdleInTransactionTimeout)
+	// before ending it: a replica frozen or cut off inside an Update
+	// would otherwise hold its keyspace's lock, stopping every replica's
+	// writes, until the server noticed the dead connection. The DSN's
+	// idle_in_transaction_session_timeout, if set, wins.
+	IdleInTransactionTimeout time.Duration
 }
+
+// DefaultIdleInTransactionTimeout bounds how long a vanished replica can
+// hold a keyspace's lock.
+const DefaultIdleInTransactionTimeout = 30 * time.Second
 
 // Conn is a process's connection to the shared store: a pool, one
 // LISTEN connection and the resync poll, serving every keyspace DB.
@@ -102,6 +114,10 @@ func Connect(ctx context.Context, dsn string, opts Options) (*Conn, error) {
 	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "castellan"
 	}
+	if _, ok := cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"]; !ok {
+		idle := cmp.Or(opts.IdleInTransactionTimeout, DefaultIdleInTransactionTimeout)
+		cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = strconv.FormatInt(idle.Milliseconds(), 10)
+	}
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = 10 * time.Second
 	}
@@ -144,6 +160,9 @@ func target(cfg *pgxpool.Config) string {
 func (c *Conn) Keyspace(ctx context.Context, name string) (*DB, error) {
 	if err := validKeyspace(name); err != nil {
 		return nil, err
+	}
+	if c.isClosed() {
+		return nil, store.ErrClosed
 	}
 	if _, err := c.pool.Exec(ctx, sqlCreateKeyspace, name); err != nil {
 		return nil, c.errorf("keyspace "+name, err)

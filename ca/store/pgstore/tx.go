@@ -101,8 +101,9 @@ func (t *txn) checkWrite() error {
 func (t *txn) empty() bool { return len(t.created) == 0 && len(t.writes) == 0 }
 
 // commit writes the overlay, bumps the keyspace to version, notifies
-// the other replicas and commits: one round trip.
-func (t *txn) commit(ctx context.Context, version int64) error {
+// the other replicas and commits: one round trip. atCommit tells whether
+// err is the answer to the COMMIT itself.
+func (t *txn) commit(ctx context.Context, version int64) (atCommit bool, err error) {
 	b := &pgx.Batch{}
 	if len(t.created) > 0 {
 		names := make([][]byte, 0, len(t.created))
@@ -130,7 +131,14 @@ func (t *txn) commit(ctx context.Context, version int64) error {
 	b.Queue(sqlBump, t.ks.name, version)
 	b.Queue(sqlNotify, fmt.Sprintf("%s:%d", t.ks.name, version))
 	b.Queue("COMMIT")
-	return t.conn.SendBatch(ctx, b).Close()
+	br := t.conn.SendBatch(ctx, b)
+	defer br.Close()
+	for i := range b.Len() {
+		if _, err := br.Exec(); err != nil {
+			return i == b.Len()-1, err
+		}
+	}
+	return true, br.Close()
 }
 
 // overlay is an Update's pending writes to one bucket.

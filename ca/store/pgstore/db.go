@@ -69,6 +69,14 @@ func (d *DB) Update(ctx context.Context, fn func(store.Tx) error) error {
 
 // run runs one transaction on a pooled connection.
 func (d *DB) run(ctx context.Context, writable bool, fn func(store.Tx) error) error {
+	if writable {
+		select {
+		case d.ks.writer <- struct{}{}:
+			defer func() { <-d.ks.writer }()
+		case <-ctx.Done():
+			return d.unavailable(fmt.Errorf("waiting for this process's previous Update: %w", ctx.Err()))
+		}
+	}
 	pc, err := d.c.pool.Acquire(ctx)
 	if err != nil {
 		return d.unavailable(err)

@@ -235,3 +235,45 @@ func TestFrozenReplicaDoesNotHoldTheKeyspace(t *testing.T) {
 		t.Error("the frozen Update was committed")
 	}
 }
+
+// Updates queued behind a long one wait in the process, not on a pooled
+// connection each: Views still get a connection (here, of a pool of 2).
+func TestQueuedUpdatesDoNotStarveViews(t *testing.T) {
+	dsn := shared.NewDatabase(t)
+	c := connect(t, dsn+"&pool_max_conns=2", Options{})
+	db := keyspaceDB(t, c, "ledger")
+	put(t, db, "b", "k", "v")
+	holding, release := make(chan struct{}), make(chan struct{})
+	done := make(chan error, 4)
+	go func() {
+		done <- db.Update(ctxT(t, 30*time.Second), func(store.Tx) error {
+			close(holding)
+			<-release
+			return nil
+		})
+	}()
+	<-holding
+	for range 3 {
+		go func() { done <- db.Update(ctxT(t, 30*time.Second), func(store.Tx) error { return nil }) }()
+	}
+	// Give the queued Updates a bounded chance to take the second
+	// connection, as they would if they queued on the row lock.
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline) && c.pool.Stat().AcquiredConns() < 2; {
+		time.Sleep(10 * time.Millisecond)
+	}
+	err := db.View(ctxT(t, 5*time.Second), func(tx store.Tx) error {
+		if string(tx.Bucket([]byte("b")).Get([]byte("k"))) != "v" {
+			t.Error("View read the wrong value")
+		}
+		return nil
+	})
+	close(release)
+	if err != nil {
+		t.Fatalf("View while Updates queue: %v", err)
+	}
+	for range 4 {
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+}

@@ -7,6 +7,10 @@ import "sync"
 // channel, and the buckets known to exist.
 type keyspace struct {
 	name string
+	// writer admits one Update of this process at a time: the others
+	// wait here rather than on the coordinator row holding a pooled
+	// connection each, which would starve the Views.
+	writer chan struct{}
 
 	mu      sync.Mutex
 	version int64
@@ -19,7 +23,7 @@ type keyspace struct {
 }
 
 func newKeyspace(name string, version int64) *keyspace {
-	return &keyspace{name: name, version: version, changed: make(chan struct{}), buckets: map[string]int64{}}
+	return &keyspace{name: name, version: version, writer: make(chan struct{}, 1), changed: make(chan struct{}), buckets: map[string]int64{}}
 }
 
 // Changed returns the channel closed at the next change.

@@ -44,6 +44,11 @@ import (
 // for commits whose notification it missed.
 const DefaultResyncInterval = 5 * time.Second
 
+// DefaultMaxConns sizes the pool unless the DSN sets pool_max_conns. A
+// process runs at most one Update per keyspace at a time; the rest serve
+// Views.
+const DefaultMaxConns = 16
+
 // MaxKeySize bounds keys: a longer key cannot be indexed by PostgreSQL.
 const MaxKeySize = 2048
 
@@ -120,6 +125,9 @@ func Connect(ctx context.Context, dsn string, opts Options) (*Conn, error) {
 	}
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = 10 * time.Second
+	}
+	if !strings.Contains(dsn, "pool_max_conns") {
+		cfg.MaxConns = DefaultMaxConns
 	}
 	if c.pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
 		return nil, c.errorf("connect", err)

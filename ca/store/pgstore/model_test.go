@@ -2,6 +2,7 @@ package pgstore
 
 import (
 	"bytes"
+	crand "crypto/rand"
 	"errors"
 	"math/rand/v2"
 	"slices"
@@ -48,6 +49,12 @@ func checkCursor(t *testing.T, b store.Bucket, m model, seek string, n int) {
 		}
 		k, v = c.Next()
 	}
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	crand.Read(b)
+	return b
 }
 
 func randomKey(r *rand.Rand) string {
@@ -203,7 +210,15 @@ func TestRefusals(t *testing.T) {
 		if _, err := tx.CreateBucketIfNotExists(nil); err == nil {
 			t.Error("a bucket with an empty name was created")
 		}
-		return nil
+		if _, err := tx.CreateBucketIfNotExists(make([]byte, MaxBucketNameSize+1)); err == nil {
+			t.Error("a bucket with an oversized name was created")
+		}
+		// The largest bucket name and key, incompressible: one index entry.
+		big, err := tx.CreateBucketIfNotExists(randomBytes(MaxBucketNameSize))
+		if err != nil {
+			return err
+		}
+		return big.Put(randomBytes(MaxKeySize), []byte("v"))
 	})
 	if err != nil {
 		t.Fatal(err)

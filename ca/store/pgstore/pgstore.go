@@ -20,7 +20,8 @@
 // REPEATABLE READ READ ONLY snapshot. Changed fires on LISTEN/NOTIFY and,
 // should a notification be lost, on a periodic poll of the versions.
 //
-// Keys are limited to MaxKeySize bytes (PostgreSQL's B-tree entry limit).
+// Keys are limited to MaxKeySize bytes and bucket names to
+// MaxBucketNameSize (PostgreSQL's B-tree entry limit); bbolt allows more.
 package pgstore
 
 import (
@@ -49,8 +50,12 @@ const DefaultResyncInterval = 5 * time.Second
 // Views.
 const DefaultMaxConns = 16
 
-// MaxKeySize bounds keys: a longer key cannot be indexed by PostgreSQL.
-const MaxKeySize = 2048
+// Size limits: a key, with its bucket's name, must fit in one PostgreSQL
+// B-tree index entry (at most 2704 bytes).
+const (
+	MaxKeySize        = 2048
+	MaxBucketNameSize = 256
+)
 
 // Options tune a Conn. The zero value is usable.
 type Options struct {

@@ -74,6 +74,9 @@ func (t *txn) CreateBucketIfNotExists(name []byte) (store.Bucket, error) {
 	if len(name) == 0 {
 		return nil, errNoBucket
 	}
+	if len(name) > MaxBucketNameSize {
+		return nil, fmt.Errorf("pgstore: bucket name of %d bytes: at most %d", len(name), MaxBucketNameSize)
+	}
 	if b := t.Bucket(name); b != nil {
 		return b, nil
 	}

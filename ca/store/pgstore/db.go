@@ -168,7 +168,7 @@ func (d *DB) commitError(err error, atCommit bool) error {
 	if errors.As(err, &pgErr) && (!atCommit || pgErr.Severity == "ERROR") || pgconn.SafeToRetry(err) {
 		return d.unavailable(err)
 	}
-	return fmt.Errorf("pgstore: keyspace %s: commit on %s: %w: %w", d.ks.name, d.c.target, store.ErrCommitUnknown, d.c.redact(err))
+	return fmt.Errorf("pgstore: keyspace %s commit (%s): %w: %w", d.ks.name, d.c.target, store.ErrCommitUnknown, d.c.redact(err))
 }
 
 // Changed implements store.DB: closed after the next commit of the

@@ -135,7 +135,7 @@ func TestConnectErrorsNameTheProblemWithoutThePassword(t *testing.T) {
 	wrong := strings.Replace(dsn, shared.Password(), "Wr0ngSecretPassw0rd", 1)
 	var logs logBuffer
 	_, err := Connect(ctxT(t, 10*time.Second), wrong, Options{Logger: logs.logger()})
-	if err == nil || !strings.Contains(err.Error(), "password authentication failed") {
+	if err == nil || !strings.Contains(err.Error(), "password authentication failed") || errors.Is(err, store.ErrUnavailable) {
 		t.Fatalf("wrong password: %v", err)
 	}
 	l, lerr := net.Listen("tcp", "127.0.0.1:0")

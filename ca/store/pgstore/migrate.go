@@ -53,30 +53,30 @@ func SchemaVersion() int { return migrations[len(migrations)-1].version }
 func (c *Conn) migrate(ctx context.Context) error {
 	tx, err := c.pool.Begin(ctx)
 	if err != nil {
-		return c.errorf("migrate", err)
+		return c.errorf("schema migration", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	current, err := lockSchema(ctx, tx)
 	if err != nil {
-		return c.errorf("migrate", err)
+		return c.errorf("schema migration", err)
 	}
 	if current > SchemaVersion() {
-		return fmt.Errorf("%w: database %s is at schema version %d, this binary knows up to %d", ErrSchemaTooNew, c.target, current, SchemaVersion())
+		return fmt.Errorf("%w: database %s is at schema version %d, this binary knows up to %d: upgrade castellan-server", ErrSchemaTooNew, c.target, current, SchemaVersion())
 	}
 	for _, m := range migrations {
 		if m.version <= current {
 			continue
 		}
 		if _, err := tx.Exec(ctx, m.sql); err != nil {
-			return fmt.Errorf("pgstore: migration %d on %s: %w", m.version, c.target, c.redact(err))
+			return fmt.Errorf("pgstore: schema migration %d (%s): %w", m.version, c.target, c.redact(err))
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO castellan_schema_migrations (version, applied_at) VALUES ($1, now())`, m.version); err != nil {
-			return c.errorf("migrate", err)
+			return c.errorf("schema migration", err)
 		}
 		c.log.Info("pgstore: applied schema migration", "version", m.version, "database", c.target)
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return c.errorf("migrate", err)
+		return c.errorf("schema migration", err)
 	}
 	return nil
 }

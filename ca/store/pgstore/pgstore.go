@@ -35,6 +35,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -136,6 +137,10 @@ func Connect(ctx context.Context, dsn string, opts Options) (*Conn, error) {
 	}
 	if c.pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
 		return nil, c.errorf("connect", err)
+	}
+	if err := c.pool.Ping(ctx); err != nil {
+		c.pool.Close()
+		return nil, c.connectError(err)
 	}
 	if err := c.start(ctx, cfg); err != nil {
 		c.pool.Close()
@@ -244,7 +249,17 @@ func (c *Conn) isClosed() bool {
 // errorf wraps a database error as store.ErrUnavailable, naming the
 // database and never the password.
 func (c *Conn) errorf(what string, err error) error {
-	return fmt.Errorf("pgstore: %s on %s: %w: %w", what, c.target, store.ErrUnavailable, c.redact(err))
+	return fmt.Errorf("pgstore: %s (%s): %w: %w", what, c.target, store.ErrUnavailable, c.redact(err))
+}
+
+// connectError reports a failed first connection: refused credentials
+// are a configuration error, not an outage.
+func (c *Conn) connectError(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "28") { // invalid authorization
+		return fmt.Errorf("pgstore: connect (%s): the database refused the credentials of the datastore DSN: %w", c.target, c.redact(err))
+	}
+	return c.errorf("connect", err)
 }
 
 // redact hides the password in err's message; errors.Is and errors.As

@@ -118,8 +118,33 @@ func (s *Server) prepareDir() error {
 		if err := os.Chown(s.dir, int(s.cred.Uid), int(s.cred.Gid)); err != nil {
 			return fmt.Errorf("give %s to the postgres user: %w", s.dir, err)
 		}
+		return searchable(filepath.Dir(s.dir), s.cred)
 	}
 	return nil
+}
+
+// searchable checks that the user of cred can reach dir: every directory
+// on its path must let it search (x). t.TempDir() does not (0700, root).
+func searchable(dir string, cred *syscall.Credential) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	for d := abs; ; d = filepath.Dir(d) {
+		fi, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		mode := fi.Mode().Perm()
+		ok := mode&0o001 != 0 || st.Uid == cred.Uid && mode&0o100 != 0 || st.Gid == cred.Gid && mode&0o010 != 0
+		if !ok {
+			return fmt.Errorf("the postgres user cannot search %s (mode %v): use a directory under %s, or \"\"", d, mode, os.TempDir())
+		}
+		if d == filepath.Dir(d) {
+			return nil
+		}
+	}
 }
 
 // postgresUser is the credential of the `postgres` OS user, which the

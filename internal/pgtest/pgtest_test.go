@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/castellan-dev/castellan/internal/testroot"
 )
 
 func connect(t *testing.T, dsn string) *pgx.Conn {
@@ -170,5 +172,15 @@ func TestBinariesFound(t *testing.T) {
 		if !isExec(dir + "/" + tool) {
 			t.Errorf("%s/%s is not executable", dir, tool)
 		}
+	}
+}
+
+// A directory the postgres user cannot reach (t.TempDir is 0700 root) is
+// refused with a message saying so, before initdb fails obscurely.
+func TestNewRefusesUnreachableDirectory(t *testing.T) {
+	testroot.Require(t, "run the server as the postgres user")
+	_, err := New(t.TempDir() + "/pg")
+	if err == nil || !strings.Contains(err.Error(), "cannot search") {
+		t.Fatalf("New in a root-only directory: %v", err)
 	}
 }

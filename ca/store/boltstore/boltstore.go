@@ -173,3 +173,16 @@ func (b bucket) ForEach(fn func(k, v []byte) error) error { return b.b.ForEach(f
 
 // MarkSequential implements store.Sequential: pages are packed full.
 func (b bucket) MarkSequential() { b.b.FillPercent = 1 }
+
+// Buckets returns the names of the file's buckets, in key order (for
+// store.Copy: a bbolt file lists its buckets, the contract does not).
+func (d *DB) Buckets() ([][]byte, error) {
+	var out [][]byte
+	err := d.db.View(func(tx *bolt.Tx) error {
+		return tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
+			out = append(out, append([]byte(nil), name...))
+			return nil
+		})
+	})
+	return out, err
+}

@@ -1,6 +1,7 @@
 package boltstore_test
 
 import (
+	"fmt"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -46,5 +47,28 @@ func TestNotShared(t *testing.T) {
 	defer db.Close()
 	if db.Shared() {
 		t.Error("a bbolt file reports Shared")
+	}
+}
+
+func TestBuckets(t *testing.T) {
+	db, err := boltstore.Open(filepath.Join(t.TempDir(), "s.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	err = db.Update(t.Context(), func(tx store.Tx) error {
+		for _, n := range []string{"z", "a", "m"} {
+			if _, err := tx.CreateBucketIfNotExists([]byte(n)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := db.Buckets()
+	if err != nil || fmt.Sprintf("%s", got) != "[a m z]" {
+		t.Errorf("Buckets = %s, %v; want [a m z]", got, err)
 	}
 }

@@ -30,7 +30,6 @@ import (
 // Secret. In neither does any state sit on an emptyDir.
 
 const (
-	caNamespace = "castellan-system"
 	// maxScratch bounds the postgres variant's scratch emptyDir (admin
 	// socket and bundle.pem): anything bigger would invite state onto it.
 	maxScratch = "16Mi"
@@ -181,11 +180,11 @@ func checkSecretFiles(t *testing.T, where string, spec corev1.PodSpec, c corev1.
 		v, m := mountFor(spec, c, vals[0])
 		switch {
 		case v == nil || v.Secret == nil:
-			t.Errorf("%s: --%s=%s is not on a Secret volume (%+v)", where, flag, vals[0], v)
+			t.Errorf("%s: --%s=%s is not on a Secret volume (%s)", where, flag, vals[0], describeVolume(v))
 		case v.Secret.SecretName != secret:
 			t.Errorf("%s: --%s=%s comes from Secret %s, want %s", where, flag, vals[0], v.Secret.SecretName, secret)
 		case v.Secret.DefaultMode == nil || *v.Secret.DefaultMode != 0o400:
-			t.Errorf("%s: Secret volume %s has defaultMode %v, want 0400 (the server refuses files others may read)", where, v.Name, v.Secret.DefaultMode)
+			t.Errorf("%s: Secret volume %s has defaultMode %s, want 0400 (the server refuses files others may read)", where, v.Name, fileMode(v.Secret.DefaultMode))
 		case !m.ReadOnly:
 			t.Errorf("%s: Secret volume %s is mounted read-write", where, v.Name)
 		case !secretHasFile(v.Secret, path.Base(vals[0])):
@@ -235,7 +234,7 @@ func checkNoStateOnEmptyDir(t *testing.T, where string, spec corev1.PodSpec, c c
 	}
 	if !want.postgres {
 		if v.PersistentVolumeClaim == nil || v.PersistentVolumeClaim.ClaimName != "castellan-ca-data" {
-			t.Errorf("%s: the bbolt --data-dir=%s is on volume %+v, want the claim castellan-ca-data", where, dirs[0], v)
+			t.Errorf("%s: the bbolt --data-dir=%s is on %s, want the claim castellan-ca-data", where, dirs[0], describeVolume(v))
 		}
 		if len(emptyDirs) > 0 {
 			t.Errorf("%s: the bbolt CA has emptyDir volumes %v", where, emptyDirs)
@@ -248,7 +247,7 @@ func checkNoStateOnEmptyDir(t *testing.T, where string, spec corev1.PodSpec, c c
 		}
 	}
 	if len(emptyDirs) != 1 || v.EmptyDir == nil {
-		t.Fatalf("%s: emptyDirs %v, --data-dir on %+v: want exactly one emptyDir, the scratch --data-dir", where, emptyDirs, v)
+		t.Fatalf("%s: emptyDirs %v, --data-dir on %s: want exactly one emptyDir, the scratch --data-dir", where, emptyDirs, describeVolume(v))
 	}
 	max := resource.MustParse(maxScratch)
 	if v.EmptyDir.Medium != corev1.StorageMediumMemory || v.EmptyDir.SizeLimit == nil || v.EmptyDir.SizeLimit.Cmp(max) > 0 {
@@ -360,6 +359,29 @@ func grpcPort(t *testing.T, where string, svc *corev1.Service, d *appsv1.Deploym
 	}
 	t.Fatalf("%s: castellan-ca-headless has no port for the CA's grpc port", where)
 	return ""
+}
+
+// fileMode renders a Secret's defaultMode in octal.
+func fileMode(m *int32) string {
+	if m == nil {
+		return "unset (0644)"
+	}
+	return "0" + strconv.FormatInt(int64(*m), 8)
+}
+
+// describeVolume names a volume and its kind of source.
+func describeVolume(v *corev1.Volume) string {
+	switch {
+	case v == nil:
+		return "no volume"
+	case v.PersistentVolumeClaim != nil:
+		return "volume " + v.Name + " (claim " + v.PersistentVolumeClaim.ClaimName + ")"
+	case v.EmptyDir != nil:
+		return "volume " + v.Name + " (emptyDir)"
+	case v.Secret != nil:
+		return "volume " + v.Name + " (Secret " + v.Secret.SecretName + ")"
+	}
+	return "volume " + v.Name
 }
 
 func keys[V any](m map[string]V) []string {

@@ -132,8 +132,11 @@ func checkCAVariant(t *testing.T, where string, r rendered, want caVariant) {
 	if d == nil {
 		t.Fatalf("%s: no Deployment castellan-ca", where)
 	}
-	if d.Spec.Replicas == nil || *d.Spec.Replicas != want.replicas {
-		t.Errorf("%s: %v replicas, want %d", where, d.Spec.Replicas, want.replicas)
+	switch {
+	case d.Spec.Replicas == nil:
+		t.Errorf("%s: replicas unset (1), want %d", where, want.replicas)
+	case *d.Spec.Replicas != want.replicas:
+		t.Errorf("%s: %d replicas, want %d", where, *d.Spec.Replicas, want.replicas)
 	}
 	spec := d.Spec.Template.Spec
 	c := spec.Containers[0]

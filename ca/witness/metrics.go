@@ -72,4 +72,3 @@ func slogLevel(err error) slog.Level {
 	}
 	return slog.LevelWarn
 }
-

@@ -166,8 +166,10 @@ func (c *Client) answer(w Witness, s *submission, status int, body []byte) (stri
 		return "", resultRefused, reason(ErrUnknownLog, fmt.Sprintf("configure the witness with origin %q and the log's key", s.cp.Origin))
 	case status == http.StatusForbidden:
 		return "", resultRefused, reason(ErrForbidden, "the witness's key for this origin differs from the log's signing key")
+	case status >= 300 && status < 400:
+		return "", resultRefused, reason(ErrRejected, "redirects are not followed; configure the witness's final URL")
 	case status == http.StatusTooManyRequests || status >= 500:
-		return "", resultUnavailable, reason(ErrUnavailable, "try again later")
+		return "", resultUnavailable, reason(ErrUnavailable, fmt.Sprintf("try again later; if it lasts, check that the witness is configured for origin %q with the log's verifier key", s.cp.Origin))
 	}
 	return "", resultRefused, reason(ErrRejected, "")
 }

@@ -53,7 +53,9 @@ func (c *Client) exchange(ctx context.Context, w Witness, st *witnessState, s *s
 			return "", resultError, err
 		}
 		status, body, err := c.post(ctx, w, requestBody(old, proof, s.signed))
-		if err != nil {
+		if errors.Is(err, ErrBadResponse) {
+			return "", resultBadResponse, err
+		} else if err != nil {
 			return "", resultUnavailable, err
 		}
 		if status != http.StatusConflict {

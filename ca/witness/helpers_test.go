@@ -113,16 +113,6 @@ func newCosigner(t *testing.T, name string) *cosigner {
 	return &cosigner{name: name, skey: skey, vkey: vkey, priv: priv, id: id}
 }
 
-// key parses the cosigner's verifier key.
-func (c *cosigner) key(t *testing.T) *witness.Key {
-	t.Helper()
-	k, err := witness.ParseKey(c.vkey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
 // line is the cosignature line of the checkpoint text at time ts.
 func (c *cosigner) line(text []byte, ts time.Time) string {
 	msg := "cosignature/v1\ntime " + strconv.FormatInt(ts.Unix(), 10) + "\n" + string(text)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"regexp"
 	"strings"
@@ -201,7 +202,9 @@ func ParsePolicyYAML(b []byte) (*Policy, error) {
 	var y policyYAML
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
-	if err := dec.Decode(&y); err != nil {
+	if err := dec.Decode(&y); errors.Is(err, io.EOF) {
+		return nil, errors.New("witness policy: empty policy; give a quorum and a list of witnesses")
+	} else if err != nil {
 		return nil, fmt.Errorf("witness policy: %w", err)
 	}
 	ws := make([]Witness, 0, len(y.Witnesses))

@@ -36,7 +36,7 @@ type testLog struct {
 // logKey is a log signing key: skey, vkey.
 type logKey struct{ skey, vkey string }
 
-func newLogKey(t *testing.T, origin string) logKey {
+func newLogKey(t testing.TB, origin string) logKey {
 	t.Helper()
 	skey, vkey, err := note.GenerateKey(rand.Reader, origin)
 	if err != nil {
@@ -47,7 +47,7 @@ func newLogKey(t *testing.T, origin string) logKey {
 
 // newTestLog returns an empty log signed with k; prefix distinguishes
 // entries of logs that share a key.
-func newTestLog(t *testing.T, k logKey, prefix string) *testLog {
+func newTestLog(t testing.TB, k logKey, prefix string) *testLog {
 	t.Helper()
 	s, err := note.NewSigner(k.skey)
 	if err != nil {
@@ -69,7 +69,7 @@ func (l *testLog) grow(n int) *testLog {
 }
 
 // checkpoint signs a checkpoint of the current tree.
-func (l *testLog) checkpoint(t *testing.T) []byte {
+func (l *testLog) checkpoint(t testing.TB) []byte {
 	t.Helper()
 	text := log.Checkpoint{Origin: l.signer.Name(), Size: l.tree.Size(), Hash: l.tree.Hash()}.Marshal()
 	signed, err := note.Sign(&note.Note{Text: string(text)}, l.signer)
@@ -94,7 +94,7 @@ type cosigner struct {
 	id   uint32
 }
 
-func newCosigner(t *testing.T, name string) *cosigner {
+func newCosigner(t testing.TB, name string) *cosigner {
 	t.Helper()
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -123,7 +123,7 @@ func (c *cosigner) line(text []byte, ts time.Time) string {
 }
 
 // noteText returns the text of a signed note (up to the blank line).
-func noteText(t *testing.T, signed []byte) []byte {
+func noteText(t testing.TB, signed []byte) []byte {
 	t.Helper()
 	i := strings.LastIndex(string(signed), "\n\n")
 	if i < 0 {
@@ -133,7 +133,7 @@ func noteText(t *testing.T, signed []byte) []byte {
 }
 
 // policy builds a policy of the given witnesses (name -> URL) and quorum.
-func policy(t *testing.T, quorum int, ws ...witnessSpec) *witness.Policy {
+func policy(t testing.TB, quorum int, ws ...witnessSpec) *witness.Policy {
 	t.Helper()
 	var flags []string
 	for _, w := range ws {
@@ -153,7 +153,7 @@ type witnessSpec struct {
 
 // metricValue returns the value of the counter or gauge name whose label
 // values are labels (in label-name order), 0 if absent.
-func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
+func metricValue(t testing.TB, reg *prometheus.Registry, name string, labels ...string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {

@@ -18,7 +18,7 @@ import (
 // omniwitnessBinary returns the omniwitness built by
 // integration/omniwitness/build.sh, or skips t (fails it under
 // CASTELLAN_REQUIRE_OMNIWITNESS=1, as make test sets).
-func omniwitnessBinary(t *testing.T) string {
+func omniwitnessBinary(t testing.TB) string {
 	t.Helper()
 	p := os.Getenv("CASTELLAN_OMNIWITNESS")
 	why := ""
@@ -43,7 +43,7 @@ func omniwitnessBinary(t *testing.T) string {
 // the logs it was started with, on a free 127.0.0.1 port. Stopped (killed)
 // by t.Cleanup.
 type omniwitness struct {
-	t      *testing.T
+	t      testing.TB
 	bin    string
 	dir    string
 	c      *cosigner
@@ -74,7 +74,7 @@ func (l *lockedBuffer) String() string {
 // startOmniwitness configures and starts a witness named keyName that
 // witnesses the origin testOrigin under each of logVKeys (an origin has
 // one key; several keys need several origins, so one is expected here).
-func startOmniwitness(t *testing.T, keyName, logVKey string) *omniwitness {
+func startOmniwitness(t testing.TB, keyName, logVKey string) *omniwitness {
 	t.Helper()
 	w := &omniwitness{t: t, bin: omniwitnessBinary(t), dir: t.TempDir(), c: newCosigner(t, keyName)}
 	logs := fmt.Sprintf("Logs:\n  - Origin: %s\n    PublicKey: %s\n", testOrigin, logVKey)
@@ -85,7 +85,7 @@ func startOmniwitness(t *testing.T, keyName, logVKey string) *omniwitness {
 	return w
 }
 
-func writeFile(t *testing.T, path, content string) {
+func writeFile(t testing.TB, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
@@ -171,7 +171,7 @@ func (w *omniwitness) spec(name string) witnessSpec {
 }
 
 // freeAddr returns a 127.0.0.1 address with a port free a moment ago.
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -183,7 +183,7 @@ func freeAddr(t *testing.T) string {
 }
 
 // testContext is bounded so that a hung witness fails the test.
-func testContext(t *testing.T) context.Context {
+func testContext(t testing.TB) context.Context {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
@@ -191,7 +191,7 @@ func testContext(t *testing.T) context.Context {
 }
 
 // mustContain fails t unless err's message holds every part.
-func mustContain(t *testing.T, err error, parts ...string) {
+func mustContain(t testing.TB, err error, parts ...string) {
 	t.Helper()
 	if err == nil {
 		t.Fatalf("no error; want one containing %q", parts)

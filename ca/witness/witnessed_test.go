@@ -61,6 +61,19 @@ func TestOmniwitnessCosignsFirstAndGrownCheckpoints(t *testing.T) {
 	if _, err := p.Verify(got, testOrigin, lg.verifier, time.Now()); err != nil {
 		t.Fatal(err)
 	}
+
+	// A witness added to the policy later has cosigned nothing: told the
+	// published size (332), it answers 409 with 0 and cosigns from there.
+	w2 := startOmniwitness(t, "witness.test/w2", key.vkey)
+	p2 := policy(t, 2, w.spec("w1"), w2.spec("w2"))
+	lg.grow(1)
+	got, err = witness.New(p2).Submit(ctx, lg.checkpoint(t), 332, lg.proof)
+	if err != nil {
+		t.Fatalf("submission with a new witness: %v", err)
+	}
+	if v, err := p2.Verify(got, testOrigin, lg.verifier, time.Now()); err != nil || len(v.Cosignatures) != 2 {
+		t.Fatalf("2 of 2 with a new witness: %v %+v", err, v)
+	}
 }
 
 // TestOmniwitnessRefusesForkedLog: once a witness cosigned a log, a second

@@ -121,7 +121,8 @@ func (c *Client) Policy() *Policy { return c.policy }
 
 // Submit sends checkpoint, a C2SP checkpoint signed by its log, to every
 // witness at once and returns it with the verified cosignature lines
-// appended (lines by the policy's keys already in it are replaced). oldSize
+// appended (lines already in it by the policy's witness keys are dropped
+// first, so a resubmitted checkpoint never carries two). oldSize
 // is the tree size to prove consistency from for a witness the Client has
 // not heard from yet, e.g. the size of the last checkpoint published as
 // witnessed (0 if none); the witness's 409 corrects it, once. proof is

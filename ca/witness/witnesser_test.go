@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,16 +15,9 @@ import (
 )
 
 // published records what a Witnesser published.
-type published struct {
-	mu   sync.Mutex
-	last []byte
-	ch   chan []byte
-}
+type published struct{ ch chan []byte }
 
 func (p *published) store(_ context.Context, cosigned []byte) error {
-	p.mu.Lock()
-	p.last = cosigned
-	p.mu.Unlock()
 	// Keep only the newest: drop an unread older one (rounds never
 	// overlap, so this is the only sender and the send cannot block).
 	select {

@@ -11,7 +11,6 @@ import (
 // and whatever it accepts has a quorum of cosignatures by distinct policy
 // witnesses, none later than the clock's skew allows.
 func FuzzVerify(f *testing.F) {
-
 	key := newLogKey(f, testOrigin)
 	lg := newTestLog(f, key, "x").grow(7)
 	cp := lg.checkpoint(f)

@@ -2,7 +2,8 @@
 # Builds transparency-dev's omniwitness (module github.com/transparency-dev/witness,
 # cmd/omniwitness, unmodified, from the Go module proxy), the independent
 # C2SP tlog-witness that Castellan's witness tests submit checkpoints to
-# (ca/witness/omniwitness_test.go), and prints its absolute path on stdout
+# (the ca/witness tests; harness in ca/witness/omniwitness_test.go), and
+# prints its absolute path on stdout
 # (progress goes to stderr).
 #
 # "go install module@version" builds with the witness's own go.mod and go.sum,

@@ -89,7 +89,7 @@ type Conn struct {
 	pool     *pgxpool.Pool
 	log      *slog.Logger
 	m        *metrics
-	target   string // host:port/db, for messages (no password)
+	target   string // user@host:port/db, for messages (no password)
 	password string // redacted from every error
 	resync   time.Duration
 	kick     chan struct{} // asks the poller for an immediate resync

@@ -46,7 +46,8 @@ type Config struct {
 	// FailoverTimeout bounds how long a unary call keeps trying other CA
 	// endpoints after its first attempt failed with Unavailable (or
 	// ResourceExhausted with a retry delay); 0 means
-	// DefaultFailoverTimeout. The call's context may end it sooner.
+	// DefaultFailoverTimeout, and a negative value makes one attempt per
+	// call. The call's context may end it sooner. Retries wait on Clock.
 	FailoverTimeout time.Duration
 	// Registry receives castellan_agent_ca_failovers_total and
 	// castellan_agent_ca_retries_total; nil registers none.
@@ -113,7 +114,7 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.FailoverTimeout <= 0 {
+	if cfg.FailoverTimeout == 0 {
 		cfg.FailoverTimeout = DefaultFailoverTimeout
 	}
 	m, err := newMetrics(cfg.Registry)
@@ -286,8 +287,10 @@ func (c *Client) dial(tlsConf *tls.Config) (*grpc.ClientConn, error) {
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)),
 		grpc.WithConnectParams(reconnect),
 		grpc.WithKeepaliveParams(keepalives),
-		grpc.WithUnaryInterceptor(c.failover),
 	)
+	if c.cfg.FailoverTimeout > 0 {
+		opts = append(opts, grpc.WithUnaryInterceptor(c.failover))
+	}
 	conn, err := grpc.NewClient(c.target.uri, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("client: dial %s: %w", c.target.uri, err)

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/net/dns/dnsmessage"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -300,4 +301,240 @@ func TestAllEndpointsDownFailsClearlyWithinTheBudget(t *testing.T) {
 	if elapsed := time.Since(start); elapsed > 3*time.Second {
 		t.Fatalf("call with a 300ms deadline returned after %v", elapsed)
 	}
+}
+
+// servedBy returns the one replica whose call count moved since before.
+func servedBy(t *testing.T, rs []*catest.Replica, before []int) int {
+	t.Helper()
+	got := -1
+	for i, r := range rs {
+		if r.Calls() != before[i] {
+			if got >= 0 {
+				t.Fatalf("replicas %d and %d both got calls", got, i)
+			}
+			got = i
+		}
+	}
+	if got < 0 {
+		t.Fatal("no replica got the call")
+	}
+	return got
+}
+
+func callCounts(rs []*catest.Replica) []int {
+	out := make([]int, len(rs))
+	for i, r := range rs {
+		out[i] = r.Calls()
+	}
+	return out
+}
+
+// TestSyncStreamResumesOnAnotherReplica kills the replica serving the
+// SyncAgent stream: the stream ends at once, and a stream reopened right
+// away (as the manager does) is served by another replica with the full
+// state, then gets its changes.
+func TestSyncStreamResumesOnAnotherReplica(t *testing.T) {
+	ca := catest.New(t, td)
+	rs := []*catest.Replica{ca.Serve(t), ca.Serve(t), ca.Serve(t)}
+	c := failoverClient(t, ca, []string{rs[0].Addr(), rs[1].Addr(), rs[2].Addr()}, nil)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+
+	before := callCounts(rs)
+	s, err := c.SyncAgent(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	dead := servedBy(t, rs, before)
+	rs[dead].Stop() // every connection closes, as when the process is killed
+	for {           // bounded by ctx
+		if _, err := s.Recv(); err != nil {
+			if ctx.Err() != nil {
+				t.Fatal("stream did not end within 10s of its replica's death")
+			}
+			break
+		}
+	}
+
+	before = callCounts(rs)
+	s, err = c.SyncAgent(ctx)
+	if err != nil {
+		t.Fatalf("reopening the stream with two replicas up: %v", err)
+	}
+	resp, err := s.Recv()
+	if err != nil {
+		t.Fatalf("reopened stream: %v", err)
+	}
+	if got := servedBy(t, rs, before); got == dead {
+		t.Fatal("reopened stream served by the dead replica")
+	}
+	if es := resp.GetState().GetEntries(); len(es) != 1 || es[0].GetId() != "e1" {
+		t.Fatalf("resynced state has entries %v, want e1", es)
+	}
+	ca.SetEntry(&cav1.Entry{Id: "e2", SpiffeId: workload + "2", Node: "node-1"})
+	if resp, err = s.Recv(); err != nil || len(resp.GetState().GetEntries()) != 2 {
+		t.Fatalf("change after the failover: %v, %v; want both entries", resp.GetState().GetEntries(), err)
+	}
+	if got := testutil.ToFloat64(c.metrics.failovers.WithLabelValues("SyncAgent")); got != 1 {
+		t.Fatalf("castellan_agent_ca_failovers_total{call=SyncAgent} = %v, want 1", got)
+	}
+}
+
+// TestEndpointWithWrongCertificateIsNeverUsed lists, before the real CA,
+// a server certified by the CA's own intermediate for a workload's SPIFFE
+// ID (a thief of any SVID could run it) and a server of another CA that
+// claims the CA's SPIFFE ID: neither gets a single call, not even the
+// join token, and with nothing else to reach the agent fails.
+func TestEndpointWithWrongCertificateIsNeverUsed(t *testing.T) {
+	ca := catest.New(t, td)
+	impostor := ca.Impostor(t, spiffeid.RequireFromString(workload))
+	foreign := catest.New(t, td).Serve(t)
+	real := ca.Serve(t)
+	c := failoverClient(t, ca, []string{impostor.Addr(), foreign.Addr(), real.Addr()}, nil)
+	for i := range 6 {
+		if err := sign(t.Context(), c); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	if n, m := impostor.Calls(), foreign.Calls(); n != 0 || m != 0 {
+		t.Fatalf("impostor got %d calls, foreign CA %d; want none", n, m)
+	}
+
+	// Only the impostor: the join token is never sent.
+	only, err := New(Config{Addresses: []string{impostor.Addr()}, TrustDomain: td, Bundle: ca.Bundle(), DataDir: t.TempDir(), FailoverTimeout: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer only.Close()
+	tok := ca.JoinToken("node-2")
+	err = only.Bootstrap(t.Context(), tok)
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "unexpected ID") {
+		t.Fatalf("bootstrap through the impostor: %v; want Unavailable naming the unexpected ID", err)
+	}
+	if n := impostor.Calls(); n != 0 {
+		t.Fatalf("impostor got %d calls", n)
+	}
+	fresh, err := New(Config{Addresses: []string{real.Addr()}, TrustDomain: td, Bundle: ca.Bundle(), DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fresh.Close()
+	if err := fresh.Bootstrap(t.Context(), tok); err != nil {
+		t.Fatalf("the token the impostor never saw is refused by the real CA: %v", err)
+	}
+}
+
+// TestOneNameWithSeveralAddressesIsBalanced serves one name with two A
+// records from a DNS server on loopback, as a Kubernetes headless Service
+// is served: calls reach the replicas at both addresses, and when one dies
+// the other serves every call.
+func TestOneNameWithSeveralAddressesIsBalanced(t *testing.T) {
+	ca := catest.New(t, td)
+	a := ca.ServeAt(t, "127.0.0.1:0")
+	_, port, _ := net.SplitHostPort(a.Addr())
+	b := ca.ServeAt(t, net.JoinHostPort("127.0.0.2", port))
+	dns := serveDNS(t, "ca-headless.castellan.test.", net.IPv4(127, 0, 0, 1), net.IPv4(127, 0, 0, 2))
+	c := failoverClient(t, ca, []string{"dns://" + dns + "/ca-headless.castellan.test:" + port}, nil)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	for i := 0; a.Calls() < 2 || b.Calls() < 2; i++ {
+		if i == 50 {
+			t.Fatalf("50 calls: %d reached 127.0.0.1, %d 127.0.0.2; want both used", a.Calls(), b.Calls())
+		}
+		if err := sign(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.Stop()
+	before := b.Calls()
+	for i := range 4 {
+		if err := sign(ctx, c); err != nil {
+			t.Fatalf("call %d after 127.0.0.1 died: %v", i, err)
+		}
+	}
+	if n := b.Calls() - before; n != 4 {
+		t.Fatalf("127.0.0.2 served %d of 4 calls", n)
+	}
+}
+
+// TestNotServingReplicaGetsNoCalls: a replica whose gRPC health service
+// says NOT_SERVING (the real CA does when it cannot issue) is skipped.
+func TestNotServingReplicaGetsNoCalls(t *testing.T) {
+	ca := catest.New(t, td)
+	a, b := ca.Serve(t), ca.Serve(t)
+	a.SetServing(false)
+	c := failoverClient(t, ca, []string{a.Addr(), b.Addr()}, nil)
+	for i := range 6 {
+		if err := sign(t.Context(), c); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	if n := a.Calls(); n != 0 {
+		t.Fatalf("NOT_SERVING replica got %d calls", n)
+	}
+}
+
+// serveDNS answers A queries for name with ips (and every other query with
+// no records) on a UDP loopback port, which it returns.
+func serveDNS(t *testing.T, name string, ips ...net.IP) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pc.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if out, err := dnsAnswer(buf[:n], name, ips); err == nil {
+				_, _ = pc.WriteTo(out, from)
+			}
+		}
+	}()
+	return pc.LocalAddr().String()
+}
+
+func dnsAnswer(query []byte, name string, ips []net.IP) ([]byte, error) {
+	var p dnsmessage.Parser
+	h, err := p.Start(query)
+	if err != nil {
+		return nil, err
+	}
+	q, err := p.Question()
+	if err != nil {
+		return nil, err
+	}
+	rcode := dnsmessage.RCodeSuccess
+	if !strings.EqualFold(q.Name.String(), name) {
+		rcode = dnsmessage.RCodeNameError
+	}
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true, RecursionDesired: h.RecursionDesired, RCode: rcode})
+	b.EnableCompression()
+	if err := b.StartQuestions(); err != nil {
+		return nil, err
+	}
+	if err := b.Question(q); err != nil {
+		return nil, err
+	}
+	if err := b.StartAnswers(); err != nil {
+		return nil, err
+	}
+	if rcode == dnsmessage.RCodeSuccess && q.Type == dnsmessage.TypeA {
+		for _, ip := range ips {
+			var a [4]byte
+			copy(a[:], ip.To4())
+			rh := dnsmessage.ResourceHeader{Name: q.Name, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET, TTL: 30}
+			if err := b.AResource(rh, dnsmessage.AResource{A: a}); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return b.Finish()
 }

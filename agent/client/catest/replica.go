@@ -27,14 +27,14 @@ type Replica struct {
 	ca   *CA
 	cert tls.Certificate
 
-	mu       sync.Mutex
-	addr     string
-	srv      *grpc.Server
+	mu         sync.Mutex
+	addr       string
+	srv        *grpc.Server
 	health     *health.Server
 	notServing bool
-	failErr  error
-	failLeft int // calls still to fail with failErr; < 0: every call
-	calls    int
+	failErr    error
+	failLeft   int // calls still to fail with failErr; < 0: every call
+	calls      int
 }
 
 // Serve starts another replica of ca on a fresh 127.0.0.1 port; it stops

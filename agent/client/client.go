@@ -284,7 +284,7 @@ func (c *Client) ca() (cav1.CertificateAuthorityServiceClient, error) {
 // anything else fails its handshake and is never used.
 func (c *Client) dial(tlsConf *tls.Config) (*grpc.ClientConn, error) {
 	opts := append(c.target.dialOptions(),
-		grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)),
+		grpc.WithTransportCredentials(verifiedCreds{credentials.NewTLS(tlsConf), c}),
 		grpc.WithConnectParams(reconnect),
 		grpc.WithKeepaliveParams(keepalives),
 	)

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -8,6 +9,7 @@ import (
 	"strings"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/resolver"
 )
 
@@ -130,3 +132,27 @@ func (staticResolver) ResolveNow(resolver.ResolveNowOptions) {}
 
 // Close implements resolver.Resolver.
 func (staticResolver) Close() {}
+
+// verifiedCreds logs and counts every CA endpoint whose TLS handshake
+// fails: an address that is not the CA (its certificate does not chain to
+// the trust bundle or names another SPIFFE ID) is never used, and the
+// operator should know it is listed.
+type verifiedCreds struct {
+	credentials.TransportCredentials
+	c *Client
+}
+
+// ClientHandshake implements credentials.TransportCredentials.
+func (v verifiedCreds) ClientHandshake(ctx context.Context, authority string, conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	out, info, err := v.TransportCredentials.ClientHandshake(ctx, authority, conn)
+	if err != nil && ctx.Err() == nil {
+		v.c.metrics.handshakeFailures.Inc()
+		v.c.log.Warn("TLS handshake with a CA endpoint failed; not using it", "endpoint", conn.RemoteAddr().String(), "error", err.Error())
+	}
+	return out, info, err
+}
+
+// Clone implements credentials.TransportCredentials.
+func (v verifiedCreds) Clone() credentials.TransportCredentials {
+	return verifiedCreds{TransportCredentials: v.TransportCredentials.Clone(), c: v.c}
+}

@@ -402,6 +402,12 @@ func TestEndpointWithWrongCertificateIsNeverUsed(t *testing.T) {
 	if n, m := impostor.Calls(), foreign.Calls(); n != 0 || m != 0 {
 		t.Fatalf("impostor got %d calls, foreign CA %d; want none", n, m)
 	}
+	// Both refusals are counted (the handshakes run beside the calls).
+	for deadline := time.Now().Add(5 * time.Second); testutil.ToFloat64(c.metrics.handshakeFailures) < 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("castellan_agent_ca_handshake_failures_total = %v, want the impostor's and the foreign CA's", testutil.ToFloat64(c.metrics.handshakeFailures))
+		}
+	}
 
 	// Only the impostor: the join token is never sent.
 	only, err := New(Config{Addresses: []string{impostor.Addr()}, TrustDomain: td, Bundle: ca.Bundle(), DataDir: t.TempDir(), FailoverTimeout: 500 * time.Millisecond})

@@ -9,8 +9,9 @@ import (
 
 // metrics counts how the client spreads over the CA's endpoints.
 type metrics struct {
-	failovers *prometheus.CounterVec
-	retries   *prometheus.CounterVec
+	failovers         *prometheus.CounterVec
+	retries           *prometheus.CounterVec
+	handshakeFailures prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -23,12 +24,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "castellan_agent_ca_retries_total",
 			Help: "Failed attempts of CA calls that the agent retried, by call and gRPC code.",
 		}, []string{"call", "code"}),
+		handshakeFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "castellan_agent_ca_handshake_failures_total",
+			Help: "TLS handshakes with a CA endpoint that failed, such as an endpoint whose certificate is not the CA's; such an endpoint is not used.",
+		}),
 	}
 	for _, call := range []string{"BatchSignX509SVID", "RenewAgent", "AttestAgent", "SyncAgent"} {
 		m.failovers.WithLabelValues(call)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.failovers, m.retries} {
+		for _, c := range []prometheus.Collector{m.failovers, m.retries, m.handshakeFailures} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("client: register metrics: %w", err)
 			}

@@ -2,6 +2,15 @@
 // bootstraps the agent's own SVID with a join token, keeps it on disk so a
 // restart needs no new token, renews it at half its lifetime, and makes
 // every later call over mutual TLS with it.
+//
+// The CA may have several endpoints (replicas): every address a DNS name
+// resolves to, or an explicit list (endpoints.go). gRPC balances calls
+// over the endpoints that are up (round_robin) and skips one whose health
+// service says NOT_SERVING; a unary call that an endpoint fails with
+// Unavailable is retried on another within a bounded time (retry.go); a
+// stream that ends is reopened by its owner and lands on a live endpoint.
+// Each endpoint must prove it is the CA with an SVID for
+// spiffe://<td>/castellan/server chained to the trust bundle.
 package client
 
 import (

@@ -76,12 +76,12 @@ func (c *Client) failover(ctx context.Context, method string, req, reply any, cc
 		if !ok || ctx.Err() != nil {
 			return err
 		}
-		c.metrics.retries.WithLabelValues(call, status.Code(err).String()).Inc()
 		now := c.cfg.Clock.Now()
 		if dl, ok := ctx.Deadline(); now.Add(wait).After(giveUp) || ok && time.Until(dl) < wait {
 			return fmt.Errorf("client: %s: no CA endpoint served the call within %s (%d attempts, failed on %s): %w",
 				call, now.Sub(start).Round(time.Millisecond), attempt, strings.Join(failed, ", "), err)
 		}
+		c.metrics.retries.WithLabelValues(call, status.Code(err).String()).Inc()
 		c.log.Debug("CA call failed; retrying", "call", call, "endpoint", failed[len(failed)-1],
 			"code", status.Code(err).String(), "retry_in", wait.String(), "attempt", attempt)
 		select {

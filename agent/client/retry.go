@@ -102,10 +102,11 @@ func (c *Client) served(call, endpoint string, failed []string) {
 	for _, f := range failed {
 		if f != noEndpoint && f != endpoint {
 			c.metrics.failovers.WithLabelValues(call).Inc()
-			break
+			c.log.Info("CA call failed over", "call", call, "served_by", endpoint, "failed_on", failed)
+			return
 		}
 	}
-	c.log.Info("CA call failed over", "call", call, "served_by", endpoint, "failed_on", failed)
+	c.log.Info("CA call served on retry", "call", call, "served_by", endpoint, "failed_on", failed)
 }
 
 // endpointOf is the address of a call's peer, or "" if the call never

@@ -20,18 +20,23 @@
 package authority
 
 import (
+	"context"
 	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/cloudflare/cfssl/config"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/castellan-dev/castellan/ca/lifetime"
+	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/internal/serial"
 )
 
@@ -67,6 +72,30 @@ type Config struct {
 	// RootTTL and IntermediateTTL are the lifetimes of a generated root
 	// (0 -> 10y) and intermediate (0 -> 1y, never past the root).
 	RootTTL, IntermediateTTL time.Duration
+	// Journal, when set, keeps the CA's authorities in this keyspace of the
+	// CA's store (the server gives the keyspace "authority") and turns on
+	// rotation: see the package comment. DataDir then only holds the KEK
+	// (when KEKFile is empty) and, on first start, CA files to import.
+	Journal store.DB
+	// KEKFile is the key-encryption key that seals the private keys of
+	// managed authorities in the journal (32 bytes: raw, hex or base64).
+	// Empty: DataDir/authority.kek. A missing file is generated (0600)
+	// only when the journal is not shared; replicas sharing a store must
+	// mount the same file.
+	KEKFile string
+	// PublishDelay is how long a new root must have been in the trust
+	// bundle before an authority chaining to it may sign (0 ->
+	// DefaultPublishDelay(MaxTTL)).
+	PublishDelay time.Duration
+	// PrepareAt is the fraction of the active authority's lifetime after
+	// which the next one is prepared (0 -> 0.5; must be in (0, 1)).
+	PrepareAt float64
+	// OnTransition, when set, is called inside the journal's transaction
+	// for every state change, before it commits (the server appends the
+	// ledger event there); an error aborts the transition.
+	OnTransition func(context.Context, Transition) error
+	// Registry receives the authority metrics (nil -> none).
+	Registry prometheus.Registerer
 	// Clock returns the current time (nil -> time.Now).
 	Clock func() time.Time
 	// Logger receives CA lifecycle and issuance logs (nil -> discard).
@@ -80,11 +109,16 @@ type Authority struct {
 	clock  func() time.Time
 	log    *slog.Logger
 	policy *config.Signing
-	ca     *caKeys
+	cur    atomic.Pointer[caKeys] // what signs now, and the bundle
+	notify *notifier
+	j      *journal // nil: a fixed CA (Config.Journal unset)
 }
 
-// caKeys is the loaded CA material.
+// caKeys is the loaded CA material: one consistent snapshot of the signing
+// authority and the trust bundle, replaced whole, never modified.
 type caKeys struct {
+	id    string              // authority ID (journal); "" for a fixed CA
+	gen   uint64              // increases with every change
 	cert  *x509.Certificate   // signing (intermediate) certificate
 	key   crypto.Signer       // its private key
 	chain []*x509.Certificate // cert, then further intermediates; no root
@@ -92,8 +126,21 @@ type caKeys struct {
 	roots []*x509.Certificate // the trust bundle
 }
 
-// New loads or creates the CA described by cfg.
+// keys returns the current snapshot.
+func (a *Authority) keys() *caKeys { return a.cur.Load() }
+
+// New loads or creates the CA described by cfg: Open with a background
+// context.
 func New(cfg Config) (*Authority, error) {
+	return Open(context.Background(), cfg)
+}
+
+// Open loads or creates the CA described by cfg. Without Config.Journal the
+// CA is fixed: generated in (or reloaded from) DataDir, or plugged in from
+// files read once. With a journal it is opened from, or bootstrapped into,
+// the journal (see the package comment); the caller then runs Follow and
+// calls Tick periodically.
+func Open(ctx context.Context, cfg Config) (*Authority, error) {
 	cfg, err := withDefaults(cfg)
 	if err != nil {
 		return nil, err
@@ -106,7 +153,34 @@ func New(cfg Config) (*Authority, error) {
 	if err != nil {
 		return nil, err
 	}
+	a := &Authority{
+		td:     cfg.TrustDomain,
+		life:   life,
+		clock:  cfg.Clock,
+		log:    cfg.Logger,
+		policy: policy,
+		notify: newNotifier(),
+	}
+	if cfg.Journal != nil {
+		err = a.openJournal(ctx, cfg)
+	} else {
+		err = a.openFixed(cfg)
+	}
+	if err != nil {
+		return nil, err
+	}
+	ca := a.keys()
+	cfg.Logger.Info("CA ready", "trust_domain", cfg.TrustDomain.String(), "authority", ca.id,
+		"root_subject", ca.root.Subject.String(), "root_not_after", ca.root.NotAfter,
+		"intermediate_serial", serial.FromBig(ca.cert.SerialNumber).String(), "intermediate_not_after", ca.cert.NotAfter,
+		"bundle_roots", len(ca.roots))
+	return a, nil
+}
+
+// openFixed loads the CA of a server without journal.
+func (a *Authority) openFixed(cfg Config) error {
 	var ca *caKeys
+	var err error
 	switch {
 	case cfg.RootCertFile != "":
 		ca, err = loadPluggedIn(cfg)
@@ -118,20 +192,10 @@ func New(cfg Config) (*Authority, error) {
 		ca, _, err = generateCA(cfg)
 	}
 	if err != nil {
-		return nil, err
+		return err
 	}
-	cfg.Logger.Info("CA ready", "trust_domain", cfg.TrustDomain.String(),
-		"root_subject", ca.root.Subject.String(), "root_not_after", ca.root.NotAfter,
-		"intermediate_serial", serial.FromBig(ca.cert.SerialNumber).String(), "intermediate_not_after", ca.cert.NotAfter,
-		"bundle_roots", len(ca.roots))
-	return &Authority{
-		td:     cfg.TrustDomain,
-		life:   life,
-		clock:  cfg.Clock,
-		log:    cfg.Logger,
-		policy: policy,
-		ca:     ca,
-	}, nil
+	a.cur.Store(ca)
+	return nil
 }
 
 func withDefaults(cfg Config) (Config, error) {
@@ -156,9 +220,22 @@ func withDefaults(cfg Config) (Config, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.PublishDelay == 0 {
+		cfg.PublishDelay = DefaultPublishDelay(cfg.MaxTTL)
+	}
+	if cfg.PrepareAt == 0 {
+		cfg.PrepareAt = DefaultPrepareAt
+	}
+	if cfg.KEKFile == "" && cfg.DataDir != "" {
+		cfg.KEKFile = filepath.Join(cfg.DataDir, KEKName)
+	}
 	switch {
 	case cfg.DefaultTTL < 0 || cfg.MaxTTL < 0 || cfg.RootTTL < 0 || cfg.IntermediateTTL < 0:
 		return cfg, errors.New("authority: TTLs must not be negative")
+	case cfg.PublishDelay < 0:
+		return cfg, errors.New("authority: publish delay must not be negative")
+	case !(cfg.PrepareAt > 0 && cfg.PrepareAt < 1):
+		return cfg, fmt.Errorf("authority: prepare-at fraction %v must be between 0 and 1", cfg.PrepareAt)
 	case cfg.IntermediateTTL <= cfg.MaxTTL:
 		return cfg, fmt.Errorf("authority: intermediate TTL %s must exceed max SVID TTL %s", cfg.IntermediateTTL, cfg.MaxTTL)
 	}
@@ -177,17 +254,18 @@ func withDefaults(cfg Config) (Config, error) {
 // Bundle returns the trust bundle: the roots that issued SVIDs chain to. The
 // caller owns the returned bundle.
 func (a *Authority) Bundle() *x509bundle.Bundle {
-	return x509bundle.FromX509Authorities(a.td, a.ca.roots)
+	return x509bundle.FromX509Authorities(a.td, a.keys().roots)
 }
 
-// Intermediate returns the certificate that signs SVIDs.
-func (a *Authority) Intermediate() *x509.Certificate { return a.ca.cert }
+// Intermediate returns the certificate that signs SVIDs now (it changes
+// when another authority is activated; see Snapshot).
+func (a *Authority) Intermediate() *x509.Certificate { return a.keys().cert }
 
-// Root returns the root the intermediate chains to.
-func (a *Authority) Root() *x509.Certificate { return a.ca.root }
+// Root returns the root the current intermediate chains to.
+func (a *Authority) Root() *x509.Certificate { return a.keys().root }
 
-// Signer returns the intermediate's private key.
-func (a *Authority) Signer() crypto.Signer { return a.ca.key }
+// Signer returns the current intermediate's private key.
+func (a *Authority) Signer() crypto.Signer { return a.keys().key }
 
 // TrustDomain returns the CA's trust domain.
 func (a *Authority) TrustDomain() spiffeid.TrustDomain { return a.td }

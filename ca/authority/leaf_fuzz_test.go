@@ -364,15 +364,14 @@ func FuzzLeafTBS(f *testing.F) {
 		// its NotAfter, to the nanosecond.
 		span := uint64(signer.NotAfter.Sub(signer.NotBefore) + time.Hour)
 		now := signer.NotBefore.Add(-time.Hour).Add(time.Duration(uint64(off) % span))
-		a := *in.a
-		a.clock = func() time.Time { return now }
+		a := in.a
 		maxTTL := uint64(290 * 365 * 24 * time.Hour)
 		lifetime := time.Duration(uint64(ttl) % maxTTL)
 		profile := ProfileWorkload
 		if mode&4 != 0 {
 			profile = ProfileAgent
 		}
-		tmpl, err := a.leafTemplate(profile, csr, fuzzID(td, path), lifetime)
+		tmpl, err := leafTemplate(a.policy, a.keys(), now, profile, csr, fuzzID(td, path), lifetime)
 		if err != nil {
 			t.Fatalf("leafTemplate(now %v, issuer %s): %v", now, in.name, err)
 		}

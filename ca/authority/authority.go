@@ -1,12 +1,107 @@
-// Package authority is Castellan's signing core: it holds the CA's root and
-// intermediate, validates certificate signing requests and issues
-// X.509-SVIDs under a cfssl signing policy.
+// Package authority is Castellan's signing core: it holds the CA's
+// authorities (root, intermediate and their keys), validates certificate
+// signing requests, issues X.509-SVIDs under a cfssl signing policy, and
+// rotates the authorities without a failed request.
 //
-// The CA is either generated on first start into Config.DataDir (an ECDSA
-// P-256 root, 10 years, and an intermediate, 1 year, reloaded after) or
-// plugged in from PEM files (Config.RootCertFile, IntermediateCertFile,
-// IntermediateKeyFile). An Authority is immutable after New and safe for
-// concurrent use.
+// # Fixed CA
+//
+// Without Config.Journal the CA is fixed for the life of the process:
+// generated on first start into Config.DataDir (an ECDSA P-256 root, 10
+// years, and an intermediate, 1 year, reloaded after), or plugged in from
+// PEM files (Config.RootCertFile, IntermediateCertFile, IntermediateKeyFile)
+// read once.
+//
+// # The authority journal
+//
+// With Config.Journal (a keyspace of the CA's store, package ca/store; the
+// server gives "authority") every X.509 authority the trust domain has had
+// is a record of the journal, in one of five states:
+//
+//   - prepared: its root is in the trust bundle; it does not sign yet;
+//   - active: it signs every SVID; exactly one authority is active;
+//   - old: it no longer signs; its root stays trusted until the last leaf it
+//     may have signed has expired (Info.LeavesExpireBy: when it stopped
+//     signing, plus the max SVID TTL and a minute for replicas to follow);
+//   - tainted: still trusted, but every leaf under it must be replaced now;
+//   - revoked: removed from the trust bundle.
+//
+// The trust bundle is the roots of every prepared, active, old and tainted
+// authority; Sign always uses the active one. Snapshot returns both, taken
+// together; Changed signals a change of either; Authorities lists the
+// journal. The journal also records when each root entered the bundle.
+//
+// Transitions, and the ones refused (TransitionError: gRPC
+// FailedPrecondition, NotFound for an unknown ID):
+//
+//   - (none) -> active: the first authority (bootstrap; the CA files of
+//     DataDir are imported if there are some, so a CA keeps its root).
+//   - (none) -> prepared: Prepare (managed: a new intermediate under the
+//     active root, or under a new root); refused while another is prepared,
+//     and on a plug-in CA (rotate it by replacing its files).
+//   - prepared -> active, active -> old: Activate; refused unless the
+//     authority is prepared, valid now and its key opens on this replica;
+//     refused unless forced before its root has been in the bundle for the
+//     publish delay.
+//   - old -> tainted: Taint; refused for the active one (activate another
+//     first), a prepared one (revoke it: it never signed), and one already
+//     tainted or revoked.
+//   - prepared|old|tainted -> revoked: Revoke; refused for the active one
+//     and a revoked one, and unless forced for one whose leaves may not all
+//     have expired.
+//   - old|tainted -> revoked: retired by Tick once their leaves expired.
+//   - active -> active: a plug-in authority whose root file changed.
+//
+// Every transition is passed to Config.OnTransition inside the journal's
+// transaction, before it commits (the server appends a ledger event there);
+// if the hook fails the transition is not made.
+//
+// # Rotation policy (managed CA)
+//
+// Tick, called every few seconds by the server, prepares the next authority
+// once the active one is past Config.PrepareAt (default half) of its
+// lifetime: a new intermediate under the same root, or a new root and
+// intermediate when the root has less than an intermediate lifetime left.
+// It activates a prepared authority as soon as its root has been in the
+// bundle for Config.PublishDelay (so an intermediate under the same root at
+// once), and retires (revokes) old and tainted authorities whose last leaf
+// has expired. The default publish delay is the max SVID TTL plus five
+// minutes: see DefaultPublishDelay for why.
+//
+// # Plug-in CA (Istio's cacerts layout)
+//
+// With a journal, Tick also re-reads the plug-in files (polling their
+// content hash: no inotify, which Kubernetes Secret volumes defeat with
+// their symlink swaps anyway) and picks up a new intermediate, or new roots,
+// without a restart. Every root of the root file is published. A new
+// intermediate whose root has not been in the bundle for the publish delay
+// is refused with an error saying until when (log, metric
+// castellan_ca_authority_refusals_total): it is recorded prepared, which
+// publishes its roots, the current authority keeps signing, and Tick
+// activates it once the delay has passed. The key of a plug-in authority
+// stays in its files, never in the journal.
+//
+// # Keys in the journal, and replicas
+//
+// The private keys of managed authorities are stored in the journal sealed
+// with AES-256-GCM under a key-encryption key read from Config.KEKFile; the
+// additional data binds each ciphertext to its authority's ID and slot, so
+// no key is ever in the store in clear, and a record's sealed key does not
+// open in another record. The KEK file is generated (0600) when missing only
+// if the store is not shared; replicas sharing a PostgreSQL store must mount
+// the same one (a Kubernetes Secret). A replica with another KEK, or a
+// tampered record, fails at start with an error saying which: it never
+// generates a new CA over an existing journal.
+//
+// Replicas sharing a store agree on one active authority, because it lives
+// in the shared store: each replica runs Follow, which re-reads the journal
+// whenever the store signals a commit, and switches its signer and bundle.
+// The alternative, one authority per replica under a shared bundle, would
+// multiply the intermediates every peer must accept and the keys to
+// protect, and make taint and revoke per-replica operations. Every replica
+// may call Tick: each transition re-reads the journal inside its
+// serialized transaction, so two replicas never both prepare or activate.
+//
+// # Signing
 //
 // Leaves are not signed with x509.CreateCertificate: it verifies every
 // signature it has just made, which for an ECDSA issuer doubles the
@@ -16,7 +111,8 @@
 // and parses the result. The tests build every leaf shape both ways and
 // compare them field by field and byte for byte, and check each leaf's
 // signature against its issuer; RSA issuer signatures, which are cheap to
-// verify, are still checked at signing time.
+// verify, are still checked at signing time. An Authority is safe for
+// concurrent use; each signing uses one snapshot of the active authority.
 package authority
 
 import (

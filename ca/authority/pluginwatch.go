@@ -31,11 +31,15 @@ func (a *Authority) startPlugin(ctx context.Context) error {
 	}
 	a.j.mu.Lock()
 	defer a.j.mu.Unlock()
-	if err := a.applyFiles(ctx, ca, true); err != nil && !errors.Is(err, ErrRefused) {
-		return err
+	applyErr := a.applyFiles(ctx, ca, true)
+	if applyErr != nil && !errors.Is(applyErr, ErrRefused) {
+		return applyErr
 	}
 	a.j.files = f.hash()
-	return a.reload(ctx)
+	if err := a.reload(ctx); err != nil {
+		return errors.Join(applyErr, err)
+	}
+	return nil
 }
 
 // checkFiles applies the plug-in files if their content changed since they
@@ -88,17 +92,22 @@ func (a *Authority) applyFiles(ctx context.Context, ca *caKeys, start bool) erro
 		if err != nil || r.State == StateActive {
 			return err
 		}
-		err = a.checkPublished(t, r, false)
-		if err == nil {
+		at, ok := publishedAt(t.tx, r.roots[0])
+		if !ok {
+			at = t.now // published by this transaction
+		}
+		ready := at.Add(a.j.schedule.publishDelay)
+		if !t.now.Before(ready) {
 			return a.switchTo(t, r, "plug-in CA files hold a new intermediate")
 		}
-		if cur := findState(t.recs, StateActive); start && (cur == nil || !a.canSign(cur)) {
+		cur := findState(t.recs, StateActive)
+		if cur == nil || start && !a.canSign(cur) {
 			a.log.Error("activating the plug-in authority before its root was published for the publish delay: no other authority can sign on this replica",
-				"authority", id, "refusal", err.Error())
+				"authority", id, "root_published_at", at, "publish_delay", a.j.schedule.publishDelay.String())
 			return a.switchTo(t, r, "plug-in CA files at start; no other key available")
 		}
-		refusal = refuseTransition("plug-in intermediate %s (%s) is refused for now: %v; it is prepared (its roots are published) and becomes active once the delay has passed, the current authority keeps signing until then",
-			id, ca.cert.Subject, err.(*TransitionError).Msg)
+		refusal = refuseTransition("plug-in intermediate %s (%s) chains to root %q, which entered the trust bundle at %s: it may sign only once that root has been published for the publish delay %s, at %s (peers that have not received the root would reject its leaves); until then it is prepared, its roots are published, and authority %s keeps signing",
+			id, ca.cert.Subject, r.roots[0].Subject, at.UTC().Format(time.RFC3339), a.j.schedule.publishDelay, ready.UTC().Format(time.RFC3339), cur.ID)
 		return nil
 	})
 	if err != nil {
@@ -108,6 +117,7 @@ func (a *Authority) applyFiles(ctx context.Context, ca *caKeys, start bool) erro
 		return err
 	}
 	if refusal != nil {
+		a.j.metrics.refusals.WithLabelValues("root_not_published").Inc()
 		a.log.Warn("plug-in CA files", "error", refusal.Error())
 	}
 	return refusal

@@ -97,7 +97,7 @@ func (m *metrics) observe(recs []*record, maxTTL time.Duration) {
 func (m *metrics) count(changes []Transition) {
 	for _, c := range changes {
 		m.transitions.WithLabelValues(string(c.To)).Inc()
-		if c.To == StateActive && c.From != StateActive {
+		if c.To == StateActive && (c.From == StatePrepared || c.From == StateOld) {
 			m.rotations.Inc()
 		}
 	}

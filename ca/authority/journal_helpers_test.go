@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 )
@@ -186,3 +188,5 @@ func chainsToSnapshot(iss *Issued, s Snapshot) error {
 type sharedDB struct{ store.DB }
 
 func (sharedDB) Shared() bool { return true }
+
+func newRegistry() *prometheus.Registry { return prometheus.NewRegistry() }

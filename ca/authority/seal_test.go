@@ -193,7 +193,7 @@ func TestTamperedSealedKeysFailAtStart(t *testing.T) {
 		}, []string{"altered or damaged"}},
 		"key moved from another authority": {func(recs []*record) { recs[0].SealedKey = recs[1].SealedKey }, []string{"altered or damaged"}},
 		"truncated":                        {func(recs []*record) { recs[0].SealedKey = recs[0].SealedKey[:10] }, []string{"truncated"}},
-		"certificate replaced": {func(recs []*record) { recs[0].Chain = recs[1].Chain }, []string{"holds the certificate of authority", "altered"}},
+		"certificate replaced":             {func(recs []*record) { recs[0].Chain = recs[1].Chain }, []string{"holds the certificate of authority", "altered"}},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

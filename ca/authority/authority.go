@@ -188,7 +188,10 @@ type Config struct {
 	PrepareAt float64
 	// OnTransition, when set, is called inside the journal's transaction
 	// for every state change, before it commits (the server appends the
-	// ledger event there); an error aborts the transition.
+	// ledger event there); an error aborts the transition. It runs inside
+	// the journal's Update: it must not start an Update on the same bbolt
+	// file (bbolt has one writer; the ledger has its own file), nor call
+	// the Authority's transition methods.
 	OnTransition func(context.Context, Transition) error
 	// Registry receives the authority metrics (nil -> none).
 	Registry prometheus.Registerer

@@ -155,6 +155,9 @@ func (a *Authority) keyFor(r *record) (crypto.Signer, error) {
 	if k, ok := a.j.keys[r.ID]; ok {
 		return k, nil
 	}
+	if r.Source == SourcePlugin && !a.j.plugin() {
+		return nil, fmt.Errorf("authority: authority %s is a plug-in CA but this CA runs without plug-in files: start it with the same root, intermediate and key files", r.ID)
+	}
 	if r.Source == SourcePlugin {
 		return nil, fmt.Errorf("authority: the key of plug-in authority %s is not in this replica's files (%s): mount the same files on every replica",
 			r.ID, a.j.cfg.IntermediateKeyFile)
@@ -264,6 +267,28 @@ func (a *Authority) Follow(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-changed:
+		}
+	}
+}
+
+// Run follows the journal (Follow) and calls Tick at every value of ticks
+// (the server passes a time.Ticker's channel, every few seconds; tests a
+// channel of their own), logging what Tick reports, until ctx ends.
+func (a *Authority) Run(ctx context.Context, ticks <-chan time.Time) error {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = a.Follow(ctx)
+	}()
+	defer func() { <-done }()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ticks:
+			if err := a.Tick(ctx); err != nil && ctx.Err() == nil {
+				a.log.Warn("authority rotation step", "error", err.Error())
+			}
 		}
 	}
 }

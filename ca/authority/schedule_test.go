@@ -161,3 +161,27 @@ func later(a, b time.Time) time.Time {
 	}
 	return b
 }
+
+func TestRunRotatesOnTicksAndStopsWithTheContext(t *testing.T) {
+	e := newJournalEnv(t)
+	a := e.open()
+	first := a.Snapshot().ActiveID
+	ticks := make(chan time.Time)
+	rctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(rctx, ticks) }()
+	c := a.Intermediate()
+	e.clock.Advance(c.NotAfter.Sub(e.clock.Now()) / 2)
+	ticks <- e.clock.Now() // prepares
+	ticks <- e.clock.Now() // activates
+	waitFor(t, a, "the scheduled rotation", func(s Snapshot) bool { return s.ActiveID != first })
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after its context ended")
+	}
+}

@@ -223,6 +223,9 @@ type caKeys struct {
 	chain []*x509.Certificate // cert, then further intermediates; no root
 	root  *x509.Certificate   // root the chain verifies to
 	roots []*x509.Certificate // the trust bundle
+	// tainted are the signing certificates of tainted authorities: every
+	// leaf they signed must be replaced.
+	tainted []*x509.Certificate
 }
 
 // keys returns the current snapshot.
@@ -335,6 +338,10 @@ func withDefaults(cfg Config) (Config, error) {
 		return cfg, errors.New("authority: publish delay must not be negative")
 	case !(cfg.PrepareAt > 0 && cfg.PrepareAt < 1):
 		return cfg, fmt.Errorf("authority: prepare-at fraction %v must be between 0 and 1", cfg.PrepareAt)
+	case cfg.Journal != nil && cfg.RootCertFile == "" &&
+		float64(cfg.PublishDelay) >= float64(cfg.IntermediateTTL)*(1-cfg.PrepareAt):
+		return cfg, fmt.Errorf("authority: publish delay %s must be shorter than the %s between preparing the next authority and the active one's expiry (intermediate TTL %s, prepared at %s of it)",
+			cfg.PublishDelay, time.Duration(float64(cfg.IntermediateTTL)*(1-cfg.PrepareAt)), cfg.IntermediateTTL, percent(cfg.PrepareAt))
 	case cfg.IntermediateTTL <= cfg.MaxTTL:
 		return cfg, fmt.Errorf("authority: intermediate TTL %s must exceed max SVID TTL %s", cfg.IntermediateTTL, cfg.MaxTTL)
 	}

@@ -203,9 +203,9 @@ func (a *Authority) install(recs []*record) error {
 	if active == nil {
 		return errors.New("authority: the journal has no active authority")
 	}
-	roots := bundleOf(recs)
+	roots, tainted := bundleOf(recs), taintedOf(recs)
 	cur := a.keys()
-	if cur != nil && cur.id == active.ID && sameCerts(cur.roots, roots) {
+	if cur != nil && cur.id == active.ID && sameCerts(cur.roots, roots) && sameCerts(cur.tainted, tainted) {
 		return nil
 	}
 	var gen uint64 = 1
@@ -223,16 +223,27 @@ func (a *Authority) install(recs []*record) error {
 		if !slices.ContainsFunc(roots, cur.root.Equal) {
 			roots = append(roots, cur.root)
 		}
-		if !sameCerts(cur.roots, roots) {
+		if !sameCerts(cur.roots, roots) || !sameCerts(cur.tainted, tainted) {
 			next := *cur
-			next.roots, next.gen = roots, gen
+			next.roots, next.tainted, next.gen = roots, tainted, gen
 			a.publish(&next)
 		}
 		return err
 	}
 	a.publish(&caKeys{id: active.ID, gen: gen, cert: active.certs[0], key: key, chain: active.certs,
-		root: active.roots[0], roots: roots})
+		root: active.roots[0], roots: roots, tainted: tainted})
 	return nil
+}
+
+// taintedOf returns the signing certificates of the tainted authorities.
+func taintedOf(recs []*record) []*x509.Certificate {
+	var out []*x509.Certificate
+	for _, r := range recs {
+		if r.State == StateTainted {
+			out = append(out, r.certs[0])
+		}
+	}
+	return out
 }
 
 func (a *Authority) publish(ca *caKeys) {

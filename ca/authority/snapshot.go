@@ -24,6 +24,10 @@ type Snapshot struct {
 	// Roots is the trust bundle: every root of a prepared, active, old or
 	// tainted authority.
 	Roots []*x509.Certificate
+	// Tainted are the signing certificates of tainted authorities: every
+	// leaf whose chain includes one must be replaced now (agents renew
+	// them, spread over a short window).
+	Tainted []*x509.Certificate
 	// Generation increases with every change of the signer or the bundle.
 	Generation uint64
 }
@@ -37,12 +41,13 @@ func (a *Authority) Snapshot() Snapshot {
 		Chain:      slices.Clone(ca.chain),
 		Root:       ca.root,
 		Roots:      slices.Clone(ca.roots),
+		Tainted:    slices.Clone(ca.tainted),
 		Generation: ca.gen,
 	}
 }
 
 // Changed returns a channel closed at the next change of the signing
-// authority or of the trust bundle (by this process, or by another replica
+// authority, of the trust bundle or of the tainted authorities (by this process, or by another replica
 // sharing the journal once Follow has read it). Call Snapshot after it
 // fires, then Changed again.
 func (a *Authority) Changed() <-chan struct{} { return a.notify.wait() }

@@ -229,9 +229,18 @@ func rotated(t *testing.T, e *journalEnv) (a *Authority, oldID, activeID string)
 func TestTaintMarksAnOldAuthorityAndKeepsItTrusted(t *testing.T) {
 	e := newJournalEnv(t)
 	a, oldID, _ := rotated(t, e)
+	changed := a.Changed()
 	in, err := a.Taint(ctx, oldID)
 	if err != nil {
 		t.Fatal(err)
+	}
+	select {
+	case <-changed:
+	default:
+		t.Fatal("Changed did not fire on a taint: agents must learn which leaves to replace")
+	}
+	if s := a.Snapshot(); len(s.Tainted) != 1 || !s.Tainted[0].Equal(in.Chain[0]) {
+		t.Fatalf("snapshot lists %d tainted certificates, want the old intermediate", len(s.Tainted))
 	}
 	if in.State != StateTainted || !in.TaintedAt.Equal(e.clock.Now()) {
 		t.Fatalf("after Taint %+v", in)
@@ -360,6 +369,19 @@ func TestAFailingHookAbortsTheTransition(t *testing.T) {
 	}
 	if reopened := e.open(); reopened.Snapshot().ActiveID != first.ActiveID {
 		t.Fatal("the aborted transition reached the store")
+	}
+}
+
+func TestAPublishDelayLongerThanTheRotationLeadIsRefused(t *testing.T) {
+	e := newJournalEnv(t)
+	e.cfg.PublishDelay = jInterTTL / 2
+	_, err := Open(ctx, e.cfg)
+	if err == nil || !strings.Contains(err.Error(), "publish delay") {
+		t.Fatalf("Open with a publish delay of half the intermediate TTL: %v", err)
+	}
+	e.cfg.PublishDelay = 0 // default: max TTL + 5 minutes
+	if _, err := Open(ctx, e.cfg); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -113,17 +113,34 @@ func decodeRecord(v []byte) (*record, error) {
 	if err := json.Unmarshal(v, r); err != nil {
 		return nil, fmt.Errorf("authority: journal record is damaged: %w", err)
 	}
-	var err error
-	if r.certs, err = parseDERs(r.Chain); err != nil || len(r.certs) == 0 {
-		return nil, fmt.Errorf("authority: journal record %s: bad chain (%v)", r.ID, err)
-	}
-	if r.roots, err = parseDERs(r.Roots); err != nil || len(r.roots) == 0 {
-		return nil, fmt.Errorf("authority: journal record %s: bad roots (%v)", r.ID, err)
-	}
-	if id := authorityID(r.certs[0]); id != r.ID {
-		return nil, fmt.Errorf("authority: journal record %s holds the certificate of authority %s: the journal was altered", r.ID, id)
+	if err := r.parse(); err != nil {
+		return nil, err
 	}
 	return r, nil
+}
+
+// parse parses and checks a decoded record.
+func (r *record) parse() error {
+	if !slices.Contains(allStates, r.State) || (r.Source != SourceManaged && r.Source != SourcePlugin) {
+		return fmt.Errorf("authority: journal record %s has unknown state %q or source %q: the journal was altered", r.ID, r.State, r.Source)
+	}
+	var err error
+	if r.certs, err = parseDERs(r.Chain); err != nil || len(r.certs) == 0 {
+		return fmt.Errorf("authority: journal record %s: bad chain (%v)", r.ID, err)
+	}
+	if r.roots, err = parseDERs(r.Roots); err != nil || len(r.roots) == 0 {
+		return fmt.Errorf("authority: journal record %s: bad roots (%v)", r.ID, err)
+	}
+	if id := authorityID(r.certs[0]); id != r.ID {
+		return fmt.Errorf("authority: journal record %s holds the certificate of authority %s: the journal was altered", r.ID, id)
+	}
+	if err := r.certs[len(r.certs)-1].CheckSignatureFrom(r.roots[0]); err != nil && !r.certs[len(r.certs)-1].Equal(r.roots[0]) {
+		return fmt.Errorf("authority: journal record %s: its chain does not verify to its first root: the journal was altered: %w", r.ID, err)
+	}
+	if r.Source == SourceManaged && len(r.roots) != 1 {
+		return fmt.Errorf("authority: journal record %s is managed but publishes %d roots: the journal was altered", r.ID, len(r.roots))
+	}
+	return nil
 }
 
 func parseDERs(ders [][]byte) ([]*x509.Certificate, error) {

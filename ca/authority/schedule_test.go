@@ -185,3 +185,30 @@ func TestRunRotatesOnTicksAndStopsWithTheContext(t *testing.T) {
 		t.Fatal("Run did not return after its context ended")
 	}
 }
+
+// TestIdleTicksDoNotWriteTheStore: a Tick with nothing due writes nothing,
+// so replicas ticking every few seconds do not wake each other through the
+// shared store's change signal.
+func TestIdleTicksDoNotWriteTheStore(t *testing.T) {
+	e := newJournalEnv(t)
+	files := newCacerts(t, e)
+	r1 := files.root(e.clock.Now())
+	files.write(files.intermediate(e.clock.Now(), r1), r1)
+	plugin := e.open()
+	e2 := newJournalEnv(t)
+	managed := e2.open()
+	changed, changed2 := e.db.Changed(), e2.db.Changed()
+	for range 5 {
+		e.clock.Advance(time.Minute)
+		e2.clock.Advance(time.Minute)
+		tick(t, plugin)
+		tick(t, managed)
+	}
+	select {
+	case <-changed:
+		t.Fatal("idle ticks of a plug-in CA wrote the store")
+	case <-changed2:
+		t.Fatal("idle ticks of a managed CA wrote the store")
+	default:
+	}
+}

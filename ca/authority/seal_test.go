@@ -199,13 +199,25 @@ func TestTamperedSealedKeysFailAtStart(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			e := newJournalEnv(t)
 			a := e.open()
-			if _, err := a.Prepare(ctx, false); err != nil {
+			if _, err := a.Prepare(ctx, true); err != nil { // under another root
 				t.Fatal(err)
 			}
 			editRecords(t, e.db, tc.edit)
 			wantOpenFails(t, e, tc.words...)
 		})
 	}
+}
+
+func TestADamagedJournalRecordFailsAtStart(t *testing.T) {
+	e := newJournalEnv(t)
+	e.open()
+	err := e.db.Update(ctx, func(tx store.Tx) error {
+		return tx.Bucket(bucketAuthorities).Put([]byte("0000000000000000"), []byte("{not json"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantOpenFails(t, e, "journal record is damaged")
 }
 
 func TestTheKEKFileIsGeneratedOwnerOnlyAndReused(t *testing.T) {

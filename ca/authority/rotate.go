@@ -52,7 +52,19 @@ func (a *Authority) openJournal(ctx context.Context, cfg Config) error {
 	if cfg.KEKFile == "" {
 		return errors.New("authority: a journal needs a key-encryption key: set the KEK file or the data dir")
 	}
-	if a.j.kek, err = loadKEK(cfg.KEKFile, !cfg.Journal.Shared()); err != nil {
+	var recs []*record
+	if err := cfg.Journal.View(ctx, func(tx store.Tx) error {
+		recs, err = readRecords(tx)
+		return err
+	}); err != nil {
+		return fmt.Errorf("authority: read journal: %w", err)
+	}
+	// A KEK is generated only for a new, unshared journal: a lost one is
+	// never silently replaced.
+	if a.j.kek, err = loadKEK(cfg.KEKFile, len(recs) == 0 && !cfg.Journal.Shared()); err != nil {
+		if i := slices.IndexFunc(recs, func(r *record) bool { return r.KEKID != "" }); i >= 0 {
+			return fmt.Errorf("%w (the journal already holds authorities sealed under key %s: restore that key file)", err, recs[i].KEKID)
+		}
 		return err
 	}
 	a.j.mu.Lock()
@@ -334,7 +346,8 @@ func (a *Authority) Tick(ctx context.Context) error {
 }
 
 // rotate makes the steps the schedule has due, deciding again inside the
-// transaction (a.j.mu held).
+// transaction (a.j.mu held). A step that fails (every refusal comes before
+// any change) does not hold back the others.
 func (a *Authority) rotate(ctx context.Context) error {
 	var due bool
 	err := a.j.db.View(ctx, func(tx store.Tx) error {
@@ -345,15 +358,17 @@ func (a *Authority) rotate(ctx context.Context) error {
 	if err != nil || !due {
 		return err
 	}
+	var failed []error
 	_, err = a.change(ctx, func(t *txn) error {
+		failed = nil
 		for _, s := range a.j.schedule.plan(t.recs, t.now, publishedIn(t.tx), a.canSign) {
 			if err := a.apply(t, s); err != nil {
-				return err
+				failed = append(failed, err)
 			}
 		}
 		return nil
 	})
-	return err
+	return errors.Join(append(failed, err)...)
 }
 
 func publishedIn(tx store.Tx) func(*x509.Certificate) (time.Time, bool) {

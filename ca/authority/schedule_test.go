@@ -212,3 +212,27 @@ func TestIdleTicksDoNotWriteTheStore(t *testing.T) {
 	default:
 	}
 }
+
+func TestAFailingStepDoesNotHoldBackTheOthers(t *testing.T) {
+	e := newJournalEnv(t)
+	a, oldID, activeID := rotated(t, e)
+	editRecords(t, e.db, func(recs []*record) {
+		for _, r := range recs {
+			if r.ID == activeID {
+				r.SealedRootKey[30] ^= 1 // the next intermediate cannot be signed
+			}
+		}
+	})
+	c := a.Intermediate()
+	e.clock.Advance(c.NotAfter.Sub(e.clock.Now()) / 2) // prepare due, old leaves expired
+	err := a.Tick(ctx)
+	if err == nil || !strings.Contains(err.Error(), "root key of authority "+activeID) {
+		t.Fatalf("Tick with an unopenable root key: %v", err)
+	}
+	if got := infoOf(t, a, oldID).State; got != StateRevoked {
+		t.Fatalf("the old authority is %s: a failed prepare held back its retirement", got)
+	}
+	if a.Snapshot().ActiveID != activeID {
+		t.Fatal("the signer changed")
+	}
+}

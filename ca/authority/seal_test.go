@@ -220,6 +220,19 @@ func TestADamagedJournalRecordFailsAtStart(t *testing.T) {
 	wantOpenFails(t, e, "journal record is damaged")
 }
 
+func TestALostKEKFileIsNotRegenerated(t *testing.T) {
+	e := newJournalEnv(t)
+	e.open()
+	path := filepath.Join(e.cfg.DataDir, KEKName)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	wantOpenFails(t, e, path, "does not exist", "restore that key file")
+	if _, err := os.Stat(path); err == nil {
+		t.Fatal("a new KEK was generated over a journal sealed under the lost one")
+	}
+}
+
 func TestTheKEKFileIsGeneratedOwnerOnlyAndReused(t *testing.T) {
 	e := newJournalEnv(t)
 	first := e.open().Snapshot().ActiveID

@@ -116,14 +116,19 @@ func TestPluginPublishesEveryRootAndActivatesTheNewIntermediateAfterTheDelay(t *
 	a := e.open()
 	e.transitions()
 
+	e.clock.Advance(time.Minute)
 	r2 := files.root(e.clock.Now())
 	files.write(i1, r1, r2) // the new root first, beside the old intermediate
 	tick(t, a)
 	if s := a.Snapshot(); len(s.Roots) != 2 || !s.Roots[1].Equal(r2.cert) {
 		t.Fatalf("bundle after adding a root: %d roots", len(s.Roots))
 	}
-	if tr := e.transitions(); len(tr) != 1 || tr[0].From != StateActive || tr[0].To != StateActive || !strings.Contains(tr[0].Reason, "root file") {
+	tr := e.transitions()
+	if len(tr) != 1 || tr[0].From != StateActive || tr[0].To != StateActive || !strings.Contains(tr[0].Reason, "root file") {
 		t.Fatalf("transitions %+v", tr)
+	}
+	if in := tr[0].Authority; !in.ActivatedAt.Equal(in.PreparedAt) {
+		t.Fatalf("a root file change restamped the activation time: %v, activated at start %v", in.ActivatedAt, in.PreparedAt)
 	}
 	signedBy(t, a, i1)
 

@@ -91,7 +91,6 @@ func (a *Authority) bootstrapManaged(t *txn) error {
 	if err != nil {
 		return err
 	}
-	r.PreparedAt, r.ActivatedAt = t.now, t.now
 	t.add(r, StateActive, reason)
 	return nil
 }

@@ -108,31 +108,34 @@ func (t *txn) find(id string) (*record, error) {
 	return nil, &TransitionError{NotFound: true, Msg: fmt.Sprintf("no authority has ID %q (list them with castellanctl authority list)", id)}
 }
 
-// add appends a new record in state to.
+// add appends a new record in state to (prepared, or active for the
+// first authority); its PreparedAt is now either way.
 func (t *txn) add(r *record, to State, reason string) {
 	for _, o := range t.recs {
 		r.Seq = max(r.Seq, o.Seq)
 	}
 	r.Seq++
 	t.recs = append(t.recs, r)
-	r.State = ""
+	r.State, r.PreparedAt = "", t.now
 	t.set(r, to, reason)
 }
 
-// set moves r to state to, stamping the time of the transition.
+// set moves r to state to, stamping the time of the transition (not when
+// it stays in its state: a plug-in authority's roots changed).
 func (t *txn) set(r *record, to State, reason string) {
 	from := r.State
 	r.State = to
-	switch to {
-	case StatePrepared:
+	switch {
+	case from == to:
+	case to == StatePrepared:
 		r.PreparedAt = t.now
-	case StateActive:
+	case to == StateActive:
 		r.ActivatedAt, r.DeactivatedAt = t.now, time.Time{}
-	case StateOld:
+	case to == StateOld:
 		r.DeactivatedAt = t.now
-	case StateTainted:
+	case to == StateTainted:
 		r.TaintedAt = t.now
-	case StateRevoked:
+	case to == StateRevoked:
 		r.RevokedAt = t.now
 	}
 	if from == StateActive && to != StateActive {

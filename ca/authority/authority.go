@@ -331,19 +331,24 @@ func withDefaults(cfg Config) (Config, error) {
 	if cfg.KEKFile == "" && cfg.DataDir != "" {
 		cfg.KEKFile = filepath.Join(cfg.DataDir, KEKName)
 	}
+	return cfg, validate(cfg)
+}
+
+// validate checks a Config with its defaults applied.
+func validate(cfg Config) error {
 	switch {
 	case cfg.DefaultTTL < 0 || cfg.MaxTTL < 0 || cfg.RootTTL < 0 || cfg.IntermediateTTL < 0:
-		return cfg, errors.New("authority: TTLs must not be negative")
+		return errors.New("authority: TTLs must not be negative")
 	case cfg.PublishDelay < 0:
-		return cfg, errors.New("authority: publish delay must not be negative")
+		return errors.New("authority: publish delay must not be negative")
 	case !(cfg.PrepareAt > 0 && cfg.PrepareAt < 1):
-		return cfg, fmt.Errorf("authority: prepare-at fraction %v must be between 0 and 1", cfg.PrepareAt)
+		return fmt.Errorf("authority: prepare-at fraction %v must be between 0 and 1", cfg.PrepareAt)
 	case cfg.Journal != nil && cfg.RootCertFile == "" &&
 		float64(cfg.PublishDelay) >= float64(cfg.IntermediateTTL)*(1-cfg.PrepareAt):
-		return cfg, fmt.Errorf("authority: publish delay %s must be shorter than the %s between preparing the next authority and the active one's expiry (intermediate TTL %s, prepared at %s of it)",
+		return fmt.Errorf("authority: publish delay %s must be shorter than the %s between preparing the next authority and the active one's expiry (intermediate TTL %s, prepared at %s of it)",
 			cfg.PublishDelay, time.Duration(float64(cfg.IntermediateTTL)*(1-cfg.PrepareAt)), cfg.IntermediateTTL, percent(cfg.PrepareAt))
 	case cfg.IntermediateTTL <= cfg.MaxTTL:
-		return cfg, fmt.Errorf("authority: intermediate TTL %s must exceed max SVID TTL %s", cfg.IntermediateTTL, cfg.MaxTTL)
+		return fmt.Errorf("authority: intermediate TTL %s must exceed max SVID TTL %s", cfg.IntermediateTTL, cfg.MaxTTL)
 	}
 	set := 0
 	for _, f := range []string{cfg.RootCertFile, cfg.IntermediateCertFile, cfg.IntermediateKeyFile} {
@@ -352,9 +357,9 @@ func withDefaults(cfg Config) (Config, error) {
 		}
 	}
 	if set != 0 && set != 3 {
-		return cfg, errors.New("authority: a plugged-in CA needs all of root cert file, intermediate cert file and intermediate key file")
+		return errors.New("authority: a plugged-in CA needs all of root cert file, intermediate cert file and intermediate key file")
 	}
-	return cfg, nil
+	return nil
 }
 
 // Bundle returns the trust bundle: the roots that issued SVIDs chain to. The

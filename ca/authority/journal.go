@@ -71,7 +71,7 @@ type record struct {
 	SealedKey     []byte    `json:"sealed_key,omitempty"`
 	SealedRootKey []byte    `json:"sealed_root_key,omitempty"`
 	KEKID         string    `json:"kek_id,omitempty"`
-	MaxTTL        Duration  `json:"max_ttl"`
+	MaxTTL        duration  `json:"max_ttl"`
 	PreparedAt    time.Time `json:"prepared_at,omitzero"`
 	ActivatedAt   time.Time `json:"activated_at,omitzero"`
 	DeactivatedAt time.Time `json:"deactivated_at,omitzero"`
@@ -82,16 +82,16 @@ type record struct {
 	roots []*x509.Certificate // parsed Roots
 }
 
-// Duration is a time.Duration that encodes as a Go duration string.
-type Duration time.Duration
+// duration is a time.Duration that encodes as a Go duration string.
+type duration time.Duration
 
 // MarshalText implements encoding.TextMarshaler.
-func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+func (d duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
 
 // UnmarshalText implements encoding.TextUnmarshaler.
-func (d *Duration) UnmarshalText(b []byte) error {
+func (d *duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
-	*d = Duration(v)
+	*d = duration(v)
 	return err
 }
 

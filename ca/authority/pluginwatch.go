@@ -169,7 +169,7 @@ func (a *Authority) switchTo(t *txn, r *record, reason string) error {
 
 func (a *Authority) newPluginRecord(ca *caKeys, roots []*x509.Certificate) *record {
 	return &record{ID: authorityID(ca.cert), Source: SourcePlugin, Chain: derOf(ca.chain), Roots: derOf(roots),
-		MaxTTL: Duration(a.life.Max()), certs: ca.chain, roots: roots}
+		MaxTTL: duration(a.life.Max()), certs: ca.chain, roots: roots}
 }
 
 // rootsFirst returns roots with root first, each once.

@@ -120,7 +120,7 @@ func (a *Authority) initialCA() (*caKeys, crypto.Signer, string, error) {
 func (a *Authority) newManagedRecord(ca *caKeys, rootKey crypto.Signer) (*record, error) {
 	id := authorityID(ca.cert)
 	r := &record{ID: id, Source: SourceManaged, Chain: derOf(ca.chain), Roots: derOf([]*x509.Certificate{ca.root}),
-		KEKID: a.j.kek.id, MaxTTL: Duration(a.life.Max()), certs: ca.chain, roots: []*x509.Certificate{ca.root}}
+		KEKID: a.j.kek.id, MaxTTL: duration(a.life.Max()), certs: ca.chain, roots: []*x509.Certificate{ca.root}}
 	var err error
 	if r.SealedKey, err = a.sealKey(id, sealSigning, ca.key); err != nil {
 		return nil, err

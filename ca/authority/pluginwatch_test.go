@@ -20,7 +20,12 @@ type cacerts struct {
 }
 
 func newCacerts(t *testing.T, e *journalEnv) *cacerts {
-	dir := filepath.Join(e.dir, "cacerts")
+	return newCacertsIn(t, e, "cacerts")
+}
+
+// newCacertsIn points e's config at a cacerts directory of its own name.
+func newCacertsIn(t *testing.T, e *journalEnv, name string) *cacerts {
+	dir := filepath.Join(e.dir, name)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -239,4 +244,36 @@ func TestPluginFilesOfATaintedAuthorityAreRefused(t *testing.T) {
 	signedBy(t, a, i2)
 	_, err = a.Prepare(ctx, false)
 	wantRefused(t, err, codes.FailedPrecondition, "replacing")
+}
+
+// TestPluginReplicaWhoseFilesLagKeepsSigningThenFollows: two replicas share
+// the journal, each with its own copy of the files (a Secret reaches pods
+// at different times). The one whose files lag keeps signing with the
+// previous intermediate, still trusted, and switches once its files hold
+// the new key.
+func TestPluginReplicaWhoseFilesLagKeepsSigningThenFollows(t *testing.T) {
+	e := newJournalEnv(t)
+	filesA := newCacertsIn(t, e, "a")
+	r1 := filesA.root(e.clock.Now())
+	i1 := filesA.intermediate(e.clock.Now(), r1)
+	filesA.write(i1, r1)
+	e.cfg.Journal = sharedDB{e.db}
+	a := e.open()
+	filesB := newCacertsIn(t, e, "b")
+	filesB.write(i1, r1)
+	b := e.open()
+
+	e.clock.Advance(jDelay)
+	i2 := filesA.intermediate(e.clock.Now(), r1)
+	filesA.write(i2, r1)
+	tick(t, a)
+	signedBy(t, a, i2)
+	err := b.Tick(ctx)
+	if err == nil || !strings.Contains(err.Error(), "not in this replica's files") {
+		t.Fatalf("lagging replica's Tick: %v", err)
+	}
+	signedBy(t, b, i1)
+	filesB.write(i2, r1)
+	tick(t, b)
+	signedBy(t, b, i2)
 }

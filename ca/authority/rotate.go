@@ -315,9 +315,10 @@ func (a *Authority) Run(ctx context.Context, ticks <-chan time.Time) error {
 	}
 }
 
-// Tick runs one step of rotation: it re-reads the journal (so a lost change
-// signal is caught up), checks the plug-in files for a new intermediate or
-// new roots, and makes the transitions the rotation policy has due: prepare
+// Tick runs one step of rotation: it checks the plug-in files for a new
+// intermediate or new roots, re-reads the journal (so a lost change signal
+// is caught up, and a replica whose files lagged behind another's switches
+// once they hold the active key), and makes the transitions the rotation policy has due: prepare
 // the next authority, activate a prepared one whose root has been published
 // for the publish delay, retire old and tainted ones whose last leaf has
 // expired. The server calls it every few seconds; every replica may (each
@@ -330,13 +331,13 @@ func (a *Authority) Tick(ctx context.Context) error {
 	a.j.mu.Lock()
 	defer a.j.mu.Unlock()
 	var errs []error
-	if err := a.reload(ctx); err != nil {
-		errs = append(errs, err)
-	}
-	if a.j.plugin() {
+	if a.j.plugin() { // first: new files may hold the key the journal's active authority needs here
 		if err := a.checkFiles(ctx); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := a.reload(ctx); err != nil {
+		errs = append(errs, err)
 	}
 	if err := a.rotate(ctx); err != nil {
 		errs = append(errs, err)

@@ -3,6 +3,8 @@ package authority
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -201,4 +203,107 @@ func TestMetricsFollowTheJournal(t *testing.T) {
 	if n, err := testutil.GatherAndCount(reg, "castellan_ca_authority_state", "castellan_ca_authority_not_after_seconds"); err != nil || n != 2*len(allStates)+2 {
 		t.Errorf("gathered %d series (%v), want %d", n, err, 2*len(allStates)+2)
 	}
+}
+
+// TestTwoReplicasRacingOperatorsKeepOneActiveAuthority runs operators on
+// two replicas of one shared store, each preparing, activating, tainting
+// and revoking as fast as it can (force where allowed), with Tick and
+// Follow running: every transition is refused or made whole, exactly one
+// authority is active after each, and both replicas end on the same
+// signer and bundle.
+func TestTwoReplicasRacingOperatorsKeepOneActiveAuthority(t *testing.T) {
+	e := newJournalEnv(t)
+	e.open() // creates the KEK file the shared replicas need
+	e.cfg.Journal = sharedDB{e.db}
+	replicas := []*Authority{e.open(), e.open()}
+	fctx, cancel := context.WithCancel(context.Background())
+	var followers sync.WaitGroup
+	for _, r := range replicas {
+		followers.Go(func() { _ = r.Follow(fctx) })
+	}
+	var wg sync.WaitGroup
+	for i, r := range replicas {
+		wg.Go(func() {
+			for n := range 40 {
+				operate(t, r, (n+i)%4)
+				if err := r.Tick(ctx); err != nil {
+					t.Errorf("Tick: %v", err)
+				}
+				if err := oneActive(r); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	cancel()
+	followers.Wait()
+	for _, r := range replicas {
+		tick(t, r)
+	}
+	s0, s1 := replicas[0].Snapshot(), replicas[1].Snapshot()
+	if s0.ActiveID != s1.ActiveID || !sameCerts(s0.Roots, s1.Roots) {
+		t.Fatalf("replicas disagree: %s (%d roots) and %s (%d roots)", s0.ActiveID, len(s0.Roots), s1.ActiveID, len(s1.Roots))
+	}
+	signLeaf(t, replicas[0])
+	signLeaf(t, replicas[1])
+}
+
+// operate makes one operator step on r; refusals are expected.
+func operate(t *testing.T, r *Authority, op int) {
+	infos, err := r.Authorities(ctx)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	var err2 error
+	switch op {
+	case 0:
+		_, err2 = r.Prepare(ctx, len(infos)%2 == 0)
+	case 1:
+		for _, in := range infos {
+			if in.State == StatePrepared {
+				_, err2 = r.Activate(ctx, in.ID, true)
+			}
+		}
+	case 2:
+		for _, in := range infos {
+			if in.State == StateOld {
+				_, err2 = r.Taint(ctx, in.ID)
+			}
+		}
+	case 3:
+		for _, in := range infos {
+			if in.State == StateTainted || in.State == StatePrepared {
+				_, err2 = r.Revoke(ctx, in.ID, true)
+			}
+		}
+	}
+	if err2 != nil && !errors.Is(err2, ErrRefused) {
+		t.Errorf("operation %d: %v", op, err2)
+	}
+}
+
+// oneActive checks the journal has exactly one active authority and that
+// r's signer is a trusted one whose root is in its bundle.
+func oneActive(r *Authority) error {
+	infos, err := r.Authorities(ctx)
+	if err != nil {
+		return err
+	}
+	active := 0
+	for _, in := range infos {
+		if in.State == StateActive {
+			active++
+		}
+	}
+	if active != 1 {
+		return fmt.Errorf("%d active authorities", active)
+	}
+	s := r.Snapshot()
+	if !slices.ContainsFunc(s.Roots, s.Root.Equal) {
+		return fmt.Errorf("the signer's root is not in its own bundle")
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package authority
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"sync"
@@ -234,5 +235,29 @@ func TestAFailingStepDoesNotHoldBackTheOthers(t *testing.T) {
 	}
 	if a.Snapshot().ActiveID != activeID {
 		t.Fatal("the signer changed")
+	}
+}
+
+// TestTicksRecoverAnIntermediateThatExpiredDuringDowntime: a CA down past
+// its intermediate's expiry signs again after two ticks (prepare under the
+// long-published root, then activate), and the expired one is retired at
+// the next.
+func TestTicksRecoverAnIntermediateThatExpiredDuringDowntime(t *testing.T) {
+	e := newJournalEnv(t)
+	first := e.open().Snapshot().ActiveID
+	e.clock.Advance(jInterTTL + time.Hour)
+	a := e.open() // restarted after the downtime
+	if _, err := signOnce(a); !errors.Is(err, ErrSignerExpired) {
+		t.Fatalf("signing with the expired intermediate: %v", err)
+	}
+	tick(t, a)
+	tick(t, a)
+	if a.Snapshot().ActiveID == first {
+		t.Fatal("still signing with the expired intermediate after two ticks")
+	}
+	signLeaf(t, a)
+	tick(t, a)
+	if got := infoOf(t, a, first).State; got != StateRevoked {
+		t.Fatalf("the expired intermediate is %s, want retired at the next tick", got)
 	}
 }

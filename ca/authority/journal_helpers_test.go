@@ -52,7 +52,7 @@ const (
 
 // journalEnv is a CA with a journal on a real bbolt file.
 type journalEnv struct {
-	t     *testing.T
+	t     testing.TB
 	clock *lockedClock
 	dir   string
 	db    *boltstore.DB
@@ -63,7 +63,7 @@ type journalEnv struct {
 	hookFail error
 }
 
-func newJournalEnv(t *testing.T) *journalEnv {
+func newJournalEnv(t testing.TB) *journalEnv {
 	t.Helper()
 	dir := t.TempDir()
 	db, err := boltstore.Open(filepath.Join(dir, "store.db"))

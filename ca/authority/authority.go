@@ -148,7 +148,7 @@ const (
 type Config struct {
 	// TrustDomain is the trust domain every issued SVID belongs to. Required.
 	TrustDomain spiffeid.TrustDomain
-	// DataDir is where a generated CA lives: root.pem, root.key,
+	// DataDir, without a journal, is where a generated CA lives: root.pem, root.key,
 	// intermediate.pem and intermediate.key (files 0600, directory 0700).
 	// They are created on first start and reloaded after; an intermediate
 	// that has expired, or has less than MaxTTL left, is re-issued from the
@@ -176,8 +176,8 @@ type Config struct {
 	// KEKFile is the key-encryption key that seals the private keys of
 	// managed authorities in the journal (32 bytes: raw, hex or base64).
 	// Empty: DataDir/authority.kek. A missing file is generated (0600)
-	// only when the journal is not shared; replicas sharing a store must
-	// mount the same file.
+	// only for a new journal that is not shared; replicas sharing a store
+	// must mount the same file, and a lost one is never replaced.
 	KEKFile string
 	// PublishDelay is how long a new root must have been in the trust
 	// bundle before an authority chaining to it may sign (0 ->

@@ -6,6 +6,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -71,6 +73,12 @@ func (a *Authority) openJournal(ctx context.Context, cfg Config) error {
 	defer a.j.mu.Unlock()
 	if _, err := a.change(ctx, a.bootstrapManaged); err != nil {
 		return err
+	}
+	if cfg.DataDir != "" {
+		if _, err := os.Stat(filepath.Join(cfg.DataDir, RootKeyName)); err == nil {
+			a.log.Warn("the CA key files of the data dir are no longer used: the journal holds the keys, sealed; delete them once you no longer need to downgrade",
+				"files", []string{filepath.Join(cfg.DataDir, RootKeyName), filepath.Join(cfg.DataDir, IntermediateKeyName)})
+		}
 	}
 	return a.reload(ctx)
 }

@@ -13,7 +13,8 @@ import (
 // "shared-bbolt" is New on a bbolt store that says it is shared, which
 // runs every code path of a shared store (the follower, heads and
 // checkpoints read from the store) against a real bbolt file, and lets
-// several Ledgers share it as replicas would share PostgreSQL.
+// several Ledgers share it; "postgres" is New on a pgstore keyspace of a
+// real PostgreSQL (backend_pg_test.go), each replica with its own Conn.
 type backend struct {
 	name string
 	// stores returns n handles on one fresh store (n > 1: the handles of
@@ -66,6 +67,7 @@ func backends() []backend {
 	return []backend{
 		{name: "bbolt"},
 		{name: "shared-bbolt", stores: sharedBoltStores},
+		{name: "postgres", stores: pgStores},
 	}
 }
 

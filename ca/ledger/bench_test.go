@@ -154,6 +154,10 @@ func (f *bigLedger) get(b *testing.B) *Ledger {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	if err := stopPostgres(); err != nil {
+		fmt.Fprintln(os.Stderr, "ledger tests: stop postgres:", err)
+		code = 1
+	}
 	if big1M.l != nil {
 		big1M.l.Close()
 		os.RemoveAll(big1M.dir)

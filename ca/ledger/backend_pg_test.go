@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -171,4 +172,42 @@ func BenchmarkAppendPostgres(b *testing.B) {
 			reportLatency(b, lat)
 		})
 	}
+}
+
+// BenchmarkRevocationSeenByOtherReplica measures, on PostgreSQL, the
+// time from a revocation appended through one replica to its being in
+// force on another (its RevocationsChanged fired and IsRevoked true): the
+// ledger's share of the issue's "revocation reaches an agent on another
+// replica" (p50/p99 per revocation).
+func BenchmarkRevocationSeenByOtherReplica(b *testing.B) {
+	ls := backend{name: "postgres", stores: pgStores}.replicas(b, 2, Options{})
+	a, r := ls[0], ls[1]
+	ctx := context.Background()
+	exp := time.Now().Add(time.Hour)
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := range b.N {
+		b.StopTimer()
+		ev := certEvent(i, "spiffe://td/x", "n", exp)
+		if _, err := a.Append(ctx, ev); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		start := time.Now()
+		ch := a.RevocationsChanged()
+		if _, err := r.Append(ctx, Event{Kind: KindRevocation, Serial: ev.Serial, Node: ev.Node, SPIFFEID: ev.SPIFFEID, NotAfter: exp}); err != nil {
+			b.Fatal(err)
+		}
+		for !a.IsRevoked(ev.Serial, time.Now()) {
+			select {
+			case <-ch:
+				ch = a.RevocationsChanged()
+			case <-time.After(5 * time.Second):
+				b.Fatalf("revocation %d not seen by the other replica within 5 s", i)
+			}
+		}
+		lat = append(lat, time.Since(start))
+	}
+	slices.Sort(lat)
+	reportLatency(b, lat)
 }

@@ -32,7 +32,14 @@ type config struct {
 	RootCert         string        `yaml:"root_cert"`
 	IntermediateCert string        `yaml:"intermediate_cert"`
 	IntermediateKey  string        `yaml:"intermediate_key"`
-	AdminIDs         []string      `yaml:"admin_ids"`
+	// KEKFile, PublishDelay and PrepareAt drive CA rotation (authority.go):
+	// the key sealing the authorities' keys in the journal, how long a new
+	// root is published before it signs, and when the next authority is
+	// prepared (a fraction of the active one's lifetime).
+	KEKFile      string        `yaml:"kek_file"`
+	PublishDelay time.Duration `yaml:"publish_delay"`
+	PrepareAt    float64       `yaml:"prepare_at"`
+	AdminIDs     []string      `yaml:"admin_ids"`
 	// ServerNames are DNS names and IP addresses in the server's own
 	// certificate, for clients that verify it by host name (Istio's).
 	ServerNames []string `yaml:"server_names"`
@@ -99,6 +106,9 @@ func flagSet(cfg *config, configPath *string, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.RootCert, "root-cert", "", "PEM root certificate(s) of a plugged-in CA")
 	fs.StringVar(&cfg.IntermediateCert, "intermediate-cert", "", "PEM intermediate certificate (chain) of a plugged-in CA")
 	fs.StringVar(&cfg.IntermediateKey, "intermediate-key", "", "PEM private key of the plugged-in intermediate")
+	fs.StringVar(&cfg.KEKFile, "kek-file", cfg.KEKFile, "key-encryption key sealing the CA authorities' private keys in the journal (32 bytes: raw, hex or base64); empty: authority.kek in --data-dir, generated on first start with a bbolt datastore; replicas sharing PostgreSQL must all mount the same file")
+	fs.DurationVar(&cfg.PublishDelay, "publish-delay", cfg.PublishDelay, "how long a new root is in every trust bundle before an authority under it may sign, so every agent holds it first (0: --max-ttl + 5m)")
+	fs.Float64Var(&cfg.PrepareAt, "prepare-at", cfg.PrepareAt, "fraction of the active authority's lifetime after which the next one is prepared, between 0 and 1 (0: 0.5)")
 	fs.Var(listFlag{&cfg.AdminIDs}, "admin-id", "SPIFFE ID allowed to call the admin API over mTLS (repeatable)")
 	fs.Var(listFlag{&cfg.ServerNames}, "server-name", "DNS name or IP address put in the server's own certificate next to its SPIFFE ID, for clients that verify the CA by host name such as istio-agent and ztunnel (repeatable; replaces the default localhost and 127.0.0.1; on Kubernetes pass the Service DNS names)")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn or error")
@@ -239,6 +249,7 @@ func (c config) validate() error {
 	if files != 0 && files != 3 {
 		bad("a plugged-in CA needs all of --root-cert, --intermediate-cert and --intermediate-key")
 	}
+	errs = append(errs, c.checkRotation()...)
 	for _, s := range c.AdminIDs {
 		id, err := spiffeid.FromString(s)
 		switch {

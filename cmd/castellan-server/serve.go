@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.etcd.io/bbolt"
 	"google.golang.org/grpc"
@@ -231,11 +232,15 @@ func pruneTokens(ctx context.Context, tokens *authn.JoinTokens, log *slog.Logger
 	}
 }
 
-// writeBundle writes the trust bundle PEM (mode 0644: it is public) for
-// agents' --trust-bundle, atomically.
-func writeBundle(path string, a *authority.Authority) error {
+// writeBundle writes a's trust bundle to path (writeBundlePEM).
+func writeBundle(path string, a *authority.Authority) error { return writeBundlePEM(path, a.Bundle()) }
+
+// writeBundlePEM writes the trust bundle PEM (mode 0644: it is public) for
+// agents' --trust-bundle, atomically. It is rewritten on every change of
+// the bundle (publishAuthority).
+func writeBundlePEM(path string, b *x509bundle.Bundle) error {
 	var buf []byte
-	for _, c := range a.Bundle().X509Authorities() {
+	for _, c := range b.X509Authorities() {
 		buf = append(buf, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
 	}
 	tmp := path + ".tmp"

@@ -90,6 +90,16 @@ func transitionEvent(tr authority.Transition, td spiffeid.TrustDomain) ledger.Ev
 	return ev
 }
 
+// runAuthority runs the CA's rotation (authority.Run: the journal
+// followed, a rotation step every rotationTick) and publishes every change
+// outside the gRPC services (publishAuthority) until ctx ends.
+func runAuthority(ctx context.Context, cfg config, d *deps) {
+	ticker := time.NewTicker(rotationTick)
+	defer ticker.Stop()
+	go publishAuthority(ctx, cfg, d.authority, d.crl, d.setBundle, d.log)
+	_ = d.authority.Run(ctx, ticker.C)
+}
+
 // publishAuthority keeps what the server publishes outside its gRPC
 // services in step with the CA's authorities until ctx ends: bundle.pem,
 // the trust bundle ConfigMaps (setBundle, nil without them) and the

@@ -11,11 +11,11 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/audit"
-	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/server"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 )
 
@@ -45,12 +45,24 @@ const forensicNotice = "the ledger is open read-only for forensics (--ledger-rea
 // needs the ledger to log it, and the CA's own SVID is an issuance too,
 // so the agents' gRPC port is not served; agents keep serving their
 // caches until a repaired ledger is back.
-func serveForensic(ctx context.Context, cfg config, log *slog.Logger, reg *prometheus.Registry, auth *authority.Authority) error {
+func serveForensic(ctx context.Context, cfg config, log *slog.Logger, reg *prometheus.Registry, td spiffeid.TrustDomain) error {
 	led, err := openLedger(cfg, log, reg, nil)
 	if err != nil {
 		return err
 	}
 	defer led.Close()
+	journal, err := openBoltJournal(cfg)
+	if err != nil {
+		return err
+	}
+	defer journal.Close()
+	auth, err := openAuthority(ctx, cfg, td, journal, nil, reg, log) // no ledger to record in: no transition
+	if err != nil {
+		return err
+	}
+	if err := writeBundle(filepath.Join(cfg.DataDir, bundleFile), auth); err != nil {
+		return err
+	}
 	httpLis, err := net.Listen("tcp", cfg.HTTPListen)
 	if err != nil {
 		return fmt.Errorf("castellan-server: --http-listen: %w", err)
@@ -63,7 +75,7 @@ func serveForensic(ctx context.Context, cfg config, log *slog.Logger, reg *prome
 	g := grpc.NewServer()
 	audit.NewService(led, audit.WithAuthorizer(audit.AdminAuthorizer()), audit.WithLogger(log)).Register(g)
 	mux := http.NewServeMux()
-	mux.Handle("GET /crl", ledger.NewCRLHandler(led, auth.Intermediate(), auth.Signer(), 0))
+	mux.Handle("GET /crl", newCRLSwitch(led, auth))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {

@@ -50,6 +50,8 @@ type deps struct {
 	srv       *server.Server
 	admins    []spiffeid.ID // may call the admin and audit APIs over mTLS
 	log       *slog.Logger
+	crl       *crlSwitch                     // /crl, signed by the active authority
+	setBundle func(*x509bundle.Bundle) error // republishes the ConfigMaps (nil: none)
 }
 
 // adminServices are the services served next to the admin service, on the
@@ -63,7 +65,7 @@ func adminServices(d *deps) []server.Registrar {
 // SVIDs, signed by the intermediate) and /log/ (the ledger, C2SP tlog-tiles).
 func httpMux(d *deps) *http.ServeMux {
 	mux := http.NewServeMux()
-	mux.Handle("GET /crl", ledger.NewCRLHandler(d.ledger, d.authority.Intermediate(), d.authority.Signer(), 0))
+	mux.Handle("GET /crl", d.crl)
 	mux.Handle("GET /log/", http.StripPrefix("/log", tlog.NewHandler(d.ledger, tlog.Options{Logger: d.log})))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.registry, promhttp.HandlerOpts{Registry: d.registry}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -89,19 +91,8 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	auth, err := authority.New(authority.Config{
-		TrustDomain: td, DataDir: cfg.DataDir, RootCertFile: cfg.RootCert,
-		IntermediateCertFile: cfg.IntermediateCert, IntermediateKeyFile: cfg.IntermediateKey,
-		DefaultTTL: cfg.DefaultTTL, MaxTTL: cfg.MaxTTL, Logger: log,
-	})
-	if err != nil {
-		return err
-	}
-	if err := writeBundle(filepath.Join(cfg.DataDir, bundleFile), auth); err != nil {
-		return err
-	}
 	if cfg.LedgerReadOnlyForensics {
-		return serveForensic(ctx, cfg, log, reg, auth)
+		return serveForensic(ctx, cfg, log, reg, td)
 	}
 	db, err := boltcheck.Open(filepath.Join(cfg.DataDir, registryFile), 0o600, &bbolt.Options{Timeout: 5 * time.Second})
 	if errors.Is(err, boltcheck.ErrDamaged) {
@@ -120,6 +111,20 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	defer led.Close()
+	// The ledger first: the authority records every transition in it,
+	// the bootstrap of a new CA included.
+	journal, err := openBoltJournal(cfg)
+	if err != nil {
+		return err
+	}
+	defer journal.Close()
+	auth, err := openAuthority(ctx, cfg, td, journal, led, reg, log)
+	if err != nil {
+		return err
+	}
+	if err := writeBundle(filepath.Join(cfg.DataDir, bundleFile), auth); err != nil {
+		return err
+	}
 	tokens, err := authn.NewJoinTokens(db, nil, authn.WithJoinTokenLogger(log), authn.WithJoinTokenMetrics(reg))
 	if err != nil {
 		return err
@@ -136,7 +141,8 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if err := publishBundle(ctx, cfg, auth.Bundle(), reg, log); err != nil {
+	setBundle, err := publishBundle(ctx, cfg, auth.Bundle(), reg, log)
+	if err != nil {
 		return err
 	}
 	srv, err := server.New(ctx, server.Config{
@@ -152,7 +158,8 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err := serveIstio(ctx, cfg, td, srv, auth, led, podAuthorizer, log); err != nil {
 		return err
 	}
-	d := &deps{authority: auth, ledger: led, registry: reg, srv: srv, admins: admins, log: log}
+	d := &deps{authority: auth, ledger: led, registry: reg, srv: srv, admins: admins, log: log,
+		crl: newCRLSwitch(led, auth), setBundle: setBundle}
 	return listenAndServe(ctx, cfg, log, d, tokens)
 }
 
@@ -193,6 +200,7 @@ func listenAndServe(ctx context.Context, cfg config, log *slog.Logger, d *deps, 
 	goServe("admin socket", func() error { return admin.Serve(adminLis) })
 	goServe("http", func() error { return httpSrv.Serve(httpLis) })
 	go func() { _ = d.srv.Run(ctx) }()
+	go runAuthority(ctx, cfg, d)
 	go d.ledger.Maintain(ctx, time.Hour)
 	go pruneTokens(ctx, tokens, log)
 	d.srv.Health().SetServingStatus("", healthpb.HealthCheckResponse_SERVING)

@@ -129,8 +129,16 @@ func (r *agentRig) activateWhenPublished(a rotAuthority) {
 		}
 		time.Sleep(d + 100*time.Millisecond)
 	}
-	if got := r.authorityJSON("authority", "activate", a.ID); got.State != "active" {
-		r.t.Fatalf("activate %s: state %s", a.ID, got.State)
+	code, out, errs := r.ctlExit("authority", "activate", a.ID, "-o", "json")
+	var got rotAuthority
+	switch {
+	case code == 0 && json.Unmarshal([]byte(out), &got) == nil && got.State == "active":
+	case code == 4 && strings.Contains(errs, "is active; only a prepared authority can be activated"):
+		// The server's own rotation step (every 5s) activated it first,
+		// as it does once the publish delay has passed.
+		r.t.Logf("authority %s was activated by the server's rotation schedule", a.ID)
+	default:
+		r.t.Fatalf("activate %s: exit %d %s %s", a.ID, code, out, errs)
 	}
 }
 

@@ -460,7 +460,10 @@ func TestCARotationWithContinuousMTLS(t *testing.T) {
 	defer bg.Wait()
 	defer cancel()
 	bg.Add(2)
-	go func() { defer bg.Done(); _ = workloadapi.WatchX509Context(ctx, wlWatcher{wl}, workloadapi.WithAddr(addr)) }()
+	go func() {
+		defer bg.Done()
+		_ = workloadapi.WatchX509Context(ctx, wlWatcher{wl}, workloadapi.WithAddr(addr))
+	}()
 	var sdsCur atomic.Pointer[sdsMaterial]
 	go func() { defer bg.Done(); runSDS(ctx, t, r.sock, clientID.String(), sds, &sdsCur) }()
 

@@ -234,7 +234,11 @@ func (e *Entries) Create(ctx context.Context, ent *cav1.Entry) (*cav1.Entry, err
 					stored.SpiffeId, stored.Node, other.Id)}
 			}
 		}
-		if err := tx.Bucket(entryBucket).Put([]byte(stored.Id), val); err != nil {
+		b, err := bucketOf(tx, entryBucket)
+		if err != nil {
+			return err
+		}
+		if err := b.Put([]byte(stored.Id), val); err != nil {
 			return err
 		}
 		next = cur.with(stored)
@@ -332,7 +336,11 @@ func (e *Entries) Delete(ctx context.Context, id string) error {
 		if cur.byID[id] == nil {
 			return fmt.Errorf("%w: %q", ErrNotFound, id)
 		}
-		if err := tx.Bucket(entryBucket).Delete([]byte(id)); err != nil {
+		b, err := bucketOf(tx, entryBucket)
+		if err != nil {
+			return err
+		}
+		if err := b.Delete([]byte(id)); err != nil {
 			return err
 		}
 		next = cur.without(id)
@@ -343,6 +351,14 @@ func (e *Entries) Delete(ctx context.Context, id string) error {
 	}
 	e.install(next)
 	return nil
+}
+
+// bucketOf returns the named bucket of tx (made by NewEntries).
+func bucketOf(tx store.Tx, name []byte) (store.Bucket, error) {
+	if b := tx.Bucket(name); b != nil {
+		return b, nil
+	}
+	return nil, fmt.Errorf("authz: the store has no %s bucket", name)
 }
 
 // writeError wraps the error of a write. A store failure wins over what

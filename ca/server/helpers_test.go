@@ -21,13 +21,14 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/store/boltstore"
+	"github.com/castellan-dev/castellan/ca/store/faultstore"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"go.etcd.io/bbolt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 )
@@ -55,13 +56,16 @@ func (c *fakeClock) Add(d time.Duration) {
 // env is a CA server listening on 127.0.0.1 with a real authority, ledger
 // and bbolt registry.
 type env struct {
-	clock   *fakeClock
-	auth    *authority.Authority
-	ledger  *ledger.Ledger
-	tokens  *authn.JoinTokens
-	entries *authz.Entries
-	srv     *Server
-	addr    string
+	clock  *fakeClock
+	auth   *authority.Authority
+	ledger *ledger.Ledger
+	// registry is the bbolt store of tokens and entries, which a test
+	// can make fail.
+	registry *faultstore.DB
+	tokens   *authn.JoinTokens
+	entries  *authz.Entries
+	srv      *Server
+	addr     string
 }
 
 type envOption func(*Config)
@@ -79,22 +83,26 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { led.Close() })
-	db, err := bbolt.Open(filepath.Join(dir, "registry.db"), 0o600, nil)
+	bolt, err := boltstore.Open(filepath.Join(dir, "registry.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { db.Close() })
-	tokens, err := authn.NewJoinTokens(db, clock.Now)
+	t.Cleanup(func() { bolt.Close() })
+	registry := faultstore.Wrap(bolt, false)
+	ctx := context.Background()
+	tokens, err := authn.NewJoinTokens(ctx, registry, clock.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	entries, err := authz.NewEntries(db, testTD, auth.MaxTTL(), clock.Now)
+	entries, err := authz.NewEntries(ctx, registry, testTD, auth.MaxTTL(), clock.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { entries.Close() })
 	cfg := Config{
 		Authority: auth, Ledger: led, Attestor: &authn.JoinTokenAttestor{Tokens: tokens},
 		Tokens: tokens, Entries: entries, Registry: prometheus.NewRegistry(), Clock: clock.Now,
+		Stores: map[string]Pinger{"registry": registry}, ReadinessInterval: 10 * time.Millisecond,
 		AdminIDs: []spiffeid.ID{spiffeid.RequireFromString("spiffe://cluster.local/castellan/agent/admin-node")},
 	}
 	for _, o := range opts {
@@ -111,7 +119,7 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 	g := srv.GRPCServer()
 	go func() { _ = g.Serve(lis) }()
 	t.Cleanup(g.Stop)
-	return &env{clock: clock, auth: auth, ledger: led, tokens: tokens, entries: entries, srv: srv, addr: lis.Addr().String()}
+	return &env{clock: clock, auth: auth, ledger: led, registry: registry, tokens: tokens, entries: entries, srv: srv, addr: lis.Addr().String()}
 }
 
 func (e *env) bundle() *x509bundle.Bundle { return e.auth.Bundle() }

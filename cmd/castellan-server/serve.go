@@ -20,12 +20,10 @@ import (
 	"github.com/castellan-dev/castellan/ca/quota"
 	"github.com/castellan-dev/castellan/ca/server"
 	"github.com/castellan-dev/castellan/ca/tlog"
-	"github.com/castellan-dev/castellan/internal/boltcheck"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"go.etcd.io/bbolt"
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
@@ -102,14 +100,11 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if cfg.LedgerReadOnlyForensics {
 		return serveForensic(ctx, cfg, log, reg, auth)
 	}
-	db, err := boltcheck.Open(filepath.Join(cfg.DataDir, registryFile), 0o600, &bbolt.Options{Timeout: 5 * time.Second})
-	if errors.Is(err, boltcheck.ErrDamaged) {
-		return fmt.Errorf("castellan-server: refusing to start on a damaged registry (join tokens and entries): %w; restore it from a backup", err)
-	}
+	ds, err := openDatastore(ctx, cfg, log, reg)
 	if err != nil {
-		return fmt.Errorf("castellan-server: open registry (is another server using %s?): %w", cfg.DataDir, err)
+		return err
 	}
-	defer db.Close()
+	defer ds.Close()
 	quotas, err := quota.New(quotaConfig(cfg, reg))
 	if err != nil {
 		return err
@@ -119,14 +114,15 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	defer led.Close()
-	tokens, err := authn.NewJoinTokens(db, nil, authn.WithJoinTokenLogger(log), authn.WithJoinTokenMetrics(reg))
+	tokens, err := authn.NewJoinTokens(ctx, ds.registry, nil, authn.WithJoinTokenLogger(log), authn.WithJoinTokenMetrics(reg))
 	if err != nil {
 		return err
 	}
-	entries, err := authz.NewEntries(db, td, cfg.MaxTTL, nil)
+	entries, err := authz.NewEntries(ctx, ds.registry, td, cfg.MaxTTL, nil, authz.WithEntriesLogger(log))
 	if err != nil {
 		return err
 	}
+	defer entries.Close()
 	var admins []spiffeid.ID
 	for _, s := range cfg.AdminIDs {
 		admins = append(admins, spiffeid.RequireFromString(s))
@@ -143,7 +139,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		Authority: auth, Ledger: led, Attestor: &authn.JoinTokenAttestor{Tokens: tokens, K8s: k8sAttestor},
 		Authorizer: &authz.NodeAuthorizer{Entries: entries, Pods: podAuthorizer},
 		Tokens:     tokens, Entries: entries, AgentTTL: cfg.AgentTTL, AdminIDs: admins,
-		ServerNames: cfg.ServerNames, Registry: reg, Logger: log,
+		ServerNames: cfg.ServerNames, Registry: reg, Logger: log, Stores: ds.stores(),
 	})
 	if err != nil {
 		return err
@@ -194,7 +190,7 @@ func listenAndServe(ctx context.Context, cfg config, log *slog.Logger, d *deps, 
 	go func() { _ = d.srv.Run(ctx) }()
 	go d.ledger.Maintain(ctx, time.Hour)
 	go pruneTokens(ctx, tokens, log)
-	d.srv.Health().SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	go d.srv.MonitorReadiness(ctx)
 	log.Info("castellan-server serving", "listen", grpcLis.Addr().String(), "http_listen", httpLis.Addr().String(),
 		"admin_socket", adminLis.Addr().String(), "trust_domain", cfg.TrustDomain)
 

@@ -68,10 +68,13 @@ type Entries struct {
 	clock  func() time.Time
 	log    *slog.Logger
 
-	writeMu sync.Mutex // serializes this process's writes
+	// writeMu serializes this process's writes: only a writer holding it
+	// modifies the installed index in place (under mu); the follower only
+	// replaces it.
+	writeMu sync.Mutex
 
 	mu      sync.RWMutex
-	idx     *index        // immutable; replaced by install
+	idx     *index        // readers hold mu (read) while they use it
 	changed chan struct{} // closed and replaced on every change
 
 	stop    context.CancelFunc
@@ -98,7 +101,7 @@ func NewEntries(ctx context.Context, db store.DB, td spiffeid.TrustDomain, maxTT
 		clock = time.Now
 	}
 	e := &Entries{db: db, td: td, maxTTL: maxTTL, clock: clock, log: slog.New(slog.DiscardHandler),
-		idx: emptyIndex(), changed: make(chan struct{}), stopped: make(chan struct{})}
+		changed: make(chan struct{}), stopped: make(chan struct{})}
 	for _, o := range opts {
 		o(e)
 	}
@@ -163,7 +166,7 @@ func (e *Entries) refresh(ctx context.Context) error {
 	var next *index
 	err := e.db.View(ctx, func(tx store.Tx) error {
 		var err error
-		next, err = e.current(tx)
+		next, err = e.indexAt(tx)
 		return err
 	})
 	if err != nil {
@@ -173,15 +176,16 @@ func (e *Entries) refresh(ctx context.Context) error {
 	return nil
 }
 
-// current returns the index of the entries in tx: the installed one when
-// the store's generation is the index's, else one loaded from tx (not
-// installed: the transaction may yet fail).
-func (e *Entries) current(tx store.Tx) (*index, error) {
+// indexAt returns the index of the entries in tx: the installed one when
+// it is at the store's generation, else one loaded from tx (not installed:
+// the transaction may yet fail). A writer (holding writeMu) may read the
+// installed index without mu: nobody else modifies it.
+func (e *Entries) indexAt(tx store.Tx) (*index, error) {
 	gen := generation(tx)
 	e.mu.RLock()
 	idx := e.idx
 	e.mu.RUnlock()
-	if idx.loaded && idx.gen == gen {
+	if idx != nil && idx.gen == gen {
 		return idx, nil
 	}
 	return loadIndex(tx, gen)
@@ -193,14 +197,33 @@ func (e *Entries) install(idx *index) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	old := e.idx
-	if old.loaded && idx.gen <= old.gen {
+	if old != nil && idx.gen <= old.gen {
 		return
 	}
 	e.idx = idx
-	if old.loaded && !sameIDs(old, idx) {
-		close(e.changed)
-		e.changed = make(chan struct{})
+	if old != nil && !sameIDs(old, idx) {
+		e.notifyLocked()
 	}
+}
+
+// commit applies a write committed at generation gen, decided on base (the
+// installed index or one loaded in the write's transaction, at gen-1).
+// Called with writeMu held.
+func (e *Entries) commit(base *index, gen uint64, apply func(*index)) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.idx != base && e.idx.gen >= gen {
+		return // the follower installed a newer index, with this write
+	}
+	apply(base) // in place: readers hold mu
+	base.gen = gen
+	e.idx = base
+	e.notifyLocked()
+}
+
+func (e *Entries) notifyLocked() {
+	close(e.changed)
+	e.changed = make(chan struct{})
 }
 
 // Create validates ent, gives it an ID and creation time, stores it and
@@ -222,9 +245,9 @@ func (e *Entries) Create(ctx context.Context, ent *cav1.Entry) (*cav1.Entry, err
 	}
 	e.writeMu.Lock()
 	defer e.writeMu.Unlock()
-	var next *index
+	var base *index
 	err = e.db.Update(ctx, func(tx store.Tx) error {
-		cur, err := e.current(tx)
+		cur, err := e.indexAt(tx)
 		if err != nil {
 			return err
 		}
@@ -241,13 +264,13 @@ func (e *Entries) Create(ctx context.Context, ent *cav1.Entry) (*cav1.Entry, err
 		if err := b.Put([]byte(stored.Id), val); err != nil {
 			return err
 		}
-		next = cur.with(stored)
-		return setGeneration(tx, next.gen)
+		base = cur
+		return setGeneration(tx, cur.gen+1)
 	})
 	if err != nil {
 		return nil, writeError("store entry", err)
 	}
-	e.install(next)
+	e.commit(base, base.gen+1, func(idx *index) { idx.add(stored) })
 	return proto.CloneOf(stored), nil
 }
 
@@ -327,9 +350,9 @@ func (e *Entries) Delete(ctx context.Context, id string) error {
 	}
 	e.writeMu.Lock()
 	defer e.writeMu.Unlock()
-	var next *index
+	var base *index
 	err := e.db.Update(ctx, func(tx store.Tx) error {
-		cur, err := e.current(tx)
+		cur, err := e.indexAt(tx)
 		if err != nil {
 			return err
 		}
@@ -343,13 +366,13 @@ func (e *Entries) Delete(ctx context.Context, id string) error {
 		if err := b.Delete([]byte(id)); err != nil {
 			return err
 		}
-		next = cur.without(id)
-		return setGeneration(tx, next.gen)
+		base = cur
+		return setGeneration(tx, cur.gen+1)
 	})
 	if err != nil {
 		return writeError("delete entry "+id, err)
 	}
-	e.install(next)
+	e.commit(base, base.gen+1, func(idx *index) { idx.remove(id) })
 	return nil
 }
 
@@ -383,18 +406,17 @@ func writeError(op string, err error) error {
 // sorted by SPIFFE ID then ID.
 func (e *Entries) List(node string) []*cav1.Entry {
 	e.mu.RLock()
-	idx := e.idx
-	e.mu.RUnlock()
 	var out []*cav1.Entry
 	if node != "" {
-		for _, ent := range idx.byNode[node] {
+		for _, ent := range e.idx.byNode[node] {
 			out = append(out, proto.CloneOf(ent))
 		}
 	} else {
-		for _, ent := range idx.byID {
+		for _, ent := range e.idx.byID {
 			out = append(out, proto.CloneOf(ent))
 		}
 	}
+	e.mu.RUnlock()
 	slices.SortFunc(out, func(a, b *cav1.Entry) int {
 		if c := strings.Compare(a.SpiffeId, b.SpiffeId); c != 0 {
 			return c
@@ -413,13 +435,12 @@ func (e *Entries) Changed() <-chan struct{} {
 	return e.changed
 }
 
-// lookup calls fn with the entries of node; fn must not keep or modify
-// them.
+// lookup calls fn with the entries of node under the read lock; fn must
+// not keep or modify them.
 func (e *Entries) lookup(node string, fn func([]*cav1.Entry)) {
 	e.mu.RLock()
-	idx := e.idx
-	e.mu.RUnlock()
-	fn(idx.byNode[node])
+	defer e.mu.RUnlock()
+	fn(e.idx.byNode[node])
 }
 
 // get returns the entry with the given ID (shared, read-only), or nil.

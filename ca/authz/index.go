@@ -3,7 +3,6 @@ package authz
 import (
 	"encoding/binary"
 	"fmt"
-	"maps"
 	"slices"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
@@ -11,24 +10,19 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// index is an immutable snapshot of the registration entries at one
-// generation of the store: by ID, and by node for authorization. A write
-// makes a new index (with, without); readers keep the one they got.
+// index is the registration entries at one generation of the store, by
+// ID and by node for authorization. The installed index is modified in
+// place by writes (add, remove) under Entries.mu; the slices of byNode are
+// copied on write, so a slice handed to a reader is never modified.
 type index struct {
 	gen    uint64
-	loaded bool // false only for the placeholder before the first load
 	byID   map[string]*cav1.Entry
 	byNode map[string][]*cav1.Entry
 }
 
-func emptyIndex() *index {
-	return &index{byID: map[string]*cav1.Entry{}, byNode: map[string][]*cav1.Entry{}}
-}
-
 // loadIndex reads every entry in tx, which is at generation gen.
 func loadIndex(tx store.Tx, gen uint64) (*index, error) {
-	idx := emptyIndex()
-	idx.gen, idx.loaded = gen, true
+	idx := &index{gen: gen, byID: map[string]*cav1.Entry{}, byNode: map[string][]*cav1.Entry{}}
 	b := tx.Bucket(entryBucket)
 	if b == nil {
 		return idx, nil
@@ -51,39 +45,25 @@ func loadIndex(tx store.Tx, gen uint64) (*index, error) {
 	return idx, nil
 }
 
-// with returns a copy of idx at the next generation with ent added.
-func (idx *index) with(ent *cav1.Entry) *index {
-	next := idx.next()
-	next.byID[ent.Id] = ent
-	// A new slice: the old index's slices are never mutated.
-	next.byNode[ent.Node] = append(slices.Clone(idx.byNode[ent.Node]), ent)
-	return next
+// add adds ent.
+func (idx *index) add(ent *cav1.Entry) {
+	idx.byID[ent.Id] = ent
+	idx.byNode[ent.Node] = append(slices.Clone(idx.byNode[ent.Node]), ent)
 }
 
-// without returns a copy of idx at the next generation without entry id.
-func (idx *index) without(id string) *index {
-	next := idx.next()
+// remove removes the entry with the given ID, if there is one.
+func (idx *index) remove(id string) {
 	ent := idx.byID[id]
 	if ent == nil {
-		return next
+		return
 	}
-	delete(next.byID, id)
+	delete(idx.byID, id)
 	rest := slices.DeleteFunc(slices.Clone(idx.byNode[ent.Node]), func(x *cav1.Entry) bool { return x.Id == id })
 	if len(rest) == 0 {
-		delete(next.byNode, ent.Node)
+		delete(idx.byNode, ent.Node)
 	} else {
-		next.byNode[ent.Node] = rest
+		idx.byNode[ent.Node] = rest
 	}
-	return next
-}
-
-// next copies the maps (not the entries, which are never modified).
-func (idx *index) next() *index {
-	n := &index{gen: idx.gen + 1, loaded: true,
-		byID: make(map[string]*cav1.Entry, len(idx.byID)+1), byNode: make(map[string][]*cav1.Entry, len(idx.byNode)+1)}
-	maps.Copy(n.byID, idx.byID)
-	maps.Copy(n.byNode, idx.byNode)
-	return n
 }
 
 // sameIDs reports whether a and b hold the same entries (entries are never

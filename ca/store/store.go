@@ -28,7 +28,10 @@
 // every process that shares the store (bbolt: one writer per file;
 // PostgreSQL: a coordinator row locked FOR UPDATE at the start of each
 // Update), so an Update reads the state left by the previous one and
-// nothing can interleave with it. All writes of an Update are applied
+// nothing can interleave with it. A View never blocks an Update (bbolt
+// may make an Update wait for open Views when its file outgrows its
+// memory map, see boltstore.InitialMmapSize): never wait for an Update
+// while holding a View. All writes of an Update are applied
 // together or not at all: if fn returns an error, or the commit fails,
 // nothing is written.
 //

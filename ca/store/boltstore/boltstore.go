@@ -14,10 +14,16 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/internal/boltcheck"
 )
+
+// InitialMmapSize is the address space Open maps for a file (1 GiB):
+// bbolt must remap a file that outgrows its mapping, and a remap waits for
+// every open read transaction.
+const InitialMmapSize = 1 << 30
 
 // DB is a store.DB on a bbolt database.
 type DB struct {
@@ -32,9 +38,11 @@ var _ store.DB = (*DB)(nil)
 // Open opens (creating if needed) the bbolt file at path, mode 0600, after
 // checking its pages (boltcheck: a damaged file is refused with an error
 // wrapping boltcheck.ErrDamaged, never a bbolt panic). It waits at most 5 s
-// for another process's lock on the file.
+// for another process's lock on the file. The file is mapped with
+// InitialMmapSize of address space, so that an Update does not wait for
+// open Views to remap a growing file until it is that large.
 func Open(path string) (*DB, error) {
-	db, err := boltcheck.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	db, err := boltcheck.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, InitialMmapSize: InitialMmapSize})
 	if err != nil {
 		return nil, err
 	}
@@ -78,10 +86,10 @@ func (d *DB) Update(ctx context.Context, fn func(store.Tx) error) error {
 }
 
 func (d *DB) wrap(err error) error {
-	if errors.Is(err, bolt.ErrDatabaseNotOpen) {
+	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
 		return fmt.Errorf("%w: %w", store.ErrClosed, err)
 	}
-	if errors.Is(err, bolt.ErrTxNotWritable) || errors.Is(err, bolt.ErrDatabaseReadOnly) {
+	if errors.Is(err, berrors.ErrTxNotWritable) || errors.Is(err, berrors.ErrDatabaseReadOnly) {
 		return fmt.Errorf("%w: %w", store.ErrReadOnly, err)
 	}
 	return err
@@ -165,3 +173,16 @@ func (b bucket) ForEach(fn func(k, v []byte) error) error { return b.b.ForEach(f
 
 // MarkSequential implements store.Sequential: pages are packed full.
 func (b bucket) MarkSequential() { b.b.FillPercent = 1 }
+
+// Buckets returns the names of the file's buckets, in key order (for
+// store.Copy: a bbolt file lists its buckets, the contract does not).
+func (d *DB) Buckets() ([][]byte, error) {
+	var out [][]byte
+	err := d.db.View(func(tx *bolt.Tx) error {
+		return tx.ForEach(func(name []byte, _ *bolt.Bucket) error {
+			out = append(out, append([]byte(nil), name...))
+			return nil
+		})
+	})
+	return out, err
+}

@@ -10,15 +10,18 @@ import (
 	"github.com/castellan-dev/castellan/ca/server"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
+	"github.com/castellan-dev/castellan/ca/store/pgstore"
 	"github.com/castellan-dev/castellan/internal/boltcheck"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // datastore is the CA's open store: the registry keyspace (join tokens
-// and registration entries) and the ledger's.
+// and registration entries) and, on PostgreSQL, the ledger's (a bolt
+// ledger is its own file, opened by openLedger).
 type datastore struct {
 	kind     string
 	registry store.DB
+	ledger   store.DB // nil for bolt
 	closers  []func() error
 }
 
@@ -43,10 +46,29 @@ func openDatastore(ctx context.Context, cfg config, log *slog.Logger, reg promet
 	return &datastore{kind: kindBolt, registry: db, closers: []func() error{db.Close}}, nil
 }
 
-// openPostgres connects to PostgreSQL. Never log dsn: it may hold the
-// password.
-func openPostgres(context.Context, string, *slog.Logger, prometheus.Registerer) (*datastore, error) {
-	return nil, errors.New("castellan-server: this build has no PostgreSQL datastore yet; use --datastore bolt")
+// openPostgres connects to PostgreSQL (running the schema migrations)
+// and opens the registry and ledger keyspaces. dsn is never logged nor
+// quoted: it may hold the password (pgstore redacts it from its errors).
+func openPostgres(ctx context.Context, dsn string, log *slog.Logger, reg prometheus.Registerer) (*datastore, error) {
+	conn, err := pgstore.Connect(ctx, dsn, pgstore.Options{Logger: log, Registry: reg})
+	if err != nil {
+		return nil, fmt.Errorf("castellan-server: datastore: %w", err)
+	}
+	d := &datastore{kind: kindPostgres, closers: []func() error{func() error { conn.Close(); return nil }}}
+	for _, ks := range []struct {
+		name string
+		db   *store.DB
+	}{{"registry", &d.registry}, {"ledger", &d.ledger}} {
+		db, err := conn.Keyspace(ctx, ks.name)
+		if err != nil {
+			d.Close()
+			return nil, fmt.Errorf("castellan-server: datastore: %w", err)
+		}
+		*ks.db = db
+		d.closers = append(d.closers, db.Close)
+	}
+	log.Info("datastore: PostgreSQL", "keyspaces", "registry, ledger")
+	return d, nil
 }
 
 // stores are the stores readiness depends on.

@@ -109,6 +109,12 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if ds.ledger != nil {
+		// TODO(registry-store): ledger.New(ds.ledger, ...) once the ledger
+		// conversion is on main; until then refuse rather than keep the
+		// log in a per-replica file.
+		return errors.New("castellan-server: this build cannot keep the ledger in PostgreSQL yet; use --datastore bolt")
+	}
 	led, err := openLedger(cfg, log, reg, quotas.Forgive)
 	if err != nil {
 		return err

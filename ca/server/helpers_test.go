@@ -72,6 +72,18 @@ type envOption func(*Config)
 
 func newEnv(t testing.TB, opts ...envOption) *env {
 	t.Helper()
+	bolt, err := boltstore.Open(filepath.Join(t.TempDir(), "registry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bolt.Close() })
+	return newEnvOn(t, faultstore.Wrap(bolt, false), opts...)
+}
+
+// newEnvOn is newEnv with its registry (join tokens, entries) in the
+// given store.
+func newEnvOn(t testing.TB, registry *faultstore.DB, opts ...envOption) *env {
+	t.Helper()
 	dir := t.TempDir()
 	clock := &fakeClock{now: time.Now().Truncate(time.Second)}
 	auth, err := authority.New(authority.Config{TrustDomain: testTD, Clock: clock.Now})
@@ -83,12 +95,6 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { led.Close() })
-	bolt, err := boltstore.Open(filepath.Join(dir, "registry.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { bolt.Close() })
-	registry := faultstore.Wrap(bolt, false)
 	ctx := context.Background()
 	tokens, err := authn.NewJoinTokens(ctx, registry, clock.Now)
 	if err != nil {

@@ -145,10 +145,12 @@ func (e *Entries) Close() error {
 }
 
 // follow reloads the index after every change of the store until ctx
-// ends; a failed reload is retried after refreshRetry.
+// ends; a failed reload is retried after refreshRetry. The first failure
+// of a run is logged as a warning, the recovery as info.
 func (e *Entries) follow(ctx context.Context, ch <-chan struct{}) {
 	defer close(e.stopped)
 	var retry <-chan time.Time
+	failing := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -157,10 +159,20 @@ func (e *Entries) follow(ctx context.Context, ch <-chan struct{}) {
 		case <-retry:
 		}
 		ch, retry = e.db.Changed(), nil
-		if err := e.refresh(ctx); err != nil && ctx.Err() == nil {
-			e.log.Warn("registration entries: reload from the store failed; agents may see stale entries until it succeeds",
-				"error", err.Error(), "retry_in", refreshRetry.String())
+		err := e.refresh(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
 			retry = time.After(refreshRetry)
+			if !failing {
+				e.log.Warn("registration entries: reload from the store failed; agents may see stale entries until it succeeds (retrying every second)",
+					"error", err.Error())
+			}
+			failing = true
+		case failing:
+			e.log.Info("registration entries: reloaded from the store again")
+			failing = false
 		}
 	}
 }

@@ -23,6 +23,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
@@ -406,5 +408,75 @@ func TestHAPostgresRestartUnderLoad(t *testing.T) {
 	}
 	if errors.Is(ctx.Err(), context.Canceled) {
 		t.Logf("%d SVIDs acknowledged across the PostgreSQL restart", len(h.serials))
+	}
+}
+
+// TestHAChangesReachAgentsOnEveryReplica: agents connected to different
+// replicas see what was done through others — an entry created through
+// replica 1 reaches the agent on replica 0; a certificate held by the agent
+// on replica 2 and revoked through replica 0 is replaced within 5 s, and
+// its serial is in replica 1's CRL; certs list through any replica sees
+// every certificate.
+func TestHAChangesReachAgentsOnEveryReplica(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL, three servers and two agents")
+	}
+	c := newHACluster(t, 3)
+	for i := range 3 {
+		c.start(i)
+	}
+	uid := fmt.Sprintf("unix:uid:%d", os.Getuid())
+	idA := spiffeid.RequireFromString("spiffe://cluster.local/ns/ha/sa/on-a")
+	idC := spiffeid.RequireFromString("spiffe://cluster.local/ns/ha/sa/on-c")
+	agentA := c.haAgent("ha-node-a", 1, 0) // token through replica 1, served by replica 0
+	agentC := c.haAgent("ha-node-c", 0, 2) // token through replica 0, served by replica 2
+	c.replicas[1].ctlRun(t, "entry", "create", "--spiffe-id", idA.String(), "--node", "ha-node-a", "--selector", uid, "--ttl", "2m")
+	c.replicas[1].ctlRun(t, "entry", "create", "--spiffe-id", idC.String(), "--node", "ha-node-c", "--selector", uid, "--ttl", "2m")
+
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	fetch := func(r *agentRig, want spiffeid.ID, what string) *x509svid.SVID {
+		t.Helper()
+		var got *x509svid.SVID
+		agentEventually(t, 20*time.Second, what, func() bool {
+			fctx, fcancel := context.WithTimeout(ctx, 2*time.Second)
+			defer fcancel()
+			xc, err := workloadapi.FetchX509Context(fctx, workloadapi.WithAddr("unix://"+r.sock))
+			if err != nil || xc.DefaultSVID().ID != want {
+				return false
+			}
+			got = agentVerify(t, xc, want)
+			return true
+		})
+		return got
+	}
+	fetch(agentA, idA, "the entry made through replica 1 served by the agent on replica 0")
+	held := fetch(agentC, idC, "the first SVID of the agent on replica 2")
+	serial := serialOf(held.Certificates[0].SerialNumber)
+
+	start := time.Now()
+	c.replicas[0].ctlRun(t, "certs", "revoke", serial, "--reason", "keyCompromise")
+	agentEventually(t, 5*time.Second, "the agent on replica 2 replacing a certificate revoked through replica 0", func() bool {
+		fctx, fcancel := context.WithTimeout(ctx, time.Second)
+		defer fcancel()
+		xc, err := workloadapi.FetchX509Context(fctx, workloadapi.WithAddr("unix://"+agentC.sock))
+		return err == nil && serialOf(xc.DefaultSVID().Certificates[0].SerialNumber) != serial
+	})
+	t.Logf("revocation through replica 0 reached the agent on replica 2 in %v", time.Since(start))
+
+	agentEventually(t, 5*time.Second, "the serial in replica 1's CRL", func() bool {
+		crl := fetchCRL(t, "http://"+c.https[1]+"/crl")
+		for _, e := range crl.RevokedCertificateEntries {
+			if serialOf(e.SerialNumber) == serial {
+				return true
+			}
+		}
+		return false
+	})
+	for i := range 3 {
+		out := c.replicas[i].ctlRun(t, "certs", "list", "--spiffe-id", idC.String(), "--state", "revoked")
+		if !strings.Contains(strings.ToLower(out), strings.ToLower(serial)) {
+			t.Errorf("certs list through replica %d does not show the revoked %s:\n%s", i, serial, out)
+		}
 	}
 }

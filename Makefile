@@ -1,6 +1,8 @@
 # Castellan — see README.md. The two commands a new user types:
 #   make demo   Bookinfo over mutual TLS with identities Castellan issues and rotates
 #   make test   every test, including the real-binary and real-kube-apiserver ones
+#               (and the PostgreSQL store's, on servers of their own: as root,
+#               internal/pgtest installs Debian's postgresql package if missing)
 
 GO        ?= go
 BIN       ?= bin
@@ -11,7 +13,7 @@ BENCHTIME ?= 3s
 COMMANDS := castellan-server castellan-agent castellanctl castellan-demo
 BOOKINFO := productpage details reviews ratings
 
-.PHONY: all build images test unit demo proto bench lint kube-testenv spire-agent helm promtool clean
+.PHONY: all build images test unit demo proto bench lint kube-testenv spire-agent helm promtool omniwitness clean
 
 all: build
 
@@ -49,11 +51,18 @@ helm:
 promtool:
 	./integration/promtool/tool/build.sh
 
+# omniwitness (transparency-dev's C2SP tlog-witness) is the independent
+# witness the ca/witness tests submit checkpoints to; built once from the
+# Go module proxy into $(CACHE)/bin (about a minute).
+omniwitness:
+	./integration/omniwitness/build.sh
+
 test: build
 	CASTELLAN_KUBE_TESTENV="$$(./integration/kube/testenv/build.sh)" CASTELLAN_REQUIRE_KUBE=1 \
 		CASTELLAN_SPIRE_AGENT="$$(./integration/spire/tool/build.sh)" CASTELLAN_REQUIRE_SPIRE=1 \
 		CASTELLAN_HELM="$$(./integration/helm/tool/build.sh)" CASTELLAN_REQUIRE_HELM=1 \
 		CASTELLAN_PROMTOOL="$$(./integration/promtool/tool/build.sh)" CASTELLAN_REQUIRE_PROMTOOL=1 \
+		CASTELLAN_OMNIWITNESS="$$(./integration/omniwitness/build.sh)" CASTELLAN_REQUIRE_OMNIWITNESS=1 \
 		CASTELLAN_REQUIRE_IMAGES=1 CASTELLAN_REQUIRE_ROOT=1 \
 		CASTELLAN_BIN=$(abspath $(BIN)) $(GO) test $(TESTFLAGS) ./...
 

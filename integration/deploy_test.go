@@ -460,6 +460,19 @@ func TestDeployAppliesToRealAPIServer(t *testing.T) {
 	if n := strings.Count(out, "(server dry run)"); n != len(objs) {
 		t.Errorf("%d objects accepted in server dry run, want %d:\n%s", n, len(objs), out)
 	}
+
+	// The PostgreSQL variant of the CA, applied in place of deploy/base/ca.
+	ha := kubetest.Kustomize(t, filepath.Join(deployDir, "ca-postgres"))
+	out = env.KubectlWithInput(strings.NewReader(ha), "apply", "--dry-run=server", "-f", "-")
+	for _, want := range []string{"deployment.apps/castellan-ca", "poddisruptionbudget.policy/castellan-ca",
+		"service/castellan-ca-headless"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("deploy/ca-postgres: dry-run apply output lacks %q:\n%s", want, out)
+		}
+	}
+	if n, want := strings.Count(out, "(server dry run)"), strings.Count(ha, "\nkind: "); n != want || n == 0 {
+		t.Errorf("deploy/ca-postgres: %d objects accepted in server dry run, want %d:\n%s", n, want, out)
+	}
 }
 
 // The Bookinfo wiring: which service may call which. productpage is the edge

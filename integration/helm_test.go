@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -77,7 +78,7 @@ func decodeManifests(t *testing.T, stream string) []k8sObject {
 
 func TestHelmChartLintsStrict(t *testing.T) {
 	helm := helmTool.path(t)
-	for name, args := range map[string][]string{"defaults": nil, "everything on": helmAllOn} {
+	for name, args := range map[string][]string{"defaults": nil, "everything on": helmAllOn, "postgres, 3 replicas": helmPostgres3} {
 		t.Run(name, func(t *testing.T) {
 			out := mustRunTool(t, helm, append([]string{"lint", "--strict", chartDir}, args...)...)
 			if !strings.Contains(out, "0 chart(s) failed") {
@@ -97,7 +98,7 @@ func TestHelmChartRefusesBadValues(t *testing.T) {
 		args []string
 		want string // in helm's error
 	}{
-		{"two replicas on bbolt", []string{"--set", "server.replicas=2"}, "/server/replicas"},
+		{"two replicas on bbolt", []string{"--set", "server.replicas=2"}, "at '/datastore/type': value must be 'postgres'"},
 		{"zero replicas", []string{"--set", "server.replicas=0"}, "/server/replicas"},
 		{"trust domain with capitals and a bang", []string{"--set", "trustDomain=Cluster.Local!"}, "/trustDomain"},
 		{"trusted node account without namespace", []string{"--set", "server.istio.trustedNodeAccounts[0]=ztunnel"}, "/server/istio/trustedNodeAccounts/0"},
@@ -105,7 +106,9 @@ func TestHelmChartRefusesBadValues(t *testing.T) {
 		{"TTL not a duration", []string{"--set", "server.defaultTTL=one hour"}, "/server/defaultTTL"},
 		{"log level", []string{"--set", "server.logLevel=verbose"}, "/server/logLevel"},
 		{"unknown datastore", []string{"--set", "datastore.type=mysql"}, "/datastore/type"},
-		{"postgres without a DSN secret", []string{"--set", "datastore.type=postgres"}, "/datastore"},
+		{"postgres without a DSN secret", []string{"--set", "datastore.type=postgres", "--set", "datastore.postgres.dsnSecret.name="}, "/datastore/postgres/dsnSecret/name"},
+		{"postgres without a ledger key secret", []string{"--set", "datastore.type=postgres", "--set", "datastore.postgres.ledgerKeySecret.name="}, "/datastore/postgres/ledgerKeySecret/name"},
+		{"ledger key secret key with a slash", []string{"--set", "datastore.type=postgres", "--set", "datastore.postgres.ledgerKeySecret.key=a/b"}, "/datastore/postgres/ledgerKeySecret/key"},
 		{"relative socket directory", []string{"--set", "agent.socketDir=run/castellan"}, "/agent/socketDir"},
 		{"socket name with a slash", []string{"--set", "agent.socketName=a/b.sock"}, "/agent/socketName"},
 		{"plug-in CA secret name empty", []string{"--set", "server.pluginCA.secretName="}, "/server/pluginCA/secretName"},
@@ -115,8 +118,16 @@ func TestHelmChartRefusesBadValues(t *testing.T) {
 		{"toggle as a string", []string{"--set-string", "monitoring.serviceMonitor.enabled=yes"}, "/monitoring/serviceMonitor/enabled"},
 		{"misspelt key", []string{"--set", "server.replica=1"}, "replica"},
 		{"pull policy", []string{"--set", "image.pullPolicy=Sometimes"}, "/image/pullPolicy"},
-		// Past the schema, the templates refuse what the server cannot do.
-		{"postgres is not yet supported", []string{"--set", "datastore.type=postgres", "--set", "datastore.postgres.dsnSecret.name=castellan-pg"}, "not yet supported"},
+		// Past the schema (or without it), the templates refuse what the
+		// server cannot run with.
+		{"two replicas on bbolt, schema skipped", []string{"--skip-schema-validation", "--set", "server.replicas=2"},
+			"server.replicas=2 needs datastore.type=postgres: the bbolt datastore is one file on one volume that one process owns"},
+		{"zero replicas, schema skipped", []string{"--skip-schema-validation", "--set", "server.replicas=0"}, "at least one replica"},
+		{"postgres without a DSN secret, schema skipped", []string{"--skip-schema-validation", "--set", "datastore.type=postgres", "--set", "datastore.postgres.dsnSecret.name="},
+			"datastore.type=postgres needs datastore.postgres.dsnSecret.name"},
+		{"postgres without a ledger key secret, schema skipped", []string{"--skip-schema-validation", "--set", "datastore.type=postgres", "--set", "datastore.postgres.ledgerKeySecret=null"},
+			"datastore.type=postgres needs datastore.postgres.ledgerKeySecret.name"},
+		{"unknown datastore, schema skipped", []string{"--skip-schema-validation", "--set", "datastore.type=mysql"}, "datastore.type=mysql is unknown"},
 		{"socket path too long for sun_path", []string{"--set", "agent.socketDir=/" + strings.Repeat("d", 100)}, "Unix socket path"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -140,42 +151,59 @@ func normalize(o k8sObject) k8sObject {
 	return o
 }
 
-// TestHelmChartMatchesKustomizeBases renders the chart with its defaults
-// and checks that every object of deploy/base/ca and deploy/base/agent comes
-// out the same (but for metadata labels and annotations), and that the
-// chart adds nothing but the dashboard.
+// TestHelmChartMatchesKustomizeBases renders the chart and checks that
+// every object of the kustomize CA variant and deploy/base/agent comes out
+// the same (but for metadata labels and annotations), and that the chart
+// adds nothing but the dashboard: with its defaults against deploy/base/ca
+// (bbolt), and with three replicas on PostgreSQL against deploy/ca-postgres.
 func TestHelmChartMatchesKustomizeBases(t *testing.T) {
 	helm := helmTool.path(t)
-	r := helmTemplate(t, helm, "--set", "image.tag=latest")
-	if r.err != nil {
-		t.Fatalf("helm template: %v\n%s", r.err, r.stderr)
+	for _, tc := range []struct {
+		caDir string
+		args  []string
+	}{
+		{"base/ca", nil},
+		{"ca-postgres", helmPostgres3},
+	} {
+		t.Run(tc.caDir, func(t *testing.T) {
+			r := helmTemplate(t, helm, append([]string{"--set", "image.tag=latest"}, tc.args...)...)
+			if r.err != nil {
+				t.Fatalf("helm template: %v\n%s", r.err, r.stderr)
+			}
+			compareWithKustomize(t, decodeManifests(t, r.stdout), decodeManifests(t, kustomizeCA(t, tc.caDir)), "deploy/"+tc.caDir)
+		})
 	}
+}
+
+// compareWithKustomize checks that every kustomize object but the
+// Namespace is in the chart's render, equal but for metadata labels and
+// annotations, and that the chart has no other object but the dashboard.
+func compareWithKustomize(t *testing.T, chart, kustomize []k8sObject, where string) {
+	t.Helper()
 	fromHelm := map[string]k8sObject{}
-	for _, o := range decodeManifests(t, r.stdout) {
+	for _, o := range chart {
 		fromHelm[o.kindName()] = normalize(o)
 	}
-	base := kubetest.Kustomize(t, filepath.Join(deployDir, "base", "ca")) + "\n---\n" +
-		kubetest.Kustomize(t, filepath.Join(deployDir, "base", "agent"))
-	for _, o := range decodeManifests(t, base) {
+	for _, o := range kustomize {
 		key := o.kindName()
 		if o["kind"] == "Namespace" {
 			continue // the chart installs into a namespace, it does not make it
 		}
 		h, ok := fromHelm[key]
 		if !ok {
-			t.Errorf("%s is in deploy/base but not in the chart", key)
+			t.Errorf("%s is in %s but not in the chart", key, where)
 			continue
 		}
 		delete(fromHelm, key)
 		if want := normalize(o); !reflect.DeepEqual(h, want) {
 			hj, _ := sigsyaml.Marshal(h)
 			wj, _ := sigsyaml.Marshal(want)
-			t.Errorf("%s differs between the chart and deploy/base.\nchart:\n%s\nkustomize:\n%s", key, hj, wj)
+			t.Errorf("%s differs between the chart and %s.\nchart:\n%s\nkustomize:\n%s", key, where, hj, wj)
 		}
 	}
 	for key := range fromHelm {
 		if key != "ConfigMap/castellan-dashboard" {
-			t.Errorf("the chart's defaults render %s, which deploy/base does not have", key)
+			t.Errorf("the chart renders %s, which %s does not have", key, where)
 		}
 	}
 }
@@ -282,7 +310,8 @@ func TestHelmChartAppliesToRealAPIServer(t *testing.T) {
 	env.KubectlWithInput(strings.NewReader(monitoringCRDs), "apply", "-f", "-")
 	env.Kubectl("wait", "--for=condition=established", "--timeout=60s",
 		"crd/servicemonitors.monitoring.coreos.com", "crd/prometheusrules.monitoring.coreos.com")
-	for name, args := range map[string][]string{"defaults": nil, "everything on": helmAllOn} {
+	for name, args := range map[string][]string{"defaults": nil, "everything on": helmAllOn,
+		"postgres, 3 replicas": append(slices.Clone(helmAllOn), helmPostgres3...)} {
 		t.Run(name, func(t *testing.T) {
 			r := helmTemplate(t, helm, args...)
 			if r.err != nil {
@@ -293,8 +322,14 @@ func TestHelmChartAppliesToRealAPIServer(t *testing.T) {
 			if n := strings.Count(out, "(server dry run)"); n != len(objs) || n == 0 {
 				t.Errorf("%d objects accepted in server dry run, want %d:\n%s", n, len(objs), out)
 			}
-			for _, want := range []string{"deployment.apps/castellan-ca", "daemonset.apps/castellan-agent",
-				"persistentvolumeclaim/castellan-ca-data", "configmap/castellan-dashboard"} {
+			wants := []string{"deployment.apps/castellan-ca", "daemonset.apps/castellan-agent",
+				"service/castellan-ca-headless", "configmap/castellan-dashboard"}
+			if strings.HasPrefix(name, "postgres") {
+				wants = append(wants, "poddisruptionbudget.policy/castellan-ca")
+			} else {
+				wants = append(wants, "persistentvolumeclaim/castellan-ca-data")
+			}
+			for _, want := range wants {
 				if !strings.Contains(out, want) {
 					t.Errorf("dry-run apply output lacks %q:\n%s", want, out)
 				}

@@ -15,11 +15,29 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- printf "%s/%s:%s" .root.Values.image.registry .name $tag -}}
 {{- end }}
 
-{{/* castellan.datastore fails the render for a datastore the server does
-     not have yet, so the error comes at install time, not at run time. */}}
+{{/* castellan.datastore fails the render for a datastore setting the
+     server cannot run with, so the error comes at install time, not as a
+     crash loop. values.schema.json refuses the same values; this holds
+     with --skip-schema-validation too. */}}
 {{- define "castellan.datastore" -}}
-{{- if ne .Values.datastore.type "bbolt" -}}
-{{- fail (printf "datastore.type=%s is not yet supported by castellan-server %s; use datastore.type=bbolt (one replica, a PersistentVolumeClaim)" .Values.datastore.type .Chart.AppVersion) -}}
+{{- $ds := .Values.datastore -}}
+{{- $replicas := int .Values.server.replicas -}}
+{{- if lt $replicas 1 -}}
+{{- fail (printf "server.replicas=%d: the CA needs at least one replica" $replicas) -}}
+{{- end -}}
+{{- if eq $ds.type "bbolt" -}}
+{{- if gt $replicas 1 -}}
+{{- fail (printf "server.replicas=%d needs datastore.type=postgres: the bbolt datastore is one file on one volume that one process owns, so a bbolt CA runs exactly one replica; share a PostgreSQL database between replicas instead (datastore.postgres, see deploy/README.md)" $replicas) -}}
+{{- end -}}
+{{- else if eq $ds.type "postgres" -}}
+{{- if not (and $ds.postgres $ds.postgres.dsnSecret $ds.postgres.dsnSecret.name $ds.postgres.dsnSecret.key) -}}
+{{- fail "datastore.type=postgres needs datastore.postgres.dsnSecret.name and .key: the Secret holding the DSN (postgres://...)" -}}
+{{- end -}}
+{{- if not (and $ds.postgres.ledgerKeySecret $ds.postgres.ledgerKeySecret.name $ds.postgres.ledgerKeySecret.key) -}}
+{{- fail "datastore.type=postgres needs datastore.postgres.ledgerKeySecret.name and .key: the Secret holding the log's signing key (castellanctl ledger keygen), shared by every replica" -}}
+{{- end -}}
+{{- else -}}
+{{- fail (printf "datastore.type=%s is unknown; use bbolt (one replica) or postgres" $ds.type) -}}
 {{- end -}}
 {{- end }}
 

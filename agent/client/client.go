@@ -2,10 +2,20 @@
 // bootstraps the agent's own SVID with a join token, keeps it on disk so a
 // restart needs no new token, renews it at half its lifetime, and makes
 // every later call over mutual TLS with it.
+//
+// The CA may have several endpoints (replicas): every address a DNS name
+// resolves to, or an explicit list (endpoints.go). gRPC balances calls
+// over the endpoints that are up (round_robin) and skips one whose health
+// service says NOT_SERVING; a unary call that an endpoint fails with
+// Unavailable is retried on another within a bounded time (retry.go); a
+// stream that ends is reopened by its owner and lands on a live endpoint.
+// Each endpoint must prove it is the CA with an SVID for
+// spiffe://<td>/castellan/server chained to the trust bundle.
 package client
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -16,6 +26,7 @@ import (
 
 	"github.com/castellan-dev/castellan/agent/rotate"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -23,6 +34,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
+	_ "google.golang.org/grpc/health" // client-side health checking (serviceConfig)
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/peer"
 )
 
 // ErrNoAgentSVID means the agent has no usable SVID of its own and was not
@@ -31,8 +45,22 @@ var ErrNoAgentSVID = errors.New("client: no agent SVID")
 
 // Config configures a Client.
 type Config struct {
-	// Address of the CA, host:port.
+	// Addresses of the CA (see --server-address): one host:port, whose
+	// every DNS address is used; one dns:///host:port; or several
+	// host:port. Calls are balanced round-robin over the endpoints that
+	// are up, and fail over to another when one fails.
+	Addresses []string
+	// Address is a shorthand for Addresses with one element.
 	Address string
+	// FailoverTimeout bounds how long a unary call keeps trying other CA
+	// endpoints after its first attempt failed with Unavailable (or
+	// ResourceExhausted with a retry delay); 0 means
+	// DefaultFailoverTimeout, and a negative value makes one attempt per
+	// call. The call's context may end it sooner. Retries wait on Clock.
+	FailoverTimeout time.Duration
+	// Registry receives castellan_agent_ca_failovers_total and
+	// castellan_agent_ca_retries_total; nil registers none.
+	Registry prometheus.Registerer
 	// TrustDomain of the CA and the agent.
 	TrustDomain spiffeid.TrustDomain
 	// Bundle holds the roots that verify the CA at bootstrap (the
@@ -49,17 +77,25 @@ type Config struct {
 }
 
 // reconnect bounds gRPC's own reconnection backoff (120s by default) so
-// that a CA that comes back is found within seconds.
+// that a CA endpoint that comes back is used again within seconds.
 var reconnect = grpc.ConnectParams{
 	Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
 	MinConnectTimeout: 5 * time.Second,
 }
 
+// keepalive finds a CA endpoint that vanished without closing its
+// connections (a node powered off, a partition) within half a minute, so
+// that its streams move to another. The CA permits pings every 10s.
+var keepalives = keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}
+
 // Client talks to the CA. It is safe for concurrent use.
 type Client struct {
 	cfg      Config
+	target   target
 	serverID spiffeid.ID
 	log      *slog.Logger
+	metrics  *metrics
+	syncPeer streamEndpoint
 
 	mu       sync.Mutex
 	svid     *x509svid.SVID
@@ -71,8 +107,15 @@ type Client struct {
 // New returns a client and loads the agent SVID persisted in DataDir, if
 // any. It does not contact the CA.
 func New(cfg Config) (*Client, error) {
-	if cfg.Address == "" || cfg.DataDir == "" || cfg.TrustDomain.IsZero() {
-		return nil, errors.New("client: Address, DataDir and TrustDomain are required")
+	if cfg.DataDir == "" || cfg.TrustDomain.IsZero() {
+		return nil, errors.New("client: Addresses, DataDir and TrustDomain are required")
+	}
+	if cfg.Address != "" {
+		cfg.Addresses = append([]string{cfg.Address}, cfg.Addresses...)
+	}
+	t, err := parseTarget(cfg.Addresses)
+	if err != nil {
+		return nil, err
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = rotate.System{}
@@ -80,10 +123,19 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.FailoverTimeout == 0 {
+		cfg.FailoverTimeout = DefaultFailoverTimeout
+	}
+	m, err := newMetrics(cfg.Registry)
+	if err != nil {
+		return nil, err
+	}
 	c := &Client{
 		cfg:      cfg,
+		target:   t,
 		serverID: spiffeid.RequireFromPath(cfg.TrustDomain, "/castellan/server"),
 		log:      cfg.Logger,
+		metrics:  m,
 		bundle:   cfg.Bundle,
 	}
 	svid, err := loadSVID(c.svidPath())
@@ -130,10 +182,9 @@ func (c *Client) attest(ctx context.Context, att *cav1.AttestAgentRequest, how s
 		return err
 	}
 	att.Csr = csr
-	tlsConf := tlsconfig.TLSClientConfig(c, tlsconfig.AuthorizeID(c.serverID))
-	conn, err := grpc.NewClient(c.cfg.Address, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)))
+	conn, err := c.dial(tlsconfig.TLSClientConfig(c, tlsconfig.AuthorizeID(c.serverID)))
 	if err != nil {
-		return fmt.Errorf("client: dial %s: %w", c.cfg.Address, err)
+		return err
 	}
 	defer conn.Close()
 	resp, err := cav1.NewCertificateAuthorityServiceClient(conn).AttestAgent(ctx, att)
@@ -225,15 +276,35 @@ func (c *Client) ca() (cav1.CertificateAuthorityServiceClient, error) {
 		return nil, ErrNoAgentSVID
 	}
 	if c.conn == nil {
-		tlsConf := tlsconfig.MTLSClientConfig(c, c, tlsconfig.AuthorizeID(c.serverID))
-		conn, err := grpc.NewClient(c.cfg.Address, grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)),
-			grpc.WithConnectParams(reconnect))
+		conn, err := c.dial(tlsconfig.MTLSClientConfig(c, c, tlsconfig.AuthorizeID(c.serverID)))
 		if err != nil {
-			return nil, fmt.Errorf("client: dial %s: %w", c.cfg.Address, err)
+			return nil, err
 		}
 		c.conn = conn
 	}
 	return cav1.NewCertificateAuthorityServiceClient(c.conn), nil
+}
+
+// dial returns a connection to every CA endpoint, balanced round-robin,
+// whose unary calls fail over (see failover). Each endpoint must present
+// the CA's SVID (spiffe://<td>/castellan/server) chained to the trust
+// bundle, whatever its address: the agent checks the SPIFFE ID, not the
+// host name, so IPs and names verify alike, and an endpoint presenting
+// anything else fails its handshake and is never used.
+func (c *Client) dial(tlsConf *tls.Config) (*grpc.ClientConn, error) {
+	opts := append(c.target.dialOptions(),
+		grpc.WithTransportCredentials(verifiedCreds{credentials.NewTLS(tlsConf), c}),
+		grpc.WithConnectParams(reconnect),
+		grpc.WithKeepaliveParams(keepalives),
+	)
+	if c.cfg.FailoverTimeout > 0 {
+		opts = append(opts, grpc.WithUnaryInterceptor(c.failover))
+	}
+	conn, err := grpc.NewClient(c.target.uri, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("client: dial %s: %w", c.target.uri, err)
+	}
+	return conn, nil
 }
 
 // BatchSign asks the CA to sign reqs in one call; results are in request
@@ -263,7 +334,34 @@ func (c *Client) SyncAgent(ctx context.Context) (grpc.ServerStreamingClient[cav1
 	if err != nil {
 		return nil, fmt.Errorf("client: sync: %w", err)
 	}
-	return s, nil
+	return &syncStream{ServerStreamingClient: s, c: c}, nil
+}
+
+// syncStream logs which CA endpoint serves a SyncAgent stream once the
+// first state arrives, and counts a stream reopened on another endpoint
+// than the last one as a failover.
+type syncStream struct {
+	grpc.ServerStreamingClient[cav1.SyncAgentResponse]
+	c       *Client
+	started bool
+}
+
+// Recv implements grpc.ServerStreamingClient.
+func (s *syncStream) Recv() (*cav1.SyncAgentResponse, error) {
+	resp, err := s.ServerStreamingClient.Recv()
+	if err != nil || s.started {
+		return resp, err
+	}
+	s.started = true
+	p, _ := peer.FromContext(s.Context())
+	endpoint := endpointOf(p)
+	if from, moved := s.c.syncPeer.moved(endpoint); moved {
+		s.c.metrics.failovers.WithLabelValues("SyncAgent").Inc()
+		s.c.log.Info("CA sync stream moved to another endpoint", "endpoint", endpoint, "previous", from)
+	} else {
+		s.c.log.Info("CA sync stream open", "endpoint", endpoint)
+	}
+	return resp, nil
 }
 
 // Run renews the agent SVID at the policy's renewal time until ctx is

@@ -54,7 +54,9 @@ func newEnv(t *testing.T, ca *catest.CA, dir string) *env {
 func (e *env) start(token string) {
 	t := e.t
 	t.Helper()
-	cl, err := client.New(client.Config{Address: e.ca.Addr(), TrustDomain: td, Bundle: e.ca.Bundle(), DataDir: e.dir, Clock: e.clock})
+	// FailoverTimeout -1: one attempt per call, so that the manager's own
+	// backoff is what these tests see.
+	cl, err := client.New(client.Config{Address: e.ca.Addr(), TrustDomain: td, Bundle: e.ca.Bundle(), DataDir: e.dir, Clock: e.clock, FailoverTimeout: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,9 @@
 // Workload API on a Unix socket.
 //
 // Every flag has an environment equivalent, CASTELLAN_AGENT_<FLAG> with
-// dashes as underscores; a flag on the command line wins. The join token is
+// dashes as underscores, and a key of the YAML file given with --config,
+// the flag's name with underscores; the command line wins over the
+// environment, which wins over the file. The join token is
 // the exception: it is never taken from the command line (see
 // jointoken.go), only from --join-token-file or CASTELLAN_AGENT_JOIN_TOKEN.
 package main
@@ -23,51 +25,79 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/agent/attest"
+	"github.com/castellan-dev/castellan/agent/client"
 	"github.com/castellan-dev/castellan/agent/endpoints"
 	"github.com/castellan-dev/castellan/internal/version"
 )
 
 // config is the agent's configuration, read once here and passed down.
+// Every field is a flag (--server-address), an environment variable
+// (CASTELLAN_AGENT_SERVER_ADDRESS) and a key of the YAML file given with
+// --config (server_address); see config.go.
 type config struct {
-	ServerAddress string
-	TrustBundle   string
-	JoinToken     string // from CASTELLAN_AGENT_JOIN_TOKEN only
-	JoinTokenFile string
-	argvToken     argvJoinToken
-	DataDir       string
-	Socket        string
-	HTTPListen    string
-	TrustDomain   string
-	LogLevel      string
-	Attestor      string
-	NodeName      string
-	K8sTokenFile  string
-	Kubeconfig    string
-	Limits        endpoints.Limits
-	HolderMaxAge  time.Duration
+	ServerAddresses []string
+	FailoverTimeout time.Duration
+	TrustBundle     string
+	JoinToken       string // from CASTELLAN_AGENT_JOIN_TOKEN only
+	JoinTokenFile   string
+	argvToken       argvJoinToken
+	DataDir         string
+	Socket          string
+	HTTPListen      string
+	TrustDomain     string
+	LogLevel        string
+	Attestor        string
+	NodeName        string
+	K8sTokenFile    string
+	Kubeconfig      string
+	Limits          endpoints.Limits
+	HolderMaxAge    time.Duration
 }
 
-func flagSet(cfg *config, out io.Writer) *flag.FlagSet {
+func defaultConfig() config {
+	return config{
+		ServerAddresses: []string{"127.0.0.1:8443"},
+		FailoverTimeout: client.DefaultFailoverTimeout,
+		Socket:          "/run/castellan/agent.sock",
+		HTTPListen:      "127.0.0.1:9091",
+		TrustDomain:     "cluster.local",
+		LogLevel:        "info",
+		Attestor:        attestorUnix,
+		Limits: endpoints.Limits{
+			MaxConnsPerCaller:   endpoints.DefaultMaxConnsPerCaller,
+			MaxStreamsPerCaller: endpoints.DefaultMaxStreamsPerCaller,
+			IdleTimeout:         endpoints.DefaultIdleTimeout,
+		},
+		HolderMaxAge: attest.DefaultHolderMaxAge,
+	}
+}
+
+// flagSet registers every flag on cfg, with cfg's values as defaults.
+func flagSet(cfg *config, configPath *string, out io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("castellan-agent", flag.ContinueOnError)
 	fs.SetOutput(out)
-	fs.StringVar(&cfg.ServerAddress, "server-address", "127.0.0.1:8443", "CA address, host:port")
-	fs.StringVar(&cfg.TrustBundle, "trust-bundle", "", "PEM roots that verify the CA at bootstrap (the server's <data-dir>/bundle.pem)")
-	fs.StringVar(&cfg.JoinTokenFile, "join-token-file", "", "file holding a one-time join token (castellanctl token create --out FILE): a regular file owned by the agent's user, mode 0600 or stricter; "+
+	fs.StringVar(configPath, "config", "", "YAML configuration file: keys are the flag names with _ for - (server_address: [a:8443, b:8443]); the environment and the command line override it")
+	fs.Var(&listFlag{p: &cfg.ServerAddresses}, "server-address", "CA address, host:port (repeatable; the environment takes a comma-separated list): "+
+		"one name is resolved in DNS and every address it has is used (a headless Service; dns:///name:port says the same), several addresses are balanced round-robin; "+
+		"a call that an endpoint fails with Unavailable is retried on another, and every endpoint must present the CA's SVID")
+	fs.DurationVar(&cfg.FailoverTimeout, "server-failover-timeout", cfg.FailoverTimeout, "how long one call to the CA keeps trying other endpoints after an endpoint failed it with Unavailable")
+	fs.StringVar(&cfg.TrustBundle, "trust-bundle", cfg.TrustBundle, "PEM roots that verify the CA at bootstrap (the server's <data-dir>/bundle.pem)")
+	fs.StringVar(&cfg.JoinTokenFile, "join-token-file", cfg.JoinTokenFile, "file holding a one-time join token (castellanctl token create --out FILE): a regular file owned by the agent's user, mode 0600 or stricter; "+
 		"read once, deleted after a successful join; needed only without a valid agent SVID in --data-dir. Or set "+joinTokenEnv)
 	fs.Var(&cfg.argvToken, "join-token", "refused: a token on the command line is readable by every local user; use --join-token-file or "+joinTokenEnv)
-	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory for cache.db and the agent's own SVID (created 0700)")
-	fs.StringVar(&cfg.Socket, "socket", "/run/castellan/agent.sock", "Unix socket serving SDS and the Workload API")
-	fs.StringVar(&cfg.HTTPListen, "http-listen", "127.0.0.1:9091", "HTTP address for /metrics, /healthz and /readyz")
-	fs.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain")
-	fs.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.StringVar(&cfg.Attestor, "attestor", attestorUnix, "workload attestor: unix (registration entries) or k8s (one identity per pod on --node-name)")
-	fs.StringVar(&cfg.NodeName, "node-name", "", "k8s: the node this agent runs on")
-	fs.StringVar(&cfg.K8sTokenFile, "k8s-token-file", "", "k8s: projected service-account token (audience castellan-ca) used to attest the agent")
-	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "k8s: kubeconfig file (empty: in-cluster)")
-	fs.IntVar(&cfg.Limits.MaxConnsPerCaller, "max-conns-per-caller", endpoints.DefaultMaxConnsPerCaller, "socket connections one uid (one pod with --attestor k8s) may hold open")
-	fs.IntVar(&cfg.Limits.MaxStreamsPerCaller, "max-calls-per-caller", endpoints.DefaultMaxStreamsPerCaller, "SDS and Workload API calls one uid (one pod with --attestor k8s) may hold open")
-	fs.DurationVar(&cfg.Limits.IdleTimeout, "idle-timeout", endpoints.DefaultIdleTimeout, "close a socket connection with no open call for this long")
-	fs.DurationVar(&cfg.HolderMaxAge, "holder-scan-max-age", attest.DefaultHolderMaxAge, "how old the /proc scan proving no other process holds a workload's connection may be at a call")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for cache.db and the agent's own SVID (created 0700)")
+	fs.StringVar(&cfg.Socket, "socket", cfg.Socket, "Unix socket serving SDS and the Workload API")
+	fs.StringVar(&cfg.HTTPListen, "http-listen", cfg.HTTPListen, "HTTP address for /metrics, /healthz and /readyz")
+	fs.StringVar(&cfg.TrustDomain, "trust-domain", cfg.TrustDomain, "SPIFFE trust domain")
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn or error")
+	fs.StringVar(&cfg.Attestor, "attestor", cfg.Attestor, "workload attestor: unix (registration entries) or k8s (one identity per pod on --node-name)")
+	fs.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "k8s: the node this agent runs on")
+	fs.StringVar(&cfg.K8sTokenFile, "k8s-token-file", cfg.K8sTokenFile, "k8s: projected service-account token (audience castellan-ca) used to attest the agent")
+	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", cfg.Kubeconfig, "k8s: kubeconfig file (empty: in-cluster)")
+	fs.IntVar(&cfg.Limits.MaxConnsPerCaller, "max-conns-per-caller", cfg.Limits.MaxConnsPerCaller, "socket connections one uid (one pod with --attestor k8s) may hold open")
+	fs.IntVar(&cfg.Limits.MaxStreamsPerCaller, "max-calls-per-caller", cfg.Limits.MaxStreamsPerCaller, "SDS and Workload API calls one uid (one pod with --attestor k8s) may hold open")
+	fs.DurationVar(&cfg.Limits.IdleTimeout, "idle-timeout", cfg.Limits.IdleTimeout, "close a socket connection with no open call for this long")
+	fs.DurationVar(&cfg.HolderMaxAge, "holder-scan-max-age", cfg.HolderMaxAge, "how old the /proc scan proving no other process holds a workload's connection may be at a call")
 	return fs
 }
 
@@ -76,24 +106,33 @@ func envName(flagName string) string {
 	return "CASTELLAN_AGENT_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
-// loadConfig reads the environment, then args, and validates.
+// loadConfig reads the YAML file (--config or CASTELLAN_AGENT_CONFIG), then
+// the environment, then args, each overriding the one before, and
+// validates. A list (--server-address) given by a later source replaces
+// the earlier one.
 func loadConfig(args []string, getenv func(string) string, out io.Writer) (config, error) {
-	var cfg config
-	fs := flagSet(&cfg, out)
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		if f.Name == "join-token" {
-			return // the environment's token is read below, never as the flag
-		}
-		if v := getenv(envName(f.Name)); v != "" {
-			if err := fs.Set(f.Name, v); err != nil && envErr == nil {
-				envErr = fmt.Errorf("%s=%q: %w", envName(f.Name), v, err)
-			}
-		}
-	})
-	if envErr != nil {
-		return config{}, envErr
+	var path string
+	scratch := defaultConfig()
+	if err := flagSet(&scratch, &path, out).Parse(args); err != nil {
+		return config{}, err
 	}
+	if scratch.argvToken.given {
+		return config{}, errJoinTokenOnArgv
+	}
+	if path == "" {
+		path = getenv(envName("config"))
+	}
+	cfg := defaultConfig()
+	fs := flagSet(&cfg, new(string), out)
+	if path != "" {
+		if err := applyYAML(fs, path); err != nil {
+			return config{}, err
+		}
+	}
+	if err := applyEnv(fs, getenv); err != nil {
+		return config{}, err
+	}
+	startSource(fs)
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
@@ -101,10 +140,7 @@ func loadConfig(args []string, getenv func(string) string, out io.Writer) (confi
 		return config{}, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	cfg.JoinToken = strings.TrimSpace(getenv(joinTokenEnv))
-	switch {
-	case cfg.argvToken.given:
-		return config{}, errJoinTokenOnArgv
-	case cfg.JoinToken != "" && cfg.JoinTokenFile != "":
+	if cfg.JoinToken != "" && cfg.JoinTokenFile != "" {
 		return config{}, fmt.Errorf("both --join-token-file and %s are set; give the join token once", joinTokenEnv)
 	}
 	switch {
@@ -112,6 +148,10 @@ func loadConfig(args []string, getenv func(string) string, out io.Writer) (confi
 		return config{}, errors.New("--data-dir is required (the agent keeps its cache and its own SVID there)")
 	case cfg.Socket == "":
 		return config{}, errors.New("--socket must not be empty")
+	case len(cfg.ServerAddresses) == 0:
+		return config{}, errors.New("--server-address is empty; give the CA's address, host:port")
+	case cfg.FailoverTimeout < 0:
+		return config{}, fmt.Errorf("--server-failover-timeout %s is negative; give a duration such as 10s", cfg.FailoverTimeout)
 	}
 	return cfg, validateK8s(cfg)
 }

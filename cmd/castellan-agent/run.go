@@ -52,7 +52,10 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	ca, err := client.New(client.Config{Address: cfg.ServerAddress, TrustDomain: td, Bundle: bundle, DataDir: cfg.DataDir, Logger: log})
+	ca, err := client.New(client.Config{
+		Addresses: cfg.ServerAddresses, FailoverTimeout: cfg.FailoverTimeout, TrustDomain: td, Bundle: bundle, DataDir: cfg.DataDir,
+		Registry: reg, Logger: log,
+	})
 	if err != nil {
 		return err
 	}
@@ -127,7 +130,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 			return nil // expiry is logged; keep serving the cache
 		})
 	}
-	log.Info("castellan-agent running", "socket", cfg.Socket, "http", cfg.HTTPListen, "server", cfg.ServerAddress, "trust_domain", td.String())
+	log.Info("castellan-agent running", "socket", cfg.Socket, "http", cfg.HTTPListen, "server", cfg.ServerAddresses, "trust_domain", td.String())
 	var runErr error
 	select {
 	case <-ctx.Done():

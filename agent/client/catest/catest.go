@@ -20,7 +20,6 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
-	"net"
 	"net/url"
 	"os"
 	"sync"
@@ -63,8 +62,7 @@ type CA struct {
 	serverCert        tls.Certificate
 
 	mu       sync.Mutex
-	addr     string
-	srv      *grpc.Server
+	primary  *Replica          // the server Start, Stop and Addr work on
 	tokens   map[string]string // token -> node
 	entries  map[string]*cav1.Entry
 	revoked  map[string]bool
@@ -133,55 +131,33 @@ func (ca *CA) Issue(t testing.TB, id spiffeid.ID, now time.Time, ttl time.Durati
 func (ca *CA) Start(t testing.TB) {
 	t.Helper()
 	ca.mu.Lock()
-	addr := ca.addr
+	if ca.primary == nil {
+		ca.primary = &Replica{ca: ca, cert: ca.serverCert}
+	}
+	r := ca.primary
 	ca.mu.Unlock()
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	var lis net.Listener
-	var err error
-	for range 50 { // the old port may take a moment to be free again
-		if lis, err = net.Listen("tcp", addr); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatalf("catest: listen: %v", err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(ca.root)
-	creds := credentials.NewTLS(&tls.Config{
-		Certificates: []tls.Certificate{ca.serverCert},
-		ClientAuth:   tls.VerifyClientCertIfGiven,
-		ClientCAs:    pool,
-		MinVersion:   tls.VersionTLS12,
-	})
-	srv := grpc.NewServer(grpc.Creds(creds))
-	cav1.RegisterCertificateAuthorityServiceServer(srv, ca)
-	ca.mu.Lock()
-	ca.addr, ca.srv = lis.Addr().String(), srv
-	ca.mu.Unlock()
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(ca.Stop)
+	r.Start(t)
 }
 
 // Stop closes the listener and every connection at once.
 func (ca *CA) Stop() {
 	ca.mu.Lock()
-	srv := ca.srv
-	ca.srv = nil
+	r := ca.primary
 	ca.mu.Unlock()
-	if srv != nil {
-		srv.Stop()
+	if r != nil {
+		r.Stop()
 	}
 }
 
 // Addr returns the address the CA listens on.
 func (ca *CA) Addr() string {
 	ca.mu.Lock()
-	defer ca.mu.Unlock()
-	return ca.addr
+	r := ca.primary
+	ca.mu.Unlock()
+	if r == nil {
+		return ""
+	}
+	return r.Addr()
 }
 
 // JoinToken creates a one-time token for node.

@@ -18,7 +18,7 @@ import (
 // The CA's bbolt files in its data directory and the PostgreSQL keyspace
 // each one becomes (cmd/castellan-server opens the same names).
 var migratedFiles = []struct{ file, keyspace string }{
-	{"registry", "registry"},
+	{"registry.db", "registry"},
 	{"ledger.db", "ledger"},
 }
 

@@ -226,12 +226,16 @@ func TestBanCutsOffAStolenAgentCredential(t *testing.T) {
 	agentEventually(t, 20*time.Second, "node-a's agent socket", func() bool { _, err := os.Stat(r.sock); return err == nil })
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
-	x509ctx, err := workloadapi.FetchX509Context(wctx, workloadapi.WithAddr("unix://"+r.sock))
-	wcancel()
-	if err != nil {
-		t.Fatalf("workload SVID from node-a's agent: %v\n%s", err, r.agentLog)
-	}
+	// The socket exists before the first SVID is cached: until then the
+	// agent answers PermissionDenied ("no identity issued").
+	var x509ctx *workloadapi.X509Context
+	agentEventually(t, 30*time.Second, "the workload SVID from node-a's agent", func() bool {
+		wctx, wcancel := context.WithTimeout(ctx, 2*time.Second)
+		defer wcancel()
+		var err error
+		x509ctx, err = workloadapi.FetchX509Context(wctx, workloadapi.WithAddr("unix://"+r.sock))
+		return err == nil
+	})
 	workloadSerial := serialHex(agentVerify(t, x509ctx, want).Certificates[0])
 
 	// The thief copies the agent's files and renews in a loop.

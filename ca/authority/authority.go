@@ -1,12 +1,107 @@
-// Package authority is Castellan's signing core: it holds the CA's root and
-// intermediate, validates certificate signing requests and issues
-// X.509-SVIDs under a cfssl signing policy.
+// Package authority is Castellan's signing core: it holds the CA's
+// authorities (root, intermediate and their keys), validates certificate
+// signing requests, issues X.509-SVIDs under a cfssl signing policy, and
+// rotates the authorities without a failed request.
 //
-// The CA is either generated on first start into Config.DataDir (an ECDSA
-// P-256 root, 10 years, and an intermediate, 1 year, reloaded after) or
-// plugged in from PEM files (Config.RootCertFile, IntermediateCertFile,
-// IntermediateKeyFile). An Authority is immutable after New and safe for
-// concurrent use.
+// # Fixed CA
+//
+// Without Config.Journal the CA is fixed for the life of the process:
+// generated on first start into Config.DataDir (an ECDSA P-256 root, 10
+// years, and an intermediate, 1 year, reloaded after), or plugged in from
+// PEM files (Config.RootCertFile, IntermediateCertFile, IntermediateKeyFile)
+// read once.
+//
+// # The authority journal
+//
+// With Config.Journal (a keyspace of the CA's store, package ca/store; the
+// server gives "authority") every X.509 authority the trust domain has had
+// is a record of the journal, in one of five states:
+//
+//   - prepared: its root is in the trust bundle; it does not sign yet;
+//   - active: it signs every SVID; exactly one authority is active;
+//   - old: it no longer signs; its root stays trusted until the last leaf it
+//     may have signed has expired (Info.LeavesExpireBy: when it stopped
+//     signing, plus the max SVID TTL and a minute for replicas to follow);
+//   - tainted: still trusted, but every leaf under it must be replaced now;
+//   - revoked: removed from the trust bundle.
+//
+// The trust bundle is the roots of every prepared, active, old and tainted
+// authority; Sign always uses the active one. Snapshot returns both, taken
+// together; Changed signals a change of either; Authorities lists the
+// journal. The journal also records when each root entered the bundle.
+//
+// Transitions, and the ones refused (TransitionError: gRPC
+// FailedPrecondition, NotFound for an unknown ID):
+//
+//   - (none) -> active: the first authority (bootstrap; the CA files of
+//     DataDir are imported if there are some, so a CA keeps its root).
+//   - (none) -> prepared: Prepare (managed: a new intermediate under the
+//     active root, or under a new root); refused while another is prepared,
+//     and on a plug-in CA (rotate it by replacing its files).
+//   - prepared -> active, active -> old: Activate; refused unless the
+//     authority is prepared, valid now and its key opens on this replica;
+//     refused unless forced before its root has been in the bundle for the
+//     publish delay.
+//   - old -> tainted: Taint; refused for the active one (activate another
+//     first), a prepared one (revoke it: it never signed), and one already
+//     tainted or revoked.
+//   - prepared|old|tainted -> revoked: Revoke; refused for the active one
+//     and a revoked one, and unless forced for one whose leaves may not all
+//     have expired.
+//   - old|tainted -> revoked: retired by Tick once their leaves expired.
+//   - active -> active: a plug-in authority whose root file changed.
+//
+// Every transition is passed to Config.OnTransition inside the journal's
+// transaction, before it commits (the server appends a ledger event there);
+// if the hook fails the transition is not made.
+//
+// # Rotation policy (managed CA)
+//
+// Tick, called every few seconds by the server, prepares the next authority
+// once the active one is past Config.PrepareAt (default half) of its
+// lifetime: a new intermediate under the same root, or a new root and
+// intermediate when the root has less than an intermediate lifetime left.
+// It activates a prepared authority as soon as its root has been in the
+// bundle for Config.PublishDelay (so an intermediate under the same root at
+// once), and retires (revokes) old and tainted authorities whose last leaf
+// has expired. The default publish delay is the max SVID TTL plus five
+// minutes: see DefaultPublishDelay for why.
+//
+// # Plug-in CA (Istio's cacerts layout)
+//
+// With a journal, Tick also re-reads the plug-in files (polling their
+// content hash: no inotify, which Kubernetes Secret volumes defeat with
+// their symlink swaps anyway) and picks up a new intermediate, or new roots,
+// without a restart. Every root of the root file is published. A new
+// intermediate whose root has not been in the bundle for the publish delay
+// is refused with an error saying until when (log, metric
+// castellan_ca_authority_refusals_total): it is recorded prepared, which
+// publishes its roots, the current authority keeps signing, and Tick
+// activates it once the delay has passed. The key of a plug-in authority
+// stays in its files, never in the journal.
+//
+// # Keys in the journal, and replicas
+//
+// The private keys of managed authorities are stored in the journal sealed
+// with AES-256-GCM under a key-encryption key read from Config.KEKFile; the
+// additional data binds each ciphertext to its authority's ID and slot, so
+// no key is ever in the store in clear, and a record's sealed key does not
+// open in another record. The KEK file is generated (0600) when missing only
+// if the store is not shared; replicas sharing a PostgreSQL store must mount
+// the same one (a Kubernetes Secret). A replica with another KEK, or a
+// tampered record, fails at start with an error saying which: it never
+// generates a new CA over an existing journal.
+//
+// Replicas sharing a store agree on one active authority, because it lives
+// in the shared store: each replica runs Follow, which re-reads the journal
+// whenever the store signals a commit, and switches its signer and bundle.
+// The alternative, one authority per replica under a shared bundle, would
+// multiply the intermediates every peer must accept and the keys to
+// protect, and make taint and revoke per-replica operations. Every replica
+// may call Tick: each transition re-reads the journal inside its
+// serialized transaction, so two replicas never both prepare or activate.
+//
+// # Signing
 //
 // Leaves are not signed with x509.CreateCertificate: it verifies every
 // signature it has just made, which for an ECDSA issuer doubles the
@@ -16,22 +111,28 @@
 // and parses the result. The tests build every leaf shape both ways and
 // compare them field by field and byte for byte, and check each leaf's
 // signature against its issuer; RSA issuer signatures, which are cheap to
-// verify, are still checked at signing time.
+// verify, are still checked at signing time. An Authority is safe for
+// concurrent use; each signing uses one snapshot of the active authority.
 package authority
 
 import (
+	"context"
 	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/cloudflare/cfssl/config"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/castellan-dev/castellan/ca/lifetime"
+	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/internal/serial"
 )
 
@@ -47,7 +148,7 @@ const (
 type Config struct {
 	// TrustDomain is the trust domain every issued SVID belongs to. Required.
 	TrustDomain spiffeid.TrustDomain
-	// DataDir is where a generated CA lives: root.pem, root.key,
+	// DataDir, without a journal, is where a generated CA lives: root.pem, root.key,
 	// intermediate.pem and intermediate.key (files 0600, directory 0700).
 	// They are created on first start and reloaded after; an intermediate
 	// that has expired, or has less than MaxTTL left, is re-issued from the
@@ -67,6 +168,33 @@ type Config struct {
 	// RootTTL and IntermediateTTL are the lifetimes of a generated root
 	// (0 -> 10y) and intermediate (0 -> 1y, never past the root).
 	RootTTL, IntermediateTTL time.Duration
+	// Journal, when set, keeps the CA's authorities in this keyspace of the
+	// CA's store (the server gives the keyspace "authority") and turns on
+	// rotation: see the package comment. DataDir then only holds the KEK
+	// (when KEKFile is empty) and, on first start, CA files to import.
+	Journal store.DB
+	// KEKFile is the key-encryption key that seals the private keys of
+	// managed authorities in the journal (32 bytes: raw, hex or base64).
+	// Empty: DataDir/authority.kek. A missing file is generated (0600)
+	// only for a new journal that is not shared; replicas sharing a store
+	// must mount the same file, and a lost one is never replaced.
+	KEKFile string
+	// PublishDelay is how long a new root must have been in the trust
+	// bundle before an authority chaining to it may sign (0 ->
+	// DefaultPublishDelay(MaxTTL)).
+	PublishDelay time.Duration
+	// PrepareAt is the fraction of the active authority's lifetime after
+	// which the next one is prepared (0 -> 0.5; must be in (0, 1)).
+	PrepareAt float64
+	// OnTransition, when set, is called inside the journal's transaction
+	// for every state change, before it commits (the server appends the
+	// ledger event there); an error aborts the transition. It runs inside
+	// the journal's Update: it must not start an Update on the same bbolt
+	// file (bbolt has one writer; the ledger has its own file), nor call
+	// the Authority's transition methods.
+	OnTransition func(context.Context, Transition) error
+	// Registry receives the authority metrics (nil -> none).
+	Registry prometheus.Registerer
 	// Clock returns the current time (nil -> time.Now).
 	Clock func() time.Time
 	// Logger receives CA lifecycle and issuance logs (nil -> discard).
@@ -80,20 +208,41 @@ type Authority struct {
 	clock  func() time.Time
 	log    *slog.Logger
 	policy *config.Signing
-	ca     *caKeys
+	cur    atomic.Pointer[caKeys] // what signs now, and the bundle
+	notify *notifier
+	j      *journal // nil: a fixed CA (Config.Journal unset)
 }
 
-// caKeys is the loaded CA material.
+// caKeys is the loaded CA material: one consistent snapshot of the signing
+// authority and the trust bundle, replaced whole, never modified.
 type caKeys struct {
+	id    string              // authority ID (journal); "" for a fixed CA
+	gen   uint64              // increases with every change
 	cert  *x509.Certificate   // signing (intermediate) certificate
 	key   crypto.Signer       // its private key
 	chain []*x509.Certificate // cert, then further intermediates; no root
 	root  *x509.Certificate   // root the chain verifies to
 	roots []*x509.Certificate // the trust bundle
+	// tainted are the signing certificates of tainted authorities: every
+	// leaf they signed must be replaced.
+	tainted []*x509.Certificate
 }
 
-// New loads or creates the CA described by cfg.
+// keys returns the current snapshot.
+func (a *Authority) keys() *caKeys { return a.cur.Load() }
+
+// New loads or creates the CA described by cfg: Open with a background
+// context.
 func New(cfg Config) (*Authority, error) {
+	return Open(context.Background(), cfg)
+}
+
+// Open loads or creates the CA described by cfg. Without Config.Journal the
+// CA is fixed: generated in (or reloaded from) DataDir, or plugged in from
+// files read once. With a journal it is opened from, or bootstrapped into,
+// the journal (see the package comment); the caller then runs Follow and
+// calls Tick periodically.
+func Open(ctx context.Context, cfg Config) (*Authority, error) {
 	cfg, err := withDefaults(cfg)
 	if err != nil {
 		return nil, err
@@ -106,7 +255,34 @@ func New(cfg Config) (*Authority, error) {
 	if err != nil {
 		return nil, err
 	}
+	a := &Authority{
+		td:     cfg.TrustDomain,
+		life:   life,
+		clock:  cfg.Clock,
+		log:    cfg.Logger,
+		policy: policy,
+		notify: newNotifier(),
+	}
+	if cfg.Journal != nil {
+		err = a.openJournal(ctx, cfg)
+	} else {
+		err = a.openFixed(cfg)
+	}
+	if err != nil {
+		return nil, err
+	}
+	ca := a.keys()
+	cfg.Logger.Info("CA ready", "trust_domain", cfg.TrustDomain.String(), "authority", ca.id,
+		"root_subject", ca.root.Subject.String(), "root_not_after", ca.root.NotAfter,
+		"intermediate_serial", serial.FromBig(ca.cert.SerialNumber).String(), "intermediate_not_after", ca.cert.NotAfter,
+		"bundle_roots", len(ca.roots))
+	return a, nil
+}
+
+// openFixed loads the CA of a server without journal.
+func (a *Authority) openFixed(cfg Config) error {
 	var ca *caKeys
+	var err error
 	switch {
 	case cfg.RootCertFile != "":
 		ca, err = loadPluggedIn(cfg)
@@ -118,20 +294,10 @@ func New(cfg Config) (*Authority, error) {
 		ca, _, err = generateCA(cfg)
 	}
 	if err != nil {
-		return nil, err
+		return err
 	}
-	cfg.Logger.Info("CA ready", "trust_domain", cfg.TrustDomain.String(),
-		"root_subject", ca.root.Subject.String(), "root_not_after", ca.root.NotAfter,
-		"intermediate_serial", serial.FromBig(ca.cert.SerialNumber).String(), "intermediate_not_after", ca.cert.NotAfter,
-		"bundle_roots", len(ca.roots))
-	return &Authority{
-		td:     cfg.TrustDomain,
-		life:   life,
-		clock:  cfg.Clock,
-		log:    cfg.Logger,
-		policy: policy,
-		ca:     ca,
-	}, nil
+	a.cur.Store(ca)
+	return nil
 }
 
 func withDefaults(cfg Config) (Config, error) {
@@ -156,11 +322,33 @@ func withDefaults(cfg Config) (Config, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.PublishDelay == 0 {
+		cfg.PublishDelay = DefaultPublishDelay(cfg.MaxTTL)
+	}
+	if cfg.PrepareAt == 0 {
+		cfg.PrepareAt = DefaultPrepareAt
+	}
+	if cfg.KEKFile == "" && cfg.DataDir != "" {
+		cfg.KEKFile = filepath.Join(cfg.DataDir, KEKName)
+	}
+	return cfg, validate(cfg)
+}
+
+// validate checks a Config with its defaults applied.
+func validate(cfg Config) error {
 	switch {
 	case cfg.DefaultTTL < 0 || cfg.MaxTTL < 0 || cfg.RootTTL < 0 || cfg.IntermediateTTL < 0:
-		return cfg, errors.New("authority: TTLs must not be negative")
+		return errors.New("authority: TTLs must not be negative")
+	case cfg.PublishDelay < 0:
+		return errors.New("authority: publish delay must not be negative")
+	case !(cfg.PrepareAt > 0 && cfg.PrepareAt < 1):
+		return fmt.Errorf("authority: prepare-at fraction %v must be between 0 and 1", cfg.PrepareAt)
+	case cfg.Journal != nil && cfg.RootCertFile == "" &&
+		float64(cfg.PublishDelay) >= float64(cfg.IntermediateTTL)*(1-cfg.PrepareAt):
+		return fmt.Errorf("authority: publish delay %s must be shorter than the %s between preparing the next authority and the active one's expiry (intermediate TTL %s, prepared at %s of it)",
+			cfg.PublishDelay, time.Duration(float64(cfg.IntermediateTTL)*(1-cfg.PrepareAt)), cfg.IntermediateTTL, percent(cfg.PrepareAt))
 	case cfg.IntermediateTTL <= cfg.MaxTTL:
-		return cfg, fmt.Errorf("authority: intermediate TTL %s must exceed max SVID TTL %s", cfg.IntermediateTTL, cfg.MaxTTL)
+		return fmt.Errorf("authority: intermediate TTL %s must exceed max SVID TTL %s", cfg.IntermediateTTL, cfg.MaxTTL)
 	}
 	set := 0
 	for _, f := range []string{cfg.RootCertFile, cfg.IntermediateCertFile, cfg.IntermediateKeyFile} {
@@ -169,25 +357,26 @@ func withDefaults(cfg Config) (Config, error) {
 		}
 	}
 	if set != 0 && set != 3 {
-		return cfg, errors.New("authority: a plugged-in CA needs all of root cert file, intermediate cert file and intermediate key file")
+		return errors.New("authority: a plugged-in CA needs all of root cert file, intermediate cert file and intermediate key file")
 	}
-	return cfg, nil
+	return nil
 }
 
 // Bundle returns the trust bundle: the roots that issued SVIDs chain to. The
 // caller owns the returned bundle.
 func (a *Authority) Bundle() *x509bundle.Bundle {
-	return x509bundle.FromX509Authorities(a.td, a.ca.roots)
+	return x509bundle.FromX509Authorities(a.td, a.keys().roots)
 }
 
-// Intermediate returns the certificate that signs SVIDs.
-func (a *Authority) Intermediate() *x509.Certificate { return a.ca.cert }
+// Intermediate returns the certificate that signs SVIDs now (it changes
+// when another authority is activated; see Snapshot).
+func (a *Authority) Intermediate() *x509.Certificate { return a.keys().cert }
 
-// Root returns the root the intermediate chains to.
-func (a *Authority) Root() *x509.Certificate { return a.ca.root }
+// Root returns the root the current intermediate chains to.
+func (a *Authority) Root() *x509.Certificate { return a.keys().root }
 
-// Signer returns the intermediate's private key.
-func (a *Authority) Signer() crypto.Signer { return a.ca.key }
+// Signer returns the current intermediate's private key.
+func (a *Authority) Signer() crypto.Signer { return a.keys().key }
 
 // TrustDomain returns the CA's trust domain.
 func (a *Authority) TrustDomain() spiffeid.TrustDomain { return a.td }

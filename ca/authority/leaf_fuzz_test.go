@@ -187,12 +187,14 @@ func fuzzIssuers(t testing.TB) []fuzzIssuer {
 	for _, spec := range fuzzIssuerSpecs(t) {
 		out = append(out, fuzzIssuer{spec.name, newFuzzIssuer(t, dir, spec)})
 	}
-	noSKI := *out[len(out)-1].a
-	ca := *noSKI.ca
+	last := out[len(out)-1].a
+	ca := *last.keys()
 	cert := *ca.cert
 	cert.SubjectKeyId = nil
-	ca.cert, noSKI.ca = &cert, &ca
-	return append(out, fuzzIssuer{"p256-no-ski", &noSKI})
+	ca.cert = &cert
+	noSKI := &Authority{td: last.td, life: last.life, clock: last.clock, log: last.log, policy: last.policy, notify: newNotifier()}
+	noSKI.cur.Store(&ca)
+	return append(out, fuzzIssuer{"p256-no-ski", noSKI})
 }
 
 // fuzzKeys is the pool of workload keys: every key type ParseWorkloadCSR
@@ -357,20 +359,19 @@ func FuzzLeafTBS(f *testing.F) {
 				return // the parser refused it; nothing is signed
 			}
 		}
-		signer := in.a.ca.cert
+		signer := in.a.keys().cert
 		// now: from an hour before the issuer's NotBefore to just before
 		// its NotAfter, to the nanosecond.
 		span := uint64(signer.NotAfter.Sub(signer.NotBefore) + time.Hour)
 		now := signer.NotBefore.Add(-time.Hour).Add(time.Duration(uint64(off) % span))
-		a := *in.a
-		a.clock = func() time.Time { return now }
+		a := in.a
 		maxTTL := uint64(290 * 365 * 24 * time.Hour)
 		lifetime := time.Duration(uint64(ttl) % maxTTL)
 		profile := ProfileWorkload
 		if mode&4 != 0 {
 			profile = ProfileAgent
 		}
-		tmpl, err := a.leafTemplate(profile, csr, fuzzID(td, path), lifetime)
+		tmpl, err := leafTemplate(a.policy, a.keys(), now, profile, csr, fuzzID(td, path), lifetime)
 		if err != nil {
 			t.Fatalf("leafTemplate(now %v, issuer %s): %v", now, in.name, err)
 		}
@@ -386,11 +387,11 @@ func FuzzLeafTBS(f *testing.F) {
 // refuses some IDs go-spiffe accepts, such as trust domain ".", in both).
 func compareTBS(t *testing.T, in fuzzIssuer, tmpl *x509.Certificate, csr *CSR) {
 	t.Helper()
-	der, err := createLeaf(tmpl, in.a.ca.cert, csr.PublicKey, in.a.ca.key)
+	der, err := createLeaf(tmpl, in.a.keys().cert, csr.PublicKey, in.a.keys().key)
 	if err != nil {
 		t.Fatalf("createLeaf (issuer %s): %v", in.name, err)
 	}
-	wantDER, err := x509.CreateCertificate(rand.Reader, tmpl, in.a.ca.cert, csr.PublicKey, in.a.ca.key)
+	wantDER, err := x509.CreateCertificate(rand.Reader, tmpl, in.a.keys().cert, csr.PublicKey, in.a.keys().key)
 	if err != nil {
 		t.Fatalf("x509.CreateCertificate (issuer %s): %v", in.name, err)
 	}
@@ -411,7 +412,7 @@ func compareTBS(t *testing.T, in fuzzIssuer, tmpl *x509.Certificate, csr *CSR) {
 	if err == nil && !bytes.Equal(ours.RawTBSCertificate, want.RawTBSCertificate) {
 		t.Fatal("parsed RawTBSCertificate differs")
 	}
-	if err := in.a.ca.cert.CheckSignature(x509SigAlg(t, in.a.ca.key), tbs, sig); err != nil {
+	if err := in.a.keys().cert.CheckSignature(x509SigAlg(t, in.a.keys().key), tbs, sig); err != nil {
 		t.Fatalf("our leaf's signature does not verify (issuer %s): %v", in.name, err)
 	}
 }

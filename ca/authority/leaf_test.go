@@ -81,7 +81,7 @@ func testLeafKeys(t *testing.T) map[string]crypto.Signer {
 // returns both parsed leaves.
 func createBoth(t *testing.T, a *Authority, tmpl *x509.Certificate, csr *CSR) (ours, want *x509.Certificate) {
 	t.Helper()
-	der, err := createLeaf(tmpl, a.ca.cert, csr.PublicKey, a.ca.key)
+	der, err := createLeaf(tmpl, a.keys().cert, csr.PublicKey, a.keys().key)
 	if err != nil {
 		t.Fatalf("createLeaf: %v", err)
 	}
@@ -89,7 +89,7 @@ func createBoth(t *testing.T, a *Authority, tmpl *x509.Certificate, csr *CSR) (o
 	if err != nil {
 		t.Fatalf("our leaf does not parse: %v", err)
 	}
-	wantDER, err := x509.CreateCertificate(rand.Reader, tmpl, a.ca.cert, csr.PublicKey, a.ca.key)
+	wantDER, err := x509.CreateCertificate(rand.Reader, tmpl, a.keys().cert, csr.PublicKey, a.keys().key)
 	if err != nil {
 		t.Fatalf("x509.CreateCertificate: %v", err)
 	}
@@ -167,7 +167,7 @@ func checkLeaf(t *testing.T, a *Authority, leaf *x509.Certificate, id spiffeid.I
 	if err := leaf.CheckSignatureFrom(a.Intermediate()); err != nil {
 		t.Errorf("CheckSignatureFrom(intermediate): %v", err)
 	}
-	chain := append([]*x509.Certificate{leaf}, a.ca.chain...)
+	chain := append([]*x509.Certificate{leaf}, a.keys().chain...)
 	got, _, err := x509svid.Verify(chain, a.Bundle(), x509svid.WithTime(now))
 	if err != nil {
 		t.Errorf("x509svid.Verify: %v", err)
@@ -214,7 +214,7 @@ func TestCreateLeafMatchesCreateCertificate(t *testing.T) {
 					SerialNumber: leaf.SerialNumber, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter,
 					URIs: leaf.URIs, KeyUsage: leaf.KeyUsage, ExtKeyUsage: leaf.ExtKeyUsage,
 					BasicConstraintsValid: true, AuthorityKeyId: leaf.AuthorityKeyId,
-				}, a.ca.cert, keys[kn].Public(), a.ca.key)
+				}, a.keys().cert, keys[kn].Public(), a.keys().key)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -267,15 +267,15 @@ func TestCreateLeafEncodesEveryUsage(t *testing.T) {
 	compareLeaves(t, ours, want)
 
 	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsage(1000)}
-	if _, err := createLeaf(tmpl, a.ca.cert, csr.PublicKey, a.ca.key); err == nil {
+	if _, err := createLeaf(tmpl, a.keys().cert, csr.PublicKey, a.keys().key); err == nil {
 		t.Error("createLeaf accepted an unknown extended key usage")
 	}
 	tmpl.ExtKeyUsage, tmpl.IsCA = nil, true
-	if _, err := createLeaf(tmpl, a.ca.cert, csr.PublicKey, a.ca.key); err == nil {
+	if _, err := createLeaf(tmpl, a.keys().cert, csr.PublicKey, a.keys().key); err == nil {
 		t.Error("createLeaf issued a CA certificate")
 	}
 	tmpl.IsCA, tmpl.SerialNumber = false, big.NewInt(0)
-	if _, err := createLeaf(tmpl, a.ca.cert, csr.PublicKey, a.ca.key); err == nil {
+	if _, err := createLeaf(tmpl, a.keys().cert, csr.PublicKey, a.keys().key); err == nil {
 		t.Error("createLeaf accepted serial number 0")
 	}
 }

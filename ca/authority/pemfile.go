@@ -19,6 +19,11 @@ func readCerts(path string) ([]*x509.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
+	return parseCerts(data)
+}
+
+// parseCerts parses every CERTIFICATE block of PEM data, in order.
+func parseCerts(data []byte) ([]*x509.Certificate, error) {
 	var certs []*x509.Certificate
 	for rest := data; ; {
 		var block *pem.Block
@@ -48,13 +53,21 @@ func readKey(path string) (crypto.Signer, error) {
 	if err != nil {
 		return nil, err
 	}
+	return parseKey(data)
+}
+
+// parseKey parses the first private key block of PEM data (see readKey).
+func parseKey(data []byte) (crypto.Signer, error) {
 	for rest := data; ; {
 		var block *pem.Block
 		block, rest = pem.Decode(rest)
 		if block == nil {
 			return nil, errors.New("no PEM private key block found")
 		}
-		var key any
+		var (
+			key any
+			err error
+		)
 		switch block.Type {
 		case "PRIVATE KEY":
 			key, err = x509.ParsePKCS8PrivateKey(block.Bytes)

@@ -1,8 +1,11 @@
 package authority
 
 import (
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/binary"
 	"fmt"
+	"os"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -13,7 +16,50 @@ import (
 // in its file) and matches its private key; a SPIFFE URI SAN on it, if any,
 // is in the trust domain.
 func loadPluggedIn(cfg Config) (*caKeys, error) {
-	roots, err := readCerts(cfg.RootCertFile)
+	f, err := readPluginFiles(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return parsePluggedIn(cfg, f)
+}
+
+// pluginFiles is the content of a plug-in CA's three files, read once so
+// that what is checked is what is hashed and used.
+type pluginFiles struct {
+	roots, chain, key []byte
+}
+
+// readPluginFiles reads the plug-in CA's files.
+func readPluginFiles(cfg Config) (pluginFiles, error) {
+	var f pluginFiles
+	var err error
+	if f.roots, err = os.ReadFile(cfg.RootCertFile); err != nil {
+		return f, fmt.Errorf("authority: root cert file %s: %w", cfg.RootCertFile, err)
+	}
+	if f.chain, err = os.ReadFile(cfg.IntermediateCertFile); err != nil {
+		return f, fmt.Errorf("authority: intermediate cert file %s: %w", cfg.IntermediateCertFile, err)
+	}
+	if f.key, err = os.ReadFile(cfg.IntermediateKeyFile); err != nil {
+		return f, fmt.Errorf("authority: intermediate key file %s: %w", cfg.IntermediateKeyFile, err)
+	}
+	return f, nil
+}
+
+// hash identifies the files' content.
+func (f pluginFiles) hash() [32]byte {
+	h := sha256.New()
+	for _, b := range [][]byte{f.roots, f.chain, f.key} {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(b)))
+		h.Write(n[:])
+		h.Write(b)
+	}
+	return [32]byte(h.Sum(nil))
+}
+
+// parsePluggedIn checks a plug-in CA's files (see loadPluggedIn).
+func parsePluggedIn(cfg Config, f pluginFiles) (*caKeys, error) {
+	roots, err := parseCerts(f.roots)
 	if err != nil {
 		return nil, fmt.Errorf("authority: root cert file %s: %w", cfg.RootCertFile, err)
 	}
@@ -23,7 +69,7 @@ func loadPluggedIn(cfg Config) (*caKeys, error) {
 				i+1, cfg.RootCertFile, r.Subject)
 		}
 	}
-	chain, err := readCerts(cfg.IntermediateCertFile)
+	chain, err := parseCerts(f.chain)
 	if err != nil {
 		return nil, fmt.Errorf("authority: intermediate cert file %s: %w", cfg.IntermediateCertFile, err)
 	}
@@ -31,7 +77,7 @@ func loadPluggedIn(cfg Config) (*caKeys, error) {
 	if err := checkIntermediate(cfg, cert); err != nil {
 		return nil, err
 	}
-	key, err := readKey(cfg.IntermediateKeyFile)
+	key, err := parseKey(f.key)
 	if err != nil {
 		return nil, fmt.Errorf("authority: intermediate key file %s: %w", cfg.IntermediateKeyFile, err)
 	}

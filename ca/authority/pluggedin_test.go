@@ -203,7 +203,8 @@ func leafOf(t *testing.T, pki *testPKI) *x509.Certificate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &Authority{td: testTD, life: life, clock: newTestClock().Now, ca: &caKeys{cert: pki.inter, key: pki.interKey, chain: []*x509.Certificate{pki.inter}, root: pki.root, roots: []*x509.Certificate{pki.root}}}
+	a := &Authority{td: testTD, life: life, clock: newTestClock().Now, notify: newNotifier()}
+	a.cur.Store(&caKeys{cert: pki.inter, key: pki.interKey, chain: []*x509.Certificate{pki.inter}, root: pki.root, roots: []*x509.Certificate{pki.root}})
 	policy, err := newPolicy(DefaultTTL)
 	if err != nil {
 		t.Fatal(err)

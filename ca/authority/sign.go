@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/cloudflare/cfssl/config"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/castellan-dev/castellan/ca/lifetime"
@@ -99,12 +100,13 @@ func (a *Authority) sign(ctx context.Context, profileName string, csr *CSR, id s
 		return nil, TTLError(err)
 	}
 
-	tmpl, err := a.leafTemplate(profileName, csr, id, ttl)
+	ca := a.keys() // one snapshot for the whole signing
+	tmpl, err := leafTemplate(a.policy, ca, a.clock(), profileName, csr, id, ttl)
 	if err != nil {
 		return nil, err
 	}
 	tmpl.DNSNames, tmpl.IPAddresses = names.DNSNames, names.IPAddresses
-	der, err := createLeaf(tmpl, a.ca.cert, csr.PublicKey, a.ca.key)
+	der, err := createLeaf(tmpl, ca.cert, csr.PublicKey, ca.key)
 	if err != nil {
 		return nil, fmt.Errorf("authority: sign %s: %w", id, err)
 	}
@@ -112,9 +114,9 @@ func (a *Authority) sign(ctx context.Context, profileName string, csr *CSR, id s
 	if err != nil {
 		return nil, fmt.Errorf("authority: parse signed certificate: %w", err)
 	}
-	chain := make([]*x509.Certificate, 0, 1+len(a.ca.chain))
+	chain := make([]*x509.Certificate, 0, 1+len(ca.chain))
 	chain = append(chain, leaf)
-	chain = append(chain, a.ca.chain...)
+	chain = append(chain, ca.chain...)
 	a.log.DebugContext(ctx, "signed X.509-SVID", "spiffe_id", id.String(), "profile", profileName,
 		"serial", serial.FromBig(leaf.SerialNumber).String(), "not_after", leaf.NotAfter)
 	return &Issued{
@@ -127,11 +129,16 @@ func (a *Authority) sign(ctx context.Context, profileName string, csr *CSR, id s
 	}, nil
 }
 
-// leafTemplate builds the certificate template for Sign from the profile.
+// leafTemplate builds the certificate template for Sign from the profile,
+// for the current signer.
 func (a *Authority) leafTemplate(profileName string, csr *CSR, id spiffeid.ID, ttl time.Duration) (*x509.Certificate, error) {
-	profile := a.policy.Profiles[profileName]
-	signer := a.ca.cert
-	now := a.clock()
+	return leafTemplate(a.policy, a.keys(), a.clock(), profileName, csr, id, ttl)
+}
+
+// leafTemplate builds the certificate template signed by ca at now.
+func leafTemplate(policy *config.Signing, ca *caKeys, now time.Time, profileName string, csr *CSR, id spiffeid.ID, ttl time.Duration) (*x509.Certificate, error) {
+	profile := policy.Profiles[profileName]
+	signer := ca.cert
 	if !now.Before(signer.NotAfter) {
 		return nil, fmt.Errorf("%w (expired at %s)", ErrSignerExpired, signer.NotAfter.UTC().Format(time.RFC3339))
 	}

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/castellan-dev/castellan/ca/store"
 )
 
 // The agents and bans of the log.
@@ -113,7 +113,7 @@ func (b *indexBatch) addAgent(idx uint64, ev *Event) {
 
 // applyAgents folds the collected updates, in log order, into the stored
 // agent records.
-func (b *indexBatch) applyAgents(tx *bolt.Tx) error {
+func (b *indexBatch) applyAgents(tx store.Tx) error {
 	if len(b.agents) == 0 {
 		return nil
 	}
@@ -182,7 +182,7 @@ func (r *agentRecord) agent(node string) Agent {
 }
 
 // loadBans loads the bans in force (Open, after the indexes caught up).
-func (l *Ledger) loadBans(tx *bolt.Tx) error {
+func (l *Ledger) loadBans(tx store.Tx) error {
 	l.bans = map[string]Ban{}
 	bucket := tx.Bucket(bAgents)
 	if bucket == nil {
@@ -198,29 +198,6 @@ func (l *Ledger) loadBans(tx *bolt.Tx) error {
 		}
 		return nil
 	})
-}
-
-// applyBansLocked updates the bans in force with committed events (evs[0]
-// at index first) and wakes BansChanged waiters. l.mu is held.
-func (l *Ledger) applyBansLocked(first uint64, evs []Event) {
-	changed := false
-	for i := range evs {
-		switch evs[i].Kind {
-		case KindBan:
-			if l.bans == nil {
-				l.bans = map[string]Ban{}
-			}
-			l.bans[evs[i].Node] = Ban{Node: evs[i].Node, Index: first + uint64(i), Time: evs[i].Time, Reason: evs[i].Reason}
-			changed = true
-		case KindUnban:
-			delete(l.bans, evs[i].Node)
-			changed = true
-		}
-	}
-	if changed && l.banCh != nil {
-		close(l.banCh)
-		l.banCh = nil
-	}
 }
 
 // Banned returns the ban in force for node, if any. It reads an in-memory
@@ -250,7 +227,7 @@ func (l *Ledger) Agents(ctx context.Context) ([]Agent, error) {
 		return nil, err
 	}
 	var out []Agent
-	err := l.db.View(func(tx *bolt.Tx) error {
+	err := l.view(ctx, func(tx store.Tx) error {
 		bucket := tx.Bucket(bAgents)
 		if bucket == nil {
 			return nil
@@ -274,7 +251,7 @@ func (l *Ledger) Agent(ctx context.Context, node string) (Agent, error) {
 		return Agent{}, err
 	}
 	var a Agent
-	err := l.db.View(func(tx *bolt.Tx) error {
+	err := l.view(ctx, func(tx store.Tx) error {
 		var v []byte
 		if bucket := tx.Bucket(bAgents); bucket != nil {
 			v = bucket.Get([]byte(node))

@@ -6,17 +6,18 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/transparency-dev/merkle/rfc6962"
-	bolt "go.etcd.io/bbolt"
 )
 
 // Append adds events to the log, in order, and returns their indices. All
-// events of one call go into one bbolt transaction, and concurrent calls
+// events of one call go into one transaction, and concurrent calls
 // are grouped into shared transactions (group commit, commit.go: an
 // Append arriving while the ledger is idle is committed at once, those
 // arriving during a commit share the next transaction); Append returns only
-// after that transaction is committed and fsync'd, so an entry is durable
-// before the caller hands out the certificate it records. Events with a
+// after that transaction is committed and durable, so an entry is durable
+// before the caller hands out the certificate it records. If the store
+// cannot be reached, the error wraps store.ErrUnavailable. Events with a
 // zero Time get the ledger clock's time. The transaction writes only
 // sequential keys (entries, tree nodes, tree state); the secondary indexes
 // are brought up to date right after by the indexer, and every query waits
@@ -70,8 +71,9 @@ func (l *Ledger) Append(ctx context.Context, events ...Event) ([]uint64, error) 
 const eventOverhead = 512
 
 // appendTx writes evs at the end of the tree stored in tx. It reads the
-// tree state from tx, so bbolt may safely re-run it.
-func appendTx(tx *bolt.Tx, evs []Event) (uint64, treeState, error) {
+// tree state from tx, never from memory: on a shared store another
+// replica may have appended since this one last looked.
+func appendTx(tx store.Tx, evs []Event) (uint64, treeState, error) {
 	st, err := readTree(tx)
 	if err != nil {
 		return 0, treeState{}, err
@@ -80,8 +82,8 @@ func appendTx(tx *bolt.Tx, evs []Event) (uint64, treeState, error) {
 	if err != nil {
 		return 0, treeState{}, err
 	}
-	entries := tx.Bucket(bEntries)
-	entries.FillPercent = 1
+	entries := bucket(tx, bEntries)
+	store.MarkSequential(entries)
 	nw := newNodeWriter(tx)
 	first := r.End()
 	for i := range evs {
@@ -104,40 +106,6 @@ func appendTx(tx *bolt.Tx, evs []Event) (uint64, treeState, error) {
 		return 0, treeState{}, err
 	}
 	return first, treeState{size: r.End(), hashes: r.Hashes()}, nil
-}
-
-// publish makes a committed append visible: the new head, revocations,
-// bans and the log-growth signal. The committer calls it in log order,
-// before the append's caller hears of the commit. Options.OnRevoke hears of
-// each durable revocation first (the CA refills the identity's quota).
-func (l *Ledger) publish(head treeState, first uint64, evs []Event) {
-	for i := range evs {
-		if evs[i].Kind == KindRevocation && l.onRevoke != nil {
-			l.onRevoke(evs[i].Node, evs[i].SPIFFEID)
-		}
-	}
-	l.mu.Lock()
-	if head.size > l.head.size {
-		l.head = head
-	}
-	revChanged := false
-	for i := range evs {
-		if evs[i].Kind == KindRevocation {
-			l.revoked[evs[i].Serial] = revokedCert{
-				Index: first + uint64(i), Time: evs[i].Time, Reason: evs[i].Reason, NotAfter: evs[i].NotAfter,
-			}
-			revChanged = true
-		}
-	}
-	if revChanged {
-		close(l.revCh)
-		l.revCh = make(chan struct{})
-	}
-	l.applyBansLocked(first, evs)
-	close(l.appendCh)
-	l.appendCh = make(chan struct{})
-	l.mu.Unlock()
-	l.kickIndexer()
 }
 
 // committed writes the audit log lines and metrics of a committed append,

@@ -154,6 +154,10 @@ func (f *bigLedger) get(b *testing.B) *Ledger {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	if err := stopPostgres(); err != nil {
+		fmt.Fprintln(os.Stderr, "ledger tests: stop postgres:", err)
+		code = 1
+	}
 	if big1M.l != nil {
 		big1M.l.Close()
 		os.RemoveAll(big1M.dir)
@@ -228,7 +232,7 @@ func BenchmarkOpen1M(b *testing.B) {
 	l := big1M.get(b)
 	dir := b.TempDir()
 	path := filepath.Join(dir, "copy.db")
-	if err := l.db.View(func(tx *bolt.Tx) error { return tx.CopyFile(path, 0o600) }); err != nil {
+	if err := l.bolt.View(func(tx *bolt.Tx) error { return tx.CopyFile(path, 0o600) }); err != nil {
 		b.Fatal(err)
 	}
 	key, err := os.ReadFile(filepath.Join(big1M.dir, "l.db.key"))

@@ -6,31 +6,67 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/transparency-dev/formats/log"
-	bolt "go.etcd.io/bbolt"
 	"golang.org/x/mod/sumdb/note"
 )
 
 // Checkpoint returns a signed checkpoint (a note in the transparency-log
 // checkpoint format: origin, size, base64 root hash, then the log's
-// signature) for the current tree. The latest checkpoint is also stored in
-// the ledger file.
+// signature) of the tree as stored, which on a shared store includes every
+// replica's appends. The latest checkpoint is also stored; a checkpoint
+// of a smaller tree never replaces it. Signatures are deterministic
+// (Ed25519), so every replica returns the same bytes for one tree.
 func (l *Ledger) Checkpoint(ctx context.Context) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	if cp, err := l.cachedCheckpoint(); cp != nil || err != nil {
+		return cp, err
+	}
+	var head treeState
+	var stored []byte
+	err := l.view(ctx, func(tx store.Tx) error {
+		var err error
+		head, err = readTree(tx)
+		stored = bytes.Clone(bucket(tx, bMeta).Get(kCheckpoint))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ledger: checkpoint: %w", err)
+	}
+	if stored != nil && checkpointSize(stored) >= head.size {
+		l.noteStored(stored, 0)
+		return stored, nil
+	}
+	signed, err := l.sign(head)
+	if err != nil || l.readOnly {
+		return signed, err // read-only: the file is not written
+	}
+	if signed, err = l.storeCheckpoint(ctx, signed, head.size); err != nil {
+		return nil, err
+	}
+	l.noteStored(signed, 0)
+	return signed, nil
+}
+
+// cachedCheckpoint returns the latest checkpoint if it is known to cover
+// the whole log: only on a store of its own, where the published head is
+// the stored one. ErrClosed once closed.
+func (l *Ledger) cachedCheckpoint() ([]byte, error) {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.closed {
-		l.mu.Unlock()
 		return nil, ErrClosed
 	}
-	if l.lastCP != nil && l.lastCPLen == l.head.size {
-		cp := l.lastCP
-		l.mu.Unlock()
-		return cp, nil
+	if !l.shared && l.lastCP != nil && l.lastCPLen == l.head.size {
+		return l.lastCP, nil
 	}
-	head := l.head
-	l.mu.Unlock()
+	return nil, nil
+}
+
+// sign signs the checkpoint of head.
+func (l *Ledger) sign(head treeState) ([]byte, error) {
 	root, err := head.root()
 	if err != nil {
 		return nil, err
@@ -40,29 +76,31 @@ func (l *Ledger) Checkpoint(ctx context.Context) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ledger: sign checkpoint: %w", err)
 	}
-	if l.readOnly {
-		return signed, nil // the file is not written
-	}
-	err = l.db.Update(func(tx *bolt.Tx) error {
-		meta := tx.Bucket(bMeta)
-		if old := meta.Get(kCheckpoint); old != nil && checkpointSize(old) > head.size {
+	return signed, nil
+}
+
+// storeCheckpoint stores signed (of a tree of size) unless the stored
+// checkpoint is at least as large, and returns the checkpoint now stored.
+func (l *Ledger) storeCheckpoint(ctx context.Context, signed []byte, size uint64) ([]byte, error) {
+	out := signed
+	err := l.db.Update(ctx, func(tx store.Tx) error {
+		meta := bucket(tx, bMeta)
+		if old := meta.Get(kCheckpoint); old != nil && checkpointSize(old) >= size {
+			out = bytes.Clone(old)
 			return nil
 		}
+		out = signed
 		return meta.Put(kCheckpoint, signed)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ledger: store checkpoint: %w", err)
 	}
-	l.mu.Lock()
-	if head.size >= l.lastCPLen || l.lastCP == nil {
-		l.lastCP, l.lastCPLen = signed, head.size
-	}
-	l.mu.Unlock()
-	return signed, nil
+	return out, nil
 }
 
-// StoredCheckpoint returns the latest checkpoint stored in the file, or
-// nil if none was ever signed.
+// StoredCheckpoint returns the latest checkpoint this ledger signed or
+// read from the store, or nil if none was ever signed. On a shared store
+// another replica may have stored a later one since (Checkpoint reads it).
 func (l *Ledger) StoredCheckpoint() []byte {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -2,10 +2,11 @@ package ledger
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/castellan-dev/castellan/ca/store"
 )
 
 // maxGroupEvents bounds the events the committer puts into one
@@ -13,8 +14,8 @@ import (
 // gets a transaction of its own).
 const maxGroupEvents = 10_000
 
-// committer is the ledger's group commit. Appends are written to bbolt
-// one fsync'd transaction at a time:
+// committer is the ledger's group commit. Appends are written to the
+// store one durable (bbolt: fsync'd) transaction at a time:
 //
 //   - when nothing is being committed, an append is committed at once, in
 //     a transaction of its own, by its caller's goroutine: there is no
@@ -25,18 +26,20 @@ const maxGroupEvents = 10_000
 //     Under load, one fsync serves many appends.
 //
 // An append's outcome is that of the transaction holding its events: on
-// success it was fsync'd before the caller hears of it; when writing one
+// success it was durable before the caller hears of it; when writing one
 // append's events fails, that append alone is failed and the rest of the
 // group is committed again without it; when the commit itself fails (I/O,
-// fsync), every append of that transaction fails and nothing of it is in
-// the log. A caller that gives up while its append is still queued
+// fsync, the store unreachable), every append of that transaction fails
+// and nothing of it is in the log (or, if the store reports
+// store.ErrCommitUnknown, perhaps it is: the entries may be in the log
+// although their callers were told of a failure, never the reverse). A caller that gives up while its append is still queued
 // withdraws it (it is never written); once its append is in a transaction,
 // the caller waits for that transaction, so its answer is always the truth.
 type committer struct {
-	// update runs a read-write transaction and commits it (bolt.DB.Update).
-	update func(func(*bolt.Tx) error) error
+	// update runs a read-write transaction and commits it (store.DB.Update).
+	update func(func(store.Tx) error) error
 	// write appends one call's events in tx (appendTx).
-	write func(tx *bolt.Tx, evs []Event) (first uint64, head treeState, err error)
+	write func(tx store.Tx, evs []Event) (first uint64, head treeState, err error)
 	// publish makes one committed append visible; called by whoever
 	// committed it (run or an idle-path caller), in log order.
 	publish func(head treeState, first uint64, evs []Event)
@@ -61,10 +64,13 @@ type pendingAppend struct {
 	done  chan struct{}
 }
 
-// newCommitter returns a committer writing to db; start it with go run().
-func newCommitter(db *bolt.DB, publish func(treeState, uint64, []Event)) *committer {
+// newCommitter returns a committer writing to db in transactions with
+// context ctx (the ledger's lifetime: one caller giving up must not abort
+// a transaction shared with others); start it with go run().
+func newCommitter(ctx context.Context, db store.DB, publish func(treeState, uint64, []Event)) *committer {
+	update := func(fn func(store.Tx) error) error { return db.Update(ctx, fn) }
 	return &committer{
-		update: db.Update, write: appendTx, publish: publish,
+		update: update, write: appendTx, publish: publish,
 		wake: make(chan struct{}, 1), done: make(chan struct{}),
 	}
 }
@@ -202,10 +208,11 @@ func (c *committer) commitGroup(group []*pendingAppend) {
 
 // commitTx writes group in one transaction and commits it. On failure it
 // returns the position of the append whose events could not be written,
-// or -1 if the transaction itself failed.
+// or -1 if the transaction itself failed (an unavailable store fails the
+// whole transaction, whatever write failed first).
 func (c *committer) commitTx(group []*pendingAppend) (int, error) {
 	bad := -1
-	err := c.update(func(tx *bolt.Tx) error {
+	err := c.update(func(tx store.Tx) error {
 		for i, p := range group {
 			first, head, err := c.write(tx, p.evs)
 			if err != nil {
@@ -216,8 +223,8 @@ func (c *committer) commitTx(group []*pendingAppend) (int, error) {
 		}
 		return nil
 	})
-	if err == nil {
-		return -1, nil
+	if err == nil || errors.Is(err, store.ErrUnavailable) {
+		return -1, err
 	}
 	return bad, err
 }

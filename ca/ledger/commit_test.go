@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/castellan-dev/castellan/ca/store"
 )
 
 // queued returns the number of appends waiting for a transaction.
@@ -41,7 +41,7 @@ type txProbe struct {
 	hold   chan struct{}
 	held   chan struct{} // receives when a transaction is being held
 	failTx int           // 1-based attempt to fail with errInjected (0: none)
-	real   func(func(*bolt.Tx) error) error
+	real   func(func(store.Tx) error) error
 }
 
 var errInjected = errors.New("injected commit failure")
@@ -54,8 +54,8 @@ func probe(l *Ledger) *txProbe {
 }
 
 // countingWrite counts the appends written in the current transaction.
-func (p *txProbe) countingWrite(w func(*bolt.Tx, []Event) (uint64, treeState, error)) func(*bolt.Tx, []Event) (uint64, treeState, error) {
-	return func(tx *bolt.Tx, evs []Event) (uint64, treeState, error) {
+func (p *txProbe) countingWrite(w func(store.Tx, []Event) (uint64, treeState, error)) func(store.Tx, []Event) (uint64, treeState, error) {
+	return func(tx store.Tx, evs []Event) (uint64, treeState, error) {
 		p.mu.Lock()
 		p.groups[len(p.groups)-1]++
 		p.mu.Unlock()
@@ -63,7 +63,7 @@ func (p *txProbe) countingWrite(w func(*bolt.Tx, []Event) (uint64, treeState, er
 	}
 }
 
-func (p *txProbe) update(fn func(*bolt.Tx) error) error {
+func (p *txProbe) update(fn func(store.Tx) error) error {
 	p.mu.Lock()
 	p.groups = append(p.groups, 0)
 	attempt, hold := len(p.groups), p.hold
@@ -154,18 +154,20 @@ func startHeldGroup(t *testing.T, l *Ledger, p *txProbe, base, n int) (<-chan re
 }
 
 func TestAppendWhileIdleIsCommittedAloneAtOnce(t *testing.T) {
-	l, _ := openTest(t, newFakeClock())
-	p := probe(l)
-	for i := range 5 {
-		idx, err := l.Append(context.Background(), certEvent(i, "spiffe://td/a", "n", time.Now()))
-		if err != nil || len(idx) != 1 || idx[0] != uint64(i) {
-			t.Fatalf("append %d: %v, %v", i, idx, err)
+	forBackends(t, func(t *testing.T, be backend) {
+		l := be.openTest(t, newFakeClock())
+		p := probe(l)
+		for i := range 5 {
+			idx, err := l.Append(context.Background(), certEvent(i, "spiffe://td/a", "n", time.Now()))
+			if err != nil || len(idx) != 1 || idx[0] != uint64(i) {
+				t.Fatalf("append %d: %v, %v", i, idx, err)
+			}
 		}
-	}
-	// Each append had its own transaction: none waited to be grouped.
-	if got := p.attempts(); fmt.Sprint(got) != "[1 1 1 1 1]" {
-		t.Fatalf("appends per transaction = %v, want [1 1 1 1 1]", got)
-	}
+		// Each append had its own transaction: none waited to be grouped.
+		if got := p.attempts(); fmt.Sprint(got) != "[1 1 1 1 1]" {
+			t.Fatalf("appends per transaction = %v, want [1 1 1 1 1]", got)
+		}
+	})
 }
 
 func TestAppendsArrivingDuringACommitShareTheNextTransaction(t *testing.T) {
@@ -215,29 +217,31 @@ func closeAndVerify(t *testing.T, l *Ledger, path string, n uint64) {
 }
 
 func TestGroupedAppendsArePublishedInLogOrder(t *testing.T) {
-	l, _ := openTest(t, newFakeClock())
-	p := probe(l)
-	release := p.holdNext(t)
-	first := appendAsync(context.Background(), l, certEvent(0, "spiffe://td/a", "n", time.Now()))
-	p.waitHeld(t)
-	// A ban then an unban of the same node, queued in that order, share a
-	// transaction: the node must end up not banned.
-	ban := appendAsync(context.Background(), l, Event{Kind: KindBan, Node: "node-x", Reason: "test"})
-	waitFor(t, "the ban to queue", func() bool { return l.commit.queued() == 1 })
-	unban := appendAsync(context.Background(), l, Event{Kind: KindUnban, Node: "node-x", Reason: "test"})
-	waitFor(t, "the unban to queue", func() bool { return l.commit.queued() == 2 })
-	release()
-	for _, ch := range []<-chan result{first, ban, unban} {
-		if r := recv(t, ch); r.err != nil {
-			t.Fatal(r.err)
+	forBackends(t, func(t *testing.T, be backend) {
+		l := be.openTest(t, newFakeClock())
+		p := probe(l)
+		release := p.holdNext(t)
+		first := appendAsync(context.Background(), l, certEvent(0, "spiffe://td/a", "n", time.Now()))
+		p.waitHeld(t)
+		// A ban then an unban of the same node, queued in that order, share a
+		// transaction: the node must end up not banned.
+		ban := appendAsync(context.Background(), l, Event{Kind: KindBan, Node: "node-x", Reason: "test"})
+		waitFor(t, "the ban to queue", func() bool { return l.commit.queued() == 1 })
+		unban := appendAsync(context.Background(), l, Event{Kind: KindUnban, Node: "node-x", Reason: "test"})
+		waitFor(t, "the unban to queue", func() bool { return l.commit.queued() == 2 })
+		release()
+		for _, ch := range []<-chan result{first, ban, unban} {
+			if r := recv(t, ch); r.err != nil {
+				t.Fatal(r.err)
+			}
 		}
-	}
-	if got := p.attempts(); fmt.Sprint(got) != "[1 2]" {
-		t.Fatalf("appends per transaction = %v, want [1 2]", got)
-	}
-	if b, banned := l.Banned("node-x"); banned {
-		t.Fatalf("node-x is banned (%+v) although its unban came after the ban", b)
-	}
+		if got := p.attempts(); fmt.Sprint(got) != "[1 2]" {
+			t.Fatalf("appends per transaction = %v, want [1 2]", got)
+		}
+		if b, banned := l.Banned("node-x"); banned {
+			t.Fatalf("node-x is banned (%+v) although its unban came after the ban", b)
+		}
+	})
 }
 
 func TestBadEventFailsOnlyItsOwnAppendInAGroup(t *testing.T) {
@@ -246,7 +250,7 @@ func TestBadEventFailsOnlyItsOwnAppendInAGroup(t *testing.T) {
 	badSerial := fmt.Sprintf("%x", 0x1000+7)
 	errBad := errors.New("cannot write this event")
 	write := l.commit.write
-	l.commit.write = func(tx *bolt.Tx, evs []Event) (uint64, treeState, error) {
+	l.commit.write = func(tx store.Tx, evs []Event) (uint64, treeState, error) {
 		if evs[0].Serial == badSerial {
 			// Write part of it first: the retry must not keep any of it.
 			if _, _, err := write(tx, evs); err != nil {

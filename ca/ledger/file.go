@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/internal/boltcheck"
 	"github.com/transparency-dev/formats/log"
 	bolt "go.etcd.io/bbolt"
@@ -122,13 +124,14 @@ func addBuckets(path string) error {
 	return err
 }
 
-// view runs fn in a read transaction. In forensic mode the file may be
-// damaged, so a panic or memory fault while reading it becomes ErrDamaged.
-func (l *Ledger) view(fn func(*bolt.Tx) error) error {
+// view runs fn in a read transaction of the store. In forensic mode the
+// file may be damaged, so a panic or memory fault while reading it becomes
+// ErrDamaged.
+func (l *Ledger) view(ctx context.Context, fn func(store.Tx) error) error {
 	if !l.readOnly {
-		return l.db.View(fn)
+		return l.db.View(ctx, fn)
 	}
-	err := boltcheck.Guard(func() error { return l.db.View(fn) })
+	err := boltcheck.Guard(func() error { return l.db.View(ctx, fn) })
 	if errors.Is(err, boltcheck.ErrDamaged) && !errors.Is(err, ErrDamaged) {
 		return &damageError{msg: "ledger: " + err.Error()}
 	}
@@ -139,7 +142,7 @@ func (l *Ledger) view(fn func(*bolt.Tx) error) error {
 // (a new file has no buckets yet).
 func (l *Ledger) checkExisting(path string) error {
 	exists := false
-	err := l.view(func(tx *bolt.Tx) error {
+	err := l.view(l.ctx, func(tx store.Tx) error {
 		if exists = tx.Bucket(bMeta) != nil; exists {
 			return l.load(tx)
 		}
@@ -170,11 +173,33 @@ func (l *Ledger) checkTree(path string) error {
 		}
 	}
 	var rep Report
-	if err := l.view(func(tx *bolt.Tx) error { rep = verifyTx(tx, cps); return nil }); err != nil {
+	if err := l.view(l.ctx, func(tx store.Tx) error { rep = verifyTx(tx, cps); return nil }); err != nil {
 		return damaged(path, err)
 	}
 	if !rep.OK() {
 		return damaged(path, fmt.Errorf("the Merkle tree does not verify (%d problem(s)); first: %s", rep.ProblemCount, rep.Findings[0]))
+	}
+	return nil
+}
+
+// checkCheckpoint checks the stored checkpoint of a ledger opened with
+// New: signed with the log's key, for the log's origin, and not beyond
+// the stored tree; at the tree's size, with its root.
+func (l *Ledger) checkCheckpoint() error {
+	if l.lastCP == nil {
+		return nil
+	}
+	cp, err := OpenCheckpoint(l.lastCP, l.origin, l.vkey)
+	if err != nil {
+		return fmt.Errorf("%w: the stored checkpoint does not verify with the log key: %w", ErrDamaged, err)
+	}
+	root, err := l.head.root()
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrDamaged, err)
+	}
+	if cp.Size > l.head.size || cp.Size == l.head.size && !bytes.Equal(cp.Hash, root) {
+		return fmt.Errorf("%w: the stored checkpoint (size %d) does not match the stored tree (size %d); run castellanctl ledger verify",
+			ErrDamaged, cp.Size, l.head.size)
 	}
 	return nil
 }

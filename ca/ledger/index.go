@@ -8,7 +8,7 @@ import (
 	"sort"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/castellan-dev/castellan/ca/store"
 )
 
 // Secondary indexes. Each key is <value> 0x00 <index, 8 bytes big-endian>,
@@ -18,14 +18,14 @@ import (
 // List by SPIFFE ID reads one contiguous run of index pages instead of one
 // random entry page per result.
 type indexWriter struct {
-	serial, spiffe, node, expiry, revoked *bolt.Bucket
-	parent                                *bolt.Bucket // nil until a renewal with a parent was indexed
+	serial, spiffe, node, expiry, revoked store.Bucket
+	parent                                store.Bucket // nil until a renewal with a parent was indexed
 }
 
-func newIndexWriter(tx *bolt.Tx) *indexWriter {
+func newIndexWriter(tx store.Tx) *indexWriter {
 	return &indexWriter{
-		serial: tx.Bucket(bSerial), spiffe: tx.Bucket(bSPIFFE), node: tx.Bucket(bNode),
-		expiry: tx.Bucket(bExpiry), revoked: tx.Bucket(bRevoked), parent: tx.Bucket(bParent),
+		serial: bucket(tx, bSerial), spiffe: bucket(tx, bSPIFFE), node: bucket(tx, bNode),
+		expiry: bucket(tx, bExpiry), revoked: bucket(tx, bRevoked), parent: tx.Bucket(bParent),
 	}
 }
 
@@ -96,7 +96,7 @@ func (b *indexBatch) add(idx uint64, ev *Event) error {
 
 // apply writes the collected entries, each bucket in key order (buckets
 // added after a file was created are created here).
-func (b *indexBatch) apply(tx *bolt.Tx) error {
+func (b *indexBatch) apply(tx store.Tx) error {
 	for name, kvs := range b.kvs {
 		sort.SliceStable(kvs, func(i, j int) bool { return bytes.Compare(kvs[i].k, kvs[j].k) < 0 })
 		bucket, err := tx.CreateBucketIfNotExists([]byte(name))
@@ -114,7 +114,7 @@ func (b *indexBatch) apply(tx *bolt.Tx) error {
 
 func (w *indexWriter) remove(idx uint64, ev *Event) error {
 	for _, p := range []struct {
-		b *bolt.Bucket
+		b store.Bucket
 		v string
 	}{{w.serial, ev.Serial}, {w.spiffe, ev.SPIFFEID}, {w.node, ev.Node}} {
 		if p.v == "" {
@@ -141,10 +141,10 @@ func (w *indexWriter) remove(idx uint64, ev *Event) error {
 }
 
 // lookupSerial returns the log indices of events for serial, in order.
-func lookupSerial(tx *bolt.Tx, serial string) []uint64 {
+func lookupSerial(tx store.Tx, serial string) []uint64 {
 	var out []uint64
 	prefix := append([]byte(serial), 0)
-	c := tx.Bucket(bSerial).Cursor()
+	c := bucket(tx, bSerial).Cursor()
 	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8; k, _ = c.Next() {
 		out = append(out, indexOf(k))
 	}
@@ -159,9 +159,9 @@ type revokedCert struct {
 	NotAfter time.Time `json:"not_after"`
 }
 
-func (l *Ledger) loadRevoked(tx *bolt.Tx) error {
+func (l *Ledger) loadRevoked(tx store.Tx) error {
 	l.revoked = map[string]revokedCert{}
-	if err := tx.Bucket(bRevoked).ForEach(func(k, v []byte) error {
+	if err := bucket(tx, bRevoked).ForEach(func(k, v []byte) error {
 		var r revokedCert
 		if err := json.Unmarshal(v, &r); err != nil {
 			return fmt.Errorf("ledger: revocation of %s is damaged: %w", k, err)

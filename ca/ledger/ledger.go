@@ -1,7 +1,7 @@
 // Package ledger is Castellan's issuance ledger: an append-only Merkle-tree
 // log of every issuance, renewal, revocation, CA key change, join-token use
-// and node ban, stored in bbolt. It is also the durable store of node bans
-// and of certificate lineages (agents.go, lineage.go).
+// and node ban. It is also the durable store of node bans and of
+// certificate lineages (agents.go, lineage.go).
 //
 // Leaves are RFC 6962 leaf hashes of each entry's encoded form; the tree
 // state is published as signed checkpoints in the transparency-log
@@ -10,26 +10,39 @@
 // and anyone can check that an entry is in it (InclusionProof). Entries are
 // indexed by serial, SPIFFE ID, node and expiry.
 //
-// Durability: Append returns only after its bbolt transaction is fsync'd;
-// concurrent Appends share one transaction (group commit, commit.go). A
-// Ledger is safe for concurrent use.
+// Storage: the ledger is written against the storage contract (package
+// store), once. Open keeps it in a bbolt file (boltstore) checked page by
+// page, for one replica; New takes any store.DB, such as a PostgreSQL
+// keyspace (pgstore) shared by every replica of the CA. Replicas sharing a
+// store append to one log: the store serializes their transactions, each
+// append reads the tree head it extends from the store, and each replica
+// follows the others' appends (follow.go), so its revocations, bans,
+// Watch and checkpoints cover the whole log.
+//
+// Durability: Append returns only after its transaction is committed and
+// durable (bbolt: fsync'd); concurrent Appends share one transaction
+// (group commit, commit.go). A store that cannot be reached fails Append
+// with an error wrapping store.ErrUnavailable (Status: Unavailable), so no
+// certificate is issued unlogged. A Ledger is safe for concurrent use.
 package ledger
 
 import (
-	"crypto/rand"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/castellan-dev/castellan/ca/store"
+	"github.com/castellan-dev/castellan/ca/store/boltstore"
 )
 
-// Defaults applied by Open to zero Options fields.
+// Defaults applied by Open and New to zero Options fields.
 const (
 	DefaultOrigin    = "castellan.local/ledger"
 	DefaultRetention = 30 * 24 * time.Hour
@@ -44,10 +57,15 @@ type Options struct {
 	Origin string
 	// Signer signs checkpoints; VerifierKey is its note verifier key
 	// ("<name>+<hash>+<key>"), given to auditors. Both set or neither: when
-	// neither is set, an Ed25519 log key is loaded from (or generated into)
-	// the file path+".key", mode 0600.
+	// neither is set, the Ed25519 log key is read from KeyFile.
 	Signer      note.Signer
 	VerifierKey string
+	// KeyFile is the file holding the log's note signer key (mode 0600).
+	// Open defaults it to path+".key" and generates the key there for a
+	// new ledger. New requires it (or Signer) and never generates a key:
+	// replicas sharing a store must share one key (GenerateKeyFile makes
+	// it; castellanctl ledger keygen).
+	KeyFile string
 	// Logger receives one JSON audit line per event, and operational logs
 	// (nil -> discard).
 	Logger *slog.Logger
@@ -57,16 +75,18 @@ type Options struct {
 	// kept before Prune may remove it (0 -> 30 days).
 	Retention time.Duration
 	// DiskReserve is the free space (bytes) the ledger leaves on its
-	// filesystem: below it Append fails with ErrDiskReserve (0: no reserve).
+	// filesystem: below it Append fails with ErrDiskReserve (0: no
+	// reserve). Only for Open's bbolt file; New ignores it (a database
+	// server watches its own disk).
 	DiskReserve uint64
 	// FreeSpace returns the bytes available on the ledger's filesystem
-	// (nil: statfs of the ledger file's directory). For tests.
+	// (nil: statfs of the ledger file's directory). For tests; Open only.
 	FreeSpace func() (uint64, error)
 	// OnRevoke, when set, is called with the node and SPIFFE ID of each
 	// revoked certificate once its revocation is durable, before agents
 	// are told (the CA refills the identity's issuance quota with it).
 	OnRevoke func(node, spiffeID string)
-	// ReadOnly opens the file read-only for forensics, even if it is
+	// ReadOnly (Open only) opens the file read-only for forensics, even if it is
 	// damaged: a damaged file is not read by bbolt but salvaged (every
 	// entry on a sound page is copied into a temporary file, removed by
 	// Close; the damage is logged) and the copy is served. Entries on
@@ -77,7 +97,10 @@ type Options struct {
 
 // Ledger is an open issuance log.
 type Ledger struct {
-	db        *bolt.DB
+	db        store.DB
+	bolt      *bolt.DB // the file under db when opened with Open; nil with New
+	ownsDB    bool     // Close closes db (Open)
+	shared    bool     // db.Shared(): other replicas append too (follow.go)
 	clock     func() time.Time
 	origin    string
 	signer    note.Signer
@@ -92,10 +115,17 @@ type Ledger struct {
 	cleanup   func()     // removes a salvaged copy (forensic mode)
 	commit    *committer // writes Appends (commit.go); nil when read-only
 
+	// ctx is the ledger's lifetime, cancelled by Close: the context of
+	// the committer's transactions, of the background goroutines and of
+	// the calls that take none.
+	ctx    context.Context
+	cancel context.CancelFunc
+
 	revokeMu sync.Mutex // serializes Revoke
+	pubMu    sync.Mutex // serializes publishing (publish, follow): log order, exactly once
 
 	mu        sync.Mutex
-	head      treeState              // latest committed tree
+	head      treeState              // latest published tree (entries [0, head.size) applied)
 	revoked   map[string]revokedCert // serial -> revocation, unexpired only
 	revCh     chan struct{}          // closed when revoked changes
 	bans      map[string]Ban         // node -> ban in force (agents.go)
@@ -105,12 +135,13 @@ type Ledger struct {
 	lastCPLen uint64                 // its tree size
 	closed    bool
 	indexed   uint64        // entries [0, indexed) are in the secondary indexes
-	indexedCh chan struct{} // closed when indexed advances
+	indexErr  error         // the indexer's last failure, nil after a success
+	indexedCh chan struct{} // closed when indexed advances or the indexer fails
 
-	kick    chan struct{} // wakes the indexer after indexDelay
-	urgent  chan struct{} // wakes the indexer now
-	stop    chan struct{} // closed by Close
-	stopped chan struct{} // closed when the indexer exits
+	kick   chan struct{}  // wakes the indexer after indexDelay
+	urgent chan struct{}  // wakes the indexer now
+	stop   chan struct{}  // closed by Close
+	bg     sync.WaitGroup // the indexer and the follower
 }
 
 // Bucket names.
@@ -128,23 +159,99 @@ var (
 	kCheckpoint = []byte("checkpoint")
 	kOrigin     = []byte("origin")
 	kIndexed    = []byte("indexed")
+	// kVerifierKey is the log's note verifier key (public), recorded at
+	// creation: a replica with another key is refused (key.go).
+	kVerifierKey = []byte("verifier_key")
 )
+
+// Buckets returns the names of the buckets a ledger keeps, in the order a
+// copy to another store (store.Copy: castellanctl's migration from bbolt
+// to PostgreSQL) must write them: meta, which marks a store as holding a
+// ledger, last. A copy keeps every leaf hash, so proofs from checkpoints
+// saved before the copy still verify; open it with the same log key.
+func Buckets() [][]byte {
+	return [][]byte{bEntries, bNodes, bSerial, bSPIFFE, bNode, bExpiry, bRevoked, bAgents, bParent, bMeta}
+}
 
 // Open opens (creating if needed) the ledger at path, a bbolt file with
 // mode 0600. It checks the file's integrity before using it: every page's
 // structure (a damaged page is ErrDamaged naming the file and the page,
 // never a bbolt panic), bbolt's own consistency check, and the Merkle tree
 // recomputed from the stored entries against the stored tree head and
-// signed checkpoint; and that the file belongs to the same origin. With
-// Options.ReadOnly only the meta pages must be sound.
+// signed checkpoint; and that the file belongs to the same origin and log
+// key. With Options.ReadOnly only the meta pages must be sound. The log
+// key is read from Options.KeyFile (default path+".key"), generated there
+// for a new ledger. Close closes the file.
 func Open(path string, opts Options) (*Ledger, error) {
+	if opts.KeyFile == "" && opts.Signer == nil {
+		opts.KeyFile = path + ".key"
+	}
+	if opts.Signer == nil {
+		if err := checkKeyPresent(path, opts.KeyFile); err != nil {
+			return nil, err
+		}
+	}
+	l := newLedger(opts)
+	if err := l.loadKey(opts, true); err != nil {
+		return nil, err
+	}
+	if err := l.openFile(path); err != nil {
+		return nil, err
+	}
+	if !l.readOnly {
+		l.reserve = newReserve(path, opts, l.clock, l.log)
+	}
+	l.start(opts)
+	return l, nil
+}
+
+// New opens the ledger stored in db, any backend of the storage contract
+// (boltstore, pgstore), creating its buckets if needed. The log key must
+// be given (Options.KeyFile, or Signer and VerifierKey): New never
+// generates one, so that replicas sharing db cannot each make their own.
+// The key must be the one the log was created with (its verifier key is
+// kept in the store). New checks the stored checkpoint's signature but
+// does not recompute the tree (ledger verify does). When db.Shared(),
+// entries appended by other replicas are followed (follow.go). The
+// ledger does not own db: Close leaves it open. Options.ReadOnly,
+// DiskReserve and FreeSpace apply only to Open's bbolt file.
+func New(db store.DB, opts Options) (*Ledger, error) {
+	if opts.ReadOnly {
+		return nil, errors.New("ledger: Options.ReadOnly is forensic mode for a bbolt file; use Open")
+	}
+	if opts.KeyFile == "" && opts.Signer == nil {
+		return nil, fmt.Errorf("ledger: the log key is required: set Options.KeyFile to the signer key file (%s)", keygenHint)
+	}
+	l := newLedger(opts)
+	l.db, l.shared = db, db.Shared()
+	if err := l.loadKey(opts, false); err != nil {
+		return nil, err
+	}
+	err := l.init()
+	if err == nil {
+		err = l.checkCheckpoint()
+	}
+	if err == nil {
+		err = l.catchUp()
+	}
+	if err != nil {
+		l.cancel()
+		return nil, err
+	}
+	l.start(opts)
+	return l, nil
+}
+
+// newLedger returns a Ledger with opts' settings and defaults, not yet
+// attached to a store.
+func newLedger(opts Options) *Ledger {
 	l := &Ledger{
 		clock: opts.Clock, origin: opts.Origin, log: opts.Logger,
 		retention: opts.Retention, revCh: make(chan struct{}), appendCh: make(chan struct{}),
 		indexedCh: make(chan struct{}), kick: make(chan struct{}, 1), urgent: make(chan struct{}, 1),
-		stop: make(chan struct{}), stopped: make(chan struct{}), readOnly: opts.ReadOnly,
-		onRevoke: opts.OnRevoke,
+		stop: make(chan struct{}), readOnly: opts.ReadOnly, onRevoke: opts.OnRevoke,
 	}
+	l.ctx, l.cancel = context.WithCancel(context.Background())
 	if l.clock == nil {
 		l.clock = time.Now
 	}
@@ -157,38 +264,40 @@ func Open(path string, opts Options) (*Ledger, error) {
 	if l.retention == 0 {
 		l.retention = DefaultRetention
 	}
-	if err := l.loadKey(path, opts); err != nil {
-		return nil, err
-	}
-	if err := l.openDB(path, opts); err != nil {
-		return nil, err
-	}
-	if !l.readOnly {
-		l.reserve = newReserve(path, opts, l.clock, l.log)
-	}
-	l.metrics = newMetrics(opts.Registry, l)
-	if l.readOnly {
-		close(l.stopped) // no indexer: the file is not written
-	} else {
-		l.commit = newCommitter(l.db, l.publish)
-		go l.commit.run()
-		go l.runIndexer()
-	}
-	return l, nil
+	return l
 }
 
-// openDB opens and checks the file, loads its state and, unless read-only,
-// brings the indexes up to date.
-func (l *Ledger) openDB(path string, opts Options) error {
+// start registers the metrics and, unless read-only, starts the
+// committer, the indexer and (on a shared store) the follower.
+func (l *Ledger) start(opts Options) {
+	l.metrics = newMetrics(opts.Registry, l)
+	if l.readOnly {
+		return // nothing is written: no committer, no indexer
+	}
+	l.commit = newCommitter(l.ctx, l.db, l.publish)
+	go l.commit.run()
+	l.bg.Add(1)
+	go l.runIndexer()
+	if l.shared {
+		l.bg.Add(1)
+		go l.runFollower()
+	}
+}
+
+// openFile opens and checks the bbolt file, loads its state and, unless
+// read-only, brings the indexes up to date.
+func (l *Ledger) openFile(path string) error {
 	var err error
 	if l.readOnly {
-		l.db, l.cleanup, err = openForensic(path, l.log)
+		l.bolt, l.cleanup, err = openForensic(path, l.log)
 	} else {
-		l.db, err = openChecked(path)
+		l.bolt, err = openChecked(path)
 	}
 	if err != nil {
+		l.cancel()
 		return err
 	}
+	l.db, l.ownsDB = boltstore.New(l.bolt), true
 	if !l.readOnly {
 		err = l.checkExisting(path) // before init writes to the file
 	}
@@ -199,6 +308,7 @@ func (l *Ledger) openDB(path string, opts Options) error {
 		err = l.catchUp()
 	}
 	if err != nil {
+		l.cancel()
 		l.db.Close()
 		if l.cleanup != nil {
 			l.cleanup()
@@ -208,92 +318,24 @@ func (l *Ledger) openDB(path string, opts Options) error {
 	return nil
 }
 
-// loadKey sets the checkpoint signer from opts or from the key file.
-func (l *Ledger) loadKey(path string, opts Options) error {
-	if (opts.Signer == nil) != (opts.VerifierKey == "") {
-		return errors.New("ledger: Options.Signer and Options.VerifierKey must be set together")
-	}
-	if opts.Signer != nil {
-		l.signer, l.vkey = opts.Signer, opts.VerifierKey
-	} else {
-		if err := checkKeyPresent(path); err != nil {
-			return err
-		}
-		skey, err := loadOrCreateKey(path+".key", l.origin)
-		if err != nil {
-			return err
-		}
-		if l.signer, err = note.NewSigner(skey); err != nil {
-			return fmt.Errorf("ledger: log key %s.key: %w", path, err)
-		}
-		if l.vkey, err = verifierKeyOf(skey); err != nil {
-			return err
-		}
-	}
-	v, err := note.NewVerifier(l.vkey)
-	if err != nil {
-		return fmt.Errorf("ledger: verifier key: %w", err)
-	}
-	if v.Name() != l.signer.Name() || v.KeyHash() != l.signer.KeyHash() {
-		return errors.New("ledger: Options.VerifierKey does not match Options.Signer")
-	}
-	l.verifier = v
-	return nil
-}
-
-// checkKeyPresent refuses to generate a new log key for an existing
-// ledger: every checkpoint saved by auditors would stop verifying.
-func checkKeyPresent(path string) error {
-	fi, err := os.Stat(path)
-	if err != nil || fi.Size() == 0 {
-		return nil
-	}
-	if _, err := os.Stat(path + ".key"); errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("ledger: log key %s.key is missing but the ledger %s exists; restore the key from a backup (a new key would make every saved checkpoint unverifiable)", path, path)
-	}
-	return nil
-}
-
-func loadOrCreateKey(file, name string) (string, error) {
-	b, err := os.ReadFile(file)
-	if err == nil {
-		return string(b), nil
-	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return "", fmt.Errorf("ledger: read log key: %w", err)
-	}
-	skey, _, err := note.GenerateKey(rand.Reader, name)
-	if err != nil {
-		return "", fmt.Errorf("ledger: generate log key: %w", err)
-	}
-	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return "", fmt.Errorf("ledger: write log key: %w", err)
-	}
-	if _, err := f.WriteString(skey); err != nil {
-		f.Close()
-		return "", fmt.Errorf("ledger: write log key: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return "", fmt.Errorf("ledger: write log key: %w", err)
-	}
-	return skey, f.Close()
-}
-
-// init creates the buckets and loads the tree head and revocations.
+// init creates the buckets, records the origin and verifier key of a new
+// log and loads the tree head.
 func (l *Ledger) init() error {
 	if l.readOnly {
-		return l.view(l.load)
+		return l.view(l.ctx, l.load)
 	}
-	return l.db.Update(func(tx *bolt.Tx) error {
+	return l.db.Update(l.ctx, func(tx store.Tx) error {
 		for _, name := range [][]byte{bMeta, bEntries, bNodes, bSerial, bSPIFFE, bNode, bExpiry, bRevoked} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("ledger: create bucket %s: %w", name, err)
 			}
 		}
-		if o := tx.Bucket(bMeta).Get(kOrigin); o == nil {
-			if err := tx.Bucket(bMeta).Put(kOrigin, []byte(l.origin)); err != nil {
+		meta := bucket(tx, bMeta)
+		for _, kv := range []struct{ k, v []byte }{{kOrigin, []byte(l.origin)}, {kVerifierKey, []byte(l.vkey)}} {
+			if meta.Get(kv.k) != nil {
+				continue
+			}
+			if err := meta.Put(kv.k, kv.v); err != nil {
 				return fmt.Errorf("ledger: %w", err)
 			}
 		}
@@ -301,15 +343,18 @@ func (l *Ledger) init() error {
 	})
 }
 
-// load checks the file's origin and loads the tree head, the latest
-// checkpoint and the index position.
-func (l *Ledger) load(tx *bolt.Tx) error {
+// load checks the store's origin and log key and loads the tree head,
+// the latest checkpoint and the index position.
+func (l *Ledger) load(tx store.Tx) error {
 	meta := tx.Bucket(bMeta)
 	if meta == nil || tx.Bucket(bEntries) == nil || tx.Bucket(bNodes) == nil {
-		return errors.New("ledger: the file is not a ledger (its buckets are missing)")
+		return errors.New("ledger: the store holds no ledger (its buckets are missing)")
 	}
 	if o := meta.Get(kOrigin); string(o) != l.origin {
-		return fmt.Errorf("ledger: file belongs to log %q, not %q", o, l.origin)
+		return fmt.Errorf("ledger: the store belongs to log %q, not %q", o, l.origin)
+	}
+	if err := l.checkVerifierKey(meta.Get(kVerifierKey)); err != nil {
+		return err
 	}
 	st, err := readTree(tx)
 	if err != nil {
@@ -330,15 +375,18 @@ func (l *Ledger) Origin() string { return l.origin }
 // VerifierKey returns the note verifier key for the log's checkpoints.
 func (l *Ledger) VerifierKey() string { return l.vkey }
 
-// Size returns the number of entries in the log.
+// Size returns the number of entries in the log as published by this
+// ledger: on a shared store, other replicas' latest appends count once the
+// follower has applied them (within a second).
 func (l *Ledger) Size() uint64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.head.size
 }
 
-// Close closes the database. Appends already queued are committed first;
-// later ones fail with ErrClosed.
+// Close stops the ledger. Appends already queued are committed first;
+// later ones fail with ErrClosed. It closes the bbolt file of Open, not
+// the store given to New.
 func (l *Ledger) Close() error {
 	l.mu.Lock()
 	if l.closed {
@@ -351,19 +399,35 @@ func (l *Ledger) Close() error {
 		l.commit.close()
 	}
 	close(l.stop)
-	<-l.stopped
+	l.cancel()
+	l.bg.Wait()
 	l.mu.Lock()
 	close(l.indexedCh) // wakes waitIndexed and Watch, which then see closed
 	l.indexedCh = make(chan struct{})
 	close(l.appendCh)
 	l.appendCh = make(chan struct{})
 	l.mu.Unlock()
-	err := l.db.Close()
+	var err error
+	if l.ownsDB {
+		err = l.db.Close()
+	}
 	if l.cleanup != nil {
 		l.cleanup()
 	}
 	if err != nil {
 		return fmt.Errorf("ledger: close: %w", err)
+	}
+	return nil
+}
+
+// Ping checks that the ledger's store can be reached (readiness: a CA
+// whose ledger cannot be written must not be sent issuance).
+func (l *Ledger) Ping(ctx context.Context) error {
+	if l.isClosed() {
+		return ErrClosed
+	}
+	if err := l.db.Ping(ctx); err != nil {
+		return fmt.Errorf("ledger: %w", err)
 	}
 	return nil
 }

@@ -66,177 +66,189 @@ func TestAppendAssignsConsecutiveIndicesAndSurvivesReopen(t *testing.T) {
 }
 
 func TestAppendRejectsInvalidEvents(t *testing.T) {
-	l, _ := openTest(t, newFakeClock())
-	for name, ev := range map[string]Event{
-		"unknown kind":     {Kind: "bogus"},
-		"no serial":        {Kind: KindIssuance, SPIFFEID: "spiffe://td/x"},
-		"upper-case hex":   {Kind: KindIssuance, Serial: "AB", SPIFFEID: "spiffe://td/x"},
-		"no SPIFFE ID":     {Kind: KindRenewal, Serial: "ab"},
-		"revoke no serial": {Kind: KindRevocation},
-	} {
-		if _, err := l.Append(context.Background(), ev); !errors.Is(err, ErrInvalidEvent) {
-			t.Errorf("%s: err = %v, want ErrInvalidEvent", name, err)
+	forBackends(t, func(t *testing.T, be backend) {
+		l := be.openTest(t, newFakeClock())
+		for name, ev := range map[string]Event{
+			"unknown kind":     {Kind: "bogus"},
+			"no serial":        {Kind: KindIssuance, SPIFFEID: "spiffe://td/x"},
+			"upper-case hex":   {Kind: KindIssuance, Serial: "AB", SPIFFEID: "spiffe://td/x"},
+			"no SPIFFE ID":     {Kind: KindRenewal, Serial: "ab"},
+			"revoke no serial": {Kind: KindRevocation},
+		} {
+			if _, err := l.Append(context.Background(), ev); !errors.Is(err, ErrInvalidEvent) {
+				t.Errorf("%s: err = %v, want ErrInvalidEvent", name, err)
+			}
 		}
-	}
-	if l.Size() != 0 {
-		t.Fatalf("size = %d after rejected appends", l.Size())
-	}
+		if l.Size() != 0 {
+			t.Fatalf("size = %d after rejected appends", l.Size())
+		}
+	})
 }
 
 func TestConcurrentAppendsAreGroupedAndComplete(t *testing.T) {
-	l, _ := openTest(t, newFakeClock())
-	exp := time.Now().Add(time.Hour)
-	const workers, per = 8, 50
-	var wg sync.WaitGroup
-	seen := make(chan uint64, workers*per)
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for i := 0; i < per; i++ {
-				idx, err := l.Append(context.Background(), certEvent(w*per+i, "spiffe://td/x", "n", exp))
-				if err != nil {
-					t.Error(err)
-					return
+	forBackends(t, func(t *testing.T, be backend) {
+		l := be.openTest(t, newFakeClock())
+		exp := time.Now().Add(time.Hour)
+		const workers, per = 8, 50
+		var wg sync.WaitGroup
+		seen := make(chan uint64, workers*per)
+		for w := 0; w < workers; w++ {
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				for i := 0; i < per; i++ {
+					idx, err := l.Append(context.Background(), certEvent(w*per+i, "spiffe://td/x", "n", exp))
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					seen <- idx[0]
 				}
-				seen <- idx[0]
-			}
-		}(w)
-	}
-	wg.Wait()
-	close(seen)
-	got := map[uint64]bool{}
-	for i := range seen {
-		if got[i] {
-			t.Fatalf("index %d returned twice", i)
+			}(w)
 		}
-		got[i] = true
-	}
-	if len(got) != workers*per || l.Size() != workers*per {
-		t.Fatalf("got %d distinct indices, size %d, want %d", len(got), l.Size(), workers*per)
-	}
+		wg.Wait()
+		close(seen)
+		got := map[uint64]bool{}
+		for i := range seen {
+			if got[i] {
+				t.Fatalf("index %d returned twice", i)
+			}
+			got[i] = true
+		}
+		if len(got) != workers*per || l.Size() != workers*per {
+			t.Fatalf("got %d distinct indices, size %d, want %d", len(got), l.Size(), workers*per)
+		}
+	})
 }
 
 func TestInclusionProofVerifiesAgainstSignedCheckpoint(t *testing.T) {
-	clock := newFakeClock()
-	l, _ := openTest(t, clock)
-	fill(t, l, 1337, clock.Now().Add(time.Hour))
-	ctx := context.Background()
-	signed, err := l.Checkpoint(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp, err := OpenCheckpoint(signed, l.Origin(), l.VerifierKey())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if cp.Size != 1337 {
-		t.Fatalf("checkpoint size %d", cp.Size)
-	}
-	for _, i := range []uint64{0, 1, 511, 1024, 1336} {
-		e, err := l.Entry(ctx, i)
+	forBackends(t, func(t *testing.T, be backend) {
+		clock := newFakeClock()
+		l := be.openTest(t, clock)
+		fill(t, l, 1337, clock.Now().Add(time.Hour))
+		ctx := context.Background()
+		signed, err := l.Checkpoint(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		p, err := l.InclusionProof(i, cp.Size)
+		cp, err := OpenCheckpoint(signed, l.Origin(), l.VerifierKey())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := proof.VerifyInclusion(rfc6962.DefaultHasher, i, cp.Size, rfc6962.DefaultHasher.HashLeaf(e.Data), p, cp.Hash); err != nil {
-			t.Fatalf("entry %d: %v", i, err)
+		if cp.Size != 1337 {
+			t.Fatalf("checkpoint size %d", cp.Size)
 		}
-		wrong := rfc6962.DefaultHasher.HashLeaf(append(e.Data, ' '))
-		if proof.VerifyInclusion(rfc6962.DefaultHasher, i, cp.Size, wrong, p, cp.Hash) == nil {
-			t.Fatalf("entry %d: altered data verified", i)
+		for _, i := range []uint64{0, 1, 511, 1024, 1336} {
+			e, err := l.Entry(ctx, i)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := l.InclusionProof(i, cp.Size)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := proof.VerifyInclusion(rfc6962.DefaultHasher, i, cp.Size, rfc6962.DefaultHasher.HashLeaf(e.Data), p, cp.Hash); err != nil {
+				t.Fatalf("entry %d: %v", i, err)
+			}
+			wrong := rfc6962.DefaultHasher.HashLeaf(append(e.Data, ' '))
+			if proof.VerifyInclusion(rfc6962.DefaultHasher, i, cp.Size, wrong, p, cp.Hash) == nil {
+				t.Fatalf("entry %d: altered data verified", i)
+			}
 		}
-	}
-	if _, err := l.InclusionProof(1337, 1337); !errors.Is(err, ErrInvalidArgument) {
-		t.Fatalf("proof past the end: %v", err)
-	}
+		if _, err := l.InclusionProof(1337, 1337); !errors.Is(err, ErrInvalidArgument) {
+			t.Fatalf("proof past the end: %v", err)
+		}
+	})
 }
 
 func TestConsistencyProofBetweenCheckpoints(t *testing.T) {
-	clock := newFakeClock()
-	l, _ := openTest(t, clock)
-	ctx := context.Background()
-	fill(t, l, 300, clock.Now().Add(time.Hour))
-	old, _ := l.Checkpoint(ctx)
-	fill(t, l, 701, clock.Now().Add(time.Hour))
-	cur, _ := l.Checkpoint(ctx)
-	c1, err := OpenCheckpoint(old, "", l.VerifierKey())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c2, err := OpenCheckpoint(cur, "", l.VerifierKey())
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := l.ConsistencyProof(c1.Size, c2.Size)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := proof.VerifyConsistency(rfc6962.DefaultHasher, c1.Size, c2.Size, p, c1.Hash, c2.Hash); err != nil {
-		t.Fatal(err)
-	}
+	forBackends(t, func(t *testing.T, be backend) {
+		clock := newFakeClock()
+		l := be.openTest(t, clock)
+		ctx := context.Background()
+		fill(t, l, 300, clock.Now().Add(time.Hour))
+		old, _ := l.Checkpoint(ctx)
+		fill(t, l, 701, clock.Now().Add(time.Hour))
+		cur, _ := l.Checkpoint(ctx)
+		c1, err := OpenCheckpoint(old, "", l.VerifierKey())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c2, err := OpenCheckpoint(cur, "", l.VerifierKey())
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := l.ConsistencyProof(c1.Size, c2.Size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := proof.VerifyConsistency(rfc6962.DefaultHasher, c1.Size, c2.Size, p, c1.Hash, c2.Hash); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
 
 func TestCheckpointWithBadSignatureIsRejected(t *testing.T) {
-	l, _ := openTest(t, newFakeClock())
-	signed, _ := l.Checkpoint(context.Background())
-	bad := append([]byte(nil), signed...)
-	bad[len(bad)-5] ^= 1
-	if _, err := OpenCheckpoint(bad, "", l.VerifierKey()); err == nil {
-		t.Fatal("checkpoint with a flipped signature byte verified")
-	}
-	other, _ := openTest(t, newFakeClock())
-	if _, err := OpenCheckpoint(signed, "", other.VerifierKey()); err == nil {
-		t.Fatal("checkpoint verified under another log's key")
-	}
+	forBackends(t, func(t *testing.T, be backend) {
+		l := be.openTest(t, newFakeClock())
+		signed, _ := l.Checkpoint(context.Background())
+		bad := append([]byte(nil), signed...)
+		bad[len(bad)-5] ^= 1
+		if _, err := OpenCheckpoint(bad, "", l.VerifierKey()); err == nil {
+			t.Fatal("checkpoint with a flipped signature byte verified")
+		}
+		other := be.openTest(t, newFakeClock())
+		if _, err := OpenCheckpoint(signed, "", other.VerifierKey()); err == nil {
+			t.Fatal("checkpoint verified under another log's key")
+		}
+	})
 }
 
 func TestRevokeRecordsAndNotifies(t *testing.T) {
-	clock := newFakeClock()
-	l, _ := openTest(t, clock)
-	ctx := context.Background()
-	exp := clock.Now().Add(time.Hour)
-	ev := certEvent(42, "spiffe://td/ns/a/sa/b", "n1", exp)
-	if _, err := l.Append(ctx, ev); err != nil {
-		t.Fatal(err)
-	}
-	changed := l.RevocationsChanged()
-	if _, err := l.Revoke(ctx, "0xDEAD", "x"); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("revoke unknown: %v", err)
-	}
-	select {
-	case <-changed:
-		t.Fatal("failed revoke signalled a change")
-	default:
-	}
-	r, err := l.Revoke(ctx, ev.Serial, "key compromise")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r.Kind != KindRevocation || r.Index != 1 || r.SPIFFEID != ev.SPIFFEID || r.Reason != "key compromise" {
-		t.Fatalf("revocation entry = %+v", r)
-	}
-	select {
-	case <-changed:
-	case <-time.After(5 * time.Second):
-		t.Fatal("RevocationsChanged did not fire")
-	}
-	if got := l.RevokedSerials(clock.Now()); len(got) != 1 || got[0] != ev.Serial {
-		t.Fatalf("RevokedSerials = %v", got)
-	}
-	if got := l.RevokedSerials(exp.Add(time.Second)); len(got) != 0 {
-		t.Fatalf("expired revocation still listed: %v", got)
-	}
-	if _, err := l.Revoke(ctx, ev.Serial, "again"); !errors.Is(err, ErrAlreadyRevoked) {
-		t.Fatalf("second revoke: %v", err)
-	}
-	e, err := l.Get(ctx, ev.Serial)
-	if err != nil || e.Revoked == nil || e.Revoked.Index != 1 {
-		t.Fatalf("Get after revoke: %+v %v", e, err)
-	}
+	forBackends(t, func(t *testing.T, be backend) {
+		clock := newFakeClock()
+		l := be.openTest(t, clock)
+		ctx := context.Background()
+		exp := clock.Now().Add(time.Hour)
+		ev := certEvent(42, "spiffe://td/ns/a/sa/b", "n1", exp)
+		if _, err := l.Append(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+		changed := l.RevocationsChanged()
+		if _, err := l.Revoke(ctx, "0xDEAD", "x"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("revoke unknown: %v", err)
+		}
+		select {
+		case <-changed:
+			t.Fatal("failed revoke signalled a change")
+		default:
+		}
+		r, err := l.Revoke(ctx, ev.Serial, "key compromise")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Kind != KindRevocation || r.Index != 1 || r.SPIFFEID != ev.SPIFFEID || r.Reason != "key compromise" {
+			t.Fatalf("revocation entry = %+v", r)
+		}
+		select {
+		case <-changed:
+		case <-time.After(5 * time.Second):
+			t.Fatal("RevocationsChanged did not fire")
+		}
+		if got := l.RevokedSerials(clock.Now()); len(got) != 1 || got[0] != ev.Serial {
+			t.Fatalf("RevokedSerials = %v", got)
+		}
+		if got := l.RevokedSerials(exp.Add(time.Second)); len(got) != 0 {
+			t.Fatalf("expired revocation still listed: %v", got)
+		}
+		if _, err := l.Revoke(ctx, ev.Serial, "again"); !errors.Is(err, ErrAlreadyRevoked) {
+			t.Fatalf("second revoke: %v", err)
+		}
+		e, err := l.Get(ctx, ev.Serial)
+		if err != nil || e.Revoked == nil || e.Revoked.Index != 1 {
+			t.Fatalf("Get after revoke: %+v %v", e, err)
+		}
+	})
 }
 
 func TestOpenRefusesExistingLedgerWithoutItsKey(t *testing.T) {

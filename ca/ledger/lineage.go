@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/castellan-dev/castellan/ca/store"
 )
 
 // Lineages. A certificate obtained by renewing another records that one's
@@ -23,7 +23,7 @@ const MaxLineageWalk = 10000
 const lineageSettleRounds = 3
 
 // certTx returns the issuance or renewal entry of serial (normalized).
-func certTx(tx *bolt.Tx, serial string) (Entry, error) {
+func certTx(tx store.Tx, serial string) (Entry, error) {
 	for _, idx := range lookupSerial(tx, serial) {
 		c, err := readEntry(tx, idx)
 		if err != nil {
@@ -57,7 +57,7 @@ func (l *Ledger) Ancestors(ctx context.Context, serial string, max int) ([]Entry
 	}
 	var out []Entry
 	truncated := false
-	err = l.db.View(func(tx *bolt.Tx) error {
+	err = l.view(ctx, func(tx store.Tx) error {
 		c, err := certTx(tx, serial)
 		if err != nil {
 			return err
@@ -89,7 +89,7 @@ func (l *Ledger) Descendants(ctx context.Context, serial string, max int) ([]Ent
 	}
 	var out []Entry
 	truncated := false
-	err = l.db.View(func(tx *bolt.Tx) error {
+	err = l.view(ctx, func(tx store.Tx) error {
 		if _, err := certTx(tx, serial); err != nil {
 			return err
 		}
@@ -227,7 +227,7 @@ func (l *Ledger) Children(ctx context.Context, serial string, max int) ([]string
 		return nil, err
 	}
 	var out []string
-	err = l.db.View(func(tx *bolt.Tx) error {
+	err = l.view(ctx, func(tx store.Tx) error {
 		bucket := tx.Bucket(bParent)
 		if bucket == nil {
 			return nil

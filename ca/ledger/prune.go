@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/castellan-dev/castellan/ca/store"
 )
 
 // pruneBatch bounds the entries one Prune transaction removes.
@@ -31,21 +31,20 @@ func (l *Ledger) Prune(ctx context.Context) (int, error) {
 			return total, err
 		}
 		var n int
-		var pruned []Event
-		err := l.db.Update(func(tx *bolt.Tx) error {
+		err := l.db.Update(ctx, func(tx store.Tx) error {
 			var err error
-			n, pruned, err = pruneTx(tx, cutoff)
+			n, err = pruneTx(tx, cutoff)
 			return err
 		})
 		if err != nil {
 			return total, fmt.Errorf("ledger: prune: %w", err)
 		}
-		l.forgetRevocations(pruned)
 		total += n
 		if n < pruneBatch {
 			break
 		}
 	}
+	l.forgetRevocations(cutoff)
 	if total > 0 {
 		l.log.Info("ledger pruned expired entries", "entries", total, "cutoff", cutoff)
 	}
@@ -53,50 +52,50 @@ func (l *Ledger) Prune(ctx context.Context) (int, error) {
 }
 
 // pruneTx prunes up to pruneBatch entries that expired before cutoff.
-func pruneTx(tx *bolt.Tx, cutoff time.Time) (int, []Event, error) {
+func pruneTx(tx store.Tx, cutoff time.Time) (int, error) {
 	end := binary.BigEndian.AppendUint64(nil, uint64(cutoff.UnixNano()))
 	var keys [][]byte
-	c := tx.Bucket(bExpiry).Cursor()
+	c := bucket(tx, bExpiry).Cursor()
 	for k, _ := c.First(); k != nil && bytes.Compare(k[:8], end) < 0 && len(keys) < pruneBatch; k, _ = c.Next() {
 		keys = append(keys, append([]byte(nil), k...))
 	}
 	ix := newIndexWriter(tx)
-	entries := tx.Bucket(bEntries)
-	var revs []Event
+	entries := bucket(tx, bEntries)
 	for _, k := range keys {
 		idx := indexOf(k)
 		e, err := readEntry(tx, idx)
 		if err != nil {
-			return 0, nil, err
+			return 0, err
 		}
 		if err := ix.remove(idx, &e.Event); err != nil {
-			return 0, nil, err
+			return 0, err
 		}
-		if err := tx.Bucket(bExpiry).Delete(k); err != nil {
-			return 0, nil, err
+		if err := bucket(tx, bExpiry).Delete(k); err != nil {
+			return 0, err
 		}
 		if err := entries.Put(u64(idx), prunedMarker); err != nil {
-			return 0, nil, err
-		}
-		if e.Kind == KindRevocation {
-			revs = append(revs, e.Event)
+			return 0, err
 		}
 	}
-	return len(keys), revs, nil
+	return len(keys), nil
 }
 
-// forgetRevocations drops pruned revocations from memory.
-func (l *Ledger) forgetRevocations(evs []Event) {
-	if len(evs) == 0 {
-		return
-	}
+// forgetRevocations drops from memory the revocations of certificates
+// that expired before cutoff: those Prune removed, and those another
+// replica's Prune removed from a shared store.
+func (l *Ledger) forgetRevocations(cutoff time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for i := range evs {
-		delete(l.revoked, evs[i].Serial)
+	n := len(l.revoked)
+	for s, r := range l.revoked {
+		if !r.NotAfter.IsZero() && r.NotAfter.Before(cutoff) {
+			delete(l.revoked, s)
+		}
 	}
-	close(l.revCh)
-	l.revCh = make(chan struct{})
+	if len(l.revoked) != n {
+		close(l.revCh)
+		l.revCh = make(chan struct{})
+	}
 }
 
 // Maintain prunes expired entries and signs a fresh checkpoint every

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/castellan-dev/castellan/ca/store"
 )
 
 // Paging limits for List.
@@ -58,7 +58,7 @@ func (l *Ledger) Entry(ctx context.Context, index uint64) (Entry, error) {
 		return Entry{}, err
 	}
 	var e Entry
-	err := l.view(func(tx *bolt.Tx) error {
+	err := l.view(ctx, func(tx store.Tx) error {
 		var err error
 		e, err = readEntry(tx, index)
 		return err
@@ -78,7 +78,7 @@ func (l *Ledger) Get(ctx context.Context, serial string) (Entry, error) {
 		return Entry{}, err
 	}
 	var e Entry
-	err = l.view(func(tx *bolt.Tx) error {
+	err = l.view(ctx, func(tx store.Tx) error {
 		for _, idx := range lookupSerial(tx, serial) {
 			c, err := readEntry(tx, idx)
 			if err != nil {
@@ -95,8 +95,13 @@ func (l *Ledger) Get(ctx context.Context, serial string) (Entry, error) {
 }
 
 // readEntry reads and decodes entry idx with its leaf hash and revocation.
-func readEntry(tx *bolt.Tx, idx uint64) (Entry, error) {
-	v := tx.Bucket(bEntries).Get(u64(idx))
+func readEntry(tx store.Tx, idx uint64) (Entry, error) {
+	return entryAt(tx, idx, bucket(tx, bEntries).Get(u64(idx)), bucket(tx, bNodes).Get(u64(idx)))
+}
+
+// entryAt decodes entry idx from its stored value v and nodes record rec
+// (the caller read them), with its revocation.
+func entryAt(tx store.Tx, idx uint64, v, rec []byte) (Entry, error) {
 	if v == nil {
 		st, err := readTree(tx)
 		if err == nil && idx < st.size {
@@ -104,9 +109,9 @@ func readEntry(tx *bolt.Tx, idx uint64) (Entry, error) {
 		}
 		return Entry{}, fmt.Errorf("%w: no entry %d", ErrNotFound, idx)
 	}
-	lh, err := leafHash(tx, idx)
-	if err != nil {
-		return Entry{}, err
+	lh := storedLeafHash(rec)
+	if lh == nil {
+		return Entry{}, fmt.Errorf("ledger: tree node (level 0, index %d) is missing or damaged", idx)
 	}
 	if bytes.Equal(v, prunedMarker) {
 		return Entry{Index: idx, LeafHash: append([]byte(nil), lh...), Pruned: true}, nil
@@ -124,11 +129,11 @@ func readEntry(tx *bolt.Tx, idx uint64) (Entry, error) {
 }
 
 // revocationOf returns the revocation of a certificate entry, if any.
-func revocationOf(tx *bolt.Tx, e *Entry) *Revocation {
+func revocationOf(tx store.Tx, e *Entry) *Revocation {
 	if !e.Kind.IsCertificate() {
 		return nil
 	}
-	rv := tx.Bucket(bRevoked).Get([]byte(e.Serial))
+	rv := bucket(tx, bRevoked).Get([]byte(e.Serial))
 	if rv == nil {
 		return nil
 	}
@@ -164,8 +169,8 @@ func (l *Ledger) List(ctx context.Context, f Filter, pageSize int, pageToken str
 	now := l.clock()
 	var out []Entry
 	var next string
-	err = l.view(func(tx *bolt.Tx) error {
-		c := tx.Bucket(sc.bucket).Cursor()
+	err = l.view(ctx, func(tx store.Tx) error {
+		c := bucket(tx, sc.bucket).Cursor()
 		k, v := c.First()
 		if sc.prefix != nil {
 			k, v = c.Seek(sc.prefix)
@@ -247,7 +252,7 @@ func (s *scan) match(k []byte) bool {
 
 // read returns the entry of index key k with value v: the summary stored
 // in the index when there is one, else the entry itself.
-func (s *scan) read(tx *bolt.Tx, k, v []byte) (Entry, error) {
+func (s *scan) read(tx store.Tx, k, v []byte) (Entry, error) {
 	if s.tag == 'e' {
 		return readEntry(tx, indexOf(k))
 	}

@@ -21,157 +21,167 @@ import (
 )
 
 func TestListPagesThroughSPIFFEIDIndex(t *testing.T) {
-	clock := newFakeClock()
-	l, _ := openTest(t, clock)
-	fill(t, l, 2000, clock.Now().Add(time.Hour))
-	ctx := context.Background()
-	id := "spiffe://cluster.local/ns/ns3/sa/sa3" // j%7==3 && j%13==3: j ≡ 3 mod 91
-	var got []Entry
-	token := ""
-	for pages := 0; pages < 100; pages++ {
-		page, next, err := l.List(ctx, Filter{SPIFFEID: id}, 7, token)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, page...)
-		if token = next; token == "" {
-			break
-		}
-	}
-	want := 0
-	for j := 0; j < 2000; j++ {
-		if j%91 == 3 {
-			want++
-		}
-	}
-	if len(got) != want {
-		t.Fatalf("got %d entries, want %d", len(got), want)
-	}
-	for i, e := range got {
-		if e.SPIFFEID != id || (i > 0 && e.Index <= got[i-1].Index) {
-			t.Fatalf("entry %d: %s index %d", i, e.SPIFFEID, e.Index)
-		}
-	}
-}
-
-func TestListFiltersByPrefixNodeStateAndTime(t *testing.T) {
-	clock := newFakeClock()
-	l, _ := openTest(t, clock)
-	ctx := context.Background()
-	start := clock.Now()
-	fill(t, l, 100, start.Add(time.Hour))
-	clock.Advance(time.Minute)
-	fillFrom(t, l, 100, 10, start.Add(2*time.Minute))
-	first, _ := l.Entry(ctx, 0)
-	if _, err := l.Revoke(ctx, first.Serial, "superseded"); err != nil {
-		t.Fatal(err)
-	}
-	count := func(f Filter) int {
-		t.Helper()
-		n, token := 0, ""
-		for pages := 0; pages < 1000; pages++ {
-			page, next, err := l.List(ctx, f, 50, token)
+	forBackends(t, func(t *testing.T, be backend) {
+		clock := newFakeClock()
+		l := be.openTest(t, clock)
+		fill(t, l, 2000, clock.Now().Add(time.Hour))
+		ctx := context.Background()
+		id := "spiffe://cluster.local/ns/ns3/sa/sa3" // j%7==3 && j%13==3: j ≡ 3 mod 91
+		var got []Entry
+		token := ""
+		for pages := 0; pages < 100; pages++ {
+			page, next, err := l.List(ctx, Filter{SPIFFEID: id}, 7, token)
 			if err != nil {
 				t.Fatal(err)
 			}
-			n += len(page)
+			got = append(got, page...)
 			if token = next; token == "" {
-				return n
+				break
 			}
 		}
-		t.Fatal("paging did not end")
-		return 0
-	}
-	if n := count(Filter{SPIFFEIDPrefix: "spiffe://cluster.local/ns/ns2/", Kinds: []Kind{KindIssuance}}); n != 14+2 {
-		t.Errorf("prefix ns2: %d", n)
-	}
-	if n := count(Filter{Namespace: "ns2", Kinds: []Kind{KindIssuance}}); n != 16 {
-		t.Errorf("namespace ns2: %d", n)
-	}
-	if n := count(Filter{Node: "node-1", Kinds: []Kind{KindIssuance}}); n != 20+2 {
-		t.Errorf("node-1: %d", n)
-	}
-	if n := count(Filter{Since: start.Add(time.Second)}); n != 11 {
-		t.Errorf("since: %d (10 issuances + 1 revocation)", n)
-	}
-	if n := count(Filter{State: StateRevoked}); n != 1 {
-		t.Errorf("revoked: %d", n)
-	}
-	clock.Advance(5 * time.Minute) // the last 10 expire
-	if n := count(Filter{State: StateExpired}); n != 10 {
-		t.Errorf("expired: %d", n)
-	}
-	if n := count(Filter{State: StateActive}); n != 99 {
-		t.Errorf("active: %d", n)
-	}
+		want := 0
+		for j := 0; j < 2000; j++ {
+			if j%91 == 3 {
+				want++
+			}
+		}
+		if len(got) != want {
+			t.Fatalf("got %d entries, want %d", len(got), want)
+		}
+		for i, e := range got {
+			if e.SPIFFEID != id || (i > 0 && e.Index <= got[i-1].Index) {
+				t.Fatalf("entry %d: %s index %d", i, e.SPIFFEID, e.Index)
+			}
+		}
+	})
+}
+
+func TestListFiltersByPrefixNodeStateAndTime(t *testing.T) {
+	forBackends(t, func(t *testing.T, be backend) {
+		clock := newFakeClock()
+		l := be.openTest(t, clock)
+		ctx := context.Background()
+		start := clock.Now()
+		fill(t, l, 100, start.Add(time.Hour))
+		clock.Advance(time.Minute)
+		fillFrom(t, l, 100, 10, start.Add(2*time.Minute))
+		first, _ := l.Entry(ctx, 0)
+		if _, err := l.Revoke(ctx, first.Serial, "superseded"); err != nil {
+			t.Fatal(err)
+		}
+		count := func(f Filter) int {
+			t.Helper()
+			n, token := 0, ""
+			for pages := 0; pages < 1000; pages++ {
+				page, next, err := l.List(ctx, f, 50, token)
+				if err != nil {
+					t.Fatal(err)
+				}
+				n += len(page)
+				if token = next; token == "" {
+					return n
+				}
+			}
+			t.Fatal("paging did not end")
+			return 0
+		}
+		if n := count(Filter{SPIFFEIDPrefix: "spiffe://cluster.local/ns/ns2/", Kinds: []Kind{KindIssuance}}); n != 14+2 {
+			t.Errorf("prefix ns2: %d", n)
+		}
+		if n := count(Filter{Namespace: "ns2", Kinds: []Kind{KindIssuance}}); n != 16 {
+			t.Errorf("namespace ns2: %d", n)
+		}
+		if n := count(Filter{Node: "node-1", Kinds: []Kind{KindIssuance}}); n != 20+2 {
+			t.Errorf("node-1: %d", n)
+		}
+		if n := count(Filter{Since: start.Add(time.Second)}); n != 11 {
+			t.Errorf("since: %d (10 issuances + 1 revocation)", n)
+		}
+		if n := count(Filter{State: StateRevoked}); n != 1 {
+			t.Errorf("revoked: %d", n)
+		}
+		clock.Advance(5 * time.Minute) // the last 10 expire
+		if n := count(Filter{State: StateExpired}); n != 10 {
+			t.Errorf("expired: %d", n)
+		}
+		if n := count(Filter{State: StateActive}); n != 99 {
+			t.Errorf("active: %d", n)
+		}
+	})
 }
 
 func TestListRefusesUnboundedOrForeignPaging(t *testing.T) {
-	l, _ := openTest(t, newFakeClock())
-	ctx := context.Background()
-	for _, size := range []int{0, -1, MaxPageSize + 1} {
-		if _, _, err := l.List(ctx, Filter{}, size, ""); !errors.Is(err, ErrInvalidArgument) {
-			t.Errorf("page size %d: %v", size, err)
+	forBackends(t, func(t *testing.T, be backend) {
+		l := be.openTest(t, newFakeClock())
+		ctx := context.Background()
+		for _, size := range []int{0, -1, MaxPageSize + 1} {
+			if _, _, err := l.List(ctx, Filter{}, size, ""); !errors.Is(err, ErrInvalidArgument) {
+				t.Errorf("page size %d: %v", size, err)
+			}
 		}
-	}
-	fill(t, l, 20, time.Now().Add(time.Hour))
-	_, token, err := l.List(ctx, Filter{Node: "node-1"}, 1, "")
-	if err != nil || token == "" {
-		t.Fatal(token, err)
-	}
-	if _, _, err := l.List(ctx, Filter{Node: "node-2"}, 1, token); !errors.Is(err, ErrInvalidArgument) {
-		t.Fatalf("token reused on another query: %v", err)
-	}
-	if _, _, err := l.List(ctx, Filter{}, 1, "!!"); !errors.Is(err, ErrInvalidArgument) {
-		t.Fatalf("garbage token: %v", err)
-	}
+		fill(t, l, 20, time.Now().Add(time.Hour))
+		_, token, err := l.List(ctx, Filter{Node: "node-1"}, 1, "")
+		if err != nil || token == "" {
+			t.Fatal(token, err)
+		}
+		if _, _, err := l.List(ctx, Filter{Node: "node-2"}, 1, token); !errors.Is(err, ErrInvalidArgument) {
+			t.Fatalf("token reused on another query: %v", err)
+		}
+		if _, _, err := l.List(ctx, Filter{}, 1, "!!"); !errors.Is(err, ErrInvalidArgument) {
+			t.Fatalf("garbage token: %v", err)
+		}
+	})
 }
 
 func TestListStopsAtScanBudget(t *testing.T) {
-	clock := newFakeClock()
-	l, _ := openTest(t, clock)
-	fill(t, l, maxScan+100, clock.Now().Add(time.Hour))
-	// Nothing matches the node filter applied after the prefix index.
-	page, next, err := l.List(context.Background(), Filter{SPIFFEIDPrefix: "spiffe://", Node: "nope"}, 10, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(page) != 0 || next == "" {
-		t.Fatalf("page %d, next %q: want an empty page with a continuation", len(page), next)
-	}
+	forBackends(t, func(t *testing.T, be backend) {
+		clock := newFakeClock()
+		l := be.openTest(t, clock)
+		fill(t, l, maxScan+100, clock.Now().Add(time.Hour))
+		// Nothing matches the node filter applied after the prefix index.
+		page, next, err := l.List(context.Background(), Filter{SPIFFEIDPrefix: "spiffe://", Node: "nope"}, 10, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) != 0 || next == "" {
+			t.Fatalf("page %d, next %q: want an empty page with a continuation", len(page), next)
+		}
+	})
 }
 
 func TestWatchDeliversExistingAndNewEntries(t *testing.T) {
-	clock := newFakeClock()
-	l, _ := openTest(t, clock)
-	fill(t, l, 5, clock.Now().Add(time.Hour))
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	got := make(chan uint64, 100)
-	done := make(chan error, 1)
-	go func() {
-		done <- l.Watch(ctx, 3, func(e Entry) error {
-			got <- e.Index
-			if e.Index == 7 {
-				return errStop
+	forBackends(t, func(t *testing.T, be backend) {
+		clock := newFakeClock()
+		l := be.openTest(t, clock)
+		fill(t, l, 5, clock.Now().Add(time.Hour))
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		got := make(chan uint64, 100)
+		done := make(chan error, 1)
+		go func() {
+			done <- l.Watch(ctx, 3, func(e Entry) error {
+				got <- e.Index
+				if e.Index == 7 {
+					return errStop
+				}
+				return nil
+			})
+		}()
+		for _, want := range []uint64{3, 4} {
+			if i := <-got; i != want {
+				t.Fatalf("got %d, want %d", i, want)
 			}
-			return nil
-		})
-	}()
-	for _, want := range []uint64{3, 4} {
-		if i := <-got; i != want {
-			t.Fatalf("got %d, want %d", i, want)
 		}
-	}
-	fillFrom(t, l, 5, 3, clock.Now().Add(time.Hour))
-	if err := <-done; !errors.Is(err, errStop) {
-		t.Fatalf("Watch returned %v", err)
-	}
-	for _, want := range []uint64{5, 6, 7} {
-		if i := <-got; i != want {
-			t.Fatalf("got %d, want %d", i, want)
+		fillFrom(t, l, 5, 3, clock.Now().Add(time.Hour))
+		if err := <-done; !errors.Is(err, errStop) {
+			t.Fatalf("Watch returned %v", err)
 		}
-	}
+		for _, want := range []uint64{5, 6, 7} {
+			if i := <-got; i != want {
+				t.Fatalf("got %d, want %d", i, want)
+			}
+		}
+	})
 }
 
 var errStop = errors.New("stop")
@@ -244,46 +254,48 @@ func TestAuditLineIsJSONPerEvent(t *testing.T) {
 }
 
 func TestCRLListsRevokedSerialsSignedByIssuer(t *testing.T) {
-	clock := newFakeClock()
-	l, _ := openTest(t, clock)
-	ctx := context.Background()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "castellan intermediate"},
-		NotBefore: clock.Now().Add(-time.Hour), NotAfter: clock.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	issuer, _ := x509.ParseCertificate(der)
-	fill(t, l, 3, clock.Now().Add(time.Hour))
-	h := NewCRLHandler(l, issuer, key, time.Hour)
-	fetch := func() *x509.RevocationList {
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest("GET", "/crl", nil))
-		if rec.Code != 200 || rec.Header().Get("Content-Type") != "application/pkix-crl" {
-			t.Fatalf("status %d %s", rec.Code, rec.Header().Get("Content-Type"))
+	forBackends(t, func(t *testing.T, be backend) {
+		clock := newFakeClock()
+		l := be.openTest(t, clock)
+		ctx := context.Background()
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "castellan intermediate"},
+			NotBefore: clock.Now().Add(-time.Hour), NotAfter: clock.Now().Add(24 * time.Hour),
+			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		}
-		crl, err := x509.ParseRevocationList(rec.Body.Bytes())
-		if err != nil {
+		der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+		issuer, _ := x509.ParseCertificate(der)
+		fill(t, l, 3, clock.Now().Add(time.Hour))
+		h := NewCRLHandler(l, issuer, key, time.Hour)
+		fetch := func() *x509.RevocationList {
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest("GET", "/crl", nil))
+			if rec.Code != 200 || rec.Header().Get("Content-Type") != "application/pkix-crl" {
+				t.Fatalf("status %d %s", rec.Code, rec.Header().Get("Content-Type"))
+			}
+			crl, err := x509.ParseRevocationList(rec.Body.Bytes())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := crl.CheckSignatureFrom(issuer); err != nil {
+				t.Fatal(err)
+			}
+			return crl
+		}
+		if crl := fetch(); len(crl.RevokedCertificateEntries) != 0 {
+			t.Fatalf("empty log: %d revoked", len(crl.RevokedCertificateEntries))
+		}
+		e, _ := l.Entry(ctx, 1)
+		if _, err := l.Revoke(ctx, e.Serial, "keyCompromise"); err != nil {
 			t.Fatal(err)
 		}
-		if err := crl.CheckSignatureFrom(issuer); err != nil {
-			t.Fatal(err)
+		crl := fetch()
+		if len(crl.RevokedCertificateEntries) != 1 || serial.FromBig(crl.RevokedCertificateEntries[0].SerialNumber).String() != e.Serial ||
+			crl.RevokedCertificateEntries[0].ReasonCode != 1 {
+			t.Fatalf("CRL entries = %+v", crl.RevokedCertificateEntries)
 		}
-		return crl
-	}
-	if crl := fetch(); len(crl.RevokedCertificateEntries) != 0 {
-		t.Fatalf("empty log: %d revoked", len(crl.RevokedCertificateEntries))
-	}
-	e, _ := l.Entry(ctx, 1)
-	if _, err := l.Revoke(ctx, e.Serial, "keyCompromise"); err != nil {
-		t.Fatal(err)
-	}
-	crl := fetch()
-	if len(crl.RevokedCertificateEntries) != 1 || serial.FromBig(crl.RevokedCertificateEntries[0].SerialNumber).String() != e.Serial ||
-		crl.RevokedCertificateEntries[0].ReasonCode != 1 {
-		t.Fatalf("CRL entries = %+v", crl.RevokedCertificateEntries)
-	}
+	})
 }
 
 // TestWatchEndsWhenLedgerCloses closes the ledger under a Watch that has

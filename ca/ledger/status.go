@@ -7,6 +7,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/castellan-dev/castellan/ca/store"
 )
 
 // Status is the gRPC status error a front end returns for err, a ledger
@@ -31,9 +33,11 @@ func code(err error) codes.Code {
 		return codes.InvalidArgument
 	case errors.Is(err, ErrAlreadyRevoked), errors.Is(err, ErrAlreadyBanned):
 		return codes.AlreadyExists
-	case errors.Is(err, ErrNotBanned), errors.Is(err, ErrReadOnly):
+	case errors.Is(err, ErrNotBanned), errors.Is(err, ErrReadOnly), errors.Is(err, ErrKeyMismatch),
+		errors.Is(err, store.ErrReadOnly):
 		return codes.FailedPrecondition
-	case errors.Is(err, ErrClosed), errors.Is(err, ErrDiskReserve):
+	case errors.Is(err, ErrClosed), errors.Is(err, ErrDiskReserve),
+		errors.Is(err, store.ErrUnavailable), errors.Is(err, store.ErrClosed):
 		return codes.Unavailable
 	case errors.Is(err, ErrDamaged):
 		return codes.DataLoss

@@ -8,6 +8,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/castellan-dev/castellan/ca/store"
 )
 
 func TestStatusMapsEveryLedgerError(t *testing.T) {
@@ -25,6 +27,11 @@ func TestStatusMapsEveryLedgerError(t *testing.T) {
 		{ErrClosed, codes.Unavailable},
 		{fmt.Errorf("x: %w", ErrDiskReserve), codes.Unavailable},
 		{ErrDamaged, codes.DataLoss},
+		{fmt.Errorf("ledger: append: %w", fmt.Errorf("pgstore: %w: dial tcp: refused", store.ErrUnavailable)), codes.Unavailable},
+		{fmt.Errorf("ledger: append: %w", store.ErrCommitUnknown), codes.Unavailable},
+		{fmt.Errorf("ledger: %w", store.ErrClosed), codes.Unavailable},
+		{fmt.Errorf("ledger: %w", store.ErrReadOnly), codes.FailedPrecondition},
+		{fmt.Errorf("%w: other key", ErrKeyMismatch), codes.FailedPrecondition},
 		{context.Canceled, codes.Canceled},
 		{context.DeadlineExceeded, codes.DeadlineExceeded},
 		{errors.New("bbolt: something else"), codes.Internal},

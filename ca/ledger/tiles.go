@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/rfc6962"
-	bolt "go.etcd.io/bbolt"
 )
 
 // ErrPruned: a read of raw entries covers an entry whose content was
@@ -29,7 +29,7 @@ func (l *Ledger) NodeHashes(level uint8, from, n uint64) ([][]byte, error) {
 		return nil, fmt.Errorf("%w: %d nodes at level %d (1 to %d at levels 0 to 63)", ErrInvalidArgument, n, level, MaxRangeRead)
 	}
 	out := make([][]byte, 0, n)
-	err := l.db.View(func(tx *bolt.Tx) error {
+	err := l.view(l.ctx, func(tx store.Tx) error {
 		st, err := readTree(tx)
 		if err != nil {
 			return err
@@ -70,7 +70,7 @@ func (l *Ledger) EntryData(from, n uint64) ([][]byte, error) {
 		return nil, fmt.Errorf("%w: %d entries (1 to %d)", ErrInvalidArgument, n, MaxRangeRead)
 	}
 	out := make([][]byte, 0, n)
-	err := l.db.View(func(tx *bolt.Tx) error {
+	err := l.view(l.ctx, func(tx store.Tx) error {
 		st, err := readTree(tx)
 		if err != nil {
 			return err
@@ -78,9 +78,9 @@ func (l *Ledger) EntryData(from, n uint64) ([][]byte, error) {
 		if !nodesComplete(0, from, n, st.size) {
 			return fmt.Errorf("%w: entries %d to %d are not all in a log of size %d", ErrNotFound, from, from+n-1, st.size)
 		}
-		entries, nodes := tx.Bucket(bEntries), tx.Bucket(bNodes)
+		entries, nodes := newSeqReader(bucket(tx, bEntries), from), newSeqReader(bucket(tx, bNodes), from)
 		for i := from; i < from+n; i++ {
-			data, err := checkedEntry(entries.Get(u64(i)), storedLeafHash(nodes.Get(u64(i))), i)
+			data, err := checkedEntry(entries.get(i), storedLeafHash(nodes.get(i)), i)
 			if err != nil {
 				return err
 			}

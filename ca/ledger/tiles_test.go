@@ -15,41 +15,43 @@ import (
 // NodeHashes serves only complete nodes, and the level-8 node is the root
 // of its 256 leaves, which Entry reports independently.
 func TestNodeHashesServeOnlyCompleteNodes(t *testing.T) {
-	clock := newFakeClock()
-	l, _ := openTest(t, clock)
-	fill(t, l, 600, clock.Now().Add(time.Hour))
-	leaves, err := l.NodeHashes(0, 256, 256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, h := range leaves {
-		e, err := l.Entry(context.Background(), 256+uint64(i))
-		if err != nil || !bytes.Equal(h, e.LeafHash) || !bytes.Equal(h, rfc6962.DefaultHasher.HashLeaf(e.Data)) {
-			t.Fatalf("leaf %d: stored hash is not the hash of the entry (%v)", 256+i, err)
+	forBackends(t, func(t *testing.T, be backend) {
+		clock := newFakeClock()
+		l := be.openTest(t, clock)
+		fill(t, l, 600, clock.Now().Add(time.Hour))
+		leaves, err := l.NodeHashes(0, 256, 256)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	two, err := l.NodeHashes(8, 0, 2)
-	if err != nil || len(two) != 2 {
-		t.Fatalf("NodeHashes(8, 0, 2): %d, %v", len(two), err)
-	}
-	for _, tc := range []struct {
-		level    uint8
-		from, n  uint64
-		want     error
-		wantText string
-	}{
-		{0, 599, 2, ErrNotFound, "not all complete in a log of size 600"},
-		{8, 0, 3, ErrNotFound, "not all complete"},
-		{10, 0, 1, ErrNotFound, "not all complete"},
-		{0, ^uint64(0), 2, ErrNotFound, "not all complete"}, // from+n overflows
-		{0, 0, 0, ErrInvalidArgument, "0 nodes"},
-		{0, 0, 257, ErrInvalidArgument, "257 nodes"},
-		{64, 0, 1, ErrInvalidArgument, "level 64"},
-	} {
-		if _, err := l.NodeHashes(tc.level, tc.from, tc.n); !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.wantText) {
-			t.Errorf("NodeHashes(%d, %d, %d): %v; want %v saying %q", tc.level, tc.from, tc.n, err, tc.want, tc.wantText)
+		for i, h := range leaves {
+			e, err := l.Entry(context.Background(), 256+uint64(i))
+			if err != nil || !bytes.Equal(h, e.LeafHash) || !bytes.Equal(h, rfc6962.DefaultHasher.HashLeaf(e.Data)) {
+				t.Fatalf("leaf %d: stored hash is not the hash of the entry (%v)", 256+i, err)
+			}
 		}
-	}
+		two, err := l.NodeHashes(8, 0, 2)
+		if err != nil || len(two) != 2 {
+			t.Fatalf("NodeHashes(8, 0, 2): %d, %v", len(two), err)
+		}
+		for _, tc := range []struct {
+			level    uint8
+			from, n  uint64
+			want     error
+			wantText string
+		}{
+			{0, 599, 2, ErrNotFound, "not all complete in a log of size 600"},
+			{8, 0, 3, ErrNotFound, "not all complete"},
+			{10, 0, 1, ErrNotFound, "not all complete"},
+			{0, ^uint64(0), 2, ErrNotFound, "not all complete"}, // from+n overflows
+			{0, 0, 0, ErrInvalidArgument, "0 nodes"},
+			{0, 0, 257, ErrInvalidArgument, "257 nodes"},
+			{64, 0, 1, ErrInvalidArgument, "level 64"},
+		} {
+			if _, err := l.NodeHashes(tc.level, tc.from, tc.n); !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.wantText) {
+				t.Errorf("NodeHashes(%d, %d, %d): %v; want %v saying %q", tc.level, tc.from, tc.n, err, tc.want, tc.wantText)
+			}
+		}
+	})
 }
 
 // EntryData refuses ranges beyond the log, names a pruned entry, and

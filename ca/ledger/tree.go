@@ -1,17 +1,13 @@
 package ledger
 
 import (
-	"crypto/ed25519"
-	"encoding/base64"
 	"encoding/binary"
 	"fmt"
-	"strings"
 
+	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
-	bolt "go.etcd.io/bbolt"
-	"golang.org/x/mod/sumdb/note"
 )
 
 // hashSize is the size of an RFC 6962 (SHA-256) hash.
@@ -48,8 +44,8 @@ func (s treeState) root() ([]byte, error) {
 	return r.GetRootHash(nil)
 }
 
-func readTree(tx *bolt.Tx) (treeState, error) {
-	v := tx.Bucket(bMeta).Get(kTree)
+func readTree(tx store.Tx) (treeState, error) {
+	v := bucket(tx, bMeta).Get(kTree)
 	if v == nil {
 		return treeState{}, nil
 	}
@@ -66,13 +62,13 @@ func readTree(tx *bolt.Tx) (treeState, error) {
 	return st, nil
 }
 
-func writeTree(tx *bolt.Tx, r *compact.Range) error {
+func writeTree(tx store.Tx, r *compact.Range) error {
 	v := make([]byte, 8, 8+hashSize*len(r.Hashes()))
 	binary.BigEndian.PutUint64(v, r.End())
 	for _, h := range r.Hashes() {
 		v = append(v, h...)
 	}
-	return tx.Bucket(bMeta).Put(kTree, v)
+	return bucket(tx, bMeta).Put(kTree, v)
 }
 
 func u64(i uint64) []byte {
@@ -87,14 +83,14 @@ func u64(i uint64) []byte {
 // bucket, so the bucket is written in key order, one record per leaf. The
 // node (level k, index j) is therefore hash k of record (j+1)*2^k - 1.
 type nodeWriter struct {
-	nodes *bolt.Bucket
+	nodes store.Bucket
 	leaf  uint64
 	buf   []byte
 }
 
-func newNodeWriter(tx *bolt.Tx) *nodeWriter {
-	b := tx.Bucket(bNodes)
-	b.FillPercent = 1
+func newNodeWriter(tx store.Tx) *nodeWriter {
+	b := bucket(tx, bNodes)
+	store.MarkSequential(b)
 	return &nodeWriter{nodes: b}
 }
 
@@ -110,18 +106,40 @@ func (w *nodeWriter) flush() error {
 	return w.nodes.Put(u64(w.leaf), append([]byte(nil), w.buf...))
 }
 
+// seqReader reads the values of increasing index keys (u64) of a bucket
+// with one cursor, so that a range costs a few page reads instead of one
+// lookup per key (on PostgreSQL, one round trip each).
+type seqReader struct {
+	c    store.Cursor
+	k, v []byte
+}
+
+// newSeqReader returns a reader positioned at index from.
+func newSeqReader(b store.Bucket, from uint64) *seqReader {
+	c := b.Cursor()
+	k, v := c.Seek(u64(from))
+	return &seqReader{c: c, k: k, v: v}
+}
+
+// get returns the value at index i (nil if absent); i must not decrease
+// from one call to the next.
+func (r *seqReader) get(i uint64) []byte {
+	for r.k != nil && (len(r.k) != 8 || indexOf(r.k) < i) {
+		r.k, r.v = r.c.Next()
+	}
+	if r.k != nil && indexOf(r.k) == i {
+		return r.v
+	}
+	return nil
+}
+
 // nodeHash reads a stored subtree hash.
-func nodeHash(tx *bolt.Tx, id compact.NodeID) ([]byte, error) {
-	rec := tx.Bucket(bNodes).Get(u64((id.Index+1)<<id.Level - 1))
+func nodeHash(tx store.Tx, id compact.NodeID) ([]byte, error) {
+	rec := bucket(tx, bNodes).Get(u64((id.Index+1)<<id.Level - 1))
 	if len(rec) < int(id.Level+1)*hashSize {
 		return nil, fmt.Errorf("ledger: tree node (level %d, index %d) is missing or damaged", id.Level, id.Index)
 	}
 	return rec[id.Level*hashSize : (id.Level+1)*hashSize], nil
-}
-
-// leafHash reads the stored leaf hash of entry i.
-func leafHash(tx *bolt.Tx, i uint64) ([]byte, error) {
-	return nodeHash(tx, compact.NewNodeID(0, i))
 }
 
 // storedLeafHash returns the leaf hash in a nodes record (nil if damaged).
@@ -134,7 +152,7 @@ func storedLeafHash(rec []byte) []byte {
 
 // proofHashes fetches and combines the nodes of an inclusion or consistency
 // proof.
-func proofHashes(tx *bolt.Tx, n proof.Nodes) ([][]byte, error) {
+func proofHashes(tx store.Tx, n proof.Nodes) ([][]byte, error) {
 	hashes := make([][]byte, len(n.IDs))
 	for i, id := range n.IDs {
 		h, err := nodeHash(tx, id)
@@ -148,55 +166,82 @@ func proofHashes(tx *bolt.Tx, n proof.Nodes) ([][]byte, error) {
 
 // InclusionProof returns the RFC 6962 inclusion proof of entry index in the
 // tree of the given size; it verifies with proof.VerifyInclusion from
-// github.com/transparency-dev/merkle.
+// github.com/transparency-dev/merkle. size may be any size up to the
+// stored log's (on a shared store, including other replicas' appends).
 func (l *Ledger) InclusionProof(index, size uint64) ([][]byte, error) {
-	if size > l.Size() || index >= size {
-		return nil, fmt.Errorf("%w: no entry %d in a tree of size %d (log size %d)", ErrInvalidArgument, index, size, l.Size())
+	if index >= size {
+		return nil, fmt.Errorf("%w: no entry %d in a tree of size %d", ErrInvalidArgument, index, size)
 	}
 	n, err := proof.Inclusion(index, size)
 	if err != nil {
 		return nil, fmt.Errorf("ledger: %w", err)
 	}
-	var out [][]byte
-	err = l.view(func(tx *bolt.Tx) error {
-		out, err = proofHashes(tx, n)
-		return err
+	return l.proof(n, size, func(logSize uint64) error {
+		return fmt.Errorf("%w: no entry %d in a tree of size %d (log size %d)", ErrInvalidArgument, index, size, logSize)
 	})
-	return out, err
 }
 
 // ConsistencyProof returns the RFC 6962 consistency proof between trees of
-// size1 and size2 (size1 <= size2 <= log size).
+// size1 and size2 (size1 <= size2 <= stored log size).
 func (l *Ledger) ConsistencyProof(size1, size2 uint64) ([][]byte, error) {
-	if size1 > size2 || size2 > l.Size() {
-		return nil, fmt.Errorf("%w: cannot prove consistency from size %d to %d (log size %d)", ErrInvalidArgument, size1, size2, l.Size())
+	if size1 > size2 {
+		return nil, fmt.Errorf("%w: cannot prove consistency from size %d to %d", ErrInvalidArgument, size1, size2)
 	}
 	n, err := proof.Consistency(size1, size2)
 	if err != nil {
 		return nil, fmt.Errorf("ledger: %w", err)
 	}
+	return l.proof(n, size2, func(logSize uint64) error {
+		return fmt.Errorf("%w: cannot prove consistency from size %d to %d (log size %d)", ErrInvalidArgument, size1, size2, logSize)
+	})
+}
+
+// proof reads the nodes of a proof about a tree of size, which must not
+// exceed the stored log (else tooBig's error).
+func (l *Ledger) proof(n proof.Nodes, size uint64, tooBig func(logSize uint64) error) ([][]byte, error) {
 	var out [][]byte
-	err = l.view(func(tx *bolt.Tx) error {
+	err := l.view(l.ctx, func(tx store.Tx) error {
+		st, err := readTree(tx)
+		if err != nil {
+			return err
+		}
+		if size > st.size {
+			return tooBig(st.size)
+		}
 		out, err = proofHashes(tx, n)
 		return err
 	})
 	return out, err
 }
 
-// verifierKeyOf derives the note verifier key from an Ed25519 signer key.
-func verifierKeyOf(skey string) (string, error) {
-	parts := strings.SplitN(skey, "+", 5)
-	if len(parts) != 5 {
-		return "", fmt.Errorf("ledger: log key is malformed")
+// bucket returns the named bucket of tx or, when tx has none, an empty
+// bucket that refuses writes. A ledger's buckets exist once it is
+// created, so a missing one means the store failed a read (the
+// transaction then fails with store.ErrUnavailable, whatever is read
+// here) or a damaged file.
+func bucket(tx store.Tx, name []byte) store.Bucket {
+	if b := tx.Bucket(name); b != nil {
+		return b
 	}
-	k, err := base64.StdEncoding.DecodeString(parts[4])
-	if err != nil || len(k) != 1+ed25519.SeedSize || k[0] != 1 {
-		return "", fmt.Errorf("ledger: log key is not an Ed25519 note key")
-	}
-	pub := ed25519.NewKeyFromSeed(k[1:]).Public().(ed25519.PublicKey)
-	vkey, err := note.NewEd25519VerifierKey(parts[2], pub)
-	if err != nil {
-		return "", fmt.Errorf("ledger: log key: %w", err)
-	}
-	return vkey, nil
+	return missingBucket(name)
 }
+
+// missingBucket stands for a bucket the store did not return.
+type missingBucket string
+
+func (missingBucket) Get([]byte) []byte                     { return nil }
+func (m missingBucket) Put(_, _ []byte) error               { return m.err() }
+func (m missingBucket) Delete([]byte) error                 { return m.err() }
+func (missingBucket) Cursor() store.Cursor                  { return noCursor{} }
+func (missingBucket) ForEach(func(k, v []byte) error) error { return nil }
+
+func (m missingBucket) err() error {
+	return fmt.Errorf("%w: bucket %s cannot be read", ErrDamaged, string(m))
+}
+
+// noCursor walks an empty bucket.
+type noCursor struct{}
+
+func (noCursor) First() (k, v []byte)      { return nil, nil }
+func (noCursor) Seek([]byte) (k, v []byte) { return nil, nil }
+func (noCursor) Next() (k, v []byte)       { return nil, nil }

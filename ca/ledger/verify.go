@@ -2,11 +2,11 @@ package ledger
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/castellan-dev/castellan/internal/boltcheck"
 	"os"
 	"strconv"
 	"time"
@@ -15,6 +15,10 @@ import (
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/rfc6962"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/castellan-dev/castellan/ca/store"
+	"github.com/castellan-dev/castellan/ca/store/boltstore"
+	"github.com/castellan-dev/castellan/internal/boltcheck"
 )
 
 // maxProblems bounds the problems a Report lists; Problems counts all.
@@ -210,7 +214,7 @@ func VerifyFile(path, vkey string, extra ...[]byte) (Report, error) {
 	}
 	defer db.Close()
 	err = boltcheck.Guard(func() error {
-		return db.View(func(tx *bolt.Tx) error {
+		return boltstore.New(db).View(context.Background(), func(tx store.Tx) error {
 			meta := tx.Bucket(bMeta)
 			if meta == nil || tx.Bucket(bEntries) == nil || tx.Bucket(bNodes) == nil {
 				return fmt.Errorf("ledger: %s is not a ledger file", path)
@@ -244,10 +248,10 @@ func VerifyFile(path, vkey string, extra ...[]byte) (Report, error) {
 
 // verifyTx recomputes the tree from the entries stored in tx and checks
 // it against cps.
-func verifyTx(tx *bolt.Tx, cps []*log.Checkpoint) Report {
+func verifyTx(tx store.Tx, cps []*log.Checkpoint) Report {
 	v := NewTreeVerifier(cps...)
-	c := tx.Bucket(bEntries).Cursor()
-	nodes := tx.Bucket(bNodes)
+	c := bucket(tx, bEntries).Cursor()
+	nodes := newSeqReader(bucket(tx, bNodes), 0)
 	for k, val := c.First(); k != nil; k, val = c.Next() {
 		if len(k) != 8 {
 			continue
@@ -256,7 +260,7 @@ func verifyTx(tx *bolt.Tx, cps []*log.Checkpoint) Report {
 		if !isPruned(val) {
 			lf.Data = val
 		}
-		lf.Hash = storedLeafHash(nodes.Get(k))
+		lf.Hash = storedLeafHash(nodes.get(lf.Index))
 		v.Add(lf)
 	}
 	return v.Finish()

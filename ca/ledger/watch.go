@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/castellan-dev/castellan/ca/store"
 )
 
 // chunk is how many entries one read transaction of Watch or Export holds,
@@ -49,9 +49,10 @@ func (l *Ledger) readRange(ctx context.Context, from, to uint64) ([]Entry, error
 		return nil, err
 	}
 	out := make([]Entry, 0, to-from)
-	err := l.view(func(tx *bolt.Tx) error {
+	err := l.view(ctx, func(tx store.Tx) error {
+		entries, nodes := newSeqReader(bucket(tx, bEntries), from), newSeqReader(bucket(tx, bNodes), from)
 		for i := from; i < to; i++ {
-			e, err := readEntry(tx, i)
+			e, err := entryAt(tx, i, entries.get(i), nodes.get(i))
 			if err != nil {
 				return err
 			}
@@ -71,18 +72,22 @@ type Leaf struct {
 }
 
 // Export calls fn for every stored leaf [from, size) in order, where size
-// is the log size when Export starts. It reads raw bytes without decoding,
+// is the stored log size when Export starts (on a shared store, with every
+// replica's appends). It reads raw bytes without decoding,
 // so a damaged entry is passed on for the auditor to detect. A missing
 // entry is passed with nil Data and nil Hash.
 func (l *Ledger) Export(ctx context.Context, from uint64, fn func(Leaf) error) error {
-	size := l.Size()
+	size, err := l.storedSize(ctx)
+	if err != nil {
+		return fmt.Errorf("ledger: export: %w", err)
+	}
 	for from < size {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		to := min(size, from+chunk)
 		leaves := make([]Leaf, 0, to-from)
-		err := l.view(func(tx *bolt.Tx) error {
+		err := l.view(ctx, func(tx store.Tx) error {
 			leaves = appendLeaves(tx, leaves, from, to)
 			return nil
 		})
@@ -100,18 +105,21 @@ func (l *Ledger) Export(ctx context.Context, from uint64, fn func(Leaf) error) e
 }
 
 // appendLeaves appends the stored leaves [from, to) read from tx.
-func appendLeaves(tx *bolt.Tx, out []Leaf, from, to uint64) []Leaf {
-	entries := tx.Bucket(bEntries)
-	nodes := tx.Bucket(bNodes)
+func appendLeaves(tx store.Tx, out []Leaf, from, to uint64) []Leaf {
+	if from >= to {
+		return out
+	}
+	entries, nodes := newSeqReader(bucket(tx, bEntries), from), newSeqReader(bucket(tx, bNodes), from)
 	for i := from; i < to; i++ {
 		lf := Leaf{Index: i}
-		if v := entries.Get(u64(i)); v != nil && !isPruned(v) {
+		v := entries.get(i)
+		if v != nil && !isPruned(v) {
 			lf.Data = append([]byte(nil), v...)
 		}
-		if h := storedLeafHash(nodes.Get(u64(i))); h != nil {
+		if h := storedLeafHash(nodes.get(i)); h != nil {
 			lf.Hash = append([]byte(nil), h...)
 		}
-		if lf.Data == nil && entries.Get(u64(i)) == nil {
+		if v == nil {
 			lf.Hash = nil // missing, not pruned
 		}
 		out = append(out, lf)
@@ -120,3 +128,18 @@ func appendLeaves(tx *bolt.Tx, out []Leaf, from, to uint64) []Leaf {
 }
 
 func isPruned(v []byte) bool { return len(v) == 1 && v[0] == prunedMarker[0] }
+
+// storedSize returns the log size as stored: the published head on a
+// store of its own, read from the store when it is shared.
+func (l *Ledger) storedSize(ctx context.Context) (uint64, error) {
+	if !l.shared {
+		return l.Size(), nil
+	}
+	var st treeState
+	err := l.view(ctx, func(tx store.Tx) error {
+		var err error
+		st, err = readTree(tx)
+		return err
+	})
+	return st.size, err
+}

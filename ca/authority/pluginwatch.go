@@ -1,0 +1,184 @@
+package authority
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"time"
+)
+
+// startPlugin opens a plug-in CA with a journal: the files' authority is
+// recorded (and made active on first start) before the CA serves.
+func (a *Authority) startPlugin(ctx context.Context) error {
+	cfg := a.j.cfg
+	if cfg.KEKFile != "" { // opens managed authorities left from before the CA was plugged in
+		if _, err := os.Stat(cfg.KEKFile); !errors.Is(err, fs.ErrNotExist) {
+			if a.j.kek, err = loadKEK(cfg.KEKFile, false); err != nil {
+				return err
+			}
+		}
+	}
+	f, err := readPluginFiles(cfg)
+	if err != nil {
+		return err
+	}
+	ca, err := parsePluggedIn(cfg, f)
+	if err != nil {
+		return err
+	}
+	a.j.mu.Lock()
+	defer a.j.mu.Unlock()
+	applyErr := a.applyFiles(ctx, ca, true)
+	if applyErr != nil && !errors.Is(applyErr, ErrRefused) {
+		return applyErr
+	}
+	a.j.files = f.hash()
+	if err := a.reload(ctx); err != nil {
+		return errors.Join(applyErr, err)
+	}
+	return nil
+}
+
+// checkFiles applies the plug-in files if their content changed since they
+// were last applied (a.j.mu held). Files that do not parse or check are
+// refused once (until they change again): the current authority keeps
+// signing.
+func (a *Authority) checkFiles(ctx context.Context) error {
+	f, err := readPluginFiles(a.j.cfg)
+	if err != nil {
+		a.j.metrics.refusals.WithLabelValues("unreadable_files").Inc()
+		return fmt.Errorf("%w; the current authority keeps signing", err)
+	}
+	h := f.hash()
+	if h == a.j.files {
+		return nil
+	}
+	ca, err := parsePluggedIn(a.j.cfg, f)
+	if err != nil {
+		a.j.files = h
+		a.j.metrics.refusals.WithLabelValues("invalid_files").Inc()
+		return fmt.Errorf("%w; the plug-in CA files changed but are refused, the current authority keeps signing", err)
+	}
+	err = a.applyFiles(ctx, ca, false)
+	if err == nil || errors.Is(err, ErrRefused) {
+		a.j.files = h
+	}
+	return err
+}
+
+// applyFiles records the plug-in authority ca in the journal (a.j.mu held).
+// A new intermediate is recorded prepared, which publishes its roots, and
+// activated at once if its root has been published for the publish delay;
+// otherwise the activation is refused (the error says until when) and Tick
+// activates it once the delay has passed, the current authority signing
+// meanwhile. At start, when no other authority can sign on this replica,
+// it is activated anyway, with an error logged. New roots beside an
+// unchanged intermediate are added to the bundle.
+func (a *Authority) applyFiles(ctx context.Context, ca *caKeys, start bool) error {
+	id := authorityID(ca.cert)
+	a.j.keys[id] = ca.key
+	roots := rootsFirst(ca.root, ca.roots)
+	var refusal error
+	_, err := a.change(ctx, func(t *txn) error {
+		refusal = nil
+		if len(t.recs) == 0 {
+			t.add(a.newPluginRecord(ca, roots), StateActive, "bootstrap: plug-in CA files")
+			return nil
+		}
+		r, err := a.pluginRecord(t, ca, roots)
+		if err != nil || r.State == StateActive {
+			return err
+		}
+		at, ok := publishedAt(t.tx, r.roots[0])
+		if !ok {
+			at = t.now // published by this transaction
+		}
+		ready := at.Add(a.j.schedule.publishDelay)
+		if !t.now.Before(ready) {
+			return a.switchTo(t, r, "plug-in CA files hold a new intermediate")
+		}
+		cur := findState(t.recs, StateActive)
+		if cur == nil || start && !a.canSign(cur) {
+			a.log.Error("activating the plug-in authority before its root was published for the publish delay: no other authority can sign on this replica",
+				"authority", id, "root_published_at", at, "publish_delay", a.j.schedule.publishDelay.String())
+			return a.switchTo(t, r, "plug-in CA files at start; no other key available")
+		}
+		refusal = refuseTransition("plug-in intermediate %s (%s) chains to root %q, which entered the trust bundle at %s: it may sign only once that root has been published for the publish delay %s, at %s (peers that have not received the root would reject its leaves); until then it is prepared, its roots are published, and authority %s keeps signing",
+			id, ca.cert.Subject, r.roots[0].Subject, at.UTC().Format(time.RFC3339), a.j.schedule.publishDelay, ready.UTC().Format(time.RFC3339), cur.ID)
+		return nil
+	})
+	if err != nil {
+		if errors.Is(err, ErrRefused) {
+			a.j.metrics.refusals.WithLabelValues("refused_files").Inc()
+		}
+		return err
+	}
+	if refusal != nil {
+		a.j.metrics.refusals.WithLabelValues("root_not_published").Inc()
+		a.log.Warn("plug-in CA files", "error", refusal.Error())
+	}
+	return refusal
+}
+
+// pluginRecord finds or adds the record of the files' authority and brings
+// its roots up to date.
+func (a *Authority) pluginRecord(t *txn, ca *caKeys, roots []*x509.Certificate) (*record, error) {
+	id := authorityID(ca.cert)
+	r, _ := t.find(id)
+	if r == nil {
+		for _, p := range t.recs {
+			if p.State == StatePrepared && p.Source == SourcePlugin {
+				t.set(p, StateRevoked, "superseded by newer plug-in files before it signed")
+			}
+		}
+		r = a.newPluginRecord(ca, roots)
+		t.add(r, StatePrepared, "plug-in CA files hold a new intermediate")
+	}
+	switch r.State {
+	case StateTainted, StateRevoked:
+		return nil, refuseTransition("the plug-in CA files hold authority %s, which is %s: replace them with a new intermediate; the current authority keeps signing", id, r.State)
+	case StatePrepared, StateOld:
+		if !sameCerts(r.roots, roots) {
+			r.Roots, r.roots = derOf(roots), roots
+			t.dirty[r.ID] = r
+		}
+	case StateActive:
+		if !sameCerts(r.roots, roots) {
+			r.Roots, r.roots = derOf(roots), roots
+			t.set(r, StateActive, "plug-in root file changed")
+		}
+	}
+	return r, nil
+}
+
+// switchTo makes r (prepared, or old when the files were rolled back) the
+// signer; the active authority becomes old.
+func (a *Authority) switchTo(t *txn, r *record, reason string) error {
+	if c := r.certs[0]; !t.now.Before(c.NotAfter) {
+		return refuseTransition("authority %s expired at %s", r.ID, c.NotAfter.UTC().Format(time.RFC3339))
+	}
+	if cur := findState(t.recs, StateActive); cur != nil {
+		t.set(cur, StateOld, "superseded by "+r.ID)
+	}
+	t.set(r, StateActive, reason)
+	return nil
+}
+
+func (a *Authority) newPluginRecord(ca *caKeys, roots []*x509.Certificate) *record {
+	return &record{ID: authorityID(ca.cert), Source: SourcePlugin, Chain: derOf(ca.chain), Roots: derOf(roots),
+		MaxTTL: duration(a.life.Max()), certs: ca.chain, roots: roots}
+}
+
+// rootsFirst returns roots with root first, each once.
+func rootsFirst(root *x509.Certificate, roots []*x509.Certificate) []*x509.Certificate {
+	out := []*x509.Certificate{root}
+	for _, r := range roots {
+		if !r.Equal(root) {
+			out = append(out, r)
+		}
+	}
+	return out
+}

@@ -1,0 +1,79 @@
+package authority
+
+import (
+	"bytes"
+	"crypto/x509"
+	"slices"
+	"sync"
+)
+
+// Snapshot is one consistent view of the CA: the authority that signs and
+// the trust bundle, taken together. Chain's root is always among Roots, and
+// every leaf signed after a snapshot was taken chains to a root of that
+// snapshot or of a later one (a root leaves the bundle only when its
+// authority is revoked, which is refused while it signs).
+type Snapshot struct {
+	// ActiveID is the ID of the signing authority ("" for a CA without
+	// journal).
+	ActiveID string
+	// Chain is the signing certificate, then any further intermediates; no
+	// root. It is what Sign appends to each leaf.
+	Chain []*x509.Certificate
+	// Root is the root Chain verifies to.
+	Root *x509.Certificate
+	// Roots is the trust bundle: every root of a prepared, active, old or
+	// tainted authority.
+	Roots []*x509.Certificate
+	// Tainted are the signing certificates of tainted authorities: every
+	// leaf whose chain includes one must be replaced now (agents renew
+	// them, spread over a short window).
+	Tainted []*x509.Certificate
+	// Generation increases with every change of the signer or the bundle.
+	Generation uint64
+}
+
+// Snapshot returns the current signing authority and trust bundle. The
+// caller must not modify the certificates.
+func (a *Authority) Snapshot() Snapshot {
+	ca := a.keys()
+	return Snapshot{
+		ActiveID:   ca.id,
+		Chain:      slices.Clone(ca.chain),
+		Root:       ca.root,
+		Roots:      slices.Clone(ca.roots),
+		Tainted:    slices.Clone(ca.tainted),
+		Generation: ca.gen,
+	}
+}
+
+// Changed returns a channel closed at the next change of the signing
+// authority, of the trust bundle or of the tainted authorities (by this process, or by another replica
+// sharing the journal once Follow has read it). Call Snapshot after it
+// fires, then Changed again.
+func (a *Authority) Changed() <-chan struct{} { return a.notify.wait() }
+
+// notifier hands out channels closed at the next change.
+type notifier struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+func newNotifier() *notifier { return &notifier{ch: make(chan struct{})} }
+
+func (n *notifier) wait() <-chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.ch
+}
+
+func (n *notifier) fire() {
+	n.mu.Lock()
+	close(n.ch)
+	n.ch = make(chan struct{})
+	n.mu.Unlock()
+}
+
+// sameCerts reports whether a and b hold the same certificates in order.
+func sameCerts(a, b []*x509.Certificate) bool {
+	return slices.EqualFunc(a, b, func(x, y *x509.Certificate) bool { return bytes.Equal(x.Raw, y.Raw) })
+}

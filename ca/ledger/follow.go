@@ -1,0 +1,293 @@
+package ledger
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/castellan-dev/castellan/ca/store"
+)
+
+// Publishing. What the ledger keeps in memory (the tree head, the
+// revocations and bans in force, the latest checkpoint, the index
+// position) follows the log: every committed entry is applied to it once,
+// in log order, by apply, before anyone is told of it (OnRevoke, the
+// RevocationsChanged, BansChanged and Watch signals). On a store of its
+// own, the ledger's committer is the only writer and publishes its
+// commits. On a shared store (store.DB.Shared), other replicas append
+// too: a follower (runFollower) wakes on the store's change signal, and
+// at least every followInterval, reads the entries appended since the
+// published head and applies them; and the committer, when the batch it
+// committed starts beyond the published head, first reads and applies the
+// entries in between. pubMu serializes both, and the published head says
+// what was applied, so nothing is applied twice or out of order.
+//
+// Only the committer kicks the indexer: each replica indexes what it
+// appended (and, from the stored index position, whatever precedes it);
+// a query on any replica hurries its own indexer, which indexes whatever
+// is left, so entries of a replica that died before indexing them are
+// never left out.
+//
+// Each entry read from the store extends the published tree by its
+// stored leaf hash; when the new head reaches the stored tree head, the
+// two must be the same tree, or the store's log is not an extension of
+// what this replica published (rewritten or rolled back history), which
+// is reported and never applied.
+
+// followInterval is how often a replica on a shared store looks for the
+// other replicas' appends when no change signal arrived.
+const followInterval = time.Second
+
+// followDelay is how long the follower lets changes accumulate after a
+// change signal before it reads them: under load one read then serves
+// many commits (its own included, which the signal also reports).
+const followDelay = 20 * time.Millisecond
+
+// errNotExtension: the stored log does not extend the published one.
+var errNotExtension = errors.New("ledger: the stored log is not an extension of the log this replica published; it was rewritten or rolled back (run castellanctl ledger verify against a saved checkpoint)")
+
+// publish makes the committed append evs (at index first, tree head after
+// it) visible. The committer calls it in log order, before the append's
+// caller hears of the commit. Entries other replicas appended before
+// first are applied first; entries the follower already applied are
+// skipped.
+func (l *Ledger) publish(head treeState, first uint64, evs []Event) {
+	l.pubMu.Lock()
+	defer l.pubMu.Unlock()
+	if first > l.Size() {
+		if err := l.followLocked(l.ctx, first); err != nil {
+			l.log.Error("ledger: cannot read the entries other replicas appended; they will be published once the store answers", "error", err)
+		}
+	}
+	cur := l.Size()
+	end := first + uint64(len(evs))
+	if first > cur || end <= cur {
+		return // a gap still unread (the follower will publish), or already published
+	}
+	l.apply(head, cur, evs[cur-first:])
+	l.kickIndexer()
+}
+
+// apply updates the in-memory state with committed events (evs[0] at
+// index first; head is the tree after the last) and wakes the waiters.
+// Options.OnRevoke hears of each revocation first (the CA refills the
+// identity's quota). pubMu is held.
+func (l *Ledger) apply(head treeState, first uint64, evs []Event) {
+	for i := range evs {
+		if evs[i].Kind == KindRevocation && l.onRevoke != nil {
+			l.onRevoke(evs[i].Node, evs[i].SPIFFEID)
+		}
+	}
+	l.mu.Lock()
+	if head.size > l.head.size {
+		l.head = head
+	}
+	revChanged, banChanged := false, false
+	for i := range evs {
+		r, b := l.foldLocked(first+uint64(i), &evs[i])
+		revChanged, banChanged = revChanged || r, banChanged || b
+	}
+	if revChanged {
+		close(l.revCh)
+		l.revCh = make(chan struct{})
+	}
+	if banChanged && l.banCh != nil {
+		close(l.banCh)
+		l.banCh = nil
+	}
+	close(l.appendCh)
+	l.appendCh = make(chan struct{})
+	l.mu.Unlock()
+}
+
+// foldLocked applies the committed event ev at idx to the revocations
+// and bans in force and reports which changed. l.mu is held.
+func (l *Ledger) foldLocked(idx uint64, ev *Event) (revoked, banned bool) {
+	switch ev.Kind {
+	case KindRevocation:
+		l.revoked[ev.Serial] = revokedCert{Index: idx, Time: ev.Time, Reason: ev.Reason, NotAfter: ev.NotAfter}
+		return true, false
+	case KindBan:
+		if l.bans == nil {
+			l.bans = map[string]Ban{}
+		}
+		l.bans[ev.Node] = Ban{Node: ev.Node, Index: idx, Time: ev.Time, Reason: ev.Reason}
+		return false, true
+	case KindUnban:
+		delete(l.bans, ev.Node)
+		return false, true
+	}
+	return false, false
+}
+
+// runFollower publishes the other replicas' appends until Close.
+func (l *Ledger) runFollower() {
+	defer l.bg.Done()
+	t := time.NewTicker(followInterval)
+	defer t.Stop()
+	var failing error
+	for {
+		changed := l.db.Changed() // before reading: no change is missed
+		l.pubMu.Lock()
+		err := l.followLocked(l.ctx, math.MaxUint64)
+		l.pubMu.Unlock()
+		switch {
+		case err != nil && failing == nil && l.ctx.Err() == nil:
+			l.log.Error("ledger: cannot follow the shared log; other replicas' entries, revocations and bans are not seen until it recovers", "error", err)
+		case err == nil && failing != nil:
+			l.log.Info("ledger: following the shared log again")
+		}
+		failing = err
+		select {
+		case <-l.stop:
+			return
+		case <-changed:
+			if !l.pause(followDelay) {
+				return
+			}
+		case <-t.C:
+		}
+	}
+}
+
+// pause waits d, or until Close (then false).
+func (l *Ledger) pause(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-l.stop:
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// followLocked publishes the stored entries from the published head up
+// to index to (exclusive), or to the stored head if it is smaller, one
+// read transaction of at most chunk entries at a time. pubMu is held.
+func (l *Ledger) followLocked(ctx context.Context, to uint64) error {
+	for {
+		done, err := l.followStep(ctx, to)
+		if err != nil || done {
+			return err
+		}
+	}
+}
+
+// followed is what one follow transaction read: the stored head, the
+// stored checkpoint and index position, and the entries after the
+// published head (their events and leaf hashes).
+type followed struct {
+	stored    treeState
+	cp        []byte
+	indexed   uint64
+	evs       []Event
+	leafs     [][]byte
+	undecoded []uint64 // entries that cannot be decoded (published without effect)
+}
+
+// followStep publishes up to chunk entries and reports whether the head
+// reached min(to, stored head).
+func (l *Ledger) followStep(ctx context.Context, to uint64) (bool, error) {
+	l.mu.Lock()
+	head := l.head
+	l.mu.Unlock()
+	var f followed
+	if err := l.view(ctx, func(tx store.Tx) error { return f.read(tx, head.size, to) }); err != nil {
+		return false, fmt.Errorf("ledger: follow: %w", err)
+	}
+	l.noteStored(f.cp, f.indexed)
+	if f.stored.size < head.size {
+		return false, fmt.Errorf("%w: the store holds %d entries, this replica published %d", errNotExtension, f.stored.size, head.size)
+	}
+	for _, i := range f.undecoded {
+		l.log.Error("ledger entry appended by another replica cannot be decoded; its revocation or ban, if any, is not applied", "index", i)
+	}
+	if len(f.leafs) == 0 {
+		return true, nil
+	}
+	next, err := extend(head, f.leafs)
+	if err != nil {
+		return false, err
+	}
+	if next.size == f.stored.size && !slices.EqualFunc(next.hashes, f.stored.hashes, bytes.Equal) {
+		return false, fmt.Errorf("%w: at size %d", errNotExtension, next.size)
+	}
+	l.apply(next, head.size, f.evs)
+	return next.size >= min(to, f.stored.size), nil
+}
+
+// read reads the stored head and the entries [from, min(to, head, from+chunk)).
+func (f *followed) read(tx store.Tx, from, to uint64) error {
+	st, err := readTree(tx)
+	if err != nil {
+		return err
+	}
+	f.stored, f.indexed = st, indexedOf(tx)
+	if cp := bucket(tx, bMeta).Get(kCheckpoint); cp != nil {
+		f.cp = append([]byte(nil), cp...)
+	}
+	end := min(to, st.size, from+chunk)
+	if from >= end {
+		return nil
+	}
+	entries, nodes := newSeqReader(bucket(tx, bEntries), from), newSeqReader(bucket(tx, bNodes), from)
+	for i := from; i < end; i++ {
+		lh := storedLeafHash(nodes.get(i))
+		if lh == nil {
+			return fmt.Errorf("%w: the leaf hash of entry %d is missing", ErrDamaged, i)
+		}
+		f.leafs = append(f.leafs, append([]byte(nil), lh...))
+		var ev Event // a pruned or undecodable entry changes nothing
+		if v := entries.get(i); v != nil && !isPruned(v) {
+			if e, err := DecodeEntry(v); err == nil && e.Index == i {
+				ev = e.Event
+				ev.CertDER = nil
+			} else {
+				f.undecoded = append(f.undecoded, i)
+			}
+		}
+		f.evs = append(f.evs, ev)
+	}
+	return nil
+}
+
+// extend returns the tree head after appending leaf hashes to head.
+func extend(head treeState, leafs [][]byte) (treeState, error) {
+	r, err := head.rng()
+	if err != nil {
+		return treeState{}, err
+	}
+	for _, h := range leafs {
+		if err := r.Append(h, nil); err != nil {
+			return treeState{}, fmt.Errorf("ledger: follow: %w", err)
+		}
+	}
+	return treeState{size: r.End(), hashes: r.Hashes()}, nil
+}
+
+// noteStored records a stored checkpoint and index position newer than
+// the ones in memory (another replica signed or indexed).
+func (l *Ledger) noteStored(cp []byte, indexed uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if cp != nil && (l.lastCP == nil || checkpointSize(cp) > l.lastCPLen) {
+		l.lastCP, l.lastCPLen = cp, checkpointSize(cp)
+	}
+	l.advanceIndexedLocked(indexed)
+}
+
+// advanceIndexedLocked moves the index position forward to n and wakes
+// the queries waiting for it. l.mu is held.
+func (l *Ledger) advanceIndexedLocked(n uint64) {
+	if n <= l.indexed {
+		return
+	}
+	l.indexed, l.indexErr = n, nil
+	close(l.indexedCh)
+	l.indexedCh = make(chan struct{})
+}

@@ -21,6 +21,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/ca/store/faultstore"
 	"github.com/prometheus/client_golang/prometheus"
@@ -77,12 +78,12 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { bolt.Close() })
-	return newEnvOn(t, faultstore.Wrap(bolt, false), opts...)
+	return newEnvOn(t, faultstore.Wrap(bolt, false), nil, opts...)
 }
 
 // newEnvOn is newEnv with its registry (join tokens, entries) in the
-// given store.
-func newEnvOn(t testing.TB, registry *faultstore.DB, opts ...envOption) *env {
+// given store, and its ledger in ledgerDB (nil: a bbolt file).
+func newEnvOn(t testing.TB, registry *faultstore.DB, ledgerDB store.DB, opts ...envOption) *env {
 	t.Helper()
 	dir := t.TempDir()
 	clock := &fakeClock{now: time.Now().Truncate(time.Second)}
@@ -90,7 +91,16 @@ func newEnvOn(t testing.TB, registry *faultstore.DB, opts ...envOption) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	led, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Options{Clock: clock.Now})
+	var led *ledger.Ledger
+	if ledgerDB == nil {
+		led, err = ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Options{Clock: clock.Now})
+	} else {
+		keyFile := filepath.Join(dir, "ledger.key")
+		if _, err := ledger.GenerateKeyFile(keyFile, ""); err != nil {
+			t.Fatal(err)
+		}
+		led, err = ledger.New(ledgerDB, ledger.Options{Clock: clock.Now, KeyFile: keyFile})
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +118,7 @@ func newEnvOn(t testing.TB, registry *faultstore.DB, opts ...envOption) *env {
 	cfg := Config{
 		Authority: auth, Ledger: led, Attestor: &authn.JoinTokenAttestor{Tokens: tokens},
 		Tokens: tokens, Entries: entries, Registry: prometheus.NewRegistry(), Clock: clock.Now,
-		Stores: map[string]Pinger{"registry": registry}, ReadinessInterval: 10 * time.Millisecond,
+		Stores: map[string]Pinger{"registry": registry, "ledger": led}, ReadinessInterval: 10 * time.Millisecond,
 		AdminIDs: []spiffeid.ID{spiffeid.RequireFromString("spiffe://cluster.local/castellan/agent/admin-node")},
 	}
 	for _, o := range opts {

@@ -11,15 +11,18 @@ import (
 	"github.com/castellan-dev/castellan/ca/store/faultstore"
 	"github.com/castellan-dev/castellan/ca/store/pgstore"
 	"github.com/castellan-dev/castellan/internal/pgtest"
+	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 )
 
-// TestPostgresOutageMakesServerNotReady: the registry in a real
-// PostgreSQL that is killed (SIGKILL, as a crash) and restarted. While it
-// is down the server is not ready, attestation and admin writes fail with
-// Unavailable, and the agents' SyncAgent streams stay open; once it is
-// back the server is ready again without a restart, the join token tried
-// during the outage still works, and the stream carries the next change.
+// TestPostgresOutageMakesServerNotReady: the registry and the ledger in a
+// real PostgreSQL that is killed (SIGKILL, as a crash) and restarted.
+// While it is down the server is not ready, issuance, attestation and
+// admin writes fail with Unavailable, and the agents' SyncAgent streams
+// stay open; once it is back the server is ready again without a restart,
+// issues again, the join token tried during the outage still works, and
+// the stream carries the next change.
 func TestPostgresOutageMakesServerNotReady(t *testing.T) {
 	pg := pgtest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
@@ -34,7 +37,12 @@ func TestPostgresOutageMakesServerNotReady(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	e := newEnvOn(t, faultstore.Wrap(db, true), func(c *Config) { c.ReadinessInterval = 200 * time.Millisecond })
+	ledgerDB, err := conn.Keyspace(ctx, "ledger")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ledgerDB.Close() })
+	e := newEnvOn(t, faultstore.Wrap(db, true), ledgerDB, func(c *Config) { c.ReadinessInterval = 200 * time.Millisecond })
 	go e.srv.MonitorReadiness(ctx)
 	health, err := healthpb.NewHealthClient(e.anonConn(t)).Watch(ctx, &healthpb.HealthCheckRequest{})
 	if err != nil {
@@ -43,7 +51,12 @@ func TestPostgresOutageMakesServerNotReady(t *testing.T) {
 	waitHealth(t, health, healthpb.HealthCheckResponse_SERVING)
 
 	e.addEntry(t, appID, "node-a")
-	stream, err := e.agentClient(t, "node-a").SyncAgent(ctx, &cav1.SyncAgentRequest{})
+	agent := e.agentClient(t, "node-a")
+	sign := func() error {
+		_, err := agent.SignX509SVID(ctx, &cav1.SignX509SVIDRequest{Csr: workloadCSR(t, ecKey(t, elliptic.P256()), appID)})
+		return err
+	}
+	stream, err := agent.SyncAgent(ctx, &cav1.SyncAgentRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,6 +79,9 @@ func TestPostgresOutageMakesServerNotReady(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitHealth(t, health, healthpb.HealthCheckResponse_NOT_SERVING)
+	if err := sign(); status.Code(err) != codes.Unavailable {
+		t.Errorf("SignX509SVID while PostgreSQL is down: %v, want Unavailable", err)
+	}
 	wantUnavailable(t, "AttestAgent", attest())
 	_, err = admin.CreateEntry(ctx, &adminv1.CreateEntryRequest{Entry: &cav1.Entry{SpiffeId: "spiffe://cluster.local/ns/x/sa/y",
 		Node: "node-a", Selectors: []*cav1.Selector{{Type: "unix", Value: "uid:7"}}}})
@@ -77,6 +93,9 @@ func TestPostgresOutageMakesServerNotReady(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitHealth(t, health, healthpb.HealthCheckResponse_SERVING)
+	if err := sign(); err != nil {
+		t.Fatalf("SignX509SVID once PostgreSQL is back: %v", err)
+	}
 	if err := attest(); err != nil {
 		t.Fatalf("AttestAgent with the token tried during the outage: %v; it must not have been spent", err)
 	}

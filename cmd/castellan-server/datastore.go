@@ -71,9 +71,10 @@ func openPostgres(ctx context.Context, dsn string, log *slog.Logger, reg prometh
 	return d, nil
 }
 
-// stores are the stores readiness depends on.
-func (d *datastore) stores() map[string]server.Pinger {
-	return map[string]server.Pinger{"registry": d.registry}
+// stores are the stores readiness depends on: the registry and the
+// ledger (which pings its own store, file or keyspace).
+func (d *datastore) stores(ledger server.Pinger) map[string]server.Pinger {
+	return map[string]server.Pinger{"registry": d.registry, "ledger": ledger}
 }
 
 // Close closes the keyspaces, then the connection, in reverse order of

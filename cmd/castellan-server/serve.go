@@ -109,13 +109,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if ds.ledger != nil {
-		// TODO(registry-store): ledger.New(ds.ledger, ...) once the ledger
-		// conversion is on main; until then refuse rather than keep the
-		// log in a per-replica file.
-		return errors.New("castellan-server: this build cannot keep the ledger in PostgreSQL yet; use --datastore bolt")
-	}
-	led, err := openLedger(cfg, log, reg, quotas.Forgive)
+	led, err := openLedger(cfg, ds, log, reg, quotas.Forgive)
 	if err != nil {
 		return err
 	}
@@ -145,7 +139,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		Authority: auth, Ledger: led, Attestor: &authn.JoinTokenAttestor{Tokens: tokens, K8s: k8sAttestor},
 		Authorizer: &authz.NodeAuthorizer{Entries: entries, Pods: podAuthorizer},
 		Tokens:     tokens, Entries: entries, AgentTTL: cfg.AgentTTL, AdminIDs: admins,
-		ServerNames: cfg.ServerNames, Registry: reg, Logger: log, Stores: ds.stores(),
+		ServerNames: cfg.ServerNames, Registry: reg, Logger: log, Stores: ds.stores(led),
 	})
 	if err != nil {
 		return err

@@ -37,11 +37,6 @@ const (
 
 var joinTokenBucket = []byte("join_tokens")
 
-// JoinTokenBuckets returns the names of the buckets JoinTokens keeps in
-// its store, for tools that copy a registry to another backend
-// (store.Copy).
-func JoinTokenBuckets() [][]byte { return [][]byte{joinTokenBucket} }
-
 // JoinTokens stores one-time join tokens in a store.DB (the registry
 // keyspace). Only a SHA-256 of each token is stored, with the node it is
 // for and its expiry; the token itself is shown once, by Create. Consume is

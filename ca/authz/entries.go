@@ -37,10 +37,6 @@ var (
 	generationKey = []byte("generation")
 )
 
-// Buckets returns the names of the buckets Entries keeps in its store, for
-// tools that copy a registry to another backend (store.Copy).
-func Buckets() [][]byte { return [][]byte{entryBucket, entryMeta} }
-
 // Limits on an entry's contents.
 const (
 	maxSelectors     = 32

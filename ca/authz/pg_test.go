@@ -76,8 +76,8 @@ func TestEntriesFollowAcrossPostgresReplicas(t *testing.T) {
 }
 
 // TestRegistryCopiedFromBoltToPostgres: a bbolt registry (entries and join
-// tokens) copied into PostgreSQL with store.Copy and the buckets named by
-// Buckets and authn.JoinTokenBuckets serves the same entries, and its
+// tokens) copied bucket by bucket into PostgreSQL with store.Copy, as
+// `castellanctl datastore migrate` does, serves the same entries, and its
 // unused join token is accepted once there.
 func TestRegistryCopiedFromBoltToPostgres(t *testing.T) {
 	ctx := context.Background()
@@ -96,7 +96,11 @@ func TestRegistryCopiedFromBoltToPostgres(t *testing.T) {
 		t.Fatal(err)
 	}
 	dst := pgReplica(t, pgtest.Start(t).NewDatabase(t))
-	if _, err := store.Copy(ctx, dst, bolt, append(Buckets(), authn.JoinTokenBuckets()...)); err != nil {
+	buckets, err := bolt.Buckets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Copy(ctx, dst, bolt, buckets); err != nil {
 		t.Fatal(err)
 	}
 	if got := openEntries(t, dst).List(""); len(got) != 1 || got[0].Id != ent.Id {

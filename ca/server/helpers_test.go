@@ -78,12 +78,13 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { bolt.Close() })
-	return newEnvOn(t, faultstore.Wrap(bolt, false), nil, opts...)
+	return newEnvOn(t, faultstore.Wrap(bolt, false), nil, "", opts...)
 }
 
 // newEnvOn is newEnv with its registry (join tokens, entries) in the
-// given store, and its ledger in ledgerDB (nil: a bbolt file).
-func newEnvOn(t testing.TB, registry *faultstore.DB, ledgerDB store.DB, opts ...envOption) *env {
+// given store, and its ledger in ledgerDB (nil: a bbolt file) signed with
+// the key in ledgerKey ("": a new key; replicas of one ledger share one).
+func newEnvOn(t testing.TB, registry *faultstore.DB, ledgerDB store.DB, ledgerKey string, opts ...envOption) *env {
 	t.Helper()
 	dir := t.TempDir()
 	clock := &fakeClock{now: time.Now().Truncate(time.Second)}
@@ -95,11 +96,13 @@ func newEnvOn(t testing.TB, registry *faultstore.DB, ledgerDB store.DB, opts ...
 	if ledgerDB == nil {
 		led, err = ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Options{Clock: clock.Now})
 	} else {
-		keyFile := filepath.Join(dir, "ledger.key")
-		if _, err := ledger.GenerateKeyFile(keyFile, ""); err != nil {
-			t.Fatal(err)
+		if ledgerKey == "" {
+			ledgerKey = filepath.Join(dir, "ledger.key")
+			if _, err := ledger.GenerateKeyFile(ledgerKey, ""); err != nil {
+				t.Fatal(err)
+			}
 		}
-		led, err = ledger.New(ledgerDB, ledger.Options{Clock: clock.Now, KeyFile: keyFile})
+		led, err = ledger.New(ledgerDB, ledger.Options{Clock: clock.Now, KeyFile: ledgerKey})
 	}
 	if err != nil {
 		t.Fatal(err)

@@ -100,6 +100,13 @@ type Config struct {
 	Logger *slog.Logger
 	// Clock returns the current time (nil: time.Now).
 	Clock func() time.Time
+	// Stores are the stores the server needs to issue, by name (e.g.
+	// "registry", "ledger"): MonitorReadiness reports the server ready
+	// only while each answers its Ping.
+	Stores map[string]Pinger
+	// ReadinessInterval is how often MonitorReadiness pings the Stores
+	// (0: DefaultReadinessInterval).
+	ReadinessInterval time.Duration
 	// Quota, when set, limits workload issuance per node and per identity
 	// (a *quota.Limiter); a refusal is its error (ResourceExhausted).
 	Quota interface {
@@ -155,6 +162,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
 	}
+	if cfg.ReadinessInterval <= 0 {
+		cfg.ReadinessInterval = DefaultReadinessInterval
+	}
 	names, err := authority.ParseServerNames(cfg.ServerNames)
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
@@ -199,7 +209,8 @@ func (s *Server) Run(ctx context.Context) error {
 	return s.svid.run(ctx)
 }
 
-// Health returns the gRPC health service; the caller sets serving status.
+// Health returns the gRPC health service. MonitorReadiness sets its
+// overall status; a caller that does not run it sets the status itself.
 func (s *Server) Health() *health.Server { return s.health }
 
 // TLSConfig returns the server TLS configuration: the server's SVID, TLS

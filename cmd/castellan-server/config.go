@@ -59,6 +59,17 @@ type config struct {
 	QuotaIdentityPerTTL     int      `yaml:"quota_identity_per_ttl"`
 	LedgerDiskReserve       byteSize `yaml:"ledger_disk_reserve"`
 	LedgerReadOnlyForensics bool     `yaml:"ledger_read_only_forensics"`
+	// Datastore is where the CA keeps its state: "" or "bolt" (files in
+	// DataDir) or a postgres:// URL (dsn.go, datastore.go);
+	// DatastoreFile holds that URL instead (a mounted Secret).
+	Datastore     string `yaml:"datastore"`
+	DatastoreFile string `yaml:"datastore_file"`
+	// LedgerKeyFile is the log's note signing key, shared by replicas.
+	LedgerKeyFile string `yaml:"ledger_key_file"`
+
+	// warnings are what loadConfig found unsafe but accepted; run logs
+	// them.
+	warnings []string
 }
 
 func defaultConfig() config {
@@ -121,6 +132,9 @@ func flagSet(cfg *config, configPath *string, out io.Writer) *flag.FlagSet {
 	fs.IntVar(&cfg.QuotaNodePerHour, "quota-node-per-hour", cfg.QuotaNodePerHour, "workload certificates one node may get per hour, sustained (0: 256 identities x 4 per --default-ttl, 1024 for 1h)")
 	fs.IntVar(&cfg.QuotaIdentityPerTTL, "quota-identity-per-ttl", cfg.QuotaIdentityPerTTL, "certificates one identity on one node may get per lifetime of its certificates (0: 8); a revocation refills it")
 	fs.Var(&cfg.LedgerDiskReserve, "ledger-disk-reserve", "free space to leave on the ledger's filesystem: below it issuance stops with an error and castellan_ledger_disk_reserve_breached is 1 (e.g. 512MiB; 0: none)")
+	fs.StringVar(&cfg.Datastore, "datastore", cfg.Datastore, "where the CA keeps its state (ledger, join tokens, entries): bolt for files in --data-dir (one replica; the default), or postgres://USER@HOST:PORT/DATABASE?sslmode=verify-full for a PostgreSQL database shared by every replica; keep the password out of the command line with --datastore-file or CASTELLAN_DATASTORE")
+	fs.StringVar(&cfg.DatastoreFile, "datastore-file", cfg.DatastoreFile, "file holding the postgres:// URL of --datastore (e.g. a mounted Kubernetes Secret); it must not be readable by other users")
+	fs.StringVar(&cfg.LedgerKeyFile, "ledger-key-file", cfg.LedgerKeyFile, "the issuance log's signing key (a note signer key, from `castellanctl ledger keygen`), the same file for every replica; required with a PostgreSQL datastore (bolt: default ledger.db.key in --data-dir, generated on first start)")
 	fs.BoolVar(&cfg.LedgerReadOnlyForensics, "ledger-read-only-forensics", cfg.LedgerReadOnlyForensics, "open a ledger that fails its integrity check read-only, serve the audit API on the admin socket and issue nothing (gRPC port not served)")
 	return fs
 }
@@ -195,7 +209,13 @@ func loadConfig(args []string, getenv func(string) string, out io.Writer) (confi
 	if err := fs.Parse(args); err != nil {
 		return config{}, fmt.Errorf("%w: %w", errUsage, err)
 	}
-	return cfg, cfg.validate()
+	if err := cfg.validate(); err != nil {
+		return config{}, err
+	}
+	if kind, dsn, err := cfg.datastore(); err == nil && kind == kindPostgres {
+		cfg.warnings = dsnWarnings(dsn, onCmdLine["datastore"])
+	}
+	return cfg, nil
 }
 
 func readYAML(path string, cfg *config) error {
@@ -281,6 +301,7 @@ func (c config) validate() error {
 	if err := c.checkQuota(); err != nil {
 		bad("%v", err)
 	}
+	errs = append(errs, c.checkDatastore()...)
 	if len(errs) > 0 {
 		return fmt.Errorf("castellan-server: invalid configuration:\n  %w", joinLines(errs))
 	}

@@ -19,15 +19,23 @@ import (
 	"google.golang.org/grpc"
 )
 
-// openLedger opens the ledger. A ledger that fails its integrity check
-// stops the server with a message naming the file and what to do.
-// onRevoke is called with each revoked certificate's node and SPIFFE ID.
-func openLedger(cfg config, log *slog.Logger, reg *prometheus.Registry, onRevoke func(node, id string)) (*ledger.Ledger, error) {
+// openLedger opens the ledger: in the datastore's ledger keyspace on
+// PostgreSQL (ds.ledger), else the bbolt file in the data directory. A
+// ledger file that fails its integrity check stops the server with a
+// message naming the file and what to do. onRevoke is called with each
+// revoked certificate's node and SPIFFE ID.
+func openLedger(cfg config, ds *datastore, log *slog.Logger, reg *prometheus.Registry, onRevoke func(node, id string)) (*ledger.Ledger, error) {
+	opts := ledger.Options{Logger: log, Registry: reg, OnRevoke: onRevoke, KeyFile: cfg.LedgerKeyFile}
+	if ds != nil && ds.ledger != nil {
+		l, err := ledger.New(ds.ledger, opts)
+		if err != nil {
+			return nil, fmt.Errorf("castellan-server: open the ledger in the datastore: %w", err)
+		}
+		return l, nil
+	}
 	path := filepath.Join(cfg.DataDir, ledgerFile)
-	l, err := ledger.Open(path, ledger.Options{
-		Logger: log, Registry: reg, DiskReserve: uint64(cfg.LedgerDiskReserve), ReadOnly: cfg.LedgerReadOnlyForensics,
-		OnRevoke: onRevoke,
-	})
+	opts.DiskReserve, opts.ReadOnly = uint64(cfg.LedgerDiskReserve), cfg.LedgerReadOnlyForensics
+	l, err := ledger.Open(path, opts)
 	if errors.Is(err, ledger.ErrDamaged) {
 		return nil, fmt.Errorf("castellan-server: refusing to start on a damaged ledger: %w; "+
 			"to read what is left, start with --ledger-read-only-forensics (audit API on the admin socket, no issuance), "+
@@ -46,7 +54,7 @@ const forensicNotice = "the ledger is open read-only for forensics (--ledger-rea
 // so the agents' gRPC port is not served; agents keep serving their
 // caches until a repaired ledger is back.
 func serveForensic(ctx context.Context, cfg config, log *slog.Logger, reg *prometheus.Registry, td spiffeid.TrustDomain) error {
-	led, err := openLedger(cfg, log, reg, nil)
+	led, err := openLedger(cfg, nil, log, reg, nil)
 	if err != nil {
 		return err
 	}

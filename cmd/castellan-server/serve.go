@@ -20,13 +20,11 @@ import (
 	"github.com/castellan-dev/castellan/ca/quota"
 	"github.com/castellan-dev/castellan/ca/server"
 	"github.com/castellan-dev/castellan/ca/tlog"
-	"github.com/castellan-dev/castellan/internal/boltcheck"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"go.etcd.io/bbolt"
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
@@ -94,45 +92,38 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if cfg.LedgerReadOnlyForensics {
 		return serveForensic(ctx, cfg, log, reg, td)
 	}
-	db, err := boltcheck.Open(filepath.Join(cfg.DataDir, registryFile), 0o600, &bbolt.Options{Timeout: 5 * time.Second})
-	if errors.Is(err, boltcheck.ErrDamaged) {
-		return fmt.Errorf("castellan-server: refusing to start on a damaged registry (join tokens and entries): %w; restore it from a backup", err)
-	}
+	ds, err := openDatastore(ctx, cfg, log, reg)
 	if err != nil {
-		return fmt.Errorf("castellan-server: open registry (is another server using %s?): %w", cfg.DataDir, err)
+		return err
 	}
-	defer db.Close()
+	defer ds.Close()
 	quotas, err := quota.New(quotaConfig(cfg, reg))
 	if err != nil {
 		return err
 	}
-	led, err := openLedger(cfg, log, reg, quotas.Forgive)
+	led, err := openLedger(cfg, ds, log, reg, quotas.Forgive)
 	if err != nil {
 		return err
 	}
 	defer led.Close()
 	// The ledger first: the authority records every transition in it,
 	// the bootstrap of a new CA included.
-	journal, err := openBoltJournal(cfg)
-	if err != nil {
-		return err
-	}
-	defer journal.Close()
-	auth, err := openAuthority(ctx, cfg, td, journal, led, reg, log)
+	auth, err := openAuthority(ctx, cfg, td, ds.authority, led, reg, log)
 	if err != nil {
 		return err
 	}
 	if err := writeBundle(filepath.Join(cfg.DataDir, bundleFile), auth); err != nil {
 		return err
 	}
-	tokens, err := authn.NewJoinTokens(db, nil, authn.WithJoinTokenLogger(log), authn.WithJoinTokenMetrics(reg))
+	tokens, err := authn.NewJoinTokens(ctx, ds.registry, nil, authn.WithJoinTokenLogger(log), authn.WithJoinTokenMetrics(reg))
 	if err != nil {
 		return err
 	}
-	entries, err := authz.NewEntries(db, td, cfg.MaxTTL, nil)
+	entries, err := authz.NewEntries(ctx, ds.registry, td, cfg.MaxTTL, nil, authz.WithEntriesLogger(log))
 	if err != nil {
 		return err
 	}
+	defer entries.Close()
 	var admins []spiffeid.ID
 	for _, s := range cfg.AdminIDs {
 		admins = append(admins, spiffeid.RequireFromString(s))
@@ -150,7 +141,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		Authority: auth, Ledger: led, Attestor: &authn.JoinTokenAttestor{Tokens: tokens, K8s: k8sAttestor},
 		Authorizer: &authz.NodeAuthorizer{Entries: entries, Pods: podAuthorizer},
 		Tokens:     tokens, Entries: entries, AgentTTL: cfg.AgentTTL, AdminIDs: admins,
-		ServerNames: cfg.ServerNames, Registry: reg, Logger: log,
+		ServerNames: cfg.ServerNames, Registry: reg, Logger: log, Stores: ds.stores(led),
 	})
 	if err != nil {
 		return err
@@ -203,7 +194,7 @@ func listenAndServe(ctx context.Context, cfg config, log *slog.Logger, d *deps, 
 	go runAuthority(ctx, cfg, d)
 	go d.ledger.Maintain(ctx, time.Hour)
 	go pruneTokens(ctx, tokens, log)
-	d.srv.Health().SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	go d.srv.MonitorReadiness(ctx)
 	log.Info("castellan-server serving", "listen", grpcLis.Addr().String(), "http_listen", httpLis.Addr().String(),
 		"admin_socket", adminLis.Addr().String(), "trust_domain", cfg.TrustDomain)
 

@@ -17,7 +17,6 @@ import (
 	"github.com/castellan-dev/castellan/ca/server"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	bolt "go.etcd.io/bbolt"
 )
 
 // rotatingServer runs a real CA server whose authority keeps a journal in
@@ -45,16 +44,16 @@ func rotatingServer(t *testing.T) (string, *atomic.Int64) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	db, err := bolt.Open(filepath.Join(dir, "registry.db"), 0o600, nil)
+	db, err := boltstore.Open(filepath.Join(dir, "registry.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	tokens, err := authn.NewJoinTokens(db, nil)
+	tokens, err := authn.NewJoinTokens(context.Background(), db, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	entries, err := authz.NewEntries(db, td, auth.MaxTTL(), nil)
+	entries, err := authz.NewEntries(context.Background(), db, td, auth.MaxTTL(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

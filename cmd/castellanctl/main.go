@@ -49,7 +49,10 @@ commands:
   entry delete ID                           delete a registration entry
   agent list|show|ban|unban                 node agents and node bans (castellanctl agent -h)
   certs ...                                 issued certificates (audit)
-  ledger ...                                the issuance ledger (audit)
+  ledger ...                                the issuance ledger (audit); ledger keygen --out FILE
+                                            makes the log key replicas on PostgreSQL share
+  datastore migrate --data-dir DIR --to-file DSNFILE
+                                            copy a stopped bbolt CA into an empty PostgreSQL
   authority list|prepare|activate|taint|revoke
                                             the CA's authorities and their rotation
                                             (castellanctl authority -h)
@@ -152,6 +155,8 @@ func dispatch(ctx context.Context, g *globals, cmd string, args []string) error 
 		return runCerts(ctx, g, args)
 	case "ledger":
 		return runLedger(ctx, g, args)
+	case "datastore":
+		return runDatastore(ctx, g, args)
 	case "authority":
 		return runAuthority(ctx, g, args)
 	default:

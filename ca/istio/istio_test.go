@@ -54,12 +54,18 @@ type caEnv struct {
 
 func newCA(t *testing.T, cfg istio.Config) *caEnv {
 	t.Helper()
-	ctx := context.Background()
-	dir := t.TempDir()
 	auth, err := authority.New(authority.Config{TrustDomain: td, MaxTTL: 24 * time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newCAWith(t, cfg, auth)
+}
+
+// newCAWith is newCA with the given authority.
+func newCAWith(t *testing.T, cfg istio.Config, auth *authority.Authority) *caEnv {
+	t.Helper()
+	ctx := context.Background()
+	dir := t.TempDir()
 	led, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Options{})
 	if err != nil {
 		t.Fatal(err)

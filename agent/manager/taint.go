@@ -26,6 +26,9 @@ func (m *Manager) applyTaints(ders [][]byte) {
 		}
 		tainted = append(tainted, c)
 	}
+	if m.cfg.OnTaints != nil {
+		m.cfg.OnTaints(tainted)
+	}
 	now := m.cfg.Clock.Now()
 	for key, id := range m.ids {
 		if id.rec.SVID == nil || !chainUnder(id.rec.SVID.Certificates, tainted) {

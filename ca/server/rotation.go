@@ -136,3 +136,17 @@ func sameRoots(pool *x509.CertPool, roots []*x509.Certificate) bool {
 	}
 	return pool.Equal(want)
 }
+
+// underTaint reports whether leaf was signed by a tainted authority: its
+// holder must replace it now, so an agent SVID under one may be renewed
+// before its half-life (still at most maxRenewals times).
+func (s *Server) underTaint(leaf *x509.Certificate) bool {
+	_, tainted, _ := s.bundle.watchAll()
+	for _, der := range tainted {
+		c, err := x509.ParseCertificate(der)
+		if err == nil && bytes.Equal(leaf.RawIssuer, c.RawSubject) && leaf.CheckSignatureFrom(c) == nil {
+			return true
+		}
+	}
+	return false
+}

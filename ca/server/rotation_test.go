@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
+	"crypto/elliptic"
 	"crypto/tls"
 	"crypto/x509"
 	"path/filepath"
@@ -242,5 +243,51 @@ func TestAuthorityRPCsOverTCPOnlyForAdmins(t *testing.T) {
 	list, err := admin.ListAuthorities(ctx, &adminv1.ListAuthoritiesRequest{})
 	if err != nil || len(list.GetAuthorities()) != 2 || list.GetAuthorities()[0].GetState() != "active" {
 		t.Fatalf("ListAuthorities: %v %v", list, err)
+	}
+}
+
+// TestAgentRenewsEarlyOnlyUnderATaintedAuthority: an agent SVID may not be
+// renewed before its half-life, unless a tainted authority signed it; its
+// replacement, under the active authority, is held to half-life again.
+func TestAgentRenewsEarlyOnlyUnderATaintedAuthority(t *testing.T) {
+	e := rotatingEnv(t)
+	ctx := context.Background()
+	first := e.auth.Snapshot()
+	svid := e.attest(t, "node-a")
+	renew := func(s *x509svid.SVID) (*x509svid.SVID, error) {
+		key := ecKey(t, elliptic.P256())
+		resp, err := cav1.NewCertificateAuthorityServiceClient(e.mustDial(t, s, e.auth.Snapshot().Roots)).
+			RenewAgent(ctx, &cav1.RenewAgentRequest{Csr: agentCSR(t, key)})
+		if err != nil {
+			return nil, err
+		}
+		return svidOf(t, resp.GetSvid(), key), nil
+	}
+	if _, err := renew(svid); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("early renewal: %v, want ResourceExhausted", err)
+	}
+	next, err := e.auth.Prepare(ctx, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.auth.Activate(ctx, next.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := renew(svid); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("early renewal under an old (not tainted) authority: %v, want ResourceExhausted", err)
+	}
+	if _, err := e.auth.Taint(ctx, first.ActiveID); err != nil {
+		t.Fatal(err)
+	}
+	var renewed *x509svid.SVID
+	waitFor(t, "the early renewal under the tainted authority", func() bool {
+		renewed, err = renew(svid)
+		return err == nil
+	})
+	if !renewed.Certificates[1].Equal(next.Chain[0]) {
+		t.Fatal("the replacement is not signed by the active authority")
+	}
+	if _, err := renew(renewed); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("early renewal of the replacement: %v, want ResourceExhausted", err)
 	}
 }

@@ -79,7 +79,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		mgrCA, attestor = podentries.New(gate, k, td), k
 	}
 	mgr, err := manager.New(manager.Config{
-		CA: mgrCA, Cache: c, Store: store, TrustDomain: td, OnBundle: ca.SetBundle, Registry: reg, Logger: log,
+		CA: mgrCA, Cache: c, Store: store, TrustDomain: td, OnBundle: ca.SetBundle, OnTaints: ca.Taint, Registry: reg, Logger: log,
 	})
 	if err != nil {
 		return err

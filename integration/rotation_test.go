@@ -160,6 +160,7 @@ type trustLog struct {
 	issuers    map[string]bool // intermediate fingerprints of leaves seen
 	violations []string
 	leaves     map[string]bool // leaf fingerprints already checked
+	last       int             // roots in the last update
 }
 
 func newTrustLog(name string) *trustLog {
@@ -171,6 +172,7 @@ func (l *trustLog) update(roots []*x509.Certificate, chains [][]*x509.Certificat
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.n++
+	l.last = len(roots)
 	for _, r := range roots {
 		if _, ok := l.roots[fingerprint(r)]; !ok {
 			l.roots[fingerprint(r)] = l.n
@@ -205,6 +207,13 @@ func (l *trustLog) hasRoot(fp string) bool {
 	defer l.mu.Unlock()
 	_, ok := l.roots[fp]
 	return ok
+}
+
+// lastRoots is the number of roots in the last update.
+func (l *trustLog) lastRoots() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.last
 }
 
 func (l *trustLog) check(t *testing.T) {
@@ -422,14 +431,42 @@ func pickID(id spiffeid.ID) workloadapi.X509SourceOption {
 	})
 }
 
+// agentIssuer is the fingerprint of the intermediate that signed the
+// agent's own SVID (agent.pem in its data directory).
+func agentIssuer(t *testing.T, dir string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "agent.pem"))
+	if err != nil {
+		return ""
+	}
+	var certs []*x509.Certificate
+	for {
+		var blk *pem.Block
+		if blk, b = pem.Decode(b); blk == nil {
+			break
+		}
+		if blk.Type == "CERTIFICATE" {
+			if c, err := x509.ParseCertificate(blk.Bytes); err == nil {
+				certs = append(certs, c)
+			}
+		}
+	}
+	if len(certs) < 2 {
+		return ""
+	}
+	return fingerprint(certs[1])
+}
+
 // TestCARotationWithContinuousMTLS runs the real castellan-server and
 // castellan-agent with two workloads talking mTLS continuously, over the
 // Workload API (go-spiffe) and over SDS (an Envoy-like client), through an
 // intermediate rotation, a root rotation (activation refused before the
-// publish delay, with the explanation, then allowed) and taints of the old
-// authorities: the agent replaces every SVID under a tainted authority,
-// each consumer receives every new root before any leaf under it, and no
-// request fails.
+// publish delay, with the explanation, then allowed), taints of the old
+// authorities and their revocation (refused without --force while their
+// leaves may live): the agent replaces every SVID under a tainted
+// authority, its own included, each consumer receives every new root
+// before any leaf under it and loses the revoked ones, and no request
+// fails.
 func TestCARotationWithContinuousMTLS(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the real binaries for about two minutes")
@@ -569,6 +606,44 @@ func TestCARotationWithContinuousMTLS(t *testing.T) {
 		t.Fatal("a consumer never received a leaf under the new root")
 	}
 
+	// The agent's own SVID was replaced too, under the new root.
+	agentEventually(t, 90*time.Second, "the agent SVID under the new root", func() bool {
+		return agentIssuer(t, r.agentDir) == third.Intermediate.SHA256
+	})
+
+	// 3. Revoke the tainted authorities: refused while their leaves may
+	// live, then forced; their roots leave every bundle.
+	code, _, errs = r.ctlExit("authority", "revoke", first.ID)
+	if code != 4 || !strings.Contains(errs, "may have signed leaves valid until") {
+		t.Fatalf("revoke without --force: exit %d %s, want 4 with the explanation", code, errs)
+	}
+	for _, a := range []rotAuthority{first, second} {
+		if got := r.authorityJSON("authority", "revoke", a.ID, "--force"); got.State != "revoked" {
+			t.Fatalf("revoke %s: %+v", a.ID, got)
+		}
+	}
+	agentEventually(t, 10*time.Second, "the old root gone from both consumers", func() bool {
+		return wl.lastRoots() == 1 && sds.lastRoots() == 1
+	})
+	// The agent still reaches the CA: a new identity is issued.
+	extraID := spiffeid.RequireFromPath(td, "/ns/it/sa/rot-extra")
+	r.ctlRun("entry", "create", "--spiffe-id", extraID.String(), "--node", "rot-node",
+		"--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()), "--ttl", rotationTTL.String())
+	agentEventually(t, 30*time.Second, "an SVID for a new entry after the revocation", func() bool {
+		fctx, fcancel := context.WithTimeout(ctx, 2*time.Second)
+		defer fcancel()
+		c, err := workloadapi.FetchX509Context(fctx, workloadapi.WithAddr(addr))
+		if err != nil {
+			return false
+		}
+		for _, s := range c.SVIDs {
+			if s.ID == extraID {
+				return true
+			}
+		}
+		return false
+	})
+
 	// Traffic keeps flowing under the new root.
 	base := tr.ok.Load()
 	agentEventually(t, 20*time.Second, "traffic under the new root", func() bool { return tr.ok.Load() > base+20 })
@@ -582,8 +657,8 @@ func TestCARotationWithContinuousMTLS(t *testing.T) {
 	for _, a := range r.authorities() {
 		states[a.ID] = a.State
 	}
-	if states[first.ID] != "tainted" || states[second.ID] != "tainted" || states[third.ID] != "active" {
+	if states[first.ID] != "revoked" || states[second.ID] != "revoked" || states[third.ID] != "active" {
 		t.Fatalf("authority states after the test: %v", states)
 	}
-	t.Logf("%d mTLS requests, none failed, across an intermediate rotation, a root rotation and two taints", tr.ok.Load())
+	t.Logf("%d mTLS requests, none failed, across an intermediate rotation, a root rotation, two taints and two revocations", tr.ok.Load())
 }

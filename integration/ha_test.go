@@ -3,7 +3,10 @@ package integration_test
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -44,6 +47,24 @@ type haCluster struct {
 	addrs    []string
 	https    []string
 	replicas []*caServer
+	// kekFile, when set, replaces the plug-in CA: the replicas generate
+	// and rotate their CA in the shared authority journal, its keys sealed
+	// under this key-encryption key (see useManagedCA).
+	kekFile string
+}
+
+// useManagedCA makes the replicas keep a generated CA in the shared
+// journal, sealed under one KEK file (mode 0400, as from a Secret), with a
+// 3 s publish delay so that a root rotation fits in a test.
+func (c *haCluster) useManagedCA() {
+	c.kekFile = filepath.Join(c.dir, "authority.kek")
+	kek := make([]byte, 32)
+	if _, err := rand.Read(kek); err != nil {
+		c.t.Fatal(err)
+	}
+	if err := os.WriteFile(c.kekFile, []byte(hex.EncodeToString(kek)), 0o400); err != nil {
+		c.t.Fatal(err)
+	}
 }
 
 // newHACluster prepares n replicas (not started): a fresh database, a DSN
@@ -75,16 +96,19 @@ func newHACluster(t *testing.T, n int) *haCluster {
 // start starts replica i and waits until it serves.
 func (c *haCluster) start(i int) *caServer {
 	c.t.Helper()
-	s := caStart(c.t, "--listen", c.addrs[i], "--http-listen", c.https[i],
-		"--datastore-file", c.dsnFile, "--ledger-key-file", c.keyFile,
-		"--root-cert", filepath.Join(c.caDir, "root.pem"),
+	ca := []string{"--root-cert", filepath.Join(c.caDir, "root.pem"),
 		"--intermediate-cert", filepath.Join(c.caDir, "intermediate.pem"),
-		"--intermediate-key", filepath.Join(c.caDir, "intermediate.key"),
+		"--intermediate-key", filepath.Join(c.caDir, "intermediate.key")}
+	if c.kekFile != "" {
+		ca = []string{"--kek-file", c.kekFile, "--publish-delay", "3s"}
+	}
+	s := caStart(c.t, append(ca, "--listen", c.addrs[i], "--http-listen", c.https[i],
+		"--datastore-file", c.dsnFile, "--ledger-key-file", c.keyFile,
 		"--default-ttl", "2m",
 		// The load tests renew one identity of one node hundreds of times a
 		// minute: far over the per-replica issuance quotas (8 per TTL per
 		// identity), which would refuse them with ResourceExhausted.
-		"--quota-identity-per-ttl", "100000", "--quota-node-burst", "100000", "--quota-node-per-hour", "1000000")
+		"--quota-identity-per-ttl", "100000", "--quota-node-burst", "100000", "--quota-node-per-hour", "1000000")...)
 	c.replicas[i] = s
 	return s
 }
@@ -109,7 +133,11 @@ func (c *haCluster) ready(i int) int {
 
 // trust is the cluster's trust bundle.
 func (c *haCluster) trust() *x509bundle.Bundle {
-	b, err := x509bundle.Load(spiffeid.RequireTrustDomainFromString("cluster.local"), filepath.Join(c.caDir, "bundle.pem"))
+	file := filepath.Join(c.caDir, "bundle.pem")
+	if c.kekFile != "" {
+		file = filepath.Join(c.replicas[0].dataDir, "bundle.pem") // as the replica publishes it now
+	}
+	b, err := x509bundle.Load(spiffeid.RequireTrustDomainFromString("cluster.local"), file)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -528,6 +556,90 @@ func TestHAChangesReachAgentsOnEveryReplica(t *testing.T) {
 		out := c.replicas[i].ctlRun(t, "certs", "list", "--spiffe-id", idC.String(), "--state", "revoked")
 		if !strings.Contains(strings.ToLower(out), strings.ToLower(serial)) {
 			t.Errorf("certs list through replica %d does not show the revoked %s:\n%s", i, serial, out)
+		}
+	}
+}
+
+// haAuthority is what the test reads of `castellanctl authority ... -o json`.
+type haAuthority struct {
+	ID            string     `json:"id"`
+	State         string     `json:"state"`
+	ActivatableAt *time.Time `json:"activatable_at"`
+	Intermediate  struct {
+		SHA256 string `json:"sha256"`
+	} `json:"intermediate"`
+}
+
+// authorities lists the authorities through replica i.
+func (c *haCluster) authorities(i int) map[string]string {
+	c.t.Helper()
+	var list []haAuthority
+	if err := json.Unmarshal([]byte(c.replicas[i].ctlRun(c.t, "authority", "list", "-o", "json")), &list); err != nil {
+		c.t.Fatal(err)
+	}
+	states := map[string]string{}
+	for _, a := range list {
+		states[a.ID] = a.State
+	}
+	return states
+}
+
+// bundleRoots counts the roots in replica i's published bundle.pem.
+func (c *haCluster) bundleRoots(i int) int {
+	b, err := x509bundle.Load(spiffeid.RequireTrustDomainFromString("cluster.local"), filepath.Join(c.replicas[i].dataDir, "bundle.pem"))
+	if err != nil {
+		return -1
+	}
+	return len(b.X509Authorities())
+}
+
+// TestHARotationObeyedByEveryReplica: two replicas on one PostgreSQL keep a
+// generated CA in the shared authority journal (keys sealed under one KEK
+// file). A root rotation prepared through replica 0 reaches replica 1's
+// bundle before anything is signed under it; activated through replica 1
+// once published for the delay, both replicas then sign under the new
+// intermediate and list the same states.
+func TestHARotationObeyedByEveryReplica(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL and two servers")
+	}
+	c := newHACluster(t, 2)
+	c.useManagedCA()
+	c.start(0)
+	c.start(1)
+	if a, b := c.authorities(0), c.authorities(1); len(a) != 1 || fmt.Sprint(a) != fmt.Sprint(b) {
+		t.Fatalf("the replicas start with authorities %v and %v, want the same single one", a, b)
+	}
+	var prepared haAuthority
+	if err := json.Unmarshal([]byte(c.replicas[0].ctlRun(t, "authority", "prepare", "--new-root", "-o", "json")), &prepared); err != nil {
+		t.Fatal(err)
+	}
+	agentEventually(t, 5*time.Second, "the new root in replica 1's bundle", func() bool { return c.bundleRoots(1) == 2 })
+	if st := c.authorities(1)[prepared.ID]; st != "prepared" && st != "active" {
+		t.Fatalf("replica 1 sees the new authority as %q", st)
+	}
+	if prepared.ActivatableAt != nil {
+		time.Sleep(time.Until(*prepared.ActivatableAt) + 100*time.Millisecond)
+	}
+	_, _, _ = c.replicas[1].ctlTry("--admin-socket", filepath.Join(c.replicas[1].dataDir, "admin.sock"), "authority", "activate", prepared.ID)
+	agentEventually(t, 10*time.Second, "both replicas listing the new authority active", func() bool {
+		return c.authorities(0)[prepared.ID] == "active" && c.authorities(1)[prepared.ID] == "active"
+	})
+	entryID := "spiffe://cluster.local/ns/ha/sa/rotated"
+	c.replicas[0].ctlRun(t, "entry", "create", "--spiffe-id", entryID, "--node", "ha-rot-ca", "--selector", "unix:uid:0", "--ttl", "2m")
+	for i := range 2 {
+		client := c.attestedClient("ha-rot-ca", i, i)
+		_, csr := caCSR(t, entryID)
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		resp, err := client.SignX509SVID(ctx, &cav1.SignX509SVIDRequest{Csr: csr})
+		cancel()
+		if err != nil {
+			t.Fatalf("issuance through replica %d after the rotation: %v", i, err)
+		}
+		chain := resp.GetSvid().GetCertChain()
+		sum := sha256.Sum256(chain[1])
+		if hex.EncodeToString(sum[:]) != prepared.Intermediate.SHA256 {
+			t.Errorf("replica %d signed under intermediate %x, not the activated authority's %s", i, sum, prepared.Intermediate.SHA256)
 		}
 	}
 }

@@ -21,15 +21,20 @@ import (
 )
 
 func TestConfigRotationFlags(t *testing.T) {
-	file := filepath.Join(t.TempDir(), "c.yaml")
-	if err := os.WriteFile(file, []byte("publish_delay: 2h\nprepare_at: 0.6\nkek_file: /run/secrets/kek\n"), 0o600); err != nil {
+	dir := t.TempDir()
+	kek := filepath.Join(dir, "kek")
+	if err := os.WriteFile(kek, make([]byte, 32), 0o400); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "c.yaml")
+	if err := os.WriteFile(file, []byte("publish_delay: 2h\nprepare_at: 0.6\nkek_file: "+kek+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cfg, err := loadConfig([]string{"--config", file}, envOf(map[string]string{"CASTELLAN_PREPARE_AT": "0.7"}), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.PublishDelay != 2*time.Hour || cfg.PrepareAt != 0.7 || cfg.KEKFile != "/run/secrets/kek" {
+	if cfg.PublishDelay != 2*time.Hour || cfg.PrepareAt != 0.7 || cfg.KEKFile != kek {
 		t.Fatalf("rotation config %s %v %q: YAML, then the environment over it", cfg.PublishDelay, cfg.PrepareAt, cfg.KEKFile)
 	}
 	for _, tc := range []struct {

@@ -47,8 +47,11 @@ func (c config) checkDatastore() []error {
 	if err != nil {
 		errs = append(errs, err)
 	}
-	if c.LedgerKeyFile != "" {
-		if _, err := readSecretFile(c.LedgerKeyFile, "--ledger-key-file"); err != nil {
+	for flag, file := range map[string]string{"--ledger-key-file": c.LedgerKeyFile, "--kek-file": c.KEKFile} {
+		if file == "" {
+			continue
+		}
+		if _, err := readSecretFile(file, flag); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -62,9 +65,10 @@ func (c config) checkDatastore() []error {
 	if c.LedgerReadOnlyForensics {
 		errs = append(errs, errors.New("--ledger-read-only-forensics salvages a damaged bolt ledger file; it does not apply to a PostgreSQL datastore"))
 	}
-	if c.RootCert == "" {
+	if c.RootCert == "" && c.KEKFile == "" {
 		errs = append(errs, errors.New("a PostgreSQL datastore is shared by replicas, which must all sign with one CA: "+
-			"give --root-cert, --intermediate-cert and --intermediate-key (e.g. from the cacerts Secret); a generated CA would differ on each replica"))
+			"give --kek-file (the key that seals the CA's generated keys in the shared authority journal, the same file on every replica), "+
+			"or a plug-in CA with --root-cert, --intermediate-cert and --intermediate-key (e.g. from the cacerts Secret)"))
 	}
 	return errs
 }

@@ -32,15 +32,15 @@ type binaries struct {
 
 // debianPackages maps each host program to the Debian package that has it.
 var debianPackages = map[string]string{
-	"containerd":             "containerd",
-	"ctr":                    "containerd",
+	"containerd":              "containerd",
+	"ctr":                     "containerd",
 	"containerd-shim-runc-v2": "containerd",
-	"runc":                   "runc",
-	"/usr/lib/cni/bridge":    "containernetworking-plugins",
-	"iptables":               "iptables",
-	"ip6tables":              "iptables",
-	"conntrack":              "conntrack",
-	"ip":                     "iproute2",
+	"runc":                    "runc",
+	"/usr/lib/cni/bridge":     "containernetworking-plugins",
+	"iptables":                "iptables",
+	"ip6tables":               "iptables",
+	"conntrack":               "conntrack",
+	"ip":                      "iproute2",
 }
 
 // findBinaries locates every program, installing missing Debian packages
@@ -188,9 +188,9 @@ func (c *Cluster) startAPIServer(ctx context.Context) error {
 	}
 	c.add(proc)
 	c.restConfig = &rest.Config{
-		Host: c.url,
+		Host:            c.url,
 		TLSClientConfig: rest.TLSClientConfig{CAData: p.caPEM, CertData: c.admin.certPEM, KeyData: c.admin.keyPEM},
-		QPS:  100, Burst: 200, Timeout: 30 * time.Second,
+		QPS:             100, Burst: 200, Timeout: 30 * time.Second,
 	}
 	if err := c.writeKubeconfig("admin", c.admin); err != nil {
 		return err

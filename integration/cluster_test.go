@@ -36,6 +36,7 @@ func TestClusterRunsPodsAndLeavesNothing(t *testing.T) {
 	pod := createPodcheck(ctx, t, client, "default", "podcheck", "default")
 	pod = waitPodRunning(ctx, t, client, pod.Namespace, pod.Name)
 	logs := waitPodLog(ctx, t, client, pod.Namespace, pod.Name, "podcheck: token-aud=")
+	t.Logf("pod %s/%s (uid %s) log:\n%s", pod.Namespace, pod.Name, pod.UID, logs)
 	uid := string(pod.UID)
 	wantCgroup := "podcheck: cgroup=/kubepods/besteffort/pod" + uid + "/"
 	if !strings.Contains(logs, wantCgroup) {

@@ -89,6 +89,7 @@ type Cluster struct {
 	kubeletPort    int
 	kubeletServing *credential
 	admin          *credential
+	clients        map[string]*credential // component -> client credential, for kubeconfigs
 	restConfig     *rest.Config
 	client         kubernetes.Interface
 
@@ -160,6 +161,7 @@ func Start(t testing.TB) *Cluster {
 		defer unlock()
 		if t.Failed() {
 			c.logTails()
+			c.keepLogs()
 		}
 		if err := c.Stop(); err != nil {
 			t.Errorf("cluster: teardown: %v", err)
@@ -218,6 +220,7 @@ func (c *Cluster) writePKI() error {
 		return err
 	}
 	c.pki = p
+	c.clients = map[string]*credential{}
 	ip := net.ParseIP(NodeIP)
 	if _, err := p.serving("apiserver", []string{"kubernetes", "kubernetes.default",
 		"kubernetes.default.svc", "kubernetes.default.svc." + ClusterDomain, "localhost"},
@@ -231,7 +234,7 @@ func (c *Cluster) writePKI() error {
 		return err
 	}
 	clients := []struct{ name, cn, group string }{
-		{"apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters"},
+		{"apiserver-kubelet", "kube-apiserver-kubelet-client", "system:masters"},
 		{"kubelet", "system:node:" + NodeName, "system:nodes"},
 		{"kube-controller-manager", "system:kube-controller-manager", ""},
 		{"kube-scheduler", "system:kube-scheduler", ""},
@@ -246,13 +249,11 @@ func (c *Cluster) writePKI() error {
 		if err != nil {
 			return err
 		}
-		if cl.name == "apiserver-kubelet-client" {
-			continue
-		}
-		if err := c.writeKubeconfig(cl.name, cred); err != nil {
-			return err
+		if cl.name != "apiserver-kubelet" {
+			c.clients[cl.name] = cred
 		}
 	}
+	c.clients["admin"] = c.admin
 	return nil
 }
 
@@ -269,8 +270,19 @@ func (c *Cluster) logTails() {
 	procs := append([]*process(nil), c.procs...)
 	c.mu.Unlock()
 	for _, p := range procs {
-		c.t.Logf("cluster: %s log tail (%s):\n%s", p.name, p.logFile, tail(p.logFile, 25))
+		c.t.Logf("cluster: %s log, errors and tail:\n%s", p.name, errorsAndTail(p.logFile, 15, 10))
 	}
+}
+
+// keepLogs moves the components' logs out of the cluster directory (which
+// Stop removes) and says where.
+func (c *Cluster) keepLogs() {
+	kept := c.paths.dir + "-logs"
+	if err := os.Rename(c.paths.logs, kept); err != nil {
+		c.t.Logf("cluster: keeping the logs: %v", err)
+		return
+	}
+	c.t.Logf("cluster: the components' logs are in %s", kept)
 }
 
 // Stop tears the cluster down (see the package comment). It is idempotent;

@@ -192,8 +192,10 @@ func (c *Cluster) startAPIServer(ctx context.Context) error {
 		TLSClientConfig: rest.TLSClientConfig{CAData: p.caPEM, CertData: c.admin.certPEM, KeyData: c.admin.keyPEM},
 		QPS:             100, Burst: 200, Timeout: 30 * time.Second,
 	}
-	if err := c.writeKubeconfig("admin", c.admin); err != nil {
-		return err
+	for name, cred := range c.clients {
+		if err := c.writeKubeconfig(name, cred); err != nil {
+			return err
+		}
 	}
 	if c.client, err = kubernetes.NewForConfig(c.restConfig); err != nil {
 		return err

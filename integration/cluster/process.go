@@ -86,6 +86,40 @@ func tail(path string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
+// errorsAndTail returns the last nErr klog error or fatal lines ("E..."
+// or "F...") of the log at path, then its last nTail lines.
+func errorsAndTail(path string, nErr, nTail int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(no log: " + err.Error() + ")"
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	var errs []string
+	for _, l := range lines {
+		if len(l) > 1 && (l[0] == 'E' || l[0] == 'F') && l[1] >= '0' && l[1] <= '9' {
+			errs = append(errs, trim(l))
+		}
+	}
+	if len(errs) > nErr {
+		errs = errs[len(errs)-nErr:]
+	}
+	if len(lines) > nTail {
+		lines = lines[len(lines)-nTail:]
+	}
+	for i := range lines {
+		lines[i] = trim(lines[i])
+	}
+	return strings.Join(errs, "\n") + "\n  ...\n" + strings.Join(lines, "\n")
+}
+
+// trim shortens a log line to 400 bytes.
+func trim(l string) string {
+	if len(l) > 400 {
+		return l[:400] + "..."
+	}
+	return l
+}
+
 // run runs a short command, bounded by timeout, and returns its combined
 // output, with the command line in the error.
 func run(timeout time.Duration, bin string, args ...string) (string, error) {

@@ -23,7 +23,9 @@ const podcheckImage = "castellan.test/podcheck:v1"
 // (kubelet, containerd, runc, CNI, scheduler, controller-manager,
 // kube-proxy), schedules a pod with a locally built image through the API
 // and checks what the kubelet gave it: a kubepods cgroup named by its UID,
-// a projected token for the castellan-ca audience, readable logs. A pod
+// a projected token for the castellan-ca audience, readable logs, and the
+// apiserver reachable as https://kubernetes.default.svc (cluster DNS,
+// kube-proxy, the default token). A pod
 // whose image was never imported must not start (nothing is pulled). Then
 // it stops the cluster and checks that nothing is left on the host.
 func TestClusterRunsPodsAndLeavesNothing(t *testing.T) {
@@ -45,6 +47,12 @@ func TestClusterRunsPodsAndLeavesNothing(t *testing.T) {
 	if !strings.Contains(logs, "podcheck: token-sub=system:serviceaccount:default:default\n") ||
 		!strings.Contains(logs, "podcheck: token-aud="+cluster.AudienceCastellan+"\n") {
 		t.Errorf("pod log lacks the projected token's subject and audience:\n%s", logs)
+	}
+
+	// Cluster DNS, kube-proxy and the default token: the pod reached the
+	// apiserver as https://kubernetes.default.svc.
+	if !strings.Contains(logs, "podcheck: api-version=v1.34.4\n") {
+		t.Errorf("the pod did not read the apiserver's version through the kubernetes Service by name:\n%s", logs)
 	}
 
 	// A pod whose image is not in containerd stays unstarted: the cluster
@@ -79,7 +87,7 @@ func podcheckSpec(name, sa, image string) *corev1.Pod {
 				Name:            "podcheck",
 				Image:           image,
 				ImagePullPolicy: corev1.PullNever,
-				Args:            []string{"/var/run/secrets/castellan/token"},
+				Args:            []string{"--api", "/var/run/secrets/castellan/token"},
 				VolumeMounts:    []corev1.VolumeMount{{Name: "castellan-token", MountPath: "/var/run/secrets/castellan", ReadOnly: true}},
 			}},
 			Volumes: []corev1.Volume{{

@@ -4,7 +4,9 @@
 // kube-scheduler, the kubelet and kube-proxy (kube-node,
 // integration/kube/node), all Kubernetes v1.34.4; containerd, runc, the CNI
 // plugins and iptables from Debian's packages; a pause image built here. No
-// image is pulled: tests build theirs and Import them.
+// image is pulled: tests build theirs and Import them. Cluster DNS is
+// CoreDNS (kube-coredns, integration/kube/coredns) behind the Service
+// kube-system/kube-dns, so manifests use Service names unchanged.
 //
 // Start needs root and the environment variable CASTELLAN_CLUSTER=1 (the
 // cluster changes the host: an address on lo, a bridge, iptables rules,
@@ -200,6 +202,7 @@ func (c *Cluster) start(ctx context.Context) error {
 		{"control plane", c.startControllers},
 		{"kubelet", c.startKubelet},
 		{"kube-proxy", c.startKubeProxy},
+		{"cluster DNS", c.startDNS},
 		{"node Ready", c.waitNodeReady},
 		{"default service account", c.waitDefaultServiceAccount},
 	}
@@ -239,6 +242,7 @@ func (c *Cluster) writePKI() error {
 		{"kube-controller-manager", "system:kube-controller-manager", ""},
 		{"kube-scheduler", "system:kube-scheduler", ""},
 		{"kube-proxy", "system:kube-proxy", ""},
+		{"coredns", dnsUser, ""},
 	}
 	for _, cl := range clients {
 		var groups []string

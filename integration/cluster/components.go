@@ -22,7 +22,7 @@ import (
 
 // binaries are the programs the cluster runs.
 type binaries struct {
-	testenv, node string // kube-testenv and kube-node, from the build cache
+	testenv, node, coredns string // kube-testenv, kube-node, kube-coredns: from the build cache
 	containerd    string
 	ctr           string
 	ip            string
@@ -58,6 +58,9 @@ func findBinaries() (binaries, error) {
 		return b, err
 	}
 	if b.node, err = cachedBinary("CASTELLAN_KUBE_NODE", "kube-node", "integration/kube/node/build.sh"); err != nil {
+		return b, err
+	}
+	if b.coredns, err = cachedBinary("CASTELLAN_KUBE_COREDNS", "kube-coredns", "integration/kube/coredns/build.sh"); err != nil {
 		return b, err
 	}
 	for _, x := range []struct {

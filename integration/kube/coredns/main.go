@@ -13,6 +13,7 @@ import (
 
 	// The plugins, registered by their init functions; the order in which
 	// they run is dnsserver.Directives, as upstream.
+	_ "github.com/coredns/coredns/plugin/bind"
 	_ "github.com/coredns/coredns/plugin/cache"
 	_ "github.com/coredns/coredns/plugin/errors"
 	_ "github.com/coredns/coredns/plugin/forward"

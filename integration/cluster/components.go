@@ -23,11 +23,11 @@ import (
 // binaries are the programs the cluster runs.
 type binaries struct {
 	testenv, node, coredns string // kube-testenv, kube-node, kube-coredns: from the build cache
-	containerd    string
-	ctr           string
-	ip            string
-	iptables      string
-	ip6tables     string
+	containerd             string
+	ctr                    string
+	ip                     string
+	iptables               string
+	ip6tables              string
 }
 
 // debianPackages maps each host program to the Debian package that has it.

@@ -10,12 +10,15 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -36,6 +39,8 @@ const (
 	serverImageRef  = "ghcr.io/castellan-dev/castellan-server:latest"
 	agentImageRef   = "ghcr.io/castellan-dev/castellan-agent:latest"
 	detailsImageRef = "castellan.test/castellan-bookinfo-details:v1"
+	svidcheckImage  = "castellan.test/svidcheck:v1"
+	detailsID       = "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-details"
 )
 
 // TestClusterCastellanIdentities installs Castellan on a real node as a
@@ -45,7 +50,12 @@ const (
 // bookinfo-details that mounts the agent's host socket. The agent attests
 // the pod through the cgroups the kubelet made and gives it
 // spiffe://cluster.local/ns/bookinfo/sa/bookinfo-details: details serves
-// that SVID, chained to the plugged-in root.
+// that SVID, chained to the plugged-in root. A pod of another service
+// account that mounts the same socket gets only its own identity and is
+// refused details' by name over SDS (a pod of details' own account, the
+// control, gets it). Deleting the details pod drops its identity from the
+// agent's cache (castellan_agent_cached_identities, one per live pod on
+// the node, goes down by one).
 func TestClusterCastellanIdentities(t *testing.T) {
 	c := cluster.Start(t)
 	// The DaemonSet's hostPath directories: removed at the end if new.
@@ -55,6 +65,7 @@ func TestClusterCastellanIdentities(t *testing.T) {
 	c.ImportLayout(filepath.Join(images, "castellan-server"), serverImageRef)
 	c.ImportLayout(filepath.Join(images, "castellan-agent"), agentImageRef)
 	c.ImportLayout(filepath.Join(images, "castellan-bookinfo-details"), detailsImageRef)
+	c.ImportGoBinary("./integration/cluster/svidcheck", svidcheckImage)
 	client := c.Client()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -68,10 +79,9 @@ func TestClusterCastellanIdentities(t *testing.T) {
 	waitDaemonSetReady(ctx, t, client, "castellan-system", "castellan-agent")
 
 	pod := runBookinfoDetails(ctx, t, client)
-	want := "spiffe://cluster.local/ns/bookinfo/sa/bookinfo-details"
 	chain := peerCertificates(ctx, t, net.JoinHostPort(pod.Status.PodIP, "9081"))
-	if got := uriSANs(chain[0]); len(got) != 1 || got[0] != want {
-		t.Fatalf("details serves an SVID for %v, want [%s]", got, want)
+	if got := uriSANs(chain[0]); len(got) != 1 || got[0] != detailsID {
+		t.Fatalf("details serves an SVID for %v, want [%s]", got, detailsID)
 	}
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(rootPEM) {
@@ -85,6 +95,166 @@ func TestClusterCastellanIdentities(t *testing.T) {
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		t.Errorf("details' SVID does not chain to the plugged-in root: %v", err)
 	}
+
+	// Deleting the details pod drops its identity from the agent's cache.
+	agentIP := agentPodIP(ctx, t, client)
+	// The agent holds one SVID per live pod on its node (the CA's, its
+	// own, details'); without details, one fewer.
+	live := livePods(ctx, t, client)
+	waitCachedIdentities(ctx, t, agentIP, func(n int) bool { return n == live })
+	zero := int64(0)
+	if err := client.CoreV1().Pods("bookinfo").Delete(ctx, "details", metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		t.Fatal(err)
+	}
+	waitCachedIdentities(ctx, t, agentIP, func(n int) bool { return n == live-1 })
+
+	// Another service account on the same node, same socket: only its own
+	// identity, and details' is refused by name. The control pod runs as
+	// bookinfo-details and does get it, so the refusal is not an accident.
+	intruder := runSVIDCheck(ctx, t, c, "intruder", "intruder")
+	if ids := svidcheckLines(intruder, "id="); len(ids) != 1 || ids[0] != "spiffe://cluster.local/ns/bookinfo/sa/intruder" {
+		t.Errorf("intruder pod got identities %v, want only its own:\n%s", ids, intruder)
+	}
+	if got := svidcheckLines(intruder, "steal="+detailsID+" "); len(got) != 1 || got[0] != "code=NotFound" {
+		t.Errorf("intruder asking SDS for %s: %v, want code=NotFound:\n%s", detailsID, got, intruder)
+	}
+	twin := runSVIDCheck(ctx, t, c, "details-twin", "bookinfo-details")
+	if got := svidcheckLines(twin, "steal="+detailsID+" "); len(got) != 1 || !strings.HasPrefix(got[0], "got=1 ") {
+		t.Errorf("a pod of bookinfo-details asking SDS for its own identity: %v, want it:\n%s", got, twin)
+	}
+}
+
+// runSVIDCheck runs svidcheck once as service account sa in bookinfo,
+// asking SDS for details' identity, and returns its output.
+func runSVIDCheck(ctx context.Context, t *testing.T, c *cluster.Cluster, name, sa string) string {
+	t.Helper()
+	client := c.Client()
+	if sa != "bookinfo-details" {
+		acct := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa, Namespace: "bookinfo"}}
+		if _, err := client.CoreV1().ServiceAccounts("bookinfo").Create(ctx, acct, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dirType := corev1.HostPathDirectory
+	uid := int64(65532)
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "bookinfo"},
+		Spec: corev1.PodSpec{
+			ServiceAccountName: sa,
+			RestartPolicy:      corev1.RestartPolicyNever,
+			SecurityContext:    &corev1.PodSecurityContext{RunAsUser: &uid, RunAsGroup: &uid},
+			Containers: []corev1.Container{{
+				Name: "svidcheck", Image: svidcheckImage, ImagePullPolicy: corev1.PullNever,
+				Args:         []string{"--socket=/run/castellan/agent.sock", "--steal=" + detailsID},
+				VolumeMounts: []corev1.VolumeMount{{Name: "castellan-socket", MountPath: "/run/castellan", ReadOnly: true}},
+			}},
+			Volumes: []corev1.Volume{{Name: "castellan-socket", VolumeSource: corev1.VolumeSource{
+				HostPath: &corev1.HostPathVolumeSource{Path: "/run/castellan", Type: &dirType},
+			}}},
+		},
+	}
+	if _, err := client.CoreV1().Pods("bookinfo").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		p, err := client.CoreV1().Pods("bookinfo").Get(ctx, name, metav1.GetOptions{})
+		if err == nil && (p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("svidcheck pod %s did not finish: %s", name, describePods(t, client, "bookinfo"))
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	raw, err := client.CoreV1().Pods("bookinfo").GetLogs(name, &corev1.PodLogOptions{}).DoRaw(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("svidcheck as %s:\n%s", sa, raw)
+	return string(raw)
+}
+
+// svidcheckLines returns the rest of every "svidcheck: <prefix>..." line.
+func svidcheckLines(out, prefix string) []string {
+	var got []string
+	for _, line := range strings.Split(out, "\n") {
+		if rest, ok := strings.CutPrefix(line, "svidcheck: "+prefix); ok {
+			got = append(got, rest)
+		}
+	}
+	return got
+}
+
+// livePods counts the pods of every namespace that are neither finished
+// nor being deleted.
+func livePods(ctx context.Context, t *testing.T, client kubernetes.Interface) int {
+	t.Helper()
+	pods, err := client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
+			n++
+		}
+	}
+	return n
+}
+
+// agentPodIP returns the address of the agent's pod.
+func agentPodIP(ctx context.Context, t *testing.T, client kubernetes.Interface) string {
+	t.Helper()
+	pods, err := client.CoreV1().Pods("castellan-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=castellan-agent"})
+	if err != nil || len(pods.Items) != 1 || pods.Items[0].Status.PodIP == "" {
+		t.Fatalf("the agent pod: %v (%d pods)", err, len(pods.Items))
+	}
+	return pods.Items[0].Status.PodIP
+}
+
+// waitCachedIdentities polls the agent's castellan_agent_cached_identities
+// until ok accepts it, and returns it.
+func waitCachedIdentities(ctx context.Context, t *testing.T, agentIP string, ok func(int) bool) int {
+	t.Helper()
+	last := -1
+	for {
+		if n, err := scrapeGauge(ctx, "http://"+net.JoinHostPort(agentIP, "8081")+"/metrics", "castellan_agent_cached_identities"); err == nil {
+			last = n
+			if ok(n) {
+				return n
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("castellan_agent_cached_identities stayed at %d", last)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// scrapeGauge reads one unlabelled gauge from a Prometheus text endpoint.
+func scrapeGauge(ctx context.Context, url, name string) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if rest, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+			return int(f), err
+		}
+	}
+	return 0, fmt.Errorf("%s not in %s", name, url)
 }
 
 // castellanImages returns a directory of OCI layouts holding the named

@@ -58,25 +58,13 @@ const (
 // the node, goes down by one).
 func TestClusterCastellanIdentities(t *testing.T) {
 	c := cluster.Start(t)
-	// The DaemonSet's hostPath directories: removed at the end if new.
-	c.RemoveAtStop("/run/castellan")
-	c.RemoveAtStop("/var/lib/castellan")
 	images := castellanImages(t, "castellan-server", "castellan-agent", "castellan-bookinfo-details")
-	c.ImportLayout(filepath.Join(images, "castellan-server"), serverImageRef)
-	c.ImportLayout(filepath.Join(images, "castellan-agent"), agentImageRef)
 	c.ImportLayout(filepath.Join(images, "castellan-bookinfo-details"), detailsImageRef)
 	c.ImportGoBinary("./integration/cluster/svidcheck", svidcheckImage)
 	client := c.Client()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-
-	root := filepath.Join(testbin.RepoRoot(), "deploy")
-	c.Kubectl("apply", "-k", filepath.Join(root, "base", "ca"))
-	rootPEM := createPluginCA(ctx, t, client, "castellan-system")
-	createLocalVolume(ctx, t, c, "castellan-ca-data", "1Gi", 65532)
-	c.Kubectl("apply", "-k", filepath.Join(root, "base", "agent"))
-	waitDeploymentAvailable(ctx, t, client, "castellan-system", "castellan-ca")
-	waitDaemonSetReady(ctx, t, client, "castellan-system", "castellan-agent")
+	rootPEM := installCastellan(ctx, t, c, images, filepath.Join(testbin.RepoRoot(), "deploy", "base", "ca"))
 
 	pod := runBookinfoDetails(ctx, t, client)
 	chain := peerCertificates(ctx, t, net.JoinHostPort(pod.Status.PodIP, "9081"))
@@ -255,6 +243,29 @@ func scrapeGauge(ctx context.Context, url, name string) (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("%s not in %s", name, url)
+}
+
+// installCastellan installs Castellan as deploy/README.md tells users to:
+// the images (from images, under the names the manifests use), kubectl
+// apply -k of the CA (caDir: deploy/base/ca or an overlay of it) and of
+// deploy/base/agent, the plug-in CA Secret, and a volume for the CA's
+// claim (the test cluster has no storage provisioner). It waits for the
+// CA Deployment and the agent DaemonSet, and returns the root PEM.
+func installCastellan(ctx context.Context, t *testing.T, c *cluster.Cluster, images, caDir string) []byte {
+	t.Helper()
+	// The DaemonSet's hostPath directories: removed at the end if new.
+	c.RemoveAtStop("/run/castellan")
+	c.RemoveAtStop("/var/lib/castellan")
+	c.ImportLayout(filepath.Join(images, "castellan-server"), serverImageRef)
+	c.ImportLayout(filepath.Join(images, "castellan-agent"), agentImageRef)
+	client := c.Client()
+	c.Kubectl("apply", "-k", caDir)
+	rootPEM := createPluginCA(ctx, t, client, "castellan-system")
+	createLocalVolume(ctx, t, c, "castellan-ca-data", "1Gi", 65532)
+	c.Kubectl("apply", "-k", filepath.Join(testbin.RepoRoot(), "deploy", "base", "agent"))
+	waitDeploymentAvailable(ctx, t, client, "castellan-system", "castellan-ca")
+	waitDaemonSetReady(ctx, t, client, "castellan-system", "castellan-agent")
+	return rootPEM
 }
 
 // castellanImages returns a directory of OCI layouts holding the named

@@ -26,7 +26,8 @@
 // chains added since Start, the sysctls the kubelet and the bridge plugin
 // change, and the hard-coded host paths it created. Leftovers lists what
 // would have survived. Only one cluster runs on a host at a time (the fixed
-// names above and the /kubepods cgroup): Start waits for a host-wide lock.
+// names above and the /kubepods cgroup): Start waits for a host-wide lock,
+// and then removes what a cluster whose test process was killed left.
 package cluster
 
 import (
@@ -36,6 +37,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -152,6 +154,12 @@ func Start(t testing.TB) *Cluster {
 	unlock, err := lockHost(readyTimeout + 5*time.Minute)
 	if err != nil {
 		t.Fatalf("cluster: %v", err)
+	}
+	if dirs, err := recoverStale(); err != nil {
+		unlock()
+		t.Fatalf("cluster: undoing the clusters of killed tests (%s): %v", strings.Join(dirs, ", "), err)
+	} else if len(dirs) > 0 {
+		t.Logf("cluster: undid the clusters of killed tests: %s", strings.Join(dirs, ", "))
 	}
 	dir, err := os.MkdirTemp("", "cstl-")
 	if err != nil {

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -30,40 +31,70 @@ var hostPaths = []string{
 // the snapshot taken by Start.
 var iptablesTables = []string{"filter", "nat", "mangle", "raw"}
 
-// hostState is what Start recorded of the host before changing it.
+// hostState is what Start recorded of the host before changing it. It is
+// also saved as host.json in the cluster directory, so that the next Start
+// can undo a killed test's cluster exactly (recoverStale).
 type hostState struct {
-	sysctls   map[string]string
-	existed   map[string]bool     // hostPaths (and extra paths) present before Start
-	iptables  map[string][]string // "iptables/nat" -> rules of iptables -t nat -S
-	links     []string            // network interfaces before Start
-	extra     []string            // more host paths to remove at Stop
-	addedAddr bool
+	Sysctls   map[string]string   `json:"sysctls"`
+	Existed   map[string]bool     `json:"existed"`  // hostPaths (and extra paths) present before Start
+	IPTables  map[string][]string `json:"iptables"` // "iptables/nat" -> rules of iptables -t nat -S
+	Links     []string            `json:"links"`    // network interfaces before Start
+	Extra     []string            `json:"extra"`    // more host paths to remove at Stop
+	AddedAddr bool                `json:"added_addr"`
+}
+
+// hostFile is the name of the saved hostState in the cluster directory.
+const hostFile = "host.json"
+
+// save writes h into dir (before each change it records is made).
+func (h *hostState) save(dir string) error {
+	b, err := json.Marshal(h)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, hostFile), b, 0o600)
+}
+
+// loadHost reads the hostState a cluster saved in dir.
+func loadHost(dir string) (*hostState, error) {
+	b, err := os.ReadFile(filepath.Join(dir, hostFile))
+	if err != nil {
+		return nil, err
+	}
+	h := &hostState{}
+	if err := json.Unmarshal(b, h); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, hostFile), err)
+	}
+	return h, nil
 }
 
 // prepareHost records the host's state, refuses to run over a cluster (or
 // its leftovers) and adds NodeIP to lo.
 func prepareHost(p paths) (*hostState, error) {
-	h := &hostState{sysctls: map[string]string{}, existed: map[string]bool{}, iptables: map[string][]string{}}
+	h := &hostState{Sysctls: map[string]string{}, Existed: map[string]bool{}, IPTables: map[string][]string{}}
 	if leftovers := foreignClusterState(); len(leftovers) > 0 {
 		return nil, fmt.Errorf("the host already has cluster state (another cluster, or a crashed run's leftovers): %s", strings.Join(leftovers, "; "))
 	}
 	for _, s := range sysctls {
 		if b, err := os.ReadFile(filepath.Join("/proc/sys", s)); err == nil {
-			h.sysctls[s] = strings.TrimSpace(string(b))
+			h.Sysctls[s] = strings.TrimSpace(string(b))
 		}
 	}
 	for _, path := range hostPaths {
-		h.existed[path] = exists(path)
+		h.Existed[path] = exists(path)
 	}
 	var err error
-	if h.iptables, err = snapshotIPTables(); err != nil {
+	if h.IPTables, err = snapshotIPTables(); err != nil {
 		return nil, err
 	}
-	h.links = links()
+	h.Links = links()
+	h.AddedAddr = true // saved before the change, so that a recovery undoes it
+	if err := h.save(p.dir); err != nil {
+		return nil, err
+	}
 	if _, err := run(10*time.Second, "ip", "addr", "add", NodeIP+"/32", "dev", "lo"); err != nil {
 		return nil, err
 	}
-	h.addedAddr = true
 	return h, nil
 }
 
@@ -88,9 +119,12 @@ func foreignClusterState() []string {
 func (c *Cluster) RemoveAtStop(path string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, seen := c.host.existed[path]; !seen {
-		c.host.existed[path] = exists(path)
-		c.host.extra = append(c.host.extra, path)
+	if _, seen := c.host.Existed[path]; !seen {
+		c.host.Existed[path] = exists(path)
+		c.host.Extra = append(c.host.Extra, path)
+		if err := c.host.save(c.paths.dir); err != nil {
+			c.t.Errorf("cluster: saving the host state: %v", err)
+		}
 	}
 }
 

@@ -40,7 +40,7 @@ func (c *Cluster) teardown() error {
 	note("unmounting", unmountUnder(c.paths.dir))
 	note("removing cgroups", removeKubepodsCgroups())
 	note("removing the network", c.removeNetwork())
-	note("removing iptables rules", removeAddedIPTables(c.host.iptables))
+	note("removing iptables rules", removeAddedIPTables(c.host.IPTables))
 	note("restoring sysctls", c.restoreSysctls())
 	note("removing host paths", c.removeHostPaths())
 	note("removing "+c.paths.dir, os.RemoveAll(c.paths.dir))
@@ -264,7 +264,7 @@ func (c *Cluster) removeNetwork() error {
 			errs = append(errs, err)
 		}
 	}
-	if c.host.addedAddr {
+	if c.host.AddedAddr {
 		if _, err := run(10*time.Second, "ip", "addr", "del", NodeIP+"/32", "dev", "lo"); err != nil {
 			errs = append(errs, err)
 		}
@@ -285,7 +285,7 @@ func (c *Cluster) removeNetwork() error {
 func (c *Cluster) newLinks() []string {
 	var added []string
 	for _, l := range links() {
-		if !slices.Contains(c.host.links, l) {
+		if !slices.Contains(c.host.Links, l) {
 			added = append(added, l)
 		}
 	}
@@ -295,7 +295,7 @@ func (c *Cluster) newLinks() []string {
 // restoreSysctls writes back every recorded sysctl that changed.
 func (c *Cluster) restoreSysctls() error {
 	var errs []error
-	for name, old := range c.host.sysctls {
+	for name, old := range c.host.Sysctls {
 		path := filepath.Join("/proc/sys", name)
 		if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) != old {
 			if err := os.WriteFile(path, []byte(old), 0o644); err != nil {
@@ -311,20 +311,20 @@ func (c *Cluster) restoreSysctls() error {
 // cluster's entries in it (CNI results named by its network).
 func (c *Cluster) removeHostPaths() error {
 	c.mu.Lock()
-	paths := append(slices.Clone(hostPaths), c.host.extra...)
+	paths := append(slices.Clone(hostPaths), c.host.Extra...)
 	c.mu.Unlock()
 	var errs []error
 	for _, p := range paths {
 		if err := unmountUnder(p); err != nil {
 			errs = append(errs, err)
 		}
-		if !c.host.existed[p] {
+		if !c.host.Existed[p] {
 			if err := os.RemoveAll(p); err != nil {
 				errs = append(errs, err)
 			}
 		}
 	}
-	if c.host.existed["/var/lib/cni"] {
+	if c.host.Existed["/var/lib/cni"] {
 		ours, _ := filepath.Glob("/var/lib/cni/results/" + CNINetwork + "-*")
 		for _, f := range ours {
 			errs = append(errs, os.Remove(f))
@@ -350,7 +350,7 @@ func (c *Cluster) Leftovers() []string {
 	for _, cg := range kubepodsCgroups() {
 		left = append(left, "cgroup "+cg)
 	}
-	added, err := addedIPTables(c.host.iptables)
+	added, err := addedIPTables(c.host.IPTables)
 	if err != nil {
 		left = append(left, "iptables unreadable: "+err.Error())
 	}
@@ -365,12 +365,12 @@ func (c *Cluster) Leftovers() []string {
 	if out, err := run(5*time.Second, "ip", "-o", "addr", "show", "dev", "lo"); err == nil && strings.Contains(out, " "+NodeIP+"/") {
 		left = append(left, "address "+NodeIP+" on lo")
 	}
-	for name, old := range c.host.sysctls {
+	for name, old := range c.host.Sysctls {
 		if b, err := os.ReadFile(filepath.Join("/proc/sys", name)); err == nil && strings.TrimSpace(string(b)) != old {
 			left = append(left, fmt.Sprintf("sysctl %s = %s (was %s)", name, strings.TrimSpace(string(b)), old))
 		}
 	}
-	for p, existed := range c.host.existed {
+	for p, existed := range c.host.Existed {
 		if !existed && exists(p) {
 			left = append(left, "path "+p)
 		}

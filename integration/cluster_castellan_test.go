@@ -67,22 +67,7 @@ func TestClusterCastellanIdentities(t *testing.T) {
 	rootPEM := installCastellan(ctx, t, c, images, filepath.Join(testbin.RepoRoot(), "deploy", "base", "ca"))
 
 	pod := runBookinfoDetails(ctx, t, client)
-	chain := peerCertificates(ctx, t, net.JoinHostPort(pod.Status.PodIP, "9081"))
-	if got := uriSANs(chain[0]); len(got) != 1 || got[0] != detailsID {
-		t.Fatalf("details serves an SVID for %v, want [%s]", got, detailsID)
-	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(rootPEM) {
-		t.Fatal("plug-in root does not parse")
-	}
-	inter := x509.NewCertPool()
-	for _, cert := range chain[1:] {
-		inter.AddCert(cert)
-	}
-	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-		t.Errorf("details' SVID does not chain to the plugged-in root: %v", err)
-	}
+	checkServedSVID(ctx, t, pod, "9081", detailsID, rootPEM)
 
 	// Deleting the details pod drops its identity from the agent's cache.
 	agentIP := agentPodIP(ctx, t, client)
@@ -109,6 +94,28 @@ func TestClusterCastellanIdentities(t *testing.T) {
 	twin := runSVIDCheck(ctx, t, c, "details-twin", "bookinfo-details")
 	if got := svidcheckLines(twin, "steal="+detailsID+" "); len(got) != 1 || !strings.HasPrefix(got[0], "got=1 ") {
 		t.Errorf("a pod of bookinfo-details asking SDS for its own identity: %v, want it:\n%s", got, twin)
+	}
+}
+
+// checkServedSVID checks that the pod serves, on port, an X.509-SVID for
+// want that chains to the plug-in root.
+func checkServedSVID(ctx context.Context, t *testing.T, pod *corev1.Pod, port, want string, rootPEM []byte) {
+	t.Helper()
+	chain := peerCertificates(ctx, t, net.JoinHostPort(pod.Status.PodIP, port))
+	if got := uriSANs(chain[0]); len(got) != 1 || got[0] != want {
+		t.Fatalf("pod %s serves an SVID for %v, want [%s]", pod.Name, got, want)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(rootPEM) {
+		t.Fatal("plug-in root does not parse")
+	}
+	inter := x509.NewCertPool()
+	for _, cert := range chain[1:] {
+		inter.AddCert(cert)
+	}
+	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Errorf("pod %s's SVID does not chain to the plugged-in root: %v", pod.Name, err)
 	}
 }
 

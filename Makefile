@@ -31,7 +31,8 @@ kube-testenv:
 # kube-node (kubelet, kube-scheduler, kube-controller-manager, kube-proxy
 # v1.34.4) and kube-coredns (CoreDNS v1.13.2) complete kube-testenv into the
 # real single-node cluster of integration/cluster; built once into
-# $(CACHE)/bin (cold: about 6 and 2 minutes).
+# $(CACHE)/bin (after kube-testenv, on a busy 2-core machine: about 6 and 2
+# minutes).
 kube-node:
 	./integration/kube/node/build.sh
 kube-coredns:

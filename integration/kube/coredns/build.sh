@@ -8,6 +8,9 @@
 # go.sum, main.go and this script, nothing is built.
 #
 # Output: ${CASTELLAN_KUBE_COREDNS:-${CASTELLAN_CACHE:-$HOME/.cache/castellan}/bin/kube-coredns}
+# Measured on a 2-core machine busy with other builds: about 6 minutes from a
+# build cache without CoreDNS's dependencies, under 2 minutes with the Go
+# standard library and the shared dependencies cached.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

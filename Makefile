@@ -13,7 +13,7 @@ BENCHTIME ?= 3s
 COMMANDS := castellan-server castellan-agent castellanctl castellan-demo
 BOOKINFO := productpage details reviews ratings
 
-.PHONY: all build images test unit demo proto bench lint kube-testenv spire-agent helm promtool omniwitness clean
+.PHONY: all build images test unit demo proto bench lint kube-testenv kube-node kube-coredns spire-agent helm promtool omniwitness clean
 
 all: build
 
@@ -27,6 +27,16 @@ build:
 # once into $(CACHE)/bin (about 11 and 2 minutes the first time).
 kube-testenv:
 	./integration/kube/testenv/build.sh
+
+# kube-node (kubelet, kube-scheduler, kube-controller-manager, kube-proxy
+# v1.34.4) and kube-coredns (CoreDNS v1.13.2) complete kube-testenv into the
+# real single-node cluster of integration/cluster; built once into
+# $(CACHE)/bin (after kube-testenv, on a busy 2-core machine: about 6 and 2
+# minutes).
+kube-node:
+	./integration/kube/node/build.sh
+kube-coredns:
+	./integration/kube/coredns/build.sh
 spire-agent:
 	./integration/spire/tool/build.sh
 

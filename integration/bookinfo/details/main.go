@@ -24,16 +24,17 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:9081", "mTLS address to serve on")
 	socket := flag.String("socket", "", "path of the agent's Workload API socket (required)")
 	tdName := flag.String("trust-domain", "cluster.local", "trust domain of the mesh")
+	namespace := flag.String("namespace", "default", "namespace of the Bookinfo services, in their peers' SPIFFE IDs (spiffe://<td>/ns/<namespace>/sa/bookinfo-<service>)")
 	wait := flag.Duration("identity-timeout", 2*time.Minute, "how long to wait for the first SVID")
 	flag.Parse()
 	log := server.Logger("details")
-	if err := run(*listen, *socket, *tdName, *wait); err != nil {
+	if err := run(*listen, *socket, *tdName, *namespace, *wait); err != nil {
 		log.Error("details stopped", "error", err)
 		os.Exit(1)
 	}
 }
 
-func run(listen, socket, tdName string, wait time.Duration) error {
+func run(listen, socket, tdName, namespace string, wait time.Duration) error {
 	log := server.Logger("details")
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -41,7 +42,7 @@ func run(listen, socket, tdName string, wait time.Duration) error {
 	if err != nil {
 		return err
 	}
-	productpage, err := identity.Service(td, "productpage")
+	productpage, err := identity.ServiceIn(td, namespace, "productpage")
 	if err != nil {
 		return err
 	}

@@ -25,8 +25,8 @@ import (
 )
 
 type options struct {
-	listen, details, reviews, socket, td string
-	wait                                 time.Duration
+	listen, details, reviews, socket, td, namespace string
+	wait                                            time.Duration
 }
 
 func main() {
@@ -36,6 +36,7 @@ func main() {
 	flag.StringVar(&o.reviews, "reviews", "https://127.0.0.1:9084,https://127.0.0.1:9085", "comma-separated base URLs of the reviews instances, called in turn")
 	flag.StringVar(&o.socket, "socket", "", "path of the agent's Workload API socket (required)")
 	flag.StringVar(&o.td, "trust-domain", "cluster.local", "trust domain of the mesh")
+	flag.StringVar(&o.namespace, "namespace", "default", "namespace of the Bookinfo services, in their peers' SPIFFE IDs (spiffe://<td>/ns/<namespace>/sa/bookinfo-<service>)")
 	flag.DurationVar(&o.wait, "identity-timeout", 2*time.Minute, "how long to wait for the first SVID")
 	flag.Parse()
 	log := server.Logger("productpage")
@@ -53,11 +54,11 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	detailsID, err := identity.Service(td, "details")
+	detailsID, err := identity.ServiceIn(td, o.namespace, "details")
 	if err != nil {
 		return err
 	}
-	reviewsID, err := identity.Service(td, "reviews")
+	reviewsID, err := identity.ServiceIn(td, o.namespace, "reviews")
 	if err != nil {
 		return err
 	}

@@ -26,16 +26,17 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:9082", "mTLS address to serve on")
 	socket := flag.String("socket", "", "path of the agent's SDS socket (required)")
 	tdName := flag.String("trust-domain", "cluster.local", "trust domain of the mesh")
+	namespace := flag.String("namespace", "default", "namespace of the Bookinfo services, in their peers' SPIFFE IDs (spiffe://<td>/ns/<namespace>/sa/bookinfo-<service>)")
 	wait := flag.Duration("identity-timeout", 2*time.Minute, "how long to wait for the first secrets")
 	flag.Parse()
 	log := server.Logger("ratings")
-	if err := run(*listen, *socket, *tdName, *wait); err != nil {
+	if err := run(*listen, *socket, *tdName, *namespace, *wait); err != nil {
 		log.Error("ratings stopped", "error", err)
 		os.Exit(1)
 	}
 }
 
-func run(listen, socket, tdName string, wait time.Duration) error {
+func run(listen, socket, tdName, namespace string, wait time.Duration) error {
 	log := server.Logger("ratings")
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -43,7 +44,7 @@ func run(listen, socket, tdName string, wait time.Duration) error {
 	if err != nil {
 		return err
 	}
-	reviews, err := identity.Service(td, "reviews")
+	reviews, err := identity.ServiceIn(td, namespace, "reviews")
 	if err != nil {
 		return err
 	}

@@ -24,8 +24,8 @@ import (
 )
 
 type options struct {
-	version, listen, ratings, socket, td string
-	wait                                 time.Duration
+	version, listen, ratings, socket, td, namespace string
+	wait                                            time.Duration
 }
 
 func main() {
@@ -35,6 +35,7 @@ func main() {
 	flag.StringVar(&o.ratings, "ratings", "https://127.0.0.1:9082", "base URL of the ratings service")
 	flag.StringVar(&o.socket, "socket", "", "path of the agent's SDS socket (required)")
 	flag.StringVar(&o.td, "trust-domain", "cluster.local", "trust domain of the mesh")
+	flag.StringVar(&o.namespace, "namespace", "default", "namespace of the Bookinfo services, in their peers' SPIFFE IDs (spiffe://<td>/ns/<namespace>/sa/bookinfo-<service>)")
 	flag.DurationVar(&o.wait, "identity-timeout", 2*time.Minute, "how long to wait for the first secrets")
 	flag.Parse()
 	log := server.Logger("reviews-" + o.version)
@@ -52,11 +53,11 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	productpage, err := identity.Service(td, "productpage")
+	productpage, err := identity.ServiceIn(td, o.namespace, "productpage")
 	if err != nil {
 		return err
 	}
-	ratingsID, err := identity.Service(td, "ratings")
+	ratingsID, err := identity.ServiceIn(td, o.namespace, "ratings")
 	if err != nil {
 		return err
 	}

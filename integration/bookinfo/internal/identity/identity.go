@@ -32,9 +32,15 @@ type Source interface {
 // Service returns the SPIFFE ID of a Bookinfo service under Istio's scheme:
 // spiffe://<td>/ns/default/sa/bookinfo-<service>.
 func Service(td spiffeid.TrustDomain, service string) (spiffeid.ID, error) {
-	id, err := spiffeid.FromSegments(td, "ns", "default", "sa", "bookinfo-"+service)
+	return ServiceIn(td, "default", service)
+}
+
+// ServiceIn returns the SPIFFE ID of a Bookinfo service deployed in
+// namespace: spiffe://<td>/ns/<namespace>/sa/bookinfo-<service>.
+func ServiceIn(td spiffeid.TrustDomain, namespace, service string) (spiffeid.ID, error) {
+	id, err := spiffeid.FromSegments(td, "ns", namespace, "sa", "bookinfo-"+service)
 	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("identity: service %q: %w", service, err)
+		return spiffeid.ID{}, fmt.Errorf("identity: service %q in namespace %q: %w", service, namespace, err)
 	}
 	return id, nil
 }

@@ -1,0 +1,149 @@
+package cluster
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestSplitRuleHonoursQuotes(t *testing.T) {
+	got := splitRule(`-A KUBE-SERVICES -m comment --comment "kubernetes service \"a b\" portals" -j KUBE-SVC-X`)
+	want := []string{"-A", "KUBE-SERVICES", "-m", "comment", "--comment", `kubernetes service "a b" portals`, "-j", "KUBE-SVC-X"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("splitRule = %q, want %q", got, want)
+	}
+	if got := splitRule(`-N KUBE-X`); !slices.Equal(got, []string{"-N", "KUBE-X"}) {
+		t.Fatalf("splitRule(-N) = %q", got)
+	}
+}
+
+func TestUnescapeMountDecodesOctal(t *testing.T) {
+	if got := unescapeMount(`/tmp/a\040b/c`); got != "/tmp/a b/c" {
+		t.Fatalf("unescapeMount = %q", got)
+	}
+	if got := unescapeMount(`/plain`); got != "/plain" {
+		t.Fatalf("unescapeMount = %q", got)
+	}
+}
+
+// requireHost skips tests that change the host (mounts, iptables, cgroups)
+// unless they may: root and CASTELLAN_CLUSTER=1, as for Start.
+func requireHost(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 || os.Getenv(EnvEnable) != "1" {
+		t.Skipf("changes the host: needs root and %s=1", EnvEnable)
+	}
+}
+
+// TestUnmountUnderRemovesStackedAndNestedMounts mounts tmpfs twice on one
+// point and once below it, as the kubelet's bind mounts stack, and checks
+// unmountUnder leaves nothing, deepest first.
+func TestUnmountUnderRemovesStackedAndNestedMounts(t *testing.T) {
+	requireHost(t)
+	dir := t.TempDir()
+	top := filepath.Join(dir, "a")
+	if err := os.MkdirAll(top, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := syscall.Mount("tmpfs", top, "tmpfs", 0, "size=1m"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nested := filepath.Join(top, "b c")
+	if err := os.Mkdir(nested, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", nested, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(mountsUnder(dir)); n != 3 {
+		t.Fatalf("mountsUnder found %d mounts, want 3: %v", n, mountsUnder(dir))
+	}
+	if err := unmountUnder(dir); err != nil {
+		t.Fatal(err)
+	}
+	if left := mountsUnder(dir); len(left) != 0 {
+		t.Fatalf("still mounted: %v", left)
+	}
+}
+
+// TestRemoveAddedIPTablesRemovesOnlyNewRules adds a chain of its own and a
+// jump to it (with a quoted comment) from OUTPUT, and checks that
+// removeAddedIPTables removes both and nothing else.
+func TestRemoveAddedIPTablesRemovesOnlyNewRules(t *testing.T) {
+	requireHost(t)
+	unlock, err := lockHost(time.Minute) // no cluster may change iptables meanwhile
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	snap, err := snapshotIPTables()
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := "CSTL-TEST-" + strconv.Itoa(os.Getpid())
+	for _, args := range [][]string{
+		{"-w", "5", "-N", chain},
+		{"-w", "5", "-A", chain, "-p", "tcp", "--dport", "9", "-j", "RETURN"},
+		{"-w", "5", "-A", "OUTPUT", "-m", "comment", "--comment", "castellan cluster test", "-d", "192.0.2.1/32", "-j", chain},
+	} {
+		if _, err := run(10*time.Second, "iptables", args...); err != nil {
+			_ = removeAddedIPTables(snap)
+			t.Fatal(err)
+		}
+	}
+	added, err := addedIPTables(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(added["iptables/filter"]); n != 3 {
+		t.Fatalf("addedIPTables saw %d new filter rules, want 3: %v", n, added)
+	}
+	if err := removeAddedIPTables(snap); err != nil {
+		t.Fatal(err)
+	}
+	if added, err := addedIPTables(snap); err != nil || len(added) != 0 {
+		t.Fatalf("after removal: %v %v", added, err)
+	}
+	after, err := snapshotIPTables()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for key, rules := range snap {
+		if !slices.Equal(after[key], rules) {
+			t.Errorf("%s changed:\nbefore %q\nafter  %q", key, rules, after[key])
+		}
+	}
+}
+
+// TestForeignClusterStateIsNoticed creates a kubepods cgroup, as another
+// cluster (or a crashed run) leaves, and checks Start's check sees it.
+func TestForeignClusterStateIsNoticed(t *testing.T) {
+	requireHost(t)
+	unlock, err := lockHost(time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	if found := foreignClusterState(); len(found) != 0 {
+		t.Skipf("the host already has cluster state: %v", found)
+	}
+	cg := "/sys/fs/cgroup/pids/kubepods"
+	if _, err := os.Stat("/sys/fs/cgroup/pids"); err != nil {
+		cg = "/sys/fs/cgroup/kubepods" // cgroup v2
+	}
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Rmdir(cg)
+	found := foreignClusterState()
+	if len(found) != 1 || !strings.Contains(found[0], cg) {
+		t.Fatalf("foreignClusterState = %v, want the cgroup %s", found, cg)
+	}
+}

@@ -42,11 +42,11 @@ const rotationPublishDelay = 3 * time.Second
 const rotationTTL = 20 * time.Minute
 
 // startRotatingServer starts castellan-server on r with a short publish
-// delay and the default TTL of the rotation test.
-func startRotatingServer(r *agentRig) {
+// delay, the default TTL of the rotation test and the extra flags.
+func startRotatingServer(r *agentRig, extra ...string) {
 	r.t.Helper()
-	cmd := exec.Command(r.server, "--data-dir", r.srvDir, "--listen", r.listen, "--http-listen", r.srvHTTP,
-		"--default-ttl", rotationTTL.String(), "--publish-delay", rotationPublishDelay.String())
+	cmd := exec.Command(r.server, append([]string{"--data-dir", r.srvDir, "--listen", r.listen, "--http-listen", r.srvHTTP,
+		"--default-ttl", rotationTTL.String(), "--publish-delay", rotationPublishDelay.String()}, extra...)...)
 	log := &agentLog{}
 	cmd.Stderr = log
 	if err := cmd.Start(); err != nil {
@@ -457,25 +457,26 @@ func agentIssuer(t *testing.T, dir string) string {
 	return fingerprint(certs[1])
 }
 
-// TestCARotationWithContinuousMTLS runs the real castellan-server and
-// castellan-agent with two workloads talking mTLS continuously, over the
-// Workload API (go-spiffe) and over SDS (an Envoy-like client), through an
-// intermediate rotation, a root rotation (activation refused before the
-// publish delay, with the explanation, then allowed), taints of the old
-// authorities and their revocation (refused without --force while their
-// leaves may live): the agent replaces every SVID under a tainted
-// authority, its own included, each consumer receives every new root
-// before any leaf under it and loses the revoked ones, and no request
-// fails.
-func TestCARotationWithContinuousMTLS(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs the real binaries for about two minutes")
-	}
-	r := newAgentRig(t)
-	startRotatingServer(r)
-	td := spiffeid.RequireTrustDomainFromString("cluster.local")
-	serverID := spiffeid.RequireFromPath(td, "/ns/it/sa/rot-server")
-	clientID := spiffeid.RequireFromPath(td, "/ns/it/sa/rot-client")
+// rotationRun is two workloads of one agent talking mTLS continuously:
+// a server workload with its Workload API SVID, a client over the
+// Workload API and one over SDS (an Envoy-like client), each consumer's
+// updates recorded in a trustLog.
+type rotationRun struct {
+	ctx                  context.Context
+	addr                 string
+	wl, sds              *trustLog
+	sdsCur               *atomic.Pointer[sdsMaterial]
+	srcServer, srcClient *workloadapi.X509Source
+	tr                   *traffic
+	stop                 func() // stops the traffic (also at cleanup)
+}
+
+// startRotationTraffic registers the two workloads (serverID, clientID)
+// on r's server, starts r's agent and the traffic, and returns once
+// requests flow.
+func startRotationTraffic(t *testing.T, r *agentRig, serverID, clientID spiffeid.ID) *rotationRun {
+	t.Helper()
+	td := serverID.TrustDomain()
 	token := strings.Fields(r.ctlRun("token", "create", "--node", "rot-node", "--ttl", "10m"))[0]
 	for _, id := range []spiffeid.ID{serverID, clientID} {
 		r.ctlRun("entry", "create", "--spiffe-id", id.String(), "--node", "rot-node",
@@ -490,12 +491,11 @@ func TestCARotationWithContinuousMTLS(t *testing.T) {
 	})
 
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
-	defer cancel()
 	addr := "unix://" + r.sock
 	wl, sds := newTrustLog("Workload API"), newTrustLog("SDS")
 	var bg sync.WaitGroup
-	defer bg.Wait()
-	defer cancel()
+	t.Cleanup(bg.Wait)
+	t.Cleanup(cancel)
 	bg.Add(2)
 	go func() {
 		defer bg.Done()
@@ -508,12 +508,12 @@ func TestCARotationWithContinuousMTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer srcServer.Close()
+	t.Cleanup(func() { srcServer.Close() })
 	srcClient, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(addr)), pickID(clientID))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer srcClient.Close()
+	t.Cleanup(func() { srcClient.Close() })
 	agentEventually(t, 30*time.Second, "both SVIDs and the SDS material", func() bool {
 		a, errA := srcServer.GetX509SVID()
 		b, errB := srcClient.GetX509SVID()
@@ -538,10 +538,10 @@ func TestCARotationWithContinuousMTLS(t *testing.T) {
 		ReadHeaderTimeout: 5 * time.Second,
 	}
 	go func() { _ = hs.ServeTLS(lis, "", "") }()
-	defer hs.Close()
+	t.Cleanup(func() { hs.Close() })
 	url := "https://" + lis.Addr().String() + "/"
 
-	var tr traffic
+	tr := &traffic{}
 	tctx, stopTraffic := context.WithCancel(ctx)
 	var twg sync.WaitGroup
 	tr.run(tctx, &twg, "workload-api", url, tlsconfig.MTLSClientConfig(srcClient, srcClient, tlsconfig.AuthorizeID(serverID)), clientID)
@@ -554,25 +554,52 @@ func TestCARotationWithContinuousMTLS(t *testing.T) {
 			twg.Wait()
 		}
 	}
-	defer stop()
+	t.Cleanup(stop)
 	agentEventually(t, 20*time.Second, "traffic flowing", func() bool { return tr.ok.Load() > 20 })
+	return &rotationRun{ctx: ctx, addr: addr, wl: wl, sds: sds, sdsCur: &sdsCur, srcServer: srcServer, srcClient: srcClient, tr: tr, stop: stop}
+}
+
+// replaced waits until both workloads' SVIDs and the SDS client's hold
+// leaves signed by the intermediate with fingerprint fp.
+func (m *rotationRun) replaced(t *testing.T, what, fp string) {
+	t.Helper()
+	agentEventually(t, 90*time.Second, what, func() bool {
+		a, errA := m.srcServer.GetX509SVID()
+		b, errB := m.srcClient.GetX509SVID()
+		mat := m.sdsCur.Load()
+		return errA == nil && errB == nil && fingerprint(a.Certificates[1]) == fp &&
+			fingerprint(b.Certificates[1]) == fp && mat != nil && fingerprint(leafChain(mat.cert)[1]) == fp
+	})
+}
+
+// TestCARotationWithContinuousMTLS runs the real castellan-server and
+// castellan-agent with two workloads talking mTLS continuously, over the
+// Workload API (go-spiffe) and over SDS (an Envoy-like client), through an
+// intermediate rotation, a root rotation (activation refused before the
+// publish delay, with the explanation, then allowed), taints of the old
+// authorities and their revocation (refused without --force while their
+// leaves may live): the agent replaces every SVID under a tainted
+// authority, its own included, each consumer receives every new root
+// before any leaf under it and loses the revoked ones, and no request
+// fails.
+func TestCARotationWithContinuousMTLS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the real binaries for about two minutes")
+	}
+	r := newAgentRig(t)
+	startRotatingServer(r)
+	td := spiffeid.RequireTrustDomainFromString("cluster.local")
+	serverID := spiffeid.RequireFromPath(td, "/ns/it/sa/rot-server")
+	clientID := spiffeid.RequireFromPath(td, "/ns/it/sa/rot-client")
+	run := startRotationTraffic(t, r, serverID, clientID)
+	ctx, addr, wl, sds, tr, stop := run.ctx, run.addr, run.wl, run.sds, run.tr, run.stop
 
 	list := r.authorities()
 	if len(list) != 1 || list[0].State != "active" {
 		t.Fatalf("fresh CA authorities: %+v", list)
 	}
 	first := list[0]
-	replaced := func(what string, by rotAuthority) {
-		t.Helper()
-		agentEventually(t, 90*time.Second, what, func() bool {
-			a, errA := srcServer.GetX509SVID()
-			b, errB := srcClient.GetX509SVID()
-			m := sdsCur.Load()
-			return errA == nil && errB == nil && fingerprint(a.Certificates[1]) == by.Intermediate.SHA256 &&
-				fingerprint(b.Certificates[1]) == by.Intermediate.SHA256 && m != nil &&
-				fingerprint(leafChain(m.cert)[1]) == by.Intermediate.SHA256
-		})
-	}
+	replaced := func(what string, by rotAuthority) { t.Helper(); run.replaced(t, what, by.Intermediate.SHA256) }
 
 	// 1. Intermediate rotation, then taint of the first authority.
 	second := r.authorityJSON("authority", "prepare")

@@ -91,8 +91,8 @@ func witnessKey(t *testing.T, name string) (skey, vkey string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	parts := strings.Split(skey, "+")
-	raw, err := base64.StdEncoding.DecodeString(parts[len(parts)-1])
+	parts := strings.SplitN(skey, "+", 5) // PRIVATE+KEY+name+hash+base64; base64 may hold '+'
+	raw, err := base64.StdEncoding.DecodeString(parts[4])
 	if err != nil || len(raw) != 1+ed25519.SeedSize {
 		t.Fatalf("unexpected note key form %q", skey)
 	}

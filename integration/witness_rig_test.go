@@ -167,6 +167,7 @@ type witnessRig struct {
 	srvCmd, agentCmd           *exec.Cmd
 	srvLog, agentLog           *agentLog
 	logVKey                    string
+	agentServer                string // the agent's --server-address ("": the server's --listen)
 }
 
 // newWitnessRig makes the server's data directory with a log key for
@@ -222,7 +223,11 @@ func (r *witnessRig) startServer(extra ...string) {
 // startAgent starts castellan-agent with extra flags.
 func (r *witnessRig) startAgent(token string, extra ...string) {
 	r.t.Helper()
-	args := append([]string{"--server-address", r.listen, "--trust-bundle", filepath.Join(r.srvDir, "bundle.pem"),
+	server := r.listen
+	if r.agentServer != "" {
+		server = r.agentServer
+	}
+	args := append([]string{"--server-address", server, "--trust-bundle", filepath.Join(r.srvDir, "bundle.pem"),
 		"--data-dir", r.agentDir, "--socket", r.sock, "--http-listen", r.agentHTTP, "--log-level", "debug"}, extra...)
 	cmd := exec.Command(r.agent, args...)
 	if token != "" {

@@ -78,8 +78,8 @@ func TestUnloggedCertificateRefusedOrAlarmed(t *testing.T) {
 			fake := startFakeCA(t, p, r.listen, node)
 			r.agentDir, r.sock = t.TempDir(), filepath.Join(t.TempDir(), "agent.sock")
 			r.agentHTTP = agentFreeAddr(t)
-			args := append([]string{"--server-address", fake.addr}, r.agentLogFlags(policy, w)...)
-			r.startAgent(token, args...)
+			r.agentServer = fake.addr
+			r.startAgent(token, r.agentLogFlags(policy, w)...)
 			defer stopCmd(r.agentCmd)
 			switch policy {
 			case "enforce":

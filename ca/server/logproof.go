@@ -109,3 +109,24 @@ func proofStatus(err error) error {
 	}
 	return status.Errorf(codes.Internal, "server: building a log proof: %v", err)
 }
+
+// setLogIndexes gives each issued item the log index of its issuance
+// entry; idx holds the indexes of the items' events, in item order (record
+// appends one event per item without an error).
+func setLogIndexes(items []*issuance, idx []uint64) {
+	k := 0
+	for _, it := range items {
+		if it.err != nil || k >= len(idx) {
+			continue
+		}
+		i := idx[k]
+		it.logIndex = &i
+		k++
+	}
+}
+
+// withLogIndex sets the log index of an issuance response.
+func withLogIndex(pb *cav1.X509SVID, idx *uint64) *cav1.X509SVID {
+	pb.LogIndex = idx
+	return pb
+}

@@ -102,6 +102,7 @@ type Client struct {
 	received time.Time // when svid was obtained; zero if loaded from disk
 	bundle   *x509bundle.Bundle
 	conn     *grpc.ClientConn
+	taint    agentTaint // the agent SVID under a tainted authority (taint.go)
 }
 
 // New returns a client and loads the agent SVID persisted in DataDir, if
@@ -137,6 +138,7 @@ func New(cfg Config) (*Client, error) {
 		log:      cfg.Logger,
 		metrics:  m,
 		bundle:   cfg.Bundle,
+		taint:    agentTaint{wake: make(chan struct{}, 1)},
 	}
 	svid, err := loadSVID(c.svidPath())
 	switch {
@@ -386,6 +388,9 @@ func (c *Client) Run(ctx context.Context) error {
 		// (counted from NotBefore): never ask earlier than that.
 		renewAt := c.cfg.Policy.RenewAt(c.receivedAt(svid), leaf.NotBefore, leaf.NotAfter)
 		renewAt = later(renewAt, leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore)/2+time.Second))
+		if at, ok := c.taint.renewAt(leaf); ok && at.Before(renewAt) {
+			renewAt = at // under a tainted authority: the CA accepts it early
+		}
 		wait := renewAt.Sub(now)
 		if attempt > 0 {
 			wait = c.cfg.Policy.Backoff(attempt, leaf.NotAfter.Sub(leaf.NotBefore))
@@ -393,6 +398,8 @@ func (c *Client) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-c.taint.wake:
+			continue // a taint moved the renewal time
 		case <-c.cfg.Clock.After(wait):
 		}
 		if err := c.renew(ctx); err != nil {

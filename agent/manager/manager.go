@@ -8,6 +8,7 @@ package manager
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -50,6 +51,10 @@ type Config struct {
 	// OnBundle, if set, is called with every new trust bundle (the CA
 	// client uses it to verify the CA).
 	OnBundle func(*x509bundle.Bundle)
+	// OnTaints, if set, is called with the signing certificates of the
+	// tainted authorities whenever the CA sends some (the CA client
+	// replaces the agent SVID if one of them signed it).
+	OnTaints func([]*x509.Certificate)
 	// Registry receives the manager's metrics; nil registers none.
 	Registry *prometheus.Registry
 	// Logger receives the manager's logs; nil discards them.

@@ -65,7 +65,7 @@ func (m *Manager) stream(ctx context.Context, out chan *cav1.AgentState) bool {
 }
 
 // apply reconciles the agent with the CA's state: bundle, entries (add,
-// change, remove) and revoked serials.
+// change, remove), tainted authorities and revoked serials.
 func (m *Manager) apply(st *cav1.AgentState) {
 	changed := m.applyBundle(st.GetBundle())
 	want := make(map[string]*cav1.Entry, len(st.GetEntries()))
@@ -100,6 +100,7 @@ func (m *Manager) apply(st *cav1.AgentState) {
 		}
 		m.revoked[n] = true
 	}
+	m.applyTaints(st.GetTaintedAuthorities())
 	for key, id := range m.ids {
 		if id.rec.SVID != nil && !id.revoked && m.revoked[id.serial] {
 			m.log.Warn("SVID revoked; re-issuing at once", "entry_id", key, "serial", id.serial)

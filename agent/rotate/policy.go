@@ -22,6 +22,10 @@ type Policy struct {
 	// BatchWindow: identities due within this long of the earliest due one
 	// are renewed in the same batch; 0 means 1s.
 	BatchWindow time.Duration
+	// TaintWindow spreads the replacement of SVIDs under a tainted
+	// authority: each is renewed at a random point of this window after
+	// the agent learns of the taint; 0 means 30s.
+	TaintWindow time.Duration
 	// Rand returns a number in [0, 1); nil means math/rand/v2.Float64.
 	Rand func() float64
 }
@@ -65,6 +69,24 @@ func (p Policy) Backoff(attempt int, lifetime time.Duration) time.Duration {
 	}
 	d = min(d, ceiling)
 	return d/2 + time.Duration(p.rand()*float64(d/2))
+}
+
+// TaintedRenewAt returns when an SVID planned for renewal at planned must
+// be renewed now that its chain includes a tainted authority, seen at
+// now: at a random point of [now, now+TaintWindow), so that every agent of
+// the trust domain does not ask the CA at once, but never later than
+// planned. A taint is an incident: the window is short, whatever the
+// SVID's lifetime.
+func (p Policy) TaintedRenewAt(now, planned time.Time) time.Time {
+	w := p.TaintWindow
+	if w <= 0 {
+		w = 30 * time.Second
+	}
+	at := now.Add(time.Duration(p.rand() * float64(w)))
+	if planned.Before(at) {
+		return planned
+	}
+	return at
 }
 
 // Due reports whether an SVID planned for renewal at renewAt should go into

@@ -94,3 +94,43 @@ func TestRenewAtCountsFromReceiptWhenNotBeforeIsBackdated(t *testing.T) {
 		t.Fatalf("RenewAt = %v, want %v (half of the 20s left at receipt)", got, want)
 	}
 }
+
+func TestTaintedRenewAtSpreadsOverTheWindowNeverPastThePlan(t *testing.T) {
+	now := time.Unix(5000, 0)
+	far := now.Add(time.Hour)
+	tests := []struct {
+		name    string
+		p       Policy
+		planned time.Time
+		want    time.Time
+	}{
+		{"start of the default window", Policy{Rand: func() float64 { return 0 }}, far, now},
+		{"middle of the default window", Policy{Rand: func() float64 { return 0.5 }}, far, now.Add(15 * time.Second)},
+		{"end of a configured window", Policy{TaintWindow: 10 * time.Second, Rand: func() float64 { return 0.999 }}, far,
+			now.Add(time.Duration(0.999 * float64(10*time.Second)))},
+		{"planned renewal comes first", Policy{Rand: func() float64 { return 0.9 }}, now.Add(2 * time.Second), now.Add(2 * time.Second)},
+		{"overdue plan stays overdue", Policy{Rand: func() float64 { return 0.5 }}, now.Add(-time.Second), now.Add(-time.Second)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.p.TaintedRenewAt(now, tt.planned); !got.Equal(tt.want) {
+				t.Fatalf("TaintedRenewAt = %v, want %v", got.Sub(now), tt.want.Sub(now))
+			}
+		})
+	}
+}
+
+func TestTaintedRenewAtUsesTheRandomSource(t *testing.T) {
+	now := time.Unix(5000, 0)
+	seen := map[time.Time]bool{}
+	for range 50 {
+		at := Policy{}.TaintedRenewAt(now, now.Add(time.Hour))
+		if at.Before(now) || !at.Before(now.Add(30*time.Second)) {
+			t.Fatalf("TaintedRenewAt = +%v, want within [0, 30s)", at.Sub(now))
+		}
+		seen[at] = true
+	}
+	if len(seen) < 40 {
+		t.Fatalf("only %d distinct times in 50 draws: the window is not spread", len(seen))
+	}
+}

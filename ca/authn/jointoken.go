@@ -10,11 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.etcd.io/bbolt"
 	"google.golang.org/grpc/peer"
 )
 
@@ -36,16 +37,18 @@ const (
 
 var joinTokenBucket = []byte("join_tokens")
 
-// JoinTokens stores one-time join tokens in bbolt. Only a SHA-256 of each
-// token is stored, with the node it is for and its expiry; the token itself
-// is shown once, by Create. Consume is atomic: of two concurrent uses of the
-// same token exactly one succeeds. A used token's hash is kept until a day
+// JoinTokens stores one-time join tokens in a store.DB (the registry
+// keyspace). Only a SHA-256 of each token is stored, with the node it is
+// for and its expiry; the token itself is shown once, by Create. Consume is
+// one store Update, and the store serializes Updates across every replica
+// sharing it: of two concurrent uses of the same token, through one
+// replica or two, exactly one succeeds. A used token's hash is kept until a day
 // after the token's expiry (Prune), so that a second use is recognised as
 // one: it is refused, logged at warn level and counted as a possible theft
 // (someone else read the token and raced the agent, or the agent lost its
 // answer). JoinTokens is safe for concurrent use.
 type JoinTokens struct {
-	db     *bbolt.DB
+	db     store.DB
 	clock  func() time.Time
 	log    *slog.Logger
 	reuses prometheus.Counter
@@ -85,9 +88,9 @@ type TokenUse struct {
 	ExpiresAt time.Time
 }
 
-// NewJoinTokens returns a store over db, creating its bucket if needed.
-// clock nil means time.Now.
-func NewJoinTokens(db *bbolt.DB, clock func() time.Time, opts ...JoinTokenOption) (*JoinTokens, error) {
+// NewJoinTokens returns a store over db, creating its bucket if needed
+// (ctx bounds that). clock nil means time.Now.
+func NewJoinTokens(ctx context.Context, db store.DB, clock func() time.Time, opts ...JoinTokenOption) (*JoinTokens, error) {
 	if clock == nil {
 		clock = time.Now
 	}
@@ -99,7 +102,7 @@ func NewJoinTokens(db *bbolt.DB, clock func() time.Time, opts ...JoinTokenOption
 	for _, o := range opts {
 		o(j)
 	}
-	err := db.Update(func(tx *bbolt.Tx) error {
+	err := db.Update(ctx, func(tx store.Tx) error {
 		_, err := tx.CreateBucketIfNotExists(joinTokenBucket)
 		return err
 	})
@@ -138,18 +141,25 @@ func (j *JoinTokens) Create(ctx context.Context, node string, ttl time.Duration)
 		return "", time.Time{}, fmt.Errorf("authn: encode join token: %w", err)
 	}
 	key := tokenHash(token)
-	err = j.db.Update(func(tx *bbolt.Tx) error {
-		return tx.Bucket(joinTokenBucket).Put(key[:], val)
+	err = j.db.Update(ctx, func(tx store.Tx) error {
+		b, err := tokenBucket(tx)
+		if err != nil {
+			return err
+		}
+		return b.Put(key[:], val)
 	})
 	if err != nil {
-		return "", time.Time{}, fmt.Errorf("authn: store join token: %w", err)
+		return "", time.Time{}, storeError("store join token", err)
 	}
 	return token, rec.ExpiresAt, nil
 }
 
 // Consume marks token used and returns the node it was created for. An
 // unknown, already used or expired token gives an *Error (Unauthenticated)
-// whose reason and message say which.
+// whose reason and message say which. When the store fails, the error
+// wraps store.ErrUnavailable and no *Error (the refusal may rest on a
+// failed read): the token was not spent, unless the error wraps
+// store.ErrCommitUnknown.
 func (j *JoinTokens) Consume(ctx context.Context, token string) (TokenUse, error) {
 	if err := ctx.Err(); err != nil {
 		return TokenUse{}, fmt.Errorf("authn: consume join token: %w", err)
@@ -166,8 +176,11 @@ func (j *JoinTokens) Consume(ctx context.Context, token string) (TokenUse, error
 		use    TokenUse
 		reused *tokenRecord
 	)
-	err := j.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(joinTokenBucket)
+	err := j.db.Update(ctx, func(tx store.Tx) error {
+		b, err := tokenBucket(tx)
+		if err != nil {
+			return err
+		}
 		val := b.Get(key[:])
 		if val == nil {
 			return fail(ReasonJoinTokenUnknown, "join token %s is unknown; create one with `castellanctl token create --node NAME`", id)
@@ -187,13 +200,16 @@ func (j *JoinTokens) Consume(ctx context.Context, token string) (TokenUse, error
 				id, rec.Node, rec.ExpiresAt.Format(time.RFC3339))
 		}
 		rec.UsedAt = now
-		val, err := json.Marshal(rec)
+		val, err = json.Marshal(rec)
 		if err != nil {
 			return fmt.Errorf("authn: encode join token: %w", err)
 		}
 		use = TokenUse{Node: rec.Node, TokenID: id, ExpiresAt: rec.ExpiresAt}
 		return b.Put(key[:], val)
 	})
+	if errors.Is(err, store.ErrUnavailable) {
+		return TokenUse{}, storeError("consume join token "+id, err)
+	}
 	if reused != nil {
 		j.reportReuse(ctx, id, reused)
 	}
@@ -216,22 +232,32 @@ func (j *JoinTokens) Prune(ctx context.Context) (int, error) {
 	}
 	cutoff := j.clock().Add(-usedTokenRetention)
 	n := 0
-	err := j.db.Update(func(tx *bbolt.Tx) error {
-		c := tx.Bucket(joinTokenBucket).Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
+	err := j.db.Update(ctx, func(tx store.Tx) error {
+		b, err := tokenBucket(tx)
+		if err != nil {
+			return err
+		}
+		var old [][]byte
+		err = b.ForEach(func(k, v []byte) error {
 			var rec tokenRecord
-			if json.Unmarshal(v, &rec) == nil && rec.ExpiresAt.After(cutoff) {
-				continue
+			if json.Unmarshal(v, &rec) != nil || !rec.ExpiresAt.After(cutoff) {
+				old = append(old, slices.Clone(k))
 			}
-			if err := c.Delete(); err != nil {
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range old {
+			if err := b.Delete(k); err != nil {
 				return err
 			}
-			n++
 		}
+		n = len(old)
 		return nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("authn: prune join tokens: %w", err)
+		return 0, storeError("prune join tokens", err)
 	}
 	return n, nil
 }
@@ -246,6 +272,27 @@ func (j *JoinTokens) reportReuse(ctx context.Context, id string, rec *tokenRecor
 	}
 	j.log.WarnContext(ctx, "join token used a second time: possible theft of the token; if the agent of this node did not join at first_used_at, treat the node's agent identity as compromised",
 		"node", rec.Node, "token_id", id, "first_used_at", rec.UsedAt, "expires_at", rec.ExpiresAt, "peer", from)
+}
+
+// tokenBucket returns the join token bucket of tx (made by NewJoinTokens).
+func tokenBucket(tx store.Tx) (store.Bucket, error) {
+	if b := tx.Bucket(joinTokenBucket); b != nil {
+		return b, nil
+	}
+	return nil, fmt.Errorf("authn: the store has no %s bucket", joinTokenBucket)
+}
+
+// storeError wraps the error of a store transaction. A store failure is
+// reported as one (wrapping store.ErrUnavailable, or ErrCommitUnknown),
+// without what the transaction decided on what may have been failed reads.
+func storeError(op string, err error) error {
+	switch {
+	case errors.Is(err, store.ErrCommitUnknown):
+		return fmt.Errorf("authn: %s: %w; the change may or may not have been made (%s)", op, store.ErrCommitUnknown, err.Error())
+	case errors.Is(err, store.ErrUnavailable):
+		return fmt.Errorf("authn: %s: %w; nothing was changed (%s)", op, store.ErrUnavailable, err.Error())
+	}
+	return fmt.Errorf("authn: %s: %w", op, err)
 }
 
 func tokenHash(token string) [32]byte { return sha256.Sum256([]byte(token)) }

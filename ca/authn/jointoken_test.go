@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
+	"github.com/castellan-dev/castellan/ca/store"
+	"github.com/castellan-dev/castellan/ca/store/boltstore"
+	"github.com/castellan-dev/castellan/ca/store/faultstore"
 )
 
 type clock struct {
@@ -29,15 +31,22 @@ func (c *clock) Add(d time.Duration) {
 	c.now = c.now.Add(d)
 }
 
-func newTokens(t *testing.T) (*JoinTokens, *clock, *bbolt.DB) {
+// openDB opens a bbolt store, closed at the end of the test.
+func openDB(t *testing.T) *boltstore.DB {
 	t.Helper()
-	db, err := bbolt.Open(filepath.Join(t.TempDir(), "r.db"), 0o600, nil)
+	db, err := boltstore.Open(filepath.Join(t.TempDir(), "r.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func newTokens(t *testing.T) (*JoinTokens, *clock, *boltstore.DB) {
+	t.Helper()
+	db := openDB(t)
 	c := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	j, err := NewJoinTokens(db, c.Now)
+	j, err := NewJoinTokens(context.Background(), db, c.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +124,7 @@ func TestJoinTokenStoredOnlyAsHash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = db.View(func(tx *bbolt.Tx) error {
+	err = db.View(context.Background(), func(tx store.Tx) error {
 		return tx.Bucket(joinTokenBucket).ForEach(func(k, v []byte) error {
 			if strings.Contains(string(k)+string(v), tok[len(joinTokenPrefix):]) {
 				t.Error("the token is stored in clear")
@@ -194,5 +203,75 @@ func TestJoinTokenPruneKeepsRecentRecords(t *testing.T) {
 	}
 	if _, err := j.Consume(ctx, recent); reasonOf(t, err) != ReasonJoinTokenExpired {
 		t.Errorf("kept token: %v", err)
+	}
+}
+
+// TestJoinTokenConsumedOnceAcrossReplicas: two JoinTokens on one shared
+// store (two replicas of the CA) racing for the same token: exactly one
+// use succeeds, whichever replica serves it.
+func TestJoinTokenConsumedOnceAcrossReplicas(t *testing.T) {
+	shared := faultstore.Wrap(openDB(t), true)
+	ctx := context.Background()
+	var reps [2]*JoinTokens
+	for i := range reps {
+		j, err := NewJoinTokens(ctx, shared, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reps[i] = j
+	}
+	tok, _, err := reps[0].Create(ctx, "node-a", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 16
+	results := make(chan error, n)
+	for i := range n {
+		go func() {
+			_, err := reps[i%2].Consume(ctx, tok)
+			results <- err
+		}()
+	}
+	won := 0
+	for range n {
+		if err := <-results; err == nil {
+			won++
+		} else if reasonOf(t, err) != ReasonJoinTokenUsed {
+			t.Errorf("loser: %v, want join_token_used", err)
+		}
+	}
+	if won != 1 {
+		t.Fatalf("%d winners across two replicas, want 1", won)
+	}
+}
+
+// TestJoinTokenOnUnavailableStore: while the store fails, a valid token is
+// neither refused as unknown (what the failed read returned) nor spent:
+// the error is the store's, and the token works once the store is back.
+func TestJoinTokenOnUnavailableStore(t *testing.T) {
+	flaky := faultstore.Wrap(openDB(t), false)
+	ctx := context.Background()
+	j, err := NewJoinTokens(ctx, flaky, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := j.Create(ctx, "node-a", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flaky.Fail(true)
+	var ae *Error
+	if _, err := j.Consume(ctx, tok); !errors.Is(err, store.ErrUnavailable) || errors.As(err, &ae) {
+		t.Fatalf("consume on a failing store: %v, want ErrUnavailable and no authn refusal", err)
+	}
+	if _, _, err := j.Create(ctx, "node-b", 0); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("create on a failing store: %v, want ErrUnavailable", err)
+	}
+	if _, err := j.Prune(ctx); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("prune on a failing store: %v, want ErrUnavailable", err)
+	}
+	flaky.Fail(false)
+	if use, err := j.Consume(ctx, tok); err != nil || use.Node != "node-a" {
+		t.Fatalf("consume after the store came back: %+v, %v; want the unspent token accepted", use, err)
 	}
 }

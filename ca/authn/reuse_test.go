@@ -6,14 +6,12 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"go.etcd.io/bbolt"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -25,15 +23,11 @@ import (
 // the token's ID and the caller's address, never the token. Unknown and
 // expired-unused tokens are not counted as reuse.
 func TestJoinTokenReuseIsLoggedAndCounted(t *testing.T) {
-	db, err := bbolt.Open(filepath.Join(t.TempDir(), "r.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	db := openDB(t)
 	c := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	var logs bytes.Buffer
 	reg := prometheus.NewRegistry()
-	j, err := NewJoinTokens(db, c.Now, WithJoinTokenLogger(slog.New(slog.NewJSONHandler(&logs, nil))), WithJoinTokenMetrics(reg))
+	j, err := NewJoinTokens(context.Background(), db, c.Now, WithJoinTokenLogger(slog.New(slog.NewJSONHandler(&logs, nil))), WithJoinTokenMetrics(reg))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,31 +9,37 @@ import (
 	"time"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/ca/store"
+	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"go.etcd.io/bbolt"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("cluster.local")
 
-func openDB(t *testing.T) (*bbolt.DB, string) {
+func openDB(t *testing.T) *boltstore.DB {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "r.db")
-	db, err := bbolt.Open(path, 0o600, nil)
+	db, err := boltstore.Open(filepath.Join(t.TempDir(), "r.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	return db, path
+	return db
+}
+
+// openEntries loads the entries of db, closed at the end of the test.
+func openEntries(t *testing.T, db store.DB, opts ...EntriesOption) *Entries {
+	t.Helper()
+	e, err := NewEntries(context.Background(), db, td, 24*time.Hour, nil, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return e
 }
 
 func newEntries(t *testing.T) *Entries {
 	t.Helper()
-	db, _ := openDB(t)
-	e, err := NewEntries(db, td, 24*time.Hour, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return e
+	return openEntries(t, openDB(t))
 }
 
 func entry(id, node string, sels ...string) *cav1.Entry {
@@ -85,12 +91,9 @@ func TestCreateEntryValidates(t *testing.T) {
 }
 
 func TestEntriesPersistAndReload(t *testing.T) {
-	db, _ := openDB(t)
+	db := openDB(t)
 	ctx := context.Background()
-	e, err := NewEntries(db, td, 0, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := openEntries(t, db)
 	a, err := e.Create(ctx, entry("spiffe://cluster.local/b", "node-1", "unix:uid:1000", "unix:path:/usr/bin/app", "unix:uid:1000"))
 	if err != nil {
 		t.Fatal(err)
@@ -105,10 +108,7 @@ func TestEntriesPersistAndReload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reloaded, err := NewEntries(db, td, 0, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	reloaded := openEntries(t, db)
 	all := reloaded.List("")
 	if len(all) != 2 || all[0].Id != b.Id || all[1].Id != a.Id {
 		t.Fatalf("reloaded %v; want both, sorted by SPIFFE ID", all)
@@ -122,7 +122,7 @@ func TestEntriesPersistAndReload(t *testing.T) {
 	if err := reloaded.Delete(ctx, a.Id); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("second delete: %v", err)
 	}
-	again, _ := NewEntries(db, td, 0, nil)
+	again := openEntries(t, db)
 	if len(again.List("")) != 1 {
 		t.Fatal("delete was not persisted")
 	}

@@ -3,10 +3,12 @@ package authz
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"go.etcd.io/bbolt"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -60,12 +62,16 @@ func TestUnixEntriesMustNameTheUser(t *testing.T) {
 // TestLegacyAnyUserEntryIsFlaggedOnLoad: an entry stored before the rule
 // keeps working but is listed (and sent to agents) as open to any user.
 func TestLegacyAnyUserEntryIsFlaggedOnLoad(t *testing.T) {
-	db, _ := openDB(t)
+	path := filepath.Join(t.TempDir(), "registry.db")
+	raw, err := bbolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	legacy := &cav1.Entry{Id: "old", SpiffeId: "spiffe://cluster.local/a", Node: "n",
 		Selectors: []*cav1.Selector{{Type: "unix", Value: "path:/usr/bin/app"}}}
 	bound := &cav1.Entry{Id: "bound", SpiffeId: "spiffe://cluster.local/b", Node: "n",
 		Selectors: []*cav1.Selector{{Type: "unix", Value: "path:/usr/bin/app"}, {Type: "unix", Value: "uid:7"}}}
-	err := db.Update(func(tx *bbolt.Tx) error {
+	err = raw.Update(func(tx *bbolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(entryBucket)
 		if err != nil {
 			return err
@@ -84,7 +90,16 @@ func TestLegacyAnyUserEntryIsFlaggedOnLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := NewEntries(db, td, 0, nil)
+	if err := raw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The file written by the bbolt-only code loads through the store.
+	db, err := boltstore.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	e, err := NewEntries(context.Background(), db, td, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

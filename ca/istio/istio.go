@@ -25,6 +25,7 @@
 package istio
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/pem"
@@ -221,20 +222,36 @@ func (s *Service) CreateCertificate(ctx context.Context, req *pb.IstioCertificat
 // chainPEM is the response chain: one PEM element per certificate of the
 // issued chain (leaf first), then the roots of the trust bundle in one
 // last element, the issuing root first (Istio's "the root cert is the last
-// element"; during a CA rotation it holds every root a peer may use).
+// element"; during a CA rotation it holds every root a peer may use: those
+// of the prepared, active, old and tainted authorities). The bundle is
+// read after signing, so it holds the issuing root: a root leaves it only
+// when its authority is revoked, which is refused while it signs.
 func (s *Service) chainPEM(iss *authority.Issued) []string {
 	out := make([]string, 0, len(iss.Chain)+1)
 	for _, c := range iss.Chain {
 		out = append(out, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})))
 	}
-	root := s.cfg.Authority.Root()
-	roots := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: root.Raw})
-	for _, r := range s.cfg.Authority.Bundle().X509Authorities() {
-		if !r.Equal(root) {
-			roots = append(roots, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})...)
-		}
+	roots := s.cfg.Authority.Snapshot().Roots
+	if i := slices.IndexFunc(roots, func(r *x509.Certificate) bool { return issuedBy(iss.Chain[len(iss.Chain)-1], r) }); i > 0 {
+		roots[0], roots[i] = roots[i], roots[0]
 	}
-	return append(out, string(roots))
+	var buf []byte
+	for _, r := range roots {
+		buf = append(buf, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})...)
+	}
+	return append(out, string(buf))
+}
+
+// issuedBy reports whether c was signed by root: same issuer name and key
+// identifier, else (no key identifiers) a valid signature.
+func issuedBy(c, root *x509.Certificate) bool {
+	if !bytes.Equal(c.RawIssuer, root.RawSubject) {
+		return false
+	}
+	if len(c.AuthorityKeyId) > 0 && len(root.SubjectKeyId) > 0 {
+		return bytes.Equal(c.AuthorityKeyId, root.SubjectKeyId)
+	}
+	return c.CheckSignatureFrom(root) == nil
 }
 
 // refuse counts and logs a refusal before issuance and returns its status.

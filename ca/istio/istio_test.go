@@ -24,13 +24,13 @@ import (
 	"github.com/castellan-dev/castellan/ca/istio"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/server"
+	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/integration/kubetest"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"go.etcd.io/bbolt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -54,27 +54,33 @@ type caEnv struct {
 
 func newCA(t *testing.T, cfg istio.Config) *caEnv {
 	t.Helper()
-	ctx := context.Background()
-	dir := t.TempDir()
 	auth, err := authority.New(authority.Config{TrustDomain: td, MaxTTL: 24 * time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newCAWith(t, cfg, auth)
+}
+
+// newCAWith is newCA with the given authority.
+func newCAWith(t *testing.T, cfg istio.Config, auth *authority.Authority) *caEnv {
+	t.Helper()
+	ctx := context.Background()
+	dir := t.TempDir()
 	led, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { led.Close() })
-	db, err := bbolt.Open(filepath.Join(dir, "registry.db"), 0o600, nil)
+	db, err := boltstore.Open(filepath.Join(dir, "registry.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	tokens, err := authn.NewJoinTokens(db, nil)
+	tokens, err := authn.NewJoinTokens(ctx, db, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	entries, err := authz.NewEntries(db, td, auth.MaxTTL(), nil)
+	entries, err := authz.NewEntries(ctx, db, td, auth.MaxTTL(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 
 	adminv1 "github.com/castellan-dev/castellan/api/castellan/admin/v1"
 	"github.com/castellan-dev/castellan/ca/authz"
+	"github.com/castellan-dev/castellan/ca/store"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -30,6 +31,10 @@ func (a *adminService) CreateJoinToken(ctx context.Context, req *adminv1.CreateJ
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+		if errors.Is(err, store.ErrUnavailable) {
+			a.s.log.WarnContext(ctx, "join token not created: the registry store is unavailable", "error", err.Error())
+			return nil, storeStatus(err, "join tokens")
 		}
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}

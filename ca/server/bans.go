@@ -125,13 +125,14 @@ const maxRenewals = 2
 // reasonRenewedTooOften counts renewals of an already twice-renewed SVID.
 const reasonRenewedTooOften = "agent_renewed_too_often"
 
-// checkRenewal refuses an agent renewal with leaf before its half-life, and
+// checkRenewal refuses an agent renewal with leaf before its half-life
+// (unless a tainted authority signed leaf: it must be replaced now), and
 // a renewal of a certificate that was renewed maxRenewals times already; it
 // warns at the second renewal of one certificate (two holders, or a lost
 // answer).
 func (s *Server) checkRenewal(ctx context.Context, node string, leaf *x509.Certificate) error {
 	serial := serial.FromBig(leaf.SerialNumber).String()
-	if at := earliestRenewal(leaf); s.clock().Before(at) {
+	if at := earliestRenewal(leaf); s.clock().Before(at) && !s.underTaint(leaf) {
 		return refuse(codes.ResourceExhausted, reasonRenewTooEarly,
 			"agent SVID serial %s may be renewed from %s (half its lifetime), not before; retry then",
 			serial, at.UTC().Format(time.RFC3339))

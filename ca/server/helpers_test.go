@@ -21,13 +21,15 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/store"
+	"github.com/castellan-dev/castellan/ca/store/boltstore"
+	"github.com/castellan-dev/castellan/ca/store/faultstore"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"go.etcd.io/bbolt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 )
@@ -55,18 +57,34 @@ func (c *fakeClock) Add(d time.Duration) {
 // env is a CA server listening on 127.0.0.1 with a real authority, ledger
 // and bbolt registry.
 type env struct {
-	clock   *fakeClock
-	auth    *authority.Authority
-	ledger  *ledger.Ledger
-	tokens  *authn.JoinTokens
-	entries *authz.Entries
-	srv     *Server
-	addr    string
+	clock  *fakeClock
+	auth   *authority.Authority
+	ledger *ledger.Ledger
+	// registry is the bbolt store of tokens and entries, which a test
+	// can make fail.
+	registry *faultstore.DB
+	tokens   *authn.JoinTokens
+	entries  *authz.Entries
+	srv      *Server
+	addr     string
 }
 
 type envOption func(*Config)
 
 func newEnv(t testing.TB, opts ...envOption) *env {
+	t.Helper()
+	bolt, err := boltstore.Open(filepath.Join(t.TempDir(), "registry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bolt.Close() })
+	return newEnvOn(t, faultstore.Wrap(bolt, false), nil, "", opts...)
+}
+
+// newEnvOn is newEnv with its registry (join tokens, entries) in the
+// given store, and its ledger in ledgerDB (nil: a bbolt file) signed with
+// the key in ledgerKey ("": a new key; replicas of one ledger share one).
+func newEnvOn(t testing.TB, registry *faultstore.DB, ledgerDB store.DB, ledgerKey string, opts ...envOption) *env {
 	t.Helper()
 	dir := t.TempDir()
 	clock := &fakeClock{now: time.Now().Truncate(time.Second)}
@@ -74,27 +92,36 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	led, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Options{Clock: clock.Now})
+	var led *ledger.Ledger
+	if ledgerDB == nil {
+		led, err = ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Options{Clock: clock.Now})
+	} else {
+		if ledgerKey == "" {
+			ledgerKey = filepath.Join(dir, "ledger.key")
+			if _, err := ledger.GenerateKeyFile(ledgerKey, ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+		led, err = ledger.New(ledgerDB, ledger.Options{Clock: clock.Now, KeyFile: ledgerKey})
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { led.Close() })
-	db, err := bbolt.Open(filepath.Join(dir, "registry.db"), 0o600, nil)
+	ctx := context.Background()
+	tokens, err := authn.NewJoinTokens(ctx, registry, clock.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { db.Close() })
-	tokens, err := authn.NewJoinTokens(db, clock.Now)
+	entries, err := authz.NewEntries(ctx, registry, testTD, auth.MaxTTL(), clock.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	entries, err := authz.NewEntries(db, testTD, auth.MaxTTL(), clock.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(func() { entries.Close() })
 	cfg := Config{
 		Authority: auth, Ledger: led, Attestor: &authn.JoinTokenAttestor{Tokens: tokens},
 		Tokens: tokens, Entries: entries, Registry: prometheus.NewRegistry(), Clock: clock.Now,
+		Stores: map[string]Pinger{"registry": registry, "ledger": led}, ReadinessInterval: 10 * time.Millisecond,
 		AdminIDs: []spiffeid.ID{spiffeid.RequireFromString("spiffe://cluster.local/castellan/agent/admin-node")},
 	}
 	for _, o := range opts {
@@ -111,7 +138,7 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 	g := srv.GRPCServer()
 	go func() { _ = g.Serve(lis) }()
 	t.Cleanup(g.Stop)
-	return &env{clock: clock, auth: auth, ledger: led, tokens: tokens, entries: entries, srv: srv, addr: lis.Addr().String()}
+	return &env{clock: clock, auth: auth, ledger: led, registry: registry, tokens: tokens, entries: entries, srv: srv, addr: lis.Addr().String()}
 }
 
 func (e *env) bundle() *x509bundle.Bundle { return e.auth.Bundle() }

@@ -14,6 +14,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/quota"
+	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
@@ -170,6 +171,8 @@ func classify(err error) (result, reason string) {
 		return resultRefused, re.reason
 	case errors.As(err, &qe):
 		return resultRefused, "quota_" + string(qe.Kind)
+	case errors.Is(err, store.ErrUnavailable):
+		return resultError, reasonStoreUnavailable
 	}
 	return resultError, reasonInternal
 }
@@ -179,6 +182,10 @@ func classify(err error) (result, reason string) {
 func (s *Server) grpcError(ctx context.Context, err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
+	}
+	if errors.Is(err, store.ErrUnavailable) {
+		s.log.WarnContext(ctx, "request failed: the registry store is unavailable", "error", err.Error())
+		return storeStatus(err, "join tokens and registration entries")
 	}
 	s.log.ErrorContext(ctx, "request failed", "error", err.Error())
 	if errors.Is(err, authority.ErrSignerExpired) {

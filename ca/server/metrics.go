@@ -25,6 +25,8 @@ const (
 	reasonBatchTooLarge   = "batch_too_large"
 	reasonCSRTooLarge     = "csr_too_large"
 	reasonInternal        = "internal"
+	// reasonStoreUnavailable: the registry store could not be reached.
+	reasonStoreUnavailable = "store_unavailable"
 )
 
 // metrics are the server's Prometheus collectors.
@@ -32,6 +34,7 @@ type metrics struct {
 	csrs     *prometheus.CounterVec
 	signing  prometheus.Histogram
 	caExpiry *prometheus.GaugeVec
+	storeUp  *prometheus.GaugeVec
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -49,11 +52,12 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 			Name: "castellan_ca_certificate_expiry_timestamp_seconds",
 			Help: "NotAfter of the CA certificates as a Unix timestamp, by certificate (root, intermediate).",
 		}, []string{"cert"}),
+		storeUp: newStoreUp(),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.csrs, m.signing, m.caExpiry} {
+	for _, c := range []prometheus.Collector{m.csrs, m.signing, m.caExpiry, m.storeUp} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -15,7 +15,6 @@ package server
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -101,6 +100,13 @@ type Config struct {
 	Logger *slog.Logger
 	// Clock returns the current time (nil: time.Now).
 	Clock func() time.Time
+	// Stores are the stores the server needs to issue, by name (e.g.
+	// "registry", "ledger"): MonitorReadiness reports the server ready
+	// only while each answers its Ping.
+	Stores map[string]Pinger
+	// ReadinessInterval is how often MonitorReadiness pings the Stores
+	// (0: DefaultReadinessInterval).
+	ReadinessInterval time.Duration
 	// Quota, when set, limits workload issuance per node and per identity
 	// (a *quota.Limiter); a refusal is its error (ResourceExhausted).
 	Quota interface {
@@ -118,6 +124,7 @@ type Server struct {
 	metrics *metrics
 	health  *health.Server
 	bundle  *bundleState
+	trust   clientTrust // the pool client certificates are verified against
 	svid    *serverSVID
 	admins  map[spiffeid.ID]bool
 
@@ -155,6 +162,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
 	}
+	if cfg.ReadinessInterval <= 0 {
+		cfg.ReadinessInterval = DefaultReadinessInterval
+	}
 	names, err := authority.ParseServerNames(cfg.ServerNames)
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
@@ -171,6 +181,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	for _, id := range cfg.AdminIDs {
 		s.admins[id] = true
 	}
+	s.trust.base = s.baseTLSConfig()
+	s.trust.set(cfg.Authority.Snapshot().Roots)
 	m.caExpiry.WithLabelValues("root").Set(float64(cfg.Authority.Root().NotAfter.Unix()))
 	m.caExpiry.WithLabelValues("intermediate").Set(float64(cfg.Authority.Intermediate().NotAfter.Unix()))
 	s.svid = &serverSVID{s: s, names: names}
@@ -183,27 +195,40 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Run renews the server's own SVID at half its lifetime until ctx ends. It
-// returns nil when ctx is cancelled.
+// Run renews the server's own SVID at half its lifetime, and follows the
+// CA's authorities (rotation.go: bundle, tainted authorities, client
+// trust, the server's certificate), until ctx ends. It returns nil when
+// ctx is cancelled.
 func (s *Server) Run(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.followAuthority(ctx)
+	}()
+	defer func() { <-done }()
 	return s.svid.run(ctx)
 }
 
-// Health returns the gRPC health service; the caller sets serving status.
+// Health returns the gRPC health service. MonitorReadiness sets its
+// overall status; a caller that does not run it sets the status itself.
 func (s *Server) Health() *health.Server { return s.health }
 
 // TLSConfig returns the server TLS configuration: the server's SVID, TLS
 // 1.3, and client certificates optional but verified against the trust
-// bundle when given.
+// bundle when given (the bundle of the handshake's time: it follows CA
+// rotations, see Run).
 func (s *Server) TLSConfig() *tls.Config {
-	pool := x509.NewCertPool()
-	for _, c := range s.cfg.Authority.Bundle().X509Authorities() {
-		pool.AddCert(c)
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return s.trust.cfg.Load(), nil },
 	}
+}
+
+// baseTLSConfig is TLSConfig without the client pool (clientTrust adds it).
+func (s *Server) baseTLSConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS13,
 		ClientAuth:     tls.VerifyClientCertIfGiven,
-		ClientCAs:      pool,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.svid.current(), nil },
 		NextProtos:     []string{"h2"},
 	}

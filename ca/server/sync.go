@@ -10,11 +10,12 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// bundleState is the published trust bundle and a channel closed when it
-// changes.
+// bundleState is the published trust bundle, the tainted authorities
+// (DER signing certificates) and a channel closed when either changes.
 type bundleState struct {
 	mu      sync.Mutex
 	pb      *cav1.Bundle
+	tainted [][]byte
 	changed chan struct{}
 }
 
@@ -39,11 +40,19 @@ func (b *bundleState) current() *cav1.Bundle {
 	return b.pb
 }
 
-// watch returns the bundle and a channel closed at its next change.
+// watch returns the bundle and a channel closed at its next change (or
+// the tainted authorities').
 func (b *bundleState) watch() (*cav1.Bundle, <-chan struct{}) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.pb, b.changed
+}
+
+// watchAll is watch with the tainted authorities.
+func (b *bundleState) watchAll() (*cav1.Bundle, [][]byte, <-chan struct{}) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.pb, b.tainted, b.changed
 }
 
 // set publishes a new bundle (CA rotation) with the next sequence number.
@@ -60,7 +69,8 @@ func (b *bundleState) set(nb *x509bundle.Bundle) {
 func (s *Server) SetBundle(b *x509bundle.Bundle) { s.bundle.set(b) }
 
 // SyncAgent streams the calling agent's state: at once, then after every
-// change to its entries, the bundle or the revocations. Changes that leave
+// change to its entries, the bundle, the tainted authorities or the
+// revocations. Changes that leave
 // the agent's state as it was (e.g. an entry of another node) send nothing.
 // The stream ends with the gate's refusal as soon as the caller's node is
 // banned or its certificate revoked.
@@ -80,10 +90,11 @@ func (c *caService) SyncAgent(_ *cav1.SyncAgentRequest, stream cav1.CertificateA
 			s.log.WarnContext(ctx, "SyncAgent stream closed", "node", node, "error", err.Error())
 			return err
 		}
-		bundle, bundleChanged := s.bundle.watch()
+		bundle, tainted, bundleChanged := s.bundle.watchAll()
 		revoked := s.cfg.Ledger.RevokedSerials(s.clock())
 		slices.Sort(revoked)
-		st := &cav1.AgentState{Entries: s.cfg.Entries.List(node), Bundle: bundle, RevokedSerials: revoked}
+		st := &cav1.AgentState{Entries: s.cfg.Entries.List(node), Bundle: bundle, RevokedSerials: revoked,
+			TaintedAuthorities: tainted}
 		if last == nil || !proto.Equal(st, last) {
 			if err := stream.Send(&cav1.SyncAgentResponse{State: st}); err != nil {
 				return err

@@ -83,7 +83,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	mgr, err := manager.New(manager.Config{
-		CA: mgrCA, Cache: c, Store: store, TrustDomain: td, OnBundle: ca.SetBundle, Registry: reg, Logger: log,
+		CA: mgrCA, Cache: c, Store: store, TrustDomain: td, OnBundle: ca.SetBundle, OnTaints: ca.Taint, Registry: reg, Logger: log,
 		LogPolicy: logMode, LogCheck: optionalChecker(logCheck),
 	})
 	if err != nil {

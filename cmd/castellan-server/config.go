@@ -32,7 +32,14 @@ type config struct {
 	RootCert         string        `yaml:"root_cert"`
 	IntermediateCert string        `yaml:"intermediate_cert"`
 	IntermediateKey  string        `yaml:"intermediate_key"`
-	AdminIDs         []string      `yaml:"admin_ids"`
+	// KEKFile, PublishDelay and PrepareAt drive CA rotation (authority.go):
+	// the key sealing the authorities' keys in the journal, how long a new
+	// root is published before it signs, and when the next authority is
+	// prepared (a fraction of the active one's lifetime).
+	KEKFile      string        `yaml:"kek_file"`
+	PublishDelay time.Duration `yaml:"publish_delay"`
+	PrepareAt    float64       `yaml:"prepare_at"`
+	AdminIDs     []string      `yaml:"admin_ids"`
 	// ServerNames are DNS names and IP addresses in the server's own
 	// certificate, for clients that verify it by host name (Istio's).
 	ServerNames []string `yaml:"server_names"`
@@ -52,6 +59,17 @@ type config struct {
 	QuotaIdentityPerTTL     int      `yaml:"quota_identity_per_ttl"`
 	LedgerDiskReserve       byteSize `yaml:"ledger_disk_reserve"`
 	LedgerReadOnlyForensics bool     `yaml:"ledger_read_only_forensics"`
+	// Datastore is where the CA keeps its state: "" or "bolt" (files in
+	// DataDir) or a postgres:// URL (dsn.go, datastore.go);
+	// DatastoreFile holds that URL instead (a mounted Secret).
+	Datastore     string `yaml:"datastore"`
+	DatastoreFile string `yaml:"datastore_file"`
+	// LedgerKeyFile is the log's note signing key, shared by replicas.
+	LedgerKeyFile string `yaml:"ledger_key_file"`
+
+	// warnings are what loadConfig found unsafe but accepted; run logs
+	// them.
+	warnings []string
 }
 
 func defaultConfig() config {
@@ -99,6 +117,9 @@ func flagSet(cfg *config, configPath *string, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.RootCert, "root-cert", "", "PEM root certificate(s) of a plugged-in CA")
 	fs.StringVar(&cfg.IntermediateCert, "intermediate-cert", "", "PEM intermediate certificate (chain) of a plugged-in CA")
 	fs.StringVar(&cfg.IntermediateKey, "intermediate-key", "", "PEM private key of the plugged-in intermediate")
+	fs.StringVar(&cfg.KEKFile, "kek-file", cfg.KEKFile, "key-encryption key sealing the CA authorities' private keys in the journal (32 bytes: raw, hex or base64); empty: authority.kek in --data-dir, generated on first start with a bbolt datastore; replicas sharing PostgreSQL must all mount the same file")
+	fs.DurationVar(&cfg.PublishDelay, "publish-delay", cfg.PublishDelay, "how long a new root is in every trust bundle before an authority under it may sign, so every agent holds it first (0: --max-ttl + 5m)")
+	fs.Float64Var(&cfg.PrepareAt, "prepare-at", cfg.PrepareAt, "fraction of the active authority's lifetime after which the next one is prepared, between 0 and 1 (0: 0.5)")
 	fs.Var(listFlag{&cfg.AdminIDs}, "admin-id", "SPIFFE ID allowed to call the admin API over mTLS (repeatable)")
 	fs.Var(listFlag{&cfg.ServerNames}, "server-name", "DNS name or IP address put in the server's own certificate next to its SPIFFE ID, for clients that verify the CA by host name such as istio-agent and ztunnel (repeatable; replaces the default localhost and 127.0.0.1; on Kubernetes pass the Service DNS names)")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn or error")
@@ -111,6 +132,9 @@ func flagSet(cfg *config, configPath *string, out io.Writer) *flag.FlagSet {
 	fs.IntVar(&cfg.QuotaNodePerHour, "quota-node-per-hour", cfg.QuotaNodePerHour, "workload certificates one node may get per hour, sustained (0: 256 identities x 4 per --default-ttl, 1024 for 1h)")
 	fs.IntVar(&cfg.QuotaIdentityPerTTL, "quota-identity-per-ttl", cfg.QuotaIdentityPerTTL, "certificates one identity on one node may get per lifetime of its certificates (0: 8); a revocation refills it")
 	fs.Var(&cfg.LedgerDiskReserve, "ledger-disk-reserve", "free space to leave on the ledger's filesystem: below it issuance stops with an error and castellan_ledger_disk_reserve_breached is 1 (e.g. 512MiB; 0: none)")
+	fs.StringVar(&cfg.Datastore, "datastore", cfg.Datastore, "where the CA keeps its state (ledger, join tokens, entries): bolt for files in --data-dir (one replica; the default), or postgres://USER@HOST:PORT/DATABASE?sslmode=verify-full for a PostgreSQL database shared by every replica; keep the password out of the command line with --datastore-file or CASTELLAN_DATASTORE")
+	fs.StringVar(&cfg.DatastoreFile, "datastore-file", cfg.DatastoreFile, "file holding the postgres:// URL of --datastore (e.g. a mounted Kubernetes Secret); it must not be readable by other users")
+	fs.StringVar(&cfg.LedgerKeyFile, "ledger-key-file", cfg.LedgerKeyFile, "the issuance log's signing key (a note signer key, from `castellanctl ledger keygen`), the same file for every replica; required with a PostgreSQL datastore (bolt: default ledger.db.key in --data-dir, generated on first start)")
 	fs.BoolVar(&cfg.LedgerReadOnlyForensics, "ledger-read-only-forensics", cfg.LedgerReadOnlyForensics, "open a ledger that fails its integrity check read-only, serve the audit API on the admin socket and issue nothing (gRPC port not served)")
 	return fs
 }
@@ -185,7 +209,13 @@ func loadConfig(args []string, getenv func(string) string, out io.Writer) (confi
 	if err := fs.Parse(args); err != nil {
 		return config{}, fmt.Errorf("%w: %w", errUsage, err)
 	}
-	return cfg, cfg.validate()
+	if err := cfg.validate(); err != nil {
+		return config{}, err
+	}
+	if kind, dsn, err := cfg.datastore(); err == nil && kind == kindPostgres {
+		cfg.warnings = dsnWarnings(dsn, onCmdLine["datastore"])
+	}
+	return cfg, nil
 }
 
 func readYAML(path string, cfg *config) error {
@@ -239,6 +269,7 @@ func (c config) validate() error {
 	if files != 0 && files != 3 {
 		bad("a plugged-in CA needs all of --root-cert, --intermediate-cert and --intermediate-key")
 	}
+	errs = append(errs, c.checkRotation()...)
 	for _, s := range c.AdminIDs {
 		id, err := spiffeid.FromString(s)
 		switch {
@@ -270,6 +301,7 @@ func (c config) validate() error {
 	if err := c.checkQuota(); err != nil {
 		bad("%v", err)
 	}
+	errs = append(errs, c.checkDatastore()...)
 	if len(errs) > 0 {
 		return fmt.Errorf("castellan-server: invalid configuration:\n  %w", joinLines(errs))
 	}

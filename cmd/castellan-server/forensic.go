@@ -11,23 +11,31 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/audit"
-	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/server"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 )
 
-// openLedger opens the ledger. A ledger that fails its integrity check
-// stops the server with a message naming the file and what to do.
-// onRevoke is called with each revoked certificate's node and SPIFFE ID.
-func openLedger(cfg config, log *slog.Logger, reg *prometheus.Registry, onRevoke func(node, id string)) (*ledger.Ledger, error) {
+// openLedger opens the ledger: in the datastore's ledger keyspace on
+// PostgreSQL (ds.ledger), else the bbolt file in the data directory. A
+// ledger file that fails its integrity check stops the server with a
+// message naming the file and what to do. onRevoke is called with each
+// revoked certificate's node and SPIFFE ID.
+func openLedger(cfg config, ds *datastore, log *slog.Logger, reg *prometheus.Registry, onRevoke func(node, id string)) (*ledger.Ledger, error) {
+	opts := ledger.Options{Logger: log, Registry: reg, OnRevoke: onRevoke, KeyFile: cfg.LedgerKeyFile}
+	if ds != nil && ds.ledger != nil {
+		l, err := ledger.New(ds.ledger, opts)
+		if err != nil {
+			return nil, fmt.Errorf("castellan-server: open the ledger in the datastore: %w", err)
+		}
+		return l, nil
+	}
 	path := filepath.Join(cfg.DataDir, ledgerFile)
-	l, err := ledger.Open(path, ledger.Options{
-		Logger: log, Registry: reg, DiskReserve: uint64(cfg.LedgerDiskReserve), ReadOnly: cfg.LedgerReadOnlyForensics,
-		OnRevoke: onRevoke,
-	})
+	opts.DiskReserve, opts.ReadOnly = uint64(cfg.LedgerDiskReserve), cfg.LedgerReadOnlyForensics
+	l, err := ledger.Open(path, opts)
 	if errors.Is(err, ledger.ErrDamaged) {
 		return nil, fmt.Errorf("castellan-server: refusing to start on a damaged ledger: %w; "+
 			"to read what is left, start with --ledger-read-only-forensics (audit API on the admin socket, no issuance), "+
@@ -45,12 +53,24 @@ const forensicNotice = "the ledger is open read-only for forensics (--ledger-rea
 // needs the ledger to log it, and the CA's own SVID is an issuance too,
 // so the agents' gRPC port is not served; agents keep serving their
 // caches until a repaired ledger is back.
-func serveForensic(ctx context.Context, cfg config, log *slog.Logger, reg *prometheus.Registry, auth *authority.Authority) error {
-	led, err := openLedger(cfg, log, reg, nil)
+func serveForensic(ctx context.Context, cfg config, log *slog.Logger, reg *prometheus.Registry, td spiffeid.TrustDomain) error {
+	led, err := openLedger(cfg, nil, log, reg, nil)
 	if err != nil {
 		return err
 	}
 	defer led.Close()
+	journal, err := openBoltJournal(cfg)
+	if err != nil {
+		return err
+	}
+	defer journal.Close()
+	auth, err := openAuthority(ctx, cfg, td, journal, nil, reg, log) // no ledger to record in: no transition
+	if err != nil {
+		return err
+	}
+	if err := writeBundle(filepath.Join(cfg.DataDir, bundleFile), auth); err != nil {
+		return err
+	}
 	httpLis, err := net.Listen("tcp", cfg.HTTPListen)
 	if err != nil {
 		return fmt.Errorf("castellan-server: --http-listen: %w", err)
@@ -63,7 +83,7 @@ func serveForensic(ctx context.Context, cfg config, log *slog.Logger, reg *prome
 	g := grpc.NewServer()
 	audit.NewService(led, audit.WithAuthorizer(audit.AdminAuthorizer()), audit.WithLogger(log)).Register(g)
 	mux := http.NewServeMux()
-	mux.Handle("GET /crl", ledger.NewCRLHandler(led, auth.Intermediate(), auth.Signer(), 0))
+	mux.Handle("GET /crl", newCRLSwitch(led, auth))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {

@@ -37,29 +37,31 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 	return kubernetes.NewForConfig(rc)
 }
 
-// publishBundle publishes the trust bundle as a ConfigMap in every
-// namespace when --k8s-bundle-configmaps is set, until ctx ends.
-func publishBundle(ctx context.Context, cfg config, b *x509bundle.Bundle, reg *prometheus.Registry, log *slog.Logger) error {
+// publishBundle publishes b as the trust bundle ConfigMap of every
+// namespace when --k8s-bundle-configmaps is set, and keeps them current
+// until ctx ends. It returns the function that republishes a new bundle
+// (a CA rotation), nil when ConfigMaps are not published.
+func publishBundle(ctx context.Context, cfg config, b *x509bundle.Bundle, reg *prometheus.Registry, log *slog.Logger) (func(*x509bundle.Bundle) error, error) {
 	if !cfg.K8sBundleConfigMaps {
-		return nil
+		return nil, nil
 	}
 	client, err := kubeClient(cfg.Kubeconfig)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	p, err := bundle.NewPublisher(client, bundle.WithLogger(log), bundle.WithRegistry(reg))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := p.SetBundle(b); err != nil {
-		return err
+		return nil, err
 	}
 	go func() {
 		if err := p.Run(ctx); err != nil && ctx.Err() == nil {
 			log.Error("trust bundle ConfigMaps are no longer kept current", "error", err.Error())
 		}
 	}()
-	return nil
+	return p.SetBundle, nil
 }
 
 // kubernetesAuth returns the Kubernetes node attestor and pod authorizer

@@ -40,6 +40,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	level, _ := parseLevel(cfg.LogLevel)
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+	for _, w := range cfg.warnings {
+		log.Warn(w)
+	}
 	if err := serve(ctx, cfg, log); err != nil {
 		log.Error("castellan-server failed", "error", err.Error())
 		return 1

@@ -20,12 +20,11 @@ import (
 	"github.com/castellan-dev/castellan/ca/quota"
 	"github.com/castellan-dev/castellan/ca/server"
 	"github.com/castellan-dev/castellan/ca/tlog"
-	"github.com/castellan-dev/castellan/internal/boltcheck"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"go.etcd.io/bbolt"
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
@@ -49,6 +48,8 @@ type deps struct {
 	srv       *server.Server
 	admins    []spiffeid.ID // may call the admin and audit APIs over mTLS
 	log       *slog.Logger
+	crl       *crlSwitch                     // /crl, signed by the active authority
+	setBundle func(*x509bundle.Bundle) error // republishes the ConfigMaps (nil: none)
 }
 
 // adminServices are the services served next to the admin service, on the
@@ -62,7 +63,7 @@ func adminServices(d *deps) []server.Registrar {
 // SVIDs, signed by the intermediate) and /log/ (the ledger, C2SP tlog-tiles).
 func httpMux(d *deps) *http.ServeMux {
 	mux := http.NewServeMux()
-	mux.Handle("GET /crl", ledger.NewCRLHandler(d.ledger, d.authority.Intermediate(), d.authority.Signer(), 0))
+	mux.Handle("GET /crl", d.crl)
 	mux.Handle("GET /log/", http.StripPrefix("/log", tlog.NewHandler(d.ledger, tlog.Options{Logger: d.log})))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.registry, promhttp.HandlerOpts{Registry: d.registry}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -88,45 +89,41 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	auth, err := authority.New(authority.Config{
-		TrustDomain: td, DataDir: cfg.DataDir, RootCertFile: cfg.RootCert,
-		IntermediateCertFile: cfg.IntermediateCert, IntermediateKeyFile: cfg.IntermediateKey,
-		DefaultTTL: cfg.DefaultTTL, MaxTTL: cfg.MaxTTL, Logger: log,
-	})
+	if cfg.LedgerReadOnlyForensics {
+		return serveForensic(ctx, cfg, log, reg, td)
+	}
+	ds, err := openDatastore(ctx, cfg, log, reg)
+	if err != nil {
+		return err
+	}
+	defer ds.Close()
+	quotas, err := quota.New(quotaConfig(cfg, reg))
+	if err != nil {
+		return err
+	}
+	led, err := openLedger(cfg, ds, log, reg, quotas.Forgive)
+	if err != nil {
+		return err
+	}
+	defer led.Close()
+	// The ledger first: the authority records every transition in it,
+	// the bootstrap of a new CA included.
+	auth, err := openAuthority(ctx, cfg, td, ds.authority, led, reg, log)
 	if err != nil {
 		return err
 	}
 	if err := writeBundle(filepath.Join(cfg.DataDir, bundleFile), auth); err != nil {
 		return err
 	}
-	if cfg.LedgerReadOnlyForensics {
-		return serveForensic(ctx, cfg, log, reg, auth)
-	}
-	db, err := boltcheck.Open(filepath.Join(cfg.DataDir, registryFile), 0o600, &bbolt.Options{Timeout: 5 * time.Second})
-	if errors.Is(err, boltcheck.ErrDamaged) {
-		return fmt.Errorf("castellan-server: refusing to start on a damaged registry (join tokens and entries): %w; restore it from a backup", err)
-	}
-	if err != nil {
-		return fmt.Errorf("castellan-server: open registry (is another server using %s?): %w", cfg.DataDir, err)
-	}
-	defer db.Close()
-	quotas, err := quota.New(quotaConfig(cfg, reg))
+	tokens, err := authn.NewJoinTokens(ctx, ds.registry, nil, authn.WithJoinTokenLogger(log), authn.WithJoinTokenMetrics(reg))
 	if err != nil {
 		return err
 	}
-	led, err := openLedger(cfg, log, reg, quotas.Forgive)
+	entries, err := authz.NewEntries(ctx, ds.registry, td, cfg.MaxTTL, nil, authz.WithEntriesLogger(log))
 	if err != nil {
 		return err
 	}
-	defer led.Close()
-	tokens, err := authn.NewJoinTokens(db, nil, authn.WithJoinTokenLogger(log), authn.WithJoinTokenMetrics(reg))
-	if err != nil {
-		return err
-	}
-	entries, err := authz.NewEntries(db, td, cfg.MaxTTL, nil)
-	if err != nil {
-		return err
-	}
+	defer entries.Close()
 	var admins []spiffeid.ID
 	for _, s := range cfg.AdminIDs {
 		admins = append(admins, spiffeid.RequireFromString(s))
@@ -135,7 +132,8 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if err := publishBundle(ctx, cfg, auth.Bundle(), reg, log); err != nil {
+	setBundle, err := publishBundle(ctx, cfg, auth.Bundle(), reg, log)
+	if err != nil {
 		return err
 	}
 	srv, err := server.New(ctx, server.Config{
@@ -143,7 +141,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		Authority: auth, Ledger: led, Attestor: &authn.JoinTokenAttestor{Tokens: tokens, K8s: k8sAttestor},
 		Authorizer: &authz.NodeAuthorizer{Entries: entries, Pods: podAuthorizer},
 		Tokens:     tokens, Entries: entries, AgentTTL: cfg.AgentTTL, AdminIDs: admins,
-		ServerNames: cfg.ServerNames, Registry: reg, Logger: log,
+		ServerNames: cfg.ServerNames, Registry: reg, Logger: log, Stores: ds.stores(led),
 	})
 	if err != nil {
 		return err
@@ -151,7 +149,8 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err := serveIstio(ctx, cfg, td, srv, auth, led, podAuthorizer, log); err != nil {
 		return err
 	}
-	d := &deps{authority: auth, ledger: led, registry: reg, srv: srv, admins: admins, log: log}
+	d := &deps{authority: auth, ledger: led, registry: reg, srv: srv, admins: admins, log: log,
+		crl: newCRLSwitch(led, auth), setBundle: setBundle}
 	return listenAndServe(ctx, cfg, log, d, tokens)
 }
 
@@ -192,9 +191,10 @@ func listenAndServe(ctx context.Context, cfg config, log *slog.Logger, d *deps, 
 	goServe("admin socket", func() error { return admin.Serve(adminLis) })
 	goServe("http", func() error { return httpSrv.Serve(httpLis) })
 	go func() { _ = d.srv.Run(ctx) }()
+	go runAuthority(ctx, cfg, d)
 	go d.ledger.Maintain(ctx, time.Hour)
 	go pruneTokens(ctx, tokens, log)
-	d.srv.Health().SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	go d.srv.MonitorReadiness(ctx)
 	log.Info("castellan-server serving", "listen", grpcLis.Addr().String(), "http_listen", httpLis.Addr().String(),
 		"admin_socket", adminLis.Addr().String(), "trust_domain", cfg.TrustDomain)
 
@@ -231,11 +231,15 @@ func pruneTokens(ctx context.Context, tokens *authn.JoinTokens, log *slog.Logger
 	}
 }
 
-// writeBundle writes the trust bundle PEM (mode 0644: it is public) for
-// agents' --trust-bundle, atomically.
-func writeBundle(path string, a *authority.Authority) error {
+// writeBundle writes a's trust bundle to path (writeBundlePEM).
+func writeBundle(path string, a *authority.Authority) error { return writeBundlePEM(path, a.Bundle()) }
+
+// writeBundlePEM writes the trust bundle PEM (mode 0644: it is public) for
+// agents' --trust-bundle, atomically. It is rewritten on every change of
+// the bundle (publishAuthority).
+func writeBundlePEM(path string, b *x509bundle.Bundle) error {
 	var buf []byte
-	for _, c := range a.Bundle().X509Authorities() {
+	for _, c := range b.X509Authorities() {
 		buf = append(buf, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
 	}
 	tmp := path + ".tmp"

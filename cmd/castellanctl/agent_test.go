@@ -15,8 +15,8 @@ import (
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/server"
+	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	bolt "go.etcd.io/bbolt"
 )
 
 // adminServer runs a real CA server's admin and audit services on an
@@ -34,16 +34,16 @@ func adminServer(t *testing.T) (string, *ledger.Ledger) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	db, err := bolt.Open(filepath.Join(dir, "registry.db"), 0o600, nil)
+	db, err := boltstore.Open(filepath.Join(dir, "registry.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	tokens, err := authn.NewJoinTokens(db, nil)
+	tokens, err := authn.NewJoinTokens(context.Background(), db, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	entries, err := authz.NewEntries(db, td, auth.MaxTTL(), nil)
+	entries, err := authz.NewEntries(context.Background(), db, td, auth.MaxTTL(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,9 +19,9 @@ import (
 	"github.com/transparency-dev/merkle/rfc6962"
 )
 
-// runLedger runs `castellanctl ledger verify|checkpoint|prove|export`.
+// runLedger runs `castellanctl ledger verify|checkpoint|prove|export|keygen`.
 func runLedger(ctx context.Context, g *globals, args []string) error {
-	sub, args, err := subcommand("ledger", args, "verify", "checkpoint", "prove", "export")
+	sub, args, err := subcommand("ledger", args, "verify", "checkpoint", "prove", "export", "keygen")
 	if err != nil {
 		return err
 	}
@@ -32,6 +32,8 @@ func runLedger(ctx context.Context, g *globals, args []string) error {
 		return ledgerCheckpoint(ctx, g, args)
 	case "prove":
 		return ledgerProve(ctx, g, args)
+	case "keygen":
+		return ledgerKeygen(g, args)
 	default:
 		return ledgerExport(ctx, g, args)
 	}
@@ -415,4 +417,25 @@ func lineOf(lf ledger.Leaf) exportLine {
 	line.Kind, line.Time, line.Serial, line.SPIFFEID, line.Node = string(e.Kind), timePtr(e.Time), e.Serial, e.SPIFFEID, e.Node
 	line.NotBefore, line.NotAfter, line.PublicKeySHA256, line.Reason = timePtr(e.NotBefore), timePtr(e.NotAfter), e.PublicKeySHA256, e.Reason
 	return line
+}
+
+// ledgerKeygen writes a new log signing key: every replica of a CA on
+// PostgreSQL reads the same key file (a Secret); the database never holds
+// it. It prints the verifier key auditors pin.
+func ledgerKeygen(g *globals, args []string) error {
+	fs := newFlags(g, "ledger keygen")
+	out := fs.String("out", "", "file to create (mode 0600; must not exist)")
+	origin := fs.String("origin", ledger.DefaultOrigin, "the log's origin (first line of its checkpoints); the key is named after it")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 || *out == "" {
+		return usagef("ledger keygen: need --out FILE and no arguments")
+	}
+	vkey, err := ledger.GenerateKeyFile(*out, *origin)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(g.stdout, "%s\n", vkey)
+	return err
 }

@@ -1,12 +1,13 @@
 // Command castellanctl administers a Castellan CA: join tokens,
-// registration entries, node agents and bans, and (certs, ledger) the
-// issuance ledger.
+// registration entries, node agents and bans, the CA's authorities
+// (rotation), and (certs, ledger) the issuance ledger.
 //
 // It reaches the server through the owner-only admin Unix socket in the
 // server's data directory (--admin-socket), or over mutual TLS with an admin
 // SVID (--server, --cert, --key, --bundle). Exit codes: 0 success, 1 error,
 // 2 usage error, 3 ledger verification failed (the log was altered, or a
-// checkpoint or proof is wrong).
+// checkpoint or proof is wrong), 4 an authority transition refused as
+// unsafe (castellanctl authority ...).
 package main
 
 import (
@@ -48,7 +49,13 @@ commands:
   entry delete ID                           delete a registration entry
   agent list|show|ban|unban                 node agents and node bans (castellanctl agent -h)
   certs ...                                 issued certificates (audit)
-  ledger ...                                the issuance ledger (audit)
+  ledger ...                                the issuance ledger (audit); ledger keygen --out FILE
+                                            makes the log key replicas on PostgreSQL share
+  datastore migrate --data-dir DIR --to-file DSNFILE
+                                            copy a stopped bbolt CA into an empty PostgreSQL
+  authority list|prepare|activate|taint|revoke
+                                            the CA's authorities and their rotation
+                                            (castellanctl authority -h)
 
 security notes:
   unix entries      an entry that selects only unix:path/unix:sha256 is an identity any
@@ -148,6 +155,10 @@ func dispatch(ctx context.Context, g *globals, cmd string, args []string) error 
 		return runCerts(ctx, g, args)
 	case "ledger":
 		return runLedger(ctx, g, args)
+	case "datastore":
+		return runDatastore(ctx, g, args)
+	case "authority":
+		return runAuthority(ctx, g, args)
 	default:
 		return usagef("unknown command %q; run castellanctl -h", cmd)
 	}

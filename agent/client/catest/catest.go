@@ -70,6 +70,11 @@ type CA struct {
 	batches  int
 	signed   int
 	changed  chan struct{}
+	// workload, when set by RotateIntermediate, signs workload SVIDs in
+	// place of inter; tainted are pushed to agents as tainted authorities.
+	workload    *x509.Certificate
+	workloadKey crypto.Signer
+	tainted     [][]byte
 }
 
 // New returns a CA for td with a fresh root and intermediate.
@@ -124,6 +129,40 @@ func (ca *CA) Issue(t testing.TB, id spiffeid.ID, now time.Time, ttl time.Durati
 	key := newKey(t)
 	leaf := ca.sign(t, id, key.Public(), now, ttl)
 	return &x509svid.SVID{ID: id, Certificates: []*x509.Certificate{leaf, ca.inter}, PrivateKey: key}
+}
+
+// RotateIntermediate makes a new intermediate under the same root sign
+// workload SVIDs from now on, and returns the one that signed them before
+// (agent and server SVIDs keep the first intermediate).
+func (ca *CA) RotateIntermediate(t testing.TB) *x509.Certificate {
+	t.Helper()
+	key := newKey(t)
+	now := time.Now()
+	inter := mustCert(t, &x509.Certificate{
+		SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: "catest intermediate 2"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(47 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		URIs: []*url.URL{ca.TrustDomain.ID().URL()},
+	}, ca.root, key.Public(), ca.rootKey)
+	ca.mu.Lock()
+	defer ca.mu.Unlock()
+	old := ca.workload
+	if old == nil {
+		old = ca.inter
+	}
+	ca.workload, ca.workloadKey = inter, key
+	return old
+}
+
+// Taint pushes certs to every SyncAgent stream as tainted authorities.
+func (ca *CA) Taint(certs ...*x509.Certificate) {
+	ca.mu.Lock()
+	defer ca.mu.Unlock()
+	ca.tainted = nil
+	for _, c := range certs {
+		ca.tainted = append(ca.tainted, c.Raw)
+	}
+	ca.notifyLocked()
 }
 
 // Start serves the CA on 127.0.0.1 (on a fresh port the first time, on the
@@ -308,6 +347,7 @@ func (ca *CA) SyncAgent(_ *cav1.SyncAgentRequest, stream grpc.ServerStreamingSer
 		for s := range ca.revoked {
 			st.RevokedSerials = append(st.RevokedSerials, s)
 		}
+		st.TaintedAuthorities = ca.tainted
 		changed := ca.changed
 		ca.mu.Unlock()
 		if err := stream.Send(&cav1.SyncAgentResponse{State: st}); err != nil {
@@ -333,7 +373,13 @@ func (ca *CA) signFor(node string, r *cav1.SignX509SVIDRequest) (*cav1.X509SVID,
 		ttl = time.Duration(r.TtlSeconds) * time.Second
 	}
 	now := ca.Now()
-	svid, err := ca.signCSR(r.Csr, spiffeid.RequireFromString(e.SpiffeId), now.Add(-ca.Backdate), ttl+ca.Backdate)
+	ca.mu.Lock()
+	issuer, key := ca.workload, ca.workloadKey
+	ca.mu.Unlock()
+	if issuer == nil {
+		issuer, key = ca.inter, ca.interKey
+	}
+	svid, err := ca.signCSRBy(issuer, key, r.Csr, spiffeid.RequireFromString(e.SpiffeId), now.Add(-ca.Backdate), ttl+ca.Backdate)
 	if err == nil {
 		ca.mu.Lock()
 		ca.signed++
@@ -364,6 +410,10 @@ func (ca *CA) caller(ctx context.Context) (string, error) {
 }
 
 func (ca *CA) signCSR(der []byte, id spiffeid.ID, now time.Time, ttl time.Duration) (*cav1.X509SVID, error) {
+	return ca.signCSRBy(ca.inter, ca.interKey, der, id, now, ttl)
+}
+
+func (ca *CA) signCSRBy(issuer *x509.Certificate, key crypto.Signer, der []byte, id spiffeid.ID, now time.Time, ttl time.Duration) (*cav1.X509SVID, error) {
 	csr, err := x509.ParseCertificateRequest(der)
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "CSR: %v", err)
@@ -371,13 +421,13 @@ func (ca *CA) signCSR(der []byte, id spiffeid.ID, now time.Time, ttl time.Durati
 	if err := csr.CheckSignature(); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "CSR signature: %v", err)
 	}
-	leaf, err := ca.signLeaf(id, csr.PublicKey, now, ttl)
+	leaf, err := signLeafBy(issuer, key, id, csr.PublicKey, now, ttl)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	return &cav1.X509SVID{
 		SpiffeId:  id.String(),
-		CertChain: [][]byte{leaf.Raw, ca.inter.Raw},
+		CertChain: [][]byte{leaf.Raw, issuer.Raw},
 		Serial:    serial.FromBig(leaf.SerialNumber).String(),
 		NotBefore: timestamppb.New(leaf.NotBefore),
 		NotAfter:  timestamppb.New(leaf.NotAfter),
@@ -398,6 +448,10 @@ func (ca *CA) sign(t testing.TB, id spiffeid.ID, pub crypto.PublicKey, now time.
 }
 
 func (ca *CA) signLeaf(id spiffeid.ID, pub crypto.PublicKey, now time.Time, ttl time.Duration) (*x509.Certificate, error) {
+	return signLeafBy(ca.inter, ca.interKey, id, pub, now, ttl)
+}
+
+func signLeafBy(issuer *x509.Certificate, key crypto.Signer, id spiffeid.ID, pub crypto.PublicKey, now time.Time, ttl time.Duration) (*x509.Certificate, error) {
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	if err != nil {
 		return nil, err
@@ -410,7 +464,7 @@ func (ca *CA) signLeaf(id spiffeid.ID, pub crypto.PublicKey, now time.Time, ttl 
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.inter, pub, ca.interKey)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, pub, key)
 	if err != nil {
 		return nil, err
 	}

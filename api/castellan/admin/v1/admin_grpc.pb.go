@@ -5,7 +5,8 @@
 // source: castellan/admin/v1/admin.proto
 
 // Package castellan.admin.v1 is the operator API of the Castellan CA:
-// join tokens, registration entries and node agents (bans). It is served on an owner-only Unix
+// join tokens, registration entries, node agents (bans) and the CA's
+// authorities (rotation). It is served on an owner-only Unix
 // socket in the CA's data directory and over mTLS to admin identities.
 
 package adminv1
@@ -23,14 +24,19 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_CreateJoinToken_FullMethodName = "/castellan.admin.v1.AdminService/CreateJoinToken"
-	AdminService_CreateEntry_FullMethodName     = "/castellan.admin.v1.AdminService/CreateEntry"
-	AdminService_ListEntries_FullMethodName     = "/castellan.admin.v1.AdminService/ListEntries"
-	AdminService_DeleteEntry_FullMethodName     = "/castellan.admin.v1.AdminService/DeleteEntry"
-	AdminService_ListAgents_FullMethodName      = "/castellan.admin.v1.AdminService/ListAgents"
-	AdminService_GetAgent_FullMethodName        = "/castellan.admin.v1.AdminService/GetAgent"
-	AdminService_BanAgent_FullMethodName        = "/castellan.admin.v1.AdminService/BanAgent"
-	AdminService_UnbanAgent_FullMethodName      = "/castellan.admin.v1.AdminService/UnbanAgent"
+	AdminService_CreateJoinToken_FullMethodName   = "/castellan.admin.v1.AdminService/CreateJoinToken"
+	AdminService_CreateEntry_FullMethodName       = "/castellan.admin.v1.AdminService/CreateEntry"
+	AdminService_ListEntries_FullMethodName       = "/castellan.admin.v1.AdminService/ListEntries"
+	AdminService_DeleteEntry_FullMethodName       = "/castellan.admin.v1.AdminService/DeleteEntry"
+	AdminService_ListAgents_FullMethodName        = "/castellan.admin.v1.AdminService/ListAgents"
+	AdminService_GetAgent_FullMethodName          = "/castellan.admin.v1.AdminService/GetAgent"
+	AdminService_BanAgent_FullMethodName          = "/castellan.admin.v1.AdminService/BanAgent"
+	AdminService_UnbanAgent_FullMethodName        = "/castellan.admin.v1.AdminService/UnbanAgent"
+	AdminService_ListAuthorities_FullMethodName   = "/castellan.admin.v1.AdminService/ListAuthorities"
+	AdminService_PrepareAuthority_FullMethodName  = "/castellan.admin.v1.AdminService/PrepareAuthority"
+	AdminService_ActivateAuthority_FullMethodName = "/castellan.admin.v1.AdminService/ActivateAuthority"
+	AdminService_TaintAuthority_FullMethodName    = "/castellan.admin.v1.AdminService/TaintAuthority"
+	AdminService_RevokeAuthority_FullMethodName   = "/castellan.admin.v1.AdminService/RevokeAuthority"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -63,6 +69,27 @@ type AdminServiceClient interface {
 	// token) and obtain new certificates; revoked ones stay revoked.
 	// FAILED_PRECONDITION if the node is not banned.
 	UnbanAgent(ctx context.Context, in *UnbanAgentRequest, opts ...grpc.CallOption) (*UnbanAgentResponse, error)
+	// ListAuthorities lists every X.509 authority of the CA's journal,
+	// oldest first. FAILED_PRECONDITION if the CA runs without journal.
+	ListAuthorities(ctx context.Context, in *ListAuthoritiesRequest, opts ...grpc.CallOption) (*ListAuthoritiesResponse, error)
+	// PrepareAuthority creates the next authority in state prepared: a new
+	// intermediate under the active root, or under a new root. Its root is
+	// published in the trust bundle at once. FAILED_PRECONDITION while
+	// another authority is prepared, and on a plug-in CA.
+	PrepareAuthority(ctx context.Context, in *PrepareAuthorityRequest, opts ...grpc.CallOption) (*PrepareAuthorityResponse, error)
+	// ActivateAuthority makes a prepared authority the signer; the active
+	// one becomes old. FAILED_PRECONDITION, unless forced, before its root
+	// has been in the bundle for the publish delay; NOT_FOUND for an
+	// unknown ID.
+	ActivateAuthority(ctx context.Context, in *ActivateAuthorityRequest, opts ...grpc.CallOption) (*ActivateAuthorityResponse, error)
+	// TaintAuthority marks an old authority tainted: it stays in the bundle
+	// and every agent replaces each SVID whose chain includes it.
+	// FAILED_PRECONDITION for the active or a prepared authority.
+	TaintAuthority(ctx context.Context, in *TaintAuthorityRequest, opts ...grpc.CallOption) (*TaintAuthorityResponse, error)
+	// RevokeAuthority removes an authority from the bundle.
+	// FAILED_PRECONDITION for the active one and, unless forced, one whose
+	// leaves may not all have expired.
+	RevokeAuthority(ctx context.Context, in *RevokeAuthorityRequest, opts ...grpc.CallOption) (*RevokeAuthorityResponse, error)
 }
 
 type adminServiceClient struct {
@@ -153,6 +180,56 @@ func (c *adminServiceClient) UnbanAgent(ctx context.Context, in *UnbanAgentReque
 	return out, nil
 }
 
+func (c *adminServiceClient) ListAuthorities(ctx context.Context, in *ListAuthoritiesRequest, opts ...grpc.CallOption) (*ListAuthoritiesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAuthoritiesResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListAuthorities_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) PrepareAuthority(ctx context.Context, in *PrepareAuthorityRequest, opts ...grpc.CallOption) (*PrepareAuthorityResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PrepareAuthorityResponse)
+	err := c.cc.Invoke(ctx, AdminService_PrepareAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ActivateAuthority(ctx context.Context, in *ActivateAuthorityRequest, opts ...grpc.CallOption) (*ActivateAuthorityResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ActivateAuthorityResponse)
+	err := c.cc.Invoke(ctx, AdminService_ActivateAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) TaintAuthority(ctx context.Context, in *TaintAuthorityRequest, opts ...grpc.CallOption) (*TaintAuthorityResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TaintAuthorityResponse)
+	err := c.cc.Invoke(ctx, AdminService_TaintAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RevokeAuthority(ctx context.Context, in *RevokeAuthorityRequest, opts ...grpc.CallOption) (*RevokeAuthorityResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeAuthorityResponse)
+	err := c.cc.Invoke(ctx, AdminService_RevokeAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -183,6 +260,27 @@ type AdminServiceServer interface {
 	// token) and obtain new certificates; revoked ones stay revoked.
 	// FAILED_PRECONDITION if the node is not banned.
 	UnbanAgent(context.Context, *UnbanAgentRequest) (*UnbanAgentResponse, error)
+	// ListAuthorities lists every X.509 authority of the CA's journal,
+	// oldest first. FAILED_PRECONDITION if the CA runs without journal.
+	ListAuthorities(context.Context, *ListAuthoritiesRequest) (*ListAuthoritiesResponse, error)
+	// PrepareAuthority creates the next authority in state prepared: a new
+	// intermediate under the active root, or under a new root. Its root is
+	// published in the trust bundle at once. FAILED_PRECONDITION while
+	// another authority is prepared, and on a plug-in CA.
+	PrepareAuthority(context.Context, *PrepareAuthorityRequest) (*PrepareAuthorityResponse, error)
+	// ActivateAuthority makes a prepared authority the signer; the active
+	// one becomes old. FAILED_PRECONDITION, unless forced, before its root
+	// has been in the bundle for the publish delay; NOT_FOUND for an
+	// unknown ID.
+	ActivateAuthority(context.Context, *ActivateAuthorityRequest) (*ActivateAuthorityResponse, error)
+	// TaintAuthority marks an old authority tainted: it stays in the bundle
+	// and every agent replaces each SVID whose chain includes it.
+	// FAILED_PRECONDITION for the active or a prepared authority.
+	TaintAuthority(context.Context, *TaintAuthorityRequest) (*TaintAuthorityResponse, error)
+	// RevokeAuthority removes an authority from the bundle.
+	// FAILED_PRECONDITION for the active one and, unless forced, one whose
+	// leaves may not all have expired.
+	RevokeAuthority(context.Context, *RevokeAuthorityRequest) (*RevokeAuthorityResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -216,6 +314,21 @@ func (UnimplementedAdminServiceServer) BanAgent(context.Context, *BanAgentReques
 }
 func (UnimplementedAdminServiceServer) UnbanAgent(context.Context, *UnbanAgentRequest) (*UnbanAgentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method UnbanAgent not implemented")
+}
+func (UnimplementedAdminServiceServer) ListAuthorities(context.Context, *ListAuthoritiesRequest) (*ListAuthoritiesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAuthorities not implemented")
+}
+func (UnimplementedAdminServiceServer) PrepareAuthority(context.Context, *PrepareAuthorityRequest) (*PrepareAuthorityResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PrepareAuthority not implemented")
+}
+func (UnimplementedAdminServiceServer) ActivateAuthority(context.Context, *ActivateAuthorityRequest) (*ActivateAuthorityResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ActivateAuthority not implemented")
+}
+func (UnimplementedAdminServiceServer) TaintAuthority(context.Context, *TaintAuthorityRequest) (*TaintAuthorityResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method TaintAuthority not implemented")
+}
+func (UnimplementedAdminServiceServer) RevokeAuthority(context.Context, *RevokeAuthorityRequest) (*RevokeAuthorityResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeAuthority not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -382,6 +495,96 @@ func _AdminService_UnbanAgent_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListAuthorities_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAuthoritiesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListAuthorities(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListAuthorities_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListAuthorities(ctx, req.(*ListAuthoritiesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_PrepareAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PrepareAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).PrepareAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_PrepareAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).PrepareAuthority(ctx, req.(*PrepareAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ActivateAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ActivateAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ActivateAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ActivateAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ActivateAuthority(ctx, req.(*ActivateAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_TaintAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TaintAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).TaintAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_TaintAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).TaintAuthority(ctx, req.(*TaintAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RevokeAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RevokeAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RevokeAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RevokeAuthority(ctx, req.(*RevokeAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -420,6 +623,26 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UnbanAgent",
 			Handler:    _AdminService_UnbanAgent_Handler,
+		},
+		{
+			MethodName: "ListAuthorities",
+			Handler:    _AdminService_ListAuthorities_Handler,
+		},
+		{
+			MethodName: "PrepareAuthority",
+			Handler:    _AdminService_PrepareAuthority_Handler,
+		},
+		{
+			MethodName: "ActivateAuthority",
+			Handler:    _AdminService_ActivateAuthority_Handler,
+		},
+		{
+			MethodName: "TaintAuthority",
+			Handler:    _AdminService_TaintAuthority_Handler,
+		},
+		{
+			MethodName: "RevokeAuthority",
+			Handler:    _AdminService_RevokeAuthority_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

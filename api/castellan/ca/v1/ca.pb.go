@@ -1025,8 +1025,11 @@ type AgentState struct {
 	Bundle  *Bundle  `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"`
 	// Serials (lower-case hex) of revoked, unexpired certificates.
 	RevokedSerials []string `protobuf:"bytes,3,rep,name=revoked_serials,json=revokedSerials,proto3" json:"revoked_serials,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// DER signing certificates of tainted authorities: the agent replaces
+	// every SVID whose chain includes one, spread over a short window.
+	TaintedAuthorities [][]byte `protobuf:"bytes,4,rep,name=tainted_authorities,json=taintedAuthorities,proto3" json:"tainted_authorities,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *AgentState) Reset() {
@@ -1076,6 +1079,13 @@ func (x *AgentState) GetBundle() *Bundle {
 func (x *AgentState) GetRevokedSerials() []string {
 	if x != nil {
 		return x.RevokedSerials
+	}
+	return nil
+}
+
+func (x *AgentState) GetTaintedAuthorities() [][]byte {
+	if x != nil {
+		return x.TaintedAuthorities
 	}
 	return nil
 }
@@ -1482,12 +1492,13 @@ const file_castellan_ca_v1_ca_proto_rawDesc = "" +
 	"\bsequence\x18\x03 \x01(\x04R\bsequence\"\x12\n" +
 	"\x10SyncAgentRequest\"F\n" +
 	"\x11SyncAgentResponse\x121\n" +
-	"\x05state\x18\x01 \x01(\v2\x1b.castellan.ca.v1.AgentStateR\x05state\"\x98\x01\n" +
+	"\x05state\x18\x01 \x01(\v2\x1b.castellan.ca.v1.AgentStateR\x05state\"\xc9\x01\n" +
 	"\n" +
 	"AgentState\x120\n" +
 	"\aentries\x18\x01 \x03(\v2\x16.castellan.ca.v1.EntryR\aentries\x12/\n" +
 	"\x06bundle\x18\x02 \x01(\v2\x17.castellan.ca.v1.BundleR\x06bundle\x12'\n" +
-	"\x0frevoked_serials\x18\x03 \x03(\tR\x0erevokedSerials\"\x83\x02\n" +
+	"\x0frevoked_serials\x18\x03 \x03(\tR\x0erevokedSerials\x12/\n" +
+	"\x13tainted_authorities\x18\x04 \x03(\fR\x12taintedAuthorities\"\x83\x02\n" +
 	"\x05Entry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x12\n" +

@@ -1,0 +1,179 @@
+package main
+
+import (
+	"context"
+	"crypto"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/castellan-dev/castellan/ca/authority"
+	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/store"
+	"github.com/castellan-dev/castellan/ca/store/boltstore"
+	"github.com/castellan-dev/castellan/internal/serial"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// authorityFile is the authority journal of a bbolt datastore; on
+// PostgreSQL the journal is the datastore's "authority" keyspace.
+const authorityFile = "authority.db"
+
+// rotationTick is how often the server runs a rotation step
+// (authority.Tick: plug-in files, prepare, activate, retire).
+const rotationTick = 5 * time.Second
+
+// openBoltJournal opens the authority journal of a bbolt datastore, its
+// own file in the data directory.
+func openBoltJournal(cfg config) (store.DB, error) {
+	path := filepath.Join(cfg.DataDir, authorityFile)
+	db, err := boltstore.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("castellan-server: open the authority journal %s (is another server using %s?): %w", path, cfg.DataDir, err)
+	}
+	return db, nil
+}
+
+// openAuthority opens the CA's authorities from journal, every transition
+// recorded in led before it commits (led must be open: the first start
+// records the bootstrap). A nil led refuses every transition (forensic
+// mode: nothing may change unlogged).
+func openAuthority(ctx context.Context, cfg config, td spiffeid.TrustDomain, journal store.DB, led *ledger.Ledger,
+	reg prometheus.Registerer, log *slog.Logger) (*authority.Authority, error) {
+	return authority.Open(ctx, authority.Config{
+		TrustDomain: td, DataDir: cfg.DataDir, RootCertFile: cfg.RootCert,
+		IntermediateCertFile: cfg.IntermediateCert, IntermediateKeyFile: cfg.IntermediateKey,
+		DefaultTTL: cfg.DefaultTTL, MaxTTL: cfg.MaxTTL, Logger: log,
+		Journal: journal, KEKFile: cfg.KEKFile, PublishDelay: cfg.PublishDelay, PrepareAt: cfg.PrepareAt,
+		OnTransition: recordTransition(led, td), Registry: reg,
+	})
+}
+
+// recordTransition returns the hook that appends a ca_key_change event
+// for every authority transition: the signing certificate (serial,
+// validity, DER, key hash) and, in Reason, the authority, its states and
+// why.
+func recordTransition(led *ledger.Ledger, td spiffeid.TrustDomain) func(context.Context, authority.Transition) error {
+	return func(ctx context.Context, tr authority.Transition) error {
+		if led == nil {
+			return fmt.Errorf("the ledger is open read-only (--ledger-read-only-forensics): no CA change is made unlogged")
+		}
+		_, err := led.Append(ledger.UseReserve(ctx), transitionEvent(tr, td))
+		return err
+	}
+}
+
+// transitionEvent is the ledger event of one authority transition.
+func transitionEvent(tr authority.Transition, td spiffeid.TrustDomain) ledger.Event {
+	from := string(tr.From)
+	if from == "" {
+		from = "new"
+	}
+	ev := ledger.Event{
+		Kind: ledger.KindCAKeyChange, Time: tr.At, SPIFFEID: td.IDString(),
+		Reason: fmt.Sprintf("authority %s (%s): %s -> %s: %s", tr.Authority.ID, tr.Authority.Source, from, tr.To, tr.Reason),
+	}
+	if len(tr.Authority.Chain) > 0 {
+		c := tr.Authority.Chain[0]
+		sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
+		ev.Serial, ev.NotBefore, ev.NotAfter = serial.FromBig(c.SerialNumber).String(), c.NotBefore, c.NotAfter
+		ev.CertDER, ev.PublicKeySHA256 = c.Raw, hex.EncodeToString(sum[:])
+	}
+	return ev
+}
+
+// runAuthority runs the CA's rotation (authority.Run: the journal
+// followed, a rotation step every rotationTick) and publishes every change
+// outside the gRPC services (publishAuthority) until ctx ends.
+func runAuthority(ctx context.Context, cfg config, d *deps) {
+	ticker := time.NewTicker(rotationTick)
+	defer ticker.Stop()
+	go publishAuthority(ctx, cfg, d.authority, d.crl, d.setBundle, d.log)
+	_ = d.authority.Run(ctx, ticker.C)
+}
+
+// publishAuthority keeps what the server publishes outside its gRPC
+// services in step with the CA's authorities until ctx ends: bundle.pem,
+// the trust bundle ConfigMaps (setBundle, nil without them) and the
+// signer of the CRL. The gRPC services follow by themselves
+// (server.Server.Run).
+func publishAuthority(ctx context.Context, cfg config, auth *authority.Authority, crl *crlSwitch,
+	setBundle func(*x509bundle.Bundle) error, log *slog.Logger) {
+	var last uint64
+	for {
+		changed := auth.Changed()
+		snap := auth.Snapshot()
+		if snap.Generation != last {
+			last = snap.Generation
+			b := x509bundle.FromX509Authorities(auth.TrustDomain(), snap.Roots)
+			if err := writeBundlePEM(filepath.Join(cfg.DataDir, bundleFile), b); err != nil {
+				log.Error("bundle.pem not updated", "error", err.Error())
+			}
+			if setBundle != nil {
+				if err := setBundle(b); err != nil {
+					log.Error("trust bundle ConfigMaps not updated", "error", err.Error())
+				}
+			}
+			crl.follow(snap, auth.Signer())
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+	}
+}
+
+// crlSwitch serves the CRL signed by the authority that signs now: it is
+// replaced when another authority is activated.
+type crlSwitch struct {
+	led    *ledger.Ledger
+	issuer atomic.Pointer[x509.Certificate]
+	h      atomic.Pointer[ledger.CRLHandler]
+}
+
+func newCRLSwitch(led *ledger.Ledger, auth *authority.Authority) *crlSwitch {
+	s := &crlSwitch{led: led}
+	s.follow(auth.Snapshot(), auth.Signer())
+	return s
+}
+
+// follow switches to snap's signer if it changed. key is Authority.Signer
+// read after the snapshot: if the signer has moved on already, nothing is
+// switched, and the next change brings the snapshot that matches it.
+func (s *crlSwitch) follow(snap authority.Snapshot, key crypto.Signer) {
+	cert := snap.Chain[0]
+	if cur := s.issuer.Load(); cur != nil && cur.Equal(cert) {
+		return
+	}
+	if pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(cert.PublicKey) {
+		return
+	}
+	s.h.Store(ledger.NewCRLHandler(s.led, cert, key, 0))
+	s.issuer.Store(cert)
+}
+
+// ServeHTTP serves the current CRL.
+func (s *crlSwitch) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.h.Load().ServeHTTP(w, r) }
+
+// checkRotation validates the rotation flags; the authority package checks
+// the publish delay against the intermediate's lifetime, and the KEK file,
+// at start.
+func (c config) checkRotation() []error {
+	var errs []error
+	if c.PublishDelay < 0 {
+		errs = append(errs, fmt.Errorf("--publish-delay %s must not be negative (0: --max-ttl + 5m)", c.PublishDelay))
+	}
+	if c.PrepareAt != 0 && !(c.PrepareAt > 0 && c.PrepareAt < 1) {
+		errs = append(errs, fmt.Errorf("--prepare-at %v must be between 0 and 1, e.g. 0.5 to prepare the next authority at half the active one's lifetime", c.PrepareAt))
+	}
+	return errs
+}

@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/tlog"
 	"github.com/castellan-dev/castellan/ca/witness"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -121,4 +123,30 @@ func startWitnesser(ctx context.Context, p *witness.Policy, led *ledger.Ledger, 
 	})
 	log.Info("witnessing the issuance log", "origin", led.Origin(), "policy", p.String())
 	go func() { _ = w.Run(ctx) }()
+}
+
+// tlogOptions are the /log/ handler's options: with a witness policy,
+// /log/checkpoint serves the cosigned checkpoint.
+func tlogOptions(d *deps) tlog.Options {
+	opts := tlog.Options{Logger: d.log}
+	if d.witnesses != nil {
+		opts.Witnessed = d.ledger.WitnessedCheckpoint
+	}
+	return opts
+}
+
+// startWitnessing runs the Witnesser when a policy is configured.
+func startWitnessing(ctx context.Context, c witnessConfig, d *deps) {
+	if d.witnesses != nil {
+		startWitnesser(ctx, d.witnesses, d.ledger, c.WitnessInterval, d.registry, d.log)
+	}
+}
+
+// ledgerKeyFile is the file holding the log key: --ledger-key-file, else
+// (bbolt) ledger.db.key beside the ledger file.
+func ledgerKeyFile(cfg config, ds *datastore) string {
+	if cfg.LedgerKeyFile != "" || (ds != nil && ds.ledger != nil) {
+		return cfg.LedgerKeyFile
+	}
+	return filepath.Join(cfg.DataDir, ledgerFile) + ".key"
 }

@@ -15,6 +15,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -190,8 +192,18 @@ func (f *fakeCA) SyncAgent(req *cav1.SyncAgentRequest, stream grpc.ServerStreami
 	}
 }
 
-// BatchSignX509SVID signs every CSR with the CA's key and logs nothing.
-func (f *fakeCA) BatchSignX509SVID(_ context.Context, req *cav1.BatchSignX509SVIDRequest) (*cav1.BatchSignX509SVIDResponse, error) {
+// BatchSignX509SVID signs every CSR with the CA's key and logs nothing,
+// claiming the index of the last witnessed entry (a real issuance).
+func (f *fakeCA) BatchSignX509SVID(ctx context.Context, req *cav1.BatchSignX509SVIDRequest) (*cav1.BatchSignX509SVIDResponse, error) {
+	pr, err := f.real.GetLogProof(ctx, &cav1.GetLogProofRequest{})
+	if err != nil {
+		return nil, err
+	}
+	size, err := strconv.ParseUint(strings.Split(string(pr.GetCheckpoint()), "\n")[1], 10, 64)
+	if err != nil {
+		return nil, err
+	}
+	claim := size - 1
 	resp := &cav1.BatchSignX509SVIDResponse{}
 	for _, r := range req.GetRequests() {
 		csr, err := x509.ParseCertificateRequest(r.GetCsr())
@@ -201,10 +213,9 @@ func (f *fakeCA) BatchSignX509SVID(_ context.Context, req *cav1.BatchSignX509SVI
 		}
 		id, _ := spiffeid.FromURI(csr.URIs[0])
 		leaf := f.ca.mint(f.t, id, csr.PublicKey, time.Hour)
-		zero := uint64(0)
 		resp.Results = append(resp.Results, &cav1.BatchResult{Result: &cav1.BatchResult_Svid{Svid: &cav1.X509SVID{
 			SpiffeId: id.String(), CertChain: [][]byte{leaf.Raw, f.ca.inter.Raw}, Serial: leaf.SerialNumber.Text(16),
-			NotBefore: timestamppb.New(leaf.NotBefore), NotAfter: timestamppb.New(leaf.NotAfter), LogIndex: &zero,
+			NotBefore: timestamppb.New(leaf.NotBefore), NotAfter: timestamppb.New(leaf.NotAfter), LogIndex: &claim,
 		}}})
 	}
 	return resp, nil

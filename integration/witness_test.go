@@ -61,7 +61,7 @@ func TestWitnessedLogEnforcedByAgent(t *testing.T) {
 // TestUnloggedCertificateRefusedOrAlarmed puts a fake CA in front of the
 // agent: it holds the CA's signing key (a plugged-in intermediate the test
 // keeps) and relays everything to the real CA except signing, which it
-// does itself without logging, claiming a log index. Under enforce the
+// does itself without logging, claiming the index of a real issuance. Under enforce the
 // agent never serves that certificate; under monitor it serves it and
 // raises the alarm (log line and castellan_agent_log_unverified_total).
 func TestUnloggedCertificateRefusedOrAlarmed(t *testing.T) {
@@ -86,8 +86,8 @@ func TestUnloggedCertificateRefusedOrAlarmed(t *testing.T) {
 				agentEventually(t, 30*time.Second, "the agent to refuse the unlogged SVID", func() bool {
 					return strings.Contains(r.agentLog.String(), "refusing an SVID not proven to be in the witnessed issuance log")
 				})
-				if !strings.Contains(r.agentLog.String(), "holds another certificate") {
-					t.Fatalf("the refusal does not say the log entry holds another certificate")
+				if !strings.Contains(r.agentLog.String(), "holds another certificate than the one the CA issued") {
+					t.Fatalf("the refusal does not say the claimed log entry holds another certificate")
 				}
 				if s := r.fetchSVID(time.Second); s != nil {
 					t.Fatalf("the agent served the unlogged certificate %s", s.ID)

@@ -18,8 +18,10 @@ import (
 // Defaults applied by New to zero Config fields.
 const (
 	// DefaultWait bounds one Prove: the CA witnesses its log about once a
-	// second, so a new certificate is normally proven within a few.
-	DefaultWait = 30 * time.Second
+	// second, so a new certificate is normally proven within two. The
+	// manager's loop waits for Prove under enforce, so the bound also
+	// bounds how late a revocation pushed meanwhile is applied.
+	DefaultWait = 10 * time.Second
 	// DefaultPoll is the pause between two GetLogProof calls of one Prove.
 	DefaultPoll = 250 * time.Millisecond
 	// maxCerts bounds the certificates one GetLogProof call asks about.

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/agent/cache"
+	"github.com/castellan-dev/castellan/agent/logcheck"
 	"github.com/castellan-dev/castellan/agent/rotate"
 	"github.com/castellan-dev/castellan/agent/state"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
@@ -60,6 +61,12 @@ type Config struct {
 	Logger *slog.Logger
 	// SignTimeout bounds one batch call; 0 means 30s.
 	SignTimeout time.Duration
+	// LogPolicy is --log-policy: under Enforce a new SVID is served only
+	// once LogCheck proves it is in the witnessed issuance log; under
+	// Monitor it is served and LogCheck alarms if it cannot prove it.
+	LogPolicy logcheck.Mode
+	// LogCheck is required unless LogPolicy is Off.
+	LogCheck LogChecker
 }
 
 // Manager runs the agent's control loop. Create it with New and run it
@@ -95,6 +102,9 @@ type identity struct {
 func New(cfg Config) (*Manager, error) {
 	if cfg.CA == nil || cfg.Cache == nil || cfg.Store == nil || cfg.TrustDomain.IsZero() {
 		return nil, errors.New("manager: CA, Cache, Store and TrustDomain are required")
+	}
+	if cfg.LogPolicy != logcheck.Off && cfg.LogCheck == nil {
+		return nil, fmt.Errorf("manager: --log-policy %s needs a log checker", cfg.LogPolicy)
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = rotate.System{}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/castellan-dev/castellan/agent/cache"
 	"github.com/castellan-dev/castellan/agent/client"
+	"github.com/castellan-dev/castellan/agent/logcheck"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -53,11 +54,11 @@ func (m *Manager) renewBatch(ctx context.Context, keys []string) {
 		m.publish()
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, m.cfg.SignTimeout)
-	results, err := m.cfg.CA.BatchSign(ctx, reqs)
+	sctx, cancel := context.WithTimeout(ctx, m.cfg.SignTimeout)
+	results, err := m.cfg.CA.BatchSign(sctx, reqs)
 	cancel()
 	if err != nil {
-		if ctx.Err() == nil && status.Code(err) == codes.Unavailable {
+		if sctx.Err() == nil && status.Code(err) == codes.Unavailable {
 			m.caUp.Store(false)
 		}
 		for _, p := range pend {
@@ -69,6 +70,7 @@ func (m *Manager) renewBatch(ctx context.Context, keys []string) {
 	m.caUp.Store(true)
 	now := m.cfg.Clock.Now()
 	var stored []cache.Record
+	var certs []logcheck.Cert
 	for i, res := range results {
 		rec, err := m.record(pend[i], res, now)
 		if err != nil {
@@ -76,7 +78,9 @@ func (m *Manager) renewBatch(ctx context.Context, keys []string) {
 			continue
 		}
 		stored = append(stored, rec)
+		certs = append(certs, logCert(rec, res))
 	}
+	stored, certs = m.enforceLog(ctx, stored, certs)
 	if len(stored) > 0 {
 		if err := m.cfg.Cache.Put(m.bundle, stored...); err != nil {
 			for _, r := range stored {
@@ -93,6 +97,7 @@ func (m *Manager) renewBatch(ctx context.Context, keys []string) {
 			"not_after", r.NotAfter(), "next_rotation", r.NextRotation)
 	}
 	m.publish()
+	m.monitorLog(ctx, stored, certs)
 }
 
 // request makes a fresh P-256 key and a CSR for the entry.

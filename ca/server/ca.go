@@ -148,7 +148,7 @@ func (c *caService) SignX509SVID(ctx context.Context, req *cav1.SignX509SVIDRequ
 	if it.err != nil {
 		return nil, s.grpcError(ctx, it.err)
 	}
-	return &cav1.SignX509SVIDResponse{Svid: svidProto(it.issued)}, nil
+	return &cav1.SignX509SVIDResponse{Svid: withLogIndex(svidProto(it.issued), it.logIndex)}, nil
 }
 
 // minParallelBatch is the batch size from which signing is spread over
@@ -184,7 +184,7 @@ func (c *caService) BatchSignX509SVID(ctx context.Context, req *cav1.BatchSignX5
 				Error: &cav1.Error{Code: int32(st.Code()), Message: st.Message()}}}
 			continue
 		}
-		resp.Results[i] = &cav1.BatchResult{Result: &cav1.BatchResult_Svid{Svid: svidProto(it.issued)}}
+		resp.Results[i] = &cav1.BatchResult{Result: &cav1.BatchResult_Svid{Svid: withLogIndex(svidProto(it.issued), it.logIndex)}}
 	}
 	return resp, nil
 }

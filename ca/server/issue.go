@@ -36,6 +36,8 @@ type issuance struct {
 	grant  authz.Grant
 	issued *authority.Issued
 	err    error
+	// logIndex is the issuance entry's position in the ledger (logproof.go).
+	logIndex *uint64
 }
 
 // prepare validates the CSR and TTL of one request and authorizes it for
@@ -104,7 +106,11 @@ func (s *Server) record(ctx context.Context, node string, items []*issuance, ext
 	if len(events) == 0 {
 		return nil
 	}
-	if _, err := s.cfg.Ledger.Append(ctx, events...); err != nil {
+	idx, err := s.cfg.Ledger.Append(ctx, events...)
+	if err == nil {
+		setLogIndexes(items, idx[len(extra):])
+	}
+	if err != nil {
 		s.log.ErrorContext(ctx, "ledger append failed; withholding certificates", "node", node, "error", err.Error())
 		err = appendStatus(err)
 		for _, it := range items {

@@ -46,6 +46,9 @@ const DefaultMaxInFlight = 16
 // Handler has signed on request.
 const DefaultCheckpointInterval = time.Second
 
+// errNotWitnessed: a witness policy is set and nothing is cosigned yet.
+var errNotWitnessed = errors.New("tlog: no witnessed checkpoint yet")
+
 // maxEntrySize is the largest entry a bundle can hold (2-byte length).
 const maxEntrySize = 1<<16 - 1
 
@@ -59,11 +62,12 @@ const maxEntrySize = 1<<16 - 1
 // clients cannot turn reads into a stream of signatures and disk writes.
 // Safe for concurrent use.
 type Handler struct {
-	log      Log
-	slots    chan struct{}
-	errs     *slog.Logger
-	clock    func() time.Time
-	interval time.Duration
+	log       Log
+	slots     chan struct{}
+	errs      *slog.Logger
+	clock     func() time.Time
+	interval  time.Duration
+	witnessed func() []byte
 
 	cpMu       sync.Mutex // one checkpoint signing at a time
 	lastSigned time.Time  // when this Handler last called Log.Checkpoint
@@ -80,6 +84,11 @@ type Options struct {
 	// CheckpointInterval is the least time between two checkpoints signed
 	// on request (0 -> DefaultCheckpointInterval).
 	CheckpointInterval time.Duration
+	// Witnessed, when set (the CA has a witness policy), returns the
+	// latest checkpoint cosigned by the policy's witnesses, nil if none
+	// yet: /checkpoint then serves it (with its cosignature lines) instead
+	// of signing one, and 503 until the first one.
+	Witnessed func() []byte
 }
 
 // NewHandler returns a Handler serving l.
@@ -97,7 +106,7 @@ func NewHandler(l Log, opts Options) *Handler {
 		opts.CheckpointInterval = DefaultCheckpointInterval
 	}
 	return &Handler{log: l, slots: make(chan struct{}, opts.MaxInFlight), errs: opts.Logger,
-		clock: opts.Clock, interval: opts.CheckpointInterval}
+		clock: opts.Clock, interval: opts.CheckpointInterval, witnessed: opts.Witnessed}
 }
 
 // ServeHTTP serves GET and HEAD of the checkpoint, hash tiles and entry
@@ -147,6 +156,12 @@ func (h *Handler) read(ctx context.Context, res Resource) ([]byte, error) {
 // checkpoint returns a fresh checkpoint if none was signed here in the
 // last interval, else the latest stored one.
 func (h *Handler) checkpoint(ctx context.Context) ([]byte, error) {
+	if h.witnessed != nil {
+		if cp := h.witnessed(); cp != nil {
+			return cp, nil
+		}
+		return nil, errNotWitnessed
+	}
 	h.cpMu.Lock()
 	defer h.cpMu.Unlock()
 	now := h.clock()
@@ -236,6 +251,9 @@ func (h *Handler) failRead(w http.ResponseWriter, res Resource, err error) {
 		h.fail(w, http.StatusNotFound, fmt.Sprintf("tlog: %s is not in the log yet: %v", res, err))
 	case errors.Is(err, ledger.ErrPruned):
 		h.fail(w, http.StatusGone, fmt.Sprintf("tlog: %s cannot be served: %v; the hash tiles still prove every leaf", res, err))
+	case errors.Is(err, errNotWitnessed):
+		w.Header().Set("Retry-After", "5")
+		h.fail(w, http.StatusServiceUnavailable, "tlog: no checkpoint is cosigned by the witness policy yet; retry later (the server's log says why witnessing fails)")
 	case errors.Is(err, ledger.ErrClosed), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		h.fail(w, http.StatusServiceUnavailable, "tlog: the log is not available; retry later")
 	default:

@@ -453,3 +453,32 @@ func TestServerFailureIsLoggedNotShown(t *testing.T) {
 		t.Fatalf("the server log does not hold the cause: %q", logged.String())
 	}
 }
+
+// With a witness policy, /checkpoint serves the ledger's witnessed
+// checkpoint, cosignature lines included, and 503 before the first one.
+func TestCheckpointServesTheWitnessedOne(t *testing.T) {
+	tl := newTestLog(t)
+	tl.issue(t, 4, time.Hour)
+	h := NewHandler(tl.l, Options{Witnessed: tl.l.WitnessedCheckpoint})
+	get := func() *httptest.ResponseRecorder {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/checkpoint", nil))
+		return rec
+	}
+	if rec := get(); rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" ||
+		!strings.Contains(rec.Body.String(), "no checkpoint is cosigned") {
+		t.Fatalf("before witnessing: %d %q, want 503 with Retry-After", rec.Code, rec.Body.String())
+	}
+	cp, err := tl.l.Checkpoint(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cosigned := append(append([]byte(nil), cp...), "\u2014 w.test/a "+base64.StdEncoding.EncodeToString(make([]byte, 76))+"\n"...)
+	if err := tl.l.StoreWitnessedCheckpoint(context.Background(), cosigned); err != nil {
+		t.Fatal(err)
+	}
+	tl.issue(t, 3, time.Hour) // the log grows past the witnessed checkpoint
+	if rec := get(); rec.Code != http.StatusOK || rec.Body.String() != string(cosigned) {
+		t.Fatalf("after witnessing: %d %q, want the cosigned checkpoint", rec.Code, rec.Body.String())
+	}
+}

@@ -100,7 +100,7 @@ func New(p *Policy, opts ...Option) *Client {
 	if c.http == nil {
 		c.http = defaultHTTPClient(c.timeout)
 	}
-	for range p.witnesses {
+	for range p.Witnesses() {
 		c.states = append(c.states, &witnessState{turn: make(chan struct{}, 1)})
 	}
 	return c
@@ -137,18 +137,18 @@ func (c *Client) Submit(ctx context.Context, checkpoint []byte, oldSize uint64, 
 		return nil, fmt.Errorf("witness: old size %d is larger than the checkpoint's size %d", oldSize, cp.Size)
 	}
 	sub := &submission{signed: checkpoint, text: text, cp: cp, oldSize: oldSize, proof: proof}
-	lines := make([]string, len(c.policy.witnesses))
-	errs := make([]error, len(c.policy.witnesses))
+	lines := make([]string, len(c.policy.Witnesses()))
+	errs := make([]error, len(c.policy.Witnesses()))
 	var wg sync.WaitGroup
-	for i := range c.policy.witnesses {
+	for i := range c.policy.Witnesses() {
 		wg.Go(func() { lines[i], errs[i] = c.submitTo(ctx, i, sub) })
 	}
 	wg.Wait()
 	out := bytes.NewBuffer(append([]byte(nil), text...))
 	out.WriteByte('\n')
 	out.WriteString(others)
-	qe := &QuorumError{Size: cp.Size, Policy: c.policy.String(), Quorum: c.policy.quorum}
-	for i, w := range c.policy.witnesses {
+	qe := &QuorumError{Size: cp.Size, Policy: c.policy.String(), Quorum: c.policy.Quorum()}
+	for i, w := range c.policy.Witnesses() {
 		if errs[i] != nil {
 			qe.Refusals = append(qe.Refusals, Refusal{Witness: w.Name, Err: errs[i]})
 			continue
@@ -156,7 +156,7 @@ func (c *Client) Submit(ctx context.Context, checkpoint []byte, oldSize uint64, 
 		qe.Cosigned = append(qe.Cosigned, w.Name)
 		out.WriteString(lines[i])
 	}
-	if len(qe.Cosigned) < c.policy.quorum {
+	if len(qe.Cosigned) < c.policy.Quorum() {
 		return nil, qe
 	}
 	return out.Bytes(), nil
@@ -187,7 +187,7 @@ func splitCheckpoint(signed []byte, p *Policy) ([]byte, string, log.Checkpoint, 
 	}
 	var others bytes.Buffer
 	for _, s := range n.UnverifiedSigs {
-		if p.isWitnessKey(s.Name, s.Hash) {
+		if isWitnessKey(p, s.Name, s.Hash) {
 			continue
 		}
 		fmt.Fprintf(&others, "— %s %s\n", s.Name, s.Base64)
@@ -196,8 +196,8 @@ func splitCheckpoint(signed []byte, p *Policy) ([]byte, string, log.Checkpoint, 
 }
 
 // isWitnessKey reports whether (name, id) is one of p's witness keys.
-func (p *Policy) isWitnessKey(name string, id uint32) bool {
-	for _, w := range p.witnesses {
+func isWitnessKey(p *Policy, name string, id uint32) bool {
+	for _, w := range p.Witnesses() {
 		if w.Key.Name() == name && w.Key.KeyHash() == id {
 			return true
 		}

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	iwitness "github.com/castellan-dev/castellan/internal/witness"
 	"io"
 	"mime"
 	"net/http"
@@ -20,7 +21,7 @@ import (
 // submitTo submits s to witness i, retrying once after a 409 with the
 // size the witness reported, and returns the verified cosignature line.
 func (c *Client) submitTo(ctx context.Context, i int, s *submission) (string, error) {
-	w, st := c.policy.witnesses[i], c.states[i]
+	w, st := c.policy.Witnesses()[i], c.states[i]
 	select {
 	case st.turn <- struct{}{}:
 		defer func() { <-st.turn }()
@@ -196,12 +197,12 @@ func (c *Client) verifyAnswer(w Witness, s *submission, body []byte) (string, er
 		return "", fmt.Errorf("%w: no cosignature by the witness key %s+%08x in the answer (%d signature lines by other keys ignored)",
 			ErrBadResponse, w.Key.Name(), w.Key.KeyHash(), len(unv.Note.UnverifiedSigs))
 	case err != nil:
-		return "", fmt.Errorf("%w: %w", ErrBadResponse, describeOpenError(err))
+		return "", fmt.Errorf("%w: %w", ErrBadResponse, iwitness.DescribeOpenError(err))
 	case n.Text != string(s.text):
 		return "", fmt.Errorf("%w: the cosignature is over another text than the checkpoint", ErrBadResponse)
 	}
 	sig := n.Sigs[0]
-	t, err := signatureTime(sig)
+	t, err := iwitness.SignatureTime(sig)
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", ErrBadResponse, err)
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/castellan-dev/castellan/agent/attest"
 	"github.com/castellan-dev/castellan/agent/client"
 	"github.com/castellan-dev/castellan/agent/endpoints"
+	"github.com/castellan-dev/castellan/agent/logcheck"
 	"github.com/castellan-dev/castellan/internal/version"
 )
 
@@ -52,6 +53,7 @@ type config struct {
 	Kubeconfig      string
 	Limits          endpoints.Limits
 	HolderMaxAge    time.Duration
+	Log             logConfig
 }
 
 func defaultConfig() config {
@@ -69,6 +71,7 @@ func defaultConfig() config {
 			IdleTimeout:         endpoints.DefaultIdleTimeout,
 		},
 		HolderMaxAge: attest.DefaultHolderMaxAge,
+		Log:          logConfig{Wait: logcheck.DefaultWait},
 	}
 }
 
@@ -98,6 +101,7 @@ func flagSet(cfg *config, configPath *string, out io.Writer) *flag.FlagSet {
 	fs.IntVar(&cfg.Limits.MaxStreamsPerCaller, "max-calls-per-caller", cfg.Limits.MaxStreamsPerCaller, "SDS and Workload API calls one uid (one pod with --attestor k8s) may hold open")
 	fs.DurationVar(&cfg.Limits.IdleTimeout, "idle-timeout", cfg.Limits.IdleTimeout, "close a socket connection with no open call for this long")
 	fs.DurationVar(&cfg.HolderMaxAge, "holder-scan-max-age", cfg.HolderMaxAge, "how old the /proc scan proving no other process holds a workload's connection may be at a call")
+	logFlags(fs, &cfg.Log)
 	return fs
 }
 
@@ -152,6 +156,9 @@ func loadConfig(args []string, getenv func(string) string, out io.Writer) (confi
 		return config{}, errors.New("--server-address is empty; give the CA's address, host:port")
 	case cfg.FailoverTimeout < 0:
 		return config{}, fmt.Errorf("--server-failover-timeout %s is negative; give a duration such as 10s", cfg.FailoverTimeout)
+	}
+	if _, _, err := cfg.Log.mode(); err != nil {
+		return config{}, err
 	}
 	return cfg, validateK8s(cfg)
 }

@@ -78,8 +78,13 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		}
 		mgrCA, attestor = podentries.New(gate, k, td), k
 	}
+	logMode, logCheck, err := newLogChecker(cfg.Log, ca, c, reg, log)
+	if err != nil {
+		return err
+	}
 	mgr, err := manager.New(manager.Config{
 		CA: mgrCA, Cache: c, Store: store, TrustDomain: td, OnBundle: ca.SetBundle, OnTaints: ca.Taint, Registry: reg, Logger: log,
+		LogPolicy: logMode, LogCheck: optionalChecker(logCheck),
 	})
 	if err != nil {
 		return err

@@ -66,6 +66,8 @@ type config struct {
 	DatastoreFile string `yaml:"datastore_file"`
 	// LedgerKeyFile is the log's note signing key, shared by replicas.
 	LedgerKeyFile string `yaml:"ledger_key_file"`
+	// The log's origin and witnesses (witness.go).
+	witnessConfig `yaml:",inline"`
 
 	// warnings are what loadConfig found unsafe but accepted; run logs
 	// them.
@@ -136,6 +138,7 @@ func flagSet(cfg *config, configPath *string, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.DatastoreFile, "datastore-file", cfg.DatastoreFile, "file holding the postgres:// URL of --datastore (e.g. a mounted Kubernetes Secret); it must not be readable by other users")
 	fs.StringVar(&cfg.LedgerKeyFile, "ledger-key-file", cfg.LedgerKeyFile, "the issuance log's signing key (a note signer key, from `castellanctl ledger keygen`), the same file for every replica; required with a PostgreSQL datastore (bolt: default ledger.db.key in --data-dir, generated on first start)")
 	fs.BoolVar(&cfg.LedgerReadOnlyForensics, "ledger-read-only-forensics", cfg.LedgerReadOnlyForensics, "open a ledger that fails its integrity check read-only, serve the audit API on the admin socket and issue nothing (gRPC port not served)")
+	witnessFlags(fs, &cfg.witnessConfig)
 	return fs
 }
 
@@ -299,6 +302,9 @@ func (c config) validate() error {
 		}
 	}
 	if err := c.checkQuota(); err != nil {
+		bad("%v", err)
+	}
+	if err := c.witnessConfig.validate(); err != nil {
 		bad("%v", err)
 	}
 	errs = append(errs, c.checkDatastore()...)

@@ -26,6 +26,10 @@ import (
 // revoked certificate's node and SPIFFE ID.
 func openLedger(cfg config, ds *datastore, log *slog.Logger, reg *prometheus.Registry, onRevoke func(node, id string)) (*ledger.Ledger, error) {
 	opts := ledger.Options{Logger: log, Registry: reg, OnRevoke: onRevoke, KeyFile: cfg.LedgerKeyFile}
+	var err error
+	if opts.Origin, err = ledgerOrigin(cfg.witnessConfig, cfg.TrustDomain, ledgerKeyFile(cfg, ds)); err != nil {
+		return nil, err
+	}
 	if ds != nil && ds.ledger != nil {
 		l, err := ledger.New(ds.ledger, opts)
 		if err != nil {

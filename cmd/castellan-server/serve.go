@@ -20,6 +20,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/quota"
 	"github.com/castellan-dev/castellan/ca/server"
 	"github.com/castellan-dev/castellan/ca/tlog"
+	"github.com/castellan-dev/castellan/ca/witness"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -50,6 +51,7 @@ type deps struct {
 	log       *slog.Logger
 	crl       *crlSwitch                     // /crl, signed by the active authority
 	setBundle func(*x509bundle.Bundle) error // republishes the ConfigMaps (nil: none)
+	witnesses *witness.Policy                // nil: the log is not witnessed
 }
 
 // adminServices are the services served next to the admin service, on the
@@ -64,7 +66,7 @@ func adminServices(d *deps) []server.Registrar {
 func httpMux(d *deps) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /crl", d.crl)
-	mux.Handle("GET /log/", http.StripPrefix("/log", tlog.NewHandler(d.ledger, tlog.Options{Logger: d.log})))
+	mux.Handle("GET /log/", http.StripPrefix("/log", tlog.NewHandler(d.ledger, tlogOptions(d))))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.registry, promhttp.HandlerOpts{Registry: d.registry}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
@@ -151,6 +153,9 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	d := &deps{authority: auth, ledger: led, registry: reg, srv: srv, admins: admins, log: log,
 		crl: newCRLSwitch(led, auth), setBundle: setBundle}
+	if d.witnesses, err = cfg.witnessConfig.policy(); err != nil {
+		return err
+	}
 	return listenAndServe(ctx, cfg, log, d, tokens)
 }
 
@@ -193,6 +198,7 @@ func listenAndServe(ctx context.Context, cfg config, log *slog.Logger, d *deps, 
 	go func() { _ = d.srv.Run(ctx) }()
 	go runAuthority(ctx, cfg, d)
 	go d.ledger.Maintain(ctx, time.Hour)
+	startWitnessing(ctx, cfg.witnessConfig, d)
 	go pruneTokens(ctx, tokens, log)
 	go d.srv.MonitorReadiness(ctx)
 	log.Info("castellan-server serving", "listen", grpcLis.Addr().String(), "http_listen", httpLis.Addr().String(),

@@ -624,9 +624,13 @@ type X509SVID struct {
 	// the root.
 	CertChain [][]byte `protobuf:"bytes,2,rep,name=cert_chain,json=certChain,proto3" json:"cert_chain,omitempty"`
 	// Leaf serial number as lower-case hex.
-	Serial        string                 `protobuf:"bytes,3,opt,name=serial,proto3" json:"serial,omitempty"`
-	NotBefore     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
-	NotAfter      *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	Serial    string                 `protobuf:"bytes,3,opt,name=serial,proto3" json:"serial,omitempty"`
+	NotBefore *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	NotAfter  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	// Position of the certificate's issuance entry in the CA's issuance log
+	// (absent from a CA that does not say): agents prove its inclusion with
+	// GetLogProof before they serve it.
+	LogIndex      *uint64 `protobuf:"varint,6,opt,name=log_index,json=logIndex,proto3,oneof" json:"log_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -694,6 +698,13 @@ func (x *X509SVID) GetNotAfter() *timestamppb.Timestamp {
 		return x.NotAfter
 	}
 	return nil
+}
+
+func (x *X509SVID) GetLogIndex() uint64 {
+	if x != nil && x.LogIndex != nil {
+		return *x.LogIndex
+	}
+	return 0
 }
 
 // GetBundleRequest is empty.
@@ -1235,6 +1246,192 @@ func (x *Selector) GetValue() string {
 	return ""
 }
 
+// GetLogProofRequest names what the agent wants proven.
+type GetLogProofRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Tree size of the checkpoint the agent last accepted (0: none); the
+	// consistency proof starts there.
+	FromSize uint64 `protobuf:"varint,1,opt,name=from_size,json=fromSize,proto3" json:"from_size,omitempty"`
+	// Log indexes of the entries to prove (at most 500).
+	LogIndexes    []uint64 `protobuf:"varint,2,rep,packed,name=log_indexes,json=logIndexes,proto3" json:"log_indexes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetLogProofRequest) Reset() {
+	*x = GetLogProofRequest{}
+	mi := &file_castellan_ca_v1_ca_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetLogProofRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetLogProofRequest) ProtoMessage() {}
+
+func (x *GetLogProofRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_castellan_ca_v1_ca_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetLogProofRequest.ProtoReflect.Descriptor instead.
+func (*GetLogProofRequest) Descriptor() ([]byte, []int) {
+	return file_castellan_ca_v1_ca_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *GetLogProofRequest) GetFromSize() uint64 {
+	if x != nil {
+		return x.FromSize
+	}
+	return 0
+}
+
+func (x *GetLogProofRequest) GetLogIndexes() []uint64 {
+	if x != nil {
+		return x.LogIndexes
+	}
+	return nil
+}
+
+// GetLogProofResponse is a witnessed checkpoint and proofs against it.
+type GetLogProofResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// C2SP tlog-checkpoint signed note with the witnesses' tlog-cosignature
+	// lines.
+	Checkpoint []byte `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	// RFC 6962 consistency proof from from_size to the checkpoint's size
+	// (empty when from_size is 0 or equal to it).
+	ConsistencyProof [][]byte `protobuf:"bytes,2,rep,name=consistency_proof,json=consistencyProof,proto3" json:"consistency_proof,omitempty"`
+	// One per requested index below the checkpoint's size, in request
+	// order; indexes beyond it are left out (not witnessed yet: ask again).
+	Inclusions    []*LogInclusion `protobuf:"bytes,3,rep,name=inclusions,proto3" json:"inclusions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetLogProofResponse) Reset() {
+	*x = GetLogProofResponse{}
+	mi := &file_castellan_ca_v1_ca_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetLogProofResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetLogProofResponse) ProtoMessage() {}
+
+func (x *GetLogProofResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_castellan_ca_v1_ca_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetLogProofResponse.ProtoReflect.Descriptor instead.
+func (*GetLogProofResponse) Descriptor() ([]byte, []int) {
+	return file_castellan_ca_v1_ca_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *GetLogProofResponse) GetCheckpoint() []byte {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return nil
+}
+
+func (x *GetLogProofResponse) GetConsistencyProof() [][]byte {
+	if x != nil {
+		return x.ConsistencyProof
+	}
+	return nil
+}
+
+func (x *GetLogProofResponse) GetInclusions() []*LogInclusion {
+	if x != nil {
+		return x.Inclusions
+	}
+	return nil
+}
+
+// LogInclusion proves one entry's inclusion in a checkpoint.
+type LogInclusion struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	LogIndex uint64                 `protobuf:"varint,1,opt,name=log_index,json=logIndex,proto3" json:"log_index,omitempty"`
+	// The entry's leaf data, exactly as hashed (the tlog entry format).
+	Entry []byte `protobuf:"bytes,2,opt,name=entry,proto3" json:"entry,omitempty"`
+	// RFC 6962 inclusion proof of the entry's leaf hash.
+	Proof         [][]byte `protobuf:"bytes,3,rep,name=proof,proto3" json:"proof,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogInclusion) Reset() {
+	*x = LogInclusion{}
+	mi := &file_castellan_ca_v1_ca_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogInclusion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogInclusion) ProtoMessage() {}
+
+func (x *LogInclusion) ProtoReflect() protoreflect.Message {
+	mi := &file_castellan_ca_v1_ca_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogInclusion.ProtoReflect.Descriptor instead.
+func (*LogInclusion) Descriptor() ([]byte, []int) {
+	return file_castellan_ca_v1_ca_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *LogInclusion) GetLogIndex() uint64 {
+	if x != nil {
+		return x.LogIndex
+	}
+	return 0
+}
+
+func (x *LogInclusion) GetEntry() []byte {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
+func (x *LogInclusion) GetProof() [][]byte {
+	if x != nil {
+		return x.Proof
+	}
+	return nil
+}
+
 var File_castellan_ca_v1_ca_proto protoreflect.FileDescriptor
 
 const file_castellan_ca_v1_ca_proto_rawDesc = "" +
@@ -1271,7 +1468,7 @@ const file_castellan_ca_v1_ca_proto_rawDesc = "" +
 	"\x06result\"5\n" +
 	"\x05Error\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\xd2\x01\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\x82\x02\n" +
 	"\bX509SVID\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1d\n" +
 	"\n" +
@@ -1279,7 +1476,10 @@ const file_castellan_ca_v1_ca_proto_rawDesc = "" +
 	"\x06serial\x18\x03 \x01(\tR\x06serial\x129\n" +
 	"\n" +
 	"not_before\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x127\n" +
-	"\tnot_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\"\x12\n" +
+	"\tnot_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x12 \n" +
+	"\tlog_index\x18\x06 \x01(\x04H\x00R\blogIndex\x88\x01\x01B\f\n" +
+	"\n" +
+	"_log_index\"\x12\n" +
 	"\x10GetBundleRequest\"D\n" +
 	"\x11GetBundleResponse\x12/\n" +
 	"\x06bundle\x18\x01 \x01(\v2\x17.castellan.ca.v1.BundleR\x06bundle\"\x14\n" +
@@ -1311,7 +1511,23 @@ const file_castellan_ca_v1_ca_proto_rawDesc = "" +
 	"\x0eallow_any_user\x18\a \x01(\bR\fallowAnyUser\"4\n" +
 	"\bSelector\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value2\x9d\x05\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"R\n" +
+	"\x12GetLogProofRequest\x12\x1b\n" +
+	"\tfrom_size\x18\x01 \x01(\x04R\bfromSize\x12\x1f\n" +
+	"\vlog_indexes\x18\x02 \x03(\x04R\n" +
+	"logIndexes\"\xa1\x01\n" +
+	"\x13GetLogProofResponse\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x01 \x01(\fR\n" +
+	"checkpoint\x12+\n" +
+	"\x11consistency_proof\x18\x02 \x03(\fR\x10consistencyProof\x12=\n" +
+	"\n" +
+	"inclusions\x18\x03 \x03(\v2\x1d.castellan.ca.v1.LogInclusionR\n" +
+	"inclusions\"W\n" +
+	"\fLogInclusion\x12\x1b\n" +
+	"\tlog_index\x18\x01 \x01(\x04R\blogIndex\x12\x14\n" +
+	"\x05entry\x18\x02 \x01(\fR\x05entry\x12\x14\n" +
+	"\x05proof\x18\x03 \x03(\fR\x05proof2\xf7\x05\n" +
 	"\x1bCertificateAuthorityService\x12X\n" +
 	"\vAttestAgent\x12#.castellan.ca.v1.AttestAgentRequest\x1a$.castellan.ca.v1.AttestAgentResponse\x12U\n" +
 	"\n" +
@@ -1320,7 +1536,8 @@ const file_castellan_ca_v1_ca_proto_rawDesc = "" +
 	"\x11BatchSignX509SVID\x12).castellan.ca.v1.BatchSignX509SVIDRequest\x1a*.castellan.ca.v1.BatchSignX509SVIDResponse\x12R\n" +
 	"\tGetBundle\x12!.castellan.ca.v1.GetBundleRequest\x1a\".castellan.ca.v1.GetBundleResponse\x12Z\n" +
 	"\vWatchBundle\x12#.castellan.ca.v1.WatchBundleRequest\x1a$.castellan.ca.v1.WatchBundleResponse0\x01\x12T\n" +
-	"\tSyncAgent\x12!.castellan.ca.v1.SyncAgentRequest\x1a\".castellan.ca.v1.SyncAgentResponse0\x01B=Z;github.com/castellan-dev/castellan/api/castellan/ca/v1;cav1b\x06proto3"
+	"\tSyncAgent\x12!.castellan.ca.v1.SyncAgentRequest\x1a\".castellan.ca.v1.SyncAgentResponse0\x01\x12X\n" +
+	"\vGetLogProof\x12#.castellan.ca.v1.GetLogProofRequest\x1a$.castellan.ca.v1.GetLogProofResponseB=Z;github.com/castellan-dev/castellan/api/castellan/ca/v1;cav1b\x06proto3"
 
 var (
 	file_castellan_ca_v1_ca_proto_rawDescOnce sync.Once
@@ -1334,7 +1551,7 @@ func file_castellan_ca_v1_ca_proto_rawDescGZIP() []byte {
 	return file_castellan_ca_v1_ca_proto_rawDescData
 }
 
-var file_castellan_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_castellan_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_castellan_ca_v1_ca_proto_goTypes = []any{
 	(*AttestAgentRequest)(nil),        // 0: castellan.ca.v1.AttestAgentRequest
 	(*AttestAgentResponse)(nil),       // 1: castellan.ca.v1.AttestAgentResponse
@@ -1357,7 +1574,10 @@ var file_castellan_ca_v1_ca_proto_goTypes = []any{
 	(*AgentState)(nil),                // 18: castellan.ca.v1.AgentState
 	(*Entry)(nil),                     // 19: castellan.ca.v1.Entry
 	(*Selector)(nil),                  // 20: castellan.ca.v1.Selector
-	(*timestamppb.Timestamp)(nil),     // 21: google.protobuf.Timestamp
+	(*GetLogProofRequest)(nil),        // 21: castellan.ca.v1.GetLogProofRequest
+	(*GetLogProofResponse)(nil),       // 22: castellan.ca.v1.GetLogProofResponse
+	(*LogInclusion)(nil),              // 23: castellan.ca.v1.LogInclusion
+	(*timestamppb.Timestamp)(nil),     // 24: google.protobuf.Timestamp
 }
 var file_castellan_ca_v1_ca_proto_depIdxs = []int32{
 	10, // 0: castellan.ca.v1.AttestAgentResponse.svid:type_name -> castellan.ca.v1.X509SVID
@@ -1368,34 +1588,37 @@ var file_castellan_ca_v1_ca_proto_depIdxs = []int32{
 	8,  // 5: castellan.ca.v1.BatchSignX509SVIDResponse.results:type_name -> castellan.ca.v1.BatchResult
 	10, // 6: castellan.ca.v1.BatchResult.svid:type_name -> castellan.ca.v1.X509SVID
 	9,  // 7: castellan.ca.v1.BatchResult.error:type_name -> castellan.ca.v1.Error
-	21, // 8: castellan.ca.v1.X509SVID.not_before:type_name -> google.protobuf.Timestamp
-	21, // 9: castellan.ca.v1.X509SVID.not_after:type_name -> google.protobuf.Timestamp
+	24, // 8: castellan.ca.v1.X509SVID.not_before:type_name -> google.protobuf.Timestamp
+	24, // 9: castellan.ca.v1.X509SVID.not_after:type_name -> google.protobuf.Timestamp
 	15, // 10: castellan.ca.v1.GetBundleResponse.bundle:type_name -> castellan.ca.v1.Bundle
 	15, // 11: castellan.ca.v1.WatchBundleResponse.bundle:type_name -> castellan.ca.v1.Bundle
 	18, // 12: castellan.ca.v1.SyncAgentResponse.state:type_name -> castellan.ca.v1.AgentState
 	19, // 13: castellan.ca.v1.AgentState.entries:type_name -> castellan.ca.v1.Entry
 	15, // 14: castellan.ca.v1.AgentState.bundle:type_name -> castellan.ca.v1.Bundle
 	20, // 15: castellan.ca.v1.Entry.selectors:type_name -> castellan.ca.v1.Selector
-	21, // 16: castellan.ca.v1.Entry.created_at:type_name -> google.protobuf.Timestamp
-	0,  // 17: castellan.ca.v1.CertificateAuthorityService.AttestAgent:input_type -> castellan.ca.v1.AttestAgentRequest
-	2,  // 18: castellan.ca.v1.CertificateAuthorityService.RenewAgent:input_type -> castellan.ca.v1.RenewAgentRequest
-	4,  // 19: castellan.ca.v1.CertificateAuthorityService.SignX509SVID:input_type -> castellan.ca.v1.SignX509SVIDRequest
-	6,  // 20: castellan.ca.v1.CertificateAuthorityService.BatchSignX509SVID:input_type -> castellan.ca.v1.BatchSignX509SVIDRequest
-	11, // 21: castellan.ca.v1.CertificateAuthorityService.GetBundle:input_type -> castellan.ca.v1.GetBundleRequest
-	13, // 22: castellan.ca.v1.CertificateAuthorityService.WatchBundle:input_type -> castellan.ca.v1.WatchBundleRequest
-	16, // 23: castellan.ca.v1.CertificateAuthorityService.SyncAgent:input_type -> castellan.ca.v1.SyncAgentRequest
-	1,  // 24: castellan.ca.v1.CertificateAuthorityService.AttestAgent:output_type -> castellan.ca.v1.AttestAgentResponse
-	3,  // 25: castellan.ca.v1.CertificateAuthorityService.RenewAgent:output_type -> castellan.ca.v1.RenewAgentResponse
-	5,  // 26: castellan.ca.v1.CertificateAuthorityService.SignX509SVID:output_type -> castellan.ca.v1.SignX509SVIDResponse
-	7,  // 27: castellan.ca.v1.CertificateAuthorityService.BatchSignX509SVID:output_type -> castellan.ca.v1.BatchSignX509SVIDResponse
-	12, // 28: castellan.ca.v1.CertificateAuthorityService.GetBundle:output_type -> castellan.ca.v1.GetBundleResponse
-	14, // 29: castellan.ca.v1.CertificateAuthorityService.WatchBundle:output_type -> castellan.ca.v1.WatchBundleResponse
-	17, // 30: castellan.ca.v1.CertificateAuthorityService.SyncAgent:output_type -> castellan.ca.v1.SyncAgentResponse
-	24, // [24:31] is the sub-list for method output_type
-	17, // [17:24] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	24, // 16: castellan.ca.v1.Entry.created_at:type_name -> google.protobuf.Timestamp
+	23, // 17: castellan.ca.v1.GetLogProofResponse.inclusions:type_name -> castellan.ca.v1.LogInclusion
+	0,  // 18: castellan.ca.v1.CertificateAuthorityService.AttestAgent:input_type -> castellan.ca.v1.AttestAgentRequest
+	2,  // 19: castellan.ca.v1.CertificateAuthorityService.RenewAgent:input_type -> castellan.ca.v1.RenewAgentRequest
+	4,  // 20: castellan.ca.v1.CertificateAuthorityService.SignX509SVID:input_type -> castellan.ca.v1.SignX509SVIDRequest
+	6,  // 21: castellan.ca.v1.CertificateAuthorityService.BatchSignX509SVID:input_type -> castellan.ca.v1.BatchSignX509SVIDRequest
+	11, // 22: castellan.ca.v1.CertificateAuthorityService.GetBundle:input_type -> castellan.ca.v1.GetBundleRequest
+	13, // 23: castellan.ca.v1.CertificateAuthorityService.WatchBundle:input_type -> castellan.ca.v1.WatchBundleRequest
+	16, // 24: castellan.ca.v1.CertificateAuthorityService.SyncAgent:input_type -> castellan.ca.v1.SyncAgentRequest
+	21, // 25: castellan.ca.v1.CertificateAuthorityService.GetLogProof:input_type -> castellan.ca.v1.GetLogProofRequest
+	1,  // 26: castellan.ca.v1.CertificateAuthorityService.AttestAgent:output_type -> castellan.ca.v1.AttestAgentResponse
+	3,  // 27: castellan.ca.v1.CertificateAuthorityService.RenewAgent:output_type -> castellan.ca.v1.RenewAgentResponse
+	5,  // 28: castellan.ca.v1.CertificateAuthorityService.SignX509SVID:output_type -> castellan.ca.v1.SignX509SVIDResponse
+	7,  // 29: castellan.ca.v1.CertificateAuthorityService.BatchSignX509SVID:output_type -> castellan.ca.v1.BatchSignX509SVIDResponse
+	12, // 30: castellan.ca.v1.CertificateAuthorityService.GetBundle:output_type -> castellan.ca.v1.GetBundleResponse
+	14, // 31: castellan.ca.v1.CertificateAuthorityService.WatchBundle:output_type -> castellan.ca.v1.WatchBundleResponse
+	17, // 32: castellan.ca.v1.CertificateAuthorityService.SyncAgent:output_type -> castellan.ca.v1.SyncAgentResponse
+	22, // 33: castellan.ca.v1.CertificateAuthorityService.GetLogProof:output_type -> castellan.ca.v1.GetLogProofResponse
+	26, // [26:34] is the sub-list for method output_type
+	18, // [18:26] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_castellan_ca_v1_ca_proto_init() }
@@ -1411,13 +1634,14 @@ func file_castellan_ca_v1_ca_proto_init() {
 		(*BatchResult_Svid)(nil),
 		(*BatchResult_Error)(nil),
 	}
+	file_castellan_ca_v1_ca_proto_msgTypes[10].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_castellan_ca_v1_ca_proto_rawDesc), len(file_castellan_ca_v1_ca_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

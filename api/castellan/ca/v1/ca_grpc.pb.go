@@ -30,6 +30,7 @@ const (
 	CertificateAuthorityService_GetBundle_FullMethodName         = "/castellan.ca.v1.CertificateAuthorityService/GetBundle"
 	CertificateAuthorityService_WatchBundle_FullMethodName       = "/castellan.ca.v1.CertificateAuthorityService/WatchBundle"
 	CertificateAuthorityService_SyncAgent_FullMethodName         = "/castellan.ca.v1.CertificateAuthorityService/SyncAgent"
+	CertificateAuthorityService_GetLogProof_FullMethodName       = "/castellan.ca.v1.CertificateAuthorityService/GetLogProof"
 )
 
 // CertificateAuthorityServiceClient is the client API for CertificateAuthorityService service.
@@ -61,6 +62,13 @@ type CertificateAuthorityServiceClient interface {
 	// assigned to its node, the trust bundle and the revoked serials) at once
 	// and again whenever any of it changes.
 	SyncAgent(ctx context.Context, in *SyncAgentRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SyncAgentResponse], error)
+	// GetLogProof proves to an agent that certificates it was issued are in
+	// the witnessed issuance log: it returns the latest checkpoint cosigned
+	// by the CA's witness policy, a consistency proof from the size the
+	// agent last accepted, and an inclusion proof with the entry data of
+	// each requested log index the checkpoint covers. FailedPrecondition when
+	// the CA has no witness policy or nothing is witnessed yet.
+	GetLogProof(ctx context.Context, in *GetLogProofRequest, opts ...grpc.CallOption) (*GetLogProofResponse, error)
 }
 
 type certificateAuthorityServiceClient struct {
@@ -159,6 +167,16 @@ func (c *certificateAuthorityServiceClient) SyncAgent(ctx context.Context, in *S
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type CertificateAuthorityService_SyncAgentClient = grpc.ServerStreamingClient[SyncAgentResponse]
 
+func (c *certificateAuthorityServiceClient) GetLogProof(ctx context.Context, in *GetLogProofRequest, opts ...grpc.CallOption) (*GetLogProofResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetLogProofResponse)
+	err := c.cc.Invoke(ctx, CertificateAuthorityService_GetLogProof_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CertificateAuthorityServiceServer is the server API for CertificateAuthorityService service.
 // All implementations must embed UnimplementedCertificateAuthorityServiceServer
 // for forward compatibility.
@@ -188,6 +206,13 @@ type CertificateAuthorityServiceServer interface {
 	// assigned to its node, the trust bundle and the revoked serials) at once
 	// and again whenever any of it changes.
 	SyncAgent(*SyncAgentRequest, grpc.ServerStreamingServer[SyncAgentResponse]) error
+	// GetLogProof proves to an agent that certificates it was issued are in
+	// the witnessed issuance log: it returns the latest checkpoint cosigned
+	// by the CA's witness policy, a consistency proof from the size the
+	// agent last accepted, and an inclusion proof with the entry data of
+	// each requested log index the checkpoint covers. FailedPrecondition when
+	// the CA has no witness policy or nothing is witnessed yet.
+	GetLogProof(context.Context, *GetLogProofRequest) (*GetLogProofResponse, error)
 	mustEmbedUnimplementedCertificateAuthorityServiceServer()
 }
 
@@ -218,6 +243,9 @@ func (UnimplementedCertificateAuthorityServiceServer) WatchBundle(*WatchBundleRe
 }
 func (UnimplementedCertificateAuthorityServiceServer) SyncAgent(*SyncAgentRequest, grpc.ServerStreamingServer[SyncAgentResponse]) error {
 	return status.Error(codes.Unimplemented, "method SyncAgent not implemented")
+}
+func (UnimplementedCertificateAuthorityServiceServer) GetLogProof(context.Context, *GetLogProofRequest) (*GetLogProofResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetLogProof not implemented")
 }
 func (UnimplementedCertificateAuthorityServiceServer) mustEmbedUnimplementedCertificateAuthorityServiceServer() {
 }
@@ -353,6 +381,24 @@ func _CertificateAuthorityService_SyncAgent_Handler(srv interface{}, stream grpc
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type CertificateAuthorityService_SyncAgentServer = grpc.ServerStreamingServer[SyncAgentResponse]
 
+func _CertificateAuthorityService_GetLogProof_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetLogProofRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CertificateAuthorityServiceServer).GetLogProof(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CertificateAuthorityService_GetLogProof_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CertificateAuthorityServiceServer).GetLogProof(ctx, req.(*GetLogProofRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // CertificateAuthorityService_ServiceDesc is the grpc.ServiceDesc for CertificateAuthorityService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -379,6 +425,10 @@ var CertificateAuthorityService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetBundle",
 			Handler:    _CertificateAuthorityService_GetBundle_Handler,
+		},
+		{
+			MethodName: "GetLogProof",
+			Handler:    _CertificateAuthorityService_GetLogProof_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -136,8 +136,8 @@ func cosignedMessage(t uint64, text []byte) []byte {
 	return append(m, text...)
 }
 
-// signatureTime returns the timestamp of a verified signature line.
-func signatureTime(s note.Signature) (time.Time, error) {
+// SignatureTime returns the timestamp of a verified signature line.
+func SignatureTime(s note.Signature) (time.Time, error) {
 	raw, err := base64.StdEncoding.DecodeString(s.Base64)
 	if err != nil || len(raw) < 4 {
 		return time.Time{}, errors.New("malformed signature")

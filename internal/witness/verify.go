@@ -48,7 +48,7 @@ func (p *Policy) Verify(signed []byte, origin string, logKey note.Verifier, now 
 	}
 	n, err := note.Open(signed, note.VerifierList(verifiers...))
 	if err != nil {
-		return nil, fmt.Errorf("witness: checkpoint: %w", describeOpenError(err))
+		return nil, fmt.Errorf("witness: checkpoint: %w", DescribeOpenError(err))
 	}
 	var cp log.Checkpoint
 	if _, err := cp.Unmarshal([]byte(n.Text)); err != nil {
@@ -104,7 +104,7 @@ func cosignatureOf(sigs []note.Signature, w Witness, now time.Time) (*Cosignatur
 		if s.Name != w.Key.Name() || s.Hash != w.Key.KeyHash() {
 			continue
 		}
-		t, err := signatureTime(s)
+		t, err := SignatureTime(s)
 		if err != nil {
 			return nil, err
 		}
@@ -117,8 +117,8 @@ func cosignatureOf(sigs []note.Signature, w Witness, now time.Time) (*Cosignatur
 	return nil, nil
 }
 
-// describeOpenError turns note.Open's errors into sentences.
-func describeOpenError(err error) error {
+// DescribeOpenError turns note.Open's errors into sentences.
+func DescribeOpenError(err error) error {
 	var inv *note.InvalidSignatureError
 	var unv *note.UnverifiedNoteError
 	switch {

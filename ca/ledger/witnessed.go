@@ -1,0 +1,75 @@
+package ledger
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/castellan-dev/castellan/ca/store"
+	"golang.org/x/mod/sumdb/note"
+)
+
+// kWitnessed is the meta key of the latest witnessed checkpoint: a
+// checkpoint of this log with the witnesses' cosignature lines appended.
+var kWitnessed = []byte("witnessed_checkpoint")
+
+// WitnessedCheckpoint returns the latest witnessed checkpoint stored in
+// the ledger's store (nil if none), which on a shared store may have been
+// stored by another replica: every replica serves the same one. Nil once
+// closed or if the store cannot be read (a read failure is logged).
+func (l *Ledger) WitnessedCheckpoint() []byte {
+	var cp []byte
+	err := l.view(l.ctx, func(tx store.Tx) error {
+		cp = bytes.Clone(bucket(tx, bMeta).Get(kWitnessed))
+		return nil
+	})
+	if err != nil {
+		if !errors.Is(err, context.Canceled) {
+			l.log.Warn("ledger: could not read the witnessed checkpoint", "error", err.Error())
+		}
+		return nil
+	}
+	return cp
+}
+
+// StoreWitnessedCheckpoint stores cp, a checkpoint of this log carrying
+// witness cosignatures, unless the stored one is of a larger tree (or of
+// the same size and another tree, which the caller's witnesses would have
+// refused: the stored one is kept). The caller verifies the cosignatures
+// against its witness policy; StoreWitnessedCheckpoint checks only that cp
+// is a checkpoint of this log signed by the log's key, and that its tree
+// is not larger than the log.
+func (l *Ledger) StoreWitnessedCheckpoint(ctx context.Context, cp []byte) error {
+	n, err := note.Open(cp, note.VerifierList(l.verifier))
+	if err != nil {
+		return fmt.Errorf("ledger: witnessed checkpoint: not signed by the log key %s: %w", l.verifier.Name(), err)
+	}
+	text := []byte(n.Text)
+	size := checkpointSize(text)
+	if !bytes.HasPrefix(text, []byte(l.origin+"\n")) || size == 0 {
+		return fmt.Errorf("ledger: witnessed checkpoint: not a checkpoint of log %q", l.origin)
+	}
+	if l.readOnly {
+		return ErrReadOnly
+	}
+	err = l.db.Update(ctx, func(tx store.Tx) error {
+		meta := bucket(tx, bMeta)
+		if head, err := readTree(tx); err != nil {
+			return err
+		} else if size > head.size {
+			return fmt.Errorf("ledger: witnessed checkpoint of size %d is larger than the log (%d entries)", size, head.size)
+		}
+		if old := meta.Get(kWitnessed); old != nil {
+			oldSize := checkpointSize(old)
+			if oldSize > size || oldSize == size && !bytes.HasPrefix(old, text) {
+				return nil
+			}
+		}
+		return meta.Put(kWitnessed, cp)
+	})
+	if err != nil {
+		return fmt.Errorf("ledger: store the witnessed checkpoint: %w", err)
+	}
+	return nil
+}

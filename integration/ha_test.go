@@ -81,7 +81,7 @@ func newHACluster(t *testing.T, n int) *haCluster {
 		t.Fatal(err)
 	}
 	c.keyFile = filepath.Join(c.dir, "ledger.key")
-	if out, err := exec.Command(c.ctl, "ledger", "keygen", "--origin", "castellan.local/ledger", "--out", c.keyFile).CombinedOutput(); err != nil {
+	if out, err := exec.Command(c.ctl, "ledger", "keygen", "--trust-domain", "cluster.local", "--out", c.keyFile).CombinedOutput(); err != nil {
 		t.Fatalf("castellanctl ledger keygen: %v\n%s", err, out)
 	}
 	c.caDir = t.TempDir()

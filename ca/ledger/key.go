@@ -26,6 +26,11 @@ var ErrKeyMismatch = errors.New("ledger: log key does not match the log")
 // keygenHint tells an operator how to make a log key file.
 const keygenHint = "create it once with `castellanctl ledger keygen --out FILE` and give the same file (a Kubernetes Secret) to every replica"
 
+// OriginFor is the origin of a new ledger of trust domain td when the
+// operator names none: witnesses tell logs apart by origin, so each trust
+// domain's log has its own.
+func OriginFor(td string) string { return td + "/castellan/ledger" }
+
 // GenerateKey returns a new Ed25519 note signer key named origin (the
 // log's origin line) and its verifier key.
 func GenerateKey(origin string) (skey, vkey string, err error) {

@@ -83,7 +83,7 @@ func ledgerOrigin(c witnessConfig, trustDomain, keyFile string) (string, error) 
 		if c.LedgerOrigin != "" {
 			return c.LedgerOrigin, nil
 		}
-		return trustDomain + "/castellan/ledger", nil
+		return ledger.OriginFor(trustDomain), nil
 	case err != nil:
 		return "", fmt.Errorf("castellan-server: read the log key: %w", err)
 	}

@@ -131,6 +131,10 @@ func TestLedgerKeygen(t *testing.T) {
 	if after, _ := os.ReadFile(key); string(after) != string(before) {
 		t.Error("keygen overwrote an existing key")
 	}
+	code, out, errs = ctl(t, filepath.Join(dir, "none.sock"), "ledger", "keygen", "--trust-domain", "example.org", "--out", filepath.Join(dir, "td.key"))
+	if code != 0 || !strings.HasPrefix(out, "example.org/castellan/ledger+") {
+		t.Errorf("keygen --trust-domain example.org = %d %q %s; want a key named as castellan-server names the new log", code, out, errs)
+	}
 	if code, _, _ := ctl(t, filepath.Join(dir, "none.sock"), "ledger", "keygen"); code != 2 {
 		t.Errorf("keygen without --out = %d, want usage error 2", code)
 	}

@@ -425,12 +425,16 @@ func lineOf(lf ledger.Leaf) exportLine {
 func ledgerKeygen(g *globals, args []string) error {
 	fs := newFlags(g, "ledger keygen")
 	out := fs.String("out", "", "file to create (mode 0600; must not exist)")
-	origin := fs.String("origin", ledger.DefaultOrigin, "the log's origin (first line of its checkpoints); the key is named after it")
+	td := fs.String("trust-domain", "cluster.local", "the trust domain whose log the key signs")
+	origin := fs.String("origin", "", "the log's origin (first line of its checkpoints; the key is named after it; default <trust-domain>/castellan/ledger, as castellan-server names a new log)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 || *out == "" {
 		return usagef("ledger keygen: need --out FILE and no arguments")
+	}
+	if *origin == "" {
+		*origin = ledger.OriginFor(*td)
 	}
 	vkey, err := ledger.GenerateKeyFile(*out, *origin)
 	if err != nil {

@@ -40,3 +40,9 @@ func ParsePolicy(quorum int, witnesses []string) (*Policy, error) {
 
 // ParsePolicyYAML parses the YAML form of a policy.
 func ParsePolicyYAML(b []byte) (*Policy, error) { return iwitness.ParsePolicyYAML(b) }
+
+// PolicyFromFlags builds the policy of the command-line flags (see
+// internal/witness.PolicyFromFlags).
+func PolicyFromFlags(file string, witnesses []string, quorum int) (*Policy, error) {
+	return iwitness.PolicyFromFlags(file, witnesses, quorum)
+}

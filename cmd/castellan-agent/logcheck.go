@@ -1,11 +1,9 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
-	"os"
 	"time"
 
 	"github.com/castellan-dev/castellan/agent/cache"
@@ -42,29 +40,7 @@ func logFlags(fs *flag.FlagSet, c *logConfig) {
 
 // witnessPolicy returns the configured witness policy, nil if none.
 func (c logConfig) witnessPolicy() (*witness.Policy, error) {
-	switch {
-	case c.WitnessPolicy != "" && len(c.Witnesses) > 0:
-		return nil, errors.New("--witness-policy and --witness are exclusive; give the policy one way")
-	case c.WitnessPolicy != "":
-		b, err := os.ReadFile(c.WitnessPolicy)
-		if err != nil {
-			return nil, fmt.Errorf("--witness-policy: %w", err)
-		}
-		p, err := witness.ParsePolicyYAML(b)
-		if err != nil {
-			return nil, fmt.Errorf("--witness-policy %s: %w", c.WitnessPolicy, err)
-		}
-		return p, nil
-	case len(c.Witnesses) > 0:
-		p, err := witness.ParsePolicy(c.Quorum, c.Witnesses)
-		if err != nil {
-			return nil, fmt.Errorf("--witness: %w", err)
-		}
-		return p, nil
-	case c.Quorum != 0:
-		return nil, errors.New("--witness-quorum without --witness")
-	}
-	return nil, nil
+	return witness.PolicyFromFlags(c.WitnessPolicy, c.Witnesses, c.Quorum)
 }
 
 // mode returns the log policy and the witness policy. Without

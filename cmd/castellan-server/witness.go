@@ -38,29 +38,7 @@ func witnessFlags(fs *flag.FlagSet, c *witnessConfig) {
 
 // policy returns the witness policy, nil if none is configured.
 func (c witnessConfig) policy() (*witness.Policy, error) {
-	switch {
-	case c.WitnessPolicy != "" && len(c.Witnesses) > 0:
-		return nil, errors.New("--witness-policy and --witness are exclusive; give the policy one way")
-	case c.WitnessPolicy != "":
-		b, err := os.ReadFile(c.WitnessPolicy)
-		if err != nil {
-			return nil, fmt.Errorf("--witness-policy: %w", err)
-		}
-		p, err := witness.ParsePolicyYAML(b)
-		if err != nil {
-			return nil, fmt.Errorf("--witness-policy %s: %w", c.WitnessPolicy, err)
-		}
-		return p, nil
-	case len(c.Witnesses) > 0:
-		p, err := witness.ParsePolicy(c.WitnessQuorum, c.Witnesses)
-		if err != nil {
-			return nil, fmt.Errorf("--witness: %w", err)
-		}
-		return p, nil
-	case c.WitnessQuorum != 0:
-		return nil, errors.New("--witness-quorum without --witness")
-	}
-	return nil, nil
+	return witness.PolicyFromFlags(c.WitnessPolicy, c.Witnesses, c.WitnessQuorum)
 }
 
 // validate checks the witness flags.

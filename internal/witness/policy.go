@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"os"
 	"regexp"
 	"strings"
 
@@ -223,4 +224,35 @@ func ParsePolicyYAML(b []byte) (*Policy, error) {
 		y.Quorum = len(ws)
 	}
 	return NewPolicy(y.Quorum, ws...)
+}
+
+// PolicyFromFlags builds the policy given by the command-line forms shared
+// by castellan-server and castellan-agent: a YAML policy file
+// (--witness-policy), or repeated NAME=URL+VKEY (--witness) with a quorum
+// (--witness-quorum; 0: all). It returns nil when none is given, and
+// refuses the two forms together and a quorum without witnesses.
+func PolicyFromFlags(file string, witnesses []string, quorum int) (*Policy, error) {
+	switch {
+	case file != "" && len(witnesses) > 0:
+		return nil, errors.New("--witness-policy and --witness are exclusive; give the policy one way")
+	case file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("--witness-policy: %w", err)
+		}
+		p, err := ParsePolicyYAML(b)
+		if err != nil {
+			return nil, fmt.Errorf("--witness-policy %s: %w", file, err)
+		}
+		return p, nil
+	case len(witnesses) > 0:
+		p, err := ParsePolicy(quorum, witnesses)
+		if err != nil {
+			return nil, fmt.Errorf("--witness: %w", err)
+		}
+		return p, nil
+	case quorum != 0:
+		return nil, errors.New("--witness-quorum without --witness")
+	}
+	return nil, nil
 }

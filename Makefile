@@ -73,6 +73,8 @@ test: build
 		CASTELLAN_HELM="$$(./integration/helm/tool/build.sh)" CASTELLAN_REQUIRE_HELM=1 \
 		CASTELLAN_PROMTOOL="$$(./integration/promtool/tool/build.sh)" CASTELLAN_REQUIRE_PROMTOOL=1 \
 		CASTELLAN_OMNIWITNESS="$$(./integration/omniwitness/build.sh)" CASTELLAN_REQUIRE_OMNIWITNESS=1 \
+		CASTELLAN_KUBE_NODE="$$(./integration/kube/node/build.sh)" \
+		CASTELLAN_KUBE_COREDNS="$$(./integration/kube/coredns/build.sh)" CASTELLAN_CLUSTER=1 \
 		CASTELLAN_REQUIRE_IMAGES=1 CASTELLAN_REQUIRE_ROOT=1 \
 		CASTELLAN_BIN=$(abspath $(BIN)) $(GO) test $(TESTFLAGS) ./...
 

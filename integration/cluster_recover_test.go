@@ -28,9 +28,7 @@ func TestClusterRecoversAfterKilledTest(t *testing.T) {
 		clusterChild(t)
 		return
 	}
-	if os.Getenv(cluster.EnvEnable) != "1" {
-		t.Skipf("set %s=1 (as root) to run a real cluster", cluster.EnvEnable)
-	}
+	cluster.Require(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	before := hostSnapshot(t)

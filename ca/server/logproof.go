@@ -34,10 +34,7 @@ func (c *caService) GetLogProof(ctx context.Context, req *cav1.GetLogProofReques
 	if _, err := c.callerNode(ctx); err != nil {
 		return nil, err
 	}
-	lp, ok := c.s.cfg.Ledger.(logProver)
-	if !ok {
-		return nil, status.Error(codes.Unimplemented, "server: this CA's ledger cannot prove inclusion")
-	}
+	lp := c.s.cfg.Ledger
 	if n := len(req.GetLogIndexes()); n > MaxLogProofIndexes {
 		return nil, status.Errorf(codes.InvalidArgument, "server: %d log indexes asked; at most %d per call, split them", n, MaxLogProofIndexes)
 	}

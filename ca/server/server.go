@@ -65,6 +65,8 @@ type Ledger interface {
 	Revoke(ctx context.Context, serial, reason string) (ledger.Entry, error)
 	// Bans records node agents and bans.
 	Bans
+	// logProver proves the witnessed log to agents (GetLogProof).
+	logProver
 }
 
 // Config configures a Server. Authority, Ledger, Attestor, Tokens and

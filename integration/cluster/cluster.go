@@ -44,6 +44,8 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/castellan-dev/castellan/internal/testroot"
 )
 
 // The cluster's fixed names and addresses.
@@ -139,14 +141,26 @@ func newPaths(dir string) paths {
 func (p paths) kubeconfig(name string) string { return filepath.Join(p.confs, name+".kubeconfig") }
 func (p paths) log(name string) string        { return filepath.Join(p.logs, name+".log") }
 
-// Start runs a cluster for t and tears it down when t ends. It skips t
-// unless CASTELLAN_CLUSTER=1 and fails it if the node is not Ready within
-// three minutes.
-func Start(t testing.TB) *Cluster {
+// Require lets a developer's plain `go test` skip the cluster
+// tests, which change the host; under `make test` (CASTELLAN_REQUIRE_ROOT
+// set, as it sets EnvEnable) a disabled cluster or a missing root fails.
+func Require(t testing.TB) {
 	t.Helper()
 	if os.Getenv(EnvEnable) != "1" {
+		if os.Getenv(testroot.EnvRequire) != "" {
+			t.Fatalf("cluster: %s is set but %s is not: the real-cluster tests would not run", testroot.EnvRequire, EnvEnable)
+		}
 		t.Skipf("cluster: set %s=1 (as root) to run a real single-node Kubernetes cluster", EnvEnable)
 	}
+	testroot.Require(t, "run a real kubelet, containerd and iptables")
+}
+
+// Start runs a cluster for t and tears it down when t ends. See Require
+// for when it skips; it fails t if the node is not Ready within three
+// minutes.
+func Start(t testing.TB) *Cluster {
+	t.Helper()
+	Require(t)
 	bins, err := findBinaries()
 	if err != nil {
 		t.Fatalf("cluster: %v", err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/castellan-dev/castellan/internal/freeport"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -35,14 +36,16 @@ type agentRig struct {
 	agentLog                   *agentLog
 }
 
-func agentFreeAddr(t *testing.T) string {
+// freeAddr returns a loopback address whose port no other test holds
+// (see internal/freeport): safe to hand to a server started later, and to
+// restart one on.
+func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 func newAgentRig(t *testing.T) *agentRig {
@@ -52,7 +55,7 @@ func newAgentRig(t *testing.T) *agentRig {
 	r := &agentRig{
 		t: t, server: b.Path(t, "castellan-server"), agent: b.Path(t, "castellan-agent"), ctl: b.Path(t, "castellanctl"),
 		srvDir: filepath.Join(dir, "srv"), agentDir: filepath.Join(dir, "agent"), sock: filepath.Join(dir, "agent.sock"),
-		listen: agentFreeAddr(t), srvHTTP: agentFreeAddr(t), agentHTTP: agentFreeAddr(t),
+		listen: freeAddr(t), srvHTTP: freeAddr(t), agentHTTP: freeAddr(t),
 	}
 	if err := os.Mkdir(r.srvDir, 0o700); err != nil {
 		t.Fatal(err)

@@ -78,7 +78,7 @@ func (r *agentRig) extraAgent(node string) string {
 	dir := filepath.Join(r.t.TempDir(), node)
 	token := strings.Fields(r.ctlRun("token", "create", "--node", node, "--ttl", "10m"))[0]
 	cmd := exec.Command(r.agent, "--server-address", r.listen, "--trust-bundle", filepath.Join(r.srvDir, "bundle.pem"),
-		"--data-dir", dir, "--socket", filepath.Join(dir, "agent.sock"), "--http-listen", agentFreeAddr(r.t))
+		"--data-dir", dir, "--socket", filepath.Join(dir, "agent.sock"), "--http-listen", freeAddr(r.t))
 	cmd.Env = append(os.Environ(), "CASTELLAN_AGENT_JOIN_TOKEN="+token)
 	if err := cmd.Start(); err != nil {
 		r.t.Fatal(err)

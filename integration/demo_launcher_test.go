@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/castellan-dev/castellan/internal/freeport"
 
 	"github.com/castellan-dev/castellan/integration/testbin"
 )
@@ -57,36 +57,21 @@ func (d *demoLauncher) demoPort(offset int) string {
 // demoFreePort returns a loopback port that was free a moment ago.
 func demoFreePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Port()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // demoFreePortRange returns the first of n consecutive free loopback ports.
 func demoFreePortRange(t *testing.T, n int) int {
 	t.Helper()
-	for range 100 {
-		base := 20000 + rand.N(30000)
-		var open []net.Listener
-		for i := range n {
-			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(base+i))
-			if err != nil {
-				break
-			}
-			open = append(open, l)
-		}
-		for _, l := range open {
-			_ = l.Close()
-		}
-		if len(open) == n {
-			return base
-		}
+	base, err := freeport.Range(n)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("no %d consecutive free ports found", n)
-	return 0
+	return base
 }
 
 // demoStart runs the launcher with a short SVID lifetime and waits until it

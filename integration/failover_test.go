@@ -42,7 +42,7 @@ func (r *failoverRig) newCA(name string) *failoverCA {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		r.t.Fatal(err)
 	}
-	return &failoverCA{dir: dir, listen: agentFreeAddr(r.t), http: agentFreeAddr(r.t)}
+	return &failoverCA{dir: dir, listen: freeAddr(r.t), http: freeAddr(r.t)}
 }
 
 // start runs the server on its data directory and waits for its admin
@@ -184,9 +184,9 @@ func TestAgentFailsOverAcrossCAEndpoints(t *testing.T) {
 	r.start(a)
 	r.start(bb)
 	r.start(other)
-	dead := agentFreeAddr(t) // closed again when it returns
+	dead := freeAddr(t) // closed again when it returns
 
-	sock, agentHTTP := filepath.Join(r.dir, "agent.sock"), agentFreeAddr(t)
+	sock, agentHTTP := filepath.Join(r.dir, "agent.sock"), freeAddr(t)
 	agent := exec.Command(r.agent, "--server-address", dead, "--server-address", other.listen,
 		"--server-address", a.listen, "--server-address", bb.listen,
 		"--trust-bundle", filepath.Join(a.dir, "bundle.pem"), "--data-dir", filepath.Join(r.dir, "agent"),

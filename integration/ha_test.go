@@ -87,8 +87,8 @@ func newHACluster(t *testing.T, n int) *haCluster {
 	c.caDir = t.TempDir()
 	writeCACerts(t, c.caDir) // the plug-in CA every replica signs with
 	for range n {
-		c.addrs = append(c.addrs, quotaFreeAddr(t))
-		c.https = append(c.https, quotaFreeAddr(t))
+		c.addrs = append(c.addrs, freeAddr(t))
+		c.https = append(c.https, freeAddr(t))
 	}
 	return c
 }

@@ -339,12 +339,12 @@ func runServerImage(t *testing.T, root string) {
 	if err := os.Chown(data, imgUID, imgUID); err != nil {
 		t.Fatal(err)
 	}
-	httpAddr := agentFreeAddr(t)
+	httpAddr := freeAddr(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var log agentLog
 	cmd := chrootCmd(ctx, root, "castellan-server", "--data-dir", "/data",
-		"--listen", agentFreeAddr(t), "--http-listen", httpAddr)
+		"--listen", freeAddr(t), "--http-listen", httpAddr)
 	cmd.Stderr = &log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

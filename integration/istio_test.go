@@ -51,8 +51,8 @@ func TestIstioCAAPI(t *testing.T) {
 	env.CreateNode("node-a")
 	env.CreatePod("bookinfo", "details-v1", "bookinfo-details", "node-a")
 
-	listen := k8sFreeAddr(t)
-	srv := exec.Command(server, "--data-dir", dir, "--listen", listen, "--http-listen", k8sFreeAddr(t),
+	listen := freeAddr(t)
+	srv := exec.Command(server, "--data-dir", dir, "--listen", listen, "--http-listen", freeAddr(t),
 		"--trust-domain", k8sTD, "--kubeconfig", env.Kubeconfig(), "--istio-api")
 	srvLog := &k8sLog{}
 	srv.Stderr = srvLog

@@ -13,7 +13,6 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -68,7 +67,7 @@ func startK8sRig(t *testing.T) *k8sRig {
 	server := b.Path(t, "castellan-server")
 	dir := t.TempDir()
 	r := &k8sRig{t: t, env: env, srvDir: filepath.Join(dir, "srv"), agentDir: filepath.Join(dir, "agent"),
-		sock: filepath.Join(dir, "agent.sock"), listen: k8sFreeAddr(t)}
+		sock: filepath.Join(dir, "agent.sock"), listen: freeAddr(t)}
 	if err := os.Mkdir(r.srvDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +85,7 @@ func startK8sRig(t *testing.T) *k8sRig {
 	r.cartB = env.CreatePod("shop", "cart-b", "cart", "node-b")
 	r.payA = env.CreatePod("shop", "payments-a", "payments", "node-a")
 
-	srv := exec.Command(server, "--data-dir", r.srvDir, "--listen", r.listen, "--http-listen", k8sFreeAddr(t),
+	srv := exec.Command(server, "--data-dir", r.srvDir, "--listen", r.listen, "--http-listen", freeAddr(t),
 		"--trust-domain", k8sTD, "--kubeconfig", env.Kubeconfig(), "--k8s-agent-sa", "castellan-system/castellan-agent",
 		"--k8s-bundle-configmaps",
 		// The rig signs 1000 CSRs for one pod identity to count TokenReviews;
@@ -118,7 +117,7 @@ func (r *k8sRig) startAgent(agent string) {
 	if err := os.WriteFile(tokenFile, []byte(tok), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	r.agentHTTP = k8sFreeAddr(t)
+	r.agentHTTP = freeAddr(t)
 	cmd := exec.Command(agent, "--server-address", r.listen, "--trust-bundle", filepath.Join(r.srvDir, "bundle.pem"),
 		"--data-dir", r.agentDir, "--socket", r.sock, "--http-listen", r.agentHTTP, "--log-level", "debug",
 		"--trust-domain", k8sTD, "--attestor", "k8s", "--node-name", "node-a", "--k8s-token-file", tokenFile,
@@ -558,16 +557,6 @@ func (r *k8sRig) expiredToken(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return signing + "." + enc(sig)
-}
-
-func k8sFreeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // k8sEventually polls cond every 100 ms until it holds or d passes.

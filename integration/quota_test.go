@@ -33,18 +33,6 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// quotaFreeAddr returns a loopback address free right now, for a server
-// restarted on the same address.
-func quotaFreeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // quotaLog collects a process's output while it runs.
 type quotaLog struct {
 	mu  sync.Mutex
@@ -307,7 +295,7 @@ func quotaDamage(t *testing.T, path string) {
 // list` works and nothing is issued.
 func TestDamagedLedgerStopsTheServerForensicModeServesAudit(t *testing.T) {
 	dataDir := filepath.Join(t.TempDir(), "data")
-	s := quotaStart(t, dataDir, quotaFreeAddr(t), quotaFreeAddr(t), "castellan-server serving", "--quota-identity-per-ttl", "1000")
+	s := quotaStart(t, dataDir, freeAddr(t), freeAddr(t), "castellan-server serving", "--quota-identity-per-ttl", "1000")
 	const id = "spiffe://cluster.local/ns/app/sa/app"
 	s.ctlRun(t, "entry", "create", "--spiffe-id", id, "--node", "node-1", "--selector", "unix:uid:1000")
 	agent, _ := quotaAgent(t, s.caServer, "node-1")
@@ -336,7 +324,7 @@ func TestDamagedLedgerStopsTheServerForensicModeServesAudit(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bins.Path(t, "castellan-server"), "--trust-domain", "cluster.local", "--data-dir", dataDir,
-		"--listen", quotaFreeAddr(t), "--http-listen", quotaFreeAddr(t))
+		"--listen", freeAddr(t), "--http-listen", freeAddr(t))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	err := cmd.Run()
@@ -366,7 +354,7 @@ func TestDamagedLedgerStopsTheServerForensicModeServesAudit(t *testing.T) {
 	t.Logf("ledger verify --db: %v\n%s", err, out)
 
 	// Read-only for forensics: audit reads work, nothing is issued.
-	listen, httpAddr := quotaFreeAddr(t), quotaFreeAddr(t)
+	listen, httpAddr := freeAddr(t), freeAddr(t)
 	f := quotaStart(t, dataDir, listen, httpAddr, "the ledger is open read-only for forensics", "--ledger-read-only-forensics")
 	var certs []map[string]any
 	if err := json.Unmarshal([]byte(f.ctlRun(t, "certs", "list", "-o", "json", "--node", "node-1")), &certs); err != nil || len(certs) == 0 {
@@ -403,7 +391,7 @@ func TestDiskReserveStopsIssuanceAgentKeepsServingItsCache(t *testing.T) {
 		t.Skip("runs the real server and agent")
 	}
 	dir := t.TempDir()
-	dataDir, listen, httpAddr := filepath.Join(dir, "data"), quotaFreeAddr(t), quotaFreeAddr(t)
+	dataDir, listen, httpAddr := filepath.Join(dir, "data"), freeAddr(t), freeAddr(t)
 	s := quotaStart(t, dataDir, listen, httpAddr, "castellan-server serving")
 	want := spiffeid.RequireFromString("spiffe://cluster.local/ns/it/sa/reserve")
 	s.ctlRun(t, "entry", "create", "--spiffe-id", want.String(), "--node", "it-node",
@@ -418,7 +406,7 @@ func TestDiskReserveStopsIssuanceAgentKeepsServingItsCache(t *testing.T) {
 	sock := filepath.Join(dir, "agent.sock")
 	agent := exec.Command(bins.Path(t, "castellan-agent"), "--server-address", listen,
 		"--trust-bundle", filepath.Join(dataDir, "bundle.pem"), "--data-dir", filepath.Join(dir, "agent"),
-		"--socket", sock, "--http-listen", quotaFreeAddr(t))
+		"--socket", sock, "--http-listen", freeAddr(t))
 	agent.Env = append(os.Environ(), "CASTELLAN_AGENT_JOIN_TOKEN="+token)
 	var agentLog bytes.Buffer
 	agent.Stderr = &agentLog

@@ -69,7 +69,7 @@ type omni struct {
 // startOmni starts a witness of the log witnessOrigin with key logVKey.
 func startOmni(t *testing.T, logVKey string) *omni {
 	t.Helper()
-	w := &omni{t: t, bin: omniBinary(t), dir: t.TempDir(), addr: agentFreeAddr(t)}
+	w := &omni{t: t, bin: omniBinary(t), dir: t.TempDir(), addr: freeAddr(t)}
 	skey, vkey := witnessKey(t, "witness.test/w1")
 	w.vkey = vkey
 	logs := fmt.Sprintf("Logs:\n  - Origin: %s\n    PublicKey: %s\n", witnessOrigin, logVKey)
@@ -182,7 +182,7 @@ func newWitnessRig(t *testing.T) *witnessRig {
 	dir := t.TempDir()
 	r := &witnessRig{t: t, server: b.Path(t, "castellan-server"), agent: b.Path(t, "castellan-agent"), ctl: b.Path(t, "castellanctl"),
 		srvDir: filepath.Join(dir, "srv"), agentDir: filepath.Join(dir, "agent"), sock: filepath.Join(dir, "agent.sock"),
-		listen: agentFreeAddr(t), srvHTTP: agentFreeAddr(t), agentHTTP: agentFreeAddr(t)}
+		listen: freeAddr(t), srvHTTP: freeAddr(t), agentHTTP: freeAddr(t)}
 	if err := os.Mkdir(r.srvDir, 0o700); err != nil {
 		t.Fatal(err)
 	}

@@ -77,7 +77,7 @@ func TestUnloggedCertificateRefusedOrAlarmed(t *testing.T) {
 			token, id := r.enroll(node, "/ns/forged/sa/"+policy)
 			fake := startFakeCA(t, p, r.listen, node)
 			r.agentDir, r.sock = t.TempDir(), filepath.Join(t.TempDir(), "agent.sock")
-			r.agentHTTP = agentFreeAddr(t)
+			r.agentHTTP = freeAddr(t)
 			r.agentServer = fake.addr
 			r.startAgent(token, r.agentLogFlags(policy, w)...)
 			defer stopCmd(r.agentCmd)
@@ -185,7 +185,7 @@ func TestWitnessFirstSVIDLatency(t *testing.T) {
 	for _, policy := range []string{"off", "enforce"} {
 		for i := range runs {
 			token, id := r.enroll(fmt.Sprintf("lat-%s-%d", policy, i), fmt.Sprintf("/ns/lat/sa/%s-%d", policy, i))
-			r.agentDir, r.sock, r.agentHTTP = t.TempDir(), filepath.Join(t.TempDir(), "agent.sock"), agentFreeAddr(t)
+			r.agentDir, r.sock, r.agentHTTP = t.TempDir(), filepath.Join(t.TempDir(), "agent.sock"), freeAddr(t)
 			start := time.Now()
 			r.startAgent(token, r.agentLogFlags(policy, w)...)
 			s := r.fetchSVID(60 * time.Second)

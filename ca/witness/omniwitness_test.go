@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/castellan-dev/castellan/internal/freeport"
 )
 
 // omniwitnessBinary returns the omniwitness built by
@@ -173,12 +175,10 @@ func (w *omniwitness) spec(name string) witnessSpec {
 // freeAddr returns a 127.0.0.1 address with a port free a moment ago.
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := l.Addr().String()
-	_ = l.Close()
 	return addr
 }
 

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/freeport"
+
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -404,12 +406,7 @@ func poll(ctx context.Context, interval time.Duration, cond func() (bool, error)
 // freePort asks the kernel for a free TCP port on NodeIP... or loopback
 // before NodeIP exists; ports are shared across addresses.
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return freeport.Port()
 }
 
 // lockHost takes the host-wide lock that lets one cluster run at a time,

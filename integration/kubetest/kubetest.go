@@ -42,6 +42,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/freeport"
+
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -496,12 +498,7 @@ func (e *Env) fatalf(format string, args ...any) {
 }
 
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return freeport.Port()
 }
 
 // tail returns up to the last n lines of the file at path.

@@ -29,6 +29,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/castellan-dev/castellan/internal/freeport"
 )
 
 // Superuser is the name of the role tests log in as.
@@ -263,12 +265,11 @@ func (s *Server) startOnFreePort() error {
 }
 
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Port()
 	if err != nil {
 		return 0, fmt.Errorf("find a free port: %w", err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return p, nil
 }
 
 // Port is the server's TCP port on 127.0.0.1.

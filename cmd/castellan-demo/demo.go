@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -27,7 +28,18 @@ type config struct {
 	portBase                          int
 	reviews                           []string
 	readyTimeout                      time.Duration
+	// serverArgs and agentArgs are appended to the command lines of
+	// castellan-server and castellan-agent (--server-arg, --agent-arg).
+	serverArgs, agentArgs []string
 }
+
+// ownServerFlags and ownAgentFlags are the flags the demo sets itself:
+// passing one again through --server-arg or --agent-arg would silently
+// override an address or directory the demo relies on, so it is refused.
+var (
+	ownServerFlags = []string{"data-dir", "listen", "http-listen", "trust-domain", "default-ttl"}
+	ownAgentFlags  = []string{"server-address", "trust-bundle", "join-token-file", "data-dir", "socket", "http-listen", "trust-domain"}
+)
 
 // layout names every path under the state directory.
 type layout struct {
@@ -70,6 +82,24 @@ func (c config) validate() error {
 	for _, v := range c.reviews {
 		if _, err := c.reviewsPort(v); err != nil {
 			return err
+		}
+	}
+	if err := checkExtraArgs("--server-arg", "castellan-server", c.serverArgs, ownServerFlags); err != nil {
+		return err
+	}
+	return checkExtraArgs("--agent-arg", "castellan-agent", c.agentArgs, ownAgentFlags)
+}
+
+// checkExtraArgs refuses an extra argument that sets one of the demo's own
+// flags of cmd.
+func checkExtraArgs(flagName, cmd string, args, own []string) error {
+	for _, a := range args {
+		if !strings.HasPrefix(a, "-") {
+			continue // a flag's value given as its own argument
+		}
+		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if slices.Contains(own, name) {
+			return fmt.Errorf("castellan-demo: %s %s: the demo sets --%s of %s itself; use the demo's own flags (see -h)", flagName, a, name, cmd)
 		}
 	}
 	return nil

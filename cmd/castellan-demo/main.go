@@ -10,6 +10,13 @@
 // previous run's state and logs but keeps the binaries it built, so
 // running it twice in a row works and is quick. It refuses to start while
 // another demo is running on the same directory.
+//
+// --server-arg and --agent-arg (repeatable) pass one more argument each to
+// castellan-server or castellan-agent, after the demo's own, for what the
+// demo does not set: a short --publish-delay to watch a CA rotation, a
+// plug-in CA's --root-cert/--intermediate-cert/--intermediate-key, a
+// witness and --log-policy enforce. The demo's own flags (addresses,
+// directories, trust domain, TTL) cannot be overridden this way.
 package main
 
 import (
@@ -35,6 +42,8 @@ func main() {
 	flag.IntVar(&cfg.portBase, "bookinfo-port", 9080, "productpage port; details, ratings and reviews v1..v3 use the next five")
 	reviews := flag.String("reviews", "v2,v3", "reviews versions to run (v1 no stars, v2 black, v3 red); productpage calls them in turn")
 	flag.DurationVar(&cfg.readyTimeout, "ready-timeout", 3*time.Minute, "how long to wait for everything to come up")
+	flag.Var(&argList{&cfg.serverArgs}, "server-arg", "one more argument for castellan-server, after the demo's own (repeatable), e.g. --server-arg=--publish-delay=30s")
+	flag.Var(&argList{&cfg.agentArgs}, "agent-arg", "one more argument for castellan-agent, after the demo's own (repeatable), e.g. --agent-arg=--log-policy=enforce")
 	flag.Parse()
 	cfg.reviews = strings.Split(*reviews, ",")
 
@@ -44,6 +53,21 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+}
+
+// argList is a repeatable flag collecting its values in order.
+type argList struct{ p *[]string }
+
+func (a *argList) String() string {
+	if a.p == nil {
+		return ""
+	}
+	return strings.Join(*a.p, " ")
+}
+
+func (a *argList) Set(v string) error {
+	*a.p = append(*a.p, v)
+	return nil
 }
 
 func envOr(key, def string) string {

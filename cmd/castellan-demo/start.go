@@ -17,9 +17,9 @@ import (
 // returns once the product page is served end to end.
 func startAll(ctx context.Context, cfg config, l layout, bins binaries, sup *supervisor) error {
 	fmt.Println("starting castellan-server ...")
-	if _, err := sup.start("castellan-server", bins.server,
+	if _, err := sup.start("castellan-server", bins.server, append([]string{
 		"--data-dir", l.serverData, "--listen", cfg.serverAddr, "--http-listen", cfg.serverHTTP,
-		"--trust-domain", cfg.trustDomain, "--default-ttl", cfg.ttl.String()); err != nil {
+		"--trust-domain", cfg.trustDomain, "--default-ttl", cfg.ttl.String()}, cfg.serverArgs...)...); err != nil {
 		return err
 	}
 	if err := waitFor(ctx, sup, cfg.readyTimeout, "castellan-server", func() error {
@@ -46,10 +46,10 @@ func startAll(ctx context.Context, cfg config, l layout, bins binaries, sup *sup
 		}
 	}
 	fmt.Println("starting castellan-agent ...")
-	if _, err := sup.start("castellan-agent", bins.agent,
+	if _, err := sup.start("castellan-agent", bins.agent, append([]string{
 		"--server-address", cfg.serverAddr, "--trust-bundle", l.bundle, "--join-token-file", l.joinToken,
 		"--data-dir", l.agentData, "--socket", l.agentSocket, "--http-listen", cfg.agentHTTP,
-		"--trust-domain", cfg.trustDomain); err != nil {
+		"--trust-domain", cfg.trustDomain}, cfg.agentArgs...)...); err != nil {
 		return err
 	}
 	if err := waitFor(ctx, sup, cfg.readyTimeout, "castellan-agent", func() error { return socketReady(l.agentSocket) }); err != nil {

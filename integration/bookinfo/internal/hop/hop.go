@@ -8,8 +8,10 @@
 package hop
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -23,6 +25,7 @@ const (
 	HeaderClientID       = "X-Bookinfo-Client-Spiffe-Id"
 	HeaderClientSerial   = "X-Bookinfo-Client-Serial"
 	HeaderClientNotAfter = "X-Bookinfo-Client-Not-After"
+	HeaderClientIssuer   = "X-Bookinfo-Client-Issuer"
 )
 
 // Cert is what one end of a hop saw of the other end's leaf certificate.
@@ -33,6 +36,12 @@ type Cert struct {
 	Serial string `json:"serial"`
 	// NotAfter is when the certificate expires.
 	NotAfter time.Time `json:"not_after"`
+	// Issuer is the SHA-256 fingerprint (lowercase hexadecimal) of the CA
+	// certificate the peer presented after its leaf: the intermediate that
+	// signed it, as `castellanctl authority list` shows it. It tells which
+	// CA authority a peer is using, e.g. across a CA rotation. Empty when
+	// the peer sent its leaf alone.
+	Issuer string `json:"issuer,omitempty"`
 }
 
 // Hop is one call from service From to service To.
@@ -57,23 +66,34 @@ func CertOf(leaf *x509.Certificate) Cert {
 	return c
 }
 
-// PeerCert describes the peer's leaf certificate of a TLS connection.
+// PeerCert describes the peer's leaf certificate of a TLS connection,
+// with the fingerprint of the certificate that follows it in the chain
+// the peer presented.
 func PeerCert(cs *tls.ConnectionState) (Cert, error) {
 	if cs == nil || len(cs.PeerCertificates) == 0 {
 		return Cert{}, errors.New("hop: connection has no peer certificate")
 	}
-	return CertOf(cs.PeerCertificates[0]), nil
+	c := CertOf(cs.PeerCertificates[0])
+	if len(cs.PeerCertificates) > 1 {
+		sum := sha256.Sum256(cs.PeerCertificates[1].Raw)
+		c.Issuer = hex.EncodeToString(sum[:])
+	}
+	return c, nil
 }
 
 // ReportClient wraps h so that every response carries the client
-// certificate of the request's TLS connection in the X-Bookinfo-Client-*
-// headers. Requests without a client certificate pass through unchanged.
+// certificate of the request's TLS connection (and its issuer's
+// fingerprint) in the X-Bookinfo-Client-* headers. Requests without a
+// client certificate pass through unchanged.
 func ReportClient(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if c, err := PeerCert(r.TLS); err == nil {
 			w.Header().Set(HeaderClientID, c.SPIFFEID)
 			w.Header().Set(HeaderClientSerial, c.Serial)
 			w.Header().Set(HeaderClientNotAfter, c.NotAfter.Format(time.RFC3339))
+			if c.Issuer != "" {
+				w.Header().Set(HeaderClientIssuer, c.Issuer)
+			}
 		}
 		h.ServeHTTP(w, r)
 	})
@@ -97,6 +117,7 @@ func FromResponse(from, to string, resp *http.Response) (Hop, error) {
 		SPIFFEID: resp.Header.Get(HeaderClientID),
 		Serial:   resp.Header.Get(HeaderClientSerial),
 		NotAfter: notAfter,
+		Issuer:   resp.Header.Get(HeaderClientIssuer),
 	}
 	return h, nil
 }

@@ -21,11 +21,12 @@ import (
 
 // demoLauncher is a running cmd/castellan-demo and where it put things.
 type demoLauncher struct {
-	cmd      *exec.Cmd
-	out      *demoBuffer
-	exited   chan struct{}
-	dir      string
-	portBase int
+	cmd       *exec.Cmd
+	out       *demoBuffer
+	exited    chan struct{}
+	dir       string
+	portBase  int
+	agentHTTP string // the agent's /metrics address
 }
 
 // demoBuffer is an io.Writer safe for concurrent use.
@@ -74,23 +75,26 @@ func demoFreePortRange(t *testing.T, n int) int {
 	return base
 }
 
-// demoStart runs the launcher with a short SVID lifetime and waits until it
-// reports that Bookinfo is up. Cleanup stops it with SIGINT, as a user's
-// Ctrl-C does, and checks that no child outlived it.
-func demoStart(t *testing.T, ttl time.Duration) *demoLauncher {
+// demoStart runs the launcher with a short SVID lifetime (and the extra
+// launcher arguments) and waits until it reports that Bookinfo is up.
+// Cleanup stops it with SIGINT, as a user's Ctrl-C does, and checks that no
+// child outlived it.
+func demoStart(t *testing.T, ttl time.Duration, extra ...string) *demoLauncher {
 	t.Helper()
 	var b testbin.Builder
 	t.Cleanup(b.Cleanup)
 	launcher := b.Path(t, "castellan-demo")
-	d := &demoLauncher{out: &demoBuffer{}, exited: make(chan struct{}), dir: t.TempDir(), portBase: demoFreePortRange(t, 6)}
+	d := &demoLauncher{out: &demoBuffer{}, exited: make(chan struct{}), dir: t.TempDir(), portBase: demoFreePortRange(t, 6),
+		agentHTTP: "127.0.0.1:" + strconv.Itoa(demoFreePort(t))}
 	args := []string{"--dir", d.dir, "--svid-ttl", ttl.String(), "--bookinfo-port", strconv.Itoa(d.portBase),
 		"--reviews", "v2,v3",
 		"--server-listen", "127.0.0.1:" + strconv.Itoa(demoFreePort(t)),
 		"--server-http-listen", "127.0.0.1:" + strconv.Itoa(demoFreePort(t)),
-		"--agent-http-listen", "127.0.0.1:" + strconv.Itoa(demoFreePort(t))}
+		"--agent-http-listen", d.agentHTTP}
 	if bin := os.Getenv("CASTELLAN_BIN"); bin != "" {
 		args = append(args, "--bin", bin)
 	}
+	args = append(args, extra...)
 	d.cmd = exec.Command(launcher, args...)
 	d.cmd.Dir = testbin.RepoRoot() // the launcher builds missing binaries with go build
 	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out

@@ -155,8 +155,9 @@ type trustLog struct {
 	name string
 	mu   sync.Mutex
 	n    int
-	// roots: fingerprint -> update number where it arrived.
+	// roots: fingerprint -> update number where it arrived; rootAt: when.
 	roots      map[string]int
+	rootAt     map[string]time.Time
 	issuers    map[string]bool // intermediate fingerprints of leaves seen
 	violations []string
 	leaves     map[string]bool // leaf fingerprints already checked
@@ -164,7 +165,7 @@ type trustLog struct {
 }
 
 func newTrustLog(name string) *trustLog {
-	return &trustLog{name: name, roots: map[string]int{}, issuers: map[string]bool{}, leaves: map[string]bool{}}
+	return &trustLog{name: name, roots: map[string]int{}, rootAt: map[string]time.Time{}, issuers: map[string]bool{}, leaves: map[string]bool{}}
 }
 
 // update records one update: the bundle roots and the chains it holds.
@@ -176,6 +177,7 @@ func (l *trustLog) update(roots []*x509.Certificate, chains [][]*x509.Certificat
 	for _, r := range roots {
 		if _, ok := l.roots[fingerprint(r)]; !ok {
 			l.roots[fingerprint(r)] = l.n
+			l.rootAt[fingerprint(r)] = time.Now()
 		}
 	}
 	for _, ch := range chains {
@@ -207,6 +209,14 @@ func (l *trustLog) hasRoot(fp string) bool {
 	defer l.mu.Unlock()
 	_, ok := l.roots[fp]
 	return ok
+}
+
+// rootArrived returns when the root with fingerprint fp first arrived.
+func (l *trustLog) rootArrived(fp string) (time.Time, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	at, ok := l.rootAt[fp]
+	return at, ok
 }
 
 // lastRoots is the number of roots in the last update.

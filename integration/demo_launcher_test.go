@@ -21,12 +21,13 @@ import (
 
 // demoLauncher is a running cmd/castellan-demo and where it put things.
 type demoLauncher struct {
-	cmd       *exec.Cmd
-	out       *demoBuffer
-	exited    chan struct{}
-	dir       string
-	portBase  int
-	agentHTTP string // the agent's /metrics address
+	cmd        *exec.Cmd
+	out        *demoBuffer
+	exited     chan struct{}
+	dir        string
+	portBase   int
+	agentHTTP  string // the agent's /metrics address
+	serverHTTP string // the server's /metrics and /log/ address
 }
 
 // demoBuffer is an io.Writer safe for concurrent use.
@@ -85,11 +86,11 @@ func demoStart(t *testing.T, ttl time.Duration, extra ...string) *demoLauncher {
 	t.Cleanup(b.Cleanup)
 	launcher := b.Path(t, "castellan-demo")
 	d := &demoLauncher{out: &demoBuffer{}, exited: make(chan struct{}), dir: t.TempDir(), portBase: demoFreePortRange(t, 6),
-		agentHTTP: "127.0.0.1:" + strconv.Itoa(demoFreePort(t))}
+		agentHTTP: "127.0.0.1:" + strconv.Itoa(demoFreePort(t)), serverHTTP: "127.0.0.1:" + strconv.Itoa(demoFreePort(t))}
 	args := []string{"--dir", d.dir, "--svid-ttl", ttl.String(), "--bookinfo-port", strconv.Itoa(d.portBase),
 		"--reviews", "v2,v3",
 		"--server-listen", "127.0.0.1:" + strconv.Itoa(demoFreePort(t)),
-		"--server-http-listen", "127.0.0.1:" + strconv.Itoa(demoFreePort(t)),
+		"--server-http-listen", d.serverHTTP,
 		"--agent-http-listen", d.agentHTTP}
 	if bin := os.Getenv("CASTELLAN_BIN"); bin != "" {
 		args = append(args, "--bin", bin)

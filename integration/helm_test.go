@@ -78,7 +78,8 @@ func decodeManifests(t *testing.T, stream string) []k8sObject {
 
 func TestHelmChartLintsStrict(t *testing.T) {
 	helm := helmTool.path(t)
-	for name, args := range map[string][]string{"defaults": nil, "everything on": helmAllOn, "postgres, 3 replicas": helmPostgres3} {
+	for name, args := range map[string][]string{"defaults": nil, "everything on": helmAllOn, "postgres, 3 replicas": helmPostgres3,
+		"postgres, self-managed CA": helmSelfManaged} {
 		t.Run(name, func(t *testing.T) {
 			out := mustRunTool(t, helm, append([]string{"lint", "--strict", chartDir}, args...)...)
 			if !strings.Contains(out, "0 chart(s) failed") {
@@ -112,6 +113,10 @@ func TestHelmChartRefusesBadValues(t *testing.T) {
 		{"relative socket directory", []string{"--set", "agent.socketDir=run/castellan"}, "/agent/socketDir"},
 		{"socket name with a slash", []string{"--set", "agent.socketName=a/b.sock"}, "/agent/socketName"},
 		{"plug-in CA secret name empty", []string{"--set", "server.pluginCA.secretName="}, "/server/pluginCA/secretName"},
+		{"self-managed CA on postgres without a KEK secret", append(slices.Clone(helmPostgres3), "--set", "server.pluginCA.enabled=false"), "/server/kekSecret/name"},
+		{"KEK secret key with a slash", []string{"--set", "server.kekSecret.name=kek", "--set", "server.kekSecret.key=a/b"}, "/server/kekSecret/key"},
+		{"KEK secret name with capitals", []string{"--set", "server.kekSecret.name=KEK"}, "/server/kekSecret/name"},
+		{"plug-in CA toggle as a string", []string{"--set-string", "server.pluginCA.enabled=no"}, "/server/pluginCA/enabled"},
 		{"image tag with a space", []string{"--set", "image.tag=latest version"}, "/image/tag"},
 		{"registry with a trailing slash", []string{"--set", "image.registry=ghcr.io/castellan-dev/"}, "/image/registry"},
 		{"memory limit not a quantity", []string{"--set", "server.resources.limits.memory=lots"}, "/server/resources/limits/memory"},
@@ -127,6 +132,8 @@ func TestHelmChartRefusesBadValues(t *testing.T) {
 			"datastore.type=postgres needs datastore.postgres.dsnSecret.name"},
 		{"postgres without a ledger key secret, schema skipped", []string{"--skip-schema-validation", "--set", "datastore.type=postgres", "--set", "datastore.postgres.ledgerKeySecret=null"},
 			"datastore.type=postgres needs datastore.postgres.ledgerKeySecret.name"},
+		{"self-managed CA on postgres without a KEK secret, schema skipped", append([]string{"--skip-schema-validation", "--set", "server.pluginCA.enabled=false"}, helmPostgres3...),
+			"datastore.type=postgres with server.pluginCA.enabled=false needs server.kekSecret.name and .key"},
 		{"unknown datastore, schema skipped", []string{"--skip-schema-validation", "--set", "datastore.type=mysql"}, "datastore.type=mysql is unknown"},
 		{"socket path too long for sun_path", []string{"--set", "agent.socketDir=/" + strings.Repeat("d", 100)}, "Unix socket path"},
 	} {
@@ -311,7 +318,8 @@ func TestHelmChartAppliesToRealAPIServer(t *testing.T) {
 	env.Kubectl("wait", "--for=condition=established", "--timeout=60s",
 		"crd/servicemonitors.monitoring.coreos.com", "crd/prometheusrules.monitoring.coreos.com")
 	for name, args := range map[string][]string{"defaults": nil, "everything on": helmAllOn,
-		"postgres, 3 replicas": append(slices.Clone(helmAllOn), helmPostgres3...)} {
+		"postgres, 3 replicas": append(slices.Clone(helmAllOn), helmPostgres3...),
+		"postgres, self-managed CA": append(slices.Clone(helmAllOn), helmSelfManaged...)} {
 		t.Run(name, func(t *testing.T) {
 			r := helmTemplate(t, helm, args...)
 			if r.err != nil {

@@ -36,6 +36,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if not (and $ds.postgres.ledgerKeySecret $ds.postgres.ledgerKeySecret.name $ds.postgres.ledgerKeySecret.key) -}}
 {{- fail "datastore.type=postgres needs datastore.postgres.ledgerKeySecret.name and .key: the Secret holding the log's signing key (castellanctl ledger keygen), shared by every replica" -}}
 {{- end -}}
+{{- $kek := .Values.server.kekSecret -}}
+{{- if and (not .Values.server.pluginCA.enabled) (not (and $kek $kek.name $kek.key)) -}}
+{{- fail "datastore.type=postgres with server.pluginCA.enabled=false needs server.kekSecret.name and .key: the Secret holding the key-encryption key that seals the self-managed CA's keys in the shared authority journal, the same for every replica (32 bytes, e.g. head -c 32 /dev/urandom | base64)" -}}
+{{- end -}}
 {{- else -}}
 {{- fail (printf "datastore.type=%s is unknown; use bbolt (one replica) or postgres" $ds.type) -}}
 {{- end -}}

@@ -318,7 +318,7 @@ func TestHelmChartAppliesToRealAPIServer(t *testing.T) {
 	env.Kubectl("wait", "--for=condition=established", "--timeout=60s",
 		"crd/servicemonitors.monitoring.coreos.com", "crd/prometheusrules.monitoring.coreos.com")
 	for name, args := range map[string][]string{"defaults": nil, "everything on": helmAllOn,
-		"postgres, 3 replicas": append(slices.Clone(helmAllOn), helmPostgres3...),
+		"postgres, 3 replicas":      append(slices.Clone(helmAllOn), helmPostgres3...),
 		"postgres, self-managed CA": append(slices.Clone(helmAllOn), helmSelfManaged...)} {
 		t.Run(name, func(t *testing.T) {
 			r := helmTemplate(t, helm, args...)

@@ -2,6 +2,7 @@ package integration_test
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -364,6 +365,43 @@ func (g *bookinfoRig) replaced(what, fp string) {
 	})
 }
 
+// oldLeafTLS is an mTLS client configuration presenting the certificate
+// of old (SDS material kept from before a rotation) and verifying the
+// server against the current SDS bundle.
+func (g *bookinfoRig) oldLeafTLS(old *sdsMaterial) *tls.Config {
+	cfg := sdsClientTLS(&g.sdsCur, bookinfoID("ratings"))
+	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return old.cert, nil }
+	return cfg
+}
+
+// callRatingsWith calls ratings once as a reviews instance with cfg.
+func (g *bookinfoRig) callRatingsWith(cfg *tls.Config) error {
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, DisableKeepAlives: true}}
+	_, err := bookinfoGet(g.t.Context(), client, "https://"+g.d.demoPort(2)+"/ratings/0")
+	return err
+}
+
+// revokedLeafRefused checks the revocation from a peer's side: ratings
+// accepts a leaf of the old authority (kept from before the rotation)
+// while it is only tainted, then, within a bound once the old root has
+// left the bundles, refuses it. revoke does the revocation.
+func (g *bookinfoRig) revokedLeafRefused(old *sdsMaterial, revoke func()) {
+	g.t.Helper()
+	if err := g.callRatingsWith(g.oldLeafTLS(old)); err != nil {
+		g.t.Fatalf("ratings refused a leaf of a tainted, not yet revoked authority: %v", err)
+	}
+	revoke()
+	var last error
+	agentEventually(g.t, 15*time.Second, "ratings refusing a leaf of the revoked authority", func() bool {
+		last = g.callRatingsWith(g.oldLeafTLS(old))
+		return last != nil
+	})
+	if msg := last.Error(); !strings.Contains(msg, "bad certificate") && !strings.Contains(msg, "unknown certificate authority") {
+		g.t.Fatalf("the leaf of the revoked authority failed with %v; want ratings to refuse it with a TLS alert", last)
+	}
+	g.t.Logf("ratings refuses the leaf of the revoked authority: %v", last)
+}
+
 // finish stops the traffic and checks the run: no failed request, each
 // consumer received every root before any leaf under it (trustLog), and
 // every intermediate any peer presented chains to a root that both
@@ -427,6 +465,7 @@ func TestBookinfoCARotationUnderTraffic(t *testing.T) {
 	if !ok || len(r.authorities()) != 1 {
 		t.Fatalf("fresh CA authorities: %+v", r.authorities())
 	}
+	firstLeaf := g.sdsCur.Load()
 
 	// 1. Intermediate rotation, then the first authority tainted.
 	second := r.authorityJSON("authority", "prepare")
@@ -449,14 +488,17 @@ func TestBookinfoCARotationUnderTraffic(t *testing.T) {
 	r.authorityJSON("authority", "taint", second.ID)
 	g.replaced("Bookinfo under the new root after the taint", third.Intermediate.SHA256)
 
-	// 3. The tainted authorities revoked: their root leaves both clients.
-	for _, a := range []rotAuthority{first, second} {
-		if got := r.authorityJSON("authority", "revoke", a.ID, "--force"); got.State != "revoked" {
-			t.Fatalf("revoke %s: %+v", a.ID, got)
+	// 3. The tainted authorities revoked: their root leaves both clients,
+	// and ratings refuses a leaf under them.
+	g.revokedLeafRefused(firstLeaf, func() {
+		for _, a := range []rotAuthority{first, second} {
+			if got := r.authorityJSON("authority", "revoke", a.ID, "--force"); got.State != "revoked" {
+				t.Fatalf("revoke %s: %+v", a.ID, got)
+			}
 		}
-	}
-	agentEventually(t, 10*time.Second, "the old root gone from both clients", func() bool {
-		return g.wl.lastRoots() == 1 && g.sds.lastRoots() == 1
+		agentEventually(t, 10*time.Second, "the old root gone from both clients", func() bool {
+			return g.wl.lastRoots() == 1 && g.sds.lastRoots() == 1
+		})
 	})
 	base := g.load.ok.Load()
 	agentEventually(t, 20*time.Second, "traffic after the revocation", func() bool { return g.load.ok.Load() > base+100 })
@@ -484,6 +526,7 @@ func TestBookinfoPluginCARotationUnderTraffic(t *testing.T) {
 	if !ok {
 		t.Fatalf("no active authority: %+v", r.authorities())
 	}
+	firstLeaf := g.sdsCur.Load()
 
 	// 1. A new intermediate file under the same root.
 	second := r.waitActive("the new intermediate file signing", fingerprint(ca.newIntermediate()), 20*time.Second)
@@ -502,16 +545,19 @@ func TestBookinfoPluginCARotationUnderTraffic(t *testing.T) {
 	r.authorityJSON("authority", "taint", second.ID)
 	g.replaced("Bookinfo under the new root's intermediate", third.Intermediate.SHA256)
 
-	// 3. The old root out of the files, its authorities revoked.
-	ca.roots = ca.roots[len(oldRoot):]
-	ca.write("root.pem", ca.roots)
-	for _, a := range []rotAuthority{first, second} {
-		if got := r.authorityJSON("authority", "revoke", a.ID, "--force"); got.State != "revoked" {
-			t.Fatalf("revoke %s: %+v", a.ID, got)
+	// 3. The old root out of the files, its authorities revoked: ratings
+	// refuses a leaf under them.
+	g.revokedLeafRefused(firstLeaf, func() {
+		ca.roots = ca.roots[len(oldRoot):]
+		ca.write("root.pem", ca.roots)
+		for _, a := range []rotAuthority{first, second} {
+			if got := r.authorityJSON("authority", "revoke", a.ID, "--force"); got.State != "revoked" {
+				t.Fatalf("revoke %s: %+v", a.ID, got)
+			}
 		}
-	}
-	agentEventually(t, 15*time.Second, "the old root gone from both clients", func() bool {
-		return g.wl.lastRoots() == 1 && g.sds.lastRoots() == 1
+		agentEventually(t, 15*time.Second, "the old root gone from both clients", func() bool {
+			return g.wl.lastRoots() == 1 && g.sds.lastRoots() == 1
+		})
 	})
 	base := g.load.ok.Load()
 	agentEventually(t, 20*time.Second, "traffic after the revocation", func() bool { return g.load.ok.Load() > base+100 })

@@ -87,8 +87,10 @@ func startBookinfoRig(t *testing.T, ttl time.Duration, extra ...string) *bookinf
 		_ = workloadapi.WatchX509Context(ctx, bookinfoWL{g}, workloadapi.WithAddr("unix://"+sock))
 	}()
 	go func() { defer bg.Done(); runSDS(ctx, t, sock, "default", g.sds, &g.sdsCur) }()
+	// Both trustLogs hold the first root before any request starts (runSDS
+	// stores its material before it logs the update).
 	agentEventually(t, 60*time.Second, "the test's SVID over SDS and the Workload API", func() bool {
-		return g.sdsCur.Load() != nil && g.wlCur.Load() != nil
+		return g.sdsCur.Load() != nil && g.wlCur.Load() != nil && g.sds.lastRoots() > 0 && g.wl.lastRoots() > 0
 	})
 	g.stop = g.load.start(ctx, g)
 	t.Cleanup(g.stop)

@@ -131,13 +131,7 @@ func banText(a *adminv1.Agent) string {
 func agentList(ctx context.Context, g *globals, args []string) error {
 	fs := agentFlags(g, "agent list")
 	out := outputFlag(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return usagef("agent list: unexpected arguments %q", fs.Args())
-	}
-	if err := checkOutput("agent list", *out); err != nil {
+	if err := parseOutputOnly(fs, args, out); err != nil {
 		return err
 	}
 	c, done, err := adminClient(ctx, g)

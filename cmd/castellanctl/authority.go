@@ -101,13 +101,7 @@ func authorityFlags(g *globals, name string) *flag.FlagSet {
 func authorityList(ctx context.Context, g *globals, args []string) error {
 	fs := authorityFlags(g, "authority list")
 	out := outputFlag(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return usagef("authority list: unexpected arguments %q", fs.Args())
-	}
-	if err := checkOutput("authority list", *out); err != nil {
+	if err := parseOutputOnly(fs, args, out); err != nil {
 		return err
 	}
 	c, done, err := adminClient(ctx, g)
@@ -126,13 +120,7 @@ func authorityPrepare(ctx context.Context, g *globals, args []string) error {
 	fs := authorityFlags(g, "authority prepare")
 	newRoot := fs.Bool("new-root", false, "prepare it under a new root (a root rotation)")
 	out := outputFlag(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return usagef("authority prepare: unexpected arguments %q", fs.Args())
-	}
-	if err := checkOutput("authority prepare", *out); err != nil {
+	if err := parseOutputOnly(fs, args, out); err != nil {
 		return err
 	}
 	c, done, err := adminClient(ctx, g)

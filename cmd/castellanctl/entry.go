@@ -49,6 +49,18 @@ func outputFlag(fs *flag.FlagSet) *string {
 	return fs.String("o", "table", "output format: table or json")
 }
 
+// parseOutputOnly parses args into fs for a command that takes no positional
+// arguments and whose -o flag out must be table or json.
+func parseOutputOnly(fs *flag.FlagSet, args []string, out *string) error {
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usagef("%s: unexpected arguments %q", fs.Name(), fs.Args())
+	}
+	return checkOutput(fs.Name(), *out)
+}
+
 func checkOutput(cmd, o string) error {
 	if o != "table" && o != "json" {
 		return usagef("%s: -o %q is not table or json", cmd, o)
@@ -102,13 +114,7 @@ func entryList(ctx context.Context, g *globals, args []string) error {
 	fs := newFlags(g, "entry list")
 	node := fs.String("node", "", "only entries of this node")
 	out := outputFlag(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return usagef("entry list: unexpected arguments %q", fs.Args())
-	}
-	if err := checkOutput("entry list", *out); err != nil {
+	if err := parseOutputOnly(fs, args, out); err != nil {
 		return err
 	}
 	conn, err := g.dial(ctx)

@@ -17,21 +17,11 @@ set -euo pipefail
 
 version=v0.0.0-20260720115447-2e1c6971d19e
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-cache_bin="${CASTELLAN_CACHE:-$HOME/.cache/castellan}/bin"
-out="${CASTELLAN_OMNIWITNESS:-$cache_bin/omniwitness}"
+# shellcheck source=../cachebuild.sh
+source "$here/../cachebuild.sh"
+out="$(cachebuild_out CASTELLAN_OMNIWITNESS omniwitness)"
 
-if [[ ! -x "$out" || ! "$out" -nt "$here/build.sh" ]]; then
-	mkdir -p "$(dirname "$out")"
-	echo "omniwitness: building $out ($version, the first build takes about a minute)..." >&2
-	start=$SECONDS
-	# Install into a private directory and rename, so an interrupted build
-	# never leaves a half-written binary that looks up to date. Run from the
-	# temporary directory so no enclosing go.mod or go.work is consulted.
-	tmp="$(mktemp -d "$(dirname "$out")/.omniwitness-build.XXXXXX")"
-	trap 'rm -rf "$tmp"' EXIT
-	(cd "$tmp" && GOWORK=off GOFLAGS= GOBIN="$tmp" CGO_ENABLED=0 \
-		go install -trimpath "github.com/transparency-dev/witness/cmd/omniwitness@$version")
-	mv -f "$tmp/omniwitness" "$out"
-	echo "omniwitness: built in $((SECONDS - start))s" >&2
+if ! cachebuild_fresh "$out" "$here/build.sh"; then
+	cachebuild_install omniwitness "$out" "github.com/transparency-dev/witness/cmd/omniwitness@$version" ""
 fi
 echo "$out"

@@ -17,23 +17,13 @@ set -euo pipefail
 
 version=v3.22.0
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-cache_bin="${CASTELLAN_CACHE:-$HOME/.cache/castellan}/bin"
-out="${CASTELLAN_HELM:-$cache_bin/helm}"
+# shellcheck source=../../cachebuild.sh
+source "$here/../../cachebuild.sh"
+out="$(cachebuild_out CASTELLAN_HELM helm)"
 
-if [[ ! -x "$out" || ! "$out" -nt "$here/build.sh" ]]; then
-	mkdir -p "$(dirname "$out")"
-	echo "helm: building $out ($version, first build takes minutes)..." >&2
-	start=$SECONDS
-	# Install into a private directory and rename, so an interrupted build
-	# never leaves a half-written binary that looks up to date.
-	tmp="$(mktemp -d "$(dirname "$out")/.helm-build.XXXXXX")"
-	trap 'rm -rf "$tmp"' EXIT
+if ! cachebuild_fresh "$out" "$here/build.sh"; then
 	# Stamp the release version as Helm's own Makefile does, so
 	# "helm version" reports v3.22.0.
-	ldflags="-X helm.sh/helm/v3/internal/version.version=$version"
-	GOWORK=off GOBIN="$tmp" CGO_ENABLED=0 \
-		go install -trimpath -ldflags="$ldflags" "helm.sh/helm/v3/cmd/helm@$version"
-	mv -f "$tmp/helm" "$out"
-	echo "helm: built in $((SECONDS - start))s" >&2
+	cachebuild_install helm "$out" "helm.sh/helm/v3/cmd/helm@$version" "-X helm.sh/helm/v3/internal/version.version=$version"
 fi
 echo "$out"

@@ -14,30 +14,12 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-cache_bin="${CASTELLAN_CACHE:-$HOME/.cache/castellan}/bin"
-out="${CASTELLAN_KUBE_COREDNS:-$cache_bin/kube-coredns}"
+# shellcheck source=../../cachebuild.sh
+source "$here/../../cachebuild.sh"
+out="$(cachebuild_out CASTELLAN_KUBE_COREDNS kube-coredns)"
 
-up_to_date() {
-	[[ -x "$out" ]] || return 1
-	local f
-	for f in "$here/go.mod" "$here/go.sum" "$here/main.go" "$here/build.sh"; do
-		[[ "$out" -nt "$f" ]] || return 1
-	done
-	return 0
-}
-
-if ! up_to_date; then
-	mkdir -p "$(dirname "$out")"
-	echo "kube-coredns: building $out..." >&2
-	start=$SECONDS
-	tmp="$out.tmp.$$"
-	trap 'rm -f "$tmp"' EXIT
-	# Build into a temp file and rename, so an interrupted build never leaves
-	# a half-written binary that looks up to date.
+if ! cachebuild_fresh "$out" "$here/go.mod" "$here/go.sum" "$here/main.go" "$here/build.sh"; then
 	ldflags="-X github.com/coredns/coredns/coremain.GitCommit=v1.13.2"
-	(cd "$here" && GOWORK=off GOFLAGS="${GOFLAGS:-} -mod=readonly" go build -trimpath -ldflags="$ldflags" -o "$tmp" .)
-	mv -f "$tmp" "$out"
-	trap - EXIT
-	echo "kube-coredns: built in $((SECONDS - start))s" >&2
+	cachebuild_module kube-coredns "$out" "$here" "$ldflags"
 fi
 echo "$out"

@@ -11,26 +11,11 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-cache_bin="${CASTELLAN_CACHE:-$HOME/.cache/castellan}/bin"
-out="${CASTELLAN_KUBE_TESTENV:-$cache_bin/kube-testenv}"
+# shellcheck source=../../cachebuild.sh
+source "$here/../../cachebuild.sh"
+out="$(cachebuild_out CASTELLAN_KUBE_TESTENV kube-testenv)"
 
-up_to_date() {
-	[[ -x "$out" ]] || return 1
-	local f
-	for f in "$here/go.mod" "$here/go.sum" "$here/main.go" "$here/build.sh"; do
-		[[ "$out" -nt "$f" ]] || return 1
-	done
-	return 0
-}
-
-if ! up_to_date; then
-	mkdir -p "$(dirname "$out")"
-	echo "kube-testenv: building $out (first build takes ~11 min)..." >&2
-	start=$SECONDS
-	tmp="$out.tmp.$$"
-	trap 'rm -f "$tmp"' EXIT
-	# Build into a temp file and rename, so an interrupted build never leaves
-	# a half-written binary that looks up to date.
+if ! cachebuild_fresh "$out" "$here/go.mod" "$here/go.sum" "$here/main.go" "$here/build.sh"; then
 	# Stamp the Kubernetes version as the upstream release build does, so
 	# /version and "kubectl version" report v1.34.4 instead of v0.0.0-master.
 	ldflags=""
@@ -38,9 +23,6 @@ if ! up_to_date; then
 		ldflags+=" -X $pkg.gitMajor=1 -X $pkg.gitMinor=34 -X $pkg.gitVersion=v1.34.4"
 		ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 	done
-	(cd "$here" && GOWORK=off GOFLAGS="${GOFLAGS:-} -mod=readonly" go build -trimpath -ldflags="$ldflags" -o "$tmp" .)
-	mv -f "$tmp" "$out"
-	trap - EXIT
-	echo "kube-testenv: built in $((SECONDS - start))s" >&2
+	cachebuild_module kube-testenv "$out" "$here" "$ldflags"
 fi
 echo "$out"

@@ -19,20 +19,11 @@ set -euo pipefail
 
 module_version=v0.316.0 # Prometheus v3.16.0
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-cache_bin="${CASTELLAN_CACHE:-$HOME/.cache/castellan}/bin"
-out="${CASTELLAN_PROMTOOL:-$cache_bin/promtool}"
+# shellcheck source=../../cachebuild.sh
+source "$here/../../cachebuild.sh"
+out="$(cachebuild_out CASTELLAN_PROMTOOL promtool)"
 
-if [[ ! -x "$out" || ! "$out" -nt "$here/build.sh" ]]; then
-	mkdir -p "$(dirname "$out")"
-	echo "promtool: building $out ($module_version, first build takes minutes)..." >&2
-	start=$SECONDS
-	tmp="$(mktemp -d "$(dirname "$out")/.promtool-build.XXXXXX")"
-	trap 'rm -rf "$tmp"' EXIT
-	ldflags="-X github.com/prometheus/common/version.Version=3.16.0"
-	GOWORK=off GOBIN="$tmp" CGO_ENABLED=0 \
-		go install -trimpath -ldflags="$ldflags" \
-		"github.com/prometheus/prometheus/cmd/promtool@$module_version"
-	mv -f "$tmp/promtool" "$out"
-	echo "promtool: built in $((SECONDS - start))s" >&2
+if ! cachebuild_fresh "$out" "$here/build.sh"; then
+	cachebuild_install promtool "$out" "github.com/prometheus/prometheus/cmd/promtool@$module_version" "-X github.com/prometheus/common/version.Version=3.16.0"
 fi
 echo "$out"

@@ -148,7 +148,7 @@ type monitorError struct {
 	code int
 }
 
-func (e *monitorError) Error() string { return "castellanctl ledger monitor: " + e.err.Error() }
+func (e *monitorError) Error() string { return "castellanctl: " + e.err.Error() }
 func (e *monitorError) Unwrap() error { return e.err }
 
 // ExitCode is the process exit code.

@@ -135,7 +135,8 @@ func runMonitor(ctx context.Context, g *globals, m *monitor.Monitor, f monitorFl
 	defer stop()
 	p := &matchPrinter{w: g.stdout, json: *f.out == "json", follow: f.follow}
 	err := m.Run(ctx, monitor.RunOptions{StatePath: f.state, Follow: f.follow, Interval: f.interval, StepTimeout: g.timeout,
-		Report: func(res *monitor.Result) error { return p.report(g.stderr, res) },
+		Report:  p.print,
+		Stepped: func(res *monitor.Result) { p.summary(g.stderr, res) },
 		Retrying: func(err error) {
 			fmt.Fprintf(g.stderr, "castellanctl: warning: %v; retrying in %s\n", err, f.interval)
 		}})
@@ -181,24 +182,21 @@ type matchPrinter struct {
 	header bool
 }
 
-// report prints a step's matches, then a summary on stderr.
-func (p *matchPrinter) report(stderr io.Writer, res *monitor.Result) error {
-	if err := p.print(res.Matches); err != nil {
-		return err
-	}
+// summary prints what a verified step covered on stderr.
+func (p *matchPrinter) summary(stderr io.Writer, res *monitor.Result) {
 	if res.Pruned > 0 {
 		fmt.Fprintf(stderr, "castellanctl: warning: the CA no longer serves the content of %d of these entries (pruned after their retention period); their hashes are verified, their content was not matched\n", res.Pruned)
 	}
 	switch {
 	case res.To > res.From:
 		fmt.Fprintf(stderr, "castellanctl: verified entries %d to %d against the signed checkpoint of size %d: %d matching\n",
-			res.From, res.To-1, res.To, len(res.Matches))
+			res.From, res.To-1, res.To, res.Matched)
 	case !p.follow:
 		fmt.Fprintf(stderr, "castellanctl: the log is still at the verified checkpoint of size %d: nothing new\n", res.To)
 	}
-	return nil
 }
 
+// print prints matching entries.
 func (p *matchPrinter) print(es []monitor.Entry) error {
 	if p.json {
 		enc := json.NewEncoder(p.w)

@@ -223,15 +223,25 @@ func readFile(t *testing.T, path string) string {
 	return string(b)
 }
 
-// runOnce makes one pass with state at path and returns its result.
-func runOnce(t *testing.T, m *monitor.Monitor, path string) (*monitor.Result, error) {
+// outcome is one pass's result and the matches it reported.
+type outcome struct {
+	*monitor.Result
+	Matches []monitor.Entry
+	Reports int // calls of Report
+}
+
+// runOnce makes one pass with state at path and returns what it did.
+func runOnce(t *testing.T, m *monitor.Monitor, path string) (*outcome, error) {
 	t.Helper()
-	var got *monitor.Result
-	err := m.Run(context.Background(), monitor.RunOptions{StatePath: path, Report: func(res *monitor.Result) error {
-		got = res
-		return nil
-	}})
-	return got, err
+	out := &outcome{}
+	err := m.Run(context.Background(), monitor.RunOptions{StatePath: path,
+		Report: func(es []monitor.Entry) error {
+			out.Matches = append(out.Matches, es...)
+			out.Reports++
+			return nil
+		},
+		Stepped: func(res *monitor.Result) { out.Result = res }})
+	return out, err
 }
 
 func equalStrings(a, b []string) bool {

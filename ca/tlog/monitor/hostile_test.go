@@ -32,7 +32,7 @@ func refused(t *testing.T, m *monitor.Monitor, path string, kind error, msg stri
 }
 
 // verified runs one pass from the saved state that must succeed.
-func verified(t *testing.T, m *monitor.Monitor, path string) *monitor.Result {
+func verified(t *testing.T, m *monitor.Monitor, path string) *outcome {
 	t.Helper()
 	res, err := runOnce(t, m, path)
 	if err != nil {

@@ -11,7 +11,6 @@ import (
 
 	"github.com/castellan-dev/castellan/internal/witness"
 	"github.com/transparency-dev/formats/log"
-	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"github.com/transparency-dev/tessera/api/layout"
 	"golang.org/x/mod/sumdb/note"
@@ -72,17 +71,26 @@ type Result struct {
 	From, To uint64
 	// State is the new state: the checkpoint of size To.
 	State *State
-	// Matches are the new entries that match the filter, in log order.
-	Matches []Entry
+	// Matched counts the new entries that matched the filter.
+	Matched int
 	// Pruned counts new entries whose content the server no longer
 	// serves: their hashes are verified, their content was not matched.
 	Pruned uint64
 }
 
+// ChunkEntries is the most entries a step verifies before it hands their
+// matches on, so that a step over millions of entries holds at most this
+// many in memory.
+const ChunkEntries = 16 * 256
+
 // Step verifies the log from st (nil: the empty tree) to the server's
-// latest checkpoint and returns the matching new entries. Nothing in the
-// result may be trusted if it returns an error.
-func (m *Monitor) Step(ctx context.Context, st *State) (*Result, error) {
+// latest checkpoint. It checks the new entries in chunks of at most
+// ChunkEntries and passes each chunk's matching entries, in log order, to
+// emit once the chunk is proven to be in the signed tree and that tree to
+// extend st; an error from emit ends the step. When Step fails, the
+// matches it emitted before are still genuine, but the step is not done:
+// the state must not advance, and the next step emits them again.
+func (m *Monitor) Step(ctx context.Context, st *State, emit func([]Entry) error) (*Result, error) {
 	signed, cp, err := m.checkpoint(ctx)
 	if err != nil {
 		return nil, err
@@ -100,7 +108,8 @@ func (m *Monitor) Step(ctx context.Context, st *State) (*Result, error) {
 	case cp.Size == old.Size:
 		return res, nil
 	}
-	if err := m.extend(ctx, &old, cp, res); err != nil {
+	p := &pass{m: m, t: newTiles(m.f, cp.Size), old: &old, cp: cp, res: res, emit: emit}
+	if err := p.run(ctx); err != nil {
 		return nil, err
 	}
 	return res, nil
@@ -124,109 +133,4 @@ func (m *Monitor) checkpoint(ctx context.Context) ([]byte, *log.Checkpoint, erro
 		return nil, nil, fmt.Errorf("%w: the log's checkpoint does not verify with the log key %s for origin %q: %w", ErrInvalid, m.cfg.LogKey.Name(), m.cfg.Origin, witness.DescribeOpenError(err))
 	}
 	return signed, cp, nil
-}
-
-// extend verifies the entries [old.Size, cp.Size): the old tree's nodes
-// from the tiles, extended with the hashes of the new entries, must give
-// the new root, and the old nodes alone the old root.
-func (m *Monitor) extend(ctx context.Context, old, cp *log.Checkpoint, res *Result) error {
-	t := newTiles(m.f, cp.Size)
-	rng, err := t.prefix(ctx, old.Size)
-	if err != nil {
-		return err
-	}
-	prefixRoot := rfc6962.DefaultHasher.EmptyRoot()
-	if old.Size > 0 {
-		if prefixRoot, err = rng.GetRootHash(nil); err != nil {
-			return fmt.Errorf("monitor: %w", err)
-		}
-	}
-	chk := newTileCheck(t)
-	var bad error // the first entry that does not decode
-	for ri := range layout.Range(old.Size, cp.Size-old.Size, cp.Size) {
-		if err := m.fold(ctx, t, ri, rng, chk, res, &bad); err != nil {
-			return err
-		}
-	}
-	root, err := rng.GetRootHash(nil)
-	if err != nil {
-		return fmt.Errorf("monitor: %w", err)
-	}
-	if err := verdict(old, cp, prefixRoot, root); err != nil {
-		return err
-	}
-	if err := chk.flush(ctx, true); err != nil {
-		return err
-	}
-	if bad != nil {
-		return fmt.Errorf("%w: %w", ErrInvalid, bad)
-	}
-	return nil
-}
-
-// verdict compares the roots the tiles and entries produced with the
-// saved and the signed roots.
-func verdict(old, cp *log.Checkpoint, prefixRoot, root []byte) error {
-	okOld, okNew := bytes.Equal(prefixRoot, old.Hash), bytes.Equal(root, cp.Hash)
-	switch {
-	case okOld && okNew:
-		return nil
-	case okNew:
-		// The signed tree commits to a first old.Size entries whose root is
-		// not the saved one.
-		return fmt.Errorf("%w: the log's signed tree of size %d does not extend the saved tree of size %d (its first %d entries have another root): the log was rewritten or forked; the state is kept",
-			ErrFork, cp.Size, old.Size, old.Size)
-	case okOld:
-		return fmt.Errorf("%w: entries %d to %d and the hash tiles do not hash to the signed root of size %d: the server serves tiles or entries that are not the log it signed",
-			ErrInvalid, old.Size, cp.Size-1, cp.Size)
-	}
-	return fmt.Errorf("%w: the hash tiles hash neither to the saved root (size %d) nor, with the new entries, to the signed root (size %d): the server serves tiles that are not the log it signed",
-		ErrInvalid, old.Size, cp.Size)
-}
-
-// fold reads the entries of one bundle range, folds their leaf hashes
-// into rng, and decodes and matches them. A bundle the server has pruned
-// contributes the level-0 tile's hashes instead, its content unread.
-func (m *Monitor) fold(ctx context.Context, t *tiles, ri layout.RangeInfo, rng *compact.Range, chk *tileCheck, res *Result, bad *error) error {
-	first := ri.Index*layout.EntryBundleWidth + uint64(ri.First)
-	data, err := t.bundle(ctx, ri.Index)
-	if errors.Is(err, errGone) {
-		return foldPruned(ctx, t, ri, rng, chk, res)
-	}
-	if err != nil {
-		return err
-	}
-	for i, d := range data[ri.First : ri.First+ri.N] {
-		idx := first + uint64(i)
-		if err := rng.Append(rfc6962.DefaultHasher.HashLeaf(d), chk.visit); err != nil {
-			return fmt.Errorf("monitor: entry %d: %w", idx, err)
-		}
-		e, err := DecodeEntry(d, idx)
-		if err != nil {
-			if *bad == nil {
-				*bad = err
-			}
-			continue
-		}
-		if m.cfg.Filter.Match(&e) {
-			res.Matches = append(res.Matches, e)
-		}
-	}
-	return chk.flush(ctx, false)
-}
-
-// foldPruned folds a pruned bundle's leaf hashes, read from its tile.
-func foldPruned(ctx context.Context, t *tiles, ri layout.RangeInfo, rng *compact.Range, chk *tileCheck, res *Result) error {
-	hashes, err := t.tile(ctx, 0, ri.Index)
-	if err != nil {
-		return err
-	}
-	for _, h := range hashes[ri.First : ri.First+ri.N] {
-		if err := rng.Append(h, chk.visit); err != nil {
-			return fmt.Errorf("monitor: %w", err)
-		}
-	}
-	res.Pruned += uint64(ri.N)
-	delete(chk.pending, [2]uint64{0, ri.Index}) // the tile itself: nothing to compare
-	return nil
 }

@@ -1,8 +1,11 @@
 package monitor_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -50,7 +53,7 @@ func TestMonitorFindsMatchesAndContinuesFromState(t *testing.T) {
 	}
 	res, err = runOnce(t, m, path)
 	if err != nil || res.From != 403 || len(res.Matches) != 0 {
-		t.Fatalf("third pass on an unchanged log: %+v %v; want nothing new", res, err)
+		t.Fatalf("third pass on an unchanged log: %v; want nothing new", err)
 	}
 }
 
@@ -123,14 +126,12 @@ func TestMonitorFollowReportsNewEntriesUntilCancelled(t *testing.T) {
 	path := statePath(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	reports := make(chan *monitor.Result, 16)
+	reports := make(chan []monitor.Entry, 16)
 	done := make(chan error, 1)
 	go func() {
 		done <- m.Run(ctx, monitor.RunOptions{StatePath: path, Follow: true, Interval: 20 * time.Millisecond,
-			Report: func(res *monitor.Result) error {
-				if len(res.Matches) > 0 {
-					reports <- res
-				}
+			Report: func(es []monitor.Entry) error {
+				reports <- append([]monitor.Entry(nil), es...)
 				return nil
 			}})
 	}()
@@ -139,8 +140,8 @@ func TestMonitorFollowReportsNewEntriesUntilCancelled(t *testing.T) {
 	deadline := time.After(20 * time.Second)
 	for len(got) < want {
 		select {
-		case res := <-reports:
-			got = append(got, serialsOf(res.Matches)...)
+		case es := <-reports:
+			got = append(got, serialsOf(es)...)
 			if want == 2 && len(got) == 2 {
 				want = 5
 				r.issue(r.log, 3, payments, "b")
@@ -174,7 +175,7 @@ func TestMonitorReportFailureKeepsState(t *testing.T) {
 	m := r.monitor(monitor.Filter{})
 	path := statePath(t)
 	boom := errors.New("stdout closed")
-	err := m.Run(context.Background(), monitor.RunOptions{StatePath: path, Report: func(*monitor.Result) error { return boom }})
+	err := m.Run(context.Background(), monitor.RunOptions{StatePath: path, Report: func([]monitor.Entry) error { return boom }})
 	if !errors.Is(err, boom) {
 		t.Fatalf("Run = %v; want the report's error", err)
 	}
@@ -183,6 +184,41 @@ func TestMonitorReportFailureKeepsState(t *testing.T) {
 	}
 	res, err := runOnce(t, m, path)
 	if err != nil || !equalStrings(serialsOf(res.Matches), want) {
-		t.Fatalf("rerun: %v %v; want %v again", res, err, want)
+		t.Fatalf("rerun: %v; want %v again", err, want)
+	}
+}
+
+// A long step is verified and reported chunk by chunk, each chunk proven
+// in the signed tree before its matches are handed on; a chunk that does
+// not verify stops the step after the earlier chunks' genuine matches,
+// with the state kept, and the next run reports them all again.
+func TestMonitorVerifiesLongStepsInChunks(t *testing.T) {
+	r := newRig(t)
+	r.noise(r.log, 10, "n")
+	want := r.issue(r.log, 1, payments, "a")
+	r.noise(r.log, monitor.ChunkEntries+300, "n")
+	want = append(want, r.issue(r.log, 1, payments, "a")...)
+	r.noise(r.log, 5, "n")
+	m := r.monitor(monitor.Filter{SPIFFEIDPrefixes: []string{payments}})
+	path := statePath(t)
+
+	second := fmt.Sprintf("/log/tile/entries/%03d", (monitor.ChunkEntries+311)/256)
+	r.setTamper(func(p string, body []byte) []byte {
+		if strings.HasPrefix(p, second) {
+			return bytes.Replace(body, []byte(`"n"`), []byte(`"m"`), 1)
+		}
+		return body
+	})
+	res, err := runOnce(t, m, path)
+	if !errors.Is(err, monitor.ErrInvalid) || !equalStrings(serialsOf(res.Matches), want[:1]) {
+		t.Fatalf("tampered second chunk: %v, reported %v; want ErrInvalid after the first chunk's %v", err, serialsOf(res.Matches), want[:1])
+	}
+	if s := readFile(t, path); s != "" {
+		t.Fatalf("state saved after a failed step: %q", s)
+	}
+	r.setTamper(nil)
+	res, err = runOnce(t, m, path)
+	if err != nil || res.Reports != 2 || !equalStrings(serialsOf(res.Matches), want) || res.Matched != 2 {
+		t.Fatalf("untampered: %v, %d reports of %v; want 2 reports of %v", err, res.Reports, serialsOf(res.Matches), want)
 	}
 }

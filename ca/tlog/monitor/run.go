@@ -17,10 +17,13 @@ type RunOptions struct {
 	Interval time.Duration
 	// StepTimeout bounds one step (0: none).
 	StepTimeout time.Duration
-	// Report receives each step's result before the state advances; an
-	// error from it stops Run with the state unchanged, so the step's
-	// matches are reported again next time.
-	Report func(*Result) error
+	// Report receives the matching entries, a verified chunk at a time
+	// (see Step). An error from it stops Run with the state unchanged, so
+	// the step's matches are reported again next time: delivery is at
+	// least once.
+	Report func([]Entry) error
+	// Stepped hears about each verified step before its state is saved.
+	Stepped func(*Result)
 	// Retrying, when following, hears about a step that failed because
 	// the log was unavailable (ErrUnavailable); Run retries it after
 	// Interval. Every other failure ends Run.
@@ -62,17 +65,24 @@ func (m *Monitor) step(ctx context.Context, st *State, o RunOptions) (*State, er
 		sctx, cancel = context.WithTimeout(ctx, o.StepTimeout)
 	}
 	defer cancel()
-	res, err := m.Step(sctx, st)
+	report := func(es []Entry) error {
+		if o.Report == nil {
+			return nil
+		}
+		if err := o.Report(es); err != nil {
+			return fmt.Errorf("monitor: reporting entries: %w", err)
+		}
+		return nil
+	}
+	res, err := m.Step(sctx, st, report)
 	if err != nil {
 		if ctx.Err() == nil && errors.Is(sctx.Err(), context.DeadlineExceeded) {
 			return nil, fmt.Errorf("%w: the step did not finish within %s (%v); raise the time limit for a first pass over a large log", ErrLimit, o.StepTimeout, err)
 		}
 		return nil, err
 	}
-	if o.Report != nil {
-		if err := o.Report(res); err != nil {
-			return nil, fmt.Errorf("monitor: reporting entries %d to %d: %w", res.From, res.To, err)
-		}
+	if o.Stepped != nil {
+		o.Stepped(res)
 	}
 	if st != nil && res.To == st.Checkpoint.Size {
 		return st, nil

@@ -89,7 +89,12 @@ func (t *tiles) node(ctx context.Context, level uint, index uint64) ([]byte, err
 
 // prefix returns the compact range [0, size) built from the tiles.
 func (t *tiles) prefix(ctx context.Context, size uint64) (*compact.Range, error) {
-	ids := compact.RangeNodes(0, size, nil)
+	return t.nodes(ctx, 0, size)
+}
+
+// nodes returns the compact range [begin, end) built from the tiles.
+func (t *tiles) nodes(ctx context.Context, begin, end uint64) (*compact.Range, error) {
+	ids := compact.RangeNodes(begin, end, nil)
 	hashes := make([][]byte, 0, len(ids))
 	for _, id := range ids {
 		h, err := t.node(ctx, id.Level, id.Index)
@@ -98,9 +103,9 @@ func (t *tiles) prefix(ctx context.Context, size uint64) (*compact.Range, error)
 		}
 		hashes = append(hashes, h)
 	}
-	r, err := rangeFactory.NewRange(0, size, hashes)
+	r, err := rangeFactory.NewRange(begin, end, hashes)
 	if err != nil {
-		return nil, fmt.Errorf("monitor: tree of size %d: %w", size, err)
+		return nil, fmt.Errorf("monitor: tree nodes [%d, %d): %w", begin, end, err)
 	}
 	return r, nil
 }

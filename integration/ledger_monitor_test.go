@@ -263,3 +263,44 @@ func followUntilInterrupted(t *testing.T, r *witnessRig, state string, filter []
 	}
 	return want
 }
+
+// With a witness policy, ledger monitor accepts the real CA's checkpoint
+// only as cosigned by a real omniwitness: the policy of that witness
+// passes and finds the certificates; a policy naming another witness is
+// refused with exit code 3 and no state.
+func TestLedgerMonitorChecksWitnessCosignatures(t *testing.T) {
+	r := newWitnessRig(t)
+	w := startOmni(t, r.logVKey)
+	r.startServer("--witness", w.flag("w1"))
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	s := &caServer{dataDir: r.srvDir, ctl: r.ctl, addr: r.listen}
+	const payments = "spiffe://cluster.local/ns/payments/sa/api"
+	var want []string
+	for _, c := range tlogIssue(t, ctx, tlogAgent(t, ctx, s, "wit-node", payments), payments, 2) {
+		want = append(want, c.SerialNumber.Text(16))
+	}
+	var cp struct {
+		Size uint64 `json:"size"`
+	}
+	if err := json.Unmarshal([]byte(s.ctlRun(t, "ledger", "checkpoint", "--log-key", r.logVKey, "-o", "json")), &cp); err != nil {
+		t.Fatal(err)
+	}
+	r.witnessedCheckpoint(w, cp.Size)
+
+	got, errOut, code := runLedgerMonitor(t, r, filepath.Join(t.TempDir(), "state"), "--witness", w.flag("w1"),
+		"--spiffe-id-prefix", payments)
+	if code != 0 || fmt.Sprint(serialSet(got)) != fmt.Sprint(certSerials(t, want)) {
+		t.Fatalf("witnessed: exit %d, found %v; want %v\n%s", code, serialSet(got), want, errOut)
+	}
+
+	_, otherKey := witnessKey(t, "witness.test/other")
+	state := filepath.Join(t.TempDir(), "state")
+	_, errOut, code = runLedgerMonitor(t, r, state, "--witness", "w9=http://127.0.0.1:9+"+otherKey)
+	if code != 3 || !strings.Contains(errOut, "has 0 of the 1 witness cosignatures") {
+		t.Fatalf("another witness's policy: exit %d, %q; want 3 and the missing cosignature", code, errOut)
+	}
+	if _, err := os.Stat(state); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a refused pass left a state: %v", err)
+	}
+}

@@ -141,8 +141,8 @@ func TestLedgerMonitorCommand(t *testing.T) {
 	}
 }
 
-// A checkpoint that does not verify with the pinned key exits 3, and bad
-// flags exit 2.
+// A checkpoint that does not verify with the pinned key exits 3, an
+// oversized one 7, and bad flags exit 2.
 func TestLedgerMonitorRefusesOtherKeyAndBadFlags(t *testing.T) {
 	ml := newMonitorLog(t)
 	joins(t, ml.open(t, "ledger.db"), "n1")
@@ -156,6 +156,12 @@ func TestLedgerMonitorRefusesOtherKeyAndBadFlags(t *testing.T) {
 	}
 	if _, err := os.Stat(state); !os.IsNotExist(err) {
 		t.Fatalf("a state was written after a refused pass: %v", err)
+	}
+	ml.mu.Lock()
+	ml.h = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(bytes.Repeat([]byte("x"), 1<<20)) })
+	ml.mu.Unlock()
+	if code, _, errOut := runMonitorCmd(t, ml, state); code != exitMonitorLimit || !strings.Contains(errOut, "more than 65536 bytes") {
+		t.Fatalf("oversized checkpoint: exit %d, %q; want %d", code, errOut, exitMonitorLimit)
 	}
 	for _, args := range [][]string{{"--log-key", "nonsense"}, {"--follow", "--interval", "0s"}, {"-o", "yaml"}, {"--witness-quorum", "1"}, {"extra"}} {
 		if code, _, errOut := runMonitorCmd(t, ml, state, args...); code != 2 {

@@ -31,7 +31,7 @@ const origin = "example.org/castellan/ledger"
 // listener, with a hook that can alter responses (a hostile server) and a
 // switch to another ledger under the same key (a rewritten log).
 type rig struct {
-	t        *testing.T
+	t        testing.TB
 	dir      string
 	keyFile  string
 	verifier note.Verifier
@@ -46,7 +46,7 @@ type rig struct {
 	handler   http.Handler
 }
 
-func newRig(t *testing.T) *rig {
+func newRig(t testing.TB) *rig {
 	t.Helper()
 	r := &rig{t: t, dir: t.TempDir()}
 	r.keyFile = filepath.Join(r.dir, "log.key")
@@ -208,13 +208,13 @@ func serialsOf(es []monitor.Entry) []string {
 }
 
 // statePath returns a state file path in a fresh directory.
-func statePath(t *testing.T) string {
+func statePath(t testing.TB) string {
 	t.Helper()
 	return filepath.Join(t.TempDir(), "monitor.state")
 }
 
 // readFile returns path's content ("" if missing).
-func readFile(t *testing.T, path string) string {
+func readFile(t testing.TB, path string) string {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil && !os.IsNotExist(err) {
@@ -231,7 +231,7 @@ type outcome struct {
 }
 
 // runOnce makes one pass with state at path and returns what it did.
-func runOnce(t *testing.T, m *monitor.Monitor, path string) (*outcome, error) {
+func runOnce(t testing.TB, m *monitor.Monitor, path string) (*outcome, error) {
 	t.Helper()
 	out := &outcome{}
 	err := m.Run(context.Background(), monitor.RunOptions{StatePath: path,

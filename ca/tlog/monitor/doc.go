@@ -32,7 +32,10 @@
 // Entries whose content the CA has pruned (their certificate expired
 // longer ago than its retention period; the server answers 410 Gone for
 // their bundle) are still proven through their leaf hashes in the hash
-// tiles, but cannot be matched: Result.Pruned counts them.
+// tiles, but cannot be matched: Result.Pruned counts them. A 410 is
+// believed only where pruning is possible: never after an entry (read in
+// this step or, through the state, an earlier one) logged less than the
+// retention period ago, since the entries after it are younger still.
 //
 // The package imports neither the ledger's storage nor any Kubernetes
 // client: it needs the log's public data alone.

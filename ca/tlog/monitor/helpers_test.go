@@ -42,6 +42,7 @@ type rig struct {
 	mu        sync.Mutex
 	log       *ledger.Ledger
 	tamper    func(path string, body []byte) []byte
+	gone      func(path string) bool // answer 410 Gone, as for a pruned bundle
 	witnessed func() []byte
 	handler   http.Handler
 }
@@ -104,10 +105,21 @@ func (r *rig) setTamper(fn func(path string, body []byte) []byte) {
 	r.tamper = fn
 }
 
+// setGone makes the server answer 410 Gone where fn says (nil: nowhere).
+func (r *rig) setGone(fn func(path string) bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.gone = fn
+}
+
 func (r *rig) serve(w http.ResponseWriter, req *http.Request) {
 	r.mu.Lock()
-	h, tamper := r.handler, r.tamper
+	h, tamper, gone := r.handler, r.tamper, r.gone
 	r.mu.Unlock()
+	if gone != nil && gone(req.URL.Path) {
+		http.Error(w, "pruned", http.StatusGone)
+		return
+	}
 	if tamper == nil {
 		h.ServeHTTP(w, req)
 		return

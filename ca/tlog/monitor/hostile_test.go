@@ -313,3 +313,22 @@ func TestMonitorProvesPrunedEntriesThroughTiles(t *testing.T) {
 		t.Fatalf("pruned %d, to %d, matches %v; want the 6 entries of the gone bundle proven, none matched", res.Pruned, res.To, serialsOf(res.Matches))
 	}
 }
+
+// A server cannot hide recent entries by answering 410 Gone for their
+// bundle as if the CA had pruned them: an entry read before them, in this
+// run or an earlier one, is younger than the retention period.
+func TestMonitorRefusesGoneBundleOfRecentEntries(t *testing.T) {
+	r := newRig(t)
+	r.noise(r.log, 300, "n")
+	r.setGone(func(p string) bool { return strings.HasPrefix(p, "/log/tile/entries/001") })
+	refused(t, r.monitor(monitor.Filter{}), statePath(t), monitor.ErrInvalid,
+		"tile/entries/001.p/44 answers 410 Gone (pruned), but an entry before it (entry 255) was logged at")
+
+	r.setGone(nil)
+	m := r.monitor(monitor.Filter{})
+	path := statePath(t)
+	verified(t, m, path)
+	r.issue(r.log, 2, payments, "a")
+	r.setGone(func(p string) bool { return strings.HasPrefix(p, "/log/tile/entries/") })
+	refused(t, m, path, monitor.ErrInvalid, "an entry before it (read by an earlier run) was logged at")
+}

@@ -33,10 +33,22 @@ type Config struct {
 	Client *http.Client
 	// Limits bounds responses.
 	Limits Limits
-	// Clock returns the current time, for cosignature timestamps
-	// (nil: time.Now).
+	// Clock returns the current time, for cosignature timestamps and
+	// pruning (nil: time.Now).
 	Clock func() time.Time
+	// Retention is how long after a certificate expires the CA may prune
+	// its entry (0: DefaultRetention, the ledger's). An entry bundle
+	// answered as pruned is refused when an entry before it is younger
+	// than that: no later entry can have expired so long ago.
+	Retention time.Duration
 }
+
+// DefaultRetention is the CA ledger's retention period.
+const DefaultRetention = 30 * 24 * time.Hour
+
+// pruneSlack absorbs clock differences between the CA and the monitor
+// when judging whether an entry may have been pruned.
+const pruneSlack = time.Hour
 
 // Monitor verifies a log step by step. Safe for use by one goroutine.
 type Monitor struct {
@@ -60,6 +72,9 @@ func New(cfg Config) (*Monitor, error) {
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
+	}
+	if cfg.Retention <= 0 {
+		cfg.Retention = DefaultRetention
 	}
 	cfg.Limits = cfg.Limits.withDefaults()
 	return &Monitor{cfg: cfg, f: &fetcher{base: cfg.URL, client: cfg.Client, limits: cfg.Limits}}, nil
@@ -96,10 +111,11 @@ func (m *Monitor) Step(ctx context.Context, st *State, emit func([]Entry) error)
 		return nil, err
 	}
 	old := log.Checkpoint{Origin: m.cfg.Origin, Size: 0, Hash: rfc6962.DefaultHasher.EmptyRoot()}
+	var newest time.Time
 	if st != nil {
-		old = st.Checkpoint
+		old, newest = st.Checkpoint, st.Newest
 	}
-	res := &Result{From: old.Size, To: cp.Size, State: &State{Checkpoint: *cp, Signed: signed}}
+	res := &Result{From: old.Size, To: cp.Size, State: &State{Checkpoint: *cp, Signed: signed, Newest: newest}}
 	switch {
 	case cp.Size < old.Size:
 		return nil, fmt.Errorf("%w: the log's checkpoint has %d entries, fewer than the %d of the saved checkpoint: the log was rolled back or replaced; the state is kept", ErrFork, cp.Size, old.Size)
@@ -108,10 +124,11 @@ func (m *Monitor) Step(ctx context.Context, st *State, emit func([]Entry) error)
 	case cp.Size == old.Size:
 		return res, nil
 	}
-	p := &pass{m: m, t: newTiles(m.f, cp.Size), old: &old, cp: cp, res: res, emit: emit}
+	p := &pass{m: m, t: newTiles(m.f, cp.Size), old: &old, cp: cp, res: res, emit: emit, newest: newest}
 	if err := p.run(ctx); err != nil {
 		return nil, err
 	}
+	res.State.Newest = p.newest
 	return res, nil
 }
 

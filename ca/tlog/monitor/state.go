@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/transparency-dev/formats/log"
 	"golang.org/x/mod/sumdb/note"
@@ -28,12 +29,17 @@ type State struct {
 	Checkpoint log.Checkpoint
 	// Signed is the signed note, as the server served it.
 	Signed []byte
+	// Newest is the time of the newest entry read so far (zero: none). No
+	// entry after it can have been pruned before the CA's retention
+	// period has passed since then.
+	Newest time.Time
 }
 
 // stateFile is the JSON form of a State on disk.
 type stateFile struct {
-	Version    int    `json:"version"`
-	Checkpoint string `json:"checkpoint"`
+	Version    int       `json:"version"`
+	Checkpoint string    `json:"checkpoint"`
+	Newest     time.Time `json:"newest_entry_time,omitzero"`
 }
 
 // LoadState reads the state file at path. It returns nil, nil when the
@@ -73,14 +79,14 @@ func LoadState(path string, logKey note.Verifier, origin string) (*State, error)
 	if err != nil {
 		return nil, fmt.Errorf("%w: the checkpoint in %s does not verify with the log key %s for origin %q (%v): the file was altered or belongs to another log", ErrState, path, logKey.Name(), origin, err)
 	}
-	return &State{Checkpoint: *cp, Signed: []byte(sf.Checkpoint)}, nil
+	return &State{Checkpoint: *cp, Signed: []byte(sf.Checkpoint), Newest: sf.Newest}, nil
 }
 
 // SaveState writes st to path atomically: a temporary file in the same
 // directory, written, synced, renamed over path, and the directory
 // synced, so a crash leaves the old state or the new one, never a mix.
 func SaveState(path string, st *State) error {
-	b, err := json.Marshal(stateFile{Version: stateVersion, Checkpoint: string(st.Signed)})
+	b, err := json.Marshal(stateFile{Version: stateVersion, Checkpoint: string(st.Signed), Newest: st.Newest.UTC()})
 	if err != nil {
 		return fmt.Errorf("monitor: state: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/compact"
@@ -28,8 +29,10 @@ type pass struct {
 	rng    *compact.Range // [0, end of the entries folded so far)
 	okOld  bool           // the old tree's nodes hash to the old root
 	chk    *tileCheck
-	chunk  []Entry // matches of the current chunk
-	badErr error   // the first entry of the chunk that does not decode
+	chunk  []Entry   // matches of the current chunk
+	badErr error     // the first entry of the chunk that does not decode
+	newest time.Time // the time of the newest entry read
+	newIdx uint64    // its index
 }
 
 // run verifies every chunk and emits its matches.
@@ -108,6 +111,14 @@ func (p *pass) completedRoot(ctx context.Context, to uint64) ([]byte, error) {
 	return root, nil
 }
 
+// newestName names the newest entry read, in this pass or an earlier one.
+func (p *pass) newestName() string {
+	if p.newIdx == 0 && p.old.Size > 0 {
+		return "read by an earlier run"
+	}
+	return fmt.Sprintf("entry %d", p.newIdx)
+}
+
 // verdict turns the two root comparisons into an error: whether the old
 // tree's nodes gave the saved root (okOld), and whether, with the entries
 // [from, to), they gave the signed root (okNew).
@@ -152,6 +163,9 @@ func (p *pass) fold(ctx context.Context, ri layout.RangeInfo) error {
 			}
 			continue
 		}
+		if !e.Time.Before(p.newest) {
+			p.newest, p.newIdx = e.Time, idx
+		}
 		if p.m.cfg.Filter.Match(&e) {
 			p.chunk = append(p.chunk, e)
 		}
@@ -159,8 +173,15 @@ func (p *pass) fold(ctx context.Context, ri layout.RangeInfo) error {
 	return p.chk.flush(ctx, false)
 }
 
-// foldPruned folds a pruned bundle's leaf hashes, read from its tile.
+// foldPruned folds a pruned bundle's leaf hashes, read from its tile,
+// unless an entry read before was logged too recently for any later one
+// to have been pruned: then the server is hiding entries.
 func (p *pass) foldPruned(ctx context.Context, ri layout.RangeInfo) error {
+	cutoff := p.m.cfg.Clock().Add(-p.m.cfg.Retention).Add(pruneSlack)
+	if p.newest.After(cutoff) {
+		return fmt.Errorf("%w: %s answers 410 Gone (pruned), but an entry before it (%s) was logged at %s, less than the CA's retention period (%s) ago, so no entry after it can have expired that long ago: the server is hiding entries",
+			ErrInvalid, layout.EntriesPath(ri.Index, partial(p.t.width(0, ri.Index))), p.newestName(), p.newest.UTC().Format(time.RFC3339), p.m.cfg.Retention)
+	}
 	hashes, err := p.t.tile(ctx, 0, ri.Index)
 	if err != nil {
 		return err

@@ -42,7 +42,7 @@ type rig struct {
 	mu        sync.Mutex
 	log       *ledger.Ledger
 	tamper    func(path string, body []byte) []byte
-	gone      func(path string) bool // answer 410 Gone, as for a pruned bundle
+	status    func(path string) int // an error status to answer instead (0: none)
 	witnessed func() []byte
 	handler   http.Handler
 }
@@ -105,20 +105,23 @@ func (r *rig) setTamper(fn func(path string, body []byte) []byte) {
 	r.tamper = fn
 }
 
-// setGone makes the server answer 410 Gone where fn says (nil: nowhere).
-func (r *rig) setGone(fn func(path string) bool) {
+// setStatus makes the server answer the error status fn returns (0 or
+// nil fn: serve normally).
+func (r *rig) setStatus(fn func(path string) int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.gone = fn
+	r.status = fn
 }
 
 func (r *rig) serve(w http.ResponseWriter, req *http.Request) {
 	r.mu.Lock()
-	h, tamper, gone := r.handler, r.tamper, r.gone
+	h, tamper, status := r.handler, r.tamper, r.status
 	r.mu.Unlock()
-	if gone != nil && gone(req.URL.Path) {
-		http.Error(w, "pruned", http.StatusGone)
-		return
+	if code := 0; status != nil {
+		if code = status(req.URL.Path); code != 0 {
+			http.Error(w, http.StatusText(code), code)
+			return
+		}
 	}
 	if tamper == nil {
 		h.ServeHTTP(w, req)

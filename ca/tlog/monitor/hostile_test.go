@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -320,15 +321,25 @@ func TestMonitorProvesPrunedEntriesThroughTiles(t *testing.T) {
 func TestMonitorRefusesGoneBundleOfRecentEntries(t *testing.T) {
 	r := newRig(t)
 	r.noise(r.log, 300, "n")
-	r.setGone(func(p string) bool { return strings.HasPrefix(p, "/log/tile/entries/001") })
+	r.setStatus(gone("/log/tile/entries/001"))
 	refused(t, r.monitor(monitor.Filter{}), statePath(t), monitor.ErrInvalid,
 		"tile/entries/001.p/44 answers 410 Gone (pruned), but an entry before it (entry 255) was logged at")
 
-	r.setGone(nil)
+	r.setStatus(nil)
 	m := r.monitor(monitor.Filter{})
 	path := statePath(t)
 	verified(t, m, path)
 	r.issue(r.log, 2, payments, "a")
-	r.setGone(func(p string) bool { return strings.HasPrefix(p, "/log/tile/entries/") })
+	r.setStatus(gone("/log/tile/entries/"))
 	refused(t, m, path, monitor.ErrInvalid, "an entry before it (read by an earlier run) was logged at")
+}
+
+// gone answers 410 Gone, as for pruned entries, under prefix.
+func gone(prefix string) func(string) int {
+	return func(p string) int {
+		if strings.HasPrefix(p, prefix) {
+			return http.StatusGone
+		}
+		return 0
+	}
 }

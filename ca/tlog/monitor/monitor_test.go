@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -220,5 +222,45 @@ func TestMonitorVerifiesLongStepsInChunks(t *testing.T) {
 	res, err = runOnce(t, m, path)
 	if err != nil || res.Reports != 2 || !equalStrings(serialsOf(res.Matches), want) || res.Matched != 2 {
 		t.Fatalf("untampered: %v, %d reports of %v; want 2 reports of %v", err, res.Reports, serialsOf(res.Matches), want)
+	}
+}
+
+// Following, a log that is unavailable for a while (503) is retried, and
+// its entries are reported once it answers; in one pass, it is an error.
+func TestMonitorFollowRetriesUnavailableLog(t *testing.T) {
+	r := newRig(t)
+	want := r.issue(r.log, 1, payments, "a")
+	var mu sync.Mutex
+	failures := 3
+	r.setStatus(func(p string) int {
+		mu.Lock()
+		defer mu.Unlock()
+		if p == "/log/checkpoint" && failures > 0 {
+			failures--
+			return http.StatusServiceUnavailable
+		}
+		return 0
+	})
+	m := r.monitor(monitor.Filter{})
+	path := statePath(t)
+	if _, err := runOnce(t, m, path); !errors.Is(err, monitor.ErrUnavailable) || !strings.Contains(err.Error(), "HTTP 503") {
+		t.Fatalf("one pass against a 503: %v; want ErrUnavailable", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var retries int
+	var got []monitor.Entry
+	err := m.Run(ctx, monitor.RunOptions{StatePath: path, Follow: true, Interval: 10 * time.Millisecond,
+		Retrying: func(error) { retries++ },
+		Report: func(es []monitor.Entry) error {
+			got = append(got, es...)
+			cancel()
+			return nil
+		}})
+	if err != nil || retries != 2 || !equalStrings(serialsOf(got), want) {
+		t.Fatalf("following: %v after %d retries, reported %v; want nil after 2 retries and %v", err, retries, serialsOf(got), want)
+	}
+	if err := m.Run(context.Background(), monitor.RunOptions{StatePath: path, Follow: true}); err == nil {
+		t.Fatal("following with no interval was accepted")
 	}
 }

@@ -35,6 +35,9 @@ type RunOptions struct {
 // following, ctx ending is a normal stop (nil). A fork, an invalid log, a
 // damaged state or a limit exceeded ends Run with the state as it was.
 func (m *Monitor) Run(ctx context.Context, o RunOptions) error {
+	if o.Follow && o.Interval <= 0 {
+		return errors.New("monitor: following the log needs a positive interval")
+	}
 	st, err := LoadState(o.StatePath, m.cfg.LogKey, m.cfg.Origin)
 	if err != nil {
 		return err

@@ -69,6 +69,7 @@ func (s stringsFlag) String() string {
 
 func (s stringsFlag) Set(v string) error { *s.p = append(*s.p, v); return nil }
 
+// ledgerMonitor runs `castellanctl ledger monitor` (monitorUsage).
 func ledgerMonitor(ctx context.Context, g *globals, args []string) error {
 	var f monitorFlags
 	fs := newFlags(g, "ledger monitor")

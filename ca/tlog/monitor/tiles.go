@@ -110,9 +110,7 @@ func (t *tiles) nodes(ctx context.Context, begin, end uint64) (*compact.Range, e
 	return r, nil
 }
 
-// bundle fetches entry bundle index and splits it into its entries: each
-// a 2-byte big-endian length and that many bytes, exactly as many entries
-// as the bundle's width, nothing after them.
+// bundle fetches entry bundle index and splits it into its entries.
 func (t *tiles) bundle(ctx context.Context, index uint64) ([][]byte, error) {
 	w := t.width(0, index)
 	p := layout.EntriesPath(index, partial(w))
@@ -120,6 +118,13 @@ func (t *tiles) bundle(ctx context.Context, index uint64) ([][]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return parseBundle(body, w, index, p)
+}
+
+// parseBundle splits the entry bundle index (at path p, of width w) into
+// its entries: each a 2-byte big-endian length and that many bytes,
+// exactly w entries, nothing after them.
+func parseBundle(body []byte, w int, index uint64, p string) ([][]byte, error) {
 	out := make([][]byte, 0, w)
 	for len(out) < w {
 		if len(body) < 2 {

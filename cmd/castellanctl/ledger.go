@@ -21,7 +21,7 @@ import (
 
 // runLedger runs `castellanctl ledger verify|checkpoint|prove|export|keygen`.
 func runLedger(ctx context.Context, g *globals, args []string) error {
-	sub, args, err := subcommand("ledger", args, "verify", "checkpoint", "prove", "export", "keygen")
+	sub, args, err := subcommand("ledger", args, "verify", "checkpoint", "prove", "export", "keygen", "monitor")
 	if err != nil {
 		return err
 	}
@@ -34,6 +34,8 @@ func runLedger(ctx context.Context, g *globals, args []string) error {
 		return ledgerProve(ctx, g, args)
 	case "keygen":
 		return ledgerKeygen(g, args)
+	case "monitor":
+		return ledgerMonitor(ctx, g, args)
 	default:
 		return ledgerExport(ctx, g, args)
 	}

@@ -7,7 +7,9 @@
 // SVID (--server, --cert, --key, --bundle). Exit codes: 0 success, 1 error,
 // 2 usage error, 3 ledger verification failed (the log was altered, or a
 // checkpoint or proof is wrong), 4 an authority transition refused as
-// unsafe (castellanctl authority ...).
+// unsafe (castellanctl authority ...); ledger monitor adds 5 log fork or
+// rollback, 6 damaged monitor state file, 7 a response over its size or
+// time limit.
 package main
 
 import (
@@ -50,7 +52,9 @@ commands:
   agent list|show|ban|unban                 node agents and node bans (castellanctl agent -h)
   certs ...                                 issued certificates (audit)
   ledger ...                                the issuance ledger (audit); ledger keygen --out FILE
-                                            makes the log key replicas on PostgreSQL share
+                                            makes the log key replicas on PostgreSQL share;
+                                            ledger monitor follows the log over HTTP and
+                                            prints certificates matching a filter
   datastore migrate --data-dir DIR --to-file DSNFILE
                                             copy a stopped bbolt CA into an empty PostgreSQL
   authority list|prepare|activate|taint|revoke

@@ -72,3 +72,13 @@ func fillFrom(t testing.TB, l *Ledger, start, n int, notAfter time.Time) {
 		}
 	}
 }
+
+// closed reports whether ch is closed.
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}

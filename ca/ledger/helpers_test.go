@@ -7,6 +7,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/castellan-dev/castellan/ca/verifier"
+	"github.com/transparency-dev/formats/log"
 )
 
 // fakeClock is a settable clock for tests.
@@ -82,3 +85,7 @@ func closed(ch <-chan struct{}) bool {
 		return false
 	}
 }
+
+// NewTreeVerifier is the offline verifier's tree (ca/verifier), under the
+// name the ledger's tests knew it by.
+func NewTreeVerifier(cps ...*log.Checkpoint) *verifier.Tree { return verifier.NewTree(cps...) }

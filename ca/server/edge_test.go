@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/elliptic"
 	"errors"
 	"fmt"
 	"strings"
@@ -23,14 +22,7 @@ func TestEdgeCountsEveryBatchItemOnce(t *testing.T) {
 	e := newEnv(t)
 	e.addEntry(t, appID, "node-a")
 	agent := e.agentClient(t, "node-a")
-	var reqs []*cav1.SignX509SVIDRequest
-	for i := range 8 {
-		id := appID
-		if i%4 == 3 {
-			id = "spiffe://cluster.local/not/mine"
-		}
-		reqs = append(reqs, &cav1.SignX509SVIDRequest{Csr: workloadCSR(t, ecKey(t, elliptic.P256()), id)})
-	}
+	reqs := mixedBatch(t, 8)
 	issued, denied := e.csrCount(resultIssued, reasonOK), e.csrCount(resultRefused, authz.ReasonNotAssigned)
 	if _, err := agent.BatchSignX509SVID(context.Background(), &cav1.BatchSignX509SVIDRequest{Requests: reqs}); err != nil {
 		t.Fatal(err)

@@ -34,21 +34,26 @@ var certificateMethods = map[string]bool{
 // outcome of certificate requests: one per call, or one per item of a
 // batch (countEach).
 func (s *Server) edgeUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	if !certificateMethods[info.FullMethod] && !s.isPublicService(info.FullMethod) {
+	if !s.isCertificateMethod(info.FullMethod) {
 		resp, err := h(ctx, req)
-		return resp, s.statusOf(ctx, err)
+		return resp, s.statusOf(ctx, info.FullMethod, err)
 	}
 	t := &tally{}
 	resp, err := h(context.WithValue(ctx, tallyKey{}, t), req)
 	if !t.each || err != nil {
 		s.countResult(err)
 	}
-	return resp, s.statusOf(ctx, err)
+	return resp, s.statusOf(ctx, info.FullMethod, err)
 }
 
 // edgeStream maps a stream handler's error to its status.
-func (s *Server) edgeStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-	return s.statusOf(ss.Context(), h(srv, ss))
+func (s *Server) edgeStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	return s.statusOf(ss.Context(), info.FullMethod, h(srv, ss))
+}
+
+// isCertificateMethod reports whether method asks for a certificate.
+func (s *Server) isCertificateMethod(method string) bool {
+	return certificateMethods[method] || s.isPublicService(method)
 }
 
 // tally marks a call whose outcomes the handler counted item by item.
@@ -89,9 +94,10 @@ func classify(err error) (result, reason string) {
 	return resultError, reasonInternal
 }
 
-// statusOf converts err to a gRPC status error; errors without a status
-// of their own become Internal with a generic message (logged in full).
-func (s *Server) statusOf(ctx context.Context, err error) error {
+// statusOf converts err, returned by method, to a gRPC status error;
+// errors without a status of their own become Internal with a generic
+// message (logged in full).
+func (s *Server) statusOf(ctx context.Context, method string, err error) error {
 	if err == nil {
 		return nil
 	}
@@ -99,14 +105,17 @@ func (s *Server) statusOf(ctx context.Context, err error) error {
 		return err
 	}
 	if errors.Is(err, store.ErrUnavailable) {
-		s.log.WarnContext(ctx, "request failed: the registry store is unavailable", "error", err.Error())
+		s.log.WarnContext(ctx, "request failed: the registry store is unavailable", "method", method, "error", err.Error())
 		return storeStatus(err, "join tokens and registration entries")
 	}
-	s.log.ErrorContext(ctx, "request failed", "error", err.Error())
-	if errors.Is(err, authority.ErrSignerExpired) {
+	s.log.ErrorContext(ctx, "request failed", "method", method, "error", err.Error())
+	switch {
+	case errors.Is(err, authority.ErrSignerExpired):
 		return status.Error(codes.Unavailable, err.Error())
+	case s.isCertificateMethod(method):
+		return status.Error(codes.Internal, "server: internal error while signing; see the CA's logs")
 	}
-	return status.Error(codes.Internal, "server: internal error while signing; see the CA's logs")
+	return status.Error(codes.Internal, "server: internal error; see the CA's logs")
 }
 
 // refuse returns a refusal by the server itself (size limits, bans,

@@ -49,7 +49,7 @@ func TestEdgeMapsErrorsAndCountsCertificateCalls(t *testing.T) {
 		msg            string
 		result, reason string
 	}{
-		{"internal error", secret, codes.Internal, "server: internal error while signing; see the CA's logs", resultError, reasonInternal},
+		{"internal error", secret, codes.Internal, "server: internal error", resultError, reasonInternal},
 		{"refusal", refusal.Errorf(codes.PermissionDenied, authz.ReasonNotAssigned, "authz: no entry"), codes.PermissionDenied, "authz: no entry", resultRefused, authz.ReasonNotAssigned},
 		{"failure with a cause", refusal.Failure(codes.Unavailable, "server: the issuance ledger is unavailable; retry later", storeDown),
 			codes.Unavailable, "server: the issuance ledger is unavailable; retry later", resultError, reasonStoreUnavailable},
@@ -62,11 +62,14 @@ func TestEdgeMapsErrorsAndCountsCertificateCalls(t *testing.T) {
 				before := e.csrCount(tc.result, tc.reason)
 				_, err := e.srv.edgeUnary(context.Background(), nil, &grpc.UnaryServerInfo{FullMethod: method}, h)
 				st := status.Convert(err)
-				if st.Code() != tc.code || (tc.msg != "" && st.Message() != tc.msg) {
+				if st.Code() != tc.code || !strings.HasPrefix(st.Message(), tc.msg) {
 					t.Errorf("%s: status %v %q, want %v %q", method, st.Code(), st.Message(), tc.code, tc.msg)
 				}
 				if strings.Contains(st.Message(), "intermediate.key") || strings.Contains(st.Message(), "registry:") {
 					t.Errorf("%s: the caller is told the internal cause: %q", method, st.Message())
+				}
+				if method == cav1.CertificateAuthorityService_GetBundle_FullMethodName && strings.Contains(st.Message(), "signing") {
+					t.Errorf("%s: %q speaks of signing in a call that signs nothing", method, st.Message())
 				}
 				want := 0.0
 				if method == cav1.CertificateAuthorityService_SignX509SVID_FullMethodName {

@@ -24,7 +24,7 @@ type testLog struct {
 	vkey   string
 }
 
-func newTestLog(t *testing.T, n int) *testLog {
+func newTestLog(t testing.TB, n int) *testLog {
 	t.Helper()
 	skey, vkey, err := note.GenerateKey(rand.Reader, origin)
 	if err != nil {
@@ -43,7 +43,7 @@ func newTestLog(t *testing.T, n int) *testLog {
 }
 
 // checkpoint signs the checkpoint of the first size leaves and opens it.
-func (l *testLog) checkpoint(t *testing.T, size int) *log.Checkpoint {
+func (l *testLog) checkpoint(t testing.TB, size int) *log.Checkpoint {
 	t.Helper()
 	cp, err := verifier.OpenCheckpoint(l.signed(t, size), origin, l.vkey)
 	if err != nil {
@@ -52,7 +52,7 @@ func (l *testLog) checkpoint(t *testing.T, size int) *log.Checkpoint {
 	return cp
 }
 
-func (l *testLog) signed(t *testing.T, size int) []byte {
+func (l *testLog) signed(t testing.TB, size int) []byte {
 	t.Helper()
 	r := (&compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}).NewEmptyRange(0)
 	for _, lf := range l.leaves[:size] {

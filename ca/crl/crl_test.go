@@ -172,3 +172,49 @@ func TestReasonCode(t *testing.T) {
 		}
 	}
 }
+
+// countingSigner is the real CA, counting the lists it signs.
+type countingSigner struct {
+	*authority.Authority
+	mu    sync.Mutex
+	signs int
+}
+
+func (c *countingSigner) SignCRL(tmpl *x509.RevocationList) ([]byte, error) {
+	c.mu.Lock()
+	c.signs++
+	c.mu.Unlock()
+	return c.Authority.SignCRL(tmpl)
+}
+
+// TestCRLFloodIsServedFromOneSignature: a flood of concurrent GETs costs
+// one signature, not one per request; a revocation costs one more.
+func TestCRLFloodIsServedFromOneSignature(t *testing.T) {
+	l, a, _ := setup(t)
+	cs := &countingSigner{Authority: a}
+	h := crl.New(l, cs, crl.Config{})
+	flood := func() {
+		var wg sync.WaitGroup
+		for range 200 {
+			wg.Go(func() {
+				rec := httptest.NewRecorder()
+				h.ServeHTTP(rec, httptest.NewRequest("GET", "/crl", nil))
+				if rec.Code != http.StatusOK {
+					t.Errorf("GET /crl: %d", rec.Code)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	flood()
+	if cs.signs != 1 {
+		t.Fatalf("200 concurrent GETs signed %d lists, want 1", cs.signs)
+	}
+	if _, err := l.Revoke(context.Background(), "a3", "keyCompromise"); err != nil {
+		t.Fatal(err)
+	}
+	flood()
+	if cs.signs != 2 {
+		t.Fatalf("after one revocation, %d lists signed in all, want 2", cs.signs)
+	}
+}

@@ -19,6 +19,7 @@ import (
 
 	auditv1 "github.com/castellan-dev/castellan/api/castellan/audit/v1"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/verifier"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/proof"
@@ -213,7 +214,7 @@ func TestConsistencyExportAndWatch(t *testing.T) {
 			leaves = append(leaves, ledger.Leaf{Index: lf.Index, Data: lf.Data, Hash: lf.LeafHash})
 		}
 	}
-	tv := ledger.NewTreeVerifier(c2)
+	tv := verifier.NewTree(c2)
 	for _, lf := range leaves {
 		tv.Add(lf)
 	}

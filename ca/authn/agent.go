@@ -49,29 +49,29 @@ func ServerID(td spiffeid.TrustDomain) spiffeid.ID {
 	return spiffeid.RequireFromPath(td, ServerPath)
 }
 
-// NodeOf returns the node of an agent SPIFFE ID in td, or an *Error if id
+// NodeOf returns the node of an agent SPIFFE ID in td, or an *refusal.Error if id
 // is not one.
 func NodeOf(td spiffeid.TrustDomain, id spiffeid.ID) (string, error) {
 	node, ok := strings.CutPrefix(id.Path(), agentPathPrefix)
 	if !id.MemberOf(td) || !ok || ValidateNodeName(node) != nil {
-		return "", fail(ReasonNotAgent, "client certificate identity %q is not an agent of trust domain %q (want spiffe://%s%s<node>)",
+		return "", Fail(ReasonNotAgent, "client certificate identity %q is not an agent of trust domain %q (want spiffe://%s%s<node>)",
 			id, td, td, agentPathPrefix)
 	}
 	return node, nil
 }
 
 // PeerID returns the SPIFFE ID of the caller's verified client certificate.
-// It returns an *Error (Unauthenticated) if the connection is not TLS or
+// It returns an *refusal.Error (Unauthenticated) if the connection is not TLS or
 // the caller presented no certificate that verified against the trust
 // bundle.
 func PeerID(ctx context.Context) (spiffeid.ID, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok || p.AuthInfo == nil {
-		return spiffeid.ID{}, fail(ReasonNoClientCert, "no client certificate: this call needs mutual TLS with an agent SVID (attest first with a join token)")
+		return spiffeid.ID{}, Fail(ReasonNoClientCert, "no client certificate: this call needs mutual TLS with an agent SVID (attest first with a join token)")
 	}
 	info, ok := p.AuthInfo.(credentials.TLSInfo)
 	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
-		return spiffeid.ID{}, fail(ReasonNoClientCert, "no verified client certificate: this call needs mutual TLS with an agent SVID (attest first with a join token)")
+		return spiffeid.ID{}, Fail(ReasonNoClientCert, "no verified client certificate: this call needs mutual TLS with an agent SVID (attest first with a join token)")
 	}
 	return idOf(info.State.VerifiedChains[0][0])
 }
@@ -79,7 +79,7 @@ func PeerID(ctx context.Context) (spiffeid.ID, error) {
 func idOf(leaf *x509.Certificate) (spiffeid.ID, error) {
 	id, err := x509svid.IDFromCert(leaf)
 	if err != nil {
-		return spiffeid.ID{}, fail(ReasonNotAgent, "client certificate is not an X.509-SVID: %w", err)
+		return spiffeid.ID{}, Fail(ReasonNotAgent, "client certificate is not an X.509-SVID: %w", err)
 	}
 	return id, nil
 }

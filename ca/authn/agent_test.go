@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -28,7 +29,7 @@ func TestNodeOfRejectsNonAgents(t *testing.T) {
 		"spiffe://cluster.local/castellan/agent/node-1/extra",
 	} {
 		_, err := NodeOf(td, spiffeid.RequireFromString(s))
-		if err == nil || ReasonOf(err) != ReasonNotAgent || !strings.Contains(err.Error(), "is not an agent") {
+		if err == nil || refusal.ReasonOf(err) != ReasonNotAgent || !strings.Contains(err.Error(), "is not an agent") {
 			t.Errorf("NodeOf(%s): %v", s, err)
 		}
 	}

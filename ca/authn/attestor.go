@@ -7,7 +7,7 @@ import (
 )
 
 // NodeAttestor proves which node an AttestAgent request comes from.
-// Attest returns the node name, or an error: an *Error (Unauthenticated)
+// Attest returns the node name, or an error: an *refusal.Error (Unauthenticated)
 // when the attestation is refused. Implementations must be safe for
 // concurrent use, and must not accept the same single-use proof twice.
 type NodeAttestor interface {
@@ -33,10 +33,10 @@ func (a *JoinTokenAttestor) Attest(ctx context.Context, req *cav1.AttestAgentReq
 		return use.Node, nil
 	case *cav1.AttestAgentRequest_K8SSat:
 		if a.K8s == nil {
-			return "", fail(ReasonUnsupported, "Kubernetes service-account attestation is not enabled on this CA; attest with a join token")
+			return "", Fail(ReasonUnsupported, "Kubernetes service-account attestation is not enabled on this CA; attest with a join token")
 		}
 		return a.K8s.Attest(ctx, req)
 	default:
-		return "", fail(ReasonNoAttestation, "request carries no attestation; set join_token (from `castellanctl token create`)")
+		return "", Fail(ReasonNoAttestation, "request carries no attestation; set join_token (from `castellanctl token create`)")
 	}
 }

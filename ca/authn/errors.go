@@ -4,14 +4,13 @@
 package authn
 
 import (
-	"errors"
-	"fmt"
-
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+
+	"github.com/castellan-dev/castellan/ca/refusal"
 )
 
-// Reasons carried by *Error; each is a Prometheus label value.
+// Reasons of authentication refusals (Fail); each is a Prometheus label
+// value.
 const (
 	ReasonNoClientCert       = "no_client_cert" // no verified client certificate
 	ReasonNotAgent           = "not_agent"      // client SVID is not an agent SVID of this trust domain
@@ -24,43 +23,14 @@ const (
 	ReasonJoinTokenMalformed = "join_token_malformed"
 )
 
-// Error is a failed authentication. Reason is one of the Reason* constants;
-// Err says what was wrong. It maps to gRPC Unauthenticated, except
-// ReasonNotAdmin, which maps to PermissionDenied (the caller is known but
-// not allowed).
-type Error struct {
-	Reason string
-	Err    error
-}
-
-func fail(reason, format string, args ...any) *Error {
-	return &Error{Reason: reason, Err: fmt.Errorf(format, args...)}
-}
-
-// Error implements error.
-func (e *Error) Error() string { return "authn: " + e.Err.Error() }
-
-// Unwrap returns the underlying error.
-func (e *Error) Unwrap() error { return e.Err }
-
-// GRPCStatus returns the gRPC status for the failure.
-func (e *Error) GRPCStatus() *status.Status {
+// Fail returns a failed authentication (a *refusal.Error): Unauthenticated,
+// except ReasonNotAdmin, which is PermissionDenied (the caller is known
+// but not allowed). The message, formatted as fmt.Errorf does, is prefixed
+// "authn: ".
+func Fail(reason, format string, args ...any) *refusal.Error {
 	code := codes.Unauthenticated
-	if e.Reason == ReasonNotAdmin {
+	if reason == ReasonNotAdmin {
 		code = codes.PermissionDenied
 	}
-	return status.New(code, e.Error())
-}
-
-// ReasonOf returns the Reason of the first *Error in err's chain, "" if err
-// is nil and "internal" for any other error.
-func ReasonOf(err error) string {
-	if err == nil {
-		return ""
-	}
-	var e *Error
-	if errors.As(err, &e) {
-		return e.Reason
-	}
-	return "internal"
+	return refusal.Errorf(code, reason, "authn: "+format, args...)
 }

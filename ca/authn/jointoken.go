@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/peer"
@@ -155,9 +156,9 @@ func (j *JoinTokens) Create(ctx context.Context, node string, ttl time.Duration)
 }
 
 // Consume marks token used and returns the node it was created for. An
-// unknown, already used or expired token gives an *Error (Unauthenticated)
+// unknown, already used or expired token gives an *refusal.Error (Unauthenticated)
 // whose reason and message say which. When the store fails, the error
-// wraps store.ErrUnavailable and no *Error (the refusal may rest on a
+// wraps store.ErrUnavailable and no *refusal.Error (the refusal may rest on a
 // failed read): the token was not spent, unless the error wraps
 // store.ErrCommitUnknown.
 func (j *JoinTokens) Consume(ctx context.Context, token string) (TokenUse, error) {
@@ -166,7 +167,7 @@ func (j *JoinTokens) Consume(ctx context.Context, token string) (TokenUse, error
 	}
 	if !strings.HasPrefix(token, joinTokenPrefix) ||
 		len(token) != len(joinTokenPrefix)+base64.RawURLEncoding.EncodedLen(joinTokenBytes) {
-		return TokenUse{}, fail(ReasonJoinTokenMalformed,
+		return TokenUse{}, Fail(ReasonJoinTokenMalformed,
 			"join token is malformed; use the token printed by `castellanctl token create`")
 	}
 	key := tokenHash(token)
@@ -183,7 +184,7 @@ func (j *JoinTokens) Consume(ctx context.Context, token string) (TokenUse, error
 		}
 		val := b.Get(key[:])
 		if val == nil {
-			return fail(ReasonJoinTokenUnknown, "join token %s is unknown; create one with `castellanctl token create --node NAME`", id)
+			return Fail(ReasonJoinTokenUnknown, "join token %s is unknown; create one with `castellanctl token create --node NAME`", id)
 		}
 		var rec tokenRecord
 		if err := json.Unmarshal(val, &rec); err != nil {
@@ -191,12 +192,12 @@ func (j *JoinTokens) Consume(ctx context.Context, token string) (TokenUse, error
 		}
 		if !rec.UsedAt.IsZero() {
 			reused = &rec
-			return fail(ReasonJoinTokenUsed, "join token %s for node %q was already used at %s; join tokens are single-use, create a new one. "+
+			return Fail(ReasonJoinTokenUsed, "join token %s for node %q was already used at %s; join tokens are single-use, create a new one. "+
 				"If this node's agent did not use it, the token was stolen: check the agent of node %q",
 				id, rec.Node, rec.UsedAt.Format(time.RFC3339), rec.Node)
 		}
 		if !now.Before(rec.ExpiresAt) {
-			return fail(ReasonJoinTokenExpired, "join token %s for node %q expired at %s; create a new one",
+			return Fail(ReasonJoinTokenExpired, "join token %s for node %q expired at %s; create a new one",
 				id, rec.Node, rec.ExpiresAt.Format(time.RFC3339))
 		}
 		rec.UsedAt = now
@@ -214,7 +215,7 @@ func (j *JoinTokens) Consume(ctx context.Context, token string) (TokenUse, error
 		j.reportReuse(ctx, id, reused)
 	}
 	if err != nil {
-		var ae *Error
+		var ae *refusal.Error
 		if errors.As(err, &ae) {
 			return TokenUse{}, ae
 		}

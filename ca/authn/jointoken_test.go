@@ -9,9 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/ca/store/faultstore"
+	"google.golang.org/grpc/codes"
 )
 
 type clock struct {
@@ -55,9 +57,9 @@ func newTokens(t *testing.T) (*JoinTokens, *clock, *boltstore.DB) {
 
 func reasonOf(t *testing.T, err error) string {
 	t.Helper()
-	var e *Error
-	if !errors.As(err, &e) {
-		t.Fatalf("error %v is not an *authn.Error", err)
+	var e *refusal.Error
+	if !errors.As(err, &e) || e.Code != codes.Unauthenticated || !strings.HasPrefix(e.Error(), "authn: ") {
+		t.Fatalf("error %v is not an authentication refusal (Unauthenticated, \"authn: ...\")", err)
 	}
 	return e.Reason
 }
@@ -260,7 +262,7 @@ func TestJoinTokenOnUnavailableStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	flaky.Fail(true)
-	var ae *Error
+	var ae *refusal.Error
 	if _, err := j.Consume(ctx, tok); !errors.Is(err, store.ErrUnavailable) || errors.As(err, &ae) {
 		t.Fatalf("consume on a failing store: %v, want ErrUnavailable and no authn refusal", err)
 	}

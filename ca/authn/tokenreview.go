@@ -13,6 +13,7 @@ import (
 	"time"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/castellan-dev/castellan/internal/k8sid"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
@@ -112,7 +113,7 @@ type TokenReviewAttestor struct {
 // reviewResult is a cached outcome: an identity, or a refusal.
 type reviewResult struct {
 	id      TokenIdentity
-	err     *Error
+	err     *refusal.Error
 	expires time.Time
 }
 
@@ -213,7 +214,7 @@ func ParseServiceAccount(s string) (namespace, name string, err error) {
 func (a *TokenReviewAttestor) Attest(ctx context.Context, req *cav1.AttestAgentRequest) (string, error) {
 	token := req.GetK8SSat()
 	if token == "" {
-		return "", fail(ReasonNoAttestation, "request carries no Kubernetes service-account token (k8s_sat)")
+		return "", Fail(ReasonNoAttestation, "request carries no Kubernetes service-account token (k8s_sat)")
 	}
 	id, err := a.Review(ctx, token)
 	if err != nil {
@@ -222,7 +223,7 @@ func (a *TokenReviewAttestor) Attest(ctx context.Context, req *cav1.AttestAgentR
 	return id.Node, nil
 }
 
-// Review authenticates token: it returns the token's identity, an *Error
+// Review authenticates token: it returns the token's identity, an *refusal.Error
 // (Unauthenticated) if the token is refused, or an Unavailable status
 // error if the API server cannot be asked.
 func (a *TokenReviewer) Review(ctx context.Context, token string) (TokenIdentity, error) {
@@ -267,23 +268,23 @@ func (a *TokenReviewer) precheck(token string, now time.Time) (jwtClaims, error)
 	var c jwtClaims
 	parts := strings.Split(token, ".")
 	if len(token) > maxTokenBytes || len(parts) != 3 {
-		return c, fail(ReasonK8sTokenMalformed, "%s is not a JWT; pass the projected service-account token file's contents", a.subject)
+		return c, Fail(ReasonK8sTokenMalformed, "%s is not a JWT; pass the projected service-account token file's contents", a.subject)
 	}
 	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
 	if err != nil {
-		return c, fail(ReasonK8sTokenMalformed, "%s payload is not base64url: %v", a.subject, err)
+		return c, Fail(ReasonK8sTokenMalformed, "%s payload is not base64url: %v", a.subject, err)
 	}
 	if err := json.Unmarshal(payload, &c); err != nil {
-		return c, fail(ReasonK8sTokenMalformed, "%s payload is not a JSON claim set: %v", a.subject, err)
+		return c, Fail(ReasonK8sTokenMalformed, "%s payload is not a JSON claim set: %v", a.subject, err)
 	}
 	if c.Exp == 0 {
-		return c, fail(ReasonK8sTokenMalformed, "%s has no expiry: use a projected service-account token (legacy secret tokens are not accepted)", a.subject)
+		return c, Fail(ReasonK8sTokenMalformed, "%s has no expiry: use a projected service-account token (legacy secret tokens are not accepted)", a.subject)
 	}
 	if !now.Before(c.expiry()) {
-		return c, fail(ReasonK8sTokenExpired, "%s expired at %s; the kubelet refreshes projected tokens, so re-read the token file", a.subject, c.expiry().UTC().Format(time.RFC3339))
+		return c, Fail(ReasonK8sTokenExpired, "%s expired at %s; the kubelet refreshes projected tokens, so re-read the token file", a.subject, c.expiry().UTC().Format(time.RFC3339))
 	}
 	if aud := c.audiences(); !slices.Contains(aud, a.audience) {
-		return c, fail(ReasonK8sWrongAudience, "%s is for audiences %q, not %q; project the token with audience %s", a.subject, aud, a.audience, a.audience)
+		return c, Fail(ReasonK8sWrongAudience, "%s is for audiences %q, not %q; project the token with audience %s", a.subject, aud, a.audience, a.audience)
 	}
 	return c, nil
 }
@@ -381,15 +382,15 @@ func (a *TokenReviewer) judge(st authenticationv1.TokenReviewStatus) reviewResul
 		if msg == "" {
 			msg = "not authenticated"
 		}
-		return reviewResult{err: fail(ReasonK8sTokenInvalid, "the Kubernetes API server refused %s: %s", a.subject, msg)}
+		return reviewResult{err: Fail(ReasonK8sTokenInvalid, "the Kubernetes API server refused %s: %s", a.subject, msg)}
 	case !slices.Contains(st.Audiences, a.audience):
-		return reviewResult{err: fail(ReasonK8sWrongAudience, "the Kubernetes API server did not confirm audience %q for %s (got %q)", a.audience, a.subject, st.Audiences)}
+		return reviewResult{err: Fail(ReasonK8sWrongAudience, "the Kubernetes API server did not confirm audience %q for %s (got %q)", a.audience, a.subject, st.Audiences)}
 	case a.username != "" && st.User.Username != a.username:
-		return reviewResult{err: fail(ReasonK8sWrongAccount, "%s belongs to %q; only the agent service account %q may attest agents", a.subject, st.User.Username, a.username)}
+		return reviewResult{err: Fail(ReasonK8sWrongAccount, "%s belongs to %q; only the agent service account %q may attest agents", a.subject, st.User.Username, a.username)}
 	}
 	acct, err := k8sid.FromUsername(st.User.Username)
 	if err != nil {
-		return reviewResult{err: fail(ReasonK8sNotSA, "%s belongs to %q, which is not a service account", a.subject, st.User.Username)}
+		return reviewResult{err: Fail(ReasonK8sNotSA, "%s belongs to %q, which is not a service account", a.subject, st.User.Username)}
 	}
 	id := TokenIdentity{Namespace: acct.Namespace, ServiceAccount: acct.Name,
 		PodName: onlyExtra(st, PodNameExtra), PodUID: onlyExtra(st, PodUIDExtra)}
@@ -398,9 +399,9 @@ func (a *TokenReviewer) judge(st authenticationv1.TokenReviewStatus) reviewResul
 	case len(nodes) == 0 && !a.requireNode:
 		return reviewResult{id: id}
 	case len(nodes) != 1:
-		return reviewResult{err: fail(ReasonK8sNoNode, "%s is not bound to a pod on a node (no %s in the review); use a projected token of the agent's pod", a.subject, NodeNameExtra)}
+		return reviewResult{err: Fail(ReasonK8sNoNode, "%s is not bound to a pod on a node (no %s in the review); use a projected token of the agent's pod", a.subject, NodeNameExtra)}
 	case ValidateNodeName(nodes[0]) != nil:
-		return reviewResult{err: fail(ReasonK8sNoNode, "the review names node %q, which is not a valid node name", nodes[0])}
+		return reviewResult{err: Fail(ReasonK8sNoNode, "the review names node %q, which is not a valid node name", nodes[0])}
 	}
 	id.Node = nodes[0]
 	return reviewResult{id: id}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/castellan-dev/castellan/integration/kubetest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -83,7 +84,7 @@ func wantRefusal(t *testing.T, err error, reason, msgPart string) {
 	if err == nil {
 		t.Fatalf("attestation accepted, want refusal %s", reason)
 	}
-	if got := ReasonOf(err); got != reason {
+	if got := refusal.ReasonOf(err); got != reason {
 		t.Fatalf("reason %q (%v), want %q", got, err, reason)
 	}
 	if st, _ := status.FromError(err); st.Code() != codes.Unauthenticated {

@@ -375,9 +375,6 @@ func (a *Authority) Intermediate() *x509.Certificate { return a.keys().cert }
 // Root returns the root the current intermediate chains to.
 func (a *Authority) Root() *x509.Certificate { return a.keys().root }
 
-// Signer returns the current intermediate's private key.
-func (a *Authority) Signer() crypto.Signer { return a.keys().key }
-
 // TrustDomain returns the CA's trust domain.
 func (a *Authority) TrustDomain() spiffeid.TrustDomain { return a.td }
 

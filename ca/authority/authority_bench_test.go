@@ -47,7 +47,7 @@ func BenchmarkSign(b *testing.B) {
 func BenchmarkBareX509(b *testing.B) {
 	clock := newTestClock()
 	a := newTestAuthority(b, clock)
-	inter, key := a.Intermediate(), a.Signer()
+	inter, key := a.Intermediate(), a.signer()
 	for _, name := range []string{"p256", "rsa2048"} {
 		der := workloadCSR(b, benchKeys(b)[name])
 		b.Run(name, func(b *testing.B) {
@@ -83,7 +83,7 @@ func BenchmarkCFSSLSigner(b *testing.B) {
 	log.Level = log.LevelError // cfssl logs every signature at Info
 	b.Cleanup(func() { log.Level = prev })
 	a := newTestAuthority(b, newTestClock())
-	s, err := local.NewSigner(a.Signer(), a.Intermediate(), signer.DefaultSigAlgo(a.Signer()), a.policy)
+	s, err := local.NewSigner(a.signer(), a.Intermediate(), signer.DefaultSigAlgo(a.signer()), a.policy)
 	if err != nil {
 		b.Fatal(err)
 	}

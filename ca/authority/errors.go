@@ -5,12 +5,12 @@ import (
 	"fmt"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/castellan-dev/castellan/ca/lifetime"
+	"github.com/castellan-dev/castellan/ca/refusal"
 )
 
-// Reasons carried by *Error. Each is a short snake_case string suitable as a
+// Reasons carried by an authority Error. Each is a short snake_case string suitable as a
 // Prometheus label value; the set is closed so label cardinality stays small.
 const (
 	ReasonMalformedCSR     = "malformed_csr"      // bytes are not a DER PKCS#10 request
@@ -28,52 +28,26 @@ const (
 	ReasonTTLTooLong       = "ttl_too_long"       // TTL above Config.MaxTTL
 )
 
-// ReasonInternal is what ReasonOf returns for errors that are not *Error:
-// failures of the CA itself rather than of the request.
-const ReasonInternal = "internal"
+// ReasonInternal is what ReasonOf returns for errors that are not
+// refusals: failures of the CA itself rather than of the request.
+const ReasonInternal = refusal.Internal
 
 // ErrSignerExpired is returned by Sign when the intermediate CA is no longer
 // valid at the current time. It is a CA-side failure, not a bad request.
 var ErrSignerExpired = errors.New("authority: intermediate CA certificate has expired; rotate the CA")
 
-// Error is a rejected request: a CSR, SPIFFE ID or TTL that the CA will not
-// sign. Reason is one of the Reason* constants; Err says in words what was
-// wrong. Error maps to gRPC InvalidArgument.
-type Error struct {
-	Reason string
-	Err    error
-}
+// Error is a rejected request: a CSR, SPIFFE ID or TTL that the CA will
+// not sign. It is the CA's one refusal type (ca/refusal), always with code
+// InvalidArgument, a Reason* constant and a message prefixed "authority: ".
+type Error = refusal.Error
 
 func reject(reason, format string, args ...any) *Error {
-	return &Error{Reason: reason, Err: fmt.Errorf(format, args...)}
+	return refusal.Errorf(codes.InvalidArgument, reason, "authority: "+format, args...)
 }
 
-// Error implements error.
-func (e *Error) Error() string {
-	return "authority: " + e.Err.Error()
-}
-
-// Unwrap returns the underlying error.
-func (e *Error) Unwrap() error { return e.Err }
-
-// GRPCStatus returns an InvalidArgument status carrying the message, so that
-// status.FromError and gRPC handlers returning the error directly work.
-func (e *Error) GRPCStatus() *status.Status {
-	return status.New(codes.InvalidArgument, e.Error())
-}
-
-// ReasonOf returns the Reason of the first *Error in err's chain, "" for a
-// nil error, and ReasonInternal for any other error.
-func ReasonOf(err error) string {
-	if err == nil {
-		return ""
-	}
-	var e *Error
-	if errors.As(err, &e) {
-		return e.Reason
-	}
-	return ReasonInternal
-}
+// ReasonOf returns the Reason of the first refusal in err's chain, "" for
+// a nil error, and ReasonInternal for any other error.
+func ReasonOf(err error) string { return refusal.ReasonOf(err) }
 
 // TTLError returns err, a refusal of ca/lifetime, as an *Error with reason
 // ReasonInvalidTTL or ReasonTTLTooLong; nil stays nil and other errors are
@@ -83,9 +57,9 @@ func TTLError(err error) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, lifetime.ErrNegative):
-		return &Error{Reason: ReasonInvalidTTL, Err: err}
+		return refusal.New(codes.InvalidArgument, ReasonInvalidTTL, fmt.Errorf("authority: %w", err))
 	case errors.Is(err, lifetime.ErrTooLong):
-		return &Error{Reason: ReasonTTLTooLong, Err: err}
+		return refusal.New(codes.InvalidArgument, ReasonTTLTooLong, fmt.Errorf("authority: %w", err))
 	}
 	return err
 }

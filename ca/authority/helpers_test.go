@@ -85,3 +85,7 @@ func rsaKey(t testing.TB, bits int) *rsa.PrivateKey {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// signer returns the current intermediate's private key: tests only; the
+// key never leaves the package (SignCRL signs with it).
+func (a *Authority) signer() crypto.Signer { return a.keys().key }

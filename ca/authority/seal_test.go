@@ -89,7 +89,7 @@ func TestTheStoreNeverHoldsAPrivateKeyInClear(t *testing.T) {
 	if len(keys) != 6 {
 		t.Fatalf("opened %d keys, want 6 (3 authorities x signing and root)", len(keys))
 	}
-	if !keys[a.Snapshot().ActiveID+" signing"].(*ecdsa.PrivateKey).Equal(a.Signer()) {
+	if !keys[a.Snapshot().ActiveID+" signing"].(*ecdsa.PrivateKey).Equal(a.signer()) {
 		t.Fatal("the sealed signing key is not the one that signs")
 	}
 	var values [][]byte

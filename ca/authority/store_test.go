@@ -120,7 +120,7 @@ func TestNewReissuesIntermediateWhoseKeyDoesNotMatch(t *testing.T) {
 	if second.Intermediate().Equal(first.Intermediate()) || !second.Root().Equal(first.Root()) {
 		t.Fatal("want a new intermediate under the same root")
 	}
-	if !keyMatches(second.Signer(), second.Intermediate().PublicKey) {
+	if !keyMatches(second.signer(), second.Intermediate().PublicKey) {
 		t.Fatal("signer does not match the intermediate")
 	}
 }
@@ -189,7 +189,7 @@ func TestGeneratedCAShape(t *testing.T) {
 	if len(inter.SubjectKeyId) == 0 || len(root.SubjectKeyId) == 0 {
 		t.Error("CA certificates need a SubjectKeyId")
 	}
-	if !keyMatches(a.Signer(), inter.PublicKey) {
+	if !keyMatches(a.signer(), inter.PublicKey) {
 		t.Error("Signer is not the intermediate's key")
 	}
 	b := a.Bundle()

@@ -30,7 +30,7 @@ type Grant struct {
 }
 
 // Authorizer decides whether a node may obtain an SVID. It returns a
-// *DeniedError (PermissionDenied) when not. Implementations must be safe
+// *refusal.Error (PermissionDenied, see Deny) when not. Implementations must be safe
 // for concurrent use.
 type Authorizer interface {
 	Authorize(ctx context.Context, req Request) (Grant, error)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -53,7 +54,7 @@ func TestAuthorizeAllowsOnlyEntriesOfCallersNode(t *testing.T) {
 		{"pod without k8s", Request{Node: "node-a", ID: app, PodUID: "p"}, ReasonNoPodAuthz, "no Kubernetes pod authorizer"},
 	} {
 		_, err := az.Authorize(ctx, tc.req)
-		var de *DeniedError
+		var de *refusal.Error
 		if !errors.As(err, &de) || de.Reason != tc.reason || !strings.Contains(err.Error(), tc.msg) {
 			t.Errorf("%s: %v; want %s containing %q", tc.name, err, tc.reason, tc.msg)
 		}

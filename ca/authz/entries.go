@@ -20,6 +20,7 @@ import (
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/lifetime"
+	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/proto"
@@ -265,8 +266,8 @@ func (e *Entries) Create(ctx context.Context, ent *cav1.Entry) (*cav1.Entry, err
 		}
 		for _, other := range cur.byNode[stored.Node] {
 			if other.SpiffeId == stored.SpiffeId && sameSelectors(other.Selectors, stored.Selectors) {
-				return &InvalidEntryError{Err: fmt.Errorf("an entry for %s on node %q with the same selectors exists (ID %s)",
-					stored.SpiffeId, stored.Node, other.Id)}
+				return invalidEntry(fmt.Errorf("an entry for %s on node %q with the same selectors exists (ID %s)",
+					stored.SpiffeId, stored.Node, other.Id))
 			}
 		}
 		b, err := bucketOf(tx, entryBucket)
@@ -289,22 +290,22 @@ func (e *Entries) Create(ctx context.Context, ent *cav1.Entry) (*cav1.Entry, err
 // normalize validates ent and returns the copy to store.
 func (e *Entries) normalize(ent *cav1.Entry) (*cav1.Entry, error) {
 	if ent == nil {
-		return nil, &InvalidEntryError{Err: errors.New("entry is missing")}
+		return nil, invalidEntry(errors.New("entry is missing"))
 	}
 	id, err := spiffeid.FromString(ent.GetSpiffeId())
 	if err != nil {
-		return nil, &InvalidEntryError{Err: fmt.Errorf("SPIFFE ID %q is invalid: %w", ent.GetSpiffeId(), err)}
+		return nil, invalidEntry(fmt.Errorf("SPIFFE ID %q is invalid: %w", ent.GetSpiffeId(), err))
 	}
 	switch {
 	case !id.MemberOf(e.td):
-		return nil, &InvalidEntryError{Err: fmt.Errorf("SPIFFE ID %q is not in trust domain %q", id, e.td)}
+		return nil, invalidEntry(fmt.Errorf("SPIFFE ID %q is not in trust domain %q", id, e.td))
 	case id.Path() == "":
-		return nil, &InvalidEntryError{Err: fmt.Errorf("SPIFFE ID %q has no path", id)}
+		return nil, invalidEntry(fmt.Errorf("SPIFFE ID %q has no path", id))
 	case strings.HasPrefix(id.Path(), "/castellan/"):
-		return nil, &InvalidEntryError{Err: fmt.Errorf("SPIFFE ID %q is reserved for Castellan's own agents and server", id)}
+		return nil, invalidEntry(fmt.Errorf("SPIFFE ID %q is reserved for Castellan's own agents and server", id))
 	}
 	if err := authn.ValidateNodeName(ent.GetNode()); err != nil {
-		return nil, &InvalidEntryError{Err: err}
+		return nil, invalidEntry(err)
 	}
 	if err := validateSelectors(ent.GetSelectors()); err != nil {
 		return nil, err
@@ -313,7 +314,7 @@ func (e *Entries) normalize(ent *cav1.Entry) (*cav1.Entry, error) {
 		return nil, err
 	}
 	if _, err := lifetime.Seconds(ent.GetTtlSeconds(), e.maxTTL); err != nil {
-		return nil, &InvalidEntryError{Err: fmt.Errorf("TTL %ds is out of range; use 0 (the CA default) up to %s", ent.GetTtlSeconds(), e.maxTTL)}
+		return nil, invalidEntry(fmt.Errorf("TTL %ds is out of range; use 0 (the CA default) up to %s", ent.GetTtlSeconds(), e.maxTTL))
 	}
 	raw := make([]byte, 16)
 	if _, err := rand.Read(raw); err != nil {
@@ -338,17 +339,17 @@ func (e *Entries) normalize(ent *cav1.Entry) (*cav1.Entry, error) {
 
 func validateSelectors(sels []*cav1.Selector) error {
 	if len(sels) == 0 {
-		return &InvalidEntryError{Err: errors.New("entry has no selectors; add at least one, e.g. unix:uid:1000 or unix:path:/usr/bin/app")}
+		return invalidEntry(errors.New("entry has no selectors; add at least one, e.g. unix:uid:1000 or unix:path:/usr/bin/app"))
 	}
 	if len(sels) > maxSelectors {
-		return &InvalidEntryError{Err: fmt.Errorf("entry has %d selectors; at most %d are allowed", len(sels), maxSelectors)}
+		return invalidEntry(fmt.Errorf("entry has %d selectors; at most %d are allowed", len(sels), maxSelectors))
 	}
 	for _, s := range sels {
 		if s.GetType() == "" || s.GetValue() == "" || strings.Contains(s.GetType(), ":") {
-			return &InvalidEntryError{Err: fmt.Errorf("selector %q:%q is invalid; want TYPE:KEY:VALUE such as unix:uid:1000", s.GetType(), s.GetValue())}
+			return invalidEntry(fmt.Errorf("selector %q:%q is invalid; want TYPE:KEY:VALUE such as unix:uid:1000", s.GetType(), s.GetValue()))
 		}
 		if len(s.GetType())+len(s.GetValue()) > maxSelectorBytes {
-			return &InvalidEntryError{Err: fmt.Errorf("selector %s:%.32s... is longer than %d bytes", s.GetType(), s.GetValue(), maxSelectorBytes)}
+			return invalidEntry(fmt.Errorf("selector %s:%.32s... is longer than %d bytes", s.GetType(), s.GetValue(), maxSelectorBytes))
 		}
 	}
 	return nil
@@ -400,7 +401,7 @@ func bucketOf(tx store.Tx, name []byte) (store.Bucket, error) {
 // the transaction decided, which is dropped from the chain: a refusal
 // ("not found", "duplicate") may rest on a read that failed.
 func writeError(op string, err error) error {
-	var ie *InvalidEntryError
+	var ie *refusal.Error
 	switch {
 	case errors.Is(err, store.ErrCommitUnknown):
 		return fmt.Errorf("authz: %s: %w; the write may or may not have been made, list the entries to see (%s)", op, store.ErrCommitUnknown, err.Error())

@@ -4,49 +4,31 @@ import (
 	"fmt"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+
+	"github.com/castellan-dev/castellan/ca/refusal"
 )
 
-// Reasons carried by *DeniedError; each is a Prometheus label value.
+// Reasons of authorization refusals (Deny) and of entries that cannot be
+// stored; each is a Prometheus label value.
 const (
 	ReasonNotAssigned   = "not_assigned"    // no entry assigns the ID to the caller's node
 	ReasonEntryNotFound = "entry_not_found" // the named entry does not exist
 	ReasonEntryMismatch = "entry_mismatch"  // the named entry is for another ID or node
 	ReasonNoPodAuthz    = "pod_authz_unavailable"
+	ReasonInvalidEntry  = "invalid_entry" // a registration entry that cannot be stored
 )
 
-// DeniedError is a refused authorization; it maps to PermissionDenied.
-type DeniedError struct {
-	Reason string
-	Err    error
+// Deny returns a refused authorization (a *refusal.Error):
+// PermissionDenied, with the message formatted as fmt.Errorf does and
+// prefixed "authz: ".
+func Deny(reason, format string, args ...any) *refusal.Error {
+	return refusal.Errorf(codes.PermissionDenied, reason, "authz: "+format, args...)
 }
 
-func deny(reason, format string, args ...any) *DeniedError {
-	return &DeniedError{Reason: reason, Err: fmt.Errorf(format, args...)}
-}
+func deny(reason, format string, args ...any) *refusal.Error { return Deny(reason, format, args...) }
 
-// Error implements error.
-func (e *DeniedError) Error() string { return "authz: " + e.Err.Error() }
-
-// Unwrap returns the underlying error.
-func (e *DeniedError) Unwrap() error { return e.Err }
-
-// GRPCStatus returns a PermissionDenied status.
-func (e *DeniedError) GRPCStatus() *status.Status {
-	return status.New(codes.PermissionDenied, e.Error())
-}
-
-// InvalidEntryError is a registration entry that cannot be stored; it maps
-// to InvalidArgument.
-type InvalidEntryError struct{ Err error }
-
-// Error implements error.
-func (e *InvalidEntryError) Error() string { return "authz: invalid entry: " + e.Err.Error() }
-
-// Unwrap returns the underlying error.
-func (e *InvalidEntryError) Unwrap() error { return e.Err }
-
-// GRPCStatus returns an InvalidArgument status.
-func (e *InvalidEntryError) GRPCStatus() *status.Status {
-	return status.New(codes.InvalidArgument, e.Error())
+// invalidEntry is a registration entry that cannot be stored:
+// InvalidArgument, reason ReasonInvalidEntry.
+func invalidEntry(err error) *refusal.Error {
+	return refusal.New(codes.InvalidArgument, ReasonInvalidEntry, fmt.Errorf("authz: invalid entry: %w", err))
 }

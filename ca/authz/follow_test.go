@@ -77,9 +77,8 @@ func TestEntriesWritesCheckTheStoreNotTheIndex(t *testing.T) {
 	if len(stale.List("")) != 0 {
 		t.Fatal("test setup: the stale replica already sees the entry")
 	}
-	var ie *InvalidEntryError
-	if _, err := stale.Create(ctx, entry("spiffe://cluster.local/a", "node-1", "unix:uid:1")); !errors.As(err, &ie) {
-		t.Fatalf("duplicate through a stale replica: %v, want InvalidEntryError (duplicate)", err)
+	if _, err := stale.Create(ctx, entry("spiffe://cluster.local/a", "node-1", "unix:uid:1")); !isInvalidEntry(err) {
+		t.Fatalf("duplicate through a stale replica: %v, want an invalid-entry refusal (duplicate)", err)
 	}
 	if err := stale.Delete(ctx, ent.Id); err != nil {
 		t.Fatalf("delete through a stale replica: %v", err)
@@ -108,11 +107,10 @@ func TestEntriesConcurrentDuplicatesAcrossReplicas(t *testing.T) {
 	won := 0
 	for range n {
 		err := <-errs
-		var ie *InvalidEntryError
 		switch {
 		case err == nil:
 			won++
-		case !errors.As(err, &ie):
+		case !isInvalidEntry(err):
 			t.Errorf("loser: %v, want a duplicate refusal", err)
 		}
 	}
@@ -168,8 +166,7 @@ func TestEntriesWritesOnUnavailableStore(t *testing.T) {
 	if _, err := e.Create(ctx, entry("spiffe://cluster.local/b", "node-1", "unix:uid:1")); !errors.Is(err, store.ErrUnavailable) {
 		t.Errorf("create on a failing store: %v, want ErrUnavailable", err)
 	}
-	var ie *InvalidEntryError
-	if _, err := e.Create(ctx, entry("spiffe://cluster.local/a", "node-1", "unix:uid:1")); !errors.Is(err, store.ErrUnavailable) || errors.As(err, &ie) {
+	if _, err := e.Create(ctx, entry("spiffe://cluster.local/a", "node-1", "unix:uid:1")); !errors.Is(err, store.ErrUnavailable) || isInvalidEntry(err) {
 		t.Errorf("duplicate on a failing store: %v, want ErrUnavailable only", err)
 	}
 	if err := e.Delete(ctx, ent.Id); !errors.Is(err, store.ErrUnavailable) || errors.Is(err, ErrNotFound) {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/castellan-dev/castellan/integration/kubetest"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
@@ -40,7 +41,7 @@ func startPods(t *testing.T, env *kubetest.Env, opts ...PodsOption) *Pods {
 
 func wantDenied(t *testing.T, err error, reason, msgPart string) {
 	t.Helper()
-	var d *DeniedError
+	var d *refusal.Error
 	if !errors.As(err, &d) {
 		t.Fatalf("got %v, want a denial (%s)", err, reason)
 	}
@@ -147,7 +148,7 @@ func eventually(t *testing.T, f func() error, reason, msg string) {
 	var err error
 	for time.Now().Before(deadline) {
 		err = f()
-		var d *DeniedError
+		var d *refusal.Error
 		if errors.As(err, &d) && d.Reason == reason {
 			break
 		}

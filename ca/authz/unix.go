@@ -54,12 +54,12 @@ func checkUnixPolicy(ent *cav1.Entry) error {
 	open := anyUser(ent.GetSelectors())
 	switch {
 	case open && !ent.GetAllowAnyUser():
-		return &InvalidEntryError{Err: errors.New("entry has unix selectors but no unix:uid or unix:gid: unix:path and unix:sha256 only name an executable, " +
+		return invalidEntry(errors.New("entry has unix selectors but no unix:uid or unix:gid: unix:path and unix:sha256 only name an executable, " +
 			"which any local user can run to obtain the identity. Add --selector unix:uid:N (or unix:gid:N) for the user the workload runs as, " +
-			"or pass --allow-any-user (allow_any_user) to accept that any user on the node may obtain it")}
+			"or pass --allow-any-user (allow_any_user) to accept that any user on the node may obtain it"))
 	case !open && ent.GetAllowAnyUser():
-		return &InvalidEntryError{Err: errors.New("allow_any_user is set but the entry already restricts the caller by unix:uid or unix:gid, or has no unix selector; " +
-			"drop --allow-any-user")}
+		return invalidEntry(errors.New("allow_any_user is set but the entry already restricts the caller by unix:uid or unix:gid, or has no unix selector; " +
+			"drop --allow-any-user"))
 	}
 	return nil
 }

@@ -2,12 +2,12 @@ package authz
 
 import (
 	"context"
-	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"go.etcd.io/bbolt"
 	"google.golang.org/grpc/codes"
@@ -49,8 +49,7 @@ func TestUnixEntriesMustNameTheUser(t *testing.T) {
 			}
 			continue
 		}
-		var ie *InvalidEntryError
-		if !errors.As(err, &ie) || status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.refused) {
+		if !isInvalidEntry(err) || status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.refused) {
 			t.Errorf("%s: %v; want InvalidArgument containing %q", tc.name, err, tc.refused)
 		}
 		if len(e.List("")) != 0 {
@@ -110,4 +109,10 @@ func TestLegacyAnyUserEntryIsFlaggedOnLoad(t *testing.T) {
 	if len(got) != 2 || !got["old"] || got["bound"] {
 		t.Fatalf("loaded allow_any_user by entry: %v; want old=true, bound=false", got)
 	}
+}
+
+// isInvalidEntry reports whether err refuses an entry that cannot be stored.
+func isInvalidEntry(err error) bool {
+	e, ok := refusal.As(err)
+	return ok && e.Reason == ReasonInvalidEntry && e.Code == codes.InvalidArgument
 }

@@ -40,6 +40,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/castellan-dev/castellan/ca/server"
 	"github.com/castellan-dev/castellan/internal/k8sid"
 	"github.com/castellan-dev/castellan/internal/serial"
@@ -48,7 +49,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 	pb "istio.io/api/security/v1alpha1"
 	corev1 "k8s.io/api/core/v1"
 )
@@ -188,8 +188,8 @@ func (s *Service) CreateCertificate(ctx context.Context, req *pb.IstioCertificat
 	}
 	block, _ := pem.Decode([]byte(req.GetCsr()))
 	if block == nil || (block.Type != "CERTIFICATE REQUEST" && block.Type != "NEW CERTIFICATE REQUEST") {
-		return nil, s.refuse(ctx, &authority.Error{Reason: authority.ReasonMalformedCSR,
-			Err: errors.New("csr is not a PEM CERTIFICATE REQUEST")})
+		return nil, s.refuse(ctx, refusal.Errorf(codes.InvalidArgument, authority.ReasonMalformedCSR,
+			"authority: csr is not a PEM CERTIFICATE REQUEST"))
 	}
 	ttl := max(req.GetValidityDuration(), 0) // Istio treats a non-positive validity as "the default"
 	node, parent := "", ""
@@ -203,8 +203,7 @@ func (s *Service) CreateCertificate(ctx context.Context, req *pb.IstioCertificat
 		CSR: block.Bytes, TTLSeconds: ttl, Node: node, Parent: parent, Detail: detail,
 		Authorize: func(ctx context.Context, id spiffeid.ID) (authz.Grant, error) {
 			if id != want {
-				return authz.Grant{}, &authz.DeniedError{Reason: ReasonIdentityMismatch,
-					Err: fmt.Errorf("the CSR names %s but the caller (%s) may only obtain %s", id, c.how, want)}
+				return authz.Grant{}, authz.Deny(ReasonIdentityMismatch, "the CSR names %s but the caller (%s) may only obtain %s", id, c.how, want)
 			}
 			if c.cert == nil {
 				return authz.Grant{}, nil
@@ -254,14 +253,11 @@ func issuedBy(c, root *x509.Certificate) bool {
 	return c.CheckSignatureFrom(root) == nil
 }
 
-// refuse counts and logs a refusal before issuance and returns its status.
+// refuse logs a refusal before issuance and returns it; the server's edge
+// counts it and sends its status.
 func (s *Service) refuse(ctx context.Context, err error) error {
-	s.cfg.Server.CountRefusal(err)
-	s.log.WarnContext(ctx, "istio certificate request refused", "error", err.Error())
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	return status.Error(codes.Internal, "istio: internal error; see the CA's logs")
+	s.log.WarnContext(ctx, "istio certificate request refused", "reason", refusal.ReasonOf(err), "error", err.Error())
+	return err
 }
 
 // authenticate tries the client certificate, then the bearer token, as
@@ -281,12 +277,10 @@ func (s *Service) authenticate(ctx context.Context) (caller, error) {
 		if certErr != nil {
 			return caller{}, certErr
 		}
-		return caller{}, &authn.Error{Reason: ReasonNoCredentials, Err: fmt.Errorf(
-			"no credentials: send \"authorization: Bearer <Kubernetes service-account token with audience %s>\" or a client X.509-SVID of trust domain %q", Audience, s.td)}
+		return caller{}, authn.Fail(ReasonNoCredentials, "no credentials: send \"authorization: Bearer <Kubernetes service-account token with audience %s>\" or a client X.509-SVID of trust domain %q", Audience, s.td)
 	}
 	if s.cfg.Tokens == nil {
-		return caller{}, &authn.Error{Reason: ReasonJWTDisabled, Err: errors.New(
-			"this CA does not accept Kubernetes tokens (it runs without a Kubernetes client); present a client X.509-SVID")}
+		return caller{}, authn.Fail(ReasonJWTDisabled, "this CA does not accept Kubernetes tokens (it runs without a Kubernetes client); present a client X.509-SVID")
 	}
 	ti, err := s.cfg.Tokens.Review(ctx, token)
 	if err != nil {
@@ -294,8 +288,7 @@ func (s *Service) authenticate(ctx context.Context) (caller, error) {
 	}
 	id, err := k8sid.ServiceAccount{Namespace: ti.Namespace, Name: ti.ServiceAccount}.ID(s.td)
 	if err != nil {
-		return caller{}, &authn.Error{Reason: authn.ReasonK8sNotSA, Err: fmt.Errorf(
-			"service account %s/%s makes no valid SPIFFE ID: %w", ti.Namespace, ti.ServiceAccount, err)}
+		return caller{}, authn.Fail(authn.ReasonK8sNotSA, "service account %s/%s makes no valid SPIFFE ID: %w", ti.Namespace, ti.ServiceAccount, err)
 	}
 	how := "Kubernetes token of " + ti.Namespace + "/" + ti.ServiceAccount
 	if ti.PodName != "" {
@@ -311,11 +304,10 @@ func (s *Service) authenticate(ctx context.Context) (caller, error) {
 func (s *Service) certCaller(ctx context.Context, leaf *x509.Certificate) (caller, error) {
 	id, err := x509svid.IDFromCert(leaf)
 	if err != nil {
-		return caller{}, &authn.Error{Reason: ReasonCertNotWorkload, Err: fmt.Errorf("client certificate is not an X.509-SVID: %w", err)}
+		return caller{}, authn.Fail(ReasonCertNotWorkload, "client certificate is not an X.509-SVID: %w", err)
 	}
 	if !id.MemberOf(s.td) || strings.HasPrefix(id.Path(), "/castellan/") {
-		return caller{}, &authn.Error{Reason: ReasonCertNotWorkload, Err: fmt.Errorf(
-			"client certificate identity %s is not a workload identity of trust domain %q", id, s.td)}
+		return caller{}, authn.Fail(ReasonCertNotWorkload, "client certificate identity %s is not a workload identity of trust domain %q", id, s.td)
 	}
 	sn := serial.FromBig(leaf.SerialNumber).String()
 	how := "client certificate " + id.String() + " serial " + sn
@@ -332,8 +324,7 @@ func (s *Service) certCaller(ctx context.Context, leaf *x509.Certificate) (calle
 // a live pod on that node must run as imp's service account.
 func (s *Service) impersonate(c caller, imp string) (spiffeid.ID, error) {
 	deny := func(format string, args ...any) (spiffeid.ID, error) {
-		return spiffeid.ID{}, &authz.DeniedError{Reason: ReasonImpersonationDenied,
-			Err: fmt.Errorf("impersonation of %q refused: "+format, append([]any{imp}, args...)...)}
+		return spiffeid.ID{}, authz.Deny(ReasonImpersonationDenied, "impersonation of %q refused: "+format, append([]any{imp}, args...)...)
 	}
 	if len(s.trusted) == 0 {
 		return deny("this CA trusts no node accounts (--istio-trusted-node-sa)")

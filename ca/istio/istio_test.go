@@ -27,6 +27,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/integration/kubetest"
 	"github.com/castellan-dev/castellan/internal/serial"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -50,6 +51,7 @@ type caEnv struct {
 	ledger  *ledger.Ledger
 	entries *authz.Entries
 	addr    string
+	metrics *prometheus.Registry // the server's
 }
 
 func newCA(t *testing.T, cfg istio.Config) *caEnv {
@@ -84,7 +86,8 @@ func newCAWith(t *testing.T, cfg istio.Config, auth *authority.Authority) *caEnv
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(ctx, server.Config{Authority: auth, Ledger: led,
+	reg := prometheus.NewRegistry()
+	srv, err := server.New(ctx, server.Config{Authority: auth, Ledger: led, Registry: reg,
 		Attestor: &authn.JoinTokenAttestor{Tokens: tokens}, Tokens: tokens, Entries: entries})
 	if err != nil {
 		t.Fatal(err)
@@ -102,7 +105,7 @@ func newCAWith(t *testing.T, cfg istio.Config, auth *authority.Authority) *caEnv
 	g := srv.GRPCServer()
 	go func() { _ = g.Serve(lis) }()
 	t.Cleanup(g.Stop)
-	return &caEnv{auth: auth, ledger: led, entries: entries, addr: lis.Addr().String()}
+	return &caEnv{auth: auth, ledger: led, entries: entries, addr: lis.Addr().String(), metrics: reg}
 }
 
 // client returns istio.io/api's generated client over TLS that verifies

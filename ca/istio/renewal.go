@@ -39,26 +39,22 @@ func (s *Service) checkLineage(ctx context.Context, id spiffeid.ID, serial strin
 	cert, err := s.cfg.Ledger.Get(ctx, serial)
 	switch {
 	case errors.Is(err, ledger.ErrNotFound) || err == nil && cert.SPIFFEID != id.String():
-		return ledger.Entry{}, &authn.Error{Reason: ReasonCertNotLogged, Err: fmt.Errorf(
-			"client certificate %s (serial %s) is not in the CA's ledger; obtain a certificate from the node agent", id, serial)}
+		return ledger.Entry{}, authn.Fail(ReasonCertNotLogged, "client certificate %s (serial %s) is not in the CA's ledger; obtain a certificate from the node agent", id, serial)
 	case err != nil:
 		return ledger.Entry{}, fmt.Errorf("istio: look up serial %s: %w", serial, err)
 	case cert.Revoked != nil:
-		return ledger.Entry{}, &authn.Error{Reason: ReasonCertRevoked, Err: fmt.Errorf(
-			"client certificate %s (serial %s) is revoked", id, serial)}
+		return ledger.Entry{}, authn.Fail(ReasonCertRevoked, "client certificate %s (serial %s) is revoked", id, serial)
 	}
 	rev, found, truncated, err := s.cfg.Ledger.RevokedAncestor(ctx, serial, MaxRenewalGenerations, s.clock())
 	switch {
 	case err != nil:
 		return ledger.Entry{}, fmt.Errorf("istio: lineage of serial %s: %w", serial, err)
 	case found:
-		return ledger.Entry{}, &authz.DeniedError{Reason: ReasonLineageRevoked, Err: fmt.Errorf(
-			"client certificate %s (serial %s) descends from certificate %s, which is revoked; obtain a new certificate from the node agent",
-			id, serial, rev.Serial)}
+		return ledger.Entry{}, authz.Deny(ReasonLineageRevoked, "client certificate %s (serial %s) descends from certificate %s, which is revoked; obtain a new certificate from the node agent",
+			id, serial, rev.Serial)
 	case truncated:
-		return ledger.Entry{}, &authz.DeniedError{Reason: ReasonLineageTooLong, Err: fmt.Errorf(
-			"client certificate %s (serial %s) was renewed with its own certificates more than %d times in a row; obtain a new certificate from the node agent or with a Kubernetes token",
-			id, serial, MaxRenewalGenerations)}
+		return ledger.Entry{}, authz.Deny(ReasonLineageTooLong, "client certificate %s (serial %s) was renewed with its own certificates more than %d times in a row; obtain a new certificate from the node agent or with a Kubernetes token",
+			id, serial, MaxRenewalGenerations)
 	}
 	return cert, nil
 }
@@ -71,16 +67,14 @@ func (s *Service) checkLineage(ctx context.Context, id spiffeid.ID, serial strin
 func (s *Service) authorizeRenewal(ctx context.Context, c caller) (authz.Grant, error) {
 	node := c.cert.Node
 	if node == "" {
-		return authz.Grant{}, &authz.DeniedError{Reason: ReasonNotAssigned, Err: fmt.Errorf(
-			"renewal of %s refused: the ledger records no node for serial %s; obtain a certificate from the node agent", c.id, c.cert.Serial)}
+		return authz.Grant{}, authz.Deny(ReasonNotAssigned, "renewal of %s refused: the ledger records no node for serial %s; obtain a certificate from the node agent", c.id, c.cert.Serial)
 	}
 	grant, err := s.cfg.Authorizer.Authorize(ctx, authz.Request{Node: node, ID: c.id})
 	if err != nil {
 		if s.livePodOf(node, c.id) {
 			return authz.Grant{}, nil
 		}
-		return authz.Grant{}, &authz.DeniedError{Reason: ReasonNotAssigned, Err: fmt.Errorf(
-			"renewal of %s refused: the identity is no longer assigned to node %q, where serial %s was issued: %w", c.id, node, c.cert.Serial, err)}
+		return authz.Grant{}, authz.Deny(ReasonNotAssigned, "renewal of %s refused: the identity is no longer assigned to node %q, where serial %s was issued: %w", c.id, node, c.cert.Serial, err)
 	}
 	// The grant carries the entry's TTL: the server's issue path applies it
 	// as the ceiling (ca/server svidTTL), as for agents' requests.

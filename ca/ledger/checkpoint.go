@@ -7,6 +7,7 @@ import (
 	"strconv"
 
 	"github.com/castellan-dev/castellan/ca/store"
+	"github.com/castellan-dev/castellan/ca/verifier"
 	"github.com/transparency-dev/formats/log"
 	"golang.org/x/mod/sumdb/note"
 )
@@ -119,19 +120,9 @@ func checkpointSize(cp []byte) uint64 {
 }
 
 // OpenCheckpoint verifies a signed checkpoint against the log's verifier
-// key vkey and origin, and returns its contents. It needs only the
-// transparency-dev and x/mod libraries, as an auditor's own tool would.
+// key vkey and origin, and returns its contents: the offline verifier's
+// check (ca/verifier.OpenCheckpoint), which needs only the transparency-dev
+// and x/mod libraries, as an auditor's own tool would.
 func OpenCheckpoint(signed []byte, origin, vkey string) (*log.Checkpoint, error) {
-	v, err := note.NewVerifier(vkey)
-	if err != nil {
-		return nil, fmt.Errorf("ledger: log verifier key: %w", err)
-	}
-	if origin == "" {
-		origin = v.Name()
-	}
-	cp, _, _, err := log.ParseCheckpoint(signed, origin, v)
-	if err != nil {
-		return nil, fmt.Errorf("ledger: checkpoint: %w", err)
-	}
-	return cp, nil
+	return verifier.OpenCheckpoint(signed, origin, vkey)
 }

@@ -7,6 +7,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/castellan-dev/castellan/ca/verifier"
+	"github.com/transparency-dev/formats/log"
 )
 
 // fakeClock is a settable clock for tests.
@@ -72,3 +75,17 @@ func fillFrom(t testing.TB, l *Ledger, start, n int, notAfter time.Time) {
 		}
 	}
 }
+
+// closed reports whether ch is closed.
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// NewTreeVerifier is the offline verifier's tree (ca/verifier), under the
+// name the ledger's tests knew it by.
+func NewTreeVerifier(cps ...*log.Checkpoint) *verifier.Tree { return verifier.NewTree(cps...) }

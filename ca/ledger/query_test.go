@@ -3,21 +3,12 @@ package ledger
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
 	"log/slog"
-	"math/big"
-	"net/http/httptest"
 	"path/filepath"
 	"testing"
 	"time"
-
-	"github.com/castellan-dev/castellan/internal/serial"
 )
 
 func TestListPagesThroughSPIFFEIDIndex(t *testing.T) {
@@ -251,51 +242,6 @@ func TestAuditLineIsJSONPerEvent(t *testing.T) {
 	if rec["kind"] != "revocation" || rec["serial"] != ev.Serial || rec["reason"] != "key compromise" || rec["index"] != 1.0 {
 		t.Fatalf("audit line = %v", rec)
 	}
-}
-
-func TestCRLListsRevokedSerialsSignedByIssuer(t *testing.T) {
-	forBackends(t, func(t *testing.T, be backend) {
-		clock := newFakeClock()
-		l := be.openTest(t, clock)
-		ctx := context.Background()
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "castellan intermediate"},
-			NotBefore: clock.Now().Add(-time.Hour), NotAfter: clock.Now().Add(24 * time.Hour),
-			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		}
-		der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-		issuer, _ := x509.ParseCertificate(der)
-		fill(t, l, 3, clock.Now().Add(time.Hour))
-		h := NewCRLHandler(l, issuer, key, time.Hour)
-		fetch := func() *x509.RevocationList {
-			rec := httptest.NewRecorder()
-			h.ServeHTTP(rec, httptest.NewRequest("GET", "/crl", nil))
-			if rec.Code != 200 || rec.Header().Get("Content-Type") != "application/pkix-crl" {
-				t.Fatalf("status %d %s", rec.Code, rec.Header().Get("Content-Type"))
-			}
-			crl, err := x509.ParseRevocationList(rec.Body.Bytes())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := crl.CheckSignatureFrom(issuer); err != nil {
-				t.Fatal(err)
-			}
-			return crl
-		}
-		if crl := fetch(); len(crl.RevokedCertificateEntries) != 0 {
-			t.Fatalf("empty log: %d revoked", len(crl.RevokedCertificateEntries))
-		}
-		e, _ := l.Entry(ctx, 1)
-		if _, err := l.Revoke(ctx, e.Serial, "keyCompromise"); err != nil {
-			t.Fatal(err)
-		}
-		crl := fetch()
-		if len(crl.RevokedCertificateEntries) != 1 || serial.FromBig(crl.RevokedCertificateEntries[0].SerialNumber).String() != e.Serial ||
-			crl.RevokedCertificateEntries[0].ReasonCode != 1 {
-			t.Fatalf("CRL entries = %+v", crl.RevokedCertificateEntries)
-		}
-	})
 }
 
 // TestWatchEndsWhenLedgerCloses closes the ledger under a Watch that has

@@ -63,14 +63,6 @@ func (l *Ledger) readRange(ctx context.Context, from, to uint64) ([]Entry, error
 	return out, err
 }
 
-// Leaf is one position of the log as an auditor receives it: the stored
-// entry bytes (nil when pruned) and the leaf hash the log claims for it.
-type Leaf struct {
-	Index uint64
-	Data  []byte
-	Hash  []byte
-}
-
 // Export calls fn for every stored leaf [from, size) in order, where size
 // is the stored log size when Export starts (on a shared store, with every
 // replica's appends). It reads raw bytes without decoding,

@@ -43,11 +43,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // Kind names a quota in refusals and in the metric's label.
@@ -113,8 +111,9 @@ func Defaults(defaultTTL time.Duration) Config {
 	}
 }
 
-// Exceeded is the refusal of an issuance over a quota. Its gRPC status is
-// ResourceExhausted, with a message saying which quota and when to retry.
+// Exceeded describes an issuance over a quota. Take returns it inside a
+// *refusal.Error (Refusal): ResourceExhausted, reason "quota_<kind>", with
+// a message saying which quota and when to retry and a RetryInfo detail.
 type Exceeded struct {
 	Kind Kind
 	// Node and Identity name the bucket (Identity empty for KindNode).
@@ -133,14 +132,11 @@ func (e *Exceeded) Error() string {
 		e.Kind, who, e.Limit, e.RetryAfter.Round(time.Second))
 }
 
-// GRPCStatus is ResourceExhausted with the message and a RetryInfo
-// detail, so gRPC clients can back off for as long as they are told.
-func (e *Exceeded) GRPCStatus() *status.Status {
-	st := status.New(codes.ResourceExhausted, e.Error())
-	if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(e.RetryAfter)}); err == nil {
-		return d
-	}
-	return st
+// Refusal is e as the caller is told it: ResourceExhausted, reason
+// "quota_node" or "quota_identity" (castellan_csr_total), RetryAfter as a
+// RetryInfo detail so gRPC clients back off for as long as they are told.
+func (e *Exceeded) Refusal() *refusal.Error {
+	return &refusal.Error{Code: codes.ResourceExhausted, Reason: "quota_" + string(e.Kind), Err: e, RetryAfter: e.RetryAfter}
 }
 
 // Is makes errors.Is(err, ErrExceeded) true.
@@ -232,7 +228,7 @@ func Identity(spiffeID, entry string) string {
 // Take takes one token from node's bucket and one from the bucket of
 // identity (a SPIFFE ID and the entry or pod it is held for) on node,
 // whose certificate will live ttl. It takes both or neither, and returns
-// an *Exceeded naming the empty bucket. A request from no known node
+// a *refusal.Error wrapping an *Exceeded naming the empty bucket. A request from no known node
 // (node "", an Istio caller the CA cannot place) is limited per identity
 // only: one shared bucket would let any such caller starve the others.
 func (l *Limiter) Take(node, identity string, ttl time.Duration) error {
@@ -259,7 +255,7 @@ func (l *Limiter) Take(node, identity string, ttl time.Duration) error {
 		return nil
 	}
 	l.refusals.WithLabelValues(string(ex.Kind)).Inc()
-	return ex
+	return ex.Refusal()
 }
 
 // get returns the bucket for key, refilled to now, creating a full one.

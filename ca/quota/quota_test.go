@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -111,6 +112,9 @@ func TestExceededSaysWhichQuotaAndWhenToRetry(t *testing.T) {
 	err := l.Take("node-1", "spiffe://td/ns/a/sa/c", time.Hour)
 	if !errors.Is(err, ErrExceeded) {
 		t.Fatalf("err = %v", err)
+	}
+	if r := refusal.ReasonOf(err); r != "quota_node" {
+		t.Errorf("reason %q, want quota_node (castellan_csr_total)", r)
 	}
 	for _, want := range []string{"node issuance quota exceeded", "node-1", "retry in 1m0s"} {
 		if !strings.Contains(err.Error(), want) {

@@ -46,7 +46,7 @@ func (a *adminService) CreateJoinToken(ctx context.Context, req *adminv1.CreateJ
 func (a *adminService) CreateEntry(ctx context.Context, req *adminv1.CreateEntryRequest) (*adminv1.CreateEntryResponse, error) {
 	ent, err := a.s.cfg.Entries.Create(ctx, req.GetEntry())
 	if err != nil {
-		return nil, a.s.grpcError(ctx, err)
+		return nil, err
 	}
 	a.s.log.InfoContext(ctx, "entry created", "id", ent.Id, "spiffe_id", ent.SpiffeId, "node", ent.Node)
 	return &adminv1.CreateEntryResponse{Entry: ent}, nil
@@ -63,7 +63,7 @@ func (a *adminService) DeleteEntry(ctx context.Context, req *adminv1.DeleteEntry
 		if errors.Is(err, authz.ErrNotFound) {
 			return nil, status.Errorf(codes.NotFound, "server: no registration entry with ID %q; list them with `castellanctl entry list`", req.GetId())
 		}
-		return nil, a.s.grpcError(ctx, err)
+		return nil, err
 	}
 	a.s.log.InfoContext(ctx, "entry deleted", "id", req.GetId())
 	return &adminv1.DeleteEntryResponse{}, nil

@@ -21,7 +21,7 @@ import (
 func (a *adminService) ListAuthorities(ctx context.Context, _ *adminv1.ListAuthoritiesRequest) (*adminv1.ListAuthoritiesResponse, error) {
 	infos, err := a.s.cfg.Authority.Authorities(ctx)
 	if err != nil {
-		return nil, a.s.grpcError(ctx, err)
+		return nil, err
 	}
 	if infos == nil {
 		return nil, status.Error(codes.FailedPrecondition,

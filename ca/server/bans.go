@@ -10,6 +10,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
@@ -48,7 +49,7 @@ const reasonRenewTooEarly = "agent_renewal_too_early"
 
 // bannedError is the refusal of a banned node: PermissionDenied, naming
 // the node and the ban.
-func bannedError(b ledger.Ban) *refusal {
+func bannedError(b ledger.Ban) *refusal.Error {
 	return refuse(codes.PermissionDenied, reasonNodeBanned,
 		"node %q is banned (since %s, ledger entry %d: %q); its agent certificates and attestations are refused. "+
 			"After re-imaging the node, an operator can lift the ban with `castellanctl agent unban %s --reason ...` and attest it with a new join token",

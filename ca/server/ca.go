@@ -9,6 +9,7 @@ import (
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -20,13 +21,9 @@ type caService struct {
 	s *Server
 }
 
-// callerNode returns the node of the calling agent, counting a refusal.
+// callerNode returns the node of the calling agent.
 func (c *caService) callerNode(ctx context.Context) (string, error) {
-	node, err := authn.PeerNode(ctx, c.s.td)
-	if err != nil {
-		c.s.countResult(err)
-	}
-	return node, err
+	return authn.PeerNode(ctx, c.s.td)
 }
 
 // AttestAgent validates the CSR first (so a bad CSR does not burn a join
@@ -36,34 +33,28 @@ func (c *caService) AttestAgent(ctx context.Context, req *cav1.AttestAgentReques
 	s := c.s
 	a := s.cfg.Authority
 	if n := len(req.GetCsr()); n > MaxCSRBytes {
-		err := refuse(codes.InvalidArgument, reasonCSRTooLarge, "CSR is %d bytes; at most %d are accepted", n, MaxCSRBytes)
-		s.countResult(err)
-		return nil, err
+		return nil, refuse(codes.InvalidArgument, reasonCSRTooLarge, "CSR is %d bytes; at most %d are accepted", n, MaxCSRBytes)
 	}
 	csr, err := a.ParseAgentCSR(req.GetCsr())
 	if err != nil {
-		s.countResult(err)
-		return nil, s.grpcError(ctx, err)
+		return nil, err
 	}
 	node, err := s.cfg.Attestor.Attest(ctx, req)
 	if err == nil {
 		err = s.checkNodeBan(node)
 	}
 	if err != nil {
-		s.countResult(err)
-		s.log.WarnContext(ctx, "agent attestation refused", "reason", authn.ReasonOf(err), "error", err.Error())
-		return nil, s.grpcError(ctx, err)
+		s.log.WarnContext(ctx, "agent attestation refused", "reason", refusal.ReasonOf(err), "error", err.Error())
+		return nil, err
 	}
 	id, err := authn.AgentID(s.td, node)
 	if err != nil {
-		s.countResult(err)
-		return nil, status.Error(codes.Internal, "server: attestor returned an invalid node name")
+		return nil, refusal.Failure(codes.Internal, "server: attestor returned an invalid node name", err)
 	}
 	start := time.Now()
 	iss, err := a.Sign(ctx, csr, id, s.cfg.AgentTTL)
 	if err != nil {
-		s.countResult(err)
-		return nil, s.grpcError(ctx, err)
+		return nil, err
 	}
 	s.metrics.observeSigning(time.Since(start))
 	events := []ledger.Event{issuanceEvent(ledger.KindIssuance, iss, node, "agent attestation")}
@@ -71,15 +62,12 @@ func (c *caService) AttestAgent(ctx context.Context, req *cav1.AttestAgentReques
 		events = append([]ledger.Event{{Kind: ledger.KindJoinTokenUse, Node: node, SPIFFEID: id.String()}}, events...)
 	}
 	if _, err := s.cfg.Ledger.Append(ctx, events...); err != nil {
-		s.countResult(err)
 		s.log.ErrorContext(ctx, "ledger append failed; agent SVID withheld", "node", node, "error", err.Error())
-		return nil, status.Error(codes.Unavailable, "server: the issuance ledger is unavailable; no SVID was issued and the join token is spent, create a new one and retry")
+		return nil, refusal.Failure(codes.Unavailable, "server: the issuance ledger is unavailable; no SVID was issued and the join token is spent, create a new one and retry", err)
 	}
 	if err := s.refuseIfBannedAfterRecord(ctx, node); err != nil {
-		s.countResult(err)
 		return nil, err
 	}
-	s.countResult(nil)
 	s.log.InfoContext(ctx, "agent attested", "node", node, "spiffe_id", id.String(), "serial", serial.FromBig(iss.Serial).String())
 	return &cav1.AttestAgentResponse{Svid: svidProto(iss), Bundle: s.bundle.current()}, nil
 }
@@ -95,40 +83,33 @@ func (c *caService) RenewAgent(ctx context.Context, req *cav1.RenewAgentRequest)
 	}
 	leaf := PeerCertificate(ctx)
 	if err := s.checkRenewal(ctx, node, leaf); err != nil {
-		s.countResult(err)
 		s.log.WarnContext(ctx, "agent renewal refused", "node", node, "error", err.Error())
 		return nil, err
 	}
 	a := s.cfg.Authority
 	csr, err := a.ParseAgentCSR(req.GetCsr())
 	if err != nil {
-		s.countResult(err)
-		return nil, s.grpcError(ctx, err)
+		return nil, err
 	}
 	id, err := authn.AgentID(s.td, node)
 	if err != nil {
-		s.countResult(err)
-		return nil, s.grpcError(ctx, err)
+		return nil, err
 	}
 	start := time.Now()
 	iss, err := a.Sign(ctx, csr, id, s.cfg.AgentTTL)
 	if err != nil {
-		s.countResult(err)
-		return nil, s.grpcError(ctx, err)
+		return nil, err
 	}
 	s.metrics.observeSigning(time.Since(start))
 	ev := issuanceEvent(ledger.KindRenewal, iss, node, "agent renewal")
 	ev.Parent = serial.FromBig(leaf.SerialNumber).String()
 	if _, err := s.cfg.Ledger.Append(ctx, ev); err != nil {
-		s.countResult(err)
 		s.log.ErrorContext(ctx, "ledger append failed; agent SVID withheld", "node", node, "error", err.Error())
-		return nil, status.Error(codes.Unavailable, "server: the issuance ledger is unavailable; no SVID was issued, retry later")
+		return nil, refusal.Failure(codes.Unavailable, "server: the issuance ledger is unavailable; no SVID was issued, retry later", err)
 	}
 	if err := s.refuseAfterRenewal(ctx, node, ev.Parent, ev.Serial); err != nil {
-		s.countResult(err)
 		return nil, err
 	}
-	s.countResult(nil)
 	return &cav1.RenewAgentResponse{Svid: svidProto(iss)}, nil
 }
 
@@ -144,9 +125,8 @@ func (c *caService) SignX509SVID(ctx context.Context, req *cav1.SignX509SVIDRequ
 	if it.err == nil {
 		_ = s.record(ctx, node, []*issuance{it})
 	}
-	s.countResult(it.err)
 	if it.err != nil {
-		return nil, s.grpcError(ctx, it.err)
+		return nil, it.err
 	}
 	return &cav1.SignX509SVIDResponse{Svid: withLogIndex(svidProto(it.issued), it.logIndex)}, nil
 }
@@ -166,7 +146,6 @@ func (c *caService) BatchSignX509SVID(ctx context.Context, req *cav1.BatchSignX5
 	if n := len(req.GetRequests()); n > s.cfg.MaxBatch {
 		err := refuse(codes.InvalidArgument, reasonBatchTooLarge,
 			"batch has %d requests; at most %d are accepted, split it", n, s.cfg.MaxBatch)
-		s.countResult(err)
 		return nil, err
 	}
 	items := make([]*issuance, len(req.GetRequests()))
@@ -175,11 +154,11 @@ func (c *caService) BatchSignX509SVID(ctx context.Context, req *cav1.BatchSignX5
 	}
 	s.prepareAll(ctx, node, items)
 	_ = s.record(ctx, node, items)
-	s.account(items)
+	s.countEach(ctx, items)
 	resp := &cav1.BatchSignX509SVIDResponse{Results: make([]*cav1.BatchResult, len(items))}
 	for i, it := range items {
 		if it.err != nil {
-			st := status.Convert(s.grpcError(ctx, it.err))
+			st := status.Convert(s.statusOf(ctx, cav1.CertificateAuthorityService_BatchSignX509SVID_FullMethodName, it.err))
 			resp.Results[i] = &cav1.BatchResult{Result: &cav1.BatchResult_Error{
 				Error: &cav1.Error{Code: int32(st.Code()), Message: st.Message()}}}
 			continue

@@ -3,12 +3,12 @@ package server
 import (
 	"context"
 	"crypto/elliptic"
-	"errors"
 	"testing"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/authority"
-	"github.com/castellan-dev/castellan/ca/authz"
+	"github.com/castellan-dev/castellan/ca/refusal"
+	"google.golang.org/grpc/codes"
 )
 
 // FuzzSignRequest drives the request pipeline (size check, CSR validation,
@@ -31,13 +31,8 @@ func FuzzSignRequest(f *testing.F) {
 		it := &issuance{req: &cav1.SignX509SVIDRequest{Csr: csr, TtlSeconds: ttl, EntryId: entryID}}
 		e.srv.prepare(ctx, "node-a", it)
 		if it.err != nil {
-			var (
-				ae *authority.Error
-				de *authz.DeniedError
-				re *refusal
-			)
-			if !errors.As(it.err, &ae) && !errors.As(it.err, &de) && !errors.As(it.err, &re) {
-				t.Fatalf("untyped error for bad input: %v", it.err)
+			if e, ok := refusal.As(it.err); !ok || e.Reason == "" || e.Code == codes.OK || e.Code == codes.Internal {
+				t.Fatalf("bad input not refused with a reason and a status: %v", it.err)
 			}
 			if it.issued != nil {
 				t.Fatal("refused request carries a certificate")

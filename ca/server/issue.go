@@ -5,16 +5,13 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"time"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
-	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/quota"
-	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
@@ -140,66 +137,6 @@ func appendStatus(err error) error {
 	return status.Error(codes.Unavailable, "server: the issuance ledger is unavailable, no certificate was issued; retry later")
 }
 
-// account counts each item's outcome in castellan_csr_total.
-func (s *Server) account(items []*issuance) {
-	for _, it := range items {
-		s.countResult(it.err)
-	}
-}
-
-// countResult counts one request outcome.
-func (s *Server) countResult(err error) {
-	if err == nil {
-		s.metrics.count(resultIssued, reasonOK)
-		return
-	}
-	result, reason := classify(err)
-	s.metrics.count(result, reason)
-}
-
-// classify maps an error to its castellan_csr_total labels.
-func classify(err error) (result, reason string) {
-	var (
-		ae *authority.Error
-		ne *authn.Error
-		de *authz.DeniedError
-		re *refusal
-		qe *quota.Exceeded
-	)
-	switch {
-	case errors.As(err, &ae):
-		return resultRefused, ae.Reason
-	case errors.As(err, &ne):
-		return resultRefused, ne.Reason
-	case errors.As(err, &de):
-		return resultRefused, de.Reason
-	case errors.As(err, &re):
-		return resultRefused, re.reason
-	case errors.As(err, &qe):
-		return resultRefused, "quota_" + string(qe.Kind)
-	case errors.Is(err, store.ErrUnavailable):
-		return resultError, reasonStoreUnavailable
-	}
-	return resultError, reasonInternal
-}
-
-// grpcError converts err to a gRPC status error; errors without a status
-// of their own become Internal with a generic message (logged in full).
-func (s *Server) grpcError(ctx context.Context, err error) error {
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	if errors.Is(err, store.ErrUnavailable) {
-		s.log.WarnContext(ctx, "request failed: the registry store is unavailable", "error", err.Error())
-		return storeStatus(err, "join tokens and registration entries")
-	}
-	s.log.ErrorContext(ctx, "request failed", "error", err.Error())
-	if errors.Is(err, authority.ErrSignerExpired) {
-		return status.Error(codes.Unavailable, err.Error())
-	}
-	return status.Error(codes.Internal, "server: internal error while signing; see the CA's logs")
-}
-
 func issuanceEvent(kind ledger.Kind, iss *authority.Issued, node, detail string) ledger.Event {
 	return ledger.Event{
 		Kind:            kind,
@@ -227,20 +164,3 @@ func svidProto(iss *authority.Issued) *cav1.X509SVID {
 		NotAfter:  timestamppb.New(iss.NotAfter),
 	}
 }
-
-// refusal is a request the server itself refuses (size limits).
-type refusal struct {
-	code   codes.Code
-	reason string
-	err    error
-}
-
-func refuse(code codes.Code, reason, format string, args ...any) *refusal {
-	return &refusal{code: code, reason: reason, err: fmt.Errorf(format, args...)}
-}
-
-// Error implements error.
-func (r *refusal) Error() string { return "server: " + r.err.Error() }
-
-// GRPCStatus returns the refusal's status.
-func (r *refusal) GRPCStatus() *status.Status { return status.New(r.code, r.Error()) }

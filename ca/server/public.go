@@ -22,7 +22,9 @@ type publicService struct {
 // ServePublic adds a service that authenticates its callers itself (such
 // as the Istio CA API) to every main gRPC server built after the call by
 // GRPCServer, outside the admin gate. name is the full gRPC service name,
-// e.g. "istio.v1.auth.IstioCertificateService".
+// e.g. "istio.v1.auth.IstioCertificateService". Its unary calls are
+// certificate requests: the server's edge counts their outcomes in
+// castellan_csr_total, as for SignX509SVID.
 func (s *Server) ServePublic(name string, r Registrar) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -70,21 +72,23 @@ type IssueRequest struct {
 	Detail string
 	// Authorize decides whether the caller may obtain id, the SPIFFE ID of
 	// the validated CSR, and returns the grant (whose TTL applies as for an
-	// agent's request); it returns an *authz.DeniedError (or another error
+	// agent's request); it returns a refusal (authz.Deny, or another error
 	// with a gRPC status) to refuse. Required.
 	Authorize func(ctx context.Context, id spiffeid.ID) (authz.Grant, error)
 }
 
 // Issue validates, authorizes, signs and records one workload SVID on the
 // same path as SignX509SVID: the same CSR and TTL rules, the signing
-// histogram and castellan_csr_total, and a ledger issuance entry that is
-// durable before Issue returns. Errors carry a gRPC status.
+// histogram, and a ledger issuance entry that is durable before Issue
+// returns. Its errors are refusals (*refusal.Error) or failures that the
+// server's edge turns into a gRPC status and counts in castellan_csr_total
+// when the front end's handler returns them: call it from the handler of a
+// service added with ServePublic.
 func (s *Server) Issue(ctx context.Context, req IssueRequest) (*authority.Issued, error) {
 	if req.Authorize == nil {
 		return nil, status.Error(codes.Internal, "server: Issue needs an Authorize function")
 	}
 	if err := s.checkNodeBan(req.Node); err != nil {
-		s.countResult(err)
 		return nil, err
 	}
 	it := &issuance{
@@ -97,19 +101,8 @@ func (s *Server) Issue(ctx context.Context, req IssueRequest) (*authority.Issued
 	if it.err == nil {
 		_ = s.record(ctx, req.Node, []*issuance{it})
 	}
-	s.countResult(it.err)
 	if it.err != nil {
-		return nil, s.grpcError(ctx, it.err)
+		return nil, it.err
 	}
 	return it.issued, nil
-}
-
-// CountRefusal counts a request that a front end refused before calling
-// Issue (authentication failed, malformed request) in castellan_csr_total,
-// with the reason of err (an *authn.Error, *authz.DeniedError or
-// *authority.Error; "internal" otherwise).
-func (s *Server) CountRefusal(err error) {
-	if err != nil {
-		s.countResult(err)
-	}
 }

@@ -250,8 +250,8 @@ func (s *Server) GRPCServer(extraAdmin ...Registrar) *grpc.Server {
 		grpc.Creds(credentials.NewTLS(s.TLSConfig())),
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes),
 		grpc.StatsHandler(sizeStats{m: s.metrics}),
-		grpc.ChainUnaryInterceptor(s.revokedUnaryGate, s.adminUnaryGate),
-		grpc.ChainStreamInterceptor(s.revokedStreamGate, s.adminStreamGate),
+		grpc.ChainUnaryInterceptor(s.revokedUnaryGate, s.adminUnaryGate, s.edgeUnary),
+		grpc.ChainStreamInterceptor(s.revokedStreamGate, s.adminStreamGate, s.edgeStream),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	cav1.RegisterCertificateAuthorityServiceServer(g, &caService{s: s})
@@ -268,7 +268,8 @@ func (s *Server) GRPCServer(extraAdmin ...Registrar) *grpc.Server {
 // socket (see ListenAdminSocket): the admin service, any extra admin
 // services and the health service, without TLS.
 func (s *Server) AdminGRPCServer(extraAdmin ...Registrar) *grpc.Server {
-	g := grpc.NewServer(grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes))
+	g := grpc.NewServer(grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes),
+		grpc.ChainUnaryInterceptor(s.edgeUnary), grpc.ChainStreamInterceptor(s.edgeStream))
 	healthpb.RegisterHealthServer(g, s.health)
 	s.registerAdmin(g, extraAdmin)
 	s.track(g)
@@ -336,8 +337,7 @@ func (s *Server) checkAdmin(ctx context.Context, method string) error {
 	}
 	if !s.admins[id] {
 		s.log.WarnContext(ctx, "admin call refused", "method", method, "spiffe_id", id.String())
-		return &authn.Error{Reason: authn.ReasonNotAdmin,
-			Err: fmt.Errorf("%s is not an admin identity of this CA; use the admin socket or a configured --admin-id", id)}
+		return authn.Fail(authn.ReasonNotAdmin, "%s is not an admin identity of this CA; use the admin socket or a configured --admin-id", id)
 	}
 	return nil
 }

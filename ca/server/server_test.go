@@ -71,14 +71,7 @@ func TestBatchIssuesGoodItemsAndReportsBadOnes(t *testing.T) {
 	e.addEntry(t, appID, "node-a")
 	agent := e.agentClient(t, "node-a")
 	ctx := context.Background()
-	var reqs []*cav1.SignX509SVIDRequest
-	for i := range 12 {
-		id := appID
-		if i%4 == 3 {
-			id = "spiffe://cluster.local/not/mine"
-		}
-		reqs = append(reqs, &cav1.SignX509SVIDRequest{Csr: workloadCSR(t, ecKey(t, elliptic.P256()), id)})
-	}
+	reqs := mixedBatch(t, 12)
 	reqs[0].Csr = workloadCSR(t, rsaKey(t, 2048), appID)
 	reqs[1].Csr = workloadCSR(t, ecKey(t, elliptic.P384()), appID)
 	size := e.ledger.Size()
@@ -106,6 +99,21 @@ func TestBatchIssuesGoodItemsAndReportsBadOnes(t *testing.T) {
 	if got := e.ledger.Size() - size; got != uint64(good) {
 		t.Errorf("ledger grew by %d, want %d (the issued items only)", got, good)
 	}
+}
+
+// mixedBatch returns n requests for appID, except every fourth (i%4 == 3),
+// which is for an identity no entry assigns.
+func mixedBatch(t *testing.T, n int) []*cav1.SignX509SVIDRequest {
+	t.Helper()
+	var reqs []*cav1.SignX509SVIDRequest
+	for i := range n {
+		id := appID
+		if i%4 == 3 {
+			id = "spiffe://cluster.local/not/mine"
+		}
+		reqs = append(reqs, &cav1.SignX509SVIDRequest{Csr: workloadCSR(t, ecKey(t, elliptic.P256()), id)})
+	}
+	return reqs
 }
 
 func certs(t *testing.T, ders [][]byte) []*x509.Certificate {

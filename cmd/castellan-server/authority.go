@@ -2,15 +2,11 @@ package main
 
 import (
 	"context"
-	"crypto"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"path/filepath"
-	"sync/atomic"
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/authority"
@@ -96,16 +92,16 @@ func transitionEvent(tr authority.Transition, td spiffeid.TrustDomain) ledger.Ev
 func runAuthority(ctx context.Context, cfg config, d *deps) {
 	ticker := time.NewTicker(rotationTick)
 	defer ticker.Stop()
-	go publishAuthority(ctx, cfg, d.authority, d.crl, d.setBundle, d.log)
+	go publishAuthority(ctx, cfg, d.authority, d.setBundle, d.log)
 	_ = d.authority.Run(ctx, ticker.C)
 }
 
 // publishAuthority keeps what the server publishes outside its gRPC
 // services in step with the CA's authorities until ctx ends: bundle.pem,
-// the trust bundle ConfigMaps (setBundle, nil without them) and the
-// signer of the CRL. The gRPC services follow by themselves
-// (server.Server.Run).
-func publishAuthority(ctx context.Context, cfg config, auth *authority.Authority, crl *crlSwitch,
+// and the trust bundle ConfigMaps (setBundle, nil without them). The gRPC
+// services (server.Server.Run) and the CRL (crl.Handler) follow by
+// themselves.
+func publishAuthority(ctx context.Context, cfg config, auth *authority.Authority,
 	setBundle func(*x509bundle.Bundle) error, log *slog.Logger) {
 	var last uint64
 	for {
@@ -122,7 +118,6 @@ func publishAuthority(ctx context.Context, cfg config, auth *authority.Authority
 					log.Error("trust bundle ConfigMaps not updated", "error", err.Error())
 				}
 			}
-			crl.follow(snap, auth.Signer())
 		}
 		select {
 		case <-ctx.Done():
@@ -131,38 +126,6 @@ func publishAuthority(ctx context.Context, cfg config, auth *authority.Authority
 		}
 	}
 }
-
-// crlSwitch serves the CRL signed by the authority that signs now: it is
-// replaced when another authority is activated.
-type crlSwitch struct {
-	led    *ledger.Ledger
-	issuer atomic.Pointer[x509.Certificate]
-	h      atomic.Pointer[ledger.CRLHandler]
-}
-
-func newCRLSwitch(led *ledger.Ledger, auth *authority.Authority) *crlSwitch {
-	s := &crlSwitch{led: led}
-	s.follow(auth.Snapshot(), auth.Signer())
-	return s
-}
-
-// follow switches to snap's signer if it changed. key is Authority.Signer
-// read after the snapshot: if the signer has moved on already, nothing is
-// switched, and the next change brings the snapshot that matches it.
-func (s *crlSwitch) follow(snap authority.Snapshot, key crypto.Signer) {
-	cert := snap.Chain[0]
-	if cur := s.issuer.Load(); cur != nil && cur.Equal(cert) {
-		return
-	}
-	if pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(cert.PublicKey) {
-		return
-	}
-	s.h.Store(ledger.NewCRLHandler(s.led, cert, key, 0))
-	s.issuer.Store(cert)
-}
-
-// ServeHTTP serves the current CRL.
-func (s *crlSwitch) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.h.Load().ServeHTTP(w, r) }
 
 // checkRotation validates the rotation flags; the authority package checks
 // the publish delay against the intermediate's lifetime, and the KEK file,

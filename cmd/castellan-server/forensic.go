@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/audit"
+	"github.com/castellan-dev/castellan/ca/crl"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/server"
 	"github.com/prometheus/client_golang/prometheus"
@@ -87,7 +88,7 @@ func serveForensic(ctx context.Context, cfg config, log *slog.Logger, reg *prome
 	g := grpc.NewServer()
 	audit.NewService(led, audit.WithAuthorizer(audit.AdminAuthorizer()), audit.WithLogger(log)).Register(g)
 	mux := http.NewServeMux()
-	mux.Handle("GET /crl", newCRLSwitch(led, auth))
+	mux.Handle("GET /crl", crl.New(led, auth, crl.Config{Logger: log}))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {

@@ -16,6 +16,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
+	"github.com/castellan-dev/castellan/ca/crl"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/quota"
 	"github.com/castellan-dev/castellan/ca/server"
@@ -49,7 +50,7 @@ type deps struct {
 	srv       *server.Server
 	admins    []spiffeid.ID // may call the admin and audit APIs over mTLS
 	log       *slog.Logger
-	crl       *crlSwitch                     // /crl, signed by the active authority
+	crl       *crl.Handler                   // /crl, signed by the active authority
 	setBundle func(*x509bundle.Bundle) error // republishes the ConfigMaps (nil: none)
 	witnesses *witness.Policy                // nil: the log is not witnessed
 }
@@ -152,7 +153,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	d := &deps{authority: auth, ledger: led, registry: reg, srv: srv, admins: admins, log: log,
-		crl: newCRLSwitch(led, auth), setBundle: setBundle}
+		crl: crl.New(led, auth, crl.Config{Logger: log}), setBundle: setBundle}
 	if d.witnesses, err = cfg.witnessConfig.policy(); err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 
 	auditv1 "github.com/castellan-dev/castellan/api/castellan/audit/v1"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/verifier"
 	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
@@ -76,7 +77,7 @@ func latest(ctx context.Context, g *globals, c auditv1.AuditServiceClient, pinne
 		vkey = resp.GetVerifierKey()
 		fmt.Fprintf(g.stderr, "castellanctl: warning: trusting the log key the server reports (%s); pin it with --log-key\n", vkey)
 	}
-	cp, err := ledger.OpenCheckpoint(resp.GetCheckpoint(), resp.GetOrigin(), vkey)
+	cp, err := verifier.OpenCheckpoint(resp.GetCheckpoint(), resp.GetOrigin(), vkey)
 	if err != nil {
 		fmt.Fprintf(g.stderr, "castellanctl: the server's checkpoint does not verify with log key %s: %v\n", vkey, err)
 		return nil, nil, "", &VerificationError{Problems: 1}
@@ -170,7 +171,7 @@ func ledgerVerify(ctx context.Context, g *globals, args []string) error {
 		if err != nil {
 			return fmt.Errorf("castellanctl: --since: %w", err)
 		}
-		if old, err = ledger.OpenCheckpoint(raw, resp.GetOrigin(), vkey); err != nil {
+		if old, err = verifier.OpenCheckpoint(raw, resp.GetOrigin(), vkey); err != nil {
 			res.Findings = append(res.Findings, fmt.Sprintf("checkpoint %s is not signed by the log key %s: %v", *since, vkey, err))
 			res.Problems++
 			return finishVerify(g, *out, res)
@@ -178,8 +179,8 @@ func ledgerVerify(ctx context.Context, g *globals, args []string) error {
 		res.SinceSize = &old.Size
 		cps = append(cps, old)
 	}
-	tv := ledger.NewTreeVerifier(cps...)
-	if err := exportLeaves(ctx, c, 0, func(lf ledger.Leaf) error { tv.Add(lf); return nil }); err != nil {
+	tv := verifier.NewTree(cps...)
+	if err := exportLeaves(ctx, c, 0, func(lf verifier.Leaf) error { tv.Add(lf); return nil }); err != nil {
 		return err
 	}
 	rep := tv.Finish()
@@ -261,7 +262,7 @@ func finishVerify(g *globals, format string, res verifyResult) error {
 }
 
 // exportLeaves streams the log's leaves from index from.
-func exportLeaves(ctx context.Context, c auditv1.AuditServiceClient, from uint64, fn func(ledger.Leaf) error) error {
+func exportLeaves(ctx context.Context, c auditv1.AuditServiceClient, from uint64, fn func(verifier.Leaf) error) error {
 	stream, err := c.Export(ctx, &auditv1.ExportRequest{FromIndex: from})
 	if err != nil {
 		return err
@@ -275,7 +276,7 @@ func exportLeaves(ctx context.Context, c auditv1.AuditServiceClient, from uint64
 			return err
 		}
 		for _, lf := range msg.GetLeaves() {
-			if err := fn(ledger.Leaf{Index: lf.GetIndex(), Data: lf.GetData(), Hash: lf.GetLeafHash()}); err != nil {
+			if err := fn(verifier.Leaf{Index: lf.GetIndex(), Data: lf.GetData(), Hash: lf.GetLeafHash()}); err != nil {
 				return err
 			}
 		}
@@ -329,7 +330,7 @@ func ledgerProve(ctx context.Context, g *globals, args []string) error {
 		LeafData: got.GetEvent().GetData(), LeafHash: rfc6962.DefaultHasher.HashLeaf(got.GetEvent().GetData()),
 		Hashes: p.GetHashes(), Checkpoint: string(p.GetCheckpoint()), Origin: resp.GetOrigin(), VerifierKey: vkey,
 	}
-	cp, err := ledger.OpenCheckpoint(p.GetCheckpoint(), b.Origin, vkey)
+	cp, err := verifier.OpenCheckpoint(p.GetCheckpoint(), b.Origin, vkey)
 	if err != nil || cp.Size != b.TreeSize {
 		fmt.Fprintln(g.stderr, "castellanctl: the proof's checkpoint is not validly signed by the log key")
 		return &VerificationError{Problems: 1}
@@ -390,7 +391,7 @@ func ledgerExport(ctx context.Context, g *globals, args []string) error {
 	defer done()
 	w := bufio.NewWriter(g.stdout)
 	enc := json.NewEncoder(w)
-	err = exportLeaves(ctx, c, *from, func(lf ledger.Leaf) error {
+	err = exportLeaves(ctx, c, *from, func(lf verifier.Leaf) error {
 		return enc.Encode(lineOf(lf))
 	})
 	if ferr := w.Flush(); err == nil {
@@ -399,7 +400,7 @@ func ledgerExport(ctx context.Context, g *globals, args []string) error {
 	return err
 }
 
-func lineOf(lf ledger.Leaf) exportLine {
+func lineOf(lf verifier.Leaf) exportLine {
 	line := exportLine{Index: lf.Index, LeafHash: base64.StdEncoding.EncodeToString(lf.Hash)}
 	if lf.Data == nil {
 		line.Pruned = lf.Hash != nil

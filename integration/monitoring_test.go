@@ -221,11 +221,20 @@ func TestMonitoringNamesOnlyExportedMetrics(t *testing.T) {
 		"--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()))
 	r.startAgent(token)
 	agentEventually(t, 20*time.Second, "agent socket", func() bool { _, err := os.Stat(r.sock); return err == nil })
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if _, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr("unix://"+r.sock)); err != nil {
-		t.Fatalf("workload SVID: %v\nagent log:\n%s", err, r.agentLog.String())
-	}
+	// Until the agent has synced the entry and signed its SVID, the
+	// Workload API answers "caller matches no identity": ask again.
+	var fetchErr error
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("last Workload API error: %v\nagent log:\n%s", fetchErr, r.agentLog.String())
+		}
+	})
+	agentEventually(t, time.Minute, "the workload SVID", func() bool {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		_, fetchErr = workloadapi.FetchX509Context(ctx, workloadapi.WithAddr("unix://"+r.sock))
+		return fetchErr == nil
+	})
 
 	exported := scrapeNames(t, "http://"+r.srvHTTP+"/metrics")
 	for n := range scrapeNames(t, "http://"+r.agentHTTP+"/metrics") {

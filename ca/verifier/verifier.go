@@ -87,16 +87,15 @@ func (r *Report) Addf(format string, args ...any) {
 
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
 
-// entryIndex reads the index an encoded ledger entry names. Entries start
-// with {"v":1,"index":N, so the fast path avoids decoding the whole entry.
+// entryIndex reads the index an encoded ledger entry names, as
+// encoding/json (and so ledger.DecodeEntry) reads it: the last "index" key,
+// matched case-insensitively. Entries start with {"v":1,"index":N, so the
+// fast path reads N without decoding the entry, but only when nothing after
+// it could be another index key: no escape, no non-ASCII byte, no "index"
+// in any case. Anything else is decoded in full.
 func entryIndex(data []byte) (uint64, bool) {
-	const prefix = `{"v":1,"index":`
-	if rest, ok := bytes.CutPrefix(data, []byte(prefix)); ok {
-		if end := bytes.IndexByte(rest, ','); end > 0 {
-			if n, err := strconv.ParseUint(string(rest[:end]), 10, 64); err == nil {
-				return n, true
-			}
-		}
+	if n, ok := fastIndex(data); ok {
+		return n, true
 	}
 	var hdr struct {
 		Index *uint64 `json:"index"`
@@ -105,4 +104,32 @@ func entryIndex(data []byte) (uint64, bool) {
 		return 0, false
 	}
 	return *hdr.Index, true
+}
+
+// fastIndex reads N from a valid JSON entry starting {"v":1,"index":N, when
+// the rest of the entry cannot hold another index key.
+func fastIndex(data []byte) (uint64, bool) {
+	const prefix = `{"v":1,"index":`
+	rest, ok := bytes.CutPrefix(data, []byte(prefix))
+	if !ok || !json.Valid(data) {
+		return 0, false
+	}
+	end := bytes.IndexByte(rest, ',')
+	if end <= 0 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(string(rest[:end]), 10, 64)
+	if err != nil || strconv.FormatUint(n, 10) != string(rest[:end]) {
+		return 0, false // not a JSON number as the ledger writes it
+	}
+	tail := rest[end:]
+	for _, c := range tail {
+		if c == '\\' || c >= 0x80 {
+			return 0, false
+		}
+	}
+	if bytes.Contains(bytes.ToLower(tail), []byte(`"index"`)) {
+		return 0, false
+	}
+	return n, true
 }

@@ -175,39 +175,8 @@ func loadConfig(args []string, getenv func(string) string, out io.Writer) (confi
 		}
 	}
 	fs = flagSet(&cfg, new(string), out)
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		v := getenv(envName(f.Name))
-		if v == "" || onCmdLine[f.Name] || f.Name == "config" {
-			return
-		}
-		if f.Name == "admin-id" {
-			cfg.AdminIDs = strings.Split(v, ",")
-			return
-		}
-		if f.Name == "istio-trusted-node-sa" {
-			cfg.IstioTrustedNodeSAs = strings.Split(v, ",")
-			return
-		}
-		if f.Name == "server-name" {
-			cfg.ServerNames = strings.Split(v, ",")
-			return
-		}
-		if err := fs.Set(f.Name, v); err != nil && envErr == nil {
-			envErr = fmt.Errorf("castellan-server: %s=%q: %w", envName(f.Name), v, err)
-		}
-	})
-	if envErr != nil {
-		return config{}, envErr
-	}
-	if onCmdLine["admin-id"] {
-		cfg.AdminIDs = nil
-	}
-	if onCmdLine["istio-trusted-node-sa"] {
-		cfg.IstioTrustedNodeSAs = nil
-	}
-	if onCmdLine["server-name"] {
-		cfg.ServerNames = nil
+	if err := applyEnv(fs, &cfg, getenv, onCmdLine); err != nil {
+		return config{}, err
 	}
 	if err := fs.Parse(args); err != nil {
 		return config{}, fmt.Errorf("%w: %w", errUsage, err)
@@ -235,30 +204,106 @@ func readYAML(path string, cfg *config) error {
 	return nil
 }
 
-// validate checks the configuration and says what to fix.
+// applyEnv sets every flag not given on the command line from its
+// CASTELLAN_* environment variable (comma-separated for list flags), and
+// empties the list flags the command line gives, so that fs.Parse(args)
+// after it replaces rather than extends them.
+func applyEnv(fs *flag.FlagSet, cfg *config, getenv func(string) string, onCmdLine map[string]bool) error {
+	lists := map[string]*[]string{
+		"admin-id": &cfg.AdminIDs, "istio-trusted-node-sa": &cfg.IstioTrustedNodeSAs, "server-name": &cfg.ServerNames,
+	}
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		v := getenv(envName(f.Name))
+		if v == "" || onCmdLine[f.Name] || f.Name == "config" || envErr != nil {
+			return
+		}
+		if list, ok := lists[f.Name]; ok {
+			*list = strings.Split(v, ",")
+			return
+		}
+		if err := fs.Set(f.Name, v); err != nil {
+			envErr = fmt.Errorf("castellan-server: %s=%q: %w", envName(f.Name), v, err)
+		}
+	})
+	for name, list := range lists {
+		if onCmdLine[name] {
+			*list = nil
+		}
+	}
+	return envErr
+}
+
+// validate checks the configuration and says what to fix: every problem,
+// not only the first.
 func (c config) validate() error {
 	var errs []error
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	for _, check := range []func() []error{
+		c.checkIdentity, c.checkTTLs, c.checkPluginCA, c.checkRotation, c.checkKubernetes,
+		c.checkOthers, c.checkDatastore,
+	} {
+		errs = append(errs, check()...)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("castellan-server: invalid configuration:\n  %w", joinLines(errs))
+	}
+	return nil
+}
+
+// problems collects configuration errors.
+type problems []error
+
+func (p *problems) add(format string, args ...any) { *p = append(*p, fmt.Errorf(format, args...)) }
+
+// checkIdentity checks the trust domain, the data directory, the listen
+// addresses, the admin IDs and the server names.
+func (c config) checkIdentity() []error {
+	var bad problems
 	td, err := spiffeid.TrustDomainFromString(c.TrustDomain)
 	if err != nil {
-		bad("--trust-domain %q is invalid: %v (e.g. cluster.local)", c.TrustDomain, err)
+		bad.add("--trust-domain %q is invalid: %v (e.g. cluster.local)", c.TrustDomain, err)
 	}
 	if c.DataDir == "" {
-		bad("--data-dir is required")
+		bad.add("--data-dir is required")
 	}
 	for name, addr := range map[string]string{"--listen": c.Listen, "--http-listen": c.HTTPListen} {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
-			bad("%s %q is not HOST:PORT: %v", name, addr, err)
+			bad.add("%s %q is not HOST:PORT: %v", name, addr, err)
 		}
 	}
+	for _, s := range c.AdminIDs {
+		id, err := spiffeid.FromString(s)
+		switch {
+		case err != nil:
+			bad.add("--admin-id %q is not a SPIFFE ID: %v", s, err)
+		case !td.IsZero() && !id.MemberOf(td):
+			bad.add("--admin-id %q is not in trust domain %q", s, td)
+		}
+	}
+	if _, err := authority.ParseServerNames(c.ServerNames); err != nil {
+		bad.add("--server-name: %v", err)
+	}
+	return bad
+}
+
+// checkTTLs checks the SVID lifetimes against each other.
+func (c config) checkTTLs() []error {
+	var bad problems
 	switch {
 	case c.DefaultTTL <= 0 || c.MaxTTL <= 0 || c.AgentTTL <= 0:
-		bad("--default-ttl, --max-ttl and --agent-ttl must be positive (e.g. 1h)")
+		bad.add("--default-ttl, --max-ttl and --agent-ttl must be positive (e.g. 1h)")
 	case c.DefaultTTL > c.MaxTTL:
-		bad("--default-ttl %s exceeds --max-ttl %s", c.DefaultTTL, c.MaxTTL)
+		bad.add("--default-ttl %s exceeds --max-ttl %s", c.DefaultTTL, c.MaxTTL)
 	case c.AgentTTL > c.MaxTTL:
-		bad("--agent-ttl %s exceeds --max-ttl %s", c.AgentTTL, c.MaxTTL)
+		bad.add("--agent-ttl %s exceeds --max-ttl %s", c.AgentTTL, c.MaxTTL)
 	}
+	return bad
+}
+
+// checkPluginCA checks that a plug-in CA names all three files, and that
+// they exist.
+func (c config) checkPluginCA() []error {
+	var bad problems
 	files := 0
 	for name, f := range map[string]string{"--root-cert": c.RootCert, "--intermediate-cert": c.IntermediateCert, "--intermediate-key": c.IntermediateKey} {
 		if f == "" {
@@ -266,52 +311,48 @@ func (c config) validate() error {
 		}
 		files++
 		if _, err := os.Stat(f); err != nil {
-			bad("%s: %v", name, err)
+			bad.add("%s: %v", name, err)
 		}
 	}
 	if files != 0 && files != 3 {
-		bad("a plugged-in CA needs all of --root-cert, --intermediate-cert and --intermediate-key")
+		bad.add("a plugged-in CA needs all of --root-cert, --intermediate-cert and --intermediate-key")
 	}
-	errs = append(errs, c.checkRotation()...)
-	for _, s := range c.AdminIDs {
-		id, err := spiffeid.FromString(s)
-		switch {
-		case err != nil:
-			bad("--admin-id %q is not a SPIFFE ID: %v", s, err)
-		case !td.IsZero() && !id.MemberOf(td):
-			bad("--admin-id %q is not in trust domain %q", s, td)
-		}
-	}
-	if _, err := authority.ParseServerNames(c.ServerNames); err != nil {
-		bad("--server-name: %v", err)
-	}
-	if _, err := parseLevel(c.LogLevel); err != nil {
-		bad("%v", err)
-	}
+	return bad
+}
+
+// checkKubernetes checks the service accounts of the Kubernetes and Istio
+// options.
+func (c config) checkKubernetes() []error {
+	var bad problems
 	if c.K8sAgentSA != "" {
 		if _, _, err := authn.ParseServiceAccount(c.K8sAgentSA); err != nil {
-			bad("--k8s-agent-sa: %v", err)
+			bad.add("--k8s-agent-sa: %v", err)
 		}
 	}
 	if len(c.IstioTrustedNodeSAs) > 0 && !c.IstioAPI {
-		bad("--istio-trusted-node-sa needs --istio-api")
+		bad.add("--istio-trusted-node-sa needs --istio-api")
 	}
 	for _, sa := range c.IstioTrustedNodeSAs {
 		if _, _, err := authn.ParseServiceAccount(sa); err != nil {
-			bad("--istio-trusted-node-sa: %v", err)
+			bad.add("--istio-trusted-node-sa: %v", err)
 		}
 	}
+	return bad
+}
+
+// checkOthers checks the log level, the quotas and the witnesses.
+func (c config) checkOthers() []error {
+	var bad problems
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		bad.add("%v", err)
+	}
 	if err := c.checkQuota(); err != nil {
-		bad("%v", err)
+		bad.add("%v", err)
 	}
 	if err := c.witnessConfig.validate(); err != nil {
-		bad("%v", err)
+		bad.add("%v", err)
 	}
-	errs = append(errs, c.checkDatastore()...)
-	if len(errs) > 0 {
-		return fmt.Errorf("castellan-server: invalid configuration:\n  %w", joinLines(errs))
-	}
-	return nil
+	return bad
 }
 
 func joinLines(errs []error) error {

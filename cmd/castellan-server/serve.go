@@ -83,6 +83,29 @@ func httpMux(d *deps) *http.ServeMux {
 	return mux
 }
 
+// openRegistry opens the join tokens and the registration entries, kept in
+// the datastore's registry keyspace.
+func openRegistry(ctx context.Context, cfg config, td spiffeid.TrustDomain, ds *datastore, reg prometheus.Registerer, log *slog.Logger) (*authn.JoinTokens, *authz.Entries, error) {
+	tokens, err := authn.NewJoinTokens(ctx, ds.registry, nil, authn.WithJoinTokenLogger(log), authn.WithJoinTokenMetrics(reg))
+	if err != nil {
+		return nil, nil, err
+	}
+	entries, err := authz.NewEntries(ctx, ds.registry, td, cfg.MaxTTL, nil, authz.WithEntriesLogger(log))
+	if err != nil {
+		return nil, nil, err
+	}
+	return tokens, entries, nil
+}
+
+// adminIDs parses --admin-id (validated by config.validate).
+func adminIDs(cfg config) []spiffeid.ID {
+	var admins []spiffeid.ID
+	for _, s := range cfg.AdminIDs {
+		admins = append(admins, spiffeid.RequireFromString(s))
+	}
+	return admins
+}
+
 // serve runs the server until ctx ends.
 func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
@@ -95,6 +118,11 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if cfg.LedgerReadOnlyForensics {
 		return serveForensic(ctx, cfg, log, reg, td)
 	}
+	return serveCA(ctx, cfg, td, reg, log)
+}
+
+// serveCA opens the CA's state and serves it until ctx ends.
+func serveCA(ctx context.Context, cfg config, td spiffeid.TrustDomain, reg *prometheus.Registry, log *slog.Logger) error {
 	ds, err := openDatastore(ctx, cfg, log, reg)
 	if err != nil {
 		return err
@@ -118,19 +146,12 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err := writeBundle(filepath.Join(cfg.DataDir, bundleFile), auth); err != nil {
 		return err
 	}
-	tokens, err := authn.NewJoinTokens(ctx, ds.registry, nil, authn.WithJoinTokenLogger(log), authn.WithJoinTokenMetrics(reg))
-	if err != nil {
-		return err
-	}
-	entries, err := authz.NewEntries(ctx, ds.registry, td, cfg.MaxTTL, nil, authz.WithEntriesLogger(log))
+	tokens, entries, err := openRegistry(ctx, cfg, td, ds, reg, log)
 	if err != nil {
 		return err
 	}
 	defer entries.Close()
-	var admins []spiffeid.ID
-	for _, s := range cfg.AdminIDs {
-		admins = append(admins, spiffeid.RequireFromString(s))
-	}
+	admins := adminIDs(cfg)
 	k8sAttestor, podAuthorizer, err := kubernetesAuth(ctx, cfg, td, reg, log)
 	if err != nil {
 		return err

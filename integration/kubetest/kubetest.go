@@ -265,6 +265,38 @@ func launch(ctx context.Context, bin, dir string, ownsDir bool) (*state, error) 
 
 var errPortInUse = errors.New("port in use")
 
+// start runs kube-testenv (etcd and kube-apiserver) in its own process
+// group, logging to st.logFile, killed with the test binary if that dies.
+func (st *state) start(dir string, port int) error {
+	args := append([]string{
+		"--etcd-data-dir=" + filepath.Join(dir, "etcd"),
+		"--",
+	}, st.apiserverFlags(port, filepath.Join(dir, "apiserver-certs"))...)
+	logf, err := os.Create(st.logFile)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(st.binary, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Dir = dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Setpgid: true,
+		// If the test binary dies without running cleanups (e.g. go test's
+		// -timeout panic), take the control plane with it.
+		Pdeathsig: syscall.SIGKILL,
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting %s: %w", st.binary, err)
+	}
+	st.cmd = cmd
+	go func() {
+		st.exitErr = cmd.Wait()
+		close(st.exited)
+	}()
+	return nil
+}
+
 func launchOnce(ctx context.Context, bin, dir string) (st *state, err error) {
 	certDir := filepath.Join(dir, "pki")
 	if err := os.MkdirAll(certDir, 0o700); err != nil {
@@ -288,32 +320,9 @@ func launchOnce(ctx context.Context, bin, dir string) (st *state, err error) {
 		exited:  make(chan struct{}),
 	}
 
-	args := append([]string{
-		"--etcd-data-dir=" + filepath.Join(dir, "etcd"),
-		"--",
-	}, st.apiserverFlags(port, filepath.Join(dir, "apiserver-certs"))...)
-	logf, err := os.Create(st.logFile)
-	if err != nil {
+	if err := st.start(dir, port); err != nil {
 		return nil, err
 	}
-	defer logf.Close()
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Dir = dir
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Setpgid: true,
-		// If the test binary dies without running cleanups (e.g. go test's
-		// -timeout panic), take the control plane with it.
-		Pdeathsig: syscall.SIGKILL,
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting %s: %w", bin, err)
-	}
-	st.cmd = cmd
-	go func() {
-		st.exitErr = cmd.Wait()
-		close(st.exited)
-	}()
 	defer func() {
 		if err != nil {
 			_ = st.kill()

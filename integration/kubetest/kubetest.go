@@ -297,6 +297,8 @@ func (st *state) start(dir string, port int) error {
 	return nil
 }
 
+// launchOnce makes the PKI in dir, starts kube-testenv on a free port and
+// waits until the apiserver serves; on failure it kills what it started.
 func launchOnce(ctx context.Context, bin, dir string) (st *state, err error) {
 	certDir := filepath.Join(dir, "pki")
 	if err := os.MkdirAll(certDir, 0o700); err != nil {

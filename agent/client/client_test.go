@@ -56,7 +56,7 @@ func TestBootstrapWithJoinTokenThenRestartWithoutToken(t *testing.T) {
 	ca.SetEntry(&cav1.Entry{Id: "e1", SpiffeId: "spiffe://cluster.local/ns/a/sa/b", Node: "node-1"})
 	key, _ := NewKey()
 	csr, _ := NewCSR(key, spiffeid.RequireFromString("spiffe://cluster.local/ns/a/sa/b"))
-	res, err := c2.BatchSign(ctx, []*cav1.SignX509SVIDRequest{{Csr: csr, EntryId: "e1"}})
+	res, err := c2.batchSign(ctx, []*cav1.SignX509SVIDRequest{{Csr: csr, EntryId: "e1"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -58,7 +58,7 @@ func sign(ctx context.Context, c *Client) error {
 	if err != nil {
 		return err
 	}
-	res, err := c.BatchSign(ctx, []*cav1.SignX509SVIDRequest{{Csr: csr, EntryId: "e1"}})
+	res, err := c.batchSign(ctx, []*cav1.SignX509SVIDRequest{{Csr: csr, EntryId: "e1"}})
 	if err != nil {
 		return err
 	}
@@ -341,7 +341,7 @@ func TestSyncStreamResumesOnAnotherReplica(t *testing.T) {
 	defer cancel()
 
 	before := callCounts(rs)
-	s, err := c.SyncAgent(ctx)
+	s, err := c.syncAgent(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,7 +360,7 @@ func TestSyncStreamResumesOnAnotherReplica(t *testing.T) {
 	}
 
 	before = callCounts(rs)
-	s, err = c.SyncAgent(ctx)
+	s, err = c.syncAgent(ctx)
 	if err != nil {
 		t.Fatalf("reopening the stream with two replicas up: %v", err)
 	}

@@ -19,13 +19,11 @@ import (
 	"github.com/castellan-dev/castellan/agent/manager"
 	"github.com/castellan-dev/castellan/agent/podentries"
 	"github.com/castellan-dev/castellan/agent/state"
-	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -66,9 +64,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	defer c.Close()
 	store := state.NewStore()
-	gate := &gatedCA{Client: ca, ready: make(chan struct{})}
 	var (
-		mgrCA    manager.CA      = gate
+		pods     manager.EntrySource
 		attestor attest.Attestor = attest.NewUnix()
 	)
 	if cfg.Attestor == attestorK8s {
@@ -76,14 +73,14 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
-		mgrCA, attestor = podentries.New(gate, k, td), k
+		pods, attestor = podentries.New(k, td), k
 	}
 	logMode, logCheck, err := newLogChecker(cfg.Log, ca, c, reg, log)
 	if err != nil {
 		return err
 	}
 	mgr, err := manager.New(manager.Config{
-		CA: mgrCA, Cache: c, Store: store, TrustDomain: td, OnBundle: ca.SetBundle, OnTaints: ca.Taint, Registry: reg, Logger: log,
+		CA: ca, Pods: pods, Cache: c, Store: store, TrustDomain: td, OnBundle: ca.SetBundle, OnTaints: ca.Taint, Registry: reg, Logger: log,
 		LogPolicy: logMode, LogCheck: optionalChecker(logCheck),
 	})
 	if err != nil {
@@ -127,7 +124,6 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		removeSpentTokenFile(cfg.JoinTokenFile, log)
 	}
 	if bootErr == nil {
-		close(gate.ready)
 		goRun("agent SVID renewal", func(ctx context.Context) error {
 			if err := ca.Run(ctx); err != nil && !errors.Is(err, client.ErrNoAgentSVID) {
 				return err
@@ -216,22 +212,4 @@ func serveHTTP(ctx context.Context, addr string, reg *prometheus.Registry, mgr *
 		return err
 	}
 	return nil
-}
-
-// gatedCA holds the manager's sync stream until the agent has its SVID, so
-// that the first sync after a join-token bootstrap is not delayed by the
-// manager's retry backoff.
-type gatedCA struct {
-	*client.Client
-	ready chan struct{}
-}
-
-// SyncAgent waits for the agent SVID, then opens the stream.
-func (g *gatedCA) SyncAgent(ctx context.Context) (grpc.ServerStreamingClient[cav1.SyncAgentResponse], error) {
-	select {
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-g.ready:
-	}
-	return g.Client.SyncAgent(ctx)
 }

@@ -73,6 +73,10 @@ type Option func(*options)
 // serves the CA keeps clock near it.
 func WithClock(clock func() time.Time) Option { return func(o *options) { o.clock = clock } }
 
+// At makes the CA's clock stand still at t (see WithClock): for tests
+// that only need SVIDs issued at a chosen time.
+func At(t time.Time) Option { return WithClock(func() time.Time { return t }) }
+
 // WithAgentTTL sets the lifetime of agent SVIDs (default 1h).
 func WithAgentTTL(d time.Duration) Option { return func(o *options) { o.agentTTL = d } }
 

@@ -40,6 +40,8 @@ type env struct {
 	dir   string
 	stop  func()
 	log   *slog.Logger // nil: discard
+	// signTimeout bounds one signing call (0: the manager's default).
+	signTimeout time.Duration
 }
 
 func newEnv(t *testing.T, ca *catest.CA, dir string) *env {
@@ -71,7 +73,7 @@ func (e *env) start(token string) {
 	e.mgr, err = New(Config{
 		CA: cl, Cache: e.cache, Store: e.store, TrustDomain: td, Clock: e.clock,
 		Policy:   rotate.Policy{Rand: func() float64 { return 0 }},
-		OnBundle: cl.SetBundle, Registry: e.reg, Logger: e.log,
+		OnBundle: cl.SetBundle, Registry: e.reg, Logger: e.log, SignTimeout: e.signTimeout,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -260,6 +262,29 @@ func TestBackoffWhileCAFailsKeepsServingCurrentSVID(t *testing.T) {
 		n := find(s, e1)
 		return n != nil && n != old
 	})
+}
+
+// A CA that takes a signing call and never answers holds the manager for
+// SignTimeout only: the call fails, the identity retries with backoff,
+// and the retry is served.
+func TestSigningCallThatHangsIsBoundedBySignTimeout(t *testing.T) {
+	ca := catest.New(t, td)
+	ca.Start(t)
+	ca.Inject(catest.MethodBatchSign, 1, catest.Fault{Hang: true})
+	e1 := ca.AddEntry(t, entry("details", time.Hour)).Id
+	e := newEnv(t, ca, t.TempDir())
+	e.signTimeout = 200 * time.Millisecond
+	start := e.clock.Now()
+	e.start(ca.JoinToken(t, "node-1"))
+	e.waitTimer(start.Add(500 * time.Millisecond)) // first retry: 1s base, equal jitter (rand 0)
+	if f := testutil.ToFloat64(e.mgr.metrics.rotations.WithLabelValues("failure")); f != 1 {
+		t.Fatalf("failure count %v after the hung call, want 1", f)
+	}
+	e.clock.Set(start.Add(500 * time.Millisecond))
+	e.waitSnapshot("served after the retry", serving(e1))
+	if b, s := ca.Counts(); b != 2 || s != 1 {
+		t.Fatalf("%d batches / %d SVIDs, want the hung one and the retry / 1", b, s)
+	}
 }
 
 func TestServesCacheAtOnceWhenCAIsDown(t *testing.T) {

@@ -167,15 +167,31 @@ func (ca *CA) WriteBundle(t testing.TB, path string) {
 // chained leaf then intermediate; it bypasses the server and the ledger.
 func (ca *CA) Issue(t testing.TB, id spiffeid.ID, ttl time.Duration) *x509svid.SVID {
 	t.Helper()
+	svid, err := ca.Sign(id, ttl)
+	check(t, err)
+	return svid
+}
+
+// Sign is Issue for goroutines other than the test's: it returns the
+// error.
+func (ca *CA) Sign(id spiffeid.ID, ttl time.Duration) (*x509svid.SVID, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	check(t, err)
+	if err != nil {
+		return nil, err
+	}
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{id.URL()}}, key)
-	check(t, err)
+	if err != nil {
+		return nil, err
+	}
 	csr, err := ca.auth.ParseWorkloadCSR(der)
-	check(t, err)
+	if err != nil {
+		return nil, err
+	}
 	iss, err := ca.auth.Sign(context.Background(), csr, id, ttl)
-	check(t, err)
-	return &x509svid.SVID{ID: id, Certificates: iss.Chain, PrivateKey: key}
+	if err != nil {
+		return nil, err
+	}
+	return &x509svid.SVID{ID: id, Certificates: iss.Chain, PrivateKey: key}, nil
 }
 
 // RotateIntermediate prepares a new intermediate under the same root and

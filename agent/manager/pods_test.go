@@ -68,7 +68,7 @@ type fakePods struct {
 	ch      chan struct{}
 }
 
-func (f *fakePods) Entries() []upstream.Entry         { f.mu.Lock(); defer f.mu.Unlock(); return f.entries }
+func (f *fakePods) Entries() []upstream.Entry        { f.mu.Lock(); defer f.mu.Unlock(); return f.entries }
 func (f *fakePods) Watch() (<-chan struct{}, func()) { return f.ch, func() {} }
 func (f *fakePods) set(e ...upstream.Entry) {
 	f.mu.Lock()

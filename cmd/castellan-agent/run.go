@@ -41,19 +41,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("--data-dir: %w", err)
 	}
-	var bundle *x509bundle.Bundle
-	if cfg.TrustBundle != "" {
-		if bundle, err = client.LoadBundle(td, cfg.TrustBundle); err != nil {
-			return fmt.Errorf("--trust-bundle: %w", err)
-		}
-	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-
-	ca, err := client.New(client.Config{
-		Addresses: cfg.ServerAddresses, FailoverTimeout: cfg.FailoverTimeout, TrustDomain: td, Bundle: bundle, DataDir: cfg.DataDir,
-		Registry: reg, Logger: log,
-	})
+	ca, err := newClient(cfg, td, reg, log)
 	if err != nil {
 		return err
 	}
@@ -63,22 +53,15 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	defer c.Close()
-	store := state.NewStore()
-	var (
-		pods     manager.EntrySource
-		attestor attest.Attestor = attest.NewUnix()
-	)
-	if cfg.Attestor == attestorK8s {
-		k, err := k8sAttestor(ctx, cfg)
-		if err != nil {
-			return err
-		}
-		pods, attestor = podentries.New(k, td), k
+	attestor, pods, err := newAttestor(ctx, cfg, td)
+	if err != nil {
+		return err
 	}
 	logMode, logCheck, err := newLogChecker(cfg.Log, ca, c, reg, log)
 	if err != nil {
 		return err
 	}
+	store := state.NewStore()
 	mgr, err := manager.New(manager.Config{
 		CA: ca, Pods: pods, Cache: c, Store: store, TrustDomain: td, OnBundle: ca.SetBundle, OnTaints: ca.Taint, Registry: reg, Logger: log,
 		LogPolicy: logMode, LogCheck: optionalChecker(logCheck),
@@ -94,52 +77,111 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	errs := make(chan error, 4)
-	goRun := func(name string, f func(context.Context) error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f(ctx); err != nil && ctx.Err() == nil {
-				errs <- fmt.Errorf("%s: %w", name, err)
-			}
-		}()
-	}
+	g := newGroup(ctx)
 	// Serve the cache and the socket at once; the CA comes after.
-	goRun("manager", mgr.Run)
-	goRun("endpoints", ep.Serve)
-	goRun("http", func(ctx context.Context) error { return serveHTTP(ctx, cfg.HTTPListen, reg, mgr) })
+	g.run("manager", mgr.Run)
+	g.run("endpoints", ep.Serve)
+	g.run("http", func(ctx context.Context) error { return serveHTTP(ctx, cfg.HTTPListen, reg, mgr) })
+	startAgentSVID(g, cfg, ca, token, log)
+	log.Info("castellan-agent running", "socket", cfg.Socket, "http", cfg.HTTPListen, "server", cfg.ServerAddresses, "trust_domain", td.String())
+	return g.wait()
+}
+
+// newClient returns the CA client of cfg, trusting --trust-bundle.
+func newClient(cfg config, td spiffeid.TrustDomain, reg *prometheus.Registry, log *slog.Logger) (*client.Client, error) {
+	var bundle *x509bundle.Bundle
+	if cfg.TrustBundle != "" {
+		b, err := client.LoadBundle(td, cfg.TrustBundle)
+		if err != nil {
+			return nil, fmt.Errorf("--trust-bundle: %w", err)
+		}
+		bundle = b
+	}
+	return client.New(client.Config{
+		Addresses: cfg.ServerAddresses, FailoverTimeout: cfg.FailoverTimeout, TrustDomain: td, Bundle: bundle, DataDir: cfg.DataDir,
+		Registry: reg, Logger: log,
+	})
+}
+
+// newAttestor returns the workload attestor of --attestor and, on
+// Kubernetes, the entries of the node's pods (nil otherwise).
+func newAttestor(ctx context.Context, cfg config, td spiffeid.TrustDomain) (attest.Attestor, manager.EntrySource, error) {
+	if cfg.Attestor != attestorK8s {
+		return attest.NewUnix(), nil, nil
+	}
+	k, err := k8sAttestor(ctx, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return k, podentries.New(k, td), nil
+}
+
+// startAgentSVID obtains the agent SVID (join token or, on Kubernetes,
+// the projected service-account token), removes a spent join token file,
+// and keeps the SVID renewed in g. Without one the agent serves its cache.
+func startAgentSVID(g *group, cfg config, ca *client.Client, token string, log *slog.Logger) {
+	k8s := cfg.Attestor == attestorK8s
 	spends := token != "" && spendsToken(ca.AgentSVID(), time.Now())
-	if token != "" && !spends && cfg.Attestor != attestorK8s {
+	if token != "" && !spends && !k8s {
 		log.Warn("join token not used: the agent already holds a valid agent SVID; the unused token stays valid until it expires, so delete it", "file", cfg.JoinTokenFile)
 	}
 	attestAgent := func(ctx context.Context) error { return tokenBootstrap(ctx, ca, token) }
-	if cfg.Attestor == attestorK8s {
+	if k8s {
 		attestAgent = func(ctx context.Context) error { return ca.BootstrapK8s(ctx, cfg.K8sTokenFile) }
 	}
-	bootErr := bootstrap(ctx, attestAgent, log)
-	if bootErr == nil && spends && cfg.JoinTokenFile != "" && cfg.Attestor != attestorK8s {
+	if bootstrap(g.ctx, attestAgent, log) != nil {
+		return
+	}
+	if spends && cfg.JoinTokenFile != "" && !k8s {
 		removeSpentTokenFile(cfg.JoinTokenFile, log)
 	}
-	if bootErr == nil {
-		goRun("agent SVID renewal", func(ctx context.Context) error {
-			if err := ca.Run(ctx); err != nil && !errors.Is(err, client.ErrNoAgentSVID) {
-				return err
+	g.run("agent SVID renewal", func(ctx context.Context) error {
+		if err := ca.Run(ctx); err != nil && !errors.Is(err, client.ErrNoAgentSVID) {
+			return err
+		}
+		return nil // expiry is logged; keep serving the cache
+	})
+}
+
+// group runs the agent's parts until its context ends or one fails.
+type group struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	errs   chan error
+}
+
+func newGroup(ctx context.Context) *group {
+	ctx, cancel := context.WithCancel(ctx)
+	return &group{ctx: ctx, cancel: cancel, errs: make(chan error, 4)}
+}
+
+// run runs f in the group; its error (but not one after the group's
+// end) ends the group.
+func (g *group) run(name string, f func(context.Context) error) {
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		if err := f(g.ctx); err != nil && g.ctx.Err() == nil {
+			select {
+			case g.errs <- fmt.Errorf("%s: %w", name, err):
+			default: // the group is ending on an earlier error
 			}
-			return nil // expiry is logged; keep serving the cache
-		})
-	}
-	log.Info("castellan-agent running", "socket", cfg.Socket, "http", cfg.HTTPListen, "server", cfg.ServerAddresses, "trust_domain", td.String())
-	var runErr error
+		}
+	}()
+}
+
+// wait waits for the group's context to end or a part to fail, then ends
+// every part; it returns the failure, if any.
+func (g *group) wait() error {
+	var err error
 	select {
-	case <-ctx.Done():
-	case runErr = <-errs:
+	case <-g.ctx.Done():
+	case err = <-g.errs:
 	}
-	cancel()
-	wg.Wait()
-	return runErr
+	g.cancel()
+	g.wg.Wait()
+	return err
 }
 
 // bootstrap obtains the agent SVID, retrying while the CA is unreachable.

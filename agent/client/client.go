@@ -1,7 +1,10 @@
 // Package client is the node agent's connection to the Castellan CA: it
 // bootstraps the agent's own SVID with a join token, keeps it on disk so a
 // restart needs no new token, renews it at half its lifetime, and makes
-// every later call over mutual TLS with it.
+// every later call over mutual TLS with it. To the agent's manager it is
+// the CA (manager.CA), in Go values (upstream.go): Sync turns the
+// SyncAgent stream into upstream.State values, Sign makes the keys and
+// CSRs of a batch and returns verified SVIDs.
 //
 // The CA may have several endpoints (replicas): every address a DNS name
 // resolves to, or an explicit list (endpoints.go). gRPC balances calls
@@ -211,7 +214,7 @@ func (c *Client) attest(ctx context.Context, att *cav1.AttestAgentRequest, how s
 	if err != nil {
 		return err
 	}
-	if b, err := BundleFromProto(resp.Bundle); err == nil {
+	if b, err := bundleFromProto(resp.Bundle); err == nil {
 		c.SetBundle(b)
 	}
 	if err := c.storeSVID(svid); err != nil {

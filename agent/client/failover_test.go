@@ -78,7 +78,7 @@ func sign(ctx context.Context, c *testAgent) error {
 	if e := res[0].GetError(); e != nil {
 		return status.Error(codes.Code(e.GetCode()), e.GetMessage())
 	}
-	_, err = SVIDFromProto(res[0].GetSvid(), key)
+	_, err = svidFromProto(res[0].GetSvid(), key)
 	return err
 }
 

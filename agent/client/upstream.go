@@ -117,7 +117,7 @@ func unavailable(err error) error {
 func (c *Client) stateFromProto(st *cav1.AgentState) upstream.State {
 	var out upstream.State
 	if b := st.GetBundle(); b != nil {
-		bundle, err := BundleFromProto(b)
+		bundle, err := bundleFromProto(b)
 		if err != nil {
 			c.log.Error("ignoring unusable trust bundle from the CA", "error", err.Error())
 		} else {
@@ -170,8 +170,8 @@ func entryFromProto(e *cav1.Entry) (upstream.Entry, error) {
 	}, nil
 }
 
-// BundleFromProto converts the CA's bundle message.
-func BundleFromProto(b *cav1.Bundle) (*x509bundle.Bundle, error) {
+// bundleFromProto converts the CA's bundle message.
+func bundleFromProto(b *cav1.Bundle) (*x509bundle.Bundle, error) {
 	if b == nil || len(b.X509Authorities) == 0 {
 		return nil, errors.New("client: CA sent an empty trust bundle")
 	}

@@ -1,9 +1,15 @@
 // Package manager is the node agent's control loop. It serves the cached
-// SVIDs at once, follows the CA's SyncAgent stream (registration entries,
-// trust bundle, revoked serials), obtains SVIDs for new entries, renews them
+// SVIDs at once, follows the CA's state (registration entries, trust
+// bundle, revoked serials, tainted authorities) and, on Kubernetes, the
+// entries of the node's pods, obtains SVIDs for new entries, renews them
 // when the rotate policy says so, and publishes what may be served to a
 // state.Store — always after the cache holds it durably, never an expired
 // SVID or one whose key does not match its leaf.
+//
+// The manager knows its collaborators only as Go values (package
+// upstream): the CA is the CA interface (agent/client implements it over
+// gRPC; tests use the real CA, agent/client/catest, or a fake), the pods
+// an EntrySource (agent/podentries).
 package manager
 
 import (

@@ -112,14 +112,17 @@ func TestEnforceHoldsBackUnprovenSVID(t *testing.T) {
 		t.Fatalf("proved %d certificates, want the one issued", len(certs))
 	}
 	chk.setRefuse(nil)
-	// The refusal scheduled a retry; nothing was served or cached meanwhile.
+	// The refusal scheduled a retry (1s base, equal jitter, rand 0);
+	// nothing was served or cached meanwhile.
+	retry := e.clock.Now().Add(500 * time.Millisecond)
+	e.waitTimer(retry)
 	if s := find(e.store.Current(), e1); s != nil {
 		t.Fatal("an unproven SVID was served")
 	}
 	if _, ok, _ := e.cache.Get(e1); ok {
 		t.Fatal("an unproven SVID was cached")
 	}
-	e.clock.Advance(time.Minute) // past any backoff, well before NotAfter
+	e.clock.Set(retry)
 	waitCall(t, chk.proved, "the retried proof")
 	snap := e.waitSnapshot("e1 served once proven", serving(e1))
 	if got := find(snap, e1).Certificates[0].Raw; string(got) == string(certs[0].DER) {

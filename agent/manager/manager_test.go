@@ -345,6 +345,7 @@ func TestExpiredSVIDIsNeverServed(t *testing.T) {
 	e.start(ca.JoinToken(t, "node-1"))
 	svid := find(e.waitSnapshot("e1", serving(e1)), e1)
 	ca.FailSigning(status.Error(codes.Unavailable, "down"))
+	e.waitTimer(halfLife(e.clock.Now(), svid)) // the loop is waiting: move time past it
 	e.clock.Set(svid.Certificates[0].NotAfter)
 	e.waitSnapshot("expired SVID dropped", func(s *state.Snapshot) bool { return find(s, e1) == nil })
 	if _, ok, _ := e.cache.Get(e1); ok {

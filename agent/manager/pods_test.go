@@ -174,3 +174,19 @@ func countEqual(p []time.Time, at time.Time) int {
 	}
 	return n
 }
+
+// A taint the CA pushes reaches the pods' identities too (before the
+// domain seam, the merged Kubernetes stream dropped tainted authorities).
+func TestTaintReplacesPodIdentities(t *testing.T) {
+	ca := catest.New(t, td)
+	d := &domainCA{ca: ca, states: make(chan upstream.State, 1)}
+	pods := &fakePods{ch: make(chan struct{}, 1), entries: []upstream.Entry{podEntry("u1", "cart")}}
+	e := startDomain(t, d, pods)
+	d.states <- upstream.State{Bundle: ca.Bundle()}
+	first := find(e.waitSnapshot("pod served", serving("u1")), "u1")
+	d.states <- upstream.State{Bundle: ca.Bundle(), Tainted: first.Certificates[1:2]}
+	e.waitSnapshot("pod SVID replaced", func(s *state.Snapshot) bool {
+		got := find(s, "u1")
+		return got != nil && got.Certificates[0].SerialNumber.Cmp(first.Certificates[0].SerialNumber) != 0
+	})
+}

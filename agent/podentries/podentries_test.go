@@ -6,11 +6,14 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/agent/attest"
+	"github.com/castellan-dev/castellan/agent/manager"
 	"github.com/castellan-dev/castellan/agent/state"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("cluster.local")
+
+var _ manager.EntrySource = (*Source)(nil)
 
 type fakePods struct {
 	mu   sync.Mutex

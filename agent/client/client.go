@@ -164,7 +164,8 @@ func (c *Client) svidPath() string { return filepath.Join(c.cfg.DataDir, "agent.
 // Bootstrap makes sure the agent holds a valid SVID: the persisted one if it
 // has not expired, or else a new one obtained with joinToken. Without a
 // token and without a valid SVID it returns an error wrapping
-// ErrNoAgentSVID that tells the operator what to do.
+// ErrNoAgentSVID that tells the operator what to do; a token the CA
+// refuses is an error wrapping ErrTokenRefused.
 func (c *Client) Bootstrap(ctx context.Context, joinToken string) error {
 	svid, ok := c.usePersisted()
 	if ok {
@@ -177,8 +178,8 @@ func (c *Client) Bootstrap(ctx context.Context, joinToken string) error {
 		}
 		return fmt.Errorf("%w: none in %s; start the agent with a join token (--join-token-file or CASTELLAN_AGENT_JOIN_TOKEN)", ErrNoAgentSVID, c.cfg.DataDir)
 	}
-	return c.attest(ctx, &cav1.AttestAgentRequest{
-		Attestation: &cav1.AttestAgentRequest_JoinToken{JoinToken: joinToken}}, "join token")
+	return tokenRefused(c.attest(ctx, &cav1.AttestAgentRequest{
+		Attestation: &cav1.AttestAgentRequest_JoinToken{JoinToken: joinToken}}, "join token"))
 }
 
 // usePersisted returns the persisted agent SVID and whether it is still

@@ -24,8 +24,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // run wires the agent together and serves until ctx is done.
@@ -125,11 +123,14 @@ func startAgentSVID(g *group, cfg config, ca *client.Client, token string, log *
 	if token != "" && !spends && !k8s {
 		log.Warn("join token not used: the agent already holds a valid agent SVID; the unused token stays valid until it expires, so delete it", "file", cfg.JoinTokenFile)
 	}
-	attestAgent := func(ctx context.Context) error { return tokenBootstrap(ctx, ca, token) }
+	attestAgent := func(ctx context.Context) error { return ca.Bootstrap(ctx, token) }
 	if k8s {
 		attestAgent = func(ctx context.Context) error { return ca.BootstrapK8s(ctx, cfg.K8sTokenFile) }
 	}
-	if bootstrap(g.ctx, attestAgent, log) != nil {
+	if err := ca.BootstrapRetrying(g.ctx, attestAgent); err != nil {
+		if g.ctx.Err() == nil {
+			log.Error(err.Error() + "; serving cached, still-valid SVIDs only")
+		}
 		return
 	}
 	if spends && cfg.JoinTokenFile != "" && !k8s {
@@ -181,45 +182,6 @@ func (g *group) wait() error {
 	}
 	g.cancel()
 	g.wg.Wait()
-	return err
-}
-
-// bootstrap obtains the agent SVID, retrying while the CA is unreachable.
-// Without a usable SVID or token it logs what to do and returns, leaving
-// the agent serving its cache.
-func bootstrap(ctx context.Context, attestAgent func(context.Context) error, log *slog.Logger) error {
-	delay := time.Second
-	for {
-		err := attestAgent(ctx)
-		if err == nil {
-			return nil
-		}
-		if errors.Is(err, client.ErrNoAgentSVID) || errors.Is(err, errTokenRefused) {
-			log.Error(err.Error() + "; serving cached, still-valid SVIDs only")
-			return err
-		}
-		log.Warn("bootstrap with the CA failed; retrying", "error", err.Error(), "retry_in", delay.String())
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, 30*time.Second)
-	}
-}
-
-// errTokenRefused marks a join token the CA refused: retrying it cannot
-// succeed (and would be reported by the CA as another reuse).
-var errTokenRefused = errors.New("the CA refused the join token; create a new one (castellanctl token create --node NAME --out FILE) and restart the agent with --join-token-file FILE")
-
-// tokenBootstrap bootstraps with token; a refusal of the token itself
-// (Unauthenticated, PermissionDenied, InvalidArgument) is errTokenRefused.
-func tokenBootstrap(ctx context.Context, ca *client.Client, token string) error {
-	err := ca.Bootstrap(ctx, token)
-	switch status.Code(err) {
-	case codes.Unauthenticated, codes.PermissionDenied, codes.InvalidArgument:
-		return fmt.Errorf("%w: %w", errTokenRefused, err)
-	}
 	return err
 }
 

@@ -29,7 +29,9 @@ func TestBootstrapRetriesWhileTheCAIsUnavailable(t *testing.T) {
 	defer cancel()
 	token := ca.JoinToken(t, "node-1")
 	done := make(chan error, 1)
-	go func() { done <- c.BootstrapRetrying(ctx, func(ctx context.Context) error { return c.Bootstrap(ctx, token) }) }()
+	go func() {
+		done <- c.BootstrapRetrying(ctx, func(ctx context.Context) error { return c.Bootstrap(ctx, token) })
+	}()
 	start := clock.Now()
 	for _, at := range []time.Time{start.Add(time.Second), start.Add(3 * time.Second)} {
 		if !clock.WaitFor(ctx, func(p []time.Time) bool { return len(p) == 1 && p[0].Equal(at) }) {

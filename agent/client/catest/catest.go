@@ -259,6 +259,19 @@ func (ca *CA) Revoke(t testing.TB, s string) {
 	check(t, err)
 }
 
+// Intermediates returns a pool of the certificates of a served chain
+// (DER, leaf first) after its leaf: what a peer verifying the chain has.
+func Intermediates(t testing.TB, chain [][]byte) *x509.CertPool {
+	t.Helper()
+	pool := x509.NewCertPool()
+	for _, der := range chain[min(1, len(chain)):] {
+		c, err := x509.ParseCertificate(der)
+		check(t, err)
+		pool.AddCert(c)
+	}
+	return pool
+}
+
 // check fails the test on err.
 func check(t testing.TB, err error) {
 	t.Helper()

@@ -28,7 +28,7 @@ func record(t testing.TB, ca *catest.CA, entry string, now time.Time, ttl time.D
 		EntryID:      entry,
 		Selectors:    []state.Selector{{Type: "unix", Value: "uid:1000"}},
 		TTL:          ttl,
-		SVID:         ca.Issue(t, id, now, ttl),
+		SVID:         ca.Issue(t, id, ttl), // at the CA clock: now (catest.At)
 		NextRotation: now.Add(ttl / 2),
 	}
 }
@@ -44,8 +44,8 @@ func openAt(t testing.TB, path string, now *time.Time) *Cache {
 }
 
 func TestPutThenLoadAfterReopen(t *testing.T) {
-	ca := catest.New(t, td)
 	now := time.Now()
+	ca := catest.New(t, td, catest.At(now))
 	path := filepath.Join(t.TempDir(), "cache.db")
 	c := openAt(t, path, &now)
 	a, b := record(t, ca, "a", now, time.Hour), record(t, ca, "b", now, time.Hour)
@@ -99,8 +99,8 @@ func TestGetMissingReturnsFalse(t *testing.T) {
 }
 
 func TestExpiredRecordIsNeverReturnedAndIsDeleted(t *testing.T) {
-	ca := catest.New(t, td)
 	now := time.Now()
+	ca := catest.New(t, td, catest.At(now))
 	c := openAt(t, filepath.Join(t.TempDir(), "cache.db"), &now)
 	if err := c.Put(ca.Bundle(), record(t, ca, "short", now, 10*time.Second), record(t, ca, "long", now, time.Hour)); err != nil {
 		t.Fatal(err)
@@ -120,8 +120,8 @@ func TestExpiredRecordIsNeverReturnedAndIsDeleted(t *testing.T) {
 }
 
 func TestPutRefusesMismatchedKey(t *testing.T) {
-	ca := catest.New(t, td)
 	now := time.Now()
+	ca := catest.New(t, td, catest.At(now))
 	c := openAt(t, filepath.Join(t.TempDir(), "cache.db"), &now)
 	r := record(t, ca, "a", now, time.Hour)
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -132,8 +132,8 @@ func TestPutRefusesMismatchedKey(t *testing.T) {
 }
 
 func TestMismatchedKeyOnDiskIsRejectedOnLoad(t *testing.T) {
-	ca := catest.New(t, td)
 	now := time.Now()
+	ca := catest.New(t, td, catest.At(now))
 	c := openAt(t, filepath.Join(t.TempDir(), "cache.db"), &now)
 	a, b := record(t, ca, "a", now, time.Hour), record(t, ca, "b", now, time.Hour)
 	ra, err := toRaw(a, nil)
@@ -182,8 +182,8 @@ func TestDamagedPageIsMovedAsideAndReplaced(t *testing.T) {
 		off  int // offset in the meta of the page ID to damage
 	}{{"freelist", 32}, {"root", 16}} {
 		t.Run(tc.name, func(t *testing.T) {
-			ca := catest.New(t, td)
 			now := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
+			ca := catest.New(t, td, catest.At(now))
 			path := filepath.Join(t.TempDir(), "cache.db")
 			c := openAt(t, path, &now)
 			if err := c.Put(ca.Bundle(), record(t, ca, "a", now, time.Hour)); err != nil {
@@ -219,8 +219,8 @@ func TestDamagedPageIsMovedAsideAndReplaced(t *testing.T) {
 }
 
 func TestTruncatedRecordIsRejected(t *testing.T) {
-	ca := catest.New(t, td)
 	now := time.Now()
+	ca := catest.New(t, td, catest.At(now))
 	rw, err := toRaw(record(t, ca, "a", now, time.Hour), bundleDER(ca.Bundle()))
 	if err != nil {
 		t.Fatal(err)
@@ -237,8 +237,8 @@ func TestTruncatedRecordIsRejected(t *testing.T) {
 }
 
 func TestSetBundleRewritesEveryRecord(t *testing.T) {
-	ca, next := catest.New(t, td), catest.New(t, td)
 	now := time.Now()
+	ca, next := catest.New(t, td, catest.At(now)), catest.New(t, td, catest.At(now))
 	c := openAt(t, filepath.Join(t.TempDir(), "cache.db"), &now)
 	if err := c.Put(ca.Bundle(), record(t, ca, "a", now, time.Hour)); err != nil {
 		t.Fatal(err)

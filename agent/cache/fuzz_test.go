@@ -20,7 +20,7 @@ import (
 //	go test -run '^$' -fuzz FuzzOpenDamagedFile -fuzztime 60s ./agent/cache/
 func FuzzOpenDamagedFile(f *testing.F) {
 	now := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
-	ca := catest.New(f, td)
+	ca := catest.New(f, td, catest.At(now))
 	dir := f.TempDir()
 	good := filepath.Join(dir, "good.db")
 	c, err := Open(good)

@@ -1,7 +1,10 @@
 // Package client is the node agent's connection to the Castellan CA: it
 // bootstraps the agent's own SVID with a join token, keeps it on disk so a
 // restart needs no new token, renews it at half its lifetime, and makes
-// every later call over mutual TLS with it.
+// every later call over mutual TLS with it. To the agent's manager it is
+// the CA (manager.CA), in Go values (upstream.go): Sync turns the
+// SyncAgent stream into upstream.State values, Sign makes the keys and
+// CSRs of a batch and returns verified SVIDs.
 //
 // The CA may have several endpoints (replicas): every address a DNS name
 // resolves to, or an explicit list (endpoints.go). gRPC balances calls
@@ -16,7 +19,6 @@ package client
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -103,6 +105,11 @@ type Client struct {
 	bundle   *x509bundle.Bundle
 	conn     *grpc.ClientConn
 	taint    agentTaint // the agent SVID under a tainted authority (taint.go)
+
+	// bootstrapped is closed once the agent holds its SVID (Sync waits
+	// for it).
+	bootstrapped  chan struct{}
+	bootstrapDone sync.Once
 }
 
 // New returns a client and loads the agent SVID persisted in DataDir, if
@@ -139,6 +146,8 @@ func New(cfg Config) (*Client, error) {
 		metrics:  m,
 		bundle:   cfg.Bundle,
 		taint:    agentTaint{wake: make(chan struct{}, 1)},
+
+		bootstrapped: make(chan struct{}),
 	}
 	svid, err := loadSVID(c.svidPath())
 	switch {
@@ -155,14 +164,11 @@ func (c *Client) svidPath() string { return filepath.Join(c.cfg.DataDir, "agent.
 // Bootstrap makes sure the agent holds a valid SVID: the persisted one if it
 // has not expired, or else a new one obtained with joinToken. Without a
 // token and without a valid SVID it returns an error wrapping
-// ErrNoAgentSVID that tells the operator what to do.
+// ErrNoAgentSVID that tells the operator what to do; a token the CA
+// refuses is an error wrapping ErrTokenRefused.
 func (c *Client) Bootstrap(ctx context.Context, joinToken string) error {
-	c.mu.Lock()
-	svid := c.svid
-	c.mu.Unlock()
-	now := c.cfg.Clock.Now()
-	if svid != nil && now.Before(svid.Certificates[0].NotAfter) {
-		c.log.Info("using persisted agent SVID", "spiffe_id", svid.ID.String(), "not_after", svid.Certificates[0].NotAfter)
+	svid, ok := c.usePersisted()
+	if ok {
 		return nil
 	}
 	if joinToken == "" {
@@ -172,8 +178,20 @@ func (c *Client) Bootstrap(ctx context.Context, joinToken string) error {
 		}
 		return fmt.Errorf("%w: none in %s; start the agent with a join token (--join-token-file or CASTELLAN_AGENT_JOIN_TOKEN)", ErrNoAgentSVID, c.cfg.DataDir)
 	}
-	return c.attest(ctx, &cav1.AttestAgentRequest{
-		Attestation: &cav1.AttestAgentRequest_JoinToken{JoinToken: joinToken}}, "join token")
+	return tokenRefused(c.attest(ctx, &cav1.AttestAgentRequest{
+		Attestation: &cav1.AttestAgentRequest_JoinToken{JoinToken: joinToken}}, "join token"))
+}
+
+// usePersisted returns the persisted agent SVID and whether it is still
+// valid; if it is, the agent is bootstrapped.
+func (c *Client) usePersisted() (*x509svid.SVID, bool) {
+	svid := c.AgentSVID()
+	if svid == nil || !c.cfg.Clock.Now().Before(svid.Certificates[0].NotAfter) {
+		return svid, false
+	}
+	c.log.Info("using persisted agent SVID", "spiffe_id", svid.ID.String(), "not_after", svid.Certificates[0].NotAfter)
+	c.markBootstrapped()
+	return svid, true
 }
 
 // attest exchanges a node attestation (how names it in errors and logs)
@@ -197,15 +215,19 @@ func (c *Client) attest(ctx context.Context, att *cav1.AttestAgentRequest, how s
 	if err != nil {
 		return err
 	}
-	if b, err := BundleFromProto(resp.Bundle); err == nil {
+	if b, err := bundleFromProto(resp.Bundle); err == nil {
 		c.SetBundle(b)
 	}
 	if err := c.storeSVID(svid); err != nil {
 		return err
 	}
 	c.log.Info("attested with "+how, "spiffe_id", svid.ID.String(), "not_after", svid.Certificates[0].NotAfter)
+	c.markBootstrapped()
 	return nil
 }
+
+// markBootstrapped records that the agent holds its SVID.
+func (c *Client) markBootstrapped() { c.bootstrapDone.Do(func() { close(c.bootstrapped) }) }
 
 // storeSVID persists svid, makes it current and replaces the connection so
 // that new calls present it.
@@ -309,9 +331,9 @@ func (c *Client) dial(tlsConf *tls.Config) (*grpc.ClientConn, error) {
 	return conn, nil
 }
 
-// BatchSign asks the CA to sign reqs in one call; results are in request
+// batchSign asks the CA to sign reqs in one call; results are in request
 // order.
-func (c *Client) BatchSign(ctx context.Context, reqs []*cav1.SignX509SVIDRequest) ([]*cav1.BatchResult, error) {
+func (c *Client) batchSign(ctx context.Context, reqs []*cav1.SignX509SVIDRequest) ([]*cav1.BatchResult, error) {
 	ca, err := c.ca()
 	if err != nil {
 		return nil, err
@@ -326,8 +348,8 @@ func (c *Client) BatchSign(ctx context.Context, reqs []*cav1.SignX509SVIDRequest
 	return resp.Results, nil
 }
 
-// SyncAgent opens the stream of the agent's state.
-func (c *Client) SyncAgent(ctx context.Context) (grpc.ServerStreamingClient[cav1.SyncAgentResponse], error) {
+// syncAgent opens the stream of the agent's state.
+func (c *Client) syncAgent(ctx context.Context) (grpc.ServerStreamingClient[cav1.SyncAgentResponse], error) {
 	ca, err := c.ca()
 	if err != nil {
 		return nil, err
@@ -445,26 +467,6 @@ func (c *Client) Close() error {
 	err := c.conn.Close()
 	c.conn = nil
 	return err
-}
-
-// BundleFromProto converts the CA's bundle message.
-func BundleFromProto(b *cav1.Bundle) (*x509bundle.Bundle, error) {
-	if b == nil || len(b.X509Authorities) == 0 {
-		return nil, errors.New("client: CA sent an empty trust bundle")
-	}
-	td, err := spiffeid.TrustDomainFromString(b.TrustDomain)
-	if err != nil {
-		return nil, fmt.Errorf("client: bundle trust domain: %w", err)
-	}
-	certs := make([]*x509.Certificate, 0, len(b.X509Authorities))
-	for _, der := range b.X509Authorities {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			return nil, fmt.Errorf("client: bundle certificate: %w", err)
-		}
-		certs = append(certs, c)
-	}
-	return x509bundle.FromX509Authorities(td, certs), nil
 }
 
 // later returns the later of a and b.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/castellan-dev/castellan/agent/client/catest"
 	"github.com/castellan-dev/castellan/agent/rotate/rotatetest"
+	"github.com/castellan-dev/castellan/agent/upstream"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -36,7 +37,7 @@ func TestBootstrapWithJoinTokenThenRestartWithoutToken(t *testing.T) {
 	clock := rotatetest.NewClock(time.Now())
 
 	c := newClient(t, ca, dir, clock)
-	if err := c.Bootstrap(ctx, ca.JoinToken("node-1")); err != nil {
+	if err := c.Bootstrap(ctx, ca.JoinToken(t, "node-1")); err != nil {
 		t.Fatal(err)
 	}
 	want := spiffeid.RequireFromPath(td, "/castellan/agent/node-1")
@@ -53,19 +54,20 @@ func TestBootstrapWithJoinTokenThenRestartWithoutToken(t *testing.T) {
 	if err := c2.Bootstrap(ctx, ""); err != nil {
 		t.Fatal(err)
 	}
-	ca.SetEntry(&cav1.Entry{Id: "e1", SpiffeId: "spiffe://cluster.local/ns/a/sa/b", Node: "node-1"})
-	key, _ := NewKey()
-	csr, _ := NewCSR(key, spiffeid.RequireFromString("spiffe://cluster.local/ns/a/sa/b"))
-	res, err := c2.BatchSign(ctx, []*cav1.SignX509SVIDRequest{{Csr: csr, EntryId: "e1"}})
+	e := ca.AddEntry(t, &cav1.Entry{SpiffeId: "spiffe://cluster.local/ns/a/sa/b", Node: "node-1",
+		Selectors: []*cav1.Selector{{Type: "unix", Value: "uid:1000"}}})
+	res, err := c2.Sign(ctx, []upstream.Entry{{ID: e.Id, SPIFFEID: spiffeid.RequireFromString(e.SpiffeId)}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	svid, err := SVIDFromProto(res[0].GetSvid(), key)
-	if err != nil {
-		t.Fatal(err)
+	if len(res) != 1 || res[0].Err != nil {
+		t.Fatalf("Sign: %+v", res)
 	}
-	if _, _, err := x509svid.Verify(svid.Certificates, ca.Bundle()); err != nil {
+	if _, _, err := x509svid.Verify(res[0].SVID.Certificates, ca.Bundle()); err != nil {
 		t.Fatalf("signed SVID does not verify: %v", err)
+	}
+	if res[0].LogIndex == nil {
+		t.Fatal("the CA's log index of the SVID was lost")
 	}
 }
 
@@ -81,13 +83,12 @@ func TestBootstrapWithoutTokenOrSVIDSaysWhatToDo(t *testing.T) {
 }
 
 func TestExpiredAgentSVIDNeedsNewToken(t *testing.T) {
-	ca := catest.New(t, td)
-	ca.AgentTTL = time.Minute
+	ca := catest.New(t, td, catest.WithAgentTTL(time.Minute))
 	ca.Start(t)
 	dir := t.TempDir()
 	clock := rotatetest.NewClock(time.Now())
 	c := newClient(t, ca, dir, clock)
-	if err := c.Bootstrap(t.Context(), ca.JoinToken("node-1")); err != nil {
+	if err := c.Bootstrap(t.Context(), ca.JoinToken(t, "node-1")); err != nil {
 		t.Fatal(err)
 	}
 	clock.Advance(2 * time.Minute)
@@ -97,7 +98,7 @@ func TestExpiredAgentSVIDNeedsNewToken(t *testing.T) {
 		t.Fatalf("err = %v, want an 'expired at ...; start the agent with a new join token' error", err)
 	}
 	// A fresh token re-bootstraps.
-	if err := c2.Bootstrap(t.Context(), ca.JoinToken("node-1")); err != nil {
+	if err := c2.Bootstrap(t.Context(), ca.JoinToken(t, "node-1")); err != nil {
 		t.Fatalf("re-bootstrap with a new token: %v", err)
 	}
 }
@@ -105,7 +106,7 @@ func TestExpiredAgentSVIDNeedsNewToken(t *testing.T) {
 func TestUsedJoinTokenIsRefused(t *testing.T) {
 	ca := catest.New(t, td)
 	ca.Start(t)
-	tok := ca.JoinToken("node-1")
+	tok := ca.JoinToken(t, "node-1")
 	if err := newClient(t, ca, t.TempDir(), rotatetest.NewClock(time.Now())).Bootstrap(t.Context(), tok); err != nil {
 		t.Fatal(err)
 	}
@@ -115,17 +116,18 @@ func TestUsedJoinTokenIsRefused(t *testing.T) {
 }
 
 func TestAgentSVIDRenewedAtHalfLife(t *testing.T) {
-	ca := catest.New(t, td)
-	ca.AgentTTL = time.Hour
-	ca.Start(t)
+	// The CA reads the agent's clock: it refuses a renewal before
+	// half-life by its own.
 	clock := rotatetest.NewClock(time.Now())
+	ca := catest.New(t, td, catest.WithAgentTTL(time.Hour), catest.WithClock(clock.Now))
+	ca.Start(t)
 	c, err := New(Config{Address: ca.Addr(), TrustDomain: td, Bundle: ca.Bundle(), DataDir: t.TempDir(), Clock: clock})
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.cfg.Policy.Rand = func() float64 { return 0 } // renew exactly at half-life
 	t.Cleanup(func() { _ = c.Close() })
-	if err := c.Bootstrap(t.Context(), ca.JoinToken("node-1")); err != nil {
+	if err := c.Bootstrap(t.Context(), ca.JoinToken(t, "node-1")); err != nil {
 		t.Fatal(err)
 	}
 	first := c.AgentSVID()

@@ -3,10 +3,12 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,10 +27,20 @@ import (
 
 const workload = "spiffe://cluster.local/ns/a/sa/b"
 
+// testAgent is a bootstrapped client and the entry it may sign for.
+type testAgent struct {
+	*Client
+	entry *cav1.Entry
+}
+
+// agents numbers the entries of failoverClient: the CA refuses two
+// entries alike.
+var agents atomic.Int64
+
 // failoverClient returns a client of addrs, bootstrapped with a join token
 // of ca (through whichever of addrs serves it), whose metrics are
-// registered.
-func failoverClient(t *testing.T, ca *catest.CA, addrs []string, mod func(*Config)) *Client {
+// registered, and registers an entry for its node.
+func failoverClient(t *testing.T, ca *catest.CA, addrs []string, mod func(*Config)) *testAgent {
 	t.Helper()
 	cfg := Config{Addresses: addrs, TrustDomain: td, Bundle: ca.Bundle(), DataDir: t.TempDir(), Registry: prometheus.NewRegistry()}
 	if mod != nil {
@@ -41,31 +53,32 @@ func failoverClient(t *testing.T, ca *catest.CA, addrs []string, mod func(*Confi
 	t.Cleanup(func() { _ = c.Close() })
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	if err := c.Bootstrap(ctx, ca.JoinToken("node-1")); err != nil {
+	if err := c.Bootstrap(ctx, ca.JoinToken(t, "node-1")); err != nil {
 		t.Fatalf("bootstrap through %v: %v", addrs, err)
 	}
-	ca.SetEntry(&cav1.Entry{Id: "e1", SpiffeId: workload, Node: "node-1"})
-	return c
+	e := ca.AddEntry(t, &cav1.Entry{SpiffeId: fmt.Sprintf("%s-%d", workload, agents.Add(1)), Node: "node-1",
+		Selectors: []*cav1.Selector{{Type: "unix", Value: "uid:1000"}}})
+	return &testAgent{Client: c, entry: e}
 }
 
 // sign asks for one workload SVID and checks the answer.
-func sign(ctx context.Context, c *Client) error {
+func sign(ctx context.Context, c *testAgent) error {
 	key, err := NewKey()
 	if err != nil {
 		return err
 	}
-	csr, err := NewCSR(key, spiffeid.RequireFromString(workload))
+	csr, err := NewCSR(key, spiffeid.RequireFromString(c.entry.SpiffeId))
 	if err != nil {
 		return err
 	}
-	res, err := c.BatchSign(ctx, []*cav1.SignX509SVIDRequest{{Csr: csr, EntryId: "e1"}})
+	res, err := c.batchSign(ctx, []*cav1.SignX509SVIDRequest{{Csr: csr, EntryId: c.entry.Id}})
 	if err != nil {
 		return err
 	}
 	if e := res[0].GetError(); e != nil {
 		return status.Error(codes.Code(e.GetCode()), e.GetMessage())
 	}
-	_, err = SVIDFromProto(res[0].GetSvid(), key)
+	_, err = svidFromProto(res[0].GetSvid(), key)
 	return err
 }
 
@@ -341,7 +354,7 @@ func TestSyncStreamResumesOnAnotherReplica(t *testing.T) {
 	defer cancel()
 
 	before := callCounts(rs)
-	s, err := c.SyncAgent(ctx)
+	s, err := c.syncAgent(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,7 +373,7 @@ func TestSyncStreamResumesOnAnotherReplica(t *testing.T) {
 	}
 
 	before = callCounts(rs)
-	s, err = c.SyncAgent(ctx)
+	s, err = c.syncAgent(ctx)
 	if err != nil {
 		t.Fatalf("reopening the stream with two replicas up: %v", err)
 	}
@@ -371,10 +384,10 @@ func TestSyncStreamResumesOnAnotherReplica(t *testing.T) {
 	if got := servedBy(t, rs, before); got == dead {
 		t.Fatal("reopened stream served by the dead replica")
 	}
-	if es := resp.GetState().GetEntries(); len(es) != 1 || es[0].GetId() != "e1" {
-		t.Fatalf("resynced state has entries %v, want e1", es)
+	if es := resp.GetState().GetEntries(); len(es) != 1 || es[0].GetId() != c.entry.Id {
+		t.Fatalf("resynced state has entries %v, want %s", es, c.entry.Id)
 	}
-	ca.SetEntry(&cav1.Entry{Id: "e2", SpiffeId: workload + "2", Node: "node-1"})
+	ca.AddEntry(t, &cav1.Entry{SpiffeId: workload + "-other", Node: "node-1", Selectors: []*cav1.Selector{{Type: "unix", Value: "uid:1001"}}})
 	if resp, err = s.Recv(); err != nil || len(resp.GetState().GetEntries()) != 2 {
 		t.Fatalf("change after the failover: %v, %v; want both entries", resp.GetState().GetEntries(), err)
 	}
@@ -415,7 +428,7 @@ func TestEndpointWithWrongCertificateIsNeverUsed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer only.Close()
-	tok := ca.JoinToken("node-2")
+	tok := ca.JoinToken(t, "node-2")
 	err = only.Bootstrap(t.Context(), tok)
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "unexpected ID") {
 		t.Fatalf("bootstrap through the impostor: %v; want Unavailable naming the unexpected ID", err)
@@ -439,7 +452,7 @@ func TestEndpointWithWrongCertificateIsNeverUsed(t *testing.T) {
 // the other serves every call.
 func TestOneNameWithSeveralAddressesIsBalanced(t *testing.T) {
 	ca := catest.New(t, td)
-	a := ca.ServeAt(t, "127.0.0.1:0")
+	a := ca.Serve(t)
 	_, port, _ := net.SplitHostPort(a.Addr())
 	b := ca.ServeAt(t, net.JoinHostPort("127.0.0.2", port))
 	dns := serveDNS(t, "ca-headless.castellan.test.", net.IPv4(127, 0, 0, 1), net.IPv4(127, 0, 0, 2))

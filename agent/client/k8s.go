@@ -15,11 +15,7 @@ import (
 // tokenFile. The file is read on every call, since the kubelet refreshes
 // it.
 func (c *Client) BootstrapK8s(ctx context.Context, tokenFile string) error {
-	c.mu.Lock()
-	svid := c.svid
-	c.mu.Unlock()
-	if svid != nil && c.cfg.Clock.Now().Before(svid.Certificates[0].NotAfter) {
-		c.log.Info("using persisted agent SVID", "spiffe_id", svid.ID.String(), "not_after", svid.Certificates[0].NotAfter)
+	if _, ok := c.usePersisted(); ok {
 		return nil
 	}
 	b, err := os.ReadFile(tokenFile)

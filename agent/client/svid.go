@@ -56,13 +56,9 @@ func newCSR(id spiffeid.ID) (crypto.Signer, []byte, error) {
 	return key, csr, err
 }
 
-// SVIDFromProto builds an SVID from the CA's answer and the key its CSR
+// svidFromProto builds an SVID from the CA's answer and the key its CSR
 // was made with, refusing a chain whose leaf does not match the key or
 // whose SPIFFE ID differs from the one announced.
-func SVIDFromProto(p *cav1.X509SVID, key crypto.Signer) (*x509svid.SVID, error) {
-	return svidFromProto(p, key)
-}
-
 func svidFromProto(p *cav1.X509SVID, key crypto.Signer) (*x509svid.SVID, error) {
 	if p == nil || len(p.CertChain) == 0 {
 		return nil, errors.New("client: CA returned no certificate")

@@ -9,6 +9,7 @@ import (
 
 	"github.com/castellan-dev/castellan/agent/client/catest"
 	"github.com/castellan-dev/castellan/agent/rotate/rotatetest"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // TestAgentSVIDUnderTaintedAuthorityIsRenewedInTheTaintWindow: a taint of
@@ -16,14 +17,13 @@ import (
 // own issuer moves its renewal from half-life into the taint window (at the
 // point the policy draws), and Run renews it then.
 func TestAgentSVIDUnderTaintedAuthorityIsRenewedInTheTaintWindow(t *testing.T) {
-	ca := catest.New(t, td)
-	ca.AgentTTL = time.Hour
+	ca := catest.New(t, td, catest.WithAgentTTL(time.Hour))
 	ca.Start(t)
 	clock := rotatetest.NewClock(time.Now())
 	c := newClient(t, ca, t.TempDir(), clock)
 	c.cfg.Policy.Rand = func() float64 { return 0.5 }
 	c.cfg.Policy.TaintWindow = 10 * time.Second
-	if err := c.Bootstrap(t.Context(), ca.JoinToken("node-1")); err != nil {
+	if err := c.Bootstrap(t.Context(), ca.JoinToken(t, "node-1")); err != nil {
 		t.Fatal(err)
 	}
 	first := c.AgentSVID()
@@ -37,7 +37,14 @@ func TestAgentSVIDUnderTaintedAuthorityIsRenewedInTheTaintWindow(t *testing.T) {
 		t.Fatal("no renewal planned near half-life")
 	}
 
-	other := catest.New(t, td).Issue(t, td.ID(), start, time.Hour).Certificates[1]
+	// The CA taints the authority that signed the agent SVID: it then
+	// accepts its renewal before half-life.
+	old := ca.RotateIntermediate(t)
+	ca.Taint(t, old)
+	if !first.Certificates[1].Equal(old) {
+		t.Fatal("the agent SVID was not signed by the intermediate rotated out")
+	}
+	other := catest.New(t, td).Issue(t, spiffeid.RequireFromPath(td, "/other"), time.Hour).Certificates[1]
 	c.Taint([]*x509.Certificate{other})
 	if at, ok := c.taint.renewAt(first.Certificates[0]); ok {
 		t.Fatalf("a taint of another CA's intermediate planned a renewal at %v", at)

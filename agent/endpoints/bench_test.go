@@ -9,6 +9,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/castellan-dev/castellan/agent/sds"
@@ -27,8 +28,8 @@ func BenchmarkSDSPush100Streams(b *testing.B) {
 	e := start(b, nil, func(c *Config) { c.Limits.MaxConnsPerCaller = 2 * streams })
 	sels := self(b)
 	svids := []*x509svid.SVID{
-		e.ca.SVID(b, "ns/default/sa/productpage", time.Hour),
-		e.ca.SVID(b, "ns/default/sa/productpage", time.Hour),
+		e.ca.Issue(b, spiffeid.RequireFromPath(e.ca.TrustDomain, "/ns/default/sa/productpage"), time.Hour),
+		e.ca.Issue(b, spiffeid.RequireFromPath(e.ca.TrustDomain, "/ns/default/sa/productpage"), time.Hour),
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

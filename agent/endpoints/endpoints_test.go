@@ -22,9 +22,10 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/castellan-dev/castellan/agent/attest"
-	"github.com/castellan-dev/castellan/agent/internal/testca"
+	"github.com/castellan-dev/castellan/agent/client/catest"
 	"github.com/castellan-dev/castellan/agent/state"
 	"github.com/castellan-dev/castellan/integration/envoysds"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // self returns selectors the real unix attestor yields for this test process.
@@ -41,7 +42,7 @@ func self(t testing.TB) []state.Selector {
 }
 
 type env struct {
-	ca    *testca.CA
+	ca    *catest.CA
 	store *state.Store
 	sock  string
 	reg   *prometheus.Registry
@@ -51,7 +52,7 @@ type env struct {
 // start serves endpoints with the real unix attestor (or a) on a fresh socket.
 func start(t testing.TB, a attest.Attestor, opts ...func(*Config)) *env {
 	t.Helper()
-	e := &env{ca: testca.New(t, "cluster.local"), store: state.NewStore(), reg: prometheus.NewRegistry(), done: make(chan error, 1)}
+	e := &env{ca: catest.New(t, spiffeid.RequireTrustDomainFromString("cluster.local")), store: state.NewStore(), reg: prometheus.NewRegistry(), done: make(chan error, 1)}
 	e.rotate(t)
 	e.sock = filepath.Join(t.TempDir(), "agent.sock")
 	if a == nil {
@@ -91,7 +92,7 @@ func start(t testing.TB, a attest.Attestor, opts ...func(*Config)) *env {
 // rotate publishes a fresh SVID for this process's selectors.
 func (e *env) rotate(t testing.TB) *x509svid.SVID {
 	t.Helper()
-	s := e.ca.SVID(t, "ns/default/sa/productpage", time.Hour)
+	s := e.ca.Issue(t, spiffeid.RequireFromPath(e.ca.TrustDomain, "/ns/default/sa/productpage"), time.Hour)
 	e.store.Publish([]state.Identity{{EntryID: "e1", Selectors: self(t), SVID: s}}, e.ca.Bundle())
 	return s
 }
@@ -224,7 +225,8 @@ func TestEnvoyClientReceivesPushOverRealAttestation(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := cert.Leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		opts := x509.VerifyOptions{Roots: pool, Intermediates: catest.Intermediates(t, cert.Certificate), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}
+		if _, err := cert.Leaf.Verify(opts); err != nil {
 			t.Fatal(err)
 		}
 		if cert.Leaf.SerialNumber.Cmp(want.Certificates[0].SerialNumber) != 0 {

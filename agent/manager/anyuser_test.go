@@ -51,22 +51,22 @@ func (l *lockedBuffer) warnings(t *testing.T) []string {
 func TestAgentWarnsOnceForAnyUserEntry(t *testing.T) {
 	ca := catest.New(t, td)
 	ca.Start(t)
-	open := entry("open", "ratings", time.Minute)
+	open := entry("ratings", time.Minute)
 	open.Selectors = []*cav1.Selector{{Type: "unix", Value: "path:/usr/bin/ratings"}}
 	open.AllowAnyUser = true
-	ca.SetEntry(open)
-	ca.SetEntry(entry("bound", "details", time.Minute))
+	openID := ca.AddEntry(t, open).Id
+	boundID := ca.AddEntry(t, entry("details", time.Minute)).Id
 	logs := &lockedBuffer{}
 	e := newEnv(t, ca, t.TempDir())
 	e.log = slog.New(slog.NewJSONHandler(logs, nil))
-	e.start(ca.JoinToken("node-1"))
-	e.waitSnapshot("both served", func(s *state.Snapshot) bool { return find(s, "open") != nil && find(s, "bound") != nil })
+	e.start(ca.JoinToken(t, "node-1"))
+	e.waitSnapshot("both served", func(s *state.Snapshot) bool { return find(s, openID) != nil && find(s, boundID) != nil })
 	// Two more full states: each resends both entries.
-	ca.SetEntry(entry("later", "reviews", time.Minute))
-	e.waitSnapshot("later served", serving("later"))
-	ca.DeleteEntry("later")
-	e.waitSnapshot("later dropped", func(s *state.Snapshot) bool { return find(s, "later") == nil })
-	if got := logs.warnings(t); len(got) != 1 || got[0] != "open" {
-		t.Fatalf("any-user warnings for entries %q, want exactly one, for \"open\"", got)
+	later := ca.AddEntry(t, entry("reviews", time.Minute)).Id
+	e.waitSnapshot("later served", serving(later))
+	ca.DeleteEntry(t, later)
+	e.waitSnapshot("later dropped", func(s *state.Snapshot) bool { return find(s, later) == nil })
+	if got := logs.warnings(t); len(got) != 1 || got[0] != openID {
+		t.Fatalf("any-user warnings for entries %q, want exactly one, for %q", got, openID)
 	}
 }

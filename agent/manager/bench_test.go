@@ -23,14 +23,14 @@ import (
 func BenchmarkFirstSVID(b *testing.B) {
 	ca := catest.New(b, td)
 	ca.Start(b)
-	ca.SetEntry(entry("e1", "ratings", time.Hour))
+	ca.AddEntry(b, entry("ratings", time.Hour))
 	dir := b.TempDir()
 	cl, err := client.New(client.Config{Address: ca.Addr(), TrustDomain: td, Bundle: ca.Bundle(), DataDir: dir})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer cl.Close()
-	if err := cl.Bootstrap(b.Context(), ca.JoinToken("node-1")); err != nil {
+	if err := cl.Bootstrap(b.Context(), ca.JoinToken(b, "node-1")); err != nil {
 		b.Fatal(err)
 	}
 	var total time.Duration
@@ -112,7 +112,7 @@ func cacheWith(b *testing.B, n int) (string, string) {
 		id := spiffeid.RequireFromPath(td, fmt.Sprintf("/ns/bench/sa/sa-%04d", i))
 		recs = append(recs, cache.Record{
 			EntryID: fmt.Sprintf("entry-%04d", i), Selectors: []state.Selector{{Type: "unix", Value: fmt.Sprintf("uid:%d", 1000+i)}},
-			SVID: ca.Issue(b, id, now, time.Hour), NextRotation: now.Add(30 * time.Minute),
+			SVID: ca.Issue(b, id, time.Hour), NextRotation: now.Add(30 * time.Minute),
 		})
 	}
 	if err := c.Put(ca.Bundle(), recs...); err != nil {

@@ -5,7 +5,6 @@ import (
 
 	"github.com/castellan-dev/castellan/agent/cache"
 	"github.com/castellan-dev/castellan/agent/logcheck"
-	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 )
 
 // LogChecker proves that certificates are in the CA's witnessed issuance
@@ -15,16 +14,6 @@ type LogChecker interface {
 	Prove(ctx context.Context, certs []logcheck.Cert) []error
 	// Monitor proves certificates in the background and alarms on failures.
 	Monitor(ctx context.Context, certs []logcheck.Cert, describe func(i int) []any)
-}
-
-// logCert is what the log check needs of a new SVID.
-func logCert(rec cache.Record, res *cav1.BatchResult) logcheck.Cert {
-	c := logcheck.Cert{DER: rec.SVID.Certificates[0].Raw}
-	if svid := res.GetSvid(); svid != nil && svid.LogIndex != nil {
-		i := svid.GetLogIndex()
-		c.Index = &i
-	}
-	return c
 }
 
 // enforceLog keeps, under --log-policy enforce, only the records whose

@@ -102,27 +102,30 @@ func waitCall[T any](t *testing.T, ch chan T, what string) T {
 func TestEnforceHoldsBackUnprovenSVID(t *testing.T) {
 	ca := catest.New(t, td)
 	ca.Start(t)
-	ca.SetEntry(entry("e1", "ratings", time.Hour))
+	e1 := ca.AddEntry(t, entry("ratings", time.Hour)).Id
 	e := newEnv(t, ca, t.TempDir())
 	chk := newFakeLogCheck()
 	chk.setRefuse(fmt.Errorf("%w: test", logcheck.ErrNotWitnessed))
-	e.startWithLog(ca.JoinToken("node-1"), logcheck.Enforce, chk)
+	e.startWithLog(ca.JoinToken(t, "node-1"), logcheck.Enforce, chk)
 	certs := waitCall(t, chk.proved, "the first proof")
 	if len(certs) != 1 || len(certs[0].DER) == 0 {
 		t.Fatalf("proved %d certificates, want the one issued", len(certs))
 	}
 	chk.setRefuse(nil)
-	// The refusal scheduled a retry; nothing was served or cached meanwhile.
-	if s := find(e.store.Current(), "e1"); s != nil {
+	// The refusal scheduled a retry (1s base, equal jitter, rand 0);
+	// nothing was served or cached meanwhile.
+	retry := e.clock.Now().Add(500 * time.Millisecond)
+	e.waitTimer(retry)
+	if s := find(e.store.Current(), e1); s != nil {
 		t.Fatal("an unproven SVID was served")
 	}
-	if _, ok, _ := e.cache.Get("e1"); ok {
+	if _, ok, _ := e.cache.Get(e1); ok {
 		t.Fatal("an unproven SVID was cached")
 	}
-	e.clock.Set(e.clock.Now().Add(time.Hour)) // past any backoff
+	e.clock.Set(retry)
 	waitCall(t, chk.proved, "the retried proof")
-	snap := e.waitSnapshot("e1 served once proven", serving("e1"))
-	if got := find(snap, "e1").Certificates[0].Raw; string(got) == string(certs[0].DER) {
+	snap := e.waitSnapshot("e1 served once proven", serving(e1))
+	if got := find(snap, e1).Certificates[0].Raw; string(got) == string(certs[0].DER) {
 		t.Fatal("the refused certificate was served after all")
 	}
 }
@@ -132,14 +135,14 @@ func TestEnforceHoldsBackUnprovenSVID(t *testing.T) {
 func TestMonitorServesAndChecksInBackground(t *testing.T) {
 	ca := catest.New(t, td)
 	ca.Start(t)
-	ca.SetEntry(entry("e1", "ratings", time.Hour))
+	e1 := ca.AddEntry(t, entry("ratings", time.Hour)).Id
 	e := newEnv(t, ca, t.TempDir())
 	chk := newFakeLogCheck()
 	chk.setRefuse(errors.New("never asked under monitor"))
-	e.startWithLog(ca.JoinToken("node-1"), logcheck.Monitor, chk)
-	e.waitSnapshot("e1 served", serving("e1"))
+	e.startWithLog(ca.JoinToken(t, "node-1"), logcheck.Monitor, chk)
+	e.waitSnapshot("e1 served", serving(e1))
 	desc := waitCall(t, chk.monitored, "Monitor")
-	if fmt.Sprint(desc[:2]) != "[entry_id e1]" {
+	if fmt.Sprint(desc[:2]) != "[entry_id "+e1+"]" {
 		t.Fatalf("alarm fields %v do not name the entry", desc)
 	}
 	select {

@@ -1,9 +1,15 @@
 // Package manager is the node agent's control loop. It serves the cached
-// SVIDs at once, follows the CA's SyncAgent stream (registration entries,
-// trust bundle, revoked serials), obtains SVIDs for new entries, renews them
+// SVIDs at once, follows the CA's state (registration entries, trust
+// bundle, revoked serials, tainted authorities) and, on Kubernetes, the
+// entries of the node's pods, obtains SVIDs for new entries, renews them
 // when the rotate policy says so, and publishes what may be served to a
 // state.Store — always after the cache holds it durably, never an expired
 // SVID or one whose key does not match its leaf.
+//
+// The manager knows its collaborators only as Go values (package
+// upstream): the CA is the CA interface (agent/client implements it over
+// gRPC; tests use the real CA, agent/client/catest, or a fake), the pods
+// an EntrySource (agent/podentries).
 package manager
 
 import (
@@ -21,20 +27,37 @@ import (
 	"github.com/castellan-dev/castellan/agent/logcheck"
 	"github.com/castellan-dev/castellan/agent/rotate"
 	"github.com/castellan-dev/castellan/agent/state"
-	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/agent/upstream"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc"
 )
 
-// CA is what the manager needs from the CA; *client.Client implements it.
+// CA is what the manager needs of the CA, in Go values; *client.Client
+// implements it over gRPC.
 type CA interface {
-	// BatchSign signs reqs in one call, results in request order.
-	BatchSign(ctx context.Context, reqs []*cav1.SignX509SVIDRequest) ([]*cav1.BatchResult, error)
-	// SyncAgent opens the stream of the agent's state.
-	SyncAgent(ctx context.Context) (grpc.ServerStreamingClient[cav1.SyncAgentResponse], error)
+	// Sync follows the CA's view of the agent: it calls update with every
+	// new State, in order and from one goroutine, until ctx ends or the
+	// connection to the CA fails, and returns why it ended. update does
+	// not block.
+	Sync(ctx context.Context, update func(upstream.State)) error
+	// Sign obtains a new SVID, with a fresh key, for each of entries in
+	// one call; the results are in the order of entries. An error
+	// wrapping upstream.ErrUnavailable means the CA could not be reached.
+	Sign(ctx context.Context, entries []upstream.Entry) ([]upstream.Signed, error)
+}
+
+// EntrySource gives entries besides the CA's: on Kubernetes, one per pod
+// of the node (*podentries.Source). Its entries are merged with the CA's
+// once the CA's first state has arrived (until then the agent cannot tell
+// which of its cached identities still have an entry).
+type EntrySource interface {
+	// Entries returns the source's current entries.
+	Entries() []upstream.Entry
+	// Watch returns a channel that receives a value after Entries changes
+	// (wake-ups coalesce), and a function that stops the watch.
+	Watch() (<-chan struct{}, func())
 }
 
 // Config configures a Manager. CA, Cache and Store are required.
@@ -42,6 +65,9 @@ type Config struct {
 	CA    CA
 	Cache *cache.Cache
 	Store *state.Store
+	// Pods, if set, adds the entries of the node's pods (agent/podentries)
+	// to the CA's.
+	Pods EntrySource
 	// TrustDomain of the agent; required.
 	TrustDomain spiffeid.TrustDomain
 	// Clock and Policy time rotations and retries; zero values mean the
@@ -88,7 +114,8 @@ type Manager struct {
 // identity is one registration entry and what the agent holds for it.
 type identity struct {
 	rec      cache.Record // rec.SVID is nil while the agent has nothing servable
-	spiffeID string       // the entry's SPIFFE ID
+	entry    upstream.Entry
+	known    bool // entry came from a source; false for an identity loaded from the cache until one confirms it
 	serial   serial.Number
 	reissue  bool // renew at once: new entry, changed entry, or revoked SVID
 	revoked  bool // the held SVID is revoked: drop it if no replacement comes
@@ -142,7 +169,10 @@ func (m *Manager) Run(ctx context.Context) error {
 	if err := m.loadCache(); err != nil {
 		return err
 	}
-	states := make(chan *cav1.AgentState, 1)
+	states := make(chan upstream.State, 1)
+	pods, stopPods := m.watchPods()
+	defer stopPods()
+	var last *upstream.State // the CA's latest state; nil until the first
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -161,7 +191,12 @@ func (m *Manager) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case st := <-states:
+			last = &st
 			m.apply(st)
+		case <-pods:
+			if last != nil {
+				m.apply(*last)
+			}
 		case <-m.cfg.Clock.After(m.nextWake(now).Sub(now)):
 		}
 	}
@@ -174,7 +209,7 @@ func (m *Manager) loadCache() error {
 		return fmt.Errorf("manager: %w", err)
 	}
 	for _, r := range recs {
-		m.ids[r.EntryID] = &identity{rec: r, serial: serialOf(r), spiffeID: r.SVID.ID.String()}
+		m.ids[r.EntryID] = &identity{rec: r, serial: serialOf(r), entry: upstream.Entry{ID: r.EntryID, SPIFFEID: r.SVID.ID}}
 	}
 	if bundle != nil {
 		m.setBundle(bundle)
@@ -234,12 +269,24 @@ func (m *Manager) dropCached(entryIDs ...string) {
 	}
 }
 
+// watchPods watches the pod source, if any; without one the channel is
+// nil and never ready.
+func (m *Manager) watchPods() (<-chan struct{}, func()) {
+	if m.cfg.Pods == nil {
+		return nil, func() {}
+	}
+	return m.cfg.Pods.Watch()
+}
+
 // due returns the entry IDs to send to the CA now, sorted.
 func (m *Manager) due(now time.Time) []string {
 	var out []string
 	for key, id := range m.ids {
 		if id.retryAt.After(now) {
 			continue
+		}
+		if !id.known {
+			continue // its entry may be gone, or be a pod's: wait for the sources
 		}
 		if id.rec.SVID == nil || id.reissue || m.cfg.Policy.Due(now, id.rec.NextRotation) {
 			out = append(out, key)
@@ -254,6 +301,9 @@ func (m *Manager) nextWake(now time.Time) time.Time {
 	next := now.Add(time.Hour)
 	for _, id := range m.ids {
 		at := id.retryAt
+		if !id.known {
+			at = next // only its expiry matters until a source confirms it
+		}
 		if id.rec.SVID != nil && !id.reissue {
 			at = latest(at, id.rec.NextRotation)
 			if na := id.rec.NotAfter(); na.Before(at) {

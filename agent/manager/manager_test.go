@@ -40,12 +40,13 @@ type env struct {
 	dir   string
 	stop  func()
 	log   *slog.Logger // nil: discard
+	// signTimeout bounds one signing call (0: the manager's default).
+	signTimeout time.Duration
 }
 
 func newEnv(t *testing.T, ca *catest.CA, dir string) *env {
 	t.Helper()
 	clock := rotatetest.NewClock(time.Now().Truncate(time.Second)) // X.509 times are whole seconds
-	ca.Now = clock.Now
 	return &env{t: t, ca: ca, clock: clock, dir: dir}
 }
 
@@ -72,7 +73,7 @@ func (e *env) start(token string) {
 	e.mgr, err = New(Config{
 		CA: cl, Cache: e.cache, Store: e.store, TrustDomain: td, Clock: e.clock,
 		Policy:   rotate.Policy{Rand: func() float64 { return 0 }},
-		OnBundle: cl.SetBundle, Registry: e.reg, Logger: e.log,
+		OnBundle: cl.SetBundle, Registry: e.reg, Logger: e.log, SignTimeout: e.signTimeout,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -133,9 +134,11 @@ func (e *env) waitTimer(at time.Time) {
 	}
 }
 
-func entry(id, sa string, ttl time.Duration) *cav1.Entry {
+// entry is an entry of node-1 for service account sa; the CA chooses its
+// ID.
+func entry(sa string, ttl time.Duration) *cav1.Entry {
 	return &cav1.Entry{
-		Id: id, SpiffeId: "spiffe://cluster.local/ns/default/sa/" + sa, Node: "node-1",
+		SpiffeId: "spiffe://cluster.local/ns/default/sa/" + sa, Node: "node-1",
 		Selectors: []*cav1.Selector{{Type: "unix", Value: "uid:1000"}}, TtlSeconds: int64(ttl / time.Second),
 	}
 }
@@ -156,18 +159,18 @@ func find(s *state.Snapshot, entryID string) *x509svid.SVID {
 func TestNewEntryIsIssuedCachedAndPublished(t *testing.T) {
 	ca := catest.New(t, td)
 	ca.Start(t)
-	ca.SetEntry(entry("e1", "ratings", time.Minute))
+	e1 := ca.AddEntry(t, entry("ratings", time.Minute)).Id
 	e := newEnv(t, ca, t.TempDir())
-	e.start(ca.JoinToken("node-1"))
-	snap := e.waitSnapshot("e1 served", serving("e1"))
-	svid := find(snap, "e1")
+	e.start(ca.JoinToken(t, "node-1"))
+	snap := e.waitSnapshot("e1 served", serving(e1))
+	svid := find(snap, e1)
 	if svid.ID.String() != "spiffe://cluster.local/ns/default/sa/ratings" {
 		t.Fatalf("served %s", svid.ID)
 	}
 	if _, _, err := x509svid.Verify(svid.Certificates, snap.Bundle); err != nil {
 		t.Fatalf("served SVID does not verify against the served bundle: %v", err)
 	}
-	rec, ok, err := e.cache.Get("e1")
+	rec, ok, err := e.cache.Get(e1)
 	if err != nil || !ok || !rec.SVID.Certificates[0].Equal(svid.Certificates[0]) {
 		t.Fatal("published SVID is not the cached one")
 	}
@@ -182,18 +185,19 @@ func TestNewEntryIsIssuedCachedAndPublished(t *testing.T) {
 func TestRenewalAtPlannedTimeInOneBatch(t *testing.T) {
 	ca := catest.New(t, td)
 	ca.Start(t)
-	for _, id := range []string{"a", "b", "c"} {
-		ca.SetEntry(entry(id, id, 20*time.Second))
+	var ids []string
+	for _, sa := range []string{"a", "b", "c"} {
+		ids = append(ids, ca.AddEntry(t, entry(sa, 20*time.Second)).Id)
 	}
 	e := newEnv(t, ca, t.TempDir())
-	e.start(ca.JoinToken("node-1"))
+	e.start(ca.JoinToken(t, "node-1"))
 	snap := e.waitSnapshot("three identities", func(s *state.Snapshot) bool { return len(s.Identities) == 3 })
 	batches, signed := ca.Counts()
 	if batches != 1 || signed != 3 {
 		t.Fatalf("first issuance took %d batches for %d SVIDs, want 1 batch of 3", batches, signed)
 	}
-	old := find(snap, "a")
-	planned := old.Certificates[0].NotBefore.Add(10 * time.Second) // half of 20s, no jitter
+	old := find(snap, ids[0])
+	planned := halfLife(e.clock.Now(), old) // no jitter
 	e.waitTimer(planned)
 	e.clock.Set(planned.Add(-time.Millisecond))
 	if b, _ := ca.Counts(); b != 1 {
@@ -201,7 +205,7 @@ func TestRenewalAtPlannedTimeInOneBatch(t *testing.T) {
 	}
 	e.clock.Set(planned)
 	e.waitSnapshot("renewed", func(s *state.Snapshot) bool {
-		n := find(s, "a")
+		n := find(s, ids[0])
 		return n != nil && n.Certificates[0].SerialNumber.Cmp(old.Certificates[0].SerialNumber) != 0
 	})
 	e.waitSnapshot("all renewed", func(s *state.Snapshot) bool {
@@ -214,15 +218,18 @@ func TestRenewalAtPlannedTimeInOneBatch(t *testing.T) {
 }
 
 func TestBackdatedSVIDIsNotRenewedOnArrival(t *testing.T) {
-	ca := catest.New(t, td)
-	ca.Backdate = 30 * time.Second // longer than the lifetime left
+	ca := catest.New(t, td) // backdates by 30s: longer than the lifetime
 	ca.Start(t)
-	ca.SetEntry(entry("e1", "ratings", 20*time.Second))
+	e1 := ca.AddEntry(t, entry("ratings", 20*time.Second)).Id
 	e := newEnv(t, ca, t.TempDir())
 	start := e.clock.Now()
-	e.start(ca.JoinToken("node-1"))
-	e.waitSnapshot("e1", serving("e1"))
-	e.waitTimer(start.Add(10 * time.Second)) // half of the 20s left at receipt
+	e.start(ca.JoinToken(t, "node-1"))
+	e.waitSnapshot("e1", serving(e1))
+	svid := find(e.store.Current(), e1)
+	if !svid.Certificates[0].NotBefore.Before(start.Add(-20 * time.Second)) {
+		t.Fatalf("SVID not backdated past its lifetime: NotBefore %v, received %v", svid.Certificates[0].NotBefore, start)
+	}
+	e.waitTimer(halfLife(start, svid)) // half of the 20s left at receipt
 	if b, s := ca.Counts(); b != 1 || s != 1 {
 		t.Fatalf("%d batches / %d SVIDs before any time passed, want 1/1", b, s)
 	}
@@ -231,17 +238,17 @@ func TestBackdatedSVIDIsNotRenewedOnArrival(t *testing.T) {
 func TestBackoffWhileCAFailsKeepsServingCurrentSVID(t *testing.T) {
 	ca := catest.New(t, td)
 	ca.Start(t)
-	ca.SetEntry(entry("e1", "details", 100*time.Second))
+	e1 := ca.AddEntry(t, entry("details", 100*time.Second)).Id
 	e := newEnv(t, ca, t.TempDir())
-	e.start(ca.JoinToken("node-1"))
-	old := find(e.waitSnapshot("e1", serving("e1")), "e1")
+	e.start(ca.JoinToken(t, "node-1"))
+	old := find(e.waitSnapshot("e1", serving(e1)), e1)
 	ca.FailSigning(status.Error(codes.Unavailable, "CA is overloaded"))
-	planned := old.Certificates[0].NotBefore.Add(50 * time.Second)
+	planned := halfLife(e.clock.Now(), old)
 	e.waitTimer(planned)
 	e.clock.Set(planned)
 	// First retry: base 1s with equal jitter (rand 0) = 500ms later.
 	e.waitTimer(planned.Add(500 * time.Millisecond))
-	if got := find(e.store.Current(), "e1"); got != old {
+	if got := find(e.store.Current(), e1); got != old {
 		t.Fatal("current SVID not kept in service while the CA fails")
 	}
 	e.clock.Set(planned.Add(500 * time.Millisecond))
@@ -252,27 +259,50 @@ func TestBackoffWhileCAFailsKeepsServingCurrentSVID(t *testing.T) {
 	ca.FailSigning(nil)
 	e.clock.Set(planned.Add(1500 * time.Millisecond))
 	e.waitSnapshot("recovered", func(s *state.Snapshot) bool {
-		n := find(s, "e1")
+		n := find(s, e1)
 		return n != nil && n != old
 	})
+}
+
+// A CA that takes a signing call and never answers holds the manager for
+// SignTimeout only: the call fails, the identity retries with backoff,
+// and the retry is served.
+func TestSigningCallThatHangsIsBoundedBySignTimeout(t *testing.T) {
+	ca := catest.New(t, td)
+	ca.Start(t)
+	ca.Inject(catest.MethodBatchSign, 1, catest.Fault{Hang: true})
+	e1 := ca.AddEntry(t, entry("details", time.Hour)).Id
+	e := newEnv(t, ca, t.TempDir())
+	e.signTimeout = 200 * time.Millisecond
+	start := e.clock.Now()
+	e.start(ca.JoinToken(t, "node-1"))
+	e.waitTimer(start.Add(500 * time.Millisecond)) // first retry: 1s base, equal jitter (rand 0)
+	if f := testutil.ToFloat64(e.mgr.metrics.rotations.WithLabelValues("failure")); f != 1 {
+		t.Fatalf("failure count %v after the hung call, want 1", f)
+	}
+	e.clock.Set(start.Add(500 * time.Millisecond))
+	e.waitSnapshot("served after the retry", serving(e1))
+	if b, s := ca.Counts(); b != 2 || s != 1 {
+		t.Fatalf("%d batches / %d SVIDs, want the hung one and the retry / 1", b, s)
+	}
 }
 
 func TestServesCacheAtOnceWhenCAIsDown(t *testing.T) {
 	ca := catest.New(t, td)
 	ca.Start(t)
-	ca.SetEntry(entry("e1", "reviews", time.Hour))
+	e1 := ca.AddEntry(t, entry("reviews", time.Hour)).Id
 	dir := t.TempDir()
 	e := newEnv(t, ca, dir)
-	e.start(ca.JoinToken("node-1"))
-	first := find(e.waitSnapshot("e1", serving("e1")), "e1")
+	e.start(ca.JoinToken(t, "node-1"))
+	first := find(e.waitSnapshot("e1", serving(e1)), e1)
 	e.shutdown()
 	ca.Stop()
 
 	e2 := newEnv(t, ca, dir)
 	e2.clock.Set(e.clock.Now())
 	e2.start("")
-	snap := e2.waitSnapshot("cached e1", serving("e1"))
-	if !find(snap, "e1").Certificates[0].Equal(first.Certificates[0]) {
+	snap := e2.waitSnapshot("cached e1", serving(e1))
+	if !find(snap, e1).Certificates[0].Equal(first.Certificates[0]) {
 		t.Fatal("restarted agent does not serve the cached SVID")
 	}
 	if snap.Bundle == nil || e2.mgr.Ready() != nil {
@@ -285,7 +315,7 @@ func TestServesCacheAtOnceWhenCAIsDown(t *testing.T) {
 	ca.Start(t)
 	e2.clock.Set(first.Certificates[0].NotBefore.Add(30 * time.Minute))
 	renewed := func(s *state.Snapshot) bool {
-		n := find(s, "e1")
+		n := find(s, e1)
 		return n != nil && !n.Certificates[0].Equal(first.Certificates[0])
 	}
 	// gRPC reconnects on the wall clock; move the fake clock through the
@@ -310,14 +340,15 @@ func TestServesCacheAtOnceWhenCAIsDown(t *testing.T) {
 func TestExpiredSVIDIsNeverServed(t *testing.T) {
 	ca := catest.New(t, td)
 	ca.Start(t)
-	ca.SetEntry(entry("e1", "ratings", 20*time.Second))
+	e1 := ca.AddEntry(t, entry("ratings", 20*time.Second)).Id
 	e := newEnv(t, ca, t.TempDir())
-	e.start(ca.JoinToken("node-1"))
-	svid := find(e.waitSnapshot("e1", serving("e1")), "e1")
+	e.start(ca.JoinToken(t, "node-1"))
+	svid := find(e.waitSnapshot("e1", serving(e1)), e1)
 	ca.FailSigning(status.Error(codes.Unavailable, "down"))
+	e.waitTimer(halfLife(e.clock.Now(), svid)) // the loop is waiting: move time past it
 	e.clock.Set(svid.Certificates[0].NotAfter)
-	e.waitSnapshot("expired SVID dropped", func(s *state.Snapshot) bool { return find(s, "e1") == nil })
-	if _, ok, _ := e.cache.Get("e1"); ok {
+	e.waitSnapshot("expired SVID dropped", func(s *state.Snapshot) bool { return find(s, e1) == nil })
+	if _, ok, _ := e.cache.Get(e1); ok {
 		t.Fatal("expired SVID still in the cache")
 	}
 }
@@ -325,17 +356,17 @@ func TestExpiredSVIDIsNeverServed(t *testing.T) {
 func TestRevokedSVIDIsReplacedWithoutGap(t *testing.T) {
 	ca := catest.New(t, td)
 	ca.Start(t)
-	ca.SetEntry(entry("e1", "productpage", time.Hour))
+	e1 := ca.AddEntry(t, entry("productpage", time.Hour)).Id
 	e := newEnv(t, ca, t.TempDir())
-	e.start(ca.JoinToken("node-1"))
-	old := find(e.waitSnapshot("e1", serving("e1")), "e1")
+	e.start(ca.JoinToken(t, "node-1"))
+	old := find(e.waitSnapshot("e1", serving(e1)), e1)
 	ch, stop := e.store.Watch()
 	defer stop()
-	ca.Revoke(hexSerial(old))
+	ca.Revoke(t, hexSerial(old))
 	timeout := time.After(10 * time.Second)
 	for {
 		s := e.store.Current()
-		got := find(s, "e1")
+		got := find(s, e1)
 		if got == nil {
 			t.Fatal("revoked SVID dropped before its replacement was stored")
 		}
@@ -353,28 +384,34 @@ func TestRevokedSVIDIsReplacedWithoutGap(t *testing.T) {
 func TestRevokedSVIDWithoutReplacementStopsBeingServed(t *testing.T) {
 	ca := catest.New(t, td)
 	ca.Start(t)
-	ca.SetEntry(entry("e1", "productpage", time.Hour))
+	e1 := ca.AddEntry(t, entry("productpage", time.Hour)).Id
 	e := newEnv(t, ca, t.TempDir())
-	e.start(ca.JoinToken("node-1"))
-	old := find(e.waitSnapshot("e1", serving("e1")), "e1")
+	e.start(ca.JoinToken(t, "node-1"))
+	old := find(e.waitSnapshot("e1", serving(e1)), e1)
 	ca.FailSigning(status.Error(codes.PermissionDenied, "node is quarantined"))
-	ca.Revoke(hexSerial(old))
-	e.waitSnapshot("revoked SVID dropped", func(s *state.Snapshot) bool { return find(s, "e1") == nil })
+	ca.Revoke(t, hexSerial(old))
+	e.waitSnapshot("revoked SVID dropped", func(s *state.Snapshot) bool { return find(s, e1) == nil })
 }
 
 func TestRemovedEntryIsDropped(t *testing.T) {
 	ca := catest.New(t, td)
 	ca.Start(t)
-	ca.SetEntry(entry("e1", "a", time.Hour))
-	ca.SetEntry(entry("e2", "b", time.Hour))
+	e1 := ca.AddEntry(t, entry("a", time.Hour)).Id
+	e2 := ca.AddEntry(t, entry("b", time.Hour)).Id
 	e := newEnv(t, ca, t.TempDir())
-	e.start(ca.JoinToken("node-1"))
+	e.start(ca.JoinToken(t, "node-1"))
 	e.waitSnapshot("both", func(s *state.Snapshot) bool { return len(s.Identities) == 2 })
-	ca.DeleteEntry("e1")
-	e.waitSnapshot("e1 dropped", func(s *state.Snapshot) bool { return len(s.Identities) == 1 && find(s, "e2") != nil })
-	if _, ok, _ := e.cache.Get("e1"); ok {
+	ca.DeleteEntry(t, e1)
+	e.waitSnapshot("e1 dropped", func(s *state.Snapshot) bool { return len(s.Identities) == 1 && find(s, e2) != nil })
+	if _, ok, _ := e.cache.Get(e1); ok {
 		t.Fatal("removed entry still cached")
 	}
+}
+
+// halfLife is when an SVID received at recv is renewed without jitter:
+// half of the lifetime left at receipt (the CA backdates NotBefore).
+func halfLife(recv time.Time, svid *x509svid.SVID) time.Time {
+	return recv.Add(svid.Certificates[0].NotAfter.Sub(recv) / 2)
 }
 
 func TestNewRequiresCollaborators(t *testing.T) {
@@ -390,22 +427,18 @@ func hexSerial(s *x509svid.SVID) string {
 	return serial.FromBig(s.Certificates[0].SerialNumber).String()
 }
 
-// A revoked serial pushed with leading zeros or in upper case still
-// matches the SVID the agent holds, and junk pushed with it (a CA bug, a
-// hostile CA) is ignored without stopping the agent from honouring it.
-func TestRevokedSerialMatchesInAnyHexForm(t *testing.T) {
+// A revocation made with the serial in another hex form (leading zeros,
+// upper case) reaches the agent, and the SVID is replaced.
+func TestRevocationInAnyHexFormReplacesTheSVID(t *testing.T) {
 	ca := catest.New(t, td)
 	ca.Start(t)
-	ca.SetEntry(entry("e1", "productpage", time.Hour))
+	e1 := ca.AddEntry(t, entry("productpage", time.Hour)).Id
 	e := newEnv(t, ca, t.TempDir())
-	e.start(ca.JoinToken("node-1"))
-	old := find(e.waitSnapshot("e1", serving("e1")), "e1")
-	ca.Revoke("-" + hexSerial(old))
-	ca.Revoke("not a serial")
-	ca.Revoke(strings.Repeat("f", 300))
-	ca.Revoke("00" + strings.ToUpper(hexSerial(old)))
+	e.start(ca.JoinToken(t, "node-1"))
+	old := find(e.waitSnapshot("e1", serving(e1)), e1)
+	ca.Revoke(t, "00"+strings.ToUpper(hexSerial(old)))
 	e.waitSnapshot("revoked SVID replaced", func(s *state.Snapshot) bool {
-		got := find(s, "e1")
+		got := find(s, e1)
 		return got != nil && got != old
 	})
 }

@@ -3,18 +3,15 @@ package manager
 import (
 	"context"
 	"crypto"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/castellan-dev/castellan/agent/cache"
-	"github.com/castellan-dev/castellan/agent/client"
 	"github.com/castellan-dev/castellan/agent/logcheck"
-	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/agent/upstream"
 	"github.com/castellan-dev/castellan/internal/serial"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // maxBatch bounds one BatchSignX509SVID call.
@@ -30,39 +27,25 @@ func (m *Manager) renew(ctx context.Context, due []string) {
 	}
 }
 
-type pending struct {
-	key     string
-	privKey crypto.Signer
-}
-
+// renewBatch asks the CA for new SVIDs for keys in one call, keeps those
+// the checks accept, stores them and then publishes them.
 func (m *Manager) renewBatch(ctx context.Context, keys []string) {
-	var (
-		reqs []*cav1.SignX509SVIDRequest
-		pend []pending
-	)
+	entries := make([]upstream.Entry, 0, len(keys))
 	for _, key := range keys {
-		id := m.ids[key]
-		req, priv, err := m.request(key, id)
-		if err != nil {
-			m.fail(key, err)
-			continue
-		}
-		reqs = append(reqs, req)
-		pend = append(pend, pending{key, priv})
-	}
-	if len(reqs) == 0 {
-		m.publish()
-		return
+		entries = append(entries, m.request(key))
 	}
 	sctx, cancel := context.WithTimeout(ctx, m.cfg.SignTimeout)
-	results, err := m.cfg.CA.BatchSign(sctx, reqs)
+	results, err := m.cfg.CA.Sign(sctx, entries)
 	cancel()
+	if err == nil && len(results) != len(entries) {
+		err = fmt.Errorf("manager: CA answered %d results for %d requests", len(results), len(entries))
+	}
 	if err != nil {
-		if sctx.Err() == nil && status.Code(err) == codes.Unavailable {
+		if sctx.Err() == nil && errors.Is(err, upstream.ErrUnavailable) {
 			m.caUp.Store(false)
 		}
-		for _, p := range pend {
-			m.fail(p.key, err)
+		for _, key := range keys {
+			m.fail(key, err)
 		}
 		m.publish()
 		return
@@ -72,63 +55,65 @@ func (m *Manager) renewBatch(ctx context.Context, keys []string) {
 	var stored []cache.Record
 	var certs []logcheck.Cert
 	for i, res := range results {
-		rec, err := m.record(pend[i], res, now)
+		rec, err := m.record(keys[i], res, now)
 		if err != nil {
-			m.fail(pend[i].key, err)
+			m.fail(keys[i], err)
 			continue
 		}
 		stored = append(stored, rec)
-		certs = append(certs, logCert(rec, res))
+		certs = append(certs, logcheck.Cert{DER: rec.SVID.Certificates[0].Raw, Index: res.LogIndex})
 	}
 	stored, certs = m.enforceLog(ctx, stored, certs)
-	if len(stored) > 0 {
-		if err := m.cfg.Cache.Put(m.bundle, stored...); err != nil {
-			for _, r := range stored {
-				m.fail(r.EntryID, err)
-			}
-			stored = nil
-		}
+	m.store(stored)
+	m.publish()
+	m.monitorLog(ctx, stored, certs)
+}
+
+// store makes recs durable, then current: only then may they be served.
+// On a cache failure every one of them fails.
+func (m *Manager) store(recs []cache.Record) {
+	if len(recs) == 0 {
+		return
 	}
-	for _, r := range stored { // durable: now they may be served
+	if err := m.cfg.Cache.Put(m.bundle, recs...); err != nil {
+		for _, r := range recs {
+			m.fail(r.EntryID, err)
+		}
+		return
+	}
+	for _, r := range recs {
 		id := m.ids[r.EntryID]
 		id.rec, id.serial, id.reissue, id.revoked, id.attempts, id.retryAt = r, serialOf(r), false, false, 0, time.Time{}
 		m.metrics.rotations.WithLabelValues("success").Inc()
 		m.log.Info("SVID issued", "entry_id", r.EntryID, "spiffe_id", r.SVID.ID.String(),
 			"not_after", r.NotAfter(), "next_rotation", r.NextRotation)
 	}
-	m.publish()
-	m.monitorLog(ctx, stored, certs)
 }
 
-// request makes a fresh P-256 key and a CSR for the entry.
-func (m *Manager) request(key string, id *identity) (*cav1.SignX509SVIDRequest, crypto.Signer, error) {
-	sid, err := spiffeid.FromString(id.spiffeID)
-	if err != nil {
-		return nil, nil, fmt.Errorf("manager: entry has an invalid SPIFFE ID: %w", err)
-	}
-	priv, err := client.NewKey()
-	if err != nil {
-		return nil, nil, err
-	}
-	csr, err := client.NewCSR(priv, sid)
-	if err != nil {
-		return nil, nil, err
-	}
-	return &cav1.SignX509SVIDRequest{Csr: csr, EntryId: key, TtlSeconds: int64(id.rec.TTL / time.Second)}, priv, nil
+// request is the entry to ask an SVID for, with the lifetime the identity
+// asks for.
+func (m *Manager) request(key string) upstream.Entry {
+	id := m.ids[key]
+	e := id.entry
+	e.TTL = id.rec.TTL
+	return e
 }
 
-// record validates one batch result into a cache record.
-func (m *Manager) record(p pending, res *cav1.BatchResult, now time.Time) (cache.Record, error) {
-	if e := res.GetError(); e != nil {
-		return cache.Record{}, status.Error(codes.Code(e.GetCode()), e.GetMessage())
+// record validates one result into a cache record.
+func (m *Manager) record(key string, res upstream.Signed, now time.Time) (cache.Record, error) {
+	if res.Err != nil {
+		return cache.Record{}, res.Err
 	}
-	svid, err := client.SVIDFromProto(res.GetSvid(), p.privKey)
-	if err != nil {
-		return cache.Record{}, err
+	svid := res.SVID
+	if svid == nil || len(svid.Certificates) == 0 {
+		return cache.Record{}, errors.New("manager: CA returned no certificate")
 	}
-	id := m.ids[p.key]
-	if svid.ID.String() != id.spiffeID {
-		return cache.Record{}, fmt.Errorf("manager: CA signed %s, entry wants %s", svid.ID, id.spiffeID)
+	if !keyMatches(svid) {
+		return cache.Record{}, errors.New("manager: CA returned an SVID whose key is not the one it was asked for")
+	}
+	id := m.ids[key]
+	if svid.ID != id.entry.SPIFFEID {
+		return cache.Record{}, fmt.Errorf("manager: CA signed %s, entry wants %s", svid.ID, id.entry.SPIFFEID)
 	}
 	if m.bundle != nil {
 		if _, _, err := x509svid.Verify(svid.Certificates, m.bundle, x509svid.WithTime(now)); err != nil {
@@ -175,4 +160,13 @@ func serialOf(r cache.Record) serial.Number {
 		return serial.Number{}
 	}
 	return serial.FromBig(r.SVID.Certificates[0].SerialNumber)
+}
+
+// keyMatches reports whether svid's private key is the leaf's.
+func keyMatches(svid *x509svid.SVID) bool {
+	if svid.PrivateKey == nil {
+		return false
+	}
+	pub, ok := svid.PrivateKey.Public().(interface{ Equal(crypto.PublicKey) bool })
+	return ok && pub.Equal(svid.Certificates[0].PublicKey)
 }

@@ -1,23 +1,24 @@
 package manager
 
 import (
+	"cmp"
 	"context"
 	"slices"
 	"time"
 
 	"github.com/castellan-dev/castellan/agent/cache"
-	"github.com/castellan-dev/castellan/agent/client"
 	"github.com/castellan-dev/castellan/agent/state"
-	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/agent/upstream"
 	"github.com/castellan-dev/castellan/internal/serial"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 )
 
-// sync keeps a SyncAgent stream open, reconnecting with backoff, and hands
-// the latest state to the loop (an unread older state is replaced).
-func (m *Manager) sync(ctx context.Context, out chan *cav1.AgentState) {
+// sync follows the CA's state, reconnecting with backoff, and hands the
+// latest state to the loop (an unread older state is replaced).
+func (m *Manager) sync(ctx context.Context, out chan upstream.State) {
 	attempt := 0
 	for ctx.Err() == nil {
-		received := m.stream(ctx, out)
+		received := m.follow(ctx, out)
 		m.caUp.Store(false)
 		if ctx.Err() != nil {
 			return
@@ -35,42 +36,54 @@ func (m *Manager) sync(ctx context.Context, out chan *cav1.AgentState) {
 	}
 }
 
-// stream reads one SyncAgent stream until it fails; it reports whether it
-// received anything.
-func (m *Manager) stream(ctx context.Context, out chan *cav1.AgentState) bool {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	s, err := m.cfg.CA.SyncAgent(ctx)
-	if err != nil {
-		m.log.Debug("opening sync stream failed", "error", err.Error())
-		return false
-	}
+// follow runs one CA.Sync until it ends; it reports whether it received
+// anything.
+func (m *Manager) follow(ctx context.Context, out chan upstream.State) bool {
 	received := false
-	for {
-		resp, err := s.Recv()
-		if err != nil {
-			if ctx.Err() == nil {
-				m.log.Debug("sync stream ended", "error", err.Error())
-			}
-			return received
-		}
+	err := m.cfg.CA.Sync(ctx, func(st upstream.State) {
 		received = true
 		m.caUp.Store(true)
 		select { // keep only the newest state
 		case <-out:
 		default:
 		}
-		out <- resp.GetState()
+		out <- st
+	})
+	if err != nil && ctx.Err() == nil {
+		m.log.Debug("sync stream ended", "error", err.Error())
 	}
+	return received
 }
 
-// apply reconciles the agent with the CA's state: bundle, entries (add,
-// change, remove), tainted authorities and revoked serials.
-func (m *Manager) apply(st *cav1.AgentState) {
-	changed := m.applyBundle(st.GetBundle())
-	want := make(map[string]*cav1.Entry, len(st.GetEntries()))
-	for _, e := range st.GetEntries() {
-		want[e.GetId()] = e
+// entries returns the CA's entries followed by those of the pod source
+// whose IDs the CA's do not already use.
+func (m *Manager) entries(st upstream.State) []upstream.Entry {
+	if m.cfg.Pods == nil {
+		return st.Entries
+	}
+	out := slices.Clone(st.Entries)
+	used := make(map[string]bool, len(out))
+	for _, e := range out {
+		used[e.ID] = true
+	}
+	for _, e := range m.cfg.Pods.Entries() {
+		if used[e.ID] {
+			m.log.Error("pod entry has the ID of a CA entry; ignoring it", "entry_id", e.ID, "spiffe_id", e.SPIFFEID.String())
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// apply reconciles the agent with the CA's state and the pod source:
+// bundle, entries (add, change, remove), tainted authorities and revoked
+// serials.
+func (m *Manager) apply(st upstream.State) {
+	changed := m.applyBundle(st.Bundle)
+	want := make(map[string]upstream.Entry, len(st.Entries))
+	for _, e := range m.entries(st) {
+		want[e.ID] = e
 	}
 	var removed []string
 	for key := range m.ids {
@@ -86,82 +99,79 @@ func (m *Manager) apply(st *cav1.AgentState) {
 		m.log.Info("entries removed; no longer serving them", "entries", removed)
 		changed = true
 	}
-	for key, e := range want {
-		if m.applyEntry(key, e) {
+	for _, e := range want {
+		if m.applyEntry(e) {
 			changed = true
 		}
 	}
-	m.revoked = make(map[serial.Number]bool, len(st.GetRevokedSerials()))
-	for _, s := range st.GetRevokedSerials() {
-		n, err := serial.Parse(s)
-		if err != nil {
-			m.log.Warn("CA pushed a revoked serial that is not a serial number; ignoring it", "serial", s, "error", err)
-			continue
-		}
+	m.applyRevoked(st.Revoked)
+	m.applyTaints(st.Tainted)
+	if changed {
+		m.publish()
+	}
+}
+
+// applyRevoked marks every held SVID whose serial is revoked for
+// re-issue at once.
+func (m *Manager) applyRevoked(serials []serial.Number) {
+	m.revoked = make(map[serial.Number]bool, len(serials))
+	for _, n := range serials {
 		m.revoked[n] = true
 	}
-	m.applyTaints(st.GetTaintedAuthorities())
 	for key, id := range m.ids {
 		if id.rec.SVID != nil && !id.revoked && m.revoked[id.serial] {
 			m.log.Warn("SVID revoked; re-issuing at once", "entry_id", key, "serial", id.serial)
 			id.revoked, id.reissue, id.retryAt, id.attempts = true, true, time.Time{}, 0
 		}
 	}
-	if changed {
-		m.publish()
-	}
 }
 
-func (m *Manager) applyBundle(b *cav1.Bundle) bool {
+// applyBundle adopts b if it is a new bundle of the agent's trust domain;
+// it reports whether it did.
+func (m *Manager) applyBundle(b *x509bundle.Bundle) bool {
 	if b == nil {
 		return false
 	}
-	bundle, err := client.BundleFromProto(b)
-	if err != nil {
-		m.log.Error("ignoring unusable trust bundle from the CA", "error", err.Error())
+	if b.TrustDomain() != m.cfg.TrustDomain {
+		m.log.Error("ignoring trust bundle for another trust domain", "trust_domain", b.TrustDomain().String())
 		return false
 	}
-	if bundle.TrustDomain() != m.cfg.TrustDomain {
-		m.log.Error("ignoring trust bundle for another trust domain", "trust_domain", bundle.TrustDomain().String())
+	if m.bundle != nil && m.bundle.Equal(b) {
 		return false
 	}
-	if m.bundle != nil && m.bundle.Equal(bundle) {
-		return false
-	}
-	if err := m.cfg.Cache.SetBundle(bundle); err != nil {
+	if err := m.cfg.Cache.SetBundle(b); err != nil {
 		m.log.Error("could not cache the new trust bundle", "error", err.Error())
 	}
-	m.setBundle(bundle)
-	m.log.Info("trust bundle updated", "roots", len(bundle.X509Authorities()), "sequence", b.GetSequence())
+	m.setBundle(b)
+	m.log.Info("trust bundle updated", "roots", len(b.X509Authorities()))
 	return true
 }
 
 // applyEntry adds or updates one entry; it reports whether what is served
 // changed.
-func (m *Manager) applyEntry(key string, e *cav1.Entry) bool {
-	sels := selectors(e)
-	ttl := time.Duration(e.GetTtlSeconds()) * time.Second
-	id, ok := m.ids[key]
+func (m *Manager) applyEntry(e upstream.Entry) bool {
+	e.Selectors = sortedSelectors(e.Selectors)
+	id, ok := m.ids[e.ID]
 	if !ok {
-		id = &identity{rec: cache.Record{EntryID: key, Selectors: sels, TTL: ttl}, reissue: true, spiffeID: e.GetSpiffeId()}
-		m.ids[key] = id
-		m.warnAnyUser(id, e)
-		m.log.Info("new entry; requesting an SVID", "entry_id", key, "spiffe_id", e.GetSpiffeId())
+		id = &identity{rec: cache.Record{EntryID: e.ID, Selectors: e.Selectors, TTL: e.TTL}, reissue: true, entry: e, known: true}
+		m.ids[e.ID] = id
+		m.warnAnyUser(id)
+		m.log.Info("new entry; requesting an SVID", "entry_id", e.ID, "spiffe_id", e.SPIFFEID.String())
 		return false
 	}
-	m.warnAnyUser(id, e)
-	id.spiffeID = e.GetSpiffeId()
-	if id.rec.TTL != ttl || (id.rec.SVID != nil && id.rec.SVID.ID.String() != e.GetSpiffeId()) {
-		id.rec.TTL = ttl
+	id.entry, id.known = e, true
+	m.warnAnyUser(id)
+	if id.rec.TTL != e.TTL || (id.rec.SVID != nil && id.rec.SVID.ID != e.SPIFFEID) {
+		id.rec.TTL = e.TTL
 		id.reissue = true
 	}
-	if slices.Equal(id.rec.Selectors, sels) {
+	if slices.Equal(id.rec.Selectors, e.Selectors) {
 		return false
 	}
-	id.rec.Selectors = sels
+	id.rec.Selectors = e.Selectors
 	if id.rec.SVID != nil {
 		if err := m.cfg.Cache.Put(m.bundle, id.rec); err != nil {
-			m.log.Error("could not cache changed selectors", "entry_id", key, "error", err.Error())
+			m.log.Error("could not cache changed selectors", "entry_id", e.ID, "error", err.Error())
 		}
 	}
 	return true
@@ -169,34 +179,21 @@ func (m *Manager) applyEntry(key string, e *cav1.Entry) bool {
 
 // warnAnyUser logs, once per entry, that an entry lets any local user
 // obtain its identity (the operator created it with --allow-any-user).
-func (m *Manager) warnAnyUser(id *identity, e *cav1.Entry) {
-	if !e.GetAllowAnyUser() || id.warnedAnyUser {
+func (m *Manager) warnAnyUser(id *identity) {
+	if !id.entry.AllowAnyUser || id.warnedAnyUser {
 		return
 	}
 	id.warnedAnyUser = true
 	m.log.Warn("entry lets ANY local user obtain its identity: it selects an executable but no unix:uid or unix:gid (created with --allow-any-user)",
-		"entry_id", e.GetId(), "spiffe_id", e.GetSpiffeId(), "selectors", selectors(e))
+		"entry_id", id.entry.ID, "spiffe_id", id.entry.SPIFFEID.String(), "selectors", id.entry.Selectors)
 }
 
-func selectors(e *cav1.Entry) []state.Selector {
-	out := make([]state.Selector, 0, len(e.GetSelectors()))
-	for _, s := range e.GetSelectors() {
-		out = append(out, state.Selector{Type: s.GetType(), Value: s.GetValue()})
-	}
+// sortedSelectors returns a sorted copy of sels, the order the cache and
+// the comparison of an entry's selectors rely on.
+func sortedSelectors(sels []state.Selector) []state.Selector {
+	out := slices.Clone(sels)
 	slices.SortFunc(out, func(a, b state.Selector) int {
-		if a.Type != b.Type {
-			if a.Type < b.Type {
-				return -1
-			}
-			return 1
-		}
-		if a.Value < b.Value {
-			return -1
-		}
-		if a.Value > b.Value {
-			return 1
-		}
-		return 0
+		return cmp.Or(cmp.Compare(a.Type, b.Type), cmp.Compare(a.Value, b.Value))
 	})
 	return slices.Clip(out)
 }

@@ -13,18 +13,9 @@ import (
 // window keeps its time, so repeated pushes of the same taint do not
 // re-draw it. A replacement is signed by the active authority, which is
 // never tainted, so it is not brought forward again.
-func (m *Manager) applyTaints(ders [][]byte) {
-	if len(ders) == 0 {
+func (m *Manager) applyTaints(tainted []*x509.Certificate) {
+	if len(tainted) == 0 {
 		return
-	}
-	tainted := make([]*x509.Certificate, 0, len(ders))
-	for _, der := range ders {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			m.log.Warn("CA pushed a tainted authority that is not a certificate; ignoring it", "error", err.Error())
-			continue
-		}
-		tainted = append(tainted, c)
 	}
 	if m.cfg.OnTaints != nil {
 		m.cfg.OnTaints(tainted)

@@ -7,8 +7,9 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 
-	"github.com/castellan-dev/castellan/agent/internal/testca"
+	"github.com/castellan-dev/castellan/agent/client/catest"
 	"github.com/castellan-dev/castellan/integration/envoysds"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // rootsOf returns the roots of an update's ROOTCA.
@@ -40,7 +41,7 @@ func TestBundleChangeAloneIsPushedAsROOTCA(t *testing.T) {
 	if n := len(rootsOf(t, first)); n != 1 {
 		t.Fatalf("first ROOTCA has %d roots", n)
 	}
-	next := testca.New(t, "cluster.local")
+	next := catest.New(t, spiffeid.RequireTrustDomainFromString("cluster.local"))
 	cur := h.store.Current()
 	both := append(h.ca.Bundle().X509Authorities(), next.Bundle().X509Authorities()...)
 	h.store.Publish(cur.Identities, x509bundle.FromX509Authorities(h.ca.TrustDomain, both))

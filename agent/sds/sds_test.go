@@ -26,9 +26,10 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/castellan-dev/castellan/agent/attest"
-	"github.com/castellan-dev/castellan/agent/internal/testca"
+	"github.com/castellan-dev/castellan/agent/client/catest"
 	"github.com/castellan-dev/castellan/agent/state"
 	"github.com/castellan-dev/castellan/integration/envoysds"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 var workload = []state.Selector{{Type: "unix", Value: "uid:1000"}}
@@ -39,7 +40,7 @@ type fixedAttestor []state.Selector
 func (f fixedAttestor) Attest(context.Context, attest.Peer) ([]state.Selector, error) { return f, nil }
 
 type harness struct {
-	ca      *testca.CA
+	ca      *catest.CA
 	store   *state.Store
 	sock    string
 	nacks   prometheus.Counter
@@ -54,7 +55,7 @@ type harness struct {
 // callerSelectors, backed by a store holding one identity for workload.
 func newHarness(t *testing.T, callerSelectors []state.Selector) *harness {
 	t.Helper()
-	h := &harness{ca: testca.New(t, "cluster.local"), store: state.NewStore()}
+	h := &harness{ca: catest.New(t, spiffeid.RequireTrustDomainFromString("cluster.local")), store: state.NewStore()}
 	h.nacks = prometheus.NewCounter(prometheus.CounterOpts{Name: "nacks"})
 	h.denied = prometheus.NewCounter(prometheus.CounterOpts{Name: "denied"})
 	h.streams = prometheus.NewGauge(prometheus.GaugeOpts{Name: "streams"})
@@ -98,7 +99,7 @@ func (h *harness) publish(t *testing.T, ids ...string) []*x509svid.SVID {
 	var out []state.Identity
 	var svids []*x509svid.SVID
 	for i, id := range ids {
-		s := h.ca.SVID(t, id, time.Hour)
+		s := h.ca.Issue(t, spiffeid.RequireFromPath(h.ca.TrustDomain, "/"+id), time.Hour)
 		svids = append(svids, s)
 		out = append(out, state.Identity{EntryID: "e" + string(rune('0'+i)), Selectors: workload, SVID: s})
 	}
@@ -153,7 +154,8 @@ func verifyUpdate(t *testing.T, u envoysds.Update, want *x509svid.SVID) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cert.Leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+	opts := x509.VerifyOptions{Roots: pool, Intermediates: catest.Intermediates(t, cert.Certificate), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}
+	if _, err := cert.Leaf.Verify(opts); err != nil {
 		t.Fatalf("default does not verify against ROOTCA: %v", err)
 	}
 	if cert.Leaf.SerialNumber.Cmp(want.Certificates[0].SerialNumber) != 0 || cert.Leaf.URIs[0].String() != want.ID.String() {

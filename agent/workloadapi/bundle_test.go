@@ -9,7 +9,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
-	"github.com/castellan-dev/castellan/agent/internal/testca"
+	"github.com/castellan-dev/castellan/agent/client/catest"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // bundleWatcher receives every X509BundleSet update.
@@ -35,7 +36,7 @@ func TestBundleChangeAloneIsPushedToOpenStreams(t *testing.T) {
 	first := recv(t, svids.ch)
 	recv(t, bundles.ch)
 
-	next := testca.New(t, "cluster.local")
+	next := catest.New(t, spiffeid.RequireTrustDomainFromString("cluster.local"))
 	roots := append(h.ca.Bundle().X509Authorities(), next.Bundle().X509Authorities()...)
 	cur := h.store.Current()
 	h.store.Publish(cur.Identities, x509bundle.FromX509Authorities(h.ca.TrustDomain, roots))

@@ -23,8 +23,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/castellan-dev/castellan/agent/attest"
-	"github.com/castellan-dev/castellan/agent/internal/testca"
+	"github.com/castellan-dev/castellan/agent/client/catest"
 	"github.com/castellan-dev/castellan/agent/state"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 var workload = []state.Selector{{Type: "unix", Value: "uid:1000"}}
@@ -34,7 +35,7 @@ type fixedAttestor []state.Selector
 func (f fixedAttestor) Attest(context.Context, attest.Peer) ([]state.Selector, error) { return f, nil }
 
 type harness struct {
-	ca      *testca.CA
+	ca      *catest.CA
 	store   *state.Store
 	addr    string
 	denied  prometheus.Counter
@@ -43,7 +44,7 @@ type harness struct {
 
 func newHarness(t *testing.T, caller []state.Selector) *harness {
 	t.Helper()
-	h := &harness{ca: testca.New(t, "cluster.local"), store: state.NewStore(),
+	h := &harness{ca: catest.New(t, spiffeid.RequireTrustDomainFromString("cluster.local")), store: state.NewStore(),
 		denied:  prometheus.NewCounter(prometheus.CounterOpts{Name: "denied"}),
 		streams: prometheus.NewGauge(prometheus.GaugeOpts{Name: "streams"})}
 	h.publish(t)
@@ -66,7 +67,7 @@ func newHarness(t *testing.T, caller []state.Selector) *harness {
 
 func (h *harness) publish(t *testing.T) *x509svid.SVID {
 	t.Helper()
-	s := h.ca.SVID(t, "ns/default/sa/details", time.Hour)
+	s := h.ca.Issue(t, spiffeid.RequireFromPath(h.ca.TrustDomain, "/ns/default/sa/details"), time.Hour)
 	h.store.Publish([]state.Identity{{EntryID: "e1", Selectors: workload, SVID: s}}, h.ca.Bundle())
 	return s
 }

@@ -19,15 +19,11 @@ import (
 	"github.com/castellan-dev/castellan/agent/manager"
 	"github.com/castellan-dev/castellan/agent/podentries"
 	"github.com/castellan-dev/castellan/agent/state"
-	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // run wires the agent together and serves until ctx is done.
@@ -43,19 +39,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("--data-dir: %w", err)
 	}
-	var bundle *x509bundle.Bundle
-	if cfg.TrustBundle != "" {
-		if bundle, err = client.LoadBundle(td, cfg.TrustBundle); err != nil {
-			return fmt.Errorf("--trust-bundle: %w", err)
-		}
-	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-
-	ca, err := client.New(client.Config{
-		Addresses: cfg.ServerAddresses, FailoverTimeout: cfg.FailoverTimeout, TrustDomain: td, Bundle: bundle, DataDir: cfg.DataDir,
-		Registry: reg, Logger: log,
-	})
+	ca, err := newClient(cfg, td, reg, log)
 	if err != nil {
 		return err
 	}
@@ -65,25 +51,17 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	defer c.Close()
-	store := state.NewStore()
-	gate := &gatedCA{Client: ca, ready: make(chan struct{})}
-	var (
-		mgrCA    manager.CA      = gate
-		attestor attest.Attestor = attest.NewUnix()
-	)
-	if cfg.Attestor == attestorK8s {
-		k, err := k8sAttestor(ctx, cfg)
-		if err != nil {
-			return err
-		}
-		mgrCA, attestor = podentries.New(gate, k, td), k
+	attestor, pods, err := newAttestor(ctx, cfg, td)
+	if err != nil {
+		return err
 	}
 	logMode, logCheck, err := newLogChecker(cfg.Log, ca, c, reg, log)
 	if err != nil {
 		return err
 	}
+	store := state.NewStore()
 	mgr, err := manager.New(manager.Config{
-		CA: mgrCA, Cache: c, Store: store, TrustDomain: td, OnBundle: ca.SetBundle, OnTaints: ca.Taint, Registry: reg, Logger: log,
+		CA: ca, Pods: pods, Cache: c, Store: store, TrustDomain: td, OnBundle: ca.SetBundle, OnTaints: ca.Taint, Registry: reg, Logger: log,
 		LogPolicy: logMode, LogCheck: optionalChecker(logCheck),
 	})
 	if err != nil {
@@ -97,91 +75,113 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	errs := make(chan error, 4)
-	goRun := func(name string, f func(context.Context) error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f(ctx); err != nil && ctx.Err() == nil {
-				errs <- fmt.Errorf("%s: %w", name, err)
-			}
-		}()
-	}
+	g := newGroup(ctx)
 	// Serve the cache and the socket at once; the CA comes after.
-	goRun("manager", mgr.Run)
-	goRun("endpoints", ep.Serve)
-	goRun("http", func(ctx context.Context) error { return serveHTTP(ctx, cfg.HTTPListen, reg, mgr) })
+	g.run("manager", mgr.Run)
+	g.run("endpoints", ep.Serve)
+	g.run("http", func(ctx context.Context) error { return serveHTTP(ctx, cfg.HTTPListen, reg, mgr) })
+	startAgentSVID(g, cfg, ca, token, log)
+	log.Info("castellan-agent running", "socket", cfg.Socket, "http", cfg.HTTPListen, "server", cfg.ServerAddresses, "trust_domain", td.String())
+	return g.wait()
+}
+
+// newClient returns the CA client of cfg, trusting --trust-bundle.
+func newClient(cfg config, td spiffeid.TrustDomain, reg *prometheus.Registry, log *slog.Logger) (*client.Client, error) {
+	var bundle *x509bundle.Bundle
+	if cfg.TrustBundle != "" {
+		b, err := client.LoadBundle(td, cfg.TrustBundle)
+		if err != nil {
+			return nil, fmt.Errorf("--trust-bundle: %w", err)
+		}
+		bundle = b
+	}
+	return client.New(client.Config{
+		Addresses: cfg.ServerAddresses, FailoverTimeout: cfg.FailoverTimeout, TrustDomain: td, Bundle: bundle, DataDir: cfg.DataDir,
+		Registry: reg, Logger: log,
+	})
+}
+
+// newAttestor returns the workload attestor of --attestor and, on
+// Kubernetes, the entries of the node's pods (nil otherwise).
+func newAttestor(ctx context.Context, cfg config, td spiffeid.TrustDomain) (attest.Attestor, manager.EntrySource, error) {
+	if cfg.Attestor != attestorK8s {
+		return attest.NewUnix(), nil, nil
+	}
+	k, err := k8sAttestor(ctx, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return k, podentries.New(k, td), nil
+}
+
+// startAgentSVID obtains the agent SVID (join token or, on Kubernetes,
+// the projected service-account token), removes a spent join token file,
+// and keeps the SVID renewed in g. Without one the agent serves its cache.
+func startAgentSVID(g *group, cfg config, ca *client.Client, token string, log *slog.Logger) {
+	k8s := cfg.Attestor == attestorK8s
 	spends := token != "" && spendsToken(ca.AgentSVID(), time.Now())
-	if token != "" && !spends && cfg.Attestor != attestorK8s {
+	if token != "" && !spends && !k8s {
 		log.Warn("join token not used: the agent already holds a valid agent SVID; the unused token stays valid until it expires, so delete it", "file", cfg.JoinTokenFile)
 	}
-	attestAgent := func(ctx context.Context) error { return tokenBootstrap(ctx, ca, token) }
-	if cfg.Attestor == attestorK8s {
+	attestAgent := func(ctx context.Context) error { return ca.Bootstrap(ctx, token) }
+	if k8s {
 		attestAgent = func(ctx context.Context) error { return ca.BootstrapK8s(ctx, cfg.K8sTokenFile) }
 	}
-	bootErr := bootstrap(ctx, attestAgent, log)
-	if bootErr == nil && spends && cfg.JoinTokenFile != "" && cfg.Attestor != attestorK8s {
+	if err := ca.BootstrapRetrying(g.ctx, attestAgent); err != nil {
+		if g.ctx.Err() == nil {
+			log.Error(err.Error() + "; serving cached, still-valid SVIDs only")
+		}
+		return
+	}
+	if spends && cfg.JoinTokenFile != "" && !k8s {
 		removeSpentTokenFile(cfg.JoinTokenFile, log)
 	}
-	if bootErr == nil {
-		close(gate.ready)
-		goRun("agent SVID renewal", func(ctx context.Context) error {
-			if err := ca.Run(ctx); err != nil && !errors.Is(err, client.ErrNoAgentSVID) {
-				return err
-			}
-			return nil // expiry is logged; keep serving the cache
-		})
-	}
-	log.Info("castellan-agent running", "socket", cfg.Socket, "http", cfg.HTTPListen, "server", cfg.ServerAddresses, "trust_domain", td.String())
-	var runErr error
-	select {
-	case <-ctx.Done():
-	case runErr = <-errs:
-	}
-	cancel()
-	wg.Wait()
-	return runErr
-}
-
-// bootstrap obtains the agent SVID, retrying while the CA is unreachable.
-// Without a usable SVID or token it logs what to do and returns, leaving
-// the agent serving its cache.
-func bootstrap(ctx context.Context, attestAgent func(context.Context) error, log *slog.Logger) error {
-	delay := time.Second
-	for {
-		err := attestAgent(ctx)
-		if err == nil {
-			return nil
-		}
-		if errors.Is(err, client.ErrNoAgentSVID) || errors.Is(err, errTokenRefused) {
-			log.Error(err.Error() + "; serving cached, still-valid SVIDs only")
+	g.run("agent SVID renewal", func(ctx context.Context) error {
+		if err := ca.Run(ctx); err != nil && !errors.Is(err, client.ErrNoAgentSVID) {
 			return err
 		}
-		log.Warn("bootstrap with the CA failed; retrying", "error", err.Error(), "retry_in", delay.String())
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, 30*time.Second)
-	}
+		return nil // expiry is logged; keep serving the cache
+	})
 }
 
-// errTokenRefused marks a join token the CA refused: retrying it cannot
-// succeed (and would be reported by the CA as another reuse).
-var errTokenRefused = errors.New("the CA refused the join token; create a new one (castellanctl token create --node NAME --out FILE) and restart the agent with --join-token-file FILE")
+// group runs the agent's parts until its context ends or one fails.
+type group struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	errs   chan error
+}
 
-// tokenBootstrap bootstraps with token; a refusal of the token itself
-// (Unauthenticated, PermissionDenied, InvalidArgument) is errTokenRefused.
-func tokenBootstrap(ctx context.Context, ca *client.Client, token string) error {
-	err := ca.Bootstrap(ctx, token)
-	switch status.Code(err) {
-	case codes.Unauthenticated, codes.PermissionDenied, codes.InvalidArgument:
-		return fmt.Errorf("%w: %w", errTokenRefused, err)
+func newGroup(ctx context.Context) *group {
+	ctx, cancel := context.WithCancel(ctx)
+	return &group{ctx: ctx, cancel: cancel, errs: make(chan error, 4)}
+}
+
+// run runs f in the group; its error (but not one after the group's
+// end) ends the group.
+func (g *group) run(name string, f func(context.Context) error) {
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		if err := f(g.ctx); err != nil && g.ctx.Err() == nil {
+			select {
+			case g.errs <- fmt.Errorf("%s: %w", name, err):
+			default: // the group is ending on an earlier error
+			}
+		}
+	}()
+}
+
+// wait waits for the group's context to end or a part to fail, then ends
+// every part; it returns the failure, if any.
+func (g *group) wait() error {
+	var err error
+	select {
+	case <-g.ctx.Done():
+	case err = <-g.errs:
 	}
+	g.cancel()
+	g.wg.Wait()
 	return err
 }
 
@@ -216,22 +216,4 @@ func serveHTTP(ctx context.Context, addr string, reg *prometheus.Registry, mgr *
 		return err
 	}
 	return nil
-}
-
-// gatedCA holds the manager's sync stream until the agent has its SVID, so
-// that the first sync after a join-token bootstrap is not delayed by the
-// manager's retry backoff.
-type gatedCA struct {
-	*client.Client
-	ready chan struct{}
-}
-
-// SyncAgent waits for the agent SVID, then opens the stream.
-func (g *gatedCA) SyncAgent(ctx context.Context) (grpc.ServerStreamingClient[cav1.SyncAgentResponse], error) {
-	select {
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-g.ready:
-	}
-	return g.Client.SyncAgent(ctx)
 }

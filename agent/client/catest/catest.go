@@ -1,496 +1,281 @@
-// Package catest is an in-process certificate authority for the agent's
-// tests and benchmarks: a real gRPC server on 127.0.0.1 speaking
-// castellan.ca.v1 over TLS, signing with crypto/x509 under a generated root
-// and intermediate. It enforces what the real CA promises the agent (join
-// tokens are one-time, every call but AttestAgent needs the agent SVID,
-// signing is limited to the node's entries) and lets tests stop it, make it
-// fail, and count batches.
+// Package catest runs the real Castellan CA in-process for the agent's
+// tests and benchmarks: ca/authority (with its journal, so it rotates),
+// ca/ledger, join tokens and registration entries (ca/authn, ca/authz) on
+// bbolt files in the test's temporary directory, and ca/server's gRPC
+// services, served on 127.0.0.1 over the server's own TLS (mutual TLS
+// with agent SVIDs). Nothing is reimplemented: what the agent gets is what
+// the real CA signs, refuses and pushes.
+//
+// On top of it, as SPIRE's fake datastore wraps the real one, catest
+// injects faults between the network and the real server (faults.go):
+// a call fails with a chosen status, is delayed, or hangs until the caller
+// gives up; replicas (replica.go) can be stopped, marked NOT_SERVING, or
+// made to fail on their own; and calls and signed SVIDs are counted.
 package catest
 
 import (
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/pem"
-	"fmt"
-	"math/big"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
-	"github.com/castellan-dev/castellan/internal/serial"
+	"github.com/castellan-dev/castellan/ca/authn"
+	"github.com/castellan-dev/castellan/ca/authority"
+	"github.com/castellan-dev/castellan/ca/authz"
+	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/server"
+	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/peer"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-// CA is the fake certificate authority. Its exported fields may be set
-// before Start.
+// CA is the real CA with fault injection. Its methods are safe for
+// concurrent use.
 type CA struct {
-	cav1.UnimplementedCertificateAuthorityServiceServer
-
 	// TrustDomain of every identity the CA signs.
 	TrustDomain spiffeid.TrustDomain
-	// DefaultTTL for workload SVIDs whose entry names none.
-	DefaultTTL time.Duration
-	// AgentTTL for agent SVIDs.
-	AgentTTL time.Duration
-	// Backdate moves workload NotBefore this far into the past, as real
-	// CAs do to allow for clock skew.
-	Backdate time.Duration
-	// Now is the CA's clock for workload SVIDs (agent and server SVIDs use
-	// the wall clock, because TLS checks them against it).
-	Now func() time.Time
 
-	root, inter       *x509.Certificate
-	rootKey, interKey crypto.Signer
-	serverCert        tls.Certificate
+	auth    *authority.Authority
+	ledger  *ledger.Ledger
+	tokens  *authn.JoinTokens
+	entries *authz.Entries
+	srv     *server.Server
+	grpc    *grpc.Server // the real server's services, behind every replica
+	faults  faults       // faults of every replica (faults.go)
 
-	mu       sync.Mutex
-	primary  *Replica          // the server Start, Stop and Addr work on
-	tokens   map[string]string // token -> node
-	entries  map[string]*cav1.Entry
-	revoked  map[string]bool
-	failSign error
-	batches  int
-	signed   int
-	changed  chan struct{}
-	// workload, when set by RotateIntermediate, signs workload SVIDs in
-	// place of inter; tainted are pushed to agents as tainted authorities.
-	workload    *x509.Certificate
-	workloadKey crypto.Signer
-	tainted     [][]byte
+	mu      sync.Mutex
+	primary *Replica // the server Start, Stop and Addr work on
 }
 
-// New returns a CA for td with a fresh root and intermediate.
-func New(t testing.TB, td spiffeid.TrustDomain) *CA {
+// options are New's settings.
+type options struct {
+	clock    func() time.Time
+	agentTTL time.Duration
+}
+
+// Option changes a setting of New.
+type Option func(*options)
+
+// WithClock makes the CA read the time from clock (default time.Now): it
+// signs, expires join tokens and revocations by it. TLS handshakes check
+// the server's and agents' SVIDs against the wall clock, so a test that
+// serves the CA keeps clock near it.
+func WithClock(clock func() time.Time) Option { return func(o *options) { o.clock = clock } }
+
+// At makes the CA's clock stand still at t (see WithClock): for tests
+// that only need SVIDs issued at a chosen time.
+func At(t time.Time) Option { return WithClock(func() time.Time { return t }) }
+
+// WithAgentTTL sets the lifetime of agent SVIDs (default 1h).
+func WithAgentTTL(d time.Duration) Option { return func(o *options) { o.agentTTL = d } }
+
+// New starts the CA for td with a new root and intermediate; it is served
+// by Start, Serve or ServeAt, and closed at the end of the test.
+func New(t testing.TB, td spiffeid.TrustDomain, opts ...Option) *CA {
 	t.Helper()
-	ca := &CA{
-		TrustDomain: td, DefaultTTL: time.Hour, AgentTTL: time.Hour, Now: time.Now,
-		tokens: map[string]string{}, entries: map[string]*cav1.Entry{}, revoked: map[string]bool{},
-		changed: make(chan struct{}),
+	o := options{clock: time.Now, agentTTL: time.Hour}
+	for _, opt := range opts {
+		opt(&o)
 	}
-	now := time.Now()
-	ca.rootKey = newKey(t)
-	ca.root = mustCert(t, &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "catest root"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(48 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		URIs: []*url.URL{td.ID().URL()},
-	}, nil, ca.rootKey.Public(), ca.rootKey)
-	ca.interKey = newKey(t)
-	ca.inter = mustCert(t, &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "catest intermediate"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(47 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		URIs: []*url.URL{td.ID().URL()},
-	}, ca.root, ca.interKey.Public(), ca.rootKey)
-	serverKey := newKey(t)
-	serverID := spiffeid.RequireFromPath(td, "/castellan/server")
-	leaf := ca.sign(t, serverID, serverKey.Public(), now, 47*time.Hour-time.Minute)
-	ca.serverCert = tls.Certificate{Certificate: [][]byte{leaf.Raw, ca.inter.Raw}, PrivateKey: serverKey, Leaf: leaf}
+	ctx := context.Background()
+	dir := t.TempDir()
+	ca := &CA{TrustDomain: td}
+	ca.auth = openAuthority(t, dir, td, o.clock)
+	led, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Options{Clock: o.clock})
+	check(t, err)
+	t.Cleanup(func() { _ = led.Close() })
+	ca.ledger = led
+	registry := openBolt(t, filepath.Join(dir, "registry.db"))
+	ca.tokens, err = authn.NewJoinTokens(ctx, registry, o.clock)
+	check(t, err)
+	ca.entries, err = authz.NewEntries(ctx, registry, td, ca.auth.MaxTTL(), o.clock)
+	check(t, err)
+	t.Cleanup(func() { _ = ca.entries.Close() })
+	ca.srv, err = server.New(ctx, server.Config{
+		Authority: ca.auth, Ledger: led, Attestor: &authn.JoinTokenAttestor{Tokens: ca.tokens},
+		Tokens: ca.tokens, Entries: ca.entries, AgentTTL: o.agentTTL, Clock: o.clock,
+	})
+	check(t, err)
+	ca.grpc = ca.srv.GRPCServer()
+	ca.run(t)
 	return ca
 }
 
-// Bundle returns the CA's trust bundle (the root).
-func (ca *CA) Bundle() *x509bundle.Bundle {
-	return x509bundle.FromX509Authorities(ca.TrustDomain, []*x509.Certificate{ca.root})
+// run runs the server's follower (rotation, its own SVID) until the end
+// of the test, then stops it.
+func (ca *CA) run(t testing.TB) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = ca.srv.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		ca.grpc.Stop()
+	})
 }
 
-// WriteBundle writes the root as PEM to path, as castellan-server writes
-// bundle.pem.
+// openAuthority opens a managed authority with its journal in dir.
+func openAuthority(t testing.TB, dir string, td spiffeid.TrustDomain, clock func() time.Time) *authority.Authority {
+	t.Helper()
+	journal := openBolt(t, filepath.Join(dir, "authority.db"))
+	auth, err := authority.Open(context.Background(), authority.Config{
+		TrustDomain: td, DataDir: dir, Journal: journal, Clock: clock,
+	})
+	check(t, err)
+	return auth
+}
+
+// openBolt opens a bbolt store closed at the end of the test.
+func openBolt(t testing.TB, path string) *boltstore.DB {
+	t.Helper()
+	db, err := boltstore.Open(path)
+	check(t, err)
+	t.Cleanup(func() { _ = db.Close() })
+	return db
+}
+
+// Bundle returns the CA's trust bundle.
+func (ca *CA) Bundle() *x509bundle.Bundle { return ca.auth.Bundle() }
+
+// WriteBundle writes the trust bundle as PEM to path, as castellan-server
+// writes bundle.pem.
 func (ca *CA) WriteBundle(t testing.TB, path string) {
 	t.Helper()
-	b := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.root.Raw})
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		t.Fatal(err)
+	var b []byte
+	for _, c := range ca.Bundle().X509Authorities() {
+		b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
 	}
+	check(t, os.WriteFile(path, b, 0o644))
 }
 
-// Issue signs an SVID for id with a fresh P-256 key, valid from now for
-// ttl, chained leaf + intermediate.
-func (ca *CA) Issue(t testing.TB, id spiffeid.ID, now time.Time, ttl time.Duration) *x509svid.SVID {
+// Issue has the authority sign a workload SVID for id with a fresh P-256
+// key, valid for ttl from the CA's clock (backdated as the CA backdates),
+// chained leaf then intermediate; it bypasses the server and the ledger.
+func (ca *CA) Issue(t testing.TB, id spiffeid.ID, ttl time.Duration) *x509svid.SVID {
 	t.Helper()
-	key := newKey(t)
-	leaf := ca.sign(t, id, key.Public(), now, ttl)
-	return &x509svid.SVID{ID: id, Certificates: []*x509.Certificate{leaf, ca.inter}, PrivateKey: key}
+	svid, err := ca.Sign(id, ttl)
+	check(t, err)
+	return svid
 }
 
-// RotateIntermediate makes a new intermediate under the same root sign
-// workload SVIDs from now on, and returns the one that signed them before
-// (agent and server SVIDs keep the first intermediate).
+// Sign is Issue for goroutines other than the test's: it returns the
+// error.
+func (ca *CA) Sign(id spiffeid.ID, ttl time.Duration) (*x509svid.SVID, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{id.URL()}}, key)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := ca.auth.ParseWorkloadCSR(der)
+	if err != nil {
+		return nil, err
+	}
+	iss, err := ca.auth.Sign(context.Background(), csr, id, ttl)
+	if err != nil {
+		return nil, err
+	}
+	return &x509svid.SVID{ID: id, Certificates: iss.Chain, PrivateKey: key}, nil
+}
+
+// RotateIntermediate prepares a new intermediate under the same root and
+// activates it at once (as castellanctl authority prepare and activate
+// --force do); it returns the intermediate that signed until then. The
+// server follows: its own certificate is re-issued, and new SVIDs chain
+// to the new intermediate.
 func (ca *CA) RotateIntermediate(t testing.TB) *x509.Certificate {
 	t.Helper()
-	key := newKey(t)
-	now := time.Now()
-	inter := mustCert(t, &x509.Certificate{
-		SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: "catest intermediate 2"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(47 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		URIs: []*url.URL{ca.TrustDomain.ID().URL()},
-	}, ca.root, key.Public(), ca.rootKey)
-	ca.mu.Lock()
-	defer ca.mu.Unlock()
-	old := ca.workload
-	if old == nil {
-		old = ca.inter
-	}
-	ca.workload, ca.workloadKey = inter, key
+	ctx := context.Background()
+	old := ca.auth.Intermediate()
+	next, err := ca.auth.Prepare(ctx, false)
+	check(t, err)
+	_, err = ca.auth.Activate(ctx, next.ID, true)
+	check(t, err)
 	return old
 }
 
-// Taint pushes certs to every SyncAgent stream as tainted authorities.
-func (ca *CA) Taint(certs ...*x509.Certificate) {
-	ca.mu.Lock()
-	defer ca.mu.Unlock()
-	ca.tainted = nil
-	for _, c := range certs {
-		ca.tainted = append(ca.tainted, c.Raw)
-	}
-	ca.notifyLocked()
-}
-
-// Start serves the CA on 127.0.0.1 (on a fresh port the first time, on the
-// same port after Stop) until Stop or the end of the test.
-func (ca *CA) Start(t testing.TB) {
+// Taint taints the authority whose signing certificate is inter (one that
+// no longer signs: see RotateIntermediate); the server pushes it to every
+// SyncAgent stream.
+func (ca *CA) Taint(t testing.TB, inter *x509.Certificate) {
 	t.Helper()
-	ca.mu.Lock()
-	if ca.primary == nil {
-		ca.primary = &Replica{ca: ca, cert: ca.serverCert}
+	ctx := context.Background()
+	infos, err := ca.auth.Authorities(ctx)
+	check(t, err)
+	for _, in := range infos {
+		if len(in.Chain) > 0 && in.Chain[0].Equal(inter) {
+			_, err := ca.auth.Taint(ctx, in.ID)
+			check(t, err)
+			return
+		}
 	}
-	r := ca.primary
-	ca.mu.Unlock()
-	r.Start(t)
+	t.Fatalf("catest: no authority signs with %s", inter.Subject)
 }
 
-// Stop closes the listener and every connection at once.
-func (ca *CA) Stop() {
-	ca.mu.Lock()
-	r := ca.primary
-	ca.mu.Unlock()
-	if r != nil {
-		r.Stop()
-	}
-}
-
-// Addr returns the address the CA listens on.
-func (ca *CA) Addr() string {
-	ca.mu.Lock()
-	r := ca.primary
-	ca.mu.Unlock()
-	if r == nil {
-		return ""
-	}
-	return r.Addr()
-}
-
-// JoinToken creates a one-time token for node.
-func (ca *CA) JoinToken(node string) string {
-	tok := hex.EncodeToString(big.NewInt(time.Now().UnixNano()).Bytes()) + node
-	ca.mu.Lock()
-	ca.tokens[tok] = node
-	ca.mu.Unlock()
+// JoinToken creates a one-time join token for node.
+func (ca *CA) JoinToken(t testing.TB, node string) string {
+	t.Helper()
+	tok, _, err := ca.tokens.Create(context.Background(), node, time.Hour)
+	check(t, err)
 	return tok
 }
 
-// SetEntry adds or replaces a registration entry and notifies syncing
-// agents.
-func (ca *CA) SetEntry(e *cav1.Entry) {
-	ca.mu.Lock()
-	ca.entries[e.Id] = e
-	ca.notifyLocked()
-	ca.mu.Unlock()
-}
-
-// DeleteEntry removes an entry and notifies syncing agents.
-func (ca *CA) DeleteEntry(id string) {
-	ca.mu.Lock()
-	delete(ca.entries, id)
-	ca.notifyLocked()
-	ca.mu.Unlock()
-}
-
-// Revoke adds a serial to the revoked list, exactly as given (the real CA
-// pushes serial.Number's canonical form; tests may push other forms), and
-// notifies syncing agents.
-func (ca *CA) Revoke(s string) {
-	ca.mu.Lock()
-	ca.revoked[s] = true
-	ca.notifyLocked()
-	ca.mu.Unlock()
-}
-
-// FailSigning makes every signing call fail with err (nil restores it).
-func (ca *CA) FailSigning(err error) {
-	ca.mu.Lock()
-	ca.failSign = err
-	ca.mu.Unlock()
-}
-
-// Counts returns how many batch calls and how many SVIDs the CA signed.
-func (ca *CA) Counts() (batches, signed int) {
-	ca.mu.Lock()
-	defer ca.mu.Unlock()
-	return ca.batches, ca.signed
-}
-
-func (ca *CA) notifyLocked() {
-	close(ca.changed)
-	ca.changed = make(chan struct{})
-}
-
-// AttestAgent implements castellan.ca.v1.
-func (ca *CA) AttestAgent(ctx context.Context, req *cav1.AttestAgentRequest) (*cav1.AttestAgentResponse, error) {
-	ca.mu.Lock()
-	node, ok := ca.tokens[req.GetJoinToken()]
-	delete(ca.tokens, req.GetJoinToken())
-	ca.mu.Unlock()
-	if !ok {
-		return nil, status.Error(codes.PermissionDenied, "join token is unknown, expired or already used")
-	}
-	svid, err := ca.signCSR(req.Csr, spiffeid.RequireFromPath(ca.TrustDomain, "/castellan/agent/"+node), time.Now(), ca.AgentTTL)
-	if err != nil {
-		return nil, err
-	}
-	return &cav1.AttestAgentResponse{Svid: svid, Bundle: ca.bundleProto()}, nil
-}
-
-// RenewAgent implements castellan.ca.v1.
-func (ca *CA) RenewAgent(ctx context.Context, req *cav1.RenewAgentRequest) (*cav1.RenewAgentResponse, error) {
-	node, err := ca.caller(ctx)
-	if err != nil {
-		return nil, err
-	}
-	svid, err := ca.signCSR(req.Csr, spiffeid.RequireFromPath(ca.TrustDomain, "/castellan/agent/"+node), time.Now(), ca.AgentTTL)
-	if err != nil {
-		return nil, err
-	}
-	return &cav1.RenewAgentResponse{Svid: svid}, nil
-}
-
-// BatchSignX509SVID implements castellan.ca.v1.
-func (ca *CA) BatchSignX509SVID(ctx context.Context, req *cav1.BatchSignX509SVIDRequest) (*cav1.BatchSignX509SVIDResponse, error) {
-	node, err := ca.caller(ctx)
-	if err != nil {
-		return nil, err
-	}
-	ca.mu.Lock()
-	fail := ca.failSign
-	ca.batches++
-	ca.mu.Unlock()
-	if fail != nil {
-		return nil, fail
-	}
-	resp := &cav1.BatchSignX509SVIDResponse{}
-	for _, r := range req.Requests {
-		svid, err := ca.signFor(node, r)
-		if err != nil {
-			st, _ := status.FromError(err)
-			resp.Results = append(resp.Results, &cav1.BatchResult{Result: &cav1.BatchResult_Error{Error: &cav1.Error{Code: int32(st.Code()), Message: st.Message()}}})
-			continue
-		}
-		resp.Results = append(resp.Results, &cav1.BatchResult{Result: &cav1.BatchResult_Svid{Svid: svid}})
-	}
-	return resp, nil
-}
-
-// SignX509SVID implements castellan.ca.v1.
-func (ca *CA) SignX509SVID(ctx context.Context, req *cav1.SignX509SVIDRequest) (*cav1.SignX509SVIDResponse, error) {
-	node, err := ca.caller(ctx)
-	if err != nil {
-		return nil, err
-	}
-	svid, err := ca.signFor(node, req)
-	if err != nil {
-		return nil, err
-	}
-	return &cav1.SignX509SVIDResponse{Svid: svid}, nil
-}
-
-// GetBundle implements castellan.ca.v1.
-func (ca *CA) GetBundle(ctx context.Context, _ *cav1.GetBundleRequest) (*cav1.GetBundleResponse, error) {
-	if _, err := ca.caller(ctx); err != nil {
-		return nil, err
-	}
-	return &cav1.GetBundleResponse{Bundle: ca.bundleProto()}, nil
-}
-
-// SyncAgent implements castellan.ca.v1.
-func (ca *CA) SyncAgent(_ *cav1.SyncAgentRequest, stream grpc.ServerStreamingServer[cav1.SyncAgentResponse]) error {
-	node, err := ca.caller(stream.Context())
-	if err != nil {
-		return err
-	}
-	for {
-		ca.mu.Lock()
-		st := &cav1.AgentState{Bundle: ca.bundleProto()}
-		for _, e := range ca.entries {
-			if e.Node == node {
-				st.Entries = append(st.Entries, e)
-			}
-		}
-		for s := range ca.revoked {
-			st.RevokedSerials = append(st.RevokedSerials, s)
-		}
-		st.TaintedAuthorities = ca.tainted
-		changed := ca.changed
-		ca.mu.Unlock()
-		if err := stream.Send(&cav1.SyncAgentResponse{State: st}); err != nil {
-			return err
-		}
-		select {
-		case <-stream.Context().Done():
-			return stream.Context().Err()
-		case <-changed:
-		}
-	}
-}
-
-func (ca *CA) signFor(node string, r *cav1.SignX509SVIDRequest) (*cav1.X509SVID, error) {
-	ca.mu.Lock()
-	e, ok := ca.entries[r.EntryId]
-	ca.mu.Unlock()
-	if !ok || e.Node != node {
-		return nil, status.Errorf(codes.PermissionDenied, "entry %q is not assigned to node %q", r.EntryId, node)
-	}
-	ttl := ca.DefaultTTL
-	if r.TtlSeconds > 0 {
-		ttl = time.Duration(r.TtlSeconds) * time.Second
-	}
-	now := ca.Now()
-	ca.mu.Lock()
-	issuer, key := ca.workload, ca.workloadKey
-	ca.mu.Unlock()
-	if issuer == nil {
-		issuer, key = ca.inter, ca.interKey
-	}
-	svid, err := ca.signCSRBy(issuer, key, r.Csr, spiffeid.RequireFromString(e.SpiffeId), now.Add(-ca.Backdate), ttl+ca.Backdate)
-	if err == nil {
-		ca.mu.Lock()
-		ca.signed++
-		ca.mu.Unlock()
-	}
-	return svid, err
-}
-
-// caller returns the node of the agent SVID the peer presented.
-func (ca *CA) caller(ctx context.Context) (string, error) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return "", status.Error(codes.Unauthenticated, "no peer")
-	}
-	ti, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(ti.State.VerifiedChains) == 0 {
-		return "", status.Error(codes.Unauthenticated, "this call needs the agent SVID over mTLS")
-	}
-	id, err := x509svid.IDFromCert(ti.State.VerifiedChains[0][0])
-	if err != nil {
-		return "", status.Error(codes.Unauthenticated, err.Error())
-	}
-	var node string
-	if _, err := fmt.Sscanf(id.Path(), "/castellan/agent/%s", &node); err != nil {
-		return "", status.Errorf(codes.PermissionDenied, "%s is not an agent", id)
-	}
-	return node, nil
-}
-
-func (ca *CA) signCSR(der []byte, id spiffeid.ID, now time.Time, ttl time.Duration) (*cav1.X509SVID, error) {
-	return ca.signCSRBy(ca.inter, ca.interKey, der, id, now, ttl)
-}
-
-func (ca *CA) signCSRBy(issuer *x509.Certificate, key crypto.Signer, der []byte, id spiffeid.ID, now time.Time, ttl time.Duration) (*cav1.X509SVID, error) {
-	csr, err := x509.ParseCertificateRequest(der)
-	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "CSR: %v", err)
-	}
-	if err := csr.CheckSignature(); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "CSR signature: %v", err)
-	}
-	leaf, err := signLeafBy(issuer, key, id, csr.PublicKey, now, ttl)
-	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
-	}
-	return &cav1.X509SVID{
-		SpiffeId:  id.String(),
-		CertChain: [][]byte{leaf.Raw, issuer.Raw},
-		Serial:    serial.FromBig(leaf.SerialNumber).String(),
-		NotBefore: timestamppb.New(leaf.NotBefore),
-		NotAfter:  timestamppb.New(leaf.NotAfter),
-	}, nil
-}
-
-func (ca *CA) bundleProto() *cav1.Bundle {
-	return &cav1.Bundle{TrustDomain: ca.TrustDomain.Name(), X509Authorities: [][]byte{ca.root.Raw}, Sequence: 1}
-}
-
-func (ca *CA) sign(t testing.TB, id spiffeid.ID, pub crypto.PublicKey, now time.Time, ttl time.Duration) *x509.Certificate {
+// AddEntry registers e (its ID is chosen by the CA) and returns the
+// stored entry; syncing agents of its node receive it.
+func (ca *CA) AddEntry(t testing.TB, e *cav1.Entry) *cav1.Entry {
 	t.Helper()
-	c, err := ca.signLeaf(id, pub, now, ttl)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	stored, err := ca.entries.Create(context.Background(), e)
+	check(t, err)
+	return stored
 }
 
-func (ca *CA) signLeaf(id spiffeid.ID, pub crypto.PublicKey, now time.Time, ttl time.Duration) (*x509.Certificate, error) {
-	return signLeafBy(ca.inter, ca.interKey, id, pub, now, ttl)
-}
-
-func signLeafBy(issuer *x509.Certificate, key crypto.Signer, id spiffeid.ID, pub crypto.PublicKey, now time.Time, ttl time.Duration) (*x509.Certificate, error) {
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		return nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial.Add(serial, big.NewInt(1)),
-		NotBefore:    now, NotAfter: now.Add(ttl),
-		URIs:                  []*url.URL{id.URL()},
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, pub, key)
-	if err != nil {
-		return nil, err
-	}
-	return x509.ParseCertificate(der)
-}
-
-func newKey(t testing.TB) crypto.Signer {
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func mustCert(t testing.TB, tmpl, parent *x509.Certificate, pub crypto.PublicKey, key crypto.Signer) *x509.Certificate {
+// DeleteEntry removes an entry; syncing agents of its node drop it.
+func (ca *CA) DeleteEntry(t testing.TB, id string) {
 	t.Helper()
-	if parent == nil {
-		parent = tmpl
+	check(t, ca.entries.Delete(context.Background(), id))
+}
+
+// Revoke revokes the certificate with serial s (any hex form) in the
+// ledger; the server pushes the revocation to every syncing agent.
+func (ca *CA) Revoke(t testing.TB, s string) {
+	t.Helper()
+	_, err := ca.ledger.Revoke(context.Background(), s, "catest")
+	check(t, err)
+}
+
+// Intermediates returns a pool of the certificates of a served chain
+// (DER, leaf first) after its leaf: what a peer verifying the chain has.
+func Intermediates(t testing.TB, chain [][]byte) *x509.CertPool {
+	t.Helper()
+	pool := x509.NewCertPool()
+	for _, der := range chain[min(1, len(chain)):] {
+		c, err := x509.ParseCertificate(der)
+		check(t, err)
+		pool.AddCert(c)
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, key)
+	return pool
+}
+
+// check fails the test on err.
+func check(t testing.TB, err error) {
+	t.Helper()
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("catest: %v", err)
 	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
 }

@@ -1,40 +1,82 @@
 package catest
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"io"
+	"log"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/internal/freeport"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
-// Replica is one server of a CA: its own listener and gRPC server over the
-// CA's state (keys, join tokens, entries, revocations), shared with every
-// other replica as CA replicas share one datastore. Tests stop a replica
-// (every connection closes at once, as when its process is killed), make
-// it fail calls, and count the calls that reached it.
+// Replica is one endpoint of the CA: its own listener and TLS in front of
+// the one real server, as CA replicas share one datastore. Tests stop a
+// replica (every connection closes at once, as when its process is
+// killed), mark it NOT_SERVING, inject faults into its calls alone, and
+// count the calls that reached it.
 type Replica struct {
-	ca   *CA
-	cert tls.Certificate
+	ca     *CA
+	tls    func() *tls.Config
+	health *health.Server
+	hsrv   *grpc.Server // serves the replica's own health status
+	faults faults
 
-	mu         sync.Mutex
-	addr       string
-	srv        *grpc.Server
-	health     *health.Server
-	notServing bool
-	failErr    error
-	failLeft   int // calls still to fail with failErr; < 0: every call
-	calls      int
+	mu   sync.Mutex
+	addr string
+	http *http.Server
+}
+
+// newReplica returns a replica of ca with the given TLS configuration,
+// not yet serving.
+func (ca *CA) newReplica(tlsConf func() *tls.Config, addr string) *Replica {
+	r := &Replica{ca: ca, tls: tlsConf, health: health.NewServer(), hsrv: grpc.NewServer(), addr: addr}
+	healthpb.RegisterHealthServer(r.hsrv, r.health)
+	return r
+}
+
+// Start serves the CA on its primary replica (on a fresh port the first
+// time, on the same port after Stop) until Stop or the end of the test.
+func (ca *CA) Start(t testing.TB) {
+	t.Helper()
+	ca.mu.Lock()
+	if ca.primary == nil {
+		ca.primary = ca.newReplica(ca.srv.TLSConfig, "")
+	}
+	r := ca.primary
+	ca.mu.Unlock()
+	r.Start(t)
+}
+
+// Stop stops the primary replica: its listener and every connection close
+// at once.
+func (ca *CA) Stop() {
+	ca.mu.Lock()
+	r := ca.primary
+	ca.mu.Unlock()
+	if r != nil {
+		r.Stop()
+	}
+}
+
+// Addr returns the address of the primary replica ("" before Start).
+func (ca *CA) Addr() string {
+	ca.mu.Lock()
+	r := ca.primary
+	ca.mu.Unlock()
+	if r == nil {
+		return ""
+	}
+	return r.Addr()
 }
 
 // Serve starts another replica of ca on a fresh 127.0.0.1 port; it stops
@@ -48,73 +90,81 @@ func (ca *CA) Serve(t testing.TB) *Replica {
 // empty means a fresh 127.0.0.1 port); it stops at the end of the test.
 func (ca *CA) ServeAt(t testing.TB, addr string) *Replica {
 	t.Helper()
-	r := &Replica{ca: ca, cert: ca.serverCert, addr: addr}
+	r := ca.newReplica(ca.srv.TLSConfig, addr)
 	r.Start(t)
 	return r
 }
 
-// Impostor starts a server that shares ca's state and is certified by ca's
-// own intermediate, but presents an SVID for id instead of the CA's server
-// ID: what a thief of any SVID of the trust domain could stand up. Agents
-// must refuse it.
+// Impostor starts a server in front of ca's real services that presents
+// an SVID for id, signed by ca's own authority, instead of the CA's
+// server ID: what a thief of any SVID of the trust domain could stand up.
+// Agents must refuse it.
 func (ca *CA) Impostor(t testing.TB, id spiffeid.ID) *Replica {
 	t.Helper()
-	key := newKey(t)
-	leaf := ca.sign(t, id, key.Public(), time.Now(), time.Hour)
-	r := &Replica{ca: ca, cert: tls.Certificate{Certificate: [][]byte{leaf.Raw, ca.inter.Raw}, PrivateKey: key, Leaf: leaf}}
+	svid := ca.Issue(t, id, time.Hour)
+	cert := tls.Certificate{PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}
+	for _, c := range svid.Certificates {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	pool := x509.NewCertPool()
+	for _, c := range ca.Bundle().X509Authorities() {
+		pool.AddCert(c)
+	}
+	conf := &tls.Config{
+		Certificates: []tls.Certificate{cert}, ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: pool,
+		MinVersion: tls.VersionTLS13, NextProtos: []string{"h2"},
+	}
+	r := ca.newReplica(func() *tls.Config { return conf }, "")
 	r.Start(t)
 	return r
 }
 
-// Start serves the replica on 127.0.0.1 (on a fresh port the first time,
-// on the same port after Stop) until Stop or the end of the test.
+// Start serves the replica (on a fresh 127.0.0.1 port the first time, on
+// the same address after Stop) until Stop or the end of the test.
 func (r *Replica) Start(t testing.TB) {
+	t.Helper()
+	lis := r.listen(t)
+	srv := &http.Server{Handler: r, TLSConfig: r.tls(), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: log.New(io.Discard, "", 0)} // failed handshakes are what some tests are about
+	r.mu.Lock()
+	r.addr, r.http = lis.Addr().String(), srv
+	r.mu.Unlock()
+	go func() { _ = srv.ServeTLS(lis, "", "") }()
+	t.Cleanup(r.Stop)
+}
+
+// listen listens on the replica's address, or a fresh one; the old port
+// may take a moment to be free again after Stop (bounded).
+func (r *Replica) listen(t testing.TB) net.Listener {
 	t.Helper()
 	r.mu.Lock()
 	addr := r.addr
 	r.mu.Unlock()
 	if addr == "" {
-		addr = "127.0.0.1:0"
+		a, err := freeport.Addr()
+		check(t, err)
+		addr = a
 	}
-	var lis net.Listener
 	var err error
-	for range 50 { // the old port may take a moment to be free again
+	for range 50 {
+		var lis net.Listener
 		if lis, err = net.Listen("tcp", addr); err == nil {
-			break
+			return lis
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if err != nil {
-		t.Fatalf("catest: listen: %v", err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(r.ca.root)
-	creds := credentials.NewTLS(&tls.Config{
-		Certificates: []tls.Certificate{r.cert},
-		ClientAuth:   tls.VerifyClientCertIfGiven,
-		ClientCAs:    pool,
-		MinVersion:   tls.VersionTLS12,
-	})
-	srv := grpc.NewServer(grpc.Creds(creds), grpc.UnaryInterceptor(r.unary), grpc.StreamInterceptor(r.stream))
-	cav1.RegisterCertificateAuthorityServiceServer(srv, r.ca)
-	hs := health.NewServer()
-	healthpb.RegisterHealthServer(srv, hs)
-	r.mu.Lock()
-	r.addr, r.srv, r.health = lis.Addr().String(), srv, hs
-	r.setServingLocked(!r.notServing)
-	r.mu.Unlock()
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(r.Stop)
+	t.Fatalf("catest: listen on %s: %v", addr, err)
+	return nil
 }
 
 // Stop closes the listener and every connection at once.
 func (r *Replica) Stop() {
 	r.mu.Lock()
-	srv := r.srv
-	r.srv = nil
+	srv := r.http
+	r.http = nil
 	r.mu.Unlock()
 	if srv != nil {
-		srv.Stop()
+		_ = srv.Close()
 	}
 }
 
@@ -125,72 +175,54 @@ func (r *Replica) Addr() string {
 	return r.addr
 }
 
-// SetServing sets the replica's gRPC health status (service ""), as the
-// real CA reports NOT_SERVING when it cannot issue.
+// SetServing sets the replica's gRPC health status (service ""), as a
+// real replica reports NOT_SERVING when it cannot issue.
 func (r *Replica) SetServing(serving bool) {
-	r.mu.Lock()
-	r.notServing = !serving
-	r.setServingLocked(serving)
-	r.mu.Unlock()
-}
-
-func (r *Replica) setServingLocked(serving bool) {
 	st := healthpb.HealthCheckResponse_SERVING
 	if !serving {
 		st = healthpb.HealthCheckResponse_NOT_SERVING
 	}
-	if r.health != nil {
-		r.health.SetServingStatus("", st)
-	}
+	r.health.SetServingStatus("", st)
 }
+
+// Inject makes the next n calls of method that reach this replica (every
+// call if n < 0; "" for every method) suffer f; see CA.Inject.
+func (r *Replica) Inject(method string, n int, f Fault) { r.faults.inject(method, n, f) }
 
 // Fail makes every call that reaches the replica fail with err, as a
 // replica that lost its datastore answers Unavailable; nil serves again.
 func (r *Replica) Fail(err error) { r.FailNext(-1, err) }
 
 // FailNext makes the next n calls (every call if n < 0) fail with err.
-func (r *Replica) FailNext(n int, err error) {
-	r.mu.Lock()
-	r.failErr, r.failLeft = err, n
-	r.mu.Unlock()
-}
+func (r *Replica) FailNext(n int, err error) { r.faults.inject("", n, Fault{Err: err}) }
 
-// Calls returns how many CA calls reached the replica, failed ones
-// included.
+// Calls returns how many CA calls reached the replica, faulted ones
+// included (health checks are not counted).
 func (r *Replica) Calls() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.calls
+	r.faults.mu.Lock()
+	defer r.faults.mu.Unlock()
+	return r.faults.calls
 }
 
-// admit counts a call of the CA service and returns the error it must
-// fail with, if any. Health checks are neither counted nor failed.
-func (r *Replica) admit(method string) error {
-	if !strings.HasPrefix(method, "/"+cav1.CertificateAuthorityService_ServiceDesc.ServiceName+"/") {
-		return nil
+// ServeHTTP passes a gRPC call through the replica's faults, then the
+// CA's, to the real server; health checks go to the replica's own health
+// service.
+func (r *Replica) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	if strings.HasPrefix(req.URL.Path, "/grpc.health.v1.Health/") {
+		r.hsrv.ServeHTTP(w, req)
+		return
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.calls++
-	if r.failErr == nil || r.failLeft == 0 {
-		return nil
+	method := caMethod(req.URL.Path)
+	if method != "" {
+		if suffer(w, req, r.faults.admit(method)) || suffer(w, req, r.ca.faults.admit(method)) {
+			return
+		}
 	}
-	if r.failLeft > 0 {
-		r.failLeft--
+	if method != MethodBatchSign {
+		r.ca.grpc.ServeHTTP(w, req)
+		return
 	}
-	return r.failErr
-}
-
-func (r *Replica) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	if err := r.admit(info.FullMethod); err != nil {
-		return nil, err
-	}
-	return h(ctx, req)
-}
-
-func (r *Replica) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-	if err := r.admit(info.FullMethod); err != nil {
-		return err
-	}
-	return h(srv, ss)
+	rec := &recorder{ResponseWriter: w}
+	r.ca.grpc.ServeHTTP(rec, req)
+	r.ca.faults.countSigned(signedIn(rec.body.Bytes()))
 }

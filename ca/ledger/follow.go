@@ -251,9 +251,8 @@ func (f *followed) read(tx store.Tx, from, to uint64) error {
 		f.leafs = append(f.leafs, append([]byte(nil), lh...))
 		var ev Event // a pruned or undecodable entry changes nothing
 		if v := entries.get(i); v != nil && !isPruned(v) {
-			if e, err := DecodeEntry(v); err == nil && e.Index == i {
+			if e, err := decodeEvent(v); err == nil && e.Index == i {
 				ev = e.Event
-				ev.CertDER = nil
 			} else {
 				f.undecoded = append(f.undecoded, i)
 			}

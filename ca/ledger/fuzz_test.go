@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -29,6 +30,14 @@ func FuzzDecodeEntry(f *testing.F) {
 		e, err := DecodeEntry(data)
 		if err != nil {
 			return
+		}
+		// The indexer's and follower's decoding: the same, without the
+		// certificate.
+		noCert, err := decodeEvent(data)
+		want := e
+		want.CertDER = nil
+		if err != nil || !reflect.DeepEqual(noCert, want) {
+			t.Fatalf("decodeEvent = %+v, %v; want DecodeEntry's %+v without the certificate", noCert, err, want)
 		}
 		again, err := encodeEvent(e.Index, &e.Event)
 		if err != nil {

@@ -79,7 +79,7 @@ func (l *Ledger) loadState(tx store.Tx) error {
 		if v == nil || isPruned(v) {
 			continue
 		}
-		if e, err := DecodeEntry(v); err == nil {
+		if e, err := decodeEvent(v); err == nil {
 			l.foldLocked(i, &e.Event) // no waiter exists yet
 		}
 	}
@@ -204,7 +204,7 @@ func (l *Ledger) prepareIndex(tx store.Tx, batch *indexBatch, from, to uint64) e
 		if v == nil || isPruned(v) {
 			continue // reported by verify; nothing to index
 		}
-		e, err := DecodeEntry(v)
+		e, err := decodeEvent(v)
 		if err != nil {
 			l.log.Error("ledger entry cannot be indexed", "index", i, "error", err)
 			continue

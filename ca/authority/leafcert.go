@@ -85,6 +85,7 @@ func locateRaw(c *x509.Certificate, der []byte) error {
 		return errLeafLayout
 	}
 	c.RawIssuer, c.RawSubject, c.RawSubjectPublicKeyInfo, c.Signature = issuer, subject, spki, sig[1:]
+	c.Extensions = make([]pkix.Extension, 0, 6) // createLeaf writes at most 5
 	for !exts.Empty() {
 		var ext, value cryptobyte.String
 		var id asn1.ObjectIdentifier

@@ -100,12 +100,14 @@ func appendTx(tx store.Tx, evs []Event) (appended, error) {
 	store.MarkSequential(entries)
 	nw := newNodeWriter(tx)
 	first := r.End()
+	encoded := make([][]byte, len(evs))
 	for i := range evs {
 		idx := r.End()
 		data, err := encodeEvent(idx, &evs[i])
 		if err != nil {
 			return appended{}, err
 		}
+		encoded[i] = data
 		if err := entries.Put(u64(idx), data); err != nil {
 			return appended{}, err
 		}
@@ -121,7 +123,7 @@ func appendTx(tx store.Tx, evs []Event) (appended, error) {
 	}
 	res := appended{first: first, head: treeState{size: r.End(), hashes: r.Hashes()}, indexed: indexedOf(tx)}
 	if res.indexed == first {
-		if err := indexTx(tx, first, evs); err != nil {
+		if err := indexTx(tx, first, evs, encoded); err != nil {
 			return appended{}, err
 		}
 		res.indexed = res.head.size
@@ -130,15 +132,16 @@ func appendTx(tx store.Tx, evs []Event) (appended, error) {
 }
 
 // indexTx writes the index entries of evs (evs[0] at index first, the
-// index position) and moves the stored index position past them.
-func indexTx(tx store.Tx, first uint64, evs []Event) error {
+// index position; encoded[i] is evs[i]'s entry) and moves the stored index
+// position past them.
+func indexTx(tx store.Tx, first uint64, evs []Event, encoded [][]byte) error {
 	var batch indexBatch
 	for i := range evs {
 		ev := evs[i]
 		// As DecodeEntry would return it: what the indexer writes for an
 		// entry read back must be what is written here.
 		ev.Time, ev.NotBefore, ev.NotAfter = ev.Time.UTC(), ev.NotBefore.UTC(), ev.NotAfter.UTC()
-		if err := batch.add(first+uint64(i), &ev); err != nil {
+		if err := batch.add(first+uint64(i), &ev, encoded[i]); err != nil {
 			return err
 		}
 	}
@@ -157,10 +160,13 @@ func (l *Ledger) committed(ctx context.Context, first uint64, evs []Event) {
 	l.metrics.appended(evs)
 }
 
-// auditLine writes the JSON audit log line of one event.
+// auditLine writes the JSON audit log line of one event (through
+// l.audit, which carries the "audit" attribute already formatted).
 func (l *Ledger) auditLine(ctx context.Context, index uint64, ev *Event) {
+	if !l.audit.Enabled(ctx, slog.LevelInfo) {
+		return
+	}
 	attrs := []slog.Attr{
-		slog.String("audit", "castellan.ledger"),
 		slog.Uint64("index", index),
 		slog.String("kind", string(ev.Kind)),
 		slog.Time("time", ev.Time),
@@ -177,7 +183,7 @@ func (l *Ledger) auditLine(ctx context.Context, index uint64, ev *Event) {
 	add("not_after", formatTime(ev.NotAfter))
 	add("public_key_sha256", ev.PublicKeySHA256)
 	add("reason", ev.Reason)
-	l.log.LogAttrs(ctx, slog.LevelInfo, "ledger event", attrs...)
+	l.audit.LogAttrs(ctx, slog.LevelInfo, "ledger event", attrs...)
 }
 
 func (l *Ledger) isClosed() bool {

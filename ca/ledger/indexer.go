@@ -209,7 +209,7 @@ func (l *Ledger) prepareIndex(tx store.Tx, batch *indexBatch, from, to uint64) e
 			l.log.Error("ledger entry cannot be indexed", "index", i, "error", err)
 			continue
 		}
-		if err := batch.add(i, &e.Event); err != nil {
+		if err := batch.add(i, &e.Event, nil); err != nil {
 			return err
 		}
 	}

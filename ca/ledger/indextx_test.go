@@ -3,10 +3,13 @@ package ledger
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
+	"log/slog"
 	"maps"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -260,4 +263,57 @@ func TestAppendAfterABacklogLeavesItToTheIndexer(t *testing.T) {
 			t.Fatalf("append after the backlog: position %d of %d, %d Updates; want it indexed in its own one", pos, l.Size(), cs.updates.Load()-before)
 		}
 	})
+}
+
+// TestAuditLinePerEvent: every appended event gets one JSON audit line,
+// in log order, with the audit marker and the event's fields, and
+// nothing is formatted when the logger drops Info.
+func TestAuditLinePerEvent(t *testing.T) {
+	clock := newFakeClock()
+	var buf syncBuffer
+	l, err := Open(filepath.Join(t.TempDir(), "ledger.db"), Options{Clock: clock.Now, Logger: slog.New(slog.NewJSONHandler(&buf, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	evs := []Event{certEvent(1, "spiffe://td/a", "n1", clock.Now().Add(time.Hour)), {Kind: KindBan, Node: "n2", Reason: "stolen"}}
+	if _, err := l.Append(context.Background(), evs...); err != nil {
+		t.Fatal(err)
+	}
+	var lines []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("audit line %q: %v", line, err)
+		}
+		if m["msg"] == "ledger event" {
+			lines = append(lines, m)
+		}
+	}
+	if len(lines) != 2 {
+		t.Fatalf("%d audit lines for 2 events: %s", len(lines), buf.String())
+	}
+	want := []map[string]any{
+		{"audit": "castellan.ledger", "index": 0.0, "kind": "issuance", "serial": evs[0].Serial, "spiffe_id": "spiffe://td/a", "node": "n1", "not_after": formatTime(evs[0].NotAfter), "public_key_sha256": evs[0].PublicKeySHA256},
+		{"audit": "castellan.ledger", "index": 1.0, "kind": "ban", "node": "n2", "reason": "stolen", "time": formatTime(clock.Now())},
+	}
+	for i, w := range want {
+		for k, v := range w {
+			if lines[i][k] != v {
+				t.Errorf("audit line %d: %s = %v, want %v (%v)", i, k, lines[i][k], v, lines[i])
+			}
+		}
+	}
+	quiet, err := Open(filepath.Join(t.TempDir(), "quiet.db"), Options{Logger: slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer quiet.Close()
+	before := buf.String()
+	if _, err := quiet.Append(context.Background(), evs...); err != nil {
+		t.Fatal(err)
+	}
+	if buf.String() != before {
+		t.Fatalf("a logger at Warn received audit lines: %s", strings.TrimPrefix(buf.String(), before))
+	}
 }

@@ -107,6 +107,7 @@ type Ledger struct {
 	verifier  note.Verifier
 	vkey      string
 	log       *slog.Logger
+	audit     *slog.Logger // log with the audit attribute (append.go, auditLine)
 	retention time.Duration
 	metrics   *metrics
 	readOnly  bool
@@ -261,6 +262,7 @@ func newLedger(opts Options) *Ledger {
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
 	}
+	l.audit = l.log.With(slog.String("audit", "castellan.ledger"))
 	if l.retention == 0 {
 		l.retention = DefaultRetention
 	}

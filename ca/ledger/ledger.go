@@ -8,7 +8,8 @@
 // checkpoint format (golang.org/x/mod/sumdb/note signatures), so an auditor
 // holding an old checkpoint can check that the log only grew (Consistency)
 // and anyone can check that an entry is in it (InclusionProof). Entries are
-// indexed by serial, SPIFFE ID, node and expiry.
+// indexed by serial, SPIFFE ID, node and expiry, in the transaction that
+// appends them (append.go; indexer.go catches up on a backlog).
 //
 // Storage: the ledger is written against the storage contract (package
 // store), once. Open keeps it in a bbolt file (boltstore) checked page by

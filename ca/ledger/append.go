@@ -88,7 +88,7 @@ type appended struct {
 // position from tx, never from memory: on a shared store another replica
 // may have appended since this one last looked.
 func appendTx(tx store.Tx, evs []Event) (appended, error) {
-	st, err := readTree(tx)
+	st, indexed, err := readTreeAndIndexed(tx)
 	if err != nil {
 		return appended{}, err
 	}
@@ -121,7 +121,7 @@ func appendTx(tx store.Tx, evs []Event) (appended, error) {
 	if err := writeTree(tx, r); err != nil {
 		return appended{}, err
 	}
-	res := appended{first: first, head: treeState{size: r.End(), hashes: r.Hashes()}, indexed: indexedOf(tx)}
+	res := appended{first: first, head: treeState{size: r.End(), hashes: r.Hashes()}, indexed: indexed}
 	if res.indexed == first {
 		if err := indexTx(tx, first, evs, encoded); err != nil {
 			return appended{}, err

@@ -1,9 +1,11 @@
 package ledger
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -196,6 +198,7 @@ func TestAppendIndexesInItsOwnTransaction(t *testing.T) {
 		if got := cs.updates.Load() - before; got != want {
 			t.Fatalf("queries after the appends ran %d more Update transactions (an indexer pass), want none", got-want)
 		}
+		checkTreeAndIndexed(t, l)
 	})
 }
 
@@ -315,5 +318,39 @@ func TestAuditLinePerEvent(t *testing.T) {
 	}
 	if buf.String() != before {
 		t.Fatalf("a logger at Warn received audit lines: %s", strings.TrimPrefix(buf.String(), before))
+	}
+}
+
+// checkTreeAndIndexed fails t unless readTreeAndIndexed (one cursor) reads
+// what readTree and indexedOf read, in a View and in an Update after a
+// write of both (which a cursor must merge with the stored keys).
+func checkTreeAndIndexed(t *testing.T, l *Ledger) {
+	t.Helper()
+	check := func(tx store.Tx) error {
+		st, indexed, err := readTreeAndIndexed(tx)
+		want, werr := readTree(tx)
+		if err != nil || werr != nil || st.size != want.size || !slices.EqualFunc(st.hashes, want.hashes, bytes.Equal) || indexed != indexedOf(tx) {
+			t.Errorf("readTreeAndIndexed = size %d, position %d, %v; readTree, indexedOf = size %d, position %d, %v",
+				st.size, indexed, err, want.size, indexedOf(tx), werr)
+		}
+		return nil
+	}
+	if err := l.db.View(context.Background(), check); err != nil {
+		t.Fatal(err)
+	}
+	errRollback := errors.New("roll back")
+	err := l.db.Update(context.Background(), func(tx store.Tx) error {
+		meta := bucket(tx, bMeta)
+		if err := meta.Put(kIndexed, binary.BigEndian.AppendUint64(nil, 12345)); err != nil {
+			return err
+		}
+		if err := meta.Put(kTree, binary.BigEndian.AppendUint64(nil, 0)); err != nil {
+			return err
+		}
+		check(tx)
+		return errRollback
+	})
+	if !errors.Is(err, errRollback) {
+		t.Fatal(err)
 	}
 }

@@ -211,6 +211,9 @@ type Authority struct {
 	cur    atomic.Pointer[caKeys] // what signs now, and the bundle
 	notify *notifier
 	j      *journal // nil: a fixed CA (Config.Journal unset)
+	// leafParses: crypto/x509 parsed a leaf of the trust domain (sign.go,
+	// parseLeaf).
+	leafParses atomic.Bool
 }
 
 // caKeys is the loaded CA material: one consistent snapshot of the signing

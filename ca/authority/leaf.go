@@ -55,6 +55,7 @@ type sigAlg struct {
 	oid  []int
 	null bool // parameters NULL (RSA PKCS #1 v1.5); absent for ECDSA (RFC 5758 3.2)
 	hash crypto.Hash
+	x509 x509.SignatureAlgorithm // as crypto/x509 names it
 }
 
 // sigAlgFor picks the signature algorithm crypto/x509 would pick for key:
@@ -65,13 +66,13 @@ func sigAlgFor(key crypto.Signer) (sigAlg, error) {
 	case *ecdsa.PublicKey:
 		switch pub.Curve {
 		case elliptic.P256():
-			return sigAlg{oid: oidSigECDSAWithSHA256, hash: crypto.SHA256}, nil
+			return sigAlg{oid: oidSigECDSAWithSHA256, hash: crypto.SHA256, x509: x509.ECDSAWithSHA256}, nil
 		case elliptic.P384():
-			return sigAlg{oid: oidSigECDSAWithSHA384, hash: crypto.SHA384}, nil
+			return sigAlg{oid: oidSigECDSAWithSHA384, hash: crypto.SHA384, x509: x509.ECDSAWithSHA384}, nil
 		}
 		return sigAlg{}, fmt.Errorf("authority: unsupported CA curve %s", curveName(pub.Curve))
 	case *rsa.PublicKey:
-		return sigAlg{oid: oidSigSHA256WithRSA, null: true, hash: crypto.SHA256}, nil
+		return sigAlg{oid: oidSigSHA256WithRSA, null: true, hash: crypto.SHA256, x509: x509.SHA256WithRSA}, nil
 	}
 	return sigAlg{}, fmt.Errorf("authority: unsupported CA key type %T", key.Public())
 }

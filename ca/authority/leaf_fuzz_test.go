@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -383,8 +384,10 @@ func FuzzLeafTBS(f *testing.F) {
 // compareTBS encodes tmpl with createLeaf, exactly as Sign does, and with
 // x509.CreateCertificate, and fails t unless the TBSCertificates and outer
 // signature algorithms are equal byte for byte, our signature verifies
-// under the issuer, and crypto/x509 parses both certificates alike (it
-// refuses some IDs go-spiffe accepts, such as trust domain ".", in both).
+// under the issuer, crypto/x509 parses both certificates alike (it
+// refuses some IDs go-spiffe accepts, such as trust domain ".", in both),
+// and the certificate leafCertificate builds without parsing is
+// reflect.DeepEqual to crypto/x509's parse of ours.
 func compareTBS(t *testing.T, in fuzzIssuer, tmpl *x509.Certificate, csr *CSR) {
 	t.Helper()
 	der, err := createLeaf(tmpl, in.a.keys().cert, csr.PublicKey, in.a.keys().key)
@@ -411,6 +414,17 @@ func compareTBS(t *testing.T, in fuzzIssuer, tmpl *x509.Certificate, csr *CSR) {
 	}
 	if err == nil && !bytes.Equal(ours.RawTBSCertificate, want.RawTBSCertificate) {
 		t.Fatal("parsed RawTBSCertificate differs")
+	}
+	if err == nil && len(tmpl.DNSNames)+len(tmpl.IPAddresses) == 0 {
+		// What Sign returns once the trust domain is known to parse.
+		alg, aerr := sigAlgFor(in.a.keys().key)
+		if aerr != nil {
+			t.Fatal(aerr)
+		}
+		built, berr := leafCertificate(der, tmpl, in.a.keys().cert, csr.PublicKey, alg)
+		if berr != nil || !reflect.DeepEqual(built, ours) {
+			t.Fatalf("leafCertificate (issuer %s) = %v, %+v\nx509.ParseCertificate = %+v", in.name, berr, built, ours)
+		}
 	}
 	if err := in.a.keys().cert.CheckSignature(x509SigAlg(t, in.a.keys().key), tbs, sig); err != nil {
 		t.Fatalf("our leaf's signature does not verify (issuer %s): %v", in.name, err)

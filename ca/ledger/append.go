@@ -18,10 +18,12 @@ import (
 // after that transaction is committed and durable, so an entry is durable
 // before the caller hands out the certificate it records. If the store
 // cannot be reached, the error wraps store.ErrUnavailable. Events with a
-// zero Time get the ledger clock's time. The transaction writes only
-// sequential keys (entries, tree nodes, tree state); the secondary indexes
-// are brought up to date right after by the indexer, and every query waits
-// for them, so callers never see a stale index. Safe for concurrent use.
+// zero Time get the ledger clock's time. The transaction also writes the
+// events' secondary index entries (serial, SPIFFE ID, node, expiry,
+// revocations, agent records) from the events in memory, so an entry is
+// indexed as soon as it is durable, on every replica; only a backlog left
+// by an older binary or a failed index write is left to the indexer
+// (indexer.go), which every query waits for. Safe for concurrent use.
 func (l *Ledger) Append(ctx context.Context, events ...Event) ([]uint64, error) {
 	if len(events) == 0 {
 		return nil, nil
@@ -70,42 +72,83 @@ func (l *Ledger) Append(ctx context.Context, events ...Event) ([]uint64, error) 
 // eventOverhead estimates an encoded event's size besides its certificate.
 const eventOverhead = 512
 
-// appendTx writes evs at the end of the tree stored in tx. It reads the
-// tree state from tx, never from memory: on a shared store another
-// replica may have appended since this one last looked.
-func appendTx(tx store.Tx, evs []Event) (uint64, treeState, error) {
-	st, err := readTree(tx)
+// appended is what one append's transaction wrote: the index of its
+// first event, the tree head after its last, and the stored index position
+// after it (entries [0, indexed) are in the secondary indexes).
+type appended struct {
+	first   uint64
+	head    treeState
+	indexed uint64
+}
+
+// appendTx writes evs at the end of the tree stored in tx, and their
+// index entries when the indexes are up to date (the stored index position
+// is where evs begin; otherwise the indexer has a backlog to work through
+// first, and indexes evs with it). It reads the tree state and the index
+// position from tx, never from memory: on a shared store another replica
+// may have appended since this one last looked.
+func appendTx(tx store.Tx, evs []Event) (appended, error) {
+	st, indexed, err := readTreeAndIndexed(tx)
 	if err != nil {
-		return 0, treeState{}, err
+		return appended{}, err
 	}
 	r, err := st.rng()
 	if err != nil {
-		return 0, treeState{}, err
+		return appended{}, err
 	}
 	entries := bucket(tx, bEntries)
 	store.MarkSequential(entries)
 	nw := newNodeWriter(tx)
 	first := r.End()
+	encoded := make([][]byte, len(evs))
 	for i := range evs {
 		idx := r.End()
 		data, err := encodeEvent(idx, &evs[i])
 		if err != nil {
-			return 0, treeState{}, err
+			return appended{}, err
 		}
+		encoded[i] = data
 		if err := entries.Put(u64(idx), data); err != nil {
-			return 0, treeState{}, err
+			return appended{}, err
 		}
 		if err := r.Append(rfc6962.DefaultHasher.HashLeaf(data), nw.visit); err != nil {
-			return 0, treeState{}, err
+			return appended{}, err
 		}
 		if err := nw.flush(); err != nil {
-			return 0, treeState{}, err
+			return appended{}, err
 		}
 	}
 	if err := writeTree(tx, r); err != nil {
-		return 0, treeState{}, err
+		return appended{}, err
 	}
-	return first, treeState{size: r.End(), hashes: r.Hashes()}, nil
+	res := appended{first: first, head: treeState{size: r.End(), hashes: r.Hashes()}, indexed: indexed}
+	if res.indexed == first {
+		if err := indexTx(tx, first, evs, encoded); err != nil {
+			return appended{}, err
+		}
+		res.indexed = res.head.size
+	}
+	return res, nil
+}
+
+// indexTx writes the index entries of evs (evs[0] at index first, the
+// index position; encoded[i] is evs[i]'s entry) and moves the stored index
+// position past them.
+func indexTx(tx store.Tx, first uint64, evs []Event, encoded [][]byte) error {
+	var batch indexBatch
+	for i := range evs {
+		ev := evs[i]
+		// As DecodeEntry would return it: what the indexer writes for an
+		// entry read back must be what is written here.
+		ev.Time, ev.NotBefore, ev.NotAfter = ev.Time.UTC(), ev.NotBefore.UTC(), ev.NotAfter.UTC()
+		if err := batch.add(first+uint64(i), &ev, encoded[i]); err != nil {
+			return err
+		}
+	}
+	if err := batch.apply(tx); err != nil {
+		return fmt.Errorf("ledger: index: %w", err)
+	}
+	return bucket(tx, bMeta).Put(kIndexed, u64(first+uint64(len(evs))))
 }
 
 // committed writes the audit log lines and metrics of a committed append,
@@ -117,10 +160,13 @@ func (l *Ledger) committed(ctx context.Context, first uint64, evs []Event) {
 	l.metrics.appended(evs)
 }
 
-// auditLine writes the JSON audit log line of one event.
+// auditLine writes the JSON audit log line of one event (through
+// l.audit, which carries the "audit" attribute already formatted).
 func (l *Ledger) auditLine(ctx context.Context, index uint64, ev *Event) {
+	if !l.audit.Enabled(ctx, slog.LevelInfo) {
+		return
+	}
 	attrs := []slog.Attr{
-		slog.String("audit", "castellan.ledger"),
 		slog.Uint64("index", index),
 		slog.String("kind", string(ev.Kind)),
 		slog.Time("time", ev.Time),
@@ -137,7 +183,7 @@ func (l *Ledger) auditLine(ctx context.Context, index uint64, ev *Event) {
 	add("not_after", formatTime(ev.NotAfter))
 	add("public_key_sha256", ev.PublicKeySHA256)
 	add("reason", ev.Reason)
-	l.log.LogAttrs(ctx, slog.LevelInfo, "ledger event", attrs...)
+	l.audit.LogAttrs(ctx, slog.LevelInfo, "ledger event", attrs...)
 }
 
 func (l *Ledger) isClosed() bool {

@@ -38,11 +38,12 @@ const maxGroupEvents = 10_000
 type committer struct {
 	// update runs a read-write transaction and commits it (store.DB.Update).
 	update func(func(store.Tx) error) error
-	// write appends one call's events in tx (appendTx).
-	write func(tx store.Tx, evs []Event) (first uint64, head treeState, err error)
+	// write appends one call's events in tx, with their index entries
+	// (appendTx).
+	write func(tx store.Tx, evs []Event) (appended, error)
 	// publish makes one committed append visible; called by whoever
 	// committed it (run or an idle-path caller), in log order.
-	publish func(head treeState, first uint64, evs []Event)
+	publish func(a appended, evs []Event)
 
 	mu     sync.Mutex
 	queue  []*pendingAppend // arrived, not yet in a transaction
@@ -58,16 +59,15 @@ type pendingAppend struct {
 	evs   []Event
 	taken bool // in a transaction; guarded by committer.mu
 
-	first uint64
-	head  treeState
-	err   error
-	done  chan struct{}
+	res  appended
+	err  error
+	done chan struct{}
 }
 
 // newCommitter returns a committer writing to db in transactions with
 // context ctx (the ledger's lifetime: one caller giving up must not abort
 // a transaction shared with others); start it with go run().
-func newCommitter(ctx context.Context, db store.DB, publish func(treeState, uint64, []Event)) *committer {
+func newCommitter(ctx context.Context, db store.DB, publish func(appended, []Event)) *committer {
 	update := func(fn func(store.Tx) error) error { return db.Update(ctx, fn) }
 	return &committer{
 		update: update, write: appendTx, publish: publish,
@@ -91,7 +91,7 @@ func (c *committer) append(ctx context.Context, evs []Event) (uint64, error) {
 		c.mu.Unlock()
 		c.commitGroup([]*pendingAppend{p})
 		c.idle()
-		return p.first, p.err
+		return p.res.first, p.err
 	}
 	c.queue = append(c.queue, p)
 	c.mu.Unlock()
@@ -104,7 +104,7 @@ func (c *committer) append(ctx context.Context, evs []Event) (uint64, error) {
 		}
 		<-p.done // already being committed: its outcome is the answer
 	}
-	return p.first, p.err
+	return p.res.first, p.err
 }
 
 // withdraw removes p from the queue if it is not yet in a transaction.
@@ -192,7 +192,7 @@ func (c *committer) commitGroup(group []*pendingAppend) {
 		switch {
 		case err == nil:
 			for _, p := range group {
-				c.publish(p.head, p.first, p.evs)
+				c.publish(p.res, p.evs)
 			}
 			finish(group, nil)
 			return
@@ -214,12 +214,12 @@ func (c *committer) commitTx(group []*pendingAppend) (int, error) {
 	bad := -1
 	err := c.update(func(tx store.Tx) error {
 		for i, p := range group {
-			first, head, err := c.write(tx, p.evs)
+			res, err := c.write(tx, p.evs)
 			if err != nil {
 				bad = i
 				return err
 			}
-			p.first, p.head = first, head
+			p.res = res
 		}
 		return nil
 	})

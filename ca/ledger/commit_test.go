@@ -54,8 +54,8 @@ func probe(l *Ledger) *txProbe {
 }
 
 // countingWrite counts the appends written in the current transaction.
-func (p *txProbe) countingWrite(w func(store.Tx, []Event) (uint64, treeState, error)) func(store.Tx, []Event) (uint64, treeState, error) {
-	return func(tx store.Tx, evs []Event) (uint64, treeState, error) {
+func (p *txProbe) countingWrite(w func(store.Tx, []Event) (appended, error)) func(store.Tx, []Event) (appended, error) {
+	return func(tx store.Tx, evs []Event) (appended, error) {
 		p.mu.Lock()
 		p.groups[len(p.groups)-1]++
 		p.mu.Unlock()
@@ -250,13 +250,13 @@ func TestBadEventFailsOnlyItsOwnAppendInAGroup(t *testing.T) {
 	badSerial := fmt.Sprintf("%x", 0x1000+7)
 	errBad := errors.New("cannot write this event")
 	write := l.commit.write
-	l.commit.write = func(tx store.Tx, evs []Event) (uint64, treeState, error) {
+	l.commit.write = func(tx store.Tx, evs []Event) (appended, error) {
 		if evs[0].Serial == badSerial {
 			// Write part of it first: the retry must not keep any of it.
-			if _, _, err := write(tx, evs); err != nil {
-				return 0, treeState{}, err
+			if _, err := write(tx, evs); err != nil {
+				return appended{}, err
 			}
-			return 0, treeState{}, errBad
+			return appended{}, errBad
 		}
 		return write(tx, evs)
 	}

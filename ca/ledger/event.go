@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -94,7 +95,11 @@ type Revocation struct {
 // wireEntry is the leaf encoding: versioned JSON with a fixed field order.
 // The index is part of the leaf, so an entry cannot be moved to another
 // position without changing its hash.
-type wireEntry struct {
+type wireEntry = wireEntryOf[string]
+
+// wireEntryOf is wireEntry with the certificate's type as a parameter:
+// string (base64) to encode and decode, skipped to decode without it.
+type wireEntryOf[C any] struct {
 	V               int    `json:"v"`
 	Index           uint64 `json:"index"`
 	Kind            Kind   `json:"kind"`
@@ -105,10 +110,16 @@ type wireEntry struct {
 	NotBefore       string `json:"not_before,omitempty"`
 	NotAfter        string `json:"not_after,omitempty"`
 	PublicKeySHA256 string `json:"public_key_sha256,omitempty"`
-	Cert            string `json:"cert,omitempty"`
+	Cert            C      `json:"cert,omitempty"`
 	Reason          string `json:"reason,omitempty"`
 	Parent          string `json:"parent,omitempty"`
 }
+
+// skipped is a JSON value decoded into nothing (not even a copy).
+type skipped struct{}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (*skipped) UnmarshalJSON([]byte) error { return nil }
 
 const wireVersion = 1
 
@@ -144,6 +155,26 @@ func encodeEvent(index uint64, ev *Event) ([]byte, error) {
 	return b, nil
 }
 
+// summaryOf returns, in a new slice, what encodeSummary returns for the
+// event that encodeEvent encoded as data: data without its "cert" member.
+// The member can be found by its bytes: every field before it is a JSON
+// string, in which a quote is escaped, so `,"cert":"` occurs nowhere
+// else, and base64 holds no quote.
+func summaryOf(data []byte) []byte {
+	const member = `,"cert":"`
+	i := bytes.Index(data, []byte(member))
+	if i < 0 {
+		return bytes.Clone(data)
+	}
+	j := bytes.IndexByte(data[i+len(member):], '"')
+	if j < 0 {
+		return bytes.Clone(data)
+	}
+	end := i + len(member) + j + 1
+	out := make([]byte, 0, len(data)-(end-i))
+	return append(append(out, data[:i]...), data[end:]...)
+}
+
 // encodeSummary returns the index value of ev: its leaf encoding without
 // the certificate.
 func encodeSummary(index uint64, ev *Event) ([]byte, error) {
@@ -155,7 +186,25 @@ func encodeSummary(index uint64, ev *Event) ([]byte, error) {
 // DecodeEntry parses leaf data as written by the ledger. It does not check
 // the leaf hash; see Verify.
 func DecodeEntry(data []byte) (Entry, error) {
-	var w wireEntry
+	return decodeWire(data, func(cert string) ([]byte, error) {
+		if cert == "" {
+			return nil, nil
+		}
+		return base64.StdEncoding.DecodeString(cert)
+	})
+}
+
+// decodeEvent is DecodeEntry without the certificate (CertDER nil), which
+// it neither copies nor decodes: for the indexer and the follower, which
+// need only the event's description.
+func decodeEvent(data []byte) (Entry, error) {
+	return decodeWire(data, func(skipped) ([]byte, error) { return nil, nil })
+}
+
+// decodeWire parses leaf data whose certificate decodes as C, turned into
+// DER by cert.
+func decodeWire[C any](data []byte, cert func(C) ([]byte, error)) (Entry, error) {
+	var w wireEntryOf[C]
 	if err := json.Unmarshal(data, &w); err != nil {
 		return Entry{}, fmt.Errorf("ledger: decode entry: %w", err)
 	}
@@ -174,10 +223,8 @@ func DecodeEntry(data []byte) (Entry, error) {
 			return Entry{}, fmt.Errorf("ledger: decode entry %d: %w", w.Index, err)
 		}
 	}
-	if w.Cert != "" {
-		if e.CertDER, err = base64.StdEncoding.DecodeString(w.Cert); err != nil {
-			return Entry{}, fmt.Errorf("ledger: decode entry %d: certificate: %w", w.Index, err)
-		}
+	if e.CertDER, err = cert(w.Cert); err != nil {
+		return Entry{}, fmt.Errorf("ledger: decode entry %d: certificate: %w", w.Index, err)
 	}
 	return e, nil
 }

@@ -26,11 +26,13 @@ import (
 // entries in between. pubMu serializes both, and the published head says
 // what was applied, so nothing is applied twice or out of order.
 //
-// Only the committer kicks the indexer: each replica indexes what it
-// appended (and, from the stored index position, whatever precedes it);
-// a query on any replica hurries its own indexer, which indexes whatever
-// is left, so entries of a replica that died before indexing them are
-// never left out.
+// Each append writes its own index entries in its transaction when the
+// stored index position is where it begins (appendTx), so on every
+// replica an entry is indexed once it is durable. A backlog (entries
+// appended by an older binary, or while indexing failed) is the
+// indexer's: the committer kicks it when an append left one, and a query
+// on any replica hurries its own indexer, which indexes whatever is left,
+// so no entry is ever left out.
 //
 // Each entry read from the store extends the published tree by its
 // stored leaf hash; when the new head reaches the stored tree head, the
@@ -50,26 +52,31 @@ const followDelay = 20 * time.Millisecond
 // errNotExtension: the stored log does not extend the published one.
 var errNotExtension = errors.New("ledger: the stored log is not an extension of the log this replica published; it was rewritten or rolled back (run castellanctl ledger verify against a saved checkpoint)")
 
-// publish makes the committed append evs (at index first, tree head after
-// it) visible. The committer calls it in log order, before the append's
-// caller hears of the commit. Entries other replicas appended before
-// first are applied first; entries the follower already applied are
-// skipped.
-func (l *Ledger) publish(head treeState, first uint64, evs []Event) {
+// publish makes the committed append evs (a says where it went, the tree
+// head after it and the stored index position) visible. The committer
+// calls it in log order, before the append's caller hears of the commit.
+// Entries other replicas appended before it are applied first; entries
+// the follower already applied are skipped. The indexer is woken only
+// when the append left a backlog to index.
+func (l *Ledger) publish(a appended, evs []Event) {
 	l.pubMu.Lock()
 	defer l.pubMu.Unlock()
+	first := a.first
 	if first > l.Size() {
 		if err := l.followLocked(l.ctx, first); err != nil {
 			l.log.Error("ledger: cannot read the entries other replicas appended; they will be published once the store answers", "error", err)
 		}
+	}
+	l.advanceIndexed(a.indexed)
+	if a.indexed < a.head.size {
+		l.kickIndexer()
 	}
 	cur := l.Size()
 	end := first + uint64(len(evs))
 	if first > cur || end <= cur {
 		return // a gap still unread (the follower will publish), or already published
 	}
-	l.apply(head, cur, evs[cur-first:])
-	l.kickIndexer()
+	l.apply(a.head, cur, evs[cur-first:])
 }
 
 // apply updates the in-memory state with committed events (evs[0] at
@@ -244,9 +251,8 @@ func (f *followed) read(tx store.Tx, from, to uint64) error {
 		f.leafs = append(f.leafs, append([]byte(nil), lh...))
 		var ev Event // a pruned or undecodable entry changes nothing
 		if v := entries.get(i); v != nil && !isPruned(v) {
-			if e, err := DecodeEntry(v); err == nil && e.Index == i {
+			if e, err := decodeEvent(v); err == nil && e.Index == i {
 				ev = e.Event
-				ev.CertDER = nil
 			} else {
 				f.undecoded = append(f.undecoded, i)
 			}

@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -30,9 +31,21 @@ func FuzzDecodeEntry(f *testing.F) {
 		if err != nil {
 			return
 		}
+		// The indexer's and follower's decoding: the same, without the
+		// certificate.
+		noCert, err := decodeEvent(data)
+		want := e
+		want.CertDER = nil
+		if err != nil || !reflect.DeepEqual(noCert, want) {
+			t.Fatalf("decodeEvent = %+v, %v; want DecodeEntry's %+v without the certificate", noCert, err, want)
+		}
 		again, err := encodeEvent(e.Index, &e.Event)
 		if err != nil {
 			t.Fatal(err)
+		}
+		// An append's index summary is cut from its encoding.
+		if sum, err := encodeSummary(e.Index, &e.Event); err != nil || !bytes.Equal(summaryOf(again), sum) {
+			t.Fatalf("summaryOf(%s) = %s, encodeSummary = %s (%v)", again, summaryOf(again), sum, err)
 		}
 		e2, err := DecodeEntry(again)
 		if err != nil {

@@ -62,8 +62,10 @@ func (b *indexBatch) put(bucket []byte, k, v []byte) {
 	b.kvs[string(bucket)] = append(b.kvs[string(bucket)], kv{k, v})
 }
 
-// add collects the index entries of event ev at idx.
-func (b *indexBatch) add(idx uint64, ev *Event) error {
+// add collects the index entries of event ev at idx. data is ev's entry
+// as encodeEvent encoded it, or nil (the SPIFFE ID index's summary is then
+// encoded afresh).
+func (b *indexBatch) add(idx uint64, ev *Event, data []byte) error {
 	if ev.Parent != "" {
 		b.put(bParent, indexKey(ev.Parent, idx), []byte(ev.Serial))
 	}
@@ -72,8 +74,10 @@ func (b *indexBatch) add(idx uint64, ev *Event) error {
 		b.put(bSerial, indexKey(ev.Serial, idx), nil)
 	}
 	if ev.SPIFFEID != "" {
-		summary, err := encodeSummary(idx, ev)
-		if err != nil {
+		summary, err := []byte(nil), error(nil)
+		if data != nil {
+			summary = summaryOf(data)
+		} else if summary, err = encodeSummary(idx, ev); err != nil {
 			return err
 		}
 		b.put(bSPIFFE, indexKey(ev.SPIFFEID, idx), summary)

@@ -17,15 +17,18 @@ const maxIndexBatch = 20_000
 // indexes them, unless a query is waiting.
 const indexDelay = 50 * time.Millisecond
 
-// The indexer maintains the secondary indexes (serial, SPIFFE ID, node,
-// expiry, revoked) off the durable append path: their keys arrive in
-// random order and would dirty many pages per commit, so they are written
-// in transactions that grow with the backlog. The position reached is
-// stored with the indexes (meta "indexed"), and Open catches up, so a
-// crash between an append and its indexing loses nothing. On a shared
-// store every replica's indexer works on the one stored position: whoever
-// commits a step first wins, the others see the position moved and go on
-// from there.
+// The indexer brings the secondary indexes (serial, SPIFFE ID, node,
+// expiry, revoked, agent records) up to date when appends could not index
+// their own entries (appendTx does, in the append's transaction, whenever
+// the indexes are up to date): a log written by an older binary, whose
+// appends left indexing to the indexer, or entries after an index write
+// failed. It decodes the stored entries and writes their index keys in
+// transactions that grow with the backlog. The position reached is stored
+// with the indexes (meta "indexed"), and Open catches up, so a crash
+// between an append and its indexing loses nothing. On a shared store
+// every replica's indexer works on the one stored position: whoever
+// commits a step first wins (an append indexing its own entries moves it
+// too), the others see the position moved and go on from there.
 
 func indexedOf(tx store.Tx) uint64 {
 	if v := bucket(tx, bMeta).Get(kIndexed); len(v) == 8 {
@@ -76,7 +79,7 @@ func (l *Ledger) loadState(tx store.Tx) error {
 		if v == nil || isPruned(v) {
 			continue
 		}
-		if e, err := DecodeEntry(v); err == nil {
+		if e, err := decodeEvent(v); err == nil {
 			l.foldLocked(i, &e.Event) // no waiter exists yet
 		}
 	}
@@ -201,12 +204,12 @@ func (l *Ledger) prepareIndex(tx store.Tx, batch *indexBatch, from, to uint64) e
 		if v == nil || isPruned(v) {
 			continue // reported by verify; nothing to index
 		}
-		e, err := DecodeEntry(v)
+		e, err := decodeEvent(v)
 		if err != nil {
 			l.log.Error("ledger entry cannot be indexed", "index", i, "error", err)
 			continue
 		}
-		if err := batch.add(i, &e.Event); err != nil {
+		if err := batch.add(i, &e.Event, nil); err != nil {
 			return err
 		}
 	}

@@ -8,7 +8,8 @@
 // checkpoint format (golang.org/x/mod/sumdb/note signatures), so an auditor
 // holding an old checkpoint can check that the log only grew (Consistency)
 // and anyone can check that an entry is in it (InclusionProof). Entries are
-// indexed by serial, SPIFFE ID, node and expiry.
+// indexed by serial, SPIFFE ID, node and expiry, in the transaction that
+// appends them (append.go; indexer.go catches up on a backlog).
 //
 // Storage: the ledger is written against the storage contract (package
 // store), once. Open keeps it in a bbolt file (boltstore) checked page by
@@ -107,6 +108,7 @@ type Ledger struct {
 	verifier  note.Verifier
 	vkey      string
 	log       *slog.Logger
+	audit     *slog.Logger // log with the audit attribute (append.go, auditLine)
 	retention time.Duration
 	metrics   *metrics
 	readOnly  bool
@@ -261,6 +263,7 @@ func newLedger(opts Options) *Ledger {
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
 	}
+	l.audit = l.log.With(slog.String("audit", "castellan.ledger"))
 	if l.retention == 0 {
 		l.retention = DefaultRetention
 	}

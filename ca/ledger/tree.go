@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 
@@ -45,7 +46,30 @@ func (s treeState) root() ([]byte, error) {
 }
 
 func readTree(tx store.Tx) (treeState, error) {
-	v := bucket(tx, bMeta).Get(kTree)
+	return parseTree(bucket(tx, bMeta).Get(kTree))
+}
+
+// readTreeAndIndexed reads the tree state and the index position with one
+// cursor over the meta bucket, where kIndexed < kOrigin < kTree: on
+// PostgreSQL one round trip instead of two, in every append.
+func readTreeAndIndexed(tx store.Tx) (treeState, uint64, error) {
+	var tree []byte
+	indexed := uint64(0)
+	c := bucket(tx, bMeta).Cursor()
+	for k, v := c.Seek(kIndexed); k != nil && bytes.Compare(k, kTree) <= 0; k, v = c.Next() {
+		switch {
+		case bytes.Equal(k, kIndexed) && len(v) == 8:
+			indexed = binary.BigEndian.Uint64(v)
+		case bytes.Equal(k, kTree):
+			tree = v
+		}
+	}
+	st, err := parseTree(tree)
+	return st, indexed, err
+}
+
+// parseTree decodes the stored tree state v (nil: the empty tree).
+func parseTree(v []byte) (treeState, error) {
 	if v == nil {
 		return treeState{}, nil
 	}

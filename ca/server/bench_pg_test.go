@@ -47,6 +47,25 @@ func BenchmarkBatchIssuancePostgres(b *testing.B) {
 	}
 }
 
+// BenchmarkIssuancePostgres is BenchmarkIssuanceGRPC (one P-256 CSR per
+// call, 1, 8 and 32 callers) with the registry and the ledger in
+// PostgreSQL, one replica; cpu-µs/SVID includes PostgreSQL's processes.
+func BenchmarkIssuancePostgres(b *testing.B) {
+	pg := pgtest.Start(b)
+	for _, callers := range []int{1, 8, 32} {
+		b.Run(fmt.Sprintf("p256/callers=%d", callers), func(b *testing.B) {
+			dsn := pg.NewDatabase(b)
+			key := filepath.Join(b.TempDir(), "ledger.key")
+			if _, err := ledger.GenerateKeyFile(key, ""); err != nil {
+				b.Fatal(err)
+			}
+			e := pgEnv(b, dsn, key)
+			e.addEntry(b, appID, "node-a")
+			runSingles(b, e.agentClient(b, "node-a"), "p256", callers, func() time.Duration { return cpuTime() + processesCPU(pg.Processes()) })
+		})
+	}
+}
+
 // pgEnv is a server whose registry and ledger are keyspaces of the
 // database at dsn, reached through its own connection pool.
 func pgEnv(b *testing.B, dsn, ledgerKey string) *env {

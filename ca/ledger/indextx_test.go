@@ -1,0 +1,356 @@
+package ledger
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/castellan-dev/castellan/ca/store"
+	"github.com/castellan-dev/castellan/ca/store/boltstore"
+)
+
+// countingStore counts the Update transactions run on a store.
+type countingStore struct {
+	store.DB
+	updates atomic.Int64
+}
+
+func (c *countingStore) Update(ctx context.Context, fn func(store.Tx) error) error {
+	c.updates.Add(1)
+	return c.DB.Update(ctx, fn)
+}
+
+// countedLedger opens a ledger with New on a fresh store of be (bbolt: a
+// file of its own, not shared) whose Updates are counted.
+func countedLedger(t *testing.T, be backend, clock *fakeClock) (*Ledger, *countingStore) {
+	t.Helper()
+	var db store.DB
+	if be.stores == nil {
+		b, err := boltstore.Open(filepath.Join(t.TempDir(), "ledger.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close() })
+		db = b
+	} else {
+		db = be.stores(t, 1)[0]
+	}
+	cs := &countingStore{DB: db}
+	l, err := New(cs, withKeyFile(t, t.TempDir(), Options{Clock: clock.Now}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l, cs
+}
+
+// mixedEvents returns one event of every kind that writes index entries,
+// with times in a zone other than UTC and a monotonic reading (as
+// time.Now gives): an issuance, its renewal (parent), an agent SVID, a
+// join-token use, a ban, an unban and, appended by Revoke, a revocation.
+func mixedEvents(now time.Time) []Event {
+	zone := time.FixedZone("east", 5*3600+30*60)
+	at := time.Now().In(zone)
+	na := now.Add(time.Hour).In(zone)
+	iss := certEvent(1, "spiffe://td/ns/a/sa/x", "n1", na)
+	iss.Time = at
+	ren := certEvent(2, "spiffe://td/ns/a/sa/x", "n1", na.Add(time.Minute))
+	ren.Kind, ren.Parent = KindRenewal, iss.Serial
+	agent := certEvent(3, "spiffe://td/castellan/agent/n1", "n1", na)
+	agent.Time = at
+	return []Event{
+		iss, ren, agent,
+		{Kind: KindJoinTokenUse, Node: "n1", Time: at},
+		{Kind: KindBan, Node: "n2", Reason: "stolen", Time: at},
+		{Kind: KindUnban, Node: "n2", Reason: "cleared"},
+		{Kind: KindCAKeyChange, Reason: "rotated"},
+	}
+}
+
+// appendMixed appends mixedEvents one call at a time, then revokes the
+// first certificate.
+func appendMixed(t *testing.T, l *Ledger, now time.Time) []Event {
+	t.Helper()
+	evs := mixedEvents(now)
+	for _, ev := range evs {
+		if _, err := l.Append(context.Background(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l.Revoke(context.Background(), evs[0].Serial, "keyCompromise"); err != nil {
+		t.Fatal(err)
+	}
+	return evs
+}
+
+// indexBuckets are the buckets the index entries live in.
+var indexBuckets = [][]byte{bSerial, bSPIFFE, bNode, bExpiry, bRevoked, bAgents, bParent}
+
+// dumpIndexes returns every index key and value, by bucket, and the
+// stored index position.
+func dumpIndexes(t *testing.T, l *Ledger) (map[string]map[string]string, uint64) {
+	t.Helper()
+	out := map[string]map[string]string{}
+	var pos uint64
+	err := l.db.View(context.Background(), func(tx store.Tx) error {
+		pos = indexedOf(tx)
+		for _, name := range indexBuckets {
+			m := map[string]string{}
+			if b := tx.Bucket(name); b != nil {
+				if err := b.ForEach(func(k, v []byte) error { m[string(k)] = string(v); return nil }); err != nil {
+					return err
+				}
+			}
+			out[string(name)] = m
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out, pos
+}
+
+// wipeIndexes deletes every index entry and moves the stored index
+// position back to from, as a log written by a binary that left indexing
+// to the indexer looks with [from, size) not yet indexed (from 0: none).
+func wipeIndexes(t *testing.T, l *Ledger, from uint64) {
+	t.Helper()
+	err := l.db.Update(context.Background(), func(tx store.Tx) error {
+		for _, name := range indexBuckets {
+			b := tx.Bucket(name)
+			if b == nil {
+				continue
+			}
+			var keys [][]byte
+			if err := b.ForEach(func(k, _ []byte) error { keys = append(keys, append([]byte(nil), k...)); return nil }); err != nil {
+				return err
+			}
+			for _, k := range keys {
+				if err := b.Delete(k); err != nil {
+					return err
+				}
+			}
+		}
+		return bucket(tx, bMeta).Put(kIndexed, binary.BigEndian.AppendUint64(nil, from))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// reindex runs the indexer over everything not indexed, as it does for a
+// backlog, and fails the test if it cannot.
+func reindex(t *testing.T, l *Ledger) {
+	t.Helper()
+	for range 100 {
+		n, err := l.indexStep()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return
+		}
+	}
+	t.Fatal("the indexer did not finish")
+}
+
+// TestAppendIndexesInItsOwnTransaction: an Append writes its entries'
+// index keys in its own transaction: one Update per append on an idle
+// ledger, never a second one by the indexer (even when a query then
+// waits for the indexes), and the stored index position equals the log
+// size as soon as Append returns.
+func TestAppendIndexesInItsOwnTransaction(t *testing.T) {
+	forBackends(t, func(t *testing.T, be backend) {
+		clock := newFakeClock()
+		l, cs := countedLedger(t, be, clock)
+		before := cs.updates.Load()
+		evs := appendMixed(t, l, clock.Now())
+		want := int64(len(evs) + 1) // and the revocation
+		if got := cs.updates.Load() - before; got != want {
+			t.Fatalf("%d appends ran %d Update transactions, want one each", want, got)
+		}
+		idx, pos := dumpIndexes(t, l)
+		if pos != l.Size() {
+			t.Fatalf("stored index position %d right after the appends, want the log size %d", pos, l.Size())
+		}
+		if len(idx[string(bSerial)]) != 4 || len(idx[string(bRevoked)]) != 1 || len(idx[string(bParent)]) != 1 || len(idx[string(bAgents)]) != 2 {
+			t.Fatalf("index entries missing right after the appends: %v", idx)
+		}
+		got, err := l.Get(context.Background(), evs[1].Serial)
+		if err != nil || got.Serial != evs[1].Serial {
+			t.Fatalf("Get(%s) = %+v, %v", evs[1].Serial, got, err)
+		}
+		if ag, err := l.Agent(context.Background(), "n1"); err != nil || ag.Serial != evs[2].Serial {
+			t.Fatalf("Agent(n1) = %+v, %v", ag, err)
+		}
+		if got := cs.updates.Load() - before; got != want {
+			t.Fatalf("queries after the appends ran %d more Update transactions (an indexer pass), want none", got-want)
+		}
+		checkTreeAndIndexed(t, l)
+	})
+}
+
+// TestIndexesWrittenByAppendAreTheIndexersByteForByte: the index keys and
+// values an append writes from its events in memory (times in any zone,
+// with monotonic readings) are exactly those the indexer writes from the
+// same entries decoded from the store, so queries cannot tell which
+// wrote them.
+func TestIndexesWrittenByAppendAreTheIndexersByteForByte(t *testing.T) {
+	forBackends(t, func(t *testing.T, be backend) {
+		clock := newFakeClock()
+		l, _ := countedLedger(t, be, clock)
+		appendMixed(t, l, clock.Now())
+		fill(t, l, 50, clock.Now().Add(time.Hour))
+		byAppend, pos := dumpIndexes(t, l)
+		wipeIndexes(t, l, 0)
+		reindex(t, l)
+		byIndexer, pos2 := dumpIndexes(t, l)
+		if pos != pos2 || pos != l.Size() {
+			t.Fatalf("index position %d after the appends, %d after the indexer, log size %d", pos, pos2, l.Size())
+		}
+		for _, name := range slices.Sorted(maps.Keys(byIndexer)) {
+			if !maps.Equal(byAppend[name], byIndexer[name]) {
+				t.Errorf("bucket %s: appends wrote\n%q\nthe indexer writes\n%q", name, byAppend[name], byIndexer[name])
+			}
+		}
+	})
+}
+
+// TestAppendAfterABacklogLeavesItToTheIndexer: when the stored index
+// position is behind the log (a log written by an older binary), an
+// append does not index its own entries out of order: it leaves them to
+// the indexer, which a query hurries, and the result is the indexes of a
+// full reindex; the appends after that index themselves again.
+func TestAppendAfterABacklogLeavesItToTheIndexer(t *testing.T) {
+	forBackends(t, func(t *testing.T, be backend) {
+		clock := newFakeClock()
+		l, cs := countedLedger(t, be, clock)
+		ctx := context.Background()
+		fill(t, l, 20, clock.Now().Add(time.Hour))
+		wipeIndexes(t, l, 5) // [5, 20) unindexed; [0, 5) lost too, so a rewrite would show
+		if _, err := l.Append(ctx, certEvent(100, "spiffe://td/late", "n9", clock.Now().Add(time.Hour))); err != nil {
+			t.Fatal(err)
+		}
+		if _, pos := dumpIndexes(t, l); pos != 5 && pos != l.Size() {
+			// 5: left to the indexer; the size: the indexer (kicked) ran.
+			t.Fatalf("index position %d after an append behind a backlog, want 5 or %d", pos, l.Size())
+		}
+		got, _, err := l.List(ctx, Filter{SPIFFEID: "spiffe://td/late"}, 10, "")
+		if err != nil || len(got) != 1 {
+			t.Fatalf("List after the backlog = %d entries, %v", len(got), err)
+		}
+		if e, err := l.Get(ctx, fmt.Sprintf("%x", 0x1000+7)); err != nil || e.Index != 7 {
+			t.Fatalf("backlog entry 7: %+v, %v", e, err)
+		}
+		idx, pos := dumpIndexes(t, l)
+		if pos != l.Size() || len(idx[string(bSerial)]) != 16 {
+			t.Fatalf("after the query: position %d of %d, %d serials indexed, want entries [5, 21)", pos, l.Size(), len(idx[string(bSerial)]))
+		}
+		before := cs.updates.Load()
+		if _, err := l.Append(ctx, certEvent(101, "spiffe://td/later", "n9", clock.Now().Add(time.Hour))); err != nil {
+			t.Fatal(err)
+		}
+		if _, pos := dumpIndexes(t, l); pos != l.Size() || cs.updates.Load()-before != 1 {
+			t.Fatalf("append after the backlog: position %d of %d, %d Updates; want it indexed in its own one", pos, l.Size(), cs.updates.Load()-before)
+		}
+	})
+}
+
+// TestAuditLinePerEvent: every appended event gets one JSON audit line,
+// in log order, with the audit marker and the event's fields, and
+// nothing is formatted when the logger drops Info.
+func TestAuditLinePerEvent(t *testing.T) {
+	clock := newFakeClock()
+	var buf syncBuffer
+	l, err := Open(filepath.Join(t.TempDir(), "ledger.db"), Options{Clock: clock.Now, Logger: slog.New(slog.NewJSONHandler(&buf, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	evs := []Event{certEvent(1, "spiffe://td/a", "n1", clock.Now().Add(time.Hour)), {Kind: KindBan, Node: "n2", Reason: "stolen"}}
+	if _, err := l.Append(context.Background(), evs...); err != nil {
+		t.Fatal(err)
+	}
+	var lines []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("audit line %q: %v", line, err)
+		}
+		if m["msg"] == "ledger event" {
+			lines = append(lines, m)
+		}
+	}
+	if len(lines) != 2 {
+		t.Fatalf("%d audit lines for 2 events: %s", len(lines), buf.String())
+	}
+	want := []map[string]any{
+		{"audit": "castellan.ledger", "index": 0.0, "kind": "issuance", "serial": evs[0].Serial, "spiffe_id": "spiffe://td/a", "node": "n1", "not_after": formatTime(evs[0].NotAfter), "public_key_sha256": evs[0].PublicKeySHA256},
+		{"audit": "castellan.ledger", "index": 1.0, "kind": "ban", "node": "n2", "reason": "stolen", "time": formatTime(clock.Now())},
+	}
+	for i, w := range want {
+		for k, v := range w {
+			if lines[i][k] != v {
+				t.Errorf("audit line %d: %s = %v, want %v (%v)", i, k, lines[i][k], v, lines[i])
+			}
+		}
+	}
+	quiet, err := Open(filepath.Join(t.TempDir(), "quiet.db"), Options{Logger: slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer quiet.Close()
+	before := buf.String()
+	if _, err := quiet.Append(context.Background(), evs...); err != nil {
+		t.Fatal(err)
+	}
+	if buf.String() != before {
+		t.Fatalf("a logger at Warn received audit lines: %s", strings.TrimPrefix(buf.String(), before))
+	}
+}
+
+// checkTreeAndIndexed fails t unless readTreeAndIndexed (one cursor) reads
+// what readTree and indexedOf read, in a View and in an Update after a
+// write of both (which a cursor must merge with the stored keys).
+func checkTreeAndIndexed(t *testing.T, l *Ledger) {
+	t.Helper()
+	check := func(tx store.Tx) error {
+		st, indexed, err := readTreeAndIndexed(tx)
+		want, werr := readTree(tx)
+		if err != nil || werr != nil || st.size != want.size || !slices.EqualFunc(st.hashes, want.hashes, bytes.Equal) || indexed != indexedOf(tx) {
+			t.Errorf("readTreeAndIndexed = size %d, position %d, %v; readTree, indexedOf = size %d, position %d, %v",
+				st.size, indexed, err, want.size, indexedOf(tx), werr)
+		}
+		return nil
+	}
+	if err := l.db.View(context.Background(), check); err != nil {
+		t.Fatal(err)
+	}
+	errRollback := errors.New("roll back")
+	err := l.db.Update(context.Background(), func(tx store.Tx) error {
+		meta := bucket(tx, bMeta)
+		if err := meta.Put(kIndexed, binary.BigEndian.AppendUint64(nil, 12345)); err != nil {
+			return err
+		}
+		if err := meta.Put(kTree, binary.BigEndian.AppendUint64(nil, 0)); err != nil {
+			return err
+		}
+		check(tx)
+		return errRollback
+	})
+	if !errors.Is(err, errRollback) {
+		t.Fatal(err)
+	}
+}

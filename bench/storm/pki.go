@@ -25,12 +25,12 @@ import (
 // storm keeps the intermediate's key so that it can write the agents'
 // caches as they were before the outage: SVIDs this CA signed long ago.
 type pki struct {
-	td      spiffeid.TrustDomain
-	root    *x509.Certificate
-	inter   *x509.Certificate
-	key     crypto.Signer // the intermediate's
-	bundle  *x509bundle.Bundle
-	files   map[string]string // flag name -> file
+	td     spiffeid.TrustDomain
+	root   *x509.Certificate
+	inter  *x509.Certificate
+	key    crypto.Signer // the intermediate's
+	bundle *x509bundle.Bundle
+	files  map[string]string // flag name -> file
 }
 
 // newPKI writes a P-256 root and intermediate for td into dir.

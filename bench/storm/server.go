@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/freeport"
@@ -53,6 +54,9 @@ func startCA(ctx context.Context, a serverArgs) (*caProcess, error) {
 		"--default-ttl", a.ttl.String(), "--max-ttl", (2 * a.ttl).String(), "--agent-ttl", a.ttl.String(),
 		"--quota-node-burst", strconv.Itoa(a.burst), "--quota-node-per-hour", strconv.Itoa(a.perHour)}, a.pkiFlags...)
 	cmd := exec.Command(a.bin, args...)
+	// If this process dies (a failed benchmark, a killed test), the CA
+	// must not outlive it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err

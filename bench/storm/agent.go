@@ -60,7 +60,7 @@ func prepareAgent(ctx context.Context, cfg Config, p *pki, node nodeSpec, caAddr
 		a.close()
 		return nil, err
 	}
-	a.rec = &recorder{ca: a.client, items: map[string]int{}, calls: map[string]int{}}
+	a.rec = &recorder{ca: a.client, items: map[string]int{}, calls: map[string]int{}, sample: map[string]string{}}
 	return a, nil
 }
 
@@ -186,25 +186,39 @@ type recorder struct {
 	batches int
 	items   map[string]int
 	calls   map[string]int
+	sample  map[string]string // code -> the first message with it
+	slowest time.Duration     // the longest BatchSign call
 }
 
 // BatchSign calls the real client and counts the outcome.
 func (r *recorder) BatchSign(ctx context.Context, reqs []*cav1.SignX509SVIDRequest) ([]*cav1.BatchResult, error) {
+	start := time.Now()
 	res, err := r.ca.BatchSign(ctx, reqs)
+	took := time.Since(start)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.batches++
+	r.slowest = max(r.slowest, took)
 	if err != nil {
 		st, _ := status.FromError(err)
 		r.calls[st.Code().String()]++
+		r.note(st.Code(), err.Error())
 		return res, err
 	}
 	for _, x := range res {
 		if e := x.GetError(); e != nil {
 			r.items[codes.Code(e.GetCode()).String()]++
+			r.note(codes.Code(e.GetCode()), e.GetMessage())
 		}
 	}
 	return res, err
+}
+
+// note keeps the first message seen with code.
+func (r *recorder) note(code codes.Code, msg string) {
+	if _, ok := r.sample[code.String()]; !ok {
+		r.sample[code.String()] = msg
+	}
 }
 
 // SyncAgent opens the real client's stream.

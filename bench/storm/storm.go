@@ -108,6 +108,10 @@ type Result struct {
 	// ItemErrors counts per-request refusals inside batch answers, and
 	// CallErrors batch calls that failed whole, by gRPC code.
 	ItemErrors, CallErrors map[string]int
+	// Samples holds one refusal or failure message per gRPC code.
+	Samples map[string]string
+	// SlowestBatch is the longest BatchSign call an agent made.
+	SlowestBatch time.Duration
 	// Retries counts the calls the agents' client retried by itself (on
 	// Unavailable, or ResourceExhausted with a retry delay), by code.
 	Retries map[string]int
@@ -225,7 +229,8 @@ func runStorm(ctx context.Context, cfg Config, p *pki, ca *caProcess, agents []*
 		})
 	}
 	waitErr := waitAll(ctx, dones, cfg.Timeout, runErrs)
-	res := &Result{Agents: cfg.Agents, PerAgent: cfg.PerAgent, ItemErrors: map[string]int{}, CallErrors: map[string]int{}, Retries: map[string]int{}}
+	res := &Result{Agents: cfg.Agents, PerAgent: cfg.PerAgent, ItemErrors: map[string]int{}, CallErrors: map[string]int{},
+		Samples: map[string]string{}, Retries: map[string]int{}}
 	caCPU1, err1 := ca.cpu()
 	res.CACPU, res.AgentsCPU = caCPU1-caCPU0, selfCPU()-selfCPU0
 	rss, err2 := ca.peakRSS()
@@ -271,6 +276,10 @@ func (r *Result) collect(agents []*simAgent, p *pki, ttl time.Duration) {
 		for k, v := range a.rec.calls {
 			r.CallErrors[k] += v
 		}
+		for k, v := range a.rec.sample {
+			r.Samples[k] = v
+		}
+		r.SlowestBatch = max(r.SlowestBatch, a.rec.slowest)
 		a.rec.mu.Unlock()
 		addRetries(r.Retries, a.metrics)
 		if len(r.Problems) < 20 {
@@ -334,9 +343,13 @@ func (r *Result) String() string {
 	fmt.Fprintf(&b, "%d agents x %d identities: %d renewed, all in %s (%.0f SVIDs/s); agent done: median %s, worst %s; worst first SVID %s; %d batches\n",
 		r.Agents, r.PerAgent, r.Renewed, r.AllRenewed.Round(time.Millisecond), float64(r.Renewed)/max(r.AllRenewed.Seconds(), 1e-9),
 		median.Round(time.Millisecond), worst.Round(time.Millisecond), r.WorstFirst().Round(time.Millisecond), r.Batches)
+	fmt.Fprintf(&b, "slowest batch call %s\n", r.SlowestBatch.Round(time.Millisecond))
 	fmt.Fprintf(&b, "CA: %.1f CPU-s (%.0f CPU-µs per SVID), peak RSS %d MiB, peak heap %d MiB; agents' process: %.1f CPU-s\n",
 		r.CACPU.Seconds(), float64(r.CACPU.Microseconds())/float64(max(r.Renewed, 1)), r.CAPeakRSS>>20, r.CAPeakHeap>>20, r.AgentsCPU.Seconds())
 	fmt.Fprintf(&b, "refused items %v, failed calls %v, client retries %v", r.ItemErrors, r.CallErrors, r.Retries)
+	for code, msg := range r.Samples {
+		fmt.Fprintf(&b, "\n  %s: %s", code, msg)
+	}
 	for _, p := range r.Problems {
 		fmt.Fprintf(&b, "\n  problem: %s", p)
 	}

@@ -77,10 +77,10 @@ func TestRotationStormRenewsEveryIdentity(t *testing.T) {
 // TTL, renewed from one castellan-server with the quota sized for 1,000
 // identities per node, with the agents' default batch size and with 500
 // (the default before the storm showed that batch calls of 500 from 100
-// agents outlast their 30s deadline on a loaded machine). One op is one whole storm (run it with
-// -benchtime 1x; ns/op includes the setup: registry, caches, attestation);
-// the metrics measure the storm alone.
-// It reports the seconds until every identity was served renewed, the
+// agents outlast their 30s deadline on a loaded machine). One op is one
+// whole storm (run it with -benchtime 1x; ns/op includes the setup:
+// registry, caches, attestation); the metrics measure the storm alone. It
+// reports the seconds until every identity was served renewed, the
 // median and worst agent's wait, the worst wait for a first renewed SVID,
 // the CA's CPU per SVID, peak RSS and peak heap, and every refusal.
 func BenchmarkRotationStorm(b *testing.B) {

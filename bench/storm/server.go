@@ -143,18 +143,24 @@ func (p *caProcess) resetPeakRSS() error {
 }
 
 // peakRSS returns the server's peak resident set (VmHWM) in bytes.
-func (p *caProcess) peakRSS() (uint64, error) {
+func (p *caProcess) peakRSS() (uint64, error) { return p.status("VmHWM") }
+
+// rss returns the server's resident set (VmRSS) in bytes.
+func (p *caProcess) rss() (uint64, error) { return p.status("VmRSS") }
+
+// status reads a size in kB from /proc/PID/status, in bytes.
+func (p *caProcess) status(field string) (uint64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
 	if err != nil {
 		return 0, err
 	}
 	for line := range strings.Lines(string(b)) {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
 			kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
 			return kb << 10, err
 		}
 	}
-	return 0, errors.New("storm: no VmHWM in /proc/PID/status")
+	return 0, fmt.Errorf("storm: no %s in /proc/PID/status", field)
 }
 
 // heapSampler polls the server's go_memstats_heap_inuse_bytes and keeps

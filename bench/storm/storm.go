@@ -121,6 +121,9 @@ type Result struct {
 	// CAPeakRSS is the CA's peak resident memory during the storm, and
 	// CAPeakHeap its highest in-use Go heap sampled every 100ms (bytes).
 	CAPeakRSS, CAPeakHeap uint64
+	// CAStartRSS is the CA's resident memory when the storm began (its
+	// registry, ledger and caches already loaded).
+	CAStartRSS uint64
 	// Problems lists what the final check found wrong with what the agents
 	// serve (at most 20).
 	Problems []string
@@ -206,6 +209,10 @@ func runStorm(ctx context.Context, cfg Config, p *pki, ca *caProcess, agents []*
 	if err := ca.resetPeakRSS(); err != nil {
 		return nil, fmt.Errorf("storm: reset the CA's peak RSS: %w", err)
 	}
+	startRSS, err := ca.rss()
+	if err != nil {
+		return nil, err
+	}
 	caCPU0, err := ca.cpu()
 	if err != nil {
 		return nil, err
@@ -234,7 +241,7 @@ func runStorm(ctx context.Context, cfg Config, p *pki, ca *caProcess, agents []*
 	caCPU1, err1 := ca.cpu()
 	res.CACPU, res.AgentsCPU = caCPU1-caCPU0, selfCPU()-selfCPU0
 	rss, err2 := ca.peakRSS()
-	res.CAPeakRSS = rss
+	res.CAPeakRSS, res.CAStartRSS = rss, startRSS
 	cancel()
 	wg.Wait()
 	res.CAPeakHeap = heap.peak.Load()
@@ -344,8 +351,8 @@ func (r *Result) String() string {
 		r.Agents, r.PerAgent, r.Renewed, r.AllRenewed.Round(time.Millisecond), float64(r.Renewed)/max(r.AllRenewed.Seconds(), 1e-9),
 		median.Round(time.Millisecond), worst.Round(time.Millisecond), r.WorstFirst().Round(time.Millisecond), r.Batches)
 	fmt.Fprintf(&b, "slowest batch call %s\n", r.SlowestBatch.Round(time.Millisecond))
-	fmt.Fprintf(&b, "CA: %.1f CPU-s (%.0f CPU-µs per SVID), peak RSS %d MiB, peak heap %d MiB; agents' process: %.1f CPU-s\n",
-		r.CACPU.Seconds(), float64(r.CACPU.Microseconds())/float64(max(r.Renewed, 1)), r.CAPeakRSS>>20, r.CAPeakHeap>>20, r.AgentsCPU.Seconds())
+	fmt.Fprintf(&b, "CA: %.1f CPU-s (%.0f CPU-µs per SVID), RSS %d MiB at the start, peak RSS %d MiB, peak heap %d MiB; agents' process: %.1f CPU-s\n",
+		r.CACPU.Seconds(), float64(r.CACPU.Microseconds())/float64(max(r.Renewed, 1)), r.CAStartRSS>>20, r.CAPeakRSS>>20, r.CAPeakHeap>>20, r.AgentsCPU.Seconds())
 	fmt.Fprintf(&b, "refused items %v, failed calls %v, client retries %v", r.ItemErrors, r.CallErrors, r.Retries)
 	for code, msg := range r.Samples {
 		fmt.Fprintf(&b, "\n  %s: %s", code, msg)

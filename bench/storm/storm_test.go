@@ -116,6 +116,7 @@ func reportStorm(b *testing.B, r *Result) {
 	b.ReportMetric(worst.Seconds(), "s-worst-agent")
 	b.ReportMetric(r.WorstFirst().Seconds(), "s-worst-first-SVID")
 	b.ReportMetric(float64(r.CACPU.Microseconds())/float64(r.Renewed), "CA-cpu-µs/SVID")
+	b.ReportMetric(float64(r.CAStartRSS)/(1<<20), "CA-start-RSS-MiB")
 	b.ReportMetric(float64(r.CAPeakRSS)/(1<<20), "CA-peak-RSS-MiB")
 	b.ReportMetric(float64(r.CAPeakHeap)/(1<<20), "CA-peak-heap-MiB")
 	b.ReportMetric(float64(r.AgentsCPU.Microseconds())/float64(r.Renewed), "agents-cpu-µs/SVID")

@@ -41,7 +41,10 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, w io.Writer, castellanBin, spireBin string, d time.Duration, rounds int, keep bool) error {
+// run starts both servers in a temporary directory, measures every cell
+// and prints the table to w. The directory (the servers' data and logs) is
+// removed unless keep is set or something failed.
+func run(ctx context.Context, w io.Writer, castellanBin, spireBin string, d time.Duration, rounds int, keep bool) (err error) {
 	if castellanBin == "" || spireBin == "" {
 		return fmt.Errorf("--castellan-server and --spire-server are required")
 	}
@@ -49,11 +52,13 @@ func run(ctx context.Context, w io.Writer, castellanBin, spireBin string, d time
 	if err != nil {
 		return err
 	}
-	if keep {
-		fmt.Fprintln(w, "data and logs in", dir)
-	} else {
-		defer os.RemoveAll(dir)
-	}
+	defer func() {
+		if keep || err != nil {
+			fmt.Fprintln(os.Stderr, "bench-compare: the servers' data and logs are in", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	}()
 	c, err := startCastellan(ctx, castellanBin, dir)
 	if err != nil {
 		return err

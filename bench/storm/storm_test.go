@@ -85,17 +85,15 @@ func TestRotationStormRenewsEveryIdentity(t *testing.T) {
 // the CA's CPU per SVID, peak RSS and peak heap, and every refusal.
 func BenchmarkRotationStorm(b *testing.B) {
 	for _, size := range []struct{ agents, per, maxBatch int }{{100, 1000, 0}, {100, 1000, 500}, {10, 1000, 0}} {
-		name := fmt.Sprintf("%dx%d", size.agents, size.per)
-		if size.maxBatch != 0 {
-			name += fmt.Sprintf("/batch=%d", size.maxBatch)
-		}
+		policy := rotate.Policy{MaxBatch: size.maxBatch}
+		name := fmt.Sprintf("%dx%d/batch=%d", size.agents, size.per, policy.BatchSize())
 		b.Run(name, func(b *testing.B) {
 			var bins testbin.Builder
 			b.Cleanup(bins.Cleanup)
 			bin := bins.Path(b, "castellan-server")
 			for range b.N {
 				res, err := Run(context.Background(), Config{ServerBin: bin, Dir: b.TempDir(),
-					Agents: size.agents, PerAgent: size.per, Policy: rotate.Policy{MaxBatch: size.maxBatch}, Logf: b.Logf})
+					Agents: size.agents, PerAgent: size.per, Policy: policy, Logf: b.Logf})
 				if res != nil {
 					b.Log(res)
 				}

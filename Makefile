@@ -91,6 +91,15 @@ proto:
 bench: build
 	CASTELLAN_BIN=$(abspath $(BIN)) $(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./...
 
+# bench-compare: Castellan and SPIRE side by side on this machine, equal
+# settings (bench/compare, its own module): spire-server v1.13.3 is built
+# once into $(CACHE)/bin (about 15 minutes the first time; never by make
+# test). COMPARE_FLAGS passes e.g. --duration 10s --rounds 3.
+.PHONY: bench-compare
+bench-compare: build
+	cd bench/compare && GOWORK=off $(GO) run . --castellan-server $(abspath $(BIN))/castellan-server \
+		--spire-server "$$($(CURDIR)/integration/spire/tool/build-server.sh)" $(COMPARE_FLAGS)
+
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
 	$(GO) vet ./...

@@ -42,6 +42,8 @@ type env struct {
 	log   *slog.Logger // nil: discard
 	// signTimeout bounds one signing call (0: the manager's default).
 	signTimeout time.Duration
+	// maxBatch is the policy's MaxBatch (0: the default).
+	maxBatch int
 }
 
 func newEnv(t *testing.T, ca *catest.CA, dir string) *env {
@@ -72,7 +74,7 @@ func (e *env) start(token string) {
 	e.reg = prometheus.NewRegistry()
 	e.mgr, err = New(Config{
 		CA: cl, Cache: e.cache, Store: e.store, TrustDomain: td, Clock: e.clock,
-		Policy:   rotate.Policy{Rand: func() float64 { return 0 }},
+		Policy:   rotate.Policy{Rand: func() float64 { return 0 }, MaxBatch: e.maxBatch},
 		OnBundle: cl.SetBundle, Registry: e.reg, Logger: e.log, SignTimeout: e.signTimeout,
 	})
 	if err != nil {
@@ -179,6 +181,23 @@ func TestNewEntryIsIssuedCachedAndPublished(t *testing.T) {
 	}
 	if err := e.mgr.Ready(); err != nil {
 		t.Fatalf("Ready: %v", err)
+	}
+}
+
+// TestDueIdentitiesSplitIntoBatchesOfThePolicySize: seven identities due
+// at once with a MaxBatch of 3 are asked for in three calls (3, 3, 1).
+func TestDueIdentitiesSplitIntoBatchesOfThePolicySize(t *testing.T) {
+	ca := catest.New(t, td)
+	ca.Start(t)
+	for _, sa := range []string{"a", "b", "c", "d", "e", "f", "g"} {
+		ca.AddEntry(t, entry(sa, time.Minute))
+	}
+	e := newEnv(t, ca, t.TempDir())
+	e.maxBatch = 3
+	e.start(ca.JoinToken(t, "node-1"))
+	e.waitSnapshot("seven identities", func(s *state.Snapshot) bool { return len(s.Identities) == 7 })
+	if batches, signed := ca.Counts(); batches != 3 || signed != 7 {
+		t.Fatalf("%d SVIDs in %d batches, want 7 in 3 batches of at most 3", signed, batches)
 	}
 }
 

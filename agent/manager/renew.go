@@ -14,14 +14,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
-// maxBatch bounds one BatchSignX509SVID call.
-const maxBatch = 500
-
-// renew obtains new SVIDs for the due entries, in batches, stores them and
-// then publishes them.
+// renew obtains new SVIDs for the due entries, in batches of at most the
+// policy's BatchSize, stores them and then publishes them.
 func (m *Manager) renew(ctx context.Context, due []string) {
 	for len(due) > 0 {
-		n := min(len(due), maxBatch)
+		n := min(len(due), m.cfg.Policy.BatchSize())
 		m.renewBatch(ctx, due[:n])
 		due = due[n:]
 	}

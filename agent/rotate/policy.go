@@ -22,12 +22,33 @@ type Policy struct {
 	// BatchWindow: identities due within this long of the earliest due one
 	// are renewed in the same batch; 0 means 1s.
 	BatchWindow time.Duration
+	// MaxBatch bounds the identities renewed in one call to the CA; 0
+	// means DefaultMaxBatch. A batch waits for the CA to sign all of it,
+	// so when every agent renews everything at once (a storm after an
+	// outage) the work in flight at the CA is agents × MaxBatch, and each
+	// call lasts about that divided by the CA's rate: a smaller batch keeps
+	// calls short of their deadline, whose expiry would waste the CA's
+	// work on answers nobody reads.
+	MaxBatch int
 	// TaintWindow spreads the replacement of SVIDs under a tainted
 	// authority: each is renewed at a random point of this window after
 	// the agent learns of the taint; 0 means 30s.
 	TaintWindow time.Duration
 	// Rand returns a number in [0, 1); nil means math/rand/v2.Float64.
 	Rand func() float64
+}
+
+// DefaultMaxBatch is MaxBatch's default: past 100, a larger batch saves
+// almost no CPU per SVID (the per-call cost is already spread over 100),
+// while it makes every call of a storm longer.
+const DefaultMaxBatch = 100
+
+// BatchSize returns MaxBatch, or DefaultMaxBatch if it is not positive.
+func (p Policy) BatchSize() int {
+	if p.MaxBatch <= 0 {
+		return DefaultMaxBatch
+	}
+	return p.MaxBatch
 }
 
 // RenewAt returns when an SVID valid until notAfter, received at

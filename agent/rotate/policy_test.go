@@ -134,3 +134,11 @@ func TestTaintedRenewAtUsesTheRandomSource(t *testing.T) {
 		t.Fatalf("only %d distinct times in 50 draws: the window is not spread", len(seen))
 	}
 }
+
+func TestBatchSizeDefaultsAndOverrides(t *testing.T) {
+	for _, c := range []struct{ max, want int }{{0, DefaultMaxBatch}, {-3, DefaultMaxBatch}, {1, 1}, {500, 500}} {
+		if got := (Policy{MaxBatch: c.max}).BatchSize(); got != c.want {
+			t.Errorf("MaxBatch %d: BatchSize %d, want %d", c.max, got, c.want)
+		}
+	}
+}

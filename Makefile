@@ -93,7 +93,7 @@ bench: build
 
 # bench-compare: Castellan and SPIRE side by side on this machine, equal
 # settings (bench/compare, its own module): spire-server v1.13.3 is built
-# once into $(CACHE)/bin (about 15 minutes the first time; never by make
+# once into $(CACHE)/bin (15-45 minutes the first time; never by make
 # test). COMPARE_FLAGS passes e.g. --duration 10s --rounds 3.
 .PHONY: bench-compare
 bench-compare: build

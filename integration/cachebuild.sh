@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Sourced by the build.sh scripts of the tools the tests build once into the
-# cache (kube-testenv, kube-node, kube-coredns, spire-agent, helm, promtool,
-# omniwitness): one definition of where a tool goes, when it is up to date,
+# cache (kube-testenv, kube-node, kube-coredns, spire-agent, spire-server,
+# helm, promtool, omniwitness): one definition of where a tool goes, when it is up to date,
 # and how it is built so that an interrupted build never leaves a
 # half-written binary that looks up to date (build into a temporary name,
 # then rename). Progress goes to stderr; the scripts print the path on stdout.

@@ -17,31 +17,13 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-cache_bin="${CASTELLAN_CACHE:-$HOME/.cache/castellan}/bin"
-out="${CASTELLAN_SPIRE_SERVER:-$cache_bin/spire-server}"
+# shellcheck source=../../cachebuild.sh
+source "$here/../../cachebuild.sh"
+out="$(cachebuild_out CASTELLAN_SPIRE_SERVER spire-server)"
 
-up_to_date() {
-	[[ -x "$out" ]] || return 1
-	local f
-	for f in "$here/server/go.mod" "$here/server/go.sum" "$here/server/main.go" "$here/build-server.sh"; do
-		[[ "$out" -nt "$f" ]] || return 1
-	done
-	return 0
-}
-
-if ! up_to_date; then
-	mkdir -p "$(dirname "$out")"
-	echo "spire-server: building $out (first build takes ~15 min)..." >&2
-	start=$SECONDS
-	tmp="$out.tmp.$$"
-	trap 'rm -f "$tmp"' EXIT
-	# Build into a temp file and rename, so an interrupted build never leaves
-	# a half-written binary that looks up to date. Stamp the release version
-	# as SPIRE's own build does, so "spire-server --version" reports 1.13.3.
-	ldflags="-X github.com/spiffe/spire/pkg/common/version.gittag=1.13.3"
-	(cd "$here/server" && GOWORK=off GOFLAGS="${GOFLAGS:-} -mod=readonly" go build -trimpath -ldflags="$ldflags" -o "$tmp" .)
-	mv -f "$tmp" "$out"
-	trap - EXIT
-	echo "spire-server: built in $((SECONDS - start))s" >&2
+if ! cachebuild_fresh "$out" "$here/server/go.mod" "$here/server/go.sum" "$here/server/main.go" "$here/build-server.sh"; then
+	# Stamp the release version as SPIRE's own build does, so
+	# "spire-server --version" reports 1.13.3.
+	cachebuild_module spire-server "$out" "$here/server" "-X github.com/spiffe/spire/pkg/common/version.gittag=1.13.3"
 fi
 echo "$out"

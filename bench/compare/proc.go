@@ -1,14 +1,13 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/castellan-dev/castellan/internal/procstat"
 )
 
 // process is a CA server under test, its output kept in a log file.
@@ -64,24 +63,10 @@ func (p *process) stop() {
 	}
 }
 
-// cpu returns the CPU time (user + system, all threads) the process has
-// used, from /proc/PID/stat in Linux's USER_HZ ticks of 10ms.
+// cpu returns the CPU time (user + system, every thread) the process has
+// used.
 func (p *process) cpu() (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
-	if err != nil {
-		return 0, err
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:]) // the name may hold spaces
-	if len(f) < 13 {
-		return 0, errors.New("short /proc/PID/stat")
-	}
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, err
-	}
-	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+	return procstat.CPU(p.cmd.Process.Pid)
 }
 
 // retry calls f every 200ms until it succeeds, p exits, or d passes.

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -18,6 +17,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/castellan-dev/castellan/internal/procstat"
 
 	"github.com/castellan-dev/castellan/internal/freeport"
 )
@@ -115,25 +116,10 @@ func (p *caProcess) stop() {
 	}
 }
 
-// cpu returns the CPU time (user + system, every thread) the server has
-// used, from /proc/PID/stat (in clock ticks of 1/100 s, Linux's USER_HZ).
+// cpu returns the CPU time (user + system, every thread) the process has
+// used.
 func (p *caProcess) cpu() (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command name (field 2) may hold spaces: count from the ')'.
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) < 13 {
-		return 0, errors.New("storm: short /proc/PID/stat")
-	}
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, err
-	}
-	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+	return procstat.CPU(p.cmd.Process.Pid)
 }
 
 // resetPeakRSS makes the kernel's peak RSS (VmHWM) start again from the

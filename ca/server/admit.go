@@ -85,12 +85,12 @@ func (a *admission) acquire(ctx context.Context, n int) (int64, error) {
 		err := a.sem.Acquire(wctx, w)
 		cancel()
 		if err == nil {
-			a.inFlight.Add(w)
+			a.took(w)
 			return w, nil
 		}
-		if ctx.Err() != nil {
-			return 0, status.FromContextError(ctx.Err()).Err()
-		}
+	}
+	if ctx.Err() != nil {
+		return 0, status.FromContextError(ctx.Err()).Err()
 	}
 	a.m.busy.Add(float64(n))
 	return 0, a.refusal(n, max(wait, 0))

@@ -358,8 +358,11 @@ func (c config) checkOthers() []error {
 	if err := c.checkQuota(); err != nil {
 		bad.add("%v", err)
 	}
-	if c.MaxCSRsInFlight < 0 || c.AdmissionWait <= 0 {
-		bad.add("--max-csrs-in-flight must not be negative (0: unbounded) and --admission-wait must be positive")
+	if c.MaxCSRsInFlight < 0 {
+		bad.add("--max-csrs-in-flight is %d; it must not be negative (0: unbounded)", c.MaxCSRsInFlight)
+	}
+	if c.AdmissionWait <= 0 {
+		bad.add("--admission-wait is %s; it must be positive (e.g. 2s)", c.AdmissionWait)
 	}
 	if err := c.witnessConfig.validate(); err != nil {
 		bad.add("%v", err)

@@ -141,7 +141,7 @@ func flagSet(cfg *config, configPath *string, out io.Writer) *flag.FlagSet {
 	fs.IntVar(&cfg.QuotaNodePerHour, "quota-node-per-hour", cfg.QuotaNodePerHour, "workload certificates one node may get per hour, sustained (0: 256 identities x 4 per --default-ttl, 1024 for 1h)")
 	fs.IntVar(&cfg.QuotaIdentityPerTTL, "quota-identity-per-ttl", cfg.QuotaIdentityPerTTL, "certificates one identity on one node may get per lifetime of its certificates (0: 8); a revocation refills it")
 	fs.IntVar(&cfg.MaxCSRsInFlight, "max-csrs-in-flight", cfg.MaxCSRsInFlight, "workload CSRs the CA works on at once, over all callers (default: 256 per CPU); a call that finds no room within --admission-wait is refused with ResourceExhausted and a retry delay, which agents honour (0: unbounded)")
-	fs.DurationVar(&cfg.AdmissionWait, "admission-wait", cfg.AdmissionWait, "how long a signing call may wait for room under --max-csrs-in-flight (at most half its deadline) before it is refused")
+	fs.DurationVar(&cfg.AdmissionWait, "admission-wait", cfg.AdmissionWait, "how long a signing call may wait for room under --max-csrs-in-flight before it is refused, and never more than half the call's remaining deadline")
 	fs.Var(&cfg.LedgerDiskReserve, "ledger-disk-reserve", "free space to leave on the ledger's filesystem: below it issuance stops with an error and castellan_ledger_disk_reserve_breached is 1 (e.g. 512MiB; 0: none)")
 	fs.StringVar(&cfg.Datastore, "datastore", cfg.Datastore, "where the CA keeps its state (ledger, join tokens, entries): bolt for files in --data-dir (one replica; the default), or postgres://USER@HOST:PORT/DATABASE?sslmode=verify-full for a PostgreSQL database shared by every replica; keep the password out of the command line with --datastore-file or CASTELLAN_DATASTORE")
 	fs.StringVar(&cfg.DatastoreFile, "datastore-file", cfg.DatastoreFile, "file holding the postgres:// URL of --datastore (e.g. a mounted Kubernetes Secret); it must not be readable by other users")
@@ -349,7 +349,7 @@ func (c config) checkKubernetes() []error {
 	return bad
 }
 
-// checkOthers checks the log level, the quotas and the witnesses.
+// checkOthers checks the log level, the quotas, admission and the witnesses.
 func (c config) checkOthers() []error {
 	var bad problems
 	if _, err := parseLevel(c.LogLevel); err != nil {

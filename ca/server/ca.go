@@ -121,9 +121,8 @@ func (c *caService) SignX509SVID(ctx context.Context, req *cav1.SignX509SVIDRequ
 		return nil, err
 	}
 	it := &issuance{req: req}
-	s.prepare(ctx, node, it)
-	if it.err == nil {
-		_ = s.record(ctx, node, []*issuance{it})
+	if err := s.issue(ctx, node, []*issuance{it}); err != nil {
+		return nil, err
 	}
 	if it.err != nil {
 		return nil, it.err
@@ -152,8 +151,9 @@ func (c *caService) BatchSignX509SVID(ctx context.Context, req *cav1.BatchSignX5
 	for i, r := range req.GetRequests() {
 		items[i] = &issuance{req: r}
 	}
-	s.prepareAll(ctx, node, items)
-	_ = s.record(ctx, node, items)
+	if err := s.issue(ctx, node, items); err != nil {
+		return nil, err
+	}
 	s.countEach(ctx, items)
 	resp := &cav1.BatchSignX509SVIDResponse{Results: make([]*cav1.BatchResult, len(items))}
 	for i, it := range items {
@@ -166,6 +166,21 @@ func (c *caService) BatchSignX509SVID(ctx context.Context, req *cav1.BatchSignX5
 		resp.Results[i] = &cav1.BatchResult{Result: &cav1.BatchResult_Svid{Svid: withLogIndex(svidProto(it.issued), it.logIndex)}}
 	}
 	return resp, nil
+}
+
+// issue admits items (admit.go), prepares and records them, and gives
+// their room back. The error is the refusal of the whole call when the CA
+// has no room for it (nothing was signed); the items' own outcomes are in
+// their err.
+func (s *Server) issue(ctx context.Context, node string, items []*issuance) error {
+	w, err := s.admit.acquire(ctx, len(items))
+	if err != nil {
+		return err
+	}
+	defer s.admit.release(w)
+	s.prepareAll(ctx, node, items)
+	_ = s.record(ctx, node, items)
+	return nil
 }
 
 // prepareAll prepares items, spread over the CPUs for large batches.

@@ -35,6 +35,9 @@ type metrics struct {
 	signing  prometheus.Histogram
 	caExpiry *prometheus.GaugeVec
 	storeUp  *prometheus.GaugeVec
+	// inFlight and busy are the admission's (admit.go).
+	inFlight prometheus.Gauge
+	busy     prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -53,11 +56,19 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 			Help: "NotAfter of the CA certificates as a Unix timestamp, by certificate (root, intermediate).",
 		}, []string{"cert"}),
 		storeUp: newStoreUp(),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "castellan_csrs_in_flight",
+			Help: "Workload CSRs admitted and being worked on (parsed, authorized, signed, recorded); bounded by --max-csrs-in-flight.",
+		}),
+		busy: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "castellan_csrs_refused_busy_total",
+			Help: "Workload CSRs refused with ResourceExhausted because the CA had no room for them within the admission wait (castellan_csr_total counts the calls, reason ca_busy).",
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.csrs, m.signing, m.caExpiry, m.storeUp} {
+	for _, c := range []prometheus.Collector{m.csrs, m.signing, m.caExpiry, m.storeUp, m.inFlight, m.busy} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -97,9 +97,8 @@ func (s *Server) Issue(ctx context.Context, req IssueRequest) (*authority.Issued
 		detail:    req.Detail,
 		parent:    req.Parent,
 	}
-	s.prepare(ctx, req.Node, it)
-	if it.err == nil {
-		_ = s.record(ctx, req.Node, []*issuance{it})
+	if err := s.issue(ctx, req.Node, []*issuance{it}); err != nil {
+		return nil, err
 	}
 	if it.err != nil {
 		return nil, it.err

@@ -114,6 +114,13 @@ type Config struct {
 	Quota interface {
 		Take(node, identity string, ttl time.Duration) error
 	}
+	// MaxCSRsInFlight bounds the workload CSRs worked on at once, over all
+	// callers (admit.go; 0: DefaultMaxCSRsInFlight, negative: unbounded).
+	MaxCSRsInFlight int
+	// AdmissionWait is how long a call may wait for room under
+	// MaxCSRsInFlight before it is refused with ResourceExhausted and a
+	// RetryInfo delay (0: DefaultAdmissionWait).
+	AdmissionWait time.Duration
 }
 
 // Server holds the CA's gRPC services. Create it with New, serve it with
@@ -129,6 +136,7 @@ type Server struct {
 	trust   clientTrust // the pool client certificates are verified against
 	svid    *serverSVID
 	admins  map[spiffeid.ID]bool
+	admit   *admission
 
 	mu       sync.Mutex
 	servers  []*grpc.Server
@@ -167,6 +175,12 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.ReadinessInterval <= 0 {
 		cfg.ReadinessInterval = DefaultReadinessInterval
 	}
+	if cfg.MaxCSRsInFlight == 0 {
+		cfg.MaxCSRsInFlight = DefaultMaxCSRsInFlight()
+	}
+	if cfg.AdmissionWait <= 0 {
+		cfg.AdmissionWait = DefaultAdmissionWait
+	}
 	names, err := authority.ParseServerNames(cfg.ServerNames)
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
@@ -179,6 +193,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		cfg: cfg, td: cfg.Authority.TrustDomain(), log: cfg.Logger, clock: cfg.Clock,
 		metrics: m, health: health.NewServer(), bundle: newBundleState(cfg.Authority.Bundle()),
 		admins: map[spiffeid.ID]bool{}, stopping: make(chan struct{}),
+		admit: newAdmission(cfg.MaxCSRsInFlight, cfg.AdmissionWait, m),
 	}
 	for _, id := range cfg.AdminIDs {
 		s.admins[id] = true

@@ -13,6 +13,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authority"
+	"github.com/castellan-dev/castellan/ca/server"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.yaml.in/yaml/v3"
 )
@@ -54,11 +55,15 @@ type config struct {
 	LogLevel            string   `yaml:"log_level"`
 	// Issuance quotas, the ledger's disk reserve and forensic mode
 	// (quota.go, forensic.go).
-	QuotaNodeBurst          int      `yaml:"quota_node_burst"`
-	QuotaNodePerHour        int      `yaml:"quota_node_per_hour"`
-	QuotaIdentityPerTTL     int      `yaml:"quota_identity_per_ttl"`
-	LedgerDiskReserve       byteSize `yaml:"ledger_disk_reserve"`
-	LedgerReadOnlyForensics bool     `yaml:"ledger_read_only_forensics"`
+	QuotaNodeBurst      int      `yaml:"quota_node_burst"`
+	QuotaNodePerHour    int      `yaml:"quota_node_per_hour"`
+	QuotaIdentityPerTTL int      `yaml:"quota_identity_per_ttl"`
+	LedgerDiskReserve   byteSize `yaml:"ledger_disk_reserve"`
+	// Admission control (ca/server/admit.go): CSRs worked on at once
+	// (0: unbounded) and how long a call may wait for room.
+	MaxCSRsInFlight         int           `yaml:"max_csrs_in_flight"`
+	AdmissionWait           time.Duration `yaml:"admission_wait"`
+	LedgerReadOnlyForensics bool          `yaml:"ledger_read_only_forensics"`
 	// Datastore is where the CA keeps its state: "" or "bolt" (files in
 	// DataDir) or a postgres:// URL (dsn.go, datastore.go);
 	// DatastoreFile holds that URL instead (a mounted Secret).
@@ -87,6 +92,8 @@ func defaultConfig() config {
 		LogLevel:    "info",
 
 		LedgerDiskReserve: defaultDiskReserve,
+		MaxCSRsInFlight:   server.DefaultMaxCSRsInFlight(),
+		AdmissionWait:     server.DefaultAdmissionWait,
 	}
 }
 
@@ -133,6 +140,8 @@ func flagSet(cfg *config, configPath *string, out io.Writer) *flag.FlagSet {
 	fs.IntVar(&cfg.QuotaNodeBurst, "quota-node-burst", cfg.QuotaNodeBurst, "workload certificates one node may get at once (0: 512, for 256 identities renewed twice)")
 	fs.IntVar(&cfg.QuotaNodePerHour, "quota-node-per-hour", cfg.QuotaNodePerHour, "workload certificates one node may get per hour, sustained (0: 256 identities x 4 per --default-ttl, 1024 for 1h)")
 	fs.IntVar(&cfg.QuotaIdentityPerTTL, "quota-identity-per-ttl", cfg.QuotaIdentityPerTTL, "certificates one identity on one node may get per lifetime of its certificates (0: 8); a revocation refills it")
+	fs.IntVar(&cfg.MaxCSRsInFlight, "max-csrs-in-flight", cfg.MaxCSRsInFlight, "workload CSRs the CA works on at once, over all callers (default: 256 per CPU); a call that finds no room within --admission-wait is refused with ResourceExhausted and a retry delay, which agents honour (0: unbounded)")
+	fs.DurationVar(&cfg.AdmissionWait, "admission-wait", cfg.AdmissionWait, "how long a signing call may wait for room under --max-csrs-in-flight before it is refused, and never more than half the call's remaining deadline")
 	fs.Var(&cfg.LedgerDiskReserve, "ledger-disk-reserve", "free space to leave on the ledger's filesystem: below it issuance stops with an error and castellan_ledger_disk_reserve_breached is 1 (e.g. 512MiB; 0: none)")
 	fs.StringVar(&cfg.Datastore, "datastore", cfg.Datastore, "where the CA keeps its state (ledger, join tokens, entries): bolt for files in --data-dir (one replica; the default), or postgres://USER@HOST:PORT/DATABASE?sslmode=verify-full for a PostgreSQL database shared by every replica; keep the password out of the command line with --datastore-file or CASTELLAN_DATASTORE")
 	fs.StringVar(&cfg.DatastoreFile, "datastore-file", cfg.DatastoreFile, "file holding the postgres:// URL of --datastore (e.g. a mounted Kubernetes Secret); it must not be readable by other users")
@@ -340,7 +349,7 @@ func (c config) checkKubernetes() []error {
 	return bad
 }
 
-// checkOthers checks the log level, the quotas and the witnesses.
+// checkOthers checks the log level, the quotas, admission and the witnesses.
 func (c config) checkOthers() []error {
 	var bad problems
 	if _, err := parseLevel(c.LogLevel); err != nil {
@@ -348,6 +357,12 @@ func (c config) checkOthers() []error {
 	}
 	if err := c.checkQuota(); err != nil {
 		bad.add("%v", err)
+	}
+	if c.MaxCSRsInFlight < 0 {
+		bad.add("--max-csrs-in-flight is %d; it must not be negative (0: unbounded)", c.MaxCSRsInFlight)
+	}
+	if c.AdmissionWait <= 0 {
+		bad.add("--admission-wait is %s; it must be positive (e.g. 2s)", c.AdmissionWait)
 	}
 	if err := c.witnessConfig.validate(); err != nil {
 		bad.add("%v", err)

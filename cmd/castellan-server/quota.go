@@ -71,3 +71,12 @@ func quotaConfig(c config, reg prometheus.Registerer) quota.Config {
 	q.Registry = reg
 	return q
 }
+
+// maxCSRsInFlight maps --max-csrs-in-flight (0: unbounded) to
+// server.Config.MaxCSRsInFlight (negative: unbounded).
+func maxCSRsInFlight(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
+}

@@ -166,6 +166,7 @@ func serveCA(ctx context.Context, cfg config, td spiffeid.TrustDomain, reg *prom
 		Authorizer: &authz.NodeAuthorizer{Entries: entries, Pods: podAuthorizer},
 		Tokens:     tokens, Entries: entries, AgentTTL: cfg.AgentTTL, AdminIDs: admins,
 		ServerNames: cfg.ServerNames, Registry: reg, Logger: log, Stores: ds.stores(led),
+		MaxCSRsInFlight: maxCSRsInFlight(cfg.MaxCSRsInFlight), AdmissionWait: cfg.AdmissionWait,
 	})
 	if err != nil {
 		return err

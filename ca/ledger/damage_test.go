@@ -11,8 +11,8 @@ import (
 )
 
 // damagePages overwrites the element tables of n leaf pages of entries from
-// the middle of
-// the file: the damage an operator meets after a bad disk or a bad copy.
+// the middle of the file outward: the damage an operator meets after a bad
+// disk or a bad copy.
 func damagePages(t testing.TB, path string, n int) {
 	t.Helper()
 	data, err := os.ReadFile(path)

@@ -16,6 +16,8 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/server"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
+	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/agentcmd"
+	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/certscmd"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -84,7 +86,7 @@ func TestAgentBanAndUnban(t *testing.T) {
 	record(t, l, "b1", "spiffe://cluster.local/ns/it/sa/app", "node-a", "")
 	record(t, l, "c1", "spiffe://cluster.local/castellan/agent/node-b", "node-b", "")
 
-	var list []agentJSON
+	var list []agentcmd.AgentJSON
 	code, out, errs := ctl(t, sock, "agent", "list", "-o", "json")
 	if code != 0 || json.Unmarshal([]byte(out), &list) != nil || len(list) != 2 {
 		t.Fatalf("agent list: exit %d %s %s", code, out, errs)
@@ -98,7 +100,7 @@ func TestAgentBanAndUnban(t *testing.T) {
 	}
 	code, out, errs = ctl(t, sock, "agent", "ban", "node-a", "--reason", "agent key stolen", "-o", "json")
 	var banned struct {
-		agentJSON
+		agentcmd.AgentJSON
 		Revoked []string `json:"revoked_serials"`
 	}
 	if code != 0 || json.Unmarshal([]byte(out), &banned) != nil {
@@ -152,12 +154,12 @@ func TestCertsLineageAndRevokeWithDescendants(t *testing.T) {
 	record(t, l, "a4", id, "node-a", "a3")
 	record(t, l, "b1", id, "node-a", "a2") // a second renewal of a2 (a stolen copy)
 
-	var shown certShowJSON
+	var shown certscmd.CertShowJSON
 	code, out, errs := ctl(t, sock, "certs", "show", "a2", "-o", "json")
 	if code != 0 || json.Unmarshal([]byte(out), &shown) != nil {
 		t.Fatalf("certs show: exit %d %s %s", code, out, errs)
 	}
-	serials := func(cs []certJSON) (s []string) {
+	serials := func(cs []certscmd.CertJSON) (s []string) {
 		for _, c := range cs {
 			s = append(s, c.Serial)
 		}

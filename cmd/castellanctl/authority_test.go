@@ -16,6 +16,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/server"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
+	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/authoritycmd"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -74,9 +75,9 @@ func rotatingServer(t *testing.T) (string, *atomic.Int64) {
 }
 
 // authorities lists the authorities as JSON.
-func authorities(t *testing.T, sock string) []authorityJSON {
+func authorities(t *testing.T, sock string) []authoritycmd.AuthorityJSON {
 	t.Helper()
-	var list []authorityJSON
+	var list []authoritycmd.AuthorityJSON
 	code, out, errs := ctl(t, sock, "authority", "list", "-o", "json")
 	if code != 0 || json.Unmarshal([]byte(out), &list) != nil {
 		t.Fatalf("authority list: exit %d %s %s", code, out, errs)
@@ -95,7 +96,7 @@ func TestAuthorityRotationThroughCastellanctl(t *testing.T) {
 	// Intermediate rotation: same root, activatable once that root has
 	// been in the bundle for the publish delay (it entered at bootstrap).
 	now.Add(int64(time.Hour + time.Second))
-	var prepared authorityJSON
+	var prepared authoritycmd.AuthorityJSON
 	code, out, errs := ctl(t, sock, "authority", "prepare", "-o", "json")
 	if code != 0 || json.Unmarshal([]byte(out), &prepared) != nil || prepared.State != "prepared" ||
 		prepared.Root.SHA256 != first.Root.SHA256 || prepared.ID == first.ID {
@@ -107,16 +108,16 @@ func TestAuthorityRotationThroughCastellanctl(t *testing.T) {
 
 	// Root rotation: refused before the publish delay, with the reason.
 	code, out, errs = ctl(t, sock, "authority", "prepare", "--new-root", "-o", "json")
-	var rooted authorityJSON
+	var rooted authoritycmd.AuthorityJSON
 	if code != 0 || json.Unmarshal([]byte(out), &rooted) != nil || rooted.Root.SHA256 == first.Root.SHA256 || rooted.ActivatableAt == nil {
 		t.Fatalf("prepare --new-root: exit %d %s %s", code, out, errs)
 	}
-	if code, _, errs := ctl(t, sock, "authority", "prepare"); code != exitRefused || !strings.Contains(errs, "already prepared") {
-		t.Fatalf("second prepare: exit %d %s, want %d and 'already prepared'", code, errs, exitRefused)
+	if code, _, errs := ctl(t, sock, "authority", "prepare"); code != 4 || !strings.Contains(errs, "already prepared") {
+		t.Fatalf("second prepare: exit %d %s, want %d and 'already prepared'", code, errs, 4)
 	}
 	code, _, errs = ctl(t, sock, "authority", "activate", rooted.ID)
-	if code != exitRefused || !strings.Contains(errs, "authority activate refused") || !strings.Contains(errs, "less than the publish delay") {
-		t.Fatalf("early activate: exit %d %s, want %d with the publish-delay explanation", code, errs, exitRefused)
+	if code != 4 || !strings.Contains(errs, "authority activate refused") || !strings.Contains(errs, "less than the publish delay") {
+		t.Fatalf("early activate: exit %d %s, want %d with the publish-delay explanation", code, errs, 4)
 	}
 	now.Add(int64(time.Hour + time.Second))
 	if code, _, errs := ctl(t, sock, "authority", "activate", rooted.ID); code != 0 {
@@ -124,13 +125,13 @@ func TestAuthorityRotationThroughCastellanctl(t *testing.T) {
 	}
 
 	// Taint and revoke of the old authorities; refusals for the active one.
-	if code, _, errs := ctl(t, sock, "authority", "taint", rooted.ID); code != exitRefused || !strings.Contains(errs, "is active") {
+	if code, _, errs := ctl(t, sock, "authority", "taint", rooted.ID); code != 4 || !strings.Contains(errs, "is active") {
 		t.Fatalf("taint of the active authority: exit %d %s", code, errs)
 	}
 	if code, out, errs := ctl(t, sock, "authority", "taint", prepared.ID, "-o", "json"); code != 0 || !strings.Contains(out, `"state": "tainted"`) {
 		t.Fatalf("taint: exit %d %s %s", code, out, errs)
 	}
-	if code, _, errs := ctl(t, sock, "authority", "revoke", prepared.ID); code != exitRefused || !strings.Contains(errs, "may have signed leaves") {
+	if code, _, errs := ctl(t, sock, "authority", "revoke", prepared.ID); code != 4 || !strings.Contains(errs, "may have signed leaves") {
 		t.Fatalf("revoke with live leaves: exit %d %s", code, errs)
 	}
 	if code, _, errs := ctl(t, sock, "authority", "revoke", prepared.ID, "--force"); code != 0 {
@@ -177,10 +178,10 @@ func TestAuthorityUsageErrors(t *testing.T) {
 func TestAuthorityListOnFixedCAIsRefused(t *testing.T) {
 	sock, _ := adminServer(t)
 	code, _, errs := ctl(t, sock, "authority", "list")
-	if code != exitRefused || !strings.Contains(errs, "without an authority journal") {
+	if code != 4 || !strings.Contains(errs, "without an authority journal") {
 		t.Fatalf("list on a CA without journal: exit %d %s", code, errs)
 	}
-	if code, _, errs := ctl(t, sock, "authority", "prepare"); code != exitRefused || !strings.Contains(errs, "no authority journal") {
+	if code, _, errs := ctl(t, sock, "authority", "prepare"); code != 4 || !strings.Contains(errs, "no authority journal") {
 		t.Fatalf("prepare on a CA without journal: exit %d %s", code, errs)
 	}
 }

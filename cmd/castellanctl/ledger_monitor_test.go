@@ -126,8 +126,8 @@ func TestLedgerMonitorCommand(t *testing.T) {
 
 	joins(t, ml.open(t, "rewritten.db"), "n9", "n9")
 	code, _, errOut = runMonitorCmd(t, ml, state)
-	if code != exitMonitorFork || !strings.Contains(errOut, "LOG FORK OR ROLLBACK") || !strings.Contains(errOut, "fewer than the 5 of the saved checkpoint") {
-		t.Fatalf("rewritten log: exit %d, %q; want %d and a rollback", code, errOut, exitMonitorFork)
+	if code != 5 || !strings.Contains(errOut, "LOG FORK OR ROLLBACK") || !strings.Contains(errOut, "fewer than the 5 of the saved checkpoint") {
+		t.Fatalf("rewritten log: exit %d, %q; want %d and a rollback", code, errOut, 5)
 	}
 	if now, _ := os.ReadFile(state); !bytes.Equal(now, saved) {
 		t.Fatal("the state changed after a fork")
@@ -136,8 +136,8 @@ func TestLedgerMonitorCommand(t *testing.T) {
 	if err := os.WriteFile(state, saved[:len(saved)/2], 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if code, _, errOut = runMonitorCmd(t, ml, state); code != exitMonitorState || !strings.Contains(errOut, "damaged state file") {
-		t.Fatalf("damaged state: exit %d, %q; want %d", code, errOut, exitMonitorState)
+	if code, _, errOut = runMonitorCmd(t, ml, state); code != 6 || !strings.Contains(errOut, "damaged state file") {
+		t.Fatalf("damaged state: exit %d, %q; want %d", code, errOut, 6)
 	}
 }
 
@@ -151,8 +151,8 @@ func TestLedgerMonitorRefusesOtherKeyAndBadFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	state := filepath.Join(t.TempDir(), "state.json")
-	if code, _, errOut := runMonitorCmd(t, ml, state, "--log-key", otherVKey); code != exitMonitorInvalid || !strings.Contains(errOut, "does not verify with the log key") {
-		t.Fatalf("other key: exit %d, %q; want %d", code, errOut, exitMonitorInvalid)
+	if code, _, errOut := runMonitorCmd(t, ml, state, "--log-key", otherVKey); code != 3 || !strings.Contains(errOut, "does not verify with the log key") {
+		t.Fatalf("other key: exit %d, %q; want %d", code, errOut, 3)
 	}
 	if _, err := os.Stat(state); !os.IsNotExist(err) {
 		t.Fatalf("a state was written after a refused pass: %v", err)
@@ -160,8 +160,8 @@ func TestLedgerMonitorRefusesOtherKeyAndBadFlags(t *testing.T) {
 	ml.mu.Lock()
 	ml.h = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(bytes.Repeat([]byte("x"), 1<<20)) })
 	ml.mu.Unlock()
-	if code, _, errOut := runMonitorCmd(t, ml, state); code != exitMonitorLimit || !strings.Contains(errOut, "more than 65536 bytes") {
-		t.Fatalf("oversized checkpoint: exit %d, %q; want %d", code, errOut, exitMonitorLimit)
+	if code, _, errOut := runMonitorCmd(t, ml, state); code != 7 || !strings.Contains(errOut, "more than 65536 bytes") {
+		t.Fatalf("oversized checkpoint: exit %d, %q; want %d", code, errOut, 7)
 	}
 	for _, args := range [][]string{{"--log-key", "nonsense"}, {"--follow", "--interval", "0s"}, {"-o", "yaml"}, {"--witness-quorum", "1"}, {"extra"}} {
 		if code, _, errOut := runMonitorCmd(t, ml, state, args...); code != 2 {

@@ -16,6 +16,9 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/audit"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/certscmd"
+	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/ledgercmd"
+	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/verifycmd"
 	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
@@ -91,7 +94,7 @@ func TestLedgerVerifyUntouchedLog(t *testing.T) {
 		t.Fatalf("exit %d\n%s%s", code, out, errs)
 	}
 	code, out, _ = ctl(t, sock, "ledger", "verify", "-o", "json", "--log-key", l.VerifierKey())
-	var res verifyResult
+	var res verifycmd.Result
 	if err := json.Unmarshal([]byte(out), &res); err != nil || code != 0 || !res.OK || res.Entries != 300 {
 		t.Fatalf("exit %d, %+v, %v", code, res, err)
 	}
@@ -338,13 +341,13 @@ func TestCertsListShowRevokeAndExport(t *testing.T) {
 		t.Fatalf("revoke: exit %d %s %s", code, out, errs)
 	}
 	code, out, _ = ctl(t, sock, "certs", "list", "--state", "revoked", "-o", "json")
-	var certs []certJSON
+	var certs []certscmd.CertJSON
 	if err := json.Unmarshal([]byte(out), &certs); err != nil || code != 0 || len(certs) != 1 ||
 		certs[0].Serial != "c004" || certs[0].State != "revoked" || certs[0].RevokeReason != "keyCompromise" {
 		t.Fatalf("revoked list: exit %d %v %s", code, err, out)
 	}
 	code, out, _ = ctl(t, sock, "certs", "show", "c004", "-o", "json")
-	var shown certJSON
+	var shown certscmd.CertJSON
 	if err := json.Unmarshal([]byte(out), &shown); err != nil || code != 0 || string(shown.CertDER) != "der" || shown.State != "revoked" {
 		t.Fatalf("show: exit %d %v %s", code, err, out)
 	}
@@ -353,7 +356,7 @@ func TestCertsListShowRevokeAndExport(t *testing.T) {
 	if code != 0 || len(lines) != 10 {
 		t.Fatalf("export: exit %d, %d lines", code, len(lines))
 	}
-	var last exportLine
+	var last ledgercmd.ExportLine
 	if err := json.Unmarshal([]byte(lines[9]), &last); err != nil || last.Kind != "revocation" || last.Serial != "c004" || last.Error != "" {
 		t.Fatalf("last export line %s: %v", lines[9], err)
 	}

@@ -14,27 +14,25 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
-	"time"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/agentcmd"
+	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/authoritycmd"
+	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/certscmd"
+	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/cli"
+	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/datastorecmd"
+	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/entrycmd"
+	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/ledgercmd"
+	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/tokencmd"
 	"github.com/castellan-dev/castellan/internal/version"
 )
 
@@ -79,22 +77,6 @@ security notes:
 global flags:
 `
 
-// usageError is a command-line mistake (exit code 2).
-type usageError struct{ msg string }
-
-func (e *usageError) Error() string { return e.msg }
-
-func usagef(format string, args ...any) error {
-	return &usageError{msg: fmt.Sprintf(format, args...)}
-}
-
-// exitCoder is an error that chooses the process exit code, such as
-// *VerificationError (3).
-type exitCoder interface {
-	error
-	ExitCode() int
-}
-
 func main() {
 	if version.Print("castellanctl", os.Args[1:], os.Stdout) {
 		return
@@ -106,8 +88,8 @@ func main() {
 
 // run executes one command and returns the exit code.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
-	g := &globals{stdout: stdout, stderr: stderr}
-	fs := g.flagSet(getenv)
+	g := &cli.Globals{Stdout: stdout, Stderr: stderr}
+	fs := g.FlagSet(getenv)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
@@ -123,12 +105,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		fs.Usage()
 		return 2
 	}
-	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	ctx, cancel := context.WithTimeout(ctx, g.Timeout)
 	defer cancel()
 	err := dispatch(ctx, g, fs.Arg(0), fs.Args()[1:])
 	var (
-		ue *usageError
-		ec exitCoder
+		ue *cli.UsageError
+		ec cli.ExitCoder
 	)
 	switch {
 	case err == nil:
@@ -147,132 +129,26 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 }
 
-func dispatch(ctx context.Context, g *globals, cmd string, args []string) error {
+// dispatch is the command table: it runs the command group cmd.
+func dispatch(ctx context.Context, g *cli.Globals, cmd string, args []string) error {
 	switch cmd {
 	case "token":
-		return runToken(ctx, g, args)
+		return tokencmd.Run(ctx, g, args)
 	case "entry":
-		return runEntry(ctx, g, args)
+		return entrycmd.Run(ctx, g, args)
 	case "agent":
-		return runAgent(ctx, g, args)
+		return agentcmd.Run(ctx, g, args)
 	case "certs":
-		return runCerts(ctx, g, args)
+		return certscmd.Run(ctx, g, args)
 	case "ledger":
-		return runLedger(ctx, g, args)
+		return ledgercmd.Run(ctx, g, args)
 	case "datastore":
-		return runDatastore(ctx, g, args)
+		return datastorecmd.Run(ctx, g, args)
 	case "authority":
-		return runAuthority(ctx, g, args)
+		return authoritycmd.Run(ctx, g, args)
 	default:
-		return usagef("unknown command %q; run castellanctl -h", cmd)
+		return cli.Usagef("unknown command %q; run castellanctl -h", cmd)
 	}
-}
-
-// subcommand splits args into a subcommand name and its arguments.
-func subcommand(cmd string, args []string, known ...string) (string, []string, error) {
-	if len(args) == 0 {
-		return "", nil, usagef("%s: missing subcommand (one of %v)", cmd, known)
-	}
-	for _, k := range known {
-		if args[0] == k {
-			return k, args[1:], nil
-		}
-	}
-	return "", nil, usagef("%s: unknown subcommand %q (one of %v)", cmd, args[0], known)
-}
-
-// newFlags returns a flag set for a subcommand whose errors are usage errors.
-func newFlags(g *globals, name string) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(g.stderr)
-	return fs
-}
-
-// parseFlags parses args, turning flag errors into usage errors.
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usagef("%s: %v", fs.Name(), err)
-	}
-	return nil
-}
-
-// defaultTimeout bounds one command.
-const defaultTimeout = 30 * time.Second
-
-// DefaultAdminSocket is where castellan-server listens with its default
-// --data-dir.
-const DefaultAdminSocket = "/var/lib/castellan/admin.sock"
-
-// globals are the flags every command shares: how to reach the server.
-type globals struct {
-	adminSocket string
-	server      string
-	cert, key   string
-	bundle      string
-	timeout     time.Duration
-	stdout      io.Writer
-	stderr      io.Writer
-}
-
-func (g *globals) flagSet(getenv func(string) string) *flag.FlagSet {
-	env := func(name, def string) string {
-		if v := getenv(name); v != "" {
-			return v
-		}
-		return def
-	}
-	fs := flag.NewFlagSet("castellanctl", flag.ContinueOnError)
-	fs.StringVar(&g.adminSocket, "admin-socket", env("CASTELLAN_ADMIN_SOCKET", DefaultAdminSocket),
-		"admin Unix socket of the server (env CASTELLAN_ADMIN_SOCKET)")
-	fs.StringVar(&g.server, "server", env("CASTELLAN_SERVER", ""),
-		"server address HOST:PORT for mTLS with an admin SVID instead of the socket (env CASTELLAN_SERVER)")
-	fs.StringVar(&g.cert, "cert", env("CASTELLAN_CERT", ""), "admin SVID certificate chain PEM (with --server)")
-	fs.StringVar(&g.key, "key", env("CASTELLAN_KEY", ""), "admin SVID private key PEM (with --server)")
-	fs.StringVar(&g.bundle, "bundle", env("CASTELLAN_BUNDLE", ""), "trust bundle PEM to verify the server (with --server)")
-	fs.DurationVar(&g.timeout, "timeout", defaultTimeout, "time limit for the command")
-	return fs
-}
-
-// dial connects to the admin API: over mutual TLS when --server is set,
-// through the admin socket otherwise. The caller closes the connection.
-func (g *globals) dial(ctx context.Context) (*grpc.ClientConn, error) {
-	if g.server == "" {
-		path, err := filepath.Abs(g.adminSocket)
-		if err != nil {
-			return nil, fmt.Errorf("castellanctl: admin socket: %w", err)
-		}
-		return grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	}
-	if g.cert == "" || g.key == "" || g.bundle == "" {
-		return nil, usagef("--server needs --cert, --key and --bundle")
-	}
-	tc, err := g.mtlsConfig()
-	if err != nil {
-		return nil, err
-	}
-	return grpc.NewClient(g.server, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
-}
-
-// mtlsConfig presents the admin SVID and accepts only the CA server's SVID
-// (spiffe://<td>/castellan/server) of the admin's trust domain.
-func (g *globals) mtlsConfig() (*tls.Config, error) {
-	svid, err := x509svid.Load(g.cert, g.key)
-	if err != nil {
-		return nil, fmt.Errorf("castellanctl: admin SVID: %w", err)
-	}
-	td := svid.ID.TrustDomain()
-	bundle, err := x509bundle.Load(td, g.bundle)
-	if err != nil {
-		return nil, fmt.Errorf("castellanctl: trust bundle: %w", err)
-	}
-	serverID, err := spiffeid.FromPath(td, "/castellan/server")
-	if err != nil {
-		return nil, fmt.Errorf("castellanctl: server ID: %w", err)
-	}
-	return tlsconfig.MTLSClientConfig(svid, bundle, tlsconfig.AuthorizeID(serverID)), nil
 }
 
 // describe turns an RPC error into a message for the terminal.

@@ -18,16 +18,16 @@
 //     every hash tile the new entries cover must hold exactly the hashes
 //     they produce (ErrInvalid otherwise);
 //   - every new entry must decode under the documented entry format,
-//     version 1, at its own index, and an issuance or renewal entry must
+//     version 1 (package logentry), at its own index, and an issuance or renewal entry must
 //     describe the certificate it carries: its only URI SAN, serial,
 //     validity and key hash (ErrInvalid otherwise). Filters therefore
 //     match what certificates say, not only what the log claims.
 //
 // Every response is capped in size and time (Limits; ErrLimit). The state,
 // the last verified checkpoint, is kept in a file written atomically
-// (SaveState) and advanced only after a step verified and its matches were
-// reported, so a rerun continues where the last one stopped and a refused
-// step leaves it as it was.
+// (package state; state.ErrDamaged) and advanced only after a step
+// verified and its matches were reported, so a rerun continues where the
+// last one stopped and a refused step leaves it as it was.
 //
 // Entries whose content the CA has pruned (their certificate expired
 // longer ago than its retention period; the server answers 410 Gone for

@@ -9,64 +9,14 @@ import (
 	"encoding/binary"
 	"fmt"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/tlog"
 	"github.com/castellan-dev/castellan/ca/tlog/monitor"
 	"github.com/castellan-dev/castellan/internal/witness"
 	"golang.org/x/mod/sumdb/note"
 )
-
-// DecodeEntry refuses every entry that is not a well-formed version 1
-// entry at its own index describing its own certificate.
-func TestDecodeEntryRefusesMalformedEntries(t *testing.T) {
-	r := newRig(t)
-	ev := r.cert(ledger.KindIssuance, payments, "node-a")
-	r.appendTo(r.log, ev)
-	good, err := r.log.Entry(context.Background(), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := monitor.DecodeEntry(good.Data, 0); err != nil {
-		t.Fatalf("the ledger's own entry: %v", err)
-	}
-	data := string(good.Data)
-	swap := func(old, new string) string {
-		if !strings.Contains(data, old) {
-			t.Fatalf("entry %s has no %q", data, old)
-		}
-		return strings.Replace(data, old, new, 1)
-	}
-	for _, c := range []struct {
-		name, data string
-		index      uint64
-		msg        string
-	}{
-		{"not JSON", "{", 0, "is not a JSON object"},
-		{"a JSON array", "[1]", 0, "is not a JSON object"},
-		{"version 2", swap(`"v":1`, `"v":2`), 0, "has format version 2; this monitor reads version 1"},
-		{"no version", swap(`"v":1,`, ``), 0, "has format version none"},
-		{"moved", data, 7, "entry at index 7 says it is at index 0"},
-		{"no kind", swap(`"kind":"issuance"`, `"kind":""`), 0, "has no kind"},
-		{"bad time", swap(`"time":"`, `"time":"yesterday`), 0, "time \"yesterday"},
-		{"bad base64", swap(`"cert":"`, `"cert":"*`), 0, "is not standard base64"},
-		{"no certificate", swap(`"cert":"`, `"x":"`), 0, "no certificate"},
-		{"other serial", swap(`"serial":"`+ev.Serial, `"serial":"ff`+ev.Serial), 0, "the certificate's serial is " + ev.Serial},
-		{"other expiry", swap(ev.NotAfter.UTC().Format("2006-01-02T15:04:05Z"), "2099-01-01T00:00:00Z"), 0, "the certificate is valid"},
-		{"other key", swap(ev.PublicKeySHA256, strings.Repeat("0", 64)), 0, "public key hash"},
-		{"other identity", swap(`"spiffe_id":"`+payments, `"spiffe_id":"`+shop), 0, "URI SANs"},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			_, err := monitor.DecodeEntry([]byte(c.data), c.index)
-			if err == nil || !strings.Contains(err.Error(), c.msg) {
-				t.Fatalf("DecodeEntry = %v; want an error saying %q", err, c.msg)
-			}
-		})
-	}
-}
 
 // cosigner is a witness key pair signing C2SP cosignature/v1 lines.
 type cosigner struct {

@@ -13,8 +13,6 @@ var (
 	// signature, a tile or entry that does not hash to the signed root, a
 	// malformed bundle or entry.
 	ErrInvalid = errors.New("monitor: the log does not verify")
-	// ErrState: the state file is damaged or belongs to another log.
-	ErrState = errors.New("monitor: damaged state file")
 	// ErrLimit: a response was larger than allowed, or the server or the
 	// step took longer than allowed.
 	ErrLimit = errors.New("monitor: limit exceeded")

@@ -21,6 +21,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/tlog"
+	"github.com/castellan-dev/castellan/ca/tlog/logentry"
 	"github.com/castellan-dev/castellan/ca/tlog/monitor"
 	"golang.org/x/mod/sumdb/note"
 )
@@ -214,7 +215,7 @@ func (r *rig) noise(l *ledger.Ledger, n int, node string) {
 	r.appendTo(l, evs...)
 }
 
-func serialsOf(es []monitor.Entry) []string {
+func serialsOf(es []logentry.Entry) []string {
 	var out []string
 	for _, e := range es {
 		out = append(out, e.Serial)
@@ -241,7 +242,7 @@ func readFile(t testing.TB, path string) string {
 // outcome is one pass's result and the matches it reported.
 type outcome struct {
 	*monitor.Result
-	Matches []monitor.Entry
+	Matches []logentry.Entry
 	Reports int // calls of Report
 }
 
@@ -250,7 +251,7 @@ func runOnce(t testing.TB, m *monitor.Monitor, path string) (*outcome, error) {
 	t.Helper()
 	out := &outcome{}
 	err := m.Run(context.Background(), monitor.RunOptions{StatePath: path,
-		Report: func(es []monitor.Entry) error {
+		Report: func(es []logentry.Entry) error {
 			out.Matches = append(out.Matches, es...)
 			out.Reports++
 			return nil

@@ -14,6 +14,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/tlog/monitor"
+	"github.com/castellan-dev/castellan/ca/tlog/monitor/state"
 	"github.com/transparency-dev/formats/log"
 	"golang.org/x/mod/sumdb/note"
 )
@@ -274,7 +275,7 @@ func TestMonitorRefusesDamagedState(t *testing.T) {
 			if err := os.WriteFile(path, []byte(c.content), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			refused(t, m, path, monitor.ErrState, c.msg)
+			refused(t, m, path, state.ErrDamaged, c.msg)
 		})
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/tlog/logentry"
+	"github.com/castellan-dev/castellan/ca/tlog/monitor/state"
 	"github.com/castellan-dev/castellan/internal/witness"
 	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/rfc6962"
@@ -85,7 +87,7 @@ type Result struct {
 	// From and To delimit the entries verified, [From, To).
 	From, To uint64
 	// State is the new state: the checkpoint of size To.
-	State *State
+	State *state.State
 	// Matched counts the new entries that matched the filter.
 	Matched int
 	// Pruned counts new entries whose content the server no longer
@@ -105,7 +107,7 @@ const ChunkEntries = 16 * 256
 // extend st; an error from emit ends the step. When Step fails, the
 // matches it emitted before are still genuine, but the step is not done:
 // the state must not advance, and the next step emits them again.
-func (m *Monitor) Step(ctx context.Context, st *State, emit func([]Entry) error) (*Result, error) {
+func (m *Monitor) Step(ctx context.Context, st *state.State, emit func([]logentry.Entry) error) (*Result, error) {
 	signed, cp, err := m.checkpoint(ctx)
 	if err != nil {
 		return nil, err
@@ -115,7 +117,7 @@ func (m *Monitor) Step(ctx context.Context, st *State, emit func([]Entry) error)
 	if st != nil {
 		old, newest = st.Checkpoint, st.Newest
 	}
-	res := &Result{From: old.Size, To: cp.Size, State: &State{Checkpoint: *cp, Signed: signed, Newest: newest}}
+	res := &Result{From: old.Size, To: cp.Size, State: &state.State{Checkpoint: *cp, Signed: signed, Newest: newest}}
 	switch {
 	case cp.Size < old.Size:
 		return nil, fmt.Errorf("%w: the log's checkpoint has %d entries, fewer than the %d of the saved checkpoint: the log was rolled back or replaced; the state is kept", ErrFork, cp.Size, old.Size)

@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/tlog/logentry"
 	"github.com/castellan-dev/castellan/ca/tlog/monitor"
+	"github.com/castellan-dev/castellan/ca/tlog/monitor/state"
 )
 
 const (
@@ -39,7 +41,7 @@ func TestMonitorFindsMatchesAndContinuesFromState(t *testing.T) {
 	if res.From != 0 || res.To != 300 || !equalStrings(serialsOf(res.Matches), want) {
 		t.Fatalf("first pass: [%d, %d) matches %v; want [0, 300) and %v", res.From, res.To, serialsOf(res.Matches), want)
 	}
-	st, err := monitor.LoadState(path, r.verifier, "")
+	st, err := state.Load(path, r.verifier, "")
 	if err != nil || st.Checkpoint.Size != 300 {
 		t.Fatalf("saved state: %v %v; want the checkpoint of size 300", st, err)
 	}
@@ -128,12 +130,12 @@ func TestMonitorFollowReportsNewEntriesUntilCancelled(t *testing.T) {
 	path := statePath(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	reports := make(chan []monitor.Entry, 16)
+	reports := make(chan []logentry.Entry, 16)
 	done := make(chan error, 1)
 	go func() {
 		done <- m.Run(ctx, monitor.RunOptions{StatePath: path, Follow: true, Interval: 20 * time.Millisecond,
-			Report: func(es []monitor.Entry) error {
-				reports <- append([]monitor.Entry(nil), es...)
+			Report: func(es []logentry.Entry) error {
+				reports <- append([]logentry.Entry(nil), es...)
 				return nil
 			}})
 	}()
@@ -163,7 +165,7 @@ func TestMonitorFollowReportsNewEntriesUntilCancelled(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run did not stop within 10s of cancellation")
 	}
-	st, err := monitor.LoadState(path, r.verifier, "")
+	st, err := state.Load(path, r.verifier, "")
 	if err != nil || st.Checkpoint.Size != 5 {
 		t.Fatalf("state after following: %v %v; want size 5", st, err)
 	}
@@ -177,7 +179,7 @@ func TestMonitorReportFailureKeepsState(t *testing.T) {
 	m := r.monitor(monitor.Filter{})
 	path := statePath(t)
 	boom := errors.New("stdout closed")
-	err := m.Run(context.Background(), monitor.RunOptions{StatePath: path, Report: func([]monitor.Entry) error { return boom }})
+	err := m.Run(context.Background(), monitor.RunOptions{StatePath: path, Report: func([]logentry.Entry) error { return boom }})
 	if !errors.Is(err, boom) {
 		t.Fatalf("Run = %v; want the report's error", err)
 	}
@@ -249,10 +251,10 @@ func TestMonitorFollowRetriesUnavailableLog(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var retries int
-	var got []monitor.Entry
+	var got []logentry.Entry
 	err := m.Run(ctx, monitor.RunOptions{StatePath: path, Follow: true, Interval: 10 * time.Millisecond,
 		Retrying: func(error) { retries++ },
-		Report: func(es []monitor.Entry) error {
+		Report: func(es []logentry.Entry) error {
 			got = append(got, es...)
 			cancel()
 			return nil

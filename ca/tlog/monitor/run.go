@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/castellan-dev/castellan/ca/tlog/logentry"
+	"github.com/castellan-dev/castellan/ca/tlog/monitor/state"
 )
 
 // RunOptions says how Run follows the log.
 type RunOptions struct {
-	// StatePath is the state file (see LoadState and SaveState).
+	// StatePath is the state file (see state.Load and state.Save).
 	StatePath string
 	// Follow keeps stepping every Interval until ctx ends; otherwise Run
 	// makes one step.
@@ -21,7 +24,7 @@ type RunOptions struct {
 	// (see Step). An error from it stops Run with the state unchanged, so
 	// the step's matches are reported again next time: delivery is at
 	// least once.
-	Report func([]Entry) error
+	Report func([]logentry.Entry) error
 	// Stepped hears about each verified step before its state is saved.
 	Stepped func(*Result)
 	// Retrying, when following, hears about a step that failed because
@@ -38,7 +41,7 @@ func (m *Monitor) Run(ctx context.Context, o RunOptions) error {
 	if o.Follow && o.Interval <= 0 {
 		return errors.New("monitor: following the log needs a positive interval")
 	}
-	st, err := LoadState(o.StatePath, m.cfg.LogKey, m.cfg.Origin)
+	st, err := state.Load(o.StatePath, m.cfg.LogKey, m.cfg.Origin)
 	if err != nil {
 		return err
 	}
@@ -62,13 +65,13 @@ func (m *Monitor) Run(ctx context.Context, o RunOptions) error {
 }
 
 // step makes one step within StepTimeout, reports it and saves the state.
-func (m *Monitor) step(ctx context.Context, st *State, o RunOptions) (*State, error) {
+func (m *Monitor) step(ctx context.Context, st *state.State, o RunOptions) (*state.State, error) {
 	sctx, cancel := ctx, context.CancelFunc(func() {})
 	if o.StepTimeout > 0 {
 		sctx, cancel = context.WithTimeout(ctx, o.StepTimeout)
 	}
 	defer cancel()
-	report := func(es []Entry) error {
+	report := func(es []logentry.Entry) error {
 		if o.Report == nil {
 			return nil
 		}
@@ -90,7 +93,7 @@ func (m *Monitor) step(ctx context.Context, st *State, o RunOptions) (*State, er
 	if st != nil && res.To == st.Checkpoint.Size {
 		return st, nil
 	}
-	if err := SaveState(o.StatePath, res.State); err != nil {
+	if err := state.Save(o.StatePath, res.State); err != nil {
 		return nil, err
 	}
 	return res.State, nil

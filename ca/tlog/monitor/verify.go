@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/tlog/logentry"
 	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/rfc6962"
@@ -25,14 +26,14 @@ type pass struct {
 	old    *log.Checkpoint
 	cp     *log.Checkpoint
 	res    *Result
-	emit   func([]Entry) error
+	emit   func([]logentry.Entry) error
 	rng    *compact.Range // [0, end of the entries folded so far)
 	okOld  bool           // the old tree's nodes hash to the old root
 	chk    *tileCheck
-	chunk  []Entry   // matches of the current chunk
-	badErr error     // the first entry of the chunk that does not decode
-	newest time.Time // the time of the newest entry read
-	newIdx uint64    // its index
+	chunk  []logentry.Entry // matches of the current chunk
+	badErr error            // the first entry of the chunk that does not decode
+	newest time.Time        // the time of the newest entry read
+	newIdx uint64           // its index
 }
 
 // run verifies every chunk and emits its matches.
@@ -156,7 +157,7 @@ func (p *pass) fold(ctx context.Context, ri layout.RangeInfo) error {
 		if err := p.rng.Append(rfc6962.DefaultHasher.HashLeaf(d), p.chk.visit); err != nil {
 			return fmt.Errorf("monitor: entry %d: %w", idx, err)
 		}
-		e, err := DecodeEntry(d, idx)
+		e, err := logentry.Decode(d, idx)
 		if err != nil {
 			if p.badErr == nil {
 				p.badErr = err

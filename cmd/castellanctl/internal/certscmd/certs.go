@@ -1,21 +1,22 @@
-package main
+// Package certscmd holds castellanctl's certs command group: the issued
+// certificates the audit API indexes (list, show with lineage, revoke).
+package certscmd
 
 import (
 	"context"
-	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"text/tabwriter"
 	"time"
 
 	auditv1 "github.com/castellan-dev/castellan/api/castellan/audit/v1"
+	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/cli"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-// runCerts runs `castellanctl certs list|show|revoke` over the audit API.
-func runCerts(ctx context.Context, g *globals, args []string) error {
-	sub, args, err := subcommand("certs", args, "list", "show", "revoke")
+// Run runs `castellanctl certs list|show|revoke` over the audit API.
+func Run(ctx context.Context, g *cli.Globals, args []string) error {
+	sub, args, err := cli.Subcommand("certs", args, "list", "show", "revoke")
 	if err != nil {
 		return err
 	}
@@ -27,15 +28,6 @@ func runCerts(ctx context.Context, g *globals, args []string) error {
 	default:
 		return certsRevoke(ctx, g, args)
 	}
-}
-
-// auditClient dials the server and returns an audit client and a closer.
-func auditClient(ctx context.Context, g *globals) (auditv1.AuditServiceClient, func(), error) {
-	conn, err := g.dial(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	return auditv1.NewAuditServiceClient(conn), func() { conn.Close() }, nil
 }
 
 var states = map[string]auditv1.State{
@@ -58,8 +50,8 @@ func parseWhen(s string, now time.Time) (*timestamppb.Timestamp, error) {
 	return timestamppb.New(t), nil
 }
 
-func certsList(ctx context.Context, g *globals, args []string) error {
-	fs := newFlags(g, "certs list")
+func certsList(ctx context.Context, g *cli.Globals, args []string) error {
+	fs := g.NewFlags("certs list")
 	req := &auditv1.ListRequest{Kinds: []string{"issuance", "renewal"}}
 	fs.StringVar(&req.SpiffeId, "spiffe-id", "", "exact SPIFFE ID")
 	fs.StringVar(&req.SpiffeIdPrefix, "prefix", "", "SPIFFE ID prefix, e.g. spiffe://cluster.local/ns/bookinfo/")
@@ -71,32 +63,32 @@ func certsList(ctx context.Context, g *globals, args []string) error {
 	until := fs.String("until", "", "issued before: RFC 3339 time or duration ago")
 	limit := fs.Int("limit", 100, "stop after this many certificates (0: no limit, pages through everything)")
 	pageSize := fs.Int("page-size", 100, "certificates per request (1..1000)")
-	out := outputFlag(fs)
-	if err := parseFlags(fs, args); err != nil {
+	out := cli.OutputFlag(fs)
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	st, ok := states[*state]
 	switch {
 	case !ok:
-		return usagef("certs list: --state %q is not active, expired or revoked", *state)
+		return cli.Usagef("certs list: --state %q is not active, expired or revoked", *state)
 	case fs.NArg() > 0:
-		return usagef("certs list: unexpected arguments %q", fs.Args())
+		return cli.Usagef("certs list: unexpected arguments %q", fs.Args())
 	case *limit < 0 || *pageSize < 1 || *pageSize > 1000:
-		return usagef("certs list: --limit must be >= 0 and --page-size 1..1000")
+		return cli.Usagef("certs list: --limit must be >= 0 and --page-size 1..1000")
 	}
-	if err := checkOutput("certs list", *out); err != nil {
+	if err := cli.CheckOutput("certs list", *out); err != nil {
 		return err
 	}
 	var err error
 	now := time.Now()
 	if req.Since, err = parseWhen(*since, now); err != nil {
-		return usagef("certs list: --since: %v", err)
+		return cli.Usagef("certs list: --since: %v", err)
 	}
 	if req.Until, err = parseWhen(*until, now); err != nil {
-		return usagef("certs list: --until: %v", err)
+		return cli.Usagef("certs list: --until: %v", err)
 	}
 	req.State, req.PageSize = st, int32(*pageSize)
-	c, done, err := auditClient(ctx, g)
+	c, done, err := g.AuditClient(ctx)
 	if err != nil {
 		return err
 	}
@@ -115,11 +107,11 @@ func certsList(ctx context.Context, g *globals, args []string) error {
 	if *limit > 0 && len(events) > *limit {
 		events = events[:*limit]
 	}
-	return printCerts(g.stdout, *out, events, now)
+	return printCerts(g.Stdout, *out, events, now)
 }
 
-// certJSON is the -o json form of a certificate.
-type certJSON struct {
+// CertJSON is the -o json form of a certificate.
+type CertJSON struct {
 	Index           uint64     `json:"index"`
 	Kind            string     `json:"kind"`
 	Serial          string     `json:"serial"`
@@ -136,12 +128,12 @@ type certJSON struct {
 	CertDER         []byte     `json:"cert_der,omitempty"`
 }
 
-// certShowJSON is the -o json form of `certs show`: the certificate and
+// CertShowJSON is the -o json form of `certs show`: the certificate and
 // its lineage.
-type certShowJSON struct {
-	certJSON
-	Ancestors        []certJSON `json:"ancestors"`
-	Descendants      []certJSON `json:"descendants"`
+type CertShowJSON struct {
+	CertJSON
+	Ancestors        []CertJSON `json:"ancestors"`
+	Descendants      []CertJSON `json:"descendants"`
 	LineageTruncated bool       `json:"lineage_truncated,omitempty"`
 }
 
@@ -156,8 +148,8 @@ func stateOf(e *auditv1.Event, now time.Time) string {
 	}
 }
 
-func toCertJSON(e *auditv1.Event, now time.Time, withCert bool) certJSON {
-	c := certJSON{
+func toCertJSON(e *auditv1.Event, now time.Time, withCert bool) CertJSON {
+	c := CertJSON{
 		Index: e.GetIndex(), Kind: e.GetKind(), Serial: e.GetSerial(), SPIFFEID: e.GetSpiffeId(), Node: e.GetNode(),
 		IssuedAt: e.GetTime().AsTime(), NotBefore: e.GetNotBefore().AsTime(), NotAfter: e.GetNotAfter().AsTime(),
 		State: stateOf(e, now), PublicKeySHA256: e.GetPublicKeySha256(), ParentSerial: e.GetParentSerial(),
@@ -174,11 +166,11 @@ func toCertJSON(e *auditv1.Event, now time.Time, withCert bool) certJSON {
 
 func printCerts(w io.Writer, format string, events []*auditv1.Event, now time.Time) error {
 	if format == "json" {
-		out := make([]certJSON, 0, len(events))
+		out := make([]CertJSON, 0, len(events))
 		for _, e := range events {
 			out = append(out, toCertJSON(e, now, false))
 		}
-		return writeJSON(w, out)
+		return cli.WriteJSON(w, out)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SERIAL\tSPIFFE ID\tNODE\tISSUED\tEXPIRES\tSTATE")
@@ -189,55 +181,24 @@ func printCerts(w io.Writer, format string, events []*auditv1.Event, now time.Ti
 	return tw.Flush()
 }
 
-func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
-// parseSerial parses `<cmd> SERIAL [flags]` with flags before or after
-// the serial.
-func parseSerial(fs *flag.FlagSet, args []string) (string, error) {
-	return parseOne(fs, args, "SERIAL")
-}
-
-// parseOne parses `<cmd> WHAT [flags]` with flags before or after the one
-// positional argument.
-func parseOne(fs *flag.FlagSet, args []string, what string) (string, error) {
-	var pos []string
-	for {
-		if err := parseFlags(fs, args); err != nil {
-			return "", err
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos, args = append(pos, fs.Arg(0)), fs.Args()[1:]
-	}
-	if len(pos) != 1 {
-		return "", usagef("%s: expected one %s argument, got %d", fs.Name(), what, len(pos))
-	}
-	return pos[0], nil
-}
-
-func certsShow(ctx context.Context, g *globals, args []string) error {
-	fs := newFlags(g, "certs show")
+func certsShow(ctx context.Context, g *cli.Globals, args []string) error {
+	fs := g.NewFlags("certs show")
 	fs.Usage = func() {
-		fmt.Fprintln(g.stderr, "usage: castellanctl certs show SERIAL [-o table|json]\n\n"+
+		fmt.Fprintln(g.Stderr, "usage: castellanctl certs show SERIAL [-o table|json]\n\n"+
 			"Shows a certificate, its inclusion in the ledger and its lineage: the certificates it was renewed\n"+
 			"from (ancestors, parent first) and those renewed from it (descendants). Agent SVIDs and\n"+
 			"certificates renewed with themselves over the Istio API record the serial they renewed.")
 		fs.PrintDefaults()
 	}
-	out := outputFlag(fs)
-	serial, err := parseSerial(fs, args)
+	out := cli.OutputFlag(fs)
+	serial, err := cli.ParseOne(fs, args, "SERIAL")
 	if err != nil {
 		return err
 	}
-	if err := checkOutput("certs show", *out); err != nil {
+	if err := cli.CheckOutput("certs show", *out); err != nil {
 		return err
 	}
-	c, done, err := auditClient(ctx, g)
+	c, done, err := g.AuditClient(ctx)
 	if err != nil {
 		return err
 	}
@@ -249,16 +210,16 @@ func certsShow(ctx context.Context, g *globals, args []string) error {
 	now := time.Now()
 	cj := toCertJSON(resp.GetEvent(), now, true)
 	if *out == "json" {
-		sj := certShowJSON{certJSON: cj, Ancestors: []certJSON{}, Descendants: []certJSON{}, LineageTruncated: resp.GetLineageTruncated()}
+		sj := CertShowJSON{CertJSON: cj, Ancestors: []CertJSON{}, Descendants: []CertJSON{}, LineageTruncated: resp.GetLineageTruncated()}
 		for _, e := range resp.GetAncestors() {
 			sj.Ancestors = append(sj.Ancestors, toCertJSON(e, now, false))
 		}
 		for _, e := range resp.GetDescendants() {
 			sj.Descendants = append(sj.Descendants, toCertJSON(e, now, false))
 		}
-		return writeJSON(g.stdout, sj)
+		return cli.WriteJSON(g.Stdout, sj)
 	}
-	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+	tw := tabwriter.NewWriter(g.Stdout, 0, 4, 2, ' ', 0)
 	rows := [][2]string{
 		{"Serial", cj.Serial}, {"SPIFFE ID", cj.SPIFFEID}, {"Node", cj.Node}, {"Kind", cj.Kind},
 		{"State", cj.State}, {"Issued", cj.IssuedAt.UTC().Format(time.RFC3339)},
@@ -278,7 +239,7 @@ func certsShow(ctx context.Context, g *globals, args []string) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	return printLineage(g.stdout, resp, now)
+	return printLineage(g.Stdout, resp, now)
 }
 
 // printLineage prints the ancestors (oldest first) and descendants of a
@@ -291,7 +252,7 @@ func printLineage(w io.Writer, resp *auditv1.GetResponse, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nLineage:\nRELATION\tSERIAL\tRENEWED FROM\tISSUED\tEXPIRES\tSTATE")
 	row := func(rel string, e *auditv1.Event) {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", rel, e.GetSerial(), orDash(e.GetParentSerial()),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", rel, e.GetSerial(), cli.OrDash(e.GetParentSerial()),
 			e.GetTime().AsTime().UTC().Format(time.RFC3339), e.GetNotAfter().AsTime().UTC().Format(time.RFC3339), stateOf(e, now))
 	}
 	for i := len(anc) - 1; i >= 0; i-- {
@@ -307,10 +268,10 @@ func printLineage(w io.Writer, resp *auditv1.GetResponse, now time.Time) error {
 	return tw.Flush()
 }
 
-func certsRevoke(ctx context.Context, g *globals, args []string) error {
-	fs := newFlags(g, "certs revoke")
+func certsRevoke(ctx context.Context, g *cli.Globals, args []string) error {
+	fs := g.NewFlags("certs revoke")
 	fs.Usage = func() {
-		fmt.Fprintln(g.stderr, "usage: castellanctl certs revoke SERIAL --reason TEXT [--with-descendants] [-o table|json]\n\n"+
+		fmt.Fprintln(g.Stderr, "usage: castellanctl certs revoke SERIAL --reason TEXT [--with-descendants] [-o table|json]\n\n"+
 			"Revokes a certificate: the revocation is logged, published in the CRL (GET /crl) and pushed to agents.\n"+
 			"With --with-descendants, every certificate renewed from it (and renewed from those, ...) is revoked\n"+
 			"too, in the same ledger append: use it for a stolen agent key, whose holder may have renewed it.\n"+
@@ -319,18 +280,18 @@ func certsRevoke(ctx context.Context, g *globals, args []string) error {
 	}
 	reason := fs.String("reason", "", "why (keyCompromise, superseded, cessationOfOperation, ... or free text; required)")
 	withDesc := fs.Bool("with-descendants", false, "also revoke every certificate descended from this one (see certs show)")
-	out := outputFlag(fs)
-	serial, err := parseSerial(fs, args)
+	out := cli.OutputFlag(fs)
+	serial, err := cli.ParseOne(fs, args, "SERIAL")
 	if err != nil {
 		return err
 	}
 	if *reason == "" {
-		return usagef("certs revoke: --reason is required")
+		return cli.Usagef("certs revoke: --reason is required")
 	}
-	if err := checkOutput("certs revoke", *out); err != nil {
+	if err := cli.CheckOutput("certs revoke", *out); err != nil {
 		return err
 	}
-	c, done, err := auditClient(ctx, g)
+	c, done, err := g.AuditClient(ctx)
 	if err != nil {
 		return err
 	}
@@ -340,16 +301,16 @@ func certsRevoke(ctx context.Context, g *globals, args []string) error {
 		return err
 	}
 	if *withDesc {
-		return printRevocations(g.stdout, *out, resp.GetRevocations())
+		return printRevocations(g.Stdout, *out, resp.GetRevocations())
 	}
 	r := resp.GetRevocation()
 	if *out == "json" {
-		return writeJSON(g.stdout, map[string]any{
+		return cli.WriteJSON(g.Stdout, map[string]any{
 			"serial": r.GetSerial(), "spiffe_id": r.GetSpiffeId(), "reason": r.GetReason(),
 			"revoked_at": r.GetTime().AsTime(), "ledger_index": r.GetIndex(),
 		})
 	}
-	_, err = fmt.Fprintf(g.stdout, "revoked %s (%s) at ledger index %d\n", r.GetSerial(), r.GetSpiffeId(), r.GetIndex())
+	_, err = fmt.Fprintf(g.Stdout, "revoked %s (%s) at ledger index %d\n", r.GetSerial(), r.GetSpiffeId(), r.GetIndex())
 	return err
 }
 
@@ -363,7 +324,7 @@ func printRevocations(w io.Writer, format string, revs []*auditv1.Event) error {
 				"revoked_at": r.GetTime().AsTime(), "ledger_index": r.GetIndex(),
 			})
 		}
-		return writeJSON(w, map[string]any{"revocations": out})
+		return cli.WriteJSON(w, map[string]any{"revocations": out})
 	}
 	for _, r := range revs {
 		if _, err := fmt.Fprintf(w, "revoked %s (%s) at ledger index %d\n", r.GetSerial(), r.GetSpiffeId(), r.GetIndex()); err != nil {

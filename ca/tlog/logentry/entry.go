@@ -1,4 +1,10 @@
-package monitor
+// Package logentry decodes the entries of Castellan's issuance log as any
+// reader of the log sees them (C2SP tlog-tiles leaf data, entry format
+// version 1, documented in package ca/tlog), and checks that an issuance
+// or renewal entry describes the certificate it carries, so that a reader
+// matches what certificates say, not only what the log claims. It imports
+// nothing of the CA: only the log's public format.
+package logentry
 
 import (
 	"crypto/sha256"
@@ -7,13 +13,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
 )
 
-// EntryVersion is the entry format version this package reads (the
+// Version is the entry format version this package reads (the
 // format is documented in package ca/tlog).
-const EntryVersion = 1
+const Version = 1
 
 // Entry is a decoded log entry, entry format version 1. Members absent
 // from the entry are zero.
@@ -52,18 +57,18 @@ type wireEntry struct {
 	Parent          string  `json:"parent"`
 }
 
-// DecodeEntry decodes the leaf data of the entry at index. It refuses an
+// Decode decodes the leaf data of the entry at index. It refuses an
 // entry that is not a version 1 JSON object, that names another index or
 // no kind, whose times or certificate do not parse, and an issuance or
 // renewal whose members do not describe its own certificate.
-func DecodeEntry(data []byte, index uint64) (Entry, error) {
+func Decode(data []byte, index uint64) (Entry, error) {
 	var w wireEntry
 	if err := json.Unmarshal(data, &w); err != nil {
 		return Entry{}, fmt.Errorf("entry %d is not a JSON object: %w", index, err)
 	}
 	switch {
-	case w.V == nil || *w.V != EntryVersion:
-		return Entry{}, fmt.Errorf("entry %d has format version %s; this monitor reads version %d (upgrade castellanctl)", index, optional(w.V), EntryVersion)
+	case w.V == nil || *w.V != Version:
+		return Entry{}, fmt.Errorf("entry %d has format version %s; this monitor reads version %d (upgrade castellanctl)", index, optional(w.V), Version)
 	case w.Index == nil || *w.Index != index:
 		return Entry{}, fmt.Errorf("entry at index %d says it is at index %s: entries cannot be moved", index, optional(w.Index))
 	case w.Kind == "":
@@ -139,31 +144,4 @@ func optional[T any](p *T) string {
 		return "none"
 	}
 	return fmt.Sprint(*p)
-}
-
-// Filter selects entries. An entry matches when its SPIFFE ID starts with
-// one of SPIFFEIDPrefixes (any, if none is given) and its node is one of
-// Nodes (any, if none is given). A prefix is a plain string prefix: end
-// it with "/" to match whole path segments.
-type Filter struct {
-	SPIFFEIDPrefixes []string
-	Nodes            []string
-}
-
-// Match reports whether e matches f.
-func (f Filter) Match(e *Entry) bool {
-	return matchAny(f.SPIFFEIDPrefixes, func(p string) bool { return strings.HasPrefix(e.SPIFFEID, p) }) &&
-		matchAny(f.Nodes, func(n string) bool { return e.Node == n })
-}
-
-func matchAny(list []string, fn func(string) bool) bool {
-	if len(list) == 0 {
-		return true
-	}
-	for _, s := range list {
-		if fn(s) {
-			return true
-		}
-	}
-	return false
 }

@@ -1,9 +1,10 @@
-package main
+// Package entrycmd holds castellanctl's entry command group: registration
+// entries (create, list, delete) over the admin API.
+package entrycmd
 
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -13,11 +14,12 @@ import (
 	adminv1 "github.com/castellan-dev/castellan/api/castellan/admin/v1"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/authz"
+	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/cli"
 )
 
-// runEntry runs `castellanctl entry create|list|delete`.
-func runEntry(ctx context.Context, g *globals, args []string) error {
-	sub, args, err := subcommand("entry", args, "create", "list", "delete")
+// Run runs `castellanctl entry create|list|delete`.
+func Run(ctx context.Context, g *cli.Globals, args []string) error {
+	sub, args, err := cli.Subcommand("entry", args, "create", "list", "delete")
 	if err != nil {
 		return err
 	}
@@ -45,53 +47,30 @@ func (s *selectorFlag) Set(v string) error {
 	return nil
 }
 
-func outputFlag(fs *flag.FlagSet) *string {
-	return fs.String("o", "table", "output format: table or json")
-}
-
-// parseOutputOnly parses args into fs for a command that takes no positional
-// arguments and whose -o flag out must be table or json.
-func parseOutputOnly(fs *flag.FlagSet, args []string, out *string) error {
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return usagef("%s: unexpected arguments %q", fs.Name(), fs.Args())
-	}
-	return checkOutput(fs.Name(), *out)
-}
-
-func checkOutput(cmd, o string) error {
-	if o != "table" && o != "json" {
-		return usagef("%s: -o %q is not table or json", cmd, o)
-	}
-	return nil
-}
-
-func entryCreate(ctx context.Context, g *globals, args []string) error {
-	fs := newFlags(g, "entry create")
+func entryCreate(ctx context.Context, g *cli.Globals, args []string) error {
+	fs := g.NewFlags("entry create")
 	id := fs.String("spiffe-id", "", "SPIFFE ID to assign (required)")
 	node := fs.String("node", "", "node whose agent may obtain it (required)")
 	var sels selectorFlag
 	fs.Var(&sels, "selector", "workload selector TYPE:KEY:VALUE, e.g. unix:uid:1000 (repeatable, at least one)")
 	ttl := fs.Duration("ttl", 0, "SVID lifetime for this entry and the longest an agent may request for it (0: the CA's default, up to its maximum)")
 	anyUser := fs.Bool("allow-any-user", false, "accept an entry with unix:path/unix:sha256 selectors but no unix:uid or unix:gid: any local user who runs that executable obtains the identity")
-	out := outputFlag(fs)
-	if err := parseFlags(fs, args); err != nil {
+	out := cli.OutputFlag(fs)
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	switch {
 	case *id == "" || *node == "" || len(sels) == 0:
-		return usagef("entry create: --spiffe-id, --node and at least one --selector are required")
+		return cli.Usagef("entry create: --spiffe-id, --node and at least one --selector are required")
 	case fs.NArg() > 0:
-		return usagef("entry create: unexpected arguments %q", fs.Args())
+		return cli.Usagef("entry create: unexpected arguments %q", fs.Args())
 	case *ttl < 0:
-		return usagef("entry create: --ttl must not be negative")
+		return cli.Usagef("entry create: --ttl must not be negative")
 	}
-	if err := checkOutput("entry create", *out); err != nil {
+	if err := cli.CheckOutput("entry create", *out); err != nil {
 		return err
 	}
-	conn, err := g.dial(ctx)
+	conn, err := g.Dial(ctx)
 	if err != nil {
 		return err
 	}
@@ -103,21 +82,21 @@ func entryCreate(ctx context.Context, g *globals, args []string) error {
 		return err
 	}
 	if resp.GetEntry().GetAllowAnyUser() {
-		fmt.Fprintf(g.stderr, "WARNING: entry %s lets ANY local user of node %s obtain %s: its selectors name an executable but no unix:uid or unix:gid, "+
+		fmt.Fprintf(g.Stderr, "WARNING: entry %s lets ANY local user of node %s obtain %s: its selectors name an executable but no unix:uid or unix:gid, "+
 			"and anyone can run that executable. Prefer a unix:uid:N selector for the user the workload runs as.\n",
 			resp.GetEntry().GetId(), resp.GetEntry().GetNode(), resp.GetEntry().GetSpiffeId())
 	}
-	return printEntries(g.stdout, *out, []*cav1.Entry{resp.GetEntry()})
+	return printEntries(g.Stdout, *out, []*cav1.Entry{resp.GetEntry()})
 }
 
-func entryList(ctx context.Context, g *globals, args []string) error {
-	fs := newFlags(g, "entry list")
+func entryList(ctx context.Context, g *cli.Globals, args []string) error {
+	fs := g.NewFlags("entry list")
 	node := fs.String("node", "", "only entries of this node")
-	out := outputFlag(fs)
-	if err := parseOutputOnly(fs, args, out); err != nil {
+	out := cli.OutputFlag(fs)
+	if err := cli.ParseOutputOnly(fs, args, out); err != nil {
 		return err
 	}
-	conn, err := g.dial(ctx)
+	conn, err := g.Dial(ctx)
 	if err != nil {
 		return err
 	}
@@ -126,18 +105,18 @@ func entryList(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	return printEntries(g.stdout, *out, resp.GetEntries())
+	return printEntries(g.Stdout, *out, resp.GetEntries())
 }
 
-func entryDelete(ctx context.Context, g *globals, args []string) error {
-	fs := newFlags(g, "entry delete")
-	if err := parseFlags(fs, args); err != nil {
+func entryDelete(ctx context.Context, g *cli.Globals, args []string) error {
+	fs := g.NewFlags("entry delete")
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
-		return usagef("entry delete: give exactly one entry ID")
+		return cli.Usagef("entry delete: give exactly one entry ID")
 	}
-	conn, err := g.dial(ctx)
+	conn, err := g.Dial(ctx)
 	if err != nil {
 		return err
 	}
@@ -145,7 +124,7 @@ func entryDelete(ctx context.Context, g *globals, args []string) error {
 	if _, err := adminv1.NewAdminServiceClient(conn).DeleteEntry(ctx, &adminv1.DeleteEntryRequest{Id: fs.Arg(0)}); err != nil {
 		return err
 	}
-	fmt.Fprintf(g.stderr, "deleted entry %s\n", fs.Arg(0))
+	fmt.Fprintf(g.Stderr, "deleted entry %s\n", fs.Arg(0))
 	return nil
 }
 

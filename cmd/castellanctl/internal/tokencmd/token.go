@@ -1,4 +1,7 @@
-package main
+// Package tokencmd holds castellanctl's token command group: token create,
+// which makes a one-time join token and hands it over on stdout or in a new
+// owner-only file.
+package tokencmd
 
 import (
 	"context"
@@ -7,31 +10,32 @@ import (
 	"time"
 
 	adminv1 "github.com/castellan-dev/castellan/api/castellan/admin/v1"
+	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/cli"
 )
 
-// runToken runs `castellanctl token create --node NAME [--ttl 10m] [--out
+// Run runs `castellanctl token create --node NAME [--ttl 10m] [--out
 // FILE]`. The token goes to stdout alone (for scripts), or with --out to a
 // new file created 0600 (never overwritten) for castellan-agent
 // --join-token-file; its node and expiry to stderr.
-func runToken(ctx context.Context, g *globals, args []string) error {
-	_, args, err := subcommand("token", args, "create")
+func Run(ctx context.Context, g *cli.Globals, args []string) error {
+	_, args, err := cli.Subcommand("token", args, "create")
 	if err != nil {
 		return err
 	}
-	fs := newFlags(g, "token create")
+	fs := g.NewFlags("token create")
 	node := fs.String("node", "", "node the token is for (required)")
 	ttl := fs.Duration("ttl", 10*time.Minute, "how long the token stays usable")
 	outFile := fs.String("out", "", "write the token to this new file (mode 0600, refused if it exists) instead of stdout; give it to castellan-agent --join-token-file")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	if *node == "" || fs.NArg() > 0 {
-		return usagef("token create: --node NAME is required and takes no arguments")
+		return cli.Usagef("token create: --node NAME is required and takes no arguments")
 	}
 	if *ttl <= 0 {
-		return usagef("token create: --ttl must be positive")
+		return cli.Usagef("token create: --ttl must be positive")
 	}
-	conn, err := g.dial(ctx)
+	conn, err := g.Dial(ctx)
 	if err != nil {
 		return err
 	}
@@ -43,11 +47,11 @@ func runToken(ctx context.Context, g *globals, args []string) error {
 		return err
 	}
 	if *outFile == "" {
-		fmt.Fprintln(g.stdout, resp.GetToken())
+		fmt.Fprintln(g.Stdout, resp.GetToken())
 	} else if err := writeTokenFile(*outFile, resp.GetToken()); err != nil {
 		return err
 	}
-	fmt.Fprintf(g.stderr, "join token for node %s, single use, expires %s\n",
+	fmt.Fprintf(g.Stderr, "join token for node %s, single use, expires %s\n",
 		resp.GetNode(), resp.GetExpiresAt().AsTime().Local().Format(time.RFC3339))
 	return nil
 }

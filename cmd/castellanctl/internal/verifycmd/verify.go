@@ -1,46 +1,31 @@
-package main
+// Package verifycmd holds castellanctl's checks of the issuance ledger:
+// ledger checkpoint, prove and verify. They check what the server says (or
+// what a stopped server's ledger file holds, read by a FileVerifier the
+// caller gives) against the log's signed checkpoints, inclusion and
+// consistency proofs, with ca/verifier. The package links no storage and no
+// Kubernetes client, so neither does the verification path.
+package verifycmd
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"time"
 
 	auditv1 "github.com/castellan-dev/castellan/api/castellan/audit/v1"
-	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/verifier"
+	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/cli"
 	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 )
 
-// runLedger runs `castellanctl ledger verify|checkpoint|prove|export|keygen`.
-func runLedger(ctx context.Context, g *globals, args []string) error {
-	sub, args, err := subcommand("ledger", args, "verify", "checkpoint", "prove", "export", "keygen", "monitor")
-	if err != nil {
-		return err
-	}
-	switch sub {
-	case "verify":
-		return ledgerVerify(ctx, g, args)
-	case "checkpoint":
-		return ledgerCheckpoint(ctx, g, args)
-	case "prove":
-		return ledgerProve(ctx, g, args)
-	case "keygen":
-		return ledgerKeygen(g, args)
-	case "monitor":
-		return ledgerMonitor(ctx, g, args)
-	default:
-		return ledgerExport(ctx, g, args)
-	}
-}
+// FileVerifier verifies a stopped server's ledger file with the log's
+// verifier key vkey, and against any extra signed checkpoints
+// (ca/ledger.VerifyFile).
+type FileVerifier func(path, vkey string, extra ...[]byte) (verifier.Report, error)
 
 // VerificationError means the log does not verify: it was altered, or a
 // checkpoint or proof is wrong. Its ExitCode (3) tells scripts apart from
@@ -67,7 +52,7 @@ func logKeyFlag(fs interface {
 
 // latest fetches the latest checkpoint and opens it with the pinned key,
 // or the server's key when none is pinned (with a warning).
-func latest(ctx context.Context, g *globals, c auditv1.AuditServiceClient, pinned string) (*auditv1.CheckpointResponse, *log.Checkpoint, string, error) {
+func latest(ctx context.Context, g *cli.Globals, c auditv1.AuditServiceClient, pinned string) (*auditv1.CheckpointResponse, *log.Checkpoint, string, error) {
 	resp, err := c.Checkpoint(ctx, &auditv1.CheckpointRequest{})
 	if err != nil {
 		return nil, nil, "", err
@@ -75,31 +60,32 @@ func latest(ctx context.Context, g *globals, c auditv1.AuditServiceClient, pinne
 	vkey := pinned
 	if vkey == "" {
 		vkey = resp.GetVerifierKey()
-		fmt.Fprintf(g.stderr, "castellanctl: warning: trusting the log key the server reports (%s); pin it with --log-key\n", vkey)
+		fmt.Fprintf(g.Stderr, "castellanctl: warning: trusting the log key the server reports (%s); pin it with --log-key\n", vkey)
 	}
 	cp, err := verifier.OpenCheckpoint(resp.GetCheckpoint(), resp.GetOrigin(), vkey)
 	if err != nil {
-		fmt.Fprintf(g.stderr, "castellanctl: the server's checkpoint does not verify with log key %s: %v\n", vkey, err)
+		fmt.Fprintf(g.Stderr, "castellanctl: the server's checkpoint does not verify with log key %s: %v\n", vkey, err)
 		return nil, nil, "", &VerificationError{Problems: 1}
 	}
 	return resp, cp, vkey, nil
 }
 
-func ledgerCheckpoint(ctx context.Context, g *globals, args []string) error {
-	fs := newFlags(g, "ledger checkpoint")
+// Checkpoint runs `castellanctl ledger checkpoint`.
+func Checkpoint(ctx context.Context, g *cli.Globals, args []string) error {
+	fs := g.NewFlags("ledger checkpoint")
 	save := fs.String("save", "", "also write the signed checkpoint to this file (for a later verify --since)")
 	key := logKeyFlag(fs)
-	out := outputFlag(fs)
-	if err := parseFlags(fs, args); err != nil {
+	out := cli.OutputFlag(fs)
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
-		return usagef("ledger checkpoint: unexpected arguments %q", fs.Args())
+		return cli.Usagef("ledger checkpoint: unexpected arguments %q", fs.Args())
 	}
-	if err := checkOutput("ledger checkpoint", *out); err != nil {
+	if err := cli.CheckOutput("ledger checkpoint", *out); err != nil {
 		return err
 	}
-	c, done, err := auditClient(ctx, g)
+	c, done, err := g.AuditClient(ctx)
 	if err != nil {
 		return err
 	}
@@ -114,17 +100,17 @@ func ledgerCheckpoint(ctx context.Context, g *globals, args []string) error {
 		}
 	}
 	if *out == "json" {
-		return writeJSON(g.stdout, map[string]any{
+		return cli.WriteJSON(g.Stdout, map[string]any{
 			"origin": cp.Origin, "size": cp.Size, "root_hash": base64.StdEncoding.EncodeToString(cp.Hash),
 			"verifier_key": vkey, "checkpoint": string(resp.GetCheckpoint()),
 		})
 	}
-	_, err = g.stdout.Write(resp.GetCheckpoint())
+	_, err = g.Stdout.Write(resp.GetCheckpoint())
 	return err
 }
 
-// verifyResult is the -o json output of ledger verify.
-type verifyResult struct {
+// Result is the -o json output of ledger verify.
+type Result struct {
 	OK             bool     `json:"ok"`
 	Entries        uint64   `json:"entries"`
 	Pruned         uint64   `json:"pruned"`
@@ -136,25 +122,27 @@ type verifyResult struct {
 	Findings       []string `json:"findings"`
 }
 
-func ledgerVerify(ctx context.Context, g *globals, args []string) error {
-	fs := newFlags(g, "ledger verify")
+// Verify runs `castellanctl ledger verify`; readFile verifies a file
+// given with --db.
+func Verify(ctx context.Context, g *cli.Globals, args []string, readFile FileVerifier) error {
+	fs := g.NewFlags("ledger verify")
 	since := fs.String("since", "", "a checkpoint saved earlier (ledger checkpoint --save); also prove the log only grew since")
 	db := fs.String("db", "", "verify this ledger file offline instead of asking the server (the server must be stopped; needs --log-key)")
 	key := logKeyFlag(fs)
-	out := outputFlag(fs)
-	if err := parseFlags(fs, args); err != nil {
+	out := cli.OutputFlag(fs)
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
-		return usagef("ledger verify: unexpected arguments %q", fs.Args())
+		return cli.Usagef("ledger verify: unexpected arguments %q", fs.Args())
 	}
-	if err := checkOutput("ledger verify", *out); err != nil {
+	if err := cli.CheckOutput("ledger verify", *out); err != nil {
 		return err
 	}
 	if *db != "" {
-		return verifyFile(g, *db, *key, *since, *out)
+		return verifyFile(g, readFile, *db, *key, *since, *out)
 	}
-	c, done, err := auditClient(ctx, g)
+	c, done, err := g.AuditClient(ctx)
 	if err != nil {
 		return err
 	}
@@ -163,7 +151,7 @@ func ledgerVerify(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	res := verifyResult{CheckpointSize: cp.Size, Findings: []string{}}
+	res := Result{CheckpointSize: cp.Size, Findings: []string{}}
 	cps := []*log.Checkpoint{cp}
 	var old *log.Checkpoint
 	if *since != "" {
@@ -180,7 +168,7 @@ func ledgerVerify(ctx context.Context, g *globals, args []string) error {
 		cps = append(cps, old)
 	}
 	tv := verifier.NewTree(cps...)
-	if err := exportLeaves(ctx, c, 0, func(lf verifier.Leaf) error { tv.Add(lf); return nil }); err != nil {
+	if err := ExportLeaves(ctx, c, 0, func(lf verifier.Leaf) error { tv.Add(lf); return nil }); err != nil {
 		return err
 	}
 	rep := tv.Finish()
@@ -198,9 +186,9 @@ func ledgerVerify(ctx context.Context, g *globals, args []string) error {
 }
 
 // verifyFile verifies a stopped server's ledger file directly.
-func verifyFile(g *globals, path, vkey, since, format string) error {
+func verifyFile(g *cli.Globals, readFile FileVerifier, path, vkey, since, format string) error {
 	if vkey == "" {
-		return usagef("ledger verify --db needs --log-key (the file's own key cannot vouch for it)")
+		return cli.Usagef("ledger verify --db needs --log-key (the file's own key cannot vouch for it)")
 	}
 	var extra [][]byte
 	if since != "" {
@@ -210,11 +198,11 @@ func verifyFile(g *globals, path, vkey, since, format string) error {
 		}
 		extra = append(extra, raw)
 	}
-	rep, err := ledger.VerifyFile(path, vkey, extra...)
+	rep, err := readFile(path, vkey, extra...)
 	if err != nil {
 		return err
 	}
-	res := verifyResult{Entries: rep.Entries, Pruned: rep.Pruned, Problems: rep.ProblemCount,
+	res := Result{Entries: rep.Entries, Pruned: rep.Pruned, Problems: rep.ProblemCount,
 		RootHash: base64.StdEncoding.EncodeToString(rep.Root), CheckpointSize: rep.Checkpoint, Findings: append([]string{}, rep.Findings...)}
 	return finishVerify(g, format, res)
 }
@@ -235,23 +223,23 @@ func checkConsistency(ctx context.Context, c auditv1.AuditServiceClient, old, cu
 	return "ok"
 }
 
-func finishVerify(g *globals, format string, res verifyResult) error {
+func finishVerify(g *cli.Globals, format string, res Result) error {
 	res.OK = res.Problems == 0
 	if format == "json" {
-		if err := writeJSON(g.stdout, res); err != nil {
+		if err := cli.WriteJSON(g.Stdout, res); err != nil {
 			return err
 		}
 	} else {
 		if res.OK {
-			fmt.Fprintf(g.stdout, "OK: %d entries (%d pruned) recomputed; they match signed checkpoint %d", res.Entries, res.Pruned, res.CheckpointSize)
+			fmt.Fprintf(g.Stdout, "OK: %d entries (%d pruned) recomputed; they match signed checkpoint %d", res.Entries, res.Pruned, res.CheckpointSize)
 			if res.SinceSize != nil {
-				fmt.Fprintf(g.stdout, ", which is consistent with saved checkpoint %d", *res.SinceSize)
+				fmt.Fprintf(g.Stdout, ", which is consistent with saved checkpoint %d", *res.SinceSize)
 			}
-			fmt.Fprintln(g.stdout)
+			fmt.Fprintln(g.Stdout)
 		} else {
-			fmt.Fprintf(g.stdout, "FAILED: %d problem(s) in %d entries checked against checkpoint %d:\n", res.Problems, res.Entries, res.CheckpointSize)
+			fmt.Fprintf(g.Stdout, "FAILED: %d problem(s) in %d entries checked against checkpoint %d:\n", res.Problems, res.Entries, res.CheckpointSize)
 			for _, f := range res.Findings {
-				fmt.Fprintln(g.stdout, "  -", f)
+				fmt.Fprintln(g.Stdout, "  -", f)
 			}
 		}
 	}
@@ -261,8 +249,8 @@ func finishVerify(g *globals, format string, res verifyResult) error {
 	return nil
 }
 
-// exportLeaves streams the log's leaves from index from.
-func exportLeaves(ctx context.Context, c auditv1.AuditServiceClient, from uint64, fn func(verifier.Leaf) error) error {
+// ExportLeaves streams the log's leaves from index from.
+func ExportLeaves(ctx context.Context, c auditv1.AuditServiceClient, from uint64, fn func(verifier.Leaf) error) error {
 	stream, err := c.Export(ctx, &auditv1.ExportRequest{FromIndex: from})
 	if err != nil {
 		return err
@@ -300,18 +288,19 @@ type InclusionBundle struct {
 	VerifierKey string   `json:"verifier_key"`
 }
 
-func ledgerProve(ctx context.Context, g *globals, args []string) error {
-	fs := newFlags(g, "ledger prove")
+// Prove runs `castellanctl ledger prove`.
+func Prove(ctx context.Context, g *cli.Globals, args []string) error {
+	fs := g.NewFlags("ledger prove")
 	key := logKeyFlag(fs)
 	out := fs.String("o", "json", "output format: json (the proof bundle) or table")
-	serial, err := parseSerial(fs, args)
+	serial, err := cli.ParseOne(fs, args, "SERIAL")
 	if err != nil {
 		return err
 	}
-	if err := checkOutput("ledger prove", *out); err != nil {
+	if err := cli.CheckOutput("ledger prove", *out); err != nil {
 		return err
 	}
-	c, done, err := auditClient(ctx, g)
+	c, done, err := g.AuditClient(ctx)
 	if err != nil {
 		return err
 	}
@@ -332,117 +321,17 @@ func ledgerProve(ctx context.Context, g *globals, args []string) error {
 	}
 	cp, err := verifier.OpenCheckpoint(p.GetCheckpoint(), b.Origin, vkey)
 	if err != nil || cp.Size != b.TreeSize {
-		fmt.Fprintln(g.stderr, "castellanctl: the proof's checkpoint is not validly signed by the log key")
+		fmt.Fprintln(g.Stderr, "castellanctl: the proof's checkpoint is not validly signed by the log key")
 		return &VerificationError{Problems: 1}
 	}
 	if err := proof.VerifyInclusion(rfc6962.DefaultHasher, b.LeafIndex, b.TreeSize, b.LeafHash, b.Hashes, cp.Hash); err != nil {
-		fmt.Fprintf(g.stderr, "castellanctl: the server's inclusion proof does not verify: %v\n", err)
+		fmt.Fprintf(g.Stderr, "castellanctl: the server's inclusion proof does not verify: %v\n", err)
 		return &VerificationError{Problems: 1}
 	}
 	if *out == "json" {
-		return writeJSON(g.stdout, b)
+		return cli.WriteJSON(g.Stdout, b)
 	}
-	_, err = fmt.Fprintf(g.stdout, "entry %d (serial %s) is in the log: inclusion proof of %d hashes verifies against signed checkpoint %d\n",
+	_, err = fmt.Fprintf(g.Stdout, "entry %d (serial %s) is in the log: inclusion proof of %d hashes verifies against signed checkpoint %d\n",
 		b.LeafIndex, b.Serial, len(b.Hashes), b.TreeSize)
-	return err
-}
-
-// exportLine is one JSON line of `ledger export`.
-type exportLine struct {
-	Index           uint64     `json:"index"`
-	Kind            string     `json:"kind,omitempty"`
-	Time            *time.Time `json:"time,omitempty"`
-	Serial          string     `json:"serial,omitempty"`
-	SPIFFEID        string     `json:"spiffe_id,omitempty"`
-	Node            string     `json:"node,omitempty"`
-	NotBefore       *time.Time `json:"not_before,omitempty"`
-	NotAfter        *time.Time `json:"not_after,omitempty"`
-	PublicKeySHA256 string     `json:"public_key_sha256,omitempty"`
-	Reason          string     `json:"reason,omitempty"`
-	LeafHash        string     `json:"leaf_hash"`
-	Pruned          bool       `json:"pruned,omitempty"`
-	Error           string     `json:"error,omitempty"`
-}
-
-func timePtr(t time.Time) *time.Time {
-	if t.IsZero() {
-		return nil
-	}
-	return &t
-}
-
-func ledgerExport(ctx context.Context, g *globals, args []string) error {
-	fs := newFlags(g, "ledger export")
-	from := fs.Uint64("from", 0, "first ledger index to export")
-	out := fs.String("o", "json", "output format: json (JSON lines, one event per line)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return usagef("ledger export: unexpected arguments %q", fs.Args())
-	}
-	if *out != "json" {
-		return usagef("ledger export: only -o json (JSON lines) is supported")
-	}
-	c, done, err := auditClient(ctx, g)
-	if err != nil {
-		return err
-	}
-	defer done()
-	w := bufio.NewWriter(g.stdout)
-	enc := json.NewEncoder(w)
-	err = exportLeaves(ctx, c, *from, func(lf verifier.Leaf) error {
-		return enc.Encode(lineOf(lf))
-	})
-	if ferr := w.Flush(); err == nil {
-		err = ferr
-	}
-	return err
-}
-
-func lineOf(lf verifier.Leaf) exportLine {
-	line := exportLine{Index: lf.Index, LeafHash: base64.StdEncoding.EncodeToString(lf.Hash)}
-	if lf.Data == nil {
-		line.Pruned = lf.Hash != nil
-		if !line.Pruned {
-			line.Error = "entry missing from the log"
-		}
-		return line
-	}
-	e, err := ledger.DecodeEntry(lf.Data)
-	if err != nil {
-		line.Error = err.Error()
-		return line
-	}
-	if !bytes.Equal(rfc6962.DefaultHasher.HashLeaf(lf.Data), lf.Hash) {
-		line.Error = "entry does not hash to its stored leaf; run ledger verify"
-	}
-	line.Kind, line.Time, line.Serial, line.SPIFFEID, line.Node = string(e.Kind), timePtr(e.Time), e.Serial, e.SPIFFEID, e.Node
-	line.NotBefore, line.NotAfter, line.PublicKeySHA256, line.Reason = timePtr(e.NotBefore), timePtr(e.NotAfter), e.PublicKeySHA256, e.Reason
-	return line
-}
-
-// ledgerKeygen writes a new log signing key: every replica of a CA on
-// PostgreSQL reads the same key file (a Secret); the database never holds
-// it. It prints the verifier key auditors pin.
-func ledgerKeygen(g *globals, args []string) error {
-	fs := newFlags(g, "ledger keygen")
-	out := fs.String("out", "", "file to create (mode 0600; must not exist)")
-	td := fs.String("trust-domain", "cluster.local", "the trust domain whose log the key signs")
-	origin := fs.String("origin", "", "the log's origin (first line of its checkpoints; the key is named after it; default <trust-domain>/castellan/ledger, as castellan-server names a new log)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 || *out == "" {
-		return usagef("ledger keygen: need --out FILE and no arguments")
-	}
-	if *origin == "" {
-		*origin = ledger.OriginFor(*td)
-	}
-	vkey, err := ledger.GenerateKeyFile(*out, *origin)
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintf(g.stdout, "%s\n", vkey)
 	return err
 }

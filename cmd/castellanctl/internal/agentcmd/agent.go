@@ -1,4 +1,7 @@
-package main
+// Package agentcmd holds castellanctl's agent command group: the node
+// agents the CA knows and node bans (list, show, ban, unban) over the
+// admin API.
+package agentcmd
 
 import (
 	"context"
@@ -10,7 +13,7 @@ import (
 	"time"
 
 	adminv1 "github.com/castellan-dev/castellan/api/castellan/admin/v1"
-	"google.golang.org/protobuf/types/known/timestamppb"
+	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/cli"
 )
 
 const agentUsage = `usage: castellanctl agent <subcommand> [flags]
@@ -38,13 +41,13 @@ survives restarts. Unban lets the node attest again with a new join token;
 the certificates the ban revoked stay revoked.
 `
 
-// runAgent runs `castellanctl agent list|show|ban|unban` over the admin API.
-func runAgent(ctx context.Context, g *globals, args []string) error {
-	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
-		fmt.Fprint(g.stdout, agentUsage)
+// Run runs `castellanctl agent list|show|ban|unban` over the admin API.
+func Run(ctx context.Context, g *cli.Globals, args []string) error {
+	if cli.IsHelp(args) {
+		fmt.Fprint(g.Stdout, agentUsage)
 		return nil
 	}
-	sub, args, err := subcommand("agent", args, "list", "show", "ban", "unban")
+	sub, args, err := cli.Subcommand("agent", args, "list", "show", "ban", "unban")
 	if err != nil {
 		return err
 	}
@@ -62,26 +65,17 @@ func runAgent(ctx context.Context, g *globals, args []string) error {
 
 // agentFlags returns the flag set of an agent subcommand, whose -h prints
 // the agent usage and the subcommand's flags.
-func agentFlags(g *globals, name string) *flag.FlagSet {
-	fs := newFlags(g, name)
+func agentFlags(g *cli.Globals, name string) *flag.FlagSet {
+	fs := g.NewFlags(name)
 	fs.Usage = func() {
-		fmt.Fprint(g.stderr, agentUsage+"\nflags of "+name+":\n")
+		fmt.Fprint(g.Stderr, agentUsage+"\nflags of "+name+":\n")
 		fs.PrintDefaults()
 	}
 	return fs
 }
 
-// adminClient dials the server and returns an admin client and a closer.
-func adminClient(ctx context.Context, g *globals) (adminv1.AdminServiceClient, func(), error) {
-	conn, err := g.dial(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	return adminv1.NewAdminServiceClient(conn), func() { conn.Close() }, nil
-}
-
-// agentJSON is the -o json form of an agent.
-type agentJSON struct {
+// AgentJSON is the -o json form of an agent.
+type AgentJSON struct {
 	Node      string     `json:"node"`
 	SPIFFEID  string     `json:"spiffe_id,omitempty"`
 	Serial    string     `json:"serial,omitempty"`
@@ -94,30 +88,15 @@ type agentJSON struct {
 	BanIndex  *uint64    `json:"ban_ledger_index,omitempty"`
 }
 
-func optTime(ts *timestamppb.Timestamp) *time.Time {
-	if ts == nil {
-		return nil
-	}
-	t := ts.AsTime()
-	return &t
-}
-
-func toAgentJSON(a *adminv1.Agent) agentJSON {
-	j := agentJSON{Node: a.GetNode(), SPIFFEID: a.GetSpiffeId(), Serial: a.GetSerial(),
-		NotAfter: optTime(a.GetNotAfter()), FirstSeen: optTime(a.GetFirstSeen()), LastSeen: optTime(a.GetLastSeen()),
-		Banned: a.GetBanned(), BanReason: a.GetBanReason(), BannedAt: optTime(a.GetBannedAt())}
+func toAgentJSON(a *adminv1.Agent) AgentJSON {
+	j := AgentJSON{Node: a.GetNode(), SPIFFEID: a.GetSpiffeId(), Serial: a.GetSerial(),
+		NotAfter: cli.OptTime(a.GetNotAfter()), FirstSeen: cli.OptTime(a.GetFirstSeen()), LastSeen: cli.OptTime(a.GetLastSeen()),
+		Banned: a.GetBanned(), BanReason: a.GetBanReason(), BannedAt: cli.OptTime(a.GetBannedAt())}
 	if a.GetBanned() {
 		idx := a.GetBanIndex()
 		j.BanIndex = &idx
 	}
 	return j
-}
-
-func fmtTime(ts *timestamppb.Timestamp) string {
-	if ts == nil {
-		return "-"
-	}
-	return ts.AsTime().UTC().Format(time.RFC3339)
 }
 
 // banText is the STATUS column of an agent.
@@ -128,13 +107,13 @@ func banText(a *adminv1.Agent) string {
 	return "BANNED (" + a.GetBanReason() + ")"
 }
 
-func agentList(ctx context.Context, g *globals, args []string) error {
+func agentList(ctx context.Context, g *cli.Globals, args []string) error {
 	fs := agentFlags(g, "agent list")
-	out := outputFlag(fs)
-	if err := parseOutputOnly(fs, args, out); err != nil {
+	out := cli.OutputFlag(fs)
+	if err := cli.ParseOutputOnly(fs, args, out); err != nil {
 		return err
 	}
-	c, done, err := adminClient(ctx, g)
+	c, done, err := g.AdminClient(ctx)
 	if err != nil {
 		return err
 	}
@@ -143,44 +122,37 @@ func agentList(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	return printAgents(g.stdout, *out, resp.GetAgents())
+	return printAgents(g.Stdout, *out, resp.GetAgents())
 }
 
 func printAgents(w io.Writer, format string, agents []*adminv1.Agent) error {
 	if format == "json" {
-		out := make([]agentJSON, 0, len(agents))
+		out := make([]AgentJSON, 0, len(agents))
 		for _, a := range agents {
 			out = append(out, toAgentJSON(a))
 		}
-		return writeJSON(w, out)
+		return cli.WriteJSON(w, out)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tAGENT SERIAL\tEXPIRES\tFIRST SEEN\tLAST SEEN\tSTATUS")
 	for _, a := range agents {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.GetNode(), orDash(a.GetSerial()), fmtTime(a.GetNotAfter()),
-			fmtTime(a.GetFirstSeen()), fmtTime(a.GetLastSeen()), banText(a))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.GetNode(), cli.OrDash(a.GetSerial()), cli.FmtTime(a.GetNotAfter()),
+			cli.FmtTime(a.GetFirstSeen()), cli.FmtTime(a.GetLastSeen()), banText(a))
 	}
 	return tw.Flush()
 }
 
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
-}
-
-func agentShow(ctx context.Context, g *globals, args []string) error {
+func agentShow(ctx context.Context, g *cli.Globals, args []string) error {
 	fs := agentFlags(g, "agent show")
-	out := outputFlag(fs)
-	node, err := parseOne(fs, args, "NODE")
+	out := cli.OutputFlag(fs)
+	node, err := cli.ParseOne(fs, args, "NODE")
 	if err != nil {
 		return err
 	}
-	if err := checkOutput("agent show", *out); err != nil {
+	if err := cli.CheckOutput("agent show", *out); err != nil {
 		return err
 	}
-	c, done, err := adminClient(ctx, g)
+	c, done, err := g.AdminClient(ctx)
 	if err != nil {
 		return err
 	}
@@ -189,28 +161,28 @@ func agentShow(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return err
 	}
-	return printAgent(g.stdout, *out, resp.GetAgent(), nil)
+	return printAgent(g.Stdout, *out, resp.GetAgent(), nil)
 }
 
 // printAgent prints one agent (and, after a ban, the serials it revoked).
 func printAgent(w io.Writer, format string, a *adminv1.Agent, revoked []string) error {
 	if format == "json" {
 		if revoked == nil {
-			return writeJSON(w, toAgentJSON(a))
+			return cli.WriteJSON(w, toAgentJSON(a))
 		}
-		return writeJSON(w, struct {
-			agentJSON
+		return cli.WriteJSON(w, struct {
+			AgentJSON
 			Revoked []string `json:"revoked_serials"`
 		}{toAgentJSON(a), revoked})
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	rows := [][2]string{
-		{"Node", a.GetNode()}, {"Agent SPIFFE ID", orDash(a.GetSpiffeId())}, {"Agent serial", orDash(a.GetSerial())},
-		{"Expires", fmtTime(a.GetNotAfter())}, {"First seen", fmtTime(a.GetFirstSeen())},
-		{"Last seen", fmtTime(a.GetLastSeen())}, {"Status", banText(a)},
+		{"Node", a.GetNode()}, {"Agent SPIFFE ID", cli.OrDash(a.GetSpiffeId())}, {"Agent serial", cli.OrDash(a.GetSerial())},
+		{"Expires", cli.FmtTime(a.GetNotAfter())}, {"First seen", cli.FmtTime(a.GetFirstSeen())},
+		{"Last seen", cli.FmtTime(a.GetLastSeen())}, {"Status", banText(a)},
 	}
 	if a.GetBanned() {
-		rows = append(rows, [2]string{"Banned", fmt.Sprintf("%s (ledger index %d)", fmtTime(a.GetBannedAt()), a.GetBanIndex())})
+		rows = append(rows, [2]string{"Banned", fmt.Sprintf("%s (ledger index %d)", cli.FmtTime(a.GetBannedAt()), a.GetBanIndex())})
 	}
 	if revoked != nil {
 		rows = append(rows, [2]string{"Revoked by the ban", fmt.Sprintf("%d certificate(s) %s", len(revoked), strings.Join(revoked, " "))})
@@ -222,25 +194,25 @@ func printAgent(w io.Writer, format string, a *adminv1.Agent, revoked []string) 
 }
 
 // agentBan runs `agent ban` (ban true) or `agent unban`.
-func agentBan(ctx context.Context, g *globals, args []string, ban bool) error {
+func agentBan(ctx context.Context, g *cli.Globals, args []string, ban bool) error {
 	name := "agent unban"
 	if ban {
 		name = "agent ban"
 	}
 	fs := agentFlags(g, name)
 	reason := fs.String("reason", "", "why, written to the ledger (required)")
-	out := outputFlag(fs)
-	node, err := parseOne(fs, args, "NODE")
+	out := cli.OutputFlag(fs)
+	node, err := cli.ParseOne(fs, args, "NODE")
 	if err != nil {
 		return err
 	}
 	if strings.TrimSpace(*reason) == "" {
-		return usagef("%s: --reason is required (it is written to the ledger)", name)
+		return cli.Usagef("%s: --reason is required (it is written to the ledger)", name)
 	}
-	if err := checkOutput(name, *out); err != nil {
+	if err := cli.CheckOutput(name, *out); err != nil {
 		return err
 	}
-	c, done, err := adminClient(ctx, g)
+	c, done, err := g.AdminClient(ctx)
 	if err != nil {
 		return err
 	}
@@ -251,12 +223,12 @@ func agentBan(ctx context.Context, g *globals, args []string, ban bool) error {
 			return err
 		}
 		if *out == "json" {
-			return writeJSON(g.stdout, struct {
-				agentJSON
+			return cli.WriteJSON(g.Stdout, struct {
+				AgentJSON
 				UnbanIndex uint64 `json:"unban_ledger_index"`
 			}{toAgentJSON(resp.GetAgent()), resp.GetUnbanIndex()})
 		}
-		_, err = fmt.Fprintf(g.stdout, "unbanned node %s at ledger index %d; it may attest again with a new join token (revoked certificates stay revoked)\n",
+		_, err = fmt.Fprintf(g.Stdout, "unbanned node %s at ledger index %d; it may attest again with a new join token (revoked certificates stay revoked)\n",
 			node, resp.GetUnbanIndex())
 		return err
 	}
@@ -268,5 +240,5 @@ func agentBan(ctx context.Context, g *globals, args []string, ban bool) error {
 	if revoked == nil {
 		revoked = []string{}
 	}
-	return printAgent(g.stdout, *out, resp.GetAgent(), revoked)
+	return printAgent(g.Stdout, *out, resp.GetAgent(), revoked)
 }

@@ -1,4 +1,7 @@
-package main
+// Package datastorecmd holds castellanctl's datastore command group:
+// datastore migrate, which copies a stopped bbolt CA into an empty
+// PostgreSQL database and checks the copied ledger.
+package datastorecmd
 
 import (
 	"bytes"
@@ -13,6 +16,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/ca/store/pgstore"
+	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/cli"
 )
 
 // The CA's bbolt files in its data directory and the PostgreSQL keyspace
@@ -29,9 +33,9 @@ var migratedFiles = []struct {
 	{"ledger.db", "ledger", false},
 }
 
-// runDatastore runs `castellanctl datastore migrate`.
-func runDatastore(ctx context.Context, g *globals, args []string) error {
-	sub, args, err := subcommand("datastore", args, "migrate")
+// Run runs `castellanctl datastore migrate`.
+func Run(ctx context.Context, g *cli.Globals, args []string) error {
+	sub, args, err := cli.Subcommand("datastore", args, "migrate")
 	if err != nil {
 		return err
 	}
@@ -45,16 +49,16 @@ func runDatastore(ctx context.Context, g *globals, args []string) error {
 // datastoreMigrate copies a stopped bbolt CA's registry and ledger into an
 // empty PostgreSQL database, byte for byte, and checks that the copied
 // ledger has the same size and tree as the file.
-func datastoreMigrate(ctx context.Context, g *globals, args []string) error {
-	fs := newFlags(g, "datastore migrate")
+func datastoreMigrate(ctx context.Context, g *cli.Globals, args []string) error {
+	fs := g.NewFlags("datastore migrate")
 	dataDir := fs.String("data-dir", "", "data directory of the stopped bbolt castellan-server (holds registry and ledger.db)")
 	to := fs.String("to", "", "PostgreSQL DSN to copy into (postgres://...); prefer --to-file")
 	toFile := fs.String("to-file", "", "file holding the PostgreSQL DSN")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 || *dataDir == "" || (*to == "") == (*toFile == "") {
-		return usagef("datastore migrate: need --data-dir and one of --to or --to-file")
+		return cli.Usagef("datastore migrate: need --data-dir and one of --to or --to-file")
 	}
 	dsn, err := readDSN(*to, *toFile)
 	if err != nil {
@@ -67,16 +71,16 @@ func datastoreMigrate(ctx context.Context, g *globals, args []string) error {
 	defer conn.Close()
 	for _, f := range migratedFiles {
 		if _, err := os.Stat(filepath.Join(*dataDir, f.file)); f.optional && errors.Is(err, os.ErrNotExist) {
-			fmt.Fprintf(g.stdout, "no %s: nothing to copy into keyspace %q\n", f.file, f.keyspace)
+			fmt.Fprintf(g.Stdout, "no %s: nothing to copy into keyspace %q\n", f.file, f.keyspace)
 			continue
 		}
 		n, err := migrateFile(ctx, conn, filepath.Join(*dataDir, f.file), f.keyspace)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(g.stdout, "copied %s: %d keys into keyspace %q\n", f.file, n, f.keyspace)
+		fmt.Fprintf(g.Stdout, "copied %s: %d keys into keyspace %q\n", f.file, n, f.keyspace)
 		if f.keyspace == "authority" {
-			fmt.Fprintf(g.stdout, "the authorities' keys are sealed under %s: give every replica that file with castellan-server --kek-file\n",
+			fmt.Fprintf(g.Stdout, "the authorities' keys are sealed under %s: give every replica that file with castellan-server --kek-file\n",
 				filepath.Join(*dataDir, "authority.kek"))
 		}
 	}
@@ -93,7 +97,7 @@ func readDSN(dsn, file string) (string, error) {
 		dsn = strings.TrimSpace(string(b))
 	}
 	if !strings.HasPrefix(dsn, "postgres://") && !strings.HasPrefix(dsn, "postgresql://") {
-		return "", usagef("datastore migrate: the destination must be a postgres:// DSN")
+		return "", cli.Usagef("datastore migrate: the destination must be a postgres:// DSN")
 	}
 	return dsn, nil
 }
@@ -132,7 +136,7 @@ func migrateFile(ctx context.Context, conn *pgstore.Conn, path, keyspace string)
 
 // checkMigratedLedger opens the copied ledger and the file with the file's
 // log key and compares their sizes and tree heads.
-func checkMigratedLedger(ctx context.Context, g *globals, conn *pgstore.Conn, path string) error {
+func checkMigratedLedger(ctx context.Context, g *cli.Globals, conn *pgstore.Conn, path string) error {
 	opts := ledger.Options{KeyFile: path + ".key"}
 	src, err := ledger.Open(path, opts)
 	if err != nil {
@@ -151,7 +155,7 @@ func checkMigratedLedger(ctx context.Context, g *globals, conn *pgstore.Conn, pa
 	if src.Size() != dst.Size() || !bytes.Equal(src.StoredCheckpoint(), dst.StoredCheckpoint()) {
 		return errors.New("datastore migrate: the copied ledger differs from the file; drop the database and start again")
 	}
-	_, err = fmt.Fprintf(g.stdout, "ledger: %d entries, same tree and checkpoint as %s\n"+
+	_, err = fmt.Fprintf(g.Stdout, "ledger: %d entries, same tree and checkpoint as %s\n"+
 		"give every replica the log key %s.key (e.g. as Secret castellan-ledger-key) with --ledger-key-file\n",
 		dst.Size(), path, path)
 	return err

@@ -1,4 +1,8 @@
-package monitor
+// Package state keeps a log monitor's position in the log: the last
+// checkpoint it verified, in a file that is read only if it holds a
+// checkpoint signed by the pinned log key, and written atomically, so a
+// crash leaves the old position or the new one, never a mix.
+package state
 
 import (
 	"bytes"
@@ -21,6 +25,9 @@ const stateVersion = 1
 // maxStateFile bounds the state file read.
 const maxStateFile = 1 << 20
 
+// ErrDamaged: the state file is damaged or belongs to another log.
+var ErrDamaged = errors.New("monitor: damaged state file")
+
 // State is the monitor's position in the log: the last checkpoint it
 // verified, with the signed note it came as. The zero State (nil) is the
 // empty tree, before any entry.
@@ -42,12 +49,12 @@ type stateFile struct {
 	Newest     time.Time `json:"newest_entry_time,omitzero"`
 }
 
-// LoadState reads the state file at path. It returns nil, nil when the
+// Load reads the state file at path. It returns nil, nil when the
 // file does not exist (a first run starts from the empty tree). The file
-// must be the JSON SaveState writes, holding a checkpoint of origin ("":
-// the key's name) signed by logKey; anything else is ErrState, so a
+// must be the JSON Save writes, holding a checkpoint of origin ("":
+// the key's name) signed by logKey; anything else is ErrDamaged, so a
 // damaged or substituted file is never taken for a position in the log.
-func LoadState(path string, logKey note.Verifier, origin string) (*State, error) {
+func Load(path string, logKey note.Verifier, origin string) (*State, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -61,31 +68,31 @@ func LoadState(path string, logKey note.Verifier, origin string) (*State, error)
 		return nil, fmt.Errorf("monitor: state file: %w", err)
 	}
 	if len(b) > maxStateFile {
-		return nil, fmt.Errorf("%w: %s is larger than %d bytes", ErrState, path, maxStateFile)
+		return nil, fmt.Errorf("%w: %s is larger than %d bytes", ErrDamaged, path, maxStateFile)
 	}
 	var sf stateFile
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&sf); err != nil {
-		return nil, fmt.Errorf("%w: %s is not a monitor state file (%v); restore it from a backup, or delete it to start over from the empty tree", ErrState, path, err)
+		return nil, fmt.Errorf("%w: %s is not a monitor state file (%v); restore it from a backup, or delete it to start over from the empty tree", ErrDamaged, path, err)
 	}
 	if sf.Version != stateVersion {
-		return nil, fmt.Errorf("%w: %s has version %d; this monitor reads version %d", ErrState, path, sf.Version, stateVersion)
+		return nil, fmt.Errorf("%w: %s has version %d; this monitor reads version %d", ErrDamaged, path, sf.Version, stateVersion)
 	}
 	if origin == "" {
 		origin = logKey.Name()
 	}
 	cp, _, _, err := log.ParseCheckpoint([]byte(sf.Checkpoint), origin, logKey)
 	if err != nil {
-		return nil, fmt.Errorf("%w: the checkpoint in %s does not verify with the log key %s for origin %q (%v): the file was altered or belongs to another log", ErrState, path, logKey.Name(), origin, err)
+		return nil, fmt.Errorf("%w: the checkpoint in %s does not verify with the log key %s for origin %q (%v): the file was altered or belongs to another log", ErrDamaged, path, logKey.Name(), origin, err)
 	}
 	return &State{Checkpoint: *cp, Signed: []byte(sf.Checkpoint), Newest: sf.Newest}, nil
 }
 
-// SaveState writes st to path atomically: a temporary file in the same
+// Save writes st to path atomically: a temporary file in the same
 // directory, written, synced, renamed over path, and the directory
 // synced, so a crash leaves the old state or the new one, never a mix.
-func SaveState(path string, st *State) error {
+func Save(path string, st *State) error {
 	b, err := json.Marshal(stateFile{Version: stateVersion, Checkpoint: string(st.Signed), Newest: st.Newest.UTC()})
 	if err != nil {
 		return fmt.Errorf("monitor: state: %w", err)

@@ -1,4 +1,8 @@
-package main
+// Package authoritycmd holds castellanctl's authority command group: the
+// CA's authorities and their rotation (list, prepare, activate, taint,
+// revoke) over the admin API, with exit code 4 for a transition the CA
+// refuses as unsafe.
+package authoritycmd
 
 import (
 	"context"
@@ -13,6 +17,7 @@ import (
 	"time"
 
 	adminv1 "github.com/castellan-dev/castellan/api/castellan/admin/v1"
+	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/cli"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -69,13 +74,13 @@ func refusal(op string, err error) error {
 	return err
 }
 
-// runAuthority runs `castellanctl authority ...` over the admin API.
-func runAuthority(ctx context.Context, g *globals, args []string) error {
-	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
-		fmt.Fprint(g.stdout, authorityUsage)
+// Run runs `castellanctl authority ...` over the admin API.
+func Run(ctx context.Context, g *cli.Globals, args []string) error {
+	if cli.IsHelp(args) {
+		fmt.Fprint(g.Stdout, authorityUsage)
 		return nil
 	}
-	sub, args, err := subcommand("authority", args, "list", "prepare", "activate", "taint", "revoke")
+	sub, args, err := cli.Subcommand("authority", args, "list", "prepare", "activate", "taint", "revoke")
 	if err != nil {
 		return err
 	}
@@ -89,22 +94,22 @@ func runAuthority(ctx context.Context, g *globals, args []string) error {
 	}
 }
 
-func authorityFlags(g *globals, name string) *flag.FlagSet {
-	fs := newFlags(g, name)
+func authorityFlags(g *cli.Globals, name string) *flag.FlagSet {
+	fs := g.NewFlags(name)
 	fs.Usage = func() {
-		fmt.Fprint(g.stderr, authorityUsage+"\nflags of "+name+":\n")
+		fmt.Fprint(g.Stderr, authorityUsage+"\nflags of "+name+":\n")
 		fs.PrintDefaults()
 	}
 	return fs
 }
 
-func authorityList(ctx context.Context, g *globals, args []string) error {
+func authorityList(ctx context.Context, g *cli.Globals, args []string) error {
 	fs := authorityFlags(g, "authority list")
-	out := outputFlag(fs)
-	if err := parseOutputOnly(fs, args, out); err != nil {
+	out := cli.OutputFlag(fs)
+	if err := cli.ParseOutputOnly(fs, args, out); err != nil {
 		return err
 	}
-	c, done, err := adminClient(ctx, g)
+	c, done, err := g.AdminClient(ctx)
 	if err != nil {
 		return err
 	}
@@ -113,17 +118,17 @@ func authorityList(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return refusal("list", err)
 	}
-	return printAuthorities(g.stdout, *out, resp.GetAuthorities())
+	return printAuthorities(g.Stdout, *out, resp.GetAuthorities())
 }
 
-func authorityPrepare(ctx context.Context, g *globals, args []string) error {
+func authorityPrepare(ctx context.Context, g *cli.Globals, args []string) error {
 	fs := authorityFlags(g, "authority prepare")
 	newRoot := fs.Bool("new-root", false, "prepare it under a new root (a root rotation)")
-	out := outputFlag(fs)
-	if err := parseOutputOnly(fs, args, out); err != nil {
+	out := cli.OutputFlag(fs)
+	if err := cli.ParseOutputOnly(fs, args, out); err != nil {
 		return err
 	}
-	c, done, err := adminClient(ctx, g)
+	c, done, err := g.AdminClient(ctx)
 	if err != nil {
 		return err
 	}
@@ -132,11 +137,11 @@ func authorityPrepare(ctx context.Context, g *globals, args []string) error {
 	if err != nil {
 		return refusal("prepare", err)
 	}
-	return printAuthority(g.stdout, *out, resp.GetAuthority())
+	return printAuthority(g.Stdout, *out, resp.GetAuthority())
 }
 
 // authorityTransition runs activate, taint or revoke on one authority.
-func authorityTransition(ctx context.Context, g *globals, op string, args []string) error {
+func authorityTransition(ctx context.Context, g *cli.Globals, op string, args []string) error {
 	name := "authority " + op
 	fs := authorityFlags(g, name)
 	var force *bool
@@ -146,15 +151,15 @@ func authorityTransition(ctx context.Context, g *globals, op string, args []stri
 	case "revoke":
 		force = fs.Bool("force", false, "revoke although leaves it signed may still be valid")
 	}
-	out := outputFlag(fs)
-	id, err := parseOne(fs, args, "ID")
+	out := cli.OutputFlag(fs)
+	id, err := cli.ParseOne(fs, args, "ID")
 	if err != nil {
 		return err
 	}
-	if err := checkOutput(name, *out); err != nil {
+	if err := cli.CheckOutput(name, *out); err != nil {
 		return err
 	}
-	c, done, err := adminClient(ctx, g)
+	c, done, err := g.AdminClient(ctx)
 	if err != nil {
 		return err
 	}
@@ -180,11 +185,11 @@ func authorityTransition(ctx context.Context, g *globals, op string, args []stri
 	if err != nil {
 		return refusal(op, err)
 	}
-	return printAuthority(g.stdout, *out, a)
+	return printAuthority(g.Stdout, *out, a)
 }
 
-// authorityJSON is the -o json form of an authority.
-type authorityJSON struct {
+// AuthorityJSON is the -o json form of an authority.
+type AuthorityJSON struct {
 	ID              string     `json:"id"`
 	State           string     `json:"state"`
 	Source          string     `json:"source"`
@@ -217,12 +222,12 @@ func caCertOf(der []byte) caCertJSON {
 	return caCertJSON{Subject: c.Subject.String(), SHA256: hex.EncodeToString(sum[:]), NotAfter: c.NotAfter.UTC()}
 }
 
-func toAuthorityJSON(a *adminv1.Authority) authorityJSON {
-	j := authorityJSON{ID: a.GetId(), State: a.GetState(), Source: a.GetSource(), Roots: len(a.GetRoots()),
-		PreparedAt: optTime(a.GetPreparedAt()), ActivatedAt: optTime(a.GetActivatedAt()),
-		DeactivatedAt: optTime(a.GetDeactivatedAt()), TaintedAt: optTime(a.GetTaintedAt()),
-		RevokedAt: optTime(a.GetRevokedAt()), RootPublishedAt: optTime(a.GetRootPublishedAt()),
-		ActivatableAt: optTime(a.GetActivatableAt()), LeavesExpireBy: optTime(a.GetLeavesExpireBy())}
+func toAuthorityJSON(a *adminv1.Authority) AuthorityJSON {
+	j := AuthorityJSON{ID: a.GetId(), State: a.GetState(), Source: a.GetSource(), Roots: len(a.GetRoots()),
+		PreparedAt: cli.OptTime(a.GetPreparedAt()), ActivatedAt: cli.OptTime(a.GetActivatedAt()),
+		DeactivatedAt: cli.OptTime(a.GetDeactivatedAt()), TaintedAt: cli.OptTime(a.GetTaintedAt()),
+		RevokedAt: cli.OptTime(a.GetRevokedAt()), RootPublishedAt: cli.OptTime(a.GetRootPublishedAt()),
+		ActivatableAt: cli.OptTime(a.GetActivatableAt()), LeavesExpireBy: cli.OptTime(a.GetLeavesExpireBy())}
 	if ch := a.GetChain(); len(ch) > 0 {
 		j.Intermediate = caCertOf(ch[0])
 	}
@@ -234,18 +239,18 @@ func toAuthorityJSON(a *adminv1.Authority) authorityJSON {
 
 func printAuthorities(w io.Writer, format string, list []*adminv1.Authority) error {
 	if format == "json" {
-		out := make([]authorityJSON, 0, len(list))
+		out := make([]AuthorityJSON, 0, len(list))
 		for _, a := range list {
 			out = append(out, toAuthorityJSON(a))
 		}
-		return writeJSON(w, out)
+		return cli.WriteJSON(w, out)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSTATE\tSOURCE\tROOT SHA-256\tEXPIRES\tACTIVATABLE\tLEAVES EXPIRE BY")
 	for _, a := range list {
 		j := toAuthorityJSON(a)
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.ID, j.State, j.Source, short(j.Root.SHA256),
-			j.Intermediate.NotAfter.Format(time.RFC3339), fmtTime(a.GetActivatableAt()), fmtTime(a.GetLeavesExpireBy()))
+			j.Intermediate.NotAfter.Format(time.RFC3339), cli.FmtTime(a.GetActivatableAt()), cli.FmtTime(a.GetLeavesExpireBy()))
 	}
 	return tw.Flush()
 }
@@ -263,7 +268,7 @@ func printAuthority(w io.Writer, format string, a *adminv1.Authority) error {
 		return errors.New("castellanctl: the server answered without the authority")
 	}
 	if format == "json" {
-		return writeJSON(w, toAuthorityJSON(a))
+		return cli.WriteJSON(w, toAuthorityJSON(a))
 	}
 	j := toAuthorityJSON(a)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -271,10 +276,10 @@ func printAuthority(w io.Writer, format string, a *adminv1.Authority) error {
 		{"ID", j.ID}, {"State", j.State}, {"Source", j.Source},
 		{"Intermediate", j.Intermediate.Subject + " (expires " + j.Intermediate.NotAfter.Format(time.RFC3339) + ")"},
 		{"Root", j.Root.Subject + " sha256:" + j.Root.SHA256},
-		{"Root published", fmtTime(a.GetRootPublishedAt())}, {"Activatable at", fmtTime(a.GetActivatableAt())},
-		{"Prepared", fmtTime(a.GetPreparedAt())}, {"Activated", fmtTime(a.GetActivatedAt())},
-		{"Stopped signing", fmtTime(a.GetDeactivatedAt())}, {"Tainted", fmtTime(a.GetTaintedAt())},
-		{"Revoked", fmtTime(a.GetRevokedAt())}, {"Leaves expire by", fmtTime(a.GetLeavesExpireBy())},
+		{"Root published", cli.FmtTime(a.GetRootPublishedAt())}, {"Activatable at", cli.FmtTime(a.GetActivatableAt())},
+		{"Prepared", cli.FmtTime(a.GetPreparedAt())}, {"Activated", cli.FmtTime(a.GetActivatedAt())},
+		{"Stopped signing", cli.FmtTime(a.GetDeactivatedAt())}, {"Tainted", cli.FmtTime(a.GetTaintedAt())},
+		{"Revoked", cli.FmtTime(a.GetRevokedAt())}, {"Leaves expire by", cli.FmtTime(a.GetLeavesExpireBy())},
 	}
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s:\t%s\n", r[0], r[1])

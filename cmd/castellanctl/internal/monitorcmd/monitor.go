@@ -1,4 +1,7 @@
-package main
+// Package monitorcmd holds castellanctl's ledger monitor: its flags, the
+// exit code of each failure ca/tlog/monitor reports, and the printing of
+// the entries that match its filters.
+package monitorcmd
 
 import (
 	"context"
@@ -15,7 +18,10 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/tlog/logentry"
 	"github.com/castellan-dev/castellan/ca/tlog/monitor"
+	"github.com/castellan-dev/castellan/ca/tlog/monitor/state"
+	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/cli"
 	"github.com/castellan-dev/castellan/internal/witness"
 	"golang.org/x/mod/sumdb/note"
 )
@@ -69,11 +75,11 @@ func (s stringsFlag) String() string {
 
 func (s stringsFlag) Set(v string) error { *s.p = append(*s.p, v); return nil }
 
-// ledgerMonitor runs `castellanctl ledger monitor` (monitorUsage).
-func ledgerMonitor(ctx context.Context, g *globals, args []string) error {
+// Run runs `castellanctl ledger monitor` (monitorUsage).
+func Run(ctx context.Context, g *cli.Globals, args []string) error {
 	var f monitorFlags
-	fs := newFlags(g, "ledger monitor")
-	fs.Usage = func() { fmt.Fprint(g.stderr, monitorUsage); fs.PrintDefaults() }
+	fs := g.NewFlags("ledger monitor")
+	fs.Usage = func() { fmt.Fprint(g.Stderr, monitorUsage); fs.PrintDefaults() }
 	fs.StringVar(&f.url, "log-url", os.Getenv("CASTELLAN_LOG_URL"), "the log's URL prefix, e.g. http://ca.example:9090/log/ (env CASTELLAN_LOG_URL)")
 	fs.StringVar(&f.key, "log-key", os.Getenv("CASTELLAN_LOG_KEY"), "the log's note verifier key, pinned (ledger checkpoint -o json prints it as verifier_key; env CASTELLAN_LOG_KEY)")
 	fs.StringVar(&f.origin, "log-origin", "", "the log's origin line (default: the --log-key's name)")
@@ -85,8 +91,8 @@ func ledgerMonitor(ctx context.Context, g *globals, args []string) error {
 	fs.StringVar(&f.policyFile, "witness-policy", "", "YAML witness policy file; exclusive with --witness")
 	fs.BoolVar(&f.follow, "follow", false, "keep following the log every --interval until interrupted")
 	fs.DurationVar(&f.interval, "interval", 10*time.Second, "how often to poll with --follow")
-	f.out = outputFlag(fs)
-	if err := parseFlags(fs, args); err != nil {
+	f.out = cli.OutputFlag(fs)
+	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	m, err := f.monitor(fs.NArg())
@@ -100,46 +106,46 @@ func ledgerMonitor(ctx context.Context, g *globals, args []string) error {
 func (f *monitorFlags) monitor(nargs int) (*monitor.Monitor, error) {
 	switch {
 	case nargs > 0:
-		return nil, usagef("ledger monitor: unexpected arguments")
+		return nil, cli.Usagef("ledger monitor: unexpected arguments")
 	case f.url == "" || f.key == "" || f.state == "":
-		return nil, usagef("ledger monitor: --log-url, --log-key and --state are required")
+		return nil, cli.Usagef("ledger monitor: --log-url, --log-key and --state are required")
 	case f.follow && f.interval <= 0:
-		return nil, usagef("ledger monitor: --interval must be positive")
+		return nil, cli.Usagef("ledger monitor: --interval must be positive")
 	}
-	if err := checkOutput("ledger monitor", *f.out); err != nil {
+	if err := cli.CheckOutput("ledger monitor", *f.out); err != nil {
 		return nil, err
 	}
 	u, err := url.Parse(f.url)
 	if err != nil {
-		return nil, usagef("ledger monitor: --log-url: %v", err)
+		return nil, cli.Usagef("ledger monitor: --log-url: %v", err)
 	}
 	key, err := note.NewVerifier(f.key)
 	if err != nil {
-		return nil, usagef("ledger monitor: --log-key %q: %v (want NAME+HASH+KEY as ledger checkpoint -o json prints it)", f.key, err)
+		return nil, cli.Usagef("ledger monitor: --log-key %q: %v (want NAME+HASH+KEY as ledger checkpoint -o json prints it)", f.key, err)
 	}
 	policy, err := witness.PolicyFromFlags(f.policyFile, f.witnesses, f.quorum)
 	if err != nil {
-		return nil, usagef("ledger monitor: %v", err)
+		return nil, cli.Usagef("ledger monitor: %v", err)
 	}
 	m, err := monitor.New(monitor.Config{URL: u, LogKey: key, Origin: f.origin, Policy: policy,
 		Filter: monitor.Filter{SPIFFEIDPrefixes: f.prefixes, Nodes: f.nodes}})
 	if err != nil {
-		return nil, usagef("ledger %v", err)
+		return nil, cli.Usagef("ledger %v", err)
 	}
 	return m, nil
 }
 
 // runMonitor runs the monitor until done or interrupted. It is not bound
 // by the command's --timeout as a whole: --timeout bounds each pass.
-func runMonitor(ctx context.Context, g *globals, m *monitor.Monitor, f monitorFlags) error {
+func runMonitor(ctx context.Context, g *cli.Globals, m *monitor.Monitor, f monitorFlags) error {
 	ctx, stop := signal.NotifyContext(context.WithoutCancel(ctx), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	p := &matchPrinter{w: g.stdout, json: *f.out == "json", follow: f.follow}
-	err := m.Run(ctx, monitor.RunOptions{StatePath: f.state, Follow: f.follow, Interval: f.interval, StepTimeout: g.timeout,
+	p := &matchPrinter{w: g.Stdout, json: *f.out == "json", follow: f.follow}
+	err := m.Run(ctx, monitor.RunOptions{StatePath: f.state, Follow: f.follow, Interval: f.interval, StepTimeout: g.Timeout,
 		Report:  p.print,
-		Stepped: func(res *monitor.Result) { p.summary(g.stderr, res) },
+		Stepped: func(res *monitor.Result) { p.summary(g.Stderr, res) },
 		Retrying: func(err error) {
-			fmt.Fprintf(g.stderr, "castellanctl: warning: %v; retrying in %s\n", err, f.interval)
+			fmt.Fprintf(g.Stderr, "castellanctl: warning: %v; retrying in %s\n", err, f.interval)
 		}})
 	return monitorExit(err)
 }
@@ -166,7 +172,7 @@ func monitorExit(err error) error {
 		code = exitMonitorFork
 	case errors.Is(err, monitor.ErrInvalid):
 		code = exitMonitorInvalid
-	case errors.Is(err, monitor.ErrState):
+	case errors.Is(err, state.ErrDamaged):
 		code = exitMonitorState
 	case errors.Is(err, monitor.ErrLimit):
 		code = exitMonitorLimit
@@ -198,7 +204,7 @@ func (p *matchPrinter) summary(stderr io.Writer, res *monitor.Result) {
 }
 
 // print prints matching entries.
-func (p *matchPrinter) print(es []monitor.Entry) error {
+func (p *matchPrinter) print(es []logentry.Entry) error {
 	if p.json {
 		enc := json.NewEncoder(p.w)
 		for i := range es {
@@ -217,8 +223,8 @@ func (p *matchPrinter) print(es []monitor.Entry) error {
 		p.header = true
 	}
 	for _, e := range es {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Index, e.Kind, rfc3339(e.Time), dash(e.Serial),
-			dash(e.SPIFFEID), dash(e.Node), dash(rfc3339(e.NotAfter)))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Index, e.Kind, rfc3339(e.Time), cli.OrDash(e.Serial),
+			cli.OrDash(e.SPIFFEID), cli.OrDash(e.Node), cli.OrDash(rfc3339(e.NotAfter)))
 	}
 	return tw.Flush()
 }
@@ -239,7 +245,7 @@ type entryJSON struct {
 	Cert            string `json:"cert,omitempty"`
 }
 
-func entryJSONOf(e *monitor.Entry) entryJSON {
+func entryJSONOf(e *logentry.Entry) entryJSON {
 	j := entryJSON{Index: e.Index, Kind: e.Kind, Time: rfc3339(e.Time), Serial: e.Serial, SPIFFEID: e.SPIFFEID,
 		Node: e.Node, NotBefore: rfc3339(e.NotBefore), NotAfter: rfc3339(e.NotAfter),
 		PublicKeySHA256: e.PublicKeySHA256, Reason: e.Reason, Parent: e.Parent}
@@ -254,11 +260,4 @@ func rfc3339(t time.Time) string {
 		return ""
 	}
 	return t.UTC().Format(time.RFC3339)
-}
-
-func dash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }

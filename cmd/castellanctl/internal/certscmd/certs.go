@@ -93,21 +93,30 @@ func certsList(ctx context.Context, g *cli.Globals, args []string) error {
 		return err
 	}
 	defer done()
+	events, err := listPages(ctx, c, req, *limit)
+	if err != nil {
+		return err
+	}
+	return printCerts(g.Stdout, *out, events, now)
+}
+
+// listPages asks for the pages of req until limit events (0: all).
+func listPages(ctx context.Context, c auditv1.AuditServiceClient, req *auditv1.ListRequest, limit int) ([]*auditv1.Event, error) {
 	var events []*auditv1.Event
-	for *limit == 0 || len(events) < *limit {
+	for limit == 0 || len(events) < limit {
 		resp, err := c.List(ctx, req)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		events = append(events, resp.GetEvents()...)
 		if req.PageToken = resp.GetNextPageToken(); req.PageToken == "" {
 			break
 		}
 	}
-	if *limit > 0 && len(events) > *limit {
-		events = events[:*limit]
+	if limit > 0 && len(events) > limit {
+		events = events[:limit]
 	}
-	return printCerts(g.Stdout, *out, events, now)
+	return events, nil
 }
 
 // CertJSON is the -o json form of a certificate.
@@ -208,24 +217,38 @@ func certsShow(ctx context.Context, g *cli.Globals, args []string) error {
 		return err
 	}
 	now := time.Now()
-	cj := toCertJSON(resp.GetEvent(), now, true)
 	if *out == "json" {
-		sj := CertShowJSON{CertJSON: cj, Ancestors: []CertJSON{}, Descendants: []CertJSON{}, LineageTruncated: resp.GetLineageTruncated()}
-		for _, e := range resp.GetAncestors() {
-			sj.Ancestors = append(sj.Ancestors, toCertJSON(e, now, false))
-		}
-		for _, e := range resp.GetDescendants() {
-			sj.Descendants = append(sj.Descendants, toCertJSON(e, now, false))
-		}
-		return cli.WriteJSON(g.Stdout, sj)
+		return cli.WriteJSON(g.Stdout, showJSON(resp, now))
 	}
-	tw := tabwriter.NewWriter(g.Stdout, 0, 4, 2, ' ', 0)
+	if err := printCert(g.Stdout, toCertJSON(resp.GetEvent(), now, true), resp.GetProof().GetTreeSize()); err != nil {
+		return err
+	}
+	return printLineage(g.Stdout, resp, now)
+}
+
+// showJSON is the -o json form of certs show.
+func showJSON(resp *auditv1.GetResponse, now time.Time) CertShowJSON {
+	sj := CertShowJSON{CertJSON: toCertJSON(resp.GetEvent(), now, true), Ancestors: []CertJSON{}, Descendants: []CertJSON{},
+		LineageTruncated: resp.GetLineageTruncated()}
+	for _, e := range resp.GetAncestors() {
+		sj.Ancestors = append(sj.Ancestors, toCertJSON(e, now, false))
+	}
+	for _, e := range resp.GetDescendants() {
+		sj.Descendants = append(sj.Descendants, toCertJSON(e, now, false))
+	}
+	return sj
+}
+
+// printCert prints a certificate as a table, with the size of the tree it
+// was logged in.
+func printCert(w io.Writer, cj CertJSON, treeSize uint64) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	rows := [][2]string{
 		{"Serial", cj.Serial}, {"SPIFFE ID", cj.SPIFFEID}, {"Node", cj.Node}, {"Kind", cj.Kind},
 		{"State", cj.State}, {"Issued", cj.IssuedAt.UTC().Format(time.RFC3339)},
 		{"Not before", cj.NotBefore.UTC().Format(time.RFC3339)}, {"Not after", cj.NotAfter.UTC().Format(time.RFC3339)},
 		{"Public key SHA-256", cj.PublicKeySHA256}, {"Ledger index", fmt.Sprint(cj.Index)},
-		{"Logged in tree of size", fmt.Sprint(resp.GetProof().GetTreeSize())},
+		{"Logged in tree of size", fmt.Sprint(treeSize)},
 	}
 	if cj.ParentSerial != "" {
 		rows = append(rows, [2]string{"Renewed from", cj.ParentSerial})
@@ -236,10 +259,7 @@ func certsShow(ctx context.Context, g *cli.Globals, args []string) error {
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s:\t%s\n", r[0], r[1])
 	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	return printLineage(g.Stdout, resp, now)
+	return tw.Flush()
 }
 
 // printLineage prints the ancestors (oldest first) and descendants of a

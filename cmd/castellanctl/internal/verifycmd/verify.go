@@ -142,27 +142,34 @@ func Verify(ctx context.Context, g *cli.Globals, args []string, readFile FileVer
 	if *db != "" {
 		return verifyFile(g, readFile, *db, *key, *since, *out)
 	}
+	return verifyServer(ctx, g, *key, *since, *out)
+}
+
+// verifyServer verifies the server's log: every leaf it exports against
+// its latest checkpoint (opened with the pinned key, or the server's), and
+// with since, that the log only grew since that saved checkpoint.
+func verifyServer(ctx context.Context, g *cli.Globals, key, since, out string) error {
 	c, done, err := g.AuditClient(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
-	resp, cp, vkey, err := latest(ctx, g, c, *key)
+	resp, cp, vkey, err := latest(ctx, g, c, key)
 	if err != nil {
 		return err
 	}
 	res := Result{CheckpointSize: cp.Size, Findings: []string{}}
 	cps := []*log.Checkpoint{cp}
 	var old *log.Checkpoint
-	if *since != "" {
-		raw, err := os.ReadFile(*since)
+	if since != "" {
+		raw, err := os.ReadFile(since)
 		if err != nil {
 			return fmt.Errorf("castellanctl: --since: %w", err)
 		}
 		if old, err = verifier.OpenCheckpoint(raw, resp.GetOrigin(), vkey); err != nil {
-			res.Findings = append(res.Findings, fmt.Sprintf("checkpoint %s is not signed by the log key %s: %v", *since, vkey, err))
+			res.Findings = append(res.Findings, fmt.Sprintf("checkpoint %s is not signed by the log key %s: %v", since, vkey, err))
 			res.Problems++
-			return finishVerify(g, *out, res)
+			return finishVerify(g, out, res)
 		}
 		res.SinceSize = &old.Size
 		cps = append(cps, old)
@@ -182,7 +189,7 @@ func Verify(ctx context.Context, g *cli.Globals, args []string, readFile FileVer
 			res.Findings = append(res.Findings, res.Consistency)
 		}
 	}
-	return finishVerify(g, *out, res)
+	return finishVerify(g, out, res)
 }
 
 // verifyFile verifies a stopped server's ledger file directly.

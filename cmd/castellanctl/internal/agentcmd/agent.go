@@ -5,7 +5,6 @@ package agentcmd
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -63,17 +62,6 @@ func Run(ctx context.Context, g *cli.Globals, args []string) error {
 	}
 }
 
-// agentFlags returns the flag set of an agent subcommand, whose -h prints
-// the agent usage and the subcommand's flags.
-func agentFlags(g *cli.Globals, name string) *flag.FlagSet {
-	fs := g.NewFlags(name)
-	fs.Usage = func() {
-		fmt.Fprint(g.Stderr, agentUsage+"\nflags of "+name+":\n")
-		fs.PrintDefaults()
-	}
-	return fs
-}
-
 // AgentJSON is the -o json form of an agent.
 type AgentJSON struct {
 	Node      string     `json:"node"`
@@ -108,7 +96,7 @@ func banText(a *adminv1.Agent) string {
 }
 
 func agentList(ctx context.Context, g *cli.Globals, args []string) error {
-	fs := agentFlags(g, "agent list")
+	fs := g.NewGroupFlags("agent list", agentUsage)
 	out := cli.OutputFlag(fs)
 	if err := cli.ParseOutputOnly(fs, args, out); err != nil {
 		return err
@@ -143,7 +131,7 @@ func printAgents(w io.Writer, format string, agents []*adminv1.Agent) error {
 }
 
 func agentShow(ctx context.Context, g *cli.Globals, args []string) error {
-	fs := agentFlags(g, "agent show")
+	fs := g.NewGroupFlags("agent show", agentUsage)
 	out := cli.OutputFlag(fs)
 	node, err := cli.ParseOne(fs, args, "NODE")
 	if err != nil {
@@ -199,7 +187,7 @@ func agentBan(ctx context.Context, g *cli.Globals, args []string, ban bool) erro
 	if ban {
 		name = "agent ban"
 	}
-	fs := agentFlags(g, name)
+	fs := g.NewGroupFlags(name, agentUsage)
 	reason := fs.String("reason", "", "why, written to the ledger (required)")
 	out := cli.OutputFlag(fs)
 	node, err := cli.ParseOne(fs, args, "NODE")

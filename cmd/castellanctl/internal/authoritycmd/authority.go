@@ -10,7 +10,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -94,17 +93,8 @@ func Run(ctx context.Context, g *cli.Globals, args []string) error {
 	}
 }
 
-func authorityFlags(g *cli.Globals, name string) *flag.FlagSet {
-	fs := g.NewFlags(name)
-	fs.Usage = func() {
-		fmt.Fprint(g.Stderr, authorityUsage+"\nflags of "+name+":\n")
-		fs.PrintDefaults()
-	}
-	return fs
-}
-
 func authorityList(ctx context.Context, g *cli.Globals, args []string) error {
-	fs := authorityFlags(g, "authority list")
+	fs := g.NewGroupFlags("authority list", authorityUsage)
 	out := cli.OutputFlag(fs)
 	if err := cli.ParseOutputOnly(fs, args, out); err != nil {
 		return err
@@ -122,7 +112,7 @@ func authorityList(ctx context.Context, g *cli.Globals, args []string) error {
 }
 
 func authorityPrepare(ctx context.Context, g *cli.Globals, args []string) error {
-	fs := authorityFlags(g, "authority prepare")
+	fs := g.NewGroupFlags("authority prepare", authorityUsage)
 	newRoot := fs.Bool("new-root", false, "prepare it under a new root (a root rotation)")
 	out := cli.OutputFlag(fs)
 	if err := cli.ParseOutputOnly(fs, args, out); err != nil {
@@ -143,7 +133,7 @@ func authorityPrepare(ctx context.Context, g *cli.Globals, args []string) error 
 // authorityTransition runs activate, taint or revoke on one authority.
 func authorityTransition(ctx context.Context, g *cli.Globals, op string, args []string) error {
 	name := "authority " + op
-	fs := authorityFlags(g, name)
+	fs := g.NewGroupFlags(name, authorityUsage)
 	var force *bool
 	switch op {
 	case "activate":

@@ -49,6 +49,17 @@ func (g *Globals) NewFlags(name string) *flag.FlagSet {
 	return fs
 }
 
+// NewGroupFlags returns a flag set for a subcommand of a command group,
+// whose -h prints the group's usage and then the subcommand's flags.
+func (g *Globals) NewGroupFlags(name, groupUsage string) *flag.FlagSet {
+	fs := g.NewFlags(name)
+	fs.Usage = func() {
+		fmt.Fprint(g.Stderr, groupUsage+"\nflags of "+name+":\n")
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
 // ParseFlags parses args, turning flag errors into usage errors.
 func ParseFlags(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {

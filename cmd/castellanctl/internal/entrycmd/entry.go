@@ -4,7 +4,6 @@ package entrycmd
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -148,9 +147,7 @@ func printEntries(w io.Writer, format string, entries []*cav1.Entry) error {
 				Selectors: selectorStrings(e), TTLSeconds: e.GetTtlSeconds(), CreatedAt: e.GetCreatedAt().AsTime(),
 				AllowAnyUser: e.GetAllowAnyUser()})
 		}
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(out)
+		return cli.WriteJSON(w, out)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSPIFFE ID\tNODE\tSELECTORS\tTTL")

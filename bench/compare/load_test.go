@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -62,10 +63,31 @@ func TestLoadStopsOnAFailedCall(t *testing.T) {
 // TestRunNeedsBothServers: without a binary for either side nothing runs.
 func TestRunNeedsBothServers(t *testing.T) {
 	var out strings.Builder
-	if err := run(t.Context(), &out, "", "/bin/true", time.Second, 1, false); err == nil {
+	if err := run(t.Context(), &out, "", "/bin/true", time.Second, 1, false, regexp.MustCompile("")); err == nil {
 		t.Fatal("ran without castellan-server")
 	}
-	if err := run(t.Context(), &out, "/bin/true", "", time.Second, 1, false); err == nil {
+	if err := run(t.Context(), &out, "/bin/true", "", time.Second, 1, false, regexp.MustCompile("")); err == nil {
 		t.Fatal("ran without spire-server")
+	}
+}
+
+// TestFloorMeasuresRealWork: the floor is positive, and checking a CSR
+// signature costs more than signing (ECDSA verification is the dearer
+// half), which would not hold if either loop did nothing.
+func TestFloorMeasuresRealWork(t *testing.T) {
+	csrs, err := workloadCSRs(castellanID, 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := measureFloor(csrs, 200)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.sign <= 0 || f.check <= f.sign {
+		t.Fatalf("floor %s: want a positive signature cost below the check's", f)
+	}
+	csrs[3] = append([]byte(nil), csrs[3][:len(csrs[3])-4]...)
+	if _, err := measureFloor(csrs, 20); err == nil {
+		t.Fatal("a truncated CSR was accepted by the floor's check")
 	}
 }

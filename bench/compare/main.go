@@ -23,6 +23,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"regexp"
 	"time"
 )
 
@@ -32,10 +33,16 @@ func main() {
 	d := flag.Duration("duration", 5*time.Second, "how long each measurement runs, after a second of warm-up")
 	rounds := flag.Int("rounds", 2, "how many times every measurement is repeated (sides alternate who goes first)")
 	keep := flag.Bool("keep", false, "keep the servers' data directories and logs")
+	only := flag.String("only", "", "measure only the cells whose label matches this regular expression (e.g. 'batch')")
 	flag.Parse()
+	pick, err := regexp.Compile(*only)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench-compare: --only:", err)
+		os.Exit(2)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, os.Stdout, *castellanBin, *spireBin, *d, *rounds, *keep); err != nil {
+	if err := run(ctx, os.Stdout, *castellanBin, *spireBin, *d, *rounds, *keep, pick); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-compare:", err)
 		os.Exit(1)
 	}
@@ -44,7 +51,7 @@ func main() {
 // run starts both servers in a temporary directory, measures every cell
 // and prints the table to w. The directory (the servers' data and logs) is
 // removed unless keep is set or something failed.
-func run(ctx context.Context, w io.Writer, castellanBin, spireBin string, d time.Duration, rounds int, keep bool) (err error) {
+func run(ctx context.Context, w io.Writer, castellanBin, spireBin string, d time.Duration, rounds int, keep bool, pick *regexp.Regexp) (err error) {
 	if castellanBin == "" || spireBin == "" {
 		return fmt.Errorf("--castellan-server and --spire-server are required")
 	}
@@ -73,27 +80,52 @@ func run(ctx context.Context, w io.Writer, castellanBin, spireBin string, d time
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "Castellan (%s) vs SPIRE v1.13.3 (%s); %s per measurement, %d rounds\n\n", castellanBin, spireBin, d, rounds)
-	fmt.Fprintln(w, "| work | round | Castellan SVIDs/s, p50, server CPU-ms/1000 | SPIRE SVIDs/s, p50, server CPU-ms/1000 | rate ratio | CPU ratio (SPIRE/Castellan) |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|")
+	before, err := measureFloor(csrs, floorRounds)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "Castellan (%s) vs SPIRE v1.13.3 (%s); %s per measurement, %d rounds\n", castellanBin, spireBin, d, rounds)
+	fmt.Fprintf(w, "Crypto floor before the run: %s\n\n", before)
+	fmt.Fprintln(w, "| work | round | Castellan SVIDs/s, p50, server CPU-ms/1000 | SPIRE SVIDs/s, p50, server CPU-ms/1000 | rate ratio | CPU ratio (SPIRE/Castellan) | Castellan CPU ÷ floor |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
 	for _, cl := range cells {
-		for r := range rounds {
-			sides := []side{c, s}
-			if r%2 == 1 {
-				sides = []side{s, c}
-			}
-			res := map[string]result{}
-			for _, sd := range sides {
-				m, err := measure(ctx, sd, cl, csrs, d)
-				if err != nil {
-					return err
-				}
-				res[sd.name()] = m
-			}
-			ca, sp := res["Castellan"], res["SPIRE"]
-			fmt.Fprintf(w, "| %s | %d | %s | %s | %.2f | %.2f |\n", cl.label, r+1, cellText(ca), cellText(sp),
-				ca.rate()/sp.rate(), sp.cpuPer1000()/ca.cpuPer1000())
+		if !pick.MatchString(cl.label) {
+			continue
 		}
+		if err := measureCell(ctx, w, c, s, cl, csrs, d, rounds, before); err != nil {
+			return err
+		}
+	}
+	after, err := measureFloor(csrs, floorRounds)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "\nCrypto floor after the run: %s\n", after)
+	return nil
+}
+
+// floorRounds is how many CSR checks and signatures the floor averages.
+const floorRounds = 2000
+
+// measureCell measures cl rounds times, alternating which side goes first,
+// and prints one row per round.
+func measureCell(ctx context.Context, w io.Writer, c, s side, cl cell, csrs [][]byte, d time.Duration, rounds int, fl floor) error {
+	for r := range rounds {
+		sides := []side{c, s}
+		if r%2 == 1 {
+			sides = []side{s, c}
+		}
+		res := map[string]result{}
+		for _, sd := range sides {
+			m, err := measure(ctx, sd, cl, csrs, d)
+			if err != nil {
+				return err
+			}
+			res[sd.name()] = m
+		}
+		ca, sp := res["Castellan"], res["SPIRE"]
+		fmt.Fprintf(w, "| %s | %d | %s | %s | %.2f | %.2f | %.2f |\n", cl.label, r+1, cellText(ca), cellText(sp),
+			ca.rate()/sp.rate(), sp.cpuPer1000()/ca.cpuPer1000(), ca.cpuPer1000()/us(fl.total()))
 	}
 	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"strconv"
-	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
@@ -36,41 +35,11 @@ func (s *Server) DeltaSecrets(stream deltaStream) error {
 	if err != nil {
 		return err
 	}
-	addGauge(s.metrics.Streams, 1)
-	defer addGauge(s.metrics.Streams, -1)
-
-	watch, stop := s.store.Watch()
-	defer stop()
-	reqs, errc := recvLoop(ctx, stream.Recv)
 	st := &deltaState{sels: sels, subscribed: map[string]bool{}, versions: map[string]string{},
 		rejected: map[string]string{}, inflight: map[string]map[string]string{}}
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-errc:
-			return err
-		case req := <-reqs:
-			if err := stillAttested(ctx); err != nil {
-				return err
-			}
-			if err := s.onDeltaRequest(stream, st, req); err != nil {
-				return err
-			}
-		case <-watch:
-			woke := time.Now()
-			if err := stillAttested(ctx); err != nil {
-				return err
-			}
-			sent, err := s.pushDelta(stream, st)
-			if err != nil {
-				return err
-			}
-			if sent && s.metrics.PushLatency != nil {
-				s.metrics.PushLatency.Observe(time.Since(woke).Seconds())
-			}
-		}
-	}
+	return serve(ctx, s.store, s.metrics, stream.Recv,
+		func(req *discoveryv3.DeltaDiscoveryRequest) error { return s.onDeltaRequest(stream, st, req) },
+		func() (bool, error) { return s.pushDelta(stream, st) })
 }
 
 func (s *Server) onDeltaRequest(stream deltaStream, st *deltaState, req *discoveryv3.DeltaDiscoveryRequest) error {

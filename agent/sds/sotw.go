@@ -6,7 +6,6 @@ import (
 	"maps"
 	"slices"
 	"strconv"
-	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
@@ -43,60 +42,10 @@ func (s *Server) StreamSecrets(stream sotwStream) error {
 	if err != nil {
 		return err
 	}
-	addGauge(s.metrics.Streams, 1)
-	defer addGauge(s.metrics.Streams, -1)
-
-	watch, stop := s.store.Watch()
-	defer stop()
-	reqs, errc := recvLoop(ctx, stream.Recv)
 	st := &sotwState{sels: sels, acked: map[string][]byte{}, sent: map[string][]byte{}, inflight: map[string]map[string][]byte{}}
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-errc:
-			return err
-		case req := <-reqs:
-			if err := stillAttested(ctx); err != nil {
-				return err
-			}
-			if err := s.onRequest(stream, st, req); err != nil {
-				return err
-			}
-		case <-watch:
-			woke := time.Now()
-			if err := stillAttested(ctx); err != nil {
-				return err
-			}
-			sent, err := s.push(stream, st)
-			if err != nil {
-				return err
-			}
-			if sent && s.metrics.PushLatency != nil {
-				s.metrics.PushLatency.Observe(time.Since(woke).Seconds())
-			}
-		}
-	}
-}
-
-// recvLoop receives messages until an error, which it delivers on errc.
-func recvLoop[T any](ctx context.Context, recv func() (*T, error)) (<-chan *T, <-chan error) {
-	reqs, errc := make(chan *T), make(chan error, 1)
-	go func() {
-		for {
-			m, err := recv()
-			if err != nil {
-				errc <- err
-				return
-			}
-			select {
-			case reqs <- m:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	return reqs, errc
+	return serve(ctx, s.store, s.metrics, stream.Recv,
+		func(req *discoveryv3.DiscoveryRequest) error { return s.onRequest(stream, st, req) },
+		func() (bool, error) { return s.push(stream, st) })
 }
 
 func (s *Server) onRequest(stream sotwStream, st *sotwState, req *discoveryv3.DiscoveryRequest) error {

@@ -61,4 +61,3 @@ func TestScansAreShared(t *testing.T) {
 		t.Fatalf("checks content with a scan since %v ran %d new scans", now, n)
 	}
 }
-

@@ -138,4 +138,3 @@ func TestUnixRequiresPinnedPeer(t *testing.T) {
 		t.Fatalf("err = %v, want reason %s", err, peer.ReasonPin)
 	}
 }
-

@@ -3,9 +3,9 @@ package client
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -16,7 +16,6 @@ import (
 	"github.com/castellan-dev/castellan/agent/rotate/rotatetest"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/dns/dnsmessage"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -38,6 +37,10 @@ type testAgent struct {
 // (name, value pairs); 0 if it has not been counted.
 func (c *testAgent) counter(t *testing.T, name string, labels ...string) float64 {
 	t.Helper()
+	want := map[string]string{}
+	for i := 0; i+1 < len(labels); i += 2 {
+		want[labels[i]] = labels[i+1]
+	}
 	mfs, err := c.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -47,26 +50,16 @@ func (c *testAgent) counter(t *testing.T, name string, labels ...string) float64
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			if hasLabels(m.GetLabel(), labels) {
+			got := map[string]string{}
+			for _, l := range m.GetLabel() {
+				got[l.GetName()] = l.GetValue()
+			}
+			if maps.Equal(got, want) {
 				return m.GetCounter().GetValue()
 			}
 		}
 	}
 	return 0
-}
-
-// hasLabels reports whether got holds exactly the (name, value) pairs of
-// want.
-func hasLabels(got []*dto.LabelPair, want []string) bool {
-	if len(got) != len(want)/2 {
-		return false
-	}
-	for i := 0; i < len(want); i += 2 {
-		if !slices.ContainsFunc(got, func(l *dto.LabelPair) bool { return l.GetName() == want[i] && l.GetValue() == want[i+1] }) {
-			return false
-		}
-	}
-	return true
 }
 
 // agents numbers the entries of failoverClient: the CA refuses two

@@ -27,8 +27,8 @@ const (
 // holds while the pinned process is alive, holds the client's end of the
 // connection in its descriptor table, and no other process's descriptor
 // table holds it; for attestors whose selectors come from the process's
-// executable and credentials (BindsProcess), also while the process runs
-// the executable it ran when bound, with the effective uid and gid it
+// executable and credentials (attest.BindsProcess), also while the process
+// runs the executable it ran when bound, with the effective uid and gid it
 // connected with (SO_PEERCRED). A failed check is final for the connection.
 //
 // Threads of the attested process are the process; processes that share its

@@ -15,6 +15,7 @@ import (
 	"github.com/castellan-dev/castellan/agent/client/catest"
 	"github.com/castellan-dev/castellan/agent/rotate/rotatetest"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/internal/freeport"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/dns/dnsmessage"
@@ -112,15 +113,14 @@ func sign(ctx context.Context, c *testAgent) error {
 	return err
 }
 
-// closedAddr returns a loopback address nothing listens on.
+// closedAddr returns a loopback address nothing listens on, and that no
+// other test on the machine is handed (internal/freeport).
 func closedAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := l.Addr().String()
-	_ = l.Close()
 	return addr
 }
 

@@ -1,7 +1,15 @@
 // Package attest identifies the workload on the other end of a Unix socket
 // connection: who it runs as and which executable it runs (the unix
 // attestor), or which Kubernetes pod it runs in (the k8s attestor), as
-// selectors the agent matches against registration entries.
+// selectors the agent matches against registration entries. It holds the
+// gRPC transport credentials that attest every connection the agent's
+// workload sockets accept and check the attestation again on every call
+// (Credentials, FromContext); the parts live below it:
+//   - agent/attest/peer: the peer process (SO_PEERCRED), pinned with a
+//     pidfd, and its binding to the connection; the attestation error;
+//   - agent/attest/procfs: what /proc says of a process and which
+//     processes hold a socket;
+//   - agent/attest/unixattest and agent/attest/k8sattest: the attestors.
 //
 // # How a connection is attested
 //
@@ -9,7 +17,7 @@
 // process that called connect and its effective uid and gid at that moment;
 // the process is pinned with a pidfd (SO_PEERPIDFD where the kernel has it),
 // so that a PID reused by another process cannot borrow the identity. The
-// connection is then bound to that process (see Binding): the client's end
+// connection is then bound to that process (see peer.Binding): the client's end
 // of the connection is identified with sock_diag, and the pinned process
 // must hold it in its descriptor table while no other process does. The
 // attestor reads the process's properties, and the binding is checked again
@@ -58,63 +66,16 @@ package attest
 
 import (
 	"context"
-	"errors"
-	"fmt"
 
+	"github.com/castellan-dev/castellan/agent/attest/peer"
 	"github.com/castellan-dev/castellan/agent/state"
 )
 
 // Attestor turns a connected peer into the selectors that describe it.
-// Implementations must check peer.Process.Alive after reading anything
-// through peer.PID and fail if it is not, and must be safe for concurrent use.
+// Implementations must check p.Process.Alive after reading anything
+// through p.PID and fail if it is not, and must be safe for concurrent
+// use. The unix attestor (agent/attest/unixattest) and the Kubernetes
+// attestor (agent/attest/k8sattest) implement it.
 type Attestor interface {
-	Attest(ctx context.Context, peer Peer) ([]state.Selector, error)
-}
-
-// Peer is the process on the other end of a Unix socket connection, as the
-// kernel reported it when the connection was accepted.
-type Peer struct {
-	// PID, UID and GID are the peer's credentials from SO_PEERCRED, taken
-	// when the peer called connect.
-	PID int
-	UID uint32
-	GID uint32
-	// Process pins the peer's process; it stays valid while the connection
-	// is open.
-	Process *Process
-	// Binding ties the process to the connection; nil outside Credentials.
-	Binding *Binding
-}
-
-// Reasons an attestation fails, used as the reason label of failure metrics.
-const (
-	ReasonPeerCred  = "peercred"       // SO_PEERCRED unavailable (not a Unix socket)
-	ReasonPin       = "pidfd"          // the process could not be pinned
-	ReasonExited    = "process_exited" // the pinned process is gone
-	ReasonExe       = "exe"            // the executable could not be read
-	ReasonAttestor  = "attestor"       // any other attestor failure
-	ReasonTransport = "transport"      // no attestation on the connection
-)
-
-// Error is an attestation failure with a short machine-readable reason
-// (one of the Reason constants) and the underlying cause.
-type Error struct {
-	Reason string
-	Err    error
-}
-
-// Error describes the failure.
-func (e *Error) Error() string { return fmt.Sprintf("attest: %s: %v", e.Reason, e.Err) }
-
-// Unwrap returns the cause.
-func (e *Error) Unwrap() error { return e.Err }
-
-// ReasonOf returns the reason of an attestation error, or ReasonAttestor if
-// err is not an *Error.
-func ReasonOf(err error) string {
-	var ae *Error
-	if errors.As(err, &ae) {
-		return ae.Reason
-	}
-	return ReasonAttestor
+	Attest(ctx context.Context, p peer.Peer) ([]state.Selector, error)
 }

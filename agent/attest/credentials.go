@@ -9,9 +9,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/castellan-dev/castellan/agent/attest/peer"
+	"github.com/castellan-dev/castellan/agent/attest/procfs"
 	"github.com/castellan-dev/castellan/agent/state"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/peer"
+	grpcpeer "google.golang.org/grpc/peer"
 )
 
 // SecurityProtocol names the attestation in gRPC's ProtocolInfo.
@@ -22,7 +24,7 @@ const SecurityProtocol = "castellan-unix-attest"
 type AuthInfo struct {
 	credentials.CommonAuthInfo
 	// Peer is the attested process.
-	Peer Peer
+	Peer peer.Peer
 	// Selectors are the attested selectors; empty if Err is set.
 	Selectors []state.Selector
 	// Err is why attestation failed, nil if it succeeded.
@@ -48,7 +50,7 @@ func (i *AuthInfo) check(ctx context.Context) error {
 func (*AuthInfo) AuthType() string { return SecurityProtocol }
 
 // Credentials attest the peer of every accepted Unix connection once, at
-// handshake time, and bind the result to the connection (see Binding): the
+// handshake time, and bind the result to the connection (see peer.Binding): the
 // attestation holds only while the attested process is the sole holder of
 // the connection, and FromContext checks that again on every call. An
 // attestation failure does not refuse the connection: calls on it fail with
@@ -58,7 +60,7 @@ type Credentials struct {
 	attestor  Attestor
 	timeout   time.Duration
 	onFailure func(reason string)
-	scanner   *Scanner
+	scanner   *procfs.Scanner
 	maxAge    time.Duration
 	now       func() time.Time
 }
@@ -73,7 +75,7 @@ type CredentialsOption func(*Credentials)
 
 // WithScanner makes the credentials use s (and its /proc and clock) to find
 // the holders of connections; by default they scan /proc.
-func WithScanner(s *Scanner) CredentialsOption { return func(c *Credentials) { c.scanner = s } }
+func WithScanner(s *procfs.Scanner) CredentialsOption { return func(c *Credentials) { c.scanner = s } }
 
 // WithHolderMaxAge sets how old a descriptor scan may be for a per-call
 // check (default DefaultHolderMaxAge; 0 scans for every call).
@@ -93,15 +95,15 @@ func NewCredentials(a Attestor, timeout time.Duration, onFailure func(reason str
 		o(c)
 	}
 	if c.scanner == nil {
-		c.scanner = NewScanner("/proc", nil)
+		c.scanner = procfs.NewScanner("/proc", nil)
 	}
-	c.now = c.scanner.now
+	c.now = c.scanner.Now
 	return c
 }
 
 // BindsProcess is implemented by attestors whose selectors derive from the
 // process's executable and credentials; their bindings also check that
-// these did not change (see Binding).
+// these did not change (see peer.Binding).
 type BindsProcess interface {
 	BindsProcess() bool
 }
@@ -122,10 +124,10 @@ func (c *Credentials) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthI
 	if !ok || raw.LocalAddr().Network() != "unix" {
 		return nil, nil, fmt.Errorf("attest: connection from %s is not a Unix socket", raw.RemoteAddr())
 	}
-	p, err := PeerOf(sc)
+	p, err := peer.Of(sc)
 	if err != nil {
 		info.Err = err
-		c.onFailure(ReasonOf(err))
+		c.onFailure(peer.ReasonOf(err))
 		return raw, info, nil
 	}
 	info.Peer = p
@@ -133,7 +135,7 @@ func (c *Credentials) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthI
 	defer cancel()
 	info.Selectors, info.Err = c.attest(ctx, sc, &info.Peer, accepted)
 	if info.Err != nil {
-		c.onFailure(ReasonOf(info.Err))
+		c.onFailure(peer.ReasonOf(info.Err))
 	}
 	return &pinnedConn{Conn: raw, peer: info.Peer}, info, nil
 }
@@ -141,9 +143,9 @@ func (c *Credentials) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthI
 // attest binds the connection to the peer, attests the peer, and checks the
 // binding again, so that what the attestor read belongs to the process
 // that holds the connection.
-func (c *Credentials) attest(ctx context.Context, sc syscall.Conn, p *Peer, accepted time.Time) ([]state.Selector, error) {
+func (c *Credentials) attest(ctx context.Context, sc syscall.Conn, p *peer.Peer, accepted time.Time) ([]state.Selector, error) {
 	bp, ok := c.attestor.(BindsProcess)
-	b, err := bind(ctx, sc, *p, c.scanner, ok && bp.BindsProcess(), accepted)
+	b, err := peer.Bind(ctx, sc, *p, c.scanner, ok && bp.BindsProcess(), accepted)
 	if err != nil {
 		return nil, err
 	}
@@ -181,7 +183,7 @@ func (c *Credentials) OverrideServerName(string) error { return nil }
 // connection closes.
 type pinnedConn struct {
 	net.Conn
-	peer Peer
+	peer peer.Peer
 	once sync.Once
 }
 
@@ -199,24 +201,24 @@ func (c *pinnedConn) Close() error {
 }
 
 // FromContext returns the selectors of the caller of a gRPC call served with
-// Credentials, after checking the connection's binding (see Binding): the
+// Credentials, after checking the connection's binding (see peer.Binding): the
 // attested process is alive, still holds the connection, and no other
 // process does. It returns an *Error saying why otherwise.
 func FromContext(ctx context.Context) ([]state.Selector, error) {
-	p, ok := peer.FromContext(ctx)
+	p, ok := grpcpeer.FromContext(ctx)
 	if !ok {
-		return nil, &Error{Reason: ReasonTransport, Err: errors.New("no peer on the call")}
+		return nil, &peer.Error{Reason: peer.ReasonTransport, Err: errors.New("no peer on the call")}
 	}
 	info, ok := p.AuthInfo.(*AuthInfo)
 	if !ok {
-		return nil, &Error{Reason: ReasonTransport, Err: errors.New("connection was not attested (served without attest credentials)")}
+		return nil, &peer.Error{Reason: peer.ReasonTransport, Err: errors.New("connection was not attested (served without attest credentials)")}
 	}
 	if info.Err != nil {
 		return nil, info.Err
 	}
 	if err := info.check(ctx); err != nil {
 		if info.onFailure != nil {
-			info.onFailure(ReasonOf(err))
+			info.onFailure(peer.ReasonOf(err))
 		}
 		return nil, err
 	}
@@ -226,10 +228,10 @@ func FromContext(ctx context.Context) ([]state.Selector, error) {
 // Explain returns why the caller's selectors may be fewer than a registration
 // entry expects, for messages refusing a caller that matched no identity:
 // the executable selectors withheld for a descriptor that is not
-// close-on-exec (see Unix.Attest). It returns "" when there is nothing to
-// add.
+// close-on-exec (see unixattest.Attestor.Attest). It returns "" when there
+// is nothing to add.
 func Explain(ctx context.Context) string {
-	p, ok := peer.FromContext(ctx)
+	p, ok := grpcpeer.FromContext(ctx)
 	if !ok {
 		return ""
 	}

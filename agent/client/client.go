@@ -6,19 +6,14 @@
 // SyncAgent stream into upstream.State values, Sign makes the keys and
 // CSRs of a batch and returns verified SVIDs.
 //
-// The CA may have several endpoints (replicas): every address a DNS name
-// resolves to, or an explicit list (endpoints.go). gRPC balances calls
-// over the endpoints that are up (round_robin) and skips one whose health
-// service says NOT_SERVING; a unary call that an endpoint fails with
-// Unavailable is retried on another within a bounded time (retry.go); a
-// stream that ends is reopened by its owner and lands on a live endpoint.
-// Each endpoint must prove it is the CA with an SVID for
-// spiffe://<td>/castellan/server chained to the trust bundle.
+// The CA may have several endpoints (replicas), reached, balanced and
+// failed over by agent/client/caconn. Each endpoint must prove it is the
+// CA with an SVID for spiffe://<td>/castellan/server chained to the trust
+// bundle.
 package client
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -26,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/castellan-dev/castellan/agent/client/caconn"
 	"github.com/castellan-dev/castellan/agent/rotate"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/prometheus/client_golang/prometheus"
@@ -34,11 +30,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/credentials"
-	_ "google.golang.org/grpc/health" // client-side health checking (serviceConfig)
-	"google.golang.org/grpc/keepalive"
-	"google.golang.org/grpc/peer"
 )
 
 // ErrNoAgentSVID means the agent has no usable SVID of its own and was not
@@ -57,11 +48,12 @@ type Config struct {
 	// FailoverTimeout bounds how long a unary call keeps trying other CA
 	// endpoints after its first attempt failed with Unavailable (or
 	// ResourceExhausted with a retry delay); 0 means
-	// DefaultFailoverTimeout, and a negative value makes one attempt per
-	// call. The call's context may end it sooner. Retries wait on Clock.
+	// caconn.DefaultFailoverTimeout, and a negative value makes one
+	// attempt per call. The call's context may end it sooner. Retries wait on Clock.
 	FailoverTimeout time.Duration
-	// Registry receives castellan_agent_ca_failovers_total and
-	// castellan_agent_ca_retries_total; nil registers none.
+	// Registry receives castellan_agent_ca_failovers_total,
+	// castellan_agent_ca_retries_total and
+	// castellan_agent_ca_handshake_failures_total; nil registers none.
 	Registry prometheus.Registerer
 	// TrustDomain of the CA and the agent.
 	TrustDomain spiffeid.TrustDomain
@@ -78,26 +70,12 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// reconnect bounds gRPC's own reconnection backoff (120s by default) so
-// that a CA endpoint that comes back is used again within seconds.
-var reconnect = grpc.ConnectParams{
-	Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
-	MinConnectTimeout: 5 * time.Second,
-}
-
-// keepalive finds a CA endpoint that vanished without closing its
-// connections (a node powered off, a partition) within half a minute, so
-// that its streams move to another. The CA permits pings every 10s.
-var keepalives = keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}
-
 // Client talks to the CA. It is safe for concurrent use.
 type Client struct {
 	cfg      Config
-	target   target
+	dialer   *caconn.Dialer
 	serverID spiffeid.ID
 	log      *slog.Logger
-	metrics  *metrics
-	syncPeer streamEndpoint
 
 	mu       sync.Mutex
 	svid     *x509svid.SVID
@@ -121,29 +99,22 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Address != "" {
 		cfg.Addresses = append([]string{cfg.Address}, cfg.Addresses...)
 	}
-	t, err := parseTarget(cfg.Addresses)
-	if err != nil {
-		return nil, err
-	}
 	if cfg.Clock == nil {
 		cfg.Clock = rotate.System{}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.FailoverTimeout == 0 {
-		cfg.FailoverTimeout = DefaultFailoverTimeout
-	}
-	m, err := newMetrics(cfg.Registry)
+	d, err := caconn.New(caconn.Config{Addresses: cfg.Addresses, FailoverTimeout: cfg.FailoverTimeout,
+		Registry: cfg.Registry, Clock: cfg.Clock, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
 	}
 	c := &Client{
 		cfg:      cfg,
-		target:   t,
+		dialer:   d,
 		serverID: spiffeid.RequireFromPath(cfg.TrustDomain, "/castellan/server"),
 		log:      cfg.Logger,
-		metrics:  m,
 		bundle:   cfg.Bundle,
 		taint:    agentTaint{wake: make(chan struct{}, 1)},
 
@@ -202,7 +173,7 @@ func (c *Client) attest(ctx context.Context, att *cav1.AttestAgentRequest, how s
 		return err
 	}
 	att.Csr = csr
-	conn, err := c.dial(tlsconfig.TLSClientConfig(c, tlsconfig.AuthorizeID(c.serverID)))
+	conn, err := c.dialer.Dial(tlsconfig.TLSClientConfig(c, tlsconfig.AuthorizeID(c.serverID)))
 	if err != nil {
 		return err
 	}
@@ -300,35 +271,13 @@ func (c *Client) ca() (cav1.CertificateAuthorityServiceClient, error) {
 		return nil, ErrNoAgentSVID
 	}
 	if c.conn == nil {
-		conn, err := c.dial(tlsconfig.MTLSClientConfig(c, c, tlsconfig.AuthorizeID(c.serverID)))
+		conn, err := c.dialer.Dial(tlsconfig.MTLSClientConfig(c, c, tlsconfig.AuthorizeID(c.serverID)))
 		if err != nil {
 			return nil, err
 		}
 		c.conn = conn
 	}
 	return cav1.NewCertificateAuthorityServiceClient(c.conn), nil
-}
-
-// dial returns a connection to every CA endpoint, balanced round-robin,
-// whose unary calls fail over (see failover). Each endpoint must present
-// the CA's SVID (spiffe://<td>/castellan/server) chained to the trust
-// bundle, whatever its address: the agent checks the SPIFFE ID, not the
-// host name, so IPs and names verify alike, and an endpoint presenting
-// anything else fails its handshake and is never used.
-func (c *Client) dial(tlsConf *tls.Config) (*grpc.ClientConn, error) {
-	opts := append(c.target.dialOptions(),
-		grpc.WithTransportCredentials(verifiedCreds{credentials.NewTLS(tlsConf), c}),
-		grpc.WithConnectParams(reconnect),
-		grpc.WithKeepaliveParams(keepalives),
-	)
-	if c.cfg.FailoverTimeout > 0 {
-		opts = append(opts, grpc.WithUnaryInterceptor(c.failover))
-	}
-	conn, err := grpc.NewClient(c.target.uri, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("client: dial %s: %w", c.target.uri, err)
-	}
-	return conn, nil
 }
 
 // batchSign asks the CA to sign reqs in one call; results are in request
@@ -358,34 +307,7 @@ func (c *Client) syncAgent(ctx context.Context) (grpc.ServerStreamingClient[cav1
 	if err != nil {
 		return nil, fmt.Errorf("client: sync: %w", err)
 	}
-	return &syncStream{ServerStreamingClient: s, c: c}, nil
-}
-
-// syncStream logs which CA endpoint serves a SyncAgent stream once the
-// first state arrives, and counts a stream reopened on another endpoint
-// than the last one as a failover.
-type syncStream struct {
-	grpc.ServerStreamingClient[cav1.SyncAgentResponse]
-	c       *Client
-	started bool
-}
-
-// Recv implements grpc.ServerStreamingClient.
-func (s *syncStream) Recv() (*cav1.SyncAgentResponse, error) {
-	resp, err := s.ServerStreamingClient.Recv()
-	if err != nil || s.started {
-		return resp, err
-	}
-	s.started = true
-	p, _ := peer.FromContext(s.Context())
-	endpoint := endpointOf(p)
-	if from, moved := s.c.syncPeer.moved(endpoint); moved {
-		s.c.metrics.failovers.WithLabelValues("SyncAgent").Inc()
-		s.c.log.Info("CA sync stream moved to another endpoint", "endpoint", endpoint, "previous", from)
-	} else {
-		s.c.log.Info("CA sync stream open", "endpoint", endpoint)
-	}
-	return resp, nil
+	return c.dialer.SyncStream(s), nil
 }
 
 // Run renews the agent SVID at the policy's renewal time until ctx is

@@ -2,8 +2,8 @@ package client
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"regexp"
 	"strconv"
@@ -15,8 +15,8 @@ import (
 	"github.com/castellan-dev/castellan/agent/client/catest"
 	"github.com/castellan-dev/castellan/agent/rotate/rotatetest"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/internal/freeport"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/dns/dnsmessage"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -31,6 +31,36 @@ const workload = "spiffe://cluster.local/ns/a/sa/b"
 type testAgent struct {
 	*Client
 	entry *cav1.Entry
+	reg   *prometheus.Registry // the client's metrics
+}
+
+// counter returns the value of the client's counter name with labels
+// (name, value pairs); 0 if it has not been counted.
+func (c *testAgent) counter(t *testing.T, name string, labels ...string) float64 {
+	t.Helper()
+	want := map[string]string{}
+	for i := 0; i+1 < len(labels); i += 2 {
+		want[labels[i]] = labels[i+1]
+	}
+	mfs, err := c.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			got := map[string]string{}
+			for _, l := range m.GetLabel() {
+				got[l.GetName()] = l.GetValue()
+			}
+			if maps.Equal(got, want) {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
 }
 
 // agents numbers the entries of failoverClient: the CA refuses two
@@ -42,7 +72,8 @@ var agents atomic.Int64
 // registered, and registers an entry for its node.
 func failoverClient(t *testing.T, ca *catest.CA, addrs []string, mod func(*Config)) *testAgent {
 	t.Helper()
-	cfg := Config{Addresses: addrs, TrustDomain: td, Bundle: ca.Bundle(), DataDir: t.TempDir(), Registry: prometheus.NewRegistry()}
+	reg := prometheus.NewRegistry()
+	cfg := Config{Addresses: addrs, TrustDomain: td, Bundle: ca.Bundle(), DataDir: t.TempDir(), Registry: reg}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -58,7 +89,7 @@ func failoverClient(t *testing.T, ca *catest.CA, addrs []string, mod func(*Confi
 	}
 	e := ca.AddEntry(t, &cav1.Entry{SpiffeId: fmt.Sprintf("%s-%d", workload, agents.Add(1)), Node: "node-1",
 		Selectors: []*cav1.Selector{{Type: "unix", Value: "uid:1000"}}})
-	return &testAgent{Client: c, entry: e}
+	return &testAgent{Client: c, entry: e, reg: reg}
 }
 
 // sign asks for one workload SVID and checks the answer.
@@ -82,88 +113,15 @@ func sign(ctx context.Context, c *testAgent) error {
 	return err
 }
 
-// closedAddr returns a loopback address nothing listens on.
+// closedAddr returns a loopback address nothing listens on, and that no
+// other test on the machine is handed (internal/freeport).
 func closedAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := l.Addr().String()
-	_ = l.Close()
 	return addr
-}
-
-func TestParseTarget(t *testing.T) {
-	for _, tc := range []struct {
-		addrs   []string
-		uri     string // "" when an error is expected
-		wantErr string
-	}{
-		{addrs: []string{"ca.example:8443"}, uri: "dns:///ca.example:8443"},
-		{addrs: []string{"127.0.0.1:8443"}, uri: "dns:///127.0.0.1:8443"},
-		{addrs: []string{"[::1]:8443"}, uri: "dns:///[::1]:8443"},
-		{addrs: []string{"dns:///ca-headless.ns.svc:8443"}, uri: "dns:///ca-headless.ns.svc:8443"},
-		{addrs: []string{"dns://10.0.0.10:53/ca-headless.ns.svc:8443"}, uri: "dns://10.0.0.10:53/ca-headless.ns.svc:8443"},
-		{addrs: []string{"10.0.0.1:8443", "ca-b.example:8443"}, uri: staticScheme + ":///10.0.0.1:8443,ca-b.example:8443"},
-		{addrs: nil, wantErr: "no CA address"},
-		{addrs: []string{"ca.example"}, wantErr: "want host:port"},
-		{addrs: []string{":8443"}, wantErr: "the host is empty"},
-		{addrs: []string{"ca.example:0"}, wantErr: "not a number in 1-65535"},
-		{addrs: []string{"ca.example:70000"}, wantErr: "not a number in 1-65535"},
-		{addrs: []string{"ca.example:https"}, wantErr: "not a number in 1-65535"},
-		{addrs: []string{"dns:ca.example:8443"}, wantErr: "want dns:///host:port"},
-		{addrs: []string{"dns:///ca.example"}, wantErr: "want host:port"},
-		{addrs: []string{"dns:///a:1", "b:2"}, wantErr: "must be the only CA address"},
-		{addrs: []string{"a:1", "unix:///run/ca.sock"}, wantErr: "must be the only CA address"},
-		{addrs: []string{"a:1", "a:1"}, wantErr: "listed twice"},
-	} {
-		got, err := parseTarget(tc.addrs)
-		if tc.wantErr != "" {
-			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-				t.Errorf("parseTarget(%q) = %q, %v; want an error containing %q", tc.addrs, got.uri, err, tc.wantErr)
-			}
-			continue
-		}
-		if err != nil || got.uri != tc.uri {
-			t.Errorf("parseTarget(%q) = %q, %v; want %q", tc.addrs, got.uri, err, tc.uri)
-		}
-		if (len(tc.addrs) > 1) != (got.resolver != nil) {
-			t.Errorf("parseTarget(%q): static resolver %v, want one exactly for several addresses", tc.addrs, got.resolver)
-		}
-	}
-}
-
-func TestRetryAfterOnlyForSafeCodes(t *testing.T) {
-	backoff := func(n int) time.Duration { return time.Duration(n) * time.Second }
-	hinted := func(d time.Duration) error {
-		st, err := status.New(codes.ResourceExhausted, "quota").WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(d)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st.Err()
-	}
-	for _, tc := range []struct {
-		name  string
-		err   error
-		wait  time.Duration
-		retry bool
-	}{
-		{"unavailable", status.Error(codes.Unavailable, "down"), 3 * time.Second, true},
-		{"hinted quota", hinted(7 * time.Second), 7 * time.Second, true},
-		{"quota without hint", status.Error(codes.ResourceExhausted, "quota"), 0, false},
-		{"permission denied", status.Error(codes.PermissionDenied, "not your entry"), 0, false},
-		{"invalid argument", status.Error(codes.InvalidArgument, "bad CSR"), 0, false},
-		{"unauthenticated", status.Error(codes.Unauthenticated, "no SVID"), 0, false},
-		{"deadline", status.Error(codes.DeadlineExceeded, "slow"), 0, false},
-		{"internal", status.Error(codes.Internal, "bug"), 0, false},
-		{"not a status", errors.New("plain"), 0, false},
-	} {
-		wait, retry := retryAfter(tc.err, 3, backoff)
-		if wait != tc.wait || retry != tc.retry {
-			t.Errorf("%s: retryAfter = %v, %v; want %v, %v", tc.name, wait, retry, tc.wait, tc.retry)
-		}
-	}
 }
 
 // TestSigningFailsOverFromUnavailableReplica: one replica answers
@@ -191,10 +149,10 @@ func TestSigningFailsOverFromUnavailableReplica(t *testing.T) {
 	// Every failed attempt was retried; the calls it belonged to were
 	// served by b (a call may meet a twice while b is still connecting).
 	failed := float64(a.Calls() - before)
-	if got := testutil.ToFloat64(c.metrics.retries.WithLabelValues("BatchSignX509SVID", "Unavailable")); got != failed {
+	if got := c.counter(t, "castellan_agent_ca_retries_total", "call", "BatchSignX509SVID", "code", "Unavailable"); got != failed {
 		t.Errorf("castellan_agent_ca_retries_total{call=BatchSignX509SVID,code=Unavailable} = %v, want %v", got, failed)
 	}
-	if got := testutil.ToFloat64(c.metrics.failovers.WithLabelValues("BatchSignX509SVID")); got < 2 || got > failed {
+	if got := c.counter(t, "castellan_agent_ca_failovers_total", "call", "BatchSignX509SVID"); got < 2 || got > failed {
 		t.Errorf("castellan_agent_ca_failovers_total{call=BatchSignX509SVID} = %v, want 2 to %v", got, failed)
 	}
 }
@@ -391,7 +349,7 @@ func TestSyncStreamResumesOnAnotherReplica(t *testing.T) {
 	if resp, err = s.Recv(); err != nil || len(resp.GetState().GetEntries()) != 2 {
 		t.Fatalf("change after the failover: %v, %v; want both entries", resp.GetState().GetEntries(), err)
 	}
-	if got := testutil.ToFloat64(c.metrics.failovers.WithLabelValues("SyncAgent")); got != 1 {
+	if got := c.counter(t, "castellan_agent_ca_failovers_total", "call", "SyncAgent"); got != 1 {
 		t.Fatalf("castellan_agent_ca_failovers_total{call=SyncAgent} = %v, want 1", got)
 	}
 }
@@ -416,9 +374,9 @@ func TestEndpointWithWrongCertificateIsNeverUsed(t *testing.T) {
 		t.Fatalf("impostor got %d calls, foreign CA %d; want none", n, m)
 	}
 	// Both refusals are counted (the handshakes run beside the calls).
-	for deadline := time.Now().Add(5 * time.Second); testutil.ToFloat64(c.metrics.handshakeFailures) < 2; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(5 * time.Second); c.counter(t, "castellan_agent_ca_handshake_failures_total") < 2; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("castellan_agent_ca_handshake_failures_total = %v, want the impostor's and the foreign CA's", testutil.ToFloat64(c.metrics.handshakeFailures))
+			t.Fatalf("castellan_agent_ca_handshake_failures_total = %v, want the impostor's and the foreign CA's", c.counter(t, "castellan_agent_ca_handshake_failures_total"))
 		}
 	}
 

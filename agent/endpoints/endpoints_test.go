@@ -22,6 +22,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/castellan-dev/castellan/agent/attest"
+	"github.com/castellan-dev/castellan/agent/attest/peer"
+	"github.com/castellan-dev/castellan/agent/attest/unixattest"
 	"github.com/castellan-dev/castellan/agent/client/catest"
 	"github.com/castellan-dev/castellan/agent/state"
 	"github.com/castellan-dev/castellan/integration/envoysds"
@@ -56,7 +58,7 @@ func start(t testing.TB, a attest.Attestor, opts ...func(*Config)) *env {
 	e.rotate(t)
 	e.sock = filepath.Join(t.TempDir(), "agent.sock")
 	if a == nil {
-		a = attest.NewUnix()
+		a = unixattest.New()
 	}
 	cfg := Config{SocketPath: e.sock, Store: e.store, Attestor: a, Registry: e.reg, TrustDomain: e.ca.TrustDomain}
 	for _, o := range opts {
@@ -113,7 +115,7 @@ func TestSocketIsWorldWritableAndRemovedOnStop(t *testing.T) {
 	}
 	l.(*net.UnixListener).SetUnlinkOnClose(false)
 	_ = l.Close()
-	ep, err := New(Config{SocketPath: sock, Store: state.NewStore(), Attestor: attest.NewUnix()})
+	ep, err := New(Config{SocketPath: sock, Store: state.NewStore(), Attestor: unixattest.New()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +147,7 @@ func TestServeRefusesNonSocketAndMissingDirectory(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, path := range []string{file, filepath.Join(t.TempDir(), "missing", "agent.sock")} {
-		ep, err := New(Config{SocketPath: path, Store: state.NewStore(), Attestor: attest.NewUnix()})
+		ep, err := New(Config{SocketPath: path, Store: state.NewStore(), Attestor: unixattest.New()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -247,8 +249,8 @@ func next2(t *testing.T, e *env, next func() envoysds.Update) envoysds.Update {
 
 type failingAttestor struct{}
 
-func (failingAttestor) Attest(context.Context, attest.Peer) ([]state.Selector, error) {
-	return nil, &attest.Error{Reason: attest.ReasonExe, Err: errors.New("cannot read executable")}
+func (failingAttestor) Attest(context.Context, peer.Peer) ([]state.Selector, error) {
+	return nil, &peer.Error{Reason: peer.ReasonExe, Err: errors.New("cannot read executable")}
 }
 
 func TestFailedAttestationIsDeniedAndCounted(t *testing.T) {

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/castellan-dev/castellan/agent/attest"
+	"github.com/castellan-dev/castellan/agent/attest/k8sattest"
 )
 
 // Limits bound what one caller may hold on the socket, so that no local user
@@ -169,7 +170,7 @@ func (lm *limiter) callerOf(c *net.UnixConn) (caller, error) {
 		return caller{}, errors.Join(err, credErr)
 	}
 	if lm.lim.ByPod && cred.Pid > 0 {
-		if pc, err := attest.ReadCgroups(lm.procRoot, int(cred.Pid)); err == nil {
+		if pc, err := k8sattest.ReadCgroups(lm.procRoot, int(cred.Pid)); err == nil {
 			return caller{kind: "pod", id: pc.PodUID}, nil
 		}
 	}

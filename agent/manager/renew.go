@@ -27,6 +27,22 @@ func (m *Manager) renew(ctx context.Context, due []string) {
 // renewBatch asks the CA for new SVIDs for keys in one call, keeps those
 // the checks accept, stores them and then publishes them.
 func (m *Manager) renewBatch(ctx context.Context, keys []string) {
+	results, ok := m.signBatch(ctx, keys)
+	if !ok {
+		return
+	}
+	stored, certs := m.accept(keys, results)
+	stored, certs = m.enforceLog(ctx, stored, certs)
+	m.store(stored)
+	m.publish()
+	m.monitorLog(ctx, stored, certs)
+}
+
+// signBatch asks the CA for new SVIDs for keys in one call, bounded by
+// SignTimeout, and returns one result per key. If the call fails, or
+// answers another number of results, every key fails with that error, the
+// failure is published, and it reports false.
+func (m *Manager) signBatch(ctx context.Context, keys []string) ([]upstream.Signed, bool) {
 	entries := make([]upstream.Entry, 0, len(keys))
 	for _, key := range keys {
 		entries = append(entries, m.request(key))
@@ -45,9 +61,16 @@ func (m *Manager) renewBatch(ctx context.Context, keys []string) {
 			m.fail(key, err)
 		}
 		m.publish()
-		return
+		return nil, false
 	}
 	m.caUp.Store(true)
+	return results, true
+}
+
+// accept validates the CA's result for each of keys into a cache record,
+// failing the keys whose result the checks refuse, and returns the records
+// with their certificates for the issuance log check.
+func (m *Manager) accept(keys []string, results []upstream.Signed) ([]cache.Record, []logcheck.Cert) {
 	now := m.cfg.Clock.Now()
 	var stored []cache.Record
 	var certs []logcheck.Cert
@@ -60,10 +83,7 @@ func (m *Manager) renewBatch(ctx context.Context, keys []string) {
 		stored = append(stored, rec)
 		certs = append(certs, logcheck.Cert{DER: rec.SVID.Certificates[0].Raw, Index: res.LogIndex})
 	}
-	stored, certs = m.enforceLog(ctx, stored, certs)
-	m.store(stored)
-	m.publish()
-	m.monitorLog(ctx, stored, certs)
+	return stored, certs
 }
 
 // store makes recs durable, then current: only then may they be served.

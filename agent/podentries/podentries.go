@@ -12,7 +12,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/castellan-dev/castellan/agent/attest"
+	"github.com/castellan-dev/castellan/agent/attest/k8sattest"
 	"github.com/castellan-dev/castellan/agent/state"
 	"github.com/castellan-dev/castellan/agent/upstream"
 	"github.com/castellan-dev/castellan/internal/k8sid"
@@ -20,9 +20,9 @@ import (
 )
 
 // Pods lists the live pods on the node and signals changes;
-// *attest.K8s implements it.
+// *k8sattest.Attestor implements it.
 type Pods interface {
-	Pods() []attest.Pod
+	Pods() []k8sattest.Pod
 	Watch() (<-chan struct{}, func())
 }
 
@@ -50,7 +50,7 @@ func (s *Source) Watch() (<-chan struct{}, func()) { return s.pods.Watch() }
 // Entries returns one entry per pod, sorted by ID. A pod whose namespace
 // or service account is not a valid SPIFFE ID path segment has none (the
 // CA would refuse it anyway).
-func Entries(td spiffeid.TrustDomain, pods []attest.Pod) []upstream.Entry {
+func Entries(td spiffeid.TrustDomain, pods []k8sattest.Pod) []upstream.Entry {
 	out := make([]upstream.Entry, 0, len(pods))
 	for _, p := range pods {
 		id, err := k8sid.ServiceAccount{Namespace: p.Namespace, Name: p.ServiceAccount}.ID(td)
@@ -60,7 +60,7 @@ func Entries(td spiffeid.TrustDomain, pods []attest.Pod) []upstream.Entry {
 		out = append(out, upstream.Entry{
 			ID:        p.UID,
 			SPIFFEID:  id,
-			Selectors: []state.Selector{{Type: attest.SelectorK8s, Value: "pod-uid:" + p.UID}},
+			Selectors: []state.Selector{{Type: k8sattest.SelectorType, Value: "pod-uid:" + p.UID}},
 			PodUID:    p.UID,
 		})
 	}

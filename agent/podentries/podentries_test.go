@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/castellan-dev/castellan/agent/attest"
+	"github.com/castellan-dev/castellan/agent/attest/k8sattest"
 	"github.com/castellan-dev/castellan/agent/manager"
 	"github.com/castellan-dev/castellan/agent/state"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -17,13 +17,13 @@ var _ manager.EntrySource = (*Source)(nil)
 
 type fakePods struct {
 	mu   sync.Mutex
-	pods []attest.Pod
+	pods []k8sattest.Pod
 	ch   chan struct{}
 }
 
-func (f *fakePods) Pods() []attest.Pod               { f.mu.Lock(); defer f.mu.Unlock(); return f.pods }
+func (f *fakePods) Pods() []k8sattest.Pod            { f.mu.Lock(); defer f.mu.Unlock(); return f.pods }
 func (f *fakePods) Watch() (<-chan struct{}, func()) { return f.ch, func() {} }
-func (f *fakePods) set(p ...attest.Pod) {
+func (f *fakePods) set(p ...k8sattest.Pod) {
 	f.mu.Lock()
 	f.pods = p
 	f.mu.Unlock()
@@ -31,7 +31,7 @@ func (f *fakePods) set(p ...attest.Pod) {
 }
 
 func TestPodsBecomeEntriesAndFollowChanges(t *testing.T) {
-	pods := &fakePods{ch: make(chan struct{}, 1), pods: []attest.Pod{{UID: "u1", Namespace: "shop", Name: "cart", ServiceAccount: "cart"}}}
+	pods := &fakePods{ch: make(chan struct{}, 1), pods: []k8sattest.Pod{{UID: "u1", Namespace: "shop", Name: "cart", ServiceAccount: "cart"}}}
 	src := New(pods, td)
 	got := src.Entries()
 	if len(got) != 1 {
@@ -39,7 +39,7 @@ func TestPodsBecomeEntriesAndFollowChanges(t *testing.T) {
 	}
 	e := got[0]
 	if e.ID != "u1" || e.PodUID != "u1" || e.SPIFFEID.String() != "spiffe://cluster.local/ns/shop/sa/cart" ||
-		len(e.Selectors) != 1 || e.Selectors[0] != (state.Selector{Type: attest.SelectorK8s, Value: "pod-uid:u1"}) || e.TTL != 0 {
+		len(e.Selectors) != 1 || e.Selectors[0] != (state.Selector{Type: k8sattest.SelectorType, Value: "pod-uid:u1"}) || e.TTL != 0 {
 		t.Fatalf("pod entry %+v", e)
 	}
 	ch, stop := src.Watch()
@@ -58,7 +58,7 @@ func TestPodsBecomeEntriesAndFollowChanges(t *testing.T) {
 // A pod whose namespace or service account cannot be a SPIFFE ID path
 // segment, or that has no UID, has no entry; the others are sorted by UID.
 func TestEntriesSkipUnusablePodsAndSortByUID(t *testing.T) {
-	got := Entries(td, []attest.Pod{
+	got := Entries(td, []k8sattest.Pod{
 		{UID: "u3", Namespace: "ns", ServiceAccount: "b"},
 		{UID: "u2", Namespace: "bad/ns", ServiceAccount: "a"},
 		{UID: "", Namespace: "ns", ServiceAccount: "a"},

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/castellan-dev/castellan/agent/attest"
+	"github.com/castellan-dev/castellan/agent/attest/peer"
 	"github.com/castellan-dev/castellan/agent/client/catest"
 	"github.com/castellan-dev/castellan/agent/state"
 	"github.com/castellan-dev/castellan/integration/envoysds"
@@ -37,7 +38,7 @@ var workload = []state.Selector{{Type: "unix", Value: "uid:1000"}}
 // fixedAttestor attests every peer with the same selectors.
 type fixedAttestor []state.Selector
 
-func (f fixedAttestor) Attest(context.Context, attest.Peer) ([]state.Selector, error) { return f, nil }
+func (f fixedAttestor) Attest(context.Context, peer.Peer) ([]state.Selector, error) { return f, nil }
 
 type harness struct {
 	ca      *catest.CA
@@ -232,7 +233,7 @@ func TestStreamResubscribesAfterServerRestart(t *testing.T) {
 // another process).
 type pinnedTo struct {
 	credentials.TransportCredentials
-	proc *attest.Process
+	proc *peer.Process
 }
 
 func (p pinnedTo) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -251,7 +252,7 @@ func TestStreamEndsWhenAttestedProcessHasExited(t *testing.T) {
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			proc, err := attest.Pin(cmd.Process.Pid)
+			proc, err := peer.Pin(cmd.Process.Pid)
 			if err != nil {
 				t.Fatal(err)
 			}

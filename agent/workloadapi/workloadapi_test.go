@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/castellan-dev/castellan/agent/attest"
+	"github.com/castellan-dev/castellan/agent/attest/peer"
 	"github.com/castellan-dev/castellan/agent/client/catest"
 	"github.com/castellan-dev/castellan/agent/state"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -32,7 +33,7 @@ var workload = []state.Selector{{Type: "unix", Value: "uid:1000"}}
 
 type fixedAttestor []state.Selector
 
-func (f fixedAttestor) Attest(context.Context, attest.Peer) ([]state.Selector, error) { return f, nil }
+func (f fixedAttestor) Attest(context.Context, peer.Peer) ([]state.Selector, error) { return f, nil }
 
 type harness struct {
 	ca      *catest.CA
@@ -194,7 +195,7 @@ func TestJWTIsUnimplemented(t *testing.T) {
 // make "the caller" exit while its connection stays open.
 type pinnedTo struct {
 	credentials.TransportCredentials
-	proc *attest.Process
+	proc *peer.Process
 }
 
 func (p pinnedTo) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -215,7 +216,7 @@ func TestStreamEndsWhenAttestedProcessHasExited(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	proc, err := attest.Pin(cmd.Process.Pid)
+	proc, err := peer.Pin(cmd.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}

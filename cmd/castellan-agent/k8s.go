@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/castellan-dev/castellan/agent/attest"
+	"github.com/castellan-dev/castellan/agent/attest/k8sattest"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -38,7 +38,7 @@ func validateK8s(cfg config) error {
 
 // k8sAttestor starts the Kubernetes attestor for the node and waits until
 // it has read the node's pods; its informer runs until ctx ends.
-func k8sAttestor(ctx context.Context, cfg config) (*attest.K8s, error) {
+func k8sAttestor(ctx context.Context, cfg config) (*k8sattest.Attestor, error) {
 	var (
 		rc  *rest.Config
 		err error
@@ -55,7 +55,7 @@ func k8sAttestor(ctx context.Context, cfg config) (*attest.K8s, error) {
 	if err != nil {
 		return nil, err
 	}
-	k, err := attest.NewK8s(client, cfg.NodeName)
+	k, err := k8sattest.New(client, cfg.NodeName)
 	if err != nil {
 		return nil, err
 	}

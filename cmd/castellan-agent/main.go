@@ -25,7 +25,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/agent/attest"
-	"github.com/castellan-dev/castellan/agent/client"
+	"github.com/castellan-dev/castellan/agent/client/caconn"
 	"github.com/castellan-dev/castellan/agent/endpoints"
 	"github.com/castellan-dev/castellan/agent/logcheck"
 	"github.com/castellan-dev/castellan/internal/version"
@@ -59,7 +59,7 @@ type config struct {
 func defaultConfig() config {
 	return config{
 		ServerAddresses: []string{"127.0.0.1:8443"},
-		FailoverTimeout: client.DefaultFailoverTimeout,
+		FailoverTimeout: caconn.DefaultFailoverTimeout,
 		Socket:          "/run/castellan/agent.sock",
 		HTTPListen:      "127.0.0.1:9091",
 		TrustDomain:     "cluster.local",

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/agent/attest"
+	"github.com/castellan-dev/castellan/agent/attest/unixattest"
 	"github.com/castellan-dev/castellan/agent/cache"
 	"github.com/castellan-dev/castellan/agent/client"
 	"github.com/castellan-dev/castellan/agent/endpoints"
@@ -105,7 +106,7 @@ func newClient(cfg config, td spiffeid.TrustDomain, reg *prometheus.Registry, lo
 // Kubernetes, the entries of the node's pods (nil otherwise).
 func newAttestor(ctx context.Context, cfg config, td spiffeid.TrustDomain) (attest.Attestor, manager.EntrySource, error) {
 	if cfg.Attestor != attestorK8s {
-		return attest.NewUnix(), nil, nil
+		return unixattest.New(), nil, nil
 	}
 	k, err := k8sAttestor(ctx, cfg)
 	if err != nil {

@@ -1,4 +1,4 @@
-package attest
+package procfs
 
 import (
 	"context"
@@ -24,7 +24,8 @@ import (
 // A scan sees descriptor tables, not descriptors in flight in SCM_RIGHTS
 // messages nor tables private to a non-leader thread of another process;
 // and it is not atomic: a descriptor moved from a process not yet read to
-// one already read is missed. Binding does not rely on it alone.
+// one already read is missed. The binding (agent/attest/peer) does not
+// rely on it alone.
 type Scanner struct {
 	procRoot string
 	now      func() time.Time
@@ -54,6 +55,13 @@ func NewScanner(procRoot string, now func() time.Time) *Scanner {
 	}
 	return &Scanner{procRoot: procRoot, now: now, watched: map[uint64]int{}}
 }
+
+// ProcRoot returns the /proc directory the scanner reads.
+func (s *Scanner) ProcRoot() string { return s.procRoot }
+
+// Now returns the time on the scanner's clock, the clock scans are dated
+// with.
+func (s *Scanner) Now() time.Time { return s.now() }
 
 // Watch makes scans look for socket ino until the returned function is
 // called.

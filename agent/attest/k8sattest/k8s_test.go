@@ -1,4 +1,4 @@
-package attest
+package k8sattest
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/agent/attest/peer"
 	"github.com/castellan-dev/castellan/agent/state"
 	"github.com/castellan-dev/castellan/integration/kubetest"
 	corev1 "k8s.io/api/core/v1"
@@ -39,14 +40,14 @@ func containerIDOf(pod *corev1.Pod) string {
 	return id
 }
 
-func selfPeer(t *testing.T) Peer {
+func selfPeer(t *testing.T) peer.Peer {
 	t.Helper()
-	p, err := Pin(os.Getpid())
+	p, err := peer.Pin(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Close() })
-	return Peer{PID: os.Getpid(), Process: p}
+	return peer.Peer{PID: os.Getpid(), Process: p}
 }
 
 func TestK8sAttestorOnRealAPIServer(t *testing.T) {
@@ -59,7 +60,7 @@ func TestK8sAttestorOnRealAPIServer(t *testing.T) {
 	there := env.CreatePod("shop", "cart-b", "cart", "node-b")
 
 	root := t.TempDir()
-	k, err := NewK8s(env.Client(), "node-a", WithProcRoot(root), WithPodWait(300*time.Millisecond))
+	k, err := New(env.Client(), "node-a", WithProcRoot(root), WithPodWait(300*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,11 +73,11 @@ func TestK8sAttestorOnRealAPIServer(t *testing.T) {
 	if err := k.WaitForSync(wctx); err != nil {
 		t.Fatal(err)
 	}
-	peer := selfPeer(t)
+	self := selfPeer(t)
 
 	t.Run("process in a pod on this node", func(t *testing.T) {
 		fakeProc(t, root, string(here.UID), containerIDOf(here))
-		sels, err := k.Attest(ctx, peer)
+		sels, err := k.Attest(ctx, self)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -88,12 +89,12 @@ func TestK8sAttestorOnRealAPIServer(t *testing.T) {
 	})
 	refused := func(t *testing.T, reason, msg string) {
 		t.Helper()
-		sels, err := k.Attest(ctx, peer)
+		sels, err := k.Attest(ctx, self)
 		if err == nil {
 			t.Fatalf("attested as %v, want refusal", sels)
 		}
-		if ReasonOf(err) != reason || !strings.Contains(err.Error(), msg) {
-			t.Fatalf("got %v (reason %s), want reason %s mentioning %q", err, ReasonOf(err), reason, msg)
+		if peer.ReasonOf(err) != reason || !strings.Contains(err.Error(), msg) {
+			t.Fatalf("got %v (reason %s), want reason %s mentioning %q", err, peer.ReasonOf(err), reason, msg)
 		}
 	}
 	t.Run("process in no pod", func(t *testing.T) {
@@ -138,15 +139,15 @@ func TestK8sAttestorOnRealAPIServer(t *testing.T) {
 
 func TestK8sAttestorRefusesExitedProcess(t *testing.T) {
 	root := t.TempDir()
-	k := &K8s{node: "n", procRoot: root}
-	p, err := Pin(os.Getpid())
+	k := &Attestor{node: "n", procRoot: root}
+	p, err := peer.Pin(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.Close() // a closed handle reads as an exited process
-	_, err = k.Attest(context.Background(), Peer{PID: os.Getpid(), Process: p})
-	var ae *Error
-	if !errors.As(err, &ae) || ae.Reason != ReasonExited {
+	_, err = k.Attest(context.Background(), peer.Peer{PID: os.Getpid(), Process: p})
+	var ae *peer.Error
+	if !errors.As(err, &ae) || ae.Reason != peer.ReasonExited {
 		t.Fatalf("got %v, want ReasonExited", err)
 	}
 }

@@ -1,4 +1,4 @@
-package attest
+package k8sattest
 
 import (
 	"bufio"

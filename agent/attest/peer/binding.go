@@ -1,18 +1,15 @@
-package attest
+package peer
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/castellan-dev/castellan/agent/attest/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -30,8 +27,8 @@ const (
 // holds while the pinned process is alive, holds the client's end of the
 // connection in its descriptor table, and no other process's descriptor
 // table holds it; for attestors whose selectors come from the process's
-// executable and credentials (BindsProcess), also while the process runs
-// the executable it ran when bound, with the effective uid and gid it
+// executable and credentials (attest.BindsProcess), also while the process
+// runs the executable it ran when bound, with the effective uid and gid it
 // connected with (SO_PEERCRED). A failed check is final for the connection.
 //
 // Threads of the attested process are the process; processes that share its
@@ -45,7 +42,7 @@ type Binding struct {
 	peer     Peer
 	ino      uint64 // the client's socket
 	procRoot string
-	scanner  *Scanner
+	scanner  *procfs.Scanner
 	process  bool // check executable and credentials too
 	unwatch  func()
 
@@ -56,10 +53,12 @@ type Binding struct {
 	err         error
 }
 
-// bind identifies the client's socket of conn, finds it in peer's
-// descriptor table, records the executable, and checks that no process
-// other than peer held it in a scan started at or after accepted.
-func bind(ctx context.Context, conn syscall.Conn, peer Peer, s *Scanner, process bool, accepted time.Time) (*Binding, error) {
+// Bind identifies the client's socket of conn, finds it in p's descriptor
+// table, records the executable, and checks that no process other than p
+// held it in a scan by s started at or after accepted. With process set
+// (for attestors whose selectors come from the executable and the
+// credentials) the binding also checks that neither changed.
+func Bind(ctx context.Context, conn syscall.Conn, p Peer, s *procfs.Scanner, process bool, accepted time.Time) (*Binding, error) {
 	raw, err := conn.SyscallConn()
 	if err != nil {
 		return nil, &Error{Reason: ReasonPeerSocket, Err: err}
@@ -69,7 +68,7 @@ func bind(ctx context.Context, conn syscall.Conn, peer Peer, s *Scanner, process
 	if err := raw.Control(func(fd uintptr) { ino, inoErr = peerInode(int(fd)) }); err != nil || inoErr != nil {
 		return nil, &Error{Reason: ReasonPeerSocket, Err: fmt.Errorf("identify the client's socket: %w", errors.Join(err, inoErr))}
 	}
-	b := &Binding{peer: peer, ino: ino, procRoot: s.procRoot, scanner: s, process: process, unwatch: s.Watch(ino)}
+	b := &Binding{peer: p, ino: ino, procRoot: s.ProcRoot(), scanner: s, process: process, unwatch: s.Watch(ino)}
 	if err := b.locate(); err != nil {
 		b.Close()
 		return nil, err
@@ -84,7 +83,7 @@ func bind(ctx context.Context, conn syscall.Conn, peer Peer, s *Scanner, process
 // locate finds the process's descriptors for the socket and records
 // whether any survives an exec, and the executable.
 func (b *Binding) locate() error {
-	fds, err := processFDs(b.procRoot, b.peer.PID, b.ino)
+	fds, err := procfs.SocketFDs(b.procRoot, b.peer.PID, b.ino)
 	if err != nil {
 		return b.procError(err)
 	}
@@ -93,7 +92,7 @@ func (b *Binding) locate() error {
 	}
 	b.fd = fds[0]
 	for _, fd := range fds {
-		flags, _, err := readFDInfo(b.procRoot, b.peer.PID, fd)
+		flags, _, err := procfs.FDInfo(b.procRoot, b.peer.PID, fd)
 		if err != nil {
 			return b.procError(err)
 		}
@@ -101,7 +100,7 @@ func (b *Binding) locate() error {
 			b.inheritable = true
 		}
 	}
-	if b.exe, err = exeID(b.procRoot, b.peer.PID); err != nil {
+	if b.exe, err = procfs.ExeID(b.procRoot, b.peer.PID); err != nil {
 		return b.procError(err)
 	}
 	return nil
@@ -159,10 +158,10 @@ func (b *Binding) check(ctx context.Context, notBefore time.Time) error {
 // stillHolds checks, cheaply, that the process still holds the socket: the
 // descriptor found last time, or else any descriptor.
 func (b *Binding) stillHolds() error {
-	if _, ino, err := readFDInfo(b.procRoot, b.peer.PID, b.fd); err == nil && ino == b.ino {
+	if _, ino, err := procfs.FDInfo(b.procRoot, b.peer.PID, b.fd); err == nil && ino == b.ino {
 		return nil
 	}
-	fds, err := processFDs(b.procRoot, b.peer.PID, b.ino)
+	fds, err := procfs.SocketFDs(b.procRoot, b.peer.PID, b.ino)
 	if err != nil {
 		return b.procError(err)
 	}
@@ -175,7 +174,7 @@ func (b *Binding) stillHolds() error {
 
 // sameProcess checks the executable and the effective credentials.
 func (b *Binding) sameProcess() error {
-	exe, err := exeID(b.procRoot, b.peer.PID)
+	exe, err := procfs.ExeID(b.procRoot, b.peer.PID)
 	if err != nil {
 		return b.procError(err)
 	}
@@ -183,7 +182,7 @@ func (b *Binding) sameProcess() error {
 		return &Error{Reason: ReasonExecuted, Err: fmt.Errorf(
 			"process %d runs another executable than when it was attested (it called execve); the new program must open its own connection", b.peer.PID)}
 	}
-	uid, gid, err := effectiveIDs(b.procRoot, b.peer.PID)
+	uid, gid, err := procfs.EffectiveIDs(b.procRoot, b.peer.PID)
 	if err != nil {
 		return b.procError(err)
 	}
@@ -213,7 +212,7 @@ func (b *Binding) others(ctx context.Context, holders []int) []int {
 		case <-t.C:
 		}
 		others = slices.DeleteFunc(others, func(pid int) bool {
-			fds, err := processFDs(b.procRoot, pid, b.ino)
+			fds, err := procfs.SocketFDs(b.procRoot, pid, b.ino)
 			return err == nil && len(fds) == 0
 		})
 	}
@@ -238,96 +237,3 @@ func (b *Binding) procError(err error) error {
 
 // Close stops watching the socket.
 func (b *Binding) Close() { b.unwatch() }
-
-// processFDs returns the descriptors through which process pid holds socket
-// ino: in its own table, or else in the tables of its threads (a thread may
-// have unshared its table, or the leader may have exited).
-func processFDs(procRoot string, pid int, ino uint64) ([]int, error) {
-	var fds []int
-	collect := func(fd int, i uint64) {
-		if i == ino {
-			fds = append(fds, fd)
-		}
-	}
-	dir := procRoot + "/" + strconv.Itoa(pid)
-	if err := scanFDs(dir+"/fd", collect); err != nil || len(fds) > 0 {
-		return fds, err
-	}
-	tasks, err := os.ReadDir(dir + "/task")
-	if err != nil {
-		if gone(err) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("read threads of process %d: %w", pid, err)
-	}
-	for _, t := range tasks {
-		if err := scanFDs(dir+"/task/"+t.Name()+"/fd", collect); err != nil {
-			return nil, err
-		}
-	}
-	return fds, nil
-}
-
-// readFDInfo returns the flags and inode of descriptor fd of process pid.
-func readFDInfo(procRoot string, pid, fd int) (flags int, ino uint64, err error) {
-	data, err := readProc(procRoot + "/" + strconv.Itoa(pid) + "/fdinfo/" + strconv.Itoa(fd))
-	if err != nil {
-		return 0, 0, err
-	}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		k, v, ok := bytes.Cut(sc.Bytes(), []byte(":"))
-		if !ok {
-			continue
-		}
-		v = bytes.TrimSpace(v)
-		switch string(k) {
-		case "flags":
-			f, err := strconv.ParseInt(string(v), 8, 64)
-			if err != nil {
-				return 0, 0, fmt.Errorf("fdinfo %d/%d flags %q: %w", pid, fd, v, err)
-			}
-			flags = int(f)
-		case "ino":
-			if ino, err = strconv.ParseUint(string(v), 10, 64); err != nil {
-				return 0, 0, fmt.Errorf("fdinfo %d/%d ino %q: %w", pid, fd, v, err)
-			}
-		}
-	}
-	return flags, ino, nil
-}
-
-// exeID returns the device and inode of the executable process pid runs.
-func exeID(procRoot string, pid int) ([2]uint64, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(procRoot+"/"+strconv.Itoa(pid)+"/exe", &st); err != nil {
-		return [2]uint64{}, fmt.Errorf("stat executable of process %d: %w", pid, err)
-	}
-	return [2]uint64{st.Dev, st.Ino}, nil
-}
-
-// effectiveIDs returns the effective uid and gid of process pid.
-func effectiveIDs(procRoot string, pid int) (uid, gid uint32, err error) {
-	data, err := readProc(procRoot + "/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0, 0, fmt.Errorf("read status of process %d: %w", pid, err)
-	}
-	field := func(name string) (uint32, error) {
-		i := bytes.Index(data, []byte("\n"+name+":"))
-		if i < 0 {
-			return 0, fmt.Errorf("status of process %d has no %s line", pid, name)
-		}
-		line, _, _ := bytes.Cut(data[i+len(name)+2:], []byte("\n"))
-		f := bytes.Fields(line)
-		if len(f) < 2 {
-			return 0, fmt.Errorf("status of process %d: malformed %s line", pid, name)
-		}
-		v, err := strconv.ParseUint(string(f[1]), 10, 32)
-		return uint32(v), err
-	}
-	if uid, err = field("Uid"); err != nil {
-		return 0, 0, err
-	}
-	gid, err = field("Gid")
-	return uid, gid, err
-}

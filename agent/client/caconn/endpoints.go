@@ -1,4 +1,4 @@
-package client
+package caconn
 
 import (
 	"context"
@@ -139,20 +139,20 @@ func (staticResolver) Close() {}
 // operator should know it is listed.
 type verifiedCreds struct {
 	credentials.TransportCredentials
-	c *Client
+	d *Dialer
 }
 
 // ClientHandshake implements credentials.TransportCredentials.
 func (v verifiedCreds) ClientHandshake(ctx context.Context, authority string, conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	out, info, err := v.TransportCredentials.ClientHandshake(ctx, authority, conn)
 	if err != nil && ctx.Err() == nil {
-		v.c.metrics.handshakeFailures.Inc()
-		v.c.log.Warn("TLS handshake with a CA endpoint failed; not using it", "endpoint", conn.RemoteAddr().String(), "error", err.Error())
+		v.d.metrics.handshakeFailures.Inc()
+		v.d.log.Warn("TLS handshake with a CA endpoint failed; not using it", "endpoint", conn.RemoteAddr().String(), "error", err.Error())
 	}
 	return out, info, err
 }
 
 // Clone implements credentials.TransportCredentials.
 func (v verifiedCreds) Clone() credentials.TransportCredentials {
-	return verifiedCreds{TransportCredentials: v.TransportCredentials.Clone(), c: v.c}
+	return verifiedCreds{TransportCredentials: v.TransportCredentials.Clone(), d: v.d}
 }

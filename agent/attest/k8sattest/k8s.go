@@ -1,4 +1,9 @@
-package attest
+// Package k8sattest is the Kubernetes workload attestor: it finds the pod
+// and container of the peer of a connection from the process's cgroups and
+// the pod's identity (namespace, service account, name) from an informer
+// limited to the agent's node, as k8s selectors; and it tells the agent
+// which pods run on the node.
+package k8sattest
 
 import (
 	"context"
@@ -9,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/castellan-dev/castellan/agent/attest/peer"
 	"github.com/castellan-dev/castellan/agent/state"
 	"github.com/castellan-dev/castellan/internal/k8sid"
 	corev1 "k8s.io/api/core/v1"
@@ -22,7 +28,7 @@ import (
 
 // Kubernetes selector values (type "k8s").
 const (
-	SelectorK8s = "k8s"
+	SelectorType = "k8s"
 	// ReasonNotInPod is the failure reason for a process in no pod.
 	ReasonNotInPod = "not_in_pod"
 	// ReasonPodUnknown is the failure reason for a pod the agent cannot
@@ -44,7 +50,7 @@ type Pod struct {
 	ServiceAccount string
 }
 
-// K8s is the Kubernetes workload attestor. For a peer it reads
+// Attestor is the Kubernetes workload attestor. For a peer it reads
 // /proc/PID/cgroup to find the pod UID and container ID the kubelet gave
 // the process, looks the pod up in an informer limited to this node
 // (field selector spec.nodeName), and returns the selectors k8s:ns:<ns>,
@@ -53,7 +59,7 @@ type Pod struct {
 // in a pod of another node, or in a container the pod does not list is
 // refused. It also tells the agent which pods run on the node (Pods,
 // Watch). Run must be running. K8s is safe for concurrent use.
-type K8s struct {
+type Attestor struct {
 	node     string
 	procRoot string
 	wait     time.Duration
@@ -63,18 +69,18 @@ type K8s struct {
 	watchers map[chan struct{}]struct{}
 }
 
-// K8sOption configures K8s.
-type K8sOption func(*K8s)
+// Option configures an Attestor.
+type Option func(*Attestor)
 
 // WithProcRoot reads processes from root instead of /proc.
-func WithProcRoot(root string) K8sOption { return func(k *K8s) { k.procRoot = root } }
+func WithProcRoot(root string) Option { return func(k *Attestor) { k.procRoot = root } }
 
 // WithPodWait sets how long Attest waits for an unknown pod or container
 // (default DefaultPodWait).
-func WithPodWait(d time.Duration) K8sOption { return func(k *K8s) { k.wait = d } }
+func WithPodWait(d time.Duration) Option { return func(k *Attestor) { k.wait = d } }
 
-// NewK8s returns the attestor for node, reading pods with client.
-func NewK8s(client kubernetes.Interface, node string, opts ...K8sOption) (*K8s, error) {
+// New returns the attestor for node, reading pods with client.
+func New(client kubernetes.Interface, node string, opts ...Option) (*Attestor, error) {
 	if client == nil || node == "" {
 		return nil, errors.New("attest: the k8s attestor needs a Kubernetes client and the node name (--node-name)")
 	}
@@ -89,7 +95,7 @@ func NewK8s(client kubernetes.Interface, node string, opts ...K8sOption) (*K8s, 
 			return client.CoreV1().Pods(metav1.NamespaceAll).Watch(ctx, o)
 		},
 	}
-	k := &K8s{node: node, procRoot: "/proc", wait: DefaultPodWait, watchers: map[chan struct{}]struct{}{}}
+	k := &Attestor{node: node, procRoot: "/proc", wait: DefaultPodWait, watchers: map[chan struct{}]struct{}{}}
 	for _, o := range opts {
 		o(k)
 	}
@@ -133,50 +139,50 @@ func slimPod(obj any) (any, error) {
 }
 
 // Run runs the pod informer until ctx ends.
-func (k *K8s) Run(ctx context.Context) { k.informer.RunWithContext(ctx) }
+func (k *Attestor) Run(ctx context.Context) { k.informer.RunWithContext(ctx) }
 
 // WaitForSync blocks until the informer has listed the node's pods once.
-func (k *K8s) WaitForSync(ctx context.Context) error {
+func (k *Attestor) WaitForSync(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), k.informer.HasSynced) {
 		return fmt.Errorf("attest: pod informer did not sync: %w", ctx.Err())
 	}
 	return nil
 }
 
-// Attest implements Attestor.
-func (k *K8s) Attest(ctx context.Context, peer Peer) ([]state.Selector, error) {
-	if peer.Process == nil {
-		return nil, &Error{Reason: ReasonPin, Err: fmt.Errorf("peer %d is not pinned", peer.PID)}
+// Attest implements agent/attest's Attestor.
+func (k *Attestor) Attest(ctx context.Context, p peer.Peer) ([]state.Selector, error) {
+	if p.Process == nil {
+		return nil, &peer.Error{Reason: peer.ReasonPin, Err: fmt.Errorf("peer %d is not pinned", p.PID)}
 	}
-	pc, err := ReadCgroups(k.procRoot, peer.PID)
-	if aliveErr := peer.Process.Alive(); aliveErr != nil {
+	pc, err := ReadCgroups(k.procRoot, p.PID)
+	if aliveErr := p.Process.Alive(); aliveErr != nil {
 		return nil, aliveErr
 	}
 	if errors.Is(err, ErrNotInPod) {
-		return nil, &Error{Reason: ReasonNotInPod, Err: fmt.Errorf("process %d runs in no Kubernetes pod; only pods on node %q get identities here", peer.PID, k.node)}
+		return nil, &peer.Error{Reason: ReasonNotInPod, Err: fmt.Errorf("process %d runs in no Kubernetes pod; only pods on node %q get identities here", p.PID, k.node)}
 	}
 	if err != nil {
-		return nil, &Error{Reason: ReasonAttestor, Err: err}
+		return nil, &peer.Error{Reason: peer.ReasonAttestor, Err: err}
 	}
 	pod, err := k.findPod(ctx, pc)
 	if err != nil {
-		return nil, &Error{Reason: ReasonPodUnknown, Err: fmt.Errorf("process %d: %w", peer.PID, err)}
+		return nil, &peer.Error{Reason: ReasonPodUnknown, Err: fmt.Errorf("process %d: %w", p.PID, err)}
 	}
 	sels := []state.Selector{
-		{Type: SelectorK8s, Value: "ns:" + pod.Namespace},
-		{Type: SelectorK8s, Value: "sa:" + k8sid.OfPod(pod).Name},
-		{Type: SelectorK8s, Value: "pod-uid:" + string(pod.UID)},
-		{Type: SelectorK8s, Value: "pod-name:" + pod.Name},
+		{Type: SelectorType, Value: "ns:" + pod.Namespace},
+		{Type: SelectorType, Value: "sa:" + k8sid.OfPod(pod).Name},
+		{Type: SelectorType, Value: "pod-uid:" + string(pod.UID)},
+		{Type: SelectorType, Value: "pod-name:" + pod.Name},
 	}
 	if pc.ContainerID != "" {
-		sels = append(sels, state.Selector{Type: SelectorK8s, Value: "container-id:" + pc.ContainerID})
+		sels = append(sels, state.Selector{Type: SelectorType, Value: "container-id:" + pc.ContainerID})
 	}
 	return sels, nil
 }
 
 // findPod returns the live pod of pc on this node, waiting up to k.wait for
 // the informer to learn of it (or of the container).
-func (k *K8s) findPod(ctx context.Context, pc PodContainer) (*corev1.Pod, error) {
+func (k *Attestor) findPod(ctx context.Context, pc PodContainer) (*corev1.Pod, error) {
 	ctx, cancel := context.WithTimeout(ctx, k.wait)
 	defer cancel()
 	tick := time.NewTicker(50 * time.Millisecond)
@@ -194,7 +200,7 @@ func (k *K8s) findPod(ctx context.Context, pc PodContainer) (*corev1.Pod, error)
 	}
 }
 
-func (k *K8s) lookup(pc PodContainer) (*corev1.Pod, error) {
+func (k *Attestor) lookup(pc PodContainer) (*corev1.Pod, error) {
 	objs, err := k.informer.GetIndexer().ByIndex(podUIDIndex, pc.PodUID)
 	if err != nil {
 		return nil, err
@@ -222,7 +228,7 @@ func hasContainer(pod *corev1.Pod, id string) bool {
 }
 
 // Pods returns the live pods on the node, sorted by UID.
-func (k *K8s) Pods() []Pod {
+func (k *Attestor) Pods() []Pod {
 	var out []Pod
 	for _, o := range k.informer.GetStore().List() {
 		pod := o.(*corev1.Pod)
@@ -236,7 +242,7 @@ func (k *K8s) Pods() []Pod {
 
 // Watch returns a channel that receives a value after pods on the node
 // change (wake-ups coalesce; read Pods), and a function ending the watch.
-func (k *K8s) Watch() (<-chan struct{}, func()) {
+func (k *Attestor) Watch() (<-chan struct{}, func()) {
 	ch := make(chan struct{}, 1)
 	k.mu.Lock()
 	k.watchers[ch] = struct{}{}
@@ -248,7 +254,7 @@ func (k *K8s) Watch() (<-chan struct{}, func()) {
 	}
 }
 
-func (k *K8s) notify() {
+func (k *Attestor) notify() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	for ch := range k.watchers {

@@ -1,4 +1,4 @@
-package attest
+package peer
 
 import (
 	"encoding/binary"

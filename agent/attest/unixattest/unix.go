@@ -1,4 +1,7 @@
-package attest
+// Package unixattest is the workload attestor for plain processes: it
+// describes the peer of a connection by its uid and gid (SO_PEERCRED) and
+// by the executable it runs (path and sha256), as unix selectors.
+package unixattest
 
 import (
 	"context"
@@ -11,6 +14,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/castellan-dev/castellan/agent/attest/peer"
 	"github.com/castellan-dev/castellan/agent/state"
 )
 
@@ -18,14 +22,14 @@ import (
 // emptied and refilled, which only costs rehashing.
 const maxHashCache = 4096
 
-// Unix is the attestor for plain processes. It produces the selectors
+// Attestor is the attestor for plain processes. It produces the selectors
 // unix:uid:N, unix:gid:N (from SO_PEERCRED), unix:path:/abs/exe (the target
 // of /proc/PID/exe) and unix:sha256:<hex> (of the executable the process
 // runs, read through /proc/PID/exe so a replaced file on disk does not
 // matter). Hashes are cached by (device, inode, size, mtime, ctime), so a
 // busy socket does not rehash the same binary. The zero value is not usable;
-// use NewUnix.
-type Unix struct {
+// use New.
+type Attestor struct {
 	procRoot string
 
 	mu     sync.Mutex
@@ -46,44 +50,44 @@ type fileKey struct {
 	mtime, ctim syscall.Timespec
 }
 
-// NewUnix returns a Unix attestor reading /proc.
-func NewUnix() *Unix { return &Unix{procRoot: "/proc", hashes: map[fileKey]*hashCall{}} }
+// New returns a unix attestor reading /proc.
+func New() *Attestor { return &Attestor{procRoot: "/proc", hashes: map[fileKey]*hashCall{}} }
 
 // BindsProcess reports true: unix selectors name the executable and the
 // credentials, so a binding also checks that neither changed.
-func (u *Unix) BindsProcess() bool { return true }
+func (u *Attestor) BindsProcess() bool { return true }
 
-// Attest returns the unix selectors of peer. It fails if peer.Process is nil
+// Attest returns the unix selectors of p. It fails if p.Process is nil
 // or the process exits before its executable has been read.
 //
 // If the peer holds the connection through a descriptor that is not
-// close-on-exec (peer.Binding.Inheritable), the executable it runs may not
+// close-on-exec (p.Binding.Inheritable), the executable it runs may not
 // be the one that connected: a program can connect, keep the descriptor
 // across execve and run a trusted binary. Only unix:uid and unix:gid, which
 // SO_PEERCRED fixed at connect time, are returned then.
-func (u *Unix) Attest(ctx context.Context, peer Peer) ([]state.Selector, error) {
-	if peer.Process == nil {
-		return nil, &Error{Reason: ReasonPin, Err: fmt.Errorf("peer %d is not pinned", peer.PID)}
+func (u *Attestor) Attest(ctx context.Context, p peer.Peer) ([]state.Selector, error) {
+	if p.Process == nil {
+		return nil, &peer.Error{Reason: peer.ReasonPin, Err: fmt.Errorf("peer %d is not pinned", p.PID)}
 	}
 	ids := []state.Selector{
-		{Type: "unix", Value: "uid:" + strconv.FormatUint(uint64(peer.UID), 10)},
-		{Type: "unix", Value: "gid:" + strconv.FormatUint(uint64(peer.GID), 10)},
+		{Type: "unix", Value: "uid:" + strconv.FormatUint(uint64(p.UID), 10)},
+		{Type: "unix", Value: "gid:" + strconv.FormatUint(uint64(p.GID), 10)},
 	}
-	if peer.Binding != nil && peer.Binding.Inheritable() {
-		return ids, peer.Process.Alive()
+	if p.Binding != nil && p.Binding.Inheritable() {
+		return ids, p.Process.Alive()
 	}
-	exe := u.procRoot + "/" + strconv.Itoa(peer.PID) + "/exe"
+	exe := u.procRoot + "/" + strconv.Itoa(p.PID) + "/exe"
 	path, err := os.Readlink(exe)
 	if err != nil {
-		return nil, u.exeError(peer, fmt.Errorf("read executable path: %w", err))
+		return nil, u.exeError(p, fmt.Errorf("read executable path: %w", err))
 	}
 	sum, err := u.hash(ctx, exe)
 	if err != nil {
-		return nil, u.exeError(peer, err)
+		return nil, u.exeError(p, err)
 	}
 	// The PID was read twice above; the pinned process being alive now
 	// proves it was not reused in between.
-	if err := peer.Process.Alive(); err != nil {
+	if err := p.Process.Alive(); err != nil {
 		return nil, err
 	}
 	return append(ids,
@@ -94,16 +98,16 @@ func (u *Unix) Attest(ctx context.Context, peer Peer) ([]state.Selector, error) 
 
 // exeError reports an executable read failure, or the process's exit if that
 // is why the read failed.
-func (u *Unix) exeError(peer Peer, err error) error {
-	if alive := peer.Process.Alive(); alive != nil {
+func (u *Attestor) exeError(p peer.Peer, err error) error {
+	if alive := p.Process.Alive(); alive != nil {
 		return alive
 	}
-	return &Error{Reason: ReasonExe, Err: err}
+	return &peer.Error{Reason: peer.ReasonExe, Err: err}
 }
 
 // hash returns the hex sha256 of the file at path, from the cache when the
 // file's identity and modification times are unchanged.
-func (u *Unix) hash(ctx context.Context, path string) (string, error) {
+func (u *Attestor) hash(ctx context.Context, path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", fmt.Errorf("open executable: %w", err)

@@ -1,4 +1,4 @@
-package attest
+package peer
 
 import (
 	"errors"
@@ -18,7 +18,7 @@ type Process struct {
 	fd  int // -1 once closed
 }
 
-// Pin opens a pidfd for pid. Prefer PeerOf, which takes the pidfd from the
+// Pin opens a pidfd for pid. Prefer Of, which takes the pidfd from the
 // socket itself where the kernel supports it; Pin alone cannot exclude that
 // pid was reused before the call.
 func Pin(pid int) (*Process, error) {
@@ -59,12 +59,12 @@ func (p *Process) Close() error {
 	return err
 }
 
-// PeerOf reads the credentials of the process on the other end of conn (a
+// Of reads the credentials of the process on the other end of conn (a
 // Unix socket connection, or a wrapper exposing its SyscallConn) and
 // pins it: with SO_PEERPIDFD (Linux 6.5+) the kernel hands over a pidfd for
 // the very process that connected; on older kernels it falls back to
 // pidfd_open on the SO_PEERCRED PID. The caller closes Peer.Process.
-func PeerOf(conn syscall.Conn) (Peer, error) {
+func Of(conn syscall.Conn) (Peer, error) {
 	raw, err := conn.SyscallConn()
 	if err != nil {
 		return Peer{}, &Error{Reason: ReasonPeerCred, Err: err}

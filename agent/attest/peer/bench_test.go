@@ -1,28 +1,34 @@
-package attest
+package peer_test
 
 import (
 	"context"
 	"os"
 	"testing"
 	"time"
+
+	"github.com/castellan-dev/castellan/agent/attest"
+	"github.com/castellan-dev/castellan/agent/attest/attesttest"
+	"github.com/castellan-dev/castellan/agent/attest/peer"
+	"github.com/castellan-dev/castellan/agent/attest/procfs"
 )
 
-// benchBinding binds a helper process's connection, as Credentials does.
-func benchBinding(b *testing.B) *Binding {
+// benchBinding binds a helper process's connection, as attest.Credentials
+// does.
+func benchBinding(b *testing.B) *peer.Binding {
 	b.Helper()
-	lis, sock := listen(b)
-	startCmdHelper(b, copyExe(b), sock, nil, "")
+	lis, sock := attesttest.Listen(b)
+	attesttest.StartCmdHelper(b, attesttest.CopyExe(b), sock, nil, "")
 	conn, err := lis.AcceptUnix()
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = conn.Close() })
-	peer, err := PeerOf(conn)
+	p, err := peer.Of(conn)
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { _ = peer.Process.Close() })
-	bd, err := bind(context.Background(), conn, peer, NewScanner("/proc", nil), true, time.Now())
+	b.Cleanup(func() { _ = p.Process.Close() })
+	bd, err := peer.Bind(context.Background(), conn, p, procfs.NewScanner("/proc", nil), true, time.Now())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -38,7 +44,7 @@ func BenchmarkHolderCheckPerCall(b *testing.B) {
 	bd := benchBinding(b)
 	ctx := context.Background()
 	for b.Loop() {
-		if err := bd.Check(ctx, time.Now().Add(-DefaultHolderMaxAge)); err != nil {
+		if err := bd.Check(ctx, time.Now().Add(-attest.DefaultHolderMaxAge)); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1,4 +1,10 @@
-package attest
+// Package attesttest runs real workload processes for the tests of the
+// attestation packages (agent/attest and below): a copy of the test binary
+// that connects to a Unix socket and holds the connection, or obeys
+// commands (share it with a child, hand it on, keep it across execve,
+// change uid). A test package using it calls Main from its TestMain, so
+// that the test binary doubles as the helper process.
+package attesttest
 
 import (
 	"bufio"
@@ -7,6 +13,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -14,6 +21,93 @@ import (
 
 	"golang.org/x/sys/unix"
 )
+
+// helperEnv names the socket a helper process connects to.
+const helperEnv = "CASTELLAN_ATTEST_HELPER_SOCKET"
+
+// Main doubles as the helper process: with helperEnv set, the binary
+// connects to that socket and holds the connection until stdin closes (or,
+// with helperModeEnv set, behaves as that mode says); otherwise it runs
+// the tests.
+func Main(m *testing.M) {
+	switch os.Getenv(helperModeEnv) {
+	case "cmd":
+		os.Exit(commandHelper(os.Getenv(helperEnv)))
+	case "idle":
+		idleHelper()
+	}
+	if sock := os.Getenv(helperEnv); sock != "" {
+		conn, err := net.Dial("unix", sock)
+		if err != nil {
+			os.Exit(3)
+		}
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		_ = conn.Close()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// Listen listens on a new Unix socket in a temporary directory, closed at
+// the end of the test, and returns it and its path.
+func Listen(t testing.TB) (*net.UnixListener, string) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "a.sock")
+	lis, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lis.Close() })
+	return lis, sock
+}
+
+// Accept accepts one connection on lis within 10 seconds; it is closed at
+// the end of the test.
+func Accept(t testing.TB, lis *net.UnixListener) *net.UnixConn {
+	t.Helper()
+	_ = lis.SetDeadline(time.Now().Add(10 * time.Second))
+	c, err := lis.AcceptUnix()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// CopyExe copies the test binary to a new path, as a distinct workload binary.
+func CopyExe(t testing.TB) string {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "workload-helper")
+	if err := os.WriteFile(p, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// Spawn starts exe as the helper connecting to sock; closing the returned
+// stdin writer lets it exit.
+func Spawn(t testing.TB, exe, sock string) (*exec.Cmd, io.WriteCloser) {
+	t.Helper()
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), helperEnv+"="+sock)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stdin.Close(); _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return cmd, stdin
+}
 
 // helperModeEnv selects a helper behaviour of the test binary: "cmd"
 // connects to helperEnv's socket and obeys commands on stdin; "idle" holds
@@ -110,18 +204,22 @@ func idleHelper() {
 	os.Exit(0)
 }
 
-// cmdHelper is a running commandHelper.
-type cmdHelper struct {
+// CmdHelper is a running command helper (see StartCmdHelper).
+type CmdHelper struct {
 	t     testing.TB
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
 	out   *bufio.Reader
 }
 
-// startCmdHelper starts exe as a command helper connected to sock and
-// waits until it has connected.
-// The "exec" command runs execTarget ("": exe itself).
-func startCmdHelper(t testing.TB, exe, sock string, attr *syscall.SysProcAttr, execTarget string) *cmdHelper {
+// StartCmdHelper starts exe as a command helper connected to sock, with
+// attr, and waits until it has connected. It obeys Do's commands:
+//
+//	share   start a child that inherits the connection; keep it too
+//	handoff start a child that inherits the connection; close ours
+//	exec    keep the connection across execve of execTarget ("": exe itself)
+//	setuid  switch to uid and gid 65534
+func StartCmdHelper(t testing.TB, exe, sock string, attr *syscall.SysProcAttr, execTarget string) *CmdHelper {
 	t.Helper()
 	if execTarget == "" {
 		execTarget = exe
@@ -140,13 +238,13 @@ func startCmdHelper(t testing.TB, exe, sock string, attr *syscall.SysProcAttr, e
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	h := &cmdHelper{t: t, cmd: cmd, stdin: stdin, out: bufio.NewReader(out)}
+	h := &CmdHelper{t: t, cmd: cmd, stdin: stdin, out: bufio.NewReader(out)}
 	t.Cleanup(func() { _ = stdin.Close(); _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	h.expect("ready")
 	return h
 }
 
-func (h *cmdHelper) expect(want string) {
+func (h *CmdHelper) expect(want string) {
 	h.t.Helper()
 	line, err := h.out.ReadString('\n')
 	if strings.TrimSpace(line) != want {
@@ -154,8 +252,8 @@ func (h *cmdHelper) expect(want string) {
 	}
 }
 
-// do sends a command and waits for it to be done.
-func (h *cmdHelper) do(command string) {
+// Do sends a command and waits for it to be done.
+func (h *CmdHelper) Do(command string) {
 	h.t.Helper()
 	if _, err := fmt.Fprintln(h.stdin, command); err != nil {
 		h.t.Fatal(err)

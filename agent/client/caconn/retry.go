@@ -1,4 +1,4 @@
-package client
+package caconn
 
 import (
 	"cmp"
@@ -58,9 +58,9 @@ func retryAfter(err error, attempt int, backoff func(attempt int) time.Duration)
 // while retryAfter allows it, for at most Config.FailoverTimeout after
 // the first attempt and never past the call's own deadline. It logs which
 // endpoint served a call that another failed, and counts it.
-func (c *Client) failover(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-	start := c.cfg.Clock.Now()
-	giveUp := start.Add(c.cfg.FailoverTimeout)
+func (d *Dialer) failover(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	start := d.clock.Now()
+	giveUp := start.Add(d.failoverTimeout)
 	call := path.Base(method)
 	var failed []string // endpoints that failed this call, in order
 	for attempt := 1; ; attempt++ {
@@ -68,7 +68,7 @@ func (c *Client) failover(ctx context.Context, method string, req, reply any, cc
 		err := invoker(ctx, method, req, reply, cc, append(opts, grpc.Peer(&p))...)
 		served := endpointOf(&p)
 		if err == nil {
-			c.served(call, served, failed)
+			d.served(call, served, failed)
 			return nil
 		}
 		failed = append(failed, cmp.Or(served, noEndpoint))
@@ -76,37 +76,37 @@ func (c *Client) failover(ctx context.Context, method string, req, reply any, cc
 		if !ok || ctx.Err() != nil {
 			return err
 		}
-		now := c.cfg.Clock.Now()
+		now := d.clock.Now()
 		if dl, ok := ctx.Deadline(); now.Add(wait).After(giveUp) || ok && time.Until(dl) < wait {
 			return fmt.Errorf("client: %s: no CA endpoint served the call within %s (%d attempts, failed on %s): %w",
 				call, now.Sub(start).Round(time.Millisecond), attempt, strings.Join(failed, ", "), err)
 		}
-		c.metrics.retries.WithLabelValues(call, status.Code(err).String()).Inc()
-		c.log.Debug("CA call failed; retrying", "call", call, "endpoint", failed[len(failed)-1],
+		d.metrics.retries.WithLabelValues(call, status.Code(err).String()).Inc()
+		d.log.Debug("CA call failed; retrying", "call", call, "endpoint", failed[len(failed)-1],
 			"code", status.Code(err).String(), "retry_in", wait.String(), "attempt", attempt)
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("client: %s: stopped retrying (%w): %w", call, ctx.Err(), err)
-		case <-c.cfg.Clock.After(wait):
+		case <-d.clock.After(wait):
 		}
 	}
 }
 
 // served logs and counts the endpoint that answered call after the
 // endpoints in failed did not.
-func (c *Client) served(call, endpoint string, failed []string) {
+func (d *Dialer) served(call, endpoint string, failed []string) {
 	if len(failed) == 0 {
-		c.log.Debug("CA call served", "call", call, "endpoint", endpoint)
+		d.log.Debug("CA call served", "call", call, "endpoint", endpoint)
 		return
 	}
 	for _, f := range failed {
 		if f != noEndpoint && f != endpoint {
-			c.metrics.failovers.WithLabelValues(call).Inc()
-			c.log.Info("CA call failed over", "call", call, "served_by", endpoint, "failed_on", failed)
+			d.metrics.failovers.WithLabelValues(call).Inc()
+			d.log.Info("CA call failed over", "call", call, "served_by", endpoint, "failed_on", failed)
 			return
 		}
 	}
-	c.log.Info("CA call served on retry", "call", call, "served_by", endpoint, "failed_on", failed)
+	d.log.Info("CA call served on retry", "call", call, "served_by", endpoint, "failed_on", failed)
 }
 
 // endpointOf is the address of a call's peer, or "" if the call never

@@ -1,11 +1,17 @@
-package cluster
+// Package dns runs the test cluster's DNS (package cluster): CoreDNS
+// (kube-coredns, integration/kube/coredns) on the node, answering for the
+// cluster domain from the API and forwarding the rest to the host's name
+// servers, published as the Service kube-system/kube-dns whose one
+// endpoint is CoreDNS's port on the node address (like a host-network DNS
+// pod), so manifests use Service names unchanged.
+package dns
 
 import (
 	"context"
 	"fmt"
 	"net"
-	"path/filepath"
-	"strings"
+	"os"
+	"strconv"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -13,57 +19,78 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/castellan-dev/castellan/integration/cluster/proc"
+	"github.com/castellan-dev/castellan/internal/freeport"
 )
 
-// dnsUser is the user of CoreDNS's client certificate.
-const dnsUser = "system:castellan-cluster:coredns"
+// User is the user of CoreDNS's client certificate.
+const User = "system:castellan-cluster:coredns"
 
-// startDNS runs CoreDNS (kube-coredns) on the node, answering for
-// ClusterDomain from the API and forwarding the rest to the host's name
-// servers, and publishes it as the Service kube-system/kube-dns at
-// DNSServiceIP:53, whose one endpoint is CoreDNS's port on NodeIP (like a
-// host-network DNS pod). It returns once CoreDNS resolves the "kubernetes"
-// Service.
-func (c *Cluster) startDNS(ctx context.Context) error {
-	port, err := freePort()
+// Config says where CoreDNS runs and what it serves.
+type Config struct {
+	Binary       string // kube-coredns
+	Corefile     string // where to write CoreDNS's configuration
+	LogFile      string // CoreDNS's output
+	Kubeconfig   string // a kubeconfig of User
+	Forward      string // a resolv.conf of the name servers for other names ("": none)
+	NodeIP       string // the address CoreDNS binds
+	Domain       string // the cluster's DNS domain
+	ServiceIP    string // the ClusterIP of kube-dns
+	APIServiceIP string // the ClusterIP of the "kubernetes" Service
+}
+
+// Server is a running CoreDNS.
+type Server struct {
+	cfg     Config
+	port    int
+	Process *proc.Process // the CoreDNS process, for the caller to stop
+}
+
+// Start lets User read what CoreDNS watches, writes its configuration and
+// starts it on a free port of NodeIP.
+func Start(ctx context.Context, client kubernetes.Interface, cfg Config) (*Server, error) {
+	port, err := freeport.Port()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := c.dnsRBAC(ctx); err != nil {
-		return err
+	if err := rbac(ctx, client); err != nil {
+		return nil, err
 	}
-	corefile := filepath.Join(c.paths.confs, "Corefile")
-	if err := writeFile(corefile, c.corefile(port)); err != nil {
-		return err
+	s := &Server{cfg: cfg, port: port}
+	if err := os.WriteFile(cfg.Corefile, []byte(s.corefile()), 0o600); err != nil {
+		return nil, err
 	}
-	proc, err := startProcess("coredns", c.paths.log("coredns"), c.bins.coredns, "-conf", corefile)
-	if err != nil {
-		return err
+	if s.Process, err = proc.Start("coredns", cfg.LogFile, cfg.Binary, "-conf", cfg.Corefile); err != nil {
+		return nil, err
 	}
-	c.add(proc)
-	if err := c.dnsService(ctx, port); err != nil {
-		return err
-	}
+	return s, nil
+}
+
+// WaitResolves returns once CoreDNS resolves the "kubernetes" Service,
+// failing early if it exits.
+func (s *Server) WaitResolves(ctx context.Context) error {
 	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
 		var d net.Dialer
-		return d.DialContext(ctx, network, net.JoinHostPort(NodeIP, itoa(port)))
+		return d.DialContext(ctx, network, net.JoinHostPort(s.cfg.NodeIP, strconv.Itoa(s.port)))
 	}}
-	return poll(ctx, 200*time.Millisecond, func() (bool, error) {
-		if err := proc.running(); err != nil {
+	return proc.Poll(ctx, 200*time.Millisecond, func() (bool, error) {
+		if err := s.Process.Running(); err != nil {
 			return false, err
 		}
 		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
-		addrs, err := resolver.LookupHost(qctx, "kubernetes.default.svc."+ClusterDomain)
-		return err == nil && len(addrs) == 1 && addrs[0] == APIServiceIP, nil
+		addrs, err := resolver.LookupHost(qctx, "kubernetes.default.svc."+s.cfg.Domain)
+		return err == nil && len(addrs) == 1 && addrs[0] == s.cfg.APIServiceIP, nil
 	})
 }
 
 // corefile is CoreDNS's configuration.
-func (c *Cluster) corefile(port int) string {
+func (s *Server) corefile() string {
 	forward := ""
-	if strings.Contains(hostResolvConf(), "nameserver") {
-		forward = "    forward . " + c.paths.resolvConf + "\n"
+	if s.cfg.Forward != "" {
+		forward = "    forward . " + s.cfg.Forward + "\n"
 	}
 	return fmt.Sprintf(`.:%d {
     bind %s
@@ -77,11 +104,11 @@ func (c *Cluster) corefile(port int) string {
 %s    cache 5
     loadbalance
 }
-`, port, NodeIP, ClusterDomain, c.paths.kubeconfig("coredns"), forward)
+`, s.port, s.cfg.NodeIP, s.cfg.Domain, s.cfg.Kubeconfig, forward)
 }
 
-// dnsRBAC lets CoreDNS's user read what the kubernetes plugin watches.
-func (c *Cluster) dnsRBAC(ctx context.Context) error {
+// rbac lets User read what CoreDNS's kubernetes plugin watches.
+func rbac(ctx context.Context, client kubernetes.Interface) error {
 	role := &rbacv1.ClusterRole{
 		ObjectMeta: metav1.ObjectMeta{Name: "castellan-cluster:coredns"},
 		Rules: []rbacv1.PolicyRule{
@@ -89,32 +116,33 @@ func (c *Cluster) dnsRBAC(ctx context.Context) error {
 			{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"list", "watch"}},
 		},
 	}
-	if _, err := c.client.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
+	if _, err := client.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
 		return err
 	}
 	binding := &rbacv1.ClusterRoleBinding{
 		ObjectMeta: metav1.ObjectMeta{Name: "castellan-cluster:coredns"},
 		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
-		Subjects:   []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "User", Name: dnsUser}},
+		Subjects:   []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "User", Name: User}},
 	}
-	_, err := c.client.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{})
+	_, err := client.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{})
 	return err
 }
 
-// dnsService creates kube-system/kube-dns (no selector) and its
-// EndpointSlice, NodeIP:port for UDP and TCP.
-func (c *Cluster) dnsService(ctx context.Context, port int) error {
+// Publish creates kube-system/kube-dns (no selector) at ServiceIP:53 and
+// its EndpointSlice, NodeIP and CoreDNS's port for UDP and TCP.
+func (s *Server) Publish(ctx context.Context, client kubernetes.Interface) error {
+	port := s.port
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "kube-dns", Namespace: "kube-system", Labels: map[string]string{"k8s-app": "kube-dns"}},
 		Spec: corev1.ServiceSpec{
-			ClusterIP: DNSServiceIP,
+			ClusterIP: s.cfg.ServiceIP,
 			Ports: []corev1.ServicePort{
 				{Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53, TargetPort: intstr.FromInt32(int32(port))},
 				{Name: "dns-tcp", Protocol: corev1.ProtocolTCP, Port: 53, TargetPort: intstr.FromInt32(int32(port))},
 			},
 		},
 	}
-	if _, err := c.client.CoreV1().Services("kube-system").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+	if _, err := client.CoreV1().Services("kube-system").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		return err
 	}
 	p32, ready := int32(port), true
@@ -126,12 +154,12 @@ func (c *Cluster) dnsService(ctx context.Context, port int) error {
 			discoveryv1.LabelManagedBy:   "castellan-cluster",
 		}},
 		AddressType: discoveryv1.AddressTypeIPv4,
-		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{NodeIP}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{s.cfg.NodeIP}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
 		Ports: []discoveryv1.EndpointPort{
 			{Name: &dns, Protocol: &udp, Port: &p32},
 			{Name: &dnsTCP, Protocol: &tcp, Port: &p32},
 		},
 	}
-	_, err := c.client.DiscoveryV1().EndpointSlices("kube-system").Create(ctx, slice, metav1.CreateOptions{})
+	_, err := client.DiscoveryV1().EndpointSlices("kube-system").Create(ctx, slice, metav1.CreateOptions{})
 	return err
 }

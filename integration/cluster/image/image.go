@@ -1,4 +1,8 @@
-package cluster
+// Package image builds the container images of the test cluster (package
+// cluster), which pulls none: an image holding one static Go binary, the
+// image for this machine from an OCI layout of deploy/image, and the image
+// tarball containerd imports.
+package image
 
 import (
 	"archive/tar"
@@ -10,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -22,43 +25,18 @@ import (
 	"github.com/castellan-dev/castellan/integration/testbin"
 )
 
-// importPause builds the pause image and imports it as PauseImage.
-func (c *Cluster) importPause(ctx context.Context) error {
-	return c.importGoImage(ctx, "./integration/cluster/pause", PauseImage)
-}
-
-// ImportGoBinary builds the Go command at pkg (a path relative to the
-// repository root, e.g. "./integration/bookinfo/ratings") as a static
-// binary, packs it alone into an image whose entrypoint it is
-// (/<command name>) and imports it into the cluster's containerd as ref.
-// Pods use it with imagePullPolicy Never or IfNotPresent.
-func (c *Cluster) ImportGoBinary(pkg, ref string) {
-	c.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	if err := c.importGoImage(ctx, pkg, ref); err != nil {
-		c.t.Fatalf("cluster: image %s: %v", ref, err)
-	}
-}
-
-func (c *Cluster) importGoImage(ctx context.Context, pkg, ref string) error {
-	dir, err := os.MkdirTemp(c.paths.dir, "image-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
+// Go builds the Go command at pkg (a path relative to the repository root,
+// e.g. "./integration/bookinfo/ratings") in dir as a static linux binary
+// and returns the image of it alone, its entrypoint (/<command name>).
+func Go(ctx context.Context, pkg, dir string) (v1.Image, error) {
 	bin := filepath.Join(dir, filepath.Base(pkg))
 	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, pkg)
 	build.Dir = testbin.RepoRoot()
 	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
 	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
+		return nil, fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
 	}
-	img, err := binaryImage(bin)
-	if err != nil {
-		return err
-	}
-	return c.importImage(img, ref, dir)
+	return binaryImage(bin)
 }
 
 // binaryImage is an image of one file, the entrypoint, at /<base name>.
@@ -100,31 +78,15 @@ func binaryImage(bin string) (v1.Image, error) {
 	return mutate.ConfigFile(img, cf)
 }
 
-// ImportLayout imports the image for this machine's platform from an OCI
-// image layout written by deploy/image ("make images": one multi-platform
-// index per layout) into the cluster's containerd as ref.
-func (c *Cluster) ImportLayout(layoutDir, ref string) {
-	c.t.Helper()
-	if err := c.importLayout(layoutDir, ref); err != nil {
-		c.t.Fatalf("cluster: importing %s as %s: %v", layoutDir, ref, err)
-	}
-}
-
-func (c *Cluster) importLayout(layoutDir, ref string) error {
-	idx, err := layout.ImageIndexFromPath(layoutDir)
+// Layout returns the image for this machine's platform from an OCI image
+// layout written by deploy/image ("make images": one multi-platform index
+// per layout).
+func Layout(dir string) (v1.Image, error) {
+	idx, err := layout.ImageIndexFromPath(dir)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	img, err := platformImage(idx)
-	if err != nil {
-		return err
-	}
-	dir, err := os.MkdirTemp(c.paths.dir, "image-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	return c.importImage(img, ref, dir)
+	return platformImage(idx)
 }
 
 // platformImage finds linux/GOARCH in idx, descending into nested indexes
@@ -151,18 +113,12 @@ func platformImage(idx v1.ImageIndex) (v1.Image, error) {
 	return nil, fmt.Errorf("no linux/%s image in the index", runtime.GOARCH)
 }
 
-// importImage writes img as an image tarball tagged ref into dir and
-// imports it with ctr into the k8s.io namespace (where the CRI plugin
-// looks), unpacked for the overlayfs snapshotter.
-func (c *Cluster) importImage(img v1.Image, ref, dir string) error {
+// WriteTarball writes img as an image tarball tagged ref to file, as
+// `ctr images import` reads it.
+func WriteTarball(img v1.Image, ref, file string) error {
 	tag, err := name.NewTag(ref)
 	if err != nil {
 		return err
 	}
-	file := filepath.Join(dir, "image.tar")
-	if err := tarball.WriteToFile(file, tag, img); err != nil {
-		return err
-	}
-	_, err = c.ctr(5*time.Minute, "images", "import", file)
-	return err
+	return tarball.WriteToFile(file, tag, img)
 }

@@ -9,8 +9,9 @@
 // kube-system/kube-dns, so manifests use Service names unchanged.
 //
 // Start needs root and the environment variable CASTELLAN_CLUSTER=1
-// (host.EnvEnable; the cluster changes the host: an address on lo, a bridge, iptables rules,
-// cgroups under /kubepods, a few sysctls); without it the test is skipped.
+// (host.EnvEnable; the cluster changes the host: an address on lo, a
+// bridge, iptables rules, cgroups under /kubepods, a few sysctls); without
+// it the test is skipped.
 // With CASTELLAN_CLUSTER=1 anything missing fails the test; missing Debian
 // packages are installed with apt-get.
 //
@@ -147,8 +148,8 @@ func (p paths) kubeconfig(name string) string { return filepath.Join(p.confs, na
 func (p paths) log(name string) string        { return filepath.Join(p.logs, name+".log") }
 
 // Start runs a cluster for t and tears it down when t ends. See
-// host.Require for when it skips; it fails t if the node is not Ready within three
-// minutes.
+// host.Require for when it skips; it fails t if the node is not Ready
+// within three minutes.
 func Start(t testing.TB) *Cluster {
 	t.Helper()
 	host.Require(t)

@@ -1,6 +1,7 @@
 package host
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -145,5 +146,35 @@ func TestForeignClusterStateIsNoticed(t *testing.T) {
 	found := ForeignState(testNet)
 	if len(found) != 1 || !strings.Contains(found[0], cg) {
 		t.Fatalf("ForeignState = %v, want the cgroup %s", found, cg)
+	}
+}
+
+// TestRemoveCNIResultsRemovesOnlyThisNetworksSandboxes checks that the
+// cached CNI results of the network's sandboxes go with their loopback
+// results, and that another network's, and the loopback results of
+// sandboxes not on the network, stay.
+func TestRemoveCNIResultsRemovesOnlyThisNetworksSandboxes(t *testing.T) {
+	dir := t.TempDir()
+	ours, theirs := strings.Repeat("a", 64), strings.Repeat("b", 64)
+	files := map[string]bool{ // name -> removed
+		testNet.CNINetwork + "-" + ours + "-eth0": true,
+		"cni-loopback-" + ours + "-lo":            true,
+		"cni-loopback-" + theirs + "-lo":          false,
+		"other-net-" + theirs + "-eth0":           false,
+		"other-net-" + ours + "-eth0":             false,
+	}
+	for name := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("{}"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := removeCNIResults(dir, testNet.CNINetwork); err != nil {
+		t.Fatal(err)
+	}
+	for name, removed := range files {
+		_, err := os.Stat(filepath.Join(dir, name))
+		if gone := errors.Is(err, os.ErrNotExist); gone != removed {
+			t.Errorf("%s: removed = %v, want %v (%v)", name, gone, removed, err)
+		}
 	}
 }

@@ -282,7 +282,7 @@ func (h *State) restoreSysctls() error {
 
 // removeHostPaths removes the hard-coded host paths (and those given to
 // RemoveAtStop) that did not exist before; where one existed, only this
-// cluster's entries in it (CNI results named by its network).
+// cluster's entries in it (CNI results of its sandboxes).
 func (h *State) removeHostPaths() error {
 	h.mu.Lock()
 	paths := append(slices.Clone(hostPaths), h.Extra...)
@@ -300,10 +300,28 @@ func (h *State) removeHostPaths() error {
 		}
 	}
 	if existed["/var/lib/cni"] {
-		ours, _ := filepath.Glob("/var/lib/cni/results/" + h.net.CNINetwork + "-*")
-		for _, f := range ours {
-			errs = append(errs, os.Remove(f))
+		errs = append(errs, removeCNIResults("/var/lib/cni/results", h.net.CNINetwork))
+	}
+	return errors.Join(errs...)
+}
+
+// removeCNIResults removes the results the CNI library cached in dir for
+// the sandboxes of network ("<network>-<sandbox ID>-<interface>") and
+// those containerd's loopback network cached for the same sandboxes
+// ("cni-loopback-<sandbox ID>-lo"): a sandbox whose network was never torn
+// down (its containerd killed) leaves both.
+func removeCNIResults(dir, network string) error {
+	ours, _ := filepath.Glob(filepath.Join(dir, network+"-*"))
+	var errs []error
+	for _, f := range ours {
+		id := strings.TrimPrefix(filepath.Base(f), network+"-")
+		if i := strings.LastIndexByte(id, '-'); i > 0 {
+			lo := filepath.Join(dir, "cni-loopback-"+id[:i]+"-lo")
+			if err := os.Remove(lo); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
 		}
+		errs = append(errs, os.Remove(f))
 	}
 	return errors.Join(errs...)
 }

@@ -352,7 +352,7 @@ func (c *Cluster) runningPIDs() []int {
 // directory (for example a DaemonSet's hostPath) if it did not exist before
 // this call.
 func (c *Cluster) RemoveAtStop(path string) {
-	if err := c.host.RemoveAtStop(path); err != nil {
+	if err := c.host.RemoveAtUndo(path); err != nil {
 		c.t.Errorf("cluster: saving the host state: %v", err)
 	}
 }

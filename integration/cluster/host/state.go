@@ -52,7 +52,8 @@ type Network struct {
 
 // State is what Prepare recorded of the host before changing it. It is
 // also saved as host.json in the cluster directory, so that the next
-// cluster can undo a killed test's cluster exactly (RecoverStale).
+// cluster can undo a killed test's cluster exactly (RecoverStale). Its
+// fields are exported for encoding/json; callers use its methods.
 type State struct {
 	Sysctls   map[string]string   `json:"sysctls"`
 	Existed   map[string]bool     `json:"existed"`  // hostPaths (and extra paths) present before the cluster started
@@ -63,10 +64,10 @@ type State struct {
 
 	dir string     // the cluster directory
 	net Network    // what the cluster adds to the network
-	mu  sync.Mutex // guards Existed and Extra (RemoveAtStop)
+	mu  sync.Mutex // guards Existed and Extra (RemoveAtUndo)
 }
 
-// hostFile is the name of the saved hostState in the cluster directory.
+// hostFile is the name of the saved State in the cluster directory.
 const hostFile = "host.json"
 
 // save writes h into its directory (before each change it records is made).
@@ -143,10 +144,10 @@ func hasNodeAddress(net Network) bool {
 	return err == nil && strings.Contains(out, " "+net.NodeIP+"/")
 }
 
-// RemoveAtStop asks Undo to remove a host path outside the cluster
+// RemoveAtUndo asks Undo to remove a host path outside the cluster
 // directory (for example a DaemonSet's hostPath) if it did not exist before
 // this call.
-func (h *State) RemoveAtStop(path string) error {
+func (h *State) RemoveAtUndo(path string) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, seen := h.Existed[path]; seen {

@@ -281,7 +281,7 @@ func (h *State) restoreSysctls() error {
 }
 
 // removeHostPaths removes the hard-coded host paths (and those given to
-// RemoveAtStop) that did not exist before; where one existed, only this
+// RemoveAtUndo) that did not exist before; where one existed, only this
 // cluster's entries in it (CNI results of its sandboxes).
 func (h *State) removeHostPaths() error {
 	h.mu.Lock()

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/integration/cluster"
+	"github.com/castellan-dev/castellan/integration/cluster/host"
 )
 
 // envClusterChild makes TestClusterRecoversAfterKilledTest run as the child
@@ -28,7 +29,7 @@ func TestClusterRecoversAfterKilledTest(t *testing.T) {
 		clusterChild(t)
 		return
 	}
-	cluster.Require(t)
+	host.Require(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	before := hostSnapshot(t)

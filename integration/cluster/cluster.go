@@ -8,9 +8,10 @@
 // CoreDNS (kube-coredns, integration/kube/coredns) behind the Service
 // kube-system/kube-dns, so manifests use Service names unchanged.
 //
-// Start needs root and the environment variable CASTELLAN_CLUSTER=1 (the
-// cluster changes the host: an address on lo, a bridge, iptables rules,
-// cgroups under /kubepods, a few sysctls); without it the test is skipped.
+// Start needs root and the environment variable CASTELLAN_CLUSTER=1
+// (host.EnvEnable; the cluster changes the host: an address on lo, a
+// bridge, iptables rules, cgroups under /kubepods, a few sysctls); without
+// it the test is skipped.
 // With CASTELLAN_CLUSTER=1 anything missing fails the test; missing Debian
 // packages are installed with apt-get.
 //
@@ -18,7 +19,7 @@
 // component binds to besides 127.0.0.1). Its pods get addresses from
 // PodCIDR on the bridge Bridge; Services from ServiceCIDR. Every file the
 // cluster writes is under one temporary directory, except the few paths the
-// kubelet, containerd and the CNI plugins hard-code (see hostPaths).
+// kubelet, containerd and the CNI plugins hard-code (see package host).
 //
 // Stop (registered as a cleanup by Start) tears everything down: the
 // components, every container and shim of this containerd, the mounts, the
@@ -28,14 +29,20 @@
 // would have survived. Only one cluster runs on a host at a time (the fixed
 // names above and the /kubepods cgroup): Start waits for a host-wide lock,
 // and then removes what a cluster whose test process was killed left.
+//
+// The parts live in packages named by what they own: host (recording and
+// undoing the changes to the host, the host lock), proc (finding and
+// supervising the programs), image (building images) and dns (CoreDNS).
 package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,7 +52,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
-	"github.com/castellan-dev/castellan/internal/testroot"
+	"github.com/castellan-dev/castellan/integration/cluster/dns"
+	"github.com/castellan-dev/castellan/integration/cluster/host"
+	"github.com/castellan-dev/castellan/integration/cluster/proc"
 )
 
 // The cluster's fixed names and addresses.
@@ -75,9 +84,6 @@ const (
 	// PauseImage is the sandbox image, built by Start.
 	PauseImage = "castellan.test/pause:v1"
 
-	// EnvEnable names the environment variable that must be 1 to run.
-	EnvEnable = "CASTELLAN_CLUSTER"
-
 	readyTimeout = 3 * time.Minute
 	stopGrace    = 10 * time.Second
 )
@@ -86,7 +92,7 @@ const (
 // concurrent use.
 type Cluster struct {
 	t       testing.TB
-	bins    binaries
+	bins    proc.Binaries
 	paths   paths
 	pki     *pki
 	url     string
@@ -99,10 +105,10 @@ type Cluster struct {
 	restConfig     *rest.Config
 	client         kubernetes.Interface
 
-	host *hostState // what Start changed on the host, undone by Stop
+	host *host.State // what Start changed on the host, undone by Stop
 
 	mu    sync.Mutex
-	procs []*process // in start order; stopped in reverse
+	procs []*proc.Process // in start order; stopped in reverse
 
 	stopOnce sync.Once
 	stopErr  error
@@ -141,35 +147,21 @@ func newPaths(dir string) paths {
 func (p paths) kubeconfig(name string) string { return filepath.Join(p.confs, name+".kubeconfig") }
 func (p paths) log(name string) string        { return filepath.Join(p.logs, name+".log") }
 
-// Require lets a developer's plain `go test` skip the cluster
-// tests, which change the host; under `make test` (CASTELLAN_REQUIRE_ROOT
-// set, as it sets EnvEnable) a disabled cluster or a missing root fails.
-func Require(t testing.TB) {
-	t.Helper()
-	if os.Getenv(EnvEnable) != "1" {
-		if os.Getenv(testroot.EnvRequire) != "" {
-			t.Fatalf("cluster: %s is set but %s is not: the real-cluster tests would not run", testroot.EnvRequire, EnvEnable)
-		}
-		t.Skipf("cluster: set %s=1 (as root) to run a real single-node Kubernetes cluster", EnvEnable)
-	}
-	testroot.Require(t, "run a real kubelet, containerd and iptables")
-}
-
-// Start runs a cluster for t and tears it down when t ends. See Require
-// for when it skips; it fails t if the node is not Ready within three
-// minutes.
+// Start runs a cluster for t and tears it down when t ends. See
+// host.Require for when it skips; it fails t if the node is not Ready
+// within three minutes.
 func Start(t testing.TB) *Cluster {
 	t.Helper()
-	Require(t)
-	bins, err := findBinaries()
+	host.Require(t)
+	bins, err := proc.FindBinaries()
 	if err != nil {
 		t.Fatalf("cluster: %v", err)
 	}
-	unlock, err := lockHost(readyTimeout + 5*time.Minute)
+	unlock, err := host.Lock(readyTimeout + 5*time.Minute)
 	if err != nil {
 		t.Fatalf("cluster: %v", err)
 	}
-	if dirs, err := recoverStale(); err != nil {
+	if dirs, err := host.RecoverStale(network()); err != nil {
 		unlock()
 		t.Fatalf("cluster: undoing the clusters of killed tests (%s): %v", strings.Join(dirs, ", "), err)
 	} else if len(dirs) > 0 {
@@ -201,11 +193,11 @@ func Start(t testing.TB) *Cluster {
 
 // start brings the cluster up, in dependency order.
 func (c *Cluster) start(ctx context.Context) error {
-	host, err := prepareHost(c.paths)
+	h, err := host.Prepare(c.paths.dir, network())
 	if err != nil {
 		return err
 	}
-	c.host = host
+	c.host = h
 	for _, d := range []string{c.paths.logs, c.paths.confs, c.paths.staticPods, c.paths.podLogs, c.paths.volumePlugins} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return err
@@ -264,7 +256,7 @@ func (c *Cluster) writePKI() error {
 		{"kube-controller-manager", "system:kube-controller-manager", ""},
 		{"kube-scheduler", "system:kube-scheduler", ""},
 		{"kube-proxy", "system:kube-proxy", ""},
-		{"coredns", dnsUser, ""},
+		{"coredns", dns.User, ""},
 	}
 	for _, cl := range clients {
 		var groups []string
@@ -284,7 +276,7 @@ func (c *Cluster) writePKI() error {
 }
 
 // add records a started process, so Stop stops it.
-func (c *Cluster) add(p *process) {
+func (c *Cluster) add(p *proc.Process) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.procs = append(c.procs, p)
@@ -293,10 +285,10 @@ func (c *Cluster) add(p *process) {
 // logTails logs the end of every component's log, for a failed test.
 func (c *Cluster) logTails() {
 	c.mu.Lock()
-	procs := append([]*process(nil), c.procs...)
+	procs := append([]*proc.Process(nil), c.procs...)
 	c.mu.Unlock()
 	for _, p := range procs {
-		c.t.Logf("cluster: %s log, errors and tail:\n%s", p.name, errorsAndTail(p.logFile, 15, 10))
+		c.t.Logf("cluster: %s log, errors and tail:\n%s", p.Name, proc.ErrorsAndTail(p.LogFile, 15, 10))
 	}
 }
 
@@ -316,6 +308,65 @@ func (c *Cluster) keepLogs() {
 func (c *Cluster) Stop() error {
 	c.stopOnce.Do(func() { c.stopErr = c.teardown() })
 	return c.stopErr
+}
+
+// teardown stops every component (killing the containers before
+// containerd stops) and undoes the changes to the host (package host),
+// collecting every failure.
+func (c *Cluster) teardown() error {
+	var errs []error
+	c.mu.Lock()
+	procs := slices.Clone(c.procs)
+	c.mu.Unlock()
+	slices.Reverse(procs) // coredns, kube-proxy, kubelet, scheduler, controller-manager, containerd, apiserver
+	for _, p := range procs {
+		if p.Name == "containerd" {
+			if err := host.KillContainers(c.paths.dir, c.runningPIDs()); err != nil {
+				errs = append(errs, fmt.Errorf("killing containers: %w", err))
+			}
+		}
+		if err := p.Stop(stopGrace); err != nil {
+			errs = append(errs, fmt.Errorf("stopping %s: %w", p.Name, err))
+		}
+	}
+	if c.host == nil { // host.Prepare failed: nothing was changed
+		return errors.Join(append(errs, os.RemoveAll(c.paths.dir))...)
+	}
+	return errors.Join(append(errs, c.host.Undo(c.runningPIDs()))...)
+}
+
+// runningPIDs lists the components still running, which Stop stops itself.
+func (c *Cluster) runningPIDs() []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var pids []int
+	for _, p := range c.procs {
+		if pid := p.Pid(); pid != 0 {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// RemoveAtStop asks Stop to remove a host path outside the cluster
+// directory (for example a DaemonSet's hostPath) if it did not exist before
+// this call.
+func (c *Cluster) RemoveAtStop(path string) {
+	if err := c.host.RemoveAtUndo(path); err != nil {
+		c.t.Errorf("cluster: saving the host state: %v", err)
+	}
+}
+
+// Leftovers lists what this cluster left on the host: its processes and
+// containers, mounts under its directory, kubepods cgroups, iptables rules
+// or chains added since Start, new network interfaces (bridge, veths), the
+// node address, changed sysctls, host paths it created, its directory.
+// Empty after a clean Stop.
+func (c *Cluster) Leftovers() []string { return c.host.Leftovers() }
+
+// network is what the cluster adds to the host's network.
+func network() host.Network {
+	return host.Network{NodeIP: NodeIP, Bridge: Bridge, CNINetwork: CNINetwork}
 }
 
 // Client returns an admin clientset (a client certificate in

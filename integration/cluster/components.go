@@ -2,17 +2,14 @@ package cluster
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/castellan-dev/castellan/integration/cluster/dns"
+	"github.com/castellan-dev/castellan/integration/cluster/proc"
 	"github.com/castellan-dev/castellan/internal/freeport"
 
 	corev1 "k8s.io/api/core/v1"
@@ -22,142 +19,9 @@ import (
 	"k8s.io/client-go/rest"
 )
 
-// binaries are the programs the cluster runs.
-type binaries struct {
-	testenv, node, coredns string // kube-testenv, kube-node, kube-coredns: from the build cache
-	containerd             string
-	ctr                    string
-	ip                     string
-	iptables               string
-	ip6tables              string
-}
-
-// debianPackages maps each host program to the Debian package that has it.
-var debianPackages = map[string]string{
-	"containerd":              "containerd",
-	"ctr":                     "containerd",
-	"containerd-shim-runc-v2": "containerd",
-	"runc":                    "runc",
-	"/usr/lib/cni/bridge":     "containernetworking-plugins",
-	"iptables":                "iptables",
-	"ip6tables":               "iptables",
-	"conntrack":               "conntrack",
-	"ip":                      "iproute2",
-}
-
-// findBinaries locates every program, installing missing Debian packages
-// with apt-get (Start runs as root).
-func findBinaries() (binaries, error) {
-	var b binaries
-	if os.Geteuid() != 0 {
-		return b, errors.New("a real cluster needs root (containers, mounts, cgroups, iptables)")
-	}
-	if err := ensurePackages(); err != nil {
-		return b, err
-	}
-	var err error
-	if b.testenv, err = cachedBinary("CASTELLAN_KUBE_TESTENV", "kube-testenv", "integration/kube/testenv/build.sh"); err != nil {
-		return b, err
-	}
-	if b.node, err = cachedBinary("CASTELLAN_KUBE_NODE", "kube-node", "integration/kube/node/build.sh"); err != nil {
-		return b, err
-	}
-	if b.coredns, err = cachedBinary("CASTELLAN_KUBE_COREDNS", "kube-coredns", "integration/kube/coredns/build.sh"); err != nil {
-		return b, err
-	}
-	for _, x := range []struct {
-		dst  *string
-		name string
-	}{{&b.containerd, "containerd"}, {&b.ctr, "ctr"}, {&b.ip, "ip"}, {&b.iptables, "iptables"}, {&b.ip6tables, "ip6tables"}} {
-		if *x.dst, err = lookPath(x.name); err != nil {
-			return b, err
-		}
-	}
-	return b, nil
-}
-
-// ensurePackages installs the Debian packages of missing programs.
-func ensurePackages() error {
-	var missing []string
-	seen := map[string]bool{}
-	for prog, pkg := range debianPackages {
-		if _, err := lookPath(prog); err == nil || seen[pkg] {
-			continue
-		}
-		seen[pkg] = true
-		missing = append(missing, pkg)
-	}
-	if len(missing) == 0 {
-		return nil
-	}
-	env := []string{"DEBIAN_FRONTEND=noninteractive"}
-	if out, err := runEnv(10*time.Minute, env, "apt-get", "update", "-qq"); err != nil {
-		return fmt.Errorf("installing %v: %w\n%s", missing, err, out)
-	}
-	args := append([]string{"install", "-y", "-qq", "--no-install-recommends"}, missing...)
-	if out, err := runEnv(10*time.Minute, env, "apt-get", args...); err != nil {
-		return fmt.Errorf("installing %v: %w\n%s", missing, err, out)
-	}
-	return nil
-}
-
-// lookPath finds a program in PATH or the sbin directories (which a
-// non-login root shell may lack); an absolute name is checked as is.
-func lookPath(name string) (string, error) {
-	if filepath.IsAbs(name) {
-		if _, err := os.Stat(name); err != nil {
-			return "", err
-		}
-		return name, nil
-	}
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, d := range []string{"/usr/local/sbin", "/usr/sbin", "/sbin"} {
-		p := filepath.Join(d, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%s not found in PATH or the sbin directories", name)
-}
-
-// cachedBinary returns $env, else ${CASTELLAN_CACHE:-~/.cache/castellan}/bin/name.
-func cachedBinary(env, name, script string) (string, error) {
-	path := os.Getenv(env)
-	if path == "" {
-		cache := os.Getenv("CASTELLAN_CACHE")
-		if cache == "" {
-			home, err := os.UserHomeDir()
-			if err != nil {
-				return "", err
-			}
-			cache = filepath.Join(home, ".cache", "castellan")
-		}
-		path = filepath.Join(cache, "bin", name)
-	}
-	if fi, err := os.Stat(path); err != nil || fi.Mode()&0o111 == 0 {
-		return "", fmt.Errorf("%s not found at %s: build it with %s (or set %s)", name, path, script, env)
-	}
-	return path, nil
-}
-
-// childEnv is the environment of the components: the test's, with the
-// sbin directories on PATH (containerd runs runc, the kubelet iptables).
-func childEnv() []string {
-	env := os.Environ()
-	for i, kv := range env {
-		if strings.HasPrefix(kv, "PATH=") {
-			env[i] = kv + ":/usr/local/sbin:/usr/sbin:/sbin"
-			return env
-		}
-	}
-	return append(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-}
-
 // startAPIServer runs etcd and kube-apiserver on NodeIP and waits for /readyz.
 func (c *Cluster) startAPIServer(ctx context.Context) error {
-	port, err := freePort()
+	port, err := freeport.Port()
 	if err != nil {
 		return err
 	}
@@ -187,11 +51,11 @@ func (c *Cluster) startAPIServer(ctx context.Context) error {
 		"--allow-privileged=true",
 		"--profiling=false",
 	}
-	proc, err := startProcess("kube-apiserver", c.paths.log("kube-apiserver"), c.bins.testenv, args...)
+	comp, err := proc.Start("kube-apiserver", c.paths.log("kube-apiserver"), c.bins.Testenv, args...)
 	if err != nil {
 		return err
 	}
-	c.add(proc)
+	c.add(comp)
 	c.restConfig = &rest.Config{
 		Host:            c.url,
 		TLSClientConfig: rest.TLSClientConfig{CAData: p.caPEM, CertData: c.admin.certPEM, KeyData: c.admin.keyPEM},
@@ -205,19 +69,19 @@ func (c *Cluster) startAPIServer(ctx context.Context) error {
 	if c.client, err = kubernetes.NewForConfig(c.restConfig); err != nil {
 		return err
 	}
-	return c.waitReadyz(ctx, proc)
+	return c.waitReadyz(ctx, comp)
 }
 
 // waitReadyz polls the apiserver's /readyz until it answers 200.
-func (c *Cluster) waitReadyz(ctx context.Context, proc *process) error {
+func (c *Cluster) waitReadyz(ctx context.Context, comp *proc.Process) error {
 	rt, err := rest.TransportFor(c.restConfig)
 	if err != nil {
 		return err
 	}
 	hc := &http.Client{Transport: rt, Timeout: 5 * time.Second}
 	defer hc.CloseIdleConnections()
-	return poll(ctx, 200*time.Millisecond, func() (bool, error) {
-		if err := proc.running(); err != nil {
+	return proc.Poll(ctx, 200*time.Millisecond, func() (bool, error) {
+		if err := comp.Running(); err != nil {
 			return false, err
 		}
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.url+"/readyz", nil)
@@ -243,13 +107,13 @@ func (c *Cluster) startContainerd(ctx context.Context) error {
 	if err := writeFile(c.paths.resolvConf, hostResolvConf()); err != nil {
 		return err
 	}
-	proc, err := startProcess("containerd", c.paths.log("containerd"), c.bins.containerd, "--config", cfg)
+	comp, err := proc.Start("containerd", c.paths.log("containerd"), c.bins.Containerd, "--config", cfg)
 	if err != nil {
 		return err
 	}
-	c.add(proc)
-	return poll(ctx, 200*time.Millisecond, func() (bool, error) {
-		if err := proc.running(); err != nil {
+	c.add(comp)
+	return proc.Poll(ctx, 200*time.Millisecond, func() (bool, error) {
+		if err := comp.Running(); err != nil {
 			return false, err
 		}
 		_, err := c.ctr(10*time.Second, "version")
@@ -259,7 +123,7 @@ func (c *Cluster) startContainerd(ctx context.Context) error {
 
 // ctr runs containerd's CLI against this cluster's containerd, namespace k8s.io.
 func (c *Cluster) ctr(timeout time.Duration, args ...string) (string, error) {
-	return run(timeout, c.bins.ctr, append([]string{"-a", c.paths.containerdSock, "-n", "k8s.io"}, args...)...)
+	return proc.Run(timeout, c.bins.Ctr, append([]string{"-a", c.paths.containerdSock, "-n", "k8s.io"}, args...)...)
 }
 
 // startControllers runs kube-controller-manager and kube-scheduler.
@@ -276,11 +140,11 @@ func (c *Cluster) startControllers(context.Context) error {
 		"--service-cluster-ip-range=" + ServiceCIDR,
 		"--controllers=*,-bootstrapsigner,-tokencleaner,-csrsigning,-nodeipam",
 	}
-	proc, err := startProcess("kube-controller-manager", c.paths.log("kube-controller-manager"), c.bins.node, kcm...)
+	comp, err := proc.Start("kube-controller-manager", c.paths.log("kube-controller-manager"), c.bins.Node, kcm...)
 	if err != nil {
 		return err
 	}
-	c.add(proc)
+	c.add(comp)
 	sched := []string{
 		"kube-scheduler",
 		"--kubeconfig=" + c.paths.kubeconfig("kube-scheduler"),
@@ -289,17 +153,17 @@ func (c *Cluster) startControllers(context.Context) error {
 		"--secure-port=0",
 		"--leader-elect=false",
 	}
-	proc, err = startProcess("kube-scheduler", c.paths.log("kube-scheduler"), c.bins.node, sched...)
+	comp, err = proc.Start("kube-scheduler", c.paths.log("kube-scheduler"), c.bins.Node, sched...)
 	if err != nil {
 		return err
 	}
-	c.add(proc)
+	c.add(comp)
 	return nil
 }
 
 // startKubelet writes the kubelet's configuration and starts it.
 func (c *Cluster) startKubelet(context.Context) error {
-	port, err := freePort()
+	port, err := freeport.Port()
 	if err != nil {
 		return err
 	}
@@ -308,7 +172,7 @@ func (c *Cluster) startKubelet(context.Context) error {
 	if err := writeFile(cfg, c.kubeletConfig()); err != nil {
 		return err
 	}
-	proc, err := startProcess("kubelet", c.paths.log("kubelet"), c.bins.node, "kubelet",
+	comp, err := proc.Start("kubelet", c.paths.log("kubelet"), c.bins.Node, "kubelet",
 		"--config="+cfg,
 		"--kubeconfig="+c.paths.kubeconfig("kubelet"),
 		"--root-dir="+c.paths.kubeletRoot,
@@ -320,7 +184,7 @@ func (c *Cluster) startKubelet(context.Context) error {
 	if err != nil {
 		return err
 	}
-	c.add(proc)
+	c.add(comp)
 	return nil
 }
 
@@ -330,18 +194,18 @@ func (c *Cluster) startKubeProxy(context.Context) error {
 	if err := writeFile(cfg, c.kubeProxyConfig()); err != nil {
 		return err
 	}
-	proc, err := startProcess("kube-proxy", c.paths.log("kube-proxy"), c.bins.node, "kube-proxy", "--config="+cfg)
+	comp, err := proc.Start("kube-proxy", c.paths.log("kube-proxy"), c.bins.Node, "kube-proxy", "--config="+cfg)
 	if err != nil {
 		return err
 	}
-	c.add(proc)
+	c.add(comp)
 	return nil
 }
 
 // waitNodeReady waits until the node reports Ready, failing early if a
 // component exits.
 func (c *Cluster) waitNodeReady(ctx context.Context) error {
-	return poll(ctx, 500*time.Millisecond, func() (bool, error) {
+	return proc.Poll(ctx, 500*time.Millisecond, func() (bool, error) {
 		if err := c.componentsRunning(); err != nil {
 			return false, err
 		}
@@ -361,7 +225,7 @@ func (c *Cluster) waitNodeReady(ctx context.Context) error {
 // waitDefaultServiceAccount waits for the controller-manager to create the
 // "default" ServiceAccount, without which no pod in "default" is admitted.
 func (c *Cluster) waitDefaultServiceAccount(ctx context.Context) error {
-	return poll(ctx, 200*time.Millisecond, func() (bool, error) {
+	return proc.Poll(ctx, 200*time.Millisecond, func() (bool, error) {
 		_, err := c.client.CoreV1().ServiceAccounts("default").Get(ctx, "default", metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			return false, c.componentsRunning()
@@ -370,62 +234,43 @@ func (c *Cluster) waitDefaultServiceAccount(ctx context.Context) error {
 	})
 }
 
+// startDNS runs the cluster DNS (package dns) on the node, serving
+// ClusterDomain behind the Service kube-system/kube-dns at DNSServiceIP,
+// and returns once it resolves the "kubernetes" Service.
+func (c *Cluster) startDNS(ctx context.Context) error {
+	forward := ""
+	if strings.Contains(hostResolvConf(), "nameserver") {
+		forward = c.paths.resolvConf
+	}
+	s, err := dns.Start(ctx, c.client, dns.Config{
+		Binary:       c.bins.CoreDNS,
+		Corefile:     filepath.Join(c.paths.confs, "Corefile"),
+		LogFile:      c.paths.log("coredns"),
+		Kubeconfig:   c.paths.kubeconfig("coredns"),
+		Forward:      forward,
+		NodeIP:       NodeIP,
+		Domain:       ClusterDomain,
+		ServiceIP:    DNSServiceIP,
+		APIServiceIP: APIServiceIP,
+	})
+	if err != nil {
+		return err
+	}
+	c.add(s.Process)
+	if err := s.Publish(ctx, c.client); err != nil {
+		return err
+	}
+	return s.WaitResolves(ctx)
+}
+
 // componentsRunning reports the first component that has exited.
 func (c *Cluster) componentsRunning() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, p := range c.procs {
-		if err := p.running(); err != nil {
+		if err := p.Running(); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// poll calls cond every interval until it returns true or an error, or ctx
-// ends.
-func poll(ctx context.Context, interval time.Duration, cond func() (bool, error)) error {
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		ok, err := cond()
-		if err != nil {
-			return err
-		}
-		if ok {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("not ready: %w", ctx.Err())
-		case <-tick.C:
-		}
-	}
-}
-
-// freePort asks the kernel for a free TCP port on NodeIP... or loopback
-// before NodeIP exists; ports are shared across addresses.
-func freePort() (int, error) {
-	return freeport.Port()
-}
-
-// lockHost takes the host-wide lock that lets one cluster run at a time,
-// waiting at most timeout; the returned function releases it.
-func lockHost(timeout time.Duration) (func(), error) {
-	f, err := os.OpenFile("/run/castellan-cluster.lock", os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	deadline := time.Now().Add(timeout)
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
-			f.Close()
-			return nil, fmt.Errorf("locking /run/castellan-cluster.lock (another cluster test runs?): %w", err)
-		}
-		time.Sleep(time.Second)
-	}
 }

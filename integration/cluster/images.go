@@ -1,25 +1,14 @@
 package cluster
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
-	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
-	"github.com/castellan-dev/castellan/integration/testbin"
+	"github.com/castellan-dev/castellan/integration/cluster/image"
 )
 
 // importPause builds the pause image and imports it as PauseImage.
@@ -47,57 +36,11 @@ func (c *Cluster) importGoImage(ctx context.Context, pkg, ref string) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, filepath.Base(pkg))
-	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, pkg)
-	build.Dir = testbin.RepoRoot()
-	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
-	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
-	}
-	img, err := binaryImage(bin)
+	img, err := image.Go(ctx, pkg, dir)
 	if err != nil {
 		return err
 	}
 	return c.importImage(img, ref, dir)
-}
-
-// binaryImage is an image of one file, the entrypoint, at /<base name>.
-func binaryImage(bin string) (v1.Image, error) {
-	data, err := os.ReadFile(bin)
-	if err != nil {
-		return nil, err
-	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	name := filepath.Base(bin)
-	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(data)), Typeflag: tar.TypeReg}); err != nil {
-		return nil, err
-	}
-	if _, err := tw.Write(data); err != nil {
-		return nil, err
-	}
-	if err := tw.Close(); err != nil {
-		return nil, err
-	}
-	layerBytes := buf.Bytes()
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(layerBytes)), nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		return nil, err
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", runtime.GOARCH
-	cf.Config.Entrypoint = []string{"/" + name}
-	return mutate.ConfigFile(img, cf)
 }
 
 // ImportLayout imports the image for this machine's platform from an OCI
@@ -111,11 +54,7 @@ func (c *Cluster) ImportLayout(layoutDir, ref string) {
 }
 
 func (c *Cluster) importLayout(layoutDir, ref string) error {
-	idx, err := layout.ImageIndexFromPath(layoutDir)
-	if err != nil {
-		return err
-	}
-	img, err := platformImage(idx)
+	img, err := image.Layout(layoutDir)
 	if err != nil {
 		return err
 	}
@@ -127,42 +66,14 @@ func (c *Cluster) importLayout(layoutDir, ref string) error {
 	return c.importImage(img, ref, dir)
 }
 
-// platformImage finds linux/GOARCH in idx, descending into nested indexes
-// (a layout's index.json points to the image's multi-platform index).
-func platformImage(idx v1.ImageIndex) (v1.Image, error) {
-	m, err := idx.IndexManifest()
-	if err != nil {
-		return nil, err
-	}
-	for _, d := range m.Manifests {
-		switch {
-		case d.MediaType.IsIndex():
-			child, err := idx.ImageIndex(d.Digest)
-			if err != nil {
-				return nil, err
-			}
-			if img, err := platformImage(child); err == nil {
-				return img, nil
-			}
-		case d.MediaType.IsImage() && (d.Platform == nil || d.Platform.OS == "linux" && d.Platform.Architecture == runtime.GOARCH):
-			return idx.Image(d.Digest)
-		}
-	}
-	return nil, fmt.Errorf("no linux/%s image in the index", runtime.GOARCH)
-}
-
 // importImage writes img as an image tarball tagged ref into dir and
 // imports it with ctr into the k8s.io namespace (where the CRI plugin
 // looks), unpacked for the overlayfs snapshotter.
 func (c *Cluster) importImage(img v1.Image, ref, dir string) error {
-	tag, err := name.NewTag(ref)
-	if err != nil {
-		return err
-	}
 	file := filepath.Join(dir, "image.tar")
-	if err := tarball.WriteToFile(file, tag, img); err != nil {
+	if err := image.WriteTarball(img, ref, file); err != nil {
 		return err
 	}
-	_, err = c.ctr(5*time.Minute, "images", "import", file)
+	_, err := c.ctr(5*time.Minute, "images", "import", file)
 	return err
 }

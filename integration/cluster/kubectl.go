@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"time"
+
+	"github.com/castellan-dev/castellan/integration/cluster/proc"
 )
 
 // Kubectl runs kubectl v1.34.4 (the one in kube-testenv) with the admin
@@ -10,7 +12,7 @@ import (
 // test's working directory.
 func (c *Cluster) Kubectl(args ...string) string {
 	c.t.Helper()
-	out, err := run(5*time.Minute, c.bins.testenv, append([]string{"kubectl", "--kubeconfig", c.Kubeconfig()}, args...)...)
+	out, err := proc.Run(5*time.Minute, c.bins.Testenv, append([]string{"kubectl", "--kubeconfig", c.Kubeconfig()}, args...)...)
 	if err != nil {
 		c.t.Fatalf("cluster: %v", err)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/castellan-dev/castellan/ca/store"
+	"github.com/castellan-dev/castellan/ca/store/pgstore/pgtx"
 )
 
 // DB is one keyspace of the shared store; it implements store.DB.
@@ -89,27 +90,44 @@ func (d *DB) run(ctx context.Context, writable bool, fn func(store.Tx) error) er
 	if err != nil {
 		return err
 	}
-	tx := &txn{ctx: ctx, conn: conn, ks: d.ks, snapshot: version, writable: writable}
+	tx := pgtx.New(ctx, conn, d.ks.name, &d.ks.buckets, version, writable)
 	ferr := fn(tx)
-	tx.done = true
-	if tx.err != nil || ferr != nil || !writable || tx.empty() {
+	tx.End()
+	if tx.Err() != nil || ferr != nil || !writable || tx.Empty() {
 		rollback(ctx, conn)
-		if tx.err != nil {
-			return d.unavailable(tx.err)
+		if tx.Err() != nil {
+			return d.unavailable(tx.Err())
 		}
 		if ferr == nil && writable {
 			d.ks.fire()
 		}
 		return ferr
 	}
-	if atCommit, err := tx.commit(ctx, version+1); err != nil {
+	if atCommit, err := d.commit(ctx, conn, tx, version+1); err != nil {
 		return d.commitError(err, atCommit)
 	}
-	for name := range tx.created {
-		d.ks.sawBucket(name, version+1)
-	}
+	tx.Committed(version + 1)
 	d.ks.advance(version + 1)
 	return nil
+}
+
+// commit writes the Update's overlay, bumps the keyspace to version,
+// notifies the other replicas and commits: one round trip. atCommit tells
+// whether err is the answer to the COMMIT itself.
+func (d *DB) commit(ctx context.Context, conn *pgx.Conn, tx *pgtx.Tx, version int64) (atCommit bool, err error) {
+	b := &pgx.Batch{}
+	tx.Queue(b)
+	b.Queue(sqlBump, d.ks.name, version)
+	b.Queue(sqlNotify, fmt.Sprintf("%s:%d", d.ks.name, version))
+	b.Queue("COMMIT")
+	br := conn.SendBatch(ctx, b)
+	defer br.Close()
+	for i := range b.Len() {
+		if _, err := br.Exec(); err != nil {
+			return i == b.Len()-1, err
+		}
+	}
+	return true, br.Close()
 }
 
 // begin opens the transaction and reads the keyspace's version (locking

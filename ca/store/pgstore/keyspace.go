@@ -1,6 +1,10 @@
 package pgstore
 
-import "sync"
+import (
+	"sync"
+
+	"github.com/castellan-dev/castellan/ca/store/pgstore/pgtx"
+)
 
 // keyspace is the state a Conn keeps per keyspace, shared by its DBs: the
 // newest version seen (own commits, notifications, polls), the Changed
@@ -15,15 +19,13 @@ type keyspace struct {
 	mu      sync.Mutex
 	version int64
 	changed chan struct{}
-	// buckets maps a bucket name to a version at which it is known to
-	// exist: a transaction whose snapshot is at that version or later may
-	// trust it (buckets are never deleted).
-	buckets map[string]int64
 	refs    int // DBs using it
+
+	buckets pgtx.KnownBuckets
 }
 
 func newKeyspace(name string, version int64) *keyspace {
-	return &keyspace{name: name, version: version, writer: make(chan struct{}, 1), changed: make(chan struct{}), buckets: map[string]int64{}}
+	return &keyspace{name: name, version: version, writer: make(chan struct{}, 1), changed: make(chan struct{})}
 }
 
 // Changed returns the channel closed at the next change.
@@ -54,22 +56,4 @@ func (k *keyspace) fire() {
 func (k *keyspace) fireLocked() {
 	close(k.changed)
 	k.changed = make(chan struct{})
-}
-
-// knownBucket reports whether name is known to exist in a snapshot at
-// version at.
-func (k *keyspace) knownBucket(name string, at int64) bool {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	v, ok := k.buckets[name]
-	return ok && v <= at
-}
-
-// sawBucket records that name exists at version at.
-func (k *keyspace) sawBucket(name string, at int64) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if v, ok := k.buckets[name]; !ok || at < v {
-		k.buckets[name] = at
-	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/castellan-dev/castellan/ca/store"
+	"github.com/castellan-dev/castellan/ca/store/pgstore/pgtx"
 )
 
 // model is the expected content of a bucket.
@@ -201,24 +202,24 @@ func TestRefusals(t *testing.T) {
 		if err := b.Put(nil, []byte("v")); err == nil {
 			t.Error("Put with an empty key succeeded")
 		}
-		if err := b.Put(bytes.Repeat([]byte("k"), MaxKeySize+1), []byte("v")); err == nil {
+		if err := b.Put(bytes.Repeat([]byte("k"), pgtx.MaxKeySize+1), []byte("v")); err == nil {
 			t.Error("Put with an oversized key succeeded")
 		}
-		if err := b.Put(bytes.Repeat([]byte("k"), MaxKeySize), bytes.Repeat([]byte("v"), 1<<20)); err != nil {
+		if err := b.Put(bytes.Repeat([]byte("k"), pgtx.MaxKeySize), bytes.Repeat([]byte("v"), 1<<20)); err != nil {
 			t.Errorf("Put of the largest key: %v", err)
 		}
 		if _, err := tx.CreateBucketIfNotExists(nil); err == nil {
 			t.Error("a bucket with an empty name was created")
 		}
-		if _, err := tx.CreateBucketIfNotExists(make([]byte, MaxBucketNameSize+1)); err == nil {
+		if _, err := tx.CreateBucketIfNotExists(make([]byte, pgtx.MaxBucketNameSize+1)); err == nil {
 			t.Error("a bucket with an oversized name was created")
 		}
 		// The largest bucket name and key, incompressible: one index entry.
-		big, err := tx.CreateBucketIfNotExists(randomBytes(MaxBucketNameSize))
+		big, err := tx.CreateBucketIfNotExists(randomBytes(pgtx.MaxBucketNameSize))
 		if err != nil {
 			return err
 		}
-		return big.Put(randomBytes(MaxKeySize), []byte("v"))
+		return big.Put(randomBytes(pgtx.MaxKeySize), []byte("v"))
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -226,7 +227,7 @@ func TestRefusals(t *testing.T) {
 	if err := kept.Put([]byte("late"), nil); err == nil || kept.Get([]byte("k")) != nil {
 		t.Error("a bucket kept after its Update still works")
 	}
-	if v, _ := get(t, db, "b", strings.Repeat("k", MaxKeySize)); len(v) != 1<<20 {
+	if v, _ := get(t, db, "b", strings.Repeat("k", pgtx.MaxKeySize)); len(v) != 1<<20 {
 		t.Errorf("largest key holds %d bytes", len(v))
 	}
 }

@@ -20,8 +20,11 @@
 // REPEATABLE READ READ ONLY snapshot. Changed fires on LISTEN/NOTIFY and,
 // should a notification be lost, on a periodic poll of the versions.
 //
-// Keys are limited to MaxKeySize bytes and bucket names to
-// MaxBucketNameSize (PostgreSQL's B-tree entry limit); bbolt allows more.
+// Keys are limited to pgtx.MaxKeySize bytes and bucket names to
+// pgtx.MaxBucketNameSize (PostgreSQL's B-tree entry limit); bbolt allows
+// more. The schema and its migrations are package pgschema; a
+// transaction's reads, overlay of pending writes and cursors are package
+// pgtx.
 package pgstore
 
 import (
@@ -40,6 +43,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/castellan-dev/castellan/ca/store"
+	"github.com/castellan-dev/castellan/ca/store/pgstore/pgschema"
 )
 
 // DefaultResyncInterval is how often a Conn polls the keyspace versions
@@ -50,13 +54,6 @@ const DefaultResyncInterval = 5 * time.Second
 // process runs at most one Update per keyspace at a time; the rest serve
 // Views.
 const DefaultMaxConns = 16
-
-// Size limits: a key, with its bucket's name, must fit in one PostgreSQL
-// B-tree index entry (at most 2704 bytes).
-const (
-	MaxKeySize        = 2048
-	MaxBucketNameSize = 256
-)
 
 // Options tune a Conn. The zero value is usable.
 type Options struct {
@@ -166,6 +163,25 @@ func (c *Conn) start(ctx context.Context, cfg *pgxpool.Config) error {
 	go func() { defer c.wg.Done(); c.listen(bg, lcfg, l) }()
 	go func() { defer c.wg.Done(); c.poll(bg) }()
 	return nil
+}
+
+// migrate brings the schema up to date (package pgschema), naming the
+// database in its errors: a schema newer than this binary and a refused
+// step are configuration errors, the rest an outage.
+func (c *Conn) migrate(ctx context.Context) error {
+	err := pgschema.Migrate(ctx, c.pool, func(version int) {
+		c.log.Info("pgstore: applied schema migration", "version", version, "database", c.target)
+	})
+	var step *pgschema.StepError
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, pgschema.ErrTooNew):
+		return fmt.Errorf("pgstore: database %s: %w", c.target, err)
+	case errors.As(err, &step):
+		return fmt.Errorf("pgstore: schema migration %d (%s): %w", step.Version, c.target, c.redact(step.Err))
+	}
+	return c.errorf("schema migration", err)
 }
 
 func target(cfg *pgxpool.Config) string {

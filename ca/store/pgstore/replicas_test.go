@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/castellan-dev/castellan/ca/store"
+	"github.com/castellan-dev/castellan/ca/store/pgstore/pgschema"
 )
 
 // Two replicas incrementing one counter: every read-modify-write is
@@ -214,8 +215,8 @@ func TestConcurrentConnectsMigrateOnce(t *testing.T) {
 	if err := c.QueryRow(ctxT(t, 5*time.Second), `SELECT count(*), max(version) FROM castellan_schema_migrations`).Scan(&n, &maxV); err != nil {
 		t.Fatal(err)
 	}
-	if n != len(migrations) || maxV != SchemaVersion() {
-		t.Fatalf("%d migrations recorded up to %d, want %d up to %d", n, maxV, len(migrations), SchemaVersion())
+	if n != pgschema.Version() || maxV != pgschema.Version() {
+		t.Fatalf("%d migrations recorded up to %d, want %d up to %d", n, maxV, pgschema.Version(), pgschema.Version())
 	}
 }
 
@@ -228,11 +229,11 @@ func TestSchemaNewerThanBinaryIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close(ctxT(t, 5*time.Second))
-	if _, err := c.Exec(ctxT(t, 5*time.Second), `INSERT INTO castellan_schema_migrations VALUES ($1, now())`, SchemaVersion()+1); err != nil {
+	if _, err := c.Exec(ctxT(t, 5*time.Second), `INSERT INTO castellan_schema_migrations VALUES ($1, now())`, pgschema.Version()+1); err != nil {
 		t.Fatal(err)
 	}
 	_, err = Connect(ctxT(t, 10*time.Second), dsn, Options{})
-	if !errors.Is(err, ErrSchemaTooNew) {
-		t.Fatalf("Connect on a newer schema: %v, want ErrSchemaTooNew", err)
+	if !errors.Is(err, pgschema.ErrTooNew) {
+		t.Fatalf("Connect on a newer schema: %v, want pgschema.ErrTooNew", err)
 	}
 }

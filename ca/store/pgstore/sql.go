@@ -1,6 +1,7 @@
 package pgstore
 
-// The statements of transactions, one place to read them all.
+// The statements of keyspaces and of a transaction's begin and commit
+// (package pgtx has those of its reads and writes).
 const (
 	sqlCreateKeyspace = `INSERT INTO castellan_keyspaces (name, version) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING`
 	sqlVersion        = `SELECT version FROM castellan_keyspaces WHERE name = $1`
@@ -10,17 +11,6 @@ const (
 	sqlBeginUpdate = `BEGIN ISOLATION LEVEL READ COMMITTED`
 	sqlLock        = `SELECT version FROM castellan_keyspaces WHERE name = $1 FOR UPDATE`
 
-	sqlBucketExists = `SELECT EXISTS (SELECT 1 FROM castellan_buckets WHERE keyspace = $1 AND name = $2)`
-	sqlGet          = `SELECT value FROM castellan_kv WHERE keyspace = $1 AND bucket = $2 AND key = $3`
-	sqlPageFrom     = `SELECT key, value FROM castellan_kv WHERE keyspace = $1 AND bucket = $2 AND key >= $3 ORDER BY key LIMIT $4`
-	sqlPageAfter    = `SELECT key, value FROM castellan_kv WHERE keyspace = $1 AND bucket = $2 AND key > $3 ORDER BY key LIMIT $4`
-
-	sqlCreateBuckets = `INSERT INTO castellan_buckets (keyspace, name) SELECT $1, unnest($2::bytea[]) ON CONFLICT DO NOTHING`
-	sqlPut           = `INSERT INTO castellan_kv (keyspace, bucket, key, value)
-SELECT $1, b, k, v FROM unnest($2::bytea[], $3::bytea[], $4::bytea[]) AS t (b, k, v)
-ON CONFLICT (keyspace, bucket, key) DO UPDATE SET value = excluded.value`
-	sqlDelete = `DELETE FROM castellan_kv d USING unnest($2::bytea[], $3::bytea[]) AS t (b, k)
-WHERE d.keyspace = $1 AND d.bucket = t.b AND d.key = t.k`
 	sqlBump   = `UPDATE castellan_keyspaces SET version = $2 WHERE name = $1`
 	sqlNotify = `SELECT pg_notify('castellan_store', $1)`
 

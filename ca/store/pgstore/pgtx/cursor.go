@@ -1,4 +1,4 @@
-package pgstore
+package pgtx
 
 import "strings"
 
@@ -86,7 +86,7 @@ func (c *cursor) fetch(query string, from []byte) {
 	if !t.usable() {
 		return
 	}
-	rows, err := t.conn.Query(t.ctx, query, t.ks.name, []byte(c.b.name), from, c.pageSize)
+	rows, err := t.conn.Query(t.ctx, query, t.keyspace, []byte(c.b.name), from, c.pageSize)
 	if err == nil {
 		for rows.Next() {
 			var e kv

@@ -1,4 +1,11 @@
-package pgstore
+// Package pgtx is one transaction of the PostgreSQL store (package
+// pgstore): a store.Tx on one connection whose transaction the store has
+// begun. An Update's writes wait in an overlay, which its reads consult
+// before the database, until Queue adds them to the store's commit batch;
+// cursors merge the overlay with the database's keys, fetched page by
+// page. The buckets known to exist are remembered across transactions
+// (KnownBuckets), as buckets are never deleted.
+package pgtx
 
 import (
 	"context"
@@ -7,10 +14,18 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/castellan-dev/castellan/ca/store"
+)
+
+// Size limits: a key, with its bucket's name, must fit in one PostgreSQL
+// B-tree index entry (at most 2704 bytes).
+const (
+	MaxKeySize        = 2048
+	MaxBucketNameSize = 256
 )
 
 var (
@@ -19,13 +34,14 @@ var (
 	errNoBucket = errors.New("pgstore: empty bucket name")
 )
 
-// txn is a store.Tx. An Update's writes live in an overlay until commit;
+// Tx is a store.Tx. An Update's writes live in an overlay until commit;
 // reads consult the overlay, then the database. The first failed read is
 // kept in err and fails the transaction.
-type txn struct {
+type Tx struct {
 	ctx      context.Context
 	conn     *pgx.Conn
-	ks       *keyspace
+	keyspace string
+	buckets  *KnownBuckets
 	snapshot int64 // keyspace version the transaction reads at
 	writable bool
 	done     bool
@@ -35,39 +51,58 @@ type txn struct {
 	writes  map[string]*overlay // by bucket name
 }
 
-func (t *txn) Writable() bool { return t.writable }
+var _ store.Tx = (*Tx)(nil)
+
+// New is a transaction of keyspace on conn, inside the PostgreSQL
+// transaction the caller has begun, reading at version snapshot.
+func New(ctx context.Context, conn *pgx.Conn, keyspace string, buckets *KnownBuckets, snapshot int64, writable bool) *Tx {
+	return &Tx{ctx: ctx, conn: conn, keyspace: keyspace, buckets: buckets, snapshot: snapshot, writable: writable}
+}
+
+// Writable implements store.Tx.
+func (t *Tx) Writable() bool { return t.writable }
+
+// End marks the transaction over: later reads return nothing, later
+// writes fail.
+func (t *Tx) End() { t.done = true }
+
+// Err is the first read that failed, which fails the transaction.
+func (t *Tx) Err() error { return t.err }
 
 // fail records a failed read; later reads return nothing.
-func (t *txn) fail(err error) {
+func (t *Tx) fail(err error) {
 	if t.err == nil {
 		t.err = err
 	}
 }
 
 // usable reports whether reads may still run.
-func (t *txn) usable() bool { return !t.done && t.err == nil }
+func (t *Tx) usable() bool { return !t.done && t.err == nil }
 
-func (t *txn) Bucket(name []byte) store.Bucket {
+// Bucket implements store.Tx.
+func (t *Tx) Bucket(name []byte) store.Bucket {
 	if !t.usable() || len(name) == 0 {
 		return nil
 	}
 	key := string(name)
-	if t.created[key] || t.ks.knownBucket(key, t.snapshot) {
+	if t.created[key] || t.buckets.known(key, t.snapshot) {
 		return &bucket{tx: t, name: key}
 	}
 	var exists bool
-	if err := t.conn.QueryRow(t.ctx, sqlBucketExists, t.ks.name, name).Scan(&exists); err != nil {
+	if err := t.conn.QueryRow(t.ctx, sqlBucketExists, t.keyspace, name).Scan(&exists); err != nil {
 		t.fail(err)
 		return nil
 	}
 	if !exists {
 		return nil
 	}
-	t.ks.sawBucket(key, t.snapshot)
+	t.buckets.saw(key, t.snapshot)
 	return &bucket{tx: t, name: key}
 }
 
-func (t *txn) CreateBucketIfNotExists(name []byte) (store.Bucket, error) {
+// CreateBucketIfNotExists implements store.Tx; the bucket is created at
+// commit.
+func (t *Tx) CreateBucketIfNotExists(name []byte) (store.Bucket, error) {
 	if err := t.checkWrite(); err != nil {
 		return nil, err
 	}
@@ -90,7 +125,7 @@ func (t *txn) CreateBucketIfNotExists(name []byte) (store.Bucket, error) {
 	return &bucket{tx: t, name: string(name)}, nil
 }
 
-func (t *txn) checkWrite() error {
+func (t *Tx) checkWrite() error {
 	if t.done {
 		return errTxDone
 	}
@@ -100,20 +135,18 @@ func (t *txn) checkWrite() error {
 	return nil
 }
 
-// empty reports whether the Update wrote nothing.
-func (t *txn) empty() bool { return len(t.created) == 0 && len(t.writes) == 0 }
+// Empty reports whether the Update wrote nothing.
+func (t *Tx) Empty() bool { return len(t.created) == 0 && len(t.writes) == 0 }
 
-// commit writes the overlay, bumps the keyspace to version, notifies
-// the other replicas and commits: one round trip. atCommit tells whether
-// err is the answer to the COMMIT itself.
-func (t *txn) commit(ctx context.Context, version int64) (atCommit bool, err error) {
-	b := &pgx.Batch{}
+// Queue adds the Update's writes to b, the commit batch: the buckets it
+// created, then its puts and deletes.
+func (t *Tx) Queue(b *pgx.Batch) {
 	if len(t.created) > 0 {
 		names := make([][]byte, 0, len(t.created))
 		for n := range t.created {
 			names = append(names, []byte(n))
 		}
-		b.Queue(sqlCreateBuckets, t.ks.name, names)
+		b.Queue(sqlCreateBuckets, t.keyspace, names)
 	}
 	var pb, pk, pv, db, dk [][]byte
 	for _, name := range slices.Sorted(maps.Keys(t.writes)) {
@@ -126,22 +159,49 @@ func (t *txn) commit(ctx context.Context, version int64) (atCommit bool, err err
 		}
 	}
 	if len(pk) > 0 {
-		b.Queue(sqlPut, t.ks.name, pb, pk, pv)
+		b.Queue(sqlPut, t.keyspace, pb, pk, pv)
 	}
 	if len(dk) > 0 {
-		b.Queue(sqlDelete, t.ks.name, db, dk)
+		b.Queue(sqlDelete, t.keyspace, db, dk)
 	}
-	b.Queue(sqlBump, t.ks.name, version)
-	b.Queue(sqlNotify, fmt.Sprintf("%s:%d", t.ks.name, version))
-	b.Queue("COMMIT")
-	br := t.conn.SendBatch(ctx, b)
-	defer br.Close()
-	for i := range b.Len() {
-		if _, err := br.Exec(); err != nil {
-			return i == b.Len()-1, err
-		}
+}
+
+// Committed records that the Update committed as keyspace version
+// version: the buckets it created exist from then on.
+func (t *Tx) Committed(version int64) {
+	for name := range t.created {
+		t.buckets.saw(name, version)
 	}
-	return true, br.Close()
+}
+
+// KnownBuckets remembers the buckets of a keyspace known to exist, each
+// with a version at which it did: a transaction whose snapshot is at that
+// version or later may trust it (buckets are never deleted). The zero
+// value is ready; it is safe for concurrent use.
+type KnownBuckets struct {
+	mu sync.Mutex
+	m  map[string]int64
+}
+
+// known reports whether name is known to exist in a snapshot at version
+// at.
+func (k *KnownBuckets) known(name string, at int64) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	v, ok := k.m[name]
+	return ok && v <= at
+}
+
+// saw records that name exists at version at.
+func (k *KnownBuckets) saw(name string, at int64) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.m == nil {
+		k.m = map[string]int64{}
+	}
+	if v, ok := k.m[name]; !ok || at < v {
+		k.m[name] = at
+	}
 }
 
 // overlay is an Update's pending writes to one bucket.
@@ -177,7 +237,7 @@ func (o *overlay) sorted() []entry {
 
 // bucket is a store.Bucket within a txn.
 type bucket struct {
-	tx   *txn
+	tx   *Tx
 	name string
 }
 
@@ -197,7 +257,7 @@ func (b *bucket) Get(key []byte) []byte {
 		}
 	}
 	var v []byte
-	err := t.conn.QueryRow(t.ctx, sqlGet, t.ks.name, []byte(b.name), key).Scan(&v)
+	err := t.conn.QueryRow(t.ctx, sqlGet, t.keyspace, []byte(b.name), key).Scan(&v)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil
 	}

@@ -1,4 +1,8 @@
-package pgstore
+// Package pgschema owns the PostgreSQL store's schema (package pgstore):
+// its tables and the versioned migrations that create and upgrade them,
+// applied once each across replicas under an advisory lock, and the refusal
+// of a database migrated by a newer binary.
+package pgschema
 
 import (
 	"context"
@@ -6,11 +10,12 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// ErrSchemaTooNew refuses a database migrated by a newer binary: this one
+// ErrTooNew refuses a database migrated by a newer binary: this one
 // would not know how to keep its invariants. Upgrade this replica.
-var ErrSchemaTooNew = errors.New("pgstore: the database schema is newer than this castellan-server knows")
+var ErrTooNew = errors.New("the database schema is newer than this castellan-server knows")
 
 // migrationLock is the pg_advisory_xact_lock key serializing migrations
 // across replicas ("castella" in ASCII).
@@ -44,41 +49,52 @@ CREATE TABLE castellan_kv (
 );`},
 }
 
-// SchemaVersion is the newest schema this package knows.
-func SchemaVersion() int { return migrations[len(migrations)-1].version }
+// Version is the newest schema this package knows.
+func Version() int { return migrations[len(migrations)-1].version }
 
-// migrate applies the missing migrations in one transaction holding the
+// StepError is a migration the database refused.
+type StepError struct {
+	Version int   // the migration's version
+	Err     error // the database's error
+}
+
+func (e *StepError) Error() string { return fmt.Sprintf("schema migration %d: %v", e.Version, e.Err) }
+
+// Unwrap returns the database's error.
+func (e *StepError) Unwrap() error { return e.Err }
+
+// Migrate applies the missing migrations in one transaction holding the
 // migration advisory lock, so that replicas starting together apply each
-// step once.
-func (c *Conn) migrate(ctx context.Context) error {
-	tx, err := c.pool.Begin(ctx)
+// step once; applied is called after each step. It returns ErrTooNew
+// (wrapped, with both versions) for a database at a newer schema, a
+// *StepError for a step the database refused, and otherwise the
+// database's error.
+func Migrate(ctx context.Context, pool *pgxpool.Pool, applied func(version int)) error {
+	tx, err := pool.Begin(ctx)
 	if err != nil {
-		return c.errorf("schema migration", err)
+		return err
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	current, err := lockSchema(ctx, tx)
 	if err != nil {
-		return c.errorf("schema migration", err)
+		return err
 	}
-	if current > SchemaVersion() {
-		return fmt.Errorf("%w: database %s is at schema version %d, this binary knows up to %d: upgrade castellan-server", ErrSchemaTooNew, c.target, current, SchemaVersion())
+	if current > Version() {
+		return fmt.Errorf("%w: it is at schema version %d, this binary knows up to %d: upgrade castellan-server", ErrTooNew, current, Version())
 	}
 	for _, m := range migrations {
 		if m.version <= current {
 			continue
 		}
 		if _, err := tx.Exec(ctx, m.sql); err != nil {
-			return fmt.Errorf("pgstore: schema migration %d (%s): %w", m.version, c.target, c.redact(err))
+			return &StepError{Version: m.version, Err: err}
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO castellan_schema_migrations (version, applied_at) VALUES ($1, now())`, m.version); err != nil {
-			return c.errorf("schema migration", err)
+			return err
 		}
-		c.log.Info("pgstore: applied schema migration", "version", m.version, "database", c.target)
+		applied(m.version)
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return c.errorf("schema migration", err)
-	}
-	return nil
+	return tx.Commit(ctx)
 }
 
 // lockSchema takes the migration lock and returns the schema version.

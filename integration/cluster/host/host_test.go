@@ -1,6 +1,7 @@
-package cluster
+package host
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -9,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/castellan-dev/castellan/integration/cluster/proc"
 )
 
 func TestSplitRuleHonoursQuotes(t *testing.T) {
@@ -31,18 +34,15 @@ func TestUnescapeMountDecodesOctal(t *testing.T) {
 	}
 }
 
-// requireHost skips tests that change the host (mounts, iptables, cgroups)
-// unless they may: root and CASTELLAN_CLUSTER=1, as for Start.
-func requireHost(t *testing.T) {
-	t.Helper()
-	Require(t)
-}
+// testNet is the cluster's network (package cluster's NodeIP, Bridge and
+// CNINetwork), which tests here cannot import.
+var testNet = Network{NodeIP: "10.250.13.1", Bridge: "cstl13br0", CNINetwork: "castellan-cluster"}
 
 // TestUnmountUnderRemovesStackedAndNestedMounts mounts tmpfs twice on one
 // point and once below it, as the kubelet's bind mounts stack, and checks
 // unmountUnder leaves nothing, deepest first.
 func TestUnmountUnderRemovesStackedAndNestedMounts(t *testing.T) {
-	requireHost(t)
+	Require(t)
 	dir := t.TempDir()
 	top := filepath.Join(dir, "a")
 	if err := os.MkdirAll(top, 0o700); err != nil {
@@ -75,8 +75,8 @@ func TestUnmountUnderRemovesStackedAndNestedMounts(t *testing.T) {
 // jump to it (with a quoted comment) from OUTPUT, and checks that
 // removeAddedIPTables removes both and nothing else.
 func TestRemoveAddedIPTablesRemovesOnlyNewRules(t *testing.T) {
-	requireHost(t)
-	unlock, err := lockHost(time.Minute) // no cluster may change iptables meanwhile
+	Require(t)
+	unlock, err := Lock(time.Minute) // no cluster may change iptables meanwhile
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestRemoveAddedIPTablesRemovesOnlyNewRules(t *testing.T) {
 		{"-w", "5", "-A", chain, "-p", "tcp", "--dport", "9", "-j", "RETURN"},
 		{"-w", "5", "-A", "OUTPUT", "-m", "comment", "--comment", "castellan cluster test", "-d", "192.0.2.1/32", "-j", chain},
 	} {
-		if _, err := run(10*time.Second, "iptables", args...); err != nil {
+		if _, err := proc.Run(10*time.Second, "iptables", args...); err != nil {
 			_ = removeAddedIPTables(snap)
 			t.Fatal(err)
 		}
@@ -123,16 +123,16 @@ func TestRemoveAddedIPTablesRemovesOnlyNewRules(t *testing.T) {
 // TestForeignClusterStateIsNoticed creates a kubepods cgroup, as another
 // cluster (or a crashed run) leaves, and checks Start's check sees it.
 func TestForeignClusterStateIsNoticed(t *testing.T) {
-	requireHost(t)
-	unlock, err := lockHost(time.Minute)
+	Require(t)
+	unlock, err := Lock(time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer unlock()
-	if _, err := recoverStale(); err != nil {
+	if _, err := RecoverStale(testNet); err != nil {
 		t.Fatalf("undoing the clusters of killed tests: %v", err)
 	}
-	if found := foreignClusterState(); len(found) != 0 {
+	if found := ForeignState(testNet); len(found) != 0 {
 		t.Fatalf("the host already has cluster state no test of ours left (another cluster?): %v", found)
 	}
 	cg := "/sys/fs/cgroup/pids/kubepods"
@@ -143,8 +143,38 @@ func TestForeignClusterStateIsNoticed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer syscall.Rmdir(cg)
-	found := foreignClusterState()
+	found := ForeignState(testNet)
 	if len(found) != 1 || !strings.Contains(found[0], cg) {
-		t.Fatalf("foreignClusterState = %v, want the cgroup %s", found, cg)
+		t.Fatalf("ForeignState = %v, want the cgroup %s", found, cg)
+	}
+}
+
+// TestRemoveCNIResultsRemovesOnlyThisNetworksSandboxes checks that the
+// cached CNI results of the network's sandboxes go with their loopback
+// results, and that another network's, and the loopback results of
+// sandboxes not on the network, stay.
+func TestRemoveCNIResultsRemovesOnlyThisNetworksSandboxes(t *testing.T) {
+	dir := t.TempDir()
+	ours, theirs := strings.Repeat("a", 64), strings.Repeat("b", 64)
+	files := map[string]bool{ // name -> removed
+		testNet.CNINetwork + "-" + ours + "-eth0": true,
+		"cni-loopback-" + ours + "-lo":            true,
+		"cni-loopback-" + theirs + "-lo":          false,
+		"other-net-" + theirs + "-eth0":           false,
+		"other-net-" + ours + "-eth0":             false,
+	}
+	for name := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("{}"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := removeCNIResults(dir, testNet.CNINetwork); err != nil {
+		t.Fatal(err)
+	}
+	for name, removed := range files {
+		_, err := os.Stat(filepath.Join(dir, name))
+		if gone := errors.Is(err, os.ErrNotExist); gone != removed {
+			t.Errorf("%s: removed = %v, want %v (%v)", name, gone, removed, err)
+		}
 	}
 }

@@ -1,4 +1,4 @@
-package cluster
+package host
 
 import (
 	"errors"
@@ -8,52 +8,52 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/castellan-dev/castellan/integration/cluster/proc"
 )
 
-// clusterDirName matches the directories Start creates (os.MkdirTemp
+// clusterDirName matches the directories the cluster creates (os.MkdirTemp
 // "cstl-*"), not the "-logs" directories a failed test keeps.
 var clusterDirName = regexp.MustCompile(`^cstl-[0-9]+$`)
 
-// recoverStale undoes what an earlier cluster left when its test process
-// died without tearing down (a go test -timeout panic, a SIGKILL): with the
-// host state it saved (host.json) exactly as Stop would — containers and
+// RecoverStale undoes what an earlier cluster on net left when its test
+// process died without tearing down (a go test -timeout panic, a SIGKILL):
+// with the host state it saved (host.json) exactly as Undo would — containers and
 // shims, mounts, kubepods cgroups, bridge, node address, the iptables rules
 // and chains added since, sysctls, host paths — and its directory. Without
 // host.json (killed before it was written) it removes what it can
 // recognise: the containers, mounts, cgroups, bridge, address and every
 // KUBE-* and CNI-* chain. It must be called with the host lock held: then
 // no live cluster owns any of it. Cluster state with no directory of ours
-// is left alone (prepareHost then refuses to run). It returns the
+// is left alone (Prepare then refuses to run). It returns the
 // directories it recovered.
-func recoverStale() ([]string, error) {
+func RecoverStale(net Network) ([]string, error) {
 	dirs, err := staleDirs()
 	if err != nil {
 		return nil, err
 	}
 	var errs []error
 	for _, dir := range dirs {
-		h, err := loadHost(dir)
+		h, err := load(dir, net)
 		if err != nil {
-			errs = append(errs, recoverUnrecorded(dir))
+			errs = append(errs, recoverUnrecorded(dir, net))
 			continue
 		}
-		c := &Cluster{paths: newPaths(dir), host: h}
-		errs = append(errs, c.teardown())
+		errs = append(errs, h.Undo(nil))
 	}
 	return dirs, errors.Join(errs...)
 }
 
-// recoverUnrecorded is recoverStale for a directory without host.json.
-func recoverUnrecorded(dir string) error {
-	c := &Cluster{paths: newPaths(dir), host: &hostState{}}
-	errs := []error{c.killContainers(), unmountUnder(dir), removeKubepodsCgroups()}
-	for _, found := range foreignClusterState() {
+// recoverUnrecorded is RecoverStale for a directory without host.json.
+func recoverUnrecorded(dir string, net Network) error {
+	errs := []error{KillContainers(dir, nil), unmountUnder(dir), removeKubepodsCgroups()}
+	for _, found := range ForeignState(net) {
 		switch {
 		case strings.HasPrefix(found, "bridge "):
-			_, err := run(10*time.Second, "ip", "link", "del", Bridge)
+			_, err := proc.Run(10*time.Second, "ip", "link", "del", net.Bridge)
 			errs = append(errs, err)
 		case strings.HasPrefix(found, "address "):
-			_, err := run(10*time.Second, "ip", "addr", "del", NodeIP+"/32", "dev", "lo")
+			_, err := proc.Run(10*time.Second, "ip", "addr", "del", net.NodeIP+"/32", "dev", "lo")
 			errs = append(errs, err)
 		}
 	}

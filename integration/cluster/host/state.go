@@ -1,4 +1,13 @@
-package cluster
+// Package host owns what the test cluster (package cluster) changes on the
+// machine: it records the host's state before the cluster starts (sysctls,
+// iptables rules, network interfaces, host paths the components hard-code),
+// saved in the cluster directory, and undoes every change afterwards —
+// the cluster's leftover processes and containers, mounts, kubepods cgroups,
+// bridge, node address, iptables rules and chains, sysctls and host paths —
+// also for a cluster whose test process was killed (RecoverStale). It
+// lists what would survive (Leftovers) and holds the host-wide lock that
+// lets one cluster run at a time (Lock).
+package host
 
 import (
 	"encoding/json"
@@ -8,11 +17,14 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
+
+	"github.com/castellan-dev/castellan/integration/cluster/proc"
 )
 
 // sysctls are the kernel parameters the kubelet (its kernel tunables), the
-// bridge plugin (ip_forward) and kube-proxy may change; Stop restores them.
+// bridge plugin (ip_forward) and kube-proxy may change; Undo restores them.
 var sysctls = []string{
 	"kernel/panic", "kernel/panic_on_oops", "vm/overcommit_memory", "vm/panic_on_oom",
 	"kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes",
@@ -22,57 +34,70 @@ var sysctls = []string{
 
 // hostPaths are paths outside the cluster directory that the kubelet,
 // containerd's shims and the CNI plugins use whatever their configuration
-// says. Stop removes those that did not exist before Start.
+// says. Undo removes those that did not exist before the cluster started.
 var hostPaths = []string{
 	"/var/lib/kubelet", "/var/log/containers", "/var/log/pods", "/var/lib/cni", "/run/containerd",
 }
 
-// iptablesTables are the tables whose rules and chains Stop compares with
-// the snapshot taken by Start.
+// iptablesTables are the tables whose rules and chains Undo compares with
+// the snapshot taken by Prepare.
 var iptablesTables = []string{"filter", "nat", "mangle", "raw"}
 
-// hostState is what Start recorded of the host before changing it. It is
-// also saved as host.json in the cluster directory, so that the next Start
-// can undo a killed test's cluster exactly (recoverStale).
-type hostState struct {
-	Sysctls   map[string]string   `json:"sysctls"`
-	Existed   map[string]bool     `json:"existed"`  // hostPaths (and extra paths) present before Start
-	IPTables  map[string][]string `json:"iptables"` // "iptables/nat" -> rules of iptables -t nat -S
-	Links     []string            `json:"links"`    // network interfaces before Start
-	Extra     []string            `json:"extra"`    // more host paths to remove at Stop
-	AddedAddr bool                `json:"added_addr"`
+// Network names what a cluster adds to the host's network.
+type Network struct {
+	NodeIP     string // the node's address, added as a /32 to lo
+	Bridge     string // the pods' Linux bridge
+	CNINetwork string // the CNI network, whose results it leaves in /var/lib/cni
 }
 
-// hostFile is the name of the saved hostState in the cluster directory.
+// State is what Prepare recorded of the host before changing it. It is
+// also saved as host.json in the cluster directory, so that the next
+// cluster can undo a killed test's cluster exactly (RecoverStale). Its
+// fields are exported for encoding/json; callers use its methods.
+type State struct {
+	Sysctls   map[string]string   `json:"sysctls"`
+	Existed   map[string]bool     `json:"existed"`  // hostPaths (and extra paths) present before the cluster started
+	IPTables  map[string][]string `json:"iptables"` // "iptables/nat" -> rules of iptables -t nat -S
+	Links     []string            `json:"links"`    // network interfaces before the cluster started
+	Extra     []string            `json:"extra"`    // more host paths to remove at Undo
+	AddedAddr bool                `json:"added_addr"`
+
+	dir string     // the cluster directory
+	net Network    // what the cluster adds to the network
+	mu  sync.Mutex // guards Existed and Extra (RemoveAtUndo)
+}
+
+// hostFile is the name of the saved State in the cluster directory.
 const hostFile = "host.json"
 
-// save writes h into dir (before each change it records is made).
-func (h *hostState) save(dir string) error {
+// save writes h into its directory (before each change it records is made).
+func (h *State) save() error {
 	b, err := json.Marshal(h)
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(dir, hostFile), b, 0o600)
+	return os.WriteFile(filepath.Join(h.dir, hostFile), b, 0o600)
 }
 
-// loadHost reads the hostState a cluster saved in dir.
-func loadHost(dir string) (*hostState, error) {
+// load reads the State a cluster on net saved in dir.
+func load(dir string, net Network) (*State, error) {
 	b, err := os.ReadFile(filepath.Join(dir, hostFile))
 	if err != nil {
 		return nil, err
 	}
-	h := &hostState{}
+	h := &State{dir: dir, net: net}
 	if err := json.Unmarshal(b, h); err != nil {
 		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, hostFile), err)
 	}
 	return h, nil
 }
 
-// prepareHost records the host's state, refuses to run over a cluster (or
-// its leftovers) and adds NodeIP to lo.
-func prepareHost(p paths) (*hostState, error) {
-	h := &hostState{Sysctls: map[string]string{}, Existed: map[string]bool{}, IPTables: map[string][]string{}}
-	if leftovers := foreignClusterState(); len(leftovers) > 0 {
+// Prepare records the host's state in the cluster directory dir, refuses
+// to run over a cluster (or its leftovers) and adds net's node address to
+// lo.
+func Prepare(dir string, net Network) (*State, error) {
+	h := &State{Sysctls: map[string]string{}, Existed: map[string]bool{}, IPTables: map[string][]string{}, dir: dir, net: net}
+	if leftovers := ForeignState(net); len(leftovers) > 0 {
 		return nil, fmt.Errorf("the host already has cluster state (another cluster, or a crashed run's leftovers): %s", strings.Join(leftovers, "; "))
 	}
 	for _, s := range sysctls {
@@ -89,43 +114,48 @@ func prepareHost(p paths) (*hostState, error) {
 	}
 	h.Links = links()
 	h.AddedAddr = true // saved before the change, so that a recovery undoes it
-	if err := h.save(p.dir); err != nil {
+	if err := h.save(); err != nil {
 		return nil, err
 	}
-	if _, err := run(10*time.Second, "ip", "addr", "add", NodeIP+"/32", "dev", "lo"); err != nil {
+	if _, err := proc.Run(10*time.Second, "ip", "addr", "add", net.NodeIP+"/32", "dev", "lo"); err != nil {
 		return nil, err
 	}
 	return h, nil
 }
 
-// foreignClusterState lists signs of a cluster already on the host.
-func foreignClusterState() []string {
+// ForeignState lists signs of a cluster on net already on the host.
+func ForeignState(net Network) []string {
 	var found []string
 	for _, cg := range kubepodsCgroups() {
 		found = append(found, "cgroup "+cg)
 	}
-	if exists(filepath.Join("/sys/class/net", Bridge)) {
-		found = append(found, "bridge "+Bridge)
+	if exists(filepath.Join("/sys/class/net", net.Bridge)) {
+		found = append(found, "bridge "+net.Bridge)
 	}
-	if out, err := run(5*time.Second, "ip", "-o", "addr", "show", "dev", "lo"); err == nil && strings.Contains(out, " "+NodeIP+"/") {
-		found = append(found, "address "+NodeIP+" on lo")
+	if hasNodeAddress(net) {
+		found = append(found, "address "+net.NodeIP+" on lo")
 	}
 	return found
 }
 
-// RemoveAtStop asks Stop to remove a host path outside the cluster
+// hasNodeAddress reports whether net's node address is on lo.
+func hasNodeAddress(net Network) bool {
+	out, err := proc.Run(5*time.Second, "ip", "-o", "addr", "show", "dev", "lo")
+	return err == nil && strings.Contains(out, " "+net.NodeIP+"/")
+}
+
+// RemoveAtUndo asks Undo to remove a host path outside the cluster
 // directory (for example a DaemonSet's hostPath) if it did not exist before
 // this call.
-func (c *Cluster) RemoveAtStop(path string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if _, seen := c.host.Existed[path]; !seen {
-		c.host.Existed[path] = exists(path)
-		c.host.Extra = append(c.host.Extra, path)
-		if err := c.host.save(c.paths.dir); err != nil {
-			c.t.Errorf("cluster: saving the host state: %v", err)
-		}
+func (h *State) RemoveAtUndo(path string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, seen := h.Existed[path]; seen {
+		return nil
 	}
+	h.Existed[path] = exists(path)
+	h.Extra = append(h.Extra, path)
+	return h.save()
 }
 
 // snapshotIPTables returns the rules (iptables -S) of every table, IPv4 and IPv6.
@@ -133,7 +163,7 @@ func snapshotIPTables() (map[string][]string, error) {
 	snap := map[string][]string{}
 	for _, cmd := range []string{"iptables", "ip6tables"} {
 		for _, table := range iptablesTables {
-			out, err := run(30*time.Second, cmd, "-w", "5", "-t", table, "-S")
+			out, err := proc.Run(30*time.Second, cmd, "-w", "5", "-t", table, "-S")
 			if err != nil {
 				return nil, err
 			}
@@ -193,7 +223,7 @@ func addedIPTables(snap map[string][]string) (map[string][]string, error) {
 }
 
 // removeAddedIPTables deletes the rules added to chains that existed
-// before Start, then flushes and deletes the chains created since.
+// before the cluster started, then flushes and deletes the chains created since.
 func removeAddedIPTables(snap map[string][]string) error {
 	added, err := addedIPTables(snap)
 	if err != nil {
@@ -212,18 +242,18 @@ func removeAddedIPTables(snap map[string][]string) error {
 				// A rule in a chain that existed before (a jump from
 				// INPUT, say); rules in new chains go with the flush.
 				args := append([]string{"-w", "5", "-t", table, "-D"}, f[1:]...)
-				if _, err := run(10*time.Second, cmd, args...); err != nil {
+				if _, err := proc.Run(10*time.Second, cmd, args...); err != nil {
 					errs = append(errs, err)
 				}
 			}
 		}
 		for _, ch := range chains { // flush all first: chains jump to each other
-			if _, err := run(10*time.Second, cmd, "-w", "5", "-t", table, "-F", ch); err != nil {
+			if _, err := proc.Run(10*time.Second, cmd, "-w", "5", "-t", table, "-F", ch); err != nil {
 				errs = append(errs, err)
 			}
 		}
 		for _, ch := range chains {
-			if _, err := run(10*time.Second, cmd, "-w", "5", "-t", table, "-X", ch); err != nil {
+			if _, err := proc.Run(10*time.Second, cmd, "-w", "5", "-t", table, "-X", ch); err != nil {
 				errs = append(errs, err)
 			}
 		}

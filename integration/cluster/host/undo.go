@@ -1,9 +1,10 @@
-package cluster
+package host
 
 import (
 	"bufio"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,49 +13,42 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/castellan-dev/castellan/integration/cluster/proc"
 )
 
-// teardown stops everything Start started and undoes its changes to the
-// host, collecting every failure.
-func (c *Cluster) teardown() error {
+// Undo undoes the cluster's changes to the host, collecting every
+// failure: it kills the cluster's remaining processes except spare (the
+// components still running), unmounts everything under the cluster
+// directory, removes the kubepods cgroups, the network, the iptables rules
+// and chains added since Prepare, restores the sysctls, removes the host
+// paths and the cluster directory, and reports what is left.
+func (h *State) Undo(spare []int) error {
 	var errs []error
 	note := func(what string, err error) {
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", what, err))
 		}
 	}
-	c.mu.Lock()
-	procs := slices.Clone(c.procs)
-	c.mu.Unlock()
-	slices.Reverse(procs) // kube-proxy, kubelet, scheduler, controller-manager, containerd, apiserver
-	for _, p := range procs {
-		if p.name == "containerd" {
-			note("killing containers", c.killContainers())
-		}
-		note("stopping "+p.name, p.stop(stopGrace))
-	}
-	if c.host == nil { // prepareHost failed: nothing was changed
-		return errors.Join(append(errs, os.RemoveAll(c.paths.dir))...)
-	}
-	note("killing containers", c.killContainers()) // containerd may not have started
-	note("unmounting", unmountUnder(c.paths.dir))
+	note("killing containers", KillContainers(h.dir, spare)) // containerd may not have started
+	note("unmounting", unmountUnder(h.dir))
 	note("removing cgroups", removeKubepodsCgroups())
-	note("removing the network", c.removeNetwork())
-	note("removing iptables rules", removeAddedIPTables(c.host.IPTables))
-	note("restoring sysctls", c.restoreSysctls())
-	note("removing host paths", c.removeHostPaths())
-	note("removing "+c.paths.dir, os.RemoveAll(c.paths.dir))
-	if left := c.Leftovers(); len(left) > 0 {
+	note("removing the network", h.removeNetwork())
+	note("removing iptables rules", removeAddedIPTables(h.IPTables))
+	note("restoring sysctls", h.restoreSysctls())
+	note("removing host paths", h.removeHostPaths())
+	note("removing "+h.dir, os.RemoveAll(h.dir))
+	if left := h.Leftovers(); len(left) > 0 {
 		errs = append(errs, fmt.Errorf("left behind: %s", strings.Join(left, "; ")))
 	}
 	return errors.Join(errs...)
 }
 
-// clusterPIDs returns the processes of this cluster that outlive its
-// components: the shims started by this containerd (their command line
+// clusterPIDs returns the processes of the cluster in dir that outlive its
+// components: the shims started by its containerd (their command line
 // names its socket, under the cluster directory), their descendants (the
 // pause and application processes), and anything in a kubepods cgroup.
-func (c *Cluster) clusterPIDs() []int {
+func clusterPIDs(dir string) []int {
 	parent := map[int]int{}
 	var roots []int
 	entries, _ := os.ReadDir("/proc")
@@ -67,7 +61,7 @@ func (c *Cluster) clusterPIDs() []int {
 			parent[pid] = ppid
 		}
 		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if strings.Contains(string(cmdline), c.paths.dir+"/") || inKubepods(pid) {
+		if strings.Contains(string(cmdline), dir+"/") || inKubepods(pid) {
 			roots = append(roots, pid)
 		}
 	}
@@ -91,13 +85,14 @@ func (c *Cluster) clusterPIDs() []int {
 	return pids
 }
 
-// killContainers SIGKILLs the shims and containers of this cluster and
-// waits (at most 20 s) until they are gone. Component processes still
-// running are included: they are in the cluster directory's command lines.
-func (c *Cluster) killContainers() error {
+// KillContainers SIGKILLs the shims and containers of the cluster in dir
+// and waits (at most 20 s) until they are gone. Component processes still
+// running are included (they are in the cluster directory's command
+// lines), except spare: those the cluster stops itself.
+func KillContainers(dir string, spare []int) error {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		pids := c.containerPIDs()
+		pids := slices.DeleteFunc(clusterPIDs(dir), func(pid int) bool { return slices.Contains(spare, pid) })
 		if len(pids) == 0 {
 			return nil
 		}
@@ -109,27 +104,6 @@ func (c *Cluster) killContainers() error {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-// containerPIDs is clusterPIDs without the components Stop stops itself.
-func (c *Cluster) containerPIDs() []int {
-	c.mu.Lock()
-	own := map[int]bool{}
-	for _, p := range c.procs {
-		select {
-		case <-p.exited:
-		default:
-			own[p.cmd.Process.Pid] = true
-		}
-	}
-	c.mu.Unlock()
-	var pids []int
-	for _, pid := range c.clusterPIDs() {
-		if !own[pid] {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
 }
 
 // readPPID reads the parent PID from /proc/pid/stat.
@@ -257,35 +231,35 @@ func removeCgroupTree(root string) error {
 
 // removeNetwork deletes the bridge and the node address, then waits (at
 // most 10 s) for the pods' veths to disappear with their namespaces.
-func (c *Cluster) removeNetwork() error {
+func (h *State) removeNetwork() error {
 	var errs []error
-	if exists(filepath.Join("/sys/class/net", Bridge)) {
-		if _, err := run(10*time.Second, "ip", "link", "del", Bridge); err != nil {
+	if exists(filepath.Join("/sys/class/net", h.net.Bridge)) {
+		if _, err := proc.Run(10*time.Second, "ip", "link", "del", h.net.Bridge); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if c.host.AddedAddr {
-		if _, err := run(10*time.Second, "ip", "addr", "del", NodeIP+"/32", "dev", "lo"); err != nil {
+	if h.AddedAddr {
+		if _, err := proc.Run(10*time.Second, "ip", "addr", "del", h.net.NodeIP+"/32", "dev", "lo"); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for len(c.newLinks()) > 0 && time.Now().Before(deadline) {
+	for len(h.newLinks()) > 0 && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
 	}
-	for _, l := range c.newLinks() { // a veth whose namespace is gone is already gone; this is a last resort
-		if _, err := run(10*time.Second, "ip", "link", "del", l); err != nil {
+	for _, l := range h.newLinks() { // a veth whose namespace is gone is already gone; this is a last resort
+		if _, err := proc.Run(10*time.Second, "ip", "link", "del", l); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// newLinks lists network interfaces created since Start.
-func (c *Cluster) newLinks() []string {
+// newLinks lists network interfaces created since Prepare.
+func (h *State) newLinks() []string {
 	var added []string
 	for _, l := range links() {
-		if !slices.Contains(c.host.Links, l) {
+		if !slices.Contains(h.Links, l) {
 			added = append(added, l)
 		}
 	}
@@ -293,9 +267,9 @@ func (c *Cluster) newLinks() []string {
 }
 
 // restoreSysctls writes back every recorded sysctl that changed.
-func (c *Cluster) restoreSysctls() error {
+func (h *State) restoreSysctls() error {
 	var errs []error
-	for name, old := range c.host.Sysctls {
+	for name, old := range h.Sysctls {
 		path := filepath.Join("/proc/sys", name)
 		if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) != old {
 			if err := os.WriteFile(path, []byte(old), 0o644); err != nil {
@@ -307,50 +281,69 @@ func (c *Cluster) restoreSysctls() error {
 }
 
 // removeHostPaths removes the hard-coded host paths (and those given to
-// RemoveAtStop) that did not exist before; where one existed, only this
-// cluster's entries in it (CNI results named by its network).
-func (c *Cluster) removeHostPaths() error {
-	c.mu.Lock()
-	paths := append(slices.Clone(hostPaths), c.host.Extra...)
-	c.mu.Unlock()
+// RemoveAtUndo) that did not exist before; where one existed, only this
+// cluster's entries in it (CNI results of its sandboxes).
+func (h *State) removeHostPaths() error {
+	h.mu.Lock()
+	paths := append(slices.Clone(hostPaths), h.Extra...)
+	existed := maps.Clone(h.Existed)
+	h.mu.Unlock()
 	var errs []error
 	for _, p := range paths {
 		if err := unmountUnder(p); err != nil {
 			errs = append(errs, err)
 		}
-		if !c.host.Existed[p] {
+		if !existed[p] {
 			if err := os.RemoveAll(p); err != nil {
 				errs = append(errs, err)
 			}
 		}
 	}
-	if c.host.Existed["/var/lib/cni"] {
-		ours, _ := filepath.Glob("/var/lib/cni/results/" + CNINetwork + "-*")
-		for _, f := range ours {
-			errs = append(errs, os.Remove(f))
-		}
+	if existed["/var/lib/cni"] {
+		errs = append(errs, removeCNIResults("/var/lib/cni/results", h.net.CNINetwork))
 	}
 	return errors.Join(errs...)
 }
 
-// Leftovers lists what this cluster left on the host: its processes and
+// removeCNIResults removes the results the CNI library cached in dir for
+// the sandboxes of network ("<network>-<sandbox ID>-<interface>") and
+// those containerd's loopback network cached for the same sandboxes
+// ("cni-loopback-<sandbox ID>-lo"): a sandbox whose network was never torn
+// down (its containerd killed) leaves both.
+func removeCNIResults(dir, network string) error {
+	ours, _ := filepath.Glob(filepath.Join(dir, network+"-*"))
+	var errs []error
+	for _, f := range ours {
+		id := strings.TrimPrefix(filepath.Base(f), network+"-")
+		if i := strings.LastIndexByte(id, '-'); i > 0 {
+			lo := filepath.Join(dir, "cni-loopback-"+id[:i]+"-lo")
+			if err := os.Remove(lo); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+		errs = append(errs, os.Remove(f))
+	}
+	return errors.Join(errs...)
+}
+
+// Leftovers lists what the cluster left on the host: its processes and
 // containers, mounts under its directory, kubepods cgroups, iptables rules
-// or chains added since Start, new network interfaces (bridge, veths), the
-// node address, changed sysctls, host paths it created, its directory.
-// Empty after a clean Stop.
-func (c *Cluster) Leftovers() []string {
+// or chains added since Prepare, new network interfaces (bridge, veths),
+// the node address, changed sysctls, host paths it created, its directory.
+// Empty after a clean Undo.
+func (h *State) Leftovers() []string {
 	var left []string
-	for _, pid := range c.clusterPIDs() {
+	for _, pid := range clusterPIDs(h.dir) {
 		cmdline, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
 		left = append(left, fmt.Sprintf("process %d (%s)", pid, strings.ReplaceAll(string(cmdline), "\x00", " ")))
 	}
-	for _, mp := range mountsUnder(c.paths.dir) {
+	for _, mp := range mountsUnder(h.dir) {
 		left = append(left, "mount "+mp)
 	}
 	for _, cg := range kubepodsCgroups() {
 		left = append(left, "cgroup "+cg)
 	}
-	added, err := addedIPTables(c.host.IPTables)
+	added, err := addedIPTables(h.IPTables)
 	if err != nil {
 		left = append(left, "iptables unreadable: "+err.Error())
 	}
@@ -359,24 +352,26 @@ func (c *Cluster) Leftovers() []string {
 			left = append(left, key+": "+r)
 		}
 	}
-	for _, l := range c.newLinks() {
+	for _, l := range h.newLinks() {
 		left = append(left, "network interface "+l)
 	}
-	if out, err := run(5*time.Second, "ip", "-o", "addr", "show", "dev", "lo"); err == nil && strings.Contains(out, " "+NodeIP+"/") {
-		left = append(left, "address "+NodeIP+" on lo")
+	if hasNodeAddress(h.net) {
+		left = append(left, "address "+h.net.NodeIP+" on lo")
 	}
-	for name, old := range c.host.Sysctls {
+	for name, old := range h.Sysctls {
 		if b, err := os.ReadFile(filepath.Join("/proc/sys", name)); err == nil && strings.TrimSpace(string(b)) != old {
 			left = append(left, fmt.Sprintf("sysctl %s = %s (was %s)", name, strings.TrimSpace(string(b)), old))
 		}
 	}
-	for p, existed := range c.host.Existed {
+	h.mu.Lock()
+	for p, existed := range h.Existed {
 		if !existed && exists(p) {
 			left = append(left, "path "+p)
 		}
 	}
-	if exists(c.paths.dir) {
-		left = append(left, "directory "+c.paths.dir)
+	h.mu.Unlock()
+	if exists(h.dir) {
+		left = append(left, "directory "+h.dir)
 	}
 	sort.Strings(left)
 	return left

@@ -1,4 +1,8 @@
-package cluster
+// Package proc owns the programs of the test cluster (package cluster):
+// finding them (installing the Debian packages of missing ones), running
+// short commands bounded in time, and supervising the long-running
+// components, each in its own process group with its output in a log file.
+package proc
 
 import (
 	"context"
@@ -10,20 +14,20 @@ import (
 	"time"
 )
 
-// process is one component the cluster runs, in its own process group, its
+// Process is one component the cluster runs, in its own process group, its
 // output in a log file.
-type process struct {
-	name    string
+type Process struct {
+	Name    string // the component's name, in messages
+	LogFile string // where its stdout and stderr go
 	cmd     *exec.Cmd
-	logFile string
 	exited  chan struct{} // closed once cmd has exited
 	err     error         // valid after exited is closed
 }
 
-// startProcess starts bin with args; its stdout and stderr go to logFile.
+// Start starts bin with args; its stdout and stderr go to logFile.
 // The process dies with the test binary (Pdeathsig), so a killed test does
 // not leave a control plane running.
-func startProcess(name, logFile, bin string, args ...string) (*process, error) {
+func Start(name, logFile, bin string, args ...string) (*Process, error) {
 	logf, err := os.Create(logFile)
 	if err != nil {
 		return nil, err
@@ -36,7 +40,7 @@ func startProcess(name, logFile, bin string, args ...string) (*process, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
-	p := &process{name: name, cmd: cmd, logFile: logFile, exited: make(chan struct{})}
+	p := &Process{Name: name, cmd: cmd, LogFile: logFile, exited: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		close(p.exited)
@@ -44,19 +48,29 @@ func startProcess(name, logFile, bin string, args ...string) (*process, error) {
 	return p, nil
 }
 
-// running reports an error if the process has exited.
-func (p *process) running() error {
+// Running reports an error if the process has exited.
+func (p *Process) Running() error {
 	select {
 	case <-p.exited:
-		return fmt.Errorf("%s exited (%v); log tail:\n%s", p.name, p.err, tail(p.logFile, 30))
+		return fmt.Errorf("%s exited (%v); log tail:\n%s", p.Name, p.err, tail(p.LogFile, 30))
 	default:
 		return nil
 	}
 }
 
-// stop sends SIGTERM to the process group, then SIGKILL after grace, and
+// Pid returns the process's ID while it runs, or 0 once it has exited.
+func (p *Process) Pid() int {
+	select {
+	case <-p.exited:
+		return 0
+	default:
+		return p.cmd.Process.Pid
+	}
+}
+
+// Stop sends SIGTERM to the process group, then SIGKILL after grace, and
 // waits (bounded) for the process to exit.
-func (p *process) stop(grace time.Duration) error {
+func (p *Process) Stop(grace time.Duration) error {
 	pgid := p.cmd.Process.Pid
 	_ = syscall.Kill(-pgid, syscall.SIGTERM)
 	select {
@@ -66,7 +80,7 @@ func (p *process) stop(grace time.Duration) error {
 		select {
 		case <-p.exited:
 		case <-time.After(10 * time.Second):
-			return fmt.Errorf("%s (pid %d) did not exit after SIGKILL", p.name, pgid)
+			return fmt.Errorf("%s (pid %d) did not exit after SIGKILL", p.Name, pgid)
 		}
 	}
 	_ = syscall.Kill(-pgid, syscall.SIGKILL) // stragglers in the group
@@ -86,9 +100,9 @@ func tail(path string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// errorsAndTail returns the last nErr klog error or fatal lines ("E..."
+// ErrorsAndTail returns the last nErr klog error or fatal lines ("E..."
 // or "F...") of the log at path, then its last nTail lines.
-func errorsAndTail(path string, nErr, nTail int) string {
+func ErrorsAndTail(path string, nErr, nTail int) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return "(no log: " + err.Error() + ")"
@@ -120,13 +134,13 @@ func trim(l string) string {
 	return l
 }
 
-// run runs a short command, bounded by timeout, and returns its combined
+// Run runs a short command, bounded by timeout, and returns its combined
 // output, with the command line in the error.
-func run(timeout time.Duration, bin string, args ...string) (string, error) {
+func Run(timeout time.Duration, bin string, args ...string) (string, error) {
 	return runEnv(timeout, nil, bin, args...)
 }
 
-// runEnv is run with extra environment variables.
+// runEnv is Run with extra environment variables.
 func runEnv(timeout time.Duration, extraEnv []string, bin string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()

@@ -490,3 +490,26 @@ func TestHeldSerialMatchesPushedSerialInAnyForm(t *testing.T) {
 		t.Error("a record without an SVID has a serial")
 	}
 }
+
+// A signing call the CA answers with Unavailable (not one the manager
+// gave up on) marks the CA unreachable until a call gets through, even
+// while the sync stream stays up.
+func TestSigningUnavailableMarksCAUnreachable(t *testing.T) {
+	ca := catest.New(t, td)
+	ca.Start(t)
+	ca.FailSigning(status.Error(codes.Unavailable, "signer down"))
+	e1 := ca.AddEntry(t, entry("details", time.Hour)).Id
+	e := newEnv(t, ca, t.TempDir())
+	start := e.clock.Now()
+	e.start(ca.JoinToken(t, "node-1"))
+	e.waitTimer(start.Add(500 * time.Millisecond)) // the retry after the refused call
+	if e.mgr.CAReachable() {
+		t.Fatal("CA reported reachable after its signing call answered Unavailable")
+	}
+	ca.FailSigning(nil)
+	e.clock.Set(start.Add(500 * time.Millisecond))
+	e.waitSnapshot("served after the retry", serving(e1))
+	if !e.mgr.CAReachable() {
+		t.Fatal("CA not reachable after a signing call got through")
+	}
+}

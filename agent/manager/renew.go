@@ -49,12 +49,13 @@ func (m *Manager) signBatch(ctx context.Context, keys []string) ([]upstream.Sign
 	}
 	sctx, cancel := context.WithTimeout(ctx, m.cfg.SignTimeout)
 	results, err := m.cfg.CA.Sign(sctx, entries)
+	timedOut := sctx.Err() != nil // read before cancel, which sets it
 	cancel()
 	if err == nil && len(results) != len(entries) {
 		err = fmt.Errorf("manager: CA answered %d results for %d requests", len(results), len(entries))
 	}
 	if err != nil {
-		if sctx.Err() == nil && errors.Is(err, upstream.ErrUnavailable) {
+		if !timedOut && errors.Is(err, upstream.ErrUnavailable) {
 			m.caUp.Store(false)
 		}
 		for _, key := range keys {

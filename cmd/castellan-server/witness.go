@@ -105,8 +105,8 @@ func startWitnesser(ctx context.Context, p *witness.Policy, led *ledger.Ledger, 
 
 // tlogOptions are the /log/ handler's options: with a witness policy,
 // /log/checkpoint serves the cosigned checkpoint.
-func tlogOptions(d *deps) tlog.Options {
-	opts := tlog.Options{Logger: d.log}
+func tlogOptions(d *deps) tlog.Config {
+	opts := tlog.Config{Logger: d.log}
 	if d.witnesses != nil {
 		opts.Witnessed = d.ledger.WitnessedCheckpoint
 	}

@@ -58,7 +58,7 @@ type deps struct {
 // adminServices are the services served next to the admin service, on the
 // admin socket and (for admin identities) on the TCP port.
 func adminServices(d *deps) []server.Registrar {
-	svc := audit.NewService(d.ledger, audit.WithAuthorizer(audit.AdminAuthorizer(d.admins...)), audit.WithLogger(d.log))
+	svc := audit.NewService(d.ledger, audit.Config{Authorizer: audit.AdminAuthorizer(d.admins...), Logger: d.log})
 	return []server.Registrar{svc.Register}
 }
 

@@ -57,7 +57,7 @@ func adminServer(t *testing.T) (string, *ledger.Ledger) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := srv.AdminGRPCServer(audit.NewService(l, audit.WithAuthorizer(audit.AdminAuthorizer())).Register)
+	g := srv.AdminGRPCServer(audit.NewService(l, audit.Config{Authorizer: audit.AdminAuthorizer()}).Register)
 	go func() { _ = g.Serve(lis) }()
 	t.Cleanup(g.Stop)
 	return sock, l

@@ -49,7 +49,7 @@ func publishBundle(ctx context.Context, cfg config, b *x509bundle.Bundle, reg *p
 	if err != nil {
 		return nil, err
 	}
-	p, err := bundle.NewPublisher(client, bundle.WithLogger(log), bundle.WithRegistry(reg))
+	p, err := bundle.NewPublisher(client, bundle.Config{Logger: log, Registry: reg})
 	if err != nil {
 		return nil, err
 	}

@@ -23,7 +23,7 @@ func TestRollbackRefusedAcrossRestart(t *testing.T) {
 	old := f.log.checkpoint(t, f.w1, f.w2)
 	f.log.grow(6)
 	f.src.serveNow(t, f.w1, f.w2)
-	st, err := cache.Open(filepath.Join(f.dir, "cache.db"))
+	st, err := cache.Open(filepath.Join(f.dir, "cache.db"), cache.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

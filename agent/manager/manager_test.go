@@ -66,7 +66,7 @@ func (e *env) start(token string) {
 	if err := cl.Bootstrap(t.Context(), token); err != nil {
 		t.Fatal(err)
 	}
-	e.cache, err = cache.Open(filepath.Join(e.dir, "cache.db"), cache.WithClock(e.clock.Now))
+	e.cache, err = cache.Open(filepath.Join(e.dir, "cache.db"), cache.Config{Clock: e.clock})
 	if err != nil {
 		t.Fatal(err)
 	}

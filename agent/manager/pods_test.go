@@ -87,7 +87,7 @@ func startDomain(t *testing.T, d *domainCA, pods *fakePods) *env {
 	t.Helper()
 	e := &env{t: t, dir: t.TempDir(), clock: clocktest.NewClock(time.Now().Truncate(time.Second))}
 	var err error
-	e.cache, err = cache.Open(filepath.Join(e.dir, "cache.db"), cache.WithClock(e.clock.Now))
+	e.cache, err = cache.Open(filepath.Join(e.dir, "cache.db"), cache.Config{Clock: e.clock})
 	if err != nil {
 		t.Fatal(err)
 	}

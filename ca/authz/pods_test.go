@@ -166,6 +166,21 @@ func TestPodsRefuseBeforeSync(t *testing.T) {
 	wantDenied(t, err, ReasonPodsNotSynced, "retry shortly")
 }
 
+// PodsConfig's zero Wait is DefaultPodWait; any other value is kept.
+func TestPodsConfigWaitDefaults(t *testing.T) {
+	for _, tc := range []struct{ set, want time.Duration }{
+		{0, DefaultPodWait}, {500 * time.Millisecond, 500 * time.Millisecond}, {-1, -1},
+	} {
+		p, err := NewPods(fake.NewClientset(), testTD, PodsConfig{Wait: tc.set})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.wait != tc.want {
+			t.Errorf("PodsConfig{Wait: %v}: waits %v, want %v", tc.set, p.wait, tc.want)
+		}
+	}
+}
+
 func TestSlimPodKeepsOnlyWhatTheRuleNeeds(t *testing.T) {
 	now := metav1.Now()
 	in := &corev1.Pod{

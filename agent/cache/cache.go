@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/internal/boltcheck"
+	"github.com/castellan-dev/castellan/internal/clock"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	bolt "go.etcd.io/bbolt"
@@ -43,33 +44,33 @@ var (
 // Open never fails because the file is corrupt: it logs, renames the file to
 // cache.db.corrupt-<time> and starts an empty cache.
 type Cache struct {
-	db  *bolt.DB
-	now func() time.Time
-	log *slog.Logger
+	db    *bolt.DB
+	clock clock.Clock
+	log   *slog.Logger
 }
 
-// Option configures Open.
-type Option func(*Cache)
-
-// WithClock sets the time source used to reject expired records.
-func WithClock(now func() time.Time) Option { return func(c *Cache) { c.now = now } }
-
-// WithLogger sets the logger for corrupt files and rejected records.
-func WithLogger(l *slog.Logger) Option { return func(c *Cache) { c.log = l } }
+// Config holds the settings of a Cache; its zero value is the default.
+type Config struct {
+	// Clock rejects expired records and dates a corrupt file moved aside
+	// (nil: the wall clock).
+	Clock clock.Clock
+	// Logger receives corrupt files and rejected records (nil: discard).
+	Logger *slog.Logger
+}
 
 // Open opens or creates the cache file at path. A file another process
 // holds locked is an error (after one second); a corrupt one is moved aside.
-func Open(path string, opts ...Option) (*Cache, error) {
-	c := &Cache{now: time.Now, log: slog.New(slog.DiscardHandler)}
-	for _, o := range opts {
-		o(c)
+func Open(path string, cfg Config) (*Cache, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	c := &Cache{clock: clock.OrSystem(cfg.Clock), log: cfg.Logger}
 	db, err := openChecked(path)
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("cache: %s is locked by another process (is another agent running with this --data-dir?): %w", path, err)
 	}
 	if err != nil {
-		aside := fmt.Sprintf("%s.corrupt-%s", path, c.now().UTC().Format("20060102T150405Z"))
+		aside := fmt.Sprintf("%s.corrupt-%s", path, c.clock.Now().UTC().Format("20060102T150405Z"))
 		c.log.Error("cache file is unreadable; moving it aside and starting empty", "path", path, "moved_to", aside, "error", err.Error())
 		if rerr := os.Rename(path, aside); rerr != nil {
 			return nil, fmt.Errorf("cache: move corrupt %s aside: %w", path, rerr)
@@ -259,7 +260,7 @@ func (c *Cache) parse(p *parser, v []byte) (Record, [][]byte, error) {
 	if err != nil {
 		return Record{}, nil, err
 	}
-	svid, err := p.svid(rw, c.now())
+	svid, err := p.svid(rw, c.clock.Now())
 	if err != nil {
 		return Record{}, nil, err
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/castellan-dev/castellan/agent/client/catest"
 	"github.com/castellan-dev/castellan/agent/state"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	bolt "go.etcd.io/bbolt"
@@ -33,9 +34,9 @@ func record(t testing.TB, ca *catest.CA, entry string, now time.Time, ttl time.D
 	}
 }
 
-func openAt(t testing.TB, path string, now *time.Time) *Cache {
+func openAt(t testing.TB, path string, clk *clocktest.Clock) *Cache {
 	t.Helper()
-	c, err := Open(path, WithClock(func() time.Time { return *now }))
+	c, err := Open(path, Config{Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +48,7 @@ func TestPutThenLoadAfterReopen(t *testing.T) {
 	now := time.Now()
 	ca := catest.New(t, td, catest.At(now))
 	path := filepath.Join(t.TempDir(), "cache.db")
-	c := openAt(t, path, &now)
+	c := openAt(t, path, clocktest.NewClock(now))
 	a, b := record(t, ca, "a", now, time.Hour), record(t, ca, "b", now, time.Hour)
 	if err := c.Put(ca.Bundle(), a, b); err != nil {
 		t.Fatal(err)
@@ -62,7 +63,7 @@ func TestPutThenLoadAfterReopen(t *testing.T) {
 	if fi.Mode().Perm() != 0o600 {
 		t.Fatalf("cache file mode %v, want 0600", fi.Mode().Perm())
 	}
-	c = openAt(t, path, &now)
+	c = openAt(t, path, clocktest.NewClock(now))
 	recs, bundle, err := c.Load(td)
 	if err != nil {
 		t.Fatal(err)
@@ -91,7 +92,7 @@ func TestPutThenLoadAfterReopen(t *testing.T) {
 
 func TestGetMissingReturnsFalse(t *testing.T) {
 	now := time.Now()
-	c := openAt(t, filepath.Join(t.TempDir(), "cache.db"), &now)
+	c := openAt(t, filepath.Join(t.TempDir(), "cache.db"), clocktest.NewClock(now))
 	_, ok, err := c.Get("nope")
 	if err != nil || ok {
 		t.Fatalf("Get(missing) = ok %v err %v, want false, nil", ok, err)
@@ -101,11 +102,13 @@ func TestGetMissingReturnsFalse(t *testing.T) {
 func TestExpiredRecordIsNeverReturnedAndIsDeleted(t *testing.T) {
 	now := time.Now()
 	ca := catest.New(t, td, catest.At(now))
-	c := openAt(t, filepath.Join(t.TempDir(), "cache.db"), &now)
+	path := filepath.Join(t.TempDir(), "cache.db")
+	clk := clocktest.NewClock(now)
+	c := openAt(t, path, clk)
 	if err := c.Put(ca.Bundle(), record(t, ca, "short", now, 10*time.Second), record(t, ca, "long", now, time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	now = now.Add(10 * time.Second) // exactly NotAfter: expired
+	clk.Advance(10 * time.Second) // exactly NotAfter: expired
 	recs, _, err := c.Load(td)
 	if err != nil {
 		t.Fatal(err)
@@ -113,7 +116,12 @@ func TestExpiredRecordIsNeverReturnedAndIsDeleted(t *testing.T) {
 	if len(recs) != 1 || recs[0].EntryID != "long" {
 		t.Fatalf("Load returned %d records, want only the unexpired one", len(recs))
 	}
-	now = now.Add(-5 * time.Second) // even when valid again, the record is gone
+	// Even when valid again (reopened with a clock 5s before NotAfter),
+	// the record is gone: it was deleted from the file.
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c = openAt(t, path, clocktest.NewClock(now.Add(5*time.Second)))
 	if _, ok, _ := c.Get("short"); ok {
 		t.Fatal("expired record was not deleted")
 	}
@@ -122,7 +130,7 @@ func TestExpiredRecordIsNeverReturnedAndIsDeleted(t *testing.T) {
 func TestPutRefusesMismatchedKey(t *testing.T) {
 	now := time.Now()
 	ca := catest.New(t, td, catest.At(now))
-	c := openAt(t, filepath.Join(t.TempDir(), "cache.db"), &now)
+	c := openAt(t, filepath.Join(t.TempDir(), "cache.db"), clocktest.NewClock(now))
 	r := record(t, ca, "a", now, time.Hour)
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	r.SVID = &x509svid.SVID{ID: r.SVID.ID, Certificates: r.SVID.Certificates, PrivateKey: other}
@@ -134,7 +142,7 @@ func TestPutRefusesMismatchedKey(t *testing.T) {
 func TestMismatchedKeyOnDiskIsRejectedOnLoad(t *testing.T) {
 	now := time.Now()
 	ca := catest.New(t, td, catest.At(now))
-	c := openAt(t, filepath.Join(t.TempDir(), "cache.db"), &now)
+	c := openAt(t, filepath.Join(t.TempDir(), "cache.db"), clocktest.NewClock(now))
 	a, b := record(t, ca, "a", now, time.Hour), record(t, ca, "b", now, time.Hour)
 	ra, err := toRaw(a, nil)
 	if err != nil {
@@ -158,7 +166,7 @@ func TestCorruptFileIsMovedAsideAndReplaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
-	c := openAt(t, path, &now)
+	c := openAt(t, path, clocktest.NewClock(now))
 	recs, bundle, err := c.Load(td)
 	if err != nil || len(recs) != 0 || bundle != nil {
 		t.Fatalf("fresh cache Load = %d records, bundle %v, err %v; want empty", len(recs), bundle, err)
@@ -185,7 +193,7 @@ func TestDamagedPageIsMovedAsideAndReplaced(t *testing.T) {
 			now := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
 			ca := catest.New(t, td, catest.At(now))
 			path := filepath.Join(t.TempDir(), "cache.db")
-			c := openAt(t, path, &now)
+			c := openAt(t, path, clocktest.NewClock(now))
 			if err := c.Put(ca.Bundle(), record(t, ca, "a", now, time.Hour)); err != nil {
 				t.Fatal(err)
 			}
@@ -207,7 +215,7 @@ func TestDamagedPageIsMovedAsideAndReplaced(t *testing.T) {
 			if err := os.WriteFile(path, data, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			c = openAt(t, path, &now)
+			c = openAt(t, path, clocktest.NewClock(now))
 			if recs, _, err := c.Load(td); err != nil || len(recs) != 0 {
 				t.Fatalf("Load = %d records, %v; want a fresh empty cache", len(recs), err)
 			}
@@ -239,7 +247,7 @@ func TestTruncatedRecordIsRejected(t *testing.T) {
 func TestSetBundleRewritesEveryRecord(t *testing.T) {
 	now := time.Now()
 	ca, next := catest.New(t, td, catest.At(now)), catest.New(t, td, catest.At(now))
-	c := openAt(t, filepath.Join(t.TempDir(), "cache.db"), &now)
+	c := openAt(t, filepath.Join(t.TempDir(), "cache.db"), clocktest.NewClock(now))
 	if err := c.Put(ca.Bundle(), record(t, ca, "a", now, time.Hour)); err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +275,7 @@ func TestSetBundleRewritesEveryRecord(t *testing.T) {
 
 func TestDeleteMissingIsNoError(t *testing.T) {
 	now := time.Now()
-	c := openAt(t, filepath.Join(t.TempDir(), "cache.db"), &now)
+	c := openAt(t, filepath.Join(t.TempDir(), "cache.db"), clocktest.NewClock(now))
 	if err := c.Delete("nope"); err != nil {
 		t.Fatal(err)
 	}

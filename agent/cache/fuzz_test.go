@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/agent/client/catest"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 )
 
 // FuzzOpenDamagedFile damages a real cache file (bytes written at an
@@ -23,7 +24,7 @@ func FuzzOpenDamagedFile(f *testing.F) {
 	ca := catest.New(f, td, catest.At(now))
 	dir := f.TempDir()
 	good := filepath.Join(dir, "good.db")
-	c, err := Open(good)
+	c, err := Open(good, Config{})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -57,7 +58,7 @@ func FuzzOpenDamagedFile(f *testing.F) {
 		if err := os.WriteFile(path, data, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		c, err := Open(path, WithClock(func() time.Time { return now }))
+		c, err := Open(path, Config{Clock: clocktest.NewClock(now)})
 		if err != nil {
 			t.Fatalf("Open of a damaged file failed instead of moving it aside: %v", err)
 		}

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/agent/client/catest"
-	"github.com/castellan-dev/castellan/agent/rotate/rotatetest"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -19,7 +19,7 @@ func TestBootstrapRetriesWhileTheCAIsUnavailable(t *testing.T) {
 	ca := catest.New(t, td)
 	r := ca.Serve(t)
 	r.Inject(catest.MethodAttest, 2, catest.Fault{Err: status.Error(codes.Unavailable, "catest: datastore unreachable")})
-	clock := rotatetest.NewClock(time.Now())
+	clock := clocktest.NewClock(time.Now())
 	c, err := New(Config{Address: r.Addr(), TrustDomain: td, Bundle: ca.Bundle(), DataDir: t.TempDir(), Clock: clock, FailoverTimeout: -1})
 	if err != nil {
 		t.Fatal(err)

@@ -24,6 +24,7 @@ import (
 	"github.com/castellan-dev/castellan/agent/client/caconn"
 	"github.com/castellan-dev/castellan/agent/rotate"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/internal/clock"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -64,7 +65,7 @@ type Config struct {
 	DataDir string
 	// Clock and Policy time the agent SVID's renewal; zero values mean the
 	// wall clock and the default policy.
-	Clock  rotate.Clock
+	Clock  clock.Clock
 	Policy rotate.Policy
 	// Logger receives the client's logs; nil discards them.
 	Logger *slog.Logger
@@ -100,7 +101,7 @@ func New(cfg Config) (*Client, error) {
 		cfg.Addresses = append([]string{cfg.Address}, cfg.Addresses...)
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = rotate.System{}
+		cfg.Clock = clock.System{}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

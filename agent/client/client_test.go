@@ -10,16 +10,16 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/agent/client/catest"
-	"github.com/castellan-dev/castellan/agent/rotate/rotatetest"
 	"github.com/castellan-dev/castellan/agent/upstream"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("cluster.local")
 
-func newClient(t *testing.T, ca *catest.CA, dir string, clock *rotatetest.Clock) *Client {
+func newClient(t *testing.T, ca *catest.CA, dir string, clock *clocktest.Clock) *Client {
 	t.Helper()
 	c, err := New(Config{Address: ca.Addr(), TrustDomain: td, Bundle: ca.Bundle(), DataDir: dir, Clock: clock})
 	if err != nil {
@@ -34,7 +34,7 @@ func TestBootstrapWithJoinTokenThenRestartWithoutToken(t *testing.T) {
 	ca.Start(t)
 	dir := t.TempDir()
 	ctx := t.Context()
-	clock := rotatetest.NewClock(time.Now())
+	clock := clocktest.NewClock(time.Now())
 
 	c := newClient(t, ca, dir, clock)
 	if err := c.Bootstrap(ctx, ca.JoinToken(t, "node-1")); err != nil {
@@ -86,7 +86,7 @@ func TestExpiredAgentSVIDNeedsNewToken(t *testing.T) {
 	ca := catest.New(t, td, catest.WithAgentTTL(time.Minute))
 	ca.Start(t)
 	dir := t.TempDir()
-	clock := rotatetest.NewClock(time.Now())
+	clock := clocktest.NewClock(time.Now())
 	c := newClient(t, ca, dir, clock)
 	if err := c.Bootstrap(t.Context(), ca.JoinToken(t, "node-1")); err != nil {
 		t.Fatal(err)
@@ -107,10 +107,10 @@ func TestUsedJoinTokenIsRefused(t *testing.T) {
 	ca := catest.New(t, td)
 	ca.Start(t)
 	tok := ca.JoinToken(t, "node-1")
-	if err := newClient(t, ca, t.TempDir(), rotatetest.NewClock(time.Now())).Bootstrap(t.Context(), tok); err != nil {
+	if err := newClient(t, ca, t.TempDir(), clocktest.NewClock(time.Now())).Bootstrap(t.Context(), tok); err != nil {
 		t.Fatal(err)
 	}
-	if err := newClient(t, ca, t.TempDir(), rotatetest.NewClock(time.Now())).Bootstrap(t.Context(), tok); err == nil {
+	if err := newClient(t, ca, t.TempDir(), clocktest.NewClock(time.Now())).Bootstrap(t.Context(), tok); err == nil {
 		t.Fatal("second use of a join token succeeded")
 	}
 }
@@ -118,7 +118,7 @@ func TestUsedJoinTokenIsRefused(t *testing.T) {
 func TestAgentSVIDRenewedAtHalfLife(t *testing.T) {
 	// The CA reads the agent's clock: it refuses a renewal before
 	// half-life by its own.
-	clock := rotatetest.NewClock(time.Now())
+	clock := clocktest.NewClock(time.Now())
 	ca := catest.New(t, td, catest.WithAgentTTL(time.Hour), catest.WithClock(clock.Now))
 	ca.Start(t)
 	c, err := New(Config{Address: ca.Addr(), TrustDomain: td, Bundle: ca.Bundle(), DataDir: t.TempDir(), Clock: clock})

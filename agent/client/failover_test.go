@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/agent/client/catest"
-	"github.com/castellan-dev/castellan/agent/rotate/rotatetest"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/castellan-dev/castellan/internal/freeport"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -185,7 +185,7 @@ func TestRefusalsAreNotRetried(t *testing.T) {
 func TestResourceExhaustedWaitsForTheCAsHint(t *testing.T) {
 	ca := catest.New(t, td)
 	r := ca.Serve(t)
-	clock := rotatetest.NewClock(time.Now())
+	clock := clocktest.NewClock(time.Now())
 	c := failoverClient(t, ca, []string{r.Addr()}, func(cfg *Config) { cfg.Clock = clock; cfg.FailoverTimeout = time.Minute })
 	quota := func(d time.Duration) error {
 		st, _ := status.New(codes.ResourceExhausted, "catest: node quota").WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(d)})

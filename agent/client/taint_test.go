@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/agent/client/catest"
-	"github.com/castellan-dev/castellan/agent/rotate/rotatetest"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -19,7 +19,7 @@ import (
 func TestAgentSVIDUnderTaintedAuthorityIsRenewedInTheTaintWindow(t *testing.T) {
 	ca := catest.New(t, td, catest.WithAgentTTL(time.Hour))
 	ca.Start(t)
-	clock := rotatetest.NewClock(time.Now())
+	clock := clocktest.NewClock(time.Now())
 	c := newClient(t, ca, t.TempDir(), clock)
 	c.cfg.Policy.Rand = func() float64 { return 0.5 }
 	c.cfg.Policy.TaintWindow = 10 * time.Second

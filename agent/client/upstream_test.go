@@ -11,10 +11,10 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/agent/client/catest"
-	"github.com/castellan-dev/castellan/agent/rotate/rotatetest"
 	"github.com/castellan-dev/castellan/agent/state"
 	"github.com/castellan-dev/castellan/agent/upstream"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
@@ -93,7 +93,7 @@ func TestSignRequestNamesPodByUIDAndEntryByID(t *testing.T) {
 func TestSignReportsRefusalsPerRequestAndUnavailableCA(t *testing.T) {
 	ca := catest.New(t, td)
 	ca.Start(t)
-	c := newClient(t, ca, t.TempDir(), rotatetest.NewClock(time.Now()))
+	c := newClient(t, ca, t.TempDir(), clocktest.NewClock(time.Now()))
 	ctx := t.Context()
 	if err := c.Bootstrap(ctx, ca.JoinToken(t, "node-1")); err != nil {
 		t.Fatal(err)
@@ -128,7 +128,7 @@ func TestSignReportsRefusalsPerRequestAndUnavailableCA(t *testing.T) {
 func TestSyncWaitsForBootstrap(t *testing.T) {
 	ca := catest.New(t, td)
 	ca.Start(t)
-	c := newClient(t, ca, t.TempDir(), rotatetest.NewClock(time.Now()))
+	c := newClient(t, ca, t.TempDir(), clocktest.NewClock(time.Now()))
 	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 	defer cancel()
 	called := false

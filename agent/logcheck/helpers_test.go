@@ -194,7 +194,7 @@ func (s *source) serveLocked(t testing.TB, ws ...*cosigner) {
 // openCache opens a real agent cache file in dir.
 func openCache(t testing.TB, dir string) *cache.Cache {
 	t.Helper()
-	c, err := cache.Open(filepath.Join(dir, "cache.db"))
+	c, err := cache.Open(filepath.Join(dir, "cache.db"), cache.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,9 +7,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/castellan-dev/castellan/agent/cache"
 	"github.com/castellan-dev/castellan/agent/logcheck"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -23,7 +25,7 @@ func TestRollbackRefusedAcrossRestart(t *testing.T) {
 	old := f.log.checkpoint(t, f.w1, f.w2)
 	f.log.grow(6)
 	f.src.serveNow(t, f.w1, f.w2)
-	st, err := cache.Open(filepath.Join(f.dir, "cache.db"))
+	st, err := cache.Open(filepath.Join(f.dir, "cache.db"), cache.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,6 +133,33 @@ func TestForgedCheckpointRefused(t *testing.T) {
 				t.Fatal("refused checkpoint not counted")
 			}
 		})
+	}
+}
+
+// Cosignatures are checked against the configured clock: a checkpoint
+// cosigned now is refused by a checker whose clock reads an hour earlier
+// (the cosignatures are from its future) and accepted at the same clock
+// once it reaches the present.
+func TestCosignatureDatedAfterTheClockRefused(t *testing.T) {
+	f := newFixture(t, 3)
+	clk := clocktest.NewClock(time.Now().Add(-time.Hour))
+	reg := prometheus.NewRegistry()
+	c, err := logcheck.New(logcheck.Config{Policy: policyOf(t, 2, f.w1, f.w2), LogKey: f.vkey, Source: f.src,
+		Store: openCache(t, f.dir), Clock: clk, Wait: 500 * time.Millisecond, Poll: 10 * time.Millisecond, Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Wait)
+	err = c.Prove(context.Background(), []logcheck.Cert{f.cert(1)})[0]
+	if !errors.Is(err, logcheck.ErrNotWitnessed) || !strings.Contains(err.Error(), "checkpoint is refused") {
+		t.Fatalf("err = %v, want the future-dated checkpoint refused", err)
+	}
+	if counter(t, reg, "castellan_agent_log_checkpoints_refused_total") == 0 || c.Accepted() != 0 {
+		t.Fatalf("future-dated checkpoint: refusal not counted or accepted size %d", c.Accepted())
+	}
+	clk.Set(time.Now())
+	if err := c.Prove(context.Background(), []logcheck.Cert{f.cert(1)})[0]; err != nil {
+		t.Fatalf("at the present: %v", err)
 	}
 }
 

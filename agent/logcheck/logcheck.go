@@ -9,6 +9,7 @@ import (
 	"time"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/internal/clock"
 	"github.com/castellan-dev/castellan/internal/witness"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/transparency-dev/formats/log"
@@ -65,9 +66,9 @@ type Config struct {
 	Origin string
 	Source Source
 	Store  Store
-	// Clock returns the current time (nil -> time.Now); cosignatures
+	// Clock is the current time (nil -> the wall clock); cosignatures
 	// dated after it (plus witness.ClockSkew) are refused.
-	Clock func() time.Time
+	Clock clock.Clock
 	// Wait bounds one Prove (0 -> DefaultWait); Poll is the pause between
 	// two attempts (0 -> DefaultPoll).
 	Wait, Poll time.Duration
@@ -108,9 +109,7 @@ func New(cfg Config) (*Checker, error) {
 	if cfg.Origin == "" {
 		cfg.Origin = v.Name()
 	}
-	if cfg.Clock == nil {
-		cfg.Clock = time.Now
-	}
+	cfg.Clock = clock.OrSystem(cfg.Clock)
 	if cfg.Wait <= 0 {
 		cfg.Wait = DefaultWait
 	}

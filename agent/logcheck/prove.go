@@ -139,7 +139,7 @@ func verifyInclusion(cp *log.Checkpoint, inc *cav1.LogInclusion, der []byte) err
 // checkpoint of size from (the consistency proof starts there), stores it
 // if it is larger, and returns it.
 func (c *Checker) accept(resp *cav1.GetLogProofResponse, from uint64) (*log.Checkpoint, error) {
-	v, err := c.cfg.Policy.Verify(resp.GetCheckpoint(), c.cfg.Origin, c.logKey, c.cfg.Clock())
+	v, err := c.cfg.Policy.Verify(resp.GetCheckpoint(), c.cfg.Origin, c.logKey, c.cfg.Clock.Now())
 	if err != nil {
 		c.metrics.refused.Inc()
 		return nil, fmt.Errorf("the CA's checkpoint is refused: %w", err)

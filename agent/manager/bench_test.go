@@ -35,7 +35,7 @@ func BenchmarkFirstSVID(b *testing.B) {
 	}
 	var total time.Duration
 	for i := 0; b.Loop(); i++ {
-		c, err := cache.Open(filepath.Join(dir, fmt.Sprintf("cache-%d.db", i)))
+		c, err := cache.Open(filepath.Join(dir, fmt.Sprintf("cache-%d.db", i)), cache.Config{})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -102,7 +102,7 @@ func cacheWith(b *testing.B, n int) (string, string) {
 	b.Helper()
 	ca := catest.New(b, td)
 	path := filepath.Join(b.TempDir(), "cache.db")
-	c, err := cache.Open(path)
+	c, err := cache.Open(path, cache.Config{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -134,7 +134,7 @@ func cacheWith(b *testing.B, n int) (string, string) {
 // returns once it serves every cached identity.
 func startDown(b *testing.B, path, caAddr string) (*state.Store, func()) {
 	b.Helper()
-	c, err := cache.Open(path)
+	c, err := cache.Open(path, cache.Config{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -64,7 +64,7 @@ func (e *env) startWithLog(token string, mode logcheck.Mode, chk LogChecker) {
 	if err := cl.Bootstrap(t.Context(), token); err != nil {
 		t.Fatal(err)
 	}
-	if e.cache, err = cache.Open(filepath.Join(e.dir, "cache.db"), cache.WithClock(e.clock.Now)); err != nil {
+	if e.cache, err = cache.Open(filepath.Join(e.dir, "cache.db"), cache.Config{Clock: e.clock}); err != nil {
 		t.Fatal(err)
 	}
 	e.store, e.reg = state.NewStore(), prometheus.NewRegistry()

@@ -28,6 +28,7 @@ import (
 	"github.com/castellan-dev/castellan/agent/rotate"
 	"github.com/castellan-dev/castellan/agent/state"
 	"github.com/castellan-dev/castellan/agent/upstream"
+	"github.com/castellan-dev/castellan/internal/clock"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -72,7 +73,7 @@ type Config struct {
 	TrustDomain spiffeid.TrustDomain
 	// Clock and Policy time rotations and retries; zero values mean the
 	// wall clock and the default policy.
-	Clock  rotate.Clock
+	Clock  clock.Clock
 	Policy rotate.Policy
 	// OnBundle, if set, is called with every new trust bundle (the CA
 	// client uses it to verify the CA).
@@ -134,7 +135,7 @@ func New(cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("manager: --log-policy %s needs a log checker", cfg.LogPolicy)
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = rotate.System{}
+		cfg.Clock = clock.System{}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

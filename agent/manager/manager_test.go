@@ -14,9 +14,9 @@ import (
 	"github.com/castellan-dev/castellan/agent/client"
 	"github.com/castellan-dev/castellan/agent/client/catest"
 	"github.com/castellan-dev/castellan/agent/rotate"
-	"github.com/castellan-dev/castellan/agent/rotate/rotatetest"
 	"github.com/castellan-dev/castellan/agent/state"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -32,7 +32,7 @@ var td = spiffeid.RequireTrustDomainFromString("cluster.local")
 type env struct {
 	t     *testing.T
 	ca    *catest.CA
-	clock *rotatetest.Clock
+	clock *clocktest.Clock
 	cache *cache.Cache
 	store *state.Store
 	reg   *prometheus.Registry
@@ -48,7 +48,7 @@ type env struct {
 
 func newEnv(t *testing.T, ca *catest.CA, dir string) *env {
 	t.Helper()
-	clock := rotatetest.NewClock(time.Now().Truncate(time.Second)) // X.509 times are whole seconds
+	clock := clocktest.NewClock(time.Now().Truncate(time.Second)) // X.509 times are whole seconds
 	return &env{t: t, ca: ca, clock: clock, dir: dir}
 }
 
@@ -66,7 +66,7 @@ func (e *env) start(token string) {
 	if err := cl.Bootstrap(t.Context(), token); err != nil {
 		t.Fatal(err)
 	}
-	e.cache, err = cache.Open(filepath.Join(e.dir, "cache.db"), cache.WithClock(e.clock.Now))
+	e.cache, err = cache.Open(filepath.Join(e.dir, "cache.db"), cache.Config{Clock: e.clock})
 	if err != nil {
 		t.Fatal(err)
 	}

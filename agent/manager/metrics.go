@@ -5,7 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/castellan-dev/castellan/agent/rotate"
+	"github.com/castellan-dev/castellan/internal/clock"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -17,7 +17,7 @@ type metrics struct {
 	nearest time.Time
 }
 
-func newMetrics(reg *prometheus.Registry, clock rotate.Clock) (*metrics, error) {
+func newMetrics(reg *prometheus.Registry, clock clock.Clock) (*metrics, error) {
 	m := &metrics{
 		cached: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "castellan_agent_cached_identities",

@@ -10,9 +10,9 @@ import (
 	"github.com/castellan-dev/castellan/agent/cache"
 	"github.com/castellan-dev/castellan/agent/client/catest"
 	"github.com/castellan-dev/castellan/agent/rotate"
-	"github.com/castellan-dev/castellan/agent/rotate/rotatetest"
 	"github.com/castellan-dev/castellan/agent/state"
 	"github.com/castellan-dev/castellan/agent/upstream"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -85,9 +85,9 @@ func podEntry(uid, sa string) upstream.Entry {
 // startDomain runs a manager on d and pods.
 func startDomain(t *testing.T, d *domainCA, pods *fakePods) *env {
 	t.Helper()
-	e := &env{t: t, dir: t.TempDir(), clock: rotatetest.NewClock(time.Now().Truncate(time.Second))}
+	e := &env{t: t, dir: t.TempDir(), clock: clocktest.NewClock(time.Now().Truncate(time.Second))}
 	var err error
-	e.cache, err = cache.Open(filepath.Join(e.dir, "cache.db"), cache.WithClock(e.clock.Now))
+	e.cache, err = cache.Open(filepath.Join(e.dir, "cache.db"), cache.Config{Clock: e.clock})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,7 +51,7 @@ func prepareAgent(ctx context.Context, cfg Config, p *pki, node nodeSpec, caAddr
 		a.client.Close()
 		return nil, fmt.Errorf("storm: %s: %w", node.name, err)
 	}
-	if a.cache, err = cache.Open(filepath.Join(dir, "cache.db")); err != nil {
+	if a.cache, err = cache.Open(filepath.Join(dir, "cache.db"), cache.Config{}); err != nil {
 		a.client.Close()
 		return nil, err
 	}

@@ -41,11 +41,11 @@ func writeRegistry(ctx context.Context, dataDir string, td spiffeid.TrustDomain,
 	}
 	defer db.Close()
 	reg := boltstore.New(db)
-	tokens, err := authn.NewJoinTokens(ctx, reg, nil)
+	tokens, err := authn.NewJoinTokens(ctx, reg, authn.JoinTokensConfig{})
 	if err != nil {
 		return nil, err
 	}
-	entries, err := authz.NewEntries(ctx, reg, td, 0, nil)
+	entries, err := authz.NewEntries(ctx, reg, td, authz.EntriesConfig{})
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/clock"
 	"github.com/castellan-dev/castellan/internal/k8sid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -45,13 +46,17 @@ func SARVerb(fullMethod string) string {
 // Kubernetes service account (spiffe://<td>/ns/<ns>/sa/<sa>) by asking the
 // API server whether that service account may use the audit API (see
 // SARGroup, SARResource, SARVerb). Answers are cached for 30 seconds per
-// service account and verb. clock nil means time.Now.
-func SubjectAccessReview(client authzclient.SubjectAccessReviewsGetter, clock func() time.Time) Authorizer {
-	if clock == nil {
-		clock = time.Now
-	}
-	c := &sarCache{client: client, clock: clock, answers: map[string]sarAnswer{}}
+// service account and verb.
+func SubjectAccessReview(client authzclient.SubjectAccessReviewsGetter, cfg SARConfig) Authorizer {
+	c := &sarCache{client: client, clock: clock.OrSystem(cfg.Clock), answers: map[string]sarAnswer{}}
 	return c.authorize
+}
+
+// SARConfig holds the settings of SubjectAccessReview; its zero value is
+// the default.
+type SARConfig struct {
+	// Clock expires cached answers (nil: the wall clock).
+	Clock clock.Clock
 }
 
 type sarAnswer struct {
@@ -62,7 +67,7 @@ type sarAnswer struct {
 
 type sarCache struct {
 	client  authzclient.SubjectAccessReviewsGetter
-	clock   func() time.Time
+	clock   clock.Clock
 	mu      sync.Mutex
 	answers map[string]sarAnswer
 }
@@ -84,7 +89,7 @@ func (c *sarCache) authorize(ctx context.Context) error {
 	verb := SARVerb(method)
 	user := acct.Username()
 	key := user + " " + verb
-	now := c.clock()
+	now := c.clock.Now()
 	c.mu.Lock()
 	a, cached := c.answers[key]
 	c.mu.Unlock()

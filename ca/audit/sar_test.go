@@ -9,6 +9,7 @@ import (
 	"time"
 
 	auditv1 "github.com/castellan-dev/castellan/api/castellan/audit/v1"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -45,10 +46,8 @@ func TestSubjectAccessReviewAuthorizesServiceAccounts(t *testing.T) {
 	l := openLedger(t, 2)
 	ca := newTestCA(t)
 	rbac := &fakeRBAC{grants: map[string]bool{"system:serviceaccount:security:auditor get": true}}
-	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	var clockMu sync.Mutex
-	clock := func() time.Time { clockMu.Lock(); defer clockMu.Unlock(); return now }
-	svc := NewService(l, WithAuthorizer(AnyOf(AdminAuthorizer(), SubjectAccessReview(rbac, clock))))
+	clk := clocktest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	svc := NewService(l, Config{Authorizer: AnyOf(AdminAuthorizer(), SubjectAccessReview(rbac, SARConfig{Clock: clk}))})
 	serverCert := ca.issue(t, "spiffe://cluster.local/castellan/server")
 	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{
 		Certificates: []tls.Certificate{serverCert}, ClientCAs: ca.pool,
@@ -100,9 +99,7 @@ func TestSubjectAccessReviewAuthorizesServiceAccounts(t *testing.T) {
 	rbac.mu.Lock()
 	delete(rbac.grants, "system:serviceaccount:security:auditor get")
 	rbac.mu.Unlock()
-	clockMu.Lock()
-	now = now.Add(time.Minute)
-	clockMu.Unlock()
+	clk.Advance(time.Minute)
 	if _, err := auditor.Checkpoint(ctx, &auditv1.CheckpointRequest{}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("after the grant was removed: %v", err)
 	}

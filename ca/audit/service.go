@@ -32,22 +32,23 @@ type Service struct {
 	log   *slog.Logger
 }
 
-// Option configures a Service.
-type Option func(*Service)
-
-// WithAuthorizer sets who may call the service (default: nobody).
-func WithAuthorizer(a Authorizer) Option { return func(s *Service) { s.authz = a } }
-
-// WithLogger sets the logger for revocations and refused calls.
-func WithLogger(l *slog.Logger) Option { return func(s *Service) { s.log = l } }
+// Config holds the settings of a Service; its zero value is the default.
+type Config struct {
+	// Authorizer decides who may call the service (nil: nobody).
+	Authorizer Authorizer
+	// Logger receives revocations and refused calls (nil: discard).
+	Logger *slog.Logger
+}
 
 // NewService returns the audit service over l.
-func NewService(l *ledger.Ledger, opts ...Option) *Service {
-	s := &Service{l: l, authz: denyAll, log: slog.New(slog.DiscardHandler)}
-	for _, o := range opts {
-		o(s)
+func NewService(l *ledger.Ledger, cfg Config) *Service {
+	if cfg.Authorizer == nil {
+		cfg.Authorizer = denyAll
 	}
-	return s
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Service{l: l, authz: cfg.Authorizer, log: cfg.Logger}
 }
 
 // Register adds the service to a gRPC server; its signature fits

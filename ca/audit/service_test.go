@@ -75,7 +75,7 @@ func serveUnix(t *testing.T, svc *Service) auditv1.AuditServiceClient {
 
 func TestGetProofVerifiesWithTransparencyDevAlone(t *testing.T) {
 	l := openLedger(t, 37)
-	c := serveUnix(t, NewService(l, WithAuthorizer(AdminAuthorizer())))
+	c := serveUnix(t, NewService(l, Config{Authorizer: AdminAuthorizer()}))
 	ctx := context.Background()
 	cpResp, err := c.Checkpoint(ctx, &auditv1.CheckpointRequest{})
 	if err != nil {
@@ -104,7 +104,7 @@ func TestGetProofVerifiesWithTransparencyDevAlone(t *testing.T) {
 
 func TestListPagesAndRefusesUnboundedPages(t *testing.T) {
 	l := openLedger(t, 25)
-	c := serveUnix(t, NewService(l, WithAuthorizer(AdminAuthorizer())))
+	c := serveUnix(t, NewService(l, Config{Authorizer: AdminAuthorizer()}))
 	ctx := context.Background()
 	n, token := 0, ""
 	for pages := 0; pages < 10; pages++ {
@@ -128,7 +128,7 @@ func TestListPagesAndRefusesUnboundedPages(t *testing.T) {
 
 func TestRevokeUnknownIsNotFoundAndKnownIsLogged(t *testing.T) {
 	l := openLedger(t, 3)
-	c := serveUnix(t, NewService(l, WithAuthorizer(AdminAuthorizer())))
+	c := serveUnix(t, NewService(l, Config{Authorizer: AdminAuthorizer()}))
 	ctx := context.Background()
 	if _, err := c.Revoke(ctx, &auditv1.RevokeRequest{Serial: "ffff", Reason: "x"}); status.Code(err) != codes.NotFound {
 		t.Fatalf("unknown serial: %v", err)
@@ -154,7 +154,7 @@ func TestRevokeUnknownIsNotFoundAndKnownIsLogged(t *testing.T) {
 
 func TestConsistencyExportAndWatch(t *testing.T) {
 	l := openLedger(t, 10)
-	c := serveUnix(t, NewService(l, WithAuthorizer(AdminAuthorizer())))
+	c := serveUnix(t, NewService(l, Config{Authorizer: AdminAuthorizer()}))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	old, err := c.Checkpoint(ctx, &auditv1.CheckpointRequest{})
@@ -224,7 +224,7 @@ func TestConsistencyExportAndWatch(t *testing.T) {
 }
 
 func TestServiceWithoutAuthorizerRefusesEveryone(t *testing.T) {
-	c := serveUnix(t, NewService(openLedger(t, 1)))
+	c := serveUnix(t, NewService(openLedger(t, 1), Config{}))
 	_, err := c.Checkpoint(context.Background(), &auditv1.CheckpointRequest{})
 	if status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("err = %v", err)
@@ -235,7 +235,7 @@ func TestMTLSCallersMustBeAdmins(t *testing.T) {
 	l := openLedger(t, 1)
 	ca := newTestCA(t)
 	admin := spiffeid.RequireFromString("spiffe://cluster.local/ops/auditor")
-	svc := NewService(l, WithAuthorizer(AdminAuthorizer(admin)))
+	svc := NewService(l, Config{Authorizer: AdminAuthorizer(admin)})
 	serverCert := ca.issue(t, "spiffe://cluster.local/castellan/server")
 	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{
 		Certificates: []tls.Certificate{serverCert}, ClientCAs: ca.pool,
@@ -319,7 +319,7 @@ func (ca *testCA) issue(t *testing.T, id string) tls.Certificate {
 // event appended afterwards.
 func TestWatchFromIndexReplaysThenFollows(t *testing.T) {
 	l := openLedger(t, 5)
-	c := serveUnix(t, NewService(l, WithAuthorizer(AdminAuthorizer())))
+	c := serveUnix(t, NewService(l, Config{Authorizer: AdminAuthorizer()}))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	from := uint64(3)
@@ -353,7 +353,7 @@ func TestWatchFromIndexReplaysThenFollows(t *testing.T) {
 // InvalidArgument saying what is wrong, and revokes nothing.
 func TestRevokeReadsTypedSerialsAndRefusesJunk(t *testing.T) {
 	l := openLedger(t, 3)
-	c := serveUnix(t, NewService(l, WithAuthorizer(AdminAuthorizer())))
+	c := serveUnix(t, NewService(l, Config{Authorizer: AdminAuthorizer()}))
 	ctx := context.Background()
 	for _, tc := range []struct{ serial, says string }{
 		{"-a001", "not a hexadecimal digit"},

@@ -16,6 +16,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/castellan-dev/castellan/ca/store"
+	"github.com/castellan-dev/castellan/internal/clock"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/peer"
 )
@@ -50,24 +51,23 @@ var joinTokenBucket = []byte("join_tokens")
 // answer). JoinTokens is safe for concurrent use.
 type JoinTokens struct {
 	db     store.DB
-	clock  func() time.Time
+	clock  clock.Clock
 	log    *slog.Logger
 	reuses prometheus.Counter
 }
 
-// JoinTokenOption configures JoinTokens.
-type JoinTokenOption func(*JoinTokens)
-
-// WithJoinTokenLogger sets the logger that receives a warning for each
-// reuse of a spent token (default: discard).
-func WithJoinTokenLogger(log *slog.Logger) JoinTokenOption {
-	return func(j *JoinTokens) { j.log = log }
-}
-
-// WithJoinTokenMetrics registers castellan_join_token_reuse_total (second
-// uses of a spent token) in reg.
-func WithJoinTokenMetrics(reg prometheus.Registerer) JoinTokenOption {
-	return func(j *JoinTokens) { reg.MustRegister(j.reuses) }
+// JoinTokensConfig holds the settings of JoinTokens; its zero value is the
+// default.
+type JoinTokensConfig struct {
+	// Clock dates tokens and their uses, and expires them (nil: the wall
+	// clock).
+	Clock clock.Clock
+	// Logger receives a warning for each reuse of a spent token (nil:
+	// discard).
+	Logger *slog.Logger
+	// Registry, if set, receives castellan_join_token_reuse_total (second
+	// uses of a spent token).
+	Registry prometheus.Registerer
 }
 
 // tokenRecord is the stored form of a join token.
@@ -90,18 +90,18 @@ type TokenUse struct {
 }
 
 // NewJoinTokens returns a store over db, creating its bucket if needed
-// (ctx bounds that). clock nil means time.Now.
-func NewJoinTokens(ctx context.Context, db store.DB, clock func() time.Time, opts ...JoinTokenOption) (*JoinTokens, error) {
-	if clock == nil {
-		clock = time.Now
+// (ctx bounds that).
+func NewJoinTokens(ctx context.Context, db store.DB, cfg JoinTokensConfig) (*JoinTokens, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	j := &JoinTokens{db: db, clock: clock, log: slog.New(slog.DiscardHandler),
+	j := &JoinTokens{db: db, clock: clock.OrSystem(cfg.Clock), log: cfg.Logger,
 		reuses: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "castellan_join_token_reuse_total",
 			Help: "Attestations with a join token that was already used: a possible theft of the token.",
 		})}
-	for _, o := range opts {
-		o(j)
+	if cfg.Registry != nil {
+		cfg.Registry.MustRegister(j.reuses)
 	}
 	err := db.Update(ctx, func(tx store.Tx) error {
 		_, err := tx.CreateBucketIfNotExists(joinTokenBucket)
@@ -135,7 +135,7 @@ func (j *JoinTokens) Create(ctx context.Context, node string, ttl time.Duration)
 		return "", time.Time{}, fmt.Errorf("authn: generate join token: %w", err)
 	}
 	token := joinTokenPrefix + base64.RawURLEncoding.EncodeToString(raw)
-	now := j.clock().UTC()
+	now := j.clock.Now().UTC()
 	rec := tokenRecord{Node: node, CreatedAt: now, ExpiresAt: now.Add(ttl)}
 	val, err := json.Marshal(rec)
 	if err != nil {
@@ -172,7 +172,7 @@ func (j *JoinTokens) Consume(ctx context.Context, token string) (TokenUse, error
 	}
 	key := tokenHash(token)
 	id := hex.EncodeToString(key[:6])
-	now := j.clock().UTC()
+	now := j.clock.Now().UTC()
 	var (
 		use    TokenUse
 		reused *tokenRecord
@@ -231,7 +231,7 @@ func (j *JoinTokens) Prune(ctx context.Context) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, fmt.Errorf("authn: prune join tokens: %w", err)
 	}
-	cutoff := j.clock().Add(-usedTokenRetention)
+	cutoff := j.clock.Now().Add(-usedTokenRetention)
 	n := 0
 	err := j.db.Update(ctx, func(tx store.Tx) error {
 		b, err := tokenBucket(tx)

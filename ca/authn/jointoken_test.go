@@ -13,25 +13,9 @@ import (
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/ca/store/faultstore"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"google.golang.org/grpc/codes"
 )
-
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // openDB opens a bbolt store, closed at the end of the test.
 func openDB(t *testing.T) *boltstore.DB {
@@ -44,11 +28,11 @@ func openDB(t *testing.T) *boltstore.DB {
 	return db
 }
 
-func newTokens(t *testing.T) (*JoinTokens, *clock, *boltstore.DB) {
+func newTokens(t *testing.T) (*JoinTokens, *clocktest.Clock, *boltstore.DB) {
 	t.Helper()
 	db := openDB(t)
-	c := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	j, err := NewJoinTokens(context.Background(), db, c.Now)
+	c := clocktest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	j, err := NewJoinTokens(context.Background(), db, JoinTokensConfig{Clock: c})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +75,7 @@ func TestJoinTokenExpires(t *testing.T) {
 	if !exp.Equal(c.Now().Add(time.Minute)) {
 		t.Fatalf("expiry %s", exp)
 	}
-	c.Add(time.Minute)
+	c.Advance(time.Minute)
 	_, err = j.Consume(ctx, tok)
 	if reasonOf(t, err) != ReasonJoinTokenExpired || !strings.Contains(err.Error(), "expired at") {
 		t.Fatalf("expired use: %v", err)
@@ -193,9 +177,9 @@ func TestJoinTokenPruneKeepsRecentRecords(t *testing.T) {
 	j, c, _ := newTokens(t)
 	ctx := context.Background()
 	old, _, _ := j.Create(ctx, "node-a", time.Minute)
-	c.Add(12 * time.Hour)
+	c.Advance(12 * time.Hour)
 	recent, _, _ := j.Create(ctx, "node-b", time.Minute)
-	c.Add(13 * time.Hour)
+	c.Advance(13 * time.Hour)
 	n, err := j.Prune(ctx)
 	if err != nil || n != 1 {
 		t.Fatalf("Prune: %d, %v; want 1", n, err)
@@ -216,7 +200,7 @@ func TestJoinTokenConsumedOnceAcrossReplicas(t *testing.T) {
 	ctx := context.Background()
 	var reps [2]*JoinTokens
 	for i := range reps {
-		j, err := NewJoinTokens(ctx, shared, nil)
+		j, err := NewJoinTokens(ctx, shared, JoinTokensConfig{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -253,7 +237,7 @@ func TestJoinTokenConsumedOnceAcrossReplicas(t *testing.T) {
 func TestJoinTokenOnUnavailableStore(t *testing.T) {
 	flaky := faultstore.Wrap(openDB(t), false)
 	ctx := context.Background()
-	j, err := NewJoinTokens(ctx, flaky, nil)
+	j, err := NewJoinTokens(ctx, flaky, JoinTokensConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,7 +28,7 @@ func TestJoinTokenConsumedOnceAcrossPostgresReplicas(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { db.Close() })
-		if reps[i], err = NewJoinTokens(ctx, db, nil); err != nil {
+		if reps[i], err = NewJoinTokens(ctx, db, JoinTokensConfig{}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc/codes"
@@ -24,10 +25,10 @@ import (
 // expired-unused tokens are not counted as reuse.
 func TestJoinTokenReuseIsLoggedAndCounted(t *testing.T) {
 	db := openDB(t)
-	c := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	c := clocktest.NewClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	var logs bytes.Buffer
 	reg := prometheus.NewRegistry()
-	j, err := NewJoinTokens(context.Background(), db, c.Now, WithJoinTokenLogger(slog.New(slog.NewJSONHandler(&logs, nil))), WithJoinTokenMetrics(reg))
+	j, err := NewJoinTokens(context.Background(), db, JoinTokensConfig{Clock: c, Logger: slog.New(slog.NewJSONHandler(&logs, nil)), Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +48,7 @@ func TestJoinTokenReuseIsLoggedAndCounted(t *testing.T) {
 	if status.Code(err) != codes.Unauthenticated || reasonOf(t, err) != ReasonJoinTokenUsed || !strings.Contains(err.Error(), "stolen") {
 		t.Fatalf("second use: %v; want Unauthenticated join_token_used mentioning theft", err)
 	}
-	c.Add(2 * time.Minute) // expired too: still a reuse
+	c.Advance(2 * time.Minute) // expired too: still a reuse
 	if _, err := j.Consume(ctx, tok); reasonOf(t, err) != ReasonJoinTokenUsed {
 		t.Fatalf("reuse after expiry: %v; want join_token_used", err)
 	}
@@ -55,7 +56,7 @@ func TestJoinTokenReuseIsLoggedAndCounted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.Add(2 * time.Minute)
+	c.Advance(2 * time.Minute)
 	_, _ = j.Consume(ctx, unused)
 	_, _ = j.Consume(ctx, "cjt_"+strings.Repeat("A", 43))
 	if got := testutil.ToFloat64(j.reuses); got != 2 {

@@ -14,6 +14,7 @@ import (
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/refusal"
+	"github.com/castellan-dev/castellan/internal/clock"
 	"github.com/castellan-dev/castellan/internal/k8sid"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
@@ -72,7 +73,7 @@ type TokenReviewer struct {
 	username    string // system:serviceaccount:<ns>:<name>; "" admits any service account
 	requireNode bool   // refuse tokens not bound to a pod on a node
 	subject     string // what the token is called in messages
-	clock       func() time.Time
+	clock       clock.Clock
 	maxTTL      time.Duration
 	maxSize     int
 	reviews     *prometheus.CounterVec
@@ -124,49 +125,33 @@ type reviewCall struct {
 	err  error // transient failure: not cached
 }
 
-// TokenReviewOption configures a TokenReviewer or TokenReviewAttestor.
-type TokenReviewOption func(*TokenReviewer)
-
-// WithReviewClock sets the clock (default time.Now).
-func WithReviewClock(clock func() time.Time) TokenReviewOption {
-	return func(a *TokenReviewer) { a.clock = clock }
-}
-
-// WithReviewCache bounds how long (ttl) and how many (size) reviews are
-// cached; zero values keep the defaults.
-func WithReviewCache(ttl time.Duration, size int) TokenReviewOption {
-	return func(a *TokenReviewer) {
-		if ttl > 0 {
-			a.maxTTL = ttl
-		}
-		if size > 0 {
-			a.maxSize = size
-		}
-	}
-}
-
-// WithReviewMetrics registers castellan_ca_k8s_token_reviews_total{result}
-// (reviews sent to the API server, and cache hits) in reg.
-func WithReviewMetrics(reg *prometheus.Registry) TokenReviewOption {
-	return func(a *TokenReviewer) {
-		a.reviews = prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "castellan_ca_k8s_token_reviews_total",
-			Help: "Kubernetes token attestations by result: reviewed_ok, reviewed_refused, review_error, cache_hit, refused_early.",
-		}, []string{"result"})
-		reg.MustRegister(a.reviews)
-	}
+// TokenReviewConfig holds the settings of a TokenReviewer or
+// TokenReviewAttestor; its zero value is the default.
+type TokenReviewConfig struct {
+	// Clock expires tokens and cached reviews (nil: the wall clock).
+	Clock clock.Clock
+	// CacheTTL bounds how long a review is cached (<= 0:
+	// DefaultReviewCacheTTL).
+	CacheTTL time.Duration
+	// CacheSize bounds how many reviews are cached (<= 0:
+	// DefaultReviewCacheSize).
+	CacheSize int
+	// Registry, if set, receives
+	// castellan_ca_k8s_token_reviews_total{result} (reviews sent to the API
+	// server, and cache hits).
+	Registry *prometheus.Registry
 }
 
 // NewTokenReviewAttestor returns an attestor that reviews tokens with
 // client and admits only the service account agentNamespace/agentName.
-func NewTokenReviewAttestor(client kubernetes.Interface, agentNamespace, agentName string, opts ...TokenReviewOption) (*TokenReviewAttestor, error) {
+func NewTokenReviewAttestor(client kubernetes.Interface, agentNamespace, agentName string, cfg TokenReviewConfig) (*TokenReviewAttestor, error) {
 	if client == nil {
 		return nil, errors.New("authn: Kubernetes attestation needs a Kubernetes client")
 	}
 	if agentNamespace == "" || agentName == "" {
 		return nil, fmt.Errorf("authn: agent service account %q/%q: want <namespace>/<name>, e.g. castellan-system/castellan-agent", agentNamespace, agentName)
 	}
-	r := newTokenReviewer(client, K8sAudience, "k8s_sat", opts)
+	r := newTokenReviewer(client, K8sAudience, "k8s_sat", cfg)
 	r.username = k8sid.ServiceAccount{Namespace: agentNamespace, Name: agentName}.Username()
 	r.requireNode = true
 	return &TokenReviewAttestor{TokenReviewer: r}, nil
@@ -174,29 +159,39 @@ func NewTokenReviewAttestor(client kubernetes.Interface, agentNamespace, agentNa
 
 // NewTokenReviewer returns a reviewer of service-account tokens for
 // audience that admits any service account, bound to a pod or not.
-func NewTokenReviewer(client kubernetes.Interface, audience string, opts ...TokenReviewOption) (*TokenReviewer, error) {
+func NewTokenReviewer(client kubernetes.Interface, audience string, cfg TokenReviewConfig) (*TokenReviewer, error) {
 	if client == nil {
 		return nil, errors.New("authn: Kubernetes token authentication needs a Kubernetes client")
 	}
 	if audience == "" {
 		return nil, errors.New("authn: Kubernetes token authentication needs an audience")
 	}
-	return newTokenReviewer(client, audience, "the token", opts), nil
+	return newTokenReviewer(client, audience, "the token", cfg), nil
 }
 
-func newTokenReviewer(client kubernetes.Interface, audience, subject string, opts []TokenReviewOption) *TokenReviewer {
+func newTokenReviewer(client kubernetes.Interface, audience, subject string, cfg TokenReviewConfig) *TokenReviewer {
+	if cfg.CacheTTL <= 0 {
+		cfg.CacheTTL = DefaultReviewCacheTTL
+	}
+	if cfg.CacheSize <= 0 {
+		cfg.CacheSize = DefaultReviewCacheSize
+	}
 	r := &TokenReviewer{
 		client:   client,
 		audience: audience,
 		subject:  subject,
-		clock:    time.Now,
-		maxTTL:   DefaultReviewCacheTTL,
-		maxSize:  DefaultReviewCacheSize,
+		clock:    clock.OrSystem(cfg.Clock),
+		maxTTL:   cfg.CacheTTL,
+		maxSize:  cfg.CacheSize,
 		cache:    map[[32]byte]reviewResult{},
 		inflight: map[[32]byte]*reviewCall{},
 	}
-	for _, o := range opts {
-		o(r)
+	if cfg.Registry != nil {
+		r.reviews = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "castellan_ca_k8s_token_reviews_total",
+			Help: "Kubernetes token attestations by result: reviewed_ok, reviewed_refused, review_error, cache_hit, refused_early.",
+		}, []string{"result"})
+		cfg.Registry.MustRegister(r.reviews)
 	}
 	return r
 }
@@ -227,7 +222,7 @@ func (a *TokenReviewAttestor) Attest(ctx context.Context, req *cav1.AttestAgentR
 // (Unauthenticated) if the token is refused, or an Unavailable status
 // error if the API server cannot be asked.
 func (a *TokenReviewer) Review(ctx context.Context, token string) (TokenIdentity, error) {
-	now := a.clock()
+	now := a.clock.Now()
 	claims, err := a.precheck(token, now)
 	if err != nil {
 		a.count("refused_early")

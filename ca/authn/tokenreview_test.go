@@ -16,6 +16,7 @@ import (
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/castellan-dev/castellan/integration/kubetest"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc/codes"
@@ -70,9 +71,9 @@ func satRequest(token string) *cav1.AttestAgentRequest {
 	return &cav1.AttestAgentRequest{Attestation: &cav1.AttestAgentRequest_K8SSat{K8SSat: token}}
 }
 
-func newTestAttestor(t testing.TB, c kubernetes.Interface, opts ...TokenReviewOption) *TokenReviewAttestor {
+func newTestAttestor(t testing.TB, c kubernetes.Interface, cfg TokenReviewConfig) *TokenReviewAttestor {
 	t.Helper()
-	a, err := NewTokenReviewAttestor(c, "castellan-system", "castellan-agent", opts...)
+	a, err := NewTokenReviewAttestor(c, "castellan-system", "castellan-agent", cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,9 +98,9 @@ func wantRefusal(t *testing.T, err error, reason, msgPart string) {
 
 func TestTokenReviewCachesUntilTokenExpiry(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
-	clock := func() time.Time { return now }
+	clk := clocktest.NewClock(now)
 	c, reviews := fakeReviewer(okStatus("node-a"), 0)
-	a := newTestAttestor(t, c, WithReviewClock(clock), WithReviewCache(time.Hour, 0))
+	a := newTestAttestor(t, c, TokenReviewConfig{Clock: clk, CacheTTL: time.Hour})
 	tok := fakeJWT(t, map[string]any{"aud": []string{K8sAudience}, "exp": now.Add(2 * time.Minute).Unix()})
 
 	for i := range 1000 {
@@ -113,7 +114,7 @@ func TestTokenReviewCachesUntilTokenExpiry(t *testing.T) {
 	}
 	// The token's own expiry ends the cache entry (before the 1h cap) and
 	// the token is refused from then on without a review.
-	now = now.Add(2 * time.Minute)
+	clk.Advance(2 * time.Minute)
 	_, err := a.Attest(context.Background(), satRequest(tok))
 	wantRefusal(t, err, ReasonK8sTokenExpired, "expired")
 	if n := reviews.Load(); n != 1 {
@@ -123,11 +124,12 @@ func TestTokenReviewCachesUntilTokenExpiry(t *testing.T) {
 
 func TestTokenReviewCacheTTLIsCapped(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
+	clk := clocktest.NewClock(now)
 	c, reviews := fakeReviewer(okStatus("node-a"), 0)
-	a := newTestAttestor(t, c, WithReviewClock(func() time.Time { return now }), WithReviewCache(time.Minute, 0))
+	a := newTestAttestor(t, c, TokenReviewConfig{Clock: clk, CacheTTL: time.Minute})
 	tok := fakeJWT(t, map[string]any{"aud": K8sAudience, "exp": now.Add(time.Hour).Unix()})
 	for _, step := range []time.Duration{0, 59 * time.Second, time.Second, 30 * time.Second} {
-		now = now.Add(step)
+		clk.Advance(step)
 		if _, err := a.Attest(context.Background(), satRequest(tok)); err != nil {
 			t.Fatal(err)
 		}
@@ -141,7 +143,7 @@ func TestTokenReviewCacheTTLIsCapped(t *testing.T) {
 func TestTokenReviewCacheIsBounded(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
 	c, reviews := fakeReviewer(okStatus("node-a"), 0)
-	a := newTestAttestor(t, c, WithReviewClock(func() time.Time { return now }), WithReviewCache(time.Hour, 8))
+	a := newTestAttestor(t, c, TokenReviewConfig{Clock: clocktest.NewClock(now), CacheTTL: time.Hour, CacheSize: 8})
 	for i := range 100 {
 		tok := fakeJWT(t, map[string]any{"aud": K8sAudience, "exp": now.Add(time.Hour).Unix(), "jti": i})
 		if _, err := a.Attest(context.Background(), satRequest(tok)); err != nil {
@@ -161,7 +163,7 @@ func TestTokenReviewCacheIsBounded(t *testing.T) {
 
 func TestTokenReviewConcurrentCallsShareOneReview(t *testing.T) {
 	c, reviews := fakeReviewer(okStatus("node-a"), 50*time.Millisecond)
-	a := newTestAttestor(t, c)
+	a := newTestAttestor(t, c, TokenReviewConfig{})
 	tok := fakeJWT(t, map[string]any{"aud": K8sAudience, "exp": time.Now().Add(time.Hour).Unix()})
 	var wg sync.WaitGroup
 	errs := make(chan error, 64)
@@ -210,7 +212,7 @@ func TestTokenReviewRefusals(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c, reviews := fakeReviewer(tt.review, 0)
-			a := newTestAttestor(t, c)
+			a := newTestAttestor(t, c, TokenReviewConfig{})
 			tok := tt.raw
 			if tok == "" {
 				tok = fakeJWT(t, tt.claims)
@@ -235,7 +237,7 @@ func TestTokenReviewAPIErrorIsUnavailableAndNotCached(t *testing.T) {
 		}
 		return true, &authenticationv1.TokenReview{Status: okStatus("node-b")}, nil
 	})
-	a := newTestAttestor(t, c)
+	a := newTestAttestor(t, c, TokenReviewConfig{})
 	tok := fakeJWT(t, map[string]any{"aud": K8sAudience, "exp": time.Now().Add(time.Hour).Unix()})
 	_, err := a.Attest(context.Background(), satRequest(tok))
 	if st, _ := status.FromError(err); st.Code() != codes.Unavailable {
@@ -289,7 +291,7 @@ func TestTokenReviewAgainstRealAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	a := newTestAttestor(t, client, WithReviewMetrics(reg))
+	a := newTestAttestor(t, client, TokenReviewConfig{Registry: reg})
 	ctx := context.Background()
 
 	t.Run("agent token names its node; 1000 calls cost one review", func(t *testing.T) {
@@ -319,7 +321,7 @@ func TestTokenReviewAgainstRealAPIServer(t *testing.T) {
 	})
 	t.Run("expired token", func(t *testing.T) {
 		tok := env.PodToken("castellan-system", "castellan-agent", "agent-a", K8sAudience, 10*time.Minute)
-		later := newTestAttestor(t, client, WithReviewClock(func() time.Time { return time.Now().Add(11 * time.Minute) }))
+		later := newTestAttestor(t, client, TokenReviewConfig{Clock: clocktest.NewClock(time.Now().Add(11 * time.Minute))})
 		_, err := later.Attest(ctx, satRequest(tok))
 		wantRefusal(t, err, ReasonK8sTokenExpired, "expired")
 	})
@@ -337,7 +339,7 @@ func TestTokenReviewAgainstRealAPIServer(t *testing.T) {
 		// room for a loaded machine.
 		var err error
 		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-			if _, err = newTestAttestor(t, client).Attest(ctx, satRequest(tok)); err != nil {
+			if _, err = newTestAttestor(t, client, TokenReviewConfig{}).Attest(ctx, satRequest(tok)); err != nil {
 				break
 			}
 		}
@@ -356,7 +358,7 @@ func TestTokenReviewAgainstRealAPIServer(t *testing.T) {
 // cached: the cost every attestation after the first pays per token.
 func BenchmarkTokenReviewCachedAttest(b *testing.B) {
 	c, reviews := fakeReviewer(okStatus("node-a"), 0)
-	a := newTestAttestor(b, c)
+	a := newTestAttestor(b, c, TokenReviewConfig{})
 	req := satRequest(fakeJWT(b, map[string]any{"aud": K8sAudience, "exp": time.Now().Add(time.Hour).Unix()}))
 	ctx := context.Background()
 	b.ReportAllocs()
@@ -399,7 +401,7 @@ func TestTokenReviewerAnyServiceAccount(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c, _ := fakeReviewer(tt.status, 0)
-			r, err := NewTokenReviewer(c, aud)
+			r, err := NewTokenReviewer(c, aud, TokenReviewConfig{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -414,7 +416,7 @@ func TestTokenReviewerAnyServiceAccount(t *testing.T) {
 		})
 	}
 	c, _ := fakeReviewer(st("system:serviceaccount:bookinfo:reviews", nil, aud), 0)
-	r, _ := NewTokenReviewer(c, aud)
+	r, _ := NewTokenReviewer(c, aud, TokenReviewConfig{})
 	_, err := r.Review(context.Background(), fakeJWT(t, map[string]any{"aud": K8sAudience, "exp": time.Now().Add(time.Hour).Unix()}))
 	wantRefusal(t, err, ReasonK8sWrongAudience, "the token is for audiences")
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/lifetime"
 	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/castellan-dev/castellan/ca/store"
+	"github.com/castellan-dev/castellan/internal/clock"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -66,7 +67,7 @@ type Entries struct {
 	db     store.DB
 	td     spiffeid.TrustDomain
 	maxTTL time.Duration
-	clock  func() time.Time
+	clock  clock.Clock
 	log    *slog.Logger
 
 	// writeMu serializes this process's writes: only a writer holding it
@@ -82,30 +83,28 @@ type Entries struct {
 	stopped chan struct{} // closed when the follower exits
 }
 
-// EntriesOption configures Entries.
-type EntriesOption func(*Entries)
-
-// WithEntriesLogger sets the logger that receives the follower's failures
-// to reload (default: discard).
-func WithEntriesLogger(log *slog.Logger) EntriesOption {
-	return func(e *Entries) { e.log = log }
+// EntriesConfig holds the settings of Entries; its zero value is the
+// default.
+type EntriesConfig struct {
+	// MaxTTL bounds an entry's TTL (0: no bound).
+	MaxTTL time.Duration
+	// Clock dates new entries (nil: the wall clock).
+	Clock clock.Clock
+	// Logger receives the follower's failures to reload (nil: discard).
+	Logger *slog.Logger
 }
 
 // NewEntries loads the entries of db for trust domain td (ctx bounds the
 // load) and, when db is shared, starts following other replicas' writes
-// until Close. maxTTL bounds an entry's TTL (0: no bound). clock nil means
-// time.Now. An entry stored before the unix selector rule (unix.go) that
+// until Close. An entry stored before the unix selector rule (unix.go) that
 // the rule would refuse is loaded with AllowAnyUser set, so that listings
 // and agents flag it.
-func NewEntries(ctx context.Context, db store.DB, td spiffeid.TrustDomain, maxTTL time.Duration, clock func() time.Time, opts ...EntriesOption) (*Entries, error) {
-	if clock == nil {
-		clock = time.Now
+func NewEntries(ctx context.Context, db store.DB, td spiffeid.TrustDomain, cfg EntriesConfig) (*Entries, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	e := &Entries{db: db, td: td, maxTTL: maxTTL, clock: clock, log: slog.New(slog.DiscardHandler),
+	e := &Entries{db: db, td: td, maxTTL: cfg.MaxTTL, clock: clock.OrSystem(cfg.Clock), log: cfg.Logger,
 		changed: make(chan struct{}), stopped: make(chan struct{})}
-	for _, o := range opts {
-		o(e)
-	}
 	// Subscribe before loading, so that a write committed by another
 	// replica while we load is not missed.
 	ch := db.Changed()
@@ -332,7 +331,7 @@ func (e *Entries) normalize(ent *cav1.Entry) (*cav1.Entry, error) {
 		Node:         ent.GetNode(),
 		Selectors:    sels,
 		TtlSeconds:   ent.GetTtlSeconds(),
-		CreatedAt:    timestamppb.New(e.clock()),
+		CreatedAt:    timestamppb.New(e.clock.Now()),
 		AllowAnyUser: ent.GetAllowAnyUser(),
 	}, nil
 }

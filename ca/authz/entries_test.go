@@ -11,6 +11,7 @@ import (
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -27,9 +28,15 @@ func openDB(t *testing.T) *boltstore.DB {
 }
 
 // openEntries loads the entries of db, closed at the end of the test.
-func openEntries(t *testing.T, db store.DB, opts ...EntriesOption) *Entries {
+func openEntries(t *testing.T, db store.DB) *Entries {
 	t.Helper()
-	e, err := NewEntries(context.Background(), db, td, 24*time.Hour, nil, opts...)
+	return openEntriesWith(t, db, EntriesConfig{MaxTTL: 24 * time.Hour})
+}
+
+// openEntriesWith is openEntries with cfg.
+func openEntriesWith(t *testing.T, db store.DB, cfg EntriesConfig) *Entries {
+	t.Helper()
+	e, err := NewEntries(context.Background(), db, td, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,6 +131,28 @@ func TestEntriesPersistAndReload(t *testing.T) {
 	again := openEntries(t, db)
 	if len(again.List("")) != 1 {
 		t.Fatal("delete was not persisted")
+	}
+}
+
+// A new entry is dated by the configured clock, not the wall clock.
+func TestEntryCreatedAtIsTheClocksTime(t *testing.T) {
+	at := time.Date(2031, 5, 6, 7, 8, 9, 0, time.UTC)
+	clk := clocktest.NewClock(at)
+	e := openEntriesWith(t, openDB(t), EntriesConfig{Clock: clk})
+	a, err := e.Create(context.Background(), entry("spiffe://cluster.local/a", "node-1", "unix:uid:1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(time.Hour)
+	b, err := e.Create(context.Background(), entry("spiffe://cluster.local/b", "node-1", "unix:uid:1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := a.CreatedAt.AsTime(); !got.Equal(at) {
+		t.Fatalf("first entry created at %v, want the clock's %v", got, at)
+	}
+	if got := b.CreatedAt.AsTime(); !got.Equal(at.Add(time.Hour)) {
+		t.Fatalf("second entry created at %v, want the advanced clock's %v", got, at.Add(time.Hour))
 	}
 }
 

@@ -85,7 +85,7 @@ func TestRegistryCopiedFromBoltToPostgres(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srcTokens, err := authn.NewJoinTokens(ctx, bolt, nil)
+	srcTokens, err := authn.NewJoinTokens(ctx, bolt, authn.JoinTokensConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +104,7 @@ func TestRegistryCopiedFromBoltToPostgres(t *testing.T) {
 	if got := openEntries(t, dst).List(""); len(got) != 1 || got[0].Id != ent.Id {
 		t.Fatalf("entries after the copy: %v, want %s", ids(got), ent.Id)
 	}
-	tokens, err := authn.NewJoinTokens(ctx, dst, nil)
+	tokens, err := authn.NewJoinTokens(ctx, dst, authn.JoinTokensConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,15 +51,15 @@ type Pods struct {
 	wait     time.Duration
 }
 
-// PodsOption configures Pods.
-type PodsOption func(*Pods)
-
-// WithPodWait sets how long Authorize waits for an unknown pod (default
-// DefaultPodWait; 0 does not wait).
-func WithPodWait(d time.Duration) PodsOption { return func(p *Pods) { p.wait = d } }
+// PodsConfig holds the settings of Pods; its zero value is the default.
+type PodsConfig struct {
+	// Wait is how long Authorize waits for an unknown pod (0:
+	// DefaultPodWait; negative: it does not wait).
+	Wait time.Duration
+}
 
 // NewPods returns the rule for trust domain td, reading pods with client.
-func NewPods(client kubernetes.Interface, td spiffeid.TrustDomain, opts ...PodsOption) (*Pods, error) {
+func NewPods(client kubernetes.Interface, td spiffeid.TrustDomain, cfg PodsConfig) (*Pods, error) {
 	if client == nil {
 		return nil, errors.New("authz: pod authorization needs a Kubernetes client")
 	}
@@ -80,11 +80,10 @@ func NewPods(client kubernetes.Interface, td spiffeid.TrustDomain, opts ...PodsO
 	if err := inf.SetTransform(SlimPod); err != nil {
 		return nil, fmt.Errorf("authz: pod informer: %w", err)
 	}
-	p := &Pods{td: td, informer: inf, wait: DefaultPodWait}
-	for _, o := range opts {
-		o(p)
+	if cfg.Wait == 0 {
+		cfg.Wait = DefaultPodWait
 	}
-	return p, nil
+	return &Pods{td: td, informer: inf, wait: cfg.Wait}, nil
 }
 
 // SlimPod keeps only what node restriction needs of a pod: name,

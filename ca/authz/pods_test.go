@@ -21,9 +21,9 @@ import (
 
 var testTD = spiffeid.RequireTrustDomainFromString("cluster.local")
 
-func startPods(t *testing.T, env *kubetest.Env, opts ...PodsOption) *Pods {
+func startPods(t *testing.T, env *kubetest.Env, cfg PodsConfig) *Pods {
 	t.Helper()
-	p, err := NewPods(env.Client(), testTD, opts...)
+	p, err := NewPods(env.Client(), testTD, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +66,7 @@ func TestPodsNodeRestrictionOnRealAPIServer(t *testing.T) {
 	onA := env.CreatePod("shop", "cart-a", "cart", "node-a")
 	onB := env.CreatePod("shop", "cart-b", "cart", "node-b")
 	pay := env.CreatePod("shop", "payments-a", "payments", "node-a")
-	p := startPods(t, env, WithPodWait(500*time.Millisecond))
+	p := startPods(t, env, PodsConfig{Wait: 500 * time.Millisecond})
 	ctx := context.Background()
 	cart := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/cart")
 
@@ -158,12 +158,27 @@ func eventually(t *testing.T, f func() error, reason, msg string) {
 }
 
 func TestPodsRefuseBeforeSync(t *testing.T) {
-	p, err := NewPods(fake.NewClientset(), testTD)
+	p, err := NewPods(fake.NewClientset(), testTD, PodsConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, err = p.Authorize(context.Background(), Request{Node: "n", ID: spiffeid.RequireFromString("spiffe://cluster.local/ns/a/sa/b"), PodUID: "u"})
 	wantDenied(t, err, ReasonPodsNotSynced, "retry shortly")
+}
+
+// PodsConfig's zero Wait is DefaultPodWait; any other value is kept.
+func TestPodsConfigWaitDefaults(t *testing.T) {
+	for _, tc := range []struct{ set, want time.Duration }{
+		{0, DefaultPodWait}, {500 * time.Millisecond, 500 * time.Millisecond}, {-1, -1},
+	} {
+		p, err := NewPods(fake.NewClientset(), testTD, PodsConfig{Wait: tc.set})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.wait != tc.want {
+			t.Errorf("PodsConfig{Wait: %v}: waits %v, want %v", tc.set, p.wait, tc.want)
+		}
+	}
 }
 
 func TestSlimPodKeepsOnlyWhatTheRuleNeeds(t *testing.T) {
@@ -210,7 +225,7 @@ func BenchmarkPodsAuthorize(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	p, err := NewPods(c, testTD)
+	p, err := NewPods(c, testTD, PodsConfig{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -98,7 +98,7 @@ func TestLegacyAnyUserEntryIsFlaggedOnLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	e, err := NewEntries(context.Background(), db, td, 0, nil)
+	e, err := NewEntries(context.Background(), db, td, EntriesConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}

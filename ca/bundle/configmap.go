@@ -49,35 +49,43 @@ type Publisher struct {
 	pem []byte // nil until SetBundle
 }
 
-// Option configures a Publisher.
-type Option func(*Publisher)
+// Config holds the settings of a Publisher; its zero value is the
+// default.
+type Config struct {
+	// Logger receives the Publisher's logs (nil: discard).
+	Logger *slog.Logger
+	// Registry, when set, receives
+	// castellan_ca_bundle_configmap_writes_total{action,result}.
+	Registry *prometheus.Registry
+}
 
-// WithLogger sets the logger (default: discard).
-func WithLogger(l *slog.Logger) Option { return func(p *Publisher) { p.log = l } }
-
-// WithRegistry registers castellan_ca_bundle_configmap_writes_total{action,result}.
-func WithRegistry(reg *prometheus.Registry) Option {
-	return func(p *Publisher) {
-		p.updates = prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "castellan_ca_bundle_configmap_writes_total",
-			Help: "Writes of the trust-bundle ConfigMap by action (create, update) and result (ok, error).",
-		}, []string{"action", "result"})
-		reg.MustRegister(p.updates)
+// newWrites returns castellan_ca_bundle_configmap_writes_total registered
+// in reg, or nil without a registry.
+func newWrites(reg *prometheus.Registry) *prometheus.CounterVec {
+	if reg == nil {
+		return nil
 	}
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "castellan_ca_bundle_configmap_writes_total",
+		Help: "Writes of the trust-bundle ConfigMap by action (create, update) and result (ok, error).",
+	}, []string{"action", "result"})
+	reg.MustRegister(c)
+	return c
 }
 
 // NewPublisher returns a publisher writing with client.
-func NewPublisher(client kubernetes.Interface, opts ...Option) (*Publisher, error) {
+func NewPublisher(client kubernetes.Interface, cfg Config) (*Publisher, error) {
 	if client == nil {
 		return nil, errors.New("bundle: publishing the trust bundle needs a Kubernetes client")
 	}
-	p := &Publisher{
-		client: client,
-		log:    slog.New(slog.DiscardHandler),
-		queue:  workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	for _, o := range opts {
-		o(p)
+	p := &Publisher{
+		client:  client,
+		log:     cfg.Logger,
+		queue:   workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
+		updates: newWrites(cfg.Registry),
 	}
 	p.namespaces = cache.NewSharedIndexInformer(&cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {

@@ -51,7 +51,7 @@ func TestPublisherKeepsConfigMapsCurrentOnRealAPIServer(t *testing.T) {
 	env := kubetest.Start(t)
 	env.CreateNamespace("alpha")
 	env.CreateNamespace("beta")
-	p, err := NewPublisher(env.Client(), WithRegistry(prometheus.NewRegistry()))
+	p, err := NewPublisher(env.Client(), Config{Registry: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}

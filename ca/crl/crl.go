@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/internal/clock"
 	"github.com/castellan-dev/castellan/internal/serial"
 )
 
@@ -47,8 +48,9 @@ type Signer interface {
 type Config struct {
 	// Validity is NextUpdate - ThisUpdate (0: DefaultValidity).
 	Validity time.Duration
-	// Clock returns the current time (nil: time.Now).
-	Clock func() time.Time
+	// Clock dates the CRL and decides when it is re-signed (nil: the wall
+	// clock).
+	Clock clock.Clock
 	// Logger receives signing failures (nil: discard).
 	Logger *slog.Logger
 }
@@ -72,9 +74,7 @@ func New(src Source, signer Signer, cfg Config) *Handler {
 	if cfg.Validity <= 0 {
 		cfg.Validity = DefaultValidity
 	}
-	if cfg.Clock == nil {
-		cfg.Clock = time.Now
-	}
+	cfg.Clock = clock.OrSystem(cfg.Clock)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -89,7 +89,7 @@ func (h *Handler) CRL(ctx context.Context) ([]byte, error) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	now := h.cfg.Clock()
+	now := h.cfg.Clock.Now()
 	if h.der != nil && now.Sub(h.builtAt) < h.cfg.Validity/2 && !anyClosed(h.stale) {
 		return h.der, nil
 	}

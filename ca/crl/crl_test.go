@@ -17,26 +17,14 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/crl"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 )
 
-// clock is a settable clock shared by the ledger, the CA and the handler.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 // setup opens a real bbolt ledger holding three issuances (serials a1, a2,
-// a3, valid for an hour) and an in-memory CA.
-func setup(t *testing.T) (*ledger.Ledger, *authority.Authority, *clock) {
+// a3, valid for an hour) and an in-memory CA, sharing one manual clock.
+func setup(t *testing.T) (*ledger.Ledger, *authority.Authority, *clocktest.Clock) {
 	t.Helper()
-	clk := &clock{now: time.Now().Truncate(time.Second)}
+	clk := clocktest.NewClock(time.Now().Truncate(time.Second))
 	l, err := ledger.Open(filepath.Join(t.TempDir(), "ledger.db"), ledger.Options{Clock: clk.Now})
 	if err != nil {
 		t.Fatal(err)
@@ -101,7 +89,7 @@ func TestCRLIsSignedAgainAtHalfItsValidityAndDropsExpiredCerts(t *testing.T) {
 	if _, err := l.Revoke(context.Background(), "a1", "superseded"); err != nil {
 		t.Fatal(err)
 	}
-	h := crl.New(l, a, crl.Config{Validity: 40 * time.Minute, Clock: clk.Now})
+	h := crl.New(l, a, crl.Config{Validity: 40 * time.Minute, Clock: clk})
 	first := fetch(t, h, a.Intermediate())
 	clk.Advance(19 * time.Minute)
 	if again := fetch(t, h, a.Intermediate()); again.Number.Cmp(first.Number) != 0 {

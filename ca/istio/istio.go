@@ -34,7 +34,6 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authority"
@@ -42,6 +41,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/castellan-dev/castellan/ca/server"
+	"github.com/castellan-dev/castellan/internal/clock"
 	"github.com/castellan-dev/castellan/internal/k8sid"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -116,8 +116,9 @@ type Config struct {
 	Pods NodePods
 	// Logger receives refusals (nil: discard).
 	Logger *slog.Logger
-	// Clock returns the current time (nil: time.Now).
-	Clock func() time.Time
+	// Clock decides which revocations are still in force (nil: the wall
+	// clock).
+	Clock clock.Clock
 }
 
 // Service implements IstioCertificateService.
@@ -127,7 +128,7 @@ type Service struct {
 	td      spiffeid.TrustDomain
 	trusted map[string]bool // "namespace/name"
 	log     *slog.Logger
-	clock   func() time.Time
+	clock   clock.Clock
 }
 
 // New checks cfg and returns the service.
@@ -139,12 +140,9 @@ func New(cfg Config) (*Service, error) {
 		cfg.Authorizer = cfg.Server.Authorizer()
 	}
 	s := &Service{cfg: cfg, td: cfg.Authority.TrustDomain(), trusted: map[string]bool{},
-		log: cfg.Logger, clock: cfg.Clock}
+		log: cfg.Logger, clock: clock.OrSystem(cfg.Clock)}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
-	}
-	if s.clock == nil {
-		s.clock = time.Now
 	}
 	for _, a := range cfg.TrustedNodeAccounts {
 		ns, name, err := authn.ParseServiceAccount(a)

@@ -78,11 +78,11 @@ func newCAWith(t *testing.T, cfg istio.Config, auth *authority.Authority) *caEnv
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	tokens, err := authn.NewJoinTokens(ctx, db, nil)
+	tokens, err := authn.NewJoinTokens(ctx, db, authn.JoinTokensConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	entries, err := authz.NewEntries(ctx, db, td, auth.MaxTTL(), nil)
+	entries, err := authz.NewEntries(ctx, db, td, authz.EntriesConfig{MaxTTL: auth.MaxTTL()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,11 +214,11 @@ func TestCreateCertificateKubernetes(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	reviewer, err := authn.NewTokenReviewer(env.Client(), istio.Audience)
+	reviewer, err := authn.NewTokenReviewer(env.Client(), istio.Audience, authn.TokenReviewConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	pods, err := authz.NewPods(env.Client(), td)
+	pods, err := authz.NewPods(env.Client(), td, authz.PodsConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,7 +45,7 @@ func (s *Service) checkLineage(ctx context.Context, id spiffeid.ID, serial strin
 	case cert.Revoked != nil:
 		return ledger.Entry{}, authn.Fail(ReasonCertRevoked, "client certificate %s (serial %s) is revoked", id, serial)
 	}
-	rev, found, truncated, err := s.cfg.Ledger.RevokedAncestor(ctx, serial, MaxRenewalGenerations, s.clock())
+	rev, found, truncated, err := s.cfg.Ledger.RevokedAncestor(ctx, serial, MaxRenewalGenerations, s.clock.Now())
 	switch {
 	case err != nil:
 		return ledger.Entry{}, fmt.Errorf("istio: lineage of serial %s: %w", serial, err)

@@ -44,6 +44,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/refusal"
+	"github.com/castellan-dev/castellan/internal/clock"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 )
@@ -96,8 +97,8 @@ type Config struct {
 	IdentityPerTTL int
 	// MaxBuckets bounds the buckets kept in memory (0: DefaultMaxBuckets).
 	MaxBuckets int
-	// Clock returns the current time (nil: time.Now).
-	Clock func() time.Time
+	// Clock refills the buckets (nil: the wall clock).
+	Clock clock.Clock
 	// Registry, when set, receives castellan_quota_refusals_total.
 	Registry prometheus.Registerer
 }
@@ -197,9 +198,7 @@ func New(cfg Config) (*Limiter, error) {
 	if cfg.MaxBuckets == 0 {
 		cfg.MaxBuckets = DefaultMaxBuckets
 	}
-	if cfg.Clock == nil {
-		cfg.Clock = time.Now
-	}
+	cfg.Clock = clock.OrSystem(cfg.Clock)
 	l := &Limiter{cfg: cfg, buckets: map[string]*list.Element{}, lru: list.New(),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "castellan_quota_refusals_total",
@@ -232,7 +231,7 @@ func Identity(spiffeID, entry string) string {
 // (node "", an Istio caller the CA cannot place) is limited per identity
 // only: one shared bucket would let any such caller starve the others.
 func (l *Limiter) Take(node, identity string, ttl time.Duration) error {
-	now := l.cfg.Clock()
+	now := l.cfg.Clock.Now()
 	per := l.cfg.IdentityPerTTL
 	idLimit := Limit{Burst: per, Every: max(ttl, MinTTL) / time.Duration(per)}
 	l.mu.Lock()

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/refusal"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -15,15 +16,10 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-type fakeClock struct{ t time.Time }
-
-func (c *fakeClock) now() time.Time          { return c.t }
-func (c *fakeClock) advance(d time.Duration) { c.t = c.t.Add(d) }
-
-func newLimiter(t *testing.T, node Limit, perTTL int, clk *fakeClock) (*Limiter, *prometheus.Registry) {
+func newLimiter(t *testing.T, node Limit, perTTL int, clk *clocktest.Clock) (*Limiter, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	l, err := New(Config{Node: node, IdentityPerTTL: perTTL, Clock: clk.now, Registry: reg})
+	l, err := New(Config{Node: node, IdentityPerTTL: perTTL, Clock: clk, Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,10 +80,10 @@ func TestTake(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			clk := &fakeClock{t: time.Unix(1e9, 0)}
+			clk := clocktest.NewClock(time.Unix(1e9, 0))
 			l, _ := newLimiter(t, tc.node, tc.perTTL, clk)
 			for i, s := range tc.steps {
-				clk.advance(s.advance)
+				clk.Advance(s.advance)
 				err := l.Take(s.node, s.identity, s.ttl)
 				var ex *Exceeded
 				switch {
@@ -104,7 +100,7 @@ func TestTake(t *testing.T) {
 }
 
 func TestExceededSaysWhichQuotaAndWhenToRetry(t *testing.T) {
-	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	clk := clocktest.NewClock(time.Unix(1e9, 0))
 	l, reg := newLimiter(t, Limit{1, time.Minute}, 4, clk)
 	if err := l.Take("node-1", "spiffe://td/ns/a/sa/b", time.Hour); err != nil {
 		t.Fatal(err)
@@ -139,9 +135,9 @@ func TestExceededSaysWhichQuotaAndWhenToRetry(t *testing.T) {
 // A node whose every identity is due at once (after a CA outage) is
 // served in full by the defaults, and the node's quota then refills.
 func TestDefaultsServeAWholeNodeAfterAnOutage(t *testing.T) {
-	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	clk := clocktest.NewClock(time.Unix(1e9, 0))
 	cfg := Defaults(time.Hour)
-	cfg.Clock = clk.now
+	cfg.Clock = clk
 	l, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -157,7 +153,7 @@ func TestDefaultsServeAWholeNodeAfterAnOutage(t *testing.T) {
 		t.Fatalf("the %dth issuance in a burst: %v, want refused", 2*NodeIdentities+1, err)
 	}
 	// Steady state: each identity renewed twice per TTL fits the refill.
-	clk.advance(time.Hour)
+	clk.Advance(time.Hour)
 	for i := range NodeIdentities {
 		for range 2 {
 			if err := l.Take("n", fmt.Sprintf("id-%d", i), time.Hour); err != nil {
@@ -168,8 +164,8 @@ func TestDefaultsServeAWholeNodeAfterAnOutage(t *testing.T) {
 }
 
 func TestMemoryIsBounded(t *testing.T) {
-	clk := &fakeClock{t: time.Unix(1e9, 0)}
-	l, err := New(Config{Node: Limit{10, time.Second}, IdentityPerTTL: 2, MaxBuckets: 100, Clock: clk.now})
+	clk := clocktest.NewClock(time.Unix(1e9, 0))
+	l, err := New(Config{Node: Limit{10, time.Second}, IdentityPerTTL: 2, MaxBuckets: 100, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +176,7 @@ func TestMemoryIsBounded(t *testing.T) {
 		t.Fatalf("%d buckets kept, want at most 100", n)
 	}
 	// Idle buckets that have refilled are forgotten.
-	clk.advance(2 * time.Hour)
+	clk.Advance(2 * time.Hour)
 	_ = l.Take("fresh", "a", time.Hour)
 	if n := l.Len(); n != 2 {
 		t.Fatalf("%d buckets kept after everything refilled, want the 2 just used", n)
@@ -190,10 +186,10 @@ func TestMemoryIsBounded(t *testing.T) {
 // A bucket used recently but not yet full survives the sweep: forgetting
 // it would hand its node a fresh burst.
 func TestDrainedBucketIsNotForgotten(t *testing.T) {
-	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	clk := clocktest.NewClock(time.Unix(1e9, 0))
 	l, _ := newLimiter(t, Limit{1, time.Hour}, 4, clk)
 	_ = l.Take("n", "a", time.Hour)
-	clk.advance(2 * time.Minute) // a sweep runs on the next Take
+	clk.Advance(2 * time.Minute) // a sweep runs on the next Take
 	_ = l.Take("m", "a", time.Hour)
 	if err := l.Take("n", "b", time.Hour); !errors.Is(err, ErrExceeded) {
 		t.Fatalf("drained node bucket was forgotten: %v", err)
@@ -203,7 +199,7 @@ func TestDrainedBucketIsNotForgotten(t *testing.T) {
 // A revocation refills the revoked identity's buckets (all its entries)
 // on that node, not the node's bucket nor other identities'.
 func TestForgiveRefillsTheRevokedIdentity(t *testing.T) {
-	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	clk := clocktest.NewClock(time.Unix(1e9, 0))
 	l, _ := newLimiter(t, Limit{5, time.Hour}, 1, clk)
 	for _, id := range []string{Identity("spiffe://td/a", "e1"), Identity("spiffe://td/a", "e2"), Identity("spiffe://td/ab", "e3")} {
 		if err := l.Take("n", id, time.Hour); err != nil {

@@ -103,7 +103,7 @@ func witnessLedger(b *testing.B, e *env) *atomic.Int64 {
 		b.Fatal(err)
 	}
 	rounds := new(atomic.Int64)
-	w := witness.NewWitnesser(witness.New(p), e.ledger, witness.WitnesserOptions{
+	w := witness.NewWitnesser(witness.New(p, witness.ClientConfig{}), e.ledger, witness.WitnesserConfig{
 		Interval: time.Second,
 		OnWitnessed: func(ctx context.Context, cp []byte) error {
 			rounds.Add(1)

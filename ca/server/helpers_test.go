@@ -24,6 +24,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/ca/store/faultstore"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -109,11 +110,11 @@ func newEnvOn(t testing.TB, registry *faultstore.DB, ledgerDB store.DB, ledgerKe
 	}
 	t.Cleanup(func() { led.Close() })
 	ctx := context.Background()
-	tokens, err := authn.NewJoinTokens(ctx, registry, clock.Now)
+	tokens, err := authn.NewJoinTokens(ctx, registry, authn.JoinTokensConfig{Clock: clocktest.Func(clock.Now)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	entries, err := authz.NewEntries(ctx, registry, testTD, auth.MaxTTL(), clock.Now)
+	entries, err := authz.NewEntries(ctx, registry, testTD, authz.EntriesConfig{MaxTTL: auth.MaxTTL(), Clock: clocktest.Func(clock.Now)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,7 @@ func BenchmarkServe(b *testing.B) {
 		b.Run(path, func(b *testing.B) {
 			tl := newTestLog(b)
 			tl.issue(b, 600, time.Hour)
-			h := NewHandler(tl.l, Options{Clock: tl.clock})
+			h := NewHandler(tl.l, Config{Clock: tl.clock})
 			req := httptest.NewRequest(http.MethodGet, path, nil)
 			b.ReportAllocs()
 			for b.Loop() {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/internal/clock"
 )
 
 // Log is what Handler serves; *ledger.Ledger implements it.
@@ -65,7 +66,7 @@ type Handler struct {
 	log       Log
 	slots     chan struct{}
 	errs      *slog.Logger
-	clock     func() time.Time
+	clock     clock.Clock
 	interval  time.Duration
 	witnessed func() []byte
 
@@ -73,14 +74,14 @@ type Handler struct {
 	lastSigned time.Time  // when this Handler last called Log.Checkpoint
 }
 
-// Options configures a Handler.
-type Options struct {
+// Config holds the settings of a Handler; its zero value is the default.
+type Config struct {
 	// MaxInFlight bounds concurrent requests (0 -> DefaultMaxInFlight).
 	MaxInFlight int
 	// Logger receives server-side failures (nil -> discard).
 	Logger *slog.Logger
-	// Clock returns the current time (nil -> time.Now).
-	Clock func() time.Time
+	// Clock times checkpoint signing (nil -> the wall clock).
+	Clock clock.Clock
 	// CheckpointInterval is the least time between two checkpoints signed
 	// on request (0 -> DefaultCheckpointInterval).
 	CheckpointInterval time.Duration
@@ -92,21 +93,18 @@ type Options struct {
 }
 
 // NewHandler returns a Handler serving l.
-func NewHandler(l Log, opts Options) *Handler {
-	if opts.MaxInFlight <= 0 {
-		opts.MaxInFlight = DefaultMaxInFlight
+func NewHandler(l Log, cfg Config) *Handler {
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = DefaultMaxInFlight
 	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if opts.Clock == nil {
-		opts.Clock = time.Now
+	if cfg.CheckpointInterval <= 0 {
+		cfg.CheckpointInterval = DefaultCheckpointInterval
 	}
-	if opts.CheckpointInterval <= 0 {
-		opts.CheckpointInterval = DefaultCheckpointInterval
-	}
-	return &Handler{log: l, slots: make(chan struct{}, opts.MaxInFlight), errs: opts.Logger,
-		clock: opts.Clock, interval: opts.CheckpointInterval, witnessed: opts.Witnessed}
+	return &Handler{log: l, slots: make(chan struct{}, cfg.MaxInFlight), errs: cfg.Logger,
+		clock: clock.OrSystem(cfg.Clock), interval: cfg.CheckpointInterval, witnessed: cfg.Witnessed}
 }
 
 // ServeHTTP serves GET and HEAD of the checkpoint, hash tiles and entry
@@ -164,7 +162,7 @@ func (h *Handler) checkpoint(ctx context.Context) ([]byte, error) {
 	}
 	h.cpMu.Lock()
 	defer h.cpMu.Unlock()
-	now := h.clock()
+	now := h.clock.Now()
 	if !h.lastSigned.IsZero() && now.Sub(h.lastSigned) < h.interval && !now.Before(h.lastSigned) {
 		if cp := h.log.StoredCheckpoint(); cp != nil {
 			return cp, nil

@@ -12,11 +12,11 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
@@ -25,36 +25,24 @@ import (
 	"golang.org/x/mod/sumdb/note"
 )
 
-// testLog is a real ledger file served by a Handler over a real listener.
+// testLog is a real ledger file served by a Handler over a real listener;
+// the ledger and the Handler share a manual clock.
 type testLog struct {
-	l   *ledger.Ledger
-	srv *httptest.Server
-	now time.Time
-	mu  sync.Mutex
-}
-
-func (tl *testLog) clock() time.Time {
-	tl.mu.Lock()
-	defer tl.mu.Unlock()
-	return tl.now
-}
-
-func (tl *testLog) advance(d time.Duration) {
-	tl.mu.Lock()
-	defer tl.mu.Unlock()
-	tl.now = tl.now.Add(d)
+	l     *ledger.Ledger
+	srv   *httptest.Server
+	clock *clocktest.Clock
 }
 
 func newTestLog(t testing.TB) *testLog {
 	t.Helper()
-	tl := &testLog{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
-	l, err := ledger.Open(filepath.Join(t.TempDir(), "ledger.db"), ledger.Options{Clock: tl.clock, Retention: time.Hour})
+	tl := &testLog{clock: clocktest.NewClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))}
+	l, err := ledger.Open(filepath.Join(t.TempDir(), "ledger.db"), ledger.Options{Clock: tl.clock.Now, Retention: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
 	tl.l = l
 	mux := http.NewServeMux()
-	mux.Handle("GET /log/", http.StripPrefix("/log", NewHandler(l, Options{Clock: tl.clock})))
+	mux.Handle("GET /log/", http.StripPrefix("/log", NewHandler(l, Config{Clock: tl.clock})))
 	tl.srv = httptest.NewServer(mux)
 	t.Cleanup(func() { tl.srv.Close(); _ = l.Close() })
 	return tl
@@ -66,7 +54,7 @@ func (tl *testLog) issue(t testing.TB, n int, ttl time.Duration) {
 	evs := make([]ledger.Event, n)
 	size := tl.l.Size()
 	for i := range evs {
-		now := tl.clock()
+		now := tl.clock.Now()
 		evs[i] = ledger.Event{Kind: ledger.KindIssuance, Serial: fmt.Sprintf("%x", size+uint64(i)+1),
 			SPIFFEID: fmt.Sprintf("spiffe://example.org/w/%d", size+uint64(i)), Node: "n1",
 			NotBefore: now, NotAfter: now.Add(ttl), CertDER: bytes.Repeat([]byte{byte(i)}, 300)}
@@ -230,7 +218,7 @@ func TestPrunedEntriesAreGoneButTilesStillProve(t *testing.T) {
 	tl.issue(t, 10, time.Minute)      // entries 0-9 expire soon
 	tl.issue(t, 290, 30*24*time.Hour) // entries 10-299 do not
 	before := leafData(t, tl.l)
-	tl.advance(2 * time.Hour) // past NotAfter + the one-hour retention
+	tl.clock.Advance(2 * time.Hour) // past NotAfter + the one-hour retention
 	if n, err := tl.l.Prune(context.Background()); err != nil || n != 10 {
 		t.Fatalf("Prune: %d, %v; want 10", n, err)
 	}
@@ -305,7 +293,7 @@ func TestTesseraClientProvesInclusionAndConsistency(t *testing.T) {
 		t.Fatalf("checkpoint size %d, want 300", old.Size)
 	}
 	tl.issue(t, 333, 24*time.Hour)
-	tl.advance(DefaultCheckpointInterval)
+	tl.clock.Advance(DefaultCheckpointInterval)
 	cur := fetchVerified(t, tl, f)
 	if cur.Size != 633 {
 		t.Fatalf("checkpoint size %d, want 633", cur.Size)
@@ -370,7 +358,7 @@ func TestRequestsBeyondMaxInFlightWait(t *testing.T) {
 	tl := newTestLog(t)
 	tl.issue(t, 3, time.Hour)
 	g := &gatedLog{Log: tl.l, entered: make(chan struct{}, 1), release: make(chan struct{})}
-	h := NewHandler(g, Options{MaxInFlight: 1})
+	h := NewHandler(g, Config{MaxInFlight: 1})
 	first := make(chan int, 1)
 	go func() {
 		rec := httptest.NewRecorder()
@@ -423,7 +411,7 @@ func TestCheckpointIsASignedNoteRefreshedAtMostOncePerInterval(t *testing.T) {
 	if cp := fetchVerified(t, tl, f); cp.Size != 5 {
 		t.Fatalf("within the interval: size %d, want the stored checkpoint of size 5", cp.Size)
 	}
-	tl.advance(DefaultCheckpointInterval)
+	tl.clock.Advance(DefaultCheckpointInterval)
 	if cp := fetchVerified(t, tl, f); cp.Size != 10 {
 		t.Fatalf("after the interval: size %d, want 10", cp.Size)
 	}
@@ -442,7 +430,7 @@ func TestServerFailureIsLoggedNotShown(t *testing.T) {
 	tl := newTestLog(t)
 	tl.issue(t, 3, time.Hour)
 	var logged bytes.Buffer
-	h := NewHandler(failingLog{tl.l}, Options{Logger: slog.New(slog.NewTextHandler(&logged, nil))})
+	h := NewHandler(failingLog{tl.l}, Config{Logger: slog.New(slog.NewTextHandler(&logged, nil))})
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/tile/0/000.p/3", nil))
 	body := rec.Body.String()
@@ -459,7 +447,7 @@ func TestServerFailureIsLoggedNotShown(t *testing.T) {
 func TestCheckpointServesTheWitnessedOne(t *testing.T) {
 	tl := newTestLog(t)
 	tl.issue(t, 4, time.Hour)
-	h := NewHandler(tl.l, Options{Witnessed: tl.l.WitnessedCheckpoint})
+	h := NewHandler(tl.l, Config{Witnessed: tl.l.WitnessedCheckpoint})
 	get := func() *httptest.ResponseRecorder {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/checkpoint", nil))

@@ -16,7 +16,7 @@ func BenchmarkSubmitToOmniwitness(b *testing.B) {
 	key := newLogKey(b, testOrigin)
 	lg := newTestLog(b, key, "bench").grow(1000)
 	w := startOmniwitness(b, "witness.test/w1", key.vkey)
-	c := witness.New(policy(b, 1, w.spec("w1")))
+	c := witness.New(policy(b, 1, w.spec("w1")), witness.ClientConfig{})
 	ctx := context.Background()
 	for b.Loop() {
 		lg.grow(1)

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/clock"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/transparency-dev/formats/log"
 	"golang.org/x/mod/sumdb/note"
@@ -41,7 +42,7 @@ type ProofFunc func(oldSize, newSize uint64) ([][]byte, error)
 type Client struct {
 	policy  *Policy
 	http    *http.Client
-	clock   func() time.Time
+	clock   clock.Clock
 	skew    time.Duration
 	timeout time.Duration
 	log     *slog.Logger
@@ -57,48 +58,49 @@ type witnessState struct {
 	size  uint64 // the tree size the witness last cosigned
 }
 
-// Option configures a Client.
-type Option func(*Client)
-
-// WithHTTPClient sends requests with hc (its redirects are refused).
-func WithHTTPClient(hc *http.Client) Option {
-	return func(c *Client) {
-		cp := *hc
-		cp.CheckRedirect = refuseRedirect
-		c.http = &cp
-	}
-}
-
-// WithClock sets the clock that cosignature timestamps are checked
-// against (default time.Now).
-func WithClock(now func() time.Time) Option { return func(c *Client) { c.clock = now } }
-
-// WithClockSkew sets how far a fresh cosignature's timestamp may be from
-// the clock, either way (default ClockSkew).
-func WithClockSkew(d time.Duration) Option { return func(c *Client) { c.skew = d } }
-
-// WithTimeout bounds each request to a witness (default DefaultTimeout).
-func WithTimeout(d time.Duration) Option { return func(c *Client) { c.timeout = d } }
-
-// WithLogger logs refusals (default: discard).
-func WithLogger(l *slog.Logger) Option { return func(c *Client) { c.log = l } }
-
-// WithRegistry registers the Client's metrics in reg.
-func WithRegistry(reg *prometheus.Registry) Option {
-	return func(c *Client) { c.metrics = newMetrics(reg) }
+// ClientConfig holds the settings of a Client; its zero value is the
+// default.
+type ClientConfig struct {
+	// HTTPClient sends the requests (nil: a client bounded by Timeout);
+	// its redirects are refused.
+	HTTPClient *http.Client
+	// Clock is what cosignature timestamps are checked against (nil: the
+	// wall clock).
+	Clock clock.Clock
+	// ClockSkew is how far a fresh cosignature's timestamp may be from
+	// Clock, either way (0: ClockSkew).
+	ClockSkew time.Duration
+	// Timeout bounds each request to a witness (0: DefaultTimeout).
+	Timeout time.Duration
+	// Logger receives refusals (nil: discard).
+	Logger *slog.Logger
+	// Registry, when set, receives the Client's metrics.
+	Registry *prometheus.Registry
 }
 
 func refuseRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 // New returns a Client for policy p.
-func New(p *Policy, opts ...Option) *Client {
-	c := &Client{policy: p, clock: time.Now, skew: ClockSkew, timeout: DefaultTimeout,
-		log: slog.New(slog.DiscardHandler)}
-	for _, o := range opts {
-		o(c)
+func New(p *Policy, cfg ClientConfig) *Client {
+	if cfg.ClockSkew == 0 {
+		cfg.ClockSkew = ClockSkew
 	}
-	if c.http == nil {
+	if cfg.Timeout == 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	c := &Client{policy: p, clock: clock.OrSystem(cfg.Clock), skew: cfg.ClockSkew, timeout: cfg.Timeout, log: cfg.Logger}
+	if cfg.HTTPClient != nil {
+		cp := *cfg.HTTPClient
+		cp.CheckRedirect = refuseRedirect
+		c.http = &cp
+	} else {
 		c.http = defaultHTTPClient(c.timeout)
+	}
+	if cfg.Registry != nil {
+		c.metrics = newMetrics(cfg.Registry)
 	}
 	for range p.Witnesses() {
 		c.states = append(c.states, &witnessState{turn: make(chan struct{}, 1)})

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/witness"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -64,12 +65,12 @@ var fakeNow = time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
 
 // submitToFake submits a 4-entry log's checkpoint to f under a 1-of-1
 // policy and returns the result.
-func submitToFake(t *testing.T, f *fakeWitness, opts ...witness.Option) ([]byte, error) {
+func submitToFake(t *testing.T, f *fakeWitness, cfg witness.ClientConfig) ([]byte, error) {
 	t.Helper()
 	lg := newTestLog(t, newLogKey(t, testOrigin), "x").grow(4)
 	p := policy(t, 1, witnessSpec{"w1", f.srv.URL, f.c})
-	opts = append([]witness.Option{witness.WithClock(func() time.Time { return fakeNow })}, opts...)
-	return witness.New(p, opts...).Submit(testContext(t), lg.checkpoint(t), 0, lg.proof)
+	cfg.Clock = clocktest.NewClock(fakeNow)
+	return witness.New(p, cfg).Submit(testContext(t), lg.checkpoint(t), 0, lg.proof)
 }
 
 // TestSubmitRefusesHostileWitnessAnswers: a cosignature is kept only if
@@ -128,7 +129,7 @@ func TestSubmitRefusesHostileWitnessAnswers(t *testing.T) {
 			var f *fakeWitness
 			f = newFakeWitness(t, func(_ int, body []byte, w http.ResponseWriter) { tc.answer(f, body, w) })
 			reg := prometheus.NewRegistry()
-			got, err := submitToFake(t, f, witness.WithRegistry(reg))
+			got, err := submitToFake(t, f, witness.ClientConfig{Registry: reg})
 			if got != nil {
 				t.Fatalf("accepted:\n%s", got)
 			}
@@ -153,7 +154,7 @@ func TestSubmitKeepsOnlyTheWitnessLine(t *testing.T) {
 		text := noteText(t, checkpointOf(body))
 		io.WriteString(w, stranger.line(text, fakeNow)+f.c.line(text, fakeNow))
 	})
-	got, err := submitToFake(t, f)
+	got, err := submitToFake(t, f, witness.ClientConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +187,7 @@ func TestSubmitMapsWitnessRefusals(t *testing.T) {
 				w.WriteHeader(tc.status)
 				io.WriteString(w, "reason\x1b[31m from the witness\n")
 			})
-			_, err := submitToFake(t, f)
+			_, err := submitToFake(t, f, witness.ClientConfig{})
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("error %v; want %v", err, tc.want)
 			}
@@ -217,7 +218,7 @@ func TestSubmitRetriesOnceAfterConflict(t *testing.T) {
 		io.WriteString(w, f.c.line(noteText(t, checkpointOf(body)), fakeNow))
 	})
 	p := policy(t, 1, witnessSpec{"w1", f.srv.URL, f.c})
-	c := witness.New(p, witness.WithClock(func() time.Time { return fakeNow }))
+	c := witness.New(p, witness.ClientConfig{Clock: clocktest.NewClock(fakeNow)})
 	for range 2 {
 		lg.grow(9)
 		if _, err := c.Submit(testContext(t), lg.checkpoint(t), 0, lg.proof); err != nil {
@@ -271,7 +272,7 @@ func TestSubmitConflictAnswers(t *testing.T) {
 				w.WriteHeader(http.StatusConflict)
 				io.WriteString(w, tc.body)
 			})
-			_, err := submitToFake(t, f)
+			_, err := submitToFake(t, f, witness.ClientConfig{})
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("error %v; want %v", err, tc.want)
 			}
@@ -290,7 +291,7 @@ func TestSubmitTimesOutASlowWitness(t *testing.T) {
 	f := newFakeWitness(t, func(_ int, _ []byte, w http.ResponseWriter) { <-release })
 	defer close(release)
 	start := time.Now()
-	_, err := submitToFake(t, f, witness.WithTimeout(300*time.Millisecond))
+	_, err := submitToFake(t, f, witness.ClientConfig{Timeout: 300 * time.Millisecond})
 	if !errors.Is(err, witness.ErrUnavailable) {
 		t.Fatalf("error %v; want ErrUnavailable", err)
 	}
@@ -308,7 +309,7 @@ func TestSubmitRefusesBadInput(t *testing.T) {
 		io.WriteString(w, "2\n")
 	})
 	p := policy(t, 1, witnessSpec{"w1", f.srv.URL, f.c})
-	c := witness.New(p)
+	c := witness.New(p, witness.ClientConfig{})
 	lg := newTestLog(t, newLogKey(t, testOrigin), "x").grow(4)
 	ctx := testContext(t)
 	if _, err := c.Submit(ctx, []byte("not a note"), 0, lg.proof); err == nil {
@@ -334,7 +335,7 @@ func TestSubmitReplacesOldCosignatures(t *testing.T) {
 	})
 	lg := newTestLog(t, newLogKey(t, testOrigin), "x").grow(4)
 	p := policy(t, 1, witnessSpec{"w1", f.srv.URL, f.c})
-	c := witness.New(p, witness.WithClock(func() time.Time { return fakeNow }))
+	c := witness.New(p, witness.ClientConfig{Clock: clocktest.NewClock(fakeNow)})
 	once, err := c.Submit(testContext(t), lg.checkpoint(t), 0, lg.proof)
 	if err != nil {
 		t.Fatal(err)

@@ -47,7 +47,7 @@ func TestOmniwitnessWitnessesTheLedger(t *testing.T) {
 	}
 	w := startOmniwitness(t, "witness.test/w1", vkey)
 	p := policy(t, 1, w.spec("w1"))
-	c := witness.New(p)
+	c := witness.New(p, witness.ClientConfig{})
 	var witnessed uint64
 	for round := range 3 {
 		cp, err := l.Checkpoint(ctx)
@@ -87,7 +87,7 @@ func TestOmniwitnessWitnessesTheLedger(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := witness.New(p).Submit(ctx, cp, witnessed, rewritten.ConsistencyProof)
+	got, err := witness.New(p, witness.ClientConfig{}).Submit(ctx, cp, witnessed, rewritten.ConsistencyProof)
 	if got != nil || !errors.Is(err, witness.ErrInconsistent) {
 		t.Fatalf("rewritten ledger: %v; want ErrInconsistent and no checkpoint", err)
 	}

@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	iwitness "github.com/castellan-dev/castellan/internal/witness"
 	"io"
 	"mime"
 	"net/http"
@@ -14,6 +13,8 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	iwitness "github.com/castellan-dev/castellan/internal/witness"
 
 	"golang.org/x/mod/sumdb/note"
 )
@@ -28,9 +29,9 @@ func (c *Client) submitTo(ctx context.Context, i int, s *submission) (string, er
 	case <-ctx.Done():
 		return "", fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
 	}
-	start := c.clock()
+	start := c.clock.Now()
 	line, result, err := c.exchange(ctx, w, st, s)
-	c.metrics.observe(w.Name, result, c.clock().Sub(start))
+	c.metrics.observe(w.Name, result, c.clock.Now().Sub(start))
 	if err != nil {
 		level := slogLevel(err)
 		c.log.Log(ctx, level, "witness did not cosign the checkpoint", "witness", w.Name,
@@ -206,7 +207,7 @@ func (c *Client) verifyAnswer(w Witness, s *submission, body []byte) (string, er
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", ErrBadResponse, err)
 	}
-	if now := c.clock(); t.Before(now.Add(-c.skew)) || t.After(now.Add(c.skew)) {
+	if now := c.clock.Now(); t.Before(now.Add(-c.skew)) || t.After(now.Add(c.skew)) {
 		return "", fmt.Errorf("%w: the cosignature is dated %s, more than %s from now (%s): a replayed cosignature or a witness clock out of step",
 			ErrBadResponse, t.UTC().Format(time.RFC3339), c.skew, now.UTC().Format(time.RFC3339))
 	}

@@ -23,7 +23,7 @@ func TestOmniwitnessCosignsFirstAndGrownCheckpoints(t *testing.T) {
 	w := startOmniwitness(t, "witness.test/w1", key.vkey)
 	p := policy(t, 1, w.spec("w1"))
 	reg := prometheus.NewRegistry()
-	c := witness.New(p, witness.WithRegistry(reg))
+	c := witness.New(p, witness.ClientConfig{Registry: reg})
 
 	for i, grow := range []int{0, 7, 300} {
 		lg.grow(grow)
@@ -52,7 +52,7 @@ func TestOmniwitnessCosignsFirstAndGrownCheckpoints(t *testing.T) {
 
 	// A CA restarted without state: the witness answers 409 with its size
 	// (312), and the client retries once with the proof from there.
-	restarted := witness.New(p)
+	restarted := witness.New(p, witness.ClientConfig{})
 	lg.grow(20)
 	got, err := restarted.Submit(ctx, lg.checkpoint(t), 0, lg.proof)
 	if err != nil {
@@ -67,7 +67,7 @@ func TestOmniwitnessCosignsFirstAndGrownCheckpoints(t *testing.T) {
 	w2 := startOmniwitness(t, "witness.test/w2", key.vkey)
 	p2 := policy(t, 2, w.spec("w1"), w2.spec("w2"))
 	lg.grow(1)
-	got, err = witness.New(p2).Submit(ctx, lg.checkpoint(t), 332, lg.proof)
+	got, err = witness.New(p2, witness.ClientConfig{}).Submit(ctx, lg.checkpoint(t), 332, lg.proof)
 	if err != nil {
 		t.Fatalf("submission with a new witness: %v", err)
 	}
@@ -88,7 +88,7 @@ func TestOmniwitnessRefusesForkedLog(t *testing.T) {
 	genuine := newTestLog(t, key, "genuine").grow(8)
 	w := startOmniwitness(t, "witness.test/w1", key.vkey)
 	p := policy(t, 1, w.spec("w1"))
-	if _, err := witness.New(p).Submit(ctx, genuine.checkpoint(t), 0, genuine.proof); err != nil {
+	if _, err := witness.New(p, witness.ClientConfig{}).Submit(ctx, genuine.checkpoint(t), 0, genuine.proof); err != nil {
 		t.Fatalf("genuine log: %v", err)
 	}
 
@@ -106,7 +106,7 @@ func TestOmniwitnessRefusesForkedLog(t *testing.T) {
 			fork := newTestLog(t, key, "forged").grow(tc.size)
 			// A fresh client: the forger's CA holds no witness state,
 			// and claims the witness last cosigned its own size.
-			got, err := witness.New(p).Submit(ctx, fork.checkpoint(t), 0, fork.proof)
+			got, err := witness.New(p, witness.ClientConfig{}).Submit(ctx, fork.checkpoint(t), 0, fork.proof)
 			if got != nil {
 				t.Fatalf("the fork was cosigned:\n%s", got)
 			}
@@ -126,12 +126,12 @@ func TestOmniwitnessRefusesForkedLog(t *testing.T) {
 	w.restart()
 	p = policy(t, 1, w.spec("w1"))
 	fork := newTestLog(t, key, "forged").grow(30)
-	_, err := witness.New(p).Submit(ctx, fork.checkpoint(t), 0, fork.proof)
+	_, err := witness.New(p, witness.ClientConfig{}).Submit(ctx, fork.checkpoint(t), 0, fork.proof)
 	if !errors.Is(err, witness.ErrInconsistent) {
 		t.Fatalf("fork after restart: %v; want ErrInconsistent", err)
 	}
 	genuine.grow(4)
-	if _, err := witness.New(p).Submit(ctx, genuine.checkpoint(t), 0, genuine.proof); err != nil {
+	if _, err := witness.New(p, witness.ClientConfig{}).Submit(ctx, genuine.checkpoint(t), 0, genuine.proof); err != nil {
 		t.Fatalf("genuine log after restart: %v", err)
 	}
 }
@@ -146,7 +146,7 @@ func TestOmniwitnessQuorum(t *testing.T) {
 	w1 := startOmniwitness(t, "witness.test/w1", key.vkey)
 	w2 := startOmniwitness(t, "witness.test/w2", key.vkey)
 	both := policy(t, 2, w1.spec("w1"), w2.spec("w2"))
-	got, err := witness.New(both).Submit(ctx, lg.checkpoint(t), 0, lg.proof)
+	got, err := witness.New(both, witness.ClientConfig{}).Submit(ctx, lg.checkpoint(t), 0, lg.proof)
 	if err != nil {
 		t.Fatalf("2 of 2, both up: %v", err)
 	}
@@ -157,7 +157,7 @@ func TestOmniwitnessQuorum(t *testing.T) {
 
 	w2.stop()
 	lg.grow(5)
-	_, err = witness.New(both, witness.WithTimeout(5*time.Second)).Submit(ctx, lg.checkpoint(t), 3, lg.proof)
+	_, err = witness.New(both, witness.ClientConfig{Timeout: 5 * time.Second}).Submit(ctx, lg.checkpoint(t), 3, lg.proof)
 	if !errors.Is(err, witness.ErrUnavailable) {
 		t.Fatalf("2 of 2 with w2 down: %v; want ErrUnavailable", err)
 	}
@@ -167,7 +167,7 @@ func TestOmniwitnessQuorum(t *testing.T) {
 	}
 
 	one := policy(t, 1, w1.spec("w1"), w2.spec("w2"))
-	got, err = witness.New(one).Submit(ctx, lg.checkpoint(t), 3, lg.proof)
+	got, err = witness.New(one, witness.ClientConfig{}).Submit(ctx, lg.checkpoint(t), 3, lg.proof)
 	if err != nil {
 		t.Fatalf("1 of 2 with w2 down: %v", err)
 	}
@@ -198,7 +198,7 @@ func TestOmniwitnessRefusesUnknownLogAndKey(t *testing.T) {
 		name string
 		lg   *testLog
 	}{{"unknown origin", other}, {"wrong log key", impostor}} {
-		got, err := witness.New(p).Submit(ctx, tc.lg.checkpoint(t), 0, tc.lg.proof)
+		got, err := witness.New(p, witness.ClientConfig{}).Submit(ctx, tc.lg.checkpoint(t), 0, tc.lg.proof)
 		if got != nil || !errors.Is(err, witness.ErrUnavailable) {
 			t.Fatalf("%s: %v; want ErrUnavailable (omniwitness answers 500)", tc.name, err)
 		}
@@ -206,7 +206,7 @@ func TestOmniwitnessRefusesUnknownLogAndKey(t *testing.T) {
 	}
 	// The impostor's attempt did not disturb the witness's view of the
 	// genuine log.
-	if _, err := witness.New(p).Submit(ctx, genuine.checkpoint(t), 0, genuine.proof); err != nil {
+	if _, err := witness.New(p, witness.ClientConfig{}).Submit(ctx, genuine.checkpoint(t), 0, genuine.proof); err != nil {
 		t.Fatalf("genuine log: %v", err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/clock"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/transparency-dev/formats/log"
 )
@@ -22,8 +23,9 @@ type Log interface {
 	ConsistencyProof(size1, size2 uint64) ([][]byte, error)
 }
 
-// WitnesserOptions configures a Witnesser.
-type WitnesserOptions struct {
+// WitnesserConfig holds the settings of a Witnesser; its zero value is the
+// default.
+type WitnesserConfig struct {
 	// Latest is the last witnessed checkpoint, as persisted by
 	// OnWitnessed before a restart (nil: none). Its size is the old size
 	// offered to witnesses; it is served by Latest until a newer one.
@@ -39,8 +41,9 @@ type WitnesserOptions struct {
 	// Refresh resubmits an unchanged checkpoint once its witnessing is
 	// this old, for a fresh timestamp (0: never).
 	Refresh time.Duration
-	// Clock returns the current time (nil -> time.Now).
-	Clock func() time.Time
+	// Clock dates witnessings for Refresh and the witnessed-time gauge
+	// (nil -> the wall clock); rounds are paced by the wall clock.
+	Clock clock.Clock
 	// Logger receives failed rounds (nil -> discard).
 	Logger *slog.Logger
 	// Registry, when set, receives the witnessed size and time gauges.
@@ -55,7 +58,7 @@ type WitnesserOptions struct {
 type Witnesser struct {
 	client *Client
 	log    Log
-	opts   WitnesserOptions
+	cfg    WitnesserConfig
 
 	round  sync.Mutex // one round at a time
 	mu     sync.Mutex
@@ -66,22 +69,20 @@ type Witnesser struct {
 }
 
 // NewWitnesser returns a Witnesser of l through c.
-func NewWitnesser(c *Client, l Log, opts WitnesserOptions) *Witnesser {
-	if opts.Interval <= 0 {
-		opts.Interval = time.Second
+func NewWitnesser(c *Client, l Log, cfg WitnesserConfig) *Witnesser {
+	if cfg.Interval <= 0 {
+		cfg.Interval = time.Second
 	}
-	if opts.MaxBackoff <= 0 {
-		opts.MaxBackoff = time.Minute
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = time.Minute
 	}
-	if opts.Clock == nil {
-		opts.Clock = time.Now
+	cfg.Clock = clock.OrSystem(cfg.Clock)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	w := &Witnesser{client: c, log: l, opts: opts, gauges: newWitnessedGauges(opts.Registry)}
-	if size, ok := checkpointSize(opts.Latest); ok {
-		w.latest, w.size = opts.Latest, size
+	w := &Witnesser{client: c, log: l, cfg: cfg, gauges: newWitnessedGauges(cfg.Registry)}
+	if size, ok := checkpointSize(cfg.Latest); ok {
+		w.latest, w.size = cfg.Latest, size
 		w.gauges.set(size, time.Time{})
 	}
 	return w
@@ -109,7 +110,7 @@ func (w *Witnesser) Witness(ctx context.Context) ([]byte, error) {
 	w.mu.Lock()
 	latest, old, at := w.latest, w.size, w.at
 	w.mu.Unlock()
-	fresh := w.opts.Refresh <= 0 || (!at.IsZero() && w.opts.Clock().Sub(at) < w.opts.Refresh)
+	fresh := w.cfg.Refresh <= 0 || (!at.IsZero() && w.cfg.Clock.Now().Sub(at) < w.cfg.Refresh)
 	if latest != nil && (size < old || size == old && fresh) {
 		return latest, nil
 	}
@@ -117,12 +118,12 @@ func (w *Witnesser) Witness(ctx context.Context) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if w.opts.OnWitnessed != nil {
-		if err := w.opts.OnWitnessed(ctx, cosigned); err != nil {
+	if w.cfg.OnWitnessed != nil {
+		if err := w.cfg.OnWitnessed(ctx, cosigned); err != nil {
 			return nil, fmt.Errorf("witness: publish the witnessed checkpoint of size %d: %w", size, err)
 		}
 	}
-	now := w.opts.Clock()
+	now := w.cfg.Clock.Now()
 	w.mu.Lock()
 	w.latest, w.size, w.at = cosigned, size, now
 	w.mu.Unlock()
@@ -133,16 +134,16 @@ func (w *Witnesser) Witness(ctx context.Context) ([]byte, error) {
 // Run runs rounds every Interval until ctx ends, waiting up to MaxBackoff
 // after failures, which it logs (a fork at Error level).
 func (w *Witnesser) Run(ctx context.Context) error {
-	wait := w.opts.Interval
+	wait := w.cfg.Interval
 	for {
 		if _, err := w.Witness(ctx); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			w.opts.Logger.Log(ctx, slogLevel(err), "witnessing failed; retrying", "error", err.Error(), "retry_in", wait.String())
-			wait = min(2*wait, w.opts.MaxBackoff)
+			w.cfg.Logger.Log(ctx, slogLevel(err), "witnessing failed; retrying", "error", err.Error(), "retry_in", wait.String())
+			wait = min(2*wait, w.cfg.MaxBackoff)
 		} else {
-			wait = w.opts.Interval
+			wait = w.cfg.Interval
 		}
 		t := time.NewTimer(wait)
 		select {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/witness"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/mod/sumdb/note"
 )
@@ -44,11 +45,10 @@ func TestWitnesserKeepsTheLedgerWitnessed(t *testing.T) {
 	ow := startOmniwitness(t, "witness.test/w1", l.VerifierKey())
 	p := policy(t, 1, ow.spec("w1"))
 	reg := prometheus.NewRegistry()
-	now := time.Now()
-	clock := func() time.Time { return now }
+	clk := clocktest.NewClock(time.Now())
 	pub := &published{ch: make(chan []byte, 1)}
-	wr := witness.NewWitnesser(witness.New(p, witness.WithRegistry(reg)), l, witness.WitnesserOptions{
-		OnWitnessed: pub.store, Interval: 10 * time.Millisecond, Refresh: time.Hour, Clock: clock, Registry: reg})
+	wr := witness.NewWitnesser(witness.New(p, witness.ClientConfig{Registry: reg}), l, witness.WitnesserConfig{
+		OnWitnessed: pub.store, Interval: 10 * time.Millisecond, Refresh: time.Hour, Clock: clk, Registry: reg})
 
 	first, err := wr.Witness(ctx)
 	if err != nil {
@@ -61,7 +61,7 @@ func TestWitnesserKeepsTheLedgerWitnessed(t *testing.T) {
 	if again, err := wr.Witness(ctx); err != nil || string(again) != string(first) || submissions() != 1 {
 		t.Fatalf("a round without growth: %v, %v submissions; want the same checkpoint, 1 submission", err, submissions())
 	}
-	now = now.Add(2 * time.Hour)
+	clk.Advance(2 * time.Hour)
 	if _, err := wr.Witness(ctx); err != nil || submissions() != 2 {
 		t.Fatalf("a round after Refresh: %v, %v submissions; want 2", err, submissions())
 	}
@@ -81,7 +81,7 @@ func TestWitnesserKeepsTheLedgerWitnessed(t *testing.T) {
 
 	// A restarted CA: a new client (no witness state) and a Witnesser
 	// started from the published checkpoint.
-	restarted := witness.NewWitnesser(witness.New(p), l, witness.WitnesserOptions{Latest: wr.Latest()})
+	restarted := witness.NewWitnesser(witness.New(p, witness.ClientConfig{}), l, witness.WitnesserConfig{Latest: wr.Latest()})
 	appendEvents(t, ctx, l, 2)
 	got, err := restarted.Witness(ctx)
 	if err != nil {

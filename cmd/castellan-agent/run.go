@@ -47,7 +47,7 @@ func run(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	defer ca.Close()
-	c, err := cache.Open(filepath.Join(cfg.DataDir, "cache.db"), cache.WithLogger(log))
+	c, err := cache.Open(filepath.Join(cfg.DataDir, "cache.db"), cache.Config{Logger: log})
 	if err != nil {
 		return err
 	}

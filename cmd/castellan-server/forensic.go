@@ -86,7 +86,7 @@ func serveForensic(ctx context.Context, cfg config, log *slog.Logger, reg *prome
 		return err
 	}
 	g := grpc.NewServer()
-	audit.NewService(led, audit.WithAuthorizer(audit.AdminAuthorizer()), audit.WithLogger(log)).Register(g)
+	audit.NewService(led, audit.Config{Authorizer: audit.AdminAuthorizer(), Logger: log}).Register(g)
 	mux := http.NewServeMux()
 	mux.Handle("GET /crl", crl.New(led, auth, crl.Config{Logger: log}))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))

@@ -32,7 +32,7 @@ func serveIstio(ctx context.Context, cfg config, td spiffeid.TrustDomain, srv *s
 	client, err := kubeClient(cfg.Kubeconfig)
 	switch {
 	case err == nil:
-		if icfg.Tokens, err = authn.NewTokenReviewer(client, istio.Audience); err != nil {
+		if icfg.Tokens, err = authn.NewTokenReviewer(client, istio.Audience, authn.TokenReviewConfig{}); err != nil {
 			return err
 		}
 	case cfg.Kubeconfig != "" || len(cfg.IstioTrustedNodeSAs) > 0:
@@ -43,7 +43,7 @@ func serveIstio(ctx context.Context, cfg config, td spiffeid.TrustDomain, srv *s
 	if len(cfg.IstioTrustedNodeSAs) > 0 {
 		p, ok := pods.(*authz.Pods)
 		if !ok {
-			if p, err = authz.NewPods(client, td); err != nil {
+			if p, err = authz.NewPods(client, td, authz.PodsConfig{}); err != nil {
 				return err
 			}
 			go p.Run(ctx)

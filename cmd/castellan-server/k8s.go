@@ -49,7 +49,7 @@ func publishBundle(ctx context.Context, cfg config, b *x509bundle.Bundle, reg *p
 	if err != nil {
 		return nil, err
 	}
-	p, err := bundle.NewPublisher(client, bundle.WithLogger(log), bundle.WithRegistry(reg))
+	p, err := bundle.NewPublisher(client, bundle.Config{Logger: log, Registry: reg})
 	if err != nil {
 		return nil, err
 	}
@@ -79,11 +79,11 @@ func kubernetesAuth(ctx context.Context, cfg config, td spiffeid.TrustDomain, re
 	if err != nil {
 		return nil, nil, err
 	}
-	att, err := authn.NewTokenReviewAttestor(client, ns, name, authn.WithReviewMetrics(reg))
+	att, err := authn.NewTokenReviewAttestor(client, ns, name, authn.TokenReviewConfig{Registry: reg})
 	if err != nil {
 		return nil, nil, err
 	}
-	pods, err := authz.NewPods(client, td)
+	pods, err := authz.NewPods(client, td, authz.PodsConfig{})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -58,7 +58,7 @@ type deps struct {
 // adminServices are the services served next to the admin service, on the
 // admin socket and (for admin identities) on the TCP port.
 func adminServices(d *deps) []server.Registrar {
-	svc := audit.NewService(d.ledger, audit.WithAuthorizer(audit.AdminAuthorizer(d.admins...)), audit.WithLogger(d.log))
+	svc := audit.NewService(d.ledger, audit.Config{Authorizer: audit.AdminAuthorizer(d.admins...), Logger: d.log})
 	return []server.Registrar{svc.Register}
 }
 
@@ -86,11 +86,11 @@ func httpMux(d *deps) *http.ServeMux {
 // openRegistry opens the join tokens and the registration entries, kept in
 // the datastore's registry keyspace.
 func openRegistry(ctx context.Context, cfg config, td spiffeid.TrustDomain, ds *datastore, reg prometheus.Registerer, log *slog.Logger) (*authn.JoinTokens, *authz.Entries, error) {
-	tokens, err := authn.NewJoinTokens(ctx, ds.registry, nil, authn.WithJoinTokenLogger(log), authn.WithJoinTokenMetrics(reg))
+	tokens, err := authn.NewJoinTokens(ctx, ds.registry, authn.JoinTokensConfig{Logger: log, Registry: reg})
 	if err != nil {
 		return nil, nil, err
 	}
-	entries, err := authz.NewEntries(ctx, ds.registry, td, cfg.MaxTTL, nil, authz.WithEntriesLogger(log))
+	entries, err := authz.NewEntries(ctx, ds.registry, td, authz.EntriesConfig{MaxTTL: cfg.MaxTTL, Logger: log})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -91,8 +91,8 @@ func keyName(skey string) (string, bool) {
 // a replica that loses a race to a witness gets a 409 and tries again.
 func startWitnesser(ctx context.Context, p *witness.Policy, led *ledger.Ledger, interval time.Duration, reg *prometheus.Registry, log *slog.Logger) {
 	log = log.With("component", "witness")
-	client := witness.New(p, witness.WithLogger(log), witness.WithRegistry(reg))
-	w := witness.NewWitnesser(client, led, witness.WitnesserOptions{
+	client := witness.New(p, witness.ClientConfig{Logger: log, Registry: reg})
+	w := witness.NewWitnesser(client, led, witness.WitnesserConfig{
 		Latest:      led.WitnessedCheckpoint(),
 		OnWitnessed: led.StoreWitnessedCheckpoint,
 		Interval:    interval,
@@ -105,8 +105,8 @@ func startWitnesser(ctx context.Context, p *witness.Policy, led *ledger.Ledger, 
 
 // tlogOptions are the /log/ handler's options: with a witness policy,
 // /log/checkpoint serves the cosigned checkpoint.
-func tlogOptions(d *deps) tlog.Options {
-	opts := tlog.Options{Logger: d.log}
+func tlogOptions(d *deps) tlog.Config {
+	opts := tlog.Config{Logger: d.log}
 	if d.witnesses != nil {
 		opts.Witnessed = d.ledger.WitnessedCheckpoint
 	}

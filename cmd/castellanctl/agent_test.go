@@ -41,11 +41,11 @@ func adminServer(t *testing.T) (string, *ledger.Ledger) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	tokens, err := authn.NewJoinTokens(context.Background(), db, nil)
+	tokens, err := authn.NewJoinTokens(context.Background(), db, authn.JoinTokensConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	entries, err := authz.NewEntries(context.Background(), db, td, auth.MaxTTL(), nil)
+	entries, err := authz.NewEntries(context.Background(), db, td, authz.EntriesConfig{MaxTTL: auth.MaxTTL()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +59,7 @@ func adminServer(t *testing.T) (string, *ledger.Ledger) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := srv.AdminGRPCServer(audit.NewService(l, audit.WithAuthorizer(audit.AdminAuthorizer())).Register)
+	g := srv.AdminGRPCServer(audit.NewService(l, audit.Config{Authorizer: audit.AdminAuthorizer()}).Register)
 	go func() { _ = g.Serve(lis) }()
 	t.Cleanup(g.Stop)
 	return sock, l

@@ -50,11 +50,11 @@ func rotatingServer(t *testing.T) (string, *atomic.Int64) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	tokens, err := authn.NewJoinTokens(context.Background(), db, nil)
+	tokens, err := authn.NewJoinTokens(context.Background(), db, authn.JoinTokensConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	entries, err := authz.NewEntries(context.Background(), db, td, auth.MaxTTL(), nil)
+	entries, err := authz.NewEntries(context.Background(), db, td, authz.EntriesConfig{MaxTTL: auth.MaxTTL()})
 	if err != nil {
 		t.Fatal(err)
 	}

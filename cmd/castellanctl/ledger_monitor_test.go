@@ -55,7 +55,7 @@ func (ml *monitorLog) open(t *testing.T, name string) *ledger.Ledger {
 	}
 	t.Cleanup(func() { _ = l.Close() })
 	ml.mu.Lock()
-	ml.h = http.StripPrefix("/log", tlog.NewHandler(l, tlog.Options{CheckpointInterval: time.Nanosecond}))
+	ml.h = http.StripPrefix("/log", tlog.NewHandler(l, tlog.Config{CheckpointInterval: time.Nanosecond}))
 	ml.mu.Unlock()
 	return l
 }

@@ -47,7 +47,7 @@ func auditServerWith(t *testing.T, path string, opts ledger.Options) (sock strin
 		t.Fatal(err)
 	}
 	g := grpc.NewServer()
-	audit.NewService(l, audit.WithAuthorizer(audit.AdminAuthorizer())).Register(g)
+	audit.NewService(l, audit.Config{Authorizer: audit.AdminAuthorizer()}).Register(g)
 	go g.Serve(lis)
 	var stopped bool
 	stop = func() {

@@ -16,8 +16,8 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/castellan-dev/castellan/agent/rotate"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/internal/clock"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
@@ -44,7 +44,7 @@ type Config struct {
 	// castellan_agent_ca_handshake_failures_total; nil registers none.
 	Registry prometheus.Registerer
 	// Clock times retries; nil means the wall clock.
-	Clock rotate.Clock
+	Clock clock.Clock
 	// Logger receives the logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -66,7 +66,7 @@ var keepalives = keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 
 type Dialer struct {
 	target          target
 	failoverTimeout time.Duration
-	clock           rotate.Clock
+	clock           clock.Clock
 	log             *slog.Logger
 	metrics         *metrics
 	syncPeer        streamEndpoint
@@ -80,7 +80,7 @@ func New(cfg Config) (*Dialer, error) {
 		return nil, err
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = rotate.System{}
+		cfg.Clock = clock.System{}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

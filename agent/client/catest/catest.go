@@ -34,6 +34,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/server"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -97,9 +98,9 @@ func New(t testing.TB, td spiffeid.TrustDomain, opts ...Option) *CA {
 	t.Cleanup(func() { _ = led.Close() })
 	ca.ledger = led
 	registry := openBolt(t, filepath.Join(dir, "registry.db"))
-	ca.tokens, err = authn.NewJoinTokens(ctx, registry, o.clock)
+	ca.tokens, err = authn.NewJoinTokens(ctx, registry, authn.JoinTokensConfig{Clock: clocktest.Func(o.clock)})
 	check(t, err)
-	ca.entries, err = authz.NewEntries(ctx, registry, td, ca.auth.MaxTTL(), o.clock)
+	ca.entries, err = authz.NewEntries(ctx, registry, td, authz.EntriesConfig{MaxTTL: ca.auth.MaxTTL(), Clock: clocktest.Func(o.clock)})
 	check(t, err)
 	t.Cleanup(func() { _ = ca.entries.Close() })
 	ca.srv, err = server.New(ctx, server.Config{

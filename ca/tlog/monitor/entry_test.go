@@ -64,7 +64,7 @@ func TestMonitorChecksWitnessPolicy(t *testing.T) {
 	}
 	w1, w2 := newCosigner(t, "w1.example/w"), newCosigner(t, "w2.example/w")
 	cosigned := w1.cosign(t, signed, r.verifier)
-	r.setHandler(tlog.Options{Witnessed: func() []byte { return cosigned }})
+	r.setHandler(tlog.Config{Witnessed: func() []byte { return cosigned }})
 	policy := func(quorum int, ws ...*cosigner) *witness.Policy {
 		var flags []string
 		for i, w := range ws {

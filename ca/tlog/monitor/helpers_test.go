@@ -63,7 +63,7 @@ func newRig(t testing.TB) *rig {
 		t.Fatal(err)
 	}
 	r.log = r.openLedger("ledger.db")
-	r.setHandler(tlog.Options{CheckpointInterval: time.Nanosecond})
+	r.setHandler(tlog.Config{CheckpointInterval: time.Nanosecond})
 	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
 	t.Cleanup(r.srv.Close)
 	return r
@@ -85,16 +85,16 @@ func (r *rig) swap(l *ledger.Ledger) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.log = l
-	r.setHandlerLocked(tlog.Options{CheckpointInterval: time.Nanosecond, Witnessed: r.witnessed})
+	r.setHandlerLocked(tlog.Config{CheckpointInterval: time.Nanosecond, Witnessed: r.witnessed})
 }
 
-func (r *rig) setHandler(o tlog.Options) {
+func (r *rig) setHandler(o tlog.Config) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.setHandlerLocked(o)
 }
 
-func (r *rig) setHandlerLocked(o tlog.Options) {
+func (r *rig) setHandlerLocked(o tlog.Config) {
 	r.witnessed = o.Witnessed
 	r.handler = http.StripPrefix("/log", tlog.NewHandler(r.log, o))
 }

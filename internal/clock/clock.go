@@ -1,4 +1,9 @@
-package rotate
+// Package clock is how Castellan's packages tell the time: every
+// time-based component takes a Clock, production passes System (or leaves
+// the Clock nil, which OrSystem turns into System), and tests pass
+// clocktest's manual clock, which moves only when told to, so that expiry,
+// rotation and refill are tested without sleeping.
+package clock
 
 import "time"
 
@@ -19,3 +24,12 @@ func (System) Now() time.Time { return time.Now() }
 
 // After returns time.After(d).
 func (System) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// OrSystem returns c, or System when c is nil: a Config's Clock left nil
+// means the wall clock.
+func OrSystem(c Clock) Clock {
+	if c == nil {
+		return System{}
+	}
+	return c
+}

@@ -70,35 +70,48 @@ type Credentials struct {
 // and credentials are read on every call).
 const DefaultHolderMaxAge = time.Second
 
-// CredentialsOption configures Credentials.
-type CredentialsOption func(*Credentials)
+// DefaultAttestTimeout bounds one attestation at handshake (long enough to
+// hash a large executable the first time) when CredentialsConfig.Timeout is
+// zero.
+const DefaultAttestTimeout = 4 * time.Second
 
-// WithScanner makes the credentials use s (and its /proc and clock) to find
-// the holders of connections; by default they scan /proc.
-func WithScanner(s *procfs.Scanner) CredentialsOption { return func(c *Credentials) { c.scanner = s } }
-
-// WithHolderMaxAge sets how old a descriptor scan may be for a per-call
-// check (default DefaultHolderMaxAge; 0 scans for every call).
-func WithHolderMaxAge(d time.Duration) CredentialsOption {
-	return func(c *Credentials) { c.maxAge = d }
+// CredentialsConfig configures NewCredentials; its zero value is the
+// defaults.
+type CredentialsConfig struct {
+	// Timeout bounds one attestation at handshake (0: DefaultAttestTimeout).
+	Timeout time.Duration
+	// OnFailure, if not nil, is called with the reason of every failed
+	// attestation, at handshake or when FromContext finds the binding
+	// broken.
+	OnFailure func(reason string)
+	// Scanner finds the holders of connections, with its /proc and clock
+	// (nil: a scanner of /proc on the wall clock).
+	Scanner *procfs.Scanner
+	// HolderMaxAge is how old a descriptor scan may be for a per-call
+	// check (0: DefaultHolderMaxAge; negative: scan for every call).
+	HolderMaxAge time.Duration
 }
 
 // NewCredentials returns server-side transport credentials that attest with
-// a. onFailure, if not nil, is called with the reason of every failed
-// attestation, at handshake or when FromContext finds the binding broken.
-func NewCredentials(a Attestor, timeout time.Duration, onFailure func(reason string), opts ...CredentialsOption) *Credentials {
-	if onFailure == nil {
-		onFailure = func(string) {}
+// a, as cfg says.
+func NewCredentials(a Attestor, cfg CredentialsConfig) *Credentials {
+	if cfg.Timeout == 0 {
+		cfg.Timeout = DefaultAttestTimeout
 	}
-	c := &Credentials{attestor: a, timeout: timeout, onFailure: onFailure, maxAge: DefaultHolderMaxAge}
-	for _, o := range opts {
-		o(c)
+	if cfg.OnFailure == nil {
+		cfg.OnFailure = func(string) {}
 	}
-	if c.scanner == nil {
-		c.scanner = procfs.NewScanner("/proc", nil)
+	if cfg.Scanner == nil {
+		cfg.Scanner = procfs.NewScanner(procfs.ScannerConfig{})
 	}
-	c.now = c.scanner.Now
-	return c
+	switch {
+	case cfg.HolderMaxAge == 0:
+		cfg.HolderMaxAge = DefaultHolderMaxAge
+	case cfg.HolderMaxAge < 0:
+		cfg.HolderMaxAge = 0
+	}
+	return &Credentials{attestor: a, timeout: cfg.Timeout, onFailure: cfg.OnFailure, scanner: cfg.Scanner,
+		maxAge: cfg.HolderMaxAge, now: cfg.Scanner.Now}
 }
 
 // BindsProcess is implemented by attestors whose selectors derive from the

@@ -47,7 +47,7 @@ func TestCredentialsBindAttestationToCalls(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var mu sync.Mutex
 			var reasons []string
-			creds := NewCredentials(tc.attestor, time.Second, func(r string) { mu.Lock(); reasons = append(reasons, r); mu.Unlock() })
+			creds := NewCredentials(tc.attestor, CredentialsConfig{Timeout: time.Second, OnFailure: func(r string) { mu.Lock(); reasons = append(reasons, r); mu.Unlock() }})
 			var got []state.Selector
 			var gotErr error
 			srv := grpc.NewServer(grpc.Creds(creds), grpc.UnaryInterceptor(
@@ -112,7 +112,7 @@ func TestCredentialsCheckHolderOnEveryCall(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			lis, sock := attesttest.Listen(t)
 			h := attesttest.StartCmdHelper(t, other, sock, nil, second)
-			creds := NewCredentials(tc.attestor, 5*time.Second, nil, WithHolderMaxAge(0))
+			creds := NewCredentials(tc.attestor, CredentialsConfig{Timeout: 5 * time.Second, HolderMaxAge: -1})
 			conn, auth, err := creds.ServerHandshake(attesttest.Accept(t, lis))
 			if err != nil {
 				t.Fatal(err)

@@ -33,7 +33,6 @@ const (
 	maxStreamsPerConn    = 64               // concurrent streams on one connection
 	maxRecvMsgSize       = 1 << 20          // requests are small; responses are not limited
 	handshakeTimeout     = 5 * time.Second  // attestation + HTTP/2 preface, or the connection is dropped
-	attestTimeout        = 4 * time.Second  // hashing a large executable the first time
 	maxConnectionIdle    = 5 * time.Minute  // backstop to Limits.IdleTimeout
 	keepaliveTime        = 2 * time.Minute  // ping a silent client after this
 	keepaliveTimeout     = 20 * time.Second // and drop it if the ping is not answered
@@ -106,9 +105,9 @@ func New(cfg Config) (*Endpoints, error) {
 	if cfg.HolderMaxAge <= 0 {
 		cfg.HolderMaxAge = attest.DefaultHolderMaxAge
 	}
-	creds := attest.NewCredentials(cfg.Attestor, attestTimeout, func(reason string) {
+	creds := attest.NewCredentials(cfg.Attestor, attest.CredentialsConfig{HolderMaxAge: cfg.HolderMaxAge, OnFailure: func(reason string) {
 		m.attestFailures.WithLabelValues(reason).Inc()
-	}, attest.WithHolderMaxAge(cfg.HolderMaxAge))
+	}})
 	lim := newLimiter(cfg.Limits, m, cfg.Logger)
 	gs := grpc.NewServer(
 		grpc.Creds(creds),

@@ -87,7 +87,7 @@ func (h *harness) serve(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(grpc.Creds(attest.NewCredentials(fixedAttestor(h.callers), time.Second, nil)))
+	gs := grpc.NewServer(grpc.Creds(attest.NewCredentials(fixedAttestor(h.callers), attest.CredentialsConfig{Timeout: time.Second})))
 	secretv3.RegisterSecretDiscoveryServiceServer(gs, h.srv)
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(gs.Stop)
@@ -261,7 +261,7 @@ func TestStreamEndsWhenAttestedProcessHasExited(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			gs := grpc.NewServer(grpc.Creds(pinnedTo{attest.NewCredentials(fixedAttestor(workload), time.Second, nil), proc}))
+			gs := grpc.NewServer(grpc.Creds(pinnedTo{attest.NewCredentials(fixedAttestor(workload), attest.CredentialsConfig{Timeout: time.Second}), proc}))
 			secretv3.RegisterSecretDiscoveryServiceServer(gs, h.srv)
 			go func() { _ = gs.Serve(lis) }()
 			t.Cleanup(gs.Stop)

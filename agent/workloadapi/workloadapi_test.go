@@ -58,7 +58,7 @@ func newHarness(t *testing.T, caller []state.Selector) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(grpc.Creds(attest.NewCredentials(fixedAttestor(caller), time.Second, nil)))
+	gs := grpc.NewServer(grpc.Creds(attest.NewCredentials(fixedAttestor(caller), attest.CredentialsConfig{Timeout: time.Second})))
 	workloadpb.RegisterSpiffeWorkloadAPIServer(gs, srv)
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(gs.Stop)
@@ -225,7 +225,7 @@ func TestStreamEndsWhenAttestedProcessHasExited(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(grpc.Creds(pinnedTo{attest.NewCredentials(fixedAttestor(workload), time.Second, nil), proc}))
+	gs := grpc.NewServer(grpc.Creds(pinnedTo{attest.NewCredentials(fixedAttestor(workload), attest.CredentialsConfig{Timeout: time.Second}), proc}))
 	workloadpb.RegisterSpiffeWorkloadAPIServer(gs, srv)
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(gs.Stop)

@@ -55,7 +55,7 @@ func k8sAttestor(ctx context.Context, cfg config) (*k8sattest.Attestor, error) {
 	if err != nil {
 		return nil, err
 	}
-	k, err := k8sattest.New(client, cfg.NodeName)
+	k, err := k8sattest.New(client, cfg.NodeName, k8sattest.Config{})
 	if err != nil {
 		return nil, err
 	}

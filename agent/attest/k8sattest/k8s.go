@@ -69,18 +69,17 @@ type Attestor struct {
 	watchers map[chan struct{}]struct{}
 }
 
-// Option configures an Attestor.
-type Option func(*Attestor)
-
-// WithProcRoot reads processes from root instead of /proc.
-func WithProcRoot(root string) Option { return func(k *Attestor) { k.procRoot = root } }
-
-// WithPodWait sets how long Attest waits for an unknown pod or container
-// (default DefaultPodWait).
-func WithPodWait(d time.Duration) Option { return func(k *Attestor) { k.wait = d } }
+// Config configures New; its zero value is the defaults.
+type Config struct {
+	// ProcRoot is where processes are read ("": /proc).
+	ProcRoot string
+	// PodWait is how long Attest waits for an unknown pod or container
+	// (0: DefaultPodWait).
+	PodWait time.Duration
+}
 
 // New returns the attestor for node, reading pods with client.
-func New(client kubernetes.Interface, node string, opts ...Option) (*Attestor, error) {
+func New(client kubernetes.Interface, node string, cfg Config) (*Attestor, error) {
 	if client == nil || node == "" {
 		return nil, errors.New("attest: the k8s attestor needs a Kubernetes client and the node name (--node-name)")
 	}
@@ -95,10 +94,13 @@ func New(client kubernetes.Interface, node string, opts ...Option) (*Attestor, e
 			return client.CoreV1().Pods(metav1.NamespaceAll).Watch(ctx, o)
 		},
 	}
-	k := &Attestor{node: node, procRoot: "/proc", wait: DefaultPodWait, watchers: map[chan struct{}]struct{}{}}
-	for _, o := range opts {
-		o(k)
+	if cfg.ProcRoot == "" {
+		cfg.ProcRoot = "/proc"
 	}
+	if cfg.PodWait == 0 {
+		cfg.PodWait = DefaultPodWait
+	}
+	k := &Attestor{node: node, procRoot: cfg.ProcRoot, wait: cfg.PodWait, watchers: map[chan struct{}]struct{}{}}
 	k.informer = cache.NewSharedIndexInformerWithOptions(lw, &corev1.Pod{}, cache.SharedIndexInformerOptions{
 		Indexers: cache.Indexers{podUIDIndex: func(obj any) ([]string, error) { return []string{string(obj.(*corev1.Pod).UID)}, nil }},
 	})

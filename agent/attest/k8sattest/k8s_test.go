@@ -60,7 +60,7 @@ func TestK8sAttestorOnRealAPIServer(t *testing.T) {
 	there := env.CreatePod("shop", "cart-b", "cart", "node-b")
 
 	root := t.TempDir()
-	k, err := New(env.Client(), "node-a", WithProcRoot(root), WithPodWait(300*time.Millisecond))
+	k, err := New(env.Client(), "node-a", Config{ProcRoot: root, PodWait: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

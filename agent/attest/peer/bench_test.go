@@ -28,7 +28,7 @@ func benchBinding(b *testing.B) *peer.Binding {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = p.Process.Close() })
-	bd, err := peer.Bind(context.Background(), conn, p, procfs.NewScanner("/proc", nil), true, time.Now())
+	bd, err := peer.Bind(context.Background(), conn, p, procfs.NewScanner(procfs.ScannerConfig{}), true, time.Now())
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -47,7 +47,7 @@ func TestBindingAtAttestation(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer p.Process.Close()
-			b, err := peer.Bind(context.Background(), conn, p, procfs.NewScanner("/proc", nil), true, time.Now())
+			b, err := peer.Bind(context.Background(), conn, p, procfs.NewScanner(procfs.ScannerConfig{}), true, time.Now())
 			if tc.reason != "" {
 				if peer.ReasonOf(err) != tc.reason || !strings.Contains(err.Error(), tc.says) {
 					t.Fatalf("bind: %v; want reason %s saying %q", err, tc.reason, tc.says)
@@ -96,7 +96,7 @@ func TestBindingAfterAttestation(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer p.Process.Close()
-			b, err := peer.Bind(context.Background(), conn, p, procfs.NewScanner("/proc", nil), true, time.Now())
+			b, err := peer.Bind(context.Background(), conn, p, procfs.NewScanner(procfs.ScannerConfig{}), true, time.Now())
 			if err != nil {
 				t.Fatalf("bind: %v", err)
 			}

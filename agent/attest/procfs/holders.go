@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/castellan-dev/castellan/internal/clock"
 	"io/fs"
 	"os"
 	"strconv"
@@ -28,7 +29,7 @@ import (
 // rely on it alone.
 type Scanner struct {
 	procRoot string
-	now      func() time.Time
+	clock    clock.Clock
 
 	runs atomic.Int64 // scans run, for tests
 
@@ -47,13 +48,21 @@ type scan struct {
 	done    chan struct{}
 }
 
-// NewScanner returns a scanner reading procRoot (normally "/proc"), telling
-// the time with now (nil: time.Now).
-func NewScanner(procRoot string, now func() time.Time) *Scanner {
-	if now == nil {
-		now = time.Now
+// ScannerConfig configures NewScanner; its zero value scans /proc on the
+// wall clock.
+type ScannerConfig struct {
+	// ProcRoot is the /proc directory to read ("": /proc).
+	ProcRoot string
+	// Clock dates the scans (nil: the wall clock).
+	Clock clock.Clock
+}
+
+// NewScanner returns a scanner as cfg says.
+func NewScanner(cfg ScannerConfig) *Scanner {
+	if cfg.ProcRoot == "" {
+		cfg.ProcRoot = "/proc"
 	}
-	return &Scanner{procRoot: procRoot, now: now, watched: map[uint64]int{}}
+	return &Scanner{procRoot: cfg.ProcRoot, clock: clock.OrSystem(cfg.Clock), watched: map[uint64]int{}}
 }
 
 // ProcRoot returns the /proc directory the scanner reads.
@@ -61,7 +70,7 @@ func (s *Scanner) ProcRoot() string { return s.procRoot }
 
 // Now returns the time on the scanner's clock, the clock scans are dated
 // with.
-func (s *Scanner) Now() time.Time { return s.now() }
+func (s *Scanner) Now() time.Time { return s.clock.Now() }
 
 // Watch makes scans look for socket ino until the returned function is
 // called.
@@ -97,7 +106,7 @@ func (s *Scanner) Holders(ctx context.Context, ino uint64, notBefore time.Time) 
 		}
 		r := s.running
 		if r == nil {
-			r = &scan{started: s.now(), watched: make(map[uint64]bool, len(s.watched)), done: make(chan struct{})}
+			r = &scan{started: s.clock.Now(), watched: make(map[uint64]bool, len(s.watched)), done: make(chan struct{})}
 			for i := range s.watched {
 				r.watched[i] = true
 			}

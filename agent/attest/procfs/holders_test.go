@@ -17,7 +17,7 @@ func TestMain(m *testing.M) { attesttest.Main(m) }
 // /proc, not one each, and a scan recent enough is reused.
 func TestScansAreShared(t *testing.T) {
 	const conns = 8
-	s := procfs.NewScanner("/proc", nil)
+	s := procfs.NewScanner(procfs.ScannerConfig{})
 	lis, sock := attesttest.Listen(t)
 	exe := attesttest.CopyExe(t)
 	var bs []*peer.Binding

@@ -131,6 +131,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/castellan-dev/castellan/ca/lifetime"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/internal/serial"
@@ -254,7 +255,7 @@ func Open(ctx context.Context, cfg Config) (*Authority, error) {
 	if err != nil {
 		return nil, fmt.Errorf("authority: %w", err)
 	}
-	policy, err := newPolicy(cfg.DefaultTTL)
+	policy, err := leaf.NewPolicy(cfg.DefaultTTL)
 	if err != nil {
 		return nil, err
 	}
@@ -389,3 +390,13 @@ func (a *Authority) DefaultTTL() time.Duration { return a.life.Default() }
 
 // Lifetime returns the CA's SVID lifetime policy (ca/lifetime).
 func (a *Authority) Lifetime() lifetime.Policy { return a.life }
+
+// ParseWorkloadCSR parses and checks a DER PKCS#10 request for a workload
+// X.509-SVID of the CA's trust domain (leaf.ParseWorkloadCSR).
+func (a *Authority) ParseWorkloadCSR(der []byte) (*leaf.CSR, error) {
+	return leaf.ParseWorkloadCSR(a.td, der)
+}
+
+// ParseAgentCSR parses and checks a DER PKCS#10 request for an agent SVID
+// (leaf.ParseAgentCSR).
+func (a *Authority) ParseAgentCSR(der []byte) (*leaf.CSR, error) { return leaf.ParseAgentCSR(der) }

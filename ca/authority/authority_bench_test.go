@@ -10,6 +10,7 @@ import (
 	"math/big"
 	"testing"
 
+	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/cloudflare/cfssl/log"
 	"github.com/cloudflare/cfssl/signer"
 	"github.com/cloudflare/cfssl/signer/local"
@@ -90,7 +91,7 @@ func BenchmarkCFSSLSigner(b *testing.B) {
 	der := workloadCSR(b, ecKey(b, elliptic.P256()))
 	req := signer.SignRequest{
 		Request: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})),
-		Profile: ProfileWorkload,
+		Profile: leaf.ProfileWorkload,
 	}
 	b.Run("p256", func(b *testing.B) {
 		for b.Loop() {

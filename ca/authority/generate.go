@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/castellan-dev/castellan/ca/lifetime"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -92,7 +93,7 @@ func newIntermediate(td spiffeid.TrustDomain, now time.Time, ttl time.Duration, 
 }
 
 func caTemplate(td spiffeid.TrustDomain, cn string, now, notAfter time.Time) (*x509.Certificate, error) {
-	serial, err := newSerial()
+	serial, err := leaf.NewSerial()
 	if err != nil {
 		return nil, err
 	}
@@ -103,7 +104,7 @@ func caTemplate(td spiffeid.TrustDomain, cn string, now, notAfter time.Time) (*x
 			OrganizationalUnit: []string{td.Name()},
 			CommonName:         cn,
 		},
-		NotBefore:             now.Add(-Backdate),
+		NotBefore:             now.Add(-leaf.Backdate),
 		NotAfter:              notAfter,
 		URIs:                  []*url.URL{td.ID().URL()},
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,

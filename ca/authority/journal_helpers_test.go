@@ -175,7 +175,7 @@ func chainsToSnapshot(iss *Issued, s Snapshot) error {
 	leaf := iss.Chain[0]
 	_, err := leaf.Verify(x509.VerifyOptions{
 		Roots: poolOf(s.Roots), Intermediates: poolOf(iss.Chain[1:]),
-		CurrentTime: leaf.NotBefore.Add(Backdate), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+		CurrentTime: leaf.NotBefore.Add(backdate), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	})
 	if err != nil {
 		return errors.New("leaf signed by " + authorityID(iss.Chain[1]) + " does not chain to the bundle of snapshot " + s.ActiveID + ": " + err.Error())

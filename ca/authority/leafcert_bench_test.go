@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/castellan-dev/castellan/ca/authority/leaf"
 )
 
 // BenchmarkLeafParse compares what Sign does with a leaf it has just
@@ -17,16 +19,16 @@ func BenchmarkLeafParse(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	tmpl, err := a.leafTemplate(ProfileWorkload, csr, csr.ID, 0)
+	tmpl, err := a.leafTemplate(leaf.ProfileWorkload, csr, csr.ID, 0)
 	if err != nil {
 		b.Fatal(err)
 	}
 	ca := a.keys()
-	der, err := createLeaf(tmpl, ca.cert, csr.PublicKey, ca.key)
+	der, err := leaf.Create(tmpl, ca.cert, csr.PublicKey, ca.key)
 	if err != nil {
 		b.Fatal(err)
 	}
-	alg, _ := sigAlgFor(ca.key)
+	alg, _ := leaf.AlgorithmFor(ca.key)
 	b.Run("x509.ParseCertificate", func(b *testing.B) {
 		b.ReportAllocs()
 		runtime.LockOSThread()
@@ -44,7 +46,7 @@ func BenchmarkLeafParse(b *testing.B) {
 		defer runtime.UnlockOSThread()
 		defer reportCPU(b, threadCPU())
 		for range b.N {
-			if _, err := leafCertificate(der, tmpl, ca.cert, csr.PublicKey, alg); err != nil {
+			if _, err := leaf.Certificate(der, tmpl, ca.cert, csr.PublicKey, alg); err != nil {
 				b.Fatal(err)
 			}
 		}

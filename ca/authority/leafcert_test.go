@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -39,7 +40,7 @@ func TestSignedLeafIsWhatCrypto509Parses(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			agent := &CSR{PublicKey: csr.PublicKey}
+			agent := &leaf.CSR{PublicKey: csr.PublicKey}
 			for i := range 3 {
 				c, want := csr, id
 				if i == 2 {
@@ -69,7 +70,7 @@ func TestSignedLeafIsWhatCrypto509Parses(t *testing.T) {
 	}
 }
 
-func mustParse(t *testing.T, a *Authority, key crypto.Signer) *CSR {
+func mustParse(t *testing.T, a *Authority, key crypto.Signer) *leaf.CSR {
 	t.Helper()
 	csr, err := a.ParseWorkloadCSR(workloadCSR(t, key))
 	if err != nil {

@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/castellan-dev/castellan/ca/authority/leaf"
 )
 
 // readCerts reads every CERTIFICATE block of a PEM file, in order.
@@ -97,10 +99,10 @@ func checkSigningKey(key crypto.Signer) error {
 		if k.Curve == elliptic.P256() || k.Curve == elliptic.P384() {
 			return nil
 		}
-		return fmt.Errorf("ECDSA curve %s is not supported for a CA key; use P-256 or P-384", curveName(k.Curve))
+		return fmt.Errorf("ECDSA curve %s is not supported for a CA key; use P-256 or P-384", leaf.CurveName(k.Curve))
 	case *rsa.PublicKey:
-		if k.N.BitLen() < minRSABits {
-			return fmt.Errorf("RSA CA key has %d bits; at least %d are required", k.N.BitLen(), minRSABits)
+		if k.N.BitLen() < leaf.MinRSABits {
+			return fmt.Errorf("RSA CA key has %d bits; at least %d are required", k.N.BitLen(), leaf.MinRSABits)
 		}
 		return nil
 	default:

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/castellan-dev/castellan/ca/lifetime"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -205,7 +206,7 @@ func leafOf(t *testing.T, pki *testPKI) *x509.Certificate {
 	}
 	a := &Authority{td: testTD, life: life, clock: newTestClock().Now, notify: newNotifier()}
 	a.cur.Store(&caKeys{cert: pki.inter, key: pki.interKey, chain: []*x509.Certificate{pki.inter}, root: pki.root, roots: []*x509.Certificate{pki.root}})
-	policy, err := newPolicy(DefaultTTL)
+	policy, err := leaf.NewPolicy(DefaultTTL)
 	if err != nil {
 		t.Fatal(err)
 	}

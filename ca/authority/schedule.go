@@ -4,6 +4,8 @@ import (
 	"crypto/x509"
 	"fmt"
 	"time"
+
+	"github.com/castellan-dev/castellan/ca/authority/leaf"
 )
 
 // DefaultPrepareAt is the fraction of the active authority's lifetime after
@@ -129,7 +131,7 @@ func leavesExpireBy(r *record, maxTTL time.Duration) time.Time {
 		return notAfter
 	}
 	ttl := max(time.Duration(r.MaxTTL), maxTTL)
-	end := r.DeactivatedAt.Add(ttl + Backdate + followMargin)
+	end := r.DeactivatedAt.Add(ttl + leaf.Backdate + followMargin)
 	if end.After(notAfter) {
 		return notAfter
 	}

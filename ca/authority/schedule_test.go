@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/castellan-dev/castellan/ca/authority/leaf"
 )
 
 func tick(t *testing.T, a *Authority) {
@@ -247,7 +249,7 @@ func TestTicksRecoverAnIntermediateThatExpiredDuringDowntime(t *testing.T) {
 	first := e.open().Snapshot().ActiveID
 	e.clock.Advance(jInterTTL + time.Hour)
 	a := e.open() // restarted after the downtime
-	if _, err := signOnce(a); !errors.Is(err, ErrSignerExpired) {
+	if _, err := signOnce(a); !errors.Is(err, leaf.ErrSignerExpired) {
 		t.Fatalf("signing with the expired intermediate: %v", err)
 	}
 	tick(t, a)

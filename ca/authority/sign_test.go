@@ -11,11 +11,16 @@ import (
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"errors"
+	"net/url"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 var (
@@ -98,7 +103,7 @@ func TestSignIssuesSpecCompliantSVID(t *testing.T) {
 			if iss.Serial.Cmp(leaf.SerialNumber) != 0 || iss.Serial.Sign() <= 0 || iss.Serial.BitLen() > 128 {
 				t.Errorf("serial %v: want positive, at most 128 bits, equal to the leaf's", iss.Serial)
 			}
-			if want := clock.now.Add(-Backdate); !leaf.NotBefore.Equal(want) || !iss.NotBefore.Equal(want) {
+			if want := clock.now.Add(-backdate); !leaf.NotBefore.Equal(want) || !iss.NotBefore.Equal(want) {
 				t.Errorf("NotBefore = %v, want %v", leaf.NotBefore, want)
 			}
 			if want := clock.now.Add(DefaultTTL); !leaf.NotAfter.Equal(want) || !iss.NotAfter.Equal(want) {
@@ -190,7 +195,7 @@ func TestSignRejectsBadRequests(t *testing.T) {
 	other := spiffeid.RequireFromString("spiffe://example.org/ns/default/sa/other")
 	for _, tt := range []struct {
 		name   string
-		csr    *CSR
+		csr    *leaf.CSR
 		id     spiffeid.ID
 		ttl    time.Duration
 		reason string
@@ -199,10 +204,10 @@ func TestSignRejectsBadRequests(t *testing.T) {
 		{"TTL above max", csr, csr.ID, 24*time.Hour + time.Second, ReasonTTLTooLong, "exceeds the maximum 24h0m0s"},
 		{"negative TTL", csr, csr.ID, -time.Minute, ReasonInvalidTTL, "negative"},
 		{"ID other than the CSR's", csr, other, 0, ReasonIDMismatch, "may only obtain"},
-		{"ID in another trust domain", &CSR{PublicKey: csr.PublicKey}, spiffeid.RequireFromString("spiffe://evil.org/x"), 0, ReasonWrongTrustDomain, "evil.org"},
-		{"trust domain ID", &CSR{PublicKey: csr.PublicKey}, testTD.ID(), 0, ReasonEmptyPath, "no path"},
-		{"zero ID", &CSR{PublicKey: csr.PublicKey}, spiffeid.ID{}, 0, ReasonInvalidSPIFFEID, "empty"},
-		{"nil CSR", nil, csr.ID, 0, ReasonMalformedCSR, "public key"},
+		{"ID in another trust domain", &leaf.CSR{PublicKey: csr.PublicKey}, spiffeid.RequireFromString("spiffe://evil.org/x"), 0, leaf.ReasonWrongTrustDomain, "evil.org"},
+		{"trust domain ID", &leaf.CSR{PublicKey: csr.PublicKey}, testTD.ID(), 0, leaf.ReasonEmptyPath, "no path"},
+		{"zero ID", &leaf.CSR{PublicKey: csr.PublicKey}, spiffeid.ID{}, 0, leaf.ReasonInvalidSPIFFEID, "empty"},
+		{"nil CSR", nil, csr.ID, 0, leaf.ReasonMalformedCSR, "public key"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			iss, err := a.Sign(context.Background(), tt.csr, tt.id, tt.ttl)
@@ -248,8 +253,8 @@ func TestSignClampsNotAfterToIntermediate(t *testing.T) {
 	}
 
 	clock.now = inter.NotAfter.Add(time.Second)
-	if _, err := a.Sign(context.Background(), csr, csr.ID, 0); !errors.Is(err, ErrSignerExpired) {
-		t.Fatalf("Sign after intermediate expiry: %v, want ErrSignerExpired", err)
+	if _, err := a.Sign(context.Background(), csr, csr.ID, 0); !errors.Is(err, leaf.ErrSignerExpired) {
+		t.Fatalf("Sign after intermediate expiry: %v, want leaf.ErrSignerExpired", err)
 	} else if ReasonOf(err) != ReasonInternal {
 		t.Errorf("ReasonOf(expired) = %q, want %q: it is not the caller's fault", ReasonOf(err), ReasonInternal)
 	}
@@ -288,7 +293,7 @@ func TestConfigTTLs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := iss.NotAfter.Sub(iss.NotBefore); got != 10*time.Minute+Backdate {
+	if got := iss.NotAfter.Sub(iss.NotBefore); got != 10*time.Minute+leaf.Backdate {
 		t.Errorf("lifetime = %v, want default TTL + backdate", got)
 	}
 	if _, err := a.Sign(context.Background(), csr, csr.ID, 3*time.Hour); ReasonOf(err) != ReasonTTLTooLong {
@@ -346,4 +351,32 @@ func TestSignIgnoresExtensionsRequestedInCSR(t *testing.T) {
 			t.Fatal("an extension requested in the CSR was copied into the leaf")
 		}
 	}
+}
+func assertRejected(t *testing.T, err error, reason, msg string) {
+	t.Helper()
+	var e *Error
+	if !errors.As(err, &e) {
+		t.Fatalf("error %v (%T) is not an *Error", err, err)
+	}
+	if e.Reason != reason {
+		t.Errorf("Reason = %q, want %q (error: %v)", e.Reason, reason, err)
+	}
+	if ReasonOf(err) != reason {
+		t.Errorf("ReasonOf = %q, want %q", ReasonOf(err), reason)
+	}
+	if !strings.HasPrefix(err.Error(), "authority: ") || !strings.Contains(err.Error(), msg) {
+		t.Errorf("message %q: want prefix %q and to contain %q", err.Error(), "authority: ", msg)
+	}
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.InvalidArgument || st.Message() != err.Error() {
+		t.Errorf("status = %v (ok=%v), want InvalidArgument with the error message", st, ok)
+	}
+}
+func workloadURIs(t *testing.T) []*url.URL {
+	t.Helper()
+	req, err := x509.ParseCertificateRequest(workloadCSR(t, ecKey(t, elliptic.P256())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req.URIs
 }

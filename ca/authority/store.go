@@ -130,3 +130,10 @@ func storePair(dir, keyName, certName string, cert *x509.Certificate, key crypto
 	}
 	return nil
 }
+
+// keyMatches reports whether the public half of priv is pub.
+func keyMatches(priv crypto.Signer, pub crypto.PublicKey) bool {
+	type equaler interface{ Equal(crypto.PublicKey) bool }
+	e, ok := priv.Public().(equaler)
+	return ok && e.Equal(pub)
+}

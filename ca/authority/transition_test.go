@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -279,7 +280,7 @@ func TestRevokeRemovesTheRootOnceTheLeavesHaveExpired(t *testing.T) {
 	e := newJournalEnv(t)
 	a, oldID, _ := rotated(t, e)
 	old := infoOf(t, a, oldID)
-	wantEnd := old.DeactivatedAt.Add(jMaxTTL + Backdate + followMargin)
+	wantEnd := old.DeactivatedAt.Add(jMaxTTL + leaf.Backdate + followMargin)
 	if !old.LeavesExpireBy.Equal(wantEnd) {
 		t.Fatalf("LeavesExpireBy %v, want %v", old.LeavesExpireBy, wantEnd)
 	}

@@ -1,4 +1,4 @@
-package authority
+package leaf
 
 import (
 	"bytes"
@@ -10,11 +10,8 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
-	"encoding/pem"
 	"math/big"
 	"net/url"
-	"os"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"testing"
@@ -36,7 +33,7 @@ type fuzzKey struct {
 // fuzzIssuer is one intermediate FuzzLeafTBS signs under.
 type fuzzIssuer struct {
 	name string
-	a    *Authority
+	ca   *testCA
 }
 
 // fuzzIssuerSpec describes a plugged-in intermediate: its key, its subject
@@ -126,76 +123,22 @@ func fuzzIssuerSpecs(t testing.TB) []fuzzIssuerSpec {
 	}
 }
 
-// newFuzzIssuer plugs in an intermediate described by spec under a fresh
-// root, through New as an operator would.
-func newFuzzIssuer(t testing.TB, dir string, spec fuzzIssuerSpec) *Authority {
-	t.Helper()
-	rootKey := ecKey(t, elliptic.P256())
-	rootTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "root " + spec.name},
-		NotBefore: spec.notBefore.Add(-time.Hour), NotAfter: spec.notAfter,
-		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
-	}
-	root, err := createCert(rootTmpl, rootTmpl, rootKey.Public(), rootKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	inter, err := createCert(&x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: spec.subject, RawSubject: spec.rawSubject,
-		NotBefore: spec.notBefore, NotAfter: spec.notAfter,
-		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
-		MaxPathLen: 0, MaxPathLenZero: true,
-	}, root, spec.key.Public(), rootKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(spec.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	write := func(name, typ string, der []byte) string {
-		p := filepath.Join(dir, spec.name+"-"+name)
-		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	at := spec.notBefore.Add(time.Minute)
-	a, err := New(Config{
-		TrustDomain:          testTD,
-		RootCertFile:         write("root.pem", "CERTIFICATE", root.Raw),
-		IntermediateCertFile: write("inter.pem", "CERTIFICATE", inter.Raw),
-		IntermediateKeyFile:  write("inter.key", "PRIVATE KEY", keyDER),
-		Clock:                func() time.Time { return at },
-		Logger:               discardLogger(),
-	})
-	if err != nil {
-		t.Fatalf("plug in %s: %v", spec.name, err)
-	}
-	return a
-}
-
-// fuzzIssuers returns the generated P-256 CA and every plugged-in issuer,
-// plus one whose certificate has no SubjectKeyId (so no AuthorityKeyId).
+// fuzzIssuers returns a P-256 intermediate shaped as the CA generates
+// one, an intermediate for every spec of fuzzIssuerSpecs, and a copy of
+// the last one whose certificate has no SubjectKeyId (so no
+// AuthorityKeyId). The order is the corpus's: issuer indexes in
+// testdata/fuzz/FuzzLeafTBS pick from this list.
 func fuzzIssuers(t testing.TB) []fuzzIssuer {
 	t.Helper()
-	gen, err := New(Config{TrustDomain: testTD, Clock: newTestClock().Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := []fuzzIssuer{{"p256-generated", gen}}
-	dir := t.TempDir()
+	out := []fuzzIssuer{{"p256-generated", castellanCA(t, time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC))}}
 	for _, spec := range fuzzIssuerSpecs(t) {
-		out = append(out, fuzzIssuer{spec.name, newFuzzIssuer(t, dir, spec)})
+		out = append(out, fuzzIssuer{spec.name, newTestCA(t, spec.key, spec.subject, spec.rawSubject, nil, spec.notBefore, spec.notAfter)})
 	}
-	last := out[len(out)-1].a
-	ca := *last.keys()
-	cert := *ca.cert
+	last := *out[len(out)-1].ca
+	cert := *last.cert
 	cert.SubjectKeyId = nil
-	ca.cert = &cert
-	noSKI := &Authority{td: last.td, life: last.life, clock: last.clock, log: last.log, policy: last.policy, notify: newNotifier()}
-	noSKI.cur.Store(&ca)
-	return append(out, fuzzIssuer{"p256-no-ski", noSKI})
+	last.cert = &cert
+	return append(out, fuzzIssuer{"p256-no-ski", &last})
 }
 
 // fuzzKeys is the pool of workload keys: every key type ParseWorkloadCSR
@@ -305,7 +248,7 @@ func rsaCSRWithSPKITail(t testing.TB, k fuzzKey, tail []byte, inside bool) []byt
 	var out cryptobyte.Builder
 	out.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		b.AddBytes(tbs)
-		sigAlg{oid: oidSigSHA256WithRSA, null: true}.marshal(b)
+		SigAlg{oid: oidSigSHA256WithRSA, null: true}.marshal(b)
 		b.AddASN1BitString(sig)
 	})
 	return out.BytesOrPanic()
@@ -314,7 +257,7 @@ func rsaCSRWithSPKITail(t testing.TB, k fuzzKey, tail []byte, inside bool) []byt
 // FuzzLeafTBS is the differential test of the hand-written leaf encoder:
 // for random serials, SPIFFE IDs, signing times, TTLs, workload keys and
 // issuers it builds the leaf template the way Sign does, encodes it with
-// createLeaf and with x509.CreateCertificate, and requires byte-identical
+// Create and with x509.CreateCertificate, and requires byte-identical
 // TBSCertificates. Signatures differ (ECDSA is randomised) and are only
 // checked to verify.
 //
@@ -329,7 +272,7 @@ func FuzzLeafTBS(f *testing.F) {
 	keys := fuzzKeys(f)
 	csrs := make([]*CSR, len(keys))
 	for i, k := range keys {
-		csr, err := issuers[0].a.ParseWorkloadCSR(k.csr)
+		csr, err := ParseWorkloadCSR(testTD, k.csr)
 		if err != nil {
 			f.Fatal(err)
 		}
@@ -355,46 +298,42 @@ func FuzzLeafTBS(f *testing.F) {
 		csr := csrs[k]
 		if _, isRSA := keys[k].key.(*rsa.PrivateKey); isRSA && mode%3 != 0 && len(tail) > 0 {
 			var err error
-			csr, err = in.a.ParseWorkloadCSR(rsaCSRWithSPKITail(t, keys[k], tail, mode%3 == 2))
+			csr, err = ParseWorkloadCSR(testTD, rsaCSRWithSPKITail(t, keys[k], tail, mode%3 == 2))
 			if err != nil {
 				return // the parser refused it; nothing is signed
 			}
 		}
-		signer := in.a.keys().cert
+		signer := in.ca.cert
 		// now: from an hour before the issuer's NotBefore to just before
 		// its NotAfter, to the nanosecond.
 		span := uint64(signer.NotAfter.Sub(signer.NotBefore) + time.Hour)
 		now := signer.NotBefore.Add(-time.Hour).Add(time.Duration(uint64(off) % span))
-		a := in.a
 		maxTTL := uint64(290 * 365 * 24 * time.Hour)
 		lifetime := time.Duration(uint64(ttl) % maxTTL)
 		profile := ProfileWorkload
 		if mode&4 != 0 {
 			profile = ProfileAgent
 		}
-		tmpl, err := leafTemplate(a.policy, a.keys(), now, profile, csr, fuzzID(td, path), lifetime)
-		if err != nil {
-			t.Fatalf("leafTemplate(now %v, issuer %s): %v", now, in.name, err)
-		}
+		tmpl := in.ca.template(t, now, profile, csr, fuzzID(td, path), lifetime)
 		tmpl.SerialNumber = fuzzSerial(serial)
 		compareTBS(t, in, tmpl, csr)
 	})
 }
 
-// compareTBS encodes tmpl with createLeaf, exactly as Sign does, and with
+// compareTBS encodes tmpl with Create, exactly as Sign does, and with
 // x509.CreateCertificate, and fails t unless the TBSCertificates and outer
 // signature algorithms are equal byte for byte, our signature verifies
 // under the issuer, crypto/x509 parses both certificates alike (it
 // refuses some IDs go-spiffe accepts, such as trust domain ".", in both),
-// and the certificate leafCertificate builds without parsing is
+// and the certificate Certificate builds without parsing is
 // reflect.DeepEqual to crypto/x509's parse of ours.
 func compareTBS(t *testing.T, in fuzzIssuer, tmpl *x509.Certificate, csr *CSR) {
 	t.Helper()
-	der, err := createLeaf(tmpl, in.a.keys().cert, csr.PublicKey, in.a.keys().key)
+	der, err := Create(tmpl, in.ca.cert, csr.PublicKey, in.ca.key)
 	if err != nil {
-		t.Fatalf("createLeaf (issuer %s): %v", in.name, err)
+		t.Fatalf("Create (issuer %s): %v", in.name, err)
 	}
-	wantDER, err := x509.CreateCertificate(rand.Reader, tmpl, in.a.keys().cert, csr.PublicKey, in.a.keys().key)
+	wantDER, err := x509.CreateCertificate(rand.Reader, tmpl, in.ca.cert, csr.PublicKey, in.ca.key)
 	if err != nil {
 		t.Fatalf("x509.CreateCertificate (issuer %s): %v", in.name, err)
 	}
@@ -417,16 +356,16 @@ func compareTBS(t *testing.T, in fuzzIssuer, tmpl *x509.Certificate, csr *CSR) {
 	}
 	if err == nil && len(tmpl.DNSNames)+len(tmpl.IPAddresses) == 0 {
 		// What Sign returns once the trust domain is known to parse.
-		alg, aerr := sigAlgFor(in.a.keys().key)
+		alg, aerr := AlgorithmFor(in.ca.key)
 		if aerr != nil {
 			t.Fatal(aerr)
 		}
-		built, berr := leafCertificate(der, tmpl, in.a.keys().cert, csr.PublicKey, alg)
+		built, berr := Certificate(der, tmpl, in.ca.cert, csr.PublicKey, alg)
 		if berr != nil || !reflect.DeepEqual(built, ours) {
-			t.Fatalf("leafCertificate (issuer %s) = %v, %+v\nx509.ParseCertificate = %+v", in.name, berr, built, ours)
+			t.Fatalf("Certificate (issuer %s) = %v, %+v\nx509.ParseCertificate = %+v", in.name, berr, built, ours)
 		}
 	}
-	if err := in.a.keys().cert.CheckSignature(x509SigAlg(t, in.a.keys().key), tbs, sig); err != nil {
+	if err := in.ca.cert.CheckSignature(x509SigAlg(t, in.ca.key), tbs, sig); err != nil {
 		t.Fatalf("our leaf's signature does not verify (issuer %s): %v", in.name, err)
 	}
 }
@@ -451,7 +390,7 @@ func splitCertificate(t *testing.T, der []byte) (tbs, alg, sig []byte) {
 // x509SigAlg names, for crypto/x509, the algorithm sigAlgFor picks.
 func x509SigAlg(t *testing.T, key crypto.Signer) x509.SignatureAlgorithm {
 	t.Helper()
-	alg, err := sigAlgFor(key)
+	alg, err := AlgorithmFor(key)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package authority
+package leaf
 
 import (
 	"crypto"
@@ -16,10 +16,10 @@ import (
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
 
-// errLeafLayout: der is not a certificate as createLeaf lays it out.
+// errLeafLayout: der is not a certificate as Create lays it out.
 var errLeafLayout = errors.New("authority: signed leaf does not have the layout the encoder writes")
 
-// leafCertificate returns the certificate createLeaf encoded in der from
+// Certificate returns the certificate Create encoded in der from
 // tmpl (signed by issuer with alg, over pub) as x509.ParseCertificate
 // returns it, without parsing again what the encoder was given: the
 // public key, the issuer's name, the validity, the usages and the URI
@@ -34,9 +34,9 @@ var errLeafLayout = errors.New("authority: signed leaf does not have the layout 
 // RawSubject, and only where crypto/x509 accepts the URI SAN's host (the
 // trust domain): Authority.sign parses the first leaf of its trust
 // domain to find out.
-func leafCertificate(der []byte, tmpl, issuer *x509.Certificate, pub crypto.PublicKey, alg sigAlg) (*x509.Certificate, error) {
+func Certificate(der []byte, tmpl, issuer *x509.Certificate, pub crypto.PublicKey, alg SigAlg) (*x509.Certificate, error) {
 	if len(tmpl.DNSNames)+len(tmpl.IPAddresses) > 0 {
-		return nil, errors.New("authority: leafCertificate does not build certificates with DNS or IP SANs")
+		return nil, errors.New("authority: leaf.Certificate does not build certificates with DNS or IP SANs")
 	}
 	c := &x509.Certificate{
 		Raw: der, Version: 3, SignatureAlgorithm: alg.x509, PublicKey: pub,
@@ -55,7 +55,7 @@ func leafCertificate(der []byte, tmpl, issuer *x509.Certificate, pub crypto.Publ
 	for _, u := range tmpl.URIs {
 		uc := *u
 		if u.User != nil {
-			return nil, errors.New("authority: leafCertificate does not build URI SANs with user information")
+			return nil, errors.New("authority: leaf.Certificate does not build URI SANs with user information")
 		}
 		c.URIs = append(c.URIs, &uc)
 	}
@@ -85,7 +85,7 @@ func locateRaw(c *x509.Certificate, der []byte) error {
 		return errLeafLayout
 	}
 	c.RawIssuer, c.RawSubject, c.RawSubjectPublicKeyInfo, c.Signature = issuer, subject, spki, sig[1:]
-	c.Extensions = make([]pkix.Extension, 0, 6) // createLeaf writes at most 5
+	c.Extensions = make([]pkix.Extension, 0, 6) // Create writes at most 5
 	for !exts.Empty() {
 		var ext, value cryptobyte.String
 		var id asn1.ObjectIdentifier

@@ -1,4 +1,4 @@
-package authority
+package leaf
 
 import (
 	"bytes"
@@ -14,6 +14,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/castellan-dev/castellan/ca/refusal"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -46,7 +47,6 @@ func flipLastByte(der []byte) []byte {
 }
 
 func TestParseWorkloadCSRRejectsBadInput(t *testing.T) {
-	a := newTestAuthority(t, newTestClock())
 	p256 := ecKey(t, elliptic.P256())
 	valid := workloadCSR(t, p256)
 	_, edKey, err := ed25519.GenerateKey(rand.Reader)
@@ -87,7 +87,7 @@ func TestParseWorkloadCSRRejectsBadInput(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			csr, err := a.ParseWorkloadCSR(tt.der)
+			csr, err := ParseWorkloadCSR(testTD, tt.der)
 			if err == nil {
 				t.Fatalf("ParseWorkloadCSR accepted the CSR (ID %v)", csr.ID)
 			}
@@ -108,15 +108,15 @@ func sigOf(t *testing.T, der []byte) []byte {
 
 func assertRejected(t *testing.T, err error, reason, msg string) {
 	t.Helper()
-	var e *Error
+	var e *refusal.Error
 	if !errors.As(err, &e) {
-		t.Fatalf("error %v (%T) is not an *Error", err, err)
+		t.Fatalf("error %v (%T) is not a *refusal.Error", err, err)
 	}
 	if e.Reason != reason {
 		t.Errorf("Reason = %q, want %q (error: %v)", e.Reason, reason, err)
 	}
-	if ReasonOf(err) != reason {
-		t.Errorf("ReasonOf = %q, want %q", ReasonOf(err), reason)
+	if refusal.ReasonOf(err) != reason {
+		t.Errorf("ReasonOf = %q, want %q", refusal.ReasonOf(err), reason)
 	}
 	if !strings.HasPrefix(err.Error(), "authority: ") || !strings.Contains(err.Error(), msg) {
 		t.Errorf("message %q: want prefix %q and to contain %q", err.Error(), "authority: ", msg)
@@ -128,7 +128,6 @@ func assertRejected(t *testing.T, err error, reason, msg string) {
 }
 
 func TestParseWorkloadCSRAcceptsSupportedKeys(t *testing.T) {
-	a := newTestAuthority(t, newTestClock())
 	for _, tt := range []struct {
 		name string
 		der  []byte
@@ -148,7 +147,7 @@ func TestParseWorkloadCSRAcceptsSupportedKeys(t *testing.T) {
 		}()},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			csr, err := a.ParseWorkloadCSR(tt.der)
+			csr, err := ParseWorkloadCSR(testTD, tt.der)
 			if err != nil {
 				t.Fatalf("ParseWorkloadCSR: %v", err)
 			}
@@ -172,13 +171,12 @@ func workloadURIs(t *testing.T) []*url.URL {
 }
 
 func TestParseAgentCSRIgnoresSANsButChecksKeyAndSignature(t *testing.T) {
-	a := newTestAuthority(t, newTestClock())
 	p256 := ecKey(t, elliptic.P256())
 	withSANs := mustCSR(t, p256, csrSpec{
 		uris: []string{"spiffe://evil.org/a", "spiffe://example.org/b"},
 		dns:  []string{"node-1"},
 	})
-	csr, err := a.ParseAgentCSR(withSANs)
+	csr, err := ParseAgentCSR(withSANs)
 	if err != nil {
 		t.Fatalf("ParseAgentCSR: %v", err)
 	}
@@ -198,7 +196,7 @@ func TestParseAgentCSRIgnoresSANsButChecksKeyAndSignature(t *testing.T) {
 		{"P-224", ReasonUnsupportedKey, mustCSR(t, ecKey(t, elliptic.P224()), csrSpec{})},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := a.ParseAgentCSR(tt.der); ReasonOf(err) != tt.reason {
+			if _, err := ParseAgentCSR(tt.der); refusal.ReasonOf(err) != tt.reason {
 				t.Fatalf("ParseAgentCSR error %v, want reason %s", err, tt.reason)
 			}
 		})

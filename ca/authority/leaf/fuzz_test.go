@@ -1,4 +1,4 @@
-package authority
+package leaf
 
 import (
 	"crypto/elliptic"
@@ -6,6 +6,8 @@ import (
 	"net"
 	"slices"
 	"testing"
+
+	"github.com/castellan-dev/castellan/ca/refusal"
 )
 
 var knownReasons = []string{
@@ -17,10 +19,6 @@ var knownReasons = []string{
 // rejection carries a known reason, and that an accepted CSR really has a
 // valid signature and exactly the one allowed SAN.
 func FuzzParseWorkloadCSR(f *testing.F) {
-	a, err := New(Config{TrustDomain: testTD})
-	if err != nil {
-		f.Fatal(err)
-	}
 	p256 := ecKey(f, elliptic.P256())
 	valid := workloadCSR(f, p256)
 	f.Add(valid)
@@ -37,9 +35,9 @@ func FuzzParseWorkloadCSR(f *testing.F) {
 	f.Add([]byte{0x30, 0x80, 0x00, 0x00})
 
 	f.Fuzz(func(t *testing.T, der []byte) {
-		csr, err := a.ParseWorkloadCSR(der)
+		csr, err := ParseWorkloadCSR(testTD, der)
 		if err != nil {
-			if r := ReasonOf(err); !slices.Contains(knownReasons, r) {
+			if r := refusal.ReasonOf(err); !slices.Contains(knownReasons, r) {
 				t.Fatalf("rejection with unknown reason %q: %v", r, err)
 			}
 			return

@@ -1,4 +1,4 @@
-package authority
+package leaf
 
 import (
 	"crypto"
@@ -50,34 +50,35 @@ var ekuOIDs = map[x509.ExtKeyUsage][]int{
 	x509.ExtKeyUsageMicrosoftKernelCodeSigning:     {1, 3, 6, 1, 4, 1, 311, 61, 1, 1},
 }
 
-// sigAlg is how an issuer key signs: the AlgorithmIdentifier and the hash.
-type sigAlg struct {
+// SigAlg is how an issuer key signs: the AlgorithmIdentifier and the hash.
+// Get one from AlgorithmFor.
+type SigAlg struct {
 	oid  []int
 	null bool // parameters NULL (RSA PKCS #1 v1.5); absent for ECDSA (RFC 5758 3.2)
 	hash crypto.Hash
 	x509 x509.SignatureAlgorithm // as crypto/x509 names it
 }
 
-// sigAlgFor picks the signature algorithm crypto/x509 would pick for key:
+// AlgorithmFor picks the signature algorithm crypto/x509 would pick for key:
 // ecdsa-with-SHA256 for P-256, ecdsa-with-SHA384 for P-384 and
 // sha256WithRSAEncryption for RSA.
-func sigAlgFor(key crypto.Signer) (sigAlg, error) {
+func AlgorithmFor(key crypto.Signer) (SigAlg, error) {
 	switch pub := key.Public().(type) {
 	case *ecdsa.PublicKey:
 		switch pub.Curve {
 		case elliptic.P256():
-			return sigAlg{oid: oidSigECDSAWithSHA256, hash: crypto.SHA256, x509: x509.ECDSAWithSHA256}, nil
+			return SigAlg{oid: oidSigECDSAWithSHA256, hash: crypto.SHA256, x509: x509.ECDSAWithSHA256}, nil
 		case elliptic.P384():
-			return sigAlg{oid: oidSigECDSAWithSHA384, hash: crypto.SHA384, x509: x509.ECDSAWithSHA384}, nil
+			return SigAlg{oid: oidSigECDSAWithSHA384, hash: crypto.SHA384, x509: x509.ECDSAWithSHA384}, nil
 		}
-		return sigAlg{}, fmt.Errorf("authority: unsupported CA curve %s", curveName(pub.Curve))
+		return SigAlg{}, fmt.Errorf("authority: unsupported CA curve %s", CurveName(pub.Curve))
 	case *rsa.PublicKey:
-		return sigAlg{oid: oidSigSHA256WithRSA, null: true, hash: crypto.SHA256, x509: x509.SHA256WithRSA}, nil
+		return SigAlg{oid: oidSigSHA256WithRSA, null: true, hash: crypto.SHA256, x509: x509.SHA256WithRSA}, nil
 	}
-	return sigAlg{}, fmt.Errorf("authority: unsupported CA key type %T", key.Public())
+	return SigAlg{}, fmt.Errorf("authority: unsupported CA key type %T", key.Public())
 }
 
-func (s sigAlg) marshal(b *cryptobyte.Builder) {
+func (s SigAlg) marshal(b *cryptobyte.Builder) {
 	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		b.AddASN1ObjectIdentifier(s.oid)
 		if s.null {
@@ -87,7 +88,7 @@ func (s sigAlg) marshal(b *cryptobyte.Builder) {
 }
 
 // digest hashes msg with s.hash.
-func (s sigAlg) digest(msg []byte) []byte {
+func (s SigAlg) digest(msg []byte) []byte {
 	switch s.hash {
 	case crypto.SHA384:
 		d := sha512.Sum384(msg)
@@ -98,29 +99,29 @@ func (s sigAlg) digest(msg []byte) []byte {
 	}
 }
 
-// createLeaf encodes and signs the leaf described by tmpl, issued by issuer
+// Create encodes and signs the leaf described by tmpl, issued by issuer
 // with key over pub, and returns the DER certificate. It is equivalent to
 //
 //	x509.CreateCertificate(rand.Reader, tmpl, issuer, pub, key)
 //
-// for the templates leafTemplate builds, but signs once instead of signing
-// and then verifying the signature (see the package comment); the tests
+// for the templates Template builds, but signs once instead of signing
+// and then verifying the signature (see ca/authority's package comment); the tests
 // compare the two field by field and FuzzLeafTBS byte for byte. Like
 // crypto/x509 it marshals pub afresh rather than copying a CSR's
 // SubjectPublicKeyInfo, which the CSR parser accepts with bytes it ignores
 // (after or inside an RSA key) that must not reach a signed leaf. It reads only SerialNumber, NotBefore,
 // NotAfter, DNSNames and IPAddresses (set by SignServer only), URIs, KeyUsage, ExtKeyUsage, BasicConstraintsValid, IsCA and
-// AuthorityKeyId (leafTemplate sets it to the issuer's SubjectKeyId, which
+// AuthorityKeyId (Template sets it to the issuer's SubjectKeyId, which
 // is what crypto/x509 would use), and refuses CA templates. The subject is empty, so the
 // SAN extension is critical (RFC 5280 4.2.1.6).
-func createLeaf(tmpl, issuer *x509.Certificate, pub crypto.PublicKey, key crypto.Signer) ([]byte, error) {
+func Create(tmpl, issuer *x509.Certificate, pub crypto.PublicKey, key crypto.Signer) ([]byte, error) {
 	if tmpl.IsCA {
 		return nil, errors.New("authority: leaf encoder cannot issue CA certificates")
 	}
 	if tmpl.SerialNumber == nil || tmpl.SerialNumber.Sign() <= 0 {
 		return nil, errors.New("authority: leaf serial number must be positive")
 	}
-	alg, err := sigAlgFor(key)
+	alg, err := AlgorithmFor(key)
 	if err != nil {
 		return nil, err
 	}
@@ -132,7 +133,21 @@ func createLeaf(tmpl, issuer *x509.Certificate, pub crypto.PublicKey, key crypto
 	if err != nil {
 		return nil, fmt.Errorf("authority: leaf public key: %w", err)
 	}
+	tbs, err := encodeTBS(tmpl, issuer, alg, spki, exts)
+	if err != nil {
+		return nil, err
+	}
+	sig, err := signTBS(tbs, alg, key)
+	if err != nil {
+		return nil, err
+	}
+	return encodeCertificate(tbs, alg, sig)
+}
 
+// encodeTBS encodes the TBSCertificate: v3, tmpl's serial, alg, issuer's
+// raw subject, tmpl's validity, an empty subject, spki and the extensions
+// exts.
+func encodeTBS(tmpl, issuer *x509.Certificate, alg SigAlg, spki, exts []byte) ([]byte, error) {
 	var tb cryptobyte.Builder
 	tb.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
@@ -155,7 +170,12 @@ func createLeaf(tmpl, issuer *x509.Certificate, pub crypto.PublicKey, key crypto
 	if err != nil {
 		return nil, fmt.Errorf("authority: encode leaf: %w", err)
 	}
+	return tbs, nil
+}
 
+// signTBS signs tbs with key. An RSA signature is verified before it is
+// returned, as crypto/x509 does; an ECDSA one is not.
+func signTBS(tbs []byte, alg SigAlg, key crypto.Signer) ([]byte, error) {
 	sig, err := key.Sign(rand.Reader, alg.digest(tbs), alg.hash)
 	if err != nil {
 		return nil, fmt.Errorf("authority: sign leaf: %w", err)
@@ -168,7 +188,12 @@ func createLeaf(tmpl, issuer *x509.Certificate, pub crypto.PublicKey, key crypto
 			return nil, fmt.Errorf("authority: leaf signature does not verify: %w", err)
 		}
 	}
+	return sig, nil
+}
 
+// encodeCertificate wraps tbs, its signature algorithm and sig into a
+// Certificate.
+func encodeCertificate(tbs []byte, alg SigAlg, sig []byte) ([]byte, error) {
 	var cb cryptobyte.Builder
 	cb.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		b.AddBytes(tbs)
@@ -182,7 +207,9 @@ func createLeaf(tmpl, issuer *x509.Certificate, pub crypto.PublicKey, key crypto
 }
 
 // leafExtensions encodes the extensions of a leaf, in the order and with the
-// criticality crypto/x509 uses.
+// criticality crypto/x509 uses: key usage, extended key usage, basic
+// constraints, authority key ID, subject alternative names, each only when
+// tmpl asks for it.
 func leafExtensions(tmpl *x509.Certificate) ([]byte, error) {
 	var b cryptobyte.Builder
 	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
@@ -193,16 +220,7 @@ func leafExtensions(tmpl *x509.Certificate) ([]byte, error) {
 		}
 		if len(tmpl.ExtKeyUsage) > 0 {
 			addExtension(b, oidExtExtKeyUsage, false, func(b *cryptobyte.Builder) {
-				b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-					for _, u := range tmpl.ExtKeyUsage {
-						oid, ok := ekuOIDs[u]
-						if !ok {
-							b.SetError(fmt.Errorf("unknown extended key usage %d", u))
-							return
-						}
-						b.AddASN1ObjectIdentifier(oid)
-					}
-				})
+				addExtKeyUsage(b, tmpl.ExtKeyUsage)
 			})
 		}
 		if tmpl.BasicConstraintsValid {
@@ -213,50 +231,12 @@ func leafExtensions(tmpl *x509.Certificate) ([]byte, error) {
 		}
 		if aki := tmpl.AuthorityKeyId; len(aki) > 0 {
 			addExtension(b, oidExtAuthorityKeyID, false, func(b *cryptobyte.Builder) {
-				b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-					b.AddASN1(cbasn1.Tag(0).ContextSpecific(), func(b *cryptobyte.Builder) {
-						b.AddBytes(aki)
-					})
-				})
+				addAuthorityKeyID(b, aki)
 			})
 		}
 		if len(tmpl.DNSNames)+len(tmpl.IPAddresses)+len(tmpl.URIs) > 0 {
-			// GeneralNames in crypto/x509's order: dNSName [2], then
-			// iPAddress [7] (IPv4 in 4 bytes), then uniformResourceIdentifier [6].
 			addExtension(b, oidExtSubjectAltName, true, func(b *cryptobyte.Builder) {
-				b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-					for _, name := range tmpl.DNSNames {
-						if !isIA5(name) {
-							b.SetError(fmt.Errorf("DNS SAN %q is not IA5String", name))
-							return
-						}
-						b.AddASN1(cbasn1.Tag(2).ContextSpecific(), func(b *cryptobyte.Builder) {
-							b.AddBytes([]byte(name))
-						})
-					}
-					for _, ip := range tmpl.IPAddresses {
-						if v4 := ip.To4(); v4 != nil {
-							ip = v4
-						}
-						if len(ip) != net.IPv4len && len(ip) != net.IPv6len {
-							b.SetError(fmt.Errorf("IP SAN %v is not an IPv4 or IPv6 address", ip))
-							return
-						}
-						b.AddASN1(cbasn1.Tag(7).ContextSpecific(), func(b *cryptobyte.Builder) {
-							b.AddBytes(ip)
-						})
-					}
-					for _, u := range tmpl.URIs {
-						s := u.String()
-						if !isIA5(s) {
-							b.SetError(fmt.Errorf("URI SAN %q is not IA5String", s))
-							return
-						}
-						b.AddASN1(cbasn1.Tag(6).ContextSpecific(), func(b *cryptobyte.Builder) {
-							b.AddBytes([]byte(s))
-						})
-					}
-				})
+				addSubjectAltNames(b, tmpl)
 			})
 		}
 	})
@@ -265,6 +245,69 @@ func leafExtensions(tmpl *x509.Certificate) ([]byte, error) {
 		return nil, fmt.Errorf("authority: encode leaf extensions: %w", err)
 	}
 	return der, nil
+}
+
+// addExtKeyUsage adds the ExtKeyUsageSyntax SEQUENCE of OIDs.
+func addExtKeyUsage(b *cryptobyte.Builder, usages []x509.ExtKeyUsage) {
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		for _, u := range usages {
+			oid, ok := ekuOIDs[u]
+			if !ok {
+				b.SetError(fmt.Errorf("unknown extended key usage %d", u))
+				return
+			}
+			b.AddASN1ObjectIdentifier(oid)
+		}
+	})
+}
+
+// addAuthorityKeyID adds the AuthorityKeyIdentifier SEQUENCE with only its
+// keyIdentifier [0].
+func addAuthorityKeyID(b *cryptobyte.Builder, aki []byte) {
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1(cbasn1.Tag(0).ContextSpecific(), func(b *cryptobyte.Builder) {
+			b.AddBytes(aki)
+		})
+	})
+}
+
+// addSubjectAltNames adds the GeneralNames SEQUENCE in crypto/x509's order:
+// dNSName [2], then iPAddress [7] (IPv4 in 4 bytes), then
+// uniformResourceIdentifier [6].
+func addSubjectAltNames(b *cryptobyte.Builder, tmpl *x509.Certificate) {
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		for _, name := range tmpl.DNSNames {
+			if !isIA5(name) {
+				b.SetError(fmt.Errorf("DNS SAN %q is not IA5String", name))
+				return
+			}
+			b.AddASN1(cbasn1.Tag(2).ContextSpecific(), func(b *cryptobyte.Builder) {
+				b.AddBytes([]byte(name))
+			})
+		}
+		for _, ip := range tmpl.IPAddresses {
+			if v4 := ip.To4(); v4 != nil {
+				ip = v4
+			}
+			if len(ip) != net.IPv4len && len(ip) != net.IPv6len {
+				b.SetError(fmt.Errorf("IP SAN %v is not an IPv4 or IPv6 address", ip))
+				return
+			}
+			b.AddASN1(cbasn1.Tag(7).ContextSpecific(), func(b *cryptobyte.Builder) {
+				b.AddBytes(ip)
+			})
+		}
+		for _, u := range tmpl.URIs {
+			s := u.String()
+			if !isIA5(s) {
+				b.SetError(fmt.Errorf("URI SAN %q is not IA5String", s))
+				return
+			}
+			b.AddASN1(cbasn1.Tag(6).ContextSpecific(), func(b *cryptobyte.Builder) {
+				b.AddBytes([]byte(s))
+			})
+		}
+	})
 }
 
 // addExtension adds one Extension; critical is omitted when false (DER

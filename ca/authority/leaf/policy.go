@@ -1,4 +1,4 @@
-package authority
+package leaf
 
 import (
 	"crypto/rsa"
@@ -26,10 +26,10 @@ const Backdate = 30 * time.Second
 // signing time, as the X.509-SVID spec asks (see leafKeyUsage).
 var leafUsages = []string{"digital signature", "server auth", "client auth"}
 
-// newPolicy builds the cfssl signing policy: the "workload" and "agent"
+// NewPolicy builds the cfssl signing policy: the "workload" and "agent"
 // profiles, both with the default TTL as expiry and Backdate as backdate.
-// Sign reads key usages, expiry and backdate from these profiles.
-func newPolicy(defaultTTL time.Duration) (*config.Signing, error) {
+// Template reads key usages, expiry and backdate from these profiles.
+func NewPolicy(defaultTTL time.Duration) (*config.Signing, error) {
 	profile := func() *config.SigningProfile {
 		return &config.SigningProfile{
 			Usage:          append([]string(nil), leafUsages...),

@@ -1,4 +1,4 @@
-package authority
+package leaf
 
 import (
 	"crypto"
@@ -13,7 +13,8 @@ import (
 
 // Key size limits for CSR public keys.
 const (
-	minRSABits = 2048
+	// MinRSABits is the smallest RSA key accepted, in a CSR or as a CA key.
+	MinRSABits = 2048
 	// maxRSABits bounds the cost of verifying a CSR signature: a 16k-bit
 	// key takes tens of milliseconds to verify, an easy way to burn CPU.
 	maxRSABits = 8192
@@ -42,7 +43,7 @@ type CSR struct {
 //
 // The subject and all other requested extensions are ignored: Sign builds
 // the certificate from the ID and the public key only.
-func (a *Authority) ParseWorkloadCSR(der []byte) (*CSR, error) {
+func ParseWorkloadCSR(td spiffeid.TrustDomain, der []byte) (*CSR, error) {
 	req, err := parseCSR(der)
 	if err != nil {
 		return nil, err
@@ -62,7 +63,7 @@ func (a *Authority) ParseWorkloadCSR(der []byte) (*CSR, error) {
 	if err != nil {
 		return nil, reject(ReasonInvalidSPIFFEID, "CSR URI SAN %q is not a valid SPIFFE ID: %w", req.URIs[0].String(), err)
 	}
-	if err := a.checkID(id); err != nil {
+	if err := CheckID(td, id); err != nil {
 		return nil, err
 	}
 	return &CSR{ID: id, PublicKey: req.PublicKey, Raw: req}, nil
@@ -72,7 +73,7 @@ func (a *Authority) ParseWorkloadCSR(der []byte) (*CSR, error) {
 // signature and the public key are checked (same key rules as
 // ParseWorkloadCSR); the subject and SANs are ignored because the agent's
 // SPIFFE ID comes from attestation.
-func (a *Authority) ParseAgentCSR(der []byte) (*CSR, error) {
+func ParseAgentCSR(der []byte) (*CSR, error) {
 	req, err := parseCSR(der)
 	if err != nil {
 		return nil, err
@@ -90,7 +91,7 @@ func parseCSR(der []byte) (*x509.CertificateRequest, error) {
 	if err != nil {
 		return nil, reject(ReasonMalformedCSR, "CSR is not a valid DER PKCS#10 request: %w", err)
 	}
-	if err := checkPublicKey(req.PublicKey); err != nil {
+	if err := CheckPublicKey(req.PublicKey); err != nil {
 		return nil, err
 	}
 	if err := req.CheckSignature(); err != nil {
@@ -99,19 +100,19 @@ func parseCSR(der []byte) (*x509.CertificateRequest, error) {
 	return req, nil
 }
 
-// checkPublicKey enforces the key policy described on ParseWorkloadCSR.
-func checkPublicKey(pub crypto.PublicKey) error {
+// CheckPublicKey enforces the key policy described on ParseWorkloadCSR.
+func CheckPublicKey(pub crypto.PublicKey) error {
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
 		switch k.Curve {
 		case elliptic.P256(), elliptic.P384():
 			return nil
 		}
-		return reject(ReasonUnsupportedKey, "ECDSA curve %s is not accepted; use P-256 or P-384", curveName(k.Curve))
+		return reject(ReasonUnsupportedKey, "ECDSA curve %s is not accepted; use P-256 or P-384", CurveName(k.Curve))
 	case *rsa.PublicKey:
 		bits := k.N.BitLen()
-		if bits < minRSABits {
-			return reject(ReasonWeakRSAKey, "RSA key has %d bits; at least %d are required", bits, minRSABits)
+		if bits < MinRSABits {
+			return reject(ReasonWeakRSAKey, "RSA key has %d bits; at least %d are required", bits, MinRSABits)
 		}
 		if bits > maxRSABits {
 			return reject(ReasonUnsupportedKey, "RSA key has %d bits; at most %d are accepted", bits, maxRSABits)
@@ -126,29 +127,24 @@ func checkPublicKey(pub crypto.PublicKey) error {
 	}
 }
 
-func curveName(c elliptic.Curve) string {
+// CurveName names c for messages ("unknown" for nil).
+func CurveName(c elliptic.Curve) string {
 	if c == nil || c.Params() == nil {
 		return "unknown"
 	}
 	return c.Params().Name
 }
 
-// checkID checks that id may appear in an SVID issued by this CA.
-func (a *Authority) checkID(id spiffeid.ID) error {
+// CheckID checks that id may appear in an SVID issued by the CA of trust
+// domain td.
+func CheckID(td spiffeid.TrustDomain, id spiffeid.ID) error {
 	switch {
 	case id.IsZero():
 		return reject(ReasonInvalidSPIFFEID, "SPIFFE ID is empty")
-	case !id.MemberOf(a.td):
-		return reject(ReasonWrongTrustDomain, "SPIFFE ID %q is not in trust domain %q", id, a.td)
+	case !id.MemberOf(td):
+		return reject(ReasonWrongTrustDomain, "SPIFFE ID %q is not in trust domain %q", id, td)
 	case id.Path() == "":
 		return reject(ReasonEmptyPath, "SPIFFE ID %q has no path; a workload ID names something inside the trust domain", id)
 	}
 	return nil
-}
-
-// keyMatches reports whether the public half of priv is pub.
-func keyMatches(priv crypto.Signer, pub crypto.PublicKey) bool {
-	type equaler interface{ Equal(crypto.PublicKey) bool }
-	e, ok := priv.Public().(equaler)
-	return ok && e.Equal(pub)
 }

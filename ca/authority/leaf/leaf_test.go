@@ -1,71 +1,38 @@
-package authority
+package leaf
 
 import (
 	"bytes"
-	"context"
 	"crypto"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"math/big"
 	"net/url"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
 
-// newAuthorityWithIntermediate returns an Authority plugged in from files:
-// a generated P-256 root and an intermediate over interKey, both valid from
-// clock.now.
-func newAuthorityWithIntermediate(t *testing.T, clock *testClock, interKey crypto.Signer) *Authority {
+// testIssuers are the intermediates the encoder is checked with: a P-256
+// one shaped as the CA generates it, and plugged-in P-384 and RSA-2048
+// ones, all valid from now.
+func testIssuers(t *testing.T, now time.Time) map[string]*testCA {
 	t.Helper()
-	rootKey, root, err := newRoot(testTD, clock.now, DefaultRootTTL)
-	if err != nil {
-		t.Fatal(err)
+	plugged := func(key crypto.Signer) *testCA {
+		return newTestCA(t, key, pkix.Name{Organization: []string{"Castellan"}, CommonName: "Castellan Intermediate CA"},
+			nil, testTD.ID().URL(), now.Add(-Backdate), now.Add(365*24*time.Hour))
 	}
-	tmpl, err := caTemplate(testTD, intermediateCommonName, clock.now, clock.now.Add(DefaultIntermediateTTL))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl.MaxPathLen, tmpl.MaxPathLenZero = 0, true
-	inter, err := createCert(tmpl, root, interKey.Public(), rootKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	a, err := New(Config{
-		TrustDomain:          testTD,
-		RootCertFile:         writePEM(t, dir, "root.pem", root),
-		IntermediateCertFile: writePEM(t, dir, "inter.pem", inter),
-		IntermediateKeyFile:  writeKey(t, dir, "inter.key", interKey),
-		Clock:                clock.Now,
-		Logger:               discardLogger(),
-	})
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	return a
-}
-
-// testIssuers are the intermediates the encoder is checked with: the
-// generated P-256 one and plugged-in P-384 and RSA-2048 ones.
-func testIssuers(t *testing.T, clock *testClock) map[string]*Authority {
-	t.Helper()
-	gen, err := New(Config{TrustDomain: testTD, DataDir: filepath.Join(t.TempDir(), "ca"), Clock: clock.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return map[string]*Authority{
-		"p256-issuer":    gen,
-		"p384-issuer":    newAuthorityWithIntermediate(t, clock, ecKey(t, elliptic.P384())),
-		"rsa2048-issuer": newAuthorityWithIntermediate(t, clock, rsaKey(t, 2048)),
+	return map[string]*testCA{
+		"p256-issuer":    castellanCA(t, now),
+		"p384-issuer":    plugged(ecKey(t, elliptic.P384())),
+		"rsa2048-issuer": plugged(rsaKey(t, 2048)),
 	}
 }
 
@@ -79,9 +46,9 @@ func testLeafKeys(t *testing.T) map[string]crypto.Signer {
 
 // createBoth signs tmpl with our encoder and with x509.CreateCertificate and
 // returns both parsed leaves.
-func createBoth(t *testing.T, a *Authority, tmpl *x509.Certificate, csr *CSR) (ours, want *x509.Certificate) {
+func createBoth(t *testing.T, ca *testCA, tmpl *x509.Certificate, csr *CSR) (ours, want *x509.Certificate) {
 	t.Helper()
-	der, err := createLeaf(tmpl, a.keys().cert, csr.PublicKey, a.keys().key)
+	der, err := Create(tmpl, ca.cert, csr.PublicKey, ca.key)
 	if err != nil {
 		t.Fatalf("createLeaf: %v", err)
 	}
@@ -89,7 +56,7 @@ func createBoth(t *testing.T, a *Authority, tmpl *x509.Certificate, csr *CSR) (o
 	if err != nil {
 		t.Fatalf("our leaf does not parse: %v", err)
 	}
-	wantDER, err := x509.CreateCertificate(rand.Reader, tmpl, a.keys().cert, csr.PublicKey, a.keys().key)
+	wantDER, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, csr.PublicKey, ca.key)
 	if err != nil {
 		t.Fatalf("x509.CreateCertificate: %v", err)
 	}
@@ -160,15 +127,15 @@ func urlStrings(us []*url.URL) []string {
 	return out
 }
 
-// checkLeaf checks that leaf is signed by a's intermediate and verifies as
-// an X.509-SVID for id against a's bundle at now.
-func checkLeaf(t *testing.T, a *Authority, leaf *x509.Certificate, id spiffeid.ID, now time.Time) {
+// checkLeaf checks that cert is signed by ca's intermediate and verifies
+// as an X.509-SVID for id against ca's root at now.
+func checkLeaf(t *testing.T, ca *testCA, cert *x509.Certificate, id spiffeid.ID, now time.Time) {
 	t.Helper()
-	if err := leaf.CheckSignatureFrom(a.Intermediate()); err != nil {
+	if err := cert.CheckSignatureFrom(ca.cert); err != nil {
 		t.Errorf("CheckSignatureFrom(intermediate): %v", err)
 	}
-	chain := append([]*x509.Certificate{leaf}, a.keys().chain...)
-	got, _, err := x509svid.Verify(chain, a.Bundle(), x509svid.WithTime(now))
+	bundle := x509bundle.FromX509Authorities(testTD, []*x509.Certificate{ca.root})
+	got, _, err := x509svid.Verify([]*x509.Certificate{cert, ca.cert}, bundle, x509svid.WithTime(now))
 	if err != nil {
 		t.Errorf("x509svid.Verify: %v", err)
 	} else if got != id {
@@ -181,55 +148,30 @@ func checkLeaf(t *testing.T, a *Authority, leaf *x509.Certificate, id spiffeid.I
 // requires identical certificates up to the signature.
 func TestCreateLeafMatchesCreateCertificate(t *testing.T) {
 	// Sub-second clock: both encoders must truncate to the second alike.
-	clock := &testClock{now: time.Date(2030, 1, 2, 3, 4, 5, 987654321, time.UTC)}
-	issuers := testIssuers(t, clock)
+	now := time.Date(2030, 1, 2, 3, 4, 5, 987654321, time.UTC)
+	issuers := testIssuers(t, now)
 	keys := testLeafKeys(t)
 	for _, in := range []string{"p256-issuer", "p384-issuer", "rsa2048-issuer"} {
-		a := issuers[in]
+		ca := issuers[in]
 		for _, kn := range []string{"p256-leaf", "p384-leaf", "rsa2048-leaf"} {
 			t.Run(in+"/"+kn, func(t *testing.T) {
-				csr, err := a.ParseWorkloadCSR(workloadCSR(t, keys[kn]))
+				csr, err := ParseWorkloadCSR(testTD, workloadCSR(t, keys[kn]))
 				if err != nil {
 					t.Fatal(err)
 				}
 				for _, profile := range []string{ProfileWorkload, ProfileAgent} {
-					tmpl, err := a.leafTemplate(profile, csr, csr.ID, 90*time.Minute)
-					if err != nil {
-						t.Fatal(err)
-					}
-					ours, want := createBoth(t, a, tmpl, csr)
+					tmpl := ca.template(t, now, profile, csr, csr.ID, 90*time.Minute)
+					ours, want := createBoth(t, ca, tmpl, csr)
 					compareLeaves(t, ours, want)
-					checkLeaf(t, a, ours, csr.ID, clock.now)
-				}
-
-				// The public path: Sign's leaf equals crypto/x509's over
-				// the same fields.
-				iss, err := a.Sign(context.Background(), csr, csr.ID, 0)
-				if err != nil {
-					t.Fatal(err)
-				}
-				leaf := iss.Chain[0]
-				checkLeaf(t, a, leaf, csr.ID, clock.now)
-				wantDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
-					SerialNumber: leaf.SerialNumber, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter,
-					URIs: leaf.URIs, KeyUsage: leaf.KeyUsage, ExtKeyUsage: leaf.ExtKeyUsage,
-					BasicConstraintsValid: true, AuthorityKeyId: leaf.AuthorityKeyId,
-				}, a.keys().cert, keys[kn].Public(), a.keys().key)
-				if err != nil {
-					t.Fatal(err)
-				}
-				want, err := x509.ParseCertificate(wantDER)
-				if err != nil {
-					t.Fatal(err)
-				}
-				compareLeaves(t, leaf, want)
-				wantKU := x509.KeyUsageDigitalSignature
-				if kn == "rsa2048-leaf" {
-					wantKU |= x509.KeyUsageKeyEncipherment
-				}
-				if leaf.KeyUsage != wantKU || !extension(t, leaf, oidKeyUsage) || !extension(t, leaf, oidSubjectAltName) ||
-					!extension(t, leaf, oidBasicConstraints) || len(leaf.AuthorityKeyId) == 0 {
-					t.Errorf("leaf: KU %b, AKI %x; KU, SAN and basic constraints must be critical", leaf.KeyUsage, leaf.AuthorityKeyId)
+					checkLeaf(t, ca, ours, csr.ID, now)
+					wantKU := x509.KeyUsageDigitalSignature
+					if kn == "rsa2048-leaf" {
+						wantKU |= x509.KeyUsageKeyEncipherment
+					}
+					if ours.KeyUsage != wantKU || !extension(t, ours, oidKeyUsage) || !extension(t, ours, oidSubjectAltName) ||
+						!extension(t, ours, oidBasicConstraints) || len(ours.AuthorityKeyId) == 0 {
+						t.Errorf("leaf: KU %b, AKI %x; KU, SAN and basic constraints must be critical", ours.KeyUsage, ours.AuthorityKeyId)
+					}
 				}
 			})
 		}
@@ -239,19 +181,16 @@ func TestCreateLeafMatchesCreateCertificate(t *testing.T) {
 // TestCreateLeafEncodesEveryUsage compares the KeyUsage and EKU encodings
 // with crypto/x509's for every key usage bit combination and every EKU.
 func TestCreateLeafEncodesEveryUsage(t *testing.T) {
-	clock := newTestClock()
-	a := newTestAuthority(t, clock)
-	csr, err := a.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
+	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	ca := castellanCA(t, now)
+	csr, err := ParseWorkloadCSR(testTD, workloadCSR(t, ecKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl, err := a.leafTemplate(ProfileWorkload, csr, csr.ID, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tmpl := ca.template(t, now, ProfileWorkload, csr, csr.ID, time.Hour)
 	for ku := x509.KeyUsage(1); ku < 1<<9; ku++ {
 		tmpl.KeyUsage = ku
-		ours, want := createBoth(t, a, tmpl, csr)
+		ours, want := createBoth(t, ca, tmpl, csr)
 		if ours.KeyUsage != ku || !bytes.Equal(ours.RawTBSCertificate, want.RawTBSCertificate) {
 			t.Fatalf("key usage %#x: ours decodes to %#x, TBS equal %v", ku, ours.KeyUsage,
 				bytes.Equal(ours.RawTBSCertificate, want.RawTBSCertificate))
@@ -263,19 +202,19 @@ func TestCreateLeafEncodesEveryUsage(t *testing.T) {
 		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, eku)
 	}
 	slices.Sort(tmpl.ExtKeyUsage)
-	ours, want := createBoth(t, a, tmpl, csr)
+	ours, want := createBoth(t, ca, tmpl, csr)
 	compareLeaves(t, ours, want)
 
 	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsage(1000)}
-	if _, err := createLeaf(tmpl, a.keys().cert, csr.PublicKey, a.keys().key); err == nil {
+	if _, err := Create(tmpl, ca.cert, csr.PublicKey, ca.key); err == nil {
 		t.Error("createLeaf accepted an unknown extended key usage")
 	}
 	tmpl.ExtKeyUsage, tmpl.IsCA = nil, true
-	if _, err := createLeaf(tmpl, a.keys().cert, csr.PublicKey, a.keys().key); err == nil {
+	if _, err := Create(tmpl, ca.cert, csr.PublicKey, ca.key); err == nil {
 		t.Error("createLeaf issued a CA certificate")
 	}
 	tmpl.IsCA, tmpl.SerialNumber = false, big.NewInt(0)
-	if _, err := createLeaf(tmpl, a.keys().cert, csr.PublicKey, a.keys().key); err == nil {
+	if _, err := Create(tmpl, ca.cert, csr.PublicKey, ca.key); err == nil {
 		t.Error("createLeaf accepted serial number 0")
 	}
 }
@@ -284,20 +223,14 @@ func TestCreateLeafEncodesEveryUsage(t *testing.T) {
 // and whose NotAfter must be a GeneralizedTime (2050), under a CA generated
 // in 2049 whose own validity crosses the boundary too.
 func TestCreateLeafAcross2050(t *testing.T) {
-	clock := &testClock{now: time.Date(2049, 12, 31, 23, 30, 0, 0, time.UTC)}
-	a, err := New(Config{TrustDomain: testTD, Clock: clock.Now})
+	now := time.Date(2049, 12, 31, 23, 30, 0, 0, time.UTC)
+	ca := castellanCA(t, now)
+	csr, err := ParseWorkloadCSR(testTD, workloadCSR(t, ecKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
-	csr, err := a.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl, err := a.leafTemplate(ProfileWorkload, csr, csr.ID, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ours, want := createBoth(t, a, tmpl, csr)
+	tmpl := ca.template(t, now, ProfileWorkload, csr, csr.ID, time.Hour)
+	ours, want := createBoth(t, ca, tmpl, csr)
 	compareLeaves(t, ours, want)
 	if ours.NotAfter.Year() != 2050 || ours.NotBefore.Year() != 2049 {
 		t.Fatalf("validity %v - %v does not cross 2050", ours.NotBefore, ours.NotAfter)
@@ -315,34 +248,17 @@ func TestCreateLeafAcross2050(t *testing.T) {
 	if !ok || nbTag != cbasn1.UTCTime || naTag != cbasn1.GeneralizedTime {
 		t.Errorf("validity tags %v, %v (parsed %v); want UTCTime then GeneralizedTime", nbTag, naTag, ok)
 	}
-	checkLeaf(t, a, ours, csr.ID, clock.now.Add(45*time.Minute))
+	checkLeaf(t, ca, ours, csr.ID, now.Add(45*time.Minute))
 }
 
-// TestSignHandBuiltCSR signs a CSR with no parsed request behind it (the
-// SubjectPublicKeyInfo is marshalled from the key).
-func TestSignHandBuiltCSR(t *testing.T) {
-	clock := newTestClock()
-	a := newTestAuthority(t, clock)
-	key := ecKey(t, elliptic.P256())
-	id := spiffeid.RequireFromString("spiffe://example.org/castellan/agent/node-1")
-	iss, err := a.Sign(context.Background(), &CSR{PublicKey: key.Public()}, id, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkLeaf(t, a, iss.Chain[0], id, clock.now)
-	if !publicKeyEqual(iss.Chain[0].PublicKey, key.Public()) {
-		t.Error("leaf public key is not the CSR's")
-	}
-}
-
-// TestSignReencodesCSRPublicKey signs RSA CSRs whose SubjectPublicKeyInfo
-// carries bytes the CSR parser ignores (after the RSAPublicKey, or as an
-// extra element inside it). The signed leaf must carry the key as
-// crypto/x509 encodes it, never the requester's bytes: FuzzLeafTBS found
-// that the encoder once copied them into the leaf.
-func TestSignReencodesCSRPublicKey(t *testing.T) {
-	clock := newTestClock()
-	a := newTestAuthority(t, clock)
+// TestCreateReencodesCSRPublicKey encodes leaves over RSA CSRs whose
+// SubjectPublicKeyInfo carries bytes the CSR parser ignores (after the
+// RSAPublicKey, or as an extra element inside it), as Sign does. The leaf
+// must carry the key as crypto/x509 encodes it, never the requester's
+// bytes: FuzzLeafTBS found that the encoder once copied them into the leaf.
+func TestCreateReencodesCSRPublicKey(t *testing.T) {
+	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	ca := castellanCA(t, now)
 	key := rsaKey(t, 2048)
 	k := fuzzKey{name: "rsa2048", key: key, csr: workloadCSR(t, key)}
 	want, err := x509.MarshalPKIXPublicKey(key.Public())
@@ -351,24 +267,29 @@ func TestSignReencodesCSRPublicKey(t *testing.T) {
 	}
 	for _, inside := range []bool{false, true} {
 		der := rsaCSRWithSPKITail(t, k, []byte("attacker-chosen"), inside)
-		csr, err := a.ParseWorkloadCSR(der)
+		csr, err := ParseWorkloadCSR(testTD, der)
 		if err != nil {
 			t.Fatalf("inside=%v: the CSR parser now refuses the padded key (%v); keep this test's premise in sync", inside, err)
 		}
 		if bytes.Equal(csr.Raw.RawSubjectPublicKeyInfo, want) {
 			t.Fatalf("inside=%v: the CSR's SubjectPublicKeyInfo is not padded; the test proves nothing", inside)
 		}
-		iss, err := a.Sign(context.Background(), csr, csr.ID, 0)
+		tmpl := ca.template(t, now, ProfileWorkload, csr, csr.ID, 0)
+		leafDER, err := Create(tmpl, ca.cert, csr.PublicKey, ca.key)
 		if err != nil {
 			t.Fatal(err)
 		}
-		leaf := iss.Chain[0]
-		if !bytes.Equal(leaf.RawSubjectPublicKeyInfo, want) || bytes.Contains(leaf.Raw, []byte("attacker-chosen")) {
-			t.Errorf("inside=%v: leaf SubjectPublicKeyInfo %x, want %x", inside, leaf.RawSubjectPublicKeyInfo, want)
+		alg, err := AlgorithmFor(ca.key)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if iss.PublicKeySHA256 != sha256.Sum256(want) {
-			t.Errorf("inside=%v: Issued.PublicKeySHA256 is not the hash of the canonical key", inside)
+		cert, err := Certificate(leafDER, tmpl, ca.cert, csr.PublicKey, alg)
+		if err != nil {
+			t.Fatal(err)
 		}
-		checkLeaf(t, a, leaf, csr.ID, clock.now)
+		if !bytes.Equal(cert.RawSubjectPublicKeyInfo, want) || bytes.Contains(leafDER, []byte("attacker-chosen")) {
+			t.Errorf("inside=%v: leaf SubjectPublicKeyInfo %x, want %x", inside, cert.RawSubjectPublicKeyInfo, want)
+		}
+		checkLeaf(t, ca, cert, csr.ID, now)
 	}
 }

@@ -117,7 +117,6 @@ package authority
 
 import (
 	"context"
-	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -131,6 +130,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/castellan-dev/castellan/ca/authority/keystore"
 	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/castellan-dev/castellan/ca/lifetime"
 	"github.com/castellan-dev/castellan/ca/store"
@@ -209,7 +209,7 @@ type Authority struct {
 	clock  func() time.Time
 	log    *slog.Logger
 	policy *config.Signing
-	cur    atomic.Pointer[caKeys] // what signs now, and the bundle
+	cur    atomic.Pointer[keystore.CA] // what signs now, and the bundle
 	notify *notifier
 	j      *journal // nil: a fixed CA (Config.Journal unset)
 	// leafParses: crypto/x509 parsed a leaf of the trust domain (sign.go,
@@ -217,23 +217,8 @@ type Authority struct {
 	leafParses atomic.Bool
 }
 
-// caKeys is the loaded CA material: one consistent snapshot of the signing
-// authority and the trust bundle, replaced whole, never modified.
-type caKeys struct {
-	id    string              // authority ID (journal); "" for a fixed CA
-	gen   uint64              // increases with every change
-	cert  *x509.Certificate   // signing (intermediate) certificate
-	key   crypto.Signer       // its private key
-	chain []*x509.Certificate // cert, then further intermediates; no root
-	root  *x509.Certificate   // root the chain verifies to
-	roots []*x509.Certificate // the trust bundle
-	// tainted are the signing certificates of tainted authorities: every
-	// leaf they signed must be replaced.
-	tainted []*x509.Certificate
-}
-
 // keys returns the current snapshot.
-func (a *Authority) keys() *caKeys { return a.cur.Load() }
+func (a *Authority) keys() *keystore.CA { return a.cur.Load() }
 
 // New loads or creates the CA described by cfg: Open with a background
 // context.
@@ -276,32 +261,41 @@ func Open(ctx context.Context, cfg Config) (*Authority, error) {
 		return nil, err
 	}
 	ca := a.keys()
-	cfg.Logger.Info("CA ready", "trust_domain", cfg.TrustDomain.String(), "authority", ca.id,
-		"root_subject", ca.root.Subject.String(), "root_not_after", ca.root.NotAfter,
-		"intermediate_serial", serial.FromBig(ca.cert.SerialNumber).String(), "intermediate_not_after", ca.cert.NotAfter,
-		"bundle_roots", len(ca.roots))
+	cfg.Logger.Info("CA ready", "trust_domain", cfg.TrustDomain.String(), "authority", ca.ID,
+		"root_subject", ca.Root.Subject.String(), "root_not_after", ca.Root.NotAfter,
+		"intermediate_serial", serial.FromBig(ca.Cert.SerialNumber).String(), "intermediate_not_after", ca.Cert.NotAfter,
+		"bundle_roots", len(ca.Roots))
 	return a, nil
 }
 
 // openFixed loads the CA of a server without journal.
 func (a *Authority) openFixed(cfg Config) error {
-	var ca *caKeys
+	var ca *keystore.CA
 	var err error
 	switch {
 	case cfg.RootCertFile != "":
-		ca, err = loadPluggedIn(cfg)
+		ca, err = keystore.LoadPluggedIn(storeConfig(cfg))
 	case cfg.DataDir != "":
-		ca, err = loadOrGenerate(cfg)
+		ca, err = keystore.LoadOrGenerate(storeConfig(cfg))
 	default:
 		cfg.Logger.Warn("no data dir and no plugged-in CA: using an in-memory CA that is lost on exit",
 			"trust_domain", cfg.TrustDomain.String())
-		ca, _, err = generateCA(cfg)
+		ca, err = keystore.Generate(storeConfig(cfg))
 	}
 	if err != nil {
 		return err
 	}
 	a.cur.Store(ca)
 	return nil
+}
+
+// storeConfig is what the key store needs of cfg.
+func storeConfig(cfg Config) keystore.Config {
+	return keystore.Config{
+		TrustDomain: cfg.TrustDomain, DataDir: cfg.DataDir,
+		RootCertFile: cfg.RootCertFile, IntermediateCertFile: cfg.IntermediateCertFile, IntermediateKeyFile: cfg.IntermediateKeyFile,
+		MaxTTL: cfg.MaxTTL, RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL, Clock: cfg.Clock, Logger: cfg.Logger,
+	}
 }
 
 func withDefaults(cfg Config) (Config, error) {
@@ -369,15 +363,15 @@ func validate(cfg Config) error {
 // Bundle returns the trust bundle: the roots that issued SVIDs chain to. The
 // caller owns the returned bundle.
 func (a *Authority) Bundle() *x509bundle.Bundle {
-	return x509bundle.FromX509Authorities(a.td, a.keys().roots)
+	return x509bundle.FromX509Authorities(a.td, a.keys().Roots)
 }
 
 // Intermediate returns the certificate that signs SVIDs now (it changes
 // when another authority is activated; see Snapshot).
-func (a *Authority) Intermediate() *x509.Certificate { return a.keys().cert }
+func (a *Authority) Intermediate() *x509.Certificate { return a.keys().Cert }
 
 // Root returns the root the current intermediate chains to.
-func (a *Authority) Root() *x509.Certificate { return a.keys().root }
+func (a *Authority) Root() *x509.Certificate { return a.keys().Root }
 
 // TrustDomain returns the CA's trust domain.
 func (a *Authority) TrustDomain() spiffeid.TrustDomain { return a.td }

@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"time"
+
+	"github.com/castellan-dev/castellan/ca/authority/keystore"
 )
 
 // startPlugin opens a plug-in CA with a journal: the files' authority is
@@ -16,16 +18,16 @@ func (a *Authority) startPlugin(ctx context.Context) error {
 	cfg := a.j.cfg
 	if cfg.KEKFile != "" { // opens managed authorities left from before the CA was plugged in
 		if _, err := os.Stat(cfg.KEKFile); !errors.Is(err, fs.ErrNotExist) {
-			if a.j.kek, err = loadKEK(cfg.KEKFile, false); err != nil {
+			if a.j.kek, err = keystore.LoadKEK(cfg.KEKFile, false); err != nil {
 				return err
 			}
 		}
 	}
-	f, err := readPluginFiles(cfg)
+	f, err := keystore.ReadPluginFiles(storeConfig(cfg))
 	if err != nil {
 		return err
 	}
-	ca, err := parsePluggedIn(cfg, f)
+	ca, err := keystore.ParsePluggedIn(storeConfig(cfg), f)
 	if err != nil {
 		return err
 	}
@@ -35,7 +37,7 @@ func (a *Authority) startPlugin(ctx context.Context) error {
 	if applyErr != nil && !errors.Is(applyErr, ErrRefused) {
 		return applyErr
 	}
-	a.j.files = f.hash()
+	a.j.files = f.Hash()
 	if err := a.reload(ctx); err != nil {
 		return errors.Join(applyErr, err)
 	}
@@ -47,16 +49,16 @@ func (a *Authority) startPlugin(ctx context.Context) error {
 // refused once (until they change again): the current authority keeps
 // signing.
 func (a *Authority) checkFiles(ctx context.Context) error {
-	f, err := readPluginFiles(a.j.cfg)
+	f, err := keystore.ReadPluginFiles(storeConfig(a.j.cfg))
 	if err != nil {
 		a.j.metrics.refusals.WithLabelValues("unreadable_files").Inc()
 		return fmt.Errorf("%w; the current authority keeps signing", err)
 	}
-	h := f.hash()
+	h := f.Hash()
 	if h == a.j.files {
 		return nil
 	}
-	ca, err := parsePluggedIn(a.j.cfg, f)
+	ca, err := keystore.ParsePluggedIn(storeConfig(a.j.cfg), f)
 	if err != nil {
 		a.j.files = h
 		a.j.metrics.refusals.WithLabelValues("invalid_files").Inc()
@@ -77,10 +79,10 @@ func (a *Authority) checkFiles(ctx context.Context) error {
 // meanwhile. At start, when no other authority can sign on this replica,
 // it is activated anyway, with an error logged. New roots beside an
 // unchanged intermediate are added to the bundle.
-func (a *Authority) applyFiles(ctx context.Context, ca *caKeys, start bool) error {
-	id := authorityID(ca.cert)
-	a.j.keys[id] = ca.key
-	roots := rootsFirst(ca.root, ca.roots)
+func (a *Authority) applyFiles(ctx context.Context, ca *keystore.CA, start bool) error {
+	id := authorityID(ca.Cert)
+	a.j.keys[id] = ca
+	roots := rootsFirst(ca.Root, ca.Roots)
 	var refusal error
 	_, err := a.change(ctx, func(t *txn) error {
 		refusal = nil
@@ -107,7 +109,7 @@ func (a *Authority) applyFiles(ctx context.Context, ca *caKeys, start bool) erro
 			return a.switchTo(t, r, "plug-in CA files at start; no other key available")
 		}
 		refusal = refuseTransition("plug-in intermediate %s (%s) chains to root %q, which entered the trust bundle at %s: it may sign only once that root has been published for the publish delay %s, at %s (peers that have not received the root would reject its leaves); until then it is prepared, its roots are published, and authority %s keeps signing",
-			id, ca.cert.Subject, r.roots[0].Subject, at.UTC().Format(time.RFC3339), a.j.schedule.publishDelay, ready.UTC().Format(time.RFC3339), cur.ID)
+			id, ca.Cert.Subject, r.roots[0].Subject, at.UTC().Format(time.RFC3339), a.j.schedule.publishDelay, ready.UTC().Format(time.RFC3339), cur.ID)
 		return nil
 	})
 	if err != nil {
@@ -125,8 +127,8 @@ func (a *Authority) applyFiles(ctx context.Context, ca *caKeys, start bool) erro
 
 // pluginRecord finds or adds the record of the files' authority and brings
 // its roots up to date.
-func (a *Authority) pluginRecord(t *txn, ca *caKeys, roots []*x509.Certificate) (*record, error) {
-	id := authorityID(ca.cert)
+func (a *Authority) pluginRecord(t *txn, ca *keystore.CA, roots []*x509.Certificate) (*record, error) {
+	id := authorityID(ca.Cert)
 	r, _ := t.find(id)
 	if r == nil {
 		for _, p := range t.recs {
@@ -167,9 +169,9 @@ func (a *Authority) switchTo(t *txn, r *record, reason string) error {
 	return nil
 }
 
-func (a *Authority) newPluginRecord(ca *caKeys, roots []*x509.Certificate) *record {
-	return &record{ID: authorityID(ca.cert), Source: SourcePlugin, Chain: derOf(ca.chain), Roots: derOf(roots),
-		MaxTTL: duration(a.life.Max()), certs: ca.chain, roots: roots}
+func (a *Authority) newPluginRecord(ca *keystore.CA, roots []*x509.Certificate) *record {
+	return &record{ID: authorityID(ca.Cert), Source: SourcePlugin, Chain: derOf(ca.Chain), Roots: derOf(roots),
+		MaxTTL: duration(a.life.Max()), certs: ca.Chain, roots: roots}
 }
 
 // rootsFirst returns roots with root first, each once.

@@ -2,7 +2,6 @@ package authority
 
 import (
 	"context"
-	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -12,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority/keystore"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -29,9 +29,9 @@ type journal struct {
 	// process, so that an older view of the journal is never installed
 	// over a newer one.
 	mu    sync.Mutex
-	kek   *kek                     // nil: no managed authority can be opened
-	keys  map[string]crypto.Signer // opened keys by authority ID
-	files [32]byte                 // hash of the plug-in files last applied
+	kek   *keystore.KEK           // nil: no managed authority can be opened
+	keys  map[string]*keystore.CA // opened signing keys by authority ID
+	files [32]byte                // hash of the plug-in files last applied
 }
 
 func (j *journal) plugin() bool { return j.cfg.RootCertFile != "" }
@@ -44,7 +44,7 @@ func (a *Authority) openJournal(ctx context.Context, cfg Config) error {
 		return err
 	}
 	a.j = &journal{
-		db: cfg.Journal, cfg: cfg, metrics: m, keys: map[string]crypto.Signer{},
+		db: cfg.Journal, cfg: cfg, metrics: m, keys: map[string]*keystore.CA{},
 		schedule: schedule{prepareAt: cfg.PrepareAt, publishDelay: cfg.PublishDelay,
 			intermediateTTL: cfg.IntermediateTTL, maxTTL: cfg.MaxTTL},
 	}
@@ -63,7 +63,7 @@ func (a *Authority) openJournal(ctx context.Context, cfg Config) error {
 	}
 	// A KEK is generated only for a new, unshared journal: a lost one is
 	// never silently replaced.
-	if a.j.kek, err = loadKEK(cfg.KEKFile, len(recs) == 0 && !cfg.Journal.Shared()); err != nil {
+	if a.j.kek, err = keystore.LoadKEK(cfg.KEKFile, len(recs) == 0 && !cfg.Journal.Shared()); err != nil {
 		if i := slices.IndexFunc(recs, func(r *record) bool { return r.KEKID != "" }); i >= 0 {
 			return fmt.Errorf("%w (the journal already holds authorities sealed under key %s: restore that key file)", err, recs[i].KEKID)
 		}
@@ -75,9 +75,9 @@ func (a *Authority) openJournal(ctx context.Context, cfg Config) error {
 		return err
 	}
 	if cfg.DataDir != "" {
-		if _, err := os.Stat(filepath.Join(cfg.DataDir, RootKeyName)); err == nil {
+		if _, err := os.Stat(filepath.Join(cfg.DataDir, keystore.RootKeyName)); err == nil {
 			a.log.Warn("the CA key files of the data dir are no longer used: the journal holds the keys, sealed; delete them once you no longer need to downgrade",
-				"files", []string{filepath.Join(cfg.DataDir, RootKeyName), filepath.Join(cfg.DataDir, IntermediateKeyName)})
+				"files", []string{filepath.Join(cfg.DataDir, keystore.RootKeyName), filepath.Join(cfg.DataDir, keystore.IntermediateKeyName)})
 		}
 	}
 	return a.reload(ctx)
@@ -91,11 +91,11 @@ func (a *Authority) bootstrapManaged(t *txn) error {
 	if len(t.recs) > 0 {
 		return nil
 	}
-	ca, rootKey, reason, err := a.initialCA()
+	ca, reason, err := a.initialCA()
 	if err != nil {
 		return err
 	}
-	r, err := a.newManagedRecord(ca, rootKey)
+	r, err := a.newManagedRecord(ca)
 	if err != nil {
 		return err
 	}
@@ -104,73 +104,40 @@ func (a *Authority) bootstrapManaged(t *txn) error {
 }
 
 // initialCA returns the CA files of DataDir, or a new CA.
-func (a *Authority) initialCA() (*caKeys, crypto.Signer, string, error) {
+func (a *Authority) initialCA() (*keystore.CA, string, error) {
 	cfg := a.j.cfg
 	if cfg.DataDir != "" {
-		root, rootKey, err := loadRoot(cfg.DataDir)
+		ca, err := keystore.Import(storeConfig(cfg))
 		switch {
 		case err == nil:
-			ca, ierr := loadIntermediate(cfg, root)
-			if ierr != nil {
-				a.log.Warn("issuing a new intermediate from the imported root", "reason", ierr.Error())
-				ca, ierr = withIntermediate(cfg, root, rootKey)
-			}
-			return ca, rootKey, "bootstrap: imported the CA files of " + cfg.DataDir, ierr
-		case !errors.Is(err, errNoRoot):
-			return nil, nil, "", err
+			return ca, "bootstrap: imported the CA files of " + cfg.DataDir, nil
+		case !errors.Is(err, keystore.ErrNoRoot):
+			return nil, "", err
 		}
 	}
-	ca, rootKey, err := generateCA(cfg)
-	return ca, rootKey, "bootstrap: generated a new root and intermediate", err
+	ca, err := keystore.Generate(storeConfig(cfg))
+	return ca, "bootstrap: generated a new root and intermediate", err
 }
 
 // newManagedRecord seals ca's keys into a new record (state unset).
-func (a *Authority) newManagedRecord(ca *caKeys, rootKey crypto.Signer) (*record, error) {
-	id := authorityID(ca.cert)
-	r := &record{ID: id, Source: SourceManaged, Chain: derOf(ca.chain), Roots: derOf([]*x509.Certificate{ca.root}),
-		KEKID: a.j.kek.id, MaxTTL: duration(a.life.Max()), certs: ca.chain, roots: []*x509.Certificate{ca.root}}
+func (a *Authority) newManagedRecord(ca *keystore.CA) (*record, error) {
+	id := authorityID(ca.Cert)
+	r := &record{ID: id, Source: SourceManaged, Chain: derOf(ca.Chain), Roots: derOf([]*x509.Certificate{ca.Root}),
+		KEKID: a.j.kek.ID(), MaxTTL: duration(a.life.Max()), certs: ca.Chain, roots: []*x509.Certificate{ca.Root}}
 	var err error
-	if r.SealedKey, err = a.sealKey(id, sealSigning, ca.key); err != nil {
-		return nil, err
-	}
-	if r.SealedRootKey, err = a.sealKey(id, sealRoot, rootKey); err != nil {
+	if r.SealedKey, r.SealedRootKey, err = a.j.kek.Seal(id, ca); err != nil {
 		return nil, err
 	}
 	return r, nil
 }
 
-func (a *Authority) sealKey(id, slot string, key crypto.Signer) ([]byte, error) {
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, fmt.Errorf("authority: encode %s key: %w", slot, err)
-	}
-	defer clear(der)
-	return a.j.kek.seal(id, slot, der)
+// noKEK refuses to open the keys of managed authority r without a KEK.
+func noKEK(r *record) error {
+	return fmt.Errorf("%w: authority %s is managed, and this CA has no key-encryption key (plug-in mode): set the KEK file", keystore.ErrKEK, r.ID)
 }
 
-// openKey unseals one of r's keys and checks it against pub.
-func (a *Authority) openKey(r *record, slot string, sealed []byte, pub crypto.PublicKey) (crypto.Signer, error) {
-	if a.j.kek == nil {
-		return nil, fmt.Errorf("%w: authority %s is managed, and this CA has no key-encryption key (plug-in mode): set the KEK file", ErrKEK, r.ID)
-	}
-	der, err := a.j.kek.open(r.ID, slot, r.KEKID, sealed)
-	if err != nil {
-		return nil, err
-	}
-	defer clear(der)
-	k, err := x509.ParsePKCS8PrivateKey(der)
-	if err != nil {
-		return nil, fmt.Errorf("authority: the %s key of authority %s does not parse: %w", slot, r.ID, err)
-	}
-	signer, ok := k.(crypto.Signer)
-	if !ok || !keyMatches(signer, pub) {
-		return nil, fmt.Errorf("authority: the %s key of authority %s does not match its certificate: the journal is damaged", slot, r.ID)
-	}
-	return signer, nil
-}
-
-// keyFor returns the signing key of r (a.j.mu held).
-func (a *Authority) keyFor(r *record) (crypto.Signer, error) {
+// keyFor returns r's signing key, as a CA that signs with it (a.j.mu held).
+func (a *Authority) keyFor(r *record) (*keystore.CA, error) {
 	if k, ok := a.j.keys[r.ID]; ok {
 		return k, nil
 	}
@@ -181,7 +148,10 @@ func (a *Authority) keyFor(r *record) (crypto.Signer, error) {
 		return nil, fmt.Errorf("authority: the key of plug-in authority %s is not in this replica's files (%s): mount the same files on every replica",
 			r.ID, a.j.cfg.IntermediateKeyFile)
 	}
-	k, err := a.openKey(r, sealSigning, r.SealedKey, r.certs[0].PublicKey)
+	if a.j.kek == nil {
+		return nil, noKEK(r)
+	}
+	k, err := a.j.kek.OpenSigning(r.ID, r.KEKID, r.SealedKey, r.certs)
 	if err != nil {
 		return nil, err
 	}
@@ -194,7 +164,7 @@ func (a *Authority) canSign(r *record) bool {
 	if _, ok := a.j.keys[r.ID]; ok {
 		return true
 	}
-	return r.Source == SourceManaged && a.j.kek != nil && r.KEKID == a.j.kek.id
+	return r.Source == SourceManaged && a.j.kek != nil && r.KEKID == a.j.kek.ID()
 }
 
 // reload reads the journal and installs it (a.j.mu held).
@@ -224,12 +194,12 @@ func (a *Authority) install(recs []*record) error {
 	}
 	roots, tainted := bundleOf(recs), taintedOf(recs)
 	cur := a.keys()
-	if cur != nil && cur.id == active.ID && sameCerts(cur.roots, roots) && sameCerts(cur.tainted, tainted) {
+	if cur != nil && cur.ID == active.ID && sameCerts(cur.Roots, roots) && sameCerts(cur.Tainted, tainted) {
 		return nil
 	}
 	var gen uint64 = 1
 	if cur != nil {
-		gen = cur.gen + 1
+		gen = cur.Gen + 1
 	}
 	key, err := a.keyFor(active)
 	if err != nil {
@@ -238,19 +208,19 @@ func (a *Authority) install(recs []*record) error {
 			return err
 		}
 		a.log.Error("cannot sign with the active authority; the previous one keeps signing", "active", active.ID,
-			"signing", cur.id, "error", err.Error())
-		if !slices.ContainsFunc(roots, cur.root.Equal) {
-			roots = append(roots, cur.root)
+			"signing", cur.ID, "error", err.Error())
+		if !slices.ContainsFunc(roots, cur.Root.Equal) {
+			roots = append(roots, cur.Root)
 		}
-		if !sameCerts(cur.roots, roots) || !sameCerts(cur.tainted, tainted) {
+		if !sameCerts(cur.Roots, roots) || !sameCerts(cur.Tainted, tainted) {
 			next := *cur
-			next.roots, next.tainted, next.gen = roots, tainted, gen
+			next.Roots, next.Tainted, next.Gen = roots, tainted, gen
 			a.publish(&next)
 		}
 		return err
 	}
-	a.publish(&caKeys{id: active.ID, gen: gen, cert: active.certs[0], key: key, chain: active.certs,
-		root: active.roots[0], roots: roots, tainted: tainted})
+	a.publish(keystore.CA{ID: active.ID, Gen: gen, Cert: active.certs[0], Chain: active.certs,
+		Root: active.roots[0], Roots: roots, Tainted: tainted}.With(key))
 	return nil
 }
 
@@ -265,13 +235,13 @@ func taintedOf(recs []*record) []*x509.Certificate {
 	return out
 }
 
-func (a *Authority) publish(ca *caKeys) {
+func (a *Authority) publish(ca *keystore.CA) {
 	prev := a.keys()
 	a.cur.Store(ca)
 	a.notify.fire()
-	if prev != nil && prev.id != ca.id {
-		a.log.Info("signing authority changed", "from", prev.id, "to", ca.id,
-			"intermediate_not_after", ca.cert.NotAfter, "bundle_roots", len(ca.roots))
+	if prev != nil && prev.ID != ca.ID {
+		a.log.Info("signing authority changed", "from", prev.ID, "to", ca.ID,
+			"intermediate_not_after", ca.Cert.NotAfter, "bundle_roots", len(ca.Roots))
 	}
 }
 

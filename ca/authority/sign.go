@@ -11,6 +11,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/castellan-dev/castellan/ca/authority/keystore"
 	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/castellan-dev/castellan/internal/serial"
 )
@@ -98,12 +99,12 @@ func (a *Authority) sign(ctx context.Context, profileName string, csr *leaf.CSR,
 	}
 
 	ca := a.keys() // one snapshot for the whole signing
-	tmpl, err := leaf.Template(a.policy, ca.cert, a.clock(), profileName, csr, id, ttl)
+	tmpl, err := leaf.Template(a.policy, ca.Cert, a.clock(), profileName, csr, id, ttl)
 	if err != nil {
 		return nil, err
 	}
 	tmpl.DNSNames, tmpl.IPAddresses = names.DNSNames, names.IPAddresses
-	der, err := leaf.Create(tmpl, ca.cert, csr.PublicKey, ca.key)
+	der, err := ca.CreateLeaf(tmpl, csr.PublicKey)
 	if err != nil {
 		return nil, fmt.Errorf("authority: sign %s: %w", id, err)
 	}
@@ -111,9 +112,9 @@ func (a *Authority) sign(ctx context.Context, profileName string, csr *leaf.CSR,
 	if err != nil {
 		return nil, err
 	}
-	chain := make([]*x509.Certificate, 0, 1+len(ca.chain))
+	chain := make([]*x509.Certificate, 0, 1+len(ca.Chain))
 	chain = append(chain, cert)
-	chain = append(chain, ca.chain...)
+	chain = append(chain, ca.Chain...)
 	a.log.DebugContext(ctx, "signed X.509-SVID", "spiffe_id", id.String(), "profile", profileName,
 		"serial", serial.FromBig(cert.SerialNumber).String(), "not_after", cert.NotAfter)
 	return &Issued{
@@ -132,14 +133,10 @@ func (a *Authority) sign(ctx context.Context, profileName string, csr *leaf.CSR,
 // trust domain, the same in every leaf), such leaves are built from what
 // was encoded instead (leaf.Certificate), which costs a fraction of a
 // parse.
-func (a *Authority) parseLeaf(der []byte, tmpl *x509.Certificate, ca *caKeys, pub crypto.PublicKey) (*x509.Certificate, error) {
+func (a *Authority) parseLeaf(der []byte, tmpl *x509.Certificate, ca *keystore.CA, pub crypto.PublicKey) (*x509.Certificate, error) {
 	plain := len(tmpl.DNSNames)+len(tmpl.IPAddresses) == 0
 	if plain && a.leafParses.Load() {
-		alg, err := leaf.AlgorithmFor(ca.key)
-		if err != nil {
-			return nil, err
-		}
-		return leaf.Certificate(der, tmpl, ca.cert, pub, alg)
+		return ca.LeafCertificate(der, tmpl, pub)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {

@@ -37,12 +37,12 @@ type Snapshot struct {
 func (a *Authority) Snapshot() Snapshot {
 	ca := a.keys()
 	return Snapshot{
-		ActiveID:   ca.id,
-		Chain:      slices.Clone(ca.chain),
-		Root:       ca.root,
-		Roots:      slices.Clone(ca.roots),
-		Tainted:    slices.Clone(ca.tainted),
-		Generation: ca.gen,
+		ActiveID:   ca.ID,
+		Chain:      slices.Clone(ca.Chain),
+		Root:       ca.Root,
+		Roots:      slices.Clone(ca.Roots),
+		Tainted:    slices.Clone(ca.Tainted),
+		Generation: ca.Gen,
 	}
 }
 

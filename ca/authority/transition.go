@@ -2,7 +2,6 @@ package authority
 
 import (
 	"context"
-	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -11,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/castellan-dev/castellan/ca/authority/keystore"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -292,22 +292,21 @@ func (a *Authority) prepareIn(t *txn, newRoot bool, reason string) (*record, err
 	cfg := a.j.cfg
 	cfg.Clock = func() time.Time { return t.now }
 	var (
-		ca      *caKeys
-		rootKey crypto.Signer
-		err     error
+		ca  *keystore.CA
+		err error
 	)
 	if newRoot {
-		ca, rootKey, err = generateCA(cfg)
+		ca, err = keystore.Generate(storeConfig(cfg))
 	} else {
-		var root *x509.Certificate
-		if rootKey, root, err = a.activeRoot(t); err == nil {
-			ca, err = withIntermediate(cfg, root, rootKey)
+		var root *keystore.CA
+		if root, err = a.activeRoot(t); err == nil {
+			ca, err = root.NewIntermediate(storeConfig(cfg))
 		}
 	}
 	if err != nil {
 		return nil, err
 	}
-	r, err := a.newManagedRecord(ca, rootKey)
+	r, err := a.newManagedRecord(ca)
 	if err != nil {
 		return nil, err
 	}
@@ -315,18 +314,21 @@ func (a *Authority) prepareIn(t *txn, newRoot bool, reason string) (*record, err
 	return r, nil
 }
 
-// activeRoot returns the root of the active managed authority and its key.
-func (a *Authority) activeRoot(t *txn) (key crypto.Signer, root *x509.Certificate, err error) {
+// activeRoot returns the root of the active managed authority with its
+// key, as a CA that can issue intermediates.
+func (a *Authority) activeRoot(t *txn) (*keystore.CA, error) {
 	active := findState(t.recs, StateActive)
 	if active == nil || active.Source != SourceManaged {
-		return nil, nil, refuseTransition("there is no active managed authority whose root could sign a new intermediate: prepare one under a new root")
+		return nil, refuseTransition("there is no active managed authority whose root could sign a new intermediate: prepare one under a new root")
 	}
-	root = active.roots[0]
+	root := active.roots[0]
 	if !t.now.Before(root.NotAfter) {
-		return nil, nil, refuseTransition("the root of the active authority %s expired at %s: prepare one under a new root", active.ID, root.NotAfter.UTC().Format(time.RFC3339))
+		return nil, refuseTransition("the root of the active authority %s expired at %s: prepare one under a new root", active.ID, root.NotAfter.UTC().Format(time.RFC3339))
 	}
-	key, err = a.openKey(active, sealRoot, active.SealedRootKey, root.PublicKey)
-	return key, root, err
+	if a.j.kek == nil {
+		return nil, noKEK(active)
+	}
+	return a.j.kek.OpenRoot(active.ID, active.KEKID, active.SealedRootKey, root)
 }
 
 // Activate makes the prepared authority id the signer; the active one

@@ -1,4 +1,4 @@
-package authority
+package keystore
 
 import (
 	"crypto/sha256"
@@ -10,28 +10,28 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-// loadPluggedIn loads an operator-supplied CA and checks it: every root is a
+// LoadPluggedIn loads an operator-supplied CA and checks it: every root is a
 // CA certificate; the intermediate is a CA that may sign certificates, is
 // valid now, chains to one of the roots (through any further intermediates
 // in its file) and matches its private key; a SPIFFE URI SAN on it, if any,
 // is in the trust domain.
-func loadPluggedIn(cfg Config) (*caKeys, error) {
-	f, err := readPluginFiles(cfg)
+func LoadPluggedIn(cfg Config) (*CA, error) {
+	f, err := ReadPluginFiles(cfg)
 	if err != nil {
 		return nil, err
 	}
-	return parsePluggedIn(cfg, f)
+	return ParsePluggedIn(cfg, f)
 }
 
-// pluginFiles is the content of a plug-in CA's three files, read once so
+// PluginFiles is the content of a plug-in CA's three files, read once so
 // that what is checked is what is hashed and used.
-type pluginFiles struct {
+type PluginFiles struct {
 	roots, chain, key []byte
 }
 
-// readPluginFiles reads the plug-in CA's files.
-func readPluginFiles(cfg Config) (pluginFiles, error) {
-	var f pluginFiles
+// ReadPluginFiles reads the plug-in CA's files.
+func ReadPluginFiles(cfg Config) (PluginFiles, error) {
+	var f PluginFiles
 	var err error
 	if f.roots, err = os.ReadFile(cfg.RootCertFile); err != nil {
 		return f, fmt.Errorf("authority: root cert file %s: %w", cfg.RootCertFile, err)
@@ -45,8 +45,8 @@ func readPluginFiles(cfg Config) (pluginFiles, error) {
 	return f, nil
 }
 
-// hash identifies the files' content.
-func (f pluginFiles) hash() [32]byte {
+// Hash identifies the files' content.
+func (f PluginFiles) Hash() [32]byte {
 	h := sha256.New()
 	for _, b := range [][]byte{f.roots, f.chain, f.key} {
 		var n [8]byte
@@ -57,8 +57,8 @@ func (f pluginFiles) hash() [32]byte {
 	return [32]byte(h.Sum(nil))
 }
 
-// parsePluggedIn checks a plug-in CA's files (see loadPluggedIn).
-func parsePluggedIn(cfg Config, f pluginFiles) (*caKeys, error) {
+// ParsePluggedIn checks a plug-in CA's files (see LoadPluggedIn).
+func ParsePluggedIn(cfg Config, f PluginFiles) (*CA, error) {
 	roots, err := parseCerts(f.roots)
 	if err != nil {
 		return nil, fmt.Errorf("authority: root cert file %s: %w", cfg.RootCertFile, err)
@@ -111,7 +111,7 @@ func parsePluggedIn(cfg Config, f pluginFiles) (*caKeys, error) {
 		cfg.Logger.Warn("plugged-in intermediate expires before the max SVID TTL; SVIDs will be shortened to its expiry",
 			"not_after", cert.NotAfter, "max_ttl", cfg.MaxTTL.String())
 	}
-	return &caKeys{cert: cert, key: key, chain: served, root: path[len(path)-1], roots: roots}, nil
+	return &CA{Cert: cert, key: key, Chain: served, Root: path[len(path)-1], Roots: roots}, nil
 }
 
 // checkIntermediate checks the signing certificate on its own.

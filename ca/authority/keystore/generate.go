@@ -1,4 +1,4 @@
-package authority
+package keystore
 
 import (
 	"crypto"
@@ -23,29 +23,30 @@ const (
 	intermediateCommonName = "Castellan Intermediate CA"
 )
 
-// generateCA creates a fresh root and intermediate, both ECDSA P-256, and
-// returns the root key alongside (the CA only needs it to persist it).
-func generateCA(cfg Config) (*caKeys, crypto.Signer, error) {
+// Generate creates a fresh root and intermediate, both ECDSA P-256; the
+// CA holds the root key too (to persist or seal it, or to issue another
+// intermediate).
+func Generate(cfg Config) (*CA, error) {
 	rootKey, root, err := newRoot(cfg.TrustDomain, cfg.Clock(), cfg.RootTTL)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	ca, err := withIntermediate(cfg, root, rootKey)
-	return ca, rootKey, err
+	return withIntermediate(cfg, root, rootKey)
 }
 
 // withIntermediate issues a new intermediate under root.
-func withIntermediate(cfg Config, root *x509.Certificate, rootKey crypto.Signer) (*caKeys, error) {
+func withIntermediate(cfg Config, root *x509.Certificate, rootKey crypto.Signer) (*CA, error) {
 	key, cert, err := newIntermediate(cfg.TrustDomain, cfg.Clock(), cfg.IntermediateTTL, root, rootKey)
 	if err != nil {
 		return nil, err
 	}
-	return &caKeys{
-		cert:  cert,
-		key:   key,
-		chain: []*x509.Certificate{cert},
-		root:  root,
-		roots: []*x509.Certificate{root},
+	return &CA{
+		Cert:    cert,
+		key:     key,
+		Chain:   []*x509.Certificate{cert},
+		Root:    root,
+		Roots:   []*x509.Certificate{root},
+		rootKey: rootKey,
 	}, nil
 }
 

@@ -1,4 +1,4 @@
-package authority
+package keystore
 
 import (
 	"crypto"
@@ -18,10 +18,10 @@ const (
 	IntermediateKeyName  = "intermediate.key"
 )
 
-// loadOrGenerate loads the CA in cfg.DataDir, creating it on first start.
+// LoadOrGenerate loads the CA in cfg.DataDir, creating it on first start.
 // Keys are written before their certificates, so a crash leaves either no
 // certificate (regenerated next start) or a complete pair.
-func loadOrGenerate(cfg Config) (*caKeys, error) {
+func LoadOrGenerate(cfg Config) (*CA, error) {
 	dir := cfg.DataDir
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("authority: create data dir: %w", err)
@@ -32,16 +32,16 @@ func loadOrGenerate(cfg Config) (*caKeys, error) {
 	}
 	root, rootKey, err := loadRoot(dir)
 	switch {
-	case errors.Is(err, errNoRoot):
+	case errors.Is(err, ErrNoRoot):
 		cfg.Logger.Info("generating a new CA root and intermediate", "dir", dir)
-		ca, rootKey, err := generateCA(cfg)
+		ca, err := Generate(cfg)
 		if err != nil {
 			return nil, err
 		}
-		if err := storePair(dir, RootKeyName, RootCertName, ca.root, rootKey); err != nil {
+		if err := storePair(dir, RootKeyName, RootCertName, ca.Root, ca.rootKey); err != nil {
 			return nil, err
 		}
-		return ca, storePair(dir, IntermediateKeyName, IntermediateCertName, ca.cert, ca.key)
+		return ca, storePair(dir, IntermediateKeyName, IntermediateCertName, ca.Cert, ca.key)
 	case err != nil:
 		return nil, err
 	}
@@ -49,7 +49,7 @@ func loadOrGenerate(cfg Config) (*caKeys, error) {
 		return nil, fmt.Errorf("authority: root CA in %s expired at %s; move the data dir aside to start a new CA",
 			filepath.Join(dir, RootCertName), root.NotAfter)
 	}
-	ca, err := loadIntermediate(cfg, root)
+	ca, err := loadIntermediate(cfg, root, rootKey)
 	if err == nil {
 		return ca, nil
 	}
@@ -58,20 +58,20 @@ func loadOrGenerate(cfg Config) (*caKeys, error) {
 	if err != nil {
 		return nil, err
 	}
-	return ca, storePair(dir, IntermediateKeyName, IntermediateCertName, ca.cert, ca.key)
+	return ca, storePair(dir, IntermediateKeyName, IntermediateCertName, ca.Cert, ca.key)
 }
 
-// errNoRoot means the data dir holds no root certificate yet.
-var errNoRoot = errors.New("authority: no stored root")
+// ErrNoRoot means the data dir holds no root certificate yet.
+var ErrNoRoot = errors.New("authority: no stored root")
 
-// loadRoot reads root.pem and root.key. It returns errNoRoot only when
+// loadRoot reads root.pem and root.key. It returns ErrNoRoot only when
 // root.pem does not exist; a missing root.key next to an existing root.pem
 // is an error, never a reason to generate a new CA.
 func loadRoot(dir string) (*x509.Certificate, crypto.Signer, error) {
 	certPath, keyPath := filepath.Join(dir, RootCertName), filepath.Join(dir, RootKeyName)
 	certs, err := readCerts(certPath)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil, errNoRoot
+		return nil, nil, ErrNoRoot
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("authority: read root %s: %w", certPath, err)
@@ -92,7 +92,7 @@ func loadRoot(dir string) (*x509.Certificate, crypto.Signer, error) {
 
 // loadIntermediate reads the stored intermediate and checks that it matches
 // its key, chains to root and has at least MaxTTL of life left.
-func loadIntermediate(cfg Config, root *x509.Certificate) (*caKeys, error) {
+func loadIntermediate(cfg Config, root *x509.Certificate, rootKey crypto.Signer) (*CA, error) {
 	certPath := filepath.Join(cfg.DataDir, IntermediateCertName)
 	keyPath := filepath.Join(cfg.DataDir, IntermediateKeyName)
 	certs, err := readCerts(certPath)
@@ -113,7 +113,7 @@ func loadIntermediate(cfg Config, root *x509.Certificate) (*caKeys, error) {
 	if left := cert.NotAfter.Sub(cfg.Clock()); left < cfg.MaxTTL {
 		return nil, fmt.Errorf("%s has %s left, less than the max SVID TTL %s", certPath, left, cfg.MaxTTL)
 	}
-	return &caKeys{cert: cert, key: key, chain: []*x509.Certificate{cert}, root: root, roots: []*x509.Certificate{root}}, nil
+	return &CA{Cert: cert, key: key, Chain: []*x509.Certificate{cert}, Root: root, Roots: []*x509.Certificate{root}, rootKey: rootKey}, nil
 }
 
 // storePair writes a key then its certificate, each atomically with 0600.
@@ -131,9 +131,19 @@ func storePair(dir, keyName, certName string, cert *x509.Certificate, key crypto
 	return nil
 }
 
-// keyMatches reports whether the public half of priv is pub.
-func keyMatches(priv crypto.Signer, pub crypto.PublicKey) bool {
-	type equaler interface{ Equal(crypto.PublicKey) bool }
-	e, ok := priv.Public().(equaler)
-	return ok && e.Equal(pub)
+// Import loads the CA files of cfg.DataDir, as LoadOrGenerate does but
+// without writing: an intermediate that does not load, or has less than
+// MaxTTL left, is replaced by a new one under the stored root (in memory).
+// It returns ErrNoRoot when the data dir holds no root.
+func Import(cfg Config) (*CA, error) {
+	root, rootKey, err := loadRoot(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	ca, err := loadIntermediate(cfg, root, rootKey)
+	if err != nil {
+		cfg.Logger.Warn("issuing a new intermediate from the imported root", "reason", err.Error())
+		ca, err = withIntermediate(cfg, root, rootKey)
+	}
+	return ca, err
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"math/big"
 	"testing"
+	"time"
 
 	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/cloudflare/cfssl/log"
@@ -46,9 +47,7 @@ func BenchmarkSign(b *testing.B) {
 // BenchmarkBareX509 is the floor: parse the CSR, check its signature and
 // x509.CreateCertificate with a minimal SVID template.
 func BenchmarkBareX509(b *testing.B) {
-	clock := newTestClock()
-	a := newTestAuthority(b, clock)
-	inter, key := a.Intermediate(), a.signer()
+	inter, key := benchCA(b)
 	for _, name := range []string{"p256", "rsa2048"} {
 		der := workloadCSR(b, benchKeys(b)[name])
 		b.Run(name, func(b *testing.B) {
@@ -62,8 +61,8 @@ func BenchmarkBareX509(b *testing.B) {
 				}
 				tmpl := &x509.Certificate{
 					SerialNumber:          big.NewInt(1),
-					NotBefore:             clock.now,
-					NotAfter:              clock.now.Add(DefaultTTL),
+					NotBefore:             time.Now(),
+					NotAfter:              time.Now().Add(DefaultTTL),
 					URIs:                  req.URIs,
 					KeyUsage:              x509.KeyUsageDigitalSignature,
 					ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
@@ -83,8 +82,12 @@ func BenchmarkCFSSLSigner(b *testing.B) {
 	prev := log.Level
 	log.Level = log.LevelError // cfssl logs every signature at Info
 	b.Cleanup(func() { log.Level = prev })
-	a := newTestAuthority(b, newTestClock())
-	s, err := local.NewSigner(a.signer(), a.Intermediate(), signer.DefaultSigAlgo(a.signer()), a.policy)
+	inter, key := benchCA(b)
+	policy, err := leaf.NewPolicy(DefaultTTL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := local.NewSigner(key, inter, signer.DefaultSigAlgo(key), policy)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -87,13 +87,9 @@ func rsaKey(t testing.TB, bits int) *rsa.PrivateKey {
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
-// signer returns the current intermediate's private key: tests only; the
-// key never leaves the package (SignCRL signs with it).
-func (a *Authority) signer() crypto.Signer { return a.keys().key }
-
 // leafTemplate builds the template Sign builds for the current signer.
 func (a *Authority) leafTemplate(profileName string, csr *leaf.CSR, id spiffeid.ID, ttl time.Duration) (*x509.Certificate, error) {
-	return leaf.Template(a.policy, a.keys().cert, a.clock(), profileName, csr, id, ttl)
+	return leaf.Template(a.policy, a.keys().Cert, a.clock(), profileName, csr, id, ttl)
 }
 
 // backdate is leaf.Backdate, for tests whose variables named leaf hide the

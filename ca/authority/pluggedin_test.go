@@ -5,14 +5,13 @@ import (
 	"crypto"
 	"crypto/elliptic"
 	"crypto/x509"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/castellan-dev/castellan/ca/authority/leaf"
-	"github.com/castellan-dev/castellan/ca/lifetime"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
@@ -44,7 +43,7 @@ func writePEM(t *testing.T, dir, name string, certs ...*x509.Certificate) string
 	t.Helper()
 	var data []byte
 	for _, c := range certs {
-		data = append(data, encodeCert(c)...)
+		data = append(data, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
 	}
 	path := filepath.Join(dir, name)
 	if err := os.WriteFile(path, data, 0o600); err != nil {
@@ -200,18 +199,18 @@ func TestPluggedInCARejectsBadMaterial(t *testing.T) {
 // leafOf returns an X.509-SVID signed by the PKI's intermediate.
 func leafOf(t *testing.T, pki *testPKI) *x509.Certificate {
 	t.Helper()
-	life, err := lifetime.New(DefaultTTL, DefaultMaxTTL)
+	dir := t.TempDir()
+	a, err := New(Config{
+		TrustDomain:          testTD,
+		RootCertFile:         writePEM(t, dir, "root.pem", pki.root),
+		IntermediateCertFile: writePEM(t, dir, "inter.pem", pki.inter),
+		IntermediateKeyFile:  writeKey(t, dir, "inter.key", pki.interKey),
+		Clock:                newTestClock().Now,
+		Logger:               discardLogger(),
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &Authority{td: testTD, life: life, clock: newTestClock().Now, notify: newNotifier()}
-	a.cur.Store(&caKeys{cert: pki.inter, key: pki.interKey, chain: []*x509.Certificate{pki.inter}, root: pki.root, roots: []*x509.Certificate{pki.root}})
-	policy, err := leaf.NewPolicy(DefaultTTL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.policy = policy
-	a.log = discardLogger()
 	csr, err := a.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)

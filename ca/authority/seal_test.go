@@ -3,8 +3,9 @@ package authority
 import (
 	"bytes"
 	"crypto"
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/ecdsa"
-	"crypto/rand"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
@@ -17,6 +18,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/castellan-dev/castellan/ca/authority/keystore"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -47,20 +49,55 @@ func clearForms(t *testing.T, key crypto.Signer) map[string][]byte {
 	}
 }
 
-// allKeys opens the signing and root key of every managed authority.
-func allKeys(t *testing.T, a *Authority) map[string]crypto.Signer {
+// allKeys opens the signing and root key of every managed authority with
+// the KEK file kekPath, as the sealing format is documented (AES-256-GCM,
+// nonce first, additional data "castellan authority key v1", the ID and
+// the slot), independently of the key store's code.
+func allKeys(t *testing.T, a *Authority, kekPath string) map[string]crypto.Signer {
 	t.Helper()
+	hexKEK, err := os.ReadFile(kekPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := hex.DecodeString(strings.TrimSpace(string(hexKEK)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := aes.NewCipher(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := func(id, slot string, sealed []byte) (crypto.Signer, error) {
+		n := aead.NonceSize()
+		der, err := aead.Open(nil, sealed[:n], sealed[n:], []byte("castellan authority key v1\x00"+id+"\x00"+slot))
+		if err != nil {
+			return nil, err
+		}
+		k, err := x509.ParsePKCS8PrivateKey(der)
+		if err != nil {
+			return nil, err
+		}
+		return k.(crypto.Signer), nil
+	}
 	out := map[string]crypto.Signer{}
-	err := a.j.db.View(ctx, func(tx store.Tx) error {
+	err = a.j.db.View(ctx, func(tx store.Tx) error {
 		recs, err := readRecords(tx)
 		for _, r := range recs {
-			k, err := a.openKey(r, sealSigning, r.SealedKey, r.certs[0].PublicKey)
+			k, err := open(r.ID, "signing", r.SealedKey)
 			if err != nil {
 				return err
 			}
-			rk, err := a.openKey(r, sealRoot, r.SealedRootKey, r.roots[0].PublicKey)
+			rk, err := open(r.ID, "root", r.SealedRootKey)
 			if err != nil {
 				return err
+			}
+			if !k.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(r.certs[0].PublicKey) ||
+				!rk.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(r.roots[0].PublicKey) {
+				t.Errorf("authority %s: an unsealed key does not match its certificate", r.ID)
 			}
 			out[r.ID+" signing"], out[r.ID+" root"] = k, rk
 		}
@@ -85,13 +122,14 @@ func TestTheStoreNeverHoldsAPrivateKeyInClear(t *testing.T) {
 	if _, err := a.Prepare(ctx, false); err != nil {
 		t.Fatal(err)
 	}
-	keys := allKeys(t, a)
+	keys := allKeys(t, a, e.cfg.DataDir+"/"+KEKName)
 	if len(keys) != 6 {
 		t.Fatalf("opened %d keys, want 6 (3 authorities x signing and root)", len(keys))
 	}
-	if !keys[a.Snapshot().ActiveID+" signing"].(*ecdsa.PrivateKey).Equal(a.signer()) {
+	if !keys[a.Snapshot().ActiveID+" signing"].Public().(*ecdsa.PublicKey).Equal(a.Intermediate().PublicKey) {
 		t.Fatal("the sealed signing key is not the one that signs")
 	}
+	signsAs(t, a, a.Intermediate())
 	var values [][]byte
 	err = e.db.Bolt().View(func(tx *bolt.Tx) error {
 		return tx.ForEach(func(_ []byte, b *bolt.Bucket) error {
@@ -167,12 +205,12 @@ func TestAReplicaWithAnotherKEKFailsAtStart(t *testing.T) {
 	e := newJournalEnv(t)
 	first := e.open().Snapshot().ActiveID
 	other := filepath.Join(e.dir, "other.kek")
-	if err := os.WriteFile(other, bytes.Repeat([]byte{7}, kekSize), 0o600); err != nil {
+	if err := os.WriteFile(other, bytes.Repeat([]byte{7}, 32), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	e.cfg.KEKFile = other
 	_, err := Open(ctx, e.cfg)
-	if !errors.Is(err, ErrKEK) {
+	if !errors.Is(err, keystore.ErrKEK) {
 		t.Fatalf("Open with another KEK: %v, want ErrKEK", err)
 	}
 	wantOpenFails(t, e, first, "sealed with key-encryption key", other, "mount the same key file")
@@ -245,7 +283,7 @@ func TestTheKEKFileIsGeneratedOwnerOnlyAndReused(t *testing.T) {
 		t.Errorf("KEK file mode %v, want 0600", fi.Mode().Perm())
 	}
 	data, _ := os.ReadFile(path)
-	if raw, err := hex.DecodeString(strings.TrimSpace(string(data))); err != nil || len(raw) != kekSize {
+	if raw, err := hex.DecodeString(strings.TrimSpace(string(data))); err != nil || len(raw) != 32 {
 		t.Fatalf("KEK file holds %q, want 64 hex digits", data)
 	}
 	if e.open().Snapshot().ActiveID != first {
@@ -263,38 +301,5 @@ func TestASharedStoreWithoutKEKFileRefusesToStart(t *testing.T) {
 	e.cfg.Journal = e.db
 	if got := statesOf(t, e.open()); len(got) != 1 {
 		t.Fatalf("the refused start created authorities: %v", got)
-	}
-}
-
-func TestKEKFileFormats(t *testing.T) {
-	raw := make([]byte, kekSize)
-	if _, err := rand.Read(raw); err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	var ids []string
-	for name, data := range map[string][]byte{
-		"raw": raw, "hex": []byte(hex.EncodeToString(raw) + "\n"),
-		"base64": []byte(" " + base64.StdEncoding.EncodeToString(raw) + "\n"),
-	} {
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		k, err := loadKEK(path, false)
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		ids = append(ids, k.id)
-	}
-	if ids[0] != ids[1] || ids[1] != ids[2] {
-		t.Fatalf("one key in three encodings gave fingerprints %v", ids)
-	}
-	short := filepath.Join(dir, "short")
-	if err := os.WriteFile(short, raw[:31], 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := loadKEK(short, true); err == nil || !strings.Contains(err.Error(), "want 32 bytes") {
-		t.Fatalf("31-byte KEK: %v", err)
 	}
 }

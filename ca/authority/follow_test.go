@@ -176,8 +176,8 @@ func TestMetricsFollowTheJournal(t *testing.T) {
 	}
 	in, _ := a.Prepare(ctx, true)
 	_, err := a.Activate(ctx, in.ID, false)
-	if !errors.Is(err, ErrRefused) || testutil.ToFloat64(m.refusals.WithLabelValues("root_not_published")) != 1 {
-		t.Fatalf("refused activation: %v, refusals %v", err, testutil.ToFloat64(m.refusals.WithLabelValues("root_not_published")))
+	if !errors.Is(err, ErrRefused) || testutil.ToFloat64(m.Refusals.WithLabelValues("root_not_published")) != 1 {
+		t.Fatalf("refused activation: %v, refusals %v", err, testutil.ToFloat64(m.Refusals.WithLabelValues("root_not_published")))
 	}
 	e.clock.Advance(jDelay)
 	if _, err := a.Activate(ctx, in.ID, false); err != nil {

@@ -33,8 +33,8 @@ const (
 	StateRevoked State = "revoked"
 )
 
-// trusted reports whether an authority in state s publishes its roots.
-func (s State) trusted() bool {
+// Trusted reports whether an authority in state s publishes its roots.
+func (s State) Trusted() bool {
 	return s == StatePrepared || s == StateActive || s == StateOld || s == StateTainted
 }
 
@@ -52,7 +52,7 @@ const (
 
 // Buckets of the authority journal inside the keyspace the caller gives.
 var (
-	bucketAuthorities = []byte("authorities") // ID -> record (JSON)
+	BucketAuthorities = []byte("authorities") // ID -> record (JSON)
 	bucketRoots       = []byte("roots")       // hex SHA-256 of a root's DER -> time first published (RFC 3339)
 )
 
@@ -61,7 +61,7 @@ var (
 // Roots the roots it adds to the trust bundle, the one its chain verifies to
 // first. SealedKey and SealedRootKey (managed authorities only) are the
 // PKCS #8 private keys sealed under the KEK with fingerprint KEKID.
-type record struct {
+type Record struct {
 	Seq           uint64    `json:"seq"`
 	ID            string    `json:"id"`
 	State         State     `json:"state"`
@@ -71,33 +71,33 @@ type record struct {
 	SealedKey     []byte    `json:"sealed_key,omitempty"`
 	SealedRootKey []byte    `json:"sealed_root_key,omitempty"`
 	KEKID         string    `json:"kek_id,omitempty"`
-	MaxTTL        duration  `json:"max_ttl"`
+	MaxTTL        Duration  `json:"max_ttl"`
 	PreparedAt    time.Time `json:"prepared_at,omitzero"`
 	ActivatedAt   time.Time `json:"activated_at,omitzero"`
 	DeactivatedAt time.Time `json:"deactivated_at,omitzero"`
 	TaintedAt     time.Time `json:"tainted_at,omitzero"`
 	RevokedAt     time.Time `json:"revoked_at,omitzero"`
 
-	certs []*x509.Certificate // parsed Chain
-	roots []*x509.Certificate // parsed Roots
+	Certs     []*x509.Certificate `json:"-"` // parsed Chain
+	RootCerts []*x509.Certificate `json:"-"` // parsed Roots
 }
 
 // duration is a time.Duration that encodes as a Go duration string.
-type duration time.Duration
+type Duration time.Duration
 
 // MarshalText implements encoding.TextMarshaler.
-func (d duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
 
 // UnmarshalText implements encoding.TextUnmarshaler.
-func (d *duration) UnmarshalText(b []byte) error {
+func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
-	*d = duration(v)
+	*d = Duration(v)
 	return err
 }
 
 // authorityID names an authority by its signing certificate: the first 8
 // bytes of the SHA-256 of its DER, in hex.
-func authorityID(cert *x509.Certificate) string {
+func AuthorityID(cert *x509.Certificate) string {
 	sum := sha256.Sum256(cert.Raw)
 	return hex.EncodeToString(sum[:8])
 }
@@ -108,8 +108,8 @@ func rootKey(root *x509.Certificate) []byte {
 	return []byte(hex.EncodeToString(sum[:]))
 }
 
-func decodeRecord(v []byte) (*record, error) {
-	r := new(record)
+func DecodeRecord(v []byte) (*Record, error) {
+	r := new(Record)
 	if err := json.Unmarshal(v, r); err != nil {
 		return nil, fmt.Errorf("authority: journal record is damaged: %w", err)
 	}
@@ -120,25 +120,25 @@ func decodeRecord(v []byte) (*record, error) {
 }
 
 // parse parses and checks a decoded record.
-func (r *record) parse() error {
+func (r *Record) parse() error {
 	if !slices.Contains(allStates, r.State) || (r.Source != SourceManaged && r.Source != SourcePlugin) {
 		return fmt.Errorf("authority: journal record %s has unknown state %q or source %q: the journal was altered", r.ID, r.State, r.Source)
 	}
 	var err error
-	if r.certs, err = parseDERs(r.Chain); err != nil || len(r.certs) == 0 {
+	if r.Certs, err = parseDERs(r.Chain); err != nil || len(r.Certs) == 0 {
 		return fmt.Errorf("authority: journal record %s: bad chain (%v)", r.ID, err)
 	}
-	if r.roots, err = parseDERs(r.Roots); err != nil || len(r.roots) == 0 {
+	if r.RootCerts, err = parseDERs(r.Roots); err != nil || len(r.RootCerts) == 0 {
 		return fmt.Errorf("authority: journal record %s: bad roots (%v)", r.ID, err)
 	}
-	if id := authorityID(r.certs[0]); id != r.ID {
+	if id := AuthorityID(r.Certs[0]); id != r.ID {
 		return fmt.Errorf("authority: journal record %s holds the certificate of authority %s: the journal was altered", r.ID, id)
 	}
-	if err := r.certs[len(r.certs)-1].CheckSignatureFrom(r.roots[0]); err != nil && !r.certs[len(r.certs)-1].Equal(r.roots[0]) {
+	if err := r.Certs[len(r.Certs)-1].CheckSignatureFrom(r.RootCerts[0]); err != nil && !r.Certs[len(r.Certs)-1].Equal(r.RootCerts[0]) {
 		return fmt.Errorf("authority: journal record %s: its chain does not verify to its first root: the journal was altered: %w", r.ID, err)
 	}
-	if r.Source == SourceManaged && len(r.roots) != 1 {
-		return fmt.Errorf("authority: journal record %s is managed but publishes %d roots: the journal was altered", r.ID, len(r.roots))
+	if r.Source == SourceManaged && len(r.RootCerts) != 1 {
+		return fmt.Errorf("authority: journal record %s is managed but publishes %d roots: the journal was altered", r.ID, len(r.RootCerts))
 	}
 	return nil
 }
@@ -155,7 +155,7 @@ func parseDERs(ders [][]byte) ([]*x509.Certificate, error) {
 	return out, nil
 }
 
-func derOf(certs []*x509.Certificate) [][]byte {
+func DERs(certs []*x509.Certificate) [][]byte {
 	out := make([][]byte, len(certs))
 	for i, c := range certs {
 		out[i] = c.Raw
@@ -164,21 +164,21 @@ func derOf(certs []*x509.Certificate) [][]byte {
 }
 
 // readRecords returns every authority of the journal, oldest first.
-func readRecords(tx store.Tx) ([]*record, error) {
-	b := tx.Bucket(bucketAuthorities)
+func ReadRecords(tx store.Tx) ([]*Record, error) {
+	b := tx.Bucket(BucketAuthorities)
 	if b == nil {
 		return nil, nil
 	}
-	var recs []*record
+	var recs []*Record
 	err := b.ForEach(func(_, v []byte) error {
-		r, err := decodeRecord(v)
+		r, err := DecodeRecord(v)
 		if err != nil {
 			return err
 		}
 		recs = append(recs, r)
 		return nil
 	})
-	slices.SortFunc(recs, func(x, y *record) int { return compareUint(x.Seq, y.Seq) })
+	slices.SortFunc(recs, func(x, y *Record) int { return compareUint(x.Seq, y.Seq) })
 	return recs, err
 }
 
@@ -192,8 +192,8 @@ func compareUint(x, y uint64) int {
 	return 0
 }
 
-func putRecord(tx store.Tx, r *record) error {
-	b, err := tx.CreateBucketIfNotExists(bucketAuthorities)
+func PutRecord(tx store.Tx, r *Record) error {
+	b, err := tx.CreateBucketIfNotExists(BucketAuthorities)
 	if err != nil {
 		return err
 	}
@@ -206,13 +206,13 @@ func putRecord(tx store.Tx, r *record) error {
 
 // bundleOf returns the roots of every trusted authority, each once, in the
 // order of the journal.
-func bundleOf(recs []*record) []*x509.Certificate {
+func BundleOf(recs []*Record) []*x509.Certificate {
 	var out []*x509.Certificate
 	for _, r := range recs {
-		if !r.State.trusted() {
+		if !r.State.Trusted() {
 			continue
 		}
-		for _, root := range r.roots {
+		for _, root := range r.RootCerts {
 			if !slices.ContainsFunc(out, func(c *x509.Certificate) bool { return bytes.Equal(c.Raw, root.Raw) }) {
 				out = append(out, root)
 			}
@@ -225,13 +225,13 @@ func bundleOf(recs []*record) []*x509.Certificate {
 // entering the bundle is stamped with now as its publication time; one
 // leaving it is forgotten, so that if it ever returns its publish delay
 // starts again.
-func syncRoots(tx store.Tx, recs []*record, now time.Time) error {
+func SyncRoots(tx store.Tx, recs []*Record, now time.Time) error {
 	b, err := tx.CreateBucketIfNotExists(bucketRoots)
 	if err != nil {
 		return err
 	}
 	want := map[string]bool{}
-	for _, root := range bundleOf(recs) {
+	for _, root := range BundleOf(recs) {
 		k := rootKey(root)
 		want[string(k)] = true
 		if b.Get(k) == nil {
@@ -259,7 +259,7 @@ func syncRoots(tx store.Tx, recs []*record, now time.Time) error {
 
 // publishedAt returns when root entered the bundle, and false if it is not
 // in it.
-func publishedAt(tx store.Tx, root *x509.Certificate) (time.Time, bool) {
+func PublishedAt(tx store.Tx, root *x509.Certificate) (time.Time, bool) {
 	b := tx.Bucket(bucketRoots)
 	if b == nil {
 		return time.Time{}, false

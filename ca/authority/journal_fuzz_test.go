@@ -20,7 +20,7 @@ func FuzzJournalRecord(f *testing.F) {
 		f.Fatal(err)
 	}
 	err = e.db.View(ctx, func(tx store.Tx) error {
-		return tx.Bucket(bucketAuthorities).ForEach(func(_, v []byte) error {
+		return tx.Bucket(BucketAuthorities).ForEach(func(_, v []byte) error {
 			f.Add(append([]byte(nil), v...))
 			return nil
 		})
@@ -30,11 +30,11 @@ func FuzzJournalRecord(f *testing.F) {
 	}
 	f.Add([]byte(`{"id":"x","state":"active","source":"managed","chain":[],"roots":[]}`))
 	f.Fuzz(func(t *testing.T, v []byte) {
-		r, err := decodeRecord(v)
+		r, err := DecodeRecord(v)
 		if err != nil {
 			return
 		}
-		if len(r.certs) == 0 || len(r.roots) == 0 || authorityID(r.certs[0]) != r.ID || !r.State.trusted() && r.State != StateRevoked {
+		if len(r.Certs) == 0 || len(r.RootCerts) == 0 || AuthorityID(r.Certs[0]) != r.ID || !r.State.Trusted() && r.State != StateRevoked {
 			t.Fatalf("accepted an incomplete record: %+v", r)
 		}
 		if _, err := json.Marshal(r); err != nil {

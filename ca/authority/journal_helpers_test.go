@@ -178,7 +178,7 @@ func chainsToSnapshot(iss *Issued, s Snapshot) error {
 		CurrentTime: leaf.NotBefore.Add(backdate), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	})
 	if err != nil {
-		return errors.New("leaf signed by " + authorityID(iss.Chain[1]) + " does not chain to the bundle of snapshot " + s.ActiveID + ": " + err.Error())
+		return errors.New("leaf signed by " + AuthorityID(iss.Chain[1]) + " does not chain to the bundle of snapshot " + s.ActiveID + ": " + err.Error())
 	}
 	return nil
 }

@@ -7,21 +7,21 @@ import (
 )
 
 // metrics are the authority journal's Prometheus metrics.
-type metrics struct {
+type Metrics struct {
 	state        *prometheus.GaugeVec   // 1 for an authority's current state, 0 for the others
 	notAfter     *prometheus.GaugeVec   // NotAfter of each trusted authority
 	leavesUntil  *prometheus.GaugeVec   // bound of the last leaf of each old/tainted authority
 	activeExpiry prometheus.Gauge       // NotAfter of the active authority (for alerts)
 	rotations    prometheus.Counter     // activations
 	transitions  *prometheus.CounterVec // transitions by target state
-	refusals     *prometheus.CounterVec // refused automatic steps and files, by reason
-	reloadErrors prometheus.Counter
+	Refusals     *prometheus.CounterVec // refused automatic steps and files, by reason
+	ReloadErrors prometheus.Counter
 }
 
 var allStates = []State{StatePrepared, StateActive, StateOld, StateTainted, StateRevoked}
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
-	m := &metrics{
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
 		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "castellan_ca_authority_state",
 			Help: "1 for the state each CA authority is in (prepared, active, old, tainted, revoked), 0 for the others.",
@@ -46,11 +46,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "castellan_ca_authority_transitions_total",
 			Help: "Authority state transitions made by this replica, by target state.",
 		}, []string{"to"}),
-		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "castellan_ca_authority_refusals_total",
 			Help: "Refused authority changes (plug-in files, activations), by reason.",
 		}, []string{"reason"}),
-		reloadErrors: prometheus.NewCounter(prometheus.CounterOpts{
+		ReloadErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "castellan_ca_authority_reload_errors_total",
 			Help: "Failures to read or apply the authority journal.",
 		}),
@@ -59,7 +59,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.state, m.notAfter, m.leavesUntil, m.activeExpiry,
-		m.rotations, m.transitions, m.refusals, m.reloadErrors} {
+		m.rotations, m.transitions, m.Refusals, m.ReloadErrors} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -67,8 +67,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	return m, nil
 }
 
-// observe sets the gauges from the journal.
-func (m *metrics) observe(recs []*record, maxTTL time.Duration) {
+// Observe sets the gauges from the journal.
+func (m *Metrics) Observe(recs []*Record, maxTTL time.Duration) {
 	for _, r := range recs {
 		for _, s := range allStates {
 			v := 0.0
@@ -77,24 +77,24 @@ func (m *metrics) observe(recs []*record, maxTTL time.Duration) {
 			}
 			m.state.WithLabelValues(r.ID, string(s)).Set(v)
 		}
-		if r.State.trusted() {
-			m.notAfter.WithLabelValues(r.ID).Set(float64(r.certs[0].NotAfter.Unix()))
+		if r.State.Trusted() {
+			m.notAfter.WithLabelValues(r.ID).Set(float64(r.Certs[0].NotAfter.Unix()))
 		} else {
 			m.notAfter.DeleteLabelValues(r.ID)
 		}
 		if r.State == StateOld || r.State == StateTainted {
-			m.leavesUntil.WithLabelValues(r.ID).Set(float64(leavesExpireBy(r, maxTTL).Unix()))
+			m.leavesUntil.WithLabelValues(r.ID).Set(float64(LeavesExpireBy(r, maxTTL).Unix()))
 		} else {
 			m.leavesUntil.DeleteLabelValues(r.ID)
 		}
 		if r.State == StateActive {
-			m.activeExpiry.Set(float64(r.certs[0].NotAfter.Unix()))
+			m.activeExpiry.Set(float64(r.Certs[0].NotAfter.Unix()))
 		}
 	}
 }
 
-// count counts committed transitions.
-func (m *metrics) count(changes []Transition) {
+// Count counts committed transitions.
+func (m *Metrics) Count(changes []Transition) {
 	for _, c := range changes {
 		m.transitions.WithLabelValues(string(c.To)).Inc()
 		if c.To == StateActive && (c.From == StatePrepared || c.From == StateOld) {

@@ -51,7 +51,7 @@ func (a *Authority) startPlugin(ctx context.Context) error {
 func (a *Authority) checkFiles(ctx context.Context) error {
 	f, err := keystore.ReadPluginFiles(storeConfig(a.j.cfg))
 	if err != nil {
-		a.j.metrics.refusals.WithLabelValues("unreadable_files").Inc()
+		a.j.metrics.Refusals.WithLabelValues("unreadable_files").Inc()
 		return fmt.Errorf("%w; the current authority keeps signing", err)
 	}
 	h := f.Hash()
@@ -61,7 +61,7 @@ func (a *Authority) checkFiles(ctx context.Context) error {
 	ca, err := keystore.ParsePluggedIn(storeConfig(a.j.cfg), f)
 	if err != nil {
 		a.j.files = h
-		a.j.metrics.refusals.WithLabelValues("invalid_files").Inc()
+		a.j.metrics.Refusals.WithLabelValues("invalid_files").Inc()
 		return fmt.Errorf("%w; the plug-in CA files changed but are refused, the current authority keeps signing", err)
 	}
 	err = a.applyFiles(ctx, ca, false)
@@ -80,46 +80,46 @@ func (a *Authority) checkFiles(ctx context.Context) error {
 // it is activated anyway, with an error logged. New roots beside an
 // unchanged intermediate are added to the bundle.
 func (a *Authority) applyFiles(ctx context.Context, ca *keystore.CA, start bool) error {
-	id := authorityID(ca.Cert)
+	id := AuthorityID(ca.Cert)
 	a.j.keys[id] = ca
 	roots := rootsFirst(ca.Root, ca.Roots)
 	var refusal error
-	_, err := a.change(ctx, func(t *txn) error {
+	_, err := a.change(ctx, func(t *Txn) error {
 		refusal = nil
-		if len(t.recs) == 0 {
-			t.add(a.newPluginRecord(ca, roots), StateActive, "bootstrap: plug-in CA files")
+		if len(t.Recs) == 0 {
+			t.Add(a.newPluginRecord(ca, roots), StateActive, "bootstrap: plug-in CA files")
 			return nil
 		}
 		r, err := a.pluginRecord(t, ca, roots)
 		if err != nil || r.State == StateActive {
 			return err
 		}
-		at, ok := publishedAt(t.tx, r.roots[0])
+		at, ok := PublishedAt(t.Tx, r.RootCerts[0])
 		if !ok {
-			at = t.now // published by this transaction
+			at = t.Now // published by this transaction
 		}
-		ready := at.Add(a.j.schedule.publishDelay)
-		if !t.now.Before(ready) {
+		ready := at.Add(a.j.schedule.PublishDelay)
+		if !t.Now.Before(ready) {
 			return a.switchTo(t, r, "plug-in CA files hold a new intermediate")
 		}
-		cur := findState(t.recs, StateActive)
+		cur := FindState(t.Recs, StateActive)
 		if cur == nil || start && !a.canSign(cur) {
 			a.log.Error("activating the plug-in authority before its root was published for the publish delay: no other authority can sign on this replica",
-				"authority", id, "root_published_at", at, "publish_delay", a.j.schedule.publishDelay.String())
+				"authority", id, "root_published_at", at, "publish_delay", a.j.schedule.PublishDelay.String())
 			return a.switchTo(t, r, "plug-in CA files at start; no other key available")
 		}
-		refusal = refuseTransition("plug-in intermediate %s (%s) chains to root %q, which entered the trust bundle at %s: it may sign only once that root has been published for the publish delay %s, at %s (peers that have not received the root would reject its leaves); until then it is prepared, its roots are published, and authority %s keeps signing",
-			id, ca.Cert.Subject, r.roots[0].Subject, at.UTC().Format(time.RFC3339), a.j.schedule.publishDelay, ready.UTC().Format(time.RFC3339), cur.ID)
+		refusal = Refuse("plug-in intermediate %s (%s) chains to root %q, which entered the trust bundle at %s: it may sign only once that root has been published for the publish delay %s, at %s (peers that have not received the root would reject its leaves); until then it is prepared, its roots are published, and authority %s keeps signing",
+			id, ca.Cert.Subject, r.RootCerts[0].Subject, at.UTC().Format(time.RFC3339), a.j.schedule.PublishDelay, ready.UTC().Format(time.RFC3339), cur.ID)
 		return nil
 	})
 	if err != nil {
 		if errors.Is(err, ErrRefused) {
-			a.j.metrics.refusals.WithLabelValues("refused_files").Inc()
+			a.j.metrics.Refusals.WithLabelValues("refused_files").Inc()
 		}
 		return err
 	}
 	if refusal != nil {
-		a.j.metrics.refusals.WithLabelValues("root_not_published").Inc()
+		a.j.metrics.Refusals.WithLabelValues("root_not_published").Inc()
 		a.log.Warn("plug-in CA files", "error", refusal.Error())
 	}
 	return refusal
@@ -127,30 +127,30 @@ func (a *Authority) applyFiles(ctx context.Context, ca *keystore.CA, start bool)
 
 // pluginRecord finds or adds the record of the files' authority and brings
 // its roots up to date.
-func (a *Authority) pluginRecord(t *txn, ca *keystore.CA, roots []*x509.Certificate) (*record, error) {
-	id := authorityID(ca.Cert)
-	r, _ := t.find(id)
+func (a *Authority) pluginRecord(t *Txn, ca *keystore.CA, roots []*x509.Certificate) (*Record, error) {
+	id := AuthorityID(ca.Cert)
+	r, _ := t.Find(id)
 	if r == nil {
-		for _, p := range t.recs {
+		for _, p := range t.Recs {
 			if p.State == StatePrepared && p.Source == SourcePlugin {
-				t.set(p, StateRevoked, "superseded by newer plug-in files before it signed")
+				t.Set(p, StateRevoked, "superseded by newer plug-in files before it signed")
 			}
 		}
 		r = a.newPluginRecord(ca, roots)
-		t.add(r, StatePrepared, "plug-in CA files hold a new intermediate")
+		t.Add(r, StatePrepared, "plug-in CA files hold a new intermediate")
 	}
 	switch r.State {
 	case StateTainted, StateRevoked:
-		return nil, refuseTransition("the plug-in CA files hold authority %s, which is %s: replace them with a new intermediate; the current authority keeps signing", id, r.State)
+		return nil, Refuse("the plug-in CA files hold authority %s, which is %s: replace them with a new intermediate; the current authority keeps signing", id, r.State)
 	case StatePrepared, StateOld:
-		if !sameCerts(r.roots, roots) {
-			r.Roots, r.roots = derOf(roots), roots
-			t.dirty[r.ID] = r
+		if !sameCerts(r.RootCerts, roots) {
+			r.Roots, r.RootCerts = DERs(roots), roots
+			t.Dirty[r.ID] = r
 		}
 	case StateActive:
-		if !sameCerts(r.roots, roots) {
-			r.Roots, r.roots = derOf(roots), roots
-			t.set(r, StateActive, "plug-in root file changed")
+		if !sameCerts(r.RootCerts, roots) {
+			r.Roots, r.RootCerts = DERs(roots), roots
+			t.Set(r, StateActive, "plug-in root file changed")
 		}
 	}
 	return r, nil
@@ -158,20 +158,20 @@ func (a *Authority) pluginRecord(t *txn, ca *keystore.CA, roots []*x509.Certific
 
 // switchTo makes r (prepared, or old when the files were rolled back) the
 // signer; the active authority becomes old.
-func (a *Authority) switchTo(t *txn, r *record, reason string) error {
-	if c := r.certs[0]; !t.now.Before(c.NotAfter) {
-		return refuseTransition("authority %s expired at %s", r.ID, c.NotAfter.UTC().Format(time.RFC3339))
+func (a *Authority) switchTo(t *Txn, r *Record, reason string) error {
+	if c := r.Certs[0]; !t.Now.Before(c.NotAfter) {
+		return Refuse("authority %s expired at %s", r.ID, c.NotAfter.UTC().Format(time.RFC3339))
 	}
-	if cur := findState(t.recs, StateActive); cur != nil {
-		t.set(cur, StateOld, "superseded by "+r.ID)
+	if cur := FindState(t.Recs, StateActive); cur != nil {
+		t.Set(cur, StateOld, "superseded by "+r.ID)
 	}
-	t.set(r, StateActive, reason)
+	t.Set(r, StateActive, reason)
 	return nil
 }
 
-func (a *Authority) newPluginRecord(ca *keystore.CA, roots []*x509.Certificate) *record {
-	return &record{ID: authorityID(ca.Cert), Source: SourcePlugin, Chain: derOf(ca.Chain), Roots: derOf(roots),
-		MaxTTL: duration(a.life.Max()), certs: ca.Chain, roots: roots}
+func (a *Authority) newPluginRecord(ca *keystore.CA, roots []*x509.Certificate) *Record {
+	return &Record{ID: AuthorityID(ca.Cert), Source: SourcePlugin, Chain: DERs(ca.Chain), Roots: DERs(roots),
+		MaxTTL: Duration(a.life.Max()), Certs: ca.Chain, RootCerts: roots}
 }
 
 // rootsFirst returns roots with root first, each once.

@@ -77,7 +77,7 @@ func (c *cacerts) intermediate(now time.Time, root *pluginCA) *pluginCA {
 func signedBy(t *testing.T, a *Authority, inter *pluginCA) {
 	t.Helper()
 	if iss := signLeaf(t, a); !iss.Chain[1].Equal(inter.cert) {
-		t.Fatalf("leaf signed by %s, want %s", authorityID(iss.Chain[1]), authorityID(inter.cert))
+		t.Fatalf("leaf signed by %s, want %s", AuthorityID(iss.Chain[1]), AuthorityID(inter.cert))
 	}
 }
 
@@ -161,8 +161,8 @@ func TestPluginIntermediateUnderAnUnpublishedRootIsRefused(t *testing.T) {
 	i2 := files.intermediate(e.clock.Now(), r2)
 	files.write(i2, r2) // everything replaced at once
 	err := a.Tick(ctx)
-	wantRefused(t, err, codes.FailedPrecondition, authorityID(i2.cert), "publish delay", e.clock.Now().Add(jDelay).UTC().Format(time.RFC3339), "keeps signing")
-	if v := testutil.ToFloat64(a.j.metrics.refusals.WithLabelValues("root_not_published")); v != 1 {
+	wantRefused(t, err, codes.FailedPrecondition, AuthorityID(i2.cert), "publish delay", e.clock.Now().Add(jDelay).UTC().Format(time.RFC3339), "keeps signing")
+	if v := testutil.ToFloat64(a.j.metrics.Refusals.WithLabelValues("root_not_published")); v != 1 {
 		t.Errorf("refusal metric %v", v)
 	}
 	signedBy(t, a, i1)
@@ -235,7 +235,7 @@ func TestPluginFilesOfATaintedAuthorityAreRefused(t *testing.T) {
 	i2 := files.intermediate(e.clock.Now(), r1)
 	files.write(i2, r1)
 	tick(t, a)
-	if _, err := a.Taint(ctx, authorityID(i1.cert)); err != nil {
+	if _, err := a.Taint(ctx, AuthorityID(i1.cert)); err != nil {
 		t.Fatal(err)
 	}
 	files.write(i1, r1) // rolled back to the tainted intermediate

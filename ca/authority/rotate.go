@@ -22,8 +22,8 @@ const KEKName = "authority.kek"
 type journal struct {
 	db       store.DB
 	cfg      Config
-	schedule schedule
-	metrics  *metrics
+	schedule Schedule
+	metrics  *Metrics
 
 	// mu serializes every read-and-install and every transition of this
 	// process, so that an older view of the journal is never installed
@@ -39,14 +39,14 @@ func (j *journal) plugin() bool { return j.cfg.RootCertFile != "" }
 // openJournal opens the CA from cfg.Journal, bootstrapping it on first
 // start.
 func (a *Authority) openJournal(ctx context.Context, cfg Config) error {
-	m, err := newMetrics(cfg.Registry)
+	m, err := NewMetrics(cfg.Registry)
 	if err != nil {
 		return err
 	}
 	a.j = &journal{
 		db: cfg.Journal, cfg: cfg, metrics: m, keys: map[string]*keystore.CA{},
-		schedule: schedule{prepareAt: cfg.PrepareAt, publishDelay: cfg.PublishDelay,
-			intermediateTTL: cfg.IntermediateTTL, maxTTL: cfg.MaxTTL},
+		schedule: Schedule{PrepareAt: cfg.PrepareAt, PublishDelay: cfg.PublishDelay,
+			IntermediateTTL: cfg.IntermediateTTL, MaxTTL: cfg.MaxTTL},
 	}
 	if a.j.plugin() {
 		return a.startPlugin(ctx)
@@ -54,9 +54,9 @@ func (a *Authority) openJournal(ctx context.Context, cfg Config) error {
 	if cfg.KEKFile == "" {
 		return errors.New("authority: a journal needs a key-encryption key: set the KEK file or the data dir")
 	}
-	var recs []*record
+	var recs []*Record
 	if err := cfg.Journal.View(ctx, func(tx store.Tx) error {
-		recs, err = readRecords(tx)
+		recs, err = ReadRecords(tx)
 		return err
 	}); err != nil {
 		return fmt.Errorf("authority: read journal: %w", err)
@@ -64,7 +64,7 @@ func (a *Authority) openJournal(ctx context.Context, cfg Config) error {
 	// A KEK is generated only for a new, unshared journal: a lost one is
 	// never silently replaced.
 	if a.j.kek, err = keystore.LoadKEK(cfg.KEKFile, len(recs) == 0 && !cfg.Journal.Shared()); err != nil {
-		if i := slices.IndexFunc(recs, func(r *record) bool { return r.KEKID != "" }); i >= 0 {
+		if i := slices.IndexFunc(recs, func(r *Record) bool { return r.KEKID != "" }); i >= 0 {
 			return fmt.Errorf("%w (the journal already holds authorities sealed under key %s: restore that key file)", err, recs[i].KEKID)
 		}
 		return err
@@ -87,8 +87,8 @@ func (a *Authority) openJournal(ctx context.Context, cfg Config) error {
 // the CA files of DataDir if there are some (a CA that ran without journal
 // keeps its root), else a new root and intermediate. It is active at once:
 // no leaf was ever signed, so there is no peer to wait for.
-func (a *Authority) bootstrapManaged(t *txn) error {
-	if len(t.recs) > 0 {
+func (a *Authority) bootstrapManaged(t *Txn) error {
+	if len(t.Recs) > 0 {
 		return nil
 	}
 	ca, reason, err := a.initialCA()
@@ -99,7 +99,7 @@ func (a *Authority) bootstrapManaged(t *txn) error {
 	if err != nil {
 		return err
 	}
-	t.add(r, StateActive, reason)
+	t.Add(r, StateActive, reason)
 	return nil
 }
 
@@ -120,10 +120,10 @@ func (a *Authority) initialCA() (*keystore.CA, string, error) {
 }
 
 // newManagedRecord seals ca's keys into a new record (state unset).
-func (a *Authority) newManagedRecord(ca *keystore.CA) (*record, error) {
-	id := authorityID(ca.Cert)
-	r := &record{ID: id, Source: SourceManaged, Chain: derOf(ca.Chain), Roots: derOf([]*x509.Certificate{ca.Root}),
-		KEKID: a.j.kek.ID(), MaxTTL: duration(a.life.Max()), certs: ca.Chain, roots: []*x509.Certificate{ca.Root}}
+func (a *Authority) newManagedRecord(ca *keystore.CA) (*Record, error) {
+	id := AuthorityID(ca.Cert)
+	r := &Record{ID: id, Source: SourceManaged, Chain: DERs(ca.Chain), Roots: DERs([]*x509.Certificate{ca.Root}),
+		KEKID: a.j.kek.ID(), MaxTTL: Duration(a.life.Max()), Certs: ca.Chain, RootCerts: []*x509.Certificate{ca.Root}}
 	var err error
 	if r.SealedKey, r.SealedRootKey, err = a.j.kek.Seal(id, ca); err != nil {
 		return nil, err
@@ -132,12 +132,12 @@ func (a *Authority) newManagedRecord(ca *keystore.CA) (*record, error) {
 }
 
 // noKEK refuses to open the keys of managed authority r without a KEK.
-func noKEK(r *record) error {
+func noKEK(r *Record) error {
 	return fmt.Errorf("%w: authority %s is managed, and this CA has no key-encryption key (plug-in mode): set the KEK file", keystore.ErrKEK, r.ID)
 }
 
 // keyFor returns r's signing key, as a CA that signs with it (a.j.mu held).
-func (a *Authority) keyFor(r *record) (*keystore.CA, error) {
+func (a *Authority) keyFor(r *Record) (*keystore.CA, error) {
 	if k, ok := a.j.keys[r.ID]; ok {
 		return k, nil
 	}
@@ -151,7 +151,7 @@ func (a *Authority) keyFor(r *record) (*keystore.CA, error) {
 	if a.j.kek == nil {
 		return nil, noKEK(r)
 	}
-	k, err := a.j.kek.OpenSigning(r.ID, r.KEKID, r.SealedKey, r.certs)
+	k, err := a.j.kek.OpenSigning(r.ID, r.KEKID, r.SealedKey, r.Certs)
 	if err != nil {
 		return nil, err
 	}
@@ -160,7 +160,7 @@ func (a *Authority) keyFor(r *record) (*keystore.CA, error) {
 }
 
 // canSign reports whether this replica holds r's key, without opening it.
-func (a *Authority) canSign(r *record) bool {
+func (a *Authority) canSign(r *Record) bool {
 	if _, ok := a.j.keys[r.ID]; ok {
 		return true
 	}
@@ -169,14 +169,14 @@ func (a *Authority) canSign(r *record) bool {
 
 // reload reads the journal and installs it (a.j.mu held).
 func (a *Authority) reload(ctx context.Context) error {
-	var recs []*record
+	var recs []*Record
 	err := a.j.db.View(ctx, func(tx store.Tx) error {
 		var err error
-		recs, err = readRecords(tx)
+		recs, err = ReadRecords(tx)
 		return err
 	})
 	if err != nil {
-		a.j.metrics.reloadErrors.Inc()
+		a.j.metrics.ReloadErrors.Inc()
 		return fmt.Errorf("authority: read journal: %w", err)
 	}
 	return a.install(recs)
@@ -186,13 +186,13 @@ func (a *Authority) reload(ctx context.Context) error {
 // bundle (a.j.mu held). It publishes a new snapshot, and fires Changed,
 // only if either changed. If the active authority's key cannot be opened
 // here, the current signer keeps signing and its root stays in the bundle.
-func (a *Authority) install(recs []*record) error {
-	a.j.metrics.observe(recs, a.j.schedule.maxTTL)
-	active := findState(recs, StateActive)
+func (a *Authority) install(recs []*Record) error {
+	a.j.metrics.Observe(recs, a.j.schedule.MaxTTL)
+	active := FindState(recs, StateActive)
 	if active == nil {
 		return errors.New("authority: the journal has no active authority")
 	}
-	roots, tainted := bundleOf(recs), taintedOf(recs)
+	roots, tainted := BundleOf(recs), taintedOf(recs)
 	cur := a.keys()
 	if cur != nil && cur.ID == active.ID && sameCerts(cur.Roots, roots) && sameCerts(cur.Tainted, tainted) {
 		return nil
@@ -203,7 +203,7 @@ func (a *Authority) install(recs []*record) error {
 	}
 	key, err := a.keyFor(active)
 	if err != nil {
-		a.j.metrics.reloadErrors.Inc()
+		a.j.metrics.ReloadErrors.Inc()
 		if cur == nil {
 			return err
 		}
@@ -219,17 +219,17 @@ func (a *Authority) install(recs []*record) error {
 		}
 		return err
 	}
-	a.publish(keystore.CA{ID: active.ID, Gen: gen, Cert: active.certs[0], Chain: active.certs,
-		Root: active.roots[0], Roots: roots, Tainted: tainted}.With(key))
+	a.publish(keystore.CA{ID: active.ID, Gen: gen, Cert: active.Certs[0], Chain: active.Certs,
+		Root: active.RootCerts[0], Roots: roots, Tainted: tainted}.With(key))
 	return nil
 }
 
 // taintedOf returns the signing certificates of the tainted authorities.
-func taintedOf(recs []*record) []*x509.Certificate {
+func taintedOf(recs []*Record) []*x509.Certificate {
 	var out []*x509.Certificate
 	for _, r := range recs {
 		if r.State == StateTainted {
-			out = append(out, r.certs[0])
+			out = append(out, r.Certs[0])
 		}
 	}
 	return out
@@ -329,17 +329,17 @@ func (a *Authority) Tick(ctx context.Context) error {
 func (a *Authority) rotate(ctx context.Context) error {
 	var due bool
 	err := a.j.db.View(ctx, func(tx store.Tx) error {
-		recs, err := readRecords(tx)
-		due = len(a.j.schedule.plan(recs, a.clock(), publishedIn(tx), a.canSign)) > 0
+		recs, err := ReadRecords(tx)
+		due = len(a.j.schedule.Plan(recs, a.clock(), publishedIn(tx), a.canSign)) > 0
 		return err
 	})
 	if err != nil || !due {
 		return err
 	}
 	var failed []error
-	_, err = a.change(ctx, func(t *txn) error {
+	_, err = a.change(ctx, func(t *Txn) error {
 		failed = nil
-		for _, s := range a.j.schedule.plan(t.recs, t.now, publishedIn(t.tx), a.canSign) {
+		for _, s := range a.j.schedule.Plan(t.Recs, t.Now, publishedIn(t.Tx), a.canSign) {
 			if err := a.apply(t, s); err != nil {
 				failed = append(failed, err)
 			}
@@ -350,19 +350,19 @@ func (a *Authority) rotate(ctx context.Context) error {
 }
 
 func publishedIn(tx store.Tx) func(*x509.Certificate) (time.Time, bool) {
-	return func(c *x509.Certificate) (time.Time, bool) { return publishedAt(tx, c) }
+	return func(c *x509.Certificate) (time.Time, bool) { return PublishedAt(tx, c) }
 }
 
 // apply makes one step of the schedule.
-func (a *Authority) apply(t *txn, s step) error {
-	switch s.kind {
-	case stepPrepare:
-		_, err := a.prepareIn(t, s.newRoot, s.reason)
+func (a *Authority) apply(t *Txn, s Step) error {
+	switch s.Kind {
+	case StepPrepare:
+		_, err := a.prepareIn(t, s.NewRoot, s.Reason)
 		return err
-	case stepActivate:
-		return a.activateIn(t, s.id, false, s.reason)
-	case stepRetire:
-		return a.revokeIn(t, s.id, false, s.reason)
+	case StepActivate:
+		return a.activateIn(t, s.ID, false, s.Reason)
+	case StepRetire:
+		return a.revokeIn(t, s.ID, false, s.Reason)
 	}
 	return nil
 }

@@ -42,79 +42,79 @@ const followMargin = time.Minute
 
 // schedule is the self-managed rotation policy: when to prepare, activate
 // and retire authorities. It only decides; transition.go acts.
-type schedule struct {
-	prepareAt       float64
-	publishDelay    time.Duration
-	intermediateTTL time.Duration
-	maxTTL          time.Duration
+type Schedule struct {
+	PrepareAt       float64
+	PublishDelay    time.Duration
+	IntermediateTTL time.Duration
+	MaxTTL          time.Duration
 }
 
 // stepKind is what the schedule asks for.
-type stepKind int
+type StepKind int
 
 const (
-	stepPrepare  stepKind = iota + 1 // prepare the next managed authority
-	stepActivate                     // activate a prepared authority
-	stepRetire                       // revoke an old or tainted authority with no live leaf
+	StepPrepare  StepKind = iota + 1 // prepare the next managed authority
+	StepActivate                     // activate a prepared authority
+	StepRetire                       // revoke an old or tainted authority with no live leaf
 )
 
 // step is one action the schedule asks for.
-type step struct {
-	kind    stepKind
-	id      string // activate, retire
-	newRoot bool   // prepare: under a new root
-	reason  string
+type Step struct {
+	Kind    StepKind
+	ID      string // activate, retire
+	NewRoot bool   // prepare: under a new root
+	Reason  string
 }
 
-// plan returns the steps due at now. published says when a root entered the
+// Plan returns the steps due at now. published says when a root entered the
 // bundle; canSign whether this replica holds an authority's key.
-func (s schedule) plan(recs []*record, now time.Time, published func(*x509.Certificate) (time.Time, bool), canSign func(*record) bool) []step {
-	var steps []step
-	active, prepared := findState(recs, StateActive), findState(recs, StatePrepared)
+func (s Schedule) Plan(recs []*Record, now time.Time, published func(*x509.Certificate) (time.Time, bool), canSign func(*Record) bool) []Step {
+	var steps []Step
+	active, prepared := FindState(recs, StateActive), FindState(recs, StatePrepared)
 	if active != nil && active.Source == SourceManaged && prepared == nil && !now.Before(s.prepareTime(active)) {
-		root := active.roots[0]
-		steps = append(steps, step{kind: stepPrepare, newRoot: s.needsNewRoot(root, now),
-			reason: "rotation: the active authority is past " + percent(s.prepareAt) + " of its lifetime"})
+		root := active.RootCerts[0]
+		steps = append(steps, Step{Kind: StepPrepare, NewRoot: s.needsNewRoot(root, now),
+			Reason: "rotation: the active authority is past " + Percent(s.PrepareAt) + " of its lifetime"})
 	}
-	if prepared != nil && canSign(prepared) && prepared.certs[0].NotAfter.After(now) {
+	if prepared != nil && canSign(prepared) && prepared.Certs[0].NotAfter.After(now) {
 		if at, ok := s.activatableAt(prepared, published); ok && !now.Before(at) {
-			steps = append(steps, step{kind: stepActivate, id: prepared.ID,
-				reason: "rotation: its root has been published for the publish delay"})
+			steps = append(steps, Step{Kind: StepActivate, ID: prepared.ID,
+				Reason: "rotation: its root has been published for the publish delay"})
 		}
 	}
 	for _, r := range recs {
 		if r.State != StateOld && r.State != StateTainted {
 			continue
 		}
-		if end := leavesExpireBy(r, s.maxTTL); !now.Before(end) {
-			steps = append(steps, step{kind: stepRetire, id: r.ID,
-				reason: "retired: the last leaf it may have signed expired at " + end.UTC().Format(time.RFC3339)})
+		if end := LeavesExpireBy(r, s.MaxTTL); !now.Before(end) {
+			steps = append(steps, Step{Kind: StepRetire, ID: r.ID,
+				Reason: "retired: the last leaf it may have signed expired at " + end.UTC().Format(time.RFC3339)})
 		}
 	}
 	return steps
 }
 
 // prepareTime is when the successor of the active authority r is due.
-func (s schedule) prepareTime(r *record) time.Time {
-	c := r.certs[0]
+func (s Schedule) prepareTime(r *Record) time.Time {
+	c := r.Certs[0]
 	life := c.NotAfter.Sub(c.NotBefore)
-	return c.NotBefore.Add(time.Duration(float64(life) * s.prepareAt))
+	return c.NotBefore.Add(time.Duration(float64(life) * s.PrepareAt))
 }
 
 // needsNewRoot reports whether a new intermediate under root would be cut
 // short: the root has less than an intermediate lifetime left.
-func (s schedule) needsNewRoot(root *x509.Certificate, now time.Time) bool {
-	return root.NotAfter.Sub(now) < s.intermediateTTL
+func (s Schedule) needsNewRoot(root *x509.Certificate, now time.Time) bool {
+	return root.NotAfter.Sub(now) < s.IntermediateTTL
 }
 
 // activatableAt is when r's root will have been published for the delay;
 // false if the root is not in the bundle.
-func (s schedule) activatableAt(r *record, published func(*x509.Certificate) (time.Time, bool)) (time.Time, bool) {
-	at, ok := published(r.roots[0])
+func (s Schedule) activatableAt(r *Record, published func(*x509.Certificate) (time.Time, bool)) (time.Time, bool) {
+	at, ok := published(r.RootCerts[0])
 	if !ok {
 		return time.Time{}, false
 	}
-	return at.Add(s.publishDelay), true
+	return at.Add(s.PublishDelay), true
 }
 
 // leavesExpireBy bounds the NotAfter of every leaf r may have signed: zero
@@ -122,8 +122,8 @@ func (s schedule) activatableAt(r *record, published func(*x509.Certificate) (ti
 // otherwise the time it was deactivated plus the longest SVID lifetime
 // (the larger of the one recorded when it signed and maxTTL) plus
 // followMargin, never past its certificate's NotAfter.
-func leavesExpireBy(r *record, maxTTL time.Duration) time.Time {
-	notAfter := r.certs[0].NotAfter
+func LeavesExpireBy(r *Record, maxTTL time.Duration) time.Time {
+	notAfter := r.Certs[0].NotAfter
 	switch {
 	case r.ActivatedAt.IsZero():
 		return time.Time{}
@@ -138,7 +138,7 @@ func leavesExpireBy(r *record, maxTTL time.Duration) time.Time {
 	return end
 }
 
-func findState(recs []*record, s State) *record {
+func FindState(recs []*Record, s State) *Record {
 	for _, r := range recs {
 		if r.State == s {
 			return r
@@ -147,4 +147,4 @@ func findState(recs []*record, s State) *record {
 	return nil
 }
 
-func percent(f float64) string { return fmt.Sprintf("%.0f%%", f*100) }
+func Percent(f float64) string { return fmt.Sprintf("%.0f%%", f*100) }

@@ -219,7 +219,7 @@ func TestIdleTicksDoNotWriteTheStore(t *testing.T) {
 func TestAFailingStepDoesNotHoldBackTheOthers(t *testing.T) {
 	e := newJournalEnv(t)
 	a, oldID, activeID := rotated(t, e)
-	editRecords(t, e.db, func(recs []*record) {
+	editRecords(t, e.db, func(recs []*Record) {
 		for _, r := range recs {
 			if r.ID == activeID {
 				r.SealedRootKey[30] ^= 1 // the next intermediate cannot be signed

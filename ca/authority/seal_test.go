@@ -85,7 +85,7 @@ func allKeys(t *testing.T, a *Authority, kekPath string) map[string]crypto.Signe
 	}
 	out := map[string]crypto.Signer{}
 	err = a.j.db.View(ctx, func(tx store.Tx) error {
-		recs, err := readRecords(tx)
+		recs, err := ReadRecords(tx)
 		for _, r := range recs {
 			k, err := open(r.ID, "signing", r.SealedKey)
 			if err != nil {
@@ -95,8 +95,8 @@ func allKeys(t *testing.T, a *Authority, kekPath string) map[string]crypto.Signe
 			if err != nil {
 				return err
 			}
-			if !k.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(r.certs[0].PublicKey) ||
-				!rk.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(r.roots[0].PublicKey) {
+			if !k.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(r.Certs[0].PublicKey) ||
+				!rk.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(r.RootCerts[0].PublicKey) {
 				t.Errorf("authority %s: an unsealed key does not match its certificate", r.ID)
 			}
 			out[r.ID+" signing"], out[r.ID+" root"] = k, rk
@@ -168,16 +168,16 @@ func TestTheStoreNeverHoldsAPrivateKeyInClear(t *testing.T) {
 }
 
 // editRecords rewrites the journal's records with fn.
-func editRecords(t *testing.T, db store.DB, fn func(recs []*record)) {
+func editRecords(t *testing.T, db store.DB, fn func(recs []*Record)) {
 	t.Helper()
 	err := db.Update(ctx, func(tx store.Tx) error {
-		recs, err := readRecords(tx)
+		recs, err := ReadRecords(tx)
 		if err != nil {
 			return err
 		}
 		fn(recs)
 		for _, r := range recs {
-			if err := putRecord(tx, r); err != nil {
+			if err := PutRecord(tx, r); err != nil {
 				return err
 			}
 		}
@@ -222,16 +222,16 @@ func TestAReplicaWithAnotherKEKFailsAtStart(t *testing.T) {
 
 func TestTamperedSealedKeysFailAtStart(t *testing.T) {
 	cases := map[string]struct {
-		edit  func(recs []*record)
+		edit  func(recs []*Record)
 		words []string
 	}{
-		"flipped ciphertext bit": {func(recs []*record) { recs[0].SealedKey[20] ^= 1 }, []string{"altered or damaged"}},
-		"signing and root swapped": {func(recs []*record) {
+		"flipped ciphertext bit": {func(recs []*Record) { recs[0].SealedKey[20] ^= 1 }, []string{"altered or damaged"}},
+		"signing and root swapped": {func(recs []*Record) {
 			recs[0].SealedKey, recs[0].SealedRootKey = recs[0].SealedRootKey, recs[0].SealedKey
 		}, []string{"altered or damaged"}},
-		"key moved from another authority": {func(recs []*record) { recs[0].SealedKey = recs[1].SealedKey }, []string{"altered or damaged"}},
-		"truncated":                        {func(recs []*record) { recs[0].SealedKey = recs[0].SealedKey[:10] }, []string{"truncated"}},
-		"certificate replaced":             {func(recs []*record) { recs[0].Chain = recs[1].Chain }, []string{"holds the certificate of authority", "altered"}},
+		"key moved from another authority": {func(recs []*Record) { recs[0].SealedKey = recs[1].SealedKey }, []string{"altered or damaged"}},
+		"truncated":                        {func(recs []*Record) { recs[0].SealedKey = recs[0].SealedKey[:10] }, []string{"truncated"}},
+		"certificate replaced":             {func(recs []*Record) { recs[0].Chain = recs[1].Chain }, []string{"holds the certificate of authority", "altered"}},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -250,7 +250,7 @@ func TestADamagedJournalRecordFailsAtStart(t *testing.T) {
 	e := newJournalEnv(t)
 	e.open()
 	err := e.db.Update(ctx, func(tx store.Tx) error {
-		return tx.Bucket(bucketAuthorities).Put([]byte("0000000000000000"), []byte("{not json"))
+		return tx.Bucket(BucketAuthorities).Put([]byte("0000000000000000"), []byte("{not json"))
 	})
 	if err != nil {
 		t.Fatal(err)

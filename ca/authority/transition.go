@@ -64,7 +64,7 @@ type TransitionError struct {
 	Msg      string
 }
 
-func refuseTransition(format string, args ...any) *TransitionError {
+func Refuse(format string, args ...any) *TransitionError {
 	return &TransitionError{Msg: fmt.Sprintf(format, args...)}
 }
 
@@ -86,21 +86,21 @@ func (e *TransitionError) GRPCStatus() *status.Status {
 
 // txn is one transaction on the journal: the records read at its start,
 // modified in place, and the transitions made.
-type txn struct {
-	tx      store.Tx
-	recs    []*record
-	now     time.Time
-	changes []Transition
-	dirty   map[string]*record
+type Txn struct {
+	Tx      store.Tx
+	Recs    []*Record
+	Now     time.Time
+	Changes []Transition
+	Dirty   map[string]*Record
 }
 
 // errNoChange rolls back a transaction that changed nothing, so that it
 // neither writes nor signals other replicas.
 var errNoChange = errors.New("authority: no change")
 
-// find returns the record id, or a NotFound refusal.
-func (t *txn) find(id string) (*record, error) {
-	for _, r := range t.recs {
+// Find returns the record id, or a NotFound refusal.
+func (t *Txn) Find(id string) (*Record, error) {
+	for _, r := range t.Recs {
 		if r.ID == id {
 			return r, nil
 		}
@@ -108,59 +108,59 @@ func (t *txn) find(id string) (*record, error) {
 	return nil, &TransitionError{NotFound: true, Msg: fmt.Sprintf("no authority has ID %q (list them with castellanctl authority list)", id)}
 }
 
-// add appends a new record in state to (prepared, or active for the
+// Add appends a new record in state to (prepared, or active for the
 // first authority); its PreparedAt is now either way.
-func (t *txn) add(r *record, to State, reason string) {
-	for _, o := range t.recs {
+func (t *Txn) Add(r *Record, to State, reason string) {
+	for _, o := range t.Recs {
 		r.Seq = max(r.Seq, o.Seq)
 	}
 	r.Seq++
-	t.recs = append(t.recs, r)
-	r.State, r.PreparedAt = "", t.now
-	t.set(r, to, reason)
+	t.Recs = append(t.Recs, r)
+	r.State, r.PreparedAt = "", t.Now
+	t.Set(r, to, reason)
 }
 
-// set moves r to state to, stamping the time of the transition (not when
+// Set moves r to state to, stamping the time of the transition (not when
 // it stays in its state: a plug-in authority's roots changed).
-func (t *txn) set(r *record, to State, reason string) {
+func (t *Txn) Set(r *Record, to State, reason string) {
 	from := r.State
 	r.State = to
 	switch {
 	case from == to:
 	case to == StatePrepared:
-		r.PreparedAt = t.now
+		r.PreparedAt = t.Now
 	case to == StateActive:
-		r.ActivatedAt, r.DeactivatedAt = t.now, time.Time{}
+		r.ActivatedAt, r.DeactivatedAt = t.Now, time.Time{}
 	case to == StateOld:
-		r.DeactivatedAt = t.now
+		r.DeactivatedAt = t.Now
 	case to == StateTainted:
-		r.TaintedAt = t.now
+		r.TaintedAt = t.Now
 	case to == StateRevoked:
-		r.RevokedAt = t.now
+		r.RevokedAt = t.Now
 	}
 	if from == StateActive && to != StateActive {
-		r.DeactivatedAt = t.now
+		r.DeactivatedAt = t.Now
 	}
-	t.dirty[r.ID] = r
-	t.changes = append(t.changes, Transition{From: from, To: to, Reason: reason, At: t.now, Authority: Info{ID: r.ID}})
+	t.Dirty[r.ID] = r
+	t.Changes = append(t.Changes, Transition{From: from, To: to, Reason: reason, At: t.Now, Authority: Info{ID: r.ID}})
 }
 
 // change runs fn in an Update on the journal, writes the records fn
 // changed, brings the roots' publication times up to date, reports every
 // transition to the hook and, once committed, installs the new state
 // (a.j.mu held). A refusal from fn, or from the hook, commits nothing.
-func (a *Authority) change(ctx context.Context, fn func(*txn) error) ([]Transition, error) {
-	var done *txn
+func (a *Authority) change(ctx context.Context, fn func(*Txn) error) ([]Transition, error) {
+	var done *Txn
 	err := a.j.db.Update(ctx, func(tx store.Tx) error {
-		recs, err := readRecords(tx)
+		recs, err := ReadRecords(tx)
 		if err != nil {
 			return err
 		}
-		t := &txn{tx: tx, recs: recs, now: a.clock(), dirty: map[string]*record{}}
+		t := &Txn{Tx: tx, Recs: recs, Now: a.clock(), Dirty: map[string]*Record{}}
 		if err := fn(t); err != nil {
 			return err
 		}
-		if len(t.dirty) == 0 {
+		if len(t.Dirty) == 0 {
 			return errNoChange
 		}
 		if err := a.commitTxn(ctx, t); err != nil {
@@ -175,50 +175,50 @@ func (a *Authority) change(ctx context.Context, fn func(*txn) error) ([]Transiti
 	if err != nil {
 		return nil, err
 	}
-	a.j.metrics.count(done.changes)
-	for _, c := range done.changes {
+	a.j.metrics.Count(done.Changes)
+	for _, c := range done.Changes {
 		a.log.Info("authority transition", "authority", c.Authority.ID, "from", string(c.From), "to", string(c.To), "reason", c.Reason)
 	}
-	if err := a.install(done.recs); err != nil {
+	if err := a.install(done.Recs); err != nil {
 		a.log.Error("installing the journal after a transition", "error", err.Error())
 	}
-	return done.changes, nil
+	return done.Changes, nil
 }
 
 // commitTxn writes t's records and roots and calls the hook.
-func (a *Authority) commitTxn(ctx context.Context, t *txn) error {
-	for _, r := range t.dirty {
-		if err := putRecord(t.tx, r); err != nil {
+func (a *Authority) commitTxn(ctx context.Context, t *Txn) error {
+	for _, r := range t.Dirty {
+		if err := PutRecord(t.Tx, r); err != nil {
 			return err
 		}
 	}
-	if err := syncRoots(t.tx, t.recs, t.now); err != nil {
+	if err := SyncRoots(t.Tx, t.Recs, t.Now); err != nil {
 		return err
 	}
-	for i := range t.changes {
-		r, _ := t.find(t.changes[i].Authority.ID)
-		t.changes[i].Authority = a.info(t.tx, r)
+	for i := range t.Changes {
+		r, _ := t.Find(t.Changes[i].Authority.ID)
+		t.Changes[i].Authority = a.info(t.Tx, r)
 		if a.j.cfg.OnTransition == nil {
 			continue
 		}
-		if err := a.j.cfg.OnTransition(ctx, t.changes[i]); err != nil {
-			return fmt.Errorf("authority: transition of %s to %s not made: recording it failed: %w", r.ID, t.changes[i].To, err)
+		if err := a.j.cfg.OnTransition(ctx, t.Changes[i]); err != nil {
+			return fmt.Errorf("authority: transition of %s to %s not made: recording it failed: %w", r.ID, t.Changes[i].To, err)
 		}
 	}
 	return nil
 }
 
 // info describes r as of tx.
-func (a *Authority) info(tx store.Tx, r *record) Info {
+func (a *Authority) info(tx store.Tx, r *Record) Info {
 	in := Info{
-		ID: r.ID, State: r.State, Source: r.Source, Chain: r.certs, Roots: r.roots,
+		ID: r.ID, State: r.State, Source: r.Source, Chain: r.Certs, Roots: r.RootCerts,
 		PreparedAt: r.PreparedAt, ActivatedAt: r.ActivatedAt, DeactivatedAt: r.DeactivatedAt,
 		TaintedAt: r.TaintedAt, RevokedAt: r.RevokedAt,
-		LeavesExpireBy: leavesExpireBy(r, a.j.schedule.maxTTL),
+		LeavesExpireBy: LeavesExpireBy(r, a.j.schedule.MaxTTL),
 	}
-	if at, ok := publishedAt(tx, r.roots[0]); ok && r.State.trusted() {
+	if at, ok := PublishedAt(tx, r.RootCerts[0]); ok && r.State.Trusted() {
 		in.RootPublishedAt = at
-		in.ActivatableAt = at.Add(a.j.schedule.publishDelay)
+		in.ActivatableAt = at.Add(a.j.schedule.PublishDelay)
 	}
 	return in
 }
@@ -231,7 +231,7 @@ func (a *Authority) Authorities(ctx context.Context) ([]Info, error) {
 	}
 	var out []Info
 	err := a.j.db.View(ctx, func(tx store.Tx) error {
-		recs, err := readRecords(tx)
+		recs, err := ReadRecords(tx)
 		for _, r := range recs {
 			out = append(out, a.info(tx, r))
 		}
@@ -241,7 +241,7 @@ func (a *Authority) Authorities(ctx context.Context) ([]Info, error) {
 }
 
 // errNoJournal refuses transitions on a CA without journal.
-var errNoJournal = refuseTransition("this CA has no authority journal: it was started without a store for it, so its authorities cannot change")
+var errNoJournal = Refuse("this CA has no authority journal: it was started without a store for it, so its authorities cannot change")
 
 // Prepare creates the next managed authority in state prepared: a new
 // intermediate under the active authority's root, or, with newRoot, under
@@ -256,7 +256,7 @@ func (a *Authority) Prepare(ctx context.Context, newRoot bool) (Info, error) {
 	a.j.mu.Lock()
 	defer a.j.mu.Unlock()
 	var id string
-	_, err := a.change(ctx, func(t *txn) error {
+	_, err := a.change(ctx, func(t *Txn) error {
 		r, err := a.prepareIn(t, newRoot, "operator: prepare")
 		if r != nil {
 			id = r.ID
@@ -280,17 +280,17 @@ func (a *Authority) infoOf(ctx context.Context, id string) (Info, error) {
 }
 
 // prepareIn is Prepare inside t.
-func (a *Authority) prepareIn(t *txn, newRoot bool, reason string) (*record, error) {
+func (a *Authority) prepareIn(t *Txn, newRoot bool, reason string) (*Record, error) {
 	if a.j.plugin() {
-		return nil, refuseTransition("this CA is plugged in from files: rotate it by replacing %s, %s and %s",
+		return nil, Refuse("this CA is plugged in from files: rotate it by replacing %s, %s and %s",
 			a.j.cfg.RootCertFile, a.j.cfg.IntermediateCertFile, a.j.cfg.IntermediateKeyFile)
 	}
-	if p := findState(t.recs, StatePrepared); p != nil {
-		return nil, refuseTransition("authority %s is already prepared (since %s): activate or revoke it before preparing another",
+	if p := FindState(t.Recs, StatePrepared); p != nil {
+		return nil, Refuse("authority %s is already prepared (since %s): activate or revoke it before preparing another",
 			p.ID, p.PreparedAt.UTC().Format(time.RFC3339))
 	}
 	cfg := a.j.cfg
-	cfg.Clock = func() time.Time { return t.now }
+	cfg.Clock = func() time.Time { return t.Now }
 	var (
 		ca  *keystore.CA
 		err error
@@ -310,20 +310,20 @@ func (a *Authority) prepareIn(t *txn, newRoot bool, reason string) (*record, err
 	if err != nil {
 		return nil, err
 	}
-	t.add(r, StatePrepared, reason)
+	t.Add(r, StatePrepared, reason)
 	return r, nil
 }
 
 // activeRoot returns the root of the active managed authority with its
 // key, as a CA that can issue intermediates.
-func (a *Authority) activeRoot(t *txn) (*keystore.CA, error) {
-	active := findState(t.recs, StateActive)
+func (a *Authority) activeRoot(t *Txn) (*keystore.CA, error) {
+	active := FindState(t.Recs, StateActive)
 	if active == nil || active.Source != SourceManaged {
-		return nil, refuseTransition("there is no active managed authority whose root could sign a new intermediate: prepare one under a new root")
+		return nil, Refuse("there is no active managed authority whose root could sign a new intermediate: prepare one under a new root")
 	}
-	root := active.roots[0]
-	if !t.now.Before(root.NotAfter) {
-		return nil, refuseTransition("the root of the active authority %s expired at %s: prepare one under a new root", active.ID, root.NotAfter.UTC().Format(time.RFC3339))
+	root := active.RootCerts[0]
+	if !t.Now.Before(root.NotAfter) {
+		return nil, Refuse("the root of the active authority %s expired at %s: prepare one under a new root", active.ID, root.NotAfter.UTC().Format(time.RFC3339))
 	}
 	if a.j.kek == nil {
 		return nil, noKEK(active)
@@ -337,49 +337,49 @@ func (a *Authority) activeRoot(t *txn) (*keystore.CA, error) {
 // the bundle for the publish delay (peers that have not received the root
 // yet would reject its leaves).
 func (a *Authority) Activate(ctx context.Context, id string, force bool) (Info, error) {
-	return a.transition(ctx, id, func(t *txn) error { return a.activateIn(t, id, force, "operator: activate") })
+	return a.transition(ctx, id, func(t *Txn) error { return a.activateIn(t, id, force, "operator: activate") })
 }
 
-func (a *Authority) activateIn(t *txn, id string, force bool, reason string) error {
-	r, err := t.find(id)
+func (a *Authority) activateIn(t *Txn, id string, force bool, reason string) error {
+	r, err := t.Find(id)
 	if err != nil {
 		return err
 	}
 	if r.State != StatePrepared {
-		return refuseTransition("authority %s is %s; only a prepared authority can be activated (prepare one first)", id, r.State)
+		return Refuse("authority %s is %s; only a prepared authority can be activated (prepare one first)", id, r.State)
 	}
-	if c := r.certs[0]; t.now.Before(c.NotBefore) || !t.now.Before(c.NotAfter) {
-		return refuseTransition("authority %s is not valid now (valid %s to %s)", id,
+	if c := r.Certs[0]; t.Now.Before(c.NotBefore) || !t.Now.Before(c.NotAfter) {
+		return Refuse("authority %s is not valid now (valid %s to %s)", id,
 			c.NotBefore.UTC().Format(time.RFC3339), c.NotAfter.UTC().Format(time.RFC3339))
 	}
 	if err := a.checkPublished(t, r, force); err != nil {
 		return err
 	}
 	if _, err := a.keyFor(r); err != nil {
-		return refuseTransition("authority %s cannot sign on this replica: %v", id, err)
+		return Refuse("authority %s cannot sign on this replica: %v", id, err)
 	}
-	if cur := findState(t.recs, StateActive); cur != nil {
-		t.set(cur, StateOld, "superseded by "+id)
+	if cur := FindState(t.Recs, StateActive); cur != nil {
+		t.Set(cur, StateOld, "superseded by "+id)
 	}
-	t.set(r, StateActive, reason)
+	t.Set(r, StateActive, reason)
 	return nil
 }
 
 // checkPublished refuses r unless its root has been published for the
 // publish delay, or force.
-func (a *Authority) checkPublished(t *txn, r *record, force bool) error {
-	at, ok := publishedAt(t.tx, r.roots[0])
-	ready := at.Add(a.j.schedule.publishDelay)
-	if ok && !t.now.Before(ready) || force {
+func (a *Authority) checkPublished(t *Txn, r *Record, force bool) error {
+	at, ok := PublishedAt(t.Tx, r.RootCerts[0])
+	ready := at.Add(a.j.schedule.PublishDelay)
+	if ok && !t.Now.Before(ready) || force {
 		return nil
 	}
-	a.j.metrics.refusals.WithLabelValues("root_not_published").Inc()
+	a.j.metrics.Refusals.WithLabelValues("root_not_published").Inc()
 	if !ok {
-		return refuseTransition("the root of authority %s (%s) is not in the trust bundle yet: peers would reject its leaves",
-			r.ID, r.roots[0].Subject)
+		return Refuse("the root of authority %s (%s) is not in the trust bundle yet: peers would reject its leaves",
+			r.ID, r.RootCerts[0].Subject)
 	}
-	return refuseTransition("the root of authority %s (%s) has been in the trust bundle for %s only, less than the publish delay %s: peers that have not received it yet would reject its leaves; activate it after %s, or force it",
-		r.ID, r.roots[0].Subject, t.now.Sub(at).Round(time.Second), a.j.schedule.publishDelay, ready.UTC().Format(time.RFC3339))
+	return Refuse("the root of authority %s (%s) has been in the trust bundle for %s only, less than the publish delay %s: peers that have not received it yet would reject its leaves; activate it after %s, or force it",
+		r.ID, r.RootCerts[0].Subject, t.Now.Sub(at).Round(time.Second), a.j.schedule.PublishDelay, ready.UTC().Format(time.RFC3339))
 }
 
 // Taint marks the old authority id tainted: it stays in the bundle, but
@@ -387,20 +387,20 @@ func (a *Authority) checkPublished(t *txn, r *record, force bool) error {
 // (activate another first), a prepared one (it never signed: revoke it),
 // and one already tainted or revoked.
 func (a *Authority) Taint(ctx context.Context, id string) (Info, error) {
-	return a.transition(ctx, id, func(t *txn) error {
-		r, err := t.find(id)
+	return a.transition(ctx, id, func(t *Txn) error {
+		r, err := t.Find(id)
 		if err != nil {
 			return err
 		}
 		switch r.State {
 		case StateActive:
-			return refuseTransition("authority %s is active: prepare and activate another authority first, then taint this one", id)
+			return Refuse("authority %s is active: prepare and activate another authority first, then taint this one", id)
 		case StatePrepared:
-			return refuseTransition("authority %s is prepared and has never signed: revoke it instead", id)
+			return Refuse("authority %s is prepared and has never signed: revoke it instead", id)
 		case StateTainted, StateRevoked:
-			return refuseTransition("authority %s is already %s", id, r.State)
+			return Refuse("authority %s is already %s", id, r.State)
 		}
-		t.set(r, StateTainted, "operator: taint")
+		t.Set(r, StateTainted, "operator: taint")
 		return nil
 	})
 }
@@ -409,30 +409,30 @@ func (a *Authority) Taint(ctx context.Context, id string) (Info, error) {
 // verifying. Refused for the active one and one already revoked; refused
 // too, unless force, for one that may still have unexpired leaves.
 func (a *Authority) Revoke(ctx context.Context, id string, force bool) (Info, error) {
-	return a.transition(ctx, id, func(t *txn) error { return a.revokeIn(t, id, force, "operator: revoke") })
+	return a.transition(ctx, id, func(t *Txn) error { return a.revokeIn(t, id, force, "operator: revoke") })
 }
 
-func (a *Authority) revokeIn(t *txn, id string, force bool, reason string) error {
-	r, err := t.find(id)
+func (a *Authority) revokeIn(t *Txn, id string, force bool, reason string) error {
+	r, err := t.Find(id)
 	if err != nil {
 		return err
 	}
 	switch r.State {
 	case StateActive:
-		return refuseTransition("authority %s is active: prepare and activate another authority first", id)
+		return Refuse("authority %s is active: prepare and activate another authority first", id)
 	case StateRevoked:
-		return refuseTransition("authority %s is already revoked", id)
+		return Refuse("authority %s is already revoked", id)
 	}
-	if end := leavesExpireBy(r, a.j.schedule.maxTTL); t.now.Before(end) && !force {
-		return refuseTransition("authority %s may have signed leaves valid until %s: revoking it now breaks every workload still holding one; taint it so they are replaced, wait until then, or force it",
+	if end := LeavesExpireBy(r, a.j.schedule.MaxTTL); t.Now.Before(end) && !force {
+		return Refuse("authority %s may have signed leaves valid until %s: revoking it now breaks every workload still holding one; taint it so they are replaced, wait until then, or force it",
 			id, end.UTC().Format(time.RFC3339))
 	}
-	t.set(r, StateRevoked, reason)
+	t.Set(r, StateRevoked, reason)
 	return nil
 }
 
 // transition runs an operator transition on id and returns its new state.
-func (a *Authority) transition(ctx context.Context, id string, fn func(*txn) error) (Info, error) {
+func (a *Authority) transition(ctx context.Context, id string, fn func(*Txn) error) (Info, error) {
 	if a.j == nil {
 		return Info{}, errNoJournal
 	}

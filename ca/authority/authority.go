@@ -130,8 +130,10 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/castellan-dev/castellan/ca/authority/journal"
 	"github.com/castellan-dev/castellan/ca/authority/keystore"
 	"github.com/castellan-dev/castellan/ca/authority/leaf"
+	"github.com/castellan-dev/castellan/ca/authority/rotation"
 	"github.com/castellan-dev/castellan/ca/lifetime"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/internal/serial"
@@ -193,7 +195,7 @@ type Config struct {
 	// the journal's Update: it must not start an Update on the same bbolt
 	// file (bbolt has one writer; the ledger has its own file), nor call
 	// the Authority's transition methods.
-	OnTransition func(context.Context, Transition) error
+	OnTransition func(context.Context, journal.Transition) error
 	// Registry receives the authority metrics (nil -> none).
 	Registry prometheus.Registerer
 	// Clock returns the current time (nil -> time.Now).
@@ -209,9 +211,11 @@ type Authority struct {
 	clock  func() time.Time
 	log    *slog.Logger
 	policy *config.Signing
-	cur    atomic.Pointer[keystore.CA] // what signs now, and the bundle
-	notify *notifier
-	j      *journal // nil: a fixed CA (Config.Journal unset)
+	cur    *keystore.Current // what signs now, and the bundle
+	// Journal runs the authority journal; nil for a fixed CA (Config.Journal
+	// unset). Its methods (Prepare, Activate, Taint, Revoke, Authorities,
+	// Follow, Run, Tick) are the Authority's.
+	*rotation.Journal
 	// leafParses: crypto/x509 parsed a leaf of the trust domain (sign.go,
 	// parseLeaf).
 	leafParses atomic.Bool
@@ -219,6 +223,9 @@ type Authority struct {
 
 // keys returns the current snapshot.
 func (a *Authority) keys() *keystore.CA { return a.cur.Load() }
+
+// KEKName is the default key-encryption key file inside Config.DataDir.
+const KEKName = "authority.kek"
 
 // New loads or creates the CA described by cfg: Open with a background
 // context.
@@ -250,10 +257,14 @@ func Open(ctx context.Context, cfg Config) (*Authority, error) {
 		clock:  cfg.Clock,
 		log:    cfg.Logger,
 		policy: policy,
-		notify: newNotifier(),
+		cur:    keystore.NewCurrent(),
 	}
 	if cfg.Journal != nil {
-		err = a.openJournal(ctx, cfg)
+		a.Journal, err = rotation.Open(ctx, rotation.Config{
+			DB: cfg.Journal, Store: storeConfig(cfg), KEKFile: cfg.KEKFile,
+			PublishDelay: cfg.PublishDelay, PrepareAt: cfg.PrepareAt,
+			OnTransition: cfg.OnTransition, Registry: cfg.Registry,
+		}, a.cur)
 	} else {
 		err = a.openFixed(cfg)
 	}
@@ -285,7 +296,7 @@ func (a *Authority) openFixed(cfg Config) error {
 	if err != nil {
 		return err
 	}
-	a.cur.Store(ca)
+	a.cur.Publish(ca)
 	return nil
 }
 
@@ -321,10 +332,10 @@ func withDefaults(cfg Config) (Config, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.PublishDelay == 0 {
-		cfg.PublishDelay = DefaultPublishDelay(cfg.MaxTTL)
+		cfg.PublishDelay = journal.DefaultPublishDelay(cfg.MaxTTL)
 	}
 	if cfg.PrepareAt == 0 {
-		cfg.PrepareAt = DefaultPrepareAt
+		cfg.PrepareAt = journal.DefaultPrepareAt
 	}
 	if cfg.KEKFile == "" && cfg.DataDir != "" {
 		cfg.KEKFile = filepath.Join(cfg.DataDir, KEKName)
@@ -344,7 +355,7 @@ func validate(cfg Config) error {
 	case cfg.Journal != nil && cfg.RootCertFile == "" &&
 		float64(cfg.PublishDelay) >= float64(cfg.IntermediateTTL)*(1-cfg.PrepareAt):
 		return fmt.Errorf("authority: publish delay %s must be shorter than the %s between preparing the next authority and the active one's expiry (intermediate TTL %s, prepared at %s of it)",
-			cfg.PublishDelay, time.Duration(float64(cfg.IntermediateTTL)*(1-cfg.PrepareAt)), cfg.IntermediateTTL, Percent(cfg.PrepareAt))
+			cfg.PublishDelay, time.Duration(float64(cfg.IntermediateTTL)*(1-cfg.PrepareAt)), cfg.IntermediateTTL, journal.Percent(cfg.PrepareAt))
 	case cfg.IntermediateTTL <= cfg.MaxTTL:
 		return fmt.Errorf("authority: intermediate TTL %s must exceed max SVID TTL %s", cfg.IntermediateTTL, cfg.MaxTTL)
 	}

@@ -1,4 +1,4 @@
-package authority
+package journal
 
 import (
 	"crypto/x509"

@@ -11,6 +11,9 @@ import (
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/castellan-dev/castellan/ca/authority/keystore"
+	"github.com/castellan-dev/castellan/ca/authority/rotation"
 )
 
 // TestSignCRLFollowsTheActiveAuthority signs a CRL, activates another
@@ -74,16 +77,22 @@ func mustParseCRL(t *testing.T, der []byte) *x509.RevocationList {
 	return list
 }
 
-// TestNoMethodHandsOutAKey: the CA's keys stay in the package; no exported
-// method of Authority returns a signer or a private key, directly or in a
-// struct, slice or map.
+// TestNoMethodHandsOutAKey: the CA's keys stay in the authority's
+// packages; no exported method of Authority (its journal's included), of
+// the key store's CA, Current and KEK, or of the journal runner returns a
+// signer or a private key, directly or in a struct, slice or map.
 func TestNoMethodHandsOutAKey(t *testing.T) {
-	typ := reflect.TypeOf(&Authority{})
-	for i := range typ.NumMethod() {
-		m := typ.Method(i)
-		for j := range m.Type.NumOut() {
-			if out := m.Type.Out(j); holdsKey(out, map[reflect.Type]bool{}) {
-				t.Errorf("Authority.%s returns %s, which holds a private key", m.Name, out)
+	for _, typ := range []reflect.Type{reflect.TypeFor[*Authority](), reflect.TypeFor[*keystore.CA](),
+		reflect.TypeFor[*keystore.Current](), reflect.TypeFor[*keystore.KEK](), reflect.TypeFor[*rotation.Journal]()} {
+		if typ.NumMethod() == 0 {
+			t.Fatalf("%s has no methods: the test checks nothing", typ)
+		}
+		for i := range typ.NumMethod() {
+			m := typ.Method(i)
+			for j := range m.Type.NumOut() {
+				if out := m.Type.Out(j); holdsKey(out, map[reflect.Type]bool{}) {
+					t.Errorf("%s.%s returns %s, which holds a private key", typ, m.Name, out)
+				}
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package authority
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"slices"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority/journal"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -147,7 +149,7 @@ func TestSigningDuringRotationsAlwaysChainsToTheBundle(t *testing.T) {
 		e.clock.Advance(jMaxTTL + 5*time.Minute)
 		tick(t, a)
 		progress()
-		if got := infoOf(t, a, prev).State; got != StateRevoked {
+		if got := infoOf(t, a, prev).State; got != journal.StateRevoked {
 			t.Fatalf("cycle %d: the tainted authority is %s after its leaves expired, want retired", i, got)
 		}
 	}
@@ -167,28 +169,31 @@ func TestMetricsFollowTheJournal(t *testing.T) {
 	e.cfg.Registry = reg
 	a := e.open()
 	first := a.Snapshot().ActiveID
-	m := a.j.metrics
-	if v := testutil.ToFloat64(m.state.WithLabelValues(first, "active")); v != 1 {
+	state := func(id, s string) float64 {
+		return metricValue(t, reg, "castellan_ca_authority_state", "authority", id, "state", s)
+	}
+	if v := state(first, "active"); v != 1 {
 		t.Fatalf("state{active} of the first authority = %v", v)
 	}
-	if v := testutil.ToFloat64(m.activeExpiry); v != float64(a.Intermediate().NotAfter.Unix()) {
+	if v := metricValue(t, reg, "castellan_ca_active_authority_not_after_seconds"); v != float64(a.Intermediate().NotAfter.Unix()) {
 		t.Fatalf("active not-after %v, want %v", v, a.Intermediate().NotAfter.Unix())
 	}
 	in, _ := a.Prepare(ctx, true)
 	_, err := a.Activate(ctx, in.ID, false)
-	if !errors.Is(err, ErrRefused) || testutil.ToFloat64(m.Refusals.WithLabelValues("root_not_published")) != 1 {
-		t.Fatalf("refused activation: %v, refusals %v", err, testutil.ToFloat64(m.Refusals.WithLabelValues("root_not_published")))
+	refusals := metricValue(t, reg, "castellan_ca_authority_refusals_total", "reason", "root_not_published")
+	if !errors.Is(err, journal.ErrRefused) || refusals != 1 {
+		t.Fatalf("refused activation: %v, refusals %v", err, refusals)
 	}
 	e.clock.Advance(jDelay)
 	if _, err := a.Activate(ctx, in.ID, false); err != nil {
 		t.Fatal(err)
 	}
-	if v := testutil.ToFloat64(m.rotations); v != 1 {
+	if v := metricValue(t, reg, "castellan_ca_authority_rotations_total"); v != 1 {
 		t.Fatalf("rotations %v, want 1 (bootstrap is not a rotation)", v)
 	}
 	for id, want := range map[string]string{first: "old", in.ID: "active"} {
-		for _, s := range allStates {
-			v, w := testutil.ToFloat64(m.state.WithLabelValues(id, string(s))), 0.0
+		for _, s := range allStates() {
+			v, w := state(id, string(s)), 0.0
 			if string(s) == want {
 				w = 1
 			}
@@ -197,11 +202,11 @@ func TestMetricsFollowTheJournal(t *testing.T) {
 			}
 		}
 	}
-	if v := testutil.ToFloat64(m.leavesUntil.WithLabelValues(first)); v != float64(infoOf(t, a, first).LeavesExpireBy.Unix()) {
+	if v := metricValue(t, reg, "castellan_ca_authority_leaves_expire_by_seconds", "authority", first); v != float64(infoOf(t, a, first).LeavesExpireBy.Unix()) {
 		t.Errorf("leaves-expire-by of the old authority = %v", v)
 	}
-	if n, err := testutil.GatherAndCount(reg, "castellan_ca_authority_state", "castellan_ca_authority_not_after_seconds"); err != nil || n != 2*len(allStates)+2 {
-		t.Errorf("gathered %d series (%v), want %d", n, err, 2*len(allStates)+2)
+	if n, err := testutil.GatherAndCount(reg, "castellan_ca_authority_state", "castellan_ca_authority_not_after_seconds"); err != nil || n != 2*len(allStates())+2 {
+		t.Errorf("gathered %d series (%v), want %d", n, err, 2*len(allStates())+2)
 	}
 }
 
@@ -243,7 +248,7 @@ func TestTwoReplicasRacingOperatorsKeepOneActiveAuthority(t *testing.T) {
 		tick(t, r)
 	}
 	s0, s1 := replicas[0].Snapshot(), replicas[1].Snapshot()
-	if s0.ActiveID != s1.ActiveID || !sameCerts(s0.Roots, s1.Roots) {
+	if s0.ActiveID != s1.ActiveID || !slices.EqualFunc(s0.Roots, s1.Roots, (*x509.Certificate).Equal) {
 		t.Fatalf("replicas disagree: %s (%d roots) and %s (%d roots)", s0.ActiveID, len(s0.Roots), s1.ActiveID, len(s1.Roots))
 	}
 	signLeaf(t, replicas[0])
@@ -263,24 +268,24 @@ func operate(t *testing.T, r *Authority, op int) {
 		_, err2 = r.Prepare(ctx, len(infos)%2 == 0)
 	case 1:
 		for _, in := range infos {
-			if in.State == StatePrepared {
+			if in.State == journal.StatePrepared {
 				_, err2 = r.Activate(ctx, in.ID, true)
 			}
 		}
 	case 2:
 		for _, in := range infos {
-			if in.State == StateOld {
+			if in.State == journal.StateOld {
 				_, err2 = r.Taint(ctx, in.ID)
 			}
 		}
 	case 3:
 		for _, in := range infos {
-			if in.State == StateTainted || in.State == StatePrepared {
+			if in.State == journal.StateTainted || in.State == journal.StatePrepared {
 				_, err2 = r.Revoke(ctx, in.ID, true)
 			}
 		}
 	}
-	if err2 != nil && !errors.Is(err2, ErrRefused) {
+	if err2 != nil && !errors.Is(err2, journal.ErrRefused) {
 		t.Errorf("operation %d: %v", op, err2)
 	}
 }
@@ -294,7 +299,7 @@ func oneActive(r *Authority) error {
 	}
 	active := 0
 	for _, in := range infos {
-		if in.State == StateActive {
+		if in.State == journal.StateActive {
 			active++
 		}
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/castellan-dev/castellan/ca/authority/journal"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 )
@@ -59,7 +60,7 @@ type journalEnv struct {
 	cfg   Config
 
 	mu       sync.Mutex
-	hooked   []Transition
+	hooked   []journal.Transition
 	hookFail error
 }
 
@@ -80,7 +81,7 @@ func newJournalEnv(t testing.TB) *journalEnv {
 	return e
 }
 
-func (e *journalEnv) hook(_ context.Context, tr Transition) error {
+func (e *journalEnv) hook(_ context.Context, tr journal.Transition) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.hookFail != nil {
@@ -91,7 +92,7 @@ func (e *journalEnv) hook(_ context.Context, tr Transition) error {
 }
 
 // transitions returns the transitions reported so far and forgets them.
-func (e *journalEnv) transitions() []Transition {
+func (e *journalEnv) transitions() []journal.Transition {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	out := e.hooked
@@ -109,7 +110,7 @@ func (e *journalEnv) open() *Authority {
 }
 
 // infoOf returns the journal's view of authority id.
-func infoOf(t *testing.T, a *Authority, id string) Info {
+func infoOf(t *testing.T, a *Authority, id string) journal.Info {
 	t.Helper()
 	infos, err := a.Authorities(context.Background())
 	if err != nil {
@@ -121,17 +122,17 @@ func infoOf(t *testing.T, a *Authority, id string) Info {
 		}
 	}
 	t.Fatalf("authority %s not in the journal", id)
-	return Info{}
+	return journal.Info{}
 }
 
 // statesOf returns the state of every authority, oldest first.
-func statesOf(t *testing.T, a *Authority) []State {
+func statesOf(t *testing.T, a *Authority) []journal.State {
 	t.Helper()
 	infos, err := a.Authorities(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []State
+	var out []journal.State
 	for _, in := range infos {
 		out = append(out, in.State)
 	}
@@ -178,7 +179,7 @@ func chainsToSnapshot(iss *Issued, s Snapshot) error {
 		CurrentTime: leaf.NotBefore.Add(backdate), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	})
 	if err != nil {
-		return errors.New("leaf signed by " + AuthorityID(iss.Chain[1]) + " does not chain to the bundle of snapshot " + s.ActiveID + ": " + err.Error())
+		return errors.New("leaf signed by " + journal.AuthorityID(iss.Chain[1]) + " does not chain to the bundle of snapshot " + s.ActiveID + ": " + err.Error())
 	}
 	return nil
 }
@@ -190,3 +191,41 @@ type sharedDB struct{ store.DB }
 func (sharedDB) Shared() bool { return true }
 
 func newRegistry() *prometheus.Registry { return prometheus.NewRegistry() }
+
+// allStates are the states of an authority.
+func allStates() []journal.State {
+	return []journal.State{journal.StatePrepared, journal.StateActive, journal.StateOld, journal.StateTainted, journal.StateRevoked}
+}
+
+// metricValue returns the value of the gauge or counter name{labels}
+// (label name, value, ...) gathered from reg, failing t if there is none.
+func metricValue(t *testing.T, reg prometheus.Gatherer, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			got := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				got[lp.GetName()] = lp.GetValue()
+			}
+			for i := 0; i+1 < len(labels); i += 2 {
+				if got[labels[i]] != labels[i+1] {
+					continue series
+				}
+			}
+			if m.GetGauge() != nil {
+				return m.GetGauge().GetValue()
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no series %s%v", name, labels)
+	return 0
+}

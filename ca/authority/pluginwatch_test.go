@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/castellan-dev/castellan/ca/authority/journal"
 	"google.golang.org/grpc/codes"
 )
 
@@ -77,7 +77,7 @@ func (c *cacerts) intermediate(now time.Time, root *pluginCA) *pluginCA {
 func signedBy(t *testing.T, a *Authority, inter *pluginCA) {
 	t.Helper()
 	if iss := signLeaf(t, a); !iss.Chain[1].Equal(inter.cert) {
-		t.Fatalf("leaf signed by %s, want %s", AuthorityID(iss.Chain[1]), AuthorityID(inter.cert))
+		t.Fatalf("leaf signed by %s, want %s", journal.AuthorityID(iss.Chain[1]), journal.AuthorityID(inter.cert))
 	}
 }
 
@@ -90,7 +90,7 @@ func TestPluginPicksUpANewIntermediateUnderAPublishedRootWithoutRestart(t *testi
 	a := e.open()
 	signedBy(t, a, i1)
 	tick(t, a)
-	if tr := e.transitions(); len(tr) != 1 || tr[0].Authority.Source != SourcePlugin {
+	if tr := e.transitions(); len(tr) != 1 || tr[0].Authority.Source != journal.SourcePlugin {
 		t.Fatalf("start transitions %+v", tr)
 	}
 
@@ -105,7 +105,7 @@ func TestPluginPicksUpANewIntermediateUnderAPublishedRootWithoutRestart(t *testi
 		t.Fatal("Changed did not fire when the files' intermediate was activated")
 	}
 	signedBy(t, a, i2)
-	wantStates(t, a, StateOld, StateActive)
+	wantStates(t, a, journal.StateOld, journal.StateActive)
 	tick(t, a)
 	if tr := e.transitions(); len(tr) != 3 {
 		t.Fatalf("transitions %+v, want prepared, old, active", tr)
@@ -129,7 +129,7 @@ func TestPluginPublishesEveryRootAndActivatesTheNewIntermediateAfterTheDelay(t *
 		t.Fatalf("bundle after adding a root: %d roots", len(s.Roots))
 	}
 	tr := e.transitions()
-	if len(tr) != 1 || tr[0].From != StateActive || tr[0].To != StateActive || !strings.Contains(tr[0].Reason, "root file") {
+	if len(tr) != 1 || tr[0].From != journal.StateActive || tr[0].To != journal.StateActive || !strings.Contains(tr[0].Reason, "root file") {
 		t.Fatalf("transitions %+v", tr)
 	}
 	if in := tr[0].Authority; !in.ActivatedAt.Equal(in.PreparedAt) {
@@ -154,15 +154,16 @@ func TestPluginIntermediateUnderAnUnpublishedRootIsRefused(t *testing.T) {
 	r1 := files.root(e.clock.Now())
 	i1 := files.intermediate(e.clock.Now(), r1)
 	files.write(i1, r1)
-	e.cfg.Registry = newRegistry()
+	reg := newRegistry()
+	e.cfg.Registry = reg
 	a := e.open()
 
 	r2 := files.root(e.clock.Now())
 	i2 := files.intermediate(e.clock.Now(), r2)
 	files.write(i2, r2) // everything replaced at once
 	err := a.Tick(ctx)
-	wantRefused(t, err, codes.FailedPrecondition, AuthorityID(i2.cert), "publish delay", e.clock.Now().Add(jDelay).UTC().Format(time.RFC3339), "keeps signing")
-	if v := testutil.ToFloat64(a.j.metrics.Refusals.WithLabelValues("root_not_published")); v != 1 {
+	wantRefused(t, err, codes.FailedPrecondition, journal.AuthorityID(i2.cert), "publish delay", e.clock.Now().Add(jDelay).UTC().Format(time.RFC3339), "keeps signing")
+	if v := metricValue(t, reg, "castellan_ca_authority_refusals_total", "reason", "root_not_published"); v != 1 {
 		t.Errorf("refusal metric %v", v)
 	}
 	signedBy(t, a, i1)
@@ -235,7 +236,7 @@ func TestPluginFilesOfATaintedAuthorityAreRefused(t *testing.T) {
 	i2 := files.intermediate(e.clock.Now(), r1)
 	files.write(i2, r1)
 	tick(t, a)
-	if _, err := a.Taint(ctx, AuthorityID(i1.cert)); err != nil {
+	if _, err := a.Taint(ctx, journal.AuthorityID(i1.cert)); err != nil {
 		t.Fatal(err)
 	}
 	files.write(i1, r1) // rolled back to the tainted intermediate

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority/journal"
 	"github.com/castellan-dev/castellan/ca/authority/leaf"
 )
 
@@ -19,7 +20,7 @@ func tick(t *testing.T, a *Authority) {
 	}
 }
 
-func wantStates(t *testing.T, a *Authority, want ...State) {
+func wantStates(t *testing.T, a *Authority, want ...journal.State) {
 	t.Helper()
 	if got := statesOf(t, a); !slices.Equal(got, want) {
 		t.Fatalf("states %v, want %v", got, want)
@@ -32,24 +33,24 @@ func TestTickPreparesAtHalfLifeActivatesAndRetires(t *testing.T) {
 	first := infoOf(t, a, a.Snapshot().ActiveID)
 	e.transitions()
 	tick(t, a)
-	wantStates(t, a, StateActive)
+	wantStates(t, a, journal.StateActive)
 
 	c := first.Chain[0]
 	half := c.NotBefore.Add(c.NotAfter.Sub(c.NotBefore) / 2)
 	e.clock.Advance(half.Sub(e.clock.Now()) - time.Second)
 	tick(t, a)
-	wantStates(t, a, StateActive)
+	wantStates(t, a, journal.StateActive)
 
 	e.clock.Advance(time.Second)
 	tick(t, a)
-	wantStates(t, a, StateActive, StatePrepared)
+	wantStates(t, a, journal.StateActive, journal.StatePrepared)
 	tr := e.transitions()
 	if len(tr) != 1 || !strings.Contains(tr[0].Reason, "rotation") || !tr[0].Authority.Roots[0].Equal(first.Roots[0]) {
 		t.Fatalf("prepare transitions %+v: want a new intermediate under the same root", tr)
 	}
 
 	tick(t, a)
-	wantStates(t, a, StateOld, StateActive)
+	wantStates(t, a, journal.StateOld, journal.StateActive)
 	if a.Snapshot().ActiveID != tr[0].Authority.ID {
 		t.Fatal("the prepared authority does not sign")
 	}
@@ -57,10 +58,10 @@ func TestTickPreparesAtHalfLifeActivatesAndRetires(t *testing.T) {
 	end := infoOf(t, a, first.ID).LeavesExpireBy
 	e.clock.Advance(end.Sub(e.clock.Now()) - time.Second)
 	tick(t, a)
-	wantStates(t, a, StateOld, StateActive)
+	wantStates(t, a, journal.StateOld, journal.StateActive)
 	e.clock.Advance(time.Second)
 	tick(t, a)
-	wantStates(t, a, StateRevoked, StateActive)
+	wantStates(t, a, journal.StateRevoked, journal.StateActive)
 	if tr := e.transitions(); len(tr) != 3 || !strings.HasPrefix(tr[2].Reason, "retired") {
 		t.Fatalf("transitions %+v", tr)
 	}
@@ -90,18 +91,18 @@ func TestTickWalksThroughARootRotation(t *testing.T) {
 		}
 		active := 0
 		for _, in := range infos {
-			if _, ok := seen[in.ID]; !ok && in.State == StatePrepared {
+			if _, ok := seen[in.ID]; !ok && in.State == journal.StatePrepared {
 				seen[in.ID] = now
 			}
 			switch {
-			case in.State == StateActive:
+			case in.State == journal.StateActive:
 				active++
-			case in.State == StatePrepared && !in.Roots[0].Equal(a.Root()) && newRootPreparedAt.IsZero():
+			case in.State == journal.StatePrepared && !in.Roots[0].Equal(a.Root()) && newRootPreparedAt.IsZero():
 				newRootPreparedAt = now
 				if left := a.Root().NotAfter.Sub(now); left >= jInterTTL {
 					t.Fatalf("a new root was prepared with %s left on the old one", left)
 				}
-			case in.State == StatePrepared && !now.Before(later(seen[in.ID], in.ActivatableAt).Add(time.Hour)):
+			case in.State == journal.StatePrepared && !now.Before(later(seen[in.ID], in.ActivatableAt).Add(time.Hour)):
 				t.Fatalf("authority %s still prepared an hour after it became activatable", in.ID)
 			}
 		}
@@ -140,13 +141,13 @@ func TestTwoReplicasTickingTogetherRotateOnce(t *testing.T) {
 		}
 		wg.Wait()
 	}
-	wantStates(t, a1, StateOld, StateActive)
+	wantStates(t, a1, journal.StateOld, journal.StateActive)
 	prepared, activated := 0, 0
 	for _, tr := range e.transitions() {
-		if tr.To == StatePrepared {
+		if tr.To == journal.StatePrepared {
 			prepared++
 		}
-		if tr.To == StateActive {
+		if tr.To == journal.StateActive {
 			activated++
 		}
 	}
@@ -219,7 +220,7 @@ func TestIdleTicksDoNotWriteTheStore(t *testing.T) {
 func TestAFailingStepDoesNotHoldBackTheOthers(t *testing.T) {
 	e := newJournalEnv(t)
 	a, oldID, activeID := rotated(t, e)
-	editRecords(t, e.db, func(recs []*Record) {
+	editRecords(t, e.db, func(recs []*journal.Record) {
 		for _, r := range recs {
 			if r.ID == activeID {
 				r.SealedRootKey[30] ^= 1 // the next intermediate cannot be signed
@@ -232,7 +233,7 @@ func TestAFailingStepDoesNotHoldBackTheOthers(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "root key of authority "+activeID) {
 		t.Fatalf("Tick with an unopenable root key: %v", err)
 	}
-	if got := infoOf(t, a, oldID).State; got != StateRevoked {
+	if got := infoOf(t, a, oldID).State; got != journal.StateRevoked {
 		t.Fatalf("the old authority is %s: a failed prepare held back its retirement", got)
 	}
 	if a.Snapshot().ActiveID != activeID {
@@ -259,7 +260,7 @@ func TestTicksRecoverAnIntermediateThatExpiredDuringDowntime(t *testing.T) {
 	}
 	signLeaf(t, a)
 	tick(t, a)
-	if got := infoOf(t, a, first).State; got != StateRevoked {
+	if got := infoOf(t, a, first).State; got != journal.StateRevoked {
 		t.Fatalf("the expired intermediate is %s, want retired at the next tick", got)
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/castellan-dev/castellan/ca/authority/journal"
 	"github.com/castellan-dev/castellan/ca/authority/keystore"
 	"github.com/castellan-dev/castellan/ca/store"
 )
@@ -53,7 +54,7 @@ func clearForms(t *testing.T, key crypto.Signer) map[string][]byte {
 // the KEK file kekPath, as the sealing format is documented (AES-256-GCM,
 // nonce first, additional data "castellan authority key v1", the ID and
 // the slot), independently of the key store's code.
-func allKeys(t *testing.T, a *Authority, kekPath string) map[string]crypto.Signer {
+func allKeys(t *testing.T, db store.DB, kekPath string) map[string]crypto.Signer {
 	t.Helper()
 	hexKEK, err := os.ReadFile(kekPath)
 	if err != nil {
@@ -84,8 +85,8 @@ func allKeys(t *testing.T, a *Authority, kekPath string) map[string]crypto.Signe
 		return k.(crypto.Signer), nil
 	}
 	out := map[string]crypto.Signer{}
-	err = a.j.db.View(ctx, func(tx store.Tx) error {
-		recs, err := ReadRecords(tx)
+	err = db.View(ctx, func(tx store.Tx) error {
+		recs, err := journal.ReadRecords(tx)
 		for _, r := range recs {
 			k, err := open(r.ID, "signing", r.SealedKey)
 			if err != nil {
@@ -122,7 +123,7 @@ func TestTheStoreNeverHoldsAPrivateKeyInClear(t *testing.T) {
 	if _, err := a.Prepare(ctx, false); err != nil {
 		t.Fatal(err)
 	}
-	keys := allKeys(t, a, e.cfg.DataDir+"/"+KEKName)
+	keys := allKeys(t, e.db, e.cfg.DataDir+"/"+KEKName)
 	if len(keys) != 6 {
 		t.Fatalf("opened %d keys, want 6 (3 authorities x signing and root)", len(keys))
 	}
@@ -168,16 +169,16 @@ func TestTheStoreNeverHoldsAPrivateKeyInClear(t *testing.T) {
 }
 
 // editRecords rewrites the journal's records with fn.
-func editRecords(t *testing.T, db store.DB, fn func(recs []*Record)) {
+func editRecords(t *testing.T, db store.DB, fn func(recs []*journal.Record)) {
 	t.Helper()
 	err := db.Update(ctx, func(tx store.Tx) error {
-		recs, err := ReadRecords(tx)
+		recs, err := journal.ReadRecords(tx)
 		if err != nil {
 			return err
 		}
 		fn(recs)
 		for _, r := range recs {
-			if err := PutRecord(tx, r); err != nil {
+			if err := journal.PutRecord(tx, r); err != nil {
 				return err
 			}
 		}
@@ -222,16 +223,16 @@ func TestAReplicaWithAnotherKEKFailsAtStart(t *testing.T) {
 
 func TestTamperedSealedKeysFailAtStart(t *testing.T) {
 	cases := map[string]struct {
-		edit  func(recs []*Record)
+		edit  func(recs []*journal.Record)
 		words []string
 	}{
-		"flipped ciphertext bit": {func(recs []*Record) { recs[0].SealedKey[20] ^= 1 }, []string{"altered or damaged"}},
-		"signing and root swapped": {func(recs []*Record) {
+		"flipped ciphertext bit": {func(recs []*journal.Record) { recs[0].SealedKey[20] ^= 1 }, []string{"altered or damaged"}},
+		"signing and root swapped": {func(recs []*journal.Record) {
 			recs[0].SealedKey, recs[0].SealedRootKey = recs[0].SealedRootKey, recs[0].SealedKey
 		}, []string{"altered or damaged"}},
-		"key moved from another authority": {func(recs []*Record) { recs[0].SealedKey = recs[1].SealedKey }, []string{"altered or damaged"}},
-		"truncated":                        {func(recs []*Record) { recs[0].SealedKey = recs[0].SealedKey[:10] }, []string{"truncated"}},
-		"certificate replaced":             {func(recs []*Record) { recs[0].Chain = recs[1].Chain }, []string{"holds the certificate of authority", "altered"}},
+		"key moved from another authority": {func(recs []*journal.Record) { recs[0].SealedKey = recs[1].SealedKey }, []string{"altered or damaged"}},
+		"truncated":                        {func(recs []*journal.Record) { recs[0].SealedKey = recs[0].SealedKey[:10] }, []string{"truncated"}},
+		"certificate replaced":             {func(recs []*journal.Record) { recs[0].Chain = recs[1].Chain }, []string{"holds the certificate of authority", "altered"}},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -250,7 +251,7 @@ func TestADamagedJournalRecordFailsAtStart(t *testing.T) {
 	e := newJournalEnv(t)
 	e.open()
 	err := e.db.Update(ctx, func(tx store.Tx) error {
-		return tx.Bucket(BucketAuthorities).Put([]byte("0000000000000000"), []byte("{not json"))
+		return tx.Bucket(journal.BucketAuthorities).Put([]byte("0000000000000000"), []byte("{not json"))
 	})
 	if err != nil {
 		t.Fatal(err)

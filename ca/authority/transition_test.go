@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority/journal"
 	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -19,7 +20,7 @@ var ctx = context.Background()
 // containing every one of words.
 func wantRefused(t *testing.T, err error, code codes.Code, words ...string) {
 	t.Helper()
-	if !errors.Is(err, ErrRefused) {
+	if !errors.Is(err, journal.ErrRefused) {
 		t.Fatalf("got %v, want a refusal", err)
 	}
 	if got := status.Code(err); got != code {
@@ -40,7 +41,7 @@ func TestJournalBootstrapsOneActiveAuthorityAndReopensIt(t *testing.T) {
 		t.Fatalf("snapshot after bootstrap: %+v", s)
 	}
 	tr := e.transitions()
-	if len(tr) != 1 || tr[0].From != "" || tr[0].To != StateActive || tr[0].Authority.ID != s.ActiveID ||
+	if len(tr) != 1 || tr[0].From != "" || tr[0].To != journal.StateActive || tr[0].Authority.ID != s.ActiveID ||
 		!strings.HasPrefix(tr[0].Reason, "bootstrap") {
 		t.Fatalf("bootstrap transitions %+v", tr)
 	}
@@ -50,7 +51,7 @@ func TestJournalBootstrapsOneActiveAuthorityAndReopensIt(t *testing.T) {
 	if got := again.Snapshot(); got.ActiveID != s.ActiveID || !got.Root.Equal(s.Root) {
 		t.Fatalf("reopen gave authority %s, want %s", got.ActiveID, s.ActiveID)
 	}
-	if got := statesOf(t, again); !slices.Equal(got, []State{StateActive}) {
+	if got := statesOf(t, again); !slices.Equal(got, []journal.State{journal.StateActive}) {
 		t.Fatalf("states after reopen %v: a second start must not add an authority", got)
 	}
 	if tr := e.transitions(); len(tr) != 0 {
@@ -85,7 +86,7 @@ func TestPrepareUnderTheSameRootActivatesAtOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if in.State != StatePrepared || !in.Roots[0].Equal(first.Root) || in.ID == first.ActiveID {
+	if in.State != journal.StatePrepared || !in.Roots[0].Equal(first.Root) || in.ID == first.ActiveID {
 		t.Fatalf("prepared %+v", in)
 	}
 	if s := a.Snapshot(); s.ActiveID != first.ActiveID || len(s.Roots) != 1 {
@@ -104,15 +105,15 @@ func TestPrepareUnderTheSameRootActivatesAtOnce(t *testing.T) {
 	default:
 		t.Fatal("Changed did not fire on activation")
 	}
-	if act.State != StateActive || a.Snapshot().ActiveID != in.ID || !a.Intermediate().Equal(in.Chain[0]) {
+	if act.State != journal.StateActive || a.Snapshot().ActiveID != in.ID || !a.Intermediate().Equal(in.Chain[0]) {
 		t.Fatalf("after Activate: %+v, signing %s", act, a.Snapshot().ActiveID)
 	}
 	old := infoOf(t, a, first.ActiveID)
-	if old.State != StateOld || !old.DeactivatedAt.Equal(e.clock.Now()) {
+	if old.State != journal.StateOld || !old.DeactivatedAt.Equal(e.clock.Now()) {
 		t.Fatalf("previous authority %+v, want old since now", old)
 	}
 	tr := e.transitions()
-	if len(tr) != 3 || tr[0].To != StatePrepared || tr[1].From != StateActive || tr[1].To != StateOld || tr[2].To != StateActive {
+	if len(tr) != 3 || tr[0].To != journal.StatePrepared || tr[1].From != journal.StateActive || tr[1].To != journal.StateOld || tr[2].To != journal.StateActive {
 		t.Fatalf("transitions %+v", tr)
 	}
 	if iss := signLeaf(t, a); !iss.Chain[1].Equal(in.Chain[0]) {
@@ -175,7 +176,7 @@ func TestActivateRefusals(t *testing.T) {
 	first := a.Snapshot().ActiveID
 	_, err := a.Activate(ctx, "0123456789abcdef", false)
 	wantRefused(t, err, codes.NotFound, "0123456789abcdef", "authority list")
-	if !errors.Is(err, ErrNotFound) {
+	if !errors.Is(err, journal.ErrNotFound) {
 		t.Error("unknown ID is not ErrNotFound")
 	}
 	_, err = a.Activate(ctx, first, false)
@@ -204,7 +205,7 @@ func TestPrepareIsRefusedWhileAnotherIsPrepared(t *testing.T) {
 	}
 	_, err = a.Prepare(ctx, true)
 	wantRefused(t, err, codes.FailedPrecondition, in.ID, "already prepared")
-	if got := statesOf(t, a); !slices.Equal(got, []State{StateActive, StatePrepared}) {
+	if got := statesOf(t, a); !slices.Equal(got, []journal.State{journal.StateActive, journal.StatePrepared}) {
 		t.Fatalf("states %v", got)
 	}
 }
@@ -243,13 +244,13 @@ func TestTaintMarksAnOldAuthorityAndKeepsItTrusted(t *testing.T) {
 	if s := a.Snapshot(); len(s.Tainted) != 1 || !s.Tainted[0].Equal(in.Chain[0]) {
 		t.Fatalf("snapshot lists %d tainted certificates, want the old intermediate", len(s.Tainted))
 	}
-	if in.State != StateTainted || !in.TaintedAt.Equal(e.clock.Now()) {
+	if in.State != journal.StateTainted || !in.TaintedAt.Equal(e.clock.Now()) {
 		t.Fatalf("after Taint %+v", in)
 	}
 	if len(a.Snapshot().Roots) != 2 {
 		t.Fatal("a tainted authority's root must stay in the bundle until its leaves are replaced")
 	}
-	if tr := e.transitions(); len(tr) != 1 || tr[0].From != StateOld || tr[0].To != StateTainted {
+	if tr := e.transitions(); len(tr) != 1 || tr[0].From != journal.StateOld || tr[0].To != journal.StateTainted {
 		t.Fatalf("transitions %+v", tr)
 	}
 }
@@ -280,7 +281,7 @@ func TestRevokeRemovesTheRootOnceTheLeavesHaveExpired(t *testing.T) {
 	e := newJournalEnv(t)
 	a, oldID, _ := rotated(t, e)
 	old := infoOf(t, a, oldID)
-	wantEnd := old.DeactivatedAt.Add(jMaxTTL + leaf.Backdate + followMargin)
+	wantEnd := old.DeactivatedAt.Add(jMaxTTL + leaf.Backdate + time.Minute) // the follow margin of the package comment
 	if !old.LeavesExpireBy.Equal(wantEnd) {
 		t.Fatalf("LeavesExpireBy %v, want %v", old.LeavesExpireBy, wantEnd)
 	}
@@ -294,7 +295,7 @@ func TestRevokeRemovesTheRootOnceTheLeavesHaveExpired(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if in.State != StateRevoked {
+	if in.State != journal.StateRevoked {
 		t.Fatalf("after Revoke %+v", in)
 	}
 	s := a.Snapshot()
@@ -365,7 +366,7 @@ func TestAFailingHookAbortsTheTransition(t *testing.T) {
 	if a.Snapshot().ActiveID != first.ActiveID {
 		t.Fatal("the signer changed although the transition was not recorded")
 	}
-	if got := statesOf(t, a); !slices.Equal(got, []State{StateActive, StatePrepared}) {
+	if got := statesOf(t, a); !slices.Equal(got, []journal.State{journal.StateActive, journal.StatePrepared}) {
 		t.Fatalf("journal states %v after an aborted transition", got)
 	}
 	if reopened := e.open(); reopened.Snapshot().ActiveID != first.ActiveID {

@@ -3,6 +3,14 @@
 // signing requests, issues X.509-SVIDs under a cfssl signing policy, and
 // rotates the authorities without a failed request.
 //
+// It is the face of four packages below it: ca/authority/leaf (the leaf: CSR
+// checks, template, DER encoder and parse-back), ca/authority/keystore
+// (the keys: generated, in the data dir, plugged in, sealed under the KEK),
+// ca/authority/journal (the authority journal's records, states and
+// schedule) and ca/authority/rotation (the runner of the journal, embedded
+// in the Authority); this one holds the Authority itself (configuration,
+// signing, CRL signing, snapshots).
+//
 // # Fixed CA
 //
 // Without Config.Journal the CA is fixed for the life of the process:
@@ -20,7 +28,7 @@
 //   - prepared: its root is in the trust bundle; it does not sign yet;
 //   - active: it signs every SVID; exactly one authority is active;
 //   - old: it no longer signs; its root stays trusted until the last leaf it
-//     may have signed has expired (Info.LeavesExpireBy: when it stopped
+//     may have signed has expired (journal.Info.LeavesExpireBy: when it stopped
 //     signing, plus the max SVID TTL and a minute for replicas to follow);
 //   - tainted: still trusted, but every leaf under it must be replaced now;
 //   - revoked: removed from the trust bundle.
@@ -30,7 +38,7 @@
 // together; Changed signals a change of either; Authorities lists the
 // journal. The journal also records when each root entered the bundle.
 //
-// Transitions, and the ones refused (TransitionError: gRPC
+// Transitions, and the ones refused (journal.TransitionError: gRPC
 // FailedPrecondition, NotFound for an unknown ID):
 //
 //   - (none) -> active: the first authority (bootstrap; the CA files of
@@ -65,7 +73,7 @@
 // bundle for Config.PublishDelay (so an intermediate under the same root at
 // once), and retires (revokes) old and tainted authorities whose last leaf
 // has expired. The default publish delay is the max SVID TTL plus five
-// minutes: see DefaultPublishDelay for why.
+// minutes: see journal.DefaultPublishDelay for why.
 //
 // # Plug-in CA (Istio's cacerts layout)
 //
@@ -107,7 +115,7 @@
 // signature it has just made, which for an ECDSA issuer doubles the
 // verification work of an issuance (the CSR's signature must be verified
 // anyway) and costs more than half of CreateCertificate itself. Sign builds
-// the TBSCertificate with cryptobyte from the same template, signs it once
+// the TBSCertificate with cryptobyte from the same template (package leaf), signs it once
 // and parses the result. The tests build every leaf shape both ways and
 // compare them field by field and byte for byte, and check each leaf's
 // signature against its issuer; RSA issuer signatures, which are cheap to
@@ -184,7 +192,7 @@ type Config struct {
 	KEKFile string
 	// PublishDelay is how long a new root must have been in the trust
 	// bundle before an authority chaining to it may sign (0 ->
-	// DefaultPublishDelay(MaxTTL)).
+	// journal.DefaultPublishDelay(MaxTTL)).
 	PublishDelay time.Duration
 	// PrepareAt is the fraction of the active authority's lifetime after
 	// which the next one is prepared (0 -> 0.5; must be in (0, 1)).

@@ -87,11 +87,6 @@ func rsaKey(t testing.TB, bits int) *rsa.PrivateKey {
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
-// leafTemplate builds the template Sign builds for the current signer.
-func (a *Authority) leafTemplate(profileName string, csr *leaf.CSR, id spiffeid.ID, ttl time.Duration) (*x509.Certificate, error) {
-	return leaf.Template(a.policy, a.keys().Cert, a.clock(), profileName, csr, id, ttl)
-}
-
 // backdate is leaf.Backdate, for tests whose variables named leaf hide the
 // package.
 const backdate = leaf.Backdate

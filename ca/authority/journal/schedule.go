@@ -41,7 +41,7 @@ func DefaultPublishDelay(maxTTL time.Duration) time.Duration { return maxTTL + p
 const followMargin = time.Minute
 
 // schedule is the self-managed rotation policy: when to prepare, activate
-// and retire authorities. It only decides; transition.go acts.
+// and retire authorities. It only decides; ca/authority/rotation acts.
 type Schedule struct {
 	PrepareAt       float64
 	PublishDelay    time.Duration

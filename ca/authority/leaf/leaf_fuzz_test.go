@@ -387,7 +387,7 @@ func splitCertificate(t *testing.T, der []byte) (tbs, alg, sig []byte) {
 	return tbsEl, algEl, bits.Bytes
 }
 
-// x509SigAlg names, for crypto/x509, the algorithm sigAlgFor picks.
+// x509SigAlg names, for crypto/x509, the algorithm AlgorithmFor picks.
 func x509SigAlg(t *testing.T, key crypto.Signer) x509.SignatureAlgorithm {
 	t.Helper()
 	alg, err := AlgorithmFor(key)

@@ -50,7 +50,7 @@ func createBoth(t *testing.T, ca *testCA, tmpl *x509.Certificate, csr *CSR) (our
 	t.Helper()
 	der, err := Create(tmpl, ca.cert, csr.PublicKey, ca.key)
 	if err != nil {
-		t.Fatalf("createLeaf: %v", err)
+		t.Fatalf("Create: %v", err)
 	}
 	ours, err = x509.ParseCertificate(der)
 	if err != nil {
@@ -207,15 +207,15 @@ func TestCreateLeafEncodesEveryUsage(t *testing.T) {
 
 	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsage(1000)}
 	if _, err := Create(tmpl, ca.cert, csr.PublicKey, ca.key); err == nil {
-		t.Error("createLeaf accepted an unknown extended key usage")
+		t.Error("Create accepted an unknown extended key usage")
 	}
 	tmpl.ExtKeyUsage, tmpl.IsCA = nil, true
 	if _, err := Create(tmpl, ca.cert, csr.PublicKey, ca.key); err == nil {
-		t.Error("createLeaf issued a CA certificate")
+		t.Error("Create issued a CA certificate")
 	}
 	tmpl.IsCA, tmpl.SerialNumber = false, big.NewInt(0)
 	if _, err := Create(tmpl, ca.cert, csr.PublicKey, ca.key); err == nil {
-		t.Error("createLeaf accepted serial number 0")
+		t.Error("Create accepted serial number 0")
 	}
 }
 

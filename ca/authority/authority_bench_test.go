@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
 	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/cloudflare/cfssl/log"
 	"github.com/cloudflare/cfssl/signer"
@@ -28,7 +29,7 @@ func benchKeys(b *testing.B) map[string]crypto.Signer {
 func BenchmarkSign(b *testing.B) {
 	a := newTestAuthority(b, newTestClock())
 	for _, name := range []string{"p256", "rsa2048"} {
-		der := workloadCSR(b, benchKeys(b)[name])
+		der := csrtest.WorkloadCSR(b, benchKeys(b)[name])
 		b.Run(name, func(b *testing.B) {
 			ctx := context.Background()
 			for b.Loop() {
@@ -49,7 +50,7 @@ func BenchmarkSign(b *testing.B) {
 func BenchmarkBareX509(b *testing.B) {
 	inter, key := benchCA(b)
 	for _, name := range []string{"p256", "rsa2048"} {
-		der := workloadCSR(b, benchKeys(b)[name])
+		der := csrtest.WorkloadCSR(b, benchKeys(b)[name])
 		b.Run(name, func(b *testing.B) {
 			for b.Loop() {
 				req, err := x509.ParseCertificateRequest(der)
@@ -91,7 +92,7 @@ func BenchmarkCFSSLSigner(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	der := workloadCSR(b, ecKey(b, elliptic.P256()))
+	der := csrtest.WorkloadCSR(b, ecKey(b, elliptic.P256()))
 	req := signer.SignRequest{
 		Request: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})),
 		Profile: leaf.ProfileWorkload,

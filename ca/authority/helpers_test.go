@@ -1,15 +1,11 @@
 package authority
 
 import (
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/x509"
 	"log/slog"
-	"net"
-	"net/url"
 	"testing"
 	"time"
 
@@ -36,35 +32,6 @@ func newTestAuthority(t testing.TB, clock *testClock) *Authority {
 		t.Fatalf("New: %v", err)
 	}
 	return a
-}
-
-// csrSpec describes a test CSR.
-type csrSpec struct {
-	uris   []string
-	dns    []string
-	ips    []net.IP
-	emails []string
-}
-
-func mustCSR(t testing.TB, key crypto.Signer, spec csrSpec) []byte {
-	t.Helper()
-	tmpl := &x509.CertificateRequest{DNSNames: spec.dns, IPAddresses: spec.ips, EmailAddresses: spec.emails}
-	for _, s := range spec.uris {
-		u, err := url.Parse(s)
-		if err != nil {
-			t.Fatalf("parse %q: %v", s, err)
-		}
-		tmpl.URIs = append(tmpl.URIs, u)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
-	if err != nil {
-		t.Fatalf("CreateCertificateRequest: %v", err)
-	}
-	return der
-}
-
-func workloadCSR(t testing.TB, key crypto.Signer) []byte {
-	return mustCSR(t, key, csrSpec{uris: []string{"spiffe://example.org/ns/default/sa/workload"}})
 }
 
 func ecKey(t testing.TB, c elliptic.Curve) *ecdsa.PrivateKey {

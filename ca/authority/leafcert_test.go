@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
 	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -36,7 +37,7 @@ func TestSignedLeafIsWhatCrypto509Parses(t *testing.T) {
 	id := spiffeid.RequireFromPath(testTD, "/ns/default/sa/workload")
 	for in, a := range testIssuers(t, clock) {
 		for kn, key := range testLeafKeys(t) {
-			csr, err := a.ParseWorkloadCSR(workloadCSR(t, key))
+			csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, key))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -72,7 +73,7 @@ func TestSignedLeafIsWhatCrypto509Parses(t *testing.T) {
 
 func mustParse(t *testing.T, a *Authority, key crypto.Signer) *leaf.CSR {
 	t.Helper()
-	csr, err := a.ParseWorkloadCSR(workloadCSR(t, key))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, key))
 	if err != nil {
 		t.Fatal(err)
 	}

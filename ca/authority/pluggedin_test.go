@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
@@ -85,7 +86,7 @@ func TestPluggedInCASignsSVIDsThatVerifyAgainstItsRoots(t *testing.T) {
 	if got := a.Bundle().X509Authorities(); len(got) != 2 {
 		t.Errorf("bundle has %d roots, want both from the file", len(got))
 	}
-	csr, err := a.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, ecKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +137,7 @@ func TestPluggedInCAWithChainFileAndRSAKey(t *testing.T) {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	csr, err := a.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, ecKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +212,7 @@ func leafOf(t *testing.T, pki *testPKI) *x509.Certificate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	csr, err := a.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, ecKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}

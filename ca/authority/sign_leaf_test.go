@@ -13,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
 	"github.com/castellan-dev/castellan/ca/authority/leaf"
 )
 
@@ -96,7 +97,7 @@ func TestSignMatchesCreateCertificate(t *testing.T) {
 		a := newAuthorityWithIntermediate(t, clock, interKey)
 		for kn, key := range testLeafKeys(t) {
 			t.Run(in+"/"+kn, func(t *testing.T) {
-				csr, err := a.ParseWorkloadCSR(workloadCSR(t, key))
+				csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, key))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -125,8 +126,8 @@ func TestSignMatchesCreateCertificate(t *testing.T) {
 				if kn == "rsa2048-leaf" {
 					wantKU |= x509.KeyUsageKeyEncipherment
 				}
-				if cert.KeyUsage != wantKU || !extension(t, cert, oidKeyUsage) || !extension(t, cert, oidSubjectAltName) ||
-					!extension(t, cert, oidBasicConstraints) || len(cert.AuthorityKeyId) == 0 {
+				if cert.KeyUsage != wantKU || !csrtest.Critical(t, cert, oidKeyUsage) || !csrtest.Critical(t, cert, oidSubjectAltName) ||
+					!csrtest.Critical(t, cert, oidBasicConstraints) || len(cert.AuthorityKeyId) == 0 {
 					t.Errorf("leaf: KU %b, AKI %x; KU, SAN and basic constraints must be critical", cert.KeyUsage, cert.AuthorityKeyId)
 				}
 			})
@@ -146,7 +147,7 @@ func TestSignHandBuiltCSR(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkLeaf(t, a, iss.Chain[0], id, clock.now)
-	if !publicKeyEqual(iss.Chain[0].PublicKey, key.Public()) {
+	if !csrtest.PublicKeyEqual(iss.Chain[0].PublicKey, key.Public()) {
 		t.Error("leaf public key is not the CSR's")
 	}
 }

@@ -11,16 +11,13 @@ import (
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"errors"
-	"net/url"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
 	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 var (
@@ -28,17 +25,6 @@ var (
 	oidKeyUsage         = asn1.ObjectIdentifier{2, 5, 29, 15}
 	oidSubjectAltName   = asn1.ObjectIdentifier{2, 5, 29, 17}
 )
-
-func extension(t *testing.T, cert *x509.Certificate, oid asn1.ObjectIdentifier) (critical bool) {
-	t.Helper()
-	for _, e := range cert.Extensions {
-		if e.Id.Equal(oid) {
-			return e.Critical
-		}
-	}
-	t.Fatalf("certificate has no extension %v", oid)
-	return false
-}
 
 func TestSignIssuesSpecCompliantSVID(t *testing.T) {
 	clock := newTestClock()
@@ -53,7 +39,7 @@ func TestSignIssuesSpecCompliantSVID(t *testing.T) {
 		{"rsa2048", rsaKey(t, 2048), x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			csr, err := a.ParseWorkloadCSR(workloadCSR(t, tt.key))
+			csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, tt.key))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -85,13 +71,13 @@ func TestSignIssuesSpecCompliantSVID(t *testing.T) {
 			if len(leaf.URIs) != 1 || len(leaf.DNSNames)+len(leaf.IPAddresses)+len(leaf.EmailAddresses) != 0 {
 				t.Errorf("SANs: URIs %v DNS %v IP %v email %v", leaf.URIs, leaf.DNSNames, leaf.IPAddresses, leaf.EmailAddresses)
 			}
-			if !leaf.BasicConstraintsValid || leaf.IsCA || !extension(t, leaf, oidBasicConstraints) {
+			if !leaf.BasicConstraintsValid || leaf.IsCA || !csrtest.Critical(t, leaf, oidBasicConstraints) {
 				t.Error("basic constraints must be present, critical and CA:false")
 			}
-			if leaf.KeyUsage != tt.wantKU || !extension(t, leaf, oidKeyUsage) {
-				t.Errorf("key usage = %b (critical %v), want %b critical", leaf.KeyUsage, extension(t, leaf, oidKeyUsage), tt.wantKU)
+			if leaf.KeyUsage != tt.wantKU || !csrtest.Critical(t, leaf, oidKeyUsage) {
+				t.Errorf("key usage = %b (critical %v), want %b critical", leaf.KeyUsage, csrtest.Critical(t, leaf, oidKeyUsage), tt.wantKU)
 			}
-			if len(leaf.RawSubject) > 2 || !extension(t, leaf, oidSubjectAltName) {
+			if len(leaf.RawSubject) > 2 || !csrtest.Critical(t, leaf, oidSubjectAltName) {
 				t.Errorf("subject %q must be empty and the SAN extension critical", leaf.Subject)
 			}
 			if !sameEKU(leaf.ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}) {
@@ -112,7 +98,7 @@ func TestSignIssuesSpecCompliantSVID(t *testing.T) {
 			if iss.PublicKeySHA256 != sha256.Sum256(leaf.RawSubjectPublicKeyInfo) {
 				t.Error("PublicKeySHA256 is not the hash of the leaf SPKI")
 			}
-			if !publicKeyEqual(leaf.PublicKey, tt.key.Public()) {
+			if !csrtest.PublicKeyEqual(leaf.PublicKey, tt.key.Public()) {
 				t.Error("leaf public key is not the CSR's")
 			}
 		})
@@ -139,15 +125,10 @@ func sameEKU(got, want []x509.ExtKeyUsage) bool {
 	return true
 }
 
-func publicKeyEqual(a, b crypto.PublicKey) bool {
-	e, ok := a.(interface{ Equal(crypto.PublicKey) bool })
-	return ok && e.Equal(b)
-}
-
 func TestSignHonoursRequestedTTLAndUsesUniqueSerials(t *testing.T) {
 	clock := newTestClock()
 	a := newTestAuthority(t, clock)
-	csr, err := a.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, ecKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +151,7 @@ func TestSignHonoursRequestedTTLAndUsesUniqueSerials(t *testing.T) {
 func TestSignAgentCSRUsesAttestedID(t *testing.T) {
 	clock := newTestClock()
 	a := newTestAuthority(t, clock)
-	der := mustCSR(t, ecKey(t, elliptic.P256()), csrSpec{uris: []string{"spiffe://example.org/ns/default/sa/admin"}})
+	der := csrtest.CSR(t, ecKey(t, elliptic.P256()), csrtest.Spec{URIs: []string{"spiffe://example.org/ns/default/sa/admin"}})
 	csr, err := a.ParseAgentCSR(der)
 	if err != nil {
 		t.Fatal(err)
@@ -188,7 +169,7 @@ func TestSignAgentCSRUsesAttestedID(t *testing.T) {
 
 func TestSignRejectsBadRequests(t *testing.T) {
 	a := newTestAuthority(t, newTestClock())
-	csr, err := a.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, ecKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,14 +195,14 @@ func TestSignRejectsBadRequests(t *testing.T) {
 			if err == nil {
 				t.Fatalf("Sign issued %v", iss.ID)
 			}
-			assertRejected(t, err, tt.reason, tt.msg)
+			csrtest.AssertRejected(t, err, tt.reason, tt.msg)
 		})
 	}
 }
 
 func TestSignStopsOnCanceledContext(t *testing.T) {
 	a := newTestAuthority(t, newTestClock())
-	csr, err := a.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, ecKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +217,7 @@ func TestSignClampsNotAfterToIntermediate(t *testing.T) {
 	clock := newTestClock()
 	a := newTestAuthority(t, clock)
 	inter := a.Intermediate()
-	csr, err := a.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, ecKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +244,7 @@ func TestSignClampsNotAfterToIntermediate(t *testing.T) {
 func TestSignNeverBackdatesBeforeIntermediate(t *testing.T) {
 	clock := newTestClock()
 	a := newTestAuthority(t, clock)
-	csr, err := a.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, ecKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,7 +266,7 @@ func TestConfigTTLs(t *testing.T) {
 	if a.MaxTTL() != 2*time.Hour || a.DefaultTTL() != 10*time.Minute {
 		t.Errorf("MaxTTL %v DefaultTTL %v", a.MaxTTL(), a.DefaultTTL())
 	}
-	csr, err := a.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, ecKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -324,7 +305,7 @@ func TestSignIgnoresExtensionsRequestedInCSR(t *testing.T) {
 	}
 	key := ecKey(t, elliptic.P256())
 	tmpl := &x509.CertificateRequest{
-		URIs: workloadURIs(t),
+		URIs: csrtest.WorkloadURIs(t),
 		ExtraExtensions: []pkix.Extension{
 			{Id: oidBasicConstraints, Critical: true, Value: caTrue},
 			{Id: asn1.ObjectIdentifier{1, 2, 3, 4}, Value: []byte{0x05, 0x00}},
@@ -351,32 +332,4 @@ func TestSignIgnoresExtensionsRequestedInCSR(t *testing.T) {
 			t.Fatal("an extension requested in the CSR was copied into the leaf")
 		}
 	}
-}
-func assertRejected(t *testing.T, err error, reason, msg string) {
-	t.Helper()
-	var e *Error
-	if !errors.As(err, &e) {
-		t.Fatalf("error %v (%T) is not an *Error", err, err)
-	}
-	if e.Reason != reason {
-		t.Errorf("Reason = %q, want %q (error: %v)", e.Reason, reason, err)
-	}
-	if ReasonOf(err) != reason {
-		t.Errorf("ReasonOf = %q, want %q", ReasonOf(err), reason)
-	}
-	if !strings.HasPrefix(err.Error(), "authority: ") || !strings.Contains(err.Error(), msg) {
-		t.Errorf("message %q: want prefix %q and to contain %q", err.Error(), "authority: ", msg)
-	}
-	st, ok := status.FromError(err)
-	if !ok || st.Code() != codes.InvalidArgument || st.Message() != err.Error() {
-		t.Errorf("status = %v (ok=%v), want InvalidArgument with the error message", st, ok)
-	}
-}
-func workloadURIs(t *testing.T) []*url.URL {
-	t.Helper()
-	req, err := x509.ParseCertificateRequest(workloadCSR(t, ecKey(t, elliptic.P256())))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return req.URIs
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
 	"github.com/castellan-dev/castellan/ca/authority/keystore"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
@@ -54,7 +55,7 @@ func TestNewReloadsSameCAAfterRestart(t *testing.T) {
 		t.Error("bundle changed across restart")
 	}
 	// A leaf issued before the restart still verifies against the new bundle.
-	csr, err := first.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := first.ParseWorkloadCSR(csrtest.WorkloadCSR(t, ecKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}

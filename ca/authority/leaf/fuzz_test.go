@@ -7,6 +7,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
 	"github.com/castellan-dev/castellan/ca/refusal"
 )
 
@@ -20,17 +21,17 @@ var knownReasons = []string{
 // valid signature and exactly the one allowed SAN.
 func FuzzParseWorkloadCSR(f *testing.F) {
 	p256 := ecKey(f, elliptic.P256())
-	valid := workloadCSR(f, p256)
+	valid := csrtest.WorkloadCSR(f, p256)
 	f.Add(valid)
-	f.Add(workloadCSR(f, ecKey(f, elliptic.P384())))
-	f.Add(workloadCSR(f, rsaKey(f, 2048)))
+	f.Add(csrtest.WorkloadCSR(f, ecKey(f, elliptic.P384())))
+	f.Add(csrtest.WorkloadCSR(f, rsaKey(f, 2048)))
 	f.Add(flipLastByte(valid))
 	f.Add(valid[:len(valid)-7])
-	f.Add(mustCSR(f, p256, csrSpec{uris: []string{"spiffe://example.org/a", "spiffe://example.org/b"}}))
-	f.Add(mustCSR(f, p256, csrSpec{uris: []string{"spiffe://other.org/a"}}))
-	f.Add(mustCSR(f, p256, csrSpec{uris: []string{"spiffe://example.org"}}))
-	f.Add(mustCSR(f, p256, csrSpec{uris: []string{"spiffe://example.org/a"}, dns: []string{"a"}, ips: []net.IP{net.IPv6loopback}}))
-	f.Add(workloadCSR(f, ecKey(f, elliptic.P224())))
+	f.Add(csrtest.CSR(f, p256, csrtest.Spec{URIs: []string{"spiffe://example.org/a", "spiffe://example.org/b"}}))
+	f.Add(csrtest.CSR(f, p256, csrtest.Spec{URIs: []string{"spiffe://other.org/a"}}))
+	f.Add(csrtest.CSR(f, p256, csrtest.Spec{URIs: []string{"spiffe://example.org"}}))
+	f.Add(csrtest.CSR(f, p256, csrtest.Spec{URIs: []string{"spiffe://example.org/a"}, DNS: []string{"a"}, IPs: []net.IP{net.IPv6loopback}}))
+	f.Add(csrtest.WorkloadCSR(f, ecKey(f, elliptic.P224())))
 	f.Add([]byte{})
 	f.Add([]byte{0x30, 0x80, 0x00, 0x00})
 

@@ -10,7 +10,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"math/big"
-	"net"
 	"net/url"
 	"testing"
 	"time"
@@ -19,35 +18,6 @@ import (
 )
 
 var testTD = spiffeid.RequireTrustDomainFromString("example.org")
-
-// csrSpec describes a test CSR.
-type csrSpec struct {
-	uris   []string
-	dns    []string
-	ips    []net.IP
-	emails []string
-}
-
-func mustCSR(t testing.TB, key crypto.Signer, spec csrSpec) []byte {
-	t.Helper()
-	tmpl := &x509.CertificateRequest{DNSNames: spec.dns, IPAddresses: spec.ips, EmailAddresses: spec.emails}
-	for _, s := range spec.uris {
-		u, err := url.Parse(s)
-		if err != nil {
-			t.Fatalf("parse %q: %v", s, err)
-		}
-		tmpl.URIs = append(tmpl.URIs, u)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
-	if err != nil {
-		t.Fatalf("CreateCertificateRequest: %v", err)
-	}
-	return der
-}
-
-func workloadCSR(t testing.TB, key crypto.Signer) []byte {
-	return mustCSR(t, key, csrSpec{uris: []string{"spiffe://example.org/ns/default/sa/workload"}})
-}
 
 func ecKey(t testing.TB, c elliptic.Curve) *ecdsa.PrivateKey {
 	t.Helper()
@@ -140,19 +110,3 @@ var (
 	oidKeyUsage         = asn1.ObjectIdentifier{2, 5, 29, 15}
 	oidSubjectAltName   = asn1.ObjectIdentifier{2, 5, 29, 17}
 )
-
-func extension(t *testing.T, cert *x509.Certificate, oid asn1.ObjectIdentifier) (critical bool) {
-	t.Helper()
-	for _, e := range cert.Extensions {
-		if e.Id.Equal(oid) {
-			return e.Critical
-		}
-	}
-	t.Fatalf("certificate has no extension %v", oid)
-	return false
-}
-
-func publicKeyEqual(a, b crypto.PublicKey) bool {
-	e, ok := a.(interface{ Equal(crypto.PublicKey) bool })
-	return ok && e.Equal(b)
-}

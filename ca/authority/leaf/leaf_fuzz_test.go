@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
@@ -153,7 +154,7 @@ func fuzzKeys(t testing.TB) []fuzzKey {
 		{name: "rsa4096", key: rsaKey(t, 4096)},
 	}
 	for i := range keys {
-		keys[i].csr = workloadCSR(t, keys[i].key)
+		keys[i].csr = csrtest.WorkloadCSR(t, keys[i].key)
 	}
 	return keys
 }

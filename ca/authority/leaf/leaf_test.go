@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -98,7 +99,7 @@ func compareLeaves(t *testing.T, got, want *x509.Certificate) {
 	check("RawSubject", bytes.Equal(got.RawSubject, want.RawSubject), got.RawSubject, want.RawSubject)
 	check("NotBefore", got.NotBefore.Equal(want.NotBefore), got.NotBefore, want.NotBefore)
 	check("NotAfter", got.NotAfter.Equal(want.NotAfter), got.NotAfter, want.NotAfter)
-	check("PublicKey", publicKeyEqual(got.PublicKey, want.PublicKey), got.PublicKeyAlgorithm, want.PublicKeyAlgorithm)
+	check("PublicKey", csrtest.PublicKeyEqual(got.PublicKey, want.PublicKey), got.PublicKeyAlgorithm, want.PublicKeyAlgorithm)
 	check("RawSubjectPublicKeyInfo", bytes.Equal(got.RawSubjectPublicKeyInfo, want.RawSubjectPublicKeyInfo), len(got.RawSubjectPublicKeyInfo), len(want.RawSubjectPublicKeyInfo))
 	gotURIs, wantURIs := urlStrings(got.URIs), urlStrings(want.URIs)
 	check("URIs", slices.Equal(gotURIs, wantURIs), gotURIs, wantURIs)
@@ -155,7 +156,7 @@ func TestCreateLeafMatchesCreateCertificate(t *testing.T) {
 		ca := issuers[in]
 		for _, kn := range []string{"p256-leaf", "p384-leaf", "rsa2048-leaf"} {
 			t.Run(in+"/"+kn, func(t *testing.T) {
-				csr, err := ParseWorkloadCSR(testTD, workloadCSR(t, keys[kn]))
+				csr, err := ParseWorkloadCSR(testTD, csrtest.WorkloadCSR(t, keys[kn]))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -168,8 +169,8 @@ func TestCreateLeafMatchesCreateCertificate(t *testing.T) {
 					if kn == "rsa2048-leaf" {
 						wantKU |= x509.KeyUsageKeyEncipherment
 					}
-					if ours.KeyUsage != wantKU || !extension(t, ours, oidKeyUsage) || !extension(t, ours, oidSubjectAltName) ||
-						!extension(t, ours, oidBasicConstraints) || len(ours.AuthorityKeyId) == 0 {
+					if ours.KeyUsage != wantKU || !csrtest.Critical(t, ours, oidKeyUsage) || !csrtest.Critical(t, ours, oidSubjectAltName) ||
+						!csrtest.Critical(t, ours, oidBasicConstraints) || len(ours.AuthorityKeyId) == 0 {
 						t.Errorf("leaf: KU %b, AKI %x; KU, SAN and basic constraints must be critical", ours.KeyUsage, ours.AuthorityKeyId)
 					}
 				}
@@ -183,7 +184,7 @@ func TestCreateLeafMatchesCreateCertificate(t *testing.T) {
 func TestCreateLeafEncodesEveryUsage(t *testing.T) {
 	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	ca := castellanCA(t, now)
-	csr, err := ParseWorkloadCSR(testTD, workloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := ParseWorkloadCSR(testTD, csrtest.WorkloadCSR(t, ecKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +226,7 @@ func TestCreateLeafEncodesEveryUsage(t *testing.T) {
 func TestCreateLeafAcross2050(t *testing.T) {
 	now := time.Date(2049, 12, 31, 23, 30, 0, 0, time.UTC)
 	ca := castellanCA(t, now)
-	csr, err := ParseWorkloadCSR(testTD, workloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := ParseWorkloadCSR(testTD, csrtest.WorkloadCSR(t, ecKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,7 +261,7 @@ func TestCreateReencodesCSRPublicKey(t *testing.T) {
 	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	ca := castellanCA(t, now)
 	key := rsaKey(t, 2048)
-	k := fuzzKey{name: "rsa2048", key: key, csr: workloadCSR(t, key)}
+	k := fuzzKey{name: "rsa2048", key: key, csr: csrtest.WorkloadCSR(t, key)}
 	want, err := x509.MarshalPKIXPublicKey(key.Public())
 	if err != nil {
 		t.Fatal(err)

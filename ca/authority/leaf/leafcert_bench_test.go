@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
 )
 
 // BenchmarkLeafParse compares what Sign does with a leaf it has just
@@ -15,7 +17,7 @@ import (
 func BenchmarkLeafParse(b *testing.B) {
 	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	ca := castellanCA(b, now)
-	csr, err := ParseWorkloadCSR(testTD, workloadCSR(b, ecKey(b, elliptic.P256())))
+	csr, err := ParseWorkloadCSR(testTD, csrtest.WorkloadCSR(b, ecKey(b, elliptic.P256())))
 	if err != nil {
 		b.Fatal(err)
 	}

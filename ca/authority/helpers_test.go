@@ -1,10 +1,6 @@
 package authority
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/rsa"
 	"log/slog"
 	"testing"
 	"time"
@@ -32,24 +28,6 @@ func newTestAuthority(t testing.TB, clock *testClock) *Authority {
 		t.Fatalf("New: %v", err)
 	}
 	return a
-}
-
-func ecKey(t testing.TB, c elliptic.Curve) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(c, rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func rsaKey(t testing.TB, bits int) *rsa.PrivateKey {
-	t.Helper()
-	k, err := rsa.GenerateKey(rand.Reader, bits)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }

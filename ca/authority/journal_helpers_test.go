@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/castellan-dev/castellan/ca/authority/internal/pkitest"
 	"github.com/castellan-dev/castellan/ca/authority/journal"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
@@ -175,7 +176,7 @@ func signOnce(a *Authority) (*Issued, error) {
 func chainsToSnapshot(iss *Issued, s Snapshot) error {
 	leaf := iss.Chain[0]
 	_, err := leaf.Verify(x509.VerifyOptions{
-		Roots: poolOf(s.Roots), Intermediates: poolOf(iss.Chain[1:]),
+		Roots: pkitest.PoolOf(s.Roots), Intermediates: pkitest.PoolOf(iss.Chain[1:]),
 		CurrentTime: leaf.NotBefore.Add(backdate), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	})
 	if err != nil {

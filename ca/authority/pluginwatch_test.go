@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority/internal/pkitest"
 	"github.com/castellan-dev/castellan/ca/authority/journal"
 	"google.golang.org/grpc/codes"
 )
@@ -43,10 +44,10 @@ func (c *cacerts) write(inter *pluginCA, roots ...*pluginCA) {
 	for _, r := range roots {
 		rs = append(rs, r.cert)
 	}
-	writePEM(c.t, c.dir, "root-cert.pem", rs...)
-	writePEM(c.t, c.dir, "ca-cert.pem", inter.cert)
-	writePEM(c.t, c.dir, "cert-chain.pem", inter.cert, inter.parent.cert)
-	writeKey(c.t, c.dir, "ca-key.pem", inter.key)
+	pkitest.WritePEM(c.t, c.dir, "root-cert.pem", rs...)
+	pkitest.WritePEM(c.t, c.dir, "ca-cert.pem", inter.cert)
+	pkitest.WritePEM(c.t, c.dir, "cert-chain.pem", inter.cert, inter.parent.cert)
+	pkitest.WriteKey(c.t, c.dir, "ca-key.pem", inter.key)
 }
 
 // pluginCA is a root or an intermediate of an operator's PKI.
@@ -58,7 +59,7 @@ type pluginCA struct {
 
 func (c *cacerts) root(now time.Time) *pluginCA {
 	c.t.Helper()
-	key, cert, err := newRoot(testTD, now, jRootTTL)
+	key, cert, err := pkitest.NewRoot(testTD, now, jRootTTL)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -67,7 +68,7 @@ func (c *cacerts) root(now time.Time) *pluginCA {
 
 func (c *cacerts) intermediate(now time.Time, root *pluginCA) *pluginCA {
 	c.t.Helper()
-	key, cert, err := newIntermediate(testTD, now, jInterTTL, root.cert, root.key)
+	key, cert, err := pkitest.NewIntermediate(testTD, now, jInterTTL, root.cert, root.key)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -209,7 +210,7 @@ func TestPluginInvalidFilesAreRefusedAndTheOldKeepsSigning(t *testing.T) {
 	files.write(i1, r1)
 	a := e.open()
 	i2 := files.intermediate(e.clock.Now(), r1)
-	writeKey(t, files.dir, "ca-key.pem", i2.key) // key without its certificate
+	pkitest.WriteKey(t, files.dir, "ca-key.pem", i2.key) // key without its certificate
 	err := a.Tick(ctx)
 	if err == nil || !strings.Contains(err.Error(), "does not match") || !strings.Contains(err.Error(), "keeps signing") {
 		t.Fatalf("mismatched key: %v", err)

@@ -14,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
+	"github.com/castellan-dev/castellan/ca/authority/internal/pkitest"
 	"github.com/castellan-dev/castellan/ca/authority/leaf"
 )
 
@@ -38,25 +39,25 @@ func checkLeaf(t *testing.T, a *Authority, cert *x509.Certificate, id spiffeid.I
 // clock.now.
 func newAuthorityWithIntermediate(t *testing.T, clock *testClock, interKey crypto.Signer) *Authority {
 	t.Helper()
-	rootKey, root, err := newRoot(testTD, clock.now, DefaultRootTTL)
+	rootKey, root, err := pkitest.NewRoot(testTD, clock.now, DefaultRootTTL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl, err := caTemplate(testTD, intermediateCommonName, clock.now, clock.now.Add(DefaultIntermediateTTL))
+	tmpl, err := pkitest.CATemplate(testTD, pkitest.IntermediateCommonName, clock.now, clock.now.Add(DefaultIntermediateTTL))
 	if err != nil {
 		t.Fatal(err)
 	}
 	tmpl.MaxPathLen, tmpl.MaxPathLenZero = 0, true
-	inter, err := createCert(tmpl, root, interKey.Public(), rootKey)
+	inter, err := pkitest.CreateCert(tmpl, root, interKey.Public(), rootKey)
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
 	a, err := New(Config{
 		TrustDomain:          testTD,
-		RootCertFile:         writePEM(t, dir, "root.pem", root),
-		IntermediateCertFile: writePEM(t, dir, "inter.pem", inter),
-		IntermediateKeyFile:  writeKey(t, dir, "inter.key", interKey),
+		RootCertFile:         pkitest.WritePEM(t, dir, "root.pem", root),
+		IntermediateCertFile: pkitest.WritePEM(t, dir, "inter.pem", inter),
+		IntermediateKeyFile:  pkitest.WriteKey(t, dir, "inter.key", interKey),
 		Clock:                clock.Now,
 		Logger:               discardLogger(),
 	})
@@ -72,16 +73,16 @@ func testIssuers(t *testing.T, clock *testClock) map[string]*Authority {
 	t.Helper()
 	return map[string]*Authority{
 		"p256-issuer":    newTestAuthority(t, clock),
-		"p384-issuer":    newAuthorityWithIntermediate(t, clock, ecKey(t, elliptic.P384())),
-		"rsa2048-issuer": newAuthorityWithIntermediate(t, clock, rsaKey(t, 2048)),
+		"p384-issuer":    newAuthorityWithIntermediate(t, clock, pkitest.ECKey(t, elliptic.P384())),
+		"rsa2048-issuer": newAuthorityWithIntermediate(t, clock, pkitest.RSAKey(t, 2048)),
 	}
 }
 
 func testLeafKeys(t *testing.T) map[string]crypto.Signer {
 	return map[string]crypto.Signer{
-		"p256-leaf":    ecKey(t, elliptic.P256()),
-		"p384-leaf":    ecKey(t, elliptic.P384()),
-		"rsa2048-leaf": rsaKey(t, 2048),
+		"p256-leaf":    pkitest.ECKey(t, elliptic.P256()),
+		"p384-leaf":    pkitest.ECKey(t, elliptic.P384()),
+		"rsa2048-leaf": pkitest.RSAKey(t, 2048),
 	}
 }
 
@@ -92,7 +93,7 @@ func testLeafKeys(t *testing.T) map[string]crypto.Signer {
 // leaf), the usages of the X.509-SVID spec, and verifies as an SVID.
 func TestSignMatchesCreateCertificate(t *testing.T) {
 	clock := &testClock{now: time.Date(2030, 1, 2, 3, 4, 5, 987654321, time.UTC)}
-	issuerKeys := map[string]crypto.Signer{"p256-issuer": ecKey(t, elliptic.P256()), "p384-issuer": ecKey(t, elliptic.P384()), "rsa2048-issuer": rsaKey(t, 2048)}
+	issuerKeys := map[string]crypto.Signer{"p256-issuer": pkitest.ECKey(t, elliptic.P256()), "p384-issuer": pkitest.ECKey(t, elliptic.P384()), "rsa2048-issuer": pkitest.RSAKey(t, 2048)}
 	for in, interKey := range issuerKeys {
 		a := newAuthorityWithIntermediate(t, clock, interKey)
 		for kn, key := range testLeafKeys(t) {
@@ -140,7 +141,7 @@ func TestSignMatchesCreateCertificate(t *testing.T) {
 func TestSignHandBuiltCSR(t *testing.T) {
 	clock := newTestClock()
 	a := newTestAuthority(t, clock)
-	key := ecKey(t, elliptic.P256())
+	key := pkitest.ECKey(t, elliptic.P256())
 	id := spiffeid.RequireFromString("spiffe://example.org/castellan/agent/node-1")
 	iss, err := a.Sign(context.Background(), &leaf.CSR{PublicKey: key.Public()}, id, 0)
 	if err != nil {

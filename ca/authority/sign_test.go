@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
+	"github.com/castellan-dev/castellan/ca/authority/internal/pkitest"
 	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -34,9 +35,9 @@ func TestSignIssuesSpecCompliantSVID(t *testing.T) {
 		key    crypto.Signer
 		wantKU x509.KeyUsage
 	}{
-		{"p256", ecKey(t, elliptic.P256()), x509.KeyUsageDigitalSignature},
-		{"p384", ecKey(t, elliptic.P384()), x509.KeyUsageDigitalSignature},
-		{"rsa2048", rsaKey(t, 2048), x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment},
+		{"p256", pkitest.ECKey(t, elliptic.P256()), x509.KeyUsageDigitalSignature},
+		{"p384", pkitest.ECKey(t, elliptic.P384()), x509.KeyUsageDigitalSignature},
+		{"rsa2048", pkitest.RSAKey(t, 2048), x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, tt.key))
@@ -128,7 +129,7 @@ func sameEKU(got, want []x509.ExtKeyUsage) bool {
 func TestSignHonoursRequestedTTLAndUsesUniqueSerials(t *testing.T) {
 	clock := newTestClock()
 	a := newTestAuthority(t, clock)
-	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, pkitest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +152,7 @@ func TestSignHonoursRequestedTTLAndUsesUniqueSerials(t *testing.T) {
 func TestSignAgentCSRUsesAttestedID(t *testing.T) {
 	clock := newTestClock()
 	a := newTestAuthority(t, clock)
-	der := csrtest.CSR(t, ecKey(t, elliptic.P256()), csrtest.Spec{URIs: []string{"spiffe://example.org/ns/default/sa/admin"}})
+	der := csrtest.CSR(t, pkitest.ECKey(t, elliptic.P256()), csrtest.Spec{URIs: []string{"spiffe://example.org/ns/default/sa/admin"}})
 	csr, err := a.ParseAgentCSR(der)
 	if err != nil {
 		t.Fatal(err)
@@ -169,7 +170,7 @@ func TestSignAgentCSRUsesAttestedID(t *testing.T) {
 
 func TestSignRejectsBadRequests(t *testing.T) {
 	a := newTestAuthority(t, newTestClock())
-	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, pkitest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,7 +203,7 @@ func TestSignRejectsBadRequests(t *testing.T) {
 
 func TestSignStopsOnCanceledContext(t *testing.T) {
 	a := newTestAuthority(t, newTestClock())
-	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, pkitest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +218,7 @@ func TestSignClampsNotAfterToIntermediate(t *testing.T) {
 	clock := newTestClock()
 	a := newTestAuthority(t, clock)
 	inter := a.Intermediate()
-	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, pkitest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,7 +245,7 @@ func TestSignClampsNotAfterToIntermediate(t *testing.T) {
 func TestSignNeverBackdatesBeforeIntermediate(t *testing.T) {
 	clock := newTestClock()
 	a := newTestAuthority(t, clock)
-	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, pkitest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,7 +267,7 @@ func TestConfigTTLs(t *testing.T) {
 	if a.MaxTTL() != 2*time.Hour || a.DefaultTTL() != 10*time.Minute {
 		t.Errorf("MaxTTL %v DefaultTTL %v", a.MaxTTL(), a.DefaultTTL())
 	}
-	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, pkitest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -303,7 +304,7 @@ func TestSignIgnoresExtensionsRequestedInCSR(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := ecKey(t, elliptic.P256())
+	key := pkitest.ECKey(t, elliptic.P256())
 	tmpl := &x509.CertificateRequest{
 		URIs: csrtest.WorkloadURIs(t),
 		ExtraExtensions: []pkix.Extension{

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
+	"github.com/castellan-dev/castellan/ca/authority/internal/pkitest"
 	"github.com/castellan-dev/castellan/ca/authority/keystore"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
@@ -55,7 +56,7 @@ func TestNewReloadsSameCAAfterRestart(t *testing.T) {
 		t.Error("bundle changed across restart")
 	}
 	// A leaf issued before the restart still verifies against the new bundle.
-	csr, err := first.ParseWorkloadCSR(csrtest.WorkloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := first.ParseWorkloadCSR(csrtest.WorkloadCSR(t, pkitest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +109,7 @@ func TestNewReissuesIntermediateWhoseKeyDoesNotMatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Simulate a crash after the new key was written but before its cert.
-	keyPEM, err := encodeKey(ecKey(t, elliptic.P256()))
+	keyPEM, err := pkitest.EncodeKey(pkitest.ECKey(t, elliptic.P256()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +132,7 @@ func TestNewRefusesRootWithWrongKey(t *testing.T) {
 	if _, err := New(cfg); err != nil {
 		t.Fatal(err)
 	}
-	keyPEM, err := encodeKey(ecKey(t, elliptic.P256()))
+	keyPEM, err := pkitest.EncodeKey(pkitest.ECKey(t, elliptic.P256()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package authority
+package rotation_test
 
 import (
 	"context"
@@ -11,13 +11,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authority/journal"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // waitFor waits, on a's change signal, until cond holds (at most 10 s).
-func waitFor(t *testing.T, a *Authority, what string, cond func(Snapshot) bool) {
+func waitFor(t *testing.T, a *authority.Authority, what string, cond func(authority.Snapshot) bool) {
 	t.Helper()
 	deadline := time.After(10 * time.Second)
 	for {
@@ -57,7 +58,7 @@ func TestAReplicaFollowsTransitionsMadeByAnother(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, follower, "the prepared root", func(s Snapshot) bool { return len(s.Roots) == 2 })
+	waitFor(t, follower, "the prepared root", func(s authority.Snapshot) bool { return len(s.Roots) == 2 })
 	if follower.Snapshot().ActiveID != first.ActiveID {
 		t.Fatal("the follower switched signer on a prepare")
 	}
@@ -65,7 +66,7 @@ func TestAReplicaFollowsTransitionsMadeByAnother(t *testing.T) {
 	if _, err := leader.Activate(ctx, in.ID, false); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, follower, "the activation", func(s Snapshot) bool { return s.ActiveID == in.ID })
+	waitFor(t, follower, "the activation", func(s authority.Snapshot) bool { return s.ActiveID == in.ID })
 	if iss := signLeaf(t, follower); !iss.Chain[1].Equal(in.Chain[0]) {
 		t.Fatal("the follower signs with the old authority")
 	}
@@ -75,7 +76,7 @@ func TestAReplicaFollowsTransitionsMadeByAnother(t *testing.T) {
 	if _, err := leader.Revoke(ctx, first.ActiveID, true); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, follower, "the revocation", func(s Snapshot) bool { return len(s.Roots) == 1 && s.Roots[0].Equal(in.Roots[0]) })
+	waitFor(t, follower, "the revocation", func(s authority.Snapshot) bool { return len(s.Roots) == 1 && s.Roots[0].Equal(in.Roots[0]) })
 }
 
 // TestSigningDuringRotationsAlwaysChainsToTheBundle signs continuously
@@ -220,7 +221,7 @@ func TestTwoReplicasRacingOperatorsKeepOneActiveAuthority(t *testing.T) {
 	e := newJournalEnv(t)
 	e.open() // creates the KEK file the shared replicas need
 	e.cfg.Journal = sharedDB{e.db}
-	replicas := []*Authority{e.open(), e.open()}
+	replicas := []*authority.Authority{e.open(), e.open()}
 	fctx, cancel := context.WithCancel(context.Background())
 	var followers sync.WaitGroup
 	for _, r := range replicas {
@@ -256,7 +257,7 @@ func TestTwoReplicasRacingOperatorsKeepOneActiveAuthority(t *testing.T) {
 }
 
 // operate makes one operator step on r; refusals are expected.
-func operate(t *testing.T, r *Authority, op int) {
+func operate(t *testing.T, r *authority.Authority, op int) {
 	infos, err := r.Authorities(ctx)
 	if err != nil {
 		t.Error(err)
@@ -292,7 +293,7 @@ func operate(t *testing.T, r *Authority, op int) {
 
 // oneActive checks the journal has exactly one active authority and that
 // r's signer is a trusted one whose root is in its bundle.
-func oneActive(r *Authority) error {
+func oneActive(r *authority.Authority) error {
 	infos, err := r.Authorities(ctx)
 	if err != nil {
 		return err

@@ -1,4 +1,4 @@
-package authority
+package rotation_test
 
 import (
 	"context"
@@ -15,8 +15,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authority/internal/pkitest"
 	"github.com/castellan-dev/castellan/ca/authority/journal"
+	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 )
@@ -58,7 +60,7 @@ type journalEnv struct {
 	clock *lockedClock
 	dir   string
 	db    *boltstore.DB
-	cfg   Config
+	cfg   authority.Config
 
 	mu       sync.Mutex
 	hooked   []journal.Transition
@@ -74,7 +76,7 @@ func newJournalEnv(t testing.TB) *journalEnv {
 	}
 	t.Cleanup(func() { _ = db.Close() })
 	e := &journalEnv{t: t, clock: newLockedClock(), dir: dir, db: db}
-	e.cfg = Config{
+	e.cfg = authority.Config{
 		TrustDomain: testTD, DataDir: filepath.Join(dir, "ca"), Journal: db,
 		DefaultTTL: 30 * time.Minute, MaxTTL: jMaxTTL, RootTTL: jRootTTL, IntermediateTTL: jInterTTL,
 		PublishDelay: jDelay, Clock: e.clock.Now, Logger: discardLogger(), OnTransition: e.hook,
@@ -101,9 +103,9 @@ func (e *journalEnv) transitions() []journal.Transition {
 	return out
 }
 
-func (e *journalEnv) open() *Authority {
+func (e *journalEnv) open() *authority.Authority {
 	e.t.Helper()
-	a, err := Open(context.Background(), e.cfg)
+	a, err := authority.Open(context.Background(), e.cfg)
 	if err != nil {
 		e.t.Fatalf("Open: %v", err)
 	}
@@ -111,7 +113,7 @@ func (e *journalEnv) open() *Authority {
 }
 
 // infoOf returns the journal's view of authority id.
-func infoOf(t *testing.T, a *Authority, id string) journal.Info {
+func infoOf(t *testing.T, a *authority.Authority, id string) journal.Info {
 	t.Helper()
 	infos, err := a.Authorities(context.Background())
 	if err != nil {
@@ -127,7 +129,7 @@ func infoOf(t *testing.T, a *Authority, id string) journal.Info {
 }
 
 // statesOf returns the state of every authority, oldest first.
-func statesOf(t *testing.T, a *Authority) []journal.State {
+func statesOf(t *testing.T, a *authority.Authority) []journal.State {
 	t.Helper()
 	infos, err := a.Authorities(context.Background())
 	if err != nil {
@@ -142,7 +144,7 @@ func statesOf(t *testing.T, a *Authority) []journal.State {
 
 // signLeaf signs a workload SVID and checks it chains to a root of the
 // snapshot taken right after, at the signing time.
-func signLeaf(t testing.TB, a *Authority) *Issued {
+func signLeaf(t testing.TB, a *authority.Authority) *authority.Issued {
 	t.Helper()
 	iss, err := signOnce(a)
 	if err != nil {
@@ -154,7 +156,7 @@ func signLeaf(t testing.TB, a *Authority) *Issued {
 	return iss
 }
 
-func signOnce(a *Authority) (*Issued, error) {
+func signOnce(a *authority.Authority) (*authority.Issued, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -173,11 +175,11 @@ func signOnce(a *Authority) (*Issued, error) {
 
 // chainsToSnapshot verifies iss's chain against s's roots at its signing
 // time.
-func chainsToSnapshot(iss *Issued, s Snapshot) error {
-	leaf := iss.Chain[0]
-	_, err := leaf.Verify(x509.VerifyOptions{
+func chainsToSnapshot(iss *authority.Issued, s authority.Snapshot) error {
+	cert := iss.Chain[0]
+	_, err := cert.Verify(x509.VerifyOptions{
 		Roots: pkitest.PoolOf(s.Roots), Intermediates: pkitest.PoolOf(iss.Chain[1:]),
-		CurrentTime: leaf.NotBefore.Add(backdate), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+		CurrentTime: cert.NotBefore.Add(leaf.Backdate), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	})
 	if err != nil {
 		return errors.New("leaf signed by " + journal.AuthorityID(iss.Chain[1]) + " does not chain to the bundle of snapshot " + s.ActiveID + ": " + err.Error())

@@ -1,4 +1,4 @@
-package authority
+package rotation_test
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authority/journal"
 	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"google.golang.org/grpc/codes"
@@ -61,7 +62,7 @@ func TestJournalBootstrapsOneActiveAuthorityAndReopensIt(t *testing.T) {
 
 func TestJournalImportsTheCAFilesOfTheDataDir(t *testing.T) {
 	e := newJournalEnv(t)
-	legacy, err := New(Config{TrustDomain: testTD, DataDir: e.cfg.DataDir, Clock: e.clock.Now,
+	legacy, err := authority.New(authority.Config{TrustDomain: testTD, DataDir: e.cfg.DataDir, Clock: e.clock.Now,
 		MaxTTL: jMaxTTL, RootTTL: jRootTTL, IntermediateTTL: jInterTTL})
 	if err != nil {
 		t.Fatal(err)
@@ -212,7 +213,7 @@ func TestPrepareIsRefusedWhileAnotherIsPrepared(t *testing.T) {
 
 // rotated returns a CA whose first authority is old under a second, active
 // one with a new root published past the delay; it returns their IDs.
-func rotated(t *testing.T, e *journalEnv) (a *Authority, oldID, activeID string) {
+func rotated(t *testing.T, e *journalEnv) (a *authority.Authority, oldID, activeID string) {
 	t.Helper()
 	a = e.open()
 	oldID = a.Snapshot().ActiveID
@@ -377,18 +378,18 @@ func TestAFailingHookAbortsTheTransition(t *testing.T) {
 func TestAPublishDelayLongerThanTheRotationLeadIsRefused(t *testing.T) {
 	e := newJournalEnv(t)
 	e.cfg.PublishDelay = jInterTTL / 2
-	_, err := Open(ctx, e.cfg)
+	_, err := authority.Open(ctx, e.cfg)
 	if err == nil || !strings.Contains(err.Error(), "publish delay") {
 		t.Fatalf("Open with a publish delay of half the intermediate TTL: %v", err)
 	}
 	e.cfg.PublishDelay = 0 // default: max TTL + 5 minutes
-	if _, err := Open(ctx, e.cfg); err != nil {
+	if _, err := authority.Open(ctx, e.cfg); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func TestTransitionsWithoutJournalAreRefused(t *testing.T) {
-	a := newTestAuthority(t, newTestClock())
+	a := newTestAuthority(t)
 	_, err := a.Prepare(ctx, false)
 	wantRefused(t, err, codes.FailedPrecondition, "no authority journal")
 	if infos, err := a.Authorities(ctx); err != nil || infos != nil {

@@ -1,4 +1,4 @@
-package authority
+package rotation_test
 
 import (
 	"context"
@@ -9,18 +9,19 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authority/journal"
 	"github.com/castellan-dev/castellan/ca/authority/leaf"
 )
 
-func tick(t *testing.T, a *Authority) {
+func tick(t *testing.T, a *authority.Authority) {
 	t.Helper()
 	if err := a.Tick(ctx); err != nil {
 		t.Fatalf("Tick: %v", err)
 	}
 }
 
-func wantStates(t *testing.T, a *Authority, want ...journal.State) {
+func wantStates(t *testing.T, a *authority.Authority, want ...journal.State) {
 	t.Helper()
 	if got := statesOf(t, a); !slices.Equal(got, want) {
 		t.Fatalf("states %v, want %v", got, want)
@@ -132,7 +133,7 @@ func TestTwoReplicasTickingTogetherRotateOnce(t *testing.T) {
 	e.transitions()
 	for range 3 {
 		var wg sync.WaitGroup
-		for _, a := range []*Authority{a1, a2} {
+		for _, a := range []*authority.Authority{a1, a2} {
 			wg.Go(func() {
 				if err := a.Tick(context.Background()); err != nil {
 					t.Error(err)
@@ -178,7 +179,7 @@ func TestRunRotatesOnTicksAndStopsWithTheContext(t *testing.T) {
 	e.clock.Advance(c.NotAfter.Sub(e.clock.Now()) / 2)
 	ticks <- e.clock.Now() // prepares
 	ticks <- e.clock.Now() // activates
-	waitFor(t, a, "the scheduled rotation", func(s Snapshot) bool { return s.ActiveID != first })
+	waitFor(t, a, "the scheduled rotation", func(s authority.Snapshot) bool { return s.ActiveID != first })
 	cancel()
 	select {
 	case err := <-done:

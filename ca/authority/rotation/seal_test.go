@@ -1,4 +1,4 @@
-package authority
+package rotation_test
 
 import (
 	"bytes"
@@ -18,6 +18,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authority/journal"
 	"github.com/castellan-dev/castellan/ca/authority/keystore"
 	"github.com/castellan-dev/castellan/ca/store"
@@ -123,7 +124,7 @@ func TestTheStoreNeverHoldsAPrivateKeyInClear(t *testing.T) {
 	if _, err := a.Prepare(ctx, false); err != nil {
 		t.Fatal(err)
 	}
-	keys := allKeys(t, e.db, e.cfg.DataDir+"/"+KEKName)
+	keys := allKeys(t, e.db, e.cfg.DataDir+"/"+authority.KEKName)
 	if len(keys) != 6 {
 		t.Fatalf("opened %d keys, want 6 (3 authorities x signing and root)", len(keys))
 	}
@@ -148,7 +149,7 @@ func TestTheStoreNeverHoldsAPrivateKeyInClear(t *testing.T) {
 		t.Fatal(err)
 	}
 	values = append(values, file)
-	kek, err := os.ReadFile(e.cfg.DataDir + "/" + KEKName)
+	kek, err := os.ReadFile(e.cfg.DataDir + "/" + authority.KEKName)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +192,7 @@ func editRecords(t *testing.T, db store.DB, fn func(recs []*journal.Record)) {
 
 func wantOpenFails(t *testing.T, e *journalEnv, words ...string) {
 	t.Helper()
-	a, err := Open(ctx, e.cfg)
+	a, err := authority.Open(ctx, e.cfg)
 	if err == nil {
 		t.Fatalf("Open succeeded, signing with %s", a.Snapshot().ActiveID)
 	}
@@ -210,7 +211,7 @@ func TestAReplicaWithAnotherKEKFailsAtStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.cfg.KEKFile = other
-	_, err := Open(ctx, e.cfg)
+	_, err := authority.Open(ctx, e.cfg)
 	if !errors.Is(err, keystore.ErrKEK) {
 		t.Fatalf("Open with another KEK: %v, want ErrKEK", err)
 	}
@@ -262,7 +263,7 @@ func TestADamagedJournalRecordFailsAtStart(t *testing.T) {
 func TestALostKEKFileIsNotRegenerated(t *testing.T) {
 	e := newJournalEnv(t)
 	e.open()
-	path := filepath.Join(e.cfg.DataDir, KEKName)
+	path := filepath.Join(e.cfg.DataDir, authority.KEKName)
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +276,7 @@ func TestALostKEKFileIsNotRegenerated(t *testing.T) {
 func TestTheKEKFileIsGeneratedOwnerOnlyAndReused(t *testing.T) {
 	e := newJournalEnv(t)
 	first := e.open().Snapshot().ActiveID
-	path := filepath.Join(e.cfg.DataDir, KEKName)
+	path := filepath.Join(e.cfg.DataDir, authority.KEKName)
 	fi, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)
@@ -295,8 +296,8 @@ func TestTheKEKFileIsGeneratedOwnerOnlyAndReused(t *testing.T) {
 func TestASharedStoreWithoutKEKFileRefusesToStart(t *testing.T) {
 	e := newJournalEnv(t)
 	e.cfg.Journal = sharedDB{e.db}
-	wantOpenFails(t, e, KEKName, "does not exist", "same key file")
-	if _, err := os.Stat(filepath.Join(e.cfg.DataDir, KEKName)); err == nil {
+	wantOpenFails(t, e, authority.KEKName, "does not exist", "same key file")
+	if _, err := os.Stat(filepath.Join(e.cfg.DataDir, authority.KEKName)); err == nil {
 		t.Fatal("a KEK was generated for a shared store: replicas would each seal under their own")
 	}
 	e.cfg.Journal = e.db

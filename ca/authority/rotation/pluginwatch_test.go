@@ -1,4 +1,4 @@
-package authority
+package rotation_test
 
 import (
 	"crypto"
@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authority/internal/pkitest"
 	"github.com/castellan-dev/castellan/ca/authority/journal"
 	"google.golang.org/grpc/codes"
@@ -75,7 +76,7 @@ func (c *cacerts) intermediate(now time.Time, root *pluginCA) *pluginCA {
 	return &pluginCA{cert: cert, key: key, parent: root}
 }
 
-func signedBy(t *testing.T, a *Authority, inter *pluginCA) {
+func signedBy(t *testing.T, a *authority.Authority, inter *pluginCA) {
 	t.Helper()
 	if iss := signLeaf(t, a); !iss.Chain[1].Equal(inter.cert) {
 		t.Fatalf("leaf signed by %s, want %s", journal.AuthorityID(iss.Chain[1]), journal.AuthorityID(inter.cert))

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
-	"github.com/castellan-dev/castellan/ca/authority/internal/pkitest"
 	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/cloudflare/cfssl/log"
 	"github.com/cloudflare/cfssl/signer"
@@ -21,7 +20,7 @@ import (
 
 // benchKeys are the CSR key types the benchmarks sign for.
 func benchKeys(b *testing.B) map[string]crypto.Signer {
-	return map[string]crypto.Signer{"p256": pkitest.ECKey(b, elliptic.P256()), "rsa2048": pkitest.RSAKey(b, 2048)}
+	return map[string]crypto.Signer{"p256": csrtest.ECKey(b, elliptic.P256()), "rsa2048": csrtest.RSAKey(b, 2048)}
 }
 
 // BenchmarkSign measures our full path: ParseWorkloadCSR (parse, key and SAN
@@ -93,7 +92,7 @@ func BenchmarkCFSSLSigner(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	der := csrtest.WorkloadCSR(b, pkitest.ECKey(b, elliptic.P256()))
+	der := csrtest.WorkloadCSR(b, csrtest.ECKey(b, elliptic.P256()))
 	req := signer.SignRequest{
 		Request: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})),
 		Profile: leaf.ProfileWorkload,

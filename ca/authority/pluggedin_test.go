@@ -60,7 +60,7 @@ func TestPluggedInCASignsSVIDsThatVerifyAgainstItsRoots(t *testing.T) {
 	if got := a.Bundle().X509Authorities(); len(got) != 2 {
 		t.Errorf("bundle has %d roots, want both from the file", len(got))
 	}
-	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, pkitest.ECKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +80,7 @@ func TestPluggedInCAWithChainFileAndRSAKey(t *testing.T) {
 	clock := newTestClock()
 	pki := newTestPKI(t, clock.now)
 	// root -> mid (EC) -> issuing (RSA 2048); the intermediate file is a cert-chain.pem.
-	midKey := pkitest.ECKey(t, elliptic.P256())
+	midKey := csrtest.ECKey(t, elliptic.P256())
 	tmpl, err := pkitest.CATemplate(testTD, "mid", clock.now, clock.now.Add(DefaultIntermediateTTL))
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +90,7 @@ func TestPluggedInCAWithChainFileAndRSAKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rsaIssuing := pkitest.RSAKey(t, 2048)
+	rsaIssuing := csrtest.RSAKey(t, 2048)
 	tmpl, err = pkitest.CATemplate(testTD, "issuing", clock.now, clock.now.Add(DefaultIntermediateTTL))
 	if err != nil {
 		t.Fatal(err)
@@ -111,7 +111,7 @@ func TestPluggedInCAWithChainFileAndRSAKey(t *testing.T) {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, pkitest.ECKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +150,7 @@ func TestPluggedInCARejectsBadMaterial(t *testing.T) {
 		want              string
 	}{
 		{"intermediate not signed by given root", pkitest.WritePEM(t, dir, "other.pem", pki.otherRoot), inter, key, clock.now, "does not chain to a root"},
-		{"key does not match certificate", roots, inter, pkitest.WriteKey(t, dir, "wrong.key", pkitest.ECKey(t, elliptic.P256())), clock.now, "does not match the certificate"},
+		{"key does not match certificate", roots, inter, pkitest.WriteKey(t, dir, "wrong.key", csrtest.ECKey(t, elliptic.P256())), clock.now, "does not match the certificate"},
 		{"leaf as intermediate", roots, pkitest.WritePEM(t, dir, "leaf.pem", leafOf(t, pki)), key, clock.now, "not a CA certificate"},
 		{"root file holds a leaf", pkitest.WritePEM(t, dir, "leafroot.pem", leafOf(t, pki)), inter, key, clock.now, "not a CA certificate"},
 		{"expired intermediate", roots, inter, key, pki.inter.NotAfter.Add(time.Hour), "expired"},
@@ -158,7 +158,7 @@ func TestPluggedInCARejectsBadMaterial(t *testing.T) {
 		{"no certificate in root file", garbage, inter, key, clock.now, "no PEM CERTIFICATE"},
 		{"no key in key file", roots, inter, garbage, clock.now, "no PEM private key"},
 		{"missing file", filepath.Join(dir, "absent.pem"), inter, key, clock.now, "absent.pem"},
-		{"weak CA key", roots, inter, pkitest.WriteKey(t, dir, "p224.key", pkitest.ECKey(t, elliptic.P224())), clock.now, "P-224"},
+		{"weak CA key", roots, inter, pkitest.WriteKey(t, dir, "p224.key", csrtest.ECKey(t, elliptic.P224())), clock.now, "P-224"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			now := tt.now
@@ -186,7 +186,7 @@ func leafOf(t *testing.T, pki *testPKI) *x509.Certificate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, pkitest.ECKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -73,16 +73,16 @@ func testIssuers(t *testing.T, clock *testClock) map[string]*Authority {
 	t.Helper()
 	return map[string]*Authority{
 		"p256-issuer":    newTestAuthority(t, clock),
-		"p384-issuer":    newAuthorityWithIntermediate(t, clock, pkitest.ECKey(t, elliptic.P384())),
-		"rsa2048-issuer": newAuthorityWithIntermediate(t, clock, pkitest.RSAKey(t, 2048)),
+		"p384-issuer":    newAuthorityWithIntermediate(t, clock, csrtest.ECKey(t, elliptic.P384())),
+		"rsa2048-issuer": newAuthorityWithIntermediate(t, clock, csrtest.RSAKey(t, 2048)),
 	}
 }
 
 func testLeafKeys(t *testing.T) map[string]crypto.Signer {
 	return map[string]crypto.Signer{
-		"p256-leaf":    pkitest.ECKey(t, elliptic.P256()),
-		"p384-leaf":    pkitest.ECKey(t, elliptic.P384()),
-		"rsa2048-leaf": pkitest.RSAKey(t, 2048),
+		"p256-leaf":    csrtest.ECKey(t, elliptic.P256()),
+		"p384-leaf":    csrtest.ECKey(t, elliptic.P384()),
+		"rsa2048-leaf": csrtest.RSAKey(t, 2048),
 	}
 }
 
@@ -93,7 +93,7 @@ func testLeafKeys(t *testing.T) map[string]crypto.Signer {
 // leaf), the usages of the X.509-SVID spec, and verifies as an SVID.
 func TestSignMatchesCreateCertificate(t *testing.T) {
 	clock := &testClock{now: time.Date(2030, 1, 2, 3, 4, 5, 987654321, time.UTC)}
-	issuerKeys := map[string]crypto.Signer{"p256-issuer": pkitest.ECKey(t, elliptic.P256()), "p384-issuer": pkitest.ECKey(t, elliptic.P384()), "rsa2048-issuer": pkitest.RSAKey(t, 2048)}
+	issuerKeys := map[string]crypto.Signer{"p256-issuer": csrtest.ECKey(t, elliptic.P256()), "p384-issuer": csrtest.ECKey(t, elliptic.P384()), "rsa2048-issuer": csrtest.RSAKey(t, 2048)}
 	for in, interKey := range issuerKeys {
 		a := newAuthorityWithIntermediate(t, clock, interKey)
 		for kn, key := range testLeafKeys(t) {
@@ -141,7 +141,7 @@ func TestSignMatchesCreateCertificate(t *testing.T) {
 func TestSignHandBuiltCSR(t *testing.T) {
 	clock := newTestClock()
 	a := newTestAuthority(t, clock)
-	key := pkitest.ECKey(t, elliptic.P256())
+	key := csrtest.ECKey(t, elliptic.P256())
 	id := spiffeid.RequireFromString("spiffe://example.org/castellan/agent/node-1")
 	iss, err := a.Sign(context.Background(), &leaf.CSR{PublicKey: key.Public()}, id, 0)
 	if err != nil {

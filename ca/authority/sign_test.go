@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
-	"github.com/castellan-dev/castellan/ca/authority/internal/pkitest"
 	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -35,9 +34,9 @@ func TestSignIssuesSpecCompliantSVID(t *testing.T) {
 		key    crypto.Signer
 		wantKU x509.KeyUsage
 	}{
-		{"p256", pkitest.ECKey(t, elliptic.P256()), x509.KeyUsageDigitalSignature},
-		{"p384", pkitest.ECKey(t, elliptic.P384()), x509.KeyUsageDigitalSignature},
-		{"rsa2048", pkitest.RSAKey(t, 2048), x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment},
+		{"p256", csrtest.ECKey(t, elliptic.P256()), x509.KeyUsageDigitalSignature},
+		{"p384", csrtest.ECKey(t, elliptic.P384()), x509.KeyUsageDigitalSignature},
+		{"rsa2048", csrtest.RSAKey(t, 2048), x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, tt.key))
@@ -129,7 +128,7 @@ func sameEKU(got, want []x509.ExtKeyUsage) bool {
 func TestSignHonoursRequestedTTLAndUsesUniqueSerials(t *testing.T) {
 	clock := newTestClock()
 	a := newTestAuthority(t, clock)
-	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, pkitest.ECKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +151,7 @@ func TestSignHonoursRequestedTTLAndUsesUniqueSerials(t *testing.T) {
 func TestSignAgentCSRUsesAttestedID(t *testing.T) {
 	clock := newTestClock()
 	a := newTestAuthority(t, clock)
-	der := csrtest.CSR(t, pkitest.ECKey(t, elliptic.P256()), csrtest.Spec{URIs: []string{"spiffe://example.org/ns/default/sa/admin"}})
+	der := csrtest.CSR(t, csrtest.ECKey(t, elliptic.P256()), csrtest.Spec{URIs: []string{"spiffe://example.org/ns/default/sa/admin"}})
 	csr, err := a.ParseAgentCSR(der)
 	if err != nil {
 		t.Fatal(err)
@@ -170,7 +169,7 @@ func TestSignAgentCSRUsesAttestedID(t *testing.T) {
 
 func TestSignRejectsBadRequests(t *testing.T) {
 	a := newTestAuthority(t, newTestClock())
-	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, pkitest.ECKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +202,7 @@ func TestSignRejectsBadRequests(t *testing.T) {
 
 func TestSignStopsOnCanceledContext(t *testing.T) {
 	a := newTestAuthority(t, newTestClock())
-	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, pkitest.ECKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +217,7 @@ func TestSignClampsNotAfterToIntermediate(t *testing.T) {
 	clock := newTestClock()
 	a := newTestAuthority(t, clock)
 	inter := a.Intermediate()
-	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, pkitest.ECKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,7 +244,7 @@ func TestSignClampsNotAfterToIntermediate(t *testing.T) {
 func TestSignNeverBackdatesBeforeIntermediate(t *testing.T) {
 	clock := newTestClock()
 	a := newTestAuthority(t, clock)
-	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, pkitest.ECKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +266,7 @@ func TestConfigTTLs(t *testing.T) {
 	if a.MaxTTL() != 2*time.Hour || a.DefaultTTL() != 10*time.Minute {
 		t.Errorf("MaxTTL %v DefaultTTL %v", a.MaxTTL(), a.DefaultTTL())
 	}
-	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, pkitest.ECKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,7 +303,7 @@ func TestSignIgnoresExtensionsRequestedInCSR(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := pkitest.ECKey(t, elliptic.P256())
+	key := csrtest.ECKey(t, elliptic.P256())
 	tmpl := &x509.CertificateRequest{
 		URIs: csrtest.WorkloadURIs(t),
 		ExtraExtensions: []pkix.Extension{

@@ -56,7 +56,7 @@ func TestNewReloadsSameCAAfterRestart(t *testing.T) {
 		t.Error("bundle changed across restart")
 	}
 	// A leaf issued before the restart still verifies against the new bundle.
-	csr, err := first.ParseWorkloadCSR(csrtest.WorkloadCSR(t, pkitest.ECKey(t, elliptic.P256())))
+	csr, err := first.ParseWorkloadCSR(csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +109,7 @@ func TestNewReissuesIntermediateWhoseKeyDoesNotMatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Simulate a crash after the new key was written but before its cert.
-	keyPEM, err := pkitest.EncodeKey(pkitest.ECKey(t, elliptic.P256()))
+	keyPEM, err := pkitest.EncodeKey(csrtest.ECKey(t, elliptic.P256()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func TestNewRefusesRootWithWrongKey(t *testing.T) {
 	if _, err := New(cfg); err != nil {
 		t.Fatal(err)
 	}
-	keyPEM, err := pkitest.EncodeKey(pkitest.ECKey(t, elliptic.P256()))
+	keyPEM, err := pkitest.EncodeKey(csrtest.ECKey(t, elliptic.P256()))
 	if err != nil {
 		t.Fatal(err)
 	}

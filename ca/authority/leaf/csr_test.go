@@ -43,7 +43,7 @@ func flipLastByte(der []byte) []byte {
 }
 
 func TestParseWorkloadCSRRejectsBadInput(t *testing.T) {
-	p256 := ecKey(t, elliptic.P256())
+	p256 := csrtest.ECKey(t, elliptic.P256())
 	valid := csrtest.WorkloadCSR(t, p256)
 	_, edKey, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -65,7 +65,7 @@ func TestParseWorkloadCSRRejectsBadInput(t *testing.T) {
 		{"unsigned", withSignature(t, valid, nil), ReasonBadSignature, "signature"},
 		{"tampered signature", flipLastByte(valid), ReasonBadSignature, "signature"},
 		{"tampered SAN", bytes.Replace(valid, []byte("workload"), []byte("workloae"), 1), ReasonBadSignature, "signature"},
-		{"signed by another key", withSignature(t, valid, sigOf(t, csrtest.WorkloadCSR(t, ecKey(t, elliptic.P256())))), ReasonBadSignature, "signature"},
+		{"signed by another key", withSignature(t, valid, sigOf(t, csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256())))), ReasonBadSignature, "signature"},
 		{"no SAN", csrtest.CSR(t, p256, csrtest.Spec{}), ReasonNoURISAN, "no URI SAN"},
 		{"two URI SANs", csrtest.CSR(t, p256, one(good, "spiffe://example.org/ns/default/sa/other")), ReasonMultipleSANs, "2 URI SANs"},
 		{"DNS SAN", csrtest.CSR(t, p256, csrtest.Spec{URIs: []string{good}, DNS: []string{"workload.default.svc"}}), ReasonForbiddenSAN, "DNS"},
@@ -76,9 +76,9 @@ func TestParseWorkloadCSRRejectsBadInput(t *testing.T) {
 		{"not spiffe scheme", csrtest.CSR(t, p256, one("https://example.org/ns/default/sa/workload")), ReasonInvalidSPIFFEID, "not a valid SPIFFE ID"},
 		{"dot segment", csrtest.CSR(t, p256, one("spiffe://example.org/ns/../sa/x")), ReasonInvalidSPIFFEID, "not a valid SPIFFE ID"},
 		{"query", csrtest.CSR(t, p256, one("spiffe://example.org/ns/default?x=1")), ReasonInvalidSPIFFEID, "not a valid SPIFFE ID"},
-		{"RSA 1024", csrtest.WorkloadCSR(t, rsaKey(t, 1024)), ReasonWeakRSAKey, "1024 bits"},
-		{"P-224", csrtest.WorkloadCSR(t, ecKey(t, elliptic.P224())), ReasonUnsupportedKey, "P-224"},
-		{"P-521", csrtest.WorkloadCSR(t, ecKey(t, elliptic.P521())), ReasonUnsupportedKey, "P-521"},
+		{"RSA 1024", csrtest.WorkloadCSR(t, csrtest.RSAKey(t, 1024)), ReasonWeakRSAKey, "1024 bits"},
+		{"P-224", csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P224())), ReasonUnsupportedKey, "P-224"},
+		{"P-521", csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P521())), ReasonUnsupportedKey, "P-521"},
 		{"Ed25519", csrtest.WorkloadCSR(t, edKey), ReasonUnsupportedKey, "Ed25519"},
 	}
 	for _, tt := range tests {
@@ -107,14 +107,14 @@ func TestParseWorkloadCSRAcceptsSupportedKeys(t *testing.T) {
 		name string
 		der  []byte
 	}{
-		{"P-256", csrtest.WorkloadCSR(t, ecKey(t, elliptic.P256()))},
-		{"P-384", csrtest.WorkloadCSR(t, ecKey(t, elliptic.P384()))},
-		{"RSA 2048", csrtest.WorkloadCSR(t, rsaKey(t, 2048))},
+		{"P-256", csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256()))},
+		{"P-384", csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P384()))},
+		{"RSA 2048", csrtest.WorkloadCSR(t, csrtest.RSAKey(t, 2048))},
 		{"subject ignored", func() []byte {
 			der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
 				Subject: pkix.Name{CommonName: "whatever", Organization: []string{"Acme"}},
 				URIs:    csrtest.WorkloadURIs(t),
-			}, ecKey(t, elliptic.P256()))
+			}, csrtest.ECKey(t, elliptic.P256()))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -137,7 +137,7 @@ func TestParseWorkloadCSRAcceptsSupportedKeys(t *testing.T) {
 }
 
 func TestParseAgentCSRIgnoresSANsButChecksKeyAndSignature(t *testing.T) {
-	p256 := ecKey(t, elliptic.P256())
+	p256 := csrtest.ECKey(t, elliptic.P256())
 	withSANs := csrtest.CSR(t, p256, csrtest.Spec{
 		URIs: []string{"spiffe://evil.org/a", "spiffe://example.org/b"},
 		DNS:  []string{"node-1"},
@@ -158,8 +158,8 @@ func TestParseAgentCSRIgnoresSANsButChecksKeyAndSignature(t *testing.T) {
 	}{
 		{"garbage", ReasonMalformedCSR, []byte{0x30, 0x03, 0x02, 0x01, 0x00}},
 		{"tampered", ReasonBadSignature, flipLastByte(withSANs)},
-		{"RSA 1024", ReasonWeakRSAKey, csrtest.CSR(t, rsaKey(t, 1024), csrtest.Spec{})},
-		{"P-224", ReasonUnsupportedKey, csrtest.CSR(t, ecKey(t, elliptic.P224()), csrtest.Spec{})},
+		{"RSA 1024", ReasonWeakRSAKey, csrtest.CSR(t, csrtest.RSAKey(t, 1024), csrtest.Spec{})},
+		{"P-224", ReasonUnsupportedKey, csrtest.CSR(t, csrtest.ECKey(t, elliptic.P224()), csrtest.Spec{})},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if _, err := ParseAgentCSR(tt.der); refusal.ReasonOf(err) != tt.reason {

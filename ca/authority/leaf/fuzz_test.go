@@ -20,18 +20,18 @@ var knownReasons = []string{
 // rejection carries a known reason, and that an accepted CSR really has a
 // valid signature and exactly the one allowed SAN.
 func FuzzParseWorkloadCSR(f *testing.F) {
-	p256 := ecKey(f, elliptic.P256())
+	p256 := csrtest.ECKey(f, elliptic.P256())
 	valid := csrtest.WorkloadCSR(f, p256)
 	f.Add(valid)
-	f.Add(csrtest.WorkloadCSR(f, ecKey(f, elliptic.P384())))
-	f.Add(csrtest.WorkloadCSR(f, rsaKey(f, 2048)))
+	f.Add(csrtest.WorkloadCSR(f, csrtest.ECKey(f, elliptic.P384())))
+	f.Add(csrtest.WorkloadCSR(f, csrtest.RSAKey(f, 2048)))
 	f.Add(flipLastByte(valid))
 	f.Add(valid[:len(valid)-7])
 	f.Add(csrtest.CSR(f, p256, csrtest.Spec{URIs: []string{"spiffe://example.org/a", "spiffe://example.org/b"}}))
 	f.Add(csrtest.CSR(f, p256, csrtest.Spec{URIs: []string{"spiffe://other.org/a"}}))
 	f.Add(csrtest.CSR(f, p256, csrtest.Spec{URIs: []string{"spiffe://example.org"}}))
 	f.Add(csrtest.CSR(f, p256, csrtest.Spec{URIs: []string{"spiffe://example.org/a"}, DNS: []string{"a"}, IPs: []net.IP{net.IPv6loopback}}))
-	f.Add(csrtest.WorkloadCSR(f, ecKey(f, elliptic.P224())))
+	f.Add(csrtest.WorkloadCSR(f, csrtest.ECKey(f, elliptic.P224())))
 	f.Add([]byte{})
 	f.Add([]byte{0x30, 0x80, 0x00, 0x00})
 

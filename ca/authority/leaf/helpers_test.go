@@ -2,10 +2,8 @@ package leaf
 
 import (
 	"crypto"
-	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
@@ -14,28 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 var testTD = spiffeid.RequireTrustDomainFromString("example.org")
-
-func ecKey(t testing.TB, c elliptic.Curve) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(c, rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func rsaKey(t testing.TB, bits int) *rsa.PrivateKey {
-	t.Helper()
-	k, err := rsa.GenerateKey(rand.Reader, bits)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
 
 // testCA is an issuer of the encoder's tests: an intermediate, its key and
 // the root it chains to.
@@ -49,7 +30,7 @@ type testCA struct {
 // URI SAN (when set) as given, CA:true with pathlen 0.
 func newTestCA(t testing.TB, key crypto.Signer, subject pkix.Name, rawSubject []byte, uri *url.URL, notBefore, notAfter time.Time) *testCA {
 	t.Helper()
-	rootKey := ecKey(t, elliptic.P256())
+	rootKey := csrtest.ECKey(t, elliptic.P256())
 	rootTmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "root " + subject.CommonName},
 		NotBefore: notBefore.Add(-time.Hour), NotAfter: notAfter,
@@ -71,7 +52,7 @@ func newTestCA(t testing.TB, key crypto.Signer, subject pkix.Name, rawSubject []
 // O=Castellan, OU=trust domain, URI SAN of the trust domain), valid from
 // now minus Backdate for a year.
 func castellanCA(t testing.TB, now time.Time) *testCA {
-	return newTestCA(t, ecKey(t, elliptic.P256()),
+	return newTestCA(t, csrtest.ECKey(t, elliptic.P256()),
 		pkix.Name{Organization: []string{"Castellan"}, OrganizationalUnit: []string{testTD.Name()}, CommonName: "Castellan Intermediate CA"},
 		nil, testTD.ID().URL(), now.Add(-Backdate), now.Add(365*24*time.Hour))
 }

@@ -92,7 +92,7 @@ func fuzzIssuerSpecs(t testing.TB) []fuzzIssuerSpec {
 	day := 24 * time.Hour
 	return []fuzzIssuerSpec{
 		{
-			name: "p384-utf8", key: ecKey(t, elliptic.P384()),
+			name: "p384-utf8", key: csrtest.ECKey(t, elliptic.P384()),
 			subject: pkix.Name{
 				Country: []string{"DE"}, Organization: []string{"Zertifizierungsstelle Östliche Mark GmbH"},
 				CommonName: "認証局 Intermediate — ü",
@@ -100,7 +100,7 @@ func fuzzIssuerSpecs(t testing.TB) []fuzzIssuerSpec {
 			notBefore: time.Date(1949, 6, 1, 0, 0, 0, 0, time.UTC), notAfter: time.Date(2051, 6, 1, 0, 0, 0, 0, time.UTC),
 		},
 		{
-			name: "rsa2048-bmp-t61", key: rsaKey(t, 2048),
+			name: "rsa2048-bmp-t61", key: csrtest.RSAKey(t, 2048),
 			rawSubject: rawName(t,
 				[]pkix.AttributeTypeAndValue{{Type: oidC, Value: rawValue(asn1.TagPrintableString, []byte("FR"))}},
 				[]pkix.AttributeTypeAndValue{ // multi-valued RDN
@@ -112,12 +112,12 @@ func fuzzIssuerSpecs(t testing.TB) []fuzzIssuerSpec {
 			notBefore: time.Date(2049, 12, 1, 0, 0, 0, 0, time.UTC), notAfter: time.Date(2050, 2, 1, 0, 0, 0, 0, time.UTC),
 		},
 		{
-			name: "rsa3072-printable", key: rsaKey(t, 3072),
+			name: "rsa3072-printable", key: csrtest.RSAKey(t, 3072),
 			subject:   pkix.Name{Organization: []string{"Castellan"}, OrganizationalUnit: []string{"example.org"}, CommonName: "Plugged-in RSA CA"},
 			notBefore: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC), notAfter: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).Add(365 * day),
 		},
 		{
-			name: "p256-forever", key: ecKey(t, elliptic.P256()),
+			name: "p256-forever", key: csrtest.ECKey(t, elliptic.P256()),
 			subject:   pkix.Name{CommonName: "x"},
 			notBefore: time.Date(9800, 1, 1, 0, 0, 0, 0, time.UTC), notAfter: time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC),
 		},
@@ -147,11 +147,11 @@ func fuzzIssuers(t testing.TB) []fuzzIssuer {
 func fuzzKeys(t testing.TB) []fuzzKey {
 	t.Helper()
 	keys := []fuzzKey{
-		{name: "p256", key: ecKey(t, elliptic.P256())},
-		{name: "p384", key: ecKey(t, elliptic.P384())},
-		{name: "rsa2048", key: rsaKey(t, 2048)},
-		{name: "rsa3072", key: rsaKey(t, 3072)},
-		{name: "rsa4096", key: rsaKey(t, 4096)},
+		{name: "p256", key: csrtest.ECKey(t, elliptic.P256())},
+		{name: "p384", key: csrtest.ECKey(t, elliptic.P384())},
+		{name: "rsa2048", key: csrtest.RSAKey(t, 2048)},
+		{name: "rsa3072", key: csrtest.RSAKey(t, 3072)},
+		{name: "rsa4096", key: csrtest.RSAKey(t, 4096)},
 	}
 	for i := range keys {
 		keys[i].csr = csrtest.WorkloadCSR(t, keys[i].key)

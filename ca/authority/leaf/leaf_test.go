@@ -32,16 +32,16 @@ func testIssuers(t *testing.T, now time.Time) map[string]*testCA {
 	}
 	return map[string]*testCA{
 		"p256-issuer":    castellanCA(t, now),
-		"p384-issuer":    plugged(ecKey(t, elliptic.P384())),
-		"rsa2048-issuer": plugged(rsaKey(t, 2048)),
+		"p384-issuer":    plugged(csrtest.ECKey(t, elliptic.P384())),
+		"rsa2048-issuer": plugged(csrtest.RSAKey(t, 2048)),
 	}
 }
 
 func testLeafKeys(t *testing.T) map[string]crypto.Signer {
 	return map[string]crypto.Signer{
-		"p256-leaf":    ecKey(t, elliptic.P256()),
-		"p384-leaf":    ecKey(t, elliptic.P384()),
-		"rsa2048-leaf": rsaKey(t, 2048),
+		"p256-leaf":    csrtest.ECKey(t, elliptic.P256()),
+		"p384-leaf":    csrtest.ECKey(t, elliptic.P384()),
+		"rsa2048-leaf": csrtest.RSAKey(t, 2048),
 	}
 }
 
@@ -184,7 +184,7 @@ func TestCreateLeafMatchesCreateCertificate(t *testing.T) {
 func TestCreateLeafEncodesEveryUsage(t *testing.T) {
 	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	ca := castellanCA(t, now)
-	csr, err := ParseWorkloadCSR(testTD, csrtest.WorkloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := ParseWorkloadCSR(testTD, csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,7 +226,7 @@ func TestCreateLeafEncodesEveryUsage(t *testing.T) {
 func TestCreateLeafAcross2050(t *testing.T) {
 	now := time.Date(2049, 12, 31, 23, 30, 0, 0, time.UTC)
 	ca := castellanCA(t, now)
-	csr, err := ParseWorkloadCSR(testTD, csrtest.WorkloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := ParseWorkloadCSR(testTD, csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,7 +260,7 @@ func TestCreateLeafAcross2050(t *testing.T) {
 func TestCreateReencodesCSRPublicKey(t *testing.T) {
 	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	ca := castellanCA(t, now)
-	key := rsaKey(t, 2048)
+	key := csrtest.RSAKey(t, 2048)
 	k := fuzzKey{name: "rsa2048", key: key, csr: csrtest.WorkloadCSR(t, key)}
 	want, err := x509.MarshalPKIXPublicKey(key.Public())
 	if err != nil {

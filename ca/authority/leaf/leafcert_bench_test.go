@@ -17,7 +17,7 @@ import (
 func BenchmarkLeafParse(b *testing.B) {
 	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	ca := castellanCA(b, now)
-	csr, err := ParseWorkloadCSR(testTD, csrtest.WorkloadCSR(b, ecKey(b, elliptic.P256())))
+	csr, err := ParseWorkloadCSR(testTD, csrtest.WorkloadCSR(b, csrtest.ECKey(b, elliptic.P256())))
 	if err != nil {
 		b.Fatal(err)
 	}

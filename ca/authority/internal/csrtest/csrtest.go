@@ -1,12 +1,15 @@
-// Package csrtest builds the certificate signing requests the tests of
-// ca/authority and its packages sign, and checks what comes back: a
+// Package csrtest builds the keys and certificate signing requests the
+// tests of ca/authority and its packages sign, and checks what comes back: a
 // refusal's reason, code and message, a leaf's extensions and key. It is
 // for tests only (internal: nothing outside ca/authority imports it).
 package csrtest
 
 import (
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"encoding/asn1"
 	"errors"
@@ -106,4 +109,24 @@ func WorkloadURIs(t *testing.T) []*url.URL {
 		t.Fatal(err)
 	}
 	return []*url.URL{u}
+}
+
+// ECKey returns a new ECDSA key on curve c.
+func ECKey(t testing.TB, c elliptic.Curve) *ecdsa.PrivateKey {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(c, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// RSAKey returns a new RSA key of bits bits.
+func RSAKey(t testing.TB, bits int) *rsa.PrivateKey {
+	t.Helper()
+	k, err := rsa.GenerateKey(rand.Reader, bits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }

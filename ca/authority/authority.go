@@ -4,7 +4,7 @@
 // rotates the authorities without a failed request.
 //
 // It is the face of four packages below it: ca/authority/leaf (the leaf: CSR
-// checks, template, DER encoder and parse-back), ca/authority/keystore
+// checks, template, DER encoder and parse-back), ca/authority/internal/keystore
 // (the keys: generated, in the data dir, plugged in, sealed under the KEK),
 // ca/authority/journal (the authority journal's records, states and
 // schedule) and ca/authority/rotation (the runner of the journal, embedded
@@ -138,8 +138,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/castellan-dev/castellan/ca/authority/internal/keystore"
 	"github.com/castellan-dev/castellan/ca/authority/journal"
-	"github.com/castellan-dev/castellan/ca/authority/keystore"
 	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/castellan-dev/castellan/ca/authority/rotation"
 	"github.com/castellan-dev/castellan/ca/lifetime"

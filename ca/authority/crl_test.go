@@ -8,7 +8,7 @@ import (
 	"reflect"
 	"testing"
 
-	"github.com/castellan-dev/castellan/ca/authority/keystore"
+	"github.com/castellan-dev/castellan/ca/authority/internal/keystore"
 	"github.com/castellan-dev/castellan/ca/authority/rotation"
 )
 

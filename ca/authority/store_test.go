@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
+	"github.com/castellan-dev/castellan/ca/authority/internal/keystore"
 	"github.com/castellan-dev/castellan/ca/authority/internal/pkitest"
-	"github.com/castellan-dev/castellan/ca/authority/keystore"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 

@@ -9,8 +9,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority/internal/keystore"
 	"github.com/castellan-dev/castellan/ca/authority/journal"
-	"github.com/castellan-dev/castellan/ca/authority/keystore"
 )
 
 // startPlugin opens a plug-in CA with a journal: the files' authority is

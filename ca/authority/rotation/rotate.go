@@ -13,8 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority/internal/keystore"
 	"github.com/castellan-dev/castellan/ca/authority/journal"
-	"github.com/castellan-dev/castellan/ca/authority/keystore"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/prometheus/client_golang/prometheus"
 )

@@ -7,5 +7,7 @@
 // key that seals the keys the authority journal stores (LoadKEK,
 // KEK.Seal, KEK.OpenSigning, KEK.OpenRoot).
 //
-// No function or method of this package returns a private key.
+// No function or method of this package returns a private key, and the
+// package is internal to ca/authority: nothing outside it can load a CA
+// that signs.
 package keystore

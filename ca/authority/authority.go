@@ -3,6 +3,14 @@
 // signing requests, issues X.509-SVIDs under a cfssl signing policy, and
 // rotates the authorities without a failed request.
 //
+// It is the face of four packages below it: ca/authority/leaf (the leaf: CSR
+// checks, template, DER encoder and parse-back), ca/authority/internal/keystore
+// (the keys: generated, in the data dir, plugged in, sealed under the KEK),
+// ca/authority/journal (the authority journal's records, states and
+// schedule) and ca/authority/rotation (the runner of the journal, embedded
+// in the Authority); this one holds the Authority itself (configuration,
+// signing, CRL signing, snapshots).
+//
 // # Fixed CA
 //
 // Without Config.Journal the CA is fixed for the life of the process:
@@ -20,7 +28,7 @@
 //   - prepared: its root is in the trust bundle; it does not sign yet;
 //   - active: it signs every SVID; exactly one authority is active;
 //   - old: it no longer signs; its root stays trusted until the last leaf it
-//     may have signed has expired (Info.LeavesExpireBy: when it stopped
+//     may have signed has expired (journal.Info.LeavesExpireBy: when it stopped
 //     signing, plus the max SVID TTL and a minute for replicas to follow);
 //   - tainted: still trusted, but every leaf under it must be replaced now;
 //   - revoked: removed from the trust bundle.
@@ -30,7 +38,7 @@
 // together; Changed signals a change of either; Authorities lists the
 // journal. The journal also records when each root entered the bundle.
 //
-// Transitions, and the ones refused (TransitionError: gRPC
+// Transitions, and the ones refused (journal.TransitionError: gRPC
 // FailedPrecondition, NotFound for an unknown ID):
 //
 //   - (none) -> active: the first authority (bootstrap; the CA files of
@@ -65,7 +73,7 @@
 // bundle for Config.PublishDelay (so an intermediate under the same root at
 // once), and retires (revokes) old and tainted authorities whose last leaf
 // has expired. The default publish delay is the max SVID TTL plus five
-// minutes: see DefaultPublishDelay for why.
+// minutes: see journal.DefaultPublishDelay for why.
 //
 // # Plug-in CA (Istio's cacerts layout)
 //
@@ -107,7 +115,7 @@
 // signature it has just made, which for an ECDSA issuer doubles the
 // verification work of an issuance (the CSR's signature must be verified
 // anyway) and costs more than half of CreateCertificate itself. Sign builds
-// the TBSCertificate with cryptobyte from the same template, signs it once
+// the TBSCertificate with cryptobyte from the same template (package leaf), signs it once
 // and parses the result. The tests build every leaf shape both ways and
 // compare them field by field and byte for byte, and check each leaf's
 // signature against its issuer; RSA issuer signatures, which are cheap to
@@ -117,7 +125,6 @@ package authority
 
 import (
 	"context"
-	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -131,6 +138,10 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/castellan-dev/castellan/ca/authority/internal/keystore"
+	"github.com/castellan-dev/castellan/ca/authority/journal"
+	"github.com/castellan-dev/castellan/ca/authority/leaf"
+	"github.com/castellan-dev/castellan/ca/authority/rotation"
 	"github.com/castellan-dev/castellan/ca/lifetime"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/internal/serial"
@@ -181,7 +192,7 @@ type Config struct {
 	KEKFile string
 	// PublishDelay is how long a new root must have been in the trust
 	// bundle before an authority chaining to it may sign (0 ->
-	// DefaultPublishDelay(MaxTTL)).
+	// journal.DefaultPublishDelay(MaxTTL)).
 	PublishDelay time.Duration
 	// PrepareAt is the fraction of the active authority's lifetime after
 	// which the next one is prepared (0 -> 0.5; must be in (0, 1)).
@@ -192,7 +203,7 @@ type Config struct {
 	// the journal's Update: it must not start an Update on the same bbolt
 	// file (bbolt has one writer; the ledger has its own file), nor call
 	// the Authority's transition methods.
-	OnTransition func(context.Context, Transition) error
+	OnTransition func(context.Context, journal.Transition) error
 	// Registry receives the authority metrics (nil -> none).
 	Registry prometheus.Registerer
 	// Clock returns the current time (nil -> time.Now).
@@ -208,31 +219,21 @@ type Authority struct {
 	clock  func() time.Time
 	log    *slog.Logger
 	policy *config.Signing
-	cur    atomic.Pointer[caKeys] // what signs now, and the bundle
-	notify *notifier
-	j      *journal // nil: a fixed CA (Config.Journal unset)
+	cur    *keystore.Current // what signs now, and the bundle
+	// Journal runs the authority journal; nil for a fixed CA (Config.Journal
+	// unset). Its methods (Prepare, Activate, Taint, Revoke, Authorities,
+	// Follow, Run, Tick) are the Authority's.
+	*rotation.Journal
 	// leafParses: crypto/x509 parsed a leaf of the trust domain (sign.go,
 	// parseLeaf).
 	leafParses atomic.Bool
 }
 
-// caKeys is the loaded CA material: one consistent snapshot of the signing
-// authority and the trust bundle, replaced whole, never modified.
-type caKeys struct {
-	id    string              // authority ID (journal); "" for a fixed CA
-	gen   uint64              // increases with every change
-	cert  *x509.Certificate   // signing (intermediate) certificate
-	key   crypto.Signer       // its private key
-	chain []*x509.Certificate // cert, then further intermediates; no root
-	root  *x509.Certificate   // root the chain verifies to
-	roots []*x509.Certificate // the trust bundle
-	// tainted are the signing certificates of tainted authorities: every
-	// leaf they signed must be replaced.
-	tainted []*x509.Certificate
-}
-
 // keys returns the current snapshot.
-func (a *Authority) keys() *caKeys { return a.cur.Load() }
+func (a *Authority) keys() *keystore.CA { return a.cur.Load() }
+
+// KEKName is the default key-encryption key file inside Config.DataDir.
+const KEKName = "authority.kek"
 
 // New loads or creates the CA described by cfg: Open with a background
 // context.
@@ -254,7 +255,7 @@ func Open(ctx context.Context, cfg Config) (*Authority, error) {
 	if err != nil {
 		return nil, fmt.Errorf("authority: %w", err)
 	}
-	policy, err := newPolicy(cfg.DefaultTTL)
+	policy, err := leaf.NewPolicy(cfg.DefaultTTL)
 	if err != nil {
 		return nil, err
 	}
@@ -264,10 +265,14 @@ func Open(ctx context.Context, cfg Config) (*Authority, error) {
 		clock:  cfg.Clock,
 		log:    cfg.Logger,
 		policy: policy,
-		notify: newNotifier(),
+		cur:    keystore.NewCurrent(),
 	}
 	if cfg.Journal != nil {
-		err = a.openJournal(ctx, cfg)
+		a.Journal, err = rotation.Open(ctx, rotation.Config{
+			DB: cfg.Journal, Store: storeConfig(cfg), KEKFile: cfg.KEKFile,
+			PublishDelay: cfg.PublishDelay, PrepareAt: cfg.PrepareAt,
+			OnTransition: cfg.OnTransition, Registry: cfg.Registry,
+		}, a.cur)
 	} else {
 		err = a.openFixed(cfg)
 	}
@@ -275,32 +280,41 @@ func Open(ctx context.Context, cfg Config) (*Authority, error) {
 		return nil, err
 	}
 	ca := a.keys()
-	cfg.Logger.Info("CA ready", "trust_domain", cfg.TrustDomain.String(), "authority", ca.id,
-		"root_subject", ca.root.Subject.String(), "root_not_after", ca.root.NotAfter,
-		"intermediate_serial", serial.FromBig(ca.cert.SerialNumber).String(), "intermediate_not_after", ca.cert.NotAfter,
-		"bundle_roots", len(ca.roots))
+	cfg.Logger.Info("CA ready", "trust_domain", cfg.TrustDomain.String(), "authority", ca.ID,
+		"root_subject", ca.Root.Subject.String(), "root_not_after", ca.Root.NotAfter,
+		"intermediate_serial", serial.FromBig(ca.Cert.SerialNumber).String(), "intermediate_not_after", ca.Cert.NotAfter,
+		"bundle_roots", len(ca.Roots))
 	return a, nil
 }
 
 // openFixed loads the CA of a server without journal.
 func (a *Authority) openFixed(cfg Config) error {
-	var ca *caKeys
+	var ca *keystore.CA
 	var err error
 	switch {
 	case cfg.RootCertFile != "":
-		ca, err = loadPluggedIn(cfg)
+		ca, err = keystore.LoadPluggedIn(storeConfig(cfg))
 	case cfg.DataDir != "":
-		ca, err = loadOrGenerate(cfg)
+		ca, err = keystore.LoadOrGenerate(storeConfig(cfg))
 	default:
 		cfg.Logger.Warn("no data dir and no plugged-in CA: using an in-memory CA that is lost on exit",
 			"trust_domain", cfg.TrustDomain.String())
-		ca, _, err = generateCA(cfg)
+		ca, err = keystore.Generate(storeConfig(cfg))
 	}
 	if err != nil {
 		return err
 	}
-	a.cur.Store(ca)
+	a.cur.Publish(ca)
 	return nil
+}
+
+// storeConfig is what the key store needs of cfg.
+func storeConfig(cfg Config) keystore.Config {
+	return keystore.Config{
+		TrustDomain: cfg.TrustDomain, DataDir: cfg.DataDir,
+		RootCertFile: cfg.RootCertFile, IntermediateCertFile: cfg.IntermediateCertFile, IntermediateKeyFile: cfg.IntermediateKeyFile,
+		MaxTTL: cfg.MaxTTL, RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL, Clock: cfg.Clock, Logger: cfg.Logger,
+	}
 }
 
 func withDefaults(cfg Config) (Config, error) {
@@ -326,10 +340,10 @@ func withDefaults(cfg Config) (Config, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.PublishDelay == 0 {
-		cfg.PublishDelay = DefaultPublishDelay(cfg.MaxTTL)
+		cfg.PublishDelay = journal.DefaultPublishDelay(cfg.MaxTTL)
 	}
 	if cfg.PrepareAt == 0 {
-		cfg.PrepareAt = DefaultPrepareAt
+		cfg.PrepareAt = journal.DefaultPrepareAt
 	}
 	if cfg.KEKFile == "" && cfg.DataDir != "" {
 		cfg.KEKFile = filepath.Join(cfg.DataDir, KEKName)
@@ -349,7 +363,7 @@ func validate(cfg Config) error {
 	case cfg.Journal != nil && cfg.RootCertFile == "" &&
 		float64(cfg.PublishDelay) >= float64(cfg.IntermediateTTL)*(1-cfg.PrepareAt):
 		return fmt.Errorf("authority: publish delay %s must be shorter than the %s between preparing the next authority and the active one's expiry (intermediate TTL %s, prepared at %s of it)",
-			cfg.PublishDelay, time.Duration(float64(cfg.IntermediateTTL)*(1-cfg.PrepareAt)), cfg.IntermediateTTL, percent(cfg.PrepareAt))
+			cfg.PublishDelay, time.Duration(float64(cfg.IntermediateTTL)*(1-cfg.PrepareAt)), cfg.IntermediateTTL, journal.Percent(cfg.PrepareAt))
 	case cfg.IntermediateTTL <= cfg.MaxTTL:
 		return fmt.Errorf("authority: intermediate TTL %s must exceed max SVID TTL %s", cfg.IntermediateTTL, cfg.MaxTTL)
 	}
@@ -368,15 +382,15 @@ func validate(cfg Config) error {
 // Bundle returns the trust bundle: the roots that issued SVIDs chain to. The
 // caller owns the returned bundle.
 func (a *Authority) Bundle() *x509bundle.Bundle {
-	return x509bundle.FromX509Authorities(a.td, a.keys().roots)
+	return x509bundle.FromX509Authorities(a.td, a.keys().Roots)
 }
 
 // Intermediate returns the certificate that signs SVIDs now (it changes
 // when another authority is activated; see Snapshot).
-func (a *Authority) Intermediate() *x509.Certificate { return a.keys().cert }
+func (a *Authority) Intermediate() *x509.Certificate { return a.keys().Cert }
 
 // Root returns the root the current intermediate chains to.
-func (a *Authority) Root() *x509.Certificate { return a.keys().root }
+func (a *Authority) Root() *x509.Certificate { return a.keys().Root }
 
 // TrustDomain returns the CA's trust domain.
 func (a *Authority) TrustDomain() spiffeid.TrustDomain { return a.td }
@@ -389,3 +403,13 @@ func (a *Authority) DefaultTTL() time.Duration { return a.life.Default() }
 
 // Lifetime returns the CA's SVID lifetime policy (ca/lifetime).
 func (a *Authority) Lifetime() lifetime.Policy { return a.life }
+
+// ParseWorkloadCSR parses and checks a DER PKCS#10 request for a workload
+// X.509-SVID of the CA's trust domain (leaf.ParseWorkloadCSR).
+func (a *Authority) ParseWorkloadCSR(der []byte) (*leaf.CSR, error) {
+	return leaf.ParseWorkloadCSR(a.td, der)
+}
+
+// ParseAgentCSR parses and checks a DER PKCS#10 request for an agent SVID
+// (leaf.ParseAgentCSR).
+func (a *Authority) ParseAgentCSR(der []byte) (*leaf.CSR, error) { return leaf.ParseAgentCSR(der) }

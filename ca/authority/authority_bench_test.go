@@ -9,7 +9,10 @@ import (
 	"encoding/pem"
 	"math/big"
 	"testing"
+	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
+	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/cloudflare/cfssl/log"
 	"github.com/cloudflare/cfssl/signer"
 	"github.com/cloudflare/cfssl/signer/local"
@@ -17,7 +20,7 @@ import (
 
 // benchKeys are the CSR key types the benchmarks sign for.
 func benchKeys(b *testing.B) map[string]crypto.Signer {
-	return map[string]crypto.Signer{"p256": ecKey(b, elliptic.P256()), "rsa2048": rsaKey(b, 2048)}
+	return map[string]crypto.Signer{"p256": csrtest.ECKey(b, elliptic.P256()), "rsa2048": csrtest.RSAKey(b, 2048)}
 }
 
 // BenchmarkSign measures our full path: ParseWorkloadCSR (parse, key and SAN
@@ -26,7 +29,7 @@ func benchKeys(b *testing.B) map[string]crypto.Signer {
 func BenchmarkSign(b *testing.B) {
 	a := newTestAuthority(b, newTestClock())
 	for _, name := range []string{"p256", "rsa2048"} {
-		der := workloadCSR(b, benchKeys(b)[name])
+		der := csrtest.WorkloadCSR(b, benchKeys(b)[name])
 		b.Run(name, func(b *testing.B) {
 			ctx := context.Background()
 			for b.Loop() {
@@ -45,11 +48,9 @@ func BenchmarkSign(b *testing.B) {
 // BenchmarkBareX509 is the floor: parse the CSR, check its signature and
 // x509.CreateCertificate with a minimal SVID template.
 func BenchmarkBareX509(b *testing.B) {
-	clock := newTestClock()
-	a := newTestAuthority(b, clock)
-	inter, key := a.Intermediate(), a.signer()
+	inter, key := benchCA(b)
 	for _, name := range []string{"p256", "rsa2048"} {
-		der := workloadCSR(b, benchKeys(b)[name])
+		der := csrtest.WorkloadCSR(b, benchKeys(b)[name])
 		b.Run(name, func(b *testing.B) {
 			for b.Loop() {
 				req, err := x509.ParseCertificateRequest(der)
@@ -61,8 +62,8 @@ func BenchmarkBareX509(b *testing.B) {
 				}
 				tmpl := &x509.Certificate{
 					SerialNumber:          big.NewInt(1),
-					NotBefore:             clock.now,
-					NotAfter:              clock.now.Add(DefaultTTL),
+					NotBefore:             time.Now(),
+					NotAfter:              time.Now().Add(DefaultTTL),
 					URIs:                  req.URIs,
 					KeyUsage:              x509.KeyUsageDigitalSignature,
 					ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
@@ -82,15 +83,19 @@ func BenchmarkCFSSLSigner(b *testing.B) {
 	prev := log.Level
 	log.Level = log.LevelError // cfssl logs every signature at Info
 	b.Cleanup(func() { log.Level = prev })
-	a := newTestAuthority(b, newTestClock())
-	s, err := local.NewSigner(a.signer(), a.Intermediate(), signer.DefaultSigAlgo(a.signer()), a.policy)
+	inter, key := benchCA(b)
+	policy, err := leaf.NewPolicy(DefaultTTL)
 	if err != nil {
 		b.Fatal(err)
 	}
-	der := workloadCSR(b, ecKey(b, elliptic.P256()))
+	s, err := local.NewSigner(key, inter, signer.DefaultSigAlgo(key), policy)
+	if err != nil {
+		b.Fatal(err)
+	}
+	der := csrtest.WorkloadCSR(b, csrtest.ECKey(b, elliptic.P256()))
 	req := signer.SignRequest{
 		Request: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})),
-		Profile: ProfileWorkload,
+		Profile: leaf.ProfileWorkload,
 	}
 	b.Run("p256", func(b *testing.B) {
 		for b.Loop() {

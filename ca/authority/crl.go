@@ -1,7 +1,6 @@
 package authority
 
 import (
-	"crypto/rand"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -19,9 +18,9 @@ func (a *Authority) SignCRL(tmpl *x509.RevocationList) ([]byte, error) {
 		return nil, errors.New("authority: SignCRL needs a template")
 	}
 	ca := a.keys()
-	der, err := x509.CreateRevocationList(rand.Reader, tmpl, ca.cert, ca.key)
+	der, err := ca.CreateCRL(tmpl)
 	if err != nil {
-		return nil, fmt.Errorf("authority: sign CRL as %s: %w", ca.cert.Subject, err)
+		return nil, fmt.Errorf("authority: sign CRL as %s: %w", ca.Cert.Subject, err)
 	}
 	return der, nil
 }

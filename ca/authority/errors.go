@@ -10,31 +10,19 @@ import (
 	"github.com/castellan-dev/castellan/ca/refusal"
 )
 
-// Reasons carried by an authority Error. Each is a short snake_case string suitable as a
-// Prometheus label value; the set is closed so label cardinality stays small.
+// Reasons carried by an authority Error besides those of the request checks
+// (ca/authority/leaf: Reason*). Each is a short snake_case string suitable
+// as a Prometheus label value; the set is closed so label cardinality stays
+// small.
 const (
-	ReasonMalformedCSR     = "malformed_csr"      // bytes are not a DER PKCS#10 request
-	ReasonBadSignature     = "bad_signature"      // the CSR's self-signature does not verify
-	ReasonWeakRSAKey       = "weak_rsa_key"       // RSA modulus under 2048 bits
-	ReasonUnsupportedKey   = "unsupported_key"    // key type or curve not accepted
-	ReasonNoURISAN         = "no_uri_san"         // workload CSR without a URI SAN
-	ReasonMultipleSANs     = "multiple_sans"      // more than one URI SAN
-	ReasonForbiddenSAN     = "forbidden_san"      // DNS, IP or e-mail SAN present
-	ReasonInvalidSPIFFEID  = "invalid_spiffe_id"  // URI SAN or ID is not a valid SPIFFE ID
-	ReasonWrongTrustDomain = "wrong_trust_domain" // SPIFFE ID outside the CA's trust domain
-	ReasonEmptyPath        = "empty_path"         // SPIFFE ID is the trust domain itself
-	ReasonIDMismatch       = "id_mismatch"        // Sign called with an ID other than the CSR's
-	ReasonInvalidTTL       = "invalid_ttl"        // negative TTL
-	ReasonTTLTooLong       = "ttl_too_long"       // TTL above Config.MaxTTL
+	ReasonIDMismatch = "id_mismatch"  // Sign called with an ID other than the CSR's
+	ReasonInvalidTTL = "invalid_ttl"  // negative TTL
+	ReasonTTLTooLong = "ttl_too_long" // TTL above Config.MaxTTL
 )
 
 // ReasonInternal is what ReasonOf returns for errors that are not
 // refusals: failures of the CA itself rather than of the request.
 const ReasonInternal = refusal.Internal
-
-// ErrSignerExpired is returned by Sign when the intermediate CA is no longer
-// valid at the current time. It is a CA-side failure, not a bad request.
-var ErrSignerExpired = errors.New("authority: intermediate CA certificate has expired; rotate the CA")
 
 // Error is a rejected request: a CSR, SPIFFE ID or TTL that the CA will
 // not sign. It is the CA's one refusal type (ca/refusal), always with code

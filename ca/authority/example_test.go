@@ -9,6 +9,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/castellan-dev/castellan/ca/authority"
+	"github.com/castellan-dev/castellan/ca/authority/journal"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 )
 
@@ -28,7 +29,7 @@ func ExampleOpen() {
 		TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"),
 		DataDir:     dataDir, // the KEK is generated here for an unshared store
 		Journal:     db,
-		OnTransition: func(ctx context.Context, tr authority.Transition) error {
+		OnTransition: func(ctx context.Context, tr journal.Transition) error {
 			log.Printf("ledger: authority %s %s -> %s (%s)", tr.Authority.ID, tr.From, tr.To, tr.Reason)
 			return nil // the server appends a ledger event; an error aborts the transition
 		},

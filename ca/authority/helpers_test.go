@@ -1,18 +1,11 @@
 package authority
 
 import (
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
 	"log/slog"
-	"net"
-	"net/url"
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -37,55 +30,8 @@ func newTestAuthority(t testing.TB, clock *testClock) *Authority {
 	return a
 }
 
-// csrSpec describes a test CSR.
-type csrSpec struct {
-	uris   []string
-	dns    []string
-	ips    []net.IP
-	emails []string
-}
-
-func mustCSR(t testing.TB, key crypto.Signer, spec csrSpec) []byte {
-	t.Helper()
-	tmpl := &x509.CertificateRequest{DNSNames: spec.dns, IPAddresses: spec.ips, EmailAddresses: spec.emails}
-	for _, s := range spec.uris {
-		u, err := url.Parse(s)
-		if err != nil {
-			t.Fatalf("parse %q: %v", s, err)
-		}
-		tmpl.URIs = append(tmpl.URIs, u)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
-	if err != nil {
-		t.Fatalf("CreateCertificateRequest: %v", err)
-	}
-	return der
-}
-
-func workloadCSR(t testing.TB, key crypto.Signer) []byte {
-	return mustCSR(t, key, csrSpec{uris: []string{"spiffe://example.org/ns/default/sa/workload"}})
-}
-
-func ecKey(t testing.TB, c elliptic.Curve) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(c, rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func rsaKey(t testing.TB, bits int) *rsa.PrivateKey {
-	t.Helper()
-	k, err := rsa.GenerateKey(rand.Reader, bits)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
-// signer returns the current intermediate's private key: tests only; the
-// key never leaves the package (SignCRL signs with it).
-func (a *Authority) signer() crypto.Signer { return a.keys().key }
+// backdate is leaf.Backdate, for tests whose variables named leaf hide the
+// package.
+const backdate = leaf.Backdate

@@ -7,6 +7,8 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
+	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -35,11 +37,11 @@ func TestSignedLeafIsWhatCrypto509Parses(t *testing.T) {
 	id := spiffeid.RequireFromPath(testTD, "/ns/default/sa/workload")
 	for in, a := range testIssuers(t, clock) {
 		for kn, key := range testLeafKeys(t) {
-			csr, err := a.ParseWorkloadCSR(workloadCSR(t, key))
+			csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, key))
 			if err != nil {
 				t.Fatal(err)
 			}
-			agent := &CSR{PublicKey: csr.PublicKey}
+			agent := &leaf.CSR{PublicKey: csr.PublicKey}
 			for i := range 3 {
 				c, want := csr, id
 				if i == 2 {
@@ -69,9 +71,9 @@ func TestSignedLeafIsWhatCrypto509Parses(t *testing.T) {
 	}
 }
 
-func mustParse(t *testing.T, a *Authority, key crypto.Signer) *CSR {
+func mustParse(t *testing.T, a *Authority, key crypto.Signer) *leaf.CSR {
 	t.Helper()
-	csr, err := a.ParseWorkloadCSR(workloadCSR(t, key))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, key))
 	if err != nil {
 		t.Fatal(err)
 	}

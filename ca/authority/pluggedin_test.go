@@ -11,7 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/castellan-dev/castellan/ca/lifetime"
+	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
+	"github.com/castellan-dev/castellan/ca/authority/internal/pkitest"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
@@ -24,45 +25,19 @@ type testPKI struct {
 
 func newTestPKI(t *testing.T, now time.Time) *testPKI {
 	t.Helper()
-	rootKey, root, err := newRoot(testTD, now, 10*DefaultIntermediateTTL)
+	rootKey, root, err := pkitest.NewRoot(testTD, now, 10*DefaultIntermediateTTL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, other, err := newRoot(testTD, now, 10*DefaultIntermediateTTL)
+	_, other, err := pkitest.NewRoot(testTD, now, 10*DefaultIntermediateTTL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	interKey, inter, err := newIntermediate(testTD, now, DefaultIntermediateTTL, root, rootKey)
+	interKey, inter, err := pkitest.NewIntermediate(testTD, now, DefaultIntermediateTTL, root, rootKey)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return &testPKI{root: root, otherRoot: other, inter: inter, rootKey: rootKey, interKey: interKey}
-}
-
-func writePEM(t *testing.T, dir, name string, certs ...*x509.Certificate) string {
-	t.Helper()
-	var data []byte
-	for _, c := range certs {
-		data = append(data, encodeCert(c)...)
-	}
-	path := filepath.Join(dir, name)
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-func writeKey(t *testing.T, dir, name string, key crypto.Signer) string {
-	t.Helper()
-	data, err := encodeKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, name)
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }
 
 func TestPluggedInCASignsSVIDsThatVerifyAgainstItsRoots(t *testing.T) {
@@ -71,9 +46,9 @@ func TestPluggedInCASignsSVIDsThatVerifyAgainstItsRoots(t *testing.T) {
 	dir := t.TempDir()
 	a, err := New(Config{
 		TrustDomain:          testTD,
-		RootCertFile:         writePEM(t, dir, "roots.pem", pki.otherRoot, pki.root),
-		IntermediateCertFile: writePEM(t, dir, "ca-cert.pem", pki.inter),
-		IntermediateKeyFile:  writeKey(t, dir, "ca-key.pem", pki.interKey),
+		RootCertFile:         pkitest.WritePEM(t, dir, "roots.pem", pki.otherRoot, pki.root),
+		IntermediateCertFile: pkitest.WritePEM(t, dir, "ca-cert.pem", pki.inter),
+		IntermediateKeyFile:  pkitest.WriteKey(t, dir, "ca-key.pem", pki.interKey),
 		Clock:                clock.Now,
 	})
 	if err != nil {
@@ -85,7 +60,7 @@ func TestPluggedInCASignsSVIDsThatVerifyAgainstItsRoots(t *testing.T) {
 	if got := a.Bundle().X509Authorities(); len(got) != 2 {
 		t.Errorf("bundle has %d roots, want both from the file", len(got))
 	}
-	csr, err := a.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,38 +80,38 @@ func TestPluggedInCAWithChainFileAndRSAKey(t *testing.T) {
 	clock := newTestClock()
 	pki := newTestPKI(t, clock.now)
 	// root -> mid (EC) -> issuing (RSA 2048); the intermediate file is a cert-chain.pem.
-	midKey := ecKey(t, elliptic.P256())
-	tmpl, err := caTemplate(testTD, "mid", clock.now, clock.now.Add(DefaultIntermediateTTL))
+	midKey := csrtest.ECKey(t, elliptic.P256())
+	tmpl, err := pkitest.CATemplate(testTD, "mid", clock.now, clock.now.Add(DefaultIntermediateTTL))
 	if err != nil {
 		t.Fatal(err)
 	}
 	tmpl.MaxPathLen = 1
-	mid, err := createCert(tmpl, pki.root, midKey.Public(), pki.rootKey)
+	mid, err := pkitest.CreateCert(tmpl, pki.root, midKey.Public(), pki.rootKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rsaIssuing := rsaKey(t, 2048)
-	tmpl, err = caTemplate(testTD, "issuing", clock.now, clock.now.Add(DefaultIntermediateTTL))
+	rsaIssuing := csrtest.RSAKey(t, 2048)
+	tmpl, err = pkitest.CATemplate(testTD, "issuing", clock.now, clock.now.Add(DefaultIntermediateTTL))
 	if err != nil {
 		t.Fatal(err)
 	}
 	tmpl.MaxPathLen, tmpl.MaxPathLenZero = 0, true
-	issuing, err := createCert(tmpl, mid, rsaIssuing.Public(), midKey)
+	issuing, err := pkitest.CreateCert(tmpl, mid, rsaIssuing.Public(), midKey)
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
 	a, err := New(Config{
 		TrustDomain:          testTD,
-		RootCertFile:         writePEM(t, dir, "root-cert.pem", pki.root),
-		IntermediateCertFile: writePEM(t, dir, "cert-chain.pem", issuing, mid, pki.root),
-		IntermediateKeyFile:  writeKey(t, dir, "ca-key.pem", rsaIssuing),
+		RootCertFile:         pkitest.WritePEM(t, dir, "root-cert.pem", pki.root),
+		IntermediateCertFile: pkitest.WritePEM(t, dir, "cert-chain.pem", issuing, mid, pki.root),
+		IntermediateKeyFile:  pkitest.WriteKey(t, dir, "ca-key.pem", rsaIssuing),
 		Clock:                clock.Now,
 	})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	csr, err := a.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,14 +131,14 @@ func TestPluggedInCARejectsBadMaterial(t *testing.T) {
 	clock := newTestClock()
 	pki := newTestPKI(t, clock.now)
 	otherTD := spiffeid.RequireTrustDomainFromString("other.org")
-	foreignKey, foreignInter, err := newIntermediate(otherTD, clock.now, DefaultIntermediateTTL, pki.root, pki.rootKey)
+	foreignKey, foreignInter, err := pkitest.NewIntermediate(otherTD, clock.now, DefaultIntermediateTTL, pki.root, pki.rootKey)
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	roots := writePEM(t, dir, "roots.pem", pki.root)
-	inter := writePEM(t, dir, "inter.pem", pki.inter)
-	key := writeKey(t, dir, "inter.key", pki.interKey)
+	roots := pkitest.WritePEM(t, dir, "roots.pem", pki.root)
+	inter := pkitest.WritePEM(t, dir, "inter.pem", pki.inter)
+	key := pkitest.WriteKey(t, dir, "inter.key", pki.interKey)
 	garbage := filepath.Join(dir, "garbage.pem")
 	if err := os.WriteFile(garbage, []byte("hello"), 0o600); err != nil {
 		t.Fatal(err)
@@ -174,16 +149,16 @@ func TestPluggedInCARejectsBadMaterial(t *testing.T) {
 		now               time.Time
 		want              string
 	}{
-		{"intermediate not signed by given root", writePEM(t, dir, "other.pem", pki.otherRoot), inter, key, clock.now, "does not chain to a root"},
-		{"key does not match certificate", roots, inter, writeKey(t, dir, "wrong.key", ecKey(t, elliptic.P256())), clock.now, "does not match the certificate"},
-		{"leaf as intermediate", roots, writePEM(t, dir, "leaf.pem", leafOf(t, pki)), key, clock.now, "not a CA certificate"},
-		{"root file holds a leaf", writePEM(t, dir, "leafroot.pem", leafOf(t, pki)), inter, key, clock.now, "not a CA certificate"},
+		{"intermediate not signed by given root", pkitest.WritePEM(t, dir, "other.pem", pki.otherRoot), inter, key, clock.now, "does not chain to a root"},
+		{"key does not match certificate", roots, inter, pkitest.WriteKey(t, dir, "wrong.key", csrtest.ECKey(t, elliptic.P256())), clock.now, "does not match the certificate"},
+		{"leaf as intermediate", roots, pkitest.WritePEM(t, dir, "leaf.pem", leafOf(t, pki)), key, clock.now, "not a CA certificate"},
+		{"root file holds a leaf", pkitest.WritePEM(t, dir, "leafroot.pem", leafOf(t, pki)), inter, key, clock.now, "not a CA certificate"},
 		{"expired intermediate", roots, inter, key, pki.inter.NotAfter.Add(time.Hour), "expired"},
-		{"intermediate of another trust domain", roots, writePEM(t, dir, "foreign.pem", foreignInter), writeKey(t, dir, "foreign.key", foreignKey), clock.now, "other.org"},
+		{"intermediate of another trust domain", roots, pkitest.WritePEM(t, dir, "foreign.pem", foreignInter), pkitest.WriteKey(t, dir, "foreign.key", foreignKey), clock.now, "other.org"},
 		{"no certificate in root file", garbage, inter, key, clock.now, "no PEM CERTIFICATE"},
 		{"no key in key file", roots, inter, garbage, clock.now, "no PEM private key"},
 		{"missing file", filepath.Join(dir, "absent.pem"), inter, key, clock.now, "absent.pem"},
-		{"weak CA key", roots, inter, writeKey(t, dir, "p224.key", ecKey(t, elliptic.P224())), clock.now, "P-224"},
+		{"weak CA key", roots, inter, pkitest.WriteKey(t, dir, "p224.key", csrtest.ECKey(t, elliptic.P224())), clock.now, "P-224"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			now := tt.now
@@ -199,19 +174,19 @@ func TestPluggedInCARejectsBadMaterial(t *testing.T) {
 // leafOf returns an X.509-SVID signed by the PKI's intermediate.
 func leafOf(t *testing.T, pki *testPKI) *x509.Certificate {
 	t.Helper()
-	life, err := lifetime.New(DefaultTTL, DefaultMaxTTL)
+	dir := t.TempDir()
+	a, err := New(Config{
+		TrustDomain:          testTD,
+		RootCertFile:         pkitest.WritePEM(t, dir, "root.pem", pki.root),
+		IntermediateCertFile: pkitest.WritePEM(t, dir, "inter.pem", pki.inter),
+		IntermediateKeyFile:  pkitest.WriteKey(t, dir, "inter.key", pki.interKey),
+		Clock:                newTestClock().Now,
+		Logger:               discardLogger(),
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &Authority{td: testTD, life: life, clock: newTestClock().Now, notify: newNotifier()}
-	a.cur.Store(&caKeys{cert: pki.inter, key: pki.interKey, chain: []*x509.Certificate{pki.inter}, root: pki.root, roots: []*x509.Certificate{pki.root}})
-	policy, err := newPolicy(DefaultTTL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.policy = policy
-	a.log = discardLogger()
-	csr, err := a.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,18 +3,16 @@ package authority
 import (
 	"context"
 	"crypto"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
 	"fmt"
 	"math/big"
-	"net/url"
 	"time"
 
-	"github.com/cloudflare/cfssl/config"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/castellan-dev/castellan/ca/lifetime"
+	"github.com/castellan-dev/castellan/ca/authority/internal/keystore"
+	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/castellan-dev/castellan/internal/serial"
 )
 
@@ -47,19 +45,19 @@ type Issued struct {
 // now minus Backdate (not before the intermediate's NotBefore); NotAfter is
 // now plus ttl, clamped to the intermediate's NotAfter. Sign returns
 // ErrSignerExpired when the intermediate is no longer valid.
-func (a *Authority) Sign(ctx context.Context, csr *CSR, id spiffeid.ID, ttl time.Duration) (*Issued, error) {
+func (a *Authority) Sign(ctx context.Context, csr *leaf.CSR, id spiffeid.ID, ttl time.Duration) (*Issued, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("authority: sign: %w", err)
 	}
 	if csr == nil || csr.PublicKey == nil {
-		return nil, reject(ReasonMalformedCSR, "no CSR public key to sign")
+		return nil, reject(leaf.ReasonMalformedCSR, "no CSR public key to sign")
 	}
-	if err := a.checkID(id); err != nil {
+	if err := leaf.CheckID(a.td, id); err != nil {
 		return nil, err
 	}
-	profileName := ProfileAgent
+	profileName := leaf.ProfileAgent
 	if !csr.ID.IsZero() {
-		profileName = ProfileWorkload
+		profileName = leaf.ProfileWorkload
 		if csr.ID != id {
 			return nil, reject(ReasonIDMismatch, "CSR names %q but the caller may only obtain %q", csr.ID, id)
 		}
@@ -81,128 +79,71 @@ func (a *Authority) SignServer(ctx context.Context, pub crypto.PublicKey, id spi
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("authority: sign: %w", err)
 	}
-	if err := checkPublicKey(pub); err != nil {
+	if err := leaf.CheckPublicKey(pub); err != nil {
 		return nil, err
 	}
-	if err := a.checkID(id); err != nil {
+	if err := leaf.CheckID(a.td, id); err != nil {
 		return nil, err
 	}
 	if err := names.check(); err != nil {
 		return nil, err
 	}
-	return a.sign(ctx, ProfileAgent, &CSR{PublicKey: pub}, id, ttl, names)
+	return a.sign(ctx, leaf.ProfileAgent, &leaf.CSR{PublicKey: pub}, id, ttl, names)
 }
 
 // sign signs csr's key for id with profileName; names are SignServer's.
-func (a *Authority) sign(ctx context.Context, profileName string, csr *CSR, id spiffeid.ID, ttl time.Duration, names ServerNames) (*Issued, error) {
+func (a *Authority) sign(ctx context.Context, profileName string, csr *leaf.CSR, id spiffeid.ID, ttl time.Duration, names ServerNames) (*Issued, error) {
 	ttl, err := a.life.For(ttl, 0, "")
 	if err != nil {
 		return nil, TTLError(err)
 	}
 
 	ca := a.keys() // one snapshot for the whole signing
-	tmpl, err := leafTemplate(a.policy, ca, a.clock(), profileName, csr, id, ttl)
+	tmpl, err := leaf.Template(a.policy, ca.Cert, a.clock(), profileName, csr, id, ttl)
 	if err != nil {
 		return nil, err
 	}
 	tmpl.DNSNames, tmpl.IPAddresses = names.DNSNames, names.IPAddresses
-	der, err := createLeaf(tmpl, ca.cert, csr.PublicKey, ca.key)
+	der, err := ca.CreateLeaf(tmpl, csr.PublicKey)
 	if err != nil {
 		return nil, fmt.Errorf("authority: sign %s: %w", id, err)
 	}
-	leaf, err := a.parseLeaf(der, tmpl, ca, csr.PublicKey)
+	cert, err := a.parseLeaf(der, tmpl, ca, csr.PublicKey)
 	if err != nil {
 		return nil, err
 	}
-	chain := make([]*x509.Certificate, 0, 1+len(ca.chain))
-	chain = append(chain, leaf)
-	chain = append(chain, ca.chain...)
+	chain := make([]*x509.Certificate, 0, 1+len(ca.Chain))
+	chain = append(chain, cert)
+	chain = append(chain, ca.Chain...)
 	a.log.DebugContext(ctx, "signed X.509-SVID", "spiffe_id", id.String(), "profile", profileName,
-		"serial", serial.FromBig(leaf.SerialNumber).String(), "not_after", leaf.NotAfter)
+		"serial", serial.FromBig(cert.SerialNumber).String(), "not_after", cert.NotAfter)
 	return &Issued{
 		ID:              id,
 		Chain:           chain,
-		Serial:          leaf.SerialNumber,
-		NotBefore:       leaf.NotBefore,
-		NotAfter:        leaf.NotAfter,
-		PublicKeySHA256: sha256.Sum256(leaf.RawSubjectPublicKeyInfo),
+		Serial:          cert.SerialNumber,
+		NotBefore:       cert.NotBefore,
+		NotAfter:        cert.NotAfter,
+		PublicKeySHA256: sha256.Sum256(cert.RawSubjectPublicKeyInfo),
 	}, nil
 }
 
-// parseLeaf returns the leaf der that createLeaf just encoded from tmpl as
+// parseLeaf returns the leaf der that leaf.Create just encoded from tmpl as
 // x509.ParseCertificate returns it. The first leaf without DNS or IP SANs
 // is parsed: once crypto/x509 has accepted one (its URI SAN's host is the
 // trust domain, the same in every leaf), such leaves are built from what
-// was encoded instead (leafCertificate), which costs a fraction of a
+// was encoded instead (leaf.Certificate), which costs a fraction of a
 // parse.
-func (a *Authority) parseLeaf(der []byte, tmpl *x509.Certificate, ca *caKeys, pub crypto.PublicKey) (*x509.Certificate, error) {
+func (a *Authority) parseLeaf(der []byte, tmpl *x509.Certificate, ca *keystore.CA, pub crypto.PublicKey) (*x509.Certificate, error) {
 	plain := len(tmpl.DNSNames)+len(tmpl.IPAddresses) == 0
 	if plain && a.leafParses.Load() {
-		alg, err := sigAlgFor(ca.key)
-		if err != nil {
-			return nil, err
-		}
-		return leafCertificate(der, tmpl, ca.cert, pub, alg)
+		return ca.LeafCertificate(der, tmpl, pub)
 	}
-	leaf, err := x509.ParseCertificate(der)
+	cert, err := x509.ParseCertificate(der)
 	if err != nil {
 		return nil, fmt.Errorf("authority: parse signed certificate: %w", err)
 	}
 	if plain {
 		a.leafParses.Store(true)
 	}
-	return leaf, nil
-}
-
-// leafTemplate builds the certificate template for Sign from the profile,
-// for the current signer.
-func (a *Authority) leafTemplate(profileName string, csr *CSR, id spiffeid.ID, ttl time.Duration) (*x509.Certificate, error) {
-	return leafTemplate(a.policy, a.keys(), a.clock(), profileName, csr, id, ttl)
-}
-
-// leafTemplate builds the certificate template signed by ca at now.
-func leafTemplate(policy *config.Signing, ca *caKeys, now time.Time, profileName string, csr *CSR, id spiffeid.ID, ttl time.Duration) (*x509.Certificate, error) {
-	profile := policy.Profiles[profileName]
-	signer := ca.cert
-	if !now.Before(signer.NotAfter) {
-		return nil, fmt.Errorf("%w (expired at %s)", ErrSignerExpired, signer.NotAfter.UTC().Format(time.RFC3339))
-	}
-	notBefore := now.Add(-profile.Backdate)
-	if notBefore.Before(signer.NotBefore) {
-		notBefore = signer.NotBefore
-	}
-	notAfter := lifetime.NotAfter(now, ttl, signer.NotAfter)
-	serial, err := newSerial()
-	if err != nil {
-		return nil, err
-	}
-	ku, eku := leafKeyUsage(profile, csr.PublicKey)
-	return &x509.Certificate{
-		SerialNumber:          serial,
-		NotBefore:             notBefore,
-		NotAfter:              notAfter,
-		URIs:                  []*url.URL{id.URL()},
-		KeyUsage:              ku,
-		ExtKeyUsage:           eku,
-		BasicConstraintsValid: true,
-		IsCA:                  false,
-		AuthorityKeyId:        signer.SubjectKeyId,
-	}, nil
-}
-
-// serialBytes is the length of a serial number: 128 random bits.
-const serialBytes = 16
-
-// newSerial returns a random positive 128-bit serial number.
-func newSerial() (*big.Int, error) {
-	b := make([]byte, serialBytes)
-	for range 4 { // all-zero has probability 2^-128; bounded anyway
-		if _, err := rand.Read(b); err != nil {
-			return nil, fmt.Errorf("authority: serial number: %w", err)
-		}
-		if n := new(big.Int).SetBytes(b); n.Sign() > 0 {
-			return n, nil
-		}
-	}
-	return nil, fmt.Errorf("authority: serial number: random source returned zeros")
+	return cert, nil
 }

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
+	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
@@ -24,17 +26,6 @@ var (
 	oidSubjectAltName   = asn1.ObjectIdentifier{2, 5, 29, 17}
 )
 
-func extension(t *testing.T, cert *x509.Certificate, oid asn1.ObjectIdentifier) (critical bool) {
-	t.Helper()
-	for _, e := range cert.Extensions {
-		if e.Id.Equal(oid) {
-			return e.Critical
-		}
-	}
-	t.Fatalf("certificate has no extension %v", oid)
-	return false
-}
-
 func TestSignIssuesSpecCompliantSVID(t *testing.T) {
 	clock := newTestClock()
 	a := newTestAuthority(t, clock)
@@ -43,12 +34,12 @@ func TestSignIssuesSpecCompliantSVID(t *testing.T) {
 		key    crypto.Signer
 		wantKU x509.KeyUsage
 	}{
-		{"p256", ecKey(t, elliptic.P256()), x509.KeyUsageDigitalSignature},
-		{"p384", ecKey(t, elliptic.P384()), x509.KeyUsageDigitalSignature},
-		{"rsa2048", rsaKey(t, 2048), x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment},
+		{"p256", csrtest.ECKey(t, elliptic.P256()), x509.KeyUsageDigitalSignature},
+		{"p384", csrtest.ECKey(t, elliptic.P384()), x509.KeyUsageDigitalSignature},
+		{"rsa2048", csrtest.RSAKey(t, 2048), x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			csr, err := a.ParseWorkloadCSR(workloadCSR(t, tt.key))
+			csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, tt.key))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -80,13 +71,13 @@ func TestSignIssuesSpecCompliantSVID(t *testing.T) {
 			if len(leaf.URIs) != 1 || len(leaf.DNSNames)+len(leaf.IPAddresses)+len(leaf.EmailAddresses) != 0 {
 				t.Errorf("SANs: URIs %v DNS %v IP %v email %v", leaf.URIs, leaf.DNSNames, leaf.IPAddresses, leaf.EmailAddresses)
 			}
-			if !leaf.BasicConstraintsValid || leaf.IsCA || !extension(t, leaf, oidBasicConstraints) {
+			if !leaf.BasicConstraintsValid || leaf.IsCA || !csrtest.Critical(t, leaf, oidBasicConstraints) {
 				t.Error("basic constraints must be present, critical and CA:false")
 			}
-			if leaf.KeyUsage != tt.wantKU || !extension(t, leaf, oidKeyUsage) {
-				t.Errorf("key usage = %b (critical %v), want %b critical", leaf.KeyUsage, extension(t, leaf, oidKeyUsage), tt.wantKU)
+			if leaf.KeyUsage != tt.wantKU || !csrtest.Critical(t, leaf, oidKeyUsage) {
+				t.Errorf("key usage = %b (critical %v), want %b critical", leaf.KeyUsage, csrtest.Critical(t, leaf, oidKeyUsage), tt.wantKU)
 			}
-			if len(leaf.RawSubject) > 2 || !extension(t, leaf, oidSubjectAltName) {
+			if len(leaf.RawSubject) > 2 || !csrtest.Critical(t, leaf, oidSubjectAltName) {
 				t.Errorf("subject %q must be empty and the SAN extension critical", leaf.Subject)
 			}
 			if !sameEKU(leaf.ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}) {
@@ -98,7 +89,7 @@ func TestSignIssuesSpecCompliantSVID(t *testing.T) {
 			if iss.Serial.Cmp(leaf.SerialNumber) != 0 || iss.Serial.Sign() <= 0 || iss.Serial.BitLen() > 128 {
 				t.Errorf("serial %v: want positive, at most 128 bits, equal to the leaf's", iss.Serial)
 			}
-			if want := clock.now.Add(-Backdate); !leaf.NotBefore.Equal(want) || !iss.NotBefore.Equal(want) {
+			if want := clock.now.Add(-backdate); !leaf.NotBefore.Equal(want) || !iss.NotBefore.Equal(want) {
 				t.Errorf("NotBefore = %v, want %v", leaf.NotBefore, want)
 			}
 			if want := clock.now.Add(DefaultTTL); !leaf.NotAfter.Equal(want) || !iss.NotAfter.Equal(want) {
@@ -107,7 +98,7 @@ func TestSignIssuesSpecCompliantSVID(t *testing.T) {
 			if iss.PublicKeySHA256 != sha256.Sum256(leaf.RawSubjectPublicKeyInfo) {
 				t.Error("PublicKeySHA256 is not the hash of the leaf SPKI")
 			}
-			if !publicKeyEqual(leaf.PublicKey, tt.key.Public()) {
+			if !csrtest.PublicKeyEqual(leaf.PublicKey, tt.key.Public()) {
 				t.Error("leaf public key is not the CSR's")
 			}
 		})
@@ -134,15 +125,10 @@ func sameEKU(got, want []x509.ExtKeyUsage) bool {
 	return true
 }
 
-func publicKeyEqual(a, b crypto.PublicKey) bool {
-	e, ok := a.(interface{ Equal(crypto.PublicKey) bool })
-	return ok && e.Equal(b)
-}
-
 func TestSignHonoursRequestedTTLAndUsesUniqueSerials(t *testing.T) {
 	clock := newTestClock()
 	a := newTestAuthority(t, clock)
-	csr, err := a.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +151,7 @@ func TestSignHonoursRequestedTTLAndUsesUniqueSerials(t *testing.T) {
 func TestSignAgentCSRUsesAttestedID(t *testing.T) {
 	clock := newTestClock()
 	a := newTestAuthority(t, clock)
-	der := mustCSR(t, ecKey(t, elliptic.P256()), csrSpec{uris: []string{"spiffe://example.org/ns/default/sa/admin"}})
+	der := csrtest.CSR(t, csrtest.ECKey(t, elliptic.P256()), csrtest.Spec{URIs: []string{"spiffe://example.org/ns/default/sa/admin"}})
 	csr, err := a.ParseAgentCSR(der)
 	if err != nil {
 		t.Fatal(err)
@@ -183,14 +169,14 @@ func TestSignAgentCSRUsesAttestedID(t *testing.T) {
 
 func TestSignRejectsBadRequests(t *testing.T) {
 	a := newTestAuthority(t, newTestClock())
-	csr, err := a.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
 	other := spiffeid.RequireFromString("spiffe://example.org/ns/default/sa/other")
 	for _, tt := range []struct {
 		name   string
-		csr    *CSR
+		csr    *leaf.CSR
 		id     spiffeid.ID
 		ttl    time.Duration
 		reason string
@@ -199,24 +185,24 @@ func TestSignRejectsBadRequests(t *testing.T) {
 		{"TTL above max", csr, csr.ID, 24*time.Hour + time.Second, ReasonTTLTooLong, "exceeds the maximum 24h0m0s"},
 		{"negative TTL", csr, csr.ID, -time.Minute, ReasonInvalidTTL, "negative"},
 		{"ID other than the CSR's", csr, other, 0, ReasonIDMismatch, "may only obtain"},
-		{"ID in another trust domain", &CSR{PublicKey: csr.PublicKey}, spiffeid.RequireFromString("spiffe://evil.org/x"), 0, ReasonWrongTrustDomain, "evil.org"},
-		{"trust domain ID", &CSR{PublicKey: csr.PublicKey}, testTD.ID(), 0, ReasonEmptyPath, "no path"},
-		{"zero ID", &CSR{PublicKey: csr.PublicKey}, spiffeid.ID{}, 0, ReasonInvalidSPIFFEID, "empty"},
-		{"nil CSR", nil, csr.ID, 0, ReasonMalformedCSR, "public key"},
+		{"ID in another trust domain", &leaf.CSR{PublicKey: csr.PublicKey}, spiffeid.RequireFromString("spiffe://evil.org/x"), 0, leaf.ReasonWrongTrustDomain, "evil.org"},
+		{"trust domain ID", &leaf.CSR{PublicKey: csr.PublicKey}, testTD.ID(), 0, leaf.ReasonEmptyPath, "no path"},
+		{"zero ID", &leaf.CSR{PublicKey: csr.PublicKey}, spiffeid.ID{}, 0, leaf.ReasonInvalidSPIFFEID, "empty"},
+		{"nil CSR", nil, csr.ID, 0, leaf.ReasonMalformedCSR, "public key"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			iss, err := a.Sign(context.Background(), tt.csr, tt.id, tt.ttl)
 			if err == nil {
 				t.Fatalf("Sign issued %v", iss.ID)
 			}
-			assertRejected(t, err, tt.reason, tt.msg)
+			csrtest.AssertRejected(t, err, tt.reason, tt.msg)
 		})
 	}
 }
 
 func TestSignStopsOnCanceledContext(t *testing.T) {
 	a := newTestAuthority(t, newTestClock())
-	csr, err := a.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +217,7 @@ func TestSignClampsNotAfterToIntermediate(t *testing.T) {
 	clock := newTestClock()
 	a := newTestAuthority(t, clock)
 	inter := a.Intermediate()
-	csr, err := a.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,8 +234,8 @@ func TestSignClampsNotAfterToIntermediate(t *testing.T) {
 	}
 
 	clock.now = inter.NotAfter.Add(time.Second)
-	if _, err := a.Sign(context.Background(), csr, csr.ID, 0); !errors.Is(err, ErrSignerExpired) {
-		t.Fatalf("Sign after intermediate expiry: %v, want ErrSignerExpired", err)
+	if _, err := a.Sign(context.Background(), csr, csr.ID, 0); !errors.Is(err, leaf.ErrSignerExpired) {
+		t.Fatalf("Sign after intermediate expiry: %v, want leaf.ErrSignerExpired", err)
 	} else if ReasonOf(err) != ReasonInternal {
 		t.Errorf("ReasonOf(expired) = %q, want %q: it is not the caller's fault", ReasonOf(err), ReasonInternal)
 	}
@@ -258,7 +244,7 @@ func TestSignClampsNotAfterToIntermediate(t *testing.T) {
 func TestSignNeverBackdatesBeforeIntermediate(t *testing.T) {
 	clock := newTestClock()
 	a := newTestAuthority(t, clock)
-	csr, err := a.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,7 +266,7 @@ func TestConfigTTLs(t *testing.T) {
 	if a.MaxTTL() != 2*time.Hour || a.DefaultTTL() != 10*time.Minute {
 		t.Errorf("MaxTTL %v DefaultTTL %v", a.MaxTTL(), a.DefaultTTL())
 	}
-	csr, err := a.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := a.ParseWorkloadCSR(csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,7 +274,7 @@ func TestConfigTTLs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := iss.NotAfter.Sub(iss.NotBefore); got != 10*time.Minute+Backdate {
+	if got := iss.NotAfter.Sub(iss.NotBefore); got != 10*time.Minute+leaf.Backdate {
 		t.Errorf("lifetime = %v, want default TTL + backdate", got)
 	}
 	if _, err := a.Sign(context.Background(), csr, csr.ID, 3*time.Hour); ReasonOf(err) != ReasonTTLTooLong {
@@ -317,9 +303,9 @@ func TestSignIgnoresExtensionsRequestedInCSR(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := ecKey(t, elliptic.P256())
+	key := csrtest.ECKey(t, elliptic.P256())
 	tmpl := &x509.CertificateRequest{
-		URIs: workloadURIs(t),
+		URIs: csrtest.WorkloadURIs(t),
 		ExtraExtensions: []pkix.Extension{
 			{Id: oidBasicConstraints, Critical: true, Value: caTrue},
 			{Id: asn1.ObjectIdentifier{1, 2, 3, 4}, Value: []byte{0x05, 0x00}},

@@ -1,10 +1,8 @@
 package authority
 
 import (
-	"bytes"
 	"crypto/x509"
 	"slices"
-	"sync"
 )
 
 // Snapshot is one consistent view of the CA: the authority that signs and
@@ -37,12 +35,12 @@ type Snapshot struct {
 func (a *Authority) Snapshot() Snapshot {
 	ca := a.keys()
 	return Snapshot{
-		ActiveID:   ca.id,
-		Chain:      slices.Clone(ca.chain),
-		Root:       ca.root,
-		Roots:      slices.Clone(ca.roots),
-		Tainted:    slices.Clone(ca.tainted),
-		Generation: ca.gen,
+		ActiveID:   ca.ID,
+		Chain:      slices.Clone(ca.Chain),
+		Root:       ca.Root,
+		Roots:      slices.Clone(ca.Roots),
+		Tainted:    slices.Clone(ca.Tainted),
+		Generation: ca.Gen,
 	}
 }
 
@@ -50,30 +48,4 @@ func (a *Authority) Snapshot() Snapshot {
 // authority, of the trust bundle or of the tainted authorities (by this process, or by another replica
 // sharing the journal once Follow has read it). Call Snapshot after it
 // fires, then Changed again.
-func (a *Authority) Changed() <-chan struct{} { return a.notify.wait() }
-
-// notifier hands out channels closed at the next change.
-type notifier struct {
-	mu sync.Mutex
-	ch chan struct{}
-}
-
-func newNotifier() *notifier { return &notifier{ch: make(chan struct{})} }
-
-func (n *notifier) wait() <-chan struct{} {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.ch
-}
-
-func (n *notifier) fire() {
-	n.mu.Lock()
-	close(n.ch)
-	n.ch = make(chan struct{})
-	n.mu.Unlock()
-}
-
-// sameCerts reports whether a and b hold the same certificates in order.
-func sameCerts(a, b []*x509.Certificate) bool {
-	return slices.EqualFunc(a, b, func(x, y *x509.Certificate) bool { return bytes.Equal(x.Raw, y.Raw) })
-}
+func (a *Authority) Changed() <-chan struct{} { return a.cur.Changed() }

@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
+	"github.com/castellan-dev/castellan/ca/authority/internal/keystore"
+	"github.com/castellan-dev/castellan/ca/authority/internal/pkitest"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
@@ -27,7 +30,7 @@ func TestNewReloadsSameCAAfterRestart(t *testing.T) {
 	if fi.Mode().Perm() != 0o700 {
 		t.Errorf("data dir mode %v, want 0700", fi.Mode().Perm())
 	}
-	for _, name := range []string{RootCertName, RootKeyName, IntermediateCertName, IntermediateKeyName} {
+	for _, name := range []string{keystore.RootCertName, keystore.RootKeyName, keystore.IntermediateCertName, keystore.IntermediateKeyName} {
 		fi, err := os.Stat(filepath.Join(dir, name))
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
@@ -53,7 +56,7 @@ func TestNewReloadsSameCAAfterRestart(t *testing.T) {
 		t.Error("bundle changed across restart")
 	}
 	// A leaf issued before the restart still verifies against the new bundle.
-	csr, err := first.ParseWorkloadCSR(workloadCSR(t, ecKey(t, elliptic.P256())))
+	csr, err := first.ParseWorkloadCSR(csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,11 +109,11 @@ func TestNewReissuesIntermediateWhoseKeyDoesNotMatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Simulate a crash after the new key was written but before its cert.
-	keyPEM, err := encodeKey(ecKey(t, elliptic.P256()))
+	keyPEM, err := pkitest.EncodeKey(csrtest.ECKey(t, elliptic.P256()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, IntermediateKeyName), keyPEM); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, keystore.IntermediateKeyName), keyPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	second, err := New(cfg)
@@ -120,9 +123,7 @@ func TestNewReissuesIntermediateWhoseKeyDoesNotMatch(t *testing.T) {
 	if second.Intermediate().Equal(first.Intermediate()) || !second.Root().Equal(first.Root()) {
 		t.Fatal("want a new intermediate under the same root")
 	}
-	if !keyMatches(second.signer(), second.Intermediate().PublicKey) {
-		t.Fatal("signer does not match the intermediate")
-	}
+	signsAs(t, second, second.Intermediate())
 }
 
 func TestNewRefusesRootWithWrongKey(t *testing.T) {
@@ -131,22 +132,22 @@ func TestNewRefusesRootWithWrongKey(t *testing.T) {
 	if _, err := New(cfg); err != nil {
 		t.Fatal(err)
 	}
-	keyPEM, err := encodeKey(ecKey(t, elliptic.P256()))
+	keyPEM, err := pkitest.EncodeKey(csrtest.ECKey(t, elliptic.P256()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, RootKeyName), keyPEM, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, keystore.RootKeyName), keyPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	_, err = New(cfg)
 	if err == nil || !strings.Contains(err.Error(), "does not match") {
 		t.Fatalf("New with a foreign root key: %v, want a key mismatch error", err)
 	}
-	if err := os.Remove(filepath.Join(dir, RootKeyName)); err != nil {
+	if err := os.Remove(filepath.Join(dir, keystore.RootKeyName)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), RootKeyName) {
-		t.Fatalf("New without root key: %v, want an error naming %s", err, RootKeyName)
+	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), keystore.RootKeyName) {
+		t.Fatalf("New without root key: %v, want an error naming %s", err, keystore.RootKeyName)
 	}
 }
 
@@ -189,9 +190,7 @@ func TestGeneratedCAShape(t *testing.T) {
 	if len(inter.SubjectKeyId) == 0 || len(root.SubjectKeyId) == 0 {
 		t.Error("CA certificates need a SubjectKeyId")
 	}
-	if !keyMatches(a.signer(), inter.PublicKey) {
-		t.Error("Signer is not the intermediate's key")
-	}
+	signsAs(t, a, inter)
 	b := a.Bundle()
 	if b.TrustDomain() != testTD || len(b.X509Authorities()) != 1 || !b.X509Authorities()[0].Equal(root) {
 		t.Error("bundle must hold exactly the root")

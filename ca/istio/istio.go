@@ -37,6 +37,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authority"
+	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/refusal"
@@ -186,7 +187,7 @@ func (s *Service) CreateCertificate(ctx context.Context, req *pb.IstioCertificat
 	}
 	block, _ := pem.Decode([]byte(req.GetCsr()))
 	if block == nil || (block.Type != "CERTIFICATE REQUEST" && block.Type != "NEW CERTIFICATE REQUEST") {
-		return nil, s.refuse(ctx, refusal.Errorf(codes.InvalidArgument, authority.ReasonMalformedCSR,
+		return nil, s.refuse(ctx, refusal.Errorf(codes.InvalidArgument, leaf.ReasonMalformedCSR,
 			"authority: csr is not a PEM CERTIFICATE REQUEST"))
 	}
 	ttl := max(req.GetValidityDuration(), 0) // Istio treats a non-positive validity as "the default"

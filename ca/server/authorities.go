@@ -7,7 +7,7 @@ import (
 	"time"
 
 	adminv1 "github.com/castellan-dev/castellan/api/castellan/admin/v1"
-	"github.com/castellan-dev/castellan/ca/authority"
+	"github.com/castellan-dev/castellan/ca/authority/journal"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -95,7 +95,7 @@ func requireID(id string) error {
 // other failure behind Unavailable: the journal or the ledger failed, and
 // the transition was not made.
 func (a *adminService) transitionError(ctx context.Context, op, id string, err error) error {
-	var te *authority.TransitionError
+	var te *journal.TransitionError
 	if errors.As(err, &te) {
 		a.s.log.InfoContext(ctx, "authority transition refused", "op", op, "authority", id, "reason", te.Msg)
 		return te.GRPCStatus().Err()
@@ -107,8 +107,8 @@ func (a *adminService) transitionError(ctx context.Context, op, id string, err e
 	return status.Errorf(codes.Unavailable, "server: the %s transition was not made: %v", op, err)
 }
 
-// authorityProto converts an authority.Info to its API form.
-func authorityProto(in authority.Info) *adminv1.Authority {
+// authorityProto converts a journal.Info to its API form.
+func authorityProto(in journal.Info) *adminv1.Authority {
 	return &adminv1.Authority{
 		Id: in.ID, State: string(in.State), Source: string(in.Source),
 		Chain: derOf(in.Chain), Roots: derOf(in.Roots),

@@ -12,7 +12,7 @@ import (
 	"errors"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
-	"github.com/castellan-dev/castellan/ca/authority"
+	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/castellan-dev/castellan/ca/store"
 	"google.golang.org/grpc"
@@ -110,7 +110,7 @@ func (s *Server) statusOf(ctx context.Context, method string, err error) error {
 	}
 	s.log.ErrorContext(ctx, "request failed", "method", method, "error", err.Error())
 	switch {
-	case errors.Is(err, authority.ErrSignerExpired):
+	case errors.Is(err, leaf.ErrSignerExpired):
 		return status.Error(codes.Unavailable, err.Error())
 	case s.isCertificateMethod(method):
 		return status.Error(codes.Internal, "server: internal error while signing; see the CA's logs")

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
-	"github.com/castellan-dev/castellan/ca/authority"
+	svidleaf "github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/castellan-dev/castellan/ca/refusal"
 	"google.golang.org/grpc/codes"
 )
@@ -43,7 +43,7 @@ func FuzzSignRequest(f *testing.F) {
 		if it.issued.ID.String() != appID || len(leaf.URIs) != 1 || leaf.URIs[0].String() != appID {
 			t.Fatalf("issued %s for a node that may only obtain %s", it.issued.ID, appID)
 		}
-		if leaf.NotAfter.Sub(leaf.NotBefore) > e.auth.MaxTTL()+authority.Backdate {
+		if leaf.NotAfter.Sub(leaf.NotBefore) > e.auth.MaxTTL()+svidleaf.Backdate {
 			t.Fatalf("lifetime %s exceeds the max TTL", leaf.NotAfter.Sub(leaf.NotBefore))
 		}
 	})

@@ -13,6 +13,7 @@ import (
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authority"
+	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -60,18 +61,18 @@ func TestSignRefusesBadRequests(t *testing.T) {
 		reason string
 		msg    string
 	}{
-		{"malformed CSR", false, &cav1.SignX509SVIDRequest{Csr: []byte("not a csr")}, codes.InvalidArgument, authority.ReasonMalformedCSR, "not a valid DER"},
-		{"empty CSR", false, &cav1.SignX509SVIDRequest{}, codes.InvalidArgument, authority.ReasonMalformedCSR, "CSR is empty"},
-		{"unsigned CSR", false, &cav1.SignX509SVIDRequest{Csr: resign(t, good, func([]byte) []byte { return nil })}, codes.InvalidArgument, authority.ReasonBadSignature, "signature does not verify"},
-		{"bad signature", false, &cav1.SignX509SVIDRequest{Csr: resign(t, good, func(b []byte) []byte { b[len(b)-1] ^= 0xff; return b })}, codes.InvalidArgument, authority.ReasonBadSignature, "signature does not verify"},
-		{"two URI SANs", false, &cav1.SignX509SVIDRequest{Csr: makeCSR(t, p256, csrSpec{uris: []string{appID, appID + "2"}})}, codes.InvalidArgument, authority.ReasonMultipleSANs, "2 URI SANs"},
-		{"DNS SAN", false, &cav1.SignX509SVIDRequest{Csr: makeCSR(t, p256, csrSpec{uris: []string{appID}, dns: []string{"app.example"}})}, codes.InvalidArgument, authority.ReasonForbiddenSAN, "DNS, IP or e-mail"},
-		{"IP SAN", false, &cav1.SignX509SVIDRequest{Csr: makeCSR(t, p256, csrSpec{uris: []string{appID}, ips: []net.IP{net.IPv4(10, 0, 0, 1)}})}, codes.InvalidArgument, authority.ReasonForbiddenSAN, "DNS, IP or e-mail"},
-		{"email SAN", false, &cav1.SignX509SVIDRequest{Csr: makeCSR(t, p256, csrSpec{uris: []string{appID}, emails: []string{"a@example.com"}})}, codes.InvalidArgument, authority.ReasonForbiddenSAN, "DNS, IP or e-mail"},
-		{"other trust domain", false, &cav1.SignX509SVIDRequest{Csr: workloadCSR(t, p256, "spiffe://evil.example/ns/default/sa/app")}, codes.InvalidArgument, authority.ReasonWrongTrustDomain, "evil.example"},
-		{"RSA 1024", false, &cav1.SignX509SVIDRequest{Csr: workloadCSR(t, rsaKey(t, 1024), appID)}, codes.InvalidArgument, authority.ReasonWeakRSAKey, "1024 bits"},
-		{"P-224 curve", false, &cav1.SignX509SVIDRequest{Csr: workloadCSR(t, ecKey(t, elliptic.P224()), appID)}, codes.InvalidArgument, authority.ReasonUnsupportedKey, "P-224"},
-		{"P-521 curve", false, &cav1.SignX509SVIDRequest{Csr: workloadCSR(t, ecKey(t, elliptic.P521()), appID)}, codes.InvalidArgument, authority.ReasonUnsupportedKey, "P-521"},
+		{"malformed CSR", false, &cav1.SignX509SVIDRequest{Csr: []byte("not a csr")}, codes.InvalidArgument, leaf.ReasonMalformedCSR, "not a valid DER"},
+		{"empty CSR", false, &cav1.SignX509SVIDRequest{}, codes.InvalidArgument, leaf.ReasonMalformedCSR, "CSR is empty"},
+		{"unsigned CSR", false, &cav1.SignX509SVIDRequest{Csr: resign(t, good, func([]byte) []byte { return nil })}, codes.InvalidArgument, leaf.ReasonBadSignature, "signature does not verify"},
+		{"bad signature", false, &cav1.SignX509SVIDRequest{Csr: resign(t, good, func(b []byte) []byte { b[len(b)-1] ^= 0xff; return b })}, codes.InvalidArgument, leaf.ReasonBadSignature, "signature does not verify"},
+		{"two URI SANs", false, &cav1.SignX509SVIDRequest{Csr: makeCSR(t, p256, csrSpec{uris: []string{appID, appID + "2"}})}, codes.InvalidArgument, leaf.ReasonMultipleSANs, "2 URI SANs"},
+		{"DNS SAN", false, &cav1.SignX509SVIDRequest{Csr: makeCSR(t, p256, csrSpec{uris: []string{appID}, dns: []string{"app.example"}})}, codes.InvalidArgument, leaf.ReasonForbiddenSAN, "DNS, IP or e-mail"},
+		{"IP SAN", false, &cav1.SignX509SVIDRequest{Csr: makeCSR(t, p256, csrSpec{uris: []string{appID}, ips: []net.IP{net.IPv4(10, 0, 0, 1)}})}, codes.InvalidArgument, leaf.ReasonForbiddenSAN, "DNS, IP or e-mail"},
+		{"email SAN", false, &cav1.SignX509SVIDRequest{Csr: makeCSR(t, p256, csrSpec{uris: []string{appID}, emails: []string{"a@example.com"}})}, codes.InvalidArgument, leaf.ReasonForbiddenSAN, "DNS, IP or e-mail"},
+		{"other trust domain", false, &cav1.SignX509SVIDRequest{Csr: workloadCSR(t, p256, "spiffe://evil.example/ns/default/sa/app")}, codes.InvalidArgument, leaf.ReasonWrongTrustDomain, "evil.example"},
+		{"RSA 1024", false, &cav1.SignX509SVIDRequest{Csr: workloadCSR(t, rsaKey(t, 1024), appID)}, codes.InvalidArgument, leaf.ReasonWeakRSAKey, "1024 bits"},
+		{"P-224 curve", false, &cav1.SignX509SVIDRequest{Csr: workloadCSR(t, ecKey(t, elliptic.P224()), appID)}, codes.InvalidArgument, leaf.ReasonUnsupportedKey, "P-224"},
+		{"P-521 curve", false, &cav1.SignX509SVIDRequest{Csr: workloadCSR(t, ecKey(t, elliptic.P521()), appID)}, codes.InvalidArgument, leaf.ReasonUnsupportedKey, "P-521"},
 		{"TTL above max", false, &cav1.SignX509SVIDRequest{Csr: good, TtlSeconds: 25 * 3600}, codes.InvalidArgument, authority.ReasonTTLTooLong, "exceeds the maximum"},
 		{"absurd TTL", false, &cav1.SignX509SVIDRequest{Csr: good, TtlSeconds: 1 << 62}, codes.InvalidArgument, authority.ReasonTTLTooLong, "exceeds the maximum"},
 		{"negative TTL", false, &cav1.SignX509SVIDRequest{Csr: good, TtlSeconds: -5}, codes.InvalidArgument, authority.ReasonInvalidTTL, "negative"},
@@ -150,8 +151,8 @@ func TestAttestRefusesBadTokens(t *testing.T) {
 		{"malformed token", joinReq("hello", csr), codes.Unauthenticated, authn.ReasonJoinTokenMalformed, "malformed"},
 		{"no attestation", &cav1.AttestAgentRequest{Csr: csr}, codes.Unauthenticated, authn.ReasonNoAttestation, "no attestation"},
 		{"k8s token without k8s", &cav1.AttestAgentRequest{Attestation: &cav1.AttestAgentRequest_K8SSat{K8SSat: "x"}, Csr: csr}, codes.Unauthenticated, authn.ReasonUnsupported, "not enabled"},
-		{"bad CSR keeps the token", joinReq(fresh, []byte("junk")), codes.InvalidArgument, authority.ReasonMalformedCSR, "not a valid DER"},
-		{"weak agent key", joinReq(fresh, agentCSR(t, rsaKey(t, 1024))), codes.InvalidArgument, authority.ReasonWeakRSAKey, "1024 bits"},
+		{"bad CSR keeps the token", joinReq(fresh, []byte("junk")), codes.InvalidArgument, leaf.ReasonMalformedCSR, "not a valid DER"},
+		{"weak agent key", joinReq(fresh, agentCSR(t, rsaKey(t, 1024))), codes.InvalidArgument, leaf.ReasonWeakRSAKey, "1024 bits"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/authority"
+	"github.com/castellan-dev/castellan/ca/authority/journal"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
@@ -57,8 +58,8 @@ func openAuthority(ctx context.Context, cfg config, td spiffeid.TrustDomain, jou
 // for every authority transition: the signing certificate (serial,
 // validity, DER, key hash) and, in Reason, the authority, its states and
 // why.
-func recordTransition(led *ledger.Ledger, td spiffeid.TrustDomain) func(context.Context, authority.Transition) error {
-	return func(ctx context.Context, tr authority.Transition) error {
+func recordTransition(led *ledger.Ledger, td spiffeid.TrustDomain) func(context.Context, journal.Transition) error {
+	return func(ctx context.Context, tr journal.Transition) error {
 		if led == nil {
 			return fmt.Errorf("the ledger is open read-only (--ledger-read-only-forensics): no CA change is made unlogged")
 		}
@@ -68,7 +69,7 @@ func recordTransition(led *ledger.Ledger, td spiffeid.TrustDomain) func(context.
 }
 
 // transitionEvent is the ledger event of one authority transition.
-func transitionEvent(tr authority.Transition, td spiffeid.TrustDomain) ledger.Event {
+func transitionEvent(tr journal.Transition, td spiffeid.TrustDomain) ledger.Event {
 	from := string(tr.From)
 	if from == "" {
 		from = "new"

@@ -13,7 +13,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/audit"
 	"github.com/castellan-dev/castellan/ca/crl"
 	"github.com/castellan-dev/castellan/ca/ledger"
-	"github.com/castellan-dev/castellan/ca/server"
+	"github.com/castellan-dev/castellan/ca/server/adminsock"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -80,7 +80,7 @@ func serveForensic(ctx context.Context, cfg config, log *slog.Logger, reg *prome
 	if err != nil {
 		return fmt.Errorf("castellan-server: --http-listen: %w", err)
 	}
-	adminLis, err := server.ListenAdminSocket(filepath.Join(cfg.DataDir, adminSockFile), log)
+	adminLis, err := adminsock.Listen(filepath.Join(cfg.DataDir, adminSockFile), log)
 	if err != nil {
 		httpLis.Close()
 		return err

@@ -20,6 +20,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/quota"
 	"github.com/castellan-dev/castellan/ca/server"
+	"github.com/castellan-dev/castellan/ca/server/adminsock"
 	"github.com/castellan-dev/castellan/ca/tlog"
 	"github.com/castellan-dev/castellan/ca/witness"
 	"github.com/prometheus/client_golang/prometheus"
@@ -194,7 +195,7 @@ func listenAndServe(ctx context.Context, cfg config, log *slog.Logger, d *deps, 
 		grpcLis.Close()
 		return fmt.Errorf("castellan-server: --http-listen: %w", err)
 	}
-	adminLis, err := server.ListenAdminSocket(filepath.Join(cfg.DataDir, adminSockFile), log)
+	adminLis, err := adminsock.Listen(filepath.Join(cfg.DataDir, adminSockFile), log)
 	if err != nil {
 		grpcLis.Close()
 		httpLis.Close()

@@ -1,4 +1,7 @@
-package server
+// Package adminsock is the CA's owner-only admin socket: a Unix socket
+// in an owner-only directory whose listener serves only connections from
+// processes of the same user, or root (checked with SO_PEERCRED).
+package adminsock
 
 import (
 	"errors"
@@ -11,13 +14,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ListenAdminSocket listens on the Unix socket at path for the admin API.
+// Listen listens on the Unix socket at path for the admin API.
 // The socket's directory must exist and be accessible only to its owner
 // (mode 0700, e.g. the data directory); a stale socket file is replaced;
 // the socket is mode 0600. Every accepted connection is checked with
 // SO_PEERCRED: only processes running as this process's user, or root, are
 // served; others are logged and closed.
-func ListenAdminSocket(path string, log *slog.Logger) (net.Listener, error) {
+func Listen(path string, log *slog.Logger) (net.Listener, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}

@@ -168,16 +168,16 @@ func (c *caService) BatchSignX509SVID(ctx context.Context, req *cav1.BatchSignX5
 	return resp, nil
 }
 
-// issue admits items (admit.go), prepares and records them, and gives
+// issue admits items (package admission), prepares and records them, and gives
 // their room back. The error is the refusal of the whole call when the CA
 // has no room for it (nothing was signed); the items' own outcomes are in
 // their err.
 func (s *Server) issue(ctx context.Context, node string, items []*issuance) error {
-	w, err := s.admit.acquire(ctx, len(items))
+	w, err := s.admit.Acquire(ctx, len(items))
 	if err != nil {
 		return err
 	}
-	defer s.admit.release(w)
+	defer s.admit.Release(w)
 	s.prepareAll(ctx, node, items)
 	_ = s.record(ctx, node, items)
 	return nil

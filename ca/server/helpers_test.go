@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -208,6 +209,30 @@ func (e *env) addEntry(t testing.TB, id, node string) *cav1.Entry {
 
 func (e *env) csrCount(result, reason string) float64 {
 	return testutil.ToFloat64(e.srv.metrics.csrs.WithLabelValues(result, reason))
+}
+
+// metric returns the value of the exported gauge or counter name whose
+// labels hold every "label=value" of labels (0 if none).
+func (e *env) metric(name string, labels ...string) float64 {
+	mfs, err := e.srv.cfg.Registry.Gather()
+	if err != nil {
+		panic(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			have := map[string]bool{}
+			for _, l := range m.GetLabel() {
+				have[l.GetName()+"="+l.GetValue()] = true
+			}
+			if !slices.ContainsFunc(labels, func(l string) bool { return !have[l] }) {
+				return m.GetGauge().GetValue() + m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
 }
 
 func svidOf(t testing.TB, pb *cav1.X509SVID, key crypto.Signer) *x509svid.SVID {

@@ -35,12 +35,11 @@ type metrics struct {
 	signing  prometheus.Histogram
 	caExpiry *prometheus.GaugeVec
 	storeUp  *prometheus.GaugeVec
-	// inFlight and busy are the admission's (admit.go).
-	inFlight prometheus.Gauge
-	busy     prometheus.Counter
 }
 
-func newMetrics(reg *prometheus.Registry) (*metrics, error) {
+// newMetrics returns the server's collectors, registered in reg (nil: not
+// exported) with the others the server exports (the admission's).
+func newMetrics(reg *prometheus.Registry, others ...prometheus.Collector) (*metrics, error) {
 	m := &metrics{
 		csrs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "castellan_csr_total",
@@ -56,19 +55,11 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 			Help: "NotAfter of the CA certificates as a Unix timestamp, by certificate (root, intermediate).",
 		}, []string{"cert"}),
 		storeUp: newStoreUp(),
-		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "castellan_csrs_in_flight",
-			Help: "Workload CSRs admitted and being worked on (parsed, authorized, signed, recorded); bounded by --max-csrs-in-flight.",
-		}),
-		busy: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "castellan_csrs_refused_busy_total",
-			Help: "Workload CSRs refused with ResourceExhausted because the CA had no room for them within the admission wait (castellan_csr_total counts the calls, reason ca_busy).",
-		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.csrs, m.signing, m.caExpiry, m.storeUp, m.inFlight, m.busy} {
+	for _, c := range append([]prometheus.Collector{m.csrs, m.signing, m.caExpiry, m.storeUp}, others...) {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

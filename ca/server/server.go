@@ -28,6 +28,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/server/admission"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -115,11 +116,11 @@ type Config struct {
 		Take(node, identity string, ttl time.Duration) error
 	}
 	// MaxCSRsInFlight bounds the workload CSRs worked on at once, over all
-	// callers (admit.go; 0: DefaultMaxCSRsInFlight, negative: unbounded).
+	// callers (package admission; 0: admission.DefaultCapacity, negative: unbounded).
 	MaxCSRsInFlight int
 	// AdmissionWait is how long a call may wait for room under
 	// MaxCSRsInFlight before it is refused with ResourceExhausted and a
-	// RetryInfo delay (0: DefaultAdmissionWait).
+	// RetryInfo delay (0: admission.DefaultWait).
 	AdmissionWait time.Duration
 }
 
@@ -136,7 +137,7 @@ type Server struct {
 	trust   clientTrust // the pool client certificates are verified against
 	svid    *serverSVID
 	admins  map[spiffeid.ID]bool
-	admit   *admission
+	admit   *admission.Control
 
 	mu       sync.Mutex
 	servers  []*grpc.Server
@@ -176,16 +177,17 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		cfg.ReadinessInterval = DefaultReadinessInterval
 	}
 	if cfg.MaxCSRsInFlight == 0 {
-		cfg.MaxCSRsInFlight = DefaultMaxCSRsInFlight()
+		cfg.MaxCSRsInFlight = admission.DefaultCapacity()
 	}
 	if cfg.AdmissionWait <= 0 {
-		cfg.AdmissionWait = DefaultAdmissionWait
+		cfg.AdmissionWait = admission.DefaultWait
 	}
 	names, err := authority.ParseServerNames(cfg.ServerNames)
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	m, err := newMetrics(cfg.Registry)
+	admit := admission.New(cfg.MaxCSRsInFlight, cfg.AdmissionWait)
+	m, err := newMetrics(cfg.Registry, admit.Collectors()...)
 	if err != nil {
 		return nil, fmt.Errorf("server: register metrics: %w", err)
 	}
@@ -193,7 +195,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		cfg: cfg, td: cfg.Authority.TrustDomain(), log: cfg.Logger, clock: cfg.Clock,
 		metrics: m, health: health.NewServer(), bundle: newBundleState(cfg.Authority.Bundle()),
 		admins: map[spiffeid.ID]bool{}, stopping: make(chan struct{}),
-		admit: newAdmission(cfg.MaxCSRsInFlight, cfg.AdmissionWait, m),
+		admit: admit,
 	}
 	for _, id := range cfg.AdminIDs {
 		s.admins[id] = true

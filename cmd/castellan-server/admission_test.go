@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/castellan-dev/castellan/ca/server"
+	"github.com/castellan-dev/castellan/ca/server/admission"
 )
 
 // --max-csrs-in-flight defaults to the server's bound for this machine,
@@ -20,7 +20,7 @@ func TestAdmissionFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.MaxCSRsInFlight != server.DefaultMaxCSRsInFlight() || cfg.AdmissionWait != server.DefaultAdmissionWait {
+	if cfg.MaxCSRsInFlight != admission.DefaultCapacity() || cfg.AdmissionWait != admission.DefaultWait {
 		t.Errorf("defaults: %d CSRs, wait %s", cfg.MaxCSRsInFlight, cfg.AdmissionWait)
 	}
 	if got := maxCSRsInFlight(cfg.MaxCSRsInFlight); got != cfg.MaxCSRsInFlight {

@@ -13,7 +13,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authority"
-	"github.com/castellan-dev/castellan/ca/server"
+	"github.com/castellan-dev/castellan/ca/server/admission"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.yaml.in/yaml/v3"
 )
@@ -92,8 +92,8 @@ func defaultConfig() config {
 		LogLevel:    "info",
 
 		LedgerDiskReserve: defaultDiskReserve,
-		MaxCSRsInFlight:   server.DefaultMaxCSRsInFlight(),
-		AdmissionWait:     server.DefaultAdmissionWait,
+		MaxCSRsInFlight:   admission.DefaultCapacity(),
+		AdmissionWait:     admission.DefaultWait,
 	}
 }
 

@@ -59,7 +59,7 @@ type config struct {
 	QuotaNodePerHour    int      `yaml:"quota_node_per_hour"`
 	QuotaIdentityPerTTL int      `yaml:"quota_identity_per_ttl"`
 	LedgerDiskReserve   byteSize `yaml:"ledger_disk_reserve"`
-	// Admission control (ca/server/admit.go): CSRs worked on at once
+	// Admission control (ca/server/admission): CSRs worked on at once
 	// (0: unbounded) and how long a call may wait for room.
 	MaxCSRsInFlight         int           `yaml:"max_csrs_in_flight"`
 	AdmissionWait           time.Duration `yaml:"admission_wait"`

@@ -7,6 +7,7 @@ import (
 
 	adminv1 "github.com/castellan-dev/castellan/api/castellan/admin/v1"
 	"github.com/castellan-dev/castellan/ca/authz"
+	"github.com/castellan-dev/castellan/ca/server/edge"
 	"github.com/castellan-dev/castellan/ca/store"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -34,7 +35,7 @@ func (a *adminService) CreateJoinToken(ctx context.Context, req *adminv1.CreateJ
 		}
 		if errors.Is(err, store.ErrUnavailable) {
 			a.s.log.WarnContext(ctx, "join token not created: the registry store is unavailable", "error", err.Error())
-			return nil, storeStatus(err, "join tokens")
+			return nil, edge.StoreStatus(err, "join tokens")
 		}
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}

@@ -11,6 +11,7 @@ import (
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/server/admission"
+	"github.com/castellan-dev/castellan/ca/server/edge"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -132,7 +133,7 @@ func TestBusyCARefusesCallsBeyondCapacity(t *testing.T) {
 	if n := e.metric("castellan_csrs_refused_busy_total"); n != 4 {
 		t.Fatalf("castellan_csrs_refused_busy_total = %v, want 4 (3 + 1 CSRs refused)", n)
 	}
-	if n := e.csrCount(resultRefused, admission.ReasonBusy); n != 2 {
+	if n := e.csrCount(edge.ResultRefused, admission.ReasonBusy); n != 2 {
 		t.Fatalf("castellan_csr_total{reason=ca_busy} = %v, want 2 calls", n)
 	}
 	close(gate.open)

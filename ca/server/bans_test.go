@@ -13,6 +13,7 @@ import (
 	adminv1 "github.com/castellan-dev/castellan/api/castellan/admin/v1"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/server/edge"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -50,7 +51,7 @@ func TestAgentRenewalBeforeHalfLifeIsRefused(t *testing.T) {
 	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), half.UTC().Format(time.RFC3339)) {
 		t.Fatalf("renewal 1s before half-life: %v, want ResourceExhausted naming %s", err, half.UTC().Format(time.RFC3339))
 	}
-	if got := e.csrCount(resultRefused, reasonRenewTooEarly); got != 1 {
+	if got := e.csrCount(edge.ResultRefused, reasonRenewTooEarly); got != 1 {
 		t.Errorf("castellan_csr_total{reason=%q} = %v, want 1", reasonRenewTooEarly, got)
 	}
 	e.clock.Add(time.Second)

@@ -154,11 +154,14 @@ func (c *caService) BatchSignX509SVID(ctx context.Context, req *cav1.BatchSignX5
 	if err := s.issue(ctx, node, items); err != nil {
 		return nil, err
 	}
-	s.countEach(ctx, items)
+	s.edge.CountByItem(ctx)
+	for _, it := range items {
+		s.edge.Count(it.err)
+	}
 	resp := &cav1.BatchSignX509SVIDResponse{Results: make([]*cav1.BatchResult, len(items))}
 	for i, it := range items {
 		if it.err != nil {
-			st := status.Convert(s.statusOf(ctx, cav1.CertificateAuthorityService_BatchSignX509SVID_FullMethodName, it.err))
+			st := status.Convert(s.edge.Status(ctx, cav1.CertificateAuthorityService_BatchSignX509SVID_FullMethodName, it.err))
 			resp.Results[i] = &cav1.BatchResult{Result: &cav1.BatchResult_Error{
 				Error: &cav1.Error{Code: int32(st.Code()), Message: st.Message()}}}
 			continue

@@ -26,7 +26,6 @@ import (
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/ca/store/faultstore"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -208,7 +207,7 @@ func (e *env) addEntry(t testing.TB, id, node string) *cav1.Entry {
 }
 
 func (e *env) csrCount(result, reason string) float64 {
-	return testutil.ToFloat64(e.srv.metrics.csrs.WithLabelValues(result, reason))
+	return e.metric("castellan_csr_total", "result="+result, "reason="+reason)
 }
 
 // metric returns the value of the exported gauge or counter name whose

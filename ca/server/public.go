@@ -23,7 +23,7 @@ type publicService struct {
 // as the Istio CA API) to every main gRPC server built after the call by
 // GRPCServer, outside the admin gate. name is the full gRPC service name,
 // e.g. "istio.v1.auth.IstioCertificateService". Its unary calls are
-// certificate requests: the server's edge counts their outcomes in
+// certificate requests: the server's edge (package edge) counts their outcomes in
 // castellan_csr_total, as for SignX509SVID.
 func (s *Server) ServePublic(name string, r Registrar) {
 	s.mu.Lock()

@@ -2,16 +2,12 @@ package server
 
 import (
 	"context"
-	"errors"
 	"maps"
 	"slices"
 	"time"
 
-	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/status"
 )
 
 // DefaultReadinessInterval is how often MonitorReadiness pings the stores.
@@ -82,16 +78,6 @@ func (s *Server) setReady(failing []string, first bool) {
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	s.log.Error("not ready: a store does not answer; issuance fails with Unavailable until it does, agents' streams stay open",
 		"failing", failing)
-}
-
-// storeStatus is what a caller is told when a store failed: Unavailable,
-// without the store's own message (which may name internal hosts; it is
-// logged). what names the data, e.g. "join tokens".
-func storeStatus(err error, what string) error {
-	if errors.Is(err, store.ErrCommitUnknown) {
-		return status.Errorf(codes.Unavailable, "server: the CA lost its datastore while saving %s; the change may or may not have been made, check and retry", what)
-	}
-	return status.Errorf(codes.Unavailable, "server: the CA's datastore (%s) is unavailable; nothing was changed, retry later or through another CA replica", what)
 }
 
 func newStoreUp() *prometheus.GaugeVec {

@@ -29,6 +29,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/server/admission"
+	"github.com/castellan-dev/castellan/ca/server/edge"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -138,6 +139,7 @@ type Server struct {
 	svid    *serverSVID
 	admins  map[spiffeid.ID]bool
 	admit   *admission.Control
+	edge    *edge.Edge
 
 	mu       sync.Mutex
 	servers  []*grpc.Server
@@ -186,17 +188,17 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	admit := admission.New(cfg.MaxCSRsInFlight, cfg.AdmissionWait)
-	m, err := newMetrics(cfg.Registry, admit.Collectors()...)
+	s := &Server{cfg: cfg, td: cfg.Authority.TrustDomain(), log: cfg.Logger, clock: cfg.Clock,
+		health: health.NewServer(), bundle: newBundleState(cfg.Authority.Bundle()),
+		admins: map[spiffeid.ID]bool{}, stopping: make(chan struct{}),
+		admit: admission.New(cfg.MaxCSRsInFlight, cfg.AdmissionWait),
+	}
+	s.edge = edge.New(cfg.Logger, s.isPublicService)
+	m, err := newMetrics(cfg.Registry, append(s.edge.Collectors(), s.admit.Collectors()...)...)
 	if err != nil {
 		return nil, fmt.Errorf("server: register metrics: %w", err)
 	}
-	s := &Server{
-		cfg: cfg, td: cfg.Authority.TrustDomain(), log: cfg.Logger, clock: cfg.Clock,
-		metrics: m, health: health.NewServer(), bundle: newBundleState(cfg.Authority.Bundle()),
-		admins: map[spiffeid.ID]bool{}, stopping: make(chan struct{}),
-		admit: admit,
-	}
+	s.metrics = m
 	for _, id := range cfg.AdminIDs {
 		s.admins[id] = true
 	}
@@ -266,9 +268,9 @@ func (s *Server) GRPCServer(extraAdmin ...Registrar) *grpc.Server {
 	g := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(s.TLSConfig())),
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes),
-		grpc.StatsHandler(sizeStats{m: s.metrics}),
-		grpc.ChainUnaryInterceptor(s.revokedUnaryGate, s.adminUnaryGate, s.edgeUnary),
-		grpc.ChainStreamInterceptor(s.revokedStreamGate, s.adminStreamGate, s.edgeStream),
+		grpc.StatsHandler(s.edge.SizeStats()),
+		grpc.ChainUnaryInterceptor(s.revokedUnaryGate, s.adminUnaryGate, s.edge.Unary),
+		grpc.ChainStreamInterceptor(s.revokedStreamGate, s.adminStreamGate, s.edge.Stream),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	cav1.RegisterCertificateAuthorityServiceServer(g, &caService{s: s})
@@ -286,7 +288,7 @@ func (s *Server) GRPCServer(extraAdmin ...Registrar) *grpc.Server {
 // services and the health service, without TLS.
 func (s *Server) AdminGRPCServer(extraAdmin ...Registrar) *grpc.Server {
 	g := grpc.NewServer(grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes),
-		grpc.ChainUnaryInterceptor(s.edgeUnary), grpc.ChainStreamInterceptor(s.edgeStream))
+		grpc.ChainUnaryInterceptor(s.edge.Unary), grpc.ChainStreamInterceptor(s.edge.Stream))
 	healthpb.RegisterHealthServer(g, s.health)
 	s.registerAdmin(g, extraAdmin)
 	s.track(g)

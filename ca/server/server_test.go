@@ -15,6 +15,7 @@ import (
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/server/adminsock"
+	"github.com/castellan-dev/castellan/ca/server/edge"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
@@ -30,7 +31,7 @@ func TestAgentGetsWorkloadSVIDThatVerifiesAndIsInLedger(t *testing.T) {
 	ctx := context.Background()
 	key := ecKey(t, elliptic.P256())
 	size := e.ledger.Size()
-	issuedBefore := e.csrCount(resultIssued, reasonOK)
+	issuedBefore := e.csrCount(edge.ResultIssued, edge.ReasonOK)
 
 	resp, err := agent.SignX509SVID(ctx, &cav1.SignX509SVIDRequest{Csr: workloadCSR(t, key, appID), TtlSeconds: 600, EntryId: ent.Id})
 	if err != nil {
@@ -58,7 +59,7 @@ func TestAgentGetsWorkloadSVIDThatVerifiesAndIsInLedger(t *testing.T) {
 	if rec.Kind != ledger.KindIssuance || rec.Node != "node-a" || rec.SPIFFEID != appID || string(rec.CertDER) != string(leaf.Raw) {
 		t.Errorf("ledger entry %+v does not describe the issued SVID", rec.Event)
 	}
-	if e.csrCount(resultIssued, reasonOK)-issuedBefore != 1 {
+	if e.csrCount(edge.ResultIssued, edge.ReasonOK)-issuedBefore != 1 {
 		t.Error("issuance not counted")
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/lifetime"
+	"github.com/castellan-dev/castellan/ca/server/edge"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -73,12 +74,12 @@ func TestSignRefusesTTLAboveEntryTTL(t *testing.T) {
 	}
 	c := e.agentClient(t, "node-a")
 	key := ecKey(t, elliptic.P256())
-	before := e.csrCount(resultRefused, authority.ReasonTTLTooLong)
+	before := e.csrCount(edge.ResultRefused, authority.ReasonTTLTooLong)
 	_, err = c.SignX509SVID(ctx, &cav1.SignX509SVIDRequest{Csr: workloadCSR(t, key, appID), EntryId: ent.Id, TtlSeconds: 601})
 	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "registration entry "+ent.Id) {
 		t.Fatalf("TTL above the entry's: %v, want InvalidArgument naming entry %s", err, ent.Id)
 	}
-	if got := e.csrCount(resultRefused, authority.ReasonTTLTooLong); got != before+1 {
+	if got := e.csrCount(edge.ResultRefused, authority.ReasonTTLTooLong); got != before+1 {
 		t.Fatalf("castellan_csr_total{ttl_too_long} = %v, want %v", got, before+1)
 	}
 	// Also without naming the entry (found by SPIFFE ID and node).

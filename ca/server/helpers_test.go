@@ -22,6 +22,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/server/readiness"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/ca/store/faultstore"
@@ -67,6 +68,8 @@ type env struct {
 	entries  *authz.Entries
 	srv      *Server
 	addr     string
+	// stores are what readiness pings: the registry and the ledger.
+	stores map[string]readiness.Pinger
 }
 
 type envOption func(*Config)
@@ -121,7 +124,6 @@ func newEnvOn(t testing.TB, registry *faultstore.DB, ledgerDB store.DB, ledgerKe
 	cfg := Config{
 		Authority: auth, Ledger: led, Attestor: &authn.JoinTokenAttestor{Tokens: tokens},
 		Tokens: tokens, Entries: entries, Registry: prometheus.NewRegistry(), Clock: clock.Now,
-		Stores: map[string]Pinger{"registry": registry, "ledger": led}, ReadinessInterval: 10 * time.Millisecond,
 		AdminIDs: []spiffeid.ID{spiffeid.RequireFromString("spiffe://cluster.local/castellan/agent/admin-node")},
 	}
 	for _, o := range opts {
@@ -138,7 +140,19 @@ func newEnvOn(t testing.TB, registry *faultstore.DB, ledgerDB store.DB, ledgerKe
 	g := srv.GRPCServer()
 	go func() { _ = g.Serve(lis) }()
 	t.Cleanup(g.Stop)
-	return &env{clock: clock, auth: auth, ledger: led, registry: registry, tokens: tokens, entries: entries, srv: srv, addr: lis.Addr().String()}
+	return &env{clock: clock, auth: auth, ledger: led, registry: registry, tokens: tokens, entries: entries, srv: srv, addr: lis.Addr().String(),
+		stores: map[string]readiness.Pinger{"registry": registry, "ledger": led}}
+}
+
+// monitorReadiness runs the readiness monitor of the env's stores,
+// pinging every interval, until ctx ends.
+func (e *env) monitorReadiness(t testing.TB, ctx context.Context, interval time.Duration) {
+	t.Helper()
+	m, err := readiness.New(readiness.Config{Health: e.srv.Health(), Stores: e.stores, Interval: interval, Registry: e.srv.cfg.Registry})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go m.Run(ctx)
 }
 
 func (e *env) bundle() *x509bundle.Bundle { return e.auth.Bundle() }

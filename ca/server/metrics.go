@@ -19,7 +19,6 @@ const (
 type metrics struct {
 	signing  prometheus.Histogram
 	caExpiry *prometheus.GaugeVec
-	storeUp  *prometheus.GaugeVec
 }
 
 // newMetrics returns the server's collectors, registered in reg (nil: not
@@ -36,12 +35,11 @@ func newMetrics(reg *prometheus.Registry, others ...prometheus.Collector) (*metr
 			Name: "castellan_ca_certificate_expiry_timestamp_seconds",
 			Help: "NotAfter of the CA certificates as a Unix timestamp, by certificate (root, intermediate).",
 		}, []string{"cert"}),
-		storeUp: newStoreUp(),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range append([]prometheus.Collector{m.signing, m.caExpiry, m.storeUp}, others...) {
+	for _, c := range append([]prometheus.Collector{m.signing, m.caExpiry}, others...) {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -49,7 +49,7 @@ func TestStoreOutageMakesServerNotReadyButKeepsStreams(t *testing.T) {
 	e := newEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	go e.srv.MonitorReadiness(ctx)
+	e.monitorReadiness(t, ctx, 10*time.Millisecond)
 	health, err := healthpb.NewHealthClient(e.anonConn(t)).Watch(ctx, &healthpb.HealthCheckRequest{})
 	if err != nil {
 		t.Fatal(err)

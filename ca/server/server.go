@@ -104,13 +104,6 @@ type Config struct {
 	Logger *slog.Logger
 	// Clock returns the current time (nil: time.Now).
 	Clock func() time.Time
-	// Stores are the stores the server needs to issue, by name (e.g.
-	// "registry", "ledger"): MonitorReadiness reports the server ready
-	// only while each answers its Ping.
-	Stores map[string]Pinger
-	// ReadinessInterval is how often MonitorReadiness pings the Stores
-	// (0: DefaultReadinessInterval).
-	ReadinessInterval time.Duration
 	// Quota, when set, limits workload issuance per node and per identity
 	// (a *quota.Limiter); a refusal is its error (ResourceExhausted).
 	Quota interface {
@@ -175,9 +168,6 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
 	}
-	if cfg.ReadinessInterval <= 0 {
-		cfg.ReadinessInterval = DefaultReadinessInterval
-	}
 	if cfg.MaxCSRsInFlight == 0 {
 		cfg.MaxCSRsInFlight = admission.DefaultCapacity()
 	}
@@ -230,8 +220,8 @@ func (s *Server) Run(ctx context.Context) error {
 	return s.svid.run(ctx)
 }
 
-// Health returns the gRPC health service. MonitorReadiness sets its
-// overall status; a caller that does not run it sets the status itself.
+// Health returns the gRPC health service. A readiness.Monitor sets its
+// overall status; a caller that does not run one sets the status itself.
 func (s *Server) Health() *health.Server { return s.health }
 
 // TLSConfig returns the server TLS configuration: the server's SVID, TLS

@@ -7,7 +7,7 @@ import (
 	"log/slog"
 	"path/filepath"
 
-	"github.com/castellan-dev/castellan/ca/server"
+	"github.com/castellan-dev/castellan/ca/server/readiness"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/ca/store/pgstore"
@@ -82,8 +82,8 @@ func openPostgres(ctx context.Context, dsn string, log *slog.Logger, reg prometh
 
 // stores are the stores readiness depends on: the registry and the
 // ledger (which pings its own store, file or keyspace).
-func (d *datastore) stores(ledger server.Pinger) map[string]server.Pinger {
-	return map[string]server.Pinger{"registry": d.registry, "ledger": ledger}
+func (d *datastore) stores(ledger readiness.Pinger) map[string]readiness.Pinger {
+	return map[string]readiness.Pinger{"registry": d.registry, "ledger": ledger}
 }
 
 // Close closes the keyspaces, then the connection, in reverse order of

@@ -21,6 +21,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/quota"
 	"github.com/castellan-dev/castellan/ca/server"
 	"github.com/castellan-dev/castellan/ca/server/adminsock"
+	"github.com/castellan-dev/castellan/ca/server/readiness"
 	"github.com/castellan-dev/castellan/ca/tlog"
 	"github.com/castellan-dev/castellan/ca/witness"
 	"github.com/prometheus/client_golang/prometheus"
@@ -49,7 +50,8 @@ type deps struct {
 	ledger    *ledger.Ledger
 	registry  *prometheus.Registry
 	srv       *server.Server
-	admins    []spiffeid.ID // may call the admin and audit APIs over mTLS
+	ready     *readiness.Monitor // sets srv's health from the stores
+	admins    []spiffeid.ID      // may call the admin and audit APIs over mTLS
 	log       *slog.Logger
 	crl       *crl.Handler                   // /crl, signed by the active authority
 	setBundle func(*x509bundle.Bundle) error // republishes the ConfigMaps (nil: none)
@@ -166,7 +168,7 @@ func serveCA(ctx context.Context, cfg config, td spiffeid.TrustDomain, reg *prom
 		Authority: auth, Ledger: led, Attestor: &authn.JoinTokenAttestor{Tokens: tokens, K8s: k8sAttestor},
 		Authorizer: &authz.NodeAuthorizer{Entries: entries, Pods: podAuthorizer},
 		Tokens:     tokens, Entries: entries, AgentTTL: cfg.AgentTTL, AdminIDs: admins,
-		ServerNames: cfg.ServerNames, Registry: reg, Logger: log, Stores: ds.stores(led),
+		ServerNames: cfg.ServerNames, Registry: reg, Logger: log,
 		MaxCSRsInFlight: maxCSRsInFlight(cfg.MaxCSRsInFlight), AdmissionWait: cfg.AdmissionWait,
 	})
 	if err != nil {
@@ -175,7 +177,11 @@ func serveCA(ctx context.Context, cfg config, td spiffeid.TrustDomain, reg *prom
 	if err := serveIstio(ctx, cfg, td, srv, auth, led, podAuthorizer, log); err != nil {
 		return err
 	}
-	d := &deps{authority: auth, ledger: led, registry: reg, srv: srv, admins: admins, log: log,
+	ready, err := readiness.New(readiness.Config{Health: srv.Health(), Stores: ds.stores(led), Logger: log, Registry: reg})
+	if err != nil {
+		return err
+	}
+	d := &deps{authority: auth, ledger: led, registry: reg, srv: srv, ready: ready, admins: admins, log: log,
 		crl: crl.New(led, auth, crl.Config{Logger: log}), setBundle: setBundle}
 	if d.witnesses, err = cfg.witnessConfig.policy(); err != nil {
 		return err
@@ -224,7 +230,7 @@ func listenAndServe(ctx context.Context, cfg config, log *slog.Logger, d *deps, 
 	go d.ledger.Maintain(ctx, time.Hour)
 	startWitnessing(ctx, cfg.witnessConfig, d)
 	go pruneTokens(ctx, tokens, log)
-	go d.srv.MonitorReadiness(ctx)
+	go d.ready.Run(ctx)
 	log.Info("castellan-server serving", "listen", grpcLis.Addr().String(), "http_listen", httpLis.Addr().String(),
 		"admin_socket", adminLis.Addr().String(), "trust_domain", cfg.TrustDomain)
 

@@ -10,6 +10,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/refusal"
+	"github.com/castellan-dev/castellan/ca/server/logproof"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -206,6 +207,15 @@ func (s *Server) prepareAll(ctx context.Context, node string, items []*issuance)
 		})
 	}
 	wg.Wait()
+}
+
+// GetLogProof serves an agent the proofs of its entries in the witnessed
+// log (package logproof).
+func (c *caService) GetLogProof(ctx context.Context, req *cav1.GetLogProofRequest) (*cav1.GetLogProofResponse, error) {
+	if _, err := c.callerNode(ctx); err != nil {
+		return nil, err
+	}
+	return logproof.Serve(c.s.cfg.Ledger, req)
 }
 
 // errShuttingDown ends long-lived streams when the server stops.

@@ -33,7 +33,7 @@ type issuance struct {
 	grant  authz.Grant
 	issued *authority.Issued
 	err    error
-	// logIndex is the issuance entry's position in the ledger (logproof.go).
+	// logIndex is the issuance entry's position in the ledger (GetLogProof).
 	logIndex *uint64
 }
 
@@ -163,4 +163,25 @@ func svidProto(iss *authority.Issued) *cav1.X509SVID {
 		NotBefore: timestamppb.New(iss.NotBefore),
 		NotAfter:  timestamppb.New(iss.NotAfter),
 	}
+}
+
+// setLogIndexes gives each issued item the log index of its issuance
+// entry; idx holds the indexes of the items' events, in item order (record
+// appends one event per item without an error).
+func setLogIndexes(items []*issuance, idx []uint64) {
+	k := 0
+	for _, it := range items {
+		if it.err != nil || k >= len(idx) {
+			continue
+		}
+		i := idx[k]
+		it.logIndex = &i
+		k++
+	}
+}
+
+// withLogIndex sets the log index of an issuance response.
+func withLogIndex(pb *cav1.X509SVID, idx *uint64) *cav1.X509SVID {
+	pb.LogIndex = idx
+	return pb
 }

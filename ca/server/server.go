@@ -30,6 +30,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/server/admission"
 	"github.com/castellan-dev/castellan/ca/server/edge"
+	"github.com/castellan-dev/castellan/ca/server/logproof"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -67,8 +68,8 @@ type Ledger interface {
 	Revoke(ctx context.Context, serial, reason string) (ledger.Entry, error)
 	// Bans records node agents and bans.
 	Bans
-	// logProver proves the witnessed log to agents (GetLogProof).
-	logProver
+	// Prover proves the witnessed log to agents (GetLogProof).
+	logproof.Prover
 }
 
 // Config configures a Server. Authority, Ledger, Attestor, Tokens and

@@ -1,8 +1,11 @@
-package server
+// Package logproof serves an agent what it needs to check that its
+// certificates are in the witnessed issuance log: the latest witnessed
+// checkpoint, a consistency proof from the size the agent accepted, and
+// inclusion proofs of its entries (GetLogProof).
+package logproof
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"strconv"
@@ -13,12 +16,12 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// MaxLogProofIndexes bounds the entries one GetLogProof proves (an
-// agent's batch is at most 500).
-const MaxLogProofIndexes = 500
+// MaxIndexes bounds the entries one GetLogProof proves (an agent's batch
+// is at most 500).
+const MaxIndexes = 500
 
-// logProver is what GetLogProof needs of the ledger (*ledger.Ledger).
-type logProver interface {
+// Prover is what GetLogProof needs of the ledger (*ledger.Ledger).
+type Prover interface {
 	// WitnessedCheckpoint returns the latest cosigned checkpoint, nil if none.
 	WitnessedCheckpoint() []byte
 	InclusionProof(index, size uint64) ([][]byte, error)
@@ -26,24 +29,21 @@ type logProver interface {
 	EntryData(from, n uint64) ([][]byte, error)
 }
 
-// GetLogProof serves an agent the latest witnessed checkpoint, the
-// consistency proof from the size it accepted, and inclusion proofs of
-// the entries it asks about. The agent verifies everything; nothing here
-// needs to be trusted.
-func (c *caService) GetLogProof(ctx context.Context, req *cav1.GetLogProofRequest) (*cav1.GetLogProofResponse, error) {
-	if _, err := c.callerNode(ctx); err != nil {
-		return nil, err
-	}
-	lp := c.s.cfg.Ledger
-	if n := len(req.GetLogIndexes()); n > MaxLogProofIndexes {
-		return nil, status.Errorf(codes.InvalidArgument, "server: %d log indexes asked; at most %d per call, split them", n, MaxLogProofIndexes)
+// Serve answers GetLogProof from lp: the latest witnessed checkpoint, the
+// consistency proof from the size the agent accepted, and inclusion
+// proofs of the entries it asks about. The agent verifies everything;
+// nothing here needs to be trusted. The caller is authenticated by the
+// CA service.
+func Serve(lp Prover, req *cav1.GetLogProofRequest) (*cav1.GetLogProofResponse, error) {
+	if n := len(req.GetLogIndexes()); n > MaxIndexes {
+		return nil, status.Errorf(codes.InvalidArgument, "server: %d log indexes asked; at most %d per call, split them", n, MaxIndexes)
 	}
 	cp := lp.WitnessedCheckpoint()
 	if cp == nil {
 		return nil, status.Error(codes.FailedPrecondition,
 			"server: no witnessed checkpoint: the CA has no witness policy (--witness, --witness-policy) or its witnesses have not cosigned yet; see the server's log and castellan_witness_witnessed_size")
 	}
-	size, err := witnessedSize(cp)
+	size, err := WitnessedSize(cp)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "server: %v", err)
 	}
@@ -71,7 +71,7 @@ func (c *caService) GetLogProof(ctx context.Context, req *cav1.GetLogProofReques
 }
 
 // inclusion returns entry idx and its inclusion proof in the tree of size.
-func inclusion(lp logProver, idx, size uint64) (*cav1.LogInclusion, error) {
+func inclusion(lp Prover, idx, size uint64) (*cav1.LogInclusion, error) {
 	data, err := lp.EntryData(idx, 1)
 	if err != nil {
 		return nil, err
@@ -86,8 +86,8 @@ func inclusion(lp logProver, idx, size uint64) (*cav1.LogInclusion, error) {
 	return &cav1.LogInclusion{LogIndex: idx, Entry: data[0], Proof: p}, nil
 }
 
-// witnessedSize reads the tree size line of a stored checkpoint.
-func witnessedSize(cp []byte) (uint64, error) {
+// WitnessedSize reads the tree size line of a stored witnessed checkpoint.
+func WitnessedSize(cp []byte) (uint64, error) {
 	lines := bytes.SplitN(cp, []byte("\n"), 3)
 	if len(lines) < 3 {
 		return 0, errors.New("the stored witnessed checkpoint is malformed")
@@ -105,25 +105,4 @@ func proofStatus(err error) error {
 		return status.Error(codes.Unavailable, "server: the ledger is closing; retry on another replica")
 	}
 	return status.Errorf(codes.Internal, "server: building a log proof: %v", err)
-}
-
-// setLogIndexes gives each issued item the log index of its issuance
-// entry; idx holds the indexes of the items' events, in item order (record
-// appends one event per item without an error).
-func setLogIndexes(items []*issuance, idx []uint64) {
-	k := 0
-	for _, it := range items {
-		if it.err != nil || k >= len(idx) {
-			continue
-		}
-		i := idx[k]
-		it.logIndex = &i
-		k++
-	}
-}
-
-// withLogIndex sets the log index of an issuance response.
-func withLogIndex(pb *cav1.X509SVID, idx *uint64) *cav1.X509SVID {
-	pb.LogIndex = idx
-	return pb
 }

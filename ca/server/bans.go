@@ -23,12 +23,6 @@ import (
 // (*ledger.Ledger, where a ban is a ledger event). A banned node's agent
 // certificates are refused on every call and its certificates revoked.
 type Bans interface {
-	// Ban records a ban of node and revokes every unexpired certificate
-	// issued to it, in one append (ledger.ErrAlreadyBanned if banned).
-	Ban(ctx context.Context, node, reason string) (ledger.BanResult, error)
-	// Unban lifts a ban (ledger.ErrNotBanned if none); revoked
-	// certificates stay revoked.
-	Unban(ctx context.Context, node, reason string) (ledger.Entry, error)
 	// Banned returns the ban in force for node; cheap enough per call.
 	Banned(node string) (ledger.Ban, bool)
 	// BansChanged returns a channel closed at the next ban or unban.
@@ -36,9 +30,8 @@ type Bans interface {
 	// RevokeNodeCertificates revokes the unexpired certificates of node if
 	// it is banned (for issuances that raced with the ban).
 	RevokeNodeCertificates(ctx context.Context, node string) ([]string, error)
-	// Agents and Agent describe the node agents the ledger knows.
+	// Agents describes the node agents the ledger knows.
 	Agents(ctx context.Context) ([]ledger.Agent, error)
-	Agent(ctx context.Context, node string) (ledger.Agent, error)
 }
 
 // reasonNodeBanned counts refusals of banned nodes in castellan_csr_total.

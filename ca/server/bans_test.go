@@ -127,8 +127,8 @@ func TestBannedNodeIsCutOff(t *testing.T) {
 		t.Fatalf("node-b's first state %v, %v; want no revoked serials", st, err)
 	}
 
-	admin := &adminService{s: e.srv}
-	ban, err := admin.BanAgent(ctx, &adminv1.BanAgentRequest{Node: "node-a", Reason: "agent key stolen"})
+	adm := e.admin()
+	ban, err := adm.BanAgent(ctx, &adminv1.BanAgentRequest{Node: "node-a", Reason: "agent key stolen"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,15 +184,15 @@ func TestBannedNodeIsCutOff(t *testing.T) {
 	if _, err := other.GetBundle(ctx, &cav1.GetBundleRequest{}); err != nil {
 		t.Errorf("node-b after node-a's ban: %v", err)
 	}
-	if _, err := admin.BanAgent(ctx, &adminv1.BanAgentRequest{Node: "node-a", Reason: "again"}); status.Code(err) != codes.AlreadyExists {
+	if _, err := adm.BanAgent(ctx, &adminv1.BanAgentRequest{Node: "node-a", Reason: "again"}); status.Code(err) != codes.AlreadyExists {
 		t.Errorf("second ban: %v, want AlreadyExists", err)
 	}
 
 	// Unban: new issuance works again; the revoked certificates stay revoked.
-	if _, err := admin.UnbanAgent(ctx, &adminv1.UnbanAgentRequest{Node: "node-a", Reason: "re-imaged"}); err != nil {
+	if _, err := adm.UnbanAgent(ctx, &adminv1.UnbanAgentRequest{Node: "node-a", Reason: "re-imaged"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := admin.UnbanAgent(ctx, &adminv1.UnbanAgentRequest{Node: "node-a", Reason: "again"}); status.Code(err) != codes.FailedPrecondition {
+	if _, err := adm.UnbanAgent(ctx, &adminv1.UnbanAgentRequest{Node: "node-a", Reason: "again"}); status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("second unban: %v, want FailedPrecondition", err)
 	}
 	if _, err := orig.GetBundle(ctx, &cav1.GetBundleRequest{}); status.Code(err) != codes.Unauthenticated {
@@ -268,7 +268,7 @@ func TestBanRacingIssuanceLeavesNothingValid(t *testing.T) {
 	for range 20 {
 		<-started
 	}
-	if _, err := (&adminService{s: e.srv}).BanAgent(ctx, &adminv1.BanAgentRequest{Node: "node-a", Reason: "race"}); err != nil {
+	if _, err := e.admin().BanAgent(ctx, &adminv1.BanAgentRequest{Node: "node-a", Reason: "race"}); err != nil {
 		t.Fatal(err)
 	}
 	for range 4 {

@@ -22,6 +22,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/server/admin"
 	"github.com/castellan-dev/castellan/ca/server/readiness"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
@@ -153,6 +154,12 @@ func (e *env) monitorReadiness(t testing.TB, ctx context.Context, interval time.
 		t.Fatal(err)
 	}
 	go m.Run(ctx)
+}
+
+// admin returns the admin API of the env's server, to call directly.
+func (e *env) admin() *admin.Service {
+	c := e.srv.cfg
+	return admin.New(admin.Config{Authority: c.Authority, Ledger: c.Ledger, Tokens: c.Tokens, Entries: c.Entries})
 }
 
 func (e *env) bundle() *x509bundle.Bundle { return e.auth.Bundle() }

@@ -53,6 +53,10 @@ func (s *Server) isPublicService(method string) bool {
 	return false
 }
 
+// Authorizer returns the rule that decides which SVIDs a node may obtain,
+// for front ends that authorize renewals the way agents' requests are.
+func (s *Server) Authorizer() authz.Authorizer { return s.cfg.Authorizer }
+
 // IssueRequest is one workload SVID requested through a front end that
 // authenticates and authorizes its callers itself (the Istio CA API).
 type IssueRequest struct {

@@ -18,16 +18,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
-	adminv1 "github.com/castellan-dev/castellan/api/castellan/admin/v1"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/server/admin"
 	"github.com/castellan-dev/castellan/ca/server/admission"
 	"github.com/castellan-dev/castellan/ca/server/edge"
 	"github.com/castellan-dev/castellan/ca/server/logproof"
@@ -68,6 +67,8 @@ type Ledger interface {
 	Revoke(ctx context.Context, serial, reason string) (ledger.Entry, error)
 	// Bans records node agents and bans.
 	Bans
+	// Ledger lists node agents and bans them for the admin API.
+	admin.Ledger
 	// Prover proves the witnessed log to agents (GetLogProof).
 	logproof.Prover
 }
@@ -131,7 +132,7 @@ type Server struct {
 	bundle  *bundleState
 	trust   clientTrust // the pool client certificates are verified against
 	svid    *serverSVID
-	admins  map[spiffeid.ID]bool
+	gate    *admin.Gate
 	admit   *admission.Control
 	edge    *edge.Edge
 
@@ -181,8 +182,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, td: cfg.Authority.TrustDomain(), log: cfg.Logger, clock: cfg.Clock,
 		health: health.NewServer(), bundle: newBundleState(cfg.Authority.Bundle()),
-		admins: map[spiffeid.ID]bool{}, stopping: make(chan struct{}),
-		admit: admission.New(cfg.MaxCSRsInFlight, cfg.AdmissionWait),
+		stopping: make(chan struct{}),
+		admit:    admission.New(cfg.MaxCSRsInFlight, cfg.AdmissionWait),
 	}
 	s.edge = edge.New(cfg.Logger, s.isPublicService)
 	m, err := newMetrics(cfg.Registry, append(s.edge.Collectors(), s.admit.Collectors()...)...)
@@ -190,9 +191,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: register metrics: %w", err)
 	}
 	s.metrics = m
-	for _, id := range cfg.AdminIDs {
-		s.admins[id] = true
-	}
+	s.gate = admin.NewGate(cfg.AdminIDs, s.isPublicService, cfg.Logger)
 	s.trust.base = s.baseTLSConfig()
 	s.trust.set(cfg.Authority.Snapshot().Roots)
 	m.caExpiry.WithLabelValues("root").Set(float64(cfg.Authority.Root().NotAfter.Unix()))
@@ -260,8 +259,8 @@ func (s *Server) GRPCServer(extraAdmin ...Registrar) *grpc.Server {
 		grpc.Creds(credentials.NewTLS(s.TLSConfig())),
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes),
 		grpc.StatsHandler(s.edge.SizeStats()),
-		grpc.ChainUnaryInterceptor(s.revokedUnaryGate, s.adminUnaryGate, s.edge.Unary),
-		grpc.ChainStreamInterceptor(s.revokedStreamGate, s.adminStreamGate, s.edge.Stream),
+		grpc.ChainUnaryInterceptor(s.revokedUnaryGate, s.gate.Unary, s.edge.Unary),
+		grpc.ChainStreamInterceptor(s.revokedStreamGate, s.gate.Stream, s.edge.Stream),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	cav1.RegisterCertificateAuthorityServiceServer(g, &caService{s: s})
@@ -287,7 +286,8 @@ func (s *Server) AdminGRPCServer(extraAdmin ...Registrar) *grpc.Server {
 }
 
 func (s *Server) registerAdmin(g *grpc.Server, extra []Registrar) {
-	adminv1.RegisterAdminServiceServer(g, &adminService{s: s})
+	admin.New(admin.Config{Authority: s.cfg.Authority, Ledger: s.cfg.Ledger, Tokens: s.cfg.Tokens,
+		Entries: s.cfg.Entries, Logger: s.log}).Register(g)
 	for _, r := range extra {
 		r(g)
 	}
@@ -326,42 +326,4 @@ func (s *Server) Shutdown(ctx context.Context) {
 		}
 		<-done
 	}
-}
-
-// isPublicMethod reports whether method authenticates callers itself (the
-// CA service checks agent SVIDs per call; health is open).
-func isPublicMethod(method string) bool {
-	return strings.HasPrefix(method, "/castellan.ca.v1.CertificateAuthorityService/") ||
-		strings.HasPrefix(method, "/grpc.health.v1.Health/")
-}
-
-// checkAdmin allows a call on the TCP port to any method other than the
-// CA, health and ServePublic services only for configured admin identities.
-func (s *Server) checkAdmin(ctx context.Context, method string) error {
-	if isPublicMethod(method) || s.isPublicService(method) {
-		return nil
-	}
-	id, err := authn.PeerID(ctx)
-	if err != nil {
-		return err
-	}
-	if !s.admins[id] {
-		s.log.WarnContext(ctx, "admin call refused", "method", method, "spiffe_id", id.String())
-		return authn.Fail(authn.ReasonNotAdmin, "%s is not an admin identity of this CA; use the admin socket or a configured --admin-id", id)
-	}
-	return nil
-}
-
-func (s *Server) adminUnaryGate(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	if err := s.checkAdmin(ctx, info.FullMethod); err != nil {
-		return nil, err
-	}
-	return h(ctx, req)
-}
-
-func (s *Server) adminStreamGate(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-	if err := s.checkAdmin(ss.Context(), info.FullMethod); err != nil {
-		return err
-	}
-	return h(srv, ss)
 }

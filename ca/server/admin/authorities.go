@@ -1,4 +1,4 @@
-package server
+package admin
 
 import (
 	"context"
@@ -18,8 +18,8 @@ import (
 // TransitionError: FailedPrecondition (or NotFound) with its explanation.
 
 // ListAuthorities lists every authority of the journal, oldest first.
-func (a *adminService) ListAuthorities(ctx context.Context, _ *adminv1.ListAuthoritiesRequest) (*adminv1.ListAuthoritiesResponse, error) {
-	infos, err := a.s.cfg.Authority.Authorities(ctx)
+func (a *Service) ListAuthorities(ctx context.Context, _ *adminv1.ListAuthoritiesRequest) (*adminv1.ListAuthoritiesResponse, error) {
+	infos, err := a.cfg.Authority.Authorities(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -35,51 +35,51 @@ func (a *adminService) ListAuthorities(ctx context.Context, _ *adminv1.ListAutho
 }
 
 // PrepareAuthority prepares the next authority.
-func (a *adminService) PrepareAuthority(ctx context.Context, req *adminv1.PrepareAuthorityRequest) (*adminv1.PrepareAuthorityResponse, error) {
-	in, err := a.s.cfg.Authority.Prepare(ctx, req.GetNewRoot())
+func (a *Service) PrepareAuthority(ctx context.Context, req *adminv1.PrepareAuthorityRequest) (*adminv1.PrepareAuthorityResponse, error) {
+	in, err := a.cfg.Authority.Prepare(ctx, req.GetNewRoot())
 	if err != nil {
 		return nil, a.transitionError(ctx, "prepare", "", err)
 	}
-	a.s.log.InfoContext(ctx, "authority prepared by an operator", "authority", in.ID, "new_root", req.GetNewRoot())
+	a.log.InfoContext(ctx, "authority prepared by an operator", "authority", in.ID, "new_root", req.GetNewRoot())
 	return &adminv1.PrepareAuthorityResponse{Authority: authorityProto(in)}, nil
 }
 
 // ActivateAuthority activates a prepared authority.
-func (a *adminService) ActivateAuthority(ctx context.Context, req *adminv1.ActivateAuthorityRequest) (*adminv1.ActivateAuthorityResponse, error) {
+func (a *Service) ActivateAuthority(ctx context.Context, req *adminv1.ActivateAuthorityRequest) (*adminv1.ActivateAuthorityResponse, error) {
 	if err := requireID(req.GetId()); err != nil {
 		return nil, err
 	}
-	in, err := a.s.cfg.Authority.Activate(ctx, req.GetId(), req.GetForce())
+	in, err := a.cfg.Authority.Activate(ctx, req.GetId(), req.GetForce())
 	if err != nil {
 		return nil, a.transitionError(ctx, "activate", req.GetId(), err)
 	}
-	a.s.log.InfoContext(ctx, "authority activated by an operator", "authority", in.ID, "force", req.GetForce())
+	a.log.InfoContext(ctx, "authority activated by an operator", "authority", in.ID, "force", req.GetForce())
 	return &adminv1.ActivateAuthorityResponse{Authority: authorityProto(in)}, nil
 }
 
 // TaintAuthority taints an old authority.
-func (a *adminService) TaintAuthority(ctx context.Context, req *adminv1.TaintAuthorityRequest) (*adminv1.TaintAuthorityResponse, error) {
+func (a *Service) TaintAuthority(ctx context.Context, req *adminv1.TaintAuthorityRequest) (*adminv1.TaintAuthorityResponse, error) {
 	if err := requireID(req.GetId()); err != nil {
 		return nil, err
 	}
-	in, err := a.s.cfg.Authority.Taint(ctx, req.GetId())
+	in, err := a.cfg.Authority.Taint(ctx, req.GetId())
 	if err != nil {
 		return nil, a.transitionError(ctx, "taint", req.GetId(), err)
 	}
-	a.s.log.WarnContext(ctx, "authority tainted by an operator: agents replace every SVID under it", "authority", in.ID)
+	a.log.WarnContext(ctx, "authority tainted by an operator: agents replace every SVID under it", "authority", in.ID)
 	return &adminv1.TaintAuthorityResponse{Authority: authorityProto(in)}, nil
 }
 
 // RevokeAuthority revokes an authority.
-func (a *adminService) RevokeAuthority(ctx context.Context, req *adminv1.RevokeAuthorityRequest) (*adminv1.RevokeAuthorityResponse, error) {
+func (a *Service) RevokeAuthority(ctx context.Context, req *adminv1.RevokeAuthorityRequest) (*adminv1.RevokeAuthorityResponse, error) {
 	if err := requireID(req.GetId()); err != nil {
 		return nil, err
 	}
-	in, err := a.s.cfg.Authority.Revoke(ctx, req.GetId(), req.GetForce())
+	in, err := a.cfg.Authority.Revoke(ctx, req.GetId(), req.GetForce())
 	if err != nil {
 		return nil, a.transitionError(ctx, "revoke", req.GetId(), err)
 	}
-	a.s.log.WarnContext(ctx, "authority revoked by an operator: its root left the trust bundle", "authority", in.ID, "force", req.GetForce())
+	a.log.WarnContext(ctx, "authority revoked by an operator: its root left the trust bundle", "authority", in.ID, "force", req.GetForce())
 	return &adminv1.RevokeAuthorityResponse{Authority: authorityProto(in)}, nil
 }
 
@@ -94,16 +94,16 @@ func requireID(id string) error {
 // or NotFound, and the authority package's explanation) and hides any
 // other failure behind Unavailable: the journal or the ledger failed, and
 // the transition was not made.
-func (a *adminService) transitionError(ctx context.Context, op, id string, err error) error {
+func (a *Service) transitionError(ctx context.Context, op, id string, err error) error {
 	var te *authority.TransitionError
 	if errors.As(err, &te) {
-		a.s.log.InfoContext(ctx, "authority transition refused", "op", op, "authority", id, "reason", te.Msg)
+		a.log.InfoContext(ctx, "authority transition refused", "op", op, "authority", id, "reason", te.Msg)
 		return te.GRPCStatus().Err()
 	}
 	if ctx.Err() != nil {
 		return status.FromContextError(ctx.Err()).Err()
 	}
-	a.s.log.ErrorContext(ctx, "authority transition failed", "op", op, "authority", id, "error", err.Error())
+	a.log.ErrorContext(ctx, "authority transition failed", "op", op, "authority", id, "error", err.Error())
 	return status.Errorf(codes.Unavailable, "server: the %s transition was not made: %v", op, err)
 }
 

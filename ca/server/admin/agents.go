@@ -1,43 +1,29 @@
-package server
+package admin
 
 import (
 	"context"
 	"strings"
-	"time"
 
 	adminv1 "github.com/castellan-dev/castellan/api/castellan/admin/v1"
 	"github.com/castellan-dev/castellan/ca/authn"
-	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
-
-// Authorizer returns the rule that decides which SVIDs a node may obtain,
-// for front ends that authorize renewals the way agents' requests are.
-func (s *Server) Authorizer() authz.Authorizer { return s.cfg.Authorizer }
 
 // agentProto converts a ledger agent record.
 func agentProto(a ledger.Agent) *adminv1.Agent {
 	pb := &adminv1.Agent{Node: a.Node, SpiffeId: a.SPIFFEID, Serial: a.Serial,
-		NotAfter: tsOrNil(a.NotAfter), FirstSeen: tsOrNil(a.FirstSeen), LastSeen: tsOrNil(a.LastSeen)}
+		NotAfter: optTS(a.NotAfter), FirstSeen: optTS(a.FirstSeen), LastSeen: optTS(a.LastSeen)}
 	if b := a.Ban; b != nil {
-		pb.Banned, pb.BanReason, pb.BannedAt, pb.BanIndex = true, b.Reason, tsOrNil(b.Time), b.Index
+		pb.Banned, pb.BanReason, pb.BannedAt, pb.BanIndex = true, b.Reason, optTS(b.Time), b.Index
 	}
 	return pb
 }
 
-func tsOrNil(t time.Time) *timestamppb.Timestamp {
-	if t.IsZero() {
-		return nil
-	}
-	return timestamppb.New(t)
-}
-
 // ListAgents lists the node agents the ledger knows.
-func (a *adminService) ListAgents(ctx context.Context, _ *adminv1.ListAgentsRequest) (*adminv1.ListAgentsResponse, error) {
-	agents, err := a.s.cfg.Ledger.Agents(ctx)
+func (a *Service) ListAgents(ctx context.Context, _ *adminv1.ListAgentsRequest) (*adminv1.ListAgentsResponse, error) {
+	agents, err := a.cfg.Ledger.Agents(ctx)
 	if err != nil {
 		return nil, ledgerStatus(err)
 	}
@@ -49,11 +35,11 @@ func (a *adminService) ListAgents(ctx context.Context, _ *adminv1.ListAgentsRequ
 }
 
 // GetAgent returns one node's agent.
-func (a *adminService) GetAgent(ctx context.Context, req *adminv1.GetAgentRequest) (*adminv1.GetAgentResponse, error) {
+func (a *Service) GetAgent(ctx context.Context, req *adminv1.GetAgentRequest) (*adminv1.GetAgentResponse, error) {
 	if err := authn.ValidateNodeName(req.GetNode()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	ag, err := a.s.cfg.Ledger.Agent(ctx, req.GetNode())
+	ag, err := a.cfg.Ledger.Agent(ctx, req.GetNode())
 	if err != nil {
 		return nil, ledgerStatus(err)
 	}
@@ -61,7 +47,7 @@ func (a *adminService) GetAgent(ctx context.Context, req *adminv1.GetAgentReques
 }
 
 // BanAgent bans a node and revokes its unexpired certificates.
-func (a *adminService) BanAgent(ctx context.Context, req *adminv1.BanAgentRequest) (*adminv1.BanAgentResponse, error) {
+func (a *Service) BanAgent(ctx context.Context, req *adminv1.BanAgentRequest) (*adminv1.BanAgentResponse, error) {
 	node, reason := req.GetNode(), strings.TrimSpace(req.GetReason())
 	if err := authn.ValidateNodeName(node); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
@@ -69,13 +55,13 @@ func (a *adminService) BanAgent(ctx context.Context, req *adminv1.BanAgentReques
 	if reason == "" {
 		return nil, status.Error(codes.InvalidArgument, "server: a ban needs a reason (it is written to the ledger)")
 	}
-	res, err := a.s.cfg.Ledger.Ban(ctx, node, reason)
+	res, err := a.cfg.Ledger.Ban(ctx, node, reason)
 	if err != nil {
 		return nil, ledgerStatus(err)
 	}
-	a.s.log.WarnContext(ctx, "node banned", "node", node, "reason", reason, "index", res.Ban.Index,
+	a.log.WarnContext(ctx, "node banned", "node", node, "reason", reason, "index", res.Ban.Index,
 		"revoked", len(res.Revoked))
-	ag, err := a.s.cfg.Ledger.Agent(ctx, node)
+	ag, err := a.cfg.Ledger.Agent(ctx, node)
 	if err != nil {
 		ag = ledger.Agent{Node: node, Ban: &res.Ban}
 	}
@@ -83,7 +69,7 @@ func (a *adminService) BanAgent(ctx context.Context, req *adminv1.BanAgentReques
 }
 
 // UnbanAgent lifts a node's ban.
-func (a *adminService) UnbanAgent(ctx context.Context, req *adminv1.UnbanAgentRequest) (*adminv1.UnbanAgentResponse, error) {
+func (a *Service) UnbanAgent(ctx context.Context, req *adminv1.UnbanAgentRequest) (*adminv1.UnbanAgentResponse, error) {
 	node, reason := req.GetNode(), strings.TrimSpace(req.GetReason())
 	if err := authn.ValidateNodeName(node); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
@@ -91,12 +77,12 @@ func (a *adminService) UnbanAgent(ctx context.Context, req *adminv1.UnbanAgentRe
 	if reason == "" {
 		return nil, status.Error(codes.InvalidArgument, "server: an unban needs a reason (it is written to the ledger)")
 	}
-	e, err := a.s.cfg.Ledger.Unban(ctx, node, reason)
+	e, err := a.cfg.Ledger.Unban(ctx, node, reason)
 	if err != nil {
 		return nil, ledgerStatus(err)
 	}
-	a.s.log.WarnContext(ctx, "node unbanned", "node", node, "reason", reason, "index", e.Index)
-	ag, err := a.s.cfg.Ledger.Agent(ctx, node)
+	a.log.WarnContext(ctx, "node unbanned", "node", node, "reason", reason, "index", e.Index)
+	ag, err := a.cfg.Ledger.Agent(ctx, node)
 	if err != nil {
 		return nil, ledgerStatus(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/refusal"
+	"github.com/castellan-dev/castellan/ca/server/cutoff"
 	"github.com/castellan-dev/castellan/ca/server/logproof"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"google.golang.org/grpc/codes"
@@ -42,7 +43,7 @@ func (c *caService) AttestAgent(ctx context.Context, req *cav1.AttestAgentReques
 	}
 	node, err := s.cfg.Attestor.Attest(ctx, req)
 	if err == nil {
-		err = s.checkNodeBan(node)
+		err = s.cutoff.CheckNode(node)
 	}
 	if err != nil {
 		s.log.WarnContext(ctx, "agent attestation refused", "reason", refusal.ReasonOf(err), "error", err.Error())
@@ -66,7 +67,7 @@ func (c *caService) AttestAgent(ctx context.Context, req *cav1.AttestAgentReques
 		s.log.ErrorContext(ctx, "ledger append failed; agent SVID withheld", "node", node, "error", err.Error())
 		return nil, refusal.Failure(codes.Unavailable, "server: the issuance ledger is unavailable; no SVID was issued and the join token is spent, create a new one and retry", err)
 	}
-	if err := s.refuseIfBannedAfterRecord(ctx, node); err != nil {
+	if err := s.cutoff.RefuseIfBannedAfterRecord(ctx, node); err != nil {
 		return nil, err
 	}
 	s.log.InfoContext(ctx, "agent attested", "node", node, "spiffe_id", id.String(), "serial", serial.FromBig(iss.Serial).String())
@@ -82,7 +83,7 @@ func (c *caService) RenewAgent(ctx context.Context, req *cav1.RenewAgentRequest)
 	if err != nil {
 		return nil, err
 	}
-	leaf := PeerCertificate(ctx)
+	leaf := cutoff.PeerCertificate(ctx)
 	if err := s.checkRenewal(ctx, node, leaf); err != nil {
 		s.log.WarnContext(ctx, "agent renewal refused", "node", node, "error", err.Error())
 		return nil, err
@@ -108,7 +109,7 @@ func (c *caService) RenewAgent(ctx context.Context, req *cav1.RenewAgentRequest)
 		s.log.ErrorContext(ctx, "ledger append failed; agent SVID withheld", "node", node, "error", err.Error())
 		return nil, refusal.Failure(codes.Unavailable, "server: the issuance ledger is unavailable; no SVID was issued, retry later", err)
 	}
-	if err := s.refuseAfterRenewal(ctx, node, ev.Parent, ev.Serial); err != nil {
+	if err := s.cutoff.RefuseAfterRenewal(ctx, node, ev.Parent, ev.Serial); err != nil {
 		return nil, err
 	}
 	return &cav1.RenewAgentResponse{Svid: svidProto(iss)}, nil
@@ -240,7 +241,7 @@ func (c *caService) WatchBundle(_ *cav1.WatchBundleRequest, stream cav1.Certific
 	for {
 		// A ban or revocation of the caller ends the stream.
 		revChanged, bansChanged := c.s.cfg.Ledger.RevocationsChanged(), c.s.cfg.Ledger.BansChanged()
-		if err := c.s.refusePeer(ctx); err != nil {
+		if err := c.s.cutoff.RefusePeer(ctx); err != nil {
 			return err
 		}
 		b, changed := c.s.bundle.watch()

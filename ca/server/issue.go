@@ -117,7 +117,7 @@ func (s *Server) record(ctx context.Context, node string, items []*issuance, ext
 		}
 		return err
 	}
-	if err := s.refuseIfBannedAfterRecord(ctx, node); err != nil {
+	if err := s.cutoff.RefuseIfBannedAfterRecord(ctx, node); err != nil {
 		for _, it := range items {
 			if it.err == nil {
 				it.issued, it.err = nil, err

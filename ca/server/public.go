@@ -92,7 +92,7 @@ func (s *Server) Issue(ctx context.Context, req IssueRequest) (*authority.Issued
 	if req.Authorize == nil {
 		return nil, status.Error(codes.Internal, "server: Issue needs an Authorize function")
 	}
-	if err := s.checkNodeBan(req.Node); err != nil {
+	if err := s.cutoff.CheckNode(req.Node); err != nil {
 		return nil, err
 	}
 	it := &issuance{

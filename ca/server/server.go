@@ -5,7 +5,7 @@
 // socket, or over mutual TLS for configured admin identities).
 //
 // Every call first passes a gate that refuses revoked client certificates
-// and agent certificates of banned nodes (bans.go). Every request goes
+// and agent certificates of banned nodes (package cutoff). Every request goes
 // authn -> authz -> sign -> ledger -> response: a
 // refused request is counted in castellan_csr_total with its reason and
 // never reaches the ledger; a signed certificate is durable in the ledger
@@ -28,6 +28,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/server/admin"
 	"github.com/castellan-dev/castellan/ca/server/admission"
+	"github.com/castellan-dev/castellan/ca/server/cutoff"
 	"github.com/castellan-dev/castellan/ca/server/edge"
 	"github.com/castellan-dev/castellan/ca/server/logproof"
 	"github.com/prometheus/client_golang/prometheus"
@@ -58,15 +59,12 @@ type Ledger interface {
 	RevokedSerials(now time.Time) []string
 	// RevocationsChanged returns a channel closed at the next revocation.
 	RevocationsChanged() <-chan struct{}
-	// IsRevoked reports whether the certificate with this serial is
-	// revoked and unexpired at now.
-	IsRevoked(serial string, now time.Time) bool
 	// Children returns the serials renewed from serial (at most max).
 	Children(ctx context.Context, serial string, max int) ([]string, error)
-	// Revoke revokes one certificate (ledger.ErrAlreadyRevoked if it was).
-	Revoke(ctx context.Context, serial, reason string) (ledger.Entry, error)
-	// Bans records node agents and bans.
-	Bans
+	// BansChanged returns a channel closed at the next ban or unban.
+	BansChanged() <-chan struct{}
+	// Ledger records node agents, bans and revocations for the cut-off.
+	cutoff.Ledger
 	// Ledger lists node agents and bans them for the admin API.
 	admin.Ledger
 	// Prover proves the witnessed log to agents (GetLogProof).
@@ -133,6 +131,7 @@ type Server struct {
 	trust   clientTrust // the pool client certificates are verified against
 	svid    *serverSVID
 	gate    *admin.Gate
+	cutoff  *cutoff.Guard
 	admit   *admission.Control
 	edge    *edge.Edge
 
@@ -191,6 +190,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: register metrics: %w", err)
 	}
 	s.metrics = m
+	s.cutoff = cutoff.New(cutoff.Config{Ledger: cfg.Ledger, TrustDomain: s.td, Clock: cfg.Clock, Logger: cfg.Logger})
 	s.gate = admin.NewGate(cfg.AdminIDs, s.isPublicService, cfg.Logger)
 	s.trust.base = s.baseTLSConfig()
 	s.trust.set(cfg.Authority.Snapshot().Roots)
@@ -200,7 +200,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err := s.svid.renew(ctx); err != nil {
 		return nil, err
 	}
-	if err := s.reconcileBans(ctx); err != nil {
+	if err := s.cutoff.Reconcile(ctx); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -259,8 +259,8 @@ func (s *Server) GRPCServer(extraAdmin ...Registrar) *grpc.Server {
 		grpc.Creds(credentials.NewTLS(s.TLSConfig())),
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes),
 		grpc.StatsHandler(s.edge.SizeStats()),
-		grpc.ChainUnaryInterceptor(s.revokedUnaryGate, s.gate.Unary, s.edge.Unary),
-		grpc.ChainStreamInterceptor(s.revokedStreamGate, s.gate.Stream, s.edge.Stream),
+		grpc.ChainUnaryInterceptor(s.cutoff.Unary, s.gate.Unary, s.edge.Unary),
+		grpc.ChainStreamInterceptor(s.cutoff.Stream, s.gate.Stream, s.edge.Stream),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	cav1.RegisterCertificateAuthorityServiceServer(g, &caService{s: s})

@@ -86,7 +86,7 @@ func (c *caService) SyncAgent(_ *cav1.SyncAgentRequest, stream cav1.CertificateA
 		entriesChanged := s.cfg.Entries.Changed()
 		revChanged := s.cfg.Ledger.RevocationsChanged()
 		bansChanged := s.cfg.Ledger.BansChanged()
-		if err := s.refusePeer(ctx); err != nil {
+		if err := s.cutoff.RefusePeer(ctx); err != nil {
 			s.log.WarnContext(ctx, "SyncAgent stream closed", "node", node, "error", err.Error())
 			return err
 		}

@@ -71,7 +71,7 @@ func (c *caService) AttestAgent(ctx context.Context, req *cav1.AttestAgentReques
 		return nil, err
 	}
 	s.log.InfoContext(ctx, "agent attested", "node", node, "spiffe_id", id.String(), "serial", serial.FromBig(iss.Serial).String())
-	return &cav1.AttestAgentResponse{Svid: svidProto(iss), Bundle: s.bundle.current()}, nil
+	return &cav1.AttestAgentResponse{Svid: svidProto(iss), Bundle: s.bundle.Current()}, nil
 }
 
 // RenewAgent signs a new agent SVID for the calling agent, once the
@@ -227,7 +227,7 @@ func (c *caService) GetBundle(ctx context.Context, _ *cav1.GetBundleRequest) (*c
 	if _, err := authn.PeerNode(ctx, c.s.td); err != nil {
 		return nil, err
 	}
-	return &cav1.GetBundleResponse{Bundle: c.s.bundle.current()}, nil
+	return &cav1.GetBundleResponse{Bundle: c.s.bundle.Current()}, nil
 }
 
 // WatchBundle sends the bundle, then every change, until the caller leaves
@@ -244,7 +244,7 @@ func (c *caService) WatchBundle(_ *cav1.WatchBundleRequest, stream cav1.Certific
 		if err := c.s.cutoff.RefusePeer(ctx); err != nil {
 			return err
 		}
-		b, changed := c.s.bundle.watch()
+		b, changed := c.s.bundle.Watch()
 		if b != last {
 			if err := stream.Send(&cav1.WatchBundleResponse{Bundle: b}); err != nil {
 				return err

@@ -31,6 +31,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/server/cutoff"
 	"github.com/castellan-dev/castellan/ca/server/edge"
 	"github.com/castellan-dev/castellan/ca/server/logproof"
+	"github.com/castellan-dev/castellan/ca/server/trust"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -127,8 +128,8 @@ type Server struct {
 	clock   func() time.Time
 	metrics *metrics
 	health  *health.Server
-	bundle  *bundleState
-	trust   clientTrust // the pool client certificates are verified against
+	bundle  *trust.Bundle
+	trust   *trust.Clients // the pool client certificates are verified against
 	svid    *serverSVID
 	gate    *admin.Gate
 	cutoff  *cutoff.Guard
@@ -180,7 +181,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s := &Server{cfg: cfg, td: cfg.Authority.TrustDomain(), log: cfg.Logger, clock: cfg.Clock,
-		health: health.NewServer(), bundle: newBundleState(cfg.Authority.Bundle()),
+		health: health.NewServer(), bundle: trust.NewBundle(cfg.Authority.Bundle()),
 		stopping: make(chan struct{}),
 		admit:    admission.New(cfg.MaxCSRsInFlight, cfg.AdmissionWait),
 	}
@@ -192,8 +193,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.metrics = m
 	s.cutoff = cutoff.New(cutoff.Config{Ledger: cfg.Ledger, TrustDomain: s.td, Clock: cfg.Clock, Logger: cfg.Logger})
 	s.gate = admin.NewGate(cfg.AdminIDs, s.isPublicService, cfg.Logger)
-	s.trust.base = s.baseTLSConfig()
-	s.trust.set(cfg.Authority.Snapshot().Roots)
+	s.trust = trust.NewClients(s.baseTLSConfig(), cfg.Authority.Snapshot().Roots)
 	m.caExpiry.WithLabelValues("root").Set(float64(cfg.Authority.Root().NotAfter.Unix()))
 	m.caExpiry.WithLabelValues("intermediate").Set(float64(cfg.Authority.Intermediate().NotAfter.Unix()))
 	s.svid = &serverSVID{s: s, names: names}
@@ -231,11 +231,11 @@ func (s *Server) Health() *health.Server { return s.health }
 func (s *Server) TLSConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion:         tls.VersionTLS13,
-		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return s.trust.cfg.Load(), nil },
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return s.trust.Config(), nil },
 	}
 }
 
-// baseTLSConfig is TLSConfig without the client pool (clientTrust adds it).
+// baseTLSConfig is TLSConfig without the client pool (trust.Clients adds it).
 func (s *Server) baseTLSConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS13,

@@ -11,7 +11,6 @@ import (
 // Reasons the server adds to those of authority, authn and authz.
 const (
 	reasonBatchTooLarge = "batch_too_large"
-	reasonCSRTooLarge   = "csr_too_large"
 )
 
 // metrics are the server's Prometheus collectors (the edge and the

@@ -7,6 +7,7 @@ import (
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
+	"github.com/castellan-dev/castellan/ca/server/issuance"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -95,17 +96,17 @@ func (s *Server) Issue(ctx context.Context, req IssueRequest) (*authority.Issued
 	if err := s.cutoff.CheckNode(req.Node); err != nil {
 		return nil, err
 	}
-	it := &issuance{
-		req:       &cav1.SignX509SVIDRequest{Csr: req.CSR, TtlSeconds: req.TTLSeconds},
-		authorize: req.Authorize,
-		detail:    req.Detail,
-		parent:    req.Parent,
+	it := &issuance.Item{
+		Req:       &cav1.SignX509SVIDRequest{Csr: req.CSR, TtlSeconds: req.TTLSeconds},
+		Authorize: req.Authorize,
+		Detail:    req.Detail,
+		Parent:    req.Parent,
 	}
-	if err := s.issue(ctx, req.Node, []*issuance{it}); err != nil {
+	if err := s.issuer.Issue(ctx, req.Node, []*issuance.Item{it}); err != nil {
 		return nil, err
 	}
-	if it.err != nil {
-		return nil, it.err
+	if it.Err != nil {
+		return nil, it.Err
 	}
-	return it.issued, nil
+	return it.Issued, nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/server/edge"
+	"github.com/castellan-dev/castellan/ca/server/issuance"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -76,7 +77,7 @@ func TestSignRefusesBadRequests(t *testing.T) {
 		{"TTL above max", false, &cav1.SignX509SVIDRequest{Csr: good, TtlSeconds: 25 * 3600}, codes.InvalidArgument, authority.ReasonTTLTooLong, "exceeds the maximum"},
 		{"absurd TTL", false, &cav1.SignX509SVIDRequest{Csr: good, TtlSeconds: 1 << 62}, codes.InvalidArgument, authority.ReasonTTLTooLong, "exceeds the maximum"},
 		{"negative TTL", false, &cav1.SignX509SVIDRequest{Csr: good, TtlSeconds: -5}, codes.InvalidArgument, authority.ReasonInvalidTTL, "negative"},
-		{"CSR too large", false, &cav1.SignX509SVIDRequest{Csr: make([]byte, MaxCSRBytes+1)}, codes.InvalidArgument, reasonCSRTooLarge, "at most 65536"},
+		{"CSR too large", false, &cav1.SignX509SVIDRequest{Csr: make([]byte, issuance.MaxCSRBytes+1)}, codes.InvalidArgument, issuance.ReasonCSRTooLarge, "at most 65536"},
 		{"oversized message", false, &cav1.SignX509SVIDRequest{Csr: make([]byte, 3<<19)}, codes.ResourceExhausted, edge.ReasonMessageTooLarge, "larger than max"},
 		{"identity of another node", false, &cav1.SignX509SVIDRequest{Csr: workloadCSR(t, p256, "spiffe://cluster.local/ns/default/sa/other")}, codes.PermissionDenied, authz.ReasonNotAssigned, `sa/other to node "node-a"`},
 		{"unassigned identity", false, &cav1.SignX509SVIDRequest{Csr: workloadCSR(t, p256, "spiffe://cluster.local/ns/x/sa/y")}, codes.PermissionDenied, authz.ReasonNotAssigned, "no registration entry assigns spiffe://cluster.local/ns/x/sa/y"},

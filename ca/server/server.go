@@ -30,6 +30,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/server/admission"
 	"github.com/castellan-dev/castellan/ca/server/cutoff"
 	"github.com/castellan-dev/castellan/ca/server/edge"
+	"github.com/castellan-dev/castellan/ca/server/issuance"
 	"github.com/castellan-dev/castellan/ca/server/logproof"
 	"github.com/castellan-dev/castellan/ca/server/trust"
 	"github.com/prometheus/client_golang/prometheus"
@@ -46,8 +47,6 @@ const (
 	DefaultAgentTTL        = time.Hour
 	DefaultMaxRequestBytes = 4 << 20
 	DefaultMaxBatch        = 1000
-	// MaxCSRBytes bounds one CSR; real ones are well under 4 KiB.
-	MaxCSRBytes = 64 << 10
 )
 
 // Ledger is what the server needs of the issuance ledger (*ledger.Ledger).
@@ -133,6 +132,7 @@ type Server struct {
 	svid    *serverSVID
 	gate    *admin.Gate
 	cutoff  *cutoff.Guard
+	issuer  *issuance.Pipeline
 	admit   *admission.Control
 	edge    *edge.Edge
 
@@ -146,8 +146,33 @@ type Server struct {
 // New checks cfg, issues the server's own SVID
 // (spiffe://<td>/castellan/server) and returns the server.
 func New(ctx context.Context, cfg Config) (*Server, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	names, err := authority.ParseServerNames(cfg.ServerNames)
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	s, err := newServer(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.svid = &serverSVID{s: s, names: names}
+	if err := s.svid.renew(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.cutoff.Reconcile(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// withDefaults checks cfg's required fields and agent TTL, and returns
+// cfg with its zero fields set to their defaults.
+func (cfg Config) withDefaults() (Config, error) {
 	if cfg.Authority == nil || cfg.Ledger == nil || cfg.Attestor == nil || cfg.Tokens == nil || cfg.Entries == nil {
-		return nil, errors.New("server: Authority, Ledger, Attestor, Tokens and Entries are required")
+		return cfg, errors.New("server: Authority, Ledger, Attestor, Tokens and Entries are required")
 	}
 	if cfg.Authorizer == nil {
 		cfg.Authorizer = &authz.NodeAuthorizer{Entries: cfg.Entries}
@@ -156,7 +181,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		cfg.AgentTTL = DefaultAgentTTL
 	}
 	if _, err := cfg.Authority.Lifetime().For(cfg.AgentTTL, 0, ""); err != nil {
-		return nil, fmt.Errorf("server: agent TTL: %w", err)
+		return cfg, fmt.Errorf("server: agent TTL: %w", err)
 	}
 	if cfg.MaxRequestBytes == 0 {
 		cfg.MaxRequestBytes = DefaultMaxRequestBytes
@@ -176,33 +201,30 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.AdmissionWait <= 0 {
 		cfg.AdmissionWait = admission.DefaultWait
 	}
-	names, err := authority.ParseServerNames(cfg.ServerNames)
-	if err != nil {
-		return nil, fmt.Errorf("server: %w", err)
-	}
+	return cfg, nil
+}
+
+// newServer builds the server's parts from cfg (with its defaults) and
+// registers their metrics.
+func newServer(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, td: cfg.Authority.TrustDomain(), log: cfg.Logger, clock: cfg.Clock,
 		health: health.NewServer(), bundle: trust.NewBundle(cfg.Authority.Bundle()),
 		stopping: make(chan struct{}),
 		admit:    admission.New(cfg.MaxCSRsInFlight, cfg.AdmissionWait),
 	}
+	s.cutoff = cutoff.New(cutoff.Config{Ledger: cfg.Ledger, TrustDomain: s.td, Clock: cfg.Clock, Logger: cfg.Logger})
 	s.edge = edge.New(cfg.Logger, s.isPublicService)
+	s.gate = admin.NewGate(cfg.AdminIDs, s.isPublicService, cfg.Logger)
 	m, err := newMetrics(cfg.Registry, append(s.edge.Collectors(), s.admit.Collectors()...)...)
 	if err != nil {
 		return nil, fmt.Errorf("server: register metrics: %w", err)
 	}
 	s.metrics = m
-	s.cutoff = cutoff.New(cutoff.Config{Ledger: cfg.Ledger, TrustDomain: s.td, Clock: cfg.Clock, Logger: cfg.Logger})
-	s.gate = admin.NewGate(cfg.AdminIDs, s.isPublicService, cfg.Logger)
+	s.issuer = issuance.New(issuance.Config{Authority: cfg.Authority, Authorizer: cfg.Authorizer, Quota: cfg.Quota,
+		Ledger: cfg.Ledger, Admission: s.admit, Cutoff: s.cutoff, Signing: m.signing, Logger: cfg.Logger})
 	s.trust = trust.NewClients(s.baseTLSConfig(), cfg.Authority.Snapshot().Roots)
 	m.caExpiry.WithLabelValues("root").Set(float64(cfg.Authority.Root().NotAfter.Unix()))
 	m.caExpiry.WithLabelValues("intermediate").Set(float64(cfg.Authority.Intermediate().NotAfter.Unix()))
-	s.svid = &serverSVID{s: s, names: names}
-	if err := s.svid.renew(ctx); err != nil {
-		return nil, err
-	}
-	if err := s.cutoff.Reconcile(ctx); err != nil {
-		return nil, err
-	}
 	return s, nil
 }
 

@@ -12,7 +12,6 @@ import (
 	"sync"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
-
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 )
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/authority"
+	"github.com/castellan-dev/castellan/ca/server/ownsvid"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 )
 
@@ -22,7 +23,7 @@ import (
 //  2. verifies client certificates against that bundle from the next TLS
 //     handshake on (an agent renewed under a new root keeps its mTLS);
 //  3. re-issues the server's own TLS certificate when another authority
-//     signs (it is retried every serverSVIDRetry until it succeeds);
+//     signs (it is retried every ownsvid.Retry until it succeeds);
 //  4. updates the CA expiry gauges.
 func (s *Server) followAuthority(ctx context.Context) {
 	var (
@@ -36,7 +37,7 @@ func (s *Server) followAuthority(ctx context.Context) {
 			last, retry = snap.Generation, nil
 			if err := s.applySnapshot(ctx, snap); err != nil && ctx.Err() == nil {
 				s.log.ErrorContext(ctx, "server certificate not re-issued under the new authority; retrying", "error", err.Error())
-				retry = time.After(serverSVIDRetry)
+				retry = time.After(ownsvid.Retry)
 			}
 		}
 		select {
@@ -64,11 +65,11 @@ func (s *Server) applySnapshot(ctx context.Context, snap authority.Snapshot) err
 	s.trust.Set(snap.Roots)
 	s.metrics.caExpiry.WithLabelValues("root").Set(float64(snap.Root.NotAfter.Unix()))
 	s.metrics.caExpiry.WithLabelValues("intermediate").Set(float64(snap.Chain[0].NotAfter.Unix()))
-	if cur := s.svid.current(); cur != nil && signedBy(cur, snap.Chain[0]) {
+	if cur := s.svid.Current(); cur != nil && signedBy(cur, snap.Chain[0]) {
 		return nil
 	}
 	s.log.InfoContext(ctx, "signing authority changed; re-issuing the server certificate", "authority", snap.ActiveID)
-	return s.svid.renew(ctx)
+	return s.svid.Renew(ctx)
 }
 
 // signedBy reports whether cert's chain carries intermediate as its issuer.

@@ -32,6 +32,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/server/edge"
 	"github.com/castellan-dev/castellan/ca/server/issuance"
 	"github.com/castellan-dev/castellan/ca/server/logproof"
+	"github.com/castellan-dev/castellan/ca/server/ownsvid"
 	"github.com/castellan-dev/castellan/ca/server/trust"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -129,7 +130,7 @@ type Server struct {
 	health  *health.Server
 	bundle  *trust.Bundle
 	trust   *trust.Clients // the pool client certificates are verified against
-	svid    *serverSVID
+	svid    *ownsvid.SVID
 	gate    *admin.Gate
 	cutoff  *cutoff.Guard
 	issuer  *issuance.Pipeline
@@ -158,8 +159,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.svid = &serverSVID{s: s, names: names}
-	if err := s.svid.renew(ctx); err != nil {
+	s.svid = ownsvid.New(ownsvid.Config{Authority: cfg.Authority, Ledger: cfg.Ledger, TTL: cfg.AgentTTL,
+		Names: names, Clock: cfg.Clock, Logger: cfg.Logger})
+	if err := s.svid.Renew(ctx); err != nil {
 		return nil, err
 	}
 	if err := s.cutoff.Reconcile(ctx); err != nil {
@@ -239,7 +241,7 @@ func (s *Server) Run(ctx context.Context) error {
 		s.followAuthority(ctx)
 	}()
 	defer func() { <-done }()
-	return s.svid.run(ctx)
+	return s.svid.Run(ctx)
 }
 
 // Health returns the gRPC health service. A readiness.Monitor sets its
@@ -262,7 +264,7 @@ func (s *Server) baseTLSConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS13,
 		ClientAuth:     tls.VerifyClientCertIfGiven,
-		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.svid.current(), nil },
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.svid.Current(), nil },
 		NextProtos:     []string{"h2"},
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/server/readiness"
 	"github.com/castellan-dev/castellan/ca/tlog"
 	"github.com/castellan-dev/castellan/ca/witness"
+	"github.com/castellan-dev/castellan/cmd/castellan-server/internal/config"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -88,7 +89,7 @@ func httpMux(d *deps) *http.ServeMux {
 
 // openRegistry opens the join tokens and the registration entries, kept in
 // the datastore's registry keyspace.
-func openRegistry(ctx context.Context, cfg config, td spiffeid.TrustDomain, ds *datastore, reg prometheus.Registerer, log *slog.Logger) (*authn.JoinTokens, *authz.Entries, error) {
+func openRegistry(ctx context.Context, cfg config.Config, td spiffeid.TrustDomain, ds *datastore, reg prometheus.Registerer, log *slog.Logger) (*authn.JoinTokens, *authz.Entries, error) {
 	tokens, err := authn.NewJoinTokens(ctx, ds.registry, nil, authn.WithJoinTokenLogger(log), authn.WithJoinTokenMetrics(reg))
 	if err != nil {
 		return nil, nil, err
@@ -100,8 +101,8 @@ func openRegistry(ctx context.Context, cfg config, td spiffeid.TrustDomain, ds *
 	return tokens, entries, nil
 }
 
-// adminIDs parses --admin-id (validated by config.validate).
-func adminIDs(cfg config) []spiffeid.ID {
+// adminIDs parses --admin-id (validated by config.Load).
+func adminIDs(cfg config.Config) []spiffeid.ID {
 	var admins []spiffeid.ID
 	for _, s := range cfg.AdminIDs {
 		admins = append(admins, spiffeid.RequireFromString(s))
@@ -110,7 +111,7 @@ func adminIDs(cfg config) []spiffeid.ID {
 }
 
 // serve runs the server until ctx ends.
-func serve(ctx context.Context, cfg config, log *slog.Logger) error {
+func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("castellan-server: data dir: %w", err)
 	}
@@ -125,13 +126,13 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 }
 
 // serveCA opens the CA's state and serves it until ctx ends.
-func serveCA(ctx context.Context, cfg config, td spiffeid.TrustDomain, reg *prometheus.Registry, log *slog.Logger) error {
+func serveCA(ctx context.Context, cfg config.Config, td spiffeid.TrustDomain, reg *prometheus.Registry, log *slog.Logger) error {
 	ds, err := openDatastore(ctx, cfg, log, reg)
 	if err != nil {
 		return err
 	}
 	defer ds.Close()
-	quotas, err := quota.New(quotaConfig(cfg, reg))
+	quotas, err := quota.New(cfg.Quotas(reg))
 	if err != nil {
 		return err
 	}
@@ -169,7 +170,7 @@ func serveCA(ctx context.Context, cfg config, td spiffeid.TrustDomain, reg *prom
 		Authorizer: &authz.NodeAuthorizer{Entries: entries, Pods: podAuthorizer},
 		Tokens:     tokens, Entries: entries, AgentTTL: cfg.AgentTTL, AdminIDs: admins,
 		ServerNames: cfg.ServerNames, Registry: reg, Logger: log,
-		MaxCSRsInFlight: maxCSRsInFlight(cfg.MaxCSRsInFlight), AdmissionWait: cfg.AdmissionWait,
+		MaxCSRsInFlight: cfg.AdmissionCapacity(), AdmissionWait: cfg.AdmissionWait,
 	})
 	if err != nil {
 		return err
@@ -183,7 +184,7 @@ func serveCA(ctx context.Context, cfg config, td spiffeid.TrustDomain, reg *prom
 	}
 	d := &deps{authority: auth, ledger: led, registry: reg, srv: srv, ready: ready, admins: admins, log: log,
 		crl: crl.New(led, auth, crl.Config{Logger: log}), setBundle: setBundle}
-	if d.witnesses, err = cfg.witnessConfig.policy(); err != nil {
+	if d.witnesses, err = cfg.Witness.Policy(); err != nil {
 		return err
 	}
 	return listenAndServe(ctx, cfg, log, d, tokens)
@@ -191,7 +192,7 @@ func serveCA(ctx context.Context, cfg config, td spiffeid.TrustDomain, reg *prom
 
 // listenAndServe opens the listeners, serves until ctx ends, then stops
 // gracefully.
-func listenAndServe(ctx context.Context, cfg config, log *slog.Logger, d *deps, tokens *authn.JoinTokens) error {
+func listenAndServe(ctx context.Context, cfg config.Config, log *slog.Logger, d *deps, tokens *authn.JoinTokens) error {
 	grpcLis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("castellan-server: --listen: %w", err)
@@ -228,7 +229,7 @@ func listenAndServe(ctx context.Context, cfg config, log *slog.Logger, d *deps, 
 	go func() { _ = d.srv.Run(ctx) }()
 	go runAuthority(ctx, cfg, d)
 	go d.ledger.Maintain(ctx, time.Hour)
-	startWitnessing(ctx, cfg.witnessConfig, d)
+	startWitnessing(ctx, cfg.Witness, d)
 	go pruneTokens(ctx, tokens, log)
 	go d.ready.Run(ctx)
 	log.Info("castellan-server serving", "listen", grpcLis.Addr().String(), "http_listen", httpLis.Addr().String(),

@@ -1,4 +1,9 @@
-package main
+// Package config reads and checks castellan-server's configuration: each
+// setting is a flag (--trust-domain), an environment variable
+// (CASTELLAN_TRUST_DOMAIN) and a key of the YAML file given with --config
+// (trust_domain); flags win over the environment, which wins over the
+// file. Load returns it validated, every problem named with what to fix.
+package config
 
 import (
 	"errors"
@@ -18,11 +23,11 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// config is the server's configuration. Each field is a flag
+// Config is the server's configuration. Each field is a flag
 // (--trust-domain), an environment variable (CASTELLAN_TRUST_DOMAIN) and a
 // key of the YAML file given with --config (trust_domain). Flags win over
 // the environment, which wins over the file.
-type config struct {
+type Config struct {
 	TrustDomain      string        `yaml:"trust_domain"`
 	DataDir          string        `yaml:"data_dir"`
 	Listen           string        `yaml:"listen"`
@@ -33,7 +38,7 @@ type config struct {
 	RootCert         string        `yaml:"root_cert"`
 	IntermediateCert string        `yaml:"intermediate_cert"`
 	IntermediateKey  string        `yaml:"intermediate_key"`
-	// KEKFile, PublishDelay and PrepareAt drive CA rotation (authority.go):
+	// KEKFile, PublishDelay and PrepareAt drive CA rotation (castellan-server's authority.go):
 	// the key sealing the authorities' keys in the journal, how long a new
 	// root is published before it signs, and when the next authority is
 	// prepared (a fraction of the active one's lifetime).
@@ -54,33 +59,34 @@ type config struct {
 	IstioTrustedNodeSAs []string `yaml:"istio_trusted_node_sas"`
 	LogLevel            string   `yaml:"log_level"`
 	// Issuance quotas, the ledger's disk reserve and forensic mode
-	// (quota.go, forensic.go).
+	// (quota.go here, forensic.go in castellan-server).
 	QuotaNodeBurst      int      `yaml:"quota_node_burst"`
 	QuotaNodePerHour    int      `yaml:"quota_node_per_hour"`
 	QuotaIdentityPerTTL int      `yaml:"quota_identity_per_ttl"`
-	LedgerDiskReserve   byteSize `yaml:"ledger_disk_reserve"`
+	LedgerDiskReserve   ByteSize `yaml:"ledger_disk_reserve"`
 	// Admission control (ca/server/admission): CSRs worked on at once
 	// (0: unbounded) and how long a call may wait for room.
 	MaxCSRsInFlight         int           `yaml:"max_csrs_in_flight"`
 	AdmissionWait           time.Duration `yaml:"admission_wait"`
 	LedgerReadOnlyForensics bool          `yaml:"ledger_read_only_forensics"`
 	// Datastore is where the CA keeps its state: "" or "bolt" (files in
-	// DataDir) or a postgres:// URL (dsn.go, datastore.go);
+	// DataDir) or a postgres:// URL (dsn.go here, datastore.go in castellan-server);
 	// DatastoreFile holds that URL instead (a mounted Secret).
 	Datastore     string `yaml:"datastore"`
 	DatastoreFile string `yaml:"datastore_file"`
 	// LedgerKeyFile is the log's note signing key, shared by replicas.
 	LedgerKeyFile string `yaml:"ledger_key_file"`
 	// The log's origin and witnesses (witness.go).
-	witnessConfig `yaml:",inline"`
+	Witness `yaml:",inline"`
 
-	// warnings are what loadConfig found unsafe but accepted; run logs
+	// Warnings are what Load found unsafe but accepted; the server logs
 	// them.
-	warnings []string
+	Warnings []string `yaml:"-"`
 }
 
-func defaultConfig() config {
-	return config{
+// Default is the configuration without file, environment or flags.
+func Default() Config {
+	return Config{
 		TrustDomain: "cluster.local",
 		DataDir:     "/var/lib/castellan",
 		Listen:      "127.0.0.1:8443",
@@ -112,7 +118,7 @@ func (l listFlag) Set(v string) error {
 	return nil
 }
 
-func flagSet(cfg *config, configPath *string, out io.Writer) *flag.FlagSet {
+func flagSet(cfg *Config, configPath *string, out io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("castellan-server", flag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.StringVar(configPath, "config", "", "YAML configuration file (keys are the flag names with _ for -)")
@@ -147,7 +153,7 @@ func flagSet(cfg *config, configPath *string, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.DatastoreFile, "datastore-file", cfg.DatastoreFile, "file holding the postgres:// URL of --datastore (e.g. a mounted Kubernetes Secret); it must not be readable by other users")
 	fs.StringVar(&cfg.LedgerKeyFile, "ledger-key-file", cfg.LedgerKeyFile, "the issuance log's signing key (a note signer key, from `castellanctl ledger keygen`), the same file for every replica; required with a PostgreSQL datastore (bolt: default ledger.db.key in --data-dir, generated on first start)")
 	fs.BoolVar(&cfg.LedgerReadOnlyForensics, "ledger-read-only-forensics", cfg.LedgerReadOnlyForensics, "open a ledger that fails its integrity check read-only, serve the audit API on the admin socket and issue nothing (gRPC port not served)")
-	witnessFlags(fs, &cfg.witnessConfig)
+	witnessFlags(fs, &cfg.Witness)
 	return fs
 }
 
@@ -156,20 +162,21 @@ func envName(flagName string) string {
 	return "CASTELLAN_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
-// errUsage marks errors in the command line itself.
-var errUsage = errors.New("usage")
+// ErrUsage marks errors in the command line itself.
+var ErrUsage = errors.New("usage")
 
-// loadConfig builds the configuration from the YAML file, the environment
-// and args, in increasing precedence, and validates it.
-func loadConfig(args []string, getenv func(string) string, out io.Writer) (config, error) {
+// Load builds the configuration from the YAML file, the environment
+// and args, in increasing precedence, and validates it. Flag errors and
+// usage go to out.
+func Load(args []string, getenv func(string) string, out io.Writer) (Config, error) {
 	var path string
-	scratch := defaultConfig()
+	scratch := Default()
 	fs := flagSet(&scratch, &path, out)
 	if err := fs.Parse(args); err != nil {
-		return config{}, fmt.Errorf("%w: %w", errUsage, err)
+		return Config{}, fmt.Errorf("%w: %w", ErrUsage, err)
 	}
 	if fs.NArg() > 0 {
-		return config{}, fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
+		return Config{}, fmt.Errorf("%w: unexpected arguments %q", ErrUsage, fs.Args())
 	}
 	onCmdLine := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { onCmdLine[f.Name] = true })
@@ -177,29 +184,29 @@ func loadConfig(args []string, getenv func(string) string, out io.Writer) (confi
 		path = getenv(envName("config"))
 	}
 
-	cfg := defaultConfig()
+	cfg := Default()
 	if path != "" {
 		if err := readYAML(path, &cfg); err != nil {
-			return config{}, err
+			return Config{}, err
 		}
 	}
 	fs = flagSet(&cfg, new(string), out)
 	if err := applyEnv(fs, &cfg, getenv, onCmdLine); err != nil {
-		return config{}, err
+		return Config{}, err
 	}
 	if err := fs.Parse(args); err != nil {
-		return config{}, fmt.Errorf("%w: %w", errUsage, err)
+		return Config{}, fmt.Errorf("%w: %w", ErrUsage, err)
 	}
 	if err := cfg.validate(); err != nil {
-		return config{}, err
+		return Config{}, err
 	}
-	if kind, dsn, err := cfg.datastore(); err == nil && kind == kindPostgres {
-		cfg.warnings = dsnWarnings(dsn, onCmdLine["datastore"])
+	if kind, dsn, err := cfg.ResolveDatastore(); err == nil && kind == KindPostgres {
+		cfg.Warnings = dsnWarnings(dsn, onCmdLine["datastore"])
 	}
 	return cfg, nil
 }
 
-func readYAML(path string, cfg *config) error {
+func readYAML(path string, cfg *Config) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("castellan-server: config file: %w", err)
@@ -217,7 +224,7 @@ func readYAML(path string, cfg *config) error {
 // CASTELLAN_* environment variable (comma-separated for list flags), and
 // empties the list flags the command line gives, so that fs.Parse(args)
 // after it replaces rather than extends them.
-func applyEnv(fs *flag.FlagSet, cfg *config, getenv func(string) string, onCmdLine map[string]bool) error {
+func applyEnv(fs *flag.FlagSet, cfg *Config, getenv func(string) string, onCmdLine map[string]bool) error {
 	lists := map[string]*[]string{
 		"admin-id": &cfg.AdminIDs, "istio-trusted-node-sa": &cfg.IstioTrustedNodeSAs, "server-name": &cfg.ServerNames,
 	}
@@ -245,7 +252,7 @@ func applyEnv(fs *flag.FlagSet, cfg *config, getenv func(string) string, onCmdLi
 
 // validate checks the configuration and says what to fix: every problem,
 // not only the first.
-func (c config) validate() error {
+func (c Config) validate() error {
 	var errs []error
 	for _, check := range []func() []error{
 		c.checkIdentity, c.checkTTLs, c.checkPluginCA, c.checkRotation, c.checkKubernetes,
@@ -266,7 +273,7 @@ func (p *problems) add(format string, args ...any) { *p = append(*p, fmt.Errorf(
 
 // checkIdentity checks the trust domain, the data directory, the listen
 // addresses, the admin IDs and the server names.
-func (c config) checkIdentity() []error {
+func (c Config) checkIdentity() []error {
 	var bad problems
 	td, err := spiffeid.TrustDomainFromString(c.TrustDomain)
 	if err != nil {
@@ -296,7 +303,7 @@ func (c config) checkIdentity() []error {
 }
 
 // checkTTLs checks the SVID lifetimes against each other.
-func (c config) checkTTLs() []error {
+func (c Config) checkTTLs() []error {
 	var bad problems
 	switch {
 	case c.DefaultTTL <= 0 || c.MaxTTL <= 0 || c.AgentTTL <= 0:
@@ -311,7 +318,7 @@ func (c config) checkTTLs() []error {
 
 // checkPluginCA checks that a plug-in CA names all three files, and that
 // they exist.
-func (c config) checkPluginCA() []error {
+func (c Config) checkPluginCA() []error {
 	var bad problems
 	files := 0
 	for name, f := range map[string]string{"--root-cert": c.RootCert, "--intermediate-cert": c.IntermediateCert, "--intermediate-key": c.IntermediateKey} {
@@ -331,7 +338,7 @@ func (c config) checkPluginCA() []error {
 
 // checkKubernetes checks the service accounts of the Kubernetes and Istio
 // options.
-func (c config) checkKubernetes() []error {
+func (c Config) checkKubernetes() []error {
 	var bad problems
 	if c.K8sAgentSA != "" {
 		if _, _, err := authn.ParseServiceAccount(c.K8sAgentSA); err != nil {
@@ -350,9 +357,9 @@ func (c config) checkKubernetes() []error {
 }
 
 // checkOthers checks the log level, the quotas, admission and the witnesses.
-func (c config) checkOthers() []error {
+func (c Config) checkOthers() []error {
 	var bad problems
-	if _, err := parseLevel(c.LogLevel); err != nil {
+	if _, err := ParseLevel(c.LogLevel); err != nil {
 		bad.add("%v", err)
 	}
 	if err := c.checkQuota(); err != nil {
@@ -364,7 +371,7 @@ func (c config) checkOthers() []error {
 	if c.AdmissionWait <= 0 {
 		bad.add("--admission-wait is %s; it must be positive (e.g. 2s)", c.AdmissionWait)
 	}
-	if err := c.witnessConfig.validate(); err != nil {
+	if err := c.Witness.validate(); err != nil {
 		bad.add("%v", err)
 	}
 	return bad
@@ -378,10 +385,25 @@ func joinLines(errs []error) error {
 	return errors.New(strings.Join(msgs, "\n  "))
 }
 
-func parseLevel(s string) (slog.Level, error) {
+// ParseLevel parses --log-level.
+func ParseLevel(s string) (slog.Level, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(s)); err != nil {
 		return 0, fmt.Errorf("--log-level %q is invalid; use debug, info, warn or error", s)
 	}
 	return l, nil
+}
+
+// checkRotation validates the rotation flags; the authority package checks
+// the publish delay against the intermediate's lifetime, and the KEK file,
+// at start.
+func (c Config) checkRotation() []error {
+	var errs []error
+	if c.PublishDelay < 0 {
+		errs = append(errs, fmt.Errorf("--publish-delay %s must not be negative (0: --max-ttl + 5m)", c.PublishDelay))
+	}
+	if c.PrepareAt != 0 && !(c.PrepareAt > 0 && c.PrepareAt < 1) {
+		errs = append(errs, fmt.Errorf("--prepare-at %v must be between 0 and 1, e.g. 0.5 to prepare the next authority at half the active one's lifetime", c.PrepareAt))
+	}
+	return errs
 }

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"errors"
@@ -24,7 +24,7 @@ func TestConfigPrecedenceFlagsOverEnvOverFile(t *testing.T) {
 		"CASTELLAN_LISTEN":       "127.0.0.1:2222",
 		"CASTELLAN_ADMIN_ID":     "spiffe://env.example/a,spiffe://env.example/b",
 	})
-	cfg, err := loadConfig([]string{"--listen", "127.0.0.1:3333"}, env, io.Discard)
+	cfg, err := Load([]string{"--listen", "127.0.0.1:3333"}, env, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func TestConfigValidationSaysWhatToFix(t *testing.T) {
 		{[]string{"--server-name", ""}, "it is empty"},
 		{[]string{"--server-name", "fe80::1%eth0"}, "no zone"},
 	} {
-		_, err := loadConfig(tc.args, envOf(nil), io.Discard)
+		_, err := Load(tc.args, envOf(nil), io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: %v, want %q", tc.args, err, tc.want)
 		}
@@ -69,7 +69,7 @@ func TestConfigValidationSaysWhatToFix(t *testing.T) {
 
 func TestConfigUsageErrors(t *testing.T) {
 	for _, args := range [][]string{{"--no-such-flag"}, {"extra-arg"}} {
-		if _, err := loadConfig(args, envOf(nil), io.Discard); !errors.Is(err, errUsage) {
+		if _, err := Load(args, envOf(nil), io.Discard); !errors.Is(err, ErrUsage) {
 			t.Errorf("%v: %v, want a usage error", args, err)
 		}
 	}
@@ -77,20 +77,20 @@ func TestConfigUsageErrors(t *testing.T) {
 	if err := os.WriteFile(file, []byte("trust_domian: typo.example\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := loadConfig([]string{"--config", file}, envOf(nil), io.Discard); err == nil || !strings.Contains(err.Error(), "trust_domian") {
+	if _, err := Load([]string{"--config", file}, envOf(nil), io.Discard); err == nil || !strings.Contains(err.Error(), "trust_domian") {
 		t.Errorf("unknown YAML key: %v, want an error naming it", err)
 	}
 }
 
 func TestConfigServerNames(t *testing.T) {
-	cfg, err := loadConfig(nil, envOf(nil), io.Discard)
+	cfg, err := Load(nil, envOf(nil), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := strings.Join(cfg.ServerNames, " "); got != "localhost 127.0.0.1" {
 		t.Errorf("default server names %q, want localhost and 127.0.0.1", got)
 	}
-	cfg, err = loadConfig([]string{"--server-name", "castellan-ca.castellan-system.svc", "--server-name=10.0.0.7"},
+	cfg, err = Load([]string{"--server-name", "castellan-ca.castellan-system.svc", "--server-name=10.0.0.7"},
 		envOf(map[string]string{"CASTELLAN_SERVER_NAME": "env.example"}), io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +98,7 @@ func TestConfigServerNames(t *testing.T) {
 	if got := strings.Join(cfg.ServerNames, " "); got != "castellan-ca.castellan-system.svc 10.0.0.7" {
 		t.Errorf("server names %q: the flags replace the default and the environment", got)
 	}
-	cfg, err = loadConfig(nil, envOf(map[string]string{"CASTELLAN_SERVER_NAME": "a.example,::1"}), io.Discard)
+	cfg, err = Load(nil, envOf(map[string]string{"CASTELLAN_SERVER_NAME": "a.example,::1"}), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +109,7 @@ func TestConfigServerNames(t *testing.T) {
 	if err := os.WriteFile(file, []byte("server_names: [ca.example]\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err = loadConfig([]string{"--config", file}, envOf(nil), io.Discard)
+	cfg, err = Load([]string{"--config", file}, envOf(nil), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"errors"
@@ -14,23 +14,23 @@ import (
 
 // Datastore kinds (--datastore).
 const (
-	kindBolt     = "bolt"     // bbolt files in --data-dir, one replica
-	kindPostgres = "postgres" // PostgreSQL shared by every replica
+	KindBolt     = "bolt"     // bbolt files in --data-dir, one replica
+	KindPostgres = "postgres" // PostgreSQL shared by every replica
 )
 
 // maxSecretFileBytes bounds what is read from --datastore-file.
 const maxSecretFileBytes = 16 << 10
 
-// datastore resolves --datastore or --datastore-file: the kind of
+// ResolveDatastore resolves --datastore or --datastore-file: the kind of
 // datastore and, for PostgreSQL, its URL. A --datastore-file is always
 // PostgreSQL, even when it cannot be read.
-func (c config) datastore() (kind, dsn string, err error) {
+func (c Config) ResolveDatastore() (kind, dsn string, err error) {
 	if c.DatastoreFile != "" {
 		dsn, err := readDSNFile(c.DatastoreFile)
-		return kindPostgres, dsn, err
+		return KindPostgres, dsn, err
 	}
 	kind, err = datastoreKind(c.Datastore)
-	if kind == kindPostgres {
+	if kind == KindPostgres {
 		dsn = c.Datastore
 	}
 	return kind, dsn, err
@@ -38,12 +38,12 @@ func (c config) datastore() (kind, dsn string, err error) {
 
 // checkDatastore validates the datastore flags and those that depend on
 // the kind of datastore.
-func (c config) checkDatastore() []error {
+func (c Config) checkDatastore() []error {
 	if c.Datastore != "" && c.DatastoreFile != "" {
 		return []error{errors.New("--datastore and --datastore-file are both set; give the datastore URL one way")}
 	}
 	var errs []error
-	kind, _, err := c.datastore()
+	kind, _, err := c.ResolveDatastore()
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -55,7 +55,7 @@ func (c config) checkDatastore() []error {
 			errs = append(errs, err)
 		}
 	}
-	if kind != kindPostgres {
+	if kind != KindPostgres {
 		return errs
 	}
 	if c.LedgerKeyFile == "" {
@@ -76,8 +76,8 @@ func (c config) checkDatastore() []error {
 // datastoreKind returns the kind of datastore dsn selects. Its errors
 // never quote dsn, which may hold a password.
 func datastoreKind(dsn string) (string, error) {
-	if dsn == "" || dsn == kindBolt {
-		return kindBolt, nil
+	if dsn == "" || dsn == KindBolt {
+		return KindBolt, nil
 	}
 	scheme, _, ok := strings.Cut(dsn, "://")
 	if !ok {
@@ -98,7 +98,7 @@ func datastoreKind(dsn string) (string, error) {
 	case strings.TrimPrefix(u.Path, "/") == "" && u.Query().Get("dbname") == "":
 		return "", errors.New("--datastore names no database; use postgres://USER@HOST:PORT/DATABASE")
 	}
-	return kindPostgres, nil
+	return KindPostgres, nil
 }
 
 // dsnWarnings returns what is unsafe about a PostgreSQL dsn that is still
@@ -134,7 +134,7 @@ func loopbackHost(u *url.URL) bool {
 }
 
 // readDSNFile reads the datastore URL from path (--datastore-file): one
-// line, a postgres:// URL, in a file checked by openSecretFile.
+// line, a postgres:// URL, in a file checked by readSecretFile.
 func readDSNFile(path string) (string, error) {
 	b, err := readSecretFile(path, "--datastore-file")
 	if err != nil {
@@ -149,7 +149,7 @@ func readDSNFile(path string) (string, error) {
 	}
 	if kind, err := datastoreKind(dsn); err != nil {
 		return "", fmt.Errorf("--datastore-file %s: %w", path, err)
-	} else if kind != kindPostgres {
+	} else if kind != KindPostgres {
 		return "", fmt.Errorf("--datastore-file %s must hold a postgres:// URL (bolt needs no file: drop --datastore-file)", path)
 	}
 	return dsn, nil

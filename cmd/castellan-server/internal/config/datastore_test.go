@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"io"
@@ -73,7 +73,7 @@ func TestDatastoreValidationSaysWhatToFix(t *testing.T) {
 		{"world-readable log key", []string{"--ledger-key-file", writeFile(t, dir, "k644", "x", 0o644)}, "--ledger-key-file"},
 		{"missing log key", []string{"--ledger-key-file", filepath.Join(dir, "nokey")}, "--ledger-key-file: open"},
 	} {
-		_, err := loadConfig(tc.args, envOf(nil), io.Discard)
+		_, err := Load(tc.args, envOf(nil), io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
 			continue
@@ -93,8 +93,8 @@ func TestDatastoreAccepted(t *testing.T) {
 	key := writeFile(t, dir, "log.key", "k", 0o600)
 	ca := pluggedCA(t, dir)
 	for _, args := range [][]string{nil, {"--datastore", "bolt"}} {
-		cfg, err := loadConfig(args, envOf(nil), io.Discard)
-		if kind, _, kerr := cfg.datastore(); err != nil || kerr != nil || kind != kindBolt {
+		cfg, err := Load(args, envOf(nil), io.Discard)
+		if kind, _, kerr := cfg.ResolveDatastore(); err != nil || kerr != nil || kind != KindBolt {
 			t.Errorf("%v: %v %v %q, want bolt", args, err, kerr, kind)
 		}
 	}
@@ -130,22 +130,22 @@ func TestDatastoreAccepted(t *testing.T) {
 		{"DSN file from the environment", base, map[string]string{"CASTELLAN_DATASTORE_FILE": filepath.Join(dir, "dsn")}, plain, []string{"does not verify"}},
 		{"loopback", append([]string{"--datastore", "postgres://castellan@127.0.0.1:5432/castellan"}, base...), nil, "postgres://castellan@127.0.0.1:5432/castellan", nil},
 	} {
-		cfg, err := loadConfig(tc.args, envOf(tc.env), io.Discard)
+		cfg, err := Load(tc.args, envOf(tc.env), io.Discard)
 		if err != nil {
 			t.Errorf("%s: %v", tc.name, err)
 			continue
 		}
-		kind, dsn, err := cfg.datastore()
-		if err != nil || kind != kindPostgres || dsn != tc.dsn {
+		kind, dsn, err := cfg.ResolveDatastore()
+		if err != nil || kind != KindPostgres || dsn != tc.dsn {
 			t.Errorf("%s: datastore %q %q %v, want postgres %q", tc.name, kind, dsn, err, tc.dsn)
 		}
-		if len(cfg.warnings) != len(tc.warnings) {
-			t.Errorf("%s: warnings %q, want %d", tc.name, cfg.warnings, len(tc.warnings))
+		if len(cfg.Warnings) != len(tc.warnings) {
+			t.Errorf("%s: warnings %q, want %d", tc.name, cfg.Warnings, len(tc.warnings))
 			continue
 		}
 		for i, w := range tc.warnings {
-			if !strings.Contains(cfg.warnings[i], w) || strings.Contains(cfg.warnings[i], "s3cret") {
-				t.Errorf("%s: warning %q, want one containing %q and not the password", tc.name, cfg.warnings[i], w)
+			if !strings.Contains(cfg.Warnings[i], w) || strings.Contains(cfg.Warnings[i], "s3cret") {
+				t.Errorf("%s: warning %q, want one containing %q and not the password", tc.name, cfg.Warnings[i], w)
 			}
 		}
 	}

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"crypto/ed25519"
@@ -30,20 +30,20 @@ func testWitnessFlag(t *testing.T, name string) string {
 func TestLedgerOriginKeepsAnExistingLogsName(t *testing.T) {
 	dir := t.TempDir()
 	missing := filepath.Join(dir, "none.key")
-	if o, err := ledgerOrigin(witnessConfig{}, "example.org", missing); err != nil || o != "example.org/castellan/ledger" {
+	if o, err := (Witness{}).Origin("example.org", missing); err != nil || o != "example.org/castellan/ledger" {
 		t.Fatalf("new ledger: %q, %v; want example.org/castellan/ledger", o, err)
 	}
-	if o, err := ledgerOrigin(witnessConfig{LedgerOrigin: "ca.example.org/log"}, "example.org", missing); err != nil || o != "ca.example.org/log" {
+	if o, err := (Witness{LedgerOrigin: "ca.example.org/log"}).Origin("example.org", missing); err != nil || o != "ca.example.org/log" {
 		t.Fatalf("new ledger with --ledger-origin: %q, %v", o, err)
 	}
 	key := filepath.Join(dir, "ledger.db.key")
 	if _, err := ledger.GenerateKeyFile(key, ledger.DefaultOrigin); err != nil {
 		t.Fatal(err)
 	}
-	if o, err := ledgerOrigin(witnessConfig{}, "example.org", key); err != nil || o != ledger.DefaultOrigin {
+	if o, err := (Witness{}).Origin("example.org", key); err != nil || o != ledger.DefaultOrigin {
 		t.Fatalf("existing ledger: %q, %v; want its key's name %q", o, err, ledger.DefaultOrigin)
 	}
-	_, err := ledgerOrigin(witnessConfig{LedgerOrigin: "other.example/log"}, "example.org", key)
+	_, err := (Witness{LedgerOrigin: "other.example/log"}).Origin("example.org", key)
 	if err == nil || !strings.Contains(err.Error(), "cannot be renamed") {
 		t.Fatalf("renaming an existing log: %v, want a refusal", err)
 	}
@@ -51,7 +51,7 @@ func TestLedgerOriginKeepsAnExistingLogsName(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("not a key"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ledgerOrigin(witnessConfig{}, "example.org", bad); err == nil || !strings.Contains(err.Error(), "not a note signer key") {
+	if _, err := (Witness{}).Origin("example.org", bad); err == nil || !strings.Contains(err.Error(), "not a note signer key") {
 		t.Fatalf("damaged key file: %v", err)
 	}
 }
@@ -59,11 +59,11 @@ func TestLedgerOriginKeepsAnExistingLogsName(t *testing.T) {
 func TestWitnessFlagsAndYAML(t *testing.T) {
 	w1, w2 := testWitnessFlag(t, "w1"), testWitnessFlag(t, "w2")
 	getenv := func(string) string { return "" }
-	cfg, err := loadConfig([]string{"--data-dir", t.TempDir(), "--witness", w1, "--witness", w2, "--witness-quorum", "1"}, getenv, io.Discard)
+	cfg, err := Load([]string{"--data-dir", t.TempDir(), "--witness", w1, "--witness", w2, "--witness-quorum", "1"}, getenv, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := cfg.witnessConfig.policy()
+	p, err := cfg.Witness.Policy()
 	if err != nil || p.String() != "1 of [w1 w2]" {
 		t.Fatalf("policy %v, %v", p, err)
 	}
@@ -71,11 +71,11 @@ func TestWitnessFlagsAndYAML(t *testing.T) {
 	if err := os.WriteFile(yml, []byte(fmt.Sprintf("data_dir: %s\nwitness:\n  - %q\nledger_origin: ca.example/log\n", t.TempDir(), w1)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err = loadConfig([]string{"--config", yml}, getenv, io.Discard)
+	cfg, err = Load([]string{"--config", yml}, getenv, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p, err := cfg.witnessConfig.policy(); err != nil || p.String() != "1 of [w1]" || cfg.LedgerOrigin != "ca.example/log" {
+	if p, err := cfg.Witness.Policy(); err != nil || p.String() != "1 of [w1]" || cfg.LedgerOrigin != "ca.example/log" {
 		t.Fatalf("YAML: policy %v, %v, origin %q", p, err, cfg.LedgerOrigin)
 	}
 	for name, args := range map[string][]string{
@@ -83,7 +83,7 @@ func TestWitnessFlagsAndYAML(t *testing.T) {
 		"quorum alone": {"--witness-quorum", "1"},
 		"bad witness":  {"--witness", "w1=https://w.test/"},
 	} {
-		if _, err := loadConfig(append([]string{"--data-dir", t.TempDir()}, args...), getenv, io.Discard); err == nil {
+		if _, err := Load(append([]string{"--data-dir", t.TempDir()}, args...), getenv, io.Discard); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}

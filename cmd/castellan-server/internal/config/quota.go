@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"errors"
@@ -15,9 +15,9 @@ import (
 // own SVID renewals, bbolt's growth steps and an operator's repair.
 const defaultDiskReserve = 512 << 20
 
-// byteSize is a size flag: a number of bytes with an optional binary
+// ByteSize is a size flag: a number of bytes with an optional binary
 // (KiB, MiB, GiB, TiB) or decimal (KB, MB, GB, TB) unit.
-type byteSize uint64
+type ByteSize uint64
 
 var sizeUnits = []struct {
 	suffix string
@@ -25,10 +25,10 @@ var sizeUnits = []struct {
 }{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
 	{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}, {"B", 1}}
 
-func (b *byteSize) String() string { return strconv.FormatUint(uint64(*b), 10) }
+func (b *ByteSize) String() string { return strconv.FormatUint(uint64(*b), 10) }
 
 // Set parses s, e.g. 512MiB.
-func (b *byteSize) Set(s string) error {
+func (b *ByteSize) Set(s string) error {
 	num, mult := strings.TrimSpace(s), uint64(1)
 	for _, u := range sizeUnits {
 		if n, ok := strings.CutSuffix(num, u.suffix); ok {
@@ -40,24 +40,24 @@ func (b *byteSize) Set(s string) error {
 	if err != nil || (n != 0 && n*mult/mult != n) {
 		return fmt.Errorf("%q is not a size such as 512MiB or 2GiB", s)
 	}
-	*b = byteSize(n * mult)
+	*b = ByteSize(n * mult)
 	return nil
 }
 
 // UnmarshalText reads the size from the YAML file.
-func (b *byteSize) UnmarshalText(text []byte) error { return b.Set(string(text)) }
+func (b *ByteSize) UnmarshalText(text []byte) error { return b.Set(string(text)) }
 
 // checkQuota validates the quota flags.
-func (c config) checkQuota() error {
+func (c Config) checkQuota() error {
 	if c.QuotaNodeBurst < 0 || c.QuotaNodePerHour < 0 || c.QuotaIdentityPerTTL < 0 {
 		return errors.New("--quota-node-burst, --quota-node-per-hour and --quota-identity-per-ttl must not be negative (0: the default)")
 	}
 	return nil
 }
 
-// quotaConfig returns the issuance quotas: quota.Defaults for the default
+// Quotas returns the issuance quotas: quota.Defaults for the default
 // TTL, overridden by the flags that are set.
-func quotaConfig(c config, reg prometheus.Registerer) quota.Config {
+func (c Config) Quotas(reg prometheus.Registerer) quota.Config {
 	q := quota.Defaults(c.DefaultTTL)
 	if c.QuotaNodeBurst > 0 {
 		q.Node.Burst = c.QuotaNodeBurst
@@ -72,11 +72,11 @@ func quotaConfig(c config, reg prometheus.Registerer) quota.Config {
 	return q
 }
 
-// maxCSRsInFlight maps --max-csrs-in-flight (0: unbounded) to
+// AdmissionCapacity maps --max-csrs-in-flight (0: unbounded) to
 // server.Config.MaxCSRsInFlight (negative: unbounded).
-func maxCSRsInFlight(n int) int {
-	if n == 0 {
+func (c Config) AdmissionCapacity() int {
+	if c.MaxCSRsInFlight == 0 {
 		return -1
 	}
-	return n
+	return c.MaxCSRsInFlight
 }

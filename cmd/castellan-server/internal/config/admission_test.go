@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"io"
@@ -16,17 +16,17 @@ import (
 // environment and flag set it in that order of precedence; a negative
 // bound or a non-positive wait is refused naming the flag.
 func TestAdmissionFlags(t *testing.T) {
-	cfg, err := loadConfig(nil, envOf(nil), io.Discard)
+	cfg, err := Load(nil, envOf(nil), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.MaxCSRsInFlight != admission.DefaultCapacity() || cfg.AdmissionWait != admission.DefaultWait {
 		t.Errorf("defaults: %d CSRs, wait %s", cfg.MaxCSRsInFlight, cfg.AdmissionWait)
 	}
-	if got := maxCSRsInFlight(cfg.MaxCSRsInFlight); got != cfg.MaxCSRsInFlight {
+	if got := cfg.AdmissionCapacity(); got != cfg.MaxCSRsInFlight {
 		t.Errorf("server bound %d for flag %d", got, cfg.MaxCSRsInFlight)
 	}
-	if got := maxCSRsInFlight(0); got >= 0 {
+	if got := (Config{}).AdmissionCapacity(); got >= 0 {
 		t.Errorf("--max-csrs-in-flight 0 gives server bound %d, want negative (unbounded)", got)
 	}
 	file := filepath.Join(t.TempDir(), "c.yaml")
@@ -34,7 +34,7 @@ func TestAdmissionFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	env := envOf(map[string]string{"CASTELLAN_CONFIG": file, "CASTELLAN_ADMISSION_WAIT": "3s"})
-	cfg, err = loadConfig([]string{"--max-csrs-in-flight", "200"}, env, io.Discard)
+	cfg, err = Load([]string{"--max-csrs-in-flight", "200"}, env, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +46,7 @@ func TestAdmissionFlags(t *testing.T) {
 		{"--admission-wait", "0s"},
 		{"--admission-wait", "-1s"},
 	} {
-		if _, err := loadConfig(args, envOf(nil), io.Discard); err == nil {
+		if _, err := Load(args, envOf(nil), io.Discard); err == nil {
 			t.Errorf("%q accepted", args)
 		} else if !strings.Contains(err.Error(), args[0]) {
 			t.Errorf("%q: error %q does not name the flag", args, err)

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"io"
@@ -10,14 +10,14 @@ import (
 )
 
 func TestQuotaAndReserveFlags(t *testing.T) {
-	cfg, err := loadConfig(nil, envOf(nil), io.Discard)
+	cfg, err := Load(nil, envOf(nil), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.LedgerDiskReserve != 512<<20 {
 		t.Errorf("default reserve %d, want 512MiB", cfg.LedgerDiskReserve)
 	}
-	q := quotaConfig(cfg, nil)
+	q := cfg.Quotas(nil)
 	if q.Node.Burst != 512 || q.Node.Every != time.Hour/1024 || q.IdentityPerTTL != 8 {
 		t.Errorf("default quotas %+v", q)
 	}
@@ -26,11 +26,11 @@ func TestQuotaAndReserveFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	env := envOf(map[string]string{"CASTELLAN_CONFIG": file, "CASTELLAN_QUOTA_NODE_PER_HOUR": "60"})
-	cfg, err = loadConfig([]string{"--quota-identity-per-ttl", "2"}, env, io.Discard)
+	cfg, err = Load([]string{"--quota-identity-per-ttl", "2"}, env, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	q = quotaConfig(cfg, nil)
+	q = cfg.Quotas(nil)
 	if cfg.LedgerDiskReserve != 2<<30 || q.Node.Burst != 50 || q.Node.Every != time.Minute || q.IdentityPerTTL != 2 {
 		t.Errorf("reserve %d, quotas %+v", cfg.LedgerDiskReserve, q)
 	}
@@ -39,7 +39,7 @@ func TestQuotaAndReserveFlags(t *testing.T) {
 		{"--ledger-disk-reserve", "99999999999TiB"},
 		{"--quota-node-burst", "-1"},
 	} {
-		if _, err := loadConfig(args, envOf(nil), io.Discard); err == nil {
+		if _, err := Load(args, envOf(nil), io.Discard); err == nil {
 			t.Errorf("%q accepted", args)
 		} else if !strings.Contains(err.Error(), args[0]) && !strings.Contains(err.Error(), "size") {
 			t.Errorf("%q: error %q does not name the flag", args, err)

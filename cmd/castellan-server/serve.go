@@ -178,16 +178,24 @@ func serveCA(ctx context.Context, cfg config.Config, td spiffeid.TrustDomain, re
 	if err := serveIstio(ctx, cfg, td, srv, auth, led, podAuthorizer, log); err != nil {
 		return err
 	}
-	ready, err := readiness.New(readiness.Config{Health: srv.Health(), Stores: ds.stores(led), Logger: log, Registry: reg})
-	if err != nil {
-		return err
-	}
-	d := &deps{authority: auth, ledger: led, registry: reg, srv: srv, ready: ready, admins: admins, log: log,
-		crl: crl.New(led, auth, crl.Config{Logger: log}), setBundle: setBundle}
-	if d.witnesses, err = cfg.Witness.Policy(); err != nil {
+	d := &deps{authority: auth, ledger: led, registry: reg, srv: srv, admins: admins, log: log, setBundle: setBundle}
+	if err := d.complete(cfg, ds); err != nil {
 		return err
 	}
 	return listenAndServe(ctx, cfg, log, d, tokens)
+}
+
+// complete adds to d what is built from its parts: the readiness monitor
+// of its server over ds's stores, the CRL and the witness policy.
+func (d *deps) complete(cfg config.Config, ds *datastore) error {
+	var err error
+	d.ready, err = readiness.New(readiness.Config{Health: d.srv.Health(), Stores: ds.stores(d.ledger), Logger: d.log, Registry: d.registry})
+	if err != nil {
+		return err
+	}
+	d.crl = crl.New(d.ledger, d.authority, crl.Config{Logger: d.log})
+	d.witnesses, err = cfg.Witness.Policy()
+	return err
 }
 
 // listenAndServe opens the listeners, serves until ctx ends, then stops

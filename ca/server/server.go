@@ -5,11 +5,21 @@
 // socket, or over mutual TLS for configured admin identities).
 //
 // Every call first passes a gate that refuses revoked client certificates
-// and agent certificates of banned nodes (package cutoff). Every request goes
-// authn -> authz -> sign -> ledger -> response: a
-// refused request is counted in castellan_csr_total with its reason and
-// never reaches the ledger; a signed certificate is durable in the ledger
-// before the caller sees it.
+// and agent certificates of banned nodes (package cutoff), then the admin
+// gate (package admin), then the edge (package edge), which turns errors
+// into statuses and counts castellan_csr_total. Every request goes
+// authn -> authz -> sign -> ledger -> response (package issuance): a
+// refused request is counted with its reason and never reaches the
+// ledger; a signed certificate is durable in the ledger before the caller
+// sees it.
+//
+// This package wires those parts together and holds the CA service's
+// handlers, the agent renewal rule, and the server's following of the
+// CA's authorities (rotation.go). Its subpackages own the rest: admission
+// (the CSR admission bound), admin and adminsock (the admin API and its
+// socket), cutoff, edge, issuance, logproof (proofs of the witnessed log),
+// ownsvid (the server's own certificate), readiness (store health) and
+// trust (the published bundle and the client trust pool).
 package server
 
 import (

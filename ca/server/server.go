@@ -35,7 +35,6 @@ import (
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
-	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/server/admin"
 	"github.com/castellan-dev/castellan/ca/server/admission"
 	"github.com/castellan-dev/castellan/ca/server/cutoff"
@@ -62,9 +61,8 @@ const (
 
 // Ledger is what the server needs of the issuance ledger (*ledger.Ledger).
 type Ledger interface {
-	// Append records events durably before returning, in order, and
-	// returns their indexes.
-	Append(ctx context.Context, events ...ledger.Event) ([]uint64, error)
+	// Ledger appends the issuances (and attestations) durably.
+	issuance.Ledger
 	// RevokedSerials returns the lower-case hex serials of revoked
 	// certificates that have not expired at now.
 	RevokedSerials(now time.Time) []string
@@ -117,9 +115,7 @@ type Config struct {
 	Clock func() time.Time
 	// Quota, when set, limits workload issuance per node and per identity
 	// (a *quota.Limiter); a refusal is its error (ResourceExhausted).
-	Quota interface {
-		Take(node, identity string, ttl time.Duration) error
-	}
+	Quota issuance.Quota
 	// MaxCSRsInFlight bounds the workload CSRs worked on at once, over all
 	// callers (package admission; 0: admission.DefaultCapacity, negative: unbounded).
 	MaxCSRsInFlight int

@@ -70,17 +70,21 @@ type Ledger interface {
 	Append(ctx context.Context, events ...ledger.Event) ([]uint64, error)
 }
 
+// Quota limits issuance per node and per identity (*quota.Limiter).
+type Quota interface {
+	// Take takes one certificate of lifetime ttl for identity on node, or
+	// returns the refusal (ResourceExhausted).
+	Take(node, identity string, ttl time.Duration) error
+}
+
 // Config configures a Pipeline; every field but Quota and Logger is
 // required.
 type Config struct {
 	Authority *authority.Authority
 	// Authorizer decides which SVIDs a node may obtain.
 	Authorizer authz.Authorizer
-	// Quota, when set, limits issuance per node and per identity
-	// (a *quota.Limiter); a refusal is its error (ResourceExhausted).
-	Quota interface {
-		Take(node, identity string, ttl time.Duration) error
-	}
+	// Quota, when set, limits issuance per node and per identity.
+	Quota  Quota
 	Ledger Ledger
 	// Admission bounds the CSRs worked on at once.
 	Admission *admission.Control

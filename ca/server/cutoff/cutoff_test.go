@@ -2,14 +2,7 @@ package cutoff
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
 	"maps"
-	"math/big"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -19,10 +12,9 @@ import (
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/refusal"
+	"github.com/castellan-dev/castellan/ca/server/internal/peertest"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 )
 
@@ -94,32 +86,6 @@ func (l *fakeLedger) Revoke(_ context.Context, serial, _ string) (ledger.Entry, 
 	return ledger.Entry{}, nil
 }
 
-// peerWith returns a context whose verified client certificate has uri
-// and serial.
-func peerWith(t *testing.T, uri string, serial int64) context.Context {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := url.Parse(uri)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), URIs: []*url.URL{u},
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info := credentials.TLSInfo{State: tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{leaf}}}}
-	return peer.NewContext(context.Background(), &peer.Peer{AuthInfo: info})
-}
-
 // A banned node's agent certificate is refused (PermissionDenied, reason
 // node_banned, naming the node and how to lift the ban); a revoked
 // certificate is refused (Unauthenticated) whoever holds it; a caller
@@ -135,16 +101,16 @@ func TestRefusePeer(t *testing.T) {
 	}
 	agentB, _ := authn.AgentID(td, "node-b")
 
-	err = g.RefusePeer(peerWith(t, agentA.String(), 2))
+	err = g.RefusePeer(peertest.Context(t, agentA.String(), 2))
 	if e, ok := refusal.As(err); !ok || e.Reason != ReasonNodeBanned || status.Code(err) != codes.PermissionDenied ||
 		!strings.Contains(err.Error(), `node "node-a" is banned`) || !strings.Contains(err.Error(), "castellanctl agent unban node-a") {
 		t.Errorf("banned node's agent: %v", err)
 	}
-	err = g.RefusePeer(peerWith(t, "spiffe://example.org/ns/x/sa/y", 0x1f))
+	err = g.RefusePeer(peertest.Context(t, "spiffe://example.org/ns/x/sa/y", 0x1f))
 	if status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "serial 1f") {
 		t.Errorf("revoked workload certificate: %v, want Unauthenticated naming serial 1f", err)
 	}
-	if err := g.RefusePeer(peerWith(t, agentB.String(), 3)); err != nil {
+	if err := g.RefusePeer(peertest.Context(t, agentB.String(), 3)); err != nil {
 		t.Errorf("another node's agent: %v", err)
 	}
 	if err := g.RefusePeer(context.Background()); err != nil {

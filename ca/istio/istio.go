@@ -43,6 +43,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/castellan-dev/castellan/ca/server"
 	"github.com/castellan-dev/castellan/internal/clock"
+	"github.com/castellan-dev/castellan/ca/server/cutoff"
 	"github.com/castellan-dev/castellan/internal/k8sid"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -262,7 +263,7 @@ func (s *Service) refuse(ctx context.Context, err error) error {
 // authenticate tries the client certificate, then the bearer token, as
 // istiod does.
 func (s *Service) authenticate(ctx context.Context) (caller, error) {
-	leaf := server.PeerCertificate(ctx)
+	leaf := cutoff.PeerCertificate(ctx)
 	token, hasToken := bearerToken(ctx)
 	var certErr error
 	if leaf != nil {

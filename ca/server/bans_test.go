@@ -13,6 +13,7 @@ import (
 	adminv1 "github.com/castellan-dev/castellan/api/castellan/admin/v1"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/server/edge"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -50,7 +51,7 @@ func TestAgentRenewalBeforeHalfLifeIsRefused(t *testing.T) {
 	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), half.UTC().Format(time.RFC3339)) {
 		t.Fatalf("renewal 1s before half-life: %v, want ResourceExhausted naming %s", err, half.UTC().Format(time.RFC3339))
 	}
-	if got := e.csrCount(resultRefused, reasonRenewTooEarly); got != 1 {
+	if got := e.csrCount(edge.ResultRefused, reasonRenewTooEarly); got != 1 {
 		t.Errorf("castellan_csr_total{reason=%q} = %v, want 1", reasonRenewTooEarly, got)
 	}
 	e.clock.Add(time.Second)
@@ -126,8 +127,8 @@ func TestBannedNodeIsCutOff(t *testing.T) {
 		t.Fatalf("node-b's first state %v, %v; want no revoked serials", st, err)
 	}
 
-	admin := &adminService{s: e.srv}
-	ban, err := admin.BanAgent(ctx, &adminv1.BanAgentRequest{Node: "node-a", Reason: "agent key stolen"})
+	adm := e.admin()
+	ban, err := adm.BanAgent(ctx, &adminv1.BanAgentRequest{Node: "node-a", Reason: "agent key stolen"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,15 +184,15 @@ func TestBannedNodeIsCutOff(t *testing.T) {
 	if _, err := other.GetBundle(ctx, &cav1.GetBundleRequest{}); err != nil {
 		t.Errorf("node-b after node-a's ban: %v", err)
 	}
-	if _, err := admin.BanAgent(ctx, &adminv1.BanAgentRequest{Node: "node-a", Reason: "again"}); status.Code(err) != codes.AlreadyExists {
+	if _, err := adm.BanAgent(ctx, &adminv1.BanAgentRequest{Node: "node-a", Reason: "again"}); status.Code(err) != codes.AlreadyExists {
 		t.Errorf("second ban: %v, want AlreadyExists", err)
 	}
 
 	// Unban: new issuance works again; the revoked certificates stay revoked.
-	if _, err := admin.UnbanAgent(ctx, &adminv1.UnbanAgentRequest{Node: "node-a", Reason: "re-imaged"}); err != nil {
+	if _, err := adm.UnbanAgent(ctx, &adminv1.UnbanAgentRequest{Node: "node-a", Reason: "re-imaged"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := admin.UnbanAgent(ctx, &adminv1.UnbanAgentRequest{Node: "node-a", Reason: "again"}); status.Code(err) != codes.FailedPrecondition {
+	if _, err := adm.UnbanAgent(ctx, &adminv1.UnbanAgentRequest{Node: "node-a", Reason: "again"}); status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("second unban: %v, want FailedPrecondition", err)
 	}
 	if _, err := orig.GetBundle(ctx, &cav1.GetBundleRequest{}); status.Code(err) != codes.Unauthenticated {
@@ -267,7 +268,7 @@ func TestBanRacingIssuanceLeavesNothingValid(t *testing.T) {
 	for range 20 {
 		<-started
 	}
-	if _, err := (&adminService{s: e.srv}).BanAgent(ctx, &adminv1.BanAgentRequest{Node: "node-a", Reason: "race"}); err != nil {
+	if _, err := e.admin().BanAgent(ctx, &adminv1.BanAgentRequest{Node: "node-a", Reason: "race"}); err != nil {
 		t.Fatal(err)
 	}
 	for range 4 {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/ca/server/logproof"
 	"github.com/castellan-dev/castellan/ca/witness"
 	"github.com/castellan-dev/castellan/internal/freeport"
 	"golang.org/x/mod/sumdb/note"
@@ -78,7 +79,7 @@ func benchWitnessed(b *testing.B, on bool, offRate float64) float64 {
 		b.ReportMetric(rate/offRate, "on/off")
 	}
 	b.ReportMetric(float64(rounds.Load())/time.Since(start).Seconds(), "witness-rounds/s")
-	if size, err := witnessedSize(e.ledger.WitnessedCheckpoint()); err == nil {
+	if size, err := logproof.WitnessedSize(e.ledger.WitnessedCheckpoint()); err == nil {
 		b.ReportMetric(float64(e.ledger.Size()-size), "witness-lag-entries")
 	}
 	return rate

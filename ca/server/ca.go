@@ -2,14 +2,15 @@ package server
 
 import (
 	"context"
-	"runtime"
-	"sync"
 	"time"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/refusal"
+	"github.com/castellan-dev/castellan/ca/server/cutoff"
+	"github.com/castellan-dev/castellan/ca/server/issuance"
+	"github.com/castellan-dev/castellan/ca/server/logproof"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -32,8 +33,8 @@ func (c *caService) callerNode(ctx context.Context) (string, error) {
 func (c *caService) AttestAgent(ctx context.Context, req *cav1.AttestAgentRequest) (*cav1.AttestAgentResponse, error) {
 	s := c.s
 	a := s.cfg.Authority
-	if n := len(req.GetCsr()); n > MaxCSRBytes {
-		return nil, refuse(codes.InvalidArgument, reasonCSRTooLarge, "CSR is %d bytes; at most %d are accepted", n, MaxCSRBytes)
+	if err := issuance.CheckCSRSize(req.GetCsr()); err != nil {
+		return nil, err
 	}
 	csr, err := a.ParseAgentCSR(req.GetCsr())
 	if err != nil {
@@ -41,7 +42,7 @@ func (c *caService) AttestAgent(ctx context.Context, req *cav1.AttestAgentReques
 	}
 	node, err := s.cfg.Attestor.Attest(ctx, req)
 	if err == nil {
-		err = s.checkNodeBan(node)
+		err = s.cutoff.CheckNode(node)
 	}
 	if err != nil {
 		s.log.WarnContext(ctx, "agent attestation refused", "reason", refusal.ReasonOf(err), "error", err.Error())
@@ -57,7 +58,7 @@ func (c *caService) AttestAgent(ctx context.Context, req *cav1.AttestAgentReques
 		return nil, err
 	}
 	s.metrics.observeSigning(time.Since(start))
-	events := []ledger.Event{issuanceEvent(ledger.KindIssuance, iss, node, "agent attestation")}
+	events := []ledger.Event{issuance.Event(ledger.KindIssuance, iss, node, "agent attestation")}
 	if _, ok := req.GetAttestation().(*cav1.AttestAgentRequest_JoinToken); ok {
 		events = append([]ledger.Event{{Kind: ledger.KindJoinTokenUse, Node: node, SPIFFEID: id.String()}}, events...)
 	}
@@ -65,11 +66,11 @@ func (c *caService) AttestAgent(ctx context.Context, req *cav1.AttestAgentReques
 		s.log.ErrorContext(ctx, "ledger append failed; agent SVID withheld", "node", node, "error", err.Error())
 		return nil, refusal.Failure(codes.Unavailable, "server: the issuance ledger is unavailable; no SVID was issued and the join token is spent, create a new one and retry", err)
 	}
-	if err := s.refuseIfBannedAfterRecord(ctx, node); err != nil {
+	if err := s.cutoff.RefuseIfBannedAfterRecord(ctx, node); err != nil {
 		return nil, err
 	}
 	s.log.InfoContext(ctx, "agent attested", "node", node, "spiffe_id", id.String(), "serial", serial.FromBig(iss.Serial).String())
-	return &cav1.AttestAgentResponse{Svid: svidProto(iss), Bundle: s.bundle.current()}, nil
+	return &cav1.AttestAgentResponse{Svid: svidProto(iss), Bundle: s.bundle.Current()}, nil
 }
 
 // RenewAgent signs a new agent SVID for the calling agent, once the
@@ -81,7 +82,7 @@ func (c *caService) RenewAgent(ctx context.Context, req *cav1.RenewAgentRequest)
 	if err != nil {
 		return nil, err
 	}
-	leaf := PeerCertificate(ctx)
+	leaf := cutoff.PeerCertificate(ctx)
 	if err := s.checkRenewal(ctx, node, leaf); err != nil {
 		s.log.WarnContext(ctx, "agent renewal refused", "node", node, "error", err.Error())
 		return nil, err
@@ -101,13 +102,13 @@ func (c *caService) RenewAgent(ctx context.Context, req *cav1.RenewAgentRequest)
 		return nil, err
 	}
 	s.metrics.observeSigning(time.Since(start))
-	ev := issuanceEvent(ledger.KindRenewal, iss, node, "agent renewal")
+	ev := issuance.Event(ledger.KindRenewal, iss, node, "agent renewal")
 	ev.Parent = serial.FromBig(leaf.SerialNumber).String()
 	if _, err := s.cfg.Ledger.Append(ctx, ev); err != nil {
 		s.log.ErrorContext(ctx, "ledger append failed; agent SVID withheld", "node", node, "error", err.Error())
 		return nil, refusal.Failure(codes.Unavailable, "server: the issuance ledger is unavailable; no SVID was issued, retry later", err)
 	}
-	if err := s.refuseAfterRenewal(ctx, node, ev.Parent, ev.Serial); err != nil {
+	if err := s.cutoff.RefuseAfterRenewal(ctx, node, ev.Parent, ev.Serial); err != nil {
 		return nil, err
 	}
 	return &cav1.RenewAgentResponse{Svid: svidProto(iss)}, nil
@@ -120,19 +121,15 @@ func (c *caService) SignX509SVID(ctx context.Context, req *cav1.SignX509SVIDRequ
 	if err != nil {
 		return nil, err
 	}
-	it := &issuance{req: req}
-	if err := s.issue(ctx, node, []*issuance{it}); err != nil {
+	it := &issuance.Item{Req: req}
+	if err := s.issuer.Issue(ctx, node, []*issuance.Item{it}); err != nil {
 		return nil, err
 	}
-	if it.err != nil {
-		return nil, it.err
+	if it.Err != nil {
+		return nil, it.Err
 	}
-	return &cav1.SignX509SVIDResponse{Svid: withLogIndex(svidProto(it.issued), it.logIndex)}, nil
+	return &cav1.SignX509SVIDResponse{Svid: withLogIndex(svidProto(it.Issued), it.LogIndex)}, nil
 }
-
-// minParallelBatch is the batch size from which signing is spread over
-// the CPUs.
-const minParallelBatch = 8
 
 // BatchSignX509SVID signs many workload SVIDs; each request gets its own
 // result, and all issued certificates go to the ledger in one append.
@@ -147,62 +144,37 @@ func (c *caService) BatchSignX509SVID(ctx context.Context, req *cav1.BatchSignX5
 			"batch has %d requests; at most %d are accepted, split it", n, s.cfg.MaxBatch)
 		return nil, err
 	}
-	items := make([]*issuance, len(req.GetRequests()))
+	items := make([]*issuance.Item, len(req.GetRequests()))
 	for i, r := range req.GetRequests() {
-		items[i] = &issuance{req: r}
+		items[i] = &issuance.Item{Req: r}
 	}
-	if err := s.issue(ctx, node, items); err != nil {
+	if err := s.issuer.Issue(ctx, node, items); err != nil {
 		return nil, err
 	}
-	s.countEach(ctx, items)
+	s.edge.CountByItem(ctx)
+	for _, it := range items {
+		s.edge.Count(it.Err)
+	}
 	resp := &cav1.BatchSignX509SVIDResponse{Results: make([]*cav1.BatchResult, len(items))}
 	for i, it := range items {
-		if it.err != nil {
-			st := status.Convert(s.statusOf(ctx, cav1.CertificateAuthorityService_BatchSignX509SVID_FullMethodName, it.err))
+		if it.Err != nil {
+			st := status.Convert(s.edge.Status(ctx, cav1.CertificateAuthorityService_BatchSignX509SVID_FullMethodName, it.Err))
 			resp.Results[i] = &cav1.BatchResult{Result: &cav1.BatchResult_Error{
 				Error: &cav1.Error{Code: int32(st.Code()), Message: st.Message()}}}
 			continue
 		}
-		resp.Results[i] = &cav1.BatchResult{Result: &cav1.BatchResult_Svid{Svid: withLogIndex(svidProto(it.issued), it.logIndex)}}
+		resp.Results[i] = &cav1.BatchResult{Result: &cav1.BatchResult_Svid{Svid: withLogIndex(svidProto(it.Issued), it.LogIndex)}}
 	}
 	return resp, nil
 }
 
-// issue admits items (admit.go), prepares and records them, and gives
-// their room back. The error is the refusal of the whole call when the CA
-// has no room for it (nothing was signed); the items' own outcomes are in
-// their err.
-func (s *Server) issue(ctx context.Context, node string, items []*issuance) error {
-	w, err := s.admit.acquire(ctx, len(items))
-	if err != nil {
-		return err
+// GetLogProof serves an agent the proofs of its entries in the witnessed
+// log (package logproof).
+func (c *caService) GetLogProof(ctx context.Context, req *cav1.GetLogProofRequest) (*cav1.GetLogProofResponse, error) {
+	if _, err := c.callerNode(ctx); err != nil {
+		return nil, err
 	}
-	defer s.admit.release(w)
-	s.prepareAll(ctx, node, items)
-	_ = s.record(ctx, node, items)
-	return nil
-}
-
-// prepareAll prepares items, spread over the CPUs for large batches.
-func (s *Server) prepareAll(ctx context.Context, node string, items []*issuance) {
-	workers := runtime.GOMAXPROCS(0)
-	if len(items) < minParallelBatch || workers == 1 {
-		for _, it := range items {
-			s.prepare(ctx, node, it)
-		}
-		return
-	}
-	var wg sync.WaitGroup
-	chunk := (len(items) + workers - 1) / workers
-	for lo := 0; lo < len(items); lo += chunk {
-		part := items[lo:min(lo+chunk, len(items))]
-		wg.Go(func() {
-			for _, it := range part {
-				s.prepare(ctx, node, it)
-			}
-		})
-	}
-	wg.Wait()
+	return logproof.Serve(c.s.cfg.Ledger, req)
 }
 
 // errShuttingDown ends long-lived streams when the server stops.
@@ -213,7 +185,7 @@ func (c *caService) GetBundle(ctx context.Context, _ *cav1.GetBundleRequest) (*c
 	if _, err := authn.PeerNode(ctx, c.s.td); err != nil {
 		return nil, err
 	}
-	return &cav1.GetBundleResponse{Bundle: c.s.bundle.current()}, nil
+	return &cav1.GetBundleResponse{Bundle: c.s.bundle.Current()}, nil
 }
 
 // WatchBundle sends the bundle, then every change, until the caller leaves
@@ -227,10 +199,10 @@ func (c *caService) WatchBundle(_ *cav1.WatchBundleRequest, stream cav1.Certific
 	for {
 		// A ban or revocation of the caller ends the stream.
 		revChanged, bansChanged := c.s.cfg.Ledger.RevocationsChanged(), c.s.cfg.Ledger.BansChanged()
-		if err := c.s.refusePeer(ctx); err != nil {
+		if err := c.s.cutoff.RefusePeer(ctx); err != nil {
 			return err
 		}
-		b, changed := c.s.bundle.watch()
+		b, changed := c.s.bundle.Watch()
 		if b != last {
 			if err := stream.Send(&cav1.WatchBundleResponse{Bundle: b}); err != nil {
 				return err

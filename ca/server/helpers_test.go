@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -21,12 +22,13 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/server/admin"
+	"github.com/castellan-dev/castellan/ca/server/readiness"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/ca/store/faultstore"
 	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -68,6 +70,8 @@ type env struct {
 	entries  *authz.Entries
 	srv      *Server
 	addr     string
+	// stores are what readiness pings: the registry and the ledger.
+	stores map[string]readiness.Pinger
 }
 
 type envOption func(*Config)
@@ -122,7 +126,6 @@ func newEnvOn(t testing.TB, registry *faultstore.DB, ledgerDB store.DB, ledgerKe
 	cfg := Config{
 		Authority: auth, Ledger: led, Attestor: &authn.JoinTokenAttestor{Tokens: tokens},
 		Tokens: tokens, Entries: entries, Registry: prometheus.NewRegistry(), Clock: clock.Now,
-		Stores: map[string]Pinger{"registry": registry, "ledger": led}, ReadinessInterval: 10 * time.Millisecond,
 		AdminIDs: []spiffeid.ID{spiffeid.RequireFromString("spiffe://cluster.local/castellan/agent/admin-node")},
 	}
 	for _, o := range opts {
@@ -139,7 +142,25 @@ func newEnvOn(t testing.TB, registry *faultstore.DB, ledgerDB store.DB, ledgerKe
 	g := srv.GRPCServer()
 	go func() { _ = g.Serve(lis) }()
 	t.Cleanup(g.Stop)
-	return &env{clock: clock, auth: auth, ledger: led, registry: registry, tokens: tokens, entries: entries, srv: srv, addr: lis.Addr().String()}
+	return &env{clock: clock, auth: auth, ledger: led, registry: registry, tokens: tokens, entries: entries, srv: srv, addr: lis.Addr().String(),
+		stores: map[string]readiness.Pinger{"registry": registry, "ledger": led}}
+}
+
+// monitorReadiness runs the readiness monitor of the env's stores,
+// pinging every interval, until ctx ends.
+func (e *env) monitorReadiness(t testing.TB, ctx context.Context, interval time.Duration) {
+	t.Helper()
+	m, err := readiness.New(readiness.Config{Health: e.srv.Health(), Stores: e.stores, Interval: interval, Registry: e.srv.cfg.Registry})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go m.Run(ctx)
+}
+
+// admin returns the admin API of the env's server, to call directly.
+func (e *env) admin() *admin.Service {
+	c := e.srv.cfg
+	return admin.New(admin.Config{Authority: c.Authority, Ledger: c.Ledger, Tokens: c.Tokens, Entries: c.Entries})
 }
 
 func (e *env) bundle() *x509bundle.Bundle { return e.auth.Bundle() }
@@ -208,7 +229,31 @@ func (e *env) addEntry(t testing.TB, id, node string) *cav1.Entry {
 }
 
 func (e *env) csrCount(result, reason string) float64 {
-	return testutil.ToFloat64(e.srv.metrics.csrs.WithLabelValues(result, reason))
+	return e.metric("castellan_csr_total", "result="+result, "reason="+reason)
+}
+
+// metric returns the value of the exported gauge or counter name whose
+// labels hold every "label=value" of labels (0 if none).
+func (e *env) metric(name string, labels ...string) float64 {
+	mfs, err := e.srv.cfg.Registry.Gather()
+	if err != nil {
+		panic(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			have := map[string]bool{}
+			for _, l := range m.GetLabel() {
+				have[l.GetName()+"="+l.GetValue()] = true
+			}
+			if !slices.ContainsFunc(labels, func(l string) bool { return !have[l] }) {
+				return m.GetGauge().GetValue() + m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
 }
 
 func svidOf(t testing.TB, pb *cav1.X509SVID, key crypto.Signer) *x509svid.SVID {

@@ -10,6 +10,7 @@ import (
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/server/logproof"
 	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
@@ -121,7 +122,7 @@ func TestGetLogProofRefusals(t *testing.T) {
 		t.Fatalf("without a witnessed checkpoint: %v, want FailedPrecondition saying so", err)
 	}
 	witnessCheckpoint(t, e)
-	_, err = agent.GetLogProof(ctx, &cav1.GetLogProofRequest{LogIndexes: make([]uint64, MaxLogProofIndexes+1)})
+	_, err = agent.GetLogProof(ctx, &cav1.GetLogProofRequest{LogIndexes: make([]uint64, logproof.MaxIndexes+1)})
 	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "split them") {
 		t.Fatalf("too many indexes: %v, want InvalidArgument", err)
 	}

@@ -42,8 +42,8 @@ func TestPostgresOutageMakesServerNotReady(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ledgerDB.Close() })
-	e := newEnvOn(t, faultstore.Wrap(db, true), ledgerDB, "", func(c *Config) { c.ReadinessInterval = 200 * time.Millisecond })
-	go e.srv.MonitorReadiness(ctx)
+	e := newEnvOn(t, faultstore.Wrap(db, true), ledgerDB, "")
+	e.monitorReadiness(t, ctx, 200*time.Millisecond)
 	health, err := healthpb.NewHealthClient(e.anonConn(t)).Watch(ctx, &healthpb.HealthCheckRequest{})
 	if err != nil {
 		t.Fatal(err)

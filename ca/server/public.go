@@ -7,6 +7,7 @@ import (
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
+	"github.com/castellan-dev/castellan/ca/server/issuance"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -23,7 +24,7 @@ type publicService struct {
 // as the Istio CA API) to every main gRPC server built after the call by
 // GRPCServer, outside the admin gate. name is the full gRPC service name,
 // e.g. "istio.v1.auth.IstioCertificateService". Its unary calls are
-// certificate requests: the server's edge counts their outcomes in
+// certificate requests: the server's edge (package edge) counts their outcomes in
 // castellan_csr_total, as for SignX509SVID.
 func (s *Server) ServePublic(name string, r Registrar) {
 	s.mu.Lock()
@@ -52,6 +53,10 @@ func (s *Server) isPublicService(method string) bool {
 	}
 	return false
 }
+
+// Authorizer returns the rule that decides which SVIDs a node may obtain,
+// for front ends that authorize renewals the way agents' requests are.
+func (s *Server) Authorizer() authz.Authorizer { return s.cfg.Authorizer }
 
 // IssueRequest is one workload SVID requested through a front end that
 // authenticates and authorizes its callers itself (the Istio CA API).
@@ -88,20 +93,20 @@ func (s *Server) Issue(ctx context.Context, req IssueRequest) (*authority.Issued
 	if req.Authorize == nil {
 		return nil, status.Error(codes.Internal, "server: Issue needs an Authorize function")
 	}
-	if err := s.checkNodeBan(req.Node); err != nil {
+	if err := s.cutoff.CheckNode(req.Node); err != nil {
 		return nil, err
 	}
-	it := &issuance{
-		req:       &cav1.SignX509SVIDRequest{Csr: req.CSR, TtlSeconds: req.TTLSeconds},
-		authorize: req.Authorize,
-		detail:    req.Detail,
-		parent:    req.Parent,
+	it := &issuance.Item{
+		Req:       &cav1.SignX509SVIDRequest{Csr: req.CSR, TtlSeconds: req.TTLSeconds},
+		Authorize: req.Authorize,
+		Detail:    req.Detail,
+		Parent:    req.Parent,
 	}
-	if err := s.issue(ctx, req.Node, []*issuance{it}); err != nil {
+	if err := s.issuer.Issue(ctx, req.Node, []*issuance.Item{it}); err != nil {
 		return nil, err
 	}
-	if it.err != nil {
-		return nil, it.err
+	if it.Err != nil {
+		return nil, it.Err
 	}
-	return it.issued, nil
+	return it.Issued, nil
 }

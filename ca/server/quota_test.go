@@ -10,6 +10,7 @@ import (
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/quota"
 	"github.com/castellan-dev/castellan/internal/clock/clocktest"
+	"github.com/castellan-dev/castellan/ca/server/edge"
 	"google.golang.org/grpc/codes"
 )
 
@@ -54,7 +55,7 @@ func TestBatchOverNodeQuotaIsServedInPart(t *testing.T) {
 	if issued != 3 || e.ledger.Size() != size+3 {
 		t.Fatalf("%d issued, %d logged; want 3 and 3", issued, e.ledger.Size()-size)
 	}
-	if n := e.csrCount(resultRefused, "quota_node"); n != 2 {
+	if n := e.csrCount(edge.ResultRefused, "quota_node"); n != 2 {
 		t.Fatalf("castellan_csr_total{reason=quota_node} = %v, want 2", n)
 	}
 	e.clock.Add(time.Hour)

@@ -9,6 +9,7 @@ import (
 
 	adminv1 "github.com/castellan-dev/castellan/api/castellan/admin/v1"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
+	"github.com/castellan-dev/castellan/ca/server/edge"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
@@ -48,7 +49,7 @@ func TestStoreOutageMakesServerNotReadyButKeepsStreams(t *testing.T) {
 	e := newEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	go e.srv.MonitorReadiness(ctx)
+	e.monitorReadiness(t, ctx, 10*time.Millisecond)
 	health, err := healthpb.NewHealthClient(e.anonConn(t)).Watch(ctx, &healthpb.HealthCheckRequest{})
 	if err != nil {
 		t.Fatal(err)
@@ -85,7 +86,7 @@ func TestStoreOutageMakesServerNotReadyButKeepsStreams(t *testing.T) {
 	wantUnavailable(t, "CreateEntry", err)
 	_, err = admin.DeleteEntry(ctx, &adminv1.DeleteEntryRequest{Id: ent.Id})
 	wantUnavailable(t, "DeleteEntry", err)
-	if n := e.csrCount(resultError, reasonStoreUnavailable); n != 1 {
+	if n := e.csrCount(edge.ResultError, edge.ReasonStoreUnavailable); n != 1 {
 		t.Errorf("castellan_csr_total{result=error,reason=store_unavailable} = %v, want 1 (the attestation)", n)
 	}
 

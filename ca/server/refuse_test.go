@@ -15,6 +15,8 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/castellan-dev/castellan/ca/authz"
+	"github.com/castellan-dev/castellan/ca/server/edge"
+	"github.com/castellan-dev/castellan/ca/server/issuance"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -76,8 +78,8 @@ func TestSignRefusesBadRequests(t *testing.T) {
 		{"TTL above max", false, &cav1.SignX509SVIDRequest{Csr: good, TtlSeconds: 25 * 3600}, codes.InvalidArgument, authority.ReasonTTLTooLong, "exceeds the maximum"},
 		{"absurd TTL", false, &cav1.SignX509SVIDRequest{Csr: good, TtlSeconds: 1 << 62}, codes.InvalidArgument, authority.ReasonTTLTooLong, "exceeds the maximum"},
 		{"negative TTL", false, &cav1.SignX509SVIDRequest{Csr: good, TtlSeconds: -5}, codes.InvalidArgument, authority.ReasonInvalidTTL, "negative"},
-		{"CSR too large", false, &cav1.SignX509SVIDRequest{Csr: make([]byte, MaxCSRBytes+1)}, codes.InvalidArgument, reasonCSRTooLarge, "at most 65536"},
-		{"oversized message", false, &cav1.SignX509SVIDRequest{Csr: make([]byte, 3<<19)}, codes.ResourceExhausted, reasonMessageTooLarge, "larger than max"},
+		{"CSR too large", false, &cav1.SignX509SVIDRequest{Csr: make([]byte, issuance.MaxCSRBytes+1)}, codes.InvalidArgument, issuance.ReasonCSRTooLarge, "at most 65536"},
+		{"oversized message", false, &cav1.SignX509SVIDRequest{Csr: make([]byte, 3<<19)}, codes.ResourceExhausted, edge.ReasonMessageTooLarge, "larger than max"},
 		{"identity of another node", false, &cav1.SignX509SVIDRequest{Csr: workloadCSR(t, p256, "spiffe://cluster.local/ns/default/sa/other")}, codes.PermissionDenied, authz.ReasonNotAssigned, `sa/other to node "node-a"`},
 		{"unassigned identity", false, &cav1.SignX509SVIDRequest{Csr: workloadCSR(t, p256, "spiffe://cluster.local/ns/x/sa/y")}, codes.PermissionDenied, authz.ReasonNotAssigned, "no registration entry assigns spiffe://cluster.local/ns/x/sa/y"},
 		{"entry of another node", false, &cav1.SignX509SVIDRequest{Csr: good, EntryId: other.Id}, codes.PermissionDenied, authz.ReasonEntryMismatch, "does not assign " + appID},
@@ -93,13 +95,13 @@ func TestSignRefusesBadRequests(t *testing.T) {
 				client = anon
 			}
 			size := e.ledger.Size()
-			before := e.csrCount(resultRefused, tt.reason)
+			before := e.csrCount(edge.ResultRefused, tt.reason)
 			_, err := client.SignX509SVID(ctx, tt.req)
 			st := status.Convert(err)
 			if st.Code() != tt.code || !strings.Contains(st.Message(), tt.msg) {
 				t.Fatalf("got %v %q; want %v containing %q", st.Code(), st.Message(), tt.code, tt.msg)
 			}
-			if got := e.csrCount(resultRefused, tt.reason) - before; got != 1 {
+			if got := e.csrCount(edge.ResultRefused, tt.reason) - before; got != 1 {
 				t.Errorf("castellan_csr_total{result=refused,reason=%s} grew by %v, want 1", tt.reason, got)
 			}
 			if e.ledger.Size() != size {
@@ -157,13 +159,13 @@ func TestAttestRefusesBadTokens(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			size := e.ledger.Size()
-			before := e.csrCount(resultRefused, tt.reason)
+			before := e.csrCount(edge.ResultRefused, tt.reason)
 			_, err := anon.AttestAgent(ctx, tt.req)
 			st := status.Convert(err)
 			if st.Code() != tt.code || !strings.Contains(st.Message(), tt.msg) {
 				t.Fatalf("got %v %q; want %v containing %q", st.Code(), st.Message(), tt.code, tt.msg)
 			}
-			if got := e.csrCount(resultRefused, tt.reason) - before; got != 1 {
+			if got := e.csrCount(edge.ResultRefused, tt.reason) - before; got != 1 {
 				t.Errorf("castellan_csr_total{result=refused,reason=%s} grew by %v, want 1", tt.reason, got)
 			}
 			if e.ledger.Size() != size {
@@ -192,12 +194,12 @@ func TestBatchRefusals(t *testing.T) {
 		reqs[i] = &cav1.SignX509SVIDRequest{Csr: []byte("x")}
 	}
 	size := e.ledger.Size()
-	before := e.csrCount(resultRefused, reasonBatchTooLarge)
+	before := e.csrCount(edge.ResultRefused, reasonBatchTooLarge)
 	_, err := agent.BatchSignX509SVID(ctx, &cav1.BatchSignX509SVIDRequest{Requests: reqs})
 	if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "batch has 5 requests; at most 4") {
 		t.Fatalf("got %v %q", st.Code(), st.Message())
 	}
-	if e.csrCount(resultRefused, reasonBatchTooLarge)-before != 1 || e.ledger.Size() != size {
+	if e.csrCount(edge.ResultRefused, reasonBatchTooLarge)-before != 1 || e.ledger.Size() != size {
 		t.Fatal("oversized batch not counted, or ledger changed")
 	}
 }

@@ -5,11 +5,10 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"slices"
-	"sync/atomic"
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/authority"
+	"github.com/castellan-dev/castellan/ca/server/ownsvid"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 )
 
@@ -24,7 +23,7 @@ import (
 //  2. verifies client certificates against that bundle from the next TLS
 //     handshake on (an agent renewed under a new root keeps its mTLS);
 //  3. re-issues the server's own TLS certificate when another authority
-//     signs (it is retried every serverSVIDRetry until it succeeds);
+//     signs (it is retried every ownsvid.Retry until it succeeds);
 //  4. updates the CA expiry gauges.
 func (s *Server) followAuthority(ctx context.Context) {
 	var (
@@ -38,7 +37,7 @@ func (s *Server) followAuthority(ctx context.Context) {
 			last, retry = snap.Generation, nil
 			if err := s.applySnapshot(ctx, snap); err != nil && ctx.Err() == nil {
 				s.log.ErrorContext(ctx, "server certificate not re-issued under the new authority; retrying", "error", err.Error())
-				retry = time.After(serverSVIDRetry)
+				retry = time.After(ownsvid.Retry)
 			}
 		}
 		select {
@@ -60,93 +59,20 @@ func (s *Server) applySnapshot(ctx context.Context, snap authority.Snapshot) err
 	for _, c := range snap.Tainted {
 		tainted = append(tainted, c.Raw)
 	}
-	if s.bundle.update(b, tainted) {
-		s.log.InfoContext(ctx, "trust bundle published", "roots", len(snap.Roots), "sequence", s.bundle.current().GetSequence())
+	if s.bundle.Update(b, tainted) {
+		s.log.InfoContext(ctx, "trust bundle published", "roots", len(snap.Roots), "sequence", s.bundle.Current().GetSequence())
 	}
-	s.trust.set(snap.Roots)
+	s.trust.Set(snap.Roots)
 	s.metrics.caExpiry.WithLabelValues("root").Set(float64(snap.Root.NotAfter.Unix()))
 	s.metrics.caExpiry.WithLabelValues("intermediate").Set(float64(snap.Chain[0].NotAfter.Unix()))
-	if cur := s.svid.current(); cur != nil && signedBy(cur, snap.Chain[0]) {
+	if cur := s.svid.Current(); cur != nil && signedBy(cur, snap.Chain[0]) {
 		return nil
 	}
 	s.log.InfoContext(ctx, "signing authority changed; re-issuing the server certificate", "authority", snap.ActiveID)
-	return s.svid.renew(ctx)
+	return s.svid.Renew(ctx)
 }
 
 // signedBy reports whether cert's chain carries intermediate as its issuer.
 func signedBy(cert *tls.Certificate, intermediate *x509.Certificate) bool {
 	return len(cert.Certificate) > 1 && bytes.Equal(cert.Certificate[1], intermediate.Raw)
-}
-
-// update publishes b and the tainted authorities (DER). A new bundle gets
-// the next sequence number; a change of the tainted authorities alone
-// wakes the SyncAgent streams without a new bundle. It reports whether
-// the bundle changed.
-func (b *bundleState) update(nb *x509bundle.Bundle, tainted [][]byte) bool {
-	pb := bundleProto(nb, 0)
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	rootsChanged := !slices.EqualFunc(pb.X509Authorities, b.pb.X509Authorities, bytes.Equal)
-	taintChanged := !slices.EqualFunc(tainted, b.tainted, bytes.Equal)
-	if !rootsChanged && !taintChanged {
-		return false
-	}
-	if rootsChanged {
-		pb.Sequence = b.pb.Sequence + 1
-		b.pb = pb
-	}
-	b.tainted = tainted
-	close(b.changed)
-	b.changed = make(chan struct{})
-	return rootsChanged
-}
-
-// clientTrust is the pool client certificates are verified against: the
-// trust bundle, replaced whole when it changes.
-type clientTrust struct {
-	base *tls.Config // the server's TLS configuration without ClientCAs
-	cfg  atomic.Pointer[tls.Config]
-}
-
-// set makes roots the pool of the next handshakes.
-func (t *clientTrust) set(roots []*x509.Certificate) {
-	if t.base == nil {
-		return
-	}
-	if cur := t.cfg.Load(); cur != nil && sameRoots(cur.ClientCAs, roots) {
-		return
-	}
-	pool := x509.NewCertPool()
-	for _, r := range roots {
-		pool.AddCert(r)
-	}
-	c := t.base.Clone()
-	c.ClientCAs = pool
-	t.cfg.Store(c)
-}
-
-// sameRoots reports whether pool holds exactly roots.
-func sameRoots(pool *x509.CertPool, roots []*x509.Certificate) bool {
-	if pool == nil {
-		return false
-	}
-	want := x509.NewCertPool()
-	for _, r := range roots {
-		want.AddCert(r)
-	}
-	return pool.Equal(want)
-}
-
-// underTaint reports whether leaf was signed by a tainted authority: its
-// holder must replace it now, so an agent SVID under one may be renewed
-// before its half-life (still at most maxRenewals times).
-func (s *Server) underTaint(leaf *x509.Certificate) bool {
-	_, tainted, _ := s.bundle.watchAll()
-	for _, der := range tainted {
-		c, err := x509.ParseCertificate(der)
-		if err == nil && bytes.Equal(leaf.RawIssuer, c.RawSubject) && leaf.CheckSignatureFrom(c) == nil {
-			return true
-		}
-	}
-	return false
 }

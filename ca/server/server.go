@@ -5,11 +5,21 @@
 // socket, or over mutual TLS for configured admin identities).
 //
 // Every call first passes a gate that refuses revoked client certificates
-// and agent certificates of banned nodes (bans.go). Every request goes
-// authn -> authz -> sign -> ledger -> response: a
-// refused request is counted in castellan_csr_total with its reason and
-// never reaches the ledger; a signed certificate is durable in the ledger
-// before the caller sees it.
+// and agent certificates of banned nodes (package cutoff), then the admin
+// gate (package admin), then the edge (package edge), which turns errors
+// into statuses and counts castellan_csr_total. Every request goes
+// authn -> authz -> sign -> ledger -> response (package issuance): a
+// refused request is counted with its reason and never reaches the
+// ledger; a signed certificate is durable in the ledger before the caller
+// sees it.
+//
+// This package wires those parts together and holds the CA service's
+// handlers, the agent renewal rule, and the server's following of the
+// CA's authorities (rotation.go). Its subpackages own the rest: admission
+// (the CSR admission bound), admin and adminsock (the admin API and its
+// socket), cutoff, edge, issuance, logproof (proofs of the witnessed log),
+// ownsvid (the server's own certificate), readiness (store health) and
+// trust (the published bundle and the client trust pool).
 package server
 
 import (
@@ -18,16 +28,21 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
-	adminv1 "github.com/castellan-dev/castellan/api/castellan/admin/v1"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/server/admin"
+	"github.com/castellan-dev/castellan/ca/server/admission"
+	"github.com/castellan-dev/castellan/ca/server/cutoff"
+	"github.com/castellan-dev/castellan/ca/server/edge"
+	"github.com/castellan-dev/castellan/ca/server/issuance"
+	"github.com/castellan-dev/castellan/ca/server/logproof"
+	"github.com/castellan-dev/castellan/ca/server/ownsvid"
+	"github.com/castellan-dev/castellan/ca/server/trust"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -42,31 +57,27 @@ const (
 	DefaultAgentTTL        = time.Hour
 	DefaultMaxRequestBytes = 4 << 20
 	DefaultMaxBatch        = 1000
-	// MaxCSRBytes bounds one CSR; real ones are well under 4 KiB.
-	MaxCSRBytes = 64 << 10
 )
 
 // Ledger is what the server needs of the issuance ledger (*ledger.Ledger).
 type Ledger interface {
-	// Append records events durably before returning, in order, and
-	// returns their indexes.
-	Append(ctx context.Context, events ...ledger.Event) ([]uint64, error)
+	// Ledger appends the issuances (and attestations) durably.
+	issuance.Ledger
 	// RevokedSerials returns the lower-case hex serials of revoked
 	// certificates that have not expired at now.
 	RevokedSerials(now time.Time) []string
 	// RevocationsChanged returns a channel closed at the next revocation.
 	RevocationsChanged() <-chan struct{}
-	// IsRevoked reports whether the certificate with this serial is
-	// revoked and unexpired at now.
-	IsRevoked(serial string, now time.Time) bool
 	// Children returns the serials renewed from serial (at most max).
 	Children(ctx context.Context, serial string, max int) ([]string, error)
-	// Revoke revokes one certificate (ledger.ErrAlreadyRevoked if it was).
-	Revoke(ctx context.Context, serial, reason string) (ledger.Entry, error)
-	// Bans records node agents and bans.
-	Bans
-	// logProver proves the witnessed log to agents (GetLogProof).
-	logProver
+	// BansChanged returns a channel closed at the next ban or unban.
+	BansChanged() <-chan struct{}
+	// Ledger records node agents, bans and revocations for the cut-off.
+	cutoff.Ledger
+	// Ledger lists node agents and bans them for the admin API.
+	admin.Ledger
+	// Prover proves the witnessed log to agents (GetLogProof).
+	logproof.Prover
 }
 
 // Config configures a Server. Authority, Ledger, Attestor, Tokens and
@@ -102,24 +113,15 @@ type Config struct {
 	Logger *slog.Logger
 	// Clock returns the current time (nil: time.Now).
 	Clock func() time.Time
-	// Stores are the stores the server needs to issue, by name (e.g.
-	// "registry", "ledger"): MonitorReadiness reports the server ready
-	// only while each answers its Ping.
-	Stores map[string]Pinger
-	// ReadinessInterval is how often MonitorReadiness pings the Stores
-	// (0: DefaultReadinessInterval).
-	ReadinessInterval time.Duration
 	// Quota, when set, limits workload issuance per node and per identity
 	// (a *quota.Limiter); a refusal is its error (ResourceExhausted).
-	Quota interface {
-		Take(node, identity string, ttl time.Duration) error
-	}
+	Quota issuance.Quota
 	// MaxCSRsInFlight bounds the workload CSRs worked on at once, over all
-	// callers (admit.go; 0: DefaultMaxCSRsInFlight, negative: unbounded).
+	// callers (package admission; 0: admission.DefaultCapacity, negative: unbounded).
 	MaxCSRsInFlight int
 	// AdmissionWait is how long a call may wait for room under
 	// MaxCSRsInFlight before it is refused with ResourceExhausted and a
-	// RetryInfo delay (0: DefaultAdmissionWait).
+	// RetryInfo delay (0: admission.DefaultWait).
 	AdmissionWait time.Duration
 }
 
@@ -132,11 +134,14 @@ type Server struct {
 	clock   func() time.Time
 	metrics *metrics
 	health  *health.Server
-	bundle  *bundleState
-	trust   clientTrust // the pool client certificates are verified against
-	svid    *serverSVID
-	admins  map[spiffeid.ID]bool
-	admit   *admission
+	bundle  *trust.Bundle
+	trust   *trust.Clients // the pool client certificates are verified against
+	svid    *ownsvid.SVID
+	gate    *admin.Gate
+	cutoff  *cutoff.Guard
+	issuer  *issuance.Pipeline
+	admit   *admission.Control
+	edge    *edge.Edge
 
 	mu       sync.Mutex
 	servers  []*grpc.Server
@@ -148,8 +153,34 @@ type Server struct {
 // New checks cfg, issues the server's own SVID
 // (spiffe://<td>/castellan/server) and returns the server.
 func New(ctx context.Context, cfg Config) (*Server, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	names, err := authority.ParseServerNames(cfg.ServerNames)
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	s, err := newServer(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.svid = ownsvid.New(ownsvid.Config{Authority: cfg.Authority, Ledger: cfg.Ledger, TTL: cfg.AgentTTL,
+		Names: names, Clock: cfg.Clock, Logger: cfg.Logger})
+	if err := s.svid.Renew(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.cutoff.Reconcile(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// withDefaults checks cfg's required fields and agent TTL, and returns
+// cfg with its zero fields set to their defaults.
+func (cfg Config) withDefaults() (Config, error) {
 	if cfg.Authority == nil || cfg.Ledger == nil || cfg.Attestor == nil || cfg.Tokens == nil || cfg.Entries == nil {
-		return nil, errors.New("server: Authority, Ledger, Attestor, Tokens and Entries are required")
+		return cfg, errors.New("server: Authority, Ledger, Attestor, Tokens and Entries are required")
 	}
 	if cfg.Authorizer == nil {
 		cfg.Authorizer = &authz.NodeAuthorizer{Entries: cfg.Entries}
@@ -158,7 +189,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		cfg.AgentTTL = DefaultAgentTTL
 	}
 	if _, err := cfg.Authority.Lifetime().For(cfg.AgentTTL, 0, ""); err != nil {
-		return nil, fmt.Errorf("server: agent TTL: %w", err)
+		return cfg, fmt.Errorf("server: agent TTL: %w", err)
 	}
 	if cfg.MaxRequestBytes == 0 {
 		cfg.MaxRequestBytes = DefaultMaxRequestBytes
@@ -172,43 +203,36 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
 	}
-	if cfg.ReadinessInterval <= 0 {
-		cfg.ReadinessInterval = DefaultReadinessInterval
-	}
 	if cfg.MaxCSRsInFlight == 0 {
-		cfg.MaxCSRsInFlight = DefaultMaxCSRsInFlight()
+		cfg.MaxCSRsInFlight = admission.DefaultCapacity()
 	}
 	if cfg.AdmissionWait <= 0 {
-		cfg.AdmissionWait = DefaultAdmissionWait
+		cfg.AdmissionWait = admission.DefaultWait
 	}
-	names, err := authority.ParseServerNames(cfg.ServerNames)
-	if err != nil {
-		return nil, fmt.Errorf("server: %w", err)
+	return cfg, nil
+}
+
+// newServer builds the server's parts from cfg (with its defaults) and
+// registers their metrics.
+func newServer(cfg Config) (*Server, error) {
+	s := &Server{cfg: cfg, td: cfg.Authority.TrustDomain(), log: cfg.Logger, clock: cfg.Clock,
+		health: health.NewServer(), bundle: trust.NewBundle(cfg.Authority.Bundle()),
+		stopping: make(chan struct{}),
+		admit:    admission.New(cfg.MaxCSRsInFlight, cfg.AdmissionWait),
 	}
-	m, err := newMetrics(cfg.Registry)
+	s.cutoff = cutoff.New(cutoff.Config{Ledger: cfg.Ledger, TrustDomain: s.td, Clock: cfg.Clock, Logger: cfg.Logger})
+	s.edge = edge.New(cfg.Logger, s.isPublicService)
+	s.gate = admin.NewGate(cfg.AdminIDs, s.isPublicService, cfg.Logger)
+	m, err := newMetrics(cfg.Registry, append(s.edge.Collectors(), s.admit.Collectors()...)...)
 	if err != nil {
 		return nil, fmt.Errorf("server: register metrics: %w", err)
 	}
-	s := &Server{
-		cfg: cfg, td: cfg.Authority.TrustDomain(), log: cfg.Logger, clock: cfg.Clock,
-		metrics: m, health: health.NewServer(), bundle: newBundleState(cfg.Authority.Bundle()),
-		admins: map[spiffeid.ID]bool{}, stopping: make(chan struct{}),
-		admit: newAdmission(cfg.MaxCSRsInFlight, cfg.AdmissionWait, m),
-	}
-	for _, id := range cfg.AdminIDs {
-		s.admins[id] = true
-	}
-	s.trust.base = s.baseTLSConfig()
-	s.trust.set(cfg.Authority.Snapshot().Roots)
+	s.metrics = m
+	s.issuer = issuance.New(issuance.Config{Authority: cfg.Authority, Authorizer: cfg.Authorizer, Quota: cfg.Quota,
+		Ledger: cfg.Ledger, Admission: s.admit, Cutoff: s.cutoff, Signing: m.signing, Logger: cfg.Logger})
+	s.trust = trust.NewClients(s.baseTLSConfig(), cfg.Authority.Snapshot().Roots)
 	m.caExpiry.WithLabelValues("root").Set(float64(cfg.Authority.Root().NotAfter.Unix()))
 	m.caExpiry.WithLabelValues("intermediate").Set(float64(cfg.Authority.Intermediate().NotAfter.Unix()))
-	s.svid = &serverSVID{s: s, names: names}
-	if err := s.svid.renew(ctx); err != nil {
-		return nil, err
-	}
-	if err := s.reconcileBans(ctx); err != nil {
-		return nil, err
-	}
 	return s, nil
 }
 
@@ -223,11 +247,11 @@ func (s *Server) Run(ctx context.Context) error {
 		s.followAuthority(ctx)
 	}()
 	defer func() { <-done }()
-	return s.svid.run(ctx)
+	return s.svid.Run(ctx)
 }
 
-// Health returns the gRPC health service. MonitorReadiness sets its
-// overall status; a caller that does not run it sets the status itself.
+// Health returns the gRPC health service. A readiness.Monitor sets its
+// overall status; a caller that does not run one sets the status itself.
 func (s *Server) Health() *health.Server { return s.health }
 
 // TLSConfig returns the server TLS configuration: the server's SVID, TLS
@@ -237,16 +261,16 @@ func (s *Server) Health() *health.Server { return s.health }
 func (s *Server) TLSConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion:         tls.VersionTLS13,
-		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return s.trust.cfg.Load(), nil },
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return s.trust.Config(), nil },
 	}
 }
 
-// baseTLSConfig is TLSConfig without the client pool (clientTrust adds it).
+// baseTLSConfig is TLSConfig without the client pool (trust.Clients adds it).
 func (s *Server) baseTLSConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS13,
 		ClientAuth:     tls.VerifyClientCertIfGiven,
-		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.svid.current(), nil },
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.svid.Current(), nil },
 		NextProtos:     []string{"h2"},
 	}
 }
@@ -264,9 +288,9 @@ func (s *Server) GRPCServer(extraAdmin ...Registrar) *grpc.Server {
 	g := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(s.TLSConfig())),
 		grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes),
-		grpc.StatsHandler(sizeStats{m: s.metrics}),
-		grpc.ChainUnaryInterceptor(s.revokedUnaryGate, s.adminUnaryGate, s.edgeUnary),
-		grpc.ChainStreamInterceptor(s.revokedStreamGate, s.adminStreamGate, s.edgeStream),
+		grpc.StatsHandler(s.edge.SizeStats()),
+		grpc.ChainUnaryInterceptor(s.cutoff.Unary, s.gate.Unary, s.edge.Unary),
+		grpc.ChainStreamInterceptor(s.cutoff.Stream, s.gate.Stream, s.edge.Stream),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	cav1.RegisterCertificateAuthorityServiceServer(g, &caService{s: s})
@@ -284,7 +308,7 @@ func (s *Server) GRPCServer(extraAdmin ...Registrar) *grpc.Server {
 // services and the health service, without TLS.
 func (s *Server) AdminGRPCServer(extraAdmin ...Registrar) *grpc.Server {
 	g := grpc.NewServer(grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes),
-		grpc.ChainUnaryInterceptor(s.edgeUnary), grpc.ChainStreamInterceptor(s.edgeStream))
+		grpc.ChainUnaryInterceptor(s.edge.Unary), grpc.ChainStreamInterceptor(s.edge.Stream))
 	healthpb.RegisterHealthServer(g, s.health)
 	s.registerAdmin(g, extraAdmin)
 	s.track(g)
@@ -292,7 +316,8 @@ func (s *Server) AdminGRPCServer(extraAdmin ...Registrar) *grpc.Server {
 }
 
 func (s *Server) registerAdmin(g *grpc.Server, extra []Registrar) {
-	adminv1.RegisterAdminServiceServer(g, &adminService{s: s})
+	admin.New(admin.Config{Authority: s.cfg.Authority, Ledger: s.cfg.Ledger, Tokens: s.cfg.Tokens,
+		Entries: s.cfg.Entries, Logger: s.log}).Register(g)
 	for _, r := range extra {
 		r(g)
 	}
@@ -331,42 +356,4 @@ func (s *Server) Shutdown(ctx context.Context) {
 		}
 		<-done
 	}
-}
-
-// isPublicMethod reports whether method authenticates callers itself (the
-// CA service checks agent SVIDs per call; health is open).
-func isPublicMethod(method string) bool {
-	return strings.HasPrefix(method, "/castellan.ca.v1.CertificateAuthorityService/") ||
-		strings.HasPrefix(method, "/grpc.health.v1.Health/")
-}
-
-// checkAdmin allows a call on the TCP port to any method other than the
-// CA, health and ServePublic services only for configured admin identities.
-func (s *Server) checkAdmin(ctx context.Context, method string) error {
-	if isPublicMethod(method) || s.isPublicService(method) {
-		return nil
-	}
-	id, err := authn.PeerID(ctx)
-	if err != nil {
-		return err
-	}
-	if !s.admins[id] {
-		s.log.WarnContext(ctx, "admin call refused", "method", method, "spiffe_id", id.String())
-		return authn.Fail(authn.ReasonNotAdmin, "%s is not an admin identity of this CA; use the admin socket or a configured --admin-id", id)
-	}
-	return nil
-}
-
-func (s *Server) adminUnaryGate(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	if err := s.checkAdmin(ctx, info.FullMethod); err != nil {
-		return nil, err
-	}
-	return h(ctx, req)
-}
-
-func (s *Server) adminStreamGate(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-	if err := s.checkAdmin(ss.Context(), info.FullMethod); err != nil {
-		return err
-	}
-	return h(srv, ss)
 }

@@ -4,11 +4,7 @@ import (
 	"context"
 	"crypto/elliptic"
 	"crypto/x509"
-	"errors"
-	"io"
-	"log/slog"
 	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +14,8 @@ import (
 	adminv1 "github.com/castellan-dev/castellan/api/castellan/admin/v1"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/server/adminsock"
+	"github.com/castellan-dev/castellan/ca/server/edge"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
@@ -33,7 +31,7 @@ func TestAgentGetsWorkloadSVIDThatVerifiesAndIsInLedger(t *testing.T) {
 	ctx := context.Background()
 	key := ecKey(t, elliptic.P256())
 	size := e.ledger.Size()
-	issuedBefore := e.csrCount(resultIssued, reasonOK)
+	issuedBefore := e.csrCount(edge.ResultIssued, edge.ReasonOK)
 
 	resp, err := agent.SignX509SVID(ctx, &cav1.SignX509SVIDRequest{Csr: workloadCSR(t, key, appID), TtlSeconds: 600, EntryId: ent.Id})
 	if err != nil {
@@ -61,7 +59,7 @@ func TestAgentGetsWorkloadSVIDThatVerifiesAndIsInLedger(t *testing.T) {
 	if rec.Kind != ledger.KindIssuance || rec.Node != "node-a" || rec.SPIFFEID != appID || string(rec.CertDER) != string(leaf.Raw) {
 		t.Errorf("ledger entry %+v does not describe the issued SVID", rec.Event)
 	}
-	if e.csrCount(resultIssued, reasonOK)-issuedBefore != 1 {
+	if e.csrCount(edge.ResultIssued, edge.ReasonOK)-issuedBefore != 1 {
 		t.Error("issuance not counted")
 	}
 }
@@ -302,7 +300,7 @@ func TestAdminSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, "admin.sock")
-	lis, err := ListenAdminSocket(path, nil)
+	lis, err := adminsock.Listen(path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -335,17 +333,6 @@ func TestAdminSocket(t *testing.T) {
 	}
 }
 
-func TestAdminSocketRefusesOpenDirectory(t *testing.T) {
-	dir := t.TempDir()
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	_, err := ListenAdminSocket(filepath.Join(dir, "admin.sock"), nil)
-	if err == nil || !strings.Contains(err.Error(), "chmod 700") {
-		t.Fatalf("got %v, want an error telling to chmod 700", err)
-	}
-}
-
 func TestTokenSingleUseUnderConcurrency(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
@@ -374,39 +361,6 @@ func TestTokenSingleUseUnderConcurrency(t *testing.T) {
 	}
 	if won != 1 {
 		t.Fatalf("%d attestations succeeded with one token, want exactly 1", won)
-	}
-}
-
-func TestAdminSocketClosesConnectionsFromOtherUsers(t *testing.T) {
-	dir := t.TempDir()
-	inner, err := net.Listen("unix", filepath.Join(dir, "s.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Pretend the server runs as another user, and root is not trusted:
-	// this test process is then a stranger.
-	l := &peerCredListener{Listener: inner, uid: uint32(os.Getuid()) + 1, log: slog.New(slog.DiscardHandler)}
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := l.Accept()
-		if err == nil {
-			accepted <- c
-		}
-		close(accepted)
-	}()
-	c, err := net.Dial("unix", filepath.Join(dir, "s.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
-		t.Fatalf("read from a refused connection: %v, want EOF (closed by the server)", err)
-	}
-	l.Close()
-	if c, ok := <-accepted; ok {
-		c.Close()
-		t.Fatal("a connection from another user was accepted")
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
+	"github.com/castellan-dev/castellan/cmd/castellan-server/internal/config"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -30,7 +31,7 @@ const rotationTick = 5 * time.Second
 
 // openBoltJournal opens the authority journal of a bbolt datastore, its
 // own file in the data directory.
-func openBoltJournal(cfg config) (store.DB, error) {
+func openBoltJournal(cfg config.Config) (store.DB, error) {
 	path := filepath.Join(cfg.DataDir, authorityFile)
 	db, err := boltstore.Open(path)
 	if err != nil {
@@ -43,7 +44,7 @@ func openBoltJournal(cfg config) (store.DB, error) {
 // recorded in led before it commits (led must be open: the first start
 // records the bootstrap). A nil led refuses every transition (forensic
 // mode: nothing may change unlogged).
-func openAuthority(ctx context.Context, cfg config, td spiffeid.TrustDomain, journal store.DB, led *ledger.Ledger,
+func openAuthority(ctx context.Context, cfg config.Config, td spiffeid.TrustDomain, journal store.DB, led *ledger.Ledger,
 	reg prometheus.Registerer, log *slog.Logger) (*authority.Authority, error) {
 	return authority.Open(ctx, authority.Config{
 		TrustDomain: td, DataDir: cfg.DataDir, RootCertFile: cfg.RootCert,
@@ -90,7 +91,7 @@ func transitionEvent(tr journal.Transition, td spiffeid.TrustDomain) ledger.Even
 // runAuthority runs the CA's rotation (authority.Run: the journal
 // followed, a rotation step every rotationTick) and publishes every change
 // outside the gRPC services (publishAuthority) until ctx ends.
-func runAuthority(ctx context.Context, cfg config, d *deps) {
+func runAuthority(ctx context.Context, cfg config.Config, d *deps) {
 	ticker := time.NewTicker(rotationTick)
 	defer ticker.Stop()
 	go publishAuthority(ctx, cfg, d.authority, d.setBundle, d.log)
@@ -102,7 +103,7 @@ func runAuthority(ctx context.Context, cfg config, d *deps) {
 // and the trust bundle ConfigMaps (setBundle, nil without them). The gRPC
 // services (server.Server.Run) and the CRL (crl.Handler) follow by
 // themselves.
-func publishAuthority(ctx context.Context, cfg config, auth *authority.Authority,
+func publishAuthority(ctx context.Context, cfg config.Config, auth *authority.Authority,
 	setBundle func(*x509bundle.Bundle) error, log *slog.Logger) {
 	var last uint64
 	for {
@@ -126,18 +127,4 @@ func publishAuthority(ctx context.Context, cfg config, auth *authority.Authority
 		case <-changed:
 		}
 	}
-}
-
-// checkRotation validates the rotation flags; the authority package checks
-// the publish delay against the intermediate's lifetime, and the KEK file,
-// at start.
-func (c config) checkRotation() []error {
-	var errs []error
-	if c.PublishDelay < 0 {
-		errs = append(errs, fmt.Errorf("--publish-delay %s must not be negative (0: --max-ttl + 5m)", c.PublishDelay))
-	}
-	if c.PrepareAt != 0 && !(c.PrepareAt > 0 && c.PrepareAt < 1) {
-		errs = append(errs, fmt.Errorf("--prepare-at %v must be between 0 and 1, e.g. 0.5 to prepare the next authority at half the active one's lifetime", c.PrepareAt))
-	}
-	return errs
 }

@@ -7,10 +7,11 @@ import (
 	"log/slog"
 	"path/filepath"
 
-	"github.com/castellan-dev/castellan/ca/server"
+	"github.com/castellan-dev/castellan/ca/server/readiness"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/ca/store/pgstore"
+	"github.com/castellan-dev/castellan/cmd/castellan-server/internal/config"
 	"github.com/castellan-dev/castellan/internal/boltcheck"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -30,12 +31,12 @@ type datastore struct {
 
 // openDatastore opens the datastore cfg selects: bbolt files in the data
 // directory, or PostgreSQL (one connection pool, one keyspace each).
-func openDatastore(ctx context.Context, cfg config, log *slog.Logger, reg prometheus.Registerer) (*datastore, error) {
-	kind, dsn, err := cfg.datastore()
+func openDatastore(ctx context.Context, cfg config.Config, log *slog.Logger, reg prometheus.Registerer) (*datastore, error) {
+	kind, dsn, err := cfg.ResolveDatastore()
 	if err != nil {
 		return nil, fmt.Errorf("castellan-server: %w", err)
 	}
-	if kind == kindPostgres {
+	if kind == config.KindPostgres {
 		return openPostgres(ctx, dsn, log, reg)
 	}
 	path := filepath.Join(cfg.DataDir, registryFile)
@@ -46,7 +47,7 @@ func openDatastore(ctx context.Context, cfg config, log *slog.Logger, reg promet
 	if err != nil {
 		return nil, fmt.Errorf("castellan-server: open registry (is another server using %s?): %w", cfg.DataDir, err)
 	}
-	d := &datastore{kind: kindBolt, registry: db, closers: []func() error{db.Close}}
+	d := &datastore{kind: config.KindBolt, registry: db, closers: []func() error{db.Close}}
 	if d.authority, err = openBoltJournal(cfg); err != nil {
 		d.Close()
 		return nil, err
@@ -63,7 +64,7 @@ func openPostgres(ctx context.Context, dsn string, log *slog.Logger, reg prometh
 	if err != nil {
 		return nil, fmt.Errorf("castellan-server: datastore: %w", err)
 	}
-	d := &datastore{kind: kindPostgres, closers: []func() error{func() error { conn.Close(); return nil }}}
+	d := &datastore{kind: config.KindPostgres, closers: []func() error{func() error { conn.Close(); return nil }}}
 	for _, ks := range []struct {
 		name string
 		db   *store.DB
@@ -82,8 +83,8 @@ func openPostgres(ctx context.Context, dsn string, log *slog.Logger, reg prometh
 
 // stores are the stores readiness depends on: the registry and the
 // ledger (which pings its own store, file or keyspace).
-func (d *datastore) stores(ledger server.Pinger) map[string]server.Pinger {
-	return map[string]server.Pinger{"registry": d.registry, "ledger": ledger}
+func (d *datastore) stores(ledger readiness.Pinger) map[string]readiness.Pinger {
+	return map[string]readiness.Pinger{"registry": d.registry, "ledger": ledger}
 }
 
 // Close closes the keyspaces, then the connection, in reverse order of

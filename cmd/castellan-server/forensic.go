@@ -13,7 +13,8 @@ import (
 	"github.com/castellan-dev/castellan/ca/audit"
 	"github.com/castellan-dev/castellan/ca/crl"
 	"github.com/castellan-dev/castellan/ca/ledger"
-	"github.com/castellan-dev/castellan/ca/server"
+	"github.com/castellan-dev/castellan/ca/server/adminsock"
+	"github.com/castellan-dev/castellan/cmd/castellan-server/internal/config"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -25,10 +26,10 @@ import (
 // ledger file that fails its integrity check stops the server with a
 // message naming the file and what to do. onRevoke is called with each
 // revoked certificate's node and SPIFFE ID.
-func openLedger(cfg config, ds *datastore, log *slog.Logger, reg *prometheus.Registry, onRevoke func(node, id string)) (*ledger.Ledger, error) {
+func openLedger(cfg config.Config, ds *datastore, log *slog.Logger, reg *prometheus.Registry, onRevoke func(node, id string)) (*ledger.Ledger, error) {
 	opts := ledger.Options{Logger: log, Registry: reg, OnRevoke: onRevoke, KeyFile: cfg.LedgerKeyFile}
 	var err error
-	if opts.Origin, err = ledgerOrigin(cfg.witnessConfig, cfg.TrustDomain, ledgerKeyFile(cfg, ds)); err != nil {
+	if opts.Origin, err = cfg.Witness.Origin(cfg.TrustDomain, ledgerKeyFile(cfg, ds)); err != nil {
 		return nil, err
 	}
 	if ds != nil && ds.ledger != nil {
@@ -58,7 +59,7 @@ const forensicNotice = "the ledger is open read-only for forensics (--ledger-rea
 // needs the ledger to log it, and the CA's own SVID is an issuance too,
 // so the agents' gRPC port is not served; agents keep serving their
 // caches until a repaired ledger is back.
-func serveForensic(ctx context.Context, cfg config, log *slog.Logger, reg *prometheus.Registry, td spiffeid.TrustDomain) error {
+func serveForensic(ctx context.Context, cfg config.Config, log *slog.Logger, reg *prometheus.Registry, td spiffeid.TrustDomain) error {
 	led, err := openLedger(cfg, nil, log, reg, nil)
 	if err != nil {
 		return err
@@ -80,7 +81,7 @@ func serveForensic(ctx context.Context, cfg config, log *slog.Logger, reg *prome
 	if err != nil {
 		return fmt.Errorf("castellan-server: --http-listen: %w", err)
 	}
-	adminLis, err := server.ListenAdminSocket(filepath.Join(cfg.DataDir, adminSockFile), log)
+	adminLis, err := adminsock.Listen(filepath.Join(cfg.DataDir, adminSockFile), log)
 	if err != nil {
 		httpLis.Close()
 		return err

@@ -11,6 +11,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/istio"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/server"
+	"github.com/castellan-dev/castellan/cmd/castellan-server/internal/config"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -19,7 +20,7 @@ import (
 // available (--kubeconfig, or in-cluster); without one only client SVIDs
 // are. pods is the pod authorizer of --k8s-agent-sa, reused for
 // --istio-trusted-node-sa when it is a *authz.Pods.
-func serveIstio(ctx context.Context, cfg config, td spiffeid.TrustDomain, srv *server.Server, auth *authority.Authority,
+func serveIstio(ctx context.Context, cfg config.Config, td spiffeid.TrustDomain, srv *server.Server, auth *authority.Authority,
 	led *ledger.Ledger, pods authz.Authorizer, log *slog.Logger) error {
 	if !cfg.IstioAPI {
 		return nil

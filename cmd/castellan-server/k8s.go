@@ -9,6 +9,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/bundle"
+	"github.com/castellan-dev/castellan/cmd/castellan-server/internal/config"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -41,7 +42,7 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 // namespace when --k8s-bundle-configmaps is set, and keeps them current
 // until ctx ends. It returns the function that republishes a new bundle
 // (a CA rotation), nil when ConfigMaps are not published.
-func publishBundle(ctx context.Context, cfg config, b *x509bundle.Bundle, reg *prometheus.Registry, log *slog.Logger) (func(*x509bundle.Bundle) error, error) {
+func publishBundle(ctx context.Context, cfg config.Config, b *x509bundle.Bundle, reg *prometheus.Registry, log *slog.Logger) (func(*x509bundle.Bundle) error, error) {
 	if !cfg.K8sBundleConfigMaps {
 		return nil, nil
 	}
@@ -67,7 +68,7 @@ func publishBundle(ctx context.Context, cfg config, b *x509bundle.Bundle, reg *p
 // kubernetesAuth returns the Kubernetes node attestor and pod authorizer
 // when --k8s-agent-sa is set (nil, nil otherwise). The pod informer runs
 // until ctx ends; it has synced when this returns.
-func kubernetesAuth(ctx context.Context, cfg config, td spiffeid.TrustDomain, reg *prometheus.Registry, log *slog.Logger) (authn.NodeAttestor, authz.Authorizer, error) {
+func kubernetesAuth(ctx context.Context, cfg config.Config, td spiffeid.TrustDomain, reg *prometheus.Registry, log *slog.Logger) (authn.NodeAttestor, authz.Authorizer, error) {
 	if cfg.K8sAgentSA == "" {
 		return nil, nil, nil
 	}

@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/castellan-dev/castellan/cmd/castellan-server/internal/config"
 	"github.com/castellan-dev/castellan/internal/version"
 )
 
@@ -30,17 +31,17 @@ func main() {
 // run starts the server and returns the exit code: 0 after a clean
 // shutdown, 1 on failure, 2 on a command-line error.
 func run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) int {
-	cfg, err := loadConfig(args, getenv, stderr)
+	cfg, err := config.Load(args, getenv, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
-		if errors.Is(err, errUsage) {
+		if errors.Is(err, config.ErrUsage) {
 			return 2
 		}
 		return 1
 	}
-	level, _ := parseLevel(cfg.LogLevel)
+	level, _ := config.ParseLevel(cfg.LogLevel)
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
-	for _, w := range cfg.warnings {
+	for _, w := range cfg.Warnings {
 		log.Warn(w)
 	}
 	if err := serve(ctx, cfg, log); err != nil {

@@ -20,8 +20,11 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/quota"
 	"github.com/castellan-dev/castellan/ca/server"
+	"github.com/castellan-dev/castellan/ca/server/adminsock"
+	"github.com/castellan-dev/castellan/ca/server/readiness"
 	"github.com/castellan-dev/castellan/ca/tlog"
 	"github.com/castellan-dev/castellan/ca/witness"
+	"github.com/castellan-dev/castellan/cmd/castellan-server/internal/config"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -48,7 +51,8 @@ type deps struct {
 	ledger    *ledger.Ledger
 	registry  *prometheus.Registry
 	srv       *server.Server
-	admins    []spiffeid.ID // may call the admin and audit APIs over mTLS
+	ready     *readiness.Monitor // sets srv's health from the stores
+	admins    []spiffeid.ID      // may call the admin and audit APIs over mTLS
 	log       *slog.Logger
 	crl       *crl.Handler                   // /crl, signed by the active authority
 	setBundle func(*x509bundle.Bundle) error // republishes the ConfigMaps (nil: none)
@@ -85,7 +89,7 @@ func httpMux(d *deps) *http.ServeMux {
 
 // openRegistry opens the join tokens and the registration entries, kept in
 // the datastore's registry keyspace.
-func openRegistry(ctx context.Context, cfg config, td spiffeid.TrustDomain, ds *datastore, reg prometheus.Registerer, log *slog.Logger) (*authn.JoinTokens, *authz.Entries, error) {
+func openRegistry(ctx context.Context, cfg config.Config, td spiffeid.TrustDomain, ds *datastore, reg prometheus.Registerer, log *slog.Logger) (*authn.JoinTokens, *authz.Entries, error) {
 	tokens, err := authn.NewJoinTokens(ctx, ds.registry, authn.JoinTokensConfig{Logger: log, Registry: reg})
 	if err != nil {
 		return nil, nil, err
@@ -97,8 +101,8 @@ func openRegistry(ctx context.Context, cfg config, td spiffeid.TrustDomain, ds *
 	return tokens, entries, nil
 }
 
-// adminIDs parses --admin-id (validated by config.validate).
-func adminIDs(cfg config) []spiffeid.ID {
+// adminIDs parses --admin-id (validated by config.Load).
+func adminIDs(cfg config.Config) []spiffeid.ID {
 	var admins []spiffeid.ID
 	for _, s := range cfg.AdminIDs {
 		admins = append(admins, spiffeid.RequireFromString(s))
@@ -107,7 +111,7 @@ func adminIDs(cfg config) []spiffeid.ID {
 }
 
 // serve runs the server until ctx ends.
-func serve(ctx context.Context, cfg config, log *slog.Logger) error {
+func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("castellan-server: data dir: %w", err)
 	}
@@ -122,13 +126,13 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 }
 
 // serveCA opens the CA's state and serves it until ctx ends.
-func serveCA(ctx context.Context, cfg config, td spiffeid.TrustDomain, reg *prometheus.Registry, log *slog.Logger) error {
+func serveCA(ctx context.Context, cfg config.Config, td spiffeid.TrustDomain, reg *prometheus.Registry, log *slog.Logger) error {
 	ds, err := openDatastore(ctx, cfg, log, reg)
 	if err != nil {
 		return err
 	}
 	defer ds.Close()
-	quotas, err := quota.New(quotaConfig(cfg, reg))
+	quotas, err := quota.New(cfg.Quotas(reg))
 	if err != nil {
 		return err
 	}
@@ -165,8 +169,8 @@ func serveCA(ctx context.Context, cfg config, td spiffeid.TrustDomain, reg *prom
 		Authority: auth, Ledger: led, Attestor: &authn.JoinTokenAttestor{Tokens: tokens, K8s: k8sAttestor},
 		Authorizer: &authz.NodeAuthorizer{Entries: entries, Pods: podAuthorizer},
 		Tokens:     tokens, Entries: entries, AgentTTL: cfg.AgentTTL, AdminIDs: admins,
-		ServerNames: cfg.ServerNames, Registry: reg, Logger: log, Stores: ds.stores(led),
-		MaxCSRsInFlight: maxCSRsInFlight(cfg.MaxCSRsInFlight), AdmissionWait: cfg.AdmissionWait,
+		ServerNames: cfg.ServerNames, Registry: reg, Logger: log,
+		MaxCSRsInFlight: cfg.AdmissionCapacity(), AdmissionWait: cfg.AdmissionWait,
 	})
 	if err != nil {
 		return err
@@ -174,17 +178,29 @@ func serveCA(ctx context.Context, cfg config, td spiffeid.TrustDomain, reg *prom
 	if err := serveIstio(ctx, cfg, td, srv, auth, led, podAuthorizer, log); err != nil {
 		return err
 	}
-	d := &deps{authority: auth, ledger: led, registry: reg, srv: srv, admins: admins, log: log,
-		crl: crl.New(led, auth, crl.Config{Logger: log}), setBundle: setBundle}
-	if d.witnesses, err = cfg.witnessConfig.policy(); err != nil {
+	d := &deps{authority: auth, ledger: led, registry: reg, srv: srv, admins: admins, log: log, setBundle: setBundle}
+	if err := d.complete(cfg, ds); err != nil {
 		return err
 	}
 	return listenAndServe(ctx, cfg, log, d, tokens)
 }
 
+// complete adds to d what is built from its parts: the readiness monitor
+// of its server over ds's stores, the CRL and the witness policy.
+func (d *deps) complete(cfg config.Config, ds *datastore) error {
+	var err error
+	d.ready, err = readiness.New(readiness.Config{Health: d.srv.Health(), Stores: ds.stores(d.ledger), Logger: d.log, Registry: d.registry})
+	if err != nil {
+		return err
+	}
+	d.crl = crl.New(d.ledger, d.authority, crl.Config{Logger: d.log})
+	d.witnesses, err = cfg.Witness.Policy()
+	return err
+}
+
 // listenAndServe opens the listeners, serves until ctx ends, then stops
 // gracefully.
-func listenAndServe(ctx context.Context, cfg config, log *slog.Logger, d *deps, tokens *authn.JoinTokens) error {
+func listenAndServe(ctx context.Context, cfg config.Config, log *slog.Logger, d *deps, tokens *authn.JoinTokens) error {
 	grpcLis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("castellan-server: --listen: %w", err)
@@ -194,7 +210,7 @@ func listenAndServe(ctx context.Context, cfg config, log *slog.Logger, d *deps, 
 		grpcLis.Close()
 		return fmt.Errorf("castellan-server: --http-listen: %w", err)
 	}
-	adminLis, err := server.ListenAdminSocket(filepath.Join(cfg.DataDir, adminSockFile), log)
+	adminLis, err := adminsock.Listen(filepath.Join(cfg.DataDir, adminSockFile), log)
 	if err != nil {
 		grpcLis.Close()
 		httpLis.Close()
@@ -221,9 +237,9 @@ func listenAndServe(ctx context.Context, cfg config, log *slog.Logger, d *deps, 
 	go func() { _ = d.srv.Run(ctx) }()
 	go runAuthority(ctx, cfg, d)
 	go d.ledger.Maintain(ctx, time.Hour)
-	startWitnessing(ctx, cfg.witnessConfig, d)
+	startWitnessing(ctx, cfg.Witness, d)
 	go pruneTokens(ctx, tokens, log)
-	go d.srv.MonitorReadiness(ctx)
+	go d.ready.Run(ctx)
 	log.Info("castellan-server serving", "listen", grpcLis.Addr().String(), "http_listen", httpLis.Addr().String(),
 		"admin_socket", adminLis.Addr().String(), "trust_domain", cfg.TrustDomain)
 

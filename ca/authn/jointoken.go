@@ -178,35 +178,9 @@ func (j *JoinTokens) Consume(ctx context.Context, token string) (TokenUse, error
 		reused *tokenRecord
 	)
 	err := j.db.Update(ctx, func(tx store.Tx) error {
-		b, err := tokenBucket(tx)
-		if err != nil {
-			return err
-		}
-		val := b.Get(key[:])
-		if val == nil {
-			return Fail(ReasonJoinTokenUnknown, "join token %s is unknown; create one with `castellanctl token create --node NAME`", id)
-		}
-		var rec tokenRecord
-		if err := json.Unmarshal(val, &rec); err != nil {
-			return fmt.Errorf("authn: decode join token %s: %w", id, err)
-		}
-		if !rec.UsedAt.IsZero() {
-			reused = &rec
-			return Fail(ReasonJoinTokenUsed, "join token %s for node %q was already used at %s; join tokens are single-use, create a new one. "+
-				"If this node's agent did not use it, the token was stolen: check the agent of node %q",
-				id, rec.Node, rec.UsedAt.Format(time.RFC3339), rec.Node)
-		}
-		if !now.Before(rec.ExpiresAt) {
-			return Fail(ReasonJoinTokenExpired, "join token %s for node %q expired at %s; create a new one",
-				id, rec.Node, rec.ExpiresAt.Format(time.RFC3339))
-		}
-		rec.UsedAt = now
-		val, err = json.Marshal(rec)
-		if err != nil {
-			return fmt.Errorf("authn: encode join token: %w", err)
-		}
-		use = TokenUse{Node: rec.Node, TokenID: id, ExpiresAt: rec.ExpiresAt}
-		return b.Put(key[:], val)
+		var err error
+		use, reused, err = markUsed(tx, key[:], id, now)
+		return err
 	})
 	if errors.Is(err, store.ErrUnavailable) {
 		return TokenUse{}, storeError("consume join token "+id, err)
@@ -222,6 +196,39 @@ func (j *JoinTokens) Consume(ctx context.Context, token string) (TokenUse, error
 		return TokenUse{}, fmt.Errorf("authn: consume join token: %w", err)
 	}
 	return use, nil
+}
+
+// markUsed marks the token stored under key used at now, in tx. A token
+// already used is refused and returned as reused, so that the caller
+// reports the reuse once the transaction is over.
+func markUsed(tx store.Tx, key []byte, id string, now time.Time) (use TokenUse, reused *tokenRecord, err error) {
+	b, err := tokenBucket(tx)
+	if err != nil {
+		return TokenUse{}, nil, err
+	}
+	val := b.Get(key)
+	if val == nil {
+		return TokenUse{}, nil, Fail(ReasonJoinTokenUnknown, "join token %s is unknown; create one with `castellanctl token create --node NAME`", id)
+	}
+	var rec tokenRecord
+	if err := json.Unmarshal(val, &rec); err != nil {
+		return TokenUse{}, nil, fmt.Errorf("authn: decode join token %s: %w", id, err)
+	}
+	if !rec.UsedAt.IsZero() {
+		return TokenUse{}, &rec, Fail(ReasonJoinTokenUsed, "join token %s for node %q was already used at %s; join tokens are single-use, create a new one. "+
+			"If this node's agent did not use it, the token was stolen: check the agent of node %q",
+			id, rec.Node, rec.UsedAt.Format(time.RFC3339), rec.Node)
+	}
+	if !now.Before(rec.ExpiresAt) {
+		return TokenUse{}, nil, Fail(ReasonJoinTokenExpired, "join token %s for node %q expired at %s; create a new one",
+			id, rec.Node, rec.ExpiresAt.Format(time.RFC3339))
+	}
+	rec.UsedAt = now
+	val, err = json.Marshal(rec)
+	if err != nil {
+		return TokenUse{}, nil, fmt.Errorf("authn: encode join token: %w", err)
+	}
+	return TokenUse{Node: rec.Node, TokenID: id, ExpiresAt: rec.ExpiresAt}, nil, b.Put(key, val)
 }
 
 // Prune deletes tokens that expired more than a day ago (used or not) and

@@ -14,6 +14,7 @@ import (
 
 	"github.com/castellan-dev/castellan/agent/client/catest"
 	"github.com/castellan-dev/castellan/agent/state"
+	"github.com/castellan-dev/castellan/internal/clock"
 	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -46,7 +47,7 @@ func openAt(t testing.TB, path string, clk *clocktest.Clock) *Cache {
 
 func TestPutThenLoadAfterReopen(t *testing.T) {
 	now := time.Now()
-	ca := catest.New(t, td, catest.At(now))
+	ca := catest.New(t, td, catest.Config{Clock: clock.Frozen(now)})
 	path := filepath.Join(t.TempDir(), "cache.db")
 	c := openAt(t, path, clocktest.NewClock(now))
 	a, b := record(t, ca, "a", now, time.Hour), record(t, ca, "b", now, time.Hour)
@@ -101,7 +102,7 @@ func TestGetMissingReturnsFalse(t *testing.T) {
 
 func TestExpiredRecordIsNeverReturnedAndIsDeleted(t *testing.T) {
 	now := time.Now()
-	ca := catest.New(t, td, catest.At(now))
+	ca := catest.New(t, td, catest.Config{Clock: clock.Frozen(now)})
 	path := filepath.Join(t.TempDir(), "cache.db")
 	clk := clocktest.NewClock(now)
 	c := openAt(t, path, clk)
@@ -129,7 +130,7 @@ func TestExpiredRecordIsNeverReturnedAndIsDeleted(t *testing.T) {
 
 func TestPutRefusesMismatchedKey(t *testing.T) {
 	now := time.Now()
-	ca := catest.New(t, td, catest.At(now))
+	ca := catest.New(t, td, catest.Config{Clock: clock.Frozen(now)})
 	c := openAt(t, filepath.Join(t.TempDir(), "cache.db"), clocktest.NewClock(now))
 	r := record(t, ca, "a", now, time.Hour)
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -141,7 +142,7 @@ func TestPutRefusesMismatchedKey(t *testing.T) {
 
 func TestMismatchedKeyOnDiskIsRejectedOnLoad(t *testing.T) {
 	now := time.Now()
-	ca := catest.New(t, td, catest.At(now))
+	ca := catest.New(t, td, catest.Config{Clock: clock.Frozen(now)})
 	c := openAt(t, filepath.Join(t.TempDir(), "cache.db"), clocktest.NewClock(now))
 	a, b := record(t, ca, "a", now, time.Hour), record(t, ca, "b", now, time.Hour)
 	ra, err := toRaw(a, nil)
@@ -191,7 +192,7 @@ func TestDamagedPageIsMovedAsideAndReplaced(t *testing.T) {
 	}{{"freelist", 32}, {"root", 16}} {
 		t.Run(tc.name, func(t *testing.T) {
 			now := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
-			ca := catest.New(t, td, catest.At(now))
+			ca := catest.New(t, td, catest.Config{Clock: clock.Frozen(now)})
 			path := filepath.Join(t.TempDir(), "cache.db")
 			c := openAt(t, path, clocktest.NewClock(now))
 			if err := c.Put(ca.Bundle(), record(t, ca, "a", now, time.Hour)); err != nil {
@@ -228,7 +229,7 @@ func TestDamagedPageIsMovedAsideAndReplaced(t *testing.T) {
 
 func TestTruncatedRecordIsRejected(t *testing.T) {
 	now := time.Now()
-	ca := catest.New(t, td, catest.At(now))
+	ca := catest.New(t, td, catest.Config{Clock: clock.Frozen(now)})
 	rw, err := toRaw(record(t, ca, "a", now, time.Hour), bundleDER(ca.Bundle()))
 	if err != nil {
 		t.Fatal(err)
@@ -246,7 +247,7 @@ func TestTruncatedRecordIsRejected(t *testing.T) {
 
 func TestSetBundleRewritesEveryRecord(t *testing.T) {
 	now := time.Now()
-	ca, next := catest.New(t, td, catest.At(now)), catest.New(t, td, catest.At(now))
+	ca, next := catest.New(t, td, catest.Config{Clock: clock.Frozen(now)}), catest.New(t, td, catest.Config{Clock: clock.Frozen(now)})
 	c := openAt(t, filepath.Join(t.TempDir(), "cache.db"), clocktest.NewClock(now))
 	if err := c.Put(ca.Bundle(), record(t, ca, "a", now, time.Hour)); err != nil {
 		t.Fatal(err)

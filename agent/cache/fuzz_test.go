@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/agent/client/catest"
+	"github.com/castellan-dev/castellan/internal/clock"
 	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 )
 
@@ -21,7 +22,7 @@ import (
 //	go test -run '^$' -fuzz FuzzOpenDamagedFile -fuzztime 60s ./agent/cache/
 func FuzzOpenDamagedFile(f *testing.F) {
 	now := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
-	ca := catest.New(f, td, catest.At(now))
+	ca := catest.New(f, td, catest.Config{Clock: clock.Frozen(now)})
 	dir := f.TempDir()
 	good := filepath.Join(dir, "good.db")
 	c, err := Open(good, Config{})

@@ -83,7 +83,7 @@ func TestBootstrapWithoutTokenOrSVIDSaysWhatToDo(t *testing.T) {
 }
 
 func TestExpiredAgentSVIDNeedsNewToken(t *testing.T) {
-	ca := catest.New(t, td, catest.WithAgentTTL(time.Minute))
+	ca := catest.New(t, td, catest.Config{AgentTTL: time.Minute})
 	ca.Start(t)
 	dir := t.TempDir()
 	clock := clocktest.NewClock(time.Now())
@@ -119,7 +119,7 @@ func TestAgentSVIDRenewedAtHalfLife(t *testing.T) {
 	// The CA reads the agent's clock: it refuses a renewal before
 	// half-life by its own.
 	clock := clocktest.NewClock(time.Now())
-	ca := catest.New(t, td, catest.WithAgentTTL(time.Hour), catest.WithClock(clock.Now))
+	ca := catest.New(t, td, catest.Config{AgentTTL: time.Hour, Clock: clock})
 	ca.Start(t)
 	c, err := New(Config{Address: ca.Addr(), TrustDomain: td, Bundle: ca.Bundle(), DataDir: t.TempDir(), Clock: clock})
 	if err != nil {

@@ -17,7 +17,7 @@ import (
 // own issuer moves its renewal from half-life into the taint window (at the
 // point the policy draws), and Run renews it then.
 func TestAgentSVIDUnderTaintedAuthorityIsRenewedInTheTaintWindow(t *testing.T) {
-	ca := catest.New(t, td, catest.WithAgentTTL(time.Hour))
+	ca := catest.New(t, td, catest.Config{AgentTTL: time.Hour})
 	ca.Start(t)
 	clock := clocktest.NewClock(time.Now())
 	c := newClient(t, ca, t.TempDir(), clock)

@@ -133,6 +133,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/clock"
+
 	"github.com/cloudflare/cfssl/config"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -206,8 +208,8 @@ type Config struct {
 	OnTransition func(context.Context, journal.Transition) error
 	// Registry receives the authority metrics (nil -> none).
 	Registry prometheus.Registerer
-	// Clock returns the current time (nil -> time.Now).
-	Clock func() time.Time
+	// Clock tells the time (nil: the wall clock).
+	Clock clock.Clock
 	// Logger receives CA lifecycle and issuance logs (nil -> discard).
 	Logger *slog.Logger
 }
@@ -216,7 +218,7 @@ type Config struct {
 type Authority struct {
 	td     spiffeid.TrustDomain
 	life   lifetime.Policy
-	clock  func() time.Time
+	clock  clock.Clock
 	log    *slog.Logger
 	policy *config.Signing
 	cur    *keystore.Current // what signs now, and the bundle
@@ -333,9 +335,7 @@ func withDefaults(cfg Config) (Config, error) {
 	if cfg.IntermediateTTL == 0 {
 		cfg.IntermediateTTL = DefaultIntermediateTTL
 	}
-	if cfg.Clock == nil {
-		cfg.Clock = time.Now
-	}
+	cfg.Clock = clock.OrSystem(cfg.Clock)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/authority/leaf"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -23,7 +24,7 @@ func newTestClock() *testClock {
 // newTestAuthority returns an Authority with a generated CA in a temp dir.
 func newTestAuthority(t testing.TB, clock *testClock) *Authority {
 	t.Helper()
-	a, err := New(Config{TrustDomain: testTD, DataDir: t.TempDir(), Clock: clock.Now})
+	a, err := New(Config{TrustDomain: testTD, DataDir: t.TempDir(), Clock: clocktest.Func(clock.Now)})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

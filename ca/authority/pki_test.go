@@ -14,7 +14,7 @@ import (
 // signs verifies under cert.
 func signsAs(t testing.TB, a *Authority, cert *x509.Certificate) {
 	t.Helper()
-	der, err := a.SignCRL(&x509.RevocationList{Number: big.NewInt(1), ThisUpdate: a.clock(), NextUpdate: a.clock().Add(time.Hour)})
+	der, err := a.SignCRL(&x509.RevocationList{Number: big.NewInt(1), ThisUpdate: a.clock.Now(), NextUpdate: a.clock.Now().Add(time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
 	"github.com/castellan-dev/castellan/ca/authority/internal/pkitest"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
@@ -49,7 +50,7 @@ func TestPluggedInCASignsSVIDsThatVerifyAgainstItsRoots(t *testing.T) {
 		RootCertFile:         pkitest.WritePEM(t, dir, "roots.pem", pki.otherRoot, pki.root),
 		IntermediateCertFile: pkitest.WritePEM(t, dir, "ca-cert.pem", pki.inter),
 		IntermediateKeyFile:  pkitest.WriteKey(t, dir, "ca-key.pem", pki.interKey),
-		Clock:                clock.Now,
+		Clock:                clocktest.Func(clock.Now),
 	})
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -106,7 +107,7 @@ func TestPluggedInCAWithChainFileAndRSAKey(t *testing.T) {
 		RootCertFile:         pkitest.WritePEM(t, dir, "root-cert.pem", pki.root),
 		IntermediateCertFile: pkitest.WritePEM(t, dir, "cert-chain.pem", issuing, mid, pki.root),
 		IntermediateKeyFile:  pkitest.WriteKey(t, dir, "ca-key.pem", rsaIssuing),
-		Clock:                clock.Now,
+		Clock:                clocktest.Func(clock.Now),
 	})
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -163,7 +164,7 @@ func TestPluggedInCARejectsBadMaterial(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			now := tt.now
 			_, err := New(Config{TrustDomain: testTD, RootCertFile: tt.roots, IntermediateCertFile: tt.inter,
-				IntermediateKeyFile: tt.key, Clock: func() time.Time { return now }})
+				IntermediateKeyFile: tt.key, Clock: clocktest.Func(func() time.Time { return now })})
 			if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.HasPrefix(err.Error(), "authority: ") {
 				t.Fatalf("New error = %v, want one containing %q", err, tt.want)
 			}
@@ -180,7 +181,7 @@ func leafOf(t *testing.T, pki *testPKI) *x509.Certificate {
 		RootCertFile:         pkitest.WritePEM(t, dir, "root.pem", pki.root),
 		IntermediateCertFile: pkitest.WritePEM(t, dir, "inter.pem", pki.inter),
 		IntermediateKeyFile:  pkitest.WriteKey(t, dir, "inter.key", pki.interKey),
-		Clock:                newTestClock().Now,
+		Clock:                clocktest.Func(newTestClock().Now),
 		Logger:               discardLogger(),
 	})
 	if err != nil {

@@ -99,7 +99,7 @@ func (a *Authority) sign(ctx context.Context, profileName string, csr *leaf.CSR,
 	}
 
 	ca := a.keys() // one snapshot for the whole signing
-	tmpl, err := leaf.Template(a.policy, ca.Cert, a.clock(), profileName, csr, id, ttl)
+	tmpl, err := leaf.Template(a.policy, ca.Cert, a.clock.Now(), profileName, csr, id, ttl)
 	if err != nil {
 		return nil, err
 	}

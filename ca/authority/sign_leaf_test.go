@@ -16,6 +16,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
 	"github.com/castellan-dev/castellan/ca/authority/internal/pkitest"
 	"github.com/castellan-dev/castellan/ca/authority/leaf"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 )
 
 // checkLeaf checks that cert is signed by a's intermediate and verifies as
@@ -58,7 +59,7 @@ func newAuthorityWithIntermediate(t *testing.T, clock *testClock, interKey crypt
 		RootCertFile:         pkitest.WritePEM(t, dir, "root.pem", root),
 		IntermediateCertFile: pkitest.WritePEM(t, dir, "inter.pem", inter),
 		IntermediateKeyFile:  pkitest.WriteKey(t, dir, "inter.key", interKey),
-		Clock:                clock.Now,
+		Clock:                clocktest.Func(clock.Now),
 		Logger:               discardLogger(),
 	})
 	if err != nil {

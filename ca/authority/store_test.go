@@ -12,13 +12,14 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
 	"github.com/castellan-dev/castellan/ca/authority/internal/keystore"
 	"github.com/castellan-dev/castellan/ca/authority/internal/pkitest"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
 func TestNewReloadsSameCAAfterRestart(t *testing.T) {
 	clock := newTestClock()
 	dir := filepath.Join(t.TempDir(), "ca")
-	cfg := Config{TrustDomain: testTD, DataDir: dir, Clock: clock.Now}
+	cfg := Config{TrustDomain: testTD, DataDir: dir, Clock: clocktest.Func(clock.Now)}
 	first, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -72,7 +73,7 @@ func TestNewReloadsSameCAAfterRestart(t *testing.T) {
 func TestNewReissuesExpiringIntermediateUnderSameRoot(t *testing.T) {
 	clock := newTestClock()
 	dir := t.TempDir()
-	cfg := Config{TrustDomain: testTD, DataDir: dir, Clock: clock.Now}
+	cfg := Config{TrustDomain: testTD, DataDir: dir, Clock: clocktest.Func(clock.Now)}
 	first, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -103,7 +104,7 @@ func TestNewReissuesExpiringIntermediateUnderSameRoot(t *testing.T) {
 func TestNewReissuesIntermediateWhoseKeyDoesNotMatch(t *testing.T) {
 	clock := newTestClock()
 	dir := t.TempDir()
-	cfg := Config{TrustDomain: testTD, DataDir: dir, Clock: clock.Now}
+	cfg := Config{TrustDomain: testTD, DataDir: dir, Clock: clocktest.Func(clock.Now)}
 	first, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -128,7 +129,7 @@ func TestNewReissuesIntermediateWhoseKeyDoesNotMatch(t *testing.T) {
 
 func TestNewRefusesRootWithWrongKey(t *testing.T) {
 	dir := t.TempDir()
-	cfg := Config{TrustDomain: testTD, DataDir: dir, Clock: newTestClock().Now}
+	cfg := Config{TrustDomain: testTD, DataDir: dir, Clock: clocktest.Func(newTestClock().Now)}
 	if _, err := New(cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +155,7 @@ func TestNewRefusesRootWithWrongKey(t *testing.T) {
 func TestNewRefusesExpiredRoot(t *testing.T) {
 	clock := newTestClock()
 	dir := t.TempDir()
-	cfg := Config{TrustDomain: testTD, DataDir: dir, Clock: clock.Now, RootTTL: 48 * time.Hour, IntermediateTTL: 25 * time.Hour}
+	cfg := Config{TrustDomain: testTD, DataDir: dir, Clock: clocktest.Func(clock.Now), RootTTL: 48 * time.Hour, IntermediateTTL: 25 * time.Hour}
 	a, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -199,7 +200,7 @@ func TestGeneratedCAShape(t *testing.T) {
 
 func TestNewClampsIntermediateToRoot(t *testing.T) {
 	clock := newTestClock()
-	a, err := New(Config{TrustDomain: testTD, Clock: clock.Now, RootTTL: 100 * time.Hour, IntermediateTTL: 1000 * time.Hour})
+	a, err := New(Config{TrustDomain: testTD, Clock: clocktest.Func(clock.Now), RootTTL: 100 * time.Hour, IntermediateTTL: 1000 * time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -36,7 +36,7 @@ func setup(t *testing.T) (*ledger.Ledger, *authority.Authority, *clocktest.Clock
 			t.Fatal(err)
 		}
 	}
-	a, err := authority.New(authority.Config{TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), Clock: clk.Now})
+	a, err := authority.New(authority.Config{TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), Clock: clocktest.Func(clk.Now)})
 	if err != nil {
 		t.Fatal(err)
 	}

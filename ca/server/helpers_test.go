@@ -93,7 +93,7 @@ func newEnvOn(t testing.TB, registry *faultstore.DB, ledgerDB store.DB, ledgerKe
 	t.Helper()
 	dir := t.TempDir()
 	clock := &fakeClock{now: time.Now().Truncate(time.Second)}
-	auth, err := authority.New(authority.Config{TrustDomain: testTD, Clock: clock.Now})
+	auth, err := authority.New(authority.Config{TrustDomain: testTD, Clock: clocktest.Func(clock.Now)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +125,7 @@ func newEnvOn(t testing.TB, registry *faultstore.DB, ledgerDB store.DB, ledgerKe
 	t.Cleanup(func() { entries.Close() })
 	cfg := Config{
 		Authority: auth, Ledger: led, Attestor: &authn.JoinTokenAttestor{Tokens: tokens},
-		Tokens: tokens, Entries: entries, Registry: prometheus.NewRegistry(), Clock: clock.Now,
+		Tokens: tokens, Entries: entries, Registry: prometheus.NewRegistry(), Clock: clocktest.Func(clock.Now),
 		AdminIDs: []spiffeid.ID{spiffeid.RequireFromString("spiffe://cluster.local/castellan/agent/admin-node")},
 	}
 	for _, o := range opts {

@@ -9,7 +9,6 @@ import (
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/quota"
-	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/castellan-dev/castellan/ca/server/edge"
 	"google.golang.org/grpc/codes"
 )
@@ -17,7 +16,7 @@ import (
 // withQuota limits every node to burst certificates, one more per hour.
 func withQuota(t testing.TB, burst int) envOption {
 	return func(c *Config) {
-		q, err := quota.New(quota.Config{Node: quota.Limit{Burst: burst, Every: time.Hour}, IdentityPerTTL: 100, Clock: clocktest.Func(c.Clock)})
+		q, err := quota.New(quota.Config{Node: quota.Limit{Burst: burst, Every: time.Hour}, IdentityPerTTL: 100, Clock: c.Clock})
 		if err != nil {
 			t.Fatal(err)
 		}

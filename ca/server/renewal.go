@@ -40,7 +40,7 @@ const reasonRenewedTooOften = "agent_renewed_too_often"
 // answer).
 func (s *Server) checkRenewal(ctx context.Context, node string, leaf *x509.Certificate) error {
 	serial := serial.FromBig(leaf.SerialNumber).String()
-	if at := earliestRenewal(leaf); s.clock().Before(at) && !s.bundle.UnderTaint(leaf) {
+	if at := earliestRenewal(leaf); s.clock.Now().Before(at) && !s.bundle.UnderTaint(leaf) {
 		return refuse(codes.ResourceExhausted, reasonRenewTooEarly,
 			"agent SVID serial %s may be renewed from %s (half its lifetime), not before; retry then",
 			serial, at.UTC().Format(time.RFC3339))

@@ -16,6 +16,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -36,7 +37,7 @@ func rotatingEnv(t *testing.T) *env {
 	}
 	t.Cleanup(func() { journal.Close() })
 	auth, err := authority.Open(context.Background(), authority.Config{TrustDomain: testTD, DataDir: t.TempDir(),
-		Journal: journal, PublishDelay: time.Hour, Clock: clock.Now})
+		Journal: journal, PublishDelay: time.Hour, Clock: clocktest.Func(clock.Now)})
 	if err != nil {
 		t.Fatal(err)
 	}

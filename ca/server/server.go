@@ -31,6 +31,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/clock"
+
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authority"
@@ -112,7 +114,7 @@ type Config struct {
 	// Logger receives request logs (nil: discard).
 	Logger *slog.Logger
 	// Clock returns the current time (nil: time.Now).
-	Clock func() time.Time
+	Clock clock.Clock
 	// Quota, when set, limits workload issuance per node and per identity
 	// (a *quota.Limiter); a refusal is its error (ResourceExhausted).
 	Quota issuance.Quota
@@ -131,7 +133,7 @@ type Server struct {
 	cfg     Config
 	td      spiffeid.TrustDomain
 	log     *slog.Logger
-	clock   func() time.Time
+	clock   clock.Clock
 	metrics *metrics
 	health  *health.Server
 	bundle  *trust.Bundle
@@ -200,9 +202,7 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.Clock == nil {
-		cfg.Clock = time.Now
-	}
+	cfg.Clock = clock.OrSystem(cfg.Clock)
 	if cfg.MaxCSRsInFlight == 0 {
 		cfg.MaxCSRsInFlight = admission.DefaultCapacity()
 	}

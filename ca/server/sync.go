@@ -36,7 +36,7 @@ func (c *caService) SyncAgent(_ *cav1.SyncAgentRequest, stream cav1.CertificateA
 			return err
 		}
 		bundle, tainted, bundleChanged := s.bundle.WatchAll()
-		revoked := s.cfg.Ledger.RevokedSerials(s.clock())
+		revoked := s.cfg.Ledger.RevokedSerials(s.clock.Now())
 		slices.Sort(revoked)
 		st := &cav1.AgentState{Entries: s.cfg.Entries.List(node), Bundle: bundle, RevokedSerials: revoked,
 			TaintedAuthorities: tainted}

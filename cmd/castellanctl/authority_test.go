@@ -17,6 +17,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/server"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/authoritycmd"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -36,7 +37,7 @@ func rotatingServer(t *testing.T) (string, *atomic.Int64) {
 	}
 	t.Cleanup(func() { journal.Close() })
 	auth, err := authority.Open(context.Background(), authority.Config{TrustDomain: td, DataDir: dir, Journal: journal,
-		PublishDelay: time.Hour, Clock: clock})
+		PublishDelay: time.Hour, Clock: clocktest.Func(clock)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +59,7 @@ func rotatingServer(t *testing.T) (string, *atomic.Int64) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(context.Background(), server.Config{Authority: auth, Ledger: l, Clock: clock,
+	srv, err := server.New(context.Background(), server.Config{Authority: auth, Ledger: l, Clock: clocktest.Func(clock),
 		Attestor: &authn.JoinTokenAttestor{Tokens: tokens}, Tokens: tokens, Entries: entries})
 	if err != nil {
 		t.Fatal(err)

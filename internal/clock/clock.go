@@ -33,3 +33,19 @@ func OrSystem(c Clock) Clock {
 	}
 	return c
 }
+
+// Frozen is a clock that always reads the same instant, for work that must
+// see one time throughout (everything one journal transaction does is
+// dated by the transaction's time). Its timers fire at once: no time
+// passes on it.
+type Frozen time.Time
+
+// Now returns the frozen instant.
+func (f Frozen) Now() time.Time { return time.Time(f) }
+
+// After returns a channel that already holds the frozen instant.
+func (f Frozen) After(time.Duration) <-chan time.Time {
+	ch := make(chan time.Time, 1)
+	ch <- time.Time(f)
+	return ch
+}

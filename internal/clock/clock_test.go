@@ -32,3 +32,19 @@ func TestSystemIsTheWallClock(t *testing.T) {
 		t.Fatal("System.After(1ms) did not fire within 10s")
 	}
 }
+
+func TestFrozenReadsOneInstantAndFiresAtOnce(t *testing.T) {
+	at := time.Date(2026, 11, 29, 6, 0, 0, 0, time.UTC)
+	f := Frozen(at)
+	if !f.Now().Equal(at) || !f.Now().Equal(at) {
+		t.Fatalf("Now = %s, want %s every time", f.Now(), at)
+	}
+	select {
+	case got := <-f.After(time.Hour):
+		if !got.Equal(at) {
+			t.Fatalf("After delivered %s, want %s", got, at)
+		}
+	default:
+		t.Fatal("a timer on a frozen clock did not fire at once")
+	}
+}

@@ -34,7 +34,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/server"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
-	"github.com/castellan-dev/castellan/internal/clock/clocktest"
+	"github.com/castellan-dev/castellan/internal/clock"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -59,53 +59,52 @@ type CA struct {
 	primary *Replica // the server Start, Stop and Addr work on
 }
 
-// options are New's settings.
-type options struct {
-	clock    func() time.Time
-	agentTTL time.Duration
+// Config is New's settings; its zero value is a CA on the wall clock
+// issuing one-hour agent SVIDs.
+type Config struct {
+	// Clock is what the CA signs, expires join tokens and revocations by
+	// (nil: the wall clock). TLS handshakes check the server's and agents'
+	// SVIDs against the wall clock, so a test that serves the CA keeps its
+	// clock near it; clock.Frozen(t) makes a CA that only issues SVIDs
+	// dated t.
+	Clock clock.Clock
+	// AgentTTL is the lifetime of agent SVIDs (0: one hour).
+	AgentTTL time.Duration
 }
 
-// Option changes a setting of New.
-type Option func(*options)
-
-// WithClock makes the CA read the time from clock (default time.Now): it
-// signs, expires join tokens and revocations by it. TLS handshakes check
-// the server's and agents' SVIDs against the wall clock, so a test that
-// serves the CA keeps clock near it.
-func WithClock(clock func() time.Time) Option { return func(o *options) { o.clock = clock } }
-
-// At makes the CA's clock stand still at t (see WithClock): for tests
-// that only need SVIDs issued at a chosen time.
-func At(t time.Time) Option { return WithClock(func() time.Time { return t }) }
-
-// WithAgentTTL sets the lifetime of agent SVIDs (default 1h).
-func WithAgentTTL(d time.Duration) Option { return func(o *options) { o.agentTTL = d } }
-
 // New starts the CA for td with a new root and intermediate; it is served
-// by Start, Serve or ServeAt, and closed at the end of the test.
-func New(t testing.TB, td spiffeid.TrustDomain, opts ...Option) *CA {
+// by Start, Serve or ServeAt, and closed at the end of the test. cfg, at
+// most one, changes its settings.
+func New(t testing.TB, td spiffeid.TrustDomain, cfg ...Config) *CA {
 	t.Helper()
-	o := options{clock: time.Now, agentTTL: time.Hour}
-	for _, opt := range opts {
-		opt(&o)
+	var o Config
+	if len(cfg) > 1 {
+		t.Fatalf("catest.New: %d configs, want at most one", len(cfg))
+	}
+	if len(cfg) == 1 {
+		o = cfg[0]
+	}
+	o.Clock = clock.OrSystem(o.Clock)
+	if o.AgentTTL == 0 {
+		o.AgentTTL = time.Hour
 	}
 	ctx := context.Background()
 	dir := t.TempDir()
 	ca := &CA{TrustDomain: td}
-	ca.auth = openAuthority(t, dir, td, o.clock)
-	led, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Options{Clock: o.clock})
+	ca.auth = openAuthority(t, dir, td, o.Clock)
+	led, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Options{Clock: o.Clock.Now})
 	check(t, err)
 	t.Cleanup(func() { _ = led.Close() })
 	ca.ledger = led
 	registry := openBolt(t, filepath.Join(dir, "registry.db"))
-	ca.tokens, err = authn.NewJoinTokens(ctx, registry, authn.JoinTokensConfig{Clock: clocktest.Func(o.clock)})
+	ca.tokens, err = authn.NewJoinTokens(ctx, registry, authn.JoinTokensConfig{Clock: o.Clock})
 	check(t, err)
-	ca.entries, err = authz.NewEntries(ctx, registry, td, authz.EntriesConfig{MaxTTL: ca.auth.MaxTTL(), Clock: clocktest.Func(o.clock)})
+	ca.entries, err = authz.NewEntries(ctx, registry, td, authz.EntriesConfig{MaxTTL: ca.auth.MaxTTL(), Clock: o.Clock})
 	check(t, err)
 	t.Cleanup(func() { _ = ca.entries.Close() })
 	ca.srv, err = server.New(ctx, server.Config{
 		Authority: ca.auth, Ledger: led, Attestor: &authn.JoinTokenAttestor{Tokens: ca.tokens},
-		Tokens: ca.tokens, Entries: ca.entries, AgentTTL: o.agentTTL, Clock: o.clock,
+		Tokens: ca.tokens, Entries: ca.entries, AgentTTL: o.AgentTTL, Clock: o.Clock,
 	})
 	check(t, err)
 	ca.grpc = ca.srv.GRPCServer()
@@ -130,11 +129,11 @@ func (ca *CA) run(t testing.TB) {
 }
 
 // openAuthority opens a managed authority with its journal in dir.
-func openAuthority(t testing.TB, dir string, td spiffeid.TrustDomain, clock func() time.Time) *authority.Authority {
+func openAuthority(t testing.TB, dir string, td spiffeid.TrustDomain, clk clock.Clock) *authority.Authority {
 	t.Helper()
 	journal := openBolt(t, filepath.Join(dir, "authority.db"))
 	auth, err := authority.Open(context.Background(), authority.Config{
-		TrustDomain: td, DataDir: dir, Journal: journal, Clock: clock,
+		TrustDomain: td, DataDir: dir, Journal: journal, Clock: clk,
 	})
 	check(t, err)
 	return auth

@@ -10,6 +10,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/castellan-dev/castellan/ca/authority"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 )
 
 // The journal runner is tested through the Authority that embeds it: the
@@ -25,7 +26,7 @@ func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 func newTestAuthority(t testing.TB) *authority.Authority {
 	t.Helper()
 	a, err := authority.New(authority.Config{TrustDomain: testTD, DataDir: t.TempDir(),
-		Clock: func() time.Time { return time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC) }})
+		Clock: clocktest.Func(func() time.Time { return time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC) })})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 )
 
 // lockedClock is a settable clock safe for concurrent use.
@@ -79,7 +80,7 @@ func newJournalEnv(t testing.TB) *journalEnv {
 	e.cfg = authority.Config{
 		TrustDomain: testTD, DataDir: filepath.Join(dir, "ca"), Journal: db,
 		DefaultTTL: 30 * time.Minute, MaxTTL: jMaxTTL, RootTTL: jRootTTL, IntermediateTTL: jInterTTL,
-		PublishDelay: jDelay, Clock: e.clock.Now, Logger: discardLogger(), OnTransition: e.hook,
+		PublishDelay: jDelay, Clock: clocktest.Func(e.clock.Now), Logger: discardLogger(), OnTransition: e.hook,
 	}
 	return e
 }

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/clock"
+
 	"github.com/castellan-dev/castellan/ca/authority/internal/keystore"
 	"github.com/castellan-dev/castellan/ca/authority/journal"
 	"github.com/castellan-dev/castellan/ca/store"
@@ -52,7 +54,7 @@ type Journal struct {
 	metrics  *journal.Metrics
 	cur      *keystore.Current
 	log      *slog.Logger
-	clock    func() time.Time
+	clock    clock.Clock
 
 	// mu serializes every read-and-install and every transition of this
 	// process, so that an older view of the journal is never installed
@@ -369,7 +371,7 @@ func (j *Journal) rotate(ctx context.Context) error {
 	var due bool
 	err := j.db.View(ctx, func(tx store.Tx) error {
 		recs, err := journal.ReadRecords(tx)
-		due = len(j.schedule.Plan(recs, j.clock(), publishedIn(tx), j.canSign)) > 0
+		due = len(j.schedule.Plan(recs, j.clock.Now(), publishedIn(tx), j.canSign)) > 0
 		return err
 	})
 	if err != nil || !due {

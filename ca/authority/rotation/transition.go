@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/clock"
+
 	"github.com/castellan-dev/castellan/ca/authority/internal/keystore"
 	"github.com/castellan-dev/castellan/ca/authority/journal"
 	"github.com/castellan-dev/castellan/ca/store"
@@ -26,7 +28,7 @@ func (j *Journal) change(ctx context.Context, fn func(*journal.Txn) error) ([]jo
 		if err != nil {
 			return err
 		}
-		t := &journal.Txn{Tx: tx, Recs: recs, Now: j.clock(), Dirty: map[string]*journal.Record{}}
+		t := &journal.Txn{Tx: tx, Recs: recs, Now: j.clock.Now(), Dirty: map[string]*journal.Record{}}
 		if err := fn(t); err != nil {
 			return err
 		}
@@ -160,7 +162,7 @@ func (j *Journal) prepareIn(t *journal.Txn, newRoot bool, reason string) (*journ
 			p.ID, p.PreparedAt.UTC().Format(time.RFC3339))
 	}
 	cfg := j.cfg
-	cfg.Store.Clock = func() time.Time { return t.Now }
+	cfg.Store.Clock = clock.Frozen(t.Now)
 	var (
 		ca  *keystore.CA
 		err error

@@ -11,6 +11,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authority/journal"
 	"github.com/castellan-dev/castellan/ca/authority/leaf"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -62,7 +63,7 @@ func TestJournalBootstrapsOneActiveAuthorityAndReopensIt(t *testing.T) {
 
 func TestJournalImportsTheCAFilesOfTheDataDir(t *testing.T) {
 	e := newJournalEnv(t)
-	legacy, err := authority.New(authority.Config{TrustDomain: testTD, DataDir: e.cfg.DataDir, Clock: e.clock.Now,
+	legacy, err := authority.New(authority.Config{TrustDomain: testTD, DataDir: e.cfg.DataDir, Clock: clocktest.Func(e.clock.Now),
 		MaxTTL: jMaxTTL, RootTTL: jRootTTL, IntermediateTTL: jInterTTL})
 	if err != nil {
 		t.Fatal(err)

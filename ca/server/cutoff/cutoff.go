@@ -14,6 +14,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/clock"
+
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/refusal"
@@ -50,7 +52,7 @@ type Config struct {
 	// TrustDomain is the CA's: agent SVIDs name their node in it.
 	TrustDomain spiffeid.TrustDomain
 	// Clock returns the current time (nil: time.Now).
-	Clock func() time.Time
+	Clock clock.Clock
 	// Logger receives the revocations it makes (nil: discard).
 	Logger *slog.Logger
 }
@@ -59,16 +61,13 @@ type Config struct {
 type Guard struct {
 	ledger Ledger
 	td     spiffeid.TrustDomain
-	clock  func() time.Time
+	clock  clock.Clock
 	log    *slog.Logger
 }
 
 // New returns the Guard of cfg.
 func New(cfg Config) *Guard {
-	g := &Guard{ledger: cfg.Ledger, td: cfg.TrustDomain, clock: cfg.Clock, log: cfg.Logger}
-	if g.clock == nil {
-		g.clock = time.Now
-	}
+	g := &Guard{ledger: cfg.Ledger, td: cfg.TrustDomain, clock: clock.OrSystem(cfg.Clock), log: cfg.Logger}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}
@@ -130,7 +129,7 @@ func (g *Guard) RefusePeer(ctx context.Context) error {
 		}
 	}
 	serial := serial.FromBig(leaf.SerialNumber).String()
-	if !g.ledger.IsRevoked(serial, g.clock()) {
+	if !g.ledger.IsRevoked(serial, g.clock.Now()) {
 		return nil
 	}
 	name := "(no SPIFFE ID)"
@@ -185,7 +184,7 @@ func (g *Guard) RefuseAfterRenewal(ctx context.Context, node, parent, child stri
 	if err := g.RefuseIfBannedAfterRecord(ctx, node); err != nil {
 		return err
 	}
-	if !g.ledger.IsRevoked(parent, g.clock()) {
+	if !g.ledger.IsRevoked(parent, g.clock.Now()) {
 		return nil
 	}
 	if _, err := g.ledger.Revoke(ctx, child, "parent "+parent+" revoked"); err != nil && !errors.Is(err, ledger.ErrAlreadyRevoked) {

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/clock"
+
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/ledger"
@@ -35,7 +37,7 @@ type Config struct {
 	TTL time.Duration
 	// Names are the DNS and IP SANs next to the SPIFFE ID.
 	Names  authority.ServerNames
-	Clock  func() time.Time
+	Clock  clock.Clock
 	Logger *slog.Logger
 }
 
@@ -83,7 +85,7 @@ func (v *SVID) Renew(ctx context.Context) error {
 func (v *SVID) Run(ctx context.Context) error {
 	for {
 		leaf := v.Current().Leaf
-		wait := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2).Sub(v.cfg.Clock())
+		wait := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2).Sub(v.cfg.Clock.Now())
 		t := time.NewTimer(max(wait, 0))
 		select {
 		case <-ctx.Done():

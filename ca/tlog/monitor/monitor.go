@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/clock"
+
 	"github.com/castellan-dev/castellan/ca/tlog/logentry"
 	"github.com/castellan-dev/castellan/ca/tlog/monitor/state"
 	"github.com/castellan-dev/castellan/internal/witness"
@@ -37,7 +39,7 @@ type Config struct {
 	Limits Limits
 	// Clock returns the current time, for cosignature timestamps and
 	// pruning (nil: time.Now).
-	Clock func() time.Time
+	Clock clock.Clock
 	// Retention is how long after a certificate expires the CA may prune
 	// its entry (0: DefaultRetention, the ledger's). An entry bundle
 	// answered as pruned is refused when an entry before it is younger
@@ -72,9 +74,7 @@ func New(cfg Config) (*Monitor, error) {
 	if cfg.Client == nil {
 		cfg.Client = &http.Client{}
 	}
-	if cfg.Clock == nil {
-		cfg.Clock = time.Now
-	}
+	cfg.Clock = clock.OrSystem(cfg.Clock)
 	if cfg.Retention <= 0 {
 		cfg.Retention = DefaultRetention
 	}
@@ -141,7 +141,7 @@ func (m *Monitor) checkpoint(ctx context.Context) ([]byte, *log.Checkpoint, erro
 		return nil, nil, err
 	}
 	if m.cfg.Policy != nil {
-		v, err := m.cfg.Policy.Verify(signed, m.cfg.Origin, m.cfg.LogKey, m.cfg.Clock())
+		v, err := m.cfg.Policy.Verify(signed, m.cfg.Origin, m.cfg.LogKey, m.cfg.Clock.Now())
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w: the log's checkpoint is refused: %w", ErrInvalid, err)
 		}

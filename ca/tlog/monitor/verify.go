@@ -178,7 +178,7 @@ func (p *pass) fold(ctx context.Context, ri layout.RangeInfo) error {
 // unless an entry read before was logged too recently for any later one
 // to have been pruned: then the server is hiding entries.
 func (p *pass) foldPruned(ctx context.Context, ri layout.RangeInfo) error {
-	cutoff := p.m.cfg.Clock().Add(-p.m.cfg.Retention).Add(pruneSlack)
+	cutoff := p.m.cfg.Clock.Now().Add(-p.m.cfg.Retention).Add(pruneSlack)
 	if p.newest.After(cutoff) {
 		return fmt.Errorf("%w: %s answers 410 Gone (pruned), but an entry before it (%s) was logged at %s, less than the CA's retention period (%s) ago, so no entry after it can have expired that long ago: the server is hiding entries",
 			ErrInvalid, layout.EntriesPath(ri.Index, partial(p.t.width(0, ri.Index))), p.newestName(), p.newest.UTC().Format(time.RFC3339), p.m.cfg.Retention)

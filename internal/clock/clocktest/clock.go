@@ -115,12 +115,11 @@ func (c *Clock) notify() {
 	c.changed = make(chan struct{})
 }
 
-// Func is a clock.Clock that reads the time from now. It exists for tests
-// of the packages that still take a func() time.Time (ca/authority,
-// ca/ledger, ca/server and agent/client/catest) to hand the same clock to
-// the packages that take a clock.Clock; delete it when they take one too.
-// Only Now may be used: After panics, because a timer on the wall clock
-// would not follow now.
+// Func is a clock.Clock that reads the time from a test's own function
+// (a closure over an atomic, a table's instant), for tests that move time
+// by hand without timers. Only Now may be used: After panics, because a
+// timer on the wall clock would not follow the function; a test that
+// needs timers passes a *Clock.
 type Func func() time.Time
 
 // Now returns f().

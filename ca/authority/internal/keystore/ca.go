@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/clock"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/castellan-dev/castellan/ca/authority/leaf"
@@ -30,8 +32,8 @@ type Config struct {
 	// RootTTL and IntermediateTTL are the lifetimes of a generated root and
 	// intermediate (never past the root).
 	RootTTL, IntermediateTTL time.Duration
-	// Clock returns the current time.
-	Clock func() time.Time
+	// Clock tells the time.
+	Clock clock.Clock
 	// Logger receives warnings about the material loaded.
 	Logger *slog.Logger
 }

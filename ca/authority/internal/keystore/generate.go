@@ -27,7 +27,7 @@ const (
 // CA holds the root key too (to persist or seal it, or to issue another
 // intermediate).
 func Generate(cfg Config) (*CA, error) {
-	rootKey, root, err := newRoot(cfg.TrustDomain, cfg.Clock(), cfg.RootTTL)
+	rootKey, root, err := newRoot(cfg.TrustDomain, cfg.Clock.Now(), cfg.RootTTL)
 	if err != nil {
 		return nil, err
 	}
@@ -36,7 +36,7 @@ func Generate(cfg Config) (*CA, error) {
 
 // withIntermediate issues a new intermediate under root.
 func withIntermediate(cfg Config, root *x509.Certificate, rootKey crypto.Signer) (*CA, error) {
-	key, cert, err := newIntermediate(cfg.TrustDomain, cfg.Clock(), cfg.IntermediateTTL, root, rootKey)
+	key, cert, err := newIntermediate(cfg.TrustDomain, cfg.Clock.Now(), cfg.IntermediateTTL, root, rootKey)
 	if err != nil {
 		return nil, err
 	}

@@ -91,7 +91,7 @@ func ParsePluggedIn(cfg Config, f PluginFiles) (*CA, error) {
 	verified, err := cert.Verify(x509.VerifyOptions{
 		Roots:         poolOf(roots),
 		Intermediates: poolOf(chain[1:]),
-		CurrentTime:   cfg.Clock(),
+		CurrentTime:   cfg.Clock.Now(),
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	})
 	if err != nil {
@@ -107,7 +107,7 @@ func ParsePluggedIn(cfg Config, f PluginFiles) (*CA, error) {
 		cfg.Logger.Warn("plugged-in intermediate has no SubjectKeyId; SVIDs will carry no AuthorityKeyId",
 			"subject", cert.Subject.String())
 	}
-	if left := cert.NotAfter.Sub(cfg.Clock()); left < cfg.MaxTTL {
+	if left := cert.NotAfter.Sub(cfg.Clock.Now()); left < cfg.MaxTTL {
 		cfg.Logger.Warn("plugged-in intermediate expires before the max SVID TTL; SVIDs will be shortened to its expiry",
 			"not_after", cert.NotAfter, "max_ttl", cfg.MaxTTL.String())
 	}

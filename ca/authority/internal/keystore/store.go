@@ -45,7 +45,7 @@ func LoadOrGenerate(cfg Config) (*CA, error) {
 	case err != nil:
 		return nil, err
 	}
-	if now := cfg.Clock(); !now.Before(root.NotAfter) {
+	if now := cfg.Clock.Now(); !now.Before(root.NotAfter) {
 		return nil, fmt.Errorf("authority: root CA in %s expired at %s; move the data dir aside to start a new CA",
 			filepath.Join(dir, RootCertName), root.NotAfter)
 	}
@@ -110,7 +110,7 @@ func loadIntermediate(cfg Config, root *x509.Certificate, rootKey crypto.Signer)
 	if err := cert.CheckSignatureFrom(root); err != nil {
 		return nil, fmt.Errorf("%s is not signed by the stored root: %w", certPath, err)
 	}
-	if left := cert.NotAfter.Sub(cfg.Clock()); left < cfg.MaxTTL {
+	if left := cert.NotAfter.Sub(cfg.Clock.Now()); left < cfg.MaxTTL {
 		return nil, fmt.Errorf("%s has %s left, less than the max SVID TTL %s", certPath, left, cfg.MaxTTL)
 	}
 	return &CA{Cert: cert, key: key, Chain: []*x509.Certificate{cert}, Root: root, Roots: []*x509.Certificate{root}, rootKey: rootKey}, nil

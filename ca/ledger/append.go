@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/transparency-dev/merkle/rfc6962"
 )
@@ -47,8 +48,8 @@ func (l *Ledger) Append(ctx context.Context, events ...Event) ([]uint64, error) 
 			return nil, err
 		}
 	}
-	if !usesReserve(ctx) {
-		if err := l.reserve.allow(size); err != nil {
+	if !reserve.Uses(ctx) {
+		if err := l.reserve.Allow(size); err != nil {
 			return nil, err
 		}
 	}

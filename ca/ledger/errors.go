@@ -26,7 +26,4 @@ var (
 	// ErrReadOnly: the ledger was opened read-only (Options.ReadOnly) and
 	// refuses every write.
 	ErrReadOnly = errors.New("ledger: opened read-only for forensics; it takes no appends")
-	// ErrDiskReserve: the ledger's filesystem has less free space than the
-	// configured reserve; appends are refused until space is freed.
-	ErrDiskReserve = errors.New("ledger: disk reserve reached")
 )

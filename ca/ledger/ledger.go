@@ -39,6 +39,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 )
@@ -76,7 +77,7 @@ type Options struct {
 	// kept before Prune may remove it (0 -> 30 days).
 	Retention time.Duration
 	// DiskReserve is the free space (bytes) the ledger leaves on its
-	// filesystem: below it Append fails with ErrDiskReserve (0: no
+	// filesystem: below it Append fails with reserve.ErrDiskReserve (0: no
 	// reserve). Only for Open's bbolt file; New ignores it (a database
 	// server watches its own disk).
 	DiskReserve uint64
@@ -113,7 +114,7 @@ type Ledger struct {
 	metrics   *metrics
 	readOnly  bool
 	onRevoke  func(node, spiffeID string)
-	reserve   *reserve
+	reserve   *reserve.Reserve
 	cleanup   func()     // removes a salvaged copy (forensic mode)
 	commit    *committer // writes Appends (commit.go); nil when read-only
 
@@ -201,7 +202,7 @@ func Open(path string, opts Options) (*Ledger, error) {
 		return nil, err
 	}
 	if !l.readOnly {
-		l.reserve = newReserve(path, opts, l.clock, l.log)
+		l.reserve = reserve.New(path, opts.DiskReserve, opts.FreeSpace, l.clock, l.log)
 	}
 	l.start(opts)
 	return l, nil

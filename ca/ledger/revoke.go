@@ -6,6 +6,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/internal/serial"
 )
 
@@ -45,7 +46,7 @@ func (l *Ledger) Revoke(ctx context.Context, serial, reason string) (Entry, erro
 	}
 	// A revocation may use the disk reserve: an operator must be able to
 	// cut off a certificate while issuance is stopped for lack of space.
-	idx, err := l.Append(UseReserve(ctx), ev)
+	idx, err := l.Append(reserve.Use(ctx), ev)
 	if err != nil {
 		return Entry{}, err
 	}

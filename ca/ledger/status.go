@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -36,7 +37,7 @@ func code(err error) codes.Code {
 	case errors.Is(err, ErrNotBanned), errors.Is(err, ErrReadOnly), errors.Is(err, ErrKeyMismatch),
 		errors.Is(err, store.ErrReadOnly):
 		return codes.FailedPrecondition
-	case errors.Is(err, ErrClosed), errors.Is(err, ErrDiskReserve),
+	case errors.Is(err, ErrClosed), errors.Is(err, reserve.ErrDiskReserve),
 		errors.Is(err, store.ErrUnavailable), errors.Is(err, store.ErrClosed):
 		return codes.Unavailable
 	case errors.Is(err, ErrDamaged):

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -25,7 +26,7 @@ func TestStatusMapsEveryLedgerError(t *testing.T) {
 		{ErrNotBanned, codes.FailedPrecondition},
 		{ErrReadOnly, codes.FailedPrecondition},
 		{ErrClosed, codes.Unavailable},
-		{fmt.Errorf("x: %w", ErrDiskReserve), codes.Unavailable},
+		{fmt.Errorf("x: %w", reserve.ErrDiskReserve), codes.Unavailable},
 		{ErrDamaged, codes.DataLoss},
 		{fmt.Errorf("ledger: append: %w", fmt.Errorf("pgstore: %w: dial tcp: refused", store.ErrUnavailable)), codes.Unavailable},
 		{fmt.Errorf("ledger: append: %w", store.ErrCommitUnknown), codes.Unavailable},

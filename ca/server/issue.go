@@ -11,6 +11,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/quota"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -131,7 +132,7 @@ func (s *Server) record(ctx context.Context, node string, items []*issuance, ext
 // appendStatus is what a caller is told when the ledger refused the append
 // recording its certificates (ledgerStatus maps the admin calls' errors).
 func appendStatus(err error) error {
-	if errors.Is(err, ledger.ErrDiskReserve) || errors.Is(err, ledger.ErrReadOnly) {
+	if errors.Is(err, reserve.ErrDiskReserve) || errors.Is(err, ledger.ErrReadOnly) {
 		return status.Error(codes.Unavailable, "server: no certificate was issued: "+err.Error())
 	}
 	return status.Error(codes.Unavailable, "server: the issuance ledger is unavailable, no certificate was issued; retry later")

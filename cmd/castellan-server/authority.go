@@ -11,6 +11,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/internal/serial"
@@ -62,7 +63,7 @@ func recordTransition(led *ledger.Ledger, td spiffeid.TrustDomain) func(context.
 		if led == nil {
 			return fmt.Errorf("the ledger is open read-only (--ledger-read-only-forensics): no CA change is made unlogged")
 		}
-		_, err := led.Append(ledger.UseReserve(ctx), transitionEvent(tr, td))
+		_, err := led.Append(reserve.Use(ctx), transitionEvent(tr, td))
 		return err
 	}
 }

@@ -5,6 +5,7 @@ import (
 
 	auditv1 "github.com/castellan-dev/castellan/api/castellan/audit/v1"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -23,7 +24,7 @@ func tm(t *timestamppb.Timestamp) time.Time {
 }
 
 // EventProto converts a ledger entry to its wire form.
-func EventProto(e *ledger.Entry) *auditv1.Event {
+func EventProto(e *entry.Entry) *auditv1.Event {
 	pb := &auditv1.Event{
 		Index: e.Index, Kind: string(e.Kind), Time: ts(e.Time), Serial: e.Serial,
 		SpiffeId: e.SPIFFEID, Node: e.Node, NotBefore: ts(e.NotBefore), NotAfter: ts(e.NotAfter),
@@ -52,7 +53,7 @@ func filterOf(req *auditv1.ListRequest) ledger.Filter {
 		f.State = ledger.StateRevoked
 	}
 	for _, k := range req.GetKinds() {
-		f.Kinds = append(f.Kinds, ledger.Kind(k))
+		f.Kinds = append(f.Kinds, entry.Kind(k))
 	}
 	return f
 }

@@ -12,6 +12,7 @@ import (
 
 	auditv1 "github.com/castellan-dev/castellan/api/castellan/audit/v1"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -130,7 +131,7 @@ func (s *Service) lineage(ctx context.Context, serial string, resp *auditv1.GetR
 		return toStatus(err)
 	}
 	for _, list := range []struct {
-		in  []ledger.Entry
+		in  []entry.Entry
 		out *[]*auditv1.Event
 	}{{anc, &resp.Ancestors}, {desc, &resp.Descendants}} {
 		for i := range list.in {
@@ -249,7 +250,7 @@ func (s *Service) Watch(req *auditv1.WatchRequest, stream grpc.ServerStreamingSe
 	if err := stream.SendHeader(metadata.Pairs(WatchFromHeader, strconv.FormatUint(from, 10))); err != nil {
 		return err
 	}
-	err := s.l.Watch(ctx, from, func(e ledger.Entry) error {
+	err := s.l.Watch(ctx, from, func(e entry.Entry) error {
 		return stream.Send(&auditv1.WatchResponse{Event: EventProto(&e)})
 	})
 	if ctx.Err() != nil {

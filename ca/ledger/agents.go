@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -87,12 +88,12 @@ type agentRecord struct {
 // agentUpdate is one event that changes a node's agent record.
 type agentUpdate struct {
 	idx uint64
-	ev  Event
+	ev  entry.Event
 }
 
 // isAgentCert reports whether ev is an agent SVID issued to ev.Node:
 // spiffe://<td>/castellan/agent/<ev.Node>.
-func isAgentCert(ev *Event) bool {
+func isAgentCert(ev *entry.Event) bool {
 	if !ev.Kind.IsCertificate() || ev.Node == "" {
 		return false
 	}
@@ -102,9 +103,9 @@ func isAgentCert(ev *Event) bool {
 }
 
 // addAgent collects ev when it changes a node's agent record.
-func (b *indexBatch) addAgent(idx uint64, ev *Event) {
+func (b *indexBatch) addAgent(idx uint64, ev *entry.Event) {
 	switch {
-	case isAgentCert(ev), ev.Node != "" && (ev.Kind == KindJoinTokenUse || ev.Kind == KindBan || ev.Kind == KindUnban):
+	case isAgentCert(ev), ev.Node != "" && (ev.Kind == entry.KindJoinTokenUse || ev.Kind == entry.KindBan || ev.Kind == entry.KindUnban):
 		e := *ev
 		e.CertDER = nil
 		b.agents = append(b.agents, agentUpdate{idx: idx, ev: e})
@@ -156,10 +157,10 @@ func (b *indexBatch) applyAgents(tx store.Tx) error {
 func (r *agentRecord) apply(u agentUpdate) {
 	ev := &u.ev
 	switch ev.Kind {
-	case KindBan:
+	case entry.KindBan:
 		r.Banned, r.BanIndex, r.BanTime, r.BanReason = true, u.idx, ev.Time, ev.Reason
 		return
-	case KindUnban:
+	case entry.KindUnban:
 		r.Banned, r.BanIndex, r.BanTime, r.BanReason = false, 0, time.Time{}, ""
 		return
 	}
@@ -257,7 +258,7 @@ func (l *Ledger) Agent(ctx context.Context, node string) (Agent, error) {
 			v = bucket.Get([]byte(node))
 		}
 		if v == nil {
-			return fmt.Errorf("%w: no agent of node %q in the log", ErrNotFound, node)
+			return fmt.Errorf("%w: no agent of node %q in the log", entry.ErrNotFound, node)
 		}
 		var r agentRecord
 		if err := json.Unmarshal(v, &r); err != nil {
@@ -272,9 +273,9 @@ func (l *Ledger) Agent(ctx context.Context, node string) (Agent, error) {
 // NodeCertificates returns the certificates issued to node (agent and
 // workload SVIDs) that are neither revoked nor expired at now, as List
 // summaries.
-func (l *Ledger) NodeCertificates(ctx context.Context, node string, now time.Time) ([]Entry, error) {
-	f := Filter{Node: node, Kinds: []Kind{KindIssuance, KindRenewal}}
-	var out []Entry
+func (l *Ledger) NodeCertificates(ctx context.Context, node string, now time.Time) ([]entry.Entry, error) {
+	f := Filter{Node: node, Kinds: []entry.Kind{entry.KindIssuance, entry.KindRenewal}}
+	var out []entry.Entry
 	token := ""
 	for {
 		page, next, err := l.List(ctx, f, MaxPageSize, token)
@@ -307,7 +308,7 @@ func banRevocationReason(node, reason string) string {
 // RevokeNodeCertificates, so none escapes.
 func (l *Ledger) Ban(ctx context.Context, node, reason string) (BanResult, error) {
 	if node == "" {
-		return BanResult{}, fmt.Errorf("%w: node is required", ErrInvalidArgument)
+		return BanResult{}, fmt.Errorf("%w: node is required", entry.ErrInvalidArgument)
 	}
 	l.revokeMu.Lock()
 	if b, ok := l.Banned(node); ok {
@@ -315,7 +316,7 @@ func (l *Ledger) Ban(ctx context.Context, node, reason string) (BanResult, error
 		return BanResult{}, fmt.Errorf("%w: node %s since %s (entry %d)", ErrAlreadyBanned, node,
 			b.Time.UTC().Format(time.RFC3339), b.Index)
 	}
-	evs := []Event{{Kind: KindBan, Node: node, Reason: reason}}
+	evs := []entry.Event{{Kind: entry.KindBan, Node: node, Reason: reason}}
 	revs, err := l.nodeRevocations(ctx, node, reason)
 	if err != nil {
 		l.revokeMu.Unlock()
@@ -339,14 +340,14 @@ func (l *Ledger) Ban(ctx context.Context, node, reason string) (BanResult, error
 
 // nodeRevocations returns revocation events for node's unexpired,
 // unrevoked certificates. revokeMu is held.
-func (l *Ledger) nodeRevocations(ctx context.Context, node, reason string) ([]Event, error) {
+func (l *Ledger) nodeRevocations(ctx context.Context, node, reason string) ([]entry.Event, error) {
 	certs, err := l.NodeCertificates(ctx, node, l.clock())
 	if err != nil {
 		return nil, err
 	}
-	evs := make([]Event, 0, len(certs))
+	evs := make([]entry.Event, 0, len(certs))
 	for _, c := range certs {
-		evs = append(evs, Event{Kind: KindRevocation, Serial: c.Serial, SPIFFEID: c.SPIFFEID, Node: node,
+		evs = append(evs, entry.Event{Kind: entry.KindRevocation, Serial: c.Serial, SPIFFEID: c.SPIFFEID, Node: node,
 			NotAfter: c.NotAfter, Reason: banRevocationReason(node, reason)})
 	}
 	return evs, nil
@@ -380,15 +381,15 @@ func (l *Ledger) RevokeNodeCertificates(ctx context.Context, node string) ([]str
 
 // Unban lifts node's ban (a KindUnban event). Certificates the ban
 // revoked stay revoked. ErrNotBanned if it is not banned.
-func (l *Ledger) Unban(ctx context.Context, node, reason string) (Entry, error) {
+func (l *Ledger) Unban(ctx context.Context, node, reason string) (entry.Entry, error) {
 	l.revokeMu.Lock()
 	defer l.revokeMu.Unlock()
 	if _, ok := l.Banned(node); !ok {
-		return Entry{}, fmt.Errorf("%w: node %q", ErrNotBanned, node)
+		return entry.Entry{}, fmt.Errorf("%w: node %q", ErrNotBanned, node)
 	}
-	idx, err := l.Append(ctx, Event{Kind: KindUnban, Node: node, Reason: reason})
+	idx, err := l.Append(ctx, entry.Event{Kind: entry.KindUnban, Node: node, Reason: reason})
 	if err != nil {
-		return Entry{}, err
+		return entry.Entry{}, err
 	}
 	return l.Entry(ctx, idx[0])
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -25,7 +26,7 @@ func TestIsAgentCert(t *testing.T) {
 		{"spiffe://cluster.local/ns/it/sa/app", "node-a", false},
 		{agentA, "", false},
 	} {
-		ev := Event{Kind: KindIssuance, SPIFFEID: tc.id, Node: tc.node}
+		ev := entry.Event{Kind: entry.KindIssuance, SPIFFEID: tc.id, Node: tc.node}
 		if got := isAgentCert(&ev); got != tc.want {
 			t.Errorf("isAgentCert(%s on %q) = %v, want %v", tc.id, tc.node, got, tc.want)
 		}
@@ -46,7 +47,7 @@ func TestAgentRecordFollowsTheLog(t *testing.T) {
 	second.Time, second.Parent = clock.Now().Add(time.Minute), first.Serial
 	work := certEvent(3, "spiffe://cluster.local/ns/it/sa/app", "node-a", exp)
 	if _, err := l.Append(ctx, first, second, work,
-		Event{Kind: KindBan, Node: "node-a", Reason: "x"}, Event{Kind: KindUnban, Node: "node-a", Reason: "y"}); err != nil {
+		entry.Event{Kind: entry.KindBan, Node: "node-a", Reason: "x"}, entry.Event{Kind: entry.KindUnban, Node: "node-a", Reason: "y"}); err != nil {
 		t.Fatal(err)
 	}
 	a, err := l.Agent(ctx, "node-a")
@@ -59,17 +60,17 @@ func TestAgentRecordFollowsTheLog(t *testing.T) {
 	if _, ok := l.Banned("node-a"); ok {
 		t.Fatal("banned after ban+unban")
 	}
-	if _, err := l.Agent(ctx, "node-z"); !errors.Is(err, ErrNotFound) {
+	if _, err := l.Agent(ctx, "node-z"); !errors.Is(err, entry.ErrNotFound) {
 		t.Fatalf("unknown node: %v, want ErrNotFound", err)
 	}
 	// The events must name a node.
-	if _, err := l.Append(ctx, Event{Kind: KindBan}); !errors.Is(err, ErrInvalidEvent) {
+	if _, err := l.Append(ctx, entry.Event{Kind: entry.KindBan}); !errors.Is(err, entry.ErrInvalidEvent) {
 		t.Fatalf("ban without a node: %v", err)
 	}
-	if _, err := l.Append(ctx, Event{Kind: KindRevocation, Serial: "ab", Parent: "cd"}); !errors.Is(err, ErrInvalidEvent) {
+	if _, err := l.Append(ctx, entry.Event{Kind: entry.KindRevocation, Serial: "ab", Parent: "cd"}); !errors.Is(err, entry.ErrInvalidEvent) {
 		t.Fatalf("revocation with a parent: %v", err)
 	}
-	if _, err := l.Append(ctx, Event{Kind: KindIssuance, Serial: "ab", SPIFFEID: agentA, Parent: "XY"}); !errors.Is(err, ErrInvalidEvent) {
+	if _, err := l.Append(ctx, entry.Event{Kind: entry.KindIssuance, Serial: "ab", SPIFFEID: agentA, Parent: "XY"}); !errors.Is(err, entry.ErrInvalidEvent) {
 		t.Fatalf("parent not lower-case hex: %v", err)
 	}
 	// A ban on a later batch survives reopening, from the agents bucket.
@@ -93,7 +94,7 @@ func TestBanRevokesTheNodesUnexpiredCertificates(t *testing.T) {
 		l := be.openTest(t, clock)
 		ctx := context.Background()
 		live, dead := clock.Now().Add(time.Hour), clock.Now().Add(-time.Minute)
-		evs := []Event{certEvent(1, agentA, "node-a", live), certEvent(2, "spiffe://cluster.local/app", "node-a", live),
+		evs := []entry.Event{certEvent(1, agentA, "node-a", live), certEvent(2, "spiffe://cluster.local/app", "node-a", live),
 			certEvent(3, "spiffe://cluster.local/app", "node-a", dead), certEvent(4, "spiffe://cluster.local/app", "node-b", live)}
 		if _, err := l.Append(ctx, evs...); err != nil {
 			t.Fatal(err)
@@ -186,7 +187,7 @@ func TestLineageWalksAreBounded(t *testing.T) {
 		if desc, truncated, _ = l.Descendants(ctx, s[0], 2); !truncated || len(desc) != 2 {
 			t.Fatalf("Descendants(max 2) = %v, %v", serialsOf(desc), truncated)
 		}
-		if _, _, err := l.Descendants(ctx, "abcdef", 10); !errors.Is(err, ErrNotFound) {
+		if _, _, err := l.Descendants(ctx, "abcdef", 10); !errors.Is(err, entry.ErrNotFound) {
 			t.Fatalf("Descendants of an unknown serial: %v", err)
 		}
 
@@ -223,7 +224,7 @@ func TestLineageWalksAreBounded(t *testing.T) {
 	})
 }
 
-func serialsOf(es []Entry) []string {
+func serialsOf(es []entry.Entry) []string {
 	out := make([]string, len(es))
 	for i, e := range es {
 		out[i] = e.Serial

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/transparency-dev/merkle/rfc6962"
@@ -25,7 +26,7 @@ import (
 // indexed as soon as it is durable, on every replica; only a backlog left
 // by an older binary or a failed index write is left to the indexer
 // (indexer.go), which every query waits for. Safe for concurrent use.
-func (l *Ledger) Append(ctx context.Context, events ...Event) ([]uint64, error) {
+func (l *Ledger) Append(ctx context.Context, events ...entry.Event) ([]uint64, error) {
 	if len(events) == 0 {
 		return nil, nil
 	}
@@ -33,9 +34,9 @@ func (l *Ledger) Append(ctx context.Context, events ...Event) ([]uint64, error) 
 		return nil, fmt.Errorf("ledger: append: %w", err)
 	}
 	if l.readOnly {
-		return nil, ErrReadOnly
+		return nil, entry.ErrReadOnly
 	}
-	evs := make([]Event, len(events))
+	evs := make([]entry.Event, len(events))
 	now := l.clock()
 	size := uint64(0)
 	for i := range events {
@@ -44,7 +45,7 @@ func (l *Ledger) Append(ctx context.Context, events ...Event) ([]uint64, error) 
 		if evs[i].Time.IsZero() {
 			evs[i].Time = now
 		}
-		if err := evs[i].validate(); err != nil {
+		if err := evs[i].Validate(); err != nil {
 			return nil, err
 		}
 	}
@@ -58,7 +59,7 @@ func (l *Ledger) Append(ctx context.Context, events ...Event) ([]uint64, error) 
 	l.metrics.observeAppend(time.Since(start), err)
 	if err != nil {
 		if l.isClosed() {
-			return nil, ErrClosed
+			return nil, entry.ErrClosed
 		}
 		return nil, fmt.Errorf("ledger: append: %w", err)
 	}
@@ -88,7 +89,7 @@ type appended struct {
 // first, and indexes evs with it). It reads the tree state and the index
 // position from tx, never from memory: on a shared store another replica
 // may have appended since this one last looked.
-func appendTx(tx store.Tx, evs []Event) (appended, error) {
+func appendTx(tx store.Tx, evs []entry.Event) (appended, error) {
 	st, indexed, err := readTreeAndIndexed(tx)
 	if err != nil {
 		return appended{}, err
@@ -104,7 +105,7 @@ func appendTx(tx store.Tx, evs []Event) (appended, error) {
 	encoded := make([][]byte, len(evs))
 	for i := range evs {
 		idx := r.End()
-		data, err := encodeEvent(idx, &evs[i])
+		data, err := entry.Encode(idx, &evs[i])
 		if err != nil {
 			return appended{}, err
 		}
@@ -135,7 +136,7 @@ func appendTx(tx store.Tx, evs []Event) (appended, error) {
 // indexTx writes the index entries of evs (evs[0] at index first, the
 // index position; encoded[i] is evs[i]'s entry) and moves the stored index
 // position past them.
-func indexTx(tx store.Tx, first uint64, evs []Event, encoded [][]byte) error {
+func indexTx(tx store.Tx, first uint64, evs []entry.Event, encoded [][]byte) error {
 	var batch indexBatch
 	for i := range evs {
 		ev := evs[i]
@@ -154,7 +155,7 @@ func indexTx(tx store.Tx, first uint64, evs []Event, encoded [][]byte) error {
 
 // committed writes the audit log lines and metrics of a committed append,
 // in the caller's goroutine (publish has already run).
-func (l *Ledger) committed(ctx context.Context, first uint64, evs []Event) {
+func (l *Ledger) committed(ctx context.Context, first uint64, evs []entry.Event) {
 	for i := range evs {
 		l.auditLine(ctx, first+uint64(i), &evs[i])
 	}
@@ -163,7 +164,7 @@ func (l *Ledger) committed(ctx context.Context, first uint64, evs []Event) {
 
 // auditLine writes the JSON audit log line of one event (through
 // l.audit, which carries the "audit" attribute already formatted).
-func (l *Ledger) auditLine(ctx context.Context, index uint64, ev *Event) {
+func (l *Ledger) auditLine(ctx context.Context, index uint64, ev *entry.Event) {
 	if !l.audit.Enabled(ctx, slog.LevelInfo) {
 		return
 	}
@@ -180,8 +181,8 @@ func (l *Ledger) auditLine(ctx context.Context, index uint64, ev *Event) {
 	add("serial", ev.Serial)
 	add("spiffe_id", ev.SPIFFEID)
 	add("node", ev.Node)
-	add("not_before", formatTime(ev.NotBefore))
-	add("not_after", formatTime(ev.NotAfter))
+	add("not_before", entry.FormatTime(ev.NotBefore))
+	add("not_after", entry.FormatTime(ev.NotAfter))
 	add("public_key_sha256", ev.PublicKeySHA256)
 	add("reason", ev.Reason)
 	l.audit.LogAttrs(ctx, slog.LevelInfo, "ledger event", attrs...)

@@ -13,15 +13,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	bolt "go.etcd.io/bbolt"
 )
 
 // benchCert is a stand-in for a P-256 leaf's DER (about the real size).
 var benchCert = make([]byte, 560)
 
-func benchEvent(n uint64) Event {
-	return Event{
-		Kind: KindIssuance, Serial: fmt.Sprintf("%x", 1<<40+n),
+func benchEvent(n uint64) entry.Event {
+	return entry.Event{
+		Kind: entry.KindIssuance, Serial: fmt.Sprintf("%x", 1<<40+n),
 		SPIFFEID: fmt.Sprintf("spiffe://cluster.local/ns/ns%d/sa/sa%d", n%100, (n/100)%100),
 		Node:     fmt.Sprintf("node-%d", n%500), NotBefore: time.Unix(1_700_000_000, 0),
 		NotAfter: time.Unix(1_700_003_600, 0), PublicKeySHA256: fmt.Sprintf("%064x", n), CertDER: benchCert,
@@ -43,7 +44,7 @@ func BenchmarkAppend(b *testing.B) {
 			defer l.Close()
 			var next atomic.Uint64
 			lat := runCallers(b, c.callers, func() error {
-				evs := make([]Event, batch)
+				evs := make([]entry.Event, batch)
 				for i := range evs {
 					evs[i] = benchEvent(next.Add(1))
 				}
@@ -136,7 +137,7 @@ func (f *bigLedger) get(b *testing.B) *Ledger {
 		}
 		f.l, f.err = Open(filepath.Join(f.dir, "l.db"), Options{})
 		for i := uint64(0); i < bigSize && f.err == nil; i += 10_000 {
-			evs := make([]Event, 10_000)
+			evs := make([]entry.Event, 10_000)
 			for j := range evs {
 				evs[j] = benchEvent(i + uint64(j))
 			}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/verifier"
 	"github.com/transparency-dev/formats/log"
@@ -58,7 +59,7 @@ func (l *Ledger) cachedCheckpoint() ([]byte, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
-		return nil, ErrClosed
+		return nil, entry.ErrClosed
 	}
 	if !l.shared && l.lastCP != nil && l.lastCPLen == l.head.size {
 		return l.lastCP, nil

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -40,10 +41,10 @@ type committer struct {
 	update func(func(store.Tx) error) error
 	// write appends one call's events in tx, with their index entries
 	// (appendTx).
-	write func(tx store.Tx, evs []Event) (appended, error)
+	write func(tx store.Tx, evs []entry.Event) (appended, error)
 	// publish makes one committed append visible; called by whoever
 	// committed it (run or an idle-path caller), in log order.
-	publish func(a appended, evs []Event)
+	publish func(a appended, evs []entry.Event)
 
 	mu     sync.Mutex
 	queue  []*pendingAppend // arrived, not yet in a transaction
@@ -56,7 +57,7 @@ type committer struct {
 // pendingAppend is one Append call on its way through the committer. Its
 // result fields are written by run before done is closed.
 type pendingAppend struct {
-	evs   []Event
+	evs   []entry.Event
 	taken bool // in a transaction; guarded by committer.mu
 
 	res  appended
@@ -67,7 +68,7 @@ type pendingAppend struct {
 // newCommitter returns a committer writing to db in transactions with
 // context ctx (the ledger's lifetime: one caller giving up must not abort
 // a transaction shared with others); start it with go run().
-func newCommitter(ctx context.Context, db store.DB, publish func(appended, []Event)) *committer {
+func newCommitter(ctx context.Context, db store.DB, publish func(appended, []entry.Event)) *committer {
 	update := func(fn func(store.Tx) error) error { return db.Update(ctx, fn) }
 	return &committer{
 		update: update, write: appendTx, publish: publish,
@@ -79,12 +80,12 @@ func newCommitter(ctx context.Context, db store.DB, publish func(appended, []Eve
 // transaction is fsync'd. It returns ErrClosed after
 // close, and ctx's error if ctx ends before evs were put in a transaction
 // (then nothing of evs is written).
-func (c *committer) append(ctx context.Context, evs []Event) (uint64, error) {
+func (c *committer) append(ctx context.Context, evs []entry.Event) (uint64, error) {
 	p := &pendingAppend{evs: evs, done: make(chan struct{})}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return 0, ErrClosed
+		return 0, entry.ErrClosed
 	}
 	if !c.busy && len(c.queue) == 0 {
 		c.busy, p.taken = true, true

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -54,8 +55,8 @@ func probe(l *Ledger) *txProbe {
 }
 
 // countingWrite counts the appends written in the current transaction.
-func (p *txProbe) countingWrite(w func(store.Tx, []Event) (appended, error)) func(store.Tx, []Event) (appended, error) {
-	return func(tx store.Tx, evs []Event) (appended, error) {
+func (p *txProbe) countingWrite(w func(store.Tx, []entry.Event) (appended, error)) func(store.Tx, []entry.Event) (appended, error) {
+	return func(tx store.Tx, evs []entry.Event) (appended, error) {
 		p.mu.Lock()
 		p.groups[len(p.groups)-1]++
 		p.mu.Unlock()
@@ -127,7 +128,7 @@ func recv(t *testing.T, ch <-chan result) result {
 }
 
 // appendAsync starts Append(ctx, ev) and returns where its result arrives.
-func appendAsync(ctx context.Context, l *Ledger, ev Event) <-chan result {
+func appendAsync(ctx context.Context, l *Ledger, ev entry.Event) <-chan result {
 	ch := make(chan result, 1)
 	go func() {
 		idx, err := l.Append(ctx, ev)
@@ -225,9 +226,9 @@ func TestGroupedAppendsArePublishedInLogOrder(t *testing.T) {
 		p.waitHeld(t)
 		// A ban then an unban of the same node, queued in that order, share a
 		// transaction: the node must end up not banned.
-		ban := appendAsync(context.Background(), l, Event{Kind: KindBan, Node: "node-x", Reason: "test"})
+		ban := appendAsync(context.Background(), l, entry.Event{Kind: entry.KindBan, Node: "node-x", Reason: "test"})
 		waitFor(t, "the ban to queue", func() bool { return l.commit.queued() == 1 })
-		unban := appendAsync(context.Background(), l, Event{Kind: KindUnban, Node: "node-x", Reason: "test"})
+		unban := appendAsync(context.Background(), l, entry.Event{Kind: entry.KindUnban, Node: "node-x", Reason: "test"})
 		waitFor(t, "the unban to queue", func() bool { return l.commit.queued() == 2 })
 		release()
 		for _, ch := range []<-chan result{first, ban, unban} {
@@ -250,7 +251,7 @@ func TestBadEventFailsOnlyItsOwnAppendInAGroup(t *testing.T) {
 	badSerial := fmt.Sprintf("%x", 0x1000+7)
 	errBad := errors.New("cannot write this event")
 	write := l.commit.write
-	l.commit.write = func(tx store.Tx, evs []Event) (appended, error) {
+	l.commit.write = func(tx store.Tx, evs []entry.Event) (appended, error) {
 		if evs[0].Serial == badSerial {
 			// Write part of it first: the retry must not keep any of it.
 			if _, err := write(tx, evs); err != nil {
@@ -275,7 +276,7 @@ func TestBadEventFailsOnlyItsOwnAppendInAGroup(t *testing.T) {
 			t.Fatalf("append of serial %d failed with its group's bad neighbour: %v", serial, r.err)
 		}
 	}
-	if _, err := l.Get(context.Background(), badSerial); !errors.Is(err, ErrNotFound) {
+	if _, err := l.Get(context.Background(), badSerial); !errors.Is(err, entry.ErrNotFound) {
 		t.Fatalf("bad event is in the log: %v", err)
 	}
 	// One held transaction, one attempt with the bad append, one without.
@@ -305,7 +306,7 @@ func TestFailedCommitFailsExactlyTheAppendsOfItsTransaction(t *testing.T) {
 		t.Fatalf("append after the failure: %v, %v", idx, err)
 	}
 	for i := 1; i <= 5; i++ {
-		if _, err := l.Get(context.Background(), fmt.Sprintf("%x", 0x1000+i)); !errors.Is(err, ErrNotFound) {
+		if _, err := l.Get(context.Background(), fmt.Sprintf("%x", 0x1000+i)); !errors.Is(err, entry.ErrNotFound) {
 			t.Fatalf("serial %d of the failed transaction is in the log: %v", i, err)
 		}
 	}
@@ -337,7 +338,7 @@ func TestCancelledQueuedAppendIsWithdrawnAndNeverWritten(t *testing.T) {
 	if r := recv(t, kept); r.err != nil || r.idx[0] != 1 {
 		t.Fatalf("append queued with the cancelled one: %v, %v", r.idx, r.err)
 	}
-	if _, err := l.Get(context.Background(), fmt.Sprintf("%x", 0x1001)); !errors.Is(err, ErrNotFound) {
+	if _, err := l.Get(context.Background(), fmt.Sprintf("%x", 0x1001)); !errors.Is(err, entry.ErrNotFound) {
 		t.Fatalf("withdrawn append is in the log: %v", err)
 	}
 	closeAndVerify(t, l, path, 2)
@@ -375,7 +376,7 @@ func TestCloseCommitsQueuedAppendsAndRefusesLaterOnes(t *testing.T) {
 		defer l.commit.mu.Unlock()
 		return l.commit.closed
 	})
-	if _, err := l.Append(context.Background(), certEvent(99, "spiffe://td/a", "n", time.Now())); !errors.Is(err, ErrClosed) {
+	if _, err := l.Append(context.Background(), certEvent(99, "spiffe://td/a", "n", time.Now())); !errors.Is(err, entry.ErrClosed) {
 		t.Fatalf("append during Close: %v, want ErrClosed", err)
 	}
 	release()

@@ -12,6 +12,7 @@ import (
 	"github.com/transparency-dev/merkle/rfc6962"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 )
@@ -29,7 +30,7 @@ func populated(t *testing.T, clock *fakeClock) string {
 	exp := clock.Now().Add(time.Hour)
 	parent := certEvent(1, "spiffe://td/castellan/agent/n1", "n1", exp)
 	child := certEvent(2, "spiffe://td/castellan/agent/n1", "n1", exp)
-	child.Kind, child.Parent = KindRenewal, parent.Serial
+	child.Kind, child.Parent = entry.KindRenewal, parent.Serial
 	if _, err := l.Append(ctx, parent, child); err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/internal/boltcheck"
 	"github.com/transparency-dev/formats/log"
@@ -25,7 +26,7 @@ func boltOptions() *bolt.Options {
 type damageError struct{ msg string }
 
 func (e *damageError) Error() string        { return e.msg }
-func (e *damageError) Is(target error) bool { return target == ErrDamaged }
+func (e *damageError) Is(target error) bool { return target == entry.ErrDamaged }
 
 // damaged returns the ErrDamaged error for the file at path, saying what
 // is wrong (why) and what to do.
@@ -132,7 +133,7 @@ func (l *Ledger) view(ctx context.Context, fn func(store.Tx) error) error {
 		return l.db.View(ctx, fn)
 	}
 	err := boltcheck.Guard(func() error { return l.db.View(ctx, fn) })
-	if errors.Is(err, boltcheck.ErrDamaged) && !errors.Is(err, ErrDamaged) {
+	if errors.Is(err, boltcheck.ErrDamaged) && !errors.Is(err, entry.ErrDamaged) {
 		return &damageError{msg: "ledger: " + err.Error()}
 	}
 	return err
@@ -191,15 +192,15 @@ func (l *Ledger) checkCheckpoint() error {
 	}
 	cp, err := OpenCheckpoint(l.lastCP, l.origin, l.vkey)
 	if err != nil {
-		return fmt.Errorf("%w: the stored checkpoint does not verify with the log key: %w", ErrDamaged, err)
+		return fmt.Errorf("%w: the stored checkpoint does not verify with the log key: %w", entry.ErrDamaged, err)
 	}
 	root, err := l.head.root()
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrDamaged, err)
+		return fmt.Errorf("%w: %w", entry.ErrDamaged, err)
 	}
 	if cp.Size > l.head.size || cp.Size == l.head.size && !bytes.Equal(cp.Hash, root) {
 		return fmt.Errorf("%w: the stored checkpoint (size %d) does not match the stored tree (size %d); run castellanctl ledger verify",
-			ErrDamaged, cp.Size, l.head.size)
+			entry.ErrDamaged, cp.Size, l.head.size)
 	}
 	return nil
 }

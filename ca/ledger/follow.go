@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -58,7 +59,7 @@ var errNotExtension = errors.New("ledger: the stored log is not an extension of 
 // Entries other replicas appended before it are applied first; entries
 // the follower already applied are skipped. The indexer is woken only
 // when the append left a backlog to index.
-func (l *Ledger) publish(a appended, evs []Event) {
+func (l *Ledger) publish(a appended, evs []entry.Event) {
 	l.pubMu.Lock()
 	defer l.pubMu.Unlock()
 	first := a.first
@@ -83,9 +84,9 @@ func (l *Ledger) publish(a appended, evs []Event) {
 // index first; head is the tree after the last) and wakes the waiters.
 // Options.OnRevoke hears of each revocation first (the CA refills the
 // identity's quota). pubMu is held.
-func (l *Ledger) apply(head treeState, first uint64, evs []Event) {
+func (l *Ledger) apply(head treeState, first uint64, evs []entry.Event) {
 	for i := range evs {
-		if evs[i].Kind == KindRevocation && l.onRevoke != nil {
+		if evs[i].Kind == entry.KindRevocation && l.onRevoke != nil {
 			l.onRevoke(evs[i].Node, evs[i].SPIFFEID)
 		}
 	}
@@ -113,18 +114,18 @@ func (l *Ledger) apply(head treeState, first uint64, evs []Event) {
 
 // foldLocked applies the committed event ev at idx to the revocations
 // and bans in force and reports which changed. l.mu is held.
-func (l *Ledger) foldLocked(idx uint64, ev *Event) (revoked, banned bool) {
+func (l *Ledger) foldLocked(idx uint64, ev *entry.Event) (revoked, banned bool) {
 	switch ev.Kind {
-	case KindRevocation:
+	case entry.KindRevocation:
 		l.revoked[ev.Serial] = revokedCert{Index: idx, Time: ev.Time, Reason: ev.Reason, NotAfter: ev.NotAfter}
 		return true, false
-	case KindBan:
+	case entry.KindBan:
 		if l.bans == nil {
 			l.bans = map[string]Ban{}
 		}
 		l.bans[ev.Node] = Ban{Node: ev.Node, Index: idx, Time: ev.Time, Reason: ev.Reason}
 		return false, true
-	case KindUnban:
+	case entry.KindUnban:
 		delete(l.bans, ev.Node)
 		return false, true
 	}
@@ -192,7 +193,7 @@ type followed struct {
 	stored    treeState
 	cp        []byte
 	indexed   uint64
-	evs       []Event
+	evs       []entry.Event
 	leafs     [][]byte
 	undecoded []uint64 // entries that cannot be decoded (published without effect)
 }
@@ -246,12 +247,12 @@ func (f *followed) read(tx store.Tx, from, to uint64) error {
 	for i := from; i < end; i++ {
 		lh := storedLeafHash(nodes.get(i))
 		if lh == nil {
-			return fmt.Errorf("%w: the leaf hash of entry %d is missing", ErrDamaged, i)
+			return fmt.Errorf("%w: the leaf hash of entry %d is missing", entry.ErrDamaged, i)
 		}
 		f.leafs = append(f.leafs, append([]byte(nil), lh...))
-		var ev Event // a pruned or undecodable entry changes nothing
+		var ev entry.Event // a pruned or undecodable entry changes nothing
 		if v := entries.get(i); v != nil && !isPruned(v) {
-			if e, err := decodeEvent(v); err == nil && e.Index == i {
+			if e, err := entry.DecodeEvent(v); err == nil && e.Index == i {
 				ev = e.Event
 			} else {
 				f.undecoded = append(f.undecoded, i)

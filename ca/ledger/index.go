@@ -8,6 +8,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -65,7 +66,7 @@ func (b *indexBatch) put(bucket []byte, k, v []byte) {
 // add collects the index entries of event ev at idx. data is ev's entry
 // as encodeEvent encoded it, or nil (the SPIFFE ID index's summary is then
 // encoded afresh).
-func (b *indexBatch) add(idx uint64, ev *Event, data []byte) error {
+func (b *indexBatch) add(idx uint64, ev *entry.Event, data []byte) error {
 	if ev.Parent != "" {
 		b.put(bParent, indexKey(ev.Parent, idx), []byte(ev.Serial))
 	}
@@ -76,8 +77,8 @@ func (b *indexBatch) add(idx uint64, ev *Event, data []byte) error {
 	if ev.SPIFFEID != "" {
 		summary, err := []byte(nil), error(nil)
 		if data != nil {
-			summary = summaryOf(data)
-		} else if summary, err = encodeSummary(idx, ev); err != nil {
+			summary = entry.SummaryOf(data)
+		} else if summary, err = entry.EncodeSummary(idx, ev); err != nil {
 			return err
 		}
 		b.put(bSPIFFE, indexKey(ev.SPIFFEID, idx), summary)
@@ -88,7 +89,7 @@ func (b *indexBatch) add(idx uint64, ev *Event, data []byte) error {
 	if !ev.NotAfter.IsZero() {
 		b.put(bExpiry, expiryKey(ev.NotAfter, idx), nil)
 	}
-	if ev.Kind == KindRevocation {
+	if ev.Kind == entry.KindRevocation {
 		v, err := json.Marshal(revokedCert{Index: idx, Time: ev.Time, Reason: ev.Reason, NotAfter: ev.NotAfter})
 		if err != nil {
 			return err
@@ -116,7 +117,7 @@ func (b *indexBatch) apply(tx store.Tx) error {
 	return b.applyAgents(tx)
 }
 
-func (w *indexWriter) remove(idx uint64, ev *Event) error {
+func (w *indexWriter) remove(idx uint64, ev *entry.Event) error {
 	for _, p := range []struct {
 		b store.Bucket
 		v string
@@ -128,7 +129,7 @@ func (w *indexWriter) remove(idx uint64, ev *Event) error {
 			return err
 		}
 	}
-	if ev.Kind == KindRevocation {
+	if ev.Kind == entry.KindRevocation {
 		if err := w.revoked.Delete([]byte(ev.Serial)); err != nil {
 			return err
 		}

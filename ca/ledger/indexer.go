@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -79,7 +80,7 @@ func (l *Ledger) loadState(tx store.Tx) error {
 		if v == nil || isPruned(v) {
 			continue
 		}
-		if e, err := decodeEvent(v); err == nil {
+		if e, err := entry.DecodeEvent(v); err == nil {
 			l.foldLocked(i, &e.Event) // no waiter exists yet
 		}
 	}
@@ -204,7 +205,7 @@ func (l *Ledger) prepareIndex(tx store.Tx, batch *indexBatch, from, to uint64) e
 		if v == nil || isPruned(v) {
 			continue // reported by verify; nothing to index
 		}
-		e, err := decodeEvent(v)
+		e, err := entry.DecodeEvent(v)
 		if err != nil {
 			l.log.Error("ledger entry cannot be indexed", "index", i, "error", err)
 			continue
@@ -242,7 +243,7 @@ func (l *Ledger) waitIndexed(ctx context.Context) error {
 		case done:
 			return nil
 		case closed:
-			return ErrClosed
+			return entry.ErrClosed
 		case waited && ierr != nil:
 			return fmt.Errorf("ledger: the indexes cannot be brought up to date: %w", ierr)
 		}

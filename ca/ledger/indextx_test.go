@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 )
@@ -59,28 +60,28 @@ func countedLedger(t *testing.T, be backend, clock *fakeClock) (*Ledger, *counti
 // with times in a zone other than UTC and a monotonic reading (as
 // time.Now gives): an issuance, its renewal (parent), an agent SVID, a
 // join-token use, a ban, an unban and, appended by Revoke, a revocation.
-func mixedEvents(now time.Time) []Event {
+func mixedEvents(now time.Time) []entry.Event {
 	zone := time.FixedZone("east", 5*3600+30*60)
 	at := time.Now().In(zone)
 	na := now.Add(time.Hour).In(zone)
 	iss := certEvent(1, "spiffe://td/ns/a/sa/x", "n1", na)
 	iss.Time = at
 	ren := certEvent(2, "spiffe://td/ns/a/sa/x", "n1", na.Add(time.Minute))
-	ren.Kind, ren.Parent = KindRenewal, iss.Serial
+	ren.Kind, ren.Parent = entry.KindRenewal, iss.Serial
 	agent := certEvent(3, "spiffe://td/castellan/agent/n1", "n1", na)
 	agent.Time = at
-	return []Event{
+	return []entry.Event{
 		iss, ren, agent,
-		{Kind: KindJoinTokenUse, Node: "n1", Time: at},
-		{Kind: KindBan, Node: "n2", Reason: "stolen", Time: at},
-		{Kind: KindUnban, Node: "n2", Reason: "cleared"},
-		{Kind: KindCAKeyChange, Reason: "rotated"},
+		{Kind: entry.KindJoinTokenUse, Node: "n1", Time: at},
+		{Kind: entry.KindBan, Node: "n2", Reason: "stolen", Time: at},
+		{Kind: entry.KindUnban, Node: "n2", Reason: "cleared"},
+		{Kind: entry.KindCAKeyChange, Reason: "rotated"},
 	}
 }
 
 // appendMixed appends mixedEvents one call at a time, then revokes the
 // first certificate.
-func appendMixed(t *testing.T, l *Ledger, now time.Time) []Event {
+func appendMixed(t *testing.T, l *Ledger, now time.Time) []entry.Event {
 	t.Helper()
 	evs := mixedEvents(now)
 	for _, ev := range evs {
@@ -279,7 +280,7 @@ func TestAuditLinePerEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	evs := []Event{certEvent(1, "spiffe://td/a", "n1", clock.Now().Add(time.Hour)), {Kind: KindBan, Node: "n2", Reason: "stolen"}}
+	evs := []entry.Event{certEvent(1, "spiffe://td/a", "n1", clock.Now().Add(time.Hour)), {Kind: entry.KindBan, Node: "n2", Reason: "stolen"}}
 	if _, err := l.Append(context.Background(), evs...); err != nil {
 		t.Fatal(err)
 	}
@@ -297,8 +298,8 @@ func TestAuditLinePerEvent(t *testing.T) {
 		t.Fatalf("%d audit lines for 2 events: %s", len(lines), buf.String())
 	}
 	want := []map[string]any{
-		{"audit": "castellan.ledger", "index": 0.0, "kind": "issuance", "serial": evs[0].Serial, "spiffe_id": "spiffe://td/a", "node": "n1", "not_after": formatTime(evs[0].NotAfter), "public_key_sha256": evs[0].PublicKeySHA256},
-		{"audit": "castellan.ledger", "index": 1.0, "kind": "ban", "node": "n2", "reason": "stolen", "time": formatTime(clock.Now())},
+		{"audit": "castellan.ledger", "index": 0.0, "kind": "issuance", "serial": evs[0].Serial, "spiffe_id": "spiffe://td/a", "node": "n1", "not_after": entry.FormatTime(evs[0].NotAfter), "public_key_sha256": evs[0].PublicKeySHA256},
+		{"audit": "castellan.ledger", "index": 1.0, "kind": "ban", "node": "n2", "reason": "stolen", "time": entry.FormatTime(clock.Now())},
 	}
 	for i, w := range want {
 		for k, v := range w {

@@ -39,6 +39,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
@@ -428,7 +429,7 @@ func (l *Ledger) Close() error {
 // whose ledger cannot be written must not be sent issuance).
 func (l *Ledger) Ping(ctx context.Context) error {
 	if l.isClosed() {
-		return ErrClosed
+		return entry.ErrClosed
 	}
 	if err := l.db.Ping(ctx); err != nil {
 		return fmt.Errorf("ledger: %w", err)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -68,14 +69,14 @@ func TestAppendAssignsConsecutiveIndicesAndSurvivesReopen(t *testing.T) {
 func TestAppendRejectsInvalidEvents(t *testing.T) {
 	forBackends(t, func(t *testing.T, be backend) {
 		l := be.openTest(t, newFakeClock())
-		for name, ev := range map[string]Event{
+		for name, ev := range map[string]entry.Event{
 			"unknown kind":     {Kind: "bogus"},
-			"no serial":        {Kind: KindIssuance, SPIFFEID: "spiffe://td/x"},
-			"upper-case hex":   {Kind: KindIssuance, Serial: "AB", SPIFFEID: "spiffe://td/x"},
-			"no SPIFFE ID":     {Kind: KindRenewal, Serial: "ab"},
-			"revoke no serial": {Kind: KindRevocation},
+			"no serial":        {Kind: entry.KindIssuance, SPIFFEID: "spiffe://td/x"},
+			"upper-case hex":   {Kind: entry.KindIssuance, Serial: "AB", SPIFFEID: "spiffe://td/x"},
+			"no SPIFFE ID":     {Kind: entry.KindRenewal, Serial: "ab"},
+			"revoke no serial": {Kind: entry.KindRevocation},
 		} {
-			if _, err := l.Append(context.Background(), ev); !errors.Is(err, ErrInvalidEvent) {
+			if _, err := l.Append(context.Background(), ev); !errors.Is(err, entry.ErrInvalidEvent) {
 				t.Errorf("%s: err = %v, want ErrInvalidEvent", name, err)
 			}
 		}
@@ -155,7 +156,7 @@ func TestInclusionProofVerifiesAgainstSignedCheckpoint(t *testing.T) {
 				t.Fatalf("entry %d: altered data verified", i)
 			}
 		}
-		if _, err := l.InclusionProof(1337, 1337); !errors.Is(err, ErrInvalidArgument) {
+		if _, err := l.InclusionProof(1337, 1337); !errors.Is(err, entry.ErrInvalidArgument) {
 			t.Fatalf("proof past the end: %v", err)
 		}
 	})
@@ -215,7 +216,7 @@ func TestRevokeRecordsAndNotifies(t *testing.T) {
 			t.Fatal(err)
 		}
 		changed := l.RevocationsChanged()
-		if _, err := l.Revoke(ctx, "0xDEAD", "x"); !errors.Is(err, ErrNotFound) {
+		if _, err := l.Revoke(ctx, "0xDEAD", "x"); !errors.Is(err, entry.ErrNotFound) {
 			t.Fatalf("revoke unknown: %v", err)
 		}
 		select {
@@ -227,7 +228,7 @@ func TestRevokeRecordsAndNotifies(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r.Kind != KindRevocation || r.Index != 1 || r.SPIFFEID != ev.SPIFFEID || r.Reason != "key compromise" {
+		if r.Kind != entry.KindRevocation || r.Index != 1 || r.SPIFFEID != ev.SPIFFEID || r.Reason != "key compromise" {
 			t.Fatalf("revocation entry = %+v", r)
 		}
 		select {
@@ -274,7 +275,7 @@ func TestMetricsCountEventsAndSize(t *testing.T) {
 	}
 	defer l.Close()
 	fill(t, l, 5, time.Now().Add(time.Hour))
-	if _, err := l.Append(context.Background(), Event{Kind: KindJoinTokenUse, Node: "n"}); err != nil {
+	if _, err := l.Append(context.Background(), entry.Event{Kind: entry.KindJoinTokenUse, Node: "n"}); err != nil {
 		t.Fatal(err)
 	}
 	want := `
@@ -308,14 +309,14 @@ func TestMetricsTimeAppendsAndCountFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 3 {
-		if _, err := l.Append(context.Background(), Event{Kind: KindJoinTokenUse, Node: "n"}); err != nil {
+		if _, err := l.Append(context.Background(), entry.Event{Kind: entry.KindJoinTokenUse, Node: "n"}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.Append(context.Background(), Event{Kind: KindJoinTokenUse, Node: "n"}); err == nil {
+	if _, err := l.Append(context.Background(), entry.Event{Kind: entry.KindJoinTokenUse, Node: "n"}); err == nil {
 		t.Fatal("append to a closed ledger succeeded")
 	}
 	if got := testutil.ToFloat64(l.metrics.failures); got != 1 {

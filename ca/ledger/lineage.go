@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -23,23 +24,23 @@ const MaxLineageWalk = 10000
 const lineageSettleRounds = 3
 
 // certTx returns the issuance or renewal entry of serial (normalized).
-func certTx(tx store.Tx, serial string) (Entry, error) {
+func certTx(tx store.Tx, serial string) (entry.Entry, error) {
 	for _, idx := range lookupSerial(tx, serial) {
 		c, err := readEntry(tx, idx)
 		if err != nil {
-			return Entry{}, err
+			return entry.Entry{}, err
 		}
 		if c.Kind.IsCertificate() {
 			return c, nil
 		}
 	}
-	return Entry{}, fmt.Errorf("%w: no certificate with serial %s in the log", ErrNotFound, serial)
+	return entry.Entry{}, fmt.Errorf("%w: no certificate with serial %s in the log", entry.ErrNotFound, serial)
 }
 
 // lineageWalk prepares a walk of serial's lineage: the serial in its one
 // form, max bounded by MaxLineageWalk, and the indexes up to date.
 func (l *Ledger) lineageWalk(ctx context.Context, serial string, max int) (string, int, error) {
-	serial, err := NormalizeSerial(serial)
+	serial, err := entry.NormalizeSerial(serial)
 	if err != nil {
 		return "", 0, err
 	}
@@ -50,12 +51,12 @@ func (l *Ledger) lineageWalk(ctx context.Context, serial string, max int) (strin
 // first, up to max of them (1..MaxLineageWalk), and whether the walk
 // stopped at max before reaching a certificate without a parent. An
 // ancestor missing from the log (pruned) ends the walk.
-func (l *Ledger) Ancestors(ctx context.Context, serial string, max int) ([]Entry, bool, error) {
+func (l *Ledger) Ancestors(ctx context.Context, serial string, max int) ([]entry.Entry, bool, error) {
 	serial, max, err := l.lineageWalk(ctx, serial, max)
 	if err != nil {
 		return nil, false, err
 	}
-	var out []Entry
+	var out []entry.Entry
 	truncated := false
 	err = l.view(ctx, func(tx store.Tx) error {
 		c, err := certTx(tx, serial)
@@ -82,12 +83,12 @@ func (l *Ledger) Ancestors(ctx context.Context, serial string, max int) ([]Entry
 // Descendants returns the certificates descended from serial, breadth
 // first (children, then grandchildren, ...), up to max of them
 // (1..MaxLineageWalk), and whether the walk stopped at max.
-func (l *Ledger) Descendants(ctx context.Context, serial string, max int) ([]Entry, bool, error) {
+func (l *Ledger) Descendants(ctx context.Context, serial string, max int) ([]entry.Entry, bool, error) {
 	serial, max, err := l.lineageWalk(ctx, serial, max)
 	if err != nil {
 		return nil, false, err
 	}
-	var out []Entry
+	var out []entry.Entry
 	truncated := false
 	err = l.view(ctx, func(tx store.Tx) error {
 		if _, err := certTx(tx, serial); err != nil {
@@ -135,8 +136,8 @@ func (l *Ledger) Descendants(ctx context.Context, serial string, max int) ([]Ent
 // revoked before). Renewals recorded while it ran are found by looking
 // again, up to a few rounds. ErrNotFound for an unknown serial;
 // ErrAlreadyRevoked when the whole lineage was revoked before.
-func (l *Ledger) RevokeWithDescendants(ctx context.Context, serial, reason string) ([]Entry, error) {
-	serial, err := NormalizeSerial(serial)
+func (l *Ledger) RevokeWithDescendants(ctx context.Context, serial, reason string) ([]entry.Entry, error) {
+	serial, err := entry.NormalizeSerial(serial)
 	if err != nil {
 		return nil, err
 	}
@@ -146,19 +147,19 @@ func (l *Ledger) RevokeWithDescendants(ctx context.Context, serial, reason strin
 	if err != nil {
 		return nil, err
 	}
-	var out []Entry
+	var out []entry.Entry
 	for round := 0; round < lineageSettleRounds; round++ {
 		desc, _, err := l.Descendants(ctx, serial, MaxLineageWalk)
 		if err != nil {
 			return out, err
 		}
 		now := l.clock()
-		var evs []Event
-		for _, c := range append([]Entry{root}, desc...) {
+		var evs []entry.Event
+		for _, c := range append([]entry.Entry{root}, desc...) {
 			if c.Revoked != nil || l.IsRevoked(c.Serial, now) {
 				continue
 			}
-			evs = append(evs, Event{Kind: KindRevocation, Serial: c.Serial, SPIFFEID: c.SPIFFEID, Node: c.Node,
+			evs = append(evs, entry.Event{Kind: entry.KindRevocation, Serial: c.Serial, SPIFFEID: c.SPIFFEID, Node: c.Node,
 				NotAfter: c.NotAfter, Reason: reason})
 		}
 		if len(evs) == 0 {
@@ -167,7 +168,7 @@ func (l *Ledger) RevokeWithDescendants(ctx context.Context, serial, reason strin
 		if out, err = l.appendRevocations(ctx, out, evs); err != nil {
 			return out, err
 		}
-		root.Revoked = &Revocation{}
+		root.Revoked = &entry.Revocation{}
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("%w: serial %s and its descendants", ErrAlreadyRevoked, serial)
@@ -176,7 +177,7 @@ func (l *Ledger) RevokeWithDescendants(ctx context.Context, serial, reason strin
 }
 
 // appendRevocations appends evs and adds their entries to out.
-func (l *Ledger) appendRevocations(ctx context.Context, out []Entry, evs []Event) ([]Entry, error) {
+func (l *Ledger) appendRevocations(ctx context.Context, out []entry.Entry, evs []entry.Event) ([]entry.Entry, error) {
 	now := l.clock()
 	for i := range evs {
 		evs[i].Time = now
@@ -186,7 +187,7 @@ func (l *Ledger) appendRevocations(ctx context.Context, out []Entry, evs []Event
 		return out, err
 	}
 	for i, ev := range evs {
-		out = append(out, Entry{Event: ev, Index: idx[i]})
+		out = append(out, entry.Entry{Event: ev, Index: idx[i]})
 	}
 	return out, nil
 }
@@ -195,10 +196,10 @@ func (l *Ledger) appendRevocations(ctx context.Context, out []Entry, evs []Event
 // its ancestors (at most max of them), if any, and whether the lineage
 // was longer than max. It is how a front end that renews a certificate
 // with itself refuses a lineage cut off by a revocation.
-func (l *Ledger) RevokedAncestor(ctx context.Context, serial string, max int, now time.Time) (Entry, bool, bool, error) {
-	serial, err := NormalizeSerial(serial)
+func (l *Ledger) RevokedAncestor(ctx context.Context, serial string, max int, now time.Time) (entry.Entry, bool, bool, error) {
+	serial, err := entry.NormalizeSerial(serial)
 	if err != nil {
-		return Entry{}, false, false, err
+		return entry.Entry{}, false, false, err
 	}
 	if l.IsRevoked(serial, now) {
 		c, err := l.Get(ctx, serial)
@@ -206,20 +207,20 @@ func (l *Ledger) RevokedAncestor(ctx context.Context, serial string, max int, no
 	}
 	anc, truncated, err := l.Ancestors(ctx, serial, max)
 	if err != nil {
-		return Entry{}, false, false, err
+		return entry.Entry{}, false, false, err
 	}
 	for _, a := range anc {
 		if a.Revoked != nil {
 			return a, true, truncated, nil
 		}
 	}
-	return Entry{}, false, truncated, nil
+	return entry.Entry{}, false, truncated, nil
 }
 
 // Children returns the serials of the certificates renewed from serial
 // (normalized), in log order, at most max of them.
 func (l *Ledger) Children(ctx context.Context, serial string, max int) ([]string, error) {
-	serial, err := NormalizeSerial(serial)
+	serial, err := entry.NormalizeSerial(serial)
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package ledger
 import (
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -42,7 +43,7 @@ func newMetrics(reg *prometheus.Registry, l *Ledger) *metrics {
 	return m
 }
 
-func (m *metrics) appended(evs []Event) {
+func (m *metrics) appended(evs []entry.Event) {
 	if m == nil {
 		return
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -19,7 +20,7 @@ const pruneBatch = 1000
 // with Pruned set. It returns how many entries it pruned.
 func (l *Ledger) Prune(ctx context.Context) (int, error) {
 	if l.readOnly {
-		return 0, ErrReadOnly
+		return 0, entry.ErrReadOnly
 	}
 	if err := l.waitIndexed(ctx); err != nil {
 		return 0, err

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -46,18 +47,18 @@ type Filter struct {
 	Namespace string
 	Node      string
 	// Kinds limits the event kinds (empty: all).
-	Kinds []Kind
+	Kinds []entry.Kind
 	// Since and Until bound the event time: Since <= Time < Until.
 	Since, Until time.Time
 	State        State
 }
 
 // Entry returns the entry at index.
-func (l *Ledger) Entry(ctx context.Context, index uint64) (Entry, error) {
+func (l *Ledger) Entry(ctx context.Context, index uint64) (entry.Entry, error) {
 	if err := l.waitIndexed(ctx); err != nil {
-		return Entry{}, err
+		return entry.Entry{}, err
 	}
-	var e Entry
+	var e entry.Entry
 	err := l.view(ctx, func(tx store.Tx) error {
 		var err error
 		e, err = readEntry(tx, index)
@@ -69,15 +70,15 @@ func (l *Ledger) Entry(ctx context.Context, index uint64) (Entry, error) {
 // Get returns the issuance or renewal entry of the certificate with the
 // given serial (hex, any case), with its revocation if any; ErrNotFound if
 // the log has none.
-func (l *Ledger) Get(ctx context.Context, serial string) (Entry, error) {
-	serial, err := NormalizeSerial(serial)
+func (l *Ledger) Get(ctx context.Context, serial string) (entry.Entry, error) {
+	serial, err := entry.NormalizeSerial(serial)
 	if err != nil {
-		return Entry{}, err
+		return entry.Entry{}, err
 	}
 	if err := l.waitIndexed(ctx); err != nil {
-		return Entry{}, err
+		return entry.Entry{}, err
 	}
-	var e Entry
+	var e entry.Entry
 	err = l.view(ctx, func(tx store.Tx) error {
 		for _, idx := range lookupSerial(tx, serial) {
 			c, err := readEntry(tx, idx)
@@ -89,39 +90,39 @@ func (l *Ledger) Get(ctx context.Context, serial string) (Entry, error) {
 				return nil
 			}
 		}
-		return fmt.Errorf("%w: no certificate with serial %s in the log", ErrNotFound, serial)
+		return fmt.Errorf("%w: no certificate with serial %s in the log", entry.ErrNotFound, serial)
 	})
 	return e, err
 }
 
 // readEntry reads and decodes entry idx with its leaf hash and revocation.
-func readEntry(tx store.Tx, idx uint64) (Entry, error) {
+func readEntry(tx store.Tx, idx uint64) (entry.Entry, error) {
 	return entryAt(tx, idx, bucket(tx, bEntries).Get(u64(idx)), bucket(tx, bNodes).Get(u64(idx)))
 }
 
 // entryAt decodes entry idx from its stored value v and nodes record rec
 // (the caller read them), with its revocation.
-func entryAt(tx store.Tx, idx uint64, v, rec []byte) (Entry, error) {
+func entryAt(tx store.Tx, idx uint64, v, rec []byte) (entry.Entry, error) {
 	if v == nil {
 		st, err := readTree(tx)
 		if err == nil && idx < st.size {
-			return Entry{}, fmt.Errorf("%w: entry %d is missing from the file", ErrDamaged, idx)
+			return entry.Entry{}, fmt.Errorf("%w: entry %d is missing from the file", entry.ErrDamaged, idx)
 		}
-		return Entry{}, fmt.Errorf("%w: no entry %d", ErrNotFound, idx)
+		return entry.Entry{}, fmt.Errorf("%w: no entry %d", entry.ErrNotFound, idx)
 	}
 	lh := storedLeafHash(rec)
 	if lh == nil {
-		return Entry{}, fmt.Errorf("ledger: tree node (level 0, index %d) is missing or damaged", idx)
+		return entry.Entry{}, fmt.Errorf("ledger: tree node (level 0, index %d) is missing or damaged", idx)
 	}
 	if bytes.Equal(v, prunedMarker) {
-		return Entry{Index: idx, LeafHash: append([]byte(nil), lh...), Pruned: true}, nil
+		return entry.Entry{Index: idx, LeafHash: append([]byte(nil), lh...), Pruned: true}, nil
 	}
-	e, err := DecodeEntry(append([]byte(nil), v...))
+	e, err := entry.Decode(append([]byte(nil), v...))
 	if err != nil {
-		return Entry{}, fmt.Errorf("ledger: entry %d is damaged: %w", idx, err)
+		return entry.Entry{}, fmt.Errorf("ledger: entry %d is damaged: %w", idx, err)
 	}
 	if e.Index != idx {
-		return Entry{}, fmt.Errorf("ledger: entry stored at %d says it is entry %d", idx, e.Index)
+		return entry.Entry{}, fmt.Errorf("ledger: entry stored at %d says it is entry %d", idx, e.Index)
 	}
 	e.LeafHash = append([]byte(nil), lh...)
 	e.Revoked = revocationOf(tx, &e)
@@ -129,7 +130,7 @@ func entryAt(tx store.Tx, idx uint64, v, rec []byte) (Entry, error) {
 }
 
 // revocationOf returns the revocation of a certificate entry, if any.
-func revocationOf(tx store.Tx, e *Entry) *Revocation {
+func revocationOf(tx store.Tx, e *entry.Entry) *entry.Revocation {
 	if !e.Kind.IsCertificate() {
 		return nil
 	}
@@ -141,7 +142,7 @@ func revocationOf(tx store.Tx, e *Entry) *Revocation {
 	if err := json.Unmarshal(rv, &r); err != nil {
 		return nil
 	}
-	return &Revocation{Index: r.Index, Time: r.Time, Reason: r.Reason}
+	return &entry.Revocation{Index: r.Index, Time: r.Time, Reason: r.Reason}
 }
 
 // List returns up to pageSize entries matching f, in log order within the
@@ -151,9 +152,9 @@ func revocationOf(tx store.Tx, e *Entry) *Revocation {
 // pageSize must be 1..MaxPageSize: the ledger refuses unbounded scans. A
 // page may hold fewer entries than pageSize, even none, with a non-empty
 // token, when the scan budget of one call ran out.
-func (l *Ledger) List(ctx context.Context, f Filter, pageSize int, pageToken string) ([]Entry, string, error) {
+func (l *Ledger) List(ctx context.Context, f Filter, pageSize int, pageToken string) ([]entry.Entry, string, error) {
 	if pageSize <= 0 || pageSize > MaxPageSize {
-		return nil, "", fmt.Errorf("%w: page size must be between 1 and %d, got %d", ErrInvalidArgument, MaxPageSize, pageSize)
+		return nil, "", fmt.Errorf("%w: page size must be between 1 and %d, got %d", entry.ErrInvalidArgument, MaxPageSize, pageSize)
 	}
 	sc, err := newScan(f)
 	if err != nil {
@@ -167,7 +168,7 @@ func (l *Ledger) List(ctx context.Context, f Filter, pageSize int, pageToken str
 		return nil, "", err
 	}
 	now := l.clock()
-	var out []Entry
+	var out []entry.Entry
 	var next string
 	err = l.view(ctx, func(tx store.Tx) error {
 		c := bucket(tx, sc.bucket).Cursor()
@@ -223,7 +224,7 @@ func newScan(f Filter) (*scan, error) {
 	case set > 1 && f.Serial == "":
 		// Several index filters: scan the most selective, filter the rest.
 	case f.Serial != "":
-		s, err := NormalizeSerial(f.Serial)
+		s, err := entry.NormalizeSerial(f.Serial)
 		if err != nil {
 			return nil, err
 		}
@@ -252,14 +253,14 @@ func (s *scan) match(k []byte) bool {
 
 // read returns the entry of index key k with value v: the summary stored
 // in the index when there is one, else the entry itself.
-func (s *scan) read(tx store.Tx, k, v []byte) (Entry, error) {
+func (s *scan) read(tx store.Tx, k, v []byte) (entry.Entry, error) {
 	if s.tag == 'e' {
 		return readEntry(tx, indexOf(k))
 	}
 	if len(v) == 0 {
 		return readEntry(tx, indexOf(k))
 	}
-	e, err := DecodeEntry(v)
+	e, err := entry.Decode(v)
 	if err != nil || e.Index != indexOf(k) {
 		return readEntry(tx, indexOf(k)) // damaged summary: fall back to the entry
 	}
@@ -278,12 +279,12 @@ func (s *scan) decodeToken(t string) ([]byte, error) {
 	}
 	b, err := base64.RawURLEncoding.DecodeString(t)
 	if err != nil || len(b) < 9 || b[0] != s.tag || !s.match(b[1:]) {
-		return nil, fmt.Errorf("%w: page token does not belong to this query; start again without one", ErrInvalidArgument)
+		return nil, fmt.Errorf("%w: page token does not belong to this query; start again without one", entry.ErrInvalidArgument)
 	}
 	return b[1:], nil
 }
 
-func (f *Filter) matches(e *Entry, now time.Time) bool {
+func (f *Filter) matches(e *entry.Entry, now time.Time) bool {
 	if f.SPIFFEID != "" && e.SPIFFEID != f.SPIFFEID ||
 		f.SPIFFEIDPrefix != "" && !strings.HasPrefix(e.SPIFFEID, f.SPIFFEIDPrefix) ||
 		f.Node != "" && e.Node != f.Node ||

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 )
 
 func TestListPagesThroughSPIFFEIDIndex(t *testing.T) {
@@ -18,7 +20,7 @@ func TestListPagesThroughSPIFFEIDIndex(t *testing.T) {
 		fill(t, l, 2000, clock.Now().Add(time.Hour))
 		ctx := context.Background()
 		id := "spiffe://cluster.local/ns/ns3/sa/sa3" // j%7==3 && j%13==3: j ≡ 3 mod 91
-		var got []Entry
+		var got []entry.Entry
 		token := ""
 		for pages := 0; pages < 100; pages++ {
 			page, next, err := l.List(ctx, Filter{SPIFFEID: id}, 7, token)
@@ -76,13 +78,13 @@ func TestListFiltersByPrefixNodeStateAndTime(t *testing.T) {
 			t.Fatal("paging did not end")
 			return 0
 		}
-		if n := count(Filter{SPIFFEIDPrefix: "spiffe://cluster.local/ns/ns2/", Kinds: []Kind{KindIssuance}}); n != 14+2 {
+		if n := count(Filter{SPIFFEIDPrefix: "spiffe://cluster.local/ns/ns2/", Kinds: []entry.Kind{entry.KindIssuance}}); n != 14+2 {
 			t.Errorf("prefix ns2: %d", n)
 		}
-		if n := count(Filter{Namespace: "ns2", Kinds: []Kind{KindIssuance}}); n != 16 {
+		if n := count(Filter{Namespace: "ns2", Kinds: []entry.Kind{entry.KindIssuance}}); n != 16 {
 			t.Errorf("namespace ns2: %d", n)
 		}
-		if n := count(Filter{Node: "node-1", Kinds: []Kind{KindIssuance}}); n != 20+2 {
+		if n := count(Filter{Node: "node-1", Kinds: []entry.Kind{entry.KindIssuance}}); n != 20+2 {
 			t.Errorf("node-1: %d", n)
 		}
 		if n := count(Filter{Since: start.Add(time.Second)}); n != 11 {
@@ -106,7 +108,7 @@ func TestListRefusesUnboundedOrForeignPaging(t *testing.T) {
 		l := be.openTest(t, newFakeClock())
 		ctx := context.Background()
 		for _, size := range []int{0, -1, MaxPageSize + 1} {
-			if _, _, err := l.List(ctx, Filter{}, size, ""); !errors.Is(err, ErrInvalidArgument) {
+			if _, _, err := l.List(ctx, Filter{}, size, ""); !errors.Is(err, entry.ErrInvalidArgument) {
 				t.Errorf("page size %d: %v", size, err)
 			}
 		}
@@ -115,10 +117,10 @@ func TestListRefusesUnboundedOrForeignPaging(t *testing.T) {
 		if err != nil || token == "" {
 			t.Fatal(token, err)
 		}
-		if _, _, err := l.List(ctx, Filter{Node: "node-2"}, 1, token); !errors.Is(err, ErrInvalidArgument) {
+		if _, _, err := l.List(ctx, Filter{Node: "node-2"}, 1, token); !errors.Is(err, entry.ErrInvalidArgument) {
 			t.Fatalf("token reused on another query: %v", err)
 		}
-		if _, _, err := l.List(ctx, Filter{}, 1, "!!"); !errors.Is(err, ErrInvalidArgument) {
+		if _, _, err := l.List(ctx, Filter{}, 1, "!!"); !errors.Is(err, entry.ErrInvalidArgument) {
 			t.Fatalf("garbage token: %v", err)
 		}
 	})
@@ -150,7 +152,7 @@ func TestWatchDeliversExistingAndNewEntries(t *testing.T) {
 		got := make(chan uint64, 100)
 		done := make(chan error, 1)
 		go func() {
-			done <- l.Watch(ctx, 3, func(e Entry) error {
+			done <- l.Watch(ctx, 3, func(e entry.Entry) error {
 				got <- e.Index
 				if e.Index == 7 {
 					return errStop
@@ -200,7 +202,7 @@ func TestPruneKeepsProofsAndDropsContent(t *testing.T) {
 	if err != nil || !e.Pruned || e.Data != nil || len(e.LeafHash) != 32 {
 		t.Fatalf("pruned entry = %+v, %v", e, err)
 	}
-	if _, err := l.Get(ctx, e0.Serial); !errors.Is(err, ErrNotFound) {
+	if _, err := l.Get(ctx, e0.Serial); !errors.Is(err, entry.ErrNotFound) {
 		t.Fatalf("Get of pruned serial: %v", err)
 	}
 	if page, _, _ := l.List(ctx, Filter{}, 100, ""); len(page) != 10 {
@@ -253,13 +255,13 @@ func TestWatchEndsWhenLedgerCloses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.Append(context.Background(), Event{Kind: KindJoinTokenUse, Node: "node-1"}); err != nil {
+	if _, err := l.Append(context.Background(), entry.Event{Kind: entry.KindJoinTokenUse, Node: "node-1"}); err != nil {
 		t.Fatal(err)
 	}
 	delivered := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		done <- l.Watch(context.Background(), 0, func(e Entry) error {
+		done <- l.Watch(context.Background(), 0, func(e entry.Entry) error {
 			if e.Index == 0 {
 				close(delivered)
 			}
@@ -276,7 +278,7 @@ func TestWatchEndsWhenLedgerCloses(t *testing.T) {
 	l.Close()
 	select {
 	case err := <-done:
-		if !errors.Is(err, ErrClosed) {
+		if !errors.Is(err, entry.ErrClosed) {
 			t.Fatalf("Watch returned %v, want ErrClosed", err)
 		}
 	case <-time.After(5 * time.Second):

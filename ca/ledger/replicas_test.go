@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -105,7 +106,7 @@ func TestReplicasAppendIntoOneLog(t *testing.T) {
 			waitFor(t, fmt.Sprintf("replica %d to publish %d entries", r, total), func() bool { return l.Size() == total })
 			var got []uint64
 			ctx, cancel := context.WithCancel(context.Background())
-			err := l.Watch(ctx, 0, func(e Entry) error {
+			err := l.Watch(ctx, 0, func(e entry.Entry) error {
 				if want := certEvent(owner[e.Index], "", "", exp).Serial; e.Serial != want {
 					return fmt.Errorf("replica %d: entry %d has serial %s, appended %s", r, e.Index, e.Serial, want)
 				}
@@ -446,7 +447,7 @@ func TestCommitOfUnknownOutcomeIsPublishedWithTheNextAppend(t *testing.T) {
 	}
 	revCh := l.RevocationsChanged()
 	f.unknownNext.Store(true)
-	_, err = l.Append(ctx, Event{Kind: KindRevocation, Serial: ev.Serial, Node: ev.Node, SPIFFEID: ev.SPIFFEID, NotAfter: ev.NotAfter})
+	_, err = l.Append(ctx, entry.Event{Kind: entry.KindRevocation, Serial: ev.Serial, Node: ev.Node, SPIFFEID: ev.SPIFFEID, NotAfter: ev.NotAfter})
 	if !errors.Is(err, store.ErrCommitUnknown) || status.Code(Status("server", err)) != codes.Unavailable {
 		t.Fatalf("append with an unknown commit outcome: %v", err)
 	}

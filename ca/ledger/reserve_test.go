@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 )
 
@@ -49,7 +50,7 @@ func TestAppendRefusedBelowDiskReserve(t *testing.T) {
 	disk.free.Store(1024 * mib)
 	l, path, reg := openReserved(t, clock, disk, 512*mib)
 	ctx := context.Background()
-	ev := func(n int) Event { return certEvent(n, "spiffe://td/ns/a/sa/b", "n", clock.Now().Add(time.Hour)) }
+	ev := func(n int) entry.Event { return certEvent(n, "spiffe://td/ns/a/sa/b", "n", clock.Now().Add(time.Hour)) }
 	if _, err := l.Append(ctx, ev(1)); err != nil {
 		t.Fatalf("with 1 GiB free: %v", err)
 	}

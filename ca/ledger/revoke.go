@@ -6,8 +6,8 @@ import (
 	"sort"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
-	"github.com/castellan-dev/castellan/internal/serial"
 )
 
 // RevokedCert is a revoked certificate that has not yet expired.
@@ -23,45 +23,34 @@ type RevokedCert struct {
 // (hex, any case) and returns the revocation entry. It returns ErrNotFound
 // when no issuance or renewal with that serial is in the log, and
 // ErrAlreadyRevoked when it was revoked before.
-func (l *Ledger) Revoke(ctx context.Context, serial, reason string) (Entry, error) {
+func (l *Ledger) Revoke(ctx context.Context, serial, reason string) (entry.Entry, error) {
 	if l.readOnly {
-		return Entry{}, ErrReadOnly
+		return entry.Entry{}, entry.ErrReadOnly
 	}
-	serial, err := NormalizeSerial(serial)
+	serial, err := entry.NormalizeSerial(serial)
 	if err != nil {
-		return Entry{}, err
+		return entry.Entry{}, err
 	}
 	l.revokeMu.Lock()
 	defer l.revokeMu.Unlock()
 	cert, err := l.Get(ctx, serial)
 	if err != nil {
-		return Entry{}, err
+		return entry.Entry{}, err
 	}
 	if cert.Revoked != nil {
-		return Entry{}, fmt.Errorf("%w: serial %s at entry %d", ErrAlreadyRevoked, serial, cert.Revoked.Index)
+		return entry.Entry{}, fmt.Errorf("%w: serial %s at entry %d", ErrAlreadyRevoked, serial, cert.Revoked.Index)
 	}
-	ev := Event{
-		Kind: KindRevocation, Serial: serial, SPIFFEID: cert.SPIFFEID, Node: cert.Node,
+	ev := entry.Event{
+		Kind: entry.KindRevocation, Serial: serial, SPIFFEID: cert.SPIFFEID, Node: cert.Node,
 		NotAfter: cert.NotAfter, Reason: reason,
 	}
 	// A revocation may use the disk reserve: an operator must be able to
 	// cut off a certificate while issuance is stopped for lack of space.
 	idx, err := l.Append(reserve.Use(ctx), ev)
 	if err != nil {
-		return Entry{}, err
+		return entry.Entry{}, err
 	}
 	return l.Entry(ctx, idx[0])
-}
-
-// NormalizeSerial returns serial in the form the ledger stores
-// (serial.Number's canonical form), or an error wrapping
-// ErrInvalidArgument saying what is wrong with it.
-func NormalizeSerial(s string) (string, error) {
-	n, err := serial.Parse(s)
-	if err != nil {
-		return "", fmt.Errorf("%w: %w", ErrInvalidArgument, err)
-	}
-	return n.String(), nil
 }
 
 // RevokedSerials returns the serials of certificates that are revoked and

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/store"
 )
@@ -18,16 +19,16 @@ func TestStatusMapsEveryLedgerError(t *testing.T) {
 		err  error
 		want codes.Code
 	}{
-		{fmt.Errorf("serial ab: %w", ErrNotFound), codes.NotFound},
-		{ErrInvalidArgument, codes.InvalidArgument},
-		{ErrInvalidEvent, codes.InvalidArgument},
+		{fmt.Errorf("serial ab: %w", entry.ErrNotFound), codes.NotFound},
+		{entry.ErrInvalidArgument, codes.InvalidArgument},
+		{entry.ErrInvalidEvent, codes.InvalidArgument},
 		{ErrAlreadyRevoked, codes.AlreadyExists},
 		{ErrAlreadyBanned, codes.AlreadyExists},
 		{ErrNotBanned, codes.FailedPrecondition},
-		{ErrReadOnly, codes.FailedPrecondition},
-		{ErrClosed, codes.Unavailable},
+		{entry.ErrReadOnly, codes.FailedPrecondition},
+		{entry.ErrClosed, codes.Unavailable},
 		{fmt.Errorf("x: %w", reserve.ErrDiskReserve), codes.Unavailable},
-		{ErrDamaged, codes.DataLoss},
+		{entry.ErrDamaged, codes.DataLoss},
 		{fmt.Errorf("ledger: append: %w", fmt.Errorf("pgstore: %w: dial tcp: refused", store.ErrUnavailable)), codes.Unavailable},
 		{fmt.Errorf("ledger: append: %w", store.ErrCommitUnknown), codes.Unavailable},
 		{fmt.Errorf("ledger: %w", store.ErrClosed), codes.Unavailable},

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/rfc6962"
@@ -26,7 +27,7 @@ const MaxRangeRead = 256
 // MaxRangeRead.
 func (l *Ledger) NodeHashes(level uint8, from, n uint64) ([][]byte, error) {
 	if n == 0 || n > MaxRangeRead || level > 63 {
-		return nil, fmt.Errorf("%w: %d nodes at level %d (1 to %d at levels 0 to 63)", ErrInvalidArgument, n, level, MaxRangeRead)
+		return nil, fmt.Errorf("%w: %d nodes at level %d (1 to %d at levels 0 to 63)", entry.ErrInvalidArgument, n, level, MaxRangeRead)
 	}
 	out := make([][]byte, 0, n)
 	err := l.view(l.ctx, func(tx store.Tx) error {
@@ -35,7 +36,7 @@ func (l *Ledger) NodeHashes(level uint8, from, n uint64) ([][]byte, error) {
 			return err
 		}
 		if !nodesComplete(level, from, n, st.size) {
-			return fmt.Errorf("%w: nodes %d to %d at level %d are not all complete in a log of size %d", ErrNotFound, from, from+n-1, level, st.size)
+			return fmt.Errorf("%w: nodes %d to %d at level %d are not all complete in a log of size %d", entry.ErrNotFound, from, from+n-1, level, st.size)
 		}
 		for i := from; i < from+n; i++ {
 			h, err := nodeHash(tx, compact.NewNodeID(uint(level), i))
@@ -67,7 +68,7 @@ func nodesComplete(level uint8, from, n, size uint64) bool {
 // MaxRangeRead.
 func (l *Ledger) EntryData(from, n uint64) ([][]byte, error) {
 	if n == 0 || n > MaxRangeRead {
-		return nil, fmt.Errorf("%w: %d entries (1 to %d)", ErrInvalidArgument, n, MaxRangeRead)
+		return nil, fmt.Errorf("%w: %d entries (1 to %d)", entry.ErrInvalidArgument, n, MaxRangeRead)
 	}
 	out := make([][]byte, 0, n)
 	err := l.view(l.ctx, func(tx store.Tx) error {
@@ -76,7 +77,7 @@ func (l *Ledger) EntryData(from, n uint64) ([][]byte, error) {
 			return err
 		}
 		if !nodesComplete(0, from, n, st.size) {
-			return fmt.Errorf("%w: entries %d to %d are not all in a log of size %d", ErrNotFound, from, from+n-1, st.size)
+			return fmt.Errorf("%w: entries %d to %d are not all in a log of size %d", entry.ErrNotFound, from, from+n-1, st.size)
 		}
 		entries, nodes := newSeqReader(bucket(tx, bEntries), from), newSeqReader(bucket(tx, bNodes), from)
 		for i := from; i < from+n; i++ {

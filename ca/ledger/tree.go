@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/proof"
@@ -194,14 +195,14 @@ func proofHashes(tx store.Tx, n proof.Nodes) ([][]byte, error) {
 // stored log's (on a shared store, including other replicas' appends).
 func (l *Ledger) InclusionProof(index, size uint64) ([][]byte, error) {
 	if index >= size {
-		return nil, fmt.Errorf("%w: no entry %d in a tree of size %d", ErrInvalidArgument, index, size)
+		return nil, fmt.Errorf("%w: no entry %d in a tree of size %d", entry.ErrInvalidArgument, index, size)
 	}
 	n, err := proof.Inclusion(index, size)
 	if err != nil {
 		return nil, fmt.Errorf("ledger: %w", err)
 	}
 	return l.proof(n, size, func(logSize uint64) error {
-		return fmt.Errorf("%w: no entry %d in a tree of size %d (log size %d)", ErrInvalidArgument, index, size, logSize)
+		return fmt.Errorf("%w: no entry %d in a tree of size %d (log size %d)", entry.ErrInvalidArgument, index, size, logSize)
 	})
 }
 
@@ -209,14 +210,14 @@ func (l *Ledger) InclusionProof(index, size uint64) ([][]byte, error) {
 // size1 and size2 (size1 <= size2 <= stored log size).
 func (l *Ledger) ConsistencyProof(size1, size2 uint64) ([][]byte, error) {
 	if size1 > size2 {
-		return nil, fmt.Errorf("%w: cannot prove consistency from size %d to %d", ErrInvalidArgument, size1, size2)
+		return nil, fmt.Errorf("%w: cannot prove consistency from size %d to %d", entry.ErrInvalidArgument, size1, size2)
 	}
 	n, err := proof.Consistency(size1, size2)
 	if err != nil {
 		return nil, fmt.Errorf("ledger: %w", err)
 	}
 	return l.proof(n, size2, func(logSize uint64) error {
-		return fmt.Errorf("%w: cannot prove consistency from size %d to %d (log size %d)", ErrInvalidArgument, size1, size2, logSize)
+		return fmt.Errorf("%w: cannot prove consistency from size %d to %d (log size %d)", entry.ErrInvalidArgument, size1, size2, logSize)
 	})
 }
 
@@ -260,7 +261,7 @@ func (missingBucket) Cursor() store.Cursor                  { return noCursor{} 
 func (missingBucket) ForEach(func(k, v []byte) error) error { return nil }
 
 func (m missingBucket) err() error {
-	return fmt.Errorf("%w: bucket %s cannot be read", ErrDamaged, string(m))
+	return fmt.Errorf("%w: bucket %s cannot be read", entry.ErrDamaged, string(m))
 }
 
 // noCursor walks an empty bucket.

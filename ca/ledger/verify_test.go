@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 	bolt "go.etcd.io/bbolt"
@@ -124,7 +125,7 @@ func TestVerifyCatchesDeletedEntry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l, err := Open(path, Options{}); !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), path) ||
+	if l, err := Open(path, Options{}); !errors.Is(err, entry.ErrDamaged) || !strings.Contains(err.Error(), path) ||
 		!strings.Contains(err.Error(), "entry 500 is missing") {
 		if err == nil {
 			l.Close()
@@ -148,7 +149,7 @@ func TestVerifyCatchesDeletedEntry(t *testing.T) {
 	rep = v.Finish()
 	wantFinding(t, rep, "entry 500 is missing")
 	// and refuses appends.
-	if _, err := l.Append(context.Background(), certEvent(5000, "spiffe://td/x", "n", time.Now().Add(time.Hour))); !errors.Is(err, ErrReadOnly) {
+	if _, err := l.Append(context.Background(), certEvent(5000, "spiffe://td/x", "n", time.Now().Add(time.Hour))); !errors.Is(err, entry.ErrReadOnly) {
 		t.Fatalf("Append in forensic mode = %v, want ErrReadOnly", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -15,13 +16,13 @@ const chunk = 1024
 // including entries appended while it runs (pruned entries come with
 // Pruned set). It returns when ctx is done (with ctx.Err()) or fn returns
 // an error (that error). fn runs outside any database transaction.
-func (l *Ledger) Watch(ctx context.Context, from uint64, fn func(Entry) error) error {
+func (l *Ledger) Watch(ctx context.Context, from uint64, fn func(entry.Entry) error) error {
 	for {
 		l.mu.Lock()
 		grown, size, closed := l.appendCh, l.head.size, l.closed
 		l.mu.Unlock()
 		if closed {
-			return ErrClosed
+			return entry.ErrClosed
 		}
 		for from < size {
 			entries, err := l.readRange(ctx, from, min(size, from+chunk))
@@ -44,11 +45,11 @@ func (l *Ledger) Watch(ctx context.Context, from uint64, fn func(Entry) error) e
 }
 
 // readRange reads entries [from, to).
-func (l *Ledger) readRange(ctx context.Context, from, to uint64) ([]Entry, error) {
+func (l *Ledger) readRange(ctx context.Context, from, to uint64) ([]entry.Entry, error) {
 	if err := l.waitIndexed(ctx); err != nil {
 		return nil, err
 	}
-	out := make([]Entry, 0, to-from)
+	out := make([]entry.Entry, 0, to-from)
 	err := l.view(ctx, func(tx store.Tx) error {
 		entries, nodes := newSeqReader(bucket(tx, bEntries), from), newSeqReader(bucket(tx, bNodes), from)
 		for i := from; i < to; i++ {

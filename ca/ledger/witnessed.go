@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/store"
 	"golang.org/x/mod/sumdb/note"
 )
@@ -51,7 +52,7 @@ func (l *Ledger) StoreWitnessedCheckpoint(ctx context.Context, cp []byte) error 
 		return fmt.Errorf("ledger: witnessed checkpoint: not a checkpoint of log %q", l.origin)
 	}
 	if l.readOnly {
-		return ErrReadOnly
+		return entry.ErrReadOnly
 	}
 	err = l.db.Update(ctx, func(tx store.Tx) error {
 		meta := bucket(tx, bMeta)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -28,7 +29,7 @@ type Bans interface {
 	Ban(ctx context.Context, node, reason string) (ledger.BanResult, error)
 	// Unban lifts a ban (ledger.ErrNotBanned if none); revoked
 	// certificates stay revoked.
-	Unban(ctx context.Context, node, reason string) (ledger.Entry, error)
+	Unban(ctx context.Context, node, reason string) (entry.Entry, error)
 	// Banned returns the ban in force for node; cheap enough per call.
 	Banned(node string) (ledger.Ban, bool)
 	// BansChanged returns a channel closed at the next ban or unban.

@@ -8,7 +8,7 @@ import (
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/authn"
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"google.golang.org/grpc/codes"
@@ -57,9 +57,9 @@ func (c *caService) AttestAgent(ctx context.Context, req *cav1.AttestAgentReques
 		return nil, err
 	}
 	s.metrics.observeSigning(time.Since(start))
-	events := []ledger.Event{issuanceEvent(ledger.KindIssuance, iss, node, "agent attestation")}
+	events := []entry.Event{issuanceEvent(entry.KindIssuance, iss, node, "agent attestation")}
 	if _, ok := req.GetAttestation().(*cav1.AttestAgentRequest_JoinToken); ok {
-		events = append([]ledger.Event{{Kind: ledger.KindJoinTokenUse, Node: node, SPIFFEID: id.String()}}, events...)
+		events = append([]entry.Event{{Kind: entry.KindJoinTokenUse, Node: node, SPIFFEID: id.String()}}, events...)
 	}
 	if _, err := s.cfg.Ledger.Append(ctx, events...); err != nil {
 		s.log.ErrorContext(ctx, "ledger append failed; agent SVID withheld", "node", node, "error", err.Error())
@@ -101,7 +101,7 @@ func (c *caService) RenewAgent(ctx context.Context, req *cav1.RenewAgentRequest)
 		return nil, err
 	}
 	s.metrics.observeSigning(time.Since(start))
-	ev := issuanceEvent(ledger.KindRenewal, iss, node, "agent renewal")
+	ev := issuanceEvent(entry.KindRenewal, iss, node, "agent renewal")
 	ev.Parent = serial.FromBig(leaf.SerialNumber).String()
 	if _, err := s.cfg.Ledger.Append(ctx, ev); err != nil {
 		s.log.ErrorContext(ctx, "ledger append failed; agent SVID withheld", "node", node, "error", err.Error())

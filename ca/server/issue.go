@@ -10,7 +10,7 @@ import (
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/quota"
 	"github.com/castellan-dev/castellan/internal/serial"
@@ -88,7 +88,7 @@ func (s *Server) prepare(ctx context.Context, node string, it *issuance) {
 // record appends the issued certificates of items to the ledger in one
 // call. If the ledger fails, every issued item fails: a certificate not in
 // the ledger is never handed out.
-func (s *Server) record(ctx context.Context, node string, items []*issuance, extra ...ledger.Event) error {
+func (s *Server) record(ctx context.Context, node string, items []*issuance, extra ...entry.Event) error {
 	events := extra
 	for _, it := range items {
 		if it.err == nil {
@@ -96,7 +96,7 @@ func (s *Server) record(ctx context.Context, node string, items []*issuance, ext
 			if detail == "" {
 				detail = "entry " + it.grant.EntryID
 			}
-			ev := issuanceEvent(ledger.KindIssuance, it.issued, node, detail)
+			ev := issuanceEvent(entry.KindIssuance, it.issued, node, detail)
 			ev.Parent = it.parent
 			events = append(events, ev)
 		}
@@ -132,14 +132,14 @@ func (s *Server) record(ctx context.Context, node string, items []*issuance, ext
 // appendStatus is what a caller is told when the ledger refused the append
 // recording its certificates (ledgerStatus maps the admin calls' errors).
 func appendStatus(err error) error {
-	if errors.Is(err, reserve.ErrDiskReserve) || errors.Is(err, ledger.ErrReadOnly) {
+	if errors.Is(err, reserve.ErrDiskReserve) || errors.Is(err, entry.ErrReadOnly) {
 		return status.Error(codes.Unavailable, "server: no certificate was issued: "+err.Error())
 	}
 	return status.Error(codes.Unavailable, "server: the issuance ledger is unavailable, no certificate was issued; retry later")
 }
 
-func issuanceEvent(kind ledger.Kind, iss *authority.Issued, node, detail string) ledger.Event {
-	return ledger.Event{
+func issuanceEvent(kind entry.Kind, iss *authority.Issued, node, detail string) entry.Event {
+	return entry.Event{
 		Kind:            kind,
 		Serial:          serial.FromBig(iss.Serial).String(),
 		SPIFFEID:        iss.ID.String(),

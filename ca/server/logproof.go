@@ -9,6 +9,7 @@ import (
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -101,7 +102,7 @@ func witnessedSize(cp []byte) (uint64, error) {
 
 // proofStatus maps a ledger error while proving to a status.
 func proofStatus(err error) error {
-	if errors.Is(err, ledger.ErrClosed) {
+	if errors.Is(err, entry.ErrClosed) {
 		return status.Error(codes.Unavailable, "server: the ledger is closing; retry on another replica")
 	}
 	return status.Errorf(codes.Internal, "server: building a log proof: %v", err)

@@ -27,7 +27,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -50,7 +50,7 @@ const (
 type Ledger interface {
 	// Append records events durably before returning, in order, and
 	// returns their indexes.
-	Append(ctx context.Context, events ...ledger.Event) ([]uint64, error)
+	Append(ctx context.Context, events ...entry.Event) ([]uint64, error)
 	// RevokedSerials returns the lower-case hex serials of revoked
 	// certificates that have not expired at now.
 	RevokedSerials(now time.Time) []string
@@ -62,7 +62,7 @@ type Ledger interface {
 	// Children returns the serials renewed from serial (at most max).
 	Children(ctx context.Context, serial string, max int) ([]string, error)
 	// Revoke revokes one certificate (ledger.ErrAlreadyRevoked if it was).
-	Revoke(ctx context.Context, serial, reason string) (ledger.Entry, error)
+	Revoke(ctx context.Context, serial, reason string) (entry.Entry, error)
 	// Bans records node agents and bans.
 	Bans
 	// logProver proves the witnessed log to agents (GetLogProof).

@@ -12,7 +12,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authority"
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/internal/serial"
 )
@@ -48,7 +48,7 @@ func (v *serverSVID) renew(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("server: sign server SVID: %w", err)
 	}
-	if _, err := v.s.cfg.Ledger.Append(reserve.Use(ctx), issuanceEvent(ledger.KindIssuance, iss, "", "castellan server SVID")); err != nil {
+	if _, err := v.s.cfg.Ledger.Append(reserve.Use(ctx), issuanceEvent(entry.KindIssuance, iss, "", "castellan server SVID")); err != nil {
 		return fmt.Errorf("server: record server SVID: %w", err)
 	}
 	chain := make([][]byte, 0, len(iss.Chain))

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
@@ -63,11 +64,11 @@ func newTestLog(t testing.TB) *testLog {
 // issue appends n issuance events for certificates valid for ttl.
 func (tl *testLog) issue(t testing.TB, n int, ttl time.Duration) {
 	t.Helper()
-	evs := make([]ledger.Event, n)
+	evs := make([]entry.Event, n)
 	size := tl.l.Size()
 	for i := range evs {
 		now := tl.clock()
-		evs[i] = ledger.Event{Kind: ledger.KindIssuance, Serial: fmt.Sprintf("%x", size+uint64(i)+1),
+		evs[i] = entry.Event{Kind: entry.KindIssuance, Serial: fmt.Sprintf("%x", size+uint64(i)+1),
 			SPIFFEID: fmt.Sprintf("spiffe://example.org/w/%d", size+uint64(i)), Node: "n1",
 			NotBefore: now, NotAfter: now.Add(ttl), CertDER: bytes.Repeat([]byte{byte(i)}, 300)}
 	}
@@ -331,7 +332,7 @@ func TestTesseraClientProvesInclusionAndConsistency(t *testing.T) {
 		if err := proof.VerifyInclusion(rfc6962.DefaultHasher, i, cur.Size, leaf, p, cur.Hash); err != nil {
 			t.Fatalf("entry %d: %v", i, err)
 		}
-		e, err := ledger.DecodeEntry(b.Entries[i%256])
+		e, err := entry.Decode(b.Entries[i%256])
 		if err != nil || e.Index != i {
 			t.Fatalf("entry %d decodes as index %d, %v", i, e.Index, err)
 		}

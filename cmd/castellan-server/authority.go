@@ -11,6 +11,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
@@ -69,13 +70,13 @@ func recordTransition(led *ledger.Ledger, td spiffeid.TrustDomain) func(context.
 }
 
 // transitionEvent is the ledger event of one authority transition.
-func transitionEvent(tr authority.Transition, td spiffeid.TrustDomain) ledger.Event {
+func transitionEvent(tr authority.Transition, td spiffeid.TrustDomain) entry.Event {
 	from := string(tr.From)
 	if from == "" {
 		from = "new"
 	}
-	ev := ledger.Event{
-		Kind: ledger.KindCAKeyChange, Time: tr.At, SPIFFEID: td.IDString(),
+	ev := entry.Event{
+		Kind: entry.KindCAKeyChange, Time: tr.At, SPIFFEID: td.IDString(),
 		Reason: fmt.Sprintf("authority %s (%s): %s -> %s: %s", tr.Authority.ID, tr.Authority.Source, from, tr.To, tr.Reason),
 	}
 	if len(tr.Authority.Chain) > 0 {

@@ -14,6 +14,7 @@ import (
 
 	auditv1 "github.com/castellan-dev/castellan/api/castellan/audit/v1"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/verifier"
 	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/proof"
@@ -409,7 +410,7 @@ func lineOf(lf verifier.Leaf) exportLine {
 		}
 		return line
 	}
-	e, err := ledger.DecodeEntry(lf.Data)
+	e, err := entry.Decode(lf.Data)
 	if err != nil {
 		line.Error = err.Error()
 		return line

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/tlog"
 	"golang.org/x/mod/sumdb/note"
 )
@@ -63,9 +64,9 @@ func (ml *monitorLog) open(t *testing.T, name string) *ledger.Ledger {
 // joins appends join-token uses of nodes.
 func joins(t *testing.T, l *ledger.Ledger, nodes ...string) {
 	t.Helper()
-	var evs []ledger.Event
+	var evs []entry.Event
 	for _, n := range nodes {
-		evs = append(evs, ledger.Event{Kind: ledger.KindJoinTokenUse, Node: n, SPIFFEID: "spiffe://example.org/castellan/agent/" + n})
+		evs = append(evs, entry.Event{Kind: entry.KindJoinTokenUse, Node: n, SPIFFEID: "spiffe://example.org/castellan/agent/" + n})
 	}
 	if _, err := l.Append(context.Background(), evs...); err != nil {
 		t.Fatal(err)

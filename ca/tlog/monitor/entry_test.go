@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/tlog"
 	"github.com/castellan-dev/castellan/ca/tlog/monitor"
 	"github.com/castellan-dev/castellan/internal/witness"
@@ -24,7 +24,7 @@ import (
 // entry at its own index describing its own certificate.
 func TestDecodeEntryRefusesMalformedEntries(t *testing.T) {
 	r := newRig(t)
-	ev := r.cert(ledger.KindIssuance, payments, "node-a")
+	ev := r.cert(entry.KindIssuance, payments, "node-a")
 	r.appendTo(r.log, ev)
 	good, err := r.log.Entry(context.Background(), 0)
 	if err != nil {

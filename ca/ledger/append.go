@@ -8,6 +8,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/transparency-dev/merkle/rfc6962"
 )
@@ -79,7 +80,7 @@ const eventOverhead = 512
 // after it (entries [0, indexed) are in the secondary indexes).
 type appended struct {
 	first   uint64
-	head    treeState
+	head    tree.Head
 	indexed uint64
 }
 
@@ -90,17 +91,17 @@ type appended struct {
 // position from tx, never from memory: on a shared store another replica
 // may have appended since this one last looked.
 func appendTx(tx store.Tx, evs []entry.Event) (appended, error) {
-	st, indexed, err := readTreeAndIndexed(tx)
+	st, indexed, err := tree.ReadWithIndexed(tx)
 	if err != nil {
 		return appended{}, err
 	}
-	r, err := st.rng()
+	r, err := st.Range()
 	if err != nil {
 		return appended{}, err
 	}
-	entries := bucket(tx, bEntries)
+	entries := tree.Bucket(tx, tree.Entries)
 	store.MarkSequential(entries)
-	nw := newNodeWriter(tx)
+	nw := tree.NewNodeWriter(tx)
 	first := r.End()
 	encoded := make([][]byte, len(evs))
 	for i := range evs {
@@ -110,25 +111,25 @@ func appendTx(tx store.Tx, evs []entry.Event) (appended, error) {
 			return appended{}, err
 		}
 		encoded[i] = data
-		if err := entries.Put(u64(idx), data); err != nil {
+		if err := entries.Put(tree.Key(idx), data); err != nil {
 			return appended{}, err
 		}
-		if err := r.Append(rfc6962.DefaultHasher.HashLeaf(data), nw.visit); err != nil {
+		if err := r.Append(rfc6962.DefaultHasher.HashLeaf(data), nw.Visit); err != nil {
 			return appended{}, err
 		}
-		if err := nw.flush(); err != nil {
+		if err := nw.Flush(); err != nil {
 			return appended{}, err
 		}
 	}
-	if err := writeTree(tx, r); err != nil {
+	if err := tree.Write(tx, r); err != nil {
 		return appended{}, err
 	}
-	res := appended{first: first, head: treeState{size: r.End(), hashes: r.Hashes()}, indexed: indexed}
+	res := appended{first: first, head: tree.Head{Size: r.End(), Hashes: r.Hashes()}, indexed: indexed}
 	if res.indexed == first {
 		if err := indexTx(tx, first, evs, encoded); err != nil {
 			return appended{}, err
 		}
-		res.indexed = res.head.size
+		res.indexed = res.head.Size
 	}
 	return res, nil
 }
@@ -150,7 +151,7 @@ func indexTx(tx store.Tx, first uint64, evs []entry.Event, encoded [][]byte) err
 	if err := batch.apply(tx); err != nil {
 		return fmt.Errorf("ledger: index: %w", err)
 	}
-	return bucket(tx, bMeta).Put(kIndexed, u64(first+uint64(len(evs))))
+	return tree.Bucket(tx, tree.Meta).Put(tree.KeyIndexed, tree.Key(first+uint64(len(evs))))
 }
 
 // committed writes the audit log lines and metrics of a committed append,

@@ -7,6 +7,7 @@ import (
 	"strconv"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/verifier"
 	"github.com/transparency-dev/formats/log"
@@ -26,18 +27,18 @@ func (l *Ledger) Checkpoint(ctx context.Context) ([]byte, error) {
 	if cp, err := l.cachedCheckpoint(); cp != nil || err != nil {
 		return cp, err
 	}
-	var head treeState
+	var head tree.Head
 	var stored []byte
 	err := l.view(ctx, func(tx store.Tx) error {
 		var err error
-		head, err = readTree(tx)
-		stored = bytes.Clone(bucket(tx, bMeta).Get(kCheckpoint))
+		head, err = tree.Read(tx)
+		stored = bytes.Clone(tree.Bucket(tx, tree.Meta).Get(tree.KeyCheckpoint))
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ledger: checkpoint: %w", err)
 	}
-	if stored != nil && checkpointSize(stored) >= head.size {
+	if stored != nil && checkpointSize(stored) >= head.Size {
 		l.noteStored(stored, 0)
 		return stored, nil
 	}
@@ -45,7 +46,7 @@ func (l *Ledger) Checkpoint(ctx context.Context) ([]byte, error) {
 	if err != nil || l.readOnly {
 		return signed, err // read-only: the file is not written
 	}
-	if signed, err = l.storeCheckpoint(ctx, signed, head.size); err != nil {
+	if signed, err = l.storeCheckpoint(ctx, signed, head.Size); err != nil {
 		return nil, err
 	}
 	l.noteStored(signed, 0)
@@ -61,19 +62,19 @@ func (l *Ledger) cachedCheckpoint() ([]byte, error) {
 	if l.closed {
 		return nil, entry.ErrClosed
 	}
-	if !l.shared && l.lastCP != nil && l.lastCPLen == l.head.size {
+	if !l.shared && l.lastCP != nil && l.lastCPLen == l.head.Size {
 		return l.lastCP, nil
 	}
 	return nil, nil
 }
 
 // sign signs the checkpoint of head.
-func (l *Ledger) sign(head treeState) ([]byte, error) {
-	root, err := head.root()
+func (l *Ledger) sign(head tree.Head) ([]byte, error) {
+	root, err := head.Root()
 	if err != nil {
 		return nil, err
 	}
-	text := log.Checkpoint{Origin: l.origin, Size: head.size, Hash: root}.Marshal()
+	text := log.Checkpoint{Origin: l.origin, Size: head.Size, Hash: root}.Marshal()
 	signed, err := note.Sign(&note.Note{Text: string(text)}, l.signer)
 	if err != nil {
 		return nil, fmt.Errorf("ledger: sign checkpoint: %w", err)
@@ -86,13 +87,13 @@ func (l *Ledger) sign(head treeState) ([]byte, error) {
 func (l *Ledger) storeCheckpoint(ctx context.Context, signed []byte, size uint64) ([]byte, error) {
 	out := signed
 	err := l.db.Update(ctx, func(tx store.Tx) error {
-		meta := bucket(tx, bMeta)
-		if old := meta.Get(kCheckpoint); old != nil && checkpointSize(old) >= size {
+		meta := tree.Bucket(tx, tree.Meta)
+		if old := meta.Get(tree.KeyCheckpoint); old != nil && checkpointSize(old) >= size {
 			out = bytes.Clone(old)
 			return nil
 		}
 		out = signed
-		return meta.Put(kCheckpoint, signed)
+		return meta.Put(tree.KeyCheckpoint, signed)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ledger: store checkpoint: %w", err)

@@ -13,6 +13,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 )
@@ -72,7 +73,7 @@ func TestBucketsNamesEveryBucketMetaLast(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(names[len(names)-1], bMeta) {
+	if !bytes.Equal(names[len(names)-1], tree.Meta) {
 		t.Fatalf("Buckets() ends with %s, want meta", names[len(names)-1])
 	}
 }
@@ -96,9 +97,9 @@ func TestLedgerCopiedToAnotherStoreKeepsItsProofs(t *testing.T) {
 		var saved []byte
 		var size uint64
 		err = src.View(ctx, func(tx store.Tx) error {
-			saved = bytes.Clone(tx.Bucket(bMeta).Get(kCheckpoint))
-			st, err := readTree(tx)
-			size = st.size
+			saved = bytes.Clone(tx.Bucket(tree.Meta).Get(tree.KeyCheckpoint))
+			st, err := tree.Read(tx)
+			size = st.Size
 			return err
 		})
 		if err != nil || saved == nil {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/internal/boltcheck"
 	"github.com/transparency-dev/formats/log"
@@ -112,7 +113,7 @@ func addBuckets(path string) error {
 		return err
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bMeta, bEntries, bNodes, bSerial, bSPIFFE, bNode, bExpiry, bRevoked} {
+		for _, name := range [][]byte{tree.Meta, tree.Entries, tree.Nodes, bSerial, bSPIFFE, bNode, bExpiry, bRevoked} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -144,7 +145,7 @@ func (l *Ledger) view(ctx context.Context, fn func(store.Tx) error) error {
 func (l *Ledger) checkExisting(path string) error {
 	exists := false
 	err := l.view(l.ctx, func(tx store.Tx) error {
-		if exists = tx.Bucket(bMeta) != nil; exists {
+		if exists = tx.Bucket(tree.Meta) != nil; exists {
 			return l.load(tx)
 		}
 		return nil
@@ -159,22 +160,22 @@ func (l *Ledger) checkExisting(path string) error {
 // compares it with the stored tree head and the stored signed checkpoint
 // (Open, before the ledger is used).
 func (l *Ledger) checkTree(path string) error {
-	headRoot, err := l.head.root()
+	headRoot, err := l.head.Root()
 	if err != nil {
 		return damaged(path, err)
 	}
-	cps := []*log.Checkpoint{{Origin: l.origin, Size: l.head.size, Hash: headRoot}}
+	cps := []*log.Checkpoint{{Origin: l.origin, Size: l.head.Size, Hash: headRoot}}
 	if l.lastCP != nil {
 		cp, err := OpenCheckpoint(l.lastCP, l.origin, l.vkey)
 		if err != nil {
 			return damaged(path, fmt.Errorf("stored checkpoint: %w", err))
 		}
-		if cp.Size != l.head.size || !bytes.Equal(cp.Hash, headRoot) {
+		if cp.Size != l.head.Size || !bytes.Equal(cp.Hash, headRoot) {
 			cps = append(cps, cp)
 		}
 	}
 	var rep Report
-	if err := l.view(l.ctx, func(tx store.Tx) error { rep = verifyTx(tx, cps); return nil }); err != nil {
+	if err := l.view(l.ctx, func(tx store.Tx) error { rep = tree.Verify(tx, cps); return nil }); err != nil {
 		return damaged(path, err)
 	}
 	if !rep.OK() {
@@ -194,13 +195,13 @@ func (l *Ledger) checkCheckpoint() error {
 	if err != nil {
 		return fmt.Errorf("%w: the stored checkpoint does not verify with the log key: %w", entry.ErrDamaged, err)
 	}
-	root, err := l.head.root()
+	root, err := l.head.Root()
 	if err != nil {
 		return fmt.Errorf("%w: %w", entry.ErrDamaged, err)
 	}
-	if cp.Size > l.head.size || cp.Size == l.head.size && !bytes.Equal(cp.Hash, root) {
+	if cp.Size > l.head.Size || cp.Size == l.head.Size && !bytes.Equal(cp.Hash, root) {
 		return fmt.Errorf("%w: the stored checkpoint (size %d) does not match the stored tree (size %d); run castellanctl ledger verify",
-			entry.ErrDamaged, cp.Size, l.head.size)
+			entry.ErrDamaged, cp.Size, l.head.Size)
 	}
 	return nil
 }

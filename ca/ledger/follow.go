@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -69,7 +70,7 @@ func (l *Ledger) publish(a appended, evs []entry.Event) {
 		}
 	}
 	l.advanceIndexed(a.indexed)
-	if a.indexed < a.head.size {
+	if a.indexed < a.head.Size {
 		l.kickIndexer()
 	}
 	cur := l.Size()
@@ -84,14 +85,14 @@ func (l *Ledger) publish(a appended, evs []entry.Event) {
 // index first; head is the tree after the last) and wakes the waiters.
 // Options.OnRevoke hears of each revocation first (the CA refills the
 // identity's quota). pubMu is held.
-func (l *Ledger) apply(head treeState, first uint64, evs []entry.Event) {
+func (l *Ledger) apply(head tree.Head, first uint64, evs []entry.Event) {
 	for i := range evs {
 		if evs[i].Kind == entry.KindRevocation && l.onRevoke != nil {
 			l.onRevoke(evs[i].Node, evs[i].SPIFFEID)
 		}
 	}
 	l.mu.Lock()
-	if head.size > l.head.size {
+	if head.Size > l.head.Size {
 		l.head = head
 	}
 	revChanged, banChanged := false, false
@@ -190,7 +191,7 @@ func (l *Ledger) followLocked(ctx context.Context, to uint64) error {
 // stored checkpoint and index position, and the entries after the
 // published head (their events and leaf hashes).
 type followed struct {
-	stored    treeState
+	stored    tree.Head
 	cp        []byte
 	indexed   uint64
 	evs       []entry.Event
@@ -205,12 +206,12 @@ func (l *Ledger) followStep(ctx context.Context, to uint64) (bool, error) {
 	head := l.head
 	l.mu.Unlock()
 	var f followed
-	if err := l.view(ctx, func(tx store.Tx) error { return f.read(tx, head.size, to) }); err != nil {
+	if err := l.view(ctx, func(tx store.Tx) error { return f.read(tx, head.Size, to) }); err != nil {
 		return false, fmt.Errorf("ledger: follow: %w", err)
 	}
 	l.noteStored(f.cp, f.indexed)
-	if f.stored.size < head.size {
-		return false, fmt.Errorf("%w: the store holds %d entries, this replica published %d", errNotExtension, f.stored.size, head.size)
+	if f.stored.Size < head.Size {
+		return false, fmt.Errorf("%w: the store holds %d entries, this replica published %d", errNotExtension, f.stored.Size, head.Size)
 	}
 	for _, i := range f.undecoded {
 		l.log.Error("ledger entry appended by another replica cannot be decoded; its revocation or ban, if any, is not applied", "index", i)
@@ -222,36 +223,36 @@ func (l *Ledger) followStep(ctx context.Context, to uint64) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if next.size == f.stored.size && !slices.EqualFunc(next.hashes, f.stored.hashes, bytes.Equal) {
-		return false, fmt.Errorf("%w: at size %d", errNotExtension, next.size)
+	if next.Size == f.stored.Size && !slices.EqualFunc(next.Hashes, f.stored.Hashes, bytes.Equal) {
+		return false, fmt.Errorf("%w: at size %d", errNotExtension, next.Size)
 	}
-	l.apply(next, head.size, f.evs)
-	return next.size >= min(to, f.stored.size), nil
+	l.apply(next, head.Size, f.evs)
+	return next.Size >= min(to, f.stored.Size), nil
 }
 
 // read reads the stored head and the entries [from, min(to, head, from+chunk)).
 func (f *followed) read(tx store.Tx, from, to uint64) error {
-	st, err := readTree(tx)
+	st, err := tree.Read(tx)
 	if err != nil {
 		return err
 	}
 	f.stored, f.indexed = st, indexedOf(tx)
-	if cp := bucket(tx, bMeta).Get(kCheckpoint); cp != nil {
+	if cp := tree.Bucket(tx, tree.Meta).Get(tree.KeyCheckpoint); cp != nil {
 		f.cp = append([]byte(nil), cp...)
 	}
-	end := min(to, st.size, from+chunk)
+	end := min(to, st.Size, from+chunk)
 	if from >= end {
 		return nil
 	}
-	entries, nodes := newSeqReader(bucket(tx, bEntries), from), newSeqReader(bucket(tx, bNodes), from)
+	entries, nodes := tree.NewSeqReader(tree.Bucket(tx, tree.Entries), from), tree.NewSeqReader(tree.Bucket(tx, tree.Nodes), from)
 	for i := from; i < end; i++ {
-		lh := storedLeafHash(nodes.get(i))
+		lh := tree.LeafHash(nodes.Get(i))
 		if lh == nil {
 			return fmt.Errorf("%w: the leaf hash of entry %d is missing", entry.ErrDamaged, i)
 		}
 		f.leafs = append(f.leafs, append([]byte(nil), lh...))
 		var ev entry.Event // a pruned or undecodable entry changes nothing
-		if v := entries.get(i); v != nil && !isPruned(v) {
+		if v := entries.Get(i); v != nil && !tree.IsPruned(v) {
 			if e, err := entry.DecodeEvent(v); err == nil && e.Index == i {
 				ev = e.Event
 			} else {
@@ -264,17 +265,17 @@ func (f *followed) read(tx store.Tx, from, to uint64) error {
 }
 
 // extend returns the tree head after appending leaf hashes to head.
-func extend(head treeState, leafs [][]byte) (treeState, error) {
-	r, err := head.rng()
+func extend(head tree.Head, leafs [][]byte) (tree.Head, error) {
+	r, err := head.Range()
 	if err != nil {
-		return treeState{}, err
+		return tree.Head{}, err
 	}
 	for _, h := range leafs {
 		if err := r.Append(h, nil); err != nil {
-			return treeState{}, fmt.Errorf("ledger: follow: %w", err)
+			return tree.Head{}, fmt.Errorf("ledger: follow: %w", err)
 		}
 	}
-	return treeState{size: r.End(), hashes: r.Hashes()}, nil
+	return tree.Head{Size: r.End(), Hashes: r.Hashes()}, nil
 }
 
 // noteStored records a stored checkpoint and index position newer than

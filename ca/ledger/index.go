@@ -9,7 +9,17 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
+)
+
+// The index buckets.
+var (
+	bSerial  = []byte("by_serial")
+	bSPIFFE  = []byte("by_spiffe_id")
+	bNode    = []byte("by_node")
+	bExpiry  = []byte("by_expiry")
+	bRevoked = []byte("revoked")
 )
 
 // Secondary indexes. Each key is <value> 0x00 <index, 8 bytes big-endian>,
@@ -25,8 +35,8 @@ type indexWriter struct {
 
 func newIndexWriter(tx store.Tx) *indexWriter {
 	return &indexWriter{
-		serial: bucket(tx, bSerial), spiffe: bucket(tx, bSPIFFE), node: bucket(tx, bNode),
-		expiry: bucket(tx, bExpiry), revoked: bucket(tx, bRevoked), parent: tx.Bucket(bParent),
+		serial: tree.Bucket(tx, bSerial), spiffe: tree.Bucket(tx, bSPIFFE), node: tree.Bucket(tx, bNode),
+		expiry: tree.Bucket(tx, bExpiry), revoked: tree.Bucket(tx, bRevoked), parent: tx.Bucket(bParent),
 	}
 }
 
@@ -41,9 +51,6 @@ func expiryKey(notAfter time.Time, idx uint64) []byte {
 	k := binary.BigEndian.AppendUint64(make([]byte, 0, 16), uint64(notAfter.UnixNano()))
 	return binary.BigEndian.AppendUint64(k, idx)
 }
-
-// indexOf returns the log index at the end of an index key.
-func indexOf(key []byte) uint64 { return binary.BigEndian.Uint64(key[len(key)-8:]) }
 
 // kv is one index key and value to put.
 type kv struct{ k, v []byte }
@@ -149,9 +156,9 @@ func (w *indexWriter) remove(idx uint64, ev *entry.Event) error {
 func lookupSerial(tx store.Tx, serial string) []uint64 {
 	var out []uint64
 	prefix := append([]byte(serial), 0)
-	c := bucket(tx, bSerial).Cursor()
+	c := tree.Bucket(tx, bSerial).Cursor()
 	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8; k, _ = c.Next() {
-		out = append(out, indexOf(k))
+		out = append(out, tree.IndexOf(k))
 	}
 	return out
 }
@@ -166,7 +173,7 @@ type revokedCert struct {
 
 func (l *Ledger) loadRevoked(tx store.Tx) error {
 	l.revoked = map[string]revokedCert{}
-	if err := bucket(tx, bRevoked).ForEach(func(k, v []byte) error {
+	if err := tree.Bucket(tx, bRevoked).ForEach(func(k, v []byte) error {
 		var r revokedCert
 		if err := json.Unmarshal(v, &r); err != nil {
 			return fmt.Errorf("ledger: revocation of %s is damaged: %w", k, err)

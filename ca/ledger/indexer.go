@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -32,7 +33,7 @@ const indexDelay = 50 * time.Millisecond
 // too), the others see the position moved and go on from there.
 
 func indexedOf(tx store.Tx) uint64 {
-	if v := bucket(tx, bMeta).Get(kIndexed); len(v) == 8 {
+	if v := tree.Bucket(tx, tree.Meta).Get(tree.KeyIndexed); len(v) == 8 {
 		return binary.BigEndian.Uint64(v)
 	}
 	return 0
@@ -71,13 +72,13 @@ func (l *Ledger) loadState(tx store.Tx) error {
 	if err := l.load(tx); err != nil {
 		return err
 	}
-	if l.indexed >= l.head.size {
+	if l.indexed >= l.head.Size {
 		return nil
 	}
-	entries := newSeqReader(bucket(tx, bEntries), l.indexed)
-	for i := l.indexed; i < l.head.size; i++ {
-		v := entries.get(i)
-		if v == nil || isPruned(v) {
+	entries := tree.NewSeqReader(tree.Bucket(tx, tree.Entries), l.indexed)
+	for i := l.indexed; i < l.head.Size; i++ {
+		v := entries.Get(i)
+		if v == nil || tree.IsPruned(v) {
 			continue
 		}
 		if e, err := entry.DecodeEvent(v); err == nil {
@@ -160,12 +161,12 @@ func (l *Ledger) indexStep() (int, error) {
 	var from, to uint64
 	batch := indexBatch{}
 	err := l.view(l.ctx, func(tx store.Tx) error {
-		st, err := readTree(tx)
+		st, err := tree.Read(tx)
 		if err != nil {
 			return err
 		}
 		from = indexedOf(tx)
-		to = min(st.size, from+maxIndexBatch)
+		to = min(st.Size, from+maxIndexBatch)
 		return l.prepareIndex(tx, &batch, from, to)
 	})
 	if err != nil {
@@ -182,7 +183,7 @@ func (l *Ledger) indexStep() (int, error) {
 		if err := batch.apply(tx); err != nil {
 			return err
 		}
-		return bucket(tx, bMeta).Put(kIndexed, u64(to))
+		return tree.Bucket(tx, tree.Meta).Put(tree.KeyIndexed, tree.Key(to))
 	})
 	if errors.Is(err, errIndexMoved) {
 		return 0, err
@@ -199,10 +200,10 @@ func (l *Ledger) prepareIndex(tx store.Tx, batch *indexBatch, from, to uint64) e
 	if from >= to {
 		return nil
 	}
-	entries := newSeqReader(bucket(tx, bEntries), from)
+	entries := tree.NewSeqReader(tree.Bucket(tx, tree.Entries), from)
 	for i := from; i < to; i++ {
-		v := entries.get(i)
-		if v == nil || isPruned(v) {
+		v := entries.Get(i)
+		if v == nil || tree.IsPruned(v) {
 			continue // reported by verify; nothing to index
 		}
 		e, err := entry.DecodeEvent(v)
@@ -266,8 +267,8 @@ func (l *Ledger) indexTarget(ctx context.Context) (uint64, error) {
 	}
 	var size, indexed uint64
 	err := l.view(ctx, func(tx store.Tx) error {
-		st, err := readTree(tx)
-		size, indexed = st.size, indexedOf(tx)
+		st, err := tree.Read(tx)
+		size, indexed = st.Size, indexedOf(tx)
 		return err
 	})
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 )
@@ -144,7 +145,7 @@ func wipeIndexes(t *testing.T, l *Ledger, from uint64) {
 				}
 			}
 		}
-		return bucket(tx, bMeta).Put(kIndexed, binary.BigEndian.AppendUint64(nil, from))
+		return tree.Bucket(tx, tree.Meta).Put(tree.KeyIndexed, binary.BigEndian.AppendUint64(nil, from))
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -328,11 +329,11 @@ func TestAuditLinePerEvent(t *testing.T) {
 func checkTreeAndIndexed(t *testing.T, l *Ledger) {
 	t.Helper()
 	check := func(tx store.Tx) error {
-		st, indexed, err := readTreeAndIndexed(tx)
-		want, werr := readTree(tx)
-		if err != nil || werr != nil || st.size != want.size || !slices.EqualFunc(st.hashes, want.hashes, bytes.Equal) || indexed != indexedOf(tx) {
+		st, indexed, err := tree.ReadWithIndexed(tx)
+		want, werr := tree.Read(tx)
+		if err != nil || werr != nil || st.Size != want.Size || !slices.EqualFunc(st.Hashes, want.Hashes, bytes.Equal) || indexed != indexedOf(tx) {
 			t.Errorf("readTreeAndIndexed = size %d, position %d, %v; readTree, indexedOf = size %d, position %d, %v",
-				st.size, indexed, err, want.size, indexedOf(tx), werr)
+				st.Size, indexed, err, want.Size, indexedOf(tx), werr)
 		}
 		return nil
 	}
@@ -341,11 +342,11 @@ func checkTreeAndIndexed(t *testing.T, l *Ledger) {
 	}
 	errRollback := errors.New("roll back")
 	err := l.db.Update(context.Background(), func(tx store.Tx) error {
-		meta := bucket(tx, bMeta)
-		if err := meta.Put(kIndexed, binary.BigEndian.AppendUint64(nil, 12345)); err != nil {
+		meta := tree.Bucket(tx, tree.Meta)
+		if err := meta.Put(tree.KeyIndexed, binary.BigEndian.AppendUint64(nil, 12345)); err != nil {
 			return err
 		}
-		if err := meta.Put(kTree, binary.BigEndian.AppendUint64(nil, 0)); err != nil {
+		if err := meta.Put(tree.KeyTree, binary.BigEndian.AppendUint64(nil, 0)); err != nil {
 			return err
 		}
 		check(tx)

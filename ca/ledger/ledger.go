@@ -41,6 +41,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 )
@@ -129,7 +130,7 @@ type Ledger struct {
 	pubMu    sync.Mutex // serializes publishing (publish, follow): log order, exactly once
 
 	mu        sync.Mutex
-	head      treeState              // latest published tree (entries [0, head.size) applied)
+	head      tree.Head              // latest published tree (entries [0, head.size) applied)
 	revoked   map[string]revokedCert // serial -> revocation, unexpired only
 	revCh     chan struct{}          // closed when revoked changes
 	bans      map[string]Ban         // node -> ban in force (agents.go)
@@ -148,33 +149,13 @@ type Ledger struct {
 	bg     sync.WaitGroup // the indexer and the follower
 }
 
-// Bucket names.
-var (
-	bMeta    = []byte("meta")
-	bEntries = []byte("entries")
-	bNodes   = []byte("nodes")
-	bSerial  = []byte("by_serial")
-	bSPIFFE  = []byte("by_spiffe_id")
-	bNode    = []byte("by_node")
-	bExpiry  = []byte("by_expiry")
-	bRevoked = []byte("revoked")
-
-	kTree       = []byte("tree")
-	kCheckpoint = []byte("checkpoint")
-	kOrigin     = []byte("origin")
-	kIndexed    = []byte("indexed")
-	// kVerifierKey is the log's note verifier key (public), recorded at
-	// creation: a replica with another key is refused (key.go).
-	kVerifierKey = []byte("verifier_key")
-)
-
 // Buckets returns the names of the buckets a ledger keeps, in the order a
 // copy to another store (store.Copy: castellanctl's migration from bbolt
 // to PostgreSQL) must write them: meta, which marks a store as holding a
 // ledger, last. A copy keeps every leaf hash, so proofs from checkpoints
 // saved before the copy still verify; open it with the same log key.
 func Buckets() [][]byte {
-	return [][]byte{bEntries, bNodes, bSerial, bSPIFFE, bNode, bExpiry, bRevoked, bAgents, bParent, bMeta}
+	return [][]byte{tree.Entries, tree.Nodes, bSerial, bSPIFFE, bNode, bExpiry, bRevoked, bAgents, bParent, tree.Meta}
 }
 
 // Open opens (creating if needed) the ledger at path, a bbolt file with
@@ -330,13 +311,13 @@ func (l *Ledger) init() error {
 		return l.view(l.ctx, l.load)
 	}
 	return l.db.Update(l.ctx, func(tx store.Tx) error {
-		for _, name := range [][]byte{bMeta, bEntries, bNodes, bSerial, bSPIFFE, bNode, bExpiry, bRevoked} {
+		for _, name := range [][]byte{tree.Meta, tree.Entries, tree.Nodes, bSerial, bSPIFFE, bNode, bExpiry, bRevoked} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("ledger: create bucket %s: %w", name, err)
 			}
 		}
-		meta := bucket(tx, bMeta)
-		for _, kv := range []struct{ k, v []byte }{{kOrigin, []byte(l.origin)}, {kVerifierKey, []byte(l.vkey)}} {
+		meta := tree.Bucket(tx, tree.Meta)
+		for _, kv := range []struct{ k, v []byte }{{tree.KeyOrigin, []byte(l.origin)}, {tree.KeyVerifierKey, []byte(l.vkey)}} {
 			if meta.Get(kv.k) != nil {
 				continue
 			}
@@ -351,22 +332,22 @@ func (l *Ledger) init() error {
 // load checks the store's origin and log key and loads the tree head,
 // the latest checkpoint and the index position.
 func (l *Ledger) load(tx store.Tx) error {
-	meta := tx.Bucket(bMeta)
-	if meta == nil || tx.Bucket(bEntries) == nil || tx.Bucket(bNodes) == nil {
+	meta := tx.Bucket(tree.Meta)
+	if meta == nil || tx.Bucket(tree.Entries) == nil || tx.Bucket(tree.Nodes) == nil {
 		return errors.New("ledger: the store holds no ledger (its buckets are missing)")
 	}
-	if o := meta.Get(kOrigin); string(o) != l.origin {
+	if o := meta.Get(tree.KeyOrigin); string(o) != l.origin {
 		return fmt.Errorf("ledger: the store belongs to log %q, not %q", o, l.origin)
 	}
-	if err := l.checkVerifierKey(meta.Get(kVerifierKey)); err != nil {
+	if err := l.checkVerifierKey(meta.Get(tree.KeyVerifierKey)); err != nil {
 		return err
 	}
-	st, err := readTree(tx)
+	st, err := tree.Read(tx)
 	if err != nil {
 		return err
 	}
 	l.head = st
-	if cp := meta.Get(kCheckpoint); cp != nil {
+	if cp := meta.Get(tree.KeyCheckpoint); cp != nil {
 		l.lastCP = append([]byte(nil), cp...)
 		l.lastCPLen = checkpointSize(cp)
 	}
@@ -386,7 +367,7 @@ func (l *Ledger) VerifierKey() string { return l.vkey }
 func (l *Ledger) Size() uint64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.head.size
+	return l.head.Size
 }
 
 // Close stops the ledger. Appends already queued are committed first;

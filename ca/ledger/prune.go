@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -56,14 +57,14 @@ func (l *Ledger) Prune(ctx context.Context) (int, error) {
 func pruneTx(tx store.Tx, cutoff time.Time) (int, error) {
 	end := binary.BigEndian.AppendUint64(nil, uint64(cutoff.UnixNano()))
 	var keys [][]byte
-	c := bucket(tx, bExpiry).Cursor()
+	c := tree.Bucket(tx, bExpiry).Cursor()
 	for k, _ := c.First(); k != nil && bytes.Compare(k[:8], end) < 0 && len(keys) < pruneBatch; k, _ = c.Next() {
 		keys = append(keys, append([]byte(nil), k...))
 	}
 	ix := newIndexWriter(tx)
-	entries := bucket(tx, bEntries)
+	entries := tree.Bucket(tx, tree.Entries)
 	for _, k := range keys {
-		idx := indexOf(k)
+		idx := tree.IndexOf(k)
 		e, err := readEntry(tx, idx)
 		if err != nil {
 			return 0, err
@@ -71,10 +72,10 @@ func pruneTx(tx store.Tx, cutoff time.Time) (int, error) {
 		if err := ix.remove(idx, &e.Event); err != nil {
 			return 0, err
 		}
-		if err := bucket(tx, bExpiry).Delete(k); err != nil {
+		if err := tree.Bucket(tx, bExpiry).Delete(k); err != nil {
 			return 0, err
 		}
-		if err := entries.Put(u64(idx), prunedMarker); err != nil {
+		if err := entries.Put(tree.Key(idx), tree.PrunedMarker); err != nil {
 			return 0, err
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -21,9 +22,6 @@ const (
 	// short (possibly empty) page and a token to continue.
 	maxScan = 4096
 )
-
-// prunedMarker is the stored value of a pruned entry.
-var prunedMarker = []byte{0}
 
 // State selects certificates by their state at the ledger clock's time.
 type State int
@@ -97,24 +95,24 @@ func (l *Ledger) Get(ctx context.Context, serial string) (entry.Entry, error) {
 
 // readEntry reads and decodes entry idx with its leaf hash and revocation.
 func readEntry(tx store.Tx, idx uint64) (entry.Entry, error) {
-	return entryAt(tx, idx, bucket(tx, bEntries).Get(u64(idx)), bucket(tx, bNodes).Get(u64(idx)))
+	return entryAt(tx, idx, tree.Bucket(tx, tree.Entries).Get(tree.Key(idx)), tree.Bucket(tx, tree.Nodes).Get(tree.Key(idx)))
 }
 
 // entryAt decodes entry idx from its stored value v and nodes record rec
 // (the caller read them), with its revocation.
 func entryAt(tx store.Tx, idx uint64, v, rec []byte) (entry.Entry, error) {
 	if v == nil {
-		st, err := readTree(tx)
-		if err == nil && idx < st.size {
+		st, err := tree.Read(tx)
+		if err == nil && idx < st.Size {
 			return entry.Entry{}, fmt.Errorf("%w: entry %d is missing from the file", entry.ErrDamaged, idx)
 		}
 		return entry.Entry{}, fmt.Errorf("%w: no entry %d", entry.ErrNotFound, idx)
 	}
-	lh := storedLeafHash(rec)
+	lh := tree.LeafHash(rec)
 	if lh == nil {
 		return entry.Entry{}, fmt.Errorf("ledger: tree node (level 0, index %d) is missing or damaged", idx)
 	}
-	if bytes.Equal(v, prunedMarker) {
+	if bytes.Equal(v, tree.PrunedMarker) {
 		return entry.Entry{Index: idx, LeafHash: append([]byte(nil), lh...), Pruned: true}, nil
 	}
 	e, err := entry.Decode(append([]byte(nil), v...))
@@ -134,7 +132,7 @@ func revocationOf(tx store.Tx, e *entry.Entry) *entry.Revocation {
 	if !e.Kind.IsCertificate() {
 		return nil
 	}
-	rv := bucket(tx, bRevoked).Get([]byte(e.Serial))
+	rv := tree.Bucket(tx, bRevoked).Get([]byte(e.Serial))
 	if rv == nil {
 		return nil
 	}
@@ -171,7 +169,7 @@ func (l *Ledger) List(ctx context.Context, f Filter, pageSize int, pageToken str
 	var out []entry.Entry
 	var next string
 	err = l.view(ctx, func(tx store.Tx) error {
-		c := bucket(tx, sc.bucket).Cursor()
+		c := tree.Bucket(tx, sc.bucket).Cursor()
 		k, v := c.First()
 		if sc.prefix != nil {
 			k, v = c.Seek(sc.prefix)
@@ -238,7 +236,7 @@ func newScan(f Filter) (*scan, error) {
 	case f.Node != "":
 		return &scan{tag: 'n', bucket: bNode, prefix: append([]byte(f.Node), 0), exact: true}, nil
 	}
-	return &scan{tag: 'e', bucket: bEntries}, nil
+	return &scan{tag: 'e', bucket: tree.Entries}, nil
 }
 
 func (s *scan) match(k []byte) bool {
@@ -255,14 +253,14 @@ func (s *scan) match(k []byte) bool {
 // in the index when there is one, else the entry itself.
 func (s *scan) read(tx store.Tx, k, v []byte) (entry.Entry, error) {
 	if s.tag == 'e' {
-		return readEntry(tx, indexOf(k))
+		return readEntry(tx, tree.IndexOf(k))
 	}
 	if len(v) == 0 {
-		return readEntry(tx, indexOf(k))
+		return readEntry(tx, tree.IndexOf(k))
 	}
 	e, err := entry.Decode(v)
-	if err != nil || e.Index != indexOf(k) {
-		return readEntry(tx, indexOf(k)) // damaged summary: fall back to the entry
+	if err != nil || e.Index != tree.IndexOf(k) {
+		return readEntry(tx, tree.IndexOf(k)) // damaged summary: fall back to the entry
 	}
 	e.Revoked = revocationOf(tx, &e)
 	return e, nil

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -279,7 +280,7 @@ func TestCheckpointNeverReplacedBySmallerOne(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		small, err := l.sign(treeState{})
+		small, err := l.sign(tree.Head{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -311,16 +312,19 @@ func TestFollowerRefusesRewrittenLog(t *testing.T) {
 		// Another writer appends one leaf but stores the head of a
 		// different tree of that size.
 		err = dbs[1].Update(ctx, func(tx store.Tx) error {
-			if err := tx.Bucket(bNodes).Put(u64(5), bytes.Repeat([]byte{7}, hashSize)); err != nil {
+			if err := tx.Bucket(tree.Nodes).Put(tree.Key(5), bytes.Repeat([]byte{7}, tree.HashSize)); err != nil {
 				return err
 			}
-			r := rangeFactory.NewEmptyRange(0)
+			r, err := tree.Head{}.Range()
+			if err != nil {
+				return err
+			}
 			for i := 0; i < 6; i++ {
-				if err := r.Append(bytes.Repeat([]byte{byte(i)}, hashSize), nil); err != nil {
+				if err := r.Append(bytes.Repeat([]byte{byte(i)}, tree.HashSize), nil); err != nil {
 					return err
 				}
 			}
-			return writeTree(tx, r)
+			return tree.Write(tx, r)
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -361,8 +365,8 @@ func (f *flakyStore) Update(ctx context.Context, fn func(store.Tx) error) error 
 	}
 	grew := false
 	tree := func(tx store.Tx) []byte {
-		if meta := tx.Bucket(bMeta); meta != nil {
-			return bytes.Clone(meta.Get(kTree))
+		if meta := tx.Bucket(tree.Meta); meta != nil {
+			return bytes.Clone(meta.Get(tree.KeyTree))
 		}
 		return nil
 	}

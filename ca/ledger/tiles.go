@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/rfc6962"
@@ -31,15 +32,15 @@ func (l *Ledger) NodeHashes(level uint8, from, n uint64) ([][]byte, error) {
 	}
 	out := make([][]byte, 0, n)
 	err := l.view(l.ctx, func(tx store.Tx) error {
-		st, err := readTree(tx)
+		st, err := tree.Read(tx)
 		if err != nil {
 			return err
 		}
-		if !nodesComplete(level, from, n, st.size) {
-			return fmt.Errorf("%w: nodes %d to %d at level %d are not all complete in a log of size %d", entry.ErrNotFound, from, from+n-1, level, st.size)
+		if !nodesComplete(level, from, n, st.Size) {
+			return fmt.Errorf("%w: nodes %d to %d at level %d are not all complete in a log of size %d", entry.ErrNotFound, from, from+n-1, level, st.Size)
 		}
 		for i := from; i < from+n; i++ {
-			h, err := nodeHash(tx, compact.NewNodeID(uint(level), i))
+			h, err := tree.NodeHash(tx, compact.NewNodeID(uint(level), i))
 			if err != nil {
 				return err
 			}
@@ -72,16 +73,16 @@ func (l *Ledger) EntryData(from, n uint64) ([][]byte, error) {
 	}
 	out := make([][]byte, 0, n)
 	err := l.view(l.ctx, func(tx store.Tx) error {
-		st, err := readTree(tx)
+		st, err := tree.Read(tx)
 		if err != nil {
 			return err
 		}
-		if !nodesComplete(0, from, n, st.size) {
-			return fmt.Errorf("%w: entries %d to %d are not all in a log of size %d", entry.ErrNotFound, from, from+n-1, st.size)
+		if !nodesComplete(0, from, n, st.Size) {
+			return fmt.Errorf("%w: entries %d to %d are not all in a log of size %d", entry.ErrNotFound, from, from+n-1, st.Size)
 		}
-		entries, nodes := newSeqReader(bucket(tx, bEntries), from), newSeqReader(bucket(tx, bNodes), from)
+		entries, nodes := tree.NewSeqReader(tree.Bucket(tx, tree.Entries), from), tree.NewSeqReader(tree.Bucket(tx, tree.Nodes), from)
 		for i := from; i < from+n; i++ {
-			data, err := checkedEntry(entries.get(i), storedLeafHash(nodes.get(i)), i)
+			data, err := checkedEntry(entries.Get(i), tree.LeafHash(nodes.Get(i)), i)
 			if err != nil {
 				return err
 			}
@@ -98,7 +99,7 @@ func checkedEntry(v, lh []byte, i uint64) ([]byte, error) {
 	switch {
 	case v == nil || lh == nil:
 		return nil, fmt.Errorf("ledger: entry %d is missing from the file", i)
-	case isPruned(v):
+	case tree.IsPruned(v):
 		return nil, fmt.Errorf("%w: entry %d (only its leaf hash is kept)", ErrPruned, i)
 	case !bytes.Equal(rfc6962.DefaultHasher.HashLeaf(v), lh):
 		return nil, fmt.Errorf("ledger: entry %d is damaged: its data does not match its leaf hash", i)

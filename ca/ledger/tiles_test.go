@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/transparency-dev/merkle/rfc6962"
 	bolt "go.etcd.io/bbolt"
 )
@@ -83,7 +84,7 @@ func TestEntryDataRefusesPrunedAndDamagedEntries(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bEntries).Put(u64(7), bytes.Replace(data[2], []byte("ns"), []byte("NS"), 1))
+		return tx.Bucket(tree.Entries).Put(tree.Key(7), bytes.Replace(data[2], []byte("ns"), []byte("NS"), 1))
 	})
 	db.Close()
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/transparency-dev/formats/log"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/ca/verifier"
@@ -55,23 +56,23 @@ func VerifyFile(path, vkey string, extra ...[]byte) (Report, error) {
 	defer db.Close()
 	err = boltcheck.Guard(func() error {
 		return boltstore.New(db).View(context.Background(), func(tx store.Tx) error {
-			meta := tx.Bucket(bMeta)
-			if meta == nil || tx.Bucket(bEntries) == nil || tx.Bucket(bNodes) == nil {
+			meta := tx.Bucket(tree.Meta)
+			if meta == nil || tx.Bucket(tree.Entries) == nil || tx.Bucket(tree.Nodes) == nil {
 				return fmt.Errorf("ledger: %s is not a ledger file", path)
 			}
 			var cps []*log.Checkpoint
-			for _, signed := range append([][]byte{meta.Get(kCheckpoint)}, extra...) {
+			for _, signed := range append([][]byte{meta.Get(tree.KeyCheckpoint)}, extra...) {
 				if signed == nil {
 					continue
 				}
-				cp, err := OpenCheckpoint(signed, string(meta.Get(kOrigin)), vkey)
+				cp, err := OpenCheckpoint(signed, string(meta.Get(tree.KeyOrigin)), vkey)
 				if err != nil {
 					return err
 				}
 				cps = append(cps, cp)
 			}
-			rep = verifyTx(tx, cps)
-			if stored := meta.Get(kCheckpoint); stored == nil {
+			rep = tree.Verify(tx, cps)
+			if stored := meta.Get(tree.KeyCheckpoint); stored == nil {
 				rep.Addf("the file holds no signed checkpoint; there is nothing to verify the entries against")
 			} else {
 				rep.Checkpoint = cps[0].Size
@@ -84,24 +85,4 @@ func VerifyFile(path, vkey string, extra ...[]byte) (Report, error) {
 		return rep, nil
 	}
 	return rep, err
-}
-
-// verifyTx recomputes the tree from the entries stored in tx and checks
-// it against cps.
-func verifyTx(tx store.Tx, cps []*log.Checkpoint) Report {
-	v := verifier.NewTree(cps...)
-	c := bucket(tx, bEntries).Cursor()
-	nodes := newSeqReader(bucket(tx, bNodes), 0)
-	for k, val := c.First(); k != nil; k, val = c.Next() {
-		if len(k) != 8 {
-			continue
-		}
-		lf := Leaf{Index: indexOf(k)}
-		if !isPruned(val) {
-			lf.Data = val
-		}
-		lf.Hash = storedLeafHash(nodes.get(lf.Index))
-		v.Add(lf)
-	}
-	return v.Finish()
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 	bolt "go.etcd.io/bbolt"
@@ -75,11 +76,11 @@ func TestVerifyUntouchedLogIsClean(t *testing.T) {
 func TestVerifyCatchesFlippedByte(t *testing.T) {
 	path, vkey, _ := tamperable(t, 1000)
 	editFile(t, path, func(tx *bolt.Tx) error {
-		b := tx.Bucket(bEntries)
-		v := append([]byte(nil), b.Get(u64(234))...)
+		b := tx.Bucket(tree.Entries)
+		v := append([]byte(nil), b.Get(tree.Key(234))...)
 		i := strings.Index(string(v), "node-")
 		v[i+5] ^= 1 // node-4 -> node-5
-		return b.Put(u64(234), v)
+		return b.Put(tree.Key(234), v)
 	})
 	rep, err := VerifyFile(path, vkey)
 	if err != nil {
@@ -95,16 +96,16 @@ func TestVerifyCatchesFlippedByte(t *testing.T) {
 func TestVerifyCatchesFlippedByteWithLeafHashRewritten(t *testing.T) {
 	path, vkey, _ := tamperable(t, 100)
 	editFile(t, path, func(tx *bolt.Tx) error {
-		b := tx.Bucket(bEntries)
-		v := append([]byte(nil), b.Get(u64(7))...)
+		b := tx.Bucket(tree.Entries)
+		v := append([]byte(nil), b.Get(tree.Key(7))...)
 		v[len(v)-3] ^= 1
-		nodes := tx.Bucket(bNodes)
-		rec := append([]byte(nil), nodes.Get(u64(7))...)
+		nodes := tx.Bucket(tree.Nodes)
+		rec := append([]byte(nil), nodes.Get(tree.Key(7))...)
 		copy(rec, rfc6962.DefaultHasher.HashLeaf(v))
-		if err := nodes.Put(u64(7), rec); err != nil {
+		if err := nodes.Put(tree.Key(7), rec); err != nil {
 			return err
 		}
-		return b.Put(u64(7), v)
+		return b.Put(tree.Key(7), v)
 	})
 	rep, _ := VerifyFile(path, vkey)
 	wantFinding(t, rep, "do not hash to the root in checkpoint 100")
@@ -112,7 +113,7 @@ func TestVerifyCatchesFlippedByteWithLeafHashRewritten(t *testing.T) {
 
 func TestVerifyCatchesDeletedEntry(t *testing.T) {
 	path, vkey, _ := tamperable(t, 1000)
-	editFile(t, path, func(tx *bolt.Tx) error { return tx.Bucket(bEntries).Delete(u64(500)) })
+	editFile(t, path, func(tx *bolt.Tx) error { return tx.Bucket(tree.Entries).Delete(tree.Key(500)) })
 	rep, err := VerifyFile(path, vkey)
 	if err != nil {
 		t.Fatal(err)
@@ -158,7 +159,7 @@ func TestVerifyCatchesTruncatedLog(t *testing.T) {
 	path, vkey, _ := tamperable(t, 100)
 	editFile(t, path, func(tx *bolt.Tx) error {
 		for i := uint64(90); i < 100; i++ {
-			if err := tx.Bucket(bEntries).Delete(u64(i)); err != nil {
+			if err := tx.Bucket(tree.Entries).Delete(tree.Key(i)); err != nil {
 				return err
 			}
 		}

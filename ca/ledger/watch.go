@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -19,7 +20,7 @@ const chunk = 1024
 func (l *Ledger) Watch(ctx context.Context, from uint64, fn func(entry.Entry) error) error {
 	for {
 		l.mu.Lock()
-		grown, size, closed := l.appendCh, l.head.size, l.closed
+		grown, size, closed := l.appendCh, l.head.Size, l.closed
 		l.mu.Unlock()
 		if closed {
 			return entry.ErrClosed
@@ -51,9 +52,9 @@ func (l *Ledger) readRange(ctx context.Context, from, to uint64) ([]entry.Entry,
 	}
 	out := make([]entry.Entry, 0, to-from)
 	err := l.view(ctx, func(tx store.Tx) error {
-		entries, nodes := newSeqReader(bucket(tx, bEntries), from), newSeqReader(bucket(tx, bNodes), from)
+		entries, nodes := tree.NewSeqReader(tree.Bucket(tx, tree.Entries), from), tree.NewSeqReader(tree.Bucket(tx, tree.Nodes), from)
 		for i := from; i < to; i++ {
-			e, err := entryAt(tx, i, entries.get(i), nodes.get(i))
+			e, err := entryAt(tx, i, entries.Get(i), nodes.Get(i))
 			if err != nil {
 				return err
 			}
@@ -81,7 +82,7 @@ func (l *Ledger) Export(ctx context.Context, from uint64, fn func(Leaf) error) e
 		to := min(size, from+chunk)
 		leaves := make([]Leaf, 0, to-from)
 		err := l.view(ctx, func(tx store.Tx) error {
-			leaves = appendLeaves(tx, leaves, from, to)
+			leaves = tree.AppendLeaves(tx, leaves, from, to)
 			return nil
 		})
 		if err != nil {
@@ -97,42 +98,17 @@ func (l *Ledger) Export(ctx context.Context, from uint64, fn func(Leaf) error) e
 	return nil
 }
 
-// appendLeaves appends the stored leaves [from, to) read from tx.
-func appendLeaves(tx store.Tx, out []Leaf, from, to uint64) []Leaf {
-	if from >= to {
-		return out
-	}
-	entries, nodes := newSeqReader(bucket(tx, bEntries), from), newSeqReader(bucket(tx, bNodes), from)
-	for i := from; i < to; i++ {
-		lf := Leaf{Index: i}
-		v := entries.get(i)
-		if v != nil && !isPruned(v) {
-			lf.Data = append([]byte(nil), v...)
-		}
-		if h := storedLeafHash(nodes.get(i)); h != nil {
-			lf.Hash = append([]byte(nil), h...)
-		}
-		if v == nil {
-			lf.Hash = nil // missing, not pruned
-		}
-		out = append(out, lf)
-	}
-	return out
-}
-
-func isPruned(v []byte) bool { return len(v) == 1 && v[0] == prunedMarker[0] }
-
 // storedSize returns the log size as stored: the published head on a
 // store of its own, read from the store when it is shared.
 func (l *Ledger) storedSize(ctx context.Context) (uint64, error) {
 	if !l.shared {
 		return l.Size(), nil
 	}
-	var st treeState
+	var st tree.Head
 	err := l.view(ctx, func(tx store.Tx) error {
 		var err error
-		st, err = readTree(tx)
+		st, err = tree.Read(tx)
 		return err
 	})
-	return st.size, err
+	return st.Size, err
 }

@@ -7,13 +7,10 @@ import (
 	"fmt"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 	"golang.org/x/mod/sumdb/note"
 )
-
-// kWitnessed is the meta key of the latest witnessed checkpoint: a
-// checkpoint of this log with the witnesses' cosignature lines appended.
-var kWitnessed = []byte("witnessed_checkpoint")
 
 // WitnessedCheckpoint returns the latest witnessed checkpoint stored in
 // the ledger's store (nil if none), which on a shared store may have been
@@ -22,7 +19,7 @@ var kWitnessed = []byte("witnessed_checkpoint")
 func (l *Ledger) WitnessedCheckpoint() []byte {
 	var cp []byte
 	err := l.view(l.ctx, func(tx store.Tx) error {
-		cp = bytes.Clone(bucket(tx, bMeta).Get(kWitnessed))
+		cp = bytes.Clone(tree.Bucket(tx, tree.Meta).Get(tree.KeyWitnessed))
 		return nil
 	})
 	if err != nil {
@@ -55,19 +52,19 @@ func (l *Ledger) StoreWitnessedCheckpoint(ctx context.Context, cp []byte) error 
 		return entry.ErrReadOnly
 	}
 	err = l.db.Update(ctx, func(tx store.Tx) error {
-		meta := bucket(tx, bMeta)
-		if head, err := readTree(tx); err != nil {
+		meta := tree.Bucket(tx, tree.Meta)
+		if head, err := tree.Read(tx); err != nil {
 			return err
-		} else if size > head.size {
-			return fmt.Errorf("ledger: witnessed checkpoint of size %d is larger than the log (%d entries)", size, head.size)
+		} else if size > head.Size {
+			return fmt.Errorf("ledger: witnessed checkpoint of size %d is larger than the log (%d entries)", size, head.Size)
 		}
-		if old := meta.Get(kWitnessed); old != nil {
+		if old := meta.Get(tree.KeyWitnessed); old != nil {
 			oldSize := checkpointSize(old)
 			if oldSize > size || oldSize == size && !bytes.HasPrefix(old, text) {
 				return nil
 			}
 		}
-		return meta.Put(kWitnessed, cp)
+		return meta.Put(tree.KeyWitnessed, cp)
 	})
 	if err != nil {
 		return fmt.Errorf("ledger: store the witnessed checkpoint: %w", err)

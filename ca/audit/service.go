@@ -13,6 +13,7 @@ import (
 	auditv1 "github.com/castellan-dev/castellan/api/castellan/audit/v1"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -72,8 +73,8 @@ func (s *Service) List(ctx context.Context, req *auditv1.ListRequest) (*auditv1.
 	if size == 0 {
 		size = DefaultPageSize
 	}
-	if size < 0 || size > ledger.MaxPageSize {
-		return nil, status.Errorf(codes.InvalidArgument, "audit: page_size must be between 1 and %d (0 means %d); page through larger results", ledger.MaxPageSize, DefaultPageSize)
+	if size < 0 || size > index.MaxPageSize {
+		return nil, status.Errorf(codes.InvalidArgument, "audit: page_size must be between 1 and %d (0 means %d); page through larger results", index.MaxPageSize, DefaultPageSize)
 	}
 	entries, next, err := s.l.List(ctx, filterOf(req), size, req.GetPageToken())
 	if err != nil {

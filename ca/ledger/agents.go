@@ -5,11 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -23,13 +22,6 @@ import (
 // it, and committed appends update them in memory, so Banned is cheap
 // enough for every call.
 
-// Buckets added after the first release; created by the indexer on first
-// use, so older files gain them without a migration.
-var (
-	bAgents = []byte("agents")    // node -> agentRecord (JSON)
-	bParent = []byte("by_parent") // <parent serial> 0 <index> -> child serial
-)
-
 // Errors of Ban and Unban; test with errors.Is.
 var (
 	// ErrAlreadyBanned: Ban of a node that is banned.
@@ -37,9 +29,6 @@ var (
 	// ErrNotBanned: Unban of a node that is not banned.
 	ErrNotBanned = errors.New("ledger: node not banned")
 )
-
-// agentPath is the path prefix of agent SVIDs (spiffe://<td>/castellan/agent/<node>).
-const agentPath = "/castellan/agent/"
 
 // Ban is a node ban in force.
 type Ban struct {
@@ -72,108 +61,8 @@ type BanResult struct {
 	Revoked []string
 }
 
-// agentRecord is the stored form of Agent.
-type agentRecord struct {
-	SPIFFEID  string    `json:"spiffe_id,omitempty"`
-	Serial    string    `json:"serial,omitempty"`
-	NotAfter  time.Time `json:"not_after"`
-	FirstSeen time.Time `json:"first_seen"`
-	LastSeen  time.Time `json:"last_seen"`
-	Banned    bool      `json:"banned,omitempty"`
-	BanIndex  uint64    `json:"ban_index,omitempty"`
-	BanTime   time.Time `json:"ban_time"`
-	BanReason string    `json:"ban_reason,omitempty"`
-}
-
-// agentUpdate is one event that changes a node's agent record.
-type agentUpdate struct {
-	idx uint64
-	ev  entry.Event
-}
-
-// isAgentCert reports whether ev is an agent SVID issued to ev.Node:
-// spiffe://<td>/castellan/agent/<ev.Node>.
-func isAgentCert(ev *entry.Event) bool {
-	if !ev.Kind.IsCertificate() || ev.Node == "" {
-		return false
-	}
-	rest, ok := strings.CutPrefix(ev.SPIFFEID, "spiffe://")
-	td, path, found := strings.Cut(rest, "/")
-	return ok && found && td != "" && "/"+path == agentPath+ev.Node
-}
-
-// addAgent collects ev when it changes a node's agent record.
-func (b *indexBatch) addAgent(idx uint64, ev *entry.Event) {
-	switch {
-	case isAgentCert(ev), ev.Node != "" && (ev.Kind == entry.KindJoinTokenUse || ev.Kind == entry.KindBan || ev.Kind == entry.KindUnban):
-		e := *ev
-		e.CertDER = nil
-		b.agents = append(b.agents, agentUpdate{idx: idx, ev: e})
-	}
-}
-
-// applyAgents folds the collected updates, in log order, into the stored
-// agent records.
-func (b *indexBatch) applyAgents(tx store.Tx) error {
-	if len(b.agents) == 0 {
-		return nil
-	}
-	bucket, err := tx.CreateBucketIfNotExists(bAgents)
-	if err != nil {
-		return err
-	}
-	recs := map[string]*agentRecord{}
-	for _, u := range b.agents {
-		rec, ok := recs[u.ev.Node]
-		if !ok {
-			rec = &agentRecord{}
-			if v := bucket.Get([]byte(u.ev.Node)); v != nil {
-				if err := json.Unmarshal(v, rec); err != nil {
-					return fmt.Errorf("agent record of node %s is damaged: %w", u.ev.Node, err)
-				}
-			}
-			recs[u.ev.Node] = rec
-		}
-		rec.apply(u)
-	}
-	nodes := make([]string, 0, len(recs))
-	for n := range recs {
-		nodes = append(nodes, n)
-	}
-	slices.Sort(nodes)
-	for _, n := range nodes {
-		v, err := json.Marshal(recs[n])
-		if err != nil {
-			return err
-		}
-		if err := bucket.Put([]byte(n), v); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// apply folds one event into the record.
-func (r *agentRecord) apply(u agentUpdate) {
-	ev := &u.ev
-	switch ev.Kind {
-	case entry.KindBan:
-		r.Banned, r.BanIndex, r.BanTime, r.BanReason = true, u.idx, ev.Time, ev.Reason
-		return
-	case entry.KindUnban:
-		r.Banned, r.BanIndex, r.BanTime, r.BanReason = false, 0, time.Time{}, ""
-		return
-	}
-	if r.FirstSeen.IsZero() {
-		r.FirstSeen = ev.Time
-	}
-	r.LastSeen = ev.Time
-	if ev.Kind.IsCertificate() {
-		r.SPIFFEID, r.Serial, r.NotAfter = ev.SPIFFEID, ev.Serial, ev.NotAfter
-	}
-}
-
-func (r *agentRecord) agent(node string) Agent {
+// agentOf returns the Agent of node's record.
+func agentOf(r *index.AgentRecord, node string) Agent {
 	a := Agent{Node: node, SPIFFEID: r.SPIFFEID, Serial: r.Serial, NotAfter: r.NotAfter,
 		FirstSeen: r.FirstSeen, LastSeen: r.LastSeen}
 	if r.Banned {
@@ -185,16 +74,16 @@ func (r *agentRecord) agent(node string) Agent {
 // loadBans loads the bans in force (Open, after the indexes caught up).
 func (l *Ledger) loadBans(tx store.Tx) error {
 	l.bans = map[string]Ban{}
-	bucket := tx.Bucket(bAgents)
+	bucket := tx.Bucket(index.AgentsBucket)
 	if bucket == nil {
 		return nil
 	}
 	return bucket.ForEach(func(k, v []byte) error {
-		var r agentRecord
+		var r index.AgentRecord
 		if err := json.Unmarshal(v, &r); err != nil {
 			return fmt.Errorf("ledger: agent record of node %s is damaged: %w", k, err)
 		}
-		if a := r.agent(string(k)); a.Ban != nil {
+		if a := agentOf(&r, string(k)); a.Ban != nil {
 			l.bans[string(k)] = *a.Ban
 		}
 		return nil
@@ -224,21 +113,21 @@ func (l *Ledger) BansChanged() <-chan struct{} {
 // Agents returns every node the log knows an agent or a ban of, sorted by
 // node name.
 func (l *Ledger) Agents(ctx context.Context) ([]Agent, error) {
-	if err := l.waitIndexed(ctx); err != nil {
+	if err := index.Wait(l.Index, ctx); err != nil {
 		return nil, err
 	}
 	var out []Agent
 	err := l.view(ctx, func(tx store.Tx) error {
-		bucket := tx.Bucket(bAgents)
+		bucket := tx.Bucket(index.AgentsBucket)
 		if bucket == nil {
 			return nil
 		}
 		return bucket.ForEach(func(k, v []byte) error {
-			var r agentRecord
+			var r index.AgentRecord
 			if err := json.Unmarshal(v, &r); err != nil {
 				return fmt.Errorf("ledger: agent record of node %s is damaged: %w", k, err)
 			}
-			out = append(out, r.agent(string(k)))
+			out = append(out, agentOf(&r, string(k)))
 			return nil
 		})
 	})
@@ -248,23 +137,23 @@ func (l *Ledger) Agents(ctx context.Context) ([]Agent, error) {
 // Agent returns what the log knows about node's agent; ErrNotFound if
 // nothing.
 func (l *Ledger) Agent(ctx context.Context, node string) (Agent, error) {
-	if err := l.waitIndexed(ctx); err != nil {
+	if err := index.Wait(l.Index, ctx); err != nil {
 		return Agent{}, err
 	}
 	var a Agent
 	err := l.view(ctx, func(tx store.Tx) error {
 		var v []byte
-		if bucket := tx.Bucket(bAgents); bucket != nil {
+		if bucket := tx.Bucket(index.AgentsBucket); bucket != nil {
 			v = bucket.Get([]byte(node))
 		}
 		if v == nil {
 			return fmt.Errorf("%w: no agent of node %q in the log", entry.ErrNotFound, node)
 		}
-		var r agentRecord
+		var r index.AgentRecord
 		if err := json.Unmarshal(v, &r); err != nil {
 			return fmt.Errorf("ledger: agent record of node %s is damaged: %w", node, err)
 		}
-		a = r.agent(node)
+		a = agentOf(&r, node)
 		return nil
 	})
 	return a, err
@@ -274,11 +163,11 @@ func (l *Ledger) Agent(ctx context.Context, node string) (Agent, error) {
 // workload SVIDs) that are neither revoked nor expired at now, as List
 // summaries.
 func (l *Ledger) NodeCertificates(ctx context.Context, node string, now time.Time) ([]entry.Entry, error) {
-	f := Filter{Node: node, Kinds: []entry.Kind{entry.KindIssuance, entry.KindRenewal}}
+	f := index.Filter{Node: node, Kinds: []entry.Kind{entry.KindIssuance, entry.KindRenewal}}
 	var out []entry.Entry
 	token := ""
 	for {
-		page, next, err := l.List(ctx, f, MaxPageSize, token)
+		page, next, err := l.List(ctx, f, index.MaxPageSize, token)
 		if err != nil {
 			return nil, err
 		}

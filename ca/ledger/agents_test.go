@@ -9,29 +9,11 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
 	bolt "go.etcd.io/bbolt"
 )
 
 const agentA = "spiffe://cluster.local/castellan/agent/node-a"
-
-func TestIsAgentCert(t *testing.T) {
-	for _, tc := range []struct {
-		id, node string
-		want     bool
-	}{
-		{agentA, "node-a", true},
-		{agentA, "node-b", false},
-		{"spiffe://cluster.local/castellan/agent/node-a", "a", false},
-		{"spiffe://cluster.local/ns/x/castellan/agent/node-a", "node-a", false},
-		{"spiffe://cluster.local/ns/it/sa/app", "node-a", false},
-		{agentA, "", false},
-	} {
-		ev := entry.Event{Kind: entry.KindIssuance, SPIFFEID: tc.id, Node: tc.node}
-		if got := isAgentCert(&ev); got != tc.want {
-			t.Errorf("isAgentCert(%s on %q) = %v, want %v", tc.id, tc.node, got, tc.want)
-		}
-	}
-}
 
 // TestAgentRecordFollowsTheLog: the agent record of a node follows its
 // agent SVIDs, and a ban and unban in the same index batch end unbanned
@@ -245,7 +227,9 @@ func TestDamagedAgentRecordIsReported(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bAgents).Put([]byte("node-a"), []byte("{not json")) }); err != nil {
+	if err := db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(index.AgentsBucket).Put([]byte("node-a"), []byte("{not json"))
+	}); err != nil {
 		t.Fatal(err)
 	}
 	db.Close()

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
@@ -126,32 +127,12 @@ func appendTx(tx store.Tx, evs []entry.Event) (appended, error) {
 	}
 	res := appended{first: first, head: tree.Head{Size: r.End(), Hashes: r.Hashes()}, indexed: indexed}
 	if res.indexed == first {
-		if err := indexTx(tx, first, evs, encoded); err != nil {
+		if err := index.WriteTx(tx, first, evs, encoded); err != nil {
 			return appended{}, err
 		}
 		res.indexed = res.head.Size
 	}
 	return res, nil
-}
-
-// indexTx writes the index entries of evs (evs[0] at index first, the
-// index position; encoded[i] is evs[i]'s entry) and moves the stored index
-// position past them.
-func indexTx(tx store.Tx, first uint64, evs []entry.Event, encoded [][]byte) error {
-	var batch indexBatch
-	for i := range evs {
-		ev := evs[i]
-		// As DecodeEntry would return it: what the indexer writes for an
-		// entry read back must be what is written here.
-		ev.Time, ev.NotBefore, ev.NotAfter = ev.Time.UTC(), ev.NotBefore.UTC(), ev.NotAfter.UTC()
-		if err := batch.add(first+uint64(i), &ev, encoded[i]); err != nil {
-			return err
-		}
-	}
-	if err := batch.apply(tx); err != nil {
-		return fmt.Errorf("ledger: index: %w", err)
-	}
-	return tree.Bucket(tx, tree.Meta).Put(tree.KeyIndexed, tree.Key(first+uint64(len(evs))))
 }
 
 // committed writes the audit log lines and metrics of a committed append,

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -144,7 +145,7 @@ func (f *bigLedger) get(b *testing.B) *Ledger {
 			_, f.err = f.l.Append(context.Background(), evs...)
 		}
 		if f.err == nil {
-			f.err = f.l.waitIndexed(context.Background()) // measure queries, not indexing
+			f.err = index.Wait(f.l.Index, context.Background()) // measure queries, not indexing
 		}
 	})
 	if f.err != nil {
@@ -177,7 +178,7 @@ func BenchmarkList1M(b *testing.B) {
 		n := rng.Uint64N(bigSize)
 		id := fmt.Sprintf("spiffe://cluster.local/ns/ns%d/sa/sa%d", n%100, (n/100)%100)
 		start := time.Now()
-		page, _, err := l.List(context.Background(), Filter{SPIFFEID: id}, 100, "")
+		page, _, err := l.List(context.Background(), index.Filter{SPIFFEID: id}, 100, "")
 		lat = append(lat, time.Since(start))
 		if err != nil || len(page) != 100 {
 			b.Fatalf("%d entries, %v", len(page), err)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
 )
 
 // damagePages overwrites the element tables of n leaf pages of entries from
@@ -103,7 +104,7 @@ func TestForensicOpenOfDamagedLedger(t *testing.T) {
 	if read < 2000 {
 		t.Fatalf("%d entries read and %d missing; want those on sound pages read", read, missing)
 	}
-	if _, _, err := l.List(ctx, Filter{}, 100, ""); err != nil {
+	if _, _, err := l.List(ctx, index.Filter{}, 100, ""); err != nil {
 		t.Fatalf("List of a salvaged ledger: %v", err)
 	}
 	if _, err := l.Append(ctx, certEvent(9999, "spiffe://td/x", "n", time.Now().Add(time.Hour))); !errors.Is(err, entry.ErrReadOnly) {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/internal/boltcheck"
@@ -113,7 +114,7 @@ func addBuckets(path string) error {
 		return err
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{tree.Meta, tree.Entries, tree.Nodes, bSerial, bSPIFFE, bNode, bExpiry, bRevoked} {
+		for _, name := range append([][]byte{tree.Meta, tree.Entries, tree.Nodes}, index.Buckets()...) {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}

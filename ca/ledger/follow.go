@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 )
@@ -69,9 +70,9 @@ func (l *Ledger) publish(a appended, evs []entry.Event) {
 			l.log.Error("ledger: cannot read the entries other replicas appended; they will be published once the store answers", "error", err)
 		}
 	}
-	l.advanceIndexed(a.indexed)
+	index.Advance(l.Index, a.indexed)
 	if a.indexed < a.head.Size {
-		l.kickIndexer()
+		index.Kick(l.Index)
 	}
 	cur := l.Size()
 	end := first + uint64(len(evs))
@@ -118,7 +119,7 @@ func (l *Ledger) apply(head tree.Head, first uint64, evs []entry.Event) {
 func (l *Ledger) foldLocked(idx uint64, ev *entry.Event) (revoked, banned bool) {
 	switch ev.Kind {
 	case entry.KindRevocation:
-		l.revoked[ev.Serial] = revokedCert{Index: idx, Time: ev.Time, Reason: ev.Reason, NotAfter: ev.NotAfter}
+		l.revoked[ev.Serial] = index.Revoked{Index: idx, Time: ev.Time, Reason: ev.Reason, NotAfter: ev.NotAfter}
 		return true, false
 	case entry.KindBan:
 		if l.bans == nil {
@@ -236,7 +237,7 @@ func (f *followed) read(tx store.Tx, from, to uint64) error {
 	if err != nil {
 		return err
 	}
-	f.stored, f.indexed = st, indexedOf(tx)
+	f.stored, f.indexed = st, index.Stored(tx)
 	if cp := tree.Bucket(tx, tree.Meta).Get(tree.KeyCheckpoint); cp != nil {
 		f.cp = append([]byte(nil), cp...)
 	}
@@ -282,20 +283,9 @@ func extend(head tree.Head, leafs [][]byte) (tree.Head, error) {
 // the ones in memory (another replica signed or indexed).
 func (l *Ledger) noteStored(cp []byte, indexed uint64) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	if cp != nil && (l.lastCP == nil || checkpointSize(cp) > l.lastCPLen) {
 		l.lastCP, l.lastCPLen = cp, checkpointSize(cp)
 	}
-	l.advanceIndexedLocked(indexed)
-}
-
-// advanceIndexedLocked moves the index position forward to n and wakes
-// the queries waiting for it. l.mu is held.
-func (l *Ledger) advanceIndexedLocked(n uint64) {
-	if n <= l.indexed {
-		return
-	}
-	l.indexed, l.indexErr = n, nil
-	close(l.indexedCh)
-	l.indexedCh = make(chan struct{})
+	l.mu.Unlock()
+	index.Advance(l.Index, indexed)
 }

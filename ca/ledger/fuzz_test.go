@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/castellan-dev/castellan/ca/ledger/index"
 )
 
 // FuzzOpenDamagedLedger damages a real ledger file (bytes written at an
@@ -79,7 +81,7 @@ func FuzzOpenDamagedLedger(f *testing.F) {
 		}
 		defer l.Close()
 		ctx := context.Background()
-		_, _, _ = l.List(ctx, Filter{}, 50, "")
+		_, _, _ = l.List(ctx, index.Filter{}, 50, "")
 		_, _ = l.Get(ctx, "1005")
 		_ = l.Export(ctx, 0, func(Leaf) error { return nil })
 		_, _ = l.InclusionProof(3, l.Size())

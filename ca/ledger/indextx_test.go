@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
@@ -97,7 +98,13 @@ func appendMixed(t *testing.T, l *Ledger, now time.Time) []entry.Event {
 }
 
 // indexBuckets are the buckets the index entries live in.
-var indexBuckets = [][]byte{bSerial, bSPIFFE, bNode, bExpiry, bRevoked, bAgents, bParent}
+var indexBuckets = append(index.Buckets(), index.AgentsBucket, index.ParentBucket)
+
+// Index buckets the tests look into (their names are the stored format).
+var (
+	bSerial  = []byte("by_serial")
+	bRevoked = []byte("revoked")
+)
 
 // dumpIndexes returns every index key and value, by bucket, and the
 // stored index position.
@@ -106,7 +113,7 @@ func dumpIndexes(t *testing.T, l *Ledger) (map[string]map[string]string, uint64)
 	out := map[string]map[string]string{}
 	var pos uint64
 	err := l.db.View(context.Background(), func(tx store.Tx) error {
-		pos = indexedOf(tx)
+		pos = index.Stored(tx)
 		for _, name := range indexBuckets {
 			m := map[string]string{}
 			if b := tx.Bucket(name); b != nil {
@@ -156,16 +163,9 @@ func wipeIndexes(t *testing.T, l *Ledger, from uint64) {
 // backlog, and fails the test if it cannot.
 func reindex(t *testing.T, l *Ledger) {
 	t.Helper()
-	for range 100 {
-		n, err := l.indexStep()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			return
-		}
+	if err := index.CatchUp(l.Index); err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("the indexer did not finish")
 }
 
 // TestAppendIndexesInItsOwnTransaction: an Append writes its entries'
@@ -187,7 +187,7 @@ func TestAppendIndexesInItsOwnTransaction(t *testing.T) {
 		if pos != l.Size() {
 			t.Fatalf("stored index position %d right after the appends, want the log size %d", pos, l.Size())
 		}
-		if len(idx[string(bSerial)]) != 4 || len(idx[string(bRevoked)]) != 1 || len(idx[string(bParent)]) != 1 || len(idx[string(bAgents)]) != 2 {
+		if len(idx[string(bSerial)]) != 4 || len(idx[string(bRevoked)]) != 1 || len(idx[string(index.ParentBucket)]) != 1 || len(idx[string(index.AgentsBucket)]) != 2 {
 			t.Fatalf("index entries missing right after the appends: %v", idx)
 		}
 		got, err := l.Get(context.Background(), evs[1].Serial)
@@ -249,7 +249,7 @@ func TestAppendAfterABacklogLeavesItToTheIndexer(t *testing.T) {
 			// 5: left to the indexer; the size: the indexer (kicked) ran.
 			t.Fatalf("index position %d after an append behind a backlog, want 5 or %d", pos, l.Size())
 		}
-		got, _, err := l.List(ctx, Filter{SPIFFEID: "spiffe://td/late"}, 10, "")
+		got, _, err := l.List(ctx, index.Filter{SPIFFEID: "spiffe://td/late"}, 10, "")
 		if err != nil || len(got) != 1 {
 			t.Fatalf("List after the backlog = %d entries, %v", len(got), err)
 		}
@@ -331,9 +331,9 @@ func checkTreeAndIndexed(t *testing.T, l *Ledger) {
 	check := func(tx store.Tx) error {
 		st, indexed, err := tree.ReadWithIndexed(tx)
 		want, werr := tree.Read(tx)
-		if err != nil || werr != nil || st.Size != want.Size || !slices.EqualFunc(st.Hashes, want.Hashes, bytes.Equal) || indexed != indexedOf(tx) {
+		if err != nil || werr != nil || st.Size != want.Size || !slices.EqualFunc(st.Hashes, want.Hashes, bytes.Equal) || indexed != index.Stored(tx) {
 			t.Errorf("readTreeAndIndexed = size %d, position %d, %v; readTree, indexedOf = size %d, position %d, %v",
-				st.Size, indexed, err, want.Size, indexedOf(tx), werr)
+				st.Size, indexed, err, want.Size, index.Stored(tx), werr)
 		}
 		return nil
 	}

@@ -40,6 +40,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
@@ -101,6 +102,8 @@ type Options struct {
 
 // Ledger is an open issuance log.
 type Ledger struct {
+	*index.Index // the certificate index: Entry, Get, List
+
 	db        store.DB
 	bolt      *bolt.DB // the file under db when opened with Open; nil with New
 	ownsDB    bool     // Close closes db (Open)
@@ -130,23 +133,18 @@ type Ledger struct {
 	pubMu    sync.Mutex // serializes publishing (publish, follow): log order, exactly once
 
 	mu        sync.Mutex
-	head      tree.Head              // latest published tree (entries [0, head.size) applied)
-	revoked   map[string]revokedCert // serial -> revocation, unexpired only
-	revCh     chan struct{}          // closed when revoked changes
-	bans      map[string]Ban         // node -> ban in force (agents.go)
-	banCh     chan struct{}          // closed when bans changes; nil until asked for
-	appendCh  chan struct{}          // closed when the log grows
-	lastCP    []byte                 // latest signed checkpoint
-	lastCPLen uint64                 // its tree size
+	head      tree.Head                // latest published tree (entries [0, head.size) applied)
+	revoked   map[string]index.Revoked // serial -> revocation, unexpired only
+	revCh     chan struct{}            // closed when revoked changes
+	bans      map[string]Ban           // node -> ban in force (agents.go)
+	banCh     chan struct{}            // closed when bans changes; nil until asked for
+	appendCh  chan struct{}            // closed when the log grows
+	lastCP    []byte                   // latest signed checkpoint
+	lastCPLen uint64                   // its tree size
 	closed    bool
-	indexed   uint64        // entries [0, indexed) are in the secondary indexes
-	indexErr  error         // the indexer's last failure, nil after a success
-	indexedCh chan struct{} // closed when indexed advances or the indexer fails
 
-	kick   chan struct{}  // wakes the indexer after indexDelay
-	urgent chan struct{}  // wakes the indexer now
-	stop   chan struct{}  // closed by Close
-	bg     sync.WaitGroup // the indexer and the follower
+	stop chan struct{}  // closed by Close
+	bg   sync.WaitGroup // the indexer and the follower
 }
 
 // Buckets returns the names of the buckets a ledger keeps, in the order a
@@ -155,7 +153,8 @@ type Ledger struct {
 // ledger, last. A copy keeps every leaf hash, so proofs from checkpoints
 // saved before the copy still verify; open it with the same log key.
 func Buckets() [][]byte {
-	return [][]byte{tree.Entries, tree.Nodes, bSerial, bSPIFFE, bNode, bExpiry, bRevoked, bAgents, bParent, tree.Meta}
+	out := append([][]byte{tree.Entries, tree.Nodes}, index.Buckets()...)
+	return append(out, index.AgentsBucket, index.ParentBucket, tree.Meta)
 }
 
 // Open opens (creating if needed) the ledger at path, a bbolt file with
@@ -176,7 +175,7 @@ func Open(path string, opts Options) (*Ledger, error) {
 			return nil, err
 		}
 	}
-	l := newLedger(opts)
+	l := newLedger(opts, false)
 	if err := l.loadKey(opts, true); err != nil {
 		return nil, err
 	}
@@ -207,8 +206,8 @@ func New(db store.DB, opts Options) (*Ledger, error) {
 	if opts.KeyFile == "" && opts.Signer == nil {
 		return nil, fmt.Errorf("ledger: the log key is required: set Options.KeyFile to the signer key file (%s)", keygenHint)
 	}
-	l := newLedger(opts)
-	l.db, l.shared = db, db.Shared()
+	l := newLedger(opts, db.Shared())
+	l.db = db
 	if err := l.loadKey(opts, false); err != nil {
 		return nil, err
 	}
@@ -228,13 +227,12 @@ func New(db store.DB, opts Options) (*Ledger, error) {
 }
 
 // newLedger returns a Ledger with opts' settings and defaults, not yet
-// attached to a store.
-func newLedger(opts Options) *Ledger {
+// attached to a store (shared: one that other replicas append to).
+func newLedger(opts Options, shared bool) *Ledger {
 	l := &Ledger{
 		clock: opts.Clock, origin: opts.Origin, log: opts.Logger,
 		retention: opts.Retention, revCh: make(chan struct{}), appendCh: make(chan struct{}),
-		indexedCh: make(chan struct{}), kick: make(chan struct{}, 1), urgent: make(chan struct{}, 1),
-		stop: make(chan struct{}), readOnly: opts.ReadOnly, onRevoke: opts.OnRevoke,
+		stop: make(chan struct{}), readOnly: opts.ReadOnly, onRevoke: opts.OnRevoke, shared: shared,
 	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	if l.clock == nil {
@@ -247,6 +245,11 @@ func newLedger(opts Options) *Ledger {
 		l.log = slog.New(slog.DiscardHandler)
 	}
 	l.audit = l.log.With(slog.String("audit", "castellan.ledger"))
+	l.Index = index.New(index.Config{
+		View: l.view, Update: func(ctx context.Context, fn func(store.Tx) error) error { return l.db.Update(ctx, fn) },
+		Ctx: l.ctx, Log: l.log, Clock: l.clock, ReadOnly: l.readOnly,
+		Shared: l.shared, Published: l.Size, Closed: l.isClosed,
+	})
 	if l.retention == 0 {
 		l.retention = DefaultRetention
 	}
@@ -263,7 +266,10 @@ func (l *Ledger) start(opts Options) {
 	l.commit = newCommitter(l.ctx, l.db, l.publish)
 	go l.commit.run()
 	l.bg.Add(1)
-	go l.runIndexer()
+	go func() {
+		defer l.bg.Done()
+		index.Run(l.Index, l.stop)
+	}()
 	if l.shared {
 		l.bg.Add(1)
 		go l.runFollower()
@@ -311,7 +317,7 @@ func (l *Ledger) init() error {
 		return l.view(l.ctx, l.load)
 	}
 	return l.db.Update(l.ctx, func(tx store.Tx) error {
-		for _, name := range [][]byte{tree.Meta, tree.Entries, tree.Nodes, bSerial, bSPIFFE, bNode, bExpiry, bRevoked} {
+		for _, name := range append([][]byte{tree.Meta, tree.Entries, tree.Nodes}, index.Buckets()...) {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("ledger: create bucket %s: %w", name, err)
 			}
@@ -351,7 +357,7 @@ func (l *Ledger) load(tx store.Tx) error {
 		l.lastCP = append([]byte(nil), cp...)
 		l.lastCPLen = checkpointSize(cp)
 	}
-	l.indexed = indexedOf(tx)
+	index.Advance(l.Index, index.Stored(tx))
 	return nil
 }
 
@@ -387,9 +393,8 @@ func (l *Ledger) Close() error {
 	close(l.stop)
 	l.cancel()
 	l.bg.Wait()
+	index.Wake(l.Index) // wakes waiting queries, which then see closed
 	l.mu.Lock()
-	close(l.indexedCh) // wakes waitIndexed and Watch, which then see closed
-	l.indexedCh = make(chan struct{})
 	close(l.appendCh)
 	l.appendCh = make(chan struct{})
 	l.mu.Unlock()

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -25,8 +26,8 @@ const lineageSettleRounds = 3
 
 // certTx returns the issuance or renewal entry of serial (normalized).
 func certTx(tx store.Tx, serial string) (entry.Entry, error) {
-	for _, idx := range lookupSerial(tx, serial) {
-		c, err := readEntry(tx, idx)
+	for _, idx := range index.LookupSerial(tx, serial) {
+		c, err := index.ReadEntry(tx, idx)
 		if err != nil {
 			return entry.Entry{}, err
 		}
@@ -44,7 +45,7 @@ func (l *Ledger) lineageWalk(ctx context.Context, serial string, max int) (strin
 	if err != nil {
 		return "", 0, err
 	}
-	return serial, min(max, MaxLineageWalk), l.waitIndexed(ctx)
+	return serial, min(max, MaxLineageWalk), index.Wait(l.Index, ctx)
 }
 
 // Ancestors returns the certificates serial descends from, its parent
@@ -94,7 +95,7 @@ func (l *Ledger) Descendants(ctx context.Context, serial string, max int) ([]ent
 		if _, err := certTx(tx, serial); err != nil {
 			return err
 		}
-		bucket := tx.Bucket(bParent)
+		bucket := tx.Bucket(index.ParentBucket)
 		if bucket == nil {
 			return nil
 		}
@@ -224,12 +225,12 @@ func (l *Ledger) Children(ctx context.Context, serial string, max int) ([]string
 	if err != nil {
 		return nil, err
 	}
-	if err := l.waitIndexed(ctx); err != nil {
+	if err := index.Wait(l.Index, ctx); err != nil {
 		return nil, err
 	}
 	var out []string
 	err = l.view(ctx, func(tx store.Tx) error {
-		bucket := tx.Bucket(bParent)
+		bucket := tx.Bucket(index.ParentBucket)
 		if bucket == nil {
 			return nil
 		}

@@ -1,19 +1,14 @@
 package ledger
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
-	"github.com/castellan-dev/castellan/ca/ledger/tree"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/store"
 )
-
-// pruneBatch bounds the entries one Prune transaction removes.
-const pruneBatch = 1000
 
 // Prune removes the full content of entries whose NotAfter is older than
 // the retention period at the ledger clock's time. Their leaf hashes and
@@ -23,7 +18,7 @@ func (l *Ledger) Prune(ctx context.Context) (int, error) {
 	if l.readOnly {
 		return 0, entry.ErrReadOnly
 	}
-	if err := l.waitIndexed(ctx); err != nil {
+	if err := index.Wait(l.Index, ctx); err != nil {
 		return 0, err
 	}
 	cutoff := l.clock().Add(-l.retention)
@@ -35,14 +30,14 @@ func (l *Ledger) Prune(ctx context.Context) (int, error) {
 		var n int
 		err := l.db.Update(ctx, func(tx store.Tx) error {
 			var err error
-			n, err = pruneTx(tx, cutoff)
+			n, err = index.PruneTx(tx, cutoff)
 			return err
 		})
 		if err != nil {
 			return total, fmt.Errorf("ledger: prune: %w", err)
 		}
 		total += n
-		if n < pruneBatch {
+		if n < index.PruneBatch {
 			break
 		}
 	}
@@ -51,35 +46,6 @@ func (l *Ledger) Prune(ctx context.Context) (int, error) {
 		l.log.Info("ledger pruned expired entries", "entries", total, "cutoff", cutoff)
 	}
 	return total, nil
-}
-
-// pruneTx prunes up to pruneBatch entries that expired before cutoff.
-func pruneTx(tx store.Tx, cutoff time.Time) (int, error) {
-	end := binary.BigEndian.AppendUint64(nil, uint64(cutoff.UnixNano()))
-	var keys [][]byte
-	c := tree.Bucket(tx, bExpiry).Cursor()
-	for k, _ := c.First(); k != nil && bytes.Compare(k[:8], end) < 0 && len(keys) < pruneBatch; k, _ = c.Next() {
-		keys = append(keys, append([]byte(nil), k...))
-	}
-	ix := newIndexWriter(tx)
-	entries := tree.Bucket(tx, tree.Entries)
-	for _, k := range keys {
-		idx := tree.IndexOf(k)
-		e, err := readEntry(tx, idx)
-		if err != nil {
-			return 0, err
-		}
-		if err := ix.remove(idx, &e.Event); err != nil {
-			return 0, err
-		}
-		if err := tree.Bucket(tx, bExpiry).Delete(k); err != nil {
-			return 0, err
-		}
-		if err := entries.Put(tree.Key(idx), tree.PrunedMarker); err != nil {
-			return 0, err
-		}
-	}
-	return len(keys), nil
 }
 
 // forgetRevocations drops from memory the revocations of certificates

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
 )
 
 func TestListPagesThroughSPIFFEIDIndex(t *testing.T) {
@@ -23,7 +24,7 @@ func TestListPagesThroughSPIFFEIDIndex(t *testing.T) {
 		var got []entry.Entry
 		token := ""
 		for pages := 0; pages < 100; pages++ {
-			page, next, err := l.List(ctx, Filter{SPIFFEID: id}, 7, token)
+			page, next, err := l.List(ctx, index.Filter{SPIFFEID: id}, 7, token)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -62,7 +63,7 @@ func TestListFiltersByPrefixNodeStateAndTime(t *testing.T) {
 		if _, err := l.Revoke(ctx, first.Serial, "superseded"); err != nil {
 			t.Fatal(err)
 		}
-		count := func(f Filter) int {
+		count := func(f index.Filter) int {
 			t.Helper()
 			n, token := 0, ""
 			for pages := 0; pages < 1000; pages++ {
@@ -78,26 +79,26 @@ func TestListFiltersByPrefixNodeStateAndTime(t *testing.T) {
 			t.Fatal("paging did not end")
 			return 0
 		}
-		if n := count(Filter{SPIFFEIDPrefix: "spiffe://cluster.local/ns/ns2/", Kinds: []entry.Kind{entry.KindIssuance}}); n != 14+2 {
+		if n := count(index.Filter{SPIFFEIDPrefix: "spiffe://cluster.local/ns/ns2/", Kinds: []entry.Kind{entry.KindIssuance}}); n != 14+2 {
 			t.Errorf("prefix ns2: %d", n)
 		}
-		if n := count(Filter{Namespace: "ns2", Kinds: []entry.Kind{entry.KindIssuance}}); n != 16 {
+		if n := count(index.Filter{Namespace: "ns2", Kinds: []entry.Kind{entry.KindIssuance}}); n != 16 {
 			t.Errorf("namespace ns2: %d", n)
 		}
-		if n := count(Filter{Node: "node-1", Kinds: []entry.Kind{entry.KindIssuance}}); n != 20+2 {
+		if n := count(index.Filter{Node: "node-1", Kinds: []entry.Kind{entry.KindIssuance}}); n != 20+2 {
 			t.Errorf("node-1: %d", n)
 		}
-		if n := count(Filter{Since: start.Add(time.Second)}); n != 11 {
+		if n := count(index.Filter{Since: start.Add(time.Second)}); n != 11 {
 			t.Errorf("since: %d (10 issuances + 1 revocation)", n)
 		}
-		if n := count(Filter{State: StateRevoked}); n != 1 {
+		if n := count(index.Filter{State: index.StateRevoked}); n != 1 {
 			t.Errorf("revoked: %d", n)
 		}
 		clock.Advance(5 * time.Minute) // the last 10 expire
-		if n := count(Filter{State: StateExpired}); n != 10 {
+		if n := count(index.Filter{State: index.StateExpired}); n != 10 {
 			t.Errorf("expired: %d", n)
 		}
-		if n := count(Filter{State: StateActive}); n != 99 {
+		if n := count(index.Filter{State: index.StateActive}); n != 99 {
 			t.Errorf("active: %d", n)
 		}
 	})
@@ -107,20 +108,20 @@ func TestListRefusesUnboundedOrForeignPaging(t *testing.T) {
 	forBackends(t, func(t *testing.T, be backend) {
 		l := be.openTest(t, newFakeClock())
 		ctx := context.Background()
-		for _, size := range []int{0, -1, MaxPageSize + 1} {
-			if _, _, err := l.List(ctx, Filter{}, size, ""); !errors.Is(err, entry.ErrInvalidArgument) {
+		for _, size := range []int{0, -1, index.MaxPageSize + 1} {
+			if _, _, err := l.List(ctx, index.Filter{}, size, ""); !errors.Is(err, entry.ErrInvalidArgument) {
 				t.Errorf("page size %d: %v", size, err)
 			}
 		}
 		fill(t, l, 20, time.Now().Add(time.Hour))
-		_, token, err := l.List(ctx, Filter{Node: "node-1"}, 1, "")
+		_, token, err := l.List(ctx, index.Filter{Node: "node-1"}, 1, "")
 		if err != nil || token == "" {
 			t.Fatal(token, err)
 		}
-		if _, _, err := l.List(ctx, Filter{Node: "node-2"}, 1, token); !errors.Is(err, entry.ErrInvalidArgument) {
+		if _, _, err := l.List(ctx, index.Filter{Node: "node-2"}, 1, token); !errors.Is(err, entry.ErrInvalidArgument) {
 			t.Fatalf("token reused on another query: %v", err)
 		}
-		if _, _, err := l.List(ctx, Filter{}, 1, "!!"); !errors.Is(err, entry.ErrInvalidArgument) {
+		if _, _, err := l.List(ctx, index.Filter{}, 1, "!!"); !errors.Is(err, entry.ErrInvalidArgument) {
 			t.Fatalf("garbage token: %v", err)
 		}
 	})
@@ -130,9 +131,9 @@ func TestListStopsAtScanBudget(t *testing.T) {
 	forBackends(t, func(t *testing.T, be backend) {
 		clock := newFakeClock()
 		l := be.openTest(t, clock)
-		fill(t, l, maxScan+100, clock.Now().Add(time.Hour))
+		fill(t, l, index.MaxScan+100, clock.Now().Add(time.Hour))
 		// Nothing matches the node filter applied after the prefix index.
-		page, next, err := l.List(context.Background(), Filter{SPIFFEIDPrefix: "spiffe://", Node: "nope"}, 10, "")
+		page, next, err := l.List(context.Background(), index.Filter{SPIFFEIDPrefix: "spiffe://", Node: "nope"}, 10, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -205,7 +206,7 @@ func TestPruneKeepsProofsAndDropsContent(t *testing.T) {
 	if _, err := l.Get(ctx, e0.Serial); !errors.Is(err, entry.ErrNotFound) {
 		t.Fatalf("Get of pruned serial: %v", err)
 	}
-	if page, _, _ := l.List(ctx, Filter{}, 100, ""); len(page) != 10 {
+	if page, _, _ := l.List(ctx, index.Filter{}, 100, ""); len(page) != 10 {
 		t.Fatalf("List after prune: %d entries", len(page))
 	}
 	c, _ := OpenCheckpoint(cp, "", l.VerifierKey())

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 )
@@ -124,7 +125,7 @@ func TestReplicasAppendIntoOneLog(t *testing.T) {
 					t.Fatalf("replica %d: Watch delivered %d at position %d", r, idx, i)
 				}
 			}
-			page, _, err := l.List(context.Background(), Filter{SPIFFEID: "spiffe://td/x"}, MaxPageSize, "")
+			page, _, err := l.List(context.Background(), index.Filter{SPIFFEID: "spiffe://td/x"}, index.MaxPageSize, "")
 			if err != nil || len(page) != total {
 				t.Fatalf("replica %d lists %d entries (%v), want %d", r, len(page), err, total)
 			}

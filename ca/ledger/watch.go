@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 )
@@ -47,14 +48,14 @@ func (l *Ledger) Watch(ctx context.Context, from uint64, fn func(entry.Entry) er
 
 // readRange reads entries [from, to).
 func (l *Ledger) readRange(ctx context.Context, from, to uint64) ([]entry.Entry, error) {
-	if err := l.waitIndexed(ctx); err != nil {
+	if err := index.Wait(l.Index, ctx); err != nil {
 		return nil, err
 	}
 	out := make([]entry.Entry, 0, to-from)
 	err := l.view(ctx, func(tx store.Tx) error {
 		entries, nodes := tree.NewSeqReader(tree.Bucket(tx, tree.Entries), from), tree.NewSeqReader(tree.Bucket(tx, tree.Nodes), from)
 		for i := from; i < to; i++ {
-			e, err := entryAt(tx, i, entries.Get(i), nodes.Get(i))
+			e, err := index.EntryAt(tx, i, entries.Get(i), nodes.Get(i))
 			if err != nil {
 				return err
 			}

@@ -17,6 +17,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/crl"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -85,7 +86,7 @@ func TestEveryTransitionIsALedgerEvent(t *testing.T) {
 	if _, err := auth.Activate(ctx, next.ID, true); err != nil {
 		t.Fatal(err)
 	}
-	entries, _, err := led.List(ctx, ledger.Filter{Kinds: []entry.Kind{entry.KindCAKeyChange}}, 100, "")
+	entries, _, err := led.List(ctx, index.Filter{Kinds: []entry.Kind{entry.KindCAKeyChange}}, 100, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package ledger
+package index
 
 import (
 	"bytes"
@@ -22,6 +22,10 @@ var (
 	bRevoked = []byte("revoked")
 )
 
+// Buckets returns the names of the index buckets a ledger creates with
+// its log (the agents and parent buckets are created on first use).
+func Buckets() [][]byte { return [][]byte{bSerial, bSPIFFE, bNode, bExpiry, bRevoked} }
+
 // Secondary indexes. Each key is <value> 0x00 <index, 8 bytes big-endian>,
 // so a prefix scan yields matching entries in log order; the expiry index
 // key is <NotAfter unix nanoseconds> <index>. The SPIFFE ID index carries
@@ -36,7 +40,7 @@ type indexWriter struct {
 func newIndexWriter(tx store.Tx) *indexWriter {
 	return &indexWriter{
 		serial: tree.Bucket(tx, bSerial), spiffe: tree.Bucket(tx, bSPIFFE), node: tree.Bucket(tx, bNode),
-		expiry: tree.Bucket(tx, bExpiry), revoked: tree.Bucket(tx, bRevoked), parent: tx.Bucket(bParent),
+		expiry: tree.Bucket(tx, bExpiry), revoked: tree.Bucket(tx, bRevoked), parent: tx.Bucket(ParentBucket),
 	}
 }
 
@@ -75,7 +79,7 @@ func (b *indexBatch) put(bucket []byte, k, v []byte) {
 // encoded afresh).
 func (b *indexBatch) add(idx uint64, ev *entry.Event, data []byte) error {
 	if ev.Parent != "" {
-		b.put(bParent, indexKey(ev.Parent, idx), []byte(ev.Serial))
+		b.put(ParentBucket, indexKey(ev.Parent, idx), []byte(ev.Serial))
 	}
 	b.addAgent(idx, ev)
 	if ev.Serial != "" {
@@ -97,7 +101,7 @@ func (b *indexBatch) add(idx uint64, ev *entry.Event, data []byte) error {
 		b.put(bExpiry, expiryKey(ev.NotAfter, idx), nil)
 	}
 	if ev.Kind == entry.KindRevocation {
-		v, err := json.Marshal(revokedCert{Index: idx, Time: ev.Time, Reason: ev.Reason, NotAfter: ev.NotAfter})
+		v, err := json.Marshal(Revoked{Index: idx, Time: ev.Time, Reason: ev.Reason, NotAfter: ev.NotAfter})
 		if err != nil {
 			return err
 		}
@@ -152,8 +156,28 @@ func (w *indexWriter) remove(idx uint64, ev *entry.Event) error {
 	return w.expiry.Delete(expiryKey(ev.NotAfter, idx))
 }
 
-// lookupSerial returns the log indices of events for serial, in order.
-func lookupSerial(tx store.Tx, serial string) []uint64 {
+// WriteTx writes the index entries of evs (evs[0] at index first, the
+// index position; encoded[i] is evs[i]'s entry) and moves the stored index
+// position past them.
+func WriteTx(tx store.Tx, first uint64, evs []entry.Event, encoded [][]byte) error {
+	var batch indexBatch
+	for i := range evs {
+		ev := evs[i]
+		// As DecodeEntry would return it: what the indexer writes for an
+		// entry read back must be what is written here.
+		ev.Time, ev.NotBefore, ev.NotAfter = ev.Time.UTC(), ev.NotBefore.UTC(), ev.NotAfter.UTC()
+		if err := batch.add(first+uint64(i), &ev, encoded[i]); err != nil {
+			return err
+		}
+	}
+	if err := batch.apply(tx); err != nil {
+		return fmt.Errorf("ledger: index: %w", err)
+	}
+	return tree.Bucket(tx, tree.Meta).Put(tree.KeyIndexed, tree.Key(first+uint64(len(evs))))
+}
+
+// LookupSerial returns the log indices of events for serial, in order.
+func LookupSerial(tx store.Tx, serial string) []uint64 {
 	var out []uint64
 	prefix := append([]byte(serial), 0)
 	c := tree.Bucket(tx, bSerial).Cursor()
@@ -163,25 +187,21 @@ func lookupSerial(tx store.Tx, serial string) []uint64 {
 	return out
 }
 
-// revokedCert is a revocation as kept in the revoked bucket and in memory.
-type revokedCert struct {
+// Revoked is a revocation as kept in the revoked bucket and in memory.
+type Revoked struct {
 	Index    uint64    `json:"index"`
 	Time     time.Time `json:"time"`
 	Reason   string    `json:"reason,omitempty"`
 	NotAfter time.Time `json:"not_after"`
 }
 
-func (l *Ledger) loadRevoked(tx store.Tx) error {
-	l.revoked = map[string]revokedCert{}
-	if err := tree.Bucket(tx, bRevoked).ForEach(func(k, v []byte) error {
-		var r revokedCert
+// ForEachRevoked calls fn with every revocation in the revoked bucket.
+func ForEachRevoked(tx store.Tx, fn func(serial string, r Revoked) error) error {
+	return tree.Bucket(tx, bRevoked).ForEach(func(k, v []byte) error {
+		var r Revoked
 		if err := json.Unmarshal(v, &r); err != nil {
 			return fmt.Errorf("ledger: revocation of %s is damaged: %w", k, err)
 		}
-		l.revoked[string(k)] = r
-		return nil
-	}); err != nil {
-		return err
-	}
-	return l.loadBans(tx)
+		return fn(string(k), r)
+	})
 }

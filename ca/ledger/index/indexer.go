@@ -1,10 +1,12 @@
-package ledger
+package index
 
 import (
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
@@ -32,6 +34,9 @@ const indexDelay = 50 * time.Millisecond
 // commits a step first wins (an append indexing its own entries moves it
 // too), the others see the position moved and go on from there.
 
+// Stored returns the index position stored in tx.
+func Stored(tx store.Tx) uint64 { return indexedOf(tx) }
+
 func indexedOf(tx store.Tx) uint64 {
 	if v := tree.Bucket(tx, tree.Meta).Get(tree.KeyIndexed); len(v) == 8 {
 		return binary.BigEndian.Uint64(v)
@@ -43,11 +48,71 @@ func indexedOf(tx store.Tx) uint64 {
 // the indexer reads the position again and goes on.
 var errIndexMoved = errors.New("ledger: index position moved")
 
-// catchUp indexes every stored entry and loads the state that follows
-// from the log (Open, New).
-func (l *Ledger) catchUp() error {
-	for !l.readOnly {
-		n, err := l.indexStep()
+// Index is the certificate index of a ledger: its queries (Entry, Get,
+// List) wait until every entry appended before them is indexed. The
+// functions that drive it (CatchUp, Run, Kick, Advance, Wait, Read, ...)
+// are functions, not methods, so that they are not promoted to the
+// Ledger that embeds the Index.
+type Index struct {
+	view      func(context.Context, func(store.Tx) error) error
+	update    func(context.Context, func(store.Tx) error) error
+	ctx       context.Context
+	log       *slog.Logger
+	clock     func() time.Time
+	readOnly  bool
+	shared    bool
+	published func() uint64
+	closed    func() bool
+
+	mu        sync.Mutex
+	indexed   uint64        // entries [0, indexed) are in the secondary indexes
+	indexErr  error         // the indexer's last failure, nil after a success
+	indexedCh chan struct{} // closed when indexed advances or the indexer fails
+
+	kick   chan struct{} // wakes the indexer after indexDelay
+	urgent chan struct{} // wakes the indexer now
+}
+
+// Config is what an Index needs of its ledger.
+type Config struct {
+	// View and Update run read and read-write transactions of the store
+	// (View guards a damaged file in forensic mode).
+	View, Update func(context.Context, func(store.Tx) error) error
+	// Ctx is the ledger's lifetime.
+	Ctx   context.Context
+	Log   *slog.Logger
+	Clock func() time.Time
+	// ReadOnly: forensic mode, nothing is appended or indexed. Shared:
+	// other replicas append to the store too.
+	ReadOnly, Shared bool
+	// Published returns the size of the log as published; Closed
+	// whether the ledger is closed.
+	Published func() uint64
+	Closed    func() bool
+}
+
+// New returns the index of a ledger.
+func New(c Config) *Index {
+	return &Index{
+		view: c.View, update: c.Update, ctx: c.Ctx, log: c.Log, clock: c.Clock,
+		readOnly: c.ReadOnly, shared: c.Shared, published: c.Published, closed: c.Closed,
+		indexedCh: make(chan struct{}), kick: make(chan struct{}, 1), urgent: make(chan struct{}, 1),
+	}
+}
+
+// Read runs fn in a read transaction once every entry appended before the
+// call is indexed.
+func Read(x *Index, ctx context.Context, fn func(store.Tx) error) error {
+	if err := Wait(x, ctx); err != nil {
+		return err
+	}
+	return x.view(ctx, fn)
+}
+
+// CatchUp indexes every stored entry (Open, New).
+func CatchUp(x *Index) error {
+	for !x.readOnly {
+		n, err := x.indexStep()
 		if errors.Is(err, errIndexMoved) {
 			continue // another replica indexed: read the position again
 		}
@@ -55,79 +120,51 @@ func (l *Ledger) catchUp() error {
 			return err
 		}
 		if n == 0 {
-			break
-		}
-	}
-	return l.view(l.ctx, l.loadState)
-}
-
-// loadState loads, from one snapshot, the tree head, the latest
-// checkpoint, the index position and the revocations and bans in force:
-// from the indexes, then from the entries not yet indexed (on a shared
-// store another replica may append after catchUp's last step).
-func (l *Ledger) loadState(tx store.Tx) error {
-	if err := l.loadRevoked(tx); err != nil {
-		return err
-	}
-	if err := l.load(tx); err != nil {
-		return err
-	}
-	if l.indexed >= l.head.Size {
-		return nil
-	}
-	entries := tree.NewSeqReader(tree.Bucket(tx, tree.Entries), l.indexed)
-	for i := l.indexed; i < l.head.Size; i++ {
-		v := entries.Get(i)
-		if v == nil || tree.IsPruned(v) {
-			continue
-		}
-		if e, err := entry.DecodeEvent(v); err == nil {
-			l.foldLocked(i, &e.Event) // no waiter exists yet
+			return nil
 		}
 	}
 	return nil
 }
 
-// runIndexer indexes new entries whenever kicked, until Close.
-func (l *Ledger) runIndexer() {
-	defer l.bg.Done()
+// Run indexes new entries whenever kicked, until stop is closed.
+func Run(x *Index, stop <-chan struct{}) {
 	for {
 		select {
-		case <-l.stop:
+		case <-stop:
 			return
-		case <-l.urgent:
-		case <-l.kick:
+		case <-x.urgent:
+		case <-x.kick:
 			t := time.NewTimer(indexDelay)
 			select {
-			case <-l.stop:
+			case <-stop:
 				t.Stop()
 				return
-			case <-l.urgent:
+			case <-x.urgent:
 			case <-t.C:
 			}
 			t.Stop()
 		}
-		l.indexAll()
+		x.indexAll()
 	}
 }
 
 // indexAll indexes until nothing is left or a step fails; a failure is
 // logged and handed to the waiting queries.
-func (l *Ledger) indexAll() {
+func (x *Index) indexAll() {
 	for {
-		n, err := l.indexStep()
+		n, err := x.indexStep()
 		if errors.Is(err, errIndexMoved) {
 			continue // lost a race with another replica's indexer: normal
 		}
 		if err != nil {
-			if l.ctx.Err() == nil {
-				l.log.Error("ledger indexer failed; queries wait for it", "error", err)
+			if x.ctx.Err() == nil {
+				x.log.Error("ledger indexer failed; queries wait for it", "error", err)
 			}
-			l.mu.Lock()
-			l.indexErr = err
-			close(l.indexedCh)
-			l.indexedCh = make(chan struct{})
-			l.mu.Unlock()
+			x.mu.Lock()
+			x.indexErr = err
+			close(x.indexedCh)
+			x.indexedCh = make(chan struct{})
+			x.mu.Unlock()
 			return
 		}
 		if n == 0 {
@@ -136,18 +173,18 @@ func (l *Ledger) indexAll() {
 	}
 }
 
-// kickIndexer tells the indexer that entries were appended.
-func (l *Ledger) kickIndexer() {
+// Kick tells the indexer that entries were appended.
+func Kick(x *Index) {
 	select {
-	case l.kick <- struct{}{}:
+	case x.kick <- struct{}{}:
 	default:
 	}
 }
 
 // hurryIndexer tells the indexer that a query waits for it.
-func (l *Ledger) hurryIndexer() {
+func (x *Index) hurryIndexer() {
 	select {
-	case l.urgent <- struct{}{}:
+	case x.urgent <- struct{}{}:
 	default:
 	}
 }
@@ -157,26 +194,26 @@ func (l *Ledger) hurryIndexer() {
 // write transaction that holds the store's writer lock (and delays
 // appends) only puts prepared keys, in key order. errIndexMoved if
 // another replica indexed meanwhile.
-func (l *Ledger) indexStep() (int, error) {
+func (x *Index) indexStep() (int, error) {
 	var from, to uint64
 	batch := indexBatch{}
-	err := l.view(l.ctx, func(tx store.Tx) error {
+	err := x.view(x.ctx, func(tx store.Tx) error {
 		st, err := tree.Read(tx)
 		if err != nil {
 			return err
 		}
 		from = indexedOf(tx)
 		to = min(st.Size, from+maxIndexBatch)
-		return l.prepareIndex(tx, &batch, from, to)
+		return x.prepareIndex(tx, &batch, from, to)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("ledger: index: %w", err)
 	}
-	l.advanceIndexed(from) // another replica may have indexed
+	Advance(x, from) // another replica may have indexed
 	if to == from {
 		return 0, nil
 	}
-	err = l.db.Update(l.ctx, func(tx store.Tx) error {
+	err = x.update(x.ctx, func(tx store.Tx) error {
 		if got := indexedOf(tx); got != from {
 			return fmt.Errorf("%w from %d to %d", errIndexMoved, from, got)
 		}
@@ -191,12 +228,12 @@ func (l *Ledger) indexStep() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("ledger: index: %w", err)
 	}
-	l.advanceIndexed(to)
+	Advance(x, to)
 	return int(to - from), nil
 }
 
 // prepareIndex collects the index entries of entries [from, to).
-func (l *Ledger) prepareIndex(tx store.Tx, batch *indexBatch, from, to uint64) error {
+func (x *Index) prepareIndex(tx store.Tx, batch *indexBatch, from, to uint64) error {
 	if from >= to {
 		return nil
 	}
@@ -208,7 +245,7 @@ func (l *Ledger) prepareIndex(tx store.Tx, batch *indexBatch, from, to uint64) e
 		}
 		e, err := entry.DecodeEvent(v)
 		if err != nil {
-			l.log.Error("ledger entry cannot be indexed", "index", i, "error", err)
+			x.log.Error("ledger entry cannot be indexed", "index", i, "error", err)
 			continue
 		}
 		if err := batch.add(i, &e.Event, nil); err != nil {
@@ -218,28 +255,52 @@ func (l *Ledger) prepareIndex(tx store.Tx, batch *indexBatch, from, to uint64) e
 	return nil
 }
 
-// advanceIndexed moves the index position forward to n.
-func (l *Ledger) advanceIndexed(n uint64) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.advanceIndexedLocked(n)
+// Advance moves the index position forward to n and wakes the queries
+// waiting for it.
+func Advance(x *Index, n uint64) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if n <= x.indexed {
+		return
+	}
+	x.indexed, x.indexErr = n, nil
+	close(x.indexedCh)
+	x.indexedCh = make(chan struct{})
 }
 
-// waitIndexed waits until every entry appended before the call (on a
+// Position returns the index position: entries [0, Position) are in the
+// indexes.
+func Position(x *Index) uint64 {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.indexed
+}
+
+// Wake wakes the queries waiting for the indexer (Close: they then see
+// the ledger closed).
+func Wake(x *Index) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	close(x.indexedCh)
+	x.indexedCh = make(chan struct{})
+}
+
+// Wait waits until every entry appended before the call (on a
 // shared store: by any replica) is in the secondary indexes. It fails
 // if the indexer fails while it waits.
-func (l *Ledger) waitIndexed(ctx context.Context) error {
-	if l.readOnly {
+func Wait(x *Index, ctx context.Context) error {
+	if x.readOnly {
 		return nil // nothing is appended; the indexes are what the file holds
 	}
-	target, err := l.indexTarget(ctx)
+	target, err := x.indexTarget(ctx)
 	if err != nil {
 		return err
 	}
 	for waited := false; ; waited = true {
-		l.mu.Lock()
-		done, ch, closed, ierr := l.indexed >= target, l.indexedCh, l.closed, l.indexErr
-		l.mu.Unlock()
+		x.mu.Lock()
+		done, ch, ierr := x.indexed >= target, x.indexedCh, x.indexErr
+		x.mu.Unlock()
+		closed := x.closed()
 		switch {
 		case done:
 			return nil
@@ -248,7 +309,7 @@ func (l *Ledger) waitIndexed(ctx context.Context) error {
 		case waited && ierr != nil:
 			return fmt.Errorf("ledger: the indexes cannot be brought up to date: %w", ierr)
 		}
-		l.hurryIndexer()
+		x.hurryIndexer()
 		select {
 		case <-ch:
 		case <-ctx.Done():
@@ -261,12 +322,12 @@ func (l *Ledger) waitIndexed(ctx context.Context) error {
 // published head, or on a shared store the stored head, which includes
 // what other replicas appended (a certificate issued through one replica
 // can be revoked through another at once).
-func (l *Ledger) indexTarget(ctx context.Context) (uint64, error) {
-	if !l.shared {
-		return l.Size(), nil
+func (x *Index) indexTarget(ctx context.Context) (uint64, error) {
+	if !x.shared {
+		return x.published(), nil
 	}
 	var size, indexed uint64
-	err := l.view(ctx, func(tx store.Tx) error {
+	err := x.view(ctx, func(tx store.Tx) error {
 		st, err := tree.Read(tx)
 		size, indexed = st.Size, indexedOf(tx)
 		return err
@@ -274,6 +335,6 @@ func (l *Ledger) indexTarget(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("ledger: %w", err)
 	}
-	l.advanceIndexed(indexed)
+	Advance(x, indexed)
 	return size, nil
 }

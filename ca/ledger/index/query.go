@@ -1,4 +1,4 @@
-package ledger
+package index
 
 import (
 	"bytes"
@@ -17,10 +17,10 @@ import (
 // Paging limits for List.
 const (
 	MaxPageSize = 1000
-	// maxScan bounds the index keys one List call examines, so a filter
+	// MaxScan bounds the index keys one List call examines, so a filter
 	// that matches little still answers quickly; the call then returns a
 	// short (possibly empty) page and a token to continue.
-	maxScan = 4096
+	MaxScan = 4096
 )
 
 // State selects certificates by their state at the ledger clock's time.
@@ -52,14 +52,14 @@ type Filter struct {
 }
 
 // Entry returns the entry at index.
-func (l *Ledger) Entry(ctx context.Context, index uint64) (entry.Entry, error) {
-	if err := l.waitIndexed(ctx); err != nil {
+func (x *Index) Entry(ctx context.Context, index uint64) (entry.Entry, error) {
+	if err := Wait(x, ctx); err != nil {
 		return entry.Entry{}, err
 	}
 	var e entry.Entry
-	err := l.view(ctx, func(tx store.Tx) error {
+	err := x.view(ctx, func(tx store.Tx) error {
 		var err error
-		e, err = readEntry(tx, index)
+		e, err = ReadEntry(tx, index)
 		return err
 	})
 	return e, err
@@ -68,18 +68,18 @@ func (l *Ledger) Entry(ctx context.Context, index uint64) (entry.Entry, error) {
 // Get returns the issuance or renewal entry of the certificate with the
 // given serial (hex, any case), with its revocation if any; ErrNotFound if
 // the log has none.
-func (l *Ledger) Get(ctx context.Context, serial string) (entry.Entry, error) {
+func (x *Index) Get(ctx context.Context, serial string) (entry.Entry, error) {
 	serial, err := entry.NormalizeSerial(serial)
 	if err != nil {
 		return entry.Entry{}, err
 	}
-	if err := l.waitIndexed(ctx); err != nil {
+	if err := Wait(x, ctx); err != nil {
 		return entry.Entry{}, err
 	}
 	var e entry.Entry
-	err = l.view(ctx, func(tx store.Tx) error {
-		for _, idx := range lookupSerial(tx, serial) {
-			c, err := readEntry(tx, idx)
+	err = x.view(ctx, func(tx store.Tx) error {
+		for _, idx := range LookupSerial(tx, serial) {
+			c, err := ReadEntry(tx, idx)
 			if err != nil {
 				return err
 			}
@@ -93,14 +93,14 @@ func (l *Ledger) Get(ctx context.Context, serial string) (entry.Entry, error) {
 	return e, err
 }
 
-// readEntry reads and decodes entry idx with its leaf hash and revocation.
-func readEntry(tx store.Tx, idx uint64) (entry.Entry, error) {
-	return entryAt(tx, idx, tree.Bucket(tx, tree.Entries).Get(tree.Key(idx)), tree.Bucket(tx, tree.Nodes).Get(tree.Key(idx)))
+// ReadEntry reads and decodes entry idx with its leaf hash and revocation.
+func ReadEntry(tx store.Tx, idx uint64) (entry.Entry, error) {
+	return EntryAt(tx, idx, tree.Bucket(tx, tree.Entries).Get(tree.Key(idx)), tree.Bucket(tx, tree.Nodes).Get(tree.Key(idx)))
 }
 
-// entryAt decodes entry idx from its stored value v and nodes record rec
+// EntryAt decodes entry idx from its stored value v and nodes record rec
 // (the caller read them), with its revocation.
-func entryAt(tx store.Tx, idx uint64, v, rec []byte) (entry.Entry, error) {
+func EntryAt(tx store.Tx, idx uint64, v, rec []byte) (entry.Entry, error) {
 	if v == nil {
 		st, err := tree.Read(tx)
 		if err == nil && idx < st.Size {
@@ -136,7 +136,7 @@ func revocationOf(tx store.Tx, e *entry.Entry) *entry.Revocation {
 	if rv == nil {
 		return nil
 	}
-	var r revokedCert
+	var r Revoked
 	if err := json.Unmarshal(rv, &r); err != nil {
 		return nil
 	}
@@ -150,7 +150,7 @@ func revocationOf(tx store.Tx, e *entry.Entry) *entry.Revocation {
 // pageSize must be 1..MaxPageSize: the ledger refuses unbounded scans. A
 // page may hold fewer entries than pageSize, even none, with a non-empty
 // token, when the scan budget of one call ran out.
-func (l *Ledger) List(ctx context.Context, f Filter, pageSize int, pageToken string) ([]entry.Entry, string, error) {
+func (x *Index) List(ctx context.Context, f Filter, pageSize int, pageToken string) ([]entry.Entry, string, error) {
 	if pageSize <= 0 || pageSize > MaxPageSize {
 		return nil, "", fmt.Errorf("%w: page size must be between 1 and %d, got %d", entry.ErrInvalidArgument, MaxPageSize, pageSize)
 	}
@@ -162,13 +162,13 @@ func (l *Ledger) List(ctx context.Context, f Filter, pageSize int, pageToken str
 	if err != nil {
 		return nil, "", err
 	}
-	if err := l.waitIndexed(ctx); err != nil {
+	if err := Wait(x, ctx); err != nil {
 		return nil, "", err
 	}
-	now := l.clock()
+	now := x.clock()
 	var out []entry.Entry
 	var next string
-	err = l.view(ctx, func(tx store.Tx) error {
+	err = x.view(ctx, func(tx store.Tx) error {
 		c := tree.Bucket(tx, sc.bucket).Cursor()
 		k, v := c.First()
 		if sc.prefix != nil {
@@ -181,7 +181,7 @@ func (l *Ledger) List(ctx context.Context, f Filter, pageSize int, pageToken str
 		}
 		var last []byte
 		for n := 0; k != nil && sc.match(k); k, v = c.Next() {
-			if n++; n > maxScan || len(out) == pageSize {
+			if n++; n > MaxScan || len(out) == pageSize {
 				next = sc.token(last)
 				return nil
 			}
@@ -253,14 +253,14 @@ func (s *scan) match(k []byte) bool {
 // in the index when there is one, else the entry itself.
 func (s *scan) read(tx store.Tx, k, v []byte) (entry.Entry, error) {
 	if s.tag == 'e' {
-		return readEntry(tx, tree.IndexOf(k))
+		return ReadEntry(tx, tree.IndexOf(k))
 	}
 	if len(v) == 0 {
-		return readEntry(tx, tree.IndexOf(k))
+		return ReadEntry(tx, tree.IndexOf(k))
 	}
 	e, err := entry.Decode(v)
 	if err != nil || e.Index != tree.IndexOf(k) {
-		return readEntry(tx, tree.IndexOf(k)) // damaged summary: fall back to the entry
+		return ReadEntry(tx, tree.IndexOf(k)) // damaged summary: fall back to the entry
 	}
 	e.Revoked = revocationOf(tx, &e)
 	return e, nil

@@ -14,6 +14,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/ledger/lineage"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -123,11 +124,11 @@ func (s *Service) Get(ctx context.Context, req *auditv1.GetRequest) (*auditv1.Ge
 // lineage adds serial's ancestors and descendants (without their
 // certificates) to resp.
 func (s *Service) lineage(ctx context.Context, serial string, resp *auditv1.GetResponse) error {
-	anc, t1, err := s.l.Ancestors(ctx, serial, ledger.MaxLineageWalk)
+	anc, t1, err := s.l.Ancestors(ctx, serial, lineage.MaxWalk)
 	if err != nil {
 		return toStatus(err)
 	}
-	desc, t2, err := s.l.Descendants(ctx, serial, ledger.MaxLineageWalk)
+	desc, t2, err := s.l.Descendants(ctx, serial, lineage.MaxWalk)
 	if err != nil {
 		return toStatus(err)
 	}

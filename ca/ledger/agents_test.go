@@ -8,8 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/agents"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -101,7 +103,7 @@ func TestBanRevokesTheNodesUnexpiredCertificates(t *testing.T) {
 		if l.IsRevoked(evs[3].Serial, clock.Now()) {
 			t.Fatal("node-b's certificate revoked")
 		}
-		if _, err := l.Ban(ctx, "node-a", "again"); !errors.Is(err, ErrAlreadyBanned) {
+		if _, err := l.Ban(ctx, "node-a", "again"); !errors.Is(err, agents.ErrAlreadyBanned) {
 			t.Fatalf("second ban: %v", err)
 		}
 		// A certificate recorded for the banned node afterwards (an issuance
@@ -117,7 +119,7 @@ func TestBanRevokesTheNodesUnexpiredCertificates(t *testing.T) {
 		if _, err := l.Unban(ctx, "node-a", "re-imaged"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := l.Unban(ctx, "node-a", "again"); !errors.Is(err, ErrNotBanned) {
+		if _, err := l.Unban(ctx, "node-a", "again"); !errors.Is(err, agents.ErrNotBanned) {
 			t.Fatalf("second unban: %v", err)
 		}
 		if got, err := l.RevokeNodeCertificates(ctx, "node-a"); err != nil || got != nil {
@@ -200,7 +202,7 @@ func TestLineageWalksAreBounded(t *testing.T) {
 		if l.IsRevoked(s[0], clock.Now()) {
 			t.Fatal("an ancestor was revoked")
 		}
-		if _, err := l.RevokeWithDescendants(ctx, s[2], "again"); !errors.Is(err, ErrAlreadyRevoked) {
+		if _, err := l.RevokeWithDescendants(ctx, s[2], "again"); !errors.Is(err, revocation.ErrAlreadyRevoked) {
 			t.Fatalf("second RevokeWithDescendants: %v", err)
 		}
 	})

@@ -9,8 +9,10 @@ import (
 	"slices"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/agents"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 )
@@ -92,46 +94,15 @@ func (l *Ledger) apply(head tree.Head, first uint64, evs []entry.Event) {
 			l.onRevoke(evs[i].Node, evs[i].SPIFFEID)
 		}
 	}
+	revocation.Apply(l.Set, first, evs)
+	agents.Apply(l.Registry, first, evs)
 	l.mu.Lock()
 	if head.Size > l.head.Size {
 		l.head = head
 	}
-	revChanged, banChanged := false, false
-	for i := range evs {
-		r, b := l.foldLocked(first+uint64(i), &evs[i])
-		revChanged, banChanged = revChanged || r, banChanged || b
-	}
-	if revChanged {
-		close(l.revCh)
-		l.revCh = make(chan struct{})
-	}
-	if banChanged && l.banCh != nil {
-		close(l.banCh)
-		l.banCh = nil
-	}
 	close(l.appendCh)
 	l.appendCh = make(chan struct{})
 	l.mu.Unlock()
-}
-
-// foldLocked applies the committed event ev at idx to the revocations
-// and bans in force and reports which changed. l.mu is held.
-func (l *Ledger) foldLocked(idx uint64, ev *entry.Event) (revoked, banned bool) {
-	switch ev.Kind {
-	case entry.KindRevocation:
-		l.revoked[ev.Serial] = index.Revoked{Index: idx, Time: ev.Time, Reason: ev.Reason, NotAfter: ev.NotAfter}
-		return true, false
-	case entry.KindBan:
-		if l.bans == nil {
-			l.bans = map[string]Ban{}
-		}
-		l.bans[ev.Node] = Ban{Node: ev.Node, Index: idx, Time: ev.Time, Reason: ev.Reason}
-		return false, true
-	case entry.KindUnban:
-		delete(l.bans, ev.Node)
-		return false, true
-	}
-	return false, false
 }
 
 // runFollower publishes the other replicas' appends until Close.

@@ -39,9 +39,12 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/castellan-dev/castellan/ca/ledger/agents"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/ledger/lineage"
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
+	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
@@ -102,7 +105,10 @@ type Options struct {
 
 // Ledger is an open issuance log.
 type Ledger struct {
-	*index.Index // the certificate index: Entry, Get, List
+	*index.Index      // the certificate index: Entry, Get, List
+	*revocation.Set   // the revocations: Revoke, IsRevoked, Revocations, ...
+	*agents.Registry  // agents and bans: Agents, Ban, Banned, ...
+	*lineage.Lineages // lineages: Ancestors, Descendants, RevokeWithDescendants, ...
 
 	db        store.DB
 	bolt      *bolt.DB // the file under db when opened with Open; nil with New
@@ -133,14 +139,10 @@ type Ledger struct {
 	pubMu    sync.Mutex // serializes publishing (publish, follow): log order, exactly once
 
 	mu        sync.Mutex
-	head      tree.Head                // latest published tree (entries [0, head.size) applied)
-	revoked   map[string]index.Revoked // serial -> revocation, unexpired only
-	revCh     chan struct{}            // closed when revoked changes
-	bans      map[string]Ban           // node -> ban in force (agents.go)
-	banCh     chan struct{}            // closed when bans changes; nil until asked for
-	appendCh  chan struct{}            // closed when the log grows
-	lastCP    []byte                   // latest signed checkpoint
-	lastCPLen uint64                   // its tree size
+	head      tree.Head     // latest published tree (entries [0, head.size) applied)
+	appendCh  chan struct{} // closed when the log grows
+	lastCP    []byte        // latest signed checkpoint
+	lastCPLen uint64        // its tree size
 	closed    bool
 
 	stop chan struct{}  // closed by Close
@@ -231,7 +233,7 @@ func New(db store.DB, opts Options) (*Ledger, error) {
 func newLedger(opts Options, shared bool) *Ledger {
 	l := &Ledger{
 		clock: opts.Clock, origin: opts.Origin, log: opts.Logger,
-		retention: opts.Retention, revCh: make(chan struct{}), appendCh: make(chan struct{}),
+		retention: opts.Retention, appendCh: make(chan struct{}),
 		stop: make(chan struct{}), readOnly: opts.ReadOnly, onRevoke: opts.OnRevoke, shared: shared,
 	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
@@ -250,6 +252,9 @@ func newLedger(opts Options, shared bool) *Ledger {
 		Ctx: l.ctx, Log: l.log, Clock: l.clock, ReadOnly: l.readOnly,
 		Shared: l.shared, Published: l.Size, Closed: l.isClosed,
 	})
+	l.Set = revocation.New(l.Index, l.Append, &l.revokeMu, l.readOnly)
+	l.Registry = agents.New(l.Index, l.Set, l.Append, &l.revokeMu, l.clock)
+	l.Lineages = lineage.New(l.Index, l.Set, l.Append, &l.revokeMu, l.clock)
 	if l.retention == 0 {
 		l.retention = DefaultRetention
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -242,7 +243,7 @@ func TestRevokeRecordsAndNotifies(t *testing.T) {
 		if got := l.RevokedSerials(exp.Add(time.Second)); len(got) != 0 {
 			t.Fatalf("expired revocation still listed: %v", got)
 		}
-		if _, err := l.Revoke(ctx, ev.Serial, "again"); !errors.Is(err, ErrAlreadyRevoked) {
+		if _, err := l.Revoke(ctx, ev.Serial, "again"); !errors.Is(err, revocation.ErrAlreadyRevoked) {
 			t.Fatalf("second revoke: %v", err)
 		}
 		e, err := l.Get(ctx, ev.Serial)

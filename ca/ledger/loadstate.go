@@ -1,8 +1,10 @@
 package ledger
 
 import (
+	"github.com/castellan-dev/castellan/ca/ledger/agents"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 )
@@ -21,7 +23,10 @@ func (l *Ledger) catchUp() error {
 // from the indexes, then from the entries not yet indexed (on a shared
 // store another replica may append after catchUp's last step).
 func (l *Ledger) loadState(tx store.Tx) error {
-	if err := l.loadRevoked(tx); err != nil {
+	if err := revocation.Load(l.Set, tx); err != nil {
+		return err
+	}
+	if err := agents.Load(l.Registry, tx); err != nil {
 		return err
 	}
 	if err := l.load(tx); err != nil {
@@ -38,20 +43,10 @@ func (l *Ledger) loadState(tx store.Tx) error {
 			continue
 		}
 		if e, err := entry.DecodeEvent(v); err == nil {
-			l.foldLocked(i, &e.Event) // no waiter exists yet
+			evs := []entry.Event{e.Event}
+			revocation.Apply(l.Set, i, evs)
+			agents.Apply(l.Registry, i, evs)
 		}
 	}
 	return nil
-}
-
-// loadRevoked loads the revocations and the bans in force.
-func (l *Ledger) loadRevoked(tx store.Tx) error {
-	l.revoked = map[string]index.Revoked{}
-	if err := index.ForEachRevoked(tx, func(serial string, r index.Revoked) error {
-		l.revoked[serial] = r
-		return nil
-	}); err != nil {
-		return err
-	}
-	return l.loadBans(tx)
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -41,29 +42,11 @@ func (l *Ledger) Prune(ctx context.Context) (int, error) {
 			break
 		}
 	}
-	l.forgetRevocations(cutoff)
+	revocation.Forget(l.Set, cutoff)
 	if total > 0 {
 		l.log.Info("ledger pruned expired entries", "entries", total, "cutoff", cutoff)
 	}
 	return total, nil
-}
-
-// forgetRevocations drops from memory the revocations of certificates
-// that expired before cutoff: those Prune removed, and those another
-// replica's Prune removed from a shared store.
-func (l *Ledger) forgetRevocations(cutoff time.Time) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := len(l.revoked)
-	for s, r := range l.revoked {
-		if !r.NotAfter.IsZero() && r.NotAfter.Before(cutoff) {
-			delete(l.revoked, s)
-		}
-	}
-	if len(l.revoked) != n {
-		close(l.revCh)
-		l.revCh = make(chan struct{})
-	}
 }
 
 // Maintain prunes expired entries and signs a fresh checkpoint every

@@ -19,6 +19,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 )
@@ -164,8 +165,8 @@ func TestReplicasSeeEachOthersRevocationsAndBans(t *testing.T) {
 		if !a.IsRevoked(ev.Serial, clock.Now()) || len(a.RevokedSerials(clock.Now())) != 1 {
 			t.Fatal("RevocationsChanged fired but the revocation is not in force")
 		}
-		if _, err := a.Revoke(ctx, ev.Serial, "again"); !errors.Is(err, ErrAlreadyRevoked) {
-			t.Fatalf("second revocation through the first replica: %v, want ErrAlreadyRevoked", err)
+		if _, err := a.Revoke(ctx, ev.Serial, "again"); !errors.Is(err, revocation.ErrAlreadyRevoked) {
+			t.Fatalf("second revocation through the first replica: %v, want revocation.ErrAlreadyRevoked", err)
 		}
 		banCh := b.BansChanged()
 		if _, err := a.Ban(ctx, "n2", "stolen"); err != nil {

@@ -8,8 +8,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/castellan-dev/castellan/ca/ledger/agents"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
+	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -33,9 +35,9 @@ func code(err error) codes.Code {
 		return codes.NotFound
 	case errors.Is(err, entry.ErrInvalidArgument), errors.Is(err, entry.ErrInvalidEvent):
 		return codes.InvalidArgument
-	case errors.Is(err, ErrAlreadyRevoked), errors.Is(err, ErrAlreadyBanned):
+	case errors.Is(err, revocation.ErrAlreadyRevoked), errors.Is(err, agents.ErrAlreadyBanned):
 		return codes.AlreadyExists
-	case errors.Is(err, ErrNotBanned), errors.Is(err, entry.ErrReadOnly), errors.Is(err, ErrKeyMismatch),
+	case errors.Is(err, agents.ErrNotBanned), errors.Is(err, entry.ErrReadOnly), errors.Is(err, ErrKeyMismatch),
 		errors.Is(err, store.ErrReadOnly):
 		return codes.FailedPrecondition
 	case errors.Is(err, entry.ErrClosed), errors.Is(err, reserve.ErrDiskReserve),

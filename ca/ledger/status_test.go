@@ -9,8 +9,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/castellan-dev/castellan/ca/ledger/agents"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
+	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -22,9 +24,9 @@ func TestStatusMapsEveryLedgerError(t *testing.T) {
 		{fmt.Errorf("serial ab: %w", entry.ErrNotFound), codes.NotFound},
 		{entry.ErrInvalidArgument, codes.InvalidArgument},
 		{entry.ErrInvalidEvent, codes.InvalidArgument},
-		{ErrAlreadyRevoked, codes.AlreadyExists},
-		{ErrAlreadyBanned, codes.AlreadyExists},
-		{ErrNotBanned, codes.FailedPrecondition},
+		{revocation.ErrAlreadyRevoked, codes.AlreadyExists},
+		{agents.ErrAlreadyBanned, codes.AlreadyExists},
+		{agents.ErrNotBanned, codes.FailedPrecondition},
 		{entry.ErrReadOnly, codes.FailedPrecondition},
 		{entry.ErrClosed, codes.Unavailable},
 		{fmt.Errorf("x: %w", reserve.ErrDiskReserve), codes.Unavailable},

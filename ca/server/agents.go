@@ -9,6 +9,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/agents"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -19,7 +20,7 @@ import (
 func (s *Server) Authorizer() authz.Authorizer { return s.cfg.Authorizer }
 
 // agentProto converts a ledger agent record.
-func agentProto(a ledger.Agent) *adminv1.Agent {
+func agentProto(a agents.Agent) *adminv1.Agent {
 	pb := &adminv1.Agent{Node: a.Node, SpiffeId: a.SPIFFEID, Serial: a.Serial,
 		NotAfter: tsOrNil(a.NotAfter), FirstSeen: tsOrNil(a.FirstSeen), LastSeen: tsOrNil(a.LastSeen)}
 	if b := a.Ban; b != nil {
@@ -77,7 +78,7 @@ func (a *adminService) BanAgent(ctx context.Context, req *adminv1.BanAgentReques
 		"revoked", len(res.Revoked))
 	ag, err := a.s.cfg.Ledger.Agent(ctx, node)
 	if err != nil {
-		ag = ledger.Agent{Node: node, Ban: &res.Ban}
+		ag = agents.Agent{Node: node, Ban: &res.Ban}
 	}
 	return &adminv1.BanAgentResponse{Agent: agentProto(ag), RevokedSerials: res.Revoked}, nil
 }

@@ -9,8 +9,9 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/authn"
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/agents"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -25,21 +26,21 @@ import (
 // certificates are refused on every call and its certificates revoked.
 type Bans interface {
 	// Ban records a ban of node and revokes every unexpired certificate
-	// issued to it, in one append (ledger.ErrAlreadyBanned if banned).
-	Ban(ctx context.Context, node, reason string) (ledger.BanResult, error)
-	// Unban lifts a ban (ledger.ErrNotBanned if none); revoked
+	// issued to it, in one append (agents.ErrAlreadyBanned if banned).
+	Ban(ctx context.Context, node, reason string) (agents.BanResult, error)
+	// Unban lifts a ban (agents.ErrNotBanned if none); revoked
 	// certificates stay revoked.
 	Unban(ctx context.Context, node, reason string) (entry.Entry, error)
 	// Banned returns the ban in force for node; cheap enough per call.
-	Banned(node string) (ledger.Ban, bool)
+	Banned(node string) (agents.Ban, bool)
 	// BansChanged returns a channel closed at the next ban or unban.
 	BansChanged() <-chan struct{}
 	// RevokeNodeCertificates revokes the unexpired certificates of node if
 	// it is banned (for issuances that raced with the ban).
 	RevokeNodeCertificates(ctx context.Context, node string) ([]string, error)
 	// Agents and Agent describe the node agents the ledger knows.
-	Agents(ctx context.Context) ([]ledger.Agent, error)
-	Agent(ctx context.Context, node string) (ledger.Agent, error)
+	Agents(ctx context.Context) ([]agents.Agent, error)
+	Agent(ctx context.Context, node string) (agents.Agent, error)
 }
 
 // reasonNodeBanned counts refusals of banned nodes in castellan_csr_total.
@@ -50,7 +51,7 @@ const reasonRenewTooEarly = "agent_renewal_too_early"
 
 // bannedError is the refusal of a banned node: PermissionDenied, naming
 // the node and the ban.
-func bannedError(b ledger.Ban) *refusal.Error {
+func bannedError(b agents.Ban) *refusal.Error {
 	return refuse(codes.PermissionDenied, reasonNodeBanned,
 		"node %q is banned (since %s, ledger entry %d: %q); its agent certificates and attestations are refused. "+
 			"After re-imaging the node, an operator can lift the ban with `castellanctl agent unban %s --reason ...` and attest it with a new join token",
@@ -203,7 +204,7 @@ func (s *Server) refuseAfterRenewal(ctx context.Context, node, parent, child str
 	if !s.cfg.Ledger.IsRevoked(parent, s.clock()) {
 		return nil
 	}
-	if _, err := s.cfg.Ledger.Revoke(ctx, child, "parent "+parent+" revoked"); err != nil && !errors.Is(err, ledger.ErrAlreadyRevoked) {
+	if _, err := s.cfg.Ledger.Revoke(ctx, child, "parent "+parent+" revoked"); err != nil && !errors.Is(err, revocation.ErrAlreadyRevoked) {
 		s.log.ErrorContext(ctx, "revoking the renewal of a revoked certificate failed", "serial", child, "error", err.Error())
 	}
 	return status.Errorf(codes.Unauthenticated,

@@ -61,7 +61,7 @@ type Ledger interface {
 	IsRevoked(serial string, now time.Time) bool
 	// Children returns the serials renewed from serial (at most max).
 	Children(ctx context.Context, serial string, max int) ([]string, error)
-	// Revoke revokes one certificate (ledger.ErrAlreadyRevoked if it was).
+	// Revoke revokes one certificate (revocation.ErrAlreadyRevoked if it was).
 	Revoke(ctx context.Context, serial, reason string) (entry.Entry, error)
 	// Bans records node agents and bans.
 	Bans

@@ -109,6 +109,12 @@ func Read(x *Index, ctx context.Context, fn func(store.Tx) error) error {
 	return x.view(ctx, fn)
 }
 
+// View runs fn in a read transaction, without waiting for the indexer
+// (after Wait).
+func View(x *Index, ctx context.Context, fn func(store.Tx) error) error {
+	return x.view(ctx, fn)
+}
+
 // CatchUp indexes every stored entry (Open, New).
 func CatchUp(x *Index) error {
 	for !x.readOnly {

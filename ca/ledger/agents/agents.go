@@ -1,14 +1,19 @@
-package ledger
+// Package agents is what the ledger knows of node agents and bans: the
+// record of each node's agent (kept by the index), the bans in force,
+// and Ban, Unban and the revocation of a banned node's certificates.
+package agents
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -21,6 +26,51 @@ import (
 // record per node in the agents bucket; Open loads the bans in force from
 // it, and committed appends update them in memory, so Banned is cheap
 // enough for every call.
+
+// Registry is the agents and bans of a ledger. The functions that keep it
+// up to date (Load, Apply) are functions, not methods, so that they are
+// not promoted to the Ledger that embeds the Registry.
+type Registry struct {
+	idx      *index.Index
+	revs     *revocation.Set
+	append   func(context.Context, ...entry.Event) ([]uint64, error)
+	revokeMu *sync.Mutex // serializes the ledger's revocations
+	clock    func() time.Time
+
+	mu    sync.Mutex
+	bans  map[string]Ban // node -> ban in force
+	banCh chan struct{}  // closed when bans changes; nil until asked for
+}
+
+// New returns the registry of a ledger whose index is idx, revocations
+// revs and appends appendFn; revokeMu serializes every write that
+// revokes.
+func New(idx *index.Index, revs *revocation.Set, appendFn func(context.Context, ...entry.Event) ([]uint64, error),
+	revokeMu *sync.Mutex, clock func() time.Time) *Registry {
+	return &Registry{idx: idx, revs: revs, append: appendFn, revokeMu: revokeMu, clock: clock, bans: map[string]Ban{}}
+}
+
+// Apply applies the bans and unbans among the committed events evs
+// (evs[0] at index first) and wakes the waiters if one changed.
+func Apply(reg *Registry, first uint64, evs []entry.Event) {
+	reg.mu.Lock()
+	defer reg.mu.Unlock()
+	changed := false
+	for i := range evs {
+		switch ev := &evs[i]; ev.Kind {
+		case entry.KindBan:
+			reg.bans[ev.Node] = Ban{Node: ev.Node, Index: first + uint64(i), Time: ev.Time, Reason: ev.Reason}
+			changed = true
+		case entry.KindUnban:
+			delete(reg.bans, ev.Node)
+			changed = true
+		}
+	}
+	if changed && reg.banCh != nil {
+		close(reg.banCh)
+		reg.banCh = nil
+	}
+}
 
 // Errors of Ban and Unban; test with errors.Is.
 var (
@@ -71,9 +121,15 @@ func agentOf(r *index.AgentRecord, node string) Agent {
 	return a
 }
 
-// loadBans loads the bans in force (Open, after the indexes caught up).
-func (l *Ledger) loadBans(tx store.Tx) error {
-	l.bans = map[string]Ban{}
+// Load replaces the bans in memory with those in force in tx (Open,
+// after the indexes caught up).
+func Load(reg *Registry, tx store.Tx) error {
+	bans := map[string]Ban{}
+	defer func() {
+		reg.mu.Lock()
+		reg.bans = bans
+		reg.mu.Unlock()
+	}()
 	bucket := tx.Bucket(index.AgentsBucket)
 	if bucket == nil {
 		return nil
@@ -84,7 +140,7 @@ func (l *Ledger) loadBans(tx store.Tx) error {
 			return fmt.Errorf("ledger: agent record of node %s is damaged: %w", k, err)
 		}
 		if a := agentOf(&r, string(k)); a.Ban != nil {
-			l.bans[string(k)] = *a.Ban
+			bans[string(k)] = *a.Ban
 		}
 		return nil
 	})
@@ -92,32 +148,29 @@ func (l *Ledger) loadBans(tx store.Tx) error {
 
 // Banned returns the ban in force for node, if any. It reads an in-memory
 // set and is cheap enough for every call.
-func (l *Ledger) Banned(node string) (Ban, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	b, ok := l.bans[node]
+func (reg *Registry) Banned(node string) (Ban, bool) {
+	reg.mu.Lock()
+	defer reg.mu.Unlock()
+	b, ok := reg.bans[node]
 	return b, ok
 }
 
 // BansChanged returns a channel closed at the next ban or unban. As with
 // RevocationsChanged, take the channel before reading the bans.
-func (l *Ledger) BansChanged() <-chan struct{} {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.banCh == nil {
-		l.banCh = make(chan struct{})
+func (reg *Registry) BansChanged() <-chan struct{} {
+	reg.mu.Lock()
+	defer reg.mu.Unlock()
+	if reg.banCh == nil {
+		reg.banCh = make(chan struct{})
 	}
-	return l.banCh
+	return reg.banCh
 }
 
 // Agents returns every node the log knows an agent or a ban of, sorted by
 // node name.
-func (l *Ledger) Agents(ctx context.Context) ([]Agent, error) {
-	if err := index.Wait(l.Index, ctx); err != nil {
-		return nil, err
-	}
+func (reg *Registry) Agents(ctx context.Context) ([]Agent, error) {
 	var out []Agent
-	err := l.view(ctx, func(tx store.Tx) error {
+	err := index.Read(reg.idx, ctx, func(tx store.Tx) error {
 		bucket := tx.Bucket(index.AgentsBucket)
 		if bucket == nil {
 			return nil
@@ -136,12 +189,9 @@ func (l *Ledger) Agents(ctx context.Context) ([]Agent, error) {
 
 // Agent returns what the log knows about node's agent; ErrNotFound if
 // nothing.
-func (l *Ledger) Agent(ctx context.Context, node string) (Agent, error) {
-	if err := index.Wait(l.Index, ctx); err != nil {
-		return Agent{}, err
-	}
+func (reg *Registry) Agent(ctx context.Context, node string) (Agent, error) {
 	var a Agent
-	err := l.view(ctx, func(tx store.Tx) error {
+	err := index.Read(reg.idx, ctx, func(tx store.Tx) error {
 		var v []byte
 		if bucket := tx.Bucket(index.AgentsBucket); bucket != nil {
 			v = bucket.Get([]byte(node))
@@ -162,17 +212,17 @@ func (l *Ledger) Agent(ctx context.Context, node string) (Agent, error) {
 // NodeCertificates returns the certificates issued to node (agent and
 // workload SVIDs) that are neither revoked nor expired at now, as List
 // summaries.
-func (l *Ledger) NodeCertificates(ctx context.Context, node string, now time.Time) ([]entry.Entry, error) {
+func (reg *Registry) NodeCertificates(ctx context.Context, node string, now time.Time) ([]entry.Entry, error) {
 	f := index.Filter{Node: node, Kinds: []entry.Kind{entry.KindIssuance, entry.KindRenewal}}
 	var out []entry.Entry
 	token := ""
 	for {
-		page, next, err := l.List(ctx, f, index.MaxPageSize, token)
+		page, next, err := reg.idx.List(ctx, f, index.MaxPageSize, token)
 		if err != nil {
 			return nil, err
 		}
 		for _, e := range page {
-			if e.Revoked == nil && e.NotAfter.After(now) && !l.IsRevoked(e.Serial, now) {
+			if e.Revoked == nil && e.NotAfter.After(now) && !reg.revs.IsRevoked(e.Serial, now) {
 				out = append(out, e)
 			}
 		}
@@ -195,42 +245,42 @@ func banRevocationReason(node, reason string) string {
 // revoked by the RevokeNodeCertificates call that follows; callers that
 // issue to a node check Banned after recording and call
 // RevokeNodeCertificates, so none escapes.
-func (l *Ledger) Ban(ctx context.Context, node, reason string) (BanResult, error) {
+func (reg *Registry) Ban(ctx context.Context, node, reason string) (BanResult, error) {
 	if node == "" {
 		return BanResult{}, fmt.Errorf("%w: node is required", entry.ErrInvalidArgument)
 	}
-	l.revokeMu.Lock()
-	if b, ok := l.Banned(node); ok {
-		l.revokeMu.Unlock()
+	reg.revokeMu.Lock()
+	if b, ok := reg.Banned(node); ok {
+		reg.revokeMu.Unlock()
 		return BanResult{}, fmt.Errorf("%w: node %s since %s (entry %d)", ErrAlreadyBanned, node,
 			b.Time.UTC().Format(time.RFC3339), b.Index)
 	}
 	evs := []entry.Event{{Kind: entry.KindBan, Node: node, Reason: reason}}
-	revs, err := l.nodeRevocations(ctx, node, reason)
+	revs, err := reg.nodeRevocations(ctx, node, reason)
 	if err != nil {
-		l.revokeMu.Unlock()
+		reg.revokeMu.Unlock()
 		return BanResult{}, err
 	}
-	idx, err := l.Append(ctx, append(evs, revs...)...)
-	l.revokeMu.Unlock()
+	idx, err := reg.append(ctx, append(evs, revs...)...)
+	reg.revokeMu.Unlock()
 	if err != nil {
 		return BanResult{}, err
 	}
 	res := BanResult{Ban: Ban{Node: node, Index: idx[0], Reason: reason}}
-	if b, ok := l.Banned(node); ok {
+	if b, ok := reg.Banned(node); ok {
 		res.Ban = b
 	}
 	for _, r := range revs {
 		res.Revoked = append(res.Revoked, r.Serial)
 	}
-	more, err := l.RevokeNodeCertificates(ctx, node)
+	more, err := reg.RevokeNodeCertificates(ctx, node)
 	return BanResult{Ban: res.Ban, Revoked: append(res.Revoked, more...)}, err
 }
 
 // nodeRevocations returns revocation events for node's unexpired,
 // unrevoked certificates. revokeMu is held.
-func (l *Ledger) nodeRevocations(ctx context.Context, node, reason string) ([]entry.Event, error) {
-	certs, err := l.NodeCertificates(ctx, node, l.clock())
+func (reg *Registry) nodeRevocations(ctx context.Context, node, reason string) ([]entry.Event, error) {
+	certs, err := reg.NodeCertificates(ctx, node, reg.clock())
 	if err != nil {
 		return nil, err
 	}
@@ -247,18 +297,18 @@ func (l *Ledger) nodeRevocations(ctx context.Context, node, reason string) ([]en
 // their serials. It does nothing for a node that is not banned. Callers
 // run it after recording certificates for a node they then find banned,
 // and at start for every ban (a crash may have cut a Ban short).
-func (l *Ledger) RevokeNodeCertificates(ctx context.Context, node string) ([]string, error) {
-	l.revokeMu.Lock()
-	defer l.revokeMu.Unlock()
-	b, ok := l.Banned(node)
+func (reg *Registry) RevokeNodeCertificates(ctx context.Context, node string) ([]string, error) {
+	reg.revokeMu.Lock()
+	defer reg.revokeMu.Unlock()
+	b, ok := reg.Banned(node)
 	if !ok {
 		return nil, nil
 	}
-	revs, err := l.nodeRevocations(ctx, node, b.Reason)
+	revs, err := reg.nodeRevocations(ctx, node, b.Reason)
 	if err != nil || len(revs) == 0 {
 		return nil, err
 	}
-	if _, err := l.Append(ctx, revs...); err != nil {
+	if _, err := reg.append(ctx, revs...); err != nil {
 		return nil, err
 	}
 	out := make([]string, len(revs))
@@ -270,15 +320,15 @@ func (l *Ledger) RevokeNodeCertificates(ctx context.Context, node string) ([]str
 
 // Unban lifts node's ban (a KindUnban event). Certificates the ban
 // revoked stay revoked. ErrNotBanned if it is not banned.
-func (l *Ledger) Unban(ctx context.Context, node, reason string) (entry.Entry, error) {
-	l.revokeMu.Lock()
-	defer l.revokeMu.Unlock()
-	if _, ok := l.Banned(node); !ok {
+func (reg *Registry) Unban(ctx context.Context, node, reason string) (entry.Entry, error) {
+	reg.revokeMu.Lock()
+	defer reg.revokeMu.Unlock()
+	if _, ok := reg.Banned(node); !ok {
 		return entry.Entry{}, fmt.Errorf("%w: node %q", ErrNotBanned, node)
 	}
-	idx, err := l.Append(ctx, entry.Event{Kind: entry.KindUnban, Node: node, Reason: reason})
+	idx, err := reg.append(ctx, entry.Event{Kind: entry.KindUnban, Node: node, Reason: reason})
 	if err != nil {
 		return entry.Entry{}, err
 	}
-	return l.Entry(ctx, idx[0])
+	return reg.idx.Entry(ctx, idx[0])
 }

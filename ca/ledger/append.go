@@ -16,7 +16,7 @@ import (
 
 // Append adds events to the log, in order, and returns their indices. All
 // events of one call go into one transaction, and concurrent calls
-// are grouped into shared transactions (group commit, commit.go: an
+// are grouped into shared transactions (group commit, package commit: an
 // Append arriving while the ledger is idle is committed at once, those
 // arriving during a commit share the next transaction); Append returns only
 // after that transaction is committed and durable, so an entry is durable
@@ -57,7 +57,7 @@ func (l *Ledger) Append(ctx context.Context, events ...entry.Event) ([]uint64, e
 		}
 	}
 	start := time.Now()
-	first, err := l.commit.append(ctx, evs)
+	res, err := l.commit.Append(ctx, evs)
 	l.metrics.observeAppend(time.Since(start), err)
 	if err != nil {
 		if l.isClosed() {
@@ -65,6 +65,7 @@ func (l *Ledger) Append(ctx context.Context, events ...entry.Event) ([]uint64, e
 		}
 		return nil, fmt.Errorf("ledger: append: %w", err)
 	}
+	first := res.first
 	l.committed(ctx, first, evs)
 	idx := make([]uint64, len(evs))
 	for i := range idx {

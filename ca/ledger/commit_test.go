@@ -10,16 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/commit"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/store"
 )
-
-// queued returns the number of appends waiting for a transaction.
-func (c *committer) queued() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.queue)
-}
 
 // waitFor polls cond until it holds, failing the test after 10 s.
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -47,10 +41,17 @@ type txProbe struct {
 
 var errInjected = errors.New("injected commit failure")
 
-func probe(l *Ledger) *txProbe {
-	p := &txProbe{real: l.commit.update, held: make(chan struct{}, 1)}
-	l.commit.update = p.update
-	l.commit.write = p.countingWrite(l.commit.write)
+// probe replaces the ledger's committer (idle: nothing appended yet) by
+// one whose transactions go through the probe.
+func probe(l *Ledger) *txProbe { return probeWrite(l, appendTx) }
+
+// probeWrite is probe with write writing each append's events.
+func probeWrite(l *Ledger, write func(store.Tx, []entry.Event) (appended, error)) *txProbe {
+	p := &txProbe{real: l.update, held: make(chan struct{}, 1)}
+	old := l.commit
+	l.commit = commit.New(p.update, p.countingWrite(write), l.publish)
+	go l.commit.Run()
+	old.Close()
 	return p
 }
 
@@ -150,7 +151,7 @@ func startHeldGroup(t *testing.T, l *Ledger, p *txProbe, base, n int) (<-chan re
 	for i := range rest {
 		rest[i] = appendAsync(context.Background(), l, certEvent(base+1+i, "spiffe://td/a", "n", notAfter))
 	}
-	waitFor(t, fmt.Sprintf("%d queued appends", n), func() bool { return l.commit.queued() == n })
+	waitFor(t, fmt.Sprintf("%d queued appends", n), func() bool { return l.commit.Queued() == n })
 	return first, rest, release
 }
 
@@ -227,9 +228,9 @@ func TestGroupedAppendsArePublishedInLogOrder(t *testing.T) {
 		// A ban then an unban of the same node, queued in that order, share a
 		// transaction: the node must end up not banned.
 		ban := appendAsync(context.Background(), l, entry.Event{Kind: entry.KindBan, Node: "node-x", Reason: "test"})
-		waitFor(t, "the ban to queue", func() bool { return l.commit.queued() == 1 })
+		waitFor(t, "the ban to queue", func() bool { return l.commit.Queued() == 1 })
 		unban := appendAsync(context.Background(), l, entry.Event{Kind: entry.KindUnban, Node: "node-x", Reason: "test"})
-		waitFor(t, "the unban to queue", func() bool { return l.commit.queued() == 2 })
+		waitFor(t, "the unban to queue", func() bool { return l.commit.Queued() == 2 })
 		release()
 		for _, ch := range []<-chan result{first, ban, unban} {
 			if r := recv(t, ch); r.err != nil {
@@ -247,20 +248,18 @@ func TestGroupedAppendsArePublishedInLogOrder(t *testing.T) {
 
 func TestBadEventFailsOnlyItsOwnAppendInAGroup(t *testing.T) {
 	l, path := openTest(t, newFakeClock())
-	p := probe(l)
 	badSerial := fmt.Sprintf("%x", 0x1000+7)
 	errBad := errors.New("cannot write this event")
-	write := l.commit.write
-	l.commit.write = func(tx store.Tx, evs []entry.Event) (appended, error) {
+	p := probeWrite(l, func(tx store.Tx, evs []entry.Event) (appended, error) {
 		if evs[0].Serial == badSerial {
 			// Write part of it first: the retry must not keep any of it.
-			if _, err := write(tx, evs); err != nil {
+			if _, err := appendTx(tx, evs); err != nil {
 				return appended{}, err
 			}
 			return appended{}, errBad
 		}
-		return write(tx, evs)
-	}
+		return appendTx(tx, evs)
+	})
 	first, rest, release := startHeldGroup(t, l, p, 0, 10) // serials 1..10 share a group
 	release()
 	if r := recv(t, first); r.err != nil {
@@ -323,12 +322,12 @@ func TestCancelledQueuedAppendIsWithdrawnAndNeverWritten(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	gone := appendAsync(ctx, l, certEvent(1, "spiffe://td/a", "n", notAfter))
 	kept := appendAsync(context.Background(), l, certEvent(2, "spiffe://td/a", "n", notAfter))
-	waitFor(t, "2 queued appends", func() bool { return l.commit.queued() == 2 })
+	waitFor(t, "2 queued appends", func() bool { return l.commit.Queued() == 2 })
 	cancel()
 	if r := recv(t, gone); !errors.Is(r.err, context.Canceled) || r.idx != nil {
 		t.Fatalf("cancelled append: %v, %v", r.idx, r.err)
 	}
-	if n := l.commit.queued(); n != 1 {
+	if n := l.commit.Queued(); n != 1 {
 		t.Fatalf("%d appends queued after the cancel, want 1", n)
 	}
 	release()
@@ -371,11 +370,7 @@ func TestCloseCommitsQueuedAppendsAndRefusesLaterOnes(t *testing.T) {
 	first, rest, release := startHeldGroup(t, l, p, 0, 8)
 	closed := make(chan error, 1)
 	go func() { closed <- l.Close() }()
-	waitFor(t, "Close to refuse new appends", func() bool {
-		l.commit.mu.Lock()
-		defer l.commit.mu.Unlock()
-		return l.commit.closed
-	})
+	waitFor(t, "Close to refuse new appends", l.commit.Closed)
 	if _, err := l.Append(context.Background(), certEvent(99, "spiffe://td/a", "n", time.Now())); !errors.Is(err, entry.ErrClosed) {
 		t.Fatalf("append during Close: %v, want ErrClosed", err)
 	}

@@ -40,6 +40,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/castellan-dev/castellan/ca/ledger/agents"
+	"github.com/castellan-dev/castellan/ca/ledger/commit"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/ledger/lineage"
@@ -126,8 +127,8 @@ type Ledger struct {
 	readOnly  bool
 	onRevoke  func(node, spiffeID string)
 	reserve   *reserve.Reserve
-	cleanup   func()     // removes a salvaged copy (forensic mode)
-	commit    *committer // writes Appends (commit.go); nil when read-only
+	cleanup   func()                      // removes a salvaged copy (forensic mode)
+	commit    *commit.Committer[appended] // writes Appends (package commit); nil when read-only
 
 	// ctx is the ledger's lifetime, cancelled by Close: the context of
 	// the committer's transactions, of the background goroutines and of
@@ -268,8 +269,8 @@ func (l *Ledger) start(opts Options) {
 	if l.readOnly {
 		return // nothing is written: no committer, no indexer
 	}
-	l.commit = newCommitter(l.ctx, l.db, l.publish)
-	go l.commit.run()
+	l.commit = commit.New(l.update, appendTx, l.publish)
+	go l.commit.Run()
 	l.bg.Add(1)
 	go func() {
 		defer l.bg.Done()
@@ -393,7 +394,7 @@ func (l *Ledger) Close() error {
 	l.closed = true
 	l.mu.Unlock()
 	if l.commit != nil {
-		l.commit.close()
+		l.commit.Close()
 	}
 	close(l.stop)
 	l.cancel()
@@ -415,6 +416,11 @@ func (l *Ledger) Close() error {
 	}
 	return nil
 }
+
+// update runs fn in a read-write transaction of the store with the
+// ledger's lifetime as context (the committer's transactions: one caller
+// giving up must not abort a transaction shared with others).
+func (l *Ledger) update(fn func(store.Tx) error) error { return l.db.Update(l.ctx, fn) }
 
 // Ping checks that the ledger's store can be reached (readiness: a CA
 // whose ledger cannot be written must not be sent issuance).

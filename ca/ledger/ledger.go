@@ -44,6 +44,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/ledger/lineage"
+	"github.com/castellan-dev/castellan/ca/ledger/logkey"
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
@@ -51,18 +52,15 @@ import (
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 )
 
-// Defaults applied by Open and New to zero Options fields.
-const (
-	DefaultOrigin    = "castellan.local/ledger"
-	DefaultRetention = 30 * 24 * time.Hour
-)
+// DefaultRetention is applied by Open and New to a zero Options.Retention.
+const DefaultRetention = 30 * 24 * time.Hour
 
 // Options configures a Ledger.
 type Options struct {
 	// Clock returns the current time (nil -> time.Now).
 	Clock func() time.Time
 	// Origin names the log in its checkpoints (first line) and is the name
-	// of the generated log key ("" -> DefaultOrigin).
+	// of the generated log key ("" -> logkey.DefaultOrigin).
 	Origin string
 	// Signer signs checkpoints; VerifierKey is its note verifier key
 	// ("<name>+<hash>+<key>"), given to auditors. Both set or neither: when
@@ -174,7 +172,7 @@ func Open(path string, opts Options) (*Ledger, error) {
 		opts.KeyFile = path + ".key"
 	}
 	if opts.Signer == nil {
-		if err := checkKeyPresent(path, opts.KeyFile); err != nil {
+		if err := logkey.CheckPresent(path, opts.KeyFile); err != nil {
 			return nil, err
 		}
 	}
@@ -207,7 +205,7 @@ func New(db store.DB, opts Options) (*Ledger, error) {
 		return nil, errors.New("ledger: Options.ReadOnly is forensic mode for a bbolt file; use Open")
 	}
 	if opts.KeyFile == "" && opts.Signer == nil {
-		return nil, fmt.Errorf("ledger: the log key is required: set Options.KeyFile to the signer key file (%s)", keygenHint)
+		return nil, fmt.Errorf("ledger: the log key is required: set Options.KeyFile to the signer key file (%s)", logkey.KeygenHint)
 	}
 	l := newLedger(opts, db.Shared())
 	l.db = db
@@ -242,7 +240,7 @@ func newLedger(opts Options, shared bool) *Ledger {
 		l.clock = time.Now
 	}
 	if l.origin == "" {
-		l.origin = DefaultOrigin
+		l.origin = logkey.DefaultOrigin
 	}
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
@@ -351,7 +349,7 @@ func (l *Ledger) load(tx store.Tx) error {
 	if o := meta.Get(tree.KeyOrigin); string(o) != l.origin {
 		return fmt.Errorf("ledger: the store belongs to log %q, not %q", o, l.origin)
 	}
-	if err := l.checkVerifierKey(meta.Get(tree.KeyVerifierKey)); err != nil {
+	if err := logkey.Check(meta.Get(tree.KeyVerifierKey), l.vkey); err != nil {
 		return err
 	}
 	st, err := tree.Read(tx)
@@ -421,6 +419,17 @@ func (l *Ledger) Close() error {
 // ledger's lifetime as context (the committer's transactions: one caller
 // giving up must not abort a transaction shared with others).
 func (l *Ledger) update(fn func(store.Tx) error) error { return l.db.Update(l.ctx, fn) }
+
+// loadKey sets the log key from opts (create: generate it in
+// opts.KeyFile if absent).
+func (l *Ledger) loadKey(opts Options, create bool) error {
+	k, err := logkey.Load(opts.Signer, opts.VerifierKey, opts.KeyFile, l.origin, create)
+	if err != nil {
+		return err
+	}
+	l.signer, l.verifier, l.vkey = k.Signer, k.Verifier, k.VKey
+	return nil
+}
 
 // Ping checks that the ledger's store can be reached (readiness: a CA
 // whose ledger cannot be written must not be sent issuance).

@@ -10,6 +10,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger/agents"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/logkey"
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	"github.com/castellan-dev/castellan/ca/store"
@@ -37,7 +38,7 @@ func code(err error) codes.Code {
 		return codes.InvalidArgument
 	case errors.Is(err, revocation.ErrAlreadyRevoked), errors.Is(err, agents.ErrAlreadyBanned):
 		return codes.AlreadyExists
-	case errors.Is(err, agents.ErrNotBanned), errors.Is(err, entry.ErrReadOnly), errors.Is(err, ErrKeyMismatch),
+	case errors.Is(err, agents.ErrNotBanned), errors.Is(err, entry.ErrReadOnly), errors.Is(err, logkey.ErrKeyMismatch),
 		errors.Is(err, store.ErrReadOnly):
 		return codes.FailedPrecondition
 	case errors.Is(err, entry.ErrClosed), errors.Is(err, reserve.ErrDiskReserve),

@@ -11,6 +11,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger/agents"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/logkey"
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	"github.com/castellan-dev/castellan/ca/store"
@@ -35,7 +36,7 @@ func TestStatusMapsEveryLedgerError(t *testing.T) {
 		{fmt.Errorf("ledger: append: %w", store.ErrCommitUnknown), codes.Unavailable},
 		{fmt.Errorf("ledger: %w", store.ErrClosed), codes.Unavailable},
 		{fmt.Errorf("ledger: %w", store.ErrReadOnly), codes.FailedPrecondition},
-		{fmt.Errorf("%w: other key", ErrKeyMismatch), codes.FailedPrecondition},
+		{fmt.Errorf("%w: other key", logkey.ErrKeyMismatch), codes.FailedPrecondition},
 		{context.Canceled, codes.Canceled},
 		{context.DeadlineExceeded, codes.DeadlineExceeded},
 		{errors.New("bbolt: something else"), codes.Internal},

@@ -21,6 +21,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/logkey"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/ca/store/faultstore"
@@ -98,7 +99,7 @@ func newEnvOn(t testing.TB, registry *faultstore.DB, ledgerDB store.DB, ledgerKe
 	} else {
 		if ledgerKey == "" {
 			ledgerKey = filepath.Join(dir, "ledger.key")
-			if _, err := ledger.GenerateKeyFile(ledgerKey, ""); err != nil {
+			if _, err := logkey.GenerateKeyFile(ledgerKey, ""); err != nil {
 				t.Fatal(err)
 			}
 		}

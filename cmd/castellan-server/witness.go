@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/logkey"
 	"github.com/castellan-dev/castellan/ca/tlog"
 	"github.com/castellan-dev/castellan/ca/witness"
 	"github.com/prometheus/client_golang/prometheus"
@@ -61,7 +62,7 @@ func ledgerOrigin(c witnessConfig, trustDomain, keyFile string) (string, error) 
 		if c.LedgerOrigin != "" {
 			return c.LedgerOrigin, nil
 		}
-		return ledger.OriginFor(trustDomain), nil
+		return logkey.OriginFor(trustDomain), nil
 	case err != nil:
 		return "", fmt.Errorf("castellan-server: read the log key: %w", err)
 	}

@@ -15,6 +15,7 @@ import (
 	auditv1 "github.com/castellan-dev/castellan/api/castellan/audit/v1"
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/logkey"
 	"github.com/castellan-dev/castellan/ca/verifier"
 	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/proof"
@@ -438,9 +439,9 @@ func ledgerKeygen(g *globals, args []string) error {
 		return usagef("ledger keygen: need --out FILE and no arguments")
 	}
 	if *origin == "" {
-		*origin = ledger.OriginFor(*td)
+		*origin = logkey.OriginFor(*td)
 	}
-	vkey, err := ledger.GenerateKeyFile(*out, *origin)
+	vkey, err := logkey.GenerateKeyFile(*out, *origin)
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/logkey"
 	"github.com/castellan-dev/castellan/ca/tlog"
 	"golang.org/x/mod/sumdb/note"
 )
@@ -34,7 +35,7 @@ func newMonitorLog(t *testing.T) *monitorLog {
 	ml := &monitorLog{dir: t.TempDir()}
 	ml.keyFile = filepath.Join(ml.dir, "log.key")
 	var err error
-	if ml.vkey, err = ledger.GenerateKeyFile(ml.keyFile, "example.org/castellan/ledger"); err != nil {
+	if ml.vkey, err = logkey.GenerateKeyFile(ml.keyFile, "example.org/castellan/ledger"); err != nil {
 		t.Fatal(err)
 	}
 	ml.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

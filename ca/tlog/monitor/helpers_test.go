@@ -21,6 +21,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/logkey"
 	"github.com/castellan-dev/castellan/ca/tlog"
 	"github.com/castellan-dev/castellan/ca/tlog/monitor"
 	"golang.org/x/mod/sumdb/note"
@@ -52,7 +53,7 @@ func newRig(t testing.TB) *rig {
 	t.Helper()
 	r := &rig{t: t, dir: t.TempDir()}
 	r.keyFile = filepath.Join(r.dir, "log.key")
-	vkey, err := ledger.GenerateKeyFile(r.keyFile, origin)
+	vkey, err := logkey.GenerateKeyFile(r.keyFile, origin)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/ledger/lineage"
+	"github.com/castellan-dev/castellan/ca/verifier"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -152,7 +153,7 @@ func (s *Service) checkpoint(ctx context.Context) ([]byte, uint64, error) {
 	if err != nil {
 		return nil, 0, toStatus(err)
 	}
-	cp, err := ledger.OpenCheckpoint(signed, s.l.Origin(), s.l.VerifierKey())
+	cp, err := verifier.OpenCheckpoint(signed, s.l.Origin(), s.l.VerifierKey())
 	if err != nil {
 		return nil, 0, toStatus(err)
 	}
@@ -276,7 +277,7 @@ func (s *Service) Export(req *auditv1.ExportRequest, stream grpc.ServerStreaming
 		msg = &auditv1.ExportResponse{}
 		return err
 	}
-	err := s.l.Export(ctx, req.GetFromIndex(), func(lf ledger.Leaf) error {
+	err := s.l.Export(ctx, req.GetFromIndex(), func(lf verifier.Leaf) error {
 		msg.Leaves = append(msg.Leaves, &auditv1.Leaf{Index: lf.Index, Data: lf.Data, LeafHash: lf.Hash})
 		if len(msg.Leaves) == exportChunk {
 			return flush()

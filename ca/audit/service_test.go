@@ -202,7 +202,7 @@ func TestConsistencyExportAndWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var leaves []ledger.Leaf
+	var leaves []verifier.Leaf
 	for {
 		m, err := exp.Recv()
 		if err == io.EOF {
@@ -212,7 +212,7 @@ func TestConsistencyExportAndWatch(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, lf := range m.Leaves {
-			leaves = append(leaves, ledger.Leaf{Index: lf.Index, Data: lf.Data, Hash: lf.LeafHash})
+			leaves = append(leaves, verifier.Leaf{Index: lf.Index, Data: lf.Data, Hash: lf.LeafHash})
 		}
 	}
 	tv := verifier.NewTree(c2)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/verifier"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -209,14 +210,14 @@ func BenchmarkVerify1M(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	cp, err := OpenCheckpoint(signed, "", l.VerifierKey())
+	cp, err := verifier.OpenCheckpoint(signed, "", l.VerifierKey())
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		v := NewTreeVerifier(cp)
-		if err := l.Export(context.Background(), 0, func(lf Leaf) error { v.Add(lf); return nil }); err != nil {
+		if err := l.Export(context.Background(), 0, func(lf verifier.Leaf) error { v.Add(lf); return nil }); err != nil {
 			b.Fatal(err)
 		}
 		if rep := v.Finish(); !rep.OK() {

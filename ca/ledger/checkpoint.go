@@ -9,7 +9,6 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
-	"github.com/castellan-dev/castellan/ca/verifier"
 	"github.com/transparency-dev/formats/log"
 	"golang.org/x/mod/sumdb/note"
 )
@@ -119,12 +118,4 @@ func checkpointSize(cp []byte) uint64 {
 	}
 	n, _ := strconv.ParseUint(string(lines[1]), 10, 64)
 	return n
-}
-
-// OpenCheckpoint verifies a signed checkpoint against the log's verifier
-// key vkey and origin, and returns its contents: the offline verifier's
-// check (ca/verifier.OpenCheckpoint), which needs only the transparency-dev
-// and x/mod libraries, as an auditor's own tool would.
-func OpenCheckpoint(signed []byte, origin, vkey string) (*log.Checkpoint, error) {
-	return verifier.OpenCheckpoint(signed, origin, vkey)
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger/commit"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/logfile"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -212,7 +213,7 @@ func closeAndVerify(t *testing.T, l *Ledger, path string, n uint64) {
 	if cerr := r.Close(); err != nil || cerr != nil {
 		t.Fatal(err, cerr)
 	}
-	rep, err := VerifyFile(path, r.VerifierKey())
+	rep, err := logfile.VerifyFile(path, r.VerifierKey())
 	if err != nil || !rep.OK() || rep.Entries != n {
 		t.Fatalf("verify: %v %+v, want %d entries", err, rep, n)
 	}

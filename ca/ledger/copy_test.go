@@ -16,6 +16,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
+	"github.com/castellan-dev/castellan/ca/verifier"
 )
 
 // populated returns a closed bbolt ledger at path holding every kind of
@@ -122,11 +123,11 @@ func TestLedgerCopiedToAnotherStoreKeepsItsProofs(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c1, err := OpenCheckpoint(saved, "", l.VerifierKey())
+		c1, err := verifier.OpenCheckpoint(saved, "", l.VerifierKey())
 		if err != nil {
 			t.Fatalf("the checkpoint saved before the copy does not verify with the copied ledger's key: %v", err)
 		}
-		c2, err := OpenCheckpoint(cur, "", l.VerifierKey())
+		c2, err := verifier.OpenCheckpoint(cur, "", l.VerifierKey())
 		if err != nil {
 			t.Fatal(err)
 		}

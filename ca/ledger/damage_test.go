@@ -11,6 +11,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/ledger/logfile"
 )
 
 // damagePages overwrites the element tables of n leaf pages of entries from
@@ -69,7 +70,7 @@ func TestOpenDamagedLedgerNamesTheFile(t *testing.T) {
 		t.Errorf("error %v is not ErrDamaged", err)
 	}
 	// VerifyFile reports the damage as a finding (exit 3 in castellanctl).
-	rep, err := VerifyFile(path, vkey)
+	rep, err := logfile.VerifyFile(path, vkey)
 	if err != nil || rep.OK() || !strings.Contains(strings.Join(rep.Findings, ";"), path) {
 		t.Fatalf("VerifyFile = %+v, %v; want a finding naming %s", rep, err, path)
 	}

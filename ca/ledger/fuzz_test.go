@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/verifier"
 )
 
 // FuzzOpenDamagedLedger damages a real ledger file (bytes written at an
@@ -83,7 +84,7 @@ func FuzzOpenDamagedLedger(f *testing.F) {
 		ctx := context.Background()
 		_, _, _ = l.List(ctx, index.Filter{}, 50, "")
 		_, _ = l.Get(ctx, "1005")
-		_ = l.Export(ctx, 0, func(Leaf) error { return nil })
+		_ = l.Export(ctx, 0, func(verifier.Leaf) error { return nil })
 		_, _ = l.InclusionProof(3, l.Size())
 	})
 }

@@ -44,6 +44,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/ledger/lineage"
+	"github.com/castellan-dev/castellan/ca/ledger/logfile"
 	"github.com/castellan-dev/castellan/ca/ledger/logkey"
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/ledger/revocation"
@@ -285,9 +286,9 @@ func (l *Ledger) start(opts Options) {
 func (l *Ledger) openFile(path string) error {
 	var err error
 	if l.readOnly {
-		l.bolt, l.cleanup, err = openForensic(path, l.log)
+		l.bolt, l.cleanup, err = logfile.OpenForensic(path, l.log)
 	} else {
-		l.bolt, err = openChecked(path)
+		l.bolt, err = logfile.OpenChecked(path)
 	}
 	if err != nil {
 		l.cancel()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/revocation"
+	"github.com/castellan-dev/castellan/ca/verifier"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -133,7 +134,7 @@ func TestInclusionProofVerifiesAgainstSignedCheckpoint(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cp, err := OpenCheckpoint(signed, l.Origin(), l.VerifierKey())
+		cp, err := verifier.OpenCheckpoint(signed, l.Origin(), l.VerifierKey())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -172,11 +173,11 @@ func TestConsistencyProofBetweenCheckpoints(t *testing.T) {
 		old, _ := l.Checkpoint(ctx)
 		fill(t, l, 701, clock.Now().Add(time.Hour))
 		cur, _ := l.Checkpoint(ctx)
-		c1, err := OpenCheckpoint(old, "", l.VerifierKey())
+		c1, err := verifier.OpenCheckpoint(old, "", l.VerifierKey())
 		if err != nil {
 			t.Fatal(err)
 		}
-		c2, err := OpenCheckpoint(cur, "", l.VerifierKey())
+		c2, err := verifier.OpenCheckpoint(cur, "", l.VerifierKey())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -196,11 +197,11 @@ func TestCheckpointWithBadSignatureIsRejected(t *testing.T) {
 		signed, _ := l.Checkpoint(context.Background())
 		bad := append([]byte(nil), signed...)
 		bad[len(bad)-5] ^= 1
-		if _, err := OpenCheckpoint(bad, "", l.VerifierKey()); err == nil {
+		if _, err := verifier.OpenCheckpoint(bad, "", l.VerifierKey()); err == nil {
 			t.Fatal("checkpoint with a flipped signature byte verified")
 		}
 		other := be.openTest(t, newFakeClock())
-		if _, err := OpenCheckpoint(signed, "", other.VerifierKey()); err == nil {
+		if _, err := verifier.OpenCheckpoint(signed, "", other.VerifierKey()); err == nil {
 			t.Fatal("checkpoint verified under another log's key")
 		}
 	})

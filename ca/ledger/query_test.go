@@ -12,6 +12,8 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/ledger/logfile"
+	"github.com/castellan-dev/castellan/ca/verifier"
 )
 
 func TestListPagesThroughSPIFFEIDIndex(t *testing.T) {
@@ -209,12 +211,12 @@ func TestPruneKeepsProofsAndDropsContent(t *testing.T) {
 	if page, _, _ := l.List(ctx, index.Filter{}, 100, ""); len(page) != 10 {
 		t.Fatalf("List after prune: %d entries", len(page))
 	}
-	c, _ := OpenCheckpoint(cp, "", l.VerifierKey())
+	c, _ := verifier.OpenCheckpoint(cp, "", l.VerifierKey())
 	if _, err := l.InclusionProof(4, c.Size); err != nil {
 		t.Fatal(err)
 	}
 	l.Close()
-	rep, err := VerifyFile(path, l.VerifierKey())
+	rep, err := logfile.VerifyFile(path, l.VerifierKey())
 	if err != nil || !rep.OK() || rep.Pruned != 31 {
 		t.Fatalf("verify after prune: %+v %v", rep, err)
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
+	"github.com/castellan-dev/castellan/ca/verifier"
 )
 
 // seenWithin is how soon a replica must see another's revocations and
@@ -222,11 +223,11 @@ func TestReplicasAgreeOnProofsAndCheckpoints(t *testing.T) {
 		if cur2, err := b.Checkpoint(ctx); err != nil || !bytes.Equal(cur, cur2) {
 			t.Fatalf("replicas sign different checkpoints of one log:\n%s\n%s (%v)", cur, cur2, err)
 		}
-		c1, err := OpenCheckpoint(old, "", a.VerifierKey())
+		c1, err := verifier.OpenCheckpoint(old, "", a.VerifierKey())
 		if err != nil {
 			t.Fatal(err)
 		}
-		c2, err := OpenCheckpoint(cur, "", b.VerifierKey())
+		c2, err := verifier.OpenCheckpoint(cur, "", b.VerifierKey())
 		if err != nil {
 			t.Fatal(err)
 		}

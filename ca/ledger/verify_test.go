@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/logfile"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
+	"github.com/castellan-dev/castellan/ca/verifier"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 	bolt "go.etcd.io/bbolt"
@@ -52,7 +54,7 @@ func editFile(t *testing.T, path string, fn func(tx *bolt.Tx) error) {
 	}
 }
 
-func wantFinding(t *testing.T, rep Report, substr string) {
+func wantFinding(t *testing.T, rep verifier.Report, substr string) {
 	t.Helper()
 	for _, f := range rep.Findings {
 		if strings.Contains(f, substr) {
@@ -64,7 +66,7 @@ func wantFinding(t *testing.T, rep Report, substr string) {
 
 func TestVerifyUntouchedLogIsClean(t *testing.T) {
 	path, vkey, _ := tamperable(t, 1000)
-	rep, err := VerifyFile(path, vkey)
+	rep, err := logfile.VerifyFile(path, vkey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +84,7 @@ func TestVerifyCatchesFlippedByte(t *testing.T) {
 		v[i+5] ^= 1 // node-4 -> node-5
 		return b.Put(tree.Key(234), v)
 	})
-	rep, err := VerifyFile(path, vkey)
+	rep, err := logfile.VerifyFile(path, vkey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,14 +109,14 @@ func TestVerifyCatchesFlippedByteWithLeafHashRewritten(t *testing.T) {
 		}
 		return b.Put(tree.Key(7), v)
 	})
-	rep, _ := VerifyFile(path, vkey)
+	rep, _ := logfile.VerifyFile(path, vkey)
 	wantFinding(t, rep, "do not hash to the root in checkpoint 100")
 }
 
 func TestVerifyCatchesDeletedEntry(t *testing.T) {
 	path, vkey, _ := tamperable(t, 1000)
 	editFile(t, path, func(tx *bolt.Tx) error { return tx.Bucket(tree.Entries).Delete(tree.Key(500)) })
-	rep, err := VerifyFile(path, vkey)
+	rep, err := logfile.VerifyFile(path, vkey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,9 +144,9 @@ func TestVerifyCatchesDeletedEntry(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	cp, _ := OpenCheckpoint(l.StoredCheckpoint(), "", vkey)
+	cp, _ := verifier.OpenCheckpoint(l.StoredCheckpoint(), "", vkey)
 	v := NewTreeVerifier(cp)
-	if err := l.Export(context.Background(), 0, func(lf Leaf) error { v.Add(lf); return nil }); err != nil {
+	if err := l.Export(context.Background(), 0, func(lf verifier.Leaf) error { v.Add(lf); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	rep = v.Finish()
@@ -165,7 +167,7 @@ func TestVerifyCatchesTruncatedLog(t *testing.T) {
 		}
 		return nil
 	})
-	rep, _ := VerifyFile(path, vkey)
+	rep, _ := logfile.VerifyFile(path, vkey)
 	wantFinding(t, rep, "checkpoint 100 commits to 100 entries but the log has only 90")
 }
 
@@ -203,11 +205,11 @@ func TestVerifySinceCatchesRewrittenHistory(t *testing.T) {
 	cur, _ := f.Checkpoint(context.Background())
 	f.Close()
 
-	rep, err := VerifyFile(forged, vkey)
+	rep, err := logfile.VerifyFile(forged, vkey)
 	if err != nil || !rep.OK() {
 		t.Fatalf("forged log should be self-consistent: %+v %v", rep, err)
 	}
-	rep, err = VerifyFile(forged, vkey, old)
+	rep, err = logfile.VerifyFile(forged, vkey, old)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,8 +225,8 @@ func TestVerifySinceCatchesRewrittenHistory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c1, _ := OpenCheckpoint(old, "", vkey)
-	c2, _ := OpenCheckpoint(cur, "", vkey)
+	c1, _ := verifier.OpenCheckpoint(old, "", vkey)
+	c2, _ := verifier.OpenCheckpoint(cur, "", vkey)
 	if proof.VerifyConsistency(rfc6962.DefaultHasher, 50, 60, p, c1.Hash, c2.Hash) == nil {
 		t.Fatal("consistency proof of rewritten history verified")
 	}

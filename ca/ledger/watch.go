@@ -8,6 +8,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
+	"github.com/castellan-dev/castellan/ca/verifier"
 )
 
 // chunk is how many entries one read transaction of Watch or Export holds,
@@ -71,7 +72,7 @@ func (l *Ledger) readRange(ctx context.Context, from, to uint64) ([]entry.Entry,
 // replica's appends). It reads raw bytes without decoding,
 // so a damaged entry is passed on for the auditor to detect. A missing
 // entry is passed with nil Data and nil Hash.
-func (l *Ledger) Export(ctx context.Context, from uint64, fn func(Leaf) error) error {
+func (l *Ledger) Export(ctx context.Context, from uint64, fn func(verifier.Leaf) error) error {
 	size, err := l.storedSize(ctx)
 	if err != nil {
 		return fmt.Errorf("ledger: export: %w", err)
@@ -81,7 +82,7 @@ func (l *Ledger) Export(ctx context.Context, from uint64, fn func(Leaf) error) e
 			return err
 		}
 		to := min(size, from+chunk)
-		leaves := make([]Leaf, 0, to-from)
+		leaves := make([]verifier.Leaf, 0, to-from)
 		err := l.view(ctx, func(tx store.Tx) error {
 			leaves = tree.AppendLeaves(tx, leaves, from, to)
 			return nil

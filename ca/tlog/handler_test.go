@@ -18,6 +18,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/verifier"
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
@@ -96,7 +97,7 @@ func (tl *testLog) get(t *testing.T, path string) (int, http.Header, []byte) {
 func leafData(t *testing.T, l *ledger.Ledger) [][]byte {
 	t.Helper()
 	var out [][]byte
-	err := l.Export(context.Background(), 0, func(lf ledger.Leaf) error {
+	err := l.Export(context.Background(), 0, func(lf verifier.Leaf) error {
 		out = append(out, lf.Data)
 		return nil
 	})

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	auditv1 "github.com/castellan-dev/castellan/api/castellan/audit/v1"
-	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/logfile"
 	"github.com/castellan-dev/castellan/ca/ledger/logkey"
 	"github.com/castellan-dev/castellan/ca/verifier"
 	"github.com/transparency-dev/formats/log"
@@ -212,7 +212,7 @@ func verifyFile(g *globals, path, vkey, since, format string) error {
 		}
 		extra = append(extra, raw)
 	}
-	rep, err := ledger.VerifyFile(path, vkey, extra...)
+	rep, err := logfile.VerifyFile(path, vkey, extra...)
 	if err != nil {
 		return err
 	}

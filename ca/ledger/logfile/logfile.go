@@ -1,8 +1,10 @@
-package ledger
+// Package logfile is the ledger's bbolt file: opening it for writing
+// after checking every page (a damaged file is ErrDamaged naming it, never
+// a bbolt panic), opening a damaged one read-only for forensics from a
+// salvaged copy, and verifying a file offline (VerifyFile).
+package logfile
 
 import (
-	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,9 +15,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
-	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/internal/boltcheck"
-	"github.com/transparency-dev/formats/log"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -24,15 +24,15 @@ func boltOptions() *bolt.Options {
 	return &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType}
 }
 
-// damageError is a failed integrity check; errors.Is(err, ErrDamaged).
+// damageError is a failed integrity check; errors.Is(err, entry.ErrDamaged).
 type damageError struct{ msg string }
 
 func (e *damageError) Error() string        { return e.msg }
 func (e *damageError) Is(target error) bool { return target == entry.ErrDamaged }
 
-// damaged returns the ErrDamaged error for the file at path, saying what
+// Damaged returns the ErrDamaged error for the file at path, saying what
 // is wrong (why) and what to do.
-func damaged(path string, why error) error {
+func Damaged(path string, why error) error {
 	msg := fmt.Sprintf("%s is damaged: %v", path, why)
 	var de *boltcheck.DamageError
 	if errors.As(why, &de) {
@@ -41,13 +41,13 @@ func damaged(path string, why error) error {
 	return &damageError{msg: "ledger: " + msg + "; restore the file from a backup (the server must not issue from a damaged ledger)"}
 }
 
-// openChecked opens the ledger file for writing after checking it: every
+// OpenChecked opens the ledger file for writing after checking it: every
 // page with boltcheck (bbolt would panic or fault on a damaged one, in
 // part on goroutines no caller can recover), then bbolt's tx.Check.
-func openChecked(path string) (*bolt.DB, error) {
+func OpenChecked(path string) (*bolt.DB, error) {
 	db, err := boltcheck.Open(path, 0o600, boltOptions())
 	if errors.Is(err, boltcheck.ErrDamaged) {
-		return nil, damaged(path, err)
+		return nil, Damaged(path, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("ledger: open %s: %w", path, err)
@@ -55,12 +55,12 @@ func openChecked(path string) (*bolt.DB, error) {
 	return db, nil
 }
 
-// openForensic opens a possibly damaged ledger file read-only. An intact
+// OpenForensic opens a possibly damaged ledger file read-only. An intact
 // file is opened as it is. A damaged one is never handed to bbolt, which
 // could crash or loop forever on it: boltcheck.Salvage copies every entry
 // it can read into a sound file in a temporary directory, and that copy is
 // opened; cleanup removes it.
-func openForensic(path string, log *slog.Logger) (db *bolt.DB, cleanup func(), err error) {
+func OpenForensic(path string, log *slog.Logger) (db *bolt.DB, cleanup func(), err error) {
 	src, cleanup := path, func() {}
 	if err := boltcheck.Check(path); err != nil {
 		if !errors.Is(err, boltcheck.ErrDamaged) {
@@ -97,7 +97,7 @@ func salvage(path string, log *slog.Logger) (string, func(), error) {
 	}
 	if err != nil {
 		cleanup()
-		return "", nil, damaged(path, fmt.Errorf("nothing can be salvaged: %w", err))
+		return "", nil, Damaged(path, fmt.Errorf("nothing can be salvaged: %w", err))
 	}
 	log.Error("the ledger file is damaged; serving what could be read of it, read-only, for forensics",
 		"path", path, "salvaged_copy", dst, "damaged_parts", n)
@@ -127,82 +127,12 @@ func addBuckets(path string) error {
 	return err
 }
 
-// view runs fn in a read transaction of the store. In forensic mode the
-// file may be damaged, so a panic or memory fault while reading it becomes
-// ErrDamaged.
-func (l *Ledger) view(ctx context.Context, fn func(store.Tx) error) error {
-	if !l.readOnly {
-		return l.db.View(ctx, fn)
-	}
-	err := boltcheck.Guard(func() error { return l.db.View(ctx, fn) })
+// Guard runs fn, a read of a possibly damaged file (forensic mode): a
+// panic or memory fault while reading it becomes an entry.ErrDamaged error.
+func Guard(fn func() error) error {
+	err := boltcheck.Guard(fn)
 	if errors.Is(err, boltcheck.ErrDamaged) && !errors.Is(err, entry.ErrDamaged) {
 		return &damageError{msg: "ledger: " + err.Error()}
 	}
 	return err
-}
-
-// checkExisting checks the tree of a ledger file that already holds one
-// (a new file has no buckets yet).
-func (l *Ledger) checkExisting(path string) error {
-	exists := false
-	err := l.view(l.ctx, func(tx store.Tx) error {
-		if exists = tx.Bucket(tree.Meta) != nil; exists {
-			return l.load(tx)
-		}
-		return nil
-	})
-	if err != nil || !exists {
-		return err
-	}
-	return l.checkTree(path)
-}
-
-// checkTree recomputes the Merkle tree from the stored entries and
-// compares it with the stored tree head and the stored signed checkpoint
-// (Open, before the ledger is used).
-func (l *Ledger) checkTree(path string) error {
-	headRoot, err := l.head.Root()
-	if err != nil {
-		return damaged(path, err)
-	}
-	cps := []*log.Checkpoint{{Origin: l.origin, Size: l.head.Size, Hash: headRoot}}
-	if l.lastCP != nil {
-		cp, err := OpenCheckpoint(l.lastCP, l.origin, l.vkey)
-		if err != nil {
-			return damaged(path, fmt.Errorf("stored checkpoint: %w", err))
-		}
-		if cp.Size != l.head.Size || !bytes.Equal(cp.Hash, headRoot) {
-			cps = append(cps, cp)
-		}
-	}
-	var rep Report
-	if err := l.view(l.ctx, func(tx store.Tx) error { rep = tree.Verify(tx, cps); return nil }); err != nil {
-		return damaged(path, err)
-	}
-	if !rep.OK() {
-		return damaged(path, fmt.Errorf("the Merkle tree does not verify (%d problem(s)); first: %s", rep.ProblemCount, rep.Findings[0]))
-	}
-	return nil
-}
-
-// checkCheckpoint checks the stored checkpoint of a ledger opened with
-// New: signed with the log's key, for the log's origin, and not beyond
-// the stored tree; at the tree's size, with its root.
-func (l *Ledger) checkCheckpoint() error {
-	if l.lastCP == nil {
-		return nil
-	}
-	cp, err := OpenCheckpoint(l.lastCP, l.origin, l.vkey)
-	if err != nil {
-		return fmt.Errorf("%w: the stored checkpoint does not verify with the log key: %w", entry.ErrDamaged, err)
-	}
-	root, err := l.head.Root()
-	if err != nil {
-		return fmt.Errorf("%w: %w", entry.ErrDamaged, err)
-	}
-	if cp.Size > l.head.Size || cp.Size == l.head.Size && !bytes.Equal(cp.Hash, root) {
-		return fmt.Errorf("%w: the stored checkpoint (size %d) does not match the stored tree (size %d); run castellanctl ledger verify",
-			entry.ErrDamaged, cp.Size, l.head.Size)
-	}
-	return nil
 }

@@ -1,4 +1,4 @@
-package ledger
+package logfile
 
 import (
 	"context"
@@ -17,14 +17,6 @@ import (
 	"github.com/castellan-dev/castellan/internal/boltcheck"
 )
 
-// Leaf is one position of the log as an auditor receives it (Export); it
-// is the offline verifier's type (ca/verifier), named here for callers of
-// Export.
-type Leaf = verifier.Leaf
-
-// Report is the outcome of VerifyFile (ca/verifier's Report).
-type Report = verifier.Report
-
 // VerifyFile verifies a ledger file offline: it checks the file's page
 // structure, checks the stored checkpoint's signature with vkey, recomputes
 // the tree from the stored entries and compares it with the stored
@@ -32,8 +24,8 @@ type Report = verifier.Report
 // file is opened read-only; the server holding it must be stopped. A
 // damaged file is a Report with a finding, not an error (and never a
 // panic); errors are for files that cannot be read at all.
-func VerifyFile(path, vkey string, extra ...[]byte) (Report, error) {
-	var rep Report
+func VerifyFile(path, vkey string, extra ...[]byte) (verifier.Report, error) {
+	var rep verifier.Report
 	if _, err := os.Stat(path); err != nil {
 		return rep, fmt.Errorf("ledger: %w", err)
 	}
@@ -65,7 +57,7 @@ func VerifyFile(path, vkey string, extra ...[]byte) (Report, error) {
 				if signed == nil {
 					continue
 				}
-				cp, err := OpenCheckpoint(signed, string(meta.Get(tree.KeyOrigin)), vkey)
+				cp, err := verifier.OpenCheckpoint(signed, string(meta.Get(tree.KeyOrigin)), vkey)
 				if err != nil {
 					return err
 				}

@@ -71,8 +71,8 @@ func TestEntryDataRefusesPrunedAndDamagedEntries(t *testing.T) {
 	if n, err := l.Prune(context.Background()); err != nil || n != 5 {
 		t.Fatalf("Prune: %d, %v", n, err)
 	}
-	if _, err := l.EntryData(3, 4); !errors.Is(err, ErrPruned) || !strings.Contains(err.Error(), "entry 3") {
-		t.Fatalf("EntryData over pruned entries: %v; want ErrPruned naming entry 3", err)
+	if _, err := l.EntryData(3, 4); !errors.Is(err, tree.ErrPruned) || !strings.Contains(err.Error(), "entry 3") {
+		t.Fatalf("EntryData over pruned entries: %v; want tree.ErrPruned naming entry 3", err)
 	}
 	data, err := l.EntryData(5, 5)
 	if err != nil || len(data) != 5 {

@@ -8,8 +8,8 @@ import (
 	"strconv"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
-	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -61,7 +61,7 @@ func (c *caService) GetLogProof(ctx context.Context, req *cav1.GetLogProofReques
 		}
 		seen[idx] = true
 		inc, err := inclusion(lp, idx, size)
-		if errors.Is(err, ledger.ErrPruned) {
+		if errors.Is(err, tree.ErrPruned) {
 			continue // an expired certificate's entry: nothing to serve
 		} else if err != nil {
 			return nil, proofStatus(err)

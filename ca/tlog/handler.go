@@ -11,8 +11,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/castellan-dev/castellan/ca/ledger"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 )
 
 // Log is what Handler serves; *ledger.Ledger implements it.
@@ -26,7 +26,7 @@ type Log interface {
 	// at a tree level; ledger.ErrNotFound if any is not complete.
 	NodeHashes(level uint8, from, n uint64) ([][]byte, error)
 	// EntryData returns the leaf data of entries [from, from+n);
-	// ledger.ErrNotFound beyond the log, ledger.ErrPruned for a pruned one.
+	// ledger.ErrNotFound beyond the log, tree.ErrPruned for a pruned one.
 	EntryData(from, n uint64) ([][]byte, error)
 }
 
@@ -250,7 +250,7 @@ func (h *Handler) failRead(w http.ResponseWriter, res Resource, err error) {
 	switch {
 	case errors.Is(err, entry.ErrNotFound):
 		h.fail(w, http.StatusNotFound, fmt.Sprintf("tlog: %s is not in the log yet: %v", res, err))
-	case errors.Is(err, ledger.ErrPruned):
+	case errors.Is(err, tree.ErrPruned):
 		h.fail(w, http.StatusGone, fmt.Sprintf("tlog: %s cannot be served: %v; the hash tiles still prove every leaf", res, err))
 	case errors.Is(err, errNotWitnessed):
 		w.Header().Set("Retry-After", "5")

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/castellan-dev/castellan/ca/ledger/checkpoint"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/logfile"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
@@ -48,8 +49,8 @@ func (l *Ledger) checkTree(path string) error {
 		return logfile.Damaged(path, err)
 	}
 	cps := []*log.Checkpoint{{Origin: l.origin, Size: l.head.Size, Hash: headRoot}}
-	if l.lastCP != nil {
-		cp, err := verifier.OpenCheckpoint(l.lastCP, l.origin, l.vkey)
+	if last := checkpoint.Last(l.Checkpoints); last != nil {
+		cp, err := verifier.OpenCheckpoint(last, l.origin, l.vkey)
 		if err != nil {
 			return logfile.Damaged(path, fmt.Errorf("stored checkpoint: %w", err))
 		}
@@ -71,10 +72,11 @@ func (l *Ledger) checkTree(path string) error {
 // New: signed with the log's key, for the log's origin, and not beyond
 // the stored tree; at the tree's size, with its root.
 func (l *Ledger) checkCheckpoint() error {
-	if l.lastCP == nil {
+	last := checkpoint.Last(l.Checkpoints)
+	if last == nil {
 		return nil
 	}
-	cp, err := verifier.OpenCheckpoint(l.lastCP, l.origin, l.vkey)
+	cp, err := verifier.OpenCheckpoint(last, l.origin, l.vkey)
 	if err != nil {
 		return fmt.Errorf("%w: the stored checkpoint does not verify with the log key: %w", entry.ErrDamaged, err)
 	}

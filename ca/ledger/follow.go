@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/agents"
+	"github.com/castellan-dev/castellan/ca/ledger/checkpoint"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/ledger/revocation"
@@ -253,10 +254,6 @@ func extend(head tree.Head, leafs [][]byte) (tree.Head, error) {
 // noteStored records a stored checkpoint and index position newer than
 // the ones in memory (another replica signed or indexed).
 func (l *Ledger) noteStored(cp []byte, indexed uint64) {
-	l.mu.Lock()
-	if cp != nil && (l.lastCP == nil || checkpointSize(cp) > l.lastCPLen) {
-		l.lastCP, l.lastCPLen = cp, checkpointSize(cp)
-	}
-	l.mu.Unlock()
+	checkpoint.Note(l.Checkpoints, cp)
 	index.Advance(l.Index, indexed)
 }

@@ -40,6 +40,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/castellan-dev/castellan/ca/ledger/agents"
+	"github.com/castellan-dev/castellan/ca/ledger/checkpoint"
 	"github.com/castellan-dev/castellan/ca/ledger/commit"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
@@ -105,10 +106,11 @@ type Options struct {
 
 // Ledger is an open issuance log.
 type Ledger struct {
-	*index.Index      // the certificate index: Entry, Get, List
-	*revocation.Set   // the revocations: Revoke, IsRevoked, Revocations, ...
-	*agents.Registry  // agents and bans: Agents, Ban, Banned, ...
-	*lineage.Lineages // lineages: Ancestors, Descendants, RevokeWithDescendants, ...
+	*index.Index            // the certificate index: Entry, Get, List
+	*revocation.Set         // the revocations: Revoke, IsRevoked, Revocations, ...
+	*agents.Registry        // agents and bans: Agents, Ban, Banned, ...
+	*checkpoint.Checkpoints // signed checkpoints: Checkpoint, WitnessedCheckpoint, ...
+	*lineage.Lineages       // lineages: Ancestors, Descendants, RevokeWithDescendants, ...
 
 	db        store.DB
 	bolt      *bolt.DB // the file under db when opened with Open; nil with New
@@ -116,8 +118,6 @@ type Ledger struct {
 	shared    bool     // db.Shared(): other replicas append too (follow.go)
 	clock     func() time.Time
 	origin    string
-	signer    note.Signer
-	verifier  note.Verifier
 	vkey      string
 	log       *slog.Logger
 	audit     *slog.Logger // log with the audit attribute (append.go, auditLine)
@@ -138,12 +138,10 @@ type Ledger struct {
 	revokeMu sync.Mutex // serializes Revoke
 	pubMu    sync.Mutex // serializes publishing (publish, follow): log order, exactly once
 
-	mu        sync.Mutex
-	head      tree.Head     // latest published tree (entries [0, head.size) applied)
-	appendCh  chan struct{} // closed when the log grows
-	lastCP    []byte        // latest signed checkpoint
-	lastCPLen uint64        // its tree size
-	closed    bool
+	mu       sync.Mutex
+	head     tree.Head     // latest published tree (entries [0, head.size) applied)
+	appendCh chan struct{} // closed when the log grows
+	closed   bool
 
 	stop chan struct{}  // closed by Close
 	bg   sync.WaitGroup // the indexer and the follower
@@ -248,7 +246,7 @@ func newLedger(opts Options, shared bool) *Ledger {
 	}
 	l.audit = l.log.With(slog.String("audit", "castellan.ledger"))
 	l.Index = index.New(index.Config{
-		View: l.view, Update: func(ctx context.Context, fn func(store.Tx) error) error { return l.db.Update(ctx, fn) },
+		View: l.view, Update: l.txUpdate,
 		Ctx: l.ctx, Log: l.log, Clock: l.clock, ReadOnly: l.readOnly,
 		Shared: l.shared, Published: l.Size, Closed: l.isClosed,
 	})
@@ -359,8 +357,7 @@ func (l *Ledger) load(tx store.Tx) error {
 	}
 	l.head = st
 	if cp := meta.Get(tree.KeyCheckpoint); cp != nil {
-		l.lastCP = append([]byte(nil), cp...)
-		l.lastCPLen = checkpointSize(cp)
+		checkpoint.Note(l.Checkpoints, append([]byte(nil), cp...))
 	}
 	index.Advance(l.Index, index.Stored(tx))
 	return nil
@@ -422,14 +419,23 @@ func (l *Ledger) Close() error {
 func (l *Ledger) update(fn func(store.Tx) error) error { return l.db.Update(l.ctx, fn) }
 
 // loadKey sets the log key from opts (create: generate it in
-// opts.KeyFile if absent).
+// opts.KeyFile if absent) and the checkpoints it signs.
 func (l *Ledger) loadKey(opts Options, create bool) error {
 	k, err := logkey.Load(opts.Signer, opts.VerifierKey, opts.KeyFile, l.origin, create)
 	if err != nil {
 		return err
 	}
-	l.signer, l.verifier, l.vkey = k.Signer, k.Verifier, k.VKey
+	l.vkey = k.VKey
+	l.Checkpoints = checkpoint.New(checkpoint.Config{
+		Origin: l.origin, Signer: k.Signer, Verifier: k.Verifier, View: l.view, Update: l.txUpdate,
+		Ctx: l.ctx, Log: l.log, ReadOnly: l.readOnly, Shared: l.shared, Published: l.Size, Closed: l.isClosed,
+	})
 	return nil
+}
+
+// txUpdate runs fn in a read-write transaction of the store.
+func (l *Ledger) txUpdate(ctx context.Context, fn func(store.Tx) error) error {
+	return l.db.Update(ctx, fn)
 }
 
 // Ping checks that the ledger's store can be reached (readiness: a CA

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/castellan-dev/castellan/ca/ledger/checkpoint"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/ledger/revocation"
@@ -283,11 +284,11 @@ func TestCheckpointNeverReplacedBySmallerOne(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		small, err := l.sign(tree.Head{})
+		small, err := checkpoint.Sign(l.Checkpoints, tree.Head{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := l.storeCheckpoint(ctx, small, 0)
+		got, err := checkpoint.Store(l.Checkpoints, ctx, small, 0)
 		if err != nil || !bytes.Equal(got, big) {
 			t.Fatalf("storing a checkpoint of size 0 over one of size 10 returned %q (%v)", got, err)
 		}

@@ -1,4 +1,4 @@
-package ledger
+package checkpoint
 
 import (
 	"bytes"
@@ -16,15 +16,15 @@ import (
 // the ledger's store (nil if none), which on a shared store may have been
 // stored by another replica: every replica serves the same one. Nil once
 // closed or if the store cannot be read (a read failure is logged).
-func (l *Ledger) WitnessedCheckpoint() []byte {
+func (c *Checkpoints) WitnessedCheckpoint() []byte {
 	var cp []byte
-	err := l.view(l.ctx, func(tx store.Tx) error {
+	err := c.c.View(c.c.Ctx, func(tx store.Tx) error {
 		cp = bytes.Clone(tree.Bucket(tx, tree.Meta).Get(tree.KeyWitnessed))
 		return nil
 	})
 	if err != nil {
 		if !errors.Is(err, context.Canceled) {
-			l.log.Warn("ledger: could not read the witnessed checkpoint", "error", err.Error())
+			c.c.Log.Warn("ledger: could not read the witnessed checkpoint", "error", err.Error())
 		}
 		return nil
 	}
@@ -38,20 +38,20 @@ func (l *Ledger) WitnessedCheckpoint() []byte {
 // against its witness policy; StoreWitnessedCheckpoint checks only that cp
 // is a checkpoint of this log signed by the log's key, and that its tree
 // is not larger than the log.
-func (l *Ledger) StoreWitnessedCheckpoint(ctx context.Context, cp []byte) error {
-	n, err := note.Open(cp, note.VerifierList(l.verifier))
+func (c *Checkpoints) StoreWitnessedCheckpoint(ctx context.Context, cp []byte) error {
+	n, err := note.Open(cp, note.VerifierList(c.c.Verifier))
 	if err != nil {
-		return fmt.Errorf("ledger: witnessed checkpoint: not signed by the log key %s: %w", l.verifier.Name(), err)
+		return fmt.Errorf("ledger: witnessed checkpoint: not signed by the log key %s: %w", c.c.Verifier.Name(), err)
 	}
 	text := []byte(n.Text)
-	size := checkpointSize(text)
-	if !bytes.HasPrefix(text, []byte(l.origin+"\n")) || size == 0 {
-		return fmt.Errorf("ledger: witnessed checkpoint: not a checkpoint of log %q", l.origin)
+	size := Size(text)
+	if !bytes.HasPrefix(text, []byte(c.c.Origin+"\n")) || size == 0 {
+		return fmt.Errorf("ledger: witnessed checkpoint: not a checkpoint of log %q", c.c.Origin)
 	}
-	if l.readOnly {
+	if c.c.ReadOnly {
 		return entry.ErrReadOnly
 	}
-	err = l.db.Update(ctx, func(tx store.Tx) error {
+	err = c.c.Update(ctx, func(tx store.Tx) error {
 		meta := tree.Bucket(tx, tree.Meta)
 		if head, err := tree.Read(tx); err != nil {
 			return err
@@ -59,7 +59,7 @@ func (l *Ledger) StoreWitnessedCheckpoint(ctx context.Context, cp []byte) error 
 			return fmt.Errorf("ledger: witnessed checkpoint of size %d is larger than the log (%d entries)", size, head.Size)
 		}
 		if old := meta.Get(tree.KeyWitnessed); old != nil {
-			oldSize := checkpointSize(old)
+			oldSize := Size(old)
 			if oldSize > size || oldSize == size && !bytes.HasPrefix(old, text) {
 				return nil
 			}

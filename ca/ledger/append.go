@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/follow"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
@@ -65,7 +66,7 @@ func (l *Ledger) Append(ctx context.Context, events ...entry.Event) ([]uint64, e
 		}
 		return nil, fmt.Errorf("ledger: append: %w", err)
 	}
-	first := res.first
+	first := res.First
 	l.committed(ctx, first, evs)
 	idx := make([]uint64, len(evs))
 	for i := range idx {
@@ -77,29 +78,20 @@ func (l *Ledger) Append(ctx context.Context, events ...entry.Event) ([]uint64, e
 // eventOverhead estimates an encoded event's size besides its certificate.
 const eventOverhead = 512
 
-// appended is what one append's transaction wrote: the index of its
-// first event, the tree head after its last, and the stored index position
-// after it (entries [0, indexed) are in the secondary indexes).
-type appended struct {
-	first   uint64
-	head    tree.Head
-	indexed uint64
-}
-
 // appendTx writes evs at the end of the tree stored in tx, and their
 // index entries when the indexes are up to date (the stored index position
 // is where evs begin; otherwise the indexer has a backlog to work through
 // first, and indexes evs with it). It reads the tree state and the index
 // position from tx, never from memory: on a shared store another replica
 // may have appended since this one last looked.
-func appendTx(tx store.Tx, evs []entry.Event) (appended, error) {
+func appendTx(tx store.Tx, evs []entry.Event) (follow.Appended, error) {
 	st, indexed, err := tree.ReadWithIndexed(tx)
 	if err != nil {
-		return appended{}, err
+		return follow.Appended{}, err
 	}
 	r, err := st.Range()
 	if err != nil {
-		return appended{}, err
+		return follow.Appended{}, err
 	}
 	entries := tree.Bucket(tx, tree.Entries)
 	store.MarkSequential(entries)
@@ -110,28 +102,28 @@ func appendTx(tx store.Tx, evs []entry.Event) (appended, error) {
 		idx := r.End()
 		data, err := entry.Encode(idx, &evs[i])
 		if err != nil {
-			return appended{}, err
+			return follow.Appended{}, err
 		}
 		encoded[i] = data
 		if err := entries.Put(tree.Key(idx), data); err != nil {
-			return appended{}, err
+			return follow.Appended{}, err
 		}
 		if err := r.Append(rfc6962.DefaultHasher.HashLeaf(data), nw.Visit); err != nil {
-			return appended{}, err
+			return follow.Appended{}, err
 		}
 		if err := nw.Flush(); err != nil {
-			return appended{}, err
+			return follow.Appended{}, err
 		}
 	}
 	if err := tree.Write(tx, r); err != nil {
-		return appended{}, err
+		return follow.Appended{}, err
 	}
-	res := appended{first: first, head: tree.Head{Size: r.End(), Hashes: r.Hashes()}, indexed: indexed}
-	if res.indexed == first {
+	res := follow.Appended{First: first, Head: tree.Head{Size: r.End(), Hashes: r.Hashes()}, Indexed: indexed}
+	if res.Indexed == first {
 		if err := index.WriteTx(tx, first, evs, encoded); err != nil {
-			return appended{}, err
+			return follow.Appended{}, err
 		}
-		res.indexed = res.head.Size
+		res.Indexed = res.Head.Size
 	}
 	return res, nil
 }

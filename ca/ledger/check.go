@@ -7,6 +7,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger/checkpoint"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/follow"
 	"github.com/castellan-dev/castellan/ca/ledger/logfile"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
@@ -44,17 +45,18 @@ func (l *Ledger) checkExisting(path string) error {
 // compares it with the stored tree head and the stored signed checkpoint
 // (Open, before the ledger is used).
 func (l *Ledger) checkTree(path string) error {
-	headRoot, err := l.head.Root()
+	head := follow.Head(l.Published)
+	headRoot, err := head.Root()
 	if err != nil {
 		return logfile.Damaged(path, err)
 	}
-	cps := []*log.Checkpoint{{Origin: l.origin, Size: l.head.Size, Hash: headRoot}}
+	cps := []*log.Checkpoint{{Origin: l.origin, Size: head.Size, Hash: headRoot}}
 	if last := checkpoint.Last(l.Checkpoints); last != nil {
 		cp, err := verifier.OpenCheckpoint(last, l.origin, l.vkey)
 		if err != nil {
 			return logfile.Damaged(path, fmt.Errorf("stored checkpoint: %w", err))
 		}
-		if cp.Size != l.head.Size || !bytes.Equal(cp.Hash, headRoot) {
+		if cp.Size != head.Size || !bytes.Equal(cp.Hash, headRoot) {
 			cps = append(cps, cp)
 		}
 	}
@@ -80,13 +82,14 @@ func (l *Ledger) checkCheckpoint() error {
 	if err != nil {
 		return fmt.Errorf("%w: the stored checkpoint does not verify with the log key: %w", entry.ErrDamaged, err)
 	}
-	root, err := l.head.Root()
+	head := follow.Head(l.Published)
+	root, err := head.Root()
 	if err != nil {
 		return fmt.Errorf("%w: %w", entry.ErrDamaged, err)
 	}
-	if cp.Size > l.head.Size || cp.Size == l.head.Size && !bytes.Equal(cp.Hash, root) {
+	if cp.Size > head.Size || cp.Size == head.Size && !bytes.Equal(cp.Hash, root) {
 		return fmt.Errorf("%w: the stored checkpoint (size %d) does not match the stored tree (size %d); run castellanctl ledger verify",
-			entry.ErrDamaged, cp.Size, l.head.Size)
+			entry.ErrDamaged, cp.Size, head.Size)
 	}
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger/commit"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/follow"
 	"github.com/castellan-dev/castellan/ca/ledger/logfile"
 	"github.com/castellan-dev/castellan/ca/store"
 )
@@ -47,7 +48,7 @@ var errInjected = errors.New("injected commit failure")
 func probe(l *Ledger) *txProbe { return probeWrite(l, appendTx) }
 
 // probeWrite is probe with write writing each append's events.
-func probeWrite(l *Ledger, write func(store.Tx, []entry.Event) (appended, error)) *txProbe {
+func probeWrite(l *Ledger, write func(store.Tx, []entry.Event) (follow.Appended, error)) *txProbe {
 	p := &txProbe{real: l.update, held: make(chan struct{}, 1)}
 	old := l.commit
 	l.commit = commit.New(p.update, p.countingWrite(write), l.publish)
@@ -57,8 +58,8 @@ func probeWrite(l *Ledger, write func(store.Tx, []entry.Event) (appended, error)
 }
 
 // countingWrite counts the appends written in the current transaction.
-func (p *txProbe) countingWrite(w func(store.Tx, []entry.Event) (appended, error)) func(store.Tx, []entry.Event) (appended, error) {
-	return func(tx store.Tx, evs []entry.Event) (appended, error) {
+func (p *txProbe) countingWrite(w func(store.Tx, []entry.Event) (follow.Appended, error)) func(store.Tx, []entry.Event) (follow.Appended, error) {
+	return func(tx store.Tx, evs []entry.Event) (follow.Appended, error) {
 		p.mu.Lock()
 		p.groups[len(p.groups)-1]++
 		p.mu.Unlock()
@@ -251,13 +252,13 @@ func TestBadEventFailsOnlyItsOwnAppendInAGroup(t *testing.T) {
 	l, path := openTest(t, newFakeClock())
 	badSerial := fmt.Sprintf("%x", 0x1000+7)
 	errBad := errors.New("cannot write this event")
-	p := probeWrite(l, func(tx store.Tx, evs []entry.Event) (appended, error) {
+	p := probeWrite(l, func(tx store.Tx, evs []entry.Event) (follow.Appended, error) {
 		if evs[0].Serial == badSerial {
 			// Write part of it first: the retry must not keep any of it.
 			if _, err := appendTx(tx, evs); err != nil {
-				return appended{}, err
+				return follow.Appended{}, err
 			}
-			return appended{}, errBad
+			return follow.Appended{}, errBad
 		}
 		return appendTx(tx, evs)
 	})

@@ -43,6 +43,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger/checkpoint"
 	"github.com/castellan-dev/castellan/ca/ledger/commit"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/follow"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/ledger/lineage"
 	"github.com/castellan-dev/castellan/ca/ledger/logfile"
@@ -106,6 +107,7 @@ type Options struct {
 
 // Ledger is an open issuance log.
 type Ledger struct {
+	*follow.Published       // the log as published: Size, Watch, Export
 	*index.Index            // the certificate index: Entry, Get, List
 	*revocation.Set         // the revocations: Revoke, IsRevoked, Revocations, ...
 	*agents.Registry        // agents and bans: Agents, Ban, Banned, ...
@@ -126,8 +128,8 @@ type Ledger struct {
 	readOnly  bool
 	onRevoke  func(node, spiffeID string)
 	reserve   *reserve.Reserve
-	cleanup   func()                      // removes a salvaged copy (forensic mode)
-	commit    *commit.Committer[appended] // writes Appends (package commit); nil when read-only
+	cleanup   func()                             // removes a salvaged copy (forensic mode)
+	commit    *commit.Committer[follow.Appended] // writes Appends (package commit); nil when read-only
 
 	// ctx is the ledger's lifetime, cancelled by Close: the context of
 	// the committer's transactions, of the background goroutines and of
@@ -136,12 +138,9 @@ type Ledger struct {
 	cancel context.CancelFunc
 
 	revokeMu sync.Mutex // serializes Revoke
-	pubMu    sync.Mutex // serializes publishing (publish, follow): log order, exactly once
 
-	mu       sync.Mutex
-	head     tree.Head     // latest published tree (entries [0, head.size) applied)
-	appendCh chan struct{} // closed when the log grows
-	closed   bool
+	mu     sync.Mutex
+	closed bool
 
 	stop chan struct{}  // closed by Close
 	bg   sync.WaitGroup // the indexer and the follower
@@ -231,8 +230,8 @@ func New(db store.DB, opts Options) (*Ledger, error) {
 func newLedger(opts Options, shared bool) *Ledger {
 	l := &Ledger{
 		clock: opts.Clock, origin: opts.Origin, log: opts.Logger,
-		retention: opts.Retention, appendCh: make(chan struct{}),
-		stop: make(chan struct{}), readOnly: opts.ReadOnly, onRevoke: opts.OnRevoke, shared: shared,
+		retention: opts.Retention,
+		stop:      make(chan struct{}), readOnly: opts.ReadOnly, onRevoke: opts.OnRevoke, shared: shared,
 	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	if l.clock == nil {
@@ -245,6 +244,13 @@ func newLedger(opts Options, shared bool) *Ledger {
 		l.log = slog.New(slog.DiscardHandler)
 	}
 	l.audit = l.log.With(slog.String("audit", "castellan.ledger"))
+	l.Published = follow.New(follow.Config{
+		View: l.view, Read: func(ctx context.Context, fn func(store.Tx) error) error { return index.Read(l.Index, ctx, fn) },
+		Changed: func() <-chan struct{} { return l.db.Changed() }, Ctx: l.ctx, Log: l.log, Shared: shared, Closed: l.isClosed,
+		Apply:   l.applyEvents,
+		Indexed: func(n uint64) { index.Advance(l.Index, n) }, Backlog: func() { index.Kick(l.Index) },
+		Stored: func(cp []byte) { checkpoint.Note(l.Checkpoints, cp) },
+	})
 	l.Index = index.New(index.Config{
 		View: l.view, Update: l.txUpdate,
 		Ctx: l.ctx, Log: l.log, Clock: l.clock, ReadOnly: l.readOnly,
@@ -275,7 +281,10 @@ func (l *Ledger) start(opts Options) {
 	}()
 	if l.shared {
 		l.bg.Add(1)
-		go l.runFollower()
+		go func() {
+			defer l.bg.Done()
+			follow.Run(l.Published, l.stop)
+		}()
 	}
 }
 
@@ -355,7 +364,7 @@ func (l *Ledger) load(tx store.Tx) error {
 	if err != nil {
 		return err
 	}
-	l.head = st
+	follow.SetHead(l.Published, st)
 	if cp := meta.Get(tree.KeyCheckpoint); cp != nil {
 		checkpoint.Note(l.Checkpoints, append([]byte(nil), cp...))
 	}
@@ -368,15 +377,6 @@ func (l *Ledger) Origin() string { return l.origin }
 
 // VerifierKey returns the note verifier key for the log's checkpoints.
 func (l *Ledger) VerifierKey() string { return l.vkey }
-
-// Size returns the number of entries in the log as published by this
-// ledger: on a shared store, other replicas' latest appends count once the
-// follower has applied them (within a second).
-func (l *Ledger) Size() uint64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.head.Size
-}
 
 // Close stops the ledger. Appends already queued are committed first;
 // later ones fail with ErrClosed. It closes the bbolt file of Open, not
@@ -396,10 +396,7 @@ func (l *Ledger) Close() error {
 	l.cancel()
 	l.bg.Wait()
 	index.Wake(l.Index) // wakes waiting queries, which then see closed
-	l.mu.Lock()
-	close(l.appendCh)
-	l.appendCh = make(chan struct{})
-	l.mu.Unlock()
+	follow.Wake(l.Published)
 	var err error
 	if l.ownsDB {
 		err = l.db.Close()
@@ -411,6 +408,22 @@ func (l *Ledger) Close() error {
 		return fmt.Errorf("ledger: close: %w", err)
 	}
 	return nil
+}
+
+// publish makes a committed append visible (the committer's publish).
+func (l *Ledger) publish(a follow.Appended, evs []entry.Event) { follow.Publish(l.Published, a, evs) }
+
+// applyEvents applies committed events (evs[0] at index first) to the
+// revocations and bans in force; Options.OnRevoke hears of each
+// revocation first (the CA refills the identity's quota).
+func (l *Ledger) applyEvents(first uint64, evs []entry.Event) {
+	for i := range evs {
+		if evs[i].Kind == entry.KindRevocation && l.onRevoke != nil {
+			l.onRevoke(evs[i].Node, evs[i].SPIFFEID)
+		}
+	}
+	revocation.Apply(l.Set, first, evs)
+	agents.Apply(l.Registry, first, evs)
 }
 
 // update runs fn in a read-write transaction of the store with the

@@ -32,12 +32,12 @@ func (l *Ledger) loadState(tx store.Tx) error {
 	if err := l.load(tx); err != nil {
 		return err
 	}
-	indexed := index.Position(l.Index)
-	if indexed >= l.head.Size {
+	indexed, size := index.Position(l.Index), l.Size()
+	if indexed >= size {
 		return nil
 	}
 	entries := tree.NewSeqReader(tree.Bucket(tx, tree.Entries), indexed)
-	for i := indexed; i < l.head.Size; i++ {
+	for i := indexed; i < size; i++ {
 		v := entries.Get(i)
 		if v == nil || tree.IsPruned(v) {
 			continue

@@ -19,6 +19,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger/checkpoint"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/follow"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
@@ -187,9 +188,7 @@ func TestReplicasSeeEachOthersRevocationsAndBans(t *testing.T) {
 			t.Fatal("unban through the other replica not applied")
 		}
 		for _, l := range ls { // nothing is applied twice, even when asked again
-			l.pubMu.Lock()
-			err := l.followLocked(ctx, ^uint64(0))
-			l.pubMu.Unlock()
+			err := follow.FollowTo(l.Published, ctx, ^uint64(0))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -333,10 +332,8 @@ func TestFollowerRefusesRewrittenLog(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		l.pubMu.Lock()
-		err = l.followLocked(ctx, ^uint64(0))
-		l.pubMu.Unlock()
-		if !errors.Is(err, errNotExtension) {
+		err = follow.FollowTo(l.Published, ctx, ^uint64(0))
+		if !errors.Is(err, follow.ErrNotExtension) {
 			t.Fatalf("follow of a rewritten log: %v, want errNotExtension", err)
 		}
 		if l.Size() != 5 {

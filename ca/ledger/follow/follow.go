@@ -1,4 +1,4 @@
-package ledger
+package follow
 
 import (
 	"bytes"
@@ -9,11 +9,8 @@ import (
 	"slices"
 	"time"
 
-	"github.com/castellan-dev/castellan/ca/ledger/agents"
-	"github.com/castellan-dev/castellan/ca/ledger/checkpoint"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
-	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 )
@@ -55,80 +52,29 @@ const followInterval = time.Second
 // many commits (its own included, which the signal also reports).
 const followDelay = 20 * time.Millisecond
 
-// errNotExtension: the stored log does not extend the published one.
-var errNotExtension = errors.New("ledger: the stored log is not an extension of the log this replica published; it was rewritten or rolled back (run castellanctl ledger verify against a saved checkpoint)")
+// ErrNotExtension: the stored log does not extend the published one.
+var ErrNotExtension = errors.New("ledger: the stored log is not an extension of the log this replica published; it was rewritten or rolled back (run castellanctl ledger verify against a saved checkpoint)")
 
-// publish makes the committed append evs (a says where it went, the tree
-// head after it and the stored index position) visible. The committer
-// calls it in log order, before the append's caller hears of the commit.
-// Entries other replicas appended before it are applied first; entries
-// the follower already applied are skipped. The indexer is woken only
-// when the append left a backlog to index.
-func (l *Ledger) publish(a appended, evs []entry.Event) {
-	l.pubMu.Lock()
-	defer l.pubMu.Unlock()
-	first := a.first
-	if first > l.Size() {
-		if err := l.followLocked(l.ctx, first); err != nil {
-			l.log.Error("ledger: cannot read the entries other replicas appended; they will be published once the store answers", "error", err)
-		}
-	}
-	index.Advance(l.Index, a.indexed)
-	if a.indexed < a.head.Size {
-		index.Kick(l.Index)
-	}
-	cur := l.Size()
-	end := first + uint64(len(evs))
-	if first > cur || end <= cur {
-		return // a gap still unread (the follower will publish), or already published
-	}
-	l.apply(a.head, cur, evs[cur-first:])
-}
-
-// apply updates the in-memory state with committed events (evs[0] at
-// index first; head is the tree after the last) and wakes the waiters.
-// Options.OnRevoke hears of each revocation first (the CA refills the
-// identity's quota). pubMu is held.
-func (l *Ledger) apply(head tree.Head, first uint64, evs []entry.Event) {
-	for i := range evs {
-		if evs[i].Kind == entry.KindRevocation && l.onRevoke != nil {
-			l.onRevoke(evs[i].Node, evs[i].SPIFFEID)
-		}
-	}
-	revocation.Apply(l.Set, first, evs)
-	agents.Apply(l.Registry, first, evs)
-	l.mu.Lock()
-	if head.Size > l.head.Size {
-		l.head = head
-	}
-	close(l.appendCh)
-	l.appendCh = make(chan struct{})
-	l.mu.Unlock()
-}
-
-// runFollower publishes the other replicas' appends until Close.
-func (l *Ledger) runFollower() {
-	defer l.bg.Done()
+// Run publishes the other replicas' appends until stop is closed.
+func Run(p *Published, stop <-chan struct{}) {
 	t := time.NewTicker(followInterval)
 	defer t.Stop()
 	var failing error
 	for {
-		changed := l.db.Changed() // before reading: no change is missed
-		l.pubMu.Lock()
-		err := l.followLocked(l.ctx, math.MaxUint64)
-		l.pubMu.Unlock()
+		changed := p.c.Changed() // before reading: no change is missed
+		err := FollowTo(p, p.c.Ctx, math.MaxUint64)
 		switch {
-		case err != nil && failing == nil && l.ctx.Err() == nil:
-			l.log.Error("ledger: cannot follow the shared log; other replicas' entries, revocations and bans are not seen until it recovers", "error", err)
+		case err != nil && failing == nil && p.c.Ctx.Err() == nil:
+			p.c.Log.Error("ledger: cannot follow the shared log; other replicas' entries, revocations and bans are not seen until it recovers", "error", err)
 		case err == nil && failing != nil:
-			l.log.Info("ledger: following the shared log again")
+			p.c.Log.Info("ledger: following the shared log again")
 		}
 		failing = err
 		select {
-		case <-l.stop:
+		case <-stop:
 			return
 		case <-changed:
-			if !l.pause(followDelay) {
+			if !pause(stop, followDelay) {
 				return
 			}
 		case <-t.C:
@@ -136,24 +82,33 @@ func (l *Ledger) runFollower() {
 	}
 }
 
-// pause waits d, or until Close (then false).
-func (l *Ledger) pause(d time.Duration) bool {
+// pause waits d, or until stop is closed (then false).
+func pause(stop <-chan struct{}, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
-	case <-l.stop:
+	case <-stop:
 		return false
 	case <-t.C:
 		return true
 	}
 }
 
+// FollowTo publishes, pubMu held, the stored entries from the published
+// head up to index to (exclusive), or to the stored head if it is
+// smaller.
+func FollowTo(p *Published, ctx context.Context, to uint64) error {
+	p.pubMu.Lock()
+	defer p.pubMu.Unlock()
+	return p.followLocked(ctx, to)
+}
+
 // followLocked publishes the stored entries from the published head up
 // to index to (exclusive), or to the stored head if it is smaller, one
 // read transaction of at most chunk entries at a time. pubMu is held.
-func (l *Ledger) followLocked(ctx context.Context, to uint64) error {
+func (p *Published) followLocked(ctx context.Context, to uint64) error {
 	for {
-		done, err := l.followStep(ctx, to)
+		done, err := p.followStep(ctx, to)
 		if err != nil || done {
 			return err
 		}
@@ -174,20 +129,21 @@ type followed struct {
 
 // followStep publishes up to chunk entries and reports whether the head
 // reached min(to, stored head).
-func (l *Ledger) followStep(ctx context.Context, to uint64) (bool, error) {
-	l.mu.Lock()
-	head := l.head
-	l.mu.Unlock()
+func (p *Published) followStep(ctx context.Context, to uint64) (bool, error) {
+	p.mu.Lock()
+	head := p.head
+	p.mu.Unlock()
 	var f followed
-	if err := l.view(ctx, func(tx store.Tx) error { return f.read(tx, head.Size, to) }); err != nil {
+	if err := p.c.View(ctx, func(tx store.Tx) error { return f.read(tx, head.Size, to) }); err != nil {
 		return false, fmt.Errorf("ledger: follow: %w", err)
 	}
-	l.noteStored(f.cp, f.indexed)
+	p.c.Stored(f.cp)
+	p.c.Indexed(f.indexed)
 	if f.stored.Size < head.Size {
-		return false, fmt.Errorf("%w: the store holds %d entries, this replica published %d", errNotExtension, f.stored.Size, head.Size)
+		return false, fmt.Errorf("%w: the store holds %d entries, this replica published %d", ErrNotExtension, f.stored.Size, head.Size)
 	}
 	for _, i := range f.undecoded {
-		l.log.Error("ledger entry appended by another replica cannot be decoded; its revocation or ban, if any, is not applied", "index", i)
+		p.c.Log.Error("ledger entry appended by another replica cannot be decoded; its revocation or ban, if any, is not applied", "index", i)
 	}
 	if len(f.leafs) == 0 {
 		return true, nil
@@ -197,9 +153,9 @@ func (l *Ledger) followStep(ctx context.Context, to uint64) (bool, error) {
 		return false, err
 	}
 	if next.Size == f.stored.Size && !slices.EqualFunc(next.Hashes, f.stored.Hashes, bytes.Equal) {
-		return false, fmt.Errorf("%w: at size %d", errNotExtension, next.Size)
+		return false, fmt.Errorf("%w: at size %d", ErrNotExtension, next.Size)
 	}
-	l.apply(next, head.Size, f.evs)
+	p.apply(next, head.Size, f.evs)
 	return next.Size >= min(to, f.stored.Size), nil
 }
 
@@ -249,11 +205,4 @@ func extend(head tree.Head, leafs [][]byte) (tree.Head, error) {
 		}
 	}
 	return tree.Head{Size: r.End(), Hashes: r.Hashes()}, nil
-}
-
-// noteStored records a stored checkpoint and index position newer than
-// the ones in memory (another replica signed or indexed).
-func (l *Ledger) noteStored(cp []byte, indexed uint64) {
-	checkpoint.Note(l.Checkpoints, cp)
-	index.Advance(l.Index, indexed)
 }

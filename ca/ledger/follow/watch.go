@@ -1,4 +1,4 @@
-package ledger
+package follow
 
 import (
 	"context"
@@ -19,16 +19,17 @@ const chunk = 1024
 // including entries appended while it runs (pruned entries come with
 // Pruned set). It returns when ctx is done (with ctx.Err()) or fn returns
 // an error (that error). fn runs outside any database transaction.
-func (l *Ledger) Watch(ctx context.Context, from uint64, fn func(entry.Entry) error) error {
+func (p *Published) Watch(ctx context.Context, from uint64, fn func(entry.Entry) error) error {
 	for {
-		l.mu.Lock()
-		grown, size, closed := l.appendCh, l.head.Size, l.closed
-		l.mu.Unlock()
+		p.mu.Lock()
+		grown, size := p.appendCh, p.head.Size
+		p.mu.Unlock()
+		closed := p.c.Closed()
 		if closed {
 			return entry.ErrClosed
 		}
 		for from < size {
-			entries, err := l.readRange(ctx, from, min(size, from+chunk))
+			entries, err := p.readRange(ctx, from, min(size, from+chunk))
 			if err != nil {
 				return err
 			}
@@ -48,12 +49,9 @@ func (l *Ledger) Watch(ctx context.Context, from uint64, fn func(entry.Entry) er
 }
 
 // readRange reads entries [from, to).
-func (l *Ledger) readRange(ctx context.Context, from, to uint64) ([]entry.Entry, error) {
-	if err := index.Wait(l.Index, ctx); err != nil {
-		return nil, err
-	}
+func (p *Published) readRange(ctx context.Context, from, to uint64) ([]entry.Entry, error) {
 	out := make([]entry.Entry, 0, to-from)
-	err := l.view(ctx, func(tx store.Tx) error {
+	err := p.c.Read(ctx, func(tx store.Tx) error {
 		entries, nodes := tree.NewSeqReader(tree.Bucket(tx, tree.Entries), from), tree.NewSeqReader(tree.Bucket(tx, tree.Nodes), from)
 		for i := from; i < to; i++ {
 			e, err := index.EntryAt(tx, i, entries.Get(i), nodes.Get(i))
@@ -72,8 +70,8 @@ func (l *Ledger) readRange(ctx context.Context, from, to uint64) ([]entry.Entry,
 // replica's appends). It reads raw bytes without decoding,
 // so a damaged entry is passed on for the auditor to detect. A missing
 // entry is passed with nil Data and nil Hash.
-func (l *Ledger) Export(ctx context.Context, from uint64, fn func(verifier.Leaf) error) error {
-	size, err := l.storedSize(ctx)
+func (p *Published) Export(ctx context.Context, from uint64, fn func(verifier.Leaf) error) error {
+	size, err := p.storedSize(ctx)
 	if err != nil {
 		return fmt.Errorf("ledger: export: %w", err)
 	}
@@ -83,7 +81,7 @@ func (l *Ledger) Export(ctx context.Context, from uint64, fn func(verifier.Leaf)
 		}
 		to := min(size, from+chunk)
 		leaves := make([]verifier.Leaf, 0, to-from)
-		err := l.view(ctx, func(tx store.Tx) error {
+		err := p.c.View(ctx, func(tx store.Tx) error {
 			leaves = tree.AppendLeaves(tx, leaves, from, to)
 			return nil
 		})
@@ -102,12 +100,12 @@ func (l *Ledger) Export(ctx context.Context, from uint64, fn func(verifier.Leaf)
 
 // storedSize returns the log size as stored: the published head on a
 // store of its own, read from the store when it is shared.
-func (l *Ledger) storedSize(ctx context.Context) (uint64, error) {
-	if !l.shared {
-		return l.Size(), nil
+func (p *Published) storedSize(ctx context.Context) (uint64, error) {
+	if !p.c.Shared {
+		return p.Size(), nil
 	}
 	var st tree.Head
-	err := l.view(ctx, func(tx store.Tx) error {
+	err := p.c.View(ctx, func(tx store.Tx) error {
 		var err error
 		st, err = tree.Read(tx)
 		return err

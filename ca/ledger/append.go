@@ -28,7 +28,7 @@ import (
 // revocations, agent records) from the events in memory, so an entry is
 // indexed as soon as it is durable, on every replica; only a backlog left
 // by an older binary or a failed index write is left to the indexer
-// (indexer.go), which every query waits for. Safe for concurrent use.
+// (package index), which every query waits for. Safe for concurrent use.
 func (l *Ledger) Append(ctx context.Context, events ...entry.Event) ([]uint64, error) {
 	if len(events) == 0 {
 		return nil, nil

@@ -1,7 +1,7 @@
 // Package ledger is Castellan's issuance ledger: an append-only Merkle-tree
 // log of every issuance, renewal, revocation, CA key change, join-token use
 // and node ban. It is also the durable store of node bans and of
-// certificate lineages (agents.go, lineage.go).
+// certificate lineages (packages agents, lineage).
 //
 // Leaves are RFC 6962 leaf hashes of each entry's encoded form; the tree
 // state is published as signed checkpoints in the transparency-log
@@ -9,7 +9,8 @@
 // holding an old checkpoint can check that the log only grew (Consistency)
 // and anyone can check that an entry is in it (InclusionProof). Entries are
 // indexed by serial, SPIFFE ID, node and expiry, in the transaction that
-// appends them (append.go; indexer.go catches up on a backlog).
+// appends them (append.go; the indexer of package index catches up on a
+// backlog).
 //
 // Storage: the ledger is written against the storage contract (package
 // store), once. Open keeps it in a bbolt file (boltstore) checked page by
@@ -17,14 +18,23 @@
 // keyspace (pgstore) shared by every replica of the CA. Replicas sharing a
 // store append to one log: the store serializes their transactions, each
 // append reads the tree head it extends from the store, and each replica
-// follows the others' appends (follow.go), so its revocations, bans,
+// follows the others' appends (package follow), so its revocations, bans,
 // Watch and checkpoints cover the whole log.
 //
 // Durability: Append returns only after its transaction is committed and
 // durable (bbolt: fsync'd); concurrent Appends share one transaction
-// (group commit, commit.go). A store that cannot be reached fails Append
+// (group commit, package commit). A store that cannot be reached fails Append
 // with an error wrapping store.ErrUnavailable (Status: Unavailable), so no
 // certificate is issued unlogged. A Ledger is safe for concurrent use.
+//
+// Its parts, each a package under ca/ledger: entry (events, entries, their
+// encoding, the shared errors), tree (the stored Merkle tree, proofs,
+// tiles), commit (group commit), follow (the log as published: Watch,
+// Export, other replicas' appends), index (the certificate index: Entry,
+// Get, List), revocation, agents (agents and bans), lineage, checkpoint
+// (signed and witnessed checkpoints), logkey (the log key), logfile (the
+// bbolt file, VerifyFile) and reserve (the disk reserve). The Ledger
+// embeds the parts whose methods it offers and wires them together.
 package ledger
 
 import (
@@ -117,7 +127,7 @@ type Ledger struct {
 	db        store.DB
 	bolt      *bolt.DB // the file under db when opened with Open; nil with New
 	ownsDB    bool     // Close closes db (Open)
-	shared    bool     // db.Shared(): other replicas append too (follow.go)
+	shared    bool     // db.Shared(): other replicas append too (package follow)
 	clock     func() time.Time
 	origin    string
 	vkey      string
@@ -195,7 +205,7 @@ func Open(path string, opts Options) (*Ledger, error) {
 // The key must be the one the log was created with (its verifier key is
 // kept in the store). New checks the stored checkpoint's signature but
 // does not recompute the tree (ledger verify does). When db.Shared(),
-// entries appended by other replicas are followed (follow.go). The
+// entries appended by other replicas are followed (package follow). The
 // ledger does not own db: Close leaves it open. Options.ReadOnly,
 // DiskReserve and FreeSpace apply only to Open's bbolt file.
 func New(db store.DB, opts Options) (*Ledger, error) {

@@ -61,7 +61,7 @@ type kv struct{ k, v []byte }
 
 // indexBatch collects the index puts of many entries, by bucket, so they
 // can be prepared outside the write transaction and applied in key order,
-// and the agent-record updates (see agents.go), applied in log order.
+// and the agent-record updates (records.go), applied in log order.
 type indexBatch struct {
 	kvs    map[string][]kv
 	agents []agentUpdate

@@ -19,7 +19,7 @@ var (
 	KeyOrigin     = []byte("origin")
 	KeyIndexed    = []byte("indexed")
 	// kVerifierKey is the log's note verifier key (public), recorded at
-	// creation: a replica with another key is refused (key.go).
+	// creation: a replica with another key is refused (package logkey).
 	KeyVerifierKey = []byte("verifier_key")
 )
 

@@ -267,8 +267,8 @@ func newLedger(opts Options, shared bool) *Ledger {
 		Shared: l.shared, Published: l.Size, Closed: l.isClosed,
 	})
 	l.Set = revocation.New(l.Index, l.Append, &l.revokeMu, l.readOnly)
-	l.Registry = agents.New(l.Index, l.Set, l.Append, &l.revokeMu, l.clock)
-	l.Lineages = lineage.New(l.Index, l.Set, l.Append, &l.revokeMu, l.clock)
+	rv := revocation.Revoker{Index: l.Index, Revocations: l.Set, Append: l.Append, Mu: &l.revokeMu, Clock: l.clock}
+	l.Registry, l.Lineages = agents.New(rv), lineage.New(rv)
 	if l.retention == 0 {
 		l.retention = DefaultRetention
 	}

@@ -31,23 +31,16 @@ import (
 // up to date (Load, Apply) are functions, not methods, so that they are
 // not promoted to the Ledger that embeds the Registry.
 type Registry struct {
-	idx      *index.Index
-	revs     *revocation.Set
-	append   func(context.Context, ...entry.Event) ([]uint64, error)
-	revokeMu *sync.Mutex // serializes the ledger's revocations
-	clock    func() time.Time
+	rv revocation.Revoker
 
 	mu    sync.Mutex
 	bans  map[string]Ban // node -> ban in force
 	banCh chan struct{}  // closed when bans changes; nil until asked for
 }
 
-// New returns the registry of a ledger whose index is idx, revocations
-// revs and appends appendFn; revokeMu serializes every write that
-// revokes.
-func New(idx *index.Index, revs *revocation.Set, appendFn func(context.Context, ...entry.Event) ([]uint64, error),
-	revokeMu *sync.Mutex, clock func() time.Time) *Registry {
-	return &Registry{idx: idx, revs: revs, append: appendFn, revokeMu: revokeMu, clock: clock, bans: map[string]Ban{}}
+// New returns the registry of a ledger that reads and revokes through rv.
+func New(rv revocation.Revoker) *Registry {
+	return &Registry{rv: rv, bans: map[string]Ban{}}
 }
 
 // Apply applies the bans and unbans among the committed events evs
@@ -130,19 +123,35 @@ func Load(reg *Registry, tx store.Tx) error {
 		reg.bans = bans
 		reg.mu.Unlock()
 	}()
+	return forEachAgent(tx, func(a Agent) {
+		if a.Ban != nil {
+			bans[a.Node] = *a.Ban
+		}
+	})
+}
+
+// decodeAgent decodes the stored record of node's agent.
+func decodeAgent(node string, v []byte) (Agent, error) {
+	var r index.AgentRecord
+	if err := json.Unmarshal(v, &r); err != nil {
+		return Agent{}, fmt.Errorf("ledger: agent record of node %s is damaged: %w", node, err)
+	}
+	return agentOf(&r, node), nil
+}
+
+// forEachAgent calls fn with the agent of every record stored in tx, in
+// node order.
+func forEachAgent(tx store.Tx, fn func(Agent)) error {
 	bucket := tx.Bucket(index.AgentsBucket)
 	if bucket == nil {
 		return nil
 	}
 	return bucket.ForEach(func(k, v []byte) error {
-		var r index.AgentRecord
-		if err := json.Unmarshal(v, &r); err != nil {
-			return fmt.Errorf("ledger: agent record of node %s is damaged: %w", k, err)
+		a, err := decodeAgent(string(k), v)
+		if err == nil {
+			fn(a)
 		}
-		if a := agentOf(&r, string(k)); a.Ban != nil {
-			bans[string(k)] = *a.Ban
-		}
-		return nil
+		return err
 	})
 }
 
@@ -170,19 +179,8 @@ func (reg *Registry) BansChanged() <-chan struct{} {
 // node name.
 func (reg *Registry) Agents(ctx context.Context) ([]Agent, error) {
 	var out []Agent
-	err := index.Read(reg.idx, ctx, func(tx store.Tx) error {
-		bucket := tx.Bucket(index.AgentsBucket)
-		if bucket == nil {
-			return nil
-		}
-		return bucket.ForEach(func(k, v []byte) error {
-			var r index.AgentRecord
-			if err := json.Unmarshal(v, &r); err != nil {
-				return fmt.Errorf("ledger: agent record of node %s is damaged: %w", k, err)
-			}
-			out = append(out, agentOf(&r, string(k)))
-			return nil
-		})
+	err := index.Read(reg.rv.Index, ctx, func(tx store.Tx) error {
+		return forEachAgent(tx, func(a Agent) { out = append(out, a) })
 	})
 	return out, err
 }
@@ -191,7 +189,7 @@ func (reg *Registry) Agents(ctx context.Context) ([]Agent, error) {
 // nothing.
 func (reg *Registry) Agent(ctx context.Context, node string) (Agent, error) {
 	var a Agent
-	err := index.Read(reg.idx, ctx, func(tx store.Tx) error {
+	err := index.Read(reg.rv.Index, ctx, func(tx store.Tx) error {
 		var v []byte
 		if bucket := tx.Bucket(index.AgentsBucket); bucket != nil {
 			v = bucket.Get([]byte(node))
@@ -199,12 +197,9 @@ func (reg *Registry) Agent(ctx context.Context, node string) (Agent, error) {
 		if v == nil {
 			return fmt.Errorf("%w: no agent of node %q in the log", entry.ErrNotFound, node)
 		}
-		var r index.AgentRecord
-		if err := json.Unmarshal(v, &r); err != nil {
-			return fmt.Errorf("ledger: agent record of node %s is damaged: %w", node, err)
-		}
-		a = agentOf(&r, node)
-		return nil
+		var err error
+		a, err = decodeAgent(node, v)
+		return err
 	})
 	return a, err
 }
@@ -217,12 +212,12 @@ func (reg *Registry) NodeCertificates(ctx context.Context, node string, now time
 	var out []entry.Entry
 	token := ""
 	for {
-		page, next, err := reg.idx.List(ctx, f, index.MaxPageSize, token)
+		page, next, err := reg.rv.Index.List(ctx, f, index.MaxPageSize, token)
 		if err != nil {
 			return nil, err
 		}
 		for _, e := range page {
-			if e.Revoked == nil && e.NotAfter.After(now) && !reg.revs.IsRevoked(e.Serial, now) {
+			if e.Revoked == nil && e.NotAfter.After(now) && !reg.rv.Revocations.IsRevoked(e.Serial, now) {
 				out = append(out, e)
 			}
 		}
@@ -249,20 +244,20 @@ func (reg *Registry) Ban(ctx context.Context, node, reason string) (BanResult, e
 	if node == "" {
 		return BanResult{}, fmt.Errorf("%w: node is required", entry.ErrInvalidArgument)
 	}
-	reg.revokeMu.Lock()
+	reg.rv.Mu.Lock()
 	if b, ok := reg.Banned(node); ok {
-		reg.revokeMu.Unlock()
+		reg.rv.Mu.Unlock()
 		return BanResult{}, fmt.Errorf("%w: node %s since %s (entry %d)", ErrAlreadyBanned, node,
 			b.Time.UTC().Format(time.RFC3339), b.Index)
 	}
 	evs := []entry.Event{{Kind: entry.KindBan, Node: node, Reason: reason}}
 	revs, err := reg.nodeRevocations(ctx, node, reason)
 	if err != nil {
-		reg.revokeMu.Unlock()
+		reg.rv.Mu.Unlock()
 		return BanResult{}, err
 	}
-	idx, err := reg.append(ctx, append(evs, revs...)...)
-	reg.revokeMu.Unlock()
+	idx, err := reg.rv.Append(ctx, append(evs, revs...)...)
+	reg.rv.Mu.Unlock()
 	if err != nil {
 		return BanResult{}, err
 	}
@@ -280,7 +275,7 @@ func (reg *Registry) Ban(ctx context.Context, node, reason string) (BanResult, e
 // nodeRevocations returns revocation events for node's unexpired,
 // unrevoked certificates. revokeMu is held.
 func (reg *Registry) nodeRevocations(ctx context.Context, node, reason string) ([]entry.Event, error) {
-	certs, err := reg.NodeCertificates(ctx, node, reg.clock())
+	certs, err := reg.NodeCertificates(ctx, node, reg.rv.Clock())
 	if err != nil {
 		return nil, err
 	}
@@ -298,8 +293,8 @@ func (reg *Registry) nodeRevocations(ctx context.Context, node, reason string) (
 // run it after recording certificates for a node they then find banned,
 // and at start for every ban (a crash may have cut a Ban short).
 func (reg *Registry) RevokeNodeCertificates(ctx context.Context, node string) ([]string, error) {
-	reg.revokeMu.Lock()
-	defer reg.revokeMu.Unlock()
+	reg.rv.Mu.Lock()
+	defer reg.rv.Mu.Unlock()
 	b, ok := reg.Banned(node)
 	if !ok {
 		return nil, nil
@@ -308,7 +303,7 @@ func (reg *Registry) RevokeNodeCertificates(ctx context.Context, node string) ([
 	if err != nil || len(revs) == 0 {
 		return nil, err
 	}
-	if _, err := reg.append(ctx, revs...); err != nil {
+	if _, err := reg.rv.Append(ctx, revs...); err != nil {
 		return nil, err
 	}
 	out := make([]string, len(revs))
@@ -321,14 +316,14 @@ func (reg *Registry) RevokeNodeCertificates(ctx context.Context, node string) ([
 // Unban lifts node's ban (a KindUnban event). Certificates the ban
 // revoked stay revoked. ErrNotBanned if it is not banned.
 func (reg *Registry) Unban(ctx context.Context, node, reason string) (entry.Entry, error) {
-	reg.revokeMu.Lock()
-	defer reg.revokeMu.Unlock()
+	reg.rv.Mu.Lock()
+	defer reg.rv.Mu.Unlock()
 	if _, ok := reg.Banned(node); !ok {
 		return entry.Entry{}, fmt.Errorf("%w: node %q", ErrNotBanned, node)
 	}
-	idx, err := reg.append(ctx, entry.Event{Kind: entry.KindUnban, Node: node, Reason: reason})
+	idx, err := reg.rv.Append(ctx, entry.Event{Kind: entry.KindUnban, Node: node, Reason: reason})
 	if err != nil {
 		return entry.Entry{}, err
 	}
-	return reg.idx.Entry(ctx, idx[0])
+	return reg.rv.Index.Entry(ctx, idx[0])
 }

@@ -9,7 +9,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
@@ -23,20 +22,11 @@ import (
 
 // Lineages walks and revokes the lineages of a ledger's certificates.
 type Lineages struct {
-	idx      *index.Index
-	revs     *revocation.Set
-	append   func(context.Context, ...entry.Event) ([]uint64, error)
-	revokeMu *sync.Mutex // serializes the ledger's revocations
-	clock    func() time.Time
+	rv revocation.Revoker
 }
 
-// New returns the lineages of a ledger whose index is idx, revocations
-// revs and appends appendFn; revokeMu serializes every write that
-// revokes.
-func New(idx *index.Index, revs *revocation.Set, appendFn func(context.Context, ...entry.Event) ([]uint64, error),
-	revokeMu *sync.Mutex, clock func() time.Time) *Lineages {
-	return &Lineages{idx: idx, revs: revs, append: appendFn, revokeMu: revokeMu, clock: clock}
-}
+// New returns the lineages of a ledger that reads and revokes through rv.
+func New(rv revocation.Revoker) *Lineages { return &Lineages{rv: rv} }
 
 // MaxWalk bounds the certificates one Ancestors or Descendants call
 // visits, and RevokeWithDescendants revokes.
@@ -67,7 +57,7 @@ func (g *Lineages) lineageWalk(ctx context.Context, serial string, max int) (str
 	if err != nil {
 		return "", 0, err
 	}
-	return serial, min(max, MaxWalk), index.Wait(g.idx, ctx)
+	return serial, min(max, MaxWalk), index.Wait(g.rv.Index, ctx)
 }
 
 // Ancestors returns the certificates serial descends from, its parent
@@ -81,7 +71,7 @@ func (g *Lineages) Ancestors(ctx context.Context, serial string, max int) ([]ent
 	}
 	var out []entry.Entry
 	truncated := false
-	err = index.View(g.idx, ctx, func(tx store.Tx) error {
+	err = index.View(g.rv.Index, ctx, func(tx store.Tx) error {
 		c, err := certTx(tx, serial)
 		if err != nil {
 			return err
@@ -113,7 +103,7 @@ func (g *Lineages) Descendants(ctx context.Context, serial string, max int) ([]e
 	}
 	var out []entry.Entry
 	truncated := false
-	err = index.View(g.idx, ctx, func(tx store.Tx) error {
+	err = index.View(g.rv.Index, ctx, func(tx store.Tx) error {
 		if _, err := certTx(tx, serial); err != nil {
 			return err
 		}
@@ -164,9 +154,9 @@ func (g *Lineages) RevokeWithDescendants(ctx context.Context, serial, reason str
 	if err != nil {
 		return nil, err
 	}
-	g.revokeMu.Lock()
-	defer g.revokeMu.Unlock()
-	root, err := g.idx.Get(ctx, serial)
+	g.rv.Mu.Lock()
+	defer g.rv.Mu.Unlock()
+	root, err := g.rv.Index.Get(ctx, serial)
 	if err != nil {
 		return nil, err
 	}
@@ -176,10 +166,10 @@ func (g *Lineages) RevokeWithDescendants(ctx context.Context, serial, reason str
 		if err != nil {
 			return out, err
 		}
-		now := g.clock()
+		now := g.rv.Clock()
 		var evs []entry.Event
 		for _, c := range append([]entry.Entry{root}, desc...) {
-			if c.Revoked != nil || g.revs.IsRevoked(c.Serial, now) {
+			if c.Revoked != nil || g.rv.Revocations.IsRevoked(c.Serial, now) {
 				continue
 			}
 			evs = append(evs, entry.Event{Kind: entry.KindRevocation, Serial: c.Serial, SPIFFEID: c.SPIFFEID, Node: c.Node,
@@ -201,11 +191,11 @@ func (g *Lineages) RevokeWithDescendants(ctx context.Context, serial, reason str
 
 // appendRevocations appends evs and adds their entries to out.
 func (g *Lineages) appendRevocations(ctx context.Context, out []entry.Entry, evs []entry.Event) ([]entry.Entry, error) {
-	now := g.clock()
+	now := g.rv.Clock()
 	for i := range evs {
 		evs[i].Time = now
 	}
-	idx, err := g.append(ctx, evs...)
+	idx, err := g.rv.Append(ctx, evs...)
 	if err != nil {
 		return out, err
 	}
@@ -224,8 +214,8 @@ func (g *Lineages) RevokedAncestor(ctx context.Context, serial string, max int, 
 	if err != nil {
 		return entry.Entry{}, false, false, err
 	}
-	if g.revs.IsRevoked(serial, now) {
-		c, err := g.idx.Get(ctx, serial)
+	if g.rv.Revocations.IsRevoked(serial, now) {
+		c, err := g.rv.Index.Get(ctx, serial)
 		return c, true, false, err
 	}
 	anc, truncated, err := g.Ancestors(ctx, serial, max)
@@ -248,7 +238,7 @@ func (g *Lineages) Children(ctx context.Context, serial string, max int) ([]stri
 		return nil, err
 	}
 	var out []string
-	err = index.Read(g.idx, ctx, func(tx store.Tx) error {
+	err = index.Read(g.rv.Index, ctx, func(tx store.Tx) error {
 		bucket := tx.Bucket(index.ParentBucket)
 		if bucket == nil {
 			return nil

@@ -94,6 +94,21 @@ func Forget(s *Set, cutoff time.Time) {
 	}
 }
 
+// Revoker is how the parts of a ledger that revoke certificates (bans,
+// lineages) read and write it.
+type Revoker struct {
+	// Index is the ledger's certificate index; Revocations its
+	// revocations in force.
+	Index       *index.Index
+	Revocations *Set
+	// Append appends events to the log (Ledger.Append).
+	Append func(context.Context, ...entry.Event) ([]uint64, error)
+	// Mu serializes every write that revokes (Revoke, bans, lineages).
+	Mu *sync.Mutex
+	// Clock returns the ledger clock's time.
+	Clock func() time.Time
+}
+
 // RevokedCert is a revoked certificate that has not yet expired.
 type RevokedCert struct {
 	Serial   string

@@ -2,6 +2,7 @@ package entry_test
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"reflect"
 	"testing"
@@ -58,4 +59,45 @@ func FuzzDecodeEntry(f *testing.F) {
 			t.Fatalf("round trip changed the entry: %+v vs %+v", e.Event, e2.Event)
 		}
 	})
+}
+
+// TestValidate: every rule an appended event must meet is enforced by
+// Validate, and a valid event of each kind passes.
+func TestValidate(t *testing.T) {
+	for name, tc := range map[string]struct {
+		ev entry.Event
+		ok bool
+	}{
+		"issuance":             {entry.Event{Kind: entry.KindIssuance, Serial: "ab", SPIFFEID: "spiffe://td/x"}, true},
+		"renewal with parent":  {entry.Event{Kind: entry.KindRenewal, Serial: "ab", SPIFFEID: "spiffe://td/x", Parent: "cd"}, true},
+		"revocation":           {entry.Event{Kind: entry.KindRevocation, Serial: "ab"}, true},
+		"ban":                  {entry.Event{Kind: entry.KindBan, Node: "n"}, true},
+		"join-token use":       {entry.Event{Kind: entry.KindJoinTokenUse}, true},
+		"unknown kind":         {entry.Event{Kind: "bogus"}, false},
+		"issuance no serial":   {entry.Event{Kind: entry.KindIssuance, SPIFFEID: "spiffe://td/x"}, false},
+		"issuance no ID":       {entry.Event{Kind: entry.KindIssuance, Serial: "ab"}, false},
+		"revocation no serial": {entry.Event{Kind: entry.KindRevocation}, false},
+		"unban no node":        {entry.Event{Kind: entry.KindUnban}, false},
+		"upper-case serial":    {entry.Event{Kind: entry.KindIssuance, Serial: "AB", SPIFFEID: "spiffe://td/x"}, false},
+		"non-hex parent":       {entry.Event{Kind: entry.KindRenewal, Serial: "ab", SPIFFEID: "spiffe://td/x", Parent: "zz"}, false},
+		"parent on revocation": {entry.Event{Kind: entry.KindRevocation, Serial: "ab", Parent: "cd"}, false},
+	} {
+		err := tc.ev.Validate()
+		if tc.ok && err != nil || !tc.ok && !errors.Is(err, entry.ErrInvalidEvent) {
+			t.Errorf("%s: Validate = %v, want ok=%v (else ErrInvalidEvent)", name, err, tc.ok)
+		}
+	}
+}
+
+// TestNormalizeSerial: a serial is stored in one form; anything that is
+// not a serial is ErrInvalidArgument.
+func TestNormalizeSerial(t *testing.T) {
+	if s, err := entry.NormalizeSerial("00AB"); err != nil || s != "ab" {
+		t.Fatalf("NormalizeSerial(00AB) = %q, %v; want ab", s, err)
+	}
+	for _, bad := range []string{"", "xyz", "-1"} {
+		if _, err := entry.NormalizeSerial(bad); !errors.Is(err, entry.ErrInvalidArgument) {
+			t.Errorf("NormalizeSerial(%q) = %v, want ErrInvalidArgument", bad, err)
+		}
+	}
 }

@@ -216,7 +216,7 @@ func BenchmarkVerify1M(b *testing.B) {
 	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		v := NewTreeVerifier(cp)
+		v := verifier.NewTree(cp)
 		if err := l.Export(context.Background(), 0, func(lf verifier.Leaf) error { v.Add(lf); return nil }); err != nil {
 			b.Fatal(err)
 		}

@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
-	"github.com/castellan-dev/castellan/ca/verifier"
-	"github.com/transparency-dev/formats/log"
 )
 
 // fakeClock is a settable clock for tests.
@@ -86,7 +84,3 @@ func closed(ch <-chan struct{}) bool {
 		return false
 	}
 }
-
-// NewTreeVerifier is the offline verifier's tree (ca/verifier), under the
-// name the ledger's tests knew it by.
-func NewTreeVerifier(cps ...*log.Checkpoint) *verifier.Tree { return verifier.NewTree(cps...) }

@@ -147,7 +147,7 @@ type Ledger struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	revokeMu sync.Mutex // serializes Revoke
+	revokeMu sync.Mutex // serializes every write that revokes (Revoke, bans, lineages)
 
 	mu     sync.Mutex
 	closed bool

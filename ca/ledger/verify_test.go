@@ -145,7 +145,7 @@ func TestVerifyCatchesDeletedEntry(t *testing.T) {
 	}
 	defer l.Close()
 	cp, _ := verifier.OpenCheckpoint(l.StoredCheckpoint(), "", vkey)
-	v := NewTreeVerifier(cp)
+	v := verifier.NewTree(cp)
 	if err := l.Export(context.Background(), 0, func(lf verifier.Leaf) error { v.Add(lf); return nil }); err != nil {
 		t.Fatal(err)
 	}

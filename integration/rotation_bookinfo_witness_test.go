@@ -8,9 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/logkey"
 	"golang.org/x/mod/sumdb/note"
-
-	"github.com/castellan-dev/castellan/ca/ledger"
 )
 
 // bookinfoWitnessTTL is the SVID lifetime of the enforce test: the agent
@@ -32,7 +31,7 @@ func TestBookinfoUnderEnforceAcrossRotations(t *testing.T) {
 		t.Skip("runs Bookinfo, the real binaries and an omniwitness for about two minutes")
 	}
 	keyFile := filepath.Join(t.TempDir(), "ledger.key")
-	vkey, err := ledger.GenerateKeyFile(keyFile, witnessOrigin)
+	vkey, err := logkey.GenerateKeyFile(keyFile, witnessOrigin)
 	if err != nil {
 		t.Fatal(err)
 	}

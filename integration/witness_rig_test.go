@@ -18,7 +18,8 @@ import (
 	"time"
 
 	"crypto/rand"
-	"github.com/castellan-dev/castellan/ca/ledger"
+
+	"github.com/castellan-dev/castellan/ca/ledger/logkey"
 	"github.com/castellan-dev/castellan/integration/testbin"
 	"github.com/castellan-dev/castellan/internal/witness"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -186,7 +187,7 @@ func newWitnessRig(t *testing.T) *witnessRig {
 	if err := os.Mkdir(r.srvDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	vkey, err := ledger.GenerateKeyFile(filepath.Join(r.srvDir, "ledger.db.key"), witnessOrigin)
+	vkey, err := logkey.GenerateKeyFile(filepath.Join(r.srvDir, "ledger.db.key"), witnessOrigin)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -160,9 +161,9 @@ func rewriteLedger(t *testing.T, path string, n int) {
 	}
 	defer l.Close()
 	now := time.Now()
-	evs := make([]ledger.Event, n)
+	evs := make([]entry.Event, n)
 	for i := range evs {
-		evs[i] = ledger.Event{Kind: ledger.KindIssuance, Serial: fmt.Sprintf("%x", 0xbad000+i),
+		evs[i] = entry.Event{Kind: entry.KindIssuance, Serial: fmt.Sprintf("%x", 0xbad000+i),
 			SPIFFEID: "spiffe://cluster.local/rewritten", Node: "nobody", NotBefore: now, NotAfter: now.Add(time.Hour),
 			PublicKeySHA256: fmt.Sprintf("%064x", i), CertDER: []byte(fmt.Sprintf("rewritten-%d", i))}
 	}

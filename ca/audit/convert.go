@@ -5,6 +5,8 @@ import (
 
 	auditv1 "github.com/castellan-dev/castellan/api/castellan/audit/v1"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -23,7 +25,7 @@ func tm(t *timestamppb.Timestamp) time.Time {
 }
 
 // EventProto converts a ledger entry to its wire form.
-func EventProto(e *ledger.Entry) *auditv1.Event {
+func EventProto(e *entry.Entry) *auditv1.Event {
 	pb := &auditv1.Event{
 		Index: e.Index, Kind: string(e.Kind), Time: ts(e.Time), Serial: e.Serial,
 		SpiffeId: e.SPIFFEID, Node: e.Node, NotBefore: ts(e.NotBefore), NotAfter: ts(e.NotAfter),
@@ -37,22 +39,22 @@ func EventProto(e *ledger.Entry) *auditv1.Event {
 }
 
 // filterOf converts a ListRequest to a ledger filter.
-func filterOf(req *auditv1.ListRequest) ledger.Filter {
-	f := ledger.Filter{
+func filterOf(req *auditv1.ListRequest) index.Filter {
+	f := index.Filter{
 		Serial: req.GetSerial(), SPIFFEID: req.GetSpiffeId(), SPIFFEIDPrefix: req.GetSpiffeIdPrefix(),
 		Namespace: req.GetNamespace(), Node: req.GetNode(),
 		Since: tm(req.GetSince()), Until: tm(req.GetUntil()),
 	}
 	switch req.GetState() {
 	case auditv1.State_STATE_ACTIVE:
-		f.State = ledger.StateActive
+		f.State = index.StateActive
 	case auditv1.State_STATE_EXPIRED:
-		f.State = ledger.StateExpired
+		f.State = index.StateExpired
 	case auditv1.State_STATE_REVOKED:
-		f.State = ledger.StateRevoked
+		f.State = index.StateRevoked
 	}
 	for _, k := range req.GetKinds() {
-		f.Kinds = append(f.Kinds, ledger.Kind(k))
+		f.Kinds = append(f.Kinds, entry.Kind(k))
 	}
 	return f
 }

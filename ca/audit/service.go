@@ -12,6 +12,10 @@ import (
 
 	auditv1 "github.com/castellan-dev/castellan/api/castellan/audit/v1"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/ledger/lineage"
+	"github.com/castellan-dev/castellan/ca/verifier"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -72,8 +76,8 @@ func (s *Service) List(ctx context.Context, req *auditv1.ListRequest) (*auditv1.
 	if size == 0 {
 		size = DefaultPageSize
 	}
-	if size < 0 || size > ledger.MaxPageSize {
-		return nil, status.Errorf(codes.InvalidArgument, "audit: page_size must be between 1 and %d (0 means %d); page through larger results", ledger.MaxPageSize, DefaultPageSize)
+	if size < 0 || size > index.MaxPageSize {
+		return nil, status.Errorf(codes.InvalidArgument, "audit: page_size must be between 1 and %d (0 means %d); page through larger results", index.MaxPageSize, DefaultPageSize)
 	}
 	entries, next, err := s.l.List(ctx, filterOf(req), size, req.GetPageToken())
 	if err != nil {
@@ -122,16 +126,16 @@ func (s *Service) Get(ctx context.Context, req *auditv1.GetRequest) (*auditv1.Ge
 // lineage adds serial's ancestors and descendants (without their
 // certificates) to resp.
 func (s *Service) lineage(ctx context.Context, serial string, resp *auditv1.GetResponse) error {
-	anc, t1, err := s.l.Ancestors(ctx, serial, ledger.MaxLineageWalk)
+	anc, t1, err := s.l.Ancestors(ctx, serial, lineage.MaxWalk)
 	if err != nil {
 		return toStatus(err)
 	}
-	desc, t2, err := s.l.Descendants(ctx, serial, ledger.MaxLineageWalk)
+	desc, t2, err := s.l.Descendants(ctx, serial, lineage.MaxWalk)
 	if err != nil {
 		return toStatus(err)
 	}
 	for _, list := range []struct {
-		in  []ledger.Entry
+		in  []entry.Entry
 		out *[]*auditv1.Event
 	}{{anc, &resp.Ancestors}, {desc, &resp.Descendants}} {
 		for i := range list.in {
@@ -150,7 +154,7 @@ func (s *Service) checkpoint(ctx context.Context) ([]byte, uint64, error) {
 	if err != nil {
 		return nil, 0, toStatus(err)
 	}
-	cp, err := ledger.OpenCheckpoint(signed, s.l.Origin(), s.l.VerifierKey())
+	cp, err := verifier.OpenCheckpoint(signed, s.l.Origin(), s.l.VerifierKey())
 	if err != nil {
 		return nil, 0, toStatus(err)
 	}
@@ -250,7 +254,7 @@ func (s *Service) Watch(req *auditv1.WatchRequest, stream grpc.ServerStreamingSe
 	if err := stream.SendHeader(metadata.Pairs(WatchFromHeader, strconv.FormatUint(from, 10))); err != nil {
 		return err
 	}
-	err := s.l.Watch(ctx, from, func(e ledger.Entry) error {
+	err := s.l.Watch(ctx, from, func(e entry.Entry) error {
 		return stream.Send(&auditv1.WatchResponse{Event: EventProto(&e)})
 	})
 	if ctx.Err() != nil {
@@ -274,7 +278,7 @@ func (s *Service) Export(req *auditv1.ExportRequest, stream grpc.ServerStreaming
 		msg = &auditv1.ExportResponse{}
 		return err
 	}
-	err := s.l.Export(ctx, req.GetFromIndex(), func(lf ledger.Leaf) error {
+	err := s.l.Export(ctx, req.GetFromIndex(), func(lf verifier.Leaf) error {
 		msg.Leaves = append(msg.Leaves, &auditv1.Leaf{Index: lf.Index, Data: lf.Data, LeafHash: lf.Hash})
 		if len(msg.Leaves) == exportChunk {
 			return flush()

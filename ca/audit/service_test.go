@@ -19,6 +19,7 @@ import (
 
 	auditv1 "github.com/castellan-dev/castellan/api/castellan/audit/v1"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/verifier"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/transparency-dev/formats/log"
@@ -39,10 +40,10 @@ func openLedger(t *testing.T, n int) *ledger.Ledger {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	evs := make([]ledger.Event, n)
+	evs := make([]entry.Event, n)
 	for i := range evs {
-		evs[i] = ledger.Event{
-			Kind: ledger.KindIssuance, Serial: fmt.Sprintf("%x", 0xa000+i),
+		evs[i] = entry.Event{
+			Kind: entry.KindIssuance, Serial: fmt.Sprintf("%x", 0xa000+i),
 			SPIFFEID: fmt.Sprintf("spiffe://cluster.local/ns/bookinfo/sa/svc%d", i%4), Node: "node-1",
 			NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour), CertDER: []byte{1, 2, 3},
 		}
@@ -174,7 +175,7 @@ func TestConsistencyExportAndWatch(t *testing.T) {
 	if got := hdr.Get(WatchFromHeader); len(got) != 1 || got[0] != "10" {
 		t.Fatalf("%s = %q, want [10] (the log size when the watch began)", WatchFromHeader, got)
 	}
-	if _, err := l.Append(ctx, ledger.Event{Kind: ledger.KindJoinTokenUse, Node: "node-9"}); err != nil {
+	if _, err := l.Append(ctx, entry.Event{Kind: entry.KindJoinTokenUse, Node: "node-9"}); err != nil {
 		t.Fatal(err)
 	}
 	ev, err := w.Recv()
@@ -201,7 +202,7 @@ func TestConsistencyExportAndWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var leaves []ledger.Leaf
+	var leaves []verifier.Leaf
 	for {
 		m, err := exp.Recv()
 		if err == io.EOF {
@@ -211,7 +212,7 @@ func TestConsistencyExportAndWatch(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, lf := range m.Leaves {
-			leaves = append(leaves, ledger.Leaf{Index: lf.Index, Data: lf.Data, Hash: lf.LeafHash})
+			leaves = append(leaves, verifier.Leaf{Index: lf.Index, Data: lf.Data, Hash: lf.LeafHash})
 		}
 	}
 	tv := verifier.NewTree(c2)
@@ -334,7 +335,7 @@ func TestWatchFromIndexReplaysThenFollows(t *testing.T) {
 	if got := hdr.Get(WatchFromHeader); len(got) != 1 || got[0] != "3" {
 		t.Fatalf("%s = %q, want [3]", WatchFromHeader, got)
 	}
-	if _, err := l.Append(ctx, ledger.Event{Kind: ledger.KindJoinTokenUse, Node: "node-late"}); err != nil {
+	if _, err := l.Append(ctx, entry.Event{Kind: entry.KindJoinTokenUse, Node: "node-late"}); err != nil {
 		t.Fatal(err)
 	}
 	for want := uint64(3); want <= 5; want++ {

@@ -16,7 +16,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	"github.com/castellan-dev/castellan/internal/clock"
 	"github.com/castellan-dev/castellan/internal/serial"
 )
@@ -29,7 +29,7 @@ const DefaultValidity = 24 * time.Hour
 // Source lists revoked certificates; *ledger.Ledger is one.
 type Source interface {
 	// Revocations returns the certificates revoked and unexpired at now.
-	Revocations(now time.Time) []ledger.RevokedCert
+	Revocations(now time.Time) []revocation.RevokedCert
 	// RevocationsChanged returns a channel closed at the next revocation.
 	RevocationsChanged() <-chan struct{}
 }
@@ -105,7 +105,7 @@ func (h *Handler) CRL(ctx context.Context) ([]byte, error) {
 
 // Template is the unsigned CRL of revs at now, valid for validity. Its
 // Number is now in nanoseconds, so it increases with every list.
-func Template(revs []ledger.RevokedCert, now time.Time, validity time.Duration) *x509.RevocationList {
+func Template(revs []revocation.RevokedCert, now time.Time, validity time.Duration) *x509.RevocationList {
 	tmpl := &x509.RevocationList{
 		Number:     big.NewInt(now.UnixNano()),
 		ThisUpdate: now,

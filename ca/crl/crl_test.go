@@ -17,6 +17,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/crl"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 )
 
@@ -31,7 +32,7 @@ func setup(t *testing.T) (*ledger.Ledger, *authority.Authority, *clocktest.Clock
 	}
 	t.Cleanup(func() { l.Close() })
 	for _, s := range []string{"a1", "a2", "a3"} {
-		if _, err := l.Append(context.Background(), ledger.Event{Kind: ledger.KindIssuance, Serial: s,
+		if _, err := l.Append(context.Background(), entry.Event{Kind: entry.KindIssuance, Serial: s,
 			SPIFFEID: "spiffe://cluster.local/ns/default/sa/" + s, NotAfter: clk.Now().Add(time.Hour)}); err != nil {
 			t.Fatal(err)
 		}

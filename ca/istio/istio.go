@@ -39,7 +39,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authority/leaf"
 	"github.com/castellan-dev/castellan/ca/authz"
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/castellan-dev/castellan/ca/server"
 	"github.com/castellan-dev/castellan/ca/server/cutoff"
@@ -169,7 +169,7 @@ func (s *Service) Register(g grpc.ServiceRegistrar) {
 type caller struct {
 	id   spiffeid.ID
 	k8s  *authn.TokenIdentity // nil for a client certificate
-	cert *ledger.Entry        // the client certificate's ledger entry; nil for a token
+	cert *entry.Entry         // the client certificate's ledger entry; nil for a token
 	how  string               // for logs and the ledger
 }
 

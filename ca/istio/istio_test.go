@@ -23,6 +23,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/istio"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/server"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/integration/kubetest"
@@ -251,7 +252,7 @@ func TestCreateCertificateKubernetes(t *testing.T) {
 		if err != nil {
 			t.Fatalf("issued certificate not in the ledger: %v", err)
 		}
-		if e.Kind != ledger.KindIssuance || e.SPIFFEID != reviews || e.Node != "node-a" {
+		if e.Kind != entry.KindIssuance || e.SPIFFEID != reviews || e.Node != "node-a" {
 			t.Errorf("ledger entry %+v, want issuance of %s on node-a", e.Event, reviews)
 		}
 	})
@@ -496,7 +497,7 @@ func (e *caEnv) signWith(t *testing.T, id, node, parent string, logged bool) *x5
 	if !logged {
 		return &x509svid.SVID{ID: iss.ID, Certificates: iss.Chain, PrivateKey: key}
 	}
-	if _, err := e.ledger.Append(context.Background(), ledger.Event{Kind: ledger.KindIssuance, Serial: serial.FromBig(iss.Serial).String(),
+	if _, err := e.ledger.Append(context.Background(), entry.Event{Kind: entry.KindIssuance, Serial: serial.FromBig(iss.Serial).String(),
 		SPIFFEID: id, Node: node, Parent: parent, NotBefore: iss.NotBefore, NotAfter: iss.NotAfter, CertDER: iss.Chain[0].Raw}); err != nil {
 		t.Fatal(err)
 	}

@@ -9,7 +9,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authz"
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/internal/k8sid"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
@@ -26,34 +26,34 @@ const MaxRenewalGenerations = 64
 // (*ledger.Ledger).
 type Ledger interface {
 	// Get returns the issuance entry of a serial (ledger.ErrNotFound).
-	Get(ctx context.Context, serial string) (ledger.Entry, error)
+	Get(ctx context.Context, serial string) (entry.Entry, error)
 	// RevokedAncestor returns the first revoked certificate among serial
 	// and up to max of its ancestors, and whether the lineage is longer.
-	RevokedAncestor(ctx context.Context, serial string, max int, now time.Time) (ledger.Entry, bool, bool, error)
+	RevokedAncestor(ctx context.Context, serial string, max int, now time.Time) (entry.Entry, bool, bool, error)
 }
 
 // checkLineage returns the ledger entry of a client certificate, refusing
 // one the ledger does not hold, a revoked one, one descended from a revoked
 // certificate, and one whose lineage is longer than MaxRenewalGenerations.
-func (s *Service) checkLineage(ctx context.Context, id spiffeid.ID, serial string) (ledger.Entry, error) {
+func (s *Service) checkLineage(ctx context.Context, id spiffeid.ID, serial string) (entry.Entry, error) {
 	cert, err := s.cfg.Ledger.Get(ctx, serial)
 	switch {
-	case errors.Is(err, ledger.ErrNotFound) || err == nil && cert.SPIFFEID != id.String():
-		return ledger.Entry{}, authn.Fail(ReasonCertNotLogged, "client certificate %s (serial %s) is not in the CA's ledger; obtain a certificate from the node agent", id, serial)
+	case errors.Is(err, entry.ErrNotFound) || err == nil && cert.SPIFFEID != id.String():
+		return entry.Entry{}, authn.Fail(ReasonCertNotLogged, "client certificate %s (serial %s) is not in the CA's ledger; obtain a certificate from the node agent", id, serial)
 	case err != nil:
-		return ledger.Entry{}, fmt.Errorf("istio: look up serial %s: %w", serial, err)
+		return entry.Entry{}, fmt.Errorf("istio: look up serial %s: %w", serial, err)
 	case cert.Revoked != nil:
-		return ledger.Entry{}, authn.Fail(ReasonCertRevoked, "client certificate %s (serial %s) is revoked", id, serial)
+		return entry.Entry{}, authn.Fail(ReasonCertRevoked, "client certificate %s (serial %s) is revoked", id, serial)
 	}
 	rev, found, truncated, err := s.cfg.Ledger.RevokedAncestor(ctx, serial, MaxRenewalGenerations, s.clock.Now())
 	switch {
 	case err != nil:
-		return ledger.Entry{}, fmt.Errorf("istio: lineage of serial %s: %w", serial, err)
+		return entry.Entry{}, fmt.Errorf("istio: lineage of serial %s: %w", serial, err)
 	case found:
-		return ledger.Entry{}, authz.Deny(ReasonLineageRevoked, "client certificate %s (serial %s) descends from certificate %s, which is revoked; obtain a new certificate from the node agent",
+		return entry.Entry{}, authz.Deny(ReasonLineageRevoked, "client certificate %s (serial %s) descends from certificate %s, which is revoked; obtain a new certificate from the node agent",
 			id, serial, rev.Serial)
 	case truncated:
-		return ledger.Entry{}, authz.Deny(ReasonLineageTooLong, "client certificate %s (serial %s) was renewed with its own certificates more than %d times in a row; obtain a new certificate from the node agent or with a Kubernetes token",
+		return entry.Entry{}, authz.Deny(ReasonLineageTooLong, "client certificate %s (serial %s) was renewed with its own certificates more than %d times in a row; obtain a new certificate from the node agent or with a Kubernetes token",
 			id, serial, MaxRenewalGenerations)
 	}
 	return cert, nil

@@ -8,29 +8,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/agents"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	bolt "go.etcd.io/bbolt"
 )
 
 const agentA = "spiffe://cluster.local/castellan/agent/node-a"
-
-func TestIsAgentCert(t *testing.T) {
-	for _, tc := range []struct {
-		id, node string
-		want     bool
-	}{
-		{agentA, "node-a", true},
-		{agentA, "node-b", false},
-		{"spiffe://cluster.local/castellan/agent/node-a", "a", false},
-		{"spiffe://cluster.local/ns/x/castellan/agent/node-a", "node-a", false},
-		{"spiffe://cluster.local/ns/it/sa/app", "node-a", false},
-		{agentA, "", false},
-	} {
-		ev := Event{Kind: KindIssuance, SPIFFEID: tc.id, Node: tc.node}
-		if got := isAgentCert(&ev); got != tc.want {
-			t.Errorf("isAgentCert(%s on %q) = %v, want %v", tc.id, tc.node, got, tc.want)
-		}
-	}
-}
 
 // TestAgentRecordFollowsTheLog: the agent record of a node follows its
 // agent SVIDs, and a ban and unban in the same index batch end unbanned
@@ -46,7 +31,7 @@ func TestAgentRecordFollowsTheLog(t *testing.T) {
 	second.Time, second.Parent = clock.Now().Add(time.Minute), first.Serial
 	work := certEvent(3, "spiffe://cluster.local/ns/it/sa/app", "node-a", exp)
 	if _, err := l.Append(ctx, first, second, work,
-		Event{Kind: KindBan, Node: "node-a", Reason: "x"}, Event{Kind: KindUnban, Node: "node-a", Reason: "y"}); err != nil {
+		entry.Event{Kind: entry.KindBan, Node: "node-a", Reason: "x"}, entry.Event{Kind: entry.KindUnban, Node: "node-a", Reason: "y"}); err != nil {
 		t.Fatal(err)
 	}
 	a, err := l.Agent(ctx, "node-a")
@@ -59,17 +44,17 @@ func TestAgentRecordFollowsTheLog(t *testing.T) {
 	if _, ok := l.Banned("node-a"); ok {
 		t.Fatal("banned after ban+unban")
 	}
-	if _, err := l.Agent(ctx, "node-z"); !errors.Is(err, ErrNotFound) {
+	if _, err := l.Agent(ctx, "node-z"); !errors.Is(err, entry.ErrNotFound) {
 		t.Fatalf("unknown node: %v, want ErrNotFound", err)
 	}
 	// The events must name a node.
-	if _, err := l.Append(ctx, Event{Kind: KindBan}); !errors.Is(err, ErrInvalidEvent) {
+	if _, err := l.Append(ctx, entry.Event{Kind: entry.KindBan}); !errors.Is(err, entry.ErrInvalidEvent) {
 		t.Fatalf("ban without a node: %v", err)
 	}
-	if _, err := l.Append(ctx, Event{Kind: KindRevocation, Serial: "ab", Parent: "cd"}); !errors.Is(err, ErrInvalidEvent) {
+	if _, err := l.Append(ctx, entry.Event{Kind: entry.KindRevocation, Serial: "ab", Parent: "cd"}); !errors.Is(err, entry.ErrInvalidEvent) {
 		t.Fatalf("revocation with a parent: %v", err)
 	}
-	if _, err := l.Append(ctx, Event{Kind: KindIssuance, Serial: "ab", SPIFFEID: agentA, Parent: "XY"}); !errors.Is(err, ErrInvalidEvent) {
+	if _, err := l.Append(ctx, entry.Event{Kind: entry.KindIssuance, Serial: "ab", SPIFFEID: agentA, Parent: "XY"}); !errors.Is(err, entry.ErrInvalidEvent) {
 		t.Fatalf("parent not lower-case hex: %v", err)
 	}
 	// A ban on a later batch survives reopening, from the agents bucket.
@@ -93,7 +78,7 @@ func TestBanRevokesTheNodesUnexpiredCertificates(t *testing.T) {
 		l := be.openTest(t, clock)
 		ctx := context.Background()
 		live, dead := clock.Now().Add(time.Hour), clock.Now().Add(-time.Minute)
-		evs := []Event{certEvent(1, agentA, "node-a", live), certEvent(2, "spiffe://cluster.local/app", "node-a", live),
+		evs := []entry.Event{certEvent(1, agentA, "node-a", live), certEvent(2, "spiffe://cluster.local/app", "node-a", live),
 			certEvent(3, "spiffe://cluster.local/app", "node-a", dead), certEvent(4, "spiffe://cluster.local/app", "node-b", live)}
 		if _, err := l.Append(ctx, evs...); err != nil {
 			t.Fatal(err)
@@ -118,7 +103,7 @@ func TestBanRevokesTheNodesUnexpiredCertificates(t *testing.T) {
 		if l.IsRevoked(evs[3].Serial, clock.Now()) {
 			t.Fatal("node-b's certificate revoked")
 		}
-		if _, err := l.Ban(ctx, "node-a", "again"); !errors.Is(err, ErrAlreadyBanned) {
+		if _, err := l.Ban(ctx, "node-a", "again"); !errors.Is(err, agents.ErrAlreadyBanned) {
 			t.Fatalf("second ban: %v", err)
 		}
 		// A certificate recorded for the banned node afterwards (an issuance
@@ -134,7 +119,7 @@ func TestBanRevokesTheNodesUnexpiredCertificates(t *testing.T) {
 		if _, err := l.Unban(ctx, "node-a", "re-imaged"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := l.Unban(ctx, "node-a", "again"); !errors.Is(err, ErrNotBanned) {
+		if _, err := l.Unban(ctx, "node-a", "again"); !errors.Is(err, agents.ErrNotBanned) {
 			t.Fatalf("second unban: %v", err)
 		}
 		if got, err := l.RevokeNodeCertificates(ctx, "node-a"); err != nil || got != nil {
@@ -186,7 +171,7 @@ func TestLineageWalksAreBounded(t *testing.T) {
 		if desc, truncated, _ = l.Descendants(ctx, s[0], 2); !truncated || len(desc) != 2 {
 			t.Fatalf("Descendants(max 2) = %v, %v", serialsOf(desc), truncated)
 		}
-		if _, _, err := l.Descendants(ctx, "abcdef", 10); !errors.Is(err, ErrNotFound) {
+		if _, _, err := l.Descendants(ctx, "abcdef", 10); !errors.Is(err, entry.ErrNotFound) {
 			t.Fatalf("Descendants of an unknown serial: %v", err)
 		}
 
@@ -217,13 +202,13 @@ func TestLineageWalksAreBounded(t *testing.T) {
 		if l.IsRevoked(s[0], clock.Now()) {
 			t.Fatal("an ancestor was revoked")
 		}
-		if _, err := l.RevokeWithDescendants(ctx, s[2], "again"); !errors.Is(err, ErrAlreadyRevoked) {
+		if _, err := l.RevokeWithDescendants(ctx, s[2], "again"); !errors.Is(err, revocation.ErrAlreadyRevoked) {
 			t.Fatalf("second RevokeWithDescendants: %v", err)
 		}
 	})
 }
 
-func serialsOf(es []Entry) []string {
+func serialsOf(es []entry.Entry) []string {
 	out := make([]string, len(es))
 	for i, e := range es {
 		out[i] = e.Serial
@@ -244,7 +229,9 @@ func TestDamagedAgentRecordIsReported(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bAgents).Put([]byte("node-a"), []byte("{not json")) }); err != nil {
+	if err := db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(index.AgentsBucket).Put([]byte("node-a"), []byte("{not json"))
+	}); err != nil {
 		t.Fatal(err)
 	}
 	db.Close()

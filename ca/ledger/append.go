@@ -6,13 +6,18 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/follow"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/ledger/reserve"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/transparency-dev/merkle/rfc6962"
 )
 
 // Append adds events to the log, in order, and returns their indices. All
 // events of one call go into one transaction, and concurrent calls
-// are grouped into shared transactions (group commit, commit.go: an
+// are grouped into shared transactions (group commit, package commit: an
 // Append arriving while the ledger is idle is committed at once, those
 // arriving during a commit share the next transaction); Append returns only
 // after that transaction is committed and durable, so an entry is durable
@@ -23,8 +28,8 @@ import (
 // revocations, agent records) from the events in memory, so an entry is
 // indexed as soon as it is durable, on every replica; only a backlog left
 // by an older binary or a failed index write is left to the indexer
-// (indexer.go), which every query waits for. Safe for concurrent use.
-func (l *Ledger) Append(ctx context.Context, events ...Event) ([]uint64, error) {
+// (package index), which every query waits for. Safe for concurrent use.
+func (l *Ledger) Append(ctx context.Context, events ...entry.Event) ([]uint64, error) {
 	if len(events) == 0 {
 		return nil, nil
 	}
@@ -32,9 +37,9 @@ func (l *Ledger) Append(ctx context.Context, events ...Event) ([]uint64, error) 
 		return nil, fmt.Errorf("ledger: append: %w", err)
 	}
 	if l.readOnly {
-		return nil, ErrReadOnly
+		return nil, entry.ErrReadOnly
 	}
-	evs := make([]Event, len(events))
+	evs := make([]entry.Event, len(events))
 	now := l.clock()
 	size := uint64(0)
 	for i := range events {
@@ -43,24 +48,25 @@ func (l *Ledger) Append(ctx context.Context, events ...Event) ([]uint64, error) 
 		if evs[i].Time.IsZero() {
 			evs[i].Time = now
 		}
-		if err := evs[i].validate(); err != nil {
+		if err := evs[i].Validate(); err != nil {
 			return nil, err
 		}
 	}
-	if !usesReserve(ctx) {
-		if err := l.reserve.allow(size); err != nil {
+	if !reserve.Uses(ctx) {
+		if err := l.reserve.Allow(size); err != nil {
 			return nil, err
 		}
 	}
 	start := time.Now()
-	first, err := l.commit.append(ctx, evs)
+	res, err := l.commit.Append(ctx, evs)
 	l.metrics.observeAppend(time.Since(start), err)
 	if err != nil {
 		if l.isClosed() {
-			return nil, ErrClosed
+			return nil, entry.ErrClosed
 		}
 		return nil, fmt.Errorf("ledger: append: %w", err)
 	}
+	first := res.First
 	l.committed(ctx, first, evs)
 	idx := make([]uint64, len(evs))
 	for i := range idx {
@@ -72,88 +78,59 @@ func (l *Ledger) Append(ctx context.Context, events ...Event) ([]uint64, error) 
 // eventOverhead estimates an encoded event's size besides its certificate.
 const eventOverhead = 512
 
-// appended is what one append's transaction wrote: the index of its
-// first event, the tree head after its last, and the stored index position
-// after it (entries [0, indexed) are in the secondary indexes).
-type appended struct {
-	first   uint64
-	head    treeState
-	indexed uint64
-}
-
 // appendTx writes evs at the end of the tree stored in tx, and their
 // index entries when the indexes are up to date (the stored index position
 // is where evs begin; otherwise the indexer has a backlog to work through
 // first, and indexes evs with it). It reads the tree state and the index
 // position from tx, never from memory: on a shared store another replica
 // may have appended since this one last looked.
-func appendTx(tx store.Tx, evs []Event) (appended, error) {
-	st, indexed, err := readTreeAndIndexed(tx)
+func appendTx(tx store.Tx, evs []entry.Event) (follow.Appended, error) {
+	st, indexed, err := tree.ReadWithIndexed(tx)
 	if err != nil {
-		return appended{}, err
+		return follow.Appended{}, err
 	}
-	r, err := st.rng()
+	r, err := st.Range()
 	if err != nil {
-		return appended{}, err
+		return follow.Appended{}, err
 	}
-	entries := bucket(tx, bEntries)
+	entries := tree.Bucket(tx, tree.Entries)
 	store.MarkSequential(entries)
-	nw := newNodeWriter(tx)
+	nw := tree.NewNodeWriter(tx)
 	first := r.End()
 	encoded := make([][]byte, len(evs))
 	for i := range evs {
 		idx := r.End()
-		data, err := encodeEvent(idx, &evs[i])
+		data, err := entry.Encode(idx, &evs[i])
 		if err != nil {
-			return appended{}, err
+			return follow.Appended{}, err
 		}
 		encoded[i] = data
-		if err := entries.Put(u64(idx), data); err != nil {
-			return appended{}, err
+		if err := entries.Put(tree.Key(idx), data); err != nil {
+			return follow.Appended{}, err
 		}
-		if err := r.Append(rfc6962.DefaultHasher.HashLeaf(data), nw.visit); err != nil {
-			return appended{}, err
+		if err := r.Append(rfc6962.DefaultHasher.HashLeaf(data), nw.Visit); err != nil {
+			return follow.Appended{}, err
 		}
-		if err := nw.flush(); err != nil {
-			return appended{}, err
+		if err := nw.Flush(); err != nil {
+			return follow.Appended{}, err
 		}
 	}
-	if err := writeTree(tx, r); err != nil {
-		return appended{}, err
+	if err := tree.Write(tx, r); err != nil {
+		return follow.Appended{}, err
 	}
-	res := appended{first: first, head: treeState{size: r.End(), hashes: r.Hashes()}, indexed: indexed}
-	if res.indexed == first {
-		if err := indexTx(tx, first, evs, encoded); err != nil {
-			return appended{}, err
+	res := follow.Appended{First: first, Head: tree.Head{Size: r.End(), Hashes: r.Hashes()}, Indexed: indexed}
+	if res.Indexed == first {
+		if err := index.WriteTx(tx, first, evs, encoded); err != nil {
+			return follow.Appended{}, err
 		}
-		res.indexed = res.head.size
+		res.Indexed = res.Head.Size
 	}
 	return res, nil
 }
 
-// indexTx writes the index entries of evs (evs[0] at index first, the
-// index position; encoded[i] is evs[i]'s entry) and moves the stored index
-// position past them.
-func indexTx(tx store.Tx, first uint64, evs []Event, encoded [][]byte) error {
-	var batch indexBatch
-	for i := range evs {
-		ev := evs[i]
-		// As DecodeEntry would return it: what the indexer writes for an
-		// entry read back must be what is written here.
-		ev.Time, ev.NotBefore, ev.NotAfter = ev.Time.UTC(), ev.NotBefore.UTC(), ev.NotAfter.UTC()
-		if err := batch.add(first+uint64(i), &ev, encoded[i]); err != nil {
-			return err
-		}
-	}
-	if err := batch.apply(tx); err != nil {
-		return fmt.Errorf("ledger: index: %w", err)
-	}
-	return bucket(tx, bMeta).Put(kIndexed, u64(first+uint64(len(evs))))
-}
-
 // committed writes the audit log lines and metrics of a committed append,
 // in the caller's goroutine (publish has already run).
-func (l *Ledger) committed(ctx context.Context, first uint64, evs []Event) {
+func (l *Ledger) committed(ctx context.Context, first uint64, evs []entry.Event) {
 	for i := range evs {
 		l.auditLine(ctx, first+uint64(i), &evs[i])
 	}
@@ -162,7 +139,7 @@ func (l *Ledger) committed(ctx context.Context, first uint64, evs []Event) {
 
 // auditLine writes the JSON audit log line of one event (through
 // l.audit, which carries the "audit" attribute already formatted).
-func (l *Ledger) auditLine(ctx context.Context, index uint64, ev *Event) {
+func (l *Ledger) auditLine(ctx context.Context, index uint64, ev *entry.Event) {
 	if !l.audit.Enabled(ctx, slog.LevelInfo) {
 		return
 	}
@@ -179,8 +156,8 @@ func (l *Ledger) auditLine(ctx context.Context, index uint64, ev *Event) {
 	add("serial", ev.Serial)
 	add("spiffe_id", ev.SPIFFEID)
 	add("node", ev.Node)
-	add("not_before", formatTime(ev.NotBefore))
-	add("not_after", formatTime(ev.NotAfter))
+	add("not_before", entry.FormatTime(ev.NotBefore))
+	add("not_after", entry.FormatTime(ev.NotAfter))
 	add("public_key_sha256", ev.PublicKeySHA256)
 	add("reason", ev.Reason)
 	l.audit.LogAttrs(ctx, slog.LevelInfo, "ledger event", attrs...)

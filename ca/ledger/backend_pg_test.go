@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/pgstore"
 	"github.com/castellan-dev/castellan/internal/pgtest"
@@ -134,7 +135,7 @@ func TestPostgresLostStopsAppendsThenRecovers(t *testing.T) {
 
 // retryAppend appends ev, retrying while the store is unavailable (the
 // pool reconnecting after a restart), for at most 30 s.
-func retryAppend(t *testing.T, l *Ledger, ev Event) uint64 {
+func retryAppend(t *testing.T, l *Ledger, ev entry.Event) uint64 {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -161,7 +162,7 @@ func BenchmarkAppendPostgres(b *testing.B) {
 			var next atomic.Uint64
 			lat := runCallers(b, c.callers, func() error {
 				n := next.Add(1)
-				evs := make([]Event, c.batch)
+				evs := make([]entry.Event, c.batch)
 				for i := range evs {
 					evs[i] = benchEvent(n*uint64(c.batch) + uint64(i))
 				}
@@ -195,7 +196,7 @@ func BenchmarkRevocationSeenByOtherReplica(b *testing.B) {
 		b.StartTimer()
 		start := time.Now()
 		ch := a.RevocationsChanged()
-		if _, err := r.Append(ctx, Event{Kind: KindRevocation, Serial: ev.Serial, Node: ev.Node, SPIFFEID: ev.SPIFFEID, NotAfter: exp}); err != nil {
+		if _, err := r.Append(ctx, entry.Event{Kind: entry.KindRevocation, Serial: ev.Serial, Node: ev.Node, SPIFFEID: ev.SPIFFEID, NotAfter: exp}); err != nil {
 			b.Fatal(err)
 		}
 		for !a.IsRevoked(ev.Serial, time.Now()) {

@@ -4,6 +4,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/castellan-dev/castellan/ca/ledger/logkey"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 )
@@ -127,7 +128,7 @@ func withKeyFile(t testing.TB, dir string, opts Options) Options {
 		return opts
 	}
 	opts.KeyFile = filepath.Join(dir, "log.key")
-	if _, err := GenerateKeyFile(opts.KeyFile, opts.Origin); err != nil {
+	if _, err := logkey.GenerateKeyFile(opts.KeyFile, opts.Origin); err != nil {
 		t.Fatal(err)
 	}
 	return opts

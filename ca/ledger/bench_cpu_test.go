@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 )
 
 // processCPU returns the CPU time (user + system) this process has used.
@@ -37,7 +39,7 @@ func BenchmarkAppendCPU(b *testing.B) {
 			}
 			defer l.Close()
 			const batch = 100
-			evs := make([]Event, batch)
+			evs := make([]entry.Event, batch)
 			n := uint64(0)
 			b.ResetTimer()
 			cpu0 := processCPU()

@@ -13,15 +13,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/verifier"
 	bolt "go.etcd.io/bbolt"
 )
 
 // benchCert is a stand-in for a P-256 leaf's DER (about the real size).
 var benchCert = make([]byte, 560)
 
-func benchEvent(n uint64) Event {
-	return Event{
-		Kind: KindIssuance, Serial: fmt.Sprintf("%x", 1<<40+n),
+func benchEvent(n uint64) entry.Event {
+	return entry.Event{
+		Kind: entry.KindIssuance, Serial: fmt.Sprintf("%x", 1<<40+n),
 		SPIFFEID: fmt.Sprintf("spiffe://cluster.local/ns/ns%d/sa/sa%d", n%100, (n/100)%100),
 		Node:     fmt.Sprintf("node-%d", n%500), NotBefore: time.Unix(1_700_000_000, 0),
 		NotAfter: time.Unix(1_700_003_600, 0), PublicKeySHA256: fmt.Sprintf("%064x", n), CertDER: benchCert,
@@ -43,7 +46,7 @@ func BenchmarkAppend(b *testing.B) {
 			defer l.Close()
 			var next atomic.Uint64
 			lat := runCallers(b, c.callers, func() error {
-				evs := make([]Event, batch)
+				evs := make([]entry.Event, batch)
 				for i := range evs {
 					evs[i] = benchEvent(next.Add(1))
 				}
@@ -136,14 +139,14 @@ func (f *bigLedger) get(b *testing.B) *Ledger {
 		}
 		f.l, f.err = Open(filepath.Join(f.dir, "l.db"), Options{})
 		for i := uint64(0); i < bigSize && f.err == nil; i += 10_000 {
-			evs := make([]Event, 10_000)
+			evs := make([]entry.Event, 10_000)
 			for j := range evs {
 				evs[j] = benchEvent(i + uint64(j))
 			}
 			_, f.err = f.l.Append(context.Background(), evs...)
 		}
 		if f.err == nil {
-			f.err = f.l.waitIndexed(context.Background()) // measure queries, not indexing
+			f.err = index.Wait(f.l.Index, context.Background()) // measure queries, not indexing
 		}
 	})
 	if f.err != nil {
@@ -176,7 +179,7 @@ func BenchmarkList1M(b *testing.B) {
 		n := rng.Uint64N(bigSize)
 		id := fmt.Sprintf("spiffe://cluster.local/ns/ns%d/sa/sa%d", n%100, (n/100)%100)
 		start := time.Now()
-		page, _, err := l.List(context.Background(), Filter{SPIFFEID: id}, 100, "")
+		page, _, err := l.List(context.Background(), index.Filter{SPIFFEID: id}, 100, "")
 		lat = append(lat, time.Since(start))
 		if err != nil || len(page) != 100 {
 			b.Fatalf("%d entries, %v", len(page), err)
@@ -207,14 +210,14 @@ func BenchmarkVerify1M(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	cp, err := OpenCheckpoint(signed, "", l.VerifierKey())
+	cp, err := verifier.OpenCheckpoint(signed, "", l.VerifierKey())
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		v := NewTreeVerifier(cp)
-		if err := l.Export(context.Background(), 0, func(lf Leaf) error { v.Add(lf); return nil }); err != nil {
+		v := verifier.NewTree(cp)
+		if err := l.Export(context.Background(), 0, func(lf verifier.Leaf) error { v.Add(lf); return nil }); err != nil {
 			b.Fatal(err)
 		}
 		if rep := v.Finish(); !rep.OK() {

@@ -10,15 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/commit"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/follow"
+	"github.com/castellan-dev/castellan/ca/ledger/logfile"
 	"github.com/castellan-dev/castellan/ca/store"
 )
-
-// queued returns the number of appends waiting for a transaction.
-func (c *committer) queued() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.queue)
-}
 
 // waitFor polls cond until it holds, failing the test after 10 s.
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -46,16 +43,23 @@ type txProbe struct {
 
 var errInjected = errors.New("injected commit failure")
 
-func probe(l *Ledger) *txProbe {
-	p := &txProbe{real: l.commit.update, held: make(chan struct{}, 1)}
-	l.commit.update = p.update
-	l.commit.write = p.countingWrite(l.commit.write)
+// probe replaces the ledger's committer (idle: nothing appended yet) by
+// one whose transactions go through the probe.
+func probe(l *Ledger) *txProbe { return probeWrite(l, appendTx) }
+
+// probeWrite is probe with write writing each append's events.
+func probeWrite(l *Ledger, write func(store.Tx, []entry.Event) (follow.Appended, error)) *txProbe {
+	p := &txProbe{real: l.update, held: make(chan struct{}, 1)}
+	old := l.commit
+	l.commit = commit.New(p.update, p.countingWrite(write), l.publish)
+	go l.commit.Run()
+	old.Close()
 	return p
 }
 
 // countingWrite counts the appends written in the current transaction.
-func (p *txProbe) countingWrite(w func(store.Tx, []Event) (appended, error)) func(store.Tx, []Event) (appended, error) {
-	return func(tx store.Tx, evs []Event) (appended, error) {
+func (p *txProbe) countingWrite(w func(store.Tx, []entry.Event) (follow.Appended, error)) func(store.Tx, []entry.Event) (follow.Appended, error) {
+	return func(tx store.Tx, evs []entry.Event) (follow.Appended, error) {
 		p.mu.Lock()
 		p.groups[len(p.groups)-1]++
 		p.mu.Unlock()
@@ -127,7 +131,7 @@ func recv(t *testing.T, ch <-chan result) result {
 }
 
 // appendAsync starts Append(ctx, ev) and returns where its result arrives.
-func appendAsync(ctx context.Context, l *Ledger, ev Event) <-chan result {
+func appendAsync(ctx context.Context, l *Ledger, ev entry.Event) <-chan result {
 	ch := make(chan result, 1)
 	go func() {
 		idx, err := l.Append(ctx, ev)
@@ -149,7 +153,7 @@ func startHeldGroup(t *testing.T, l *Ledger, p *txProbe, base, n int) (<-chan re
 	for i := range rest {
 		rest[i] = appendAsync(context.Background(), l, certEvent(base+1+i, "spiffe://td/a", "n", notAfter))
 	}
-	waitFor(t, fmt.Sprintf("%d queued appends", n), func() bool { return l.commit.queued() == n })
+	waitFor(t, fmt.Sprintf("%d queued appends", n), func() bool { return l.commit.Queued() == n })
 	return first, rest, release
 }
 
@@ -210,7 +214,7 @@ func closeAndVerify(t *testing.T, l *Ledger, path string, n uint64) {
 	if cerr := r.Close(); err != nil || cerr != nil {
 		t.Fatal(err, cerr)
 	}
-	rep, err := VerifyFile(path, r.VerifierKey())
+	rep, err := logfile.VerifyFile(path, r.VerifierKey())
 	if err != nil || !rep.OK() || rep.Entries != n {
 		t.Fatalf("verify: %v %+v, want %d entries", err, rep, n)
 	}
@@ -225,10 +229,10 @@ func TestGroupedAppendsArePublishedInLogOrder(t *testing.T) {
 		p.waitHeld(t)
 		// A ban then an unban of the same node, queued in that order, share a
 		// transaction: the node must end up not banned.
-		ban := appendAsync(context.Background(), l, Event{Kind: KindBan, Node: "node-x", Reason: "test"})
-		waitFor(t, "the ban to queue", func() bool { return l.commit.queued() == 1 })
-		unban := appendAsync(context.Background(), l, Event{Kind: KindUnban, Node: "node-x", Reason: "test"})
-		waitFor(t, "the unban to queue", func() bool { return l.commit.queued() == 2 })
+		ban := appendAsync(context.Background(), l, entry.Event{Kind: entry.KindBan, Node: "node-x", Reason: "test"})
+		waitFor(t, "the ban to queue", func() bool { return l.commit.Queued() == 1 })
+		unban := appendAsync(context.Background(), l, entry.Event{Kind: entry.KindUnban, Node: "node-x", Reason: "test"})
+		waitFor(t, "the unban to queue", func() bool { return l.commit.Queued() == 2 })
 		release()
 		for _, ch := range []<-chan result{first, ban, unban} {
 			if r := recv(t, ch); r.err != nil {
@@ -246,20 +250,18 @@ func TestGroupedAppendsArePublishedInLogOrder(t *testing.T) {
 
 func TestBadEventFailsOnlyItsOwnAppendInAGroup(t *testing.T) {
 	l, path := openTest(t, newFakeClock())
-	p := probe(l)
 	badSerial := fmt.Sprintf("%x", 0x1000+7)
 	errBad := errors.New("cannot write this event")
-	write := l.commit.write
-	l.commit.write = func(tx store.Tx, evs []Event) (appended, error) {
+	p := probeWrite(l, func(tx store.Tx, evs []entry.Event) (follow.Appended, error) {
 		if evs[0].Serial == badSerial {
 			// Write part of it first: the retry must not keep any of it.
-			if _, err := write(tx, evs); err != nil {
-				return appended{}, err
+			if _, err := appendTx(tx, evs); err != nil {
+				return follow.Appended{}, err
 			}
-			return appended{}, errBad
+			return follow.Appended{}, errBad
 		}
-		return write(tx, evs)
-	}
+		return appendTx(tx, evs)
+	})
 	first, rest, release := startHeldGroup(t, l, p, 0, 10) // serials 1..10 share a group
 	release()
 	if r := recv(t, first); r.err != nil {
@@ -275,7 +277,7 @@ func TestBadEventFailsOnlyItsOwnAppendInAGroup(t *testing.T) {
 			t.Fatalf("append of serial %d failed with its group's bad neighbour: %v", serial, r.err)
 		}
 	}
-	if _, err := l.Get(context.Background(), badSerial); !errors.Is(err, ErrNotFound) {
+	if _, err := l.Get(context.Background(), badSerial); !errors.Is(err, entry.ErrNotFound) {
 		t.Fatalf("bad event is in the log: %v", err)
 	}
 	// One held transaction, one attempt with the bad append, one without.
@@ -305,7 +307,7 @@ func TestFailedCommitFailsExactlyTheAppendsOfItsTransaction(t *testing.T) {
 		t.Fatalf("append after the failure: %v, %v", idx, err)
 	}
 	for i := 1; i <= 5; i++ {
-		if _, err := l.Get(context.Background(), fmt.Sprintf("%x", 0x1000+i)); !errors.Is(err, ErrNotFound) {
+		if _, err := l.Get(context.Background(), fmt.Sprintf("%x", 0x1000+i)); !errors.Is(err, entry.ErrNotFound) {
 			t.Fatalf("serial %d of the failed transaction is in the log: %v", i, err)
 		}
 	}
@@ -322,12 +324,12 @@ func TestCancelledQueuedAppendIsWithdrawnAndNeverWritten(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	gone := appendAsync(ctx, l, certEvent(1, "spiffe://td/a", "n", notAfter))
 	kept := appendAsync(context.Background(), l, certEvent(2, "spiffe://td/a", "n", notAfter))
-	waitFor(t, "2 queued appends", func() bool { return l.commit.queued() == 2 })
+	waitFor(t, "2 queued appends", func() bool { return l.commit.Queued() == 2 })
 	cancel()
 	if r := recv(t, gone); !errors.Is(r.err, context.Canceled) || r.idx != nil {
 		t.Fatalf("cancelled append: %v, %v", r.idx, r.err)
 	}
-	if n := l.commit.queued(); n != 1 {
+	if n := l.commit.Queued(); n != 1 {
 		t.Fatalf("%d appends queued after the cancel, want 1", n)
 	}
 	release()
@@ -337,7 +339,7 @@ func TestCancelledQueuedAppendIsWithdrawnAndNeverWritten(t *testing.T) {
 	if r := recv(t, kept); r.err != nil || r.idx[0] != 1 {
 		t.Fatalf("append queued with the cancelled one: %v, %v", r.idx, r.err)
 	}
-	if _, err := l.Get(context.Background(), fmt.Sprintf("%x", 0x1001)); !errors.Is(err, ErrNotFound) {
+	if _, err := l.Get(context.Background(), fmt.Sprintf("%x", 0x1001)); !errors.Is(err, entry.ErrNotFound) {
 		t.Fatalf("withdrawn append is in the log: %v", err)
 	}
 	closeAndVerify(t, l, path, 2)
@@ -370,12 +372,8 @@ func TestCloseCommitsQueuedAppendsAndRefusesLaterOnes(t *testing.T) {
 	first, rest, release := startHeldGroup(t, l, p, 0, 8)
 	closed := make(chan error, 1)
 	go func() { closed <- l.Close() }()
-	waitFor(t, "Close to refuse new appends", func() bool {
-		l.commit.mu.Lock()
-		defer l.commit.mu.Unlock()
-		return l.commit.closed
-	})
-	if _, err := l.Append(context.Background(), certEvent(99, "spiffe://td/a", "n", time.Now())); !errors.Is(err, ErrClosed) {
+	waitFor(t, "Close to refuse new appends", l.commit.Closed)
+	if _, err := l.Append(context.Background(), certEvent(99, "spiffe://td/a", "n", time.Now())); !errors.Is(err, entry.ErrClosed) {
 		t.Fatalf("append during Close: %v, want ErrClosed", err)
 	}
 	release()

@@ -12,8 +12,11 @@ import (
 	"github.com/transparency-dev/merkle/rfc6962"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
+	"github.com/castellan-dev/castellan/ca/verifier"
 )
 
 // populated returns a closed bbolt ledger at path holding every kind of
@@ -29,7 +32,7 @@ func populated(t *testing.T, clock *fakeClock) string {
 	exp := clock.Now().Add(time.Hour)
 	parent := certEvent(1, "spiffe://td/castellan/agent/n1", "n1", exp)
 	child := certEvent(2, "spiffe://td/castellan/agent/n1", "n1", exp)
-	child.Kind, child.Parent = KindRenewal, parent.Serial
+	child.Kind, child.Parent = entry.KindRenewal, parent.Serial
 	if _, err := l.Append(ctx, parent, child); err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +74,7 @@ func TestBucketsNamesEveryBucketMetaLast(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(names[len(names)-1], bMeta) {
+	if !bytes.Equal(names[len(names)-1], tree.Meta) {
 		t.Fatalf("Buckets() ends with %s, want meta", names[len(names)-1])
 	}
 }
@@ -95,9 +98,9 @@ func TestLedgerCopiedToAnotherStoreKeepsItsProofs(t *testing.T) {
 		var saved []byte
 		var size uint64
 		err = src.View(ctx, func(tx store.Tx) error {
-			saved = bytes.Clone(tx.Bucket(bMeta).Get(kCheckpoint))
-			st, err := readTree(tx)
-			size = st.size
+			saved = bytes.Clone(tx.Bucket(tree.Meta).Get(tree.KeyCheckpoint))
+			st, err := tree.Read(tx)
+			size = st.Size
 			return err
 		})
 		if err != nil || saved == nil {
@@ -120,11 +123,11 @@ func TestLedgerCopiedToAnotherStoreKeepsItsProofs(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c1, err := OpenCheckpoint(saved, "", l.VerifierKey())
+		c1, err := verifier.OpenCheckpoint(saved, "", l.VerifierKey())
 		if err != nil {
 			t.Fatalf("the checkpoint saved before the copy does not verify with the copied ledger's key: %v", err)
 		}
-		c2, err := OpenCheckpoint(cur, "", l.VerifierKey())
+		c2, err := verifier.OpenCheckpoint(cur, "", l.VerifierKey())
 		if err != nil {
 			t.Fatal(err)
 		}

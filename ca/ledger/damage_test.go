@@ -8,6 +8,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/ledger/logfile"
 )
 
 // damagePages overwrites the element tables of n leaf pages of entries from
@@ -62,11 +66,11 @@ func TestOpenDamagedLedgerNamesTheFile(t *testing.T) {
 			t.Errorf("error %q does not say %q", err, want)
 		}
 	}
-	if !errors.Is(err, ErrDamaged) {
+	if !errors.Is(err, entry.ErrDamaged) {
 		t.Errorf("error %v is not ErrDamaged", err)
 	}
 	// VerifyFile reports the damage as a finding (exit 3 in castellanctl).
-	rep, err := VerifyFile(path, vkey)
+	rep, err := logfile.VerifyFile(path, vkey)
 	if err != nil || rep.OK() || !strings.Contains(strings.Join(rep.Findings, ";"), path) {
 		t.Fatalf("VerifyFile = %+v, %v; want a finding naming %s", rep, err, path)
 	}
@@ -92,7 +96,7 @@ func TestForensicOpenOfDamagedLedger(t *testing.T) {
 		switch {
 		case err == nil:
 			read++
-		case errors.Is(err, ErrDamaged) && strings.Contains(err.Error(), "missing"):
+		case errors.Is(err, entry.ErrDamaged) && strings.Contains(err.Error(), "missing"):
 			missing++
 		default:
 			t.Fatalf("Entry(%d) = %v; want the entry, or ErrDamaged saying it is missing", i, err)
@@ -101,16 +105,16 @@ func TestForensicOpenOfDamagedLedger(t *testing.T) {
 	if read < 2000 {
 		t.Fatalf("%d entries read and %d missing; want those on sound pages read", read, missing)
 	}
-	if _, _, err := l.List(ctx, Filter{}, 100, ""); err != nil {
+	if _, _, err := l.List(ctx, index.Filter{}, 100, ""); err != nil {
 		t.Fatalf("List of a salvaged ledger: %v", err)
 	}
-	if _, err := l.Append(ctx, certEvent(9999, "spiffe://td/x", "n", time.Now().Add(time.Hour))); !errors.Is(err, ErrReadOnly) {
+	if _, err := l.Append(ctx, certEvent(9999, "spiffe://td/x", "n", time.Now().Add(time.Hour))); !errors.Is(err, entry.ErrReadOnly) {
 		t.Fatalf("Append = %v, want ErrReadOnly", err)
 	}
-	if _, err := l.Revoke(ctx, "1000", "test"); !errors.Is(err, ErrReadOnly) {
+	if _, err := l.Revoke(ctx, "1000", "test"); !errors.Is(err, entry.ErrReadOnly) {
 		t.Fatalf("Revoke = %v, want ErrReadOnly", err)
 	}
-	if _, err := l.Prune(ctx); !errors.Is(err, ErrReadOnly) {
+	if _, err := l.Prune(ctx); !errors.Is(err, entry.ErrReadOnly) {
 		t.Fatalf("Prune = %v, want ErrReadOnly", err)
 	}
 }

@@ -1,62 +1,18 @@
 package ledger
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"hash/fnv"
 	"os"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"testing"
 	"time"
-)
 
-// FuzzDecodeEntry feeds arbitrary bytes (as an exported or hand-edited
-// entry would be) to DecodeEntry and the tree verifier: neither may panic,
-// and an entry that decodes must re-encode to an entry that decodes the same.
-func FuzzDecodeEntry(f *testing.F) {
-	ev := certEvent(1, "spiffe://td/ns/a/sa/b", "n", time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
-	ev.Time = time.Date(2029, 1, 1, 0, 0, 0, 0, time.UTC)
-	good, _ := encodeEvent(7, &ev)
-	f.Add(good)
-	f.Add([]byte(`{"v":1,"index":0,"kind":"revocation","time":"x"}`))
-	f.Add([]byte(`{}`))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		v := NewTreeVerifier()
-		v.Add(Leaf{Index: 0, Data: data, Hash: make([]byte, 32)})
-		_ = v.Finish()
-		e, err := DecodeEntry(data)
-		if err != nil {
-			return
-		}
-		// The indexer's and follower's decoding: the same, without the
-		// certificate.
-		noCert, err := decodeEvent(data)
-		want := e
-		want.CertDER = nil
-		if err != nil || !reflect.DeepEqual(noCert, want) {
-			t.Fatalf("decodeEvent = %+v, %v; want DecodeEntry's %+v without the certificate", noCert, err, want)
-		}
-		again, err := encodeEvent(e.Index, &e.Event)
-		if err != nil {
-			t.Fatal(err)
-		}
-		// An append's index summary is cut from its encoding.
-		if sum, err := encodeSummary(e.Index, &e.Event); err != nil || !bytes.Equal(summaryOf(again), sum) {
-			t.Fatalf("summaryOf(%s) = %s, encodeSummary = %s (%v)", again, summaryOf(again), sum, err)
-		}
-		e2, err := DecodeEntry(again)
-		if err != nil {
-			t.Fatalf("re-encoded entry does not decode: %v", err)
-		}
-		if e2.Index != e.Index || e2.Kind != e.Kind || e2.Serial != e.Serial || !bytes.Equal(e2.CertDER, e.CertDER) ||
-			!e2.Time.Equal(e.Time) || !e2.NotAfter.Equal(e.NotAfter) {
-			t.Fatalf("round trip changed the entry: %+v vs %+v", e.Event, e2.Event)
-		}
-	})
-}
+	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/verifier"
+)
 
 // FuzzOpenDamagedLedger damages a real ledger file (bytes written at an
 // offset, the meta checksums optionally repaired so the damage reaches
@@ -126,9 +82,9 @@ func FuzzOpenDamagedLedger(f *testing.F) {
 		}
 		defer l.Close()
 		ctx := context.Background()
-		_, _, _ = l.List(ctx, Filter{}, 50, "")
+		_, _, _ = l.List(ctx, index.Filter{}, 50, "")
 		_, _ = l.Get(ctx, "1005")
-		_ = l.Export(ctx, 0, func(Leaf) error { return nil })
+		_ = l.Export(ctx, 0, func(verifier.Leaf) error { return nil })
 		_, _ = l.InclusionProof(3, l.Size())
 	})
 }

@@ -8,8 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/castellan-dev/castellan/ca/verifier"
-	"github.com/transparency-dev/formats/log"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 )
 
 // fakeClock is a settable clock for tests.
@@ -47,9 +46,9 @@ func openTest(t testing.TB, clock *fakeClock) (*Ledger, string) {
 }
 
 // certEvent returns an issuance event for serial n.
-func certEvent(n int, id, node string, notAfter time.Time) Event {
-	return Event{
-		Kind: KindIssuance, Serial: fmt.Sprintf("%x", 0x1000+n), SPIFFEID: id, Node: node,
+func certEvent(n int, id, node string, notAfter time.Time) entry.Event {
+	return entry.Event{
+		Kind: entry.KindIssuance, Serial: fmt.Sprintf("%x", 0x1000+n), SPIFFEID: id, Node: node,
 		NotBefore: notAfter.Add(-time.Hour), NotAfter: notAfter,
 		PublicKeySHA256: fmt.Sprintf("%064x", n), CertDER: []byte(fmt.Sprintf("cert-%d", n)),
 	}
@@ -66,7 +65,7 @@ func fillFrom(t testing.TB, l *Ledger, start, n int, notAfter time.Time) {
 	t.Helper()
 	const batch = 500
 	for i := start; i < start+n; i += batch {
-		evs := make([]Event, 0, batch)
+		evs := make([]entry.Event, 0, batch)
 		for j := i; j < i+batch && j < start+n; j++ {
 			evs = append(evs, certEvent(j, fmt.Sprintf("spiffe://cluster.local/ns/ns%d/sa/sa%d", j%7, j%13), fmt.Sprintf("node-%d", j%5), notAfter))
 		}
@@ -85,7 +84,3 @@ func closed(ch <-chan struct{}) bool {
 		return false
 	}
 }
-
-// NewTreeVerifier is the offline verifier's tree (ca/verifier), under the
-// name the ledger's tests knew it by.
-func NewTreeVerifier(cps ...*log.Checkpoint) *verifier.Tree { return verifier.NewTree(cps...) }

@@ -16,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 )
@@ -59,28 +62,28 @@ func countedLedger(t *testing.T, be backend, clock *fakeClock) (*Ledger, *counti
 // with times in a zone other than UTC and a monotonic reading (as
 // time.Now gives): an issuance, its renewal (parent), an agent SVID, a
 // join-token use, a ban, an unban and, appended by Revoke, a revocation.
-func mixedEvents(now time.Time) []Event {
+func mixedEvents(now time.Time) []entry.Event {
 	zone := time.FixedZone("east", 5*3600+30*60)
 	at := time.Now().In(zone)
 	na := now.Add(time.Hour).In(zone)
 	iss := certEvent(1, "spiffe://td/ns/a/sa/x", "n1", na)
 	iss.Time = at
 	ren := certEvent(2, "spiffe://td/ns/a/sa/x", "n1", na.Add(time.Minute))
-	ren.Kind, ren.Parent = KindRenewal, iss.Serial
+	ren.Kind, ren.Parent = entry.KindRenewal, iss.Serial
 	agent := certEvent(3, "spiffe://td/castellan/agent/n1", "n1", na)
 	agent.Time = at
-	return []Event{
+	return []entry.Event{
 		iss, ren, agent,
-		{Kind: KindJoinTokenUse, Node: "n1", Time: at},
-		{Kind: KindBan, Node: "n2", Reason: "stolen", Time: at},
-		{Kind: KindUnban, Node: "n2", Reason: "cleared"},
-		{Kind: KindCAKeyChange, Reason: "rotated"},
+		{Kind: entry.KindJoinTokenUse, Node: "n1", Time: at},
+		{Kind: entry.KindBan, Node: "n2", Reason: "stolen", Time: at},
+		{Kind: entry.KindUnban, Node: "n2", Reason: "cleared"},
+		{Kind: entry.KindCAKeyChange, Reason: "rotated"},
 	}
 }
 
 // appendMixed appends mixedEvents one call at a time, then revokes the
 // first certificate.
-func appendMixed(t *testing.T, l *Ledger, now time.Time) []Event {
+func appendMixed(t *testing.T, l *Ledger, now time.Time) []entry.Event {
 	t.Helper()
 	evs := mixedEvents(now)
 	for _, ev := range evs {
@@ -95,7 +98,13 @@ func appendMixed(t *testing.T, l *Ledger, now time.Time) []Event {
 }
 
 // indexBuckets are the buckets the index entries live in.
-var indexBuckets = [][]byte{bSerial, bSPIFFE, bNode, bExpiry, bRevoked, bAgents, bParent}
+var indexBuckets = append(index.Buckets(), index.AgentsBucket, index.ParentBucket)
+
+// Index buckets the tests look into (their names are the stored format).
+var (
+	bSerial  = []byte("by_serial")
+	bRevoked = []byte("revoked")
+)
 
 // dumpIndexes returns every index key and value, by bucket, and the
 // stored index position.
@@ -104,7 +113,7 @@ func dumpIndexes(t *testing.T, l *Ledger) (map[string]map[string]string, uint64)
 	out := map[string]map[string]string{}
 	var pos uint64
 	err := l.db.View(context.Background(), func(tx store.Tx) error {
-		pos = indexedOf(tx)
+		pos = index.Stored(tx)
 		for _, name := range indexBuckets {
 			m := map[string]string{}
 			if b := tx.Bucket(name); b != nil {
@@ -143,7 +152,7 @@ func wipeIndexes(t *testing.T, l *Ledger, from uint64) {
 				}
 			}
 		}
-		return bucket(tx, bMeta).Put(kIndexed, binary.BigEndian.AppendUint64(nil, from))
+		return tree.Bucket(tx, tree.Meta).Put(tree.KeyIndexed, binary.BigEndian.AppendUint64(nil, from))
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -154,16 +163,9 @@ func wipeIndexes(t *testing.T, l *Ledger, from uint64) {
 // backlog, and fails the test if it cannot.
 func reindex(t *testing.T, l *Ledger) {
 	t.Helper()
-	for range 100 {
-		n, err := l.indexStep()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			return
-		}
+	if err := index.CatchUp(l.Index); err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("the indexer did not finish")
 }
 
 // TestAppendIndexesInItsOwnTransaction: an Append writes its entries'
@@ -185,7 +187,7 @@ func TestAppendIndexesInItsOwnTransaction(t *testing.T) {
 		if pos != l.Size() {
 			t.Fatalf("stored index position %d right after the appends, want the log size %d", pos, l.Size())
 		}
-		if len(idx[string(bSerial)]) != 4 || len(idx[string(bRevoked)]) != 1 || len(idx[string(bParent)]) != 1 || len(idx[string(bAgents)]) != 2 {
+		if len(idx[string(bSerial)]) != 4 || len(idx[string(bRevoked)]) != 1 || len(idx[string(index.ParentBucket)]) != 1 || len(idx[string(index.AgentsBucket)]) != 2 {
 			t.Fatalf("index entries missing right after the appends: %v", idx)
 		}
 		got, err := l.Get(context.Background(), evs[1].Serial)
@@ -247,7 +249,7 @@ func TestAppendAfterABacklogLeavesItToTheIndexer(t *testing.T) {
 			// 5: left to the indexer; the size: the indexer (kicked) ran.
 			t.Fatalf("index position %d after an append behind a backlog, want 5 or %d", pos, l.Size())
 		}
-		got, _, err := l.List(ctx, Filter{SPIFFEID: "spiffe://td/late"}, 10, "")
+		got, _, err := l.List(ctx, index.Filter{SPIFFEID: "spiffe://td/late"}, 10, "")
 		if err != nil || len(got) != 1 {
 			t.Fatalf("List after the backlog = %d entries, %v", len(got), err)
 		}
@@ -279,7 +281,7 @@ func TestAuditLinePerEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	evs := []Event{certEvent(1, "spiffe://td/a", "n1", clock.Now().Add(time.Hour)), {Kind: KindBan, Node: "n2", Reason: "stolen"}}
+	evs := []entry.Event{certEvent(1, "spiffe://td/a", "n1", clock.Now().Add(time.Hour)), {Kind: entry.KindBan, Node: "n2", Reason: "stolen"}}
 	if _, err := l.Append(context.Background(), evs...); err != nil {
 		t.Fatal(err)
 	}
@@ -297,8 +299,8 @@ func TestAuditLinePerEvent(t *testing.T) {
 		t.Fatalf("%d audit lines for 2 events: %s", len(lines), buf.String())
 	}
 	want := []map[string]any{
-		{"audit": "castellan.ledger", "index": 0.0, "kind": "issuance", "serial": evs[0].Serial, "spiffe_id": "spiffe://td/a", "node": "n1", "not_after": formatTime(evs[0].NotAfter), "public_key_sha256": evs[0].PublicKeySHA256},
-		{"audit": "castellan.ledger", "index": 1.0, "kind": "ban", "node": "n2", "reason": "stolen", "time": formatTime(clock.Now())},
+		{"audit": "castellan.ledger", "index": 0.0, "kind": "issuance", "serial": evs[0].Serial, "spiffe_id": "spiffe://td/a", "node": "n1", "not_after": entry.FormatTime(evs[0].NotAfter), "public_key_sha256": evs[0].PublicKeySHA256},
+		{"audit": "castellan.ledger", "index": 1.0, "kind": "ban", "node": "n2", "reason": "stolen", "time": entry.FormatTime(clock.Now())},
 	}
 	for i, w := range want {
 		for k, v := range w {
@@ -327,11 +329,11 @@ func TestAuditLinePerEvent(t *testing.T) {
 func checkTreeAndIndexed(t *testing.T, l *Ledger) {
 	t.Helper()
 	check := func(tx store.Tx) error {
-		st, indexed, err := readTreeAndIndexed(tx)
-		want, werr := readTree(tx)
-		if err != nil || werr != nil || st.size != want.size || !slices.EqualFunc(st.hashes, want.hashes, bytes.Equal) || indexed != indexedOf(tx) {
+		st, indexed, err := tree.ReadWithIndexed(tx)
+		want, werr := tree.Read(tx)
+		if err != nil || werr != nil || st.Size != want.Size || !slices.EqualFunc(st.Hashes, want.Hashes, bytes.Equal) || indexed != index.Stored(tx) {
 			t.Errorf("readTreeAndIndexed = size %d, position %d, %v; readTree, indexedOf = size %d, position %d, %v",
-				st.size, indexed, err, want.size, indexedOf(tx), werr)
+				st.Size, indexed, err, want.Size, index.Stored(tx), werr)
 		}
 		return nil
 	}
@@ -340,11 +342,11 @@ func checkTreeAndIndexed(t *testing.T, l *Ledger) {
 	}
 	errRollback := errors.New("roll back")
 	err := l.db.Update(context.Background(), func(tx store.Tx) error {
-		meta := bucket(tx, bMeta)
-		if err := meta.Put(kIndexed, binary.BigEndian.AppendUint64(nil, 12345)); err != nil {
+		meta := tree.Bucket(tx, tree.Meta)
+		if err := meta.Put(tree.KeyIndexed, binary.BigEndian.AppendUint64(nil, 12345)); err != nil {
 			return err
 		}
-		if err := meta.Put(kTree, binary.BigEndian.AppendUint64(nil, 0)); err != nil {
+		if err := meta.Put(tree.KeyTree, binary.BigEndian.AppendUint64(nil, 0)); err != nil {
 			return err
 		}
 		check(tx)

@@ -7,13 +7,14 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/castellan-dev/castellan/ca/ledger/logkey"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
 // TestReplicaWithAnotherLogKeyIsRefused: the first ledger records its
 // verifier key in the store; a replica (or a reopened file) with another
-// key is refused with ErrKeyMismatch (FailedPrecondition), on every
+// key is refused with logkey.ErrKeyMismatch (FailedPrecondition), on every
 // backend.
 func TestReplicaWithAnotherLogKeyIsRefused(t *testing.T) {
 	forSharedBackends(t, func(t *testing.T, be backend) {
@@ -25,12 +26,12 @@ func TestReplicaWithAnotherLogKeyIsRefused(t *testing.T) {
 		}
 		defer l.Close()
 		other := filepath.Join(dir, "other.key")
-		if _, err := GenerateKeyFile(other, DefaultOrigin); err != nil {
+		if _, err := logkey.GenerateKeyFile(other, logkey.DefaultOrigin); err != nil {
 			t.Fatal(err)
 		}
 		_, err = New(dbs[1], Options{KeyFile: other})
-		if !errors.Is(err, ErrKeyMismatch) || status.Code(Status("server", err)) != codes.FailedPrecondition {
-			t.Fatalf("replica with another key: %v, want ErrKeyMismatch", err)
+		if !errors.Is(err, logkey.ErrKeyMismatch) || status.Code(Status("server", err)) != codes.FailedPrecondition {
+			t.Fatalf("replica with another key: %v, want logkey.ErrKeyMismatch", err)
 		}
 		if !strings.Contains(err.Error(), l.VerifierKey()) {
 			t.Fatalf("the refusal does not name the log's key: %v", err)
@@ -44,11 +45,11 @@ func TestReplicaWithAnotherLogKeyIsRefused(t *testing.T) {
 		}
 		l.Close()
 		other := filepath.Join(t.TempDir(), "other.key")
-		if _, err := GenerateKeyFile(other, DefaultOrigin); err != nil {
+		if _, err := logkey.GenerateKeyFile(other, logkey.DefaultOrigin); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := Open(path, Options{KeyFile: other}); !errors.Is(err, ErrKeyMismatch) {
-			t.Fatalf("Open with another key file: %v, want ErrKeyMismatch", err)
+		if _, err := Open(path, Options{KeyFile: other}); !errors.Is(err, logkey.ErrKeyMismatch) {
+			t.Fatalf("Open with another key file: %v, want logkey.ErrKeyMismatch", err)
 		}
 		l, err = Open(path, Options{KeyFile: path + ".key"})
 		if err != nil {
@@ -73,7 +74,7 @@ func TestNewNeverGeneratesALogKey(t *testing.T) {
 		t.Fatalf("New created the missing key file: %v", err)
 	}
 	named := filepath.Join(t.TempDir(), "named.key")
-	if _, err := GenerateKeyFile(named, "other.example/log"); err != nil {
+	if _, err := logkey.GenerateKeyFile(named, "other.example/log"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := New(db, Options{KeyFile: named}); err == nil || !strings.Contains(err.Error(), "other.example/log") {
@@ -88,7 +89,7 @@ func TestNewNeverGeneratesALogKey(t *testing.T) {
 // and its verifier key is the ledger's.
 func TestGenerateKeyFile(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "log.key")
-	vkey, err := GenerateKeyFile(file, "example.org/log")
+	vkey, err := logkey.GenerateKeyFile(file, "example.org/log")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,8 +98,8 @@ func TestGenerateKeyFile(t *testing.T) {
 		t.Fatalf("key file mode %v (%v), want 0600", fi.Mode().Perm(), err)
 	}
 	before, _ := os.ReadFile(file)
-	if _, err := GenerateKeyFile(file, "example.org/log"); err == nil {
-		t.Fatal("GenerateKeyFile overwrote an existing key")
+	if _, err := logkey.GenerateKeyFile(file, "example.org/log"); err == nil {
+		t.Fatal("logkey.GenerateKeyFile overwrote an existing key")
 	}
 	if after, _ := os.ReadFile(file); string(after) != string(before) {
 		t.Fatal("the existing key file changed")
@@ -109,6 +110,6 @@ func TestGenerateKeyFile(t *testing.T) {
 	}
 	defer l.Close()
 	if l.VerifierKey() != vkey {
-		t.Fatalf("ledger verifier key %q, GenerateKeyFile said %q", l.VerifierKey(), vkey)
+		t.Fatalf("ledger verifier key %q, logkey.GenerateKeyFile said %q", l.VerifierKey(), vkey)
 	}
 }

@@ -1,7 +1,7 @@
 // Package ledger is Castellan's issuance ledger: an append-only Merkle-tree
 // log of every issuance, renewal, revocation, CA key change, join-token use
 // and node ban. It is also the durable store of node bans and of
-// certificate lineages (agents.go, lineage.go).
+// certificate lineages (packages agents, lineage).
 //
 // Leaves are RFC 6962 leaf hashes of each entry's encoded form; the tree
 // state is published as signed checkpoints in the transparency-log
@@ -9,7 +9,8 @@
 // holding an old checkpoint can check that the log only grew (Consistency)
 // and anyone can check that an entry is in it (InclusionProof). Entries are
 // indexed by serial, SPIFFE ID, node and expiry, in the transaction that
-// appends them (append.go; indexer.go catches up on a backlog).
+// appends them (append.go; the indexer of package index catches up on a
+// backlog).
 //
 // Storage: the ledger is written against the storage contract (package
 // store), once. Open keeps it in a bbolt file (boltstore) checked page by
@@ -17,14 +18,23 @@
 // keyspace (pgstore) shared by every replica of the CA. Replicas sharing a
 // store append to one log: the store serializes their transactions, each
 // append reads the tree head it extends from the store, and each replica
-// follows the others' appends (follow.go), so its revocations, bans,
+// follows the others' appends (package follow), so its revocations, bans,
 // Watch and checkpoints cover the whole log.
 //
 // Durability: Append returns only after its transaction is committed and
 // durable (bbolt: fsync'd); concurrent Appends share one transaction
-// (group commit, commit.go). A store that cannot be reached fails Append
+// (group commit, package commit). A store that cannot be reached fails Append
 // with an error wrapping store.ErrUnavailable (Status: Unavailable), so no
 // certificate is issued unlogged. A Ledger is safe for concurrent use.
+//
+// Its parts, each a package under ca/ledger: entry (events, entries, their
+// encoding, the shared errors), tree (the stored Merkle tree, proofs,
+// tiles), commit (group commit), follow (the log as published: Watch,
+// Export, other replicas' appends), index (the certificate index: Entry,
+// Get, List), revocation, agents (agents and bans), lineage, checkpoint
+// (signed and witnessed checkpoints), logkey (the log key), logfile (the
+// bbolt file, VerifyFile) and reserve (the disk reserve). The Ledger
+// embeds the parts whose methods it offers and wires them together.
 package ledger
 
 import (
@@ -39,22 +49,31 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/castellan-dev/castellan/ca/ledger/agents"
+	"github.com/castellan-dev/castellan/ca/ledger/checkpoint"
+	"github.com/castellan-dev/castellan/ca/ledger/commit"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/follow"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/ledger/lineage"
+	"github.com/castellan-dev/castellan/ca/ledger/logfile"
+	"github.com/castellan-dev/castellan/ca/ledger/logkey"
+	"github.com/castellan-dev/castellan/ca/ledger/reserve"
+	"github.com/castellan-dev/castellan/ca/ledger/revocation"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 )
 
-// Defaults applied by Open and New to zero Options fields.
-const (
-	DefaultOrigin    = "castellan.local/ledger"
-	DefaultRetention = 30 * 24 * time.Hour
-)
+// DefaultRetention is applied by Open and New to a zero Options.Retention.
+const DefaultRetention = 30 * 24 * time.Hour
 
 // Options configures a Ledger.
 type Options struct {
 	// Clock returns the current time (nil -> time.Now).
 	Clock func() time.Time
 	// Origin names the log in its checkpoints (first line) and is the name
-	// of the generated log key ("" -> DefaultOrigin).
+	// of the generated log key ("" -> logkey.DefaultOrigin).
 	Origin string
 	// Signer signs checkpoints; VerifierKey is its note verifier key
 	// ("<name>+<hash>+<key>"), given to auditors. Both set or neither: when
@@ -76,7 +95,7 @@ type Options struct {
 	// kept before Prune may remove it (0 -> 30 days).
 	Retention time.Duration
 	// DiskReserve is the free space (bytes) the ledger leaves on its
-	// filesystem: below it Append fails with ErrDiskReserve (0: no
+	// filesystem: below it Append fails with reserve.ErrDiskReserve (0: no
 	// reserve). Only for Open's bbolt file; New ignores it (a database
 	// server watches its own disk).
 	DiskReserve uint64
@@ -98,14 +117,19 @@ type Options struct {
 
 // Ledger is an open issuance log.
 type Ledger struct {
+	*follow.Published       // the log as published: Size, Watch, Export
+	*index.Index            // the certificate index: Entry, Get, List
+	*revocation.Set         // the revocations: Revoke, IsRevoked, Revocations, ...
+	*agents.Registry        // agents and bans: Agents, Ban, Banned, ...
+	*checkpoint.Checkpoints // signed checkpoints: Checkpoint, WitnessedCheckpoint, ...
+	*lineage.Lineages       // lineages: Ancestors, Descendants, RevokeWithDescendants, ...
+
 	db        store.DB
 	bolt      *bolt.DB // the file under db when opened with Open; nil with New
 	ownsDB    bool     // Close closes db (Open)
-	shared    bool     // db.Shared(): other replicas append too (follow.go)
+	shared    bool     // db.Shared(): other replicas append too (package follow)
 	clock     func() time.Time
 	origin    string
-	signer    note.Signer
-	verifier  note.Verifier
 	vkey      string
 	log       *slog.Logger
 	audit     *slog.Logger // log with the audit attribute (append.go, auditLine)
@@ -113,9 +137,9 @@ type Ledger struct {
 	metrics   *metrics
 	readOnly  bool
 	onRevoke  func(node, spiffeID string)
-	reserve   *reserve
-	cleanup   func()     // removes a salvaged copy (forensic mode)
-	commit    *committer // writes Appends (commit.go); nil when read-only
+	reserve   *reserve.Reserve
+	cleanup   func()                             // removes a salvaged copy (forensic mode)
+	commit    *commit.Committer[follow.Appended] // writes Appends (package commit); nil when read-only
 
 	// ctx is the ledger's lifetime, cancelled by Close: the context of
 	// the committer's transactions, of the background goroutines and of
@@ -123,48 +147,14 @@ type Ledger struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	revokeMu sync.Mutex // serializes Revoke
-	pubMu    sync.Mutex // serializes publishing (publish, follow): log order, exactly once
+	revokeMu sync.Mutex // serializes every write that revokes (Revoke, bans, lineages)
 
-	mu        sync.Mutex
-	head      treeState              // latest published tree (entries [0, head.size) applied)
-	revoked   map[string]revokedCert // serial -> revocation, unexpired only
-	revCh     chan struct{}          // closed when revoked changes
-	bans      map[string]Ban         // node -> ban in force (agents.go)
-	banCh     chan struct{}          // closed when bans changes; nil until asked for
-	appendCh  chan struct{}          // closed when the log grows
-	lastCP    []byte                 // latest signed checkpoint
-	lastCPLen uint64                 // its tree size
-	closed    bool
-	indexed   uint64        // entries [0, indexed) are in the secondary indexes
-	indexErr  error         // the indexer's last failure, nil after a success
-	indexedCh chan struct{} // closed when indexed advances or the indexer fails
+	mu     sync.Mutex
+	closed bool
 
-	kick   chan struct{}  // wakes the indexer after indexDelay
-	urgent chan struct{}  // wakes the indexer now
-	stop   chan struct{}  // closed by Close
-	bg     sync.WaitGroup // the indexer and the follower
+	stop chan struct{}  // closed by Close
+	bg   sync.WaitGroup // the indexer and the follower
 }
-
-// Bucket names.
-var (
-	bMeta    = []byte("meta")
-	bEntries = []byte("entries")
-	bNodes   = []byte("nodes")
-	bSerial  = []byte("by_serial")
-	bSPIFFE  = []byte("by_spiffe_id")
-	bNode    = []byte("by_node")
-	bExpiry  = []byte("by_expiry")
-	bRevoked = []byte("revoked")
-
-	kTree       = []byte("tree")
-	kCheckpoint = []byte("checkpoint")
-	kOrigin     = []byte("origin")
-	kIndexed    = []byte("indexed")
-	// kVerifierKey is the log's note verifier key (public), recorded at
-	// creation: a replica with another key is refused (key.go).
-	kVerifierKey = []byte("verifier_key")
-)
 
 // Buckets returns the names of the buckets a ledger keeps, in the order a
 // copy to another store (store.Copy: castellanctl's migration from bbolt
@@ -172,7 +162,8 @@ var (
 // ledger, last. A copy keeps every leaf hash, so proofs from checkpoints
 // saved before the copy still verify; open it with the same log key.
 func Buckets() [][]byte {
-	return [][]byte{bEntries, bNodes, bSerial, bSPIFFE, bNode, bExpiry, bRevoked, bAgents, bParent, bMeta}
+	out := append([][]byte{tree.Entries, tree.Nodes}, index.Buckets()...)
+	return append(out, index.AgentsBucket, index.ParentBucket, tree.Meta)
 }
 
 // Open opens (creating if needed) the ledger at path, a bbolt file with
@@ -189,11 +180,11 @@ func Open(path string, opts Options) (*Ledger, error) {
 		opts.KeyFile = path + ".key"
 	}
 	if opts.Signer == nil {
-		if err := checkKeyPresent(path, opts.KeyFile); err != nil {
+		if err := logkey.CheckPresent(path, opts.KeyFile); err != nil {
 			return nil, err
 		}
 	}
-	l := newLedger(opts)
+	l := newLedger(opts, false)
 	if err := l.loadKey(opts, true); err != nil {
 		return nil, err
 	}
@@ -201,7 +192,7 @@ func Open(path string, opts Options) (*Ledger, error) {
 		return nil, err
 	}
 	if !l.readOnly {
-		l.reserve = newReserve(path, opts, l.clock, l.log)
+		l.reserve = reserve.New(path, opts.DiskReserve, opts.FreeSpace, l.clock, l.log)
 	}
 	l.start(opts)
 	return l, nil
@@ -214,7 +205,7 @@ func Open(path string, opts Options) (*Ledger, error) {
 // The key must be the one the log was created with (its verifier key is
 // kept in the store). New checks the stored checkpoint's signature but
 // does not recompute the tree (ledger verify does). When db.Shared(),
-// entries appended by other replicas are followed (follow.go). The
+// entries appended by other replicas are followed (package follow). The
 // ledger does not own db: Close leaves it open. Options.ReadOnly,
 // DiskReserve and FreeSpace apply only to Open's bbolt file.
 func New(db store.DB, opts Options) (*Ledger, error) {
@@ -222,10 +213,10 @@ func New(db store.DB, opts Options) (*Ledger, error) {
 		return nil, errors.New("ledger: Options.ReadOnly is forensic mode for a bbolt file; use Open")
 	}
 	if opts.KeyFile == "" && opts.Signer == nil {
-		return nil, fmt.Errorf("ledger: the log key is required: set Options.KeyFile to the signer key file (%s)", keygenHint)
+		return nil, fmt.Errorf("ledger: the log key is required: set Options.KeyFile to the signer key file (%s)", logkey.KeygenHint)
 	}
-	l := newLedger(opts)
-	l.db, l.shared = db, db.Shared()
+	l := newLedger(opts, db.Shared())
+	l.db = db
 	if err := l.loadKey(opts, false); err != nil {
 		return nil, err
 	}
@@ -245,25 +236,39 @@ func New(db store.DB, opts Options) (*Ledger, error) {
 }
 
 // newLedger returns a Ledger with opts' settings and defaults, not yet
-// attached to a store.
-func newLedger(opts Options) *Ledger {
+// attached to a store (shared: one that other replicas append to).
+func newLedger(opts Options, shared bool) *Ledger {
 	l := &Ledger{
 		clock: opts.Clock, origin: opts.Origin, log: opts.Logger,
-		retention: opts.Retention, revCh: make(chan struct{}), appendCh: make(chan struct{}),
-		indexedCh: make(chan struct{}), kick: make(chan struct{}, 1), urgent: make(chan struct{}, 1),
-		stop: make(chan struct{}), readOnly: opts.ReadOnly, onRevoke: opts.OnRevoke,
+		retention: opts.Retention,
+		stop:      make(chan struct{}), readOnly: opts.ReadOnly, onRevoke: opts.OnRevoke, shared: shared,
 	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	if l.clock == nil {
 		l.clock = time.Now
 	}
 	if l.origin == "" {
-		l.origin = DefaultOrigin
+		l.origin = logkey.DefaultOrigin
 	}
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
 	}
 	l.audit = l.log.With(slog.String("audit", "castellan.ledger"))
+	l.Published = follow.New(follow.Config{
+		View: l.view, Read: func(ctx context.Context, fn func(store.Tx) error) error { return index.Read(l.Index, ctx, fn) },
+		Changed: func() <-chan struct{} { return l.db.Changed() }, Ctx: l.ctx, Log: l.log, Shared: shared, Closed: l.isClosed,
+		Apply:   l.applyEvents,
+		Indexed: func(n uint64) { index.Advance(l.Index, n) }, Backlog: func() { index.Kick(l.Index) },
+		Stored: func(cp []byte) { checkpoint.Note(l.Checkpoints, cp) },
+	})
+	l.Index = index.New(index.Config{
+		View: l.view, Update: l.txUpdate,
+		Ctx: l.ctx, Log: l.log, Clock: l.clock, ReadOnly: l.readOnly,
+		Shared: l.shared, Published: l.Size, Closed: l.isClosed,
+	})
+	l.Set = revocation.New(l.Index, l.Append, &l.revokeMu, l.readOnly)
+	rv := revocation.Revoker{Index: l.Index, Revocations: l.Set, Append: l.Append, Mu: &l.revokeMu, Clock: l.clock}
+	l.Registry, l.Lineages = agents.New(rv), lineage.New(rv)
 	if l.retention == 0 {
 		l.retention = DefaultRetention
 	}
@@ -277,13 +282,19 @@ func (l *Ledger) start(opts Options) {
 	if l.readOnly {
 		return // nothing is written: no committer, no indexer
 	}
-	l.commit = newCommitter(l.ctx, l.db, l.publish)
-	go l.commit.run()
+	l.commit = commit.New(l.update, appendTx, l.publish)
+	go l.commit.Run()
 	l.bg.Add(1)
-	go l.runIndexer()
+	go func() {
+		defer l.bg.Done()
+		index.Run(l.Index, l.stop)
+	}()
 	if l.shared {
 		l.bg.Add(1)
-		go l.runFollower()
+		go func() {
+			defer l.bg.Done()
+			follow.Run(l.Published, l.stop)
+		}()
 	}
 }
 
@@ -292,9 +303,9 @@ func (l *Ledger) start(opts Options) {
 func (l *Ledger) openFile(path string) error {
 	var err error
 	if l.readOnly {
-		l.bolt, l.cleanup, err = openForensic(path, l.log)
+		l.bolt, l.cleanup, err = logfile.OpenForensic(path, l.log)
 	} else {
-		l.bolt, err = openChecked(path)
+		l.bolt, err = logfile.OpenChecked(path)
 	}
 	if err != nil {
 		l.cancel()
@@ -328,13 +339,13 @@ func (l *Ledger) init() error {
 		return l.view(l.ctx, l.load)
 	}
 	return l.db.Update(l.ctx, func(tx store.Tx) error {
-		for _, name := range [][]byte{bMeta, bEntries, bNodes, bSerial, bSPIFFE, bNode, bExpiry, bRevoked} {
+		for _, name := range append([][]byte{tree.Meta, tree.Entries, tree.Nodes}, index.Buckets()...) {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("ledger: create bucket %s: %w", name, err)
 			}
 		}
-		meta := bucket(tx, bMeta)
-		for _, kv := range []struct{ k, v []byte }{{kOrigin, []byte(l.origin)}, {kVerifierKey, []byte(l.vkey)}} {
+		meta := tree.Bucket(tx, tree.Meta)
+		for _, kv := range []struct{ k, v []byte }{{tree.KeyOrigin, []byte(l.origin)}, {tree.KeyVerifierKey, []byte(l.vkey)}} {
 			if meta.Get(kv.k) != nil {
 				continue
 			}
@@ -349,26 +360,25 @@ func (l *Ledger) init() error {
 // load checks the store's origin and log key and loads the tree head,
 // the latest checkpoint and the index position.
 func (l *Ledger) load(tx store.Tx) error {
-	meta := tx.Bucket(bMeta)
-	if meta == nil || tx.Bucket(bEntries) == nil || tx.Bucket(bNodes) == nil {
+	meta := tx.Bucket(tree.Meta)
+	if meta == nil || tx.Bucket(tree.Entries) == nil || tx.Bucket(tree.Nodes) == nil {
 		return errors.New("ledger: the store holds no ledger (its buckets are missing)")
 	}
-	if o := meta.Get(kOrigin); string(o) != l.origin {
+	if o := meta.Get(tree.KeyOrigin); string(o) != l.origin {
 		return fmt.Errorf("ledger: the store belongs to log %q, not %q", o, l.origin)
 	}
-	if err := l.checkVerifierKey(meta.Get(kVerifierKey)); err != nil {
+	if err := logkey.Check(meta.Get(tree.KeyVerifierKey), l.vkey); err != nil {
 		return err
 	}
-	st, err := readTree(tx)
+	st, err := tree.Read(tx)
 	if err != nil {
 		return err
 	}
-	l.head = st
-	if cp := meta.Get(kCheckpoint); cp != nil {
-		l.lastCP = append([]byte(nil), cp...)
-		l.lastCPLen = checkpointSize(cp)
+	follow.SetHead(l.Published, st)
+	if cp := meta.Get(tree.KeyCheckpoint); cp != nil {
+		checkpoint.Note(l.Checkpoints, append([]byte(nil), cp...))
 	}
-	l.indexed = indexedOf(tx)
+	index.Advance(l.Index, index.Stored(tx))
 	return nil
 }
 
@@ -377,15 +387,6 @@ func (l *Ledger) Origin() string { return l.origin }
 
 // VerifierKey returns the note verifier key for the log's checkpoints.
 func (l *Ledger) VerifierKey() string { return l.vkey }
-
-// Size returns the number of entries in the log as published by this
-// ledger: on a shared store, other replicas' latest appends count once the
-// follower has applied them (within a second).
-func (l *Ledger) Size() uint64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.head.size
-}
 
 // Close stops the ledger. Appends already queued are committed first;
 // later ones fail with ErrClosed. It closes the bbolt file of Open, not
@@ -399,17 +400,13 @@ func (l *Ledger) Close() error {
 	l.closed = true
 	l.mu.Unlock()
 	if l.commit != nil {
-		l.commit.close()
+		l.commit.Close()
 	}
 	close(l.stop)
 	l.cancel()
 	l.bg.Wait()
-	l.mu.Lock()
-	close(l.indexedCh) // wakes waitIndexed and Watch, which then see closed
-	l.indexedCh = make(chan struct{})
-	close(l.appendCh)
-	l.appendCh = make(chan struct{})
-	l.mu.Unlock()
+	index.Wake(l.Index) // wakes waiting queries, which then see closed
+	follow.Wake(l.Published)
 	var err error
 	if l.ownsDB {
 		err = l.db.Close()
@@ -423,11 +420,52 @@ func (l *Ledger) Close() error {
 	return nil
 }
 
+// publish makes a committed append visible (the committer's publish).
+func (l *Ledger) publish(a follow.Appended, evs []entry.Event) { follow.Publish(l.Published, a, evs) }
+
+// applyEvents applies committed events (evs[0] at index first) to the
+// revocations and bans in force; Options.OnRevoke hears of each
+// revocation first (the CA refills the identity's quota).
+func (l *Ledger) applyEvents(first uint64, evs []entry.Event) {
+	for i := range evs {
+		if evs[i].Kind == entry.KindRevocation && l.onRevoke != nil {
+			l.onRevoke(evs[i].Node, evs[i].SPIFFEID)
+		}
+	}
+	revocation.Apply(l.Set, first, evs)
+	agents.Apply(l.Registry, first, evs)
+}
+
+// update runs fn in a read-write transaction of the store with the
+// ledger's lifetime as context (the committer's transactions: one caller
+// giving up must not abort a transaction shared with others).
+func (l *Ledger) update(fn func(store.Tx) error) error { return l.db.Update(l.ctx, fn) }
+
+// loadKey sets the log key from opts (create: generate it in
+// opts.KeyFile if absent) and the checkpoints it signs.
+func (l *Ledger) loadKey(opts Options, create bool) error {
+	k, err := logkey.Load(opts.Signer, opts.VerifierKey, opts.KeyFile, l.origin, create)
+	if err != nil {
+		return err
+	}
+	l.vkey = k.VKey
+	l.Checkpoints = checkpoint.New(checkpoint.Config{
+		Origin: l.origin, Signer: k.Signer, Verifier: k.Verifier, View: l.view, Update: l.txUpdate,
+		Ctx: l.ctx, Log: l.log, ReadOnly: l.readOnly, Shared: l.shared, Published: l.Size, Closed: l.isClosed,
+	})
+	return nil
+}
+
+// txUpdate runs fn in a read-write transaction of the store.
+func (l *Ledger) txUpdate(ctx context.Context, fn func(store.Tx) error) error {
+	return l.db.Update(ctx, fn)
+}
+
 // Ping checks that the ledger's store can be reached (readiness: a CA
 // whose ledger cannot be written must not be sent issuance).
 func (l *Ledger) Ping(ctx context.Context) error {
 	if l.isClosed() {
-		return ErrClosed
+		return entry.ErrClosed
 	}
 	if err := l.db.Ping(ctx); err != nil {
 		return fmt.Errorf("ledger: %w", err)

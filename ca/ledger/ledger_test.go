@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/revocation"
+	"github.com/castellan-dev/castellan/ca/verifier"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -68,14 +71,14 @@ func TestAppendAssignsConsecutiveIndicesAndSurvivesReopen(t *testing.T) {
 func TestAppendRejectsInvalidEvents(t *testing.T) {
 	forBackends(t, func(t *testing.T, be backend) {
 		l := be.openTest(t, newFakeClock())
-		for name, ev := range map[string]Event{
+		for name, ev := range map[string]entry.Event{
 			"unknown kind":     {Kind: "bogus"},
-			"no serial":        {Kind: KindIssuance, SPIFFEID: "spiffe://td/x"},
-			"upper-case hex":   {Kind: KindIssuance, Serial: "AB", SPIFFEID: "spiffe://td/x"},
-			"no SPIFFE ID":     {Kind: KindRenewal, Serial: "ab"},
-			"revoke no serial": {Kind: KindRevocation},
+			"no serial":        {Kind: entry.KindIssuance, SPIFFEID: "spiffe://td/x"},
+			"upper-case hex":   {Kind: entry.KindIssuance, Serial: "AB", SPIFFEID: "spiffe://td/x"},
+			"no SPIFFE ID":     {Kind: entry.KindRenewal, Serial: "ab"},
+			"revoke no serial": {Kind: entry.KindRevocation},
 		} {
-			if _, err := l.Append(context.Background(), ev); !errors.Is(err, ErrInvalidEvent) {
+			if _, err := l.Append(context.Background(), ev); !errors.Is(err, entry.ErrInvalidEvent) {
 				t.Errorf("%s: err = %v, want ErrInvalidEvent", name, err)
 			}
 		}
@@ -131,7 +134,7 @@ func TestInclusionProofVerifiesAgainstSignedCheckpoint(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cp, err := OpenCheckpoint(signed, l.Origin(), l.VerifierKey())
+		cp, err := verifier.OpenCheckpoint(signed, l.Origin(), l.VerifierKey())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -155,7 +158,7 @@ func TestInclusionProofVerifiesAgainstSignedCheckpoint(t *testing.T) {
 				t.Fatalf("entry %d: altered data verified", i)
 			}
 		}
-		if _, err := l.InclusionProof(1337, 1337); !errors.Is(err, ErrInvalidArgument) {
+		if _, err := l.InclusionProof(1337, 1337); !errors.Is(err, entry.ErrInvalidArgument) {
 			t.Fatalf("proof past the end: %v", err)
 		}
 	})
@@ -170,11 +173,11 @@ func TestConsistencyProofBetweenCheckpoints(t *testing.T) {
 		old, _ := l.Checkpoint(ctx)
 		fill(t, l, 701, clock.Now().Add(time.Hour))
 		cur, _ := l.Checkpoint(ctx)
-		c1, err := OpenCheckpoint(old, "", l.VerifierKey())
+		c1, err := verifier.OpenCheckpoint(old, "", l.VerifierKey())
 		if err != nil {
 			t.Fatal(err)
 		}
-		c2, err := OpenCheckpoint(cur, "", l.VerifierKey())
+		c2, err := verifier.OpenCheckpoint(cur, "", l.VerifierKey())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -194,11 +197,11 @@ func TestCheckpointWithBadSignatureIsRejected(t *testing.T) {
 		signed, _ := l.Checkpoint(context.Background())
 		bad := append([]byte(nil), signed...)
 		bad[len(bad)-5] ^= 1
-		if _, err := OpenCheckpoint(bad, "", l.VerifierKey()); err == nil {
+		if _, err := verifier.OpenCheckpoint(bad, "", l.VerifierKey()); err == nil {
 			t.Fatal("checkpoint with a flipped signature byte verified")
 		}
 		other := be.openTest(t, newFakeClock())
-		if _, err := OpenCheckpoint(signed, "", other.VerifierKey()); err == nil {
+		if _, err := verifier.OpenCheckpoint(signed, "", other.VerifierKey()); err == nil {
 			t.Fatal("checkpoint verified under another log's key")
 		}
 	})
@@ -215,7 +218,7 @@ func TestRevokeRecordsAndNotifies(t *testing.T) {
 			t.Fatal(err)
 		}
 		changed := l.RevocationsChanged()
-		if _, err := l.Revoke(ctx, "0xDEAD", "x"); !errors.Is(err, ErrNotFound) {
+		if _, err := l.Revoke(ctx, "0xDEAD", "x"); !errors.Is(err, entry.ErrNotFound) {
 			t.Fatalf("revoke unknown: %v", err)
 		}
 		select {
@@ -227,7 +230,7 @@ func TestRevokeRecordsAndNotifies(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r.Kind != KindRevocation || r.Index != 1 || r.SPIFFEID != ev.SPIFFEID || r.Reason != "key compromise" {
+		if r.Kind != entry.KindRevocation || r.Index != 1 || r.SPIFFEID != ev.SPIFFEID || r.Reason != "key compromise" {
 			t.Fatalf("revocation entry = %+v", r)
 		}
 		select {
@@ -241,7 +244,7 @@ func TestRevokeRecordsAndNotifies(t *testing.T) {
 		if got := l.RevokedSerials(exp.Add(time.Second)); len(got) != 0 {
 			t.Fatalf("expired revocation still listed: %v", got)
 		}
-		if _, err := l.Revoke(ctx, ev.Serial, "again"); !errors.Is(err, ErrAlreadyRevoked) {
+		if _, err := l.Revoke(ctx, ev.Serial, "again"); !errors.Is(err, revocation.ErrAlreadyRevoked) {
 			t.Fatalf("second revoke: %v", err)
 		}
 		e, err := l.Get(ctx, ev.Serial)
@@ -274,7 +277,7 @@ func TestMetricsCountEventsAndSize(t *testing.T) {
 	}
 	defer l.Close()
 	fill(t, l, 5, time.Now().Add(time.Hour))
-	if _, err := l.Append(context.Background(), Event{Kind: KindJoinTokenUse, Node: "n"}); err != nil {
+	if _, err := l.Append(context.Background(), entry.Event{Kind: entry.KindJoinTokenUse, Node: "n"}); err != nil {
 		t.Fatal(err)
 	}
 	want := `
@@ -308,14 +311,14 @@ func TestMetricsTimeAppendsAndCountFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 3 {
-		if _, err := l.Append(context.Background(), Event{Kind: KindJoinTokenUse, Node: "n"}); err != nil {
+		if _, err := l.Append(context.Background(), entry.Event{Kind: entry.KindJoinTokenUse, Node: "n"}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.Append(context.Background(), Event{Kind: KindJoinTokenUse, Node: "n"}); err == nil {
+	if _, err := l.Append(context.Background(), entry.Event{Kind: entry.KindJoinTokenUse, Node: "n"}); err == nil {
 		t.Fatal("append to a closed ledger succeeded")
 	}
 	if got := testutil.ToFloat64(l.metrics.failures); got != 1 {

@@ -3,6 +3,7 @@ package ledger
 import (
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -12,25 +13,6 @@ type metrics struct {
 	size     prometheus.GaugeFunc
 	duration prometheus.Histogram
 	failures prometheus.Counter
-}
-
-// reserveCollectors are the disk reserve's gauges.
-func reserveCollectors(l *Ledger) []prometheus.Collector {
-	return []prometheus.Collector{
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "castellan_ledger_disk_reserve_breached",
-			Help: "1 while the ledger's filesystem has less free space than --ledger-disk-reserve and appends (issuance) are refused; alert on it.",
-		}, func() float64 {
-			if b, _ := l.reserve.state(); b {
-				return 1
-			}
-			return 0
-		}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "castellan_ledger_disk_free_bytes",
-			Help: "Free bytes on the ledger's filesystem, as last measured by the disk reserve check (0 without a reserve).",
-		}, func() float64 { _, f := l.reserve.state(); return float64(f) }),
-	}
 }
 
 func newMetrics(reg *prometheus.Registry, l *Ledger) *metrics {
@@ -57,11 +39,11 @@ func newMetrics(reg *prometheus.Registry, l *Ledger) *metrics {
 		}),
 	}
 	reg.MustRegister(m.events, m.size, m.duration, m.failures)
-	reg.MustRegister(reserveCollectors(l)...)
+	reg.MustRegister(l.reserve.Collectors()...)
 	return m
 }
 
-func (m *metrics) appended(evs []Event) {
+func (m *metrics) appended(evs []entry.Event) {
 	if m == nil {
 		return
 	}

@@ -1,17 +1,15 @@
 package ledger
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	"github.com/castellan-dev/castellan/ca/store"
 )
-
-// pruneBatch bounds the entries one Prune transaction removes.
-const pruneBatch = 1000
 
 // Prune removes the full content of entries whose NotAfter is older than
 // the retention period at the ledger clock's time. Their leaf hashes and
@@ -19,9 +17,9 @@ const pruneBatch = 1000
 // with Pruned set. It returns how many entries it pruned.
 func (l *Ledger) Prune(ctx context.Context) (int, error) {
 	if l.readOnly {
-		return 0, ErrReadOnly
+		return 0, entry.ErrReadOnly
 	}
-	if err := l.waitIndexed(ctx); err != nil {
+	if err := index.Wait(l.Index, ctx); err != nil {
 		return 0, err
 	}
 	cutoff := l.clock().Add(-l.retention)
@@ -33,69 +31,22 @@ func (l *Ledger) Prune(ctx context.Context) (int, error) {
 		var n int
 		err := l.db.Update(ctx, func(tx store.Tx) error {
 			var err error
-			n, err = pruneTx(tx, cutoff)
+			n, err = index.PruneTx(tx, cutoff)
 			return err
 		})
 		if err != nil {
 			return total, fmt.Errorf("ledger: prune: %w", err)
 		}
 		total += n
-		if n < pruneBatch {
+		if n < index.PruneBatch {
 			break
 		}
 	}
-	l.forgetRevocations(cutoff)
+	revocation.Forget(l.Set, cutoff)
 	if total > 0 {
 		l.log.Info("ledger pruned expired entries", "entries", total, "cutoff", cutoff)
 	}
 	return total, nil
-}
-
-// pruneTx prunes up to pruneBatch entries that expired before cutoff.
-func pruneTx(tx store.Tx, cutoff time.Time) (int, error) {
-	end := binary.BigEndian.AppendUint64(nil, uint64(cutoff.UnixNano()))
-	var keys [][]byte
-	c := bucket(tx, bExpiry).Cursor()
-	for k, _ := c.First(); k != nil && bytes.Compare(k[:8], end) < 0 && len(keys) < pruneBatch; k, _ = c.Next() {
-		keys = append(keys, append([]byte(nil), k...))
-	}
-	ix := newIndexWriter(tx)
-	entries := bucket(tx, bEntries)
-	for _, k := range keys {
-		idx := indexOf(k)
-		e, err := readEntry(tx, idx)
-		if err != nil {
-			return 0, err
-		}
-		if err := ix.remove(idx, &e.Event); err != nil {
-			return 0, err
-		}
-		if err := bucket(tx, bExpiry).Delete(k); err != nil {
-			return 0, err
-		}
-		if err := entries.Put(u64(idx), prunedMarker); err != nil {
-			return 0, err
-		}
-	}
-	return len(keys), nil
-}
-
-// forgetRevocations drops from memory the revocations of certificates
-// that expired before cutoff: those Prune removed, and those another
-// replica's Prune removed from a shared store.
-func (l *Ledger) forgetRevocations(cutoff time.Time) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := len(l.revoked)
-	for s, r := range l.revoked {
-		if !r.NotAfter.IsZero() && r.NotAfter.Before(cutoff) {
-			delete(l.revoked, s)
-		}
-	}
-	if len(l.revoked) != n {
-		close(l.revCh)
-		l.revCh = make(chan struct{})
-	}
 }
 
 // Maintain prunes expired entries and signs a fresh checkpoint every

@@ -9,6 +9,11 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/ledger/logfile"
+	"github.com/castellan-dev/castellan/ca/verifier"
 )
 
 func TestListPagesThroughSPIFFEIDIndex(t *testing.T) {
@@ -18,10 +23,10 @@ func TestListPagesThroughSPIFFEIDIndex(t *testing.T) {
 		fill(t, l, 2000, clock.Now().Add(time.Hour))
 		ctx := context.Background()
 		id := "spiffe://cluster.local/ns/ns3/sa/sa3" // j%7==3 && j%13==3: j ≡ 3 mod 91
-		var got []Entry
+		var got []entry.Entry
 		token := ""
 		for pages := 0; pages < 100; pages++ {
-			page, next, err := l.List(ctx, Filter{SPIFFEID: id}, 7, token)
+			page, next, err := l.List(ctx, index.Filter{SPIFFEID: id}, 7, token)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -60,7 +65,7 @@ func TestListFiltersByPrefixNodeStateAndTime(t *testing.T) {
 		if _, err := l.Revoke(ctx, first.Serial, "superseded"); err != nil {
 			t.Fatal(err)
 		}
-		count := func(f Filter) int {
+		count := func(f index.Filter) int {
 			t.Helper()
 			n, token := 0, ""
 			for pages := 0; pages < 1000; pages++ {
@@ -76,26 +81,26 @@ func TestListFiltersByPrefixNodeStateAndTime(t *testing.T) {
 			t.Fatal("paging did not end")
 			return 0
 		}
-		if n := count(Filter{SPIFFEIDPrefix: "spiffe://cluster.local/ns/ns2/", Kinds: []Kind{KindIssuance}}); n != 14+2 {
+		if n := count(index.Filter{SPIFFEIDPrefix: "spiffe://cluster.local/ns/ns2/", Kinds: []entry.Kind{entry.KindIssuance}}); n != 14+2 {
 			t.Errorf("prefix ns2: %d", n)
 		}
-		if n := count(Filter{Namespace: "ns2", Kinds: []Kind{KindIssuance}}); n != 16 {
+		if n := count(index.Filter{Namespace: "ns2", Kinds: []entry.Kind{entry.KindIssuance}}); n != 16 {
 			t.Errorf("namespace ns2: %d", n)
 		}
-		if n := count(Filter{Node: "node-1", Kinds: []Kind{KindIssuance}}); n != 20+2 {
+		if n := count(index.Filter{Node: "node-1", Kinds: []entry.Kind{entry.KindIssuance}}); n != 20+2 {
 			t.Errorf("node-1: %d", n)
 		}
-		if n := count(Filter{Since: start.Add(time.Second)}); n != 11 {
+		if n := count(index.Filter{Since: start.Add(time.Second)}); n != 11 {
 			t.Errorf("since: %d (10 issuances + 1 revocation)", n)
 		}
-		if n := count(Filter{State: StateRevoked}); n != 1 {
+		if n := count(index.Filter{State: index.StateRevoked}); n != 1 {
 			t.Errorf("revoked: %d", n)
 		}
 		clock.Advance(5 * time.Minute) // the last 10 expire
-		if n := count(Filter{State: StateExpired}); n != 10 {
+		if n := count(index.Filter{State: index.StateExpired}); n != 10 {
 			t.Errorf("expired: %d", n)
 		}
-		if n := count(Filter{State: StateActive}); n != 99 {
+		if n := count(index.Filter{State: index.StateActive}); n != 99 {
 			t.Errorf("active: %d", n)
 		}
 	})
@@ -105,20 +110,20 @@ func TestListRefusesUnboundedOrForeignPaging(t *testing.T) {
 	forBackends(t, func(t *testing.T, be backend) {
 		l := be.openTest(t, newFakeClock())
 		ctx := context.Background()
-		for _, size := range []int{0, -1, MaxPageSize + 1} {
-			if _, _, err := l.List(ctx, Filter{}, size, ""); !errors.Is(err, ErrInvalidArgument) {
+		for _, size := range []int{0, -1, index.MaxPageSize + 1} {
+			if _, _, err := l.List(ctx, index.Filter{}, size, ""); !errors.Is(err, entry.ErrInvalidArgument) {
 				t.Errorf("page size %d: %v", size, err)
 			}
 		}
 		fill(t, l, 20, time.Now().Add(time.Hour))
-		_, token, err := l.List(ctx, Filter{Node: "node-1"}, 1, "")
+		_, token, err := l.List(ctx, index.Filter{Node: "node-1"}, 1, "")
 		if err != nil || token == "" {
 			t.Fatal(token, err)
 		}
-		if _, _, err := l.List(ctx, Filter{Node: "node-2"}, 1, token); !errors.Is(err, ErrInvalidArgument) {
+		if _, _, err := l.List(ctx, index.Filter{Node: "node-2"}, 1, token); !errors.Is(err, entry.ErrInvalidArgument) {
 			t.Fatalf("token reused on another query: %v", err)
 		}
-		if _, _, err := l.List(ctx, Filter{}, 1, "!!"); !errors.Is(err, ErrInvalidArgument) {
+		if _, _, err := l.List(ctx, index.Filter{}, 1, "!!"); !errors.Is(err, entry.ErrInvalidArgument) {
 			t.Fatalf("garbage token: %v", err)
 		}
 	})
@@ -128,9 +133,9 @@ func TestListStopsAtScanBudget(t *testing.T) {
 	forBackends(t, func(t *testing.T, be backend) {
 		clock := newFakeClock()
 		l := be.openTest(t, clock)
-		fill(t, l, maxScan+100, clock.Now().Add(time.Hour))
+		fill(t, l, index.MaxScan+100, clock.Now().Add(time.Hour))
 		// Nothing matches the node filter applied after the prefix index.
-		page, next, err := l.List(context.Background(), Filter{SPIFFEIDPrefix: "spiffe://", Node: "nope"}, 10, "")
+		page, next, err := l.List(context.Background(), index.Filter{SPIFFEIDPrefix: "spiffe://", Node: "nope"}, 10, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -150,7 +155,7 @@ func TestWatchDeliversExistingAndNewEntries(t *testing.T) {
 		got := make(chan uint64, 100)
 		done := make(chan error, 1)
 		go func() {
-			done <- l.Watch(ctx, 3, func(e Entry) error {
+			done <- l.Watch(ctx, 3, func(e entry.Entry) error {
 				got <- e.Index
 				if e.Index == 7 {
 					return errStop
@@ -200,18 +205,18 @@ func TestPruneKeepsProofsAndDropsContent(t *testing.T) {
 	if err != nil || !e.Pruned || e.Data != nil || len(e.LeafHash) != 32 {
 		t.Fatalf("pruned entry = %+v, %v", e, err)
 	}
-	if _, err := l.Get(ctx, e0.Serial); !errors.Is(err, ErrNotFound) {
+	if _, err := l.Get(ctx, e0.Serial); !errors.Is(err, entry.ErrNotFound) {
 		t.Fatalf("Get of pruned serial: %v", err)
 	}
-	if page, _, _ := l.List(ctx, Filter{}, 100, ""); len(page) != 10 {
+	if page, _, _ := l.List(ctx, index.Filter{}, 100, ""); len(page) != 10 {
 		t.Fatalf("List after prune: %d entries", len(page))
 	}
-	c, _ := OpenCheckpoint(cp, "", l.VerifierKey())
+	c, _ := verifier.OpenCheckpoint(cp, "", l.VerifierKey())
 	if _, err := l.InclusionProof(4, c.Size); err != nil {
 		t.Fatal(err)
 	}
 	l.Close()
-	rep, err := VerifyFile(path, l.VerifierKey())
+	rep, err := logfile.VerifyFile(path, l.VerifierKey())
 	if err != nil || !rep.OK() || rep.Pruned != 31 {
 		t.Fatalf("verify after prune: %+v %v", rep, err)
 	}
@@ -253,13 +258,13 @@ func TestWatchEndsWhenLedgerCloses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.Append(context.Background(), Event{Kind: KindJoinTokenUse, Node: "node-1"}); err != nil {
+	if _, err := l.Append(context.Background(), entry.Event{Kind: entry.KindJoinTokenUse, Node: "node-1"}); err != nil {
 		t.Fatal(err)
 	}
 	delivered := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		done <- l.Watch(context.Background(), 0, func(e Entry) error {
+		done <- l.Watch(context.Background(), 0, func(e entry.Entry) error {
 			if e.Index == 0 {
 				close(delivered)
 			}
@@ -276,7 +281,7 @@ func TestWatchEndsWhenLedgerCloses(t *testing.T) {
 	l.Close()
 	select {
 	case err := <-done:
-		if !errors.Is(err, ErrClosed) {
+		if !errors.Is(err, entry.ErrClosed) {
 			t.Fatalf("Watch returned %v, want ErrClosed", err)
 		}
 	case <-time.After(5 * time.Second):

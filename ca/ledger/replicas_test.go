@@ -17,7 +17,14 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/castellan-dev/castellan/ca/ledger/checkpoint"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/follow"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/ledger/revocation"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
+	"github.com/castellan-dev/castellan/ca/verifier"
 )
 
 // seenWithin is how soon a replica must see another's revocations and
@@ -105,7 +112,7 @@ func TestReplicasAppendIntoOneLog(t *testing.T) {
 			waitFor(t, fmt.Sprintf("replica %d to publish %d entries", r, total), func() bool { return l.Size() == total })
 			var got []uint64
 			ctx, cancel := context.WithCancel(context.Background())
-			err := l.Watch(ctx, 0, func(e Entry) error {
+			err := l.Watch(ctx, 0, func(e entry.Entry) error {
 				if want := certEvent(owner[e.Index], "", "", exp).Serial; e.Serial != want {
 					return fmt.Errorf("replica %d: entry %d has serial %s, appended %s", r, e.Index, e.Serial, want)
 				}
@@ -122,7 +129,7 @@ func TestReplicasAppendIntoOneLog(t *testing.T) {
 					t.Fatalf("replica %d: Watch delivered %d at position %d", r, idx, i)
 				}
 			}
-			page, _, err := l.List(context.Background(), Filter{SPIFFEID: "spiffe://td/x"}, MaxPageSize, "")
+			page, _, err := l.List(context.Background(), index.Filter{SPIFFEID: "spiffe://td/x"}, index.MaxPageSize, "")
 			if err != nil || len(page) != total {
 				t.Fatalf("replica %d lists %d entries (%v), want %d", r, len(page), err, total)
 			}
@@ -161,8 +168,8 @@ func TestReplicasSeeEachOthersRevocationsAndBans(t *testing.T) {
 		if !a.IsRevoked(ev.Serial, clock.Now()) || len(a.RevokedSerials(clock.Now())) != 1 {
 			t.Fatal("RevocationsChanged fired but the revocation is not in force")
 		}
-		if _, err := a.Revoke(ctx, ev.Serial, "again"); !errors.Is(err, ErrAlreadyRevoked) {
-			t.Fatalf("second revocation through the first replica: %v, want ErrAlreadyRevoked", err)
+		if _, err := a.Revoke(ctx, ev.Serial, "again"); !errors.Is(err, revocation.ErrAlreadyRevoked) {
+			t.Fatalf("second revocation through the first replica: %v, want revocation.ErrAlreadyRevoked", err)
 		}
 		banCh := b.BansChanged()
 		if _, err := a.Ban(ctx, "n2", "stolen"); err != nil {
@@ -181,9 +188,7 @@ func TestReplicasSeeEachOthersRevocationsAndBans(t *testing.T) {
 			t.Fatal("unban through the other replica not applied")
 		}
 		for _, l := range ls { // nothing is applied twice, even when asked again
-			l.pubMu.Lock()
-			err := l.followLocked(ctx, ^uint64(0))
-			l.pubMu.Unlock()
+			err := follow.FollowTo(l.Published, ctx, ^uint64(0))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -218,11 +223,11 @@ func TestReplicasAgreeOnProofsAndCheckpoints(t *testing.T) {
 		if cur2, err := b.Checkpoint(ctx); err != nil || !bytes.Equal(cur, cur2) {
 			t.Fatalf("replicas sign different checkpoints of one log:\n%s\n%s (%v)", cur, cur2, err)
 		}
-		c1, err := OpenCheckpoint(old, "", a.VerifierKey())
+		c1, err := verifier.OpenCheckpoint(old, "", a.VerifierKey())
 		if err != nil {
 			t.Fatal(err)
 		}
-		c2, err := OpenCheckpoint(cur, "", b.VerifierKey())
+		c2, err := verifier.OpenCheckpoint(cur, "", b.VerifierKey())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -278,11 +283,11 @@ func TestCheckpointNeverReplacedBySmallerOne(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		small, err := l.sign(treeState{})
+		small, err := checkpoint.Sign(l.Checkpoints, tree.Head{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := l.storeCheckpoint(ctx, small, 0)
+		got, err := checkpoint.Store(l.Checkpoints, ctx, small, 0)
 		if err != nil || !bytes.Equal(got, big) {
 			t.Fatalf("storing a checkpoint of size 0 over one of size 10 returned %q (%v)", got, err)
 		}
@@ -310,24 +315,25 @@ func TestFollowerRefusesRewrittenLog(t *testing.T) {
 		// Another writer appends one leaf but stores the head of a
 		// different tree of that size.
 		err = dbs[1].Update(ctx, func(tx store.Tx) error {
-			if err := tx.Bucket(bNodes).Put(u64(5), bytes.Repeat([]byte{7}, hashSize)); err != nil {
+			if err := tx.Bucket(tree.Nodes).Put(tree.Key(5), bytes.Repeat([]byte{7}, tree.HashSize)); err != nil {
 				return err
 			}
-			r := rangeFactory.NewEmptyRange(0)
+			r, err := tree.Head{}.Range()
+			if err != nil {
+				return err
+			}
 			for i := 0; i < 6; i++ {
-				if err := r.Append(bytes.Repeat([]byte{byte(i)}, hashSize), nil); err != nil {
+				if err := r.Append(bytes.Repeat([]byte{byte(i)}, tree.HashSize), nil); err != nil {
 					return err
 				}
 			}
-			return writeTree(tx, r)
+			return tree.Write(tx, r)
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
-		l.pubMu.Lock()
-		err = l.followLocked(ctx, ^uint64(0))
-		l.pubMu.Unlock()
-		if !errors.Is(err, errNotExtension) {
+		err = follow.FollowTo(l.Published, ctx, ^uint64(0))
+		if !errors.Is(err, follow.ErrNotExtension) {
 			t.Fatalf("follow of a rewritten log: %v, want errNotExtension", err)
 		}
 		if l.Size() != 5 {
@@ -360,8 +366,8 @@ func (f *flakyStore) Update(ctx context.Context, fn func(store.Tx) error) error 
 	}
 	grew := false
 	tree := func(tx store.Tx) []byte {
-		if meta := tx.Bucket(bMeta); meta != nil {
-			return bytes.Clone(meta.Get(kTree))
+		if meta := tx.Bucket(tree.Meta); meta != nil {
+			return bytes.Clone(meta.Get(tree.KeyTree))
 		}
 		return nil
 	}
@@ -446,7 +452,7 @@ func TestCommitOfUnknownOutcomeIsPublishedWithTheNextAppend(t *testing.T) {
 	}
 	revCh := l.RevocationsChanged()
 	f.unknownNext.Store(true)
-	_, err = l.Append(ctx, Event{Kind: KindRevocation, Serial: ev.Serial, Node: ev.Node, SPIFFEID: ev.SPIFFEID, NotAfter: ev.NotAfter})
+	_, err = l.Append(ctx, entry.Event{Kind: entry.KindRevocation, Serial: ev.Serial, Node: ev.Node, SPIFFEID: ev.SPIFFEID, NotAfter: ev.NotAfter})
 	if !errors.Is(err, store.ErrCommitUnknown) || status.Code(Status("server", err)) != codes.Unavailable {
 		t.Fatalf("append with an unknown commit outcome: %v", err)
 	}

@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 )
 
 const mib = 1 << 20
@@ -47,15 +50,15 @@ func TestAppendRefusedBelowDiskReserve(t *testing.T) {
 	disk.free.Store(1024 * mib)
 	l, path, reg := openReserved(t, clock, disk, 512*mib)
 	ctx := context.Background()
-	ev := func(n int) Event { return certEvent(n, "spiffe://td/ns/a/sa/b", "n", clock.Now().Add(time.Hour)) }
+	ev := func(n int) entry.Event { return certEvent(n, "spiffe://td/ns/a/sa/b", "n", clock.Now().Add(time.Hour)) }
 	if _, err := l.Append(ctx, ev(1)); err != nil {
 		t.Fatalf("with 1 GiB free: %v", err)
 	}
 	disk.free.Store(100 * mib)
 	clock.Advance(2 * time.Second)
 	_, err := l.Append(ctx, ev(2))
-	if !errors.Is(err, ErrDiskReserve) {
-		t.Fatalf("with 100 MiB free and a 512 MiB reserve: %v, want ErrDiskReserve", err)
+	if !errors.Is(err, reserve.ErrDiskReserve) {
+		t.Fatalf("with 100 MiB free and a 512 MiB reserve: %v, want reserve.ErrDiskReserve", err)
 	}
 	for _, want := range []string{path, "100.0 MiB free", "reserve of 512.0 MiB", "free disk space"} {
 		if !strings.Contains(err.Error(), want) {
@@ -121,7 +124,7 @@ func TestDiskReserveChargesTheAppendItself(t *testing.T) {
 	}
 	big.Serial = "ab"
 	big.CertDER = make([]byte, 8*mib) // about 32 MiB: would leave under 8
-	if _, err := l.Append(context.Background(), big); !errors.Is(err, ErrDiskReserve) {
+	if _, err := l.Append(context.Background(), big); !errors.Is(err, reserve.ErrDiskReserve) {
 		t.Fatalf("an append that would cross the reserve: %v", err)
 	}
 }
@@ -153,28 +156,6 @@ func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	return 0
 }
 
-// BenchmarkStatfs is the cost of one free-space measure (a statfs call).
-func BenchmarkStatfs(b *testing.B) {
-	dir := b.TempDir()
-	for b.Loop() {
-		if _, err := statfsAvail(dir); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
-// BenchmarkReserveAllow is the per-append cost of the reserve check far
-// from the reserve (measures at most once per second).
-func BenchmarkReserveAllow(b *testing.B) {
-	dir := b.TempDir()
-	r := newReserve(filepath.Join(dir, "l.db"), Options{DiskReserve: 1}, time.Now, nil)
-	for b.Loop() {
-		if err := r.allow(1000); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
 // The CA's own SVID is logged from the reserve: without it a breached
 // reserve would also take the CA's TLS identity down.
 func TestUseReserveAppendsBelowTheReserve(t *testing.T) {
@@ -183,10 +164,10 @@ func TestUseReserveAppendsBelowTheReserve(t *testing.T) {
 	disk.free.Store(10 * mib)
 	l, _, _ := openReserved(t, clock, disk, 512*mib)
 	ev := certEvent(1, "spiffe://td/castellan/server", "", clock.Now().Add(time.Hour))
-	if _, err := l.Append(context.Background(), ev); !errors.Is(err, ErrDiskReserve) {
+	if _, err := l.Append(context.Background(), ev); !errors.Is(err, reserve.ErrDiskReserve) {
 		t.Fatalf("plain Append below the reserve: %v", err)
 	}
-	if _, err := l.Append(UseReserve(context.Background()), ev); err != nil {
+	if _, err := l.Append(reserve.Use(context.Background()), ev); err != nil {
 		t.Fatalf("Append with UseReserve: %v", err)
 	}
 }

@@ -8,6 +8,11 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/castellan-dev/castellan/ca/ledger/agents"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/logkey"
+	"github.com/castellan-dev/castellan/ca/ledger/reserve"
+	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -27,19 +32,19 @@ func Status(prefix string, err error) error {
 
 func code(err error) codes.Code {
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, entry.ErrNotFound):
 		return codes.NotFound
-	case errors.Is(err, ErrInvalidArgument), errors.Is(err, ErrInvalidEvent):
+	case errors.Is(err, entry.ErrInvalidArgument), errors.Is(err, entry.ErrInvalidEvent):
 		return codes.InvalidArgument
-	case errors.Is(err, ErrAlreadyRevoked), errors.Is(err, ErrAlreadyBanned):
+	case errors.Is(err, revocation.ErrAlreadyRevoked), errors.Is(err, agents.ErrAlreadyBanned):
 		return codes.AlreadyExists
-	case errors.Is(err, ErrNotBanned), errors.Is(err, ErrReadOnly), errors.Is(err, ErrKeyMismatch),
+	case errors.Is(err, agents.ErrNotBanned), errors.Is(err, entry.ErrReadOnly), errors.Is(err, logkey.ErrKeyMismatch),
 		errors.Is(err, store.ErrReadOnly):
 		return codes.FailedPrecondition
-	case errors.Is(err, ErrClosed), errors.Is(err, ErrDiskReserve),
+	case errors.Is(err, entry.ErrClosed), errors.Is(err, reserve.ErrDiskReserve),
 		errors.Is(err, store.ErrUnavailable), errors.Is(err, store.ErrClosed):
 		return codes.Unavailable
-	case errors.Is(err, ErrDamaged):
+	case errors.Is(err, entry.ErrDamaged):
 		return codes.DataLoss
 	case errors.Is(err, context.Canceled):
 		return codes.Canceled

@@ -9,6 +9,11 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/castellan-dev/castellan/ca/ledger/agents"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/logkey"
+	"github.com/castellan-dev/castellan/ca/ledger/reserve"
+	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -17,21 +22,21 @@ func TestStatusMapsEveryLedgerError(t *testing.T) {
 		err  error
 		want codes.Code
 	}{
-		{fmt.Errorf("serial ab: %w", ErrNotFound), codes.NotFound},
-		{ErrInvalidArgument, codes.InvalidArgument},
-		{ErrInvalidEvent, codes.InvalidArgument},
-		{ErrAlreadyRevoked, codes.AlreadyExists},
-		{ErrAlreadyBanned, codes.AlreadyExists},
-		{ErrNotBanned, codes.FailedPrecondition},
-		{ErrReadOnly, codes.FailedPrecondition},
-		{ErrClosed, codes.Unavailable},
-		{fmt.Errorf("x: %w", ErrDiskReserve), codes.Unavailable},
-		{ErrDamaged, codes.DataLoss},
+		{fmt.Errorf("serial ab: %w", entry.ErrNotFound), codes.NotFound},
+		{entry.ErrInvalidArgument, codes.InvalidArgument},
+		{entry.ErrInvalidEvent, codes.InvalidArgument},
+		{revocation.ErrAlreadyRevoked, codes.AlreadyExists},
+		{agents.ErrAlreadyBanned, codes.AlreadyExists},
+		{agents.ErrNotBanned, codes.FailedPrecondition},
+		{entry.ErrReadOnly, codes.FailedPrecondition},
+		{entry.ErrClosed, codes.Unavailable},
+		{fmt.Errorf("x: %w", reserve.ErrDiskReserve), codes.Unavailable},
+		{entry.ErrDamaged, codes.DataLoss},
 		{fmt.Errorf("ledger: append: %w", fmt.Errorf("pgstore: %w: dial tcp: refused", store.ErrUnavailable)), codes.Unavailable},
 		{fmt.Errorf("ledger: append: %w", store.ErrCommitUnknown), codes.Unavailable},
 		{fmt.Errorf("ledger: %w", store.ErrClosed), codes.Unavailable},
 		{fmt.Errorf("ledger: %w", store.ErrReadOnly), codes.FailedPrecondition},
-		{fmt.Errorf("%w: other key", ErrKeyMismatch), codes.FailedPrecondition},
+		{fmt.Errorf("%w: other key", logkey.ErrKeyMismatch), codes.FailedPrecondition},
 		{context.Canceled, codes.Canceled},
 		{context.DeadlineExceeded, codes.DeadlineExceeded},
 		{errors.New("bbolt: something else"), codes.Internal},

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/transparency-dev/merkle/rfc6962"
 	bolt "go.etcd.io/bbolt"
 )
@@ -39,13 +41,13 @@ func TestNodeHashesServeOnlyCompleteNodes(t *testing.T) {
 			want     error
 			wantText string
 		}{
-			{0, 599, 2, ErrNotFound, "not all complete in a log of size 600"},
-			{8, 0, 3, ErrNotFound, "not all complete"},
-			{10, 0, 1, ErrNotFound, "not all complete"},
-			{0, ^uint64(0), 2, ErrNotFound, "not all complete"}, // from+n overflows
-			{0, 0, 0, ErrInvalidArgument, "0 nodes"},
-			{0, 0, 257, ErrInvalidArgument, "257 nodes"},
-			{64, 0, 1, ErrInvalidArgument, "level 64"},
+			{0, 599, 2, entry.ErrNotFound, "not all complete in a log of size 600"},
+			{8, 0, 3, entry.ErrNotFound, "not all complete"},
+			{10, 0, 1, entry.ErrNotFound, "not all complete"},
+			{0, ^uint64(0), 2, entry.ErrNotFound, "not all complete"}, // from+n overflows
+			{0, 0, 0, entry.ErrInvalidArgument, "0 nodes"},
+			{0, 0, 257, entry.ErrInvalidArgument, "257 nodes"},
+			{64, 0, 1, entry.ErrInvalidArgument, "level 64"},
 		} {
 			if _, err := l.NodeHashes(tc.level, tc.from, tc.n); !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.wantText) {
 				t.Errorf("NodeHashes(%d, %d, %d): %v; want %v saying %q", tc.level, tc.from, tc.n, err, tc.want, tc.wantText)
@@ -62,15 +64,15 @@ func TestEntryDataRefusesPrunedAndDamagedEntries(t *testing.T) {
 	l, path := openTest(t, clock)
 	fill(t, l, 5, clock.Now().Add(time.Minute))
 	fillFrom(t, l, 5, 5, clock.Now().Add(365*24*time.Hour))
-	if _, err := l.EntryData(0, 11); !errors.Is(err, ErrNotFound) {
+	if _, err := l.EntryData(0, 11); !errors.Is(err, entry.ErrNotFound) {
 		t.Fatalf("EntryData beyond the log: %v", err)
 	}
 	clock.Advance(DefaultRetention + time.Hour)
 	if n, err := l.Prune(context.Background()); err != nil || n != 5 {
 		t.Fatalf("Prune: %d, %v", n, err)
 	}
-	if _, err := l.EntryData(3, 4); !errors.Is(err, ErrPruned) || !strings.Contains(err.Error(), "entry 3") {
-		t.Fatalf("EntryData over pruned entries: %v; want ErrPruned naming entry 3", err)
+	if _, err := l.EntryData(3, 4); !errors.Is(err, tree.ErrPruned) || !strings.Contains(err.Error(), "entry 3") {
+		t.Fatalf("EntryData over pruned entries: %v; want tree.ErrPruned naming entry 3", err)
 	}
 	data, err := l.EntryData(5, 5)
 	if err != nil || len(data) != 5 {
@@ -82,7 +84,7 @@ func TestEntryDataRefusesPrunedAndDamagedEntries(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bEntries).Put(u64(7), bytes.Replace(data[2], []byte("ns"), []byte("NS"), 1))
+		return tx.Bucket(tree.Entries).Put(tree.Key(7), bytes.Replace(data[2], []byte("ns"), []byte("NS"), 1))
 	})
 	db.Close()
 	if err != nil {
@@ -90,7 +92,7 @@ func TestEntryDataRefusesPrunedAndDamagedEntries(t *testing.T) {
 	}
 	// A normal open refuses the altered file; a forensic (read-only) open
 	// takes it, and must still refuse to serve the altered entry.
-	if _, err := Open(path, Options{Clock: clock.Now}); !errors.Is(err, ErrDamaged) {
+	if _, err := Open(path, Options{Clock: clock.Now}); !errors.Is(err, entry.ErrDamaged) {
 		t.Fatalf("Open of an altered ledger: %v; want ErrDamaged", err)
 	}
 	l2, err := Open(path, Options{Clock: clock.Now, ReadOnly: true})

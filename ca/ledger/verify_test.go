@@ -11,6 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/logfile"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
+	"github.com/castellan-dev/castellan/ca/verifier"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 	bolt "go.etcd.io/bbolt"
@@ -50,7 +54,7 @@ func editFile(t *testing.T, path string, fn func(tx *bolt.Tx) error) {
 	}
 }
 
-func wantFinding(t *testing.T, rep Report, substr string) {
+func wantFinding(t *testing.T, rep verifier.Report, substr string) {
 	t.Helper()
 	for _, f := range rep.Findings {
 		if strings.Contains(f, substr) {
@@ -62,7 +66,7 @@ func wantFinding(t *testing.T, rep Report, substr string) {
 
 func TestVerifyUntouchedLogIsClean(t *testing.T) {
 	path, vkey, _ := tamperable(t, 1000)
-	rep, err := VerifyFile(path, vkey)
+	rep, err := logfile.VerifyFile(path, vkey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,13 +78,13 @@ func TestVerifyUntouchedLogIsClean(t *testing.T) {
 func TestVerifyCatchesFlippedByte(t *testing.T) {
 	path, vkey, _ := tamperable(t, 1000)
 	editFile(t, path, func(tx *bolt.Tx) error {
-		b := tx.Bucket(bEntries)
-		v := append([]byte(nil), b.Get(u64(234))...)
+		b := tx.Bucket(tree.Entries)
+		v := append([]byte(nil), b.Get(tree.Key(234))...)
 		i := strings.Index(string(v), "node-")
 		v[i+5] ^= 1 // node-4 -> node-5
-		return b.Put(u64(234), v)
+		return b.Put(tree.Key(234), v)
 	})
-	rep, err := VerifyFile(path, vkey)
+	rep, err := logfile.VerifyFile(path, vkey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,25 +98,25 @@ func TestVerifyCatchesFlippedByte(t *testing.T) {
 func TestVerifyCatchesFlippedByteWithLeafHashRewritten(t *testing.T) {
 	path, vkey, _ := tamperable(t, 100)
 	editFile(t, path, func(tx *bolt.Tx) error {
-		b := tx.Bucket(bEntries)
-		v := append([]byte(nil), b.Get(u64(7))...)
+		b := tx.Bucket(tree.Entries)
+		v := append([]byte(nil), b.Get(tree.Key(7))...)
 		v[len(v)-3] ^= 1
-		nodes := tx.Bucket(bNodes)
-		rec := append([]byte(nil), nodes.Get(u64(7))...)
+		nodes := tx.Bucket(tree.Nodes)
+		rec := append([]byte(nil), nodes.Get(tree.Key(7))...)
 		copy(rec, rfc6962.DefaultHasher.HashLeaf(v))
-		if err := nodes.Put(u64(7), rec); err != nil {
+		if err := nodes.Put(tree.Key(7), rec); err != nil {
 			return err
 		}
-		return b.Put(u64(7), v)
+		return b.Put(tree.Key(7), v)
 	})
-	rep, _ := VerifyFile(path, vkey)
+	rep, _ := logfile.VerifyFile(path, vkey)
 	wantFinding(t, rep, "do not hash to the root in checkpoint 100")
 }
 
 func TestVerifyCatchesDeletedEntry(t *testing.T) {
 	path, vkey, _ := tamperable(t, 1000)
-	editFile(t, path, func(tx *bolt.Tx) error { return tx.Bucket(bEntries).Delete(u64(500)) })
-	rep, err := VerifyFile(path, vkey)
+	editFile(t, path, func(tx *bolt.Tx) error { return tx.Bucket(tree.Entries).Delete(tree.Key(500)) })
+	rep, err := logfile.VerifyFile(path, vkey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +128,7 @@ func TestVerifyCatchesDeletedEntry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l, err := Open(path, Options{}); !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), path) ||
+	if l, err := Open(path, Options{}); !errors.Is(err, entry.ErrDamaged) || !strings.Contains(err.Error(), path) ||
 		!strings.Contains(err.Error(), "entry 500 is missing") {
 		if err == nil {
 			l.Close()
@@ -140,15 +144,15 @@ func TestVerifyCatchesDeletedEntry(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	cp, _ := OpenCheckpoint(l.StoredCheckpoint(), "", vkey)
-	v := NewTreeVerifier(cp)
-	if err := l.Export(context.Background(), 0, func(lf Leaf) error { v.Add(lf); return nil }); err != nil {
+	cp, _ := verifier.OpenCheckpoint(l.StoredCheckpoint(), "", vkey)
+	v := verifier.NewTree(cp)
+	if err := l.Export(context.Background(), 0, func(lf verifier.Leaf) error { v.Add(lf); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	rep = v.Finish()
 	wantFinding(t, rep, "entry 500 is missing")
 	// and refuses appends.
-	if _, err := l.Append(context.Background(), certEvent(5000, "spiffe://td/x", "n", time.Now().Add(time.Hour))); !errors.Is(err, ErrReadOnly) {
+	if _, err := l.Append(context.Background(), certEvent(5000, "spiffe://td/x", "n", time.Now().Add(time.Hour))); !errors.Is(err, entry.ErrReadOnly) {
 		t.Fatalf("Append in forensic mode = %v, want ErrReadOnly", err)
 	}
 }
@@ -157,13 +161,13 @@ func TestVerifyCatchesTruncatedLog(t *testing.T) {
 	path, vkey, _ := tamperable(t, 100)
 	editFile(t, path, func(tx *bolt.Tx) error {
 		for i := uint64(90); i < 100; i++ {
-			if err := tx.Bucket(bEntries).Delete(u64(i)); err != nil {
+			if err := tx.Bucket(tree.Entries).Delete(tree.Key(i)); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
-	rep, _ := VerifyFile(path, vkey)
+	rep, _ := logfile.VerifyFile(path, vkey)
 	wantFinding(t, rep, "checkpoint 100 commits to 100 entries but the log has only 90")
 }
 
@@ -201,11 +205,11 @@ func TestVerifySinceCatchesRewrittenHistory(t *testing.T) {
 	cur, _ := f.Checkpoint(context.Background())
 	f.Close()
 
-	rep, err := VerifyFile(forged, vkey)
+	rep, err := logfile.VerifyFile(forged, vkey)
 	if err != nil || !rep.OK() {
 		t.Fatalf("forged log should be self-consistent: %+v %v", rep, err)
 	}
-	rep, err = VerifyFile(forged, vkey, old)
+	rep, err = logfile.VerifyFile(forged, vkey, old)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,8 +225,8 @@ func TestVerifySinceCatchesRewrittenHistory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c1, _ := OpenCheckpoint(old, "", vkey)
-	c2, _ := OpenCheckpoint(cur, "", vkey)
+	c1, _ := verifier.OpenCheckpoint(old, "", vkey)
+	c2, _ := verifier.OpenCheckpoint(cur, "", vkey)
 	if proof.VerifyConsistency(rfc6962.DefaultHasher, 50, 60, p, c1.Hash, c2.Hash) == nil {
 		t.Fatal("consistency proof of rewritten history verified")
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/logkey"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/mod/sumdb/note"
@@ -92,7 +93,7 @@ func TestWitnessedCheckpointSharedByReplicas(t *testing.T) {
 	t.Cleanup(func() { db.Close() })
 	st := boltstore.New(db)
 	key := filepath.Join(dir, "log.key")
-	if _, err := GenerateKeyFile(key, DefaultOrigin); err != nil {
+	if _, err := logkey.GenerateKeyFile(key, logkey.DefaultOrigin); err != nil {
 		t.Fatal(err)
 	}
 	a, err := New(st, Options{KeyFile: key})

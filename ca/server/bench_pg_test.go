@@ -11,7 +11,7 @@ import (
 	"time"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/logkey"
 	"github.com/castellan-dev/castellan/ca/store/faultstore"
 	"github.com/castellan-dev/castellan/ca/store/pgstore"
 	"github.com/castellan-dev/castellan/internal/pgtest"
@@ -28,7 +28,7 @@ func BenchmarkBatchIssuancePostgres(b *testing.B) {
 		b.Run(fmt.Sprintf("replicas=%d", replicas), func(b *testing.B) {
 			dsn := pg.NewDatabase(b)
 			key := filepath.Join(b.TempDir(), "ledger.key")
-			if _, err := ledger.GenerateKeyFile(key, ""); err != nil {
+			if _, err := logkey.GenerateKeyFile(key, ""); err != nil {
 				b.Fatal(err)
 			}
 			envs := make([]*env, replicas)
@@ -56,7 +56,7 @@ func BenchmarkIssuancePostgres(b *testing.B) {
 		b.Run(fmt.Sprintf("p256/callers=%d", callers), func(b *testing.B) {
 			dsn := pg.NewDatabase(b)
 			key := filepath.Join(b.TempDir(), "ledger.key")
-			if _, err := ledger.GenerateKeyFile(key, ""); err != nil {
+			if _, err := logkey.GenerateKeyFile(key, ""); err != nil {
 				b.Fatal(err)
 			}
 			e := pgEnv(b, dsn, key)

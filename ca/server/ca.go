@@ -6,7 +6,7 @@ import (
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/authn"
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/castellan-dev/castellan/ca/server/cutoff"
 	"github.com/castellan-dev/castellan/ca/server/issuance"
@@ -58,9 +58,9 @@ func (c *caService) AttestAgent(ctx context.Context, req *cav1.AttestAgentReques
 		return nil, err
 	}
 	s.metrics.observeSigning(time.Since(start))
-	events := []ledger.Event{issuance.Event(ledger.KindIssuance, iss, node, "agent attestation")}
+	events := []entry.Event{issuance.Event(entry.KindIssuance, iss, node, "agent attestation")}
 	if _, ok := req.GetAttestation().(*cav1.AttestAgentRequest_JoinToken); ok {
-		events = append([]ledger.Event{{Kind: ledger.KindJoinTokenUse, Node: node, SPIFFEID: id.String()}}, events...)
+		events = append([]entry.Event{{Kind: entry.KindJoinTokenUse, Node: node, SPIFFEID: id.String()}}, events...)
 	}
 	if _, err := s.cfg.Ledger.Append(ctx, events...); err != nil {
 		s.log.ErrorContext(ctx, "ledger append failed; agent SVID withheld", "node", node, "error", err.Error())
@@ -102,7 +102,7 @@ func (c *caService) RenewAgent(ctx context.Context, req *cav1.RenewAgentRequest)
 		return nil, err
 	}
 	s.metrics.observeSigning(time.Since(start))
-	ev := issuance.Event(ledger.KindRenewal, iss, node, "agent renewal")
+	ev := issuance.Event(entry.KindRenewal, iss, node, "agent renewal")
 	ev.Parent = serial.FromBig(leaf.SerialNumber).String()
 	if _, err := s.cfg.Ledger.Append(ctx, ev); err != nil {
 		s.log.ErrorContext(ctx, "ledger append failed; agent SVID withheld", "node", node, "error", err.Error())

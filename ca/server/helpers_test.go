@@ -22,6 +22,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/logkey"
 	"github.com/castellan-dev/castellan/ca/server/admin"
 	"github.com/castellan-dev/castellan/ca/server/readiness"
 	"github.com/castellan-dev/castellan/ca/store"
@@ -103,7 +104,7 @@ func newEnvOn(t testing.TB, registry *faultstore.DB, ledgerDB store.DB, ledgerKe
 	} else {
 		if ledgerKey == "" {
 			ledgerKey = filepath.Join(dir, "ledger.key")
-			if _, err := ledger.GenerateKeyFile(ledgerKey, ""); err != nil {
+			if _, err := logkey.GenerateKeyFile(ledgerKey, ""); err != nil {
 				t.Fatal(err)
 			}
 		}

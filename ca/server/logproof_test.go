@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/server/logproof"
 	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/proof"
@@ -107,7 +107,7 @@ func TestIssuanceCarriesLogIndexAndProofVerifies(t *testing.T) {
 		if err := proof.VerifyInclusion(rfc6962.DefaultHasher, inc.GetLogIndex(), cp.Size, leaf, inc.GetProof(), cp.Hash); err != nil {
 			t.Fatalf("inclusion of %d: %v", inc.GetLogIndex(), err)
 		}
-		if ent, err := ledger.DecodeEntry(inc.GetEntry()); err != nil || ent.Index != idx[i] || ent.Kind != ledger.KindIssuance {
+		if ent, err := entry.Decode(inc.GetEntry()); err != nil || ent.Index != idx[i] || ent.Kind != entry.KindIssuance {
 			t.Fatalf("entry %d decodes to %+v, %v", idx[i], ent, err)
 		}
 	}

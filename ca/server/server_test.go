@@ -13,7 +13,7 @@ import (
 
 	adminv1 "github.com/castellan-dev/castellan/api/castellan/admin/v1"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/server/adminsock"
 	"github.com/castellan-dev/castellan/ca/server/edge"
 	"github.com/castellan-dev/castellan/internal/serial"
@@ -56,7 +56,7 @@ func TestAgentGetsWorkloadSVIDThatVerifiesAndIsInLedger(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rec.Kind != ledger.KindIssuance || rec.Node != "node-a" || rec.SPIFFEID != appID || string(rec.CertDER) != string(leaf.Raw) {
+	if rec.Kind != entry.KindIssuance || rec.Node != "node-a" || rec.SPIFFEID != appID || string(rec.CertDER) != string(leaf.Raw) {
 		t.Errorf("ledger entry %+v does not describe the issued SVID", rec.Event)
 	}
 	if e.csrCount(edge.ResultIssued, edge.ReasonOK)-issuedBefore != 1 {
@@ -144,7 +144,7 @@ func TestAttestIssuesAgentSVIDAndRecordsTokenUse(t *testing.T) {
 		t.Fatalf("ledger grew by %d, want 2 (join-token use + issuance)", e.ledger.Size()-size)
 	}
 	first, err := e.ledger.Entry(context.Background(), size)
-	if err != nil || first.Kind != ledger.KindJoinTokenUse || first.Node != "node-a" {
+	if err != nil || first.Kind != entry.KindJoinTokenUse || first.Node != "node-a" {
 		t.Fatalf("first new ledger entry %+v, %v; want a join-token use by node-a", first.Event, err)
 	}
 }
@@ -163,7 +163,7 @@ func TestRenewAgentKeepsNodeIdentity(t *testing.T) {
 		t.Fatalf("renewed ID %s", renewed.ID)
 	}
 	rec, err := e.ledger.Get(context.Background(), resp.GetSvid().GetSerial())
-	if err != nil || rec.Kind != ledger.KindRenewal {
+	if err != nil || rec.Kind != entry.KindRenewal {
 		t.Fatalf("ledger entry %+v, %v; want a renewal", rec.Event, err)
 	}
 	if _, err := e.anonClient(t).RenewAgent(context.Background(), &cav1.RenewAgentRequest{Csr: agentCSR(t, key)}); status.Code(err) != codes.Unauthenticated {
@@ -367,7 +367,7 @@ func TestTokenSingleUseUnderConcurrency(t *testing.T) {
 func TestSerialFormatMatchesLedger(t *testing.T) {
 	for _, n := range []int64{0x0abc, 0x1000, 1} {
 		s := serial.FromBig(big.NewInt(n)).String()
-		norm, err := ledger.NormalizeSerial(s)
+		norm, err := entry.NormalizeSerial(s)
 		if err != nil || norm != s || strings.HasPrefix(s, "0") {
 			t.Errorf("serial %#x as %q; the ledger normalizes it to %q (%v)", n, s, norm, err)
 		}

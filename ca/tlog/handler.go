@@ -11,7 +11,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/internal/clock"
 )
 
@@ -26,7 +27,7 @@ type Log interface {
 	// at a tree level; ledger.ErrNotFound if any is not complete.
 	NodeHashes(level uint8, from, n uint64) ([][]byte, error)
 	// EntryData returns the leaf data of entries [from, from+n);
-	// ledger.ErrNotFound beyond the log, ledger.ErrPruned for a pruned one.
+	// ledger.ErrNotFound beyond the log, tree.ErrPruned for a pruned one.
 	EntryData(from, n uint64) ([][]byte, error)
 }
 
@@ -180,7 +181,7 @@ func (h *Handler) checkpoint(ctx context.Context) ([]byte, error) {
 func (h *Handler) tile(res Resource) ([]byte, error) {
 	first, ok := firstIndex(res)
 	if !ok || int(res.Level)*TileHeight > 63 {
-		return nil, fmt.Errorf("%w: tile %s is beyond any log", ledger.ErrNotFound, res)
+		return nil, fmt.Errorf("%w: tile %s is beyond any log", entry.ErrNotFound, res)
 	}
 	hashes, err := h.log.NodeHashes(uint8(int(res.Level)*TileHeight), first, uint64(res.Width))
 	if err != nil {
@@ -198,7 +199,7 @@ func (h *Handler) tile(res Resource) ([]byte, error) {
 func (h *Handler) bundle(res Resource) ([]byte, error) {
 	first, ok := firstIndex(res)
 	if !ok {
-		return nil, fmt.Errorf("%w: bundle %s is beyond any log", ledger.ErrNotFound, res)
+		return nil, fmt.Errorf("%w: bundle %s is beyond any log", entry.ErrNotFound, res)
 	}
 	entries, err := h.log.EntryData(first, uint64(res.Width))
 	if err != nil {
@@ -245,14 +246,14 @@ func (h *Handler) write(w http.ResponseWriter, res Resource, body []byte) {
 // failRead maps a read error to a status.
 func (h *Handler) failRead(w http.ResponseWriter, res Resource, err error) {
 	switch {
-	case errors.Is(err, ledger.ErrNotFound):
+	case errors.Is(err, entry.ErrNotFound):
 		h.fail(w, http.StatusNotFound, fmt.Sprintf("tlog: %s is not in the log yet: %v", res, err))
-	case errors.Is(err, ledger.ErrPruned):
+	case errors.Is(err, tree.ErrPruned):
 		h.fail(w, http.StatusGone, fmt.Sprintf("tlog: %s cannot be served: %v; the hash tiles still prove every leaf", res, err))
 	case errors.Is(err, errNotWitnessed):
 		w.Header().Set("Retry-After", "5")
 		h.fail(w, http.StatusServiceUnavailable, "tlog: no checkpoint is cosigned by the witness policy yet; retry later (the server's log says why witnessing fails)")
-	case errors.Is(err, ledger.ErrClosed), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, entry.ErrClosed), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		h.fail(w, http.StatusServiceUnavailable, "tlog: the log is not available; retry later")
 	default:
 		h.errs.Error("tlog: serving failed", "resource", res.String(), "error", err)

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/verifier"
 	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/proof"
@@ -51,11 +53,11 @@ func newTestLog(t testing.TB) *testLog {
 // issue appends n issuance events for certificates valid for ttl.
 func (tl *testLog) issue(t testing.TB, n int, ttl time.Duration) {
 	t.Helper()
-	evs := make([]ledger.Event, n)
+	evs := make([]entry.Event, n)
 	size := tl.l.Size()
 	for i := range evs {
 		now := tl.clock.Now()
-		evs[i] = ledger.Event{Kind: ledger.KindIssuance, Serial: fmt.Sprintf("%x", size+uint64(i)+1),
+		evs[i] = entry.Event{Kind: entry.KindIssuance, Serial: fmt.Sprintf("%x", size+uint64(i)+1),
 			SPIFFEID: fmt.Sprintf("spiffe://example.org/w/%d", size+uint64(i)), Node: "n1",
 			NotBefore: now, NotAfter: now.Add(ttl), CertDER: bytes.Repeat([]byte{byte(i)}, 300)}
 	}
@@ -83,7 +85,7 @@ func (tl *testLog) get(t *testing.T, path string) (int, http.Header, []byte) {
 func leafData(t *testing.T, l *ledger.Ledger) [][]byte {
 	t.Helper()
 	var out [][]byte
-	err := l.Export(context.Background(), 0, func(lf ledger.Leaf) error {
+	err := l.Export(context.Background(), 0, func(lf verifier.Leaf) error {
 		out = append(out, lf.Data)
 		return nil
 	})
@@ -319,7 +321,7 @@ func TestTesseraClientProvesInclusionAndConsistency(t *testing.T) {
 		if err := proof.VerifyInclusion(rfc6962.DefaultHasher, i, cur.Size, leaf, p, cur.Hash); err != nil {
 			t.Fatalf("entry %d: %v", i, err)
 		}
-		e, err := ledger.DecodeEntry(b.Entries[i%256])
+		e, err := entry.Decode(b.Entries[i%256])
 		if err != nil || e.Index != i {
 			t.Fatalf("entry %d decodes as index %d, %v", i, e.Index, err)
 		}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/witness"
 	"golang.org/x/mod/sumdb/note"
 )
@@ -23,7 +24,7 @@ func openLedger(t *testing.T, ctx context.Context, path, tag string, n int) *led
 		t.Fatalf("ledger.Open: %v", err)
 	}
 	for i := range n {
-		ev := ledger.Event{Kind: ledger.KindJoinTokenUse, Node: fmt.Sprintf("%s-node-%d", tag, i)}
+		ev := entry.Event{Kind: entry.KindJoinTokenUse, Node: fmt.Sprintf("%s-node-%d", tag, i)}
 		if _, err := l.Append(ctx, ev); err != nil {
 			t.Fatalf("Append: %v", err)
 		}
@@ -64,7 +65,7 @@ func TestOmniwitnessWitnessesTheLedger(t *testing.T) {
 		}
 		witnessed = v.Checkpoint.Size
 		for i := range 3 + round*10 {
-			if _, err := l.Append(ctx, ledger.Event{Kind: ledger.KindJoinTokenUse, Node: fmt.Sprintf("grow-%d-%d", round, i)}); err != nil {
+			if _, err := l.Append(ctx, entry.Event{Kind: entry.KindJoinTokenUse, Node: fmt.Sprintf("grow-%d-%d", round, i)}); err != nil {
 				t.Fatal(err)
 			}
 		}

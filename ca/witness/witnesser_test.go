@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/witness"
 	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/prometheus/client_golang/prometheus"
@@ -95,7 +96,7 @@ func TestWitnesserKeepsTheLedgerWitnessed(t *testing.T) {
 func appendEvents(t *testing.T, ctx context.Context, l *ledger.Ledger, n int) {
 	t.Helper()
 	for i := range n {
-		if _, err := l.Append(ctx, ledger.Event{Kind: ledger.KindJoinTokenUse, Node: fmt.Sprintf("more-%d-%d", l.Size(), i)}); err != nil {
+		if _, err := l.Append(ctx, entry.Event{Kind: entry.KindJoinTokenUse, Node: fmt.Sprintf("more-%d-%d", l.Size(), i)}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -12,6 +12,8 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authority/journal"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/cmd/castellan-server/internal/config"
@@ -64,19 +66,19 @@ func recordTransition(led *ledger.Ledger, td spiffeid.TrustDomain) func(context.
 		if led == nil {
 			return fmt.Errorf("the ledger is open read-only (--ledger-read-only-forensics): no CA change is made unlogged")
 		}
-		_, err := led.Append(ledger.UseReserve(ctx), transitionEvent(tr, td))
+		_, err := led.Append(reserve.Use(ctx), transitionEvent(tr, td))
 		return err
 	}
 }
 
 // transitionEvent is the ledger event of one authority transition.
-func transitionEvent(tr journal.Transition, td spiffeid.TrustDomain) ledger.Event {
+func transitionEvent(tr journal.Transition, td spiffeid.TrustDomain) entry.Event {
 	from := string(tr.From)
 	if from == "" {
 		from = "new"
 	}
-	ev := ledger.Event{
-		Kind: ledger.KindCAKeyChange, Time: tr.At, SPIFFEID: td.IDString(),
+	ev := entry.Event{
+		Kind: entry.KindCAKeyChange, Time: tr.At, SPIFFEID: td.IDString(),
 		Reason: fmt.Sprintf("authority %s (%s): %s -> %s: %s", tr.Authority.ID, tr.Authority.Source, from, tr.To, tr.Reason),
 	}
 	if len(tr.Authority.Chain) > 0 {

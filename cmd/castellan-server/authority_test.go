@@ -13,6 +13,8 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/crl"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/cmd/castellan-server/internal/config"
 	"github.com/castellan-dev/castellan/internal/serial"
@@ -51,7 +53,7 @@ func TestEveryTransitionIsALedgerEvent(t *testing.T) {
 	if _, err := auth.Activate(ctx, next.ID, true); err != nil {
 		t.Fatal(err)
 	}
-	entries, _, err := led.List(ctx, ledger.Filter{Kinds: []ledger.Kind{ledger.KindCAKeyChange}}, 100, "")
+	entries, _, err := led.List(ctx, index.Filter{Kinds: []entry.Kind{entry.KindCAKeyChange}}, 100, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/audit"
 	"github.com/castellan-dev/castellan/ca/crl"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/server/adminsock"
 	"github.com/castellan-dev/castellan/cmd/castellan-server/internal/config"
 	"github.com/prometheus/client_golang/prometheus"
@@ -42,7 +43,7 @@ func openLedger(cfg config.Config, ds *datastore, log *slog.Logger, reg *prometh
 	path := filepath.Join(cfg.DataDir, ledgerFile)
 	opts.DiskReserve, opts.ReadOnly = uint64(cfg.LedgerDiskReserve), cfg.LedgerReadOnlyForensics
 	l, err := ledger.Open(path, opts)
-	if errors.Is(err, ledger.ErrDamaged) {
+	if errors.Is(err, entry.ErrDamaged) {
 		return nil, fmt.Errorf("castellan-server: refusing to start on a damaged ledger: %w; "+
 			"to read what is left, start with --ledger-read-only-forensics (audit API on the admin socket, no issuance), "+
 			"and check a copy with `castellanctl ledger verify --db %s --log-key KEY`", err, path)

@@ -14,6 +14,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/server"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/agentcmd"
@@ -68,7 +69,7 @@ func adminServer(t *testing.T) (string, *ledger.Ledger) {
 // record appends a certificate of id issued to node, renewed from parent.
 func record(t *testing.T, l *ledger.Ledger, serial, id, node, parent string) {
 	t.Helper()
-	if _, err := l.Append(context.Background(), ledger.Event{Kind: ledger.KindIssuance, Serial: serial, SPIFFEID: id,
+	if _, err := l.Append(context.Background(), entry.Event{Kind: entry.KindIssuance, Serial: serial, SPIFFEID: id,
 		Node: node, Parent: parent, NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
 		CertDER: []byte("der")}); err != nil {
 		t.Fatal(err)
@@ -77,7 +78,7 @@ func record(t *testing.T, l *ledger.Ledger, serial, id, node, parent string) {
 
 func TestAgentBanAndUnban(t *testing.T) {
 	sock, l := adminServer(t)
-	if _, err := l.Append(context.Background(), ledger.Event{Kind: ledger.KindJoinTokenUse, Node: "node-a",
+	if _, err := l.Append(context.Background(), entry.Event{Kind: entry.KindJoinTokenUse, Node: "node-a",
 		SPIFFEID: "spiffe://cluster.local/castellan/agent/node-a"}); err != nil {
 		t.Fatal(err)
 	}

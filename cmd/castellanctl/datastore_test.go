@@ -11,6 +11,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/ca/store/pgstore"
+	"github.com/castellan-dev/castellan/ca/verifier"
 	"github.com/castellan-dev/castellan/internal/pgtest"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
@@ -83,8 +84,8 @@ func TestDatastoreMigrateCopiesABoltCAIntoPostgres(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	old, err1 := ledger.OpenCheckpoint(saved, pl.Origin(), vkey)
-	cur, err2 := ledger.OpenCheckpoint(grown, pl.Origin(), vkey)
+	old, err1 := verifier.OpenCheckpoint(saved, pl.Origin(), vkey)
+	cur, err2 := verifier.OpenCheckpoint(grown, pl.Origin(), vkey)
 	if err1 != nil || err2 != nil || cur.Size != 130 {
 		t.Fatalf("checkpoints: %v %v size %d", err1, err2, cur.Size)
 	}

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/logkey"
 	"github.com/castellan-dev/castellan/ca/tlog"
 	"golang.org/x/mod/sumdb/note"
 )
@@ -33,7 +35,7 @@ func newMonitorLog(t *testing.T) *monitorLog {
 	ml := &monitorLog{dir: t.TempDir()}
 	ml.keyFile = filepath.Join(ml.dir, "log.key")
 	var err error
-	if ml.vkey, err = ledger.GenerateKeyFile(ml.keyFile, "example.org/castellan/ledger"); err != nil {
+	if ml.vkey, err = logkey.GenerateKeyFile(ml.keyFile, "example.org/castellan/ledger"); err != nil {
 		t.Fatal(err)
 	}
 	ml.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -63,9 +65,9 @@ func (ml *monitorLog) open(t *testing.T, name string) *ledger.Ledger {
 // joins appends join-token uses of nodes.
 func joins(t *testing.T, l *ledger.Ledger, nodes ...string) {
 	t.Helper()
-	var evs []ledger.Event
+	var evs []entry.Event
 	for _, n := range nodes {
-		evs = append(evs, ledger.Event{Kind: ledger.KindJoinTokenUse, Node: n, SPIFFEID: "spiffe://example.org/castellan/agent/" + n})
+		evs = append(evs, entry.Event{Kind: entry.KindJoinTokenUse, Node: n, SPIFFEID: "spiffe://example.org/castellan/agent/" + n})
 	}
 	if _, err := l.Append(context.Background(), evs...); err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/audit"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/certscmd"
 	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/ledgercmd"
 	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/verifycmd"
@@ -63,10 +64,10 @@ func auditServerWith(t *testing.T, path string, opts ledger.Options) (sock strin
 
 func issue(t *testing.T, l *ledger.Ledger, from, n int, node string) {
 	t.Helper()
-	evs := make([]ledger.Event, n)
+	evs := make([]entry.Event, n)
 	for i := range evs {
-		evs[i] = ledger.Event{
-			Kind: ledger.KindIssuance, Serial: fmt.Sprintf("%x", 0xc000+from+i),
+		evs[i] = entry.Event{
+			Kind: entry.KindIssuance, Serial: fmt.Sprintf("%x", 0xc000+from+i),
 			SPIFFEID: fmt.Sprintf("spiffe://cluster.local/ns/bookinfo/sa/svc%d", (from+i)%3), Node: node,
 			NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour), CertDER: []byte("der"),
 		}
@@ -144,7 +145,7 @@ func tampered(t *testing.T, edit func(tx *bolt.Tx) error) string {
 	db.Close()
 	// A tampered ledger no longer opens for issuance; the operator serves
 	// it read-only for forensics (--ledger-read-only-forensics) and audits.
-	if _, err := ledger.Open(path, ledger.Options{}); !errors.Is(err, ledger.ErrDamaged) {
+	if _, err := ledger.Open(path, ledger.Options{}); !errors.Is(err, entry.ErrDamaged) {
 		t.Fatalf("the tampered ledger opened for issuance: %v", err)
 	}
 	sock, _, _ = auditServerWith(t, path, ledger.Options{ReadOnly: true})

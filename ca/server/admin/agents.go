@@ -7,12 +7,13 @@ import (
 	adminv1 "github.com/castellan-dev/castellan/api/castellan/admin/v1"
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/agents"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
 // agentProto converts a ledger agent record.
-func agentProto(a ledger.Agent) *adminv1.Agent {
+func agentProto(a agents.Agent) *adminv1.Agent {
 	pb := &adminv1.Agent{Node: a.Node, SpiffeId: a.SPIFFEID, Serial: a.Serial,
 		NotAfter: optTS(a.NotAfter), FirstSeen: optTS(a.FirstSeen), LastSeen: optTS(a.LastSeen)}
 	if b := a.Ban; b != nil {
@@ -63,7 +64,7 @@ func (a *Service) BanAgent(ctx context.Context, req *adminv1.BanAgentRequest) (*
 		"revoked", len(res.Revoked))
 	ag, err := a.cfg.Ledger.Agent(ctx, node)
 	if err != nil {
-		ag = ledger.Agent{Node: node, Ban: &res.Ban}
+		ag = agents.Agent{Node: node, Ban: &res.Ban}
 	}
 	return &adminv1.BanAgentResponse{Agent: agentProto(ag), RevokedSerials: res.Revoked}, nil
 }

@@ -15,7 +15,8 @@ import (
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/agents"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/server/edge"
 	"github.com/castellan-dev/castellan/ca/store"
 	"google.golang.org/grpc"
@@ -28,14 +29,14 @@ import (
 // (*ledger.Ledger): the node agents it knows, and their bans.
 type Ledger interface {
 	// Agents and Agent describe the node agents the ledger knows.
-	Agents(ctx context.Context) ([]ledger.Agent, error)
-	Agent(ctx context.Context, node string) (ledger.Agent, error)
+	Agents(ctx context.Context) ([]agents.Agent, error)
+	Agent(ctx context.Context, node string) (agents.Agent, error)
 	// Ban records a ban of node and revokes every unexpired certificate
 	// issued to it, in one append (ledger.ErrAlreadyBanned if banned).
-	Ban(ctx context.Context, node, reason string) (ledger.BanResult, error)
+	Ban(ctx context.Context, node, reason string) (agents.BanResult, error)
 	// Unban lifts a ban (ledger.ErrNotBanned if none); revoked
 	// certificates stay revoked.
-	Unban(ctx context.Context, node, reason string) (ledger.Entry, error)
+	Unban(ctx context.Context, node, reason string) (entry.Entry, error)
 }
 
 // Config configures the admin API; every field but Logger is required.

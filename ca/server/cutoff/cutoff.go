@@ -17,7 +17,9 @@ import (
 	"github.com/castellan-dev/castellan/internal/clock"
 
 	"github.com/castellan-dev/castellan/ca/authn"
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/agents"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/castellan-dev/castellan/internal/serial"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -33,17 +35,17 @@ import (
 // events) and revocations.
 type Ledger interface {
 	// Banned returns the ban in force for node; cheap enough per call.
-	Banned(node string) (ledger.Ban, bool)
+	Banned(node string) (agents.Ban, bool)
 	// RevokeNodeCertificates revokes the unexpired certificates of node if
 	// it is banned (for issuances that raced with the ban).
 	RevokeNodeCertificates(ctx context.Context, node string) ([]string, error)
 	// Agents describes the node agents the ledger knows.
-	Agents(ctx context.Context) ([]ledger.Agent, error)
+	Agents(ctx context.Context) ([]agents.Agent, error)
 	// IsRevoked reports whether the certificate with this serial is
 	// revoked and unexpired at now.
 	IsRevoked(serial string, now time.Time) bool
-	// Revoke revokes one certificate (ledger.ErrAlreadyRevoked if it was).
-	Revoke(ctx context.Context, serial, reason string) (ledger.Entry, error)
+	// Revoke revokes one certificate (revocation.ErrAlreadyRevoked if it was).
+	Revoke(ctx context.Context, serial, reason string) (entry.Entry, error)
 }
 
 // Config configures a Guard; Ledger is required.
@@ -79,7 +81,7 @@ const ReasonNodeBanned = "node_banned"
 
 // bannedError is the refusal of a banned node: PermissionDenied, naming
 // the node and the ban.
-func bannedError(b ledger.Ban) *refusal.Error {
+func bannedError(b agents.Ban) *refusal.Error {
 	return refusal.Errorf(codes.PermissionDenied, ReasonNodeBanned,
 		"server: node %q is banned (since %s, ledger entry %d: %q); its agent certificates and attestations are refused. "+
 			"After re-imaging the node, an operator can lift the ban with `castellanctl agent unban %s --reason ...` and attest it with a new join token",
@@ -187,7 +189,7 @@ func (g *Guard) RefuseAfterRenewal(ctx context.Context, node, parent, child stri
 	if !g.ledger.IsRevoked(parent, g.clock.Now()) {
 		return nil
 	}
-	if _, err := g.ledger.Revoke(ctx, child, "parent "+parent+" revoked"); err != nil && !errors.Is(err, ledger.ErrAlreadyRevoked) {
+	if _, err := g.ledger.Revoke(ctx, child, "parent "+parent+" revoked"); err != nil && !errors.Is(err, revocation.ErrAlreadyRevoked) {
 		g.log.ErrorContext(ctx, "revoking the renewal of a revoked certificate failed", "serial", child, "error", err.Error())
 	}
 	return status.Errorf(codes.Unauthenticated,

@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/authn"
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/agents"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/castellan-dev/castellan/ca/server/internal/peertest"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -23,17 +25,17 @@ var td = spiffeid.RequireTrustDomainFromString("example.org")
 // fakeLedger records bans and revocations in memory.
 type fakeLedger struct {
 	mu      sync.Mutex
-	bans    map[string]ledger.Ban
+	bans    map[string]agents.Ban
 	revoked map[string]bool
 	// issued are the unexpired serials by node.
 	issued map[string][]string
 }
 
 func newFakeLedger() *fakeLedger {
-	return &fakeLedger{bans: map[string]ledger.Ban{}, revoked: map[string]bool{}, issued: map[string][]string{}}
+	return &fakeLedger{bans: map[string]agents.Ban{}, revoked: map[string]bool{}, issued: map[string][]string{}}
 }
 
-func (l *fakeLedger) Banned(node string) (ledger.Ban, bool) {
+func (l *fakeLedger) Banned(node string) (agents.Ban, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	b, ok := l.bans[node]
@@ -56,12 +58,12 @@ func (l *fakeLedger) RevokeNodeCertificates(_ context.Context, node string) ([]s
 	return out, nil
 }
 
-func (l *fakeLedger) Agents(context.Context) ([]ledger.Agent, error) {
+func (l *fakeLedger) Agents(context.Context) ([]agents.Agent, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var out []ledger.Agent
+	var out []agents.Agent
 	for node := range l.issued {
-		a := ledger.Agent{Node: node}
+		a := agents.Agent{Node: node}
 		if b, ok := l.bans[node]; ok {
 			a.Ban = &b
 		}
@@ -76,14 +78,14 @@ func (l *fakeLedger) IsRevoked(serial string, _ time.Time) bool {
 	return l.revoked[serial]
 }
 
-func (l *fakeLedger) Revoke(_ context.Context, serial, _ string) (ledger.Entry, error) {
+func (l *fakeLedger) Revoke(_ context.Context, serial, _ string) (entry.Entry, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.revoked[serial] {
-		return ledger.Entry{}, ledger.ErrAlreadyRevoked
+		return entry.Entry{}, revocation.ErrAlreadyRevoked
 	}
 	l.revoked[serial] = true
-	return ledger.Entry{}, nil
+	return entry.Entry{}, nil
 }
 
 // A banned node's agent certificate is refused (PermissionDenied, reason
@@ -92,7 +94,7 @@ func (l *fakeLedger) Revoke(_ context.Context, serial, _ string) (ledger.Entry, 
 // without a certificate, or another node's, passes.
 func TestRefusePeer(t *testing.T) {
 	l := newFakeLedger()
-	l.bans["node-a"] = ledger.Ban{Node: "node-a", Index: 7, Time: time.Now(), Reason: "stolen"}
+	l.bans["node-a"] = agents.Ban{Node: "node-a", Index: 7, Time: time.Now(), Reason: "stolen"}
 	l.revoked["1f"] = true
 	g := New(Config{Ledger: l, TrustDomain: td})
 	agentA, err := authn.AgentID(td, "node-a")
@@ -133,7 +135,7 @@ func TestRevocationsAfterTheFact(t *testing.T) {
 	if err := g.RefuseIfBannedAfterRecord(ctx, "node-a"); err != nil || l.revoked["a1"] {
 		t.Fatalf("unbanned node: %v, revoked %v", err, l.revoked)
 	}
-	l.bans["node-a"] = ledger.Ban{Node: "node-a"}
+	l.bans["node-a"] = agents.Ban{Node: "node-a"}
 	if err := g.RefuseIfBannedAfterRecord(ctx, "node-a"); status.Code(err) != codes.PermissionDenied || !l.revoked["a1"] || !l.revoked["a2"] {
 		t.Fatalf("banned meanwhile: %v, revoked %v", err, l.revoked)
 	}
@@ -144,7 +146,7 @@ func TestRevocationsAfterTheFact(t *testing.T) {
 	if err := g.RefuseAfterRenewal(ctx, "node-b", "b1", "c2"); err != nil || l.revoked["c2"] {
 		t.Fatalf("a clean renewal: %v, child revoked %v", err, l.revoked["c2"])
 	}
-	l.bans["node-b"] = ledger.Ban{Node: "node-b"}
+	l.bans["node-b"] = agents.Ban{Node: "node-b"}
 	if err := g.Reconcile(ctx); err != nil || !l.revoked["b1"] {
 		t.Fatalf("reconcile: %v, b1 revoked %v", err, l.revoked["b1"])
 	}

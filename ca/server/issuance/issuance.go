@@ -20,7 +20,8 @@ import (
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/castellan-dev/castellan/ca/authority"
 	"github.com/castellan-dev/castellan/ca/authz"
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/quota"
 	"github.com/castellan-dev/castellan/ca/refusal"
 	"github.com/castellan-dev/castellan/ca/server/admission"
@@ -67,7 +68,7 @@ type Item struct {
 type Ledger interface {
 	// Append records events durably before returning, in order, and
 	// returns their indexes.
-	Append(ctx context.Context, events ...ledger.Event) ([]uint64, error)
+	Append(ctx context.Context, events ...entry.Event) ([]uint64, error)
 }
 
 // Quota limits issuance per node and per identity (*quota.Limiter).
@@ -206,7 +207,7 @@ func (p *Pipeline) prepare(ctx context.Context, node string, it *Item) {
 // record appends the issued certificates of items to the ledger in one
 // call. If the ledger fails, every issued item fails: a certificate not in
 // the ledger is never handed out.
-func (p *Pipeline) record(ctx context.Context, node string, items []*Item, extra ...ledger.Event) error {
+func (p *Pipeline) record(ctx context.Context, node string, items []*Item, extra ...entry.Event) error {
 	events := extra
 	for _, it := range items {
 		if it.Err == nil {
@@ -214,7 +215,7 @@ func (p *Pipeline) record(ctx context.Context, node string, items []*Item, extra
 			if detail == "" {
 				detail = "entry " + it.grant.EntryID
 			}
-			ev := Event(ledger.KindIssuance, it.Issued, node, detail)
+			ev := Event(entry.KindIssuance, it.Issued, node, detail)
 			ev.Parent = it.Parent
 			events = append(events, ev)
 		}
@@ -250,16 +251,16 @@ func (p *Pipeline) record(ctx context.Context, node string, items []*Item, extra
 // appendStatus is what a caller is told when the ledger refused the append
 // recording its certificates (ledgerStatus maps the admin calls' errors).
 func appendStatus(err error) error {
-	if errors.Is(err, ledger.ErrDiskReserve) || errors.Is(err, ledger.ErrReadOnly) {
+	if errors.Is(err, reserve.ErrDiskReserve) || errors.Is(err, entry.ErrReadOnly) {
 		return status.Error(codes.Unavailable, "server: no certificate was issued: "+err.Error())
 	}
 	return status.Error(codes.Unavailable, "server: the issuance ledger is unavailable, no certificate was issued; retry later")
 }
 
 // Event is the ledger event of the issuance of iss to node (kind
-// ledger.KindIssuance or KindRenewal), with detail as its reason.
-func Event(kind ledger.Kind, iss *authority.Issued, node, detail string) ledger.Event {
-	return ledger.Event{
+// entry.KindIssuance or KindRenewal), with detail as its reason.
+func Event(kind entry.Kind, iss *authority.Issued, node, detail string) entry.Event {
+	return entry.Event{
 		Kind:            kind,
 		Serial:          serial.FromBig(iss.Serial).String(),
 		SPIFFEID:        iss.ID.String(),

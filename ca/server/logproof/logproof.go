@@ -11,7 +11,8 @@ import (
 	"strconv"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -60,7 +61,7 @@ func Serve(lp Prover, req *cav1.GetLogProofRequest) (*cav1.GetLogProofResponse, 
 		}
 		seen[idx] = true
 		inc, err := inclusion(lp, idx, size)
-		if errors.Is(err, ledger.ErrPruned) {
+		if errors.Is(err, tree.ErrPruned) {
 			continue // an expired certificate's entry: nothing to serve
 		} else if err != nil {
 			return nil, proofStatus(err)
@@ -101,7 +102,7 @@ func WitnessedSize(cp []byte) (uint64, error) {
 
 // proofStatus maps a ledger error while proving to a status.
 func proofStatus(err error) error {
-	if errors.Is(err, ledger.ErrClosed) {
+	if errors.Is(err, entry.ErrClosed) {
 		return status.Error(codes.Unavailable, "server: the ledger is closing; retry on another replica")
 	}
 	return status.Errorf(codes.Internal, "server: building a log proof: %v", err)

@@ -6,7 +6,8 @@ import (
 	"testing"
 
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -38,7 +39,7 @@ func TestServeRefusals(t *testing.T) {
 		{"too many indexes", prover{cp: []byte(checkpoint)}, &cav1.GetLogProofRequest{LogIndexes: make([]uint64, MaxIndexes+1)}, codes.InvalidArgument, "at most 500"},
 		{"no witnessed checkpoint", prover{}, &cav1.GetLogProofRequest{}, codes.FailedPrecondition, "no witnessed checkpoint"},
 		{"malformed checkpoint", prover{cp: []byte("origin\nnot-a-number\n")}, &cav1.GetLogProofRequest{}, codes.Internal, "malformed size"},
-		{"ledger closing", prover{cp: []byte(checkpoint), err: ledger.ErrClosed}, &cav1.GetLogProofRequest{FromSize: 3}, codes.Unavailable, "closing"},
+		{"ledger closing", prover{cp: []byte(checkpoint), err: entry.ErrClosed}, &cav1.GetLogProofRequest{FromSize: 3}, codes.Unavailable, "closing"},
 		{"proof fails", prover{cp: []byte(checkpoint), err: errors.New("bad page")}, &cav1.GetLogProofRequest{LogIndexes: []uint64{1}}, codes.Internal, "bad page"},
 	} {
 		_, err := Serve(tc.p, tc.req)
@@ -51,7 +52,7 @@ func TestServeRefusals(t *testing.T) {
 // Indexes at or past the witnessed size, repeated ones and pruned
 // entries are left out; the checkpoint is served as stored.
 func TestServeSkipsWhatItCannotProve(t *testing.T) {
-	resp, err := Serve(prover{cp: []byte(checkpoint), err: ledger.ErrPruned}, &cav1.GetLogProofRequest{LogIndexes: []uint64{12, 40, 3, 3}})
+	resp, err := Serve(prover{cp: []byte(checkpoint), err: tree.ErrPruned}, &cav1.GetLogProofRequest{LogIndexes: []uint64{12, 40, 3, 3}})
 	if err != nil {
 		t.Fatal(err)
 	}

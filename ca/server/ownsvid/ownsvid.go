@@ -19,7 +19,8 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/authn"
 	"github.com/castellan-dev/castellan/ca/authority"
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/server/issuance"
 	"github.com/castellan-dev/castellan/internal/serial"
 )
@@ -68,7 +69,7 @@ func (v *SVID) Renew(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("server: sign server SVID: %w", err)
 	}
-	if _, err := v.cfg.Ledger.Append(ledger.UseReserve(ctx), issuance.Event(ledger.KindIssuance, iss, "", "castellan server SVID")); err != nil {
+	if _, err := v.cfg.Ledger.Append(reserve.Use(ctx), issuance.Event(entry.KindIssuance, iss, "", "castellan server SVID")); err != nil {
 		return fmt.Errorf("server: record server SVID: %w", err)
 	}
 	chain := make([][]byte, 0, len(iss.Chain))

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/logkey"
 	"github.com/castellan-dev/castellan/ca/tlog/logentry"
 )
 
@@ -29,7 +31,7 @@ func newLedger(t *testing.T) *ledger.Ledger {
 	t.Helper()
 	dir := t.TempDir()
 	keyFile := filepath.Join(dir, "log.key")
-	if _, err := ledger.GenerateKeyFile(keyFile, "example.org/castellan/ledger"); err != nil {
+	if _, err := logkey.GenerateKeyFile(keyFile, "example.org/castellan/ledger"); err != nil {
 		t.Fatal(err)
 	}
 	l, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Options{KeyFile: keyFile, Origin: "example.org/castellan/ledger"})
@@ -41,7 +43,7 @@ func newLedger(t *testing.T) *ledger.Ledger {
 }
 
 // issuance returns an issuance event for a real certificate of id.
-func issuance(t *testing.T, id, node string) ledger.Event {
+func issuance(t *testing.T, id, node string) entry.Event {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -63,7 +65,7 @@ func issuance(t *testing.T, id, node string) ledger.Event {
 		t.Fatal(err)
 	}
 	sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
-	return ledger.Event{Kind: ledger.KindIssuance, Serial: c.SerialNumber.Text(16), SPIFFEID: id, Node: node,
+	return entry.Event{Kind: entry.KindIssuance, Serial: c.SerialNumber.Text(16), SPIFFEID: id, Node: node,
 		NotBefore: c.NotBefore, NotAfter: c.NotAfter, PublicKeySHA256: hex.EncodeToString(sum[:]), CertDER: der}
 }
 

@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/tlog/monitor"
 )
 
@@ -16,9 +16,9 @@ import (
 func BenchmarkMonitorFirstPass(b *testing.B) {
 	const n = 20000
 	r := newRig(b)
-	evs := make([]ledger.Event, 0, 1000)
+	evs := make([]entry.Event, 0, 1000)
 	for i := 0; i < n; i++ {
-		evs = append(evs, r.cert(ledger.KindIssuance, payments, "node-a"))
+		evs = append(evs, r.cert(entry.KindIssuance, payments, "node-a"))
 		if len(evs) == cap(evs) {
 			r.appendTo(r.log, evs...)
 			evs = evs[:0]

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/logkey"
 	"github.com/castellan-dev/castellan/ca/tlog"
 	"github.com/castellan-dev/castellan/ca/tlog/logentry"
 	"github.com/castellan-dev/castellan/ca/tlog/monitor"
@@ -52,7 +54,7 @@ func newRig(t testing.TB) *rig {
 	t.Helper()
 	r := &rig{t: t, dir: t.TempDir()}
 	r.keyFile = filepath.Join(r.dir, "log.key")
-	vkey, err := ledger.GenerateKeyFile(r.keyFile, origin)
+	vkey, err := logkey.GenerateKeyFile(r.keyFile, origin)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +159,7 @@ func (r *rig) monitor(f monitor.Filter) *monitor.Monitor {
 }
 
 // cert returns an issuance event for a real certificate of id.
-func (r *rig) cert(kind ledger.Kind, id, node string) ledger.Event {
+func (r *rig) cert(kind entry.Kind, id, node string) entry.Event {
 	r.t.Helper()
 	r.serial++
 	u, err := url.Parse(id)
@@ -176,12 +178,12 @@ func (r *rig) cert(kind ledger.Kind, id, node string) ledger.Event {
 		r.t.Fatal(err)
 	}
 	sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
-	return ledger.Event{Kind: kind, Serial: c.SerialNumber.Text(16), SPIFFEID: id, Node: node,
+	return entry.Event{Kind: kind, Serial: c.SerialNumber.Text(16), SPIFFEID: id, Node: node,
 		NotBefore: c.NotBefore, NotAfter: c.NotAfter, PublicKeySHA256: hex.EncodeToString(sum[:]), CertDER: der}
 }
 
 // appendTo appends events to l and returns their indexes.
-func (r *rig) appendTo(l *ledger.Ledger, evs ...ledger.Event) []uint64 {
+func (r *rig) appendTo(l *ledger.Ledger, evs ...entry.Event) []uint64 {
 	r.t.Helper()
 	es, err := l.Append(context.Background(), evs...)
 	if err != nil {
@@ -193,9 +195,9 @@ func (r *rig) appendTo(l *ledger.Ledger, evs ...ledger.Event) []uint64 {
 // issue appends n issuances for id on node and returns their serials.
 func (r *rig) issue(l *ledger.Ledger, n int, id, node string) []string {
 	r.t.Helper()
-	evs := make([]ledger.Event, n)
+	evs := make([]entry.Event, n)
 	for i := range evs {
-		evs[i] = r.cert(ledger.KindIssuance, id, node)
+		evs[i] = r.cert(entry.KindIssuance, id, node)
 	}
 	r.appendTo(l, evs...)
 	var serials []string
@@ -208,9 +210,9 @@ func (r *rig) issue(l *ledger.Ledger, n int, id, node string) []string {
 // noise appends n join-token uses (entries without certificates).
 func (r *rig) noise(l *ledger.Ledger, n int, node string) {
 	r.t.Helper()
-	evs := make([]ledger.Event, n)
+	evs := make([]entry.Event, n)
 	for i := range evs {
-		evs[i] = ledger.Event{Kind: ledger.KindJoinTokenUse, Node: node, SPIFFEID: "spiffe://example.org/castellan/agent/" + node}
+		evs[i] = entry.Event{Kind: entry.KindJoinTokenUse, Node: node, SPIFFEID: "spiffe://example.org/castellan/agent/" + node}
 	}
 	r.appendTo(l, evs...)
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/tlog/monitor"
 	"github.com/castellan-dev/castellan/ca/tlog/monitor/state"
 	"github.com/transparency-dev/formats/log"
@@ -206,7 +207,7 @@ func TestMonitorRefusesSlowServer(t *testing.T) {
 // a filter must not be dodged by a log entry that lies.
 func TestMonitorRefusesEntryThatMisdescribesItsCertificate(t *testing.T) {
 	r := newRig(t)
-	ev := r.cert(ledger.KindIssuance, payments, "node-a")
+	ev := r.cert(entry.KindIssuance, payments, "node-a")
 	ev.SPIFFEID = shop
 	r.appendTo(r.log, ev)
 	refused(t, r.monitor(monitor.Filter{SPIFFEIDPrefixes: []string{shop}}), statePath(t), monitor.ErrInvalid,

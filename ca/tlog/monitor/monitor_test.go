@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/tlog/logentry"
 	"github.com/castellan-dev/castellan/ca/tlog/monitor"
 	"github.com/castellan-dev/castellan/ca/tlog/monitor/state"
@@ -68,7 +68,7 @@ func TestMonitorFiltersByNodeAndDecodesLikeTheLedger(t *testing.T) {
 	r.issue(r.log, 4, payments, "node-a")
 	wantB := r.issue(r.log, 2, payments, "node-b")
 	r.issue(r.log, 3, shop, "node-b")
-	r.appendTo(r.log, ledger.Event{Kind: ledger.KindRevocation, Serial: wantB[0], SPIFFEID: payments, Node: "node-b", Reason: "keyCompromise"})
+	r.appendTo(r.log, entry.Event{Kind: entry.KindRevocation, Serial: wantB[0], SPIFFEID: payments, Node: "node-b", Reason: "keyCompromise"})
 	wantB = append(wantB, wantB[0])
 
 	m := r.monitor(monitor.Filter{SPIFFEIDPrefixes: []string{payments}, Nodes: []string{"node-b"}})
@@ -84,7 +84,7 @@ func TestMonitorFiltersByNodeAndDecodesLikeTheLedger(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		led, err := ledger.DecodeEntry(want.Data)
+		led, err := entry.Decode(want.Data)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/logkey"
 	"github.com/castellan-dev/castellan/ca/witness"
 )
 
@@ -56,7 +56,7 @@ func (c Witness) Origin(trustDomain, keyFile string) (string, error) {
 		if c.LedgerOrigin != "" {
 			return c.LedgerOrigin, nil
 		}
-		return ledger.OriginFor(trustDomain), nil
+		return logkey.OriginFor(trustDomain), nil
 	case err != nil:
 		return "", fmt.Errorf("castellan-server: read the log key: %w", err)
 	}

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/logkey"
 )
 
 func testWitnessFlag(t *testing.T, name string) string {
@@ -37,11 +37,11 @@ func TestLedgerOriginKeepsAnExistingLogsName(t *testing.T) {
 		t.Fatalf("new ledger with --ledger-origin: %q, %v", o, err)
 	}
 	key := filepath.Join(dir, "ledger.db.key")
-	if _, err := ledger.GenerateKeyFile(key, ledger.DefaultOrigin); err != nil {
+	if _, err := logkey.GenerateKeyFile(key, logkey.DefaultOrigin); err != nil {
 		t.Fatal(err)
 	}
-	if o, err := (Witness{}).Origin("example.org", key); err != nil || o != ledger.DefaultOrigin {
-		t.Fatalf("existing ledger: %q, %v; want its key's name %q", o, err, ledger.DefaultOrigin)
+	if o, err := (Witness{}).Origin("example.org", key); err != nil || o != logkey.DefaultOrigin {
+		t.Fatalf("existing ledger: %q, %v; want its key's name %q", o, err, logkey.DefaultOrigin)
 	}
 	_, err := (Witness{LedgerOrigin: "other.example/log"}).Origin("example.org", key)
 	if err == nil || !strings.Contains(err.Error(), "cannot be renamed") {

@@ -13,7 +13,9 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/castellan-dev/castellan/ca/ledger"
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/logfile"
+	"github.com/castellan-dev/castellan/ca/ledger/logkey"
 	"github.com/castellan-dev/castellan/ca/verifier"
 	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/cli"
 	"github.com/castellan-dev/castellan/cmd/castellanctl/internal/monitorcmd"
@@ -29,7 +31,7 @@ func Run(ctx context.Context, g *cli.Globals, args []string) error {
 	}
 	switch sub {
 	case "verify":
-		return verifycmd.Verify(ctx, g, args, ledger.VerifyFile)
+		return verifycmd.Verify(ctx, g, args, logfile.VerifyFile)
 	case "checkpoint":
 		return verifycmd.Checkpoint(ctx, g, args)
 	case "prove":
@@ -105,7 +107,7 @@ func lineOf(lf verifier.Leaf) ExportLine {
 		}
 		return line
 	}
-	e, err := ledger.DecodeEntry(lf.Data)
+	e, err := entry.Decode(lf.Data)
 	if err != nil {
 		line.Error = err.Error()
 		return line
@@ -133,9 +135,9 @@ func ledgerKeygen(g *cli.Globals, args []string) error {
 		return cli.Usagef("ledger keygen: need --out FILE and no arguments")
 	}
 	if *origin == "" {
-		*origin = ledger.OriginFor(*td)
+		*origin = logkey.OriginFor(*td)
 	}
-	vkey, err := ledger.GenerateKeyFile(*out, *origin)
+	vkey, err := logkey.GenerateKeyFile(*out, *origin)
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,8 @@
-package ledger
+// Package commit is the ledger's group commit: appends are written to
+// the store one durable transaction at a time, an append arriving while
+// the store is idle at once by its caller, those arriving during a commit
+// together in the next transaction.
+package commit
 
 import (
 	"context"
@@ -6,6 +10,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
@@ -14,14 +19,15 @@ import (
 // gets a transaction of its own).
 const maxGroupEvents = 10_000
 
-// committer is the ledger's group commit. Appends are written to the
+// Committer is the ledger's group commit; R is what writing one append
+// returns (its position in the log). Appends are written to the
 // store one durable (bbolt: fsync'd) transaction at a time:
 //
 //   - when nothing is being committed, an append is committed at once, in
 //     a transaction of its own, by its caller's goroutine: there is no
 //     timer, no waiting for company and no hand-off;
 //   - appends that arrive while a transaction is being committed queue up,
-//     and the committer goroutine (run) puts all of them into the next
+//     and the committer goroutine (Run) puts all of them into the next
 //     transaction, which starts as soon as the current one is synced.
 //     Under load, one fsync serves many appends.
 //
@@ -35,19 +41,19 @@ const maxGroupEvents = 10_000
 // although their callers were told of a failure, never the reverse). A caller that gives up while its append is still queued
 // withdraws it (it is never written); once its append is in a transaction,
 // the caller waits for that transaction, so its answer is always the truth.
-type committer struct {
+type Committer[R any] struct {
 	// update runs a read-write transaction and commits it (store.DB.Update).
 	update func(func(store.Tx) error) error
 	// write appends one call's events in tx, with their index entries
 	// (appendTx).
-	write func(tx store.Tx, evs []Event) (appended, error)
+	write func(tx store.Tx, evs []entry.Event) (R, error)
 	// publish makes one committed append visible; called by whoever
 	// committed it (run or an idle-path caller), in log order.
-	publish func(a appended, evs []Event)
+	publish func(r R, evs []entry.Event)
 
 	mu     sync.Mutex
-	queue  []*pendingAppend // arrived, not yet in a transaction
-	busy   bool             // a transaction is being written or committed
+	queue  []*pendingAppend[R] // arrived, not yet in a transaction
+	busy   bool                // a transaction is being written or committed
 	closed bool
 	wake   chan struct{} // capacity 1: there may be work
 	done   chan struct{} // closed when run returns
@@ -55,43 +61,46 @@ type committer struct {
 
 // pendingAppend is one Append call on its way through the committer. Its
 // result fields are written by run before done is closed.
-type pendingAppend struct {
-	evs   []Event
-	taken bool // in a transaction; guarded by committer.mu
+type pendingAppend[R any] struct {
+	evs   []entry.Event
+	taken bool // in a transaction; guarded by Committer.mu
 
-	res  appended
+	res  R
 	err  error
 	done chan struct{}
 }
 
-// newCommitter returns a committer writing to db in transactions with
-// context ctx (the ledger's lifetime: one caller giving up must not abort
-// a transaction shared with others); start it with go run().
-func newCommitter(ctx context.Context, db store.DB, publish func(appended, []Event)) *committer {
-	update := func(fn func(store.Tx) error) error { return db.Update(ctx, fn) }
-	return &committer{
-		update: update, write: appendTx, publish: publish,
+// New returns a committer whose transactions run with update (committed
+// and durable when it returns nil; with the ledger's lifetime as context:
+// one caller giving up must not abort a transaction shared with others),
+// which writes each append's events with write and makes each committed
+// append visible with publish, in log order; start it with go Run().
+func New[R any](update func(func(store.Tx) error) error, write func(store.Tx, []entry.Event) (R, error),
+	publish func(R, []entry.Event)) *Committer[R] {
+	return &Committer[R]{
+		update: update, write: write, publish: publish,
 		wake: make(chan struct{}, 1), done: make(chan struct{}),
 	}
 }
 
-// append commits evs and returns the index of the first, once its
+// Append commits evs and returns what writing them returned, once its
 // transaction is fsync'd. It returns ErrClosed after
 // close, and ctx's error if ctx ends before evs were put in a transaction
 // (then nothing of evs is written).
-func (c *committer) append(ctx context.Context, evs []Event) (uint64, error) {
-	p := &pendingAppend{evs: evs, done: make(chan struct{})}
+func (c *Committer[R]) Append(ctx context.Context, evs []entry.Event) (R, error) {
+	p := &pendingAppend[R]{evs: evs, done: make(chan struct{})}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return 0, ErrClosed
+		var zero R
+		return zero, entry.ErrClosed
 	}
 	if !c.busy && len(c.queue) == 0 {
 		c.busy, p.taken = true, true
 		c.mu.Unlock()
-		c.commitGroup([]*pendingAppend{p})
+		c.commitGroup([]*pendingAppend[R]{p})
 		c.idle()
-		return p.res.first, p.err
+		return p.res, p.err
 	}
 	c.queue = append(c.queue, p)
 	c.mu.Unlock()
@@ -100,15 +109,16 @@ func (c *committer) append(ctx context.Context, evs []Event) (uint64, error) {
 	case <-p.done:
 	case <-ctx.Done():
 		if c.withdraw(p) {
-			return 0, ctx.Err()
+			var zero R
+			return zero, ctx.Err()
 		}
 		<-p.done // already being committed: its outcome is the answer
 	}
-	return p.res.first, p.err
+	return p.res, p.err
 }
 
 // withdraw removes p from the queue if it is not yet in a transaction.
-func (c *committer) withdraw(p *pendingAppend) bool {
+func (c *Committer[R]) withdraw(p *pendingAppend[R]) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if p.taken {
@@ -120,7 +130,7 @@ func (c *committer) withdraw(p *pendingAppend) bool {
 	return true
 }
 
-func (c *committer) signal() {
+func (c *Committer[R]) signal() {
 	select {
 	case c.wake <- struct{}{}:
 	default:
@@ -128,16 +138,16 @@ func (c *committer) signal() {
 }
 
 // idle ends a commit and wakes run for the appends queued meanwhile.
-func (c *committer) idle() {
+func (c *Committer[R]) idle() {
 	c.mu.Lock()
 	c.busy = false
 	c.mu.Unlock()
 	c.signal()
 }
 
-// run commits queued appends until close, then commits what is still
+// Run commits queued appends until Close, then commits what is still
 // queued and returns.
-func (c *committer) run() {
+func (c *Committer[R]) Run() {
 	defer close(c.done)
 	for {
 		group, ok := c.next()
@@ -152,7 +162,7 @@ func (c *committer) run() {
 // next waits for queued appends and for the end of the commit under way,
 // then takes them (up to maxGroupEvents events, at least one append) and
 // marks the committer busy. It returns false once closed and drained.
-func (c *committer) next() ([]*pendingAppend, bool) {
+func (c *Committer[R]) next() ([]*pendingAppend[R], bool) {
 	for {
 		c.mu.Lock()
 		if c.busy {
@@ -186,7 +196,7 @@ func (c *committer) next() ([]*pendingAppend, bool) {
 // events fails, that append fails and the others are committed again
 // without it (at most len(group) attempts; a failed attempt is rolled back
 // before anything is synced).
-func (c *committer) commitGroup(group []*pendingAppend) {
+func (c *Committer[R]) commitGroup(group []*pendingAppend[R]) {
 	for len(group) > 0 {
 		bad, err := c.commitTx(group)
 		switch {
@@ -210,7 +220,7 @@ func (c *committer) commitGroup(group []*pendingAppend) {
 // returns the position of the append whose events could not be written,
 // or -1 if the transaction itself failed (an unavailable store fails the
 // whole transaction, whatever write failed first).
-func (c *committer) commitTx(group []*pendingAppend) (int, error) {
+func (c *Committer[R]) commitTx(group []*pendingAppend[R]) (int, error) {
 	bad := -1
 	err := c.update(func(tx store.Tx) error {
 		for i, p := range group {
@@ -230,19 +240,33 @@ func (c *committer) commitTx(group []*pendingAppend) (int, error) {
 }
 
 // finish hands err (nil: success) to every append of group.
-func finish(group []*pendingAppend, err error) {
+func finish[R any](group []*pendingAppend[R], err error) {
 	for _, p := range group {
 		p.err = err
 		close(p.done)
 	}
 }
 
-// close refuses new appends, waits until the queued ones are committed
+// Close refuses new appends, waits until the queued ones are committed
 // and run has returned.
-func (c *committer) close() {
+func (c *Committer[R]) Close() {
 	c.mu.Lock()
 	c.closed = true
 	c.mu.Unlock()
 	c.signal()
 	<-c.done
+}
+
+// Queued returns the number of appends waiting for a transaction.
+func (c *Committer[R]) Queued() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.queue)
+}
+
+// Closed reports whether Close was called (new appends are refused).
+func (c *Committer[R]) Closed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
 }

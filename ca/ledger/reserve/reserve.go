@@ -1,42 +1,54 @@
-package ledger
+// Package reserve is the ledger's disk reserve: it refuses appends while
+// the filesystem holding the ledger file has less free space than a
+// configured minimum, so bbolt never fails half way through a write on a
+// full disk, and leaves that space to the few appends that must go on
+// (Use: the CA's own SVID, revocations).
+package reserve
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 )
 
 // reserveRecheck is how often the free space is measured while appends
 // come in; between measurements the bytes appended are subtracted from the
-// last measure (see reserve.allow).
+// last measure (see Reserve.Allow).
 const reserveRecheck = time.Second
 
 // writeAmplification estimates the bytes bbolt writes per byte of entry
 // (the entry, its tree nodes, its index keys, partly filled pages).
 const writeAmplification = 4
 
+// ErrDiskReserve: the ledger's filesystem has less free space than the
+// configured reserve; appends are refused until space is freed.
+var ErrDiskReserve = errors.New("ledger: disk reserve reached")
+
 // reserveKey marks a context whose appends may use the reserve.
 type reserveKey struct{}
 
-// UseReserve returns a context whose Appends skip the disk reserve check:
+// Use returns a context whose Appends skip the disk reserve check:
 // for the few small appends the reserve is there to leave room for while
 // issuance is stopped: the CA's own SVID (renewed every half agent TTL)
 // and revocations (Revoke uses it). Never for workload issuance.
-func UseReserve(ctx context.Context) context.Context {
+func Use(ctx context.Context) context.Context {
 	return context.WithValue(ctx, reserveKey{}, true)
 }
 
-func usesReserve(ctx context.Context) bool { v, _ := ctx.Value(reserveKey{}).(bool); return v }
+// Uses reports whether ctx was made by UseReserve.
+func Uses(ctx context.Context) bool { v, _ := ctx.Value(reserveKey{}).(bool); return v }
 
-// reserve refuses appends when the ledger's filesystem has less free space
+// Reserve refuses appends when the ledger's filesystem has less free space
 // than the configured minimum, before bbolt fails half way through a write
 // on a full disk and every node loses issuance.
-type reserve struct {
+type Reserve struct {
 	min  uint64
 	free func() (uint64, error)
 	now  func() time.Time
@@ -50,17 +62,18 @@ type reserve struct {
 	breached bool
 }
 
-// newReserve returns the reserve of opts, nil when there is none.
-func newReserve(path string, opts Options, now func() time.Time, log *slog.Logger) *reserve {
-	if opts.DiskReserve == 0 {
+// New returns the reserve of reserve bytes on the filesystem holding the file
+// at path, nil when reserve is 0 (no reserve). free returns the bytes
+// available there (nil: statfs of path's directory).
+func New(path string, reserve uint64, free func() (uint64, error), now func() time.Time, log *slog.Logger) *Reserve {
+	if reserve == 0 {
 		return nil
 	}
-	free := opts.FreeSpace
 	if free == nil {
 		dir := filepath.Dir(path)
 		free = func() (uint64, error) { return statfsAvail(dir) }
 	}
-	return &reserve{min: opts.DiskReserve, free: free, now: now, log: log, path: path}
+	return &Reserve{min: reserve, free: free, now: now, log: log, path: path}
 }
 
 // statfsAvail returns the bytes available to unprivileged users on the
@@ -73,13 +86,13 @@ func statfsAvail(dir string) (uint64, error) {
 	return st.Bavail * uint64(st.Bsize), nil
 }
 
-// allow reports whether an append of about n bytes of entries leaves the
+// Allow reports whether an append of about n bytes of entries leaves the
 // reserve free. It measures the free space at most once per
 // reserveRecheck, and again at once when the estimate (last measure minus
 // what was appended since) comes near the reserve, so a flood cannot run
 // past it between two measures. A failed measure is logged and allows the
 // append: it says nothing about the disk being full.
-func (r *reserve) allow(n uint64) error {
+func (r *Reserve) Allow(n uint64) error {
 	if r == nil {
 		return nil
 	}
@@ -110,7 +123,7 @@ func (r *reserve) allow(n uint64) error {
 }
 
 // setBreached logs and publishes a change of state.
-func (r *reserve) setBreached(b bool) {
+func (r *Reserve) setBreached(b bool) {
 	if b == r.breached {
 		return
 	}
@@ -123,9 +136,9 @@ func (r *reserve) setBreached(b bool) {
 	}
 }
 
-// state returns whether the reserve is breached and the free bytes last
+// State returns whether the reserve is breached and the free bytes last
 // measured (for the metrics).
-func (r *reserve) state() (bool, uint64) {
+func (r *Reserve) State() (bool, uint64) {
 	if r == nil {
 		return false, 0
 	}
@@ -146,4 +159,23 @@ func formatBytes(n uint64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// Collectors returns the reserve's gauges (r may be nil: no reserve).
+func (r *Reserve) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "castellan_ledger_disk_reserve_breached",
+			Help: "1 while the ledger's filesystem has less free space than --ledger-disk-reserve and appends (issuance) are refused; alert on it.",
+		}, func() float64 {
+			if b, _ := r.State(); b {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "castellan_ledger_disk_free_bytes",
+			Help: "Free bytes on the ledger's filesystem, as last measured by the disk reserve check (0 without a reserve).",
+		}, func() float64 { _, f := r.State(); return float64(f) }),
+	}
 }

@@ -1,8 +1,13 @@
-package ledger
+package entry
 
-import "errors"
+import (
+	"errors"
+	"fmt"
 
-// Errors returned by the ledger; test with errors.Is.
+	"github.com/castellan-dev/castellan/internal/serial"
+)
+
+// Errors returned by every part of the ledger; test with errors.Is.
 var (
 	// ErrNotFound: no entry with the requested serial or index.
 	ErrNotFound = errors.New("ledger: not found")
@@ -11,8 +16,6 @@ var (
 	// ErrInvalidArgument: a query, page token or proof request is malformed
 	// or would scan without bound.
 	ErrInvalidArgument = errors.New("ledger: invalid argument")
-	// ErrAlreadyRevoked: Revoke of a serial that is already revoked.
-	ErrAlreadyRevoked = errors.New("ledger: certificate already revoked")
 	// ErrClosed: the ledger has been closed.
 	ErrClosed = errors.New("ledger: closed")
 )
@@ -26,7 +29,15 @@ var (
 	// ErrReadOnly: the ledger was opened read-only (Options.ReadOnly) and
 	// refuses every write.
 	ErrReadOnly = errors.New("ledger: opened read-only for forensics; it takes no appends")
-	// ErrDiskReserve: the ledger's filesystem has less free space than the
-	// configured reserve; appends are refused until space is freed.
-	ErrDiskReserve = errors.New("ledger: disk reserve reached")
 )
+
+// NormalizeSerial returns serial in the form the ledger stores
+// (serial.Number's canonical form), or an error wrapping
+// ErrInvalidArgument saying what is wrong with it.
+func NormalizeSerial(s string) (string, error) {
+	n, err := serial.Parse(s)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrInvalidArgument, err)
+	}
+	return n.String(), nil
+}

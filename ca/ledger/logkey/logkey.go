@@ -1,4 +1,7 @@
-package ledger
+// Package logkey is the ledger's log key: the Ed25519 note key that signs
+// its checkpoints, kept in a file (mode 0600) that every replica shares,
+// never in the store, which records only its verifier key.
+package logkey
 
 import (
 	"crypto/ed25519"
@@ -23,8 +26,11 @@ import (
 // was created with.
 var ErrKeyMismatch = errors.New("ledger: log key does not match the log")
 
-// keygenHint tells an operator how to make a log key file.
-const keygenHint = "create it once with `castellanctl ledger keygen --out FILE` and give the same file (a Kubernetes Secret) to every replica"
+// DefaultOrigin is the origin of a log whose operator names none.
+const DefaultOrigin = "castellan.local/ledger"
+
+// KeygenHint tells an operator how to make a log key file.
+const KeygenHint = "create it once with `castellanctl ledger keygen --out FILE` and give the same file (a Kubernetes Secret) to every replica"
 
 // OriginFor is the origin of a new ledger of trust domain td when the
 // operator names none: witnesses tell logs apart by origin, so each trust
@@ -70,60 +76,72 @@ func GenerateKeyFile(file, origin string) (vkey string, err error) {
 	return vkey, nil
 }
 
-// loadKey sets the checkpoint signer from opts: Signer and VerifierKey,
-// or the key in opts.KeyFile, generated there if absent and create is set.
-func (l *Ledger) loadKey(opts Options, create bool) error {
-	if (opts.Signer == nil) != (opts.VerifierKey == "") {
-		return errors.New("ledger: Options.Signer and Options.VerifierKey must be set together")
+// Key is a log key: the checkpoint signer, its verifier and verifier key.
+type Key struct {
+	Signer   note.Signer
+	Verifier note.Verifier
+	VKey     string
+}
+
+// Load returns the log key of the log named origin: signer and vkey
+// (ledger Options.Signer and VerifierKey), or the key in file, generated
+// there if absent and create is set.
+func Load(signer note.Signer, vkey, file, origin string, create bool) (Key, error) {
+	if (signer == nil) != (vkey == "") {
+		return Key{}, errors.New("ledger: Options.Signer and Options.VerifierKey must be set together")
 	}
-	if opts.Signer != nil {
-		l.signer, l.vkey = opts.Signer, opts.VerifierKey
-	} else if err := l.readKeyFile(opts.KeyFile, create); err != nil {
-		return err
+	k := Key{Signer: signer, VKey: vkey}
+	if signer == nil {
+		var err error
+		if k.Signer, k.VKey, err = readKeyFile(file, origin, create); err != nil {
+			return Key{}, err
+		}
 	}
-	v, err := note.NewVerifier(l.vkey)
+	v, err := note.NewVerifier(k.VKey)
 	if err != nil {
-		return fmt.Errorf("ledger: verifier key: %w", err)
+		return Key{}, fmt.Errorf("ledger: verifier key: %w", err)
 	}
-	if v.Name() != l.signer.Name() || v.KeyHash() != l.signer.KeyHash() {
-		return errors.New("ledger: Options.VerifierKey does not match Options.Signer")
+	if v.Name() != k.Signer.Name() || v.KeyHash() != k.Signer.KeyHash() {
+		return Key{}, errors.New("ledger: Options.VerifierKey does not match Options.Signer")
 	}
-	l.verifier = v
-	return nil
+	k.Verifier = v
+	return k, nil
 }
 
 // readKeyFile loads the signer key from file.
-func (l *Ledger) readKeyFile(file string, create bool) error {
+func readKeyFile(file, origin string, create bool) (note.Signer, string, error) {
 	b, err := os.ReadFile(file)
 	switch {
 	case errors.Is(err, os.ErrNotExist) && create:
-		if _, err := GenerateKeyFile(file, l.origin); err != nil {
-			return err
+		if _, err := GenerateKeyFile(file, origin); err != nil {
+			return nil, "", err
 		}
 		if b, err = os.ReadFile(file); err != nil {
-			return fmt.Errorf("ledger: read log key: %w", err)
+			return nil, "", fmt.Errorf("ledger: read log key: %w", err)
 		}
 	case errors.Is(err, os.ErrNotExist):
-		return fmt.Errorf("ledger: log key file %s does not exist; %s", file, keygenHint)
+		return nil, "", fmt.Errorf("ledger: log key file %s does not exist; %s", file, KeygenHint)
 	case err != nil:
-		return fmt.Errorf("ledger: read log key: %w", err)
+		return nil, "", fmt.Errorf("ledger: read log key: %w", err)
 	}
 	skey := strings.TrimSpace(string(b))
-	if l.signer, err = note.NewSigner(skey); err != nil {
-		return fmt.Errorf("ledger: log key %s: %w", file, err)
+	signer, err := note.NewSigner(skey)
+	if err != nil {
+		return nil, "", fmt.Errorf("ledger: log key %s: %w", file, err)
 	}
-	if !create && l.signer.Name() != l.origin {
-		return fmt.Errorf("ledger: log key %s is named %q, not after the log's origin %q (auditors check checkpoints against it); generate the key for that origin", file, l.signer.Name(), l.origin)
+	if !create && signer.Name() != origin {
+		return nil, "", fmt.Errorf("ledger: log key %s is named %q, not after the log's origin %q (auditors check checkpoints against it); generate the key for that origin", file, signer.Name(), origin)
 	}
-	if l.vkey, err = verifierKeyOf(skey); err != nil {
-		return fmt.Errorf("ledger: log key %s: %w", file, err)
+	vkey, err := verifierKeyOf(skey)
+	if err != nil {
+		return nil, "", fmt.Errorf("ledger: log key %s: %w", file, err)
 	}
-	return nil
+	return signer, vkey, nil
 }
 
-// checkKeyPresent refuses to generate a new log key for an existing
+// CheckPresent refuses to generate a new log key for an existing
 // ledger file: every checkpoint saved by auditors would stop verifying.
-func checkKeyPresent(path, keyFile string) error {
+func CheckPresent(path, keyFile string) error {
 	fi, err := os.Stat(path)
 	if err != nil || fi.Size() == 0 {
 		return nil
@@ -134,14 +152,14 @@ func checkKeyPresent(path, keyFile string) error {
 	return nil
 }
 
-// checkVerifierKey compares the log's recorded verifier key (nil for a
-// log created before keys were recorded) with the ledger's.
-func (l *Ledger) checkVerifierKey(stored []byte) error {
-	if stored == nil || string(stored) == l.vkey {
+// Check compares the log's recorded verifier key (nil for a log created
+// before keys were recorded) with the replica's, vkey.
+func Check(stored []byte, vkey string) error {
+	if stored == nil || string(stored) == vkey {
 		return nil
 	}
 	return fmt.Errorf("%w: the log was created with verifier key %q, this replica has %q; give every replica the log's key file (a new key would fork the log's checkpoints)",
-		ErrKeyMismatch, stored, l.vkey)
+		ErrKeyMismatch, stored, vkey)
 }
 
 // verifierKeyOf derives the note verifier key from an Ed25519 signer key.

@@ -1,4 +1,4 @@
-package ledger
+package logfile
 
 import (
 	"context"
@@ -10,19 +10,12 @@ import (
 	"github.com/transparency-dev/formats/log"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/ca/verifier"
 	"github.com/castellan-dev/castellan/internal/boltcheck"
 )
-
-// Leaf is one position of the log as an auditor receives it (Export); it
-// is the offline verifier's type (ca/verifier), named here for callers of
-// Export.
-type Leaf = verifier.Leaf
-
-// Report is the outcome of VerifyFile (ca/verifier's Report).
-type Report = verifier.Report
 
 // VerifyFile verifies a ledger file offline: it checks the file's page
 // structure, checks the stored checkpoint's signature with vkey, recomputes
@@ -31,8 +24,8 @@ type Report = verifier.Report
 // file is opened read-only; the server holding it must be stopped. A
 // damaged file is a Report with a finding, not an error (and never a
 // panic); errors are for files that cannot be read at all.
-func VerifyFile(path, vkey string, extra ...[]byte) (Report, error) {
-	var rep Report
+func VerifyFile(path, vkey string, extra ...[]byte) (verifier.Report, error) {
+	var rep verifier.Report
 	if _, err := os.Stat(path); err != nil {
 		return rep, fmt.Errorf("ledger: %w", err)
 	}
@@ -55,23 +48,23 @@ func VerifyFile(path, vkey string, extra ...[]byte) (Report, error) {
 	defer db.Close()
 	err = boltcheck.Guard(func() error {
 		return boltstore.New(db).View(context.Background(), func(tx store.Tx) error {
-			meta := tx.Bucket(bMeta)
-			if meta == nil || tx.Bucket(bEntries) == nil || tx.Bucket(bNodes) == nil {
+			meta := tx.Bucket(tree.Meta)
+			if meta == nil || tx.Bucket(tree.Entries) == nil || tx.Bucket(tree.Nodes) == nil {
 				return fmt.Errorf("ledger: %s is not a ledger file", path)
 			}
 			var cps []*log.Checkpoint
-			for _, signed := range append([][]byte{meta.Get(kCheckpoint)}, extra...) {
+			for _, signed := range append([][]byte{meta.Get(tree.KeyCheckpoint)}, extra...) {
 				if signed == nil {
 					continue
 				}
-				cp, err := OpenCheckpoint(signed, string(meta.Get(kOrigin)), vkey)
+				cp, err := verifier.OpenCheckpoint(signed, string(meta.Get(tree.KeyOrigin)), vkey)
 				if err != nil {
 					return err
 				}
 				cps = append(cps, cp)
 			}
-			rep = verifyTx(tx, cps)
-			if stored := meta.Get(kCheckpoint); stored == nil {
+			rep = tree.Verify(tx, cps)
+			if stored := meta.Get(tree.KeyCheckpoint); stored == nil {
 				rep.Addf("the file holds no signed checkpoint; there is nothing to verify the entries against")
 			} else {
 				rep.Checkpoint = cps[0].Size
@@ -84,24 +77,4 @@ func VerifyFile(path, vkey string, extra ...[]byte) (Report, error) {
 		return rep, nil
 	}
 	return rep, err
-}
-
-// verifyTx recomputes the tree from the entries stored in tx and checks
-// it against cps.
-func verifyTx(tx store.Tx, cps []*log.Checkpoint) Report {
-	v := verifier.NewTree(cps...)
-	c := bucket(tx, bEntries).Cursor()
-	nodes := newSeqReader(bucket(tx, bNodes), 0)
-	for k, val := c.First(); k != nil; k, val = c.Next() {
-		if len(k) != 8 {
-			continue
-		}
-		lf := Leaf{Index: indexOf(k)}
-		if !isPruned(val) {
-			lf.Data = val
-		}
-		lf.Hash = storedLeafHash(nodes.get(lf.Index))
-		v.Add(lf)
-	}
-	return v.Finish()
 }

@@ -1,10 +1,14 @@
-package ledger
+package follow
 
 import (
 	"context"
 	"fmt"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
+	"github.com/castellan-dev/castellan/ca/verifier"
 )
 
 // chunk is how many entries one read transaction of Watch or Export holds,
@@ -15,16 +19,17 @@ const chunk = 1024
 // including entries appended while it runs (pruned entries come with
 // Pruned set). It returns when ctx is done (with ctx.Err()) or fn returns
 // an error (that error). fn runs outside any database transaction.
-func (l *Ledger) Watch(ctx context.Context, from uint64, fn func(Entry) error) error {
+func (p *Published) Watch(ctx context.Context, from uint64, fn func(entry.Entry) error) error {
 	for {
-		l.mu.Lock()
-		grown, size, closed := l.appendCh, l.head.size, l.closed
-		l.mu.Unlock()
+		p.mu.Lock()
+		grown, size := p.appendCh, p.head.Size
+		p.mu.Unlock()
+		closed := p.c.Closed()
 		if closed {
-			return ErrClosed
+			return entry.ErrClosed
 		}
 		for from < size {
-			entries, err := l.readRange(ctx, from, min(size, from+chunk))
+			entries, err := p.readRange(ctx, from, min(size, from+chunk))
 			if err != nil {
 				return err
 			}
@@ -44,15 +49,12 @@ func (l *Ledger) Watch(ctx context.Context, from uint64, fn func(Entry) error) e
 }
 
 // readRange reads entries [from, to).
-func (l *Ledger) readRange(ctx context.Context, from, to uint64) ([]Entry, error) {
-	if err := l.waitIndexed(ctx); err != nil {
-		return nil, err
-	}
-	out := make([]Entry, 0, to-from)
-	err := l.view(ctx, func(tx store.Tx) error {
-		entries, nodes := newSeqReader(bucket(tx, bEntries), from), newSeqReader(bucket(tx, bNodes), from)
+func (p *Published) readRange(ctx context.Context, from, to uint64) ([]entry.Entry, error) {
+	out := make([]entry.Entry, 0, to-from)
+	err := p.c.Read(ctx, func(tx store.Tx) error {
+		entries, nodes := tree.NewSeqReader(tree.Bucket(tx, tree.Entries), from), tree.NewSeqReader(tree.Bucket(tx, tree.Nodes), from)
 		for i := from; i < to; i++ {
-			e, err := entryAt(tx, i, entries.get(i), nodes.get(i))
+			e, err := index.EntryAt(tx, i, entries.Get(i), nodes.Get(i))
 			if err != nil {
 				return err
 			}
@@ -68,8 +70,8 @@ func (l *Ledger) readRange(ctx context.Context, from, to uint64) ([]Entry, error
 // replica's appends). It reads raw bytes without decoding,
 // so a damaged entry is passed on for the auditor to detect. A missing
 // entry is passed with nil Data and nil Hash.
-func (l *Ledger) Export(ctx context.Context, from uint64, fn func(Leaf) error) error {
-	size, err := l.storedSize(ctx)
+func (p *Published) Export(ctx context.Context, from uint64, fn func(verifier.Leaf) error) error {
+	size, err := p.storedSize(ctx)
 	if err != nil {
 		return fmt.Errorf("ledger: export: %w", err)
 	}
@@ -78,9 +80,9 @@ func (l *Ledger) Export(ctx context.Context, from uint64, fn func(Leaf) error) e
 			return err
 		}
 		to := min(size, from+chunk)
-		leaves := make([]Leaf, 0, to-from)
-		err := l.view(ctx, func(tx store.Tx) error {
-			leaves = appendLeaves(tx, leaves, from, to)
+		leaves := make([]verifier.Leaf, 0, to-from)
+		err := p.c.View(ctx, func(tx store.Tx) error {
+			leaves = tree.AppendLeaves(tx, leaves, from, to)
 			return nil
 		})
 		if err != nil {
@@ -96,42 +98,17 @@ func (l *Ledger) Export(ctx context.Context, from uint64, fn func(Leaf) error) e
 	return nil
 }
 
-// appendLeaves appends the stored leaves [from, to) read from tx.
-func appendLeaves(tx store.Tx, out []Leaf, from, to uint64) []Leaf {
-	if from >= to {
-		return out
-	}
-	entries, nodes := newSeqReader(bucket(tx, bEntries), from), newSeqReader(bucket(tx, bNodes), from)
-	for i := from; i < to; i++ {
-		lf := Leaf{Index: i}
-		v := entries.get(i)
-		if v != nil && !isPruned(v) {
-			lf.Data = append([]byte(nil), v...)
-		}
-		if h := storedLeafHash(nodes.get(i)); h != nil {
-			lf.Hash = append([]byte(nil), h...)
-		}
-		if v == nil {
-			lf.Hash = nil // missing, not pruned
-		}
-		out = append(out, lf)
-	}
-	return out
-}
-
-func isPruned(v []byte) bool { return len(v) == 1 && v[0] == prunedMarker[0] }
-
 // storedSize returns the log size as stored: the published head on a
 // store of its own, read from the store when it is shared.
-func (l *Ledger) storedSize(ctx context.Context) (uint64, error) {
-	if !l.shared {
-		return l.Size(), nil
+func (p *Published) storedSize(ctx context.Context) (uint64, error) {
+	if !p.c.Shared {
+		return p.Size(), nil
 	}
-	var st treeState
-	err := l.view(ctx, func(tx store.Tx) error {
+	var st tree.Head
+	err := p.c.View(ctx, func(tx store.Tx) error {
 		var err error
-		st, err = readTree(tx)
+		st, err = tree.Read(tx)
 		return err
 	})
-	return st.size, err
+	return st.Size, err
 }

@@ -1,4 +1,10 @@
-package ledger
+// Package entry defines what the ledger records: events (issuance,
+// renewal, revocation, CA key change, join-token use, ban, unban), the
+// entries they become at a position of the log, their leaf encoding
+// (versioned JSON with a fixed field order, whose RFC 6962 leaf hash is in
+// the Merkle tree), the serial form the ledger stores, and the errors
+// every part of the ledger returns.
+package entry
 
 import (
 	"bytes"
@@ -123,7 +129,7 @@ func (*skipped) UnmarshalJSON([]byte) error { return nil }
 
 const wireVersion = 1
 
-func formatTime(t time.Time) string {
+func FormatTime(t time.Time) string {
 	if t.IsZero() {
 		return ""
 	}
@@ -138,11 +144,11 @@ func parseTime(s string) (time.Time, error) {
 }
 
 // encodeEvent returns the leaf data for ev at index.
-func encodeEvent(index uint64, ev *Event) ([]byte, error) {
+func Encode(index uint64, ev *Event) ([]byte, error) {
 	w := wireEntry{
-		V: wireVersion, Index: index, Kind: ev.Kind, Time: formatTime(ev.Time),
+		V: wireVersion, Index: index, Kind: ev.Kind, Time: FormatTime(ev.Time),
 		Serial: ev.Serial, SPIFFEID: ev.SPIFFEID, Node: ev.Node,
-		NotBefore: formatTime(ev.NotBefore), NotAfter: formatTime(ev.NotAfter),
+		NotBefore: FormatTime(ev.NotBefore), NotAfter: FormatTime(ev.NotAfter),
 		PublicKeySHA256: ev.PublicKeySHA256, Reason: ev.Reason, Parent: ev.Parent,
 	}
 	if len(ev.CertDER) > 0 {
@@ -160,7 +166,7 @@ func encodeEvent(index uint64, ev *Event) ([]byte, error) {
 // The member can be found by its bytes: every field before it is a JSON
 // string, in which a quote is escaped, so `,"cert":"` occurs nowhere
 // else, and base64 holds no quote.
-func summaryOf(data []byte) []byte {
+func SummaryOf(data []byte) []byte {
 	const member = `,"cert":"`
 	i := bytes.Index(data, []byte(member))
 	if i < 0 {
@@ -177,15 +183,15 @@ func summaryOf(data []byte) []byte {
 
 // encodeSummary returns the index value of ev: its leaf encoding without
 // the certificate.
-func encodeSummary(index uint64, ev *Event) ([]byte, error) {
+func EncodeSummary(index uint64, ev *Event) ([]byte, error) {
 	sum := *ev
 	sum.CertDER = nil
-	return encodeEvent(index, &sum)
+	return Encode(index, &sum)
 }
 
 // DecodeEntry parses leaf data as written by the ledger. It does not check
 // the leaf hash; see Verify.
-func DecodeEntry(data []byte) (Entry, error) {
+func Decode(data []byte) (Entry, error) {
 	return decodeWire(data, func(cert string) ([]byte, error) {
 		if cert == "" {
 			return nil, nil
@@ -197,7 +203,7 @@ func DecodeEntry(data []byte) (Entry, error) {
 // decodeEvent is DecodeEntry without the certificate (CertDER nil), which
 // it neither copies nor decodes: for the indexer and the follower, which
 // need only the event's description.
-func decodeEvent(data []byte) (Entry, error) {
+func DecodeEvent(data []byte) (Entry, error) {
 	return decodeWire(data, func(skipped) ([]byte, error) { return nil, nil })
 }
 
@@ -229,8 +235,8 @@ func decodeWire[C any](data []byte, cert func(C) ([]byte, error)) (Entry, error)
 	return e, nil
 }
 
-// validate checks an event before it is appended.
-func (ev *Event) validate() error {
+// Validate checks an event before it is appended.
+func (ev *Event) Validate() error {
 	if !ev.Kind.Valid() {
 		return fmt.Errorf("%w: unknown kind %q", ErrInvalidEvent, ev.Kind)
 	}

@@ -1,4 +1,4 @@
-package ledger
+package index
 
 import (
 	"bytes"
@@ -8,8 +8,23 @@ import (
 	"sort"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 )
+
+// The index buckets.
+var (
+	bSerial  = []byte("by_serial")
+	bSPIFFE  = []byte("by_spiffe_id")
+	bNode    = []byte("by_node")
+	bExpiry  = []byte("by_expiry")
+	bRevoked = []byte("revoked")
+)
+
+// Buckets returns the names of the index buckets a ledger creates with
+// its log (the agents and parent buckets are created on first use).
+func Buckets() [][]byte { return [][]byte{bSerial, bSPIFFE, bNode, bExpiry, bRevoked} }
 
 // Secondary indexes. Each key is <value> 0x00 <index, 8 bytes big-endian>,
 // so a prefix scan yields matching entries in log order; the expiry index
@@ -24,8 +39,8 @@ type indexWriter struct {
 
 func newIndexWriter(tx store.Tx) *indexWriter {
 	return &indexWriter{
-		serial: bucket(tx, bSerial), spiffe: bucket(tx, bSPIFFE), node: bucket(tx, bNode),
-		expiry: bucket(tx, bExpiry), revoked: bucket(tx, bRevoked), parent: tx.Bucket(bParent),
+		serial: tree.Bucket(tx, bSerial), spiffe: tree.Bucket(tx, bSPIFFE), node: tree.Bucket(tx, bNode),
+		expiry: tree.Bucket(tx, bExpiry), revoked: tree.Bucket(tx, bRevoked), parent: tx.Bucket(ParentBucket),
 	}
 }
 
@@ -41,15 +56,12 @@ func expiryKey(notAfter time.Time, idx uint64) []byte {
 	return binary.BigEndian.AppendUint64(k, idx)
 }
 
-// indexOf returns the log index at the end of an index key.
-func indexOf(key []byte) uint64 { return binary.BigEndian.Uint64(key[len(key)-8:]) }
-
 // kv is one index key and value to put.
 type kv struct{ k, v []byte }
 
 // indexBatch collects the index puts of many entries, by bucket, so they
 // can be prepared outside the write transaction and applied in key order,
-// and the agent-record updates (see agents.go), applied in log order.
+// and the agent-record updates (records.go), applied in log order.
 type indexBatch struct {
 	kvs    map[string][]kv
 	agents []agentUpdate
@@ -65,9 +77,9 @@ func (b *indexBatch) put(bucket []byte, k, v []byte) {
 // add collects the index entries of event ev at idx. data is ev's entry
 // as encodeEvent encoded it, or nil (the SPIFFE ID index's summary is then
 // encoded afresh).
-func (b *indexBatch) add(idx uint64, ev *Event, data []byte) error {
+func (b *indexBatch) add(idx uint64, ev *entry.Event, data []byte) error {
 	if ev.Parent != "" {
-		b.put(bParent, indexKey(ev.Parent, idx), []byte(ev.Serial))
+		b.put(ParentBucket, indexKey(ev.Parent, idx), []byte(ev.Serial))
 	}
 	b.addAgent(idx, ev)
 	if ev.Serial != "" {
@@ -76,8 +88,8 @@ func (b *indexBatch) add(idx uint64, ev *Event, data []byte) error {
 	if ev.SPIFFEID != "" {
 		summary, err := []byte(nil), error(nil)
 		if data != nil {
-			summary = summaryOf(data)
-		} else if summary, err = encodeSummary(idx, ev); err != nil {
+			summary = entry.SummaryOf(data)
+		} else if summary, err = entry.EncodeSummary(idx, ev); err != nil {
 			return err
 		}
 		b.put(bSPIFFE, indexKey(ev.SPIFFEID, idx), summary)
@@ -88,8 +100,8 @@ func (b *indexBatch) add(idx uint64, ev *Event, data []byte) error {
 	if !ev.NotAfter.IsZero() {
 		b.put(bExpiry, expiryKey(ev.NotAfter, idx), nil)
 	}
-	if ev.Kind == KindRevocation {
-		v, err := json.Marshal(revokedCert{Index: idx, Time: ev.Time, Reason: ev.Reason, NotAfter: ev.NotAfter})
+	if ev.Kind == entry.KindRevocation {
+		v, err := json.Marshal(Revoked{Index: idx, Time: ev.Time, Reason: ev.Reason, NotAfter: ev.NotAfter})
 		if err != nil {
 			return err
 		}
@@ -116,7 +128,7 @@ func (b *indexBatch) apply(tx store.Tx) error {
 	return b.applyAgents(tx)
 }
 
-func (w *indexWriter) remove(idx uint64, ev *Event) error {
+func (w *indexWriter) remove(idx uint64, ev *entry.Event) error {
 	for _, p := range []struct {
 		b store.Bucket
 		v string
@@ -128,7 +140,7 @@ func (w *indexWriter) remove(idx uint64, ev *Event) error {
 			return err
 		}
 	}
-	if ev.Kind == KindRevocation {
+	if ev.Kind == entry.KindRevocation {
 		if err := w.revoked.Delete([]byte(ev.Serial)); err != nil {
 			return err
 		}
@@ -144,36 +156,52 @@ func (w *indexWriter) remove(idx uint64, ev *Event) error {
 	return w.expiry.Delete(expiryKey(ev.NotAfter, idx))
 }
 
-// lookupSerial returns the log indices of events for serial, in order.
-func lookupSerial(tx store.Tx, serial string) []uint64 {
+// WriteTx writes the index entries of evs (evs[0] at index first, the
+// index position; encoded[i] is evs[i]'s entry) and moves the stored index
+// position past them.
+func WriteTx(tx store.Tx, first uint64, evs []entry.Event, encoded [][]byte) error {
+	var batch indexBatch
+	for i := range evs {
+		ev := evs[i]
+		// As DecodeEntry would return it: what the indexer writes for an
+		// entry read back must be what is written here.
+		ev.Time, ev.NotBefore, ev.NotAfter = ev.Time.UTC(), ev.NotBefore.UTC(), ev.NotAfter.UTC()
+		if err := batch.add(first+uint64(i), &ev, encoded[i]); err != nil {
+			return err
+		}
+	}
+	if err := batch.apply(tx); err != nil {
+		return fmt.Errorf("ledger: index: %w", err)
+	}
+	return tree.Bucket(tx, tree.Meta).Put(tree.KeyIndexed, tree.Key(first+uint64(len(evs))))
+}
+
+// LookupSerial returns the log indices of events for serial, in order.
+func LookupSerial(tx store.Tx, serial string) []uint64 {
 	var out []uint64
 	prefix := append([]byte(serial), 0)
-	c := bucket(tx, bSerial).Cursor()
+	c := tree.Bucket(tx, bSerial).Cursor()
 	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8; k, _ = c.Next() {
-		out = append(out, indexOf(k))
+		out = append(out, tree.IndexOf(k))
 	}
 	return out
 }
 
-// revokedCert is a revocation as kept in the revoked bucket and in memory.
-type revokedCert struct {
+// Revoked is a revocation as kept in the revoked bucket and in memory.
+type Revoked struct {
 	Index    uint64    `json:"index"`
 	Time     time.Time `json:"time"`
 	Reason   string    `json:"reason,omitempty"`
 	NotAfter time.Time `json:"not_after"`
 }
 
-func (l *Ledger) loadRevoked(tx store.Tx) error {
-	l.revoked = map[string]revokedCert{}
-	if err := bucket(tx, bRevoked).ForEach(func(k, v []byte) error {
-		var r revokedCert
+// ForEachRevoked calls fn with every revocation in the revoked bucket.
+func ForEachRevoked(tx store.Tx, fn func(serial string, r Revoked) error) error {
+	return tree.Bucket(tx, bRevoked).ForEach(func(k, v []byte) error {
+		var r Revoked
 		if err := json.Unmarshal(v, &r); err != nil {
 			return fmt.Errorf("ledger: revocation of %s is damaged: %w", k, err)
 		}
-		l.revoked[string(k)] = r
-		return nil
-	}); err != nil {
-		return err
-	}
-	return l.loadBans(tx)
+		return fn(string(k), r)
+	})
 }

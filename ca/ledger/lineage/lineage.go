@@ -1,4 +1,9 @@
-package ledger
+// Package lineage is the ledger's certificate lineages: a certificate
+// obtained by renewing another records that one's serial as its Parent,
+// and the index maps a serial to its children. It walks them (Ancestors,
+// Descendants, Children, RevokedAncestor), always within bounds, and
+// revokes a certificate with its descendants.
+package lineage
 
 import (
 	"bytes"
@@ -6,58 +11,67 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
+	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
-// Lineages. A certificate obtained by renewing another records that one's
-// serial as its Parent; the parent index (by_parent) maps a serial to its
-// children. Walks are bounded: a lineage longer or wider than the bound is
-// reported as truncated, never walked without end.
+// Walks are bounded: a lineage longer or wider than the bound is reported
+// as truncated, never walked without end.
 
-// MaxLineageWalk bounds the certificates one Ancestors or Descendants call
+// Lineages walks and revokes the lineages of a ledger's certificates.
+type Lineages struct {
+	rv revocation.Revoker
+}
+
+// New returns the lineages of a ledger that reads and revokes through rv.
+func New(rv revocation.Revoker) *Lineages { return &Lineages{rv: rv} }
+
+// MaxWalk bounds the certificates one Ancestors or Descendants call
 // visits, and RevokeWithDescendants revokes.
-const MaxLineageWalk = 10000
+const MaxWalk = 10000
 
 // lineageSettleRounds bounds how often RevokeWithDescendants looks again
 // for descendants that renewals in flight recorded meanwhile.
 const lineageSettleRounds = 3
 
 // certTx returns the issuance or renewal entry of serial (normalized).
-func certTx(tx store.Tx, serial string) (Entry, error) {
-	for _, idx := range lookupSerial(tx, serial) {
-		c, err := readEntry(tx, idx)
+func certTx(tx store.Tx, serial string) (entry.Entry, error) {
+	for _, idx := range index.LookupSerial(tx, serial) {
+		c, err := index.ReadEntry(tx, idx)
 		if err != nil {
-			return Entry{}, err
+			return entry.Entry{}, err
 		}
 		if c.Kind.IsCertificate() {
 			return c, nil
 		}
 	}
-	return Entry{}, fmt.Errorf("%w: no certificate with serial %s in the log", ErrNotFound, serial)
+	return entry.Entry{}, fmt.Errorf("%w: no certificate with serial %s in the log", entry.ErrNotFound, serial)
 }
 
 // lineageWalk prepares a walk of serial's lineage: the serial in its one
-// form, max bounded by MaxLineageWalk, and the indexes up to date.
-func (l *Ledger) lineageWalk(ctx context.Context, serial string, max int) (string, int, error) {
-	serial, err := NormalizeSerial(serial)
+// form, max bounded by MaxWalk, and the indexes up to date.
+func (g *Lineages) lineageWalk(ctx context.Context, serial string, max int) (string, int, error) {
+	serial, err := entry.NormalizeSerial(serial)
 	if err != nil {
 		return "", 0, err
 	}
-	return serial, min(max, MaxLineageWalk), l.waitIndexed(ctx)
+	return serial, min(max, MaxWalk), index.Wait(g.rv.Index, ctx)
 }
 
 // Ancestors returns the certificates serial descends from, its parent
-// first, up to max of them (1..MaxLineageWalk), and whether the walk
+// first, up to max of them (1..MaxWalk), and whether the walk
 // stopped at max before reaching a certificate without a parent. An
 // ancestor missing from the log (pruned) ends the walk.
-func (l *Ledger) Ancestors(ctx context.Context, serial string, max int) ([]Entry, bool, error) {
-	serial, max, err := l.lineageWalk(ctx, serial, max)
+func (g *Lineages) Ancestors(ctx context.Context, serial string, max int) ([]entry.Entry, bool, error) {
+	serial, max, err := g.lineageWalk(ctx, serial, max)
 	if err != nil {
 		return nil, false, err
 	}
-	var out []Entry
+	var out []entry.Entry
 	truncated := false
-	err = l.view(ctx, func(tx store.Tx) error {
+	err = index.View(g.rv.Index, ctx, func(tx store.Tx) error {
 		c, err := certTx(tx, serial)
 		if err != nil {
 			return err
@@ -81,19 +95,19 @@ func (l *Ledger) Ancestors(ctx context.Context, serial string, max int) ([]Entry
 
 // Descendants returns the certificates descended from serial, breadth
 // first (children, then grandchildren, ...), up to max of them
-// (1..MaxLineageWalk), and whether the walk stopped at max.
-func (l *Ledger) Descendants(ctx context.Context, serial string, max int) ([]Entry, bool, error) {
-	serial, max, err := l.lineageWalk(ctx, serial, max)
+// (1..MaxWalk), and whether the walk stopped at max.
+func (g *Lineages) Descendants(ctx context.Context, serial string, max int) ([]entry.Entry, bool, error) {
+	serial, max, err := g.lineageWalk(ctx, serial, max)
 	if err != nil {
 		return nil, false, err
 	}
-	var out []Entry
+	var out []entry.Entry
 	truncated := false
-	err = l.view(ctx, func(tx store.Tx) error {
+	err = index.View(g.rv.Index, ctx, func(tx store.Tx) error {
 		if _, err := certTx(tx, serial); err != nil {
 			return err
 		}
-		bucket := tx.Bucket(bParent)
+		bucket := tx.Bucket(index.ParentBucket)
 		if bucket == nil {
 			return nil
 		}
@@ -134,59 +148,59 @@ func (l *Ledger) Descendants(ctx context.Context, serial string, max int) ([]Ent
 // and returns the revocation entries (serial's first when it was not
 // revoked before). Renewals recorded while it ran are found by looking
 // again, up to a few rounds. ErrNotFound for an unknown serial;
-// ErrAlreadyRevoked when the whole lineage was revoked before.
-func (l *Ledger) RevokeWithDescendants(ctx context.Context, serial, reason string) ([]Entry, error) {
-	serial, err := NormalizeSerial(serial)
+// revocation.ErrAlreadyRevoked when the whole lineage was revoked before.
+func (g *Lineages) RevokeWithDescendants(ctx context.Context, serial, reason string) ([]entry.Entry, error) {
+	serial, err := entry.NormalizeSerial(serial)
 	if err != nil {
 		return nil, err
 	}
-	l.revokeMu.Lock()
-	defer l.revokeMu.Unlock()
-	root, err := l.Get(ctx, serial)
+	g.rv.Mu.Lock()
+	defer g.rv.Mu.Unlock()
+	root, err := g.rv.Index.Get(ctx, serial)
 	if err != nil {
 		return nil, err
 	}
-	var out []Entry
+	var out []entry.Entry
 	for round := 0; round < lineageSettleRounds; round++ {
-		desc, _, err := l.Descendants(ctx, serial, MaxLineageWalk)
+		desc, _, err := g.Descendants(ctx, serial, MaxWalk)
 		if err != nil {
 			return out, err
 		}
-		now := l.clock()
-		var evs []Event
-		for _, c := range append([]Entry{root}, desc...) {
-			if c.Revoked != nil || l.IsRevoked(c.Serial, now) {
+		now := g.rv.Clock()
+		var evs []entry.Event
+		for _, c := range append([]entry.Entry{root}, desc...) {
+			if c.Revoked != nil || g.rv.Revocations.IsRevoked(c.Serial, now) {
 				continue
 			}
-			evs = append(evs, Event{Kind: KindRevocation, Serial: c.Serial, SPIFFEID: c.SPIFFEID, Node: c.Node,
+			evs = append(evs, entry.Event{Kind: entry.KindRevocation, Serial: c.Serial, SPIFFEID: c.SPIFFEID, Node: c.Node,
 				NotAfter: c.NotAfter, Reason: reason})
 		}
 		if len(evs) == 0 {
 			break
 		}
-		if out, err = l.appendRevocations(ctx, out, evs); err != nil {
+		if out, err = g.appendRevocations(ctx, out, evs); err != nil {
 			return out, err
 		}
-		root.Revoked = &Revocation{}
+		root.Revoked = &entry.Revocation{}
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("%w: serial %s and its descendants", ErrAlreadyRevoked, serial)
+		return nil, fmt.Errorf("%w: serial %s and its descendants", revocation.ErrAlreadyRevoked, serial)
 	}
 	return out, nil
 }
 
 // appendRevocations appends evs and adds their entries to out.
-func (l *Ledger) appendRevocations(ctx context.Context, out []Entry, evs []Event) ([]Entry, error) {
-	now := l.clock()
+func (g *Lineages) appendRevocations(ctx context.Context, out []entry.Entry, evs []entry.Event) ([]entry.Entry, error) {
+	now := g.rv.Clock()
 	for i := range evs {
 		evs[i].Time = now
 	}
-	idx, err := l.Append(ctx, evs...)
+	idx, err := g.rv.Append(ctx, evs...)
 	if err != nil {
 		return out, err
 	}
 	for i, ev := range evs {
-		out = append(out, Entry{Event: ev, Index: idx[i]})
+		out = append(out, entry.Entry{Event: ev, Index: idx[i]})
 	}
 	return out, nil
 }
@@ -195,40 +209,37 @@ func (l *Ledger) appendRevocations(ctx context.Context, out []Entry, evs []Event
 // its ancestors (at most max of them), if any, and whether the lineage
 // was longer than max. It is how a front end that renews a certificate
 // with itself refuses a lineage cut off by a revocation.
-func (l *Ledger) RevokedAncestor(ctx context.Context, serial string, max int, now time.Time) (Entry, bool, bool, error) {
-	serial, err := NormalizeSerial(serial)
+func (g *Lineages) RevokedAncestor(ctx context.Context, serial string, max int, now time.Time) (entry.Entry, bool, bool, error) {
+	serial, err := entry.NormalizeSerial(serial)
 	if err != nil {
-		return Entry{}, false, false, err
+		return entry.Entry{}, false, false, err
 	}
-	if l.IsRevoked(serial, now) {
-		c, err := l.Get(ctx, serial)
+	if g.rv.Revocations.IsRevoked(serial, now) {
+		c, err := g.rv.Index.Get(ctx, serial)
 		return c, true, false, err
 	}
-	anc, truncated, err := l.Ancestors(ctx, serial, max)
+	anc, truncated, err := g.Ancestors(ctx, serial, max)
 	if err != nil {
-		return Entry{}, false, false, err
+		return entry.Entry{}, false, false, err
 	}
 	for _, a := range anc {
 		if a.Revoked != nil {
 			return a, true, truncated, nil
 		}
 	}
-	return Entry{}, false, truncated, nil
+	return entry.Entry{}, false, truncated, nil
 }
 
 // Children returns the serials of the certificates renewed from serial
 // (normalized), in log order, at most max of them.
-func (l *Ledger) Children(ctx context.Context, serial string, max int) ([]string, error) {
-	serial, err := NormalizeSerial(serial)
+func (g *Lineages) Children(ctx context.Context, serial string, max int) ([]string, error) {
+	serial, err := entry.NormalizeSerial(serial)
 	if err != nil {
 		return nil, err
 	}
-	if err := l.waitIndexed(ctx); err != nil {
-		return nil, err
-	}
 	var out []string
-	err = l.view(ctx, func(tx store.Tx) error {
-		bucket := tx.Bucket(bParent)
+	err = index.Read(g.rv.Index, ctx, func(tx store.Tx) error {
+		bucket := tx.Bucket(index.ParentBucket)
 		if bucket == nil {
 			return nil
 		}

@@ -1,4 +1,4 @@
-package ledger
+package index
 
 import (
 	"bytes"
@@ -9,20 +9,19 @@ import (
 	"strings"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 )
 
 // Paging limits for List.
 const (
 	MaxPageSize = 1000
-	// maxScan bounds the index keys one List call examines, so a filter
+	// MaxScan bounds the index keys one List call examines, so a filter
 	// that matches little still answers quickly; the call then returns a
 	// short (possibly empty) page and a token to continue.
-	maxScan = 4096
+	MaxScan = 4096
 )
-
-// prunedMarker is the stored value of a pruned entry.
-var prunedMarker = []byte{0}
 
 // State selects certificates by their state at the ledger clock's time.
 type State int
@@ -46,21 +45,21 @@ type Filter struct {
 	Namespace string
 	Node      string
 	// Kinds limits the event kinds (empty: all).
-	Kinds []Kind
+	Kinds []entry.Kind
 	// Since and Until bound the event time: Since <= Time < Until.
 	Since, Until time.Time
 	State        State
 }
 
 // Entry returns the entry at index.
-func (l *Ledger) Entry(ctx context.Context, index uint64) (Entry, error) {
-	if err := l.waitIndexed(ctx); err != nil {
-		return Entry{}, err
+func (x *Index) Entry(ctx context.Context, index uint64) (entry.Entry, error) {
+	if err := Wait(x, ctx); err != nil {
+		return entry.Entry{}, err
 	}
-	var e Entry
-	err := l.view(ctx, func(tx store.Tx) error {
+	var e entry.Entry
+	err := x.view(ctx, func(tx store.Tx) error {
 		var err error
-		e, err = readEntry(tx, index)
+		e, err = ReadEntry(tx, index)
 		return err
 	})
 	return e, err
@@ -69,18 +68,18 @@ func (l *Ledger) Entry(ctx context.Context, index uint64) (Entry, error) {
 // Get returns the issuance or renewal entry of the certificate with the
 // given serial (hex, any case), with its revocation if any; ErrNotFound if
 // the log has none.
-func (l *Ledger) Get(ctx context.Context, serial string) (Entry, error) {
-	serial, err := NormalizeSerial(serial)
+func (x *Index) Get(ctx context.Context, serial string) (entry.Entry, error) {
+	serial, err := entry.NormalizeSerial(serial)
 	if err != nil {
-		return Entry{}, err
+		return entry.Entry{}, err
 	}
-	if err := l.waitIndexed(ctx); err != nil {
-		return Entry{}, err
+	if err := Wait(x, ctx); err != nil {
+		return entry.Entry{}, err
 	}
-	var e Entry
-	err = l.view(ctx, func(tx store.Tx) error {
-		for _, idx := range lookupSerial(tx, serial) {
-			c, err := readEntry(tx, idx)
+	var e entry.Entry
+	err = x.view(ctx, func(tx store.Tx) error {
+		for _, idx := range LookupSerial(tx, serial) {
+			c, err := ReadEntry(tx, idx)
 			if err != nil {
 				return err
 			}
@@ -89,39 +88,39 @@ func (l *Ledger) Get(ctx context.Context, serial string) (Entry, error) {
 				return nil
 			}
 		}
-		return fmt.Errorf("%w: no certificate with serial %s in the log", ErrNotFound, serial)
+		return fmt.Errorf("%w: no certificate with serial %s in the log", entry.ErrNotFound, serial)
 	})
 	return e, err
 }
 
-// readEntry reads and decodes entry idx with its leaf hash and revocation.
-func readEntry(tx store.Tx, idx uint64) (Entry, error) {
-	return entryAt(tx, idx, bucket(tx, bEntries).Get(u64(idx)), bucket(tx, bNodes).Get(u64(idx)))
+// ReadEntry reads and decodes entry idx with its leaf hash and revocation.
+func ReadEntry(tx store.Tx, idx uint64) (entry.Entry, error) {
+	return EntryAt(tx, idx, tree.Bucket(tx, tree.Entries).Get(tree.Key(idx)), tree.Bucket(tx, tree.Nodes).Get(tree.Key(idx)))
 }
 
-// entryAt decodes entry idx from its stored value v and nodes record rec
+// EntryAt decodes entry idx from its stored value v and nodes record rec
 // (the caller read them), with its revocation.
-func entryAt(tx store.Tx, idx uint64, v, rec []byte) (Entry, error) {
+func EntryAt(tx store.Tx, idx uint64, v, rec []byte) (entry.Entry, error) {
 	if v == nil {
-		st, err := readTree(tx)
-		if err == nil && idx < st.size {
-			return Entry{}, fmt.Errorf("%w: entry %d is missing from the file", ErrDamaged, idx)
+		st, err := tree.Read(tx)
+		if err == nil && idx < st.Size {
+			return entry.Entry{}, fmt.Errorf("%w: entry %d is missing from the file", entry.ErrDamaged, idx)
 		}
-		return Entry{}, fmt.Errorf("%w: no entry %d", ErrNotFound, idx)
+		return entry.Entry{}, fmt.Errorf("%w: no entry %d", entry.ErrNotFound, idx)
 	}
-	lh := storedLeafHash(rec)
+	lh := tree.LeafHash(rec)
 	if lh == nil {
-		return Entry{}, fmt.Errorf("ledger: tree node (level 0, index %d) is missing or damaged", idx)
+		return entry.Entry{}, fmt.Errorf("ledger: tree node (level 0, index %d) is missing or damaged", idx)
 	}
-	if bytes.Equal(v, prunedMarker) {
-		return Entry{Index: idx, LeafHash: append([]byte(nil), lh...), Pruned: true}, nil
+	if bytes.Equal(v, tree.PrunedMarker) {
+		return entry.Entry{Index: idx, LeafHash: append([]byte(nil), lh...), Pruned: true}, nil
 	}
-	e, err := DecodeEntry(append([]byte(nil), v...))
+	e, err := entry.Decode(append([]byte(nil), v...))
 	if err != nil {
-		return Entry{}, fmt.Errorf("ledger: entry %d is damaged: %w", idx, err)
+		return entry.Entry{}, fmt.Errorf("ledger: entry %d is damaged: %w", idx, err)
 	}
 	if e.Index != idx {
-		return Entry{}, fmt.Errorf("ledger: entry stored at %d says it is entry %d", idx, e.Index)
+		return entry.Entry{}, fmt.Errorf("ledger: entry stored at %d says it is entry %d", idx, e.Index)
 	}
 	e.LeafHash = append([]byte(nil), lh...)
 	e.Revoked = revocationOf(tx, &e)
@@ -129,19 +128,19 @@ func entryAt(tx store.Tx, idx uint64, v, rec []byte) (Entry, error) {
 }
 
 // revocationOf returns the revocation of a certificate entry, if any.
-func revocationOf(tx store.Tx, e *Entry) *Revocation {
+func revocationOf(tx store.Tx, e *entry.Entry) *entry.Revocation {
 	if !e.Kind.IsCertificate() {
 		return nil
 	}
-	rv := bucket(tx, bRevoked).Get([]byte(e.Serial))
+	rv := tree.Bucket(tx, bRevoked).Get([]byte(e.Serial))
 	if rv == nil {
 		return nil
 	}
-	var r revokedCert
+	var r Revoked
 	if err := json.Unmarshal(rv, &r); err != nil {
 		return nil
 	}
-	return &Revocation{Index: r.Index, Time: r.Time, Reason: r.Reason}
+	return &entry.Revocation{Index: r.Index, Time: r.Time, Reason: r.Reason}
 }
 
 // List returns up to pageSize entries matching f, in log order within the
@@ -151,9 +150,9 @@ func revocationOf(tx store.Tx, e *Entry) *Revocation {
 // pageSize must be 1..MaxPageSize: the ledger refuses unbounded scans. A
 // page may hold fewer entries than pageSize, even none, with a non-empty
 // token, when the scan budget of one call ran out.
-func (l *Ledger) List(ctx context.Context, f Filter, pageSize int, pageToken string) ([]Entry, string, error) {
+func (x *Index) List(ctx context.Context, f Filter, pageSize int, pageToken string) ([]entry.Entry, string, error) {
 	if pageSize <= 0 || pageSize > MaxPageSize {
-		return nil, "", fmt.Errorf("%w: page size must be between 1 and %d, got %d", ErrInvalidArgument, MaxPageSize, pageSize)
+		return nil, "", fmt.Errorf("%w: page size must be between 1 and %d, got %d", entry.ErrInvalidArgument, MaxPageSize, pageSize)
 	}
 	sc, err := newScan(f)
 	if err != nil {
@@ -163,14 +162,14 @@ func (l *Ledger) List(ctx context.Context, f Filter, pageSize int, pageToken str
 	if err != nil {
 		return nil, "", err
 	}
-	if err := l.waitIndexed(ctx); err != nil {
+	if err := Wait(x, ctx); err != nil {
 		return nil, "", err
 	}
-	now := l.clock()
-	var out []Entry
+	now := x.clock()
+	var out []entry.Entry
 	var next string
-	err = l.view(ctx, func(tx store.Tx) error {
-		c := bucket(tx, sc.bucket).Cursor()
+	err = x.view(ctx, func(tx store.Tx) error {
+		c := tree.Bucket(tx, sc.bucket).Cursor()
 		k, v := c.First()
 		if sc.prefix != nil {
 			k, v = c.Seek(sc.prefix)
@@ -182,7 +181,7 @@ func (l *Ledger) List(ctx context.Context, f Filter, pageSize int, pageToken str
 		}
 		var last []byte
 		for n := 0; k != nil && sc.match(k); k, v = c.Next() {
-			if n++; n > maxScan || len(out) == pageSize {
+			if n++; n > MaxScan || len(out) == pageSize {
 				next = sc.token(last)
 				return nil
 			}
@@ -223,7 +222,7 @@ func newScan(f Filter) (*scan, error) {
 	case set > 1 && f.Serial == "":
 		// Several index filters: scan the most selective, filter the rest.
 	case f.Serial != "":
-		s, err := NormalizeSerial(f.Serial)
+		s, err := entry.NormalizeSerial(f.Serial)
 		if err != nil {
 			return nil, err
 		}
@@ -237,7 +236,7 @@ func newScan(f Filter) (*scan, error) {
 	case f.Node != "":
 		return &scan{tag: 'n', bucket: bNode, prefix: append([]byte(f.Node), 0), exact: true}, nil
 	}
-	return &scan{tag: 'e', bucket: bEntries}, nil
+	return &scan{tag: 'e', bucket: tree.Entries}, nil
 }
 
 func (s *scan) match(k []byte) bool {
@@ -252,16 +251,16 @@ func (s *scan) match(k []byte) bool {
 
 // read returns the entry of index key k with value v: the summary stored
 // in the index when there is one, else the entry itself.
-func (s *scan) read(tx store.Tx, k, v []byte) (Entry, error) {
+func (s *scan) read(tx store.Tx, k, v []byte) (entry.Entry, error) {
 	if s.tag == 'e' {
-		return readEntry(tx, indexOf(k))
+		return ReadEntry(tx, tree.IndexOf(k))
 	}
 	if len(v) == 0 {
-		return readEntry(tx, indexOf(k))
+		return ReadEntry(tx, tree.IndexOf(k))
 	}
-	e, err := DecodeEntry(v)
-	if err != nil || e.Index != indexOf(k) {
-		return readEntry(tx, indexOf(k)) // damaged summary: fall back to the entry
+	e, err := entry.Decode(v)
+	if err != nil || e.Index != tree.IndexOf(k) {
+		return ReadEntry(tx, tree.IndexOf(k)) // damaged summary: fall back to the entry
 	}
 	e.Revoked = revocationOf(tx, &e)
 	return e, nil
@@ -278,12 +277,12 @@ func (s *scan) decodeToken(t string) ([]byte, error) {
 	}
 	b, err := base64.RawURLEncoding.DecodeString(t)
 	if err != nil || len(b) < 9 || b[0] != s.tag || !s.match(b[1:]) {
-		return nil, fmt.Errorf("%w: page token does not belong to this query; start again without one", ErrInvalidArgument)
+		return nil, fmt.Errorf("%w: page token does not belong to this query; start again without one", entry.ErrInvalidArgument)
 	}
 	return b[1:], nil
 }
 
-func (f *Filter) matches(e *Entry, now time.Time) bool {
+func (f *Filter) matches(e *entry.Entry, now time.Time) bool {
 	if f.SPIFFEID != "" && e.SPIFFEID != f.SPIFFEID ||
 		f.SPIFFEIDPrefix != "" && !strings.HasPrefix(e.SPIFFEID, f.SPIFFEIDPrefix) ||
 		f.Node != "" && e.Node != f.Node ||

@@ -155,7 +155,7 @@ func rewriteLedger(t *testing.T, path string, n int) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	l, err := ledger.Open(path, ledger.Options{Origin: witnessOrigin})
+	l, err := ledger.Open(path, ledger.Config{Origin: witnessOrigin})
 	if err != nil {
 		t.Fatal(err)
 	}

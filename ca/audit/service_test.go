@@ -35,7 +35,7 @@ import (
 
 func openLedger(t *testing.T, n int) *ledger.Ledger {
 	t.Helper()
-	l, err := ledger.Open(filepath.Join(t.TempDir(), "ledger.db"), ledger.Options{})
+	l, err := ledger.Open(filepath.Join(t.TempDir(), "ledger.db"), ledger.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,7 +26,7 @@ import (
 func setup(t *testing.T) (*ledger.Ledger, *authority.Authority, *clocktest.Clock) {
 	t.Helper()
 	clk := clocktest.NewClock(time.Now().Truncate(time.Second))
-	l, err := ledger.Open(filepath.Join(t.TempDir(), "ledger.db"), ledger.Options{Clock: clk.Now})
+	l, err := ledger.Open(filepath.Join(t.TempDir(), "ledger.db"), ledger.Config{Clock: clocktest.Func(clk.Now)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -69,7 +69,7 @@ func newCAWith(t *testing.T, cfg istio.Config, auth *authority.Authority) *caEnv
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
-	led, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Options{})
+	led, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

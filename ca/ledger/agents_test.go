@@ -12,6 +12,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/ledger/revocation"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -62,7 +63,7 @@ func TestAgentRecordFollowsTheLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.Close()
-	l2, err := Open(path, Options{Clock: clock.Now})
+	l2, err := Open(path, Config{Clock: clocktest.Func(clock.Now)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +236,7 @@ func TestDamagedAgentRecordIsReported(t *testing.T) {
 		t.Fatal(err)
 	}
 	db.Close()
-	l2, err := Open(path, Options{Clock: clock.Now})
+	l2, err := Open(path, Config{Clock: clocktest.Func(clock.Now)})
 	if err == nil {
 		l2.Close()
 		t.Fatal("Open accepted a damaged agent record")

@@ -40,7 +40,7 @@ func (l *Ledger) Append(ctx context.Context, events ...entry.Event) ([]uint64, e
 		return nil, entry.ErrReadOnly
 	}
 	evs := make([]entry.Event, len(events))
-	now := l.clock()
+	now := l.clock.Now()
 	size := uint64(0)
 	for i := range events {
 		size += uint64(len(events[i].CertDER)) + eventOverhead

@@ -16,6 +16,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/pgstore"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/castellan-dev/castellan/internal/pgtest"
 )
 
@@ -81,7 +82,7 @@ func TestPostgresLostStopsAppendsThenRecovers(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	clock := newFakeClock()
-	opts := withKeyFile(t, t.TempDir(), Options{Clock: clock.Now})
+	opts := withKeyFile(t, t.TempDir(), Config{Clock: clocktest.Func(clock.Now)})
 	var ls []*Ledger
 	for range 2 {
 		conn, err := pgstore.Connect(ctx, dsn, pgstore.Options{})
@@ -158,7 +159,7 @@ func retryAppend(t *testing.T, l *Ledger, ev entry.Event) uint64 {
 func BenchmarkAppendPostgres(b *testing.B) {
 	for _, c := range []struct{ replicas, batch, callers int }{{1, 1, 32}, {2, 1, 32}, {1, 100, 32}, {2, 100, 32}} {
 		b.Run(fmt.Sprintf("replicas=%d/batch=%d/callers=%d", c.replicas, c.batch, c.callers), func(b *testing.B) {
-			ls := backend{name: "postgres", stores: pgStores}.replicas(b, c.replicas, Options{})
+			ls := backend{name: "postgres", stores: pgStores}.replicas(b, c.replicas, Config{})
 			var next atomic.Uint64
 			lat := runCallers(b, c.callers, func() error {
 				n := next.Add(1)
@@ -181,7 +182,7 @@ func BenchmarkAppendPostgres(b *testing.B) {
 // ledger's share of the issue's "revocation reaches an agent on another
 // replica" (p50/p99 per revocation).
 func BenchmarkRevocationSeenByOtherReplica(b *testing.B) {
-	ls := backend{name: "postgres", stores: pgStores}.replicas(b, 2, Options{})
+	ls := backend{name: "postgres", stores: pgStores}.replicas(b, 2, Config{})
 	a, r := ls[0], ls[1]
 	ctx := context.Background()
 	exp := time.Now().Add(time.Hour)

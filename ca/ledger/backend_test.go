@@ -7,6 +7,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger/logkey"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 )
 
 // backend opens ledgers on one kind of store, so that the core tests run
@@ -25,7 +26,7 @@ type backend struct {
 }
 
 // replicas opens n ledgers on one fresh store, closed at cleanup.
-func (be backend) replicas(t testing.TB, n int, opts Options) []*Ledger {
+func (be backend) replicas(t testing.TB, n int, opts Config) []*Ledger {
 	t.Helper()
 	if be.stores == nil {
 		if n != 1 {
@@ -52,7 +53,7 @@ func (be backend) replicas(t testing.TB, n int, opts Options) []*Ledger {
 }
 
 // open opens one ledger on a fresh store of the backend.
-func (be backend) open(t testing.TB, opts Options) *Ledger {
+func (be backend) open(t testing.TB, opts Config) *Ledger {
 	t.Helper()
 	return be.replicas(t, 1, opts)[0]
 }
@@ -60,7 +61,7 @@ func (be backend) open(t testing.TB, opts Options) *Ledger {
 // openTest opens one ledger with the clock, as the package's openTest.
 func (be backend) openTest(t testing.TB, clock *fakeClock) *Ledger {
 	t.Helper()
-	return be.open(t, Options{Clock: clock.Now})
+	return be.open(t, Config{Clock: clocktest.Func(clock.Now)})
 }
 
 // backends returns the backends the core tests run on.
@@ -122,7 +123,7 @@ func sharedBoltStores(t testing.TB, n int) []store.DB {
 
 // withKeyFile returns opts with a log key file made in dir, unless opts
 // has a key already.
-func withKeyFile(t testing.TB, dir string, opts Options) Options {
+func withKeyFile(t testing.TB, dir string, opts Config) Config {
 	t.Helper()
 	if opts.KeyFile != "" || opts.Signer != nil {
 		return opts

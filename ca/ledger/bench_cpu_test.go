@@ -33,7 +33,7 @@ func BenchmarkAppendCPU(b *testing.B) {
 			name, log = "audit=off", slog.New(slog.DiscardHandler)
 		}
 		b.Run(name, func(b *testing.B) {
-			l, err := Open(filepath.Join(b.TempDir(), "l.db"), Options{Logger: log})
+			l, err := Open(filepath.Join(b.TempDir(), "l.db"), Config{Logger: log})
 			if err != nil {
 				b.Fatal(err)
 			}

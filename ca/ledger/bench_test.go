@@ -39,7 +39,7 @@ func BenchmarkAppend(b *testing.B) {
 	for _, c := range []struct{ batch, callers int }{{1, 1}, {1, 8}, {1, 32}, {1, 256}, {100, 32}} {
 		batch := c.batch
 		b.Run(fmt.Sprintf("batch=%d/callers=%d", batch, c.callers), func(b *testing.B) {
-			l, err := Open(filepath.Join(b.TempDir(), "l.db"), Options{})
+			l, err := Open(filepath.Join(b.TempDir(), "l.db"), Config{})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -137,7 +137,7 @@ func (f *bigLedger) get(b *testing.B) *Ledger {
 		if f.err != nil {
 			return
 		}
-		f.l, f.err = Open(filepath.Join(f.dir, "l.db"), Options{})
+		f.l, f.err = Open(filepath.Join(f.dir, "l.db"), Config{})
 		for i := uint64(0); i < bigSize && f.err == nil; i += 10_000 {
 			evs := make([]entry.Event, 10_000)
 			for j := range evs {
@@ -247,7 +247,7 @@ func BenchmarkOpen1M(b *testing.B) {
 	}
 	b.ResetTimer()
 	for b.Loop() {
-		c, err := Open(path, Options{})
+		c, err := Open(path, Config{})
 		if err != nil {
 			b.Fatal(err)
 		}

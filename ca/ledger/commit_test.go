@@ -15,6 +15,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger/follow"
 	"github.com/castellan-dev/castellan/ca/ledger/logfile"
 	"github.com/castellan-dev/castellan/ca/store"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 )
 
 // waitFor polls cond until it holds, failing the test after 10 s.
@@ -206,7 +207,7 @@ func closeAndVerify(t *testing.T, l *Ledger, path string, n uint64) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	r, err := Open(path, Options{})
+	r, err := Open(path, Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -397,7 +398,7 @@ func TestCloseCommitsQueuedAppendsAndRefusesLaterOnes(t *testing.T) {
 func TestAppendsLeaveNoGoroutineBehind(t *testing.T) {
 	before := runtime.NumGoroutine()
 	clock := newFakeClock()
-	l, err := Open(filepath.Join(t.TempDir(), "l.db"), Options{Clock: clock.Now})
+	l, err := Open(filepath.Join(t.TempDir(), "l.db"), Config{Clock: clocktest.Func(clock.Now)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/ca/verifier"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 )
 
 // populated returns a closed bbolt ledger at path holding every kind of
@@ -24,7 +25,7 @@ import (
 func populated(t *testing.T, clock *fakeClock) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "ledger.db")
-	l, err := Open(path, Options{Clock: clock.Now})
+	l, err := Open(path, Config{Clock: clocktest.Func(clock.Now)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +111,7 @@ func TestLedgerCopiedToAnotherStoreKeepsItsProofs(t *testing.T) {
 		if _, err := store.Copy(ctx, dst, src, Buckets()); err != nil {
 			t.Fatal(err)
 		}
-		l, err := New(dst, Options{Clock: clock.Now, KeyFile: path + ".key"})
+		l, err := New(dst, Config{Clock: clocktest.Func(clock.Now), KeyFile: path + ".key"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -145,7 +146,7 @@ func TestLedgerCopiedToAnotherStoreKeepsItsProofs(t *testing.T) {
 		if err != nil || len(desc) != 1 {
 			t.Fatalf("lineage after the copy: %d descendants (%v), want 1", len(desc), err)
 		}
-		if _, err := New(dst, Options{KeyFile: filepath.Join(t.TempDir(), "missing.key")}); err == nil {
+		if _, err := New(dst, Config{KeyFile: filepath.Join(t.TempDir(), "missing.key")}); err == nil {
 			t.Fatal("the copied ledger opened without its key")
 		}
 	})

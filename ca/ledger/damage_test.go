@@ -56,7 +56,7 @@ func damagePages(t testing.TB, path string, n int) {
 func TestOpenDamagedLedgerNamesTheFile(t *testing.T) {
 	path, vkey, _ := tamperable(t, 3000)
 	damagePages(t, path, 8)
-	l, err := Open(path, Options{})
+	l, err := Open(path, Config{})
 	if err == nil {
 		l.Close()
 		t.Fatal("Open of a damaged ledger succeeded")
@@ -81,7 +81,7 @@ func TestOpenDamagedLedgerNamesTheFile(t *testing.T) {
 func TestForensicOpenOfDamagedLedger(t *testing.T) {
 	path, _, _ := tamperable(t, 3000)
 	damagePages(t, path, 8)
-	l, err := Open(path, Options{ReadOnly: true})
+	l, err := Open(path, Config{ReadOnly: true})
 	if err != nil {
 		t.Fatalf("forensic Open: %v", err)
 	}
@@ -122,7 +122,7 @@ func TestForensicOpenOfDamagedLedger(t *testing.T) {
 // An intact ledger reopens; the integrity check passes on it.
 func TestReopenIntactLedger(t *testing.T) {
 	path, _, _ := tamperable(t, 1000)
-	l, err := Open(path, Options{})
+	l, err := Open(path, Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/verifier"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 )
 
 // FuzzOpenDamagedLedger damages a real ledger file (bytes written at an
@@ -25,7 +26,7 @@ func FuzzOpenDamagedLedger(f *testing.F) {
 	clock := newFakeClock()
 	dir := f.TempDir()
 	good := filepath.Join(dir, "ledger.db")
-	l, err := Open(good, Options{Clock: clock.Now})
+	l, err := Open(good, Config{Clock: clocktest.Func(clock.Now)})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -71,12 +72,12 @@ func FuzzOpenDamagedLedger(f *testing.F) {
 		if err := os.WriteFile(path+".key", key, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if l, err := Open(path, Options{Clock: clock.Now}); err == nil {
+		if l, err := Open(path, Config{Clock: clocktest.Func(clock.Now)}); err == nil {
 			l.Close()
 		} else if !strings.HasPrefix(err.Error(), "ledger: ") {
 			t.Fatalf("unclear error: %v", err)
 		}
-		l, err := Open(path, Options{Clock: clock.Now, ReadOnly: true})
+		l, err := Open(path, Config{Clock: clocktest.Func(clock.Now), ReadOnly: true})
 		if err != nil {
 			return
 		}

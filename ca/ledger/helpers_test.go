@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 )
 
 // fakeClock is a settable clock for tests.
@@ -37,7 +38,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 func openTest(t testing.TB, clock *fakeClock) (*Ledger, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "ledger.db")
-	l, err := Open(path, Options{Clock: clock.Now})
+	l, err := Open(path, Config{Clock: clocktest.Func(clock.Now)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 )
 
 // countingStore counts the Update transactions run on a store.
@@ -50,7 +51,7 @@ func countedLedger(t *testing.T, be backend, clock *fakeClock) (*Ledger, *counti
 		db = be.stores(t, 1)[0]
 	}
 	cs := &countingStore{DB: db}
-	l, err := New(cs, withKeyFile(t, t.TempDir(), Options{Clock: clock.Now}))
+	l, err := New(cs, withKeyFile(t, t.TempDir(), Config{Clock: clocktest.Func(clock.Now)}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,7 +277,7 @@ func TestAppendAfterABacklogLeavesItToTheIndexer(t *testing.T) {
 func TestAuditLinePerEvent(t *testing.T) {
 	clock := newFakeClock()
 	var buf syncBuffer
-	l, err := Open(filepath.Join(t.TempDir(), "ledger.db"), Options{Clock: clock.Now, Logger: slog.New(slog.NewJSONHandler(&buf, nil))})
+	l, err := Open(filepath.Join(t.TempDir(), "ledger.db"), Config{Clock: clocktest.Func(clock.Now), Logger: slog.New(slog.NewJSONHandler(&buf, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,7 +310,7 @@ func TestAuditLinePerEvent(t *testing.T) {
 			}
 		}
 	}
-	quiet, err := Open(filepath.Join(t.TempDir(), "quiet.db"), Options{Logger: slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	quiet, err := Open(filepath.Join(t.TempDir(), "quiet.db"), Config{Logger: slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		t.Fatal(err)
 	}

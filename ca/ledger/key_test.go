@@ -20,7 +20,7 @@ func TestReplicaWithAnotherLogKeyIsRefused(t *testing.T) {
 	forSharedBackends(t, func(t *testing.T, be backend) {
 		dir := t.TempDir()
 		dbs := be.stores(t, 2)
-		l, err := New(dbs[0], withKeyFile(t, dir, Options{}))
+		l, err := New(dbs[0], withKeyFile(t, dir, Config{}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -29,7 +29,7 @@ func TestReplicaWithAnotherLogKeyIsRefused(t *testing.T) {
 		if _, err := logkey.GenerateKeyFile(other, logkey.DefaultOrigin); err != nil {
 			t.Fatal(err)
 		}
-		_, err = New(dbs[1], Options{KeyFile: other})
+		_, err = New(dbs[1], Config{KeyFile: other})
 		if !errors.Is(err, logkey.ErrKeyMismatch) || status.Code(Status("server", err)) != codes.FailedPrecondition {
 			t.Fatalf("replica with another key: %v, want logkey.ErrKeyMismatch", err)
 		}
@@ -39,7 +39,7 @@ func TestReplicaWithAnotherLogKeyIsRefused(t *testing.T) {
 	})
 	t.Run("bbolt", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "ledger.db")
-		l, err := Open(path, Options{})
+		l, err := Open(path, Config{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -48,10 +48,10 @@ func TestReplicaWithAnotherLogKeyIsRefused(t *testing.T) {
 		if _, err := logkey.GenerateKeyFile(other, logkey.DefaultOrigin); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := Open(path, Options{KeyFile: other}); !errors.Is(err, logkey.ErrKeyMismatch) {
+		if _, err := Open(path, Config{KeyFile: other}); !errors.Is(err, logkey.ErrKeyMismatch) {
 			t.Fatalf("Open with another key file: %v, want logkey.ErrKeyMismatch", err)
 		}
-		l, err = Open(path, Options{KeyFile: path + ".key"})
+		l, err = Open(path, Config{KeyFile: path + ".key"})
 		if err != nil {
 			t.Fatalf("Open with the log's own key file given explicitly: %v", err)
 		}
@@ -63,11 +63,11 @@ func TestReplicaWithAnotherLogKeyIsRefused(t *testing.T) {
 // and never creates a missing key file.
 func TestNewNeverGeneratesALogKey(t *testing.T) {
 	db := sharedBoltStores(t, 1)[0]
-	if _, err := New(db, Options{}); err == nil || !strings.Contains(err.Error(), "castellanctl ledger keygen") {
+	if _, err := New(db, Config{}); err == nil || !strings.Contains(err.Error(), "castellanctl ledger keygen") {
 		t.Fatalf("New without a key: %v, want an error saying how to make one", err)
 	}
 	missing := filepath.Join(t.TempDir(), "log.key")
-	if _, err := New(db, Options{KeyFile: missing}); err == nil || !strings.Contains(err.Error(), "castellanctl ledger keygen") {
+	if _, err := New(db, Config{KeyFile: missing}); err == nil || !strings.Contains(err.Error(), "castellanctl ledger keygen") {
 		t.Fatalf("New with a missing key file: %v", err)
 	}
 	if _, err := os.Stat(missing); !errors.Is(err, os.ErrNotExist) {
@@ -77,10 +77,10 @@ func TestNewNeverGeneratesALogKey(t *testing.T) {
 	if _, err := logkey.GenerateKeyFile(named, "other.example/log"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := New(db, Options{KeyFile: named}); err == nil || !strings.Contains(err.Error(), "other.example/log") {
+	if _, err := New(db, Config{KeyFile: named}); err == nil || !strings.Contains(err.Error(), "other.example/log") {
 		t.Fatalf("New with a key named after another origin: %v", err)
 	}
-	if _, err := New(db, Options{KeyFile: "x", ReadOnly: true}); err == nil {
+	if _, err := New(db, Config{KeyFile: "x", ReadOnly: true}); err == nil {
 		t.Fatal("New accepted forensic read-only mode, which is for bbolt files")
 	}
 }
@@ -104,7 +104,7 @@ func TestGenerateKeyFile(t *testing.T) {
 	if after, _ := os.ReadFile(file); string(after) != string(before) {
 		t.Fatal("the existing key file changed")
 	}
-	l, err := New(sharedBoltStores(t, 1)[0], Options{KeyFile: file, Origin: "example.org/log"})
+	l, err := New(sharedBoltStores(t, 1)[0], Config{KeyFile: file, Origin: "example.org/log"})
 	if err != nil {
 		t.Fatal(err)
 	}

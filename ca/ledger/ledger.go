@@ -45,6 +45,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/clock"
+
 	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/mod/sumdb/note"
@@ -65,13 +67,13 @@ import (
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 )
 
-// DefaultRetention is applied by Open and New to a zero Options.Retention.
+// DefaultRetention is applied by Open and New to a zero Config.Retention.
 const DefaultRetention = 30 * 24 * time.Hour
 
-// Options configures a Ledger.
-type Options struct {
-	// Clock returns the current time (nil -> time.Now).
-	Clock func() time.Time
+// Config configures a Ledger; its zero value is the defaults.
+type Config struct {
+	// Clock tells the time (nil: the wall clock).
+	Clock clock.Clock
 	// Origin names the log in its checkpoints (first line) and is the name
 	// of the generated log key ("" -> logkey.DefaultOrigin).
 	Origin string
@@ -128,7 +130,7 @@ type Ledger struct {
 	bolt      *bolt.DB // the file under db when opened with Open; nil with New
 	ownsDB    bool     // Close closes db (Open)
 	shared    bool     // db.Shared(): other replicas append too (package follow)
-	clock     func() time.Time
+	clock     clock.Clock
 	origin    string
 	vkey      string
 	log       *slog.Logger
@@ -172,10 +174,10 @@ func Buckets() [][]byte {
 // never a bbolt panic), bbolt's own consistency check, and the Merkle tree
 // recomputed from the stored entries against the stored tree head and
 // signed checkpoint; and that the file belongs to the same origin and log
-// key. With Options.ReadOnly only the meta pages must be sound. The log
-// key is read from Options.KeyFile (default path+".key"), generated there
+// key. With Config.ReadOnly only the meta pages must be sound. The log
+// key is read from Config.KeyFile (default path+".key"), generated there
 // for a new ledger. Close closes the file.
-func Open(path string, opts Options) (*Ledger, error) {
+func Open(path string, opts Config) (*Ledger, error) {
 	if opts.KeyFile == "" && opts.Signer == nil {
 		opts.KeyFile = path + ".key"
 	}
@@ -192,7 +194,7 @@ func Open(path string, opts Options) (*Ledger, error) {
 		return nil, err
 	}
 	if !l.readOnly {
-		l.reserve = reserve.New(path, opts.DiskReserve, opts.FreeSpace, l.clock, l.log)
+		l.reserve = reserve.New(path, reserve.Config{Reserve: opts.DiskReserve, FreeSpace: opts.FreeSpace, Clock: l.clock, Logger: l.log})
 	}
 	l.start(opts)
 	return l, nil
@@ -200,20 +202,20 @@ func Open(path string, opts Options) (*Ledger, error) {
 
 // New opens the ledger stored in db, any backend of the storage contract
 // (boltstore, pgstore), creating its buckets if needed. The log key must
-// be given (Options.KeyFile, or Signer and VerifierKey): New never
+// be given (Config.KeyFile, or Signer and VerifierKey): New never
 // generates one, so that replicas sharing db cannot each make their own.
 // The key must be the one the log was created with (its verifier key is
 // kept in the store). New checks the stored checkpoint's signature but
 // does not recompute the tree (ledger verify does). When db.Shared(),
 // entries appended by other replicas are followed (package follow). The
-// ledger does not own db: Close leaves it open. Options.ReadOnly,
+// ledger does not own db: Close leaves it open. Config.ReadOnly,
 // DiskReserve and FreeSpace apply only to Open's bbolt file.
-func New(db store.DB, opts Options) (*Ledger, error) {
+func New(db store.DB, opts Config) (*Ledger, error) {
 	if opts.ReadOnly {
-		return nil, errors.New("ledger: Options.ReadOnly is forensic mode for a bbolt file; use Open")
+		return nil, errors.New("ledger: Config.ReadOnly is forensic mode for a bbolt file; use Open")
 	}
 	if opts.KeyFile == "" && opts.Signer == nil {
-		return nil, fmt.Errorf("ledger: the log key is required: set Options.KeyFile to the signer key file (%s)", logkey.KeygenHint)
+		return nil, fmt.Errorf("ledger: the log key is required: set Config.KeyFile to the signer key file (%s)", logkey.KeygenHint)
 	}
 	l := newLedger(opts, db.Shared())
 	l.db = db
@@ -237,16 +239,14 @@ func New(db store.DB, opts Options) (*Ledger, error) {
 
 // newLedger returns a Ledger with opts' settings and defaults, not yet
 // attached to a store (shared: one that other replicas append to).
-func newLedger(opts Options, shared bool) *Ledger {
+func newLedger(opts Config, shared bool) *Ledger {
 	l := &Ledger{
 		clock: opts.Clock, origin: opts.Origin, log: opts.Logger,
 		retention: opts.Retention,
 		stop:      make(chan struct{}), readOnly: opts.ReadOnly, onRevoke: opts.OnRevoke, shared: shared,
 	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
-	if l.clock == nil {
-		l.clock = time.Now
-	}
+	l.clock = clock.OrSystem(l.clock)
 	if l.origin == "" {
 		l.origin = logkey.DefaultOrigin
 	}
@@ -277,7 +277,7 @@ func newLedger(opts Options, shared bool) *Ledger {
 
 // start registers the metrics and, unless read-only, starts the
 // committer, the indexer and (on a shared store) the follower.
-func (l *Ledger) start(opts Options) {
+func (l *Ledger) start(opts Config) {
 	l.metrics = newMetrics(opts.Registry, l)
 	if l.readOnly {
 		return // nothing is written: no committer, no indexer
@@ -424,7 +424,7 @@ func (l *Ledger) Close() error {
 func (l *Ledger) publish(a follow.Appended, evs []entry.Event) { follow.Publish(l.Published, a, evs) }
 
 // applyEvents applies committed events (evs[0] at index first) to the
-// revocations and bans in force; Options.OnRevoke hears of each
+// revocations and bans in force; Config.OnRevoke hears of each
 // revocation first (the CA refills the identity's quota).
 func (l *Ledger) applyEvents(first uint64, evs []entry.Event) {
 	for i := range evs {
@@ -443,7 +443,7 @@ func (l *Ledger) update(fn func(store.Tx) error) error { return l.db.Update(l.ct
 
 // loadKey sets the log key from opts (create: generate it in
 // opts.KeyFile if absent) and the checkpoints it signs.
-func (l *Ledger) loadKey(opts Options, create bool) error {
+func (l *Ledger) loadKey(opts Config, create bool) error {
 	k, err := logkey.Load(opts.Signer, opts.VerifierKey, opts.KeyFile, l.origin, create)
 	if err != nil {
 		return err

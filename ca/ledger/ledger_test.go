@@ -13,6 +13,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/revocation"
 	"github.com/castellan-dev/castellan/ca/verifier"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -23,7 +24,7 @@ import (
 func TestAppendAssignsConsecutiveIndicesAndSurvivesReopen(t *testing.T) {
 	clock := newFakeClock()
 	path := filepath.Join(t.TempDir(), "ledger.db")
-	l, err := Open(path, Options{Clock: clock.Now})
+	l, err := Open(path, Config{Clock: clocktest.Func(clock.Now)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +45,7 @@ func TestAppendAssignsConsecutiveIndicesAndSurvivesReopen(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	l, err = Open(path, Options{Clock: clock.Now})
+	l, err = Open(path, Config{Clock: clocktest.Func(clock.Now)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,7 +257,7 @@ func TestRevokeRecordsAndNotifies(t *testing.T) {
 
 func TestOpenRefusesExistingLedgerWithoutItsKey(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ledger.db")
-	l, err := Open(path, Options{})
+	l, err := Open(path, Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,14 +265,14 @@ func TestOpenRefusesExistingLedgerWithoutItsKey(t *testing.T) {
 	if err := os.Remove(path + ".key"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Open(path, Options{}); err == nil || !strings.Contains(err.Error(), "log key") {
+	if _, err := Open(path, Config{}); err == nil || !strings.Contains(err.Error(), "log key") {
 		t.Fatalf("Open without the log key: %v", err)
 	}
 }
 
 func TestMetricsCountEventsAndSize(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	l, err := Open(filepath.Join(t.TempDir(), "l.db"), Options{Registry: reg})
+	l, err := Open(filepath.Join(t.TempDir(), "l.db"), Config{Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -306,7 +307,7 @@ castellan_ledger_size 6
 
 func TestMetricsTimeAppendsAndCountFailures(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	l, err := Open(filepath.Join(t.TempDir(), "l.db"), Options{Registry: reg})
+	l, err := Open(filepath.Join(t.TempDir(), "l.db"), Config{Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}

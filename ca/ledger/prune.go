@@ -22,7 +22,7 @@ func (l *Ledger) Prune(ctx context.Context) (int, error) {
 	if err := index.Wait(l.Index, ctx); err != nil {
 		return 0, err
 	}
-	cutoff := l.clock().Add(-l.retention)
+	cutoff := l.clock.Now().Add(-l.retention)
 	total := 0
 	for {
 		if err := ctx.Err(); err != nil {

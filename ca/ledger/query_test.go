@@ -224,7 +224,7 @@ func TestPruneKeepsProofsAndDropsContent(t *testing.T) {
 
 func TestAuditLineIsJSONPerEvent(t *testing.T) {
 	var buf bytes.Buffer
-	l, err := Open(filepath.Join(t.TempDir(), "l.db"), Options{Logger: slog.New(slog.NewJSONHandler(&buf, nil))})
+	l, err := Open(filepath.Join(t.TempDir(), "l.db"), Config{Logger: slog.New(slog.NewJSONHandler(&buf, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,7 +254,7 @@ func TestAuditLineIsJSONPerEvent(t *testing.T) {
 // only learn of Close by being woken, so it would hang if Close did not
 // wake it.
 func TestWatchEndsWhenLedgerCloses(t *testing.T) {
-	l, err := Open(filepath.Join(t.TempDir(), "l.db"), Options{})
+	l, err := Open(filepath.Join(t.TempDir(), "l.db"), Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/verifier"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 )
 
 // seenWithin is how soon a replica must see another's revocations and
@@ -75,7 +76,7 @@ func TestReplicasAppendIntoOneLog(t *testing.T) {
 	forSharedBackends(t, func(t *testing.T, be backend) {
 		clock := newFakeClock()
 		var logs syncBuffer
-		ls := be.replicas(t, 2, Options{Clock: clock.Now, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+		ls := be.replicas(t, 2, Config{Clock: clocktest.Func(clock.Now), Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 		exp := clock.Now().Add(time.Hour)
 		const workers, per = 4, 40
 		var mu sync.Mutex
@@ -149,7 +150,7 @@ func TestReplicasSeeEachOthersRevocationsAndBans(t *testing.T) {
 	forSharedBackends(t, func(t *testing.T, be backend) {
 		clock := newFakeClock()
 		var onRevoke atomic.Int32
-		ls := be.replicas(t, 2, Options{Clock: clock.Now, OnRevoke: func(node, id string) {
+		ls := be.replicas(t, 2, Config{Clock: clocktest.Func(clock.Now), OnRevoke: func(node, id string) {
 			if node == "n1" && id == "spiffe://td/a" {
 				onRevoke.Add(1)
 			}
@@ -206,7 +207,7 @@ func TestReplicasSeeEachOthersRevocationsAndBans(t *testing.T) {
 func TestReplicasAgreeOnProofsAndCheckpoints(t *testing.T) {
 	forSharedBackends(t, func(t *testing.T, be backend) {
 		clock := newFakeClock()
-		ls := be.replicas(t, 2, Options{Clock: clock.Now})
+		ls := be.replicas(t, 2, Config{Clock: clocktest.Func(clock.Now)})
 		a, b := ls[0], ls[1]
 		ctx := context.Background()
 		exp := clock.Now().Add(time.Hour)
@@ -304,7 +305,7 @@ func TestFollowerRefusesRewrittenLog(t *testing.T) {
 	forSharedBackends(t, func(t *testing.T, be backend) {
 		clock := newFakeClock()
 		dbs := be.stores(t, 2)
-		opts := withKeyFile(t, t.TempDir(), Options{Clock: clock.Now})
+		opts := withKeyFile(t, t.TempDir(), Config{Clock: clocktest.Func(clock.Now)})
 		l, err := New(dbs[0], opts)
 		if err != nil {
 			t.Fatal(err)
@@ -403,7 +404,7 @@ func TestUnavailableStoreStopsAppendsWithUnavailable(t *testing.T) {
 				db = db.(sharedStore).DB
 			}
 			f := &flakyStore{DB: db}
-			l, err := New(f, withKeyFile(t, t.TempDir(), Options{Clock: clock.Now}))
+			l, err := New(f, withKeyFile(t, t.TempDir(), Config{Clock: clocktest.Func(clock.Now)}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -440,7 +441,7 @@ func TestCommitOfUnknownOutcomeIsPublishedWithTheNextAppend(t *testing.T) {
 	clock := newFakeClock()
 	f := &flakyStore{DB: sharedBoltStores(t, 1)[0].(sharedStore).DB}
 	var onRevoke atomic.Int32
-	l, err := New(f, withKeyFile(t, t.TempDir(), Options{Clock: clock.Now, OnRevoke: func(string, string) { onRevoke.Add(1) }}))
+	l, err := New(f, withKeyFile(t, t.TempDir(), Config{Clock: clocktest.Func(clock.Now), OnRevoke: func(string, string) { onRevoke.Add(1) }}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 )
 
 const mib = 1 << 20
@@ -36,7 +37,7 @@ func openReserved(t *testing.T, clock *fakeClock, disk *fakeDisk, reserve uint64
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "ledger.db")
 	reg := prometheus.NewRegistry()
-	l, err := Open(path, Options{Clock: clock.Now, DiskReserve: reserve, FreeSpace: disk.FreeSpace, Registry: reg})
+	l, err := Open(path, Config{Clock: clocktest.Func(clock.Now), DiskReserve: reserve, FreeSpace: disk.FreeSpace, Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/transparency-dev/merkle/rfc6962"
 	bolt "go.etcd.io/bbolt"
 )
@@ -92,10 +93,10 @@ func TestEntryDataRefusesPrunedAndDamagedEntries(t *testing.T) {
 	}
 	// A normal open refuses the altered file; a forensic (read-only) open
 	// takes it, and must still refuse to serve the altered entry.
-	if _, err := Open(path, Options{Clock: clock.Now}); !errors.Is(err, entry.ErrDamaged) {
+	if _, err := Open(path, Config{Clock: clocktest.Func(clock.Now)}); !errors.Is(err, entry.ErrDamaged) {
 		t.Fatalf("Open of an altered ledger: %v; want ErrDamaged", err)
 	}
-	l2, err := Open(path, Options{Clock: clock.Now, ReadOnly: true})
+	l2, err := Open(path, Config{Clock: clocktest.Func(clock.Now), ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger/logfile"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/verifier"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 	bolt "go.etcd.io/bbolt"
@@ -26,7 +27,7 @@ func tamperable(t *testing.T, n int) (string, string, []byte) {
 	t.Helper()
 	clock := newFakeClock()
 	path := filepath.Join(t.TempDir(), "ledger.db")
-	l, err := Open(path, Options{Clock: clock.Now})
+	l, err := Open(path, Config{Clock: clocktest.Func(clock.Now)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +129,7 @@ func TestVerifyCatchesDeletedEntry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l, err := Open(path, Options{}); !errors.Is(err, entry.ErrDamaged) || !strings.Contains(err.Error(), path) ||
+	if l, err := Open(path, Config{}); !errors.Is(err, entry.ErrDamaged) || !strings.Contains(err.Error(), path) ||
 		!strings.Contains(err.Error(), "entry 500 is missing") {
 		if err == nil {
 			l.Close()
@@ -139,7 +140,7 @@ func TestVerifyCatchesDeletedEntry(t *testing.T) {
 		t.Fatalf("the refused Open wrote to the damaged file (%v)", err)
 	}
 	// Opened read-only for forensics, it reports it through Export.
-	l, err := Open(path, Options{ReadOnly: true})
+	l, err := Open(path, Config{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +178,7 @@ func TestVerifySinceCatchesRewrittenHistory(t *testing.T) {
 	clock := newFakeClock()
 	dir := t.TempDir()
 	orig := filepath.Join(dir, "orig.db")
-	l, err := Open(orig, Options{Clock: clock.Now})
+	l, err := Open(orig, Config{Clock: clocktest.Func(clock.Now)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +190,7 @@ func TestVerifySinceCatchesRewrittenHistory(t *testing.T) {
 
 	forged := filepath.Join(dir, "forged.db")
 	copyFile(t, orig+".key", forged+".key")
-	f, err := Open(forged, Options{Clock: clock.Now})
+	f, err := Open(forged, Config{Clock: clocktest.Func(clock.Now)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +217,7 @@ func TestVerifySinceCatchesRewrittenHistory(t *testing.T) {
 	wantFinding(t, rep, "the first 50 entries do not hash to the root in checkpoint 50")
 
 	// The consistency proof the forged log serves does not verify either.
-	f, err = Open(forged, Options{})
+	f, err = Open(forged, Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,7 +259,7 @@ func TestOpenTruncatedFileFailsCleanly(t *testing.T) {
 	if err := os.Truncate(path, fi.Size()/2); err != nil {
 		t.Fatal(err)
 	}
-	l, err := Open(path, Options{})
+	l, err := Open(path, Config{})
 	if err == nil {
 		l.Close()
 		t.Fatal("Open of a truncated file succeeded")

@@ -96,12 +96,12 @@ func TestWitnessedCheckpointSharedByReplicas(t *testing.T) {
 	if _, err := logkey.GenerateKeyFile(key, logkey.DefaultOrigin); err != nil {
 		t.Fatal(err)
 	}
-	a, err := New(st, Options{KeyFile: key})
+	a, err := New(st, Config{KeyFile: key})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	b, err := New(st, Options{KeyFile: key})
+	b, err := New(st, Config{KeyFile: key})
 	if err != nil {
 		t.Fatal(err)
 	}

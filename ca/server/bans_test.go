@@ -205,7 +205,7 @@ func TestBanSurvivesRestart(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "ledger.db")
 	ctx := context.Background()
-	led, err := ledger.Open(path, ledger.Options{})
+	led, err := ledger.Open(path, ledger.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +215,7 @@ func TestBanSurvivesRestart(t *testing.T) {
 	if err := led.Close(); err != nil {
 		t.Fatal(err)
 	}
-	led, err = ledger.Open(path, ledger.Options{})
+	led, err = ledger.Open(path, ledger.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

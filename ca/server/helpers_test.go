@@ -100,7 +100,7 @@ func newEnvOn(t testing.TB, registry *faultstore.DB, ledgerDB store.DB, ledgerKe
 	}
 	var led *ledger.Ledger
 	if ledgerDB == nil {
-		led, err = ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Options{Clock: clock.Now})
+		led, err = ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Config{Clock: clocktest.Func(clock.Now)})
 	} else {
 		if ledgerKey == "" {
 			ledgerKey = filepath.Join(dir, "ledger.key")
@@ -108,7 +108,7 @@ func newEnvOn(t testing.TB, registry *faultstore.DB, ledgerDB store.DB, ledgerKe
 				t.Fatal(err)
 			}
 		}
-		led, err = ledger.New(ledgerDB, ledger.Options{Clock: clock.Now, KeyFile: ledgerKey})
+		led, err = ledger.New(ledgerDB, ledger.Config{Clock: clocktest.Func(clock.Now), KeyFile: ledgerKey})
 	}
 	if err != nil {
 		t.Fatal(err)

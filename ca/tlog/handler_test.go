@@ -38,7 +38,7 @@ type testLog struct {
 func newTestLog(t testing.TB) *testLog {
 	t.Helper()
 	tl := &testLog{clock: clocktest.NewClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))}
-	l, err := ledger.Open(filepath.Join(t.TempDir(), "ledger.db"), ledger.Options{Clock: tl.clock.Now, Retention: time.Hour})
+	l, err := ledger.Open(filepath.Join(t.TempDir(), "ledger.db"), ledger.Config{Clock: clocktest.Func(tl.clock.Now), Retention: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}

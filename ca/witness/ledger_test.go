@@ -19,7 +19,7 @@ import (
 // join-token events tagged with tag.
 func openLedger(t *testing.T, ctx context.Context, path, tag string, n int) *ledger.Ledger {
 	t.Helper()
-	l, err := ledger.Open(path, ledger.Options{Origin: testOrigin})
+	l, err := ledger.Open(path, ledger.Config{Origin: testOrigin})
 	if err != nil {
 		t.Fatalf("ledger.Open: %v", err)
 	}

@@ -31,7 +31,7 @@ func TestEveryTransitionIsALedgerEvent(t *testing.T) {
 	cfg := config.Default()
 	cfg.DataDir = dir
 	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
-	led, err := ledger.Open(filepath.Join(dir, ledgerFile), ledger.Options{})
+	led, err := ledger.Open(filepath.Join(dir, ledgerFile), ledger.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +94,7 @@ func TestEveryTransitionIsALedgerEvent(t *testing.T) {
 func TestCRLFollowsTheSigningAuthority(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	led, err := ledger.Open(filepath.Join(dir, ledgerFile), ledger.Options{})
+	led, err := ledger.Open(filepath.Join(dir, ledgerFile), ledger.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

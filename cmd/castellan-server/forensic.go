@@ -28,7 +28,7 @@ import (
 // message naming the file and what to do. onRevoke is called with each
 // revoked certificate's node and SPIFFE ID.
 func openLedger(cfg config.Config, ds *datastore, log *slog.Logger, reg *prometheus.Registry, onRevoke func(node, id string)) (*ledger.Ledger, error) {
-	opts := ledger.Options{Logger: log, Registry: reg, OnRevoke: onRevoke, KeyFile: cfg.LedgerKeyFile}
+	opts := ledger.Config{Logger: log, Registry: reg, OnRevoke: onRevoke, KeyFile: cfg.LedgerKeyFile}
 	var err error
 	if opts.Origin, err = cfg.Witness.Origin(cfg.TrustDomain, ledgerKeyFile(cfg, ds)); err != nil {
 		return nil, err

@@ -32,7 +32,7 @@ func adminServer(t *testing.T) (string, *ledger.Ledger) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Options{})
+	l, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

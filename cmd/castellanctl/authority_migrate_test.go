@@ -24,7 +24,7 @@ func TestDatastoreMigrateKeepsTheCAsAuthorities(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	td := spiffeid.RequireTrustDomainFromString("cluster.local")
-	l, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Options{})
+	l, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func TestDatastoreMigrateKeepsTheCAsAuthorities(t *testing.T) {
 // an authority journal migrates, saying there was none.
 func TestDatastoreMigrateWithoutJournal(t *testing.T) {
 	dir := t.TempDir()
-	l, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Options{})
+	l, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

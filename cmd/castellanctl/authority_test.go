@@ -41,7 +41,7 @@ func rotatingServer(t *testing.T) (string, *atomic.Int64) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Options{})
+	l, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}

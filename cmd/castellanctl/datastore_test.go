@@ -25,7 +25,7 @@ import (
 func TestDatastoreMigrateCopiesABoltCAIntoPostgres(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	l, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Options{})
+	l, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +74,7 @@ func TestDatastoreMigrateCopiesABoltCAIntoPostgres(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pl, err := ledger.New(db, ledger.Options{KeyFile: filepath.Join(dir, "ledger.db.key")})
+	pl, err := ledger.New(db, ledger.Config{KeyFile: filepath.Join(dir, "ledger.db.key")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +117,7 @@ func TestLedgerKeygen(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("key file: %v, mode %v; want 0600", err, fi.Mode())
 	}
-	l, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Options{KeyFile: key, Origin: "ca.example.com/castellan/test"})
+	l, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Config{KeyFile: key, Origin: "ca.example.com/castellan/test"})
 	if err != nil {
 		t.Fatal(err)
 	}

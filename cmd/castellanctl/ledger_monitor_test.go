@@ -51,7 +51,7 @@ func newMonitorLog(t *testing.T) *monitorLog {
 // open opens ledger file name under the log key and serves it.
 func (ml *monitorLog) open(t *testing.T, name string) *ledger.Ledger {
 	t.Helper()
-	l, err := ledger.Open(filepath.Join(ml.dir, name), ledger.Options{KeyFile: ml.keyFile, Origin: "example.org/castellan/ledger"})
+	l, err := ledger.Open(filepath.Join(ml.dir, name), ledger.Config{KeyFile: ml.keyFile, Origin: "example.org/castellan/ledger"})
 	if err != nil {
 		t.Fatal(err)
 	}

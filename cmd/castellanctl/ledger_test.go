@@ -32,11 +32,11 @@ import (
 // and returns the socket path; stop closes everything.
 func auditServer(t *testing.T, path string) (sock string, l *ledger.Ledger, stop func()) {
 	t.Helper()
-	return auditServerWith(t, path, ledger.Options{})
+	return auditServerWith(t, path, ledger.Config{})
 }
 
 // auditServerWith is auditServer with ledger options.
-func auditServerWith(t *testing.T, path string, opts ledger.Options) (sock string, l *ledger.Ledger, stop func()) {
+func auditServerWith(t *testing.T, path string, opts ledger.Config) (sock string, l *ledger.Ledger, stop func()) {
 	t.Helper()
 	l, err := ledger.Open(path, opts)
 	if err != nil {
@@ -145,10 +145,10 @@ func tampered(t *testing.T, edit func(tx *bolt.Tx) error) string {
 	db.Close()
 	// A tampered ledger no longer opens for issuance; the operator serves
 	// it read-only for forensics (--ledger-read-only-forensics) and audits.
-	if _, err := ledger.Open(path, ledger.Options{}); !errors.Is(err, entry.ErrDamaged) {
+	if _, err := ledger.Open(path, ledger.Config{}); !errors.Is(err, entry.ErrDamaged) {
 		t.Fatalf("the tampered ledger opened for issuance: %v", err)
 	}
-	sock, _, _ = auditServerWith(t, path, ledger.Options{ReadOnly: true})
+	sock, _, _ = auditServerWith(t, path, ledger.Config{ReadOnly: true})
 	return sock
 }
 

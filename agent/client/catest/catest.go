@@ -92,7 +92,7 @@ func New(t testing.TB, td spiffeid.TrustDomain, cfg ...Config) *CA {
 	dir := t.TempDir()
 	ca := &CA{TrustDomain: td}
 	ca.auth = openAuthority(t, dir, td, o.Clock)
-	led, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Options{Clock: o.Clock.Now})
+	led, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Config{Clock: o.Clock})
 	check(t, err)
 	t.Cleanup(func() { _ = led.Close() })
 	ca.ledger = led

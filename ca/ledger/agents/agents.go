@@ -275,7 +275,7 @@ func (reg *Registry) Ban(ctx context.Context, node, reason string) (BanResult, e
 // nodeRevocations returns revocation events for node's unexpired,
 // unrevoked certificates. revokeMu is held.
 func (reg *Registry) nodeRevocations(ctx context.Context, node, reason string) ([]entry.Event, error) {
-	certs, err := reg.NodeCertificates(ctx, node, reg.rv.Clock())
+	certs, err := reg.NodeCertificates(ctx, node, reg.rv.Clock.Now())
 	if err != nil {
 		return nil, err
 	}

@@ -26,7 +26,7 @@ var (
 	// pages, bbolt's consistency check, or a Merkle tree that does not
 	// verify). The message names the file.
 	ErrDamaged = errors.New("ledger: the ledger file is damaged")
-	// ErrReadOnly: the ledger was opened read-only (Options.ReadOnly) and
+	// ErrReadOnly: the ledger was opened read-only (ledger.Config.ReadOnly) and
 	// refuses every write.
 	ErrReadOnly = errors.New("ledger: opened read-only for forensics; it takes no appends")
 )

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/clock"
+
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
@@ -58,7 +60,7 @@ type Index struct {
 	update    func(context.Context, func(store.Tx) error) error
 	ctx       context.Context
 	log       *slog.Logger
-	clock     func() time.Time
+	clock     clock.Clock
 	readOnly  bool
 	shared    bool
 	published func() uint64
@@ -81,7 +83,7 @@ type Config struct {
 	// Ctx is the ledger's lifetime.
 	Ctx   context.Context
 	Log   *slog.Logger
-	Clock func() time.Time
+	Clock clock.Clock
 	// ReadOnly: forensic mode, nothing is appended or indexed. Shared:
 	// other replicas append to the store too.
 	ReadOnly, Shared bool

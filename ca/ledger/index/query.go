@@ -165,7 +165,7 @@ func (x *Index) List(ctx context.Context, f Filter, pageSize int, pageToken stri
 	if err := Wait(x, ctx); err != nil {
 		return nil, "", err
 	}
-	now := x.clock()
+	now := x.clock.Now()
 	var out []entry.Entry
 	var next string
 	err = x.view(ctx, func(tx store.Tx) error {

@@ -166,7 +166,7 @@ func (g *Lineages) RevokeWithDescendants(ctx context.Context, serial, reason str
 		if err != nil {
 			return out, err
 		}
-		now := g.rv.Clock()
+		now := g.rv.Clock.Now()
 		var evs []entry.Event
 		for _, c := range append([]entry.Entry{root}, desc...) {
 			if c.Revoked != nil || g.rv.Revocations.IsRevoked(c.Serial, now) {
@@ -191,7 +191,7 @@ func (g *Lineages) RevokeWithDescendants(ctx context.Context, serial, reason str
 
 // appendRevocations appends evs and adds their entries to out.
 func (g *Lineages) appendRevocations(ctx context.Context, out []entry.Entry, evs []entry.Event) ([]entry.Entry, error) {
-	now := g.rv.Clock()
+	now := g.rv.Clock.Now()
 	for i := range evs {
 		evs[i].Time = now
 	}

@@ -84,11 +84,11 @@ type Key struct {
 }
 
 // Load returns the log key of the log named origin: signer and vkey
-// (ledger Options.Signer and VerifierKey), or the key in file, generated
+// (ledger.Config.Signer and VerifierKey), or the key in file, generated
 // there if absent and create is set.
 func Load(signer note.Signer, vkey, file, origin string, create bool) (Key, error) {
 	if (signer == nil) != (vkey == "") {
-		return Key{}, errors.New("ledger: Options.Signer and Options.VerifierKey must be set together")
+		return Key{}, errors.New("ledger: ledger.Config.Signer and ledger.Config.VerifierKey must be set together")
 	}
 	k := Key{Signer: signer, VKey: vkey}
 	if signer == nil {
@@ -102,7 +102,7 @@ func Load(signer note.Signer, vkey, file, origin string, create bool) (Key, erro
 		return Key{}, fmt.Errorf("ledger: verifier key: %w", err)
 	}
 	if v.Name() != k.Signer.Name() || v.KeyHash() != k.Signer.KeyHash() {
-		return Key{}, errors.New("ledger: Options.VerifierKey does not match Options.Signer")
+		return Key{}, errors.New("ledger: ledger.Config.VerifierKey does not match ledger.Config.Signer")
 	}
 	k.Verifier = v
 	return k, nil

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/clock"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 )
@@ -49,11 +51,11 @@ func Uses(ctx context.Context) bool { v, _ := ctx.Value(reserveKey{}).(bool); re
 // than the configured minimum, before bbolt fails half way through a write
 // on a full disk and every node loses issuance.
 type Reserve struct {
-	min  uint64
-	free func() (uint64, error)
-	now  func() time.Time
-	log  *slog.Logger
-	path string
+	min   uint64
+	free  func() (uint64, error)
+	clock clock.Clock
+	log   *slog.Logger
+	path  string
 
 	mu       sync.Mutex
 	measured time.Time // when avail was measured
@@ -62,18 +64,33 @@ type Reserve struct {
 	breached bool
 }
 
-// New returns the reserve of reserve bytes on the filesystem holding the file
-// at path, nil when reserve is 0 (no reserve). free returns the bytes
-// available there (nil: statfs of path's directory).
-func New(path string, reserve uint64, free func() (uint64, error), now func() time.Time, log *slog.Logger) *Reserve {
-	if reserve == 0 {
+// Config configures New; its zero value is no reserve.
+type Config struct {
+	// Reserve is the bytes to keep free (0: no reserve).
+	Reserve uint64
+	// FreeSpace returns the bytes available on the file's filesystem
+	// (nil: statfs of its directory).
+	FreeSpace func() (uint64, error)
+	// Clock dates the measures (nil: the wall clock).
+	Clock clock.Clock
+	// Logger hears of failed measures and breaches (nil: discard).
+	Logger *slog.Logger
+}
+
+// New returns the reserve cfg describes for the file at path, nil when
+// cfg.Reserve is 0 (no reserve).
+func New(path string, cfg Config) *Reserve {
+	if cfg.Reserve == 0 {
 		return nil
 	}
-	if free == nil {
+	if cfg.FreeSpace == nil {
 		dir := filepath.Dir(path)
-		free = func() (uint64, error) { return statfsAvail(dir) }
+		cfg.FreeSpace = func() (uint64, error) { return statfsAvail(dir) }
 	}
-	return &Reserve{min: reserve, free: free, now: now, log: log, path: path}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Reserve{min: cfg.Reserve, free: cfg.FreeSpace, clock: clock.OrSystem(cfg.Clock), log: cfg.Logger, path: path}
 }
 
 // statfsAvail returns the bytes available to unprivileged users on the
@@ -99,7 +116,7 @@ func (r *Reserve) Allow(n uint64) error {
 	cost := n * writeAmplification
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	now := r.now()
+	now := r.clock.Now()
 	if now.Sub(r.measured) >= reserveRecheck || r.avail < r.spent+cost || r.avail-r.spent-cost < 2*r.min {
 		avail, err := r.free()
 		if err != nil {

@@ -3,11 +3,12 @@ package reserve
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 )
 
 // BenchmarkStatfs is the cost of one free-space measure (a statfs call).
@@ -24,7 +25,7 @@ func BenchmarkStatfs(b *testing.B) {
 // from the reserve (measures at most once per second).
 func BenchmarkReserveAllow(b *testing.B) {
 	dir := b.TempDir()
-	r := New(filepath.Join(dir, "l.db"), 1, nil, time.Now, nil)
+	r := New(filepath.Join(dir, "l.db"), Config{Reserve: 1})
 	for b.Loop() {
 		if err := r.Allow(1000); err != nil {
 			b.Fatal(err)
@@ -40,8 +41,8 @@ func TestAllowRefusesBelowTheReserveAndRecovers(t *testing.T) {
 	const mib = 1 << 20
 	free, now := uint64(10*mib), time.Unix(0, 0)
 	var measureErr error
-	r := New("/data/ledger.db", 4*mib, func() (uint64, error) { return free, measureErr },
-		func() time.Time { return now }, slog.New(slog.DiscardHandler))
+	r := New("/data/ledger.db", Config{Reserve: 4 * mib, FreeSpace: func() (uint64, error) { return free, measureErr },
+		Clock: clocktest.Func(func() time.Time { return now })})
 	if err := r.Allow(mib); err != nil {
 		t.Fatalf("10 MiB free, 4 MiB reserve, small append: %v", err)
 	}
@@ -65,7 +66,7 @@ func TestAllowRefusesBelowTheReserveAndRecovers(t *testing.T) {
 		t.Fatalf("failed measure: %v, want allowed", err)
 	}
 	var none *Reserve
-	if err := none.Allow(1 << 40); err != nil || New("x", 0, nil, time.Now, nil) != nil {
+	if err := none.Allow(1 << 40); err != nil || New("x", Config{}) != nil {
 		t.Fatal("no reserve must allow everything")
 	}
 }

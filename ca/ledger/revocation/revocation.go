@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/castellan-dev/castellan/internal/clock"
+
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
@@ -105,8 +107,8 @@ type Revoker struct {
 	Append func(context.Context, ...entry.Event) ([]uint64, error)
 	// Mu serializes every write that revokes (Revoke, bans, lineages).
 	Mu *sync.Mutex
-	// Clock returns the ledger clock's time.
-	Clock func() time.Time
+	// Clock is the ledger's clock.
+	Clock clock.Clock
 }
 
 // RevokedCert is a revoked certificate that has not yet expired.

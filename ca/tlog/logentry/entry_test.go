@@ -34,7 +34,7 @@ func newLedger(t *testing.T) *ledger.Ledger {
 	if _, err := logkey.GenerateKeyFile(keyFile, "example.org/castellan/ledger"); err != nil {
 		t.Fatal(err)
 	}
-	l, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Options{KeyFile: keyFile, Origin: "example.org/castellan/ledger"})
+	l, err := ledger.Open(filepath.Join(dir, "ledger.db"), ledger.Config{KeyFile: keyFile, Origin: "example.org/castellan/ledger"})
 	if err != nil {
 		t.Fatal(err)
 	}

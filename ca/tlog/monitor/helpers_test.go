@@ -74,7 +74,7 @@ func newRig(t testing.TB) *rig {
 // openLedger opens (creates) a ledger file under the rig's log key.
 func (r *rig) openLedger(name string) *ledger.Ledger {
 	r.t.Helper()
-	l, err := ledger.Open(filepath.Join(r.dir, name), ledger.Options{KeyFile: r.keyFile, Origin: origin})
+	l, err := ledger.Open(filepath.Join(r.dir, name), ledger.Config{KeyFile: r.keyFile, Origin: origin})
 	if err != nil {
 		r.t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/tlog/monitor"
 	"github.com/castellan-dev/castellan/ca/tlog/monitor/state"
+	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 	"github.com/transparency-dev/formats/log"
 	"golang.org/x/mod/sumdb/note"
 )
@@ -286,8 +287,8 @@ func TestMonitorRefusesDamagedState(t *testing.T) {
 func TestMonitorProvesPrunedEntriesThroughTiles(t *testing.T) {
 	r := newRig(t)
 	later := time.Now().Add(48 * time.Hour)
-	l, err := ledger.Open(r.dir+"/pruned.db", ledger.Options{KeyFile: r.keyFile, Origin: origin, Retention: time.Hour,
-		Clock: func() time.Time { return later }})
+	l, err := ledger.Open(r.dir+"/pruned.db", ledger.Config{KeyFile: r.keyFile, Origin: origin, Retention: time.Hour,
+		Clock: clocktest.Func(func() time.Time { return later })})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -137,7 +137,7 @@ func migrateFile(ctx context.Context, conn *pgstore.Conn, path, keyspace string)
 // checkMigratedLedger opens the copied ledger and the file with the file's
 // log key and compares their sizes and tree heads.
 func checkMigratedLedger(ctx context.Context, g *cli.Globals, conn *pgstore.Conn, path string) error {
-	opts := ledger.Options{KeyFile: path + ".key"}
+	opts := ledger.Config{KeyFile: path + ".key"}
 	src, err := ledger.Open(path, opts)
 	if err != nil {
 		return fmt.Errorf("datastore migrate: reopen %s: %w", path, err)

@@ -144,11 +144,20 @@ func Create(tmpl, issuer *x509.Certificate, pub crypto.PublicKey, key crypto.Sig
 	return encodeCertificate(tbs, alg, sig)
 }
 
+// Starting capacities of the encoder's buffers, about what a P-256 leaf
+// needs, so that building one does not grow them again and again (their
+// size never changes the bytes produced).
+const (
+	tbsCap        = 512
+	certOverhead  = 128 // algorithm, signature and headers around the TBS
+	extensionsCap = 256
+)
+
 // encodeTBS encodes the TBSCertificate: v3, tmpl's serial, alg, issuer's
 // raw subject, tmpl's validity, an empty subject, spki and the extensions
 // exts.
 func encodeTBS(tmpl, issuer *x509.Certificate, alg SigAlg, spki, exts []byte) ([]byte, error) {
-	var tb cryptobyte.Builder
+	tb := cryptobyte.NewBuilder(make([]byte, 0, tbsCap))
 	tb.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
 			b.AddASN1Int64(2) // v3
@@ -194,7 +203,7 @@ func signTBS(tbs []byte, alg SigAlg, key crypto.Signer) ([]byte, error) {
 // encodeCertificate wraps tbs, its signature algorithm and sig into a
 // Certificate.
 func encodeCertificate(tbs []byte, alg SigAlg, sig []byte) ([]byte, error) {
-	var cb cryptobyte.Builder
+	cb := cryptobyte.NewBuilder(make([]byte, 0, len(tbs)+certOverhead))
 	cb.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		b.AddBytes(tbs)
 		alg.marshal(b)
@@ -211,7 +220,7 @@ func encodeCertificate(tbs []byte, alg SigAlg, sig []byte) ([]byte, error) {
 // constraints, authority key ID, subject alternative names, each only when
 // tmpl asks for it.
 func leafExtensions(tmpl *x509.Certificate) ([]byte, error) {
-	var b cryptobyte.Builder
+	b := cryptobyte.NewBuilder(make([]byte, 0, extensionsCap))
 	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		if tmpl.KeyUsage != 0 {
 			addExtension(b, oidExtKeyUsage, true, func(b *cryptobyte.Builder) {

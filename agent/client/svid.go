@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/url"
 	"os"
 	"path/filepath"
 
@@ -31,20 +30,6 @@ func NewKey() (crypto.Signer, error) {
 		return nil, fmt.Errorf("client: generate key: %w", err)
 	}
 	return k, nil
-}
-
-// NewCSR returns a DER PKCS#10 CSR for key whose only SAN is id's URI (no
-// SAN when id is zero).
-func NewCSR(key crypto.Signer, id spiffeid.ID) ([]byte, error) {
-	tmpl := &x509.CertificateRequest{}
-	if !id.IsZero() {
-		tmpl.URIs = []*url.URL{id.URL()}
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
-	if err != nil {
-		return nil, fmt.Errorf("client: create CSR: %w", err)
-	}
-	return der, nil
 }
 
 func newCSR(id spiffeid.ID) (crypto.Signer, []byte, error) {

@@ -6,7 +6,6 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rsa"
-	"crypto/x509"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -27,7 +26,10 @@ const (
 type CSR struct {
 	ID        spiffeid.ID
 	PublicKey crypto.PublicKey
-	Raw       *x509.CertificateRequest
+	// RawSubjectPublicKeyInfo is the request's SubjectPublicKeyInfo as sent
+	// (a slice of the request's bytes); Sign does not use it, it encodes
+	// the key itself.
+	RawSubjectPublicKeyInfo []byte
 }
 
 // ParseWorkloadCSR parses a DER PKCS#10 request for a workload X.509-SVID and
@@ -43,30 +45,40 @@ type CSR struct {
 //
 // The subject and all other requested extensions are ignored: Sign builds
 // the certificate from the ID and the public key only.
+//
+// ECDSA requests of the usual shape are read by a parser of their own
+// (csrfast.go); anything else, and anything that parser is unsure of, by
+// crypto/x509, with the same result either way.
 func ParseWorkloadCSR(td spiffeid.TrustDomain, der []byte) (*CSR, error) {
-	req, err := parseCSR(der)
+	return parseWorkloadCSR(td, der, parseFastFirst)
+}
+
+// parseWorkloadCSR is ParseWorkloadCSR with the parser given (tests compare
+// parseFastFirst with parseX509).
+func parseWorkloadCSR(td spiffeid.TrustDomain, der []byte, parse csrParser) (*CSR, error) {
+	req, err := parseCSR(der, parse)
 	if err != nil {
 		return nil, err
 	}
-	if n := len(req.DNSNames) + len(req.IPAddresses) + len(req.EmailAddresses); n > 0 {
+	if n := req.dnsNames + req.ipAddresses + req.emailAddresses; n > 0 {
 		return nil, reject(ReasonForbiddenSAN,
 			"CSR has %d DNS, IP or e-mail SANs; an X.509-SVID request carries only its SPIFFE ID as a URI SAN", n)
 	}
-	switch len(req.URIs) {
+	switch len(req.uris) {
 	case 0:
 		return nil, reject(ReasonNoURISAN, "CSR has no URI SAN; put the workload's SPIFFE ID in a URI SAN")
 	case 1:
 	default:
-		return nil, reject(ReasonMultipleSANs, "CSR has %d URI SANs; an X.509-SVID has exactly one", len(req.URIs))
+		return nil, reject(ReasonMultipleSANs, "CSR has %d URI SANs; an X.509-SVID has exactly one", len(req.uris))
 	}
-	id, err := spiffeid.FromURI(req.URIs[0])
+	id, err := spiffeid.FromURI(req.uris[0])
 	if err != nil {
-		return nil, reject(ReasonInvalidSPIFFEID, "CSR URI SAN %q is not a valid SPIFFE ID: %w", req.URIs[0].String(), err)
+		return nil, reject(ReasonInvalidSPIFFEID, "CSR URI SAN %q is not a valid SPIFFE ID: %w", req.uris[0].String(), err)
 	}
 	if err := CheckID(td, id); err != nil {
 		return nil, err
 	}
-	return &CSR{ID: id, PublicKey: req.PublicKey, Raw: req}, nil
+	return &CSR{ID: id, PublicKey: req.publicKey, RawSubjectPublicKeyInfo: req.rawSPKI}, nil
 }
 
 // ParseAgentCSR parses a DER PKCS#10 request for an agent SVID. Only the
@@ -74,27 +86,33 @@ func ParseWorkloadCSR(td spiffeid.TrustDomain, der []byte) (*CSR, error) {
 // ParseWorkloadCSR); the subject and SANs are ignored because the agent's
 // SPIFFE ID comes from attestation.
 func ParseAgentCSR(der []byte) (*CSR, error) {
-	req, err := parseCSR(der)
+	return parseAgentCSR(der, parseFastFirst)
+}
+
+// parseAgentCSR is ParseAgentCSR with the parser given.
+func parseAgentCSR(der []byte, parse csrParser) (*CSR, error) {
+	req, err := parseCSR(der, parse)
 	if err != nil {
 		return nil, err
 	}
-	return &CSR{PublicKey: req.PublicKey, Raw: req}, nil
+	return &CSR{PublicKey: req.publicKey, RawSubjectPublicKeyInfo: req.rawSPKI}, nil
 }
 
-// parseCSR decodes der and checks the public key, then the signature. The
-// key is checked first so that an oversized RSA key never costs a verify.
-func parseCSR(der []byte) (*x509.CertificateRequest, error) {
+// parseCSR decodes der with parse and checks the public key, then the
+// signature. The key is checked first so that an oversized RSA key never
+// costs a verify.
+func parseCSR(der []byte, parse csrParser) (*request, error) {
 	if len(der) == 0 {
 		return nil, reject(ReasonMalformedCSR, "CSR is empty")
 	}
-	req, err := x509.ParseCertificateRequest(der)
+	req, err := parse(der)
 	if err != nil {
 		return nil, reject(ReasonMalformedCSR, "CSR is not a valid DER PKCS#10 request: %w", err)
 	}
-	if err := CheckPublicKey(req.PublicKey); err != nil {
+	if err := CheckPublicKey(req.publicKey); err != nil {
 		return nil, err
 	}
-	if err := req.CheckSignature(); err != nil {
+	if err := req.checkSignature(); err != nil {
 		return nil, reject(ReasonBadSignature, "CSR signature does not verify with its public key: %w", err)
 	}
 	return req, nil

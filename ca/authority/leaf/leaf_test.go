@@ -272,7 +272,7 @@ func TestCreateReencodesCSRPublicKey(t *testing.T) {
 		if err != nil {
 			t.Fatalf("inside=%v: the CSR parser now refuses the padded key (%v); keep this test's premise in sync", inside, err)
 		}
-		if bytes.Equal(csr.Raw.RawSubjectPublicKeyInfo, want) {
+		if bytes.Equal(csr.RawSubjectPublicKeyInfo, want) {
 			t.Fatalf("inside=%v: the CSR's SubjectPublicKeyInfo is not padded; the test proves nothing", inside)
 		}
 		tmpl := ca.template(t, now, ProfileWorkload, csr, csr.ID, 0)

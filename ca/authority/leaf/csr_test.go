@@ -22,7 +22,7 @@ type rawCSR struct {
 	Signature asn1.BitString
 }
 
-func withSignature(t *testing.T, der []byte, sig []byte) []byte {
+func withSignature(t testing.TB, der []byte, sig []byte) []byte {
 	t.Helper()
 	var r rawCSR
 	if _, err := asn1.Unmarshal(der, &r); err != nil {
@@ -93,7 +93,7 @@ func TestParseWorkloadCSRRejectsBadInput(t *testing.T) {
 }
 
 // sigOf returns the signature bytes of a CSR.
-func sigOf(t *testing.T, der []byte) []byte {
+func sigOf(t testing.TB, der []byte) []byte {
 	t.Helper()
 	var r rawCSR
 	if _, err := asn1.Unmarshal(der, &r); err != nil {

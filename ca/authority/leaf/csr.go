@@ -8,6 +8,8 @@ import (
 	"crypto/rsa"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/castellan-dev/castellan/ca/authority/leaf/csrparse"
 )
 
 // Key size limits for CSR public keys.
@@ -47,38 +49,38 @@ type CSR struct {
 // the certificate from the ID and the public key only.
 //
 // ECDSA requests of the usual shape are read by a parser of their own
-// (csrfast.go); anything else, and anything that parser is unsure of, by
-// crypto/x509, with the same result either way.
+// (csrparse.ParseFast); anything else, and anything that parser is unsure
+// of, by crypto/x509, with the same result either way.
 func ParseWorkloadCSR(td spiffeid.TrustDomain, der []byte) (*CSR, error) {
-	return parseWorkloadCSR(td, der, parseFastFirst)
+	return parseWorkloadCSR(td, der, csrparse.Parse)
 }
 
 // parseWorkloadCSR is ParseWorkloadCSR with the parser given (tests compare
-// parseFastFirst with parseX509).
+// csrparse.Parse with csrparse.ParseX509).
 func parseWorkloadCSR(td spiffeid.TrustDomain, der []byte, parse csrParser) (*CSR, error) {
 	req, err := parseCSR(der, parse)
 	if err != nil {
 		return nil, err
 	}
-	if n := req.dnsNames + req.ipAddresses + req.emailAddresses; n > 0 {
+	if n := req.DNSNames + req.IPAddresses + req.EmailAddresses; n > 0 {
 		return nil, reject(ReasonForbiddenSAN,
 			"CSR has %d DNS, IP or e-mail SANs; an X.509-SVID request carries only its SPIFFE ID as a URI SAN", n)
 	}
-	switch len(req.uris) {
+	switch len(req.URIs) {
 	case 0:
 		return nil, reject(ReasonNoURISAN, "CSR has no URI SAN; put the workload's SPIFFE ID in a URI SAN")
 	case 1:
 	default:
-		return nil, reject(ReasonMultipleSANs, "CSR has %d URI SANs; an X.509-SVID has exactly one", len(req.uris))
+		return nil, reject(ReasonMultipleSANs, "CSR has %d URI SANs; an X.509-SVID has exactly one", len(req.URIs))
 	}
-	id, err := spiffeid.FromURI(req.uris[0])
+	id, err := spiffeid.FromURI(req.URIs[0])
 	if err != nil {
-		return nil, reject(ReasonInvalidSPIFFEID, "CSR URI SAN %q is not a valid SPIFFE ID: %w", req.uris[0].String(), err)
+		return nil, reject(ReasonInvalidSPIFFEID, "CSR URI SAN %q is not a valid SPIFFE ID: %w", req.URIs[0].String(), err)
 	}
 	if err := CheckID(td, id); err != nil {
 		return nil, err
 	}
-	return &CSR{ID: id, PublicKey: req.publicKey, RawSubjectPublicKeyInfo: req.rawSPKI}, nil
+	return &CSR{ID: id, PublicKey: req.PublicKey, RawSubjectPublicKeyInfo: req.RawSubjectPublicKeyInfo}, nil
 }
 
 // ParseAgentCSR parses a DER PKCS#10 request for an agent SVID. Only the
@@ -86,7 +88,7 @@ func parseWorkloadCSR(td spiffeid.TrustDomain, der []byte, parse csrParser) (*CS
 // ParseWorkloadCSR); the subject and SANs are ignored because the agent's
 // SPIFFE ID comes from attestation.
 func ParseAgentCSR(der []byte) (*CSR, error) {
-	return parseAgentCSR(der, parseFastFirst)
+	return parseAgentCSR(der, csrparse.Parse)
 }
 
 // parseAgentCSR is ParseAgentCSR with the parser given.
@@ -95,13 +97,17 @@ func parseAgentCSR(der []byte, parse csrParser) (*CSR, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &CSR{PublicKey: req.publicKey, RawSubjectPublicKeyInfo: req.rawSPKI}, nil
+	return &CSR{PublicKey: req.PublicKey, RawSubjectPublicKeyInfo: req.RawSubjectPublicKeyInfo}, nil
 }
+
+// csrParser decodes a DER PKCS#10 request: csrparse.Parse, or in tests
+// csrparse.ParseX509.
+type csrParser func(der []byte) (*csrparse.Request, error)
 
 // parseCSR decodes der with parse and checks the public key, then the
 // signature. The key is checked first so that an oversized RSA key never
 // costs a verify.
-func parseCSR(der []byte, parse csrParser) (*request, error) {
+func parseCSR(der []byte, parse csrParser) (*csrparse.Request, error) {
 	if len(der) == 0 {
 		return nil, reject(ReasonMalformedCSR, "CSR is empty")
 	}
@@ -109,10 +115,10 @@ func parseCSR(der []byte, parse csrParser) (*request, error) {
 	if err != nil {
 		return nil, reject(ReasonMalformedCSR, "CSR is not a valid DER PKCS#10 request: %w", err)
 	}
-	if err := CheckPublicKey(req.publicKey); err != nil {
+	if err := CheckPublicKey(req.PublicKey); err != nil {
 		return nil, err
 	}
-	if err := req.checkSignature(); err != nil {
+	if err := req.CheckSignature(); err != nil {
 		return nil, reject(ReasonBadSignature, "CSR signature does not verify with its public key: %w", err)
 	}
 	return req, nil

@@ -11,10 +11,12 @@ import (
 	"errors"
 	"net/url"
 	"reflect"
+	"regexp"
 	"slices"
 	"testing"
 
 	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
+	"github.com/castellan-dev/castellan/ca/authority/leaf/csrparse"
 	"github.com/castellan-dev/castellan/ca/refusal"
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
@@ -167,7 +169,7 @@ func subjectOf(t testing.TB, name pkix.RDNSequence) []byte {
 // CA uses and on the signature verdict, down to the error's text.
 func compareWithX509(t testing.TB, der []byte) bool {
 	t.Helper()
-	fast, ok := parseFastCSR(der)
+	fast, ok := csrparse.ParseFast(der)
 	if !ok {
 		return false
 	}
@@ -177,21 +179,21 @@ func compareWithX509(t testing.TB, der []byte) bool {
 	}
 	pub, isEC := ref.PublicKey.(*ecdsa.PublicKey)
 	switch {
-	case !isEC || !pub.Equal(fast.publicKey):
-		t.Fatalf("public key %v, crypto/x509 %v", fast.publicKey, ref.PublicKey)
-	case !slices.Equal(fast.rawSPKI, ref.RawSubjectPublicKeyInfo):
-		t.Fatalf("SubjectPublicKeyInfo %x, crypto/x509 %x", fast.rawSPKI, ref.RawSubjectPublicKeyInfo)
-	case !reflect.DeepEqual(fast.uris, ref.URIs):
-		t.Fatalf("URIs %v, crypto/x509 %v", fast.uris, ref.URIs)
-	case fast.dnsNames != len(ref.DNSNames) || fast.ipAddresses != len(ref.IPAddresses) || fast.emailAddresses != len(ref.EmailAddresses):
-		t.Fatalf("DNS/IP/e-mail SANs %d/%d/%d, crypto/x509 %v/%v/%v", fast.dnsNames, fast.ipAddresses, fast.emailAddresses,
+	case !isEC || !pub.Equal(fast.PublicKey):
+		t.Fatalf("public key %v, crypto/x509 %v", fast.PublicKey, ref.PublicKey)
+	case !slices.Equal(fast.RawSubjectPublicKeyInfo, ref.RawSubjectPublicKeyInfo):
+		t.Fatalf("SubjectPublicKeyInfo %x, crypto/x509 %x", fast.RawSubjectPublicKeyInfo, ref.RawSubjectPublicKeyInfo)
+	case !reflect.DeepEqual(fast.URIs, ref.URIs):
+		t.Fatalf("URIs %v, crypto/x509 %v", fast.URIs, ref.URIs)
+	case fast.DNSNames != len(ref.DNSNames) || fast.IPAddresses != len(ref.IPAddresses) || fast.EmailAddresses != len(ref.EmailAddresses):
+		t.Fatalf("DNS/IP/e-mail SANs %d/%d/%d, crypto/x509 %v/%v/%v", fast.DNSNames, fast.IPAddresses, fast.EmailAddresses,
 			ref.DNSNames, ref.IPAddresses, ref.EmailAddresses)
-	case fast.sigAlg != ref.SignatureAlgorithm:
-		t.Fatalf("signature algorithm %v, crypto/x509 %v", fast.sigAlg, ref.SignatureAlgorithm)
-	case !slices.Equal(fast.tbs, ref.RawTBSCertificateRequest) || !slices.Equal(fast.signature, ref.Signature):
+	case fast.SignatureAlgorithm != ref.SignatureAlgorithm:
+		t.Fatalf("signature algorithm %v, crypto/x509 %v", fast.SignatureAlgorithm, ref.SignatureAlgorithm)
+	case !slices.Equal(fast.RawTBSCertificateRequest, ref.RawTBSCertificateRequest) || !slices.Equal(fast.Signature, ref.Signature):
 		t.Fatalf("signed bytes or signature differ from crypto/x509's")
 	}
-	if fe, xe := fast.checkSignature(), ref.CheckSignature(); errText(fe) != errText(xe) {
+	if fe, xe := fast.CheckSignature(), ref.CheckSignature(); errText(fe) != errText(xe) {
 		t.Fatalf("signature verdict %v, crypto/x509 %v", fe, xe)
 	}
 	return true
@@ -202,18 +204,18 @@ func compareWithX509(t testing.TB, der []byte) bool {
 // same refusal (reason and message), or the same ID and key.
 func comparePipelines(t testing.TB, der []byte) {
 	t.Helper()
-	w1, e1 := parseWorkloadCSR(testTD, der, parseFastFirst)
-	w2, e2 := parseWorkloadCSR(testTD, der, parseX509)
+	w1, e1 := parseWorkloadCSR(testTD, der, csrparse.Parse)
+	w2, e2 := parseWorkloadCSR(testTD, der, csrparse.ParseX509)
 	sameOutcome(t, "workload", w1, e1, w2, e2)
-	a1, e1 := parseAgentCSR(der, parseFastFirst)
-	a2, e2 := parseAgentCSR(der, parseX509)
+	a1, e1 := parseAgentCSR(der, csrparse.Parse)
+	a2, e2 := parseAgentCSR(der, csrparse.ParseX509)
 	sameOutcome(t, "agent", a1, e1, a2, e2)
 }
 
 // sameOutcome fails t unless the two results are equal.
 func sameOutcome(t testing.TB, what string, c1 *CSR, e1 error, c2 *CSR, e2 error) {
 	t.Helper()
-	if errText(e1) != errText(e2) || refusal.ReasonOf(e1) != refusal.ReasonOf(e2) {
+	if !sameText(e1, e2) || refusal.ReasonOf(e1) != refusal.ReasonOf(e2) {
 		t.Fatalf("%s: fast path error %v (reason %q), crypto/x509 %v (reason %q)",
 			what, e1, refusal.ReasonOf(e1), e2, refusal.ReasonOf(e2))
 	}
@@ -236,4 +238,13 @@ func errText(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+// pointers matches the addresses encoding/asn1 prints in some errors
+// ("tag:0xc000123456"), which differ from one call to the next.
+var pointers = regexp.MustCompile(`0x[0-9a-f]{6,}`)
+
+// sameText reports whether two errors read the same, addresses aside.
+func sameText(a, b error) bool {
+	return pointers.ReplaceAllString(errText(a), "0x?") == pointers.ReplaceAllString(errText(b), "0x?")
 }

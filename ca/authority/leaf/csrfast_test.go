@@ -14,30 +14,10 @@ import (
 	"testing"
 
 	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
+	"github.com/castellan-dev/castellan/ca/authority/leaf/csrparse"
 	"github.com/castellan-dev/castellan/ca/refusal"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
-
-// TestFastCSROIDs checks the fast parser's object identifiers against
-// encoding/asn1.
-func TestFastCSROIDs(t *testing.T) {
-	for _, tt := range []struct {
-		der []byte
-		oid []int
-	}{
-		{derECDSAWithSHA256, []int{1, 2, 840, 10045, 4, 3, 2}},
-		{derECDSAWithSHA384, []int{1, 2, 840, 10045, 4, 3, 3}},
-		{derECPublicKey, []int{1, 2, 840, 10045, 2, 1}},
-		{derP256, []int{1, 2, 840, 10045, 3, 1, 7}},
-		{derP384, []int{1, 3, 132, 0, 34}},
-		{derExtensionRequest, []int{1, 2, 840, 113549, 1, 9, 14}},
-		{derSubjectAltName, []int{2, 5, 29, 17}},
-	} {
-		if want := oidEl(tt.oid...)[2:]; !bytes.Equal(tt.der, want) {
-			t.Errorf("OID %v: %x, want %x", tt.oid, tt.der, want)
-		}
-	}
-}
 
 // csrCase is one request of the differential test and whether the fast
 // parser must read it (true) or leave it to crypto/x509 (false).
@@ -153,8 +133,14 @@ func x509OnlyCSRCases(t testing.TB) []csrCase {
 		{"IP of 5 bytes", p(p256, func(c *csrParts) { c.attrs = extReq(exts(sanExt(nil, gn(6, csrtest.WorkloadID), gn(7, "12345")))) }), false},
 		{"compressed point", p(p256, func(c *csrParts) { c.spki = compressedSPKI(t, p256) }), false},
 		{"point not on curve", p(p256, func(c *csrParts) { c.spki = bytes.Clone(c.spki); c.spki[len(c.spki)-1] ^= 1 }), false},
-		{"P-384 OID, P-256 point", p(p256, func(c *csrParts) { c.spki = bytes.Replace(c.spki, oidEl(1, 2, 840, 10045, 3, 1, 7), oidEl(1, 3, 132, 0, 34), 1) }), false},
-		{"key with unused bits", p(p256, func(c *csrParts) { c.spki = bytes.Clone(c.spki); c.spki[len(c.spki)-66] = 1; c.spki[len(c.spki)-1] &^= 1 }), false},
+		{"P-384 OID, P-256 point", p(p256, func(c *csrParts) {
+			c.spki = bytes.Replace(c.spki, oidEl(1, 2, 840, 10045, 3, 1, 7), oidEl(1, 3, 132, 0, 34), 1)
+		}), false},
+		{"key with unused bits", p(p256, func(c *csrParts) {
+			c.spki = bytes.Clone(c.spki)
+			c.spki[len(c.spki)-66] = 1
+			c.spki[len(c.spki)-1] &^= 1
+		}), false},
 		{"subject IA5String", p(p256, func(c *csrParts) { c.subject = rawSubject(cbasn1.IA5String, "x") }), false},
 		{"subject asterisk", p(p384, func(c *csrParts) { c.subject = rawSubject(cbasn1.PrintableString, "*.example") }), false},
 		{"subject bad PrintableString", p(p256, func(c *csrParts) { c.subject = rawSubject(cbasn1.PrintableString, "a@b") }), false},
@@ -276,7 +262,7 @@ func TestFallbackToX509(t *testing.T) {
 		{"RSA 1024", csrtest.WorkloadCSR(t, csrtest.RSAKey(t, 1024)), ReasonWeakRSAKey},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, ok := parseFastCSR(tt.der); ok {
+			if _, ok := csrparse.ParseFast(tt.der); ok {
 				t.Fatal("the fast parser read it; the test proves nothing")
 			}
 			csr, err := ParseWorkloadCSR(testTD, tt.der)
@@ -294,7 +280,7 @@ func TestFallbackToX509(t *testing.T) {
 // parser reads whose signature does not verify, word for word.
 func TestFastCSRBadSignatureRefusal(t *testing.T) {
 	der := flipLastByte(csrtest.WorkloadCSR(t, csrtest.ECKey(t, elliptic.P256())))
-	if _, ok := parseFastCSR(der); !ok {
+	if _, ok := csrparse.ParseFast(der); !ok {
 		t.Fatal("the fast parser declined it; the test proves nothing")
 	}
 	_, err := ParseWorkloadCSR(testTD, der)

@@ -1,4 +1,4 @@
-package leaf
+package csrparse
 
 import (
 	"bytes"
@@ -12,35 +12,6 @@ import (
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
-
-// The fast CSR parser reads, without reflection, the one shape of request
-// that almost every caller sends: the agent's (agent/client.NewCSR), and
-// what x509.CreateCertificateRequest, Istio and SPIRE agents produce for an
-// ECDSA key:
-//
-//	CertificationRequest ::= SEQUENCE {
-//	    certificationRequestInfo  SEQUENCE {
-//	        version        INTEGER 0,
-//	        subject        SEQUENCE OF SET { SEQUENCE { 2.5.4.n,
-//	                           PrintableString or UTF8String } },
-//	        subjectPKInfo  SEQUENCE { SEQUENCE { id-ecPublicKey,
-//	                           prime256v1 or secp384r1 }, BIT STRING point },
-//	        attributes [0] empty, or one extensionRequest attribute holding
-//	                       one value: zero extensions, or one subjectAltName
-//	                       (critical TRUE or absent) whose names are URIs,
-//	                       DNS names, e-mail addresses and IP addresses },
-//	    signatureAlgorithm SEQUENCE { ecdsa-with-SHA256 or -SHA384 },
-//	    signature          BIT STRING }
-//
-// DER throughout (cryptobyte refuses non-minimal lengths, long forms and
-// high tag numbers), nothing after any element, no unused bits in a BIT
-// STRING. Everything it accepts, x509.ParseCertificateRequest accepts too
-// and reads the same way; everything else — another key type or curve,
-// parameters after an algorithm, another attribute or extension, a SAN of
-// another kind, a URI whose host is not a plain DNS name, a subject
-// attribute of another form — it declines, and the request goes through
-// crypto/x509 as before. TestFastCSRMatchesX509 and FuzzCSRParse hold the
-// two parsers equal where the fast one accepts.
 
 // DER contents of the object identifiers the fast parser recognises
 // (TestFastCSROIDs checks them against encoding/asn1).
@@ -64,10 +35,10 @@ const (
 	sanIP    cbasn1.Tag = 0x80 | 7
 )
 
-// parseFastCSR reads der if it has the shape described above, and reports
+// ParseFast reads der if it has the shape described above, and reports
 // false, having decided nothing, if it has not. It does not check the
-// signature (request.checkSignature does).
-func parseFastCSR(der []byte) (*request, bool) {
+// signature (Request.CheckSignature does).
+func ParseFast(der []byte) (*Request, bool) {
 	in := cryptobyte.String(der)
 	var body, info, alg, algOID cryptobyte.String
 	var sig encasn1.BitString
@@ -78,12 +49,12 @@ func parseFastCSR(der []byte) (*request, bool) {
 		!body.ReadASN1BitString(&sig) || sig.BitLength%8 != 0 || !body.Empty() {
 		return nil, false
 	}
-	r := &request{tbs: info, signature: sig.Bytes}
+	r := &Request{RawTBSCertificateRequest: info, Signature: sig.Bytes}
 	switch {
 	case bytes.Equal(algOID, derECDSAWithSHA256):
-		r.sigAlg = x509.ECDSAWithSHA256
+		r.SignatureAlgorithm = x509.ECDSAWithSHA256
 	case bytes.Equal(algOID, derECDSAWithSHA384):
-		r.sigAlg = x509.ECDSAWithSHA384
+		r.SignatureAlgorithm = x509.ECDSAWithSHA384
 	default:
 		return nil, false
 	}
@@ -94,7 +65,7 @@ func parseFastCSR(der []byte) (*request, bool) {
 }
 
 // parseFastInfo reads the CertificationRequestInfo element info into r.
-func parseFastInfo(info cryptobyte.String, r *request) bool {
+func parseFastInfo(info cryptobyte.String, r *Request) bool {
 	var version []byte
 	var subject, spki, attrs cryptobyte.String
 	if !info.ReadASN1(&info, cbasn1.SEQUENCE) ||
@@ -108,7 +79,7 @@ func parseFastInfo(info cryptobyte.String, r *request) bool {
 	if !ok {
 		return false
 	}
-	r.publicKey, r.rawSPKI = pub, spki
+	r.PublicKey, r.RawSubjectPublicKeyInfo = pub, spki
 	return parseFastAttributes(attrs, r)
 }
 
@@ -191,7 +162,7 @@ func parseFastKey(spki cryptobyte.String) (*ecdsa.PublicKey, bool) {
 // parseFastAttributes reads the contents of the attributes field: nothing,
 // or one extensionRequest with one value, a list of at most one extension,
 // a subjectAltName.
-func parseFastAttributes(attrs cryptobyte.String, r *request) bool {
+func parseFastAttributes(attrs cryptobyte.String, r *Request) bool {
 	if attrs.Empty() {
 		return true
 	}
@@ -224,7 +195,7 @@ func parseFastAttributes(attrs cryptobyte.String, r *request) bool {
 
 // parseFastSANs reads a subjectAltName extension's value: URIs, DNS names,
 // e-mail addresses and IP addresses, each valid as crypto/x509 sees it.
-func parseFastSANs(value cryptobyte.String, r *request) bool {
+func parseFastSANs(value cryptobyte.String, r *Request) bool {
 	var names cryptobyte.String
 	if !value.ReadASN1(&names, cbasn1.SEQUENCE) || !value.Empty() {
 		return false
@@ -241,13 +212,13 @@ func parseFastSANs(value cryptobyte.String, r *request) bool {
 			if !ok {
 				return false
 			}
-			r.uris = append(r.uris, u)
+			r.URIs = append(r.URIs, u)
 		case tag == sanDNS && ascii(name):
-			r.dnsNames++
+			r.DNSNames++
 		case tag == sanEmail && ascii(name):
-			r.emailAddresses++
+			r.EmailAddresses++
 		case tag == sanIP && (len(name) == 4 || len(name) == 16):
-			r.ipAddresses++
+			r.IPAddresses++
 		default:
 			return false
 		}

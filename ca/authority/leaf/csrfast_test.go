@@ -99,6 +99,11 @@ func x509OnlyCSRCases(t testing.TB) []csrCase {
 		{"element after signature", p(p256, func(c *csrParts) { c.sigTail = []byte{0x05, 0x00} }), false},
 		{"indefinite length", cat([]byte{0x30, 0x80}, valid[2:], []byte{0, 0}), false},
 		{"non-minimal length", nonMinimalLength(t, valid), false},
+		{"non-minimal length in subject", p(p256, func(c *csrParts) { c.subject = []byte{0x30, 0x81, 0x00} }), false},
+		{"non-minimal length in SAN", p(p256, func(c *csrParts) {
+			uri := gn(6, csrtest.WorkloadID)
+			c.attrs = extReq(exts(el(cbasn1.SEQUENCE, elSANOID, el(cbasn1.OCTET_STRING, []byte{0x30, 0x81, byte(len(uri))}, uri))))
+		}), false},
 		{"version 1", p(p256, func(c *csrParts) { c.version = []byte{0x02, 0x01, 0x01} }), false},
 		{"version non-minimal", p(p256, func(c *csrParts) { c.version = []byte{0x02, 0x02, 0x00, 0x00} }), false},
 		{"no attributes field", noAttributes(t, p256), false},

@@ -62,6 +62,10 @@ func fastCSRCases(t testing.TB) []csrCase {
 			Subject: pkix.Name{CommonName: "Zürich*"}}), true},
 		{"critical SAN", x509CSR(t, p256, &x509.CertificateRequest{ExtraExtensions: []pkix.Extension{
 			{Id: asn1.ObjectIdentifier{2, 5, 29, 17}, Critical: true, Value: el(cbasn1.SEQUENCE, gn(6, csrtest.WorkloadID))}}}), true},
+		{"Istio-like: O=trust domain, SAN from ExtraExtensions", x509CSR(t, p256, &x509.CertificateRequest{
+			Subject: pkix.Name{Organization: []string{"cluster.local"}}, ExtraExtensions: []pkix.Extension{
+				{Id: asn1.ObjectIdentifier{2, 5, 29, 17}, Value: el(cbasn1.SEQUENCE, gn(6, csrtest.WorkloadID))}}}), true},
+		{"empty O", x509CSR(t, p256, &x509.CertificateRequest{URIs: uris(t, csrtest.WorkloadID), Subject: pkix.Name{Organization: []string{""}}}), true},
 		{"empty extension list", p(p256, func(c *csrParts) { c.attrs = extReq(exts()) }), true},
 		{"empty SAN", p(p256, func(c *csrParts) { c.attrs = extReq(exts(sanExt(nil))) }), true},
 		{"tampered signature", flipLastByte(valid), true},

@@ -249,7 +249,7 @@ func rsaCSRWithSPKITail(t testing.TB, k fuzzKey, tail []byte, inside bool) []byt
 	var out cryptobyte.Builder
 	out.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		b.AddBytes(tbs)
-		SigAlg{oid: oidSigSHA256WithRSA, null: true}.marshal(b)
+		b.AddBytes(sigSHA256WithRSA.der)
 		b.AddASN1BitString(sig)
 	})
 	return out.BytesOrPanic()

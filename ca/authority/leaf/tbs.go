@@ -20,7 +20,7 @@ import (
 // OIDs above with cryptobyte.
 var (
 	// versionV3 is the TBSCertificate's [0] EXPLICIT Version v3 (2).
-	versionV3     = []byte{der.ContextSpecific | der.Constructed | 0, 3, der.TagInteger, 1, 2}
+	versionV3     = []byte{der.ContextSpecific | der.Constructed, 3, der.TagInteger, 1, 2}
 	emptySequence = []byte{der.TagSequence, 0}
 
 	derExtKeyUsage         = oidDER(oidExtKeyUsage)
@@ -42,7 +42,7 @@ const (
 	tagSANDNS = der.ContextSpecific | 2
 	tagSANURI = der.ContextSpecific | 6
 	tagSANIP  = der.ContextSpecific | 7
-	tagAKIKey = der.ContextSpecific | 0 // keyIdentifier [0]
+	tagAKIKey = der.ContextSpecific // keyIdentifier [0]
 	tagExts   = der.ContextSpecific | der.Constructed | 3
 )
 

@@ -33,6 +33,7 @@ const (
 	shortFormLengthMax  = 0x7f
 	longFormLengthFlag  = 0x80
 	generalizedYearsMax = 9999
+	highTagNumber       = 0x1f
 )
 
 // Writer appends DER to a byte slice. The zero Writer is ready to use;
@@ -79,8 +80,12 @@ func (w *Writer) Err() error { return w.err }
 func (w *Writer) Written(from int) []byte { return w.buf[from:] }
 
 // Open starts an element with tag whose contents follow; Close(the value
-// returned) ends it.
+// returned) ends it. Tags of the high-tag-number form (low five bits all
+// set) are refused, as cryptobyte refuses them.
 func (w *Writer) Open(tag byte) int {
+	if tag&highTagNumber == highTagNumber {
+		w.SetError(fmt.Errorf("der: high-tag-number form %#x is not supported", tag))
+	}
 	start := len(w.buf)
 	w.buf = append(w.buf, tag, 0)
 	w.open++

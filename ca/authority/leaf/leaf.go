@@ -16,44 +16,15 @@ import (
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 
 	"github.com/castellan-dev/castellan/ca/authority/leaf/internal/der"
+	"github.com/castellan-dev/castellan/ca/authority/leaf/internal/tbs"
 )
 
-// Object identifiers used by the leaf encoder (RFC 5280, RFC 5480, RFC
-// 5758, RFC 8017).
+// Object identifiers of the signature algorithms (RFC 5758, RFC 8017).
 var (
 	oidSigECDSAWithSHA256 = []int{1, 2, 840, 10045, 4, 3, 2}
 	oidSigECDSAWithSHA384 = []int{1, 2, 840, 10045, 4, 3, 3}
 	oidSigSHA256WithRSA   = []int{1, 2, 840, 113549, 1, 1, 11}
-
-	oidExtKeyUsage         = []int{2, 5, 29, 15}
-	oidExtExtKeyUsage      = []int{2, 5, 29, 37}
-	oidExtBasicConstraints = []int{2, 5, 29, 19}
-	oidExtAuthorityKeyID   = []int{2, 5, 29, 35}
-	oidExtSubjectAltName   = []int{2, 5, 29, 17}
-
-	oidPublicKeyECDSA = []int{1, 2, 840, 10045, 2, 1}
-	oidCurveP256      = []int{1, 2, 840, 10045, 3, 1, 7}
-	oidCurveP384      = []int{1, 3, 132, 0, 34}
 )
-
-// ekuOIDs maps the extended key usages a cfssl profile can name to their
-// OIDs, as crypto/x509 encodes them.
-var ekuOIDs = map[x509.ExtKeyUsage][]int{
-	x509.ExtKeyUsageAny:                            {2, 5, 29, 37, 0},
-	x509.ExtKeyUsageServerAuth:                     {1, 3, 6, 1, 5, 5, 7, 3, 1},
-	x509.ExtKeyUsageClientAuth:                     {1, 3, 6, 1, 5, 5, 7, 3, 2},
-	x509.ExtKeyUsageCodeSigning:                    {1, 3, 6, 1, 5, 5, 7, 3, 3},
-	x509.ExtKeyUsageEmailProtection:                {1, 3, 6, 1, 5, 5, 7, 3, 4},
-	x509.ExtKeyUsageIPSECEndSystem:                 {1, 3, 6, 1, 5, 5, 7, 3, 5},
-	x509.ExtKeyUsageIPSECTunnel:                    {1, 3, 6, 1, 5, 5, 7, 3, 6},
-	x509.ExtKeyUsageIPSECUser:                      {1, 3, 6, 1, 5, 5, 7, 3, 7},
-	x509.ExtKeyUsageTimeStamping:                   {1, 3, 6, 1, 5, 5, 7, 3, 8},
-	x509.ExtKeyUsageOCSPSigning:                    {1, 3, 6, 1, 5, 5, 7, 3, 9},
-	x509.ExtKeyUsageMicrosoftServerGatedCrypto:     {1, 3, 6, 1, 4, 1, 311, 10, 3, 3},
-	x509.ExtKeyUsageNetscapeServerGatedCrypto:      {2, 16, 840, 1, 113730, 4, 1},
-	x509.ExtKeyUsageMicrosoftCommercialCodeSigning: {1, 3, 6, 1, 4, 1, 311, 2, 1, 22},
-	x509.ExtKeyUsageMicrosoftKernelCodeSigning:     {1, 3, 6, 1, 4, 1, 311, 61, 1, 1},
-}
 
 // SigAlg is how an issuer key signs: the AlgorithmIdentifier and the hash.
 // Get one from AlgorithmFor.
@@ -130,8 +101,8 @@ func (s SigAlg) digest(msg []byte) []byte {
 // SAN extension is critical (RFC 5280 4.2.1.6).
 //
 // The whole certificate is written into one buffer sized for it (package
-// der): the TBSCertificate, then, once it is signed, the algorithm and the
-// signature after it.
+// der): the TBSCertificate (package tbs), then, once it is signed, the
+// algorithm and the signature after it.
 func Create(tmpl, issuer *x509.Certificate, pub crypto.PublicKey, key crypto.Signer) ([]byte, error) {
 	if tmpl.IsCA {
 		return nil, errors.New("authority: leaf encoder cannot issue CA certificates")
@@ -144,10 +115,10 @@ func Create(tmpl, issuer *x509.Certificate, pub crypto.PublicKey, key crypto.Sig
 		return nil, err
 	}
 	var w der.Writer
-	w.Reset(make([]byte, 0, leafSize(tmpl, issuer, pub, key)))
+	w.Reset(make([]byte, 0, tbs.CertificateSize(tmpl, issuer, pub, key.Public())))
 	cert := w.Open(der.TagSequence)
 	tbsStart := w.Len()
-	writeTBS(&w, tmpl, issuer, alg, pub)
+	tbs.Write(&w, tmpl, issuer, alg.der, pub)
 	if err := w.Err(); err != nil {
 		return nil, fmt.Errorf("authority: encode leaf: %w", err)
 	}

@@ -7,11 +7,11 @@ import (
 	"crypto/x509/pkix"
 	"net/url"
 	"reflect"
-	"slices"
 	"testing"
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
+	"github.com/castellan-dev/castellan/ca/authority/leaf/internal/tbs"
 )
 
 // certificateBoth encodes tmpl under ca with Create and returns what
@@ -60,17 +60,13 @@ func TestCertificateBeyondItsBlock(t *testing.T) {
 	}
 	tmpl.URIs = append(tmpl.URIs, &url.URL{Scheme: "spiffe", Host: "example.org", Path: "/two"},
 		&url.URL{Scheme: "spiffe", Host: "example.org", Path: "/three"})
-	tmpl.ExtKeyUsage = nil
-	for eku := range ekuOIDs {
-		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, eku)
-	}
-	slices.Sort(tmpl.ExtKeyUsage)
+	tmpl.ExtKeyUsage = tbs.ExtKeyUsages()
 	tmpl.AuthorityKeyId = bytes.Repeat([]byte{0x5a}, 32)
 	built, parsed = certificateBoth(t, ca, tmpl, csr)
 	if !reflect.DeepEqual(built, parsed) {
 		t.Fatalf("large template: Certificate = %+v\nx509.ParseCertificate = %+v", built, parsed)
 	}
-	if len(built.URIs) != 3 || len(built.ExtKeyUsage) != len(ekuOIDs) || len(built.AuthorityKeyId) != 32 {
+	if len(built.URIs) != 3 || len(built.ExtKeyUsage) != len(tbs.ExtKeyUsages()) || len(built.AuthorityKeyId) != 32 {
 		t.Fatalf("built %d URIs, %d EKUs, a %d-byte key ID", len(built.URIs), len(built.ExtKeyUsage), len(built.AuthorityKeyId))
 	}
 }
@@ -102,5 +98,31 @@ func TestCertificateSlicesDoNotOverlap(t *testing.T) {
 	_ = append(built.Issuer.Names, pkix.AttributeTypeAndValue{Value: "clobbered"})
 	if !reflect.DeepEqual(built, parsed) {
 		t.Fatalf("an append to one field changed another:\nbuilt  %+v\nparsed %+v", built, parsed)
+	}
+}
+
+// TestCertificateSizeCoversTheLeaf: the buffer Create starts with holds
+// the whole certificate for every issuer and leaf key type, workload and
+// agent profiles alike, so that encoding a leaf allocates it once.
+func TestCertificateSizeCoversTheLeaf(t *testing.T) {
+	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	keys := testLeafKeys(t)
+	for in, ca := range testIssuers(t, now) {
+		for kn, key := range keys {
+			csr, err := ParseWorkloadCSR(testTD, csrtest.WorkloadCSR(t, key))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, profile := range []string{ProfileWorkload, ProfileAgent} {
+				tmpl := ca.template(t, now, profile, csr, csr.ID, time.Hour)
+				der, err := Create(tmpl, ca.cert, csr.PublicKey, ca.key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if size := tbs.CertificateSize(tmpl, ca.cert, csr.PublicKey, ca.key.Public()); len(der) > size || cap(der) != size {
+					t.Errorf("%s/%s/%s: a %d-byte leaf in a buffer estimated at %d (capacity %d)", in, kn, profile, len(der), size, cap(der))
+				}
+			}
+		}
 	}
 }

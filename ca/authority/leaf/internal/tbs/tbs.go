@@ -1,4 +1,9 @@
-package leaf
+// Package tbs writes the TBSCertificate of an X.509-SVID leaf, as
+// crypto/x509's CreateCertificate lays it out for the templates
+// ca/authority/leaf builds, with a der.Writer into the buffer of the whole
+// certificate. ca/authority/leaf's FuzzLeafTBS proves the bytes equal to
+// crypto/x509's.
+package tbs
 
 import (
 	"crypto"
@@ -8,6 +13,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
+	"slices"
 	"time"
 
 	"golang.org/x/crypto/cryptobyte"
@@ -15,6 +21,39 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/authority/leaf/internal/der"
 )
+
+// Object identifiers of the extensions and public keys the leaf carries
+// (RFC 5280, RFC 5480).
+var (
+	oidExtKeyUsage         = []int{2, 5, 29, 15}
+	oidExtExtKeyUsage      = []int{2, 5, 29, 37}
+	oidExtBasicConstraints = []int{2, 5, 29, 19}
+	oidExtAuthorityKeyID   = []int{2, 5, 29, 35}
+	oidExtSubjectAltName   = []int{2, 5, 29, 17}
+
+	oidPublicKeyECDSA = []int{1, 2, 840, 10045, 2, 1}
+	oidCurveP256      = []int{1, 2, 840, 10045, 3, 1, 7}
+	oidCurveP384      = []int{1, 3, 132, 0, 34}
+)
+
+// ekuOIDs maps the extended key usages a cfssl profile can name to their
+// OIDs, as crypto/x509 encodes them.
+var ekuOIDs = map[x509.ExtKeyUsage][]int{
+	x509.ExtKeyUsageAny:                            {2, 5, 29, 37, 0},
+	x509.ExtKeyUsageServerAuth:                     {1, 3, 6, 1, 5, 5, 7, 3, 1},
+	x509.ExtKeyUsageClientAuth:                     {1, 3, 6, 1, 5, 5, 7, 3, 2},
+	x509.ExtKeyUsageCodeSigning:                    {1, 3, 6, 1, 5, 5, 7, 3, 3},
+	x509.ExtKeyUsageEmailProtection:                {1, 3, 6, 1, 5, 5, 7, 3, 4},
+	x509.ExtKeyUsageIPSECEndSystem:                 {1, 3, 6, 1, 5, 5, 7, 3, 5},
+	x509.ExtKeyUsageIPSECTunnel:                    {1, 3, 6, 1, 5, 5, 7, 3, 6},
+	x509.ExtKeyUsageIPSECUser:                      {1, 3, 6, 1, 5, 5, 7, 3, 7},
+	x509.ExtKeyUsageTimeStamping:                   {1, 3, 6, 1, 5, 5, 7, 3, 8},
+	x509.ExtKeyUsageOCSPSigning:                    {1, 3, 6, 1, 5, 5, 7, 3, 9},
+	x509.ExtKeyUsageMicrosoftServerGatedCrypto:     {1, 3, 6, 1, 4, 1, 311, 10, 3, 3},
+	x509.ExtKeyUsageNetscapeServerGatedCrypto:      {2, 16, 840, 1, 113730, 4, 1},
+	x509.ExtKeyUsageMicrosoftCommercialCodeSigning: {1, 3, 6, 1, 4, 1, 311, 2, 1, 22},
+	x509.ExtKeyUsageMicrosoftKernelCodeSigning:     {1, 3, 6, 1, 4, 1, 311, 61, 1, 1},
+}
 
 // The encodings the encoder copies as they are, computed once from the
 // OIDs above with cryptobyte.
@@ -69,13 +108,14 @@ func ekuEncodings() map[x509.ExtKeyUsage][]byte {
 	return out
 }
 
-// leafSize is about the size of the certificate Create writes, a little
-// over for the usual leaf, so that its buffer is allocated once (a short
-// estimate costs a copy, never a wrong byte).
-func leafSize(tmpl, issuer *x509.Certificate, pub crypto.PublicKey, key crypto.Signer) int {
+// CertificateSize is about the size of the certificate of tmpl, issued
+// by issuer over pub and signed by the key of signer, a little over for
+// the usual leaf, so that its buffer is allocated once (a short estimate
+// costs a copy, never a wrong byte).
+func CertificateSize(tmpl, issuer *x509.Certificate, pub, signer crypto.PublicKey) int {
 	const fixed = 320 // headers, version, serial, algorithms, validity, usages, constraints
 	n := fixed + len(issuer.RawSubject) + len(tmpl.AuthorityKeyId) + 16*len(tmpl.ExtKeyUsage)
-	n += keySize(pub) + keySize(key.Public())
+	n += keySize(pub) + keySize(signer)
 	for _, u := range tmpl.URIs {
 		n += len(u.Scheme) + len(u.Opaque) + len(u.Host) + len(u.Path) + len(u.RawQuery) + len(u.Fragment) + 16
 	}
@@ -97,14 +137,18 @@ func keySize(pub crypto.PublicKey) int {
 	return 0
 }
 
-// writeTBS writes the TBSCertificate: v3, tmpl's serial, alg, issuer's
-// raw subject, tmpl's validity, an empty subject, pub's
-// SubjectPublicKeyInfo and tmpl's extensions.
-func writeTBS(w *der.Writer, tmpl, issuer *x509.Certificate, alg SigAlg, pub crypto.PublicKey) {
+// Write writes the TBSCertificate of a leaf: v3, tmpl's serial, the
+// signature AlgorithmIdentifier sigAlg (DER), issuer's raw subject,
+// tmpl's validity, an empty subject, pub's SubjectPublicKeyInfo and the
+// extensions tmpl asks for. It reads only SerialNumber, NotBefore,
+// NotAfter, DNSNames, IPAddresses, URIs, KeyUsage, ExtKeyUsage,
+// BasicConstraintsValid (CA:false) and AuthorityKeyId of tmpl; errors
+// are left in w.
+func Write(w *der.Writer, tmpl, issuer *x509.Certificate, sigAlg []byte, pub crypto.PublicKey) {
 	tbs := w.Open(der.TagSequence)
 	w.Raw(versionV3)
 	w.PositiveInt(tmpl.SerialNumber)
-	w.Raw(alg.der)
+	w.Raw(sigAlg)
 	w.Raw(issuer.RawSubject)
 	validity := w.Open(der.TagSequence)
 	writeTime(w, tmpl.NotBefore)
@@ -116,6 +160,17 @@ func writeTBS(w *der.Writer, tmpl, issuer *x509.Certificate, alg SigAlg, pub cry
 	writeExtensions(w, tmpl)
 	w.Close(exts)
 	w.Close(tbs)
+}
+
+// ExtKeyUsages lists the extended key usages Write can encode (those a
+// cfssl profile can name), in increasing order.
+func ExtKeyUsages() []x509.ExtKeyUsage {
+	out := make([]x509.ExtKeyUsage, 0, len(ekuOIDs))
+	for u := range ekuOIDs {
+		out = append(out, u)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // writeSPKI writes pub's SubjectPublicKeyInfo as crypto/x509 marshals it.

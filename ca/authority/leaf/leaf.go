@@ -132,7 +132,11 @@ func Create(tmpl, issuer *x509.Certificate, pub crypto.PublicKey, key crypto.Sig
 	w.Raw(sig)
 	w.Close(bits)
 	w.Close(cert)
-	return w.Bytes()
+	der, err := w.Bytes()
+	if err != nil {
+		return nil, fmt.Errorf("authority: encode leaf: %w", err)
+	}
+	return der, nil
 }
 
 // signTBS signs tbs with key. An RSA signature is verified before it is

@@ -18,22 +18,26 @@ import (
 	"math/big"
 )
 
-// Universal and context-specific tags the leaf encoder writes.
+// Universal tags the leaf encoder writes, and the class and form bits
+// of an identifier octet.
 const (
-	TagBoolean          = 0x01
-	TagInteger          = 0x02
-	TagBitString        = 0x03
-	TagOctetString      = 0x04
-	TagUTCTime          = 0x17
-	TagGeneralizedTime  = 0x18
-	TagSequence         = 0x30 // constructed
-	ContextSpecific     = 0x80
-	Constructed         = 0x20
-	maxLengthOctets     = 4
+	TagBoolean         = 0x01
+	TagInteger         = 0x02
+	TagBitString       = 0x03
+	TagOctetString     = 0x04
+	TagUTCTime         = 0x17
+	TagGeneralizedTime = 0x18
+	TagSequence        = 0x30 // constructed
+	ContextSpecific    = 0x80
+	Constructed        = 0x20
+)
+
+const (
+	highTagNumber       = 0x1f // low five bits of a multi-octet identifier
 	shortFormLengthMax  = 0x7f
 	longFormLengthFlag  = 0x80
+	maxLengthOctets     = 4
 	generalizedYearsMax = 9999
-	highTagNumber       = 0x1f
 )
 
 // Writer appends DER to a byte slice. The zero Writer is ready to use;

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"time"
 
@@ -104,19 +105,21 @@ func (a *Authority) sign(ctx context.Context, profileName string, csr *leaf.CSR,
 		return nil, err
 	}
 	tmpl.DNSNames, tmpl.IPAddresses = names.DNSNames, names.IPAddresses
-	der, err := ca.CreateLeaf(tmpl, csr.PublicKey)
+	der, err := ca.CreateLeaf(&tmpl, csr.PublicKey)
 	if err != nil {
 		return nil, fmt.Errorf("authority: sign %s: %w", id, err)
 	}
-	cert, err := a.parseLeaf(der, tmpl, ca, csr.PublicKey)
+	cert, err := a.parseLeaf(der, &tmpl, ca, csr.PublicKey)
 	if err != nil {
 		return nil, err
 	}
 	chain := make([]*x509.Certificate, 0, 1+len(ca.Chain))
 	chain = append(chain, cert)
 	chain = append(chain, ca.Chain...)
-	a.log.DebugContext(ctx, "signed X.509-SVID", "spiffe_id", id.String(), "profile", profileName,
-		"serial", serial.FromBig(cert.SerialNumber).String(), "not_after", cert.NotAfter)
+	if a.log.Enabled(ctx, slog.LevelDebug) { // the arguments cost six allocations
+		a.log.DebugContext(ctx, "signed X.509-SVID", "spiffe_id", id.String(), "profile", profileName,
+			"serial", serial.FromBig(cert.SerialNumber).String(), "not_after", cert.NotAfter)
+	}
 	return &Issued{
 		ID:              id,
 		Chain:           chain,

@@ -82,7 +82,7 @@ func (ca *testCA) template(t testing.TB, now time.Time, profile string, csr *CSR
 	if err != nil {
 		t.Fatalf("Template(now %v): %v", now, err)
 	}
-	return tmpl
+	return &tmpl
 }
 
 // Extensions the tests look for.

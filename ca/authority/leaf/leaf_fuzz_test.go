@@ -11,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"math/big"
+	"net"
 	"net/url"
 	"reflect"
 	"slices"
@@ -195,6 +196,23 @@ func fuzzSerial(b []byte) *big.Int {
 	return n
 }
 
+// fuzzServerNames returns the DNS and IP SANs SignServer would add, from
+// fuzz input: the host of td's ID and a fixed service name; IPv4 from
+// the first 4 bytes of b, given both as 4 bytes and in its 16-byte
+// IPv4-mapped form (written in 4 bytes either way), and IPv6 from its
+// first 16 bytes.
+func fuzzServerNames(td string, b []byte) ([]string, []net.IP) {
+	dns := []string{fuzzID(td, "/x").TrustDomain().Name(), "castellan-server.castellan.svc"}
+	var ips []net.IP
+	if len(b) >= net.IPv4len {
+		ips = append(ips, net.IP(b[:net.IPv4len]), net.IPv4(b[0], b[1], b[2], b[3]))
+	}
+	if len(b) >= net.IPv6len {
+		ips = append(ips, net.IP(b[:net.IPv6len]))
+	}
+	return dns, ips
+}
+
 // rsaCSRWithSPKITail re-encodes key's workload CSR with data the CSR parser
 // tolerates appended to the RSAPublicKey (after it, inside the BIT STRING,
 // when inside is false; as an extra element of its SEQUENCE when true) and
@@ -249,7 +267,7 @@ func rsaCSRWithSPKITail(t testing.TB, k fuzzKey, tail []byte, inside bool) []byt
 	var out cryptobyte.Builder
 	out.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		b.AddBytes(tbs)
-		SigAlg{oid: oidSigSHA256WithRSA, null: true}.marshal(b)
+		b.AddBytes(sigSHA256WithRSA.der)
 		b.AddASN1BitString(sig)
 	})
 	return out.BytesOrPanic()
@@ -266,8 +284,9 @@ func rsaCSRWithSPKITail(t testing.TB, k fuzzKey, tail []byte, inside bool) []byt
 // public key of a CSR accepted by ParseWorkloadCSR. For RSA keys, tail
 // adds bytes the CSR parser tolerates to the CSR's key encoding (mode%3 ==
 // 1: after the RSAPublicKey; 2: inside it). mode&4 picks the agent
-// profile. off places the signing time within the issuer's validity (from
-// an hour before it starts); ttl is taken modulo 290 years.
+// profile. mode&8 adds DNS and IP SANs as SignServer does (see
+// fuzzServerNames). off places the signing time within the issuer's
+// validity (from an hour before it starts); ttl is taken modulo 290 years.
 func FuzzLeafTBS(f *testing.F) {
 	issuers := fuzzIssuers(f)
 	keys := fuzzKeys(f)
@@ -292,6 +311,8 @@ func FuzzLeafTBS(f *testing.F) {
 	seed([]byte{9}, "example.org", "/w", 60*24*hour, 10*365*24*hour, 2, 2, 1, []byte{0})                               // RSA, trailing byte
 	seed([]byte{9}, "example.org", "/w", 0, hour, 3, 5, 2, []byte("garbage"))                                          // RSA, extra element
 	seed([]byte{7}, "example.org", "/w", 10, hour, 0, 5, 0, nil)                                                       // issuer without SKI
+	seed([]byte{10, 0, 0, 1}, "castellan.example", "/server", hour, hour, 0, 0, 8|4, nil)                              // server names, IPv4
+	seed(bytes.Repeat([]byte{0xfe}, 16), "ca.example", "/server", hour, hour, 2, 3, 8|4, nil)                          // IPv6, RSA issuer
 
 	f.Fuzz(func(t *testing.T, serial []byte, td, path string, off, ttl int64, keyIdx, issuerIdx, mode uint8, tail []byte) {
 		in := issuers[int(issuerIdx)%len(issuers)]
@@ -317,6 +338,9 @@ func FuzzLeafTBS(f *testing.F) {
 		}
 		tmpl := in.ca.template(t, now, profile, csr, fuzzID(td, path), lifetime)
 		tmpl.SerialNumber = fuzzSerial(serial)
+		if mode&8 != 0 {
+			tmpl.DNSNames, tmpl.IPAddresses = fuzzServerNames(td, serial)
+		}
 		compareTBS(t, in, tmpl, csr)
 	})
 }

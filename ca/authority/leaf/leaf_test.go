@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/authority/internal/csrtest"
+	"github.com/castellan-dev/castellan/ca/authority/leaf/internal/tbs"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -198,11 +199,7 @@ func TestCreateLeafEncodesEveryUsage(t *testing.T) {
 		}
 	}
 	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
-	tmpl.ExtKeyUsage = nil
-	for eku := range ekuOIDs {
-		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, eku)
-	}
-	slices.Sort(tmpl.ExtKeyUsage)
+	tmpl.ExtKeyUsage = tbs.ExtKeyUsages()
 	ours, want := createBoth(t, ca, tmpl, csr)
 	compareLeaves(t, ours, want)
 

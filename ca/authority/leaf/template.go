@@ -21,10 +21,14 @@ import (
 // profile's usages (keyEncipherment added for an RSA key), CA:false and
 // issuer's SubjectKeyId as AuthorityKeyId. It returns ErrSignerExpired when
 // issuer is no longer valid at now.
-func Template(policy *config.Signing, issuer *x509.Certificate, now time.Time, profileName string, csr *CSR, id spiffeid.ID, ttl time.Duration) (*x509.Certificate, error) {
+//
+// The template is returned by value: a caller that only hands its address
+// to Create and Certificate (which keep no reference to it) keeps it off
+// the heap.
+func Template(policy *config.Signing, issuer *x509.Certificate, now time.Time, profileName string, csr *CSR, id spiffeid.ID, ttl time.Duration) (x509.Certificate, error) {
 	profile := policy.Profiles[profileName]
 	if !now.Before(issuer.NotAfter) {
-		return nil, fmt.Errorf("%w (expired at %s)", ErrSignerExpired, issuer.NotAfter.UTC().Format(time.RFC3339))
+		return x509.Certificate{}, fmt.Errorf("%w (expired at %s)", ErrSignerExpired, issuer.NotAfter.UTC().Format(time.RFC3339))
 	}
 	notBefore := now.Add(-profile.Backdate)
 	if notBefore.Before(issuer.NotBefore) {
@@ -33,10 +37,10 @@ func Template(policy *config.Signing, issuer *x509.Certificate, now time.Time, p
 	notAfter := lifetime.NotAfter(now, ttl, issuer.NotAfter)
 	serial, err := NewSerial()
 	if err != nil {
-		return nil, err
+		return x509.Certificate{}, err
 	}
 	ku, eku := leafKeyUsage(profile, csr.PublicKey)
-	return &x509.Certificate{
+	return x509.Certificate{
 		SerialNumber:          serial,
 		NotBefore:             notBefore,
 		NotAfter:              notAfter,

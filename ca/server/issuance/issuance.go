@@ -14,6 +14,7 @@ import (
 	"errors"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -208,7 +209,7 @@ func (p *Pipeline) prepare(ctx context.Context, node string, it *Item) {
 // call. If the ledger fails, every issued item fails: a certificate not in
 // the ledger is never handed out.
 func (p *Pipeline) record(ctx context.Context, node string, items []*Item, extra ...entry.Event) error {
-	events := extra
+	events := append(make([]entry.Event, 0, len(extra)+len(items)), extra...)
 	for _, it := range items {
 		if it.Err == nil {
 			detail := it.Detail
@@ -275,15 +276,16 @@ func Event(kind entry.Kind, iss *authority.Issued, node, detail string) entry.Ev
 
 // setLogIndexes gives each issued item the log index of its issuance
 // entry; idx holds the indexes of the items' events, in item order (record
-// appends one event per item without an error).
+// appends one event per item without an error). The items point into one
+// copy of idx, made here, rather than each into its own allocation.
 func setLogIndexes(items []*Item, idx []uint64) {
+	own := slices.Clone(idx)
 	k := 0
 	for _, it := range items {
-		if it.Err != nil || k >= len(idx) {
+		if it.Err != nil || k >= len(own) {
 			continue
 		}
-		i := idx[k]
-		it.LogIndex = &i
+		it.LogIndex = &own[k]
 		k++
 	}
 }

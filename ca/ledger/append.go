@@ -12,7 +12,6 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
-	"github.com/transparency-dev/merkle/rfc6962"
 )
 
 // Append adds events to the log, in order, and returns their indices. All
@@ -89,31 +88,15 @@ func appendTx(tx store.Tx, evs []entry.Event) (follow.Appended, error) {
 	if err != nil {
 		return follow.Appended{}, err
 	}
-	r, err := st.Range()
+	h := tree.NewHasher(len(evs))
+	r, err := st.RangeWith(h)
 	if err != nil {
 		return follow.Appended{}, err
 	}
-	entries := tree.Bucket(tx, tree.Entries)
-	store.MarkSequential(entries)
-	nw := tree.NewNodeWriter(tx)
 	first := r.End()
-	encoded := make([][]byte, len(evs))
-	for i := range evs {
-		idx := r.End()
-		data, err := entry.Encode(idx, &evs[i])
-		if err != nil {
-			return follow.Appended{}, err
-		}
-		encoded[i] = data
-		if err := entries.Put(tree.Key(idx), data); err != nil {
-			return follow.Appended{}, err
-		}
-		if err := r.Append(rfc6962.DefaultHasher.HashLeaf(data), nw.Visit); err != nil {
-			return follow.Appended{}, err
-		}
-		if err := nw.Flush(); err != nil {
-			return follow.Appended{}, err
-		}
+	encoded, err := tree.AppendEntries(tx, r, h, evs)
+	if err != nil {
+		return follow.Appended{}, err
 	}
 	if err := tree.Write(tx, r); err != nil {
 		return follow.Appended{}, err

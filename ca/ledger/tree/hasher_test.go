@@ -99,3 +99,37 @@ func FuzzHasher(f *testing.F) {
 		appendBoth(t, Head{}, h, leaves)
 	})
 }
+
+// TestRangeLeavesItsHeadUnchanged: appending to a range made from a head
+// does not change the head (a compact range merges into the list it was
+// made from; the published head is read by checkpoints while a follower
+// extends it).
+func TestRangeLeavesItsHeadUnchanged(t *testing.T) {
+	for size := uint64(1); size <= 9; size++ {
+		r, err := Head{}.Range()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range size {
+			if err := r.Append(rfc6962.DefaultHasher.HashLeaf([]byte{byte(i)}), nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		head := Head{Size: r.End(), Hashes: r.Hashes()}
+		want := fmt.Sprintf("%x", head.Hashes)
+		for _, mk := range []func() (*compact.Range, error){head.Range, func() (*compact.Range, error) { return head.RangeWith(NewHasher(1)) }} {
+			r, err := mk()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range 3 {
+				if err := r.Append(rfc6962.DefaultHasher.HashLeaf([]byte{byte(100 + i)}), nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := fmt.Sprintf("%x", head.Hashes); got != want {
+				t.Fatalf("head of size %d changed by appends to its range: %s, was %s", size, got, want)
+			}
+		}
+	}
+}

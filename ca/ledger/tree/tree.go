@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/store"
@@ -36,9 +37,12 @@ func (s Head) Range() (*compact.Range, error) {
 	return s.rangeOf(rangeFactory)
 }
 
-// rangeOf returns the head as a compact range made by f.
+// rangeOf returns the head as a compact range made by f, on a copy of
+// the head's list of hashes: a range merges appended leaves into the list
+// it was made from, and a head may be the published one, which others
+// read meanwhile (the follower extends it).
 func (s Head) rangeOf(f *compact.RangeFactory) (*compact.Range, error) {
-	r, err := f.NewRange(0, s.Size, s.Hashes)
+	r, err := f.NewRange(0, s.Size, slices.Clone(s.Hashes))
 	if err != nil {
 		return nil, fmt.Errorf("ledger: stored tree state is corrupt: %w", err)
 	}

@@ -70,13 +70,15 @@ func SizeHint(ev *Event) int {
 		len(ev.Reason) + len(ev.Parent)
 }
 
-// growFor makes room in dst for SizeHint(ev) more bytes.
+// growFor makes room in dst for SizeHint(ev) more bytes (at least
+// doubling it when it must move, so that filling one buffer with many
+// entries copies it a few times at most).
 func growFor(dst []byte, ev *Event) []byte {
 	n := SizeHint(ev)
 	if cap(dst)-len(dst) >= n {
 		return dst
 	}
-	out := make([]byte, len(dst), len(dst)+n)
+	out := make([]byte, len(dst), max(len(dst)+n, 2*cap(dst)))
 	copy(out, dst)
 	return out
 }

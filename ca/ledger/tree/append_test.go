@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -67,7 +68,8 @@ func wireOrder(t *testing.T, idx uint64, ev *entry.Event) []byte {
 }
 
 // TestAppendEntriesMatchesReference appends the same events in batches
-// of 1 to 40 to two stores, through AppendEntries and through the
+// of 1 to 40 (some with strings whose escaping outgrows the buffer
+// AppendEntries sizes) to two stores, through AppendEntries and through the
 // reference append, and checks that both hold the same entries and node
 // records byte for byte and the same tree head.
 func TestAppendEntriesMatchesReference(t *testing.T) {
@@ -88,6 +90,9 @@ func TestAppendEntriesMatchesReference(t *testing.T) {
 			evs[i] = entry.Event{Kind: entry.KindIssuance, Time: time.Unix(int64(n), int64(n)), Serial: fmt.Sprintf("%x", n),
 				SPIFFEID: fmt.Sprintf("spiffe://td/w%d<&>", n%7), Node: "n\u2028", NotAfter: time.Unix(int64(n)+3600, 0),
 				CertDER: bytes.Repeat([]byte{byte(n)}, n%50), Reason: "r\"", Parent: ""}
+			if n%5 == 0 { // escaped to six times its length: outgrows the buffer AppendEntries sized
+				evs[i].Reason = strings.Repeat("<", 300+n)
+			}
 		}
 		appendWith(t, dbs[0], func(tx store.Tx, r *compact.Range, h *Hasher) {
 			if _, err := AppendEntries(tx, r, h, evs); err != nil {

@@ -69,9 +69,10 @@ func BenchmarkAppendCPU(b *testing.B) {
 				node := fmt.Sprintf("node-%d", k%500)
 				for i := range evs {
 					n++
-					evs[i] = benchEvent(n)
 					if c.server {
 						evs[i] = serverEvent(rng, node)
+					} else {
+						evs[i] = benchEvent(n)
 					}
 				}
 				if _, err := l.Append(context.Background(), evs...); err != nil {

@@ -12,7 +12,6 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
-	"github.com/transparency-dev/merkle/rfc6962"
 )
 
 // Append adds events to the log, in order, and returns their indices. All
@@ -89,31 +88,15 @@ func appendTx(tx store.Tx, evs []entry.Event) (follow.Appended, error) {
 	if err != nil {
 		return follow.Appended{}, err
 	}
-	r, err := st.Range()
+	h := tree.NewHasher(len(evs))
+	r, err := st.RangeWith(h)
 	if err != nil {
 		return follow.Appended{}, err
 	}
-	entries := tree.Bucket(tx, tree.Entries)
-	store.MarkSequential(entries)
-	nw := tree.NewNodeWriter(tx)
 	first := r.End()
-	encoded := make([][]byte, len(evs))
-	for i := range evs {
-		idx := r.End()
-		data, err := entry.Encode(idx, &evs[i])
-		if err != nil {
-			return follow.Appended{}, err
-		}
-		encoded[i] = data
-		if err := entries.Put(tree.Key(idx), data); err != nil {
-			return follow.Appended{}, err
-		}
-		if err := r.Append(rfc6962.DefaultHasher.HashLeaf(data), nw.Visit); err != nil {
-			return follow.Appended{}, err
-		}
-		if err := nw.Flush(); err != nil {
-			return follow.Appended{}, err
-		}
+	encoded, err := tree.AppendEntries(tx, r, h, evs)
+	if err != nil {
+		return follow.Appended{}, err
 	}
 	if err := tree.Write(tx, r); err != nil {
 		return follow.Appended{}, err
@@ -131,36 +114,31 @@ func appendTx(tx store.Tx, evs []entry.Event) (follow.Appended, error) {
 // committed writes the audit log lines and metrics of a committed append,
 // in the caller's goroutine (publish has already run).
 func (l *Ledger) committed(ctx context.Context, first uint64, evs []entry.Event) {
-	for i := range evs {
-		l.auditLine(ctx, first+uint64(i), &evs[i])
+	if l.audit.Enabled(ctx, slog.LevelInfo) {
+		attrs := make([]slog.Attr, 0, 10) // one list for every line: LogAttrs copies it
+		for i := range evs {
+			attrs = l.auditLine(ctx, attrs[:0], first+uint64(i), &evs[i])
+		}
 	}
 	l.metrics.appended(evs)
 }
 
 // auditLine writes the JSON audit log line of one event (through
-// l.audit, which carries the "audit" attribute already formatted).
-func (l *Ledger) auditLine(ctx context.Context, index uint64, ev *entry.Event) {
-	if !l.audit.Enabled(ctx, slog.LevelInfo) {
-		return
-	}
-	attrs := []slog.Attr{
-		slog.Uint64("index", index),
-		slog.String("kind", string(ev.Kind)),
-		slog.Time("time", ev.Time),
-	}
-	add := func(k, v string) {
-		if v != "" {
-			attrs = append(attrs, slog.String(k, v))
+// l.audit, which carries the "audit" attribute already formatted), with
+// attrs as the list of its attributes, and returns the list.
+func (l *Ledger) auditLine(ctx context.Context, attrs []slog.Attr, index uint64, ev *entry.Event) []slog.Attr {
+	attrs = append(attrs, slog.Uint64("index", index), slog.String("kind", string(ev.Kind)), slog.Time("time", ev.Time))
+	for _, a := range [...]struct{ k, v string }{
+		{"serial", ev.Serial}, {"spiffe_id", ev.SPIFFEID}, {"node", ev.Node},
+		{"not_before", entry.FormatTime(ev.NotBefore)}, {"not_after", entry.FormatTime(ev.NotAfter)},
+		{"public_key_sha256", ev.PublicKeySHA256}, {"reason", ev.Reason},
+	} {
+		if a.v != "" {
+			attrs = append(attrs, slog.String(a.k, a.v))
 		}
 	}
-	add("serial", ev.Serial)
-	add("spiffe_id", ev.SPIFFEID)
-	add("node", ev.Node)
-	add("not_before", entry.FormatTime(ev.NotBefore))
-	add("not_after", entry.FormatTime(ev.NotAfter))
-	add("public_key_sha256", ev.PublicKeySHA256)
-	add("reason", ev.Reason)
 	l.audit.LogAttrs(ctx, slog.LevelInfo, "ledger event", attrs...)
+	return attrs
 }
 
 func (l *Ledger) isClosed() bool {

@@ -310,6 +310,11 @@ func TestAuditLinePerEvent(t *testing.T) {
 			}
 		}
 	}
+	for _, k := range []string{"serial", "spiffe_id", "not_after", "public_key_sha256"} {
+		if v, ok := lines[1][k]; ok { // the lines share one attribute list
+			t.Errorf("the ban's audit line has %s = %v, from the line before it: %v", k, v, lines[1])
+		}
+	}
 	quiet, err := Open(filepath.Join(t.TempDir(), "quiet.db"), Config{Logger: slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		t.Fatal(err)

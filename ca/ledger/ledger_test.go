@@ -278,30 +278,32 @@ func TestMetricsCountEventsAndSize(t *testing.T) {
 	}
 	defer l.Close()
 	fill(t, l, 5, time.Now().Add(time.Hour))
-	if _, err := l.Append(context.Background(), entry.Event{Kind: entry.KindJoinTokenUse, Node: "n"}); err != nil {
+	// One append of runs of kinds: each run is counted under its kind.
+	join := entry.Event{Kind: entry.KindJoinTokenUse, Node: "n"}
+	notAfter := time.Now().Add(time.Hour)
+	mixed := []entry.Event{join, certEvent(90, "spiffe://td/a", "n", notAfter), certEvent(91, "spiffe://td/a", "n", notAfter), join, certEvent(92, "spiffe://td/b", "n", notAfter)}
+	if _, err := l.Append(context.Background(), mixed...); err != nil {
 		t.Fatal(err)
 	}
 	want := `
 # HELP castellan_ledger_size Number of entries in the issuance ledger's Merkle tree.
 # TYPE castellan_ledger_size gauge
-castellan_ledger_size 6
+castellan_ledger_size 10
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "castellan_ledger_size"); err != nil {
 		t.Fatal(err)
 	}
 	mfs, _ := reg.Gather()
-	var issued float64
+	counts := map[string]float64{}
 	for _, mf := range mfs {
 		if mf.GetName() == "castellan_ledger_events_total" {
 			for _, m := range mf.GetMetric() {
-				if m.GetLabel()[0].GetValue() == "issuance" {
-					issued = m.GetCounter().GetValue()
-				}
+				counts[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
 			}
 		}
 	}
-	if issued != 5 {
-		t.Fatalf("issuance events = %v, want 5", issued)
+	if counts["issuance"] != 8 || counts["join_token_use"] != 2 || len(counts) != 2 {
+		t.Fatalf("events by kind = %v, want 8 issuance and 2 join_token_use", counts)
 	}
 }
 

@@ -47,8 +47,13 @@ func (m *metrics) appended(evs []entry.Event) {
 	if m == nil {
 		return
 	}
-	for i := range evs {
-		m.events.WithLabelValues(string(evs[i].Kind)).Inc()
+	for i := 0; i < len(evs); { // one counter update per run of one kind
+		j := i + 1
+		for j < len(evs) && evs[j].Kind == evs[i].Kind {
+			j++
+		}
+		m.events.WithLabelValues(string(evs[i].Kind)).Add(float64(j - i))
+		i = j
 	}
 }
 

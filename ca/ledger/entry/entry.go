@@ -143,24 +143,6 @@ func parseTime(s string) (time.Time, error) {
 	return time.Parse(time.RFC3339Nano, s)
 }
 
-// encodeEvent returns the leaf data for ev at index.
-func Encode(index uint64, ev *Event) ([]byte, error) {
-	w := wireEntry{
-		V: wireVersion, Index: index, Kind: ev.Kind, Time: FormatTime(ev.Time),
-		Serial: ev.Serial, SPIFFEID: ev.SPIFFEID, Node: ev.Node,
-		NotBefore: FormatTime(ev.NotBefore), NotAfter: FormatTime(ev.NotAfter),
-		PublicKeySHA256: ev.PublicKeySHA256, Reason: ev.Reason, Parent: ev.Parent,
-	}
-	if len(ev.CertDER) > 0 {
-		w.Cert = base64.StdEncoding.EncodeToString(ev.CertDER)
-	}
-	b, err := json.Marshal(&w)
-	if err != nil {
-		return nil, fmt.Errorf("ledger: encode entry %d: %w", index, err)
-	}
-	return b, nil
-}
-
 // summaryOf returns, in a new slice, what encodeSummary returns for the
 // event that encodeEvent encoded as data: data without its "cert" member.
 // The member can be found by its bytes: every field before it is a JSON

@@ -5,7 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"sort"
+	"slices"
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
@@ -65,6 +65,14 @@ type kv struct{ k, v []byte }
 type indexBatch struct {
 	kvs    map[string][]kv
 	agents []agentUpdate
+	arena  []byte // index keys end to end (key)
+}
+
+// key returns indexKey(value, idx), laid in the arena as a slice of its own.
+func (b *indexBatch) key(value string, idx uint64) []byte {
+	n := len(b.arena)
+	b.arena = binary.BigEndian.AppendUint64(append(append(b.arena, value...), 0), idx)
+	return b.arena[n:len(b.arena):len(b.arena)]
 }
 
 func (b *indexBatch) put(bucket []byte, k, v []byte) {
@@ -79,11 +87,11 @@ func (b *indexBatch) put(bucket []byte, k, v []byte) {
 // encoded afresh).
 func (b *indexBatch) add(idx uint64, ev *entry.Event, data []byte) error {
 	if ev.Parent != "" {
-		b.put(ParentBucket, indexKey(ev.Parent, idx), []byte(ev.Serial))
+		b.put(ParentBucket, b.key(ev.Parent, idx), []byte(ev.Serial))
 	}
 	b.addAgent(idx, ev)
 	if ev.Serial != "" {
-		b.put(bSerial, indexKey(ev.Serial, idx), nil)
+		b.put(bSerial, b.key(ev.Serial, idx), nil)
 	}
 	if ev.SPIFFEID != "" {
 		summary, err := []byte(nil), error(nil)
@@ -92,10 +100,10 @@ func (b *indexBatch) add(idx uint64, ev *entry.Event, data []byte) error {
 		} else if summary, err = entry.EncodeSummary(idx, ev); err != nil {
 			return err
 		}
-		b.put(bSPIFFE, indexKey(ev.SPIFFEID, idx), summary)
+		b.put(bSPIFFE, b.key(ev.SPIFFEID, idx), summary)
 	}
 	if ev.Node != "" {
-		b.put(bNode, indexKey(ev.Node, idx), nil)
+		b.put(bNode, b.key(ev.Node, idx), nil)
 	}
 	if !ev.NotAfter.IsZero() {
 		b.put(bExpiry, expiryKey(ev.NotAfter, idx), nil)
@@ -114,7 +122,7 @@ func (b *indexBatch) add(idx uint64, ev *entry.Event, data []byte) error {
 // added after a file was created are created here).
 func (b *indexBatch) apply(tx store.Tx) error {
 	for name, kvs := range b.kvs {
-		sort.SliceStable(kvs, func(i, j int) bool { return bytes.Compare(kvs[i].k, kvs[j].k) < 0 })
+		slices.SortStableFunc(kvs, func(a, b kv) int { return bytes.Compare(a.k, b.k) })
 		bucket, err := tx.CreateBucketIfNotExists([]byte(name))
 		if err != nil {
 			return err
@@ -160,7 +168,10 @@ func (w *indexWriter) remove(idx uint64, ev *entry.Event) error {
 // index position; encoded[i] is evs[i]'s entry) and moves the stored index
 // position past them.
 func WriteTx(tx store.Tx, first uint64, evs []entry.Event, encoded [][]byte) error {
-	var batch indexBatch
+	batch := indexBatch{kvs: make(map[string][]kv, 8), arena: make([]byte, 0, 128*len(evs))}
+	for _, name := range [][]byte{bSerial, bSPIFFE, bNode, bExpiry} { // each gets a key per certificate
+		batch.kvs[string(name)] = make([]kv, 0, len(evs))
+	}
 	for i := range evs {
 		ev := evs[i]
 		// As DecodeEntry would return it: what the indexer writes for an

@@ -3,6 +3,7 @@ package index
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -89,12 +90,7 @@ func (b *indexBatch) applyAgents(tx store.Tx) error {
 		}
 		rec.apply(u)
 	}
-	nodes := make([]string, 0, len(recs))
-	for n := range recs {
-		nodes = append(nodes, n)
-	}
-	slices.Sort(nodes)
-	for _, n := range nodes {
+	for _, n := range slices.Sorted(maps.Keys(recs)) {
 		v, err := json.Marshal(recs[n])
 		if err != nil {
 			return err

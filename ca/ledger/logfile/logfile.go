@@ -15,13 +15,19 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
+	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/internal/boltcheck"
 	bolt "go.etcd.io/bbolt"
 )
 
-// boltOptions are the bbolt options of a ledger opened for writing.
+// boltOptions are the bbolt options of a ledger opened for writing. The
+// file is mapped with boltstore.InitialMmapSize of address space: bbolt
+// remaps a growing file under a lock that waits for every open read
+// transaction, so without it an append that grows the file would wait
+// for the longest View (an export, a follower's read) to end.
 func boltOptions() *bolt.Options {
-	return &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType}
+	return &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType,
+		InitialMmapSize: boltstore.InitialMmapSize}
 }
 
 // damageError is a failed integrity check; errors.Is(err, entry.ErrDamaged).

@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/store"
@@ -33,7 +34,15 @@ type Head struct {
 
 // Range returns the head as a compact range, to append to.
 func (s Head) Range() (*compact.Range, error) {
-	r, err := rangeFactory.NewRange(0, s.Size, s.Hashes)
+	return s.rangeOf(rangeFactory)
+}
+
+// rangeOf returns the head as a compact range made by f, on a copy of
+// the head's list of hashes: a range merges appended leaves into the list
+// it was made from, and a head may be the published one, which others
+// read meanwhile (the follower extends it).
+func (s Head) rangeOf(f *compact.RangeFactory) (*compact.Range, error) {
+	r, err := f.NewRange(0, s.Size, slices.Clone(s.Hashes))
 	if err != nil {
 		return nil, fmt.Errorf("ledger: stored tree state is corrupt: %w", err)
 	}
@@ -117,30 +126,42 @@ func Key(i uint64) []byte {
 // increasing level; they are stored together under key i in the nodes
 // bucket, so the bucket is written in key order, one record per leaf. The
 // node (level k, index j) is therefore hash k of record (j+1)*2^k - 1.
+// The records are laid end to end in buf, each stored as its own slice
+// (start marks where the current one begins), so a record is never
+// copied and never overwritten.
 type NodeWriter struct {
 	nodes store.Bucket
 	leaf  uint64
 	buf   []byte
+	start int
 }
 
-// NewNodeWriter returns a writer of the nodes bucket of tx.
-func NewNodeWriter(tx store.Tx) *NodeWriter {
+// NewNodeWriter returns a writer of the nodes bucket of tx, with room
+// for the records of about leaves leaves (each holds two hashes on
+// average).
+func NewNodeWriter(tx store.Tx, leaves int) *NodeWriter {
 	b := Bucket(tx, Nodes)
 	store.MarkSequential(b)
-	return &NodeWriter{nodes: b}
+	return &NodeWriter{nodes: b, buf: make([]byte, 0, 3*HashSize*leaves)}
 }
 
 // Visit records a completed node (compact.VisitFn).
 func (w *NodeWriter) Visit(id compact.NodeID, hash []byte) {
 	if id.Level == 0 {
-		w.leaf, w.buf = id.Index, w.buf[:0]
+		w.leaf, w.start = id.Index, len(w.buf)
 	}
 	w.buf = append(w.buf, hash...)
 }
 
-// Flush stores the record of the leaf just appended.
-func (w *NodeWriter) Flush() error {
-	return w.nodes.Put(Key(w.leaf), append([]byte(nil), w.buf...))
+// flush stores the record of the leaf just appended under key (Key of
+// the leaf's index, w.leaf).
+func (w *NodeWriter) flush(key []byte) error {
+	if len(key) != 8 || IndexOf(key) != w.leaf {
+		return fmt.Errorf("ledger: node record of leaf %d stored under key %x", w.leaf, key)
+	}
+	rec := w.buf[w.start:len(w.buf):len(w.buf)]
+	w.start = len(w.buf)
+	return w.nodes.Put(key, rec)
 }
 
 // SeqReader reads the values of increasing index keys (u64) of a bucket

@@ -87,7 +87,9 @@ type svidCase struct {
 func svidCases(t *testing.T) []svidCase {
 	p := newSVIDPKI(t, nil)
 	k := ecKey(t, elliptic.P256())
-	with := func(change func(*x509.Certificate)) [][]byte { return [][]byte{p.leaf(t, k.Public(), change), p.inter.Raw} }
+	with := func(change func(*x509.Certificate)) [][]byte {
+		return [][]byte{p.leaf(t, k.Public(), change), p.inter.Raw}
+	}
 	good := with(nil)
 	notCA := newSVIDPKI(t, func(c *x509.Certificate) { c.IsCA = false })
 	noCertSign := newSVIDPKI(t, func(c *x509.Certificate) { c.KeyUsage = x509.KeyUsageCRLSign })

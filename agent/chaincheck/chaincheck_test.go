@@ -114,7 +114,9 @@ func authorityCases(t testing.TB, f *fixture) []chainCase {
 		inter := newIntermediate(t, root, "inter", nil)
 		return []*x509.Certificate{newLeaf(t, inter, nil), inter.cert}, bundleOf(root)
 	}
+	v1 := newV1Intermediate(t, f.root, "inter")
 	cases := []chainCase{
+		{name: "version 1 intermediate", certs: []*x509.Certificate{newLeaf(t, v1, nil), v1.cert}, bundle: b, now: base},
 		{name: "intermediate not a CA", certs: under(func(c *x509.Certificate) { c.IsCA = false }), bundle: b, now: base},
 		{name: "intermediate without basic constraints", certs: under(func(c *x509.Certificate) { c.BasicConstraintsValid, c.IsCA = false, false }), bundle: b, now: base},
 		{name: "intermediate may not sign certificates", certs: under(func(c *x509.Certificate) { c.KeyUsage = x509.KeyUsageDigitalSignature }), bundle: b, now: base},

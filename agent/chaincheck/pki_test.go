@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
@@ -15,14 +16,17 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
 
 var (
 	td    = spiffeid.RequireTrustDomainFromString("cluster.local")
 	other = spiffeid.RequireTrustDomainFromString("other.example")
 	// base is the time every test certificate's validity is counted from
-	// (whole seconds, as X.509 encodes them).
-	base = time.Date(2026, 11, 29, 8, 0, 0, 0, time.UTC)
+	// (whole seconds, as X.509 encodes them), long past: a zero time,
+	// which means the wall clock, finds them all expired.
+	base = time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC)
 )
 
 // authority is a CA certificate with its key.
@@ -130,3 +134,57 @@ func bundleOf(roots ...*authority) *x509bundle.Bundle {
 // criticalExt is an extension crypto/x509 does not handle, marked
 // critical.
 var criticalExt = pkix.Extension{Id: asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 99999, 1}, Critical: true, Value: []byte{5, 0}}
+
+// newV1Intermediate is an intermediate named cn under parent in an X.509
+// version 1 certificate (no extensions, so no basic constraints), which
+// crypto/x509 can read but not write: CheckSignatureFrom accepts a v1
+// parent, chain building does not.
+func newV1Intermediate(t testing.TB, parent *authority, cn string) *authority {
+	t.Helper()
+	key := newKey(t)
+	spki, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	subject, err := asn1.Marshal(pkix.Name{CommonName: cn}.ToRDNSequence())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sigAlg := func(b *cryptobyte.Builder) {
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) { b.AddASN1ObjectIdentifier(oidECDSAWithSHA256) })
+	}
+	var tbs cryptobyte.Builder
+	tbs.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1Int64(7)
+		sigAlg(b)
+		b.AddBytes(parent.cert.RawSubject)
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1UTCTime(base.Add(-time.Hour))
+			b.AddASN1UTCTime(base.Add(12 * time.Hour))
+		})
+		b.AddBytes(subject)
+		b.AddBytes(spki)
+	})
+	tbsDER := tbs.BytesOrPanic()
+	digest := sha256.Sum256(tbsDER)
+	sig, err := parent.key.Sign(rand.Reader, digest[:], crypto.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cert cryptobyte.Builder
+	cert.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddBytes(tbsDER)
+		sigAlg(b)
+		b.AddASN1BitString(sig)
+	})
+	c, err := x509.ParseCertificate(cert.BytesOrPanic())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Version != 1 || c.BasicConstraintsValid || c.CheckSignatureFrom(parent.cert) != nil {
+		t.Fatalf("v1 intermediate: version %d, basic constraints %v, signature %v", c.Version, c.BasicConstraintsValid, c.CheckSignatureFrom(parent.cert))
+	}
+	return &authority{cert: c, key: key}
+}
+
+var oidECDSAWithSHA256 = asn1.ObjectIdentifier{1, 2, 840, 10045, 4, 3, 2}

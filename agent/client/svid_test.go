@@ -131,15 +131,15 @@ func svidCases(t *testing.T) []svidCase {
 		{name: "intermediate not a CA", chain: [][]byte{good[0], notCA.inter.Raw}, key: k},
 		{name: "intermediate may not sign certificates", chain: [][]byte{good[0], noCertSign.inter.Raw}, key: k},
 		{name: "leaf twice", chain: [][]byte{good[0], good[0]}, key: k},
-		{name: "the leaf's key on a curve PKCS #8 cannot name", chain: good, key: unnamedCurve(k)},
+		{name: "a key on a curve PKCS #8 cannot name", chain: good, key: unnamedCurve(t)},
 	}
 }
 
-// unnamedCurve is k on a copy of its curve's parameters: the same numbers,
-// a curve PKCS #8 has no name for.
-func unnamedCurve(k *ecdsa.PrivateKey) *ecdsa.PrivateKey {
-	params := *k.Curve.Params()
-	return &ecdsa.PrivateKey{PublicKey: ecdsa.PublicKey{Curve: &params, X: k.X, Y: k.Y}, D: k.D}
+// unnamedCurve is a key on a copy of P-256's parameters: the same
+// numbers, a curve PKCS #8 has no name for.
+func unnamedCurve(t *testing.T) *ecdsa.PrivateKey {
+	params := *elliptic.P256().Params()
+	return ecKey(t, &params)
 }
 
 // TestParseSVIDIsParseRaw: for every chain and key of the table, parseSVID

@@ -1,6 +1,7 @@
-// Package chaincheck verifies the X509-SVIDs the CA returns against the
-// agent's trust bundle with x509svid.Verify's verdict, at half its cost for
-// the chains the CA actually sends.
+// Package chaincheck checks the X509-SVIDs the CA returns as go-spiffe
+// would, at a fraction of the cost: Parse turns a chain and the agent's key
+// into an SVID with x509svid.ParseRaw's checks, and a Checker verifies it
+// against the agent's trust bundle with x509svid.Verify's verdict.
 //
 // x509svid.Verify checks two signatures per SVID: the leaf's by the
 // intermediate, and the intermediate's by a root of the bundle. The second

@@ -1,12 +1,10 @@
 package client
 
 import (
-	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -14,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/castellan-dev/castellan/agent/chaincheck"
 	cav1 "github.com/castellan-dev/castellan/api/castellan/ca/v1"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -48,11 +47,7 @@ func svidFromProto(p *cav1.X509SVID, key crypto.Signer) (*x509svid.SVID, error) 
 	if p == nil || len(p.CertChain) == 0 {
 		return nil, errors.New("client: CA returned no certificate")
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, fmt.Errorf("client: marshal key: %w", err)
-	}
-	svid, err := x509svid.ParseRaw(bytes.Join(p.CertChain, nil), keyDER)
+	svid, err := chaincheck.Parse(p.CertChain, key)
 	if err != nil {
 		return nil, fmt.Errorf("client: CA returned an unusable SVID: %w", err)
 	}

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/agent/cache"
+	"github.com/castellan-dev/castellan/agent/chaincheck"
 	"github.com/castellan-dev/castellan/agent/logcheck"
 	"github.com/castellan-dev/castellan/agent/rotate"
 	"github.com/castellan-dev/castellan/agent/state"
@@ -110,6 +111,10 @@ type Manager struct {
 	ids     map[string]*identity
 	bundle  *x509bundle.Bundle
 	revoked map[serial.Number]bool
+
+	// chains verifies new SVIDs against bundle, remembering the
+	// intermediates it verified (safe from any goroutine).
+	chains chaincheck.Checker
 }
 
 // identity is one registration entry and what the agent holds for it.

@@ -134,7 +134,7 @@ func (m *Manager) record(key string, res upstream.Signed, now time.Time) (cache.
 		return cache.Record{}, fmt.Errorf("manager: CA signed %s, entry wants %s", svid.ID, id.entry.SPIFFEID)
 	}
 	if m.bundle != nil {
-		if _, _, err := x509svid.Verify(svid.Certificates, m.bundle, x509svid.WithTime(now)); err != nil {
+		if err := m.chains.Verify(svid.Certificates, m.bundle, now); err != nil {
 			return cache.Record{}, fmt.Errorf("manager: CA returned an SVID the trust bundle rejects: %w", err)
 		}
 	}

@@ -77,6 +77,7 @@ test: build
 		CASTELLAN_KUBE_COREDNS="$$(./integration/kube/coredns/build.sh)" CASTELLAN_CLUSTER=1 \
 		CASTELLAN_REQUIRE_IMAGES=1 CASTELLAN_REQUIRE_ROOT=1 \
 		CASTELLAN_BIN=$(abspath $(BIN)) $(GO) test $(TESTFLAGS) ./...
+	cd bench/compare && GOWORK=off $(GO) vet ./... && GOWORK=off $(GO) test $(TESTFLAGS) ./...
 
 # unit runs the tests that need no kube-apiserver (they skip themselves).
 unit: build

@@ -86,6 +86,10 @@ func TestFloorMeasuresRealWork(t *testing.T) {
 	if f.sign <= 0 || f.check <= f.sign {
 		t.Fatalf("floor %s: want a positive signature cost below the check's", f)
 	}
+	m, err := medianFloor(csrs, 3, 100)
+	if err != nil || m.sign <= 0 || m.check <= m.sign {
+		t.Fatalf("median floor %s, %v: want a positive signature cost below the check's", m, err)
+	}
 	csrs[3] = append([]byte(nil), csrs[3][:len(csrs[3])-4]...)
 	if _, err := measureFloor(csrs, 20); err == nil {
 		t.Fatal("a truncated CSR was accepted by the floor's check")

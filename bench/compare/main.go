@@ -80,23 +80,23 @@ func run(ctx context.Context, w io.Writer, castellanBin, spireBin string, d time
 	if err != nil {
 		return err
 	}
-	before, err := measureFloor(csrs, floorRounds)
+	before, err := medianFloor(csrs, floorSamples, floorRounds)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(w, "Castellan (%s) vs SPIRE v1.13.3 (%s); %s per measurement, %d rounds\n", castellanBin, spireBin, d, rounds)
 	fmt.Fprintf(w, "Crypto floor before the run: %s\n\n", before)
-	fmt.Fprintln(w, "| work | round | Castellan SVIDs/s, p50, server CPU-ms/1000 | SPIRE SVIDs/s, p50, server CPU-ms/1000 | rate ratio | CPU ratio (SPIRE/Castellan) | Castellan CPU ÷ floor |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| work | round | Castellan SVIDs/s, p50, server CPU-ms/1000 | SPIRE SVIDs/s, p50, server CPU-ms/1000 | rate ratio | CPU ratio (SPIRE/Castellan) | floor µs | Castellan CPU ÷ floor |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
 	for _, cl := range cells {
 		if !pick.MatchString(cl.label) {
 			continue
 		}
-		if err := measureCell(ctx, w, c, s, cl, csrs, d, rounds, before); err != nil {
+		if err := measureCell(ctx, w, c, s, cl, csrs, d, rounds); err != nil {
 			return err
 		}
 	}
-	after, err := measureFloor(csrs, floorRounds)
+	after, err := medianFloor(csrs, floorSamples, floorRounds)
 	if err != nil {
 		return err
 	}
@@ -104,13 +104,24 @@ func run(ctx context.Context, w io.Writer, castellanBin, spireBin string, d time
 	return nil
 }
 
-// floorRounds is how many CSR checks and signatures the floor averages.
-const floorRounds = 2000
+// The floor is the median of floorSamples measurements of floorRounds CSR
+// checks and signatures each: on a shared machine a single measurement
+// now and then comes out 10-25% low or high.
+const (
+	floorSamples = 5
+	floorRounds  = 1000
+)
 
 // measureCell measures cl rounds times, alternating which side goes first,
-// and prints one row per round.
-func measureCell(ctx context.Context, w io.Writer, c, s side, cl cell, csrs [][]byte, d time.Duration, rounds int, fl floor) error {
+// and prints one row per round. Each round's Castellan CPU is divided by
+// the floor measured just before that round (the machine's speed drifts
+// within a run).
+func measureCell(ctx context.Context, w io.Writer, c, s side, cl cell, csrs [][]byte, d time.Duration, rounds int) error {
 	for r := range rounds {
+		fl, err := medianFloor(csrs, floorSamples, floorRounds)
+		if err != nil {
+			return err
+		}
 		sides := []side{c, s}
 		if r%2 == 1 {
 			sides = []side{s, c}
@@ -124,8 +135,8 @@ func measureCell(ctx context.Context, w io.Writer, c, s side, cl cell, csrs [][]
 			res[sd.name()] = m
 		}
 		ca, sp := res["Castellan"], res["SPIRE"]
-		fmt.Fprintf(w, "| %s | %d | %s | %s | %.2f | %.2f | %.2f |\n", cl.label, r+1, cellText(ca), cellText(sp),
-			ca.rate()/sp.rate(), sp.cpuPer1000()/ca.cpuPer1000(), ca.cpuPer1000()/us(fl.total()))
+		fmt.Fprintf(w, "| %s | %d | %s | %s | %.2f | %.2f | %.0f | %.2f |\n", cl.label, r+1, cellText(ca), cellText(sp),
+			ca.rate()/sp.rate(), sp.cpuPer1000()/ca.cpuPer1000(), us(fl.total()), ca.cpuPer1000()/us(fl.total()))
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -265,6 +266,9 @@ func quotaDamage(t *testing.T, path string) {
 	}
 	ps := int(binary.LittleEndian.Uint32(data[16+8:]))
 	n := len(data) / ps
+	for n > 2 && !slices.ContainsFunc(data[(n-1)*ps:n*ps], func(b byte) bool { return b != 0 }) {
+		n-- // bbolt grows the file ahead of its data: skip the unwritten tail
+	}
 	probe := filepath.Join(t.TempDir(), "probe.db")
 	for i := range n / 2 {
 		p := n/2 + i/2*(1-2*(i%2)) // the middle page, then outward

@@ -8,7 +8,6 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/follow"
-	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
@@ -22,12 +21,14 @@ import (
 // after that transaction is committed and durable, so an entry is durable
 // before the caller hands out the certificate it records. If the store
 // cannot be reached, the error wraps store.ErrUnavailable. Events with a
-// zero Time get the ledger clock's time. The transaction also writes the
-// events' secondary index entries (serial, SPIFFE ID, node, expiry,
-// revocations, agent records) from the events in memory, so an entry is
-// indexed as soon as it is durable, on every replica; only a backlog left
-// by an older binary or a failed index write is left to the indexer
-// (package index), which every query waits for. Safe for concurrent use.
+// zero Time get the ledger clock's time. The transaction writes the
+// entries and the Merkle tree only: the secondary indexes (serial, SPIFFE
+// ID, node, expiry, revocations, agent records) are derived from the
+// entries by the indexer (package index), in its own transactions that
+// cover everything appended in the last moments (indexDelay), and every
+// query waits for it. An issuance commit so writes only pages at the end
+// of the entries and the tree, none scattered across the indexes (see
+// index.Run). Safe for concurrent use.
 func (l *Ledger) Append(ctx context.Context, events ...entry.Event) ([]uint64, error) {
 	if len(events) == 0 {
 		return nil, nil
@@ -77,12 +78,10 @@ func (l *Ledger) Append(ctx context.Context, events ...entry.Event) ([]uint64, e
 // eventOverhead estimates an encoded event's size besides its certificate.
 const eventOverhead = 512
 
-// appendTx writes evs at the end of the tree stored in tx, and their
-// index entries when the indexes are up to date (the stored index position
-// is where evs begin; otherwise the indexer has a backlog to work through
-// first, and indexes evs with it). It reads the tree state and the index
+// appendTx writes evs at the end of the tree stored in tx (their index
+// entries are the indexer's). It reads the tree state and the index
 // position from tx, never from memory: on a shared store another replica
-// may have appended since this one last looked.
+// may have appended or indexed since this one last looked.
 func appendTx(tx store.Tx, evs []entry.Event) (follow.Appended, error) {
 	st, indexed, err := tree.ReadWithIndexed(tx)
 	if err != nil {
@@ -94,21 +93,13 @@ func appendTx(tx store.Tx, evs []entry.Event) (follow.Appended, error) {
 		return follow.Appended{}, err
 	}
 	first := r.End()
-	encoded, err := tree.AppendEntries(tx, r, h, evs)
-	if err != nil {
+	if err := tree.AppendEntries(tx, r, h, evs); err != nil {
 		return follow.Appended{}, err
 	}
 	if err := tree.Write(tx, r); err != nil {
 		return follow.Appended{}, err
 	}
-	res := follow.Appended{First: first, Head: tree.Head{Size: r.End(), Hashes: r.Hashes()}, Indexed: indexed}
-	if res.Indexed == first {
-		if err := index.WriteTx(tx, first, evs, encoded); err != nil {
-			return follow.Appended{}, err
-		}
-		res.Indexed = res.Head.Size
-	}
-	return res, nil
+	return follow.Appended{First: first, Head: tree.Head{Size: r.End(), Hashes: r.Hashes()}, Indexed: indexed}, nil
 }
 
 // committed writes the audit log lines and metrics of a committed append,

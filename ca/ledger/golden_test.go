@@ -11,6 +11,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/internal/clock/clocktest"
 )
 
@@ -73,6 +74,9 @@ func TestStoredBytesUnchanged(t *testing.T) {
 		if _, err := l.Append(context.Background(), evs...); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if err := index.Wait(l.Index, context.Background()); err != nil { // the indexer's keys too
+		t.Fatal(err)
 	}
 	h, n := sha256.New(), 0
 	err = l.bolt.View(func(tx *bolt.Tx) error {

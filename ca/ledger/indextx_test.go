@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,17 +23,74 @@ import (
 	"github.com/castellan-dev/castellan/ca/store"
 	"github.com/castellan-dev/castellan/ca/store/boltstore"
 	"github.com/castellan-dev/castellan/internal/clock/clocktest"
+	bolt "go.etcd.io/bbolt"
 )
 
-// countingStore counts the Update transactions run on a store.
+// countingStore counts the Update transactions run on a store and
+// records, for each, the buckets it wrote to.
 type countingStore struct {
 	store.DB
 	updates atomic.Int64
+	mu      sync.Mutex
+	written []map[string]bool // per committed Update, the buckets it put to or deleted from
 }
 
 func (c *countingStore) Update(ctx context.Context, fn func(store.Tx) error) error {
 	c.updates.Add(1)
-	return c.DB.Update(ctx, fn)
+	w := map[string]bool{}
+	err := c.DB.Update(ctx, func(tx store.Tx) error { return fn(recordingTx{tx, w}) })
+	if err == nil {
+		c.mu.Lock()
+		c.written = append(c.written, w)
+		c.mu.Unlock()
+	}
+	return err
+}
+
+// writes returns the buckets written by each committed Update so far.
+func (c *countingStore) writes() []map[string]bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.written)
+}
+
+// recordingTx notes the buckets written through it.
+type recordingTx struct {
+	store.Tx
+	written map[string]bool
+}
+
+func (tx recordingTx) Bucket(name []byte) store.Bucket {
+	b := tx.Tx.Bucket(name)
+	if b == nil {
+		return nil
+	}
+	return recordingBucket{b, string(name), tx.written}
+}
+
+func (tx recordingTx) CreateBucketIfNotExists(name []byte) (store.Bucket, error) {
+	b, err := tx.Tx.CreateBucketIfNotExists(name)
+	if err != nil {
+		return nil, err
+	}
+	return recordingBucket{b, string(name), tx.written}, nil
+}
+
+// recordingBucket notes a Put or Delete in its transaction's written set.
+type recordingBucket struct {
+	store.Bucket
+	name    string
+	written map[string]bool
+}
+
+func (b recordingBucket) Put(k, v []byte) error {
+	b.written[b.name] = true
+	return b.Bucket.Put(k, v)
+}
+
+func (b recordingBucket) Delete(k []byte) error {
+	b.written[b.name] = true
+	return b.Bucket.Delete(k)
 }
 
 // countedLedger opens a ledger with New on a fresh store of be (bbolt: a
@@ -169,28 +227,16 @@ func reindex(t *testing.T, l *Ledger) {
 	}
 }
 
-// TestAppendIndexesInItsOwnTransaction: an Append writes its entries'
-// index keys in its own transaction: one Update per append on an idle
-// ledger, never a second one by the indexer (even when a query then
-// waits for the indexes), and the stored index position equals the log
-// size as soon as Append returns.
-func TestAppendIndexesInItsOwnTransaction(t *testing.T) {
+// TestAppendWritesNoIndexKey: an append's transaction writes the entries
+// and the tree, never an index bucket (the indexer's transactions write
+// those, and no entry); the queries after the appends wait for the
+// indexer and see every entry, and the stored index position is then the
+// log size.
+func TestAppendWritesNoIndexKey(t *testing.T) {
 	forBackends(t, func(t *testing.T, be backend) {
 		clock := newFakeClock()
 		l, cs := countedLedger(t, be, clock)
-		before := cs.updates.Load()
 		evs := appendMixed(t, l, clock.Now())
-		want := int64(len(evs) + 1) // and the revocation
-		if got := cs.updates.Load() - before; got != want {
-			t.Fatalf("%d appends ran %d Update transactions, want one each", want, got)
-		}
-		idx, pos := dumpIndexes(t, l)
-		if pos != l.Size() {
-			t.Fatalf("stored index position %d right after the appends, want the log size %d", pos, l.Size())
-		}
-		if len(idx[string(bSerial)]) != 4 || len(idx[string(bRevoked)]) != 1 || len(idx[string(index.ParentBucket)]) != 1 || len(idx[string(index.AgentsBucket)]) != 2 {
-			t.Fatalf("index entries missing right after the appends: %v", idx)
-		}
 		got, err := l.Get(context.Background(), evs[1].Serial)
 		if err != nil || got.Serial != evs[1].Serial {
 			t.Fatalf("Get(%s) = %+v, %v", evs[1].Serial, got, err)
@@ -198,57 +244,78 @@ func TestAppendIndexesInItsOwnTransaction(t *testing.T) {
 		if ag, err := l.Agent(context.Background(), "n1"); err != nil || ag.Serial != evs[2].Serial {
 			t.Fatalf("Agent(n1) = %+v, %v", ag, err)
 		}
-		if got := cs.updates.Load() - before; got != want {
-			t.Fatalf("queries after the appends ran %d more Update transactions (an indexer pass), want none", got-want)
+		idx, pos := dumpIndexes(t, l)
+		if pos != l.Size() {
+			t.Fatalf("stored index position %d after the queries, want the log size %d", pos, l.Size())
+		}
+		if len(idx[string(bSerial)]) != 4 || len(idx[string(bRevoked)]) != 1 || len(idx[string(index.ParentBucket)]) != 1 || len(idx[string(index.AgentsBucket)]) != 2 {
+			t.Fatalf("index entries missing after the queries: %v", idx)
+		}
+		appends, indexing := 0, 0
+		for _, w := range cs.writes() {
+			switch {
+			case w[string(tree.Entries)]:
+				appends++
+				for _, name := range indexBuckets {
+					if w[string(name)] {
+						t.Errorf("an append's transaction wrote index bucket %s: %v", name, w)
+					}
+				}
+			case w[string(bSerial)]:
+				indexing++
+			}
+		}
+		if appends != len(evs)+1 || indexing == 0 { // and the revocation
+			t.Fatalf("%d transactions wrote entries (want %d, one per append), %d indexed", appends, len(evs)+1, indexing)
 		}
 		checkTreeAndIndexed(t, l)
 	})
 }
 
-// TestIndexesWrittenByAppendAreTheIndexersByteForByte: the index keys and
-// values an append writes from its events in memory (times in any zone,
-// with monotonic readings) are exactly those the indexer writes from the
-// same entries decoded from the store, so queries cannot tell which
-// wrote them.
-func TestIndexesWrittenByAppendAreTheIndexersByteForByte(t *testing.T) {
+// TestIndexesWrittenInStepsAreAFullReindex: the indexes the indexer builds
+// a few entries at a time, as appends come (events in any zone, with
+// monotonic readings), are byte for byte those of one indexer pass over
+// the whole log, so queries cannot tell how they were built.
+func TestIndexesWrittenInStepsAreAFullReindex(t *testing.T) {
 	forBackends(t, func(t *testing.T, be backend) {
 		clock := newFakeClock()
 		l, _ := countedLedger(t, be, clock)
 		appendMixed(t, l, clock.Now())
 		fill(t, l, 50, clock.Now().Add(time.Hour))
-		byAppend, pos := dumpIndexes(t, l)
+		if err := index.Wait(l.Index, context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		inSteps, pos := dumpIndexes(t, l)
 		wipeIndexes(t, l, 0)
 		reindex(t, l)
-		byIndexer, pos2 := dumpIndexes(t, l)
+		inOnePass, pos2 := dumpIndexes(t, l)
 		if pos != pos2 || pos != l.Size() {
-			t.Fatalf("index position %d after the appends, %d after the indexer, log size %d", pos, pos2, l.Size())
+			t.Fatalf("index position %d after the appends, %d after one pass, log size %d", pos, pos2, l.Size())
 		}
-		for _, name := range slices.Sorted(maps.Keys(byIndexer)) {
-			if !maps.Equal(byAppend[name], byIndexer[name]) {
-				t.Errorf("bucket %s: appends wrote\n%q\nthe indexer writes\n%q", name, byAppend[name], byIndexer[name])
+		for _, name := range slices.Sorted(maps.Keys(inOnePass)) {
+			if !maps.Equal(inSteps[name], inOnePass[name]) {
+				t.Errorf("bucket %s: built in steps\n%q\nin one pass\n%q", name, inSteps[name], inOnePass[name])
 			}
 		}
 	})
 }
 
-// TestAppendAfterABacklogLeavesItToTheIndexer: when the stored index
-// position is behind the log (a log written by an older binary), an
-// append does not index its own entries out of order: it leaves them to
-// the indexer, which a query hurries, and the result is the indexes of a
-// full reindex; the appends after that index themselves again.
-func TestAppendAfterABacklogLeavesItToTheIndexer(t *testing.T) {
+// TestIndexerWorksThroughABacklog: when the stored index position is
+// behind the log (a log written by an older binary, or an index write
+// that failed), the indexer works through it in order when a query
+// hurries it, and the result is the indexes of a full reindex.
+func TestIndexerWorksThroughABacklog(t *testing.T) {
 	forBackends(t, func(t *testing.T, be backend) {
 		clock := newFakeClock()
-		l, cs := countedLedger(t, be, clock)
+		l, _ := countedLedger(t, be, clock)
 		ctx := context.Background()
 		fill(t, l, 20, clock.Now().Add(time.Hour))
+		if err := index.Wait(l.Index, ctx); err != nil {
+			t.Fatal(err)
+		}
 		wipeIndexes(t, l, 5) // [5, 20) unindexed; [0, 5) lost too, so a rewrite would show
 		if _, err := l.Append(ctx, certEvent(100, "spiffe://td/late", "n9", clock.Now().Add(time.Hour))); err != nil {
 			t.Fatal(err)
-		}
-		if _, pos := dumpIndexes(t, l); pos != 5 && pos != l.Size() {
-			// 5: left to the indexer; the size: the indexer (kicked) ran.
-			t.Fatalf("index position %d after an append behind a backlog, want 5 or %d", pos, l.Size())
 		}
 		got, _, err := l.List(ctx, index.Filter{SPIFFEID: "spiffe://td/late"}, 10, "")
 		if err != nil || len(got) != 1 {
@@ -261,14 +328,84 @@ func TestAppendAfterABacklogLeavesItToTheIndexer(t *testing.T) {
 		if pos != l.Size() || len(idx[string(bSerial)]) != 16 {
 			t.Fatalf("after the query: position %d of %d, %d serials indexed, want entries [5, 21)", pos, l.Size(), len(idx[string(bSerial)]))
 		}
-		before := cs.updates.Load()
-		if _, err := l.Append(ctx, certEvent(101, "spiffe://td/later", "n9", clock.Now().Add(time.Hour))); err != nil {
-			t.Fatal(err)
-		}
-		if _, pos := dumpIndexes(t, l); pos != l.Size() || cs.updates.Load()-before != 1 {
-			t.Fatalf("append after the backlog: position %d of %d, %d Updates; want it indexed in its own one", pos, l.Size(), cs.updates.Load()-before)
-		}
 	})
+}
+
+// TestCloseIndexesWhatWasAppended: Close brings the indexes up to date
+// (the indexer waits a moment after an append before it runs), so a file
+// closed right after an append is fully indexed when opened again, even
+// read-only for forensics, whose queries read the indexes as they are.
+func TestCloseIndexesWhatWasAppended(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "ledger.db")
+	cfg := withKeyFile(t, dir, Config{})
+	l, err := Open(path, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := make([]entry.Event, 30)
+	for i := range evs {
+		evs[i] = certEvent(i+1, fmt.Sprintf("spiffe://td/w%d", i), "n1", time.Now().Add(time.Hour))
+	}
+	if _, err := l.Append(context.Background(), evs...); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cfg.ReadOnly = true
+	ro, err := Open(path, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	if pos, size := index.Position(ro.Index), ro.Size(); pos != size || size != 30 {
+		t.Fatalf("after Close the stored index position is %d of %d entries", pos, size)
+	}
+	got, _, err := ro.List(context.Background(), index.Filter{SPIFFEID: "spiffe://td/w29"}, 10, "")
+	if err != nil || len(got) != 1 {
+		t.Fatalf("forensic List of the last entry = %d entries, %v", len(got), err)
+	}
+}
+
+// TestForensicOpenWarnsOfUnindexedEntries: a file whose last entries the
+// indexer never reached (the CA was killed) is served read-only as it is,
+// and the log says how many entries Get and List cannot show.
+func TestForensicOpenWarnsOfUnindexedEntries(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "ledger.db")
+	cfg := withKeyFile(t, dir, Config{})
+	l, err := Open(path, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fill(t, l, 12, time.Now().Add(time.Hour))
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(path, 0o600, nil) // as a kill before the indexer ran leaves it
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(tree.Meta).Put(tree.KeyIndexed, binary.BigEndian.AppendUint64(nil, 9))
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logged strings.Builder
+	cfg.ReadOnly, cfg.Logger = true, slog.New(slog.NewTextHandler(&logged, nil))
+	ro, err := Open(path, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	if !strings.Contains(logged.String(), "not in its indexes") || !strings.Contains(logged.String(), "unindexed_entries=3 first_unindexed=9") {
+		t.Fatalf("forensic open of a file with 3 unindexed entries logged:\n%s", logged.String())
+	}
 }
 
 // TestAuditLinePerEvent: every appended event gets one JSON audit line,

@@ -8,9 +8,10 @@
 // checkpoint format (golang.org/x/mod/sumdb/note signatures), so an auditor
 // holding an old checkpoint can check that the log only grew (Consistency)
 // and anyone can check that an entry is in it (InclusionProof). Entries are
-// indexed by serial, SPIFFE ID, node and expiry, in the transaction that
-// appends them (append.go; the indexer of package index catches up on a
-// backlog).
+// indexed by serial, SPIFFE ID, node and expiry by the indexer of package
+// index, in its own transactions a moment after they are appended (an
+// append commits only the entries and the tree; queries wait for the
+// indexer, Close and Open bring the indexes up to date).
 //
 // Storage: the ledger is written against the storage contract (package
 // store), once. Open keeps it in a bbolt file (boltstore) checked page by
@@ -321,6 +322,9 @@ func (l *Ledger) openFile(path string) error {
 	if err == nil {
 		err = l.catchUp()
 	}
+	if err == nil && l.readOnly {
+		l.warnUnindexed()
+	}
 	if err != nil {
 		l.cancel()
 		l.db.Close()
@@ -330,6 +334,17 @@ func (l *Ledger) openFile(path string) error {
 		return err
 	}
 	return nil
+}
+
+// warnUnindexed tells the forensic reader that the entries at the end of
+// the log the indexer had not reached (the CA stopped between an append
+// and the indexer's next pass) are missing from Get and List, which read
+// the indexes of the file as it is.
+func (l *Ledger) warnUnindexed() {
+	if indexed, size := index.Position(l.Index), l.Size(); indexed < size {
+		l.log.Warn("the last entries of the ledger are not in its indexes: Get and List do not show them; ledger export and verify do",
+			"unindexed_entries", size-indexed, "first_unindexed", indexed)
+	}
 }
 
 // init creates the buckets, records the origin and verifier key of a new
@@ -401,6 +416,11 @@ func (l *Ledger) Close() error {
 	l.mu.Unlock()
 	if l.commit != nil {
 		l.commit.Close()
+	}
+	if !l.readOnly { // the entries appended since the indexer's last pass
+		if err := index.CatchUp(l.Index); err != nil {
+			l.log.Warn("ledger: the indexes were not brought up to date at close; the next Open does it", "error", err)
+		}
 	}
 	close(l.stop)
 	l.cancel()

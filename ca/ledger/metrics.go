@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -11,6 +12,7 @@ import (
 type metrics struct {
 	events   *prometheus.CounterVec
 	size     prometheus.GaugeFunc
+	lag      prometheus.GaugeFunc
 	duration prometheus.Histogram
 	failures prometheus.Counter
 }
@@ -28,6 +30,10 @@ func newMetrics(reg *prometheus.Registry, l *Ledger) *metrics {
 			Name: "castellan_ledger_size",
 			Help: "Number of entries in the issuance ledger's Merkle tree.",
 		}, func() float64 { return float64(l.Size()) }),
+		lag: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "castellan_ledger_unindexed_entries",
+			Help: "Entries appended to the ledger and not yet in its indexes (serial, SPIFFE ID, node, expiry); the indexer catches up within moments, so a value that keeps growing means it is failing (see the log).",
+		}, func() float64 { return float64(l.Size() - min(l.Size(), index.Position(l.Index))) }),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "castellan_ledger_append_duration_seconds",
 			Help:    "Time of one committed, fsync'd ledger transaction (Append call), including waiting for a shared batch.",
@@ -38,7 +44,7 @@ func newMetrics(reg *prometheus.Registry, l *Ledger) *metrics {
 			Help: "Append calls whose transaction failed; the certificates they recorded were withheld.",
 		}),
 	}
-	reg.MustRegister(m.events, m.size, m.duration, m.failures)
+	reg.MustRegister(m.events, m.size, m.lag, m.duration, m.failures)
 	reg.MustRegister(l.reserve.Collectors()...)
 	return m
 }

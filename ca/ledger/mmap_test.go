@@ -40,13 +40,16 @@ func TestAppendGrowingTheFileDoesNotWaitForReaders(t *testing.T) {
 	appended := make(chan error, 1)
 	go func() {
 		evs := make([]entry.Event, 100)
-		for b := range 30 { // ~3 MB of entries and indexes
+		for b := range 300 { // until the file grew by 2 MiB: bbolt grows it 16 MiB ahead
 			for i := range evs {
 				evs[i] = benchEvent(uint64(b*len(evs) + i + 1))
 			}
 			if _, err := l.Append(context.Background(), evs...); err != nil {
 				appended <- err
 				return
+			}
+			if fi, err := os.Stat(path); err == nil && fi.Size() >= before.Size()+2<<20 {
+				break
 			}
 		}
 		appended <- nil

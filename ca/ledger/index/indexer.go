@@ -256,7 +256,7 @@ func (x *Index) prepareIndex(tx store.Tx, batch *indexBatch, from, to uint64) er
 			x.log.Error("ledger entry cannot be indexed", "index", i, "error", err)
 			continue
 		}
-		if err := batch.add(i, &e.Event, nil); err != nil {
+		if err := batch.add(i, &e.Event); err != nil {
 			return err
 		}
 	}

@@ -42,7 +42,7 @@ func BenchmarkBatchIssuancePostgres(b *testing.B) {
 				e.addEntry(b, appID, node)
 				agents[i] = e.agentClient(b, node)
 			}
-			runBatches(b, agents, func() time.Duration { return cpuTime() + processesCPU(pg.Processes()) })
+			runBatches(b, agents, indexedCPU(b, func() time.Duration { return cpuTime() + processesCPU(pg.Processes()) }, envs...))
 		})
 	}
 }
@@ -61,7 +61,7 @@ func BenchmarkIssuancePostgres(b *testing.B) {
 			}
 			e := pgEnv(b, dsn, key)
 			e.addEntry(b, appID, "node-a")
-			runSingles(b, e.agentClient(b, "node-a"), "p256", callers, func() time.Duration { return cpuTime() + processesCPU(pg.Processes()) })
+			runSingles(b, e.agentClient(b, "node-a"), "p256", callers, indexedCPU(b, func() time.Duration { return cpuTime() + processesCPU(pg.Processes()) }, e))
 		})
 	}
 }

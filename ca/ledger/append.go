@@ -8,6 +8,7 @@ import (
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/follow"
+	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/ledger/reserve"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
@@ -21,14 +22,10 @@ import (
 // after that transaction is committed and durable, so an entry is durable
 // before the caller hands out the certificate it records. If the store
 // cannot be reached, the error wraps store.ErrUnavailable. Events with a
-// zero Time get the ledger clock's time. The transaction writes the
-// entries and the Merkle tree only: the secondary indexes (serial, SPIFFE
-// ID, node, expiry, revocations, agent records) are derived from the
-// entries by the indexer (package index), in its own transactions that
-// cover everything appended in the last moments (indexDelay), and every
-// query waits for it. An issuance commit so writes only pages at the end
-// of the entries and the tree, none scattered across the indexes (see
-// index.Run). Safe for concurrent use.
+// zero Time get the ledger clock's time. The secondary indexes (serial,
+// SPIFFE ID, node, expiry, revocations, agent records), which every query
+// waits for, are written where they cost least (see appendTx). Safe for
+// concurrent use.
 func (l *Ledger) Append(ctx context.Context, events ...entry.Event) ([]uint64, error) {
 	if len(events) == 0 {
 		return nil, nil
@@ -78,11 +75,24 @@ func (l *Ledger) Append(ctx context.Context, events ...entry.Event) ([]uint64, e
 // eventOverhead estimates an encoded event's size besides its certificate.
 const eventOverhead = 512
 
-// appendTx writes evs at the end of the tree stored in tx (their index
-// entries are the indexer's). It reads the tree state and the index
-// position from tx, never from memory: on a shared store another replica
-// may have appended or indexed since this one last looked.
-func appendTx(tx store.Tx, evs []entry.Event) (follow.Appended, error) {
+// appendTx writes evs at the end of the tree stored in tx. It reads the
+// tree state and the index position from tx, never from memory: on a
+// shared store another replica may have appended or indexed since this
+// one last looked.
+//
+// Where the index keys are written depends on the store. On the ledger's
+// own bbolt file, whose commit costs a page write per page touched and
+// two fsyncs, an append writes only the entries and the tree (pages at
+// their ends) and the indexer writes the index keys a moment later for
+// every append since its last pass, sharing their pages: an issuance
+// commit writes a fraction of the pages, none scattered across the
+// indexes. On a shared store (PostgreSQL), whose cost is per row and per
+// round trip, and whose replicas' indexers would contend for each pass,
+// the append writes its own index keys in its transaction when the
+// indexes are up to date (the stored index position is where evs begin;
+// otherwise the indexer has a backlog to work through first, and indexes
+// evs with it).
+func (l *Ledger) appendTx(tx store.Tx, evs []entry.Event) (follow.Appended, error) {
 	st, indexed, err := tree.ReadWithIndexed(tx)
 	if err != nil {
 		return follow.Appended{}, err
@@ -93,13 +103,21 @@ func appendTx(tx store.Tx, evs []entry.Event) (follow.Appended, error) {
 		return follow.Appended{}, err
 	}
 	first := r.End()
-	if err := tree.AppendEntries(tx, r, h, evs); err != nil {
+	encoded, err := tree.AppendEntries(tx, r, h, evs)
+	if err != nil {
 		return follow.Appended{}, err
 	}
 	if err := tree.Write(tx, r); err != nil {
 		return follow.Appended{}, err
 	}
-	return follow.Appended{First: first, Head: tree.Head{Size: r.End(), Hashes: r.Hashes()}, Indexed: indexed}, nil
+	res := follow.Appended{First: first, Head: tree.Head{Size: r.End(), Hashes: r.Hashes()}, Indexed: indexed}
+	if l.shared && res.Indexed == first {
+		if err := index.WriteTx(tx, first, evs, encoded); err != nil {
+			return follow.Appended{}, err
+		}
+		res.Indexed = res.Head.Size
+	}
+	return res, nil
 }
 
 // committed writes the audit log lines and metrics of a committed append,

@@ -46,7 +46,7 @@ var errInjected = errors.New("injected commit failure")
 
 // probe replaces the ledger's committer (idle: nothing appended yet) by
 // one whose transactions go through the probe.
-func probe(l *Ledger) *txProbe { return probeWrite(l, appendTx) }
+func probe(l *Ledger) *txProbe { return probeWrite(l, l.appendTx) }
 
 // probeWrite is probe with write writing each append's events.
 func probeWrite(l *Ledger, write func(store.Tx, []entry.Event) (follow.Appended, error)) *txProbe {
@@ -256,12 +256,12 @@ func TestBadEventFailsOnlyItsOwnAppendInAGroup(t *testing.T) {
 	p := probeWrite(l, func(tx store.Tx, evs []entry.Event) (follow.Appended, error) {
 		if evs[0].Serial == badSerial {
 			// Write part of it first: the retry must not keep any of it.
-			if _, err := appendTx(tx, evs); err != nil {
+			if _, err := l.appendTx(tx, evs); err != nil {
 				return follow.Appended{}, err
 			}
 			return follow.Appended{}, errBad
 		}
-		return appendTx(tx, evs)
+		return l.appendTx(tx, evs)
 	})
 	first, rest, release := startHeldGroup(t, l, p, 0, 10) // serials 1..10 share a group
 	release()

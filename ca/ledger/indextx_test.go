@@ -227,13 +227,52 @@ func reindex(t *testing.T, l *Ledger) {
 	}
 }
 
-// TestAppendWritesNoIndexKey: an append's transaction writes the entries
-// and the tree, never an index bucket (the indexer's transactions write
-// those, and no entry); the queries after the appends wait for the
-// indexer and see every entry, and the stored index position is then the
-// log size.
+// TestAppendIndexesInItsOwnTransaction: on a shared store an Append
+// writes its entries' index keys in its own transaction: one Update per append on an idle
+// ledger, never a second one by the indexer (even when a query then
+// waits for the indexes), and the stored index position equals the log
+// size as soon as Append returns.
+func TestAppendIndexesInItsOwnTransaction(t *testing.T) {
+	forSharedBackends(t, func(t *testing.T, be backend) {
+		clock := newFakeClock()
+		l, cs := countedLedger(t, be, clock)
+		before := cs.updates.Load()
+		evs := appendMixed(t, l, clock.Now())
+		want := int64(len(evs) + 1) // and the revocation
+		if got := cs.updates.Load() - before; got != want {
+			t.Fatalf("%d appends ran %d Update transactions, want one each", want, got)
+		}
+		idx, pos := dumpIndexes(t, l)
+		if pos != l.Size() {
+			t.Fatalf("stored index position %d right after the appends, want the log size %d", pos, l.Size())
+		}
+		if len(idx[string(bSerial)]) != 4 || len(idx[string(bRevoked)]) != 1 || len(idx[string(index.ParentBucket)]) != 1 || len(idx[string(index.AgentsBucket)]) != 2 {
+			t.Fatalf("index entries missing right after the appends: %v", idx)
+		}
+		got, err := l.Get(context.Background(), evs[1].Serial)
+		if err != nil || got.Serial != evs[1].Serial {
+			t.Fatalf("Get(%s) = %+v, %v", evs[1].Serial, got, err)
+		}
+		if ag, err := l.Agent(context.Background(), "n1"); err != nil || ag.Serial != evs[2].Serial {
+			t.Fatalf("Agent(n1) = %+v, %v", ag, err)
+		}
+		if got := cs.updates.Load() - before; got != want {
+			t.Fatalf("queries after the appends ran %d more Update transactions (an indexer pass), want none", got-want)
+		}
+		checkTreeAndIndexed(t, l)
+	})
+}
+
+// TestAppendWritesNoIndexKey: on the ledger's own bbolt file an append's
+// transaction writes the entries and the tree, never an index bucket (the
+// indexer's transactions write those, and no entry); the queries after
+// the appends wait for the indexer and see every entry, and the stored
+// index position is then the log size.
 func TestAppendWritesNoIndexKey(t *testing.T) {
-	forBackends(t, func(t *testing.T, be backend) {
+	for _, be := range backends() {
+		if be.stores != nil {
+			continue // shared: appends index (TestAppendIndexesInItsOwnTransaction)
+		}
 		clock := newFakeClock()
 		l, cs := countedLedger(t, be, clock)
 		evs := appendMixed(t, l, clock.Now())
@@ -269,13 +308,15 @@ func TestAppendWritesNoIndexKey(t *testing.T) {
 			t.Fatalf("%d transactions wrote entries (want %d, one per append), %d indexed", appends, len(evs)+1, indexing)
 		}
 		checkTreeAndIndexed(t, l)
-	})
+	}
 }
 
-// TestIndexesWrittenInStepsAreAFullReindex: the indexes the indexer builds
-// a few entries at a time, as appends come (events in any zone, with
-// monotonic readings), are byte for byte those of one indexer pass over
-// the whole log, so queries cannot tell how they were built.
+// TestIndexesWrittenInStepsAreAFullReindex: the indexes built a few
+// entries at a time as appends come (by the indexer on the ledger's own
+// file, by the appends from their events in memory on a shared store;
+// events in any zone, with monotonic readings) are byte for byte those of
+// one indexer pass over the whole log, so queries cannot tell how they
+// were built.
 func TestIndexesWrittenInStepsAreAFullReindex(t *testing.T) {
 	forBackends(t, func(t *testing.T, be backend) {
 		clock := newFakeClock()
@@ -327,6 +368,46 @@ func TestIndexerWorksThroughABacklog(t *testing.T) {
 		idx, pos := dumpIndexes(t, l)
 		if pos != l.Size() || len(idx[string(bSerial)]) != 16 {
 			t.Fatalf("after the query: position %d of %d, %d serials indexed, want entries [5, 21)", pos, l.Size(), len(idx[string(bSerial)]))
+		}
+	})
+}
+
+// TestAppendAfterABacklogLeavesItToTheIndexer: on a shared store, when
+// the stored index position is behind the log (a log written by an older binary), an
+// append does not index its own entries out of order: it leaves them to
+// the indexer, which a query hurries, and the result is the indexes of a
+// full reindex; the appends after that index themselves again.
+func TestAppendAfterABacklogLeavesItToTheIndexer(t *testing.T) {
+	forSharedBackends(t, func(t *testing.T, be backend) {
+		clock := newFakeClock()
+		l, cs := countedLedger(t, be, clock)
+		ctx := context.Background()
+		fill(t, l, 20, clock.Now().Add(time.Hour))
+		wipeIndexes(t, l, 5) // [5, 20) unindexed; [0, 5) lost too, so a rewrite would show
+		if _, err := l.Append(ctx, certEvent(100, "spiffe://td/late", "n9", clock.Now().Add(time.Hour))); err != nil {
+			t.Fatal(err)
+		}
+		if _, pos := dumpIndexes(t, l); pos != 5 && pos != l.Size() {
+			// 5: left to the indexer; the size: the indexer (kicked) ran.
+			t.Fatalf("index position %d after an append behind a backlog, want 5 or %d", pos, l.Size())
+		}
+		got, _, err := l.List(ctx, index.Filter{SPIFFEID: "spiffe://td/late"}, 10, "")
+		if err != nil || len(got) != 1 {
+			t.Fatalf("List after the backlog = %d entries, %v", len(got), err)
+		}
+		if e, err := l.Get(ctx, fmt.Sprintf("%x", 0x1000+7)); err != nil || e.Index != 7 {
+			t.Fatalf("backlog entry 7: %+v, %v", e, err)
+		}
+		idx, pos := dumpIndexes(t, l)
+		if pos != l.Size() || len(idx[string(bSerial)]) != 16 {
+			t.Fatalf("after the query: position %d of %d, %d serials indexed, want entries [5, 21)", pos, l.Size(), len(idx[string(bSerial)]))
+		}
+		before := cs.updates.Load()
+		if _, err := l.Append(ctx, certEvent(101, "spiffe://td/later", "n9", clock.Now().Add(time.Hour))); err != nil {
+			t.Fatal(err)
+		}
+		if _, pos := dumpIndexes(t, l); pos != l.Size() || cs.updates.Load()-before != 1 {
+			t.Fatalf("append after the backlog: position %d of %d, %d Updates; want it indexed in its own one", pos, l.Size(), cs.updates.Load()-before)
 		}
 	})
 }

@@ -8,10 +8,11 @@
 // checkpoint format (golang.org/x/mod/sumdb/note signatures), so an auditor
 // holding an old checkpoint can check that the log only grew (Consistency)
 // and anyone can check that an entry is in it (InclusionProof). Entries are
-// indexed by serial, SPIFFE ID, node and expiry by the indexer of package
-// index, in its own transactions a moment after they are appended (an
-// append commits only the entries and the tree; queries wait for the
-// indexer, Close and Open bring the indexes up to date).
+// indexed by serial, SPIFFE ID, node and expiry (package index): on the
+// ledger's own bbolt file by the indexer, in its own transactions a
+// moment after they are appended; on a shared store in the transaction
+// that appends them (appendTx says why). Queries wait for the indexes;
+// Close and Open bring them up to date.
 //
 // Storage: the ledger is written against the storage contract (package
 // store), once. Open keeps it in a bbolt file (boltstore) checked page by
@@ -283,7 +284,7 @@ func (l *Ledger) start(opts Config) {
 	if l.readOnly {
 		return // nothing is written: no committer, no indexer
 	}
-	l.commit = commit.New(l.update, appendTx, l.publish)
+	l.commit = commit.New(l.update, l.appendTx, l.publish)
 	go l.commit.Run()
 	l.bg.Add(1)
 	go func() {

@@ -7,6 +7,7 @@
 package entry
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -140,6 +141,26 @@ func parseTime(s string) (time.Time, error) {
 		return time.Time{}, nil
 	}
 	return time.Parse(time.RFC3339Nano, s)
+}
+
+// summaryOf returns, in a new slice, what encodeSummary returns for the
+// event that encodeEvent encoded as data: data without its "cert" member.
+// The member can be found by its bytes: every field before it is a JSON
+// string, in which a quote is escaped, so `,"cert":"` occurs nowhere
+// else, and base64 holds no quote.
+func SummaryOf(data []byte) []byte {
+	const member = `,"cert":"`
+	i := bytes.Index(data, []byte(member))
+	if i < 0 {
+		return bytes.Clone(data)
+	}
+	j := bytes.IndexByte(data[i+len(member):], '"')
+	if j < 0 {
+		return bytes.Clone(data)
+	}
+	end := i + len(member) + j + 1
+	out := make([]byte, 0, len(data)-(end-i))
+	return append(append(out, data[:i]...), data[end:]...)
 }
 
 // encodeSummary returns the index value of ev: its leaf encoding without

@@ -1,7 +1,7 @@
 // Package index is the ledger's certificate index: the secondary indexes
 // by serial, SPIFFE ID, node and expiry, the revocations, lineage parents
-// and agent records derived from the log, written in the transaction of
-// each append (WriteTx) or by the indexer when a backlog is left (Run,
-// CatchUp), and the queries that read them (Entry, Get, List), which wait
+// and agent records derived from the log, written by the indexer (Run,
+// CatchUp) or, on a shared store, in the transaction of each append
+// (WriteTx), and the queries that read them (Entry, Get, List), which wait
 // until every entry appended before them is indexed.
 package index

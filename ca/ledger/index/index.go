@@ -82,8 +82,10 @@ func (b *indexBatch) put(bucket []byte, k, v []byte) {
 	b.kvs[string(bucket)] = append(b.kvs[string(bucket)], kv{k, v})
 }
 
-// add collects the index entries of event ev at idx.
-func (b *indexBatch) add(idx uint64, ev *entry.Event) error {
+// add collects the index entries of event ev at idx. data is ev's entry
+// as encodeEvent encoded it, or nil (the SPIFFE ID index's summary is then
+// encoded afresh).
+func (b *indexBatch) add(idx uint64, ev *entry.Event, data []byte) error {
 	if ev.Parent != "" {
 		b.put(ParentBucket, b.key(ev.Parent, idx), []byte(ev.Serial))
 	}
@@ -92,8 +94,10 @@ func (b *indexBatch) add(idx uint64, ev *entry.Event) error {
 		b.put(bSerial, b.key(ev.Serial, idx), nil)
 	}
 	if ev.SPIFFEID != "" {
-		summary, err := entry.EncodeSummary(idx, ev)
-		if err != nil {
+		summary, err := []byte(nil), error(nil)
+		if data != nil {
+			summary = entry.SummaryOf(data)
+		} else if summary, err = entry.EncodeSummary(idx, ev); err != nil {
 			return err
 		}
 		b.put(bSPIFFE, b.key(ev.SPIFFEID, idx), summary)
@@ -158,6 +162,29 @@ func (w *indexWriter) remove(idx uint64, ev *entry.Event) error {
 		return nil
 	}
 	return w.expiry.Delete(expiryKey(ev.NotAfter, idx))
+}
+
+// WriteTx writes the index entries of evs (evs[0] at index first, the
+// index position; encoded[i] is evs[i]'s entry) and moves the stored index
+// position past them.
+func WriteTx(tx store.Tx, first uint64, evs []entry.Event, encoded [][]byte) error {
+	batch := indexBatch{kvs: make(map[string][]kv, 8), arena: make([]byte, 0, 128*len(evs))}
+	for _, name := range [][]byte{bSerial, bSPIFFE, bNode, bExpiry} { // each gets a key per certificate
+		batch.kvs[string(name)] = make([]kv, 0, len(evs))
+	}
+	for i := range evs {
+		ev := evs[i]
+		// As DecodeEntry would return it: what the indexer writes for an
+		// entry read back must be what is written here.
+		ev.Time, ev.NotBefore, ev.NotAfter = ev.Time.UTC(), ev.NotBefore.UTC(), ev.NotAfter.UTC()
+		if err := batch.add(first+uint64(i), &ev, encoded[i]); err != nil {
+			return err
+		}
+	}
+	if err := batch.apply(tx); err != nil {
+		return fmt.Errorf("ledger: index: %w", err)
+	}
+	return tree.Bucket(tx, tree.Meta).Put(tree.KeyIndexed, tree.Key(first+uint64(len(evs))))
 }
 
 // LookupSerial returns the log indices of events for serial, in order.

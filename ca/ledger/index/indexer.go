@@ -24,11 +24,11 @@ const maxIndexBatch = 20_000
 const indexDelay = 50 * time.Millisecond
 
 // The indexer brings the secondary indexes (serial, SPIFFE ID, node,
-// expiry, revoked, agent records) up to date when appends could not index
-// their own entries (appendTx does, in the append's transaction, whenever
-// the indexes are up to date): a log written by an older binary, whose
-// appends left indexing to the indexer, or entries after an index write
-// failed. It decodes the stored entries and writes their index keys in
+// expiry, revoked, agent records) up to date when appends did not index
+// their own entries: every append on the ledger's own bbolt file (its
+// index keys are cheaper written in one pass for many appends: see the
+// ledger's appendTx), and on a shared store a log written by an older
+// binary or entries after an index write failed. It decodes the stored entries and writes their index keys in
 // transactions that grow with the backlog. The position reached is stored
 // with the indexes (meta "indexed"), and Open catches up, so a crash
 // between an append and its indexing loses nothing. On a shared store
@@ -256,7 +256,7 @@ func (x *Index) prepareIndex(tx store.Tx, batch *indexBatch, from, to uint64) er
 			x.log.Error("ledger entry cannot be indexed", "index", i, "error", err)
 			continue
 		}
-		if err := batch.add(i, &e.Event); err != nil {
+		if err := batch.add(i, &e.Event, nil); err != nil {
 			return err
 		}
 	}

@@ -95,7 +95,7 @@ func TestAppendEntriesMatchesReference(t *testing.T) {
 			}
 		}
 		appendWith(t, dbs[0], func(tx store.Tx, r *compact.Range, h *Hasher) {
-			if err := AppendEntries(tx, r, h, evs); err != nil {
+			if _, err := AppendEntries(tx, r, h, evs); err != nil {
 				t.Fatal(err)
 			}
 		})

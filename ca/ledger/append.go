@@ -80,18 +80,13 @@ const eventOverhead = 512
 // shared store another replica may have appended or indexed since this
 // one last looked.
 //
-// Where the index keys are written depends on the store. On the ledger's
-// own bbolt file, whose commit costs a page write per page touched and
-// two fsyncs, an append writes only the entries and the tree (pages at
-// their ends) and the indexer writes the index keys a moment later for
-// every append since its last pass, sharing their pages: an issuance
-// commit writes a fraction of the pages, none scattered across the
-// indexes. On a shared store (PostgreSQL), whose cost is per row and per
-// round trip, and whose replicas' indexers would contend for each pass,
-// the append writes its own index keys in its transaction when the
-// indexes are up to date (the stored index position is where evs begin;
-// otherwise the indexer has a backlog to work through first, and indexes
-// evs with it).
+// On the ledger's own bbolt file, whose commit costs a write per page
+// touched, the indexer writes the index keys of every append since its
+// last pass, sharing their pages; an append touches only the ends of the
+// entries and the tree. On a shared store (PostgreSQL: cost per row and
+// round trip; replicas' indexers would contend) an append writes its own
+// index keys when the indexes are up to date (stored position = first;
+// else the indexer indexes evs with its backlog).
 func (l *Ledger) appendTx(tx store.Tx, evs []entry.Event) (follow.Appended, error) {
 	st, indexed, err := tree.ReadWithIndexed(tx)
 	if err != nil {

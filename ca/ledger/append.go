@@ -75,18 +75,12 @@ func (l *Ledger) Append(ctx context.Context, events ...entry.Event) ([]uint64, e
 // eventOverhead estimates an encoded event's size besides its certificate.
 const eventOverhead = 512
 
-// appendTx writes evs at the end of the tree stored in tx. It reads the
-// tree state and the index position from tx, never from memory: on a
-// shared store another replica may have appended or indexed since this
-// one last looked.
-//
-// On the ledger's own bbolt file, whose commit costs a write per page
-// touched, the indexer writes the index keys of every append since its
-// last pass, sharing their pages; an append touches only the ends of the
-// entries and the tree. On a shared store (PostgreSQL: cost per row and
-// round trip; replicas' indexers would contend) an append writes its own
-// index keys when the indexes are up to date (stored position = first;
-// else the indexer indexes evs with its backlog).
+// appendTx writes evs at the end of the tree stored in tx, read from tx
+// (on a shared store another replica may have appended). On the ledger's
+// own bbolt file, whose commit costs a write per page touched, the indexer
+// indexes many appends per pass, sharing pages. On a shared store (cost
+// per row and round trip; replicas' indexers would contend) an append
+// indexes its own events if the stored index position is where they begin.
 func (l *Ledger) appendTx(tx store.Tx, evs []entry.Event) (follow.Appended, error) {
 	st, indexed, err := tree.ReadWithIndexed(tx)
 	if err != nil {
@@ -106,7 +100,9 @@ func (l *Ledger) appendTx(tx store.Tx, evs []entry.Event) (follow.Appended, erro
 		return follow.Appended{}, err
 	}
 	res := follow.Appended{First: first, Head: tree.Head{Size: r.End(), Hashes: r.Hashes()}, Indexed: indexed}
-	if l.shared && res.Indexed == first {
+	if !l.shared {
+		res.Encoded = encoded // for the indexer (publish)
+	} else if res.Indexed == first {
 		if err := index.WriteTx(tx, first, evs, encoded); err != nil {
 			return follow.Appended{}, err
 		}

@@ -30,15 +30,20 @@ import (
 // records, for each, the buckets it wrote to.
 type countingStore struct {
 	store.DB
-	updates atomic.Int64
-	mu      sync.Mutex
-	written []map[string]bool // per committed Update, the buckets it put to or deleted from
+	updates    atomic.Int64
+	entryReads atomic.Int64 // entries read in Views (cursor steps in the entries bucket)
+	mu         sync.Mutex
+	written    []map[string]bool // per committed Update, the buckets it put to or deleted from
+}
+
+func (c *countingStore) View(ctx context.Context, fn func(store.Tx) error) error {
+	return c.DB.View(ctx, func(tx store.Tx) error { return fn(recordingTx{Tx: tx, reads: &c.entryReads}) })
 }
 
 func (c *countingStore) Update(ctx context.Context, fn func(store.Tx) error) error {
 	c.updates.Add(1)
 	w := map[string]bool{}
-	err := c.DB.Update(ctx, func(tx store.Tx) error { return fn(recordingTx{tx, w}) })
+	err := c.DB.Update(ctx, func(tx store.Tx) error { return fn(recordingTx{Tx: tx, written: w}) })
 	if err == nil {
 		c.mu.Lock()
 		c.written = append(c.written, w)
@@ -54,10 +59,12 @@ func (c *countingStore) writes() []map[string]bool {
 	return slices.Clone(c.written)
 }
 
-// recordingTx notes the buckets written through it.
+// recordingTx notes the buckets written through it (an Update) or counts
+// the entries read through it (a View).
 type recordingTx struct {
 	store.Tx
 	written map[string]bool
+	reads   *atomic.Int64
 }
 
 func (tx recordingTx) Bucket(name []byte) store.Bucket {
@@ -65,7 +72,7 @@ func (tx recordingTx) Bucket(name []byte) store.Bucket {
 	if b == nil {
 		return nil
 	}
-	return recordingBucket{b, string(name), tx.written}
+	return recordingBucket{b, string(name), tx.written, tx.reads}
 }
 
 func (tx recordingTx) CreateBucketIfNotExists(name []byte) (store.Bucket, error) {
@@ -73,15 +80,49 @@ func (tx recordingTx) CreateBucketIfNotExists(name []byte) (store.Bucket, error)
 	if err != nil {
 		return nil, err
 	}
-	return recordingBucket{b, string(name), tx.written}, nil
+	return recordingBucket{b, string(name), tx.written, tx.reads}, nil
 }
 
-// recordingBucket notes a Put or Delete in its transaction's written set.
+// recordingBucket notes a Put or Delete in its transaction's written set,
+// and counts the entries a View's cursors step over.
 type recordingBucket struct {
 	store.Bucket
 	name    string
 	written map[string]bool
+	reads   *atomic.Int64
 }
+
+func (b recordingBucket) Cursor() store.Cursor {
+	c := b.Bucket.Cursor()
+	if b.reads == nil || b.name != string(tree.Entries) {
+		return c
+	}
+	return countingCursor{c, b.reads}
+}
+
+func (b recordingBucket) Get(k []byte) []byte {
+	if b.reads != nil && b.name == string(tree.Entries) {
+		b.reads.Add(1)
+	}
+	return b.Bucket.Get(k)
+}
+
+// countingCursor counts the keys it lands on.
+type countingCursor struct {
+	store.Cursor
+	reads *atomic.Int64
+}
+
+func (c countingCursor) count(k, v []byte) ([]byte, []byte) {
+	if k != nil {
+		c.reads.Add(1)
+	}
+	return k, v
+}
+
+func (c countingCursor) First() ([]byte, []byte)        { return c.count(c.Cursor.First()) }
+func (c countingCursor) Seek(s []byte) ([]byte, []byte) { return c.count(c.Cursor.Seek(s)) }
+func (c countingCursor) Next() ([]byte, []byte)         { return c.count(c.Cursor.Next()) }
 
 func (b recordingBucket) Put(k, v []byte) error {
 	b.written[b.name] = true
@@ -308,6 +349,43 @@ func TestAppendWritesNoIndexKey(t *testing.T) {
 			t.Fatalf("%d transactions wrote entries (want %d, one per append), %d indexed", appends, len(evs)+1, indexing)
 		}
 		checkTreeAndIndexed(t, l)
+	}
+}
+
+// TestIndexerTakesCommittedEventsFromMemory: on the ledger's own bbolt
+// file the indexer indexes what this ledger appended from the events in
+// memory, without reading the entries back (it reads them only when a
+// pass starts between an append's commit and its hand-over, or after a
+// gap), and what it writes is what a pass reading the store writes
+// (TestIndexesWrittenInStepsAreAFullReindex).
+func TestIndexerTakesCommittedEventsFromMemory(t *testing.T) {
+	clock := newFakeClock()
+	l, cs := countedLedger(t, backend{name: "bbolt"}, clock)
+	const appends, per = 20, 10
+	for a := range appends {
+		evs := make([]entry.Event, per)
+		for i := range evs {
+			n := a*per + i + 1
+			evs[i] = certEvent(n, fmt.Sprintf("spiffe://td/w%d", n), "n1", clock.Now().Add(time.Hour))
+		}
+		if _, err := l.Append(context.Background(), evs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := index.Wait(l.Index, context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, pos := dumpIndexes(t, l); pos != appends*per {
+		t.Fatalf("index position %d, want %d", pos, appends*per)
+	}
+	if reads := cs.entryReads.Load(); reads >= appends*per/2 {
+		t.Fatalf("the indexer read %d entries back from the store for %d appended by this ledger", reads, appends*per)
+	}
+	wipeIndexes(t, l, 0) // nothing in memory covers [0, 200) any more: the store is read
+	before := cs.entryReads.Load()
+	reindex(t, l)
+	if reads := cs.entryReads.Load() - before; reads < appends*per {
+		t.Fatalf("a reindex from 0 read %d entries, want all %d", reads, appends*per)
 	}
 }
 

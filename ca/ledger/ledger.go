@@ -8,11 +8,9 @@
 // checkpoint format (golang.org/x/mod/sumdb/note signatures), so an auditor
 // holding an old checkpoint can check that the log only grew (Consistency)
 // and anyone can check that an entry is in it (InclusionProof). Entries are
-// indexed by serial, SPIFFE ID, node and expiry (package index): on the
-// ledger's own bbolt file by the indexer, in its own transactions a
-// moment after they are appended; on a shared store in the transaction
-// that appends them (appendTx says why). Queries wait for the indexes;
-// Close and Open bring them up to date.
+// indexed by serial, SPIFFE ID, node and expiry (package index): by the
+// indexer a moment after they are appended, or on a shared store in the
+// append's transaction (appendTx says why).
 //
 // Storage: the ledger is written against the storage contract (package
 // store), once. Open keeps it in a bbolt file (boltstore) checked page by
@@ -337,10 +335,8 @@ func (l *Ledger) openFile(path string) error {
 	return nil
 }
 
-// warnUnindexed tells the forensic reader that the entries at the end of
-// the log the indexer had not reached (the CA stopped between an append
-// and the indexer's next pass) are missing from Get and List, which read
-// the indexes of the file as it is.
+// warnUnindexed tells the forensic reader which entries the indexer had
+// not reached (Get and List read the file's indexes as they are).
 func (l *Ledger) warnUnindexed() {
 	if indexed, size := index.Position(l.Index), l.Size(); indexed < size {
 		l.log.Warn("the last entries of the ledger are not in its indexes: Get and List do not show them; ledger export and verify do",
@@ -418,7 +414,7 @@ func (l *Ledger) Close() error {
 	if l.commit != nil {
 		l.commit.Close()
 	}
-	if !l.readOnly { // the entries appended since the indexer's last pass
+	if !l.readOnly { // what was appended since the indexer's last pass
 		if err := index.CatchUp(l.Index); err != nil {
 			l.log.Warn("ledger: the indexes were not brought up to date at close; the next Open does it", "error", err)
 		}
@@ -441,8 +437,14 @@ func (l *Ledger) Close() error {
 	return nil
 }
 
-// publish makes a committed append visible (the committer's publish).
-func (l *Ledger) publish(a follow.Appended, evs []entry.Event) { follow.Publish(l.Published, a, evs) }
+// publish makes a committed append visible (the committer's publish),
+// handing the indexer the events it is to index.
+func (l *Ledger) publish(a follow.Appended, evs []entry.Event) {
+	if a.Encoded != nil {
+		index.Committed(l.Index, a.First, evs, a.Encoded)
+	}
+	follow.Publish(l.Published, a, evs)
+}
 
 // applyEvents applies committed events (evs[0] at index first) to the
 // revocations and bans in force; Config.OnRevoke hears of each

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/castellan-dev/castellan/ca/ledger/agentrec"
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 	"github.com/castellan-dev/castellan/ca/ledger/index"
 	"github.com/castellan-dev/castellan/ca/ledger/revocation"
@@ -105,7 +106,7 @@ type BanResult struct {
 }
 
 // agentOf returns the Agent of node's record.
-func agentOf(r *index.AgentRecord, node string) Agent {
+func agentOf(r *agentrec.Record, node string) Agent {
 	a := Agent{Node: node, SPIFFEID: r.SPIFFEID, Serial: r.Serial, NotAfter: r.NotAfter,
 		FirstSeen: r.FirstSeen, LastSeen: r.LastSeen}
 	if r.Banned {
@@ -132,7 +133,7 @@ func Load(reg *Registry, tx store.Tx) error {
 
 // decodeAgent decodes the stored record of node's agent.
 func decodeAgent(node string, v []byte) (Agent, error) {
-	var r index.AgentRecord
+	var r agentrec.Record
 	if err := json.Unmarshal(v, &r); err != nil {
 		return Agent{}, fmt.Errorf("ledger: agent record of node %s is damaged: %w", node, err)
 	}

@@ -16,11 +16,14 @@ import (
 
 // Appended is what one append's transaction wrote: the index of its
 // first event, the tree head after its last, and the stored index position
-// after it (entries [0, indexed) are in the secondary indexes).
+// after it (entries [0, indexed) are in the secondary indexes); Encoded
+// holds its events as stored (evs[i] at First+i) when it left their
+// indexing to the indexer, else nil.
 type Appended struct {
 	First   uint64
 	Head    tree.Head
 	Indexed uint64
+	Encoded [][]byte
 }
 
 // Published is the log as this replica published it. The functions that

@@ -82,6 +82,30 @@ func (b *indexBatch) put(bucket []byte, k, v []byte) {
 	b.kvs[string(bucket)] = append(b.kvs[string(bucket)], kv{k, v})
 }
 
+// newIndexBatch returns a batch sized for n certificates.
+func newIndexBatch(n int) *indexBatch {
+	batch := &indexBatch{kvs: make(map[string][]kv, 8), arena: make([]byte, 0, 128*n)}
+	for _, name := range [][]byte{bSerial, bSPIFFE, bNode, bExpiry} { // each gets a key per certificate
+		batch.kvs[string(name)] = make([]kv, 0, n)
+	}
+	return batch
+}
+
+// addCommitted collects the index entries of events in memory, evs[0] at
+// index first, encoded[i] being evs[i] as stored.
+func (b *indexBatch) addCommitted(first uint64, evs []entry.Event, encoded [][]byte) error {
+	for i := range evs {
+		ev := evs[i]
+		// As DecodeEntry would return it: what the indexer writes for an
+		// entry read back must be what is written here.
+		ev.Time, ev.NotBefore, ev.NotAfter = ev.Time.UTC(), ev.NotBefore.UTC(), ev.NotAfter.UTC()
+		if err := b.add(first+uint64(i), &ev, encoded[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // add collects the index entries of event ev at idx. data is ev's entry
 // as encodeEvent encoded it, or nil (the SPIFFE ID index's summary is then
 // encoded afresh).
@@ -168,18 +192,9 @@ func (w *indexWriter) remove(idx uint64, ev *entry.Event) error {
 // index position; encoded[i] is evs[i]'s entry) and moves the stored index
 // position past them.
 func WriteTx(tx store.Tx, first uint64, evs []entry.Event, encoded [][]byte) error {
-	batch := indexBatch{kvs: make(map[string][]kv, 8), arena: make([]byte, 0, 128*len(evs))}
-	for _, name := range [][]byte{bSerial, bSPIFFE, bNode, bExpiry} { // each gets a key per certificate
-		batch.kvs[string(name)] = make([]kv, 0, len(evs))
-	}
-	for i := range evs {
-		ev := evs[i]
-		// As DecodeEntry would return it: what the indexer writes for an
-		// entry read back must be what is written here.
-		ev.Time, ev.NotBefore, ev.NotAfter = ev.Time.UTC(), ev.NotBefore.UTC(), ev.NotAfter.UTC()
-		if err := batch.add(first+uint64(i), &ev, encoded[i]); err != nil {
-			return err
-		}
+	batch := newIndexBatch(len(evs))
+	if err := batch.addCommitted(first, evs, encoded); err != nil {
+		return err
 	}
 	if err := batch.apply(tx); err != nil {
 		return fmt.Errorf("ledger: index: %w", err)

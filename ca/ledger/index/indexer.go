@@ -12,6 +12,7 @@ import (
 	"github.com/castellan-dev/castellan/internal/clock"
 
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
+	"github.com/castellan-dev/castellan/ca/ledger/index/kept"
 	"github.com/castellan-dev/castellan/ca/ledger/tree"
 	"github.com/castellan-dev/castellan/ca/store"
 )
@@ -70,6 +71,7 @@ type Index struct {
 	indexed   uint64        // entries [0, indexed) are in the secondary indexes
 	indexErr  error         // the indexer's last failure, nil after a success
 	indexedCh chan struct{} // closed when indexed advances or the indexer fails
+	kept      kept.Runs     // committed events not yet indexed (Committed)
 
 	kick   chan struct{} // wakes the indexer after indexDelay
 	urgent chan struct{} // wakes the indexer now
@@ -197,14 +199,39 @@ func (x *Index) hurryIndexer() {
 	}
 }
 
+// Committed hands the indexer the events of a committed append whose
+// indexing was left to it (evs[0] at index first, encoded[i] evs[i] as
+// stored), in log order, so that it indexes them from memory.
+func Committed(x *Index, first uint64, evs []entry.Event, encoded [][]byte) {
+	x.kept.Add(kept.Run{First: first, Events: evs, Encoded: encoded})
+}
+
+// memoryBatch returns the index entries of [from, end) from the kept
+// events, end being as far towards to as they reach, or nil if from's
+// event is not kept (an append whose commit a pass saw before its
+// Committed is indexed by the next pass, from memory).
+func (x *Index) memoryBatch(from, to uint64) (*indexBatch, uint64, error) {
+	runs, end := x.kept.Take(from, to)
+	if end == from {
+		return nil, from, nil
+	}
+	batch := newIndexBatch(int(end - from))
+	for _, r := range runs {
+		if err := batch.addCommitted(r.First, r.Events, r.Encoded); err != nil {
+			return nil, from, err
+		}
+	}
+	return batch, end, nil
+}
+
 // indexStep indexes up to maxIndexBatch unindexed entries and returns
-// how many. Entries are read and decoded in a read transaction, so the
-// write transaction that holds the store's writer lock (and delays
+// how many. Entries are taken from memory (Committed) or read and decoded
+// in a read transaction, so the write transaction that holds the store's writer lock (and delays
 // appends) only puts prepared keys, in key order. errIndexMoved if
 // another replica indexed meanwhile.
 func (x *Index) indexStep() (int, error) {
 	var from, to uint64
-	batch := indexBatch{}
+	var batch *indexBatch
 	err := x.view(x.ctx, func(tx store.Tx) error {
 		st, err := tree.Read(tx)
 		if err != nil {
@@ -212,7 +239,12 @@ func (x *Index) indexStep() (int, error) {
 		}
 		from = indexedOf(tx)
 		to = min(st.Size, from+maxIndexBatch)
-		return x.prepareIndex(tx, &batch, from, to)
+		if batch, to, err = x.memoryBatch(from, to); batch != nil || err != nil {
+			return err
+		}
+		to = min(st.Size, from+maxIndexBatch)
+		batch = &indexBatch{}
+		return x.prepareIndex(tx, batch, from, to)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("ledger: index: %w", err)
@@ -271,6 +303,7 @@ func Advance(x *Index, n uint64) {
 	if n <= x.indexed {
 		return
 	}
+	x.kept.Forget(n)
 	x.indexed, x.indexErr = n, nil
 	close(x.indexedCh)
 	x.indexedCh = make(chan struct{})

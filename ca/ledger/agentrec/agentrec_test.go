@@ -1,4 +1,4 @@
-package index
+package agentrec
 
 import (
 	"testing"
@@ -21,8 +21,8 @@ func TestIsAgentCert(t *testing.T) {
 		{agentA, "", false},
 	} {
 		ev := entry.Event{Kind: entry.KindIssuance, SPIFFEID: tc.id, Node: tc.node}
-		if got := isAgentCert(&ev); got != tc.want {
-			t.Errorf("isAgentCert(%s on %q) = %v, want %v", tc.id, tc.node, got, tc.want)
+		if got := IsAgentCert(&ev); got != tc.want {
+			t.Errorf("IsAgentCert(%s on %q) = %v, want %v", tc.id, tc.node, got, tc.want)
 		}
 	}
 }

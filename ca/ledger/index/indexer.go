@@ -158,8 +158,9 @@ func Run(x *Index, stop <-chan struct{}) {
 	}
 }
 
-// indexAll indexes until nothing is left or a step fails; a failure is
-// logged and handed to the waiting queries.
+// indexAll indexes what was appended up to the pass, in steps of at most
+// maxIndexBatch, until a step fails; a failure is logged and handed to the
+// waiting queries.
 func (x *Index) indexAll() {
 	for {
 		n, err := x.indexStep()
@@ -177,8 +178,8 @@ func (x *Index) indexAll() {
 			x.mu.Unlock()
 			return
 		}
-		if n == 0 {
-			return
+		if n < maxIndexBatch {
+			return // what was appended meanwhile waits for its kick: passes stay large
 		}
 	}
 }

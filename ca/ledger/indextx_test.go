@@ -268,6 +268,19 @@ func reindex(t *testing.T, l *Ledger) {
 	}
 }
 
+// checkMixedIndexed checks that the stored index position is the log size
+// and the indexes hold what appendMixed appended, when (a moment).
+func checkMixedIndexed(t *testing.T, l *Ledger, when string) {
+	t.Helper()
+	idx, pos := dumpIndexes(t, l)
+	if pos != l.Size() {
+		t.Fatalf("stored index position %d %s, want the log size %d", pos, when, l.Size())
+	}
+	if len(idx[string(bSerial)]) != 4 || len(idx[string(bRevoked)]) != 1 || len(idx[string(index.ParentBucket)]) != 1 || len(idx[string(index.AgentsBucket)]) != 2 {
+		t.Fatalf("index entries missing %s: %v", when, idx)
+	}
+}
+
 // TestAppendIndexesInItsOwnTransaction: on a shared store an Append
 // writes its entries' index keys in its own transaction: one Update per append on an idle
 // ledger, never a second one by the indexer (even when a query then
@@ -283,13 +296,7 @@ func TestAppendIndexesInItsOwnTransaction(t *testing.T) {
 		if got := cs.updates.Load() - before; got != want {
 			t.Fatalf("%d appends ran %d Update transactions, want one each", want, got)
 		}
-		idx, pos := dumpIndexes(t, l)
-		if pos != l.Size() {
-			t.Fatalf("stored index position %d right after the appends, want the log size %d", pos, l.Size())
-		}
-		if len(idx[string(bSerial)]) != 4 || len(idx[string(bRevoked)]) != 1 || len(idx[string(index.ParentBucket)]) != 1 || len(idx[string(index.AgentsBucket)]) != 2 {
-			t.Fatalf("index entries missing right after the appends: %v", idx)
-		}
+		checkMixedIndexed(t, l, "right after the appends")
 		got, err := l.Get(context.Background(), evs[1].Serial)
 		if err != nil || got.Serial != evs[1].Serial {
 			t.Fatalf("Get(%s) = %+v, %v", evs[1].Serial, got, err)
@@ -324,13 +331,7 @@ func TestAppendWritesNoIndexKey(t *testing.T) {
 		if ag, err := l.Agent(context.Background(), "n1"); err != nil || ag.Serial != evs[2].Serial {
 			t.Fatalf("Agent(n1) = %+v, %v", ag, err)
 		}
-		idx, pos := dumpIndexes(t, l)
-		if pos != l.Size() {
-			t.Fatalf("stored index position %d after the queries, want the log size %d", pos, l.Size())
-		}
-		if len(idx[string(bSerial)]) != 4 || len(idx[string(bRevoked)]) != 1 || len(idx[string(index.ParentBucket)]) != 1 || len(idx[string(index.AgentsBucket)]) != 2 {
-			t.Fatalf("index entries missing after the queries: %v", idx)
-		}
+		checkMixedIndexed(t, l, "after the queries")
 		appends, indexing := 0, 0
 		for _, w := range cs.writes() {
 			switch {

@@ -29,8 +29,9 @@ const indexDelay = 50 * time.Millisecond
 // their own entries: every append on the ledger's own bbolt file (its
 // index keys are cheaper written in one pass for many appends: see the
 // ledger's appendTx), and on a shared store a log written by an older
-// binary or entries after an index write failed. It decodes the stored entries and writes their index keys in
-// transactions that grow with the backlog. The position reached is stored
+// binary or entries after an index write failed. It takes the events from
+// memory (Committed) or decodes the stored entries, and writes their
+// index keys in transactions that grow with the backlog. The position reached is stored
 // with the indexes (meta "indexed"), and Open catches up, so a crash
 // between an append and its indexing loses nothing. On a shared store
 // every replica's indexer works on the one stored position: whoever
@@ -209,8 +210,7 @@ func Committed(x *Index, first uint64, evs []entry.Event, encoded [][]byte) {
 
 // memoryBatch returns the index entries of [from, end) from the kept
 // events, end being as far towards to as they reach, or nil if from's
-// event is not kept (an append whose commit a pass saw before its
-// Committed is indexed by the next pass, from memory).
+// event is not kept (yet: then the next pass has it, or the store).
 func (x *Index) memoryBatch(from, to uint64) (*indexBatch, uint64, error) {
 	runs, end := x.kept.Take(from, to)
 	if end == from {
@@ -227,8 +227,8 @@ func (x *Index) memoryBatch(from, to uint64) (*indexBatch, uint64, error) {
 
 // indexStep indexes up to maxIndexBatch unindexed entries and returns
 // how many. Entries are taken from memory (Committed) or read and decoded
-// in a read transaction, so the write transaction that holds the store's writer lock (and delays
-// appends) only puts prepared keys, in key order. errIndexMoved if
+// in a read transaction, so the write transaction that holds the store's
+// writer lock (and delays appends) only puts prepared keys, in key order. errIndexMoved if
 // another replica indexed meanwhile.
 func (x *Index) indexStep() (int, error) {
 	var from, to uint64

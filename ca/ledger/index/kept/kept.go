@@ -10,9 +10,11 @@ import (
 	"github.com/castellan-dev/castellan/ca/ledger/entry"
 )
 
-// Max bounds the events kept; past it, or after a gap, nothing is kept
-// until the indexer has caught up, and it reads the store.
-const Max = 50_000
+// Max bounds the events kept (each with its stored encoding, ~2.5 KB with
+// a certificate: at most ~50 MB while the indexer cannot write). An Add
+// past it, or after a gap, drops what was kept; the indexer reads those
+// entries from the store. Normally a few hundred are kept (~50 ms).
+const Max = 20_000
 
 // Run is one append's events: Events[0] at log index First, Encoded[i]
 // Events[i] as stored. Never modified once kept.
